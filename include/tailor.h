@@ -1,0 +1,64 @@
+/* tailor.h: the public C API of the tailor inference engine.
+ *
+ * Lifecycle: a tl_model (weights mapped from a GGUF file, config, tokenizer; immutable and
+ * shareable) and any number of tl_session (one sequence each: KV cache, activations, threads).
+ *
+ *   tl_error err;
+ *   tl_model *m = tl_model_load("model.gguf", &err);
+ *   tl_session_params sp = tl_session_default_params();
+ *   tl_session *s = tl_session_new(m, &sp, &err);
+ *   tl_session_eval(s, ids, n, logits, false, &err);   // logits of the last token
+ *   ...
+ *   tl_session_free(s); tl_model_free(m);
+ */
+#ifndef TAILOR_H
+#define TAILOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tl_model tl_model;
+typedef struct tl_session tl_session;
+
+#ifndef TL_ERROR_DEFINED
+#define TL_ERROR_DEFINED
+typedef struct {
+    char msg[512];
+} tl_error;
+#endif
+
+typedef struct {
+    int n_ctx;            /* tokens the session can hold; 0 = the model's training context */
+    int n_threads;        /* 0 = all online CPUs */
+    int chunk;            /* prefill chunk size in tokens (0 = 512) */
+    const char *kv;       /* KV policy text ("f16", "k4v2:kivi", ...); NULL = f16 */
+    const char *kv_layer; /* per-layer overrides ("0=k8v8,5=f16"); NULL = none */
+} tl_session_params;
+
+tl_session_params tl_session_default_params(void);
+
+tl_model *tl_model_load(const char *path, tl_error *err);
+void tl_model_free(tl_model *m);
+int tl_model_n_vocab(const tl_model *m);
+int tl_model_n_ctx_train(const tl_model *m);
+const char *tl_model_arch(const tl_model *m);
+
+tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err);
+void tl_session_free(tl_session *s);
+/* Run n tokens through the model, appending them to the cache. logits (may be NULL) receives
+ * n_vocab floats for the last token, or n * n_vocab for every token when all_logits. */
+int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err);
+/* Forget the sequence (keeps allocations). */
+void tl_session_reset(tl_session *s);
+int tl_session_n_past(const tl_session *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test suite: release build + ctest, then an ASan+UBSan build running the unit tests,
+# then each fuzz target briefly. Exit status is non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS="$(nproc)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$JOBS"
+ctest --test-dir build --output-on-failure -j"$JOBS"
+
+if [ "${TL_SKIP_SANITIZE:-0}" != 1 ]; then
+    echo "== ASan + UBSan build =="
+    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTL_SANITIZE=ON >/dev/null
+    cmake --build build-asan -j"$JOBS"
+    # the model-level tests are slow under sanitizers; the unit tests cover the same code
+    ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j"$JOBS" -LE slow
+fi
+
+if [ "${TL_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null; then
+    echo "== fuzzing (brief) =="
+    CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTL_FUZZ=ON >/dev/null
+    cmake --build build-fuzz -j"$JOBS" --target fuzz_gguf fuzz_tokenizer
+    for f in fuzz_gguf fuzz_tokenizer; do
+        mkdir -p "build-fuzz/corpus-$f"
+        TL_SHARED="$(cd .. && pwd)/shared" ./build-fuzz/$f -max_total_time="${TL_FUZZ_SECONDS:-30}" -rss_limit_mb=2048 \
+            "build-fuzz/corpus-$f" fuzz/seeds/$f 2>&1 | tail -3
+    done
+fi

@@ -1,0 +1,71 @@
+/* perplexity.c: see perplexity.h. */
+#include "perplexity.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* log softmax(logits)[target], computed stably in double */
+static double log_prob(const float *logits, int n, int32_t target) {
+    float mx = logits[0];
+    for (int i = 1; i < n; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
+    return (double)logits[target] - mx - log(sum);
+}
+
+int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, int max_windows, bool progress,
+                  tl_ppl_window_fn fn, void *fn_ctx, tl_ppl_result *res, tl_error *err) {
+    memset(res, 0, sizeof *res);
+    const tl_model *m = s->model;
+    const int V = m->cfg.n_vocab;
+    if (n_ctx < 4) return tl_fail(err, "perplexity: context %d too small", n_ctx);
+    if (n_ctx > s->n_ctx) return tl_fail(err, "perplexity: window %d exceeds the session context %d", n_ctx, s->n_ctx);
+    int n_windows = (int)(n_ids / n_ctx);
+    if (n_windows == 0)
+        return tl_fail(err, "perplexity: the text has %lld tokens, fewer than one window of %d (lower -c)",
+                       (long long)n_ids, n_ctx);
+    if (max_windows > 0 && max_windows < n_windows) n_windows = max_windows;
+    const int first = n_ctx / 2, n_rows = n_ctx - 1 - first;
+    const int32_t bos = tl_tok_bos(m->tok);
+    const bool add_bos = tl_tok_add_bos(m->tok) && bos >= 0;
+    int32_t *win = tl_xmalloc(sizeof(int32_t) * (size_t)n_ctx);
+    /* logits of the scored half only: evaluate the first half without logits, then the rest */
+    float *logits = tl_xmalloc(sizeof(float) * (size_t)(n_ctx - first) * V);
+    double t0 = tl_time_s();
+    if (progress) fprintf(stderr, "perplexity: %d windows of %d tokens, scoring %d per window\n", n_windows, n_ctx, n_rows);
+    for (int w = 0; w < n_windows; w++) {
+        memcpy(win, ids + (int64_t)w * n_ctx, sizeof(int32_t) * (size_t)n_ctx);
+        if (add_bos) win[0] = bos;
+        tl_session_reset(s);
+        if (tl_session_eval(s, win, first, NULL, false, err)) goto fail;
+        if (tl_session_eval(s, win + first, n_ctx - first, logits, true, err)) goto fail;
+        for (int r = 0; r < n_rows; r++) {
+            const double lp = log_prob(logits + (size_t)r * V, V, win[first + r + 1]);
+            res->nll_sum -= lp;
+            res->nll2_sum += lp * lp;
+        }
+        res->n_scored += n_rows;
+        res->n_windows = w + 1;
+        if (fn && fn(fn_ctx, w, logits, win + first + 1, n_rows, V)) break;
+        if (progress) {
+            const double el = tl_time_s() - t0;
+            fprintf(stderr, "[%d]%.4f (%.1f s, ETA %.1f s)\n", w + 1, exp(res->nll_sum / res->n_scored), el,
+                    el / (w + 1) * (n_windows - w - 1));
+        }
+    }
+    res->seconds = tl_time_s() - t0;
+    {
+        const double mean = res->nll_sum / res->n_scored;
+        const double var = res->nll2_sum / res->n_scored - mean * mean;
+        res->ppl = exp(mean);
+        res->ppl_err = res->n_scored > 1 ? res->ppl * sqrt(var > 0 ? var : 0) / sqrt((double)res->n_scored - 1) : 0.0;
+    }
+    free(win);
+    free(logits);
+    return 0;
+fail:
+    free(win);
+    free(logits);
+    return -1;
+}

@@ -1,0 +1,30 @@
+/* perplexity.h: llama.cpp's perplexity convention. The text is tokenized once (with BOS when
+ * the vocab adds it); it is cut into windows of n_ctx tokens; each window starts from an
+ * empty cache with its first token replaced by BOS (when the vocab has one and adds it), and
+ * only the second half of each window is scored: the log-probability of token j+1 given the
+ * logits at j, for j in [n_ctx/2, n_ctx - 1). PPL = exp(mean NLL); its uncertainty is the
+ * delta-method standard error, PPL * sd(NLL) / sqrt(count - 1). */
+#ifndef TL_PERPLEXITY_H
+#define TL_PERPLEXITY_H
+
+#include "../session.h"
+
+typedef struct {
+    int n_windows;       /* windows scored */
+    int64_t n_scored;    /* tokens scored */
+    double nll_sum, nll2_sum;
+    double ppl, ppl_err;
+    double seconds;
+} tl_ppl_result;
+
+/* Called after each window with the logits of its scored positions (n_scored rows of
+ * n_vocab, row r predicts target[r]); lets KL-divergence tooling see every distribution.
+ * Return non-zero to stop. */
+typedef int (*tl_ppl_window_fn)(void *ctx, int window, const float *logits, const int32_t *targets, int n_rows,
+                                int n_vocab);
+
+/* max_windows <= 0: all. progress: print "[i]ppl" lines like llama.cpp to stderr/stdout. */
+int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, int max_windows, bool progress,
+                  tl_ppl_window_fn fn, void *fn_ctx, tl_ppl_result *res, tl_error *err);
+
+#endif

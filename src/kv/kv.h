@@ -1,0 +1,117 @@
+/* kv.h: the KV cache of one attention layer, behind one interface with several stores.
+ *
+ * A layer cache holds the keys and values of the tokens seen so far (post-RoPE keys) and
+ * answers attention for a block of new queries. The one operation is tl_kv_forward:
+ *
+ *   out = causal_attention(q_new, keys = history ++ k_new, values = history ++ v_new)
+ *
+ * then (k_new, v_new) join the history. History may be compressed (quantized codes,
+ * offloaded tiers); the new block is attended in full precision, exactly as given, and is
+ * compressed only after it has been attended. This is the chunked-prefill semantics: a
+ * chunk sees earlier chunks through the store's representation and itself exactly. For a
+ * single decode token the same rule applies (its own key/value enter at full precision).
+ *
+ * Layout of the arrays passed in (row-major, one row per token):
+ *   q   [n_tok][n_head    * head_dim_k]
+ *   k   [n_tok][n_head_kv * head_dim_k]
+ *   v   [n_tok][n_head_kv * head_dim_v]
+ *   out [n_tok][n_head    * head_dim_v]
+ * Query head h uses KV head h / (n_head / n_head_kv) (GQA).
+ * Token i of the block has absolute position n_past + i, where n_past = tokens already held
+ * (tl_kv_layer.n_tokens). With window W > 0 (sliding-window layers) a query at position p
+ * attends keys at positions p-W+1 .. p only, and the store may keep just the last W tokens. */
+#ifndef TL_KV_H
+#define TL_KV_H
+
+#include "../common.h"
+#include "../threads.h"
+
+typedef struct {
+    int n_head;     /* query heads */
+    int n_head_kv;  /* key/value heads (divides n_head) */
+    int head_dim_k; /* key (and query) head size */
+    int head_dim_v; /* value head size */
+    int n_ctx;      /* most tokens the layer will ever hold (capacity to reserve) */
+    int window;     /* 0: full causal attention; > 0: sliding window of this many tokens */
+    float scale;    /* multiplier on q.k before softmax (1/sqrt(head_dim_k) usually) */
+} tl_kv_shape;
+
+/* Bytes held by a layer cache, split by purpose (the memory report adds these up). */
+typedef struct {
+    uint64_t codes;    /* packed quantized codes, or full-precision K/V of dense stores */
+    uint64_t scales;   /* scales, zero points, per-group metadata */
+    uint64_t residual; /* full-precision residual window of quantized stores */
+    uint64_t other;    /* smoothing means, rotation state, index structures */
+    uint64_t host;     /* bytes held in the host tier (offloading stores); 0 otherwise */
+} tl_kv_bytes;
+
+typedef struct tl_kv_layer tl_kv_layer;
+
+typedef struct {
+    const char *name;
+    /* Attend then append, as described above. Returns 0, or -1 with err (e.g. capacity). */
+    int (*forward)(tl_kv_layer *l, tl_pool *pool, int n_tok, const float *q, const float *k,
+                   const float *v, float *out, tl_error *err);
+    /* Bytes held now (reserved capacity that is not yet used is not counted). */
+    void (*bytes)(const tl_kv_layer *l, tl_kv_bytes *b);
+    /* Forget all tokens (keep allocations). */
+    void (*clear)(tl_kv_layer *l);
+    void (*destroy)(tl_kv_layer *l);
+} tl_kv_ops;
+
+struct tl_kv_layer {
+    const tl_kv_ops *ops;
+    tl_kv_shape shape;
+    int n_tokens; /* tokens seen since the last clear (absolute position of the next token) */
+};
+
+static inline int tl_kv_forward(tl_kv_layer *l, tl_pool *pool, int n_tok, const float *q, const float *k,
+                                const float *v, float *out, tl_error *err) {
+    return l->ops->forward(l, pool, n_tok, q, k, v, out, err);
+}
+static inline void tl_kv_clear(tl_kv_layer *l) { l->ops->clear(l); }
+static inline void tl_kv_destroy(tl_kv_layer *l) {
+    if (l) l->ops->destroy(l);
+}
+static inline uint64_t tl_kv_bytes_total(const tl_kv_bytes *b) {
+    return b->codes + b->scales + b->residual + b->other + b->host;
+}
+
+/* ---- Policies ----
+ * What store each layer gets. The text form and JSON plans are parsed in policy.c; the
+ * dense (f32/f16/bf16) store lives in dense.c. */
+typedef enum { TL_KV_F32, TL_KV_F16, TL_KV_BF16, TL_KV_QUANT } tl_kv_kind;
+
+typedef enum {
+    TL_KV_GRAN_TOKEN,   /* groups of g channels within one token */
+    TL_KV_GRAN_CHANNEL, /* groups of g tokens within one channel (KIVI keys) */
+    TL_KV_GRAN_BLOCK,   /* a tile of g tokens x g channels */
+    TL_KV_GRAN_TENSOR,  /* one scale per head over the whole layer (fixed after first chunk) */
+} tl_kv_gran;
+
+typedef enum { TL_KV_ASYM, TL_KV_SYM } tl_kv_quantizer;
+
+/* One side (K or V) of a quantized layer. */
+typedef struct {
+    int bits;      /* 16 (dense), 8, 4, 2, 1 */
+    tl_kv_quantizer quantizer;
+    tl_kv_gran gran;
+    int group;     /* 32, 64, 128, or 0 = whole head */
+} tl_kv_side;
+
+typedef struct {
+    tl_kv_kind kind; /* dense kinds ignore the rest */
+    tl_kv_side k, v;
+    int residual;    /* R: most recent tokens kept in full precision (KIVI) */
+    bool smooth_k;   /* subtract per-channel mean of K (fixed after first chunk) */
+    bool rotate;     /* Hadamard rotation of K and V per head before quantizing */
+} tl_kv_layer_policy;
+
+/* Create a store for one layer. Returns NULL with err if the policy does not fit the shape
+ * (e.g. group size does not divide head_dim). */
+tl_kv_layer *tl_kv_layer_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, tl_error *err);
+
+/* Dense stores (dense.c). type is TL_KV_F32/F16/BF16. */
+tl_kv_layer *tl_kv_dense_new(tl_kv_kind type, const tl_kv_shape *s, tl_error *err);
+
+#endif

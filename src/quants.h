@@ -1,0 +1,90 @@
+/* quants.h: weight formats (ggml-compatible block layouts), conversion, dot products and
+ * matrix multiplication on the CPU.
+ *
+ * Every block type has: a scalar reference (quantize, dequantize, vec_dot) and an AVX2/FMA
+ * path chosen at run time; tests check each fast path against its reference. Layouts are
+ * bit-exact with llama.cpp's (GGUF files written by either load in the other).
+ *
+ * Dot products pair a weight row with an activation row converted to the weight type's
+ * "vec_dot_type": q8_0 for q4_0/q5_0/q8_0, q8_1 for q4_1/q5_1, q8_K for the K-quants, f32 for
+ * f32/f16/bf16 (half weights are widened in registers; activations stay f32 for accuracy). */
+#ifndef TL_QUANTS_H
+#define TL_QUANTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+/* Numbering matches ggml_type so GGUF tensor type ids map directly. */
+typedef enum {
+    TL_TYPE_F32 = 0,
+    TL_TYPE_F16 = 1,
+    TL_TYPE_Q4_0 = 2,
+    TL_TYPE_Q4_1 = 3,
+    TL_TYPE_Q5_0 = 6,
+    TL_TYPE_Q5_1 = 7,
+    TL_TYPE_Q8_0 = 8,
+    TL_TYPE_Q8_1 = 9,
+    TL_TYPE_Q2_K = 10,
+    TL_TYPE_Q3_K = 11,
+    TL_TYPE_Q4_K = 12,
+    TL_TYPE_Q5_K = 13,
+    TL_TYPE_Q6_K = 14,
+    TL_TYPE_Q8_K = 15,
+    TL_TYPE_BF16 = 30,
+    TL_TYPE_COUNT = 40 /* upper bound on ids; not a type */
+} tl_type;
+
+typedef struct {
+    const char *name;      /* "q4_K" etc, as llama.cpp prints */
+    int block_size;        /* values per block (1 for f32/f16/bf16) */
+    size_t type_size;      /* bytes per block */
+    tl_type vec_dot_type;  /* activation format for tl_vec_dot */
+    bool supported;        /* dequantize + vec_dot implemented */
+} tl_type_traits;
+
+/* NULL if the id is not a known type. Known-but-unsupported types return traits with
+ * supported = false so the loader can say "tensor X has type q2_K, which tailor does not
+ * support yet". */
+const tl_type_traits *tl_type_info(int type_id);
+const char *tl_type_name(int type_id); /* "type 99" style text for unknown ids (thread-safe: static strings only; unknown -> "unknown") */
+/* Bytes of a row of n values; n must be a multiple of block_size (else returns 0). */
+size_t tl_row_size(tl_type t, int64_t n);
+
+/* Conversion. n is a multiple of the block size. */
+void tl_dequantize_row(tl_type t, const void *src, float *dst, int64_t n);
+/* Quantize a row with llama.cpp's reference RTN algorithm for that type (bit-exact with
+ * its quantize_row_*_ref where that exists). Supports f32, f16, bf16, q4_0, q4_1, q5_0,
+ * q5_1, q8_0, q8_1, q8_K, q4_K, q5_K, q6_K. */
+void tl_quantize_row(tl_type t, const float *src, void *dst, int64_t n);
+
+/* Dot product of a weight row (type t) with an activation row already converted to
+ * tl_type_info(t)->vec_dot_type. Dispatches to the fastest path for this CPU. */
+float tl_vec_dot(tl_type t, int64_t n, const void *w, const void *x);
+/* The scalar reference of the same. */
+float tl_vec_dot_ref(tl_type t, int64_t n, const void *w, const void *x);
+
+/* CPU features detected at run time (cpuid + xgetbv). */
+typedef struct {
+    bool avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vnni, avx512bf16, avx_vnni;
+} tl_cpu_features;
+tl_cpu_features tl_cpu_detect(void);
+/* Force the scalar reference everywhere (for tests / TAILOR_FORCE_SCALAR=1 env). */
+void tl_quants_force_scalar(bool on);
+
+struct tl_pool;
+
+/* Y[t][o] = sum_i W[o][i] * X[t][i] for t < n_tok, o < n_out.
+ *  W: n_out rows of n_in values of type wt (row stride tl_row_size(wt, n_in)).
+ *  X: n_tok rows of n_in floats (row stride n_in). Y: n_tok rows, row stride ldy floats.
+ * Converts X to the vec_dot_type once, then tiles rows x tokens across the pool's threads
+ * so each weight row is read once per tile of tokens. `scratch` (may be NULL: then it
+ * allocates) must hold tl_matmul_scratch_size(wt, n_in, n_tok) bytes. */
+size_t tl_matmul_scratch_size(tl_type wt, int64_t n_in, int64_t n_tok);
+void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
+               const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch);
+
+/* Gather one row of a (possibly quantized) matrix into floats (token embeddings). */
+void tl_get_row(tl_type t, const void *W, int64_t n_in, int64_t row, float *dst);
+
+#endif

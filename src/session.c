@@ -1,0 +1,287 @@
+/* session.c: the forward pass of llama / qwen2 / gemma3 over a chunk of tokens.
+ *
+ * Per block (pre-norm transformer):
+ *   xn = rmsnorm(x) * w_attn_norm
+ *   q, k, v = xn Wq (+bq), xn Wk (+bk), xn Wv (+bv)
+ *   gemma3: q, k = per-head rmsnorm(q) * q_norm, rmsnorm(k) * k_norm
+ *   q, k = rope(q, pos), rope(k, pos)
+ *   a = attention(q, cache ++ (k, v))            -- the KV store does this (kv/kv.h)
+ *   o = a Wo ; gemma3: o = rmsnorm(o) * post_attention_norm
+ *   x += o
+ *   xn = rmsnorm(x) * w_ffn_norm
+ *   f = (act(xn Wgate) * (xn Wup)) Wdown          -- act = silu, gemma3: gelu-tanh
+ *   gemma3: f = rmsnorm(f) * post_ffw_norm
+ *   x += f
+ * logits = rmsnorm(x) * output_norm, times Wout (tied: the embedding matrix).
+ * A prompt is processed in chunks of `chunk` tokens, so activation memory is bounded by the
+ * chunk size and not by the prompt length. */
+#include "session.h"
+#include "../include/tailor.h"
+#include "kv/policy.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static void rmsnorm_rows(const tl_vec_ops *vo, const float *x, float *out, const float *w, int n_rows, int dim,
+                         float eps) {
+    for (int r = 0; r < n_rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *o = out + (size_t)r * dim;
+        const float ss = vo->sumsq(xr, dim);
+        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int i = 0; i < dim; i++) o[i] = xr[i] * inv * w[i];
+    }
+}
+
+/* Rotate one head's vector by the cos/sin table of its position. */
+static void rope_head(float *h, const float *cs, int n_rot, tl_rope_style style) {
+    const int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const int a = style == TL_ROPE_NORM ? 2 * i : i;
+        const int b = style == TL_ROPE_NORM ? 2 * i + 1 : i + half;
+        const float x0 = h[a], x1 = h[b];
+        h[a] = x0 * c - x1 * s;
+        h[b] = x0 * s + x1 * c;
+    }
+}
+
+static void matmul(tl_session *s, const tl_mat *w, const float *x, int n_tok, float *y) {
+    tl_matmul(s->pool, w->type, w->data, w->n_in, w->n_out, x, n_tok, y, w->n_out, s->act.mm_scratch);
+}
+
+static void add_bias(float *y, const float *b, int n_tok, int dim) {
+    if (!b) return;
+    for (int t = 0; t < n_tok; t++)
+        for (int i = 0; i < dim; i++) y[(size_t)t * dim + i] += b[i];
+}
+
+/* One chunk of n tokens at positions n_past.. ; logits: NULL, last row only, or all rows. */
+static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
+    const tl_model *m = s->model;
+    const tl_config *c = &m->cfg;
+    const tl_weights *w = &m->w;
+    const tl_vec_ops *vo = s->vo;
+    tl_activations *a = &s->act;
+    const int E = c->n_embd, half = c->n_rot / 2;
+    const int qdim = c->n_head * c->head_dim_k, kdim = c->n_head_kv * c->head_dim_k;
+    const int vdim = c->n_head_kv * c->head_dim_v;
+
+    for (int t = 0; t < n; t++) {
+        if (tokens[t] < 0 || tokens[t] >= c->n_vocab)
+            return tl_fail(err, "token id %d at position %d is outside the vocabulary (0..%d)", tokens[t],
+                           s->n_past + t, c->n_vocab - 1);
+        tl_get_row(w->tok_embd.type, w->tok_embd.data, E, tokens[t], a->x + (size_t)t * E);
+        if (c->embd_scale) vo->scale(a->x + (size_t)t * E, E, sqrtf((float)E));
+    }
+    /* cos/sin for each token and both RoPE bases */
+    for (int t = 0; t < n; t++)
+        for (int b = 0; b < 2; b++)
+            for (int i = 0; i < half; i++) {
+                const double ang = (double)(s->n_past + t) * s->inv_freq[b][i];
+                float *cs = a->rope + (((size_t)t * 2 + b) * half + i) * 2;
+                cs[0] = (float)cos(ang);
+                cs[1] = (float)sin(ang);
+            }
+
+    for (int il = 0; il < c->n_layer; il++) {
+        const tl_layer_weights *L = &w->layers[il];
+        const int base = c->layer_swa[il] ? 1 : 0;
+        rmsnorm_rows(vo, a->x, a->xn, L->attn_norm, n, E, c->norm_eps);
+        matmul(s, &L->wq, a->xn, n, a->q);
+        matmul(s, &L->wk, a->xn, n, a->k);
+        matmul(s, &L->wv, a->xn, n, a->v);
+        add_bias(a->q, L->bq, n, qdim);
+        add_bias(a->k, L->bk, n, kdim);
+        add_bias(a->v, L->bv, n, vdim);
+        if (L->q_norm) {
+            rmsnorm_rows(vo, a->q, a->q, L->q_norm, n * c->n_head, c->head_dim_k, c->norm_eps);
+            rmsnorm_rows(vo, a->k, a->k, L->k_norm, n * c->n_head_kv, c->head_dim_k, c->norm_eps);
+        }
+        for (int t = 0; t < n; t++) {
+            const float *cs = a->rope + ((size_t)t * 2 + base) * half * 2;
+            for (int h = 0; h < c->n_head; h++)
+                rope_head(a->q + (size_t)t * qdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
+            for (int h = 0; h < c->n_head_kv; h++)
+                rope_head(a->k + (size_t)t * kdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
+        }
+        if (tl_kv_forward(s->kv[il], s->pool, n, a->q, a->k, a->v, a->attn, err))
+            return tl_fail_prefix(err, "layer %d", il);
+        matmul(s, &L->wo, a->attn, n, a->tmp);
+        if (L->attn_post_norm) rmsnorm_rows(vo, a->tmp, a->tmp, L->attn_post_norm, n, E, c->norm_eps);
+        for (size_t i = 0; i < (size_t)n * E; i++) a->x[i] += a->tmp[i];
+
+        rmsnorm_rows(vo, a->x, a->xn, L->ffn_norm, n, E, c->norm_eps);
+        matmul(s, &L->w_gate, a->xn, n, a->gate);
+        matmul(s, &L->w_up, a->xn, n, a->up);
+        if (c->gelu_ffn) vo->geglu(a->gate, a->gate, a->up, n * c->n_ff);
+        else vo->swiglu(a->gate, a->gate, a->up, n * c->n_ff);
+        matmul(s, &L->w_down, a->gate, n, a->tmp);
+        if (L->ffn_post_norm) rmsnorm_rows(vo, a->tmp, a->tmp, L->ffn_post_norm, n, E, c->norm_eps);
+        for (size_t i = 0; i < (size_t)n * E; i++) a->x[i] += a->tmp[i];
+    }
+    s->n_past += n;
+
+    if (logits) {
+        const int first = all_logits ? 0 : n - 1, rows = n - first;
+        rmsnorm_rows(vo, a->x + (size_t)first * E, a->xn, w->output_norm, rows, E, c->norm_eps);
+        tl_matmul(s->pool, w->output.type, w->output.data, E, c->n_vocab, a->xn, rows, logits, c->n_vocab,
+                  a->mm_scratch);
+    }
+    return 0;
+}
+
+int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
+    if (n <= 0) return tl_fail(err, "nothing to evaluate (0 tokens)");
+    if (s->n_past + n > s->n_ctx)
+        return tl_fail(err, "context overflow: %d tokens held + %d new exceed the context size %d (raise -c)",
+                       s->n_past, n, s->n_ctx);
+    const int V = s->model->cfg.n_vocab;
+    for (int i = 0; i < n; i += s->chunk) {
+        const int nc = TL_MIN(s->chunk, n - i);
+        const bool last = i + nc == n;
+        float *out = NULL;
+        if (all_logits && logits) out = logits + (size_t)i * V;
+        else if (last && logits) out = logits;
+        if (forward_chunk(s, tokens + i, nc, out, all_logits, err)) return -1;
+    }
+    return 0;
+}
+
+void tl_session_reset(tl_session *s) {
+    s->n_past = 0;
+    for (int il = 0; il < s->model->cfg.n_layer; il++) tl_kv_clear(s->kv[il]);
+}
+
+int tl_session_n_past(const tl_session *s) { return s->n_past; }
+
+static void *act_alloc(tl_session *s, size_t bytes) {
+    void *p = tl_amalloc(bytes);
+    if (!p) {
+        fprintf(stderr, "tailor: out of memory allocating %zu bytes of activations\n", bytes);
+        abort();
+    }
+    s->act_bytes += bytes;
+    return p;
+}
+
+static void init_rope(tl_session *s) {
+    const tl_config *c = &s->model->cfg;
+    const float *ff = s->model->w.rope_freqs;
+    for (int b = 0; b < 2; b++) {
+        const double base = b ? c->rope_base_swa : c->rope_base;
+        for (int i = 0; i < c->n_rot / 2; i++) {
+            double f = pow(base, -2.0 * i / c->n_rot);
+            /* linear scaling and llama3-style frequency factors apply to the global rope only
+             * (gemma3's sliding-window layers use base 10000 unscaled, as llama.cpp does) */
+            if (b == 0) f *= c->rope_freq_scale;
+            if (ff && b == 0) f /= ff[i];
+            s->inv_freq[b][i] = f;
+        }
+    }
+}
+
+tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,
+                                         const tl_kv_layer_policy *policies, tl_error *err) {
+    const tl_config *c = &m->cfg;
+    if (n_ctx <= 0) n_ctx = c->n_ctx_train;
+    if (chunk <= 0) chunk = 512;
+    if (chunk > n_ctx) chunk = n_ctx;
+    if (c->n_rot / 2 > 512) {
+        tl_fail(err, "rope dimension %d too large", c->n_rot);
+        return NULL;
+    }
+    tl_session *s = tl_xcalloc(1, sizeof *s);
+    s->model = m;
+    s->n_ctx = n_ctx;
+    s->chunk = chunk;
+    s->pool = tl_pool_new(n_threads);
+    s->vo = tl_vec_get();
+    init_rope(s);
+    for (int il = 0; il < c->n_layer; il++) {
+        tl_kv_shape sh = {
+            .n_head = c->n_head,
+            .n_head_kv = c->n_head_kv,
+            .head_dim_k = c->head_dim_k,
+            .head_dim_v = c->head_dim_v,
+            .n_ctx = n_ctx,
+            .window = c->layer_swa[il] ? c->sliding_window : 0,
+            .scale = c->attn_scale,
+        };
+        tl_kv_layer_policy def = {.kind = TL_KV_F16};
+        const tl_kv_layer_policy *p = policies ? &policies[il] : &def;
+        /* Sliding-window layers hold only their window; they stay dense (f16) unless the policy is dense. */
+        if (sh.window > 0 && p->kind == TL_KV_QUANT) p = &def;
+        s->kv[il] = tl_kv_layer_new(p, &sh, err);
+        if (!s->kv[il]) {
+            tl_fail_prefix(err, "layer %d KV cache", il);
+            tl_session_free(s);
+            return NULL;
+        }
+    }
+    const size_t E = (size_t)c->n_embd, C = (size_t)chunk;
+    tl_activations *a = &s->act;
+    a->x = act_alloc(s, sizeof(float) * C * E);
+    a->xn = act_alloc(s, sizeof(float) * C * E);
+    a->q = act_alloc(s, sizeof(float) * C * c->n_head * c->head_dim_k);
+    a->k = act_alloc(s, sizeof(float) * C * c->n_head_kv * c->head_dim_k);
+    a->v = act_alloc(s, sizeof(float) * C * c->n_head_kv * c->head_dim_v);
+    a->attn = act_alloc(s, sizeof(float) * C * c->n_head * c->head_dim_v);
+    a->gate = act_alloc(s, sizeof(float) * C * c->n_ff);
+    a->up = act_alloc(s, sizeof(float) * C * c->n_ff);
+    a->tmp = act_alloc(s, sizeof(float) * C * E);
+    a->rope = act_alloc(s, sizeof(float) * C * 2 * (size_t)c->n_rot);
+    /* matmul scratch: the largest activation conversion any matrix needs for a chunk */
+    size_t need = tl_matmul_scratch_size(m->w.output.type, c->n_embd, chunk);
+    for (int il = 0; il < c->n_layer; il++) {
+        const tl_layer_weights *L = &m->w.layers[il];
+        const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) {
+            size_t b = tl_matmul_scratch_size(mats[i]->type, mats[i]->n_in, chunk);
+            if (b > need) need = b;
+        }
+    }
+    a->mm_scratch_bytes = need;
+    a->mm_scratch = act_alloc(s, need);
+    return s;
+}
+
+void tl_session_free(tl_session *s) {
+    if (!s) return;
+    for (int il = 0; il < s->model->cfg.n_layer; il++) tl_kv_destroy(s->kv[il]);
+    tl_activations *a = &s->act;
+    void *bufs[] = {a->x, a->xn, a->q, a->k, a->v, a->attn, a->gate, a->up, a->tmp, a->rope, a->logits, a->mm_scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tl_afree(bufs[i]);
+    tl_pool_free(s->pool);
+    free(s);
+}
+
+void tl_session_memory(const tl_session *s, tl_session_mem *out) {
+    memset(out, 0, sizeof *out);
+    out->weights = s->model->weight_bytes;
+    out->activations = s->act_bytes;
+    for (int il = 0; il < s->model->cfg.n_layer; il++) {
+        tl_kv_bytes b;
+        s->kv[il]->ops->bytes(s->kv[il], &b);
+        out->kv_parts.codes += b.codes;
+        out->kv_parts.scales += b.scales;
+        out->kv_parts.residual += b.residual;
+        out->kv_parts.other += b.other;
+        out->kv_parts.host += b.host;
+        out->kv += tl_kv_bytes_total(&b);
+    }
+}
+
+tl_session_params tl_session_default_params(void) {
+    tl_session_params p = {0};
+    return p;
+}
+
+tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
+    tl_kv_plan plan = {0};
+    if (tl_kv_plan_parse(&plan, p->kv ? p->kv : "f16", p->kv_layer, m->cfg.n_layer, err)) return NULL;
+    tl_session *s = tl_session_new_with_policies(m, p->n_ctx, p->n_threads, p->chunk, plan.layers, err);
+    tl_kv_plan_free(&plan);
+    return s;
+}

@@ -1,0 +1,46 @@
+/* tokenizer.h: tokenizers read from a GGUF's tokenizer.ggml.* metadata, with llama.cpp's
+ * semantics (so token ids match llama.cpp's llama_tokenize exactly):
+ *  - "gpt2": byte-level BPE with merges; pre-tokenizers from tokenizer.ggml.pre
+ *    (gpt-2, llama-bpe/llama3, qwen2, smollm, deepseek-coder, falcon, default...).
+ *  - "llama": SentencePiece-style BPE over scores with byte fallback (<0xXX> tokens),
+ *    space prefix and "▁" escaping (add_space_prefix from metadata).
+ * Special/control tokens in the text are recognised when parse_special is true. */
+#ifndef TL_TOKENIZER_H
+#define TL_TOKENIZER_H
+
+#include "common.h"
+#include "gguf.h"
+
+typedef struct tl_tokenizer tl_tokenizer;
+
+tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err);
+void tl_tokenizer_free(tl_tokenizer *t);
+
+int32_t tl_tok_n_vocab(const tl_tokenizer *t);
+int32_t tl_tok_bos(const tl_tokenizer *t); /* -1 if none */
+int32_t tl_tok_eos(const tl_tokenizer *t); /* -1 if none */
+bool tl_tok_add_bos(const tl_tokenizer *t);  /* tokenizer.ggml.add_bos_token (llama.cpp default per model type) */
+bool tl_tok_is_eog(const tl_tokenizer *t, int32_t id); /* EOS, EOT (<|im_end|>, <end_of_turn>...) */
+
+/* Tokenize text (len bytes, need not be NUL-terminated). add_special: prepend BOS (and
+ * append EOS) when the vocab says so. Writes at most cap ids; *n_out is the total needed
+ * (call again with a bigger buffer if *n_out > cap). Returns 0, or -1 with err on invalid
+ * UTF-8 ("prompt: invalid UTF-8 at byte 17") or other failure. */
+int tl_tokenize(const tl_tokenizer *t, const char *text, size_t len, bool add_special, bool parse_special,
+                int32_t *out, size_t cap, size_t *n_out, tl_error *err);
+
+/* The bytes a token decodes to (SentencePiece "▁" -> " ", <0xXX> -> byte, byte-level BPE
+ * unicode -> bytes; control tokens -> their text only if render_special). Returns the
+ * number of bytes; writes at most cap. Pieces may be partial UTF-8. */
+size_t tl_token_to_piece(const tl_tokenizer *t, int32_t id, bool render_special, char *buf, size_t cap);
+/* The raw vocab string of a token (NUL-terminated, owned by the tokenizer). */
+const char *tl_token_text(const tl_tokenizer *t, int32_t id);
+
+/* Decode a sequence to a malloc'd NUL-terminated string (llama.cpp's detokenize: strips the
+ * SentencePiece leading space after BOS when add_space_prefix). */
+char *tl_detokenize(const tl_tokenizer *t, const int32_t *ids, size_t n, bool render_special);
+
+/* Find the id of a token by its exact text, -1 if absent. */
+int32_t tl_token_find(const tl_tokenizer *t, const char *text);
+
+#endif

@@ -1,0 +1,50 @@
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int tl_test_passed, tl_test_failed;
+
+static const char *join(const char *env, const char *fallback, const char *rel) {
+    static char bufs[8][4096];
+    static int next;
+    char *b = bufs[next++ % 8];
+    const char *base = getenv(env);
+    snprintf(b, 4096, "%s/%s", base && *base ? base : fallback, rel);
+    return b;
+}
+
+const char *tl_test_shared(const char *rel) { return join("TL_SHARED", "../shared", rel); }
+const char *tl_test_models(const char *rel) { return join("TL_MODELS", ".", rel); }
+const char *tl_test_fixture(const char *rel) { return join("TL_FIXTURES", "tests/fixtures", rel); }
+
+bool tl_test_have(const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0) return true;
+    printf("SKIP: %s not found\n", path);
+    return false;
+}
+
+char *tl_test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    buf[n] = 0;
+    fclose(f);
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+int tl_test_done(void) {
+    printf("%d passed, %d failed\n", tl_test_passed, tl_test_failed);
+    return tl_test_failed ? 1 : 0;
+}

@@ -1,0 +1,46 @@
+/* testutil.h: tiny test harness. Each test file is one executable: CHECK records failures,
+ * tl_test_done prints "N passed, N failed" and returns the exit code. Paths to shared
+ * models/data come from the environment ctest sets (TL_SHARED, TL_MODELS, TL_FIXTURES). */
+#ifndef TL_TESTUTIL_H
+#define TL_TESTUTIL_H
+
+#include <stdio.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+extern int tl_test_passed, tl_test_failed;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (cond) {                                                                   \
+            tl_test_passed++;                                                         \
+        } else {                                                                      \
+            tl_test_failed++;                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                             \
+    } while (0)
+
+#define CHECKF(cond, ...)                                                  \
+    do {                                                                   \
+        if (cond) {                                                        \
+            tl_test_passed++;                                              \
+        } else {                                                           \
+            tl_test_failed++;                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fputc('\n', stderr);                                           \
+        }                                                                  \
+    } while (0)
+
+/* "<TL_SHARED>/rel" etc. into a static buffer rotation (valid for a few calls). */
+const char *tl_test_shared(const char *rel);
+const char *tl_test_models(const char *rel);
+const char *tl_test_fixture(const char *rel);
+/* true if the file exists; if not, prints "SKIP: <why>" once. */
+bool tl_test_have(const char *path);
+/* Read a whole file (malloc'd, NUL-terminated); NULL if missing. */
+char *tl_test_read_file(const char *path, size_t *len);
+/* Prints the summary line and returns 0 if no failures. */
+int tl_test_done(void);
+
+#endif

@@ -1,0 +1,210 @@
+/* cli.c: shared flag parsing, model/session set-up and output helpers for the subcommands. */
+#define _GNU_SOURCE
+#include "cli.h"
+#include "../src/kv/policy.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void tl_cli_common_init(tl_cli_common *c) {
+    memset(c, 0, sizeof *c);
+    c->n_predict = 128;
+    c->sp = tl_sampler_default_params();
+}
+
+const char *tl_cli_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "tailor: flag %s needs a value\n", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "tailor: %s: '%s' is not an integer in [%ld, %ld]\n", flag, s, lo, hi);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int tl_cli_float(const char *flag, const char *s, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || v != v) {
+        fprintf(stderr, "tailor: %s: '%s' is not a number\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    const char *v;
+#define VAL() \
+    if (!(v = tl_cli_value(argc, argv, i))) return -1
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+        VAL();
+        c->model = v;
+    } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+        VAL();
+        c->prompt = v;
+    } else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
+        VAL();
+        c->file = v;
+    } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+        VAL();
+        return tl_cli_int(a, v, -1, INT_MAX, &c->n_predict) ? -1 : 1;
+    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+        VAL();
+        return tl_cli_int(a, v, 0, 1 << 24, &c->n_ctx) ? -1 : 1;
+    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        VAL();
+        return tl_cli_int(a, v, 1, 1024, &c->n_threads) ? -1 : 1;
+    } else if (!strcmp(a, "--chunk") || !strcmp(a, "-b") || !strcmp(a, "-ub") || !strcmp(a, "--batch-size")) {
+        VAL();
+        return tl_cli_int(a, v, 1, 1 << 20, &c->chunk) ? -1 : 1;
+    } else if (!strcmp(a, "--kv")) {
+        VAL();
+        c->kv = v;
+    } else if (!strcmp(a, "--kv-layer")) {
+        VAL();
+        c->kv_layer = v;
+    } else if (!strcmp(a, "--temp")) {
+        VAL();
+        return tl_cli_float(a, v, &c->sp.temp) ? -1 : 1;
+    } else if (!strcmp(a, "--top-k")) {
+        VAL();
+        return tl_cli_int(a, v, 0, INT_MAX, &c->sp.top_k) ? -1 : 1;
+    } else if (!strcmp(a, "--top-p")) {
+        VAL();
+        return tl_cli_float(a, v, &c->sp.top_p) ? -1 : 1;
+    } else if (!strcmp(a, "--min-p")) {
+        VAL();
+        return tl_cli_float(a, v, &c->sp.min_p) ? -1 : 1;
+    } else if (!strcmp(a, "--repeat-penalty")) {
+        VAL();
+        return tl_cli_float(a, v, &c->sp.repeat_penalty) ? -1 : 1;
+    } else if (!strcmp(a, "--repeat-last-n")) {
+        VAL();
+        return tl_cli_int(a, v, 0, 1 << 20, &c->sp.repeat_last_n) ? -1 : 1;
+    } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
+        VAL();
+        char *end;
+        errno = 0;
+        unsigned long long s = strtoull(v, &end, 10);
+        if (errno || *end || end == v) {
+            fprintf(stderr, "tailor: %s: '%s' is not a non-negative integer\n", a, v);
+            return -1;
+        }
+        c->sp.seed = s;
+    } else if (!strcmp(a, "--mem")) {
+        c->mem = true;
+    } else {
+        return 0;
+    }
+#undef VAL
+    return 1;
+}
+
+char *tl_cli_read_file(const char *path, size_t *len, tl_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        tl_fail(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = tl_xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) buf = tl_xrealloc(buf, cap *= 2);
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0) break;
+    }
+    if (ferror(f)) {
+        tl_fail(err, "%s: read error", path);
+        fclose(f);
+        free(buf);
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+char *tl_cli_prompt_text(const tl_cli_common *c, size_t *len, tl_error *err) {
+    if (c->prompt && c->file) {
+        tl_fail(err, "give either -p or -f, not both");
+        return NULL;
+    }
+    if (c->file) return tl_cli_read_file(c->file, len, err);
+    const char *p = c->prompt ? c->prompt : "";
+    *len = strlen(p);
+    return tl_xstrdup(p);
+}
+
+int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool add_special, size_t *n, tl_error *err) {
+    size_t cap = len + 16, need = 0;
+    int32_t *ids = tl_xmalloc(sizeof(int32_t) * cap);
+    if (tl_tokenize(m->tok, text, len, add_special, true, ids, cap, &need, err)) {
+        free(ids);
+        return NULL;
+    }
+    if (need > cap) {
+        ids = tl_xrealloc(ids, sizeof(int32_t) * need);
+        if (tl_tokenize(m->tok, text, len, add_special, true, ids, need, &need, err)) {
+            free(ids);
+            return NULL;
+        }
+    }
+    *n = need;
+    return ids;
+}
+
+tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
+    tl_kv_plan plan = {0};
+    if (tl_kv_plan_parse(&plan, c->kv ? c->kv : "f16", c->kv_layer, m->cfg.n_layer, err)) return NULL;
+    tl_session *s = tl_session_new_with_policies(m, c->n_ctx, c->n_threads, c->chunk, plan.layers, err);
+    tl_kv_plan_free(&plan);
+    return s;
+}
+
+int tl_cli_write_atomic(const char *path, const void *data, size_t len, tl_error *err) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return tl_fail(err, "%s: %s", tmp, strerror(errno));
+    if (fwrite(data, 1, len, f) != len || fflush(f) || fsync(fileno(f))) {
+        fclose(f);
+        unlink(tmp);
+        return tl_fail(err, "%s: write failed: %s", path, strerror(errno));
+    }
+    fclose(f);
+    if (rename(tmp, path)) {
+        unlink(tmp);
+        return tl_fail(err, "%s: rename failed: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
+
+void tl_cli_print_mem(FILE *f, const tl_session *s) {
+    tl_session_mem m;
+    tl_session_memory(s, &m);
+    fprintf(f, "memory: weights %.2f MiB + KV %.2f MiB (codes %.2f, scales %.2f, residual %.2f, other %.2f, host %.2f) "
+               "+ activations %.2f MiB = %.2f MiB  [%d tokens held]\n",
+            mib(m.weights), mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
+            mib(m.kv_parts.other), mib(m.kv_parts.host), mib(m.activations), mib(m.weights + m.kv + m.activations),
+            s->n_past);
+}

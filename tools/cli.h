@@ -1,0 +1,60 @@
+/* cli.h: what every subcommand shares: argument parsing helpers that name the bad flag,
+ * loading a model/session from the common flags, and atomic file output. */
+#ifndef TL_CLI_H
+#define TL_CLI_H
+
+#include "../src/common.h"
+#include "../src/session.h"
+#include "../src/sampler.h"
+
+#include <stdio.h>
+
+/* Flags shared by generate / perplexity / bench / evaluation commands. */
+typedef struct {
+    const char *model;    /* -m */
+    const char *prompt;   /* -p */
+    const char *file;     /* -f */
+    int n_predict;        /* -n */
+    int n_ctx;            /* -c */
+    int n_threads;        /* -t */
+    int chunk;            /* --chunk (also -b / -ub for llama.cpp habits) */
+    const char *kv;       /* --kv */
+    const char *kv_layer; /* --kv-layer */
+    tl_sampler_params sp; /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n -s/--seed */
+    bool mem;             /* --mem */
+} tl_cli_common;
+
+void tl_cli_common_init(tl_cli_common *c);
+/* Try to consume argv[*i] (and its value) as a common flag. Returns 1 if consumed, 0 if
+ * not a common flag, -1 on a bad value (message printed). */
+int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i);
+
+/* Value parsers: print "tailor <cmd>: <flag>: ..." and return -1 on bad input. */
+int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out);
+int tl_cli_float(const char *flag, const char *s, float *out);
+const char *tl_cli_value(int argc, char **argv, int *i); /* NULL + message if missing */
+
+/* Read a whole text file (NUL-terminated, malloc'd). */
+char *tl_cli_read_file(const char *path, size_t *len, tl_error *err);
+/* The prompt text from -p or -f (malloc'd). */
+char *tl_cli_prompt_text(const tl_cli_common *c, size_t *len, tl_error *err);
+/* Tokenize with the model's BOS rule; returns malloc'd ids. */
+int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool add_special, size_t *n, tl_error *err);
+
+/* Model + session from the common flags. */
+tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err);
+
+/* Write `data` to path atomically (temp file + rename). */
+int tl_cli_write_atomic(const char *path, const void *data, size_t len, tl_error *err);
+
+/* Print the memory report of a session (stderr). */
+void tl_cli_print_mem(FILE *f, const tl_session *s);
+
+int tl_cmd_generate(int argc, char **argv);
+int tl_cmd_perplexity(int argc, char **argv);
+int tl_cmd_bench(int argc, char **argv);
+int tl_cmd_info(int argc, char **argv);
+int tl_cmd_tokenize(int argc, char **argv);
+int tl_cmd_synth(int argc, char **argv);
+
+#endif

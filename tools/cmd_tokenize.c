@@ -1,0 +1,59 @@
+/* tailor tokenize: token ids of a text, one line, space separated (--pieces shows them). */
+#include "cli.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int tl_cmd_tokenize(int argc, char **argv) {
+    tl_cli_common c;
+    tl_cli_common_init(&c);
+    bool pieces = false, no_bos = false;
+    for (int i = 1; i < argc; i++) {
+        int r = tl_cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r) continue;
+        if (!strcmp(argv[i], "--pieces")) pieces = true;
+        else if (!strcmp(argv[i], "--no-bos")) no_bos = true;
+        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            printf("usage: tailor tokenize -m MODEL (-p TEXT | -f FILE) [--pieces] [--no-bos]\n");
+            return 0;
+        } else {
+            fprintf(stderr, "tailor tokenize: unknown flag '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!c.model) {
+        fprintf(stderr, "tailor tokenize: -m MODEL is required\n");
+        return 2;
+    }
+    tl_error err = {{0}};
+    int rc = 1;
+    size_t len = 0, n = 0;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    tl_model *m = tl_model_load(c.model, &err);
+    if (!m) goto done;
+    if (!(text = tl_cli_prompt_text(&c, &len, &err))) goto done;
+    if (!(ids = tl_cli_tokenize(m, text, len, !no_bos, &n, &err))) {
+        tl_fail_prefix(&err, "%s", c.file ? c.file : "prompt");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (pieces) {
+            char buf[256];
+            size_t np = tl_token_to_piece(m->tok, ids[i], true, buf, sizeof buf - 1);
+            buf[np < sizeof buf - 1 ? np : sizeof buf - 1] = 0;
+            printf("%s%d:'%s'", i ? " " : "", ids[i], buf);
+        } else {
+            printf("%s%d", i ? " " : "", ids[i]);
+        }
+    }
+    printf("\n");
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "tailor tokenize: %s\n", err.msg);
+    free(ids);
+    free(text);
+    tl_model_free(m);
+    return rc;
+}
