@@ -65,7 +65,7 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
     const tl_vec_ops *vo = s->vo;
     tl_activations *a = &s->act;
     const int E = c->n_embd, half = c->n_rot / 2;
-    const int qdim = c->n_head * c->head_dim_k, kdim = c->n_head_kv * c->head_dim_k;
+    const int kdim = c->n_head_kv * c->head_dim_k;
     const int vdim = c->n_head_kv * c->head_dim_v;
 
     for (int t = 0; t < n; t++) {
@@ -89,34 +89,37 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
         const tl_layer_weights *L = &w->layers[il];
         const int base = c->layer_swa[il] ? 1 : 0;
         rmsnorm_rows(vo, a->x, a->xn, L->attn_norm, n, E, c->norm_eps);
-        matmul(s, &L->wq, a->xn, n, a->q);
+        if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_ATTN_IN, a->xn, n, E);
+        tl_session_query(s, il, a->xn, n, s->n_past, a->q);
         matmul(s, &L->wk, a->xn, n, a->k);
         matmul(s, &L->wv, a->xn, n, a->v);
-        add_bias(a->q, L->bq, n, qdim);
         add_bias(a->k, L->bk, n, kdim);
         add_bias(a->v, L->bv, n, vdim);
-        if (L->q_norm) {
-            rmsnorm_rows(vo, a->q, a->q, L->q_norm, n * c->n_head, c->head_dim_k, c->norm_eps);
-            rmsnorm_rows(vo, a->k, a->k, L->k_norm, n * c->n_head_kv, c->head_dim_k, c->norm_eps);
-        }
+        if (L->k_norm) rmsnorm_rows(vo, a->k, a->k, L->k_norm, n * c->n_head_kv, c->head_dim_k, c->norm_eps);
         for (int t = 0; t < n; t++) {
             const float *cs = a->rope + ((size_t)t * 2 + base) * half * 2;
-            for (int h = 0; h < c->n_head; h++)
-                rope_head(a->q + (size_t)t * qdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
             for (int h = 0; h < c->n_head_kv; h++)
                 rope_head(a->k + (size_t)t * kdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
         }
+        /* the next layer's store may want its queries predicted from this layer's input */
+        if (il + 1 < c->n_layer && s->kv[il + 1]->ops->wants_query_prediction) {
+            tl_session_query(s, il + 1, a->xn, n, s->n_past, s->q_pred);
+            s->kv[il + 1]->ops->predicted_query(s->kv[il + 1], s->pool, n, s->q_pred);
+        }
         if (tl_kv_forward(s->kv[il], s->pool, n, a->q, a->k, a->v, a->attn, err))
             return tl_fail_prefix(err, "layer %d", il);
+        if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_ATTN_OUT, a->attn, n, c->n_head * c->head_dim_v);
         matmul(s, &L->wo, a->attn, n, a->tmp);
         if (L->attn_post_norm) rmsnorm_rows(vo, a->tmp, a->tmp, L->attn_post_norm, n, E, c->norm_eps);
         for (size_t i = 0; i < (size_t)n * E; i++) a->x[i] += a->tmp[i];
 
         rmsnorm_rows(vo, a->x, a->xn, L->ffn_norm, n, E, c->norm_eps);
+        if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_FFN_IN, a->xn, n, E);
         matmul(s, &L->w_gate, a->xn, n, a->gate);
         matmul(s, &L->w_up, a->xn, n, a->up);
         if (c->gelu_ffn) vo->geglu(a->gate, a->gate, a->up, n * c->n_ff);
         else vo->swiglu(a->gate, a->gate, a->up, n * c->n_ff);
+        if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_FFN_MID, a->gate, n, c->n_ff);
         matmul(s, &L->w_down, a->gate, n, a->tmp);
         if (L->ffn_post_norm) rmsnorm_rows(vo, a->tmp, a->tmp, L->ffn_post_norm, n, E, c->norm_eps);
         for (size_t i = 0; i < (size_t)n * E; i++) a->x[i] += a->tmp[i];
@@ -211,8 +214,9 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
         };
         tl_kv_layer_policy def = {.kind = TL_KV_F16};
         const tl_kv_layer_policy *p = policies ? &policies[il] : &def;
-        /* Sliding-window layers hold only their window; they stay dense (f16) unless the policy is dense. */
-        if (sh.window > 0 && p->kind == TL_KV_QUANT) p = &def;
+        /* Sliding-window layers hold only their window: they stay dense (f16) whatever the plan
+         * says for them, unless the plan itself is dense. */
+        if (sh.window > 0 && (p->kind == TL_KV_QUANT || p->kind == TL_KV_OFFLOAD)) p = &def;
         s->kv[il] = tl_kv_layer_new(p, &sh, err);
         if (!s->kv[il]) {
             tl_fail_prefix(err, "layer %d KV cache", il);
@@ -244,6 +248,9 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
     }
     a->mm_scratch_bytes = need;
     a->mm_scratch = act_alloc(s, need);
+    for (int il = 0; il < c->n_layer; il++)
+        if (s->kv[il]->ops->wants_query_prediction && !s->q_pred)
+            s->q_pred = act_alloc(s, sizeof(float) * C * c->n_head * c->head_dim_k);
     return s;
 }
 
@@ -251,10 +258,30 @@ void tl_session_free(tl_session *s) {
     if (!s) return;
     for (int il = 0; il < s->model->cfg.n_layer; il++) tl_kv_destroy(s->kv[il]);
     tl_activations *a = &s->act;
-    void *bufs[] = {a->x, a->xn, a->q, a->k, a->v, a->attn, a->gate, a->up, a->tmp, a->rope, a->logits, a->mm_scratch};
+    void *bufs[] = {a->x, a->xn, a->q, a->k, a->v, a->attn, a->gate, a->up, a->tmp, a->rope, a->logits, a->mm_scratch, s->q_pred};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tl_afree(bufs[i]);
     tl_pool_free(s->pool);
     free(s);
+}
+
+void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, float *q) {
+    const tl_config *c = &s->model->cfg;
+    const int qdim = c->n_head * c->head_dim_k, half = c->n_rot / 2, base = c->layer_swa[il] ? 1 : 0;
+    const tl_layer_weights *L = &s->model->w.layers[il];
+    tl_matmul(s->pool, L->wq.type, L->wq.data, L->wq.n_in, L->wq.n_out, xn, n, q, L->wq.n_out,
+              n <= s->chunk ? s->act.mm_scratch : NULL);
+    add_bias(q, L->bq, n, qdim);
+    if (L->q_norm) rmsnorm_rows(s->vo, q, q, L->q_norm, n * c->n_head, c->head_dim_k, c->norm_eps);
+    float *cs = tl_xmalloc(sizeof(float) * (size_t)half * 2);
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < half; i++) {
+            const double ang = (double)(pos0 + t) * s->inv_freq[base][i];
+            cs[2 * i] = (float)cos(ang);
+            cs[2 * i + 1] = (float)sin(ang);
+        }
+        for (int h = 0; h < c->n_head; h++) rope_head(q + (size_t)t * qdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
+    }
+    free(cs);
 }
 
 void tl_session_memory(const tl_session *s, tl_session_mem *out) {

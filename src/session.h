@@ -25,6 +25,17 @@ typedef struct {
     size_t mm_scratch_bytes;
 } tl_activations;
 
+/* Where an activation observer is called: the input of a group of linear layers. */
+typedef enum {
+    TL_ACT_ATTN_IN,  /* normed input of wq/wk/wv, n_embd wide */
+    TL_ACT_ATTN_OUT, /* attention output, input of wo, n_head*head_dim_v wide */
+    TL_ACT_FFN_IN,   /* normed input of w_gate/w_up, n_embd wide */
+    TL_ACT_FFN_MID,  /* act(gate)*up, input of w_down, n_ff wide */
+} tl_act_point;
+
+/* Sees each chunk's activations at the points above (calibration, AWQ statistics). */
+typedef void (*tl_act_observer)(void *ctx, int layer, tl_act_point point, const float *x, int n_rows, int dim);
+
 struct tl_session {
     tl_model *model;
     int n_ctx;
@@ -36,6 +47,9 @@ struct tl_session {
     tl_activations act;
     uint64_t act_bytes; /* bytes of activation buffers (excluding KV) */
     double inv_freq[2][512]; /* RoPE inverse frequencies: [global, sliding-window][n_rot/2] */
+    tl_act_observer observer;  /* optional */
+    void *observer_ctx;
+    float *q_pred;             /* [chunk][n_head*head_dim_k] when a store predicts queries */
 };
 
 typedef struct tl_session tl_session;
@@ -49,6 +63,11 @@ typedef struct {
 } tl_session_mem;
 
 void tl_session_memory(const tl_session *s, tl_session_mem *out);
+
+/* The query projection of layer il for n rows of normed input xn: Wq (+bias), gemma3's
+ * q-norm, and RoPE at positions pos0.. . Writes [n][n_head*head_dim_k]. Used by the forward
+ * pass and by query prediction for the next layer. */
+void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, float *q);
 
 /* Internal constructor: one layer policy per layer (NULL = f16 everywhere). */
 tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,

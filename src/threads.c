@@ -1,26 +1,32 @@
-/* threads.c: persistent worker threads; workers spin briefly before sleeping so that the
- * many short parallel regions of a decode step do not pay a futex wake-up each. */
+/* threads.c: persistent worker threads for parallel-for.
+ *
+ * A job is (fn, ctx, n_tasks) plus a 64-bit atomic `cursor` = job id << 32 | next task index.
+ * Threads claim tasks by compare-and-swap on the cursor, so a worker that wakes late can
+ * never run a task of a job other than the one whose id it read; the caller returns when
+ * `done` reaches n_tasks, without waiting for sleeping workers to check in. Waiting spins
+ * briefly (decode issues many short jobs) and then yields or sleeps, so an oversubscribed
+ * machine degrades gracefully instead of burning its cores on spinning. */
 #define _GNU_SOURCE
 #include "threads.h"
 #include "common.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
-#include <sched.h>
 
 struct tl_pool {
     int n_threads;
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    atomic_uint_fast64_t generation; /* bumped for each job */
-    atomic_int n_active;             /* workers still inside the current job */
-    atomic_int_fast64_t next;        /* next task index */
+    _Atomic uint64_t cursor; /* job id << 32 | next task */
+    _Atomic int64_t done;    /* tasks finished in the current job */
     int64_t n_tasks;
     tl_task_fn fn;
     void *ctx;
+    uint32_t job_id;
     atomic_bool quit;
 };
 
@@ -29,40 +35,52 @@ typedef struct {
     int id;
 } worker_arg;
 
-static void run_tasks(tl_pool *p, int id) {
+static inline void cpu_relax(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Claim and run tasks of job `id` until none are left. */
+static void run_tasks(tl_pool *p, uint32_t id, int thread_id) {
     for (;;) {
-        int64_t i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (i >= p->n_tasks) break;
-        p->fn(p->ctx, i, id);
+        uint64_t cur = atomic_load_explicit(&p->cursor, memory_order_acquire);
+        if ((uint32_t)(cur >> 32) != id) return;
+        const int64_t i = (int64_t)(cur & 0xffffffffu);
+        if (i >= p->n_tasks) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->cursor, &cur, cur + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        p->fn(p->ctx, i, thread_id);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     }
 }
 
 static void *worker_main(void *argp) {
     worker_arg *a = argp;
     tl_pool *p = a->pool;
-    int id = a->id;
+    const int tid = a->id;
     free(a);
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        uint64_t g;
+        uint32_t id;
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
+        while ((id = (uint32_t)(atomic_load_explicit(&p->cursor, memory_order_acquire) >> 32)) == seen &&
                !atomic_load(&p->quit)) {
-            if (++spins < 20000) {
-#if defined(__x86_64__)
-                __builtin_ia32_pause();
-#endif
-                continue;
+            if (++spins < 4000) {
+                cpu_relax();
+            } else if (spins < 4100) {
+                sched_yield();
+            } else {
+                pthread_mutex_lock(&p->mu);
+                while ((uint32_t)(atomic_load(&p->cursor) >> 32) == seen && !atomic_load(&p->quit))
+                    pthread_cond_wait(&p->cv, &p->mu);
+                pthread_mutex_unlock(&p->mu);
             }
-            pthread_mutex_lock(&p->mu);
-            while (atomic_load(&p->generation) == seen && !atomic_load(&p->quit))
-                pthread_cond_wait(&p->cv, &p->mu);
-            pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->quit)) break;
-        seen = g;
-        run_tasks(p, id);
-        atomic_fetch_sub_explicit(&p->n_active, 1, memory_order_acq_rel);
+        seen = id;
+        run_tasks(p, id, tid);
     }
     return NULL;
 }
@@ -76,9 +94,8 @@ tl_pool *tl_pool_new(int n_threads) {
     p->n_threads = n_threads;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
-    atomic_init(&p->generation, 0);
-    atomic_init(&p->n_active, 0);
-    atomic_init(&p->next, 0);
+    atomic_init(&p->cursor, 0);
+    atomic_init(&p->done, 0);
     atomic_init(&p->quit, false);
     p->threads = tl_xcalloc((size_t)n_threads, sizeof(pthread_t));
     for (int i = 1; i < n_threads; i++) {
@@ -111,19 +128,20 @@ void tl_pool_run(tl_pool *p, int64_t n_tasks, tl_task_fn fn, void *ctx) {
         for (int64_t i = 0; i < n_tasks; i++) fn(ctx, i, 0);
         return;
     }
+    /* the previous job is complete (done == its n_tasks), so no thread reads these now */
     p->fn = fn;
     p->ctx = ctx;
     p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->n_active, p->n_threads - 1, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    const uint32_t id = ++p->job_id;
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    atomic_store_explicit(&p->cursor, (uint64_t)id << 32, memory_order_release);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    run_tasks(p, 0);
-    while (atomic_load_explicit(&p->n_active, memory_order_acquire) > 0) {
-#if defined(__x86_64__)
-        __builtin_ia32_pause();
-#endif
+    run_tasks(p, id, 0);
+    int spins = 0;
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) {
+        if (++spins < 4000) cpu_relax();
+        else sched_yield();
     }
 }

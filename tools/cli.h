@@ -56,5 +56,11 @@ int tl_cmd_bench(int argc, char **argv);
 int tl_cmd_info(int argc, char **argv);
 int tl_cmd_tokenize(int argc, char **argv);
 int tl_cmd_synth(int argc, char **argv);
+int tl_cmd_niah(int argc, char **argv);
+int tl_cmd_ruler(int argc, char **argv);
+int tl_cmd_eval(int argc, char **argv);
+int tl_cmd_calibrate(int argc, char **argv);
+int tl_cmd_quantize(int argc, char **argv);
+int tl_cmd_serve(int argc, char **argv);
 
 #endif

@@ -15,6 +15,12 @@ static const struct {
     {"info", tl_cmd_info, "metadata, tensors, sizes and memory of a GGUF file"},
     {"tokenize", tl_cmd_tokenize, "token ids of a text"},
     {"synth", tl_cmd_synth, "write a GGUF with random weights and a real model's shapes"},
+    {"niah", tl_cmd_niah, "needle-in-a-haystack grid over lengths and depths"},
+    {"ruler", tl_cmd_ruler, "RULER-style synthetic long-context tasks"},
+    {"eval", tl_cmd_eval, "score a JSONL task file (exact, contains, F1, choice)"},
+    {"calibrate", tl_cmd_calibrate, "TailorKV: per-layer dense/sparse calibration, writes a plan"},
+    {"quantize", tl_cmd_quantize, "quantize weights (q8_0, q4_0, q4_K, w4g128, awq) into a new GGUF"},
+    {"serve", tl_cmd_serve, "OpenAI-compatible HTTP server"},
 };
 
 static void usage(FILE *f) {

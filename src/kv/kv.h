@@ -57,6 +57,13 @@ typedef struct {
     /* Forget all tokens (keep allocations). */
     void (*clear)(tl_kv_layer *l);
     void (*destroy)(tl_kv_layer *l);
+    /* Optional (NULL when unused): a prediction of this layer's queries for the next forward
+     * call, made from the previous layer's normed input with this layer's Wq (+bias, q-norm,
+     * RoPE), layout like q. The session calls it before running the previous layer's
+     * attention, so a store can pick what to fetch early (TailorKV's sparse layers). Only
+     * called when `wants_query_prediction` is true. */
+    void (*predicted_query)(tl_kv_layer *l, tl_pool *pool, int n_tok, const float *q_pred);
+    bool wants_query_prediction;
 } tl_kv_ops;
 
 struct tl_kv_layer {
@@ -80,7 +87,7 @@ static inline uint64_t tl_kv_bytes_total(const tl_kv_bytes *b) {
 /* ---- Policies ----
  * What store each layer gets. The text form and JSON plans are parsed in policy.c; the
  * dense (f32/f16/bf16) store lives in dense.c. */
-typedef enum { TL_KV_F32, TL_KV_F16, TL_KV_BF16, TL_KV_QUANT } tl_kv_kind;
+typedef enum { TL_KV_F32, TL_KV_F16, TL_KV_BF16, TL_KV_QUANT, TL_KV_OFFLOAD } tl_kv_kind;
 
 typedef enum {
     TL_KV_GRAN_TOKEN,   /* groups of g channels within one token */
@@ -99,12 +106,26 @@ typedef struct {
     int group;     /* 32, 64, 128, or 0 = whole head */
 } tl_kv_side;
 
+/* TailorKV sparse layers (kind TL_KV_OFFLOAD, kv/offload.c): the prompt's K/V live in a host
+ * tier; the device tier keeps sinks, a recent window, generated tokens and per-channel max|K|;
+ * each decode step retrieves the top-k prompt tokens scored on a few critical channels. */
+typedef struct {
+    int sinks;        /* first tokens always attended (8) */
+    int recent;       /* latest prompt tokens always attended (56) */
+    int topk;         /* prompt tokens retrieved per step (128) */
+    int channels;     /* critical channels per KV head used for scoring (8) */
+    int summary_bits; /* 0: fetch channel rows from the host tier each step (the paper);
+                         4 (or 8): a quantized channel-major key summary resident on the device */
+    int page;         /* 0: token-level retrieval; > 0: retrieve whole pages of this many tokens */
+} tl_kv_offload_params;
+
 typedef struct {
     tl_kv_kind kind; /* dense kinds ignore the rest */
     tl_kv_side k, v;
     int residual;    /* R: most recent tokens kept in full precision (KIVI) */
     bool smooth_k;   /* subtract per-channel mean of K (fixed after first chunk) */
     bool rotate;     /* Hadamard rotation of K and V per head before quantizing */
+    tl_kv_offload_params off; /* kind TL_KV_OFFLOAD only */
 } tl_kv_layer_policy;
 
 /* Create a store for one layer. Returns NULL with err if the policy does not fit the shape

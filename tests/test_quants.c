@@ -1,0 +1,457 @@
+/* test_quants.c: block formats, quantizers, dot products and tl_matmul.
+ *
+ * Independent references used here:
+ *  - hand-built blocks with values decoded by hand (layouts of ggml-common.h);
+ *  - tests/fixtures/quant_golden.bin from the `gguf` Python package (gen_quant_golden.py):
+ *    its quantizers for f16/bf16/q4_0/q4_1/q5_0/q5_1/q8_0 and its dequantizers for
+ *    q4_K/q5_K/q6_K (gguf has no K-quant quantizer);
+ *  - FNV-1a hashes of llama.cpp's quantize_row_{q4,q5,q6,q8}_K_ref output on the golden
+ *    input (computed once by compiling those reference functions from the llama.cpp
+ *    snapshot; tailor's quantizers must give the same bytes);
+ *  - exact f64 arithmetic for dot products and matmul.
+ *
+ * Thresholds (relative RMSE = rms(dequant(quant(x)) - x) / rms(x), N(0,1) data; the
+ * outlier data multiplies 1 value in 64 by 20 and allows 2x — the fitted K-quants shrug off
+ * outliers, the absmax formats lose resolution on their blocks):
+ *   f16 1e-3, bf16 5e-3, q8_0/q8_1 0.01, q8_K 0.015, q6_K 0.025, q5_* 0.05, q4_* 0.1
+ * (measured: f16 2e-4, q8_0 0.0055, q6_K 0.018, q5_K 0.037, q4_K 0.072, q4_0 0.088).
+ * Dot products: |dot - exact f64| / (|w| |x|) below f16 1e-3 ... q4 0.08 (dot_threshold);
+ * AVX2 vs scalar within 2e-6 of |w||x| (integer sums are exact, float order differs);
+ * SIMD activation quantizers byte-identical to the references. */
+#include "quants.h"
+#include "quants_internal.h"
+#include "common.h"
+#include "threads.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
+static uint64_t rng_u64(void) { /* xorshift64*: reproducible across machines */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 2685821657736338717ULL;
+}
+static double rng_uniform(void) { return ((rng_u64() >> 11) + 0.5) / 9007199254740992.0; }
+static float rng_normal(void) {
+    return (float)(sqrt(-2 * log(rng_uniform())) * cos(6.283185307179586 * rng_uniform()));
+}
+static void fill_normal(float *x, int64_t n, bool outliers) {
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = rng_normal();
+        if (outliers && rng_u64() % 64 == 0) x[i] *= 20;
+    }
+}
+
+static uint64_t fnv1a(const void *p, size_t n) {
+    const uint8_t *b = p;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) { h ^= b[i]; h *= 1099511628211ULL; }
+    return h;
+}
+
+static const tl_type k_weight_types[] = {TL_TYPE_F32, TL_TYPE_F16, TL_TYPE_BF16, TL_TYPE_Q4_0,
+                                         TL_TYPE_Q4_1, TL_TYPE_Q5_0, TL_TYPE_Q5_1, TL_TYPE_Q8_0,
+                                         TL_TYPE_Q4_K, TL_TYPE_Q5_K, TL_TYPE_Q6_K};
+#define N_WT (int)(sizeof k_weight_types / sizeof k_weight_types[0])
+
+static double rt_threshold(tl_type t) {
+    switch (t) {
+    case TL_TYPE_F32: return 1e-7;
+    case TL_TYPE_F16: return 1e-3;
+    case TL_TYPE_BF16: return 5e-3;
+    case TL_TYPE_Q8_0: case TL_TYPE_Q8_1: return 0.01;
+    case TL_TYPE_Q8_K: return 0.015; /* one scale per 256 values */
+    case TL_TYPE_Q6_K: return 0.025;
+    case TL_TYPE_Q5_0: case TL_TYPE_Q5_1: case TL_TYPE_Q5_K: return 0.05;
+    default: return 0.1;
+    }
+}
+
+/* ------------------------------------------------------------------ traits */
+static void test_traits(void) {
+    CHECK(tl_row_size(TL_TYPE_F32, 10) == 40);
+    CHECK(tl_row_size(TL_TYPE_F16, 10) == 20);
+    CHECK(tl_row_size(TL_TYPE_BF16, 3) == 6);
+    CHECK(tl_row_size(TL_TYPE_Q4_0, 64) == 36);
+    CHECK(tl_row_size(TL_TYPE_Q4_0, 33) == 0);
+    CHECK(tl_row_size(TL_TYPE_Q4_1, 576) == 18 * 20);
+    CHECK(tl_row_size(TL_TYPE_Q5_0, 32) == 22);
+    CHECK(tl_row_size(TL_TYPE_Q5_1, 32) == 24);
+    CHECK(tl_row_size(TL_TYPE_Q8_0, 32) == 34);
+    CHECK(tl_row_size(TL_TYPE_Q8_1, 32) == 36);
+    CHECK(tl_row_size(TL_TYPE_Q2_K, 256) == 84);
+    CHECK(tl_row_size(TL_TYPE_Q3_K, 256) == 110);
+    CHECK(tl_row_size(TL_TYPE_Q4_K, 512) == 288);
+    CHECK(tl_row_size(TL_TYPE_Q5_K, 256) == 176);
+    CHECK(tl_row_size(TL_TYPE_Q6_K, 256) == 210);
+    CHECK(tl_row_size(TL_TYPE_Q8_K, 256) == 292);
+    CHECK(tl_row_size(TL_TYPE_Q4_K, 128) == 0);
+    CHECK(tl_type_info(4) == NULL && tl_type_info(99) == NULL && tl_type_info(-1) == NULL);
+    CHECK(strcmp(tl_type_name(99), "unknown") == 0);
+    CHECK(strcmp(tl_type_name(TL_TYPE_Q4_K), "q4_K") == 0);
+    CHECK(tl_type_info(TL_TYPE_Q2_K) && !tl_type_info(TL_TYPE_Q2_K)->supported);
+    CHECK(tl_type_info(TL_TYPE_Q3_K) && !tl_type_info(TL_TYPE_Q3_K)->supported);
+    for (int i = 0; i < N_WT; i++) CHECK(tl_type_info(k_weight_types[i])->supported);
+    CHECK(tl_type_info(TL_TYPE_Q4_1)->vec_dot_type == TL_TYPE_Q8_1);
+    CHECK(tl_type_info(TL_TYPE_Q5_0)->vec_dot_type == TL_TYPE_Q8_0);
+    CHECK(tl_type_info(TL_TYPE_Q6_K)->vec_dot_type == TL_TYPE_Q8_K);
+    CHECK(tl_type_info(TL_TYPE_F16)->vec_dot_type == TL_TYPE_F32);
+    tl_cpu_features f = tl_cpu_detect();
+    printf("cpu: avx2=%d fma=%d f16c=%d avx512f=%d avx512bw=%d avx512vl=%d vnni512=%d avx_vnni=%d bf16=%d\n",
+           f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl, f.avx512vnni, f.avx_vnni, f.avx512bf16);
+}
+
+/* ------------------------------------------------------------------ hand-built blocks */
+static void test_known_blocks(void) {
+    float y[256];
+    { /* q4_0: d = 0.5; byte 0 = 0x9F: element 0 = (15-8)*0.5, element 16 = (9-8)*0.5 */
+        blk_q4_0 b;
+        memset(&b, 0x88, sizeof b);
+        b.d = tl_fp32_to_fp16(0.5f);
+        b.qs[0] = 0x9F;
+        b.qs[15] = 0x0F;
+        tl_dequantize_row(TL_TYPE_Q4_0, &b, y, 32);
+        CHECK(y[0] == 3.5f && y[16] == 0.5f && y[1] == 0.0f && y[15] == 3.5f && y[31] == -4.0f);
+    }
+    { /* q4_1: d = 0.25, m = -1: value = q*0.25 - 1 */
+        blk_q4_1 b;
+        memset(&b, 0, sizeof b);
+        b.d = tl_fp32_to_fp16(0.25f);
+        b.m = tl_fp32_to_fp16(-1.0f);
+        b.qs[3] = 0xA4;
+        tl_dequantize_row(TL_TYPE_Q4_1, &b, y, 32);
+        CHECK(y[3] == 0.0f && y[19] == 1.5f && y[0] == -1.0f);
+    }
+    { /* q5_0: qh bit j is bit 4 of element j; value = (q - 16) * d */
+        blk_q5_0 b;
+        memset(&b, 0, sizeof b);
+        b.d = tl_fp32_to_fp16(2.0f);
+        uint32_t qh = (1u << 0) | (1u << 17);
+        memcpy(b.qh, &qh, 4);
+        b.qs[0] = 0x03; /* element 0: 3 | 16 = 19 -> 6; element 16: 0 -> -32 */
+        b.qs[1] = 0x50; /* element 1: 0 -> -32; element 17: 5 | 16 = 21 -> 10 */
+        tl_dequantize_row(TL_TYPE_Q5_0, &b, y, 32);
+        CHECK(y[0] == 6.0f && y[16] == -32.0f && y[1] == -32.0f && y[17] == 10.0f);
+    }
+    { /* q5_1 */
+        blk_q5_1 b;
+        memset(&b, 0, sizeof b);
+        b.d = tl_fp32_to_fp16(1.0f);
+        b.m = tl_fp32_to_fp16(0.5f);
+        uint32_t qh = 1u << 31;
+        memcpy(b.qh, &qh, 4);
+        b.qs[15] = 0xF0;
+        tl_dequantize_row(TL_TYPE_Q5_1, &b, y, 32);
+        CHECK(y[31] == 31.5f && y[15] == 0.5f);
+    }
+    { /* q8_0 */
+        blk_q8_0 b;
+        memset(&b, 0, sizeof b);
+        b.d = tl_fp32_to_fp16(0.125f);
+        b.qs[5] = -128;
+        b.qs[31] = 127;
+        tl_dequantize_row(TL_TYPE_Q8_0, &b, y, 32);
+        CHECK(y[5] == -16.0f && y[31] == 15.875f && y[0] == 0.0f);
+    }
+    { /* q4_K: sub-block 0 scale 2 min 3; sub-block 5 scale 33 (0b100001) min 40 (0b101000) */
+        blk_q4_K b;
+        memset(&b, 0, sizeof b);
+        b.d = tl_fp32_to_fp16(0.5f);
+        b.dmin = tl_fp32_to_fp16(0.25f);
+        b.scales[0] = 2;
+        b.scales[4] = 3;
+        b.scales[9] = (uint8_t)((33 & 0xF) | ((40 & 0xF) << 4)); /* j=5: byte j+4 */
+        b.scales[1] |= (uint8_t)((33 >> 4) << 6);                 /* byte j-4 */
+        b.scales[5] |= (uint8_t)((40 >> 4) << 6);                 /* byte j */
+        b.qs[0] = 0x07;      /* element 0 (sub-block 0) = 7 */
+        b.qs[64 + 7] = 0xC0; /* group 2 high nibbles = sub-block 5, element 160 + 7 = 12 */
+        uint8_t sc, mn;
+        tlq_scale_min_k4(5, b.scales, &sc, &mn);
+        CHECK(sc == 33 && mn == 40);
+        tl_dequantize_row(TL_TYPE_Q4_K, &b, y, 256);
+        CHECK(y[0] == 0.5f * 2 * 7 - 0.25f * 3);
+        CHECK(y[1] == -0.75f);
+        CHECK(y[167] == 0.5f * 33 * 12 - 0.25f * 40);
+        CHECK(y[160] == -10.0f);
+    }
+    { /* q5_K: element 32*2+3 = 67 is sub-block 2 (low nibbles of group 1), high bit at qh[3] bit 2 */
+        blk_q5_K b;
+        memset(&b, 0, sizeof b);
+        b.d = tl_fp32_to_fp16(1.0f);
+        b.dmin = tl_fp32_to_fp16(1.0f);
+        b.scales[2] = 1; /* sub-block 2 scale 1, min 0 */
+        b.qs[32 + 3] = 0x05;
+        b.qh[3] = 1 << 2;
+        tl_dequantize_row(TL_TYPE_Q5_K, &b, y, 256);
+        CHECK(y[67] == 21.0f && y[66] == 0.0f);
+    }
+    { /* q6_K: element 96+5 = 101 (q = 3): high nibble of ql[32+5], qh[5] bits 6-7 */
+        blk_q6_K b;
+        memset(&b, 0, sizeof b);
+        b.d = tl_fp32_to_fp16(0.5f);
+        for (int i = 0; i < 16; i++) b.scales[i] = (int8_t)(i - 8);
+        b.ql[32 + 5] = 0xA0;       /* low 4 bits of element 101 = 10 */
+        b.qh[5] = 2 << 6;          /* high 2 bits = 2 -> 42 - 32 = 10 */
+        tl_dequantize_row(TL_TYPE_Q6_K, &b, y, 256);
+        CHECK(y[101] == 0.5f * (101 / 16 - 8) * 10);
+        CHECK(y[0] == 0.5f * -8 * -32);
+        CHECK(y[255] == 0.5f * 7 * -32);
+    }
+}
+
+/* ------------------------------------------------------------------ golden file */
+static void test_golden(void) {
+    const char *path = tl_test_fixture("quant_golden.bin");
+    size_t len = 0;
+    char *data = tl_test_read_file(path, &len);
+    CHECKF(data != NULL, "cannot read %s", path);
+    if (!data) return;
+    const uint8_t *p = (const uint8_t *)data, *end = p + len;
+    uint32_t version, n, n_entries;
+    CHECK(len > 16 && memcmp(p, "TLQG", 4) == 0);
+    memcpy(&version, p + 4, 4);
+    memcpy(&n, p + 8, 4);
+    p += 12;
+    CHECK(version == 1 && n == 512);
+    float *x = tl_xmalloc(n * 4), *y = tl_xmalloc(n * 4);
+    memcpy(x, p, n * 4);
+    p += n * 4;
+    memcpy(&n_entries, p, 4);
+    p += 4;
+    uint8_t *buf = tl_xmalloc(4096);
+    int n_quant = 0, n_deq = 0;
+    for (uint32_t e = 0; e < n_entries && p + 12 <= end; e++) {
+        uint32_t type, kind, nbytes;
+        memcpy(&type, p, 4);
+        memcpy(&kind, p + 4, 4);
+        memcpy(&nbytes, p + 8, 4);
+        p += 12;
+        CHECK(nbytes == tl_row_size((tl_type)type, n) && p + nbytes <= end);
+        if (kind == 0) {
+            tl_quantize_row((tl_type)type, x, buf, n);
+            CHECKF(memcmp(buf, p, nbytes) == 0, "%s quantization differs from gguf-py", tl_type_name((int)type));
+            n_quant++;
+            p += nbytes;
+        } else {
+            tl_dequantize_row((tl_type)type, p, y, n);
+            const float *expect = (const float *)(p + nbytes);
+            int bad = 0;
+            for (uint32_t i = 0; i < n; i++) {
+                float ev;
+                memcpy(&ev, expect + i, 4);
+                bad += y[i] != ev;
+            }
+            CHECKF(bad == 0, "%s dequantization differs from gguf-py at %d values", tl_type_name((int)type), bad);
+            n_deq++;
+            p += nbytes + n * 4;
+        }
+    }
+    CHECK(n_quant == 7 && n_deq == 3);
+    /* K-quant quantizers: bytes of llama.cpp's *_ref functions on this input */
+    struct { tl_type t; uint64_t h; } kh[] = {
+        {TL_TYPE_Q4_K, 0x458cbd2f66811cebULL}, {TL_TYPE_Q5_K, 0x9e66ae4c654f7524ULL},
+        {TL_TYPE_Q6_K, 0x5e6815a665eca15fULL}, {TL_TYPE_Q8_K, 0x6de71461cac5a07fULL}};
+    for (int i = 0; i < 4; i++) {
+        size_t sz = tl_row_size(kh[i].t, n);
+        tl_quantize_row(kh[i].t, x, buf, n);
+        CHECKF(fnv1a(buf, sz) == kh[i].h, "%s quantization differs from llama.cpp's reference",
+               tl_type_name(kh[i].t));
+    }
+    free(buf);
+    free(x);
+    free(y);
+    free(data);
+}
+
+/* ------------------------------------------------------------------ round trips */
+static void test_round_trip(void) {
+    const int64_t n = 4096;
+    float *x = tl_xmalloc(n * 4), *y = tl_xmalloc(n * 4);
+    void *q = tl_xmalloc(tl_row_size(TL_TYPE_F32, n));
+    const tl_type types[] = {TL_TYPE_F32, TL_TYPE_F16, TL_TYPE_BF16, TL_TYPE_Q4_0, TL_TYPE_Q4_1,
+                             TL_TYPE_Q5_0, TL_TYPE_Q5_1, TL_TYPE_Q8_0, TL_TYPE_Q8_1, TL_TYPE_Q4_K,
+                             TL_TYPE_Q5_K, TL_TYPE_Q6_K, TL_TYPE_Q8_K};
+    for (int out = 0; out < 2; out++) {
+        fill_normal(x, n, out);
+        for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+            tl_type t = types[k];
+            tl_quantize_row(t, x, q, n);
+            tl_dequantize_row(t, q, y, n);
+            double e2 = 0, s2 = 0;
+            for (int64_t i = 0; i < n; i++) {
+                e2 += (double)(y[i] - x[i]) * (y[i] - x[i]);
+                s2 += (double)x[i] * x[i];
+            }
+            double rel = sqrt(e2 / s2), lim = rt_threshold(t) * (out ? 2 : 1);
+            printf("  round trip %-5s %s: rel rmse %.5f (limit %.4f)\n", tl_type_name(t),
+                   out ? "outliers" : "normal  ", rel, lim);
+            CHECKF(rel < lim, "%s round trip rel rmse %g >= %g", tl_type_name(t), rel, lim);
+        }
+    }
+    /* all-zero input must give exact zeros (no NaN from 0/0) */
+    memset(x, 0, n * 4);
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        tl_quantize_row(types[k], x, q, n);
+        tl_dequantize_row(types[k], q, y, n);
+        int bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += y[i] != 0.0f;
+        CHECKF(bad == 0, "%s: zeros do not round-trip", tl_type_name(types[k]));
+    }
+    free(x);
+    free(y);
+    free(q);
+}
+
+/* ------------------------------------------------------------------ dots */
+static double dot_threshold(tl_type t) { /* |dot - exact| / (|w| |x|) */
+    switch (t) {
+    case TL_TYPE_F32: return 1e-6;
+    case TL_TYPE_F16: return 1e-3;
+    case TL_TYPE_BF16: return 5e-3;
+    case TL_TYPE_Q8_0: return 0.01;
+    case TL_TYPE_Q6_K: return 0.02;
+    case TL_TYPE_Q5_0: case TL_TYPE_Q5_1: case TL_TYPE_Q5_K: return 0.04;
+    default: return 0.08;
+    }
+}
+
+static void test_dots(void) {
+    const int64_t n = 2048;
+    float *w = tl_xmalloc(n * 4), *x = tl_xmalloc(n * 4);
+    void *wq = tl_xmalloc(n * 4 + 64), *xq = tl_xmalloc(n * 4 + 64), *xq2 = tl_xmalloc(n * 4 + 64);
+    for (int trial = 0; trial < 6; trial++) {
+        fill_normal(w, n, trial & 1);
+        fill_normal(x, n, trial >= 4);
+        double exact = 0, nw = 0, nx = 0;
+        for (int64_t i = 0; i < n; i++) {
+            exact += (double)w[i] * x[i];
+            nw += (double)w[i] * w[i];
+            nx += (double)x[i] * x[i];
+        }
+        double norm = sqrt(nw * nx);
+        for (int k = 0; k < N_WT; k++) {
+            tl_type t = k_weight_types[k], vt = tl_type_info(t)->vec_dot_type;
+            tl_quantize_row(t, w, wq, n);
+            tl_quantize_row(vt, x, xq, n);
+            /* the dispatched activation quantizer must give the reference's bytes */
+            tlq_kernels kern = tlq_get_kernels(t);
+            if (kern.quant_act) {
+                kern.quant_act(x, xq2, n);
+                CHECKF(memcmp(xq, xq2, tl_row_size(vt, n)) == 0, "%s: SIMD activation quantizer differs",
+                       tl_type_name(vt));
+            }
+            float ref = tl_vec_dot_ref(t, n, wq, xq);
+            float fast = tl_vec_dot(t, n, wq, xq);
+            double err = fabs(ref - exact) / norm;
+            CHECKF(err < dot_threshold(t), "%s dot error %g (trial %d)", tl_type_name(t), err, trial);
+            /* SIMD vs scalar: integer sums are exact, only float summation order differs */
+            double agree = fabs((double)fast - ref) / norm;
+            CHECKF(agree < 2e-6, "%s AVX2 vs scalar differ by %g (trial %d)", tl_type_name(t), agree, trial);
+            if (kern.dot4) { /* 4 copies of the same activation through the 4-token kernel */
+                size_t rs = tl_row_size(vt, n);
+                uint8_t *x4 = tl_xmalloc(4 * rs);
+                for (int j = 0; j < 4; j++) memcpy(x4 + j * rs, xq, rs);
+                float r4[4];
+                kern.dot4(n, wq, x4, rs, r4);
+                for (int j = 0; j < 4; j++)
+                    CHECKF(fabs((double)r4[j] - fast) / norm < 1e-6, "%s dot4 lane %d", tl_type_name(t), j);
+                free(x4);
+            }
+            if (trial == 0)
+                printf("  dot %-5s rel err vs f64 %.2e (limit %.0e), avx2-vs-ref %.1e\n", tl_type_name(t), err,
+                       dot_threshold(t), agree);
+        }
+    }
+    /* force-scalar switch: dispatch must then return the reference bit for bit */
+    tl_quants_force_scalar(true);
+    tl_quantize_row(TL_TYPE_Q4_K, w, wq, n);
+    tl_quantize_row(TL_TYPE_Q8_K, x, xq, n);
+    CHECK(tl_vec_dot(TL_TYPE_Q4_K, n, wq, xq) == tl_vec_dot_ref(TL_TYPE_Q4_K, n, wq, xq));
+    CHECK(!tlq_get_kernels(TL_TYPE_Q4_1).avx2);
+    tl_quants_force_scalar(false);
+    free(w);
+    free(x);
+    free(wq);
+    free(xq);
+    free(xq2);
+}
+
+/* ------------------------------------------------------------------ matmul */
+static void check_matmul(tl_pool *pool, tl_type t, int64_t n_in, int64_t n_out, int64_t n_tok, bool scalar) {
+    size_t rs = tl_row_size(t, n_in);
+    float *Wf = tl_xmalloc(n_out * n_in * 4), *X = tl_xmalloc(n_tok * n_in * 4);
+    uint8_t *W = tl_xmalloc(n_out * rs);
+    const int64_t ldy = n_out + 3;
+    float *Y = tl_xmalloc(n_tok * ldy * 4), *row = tl_xmalloc(n_in * 4);
+    fill_normal(Wf, n_out * n_in, false);
+    fill_normal(X, n_tok * n_in, false);
+    for (int64_t o = 0; o < n_out; o++) tl_quantize_row(t, Wf + o * n_in, W + o * rs, n_in);
+    for (int64_t i = 0; i < n_tok * ldy; i++) Y[i] = NAN;
+    tl_quants_force_scalar(scalar);
+    void *scratch = NULL;
+    size_t ss = tl_matmul_scratch_size(t, n_in, n_tok);
+    if (n_tok % 2) scratch = tl_xmalloc(ss + 1); /* odd token counts use a caller buffer */
+    tl_matmul(pool, t, W, n_in, n_out, X, n_tok, Y, ldy, scratch);
+    tl_quants_force_scalar(false);
+    free(scratch);
+    double worst = 0;
+    int bad_pad = 0;
+    for (int64_t o = 0; o < n_out; o++) {
+        tl_get_row(t, W, n_in, o, row);
+        for (int64_t tk = 0; tk < n_tok; tk++) {
+            double exact = 0, nw = 0, nx = 0;
+            for (int64_t i = 0; i < n_in; i++) {
+                exact += (double)row[i] * X[tk * n_in + i];
+                nw += (double)row[i] * row[i];
+                nx += (double)X[tk * n_in + i] * X[tk * n_in + i];
+            }
+            double e = fabs(Y[tk * ldy + o] - exact) / sqrt(nw * nx);
+            if (!(e <= worst)) worst = e; /* NaN (unwritten) sticks */
+        }
+    }
+    for (int64_t tk = 0; tk < n_tok; tk++)
+        for (int64_t o = n_out; o < ldy; o++) bad_pad += !isnan(Y[tk * ldy + o]);
+    /* against dequantized weights only the activation rounding remains */
+    tl_type vt = tl_type_info(t)->vec_dot_type;
+    double lim = vt == TL_TYPE_F32 ? 1e-5 : 0.012;
+    CHECKF(worst < lim && bad_pad == 0, "matmul %s %lldx%lld tok %lld %s: err %g (limit %g), %d pad writes",
+           tl_type_name(t), (long long)n_in, (long long)n_out, (long long)n_tok, scalar ? "scalar" : "simd",
+           worst, lim, bad_pad);
+    free(Wf);
+    free(X);
+    free(W);
+    free(Y);
+    free(row);
+}
+
+static void test_matmul(void) {
+    tl_pool *pool = tl_pool_new(2);
+    const int64_t toks[] = {1, 3, 7, 64};
+    for (int k = 0; k < N_WT; k++) {
+        tl_type t = k_weight_types[k];
+        int bs = tl_type_info(t)->block_size;
+        int64_t n_in = bs == 256 ? 512 : bs == 32 ? 96 : 45; /* odd lengths for float tails */
+        for (int j = 0; j < 4; j++) {
+            check_matmul(pool, t, n_in, 37, toks[j], false);
+            check_matmul(j == 2 ? NULL : pool, t, n_in, 37, toks[j], j == 1);
+        }
+        check_matmul(pool, t, bs == 256 ? 256 : 64, 101, 9, false);
+    }
+    tl_pool_free(pool);
+}
+
+int main(void) {
+    test_traits();
+    test_known_blocks();
+    test_golden();
+    test_round_trip();
+    test_dots();
+    test_matmul();
+    return tl_test_done();
+}
