@@ -3,6 +3,7 @@
 #ifndef TL_SESSION_H
 #define TL_SESSION_H
 
+#include "../include/tailor.h"
 #include "model.h"
 #include "threads.h"
 #include "vec.h"

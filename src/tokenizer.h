@@ -36,11 +36,29 @@ size_t tl_token_to_piece(const tl_tokenizer *t, int32_t id, bool render_special,
 /* The raw vocab string of a token (NUL-terminated, owned by the tokenizer). */
 const char *tl_token_text(const tl_tokenizer *t, int32_t id);
 
-/* Decode a sequence to a malloc'd NUL-terminated string (llama.cpp's detokenize: strips the
- * SentencePiece leading space after BOS when add_space_prefix). */
+/* Decode a sequence to a malloc'd NUL-terminated string (llama.cpp's detokenize, see
+ * tl_detokenize_ex below for the exact space rules). */
 char *tl_detokenize(const tl_tokenizer *t, const int32_t *ids, size_t n, bool render_special);
 
 /* Find the id of a token by its exact text, -1 if absent. */
 int32_t tl_token_find(const tl_tokenizer *t, const char *text);
+
+/* ---- extensions ----
+ * tl_detokenize is llama.cpp's llama_detokenize(remove_special = false, unparse_special =
+ * render_special): when add_space_prefix (SPM) the first token's piece loses one leading
+ * space (so after a leading BOS nothing is stripped: " Hello"); and for BPE vocabs whose pre-tokenizer sets clean_spaces (gpt-2, llama3,
+ * falcon, default, ...) " ." " ," " !" " ?" " 's" etc. are collapsed. That clean-up is lossy,
+ * so exact round trips need TL_DETOK_NO_CLEANUP:
+ * detokenize_ex(tokenize(x, add_special = false, parse_special = false), NO_CLEANUP) == x. */
+enum {
+    TL_DETOK_REMOVE_SPECIAL = 1, /* drop a leading BOS / trailing EOS the vocab adds (llama.cpp's remove_special) */
+    TL_DETOK_RENDER_SPECIAL = 2, /* control tokens render as their text */
+    TL_DETOK_NO_CLEANUP = 4,     /* skip clean_up_tokenization_spaces */
+};
+/* Returns a malloc'd NUL-terminated string; *len (if non-NULL) gets its length, which
+ * counts embedded NUL bytes. */
+char *tl_detokenize_ex(const tl_tokenizer *t, const int32_t *ids, size_t n, unsigned flags, size_t *len);
+bool tl_tok_add_eos(const tl_tokenizer *t);          /* tokenizer.ggml.add_eos_token */
+bool tl_tok_add_space_prefix(const tl_tokenizer *t); /* SPM: "▁" prepended to the text */
 
 #endif

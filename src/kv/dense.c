@@ -268,7 +268,7 @@ static void dense_destroy(tl_kv_layer *l) {
     free(d);
 }
 
-static const tl_kv_ops dense_ops = {"dense", dense_forward, dense_bytes, dense_clear, dense_destroy};
+static const tl_kv_ops dense_ops = {"dense", dense_forward, dense_bytes, dense_clear, dense_destroy, NULL, false};
 
 tl_kv_layer *tl_kv_dense_new(tl_kv_kind type, const tl_kv_shape *s, tl_error *err) {
     if (type != TL_KV_F32 && type != TL_KV_F16 && type != TL_KV_BF16) {

@@ -1,0 +1,251 @@
+/* test_synth: synthetic GGUF models (src/synth.c) load with the right config and shapes, run
+ * a forward pass to finite logits, copy a tokenizer verbatim, and the memory projection equals
+ * what real sessions allocate and hold. */
+#include "testutil.h"
+#include "../src/kv/policy.h"
+#include "../src/session.h"
+#include "../src/synth.h"
+#include "../include/tailor.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char path_buf[4][256];
+
+static const char *tmp_path(int i, const char *tag) {
+    snprintf(path_buf[i], sizeof path_buf[i], "/tmp/tl_test_synth_%ld_%s.gguf", (long)getpid(), tag);
+    return path_buf[i];
+}
+
+/* Independent std/mean of a tensor's values (dequantized). */
+static void stats(const tl_gguf_tensor *t, double *mean, double *sd) {
+    const int64_t n = t->ne[0], rows = TL_MIN(t->ne[1], 64);
+    float *row = malloc(sizeof(float) * (size_t)n);
+    double s = 0, ss = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        tl_dequantize_row(t->type, (const uint8_t *)t->data + (size_t)r * tl_row_size(t->type, n), row, n);
+        for (int64_t i = 0; i < n; i++) s += row[i], ss += (double)row[i] * row[i];
+    }
+    const double N = (double)(n * rows);
+    *mean = s / N;
+    *sd = sqrt(ss / N - *mean * *mean);
+    free(row);
+}
+
+/* Run a session over tokens; check logits are finite and not constant, and that the memory
+ * projection equals the session's activations and KV bytes. */
+static void check_session(tl_model *m, const char *kv, int n_ctx, int chunk, const int32_t *ids, int n) {
+    tl_error err = {{0}};
+    tl_kv_plan plan = {0};
+    CHECKF(tl_kv_plan_parse(&plan, kv, NULL, m->cfg.n_layer, &err) == 0, "%s", err.msg);
+    tl_session *s = tl_session_new_with_policies(m, n_ctx, 2, chunk, plan.layers, &err);
+    CHECKF(s != NULL, "%s", err.msg);
+    if (!s) {
+        tl_kv_plan_free(&plan);
+        return;
+    }
+    const int ch = tl_project_chunk(tl_project_n_ctx(&m->cfg, n_ctx), chunk);
+    CHECK(ch == s->chunk);
+    const uint64_t act = tl_project_act_bytes(&m->cfg, ch, tl_project_mm_scratch_model(m, ch));
+    CHECKF(act == s->act_bytes, "projected activations %llu, session %llu (kv %s)", (unsigned long long)act,
+           (unsigned long long)s->act_bytes, kv);
+    const int V = m->cfg.n_vocab;
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    CHECKF(tl_session_eval(s, ids, n, logits, false, &err) == 0, "%s", err.msg);
+    int finite = 1;
+    float lo = logits[0], hi = logits[0];
+    for (int i = 0; i < V; i++) {
+        if (!isfinite(logits[i])) finite = 0;
+        lo = fminf(lo, logits[i]);
+        hi = fmaxf(hi, logits[i]);
+    }
+    CHECK(finite);
+    CHECKF(hi - lo > 1e-3f && hi - lo < 100.0f, "logit range %g..%g", lo, hi);
+    tl_session_mem mem;
+    tl_session_memory(s, &mem);
+    tl_mem_projection p;
+    CHECKF(tl_project_kv(&m->cfg, n_ctx, plan.layers, n, &p, &err) == 0, "%s", err.msg);
+    CHECKF(p.kv == mem.kv, "projected KV %llu, session %llu after %d tokens (%s)", (unsigned long long)p.kv,
+           (unsigned long long)mem.kv, n, kv);
+    CHECK(p.kv_parts.codes == mem.kv_parts.codes && p.kv_parts.scales == mem.kv_parts.scales &&
+          p.kv_parts.residual == mem.kv_parts.residual);
+    CHECK(mem.weights == m->weight_bytes);
+    free(logits);
+    tl_session_free(s);
+    tl_kv_plan_free(&plan);
+}
+
+static void test_shapes(void) {
+    CHECK(tl_synth_n_shapes() == 7);
+    CHECK(tl_synth_find_shape("nope") == NULL);
+    const tl_synth_shape *s = tl_synth_find_shape("llama-3.1-8b");
+    CHECK(s && s->n_layer == 32 && s->n_embd == 4096 && s->n_vocab == 128256 && !s->tied);
+    /* Llama-3.1-8B has 8,030,261,248 parameters; in f16 with f32 norms (65 x 4096) and the
+     * 64 f32 rope factors, as llama.cpp's F16 conversion stores it */
+    CHECK(tl_synth_weight_bytes(s, TL_TYPE_F16, 0, 0) == 8030261248ull * 2 + 65ull * 4096 * 2 + 64 * 4);
+    /* SmolLM2-135M: 134,515,008 parameters (tied), 61 norms of 576 */
+    const tl_synth_shape *sm = tl_synth_find_shape("smollm2-135m");
+    CHECK(sm && tl_synth_weight_bytes(sm, TL_TYPE_F32, 0, 0) == 134515008ull * 4);
+    /* llama3 rope factors, recomputed in double: 1 for short wavelengths, 8 for long ones,
+     * smooth in between */
+    float f[64];
+    tl_synth_llama3_rope_factors(s, f);
+    int ok = 1;
+    for (int i = 0; i < 64; i++) {
+        const double freq = 1.0 / pow(500000.0, 2.0 * i / 128.0), wl = 2 * M_PI / freq;
+        double want;
+        if (wl < 8192.0 / 4) want = 1;
+        else if (wl > 8192.0) want = 8;
+        else {
+            const double sm2 = (8192.0 / wl - 1) / 3;
+            want = 1 / ((1 - sm2) / 8 + sm2);
+        }
+        if (fabs(f[i] - want) > 1e-4 * want) {
+            ok = 0;
+            fprintf(stderr, "rope factor %d: %g want %g\n", i, f[i], want);
+        }
+    }
+    CHECK(ok && f[0] == 1.0f && f[63] == 8.0f);
+    /* projection closed form for dense f16: layers x ctx x kv heads x (dk + dv) x 2 bytes */
+    tl_config c;
+    tl_synth_config(s, 0, 0, 0, &c);
+    tl_mem_projection p;
+    tl_error err = {{0}};
+    CHECK(tl_project_kv(&c, 131072, NULL, 131072, &p, &err) == 0);
+    CHECK(p.kv == 32ull * 131072 * 8 * 256 * 2);
+    tl_type t;
+    CHECK(tl_synth_parse_type("Q4_1", &t, &err) == 0 && t == TL_TYPE_Q4_1);
+    CHECK(tl_synth_parse_type("q3_k", &t, &err) != 0);
+}
+
+static void test_fallback_vocab(void) {
+    const char *path = tmp_path(0, "smol");
+    tl_error err = {{0}};
+    tl_synth_params p = {.shape = tl_synth_find_shape("smollm2-135m"), .type = TL_TYPE_F16, .seed = 7, .n_layer = 2};
+    CHECKF(tl_synth_write(&p, path, &err) == 0, "%s", err.msg);
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m != NULL, "%s", err.msg);
+    if (!m) return;
+    const tl_config *c = &m->cfg;
+    CHECK(c->arch == TL_ARCH_LLAMA && c->n_layer == 2 && c->n_embd == 576 && c->n_ff == 1536);
+    CHECK(c->n_head == 9 && c->n_head_kv == 3 && c->head_dim_k == 64 && c->head_dim_v == 64 && c->n_rot == 64);
+    CHECK(c->n_vocab == 49152 && c->n_ctx_train == 8192 && c->rope_base == 100000.0f && c->norm_eps == 1e-5f);
+    CHECK(m->w.tied_output && !m->w.rope_freqs);
+    CHECK(m->weight_bytes == tl_synth_weight_bytes(p.shape, TL_TYPE_F16, 2, 0));
+    const tl_gguf_tensor *te = tl_gguf_find_tensor(m->gguf, "token_embd.weight");
+    CHECK(te && te->type == TL_TYPE_F16 && te->ne[0] == 576 && te->ne[1] == 49152);
+    const tl_gguf_tensor *td = tl_gguf_find_tensor(m->gguf, "blk.1.ffn_down.weight");
+    CHECK(td && td->ne[0] == 1536 && td->ne[1] == 576);
+    CHECK(tl_gguf_find_tensor(m->gguf, "blk.2.attn_q.weight") == NULL);
+    CHECK(tl_gguf_find(m->gguf, "tailor.synth.sentinel") == NULL); /* dropped from the output */
+    CHECK(m->w.layers[1].ffn_norm[0] == 1.0f && m->w.layers[1].ffn_norm[575] == 1.0f);
+    double mean, sd;
+    stats(te, &mean, &sd);
+    CHECKF(fabs(mean) < 1e-3 && fabs(sd - 0.02) < 0.001, "token_embd mean %g sd %g", mean, sd);
+    stats(td, &mean, &sd);
+    CHECKF(fabs(sd - 0.02 / 2.0) < 0.0005, "ffn_down sd %g (want 0.01)", sd);
+
+    /* byte-level vocabulary: bytes are ids 0..255, BOS 256 first */
+    int32_t ids[64];
+    size_t n = 0;
+    CHECK(tl_tokenize(m->tok, "Hi!", 3, true, true, ids, 64, &n, &err) == 0);
+    CHECK(n == 4 && ids[0] == 256 && ids[1] == 'H' && ids[2] == 'i' && ids[3] == '!');
+    CHECK(tl_tok_eos(m->tok) == 257 && tl_token_find(m->tok, "<|extra_0|>") == 258);
+    char *text = tl_detokenize(m->tok, ids + 1, 3, false);
+    CHECK(text && !strcmp(text, "Hi!"));
+    free(text);
+    int32_t toks[40];
+    for (int i = 0; i < 40; i++) toks[i] = (i * 7919) % 49152;
+    check_session(m, "f16", 64, 16, toks, 40);
+    check_session(m, "k2v2:kivi", 256, 0, toks, 40);
+    check_session(m, "k4v4:g64", 64, 7, toks, 40);
+    tl_model_free(m);
+
+    /* same seed, same bytes; another seed, other bytes */
+    const char *again = tmp_path(1, "smol2");
+    CHECK(tl_synth_write(&p, again, &err) == 0);
+    size_t la = 0, lb = 0;
+    char *a = tl_test_read_file(path, &la), *b = tl_test_read_file(again, &lb);
+    CHECK(a && b && la == lb && !memcmp(a, b, la));
+    free(b);
+    p.seed = 8;
+    CHECK(tl_synth_write(&p, again, &err) == 0);
+    b = tl_test_read_file(again, &lb);
+    CHECK(b && la == lb && memcmp(a, b, la) != 0);
+    free(a);
+    free(b);
+    unlink(again);
+    unlink(path);
+}
+
+/* --vocab: tokenizer keys copied verbatim, the vocab size wins; covers qwen2 (biases, NEOX)
+ * and llama3 rope factors with tiny files (512-token vocabulary). */
+static void test_vocab_copy(void) {
+    const char *voc = tl_test_shared("models/stories260K.gguf");
+    if (!tl_test_have(voc)) return;
+    tl_error err = {{0}};
+    tl_model *ref = tl_model_load(voc, &err);
+    CHECKF(ref != NULL, "%s", err.msg);
+    if (!ref) return;
+    const char *names[] = {"smollm2-135m", "qwen2.5-0.5b", "llama-3.2-1b"};
+    const tl_type types[] = {TL_TYPE_Q8_0, TL_TYPE_Q4_1, TL_TYPE_Q4_0};
+    for (int k = 0; k < 3; k++) {
+        const char *path = tmp_path(2, names[k]);
+        tl_synth_params p = {.shape = tl_synth_find_shape(names[k]), .type = types[k], .vocab_path = voc, .n_layer = 1,
+                             .n_ctx = 4096};
+        CHECKF(tl_synth_write(&p, path, &err) == 0, "%s", err.msg);
+        tl_model *m = tl_model_load(path, &err);
+        CHECKF(m != NULL, "%s: %s", names[k], err.msg);
+        if (!m) continue;
+        CHECK(m->cfg.n_vocab == 512 && m->cfg.n_layer == 1 && m->cfg.n_ctx_train == 4096);
+        CHECK(m->weight_bytes == tl_synth_weight_bytes(p.shape, types[k], 1, 512));
+        /* every tokenizer key, byte for byte */
+        int same = 1, n_tok_keys = 0;
+        for (int64_t i = 0; i < tl_gguf_n_kv(ref->gguf); i++) {
+            size_t len;
+            const char *key = tl_gguf_key_name(ref->gguf, i, &len);
+            if (len <= 10 || memcmp(key, "tokenizer.", 10)) continue;
+            n_tok_keys++;
+            char kz[256];
+            snprintf(kz, sizeof kz, "%.*s", (int)len, key);
+            const tl_gguf_value *a = tl_gguf_kv_value(ref->gguf, i), *b = tl_gguf_find(m->gguf, kz);
+            if (!b || a->type != b->type) same = 0;
+            else if (a->type == TL_GGUF_ARRAY && a->v.arr.n != b->v.arr.n) same = 0;
+        }
+        CHECK(same && n_tok_keys >= 5);
+        int32_t ia[64], ib[64];
+        size_t na = 0, nb = 0;
+        const char *txt = "Once upon a time, there was a little cat.";
+        CHECK(tl_tokenize(ref->tok, txt, strlen(txt), true, true, ia, 64, &na, &err) == 0);
+        CHECK(tl_tokenize(m->tok, txt, strlen(txt), true, true, ib, 64, &nb, &err) == 0);
+        CHECK(na == nb && na > 5 && !memcmp(ia, ib, na * sizeof(int32_t)));
+        if (k == 1) CHECK(m->cfg.arch == TL_ARCH_QWEN2 && m->w.layers[0].bq && m->cfg.rope_style == TL_ROPE_NEOX);
+        if (k == 2) CHECK(m->w.rope_freqs && m->w.rope_freqs[0] == 1.0f && m->w.rope_freqs[31] == 32.0f);
+        /* uniform-type scratch (info --shape) equals the model's */
+        CHECK(tl_project_mm_scratch_uniform(&m->cfg, types[k], 64) == tl_project_mm_scratch_model(m, 64));
+        check_session(m, "f16", 128, 32, ia, (int)na);
+        check_session(m, k == 0 ? "k8v8" : "k4v2:kivi", 128, 5, ia, (int)na);
+        tl_model_free(m);
+        unlink(path);
+    }
+    tl_model_free(ref);
+}
+
+static void test_errors(void) {
+    tl_error err = {{0}};
+    tl_synth_params p = {.shape = tl_synth_find_shape("smollm2-135m"), .type = TL_TYPE_F16, .n_layer = 1,
+                         .vocab_path = "/nonexistent/v.gguf"};
+    CHECK(tl_synth_write(&p, tmp_path(3, "err"), &err) != 0 && strstr(err.msg, "--vocab"));
+    p.vocab_path = NULL;
+    CHECK(tl_synth_write(&p, "/nonexistent/dir/x.gguf", &err) != 0 && strstr(err.msg, "/nonexistent/dir"));
+}
+
+int main(void) {
+    test_shapes();
+    test_fallback_vocab();
+    test_vocab_copy();
+    test_errors();
+    return tl_test_done();
+}
