@@ -7,13 +7,14 @@
  *
  * Attention (flash-attention style, never materializing a score matrix larger than a tile):
  * work is split into tasks of (KV head, block of queries, range of keys). A task takes the
- * query rows of all heads sharing the KV head (GQA: keys are converted once for the whole
- * group), walks the keys in tiles of TILE tokens, converts each tile to f32 (keys transposed
- * so scores are broadcast-FMAs with no horizontal sums), and keeps an online softmax state
- * (running max m, sum l, accumulator) per query row. Decode (few queries) splits the keys
+ * query rows of all heads sharing the KV head (GQA: each key row is read once for the whole
+ * group), walks the keys in tiles of TILE tokens with the fused multi-query kernels of
+ * quant_kernels.h straight over the stored f16/f32 rows (bf16 rows widened per tile), and
+ * keeps an online softmax state (running max m, sum l, accumulator) per query row. Decode (few queries) splits the keys
  * over tasks too and merges the partial states with their log-sum-exp weights. */
 #include "kv.h"
 #include "../vec.h"
+#include "quant_kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ typedef struct {
     size_t elt;    /* bytes per stored element */
     uint8_t *k, *v;
     const tl_vec_ops *vo;
+    const kvq_kernels *kk; /* fused multi-query score/accumulate kernels over f16/f32 rows */
 } dense_layer;
 
 /* One forward call's shared, read-only description. */
@@ -46,15 +48,6 @@ static const char *kind_name(tl_kv_kind t) {
     return t == TL_KV_F32 ? "f32" : t == TL_KV_F16 ? "f16" : t == TL_KV_BF16 ? "bf16" : "?";
 }
 
-/* Convert `n` stored elements at src to f32. */
-static void load_row(const dense_layer *d, const uint8_t *src, float *dst, int n) {
-    switch (d->type) {
-    case TL_KV_F16: d->vo->f16_to_f32((const uint16_t *)src, dst, n); break;
-    case TL_KV_BF16: d->vo->bf16_to_f32((const uint16_t *)src, dst, n); break;
-    default: memcpy(dst, src, (size_t)n * sizeof(float)); break;
-    }
-}
-
 static void store_row(const dense_layer *d, const float *src, uint8_t *dst, int n) {
     switch (d->type) {
     case TL_KV_F16: d->vo->f32_to_f16(src, (uint16_t *)dst, n); break;
@@ -65,17 +58,64 @@ static void store_row(const dense_layer *d, const float *src, uint8_t *dst, int 
     }
 }
 
-/* Key/value row of head h at absolute position pos, as f32 into dst. */
-static void fetch_kv(const attn_job *j, int h, int pos, bool is_v, float *dst) {
+/* A run of consecutive key positions [p0, p0 + n) whose rows are contiguous in memory:
+ * either in the ring (history) or in the new block (f32, given by the caller). */
+typedef struct {
+    int p0, n;
+    bool is_new;
+    const void *k, *v; /* first row of the run */
+    int ks, vs;        /* row strides in elements (new block only) */
+} key_run;
+
+/* Split [lo, hi) at the history/new boundary and at the ring's wrap. Returns runs written. */
+static int key_runs(const attn_job *j, int h, int lo, int hi, key_run *runs) {
     const dense_layer *d = j->d;
     const tl_kv_shape *s = &d->base.shape;
-    const int dim = is_v ? s->head_dim_v : s->head_dim_k;
-    if (pos >= j->n_past) {
-        const float *src = (is_v ? j->v_new : j->k_new) + (size_t)(pos - j->n_past) * s->n_head_kv * dim + (size_t)h * dim;
-        memcpy(dst, src, (size_t)dim * sizeof(float));
-    } else {
-        const uint8_t *base = is_v ? d->v : d->k;
-        load_row(d, base + ((size_t)h * d->cap + (size_t)(pos % d->cap)) * dim * d->elt, dst, dim);
+    int n = 0;
+    for (int p = lo; p < hi;) {
+        key_run *r = &runs[n++];
+        r->p0 = p;
+        if (p < j->n_past) {
+            const int row = p % d->cap;
+            r->n = TL_MIN(TL_MIN(hi, j->n_past) - p, d->cap - row);
+            r->is_new = false;
+            r->k = d->k + ((size_t)h * d->cap + row) * s->head_dim_k * d->elt;
+            r->v = d->v + ((size_t)h * d->cap + row) * s->head_dim_v * d->elt;
+        } else {
+            r->n = hi - p;
+            r->is_new = true;
+            r->ks = s->n_head_kv * s->head_dim_k;
+            r->vs = s->n_head_kv * s->head_dim_v;
+            r->k = j->k_new + (size_t)(p - j->n_past) * r->ks + (size_t)h * s->head_dim_k;
+            r->v = j->v_new + (size_t)(p - j->n_past) * r->vs + (size_t)h * s->head_dim_v;
+        }
+        p += r->n;
+    }
+    return n;
+}
+
+/* scores[r][t] for all query rows over one run; bf16 runs are widened into `tmp` first. */
+static void run_scores(const attn_job *j, const key_run *r, const float *q, int rows, float *sc, int ss, float *tmp) {
+    const dense_layer *d = j->d;
+    const int dk = d->base.shape.head_dim_k;
+    if (r->is_new) d->kk->f32_scores(r->k, r->ks, r->n, dk, q, rows, dk, sc, ss);
+    else if (d->type == TL_KV_F16) d->kk->f16_scores(r->k, r->n, dk, q, rows, dk, sc, ss);
+    else if (d->type == TL_KV_F32) d->kk->f32_scores(r->k, dk, r->n, dk, q, rows, dk, sc, ss);
+    else {
+        d->vo->bf16_to_f32(r->k, tmp, r->n * dk);
+        d->kk->f32_scores(tmp, dk, r->n, dk, q, rows, dk, sc, ss);
+    }
+}
+
+static void run_accum(const attn_job *j, const key_run *r, const float *p, int rows, int ps, float *acc, float *tmp) {
+    const dense_layer *d = j->d;
+    const int dv = d->base.shape.head_dim_v;
+    if (r->is_new) d->kk->f32_accum(r->v, r->vs, r->n, dv, p, rows, ps, acc, dv);
+    else if (d->type == TL_KV_F16) d->kk->f16_accum(r->v, r->n, dv, p, rows, ps, acc, dv);
+    else if (d->type == TL_KV_F32) d->kk->f32_accum(r->v, dv, r->n, dv, p, rows, ps, acc, dv);
+    else {
+        d->vo->bf16_to_f32(r->v, tmp, r->n * dv);
+        d->kk->f32_accum(tmp, dv, r->n, dv, p, rows, ps, acc, dv);
     }
 }
 
@@ -91,12 +131,11 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
     const int i0 = qb * j->q_block, i1 = TL_MIN(j->n_tok, i0 + j->q_block);
     const int rows = (i1 - i0) * G;
 
-    /* Keys visible to any query of the block: [lo, hi). */
+    /* Keys visible to any query of the block: [lo, hi), then this task's share in whole tiles. */
     const int last_pos = j->n_past + i1 - 1, first_pos = j->n_past + i0;
     int lo = s->window > 0 ? TL_MAX(0, first_pos - s->window + 1) : 0;
     int hi = last_pos + 1;
-    if (s->window > 0) lo = TL_MAX(lo, j->n_past + j->n_tok - d->cap - j->n_tok); /* never below what the ring holds */
-    {   /* this task's share of [lo, hi), in whole tiles */
+    {
         const int n_tiles = (hi - lo + TILE - 1) / TILE;
         const int per = (n_tiles + j->n_split - 1) / j->n_split;
         const int a = lo + split * per * TILE;
@@ -104,14 +143,14 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
         lo = a;
     }
 
-    float *qr = tl_xmalloc(sizeof(float) * ((size_t)rows * dk + (size_t)rows * dv + (size_t)rows * TILE + (size_t)dk * TILE + (size_t)TILE * dv + (size_t)rows * 2 + dk));
+    const int dmax = TL_MAX(dk, dv);
+    float *qr = tl_xmalloc(sizeof(float) * ((size_t)rows * dk + (size_t)rows * dv + (size_t)rows * TILE +
+                                            (size_t)TILE * dmax + (size_t)rows * 2));
     float *acc = qr + (size_t)rows * dk;
     float *sc = acc + (size_t)rows * dv;
-    float *kt = sc + (size_t)rows * TILE;
-    float *vt = kt + (size_t)dk * TILE;
-    float *mrow = vt + (size_t)TILE * dv;
+    float *tmp = sc + (size_t)rows * TILE;
+    float *mrow = tmp + (size_t)TILE * dmax;
     float *lrow = mrow + rows;
-    float *krow = lrow + rows;
     for (int i = i0; i < i1; i++)
         for (int g = 0; g < G; g++) {
             float *dst = qr + (size_t)((i - i0) * G + g) * dk;
@@ -124,33 +163,33 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
         lrow[r] = 0.0f;
     }
 
+    key_run runs[4];
     for (int t0 = lo; t0 < hi; t0 += TILE) {
         const int tn = TL_MIN(TILE, hi - t0);
-        for (int t = 0; t < tn; t++) {
-            fetch_kv(j, h, t0 + t, false, krow);
-            for (int c = 0; c < dk; c++) kt[(size_t)c * tn + t] = krow[c];
-            fetch_kv(j, h, t0 + t, true, vt + (size_t)t * dv);
-        }
+        const int nr = key_runs(j, h, t0, t0 + tn, runs);
+        for (int k = 0; k < nr; k++) run_scores(j, &runs[k], qr, rows, sc + (runs[k].p0 - t0), TILE, tmp);
+        /* mask, online softmax: sc rows become probabilities relative to each row's max */
         for (int r = 0; r < rows; r++) {
             const int qpos = j->n_past + i0 + r / G;
             int tv_lo = 0, tv_hi = tn; /* visible keys within the tile */
             if (t0 + tv_hi - 1 > qpos) tv_hi = qpos - t0 + 1;
             if (s->window > 0 && t0 < qpos - s->window + 1) tv_lo = qpos - s->window + 1 - t0;
-            if (tv_hi <= tv_lo) continue;
             float *srow = sc + (size_t)r * TILE;
-            vo->scores_t(qr + (size_t)r * dk, kt, dk, tn, srow);
-            const float *sv = srow + tv_lo;
+            if (tv_hi <= tv_lo) {
+                memset(srow, 0, sizeof(float) * tn);
+                continue;
+            }
             const int nv = tv_hi - tv_lo;
-            const float mt = vo->max(sv, nv);
+            const float mt = vo->max(srow + tv_lo, nv);
             const float mnew = mt > mrow[r] ? mt : mrow[r];
             const float corr = expf(mrow[r] - mnew);
-            float *ar = acc + (size_t)r * dv;
-            if (corr != 1.0f) vo->scale(ar, dv, corr);
-            const float sum = vo->exp_sub_sum(srow + tv_lo, nv, mnew);
-            lrow[r] = lrow[r] * corr + sum;
+            if (corr != 1.0f) vo->scale(acc + (size_t)r * dv, dv, corr);
+            lrow[r] = lrow[r] * corr + vo->exp_sub_sum(srow + tv_lo, nv, mnew);
             mrow[r] = mnew;
-            vo->acc_pv(srow + tv_lo, vt + (size_t)tv_lo * dv, nv, dv, ar);
+            for (int t = 0; t < tv_lo; t++) srow[t] = 0.0f;
+            for (int t = tv_hi; t < tn; t++) srow[t] = 0.0f;
         }
+        for (int k = 0; k < nr; k++) run_accum(j, &runs[k], sc + (runs[k].p0 - t0), rows, TILE, acc, tmp);
     }
 
     if (j->n_split == 1) {
@@ -288,6 +327,8 @@ tl_kv_layer *tl_kv_dense_new(tl_kv_kind type, const tl_kv_shape *s, tl_error *er
     d->elt = type == TL_KV_F32 ? 4 : 2;
     d->cap = s->window > 0 ? TL_MIN(s->window, s->n_ctx) : s->n_ctx;
     d->vo = tl_vec_get();
+    /* the AVX2 kernels take head sizes in multiples of 32 (every real model); others use the reference */
+    d->kk = s->head_dim_k % 32 == 0 && s->head_dim_v % 32 == 0 ? kvq_kernels_best() : kvq_kernels_ref();
     const size_t kb = (size_t)s->n_head_kv * d->cap * s->head_dim_k * d->elt;
     const size_t vb = (size_t)s->n_head_kv * d->cap * s->head_dim_v * d->elt;
     d->k = tl_amalloc(kb);

@@ -1,0 +1,82 @@
+/* policy.h: KV cache policies in text and JSON form, per-layer plans, store creation and the
+ * exact memory formula.
+ *
+ * Text form of one layer's policy (fields separated by ':', order free, later fields win):
+ *   f32 | f16 | bf16                dense stores (no further fields)
+ *   k<B>v<B>                        B in 16, 8, 4, 2, 1 (16: that side kept whole in f16);
+ *                                   k16v16 is f16. Defaults: per-token groups of 32, asymmetric,
+ *                                   no residual, no smoothing, no rotation (k8v8 ~ q8_0-like)
+ *   g<N> | kg<N> | vg<N>            group size 32, 64, 128 or 'head' (whole head, per-token only)
+ *   tok|chan|block|tensor           granularity of both sides; ktok, kchan, kblock, ktensor,
+ *                                   vtok, vchan, vblock, vtensor for one side
+ *   asym | sym | kasym | ksym | vasym | vsym   quantizer
+ *   r<N>                            full-precision residual window of the N latest tokens
+ *   smooth                          subtract the per-channel mean of K (fixed after 1st chunk)
+ *   rot                             Hadamard rotation of K (with q) and V (undone on the output)
+ *   kivi                            = kchan:vtok:g32:r128:asym (KIVI's defaults)
+ * e.g. "k4v2:g64:kchan:vtok:r128:smooth", "k8v8", "k2v2:kivi", "k16v4:r64".
+ * Formatting gives the canonical form (only non-default fields, fixed order);
+ * parse(format(p)) == p for every normalized policy.
+ *
+ * Per-layer overrides: "0=k8v8,1-3=k2v2:kivi" (layer or inclusive range '=' policy, ',' between).
+ * JSON plan file: {"default": "k2v2:kivi", "layers": {"0": "k8v8", "30-31": "f16"}}
+ * (both keys optional; "default" falls back to the spec given alongside, or f16). */
+#ifndef TL_KV_POLICY_H
+#define TL_KV_POLICY_H
+
+#include "kv.h"
+
+/* Parse one layer policy. Errors look like "'k4v3': bits 3 not supported (use 16, 8, 4, 2, 1)". */
+int tl_kv_policy_parse(const char *text, tl_kv_layer_policy *p, tl_error *err);
+/* Canonical text; returns the length it needs (snprintf-like). */
+int tl_kv_policy_format(const tl_kv_layer_policy *p, char *buf, size_t n);
+/* Fill the defaults of `kind` (dense kinds, or TL_KV_QUANT with k8v8 defaults). */
+void tl_kv_policy_default(tl_kv_layer_policy *p, tl_kv_kind kind);
+/* Reset fields that do not matter (a 16-bit side's grouping, tensor groups, ...) so that
+ * equal behaviour means equal structs. */
+void tl_kv_policy_normalize(tl_kv_layer_policy *p);
+bool tl_kv_policy_equal(const tl_kv_layer_policy *a, const tl_kv_layer_policy *b);
+
+/* One policy per layer. */
+typedef struct {
+    int n_layers;
+    tl_kv_layer_policy *layers;
+} tl_kv_plan;
+
+/* spec: a policy text, or a path to a JSON plan file (ends in ".json", or starts with '@').
+ * overrides: NULL/"" or "0=k8v8,1-3=k2v2". Errors name the option and the field:
+ * "--kv 'k4v3': ...", "--kv-layer '40=k8v8': layer 40 out of range (model has 32 layers)". */
+int tl_kv_plan_parse(tl_kv_plan *plan, const char *spec, const char *overrides, int n_layers, tl_error *err);
+/* JSON plan text (`where` names it in errors, e.g. the file path); base = default before "default". */
+int tl_kv_plan_parse_json(tl_kv_plan *plan, const char *json, const char *where, int n_layers, tl_error *err);
+/* Apply "0=k8v8,1-3=k2v2" to a plan. */
+int tl_kv_plan_apply_overrides(tl_kv_plan *plan, const char *overrides, tl_error *err);
+/* Compact text of a whole plan: "k2v2:kivi" if uniform, else "default;0=k8v8;..." style
+ * "<policy of layer 0>,1-3=...". Returns a malloc'd string. */
+char *tl_kv_plan_format(const tl_kv_plan *plan);
+void tl_kv_plan_free(tl_kv_plan *plan);
+
+/* Quantized store (quant.c). Refuses sliding-window shapes (window > 0): such layers need a
+ * dense policy. */
+tl_kv_layer *tl_kv_quant_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, tl_error *err);
+
+/* Exact bytes a store of this policy and shape holds after n_tokens tokens (whatever the
+ * chunking), without allocating anything. Equals what ops->bytes reports. Returns 0, or -1
+ * with err when the policy does not fit the shape. */
+int tl_kv_layer_bytes_formula(const tl_kv_layer_policy *p, const tl_kv_shape *s, int64_t n_tokens, tl_kv_bytes *b,
+                              tl_error *err);
+/* Whole plan: shapes[i] is layer i's shape; per_layer (may be NULL) gets n_layers entries,
+ * total the field-wise sum. Errors name the layer. */
+int tl_kv_plan_bytes_formula(const tl_kv_plan *plan, const tl_kv_shape *shapes, int64_t n_tokens, tl_kv_bytes *per_layer,
+                             tl_kv_bytes *total, tl_error *err);
+int tl_kv_quant_bytes_formula(const tl_kv_layer_policy *p, const tl_kv_shape *s, int64_t n_tokens, tl_kv_bytes *b,
+                              tl_error *err);
+
+/* Append K/V rows ([n][n_head_kv*head_dim]) to a quantized store without attending (restoring
+ * a saved cache, building a long history for benchmarks). Same transforms and rules as forward. */
+int tl_kv_quant_append(tl_kv_layer *l, int n, const float *k, const float *v, tl_error *err);
+
+/* Testing/benchmarking hook: make a quantized store use the scalar reference kernels. */
+void tl_kv_quant_force_scalar(tl_kv_layer *l, bool scalar);
+
+#endif

@@ -1,0 +1,702 @@
+/* quant.c: the quantized KV store (bits 8/4/2/1 per side, KIVI-style residual window,
+ * K-smoothing, Hadamard rotation).
+ *
+ * ---- Semantics ----
+ * Each side (K, V) is independent: bits, quantizer, granularity, group size. A side is one of
+ *   DENSE16  bits 16: every token kept in f16 (counted as "codes").
+ *   SLIDE    per-token (groups of g channels, or whole head) and per-tensor granularity: a
+ *            sliding f16 window of the R latest tokens; a token is quantized when it leaves
+ *            the window (R = 0: quantized at once, from f32). After n tokens, nq = max(0, n-R)
+ *            tokens are quantized.
+ *   FLUSH    per-channel (KIVI keys: groups of g tokens per channel) and per-block (g tokens x g
+ *            channels): new tokens collect in an f16 block; when it holds F = max(R, g) rounded up
+ *            to a multiple of g tokens, the whole block is quantized (F/g token groups) and the
+ *            block restarts empty. After n tokens, nq = floor(n/F)*F are quantized.
+ * Both rules depend only on the token count, never on how tokens were chunked, so the stored
+ * codes are chunking-invariant (tested). Residual tokens are kept in f16 (as in KIVI); a token
+ * that passed through the window is quantized from its f16 copy.
+ *
+ * Quantizers (parameters stored as IEEE halves, codes computed with the rounded values):
+ *   asymmetric RTN: s = (max-min)/(2^b-1), z = min, q = clamp(round((x-z)/s), 0, 2^b-1);
+ *                   bits 1: each value becomes its group's min or max.
+ *   symmetric absmax (b >= 2): s = absmax/(2^(b-1)-1), q in [-(2^(b-1)-1), 2^(b-1)-1], stored
+ *                   offset by 2^(b-1) so the kernels see x = code*s + z with z = -2^(b-1)*s.
+ *   per-tensor: one (s, z) per KV head, computed from the first chunk (after rotation and
+ *                   smoothing) and then fixed; later values outside that range are clamped.
+ *                   A first chunk of one token gives a poor range: prefill first.
+ *
+ * K-smoothing: mu[h][c] = mean of K over the first chunk (the prefill), per KV head and channel,
+ * then FIXED. Every key the attention sees -- quantized, residual, and the new block itself -- is
+ * k - mu, so each query's scores shift by the same constant q.mu and softmax is unchanged
+ * (exact up to rounding). A running mean would change the meaning of codes already stored
+ * (they would need re-quantizing or a per-group correction), and buys little: the channel
+ * offsets smoothing removes are a property of the layer, visible in any prefill.
+ *
+ * Rotation: normalized Walsh-Hadamard H (H = H^T = H^-1) over head_dim (a power of two) per
+ * head, applied to K and to q (q.k = Hq.Hk), and to V with H applied again to the output
+ * (sum p Hv = H sum p v). It spreads outlier channels over all channels before quantizing.
+ * Only quantized sides are rotated. Order: rotate, then subtract the mean.
+ *
+ * Attention (kv.h semantics): the new block is attended exactly (f32, after the transforms
+ * above, causal inside the block), the history through the store (codes + f16 residual), then
+ * the block is appended (and quantized as the rules say). Work is split into tasks of
+ * (KV head, block of query rows, range of history tokens); a task serves all query heads of
+ * the GQA group (times its rows) at once, so codes are decoded once per task, in tiles of 8
+ * tokens, with an online softmax over tiles of TILE tokens: nothing history-sized is ever
+ * materialized. With several history ranges (decode at long context), the partial softmax
+ * states are merged by their log-sum-exp weights.
+ *
+ * Kernels (quant_kernels.c): for decode (<= 4 queries per KV head, i.e. one GQA group) codes
+ * are widened and FMAed straight into register accumulators (keys: code*s+z then q.x; values:
+ * (p*s).code plus a per-group p*z term); for prefill blocks (more queries) codes are decoded
+ * into an 8-token f32 tile in L1 that all queries of the task share.
+ *
+ * Speed (bench/bench_kv_attn, one layer, decode, 2 threads, Xeon of the H100 box, AVX2):
+ *   us/token        Llama-8B 32/8/128        SmolLM2 9/3/64
+ *                   4096      16384          4096     16384
+ *   f16 (dense.c)   4844      14119          567      2670
+ *   k8v8            2293       8201          321      1428
+ *   k4v4            2303       7396          328      1509
+ *   k2v2            2268       9009          379      1474
+ *   k2v2:kivi       2563       7705          384      1267
+ *   f16 via this store's kernels (k16v16 forced): 1540 / 6625 / 198 / 968.
+ * On CPU at 2 threads decode attention is compute-bound (3-11 GB/s of KV read), not
+ * bandwidth-bound: fewer bytes do not by themselves make it faster; widening packed codes costs
+ * more instructions than widening f16 (vcvtph2ps), so the quantized stores beat dense.c's f16 but
+ * not an f16 path with these same fused kernels. An int8-query (maddubs) key kernel is the next
+ * step if CPU decode speed at low bits matters.
+ *
+ * Sliding-window layers (shape.window > 0) are refused: give them a dense policy.
+ *
+ * ---- Memory (exact, what bytes() reports and tl_kv_quant_bytes_formula projects) ----
+ * per side, per KV head, d = head dim, pb = 4 (asym: s,z halves) or 2 (sym: s):
+ *   DENSE16: codes = n*d*2
+ *   SLIDE:   codes = nq*d*b/8; scales = nq*(d/g)*pb (per-tensor: pb once n > 0);
+ *            residual = min(n, R)*d*2
+ *   FLUSH:   codes = nq*d*b/8; scales = (nq/g)*(d/ce)*pb (ce = 1 per-channel, g per-block);
+ *            residual = (n-nq)*d*2
+ *   other:   smoothing means n_head_kv*d_k*4 (f32) once n > 0. */
+#include "policy.h"
+#include "quant_kernels.h"
+#include "../vec.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define TILE 128 /* history tokens per softmax step; a multiple of every group size */
+#define QMAX 32  /* queries per task (GQA group x rows) */
+
+static const tl_kv_ops quant_ops; /* defined below */
+
+typedef enum { SIDE_DENSE16, SIDE_SLIDE, SIDE_FLUSH } side_mode;
+
+typedef struct {
+    tl_kv_side pol;
+    side_mode mode;
+    int d;
+    int g;          /* SLIDE: channels per group (d for whole-head/tensor); FLUSH: tokens per group */
+    int ce;         /* FLUSH: channels per parameter set (1 or g) */
+    int ppg;        /* halves per parameter set */
+    int R;          /* SLIDE: window length; FLUSH: flush length F */
+    bool tensor;    /* per-tensor parameters */
+    bool rotate;
+    size_t row_bytes;   /* SLIDE: code bytes per token */
+    int pstride;        /* SLIDE: halves per token (0: per-tensor) */
+    size_t grp_bytes;   /* FLUSH: code bytes per token group */
+    size_t grp_halves;  /* FLUSH: parameter halves per token group */
+    size_t codes_head, params_head, fp_head; /* per-head strides (bytes, halves, halves) */
+    uint8_t *codes;
+    uint16_t *params;
+    uint16_t *fp; /* DENSE16: all tokens; SLIDE: ring of R; FLUSH: block of F */
+    int nq;       /* tokens quantized */
+} side_t;
+
+typedef struct {
+    tl_kv_layer base;
+    tl_kv_layer_policy pol;
+    side_t k, v;
+    bool smooth, have_mu;
+    float *mu; /* [n_head_kv][dk] */
+    const kvq_kernels *kern;
+    const tl_vec_ops *vo;
+    /* scratch, grown as needed (forward is not re-entrant per layer) */
+    float *scratch;
+    size_t scratch_n;
+} qstore;
+
+/* ---------------- side setup ---------------- */
+
+static int side_init(side_t *sd, const tl_kv_side *p, int d, int residual, bool rotate, int n_ctx, int n_kv,
+                     const char *name, tl_error *err) {
+    memset(sd, 0, sizeof *sd);
+    sd->pol = *p;
+    sd->d = d;
+    sd->ppg = p->quantizer == TL_KV_SYM ? 1 : 2;
+    if (p->bits == 16) {
+        sd->mode = SIDE_DENSE16;
+        sd->fp_head = (size_t)n_ctx * d;
+        return 0;
+    }
+    if (p->bits != 8 && p->bits != 4 && p->bits != 2 && p->bits != 1)
+        return tl_fail(err, "%s: bits %d not supported (use 16, 8, 4, 2, 1)", name, p->bits);
+    if (p->quantizer == TL_KV_SYM && p->bits < 2)
+        return tl_fail(err, "%s: symmetric quantizer needs at least 2 bits", name);
+    if (p->group != 0 && p->group != 32 && p->group != 64 && p->group != 128)
+        return tl_fail(err, "%s: group %d not supported (use 32, 64, 128, or whole head)", name, p->group);
+    sd->rotate = rotate;
+    const size_t ub = (size_t)kvq_unit_bytes(p->bits);
+    switch (p->gran) {
+    case TL_KV_GRAN_TOKEN:
+    case TL_KV_GRAN_TENSOR:
+        sd->mode = SIDE_SLIDE;
+        sd->tensor = p->gran == TL_KV_GRAN_TENSOR;
+        sd->g = (sd->tensor || p->group == 0) ? d : p->group;
+        if (d % sd->g != 0) return tl_fail(err, "%s: group %d does not divide head_dim %d", name, sd->g, d);
+        sd->R = residual;
+        sd->row_bytes = (size_t)(d / 32) * ub;
+        sd->pstride = sd->tensor ? 0 : (d / sd->g) * sd->ppg;
+        sd->codes_head = (size_t)n_ctx * sd->row_bytes;
+        sd->params_head = sd->tensor ? (size_t)sd->ppg : (size_t)n_ctx * sd->pstride;
+        sd->fp_head = (size_t)residual * d;
+        break;
+    case TL_KV_GRAN_CHANNEL:
+    case TL_KV_GRAN_BLOCK: {
+        sd->mode = SIDE_FLUSH;
+        if (p->group == 0)
+            return tl_fail(err, "%s: %s granularity needs a group size (32, 64, 128)", name,
+                           p->gran == TL_KV_GRAN_CHANNEL ? "per-channel" : "per-block");
+        sd->g = p->group;
+        sd->ce = p->gran == TL_KV_GRAN_CHANNEL ? 1 : p->group;
+        if (d % sd->ce != 0) return tl_fail(err, "%s: block group %d does not divide head_dim %d", name, sd->ce, d);
+        const int base = TL_MAX(residual, sd->g);
+        sd->R = (base + sd->g - 1) / sd->g * sd->g;
+        sd->grp_bytes = (size_t)d * (sd->g / 32) * ub;
+        sd->grp_halves = (size_t)(d / sd->ce) * sd->ppg;
+        const size_t n_grp = ((size_t)n_ctx + sd->g - 1) / sd->g;
+        sd->codes_head = n_grp * sd->grp_bytes;
+        sd->params_head = n_grp * sd->grp_halves;
+        sd->fp_head = (size_t)sd->R * d;
+        break;
+    }
+    default: return tl_fail(err, "%s: unknown granularity %d", name, (int)p->gran);
+    }
+    (void)n_kv;
+    return 0;
+}
+
+static int side_alloc(side_t *sd, int n_kv, const char *name, tl_error *err) {
+    const size_t cb = sd->codes_head * n_kv, pb = sd->params_head * n_kv * 2, fb = sd->fp_head * n_kv * 2;
+    if (cb && !(sd->codes = tl_amalloc(cb))) return tl_fail(err, "%s: cannot allocate %zu bytes of codes", name, cb);
+    if (pb && !(sd->params = tl_amalloc(pb))) return tl_fail(err, "%s: cannot allocate %zu bytes of scales", name, pb);
+    if (fb && !(sd->fp = tl_amalloc(fb))) return tl_fail(err, "%s: cannot allocate %zu bytes of residual", name, fb);
+    return 0;
+}
+
+static void side_free(side_t *sd) {
+    tl_afree(sd->codes);
+    tl_afree(sd->params);
+    tl_afree(sd->fp);
+}
+
+/* Tokens quantized after n tokens (see the top comment). */
+static int64_t side_nq(const side_t *sd, int64_t n) {
+    switch (sd->mode) {
+    case SIDE_SLIDE: return TL_MAX(0, n - sd->R);
+    case SIDE_FLUSH: return n / sd->R * sd->R;
+    default: return 0;
+    }
+}
+
+static void side_bytes(const side_t *sd, int n_kv, int64_t n, tl_kv_bytes *b) {
+    const uint64_t d = (uint64_t)sd->d, H = (uint64_t)n_kv, pb = 2 * (uint64_t)sd->ppg;
+    const uint64_t nq = (uint64_t)side_nq(sd, n);
+    switch (sd->mode) {
+    case SIDE_DENSE16: b->codes += H * (uint64_t)n * d * 2; break;
+    case SIDE_SLIDE:
+        b->codes += H * nq * d * sd->pol.bits / 8;
+        b->scales += sd->tensor ? (n > 0 ? H * pb : 0) : H * nq * (d / sd->g) * pb;
+        b->residual += H * (uint64_t)TL_MIN(n, sd->R) * d * 2;
+        break;
+    case SIDE_FLUSH:
+        b->codes += H * nq * d * sd->pol.bits / 8;
+        b->scales += H * (nq / sd->g) * (d / sd->ce) * pb;
+        b->residual += H * ((uint64_t)n - nq) * d * 2;
+        break;
+    }
+}
+
+/* ---------------- quantizing ---------------- */
+
+/* Quantize one token row x[d] of head h into SLIDE slot t. */
+static void slide_quant_token(side_t *sd, int h, int64_t t, const float *x) {
+    const int b = sd->pol.bits, sym = sd->pol.quantizer == TL_KV_SYM, ub = kvq_unit_bytes(b);
+    uint8_t *row = sd->codes + h * sd->codes_head + (size_t)t * sd->row_bytes;
+    uint16_t *par = sd->tensor ? sd->params + h * sd->params_head : sd->params + h * sd->params_head + (size_t)t * sd->pstride;
+    for (int j = 0; j < sd->d / sd->g; j++) {
+        const float *xg = x + j * sd->g;
+        uint16_t *pj = par + (sd->tensor ? 0 : j * sd->ppg);
+        if (!sd->tensor) kvq_params(xg, sd->g, 1, b, sym, pj);
+        float s, z;
+        kvq_decode_params(pj, b, sym, &s, &z);
+        for (int u = 0; u < sd->g / 32; u++) {
+            uint8_t c[32];
+            for (int i = 0; i < 32; i++) c[i] = (uint8_t)kvq_encode(xg[u * 32 + i], s, z, b);
+            kvq_pack32(c, b, row + (size_t)(j * sd->g / 32 + u) * ub);
+        }
+    }
+}
+
+/* Quantize the FLUSH block of head h (F tokens, f16 rows) starting at token t0 (multiple of g). */
+static void flush_quant_block(side_t *sd, int h, int64_t t0) {
+    const int b = sd->pol.bits, sym = sd->pol.quantizer == TL_KV_SYM, ub = kvq_unit_bytes(b), d = sd->d, g = sd->g;
+    float *x = tl_xmalloc((size_t)g * d * sizeof(float));
+    for (int gi = 0; gi < sd->R / g; gi++) {
+        const uint16_t *src = sd->fp + h * sd->fp_head + (size_t)gi * g * d;
+        for (int i = 0; i < g * d; i++) x[i] = tl_fp16_to_fp32(src[i]);
+        const size_t grp = (size_t)(t0 / g + gi);
+        uint8_t *codes = sd->codes + h * sd->codes_head + grp * sd->grp_bytes;
+        uint16_t *par = sd->params + h * sd->params_head + grp * sd->grp_halves;
+        for (int j = 0; j < d / sd->ce; j++) {
+            float mn = INFINITY, mx = -INFINITY;
+            for (int t = 0; t < g; t++)
+                for (int c = j * sd->ce; c < (j + 1) * sd->ce; c++) {
+                    mn = fminf(mn, x[t * d + c]);
+                    mx = fmaxf(mx, x[t * d + c]);
+                }
+            kvq_params_range(mn, mx, b, sym, par + j * sd->ppg);
+        }
+        for (int c = 0; c < d; c++) {
+            float s, z;
+            kvq_decode_params(par + (c / sd->ce) * sd->ppg, b, sym, &s, &z);
+            for (int u = 0; u < g / 32; u++) {
+                uint8_t cc[32];
+                for (int i = 0; i < 32; i++) cc[i] = (uint8_t)kvq_encode(x[(u * 32 + i) * d + c], s, z, b);
+                kvq_pack32(cc, b, codes + ((size_t)c * (g / 32) + u) * ub);
+            }
+        }
+    }
+    free(x);
+}
+
+/* Append token t (rows x[h*d ..] for every head, transformed already). */
+static void side_append(side_t *sd, int n_kv, int64_t t, const float *x) {
+    const int d = sd->d;
+    float tmp[KVQ_MAX_DIM];
+    switch (sd->mode) {
+    case SIDE_DENSE16:
+        for (int h = 0; h < n_kv; h++)
+            for (int c = 0; c < d; c++) sd->fp[h * sd->fp_head + (size_t)t * d + c] = tl_fp32_to_fp16(x[h * d + c]);
+        break;
+    case SIDE_SLIDE:
+        if (sd->R == 0) {
+            for (int h = 0; h < n_kv; h++) slide_quant_token(sd, h, t, x + h * d);
+            sd->nq++;
+            break;
+        }
+        if (t - sd->nq == sd->R) { /* window full: the oldest leaves it and is quantized */
+            for (int h = 0; h < n_kv; h++) {
+                const uint16_t *r = sd->fp + h * sd->fp_head + (size_t)(sd->nq % sd->R) * d;
+                for (int c = 0; c < d; c++) tmp[c] = tl_fp16_to_fp32(r[c]);
+                slide_quant_token(sd, h, sd->nq, tmp);
+            }
+            sd->nq++;
+        }
+        for (int h = 0; h < n_kv; h++)
+            for (int c = 0; c < d; c++)
+                sd->fp[h * sd->fp_head + (size_t)(t % sd->R) * d + c] = tl_fp32_to_fp16(x[h * d + c]);
+        break;
+    case SIDE_FLUSH:
+        for (int h = 0; h < n_kv; h++)
+            for (int c = 0; c < d; c++)
+                sd->fp[h * sd->fp_head + (size_t)(t - sd->nq) * d + c] = tl_fp32_to_fp16(x[h * d + c]);
+        if (t + 1 - sd->nq == sd->R) {
+            for (int h = 0; h < n_kv; h++) flush_quant_block(sd, h, sd->nq);
+            sd->nq += sd->R;
+        }
+        break;
+    }
+}
+
+/* ---------------- attention ---------------- */
+
+/* Scores (is_v = 0) or accumulation (is_v = 1) over history tokens [a, b) of head h. */
+static void side_run(const qstore *st, const side_t *sd, int h, int a, int b, bool is_v, const float *x, int nq,
+                     int xs, float *y, int ys) {
+    const kvq_kernels *K = st->kern;
+    const int d = sd->d;
+    int q_end = TL_MIN(b, sd->nq); /* quantized part [a, q_end) */
+    if (sd->mode == SIDE_DENSE16) q_end = a;
+    if (q_end > a) {
+        kvq_run r = {.n = q_end - a, .d = d, .g = sd->g, .bits = sd->pol.bits, .sym = sd->pol.quantizer == TL_KV_SYM};
+        if (sd->mode == SIDE_SLIDE) {
+            r.codes = sd->codes + h * sd->codes_head + (size_t)a * sd->row_bytes;
+            r.params = sd->params + h * sd->params_head + (size_t)a * sd->pstride;
+            r.pstride = sd->pstride;
+            if (is_v) K->tok_accum(&r, x, nq, xs, y, ys);
+            else K->tok_scores(&r, x, nq, xs, y, ys);
+        } else {
+            r.codes = sd->codes + h * sd->codes_head + (size_t)(a / sd->g) * sd->grp_bytes;
+            r.params = sd->params + h * sd->params_head + (size_t)(a / sd->g) * sd->grp_halves;
+            r.ce = sd->ce;
+            if (is_v) K->ch_accum(&r, x, nq, xs, y, ys);
+            else K->ch_scores(&r, x, nq, xs, y, ys);
+        }
+    }
+    /* full-precision part [t, b), in contiguous pieces */
+    for (int t = TL_MAX(a, q_end); t < b;) {
+        int slot, len;
+        if (sd->mode == SIDE_DENSE16) slot = t, len = b - t;
+        else if (sd->mode == SIDE_FLUSH) slot = t - sd->nq, len = b - t;
+        else slot = t % sd->R, len = TL_MIN(b - t, sd->R - slot);
+        const uint16_t *rows = sd->fp + h * sd->fp_head + (size_t)slot * d;
+        const int off = t - a; /* column in the score/probability tile */
+        if (is_v) K->f16_accum(rows, len, d, x + off, nq, xs, y, ys);
+        else K->f16_scores(rows, len, d, x, nq, xs, y + off, ys);
+        t += len;
+    }
+}
+
+typedef struct {
+    const qstore *st;
+    int n_past, m, G, rows_per_task, n_rowblk, n_split, split_len;
+    const float *q, *k, *v; /* transformed (q scaled) */
+    float *out;
+    float *partial; /* [task][QMAX][dv + 2] when n_split > 1 */
+} attn_job;
+
+/* Online softmax step for queries [i0, i1): s[i*ss + 0..n) become probabilities. */
+static void softmax_step(const tl_vec_ops *vo, float *s, int ss, int n, int i0, int i1, float *mx, float *l, float *acc,
+                         int dv) {
+    for (int i = i0; i < i1; i++) {
+        float *si = s + (size_t)i * ss;
+        const float m = fmaxf(mx[i], vo->max(si, n));
+        const float corr = expf(mx[i] - m);
+        const float sum = vo->exp_sub_sum(si, n, m);
+        if (corr != 1.0f) vo->scale(acc + (size_t)i * dv, dv, corr);
+        l[i] = l[i] * corr + sum;
+        mx[i] = m;
+    }
+}
+
+static void attn_task(void *ctx, int64_t task, int thread_id) {
+    const attn_job *j = ctx;
+    const qstore *st = j->st;
+    const tl_kv_shape *s = &st->base.shape;
+    const int dk = s->head_dim_k, dv = s->head_dim_v, Hkv = s->n_head_kv, G = j->G;
+    const int sp = (int)(task % j->n_split), rb = (int)(task / j->n_split % j->n_rowblk), h = (int)(task / j->n_split / j->n_rowblk);
+    const int r0 = rb * j->rows_per_task, r1 = TL_MIN(j->m, r0 + j->rows_per_task);
+    const int nq = (r1 - r0) * G;
+    float qb[QMAX * KVQ_MAX_DIM], acc[QMAX * KVQ_MAX_DIM], sc[QMAX * TILE], mx[QMAX], l[QMAX];
+    for (int r = r0; r < r1; r++)
+        memcpy(qb + (size_t)(r - r0) * G * dk, j->q + ((size_t)r * s->n_head + (size_t)h * G) * dk, sizeof(float) * G * dk);
+    for (int i = 0; i < nq; i++) mx[i] = -INFINITY, l[i] = 0;
+    memset(acc, 0, sizeof(float) * nq * dv);
+    /* history */
+    const int lo = sp * j->split_len, hi = TL_MIN(j->n_past, lo + j->split_len);
+    for (int a = lo; a < hi; a += TILE) {
+        const int b = TL_MIN(hi, a + TILE);
+        side_run(st, &st->k, h, a, b, false, qb, nq, dk, sc, TILE);
+        softmax_step(st->vo, sc, TILE, b - a, 0, nq, mx, l, acc, dv);
+        side_run(st, &st->v, h, a, b, true, sc, nq, TILE, acc, dv);
+    }
+    /* the new block, exact and causal: row r sees new tokens 0..r */
+    if (sp == j->n_split - 1) {
+        const size_t ks = (size_t)Hkv * dk, vs = (size_t)Hkv * dv;
+        for (int r = r0; r < r1; r++) {
+            const int i0 = (r - r0) * G;
+            for (int a = 0; a <= r; a += TILE) {
+                const int n = TL_MIN(r + 1, a + TILE) - a;
+                st->kern->f32_scores(j->k + (size_t)a * ks + (size_t)h * dk, (int)ks, n, dk, qb + (size_t)i0 * dk, G, dk,
+                                     sc + (size_t)i0 * TILE, TILE);
+                softmax_step(st->vo, sc, TILE, n, i0, i0 + G, mx, l, acc, dv);
+                st->kern->f32_accum(j->v + (size_t)a * vs + (size_t)h * dv, (int)vs, n, dv, sc + (size_t)i0 * TILE, G, TILE,
+                                    acc + (size_t)i0 * dv, dv);
+            }
+        }
+    }
+    if (j->n_split == 1) {
+        for (int i = 0; i < nq; i++) {
+            const int r = r0 + i / G, hq = h * G + i % G;
+            float *o = j->out + ((size_t)r * s->n_head + hq) * dv;
+            const float inv = 1.0f / l[i];
+            for (int c = 0; c < dv; c++) o[c] = acc[(size_t)i * dv + c] * inv;
+        }
+    } else {
+        float *p = j->partial + (size_t)task * QMAX * (dv + 2);
+        for (int i = 0; i < nq; i++) {
+            float *pi = p + (size_t)i * (dv + 2);
+            pi[0] = mx[i];
+            pi[1] = l[i];
+            memcpy(pi + 2, acc + (size_t)i * dv, sizeof(float) * dv);
+        }
+    }
+    (void)thread_id;
+}
+
+/* Scratch of at least n floats, kept between calls; NULL when out of memory. */
+static float *scratch(qstore *st, size_t n) {
+    if (st->scratch_n < n) {
+        tl_afree(st->scratch);
+        st->scratch = tl_amalloc(n * sizeof(float));
+        st->scratch_n = st->scratch ? n : 0;
+    }
+    return st->scratch;
+}
+
+/* The store's view of new keys/values: K rotated then smoothed (the mean fixed by the first
+ * chunk), V rotated; per-tensor ranges fixed by the first chunk. */
+static void transform_kv(qstore *st, int m, const float *k, const float *v, float *kt, float *vt) {
+    const tl_kv_shape *s = &st->base.shape;
+    const int Hkv = s->n_head_kv, dk = s->head_dim_k, dv = s->head_dim_v, n_past = st->base.n_tokens;
+    memcpy(kt, k, (size_t)m * Hkv * dk * sizeof(float));
+    memcpy(vt, v, (size_t)m * Hkv * dv * sizeof(float));
+    if (st->k.rotate)
+        for (size_t r = 0; r < (size_t)m * Hkv; r++) kvq_hadamard(kt + r * dk, dk);
+    if (st->v.rotate)
+        for (size_t r = 0; r < (size_t)m * Hkv; r++) kvq_hadamard(vt + r * dv, dv);
+    if (st->smooth) {
+        if (!st->have_mu) { /* first chunk: fix the per-channel means */
+            memset(st->mu, 0, sizeof(float) * Hkv * dk);
+            for (int t = 0; t < m; t++)
+                for (int i = 0; i < Hkv * dk; i++) st->mu[i] += kt[(size_t)t * Hkv * dk + i];
+            for (int i = 0; i < Hkv * dk; i++) st->mu[i] /= (float)m;
+            st->have_mu = true;
+        }
+        for (int t = 0; t < m; t++)
+            for (int i = 0; i < Hkv * dk; i++) kt[(size_t)t * Hkv * dk + i] -= st->mu[i];
+    }
+    /* per-tensor parameters from the first chunk */
+    if (n_past == 0) {
+        side_t *sides[2] = {&st->k, &st->v};
+        const float *xs[2] = {kt, vt};
+        for (int si = 0; si < 2; si++) {
+            side_t *sd = sides[si];
+            if (!sd->tensor) continue;
+            for (int h = 0; h < Hkv; h++) {
+                float mn = INFINITY, mxv = -INFINITY;
+                for (int t = 0; t < m; t++)
+                    for (int c = 0; c < sd->d; c++) {
+                        const float x = xs[si][((size_t)t * Hkv + h) * sd->d + c];
+                        mn = fminf(mn, x);
+                        mxv = fmaxf(mxv, x);
+                    }
+                kvq_params_range(mn, mxv, sd->pol.bits, sd->pol.quantizer == TL_KV_SYM, sd->params + h * sd->params_head);
+            }
+        }
+    }
+}
+
+static int quant_forward(tl_kv_layer *l, tl_pool *pool, int m, const float *q, const float *k, const float *v,
+                         float *out, tl_error *err) {
+    qstore *st = (qstore *)l;
+    const tl_kv_shape *s = &l->shape;
+    const int Hkv = s->n_head_kv, Hq = s->n_head, dk = s->head_dim_k, dv = s->head_dim_v, G = Hq / Hkv;
+    const int n_past = l->n_tokens;
+    if (m <= 0) return 0;
+    if ((int64_t)n_past + m > s->n_ctx)
+        return tl_fail(err, "quantized KV store: %d + %d tokens exceed the capacity n_ctx %d", n_past, m, s->n_ctx);
+    const int rpt = TL_MAX(1, QMAX / G), n_rowblk = (m + rpt - 1) / rpt;
+    const int nthreads = pool ? tl_pool_size(pool) : 1;
+    int n_split = 1;
+    if (n_past >= 2 * TILE) {
+        const int base = Hkv * n_rowblk;
+        n_split = TL_MIN((4 * nthreads + base - 1) / base, n_past / TILE);
+        n_split = TL_MAX(1, n_split);
+    }
+    int split_len = (n_past + n_split - 1) / n_split;
+    split_len = (split_len + TILE - 1) / TILE * TILE;
+    if (split_len == 0) split_len = TILE;
+    n_split = TL_MAX(1, (n_past + split_len - 1) / split_len);
+    const int64_t n_tasks = (int64_t)Hkv * n_rowblk * n_split;
+
+    const size_t nqk = (size_t)m * Hq * dk, nk = (size_t)m * Hkv * dk, nv = (size_t)m * Hkv * dv;
+    const size_t npart = n_split > 1 ? (size_t)n_tasks * QMAX * (dv + 2) : 0;
+    float *qt = scratch(st, nqk + nk + nv + npart);
+    if (!qt) return tl_fail(err, "quantized KV store: cannot allocate %zu bytes of scratch", (nqk + nk + nv + npart) * 4);
+    float *kt = qt + nqk, *vt = kt + nk, *part = vt + nv;
+
+    /* transforms: scale and rotate q like K; K and V as the store sees them */
+    for (size_t i = 0; i < nqk; i++) qt[i] = q[i] * s->scale;
+    if (st->k.rotate)
+        for (size_t r = 0; r < (size_t)m * Hq; r++) kvq_hadamard(qt + r * dk, dk);
+    transform_kv(st, m, k, v, kt, vt);
+
+    attn_job job = {st, n_past, m, G, rpt, n_rowblk, n_split, split_len, qt, kt, vt, out, part};
+    if (pool) tl_pool_run(pool, n_tasks, attn_task, &job);
+    else
+        for (int64_t i = 0; i < n_tasks; i++) attn_task(&job, i, 0);
+    if (n_split > 1) { /* merge partial softmax states */
+        for (int64_t tb = 0; tb < (int64_t)Hkv * n_rowblk; tb++) {
+            const int h = (int)(tb / n_rowblk), rb = (int)(tb % n_rowblk);
+            const int r0 = rb * rpt, r1 = TL_MIN(m, r0 + rpt);
+            for (int i = 0; i < (r1 - r0) * G; i++) {
+                float M = -INFINITY, L = 0;
+                for (int sp = 0; sp < n_split; sp++) M = fmaxf(M, part[((tb * n_split + sp) * QMAX + i) * (dv + 2)]);
+                float *o = out + ((size_t)(r0 + i / G) * Hq + h * G + i % G) * dv;
+                memset(o, 0, sizeof(float) * dv);
+                for (int sp = 0; sp < n_split; sp++) {
+                    const float *pi = part + ((tb * n_split + sp) * QMAX + i) * (dv + 2);
+                    const float w = expf(pi[0] - M);
+                    L += w * pi[1];
+                    for (int c = 0; c < dv; c++) o[c] += w * pi[2 + c];
+                }
+                for (int c = 0; c < dv; c++) o[c] /= L;
+            }
+        }
+    }
+    if (st->v.rotate)
+        for (size_t r = 0; r < (size_t)m * Hq; r++) kvq_hadamard(out + r * dv, dv);
+    /* the block joins the history */
+    for (int t = 0; t < m; t++) {
+        side_append(&st->k, Hkv, (int64_t)n_past + t, kt + (size_t)t * Hkv * dk);
+        side_append(&st->v, Hkv, (int64_t)n_past + t, vt + (size_t)t * Hkv * dv);
+    }
+    l->n_tokens += m;
+    return 0;
+}
+
+int tl_kv_quant_append(tl_kv_layer *l, int m, const float *k, const float *v, tl_error *err) {
+    if (!l || l->ops != &quant_ops) return tl_fail(err, "tl_kv_quant_append: not a quantized KV store");
+    qstore *st = (qstore *)l;
+    const tl_kv_shape *s = &l->shape;
+    if (m <= 0) return 0;
+    if ((int64_t)l->n_tokens + m > s->n_ctx)
+        return tl_fail(err, "quantized KV store: %d + %d tokens exceed the capacity n_ctx %d", l->n_tokens, m, s->n_ctx);
+    const size_t nk = (size_t)m * s->n_head_kv * s->head_dim_k, nv = (size_t)m * s->n_head_kv * s->head_dim_v;
+    float *kt = scratch(st, nk + nv);
+    if (!kt) return tl_fail(err, "quantized KV store: cannot allocate %zu bytes of scratch", (nk + nv) * 4);
+    float *vt = kt + nk;
+    transform_kv(st, m, k, v, kt, vt);
+    for (int t = 0; t < m; t++) {
+        side_append(&st->k, s->n_head_kv, (int64_t)l->n_tokens + t, kt + (size_t)t * s->n_head_kv * s->head_dim_k);
+        side_append(&st->v, s->n_head_kv, (int64_t)l->n_tokens + t, vt + (size_t)t * s->n_head_kv * s->head_dim_v);
+    }
+    l->n_tokens += m;
+    return 0;
+}
+
+static void quant_bytes(const tl_kv_layer *l, tl_kv_bytes *b) {
+    const qstore *st = (const qstore *)l;
+    memset(b, 0, sizeof *b);
+    side_bytes(&st->k, l->shape.n_head_kv, l->n_tokens, b);
+    side_bytes(&st->v, l->shape.n_head_kv, l->n_tokens, b);
+    if (st->smooth && st->have_mu) b->other += (uint64_t)l->shape.n_head_kv * l->shape.head_dim_k * 4;
+}
+
+static void quant_clear(tl_kv_layer *l) {
+    qstore *st = (qstore *)l;
+    l->n_tokens = 0;
+    st->k.nq = st->v.nq = 0;
+    st->have_mu = false;
+}
+
+static void quant_destroy(tl_kv_layer *l) {
+    qstore *st = (qstore *)l;
+    side_free(&st->k);
+    side_free(&st->v);
+    free(st->mu);
+    tl_afree(st->scratch);
+    free(st);
+}
+
+static const tl_kv_ops quant_ops = {
+    .name = "quant", .forward = quant_forward, .bytes = quant_bytes, .clear = quant_clear, .destroy = quant_destroy};
+
+static bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+/* Shape and policy checks shared by the store and the formula. */
+static int check_fit(const tl_kv_layer_policy *p, const tl_kv_shape *s, side_t *k, side_t *v, tl_error *err) {
+    if (p->kind != TL_KV_QUANT) return tl_fail(err, "quantized KV store: policy is not a quantized kind");
+    if (s->n_head <= 0 || s->n_head_kv <= 0 || s->n_head % s->n_head_kv != 0 || s->n_ctx <= 0 || s->window < 0)
+        return tl_fail(err, "quantized KV store: bad shape (heads %d/%d, ctx %d, window %d)", s->n_head, s->n_head_kv,
+                       s->n_ctx, s->window);
+    if (s->window > 0)
+        return tl_fail(err, "quantized KV store: sliding-window layers (window %d) are not supported; give this layer a dense policy (f16)",
+                       s->window);
+    if (s->n_head / s->n_head_kv > QMAX)
+        return tl_fail(err, "quantized KV store: GQA group %d exceeds %d", s->n_head / s->n_head_kv, QMAX);
+    const int dims[2] = {s->head_dim_k, s->head_dim_v};
+    for (int i = 0; i < 2; i++)
+        if (dims[i] <= 0 || dims[i] % 32 != 0 || dims[i] > KVQ_MAX_DIM)
+            return tl_fail(err, "quantized KV store: head_dim %s %d must be a multiple of 32 and at most %d",
+                           i ? "v" : "k", dims[i], KVQ_MAX_DIM);
+    if (p->residual < 0) return tl_fail(err, "quantized KV store: residual %d < 0", p->residual);
+    const bool rk = p->rotate && p->k.bits < 16, rv = p->rotate && p->v.bits < 16;
+    if ((rk && !is_pow2(s->head_dim_k)) || (rv && !is_pow2(s->head_dim_v)))
+        return tl_fail(err, "quantized KV store: Hadamard rotation needs a power-of-two head_dim (k %d, v %d)",
+                       s->head_dim_k, s->head_dim_v);
+    if (side_init(k, &p->k, s->head_dim_k, p->residual, rk, s->n_ctx, s->n_head_kv, "K", err)) return -1;
+    if (side_init(v, &p->v, s->head_dim_v, p->residual, rv, s->n_ctx, s->n_head_kv, "V", err)) return -1;
+    return 0;
+}
+
+tl_kv_layer *tl_kv_quant_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, tl_error *err) {
+    qstore *st = tl_xcalloc(1, sizeof *st);
+    st->base.ops = &quant_ops;
+    st->base.shape = *s;
+    st->pol = *p;
+    if (check_fit(p, s, &st->k, &st->v, err) || side_alloc(&st->k, s->n_head_kv, "K", err) ||
+        side_alloc(&st->v, s->n_head_kv, "V", err)) {
+        quant_destroy(&st->base);
+        return NULL;
+    }
+    st->smooth = p->smooth_k && p->k.bits < 16;
+    if (st->smooth) st->mu = tl_xcalloc((size_t)s->n_head_kv * s->head_dim_k, sizeof(float));
+    st->kern = kvq_kernels_best();
+    st->vo = tl_vec_get();
+    return &st->base;
+}
+
+void tl_kv_quant_force_scalar(tl_kv_layer *l, bool scalar) {
+    if (l && l->ops == &quant_ops) {
+        ((qstore *)l)->kern = scalar ? kvq_kernels_ref() : kvq_kernels_best();
+        ((qstore *)l)->vo = scalar ? tl_vec_ref() : tl_vec_get();
+    }
+}
+
+int tl_kv_quant_bytes_formula(const tl_kv_layer_policy *p, const tl_kv_shape *s, int64_t n, tl_kv_bytes *b,
+                              tl_error *err) {
+    side_t k, v;
+    memset(b, 0, sizeof *b);
+    if (check_fit(p, s, &k, &v, err)) return -1;
+    side_bytes(&k, s->n_head_kv, n, b);
+    side_bytes(&v, s->n_head_kv, n, b);
+    if (p->smooth_k && p->k.bits < 16 && n > 0) b->other += (uint64_t)s->n_head_kv * s->head_dim_k * 4;
+    return 0;
+}
+
+/* Testing hook (quant_kernels.h): the stored representation of token t of head h, dequantized
+ * (in the store's transformed space: rotated and smoothed keys). */
+int kvq_debug_row(const tl_kv_layer *l, int h, int64_t t, bool is_v, float *out) {
+    if (!l || l->ops != &quant_ops || t < 0 || t >= l->n_tokens || h < 0 || h >= l->shape.n_head_kv) return -1;
+    const qstore *st = (const qstore *)l;
+    const side_t *sd = is_v ? &st->v : &st->k;
+    const int d = sd->d;
+    if (sd->mode == SIDE_DENSE16 || t >= sd->nq) {
+        const int64_t slot = sd->mode == SIDE_DENSE16 ? t : sd->mode == SIDE_FLUSH ? t - sd->nq : t % sd->R;
+        for (int c = 0; c < d; c++) out[c] = tl_fp16_to_fp32(sd->fp[h * sd->fp_head + (size_t)slot * d + c]);
+        return 0;
+    }
+    /* one-hot queries through the reference kernel give exactly the dequantized values */
+    const kvq_kernels *K = kvq_kernels_ref();
+    float p[TILE] = {0};
+    memset(out, 0, sizeof(float) * d);
+    kvq_run r = {.d = d, .g = sd->g, .bits = sd->pol.bits, .sym = sd->pol.quantizer == TL_KV_SYM};
+    if (sd->mode == SIDE_SLIDE) {
+        r.codes = sd->codes + h * sd->codes_head + (size_t)t * sd->row_bytes;
+        r.params = sd->params + h * sd->params_head + (size_t)t * sd->pstride;
+        r.pstride = sd->pstride;
+        r.n = 1;
+        p[0] = 1;
+        K->tok_accum(&r, p, 1, 1, out, d);
+    } else {
+        const int64_t tg = t / sd->g;
+        r.codes = sd->codes + h * sd->codes_head + (size_t)tg * sd->grp_bytes;
+        r.params = sd->params + h * sd->params_head + (size_t)tg * sd->grp_halves;
+        r.ce = sd->ce;
+        r.n = sd->g;
+        p[t % sd->g] = 1;
+        K->ch_accum(&r, p, 1, sd->g, out, d);
+    }
+    return 0;
+}
