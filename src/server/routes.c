@@ -1,0 +1,765 @@
+/* routes.c: the endpoints. Requests are parsed with cJSON and checked field by field (wrong
+ * types and out-of-range values name the field; unknown fields are ignored); answers follow
+ * OpenAI's shapes for the /v1 endpoints, llama.cpp's for /tokenize and /detokenize. */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define MAX_STOP_BYTES 1024
+
+void tl_reply_error(tl_reply *r, int status, const char *message, const char *type, const char *param,
+                    const char *code) {
+    free(r->body);
+    r->status = status;
+    r->body = tl_error_json(message, type, param, code);
+    r->content_type = "application/json";
+    r->stream = NULL;
+}
+
+static void reply_json(tl_reply *r, int status, cJSON *root) {
+    free(r->body);
+    r->status = status;
+    r->body = cJSON_PrintUnformatted(root);
+    r->content_type = "application/json";
+    cJSON_Delete(root);
+}
+
+static void bad(tl_reply *r, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void bad(tl_reply *r, const char *param, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tl_reply_error(r, 400, msg, "invalid_request_error", param, NULL);
+}
+
+tl_endpoint tl_route_endpoint(const char *url) {
+    static const struct {
+        const char *path;
+        tl_endpoint ep;
+    } T[] = {{"/v1/completions", TL_EP_COMPLETIONS}, {"/v1/chat/completions", TL_EP_CHAT},
+             {"/v1/models", TL_EP_MODELS},           {"/health", TL_EP_HEALTH},
+             {"/metrics", TL_EP_METRICS},            {"/tokenize", TL_EP_TOKENIZE},
+             {"/detokenize", TL_EP_DETOKENIZE}};
+    for (size_t i = 0; i < sizeof T / sizeof *T; i++)
+        if (!strcmp(url, T[i].path)) return T[i].ep;
+    return TL_EP_OTHER;
+}
+
+bool tl_route_needs_auth(tl_endpoint ep) { return ep != TL_EP_HEALTH; }
+
+/* ---------------- request fields ----------------
+ * Each getter: 0 = absent or null (out untouched), 1 = read, -1 = bad (reply set). */
+
+static int get_bool(const cJSON *o, const char *k, bool *out, tl_reply *r) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsBool(v)) return bad(r, k, "'%s' must be a boolean", k), -1;
+    *out = cJSON_IsTrue(v);
+    return 1;
+}
+
+static int get_num(const cJSON *o, const char *k, double lo, double hi, double *out, tl_reply *r) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v)) return bad(r, k, "'%s' must be a number", k), -1;
+    double d = v->valuedouble;
+    if (!isfinite(d) || d < lo || d > hi) return bad(r, k, "'%s' is %g, outside [%g, %g]", k, d, lo, hi), -1;
+    *out = d;
+    return 1;
+}
+
+static int get_int(const cJSON *o, const char *k, double lo, double hi, long long *out, tl_reply *r) {
+    double d;
+    int rc = get_num(o, k, lo, hi, &d, r);
+    if (rc <= 0) return rc;
+    if (d != floor(d)) return bad(r, k, "'%s' must be an integer, got %g", k, d), -1;
+    *out = (long long)d;
+    return 1;
+}
+
+static const char *get_str(const cJSON *o, const char *k, bool required, tl_reply *r, int *rc) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) bad(r, k, "'%s' is required", k), *rc = -1;
+        else *rc = 0;
+        return NULL;
+    }
+    if (!cJSON_IsString(v)) {
+        bad(r, k, "'%s' must be a string", k);
+        *rc = -1;
+        return NULL;
+    }
+    *rc = 1;
+    return v->valuestring;
+}
+
+/* Body -> JSON object, or NULL with a 400 in r. */
+static cJSON *parse_body(const char *body, size_t len, tl_reply *r) {
+    if (len == 0) return bad(r, NULL, "the request body is empty: a JSON object is expected"), NULL;
+    size_t ok = tl_utf8_valid_prefix(body, len);
+    if (ok != len) return bad(r, NULL, "the request body is not valid UTF-8 (byte %zu)", ok), NULL;
+    if (memchr(body, 0, len)) return bad(r, NULL, "the request body contains a NUL byte"), NULL;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!root) {
+        size_t at = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
+        return bad(r, NULL, "malformed JSON near byte %zu", at), NULL;
+    }
+    while (end && end < body + len && strchr(" \t\r\n", *end)) end++;
+    if (end && end < body + len) {
+        cJSON_Delete(root);
+        return bad(r, NULL, "unexpected data after the JSON value at byte %zu", (size_t)(end - body)), NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return bad(r, NULL, "the request body must be a JSON object"), NULL;
+    }
+    return root;
+}
+
+static int32_t *tokenize(const tl_model *m, const char *text, size_t len, bool add_special, bool parse_special,
+                         size_t *n, tl_error *err) {
+    size_t cap = len + 16, need = 0;
+    int32_t *ids = tl_xmalloc(sizeof(int32_t) * cap);
+    if (tl_tokenize(m->tok, text, len, add_special, parse_special, ids, cap, &need, err)) {
+        free(ids);
+        return NULL;
+    }
+    if (need > cap) {
+        ids = tl_xrealloc(ids, sizeof(int32_t) * need);
+        if (tl_tokenize(m->tok, text, len, add_special, parse_special, ids, need, &need, err)) {
+            free(ids);
+            return NULL;
+        }
+    }
+    *n = need;
+    return ids;
+}
+
+/* ---------------- generation requests ---------------- */
+
+typedef struct {
+    bool stream, include_usage;
+} gen_opts;
+
+/* Sampling, max_tokens, stop, n, stream: shared by completions and chat. Returns 0 or -1. */
+static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job *j, gen_opts *o, tl_reply *r) {
+    tl_sampler_params sp = srv->p.sampling;
+    double d;
+    long long ll;
+    int rc;
+    if ((rc = get_num(root, "temperature", 0, 1e4, &d, r)) < 0) return -1;
+    if (rc) sp.temp = (float)d;
+    if ((rc = get_num(root, "top_p", 0, 1, &d, r)) < 0) return -1;
+    if (rc) sp.top_p = (float)d;
+    if ((rc = get_num(root, "min_p", 0, 1, &d, r)) < 0) return -1;
+    if (rc) sp.min_p = (float)d;
+    if ((rc = get_int(root, "top_k", 0, INT_MAX, &ll, r)) < 0) return -1;
+    if (rc) sp.top_k = (int)ll;
+    if ((rc = get_num(root, "repeat_penalty", 1e-6, 1e4, &d, r)) < 0) return -1;
+    if (rc) sp.repeat_penalty = (float)d;
+    if ((rc = get_int(root, "seed", -9007199254740992.0, 9007199254740992.0, &ll, r)) < 0) return -1;
+    if (rc) sp.seed = (uint64_t)ll; /* negative seeds wrap, as 64-bit values */
+    j->sp = sp;
+
+    j->max_tokens = srv->p.default_max_tokens;
+    if ((rc = get_int(root, "max_tokens", -1, 1 << 30, &ll, r)) < 0) return -1;
+    if (rc) j->max_tokens = (int)ll;
+    if (chat) {
+        if ((rc = get_int(root, "max_completion_tokens", -1, 1 << 30, &ll, r)) < 0) return -1;
+        if (rc) j->max_tokens = (int)ll;
+    }
+    if ((rc = get_int(root, "n", 1, 1e9, &ll, r)) < 0) return -1;
+    if (rc && ll != 1) return bad(r, "n", "'n' = %lld: only one choice per request is supported", ll), -1;
+
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (stop && !cJSON_IsNull(stop)) {
+        const cJSON *items[TL_MAX_STOP];
+        int n = 0;
+        if (cJSON_IsString(stop)) {
+            items[n++] = stop;
+        } else if (cJSON_IsArray(stop)) {
+            int sz = cJSON_GetArraySize(stop);
+            if (sz > TL_MAX_STOP) return bad(r, "stop", "'stop' has %d strings; at most %d", sz, TL_MAX_STOP), -1;
+            const cJSON *it;
+            cJSON_ArrayForEach(it, stop) {
+                if (!cJSON_IsString(it)) return bad(r, "stop", "'stop' must hold strings only"), -1;
+                items[n++] = it;
+            }
+        } else {
+            return bad(r, "stop", "'stop' must be a string or an array of strings"), -1;
+        }
+        for (int i = 0; i < n; i++) {
+            size_t sl = strlen(items[i]->valuestring);
+            if (sl == 0) continue; /* an empty stop string would end every request at once */
+            if (sl > MAX_STOP_BYTES)
+                return bad(r, "stop", "a stop string has %zu bytes; at most %d", sl, MAX_STOP_BYTES), -1;
+            j->stop[j->n_stop++] = tl_xstrdup(items[i]->valuestring);
+        }
+    }
+    if (get_bool(root, "ignore_eos", &j->ignore_eos, r) < 0) return -1;
+    o->stream = false;
+    o->include_usage = false;
+    if (get_bool(root, "stream", &o->stream, r) < 0) return -1;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so)) return bad(r, "stream_options", "'stream_options' must be an object"), -1;
+        if (get_bool(so, "include_usage", &o->include_usage, r) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Prompt text -> ids with tailor generate's rule (BOS when the vocab adds one, special tokens
+ * parsed), and the context checks. Returns 0 or -1 (reply set). */
+static int set_prompt_text(tl_server *srv, tl_job *j, const char *text, size_t len, const char *param, tl_reply *r) {
+    tl_error err = {{0}};
+    size_t n = 0;
+    int32_t *ids = tokenize(srv->model, text, len, true, true, &n, &err);
+    if (!ids) return bad(r, param, "%s: %s", param, err.msg), -1;
+    j->prompt = ids;
+    j->n_prompt = (int)n;
+    return 0;
+}
+
+static int check_prompt_fits(tl_server *srv, tl_job *j, tl_reply *r) {
+    int n_ctx = tl_sched_n_ctx(srv->sched);
+    if (j->n_prompt == 0)
+        return bad(r, "prompt", "the prompt is empty and the model adds no BOS token: nothing to start from"), -1;
+    if (j->n_prompt >= n_ctx) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "the prompt has %d tokens but the context holds %d (the prompt and at least one generated "
+                 "token must fit; start the server with a larger --ctx-size)",
+                 j->n_prompt, n_ctx);
+        tl_reply_error(r, 400, msg, "invalid_request_error", "prompt", "context_length_exceeded");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------- answers ---------------- */
+
+struct tl_stream {
+    tl_server *srv;
+    tl_job *job;
+    bool chat, include_usage;
+    char id[40];
+    long created;
+    size_t sent;
+    int phase; /* 0 role chunk (chat), 1 tokens, 2 finished: only pending bytes left */
+    char *pend;
+    size_t pend_len, pend_off;
+};
+
+static const char *finish_name(tl_finish f) {
+    return f == TL_FINISH_STOP ? "stop" : f == TL_FINISH_LENGTH ? "length" : NULL;
+}
+
+static void make_id(tl_server *srv, const char *prefix, char *out, size_t n) {
+    uint64_t x = atomic_fetch_add(&srv->next_id, 1) + srv->id_salt;
+    /* splitmix64 finaliser: ids look random but never repeat within a run */
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    snprintf(out, n, "%s-%016llx", prefix, (unsigned long long)x);
+}
+
+static cJSON *chunk_base(const tl_stream *st) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", st->id);
+    cJSON_AddStringToObject(o, "object", st->chat ? "chat.completion.chunk" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)st->created);
+    cJSON_AddStringToObject(o, "model", st->srv->model_id);
+    return o;
+}
+
+/* One choice of a chunk: text (may be NULL: no content), role (chat's first chunk), finish. */
+static cJSON *chunk(const tl_stream *st, const char *text, size_t len, bool role, const char *finish) {
+    cJSON *o = chunk_base(st);
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, c);
+    char *t = text ? tl_utf8_sanitize(text, len) : NULL;
+    if (st->chat) {
+        cJSON_AddNumberToObject(c, "index", 0);
+        cJSON *d = cJSON_AddObjectToObject(c, "delta");
+        if (role) cJSON_AddStringToObject(d, "role", "assistant");
+        if (t) cJSON_AddStringToObject(d, "content", t);
+    } else {
+        cJSON_AddStringToObject(c, "text", t ? t : "");
+        cJSON_AddNumberToObject(c, "index", 0);
+    }
+    free(t);
+    cJSON_AddNullToObject(c, "logprobs");
+    if (finish) cJSON_AddStringToObject(c, "finish_reason", finish);
+    else cJSON_AddNullToObject(c, "finish_reason");
+    return o;
+}
+
+static void add_usage(cJSON *o, const tl_job *j) {
+    cJSON *u = cJSON_AddObjectToObject(o, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", j->n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", j->n_gen);
+    cJSON_AddNumberToObject(u, "total_tokens", j->n_prompt + j->n_gen);
+}
+
+static void add_timings(cJSON *o, const tl_job *j) {
+    cJSON *t = cJSON_AddObjectToObject(o, "timings");
+    cJSON_AddNumberToObject(t, "queue_ms", j->t_start > 0 ? (j->t_start - j->t_queued) * 1e3 : 0);
+    cJSON_AddNumberToObject(t, "prompt_ms", j->t_prompt * 1e3);
+    cJSON_AddNumberToObject(t, "generation_ms", j->t_gen * 1e3);
+    cJSON_AddNumberToObject(t, "generation_tokens_per_s", j->t_gen > 0 ? j->n_gen / j->t_gen : 0);
+}
+
+/* Append "data: <json>\n\n" to the pending bytes (takes the object). */
+static void pend_event(tl_stream *st, cJSON *o) {
+    char *js = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    size_t n = strlen(js);
+    st->pend = tl_xrealloc(st->pend, st->pend_len + n + 9);
+    memcpy(st->pend + st->pend_len, "data: ", 6);
+    memcpy(st->pend + st->pend_len + 6, js, n);
+    memcpy(st->pend + st->pend_len + 6 + n, "\n\n", 2);
+    st->pend_len += n + 8;
+    free(js);
+}
+
+static void pend_raw(tl_stream *st, const char *s) {
+    size_t n = strlen(s);
+    st->pend = tl_xrealloc(st->pend, st->pend_len + n + 1);
+    memcpy(st->pend + st->pend_len, s, n);
+    st->pend_len += n;
+}
+
+long tl_stream_read(tl_stream *st, const tl_conn *conn, char *buf, size_t max) {
+    while (st->pend_off == st->pend_len) {
+        free(st->pend);
+        st->pend = NULL;
+        st->pend_len = st->pend_off = 0;
+        if (st->phase == 2) return 0;
+        if (st->phase == 0) {
+            if (st->chat) pend_event(st, chunk(st, "", 0, true, NULL));
+            st->phase = 1;
+            continue;
+        }
+        tl_job *j = st->job;
+        pthread_mutex_lock(&j->mu);
+        bool done = j->state == TL_JOB_DONE;
+        size_t safe = j->safe_len;
+        if (safe > st->sent) {
+            pend_event(st, chunk(st, j->text + st->sent, safe - st->sent, false, NULL));
+            st->sent = safe;
+        } else if (done) {
+            const char *fin = finish_name(j->finish);
+            if (fin) {
+                pend_event(st, chunk(st, st->chat ? NULL : "", 0, false, fin));
+                if (st->include_usage) {
+                    cJSON *o = chunk_base(st);
+                    cJSON_AddArrayToObject(o, "choices");
+                    add_usage(o, j);
+                    add_timings(o, j);
+                    pend_event(st, o);
+                }
+            } else { /* headers went out as 200 already: the error travels as an event */
+                char *e = tl_error_json(j->err[0] ? j->err : "generation was cancelled",
+                                        j->finish == TL_FINISH_ERROR ? "server_error" : "cancelled", NULL, NULL);
+                pend_raw(st, "data: ");
+                pend_raw(st, e);
+                pend_raw(st, "\n\n");
+                free(e);
+            }
+            pend_raw(st, "data: [DONE]\n\n");
+            st->phase = 2;
+        }
+        pthread_mutex_unlock(&j->mu);
+        if (st->pend_len) continue;
+        tl_job_wait(j, st->sent, 100);
+        if (tl_conn_gone(conn)) {
+            tl_sched_cancel(st->srv->sched, j);
+            tl_metrics_event(st->srv->metrics, "client_disconnect");
+            return -1;
+        }
+    }
+    size_t n = TL_MIN(max, st->pend_len - st->pend_off);
+    memcpy(buf, st->pend + st->pend_off, n);
+    st->pend_off += n;
+    return (long)n;
+}
+
+void tl_stream_free(tl_stream *st) {
+    if (!st) return;
+    tl_sched_cancel(st->srv->sched, st->job); /* no-op when it finished */
+    tl_job_unref(st->job);
+    free(st->pend);
+    free(st);
+}
+
+/* Queue the job and answer: an SSE stream, or wait (watching the client) for the whole text. */
+static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool chat, const gen_opts *o,
+                           tl_reply *r) {
+    int rc = tl_sched_submit(srv->sched, j);
+    if (rc == TL_SUBMIT_FULL) {
+        tl_metrics_event(srv->metrics, "rejected_queue_full");
+        tl_reply_error(r, 429, "the server is busy: every slot is generating and the queue is full; retry later",
+                       "rate_limit_exceeded", NULL, "queue_full");
+        return;
+    }
+    if (rc == TL_SUBMIT_STOPPING) {
+        tl_reply_error(r, 503, "the server is shutting down", "server_error", NULL, NULL);
+        return;
+    }
+    char id[40];
+    make_id(srv, chat ? "chatcmpl" : "cmpl", id, sizeof id);
+    long created = (long)time(NULL);
+    if (o->stream) {
+        tl_stream *st = tl_xcalloc(1, sizeof *st);
+        st->srv = srv;
+        tl_job_ref(j);
+        st->job = j;
+        st->chat = chat;
+        st->include_usage = o->include_usage;
+        snprintf(st->id, sizeof st->id, "%s", id);
+        st->created = created;
+        r->status = 200;
+        r->stream = st;
+        r->content_type = "text/event-stream";
+        return;
+    }
+    for (;;) {
+        tl_job_wait(j, SIZE_MAX, 100);
+        pthread_mutex_lock(&j->mu);
+        bool done = j->state == TL_JOB_DONE;
+        pthread_mutex_unlock(&j->mu);
+        if (done) break;
+        if (tl_conn_gone(conn)) {
+            tl_sched_cancel(srv->sched, j);
+            tl_metrics_event(srv->metrics, "client_disconnect");
+            tl_reply_error(r, 499, "the client closed the connection", "cancelled", NULL, NULL);
+            return;
+        }
+    }
+    /* done: the worker no longer writes the job */
+    const char *fin = finish_name(j->finish);
+    if (!fin) {
+        if (j->finish == TL_FINISH_ERROR) tl_reply_error(r, 500, j->err, "server_error", NULL, NULL);
+        else tl_reply_error(r, 503, j->err[0] ? j->err : "generation was cancelled", "server_error", NULL, NULL);
+        return;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "id", id);
+    cJSON_AddStringToObject(root, "object", chat ? "chat.completion" : "text_completion");
+    cJSON_AddNumberToObject(root, "created", (double)created);
+    cJSON_AddStringToObject(root, "model", srv->model_id);
+    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    char *text = tl_utf8_sanitize(j->text, j->len);
+    if (chat) {
+        cJSON *msg = cJSON_AddObjectToObject(c, "message");
+        cJSON_AddStringToObject(msg, "role", "assistant");
+        cJSON_AddStringToObject(msg, "content", text);
+    } else {
+        cJSON_AddStringToObject(c, "text", text);
+    }
+    free(text);
+    cJSON_AddNullToObject(c, "logprobs");
+    cJSON_AddStringToObject(c, "finish_reason", fin);
+    add_usage(root, j);
+    add_timings(root, j);
+    reply_json(r, 200, root);
+}
+
+static void h_completions(tl_server *srv, const tl_conn *conn, const char *body, size_t len, tl_reply *r) {
+    cJSON *root = parse_body(body, len, r);
+    if (!root) return;
+    tl_job *j = tl_job_new();
+    gen_opts o;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (!p || cJSON_IsNull(p)) {
+        bad(r, "prompt", "'prompt' is required");
+        goto done;
+    }
+    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
+        p = cJSON_GetArrayItem(p, 0); /* ["text"]: one prompt in a list */
+    if (cJSON_IsString(p)) {
+        if (set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), "prompt", r)) goto done;
+    } else if (cJSON_IsArray(p)) { /* token ids */
+        int n = cJSON_GetArraySize(p), V = srv->model->cfg.n_vocab, k = 0;
+        j->prompt = tl_xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+        const cJSON *it;
+        cJSON_ArrayForEach(it, p) {
+            if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < 0 ||
+                it->valuedouble >= V) {
+                bad(r, "prompt",
+                    "'prompt' must be a string, a list of one string, or a list of token ids in [0, %d); "
+                    "element %d is not",
+                    V, k);
+                goto done;
+            }
+            j->prompt[k++] = (int32_t)it->valuedouble;
+        }
+        j->n_prompt = k;
+    } else {
+        bad(r, "prompt", "'prompt' must be a string, a list of one string, or a list of token ids");
+        goto done;
+    }
+    if (check_prompt_fits(srv, j, r)) goto done;
+    if (parse_gen_fields(srv, root, false, j, &o, r)) goto done;
+    run_generation(srv, conn, j, false, &o, r);
+done:
+    cJSON_Delete(root);
+    tl_job_unref(j);
+}
+
+static void h_chat(tl_server *srv, const tl_conn *conn, const char *body, size_t len, tl_reply *r) {
+    cJSON *root = parse_body(body, len, r);
+    if (!root) return;
+    tl_job *j = tl_job_new();
+    tl_chat_msg *msgs = NULL;
+    char **owned = NULL;
+    int n = 0, n_owned = 0;
+    char *text = NULL;
+    gen_opts o;
+    const cJSON *ms = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (!ms || cJSON_IsNull(ms)) {
+        bad(r, "messages", "'messages' is required");
+        goto done;
+    }
+    if (!cJSON_IsArray(ms) || cJSON_GetArraySize(ms) == 0) {
+        bad(r, "messages", "'messages' must be a non-empty array of {role, content} objects");
+        goto done;
+    }
+    if (srv->chat == TL_CHAT_NONE || srv->chat == TL_CHAT_UNSUPPORTED) {
+        tl_reply_error(r, 400, srv->chat_why, "invalid_request_error", NULL, "chat_template_unsupported");
+        goto done;
+    }
+    int cnt = cJSON_GetArraySize(ms);
+    msgs = tl_xcalloc((size_t)cnt, sizeof *msgs);
+    owned = tl_xcalloc((size_t)cnt, sizeof *owned);
+    const cJSON *m;
+    cJSON_ArrayForEach(m, ms) {
+        char param[48];
+        snprintf(param, sizeof param, "messages[%d]", n);
+        if (!cJSON_IsObject(m)) {
+            bad(r, param, "'%s' must be an object with 'role' and 'content'", param);
+            goto done;
+        }
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsString(role)) {
+            bad(r, param, "'%s.role' must be a string", param);
+            goto done;
+        }
+        const char *rs = role->valuestring;
+        if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for it */
+        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
+            bad(r, param, "'%s.role' is '%.40s': supported roles are system, user, assistant", param, rs);
+            goto done;
+        }
+        const char *cs;
+        if (cJSON_IsString(content)) {
+            cs = content->valuestring;
+        } else if (cJSON_IsNull(content) || !content) {
+            if (strcmp(rs, "assistant")) {
+                bad(r, param, "'%s.content' is required", param);
+                goto done;
+            }
+            cs = "";
+        } else if (cJSON_IsArray(content)) { /* [{"type":"text","text":...}, ...] */
+            size_t tot = 1;
+            const cJSON *part;
+            cJSON_ArrayForEach(part, content) {
+                const cJSON *ty = cJSON_GetObjectItemCaseSensitive(part, "type");
+                const cJSON *tx = cJSON_GetObjectItemCaseSensitive(part, "text");
+                if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "text") || !cJSON_IsString(tx)) {
+                    bad(r, param, "'%s.content' parts must be {\"type\": \"text\", \"text\": string}", param);
+                    goto done;
+                }
+                tot += strlen(tx->valuestring) + 1;
+            }
+            char *joined = tl_xmalloc(tot);
+            size_t at = 0;
+            cJSON_ArrayForEach(part, content) {
+                const char *tx = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
+                if (at) joined[at++] = '\n';
+                size_t l = strlen(tx);
+                memcpy(joined + at, tx, l);
+                at += l;
+            }
+            joined[at] = 0;
+            owned[n_owned++] = joined;
+            cs = joined;
+        } else {
+            bad(r, param, "'%s.content' must be a string or an array of text parts", param);
+            goto done;
+        }
+        msgs[n].role = rs;
+        msgs[n].content = cs;
+        n++;
+    }
+    tl_error err = {{0}};
+    if (!(text = tl_chat_render(srv->chat, msgs, n, &err))) {
+        bad(r, "messages", "%s", err.msg);
+        goto done;
+    }
+    if (set_prompt_text(srv, j, text, strlen(text), "messages", r)) goto done;
+    if (check_prompt_fits(srv, j, r)) goto done;
+    if (parse_gen_fields(srv, root, true, j, &o, r)) goto done;
+    run_generation(srv, conn, j, true, &o, r);
+done:
+    for (int i = 0; i < n_owned; i++) free(owned[i]);
+    free(owned);
+    free(msgs);
+    free(text);
+    cJSON_Delete(root);
+    tl_job_unref(j);
+}
+
+static void h_tokenize(tl_server *srv, const char *body, size_t len, tl_reply *r) {
+    cJSON *root = parse_body(body, len, r);
+    if (!root) return;
+    int rc;
+    bool add_special = false, parse_special = true, with_pieces = false;
+    const char *content = get_str(root, "content", true, r, &rc);
+    if (rc < 0 || get_bool(root, "add_special", &add_special, r) < 0 ||
+        get_bool(root, "parse_special", &parse_special, r) < 0 || get_bool(root, "with_pieces", &with_pieces, r) < 0) {
+        cJSON_Delete(root);
+        return;
+    }
+    tl_error err = {{0}};
+    size_t n = 0;
+    int32_t *ids = tokenize(srv->model, content, strlen(content), add_special, parse_special, &n, &err);
+    if (!ids) {
+        bad(r, "content", "content: %s", err.msg);
+        cJSON_Delete(root);
+        return;
+    }
+    cJSON *out = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(out, "tokens");
+    char piece[256];
+    for (size_t i = 0; i < n; i++) {
+        if (!with_pieces) {
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+            continue;
+        }
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddNumberToObject(t, "id", ids[i]);
+        size_t np = tl_token_to_piece(srv->model->tok, ids[i], true, piece, sizeof piece);
+        char *s = tl_utf8_sanitize(piece, TL_MIN(np, sizeof piece));
+        cJSON_AddStringToObject(t, "piece", s);
+        free(s);
+        cJSON_AddItemToArray(arr, t);
+    }
+    free(ids);
+    cJSON_Delete(root);
+    reply_json(r, 200, out);
+}
+
+static void h_detokenize(tl_server *srv, const char *body, size_t len, tl_reply *r) {
+    cJSON *root = parse_body(body, len, r);
+    if (!root) return;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tokens");
+    if (!cJSON_IsArray(t)) {
+        bad(r, "tokens", "'tokens' must be an array of token ids");
+        cJSON_Delete(root);
+        return;
+    }
+    int n = cJSON_GetArraySize(t), V = srv->model->cfg.n_vocab, k = 0;
+    int32_t *ids = tl_xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    const cJSON *it;
+    cJSON_ArrayForEach(it, t) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < 0 ||
+            it->valuedouble >= V) {
+            bad(r, "tokens", "'tokens[%d]' is not a token id in [0, %d)", k, V);
+            free(ids);
+            cJSON_Delete(root);
+            return;
+        }
+        ids[k++] = (int32_t)it->valuedouble;
+    }
+    size_t out_len = 0;
+    char *s = tl_detokenize_ex(srv->model->tok, ids, (size_t)k, 0, &out_len);
+    char *clean = tl_utf8_sanitize(s, out_len);
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddStringToObject(out, "content", clean);
+    free(clean);
+    free(s);
+    free(ids);
+    cJSON_Delete(root);
+    reply_json(r, 200, out);
+}
+
+static void h_models(tl_server *srv, tl_reply *r) {
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddStringToObject(out, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(out, "data");
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddItemToArray(data, m);
+    cJSON_AddStringToObject(m, "id", srv->model_id);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)(long)srv->t_start);
+    cJSON_AddStringToObject(m, "owned_by", "tailor");
+    cJSON *meta = cJSON_AddObjectToObject(m, "meta");
+    cJSON_AddStringToObject(meta, "arch", srv->model->cfg.arch_name);
+    cJSON_AddNumberToObject(meta, "n_vocab", srv->model->cfg.n_vocab);
+    cJSON_AddNumberToObject(meta, "n_ctx_train", srv->model->cfg.n_ctx_train);
+    cJSON_AddNumberToObject(meta, "n_ctx", tl_sched_n_ctx(srv->sched));
+    cJSON_AddNumberToObject(meta, "n_parallel", srv->p.n_parallel);
+    cJSON_AddStringToObject(meta, "kv", srv->p.kv ? srv->p.kv : "f16");
+    cJSON_AddStringToObject(meta, "chat_template", tl_chat_name(srv->chat));
+    reply_json(r, 200, out);
+}
+
+static void h_health(tl_server *srv, tl_reply *r) {
+    tl_sched_stats st;
+    tl_sched_stats_get(srv->sched, &st);
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddStringToObject(out, "status", "ok");
+    cJSON_AddNumberToObject(out, "slots_idle", st.n_slots - st.n_busy);
+    cJSON_AddNumberToObject(out, "slots_busy", st.n_busy);
+    cJSON_AddNumberToObject(out, "queue", st.n_queued);
+    reply_json(r, 200, out);
+}
+
+void tl_route(tl_server *srv, const tl_conn *conn, tl_endpoint ep, const char *method, const char *body, size_t len,
+              tl_reply *r) {
+    r->status = 500;
+    r->body = NULL;
+    r->content_type = "application/json";
+    r->stream = NULL;
+    if (ep == TL_EP_OTHER) {
+        tl_reply_error(r, 404, "no such endpoint (see docs/server.md)", "invalid_request_error", NULL, "not_found");
+        return;
+    }
+    bool post = ep == TL_EP_COMPLETIONS || ep == TL_EP_CHAT || ep == TL_EP_TOKENIZE || ep == TL_EP_DETOKENIZE;
+    if (strcmp(method, post ? "POST" : "GET")) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "this endpoint takes %s only", post ? "POST" : "GET");
+        tl_reply_error(r, 405, msg, "invalid_request_error", NULL, "method_not_allowed");
+        return;
+    }
+    switch (ep) {
+    case TL_EP_COMPLETIONS: h_completions(srv, conn, body, len, r); break;
+    case TL_EP_CHAT: h_chat(srv, conn, body, len, r); break;
+    case TL_EP_TOKENIZE: h_tokenize(srv, body, len, r); break;
+    case TL_EP_DETOKENIZE: h_detokenize(srv, body, len, r); break;
+    case TL_EP_MODELS: h_models(srv, r); break;
+    case TL_EP_HEALTH: h_health(srv, r); break;
+    case TL_EP_METRICS:
+        r->status = 200;
+        r->body = tl_metrics_render(srv->metrics, srv->sched);
+        r->content_type = "text/plain; version=0.0.4; charset=utf-8";
+        break;
+    default: break;
+    }
+}

@@ -1,0 +1,57 @@
+/* server.h: tailor's OpenAI-compatible HTTP server (tailor serve).
+ *
+ * Layers (one file each):
+ *   http.c    libmicrohttpd glue: binding, body limits, auth, dispatch, SSE streaming,
+ *             client-disconnect detection
+ *   routes.c  the endpoints: request validation (cJSON), response shapes, SSE events
+ *   sched.c   slots and the bounded queue: P worker threads, each owning a tl_session
+ *   chat.c    chat templates (ChatML, Gemma, Llama-3) chosen from tokenizer.chat_template
+ *   metrics.c counters and the Prometheus text of /metrics
+ *   util.c    UTF-8 checks, constant-time compare, OpenAI error objects
+ *
+ * Usage: fill tl_server_params, tl_server_start, then wait (signals) and tl_server_stop. */
+#ifndef TL_SERVER_H
+#define TL_SERVER_H
+
+#include "../common.h"
+#include "../sampler.h"
+#include "../session.h"
+
+#include <stdint.h>
+
+typedef struct tl_server tl_server;
+
+typedef struct {
+    const char *host;          /* numeric address or name to bind; default "127.0.0.1" */
+    int port;                  /* 0 = any free port (see tl_server_port) */
+    int n_parallel;            /* P: slots decoding at once */
+    int n_queue;               /* requests that may wait for a slot before 429 */
+    int n_ctx;                 /* tokens per slot; 0 = the model's training context */
+    int n_threads;             /* all threads; each slot gets max(1, n_threads / P); 0 = CPUs */
+    int chunk;                 /* prefill chunk (0 = default) */
+    const char *kv;            /* KV policy of every slot (NULL = f16) */
+    const char *kv_layer;      /* per-layer overrides */
+    const char *api_key;       /* NULL/"" = no auth */
+    size_t max_body;           /* request bytes (413 above) */
+    int timeout_s;             /* idle connection timeout, also the whole-body upload deadline */
+    int max_connections;       /* open connections (each one a thread); 0 = 4 * (P + queue) + 16 */
+    const char *chat_template; /* NULL = detect from GGUF; "chatml", "gemma", "llama3" force one */
+    const char *model_id;      /* id shown by /v1/models; NULL = file name */
+    tl_sampler_params sampling; /* defaults for fields a request leaves out */
+    int default_max_tokens;    /* when a request has no max_tokens; -1 = until EOG / context */
+    bool verbose;              /* log each request to stderr */
+} tl_server_params;
+
+tl_server_params tl_server_default_params(void);
+
+/* Loads nothing: the model stays the caller's and must outlive the server. Creates the slots
+ * (sessions, threads) and starts listening. Returns NULL with err on failure. */
+tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err);
+int tl_server_port(const tl_server *s);
+/* Stops accepting, cancels running work, joins every thread and frees everything. */
+void tl_server_stop(tl_server *s);
+/* For the start-up report: memory of one slot (all are alike), its context and the chat
+ * template in use ("chatml", "gemma", "llama3", "none", "unsupported"). */
+void tl_server_slot_memory(tl_server *s, tl_session_mem *out, int *n_ctx, const char **chat);
+
+#endif

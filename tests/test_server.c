@@ -1,0 +1,765 @@
+/* test_server.c: tailor serve, end to end. Starts the real server binary ($TL_BIN serve) on
+ * 127.0.0.1 with a free port and talks HTTP to it through a small blocking socket client:
+ * completions (same text as `tailor generate` for the same seed and flags), streaming, stop
+ * strings, chat templates, auth, bad input of every kind, concurrent requests with independent
+ * outputs, 429 when full, client disconnects freeing the slot, slow uploads. Also unit checks
+ * of the chat templates and UTF-8 helpers. Every server is stopped with SIGTERM (SIGKILL as a
+ * fallback) and must exit 0. */
+#define _GNU_SOURCE
+#include "testutil.h"
+#include "../src/server/internal.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KEY "test-key-123"
+#define AUTH "Authorization: Bearer " KEY "\r\n"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---------------- a server process ---------------- */
+
+typedef struct {
+    pid_t pid;
+    int port;
+    char log[128];
+} server;
+
+static bool server_start(server *s, const char *model, const char *const *extra) {
+    const char *bin = getenv("TL_BIN");
+    if (!bin) bin = "./tailor";
+    snprintf(s->log, sizeof s->log, "/tmp/tl_test_server_%d_%ld.log", (int)getpid(), (long)(now_s() * 1e3));
+    const char *argv[48];
+    int n = 0;
+    argv[n++] = bin;
+    argv[n++] = "serve";
+    argv[n++] = "-m";
+    argv[n++] = model;
+    argv[n++] = "--host";
+    argv[n++] = "127.0.0.1";
+    argv[n++] = "--port";
+    argv[n++] = "0";
+    for (int i = 0; extra[i] && n < 46; i++) argv[n++] = extra[i];
+    argv[n] = NULL;
+    s->pid = fork();
+    if (s->pid == 0) {
+        FILE *f = freopen(s->log, "w", stderr);
+        (void)f;
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    s->port = 0;
+    for (double t0 = now_s(); now_s() - t0 < 30;) {
+        usleep(50000);
+        size_t len;
+        char *txt = tl_test_read_file(s->log, &len);
+        const char *p = txt ? strstr(txt, "listening on http://127.0.0.1:") : NULL;
+        if (p) s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
+        free(txt);
+        if (s->port) return true;
+        int st;
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) break;
+    }
+    char *txt = tl_test_read_file(s->log, NULL);
+    fprintf(stderr, "server did not start: %s\n", txt ? txt : "(no log)");
+    free(txt);
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    return false;
+}
+
+/* SIGTERM, wait up to 10 s (SIGKILL after); returns the exit status (-1 if killed). */
+static int server_stop(server *s) {
+    kill(s->pid, SIGTERM);
+    int st = 0;
+    for (double t0 = now_s(); now_s() - t0 < 10; usleep(20000))
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            unlink(s->log);
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &st, 0);
+    return -1;
+}
+
+/* ---------------- a small HTTP/1.1 client ---------------- */
+
+static int connect_port(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv); /* keeps every test bounded */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static bool send_all(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w <= 0) return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+typedef struct {
+    int status;
+    char *raw;  /* whole response */
+    char *body; /* decoded body, NUL-terminated */
+    size_t body_len;
+} resp;
+
+static void resp_free(resp *r) {
+    free(r->raw);
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
+
+static char *read_to_eof(int fd, size_t *n) {
+    size_t cap = 4096, len = 0;
+    char *b = malloc(cap);
+    for (;;) {
+        if (len + 1024 > cap) b = realloc(b, cap *= 2);
+        ssize_t r = read(fd, b + len, cap - len - 1); /* sockets and pipes */
+        if (r <= 0) break;
+        len += (size_t)r;
+    }
+    b[len] = 0;
+    *n = len;
+    return b;
+}
+
+static void parse_resp(char *raw, size_t n, resp *r) {
+    memset(r, 0, sizeof *r);
+    r->raw = raw;
+    r->status = -1;
+    if (n < 12 || strncmp(raw, "HTTP/1.", 7)) return;
+    r->status = atoi(raw + 9);
+    char *hend = strstr(raw, "\r\n\r\n");
+    if (!hend) return;
+    char *body = hend + 4;
+    size_t blen = n - (size_t)(body - raw);
+    bool chunked = false;
+    for (char *h = raw; h < hend; h = strstr(h, "\r\n") + 2)
+        if (!strncasecmp(h, "Transfer-Encoding: chunked", 26)) chunked = true;
+    r->body = malloc(blen + 1);
+    if (!chunked) {
+        memcpy(r->body, body, blen);
+        r->body_len = blen;
+    } else { /* size CRLF data CRLF ... 0 CRLF CRLF */
+        size_t o = 0;
+        char *p = body, *end = body + blen;
+        while (p < end) {
+            char *e;
+            unsigned long sz = strtoul(p, &e, 16);
+            char *crlf = strstr(p, "\r\n");
+            if (!crlf || sz == 0 || crlf + 2 + sz > end) break;
+            memcpy(r->body + o, crlf + 2, sz);
+            o += sz;
+            p = crlf + 2 + sz + 2;
+        }
+        r->body_len = o;
+    }
+    r->body[r->body_len] = 0;
+}
+
+/* One request on a fresh connection. headers: extra header lines, each ending in CRLF. */
+static resp http(int port, const char *method, const char *path, const char *headers, const char *body) {
+    resp r = {0};
+    r.status = -1;
+    int fd = connect_port(port);
+    if (fd < 0) return r;
+    size_t bl = body ? strlen(body) : 0;
+    char *req = malloc(bl + 1024 + (headers ? strlen(headers) : 0));
+    int hl = sprintf(req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s", method, path,
+                     headers ? headers : "");
+    if (body) hl += sprintf(req + hl, "Content-Type: application/json\r\nContent-Length: %zu\r\n", bl);
+    hl += sprintf(req + hl, "\r\n");
+    memcpy(req + hl, body ? body : "", bl);
+    send_all(fd, req, (size_t)hl + bl);
+    free(req);
+    size_t n;
+    char *raw = read_to_eof(fd, &n);
+    close(fd);
+    parse_resp(raw, n, &r);
+    return r;
+}
+
+static resp post(int port, const char *path, const char *body) { return http(port, "POST", path, AUTH, body); }
+
+/* The text of a completion answer (choices[0].text or .message.content), malloc'd. */
+static char *answer_text(const resp *r, char *finish, size_t fcap) {
+    cJSON *j = r->body ? cJSON_Parse(r->body) : NULL;
+    cJSON *c = j ? cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0) : NULL;
+    cJSON *t = c ? cJSON_GetObjectItem(c, "text") : NULL;
+    if (c && !t) t = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "message"), "content");
+    char *out = cJSON_IsString(t) ? strdup(t->valuestring) : NULL;
+    cJSON *f = c ? cJSON_GetObjectItem(c, "finish_reason") : NULL;
+    if (finish) snprintf(finish, fcap, "%s", cJSON_IsString(f) ? f->valuestring : "");
+    cJSON_Delete(j);
+    return out;
+}
+
+/* Concatenate the pieces of an SSE answer; checks the framing. */
+static char *sse_text(const resp *r, char *finish, size_t fcap, bool *done_ok) {
+    size_t cap = r->body_len + 1, o = 0;
+    char *out = calloc(1, cap);
+    *done_ok = false;
+    finish[0] = 0;
+    const char *p = r->body ? r->body : "";
+    while (*p) {
+        const char *e = strstr(p, "\n\n");
+        if (!e || strncmp(p, "data: ", 6)) break;
+        if (!strncmp(p + 6, "[DONE]", 6)) {
+            *done_ok = e[2] == 0;
+            break;
+        }
+        cJSON *j = cJSON_ParseWithLength(p + 6, (size_t)(e - p - 6));
+        cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+        cJSON *t = c ? cJSON_GetObjectItem(c, "text") : NULL;
+        if (c && !t) t = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "delta"), "content");
+        if (cJSON_IsString(t)) {
+            size_t l = strlen(t->valuestring);
+            memcpy(out + o, t->valuestring, l);
+            o += l;
+        }
+        cJSON *f = c ? cJSON_GetObjectItem(c, "finish_reason") : NULL;
+        if (cJSON_IsString(f)) snprintf(finish, fcap, "%s", f->valuestring);
+        cJSON_Delete(j);
+        p = e + 2;
+    }
+    out[o] = 0;
+    return out;
+}
+
+static const char *err_code(const resp *r, char *buf, size_t n) {
+    cJSON *j = r->body ? cJSON_Parse(r->body) : NULL;
+    cJSON *e = cJSON_GetObjectItem(j, "error");
+    cJSON *c = cJSON_GetObjectItem(e, "code"), *m = cJSON_GetObjectItem(e, "message");
+    snprintf(buf, n, "%s", cJSON_IsString(c) ? c->valuestring : cJSON_IsString(m) ? "(message only)" : "(none)");
+    cJSON_Delete(j);
+    return buf;
+}
+
+static bool has_error_object(const resp *r) {
+    cJSON *j = r->body ? cJSON_Parse(r->body) : NULL;
+    cJSON *e = cJSON_GetObjectItem(j, "error");
+    bool ok = cJSON_IsString(cJSON_GetObjectItem(e, "message")) && cJSON_IsString(cJSON_GetObjectItem(e, "type"));
+    cJSON_Delete(j);
+    return ok;
+}
+
+/* A metric's value from /metrics (first line starting with `name`). */
+static double metric(int port, const char *name) {
+    resp r = http(port, "GET", "/metrics", AUTH, NULL);
+    double v = -1;
+    const char *p = r.body;
+    while (p && (p = strstr(p, name))) {
+        if ((p == r.body || p[-1] == '\n') && (p[strlen(name)] == ' ')) {
+            v = atof(p + strlen(name) + 1);
+            break;
+        }
+        p++;
+    }
+    resp_free(&r);
+    return v;
+}
+
+static int slots_busy(int port) {
+    resp r = http(port, "GET", "/health", NULL, NULL);
+    cJSON *j = r.body ? cJSON_Parse(r.body) : NULL;
+    cJSON *b = cJSON_GetObjectItem(j, "slots_busy");
+    int v = cJSON_IsNumber(b) ? b->valueint : -1;
+    cJSON_Delete(j);
+    resp_free(&r);
+    return v;
+}
+
+/* stdout of `tailor generate ...` without the newline it adds at the end. */
+static char *generate(const char *args) {
+    const char *bin = getenv("TL_BIN");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s generate %s 2>/dev/null", bin ? bin : "./tailor", args);
+    FILE *f = popen(cmd, "r");
+    if (!f) return NULL;
+    size_t n;
+    char *out = read_to_eof(fileno(f), &n);
+    pclose(f);
+    if (n && out[n - 1] == '\n') out[n - 1] = 0;
+    return out;
+}
+
+/* ---------------- unit checks ---------------- */
+
+static void test_units(void) {
+    tl_chat_msg msgs[] = {{"system", "Be brief."}, {"user", " Hi there \n"}, {"assistant", "Hello!"}, {"user", "Bye"}};
+    tl_error err;
+    char *s = tl_chat_render(TL_CHAT_CHATML, msgs, 4, &err);
+    CHECK(s && !strcmp(s, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n Hi there \n<|im_end|>\n"
+                          "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
+                          "<|im_start|>assistant\n"));
+    free(s);
+    s = tl_chat_render(TL_CHAT_GEMMA, msgs, 4, &err);
+    CHECKF(s && !strcmp(s, "<start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>\n<start_of_turn>model\nHello!"
+                           "<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"),
+           "%s", s);
+    free(s);
+    s = tl_chat_render(TL_CHAT_LLAMA3, msgs + 1, 1, &err);
+    CHECK(s && !strcmp(s, "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+                          "<|start_header_id|>assistant<|end_header_id|>\n\n"));
+    free(s);
+    CHECK(!tl_chat_render(TL_CHAT_NONE, msgs, 1, &err));
+    tl_chat_msg late_sys[] = {{"user", "a"}, {"system", "b"}};
+    CHECK(!tl_chat_render(TL_CHAT_GEMMA, late_sys, 2, &err));
+    CHECK(tl_chat_detect("{% for m in messages %}<|im_start|>{{m.role}}") == TL_CHAT_CHATML);
+    CHECK(tl_chat_detect("{{ bos_token }}<start_of_turn>user") == TL_CHAT_GEMMA);
+    CHECK(tl_chat_detect("<|start_header_id|>' + role + '<|end_header_id|>...<|eot_id|>") == TL_CHAT_LLAMA3);
+    CHECK(tl_chat_detect("[INST] {{ m }} [/INST]") == TL_CHAT_UNSUPPORTED);
+    CHECK(tl_chat_detect(NULL) == TL_CHAT_NONE);
+
+    CHECK(tl_utf8_valid("h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80", 15));
+    CHECK(!tl_utf8_valid("\xc0\xaf", 2));         /* overlong */
+    CHECK(!tl_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    CHECK(!tl_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    CHECK(!tl_utf8_valid("\x80", 1));
+    CHECK(tl_utf8_valid_prefix("ab\xe2\x82", 4) == 2);
+    CHECK(tl_utf8_incomplete_tail("ab\xe2\x82", 4) == 2);
+    CHECK(tl_utf8_incomplete_tail("ab\xe2\x82\xac", 5) == 0);
+    CHECK(tl_utf8_incomplete_tail("ab", 2) == 0);
+    char *z = tl_utf8_sanitize("a\xffz", 3);
+    CHECK(!strcmp(z, "a\xef\xbf\xbdz"));
+    free(z);
+    CHECK(tl_ct_equal("abc", 3, "abc", 3));
+    CHECK(!tl_ct_equal("abd", 3, "abc", 3));
+    CHECK(!tl_ct_equal("ab", 2, "abc", 3));
+    CHECK(!tl_ct_equal("abcd", 4, "abc", 3));
+}
+
+/* ---------------- the main server: stories260K ---------------- */
+
+typedef struct {
+    int port, seed;
+    char *text;
+    int status;
+} conc_arg;
+
+static void *conc_worker(void *p) {
+    conc_arg *a = p;
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"prompt\":\"The little dog\",\"max_tokens\":64,\"temperature\":0.9,\"seed\":%d,\"ignore_eos\":true}",
+             a->seed);
+    resp r = post(a->port, "/v1/completions", body);
+    a->status = r.status;
+    a->text = answer_text(&r, NULL, 0);
+    resp_free(&r);
+    return NULL;
+}
+
+static void test_stories(const char *model) {
+    server s;
+    const char *args[] = {"--parallel", "2", "--queue", "2", "-t", "2", "-c", "512", "--api-key", KEY,
+                          "--max-body", "65536", "--timeout", "2", NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server started");
+        return;
+    }
+    int port = s.port;
+    char buf[128], fin[32];
+
+    /* health without auth; everything else needs the key */
+    resp r = http(port, "GET", "/health", NULL, NULL);
+    CHECK(r.status == 200 && strstr(r.body, "\"status\":\"ok\""));
+    resp_free(&r);
+    r = http(port, "GET", "/v1/models", NULL, NULL);
+    CHECK(r.status == 401 && has_error_object(&r) && !strcmp(err_code(&r, buf, sizeof buf), "invalid_api_key"));
+    resp_free(&r);
+    r = http(port, "GET", "/v1/models", "Authorization: Bearer test-key-124\r\n", NULL);
+    CHECK(r.status == 401);
+    resp_free(&r);
+    r = http(port, "GET", "/v1/models", "Authorization: Bearer test-key-12\r\n", NULL);
+    CHECK(r.status == 401);
+    resp_free(&r);
+    r = http(port, "POST", "/v1/completions", NULL, "{\"prompt\":\"x\"}");
+    CHECK(r.status == 401);
+    resp_free(&r);
+    r = http(port, "GET", "/metrics", NULL, NULL);
+    CHECK(r.status == 401);
+    resp_free(&r);
+    r = http(port, "GET", "/v1/models", AUTH, NULL);
+    CHECK(r.status == 200 && strstr(r.body, "\"id\":\"stories260K.gguf\"") && strstr(r.body, "\"object\":\"list\""));
+    resp_free(&r);
+
+    /* a completion equals tailor generate with the same flags (sampled and greedy) */
+    char gargs[1024];
+    snprintf(gargs, sizeof gargs, "-m %s -p 'Once upon a time' -n 24 --temp 0.8 -s 7 -t 1 -c 512", model);
+    char *ref = generate(gargs);
+    r = post(port, "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0.8,\"seed\":7}");
+    char *txt = answer_text(&r, fin, sizeof fin);
+    CHECKF(r.status == 200 && ref && txt && !strcmp(ref, txt) && ref[0], "server '%s' vs generate '%s'", txt, ref);
+    CHECK(!strcmp(fin, "length"));
+    CHECK(strstr(r.body, "\"completion_tokens\":24") && strstr(r.body, "\"object\":\"text_completion\""));
+    resp_free(&r);
+    /* streaming: same pieces, framed as SSE, ending with [DONE] */
+    r = post(port, "/v1/completions",
+             "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0.8,\"seed\":7,\"stream\":true,"
+             "\"stream_options\":{\"include_usage\":true}}");
+    bool done_ok;
+    char *st = sse_text(&r, fin, sizeof fin, &done_ok);
+    CHECKF(r.status == 200 && ref && !strcmp(st, ref), "stream '%s' vs '%s'", st, ref);
+    CHECK(done_ok && !strcmp(fin, "length") && strstr(r.raw, "text/event-stream"));
+    CHECK(strstr(r.body, "\"usage\":{\"prompt_tokens\":"));
+    free(st);
+    resp_free(&r);
+
+    /* stop strings: the text ends right before the first occurrence, streamed or not */
+    const char *cut = ref ? strstr(ref + 1, " Timmy") : NULL;
+    if (!cut && ref) cut = strchr(ref + 1, ' ');
+    if (cut) {
+        char stop[64], body[512];
+        snprintf(stop, sizeof stop, "%.*s", (int)TL_MIN(strlen(cut), 6), cut);
+        snprintf(body, sizeof body,
+                 "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0.8,\"seed\":7,\"stop\":[\"zzzq\",\"%s\"]}",
+                 stop);
+        size_t want = (size_t)(strstr(ref, stop) - ref);
+        r = post(port, "/v1/completions", body);
+        free(txt);
+        txt = answer_text(&r, fin, sizeof fin);
+        CHECKF(txt && strlen(txt) == want && !strncmp(txt, ref, want) && !strcmp(fin, "stop"), "stop '%s': '%s' %s",
+               stop, txt, fin);
+        resp_free(&r);
+        snprintf(body + strlen(body) - 1, 32, ",\"stream\":true}");
+        r = post(port, "/v1/completions", body);
+        st = sse_text(&r, fin, sizeof fin, &done_ok);
+        CHECKF(strlen(st) == want && !strncmp(st, ref, want) && !strcmp(fin, "stop") && done_ok, "stream stop '%s'", st);
+        free(st);
+        resp_free(&r);
+    }
+    free(txt);
+    free(ref);
+    snprintf(gargs, sizeof gargs, "-m %s -p 'Lily' -n 16 --temp 0 -t 1 -c 512", model);
+    ref = generate(gargs);
+    r = post(port, "/v1/completions", "{\"prompt\":[\"Lily\"],\"max_tokens\":16,\"temperature\":0,\"future_field\":{\"x\":[1,2]}}");
+    txt = answer_text(&r, fin, sizeof fin);
+    CHECKF(r.status == 200 && ref && txt && !strcmp(ref, txt), "greedy '%s' vs '%s'", txt, ref);
+    free(txt);
+    free(ref);
+    resp_free(&r);
+
+    /* tokenize / detokenize round trip */
+    r = post(port, "/tokenize", "{\"content\":\"Once upon a time\",\"add_special\":true}");
+    cJSON *j = cJSON_Parse(r.body ? r.body : "");
+    cJSON *toks = cJSON_GetObjectItem(j, "tokens");
+    CHECK(r.status == 200 && cJSON_GetArraySize(toks) == 5 && cJSON_GetArrayItem(toks, 0)->valueint == 1);
+    char *tj = cJSON_PrintUnformatted(toks);
+    char body[512];
+    snprintf(body, sizeof body, "{\"tokens\":%s}", tj);
+    free(tj);
+    cJSON_Delete(j);
+    resp_free(&r);
+    r = post(port, "/detokenize", body);
+    CHECKF(r.status == 200 && strstr(r.body, "Once upon a time\""), "%s", r.body);
+    resp_free(&r);
+
+    /* bad input: each a 4xx with an OpenAI error object */
+    struct {
+        const char *method, *path, *body;
+        int status;
+        const char *code;
+    } bad[] = {
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", ", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\"} trailing", 400, NULL},
+        {"POST", "/v1/completions", "[1,2,3]", 400, NULL},
+        {"POST", "/v1/completions", "", 400, NULL},
+        {"POST", "/v1/completions", "{\"max_tokens\": 5}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": 17}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": \"5\"}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2.5}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"temperature\": -1}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"top_p\": 1.5}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"stream\": \"yes\"}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"stop\": 5}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"n\": 2}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": [1, 2, 99999]}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"seed\": \"abc\"}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"\\ud800\"}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": {\"a\":1}}", 400, NULL},
+        {"POST", "/v1/chat/completions", "{\"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", 400,
+         "chat_template_unsupported"},
+        {"POST", "/v1/chat/completions", "{\"messages\": []}", 400, NULL},
+        {"POST", "/v1/chat/completions", "{\"messages\": \"hi\"}", 400, NULL},
+        {"POST", "/detokenize", "{\"tokens\": [1, -1]}", 400, NULL},
+        {"POST", "/detokenize", "{\"tokens\": \"1\"}", 400, NULL},
+        {"POST", "/tokenize", "{\"content\": 5}", 400, NULL},
+        {"GET", "/v1/completions", NULL, 405, "method_not_allowed"},
+        {"POST", "/v1/models", "{}", 405, "method_not_allowed"},
+        {"GET", "/v1/nothing", NULL, 404, "not_found"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        r = http(port, bad[i].method, bad[i].path, AUTH, bad[i].body);
+        CHECKF(r.status == bad[i].status && has_error_object(&r) &&
+                   (!bad[i].code || !strcmp(err_code(&r, buf, sizeof buf), bad[i].code)),
+               "%s %s %s -> %d %s", bad[i].method, bad[i].path, bad[i].body ? bad[i].body : "", r.status,
+               r.body ? r.body : "");
+        resp_free(&r);
+    }
+    /* a prompt longer than the context */
+    {
+        size_t cap = 600 * 5 + 64, o = 0;
+        char *big = malloc(cap);
+        o += (size_t)sprintf(big, "{\"prompt\":[1");
+        for (int i = 0; i < 600; i++) o += (size_t)sprintf(big + o, ",%d", 300 + i % 100);
+        sprintf(big + o, "]}");
+        r = post(port, "/v1/completions", big);
+        CHECKF(r.status == 400 && !strcmp(err_code(&r, buf, sizeof buf), "context_length_exceeded"), "%d", r.status);
+        resp_free(&r);
+        free(big);
+    }
+    /* invalid UTF-8 in the body */
+    r = post(port, "/v1/completions", "{\"prompt\":\"caf\xc3\x28\"}");
+    CHECK(r.status == 400 && has_error_object(&r) && strstr(r.body, "UTF-8"));
+    resp_free(&r);
+    /* bodies over --max-body: declared (answered before the upload) and chunked */
+    {
+        size_t n = 70000;
+        char *big = malloc(n + 32);
+        memset(big, 'a', n);
+        memcpy(big, "{\"prompt\":\"", 11);
+        strcpy(big + n - 2, "\"}");
+        r = post(port, "/v1/completions", big);
+        CHECK(r.status == 413 && !strcmp(err_code(&r, buf, sizeof buf), "body_too_large"));
+        resp_free(&r);
+        int fd = connect_port(port);
+        const char *h = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" AUTH
+                        "Transfer-Encoding: chunked\r\n\r\n";
+        send_all(fd, h, strlen(h));
+        for (int k = 0; k < 9; k++) {
+            char chunk[8192 + 16];
+            int hl = sprintf(chunk, "%x\r\n", 8192);
+            memset(chunk + hl, 'a', 8192);
+            memcpy(chunk + hl + 8192, "\r\n", 2);
+            send_all(fd, chunk, (size_t)hl + 8194);
+        }
+        send_all(fd, "0\r\n\r\n", 5);
+        size_t rn;
+        char *raw = read_to_eof(fd, &rn);
+        close(fd);
+        parse_resp(raw, rn, &r);
+        CHECKF(r.status == 413, "chunked big body -> %d", r.status);
+        resp_free(&r);
+        free(big);
+    }
+    /* a slow upload: each piece within the idle timeout, the whole past the deadline -> 408 */
+    {
+        int fd = connect_port(port);
+        const char *h = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" AUTH
+                        "Content-Length: 24\r\n\r\n{\"prompt\":";
+        send_all(fd, h, strlen(h));
+        double t0 = now_s();
+        for (int k = 0; k < 3; k++) {
+            usleep(900000);
+            send_all(fd, k < 2 ? "\"slow" : "ly\"}     ", k < 2 ? 5 : 9);
+        }
+        size_t rn;
+        char *raw = read_to_eof(fd, &rn);
+        close(fd);
+        parse_resp(raw, rn, &r);
+        CHECKF(r.status == 408 && now_s() - t0 < 10, "slow upload -> %d", r.status);
+        resp_free(&r);
+        /* a client that stops sending: the connection is closed after --timeout */
+        fd = connect_port(port);
+        h = "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: 100\r\n\r\n{\"pro";
+        send_all(fd, h, strlen(h));
+        t0 = now_s();
+        raw = read_to_eof(fd, &rn);
+        double dt = now_s() - t0;
+        close(fd);
+        free(raw);
+        CHECKF(dt > 1.5 && dt < 6, "stalled client closed after %.1f s", dt);
+    }
+
+    /* concurrent requests: independent outputs equal to the sequential ones */
+    enum { NC = 4 };
+    conc_arg seq[NC], par[NC];
+    for (int i = 0; i < NC; i++) {
+        seq[i] = (conc_arg){port, 100 + i, NULL, 0};
+        conc_worker(&seq[i]);
+    }
+    pthread_t th[NC];
+    for (int i = 0; i < NC; i++) {
+        par[i] = (conc_arg){port, 100 + i, NULL, 0};
+        pthread_create(&th[i], NULL, conc_worker, &par[i]);
+    }
+    for (int i = 0; i < NC; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < NC; i++) {
+        CHECKF(seq[i].status == 200 && par[i].status == 200 && seq[i].text && par[i].text &&
+                   !strcmp(seq[i].text, par[i].text),
+               "seed %d: %d/%d '%s' vs '%s'", seq[i].seed, seq[i].status, par[i].status, seq[i].text, par[i].text);
+        if (i) CHECK(seq[i].text && seq[0].text && strcmp(seq[i].text, seq[0].text)); /* seeds matter */
+        free(seq[i].text);
+        free(par[i].text);
+    }
+    /* metrics: Prometheus text with the counters the issue asks for */
+    r = http(port, "GET", "/metrics", AUTH, NULL);
+    CHECK(r.status == 200 && strstr(r.body, "# TYPE tailor_requests_total counter") &&
+          strstr(r.body, "tailor_requests_total{endpoint=\"completions\",code=\"200\"}") &&
+          strstr(r.body, "tailor_kv_bytes{tier=\"device\"}") && strstr(r.body, "tailor_kv_bytes{tier=\"host\"}") &&
+          strstr(r.body, "tailor_queue_length 0") && strstr(r.body, "tailor_generation_tokens_per_second") &&
+          strstr(r.body, "tailor_prompt_tokens_per_second"));
+    resp_free(&r);
+    CHECK(metric(port, "tailor_generation_tokens_total") >= 24 * 2 + 64 * 8);
+    CHECK(metric(port, "tailor_slots_total") == 2);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+}
+
+/* ---------------- one slot, no queue: 429, disconnects (tailor-test-31m: slow enough) ---------------- */
+
+static void test_busy(const char *model) {
+    server s;
+    const char *args[] = {"--parallel", "1", "--queue", "0", "-t", "1", "-c", "512", "--api-key", KEY, NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server started");
+        return;
+    }
+    int port = s.port;
+    char buf[128];
+    const char *long_req = "{\"prompt\":\"The kernel\",\"max_tokens\":400,\"ignore_eos\":true,\"stream\":true}";
+    char req[1024];
+    int rl = snprintf(req, sizeof req,
+                      "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: %zu\r\n\r\n%s",
+                      strlen(long_req), long_req);
+    /* a streaming request occupies the only slot... */
+    int fd = connect_port(port);
+    send_all(fd, req, (size_t)rl);
+    char got[8192];
+    size_t gl = 0;
+    while (gl < sizeof got - 1) {
+        ssize_t k = recv(fd, got + gl, sizeof got - 1 - gl, 0);
+        if (k <= 0) break;
+        gl += (size_t)k;
+        got[gl] = 0;
+        if (strstr(got, "\"text\":\"") && strstr(strstr(got, "data: "), "\n\n")) break;
+    }
+    CHECK(strstr(got, "200 OK") && strstr(got, "data: "));
+    CHECK(slots_busy(port) == 1);
+    /* ...so another is refused with 429 */
+    resp r = post(port, "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":2}");
+    CHECKF(r.status == 429 && !strcmp(err_code(&r, buf, sizeof buf), "queue_full"), "%d", r.status);
+    CHECK(strstr(r.raw, "Retry-After"));
+    resp_free(&r);
+    /* the client goes away: the slot is free at once */
+    close(fd);
+    double t0 = now_s();
+    while (slots_busy(port) != 0 && now_s() - t0 < 5) usleep(10000);
+    double dt = now_s() - t0;
+    CHECKF(dt < 1.0, "slot freed %.3f s after the disconnect", dt);
+    double gen = metric(port, "tailor_generation_tokens_total");
+    CHECKF(gen >= 1 && gen < 400, "generated %.0f of 400 tokens before the disconnect", gen);
+    CHECK(metric(port, "tailor_client_disconnects_total") == 1);
+    /* same for a waiting (non-streaming) request */
+    const char *long2 = "{\"prompt\":\"The kernel\",\"max_tokens\":400,\"ignore_eos\":true}";
+    rl = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: %zu\r\n\r\n%s",
+                  strlen(long2), long2);
+    fd = connect_port(port);
+    send_all(fd, req, (size_t)rl);
+    t0 = now_s();
+    while (slots_busy(port) != 1 && now_s() - t0 < 5) usleep(10000);
+    usleep(200000);
+    close(fd);
+    t0 = now_s();
+    while (slots_busy(port) != 0 && now_s() - t0 < 5) usleep(10000);
+    dt = now_s() - t0;
+    CHECKF(dt < 1.0, "slot freed %.3f s after the disconnect", dt);
+    CHECK(metric(port, "tailor_client_disconnects_total") == 2);
+    /* and the slot works again */
+    r = post(port, "/v1/completions", "{\"prompt\":\"The kernel\",\"max_tokens\":4,\"temperature\":0}");
+    CHECK(r.status == 200 && strstr(r.body, "\"completion_tokens\":4"));
+    resp_free(&r);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+}
+
+/* ---------------- chat on SmolLM2 (ChatML from the GGUF) ---------------- */
+
+static void test_chat(const char *model) {
+    server s;
+    const char *args[] = {"--parallel", "1", "-t", "2", "-c", "256", NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server started");
+        return;
+    }
+    int port = s.port;
+    const char *rendered = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                           "What is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/tl_test_server_chat_%d.txt", (int)getpid());
+    FILE *f = fopen(path, "w");
+    fputs(rendered, f);
+    fclose(f);
+    char gargs[1024];
+    snprintf(gargs, sizeof gargs, "-m %s -f %s -n 8 --temp 0 -t 2 -c 256", model, path);
+    char *ref = generate(gargs);
+    unlink(path);
+    const char *body = "{\"model\":\"x\",\"messages\":[{\"role\":\"system\",\"content\":\"You are a helpful assistant.\"},"
+                       "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"What is the capital of France?\"}]}],"
+                       "\"max_tokens\":8,\"temperature\":0%s}";
+    char b[1024];
+    snprintf(b, sizeof b, body, "");
+    resp r = http(port, "POST", "/v1/chat/completions", NULL, b);
+    char fin[32];
+    char *txt = answer_text(&r, fin, sizeof fin);
+    CHECKF(r.status == 200 && ref && txt && !strcmp(ref, txt), "chat '%s' vs generate '%s'", txt, ref);
+    CHECK(r.body && strstr(r.body, "\"object\":\"chat.completion\"") && strstr(r.body, "\"role\":\"assistant\"") &&
+          strstr(r.body, "\"prompt_tokens\":27"));
+    resp_free(&r);
+    snprintf(b, sizeof b, body, ",\"stream\":true");
+    r = http(port, "POST", "/v1/chat/completions", NULL, b);
+    bool done_ok;
+    char *st = sse_text(&r, fin, sizeof fin, &done_ok);
+    CHECKF(r.status == 200 && ref && !strcmp(st, ref) && done_ok, "stream chat '%s' vs '%s'", st, ref);
+    CHECK(r.body && strstr(r.body, "\"delta\":{\"role\":\"assistant\"") && strstr(r.body, "chat.completion.chunk"));
+    free(st);
+    resp_free(&r);
+    r = http(port, "POST", "/v1/chat/completions", NULL, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}");
+    CHECK(r.status == 400 && has_error_object(&r));
+    resp_free(&r);
+    free(txt);
+    free(ref);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    test_units();
+    const char *stories = tl_test_shared("models/stories260K.gguf");
+    if (tl_test_have(stories)) test_stories(stories);
+    const char *m31 = tl_test_shared("models/tailor-test-31m.gguf");
+    if (tl_test_have(m31)) test_busy(m31);
+    const char *smol = tl_test_models("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if (tl_test_have(smol)) test_chat(smol);
+    return tl_test_done();
+}

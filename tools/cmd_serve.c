@@ -1,0 +1,148 @@
+/* tailor serve: the OpenAI-compatible HTTP server (src/server/). Runs until SIGINT/SIGTERM. */
+#define _GNU_SOURCE
+#include "cli.h"
+#include "../src/server/server.h"
+
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void help(void) {
+    printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
+           "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N]\n"
+           "       [--api-key KEY | --api-key-file FILE] [--max-body BYTES] [--timeout S]\n"
+           "       [--max-connections N] [--chat-template chatml|gemma|llama3] [--alias NAME]\n"
+           "       [-n MAX_TOKENS] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
+           "       [--verbose]\n"
+           "  Binds 127.0.0.1:8080 by default (--port 0: any free port, printed at start).\n"
+           "  P slots generate at once, each with its own KV cache of -c tokens under the --kv policy\n"
+           "  and max(1, THREADS / P) threads; up to Q more requests wait, beyond that 429.\n"
+           "  Sampling flags and -n are the defaults for fields a request leaves out (as tailor generate).\n"
+           "  --api-key (or $TAILOR_API_KEY): every endpoint but /health needs 'Authorization: Bearer KEY'.\n"
+           "  Endpoints: POST /v1/completions /v1/chat/completions /tokenize /detokenize,\n"
+           "             GET /v1/models /health /metrics. See docs/server.md.\n");
+}
+
+int tl_cmd_serve(int argc, char **argv) {
+    tl_cli_common c;
+    tl_cli_common_init(&c);
+    tl_server_params sp = tl_server_default_params();
+    const char *key_file = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int r = tl_cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r) continue;
+#define VAL() \
+    if (!(v = tl_cli_value(argc, argv, &i))) return 2
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            help();
+            return 0;
+        } else if (!strcmp(a, "--host")) {
+            VAL();
+            sp.host = v;
+        } else if (!strcmp(a, "--port")) {
+            VAL();
+            if (tl_cli_int(a, v, 0, 65535, &sp.port)) return 2;
+        } else if (!strcmp(a, "--parallel") || !strcmp(a, "-np")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 256, &sp.n_parallel)) return 2;
+        } else if (!strcmp(a, "--queue")) {
+            VAL();
+            if (tl_cli_int(a, v, 0, 1 << 16, &sp.n_queue)) return 2;
+        } else if (!strcmp(a, "--api-key")) {
+            VAL();
+            sp.api_key = v;
+        } else if (!strcmp(a, "--api-key-file")) {
+            VAL();
+            key_file = v;
+        } else if (!strcmp(a, "--max-body")) {
+            VAL();
+            int mb;
+            if (tl_cli_int(a, v, 64, INT_MAX, &mb)) return 2;
+            sp.max_body = (size_t)mb;
+        } else if (!strcmp(a, "--timeout")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 86400, &sp.timeout_s)) return 2;
+        } else if (!strcmp(a, "--max-connections")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 1 << 16, &sp.max_connections)) return 2;
+        } else if (!strcmp(a, "--chat-template")) {
+            VAL();
+            sp.chat_template = v;
+        } else if (!strcmp(a, "--alias")) {
+            VAL();
+            sp.model_id = v;
+        } else if (!strcmp(a, "--verbose")) {
+            sp.verbose = true;
+        } else {
+            fprintf(stderr, "tailor serve: unknown flag '%s' (see -h)\n", a);
+            return 2;
+        }
+#undef VAL
+    }
+    if (!c.model) {
+        fprintf(stderr, "tailor serve: -m MODEL is required\n");
+        return 2;
+    }
+    if (c.prompt || c.file) {
+        fprintf(stderr, "tailor serve: -p/-f are not used by serve (prompts come in requests)\n");
+        return 2;
+    }
+    tl_error err = {{0}};
+    char *key_buf = NULL;
+    if (key_file) {
+        size_t n = 0;
+        if (!(key_buf = tl_cli_read_file(key_file, &n, &err))) {
+            fprintf(stderr, "tailor serve: --api-key-file: %s\n", err.msg);
+            return 2;
+        }
+        while (n && strchr("\r\n \t", key_buf[n - 1])) key_buf[--n] = 0;
+        sp.api_key = key_buf;
+    } else if (!sp.api_key && getenv("TAILOR_API_KEY")) {
+        sp.api_key = getenv("TAILOR_API_KEY");
+    }
+    sp.n_ctx = c.n_ctx;
+    sp.n_threads = c.n_threads;
+    sp.chunk = c.chunk;
+    sp.kv = c.kv;
+    sp.kv_layer = c.kv_layer;
+    sp.sampling = c.sp;
+    sp.default_max_tokens = c.n_predict;
+
+    /* Signals are taken synchronously by this thread (sigwait); every thread started from
+     * here on inherits the blocked mask, so none of them is interrupted. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = 1;
+    tl_server *srv = NULL;
+    tl_model *m = tl_model_load(c.model, &err);
+    if (!m) goto done;
+    if (!(srv = tl_server_start(m, c.model, &sp, &err))) goto done;
+    tl_session_mem mem;
+    int n_ctx;
+    const char *chat;
+    tl_server_slot_memory(srv, &mem, &n_ctx, &chat);
+    fprintf(stderr,
+            "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations per slot, chat template %s%s\n",
+            c.model, sp.n_parallel, n_ctx, c.kv ? c.kv : "f16", mem.activations / 1048576.0, chat,
+            sp.api_key && *sp.api_key ? ", API key required" : "");
+    fprintf(stderr, "tailor serve: listening on http://%s:%d\n", sp.host, tl_server_port(srv));
+    fflush(stderr);
+    int sig = 0;
+    sigwait(&set, &sig);
+    fprintf(stderr, "tailor serve: signal %d, shutting down\n", sig);
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "tailor serve: %s\n", err.msg);
+    tl_server_stop(srv);
+    tl_model_free(m);
+    free(key_buf);
+    return rc;
+}
