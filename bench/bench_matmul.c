@@ -3,7 +3,8 @@
  *   bench_matmul [-t threads] [-s seconds_per_case] [-T types,comma,sep] [-n n_tok,...] [--no-ref]
  *
  * Shapes are n_in x n_out of the models we run (SmolLM2-135M: 576/1536/49152, the 31M test
- * model: 512/1408). GFLOP/s counts 2*n_in*n_out*n_tok; GB/s is weight bytes per call / time
+ * model: 512/1408 and its 8192-row output). w4g128 (groups of 128) runs only where 128
+ * divides n_in. GFLOP/s counts 2*n_in*n_out*n_tok; GB/s is weight bytes per call / time
  * (each call streams the weights once). Each case repeats for about -s seconds and reports
  * the best run. The scalar reference is slow, so for many tokens it is timed on at most 128
  * output rows (marked '*'); rates are per row and so comparable. */
@@ -42,7 +43,7 @@ int main(int argc, char **argv) {
     int n_threads = 2;
     double budget = 0.3;
     bool with_ref = true;
-    const char *type_list = "f32,f16,bf16,q4_0,q4_1,q5_0,q5_1,q8_0,q4_K,q5_K,q6_K";
+    const char *type_list = "f32,f16,bf16,q4_0,q4_1,q5_0,q5_1,q8_0,q4_K,q5_K,q6_K,w4g128";
     const char *tok_list = "1,512";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) n_threads = atoi(argv[++i]);
@@ -56,7 +57,8 @@ int main(int argc, char **argv) {
         }
     }
     static const int64_t shapes[][2] = {{576, 576}, {576, 1536}, {1536, 576}, {512, 1408}, {1408, 512}, {576, 49152},
-                                        {2048, 640}}; /* the last: gemma3-270m ffn_down, for the K-quants */
+                                        {2048, 640}, /* gemma3-270m ffn_down, for the K-quants */
+                                        {512, 8192}}; /* the test model's output projection */
     const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
     int64_t toks[8];
     int n_toks = 0;
@@ -85,7 +87,7 @@ int main(int argc, char **argv) {
         for (int s = 0; s < n_shapes; s++) {
             const int64_t n_in = shapes[s][0], n_out = shapes[s][1];
             const size_t rs = tl_row_size((tl_type)t, n_in);
-            if (!rs) continue; /* n_in not a multiple of the block size (K-quants need 256) */
+            if (!rs) continue; /* n_in not a multiple of the block size (K-quants 256, w4g128 128) */
             /* quantize 16 random rows and tile them: quantizing 28M values would dominate */
             uint8_t *W = tl_amalloc(rs * n_out);
             float *row = tl_xmalloc(n_in * sizeof(float));

@@ -75,6 +75,7 @@ static void rows_task(void *vc, int64_t task, int thread_id) {
                 float *dst = buf + (o - o0) * c->n_in;
                 if (c->wt == TL_TYPE_F16) tlq_f16_to_f32_avx2(src, dst, c->n_in);
                 else if (c->wt == TL_TYPE_BF16) tlq_bf16_to_f32_avx2(src, dst, c->n_in);
+                else if (c->k.deq) c->k.deq(src, dst, c->n_in); /* SIMD unpacker (w4g128) */
                 else tl_dequantize_row(c->wt, src, dst, c->n_in);
             }
             A = buf;

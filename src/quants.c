@@ -42,6 +42,7 @@ static const tl_type_traits k_traits[TL_TYPE_COUNT] = {
     T(TL_TYPE_Q5_K, "q5_K", QKK, sizeof(blk_q5_K), TL_TYPE_Q8_K, true),
     T(TL_TYPE_Q6_K, "q6_K", QKK, sizeof(blk_q6_K), TL_TYPE_Q8_K, true),
     T(TL_TYPE_Q8_K, "q8_K", QKK, sizeof(blk_q8_K), TL_TYPE_Q8_K, false),
+    T(TL_TYPE_W4G128, "w4g128", QW4, sizeof(blk_w4g128), TL_TYPE_Q8_1, true),
 };
 #undef T
 
@@ -53,6 +54,11 @@ const tl_type_traits *tl_type_info(int type_id) {
 const char *tl_type_name(int type_id) {
     const tl_type_traits *tr = tl_type_info(type_id);
     return tr ? tr->name : "unknown";
+}
+
+double tl_type_bits_per_weight(tl_type t) {
+    const tl_type_traits *tr = tl_type_info(t);
+    return tr ? 8.0 * (double)tr->type_size / tr->block_size : 0.0;
 }
 
 size_t tl_row_size(tl_type t, int64_t n) {
@@ -434,6 +440,7 @@ void tl_dequantize_row(tl_type t, const void *src, float *dst, int64_t n) {
     case TL_TYPE_Q5_K: tlq_dequantize_q5_K(src, dst, n); break;
     case TL_TYPE_Q6_K: tlq_dequantize_q6_K(src, dst, n); break;
     case TL_TYPE_Q8_K: tlq_dequantize_q8_K(src, dst, n); break;
+    case TL_TYPE_W4G128: tlq_dequantize_w4g128(src, dst, n); break;
     default:
         /* Unsupported types never reach here: the loader rejects them by their traits. */
         fprintf(stderr, "tl_dequantize_row: type %s is not supported\n", tl_type_name(t));
@@ -464,6 +471,7 @@ void tl_quantize_row(tl_type t, const float *src, void *dst, int64_t n) {
     case TL_TYPE_Q4_K: tlq_quantize_q4_K_ref(src, dst, n); break;
     case TL_TYPE_Q5_K: tlq_quantize_q5_K_ref(src, dst, n); break;
     case TL_TYPE_Q6_K: tlq_quantize_q6_K_ref(src, dst, n); break;
+    case TL_TYPE_W4G128: tlq_quantize_w4g128_ref(src, dst, n); break;
     default:
         fprintf(stderr, "tl_quantize_row: cannot quantize to type %s\n", tl_type_name(t));
         abort();
@@ -483,12 +491,13 @@ static tlq_dot_fn ref_dot(tl_type t) {
     case TL_TYPE_Q4_K: return tlq_vec_dot_q4_K_ref;
     case TL_TYPE_Q5_K: return tlq_vec_dot_q5_K_ref;
     case TL_TYPE_Q6_K: return tlq_vec_dot_q6_K_ref;
+    case TL_TYPE_W4G128: return tlq_vec_dot_w4g128_ref;
     default: return NULL;
     }
 }
 
 tlq_kernels tlq_get_kernels(tl_type t) {
-    tlq_kernels k = {ref_dot(t), NULL, NULL, false};
+    tlq_kernels k = {ref_dot(t), NULL, NULL, NULL, false};
     tl_type vt = k_traits[t].vec_dot_type;
     if (vt == TL_TYPE_Q8_0) k.quant_act = tlq_quantize_q8_0_ref;
     else if (vt == TL_TYPE_Q8_1) k.quant_act = tlq_quantize_q8_1_ref;
@@ -508,6 +517,11 @@ tlq_kernels tlq_get_kernels(tl_type t) {
         case TL_TYPE_Q4_K: k.dot = tlq_dot_q4_K_avx2; break;
         case TL_TYPE_Q5_K: k.dot = tlq_dot_q5_K_avx2; break;
         case TL_TYPE_Q6_K: k.dot = tlq_dot_q6_K_avx2; break;
+        case TL_TYPE_W4G128:
+            k.dot = tlq_dot_w4g128_avx2;
+            k.dot4 = tlq_dot4_w4g128_avx2;
+            k.deq = tlq_dequantize_w4g128_avx2;
+            break;
         default: k.avx2 = false; break;
         }
         /* The SIMD activation quantizers give the same bytes as the references. */

@@ -6,7 +6,7 @@
  * bit-exact with llama.cpp's (GGUF files written by either load in the other).
  *
  * Dot products pair a weight row with an activation row converted to the weight type's
- * "vec_dot_type": q8_0 for q4_0/q5_0/q8_0, q8_1 for q4_1/q5_1, q8_K for the K-quants, f32 for
+ * "vec_dot_type": q8_0 for q4_0/q5_0/q8_0, q8_1 for q4_1/q5_1/w4g128, q8_K for the K-quants, f32 for
  * f32/f16/bf16 (half weights are widened in registers; activations stay f32 for accuracy). */
 #ifndef TL_QUANTS_H
 #define TL_QUANTS_H
@@ -32,7 +32,10 @@ typedef enum {
     TL_TYPE_Q6_K = 14,
     TL_TYPE_Q8_K = 15,
     TL_TYPE_BF16 = 30,
-    TL_TYPE_COUNT = 40 /* upper bound on ids; not a type */
+    /* tailor's own formats: ids ggml does not use (ggml's end below 64), so llama.cpp
+     * rejects such a file by name instead of misreading it. */
+    TL_TYPE_W4G128 = 100, /* 4-bit asymmetric, groups of 128: fp16 scale + fp16 min + 64 B */
+    TL_TYPE_COUNT = 128 /* upper bound on ids; not a type */
 } tl_type;
 
 typedef struct {
@@ -55,8 +58,19 @@ size_t tl_row_size(tl_type t, int64_t n);
 void tl_dequantize_row(tl_type t, const void *src, float *dst, int64_t n);
 /* Quantize a row with llama.cpp's reference RTN algorithm for that type (bit-exact with
  * its quantize_row_*_ref where that exists). Supports f32, f16, bf16, q4_0, q4_1, q5_0,
- * q5_1, q8_0, q8_1, q8_K, q4_K, q5_K, q6_K. */
+ * q5_1, q8_0, q8_1, q8_K, q4_K, q5_K, q6_K, and w4g128 (tailor's: min/max RTN per group). */
 void tl_quantize_row(tl_type t, const float *src, void *dst, int64_t n);
+
+/* w4g128 with a per-group clipping search: for each group of 128 it tries the ranges
+ * [min, max] * r for r = 1, 1 - 0.5/n_grid, ... (n_grid ratios down to 0.5 + 0.5/n_grid) and keeps the one
+ * whose dequantized values minimise sum_i imp[i] * (x[i] - q[i])^2. imp (n values, the
+ * input channel importance, e.g. E[x_i^2] of the activations) may be NULL (uniform);
+ * n_grid <= 1 is plain RTN (tl_quantize_row). */
+void tl_quantize_row_w4g128_clip(const float *src, void *dst, int64_t n, const float *imp, int n_grid);
+
+/* Storage cost of a weight type in bits per value (block overhead included), 0 if unknown:
+ * f16 16, q8_0 8.5, q4_0 4.5, q4_K 4.5, w4g128 4.25. */
+double tl_type_bits_per_weight(tl_type t);
 
 /* Dot product of a weight row (type t) with an activation row already converted to
  * tl_type_info(t)->vec_dot_type. Dispatches to the fastest path for this CPU. */

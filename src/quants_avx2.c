@@ -518,10 +518,87 @@ AVX2 void tlq_quantize_q8_K_avx2(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* ------------------------------------------------------------------ w4g128 */
+
+/* A group's 128 codes as 4 x 32 bytes 0..15, v[b] = values 32b .. 32b+31 in order: low
+ * nibbles of bytes 0..31 are values 0..31, their high nibbles values 64..95 (layout in
+ * quants_internal.h), likewise bytes 32..63 for 32..63 and 96..127. */
+AVX2_INLINE void w4_unpack(const blk_w4g128 *b, __m256i v[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    const __m256i a = _mm256_loadu_si256((const __m256i *)b->qs);
+    const __m256i c = _mm256_loadu_si256((const __m256i *)(b->qs + 32));
+    v[0] = _mm256_and_si256(a, m4);
+    v[1] = _mm256_and_si256(c, m4);
+    v[2] = _mm256_and_si256(_mm256_srli_epi16(a, 4), m4);
+    v[3] = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
+}
+
+/* m * sum of the 4 activation blocks' s = d * sum(q) */
+AVX2_INLINE float w4_sum_s(const blk_q8_1 *xb) {
+    return h2f(xb[0].s) + h2f(xb[1].s) + h2f(xb[2].s) + h2f(xb[3].s);
+}
+
+AVX2 float tlq_dot_w4g128_avx2(int64_t n, const void *vw, const void *vx) {
+    const blk_w4g128 *w = vw;
+    const blk_q8_1 *x = vx;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float summ = 0;
+    for (int64_t i = 0; i < n / QW4; i++) {
+        __m256i v[4];
+        w4_unpack(&w[i], v);
+        const blk_q8_1 *xb = x + 4 * i;
+        const float d = h2f(w[i].d);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * h2f(xb[0].d)), dot_us8(v[0], load_q8(xb[0].qs)), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * h2f(xb[1].d)), dot_us8(v[1], load_q8(xb[1].qs)), acc1);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * h2f(xb[2].d)), dot_us8(v[2], load_q8(xb[2].qs)), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * h2f(xb[3].d)), dot_us8(v[3], load_q8(xb[3].qs)), acc1);
+        summ += h2f(w[i].m) * w4_sum_s(xb);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summ;
+}
+
+AVX2 void tlq_dot4_w4g128_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float out[4]) {
+    const blk_w4g128 *w = vw;
+    const uint8_t *xbase = vx;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float summ[4] = {0, 0, 0, 0};
+    for (int64_t i = 0; i < n / QW4; i++) {
+        __m256i v[4];
+        w4_unpack(&w[i], v); /* once for all 4 tokens */
+        const float d = h2f(w[i].d), m = h2f(w[i].m);
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            const blk_q8_1 *xb = (const blk_q8_1 *)(xbase + (size_t)t * xs) + 4 * i;
+#pragma GCC unroll 4
+            for (int b = 0; b < 4; b++)
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * h2f(xb[b].d)), dot_us8(v[b], load_q8(xb[b].qs)), acc[t]);
+            summ[t] += m * w4_sum_s(xb);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum_ps(acc[t]) + summ[t];
+}
+
+AVX2 void tlq_dequantize_w4g128_avx2(const void *vx, float *y, int64_t n) {
+    const blk_w4g128 *x = vx;
+    for (int64_t i = 0; i < n / QW4; i++, y += QW4) {
+        __m256i v[4];
+        w4_unpack(&x[i], v);
+        const __m256 d = _mm256_set1_ps(h2f(x[i].d)), m = _mm256_set1_ps(h2f(x[i].m));
+        for (int b = 0; b < 4; b++) {
+            const __m128i lo = _mm256_castsi256_si128(v[b]), hi = _mm256_extracti128_si256(v[b], 1);
+            const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+            for (int k = 0; k < 4; k++) {
+                const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[k]));
+                _mm256_storeu_ps(y + 32 * b + 8 * k, _mm256_fmadd_ps(q, d, m));
+            }
+        }
+    }
+}
+
 #else /* not x86: the dispatcher never selects these */
 #include <stdlib.h>
 #define STUB_F(name) float name(int64_t n, const void *w, const void *x) { (void)n; (void)w; (void)x; abort(); }
 STUB_F(tlq_dot_f32_avx2) STUB_F(tlq_dot_f16_avx2) STUB_F(tlq_dot_bf16_avx2) STUB_F(tlq_dot_q4_0_avx2)
 STUB_F(tlq_dot_q4_1_avx2) STUB_F(tlq_dot_q5_0_avx2) STUB_F(tlq_dot_q5_1_avx2) STUB_F(tlq_dot_q8_0_avx2)
-STUB_F(tlq_dot_q4_K_avx2) STUB_F(tlq_dot_q5_K_avx2) STUB_F(tlq_dot_q6_K_avx2)
+STUB_F(tlq_dot_q4_K_avx2) STUB_F(tlq_dot_q5_K_avx2) STUB_F(tlq_dot_q6_K_avx2) STUB_F(tlq_dot_w4g128_avx2)
 #endif

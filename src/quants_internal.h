@@ -28,6 +28,12 @@ typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[QKK / 8]; uint
 /* q6_K: 16 sub-blocks of 16 with signed 8-bit scales. */
 typedef struct { uint8_t ql[QKK / 2]; uint8_t qh[QKK / 4]; int8_t scales[QKK / 16]; uint16_t d; } blk_q6_K;
 typedef struct { float d; int8_t qs[QKK]; int16_t bsums[QKK / 16]; } blk_q8_K;
+/* w4g128 (tailor's own, type id 100): 128 values x = d * q + m, q in 0..15 (asymmetric; m is
+ * the group minimum, i.e. minus zero-point times scale). qs[j] holds value j in its low nibble
+ * and value j + 64 in its high nibble, so one 32-byte load yields the values of two 32-wide
+ * activation blocks (j..j+31 and j+64..j+95). Dots pair it with q8_1 activations. */
+#define QW4 128
+typedef struct { uint16_t d, m; uint8_t qs[QW4 / 2]; } blk_w4g128;
 /* Only the sizes of the unsupported K types are needed (the loader reports them). */
 #define SIZEOF_Q2_K (QKK / 16 + QKK / 4 + 4)
 #define SIZEOF_Q3_K (QKK / 8 + QKK / 4 + 12 + 2)
@@ -42,6 +48,7 @@ static_assert(sizeof(blk_q4_K) == 144, "q4_K layout");
 static_assert(sizeof(blk_q5_K) == 176, "q5_K layout");
 static_assert(sizeof(blk_q6_K) == 210, "q6_K layout");
 static_assert(sizeof(blk_q8_K) == 292, "q8_K layout");
+static_assert(sizeof(blk_w4g128) == 68, "w4g128 layout");
 
 /* Round to nearest, ties to even, as ggml's nearest_int (valid for |f| < 2^22). */
 static inline int tlq_nearest_int(float f) {
@@ -76,6 +83,9 @@ void tlq_dequantize_q8_K(const void *x, float *y, int64_t n);
 float tlq_vec_dot_q4_K_ref(int64_t n, const void *w, const void *x);
 float tlq_vec_dot_q5_K_ref(int64_t n, const void *w, const void *x);
 float tlq_vec_dot_q6_K_ref(int64_t n, const void *w, const void *x);
+void tlq_quantize_w4g128_ref(const float *x, void *y, int64_t n);
+void tlq_dequantize_w4g128(const void *x, float *y, int64_t n);
+float tlq_vec_dot_w4g128_ref(int64_t n, const void *w, const void *x);
 
 /* ---- kernel table (quants.c picks the entries for this CPU) ---- */
 typedef float (*tlq_dot_fn)(int64_t n, const void *w, const void *x);
@@ -83,11 +93,13 @@ typedef float (*tlq_dot_fn)(int64_t n, const void *w, const void *x);
  * unpacks each weight block once and uses it 4 times. */
 typedef void (*tlq_dot4_fn)(int64_t n, const void *w, const void *x, size_t x_stride, float out[4]);
 typedef void (*tlq_quant_fn)(const float *x, void *y, int64_t n);
+typedef void (*tlq_deq_fn)(const void *x, float *y, int64_t n);
 
 typedef struct {
     tlq_dot_fn dot;        /* never NULL for supported types */
     tlq_dot4_fn dot4;      /* NULL: the caller loops dot over tokens */
     tlq_quant_fn quant_act; /* activation quantizer for vec_dot_type (NULL for f32) */
+    tlq_deq_fn deq;        /* fast row dequantizer for the f32 prefill tiles (NULL: tl_dequantize_row) */
     bool avx2;             /* the AVX2 entries were chosen */
 } tlq_kernels;
 
@@ -111,6 +123,9 @@ void tlq_dot4_q4_1_avx2(int64_t n, const void *w, const void *x, size_t xs, floa
 void tlq_dot4_q5_0_avx2(int64_t n, const void *w, const void *x, size_t xs, float out[4]);
 void tlq_dot4_q5_1_avx2(int64_t n, const void *w, const void *x, size_t xs, float out[4]);
 void tlq_dot4_q8_0_avx2(int64_t n, const void *w, const void *x, size_t xs, float out[4]);
+float tlq_dot_w4g128_avx2(int64_t n, const void *w, const void *x);
+void tlq_dot4_w4g128_avx2(int64_t n, const void *w, const void *x, size_t xs, float out[4]);
+void tlq_dequantize_w4g128_avx2(const void *x, float *y, int64_t n);
 void tlq_quantize_q8_0_avx2(const float *x, void *y, int64_t n);
 void tlq_quantize_q8_1_avx2(const float *x, void *y, int64_t n);
 void tlq_quantize_q8_K_avx2(const float *x, void *y, int64_t n);
