@@ -125,7 +125,7 @@ static void test_errors(void) {
     check_error("f16:g64", "field 'g64' does not apply to the dense store f16");
     check_error("k1v4:sym", "symmetric quantizer needs at least 2 bits (K has 1)");
     check_error("k4v4:kchan:kghead", "group 'head' needs tok granularity");
-    check_error("tailor:plan.json", "TailorKV plans are not supported yet");
+    check_error("tailor:plan.json", "a TailorKV plan names a policy per layer");
 }
 
 static char *write_tmp(const char *text) {

@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "cli.h"
 #include "../src/kv/policy.h"
+#include "../src/kv/tailor_plan.h"
+#include "../src/cuda/cuda.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -109,6 +111,13 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
         c->sp.seed = s;
     } else if (!strcmp(a, "--mem")) {
         c->mem = true;
+    } else if (!strcmp(a, "--device")) {
+        VAL();
+        if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
+            fprintf(stderr, "tailor: --device: '%s' is not one of cpu, cuda\n", v);
+            return -1;
+        }
+        c->device = v;
     } else {
         return 0;
     }
@@ -172,9 +181,12 @@ int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool a
 }
 
 tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
+    if (c->n_ctx > m->cfg.n_ctx_train)
+        fprintf(stderr, "tailor: warning: context %d exceeds the model's training context %d; quality may degrade\n",
+                c->n_ctx, m->cfg.n_ctx_train);
     tl_kv_plan plan = {0};
     if (tl_kv_plan_parse(&plan, c->kv ? c->kv : "f16", c->kv_layer, m->cfg.n_layer, err)) return NULL;
-    tl_session *s = tl_session_new_with_policies(m, c->n_ctx, c->n_threads, c->chunk, plan.layers, err);
+    tl_session *s = tl_session_new_on(m, c->n_ctx, c->n_threads, c->chunk, plan.layers, c->device, err);
     tl_kv_plan_free(&plan);
     return s;
 }
@@ -207,4 +219,11 @@ void tl_cli_print_mem(FILE *f, const tl_session *s) {
             mib(m.weights), mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
             mib(m.kv_parts.other), mib(m.kv_parts.host), mib(m.activations), mib(m.weights + m.kv + m.activations),
             s->n_past);
+    tl_tailor_print_mem(f, s->kv, s->model->cfg.n_layer);
+    if (s->gpu) {
+        tl_cuda_mem g;
+        tl_cuda_memory(s->gpu, &g);
+        fprintf(f, "gpu memory (%s): weights %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; device %.2f of %.2f MiB free\n",
+                g.device, mib(g.weights), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free), mib(g.dev_total));
+    }
 }

@@ -1,6 +1,8 @@
 /* policy.c: KV policy text form, per-layer plans (overrides string, JSON plan file), store
  * creation by policy, and the exact memory formula. The grammar is in policy.h. */
 #include "policy.h"
+#include "offload.h"
+#include "tailor_plan.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -102,7 +104,7 @@ static bool parse_gran(const char *s, tl_kv_gran *g) {
 int tl_kv_policy_parse(const char *text, tl_kv_layer_policy *p, tl_error *err) {
     if (!text || !*text) return tl_fail(err, "'': empty KV policy (e.g. f16, k8v8, k2v2:kivi)");
     if (!strncmp(text, "tailor:", 7) || !strcmp(text, "tailor"))
-        return tl_fail(err, "'%s': TailorKV plans are not supported yet; use a quantized policy such as k2v2:kivi", text);
+        return tl_fail(err, "'%s': a TailorKV plan names a policy per layer, not one layer's policy (use it as --kv)", text);
     if (strlen(text) >= MAX_POLICY_TEXT) return tl_fail(err, "'%.40s...': policy text too long", text);
     char buf[MAX_POLICY_TEXT];
     strcpy(buf, text);
@@ -410,7 +412,9 @@ static bool is_json_path(const char *s) {
 int tl_kv_plan_parse(tl_kv_plan *plan, const char *spec, const char *overrides, int n_layers, tl_error *err) {
     memset(plan, 0, sizeof *plan);
     if (!spec || !*spec) spec = "f16";
-    if (is_json_path(spec)) {
+    if (tl_tailor_spec(spec)) { /* TailorKV: dense layers KIVI, sparse layers offloaded */
+        if (tl_tailor_plan_parse(plan, spec, n_layers, err)) return -1;
+    } else if (is_json_path(spec)) {
         const char *path = spec[0] == '@' ? spec + 1 : spec;
         FILE *f = fopen(path, "rb");
         if (!f) return tl_fail(err, "--kv '%s': cannot open plan file: %s", path, strerror(errno));
@@ -486,6 +490,7 @@ tl_kv_layer *tl_kv_layer_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, 
     tl_kv_layer_policy n = *p;
     tl_kv_policy_normalize(&n);
     if (n.kind == TL_KV_QUANT) return tl_kv_quant_new(&n, s, err);
+    if (n.kind == TL_KV_OFFLOAD) return tl_kv_offload_new(&n, s, err);
     return tl_kv_dense_new(n.kind, s, err);
 }
 
@@ -495,6 +500,7 @@ int tl_kv_layer_bytes_formula(const tl_kv_layer_policy *p, const tl_kv_shape *s,
     memset(b, 0, sizeof *b);
     if (n < 0) return tl_fail(err, "KV bytes formula: negative token count %lld", (long long)n);
     if (np.kind == TL_KV_QUANT) return tl_kv_quant_bytes_formula(&np, s, n, b, err);
+    if (np.kind == TL_KV_OFFLOAD) return tl_kv_offload_bytes_formula(&np, s, n, b, err);
     /* dense.c: a ring of n_ctx rows, or of `window` rows for sliding-window layers */
     const int64_t cap = s->window > 0 ? TL_MIN(s->window, s->n_ctx) : s->n_ctx;
     const uint64_t elt = np.kind == TL_KV_F32 ? 4 : 2;

@@ -1,0 +1,150 @@
+/* Bad input at the model and CLI level: each case is an error that names the problem and
+ * the place, a non-zero exit, and no crash. (GGUF container damage — truncation, magic,
+ * absurd counts, offsets — is covered by test_gguf.c; this file builds structurally valid
+ * GGUFs whose *model* content is wrong, from a real model's tensors.) */
+#include "testutil.h"
+#include "../src/gguf.h"
+#include "../src/session.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef enum { MUT_NONE, MUT_ARCH, MUT_DROP_KEY, MUT_SHAPE, MUT_DROP_TENSOR, MUT_HEADS } mutation;
+
+/* Copy stories260K.gguf to `out`, applying one mutation. */
+static int write_mutant(const char *out, mutation mut) {
+    tl_error err;
+    tl_gguf *g = tl_gguf_open(tl_test_shared("models/stories260K.gguf"), &err);
+    if (!g) return -1;
+    tl_gguf_writer *w = tl_gguf_writer_new();
+    for (int64_t i = 0; i < tl_gguf_n_kv(g); i++) {
+        size_t len;
+        const char *k = tl_gguf_key_name(g, i, &len);
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)len, k);
+        if (mut == MUT_ARCH && !strcmp(key, "general.architecture")) {
+            tl_gguf_w_str(w, key, "mamba");
+            continue;
+        }
+        if (mut == MUT_DROP_KEY && !strcmp(key, "llama.embedding_length")) continue;
+        if (mut == MUT_HEADS && !strcmp(key, "llama.attention.head_count_kv")) {
+            tl_gguf_w_u32(w, key, 3); /* 8 query heads are not a multiple of 3 */
+            continue;
+        }
+        tl_gguf_w_copy_kv(w, g, i);
+    }
+    for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) {
+        const tl_gguf_tensor *t = tl_gguf_tensor_at(g, i);
+        if (mut == MUT_DROP_TENSOR && !strcmp(t->name, "blk.2.ffn_up.weight")) continue;
+        int64_t ne[4] = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]};
+        if (mut == MUT_SHAPE && !strcmp(t->name, "blk.3.attn_k.weight")) {
+            /* same bytes, other shape: 64x32 -> 32x64 */
+            ne[0] = t->ne[1];
+            ne[1] = t->ne[0];
+        }
+        tl_gguf_w_tensor(w, t->name, t->type, t->n_dims, ne, t->data);
+    }
+    int rc = tl_gguf_write(w, out, &err);
+    if (rc) fprintf(stderr, "write_mutant: %s\n", err.msg);
+    tl_gguf_writer_free(w);
+    tl_gguf_close(g);
+    return rc;
+}
+
+static void expect_load_error(mutation mut, const char *needle1, const char *needle2) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/tl_test_errors_%d_%d.gguf", (int)getpid(), (int)mut);
+    CHECK(write_mutant(path, mut) == 0);
+    tl_error err = {{0}};
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m == NULL, "mutation %d loaded", (int)mut);
+    CHECKF(strstr(err.msg, needle1) != NULL, "mutation %d: message '%s' lacks '%s'", (int)mut, err.msg, needle1);
+    if (needle2) CHECKF(strstr(err.msg, needle2) != NULL, "mutation %d: message '%s' lacks '%s'", (int)mut, err.msg, needle2);
+    tl_model_free(m);
+    unlink(path);
+}
+
+/* Run the CLI; return its exit status and captured stderr (malloc'd). */
+static int run_cli(const char *args, char **err_out) {
+    const char *bin = getenv("TL_BIN");
+    char cmd[2048], errf[128];
+    snprintf(errf, sizeof errf, "/tmp/tl_test_errors_%d.err", (int)getpid());
+    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>%s", bin, args, errf);
+    int st = system(cmd);
+    *err_out = tl_test_read_file(errf, NULL);
+    unlink(errf);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+static void expect_cli(const char *args, int want_rc, const char *needle) {
+    char *e = NULL;
+    int rc = run_cli(args, &e);
+    CHECKF(rc == want_rc, "'tailor %s' exited %d, want %d (stderr: %s)", args, rc, want_rc, e ? e : "");
+    CHECKF(e && strstr(e, needle), "'tailor %s': stderr '%s' lacks '%s'", args, e ? e : "", needle);
+    free(e);
+}
+
+int main(void) {
+    if (!tl_test_have(tl_test_shared("models/stories260K.gguf"))) return tl_test_done();
+    expect_load_error(MUT_ARCH, "architecture 'mamba' is not supported", NULL);
+    expect_load_error(MUT_DROP_KEY, "llama.embedding_length", NULL);
+    expect_load_error(MUT_SHAPE, "blk.3.attn_k.weight", "expected");
+    expect_load_error(MUT_DROP_TENSOR, "blk.2.ffn_up.weight", "missing");
+    expect_load_error(MUT_HEADS, "heads 8/3", NULL);
+
+    const char *bin = getenv("TL_BIN");
+    if (!bin || !tl_test_have(bin)) return tl_test_done();
+    char args[1024];
+    const char *stories = tl_test_shared("models/stories260K.gguf");
+    /* invalid UTF-8 prompt */
+    snprintf(args, sizeof args, "generate -m %s -p $'abc\\xff\\xfe' -n 4", stories);
+    {
+        /* system() runs sh, which lacks $'..': write the bytes to a file and use -f */
+        const char *pf = "/tmp/tl_test_errors_badutf8.txt";
+        FILE *f = fopen(pf, "wb");
+        fwrite("abc\xff\xfe", 1, 5, f);
+        fclose(f);
+        snprintf(args, sizeof args, "generate -m %s -f %s -n 4", stories, pf);
+        expect_cli(args, 1, "invalid UTF-8 at byte 3");
+        unlink(pf);
+    }
+    /* context overflow: a 600-token prompt into a 512 context */
+    {
+        const char *pf = "/tmp/tl_test_errors_long.txt";
+        FILE *f = fopen(pf, "wb");
+        for (int i = 0; i < 400; i++) fputs("the cat sat. ", f);
+        fclose(f);
+        snprintf(args, sizeof args, "generate -m %s -f %s -c 512 -n 4", stories, pf);
+        expect_cli(args, 1, "does not fit the context");
+        snprintf(args, sizeof args, "perplexity -m %s -f %s -c 4096", stories, pf);
+        expect_cli(args, 1, "fewer than one window of 4096");
+        unlink(pf);
+    }
+    /* flags */
+    snprintf(args, sizeof args, "generate -m %s -n abc", stories);
+    expect_cli(args, 2, "-n: 'abc' is not an integer");
+    snprintf(args, sizeof args, "generate -m %s --kv k4v3", stories);
+    expect_cli(args, 1, "bits 3");
+    snprintf(args, sizeof args, "generate -m %s --bogus", stories);
+    expect_cli(args, 2, "unknown flag '--bogus'");
+    expect_cli("generate -m /nonexistent/model.gguf", 1, "/nonexistent/model.gguf");
+    expect_cli("frobnicate", 2, "unknown command 'frobnicate'");
+    snprintf(args, sizeof args, "perplexity -m %s -f /nonexistent.txt", stories);
+    expect_cli(args, 1, "/nonexistent.txt");
+    /* a truncated model file through the CLI */
+    {
+        const char *pf = "/tmp/tl_test_errors_trunc.gguf";
+        size_t len;
+        char *data = tl_test_read_file(stories, &len);
+        FILE *f = fopen(pf, "wb");
+        fwrite(data, 1, len / 2, f);
+        fclose(f);
+        free(data);
+        snprintf(args, sizeof args, "generate -m %s -n 4", pf);
+        expect_cli(args, 1, pf);
+        unlink(pf);
+    }
+    return tl_test_done();
+}
