@@ -10,7 +10,7 @@ ctest --test-dir build --output-on-failure -j"$JOBS"
 
 if [ "${TL_SKIP_SANITIZE:-0}" != 1 ]; then
     echo "== ASan + UBSan build =="
-    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTL_SANITIZE=ON >/dev/null
+    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTL_SANITIZE=ON -DTL_CUDA=OFF >/dev/null
     cmake --build build-asan -j"$JOBS"
     # the model-level tests are slow under sanitizers; the unit tests cover the same code
     ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j"$JOBS" -LE slow
@@ -18,11 +18,15 @@ fi
 
 if [ "${TL_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null; then
     echo "== fuzzing (brief) =="
-    CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTL_FUZZ=ON >/dev/null
+    CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTL_FUZZ=ON -DTL_CUDA=OFF >/dev/null
     cmake --build build-fuzz -j"$JOBS" --target fuzz_gguf fuzz_tokenizer
+    # seeds: real GGUF files for the parser, the tokenizer test inputs for the tokenizer
+    declare -A seeds=([fuzz_gguf]=tests/fixtures [fuzz_tokenizer]=../shared/data/tokenizer)
     for f in fuzz_gguf fuzz_tokenizer; do
         mkdir -p "build-fuzz/corpus-$f"
         TL_SHARED="$(cd .. && pwd)/shared" ./build-fuzz/$f -max_total_time="${TL_FUZZ_SECONDS:-30}" -rss_limit_mb=2048 \
-            "build-fuzz/corpus-$f" fuzz/seeds/$f 2>&1 | tail -3
+            -max_len=65536 "build-fuzz/corpus-$f" "${seeds[$f]}" > "build-fuzz/$f.log" 2>&1 \
+            || { tail -40 "build-fuzz/$f.log"; echo "fuzzing $f found a failure" >&2; exit 1; }
+        grep -E "^#[0-9]+.*DONE|Done [0-9]+ runs" "build-fuzz/$f.log" | tail -1
     done
 fi

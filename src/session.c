@@ -18,6 +18,7 @@
 #include "session.h"
 #include "../include/tailor.h"
 #include "kv/policy.h"
+#include "cuda/cuda.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -140,6 +141,11 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
     if (s->n_past + n > s->n_ctx)
         return tl_fail(err, "context overflow: %d tokens held + %d new exceed the context size %d (raise -c)",
                        s->n_past, n, s->n_ctx);
+    if (s->gpu) {
+        if (tl_cuda_eval(s->gpu, tokens, n, logits, all_logits, err)) return -1;
+        s->n_past += n;
+        return 0;
+    }
     const int V = s->model->cfg.n_vocab;
     for (int i = 0; i < n; i += s->chunk) {
         const int nc = TL_MIN(s->chunk, n - i);
@@ -154,6 +160,10 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
 
 void tl_session_reset(tl_session *s) {
     s->n_past = 0;
+    if (s->gpu) {
+        tl_cuda_reset(s->gpu);
+        return;
+    }
     for (int il = 0; il < s->model->cfg.n_layer; il++) tl_kv_clear(s->kv[il]);
 }
 
@@ -185,6 +195,22 @@ static void init_rope(tl_session *s) {
     }
 }
 
+void tl_session_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_layer_policy *requested,
+                         tl_kv_shape *shape, tl_kv_layer_policy *effective) {
+    *shape = (tl_kv_shape){
+        .n_head = c->n_head,
+        .n_head_kv = c->n_head_kv,
+        .head_dim_k = c->head_dim_k,
+        .head_dim_v = c->head_dim_v,
+        .n_ctx = n_ctx,
+        .window = c->layer_swa[il] ? c->sliding_window : 0,
+        .scale = c->attn_scale,
+    };
+    const tl_kv_layer_policy f16 = {.kind = TL_KV_F16};
+    *effective = requested ? *requested : f16;
+    if (shape->window > 0 && (effective->kind == TL_KV_QUANT || effective->kind == TL_KV_OFFLOAD)) *effective = f16;
+}
+
 tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,
                                          const tl_kv_layer_policy *policies, tl_error *err) {
     const tl_config *c = &m->cfg;
@@ -203,21 +229,10 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
     s->vo = tl_vec_get();
     init_rope(s);
     for (int il = 0; il < c->n_layer; il++) {
-        tl_kv_shape sh = {
-            .n_head = c->n_head,
-            .n_head_kv = c->n_head_kv,
-            .head_dim_k = c->head_dim_k,
-            .head_dim_v = c->head_dim_v,
-            .n_ctx = n_ctx,
-            .window = c->layer_swa[il] ? c->sliding_window : 0,
-            .scale = c->attn_scale,
-        };
-        tl_kv_layer_policy def = {.kind = TL_KV_F16};
-        const tl_kv_layer_policy *p = policies ? &policies[il] : &def;
-        /* Sliding-window layers hold only their window: they stay dense (f16) whatever the plan
-         * says for them, unless the plan itself is dense. */
-        if (sh.window > 0 && (p->kind == TL_KV_QUANT || p->kind == TL_KV_OFFLOAD)) p = &def;
-        s->kv[il] = tl_kv_layer_new(p, &sh, err);
+        tl_kv_shape sh;
+        tl_kv_layer_policy eff;
+        tl_session_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &eff);
+        s->kv[il] = tl_kv_layer_new(&eff, &sh, err);
         if (!s->kv[il]) {
             tl_fail_prefix(err, "layer %d KV cache", il);
             tl_session_free(s);
@@ -256,6 +271,11 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
 
 void tl_session_free(tl_session *s) {
     if (!s) return;
+    if (s->gpu) {
+        tl_cuda_session_free(s->gpu);
+        free(s);
+        return;
+    }
     for (int il = 0; il < s->model->cfg.n_layer; il++) tl_kv_destroy(s->kv[il]);
     tl_activations *a = &s->act;
     void *bufs[] = {a->x, a->xn, a->q, a->k, a->v, a->attn, a->gate, a->up, a->tmp, a->rope, a->logits, a->mm_scratch, s->q_pred};
@@ -287,6 +307,14 @@ void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, f
 void tl_session_memory(const tl_session *s, tl_session_mem *out) {
     memset(out, 0, sizeof *out);
     out->weights = s->model->weight_bytes;
+    if (s->gpu) {
+        tl_cuda_mem gm;
+        tl_cuda_memory(s->gpu, &gm);
+        out->activations = gm.activations;
+        out->kv_parts = gm.kv_held;
+        out->kv = tl_kv_bytes_total(&gm.kv_held);
+        return;
+    }
     out->activations = s->act_bytes;
     for (int il = 0; il < s->model->cfg.n_layer; il++) {
         tl_kv_bytes b;
@@ -305,10 +333,27 @@ tl_session_params tl_session_default_params(void) {
     return p;
 }
 
+tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, const tl_kv_layer_policy *policies,
+                              const char *device, tl_error *err) {
+    if (!device || !strcmp(device, "cpu")) return tl_session_new_with_policies(m, n_ctx, n_threads, chunk, policies, err);
+    if (strcmp(device, "cuda")) {
+        tl_fail(err, "--device '%s': unknown device (cpu, cuda)", device);
+        return NULL;
+    }
+    tl_cuda_session *g = tl_cuda_session_new(m, n_ctx, chunk, policies, err);
+    if (!g) return NULL;
+    tl_session *s = tl_xcalloc(1, sizeof *s);
+    s->model = m;
+    s->n_ctx = n_ctx > 0 ? n_ctx : m->cfg.n_ctx_train;
+    s->chunk = chunk > 0 ? TL_MIN(chunk, s->n_ctx) : TL_MIN(512, s->n_ctx);
+    s->gpu = g;
+    return s;
+}
+
 tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
     tl_kv_plan plan = {0};
     if (tl_kv_plan_parse(&plan, p->kv ? p->kv : "f16", p->kv_layer, m->cfg.n_layer, err)) return NULL;
-    tl_session *s = tl_session_new_with_policies(m, p->n_ctx, p->n_threads, p->chunk, plan.layers, err);
+    tl_session *s = tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, plan.layers, p->device, err);
     tl_kv_plan_free(&plan);
     return s;
 }

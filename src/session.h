@@ -51,6 +51,8 @@ struct tl_session {
     tl_act_observer observer;  /* optional */
     void *observer_ctx;
     float *q_pred;             /* [chunk][n_head*head_dim_k] when a store predicts queries */
+    void *gpu;                 /* tl_cuda_session (src/cuda/cuda.h) when on the GPU: then eval,
+                                  reset, memory and free go there and kv[]/act are unused */
 };
 
 typedef struct tl_session tl_session;
@@ -70,8 +72,18 @@ void tl_session_memory(const tl_session *s, tl_session_mem *out);
  * pass and by query prediction for the next layer. */
 void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, float *q);
 
+/* The KV shape of layer il at context n_ctx, and the policy the session actually uses for it
+ * given the requested one (NULL = f16): sliding-window layers keep a dense f16 window when
+ * asked for a quantized or offloaded store. The memory projection uses the same rule. */
+void tl_session_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_layer_policy *requested,
+                         tl_kv_shape *shape, tl_kv_layer_policy *effective);
+
 /* Internal constructor: one layer policy per layer (NULL = f16 everywhere). */
 tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,
                                          const tl_kv_layer_policy *policies, tl_error *err);
+/* The same on a device: NULL/"cpu", or "cuda" (GPU 0; fails with a message when there is none
+ * or the build has no CUDA). */
+tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, const tl_kv_layer_policy *policies,
+                              const char *device, tl_error *err);
 
 #endif

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "synth.h"
 #include "kv/policy.h"
+#include "session.h"
 
 #include <errno.h>
 #include <math.h>
@@ -535,19 +536,10 @@ int tl_project_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *polic
     out->kv = 0;
     memset(&out->kv_parts, 0, sizeof out->kv_parts);
     for (int il = 0; il < c->n_layer; il++) {
-        tl_kv_shape sh = {
-            .n_head = c->n_head,
-            .n_head_kv = c->n_head_kv,
-            .head_dim_k = c->head_dim_k,
-            .head_dim_v = c->head_dim_v,
-            .n_ctx = n_ctx,
-            .window = c->layer_swa[il] ? c->sliding_window : 0,
-            .scale = c->attn_scale,
-        };
-        tl_kv_layer_policy def = {.kind = TL_KV_F16};
-        const tl_kv_layer_policy *p = policies ? &policies[il] : &def;
-        /* as the session: sliding-window layers keep a dense f16 window when given a quantized policy */
-        if (sh.window > 0 && p->kind == TL_KV_QUANT) p = &def;
+        tl_kv_shape sh;
+        tl_kv_layer_policy eff;
+        tl_session_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &eff);
+        const tl_kv_layer_policy *p = &eff;
         tl_kv_bytes b;
         if (tl_kv_layer_bytes_formula(p, &sh, n_tokens, &b, err)) return tl_fail_prefix(err, "layer %d KV cache", il);
         out->eff[il] = *p;
