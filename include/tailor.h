@@ -38,6 +38,7 @@ typedef struct {
     int chunk;            /* prefill chunk size in tokens (0 = 512) */
     const char *kv;       /* KV policy text ("f16", "k4v2:kivi", ...); NULL = f16 */
     const char *kv_layer; /* per-layer overrides ("0=k8v8,5=f16"); NULL = none */
+    const char *device;   /* "cpu" (NULL) or "cuda" */
 } tl_session_params;
 
 tl_session_params tl_session_default_params(void);

@@ -2,6 +2,7 @@
  * shape and type. Errors name the file and the tensor or key. */
 #include "model.h"
 #include "../include/tailor.h"
+#include "cuda/cuda.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -247,6 +248,7 @@ fail:
 
 void tl_model_free(tl_model *m) {
     if (!m) return;
+    tl_cuda_weights_free(m->gpu);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     tl_tokenizer_free(m->tok);

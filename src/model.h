@@ -78,6 +78,7 @@ struct tl_model {
     /* norm vectors stored as f16/bf16 in the file are widened here (owned) */
     float **owned;
     int n_owned;
+    void *gpu; /* device copy of the weights (src/cuda), made by the first CUDA session */
 };
 
 typedef struct tl_model tl_model;

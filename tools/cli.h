@@ -22,6 +22,7 @@ typedef struct {
     const char *kv_layer; /* --kv-layer */
     tl_sampler_params sp; /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n -s/--seed */
     bool mem;             /* --mem */
+    const char *device;   /* --device cpu|cuda (NULL = cpu) */
 } tl_cli_common;
 
 void tl_cli_common_init(tl_cli_common *c);
@@ -62,5 +63,6 @@ int tl_cmd_eval(int argc, char **argv);
 int tl_cmd_calibrate(int argc, char **argv);
 int tl_cmd_quantize(int argc, char **argv);
 int tl_cmd_serve(int argc, char **argv);
+int tl_cmd_pareto(int argc, char **argv);
 
 #endif

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# gpu.sh: build the CUDA backend, check it against the CPU, and time it (docs/cuda.md).
+# Meant for a machine with an NVIDIA GPU (the device tool runs it with $OUT set; logs and
+# tables land there, or in ./gpu-out). Steps:
+#   1. cmake -DTL_CUDA=ON build (sm_90 + PTX)
+#   2. tests/test_cuda: GPU vs CPU logits on the synthetic f32 fixtures, and quantized KV on a
+#      2-layer SmolLM2-shaped synth (head_dim 64)
+#   3. a synthetic Llama-3.1-8B (bf16, streamed to disk), decode ms/token at depths 0 / 32k /
+#      128k for f16, k4v4, k2v2 (+ KIVI) KV, and prefill time per chunk size
+# Env: STEPS="build test bench prefill safe" (default all), GPU_JOBS, DEPTHS, KVS, CHUNKS, TL_CUDA_SAFE.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+STEPS=${STEPS:-"build test bench prefill safe"}
+DEPTHS=${DEPTHS:-0,32768,131072}
+KVS=${KVS:-f16,k8v8,k4v4,k2v2,k2v2:kivi}
+B=build-gpu
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.md"; }
+
+nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.mem,driver_version --format=csv 2>&1 | tee -a "$OUT/summary.md"
+
+if has build; then
+  log "build"
+  DEPS=()
+  if [ -d .gpudeps ] && [ ! -f /usr/include/cjson/cJSON.h ]; then
+    # a machine without cJSON / libmicrohttpd: headers and libraries carried in .gpudeps
+    D=$PWD/.gpudeps
+    DEPS=(-DCJSON_INCLUDE=$D/include -DCJSON_LIB=$D/lib/libcjson.so -DMHD_INCLUDE=$D/include
+      -DMHD_LIB=$D/lib/libmicrohttpd.so "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags,-rpath,$D/lib,-rpath-link,$D/lib")
+  fi
+  cmake -S . -B $B -DTL_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${DEPS[@]}" >"$OUT/build.log" 2>&1 &&
+    cmake --build $B -j "${GPU_JOBS:-16}" --target tailor test_cuda >>"$OUT/build.log" 2>&1 || {
+    tail -40 "$OUT/build.log"
+    exit 1
+  }
+fi
+T=$B/tailor
+SHM=/dev/shm
+[ -w $SHM ] || SHM=/tmp
+
+if has test; then
+  log "test_cuda"
+  $T synth --shape smollm2-135m --layers 2 --type f32 -o $SHM/smol2.gguf -q 2>&1 | tail -1
+  TL_FIXTURES=$PWD/tests/fixtures TL_CUDA_MODEL=$SHM/smol2.gguf timeout 150 $B/test_cuda 2>&1 | tee "$OUT/test_cuda.log" | tail -30
+  rc=${PIPESTATUS[0]}
+  echo "test_cuda exit $rc" | tee -a "$OUT/summary.md"
+  grep -E "FAIL|passed" "$OUT/test_cuda.log" | tail -5 >>"$OUT/summary.md"
+  if [ "$rc" != 0 ]; then
+    # the fast attention loops failed: check and time the plain ones instead
+    export TL_CUDA_SAFE=1
+    log "test_cuda with TL_CUDA_SAFE=1 (benchmarks below use it too)"
+    TL_FIXTURES=$PWD/tests/fixtures TL_CUDA_MODEL=$SHM/smol2.gguf timeout 150 $B/test_cuda >>"$OUT/test_cuda.log" 2>&1
+    echo "test_cuda (safe) exit $?" | tee -a "$OUT/summary.md"
+  fi
+fi
+
+M=$SHM/llama8b-bf16.gguf
+if has bench || has prefill; then
+  if [ ! -f $M ]; then
+    log "synth llama-3.1-8b bf16"
+    $T synth --shape llama-3.1-8b --type bf16 -o $M -q 2>&1 | tail -1
+  fi
+fi
+
+if has bench; then
+  log "decode bench (depths $DEPTHS, kv $KVS)"
+  TL_CUDA_VERBOSE=1 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
+    >"$OUT/decode.md" 2>"$OUT/decode.err"
+  echo "bench exit $?" >>"$OUT/summary.md"
+  cat "$OUT/decode.md" | tee -a "$OUT/summary.md"
+  grep -E "gpu memory|error|tailor bench" "$OUT/decode.err" | sort -u | head -20 | tee -a "$OUT/summary.md"
+fi
+
+if has prefill; then
+  log "prefill bench (pp4096 at depth 0, by chunk size)"
+  for C in ${CHUNKS:-512 2048 4096}; do
+    echo "chunk $C:" | tee -a "$OUT/summary.md" "$OUT/prefill.md"
+    timeout 75 $T bench -m $M --device cuda -p 4096 -n 0 --chunk $C -r 2 -o md >"$OUT/prefill_tmp.md" 2>>"$OUT/prefill.err"
+    cat "$OUT/prefill_tmp.md" >>"$OUT/prefill.md"
+    tail -1 "$OUT/prefill_tmp.md" | tee -a "$OUT/summary.md"
+    rm -f "$OUT/prefill_tmp.md"
+  done
+  echo "pp512 after a 32k-token history (chunk 512):" | tee -a "$OUT/summary.md" "$OUT/prefill.md"
+  timeout 90 $T bench -m $M --device cuda -p 512 -n 0 -d 32768 --kv f16,k4v4,k2v2:kivi --chunk 512 -r 2 -o md \
+    >"$OUT/prefill_tmp.md" 2>>"$OUT/prefill.err"
+  cat "$OUT/prefill_tmp.md" >>"$OUT/prefill.md"
+  tail -3 "$OUT/prefill_tmp.md" | tee -a "$OUT/summary.md"
+  rm -f "$OUT/prefill_tmp.md"
+  tail -5 "$OUT/prefill.err" >>"$OUT/summary.md"
+fi
+
+if has safe && [ -z "${TL_CUDA_SAFE:-}" ]; then
+  log "decode with TL_CUDA_SAFE=1 (plain attention loops, for comparison)"
+  TL_CUDA_SAFE=1 timeout 90 $T bench -m $M --device cuda -p 0 -n 32 -d 32768,131072 --kv f16,k4v4 -r 2 -o md \
+    >"$OUT/decode_safe.md" 2>/dev/null
+  cat "$OUT/decode_safe.md" | tee -a "$OUT/summary.md"
+fi
+log "done"

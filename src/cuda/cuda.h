@@ -1,0 +1,65 @@
+/* cuda.h: the CUDA backend behind a plain C interface (C code never includes CUDA headers).
+ *
+ * A tl_cuda_session is the GPU twin of a tl_session: the forward pass of llama / qwen2 /
+ * gemma3 on one GPU with the weights resident in device memory (uploaded once per model and
+ * shared by its sessions; freed by tl_model_free), the KV cache of every layer in device
+ * memory (dense f32/f16/bf16, or quantized per-token / per-channel KIVI with residual windows,
+ * in the CPU store's packing layout, see src/kv/quant.c), and activations sized by the chunk.
+ * session.c dispatches to it when a session was made with device "cuda".
+ *
+ * Builds without CUDA (TL_CUDA=OFF, or nvcc missing) link src/cuda/stub.c instead: every
+ * function then fails with a message saying so, and tl_cuda_available() is false. */
+#ifndef TL_CUDA_H
+#define TL_CUDA_H
+
+#include "../common.h"
+#include "../kv/kv.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct tl_model;
+typedef struct tl_cuda_session tl_cuda_session;
+
+/* Is a usable CUDA device there? When not, why (e.g. "this build has no CUDA support",
+ * "cudaGetDeviceCount: no CUDA-capable device is detected"). why may be NULL. */
+bool tl_cuda_available(char *why, size_t n);
+
+/* One session on device 0. policies: one per layer (NULL = f16). Fails with a message naming
+ * the layer and the policy when a policy has no GPU implementation (offloading, rotation,
+ * smoothing, per-tensor and per-block granularity). */
+tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                                     tl_error *err);
+void tl_cuda_session_free(tl_cuda_session *g);
+/* Like tl_session_eval (the caller checked n > 0 and the capacity). */
+int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err);
+void tl_cuda_reset(tl_cuda_session *g);
+int tl_cuda_n_past(const tl_cuda_session *g);
+
+/* Benchmarking: append n random K/V rows (normal-ish, unit scale) to every layer's cache
+ * through the same append/quantize path as eval, without running the model. */
+int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err);
+
+/* Memory of the session. Held bytes follow the CPU stores' exact formulas (what a step
+ * reads); device bytes are what is allocated on the GPU, by part. */
+typedef struct {
+    uint64_t weights;      /* device copy of the weights (shared by the model's sessions) */
+    uint64_t kv_alloc;     /* KV capacity allocated on the device (all layers, n_ctx tokens) */
+    uint64_t activations;  /* chunk-sized buffers, attention partials */
+    uint64_t workspace;    /* cuBLAS workspace */
+    tl_kv_bytes kv_held;   /* held now, split like the CPU stores */
+    uint64_t weights_read; /* bytes of weights one decode step reads (all but the embedding table) */
+    uint64_t dev_free, dev_total; /* cudaMemGetInfo */
+    char device[128];
+} tl_cuda_mem;
+void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out);
+
+/* Free the device copy of a model's weights (called by tl_model_free; NULL is fine). */
+void tl_cuda_weights_free(void *w);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,850 @@
+/* forward.cu: the CUDA forward pass (llama / mistral / qwen2 / gemma3), the same math as
+ * session.c, step for step:
+ *   embed (gemma: * sqrt(E)); per layer: rmsnorm -> q,k,v (+bias) -> gemma q/k head norms ->
+ *   RoPE (cos/sin from double angles, like the CPU) -> attention over the cache (attn.cu) ->
+ *   Wo (gemma: post-norm) + residual -> rmsnorm -> gate/up -> silu|gelu-tanh * up -> Wdown
+ *   (gemma: post-norm) + residual; final rmsnorm and the output projection.
+ * Weights: f32/f16/bf16 tensors are uploaded as they are; other types are dequantized to f16
+ * once at upload. Decode (one token) multiplies with bandwidth-bound matrix-vector kernels
+ * (16-byte loads, a warp per row, several matrices sharing one input in one launch); prefill
+ * chunks use cuBLAS GEMM (bf16/f16 operands, fp32 accumulate and output; f32 weights in
+ * plain fp32). */
+#include "backend.cuh"
+
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "../model.h"
+#include "../session.h"
+#include "../kv/policy.h"
+}
+
+enum { WT_F32 = 0, WT_F16 = 1, WT_BF16 = 2 };
+
+struct dmat {
+    void *d;
+    int wt;
+    int n_in, n_out;
+};
+
+struct dlayer {
+    float *attn_norm, *ffn_norm, *attn_post_norm, *ffn_post_norm, *q_norm, *k_norm, *bq, *bk, *bv;
+    dmat wq, wk, wv, wo, gate, up, down;
+};
+
+struct tlc_weights {
+    int n_layer;
+    dmat tok_embd, output;
+    float *output_norm;
+    dlayer *L;
+    uint64_t bytes, read_bytes;
+};
+
+struct tl_cuda_session {
+    tl_model *m;
+    tlc_weights *w;
+    tlc_ctx cx;
+    cublasHandle_t blas;
+    int n_ctx, chunk, n_past;
+    tlc_layer_kv *kv;
+    tl_kv_layer_policy *pol; /* effective policy per layer */
+    /* activations (f32 unless noted) */
+    float *x, *xn, *q, *k, *v, *attn, *gate, *up, *tmp, *rope, *logits, *all_logits;
+    size_t all_logits_rows;
+    void *xb; /* GEMM operand in the weights' 16-bit type */
+    int32_t *tok;
+    double *inv_freq; /* [2][n_rot/2] */
+    uint64_t act_bytes, kv_alloc;
+    char dev_name[128];
+};
+
+#define CK(call)                                                                                              \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess) return tl_fail(err, "%s: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, __LINE__); \
+    } while (0)
+
+/* ---------------- kernels ---------------- */
+
+template <int WT>
+__device__ __forceinline__ float ldw(const void *p, size_t i) {
+    if (WT == WT_F32) return ((const float *)p)[i];
+    if (WT == WT_F16) return h2f(((const uint16_t *)p)[i]);
+    return bf2f(((const uint16_t *)p)[i]);
+}
+
+template <int WT>
+__device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
+    float f[8];
+    if (WT == WT_BF16) {
+        const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            f[2 * k] = __uint_as_float(u[k] << 16);
+            f[2 * k + 1] = __uint_as_float(u[k] & 0xffff0000u);
+        }
+    } else {
+        const __half2 *h = (const __half2 *)&w;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 t = __half22float2(h[k]);
+            f[2 * k] = t.x;
+            f[2 * k + 1] = t.y;
+        }
+    }
+    float s = f[0] * a.x;
+    s = fmaf(f[1], a.y, s);
+    s = fmaf(f[2], a.z, s);
+    s = fmaf(f[3], a.w, s);
+    s = fmaf(f[4], b.x, s);
+    s = fmaf(f[5], b.y, s);
+    s = fmaf(f[6], b.z, s);
+    s = fmaf(f[7], b.w, s);
+    return s;
+}
+
+/* Up to three matrices with the same input x and row length, one warp per output row. */
+struct mv_args {
+    const void *W[3];
+    const float *bias[3];
+    float *y[3];
+    int n_out[3];
+    int add[3];
+    int nseg, n_in;
+    const float *x;
+};
+
+template <int WT, bool VEC>
+__global__ void __launch_bounds__(256) matvec_k(mv_args a) {
+    const int lane = threadIdx.x & 31;
+    int row = blockIdx.x * 8 + (threadIdx.x >> 5), si = 0;
+    if (row >= a.n_out[0]) {
+        row -= a.n_out[0];
+        si = 1;
+        if (a.nseg > 2 && row >= a.n_out[1]) {
+            row -= a.n_out[1];
+            si = 2;
+        }
+    }
+    const int n_out_s = si == 0 ? a.n_out[0] : si == 1 ? a.n_out[1] : a.n_out[2];
+    if (si >= a.nseg || row >= n_out_s) return;
+    const void *W = si == 0 ? a.W[0] : si == 1 ? a.W[1] : a.W[2];
+    const int n = a.n_in;
+    float acc = 0.0f;
+    if (VEC && WT != WT_F32) {
+        const uint4 *w4 = (const uint4 *)((const uint16_t *)W + (size_t)row * n);
+        const float4 *x4 = (const float4 *)a.x;
+        const int n8 = n / 8;
+        int i = lane;
+        /* eight 16-byte weight loads in flight per lane before the first use */
+        for (; i + 32 * 7 < n8; i += 32 * 8) {
+            uint4 w[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) w[k] = __ldcs(w4 + i + 32 * k);
+#pragma unroll
+            for (int k = 0; k < 8; k++) acc += dot8<WT>(w[k], __ldg(x4 + 2 * (i + 32 * k)), __ldg(x4 + 2 * (i + 32 * k) + 1));
+        }
+        for (; i < n8; i += 32) acc += dot8<WT>(__ldcs(w4 + i), __ldg(x4 + 2 * i), __ldg(x4 + 2 * i + 1));
+    } else if (VEC) {
+        const float4 *w4 = (const float4 *)((const float *)W + (size_t)row * n);
+        const float4 *x4 = (const float4 *)a.x;
+#pragma unroll 4
+        for (int i = lane; i < n / 4; i += 32) {
+            const float4 w = __ldg(w4 + i), x = __ldg(x4 + i);
+            acc = fmaf(w.x, x.x, acc);
+            acc = fmaf(w.y, x.y, acc);
+            acc = fmaf(w.z, x.z, acc);
+            acc = fmaf(w.w, x.w, acc);
+        }
+    } else {
+        for (int i = lane; i < n; i += 32) acc = fmaf(ldw<WT>(W, (size_t)row * n + i), a.x[i], acc);
+    }
+    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) {
+        float *y = si == 0 ? a.y[0] : si == 1 ? a.y[1] : a.y[2];
+        const float *b = si == 0 ? a.bias[0] : si == 1 ? a.bias[1] : a.bias[2];
+        const int add = si == 0 ? a.add[0] : si == 1 ? a.add[1] : a.add[2];
+        if (b) acc += b[row];
+        y[row] = add ? y[row] + acc : acc;
+    }
+}
+
+template <int WT>
+__global__ void embed_k(const void *E, const int32_t *tok, int n_embd, float scale, float *x) {
+    const int t = blockIdx.x;
+    const size_t base = (size_t)tok[t] * n_embd;
+    for (int i = threadIdx.x; i < n_embd; i += blockDim.x) x[(size_t)t * n_embd + i] = ldw<WT>(E, base + i) * scale;
+}
+
+__device__ float block_sum(float v, float *red) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int i = 0; i < nw; i++) s += red[i];
+    return s;
+}
+
+/* out = x * 1/sqrt(mean(x^2) + eps) * w (add: out += that). Row per block; in place is fine. */
+__global__ void rmsnorm_k(const float *x, const float *w, float *out, int dim, float eps, int add) {
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *o = out + (size_t)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+    ss = block_sum(ss, red);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = xr[i] * inv * w[i];
+        o[i] = add ? o[i] + v : v;
+    }
+}
+
+/* cos/sin per token and base: rope[((t*2 + b)*half + i)*2 + {0,1}], angles in double. */
+__global__ void rope_table_k(const double *inv_freq, int half, int pos0, int n, float *rope) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n * 2 * half) return;
+    const int i = e % half, b = (e / half) % 2, t = e / half / 2;
+    double sn, cs;
+    sincos((double)(pos0 + t) * inv_freq[b * half + i], &sn, &cs);
+    rope[(size_t)e * 2] = (float)cs;
+    rope[(size_t)e * 2 + 1] = (float)sn;
+}
+
+__global__ void rope_k(float *x, int n_heads, int hd, int n_rot, int neox, int base, const float *rope) {
+    const int t = blockIdx.x, half = n_rot / 2;
+    const float *cs0 = rope + ((size_t)t * 2 + base) * half * 2;
+    for (int e = threadIdx.x; e < n_heads * half; e += blockDim.x) {
+        const int h = e / half, i = e % half;
+        float *hp = x + ((size_t)t * n_heads + h) * hd;
+        const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        const float c = cs0[2 * i], s = cs0[2 * i + 1], x0 = hp[a], x1 = hp[b];
+        hp[a] = x0 * c - x1 * s;
+        hp[b] = x0 * s + x1 * c;
+    }
+}
+
+__global__ void act_k(float *g, const float *u, size_t n, int gelu) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float x = g[i];
+        float a;
+        if (gelu) a = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+        else a = x / (1.0f + expf(-x));
+        g[i] = a * u[i];
+    }
+}
+
+__global__ void bias_k(float *y, const float *b, int n_tok, int dim) {
+    const size_t n = (size_t)n_tok * dim;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) y[i] += b[i % dim];
+}
+
+template <int WT>
+__global__ void to16_k(const float *x, uint16_t *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = WT == WT_F16 ? __half_as_ushort(__float2half_rn(x[i])) : __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
+}
+
+/* Pseudo-random K/V rows (a hash of seed, token, element): sum of 4 uniforms, unit-ish scale. */
+__global__ void random_k(float *x, size_t n, uint64_t seed, size_t off) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = seed ^ ((off + i) * 0x9E3779B97F4A7C15ull);
+        float s = 0.0f;
+        for (int k = 0; k < 4; k++) {
+            z += 0x9E3779B97F4A7C15ull;
+            uint64_t r = z;
+            r = (r ^ (r >> 30)) * 0xBF58476D1CE4E5B9ull;
+            r = (r ^ (r >> 27)) * 0x94D049BB133111EBull;
+            r ^= r >> 31;
+            s += (float)(r >> 40) * (1.0f / 16777216.0f);
+        }
+        x[i] = (s - 2.0f) * 1.7f;
+    }
+}
+
+static int grid1(size_t n, int thr) {
+    size_t b = (n + thr - 1) / thr;
+    return (int)(b > 1048576 ? 1048576 : (b ? b : 1));
+}
+
+/* ---------------- weights ---------------- */
+
+static int wt_of(tl_type t) { return t == TL_TYPE_F32 ? WT_F32 : t == TL_TYPE_BF16 ? WT_BF16 : WT_F16; }
+static size_t wt_size(int wt) { return wt == WT_F32 ? 4 : 2; }
+
+static int up_vec(tlc_weights *w, const float *src, int64_t n, float **dst, tl_error *err) {
+    *dst = NULL;
+    if (!src) return 0;
+    CK(cudaMalloc((void **)dst, sizeof(float) * (size_t)n));
+    CK(cudaMemcpy(*dst, src, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice));
+    w->bytes += sizeof(float) * (size_t)n;
+    w->read_bytes += sizeof(float) * (size_t)n;
+    return 0;
+}
+
+static int up_mat(tlc_weights *w, const tl_mat *src, dmat *dst, bool read_all, tl_error *err) {
+    dst->d = NULL;
+    dst->n_in = (int)src->n_in;
+    dst->n_out = (int)src->n_out;
+    dst->wt = wt_of(src->type);
+    const size_t bytes = (size_t)src->n_in * src->n_out * wt_size(dst->wt);
+    CK(cudaMalloc(&dst->d, bytes));
+    if (src->type == TL_TYPE_F32 || src->type == TL_TYPE_F16 || src->type == TL_TYPE_BF16) {
+        CK(cudaMemcpy(dst->d, src->data, bytes, cudaMemcpyHostToDevice));
+    } else { /* other formats: dequantize to f16 once, in slabs of rows */
+        const size_t rs = tl_row_size(src->type, src->n_in);
+        const int64_t slab = TL_MAX(1, (int64_t)(16 << 20) / (src->n_in * 2));
+        float *f = (float *)tl_xmalloc(sizeof(float) * (size_t)src->n_in);
+        uint16_t *h = (uint16_t *)tl_xmalloc(sizeof(uint16_t) * (size_t)src->n_in * slab);
+        for (int64_t r0 = 0; r0 < src->n_out; r0 += slab) {
+            const int64_t nr = TL_MIN(slab, src->n_out - r0);
+            for (int64_t r = 0; r < nr; r++) {
+                tl_dequantize_row(src->type, (const uint8_t *)src->data + (size_t)(r0 + r) * rs, f, src->n_in);
+                for (int64_t i = 0; i < src->n_in; i++) h[r * src->n_in + i] = tl_fp32_to_fp16(f[i]);
+            }
+            cudaError_t e = cudaMemcpy((uint16_t *)dst->d + (size_t)r0 * src->n_in, h, sizeof(uint16_t) * (size_t)nr * src->n_in,
+                                       cudaMemcpyHostToDevice);
+            if (e != cudaSuccess) {
+                free(f);
+                free(h);
+                return tl_fail(err, "uploading %s: %s", src->name, cudaGetErrorString(e));
+            }
+        }
+        free(f);
+        free(h);
+    }
+    w->bytes += bytes;
+    if (read_all) w->read_bytes += bytes;
+    return 0;
+}
+
+static void free_weights(tlc_weights *w) {
+    if (!w) return;
+    cudaFree(w->tok_embd.d);
+    if (w->output.d != w->tok_embd.d) cudaFree(w->output.d);
+    cudaFree(w->output_norm);
+    for (int i = 0; w->L && i < w->n_layer; i++) {
+        dlayer *L = &w->L[i];
+        void *p[] = {L->attn_norm, L->ffn_norm, L->attn_post_norm, L->ffn_post_norm, L->q_norm, L->k_norm, L->bq,
+                     L->bk, L->bv, L->wq.d, L->wk.d, L->wv.d, L->wo.d, L->gate.d, L->up.d, L->down.d};
+        for (size_t j = 0; j < sizeof p / sizeof *p; j++) cudaFree(p[j]);
+    }
+    free(w->L);
+    free(w);
+}
+
+extern "C" void tl_cuda_weights_free(void *w) { free_weights((tlc_weights *)w); }
+
+static tlc_weights *upload_weights(tl_model *m, tl_error *err) {
+    const tl_config *c = &m->cfg;
+    tlc_weights *w = (tlc_weights *)tl_xcalloc(1, sizeof *w);
+    w->n_layer = c->n_layer;
+    w->L = (dlayer *)tl_xcalloc((size_t)c->n_layer, sizeof(dlayer));
+    const double t0 = tl_time_s();
+    int rc = up_mat(w, &m->w.tok_embd, &w->tok_embd, m->w.tied_output, err);
+    if (!rc) rc = up_vec(w, m->w.output_norm, c->n_embd, &w->output_norm, err);
+    if (!rc) {
+        if (m->w.tied_output) w->output = w->tok_embd;
+        else rc = up_mat(w, &m->w.output, &w->output, true, err);
+    }
+    const int qdim = c->n_head * c->head_dim_k, kdim = c->n_head_kv * c->head_dim_k, vdim = c->n_head_kv * c->head_dim_v;
+    for (int il = 0; il < c->n_layer && !rc; il++) {
+        const tl_layer_weights *S = &m->w.layers[il];
+        dlayer *L = &w->L[il];
+        rc = up_vec(w, S->attn_norm, c->n_embd, &L->attn_norm, err) || up_vec(w, S->ffn_norm, c->n_embd, &L->ffn_norm, err) ||
+             up_vec(w, S->attn_post_norm, c->n_embd, &L->attn_post_norm, err) ||
+             up_vec(w, S->ffn_post_norm, c->n_embd, &L->ffn_post_norm, err) ||
+             up_vec(w, S->q_norm, c->head_dim_k, &L->q_norm, err) || up_vec(w, S->k_norm, c->head_dim_k, &L->k_norm, err) ||
+             up_vec(w, S->bq, qdim, &L->bq, err) || up_vec(w, S->bk, kdim, &L->bk, err) || up_vec(w, S->bv, vdim, &L->bv, err) ||
+             up_mat(w, &S->wq, &L->wq, true, err) || up_mat(w, &S->wk, &L->wk, true, err) ||
+             up_mat(w, &S->wv, &L->wv, true, err) || up_mat(w, &S->wo, &L->wo, true, err) ||
+             up_mat(w, &S->w_gate, &L->gate, true, err) || up_mat(w, &S->w_up, &L->up, true, err) ||
+             up_mat(w, &S->w_down, &L->down, true, err);
+    }
+    if (rc) {
+        tl_fail_prefix(err, "uploading weights to the GPU");
+        free_weights(w);
+        return NULL;
+    }
+    if (getenv("TL_CUDA_VERBOSE"))
+        fprintf(stderr, "cuda: uploaded %.2f GiB of weights in %.2f s\n", w->bytes / 1073741824.0, tl_time_s() - t0);
+    return w;
+}
+
+/* ---------------- matrix products ---------------- */
+
+/* y_s (+)= W_s x (+ b_s) for up to three matrices sharing x and n_in. n tokens. */
+static int linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *x, int n, float *const *y,
+                  const float *const *bias, const int *add, tl_error *err) {
+    const int n_in = W[0]->n_in, wt = W[0]->wt;
+    bool same = true;
+    for (int s = 1; s < nseg; s++) same = same && W[s]->wt == wt && W[s]->n_in == n_in;
+    if (n == 1 && same) {
+        mv_args a;
+        memset(&a, 0, sizeof a);
+        a.nseg = nseg;
+        a.n_in = n_in;
+        a.x = x;
+        int rows = 0;
+        for (int s = 0; s < nseg; s++) {
+            a.W[s] = W[s]->d;
+            a.bias[s] = bias ? bias[s] : NULL;
+            a.y[s] = y[s];
+            a.n_out[s] = W[s]->n_out;
+            a.add[s] = add ? add[s] : 0;
+            rows += W[s]->n_out;
+        }
+        const bool vec = wt == WT_F32 ? n_in % 4 == 0 : n_in % 8 == 0;
+        const int blocks = (rows + 7) / 8;
+        cudaStream_t st = g->cx.stream;
+        if (wt == WT_BF16) vec ? matvec_k<WT_BF16, true><<<blocks, 256, 0, st>>>(a) : matvec_k<WT_BF16, false><<<blocks, 256, 0, st>>>(a);
+        else if (wt == WT_F16) vec ? matvec_k<WT_F16, true><<<blocks, 256, 0, st>>>(a) : matvec_k<WT_F16, false><<<blocks, 256, 0, st>>>(a);
+        else vec ? matvec_k<WT_F32, true><<<blocks, 256, 0, st>>>(a) : matvec_k<WT_F32, false><<<blocks, 256, 0, st>>>(a);
+        TLC_LAUNCH_CHECK("matvec");
+        return 0;
+    }
+    for (int s = 0; s < nseg; s++) {
+        const dmat *M = W[s];
+        const void *B = x;
+        cudaDataType_t ty = CUDA_R_32F;
+        if (M->wt != WT_F32) {
+            const size_t ne = (size_t)n * M->n_in;
+            if (M->wt == WT_F16) to16_k<WT_F16><<<grid1(ne, 256), 256, 0, g->cx.stream>>>(x, (uint16_t *)g->xb, ne);
+            else to16_k<WT_BF16><<<grid1(ne, 256), 256, 0, g->cx.stream>>>(x, (uint16_t *)g->xb, ne);
+            TLC_LAUNCH_CHECK("convert activations");
+            B = g->xb;
+            ty = M->wt == WT_F16 ? CUDA_R_16F : CUDA_R_16BF;
+        }
+        const float alpha = 1.0f, beta = add && add[s] ? 1.0f : 0.0f;
+        cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, M->n_out, n, M->n_in, &alpha, M->d, ty, M->n_in, B,
+                                         ty, M->n_in, &beta, y[s], CUDA_R_32F, M->n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) return tl_fail(err, "cublasGemmEx (%dx%d x %d tokens): status %d", M->n_out, M->n_in, n, (int)st);
+        if (bias && bias[s]) {
+            bias_k<<<grid1((size_t)n * M->n_out, 256), 256, 0, g->cx.stream>>>(y[s], bias[s], n, M->n_out);
+            TLC_LAUNCH_CHECK("bias");
+        }
+    }
+    return 0;
+}
+
+static int linear1(tl_cuda_session *g, const dmat *W, const float *x, int n, float *y, const float *bias, int add, tl_error *err) {
+    const dmat *Ws[1] = {W};
+    float *ys[1] = {y};
+    const float *bs[1] = {bias};
+    int ad[1] = {add};
+    return linear(g, 1, Ws, x, n, ys, bs, ad, err);
+}
+
+static int rmsnorm(tl_cuda_session *g, const float *x, const float *w, float *out, int rows, int dim, int add, tl_error *err) {
+    const int thr = dim >= 1024 ? 1024 : dim >= 256 ? 256 : dim > 64 ? 128 : 64;
+    rmsnorm_k<<<rows, thr, 0, g->cx.stream>>>(x, w, out, dim, g->m->cfg.norm_eps, add);
+    TLC_LAUNCH_CHECK("rmsnorm");
+    return 0;
+}
+
+/* ---------------- session ---------------- */
+
+int tlc_scratch(tlc_ctx *cx, size_t bytes, tl_error *err) {
+    if (bytes <= cx->scratch_bytes) return 0;
+    if (cx->scratch) {
+        cudaStreamSynchronize(cx->stream);
+        cudaFree(cx->scratch);
+    }
+    cx->scratch = NULL;
+    cx->scratch_bytes = 0;
+    CK(cudaMalloc(&cx->scratch, bytes));
+    cx->scratch_bytes = bytes;
+    return 0;
+}
+
+extern "C" bool tl_cuda_available(char *why, size_t n) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        if (why && n) snprintf(why, n, "no CUDA device (cudaGetDeviceCount: %s)", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+        return false;
+    }
+    if (why && n) why[0] = 0;
+    return true;
+}
+
+/* Set up one side of a layer cache (mirrors quant.c's side_init) and allocate it. */
+static int side_setup(tl_cuda_session *g, kv_side *S, const tl_kv_side *p, tl_kv_kind kind, int d, int residual, int cap,
+                      int n_kv, const char *name, tl_error *err) {
+    memset(S, 0, sizeof *S);
+    S->d = d;
+    S->cap = cap;
+    if (kind != TL_KV_QUANT || p->bits == 16) {
+        S->mode = KV_DENSE;
+        S->dt = kind == TL_KV_F32 ? DT_F32 : kind == TL_KV_BF16 ? DT_BF16 : DT_F16;
+        S->fp_head = (size_t)cap * d;
+        const size_t b = S->fp_head * n_kv * (S->dt == DT_F32 ? 4 : 2);
+        CK(cudaMalloc(&S->fp, b));
+        g->kv_alloc += b;
+        return 0;
+    }
+    S->bits = p->bits;
+    S->sym = p->quantizer == TL_KV_SYM;
+    S->ppg = S->sym ? 1 : 2;
+    const size_t ub = 4 * (size_t)p->bits;
+    if (d % 32) return tl_fail(err, "%s: head_dim %d is not a multiple of 32", name, d);
+    if (p->gran == TL_KV_GRAN_TOKEN) {
+        S->mode = KV_SLIDE;
+        S->g = p->group == 0 ? d : p->group;
+        if (d % S->g || S->g % 32 || S->g > 256) return tl_fail(err, "%s: group %d does not fit head_dim %d", name, S->g, d);
+        S->R = residual;
+        S->row_bytes = (size_t)(d / 32) * ub;
+        S->pstride = (d / S->g) * S->ppg;
+        S->codes_head = (size_t)cap * S->row_bytes;
+        S->params_head = (size_t)cap * S->pstride;
+        S->fp_head = (size_t)residual * d;
+    } else if (p->gran == TL_KV_GRAN_CHANNEL) {
+        S->mode = KV_FLUSH;
+        S->g = p->group;
+        if (S->g != 32 && S->g != 64 && S->g != 128) return tl_fail(err, "%s: per-channel group %d (use 32, 64, 128)", name, S->g);
+        const int base = TL_MAX(residual, S->g);
+        S->R = (base + S->g - 1) / S->g * S->g;
+        S->grp_bytes = (size_t)d * (S->g / 32) * ub;
+        S->grp_halves = (size_t)d * S->ppg;
+        const size_t n_grp = ((size_t)cap + S->g - 1) / S->g;
+        S->codes_head = n_grp * S->grp_bytes;
+        S->params_head = n_grp * S->grp_halves;
+        S->fp_head = (size_t)S->R * d;
+    } else {
+        return tl_fail(err, "%s: per-block and per-tensor granularity have no GPU implementation", name);
+    }
+    const size_t cb = S->codes_head * n_kv, pb = S->params_head * n_kv * 2, fb = S->fp_head * n_kv * 2;
+    CK(cudaMalloc((void **)&S->codes, cb));
+    CK(cudaMalloc((void **)&S->params, pb));
+    if (fb) CK(cudaMalloc(&S->fp, fb));
+    g->kv_alloc += cb + pb + fb;
+    return 0;
+}
+
+static void *dalloc(tl_cuda_session *g, size_t bytes, int *rc) {
+    void *p = NULL;
+    if (*rc) return NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 16) != cudaSuccess) {
+        *rc = -1;
+        return NULL;
+    }
+    g->act_bytes += bytes;
+    return p;
+}
+
+extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
+    if (!g) return;
+    if (g->cx.stream) cudaStreamSynchronize(g->cx.stream);
+    for (int il = 0; g->kv && il < g->m->cfg.n_layer; il++) {
+        kv_side *sides[2] = {&g->kv[il].k, &g->kv[il].v};
+        for (int s = 0; s < 2; s++) {
+            cudaFree(sides[s]->codes);
+            cudaFree(sides[s]->params);
+            cudaFree(sides[s]->fp);
+        }
+    }
+    free(g->kv);
+    free(g->pol);
+    void *bufs[] = {g->x, g->xn, g->q, g->k, g->v, g->attn, g->gate, g->up, g->tmp, g->rope, g->logits, g->all_logits,
+                    g->xb, g->tok, g->inv_freq, g->cx.scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
+    if (g->blas) cublasDestroy(g->blas);
+    if (g->cx.stream) cudaStreamDestroy(g->cx.stream);
+    free(g);
+}
+
+extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                                                tl_error *err) {
+    char why[256];
+    if (!tl_cuda_available(why, sizeof why)) {
+        tl_fail(err, "--device cuda: %s", why);
+        return NULL;
+    }
+    const tl_config *c = &m->cfg;
+    if (n_ctx <= 0) n_ctx = c->n_ctx_train;
+    if (chunk <= 0) chunk = 512;
+    if (chunk > n_ctx) chunk = n_ctx;
+    if (c->head_dim_k % 4 || c->head_dim_v % 4 || c->n_rot / 2 > 512) {
+        tl_fail(err, "--device cuda: head sizes %d/%d (need multiples of 4)", c->head_dim_k, c->head_dim_v);
+        return NULL;
+    }
+    if (c->n_head / c->n_head_kv > TLC_QMAX) {
+        tl_fail(err, "--device cuda: GQA group %d exceeds %d", c->n_head / c->n_head_kv, TLC_QMAX);
+        return NULL;
+    }
+    tl_cuda_session *g = (tl_cuda_session *)tl_xcalloc(1, sizeof *g);
+    g->m = m;
+    g->n_ctx = n_ctx;
+    g->chunk = chunk;
+    int rc = 0;
+    cudaDeviceProp prop;
+    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&g->cx.stream, cudaStreamNonBlocking) != cudaSuccess) {
+        tl_fail(err, "--device cuda: cannot initialise device 0: %s", cudaGetErrorString(cudaGetLastError()));
+        tl_cuda_session_free(g);
+        return NULL;
+    }
+    snprintf(g->dev_name, sizeof g->dev_name, "%.64s (sm_%d%d, %d SMs)", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+    g->cx.n_sm = prop.multiProcessorCount;
+    g->cx.smem_optin = prop.sharedMemPerBlockOptin;
+    {
+        const char *sf = getenv("TL_CUDA_SAFE");
+        g->cx.safe = sf && *sf && strcmp(sf, "0");
+    }
+    if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, g->cx.stream) != CUBLAS_STATUS_SUCCESS) {
+        tl_fail(err, "--device cuda: cublasCreate failed");
+        tl_cuda_session_free(g);
+        return NULL;
+    }
+    /* weights: once per model */
+    if (!m->gpu) {
+        m->gpu = upload_weights(m, err);
+        if (!m->gpu) {
+            tl_cuda_session_free(g);
+            return NULL;
+        }
+    }
+    g->w = (tlc_weights *)m->gpu;
+    /* KV caches: the CPU session's rules (sliding-window layers stay dense f16, ring of window) */
+    g->kv = (tlc_layer_kv *)tl_xcalloc((size_t)c->n_layer, sizeof(tlc_layer_kv));
+    g->pol = (tl_kv_layer_policy *)tl_xcalloc((size_t)c->n_layer, sizeof(tl_kv_layer_policy));
+    for (int il = 0; il < c->n_layer && !rc; il++) {
+        tl_kv_shape sh;
+        tl_kv_layer_policy p;
+        tl_session_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p); /* the CPU session's rule */
+        const int window = sh.window;
+        char pname[128];
+        tl_kv_policy_format(&p, pname, sizeof pname);
+        if (p.kind == TL_KV_OFFLOAD || (p.kind == TL_KV_QUANT && (p.rotate || (p.smooth_k && p.k.bits < 16)))) {
+            tl_fail(err, "--device cuda: layer %d: KV policy '%s' has no GPU implementation (GPU: f32, f16, bf16, "
+                         "k<B>v<B> per-token or per-channel/KIVI, with residual)", il, pname);
+            rc = -1;
+            break;
+        }
+        g->pol[il] = p;
+        tlc_layer_kv *L = &g->kv[il];
+        L->n_head = c->n_head;
+        L->n_head_kv = c->n_head_kv;
+        L->window = window;
+        L->scale = c->attn_scale;
+        const int cap = window > 0 ? TL_MIN(window, n_ctx) : n_ctx;
+        if (side_setup(g, &L->k, &p.k, p.kind, c->head_dim_k, p.residual, cap, c->n_head_kv, "K", err) ||
+            side_setup(g, &L->v, &p.v, p.kind, c->head_dim_v, p.residual, cap, c->n_head_kv, "V", err)) {
+            tl_fail_prefix(err, "--device cuda: layer %d KV cache ('%s')", il, pname);
+            rc = -1;
+        }
+    }
+    if (rc) {
+        tl_cuda_session_free(g);
+        return NULL;
+    }
+    const size_t E = (size_t)c->n_embd, C = (size_t)chunk;
+    const size_t qd = (size_t)c->n_head * c->head_dim_k, kd = (size_t)c->n_head_kv * c->head_dim_k,
+                 vd = (size_t)c->n_head_kv * c->head_dim_v, od = (size_t)c->n_head * c->head_dim_v;
+    size_t max_in = TL_MAX(E, TL_MAX(od, (size_t)c->n_ff));
+    g->x = (float *)dalloc(g, 4 * C * E, &rc);
+    g->xn = (float *)dalloc(g, 4 * C * E, &rc);
+    g->q = (float *)dalloc(g, 4 * C * qd, &rc);
+    g->k = (float *)dalloc(g, 4 * C * kd, &rc);
+    g->v = (float *)dalloc(g, 4 * C * vd, &rc);
+    g->attn = (float *)dalloc(g, 4 * C * od, &rc);
+    g->gate = (float *)dalloc(g, 4 * C * c->n_ff, &rc);
+    g->up = (float *)dalloc(g, 4 * C * c->n_ff, &rc);
+    g->tmp = (float *)dalloc(g, 4 * C * E, &rc);
+    g->rope = (float *)dalloc(g, 4 * C * 2 * (size_t)c->n_rot, &rc);
+    g->logits = (float *)dalloc(g, 4 * (size_t)c->n_vocab, &rc);
+    g->xb = dalloc(g, 2 * C * max_in, &rc);
+    g->tok = (int32_t *)dalloc(g, 4 * C, &rc);
+    g->inv_freq = (double *)dalloc(g, sizeof(double) * (size_t)c->n_rot, &rc);
+    if (rc) {
+        tl_fail(err, "--device cuda: out of GPU memory allocating activations for chunk %d", chunk);
+        tl_cuda_session_free(g);
+        return NULL;
+    }
+    /* RoPE inverse frequencies, as session.c's init_rope */
+    {
+        const int half = c->n_rot / 2;
+        double *f = (double *)tl_xmalloc(sizeof(double) * 2 * half);
+        const float *ff = m->w.rope_freqs;
+        for (int b = 0; b < 2; b++) {
+            const double base = b ? c->rope_base_swa : c->rope_base;
+            for (int i = 0; i < half; i++) {
+                double v = pow(base, -2.0 * i / c->n_rot);
+                if (b == 0) v *= c->rope_freq_scale;
+                if (ff && b == 0) v /= ff[i];
+                f[b * half + i] = v;
+            }
+        }
+        cudaError_t e = cudaMemcpy(g->inv_freq, f, sizeof(double) * 2 * half, cudaMemcpyHostToDevice);
+        free(f);
+        if (e != cudaSuccess) {
+            tl_fail(err, "--device cuda: %s", cudaGetErrorString(e));
+            tl_cuda_session_free(g);
+            return NULL;
+        }
+    }
+    return g;
+}
+
+/* One chunk of n tokens (already on the device in g->tok). */
+static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logits, tl_error *err) {
+    const tl_config *c = &g->m->cfg;
+    const tlc_weights *w = g->w;
+    cudaStream_t st = g->cx.stream;
+    const int E = c->n_embd, half = c->n_rot / 2, Hq = c->n_head, Hkv = c->n_head_kv;
+    const float escale = c->embd_scale ? sqrtf((float)E) : 1.0f;
+    const int ethr = E >= 256 ? 256 : 64;
+    switch (w->tok_embd.wt) {
+    case WT_F32: embed_k<WT_F32><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
+    case WT_F16: embed_k<WT_F16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
+    default: embed_k<WT_BF16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
+    }
+    TLC_LAUNCH_CHECK("embedding");
+    rope_table_k<<<grid1((size_t)n * 2 * half, 128), 128, 0, st>>>(g->inv_freq, half, g->n_past, n, g->rope);
+    TLC_LAUNCH_CHECK("rope table");
+    const int neox = c->rope_style == TL_ROPE_NEOX;
+    for (int il = 0; il < c->n_layer; il++) {
+        const dlayer *L = &w->L[il];
+        tlc_layer_kv *KV = &g->kv[il];
+        const int base = c->layer_swa[il] ? 1 : 0;
+        if (rmsnorm(g, g->x, L->attn_norm, g->xn, n, E, 0, err)) return -1;
+        {
+            const dmat *Ws[3] = {&L->wq, &L->wk, &L->wv};
+            float *ys[3] = {g->q, g->k, g->v};
+            const float *bs[3] = {L->bq, L->bk, L->bv};
+            if (linear(g, 3, Ws, g->xn, n, ys, bs, NULL, err)) return -1;
+        }
+        if (L->q_norm && rmsnorm(g, g->q, L->q_norm, g->q, n * Hq, c->head_dim_k, 0, err)) return -1;
+        if (L->k_norm && rmsnorm(g, g->k, L->k_norm, g->k, n * Hkv, c->head_dim_k, 0, err)) return -1;
+        rope_k<<<n, 128, 0, st>>>(g->q, Hq, c->head_dim_k, c->n_rot, neox, base, g->rope);
+        TLC_LAUNCH_CHECK("rope q");
+        rope_k<<<n, 128, 0, st>>>(g->k, Hkv, c->head_dim_k, c->n_rot, neox, base, g->rope);
+        TLC_LAUNCH_CHECK("rope k");
+        if (tlc_attention(&g->cx, KV, g->n_past, n, g->q, g->k, g->v, g->attn, err) ||
+            tlc_kv_append(&g->cx, KV, g->n_past, n, g->k, g->v, err))
+            return tl_fail_prefix(err, "layer %d", il);
+        if (L->attn_post_norm) {
+            if (linear1(g, &L->wo, g->attn, n, g->tmp, NULL, 0, err) || rmsnorm(g, g->tmp, L->attn_post_norm, g->x, n, E, 1, err))
+                return -1;
+        } else if (linear1(g, &L->wo, g->attn, n, g->x, NULL, 1, err)) {
+            return -1;
+        }
+        if (rmsnorm(g, g->x, L->ffn_norm, g->xn, n, E, 0, err)) return -1;
+        {
+            const dmat *Ws[2] = {&L->gate, &L->up};
+            float *ys[2] = {g->gate, g->up};
+            if (linear(g, 2, Ws, g->xn, n, ys, NULL, NULL, err)) return -1;
+        }
+        act_k<<<grid1((size_t)n * c->n_ff, 256), 256, 0, st>>>(g->gate, g->up, (size_t)n * c->n_ff, c->gelu_ffn ? 1 : 0);
+        TLC_LAUNCH_CHECK("activation");
+        if (L->ffn_post_norm) {
+            if (linear1(g, &L->down, g->gate, n, g->tmp, NULL, 0, err) || rmsnorm(g, g->tmp, L->ffn_post_norm, g->x, n, E, 1, err))
+                return -1;
+        } else if (linear1(g, &L->down, g->gate, n, g->x, NULL, 1, err)) {
+            return -1;
+        }
+    }
+    if (logits) {
+        const int first = all_logits ? 0 : n - 1, rows = n - first, V = c->n_vocab;
+        if (rmsnorm(g, g->x + (size_t)first * E, w->output_norm, g->xn, rows, E, 0, err)) return -1;
+        float *dl = g->logits;
+        if (rows > 1) {
+            if (g->all_logits_rows < (size_t)rows) {
+                cudaStreamSynchronize(st);
+                cudaFree(g->all_logits);
+                g->all_logits = NULL;
+                g->all_logits_rows = 0;
+                CK(cudaMalloc((void **)&g->all_logits, sizeof(float) * (size_t)rows * V));
+                g->all_logits_rows = rows;
+            }
+            dl = g->all_logits;
+        }
+        if (linear1(g, &w->output, g->xn, rows, dl, NULL, 0, err)) return -1;
+        CK(cudaMemcpyAsync(logits, dl, sizeof(float) * (size_t)rows * V, cudaMemcpyDeviceToHost, st));
+    }
+    g->n_past += n;
+    return 0;
+}
+
+extern "C" int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
+    const tl_config *c = &g->m->cfg;
+    const int V = c->n_vocab;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return tl_fail(err, "token id %d at position %d is outside the vocabulary (0..%d)", tokens[i], g->n_past + i, V - 1);
+    if (g->n_past + n > g->n_ctx)
+        return tl_fail(err, "context overflow: %d tokens held + %d new exceed the context size %d (raise -c)", g->n_past, n, g->n_ctx);
+    for (int i = 0; i < n; i += g->chunk) {
+        const int nc = TL_MIN(g->chunk, n - i);
+        const bool last = i + nc == n;
+        float *out = NULL;
+        if (all_logits && logits) out = logits + (size_t)i * V;
+        else if (last && logits) out = logits;
+        CK(cudaMemcpyAsync(g->tok, tokens + i, sizeof(int32_t) * nc, cudaMemcpyHostToDevice, g->cx.stream));
+        if (forward_chunk(g, nc, out, all_logits, err)) return -1;
+        /* the token upload and logits download use pageable host memory: keep each chunk's
+         * buffers alive until the device is done with them */
+        CK(cudaStreamSynchronize(g->cx.stream));
+    }
+    return 0;
+}
+
+extern "C" void tl_cuda_reset(tl_cuda_session *g) {
+    g->n_past = 0;
+    for (int il = 0; il < g->m->cfg.n_layer; il++) g->kv[il].k.nq = g->kv[il].v.nq = 0;
+}
+
+extern "C" int tl_cuda_n_past(const tl_cuda_session *g) { return g->n_past; }
+
+extern "C" int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err) {
+    const tl_config *c = &g->m->cfg;
+    if (g->n_past + n > g->n_ctx) return tl_fail(err, "fill: %d + %d tokens exceed the context size %d", g->n_past, n, g->n_ctx);
+    const size_t kd = (size_t)c->n_head_kv * c->head_dim_k, vd = (size_t)c->n_head_kv * c->head_dim_v;
+    for (int i = 0; i < n; i += g->chunk) {
+        const int nc = TL_MIN(g->chunk, n - i);
+        for (int il = 0; il < c->n_layer; il++) {
+            random_k<<<grid1(nc * kd, 256), 256, 0, g->cx.stream>>>(g->k, nc * kd, seed + 2 * il, (size_t)(g->n_past) * kd);
+            random_k<<<grid1(nc * vd, 256), 256, 0, g->cx.stream>>>(g->v, nc * vd, seed + 2 * il + 1, (size_t)(g->n_past) * vd);
+            TLC_LAUNCH_CHECK("random fill");
+            if (tlc_kv_append(&g->cx, &g->kv[il], g->n_past, nc, g->k, g->v, err)) return tl_fail_prefix(err, "layer %d", il);
+        }
+        g->n_past += nc;
+    }
+    CK(cudaStreamSynchronize(g->cx.stream));
+    return 0;
+}
+
+extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
+    memset(out, 0, sizeof *out);
+    const tl_config *c = &g->m->cfg;
+    out->weights = g->w->bytes;
+    out->weights_read = g->w->read_bytes;
+    out->kv_alloc = g->kv_alloc;
+    out->activations = g->act_bytes + g->cx.scratch_bytes + g->all_logits_rows * (size_t)c->n_vocab * 4;
+    out->workspace = 0;
+    for (int il = 0; il < c->n_layer; il++) {
+        tl_kv_shape sh;
+        tl_kv_layer_policy eff;
+        tl_session_layer_kv(c, g->n_ctx, il, &g->pol[il], &sh, &eff);
+        tl_kv_bytes b;
+        tl_error e;
+        if (tl_kv_layer_bytes_formula(&g->pol[il], &sh, g->n_past, &b, &e) == 0) {
+            out->kv_held.codes += b.codes;
+            out->kv_held.scales += b.scales;
+            out->kv_held.residual += b.residual;
+            out->kv_held.other += b.other;
+            out->kv_held.host += b.host;
+        }
+    }
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
+        out->dev_free = fr;
+        out->dev_total = tot;
+    }
+    memcpy(out->device, g->dev_name, sizeof out->device);
+}

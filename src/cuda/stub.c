@@ -1,0 +1,48 @@
+/* stub.c: the CUDA interface in builds without CUDA (TL_CUDA=OFF or no nvcc), so the same
+ * callers link and `--device cuda` fails with a clear message. Compiles to nothing when the
+ * real backend (the .cu files beside it) is built. */
+#include "cuda.h"
+
+#ifndef TL_HAVE_CUDA
+#include <stdio.h>
+#include <string.h>
+
+static const char *no_cuda = "this build of tailor has no CUDA support (configure with -DTL_CUDA=ON where nvcc is installed)";
+
+bool tl_cuda_available(char *why, size_t n) {
+    if (why && n) snprintf(why, n, "%s", no_cuda);
+    return false;
+}
+
+tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                                     tl_error *err) {
+    (void)m, (void)n_ctx, (void)chunk, (void)policies;
+    tl_fail(err, "--device cuda: %s", no_cuda);
+    return NULL;
+}
+
+void tl_cuda_session_free(tl_cuda_session *g) { (void)g; }
+
+int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
+    (void)g, (void)tokens, (void)n, (void)logits, (void)all_logits;
+    return tl_fail(err, "%s", no_cuda);
+}
+
+void tl_cuda_reset(tl_cuda_session *g) { (void)g; }
+int tl_cuda_n_past(const tl_cuda_session *g) {
+    (void)g;
+    return 0;
+}
+
+int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err) {
+    (void)g, (void)n, (void)seed;
+    return tl_fail(err, "%s", no_cuda);
+}
+
+void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
+    (void)g;
+    memset(out, 0, sizeof *out);
+}
+
+void tl_cuda_weights_free(void *w) { (void)w; }
+#endif
