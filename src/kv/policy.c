@@ -26,6 +26,7 @@ static bool side_grouped(const tl_kv_side *s) { return s->bits < 16 && s->gran !
 
 void tl_kv_policy_normalize(tl_kv_layer_policy *p) {
     if (p->kind == TL_KV_QUANT && p->k.bits == 16 && p->v.bits == 16) p->kind = TL_KV_F16;
+    if (p->kind == TL_KV_OFFLOAD) return; /* its parameters are the offload store's (offload.c) */
     if (p->kind != TL_KV_QUANT) {
         tl_kv_policy_default(p, p->kind);
         return;
@@ -47,6 +48,7 @@ bool tl_kv_policy_equal(const tl_kv_layer_policy *a, const tl_kv_layer_policy *b
     tl_kv_policy_normalize(&x);
     tl_kv_policy_normalize(&y);
     if (x.kind != y.kind) return false;
+    if (x.kind == TL_KV_OFFLOAD) return !memcmp(&x.off, &y.off, sizeof x.off);
     if (x.kind != TL_KV_QUANT) return true;
     const tl_kv_side *s[4] = {&x.k, &y.k, &x.v, &y.v};
     for (int i = 0; i < 4; i += 2)
