@@ -7,7 +7,9 @@
  * divides n_in. GFLOP/s counts 2*n_in*n_out*n_tok; GB/s is weight bytes per call / time
  * (each call streams the weights once). Each case repeats for about -s seconds and reports
  * the best run. The scalar reference is slow, so for many tokens it is timed on at most 128
- * output rows (marked '*'); rates are per row and so comparable. */
+ * output rows (marked '*'); rates are per row and so comparable. On a CPU with AVX-512
+ * VNNI the "simd" columns use those kernels and an "avx2" column times the same call with
+ * them switched off (tl_quants_disable_avx512). */
 #include "quants.h"
 #include "common.h"
 #include "threads.h"
@@ -70,9 +72,10 @@ int main(int argc, char **argv) {
     }
     tl_pool *pool = tl_pool_new(n_threads);
     tl_cpu_features f = tl_cpu_detect();
-    printf("threads %d, avx2 %d fma %d f16c %d\n", tl_pool_size(pool), f.avx2, f.fma, f.f16c);
-    printf("%-5s %12s %5s | %10s %8s | %10s %8s | %7s\n", "type", "n_in x n_out", "n_tok", "simd GF/s",
-           "GB/s", "ref GF/s", "GB/s", "speedup");
+    const bool vnni512 = f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+    printf("threads %d, avx2 %d fma %d f16c %d avx512-vnni %d\n", tl_pool_size(pool), f.avx2, f.fma, f.f16c, vnni512);
+    printf("%-5s %12s %5s | %10s %8s | %10s %8s | %10s %8s | %7s\n", "type", "n_in x n_out", "n_tok", "simd GF/s",
+           "GB/s", "avx2 GF/s", "GB/s", "ref GF/s", "GB/s", "speedup");
 
     char types_buf[256];
     snprintf(types_buf, sizeof types_buf, "%s", type_list);
@@ -105,6 +108,14 @@ int main(int argc, char **argv) {
                 void *scratch = tl_xmalloc(tl_matmul_scratch_size((tl_type)t, n_in, n_tok) + 1);
                 double flops = 2.0 * n_in * n_out * n_tok;
                 double ts = time_matmul(pool, (tl_type)t, W, n_in, n_out, X, n_tok, Y, scratch, budget);
+                char a2_gf[32] = "-", a2_gb[32] = "-";
+                if (vnni512) {
+                    tl_quants_disable_avx512(true);
+                    double ta = time_matmul(pool, (tl_type)t, W, n_in, n_out, X, n_tok, Y, scratch, budget);
+                    tl_quants_disable_avx512(false);
+                    snprintf(a2_gf, sizeof a2_gf, "%.2f", flops / ta * 1e-9);
+                    snprintf(a2_gb, sizeof a2_gb, "%.2f", rs * n_out / ta * 1e-9);
+                }
                 char ref_gf[32] = "-", ref_gb[32] = "-", speed[32] = "-";
                 if (with_ref) {
                     int64_t rows = n_tok > 1 ? TL_MIN(n_out, 128) : n_out;
@@ -118,8 +129,8 @@ int main(int argc, char **argv) {
                 }
                 char shape[32];
                 snprintf(shape, sizeof shape, "%lldx%lld", (long long)n_in, (long long)n_out);
-                printf("%-5s %12s %5lld | %10.2f %8.2f | %10s %8s | %7s\n", tl_type_name(t), shape,
-                       (long long)n_tok, flops / ts * 1e-9, rs * n_out / ts * 1e-9, ref_gf, ref_gb, speed);
+                printf("%-5s %12s %5lld | %10.2f %8.2f | %10s %8s | %10s %8s | %7s\n", tl_type_name(t), shape,
+                       (long long)n_tok, flops / ts * 1e-9, rs * n_out / ts * 1e-9, a2_gf, a2_gb, ref_gf, ref_gb, speed);
                 fflush(stdout);
                 free(X);
                 free(Y);

@@ -27,10 +27,22 @@
  * scale arithmetic dominates) by about 2x on AVX2 machines. */
 #define MIN_TOK_DEQUANT_GEMM 32
 
+/* Decode (fewer than MIN_TOK_GEMM tokens) on AVX-512 VNNI: the activation rows are also
+ * rebuilt in the kernels' "xa" layout, after the q8 rows, at a 64-byte aligned offset. */
+static size_t xa_offset(tl_type vt, int64_t n_in, int64_t n_tok) {
+    return ((size_t)n_tok * tl_row_size(vt, n_in) + 63) & ~(size_t)63;
+}
+
 size_t tl_matmul_scratch_size(tl_type wt, int64_t n_in, int64_t n_tok) {
     const tl_type_traits *tr = tl_type_info(wt);
     if (!tr || tr->vec_dot_type == TL_TYPE_F32) return 0;
-    return (size_t)n_tok * tl_row_size(tr->vec_dot_type, n_in);
+    size_t sz = (size_t)n_tok * tl_row_size(tr->vec_dot_type, n_in);
+    /* callers size the buffer once for their largest n_tok and reuse it for fewer tokens,
+     * so cover the decode layout of every smaller call too */
+    const size_t xa = tlq_xa_size(wt, n_in);
+    const int64_t nd = TL_MIN(n_tok, MIN_TOK_GEMM - 1);
+    if (xa && nd > 0) sz = TL_MAX(sz, xa_offset(tr->vec_dot_type, n_in, nd) + 63 + (size_t)nd * xa);
+    return sz;
 }
 
 typedef struct {
@@ -148,6 +160,16 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
         c.Xq = scratch;
         if (n_tok == 1) c.k.quant_act(X, scratch, n_in);
         else run(pool, (n_tok + 7) / 8, convert_task, &c);
+        if (c.k.dot_xa && n_tok < MIN_TOK_GEMM) { /* decode: the xa layout (see above) */
+            uintptr_t a = ((uintptr_t)scratch + xa_offset(tr->vec_dot_type, n_in, n_tok) + 63) & ~(uintptr_t)63;
+            uint8_t *xa = (uint8_t *)a;
+            const size_t xs = tlq_xa_size(wt, n_in);
+            for (int64_t t = 0; t < n_tok; t++) c.k.xa_from(c.Xq + (size_t)t * c.x_stride, xa + t * xs, n_in);
+            c.Xq = xa;
+            c.x_stride = xs;
+            c.k.dot = c.k.dot_xa;
+            c.k.dot4 = NULL;
+        }
     }
 
     const int n_threads = pool ? tl_pool_size(pool) : 1;

@@ -121,8 +121,10 @@ tl_cpu_features tl_cpu_detect(void) {
 
 /* The only mutable global in this module, by design: one atomic word caching "CPU has
  * AVX2+FMA+F16C" (cpuid traps in a VM, too slow to repeat per call) and the force-scalar
- * switch. Bit 0: initialised, bit 1: AVX2 usable, bit 2: force scalar. Writes are
- * idempotent (detection gives the same answer every time), so races are harmless. */
+ * switch. Bit 0: initialised, bit 1: AVX2 usable, bit 2: force scalar, bit 3: AVX-512
+ * F/BW/VL + VNNI usable (OS saves ZMM state), bit 4: AVX-512 switched off (env
+ * TAILOR_NO_AVX512=1 or tl_quants_disable_avx512). Writes are idempotent (detection gives
+ * the same answer every time), so races are harmless. */
 static atomic_uint g_dispatch;
 
 static unsigned dispatch_state(void) {
@@ -131,8 +133,11 @@ static unsigned dispatch_state(void) {
     tl_cpu_features f = tl_cpu_detect();
     unsigned v = 1;
     if (f.avx2 && f.fma && f.f16c) v |= 2;
+    if ((v & 2) && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni) v |= 8;
     const char *env = getenv("TAILOR_FORCE_SCALAR");
     if (env && env[0] && strcmp(env, "0") != 0) v |= 4;
+    env = getenv("TAILOR_NO_AVX512");
+    if (env && env[0] && strcmp(env, "0") != 0) v |= 16;
     unsigned expected = 0;
     atomic_compare_exchange_strong(&g_dispatch, &expected, v);
     return atomic_load(&g_dispatch);
@@ -142,6 +147,12 @@ void tl_quants_force_scalar(bool on) {
     dispatch_state();
     if (on) atomic_fetch_or(&g_dispatch, 4u);
     else atomic_fetch_and(&g_dispatch, ~4u);
+}
+
+void tl_quants_disable_avx512(bool on) {
+    dispatch_state();
+    if (on) atomic_fetch_or(&g_dispatch, 16u);
+    else atomic_fetch_and(&g_dispatch, ~16u);
 }
 
 /* ------------------------------------------------------------------ float formats */
@@ -497,7 +508,7 @@ static tlq_dot_fn ref_dot(tl_type t) {
 }
 
 tlq_kernels tlq_get_kernels(tl_type t) {
-    tlq_kernels k = {ref_dot(t), NULL, NULL, NULL, false};
+    tlq_kernels k = {ref_dot(t), NULL, NULL, NULL, false, false, NULL, NULL};
     tl_type vt = k_traits[t].vec_dot_type;
     if (vt == TL_TYPE_Q8_0) k.quant_act = tlq_quantize_q8_0_ref;
     else if (vt == TL_TYPE_Q8_1) k.quant_act = tlq_quantize_q8_1_ref;
@@ -528,6 +539,23 @@ tlq_kernels tlq_get_kernels(tl_type t) {
         if (vt == TL_TYPE_Q8_0) k.quant_act = tlq_quantize_q8_0_avx2;
         else if (vt == TL_TYPE_Q8_1) k.quant_act = tlq_quantize_q8_1_avx2;
         else if (vt == TL_TYPE_Q8_K) k.quant_act = tlq_quantize_q8_K_avx2;
+    }
+    if ((s & 8) && !(s & 4) && !(s & 16)) { /* AVX-512 VNNI replaces the integer dots */
+        k.avx512 = true;
+        switch (t) {
+        /* 32-wide formats: the per-block scale chain bounds them, so the single-row dot
+         * wins only over the xa layout (matmul's decode path); tl_vec_dot keeps AVX2, as
+         * do the 4-token kernels (8-block gathers of the scales lost to AVX2 there) and
+         * q8_0 (its AVX2 dot streams 40 GB/s per core, the xa one measured 33) */
+        case TL_TYPE_Q4_0: k.dot_xa = tlq_dotxa_q4_0_avx512; k.xa_from = tlq_xa_from_q4_0_avx512; break;
+        case TL_TYPE_Q4_1: k.dot_xa = tlq_dotxa_q4_1_avx512; k.xa_from = tlq_xa_from_q4_1_avx512; break;
+        case TL_TYPE_Q5_0: k.dot_xa = tlq_dotxa_q5_0_avx512; k.xa_from = tlq_xa_from_q5_0_avx512; break;
+        case TL_TYPE_Q5_1: k.dot_xa = tlq_dotxa_q5_1_avx512; k.xa_from = tlq_xa_from_q5_1_avx512; break;
+        case TL_TYPE_Q4_K: k.dot = tlq_dot_q4_K_avx512; break;
+        case TL_TYPE_Q5_K: k.dot = tlq_dot_q5_K_avx512; break;
+        case TL_TYPE_Q6_K: k.dot = tlq_dot_q6_K_avx512; break;
+        default: k.avx512 = false; break;
+        }
     }
     return k;
 }

@@ -85,6 +85,9 @@ typedef struct {
 tl_cpu_features tl_cpu_detect(void);
 /* Force the scalar reference everywhere (for tests / TAILOR_FORCE_SCALAR=1 env). */
 void tl_quants_force_scalar(bool on);
+/* Keep the AVX2 kernels even where AVX-512 VNNI ones exist (benchmarks / tests compare the
+ * two; env TAILOR_NO_AVX512=1 does the same from the start). */
+void tl_quants_disable_avx512(bool on);
 
 struct tl_pool;
 

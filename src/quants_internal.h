@@ -101,6 +101,11 @@ typedef struct {
     tlq_quant_fn quant_act; /* activation quantizer for vec_dot_type (NULL for f32) */
     tlq_deq_fn deq;        /* fast row dequantizer for the f32 prefill tiles (NULL: tl_dequantize_row) */
     bool avx2;             /* the AVX2 entries were chosen */
+    bool avx512;           /* some AVX-512 VNNI entries were chosen (avx2 is then true too) */
+    /* decode (a few tokens): dot over the "xa" activation layout (tlq_xa_size bytes per row)
+     * that xa_from builds from a row of vec_dot_type blocks; NULL: use dot */
+    tlq_dot_fn dot_xa;
+    void (*xa_from)(const void *xq, void *xa, int64_t n);
 } tlq_kernels;
 
 /* Kernels for weight type t on this CPU, honouring the force-scalar switch. */
@@ -136,5 +141,23 @@ void tlq_bf16_to_f32_avx2(const uint16_t *src, float *dst, int64_t n);
  * length k (A row stride lda floats, B row stride ldb floats, Y row stride ldy). */
 void tlq_gemm_f32_avx2(int64_t k, const float *A, int64_t lda, int n_rows, const float *B,
                        int64_t ldb, int n_tok, float *Y, int64_t ldy);
+
+/* ---- AVX-512 F/BW/VL + VNNI kernels (quants_avx512.c); call only when the CPU has them
+ * and the OS saves ZMM state (tl_cpu_detect checks XCR0) ---- */
+float tlq_dot_q4_K_avx512(int64_t n, const void *w, const void *x);
+float tlq_dot_q5_K_avx512(int64_t n, const void *w, const void *x);
+float tlq_dot_q6_K_avx512(int64_t n, const void *w, const void *x);
+/* decode layout for the 32-wide formats (see quants_avx512.c): bytes per row of n values
+ * (0 for types without one), builders from q8_0 / q8_1 rows and the dots over it */
+size_t tlq_xa_size(tl_type t, int64_t n);
+#define TLQ_XA_DECL(nm)                                                        \
+    void tlq_xa_from_##nm##_avx512(const void *xq, void *xa, int64_t n);       \
+    float tlq_dotxa_##nm##_avx512(int64_t n, const void *w, const void *xa);
+TLQ_XA_DECL(q4_0)
+TLQ_XA_DECL(q4_1)
+TLQ_XA_DECL(q5_0)
+TLQ_XA_DECL(q5_1)
+TLQ_XA_DECL(q8_0)
+#undef TLQ_XA_DECL
 
 #endif
