@@ -23,6 +23,7 @@
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #define KEY "test-key-123"
@@ -60,6 +61,9 @@ static bool server_start(server *s, const char *model, const char *const *extra)
     argv[n] = NULL;
     s->pid = fork();
     if (s->pid == 0) {
+        /* the server must not outlive this test, even when the test aborts (it would hold
+         * ctest's output pipe open and hang the run) */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         FILE *f = freopen(s->log, "w", stderr);
         (void)f;
         execv(bin, (char *const *)argv);
@@ -621,6 +625,8 @@ static void test_stories(const char *model) {
                    !strcmp(seq[i].text, par[i].text),
                "seed %d: %d/%d '%s' vs '%s'", seq[i].seed, seq[i].status, par[i].status, seq[i].text, par[i].text);
         if (i) CHECK(seq[i].text && seq[0].text && strcmp(seq[i].text, seq[0].text)); /* seeds matter */
+    }
+    for (int i = 0; i < NC; i++) {
         free(seq[i].text);
         free(par[i].text);
     }
