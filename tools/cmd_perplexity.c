@@ -1,33 +1,73 @@
-/* tailor perplexity: llama.cpp-convention perplexity of a text file. */
-#include "cli.h"
+/* tailor perplexity: llama.cpp-convention perplexity of a text file, and KL divergence
+ * against a baseline run (src/eval/kld.h):
+ *   tailor perplexity -m M -f T -c 2048 --kl-base-write base.kld          # the reference run
+ *   tailor perplexity -m M -f T -c 2048 --kl-base base.kld --kv k4v2:kivi  # compare
+ * Two flags rather than one that switches on the file's existence: a typo in the path can
+ * then never silently turn a comparison into a new baseline. */
+#include "eval_cli.h"
+#include "../include/tailor.h"
+#include "../src/eval/kld.h"
 #include "../src/eval/perplexity.h"
 
+#include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct {
+    tl_kld *kld;
+    tl_error *err;
+    tl_progress *prog;
+    int n_ctx;
+} win_ctx;
+
+static int on_window(void *ctx, int window, const float *logits, const int32_t *targets, int n_rows, int n_vocab) {
+    win_ctx *w = ctx;
+    if (w->kld && tl_kld_window(w->kld, logits, targets, n_rows, w->err)) return 1;
+    tl_progress_add(w->prog, w->n_ctx);
+    return 0;
+}
+
 int tl_cmd_perplexity(int argc, char **argv) {
-    tl_cli_common c;
-    tl_cli_common_init(&c);
-    int max_windows = 0;
+    tl_eval_cli e;
+    tl_eval_cli_init(&e);
+    tl_cli_common *c = &e.c;
+    int max_windows = 0, top_k = 32;
+    const char *kl_write = NULL, *kl_read = NULL;
     for (int i = 1; i < argc; i++) {
-        int r = tl_cli_common_arg(&c, argc, argv, &i);
+        int r = tl_eval_cli_arg(&e, argc, argv, &i);
         if (r < 0) return 2;
         if (r) continue;
-        if (!strcmp(argv[i], "--chunks") || !strcmp(argv[i], "--windows")) {
-            const char *v = tl_cli_value(argc, argv, &i);
-            if (!v || tl_cli_int(argv[i - 1], v, 0, 1 << 30, &max_windows)) return 2;
-        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             printf("usage: tailor perplexity -m MODEL -f TEXT [-c CTX] [--chunks N] [-t THREADS] [--chunk N]\n"
-                   "       [--kv SPEC] [--kv-layer OVERRIDES] [--mem]\n"
-                   "  Scores the second half of each window of CTX tokens (llama.cpp's convention).\n");
+                   "       [--kv SPEC] [--kv-layer OVERRIDES] [--mem] [--out FILE.jsonl]\n"
+                   "       [--kl-base-write FILE [--kl-topk K]] | [--kl-base FILE]\n"
+                   "  Scores the second half of each window of CTX tokens (llama.cpp's convention).\n"
+                   "  --kl-base-write stores this run's top-K log-probabilities (+ the rest mass, + the\n"
+                   "  correct token's) as a baseline; --kl-base compares this run with one: PPL(base),\n"
+                   "  PPL(new), ratio, mean/median/p99/max KLD, mean |dp| of the correct token, same top-1.\n");
             return 0;
+        }
+        const char *v = tl_cli_value(argc, argv, &i);
+        if (!v) return 2;
+        if (!strcmp(a, "--chunks") || !strcmp(a, "--windows")) {
+            if (tl_cli_int(a, v, 0, 1 << 30, &max_windows)) return 2;
+        } else if (!strcmp(a, "--kl-base-write")) kl_write = v;
+        else if (!strcmp(a, "--kl-base") || !strcmp(a, "--kl-divergence-base")) kl_read = v;
+        else if (!strcmp(a, "--kl-topk")) {
+            if (tl_cli_int(a, v, 1, 1 << 20, &top_k)) return 2;
         } else {
-            fprintf(stderr, "tailor perplexity: unknown flag '%s' (see -h)\n", argv[i]);
+            fprintf(stderr, "tailor perplexity: unknown flag '%s' (see -h)\n", a);
             return 2;
         }
     }
-    if (!c.model || !c.file) {
+    if (!c->model || !c->file) {
         fprintf(stderr, "tailor perplexity: -m MODEL and -f TEXT are required\n");
+        return 2;
+    }
+    if (kl_write && kl_read) {
+        fprintf(stderr, "tailor perplexity: give --kl-base-write (make a baseline) or --kl-base (compare), not both\n");
         return 2;
     }
     tl_error err = {{0}};
@@ -36,26 +76,70 @@ int tl_cmd_perplexity(int argc, char **argv) {
     char *text = NULL;
     int32_t *ids = NULL;
     tl_session *s = NULL;
-    tl_model *m = tl_model_load(c.model, &err);
-    if (!m) goto done;
-    if (!(text = tl_cli_read_file(c.file, &len, &err))) goto done;
+    tl_kld kld = {0};
+    bool have_kld = false;
+    tl_model *m = tl_model_load(c->model, &err);
+    if (!(e.model = m)) goto done;
+    if (!(text = tl_cli_read_file(c->file, &len, &err))) goto done;
     if (!(ids = tl_cli_tokenize(m, text, len, true, &n, &err))) {
-        tl_fail_prefix(&err, "%s", c.file);
+        tl_fail_prefix(&err, "%s", c->file);
         goto done;
     }
-    const int n_ctx = c.n_ctx > 0 ? c.n_ctx : 2048;
-    c.n_ctx = n_ctx;
-    if (!(s = tl_cli_session(m, &c, &err))) goto done;
+    const int n_ctx = c->n_ctx > 0 ? c->n_ctx : 2048;
+    c->n_ctx = n_ctx;
+    if (kl_write && tl_kld_open_write(&kld, kl_write, m->cfg.n_vocab, n_ctx, top_k, ids, (int64_t)n, &err)) goto done;
+    if (kl_read && tl_kld_open_read(&kld, kl_read, m->cfg.n_vocab, n_ctx, ids, (int64_t)n, &err)) goto done;
+    have_kld = kl_write || kl_read;
+    if (kl_read && (max_windows <= 0 || max_windows > kld.n_windows)) max_windows = kld.n_windows;
+    if (!(s = tl_cli_session(m, c, &err))) goto done;
+    int nw = (int)((int64_t)n / n_ctx);
+    if (max_windows > 0 && max_windows < nw) nw = max_windows;
+    tl_progress prog;
+    tl_progress_init(&prog, "perplexity", (int64_t)nw * n_ctx, nw, !e.quiet);
+    win_ctx wc = {have_kld ? &kld : NULL, &err, &prog, n_ctx};
     tl_ppl_result res;
-    if (tl_perplexity(s, ids, (int64_t)n, n_ctx, max_windows, true, NULL, NULL, &res, &err)) goto done;
-    printf("model %s, text %s (%zu tokens), -c %d, %d windows, %lld tokens scored, kv %s\n", c.model, c.file, n, n_ctx,
-           res.n_windows, (long long)res.n_scored, c.kv ? c.kv : "f16");
+    err.msg[0] = 0;
+    int prc = tl_perplexity(s, ids, (int64_t)n, n_ctx, max_windows, false, on_window, &wc, &res, &err);
+    tl_progress_done(&prog);
+    if (prc || err.msg[0]) goto done;
+    if (have_kld && tl_kld_finish(&kld, &err)) goto done;
+    printf("model %s, text %s (%zu tokens), -c %d, %d windows, %lld tokens scored, kv %s\n", c->model, c->file, n, n_ctx,
+           res.n_windows, (long long)res.n_scored, c->kv ? c->kv : "f16");
     printf("Final estimate: PPL = %.4f +/- %.5f\n", res.ppl, res.ppl_err);
+    cJSON *cfg = tl_eval_cli_config(&e);
+    cJSON_AddStringToObject(cfg, "text", c->file);
+    cJSON_AddNumberToObject(cfg, "ctx", n_ctx);
+    tl_eval_cli_result(&e, "perplexity", cfg, "ppl", res.ppl, res.n_scored, res.seconds, NULL);
+    if (kl_write) printf("KL baseline written to %s (top-%d log-probabilities of %lld tokens)\n", kl_write, kld.top_k,
+                         (long long)res.n_scored);
+    if (kl_read) {
+        tl_kld_stats st;
+        tl_kld_stats_get(&kld, &st);
+        cJSON_AddStringToObject(cfg, "kl_base", kl_read);
+        printf("KL divergence vs %s (%lld tokens, top-%d baseline, base tail mass %.2e):\n", kl_read, (long long)st.n,
+               kld.top_k, st.tail_mass);
+        printf("  PPL(base)          %10.4f\n  PPL(new)           %10.4f\n  PPL ratio          %10.6f\n"
+               "  mean ln ratio      %10.6f\n  mean KLD           %10.6f +/- %.6f\n  median KLD         %10.6f\n"
+               "  99th pct KLD       %10.6f\n  max KLD            %10.6f\n  mean |dp| correct  %9.4f%%\n"
+               "  RMS dp correct     %9.4f%%\n  same top-1         %9.3f%%\n",
+               st.ppl_base, st.ppl_new, st.ppl_ratio, st.mean_ln_ratio, st.kld_mean, st.kld_err, st.kld_median,
+               st.kld_p99, st.kld_max, 100 * st.mean_abs_dp, 100 * st.rms_dp, 100 * st.same_top1);
+        const struct {
+            const char *name;
+            double v;
+        } rows[] = {{"ppl_base", st.ppl_base}, {"ppl_ratio", st.ppl_ratio}, {"kld_mean", st.kld_mean},
+                    {"kld_p99", st.kld_p99}, {"kld_max", st.kld_max}, {"mean_abs_dp", st.mean_abs_dp},
+                    {"same_top1", st.same_top1}};
+        for (size_t i = 0; i < sizeof rows / sizeof *rows; i++)
+            tl_eval_cli_result(&e, "perplexity", cfg, rows[i].name, rows[i].v, st.n, res.seconds, NULL);
+    }
+    cJSON_Delete(cfg);
     fprintf(stderr, "%.1f s, %.1f tokens/s\n", res.seconds, res.n_windows * (double)n_ctx / res.seconds);
-    if (c.mem) tl_cli_print_mem(stderr, s);
+    if (c->mem) tl_cli_print_mem(stderr, s);
     rc = 0;
 done:
     if (rc) fprintf(stderr, "tailor perplexity: %s\n", err.msg);
+    if (have_kld || kld.path) tl_kld_close(&kld);
     tl_session_free(s);
     free(ids);
     free(text);

@@ -1,0 +1,65 @@
+/* runner.h: run many prompts through a model -- greedy answers or multiple-choice
+ * log-likelihoods -- with shared-prefix reuse and parallel sessions.
+ *
+ * Prefix reuse. Consecutive jobs of one worker that share a prefix (the same task-file context,
+ * the same instruction) need not recompute it: the session is cut back to the common prefix
+ * and only the rest is evaluated. That needs a session operation that forgets the tokens
+ * after position n:
+ *     int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err);
+ * The runner uses it when the library provides it (a weak reference, so this builds and runs
+ * without it) or when the caller passes its own in tl_runner.truncate; a non-zero return
+ * (e.g. a quantized store that cannot cut inside a group) falls back to a full recompute, so
+ * results never depend on whether reuse happened.
+ *
+ * Parallelism. n_parallel workers each own one session with n_threads / n_parallel threads and
+ * take a contiguous block of jobs (contiguous so that neighbours with shared prefixes land in
+ * the same session). Each session holds its own KV cache: memory grows with n_parallel. */
+#ifndef TL_EVAL_RUNNER_H
+#define TL_EVAL_RUNNER_H
+
+#include "../session.h"
+#include "report.h"
+
+typedef int (*tl_truncate_fn)(tl_session *s, int n_tokens, tl_error *err);
+typedef tl_session *(*tl_session_factory)(void *ctx, int n_ctx, int n_threads, tl_error *err);
+
+typedef struct {
+    /* in */
+    const int32_t *ids; /* prompt, BOS included when wanted */
+    int n_ids;
+    int max_new;        /* greedy tokens to generate (generation mode) */
+    bool stop_newline;  /* stop at the first line break after some text */
+    int n_choices;      /* > 0: multiple-choice mode, no generation */
+    int32_t *const *choice_ids;
+    const int *choice_len;
+    /* out */
+    char *output;       /* generated text (malloc'd) */
+    int n_gen;
+    double *choice_ll;  /* [n_choices] summed log-probabilities (malloc'd) */
+    int chosen;         /* argmax of choice_ll */
+    int reused;         /* prompt tokens taken from the cache */
+    double seconds;
+} tl_job;
+
+typedef struct {
+    tl_model *model;
+    tl_session_factory new_session; /* makes a session with the user's --kv/--chunk flags */
+    void *factory_ctx;
+    int n_threads;       /* total; 0 = 1 */
+    int n_parallel;      /* sessions; 0 = 1 */
+    bool no_reuse;
+    tl_truncate_fn truncate; /* NULL: tl_session_truncate if the library has it */
+    tl_progress *progress;   /* may be NULL; advanced by prompt tokens */
+    /* Optional: bytes one session of n_ctx tokens needs. With it, n_parallel is lowered so
+     * that all sessions fit in mem_budget bytes (0: the available physical memory * 0.8). */
+    uint64_t (*session_bytes)(void *ctx, int n_ctx);
+    uint64_t mem_budget;
+} tl_runner;
+
+/* Run all jobs; fills their outputs. Free outputs with tl_job_clear. */
+int tl_run_jobs(const tl_runner *r, tl_job *jobs, int n_jobs, tl_error *err);
+void tl_job_clear(tl_job *j);
+/* Whether prefix reuse is available (a truncate function is linked in or given). */
+bool tl_runner_can_reuse(const tl_runner *r);
+
+#endif

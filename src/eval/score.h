@@ -1,0 +1,49 @@
+/* score.h: answer scoring for the accuracy harness (NIAH, RULER-style tasks, task files).
+ *
+ * Normalization (tl_score_normalize), applied by every metric except "exact":
+ *   - UTF-8 is decoded leniently (invalid bytes become U+FFFD, never a crash);
+ *   - every Unicode White_Space codepoint (NBSP, U+2000..U+200A, U+3000, ...) and the
+ *     zero-width U+200B..U+200D / U+FEFF count as whitespace; runs collapse to one space and
+ *     the ends are trimmed;
+ *   - letters are lower-cased: ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic (a small
+ *     built-in table; other scripts are left as they are, which is what case-less scripts need);
+ *   - for "contains" and "F1": Unicode punctuation (category P) is dropped and the English
+ *     articles a/an/the are removed (SQuAD's convention).
+ * "exact" compares after whitespace collapsing, trimming and lower-casing but keeps
+ * punctuation other than a trailing . , ; : ! ? (so "71432." equals "71432").
+ * F1 is SQuAD's bag-of-tokens F1 over whitespace tokens, except that CJK ideographs, kana
+ * and hangul count as one token each (LongBench's Chinese F1 works on characters). */
+#ifndef TL_EVAL_SCORE_H
+#define TL_EVAL_SCORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef enum {
+    TL_METRIC_EXACT,    /* normalized exact match */
+    TL_METRIC_CONTAINS, /* some reference occurs in the prediction (normalized, at word bounds) */
+    TL_METRIC_F1,       /* SQuAD token F1, best over references */
+    TL_METRIC_CHOICE,   /* multiple choice: the chosen option index equals the answer */
+    TL_METRIC_ALL,      /* RULER string_match_all: fraction of references found in the output */
+    TL_METRIC_NUMBER,   /* the first number in the prediction equals the reference (passkey) */
+} tl_metric;
+
+const char *tl_metric_name(tl_metric m);
+/* "exact", "contains", "f1", "choice", "all", "number" (also "em", "string_match_all"); -1 if unknown */
+int tl_metric_parse(const char *s);
+
+/* Normalized copy (malloc'd). strip_punct also drops articles (see above). */
+char *tl_score_normalize(const char *s, bool strip_punct);
+
+double tl_score_exact(const char *pred, const char *ref);
+double tl_score_contains(const char *pred, const char *ref);
+double tl_score_f1(const char *pred, const char *ref);
+/* First maximal run of ASCII digits in pred equals ref's digits (ref trimmed). */
+double tl_score_number(const char *pred, const char *ref);
+/* Fraction of refs found in pred (normalized, word-bounded). */
+double tl_score_all(const char *pred, const char *const *refs, int n_refs);
+/* Metric over several references: max for exact/contains/f1/number, "all" semantics for ALL.
+ * CHOICE is not scored from text (the caller compares indices). */
+double tl_score(tl_metric m, const char *pred, const char *const *refs, int n_refs);
+
+#endif

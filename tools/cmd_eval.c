@@ -1,0 +1,509 @@
+/* tailor eval: score a JSONL task file with any KV policy; also the flag/config helpers the
+ * evaluation commands share (eval_cli.h).
+ *
+ * One task per line:
+ *   {"id": "q1", "prompt": "...", "answers": ["Paris"], "metric": "exact"}
+ *   {"context": "<long document>", "question": "Who ...?", "answers": ["..."], "metric": "f1"}
+ *   {"prompt": "Q: 2+2=? A:", "choices": ["3", "4", "5"], "answer": 1, "metric": "choice"}
+ * prompt = context + "\n\n" + question when there is no "prompt" (--join changes the glue).
+ * "answer" may stand for "answers" (a string, or for choice the index, the letter or the
+ * choice's text). Metrics: exact, contains, f1, number, all (RULER string_match_all), choice
+ * (log-likelihood of each choice after the prompt, as " " + choice; highest wins).
+ * "max_new" per line or --max-new (default 32) bounds greedy answers. Consecutive lines with
+ * the same context reuse its KV state when the session can truncate (see runner.h). */
+#define _GNU_SOURCE
+#include "eval_cli.h"
+#include "../include/tailor.h"
+#include "../src/eval/score.h"
+#include "../src/kv/policy.h"
+
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void tl_eval_cli_init(tl_eval_cli *e) {
+    memset(e, 0, sizeof *e);
+    tl_cli_common_init(&e->c);
+    e->n_parallel = 1;
+}
+
+int tl_eval_cli_arg(tl_eval_cli *e, int argc, char **argv, int *i) {
+    int r = tl_cli_common_arg(&e->c, argc, argv, i);
+    if (r) return r;
+    const char *a = argv[*i], *v;
+    if (!strcmp(a, "--parallel") || !strcmp(a, "-np")) {
+        if (!(v = tl_cli_value(argc, argv, i))) return -1;
+        return tl_cli_int(a, v, 1, 256, &e->n_parallel) ? -1 : 1;
+    }
+    if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
+        if (!(v = tl_cli_value(argc, argv, i))) return -1;
+        e->out = v;
+        return 1;
+    }
+    if (!strcmp(a, "--no-reuse")) return e->no_reuse = true, 1;
+    if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) return e->quiet = true, 1;
+    return 0;
+}
+
+void tl_eval_cli_help(FILE *f) {
+    fprintf(f, "  shared: -m MODEL [-t THREADS] [--chunk N] [--kv SPEC] [--kv-layer OVERRIDES] [--mem]\n"
+               "          [--parallel N] sessions side by side, threads split between them (more memory)\n"
+               "          [--out FILE.jsonl] append result lines {cmd, config, metric, value, n, seconds}\n"
+               "          [--no-reuse] never reuse a shared prompt prefix   [--quiet] no progress bar\n");
+}
+
+int tl_eval_cli_threads(const tl_eval_cli *e) {
+    if (e->c.n_threads > 0) return e->c.n_threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *err) {
+    tl_eval_cli *e = ctx;
+    tl_cli_common c = e->c;
+    c.n_ctx = n_ctx;
+    c.n_threads = n_threads;
+    tl_session *s = tl_cli_session(e->model, &c, err);
+    if (s && e->c.mem) tl_cli_print_mem(stderr, s);
+    return s;
+}
+
+/* KV bytes of a session (exact formula per layer, as session.c builds it) + activations
+ * (roughly: the chunk's buffers) */
+static uint64_t session_bytes(void *ctx, int n_ctx) {
+    tl_eval_cli *e = ctx;
+    const tl_config *c = &e->model->cfg;
+    tl_kv_plan plan = {0};
+    tl_error err;
+    if (tl_kv_plan_parse(&plan, e->c.kv ? e->c.kv : "f16", e->c.kv_layer, c->n_layer, &err)) return 0;
+    uint64_t total = 0;
+    for (int il = 0; il < c->n_layer; il++) {
+        tl_kv_shape sh = {.n_head = c->n_head, .n_head_kv = c->n_head_kv, .head_dim_k = c->head_dim_k,
+                          .head_dim_v = c->head_dim_v, .n_ctx = n_ctx,
+                          .window = c->layer_swa[il] ? c->sliding_window : 0, .scale = c->attn_scale};
+        tl_kv_layer_policy def = {.kind = TL_KV_F16};
+        const tl_kv_layer_policy *p = &plan.layers[il];
+        if (sh.window > 0 && (p->kind == TL_KV_QUANT || p->kind == TL_KV_OFFLOAD)) p = &def;
+        tl_kv_bytes b;
+        if (!tl_kv_layer_bytes_formula(p, &sh, n_ctx, &b, &err)) total += tl_kv_bytes_total(&b);
+    }
+    tl_kv_plan_free(&plan);
+    const uint64_t chunk = (uint64_t)(e->c.chunk > 0 ? e->c.chunk : 512);
+    total += chunk * 4 * (uint64_t)(4 * c->n_embd + 2 * c->n_ff + 2 * c->n_head * c->head_dim_k);
+    return total;
+}
+
+void tl_eval_cli_runner(tl_eval_cli *e, tl_runner *r, tl_progress *p) {
+    memset(r, 0, sizeof *r);
+    r->model = e->model;
+    r->new_session = tl_eval_cli_session;
+    r->factory_ctx = e;
+    r->n_threads = tl_eval_cli_threads(e);
+    r->n_parallel = e->n_parallel;
+    r->no_reuse = e->no_reuse;
+    r->progress = p;
+    r->session_bytes = session_bytes;
+}
+
+cJSON *tl_eval_cli_config(const tl_eval_cli *e) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", e->c.model ? e->c.model : "");
+    if (e->model) cJSON_AddStringToObject(o, "arch", e->model->cfg.arch_name);
+    /* the canonical plan text, so equal policies compare equal in the Pareto tool */
+    char *kv = NULL;
+    if (e->model) {
+        tl_kv_plan plan = {0};
+        tl_error err;
+        if (!tl_kv_plan_parse(&plan, e->c.kv ? e->c.kv : "f16", e->c.kv_layer, e->model->cfg.n_layer, &err)) {
+            kv = tl_kv_plan_format(&plan);
+            tl_kv_plan_free(&plan);
+        }
+    }
+    cJSON_AddStringToObject(o, "kv", kv ? kv : e->c.kv ? e->c.kv : "f16");
+    free(kv);
+    if (e->c.kv_layer) cJSON_AddStringToObject(o, "kv_layer", e->c.kv_layer);
+    cJSON_AddNumberToObject(o, "chunk", e->c.chunk > 0 ? e->c.chunk : 512);
+    cJSON_AddNumberToObject(o, "threads", tl_eval_cli_threads(e));
+    cJSON_AddNumberToObject(o, "parallel", e->n_parallel);
+    return o;
+}
+
+void tl_eval_cli_result(const tl_eval_cli *e, const char *cmd, const cJSON *config, const char *metric, double value,
+                        int64_t n, double seconds, const cJSON *extra) {
+    if (!e->out) return;
+    tl_error err = {{0}};
+    if (tl_result_append(e->out, cmd, config, metric, value, n, seconds, extra, &err))
+        fprintf(stderr, "tailor %s: --out: %s\n", cmd, err.msg);
+}
+
+int tl_parse_int_list(const char *flag, const char *s, int *out, int cap) {
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p) goto bad;
+        if (*end == 'k' || *end == 'K') {
+            v *= 1024;
+            end++;
+        }
+        if (v <= 0 || v > (1 << 24) || n == cap || (*end && *end != ',')) goto bad;
+        out[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    if (n == 0) goto bad;
+    return n;
+bad:
+    fprintf(stderr, "tailor: %s: '%s' is not a list of positive sizes like 1k,2k,4096 (at most %d)\n", flag, s, cap);
+    return -1;
+}
+
+int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap) {
+    int n = 0;
+    bool pct = false;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        double v = strtod(p, &end);
+        if (end == p || n == cap || (*end && *end != ',' && *end != '%') || !(v >= 0)) goto bad;
+        if (*end == '%') {
+            pct = true;
+            end++;
+        }
+        out[n++] = v;
+        p = *end ? end + 1 : end;
+    }
+    for (int i = 0; i < n; i++) pct |= out[i] > 1;
+    for (int i = 0; i < n; i++) {
+        if (pct) out[i] /= 100;
+        if (out[i] > 1) goto bad;
+    }
+    if (n == 0) goto bad;
+    return n;
+bad:
+    fprintf(stderr, "tailor: %s: '%s' is not a list of depths in 0..1 or 0..100%% (at most %d)\n", flag, s, cap);
+    return -1;
+}
+
+/* ---- tailor eval ---- */
+
+typedef struct {
+    char *id;
+    char *prompt;
+    char **refs;
+    int n_refs;
+    tl_metric metric;
+    int max_new;
+    char **choices;
+    int n_choices;
+    int answer_idx;
+    int32_t *ids;
+    size_t n_ids;
+    int32_t **choice_ids;
+    int *choice_len;
+    double score;
+} item;
+
+static void item_free(item *it) {
+    free(it->id);
+    free(it->prompt);
+    for (int i = 0; i < it->n_refs; i++) free(it->refs[i]);
+    free(it->refs);
+    for (int i = 0; i < it->n_choices; i++) {
+        free(it->choices[i]);
+        if (it->choice_ids) free(it->choice_ids[i]);
+    }
+    free(it->choices);
+    free(it->choice_ids);
+    free(it->choice_len);
+    free(it->ids);
+}
+
+static char *json_text(const cJSON *v) {
+    if (cJSON_IsString(v)) return tl_xstrdup(v->valuestring);
+    if (cJSON_IsNumber(v)) {
+        char b[64];
+        if (v->valuedouble == (double)(long long)v->valuedouble) snprintf(b, sizeof b, "%lld", (long long)v->valuedouble);
+        else snprintf(b, sizeof b, "%.17g", v->valuedouble);
+        return tl_xstrdup(b);
+    }
+    return NULL;
+}
+
+static int parse_item(const char *line, int lineno, const char *path, const char *join, tl_metric def_metric,
+                      int def_max_new, item *it, tl_error *err) {
+    memset(it, 0, sizeof *it);
+    it->answer_idx = -1;
+    cJSON *o = cJSON_Parse(line);
+    if (!o || !cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return tl_fail(err, "%s:%d: not a JSON object", path, lineno);
+    }
+    int rc = -1;
+    const cJSON *id = cJSON_GetObjectItem(o, "id"), *pr = cJSON_GetObjectItem(o, "prompt"),
+                *cx = cJSON_GetObjectItem(o, "context"), *q = cJSON_GetObjectItem(o, "question"),
+                *ans = cJSON_GetObjectItem(o, "answers"), *an1 = cJSON_GetObjectItem(o, "answer"),
+                *me = cJSON_GetObjectItem(o, "metric"), *ch = cJSON_GetObjectItem(o, "choices"),
+                *mn = cJSON_GetObjectItem(o, "max_new");
+    char idb[32];
+    snprintf(idb, sizeof idb, "%d", lineno);
+    it->id = id ? json_text(id) : NULL;
+    if (!it->id) it->id = tl_xstrdup(idb);
+    if (cJSON_IsString(pr)) it->prompt = tl_xstrdup(pr->valuestring);
+    else if (cJSON_IsString(cx) || cJSON_IsString(q)) {
+        const char *a = cJSON_IsString(cx) ? cx->valuestring : "", *b = cJSON_IsString(q) ? q->valuestring : "";
+        size_t n = strlen(a) + strlen(join) + strlen(b) + 1;
+        it->prompt = tl_xmalloc(n);
+        snprintf(it->prompt, n, "%s%s%s", a, *a && *b ? join : "", b);
+    } else {
+        tl_fail(err, "%s:%d: needs \"prompt\" or \"context\"/\"question\"", path, lineno);
+        goto done;
+    }
+    it->metric = def_metric;
+    if (me) {
+        int m = cJSON_IsString(me) ? tl_metric_parse(me->valuestring) : -1;
+        if (m < 0) {
+            tl_fail(err, "%s:%d: metric must be exact, contains, f1, number, all or choice", path, lineno);
+            goto done;
+        }
+        it->metric = (tl_metric)m;
+    }
+    it->max_new = cJSON_IsNumber(mn) && mn->valuedouble >= 1 ? (int)mn->valuedouble : def_max_new;
+    if (cJSON_IsArray(ch)) {
+        it->n_choices = cJSON_GetArraySize(ch);
+        it->choices = tl_xcalloc((size_t)it->n_choices + 1, sizeof(char *));
+        for (int i = 0; i < it->n_choices; i++) {
+            it->choices[i] = json_text(cJSON_GetArrayItem(ch, i));
+            if (!it->choices[i]) {
+                tl_fail(err, "%s:%d: choice %d is not a string", path, lineno, i);
+                goto done;
+            }
+        }
+        if (!me) it->metric = TL_METRIC_CHOICE;
+    }
+    const cJSON *a = ans ? ans : an1;
+    if (cJSON_IsArray(a)) {
+        for (const cJSON *x = a->child; x; x = x->next) {
+            char *t = json_text(x);
+            if (!t) continue;
+            it->refs = tl_xrealloc(it->refs, sizeof(char *) * (size_t)(it->n_refs + 1));
+            it->refs[it->n_refs++] = t;
+        }
+    } else if (a) {
+        char *t = json_text(a);
+        if (t) {
+            it->refs = tl_xmalloc(sizeof(char *));
+            it->refs[it->n_refs++] = t;
+        }
+    }
+    if (it->metric == TL_METRIC_CHOICE) {
+        if (it->n_choices < 2) {
+            tl_fail(err, "%s:%d: metric choice needs a \"choices\" list of 2 or more", path, lineno);
+            goto done;
+        }
+        /* the answer: an index, a letter A.., or the text of a choice */
+        if (cJSON_IsNumber(a) || (cJSON_IsArray(a) && cJSON_IsNumber(a->child))) {
+            const cJSON *x = cJSON_IsArray(a) ? a->child : a;
+            it->answer_idx = (int)x->valuedouble;
+        } else if (it->n_refs > 0) {
+            const char *r = it->refs[0];
+            for (int i = 0; i < it->n_choices && it->answer_idx < 0; i++)
+                if (!strcmp(r, it->choices[i])) it->answer_idx = i;
+            if (it->answer_idx < 0 && strlen(r) == 1 && toupper((unsigned char)r[0]) >= 'A')
+                it->answer_idx = toupper((unsigned char)r[0]) - 'A';
+        }
+        if (it->answer_idx < 0 || it->answer_idx >= it->n_choices) {
+            tl_fail(err, "%s:%d: the answer names no choice (give its index, letter or text)", path, lineno);
+            goto done;
+        }
+    } else if (it->n_refs == 0) {
+        tl_fail(err, "%s:%d: needs \"answers\" (or \"answer\")", path, lineno);
+        goto done;
+    }
+    rc = 0;
+done:
+    cJSON_Delete(o);
+    if (rc) item_free(it);
+    return rc;
+}
+
+static void help_eval(void) {
+    printf("usage: tailor eval -m MODEL --tasks FILE.jsonl [--metric M] [--max-new N] [--join TEXT] [--limit N]\n"
+           "       [--pred FILE.jsonl]\n"
+           "  Scores each line {prompt | context+question, answers, metric[, choices, max_new]} with greedy\n"
+           "  answers (exact, contains, f1, number, all) or choice log-likelihoods, and prints the mean\n"
+           "  score per metric and overall. --pred writes each item's output and score.\n");
+    tl_eval_cli_help(stdout);
+}
+
+int tl_cmd_eval(int argc, char **argv) {
+    tl_eval_cli e;
+    tl_eval_cli_init(&e);
+    const char *tasks = NULL, *join = "\n\n", *pred = NULL;
+    int max_new = 32, limit = 0, def_metric = TL_METRIC_CONTAINS;
+    for (int i = 1; i < argc; i++) {
+        int r = tl_eval_cli_arg(&e, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r) continue;
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            help_eval();
+            return 0;
+        }
+        if (!(v = tl_cli_value(argc, argv, &i))) return 2;
+        if (!strcmp(a, "--tasks")) tasks = v;
+        else if (!strcmp(a, "--join")) join = v;
+        else if (!strcmp(a, "--pred")) pred = v;
+        else if (!strcmp(a, "--max-new")) {
+            if (tl_cli_int(a, v, 1, 1 << 20, &max_new)) return 2;
+        } else if (!strcmp(a, "--limit")) {
+            if (tl_cli_int(a, v, 0, INT_MAX, &limit)) return 2;
+        } else if (!strcmp(a, "--metric")) {
+            if ((def_metric = tl_metric_parse(v)) < 0) {
+                fprintf(stderr, "tailor eval: --metric: '%s' unknown (exact, contains, f1, number, all, choice)\n", v);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "tailor eval: unknown flag '%s' (see -h)\n", a);
+            return 2;
+        }
+    }
+    if (!e.c.model || !tasks) {
+        fprintf(stderr, "tailor eval: -m MODEL and --tasks FILE.jsonl are required\n");
+        return 2;
+    }
+    tl_error err = {{0}};
+    int rc = 1, n_items = 0;
+    item *items = NULL;
+    tl_job *jobs = NULL;
+    size_t len = 0;
+    char *text = tl_cli_read_file(tasks, &len, &err);
+    if (!text) goto done;
+    if (!(e.model = tl_model_load(e.c.model, &err))) goto done;
+    /* parse and tokenize */
+    int lineno = 0;
+    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        lineno++;
+        while (*line == ' ' || *line == '\t' || *line == '\r') line++;
+        if (!*line) continue;
+        if (limit && n_items >= limit) break;
+        items = tl_xrealloc(items, sizeof(item) * (size_t)(n_items + 1));
+        if (parse_item(line, lineno, tasks, join, (tl_metric)def_metric, max_new, &items[n_items], &err)) goto done;
+        item *it = &items[n_items++];
+        if (!(it->ids = tl_cli_tokenize(e.model, it->prompt, strlen(it->prompt), true, &it->n_ids, &err))) {
+            tl_fail_prefix(&err, "%s:%d", tasks, lineno);
+            goto done;
+        }
+        if (it->n_ids == 0) {
+            tl_fail(&err, "%s:%d: empty prompt", tasks, lineno);
+            goto done;
+        }
+        if (it->n_choices) {
+            it->choice_ids = tl_xcalloc((size_t)it->n_choices, sizeof(int32_t *));
+            it->choice_len = tl_xcalloc((size_t)it->n_choices, sizeof(int));
+            for (int c = 0; c < it->n_choices; c++) {
+                size_t n = strlen(it->choices[c]) + 2, nt = 0;
+                char *t = tl_xmalloc(n);
+                /* the continuation follows the prompt after a space, lm-eval's target delimiter */
+                snprintf(t, n, "%s%s", isspace((unsigned char)it->choices[c][0]) ? "" : " ", it->choices[c]);
+                size_t cap = n + 8;
+                it->choice_ids[c] = tl_xmalloc(sizeof(int32_t) * cap);
+                if (tl_tokenize(e.model->tok, t, strlen(t), false, false, it->choice_ids[c], cap, &nt, &err) ||
+                    nt > cap || nt == 0) {
+                    free(t);
+                    tl_fail(&err, "%s:%d: choice %d does not tokenize", tasks, lineno, c);
+                    goto done;
+                }
+                free(t);
+                it->choice_len[c] = (int)nt;
+            }
+        }
+    }
+    if (n_items == 0) {
+        tl_fail(&err, "%s: no tasks", tasks);
+        goto done;
+    }
+    jobs = tl_xcalloc((size_t)n_items, sizeof *jobs);
+    int64_t total = 0;
+    for (int i = 0; i < n_items; i++) {
+        item *it = &items[i];
+        jobs[i] = (tl_job){.ids = it->ids, .n_ids = (int)it->n_ids, .max_new = it->metric == TL_METRIC_CHOICE ? 0 : it->max_new,
+                           .stop_newline = it->metric != TL_METRIC_ALL, .n_choices = it->metric == TL_METRIC_CHOICE ? it->n_choices : 0,
+                           .choice_ids = it->choice_ids, .choice_len = it->choice_len};
+        total += (int64_t)it->n_ids;
+    }
+    tl_progress prog;
+    tl_progress_init(&prog, "eval", total, n_items, !e.quiet);
+    tl_runner run;
+    tl_eval_cli_runner(&e, &run, &prog);
+    const double t0 = tl_time_s();
+    int jrc = tl_run_jobs(&run, jobs, n_items, &err);
+    const double secs = tl_time_s() - t0;
+    tl_progress_done(&prog);
+    if (jrc) goto done;
+    /* score */
+    double sum[6] = {0}, all = 0;
+    int cnt[6] = {0};
+    int64_t reused = 0;
+    FILE *pf = pred ? fopen(pred, "w") : NULL;
+    if (pred && !pf) fprintf(stderr, "tailor eval: --pred %s: cannot open\n", pred);
+    for (int i = 0; i < n_items; i++) {
+        item *it = &items[i];
+        tl_job *j = &jobs[i];
+        reused += j->reused;
+        it->score = it->metric == TL_METRIC_CHOICE ? (double)(j->chosen == it->answer_idx)
+                                                   : tl_score(it->metric, j->output ? j->output : "",
+                                                              (const char *const *)it->refs, it->n_refs);
+        sum[it->metric] += it->score;
+        cnt[it->metric]++;
+        all += it->score;
+        if (pf) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "id", it->id);
+            cJSON_AddStringToObject(o, "metric", tl_metric_name(it->metric));
+            if (it->metric == TL_METRIC_CHOICE) {
+                cJSON_AddNumberToObject(o, "chosen", j->chosen);
+                cJSON_AddNumberToObject(o, "answer", it->answer_idx);
+            } else
+                cJSON_AddStringToObject(o, "output", j->output ? j->output : "");
+            cJSON_AddNumberToObject(o, "score", it->score);
+            cJSON_AddNumberToObject(o, "prompt_tokens", (double)it->n_ids);
+            cJSON_AddNumberToObject(o, "seconds", j->seconds);
+            char *s = cJSON_PrintUnformatted(o);
+            fprintf(pf, "%s\n", s);
+            free(s);
+            cJSON_Delete(o);
+        }
+    }
+    if (pf) fclose(pf);
+    cJSON *cfg = tl_eval_cli_config(&e);
+    cJSON_AddStringToObject(cfg, "tasks", tasks);
+    printf("| metric | n | score |\n| --- | ---: | ---: |\n");
+    for (int m = 0; m < 6; m++) {
+        if (!cnt[m]) continue;
+        printf("| %s | %d | %.4f |\n", tl_metric_name((tl_metric)m), cnt[m], sum[m] / cnt[m]);
+        char name[32];
+        snprintf(name, sizeof name, "eval_%s", tl_metric_name((tl_metric)m));
+        tl_eval_cli_result(&e, "eval", cfg, name, sum[m] / cnt[m], cnt[m], secs, NULL);
+    }
+    printf("| all | %d | %.4f |\n", n_items, all / n_items);
+    tl_eval_cli_result(&e, "eval", cfg, "eval_score", all / n_items, n_items, secs, NULL);
+    cJSON_Delete(cfg);
+    fprintf(stderr, "eval: %d items, %.1f s, %lld prompt tokens reused from the cache%s\n", n_items, secs,
+            (long long)reused, tl_runner_can_reuse(&run) ? "" : " (the session cannot truncate: no reuse)");
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "tailor eval: %s\n", err.msg);
+    for (int i = 0; i < n_items; i++) {
+        item_free(&items[i]);
+        if (jobs) tl_job_clear(&jobs[i]);
+    }
+    free(items);
+    free(jobs);
+    free(text);
+    tl_model_free(e.model);
+    return rc;
+}

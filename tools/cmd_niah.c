@@ -1,0 +1,276 @@
+/* tailor niah: needle-in-a-haystack grid over context lengths and needle depths.
+ * Each cell is -n samples of one needle (passkey or RULER's "special magic number") placed at
+ * a token-exact depth in a haystack of essays (src/eval/tasks.h), answered greedily and scored
+ * by exact match of the first number in the answer. Prints a table (depth x length), and writes
+ * CSV / JSON / SVG heatmap and result lines on request. */
+#define _GNU_SOURCE
+#include "eval_cli.h"
+#include "../include/tailor.h"
+#include "../src/eval/tasks.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_GRID 64
+
+static void help(void) {
+    printf("usage: tailor niah -m MODEL [--lengths 1k,2k,4k,8k] [--depths 0,25,50,75,100] [-n SAMPLES]\n"
+           "       [--needle passkey|magic] [--haystack DIR] [-s SEED] [--csv F] [--json F] [--svg F]\n"
+           "  Lengths are whole prompts in tokens (instruction + haystack + needle + question).\n"
+           "  The needle starts at instruction + round(depth * haystack tokens), token-exact.\n");
+    tl_eval_cli_help(stdout);
+}
+
+const char *tl_default_haystack(void);
+const char *tl_default_haystack(void) {
+    static const char *const cands[] = {"../shared/data/pg_essays", "../../shared/data/pg_essays",
+                                        "/work/shared/data/pg_essays"};
+    const char *env = getenv("TL_SHARED");
+    static char buf[4096];
+    if (env && *env) {
+        snprintf(buf, sizeof buf, "%s/data/pg_essays", env);
+        return buf;
+    }
+    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++) {
+        FILE *f = fopen(cands[i], "r");
+        if (f) {
+            fclose(f);
+            return cands[i];
+        }
+    }
+    return cands[0];
+}
+
+static void csv_field(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+int tl_cmd_niah(int argc, char **argv) {
+    tl_eval_cli e;
+    tl_eval_cli_init(&e);
+    int lengths[MAX_GRID] = {1024, 2048, 4096, 8192}, nl = 4, samples = 1;
+    double depths[MAX_GRID] = {0, 0.25, 0.5, 0.75, 1}, nd_unused = 0;
+    (void)nd_unused;
+    int nd = 5;
+    const char *hay_dir = NULL, *csv = NULL, *json = NULL, *svg = NULL, *needle = "passkey";
+    e.c.sp.seed = 1234;
+    for (int i = 1; i < argc; i++) {
+        int r = tl_eval_cli_arg(&e, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r) continue;
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            help();
+            return 0;
+        }
+        if (!(v = tl_cli_value(argc, argv, &i))) return 2;
+        if (!strcmp(a, "--lengths") || !strcmp(a, "-L")) {
+            if ((nl = tl_parse_int_list(a, v, lengths, MAX_GRID)) < 0) return 2;
+        } else if (!strcmp(a, "--depths")) {
+            if ((nd = tl_parse_depth_list(a, v, depths, MAX_GRID)) < 0) return 2;
+        } else if (!strcmp(a, "--samples")) {
+            if (tl_cli_int(a, v, 1, 1 << 20, &samples)) return 2;
+        } else if (!strcmp(a, "--haystack")) hay_dir = v;
+        else if (!strcmp(a, "--csv")) csv = v;
+        else if (!strcmp(a, "--json")) json = v;
+        else if (!strcmp(a, "--svg")) svg = v;
+        else if (!strcmp(a, "--needle")) {
+            if (strcmp(v, "passkey") && strcmp(v, "magic")) {
+                fprintf(stderr, "tailor niah: --needle: '%s' is not passkey or magic\n", v);
+                return 2;
+            }
+            needle = v;
+        } else {
+            fprintf(stderr, "tailor niah: unknown flag '%s' (see -h)\n", a);
+            return 2;
+        }
+    }
+    /* -n is the common "tokens to predict" flag; here it counts samples per cell */
+    if (e.c.n_predict != 128) samples = e.c.n_predict > 0 ? e.c.n_predict : 1;
+    if (e.c.n_ctx > 0 && nl == 4 && lengths[0] == 1024) {
+        lengths[0] = e.c.n_ctx; /* -c LEN alone: a one-length grid */
+        nl = 1;
+    }
+    if (!e.c.model) {
+        fprintf(stderr, "tailor niah: -m MODEL is required\n");
+        return 2;
+    }
+    if (!hay_dir) hay_dir = tl_default_haystack();
+    tl_error err = {{0}};
+    int rc = 1, n_jobs = nl * nd * samples, maxlen = 0;
+    tl_haystack hay = {0};
+    tl_task_sample *ts = tl_xcalloc((size_t)n_jobs, sizeof *ts);
+    tl_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
+    double *acc = tl_xcalloc((size_t)(nl * nd), sizeof(double)), *secs = tl_xcalloc((size_t)nl, sizeof(double));
+    for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
+    const tl_task_kind kind = !strcmp(needle, "passkey") ? TL_TASK_PASSKEY : TL_TASK_NIAH_SINGLE;
+    if (!(e.model = tl_model_load(e.c.model, &err))) goto done;
+    const double tl0 = tl_time_s();
+    if (tl_haystack_from_dir(&hay, e.model->tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
+    fprintf(stderr, "niah: haystack %s: %d sentences, %lld tokens (%.1f s)\n", hay_dir, hay.n_sent,
+            (long long)hay.n_ids, tl_time_s() - tl0);
+    int64_t total = 0;
+    for (int li = 0, k = 0; li < nl; li++)
+        for (int di = 0; di < nd; di++)
+            for (int si = 0; si < samples; si++, k++) {
+                /* one seed per (sample, depth, length): reproducible cell by cell */
+                const uint64_t seed = e.c.sp.seed * 1000003ull + (uint64_t)si * 7919 + (uint64_t)di * 104729 +
+                                      (uint64_t)lengths[li] * 31;
+                if (tl_task_generate(&ts[k], kind, e.model->tok, &hay, lengths[li], depths[di], seed, &err)) {
+                    tl_fail_prefix(&err, "length %d depth %g", lengths[li], depths[di]);
+                    goto done;
+                }
+                jobs[k] = (tl_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
+                                   .stop_newline = ts[k].stop_newline};
+                total += ts[k].prompt.n;
+            }
+    tl_progress prog;
+    tl_progress_init(&prog, "niah", total, n_jobs, !e.quiet);
+    tl_runner run;
+    tl_eval_cli_runner(&e, &run, &prog);
+    const double t0 = tl_time_s();
+    int jrc = tl_run_jobs(&run, jobs, n_jobs, &err);
+    const double all_secs = tl_time_s() - t0;
+    tl_progress_done(&prog);
+    if (jrc) goto done;
+    double mean = 0;
+    for (int li = 0, k = 0; li < nl; li++)
+        for (int di = 0; di < nd; di++)
+            for (int si = 0; si < samples; si++, k++) {
+                const double sc = tl_score(ts[k].metric, jobs[k].output, (const char *const *)ts[k].refs, ts[k].n_refs);
+                acc[di * nl + li] += sc / samples;
+                secs[li] += jobs[k].seconds;
+                mean += sc / n_jobs;
+            }
+    /* table */
+    printf("NIAH (%s needle), %s, kv %s, %d sample(s) per cell\n\n| depth \\ length |", needle, e.c.model,
+           e.c.kv ? e.c.kv : "f16", samples);
+    for (int li = 0; li < nl; li++) printf(" %d |", lengths[li]);
+    printf(" mean |\n| --- |");
+    for (int li = 0; li <= nl; li++) printf(" ---: |");
+    printf("\n");
+    for (int di = 0; di < nd; di++) {
+        printf("| %.0f%% |", depths[di] * 100);
+        double m = 0;
+        for (int li = 0; li < nl; li++) {
+            printf(" %.2f |", acc[di * nl + li]);
+            m += acc[di * nl + li] / nl;
+        }
+        printf(" %.2f |\n", m);
+    }
+    printf("| mean |");
+    for (int li = 0; li < nl; li++) {
+        double m = 0;
+        for (int di = 0; di < nd; di++) m += acc[di * nl + li] / nd;
+        printf(" %.2f |", m);
+    }
+    printf(" %.2f |\n| seconds |", mean);
+    for (int li = 0; li < nl; li++) printf(" %.0f |", secs[li]);
+    printf(" %.0f |\n", all_secs);
+    /* files */
+    cJSON *cfg = tl_eval_cli_config(&e);
+    cJSON_AddStringToObject(cfg, "needle", needle);
+    cJSON_AddStringToObject(cfg, "haystack", hay_dir);
+    cJSON_AddNumberToObject(cfg, "seed", (double)e.c.sp.seed);
+    const char *metric = kind == TL_TASK_PASSKEY ? "niah_passkey_acc" : "niah_magic_acc";
+    for (int li = 0; li < nl; li++)
+        for (int di = 0; di < nd; di++) {
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddNumberToObject(x, "length", lengths[li]);
+            cJSON_AddNumberToObject(x, "depth", depths[di]);
+            double cs = 0;
+            for (int si = 0; si < samples; si++) cs += jobs[(li * nd + di) * samples + si].seconds;
+            tl_eval_cli_result(&e, "niah", cfg, metric, acc[di * nl + li], samples, cs, x);
+            cJSON_Delete(x);
+        }
+    tl_eval_cli_result(&e, "niah", cfg, metric, mean, n_jobs, all_secs, NULL);
+    if (csv) {
+        FILE *f = fopen(csv, "w");
+        if (!f) fprintf(stderr, "tailor niah: --csv %s: cannot open\n", csv);
+        else {
+            fprintf(f, "length,depth,sample,needle_pos,expected,output,score,seconds,reused\n");
+            for (int li = 0, k = 0; li < nl; li++)
+                for (int di = 0; di < nd; di++)
+                    for (int si = 0; si < samples; si++, k++) {
+                        fprintf(f, "%d,%g,%d,%d,%s,", lengths[li], depths[di], si, ts[k].prompt.needle_pos[0],
+                                ts[k].refs[0]);
+                        csv_field(f, jobs[k].output);
+                        fprintf(f, ",%g,%.3f,%d\n", tl_score(ts[k].metric, jobs[k].output,
+                                                             (const char *const *)ts[k].refs, ts[k].n_refs),
+                                jobs[k].seconds, jobs[k].reused);
+                    }
+            fclose(f);
+        }
+    }
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "config", cJSON_Duplicate(cfg, 1));
+        cJSON_AddItemToObject(o, "lengths", cJSON_CreateIntArray(lengths, nl));
+        cJSON_AddItemToObject(o, "depths", cJSON_CreateDoubleArray(depths, nd));
+        cJSON *cells = cJSON_AddArrayToObject(o, "cells");
+        for (int li = 0, k = 0; li < nl; li++)
+            for (int di = 0; di < nd; di++) {
+                cJSON *c = cJSON_CreateObject();
+                cJSON_AddNumberToObject(c, "length", lengths[li]);
+                cJSON_AddNumberToObject(c, "depth", depths[di]);
+                cJSON_AddNumberToObject(c, "accuracy", acc[di * nl + li]);
+                cJSON *outs = cJSON_AddArrayToObject(c, "samples");
+                for (int si = 0; si < samples; si++, k++) {
+                    cJSON *s = cJSON_CreateObject();
+                    cJSON_AddStringToObject(s, "expected", ts[k].refs[0]);
+                    cJSON_AddStringToObject(s, "output", jobs[k].output);
+                    cJSON_AddNumberToObject(s, "needle_pos", ts[k].prompt.needle_pos[0]);
+                    cJSON_AddNumberToObject(s, "seconds", jobs[k].seconds);
+                    cJSON_AddItemToArray(outs, s);
+                }
+                cJSON_AddItemToArray(cells, c);
+            }
+        cJSON_AddNumberToObject(o, "mean", mean);
+        cJSON_AddNumberToObject(o, "seconds", all_secs);
+        char *s = cJSON_Print(o);
+        if (tl_write_file(json, s, strlen(s), &err)) fprintf(stderr, "tailor niah: --json: %s\n", err.msg);
+        free(s);
+        cJSON_Delete(o);
+    }
+    if (svg) {
+        char xs[MAX_GRID][16], ys[MAX_GRID][16], title[512];
+        const char *xp[MAX_GRID], *yp[MAX_GRID];
+        for (int li = 0; li < nl; li++) {
+            if (lengths[li] % 1024 == 0) snprintf(xs[li], 16, "%dk", lengths[li] / 1024);
+            else snprintf(xs[li], 16, "%d", lengths[li]);
+            xp[li] = xs[li];
+        }
+        for (int di = 0; di < nd; di++) {
+            snprintf(ys[di], 16, "%.0f%%", depths[di] * 100);
+            yp[di] = ys[di];
+        }
+        const char *base = strrchr(e.c.model, '/');
+        snprintf(title, sizeof title, "NIAH %s: %s, kv %s (mean %.2f)", needle, base ? base + 1 : e.c.model,
+                 e.c.kv ? e.c.kv : "f16", mean);
+        char *s = tl_svg_heatmap(title, "prompt length (tokens)", xp, nl, "needle depth", yp, nd, acc);
+        if (tl_write_file(svg, s, strlen(s), &err)) fprintf(stderr, "tailor niah: --svg: %s\n", err.msg);
+        free(s);
+    }
+    cJSON_Delete(cfg);
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "tailor niah: %s\n", err.msg);
+    for (int k = 0; k < n_jobs; k++) {
+        tl_task_sample_free(&ts[k]);
+        tl_job_clear(&jobs[k]);
+    }
+    free(ts);
+    free(jobs);
+    free(acc);
+    free(secs);
+    tl_haystack_free(&hay);
+    tl_model_free(e.model);
+    return rc;
+}

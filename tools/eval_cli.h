@@ -1,0 +1,40 @@
+/* eval_cli.h: what the evaluation commands (perplexity, niah, ruler, eval) share on top of
+ * cli.h: the extra flags --parallel --out --no-reuse, the session factory for the runner
+ * (honouring --kv/--kv-layer/--chunk) and the "config" object of result lines.
+ * Implemented in cmd_eval.c. */
+#ifndef TL_EVAL_CLI_H
+#define TL_EVAL_CLI_H
+
+#include "cli.h"
+#include "../src/eval/runner.h"
+
+typedef struct {
+    tl_cli_common c;
+    int n_parallel;     /* --parallel N: sessions run side by side */
+    const char *out;    /* --out FILE.jsonl: result lines appended */
+    bool no_reuse;      /* --no-reuse: recompute shared prefixes */
+    bool quiet;         /* --quiet: no progress bar */
+    tl_model *model;
+} tl_eval_cli;
+
+void tl_eval_cli_init(tl_eval_cli *e);
+/* common flags + the ones above; 1 consumed, 0 not ours, -1 bad value */
+int tl_eval_cli_arg(tl_eval_cli *e, int argc, char **argv, int *i);
+/* help text of the shared flags */
+void tl_eval_cli_help(FILE *f);
+/* threads to use in total: -t, else the online CPUs */
+int tl_eval_cli_threads(const tl_eval_cli *e);
+/* the runner's session factory; ctx is the tl_eval_cli */
+tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *err);
+void tl_eval_cli_runner(tl_eval_cli *e, tl_runner *r, tl_progress *p);
+/* {"model", "kv", "kv_layer", "chunk", "threads", "parallel", "arch"} plus what the command adds */
+cJSON *tl_eval_cli_config(const tl_eval_cli *e);
+/* Append a result line when --out was given (errors printed, not fatal). */
+void tl_eval_cli_result(const tl_eval_cli *e, const char *cmd, const cJSON *config, const char *metric, double value,
+                        int64_t n, double seconds, const cJSON *extra);
+/* "1k,2k,4096" -> ints (k = 1024); returns the count, -1 on error (message printed) */
+int tl_parse_int_list(const char *flag, const char *s, int *out, int cap);
+/* "0,25,50,75,100" (percent when any value > 1) or "0,0.5,1" -> fractions */
+int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap);
+
+#endif
