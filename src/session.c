@@ -169,6 +169,23 @@ void tl_session_reset(tl_session *s) {
 
 int tl_session_n_past(const tl_session *s) { return s->n_past; }
 
+int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err) {
+    if (n_tokens < 0 || n_tokens > s->n_past)
+        return tl_fail(err, "truncate to %d tokens: the session holds %d", n_tokens, s->n_past);
+    if (n_tokens == s->n_past) return 0;
+    if (s->gpu) return tl_fail(err, "truncate: not supported by the CUDA backend yet");
+    const int L = s->model->cfg.n_layer;
+    for (int pass = 0; pass < 2; pass++) /* check every layer first, then cut */
+        for (int il = 0; il < L; il++) {
+            tl_kv_layer *l = s->kv[il];
+            if (!l->ops->truncate)
+                return tl_fail(err, "truncate: layer %d's %s KV store cannot drop tokens", il, l->ops->name);
+            if (l->ops->truncate(l, n_tokens, pass == 0, err)) return tl_fail_prefix(err, "layer %d", il);
+        }
+    s->n_past = n_tokens;
+    return 0;
+}
+
 static void *act_alloc(tl_session *s, size_t bytes) {
     void *p = tl_amalloc(bytes);
     if (!p) {

@@ -67,6 +67,11 @@ typedef struct {
 
 void tl_session_memory(const tl_session *s, tl_session_mem *out);
 
+/* Keep the first n_tokens of the sequence (to reuse a shared prefix). All or nothing: when
+ * a layer's store cannot (quantized codes, a moved sliding window, the GPU backend) the
+ * session is unchanged and err says which layer and why. */
+int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err);
+
 /* The query projection of layer il for n rows of normed input xn: Wq (+bias), gemma3's
  * q-norm, and RoPE at positions pos0.. . Writes [n][n_head*head_dim_k]. Used by the forward
  * pass and by query prediction for the next layer. */

@@ -101,8 +101,11 @@ static void test_kld(tl_model *m) {
     free(text);
 }
 
+/* f32 KV: a reused prefix is then bit-identical to one attended in the same chunk, so the
+ * runner's results can be compared exactly with sessions evaluated from scratch. */
 static tl_session *factory(void *ctx, int n_ctx, int n_threads, tl_error *err) {
     tl_session_params p = tl_session_default_params();
+    p.kv = "f32";
     p.n_ctx = n_ctx;
     p.n_threads = n_threads;
     p.chunk = 32;
@@ -186,17 +189,6 @@ static void test_runner(tl_model *m) {
     for (int i = 0; i < NJ; i++) free(ids[i]);
 }
 
-/* What tl_session_truncate would do for dense full-attention stores (they keep every row, so
- * forgetting the tail is setting the count): lets the test drive the runner's reuse path. */
-static int dense_truncate(tl_session *s, int n, tl_error *err) {
-    for (int il = 0; il < s->model->cfg.n_layer; il++)
-        if (strcmp(s->kv[il]->ops->name, "dense") || s->kv[il]->shape.window)
-            return tl_fail(err, "layer %d: cannot truncate", il);
-    for (int il = 0; il < s->model->cfg.n_layer; il++) s->kv[il]->n_tokens = n;
-    s->n_past = n;
-    return 0;
-}
-
 static int failing_truncate(tl_session *s, int n, tl_error *err) { return tl_fail(err, "no"); }
 
 /* Prompts sharing a long prefix give the same answers with and without reuse, and reuse
@@ -214,7 +206,7 @@ static void test_reuse(tl_model *m) {
         ids[i] = tokenize(m, buf, true, &nids[i]);
     }
     tl_job J[3][NJ];
-    tl_truncate_fn fns[3] = {NULL, dense_truncate, failing_truncate};
+    tl_truncate_fn fns[3] = {NULL, tl_session_truncate, failing_truncate};
     for (int v = 0; v < 3; v++) {
         for (int i = 0; i < NJ; i++) J[v][i] = (tl_job){.ids = ids[i], .n_ids = nids[i], .max_new = 10};
         tl_runner r = {.model = m, .new_session = factory, .factory_ctx = m, .n_threads = 1, .n_parallel = 1,

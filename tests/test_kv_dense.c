@@ -107,6 +107,34 @@ int main(void) {
         CHECK(strstr(err.msg, "KV cache full") != NULL);
         tl_kv_destroy(l);
     }
+    /* truncate: cutting back and re-appending the same tokens gives the same outputs; a
+     * window store refuses once the window has moved past the cut */
+    {
+        tl_kv_shape sh = llama;
+        tl_error err;
+        const int n = 40, qd = sh.n_head * sh.head_dim_k, kd = sh.n_head_kv * sh.head_dim_k;
+        float *q = calloc((size_t)n * qd, 4), *k = calloc((size_t)n * kd, 4), *o1 = calloc((size_t)n * qd, 4),
+              *o2 = calloc((size_t)n * qd, 4);
+        uint64_t seed = 99;
+        for (int i = 0; i < n * qd; i++) q[i] = frand(&seed);
+        for (int i = 0; i < n * kd; i++) k[i] = frand(&seed);
+        tl_kv_layer *l = tl_kv_dense_new(TL_KV_F32, &sh, &err);
+        CHECK(tl_kv_forward(l, pool, 30, q, k, k, o1, &err) == 0);
+        CHECK(tl_kv_forward(l, pool, 10, q + 30 * qd, k + 30 * kd, k + 30 * kd, o1 + 30 * qd, &err) == 0);
+        CHECK(l->ops->truncate(l, 30, false, &err) == 0 && l->n_tokens == 30);
+        CHECK(tl_kv_forward(l, pool, 10, q + 30 * qd, k + 30 * kd, k + 30 * kd, o2 + 30 * qd, &err) == 0);
+        CHECK(!memcmp(o1 + 30 * qd, o2 + 30 * qd, sizeof(float) * 10 * qd));
+        CHECK(l->ops->truncate(l, 41, true, &err) != 0);
+        tl_kv_destroy(l);
+        sh.window = 16;
+        l = tl_kv_dense_new(TL_KV_F32, &sh, &err);
+        CHECK(tl_kv_forward(l, pool, 12, q, k, k, o1, &err) == 0);
+        CHECK(l->ops->truncate(l, 5, true, &err) == 0); /* nothing overwritten yet */
+        CHECK(tl_kv_forward(l, pool, 10, q + 12 * qd, k + 12 * kd, k + 12 * kd, o1, &err) == 0);
+        CHECK(l->ops->truncate(l, 5, true, &err) != 0 && strstr(err.msg, "sliding window"));
+        tl_kv_destroy(l);
+        free(q), free(k), free(o1), free(o2);
+    }
     tl_pool_free(pool);
     return tl_test_done();
 }

@@ -9,12 +9,10 @@
 #include <unistd.h>
 
 /* Provided by session.c once it exists; NULL here until then (see runner.h). */
-extern int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err) __attribute__((weak));
-
 static tl_truncate_fn truncate_fn(const tl_runner *r) {
     if (r->no_reuse) return NULL;
     if (r->truncate) return r->truncate;
-    return tl_session_truncate ? tl_session_truncate : NULL;
+    return tl_session_truncate; /* stores that cannot cut make feed() recompute from scratch */
 }
 
 bool tl_runner_can_reuse(const tl_runner *r) { return truncate_fn(r) != NULL; }

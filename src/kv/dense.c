@@ -300,6 +300,17 @@ static void dense_bytes(const tl_kv_layer *l, tl_kv_bytes *b) {
 
 static void dense_clear(tl_kv_layer *l) { l->n_tokens = 0; }
 
+/* Rows of the ring hold positions [n_tokens - cap, n_tokens): cutting back to n needs
+ * [n - cap, n), which later positions have overwritten once the ring has wrapped. */
+static int dense_truncate(tl_kv_layer *l, int n, bool dry_run, tl_error *err) {
+    const dense_layer *d = (const dense_layer *)l;
+    if (n < 0 || n > l->n_tokens) return tl_fail(err, "truncate to %d tokens: the cache holds %d", n, l->n_tokens);
+    if (n < l->n_tokens && l->n_tokens > d->cap)
+        return tl_fail(err, "truncate to %d tokens: the sliding window of %d has moved past it", n, d->cap);
+    if (!dry_run) l->n_tokens = n;
+    return 0;
+}
+
 static void dense_destroy(tl_kv_layer *l) {
     dense_layer *d = (dense_layer *)l;
     tl_afree(d->k);
@@ -307,7 +318,7 @@ static void dense_destroy(tl_kv_layer *l) {
     free(d);
 }
 
-static const tl_kv_ops dense_ops = {"dense", dense_forward, dense_bytes, dense_clear, dense_destroy, NULL, false};
+static const tl_kv_ops dense_ops = {"dense", dense_forward, dense_bytes, dense_clear, dense_destroy, NULL, false, dense_truncate};
 
 tl_kv_layer *tl_kv_dense_new(tl_kv_kind type, const tl_kv_shape *s, tl_error *err) {
     if (type != TL_KV_F32 && type != TL_KV_F16 && type != TL_KV_BF16) {

@@ -64,6 +64,10 @@ typedef struct {
      * called when `wants_query_prediction` is true. */
     void (*predicted_query)(tl_kv_layer *l, tl_pool *pool, int n_tok, const float *q_pred);
     bool wants_query_prediction;
+    /* Optional (NULL: the store cannot): keep only the first n_tokens tokens, so that a new
+     * continuation can reuse a shared prefix. With dry_run it only says whether it could
+     * (0) or why not (-1 with err), changing nothing. */
+    int (*truncate)(tl_kv_layer *l, int n_tokens, bool dry_run, tl_error *err);
 } tl_kv_ops;
 
 struct tl_kv_layer {
