@@ -1,0 +1,166 @@
+/* tailor calibrate: TailorKV's per-layer dense/sparse identification; prints a table, writes
+ * the plan (JSON, for --kv tailor:plan=FILE) and an SVG bar chart of the scores. */
+#include "cli.h"
+#include "../src/calibrate.h"
+#include "../src/kv/tailor_plan.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void help(void) {
+    printf("usage: tailor calibrate -m MODEL -f TEXT [-c CTX] [--tau 0.2] [--top 0.05] [--nq 32] -o plan.json\n"
+           "       [--svg scores.svg] [-t THREADS] [--chunk N]\n"
+           "  Prefills the first CTX tokens of TEXT (default 4096, or all of it if shorter) with f32 KV,\n"
+           "  scores each layer by the attention mass outside each of the last NQ query rows' top TOP\n"
+           "  fraction of keys (mean over rows and heads), and marks a layer dense (quantize) if its\n"
+           "  score > TAU, else sparse (offload + retrieve). Sliding-window layers are 'window'.\n"
+           "  Use the plan with --kv tailor:plan=plan.json[,bits=1,...]. The SVG defaults to the plan\n"
+           "  path with .svg.\n");
+}
+
+/* A bar per layer, the tau line, dense bars dark, sparse light, window grey. */
+static char *svg_chart(const char *title, int n, const double *scores, const int *kinds, double tau) {
+    const int W = 60 + 22 * n + 20, Ht = 260, x0 = 50, y0 = 220, ph = 180;
+    size_t cap = 8192 + (size_t)n * 400, len = 0;
+    char *b = tl_xmalloc(cap);
+#define P(...) len += (size_t)snprintf(b + len, cap - len, __VA_ARGS__)
+    P("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"10\">\n", W, Ht);
+    P("<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    P("<text x=\"%d\" y=\"16\" font-size=\"12\">%s</text>\n", x0, title);
+    for (int t = 0; t <= 4; t++) {
+        const double v = t * 0.25;
+        const int y = y0 - (int)(v * ph);
+        P("<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#ddd\"/>\n", x0, y, W - 10, y);
+        P("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.2f</text>\n", x0 - 4, y + 3, v);
+    }
+    for (int i = 0; i < n; i++) {
+        const double v = isnan(scores[i]) ? 0 : scores[i];
+        const int h = (int)(v * ph), x = x0 + 6 + 22 * i;
+        const char *col = kinds[i] == TL_TAILOR_DENSE ? "#c0392b" : kinds[i] == TL_TAILOR_SPARSE ? "#5dade2" : "#aaaaaa";
+        P("<rect x=\"%d\" y=\"%d\" width=\"16\" height=\"%d\" fill=\"%s\"><title>layer %d: %.4f</title></rect>\n", x,
+          y0 - h, h, col, i, v);
+        P("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>\n", x + 8, y0 + 12, i);
+    }
+    const int ty = y0 - (int)(tau * ph);
+    P("<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\" stroke-dasharray=\"4 3\"/>\n", x0, ty, W - 10, ty);
+    P("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">tau %.2f</text>\n", W - 10, ty - 3, tau);
+    P("<text x=\"%d\" y=\"%d\">layer (red: dense/quantize, blue: sparse/offload, grey: sliding window)</text>\n", x0, y0 + 28);
+    P("<text x=\"12\" y=\"%d\" transform=\"rotate(-90 12 %d)\">mass outside top 5%%</text>\n", y0 - 40, y0 - 40);
+    P("</svg>\n");
+#undef P
+    return b;
+}
+
+int tl_cmd_calibrate(int argc, char **argv) {
+    tl_cli_common c;
+    tl_cli_common_init(&c);
+    float tau = 0.2f, top = 0.05f;
+    int n_q = 32;
+    const char *out = NULL, *svg = NULL;
+    for (int i = 1; i < argc; i++) {
+        int r = tl_cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r) continue;
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--tau") || !strcmp(a, "--top") || !strcmp(a, "--nq") || !strcmp(a, "-o") || !strcmp(a, "--svg")) {
+            if (!(v = tl_cli_value(argc, argv, &i))) return 2;
+            if (!strcmp(a, "--tau") && (tl_cli_float(a, v, &tau) || tau < 0 || tau > 1)) return 2;
+            if (!strcmp(a, "--top") && (tl_cli_float(a, v, &top) || !(top > 0 && top <= 1))) {
+                fprintf(stderr, "tailor calibrate: --top must be in (0, 1]\n");
+                return 2;
+            }
+            if (!strcmp(a, "--nq") && tl_cli_int(a, v, 1, 1 << 20, &n_q)) return 2;
+            if (!strcmp(a, "-o")) out = v;
+            if (!strcmp(a, "--svg")) svg = v;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            help();
+            return 0;
+        } else {
+            fprintf(stderr, "tailor calibrate: unknown flag '%s' (see -h)\n", a);
+            return 2;
+        }
+    }
+    if (!c.model || !c.file || !out) {
+        fprintf(stderr, "tailor calibrate: -m MODEL, -f TEXT and -o PLAN are required (see -h)\n");
+        return 2;
+    }
+    tl_error err = {{0}};
+    int rc = 1;
+    size_t text_len = 0, n_tok = 0;
+    char *text = NULL, *json = NULL, *chart = NULL, *svg_path = NULL;
+    int32_t *ids = NULL;
+    double *scores = NULL;
+    bool *window = NULL;
+    int *kinds = NULL;
+    tl_model *m = tl_model_load(c.model, &err);
+    if (!m) goto done;
+    if (!(text = tl_cli_prompt_text(&c, &text_len, &err))) goto done;
+    if (!(ids = tl_cli_tokenize(m, text, text_len, true, &n_tok, &err))) goto done;
+    const int ctx = c.n_ctx > 0 ? c.n_ctx : 4096;
+    const int n = (int)TL_MIN((size_t)ctx, n_tok);
+    if (n < n_q + 1) {
+        tl_fail(&err, "%s: %d tokens; need more than --nq %d", c.file, n, n_q);
+        goto done;
+    }
+    const int L = m->cfg.n_layer;
+    scores = tl_xcalloc((size_t)L, sizeof(double));
+    window = tl_xcalloc((size_t)L, sizeof(bool));
+    kinds = tl_xcalloc((size_t)L, sizeof(int));
+    tl_calib_params cp = {.n_q = n_q, .top = top, .n_threads = c.n_threads, .chunk = c.chunk};
+    const double t0 = tl_time_s();
+    if (tl_calibrate(m, ids, n, &cp, scores, window, &err)) goto done;
+    const double dt = tl_time_s() - t0;
+    int n_dense = 0, n_sparse = 0;
+    printf("TailorKV calibration: %s, %s, %d tokens, last %d query rows, top %.0f%% of keys, tau %.2f (%.1f s)\n",
+           c.model, c.file, n, n_q, top * 100, tau, dt);
+    printf("layer  score   decision\n");
+    for (int i = 0; i < L; i++) {
+        kinds[i] = window[i] ? TL_TAILOR_WINDOW : scores[i] > tau ? TL_TAILOR_DENSE : TL_TAILOR_SPARSE;
+        n_dense += kinds[i] == TL_TAILOR_DENSE;
+        n_sparse += kinds[i] == TL_TAILOR_SPARSE;
+        char bar[41];
+        const int nb = (int)lround(TL_MIN(1.0, TL_MAX(0.0, scores[i])) * 40);
+        memset(bar, '#', (size_t)nb);
+        bar[nb] = 0;
+        printf("%5d  %.4f  %-7s %s\n", i, scores[i],
+               kinds[i] == TL_TAILOR_DENSE ? "dense" : kinds[i] == TL_TAILOR_SPARSE ? "sparse" : "window", bar);
+    }
+    printf("dense (quantize): %d   sparse (offload): %d   sliding window: %d\n", n_dense, n_sparse, L - n_dense - n_sparse);
+    const char *base = strrchr(c.model, '/');
+    json = tl_tailor_plan_json(base ? base + 1 : c.model, L, scores, kinds, tau, top, n_q, n);
+    size_t jl = strlen(json);
+    json = tl_xrealloc(json, jl + 2);
+    json[jl++] = '\n';
+    json[jl] = 0;
+    if (tl_cli_write_atomic(out, json, jl, &err)) goto done;
+    if (!svg) {
+        const size_t ol = strlen(out);
+        svg_path = tl_xmalloc(ol + 5);
+        memcpy(svg_path, out, ol + 1);
+        if (ol > 5 && !strcmp(out + ol - 5, ".json")) svg_path[ol - 5] = 0;
+        strcat(svg_path, ".svg");
+        svg = svg_path;
+    }
+    {
+        char title[512];
+        snprintf(title, sizeof title, "TailorKV dense-preference score per layer: %s (%d tokens)", base ? base + 1 : c.model, n);
+        chart = svg_chart(title, L, scores, kinds, tau);
+        if (tl_cli_write_atomic(svg, chart, strlen(chart), &err)) goto done;
+    }
+    printf("plan: %s   chart: %s\n", out, svg);
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "tailor calibrate: %s\n", err.msg);
+    free(svg_path);
+    free(chart);
+    free(json);
+    free(scores);
+    free(window);
+    free(kinds);
+    free(ids);
+    free(text);
+    tl_model_free(m);
+    return rc;
+}
