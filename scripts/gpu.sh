@@ -7,12 +7,15 @@
 #      2-layer SmolLM2-shaped synth (head_dim 64)
 #   3. a synthetic Llama-3.1-8B (bf16, streamed to disk), decode ms/token at depths 0 / 32k /
 #      128k for f16, k4v4, k2v2 (+ KIVI) KV, and prefill time per chunk size
-# Env: STEPS="build test bench prefill safe" (default all), GPU_JOBS, DEPTHS, KVS, CHUNKS, TL_CUDA_SAFE.
+#   4. (minb3) the decode bench with TL_CUDA_DEC_MINB=3 (decode kernels at 3 blocks/SM);
+#      (olddec) the same decode bench with TL_CUDA_DECODE=0: the general attention kernel
+#      instead of decode.cu, for before/after tables
+# Env: STEPS="build test bench minb3 olddec prefill safe" (default all), GPU_JOBS, DEPTHS, KVS, CHUNKS, TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"build test bench prefill safe"}
+STEPS=${STEPS:-"build test bench minb3 olddec prefill safe"}
 DEPTHS=${DEPTHS:-0,32768,131072}
 KVS=${KVS:-f16,k8v8,k4v4,k2v2,k2v2:kivi}
 B=build-gpu
@@ -43,16 +46,16 @@ SHM=/dev/shm
 if has test; then
   log "test_cuda"
   $T synth --shape smollm2-135m --layers 2 --type f32 -o $SHM/smol2.gguf -q 2>&1 | tail -1
-  TL_FIXTURES=$PWD/tests/fixtures TL_CUDA_MODEL=$SHM/smol2.gguf timeout 150 $B/test_cuda 2>&1 | tee "$OUT/test_cuda.log" | tail -30
+  TL_FIXTURES=$PWD/tests/fixtures TL_CUDA_MODEL=$SHM/smol2.gguf timeout 300 $B/test_cuda 2>&1 | tee "$OUT/test_cuda.log" | tail -30
   rc=${PIPESTATUS[0]}
   echo "test_cuda exit $rc" | tee -a "$OUT/summary.md"
   grep -E "FAIL|passed" "$OUT/test_cuda.log" | tail -5 >>"$OUT/summary.md"
   if [ "$rc" != 0 ]; then
-    # the fast attention loops failed: check and time the plain ones instead
-    export TL_CUDA_SAFE=1
-    log "test_cuda with TL_CUDA_SAFE=1 (benchmarks below use it too)"
-    TL_FIXTURES=$PWD/tests/fixtures TL_CUDA_MODEL=$SHM/smol2.gguf timeout 150 $B/test_cuda >>"$OUT/test_cuda.log" 2>&1
-    echo "test_cuda (safe) exit $?" | tee -a "$OUT/summary.md"
+    # which kernels failed? the same checks with the decode kernel off, then with the plain loops
+    log "test_cuda with TL_CUDA_DECODE=0, then TL_CUDA_SAFE=1 (benchmarks still use the defaults)"
+    TL_CUDA_DECODE=0 TL_FIXTURES=$PWD/tests/fixtures TL_CUDA_MODEL=$SHM/smol2.gguf timeout 200 $B/test_cuda >"$OUT/test_cuda_olddec.log" 2>&1
+    echo "test_cuda (TL_CUDA_DECODE=0) exit $?" | tee -a "$OUT/summary.md"
+    grep -E "FAIL" "$OUT/test_cuda_olddec.log" | head -5 >>"$OUT/summary.md"
   fi
 fi
 
@@ -71,6 +74,22 @@ if has bench; then
   echo "bench exit $?" >>"$OUT/summary.md"
   cat "$OUT/decode.md" | tee -a "$OUT/summary.md"
   grep -E "gpu memory|error|tailor bench" "$OUT/decode.err" | sort -u | head -20 | tee -a "$OUT/summary.md"
+fi
+
+if has minb3; then
+  log "decode bench with TL_CUDA_DEC_MINB=3 (head_dim-128 decode kernels at 3 blocks/SM)"
+  TL_CUDA_DEC_MINB=3 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
+    >"$OUT/decode_minb3.md" 2>"$OUT/decode_minb3.err"
+  echo "bench (minb 3) exit $?" >>"$OUT/summary.md"
+  cat "$OUT/decode_minb3.md" | tee -a "$OUT/summary.md"
+fi
+
+if has olddec; then
+  log "decode bench with TL_CUDA_DECODE=0 (general attention kernel: before)"
+  TL_CUDA_DECODE=0 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
+    >"$OUT/decode_old.md" 2>"$OUT/decode_old.err"
+  echo "bench (old decode) exit $?" >>"$OUT/summary.md"
+  cat "$OUT/decode_old.md" | tee -a "$OUT/summary.md"
 fi
 
 if has prefill; then

@@ -13,6 +13,8 @@
 #include "../src/kv/policy.h"
 #include "../src/cuda/cuda.h"
 
+#include "../src/threads.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,12 +143,137 @@ static void quantized(const char *path) {
     tl_model_free(m);
 }
 
+/* relative L2 distance of a from b (NaN -> inf) */
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    const double r = sqrt(num / (den > 0 ? den : 1));
+    return r == r ? r : INFINITY;
+}
+
+/* One layer with Llama-3.1-8B head shapes (head_dim 128, GQA group 4; 2 KV heads to keep
+ * the CPU reference quick): history of n_hist random rows in every KV format, then one
+ * decode token. The decode kernel (decode.cu) against the general GPU kernel on the same
+ * device cache (only summation order differs: tight), and both against the CPU store with
+ * the same policy (codes may differ where inputs differ by rounding: looser). Also a few
+ * n_hist values that exercise one block, many splits, partial tiles and the residual edge. */
+static void layer_cases(void) {
+    struct {
+        const char *kv;
+        double tol;
+    } cases[] = {{"f16", 1e-4},          {"k8v8", 2e-3},          {"k4v4", 2e-2},
+                 {"k2v2", 5e-2},         {"k2v2:kivi", 5e-2},     {"k4v2:kivi:r64", 5e-2},
+                 {"k4v4:g64:sym", 2e-2}, {"k16v4:r32", 2e-2},     {"k16v2", 5e-2}};
+    const int hist[] = {45, 2061};
+    tl_kv_shape sh = {.n_head = 8, .n_head_kv = 2, .head_dim_k = 128, .head_dim_v = 128, .n_ctx = 0, .window = 0,
+                      .scale = 1.0f / sqrtf(128.0f)};
+    tl_pool *pool = tl_pool_new(8);
+    const int maxh = 2061 + 1, kd = sh.n_head_kv * 128, qd = sh.n_head * 128;
+    float *kh = malloc(sizeof(float) * (size_t)maxh * kd), *vh = malloc(sizeof(float) * (size_t)maxh * kd);
+    float *qh = malloc(sizeof(float) * (size_t)512 * qd), *scratch = malloc(sizeof(float) * (size_t)512 * qd);
+    float *oc = malloc(sizeof(float) * qd), *og = malloc(sizeof(float) * qd), *oo = malloc(sizeof(float) * qd);
+    uint64_t x = 0x1234567887654321ull;
+    for (int run = 0; run < 2; run++) {
+        for (size_t i = 0; i < (size_t)maxh * kd; i++) {
+            float u[2];
+            for (int j = 0; j < 2; j++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                u[j] = (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+            }
+            kh[i] = u[0] * 1.7f + (i % 128 == 5 ? 6.0f : 0.0f); /* an outlier channel, like real keys */
+            vh[i] = u[1];
+        }
+        for (size_t i = 0; i < (size_t)512 * qd; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            qh[i] = (float)((x >> 40) * (1.0 / 16777216.0)) * 3.0f - 1.5f;
+        }
+        const int n_hist = hist[run];
+        sh.n_ctx = n_hist + 1;
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            tl_error err;
+            tl_kv_plan plan = {0};
+            if (tl_kv_plan_parse(&plan, cases[c].kv, NULL, 1, &err)) {
+                CHECKF(0, "plan %s: %s", cases[c].kv, err.msg);
+                continue;
+            }
+            const tl_kv_layer_policy *pol = &plan.layers[0];
+            tl_kv_layer *l = tl_kv_layer_new(pol, &sh, &err);
+            CHECKF(l != NULL, "cpu layer %s: %s", cases[c].kv, err.msg);
+            int rc = l ? 0 : -1;
+            for (int i = 0; i < n_hist && !rc; i += 512) {
+                const int nc = TL_MIN(512, n_hist - i);
+                rc = tl_kv_forward(l, pool, nc, qh, kh + (size_t)i * kd, vh + (size_t)i * kd, scratch, &err);
+            }
+            const float *q1 = qh + (size_t)7 * qd, *k1 = kh + (size_t)n_hist * kd, *v1 = vh + (size_t)n_hist * kd;
+            if (!rc) rc = tl_kv_forward(l, pool, 1, q1, k1, v1, oc, &err);
+            CHECKF(rc == 0, "cpu %s: %s", cases[c].kv, err.msg);
+            for (int i = 0; i < qd; i++) og[i] = oo[i] = NAN; /* poison */
+            int rg = tl_cuda_layer_attend(pol, &sh, n_hist, 512, kh, vh, 1, q1, k1, v1, og, 0, &err);
+            CHECKF(rg == 0, "gpu decode %s: %s", cases[c].kv, err.msg);
+            int ro = tl_cuda_layer_attend(pol, &sh, n_hist, 512, kh, vh, 1, q1, k1, v1, oo, 1, &err);
+            CHECKF(ro == 0, "gpu general %s: %s", cases[c].kv, err.msg);
+            if (!rc && !rg && !ro) {
+                const double dg = rel_l2(og, oo, qd), dc = rel_l2(og, oc, qd), do_ = rel_l2(oo, oc, qd);
+                printf("layer d128 G4 kv %-14s history %5d + 1: decode vs general %.2e, decode vs cpu %.2e, general vs cpu %.2e\n",
+                       cases[c].kv, n_hist, dg, dc, do_);
+                CHECKF(dg < 1e-4, "kv %s history %d: decode kernel vs general kernel rel %g", cases[c].kv, n_hist, dg);
+                CHECKF(dc < cases[c].tol, "kv %s history %d: decode kernel vs cpu rel %g (tol %g)", cases[c].kv, n_hist, dc,
+                       cases[c].tol);
+            }
+            tl_kv_destroy(l);
+            tl_kv_plan_free(&plan);
+        }
+    }
+    /* a sliding-window layer (dense f16 ring of 700 rows, wrapped) */
+    {
+        tl_kv_shape w = sh;
+        w.window = 700;
+        w.n_ctx = 2062;
+        tl_error err;
+        tl_kv_layer_policy pol;
+        memset(&pol, 0, sizeof pol);
+        pol.kind = TL_KV_F16;
+        pol.k.bits = pol.v.bits = 16;
+        tl_kv_layer *l = tl_kv_layer_new(&pol, &w, &err);
+        CHECKF(l != NULL, "cpu window layer: %s", err.msg);
+        int rc = l ? 0 : -1;
+        for (int i = 0; i < 2061 && !rc; i += 512)
+            rc = tl_kv_forward(l, pool, TL_MIN(512, 2061 - i), qh, kh + (size_t)i * kd, vh + (size_t)i * kd, scratch, &err);
+        const float *q1 = qh + (size_t)3 * qd, *k1 = kh + (size_t)2061 * kd, *v1 = vh + (size_t)2061 * kd;
+        if (!rc) rc = tl_kv_forward(l, pool, 1, q1, k1, v1, oc, &err);
+        CHECKF(rc == 0, "cpu window: %s", err.msg);
+        for (int i = 0; i < qd; i++) og[i] = NAN;
+        const int rg = tl_cuda_layer_attend(&pol, &w, 2061, 512, kh, vh, 1, q1, k1, v1, og, 0, &err);
+        CHECKF(rg == 0, "gpu window: %s", err.msg);
+        if (!rc && !rg) {
+            const double dc = rel_l2(og, oc, qd);
+            printf("layer d128 G4 f16 window 700, history 2061 + 1: decode vs cpu %.2e\n", dc);
+            CHECKF(dc < 1e-4, "window layer: decode vs cpu rel %g", dc);
+        }
+        tl_kv_destroy(l);
+    }
+    free(kh);
+    free(vh);
+    free(qh);
+    free(scratch);
+    free(oc);
+    free(og);
+    free(oo);
+    tl_pool_free(pool);
+}
+
 int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {
         printf("SKIP: %s\n", why);
         return 0;
     }
+    layer_cases();
     fixtures();
     const char *qm = getenv("TL_CUDA_MODEL");
     if (qm && *qm) quantized(qm);

@@ -66,9 +66,12 @@ tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *e
     tl_cli_common c = e->c;
     c.n_ctx = n_ctx;
     c.n_threads = n_threads;
-    tl_session *s = tl_cli_session(e->model, &c, err);
-    if (s && e->c.mem) tl_cli_print_mem(stderr, s);
-    return s;
+    return tl_cli_session(e->model, &c, err);
+}
+
+void tl_eval_cli_session_done(void *ctx, tl_session *s) {
+    const tl_eval_cli *e = ctx;
+    if (e->c.mem) tl_cli_print_mem(stderr, s);
 }
 
 /* KV bytes of a session (exact formula per layer, as session.c builds it) + activations
@@ -100,6 +103,7 @@ void tl_eval_cli_runner(tl_eval_cli *e, tl_runner *r, tl_progress *p) {
     memset(r, 0, sizeof *r);
     r->model = e->model;
     r->new_session = tl_eval_cli_session;
+    r->session_done = tl_eval_cli_session_done;
     r->factory_ctx = e;
     r->n_threads = tl_eval_cli_threads(e);
     r->n_parallel = e->n_parallel;

@@ -26,6 +26,8 @@ void tl_eval_cli_help(FILE *f);
 int tl_eval_cli_threads(const tl_eval_cli *e);
 /* the runner's session factory; ctx is the tl_eval_cli */
 tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *err);
+/* Prints --mem for a session after its last job. */
+void tl_eval_cli_session_done(void *ctx, tl_session *s);
 void tl_eval_cli_runner(tl_eval_cli *e, tl_runner *r, tl_progress *p);
 /* {"model", "kv", "kv_layer", "chunk", "threads", "parallel", "arch"} plus what the command adds */
 cJSON *tl_eval_cli_config(const tl_eval_cli *e);

@@ -41,6 +41,15 @@ int tl_cuda_n_past(const tl_cuda_session *g);
  * through the same append/quantize path as eval, without running the model. */
 int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err);
 
+/* Testing one layer's GPU KV cache alone: a cache with policy p (effective, as the session
+ * would use it) and shape s on device 0; n_hist history rows kh/vh (host, kv.h layout) are
+ * appended in chunks of `chunk` through the append/quantize path, then a block of m new
+ * tokens (q, k, v host) is attended into out (host, [m][n_head*head_dim_v]). mode 0: the
+ * kernels eval uses (decode.cu for m == 1 where it applies); 1: the general kernel only. */
+int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *kh,
+                         const float *vh, int m, const float *q, const float *k, const float *v, float *out, int mode,
+                         tl_error *err);
+
 /* Memory of the session. Held bytes follow the CPU stores' exact formulas (what a step
  * reads); device bytes are what is allocated on the GPU, by part. */
 typedef struct {

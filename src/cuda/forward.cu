@@ -595,6 +595,10 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
     {
         const char *sf = getenv("TL_CUDA_SAFE");
         g->cx.safe = sf && *sf && strcmp(sf, "0");
+        const char *dc = getenv("TL_CUDA_DECODE");
+        g->cx.old_decode = dc && !strcmp(dc, "0");
+        const char *mb = getenv("TL_CUDA_DEC_MINB");
+        g->cx.dec_minb = mb ? atoi(mb) : 0;
     }
     if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, g->cx.stream) != CUBLAS_STATUS_SUCCESS) {
         tl_fail(err, "--device cuda: cublasCreate failed");
@@ -847,4 +851,100 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
         out->dev_total = tot;
     }
     memcpy(out->device, g->dev_name, sizeof out->device);
+}
+
+/* ---------------- one layer alone (tests) ---------------- */
+
+extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *kh,
+                                    const float *vh, int m, const float *q, const float *k, const float *v, float *out, int mode,
+                                    tl_error *err) {
+    char why[256];
+    if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
+    if (chunk <= 0 || m <= 0) return tl_fail(err, "tl_cuda_layer_attend: chunk %d, m %d", chunk, m);
+    tl_cuda_session *g = (tl_cuda_session *)tl_xcalloc(1, sizeof *g);
+    tlc_layer_kv L;
+    memset(&L, 0, sizeof L);
+    float *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
+    int rc = -1;
+    const int n_ctx = n_hist + m, Hq = s->n_head, Hkv = s->n_head_kv, dkd = s->head_dim_k, dvd = s->head_dim_v;
+    const int rows = TL_MAX(chunk, m);
+    const size_t kdim = (size_t)Hkv * dkd, vdim = (size_t)Hkv * dvd;
+    cudaDeviceProp prop;
+    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&g->cx.stream, cudaStreamNonBlocking) != cudaSuccess) {
+        tl_fail(err, "tl_cuda_layer_attend: device 0: %s", cudaGetErrorString(cudaGetLastError()));
+        goto done;
+    }
+    g->cx.n_sm = prop.multiProcessorCount;
+    g->cx.smem_optin = prop.sharedMemPerBlockOptin;
+    g->cx.old_decode = mode == 1;
+    {
+        const char *mb = getenv("TL_CUDA_DEC_MINB");
+        g->cx.dec_minb = mb ? atoi(mb) : 0;
+    }
+    L.n_head = Hq;
+    L.n_head_kv = Hkv;
+    L.window = s->window;
+    L.scale = s->scale;
+    {
+        const int cap = s->window > 0 ? TL_MIN(s->window, n_ctx) : n_ctx;
+        if (side_setup(g, &L.k, &p->k, p->kind, dkd, p->residual, cap, Hkv, "K", err) ||
+            side_setup(g, &L.v, &p->v, p->kind, dvd, p->residual, cap, Hkv, "V", err))
+            goto done;
+    }
+    if (cudaMalloc((void **)&dq, sizeof(float) * (size_t)m * Hq * dkd) != cudaSuccess ||
+        cudaMalloc((void **)&dk, sizeof(float) * (size_t)rows * kdim) != cudaSuccess ||
+        cudaMalloc((void **)&dv, sizeof(float) * (size_t)rows * vdim) != cudaSuccess ||
+        cudaMalloc((void **)&dout, sizeof(float) * (size_t)m * Hq * dvd) != cudaSuccess) {
+        tl_fail(err, "tl_cuda_layer_attend: out of GPU memory");
+        goto done;
+    }
+    for (int i = 0; i < n_hist; i += chunk) {
+        const int nc = TL_MIN(chunk, n_hist - i);
+        /* uploads on the session's stream: a plain cudaMemcpy from pageable memory may return
+         * before its DMA lands, and the non-blocking stream would not wait for it */
+        if (cudaMemcpyAsync(dk, kh + (size_t)i * kdim, sizeof(float) * nc * kdim, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess ||
+            cudaMemcpyAsync(dv, vh + (size_t)i * vdim, sizeof(float) * nc * vdim, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess) {
+            tl_fail(err, "tl_cuda_layer_attend: upload");
+            goto done;
+        }
+        if (tlc_kv_append(&g->cx, &L, i, nc, dk, dv, err)) goto done;
+        if (cudaStreamSynchronize(g->cx.stream) != cudaSuccess) {
+            tl_fail(err, "tl_cuda_layer_attend: append: %s", cudaGetErrorString(cudaGetLastError()));
+            goto done;
+        }
+    }
+    if (cudaMemcpyAsync(dq, q, sizeof(float) * (size_t)m * Hq * dkd, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess ||
+        cudaMemcpyAsync(dk, k, sizeof(float) * (size_t)m * kdim, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess ||
+        cudaMemcpyAsync(dv, v, sizeof(float) * (size_t)m * vdim, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess) {
+        tl_fail(err, "tl_cuda_layer_attend: upload");
+        goto done;
+    }
+    if (tlc_attention(&g->cx, &L, n_hist, m, dq, dk, dv, dout, err)) goto done;
+    {
+        cudaError_t e = cudaStreamSynchronize(g->cx.stream);
+        if (e == cudaSuccess) e = cudaMemcpyAsync(out, dout, sizeof(float) * (size_t)m * Hq * dvd, cudaMemcpyDeviceToHost, g->cx.stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(g->cx.stream);
+        if (e != cudaSuccess) {
+            tl_fail(err, "tl_cuda_layer_attend: attention: %s", cudaGetErrorString(e));
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    if (g->cx.stream) cudaStreamSynchronize(g->cx.stream);
+    kv_side *sides[2] = {&L.k, &L.v};
+    for (int i = 0; i < 2; i++) {
+        cudaFree(sides[i]->codes);
+        cudaFree(sides[i]->params);
+        cudaFree(sides[i]->fp);
+    }
+    cudaFree(dq);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    cudaFree(g->cx.scratch);
+    if (g->cx.stream) cudaStreamDestroy(g->cx.stream);
+    free(g);
+    return rc;
 }

@@ -45,4 +45,11 @@ void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
 }
 
 void tl_cuda_weights_free(void *w) { (void)w; }
+
+int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *kh,
+                         const float *vh, int m, const float *q, const float *k, const float *v, float *out, int mode,
+                         tl_error *err) {
+    (void)p, (void)s, (void)n_hist, (void)chunk, (void)kh, (void)vh, (void)m, (void)q, (void)k, (void)v, (void)out, (void)mode;
+    return tl_fail(err, "%s", no_cuda);
+}
 #endif

@@ -177,6 +177,7 @@ static void *worker_main(void *arg) {
     }
     free(w->held);
     free(w->logits);
+    if (r->session_done && w->s) r->session_done(r->factory_ctx, w->s);
     tl_session_free(w->s);
     w->s = NULL;
     return NULL;

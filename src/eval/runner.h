@@ -6,8 +6,7 @@
  * and only the rest is evaluated. That needs a session operation that forgets the tokens
  * after position n:
  *     int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err);
- * The runner uses it when the library provides it (a weak reference, so this builds and runs
- * without it) or when the caller passes its own in tl_runner.truncate; a non-zero return
+ * The runner uses it (or the caller's own in tl_runner.truncate); a non-zero return
  * (e.g. a quantized store that cannot cut inside a group) falls back to a full recompute, so
  * results never depend on whether reuse happened.
  *
@@ -48,7 +47,10 @@ typedef struct {
     int n_threads;       /* total; 0 = 1 */
     int n_parallel;      /* sessions; 0 = 1 */
     bool no_reuse;
-    tl_truncate_fn truncate; /* NULL: tl_session_truncate if the library has it */
+    tl_truncate_fn truncate; /* NULL: tl_session_truncate */
+    /* Optional: sees each worker's session after its last job, before it is freed (the CLI
+     * prints --mem here, when the cache holds the longest prompt and tiers have traffic). */
+    void (*session_done)(void *ctx, tl_session *s);
     tl_progress *progress;   /* may be NULL; advanced by prompt tokens */
     /* Optional: bytes one session of n_ctx tokens needs. With it, n_parallel is lowered so
      * that all sessions fit in mem_budget bytes (0: the available physical memory * 0.8). */

@@ -222,6 +222,12 @@ int tl_kv_policy_format(const tl_kv_layer_policy *pin, char *out, size_t n) {
     tl_kv_policy_normalize(&p);
     sbuf b = {out, n, 0};
     if (n) out[0] = '\0';
+    if (p.kind == TL_KV_OFFLOAD) { /* a TailorKV sparse layer (its spec is the plan's, tailor_plan.h) */
+        put(&b, "offload:sinks=%d,recent=%d,topk=%d,channels=%d", p.off.sinks, p.off.recent, p.off.topk, p.off.channels);
+        if (p.off.summary_bits) put(&b, ",summary=%d", p.off.summary_bits);
+        if (p.off.page) put(&b, ",page=%d", p.off.page);
+        return (int)b.len;
+    }
     if (p.kind != TL_KV_QUANT) {
         put(&b, "%s", p.kind == TL_KV_F32 ? "f32" : p.kind == TL_KV_F16 ? "f16" : "bf16");
         return (int)b.len;

@@ -1,0 +1,579 @@
+/* decode.cu: attention for one new token (decode) over a long history: flash-decoding.
+ *
+ * The general kernel (attn.cu) decodes 32-token tiles into shared memory in fp32 behind four
+ * block barriers per tile; at long context it is bound by instructions and barriers, not by
+ * bytes (docs/cuda.md: k2v2 took as long as f16). This kernel is built for bytes:
+ *  - grid (KV head, split): the keys [kstart, n_past] are cut into n_split ranges so that
+ *    Hkv * n_split blocks fill every SM once (occupancy from the runtime); each block holds
+ *    the GQA group of query heads of its KV head (q in registers, pre-scaled by scale*log2 e);
+ *  - each of the block's 4 warps walks its own 32-token tiles with its own online softmax:
+ *    no block barrier inside the loop;
+ *  - keys: a token is read by D/8 lanes, each lane owning 8 channels (16-byte loads of f16
+ *    rows; for per-token codes the lane's `bits` bytes, 2..8-byte loads, dequantized in
+ *    registers as code*s + z = s*(q.codes) + z*sum(q)); the partial dots of the 32 tokens
+ *    are reduce-scattered over the lanes (G*(D/8-1) shuffles per tile) so that lane i ends
+ *    with the score of token i;
+ *  - per-channel (KIVI) keys: lane i scores token i itself, reading channel units (the same
+ *    bytes for the whole warp: one transaction) against a per-warp table q*s in shared
+ *    memory, plus the constant q.z of the token group;
+ *  - values: the same D/8-lanes-per-token split; p is broadcast through a per-warp shared
+ *    array; quantized values accumulate s*p*code per channel and p*z per lane (added at the end);
+ *  - every tile takes these paths: tokens outside the valid range (window start, history
+ *    end) read a clamped valid row and add nothing; a tile straddling the per-token residual
+ *    boundary runs the codes pass and the f16-ring pass over its two token ranges; f16 rows
+ *    (dense, residual ring, KIVI block) are read in the quantized side's lane map;
+ *  - the new token (f32, exact) is not in any tile: it joins in the final merge;
+ *  - the 4 warps merge through shared memory once, and a small kernel merges the splits by
+ *    their log-sum-exp weights (or the block writes the output itself when n_split == 1).
+ * Formats with a fast path: dense f16; per-token 8/4/2-bit (asym or sym, groups >= 32);
+ * per-channel 4/2-bit keys, in the pairs DEC_FORMATS lists. Other combinations, head sizes
+ * other than 64/128, and groups of more than 4 queries (except f16/f16) return 1 and the
+ * general kernel runs. TL_CUDA_DECODE=0 turns this kernel off (forward.cu). */
+#include "backend.cuh"
+
+#include <math.h>
+
+#define DW 4 /* warps per block */
+#define DTHR (DW * 32)
+
+/* formats (template KF/VF): 16 dense f16; 8/4/2 per-token codes; -4/-2 per-channel codes */
+
+struct dec_p {
+    kv_side K, V;
+    const float *q, *knew, *vnew;
+    float *out, *part;
+    int n_past, Hkv, G, klo, kstart, split_len, n_split;
+    float scale; /* attention scale * log2(e): scores in the log2 domain */
+};
+
+/* Channel of value e (0..7) of lane li (0..D/8-1) in a token for format F: the lane owns the
+ * `bits` bytes li*bits.. of the token's code row (kvq_pack32 layout, units of 32 values).
+ * f16 rows (dense stores, residual rings and blocks) are read in the same lane map. */
+template <int F>
+__device__ __forceinline__ int chmap(int li, int e) {
+    const int u = li >> 2, r = li & 3;
+    if (F == 4) return u * 32 + r * 4 + (e & 3) + 16 * (e >> 2);
+    if (F == 2) return u * 32 + r * 2 + (e & 1) + 8 * (e >> 1);
+    return 8 * li + e; /* dense, 8-bit codes, per-channel keys */
+}
+
+/* The lane's 8 halves of an f16 row in chmap<F> order (16, 2x8 or 4x4-byte loads). */
+template <int F>
+__device__ __forceinline__ uint4 ld_row(const uint16_t *row, int li) {
+    const uint16_t *b = row + (li >> 2) * 32;
+    if (F == 4) {
+        const uint2 x = *(const uint2 *)(b + (li & 3) * 4), y = *(const uint2 *)(b + (li & 3) * 4 + 16);
+        return make_uint4(x.x, x.y, y.x, y.y);
+    }
+    if (F == 2) {
+        const uint16_t *c = b + (li & 3) * 2;
+        return make_uint4(*(const uint32_t *)c, *(const uint32_t *)(c + 8), *(const uint32_t *)(c + 16), *(const uint32_t *)(c + 24));
+    }
+    return __ldcs((const uint4 *)(row + 8 * li));
+}
+
+/* Code of value e from the lane's bytes (w0: bytes 0..3, w1: bytes 4..7), as a float. */
+template <int B>
+__device__ __forceinline__ float code_f(uint32_t w0, uint32_t w1, int e) {
+    uint32_t c;
+    if (B == 8) c = ((e < 4 ? w0 : w1) >> (8 * (e & 3))) & 0xffu;
+    else if (B == 4) c = (w0 >> (8 * (e & 3) + 4 * (e >> 2))) & 0xfu;
+    else c = (w0 >> (8 * (e & 1) + 2 * (e >> 1))) & 3u;
+    return __uint_as_float(0x4B000000u | c) - 8388608.0f; /* exact int -> float, no I2F */
+}
+
+template <int B>
+__device__ __forceinline__ void ld_codes(const uint8_t *p, uint32_t &w0, uint32_t &w1) {
+    if (B == 8) {
+        const uint2 v = *(const uint2 *)p;
+        w0 = v.x;
+        w1 = v.y;
+    } else if (B == 4) {
+        w0 = *(const uint32_t *)p;
+    } else {
+        w0 = *(const uint16_t *)p;
+    }
+}
+
+/* Reduce-scatter over the N lanes of a subgroup: v[i][g] summed over the lanes; lane li ends
+ * with the sum for i = li in v[0][g]. */
+template <int OFF, int N, int GP>
+__device__ __forceinline__ void rscatter_step(float (&v)[N][GP], int li) {
+    const bool up = (li & OFF) != 0;
+#pragma unroll
+    for (int i = 0; i < OFF; i++)
+#pragma unroll
+        for (int g = 0; g < GP; g++) {
+            const float a = v[i][g], b = v[i + OFF][g];
+            v[i][g] = (up ? b : a) + __shfl_xor_sync(0xffffffffu, up ? a : b, OFF);
+        }
+    if constexpr (OFF > 1) rscatter_step<OFF / 2, N, GP>(v, li);
+}
+template <int N, int GP>
+__device__ __forceinline__ void rscatter(float (&v)[N][GP], int li) {
+    rscatter_step<N / 2, N, GP>(v, li);
+}
+
+__device__ __forceinline__ float wmax(float v) {
+    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float wsum(float v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ void h8(uint4 w, float *f) {
+    const __half2 *hp = (const __half2 *)&w;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 x = __half22float2(hp[k]);
+        f[2 * k] = x.x;
+        f[2 * k + 1] = x.y;
+    }
+}
+
+enum { SLOT_DENSE = 0, SLOT_RING = 1, SLOT_BLOCK = 2 };
+
+/* Row of token t among a side's f16 rows: dense ring of cap rows, residual ring of R, or
+ * the KIVI block (first token nq). r0 = t0 % cap for the dense case (t in [t0, t0+32)). */
+__device__ __forceinline__ int f16_slot(const kv_side &S, int mode, int t, int t0, int r0) {
+    if (mode == SLOT_DENSE) {
+        if (S.cap >= 32) {
+            const int r = r0 + (t - t0);
+            return r >= S.cap ? r - S.cap : r;
+        }
+        return t % S.cap;
+    }
+    return mode == SLOT_RING ? t % S.R : t - S.nq;
+}
+
+/* The lane's tile layout: at iteration i, subgroup sg (D/8 lanes) reads token t0 + sg*LPT + i.
+ * Tokens outside [a, b) read a valid token's row instead (clamped: never garbage, which
+ * could be NaN) and add nothing. */
+
+/* part[i][g] += q.k over the lane's channels, f16 rows. */
+template <int LPT, int GP, int F>
+__device__ __forceinline__ void k_rows(const kv_side &S, int h, int mode, int t0, int a, int b, int sg, int li,
+                                       const float (&qk)[GP][8], float (&part)[LPT][GP]) {
+    const uint16_t *base = (const uint16_t *)S.fp + h * S.fp_head;
+    const int r0 = mode == SLOT_DENSE ? t0 % S.cap : 0;
+    /* two halves of LPT/2 rows: 16-byte loads in flight without spilling registers */
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        uint4 kr[LPT / 2];
+#pragma unroll
+        for (int j = 0; j < LPT / 2; j++) {
+            const int t = min(max(t0 + sg * LPT + hf * (LPT / 2) + j, a), b - 1);
+            kr[j] = ld_row<F>(base + (size_t)f16_slot(S, mode, t, t0, r0) * S.d, li);
+        }
+#pragma unroll
+        for (int j = 0; j < LPT / 2; j++) {
+            const int i = hf * (LPT / 2) + j, t = t0 + sg * LPT + i;
+            const bool in = t >= a && t < b;
+            float f[8];
+            h8(kr[j], f);
+#pragma unroll
+            for (int g = 0; g < GP; g++) {
+                float x = qk[g][0] * f[0];
+#pragma unroll
+                for (int e = 1; e < 8; e++) x = fmaf(qk[g][e], f[e], x);
+                part[i][g] += in ? x : 0.0f;
+            }
+        }
+    }
+}
+
+/* part[i][g] += q.k, per-token codes: s * (q . codes) + z * sum(q). */
+template <int LPT, int GP, int B>
+__device__ __forceinline__ void k_codes(const kv_side &S, int h, int t0, int a, int b, int sg, int li,
+                                        const float (&qk)[GP][8], const float (&qsum)[GP], float (&part)[LPT][GP]) {
+    const uint8_t *cb = S.codes + h * S.codes_head + li * B;
+    const uint16_t *pb = S.params + h * S.params_head + ((li >> 2) * 32 / S.g) * S.ppg;
+    uint32_t w0[LPT], w1[LPT], pw[LPT];
+#pragma unroll
+    for (int i = 0; i < LPT; i++) {
+        const int t = min(max(t0 + sg * LPT + i, a), b - 1);
+        ld_codes<B>(cb + (size_t)t * S.row_bytes, w0[i], w1[i]);
+        const uint16_t *pr = pb + (size_t)t * S.pstride;
+        pw[i] = S.sym ? (uint32_t)pr[0] : *(const uint32_t *)pr;
+    }
+#pragma unroll
+    for (int i = 0; i < LPT; i++) {
+        const int t = t0 + sg * LPT + i;
+        const bool in = t >= a && t < b;
+        const float s = h2f((uint16_t)(pw[i] & 0xffffu));
+        const float z = S.sym ? -(float)(1 << (B - 1)) * s : h2f((uint16_t)(pw[i] >> 16));
+        float cf[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) cf[e] = code_f<B>(w0[i], w1[i], e);
+#pragma unroll
+        for (int g = 0; g < GP; g++) {
+            float x = qk[g][0] * cf[0];
+#pragma unroll
+            for (int e = 1; e < 8; e++) x = fmaf(qk[g][e], cf[e], x);
+            part[i][g] += in ? fmaf(s, x, z * qsum[g]) : 0.0f;
+        }
+    }
+}
+
+/* acc[g][e] += p * v, f16 rows; pv = the warp's p array [32][GP]. */
+template <int LPT, int GP, int F>
+__device__ __forceinline__ void v_rows(const kv_side &S, int h, int mode, int t0, int a, int b, int sg, int li,
+                                       const float (*pv)[GP], float (&acc)[GP][8]) {
+    const uint16_t *base = (const uint16_t *)S.fp + h * S.fp_head;
+    const int r0 = mode == SLOT_DENSE ? t0 % S.cap : 0;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        uint4 vr[LPT / 2];
+#pragma unroll
+        for (int j = 0; j < LPT / 2; j++) {
+            const int t = min(max(t0 + sg * LPT + hf * (LPT / 2) + j, a), b - 1);
+            vr[j] = ld_row<F>(base + (size_t)f16_slot(S, mode, t, t0, r0) * S.d, li);
+        }
+#pragma unroll
+        for (int j = 0; j < LPT / 2; j++) {
+            const int tt = sg * LPT + hf * (LPT / 2) + j;
+            const bool in = t0 + tt >= a && t0 + tt < b;
+            float f[8];
+            h8(vr[j], f);
+#pragma unroll
+            for (int g = 0; g < GP; g++) {
+                const float w = in ? pv[tt][g] : 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[g][e] = fmaf(w, f[e], acc[g][e]);
+            }
+        }
+    }
+}
+
+/* acc[g][e] += p*s * code, pz[g] += p*z, per-token codes. */
+template <int LPT, int GP, int B>
+__device__ __forceinline__ void v_codes(const kv_side &S, int h, int t0, int a, int b, int sg, int li, const float (*pv)[GP],
+                                        float (&acc)[GP][8], float (&pz)[GP]) {
+    const uint8_t *cb = S.codes + h * S.codes_head + li * B;
+    const uint16_t *pb = S.params + h * S.params_head + ((li >> 2) * 32 / S.g) * S.ppg;
+    uint32_t w0[LPT], w1[LPT], pw[LPT];
+#pragma unroll
+    for (int i = 0; i < LPT; i++) {
+        const int t = min(max(t0 + sg * LPT + i, a), b - 1);
+        ld_codes<B>(cb + (size_t)t * S.row_bytes, w0[i], w1[i]);
+        const uint16_t *pr = pb + (size_t)t * S.pstride;
+        pw[i] = S.sym ? (uint32_t)pr[0] : *(const uint32_t *)pr;
+    }
+#pragma unroll
+    for (int i = 0; i < LPT; i++) {
+        const int tt = sg * LPT + i;
+        const bool in = t0 + tt >= a && t0 + tt < b;
+        const float s = h2f((uint16_t)(pw[i] & 0xffffu));
+        const float z = S.sym ? -(float)(1 << (B - 1)) * s : h2f((uint16_t)(pw[i] >> 16));
+        float cf[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) cf[e] = code_f<B>(w0[i], w1[i], e);
+#pragma unroll
+        for (int g = 0; g < GP; g++) {
+            const float w = in ? pv[tt][g] : 0.0f;
+            pz[g] = fmaf(w, z, pz[g]);
+            const float ws = w * s;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] = fmaf(ws, cf[e], acc[g][e]);
+        }
+    }
+}
+
+/* Scores of the new token (f32, exact): snew[g] = q_g . knew (q pre-scaled in qs[g][c]). */
+template <int D>
+__device__ __forceinline__ void new_scores(const float *qs, int qstride, const float *knew, int h, int G, float *snew) {
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int g = threadIdx.x >> 5; g < G; g += nw) {
+        float s = 0.0f;
+        for (int c = lane; c < D; c += 32) s = fmaf(qs[g * qstride + c], knew[(size_t)h * D + c], s);
+        s = wsum(s);
+        if (lane == 0) snew[g] = s;
+    }
+}
+
+template <int D, int GP, int KF, int VF, int MINB>
+__global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
+    constexpr int LPT = D / 8; /* lanes per token = tile iterations (tokens per lane-subgroup) */
+    __shared__ __align__(16) float qsm[GP][D];
+    __shared__ __align__(16) float wsm[DW][GP * D]; /* per warp: KIVI q*s table, then the accumulator */
+    __shared__ __align__(16) float psm[DW][32][GP];
+    __shared__ float msm[DW][GP], lsm[DW][GP], snew[GP];
+    const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int li = lane % LPT, sg = lane / LPT, G = p.G;
+    for (int e = tid; e < GP * D; e += DTHR) {
+        const int g = e / D, c = e % D;
+        qsm[g][c] = g < G ? p.q[(size_t)(h * G + g) * D + c] * p.scale : 0.0f;
+    }
+    __syncthreads();
+    float qk[GP][8], qsum[GP], acc[GP][8], pz[GP], lsum[GP], mrun[GP];
+#pragma unroll
+    for (int g = 0; g < GP; g++) {
+        qsum[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            qk[g][e] = qsm[g][chmap<KF>(li, e)];
+            qsum[g] += qk[g][e];
+            acc[g][e] = 0.0f;
+        }
+        pz[g] = lsum[g] = 0.0f;
+        mrun[g] = -INFINITY;
+    }
+    const kv_side &K = p.K, &V = p.V;
+    const int lo = p.kstart + sp * p.split_len, hi = min(p.n_past, lo + p.split_len);
+    for (int t0 = lo + 32 * warp; t0 < hi; t0 += 32 * DW) {
+        const int a = max(t0, p.klo), b = min(t0 + 32, hi); /* valid keys of the tile, a < b */
+        float sc[GP];
+        /* ---- scores: lane i <- token t0 + i ---- */
+        bool direct = false;
+        float part[LPT][GP];
+#pragma unroll
+        for (int i = 0; i < LPT; i++)
+#pragma unroll
+            for (int g = 0; g < GP; g++) part[i][g] = 0.0f;
+        if (KF == 16) {
+            k_rows<LPT, GP, 16>(K, h, SLOT_DENSE, t0, a, b, sg, li, qk, part);
+        } else if (KF > 0) {
+            constexpr int B = KF > 0 && KF < 16 ? KF : 2;
+            const int m = min(b, K.nq);
+            if (a < m) k_codes<LPT, GP, B>(K, h, t0, a, m, sg, li, qk, qsum, part);
+            if (max(a, K.nq) < b) k_rows<LPT, GP, KF>(K, h, SLOT_RING, t0, max(a, K.nq), b, sg, li, qk, part);
+        } else if (b > K.nq) {
+            /* KIVI block (f16): nq is a multiple of the flush block, so a tile is all codes or all block */
+            k_rows<LPT, GP, KF>(K, h, SLOT_BLOCK, t0, a, b, sg, li, qk, part);
+        } else {
+            /* per-channel codes: lane = token, channel units shared by the warp */
+            constexpr int B = KF < 0 ? -KF : 2;
+            const int grp = t0 / K.g, u = (t0 % K.g) / 32, ustride = (K.g / 32) * 4 * B;
+            const uint16_t *pp = K.params + h * K.params_head + grp * K.grp_halves;
+            float *qs = wsm[warp];
+            float qz[GP];
+#pragma unroll
+            for (int g = 0; g < GP; g++) qz[g] = 0.0f;
+            __syncwarp();
+            for (int c = lane; c < D; c += 32) {
+                float s, z;
+                q_decode_params(pp + (size_t)c * K.ppg, B, K.sym, &s, &z);
+#pragma unroll
+                for (int g = 0; g < GP; g++) {
+                    qs[c * GP + g] = qsm[g][c] * s;
+                    qz[g] = fmaf(qsm[g][c], z, qz[g]);
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < GP; g++) sc[g] = wsum(qz[g]);
+            __syncwarp();
+            const int byte = B == 4 ? (lane & 15) : (lane & 7), shift = B == 4 ? (lane >> 4) * 4 : (lane >> 3) * 2;
+            const uint8_t *ub = K.codes + h * K.codes_head + grp * K.grp_bytes + u * 4 * B + byte;
+#pragma unroll 2
+            for (int c0 = 0; c0 < D; c0 += 16) {
+                uint32_t cb[16];
+#pragma unroll
+                for (int j = 0; j < 16; j++) cb[j] = ub[(size_t)(c0 + j) * ustride];
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    const float x = __uint_as_float(0x4B000000u | ((cb[j] >> shift) & ((1u << B) - 1))) - 8388608.0f;
+                    const float *qc = qs + (c0 + j) * GP;
+#pragma unroll
+                    for (int g = 0; g < GP; g++) sc[g] = fmaf(qc[g], x, sc[g]);
+                }
+            }
+            direct = true;
+        }
+        if (!direct) {
+            rscatter<LPT, GP>(part, li);
+#pragma unroll
+            for (int g = 0; g < GP; g++) sc[g] = part[0][g];
+        }
+        {
+            const bool in = t0 + lane >= a && t0 + lane < b;
+#pragma unroll
+            for (int g = 0; g < GP; g++)
+                if (!in) sc[g] = -INFINITY;
+        }
+        /* ---- online softmax over the tile (log2 domain) ---- */
+#pragma unroll
+        for (int g = 0; g < GP; g++) {
+            const float mn = fmaxf(mrun[g], wmax(sc[g]));
+            float pg = 0.0f, corr = 1.0f;
+            if (mn != -INFINITY) {
+                pg = exp2f(sc[g] - mn);
+                corr = exp2f(mrun[g] - mn);
+            }
+            mrun[g] = mn;
+            lsum[g] = fmaf(lsum[g], corr, pg);
+            pz[g] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] *= corr;
+            psm[warp][lane][g] = pg;
+        }
+        __syncwarp();
+        /* ---- values: token sg*LPT + i of the tile at iteration i ---- */
+        if (VF == 16) {
+            v_rows<LPT, GP, 16>(V, h, SLOT_DENSE, t0, a, b, sg, li, psm[warp], acc);
+        } else {
+            constexpr int B = VF > 0 && VF < 16 ? VF : 2;
+            const int m = min(b, V.nq);
+            if (a < m) v_codes<LPT, GP, B>(V, h, t0, a, m, sg, li, psm[warp], acc, pz);
+            if (max(a, V.nq) < b) v_rows<LPT, GP, VF>(V, h, SLOT_RING, t0, max(a, V.nq), b, sg, li, psm[warp], acc);
+        }
+        __syncwarp(); /* psm (and the KIVI table) are rewritten by the next tile */
+    }
+    /* ---- the warp's state: sum the subgroups (same channels, other tokens) ---- */
+#pragma unroll
+    for (int g = 0; g < GP; g++) {
+#pragma unroll
+        for (int off = LPT; off < 32; off <<= 1) {
+            pz[g] += __shfl_xor_sync(0xffffffffu, pz[g], off);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], off);
+        }
+        lsum[g] = wsum(lsum[g]);
+    }
+    __syncwarp();
+    if (sg == 0)
+#pragma unroll
+        for (int g = 0; g < GP; g++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) wsm[warp][g * D + chmap<VF>(li, e)] = acc[g][e] + pz[g];
+    if (lane == 0)
+#pragma unroll
+        for (int g = 0; g < GP; g++) {
+            msm[warp][g] = mrun[g];
+            lsm[warp][g] = lsum[g];
+        }
+    if (p.n_split == 1) new_scores<D>(&qsm[0][0], D, p.knew, h, G, snew);
+    __syncthreads();
+    /* ---- merge the warps; write the output (with the new token) or this split's state ---- */
+    for (int e = tid; e < G * D; e += DTHR) {
+        const int g = e / D, c = e % D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DW; w++) M = fmaxf(M, msm[w][g]);
+        float L = 0.0f, O = 0.0f;
+        if (M != -INFINITY)
+#pragma unroll
+            for (int w = 0; w < DW; w++) {
+                if (msm[w][g] == -INFINITY) continue;
+                const float wt = exp2f(msm[w][g] - M);
+                L = fmaf(wt, lsm[w][g], L);
+                O = fmaf(wt, wsm[w][g * D + c], O);
+            }
+        if (p.n_split == 1) {
+            const float sn = snew[g], M2 = fmaxf(M, sn), wo = exp2f(M - M2), wn = exp2f(sn - M2);
+            p.out[(size_t)(h * G + g) * D + c] = fmaf(O, wo, wn * p.vnew[(size_t)h * D + c]) / fmaf(L, wo, wn);
+        } else {
+            float *pp = p.part + ((size_t)h * p.n_split + sp) * G * (D + 2) + (size_t)g * (D + 2);
+            if (c == 0) {
+                pp[0] = M;
+                pp[1] = L;
+            }
+            pp[2 + c] = O;
+        }
+    }
+}
+
+/* out[h*G + g][c]: the splits and the new token, weighted by 2^(m - M). */
+template <int D>
+__global__ void dec_merge_k(dec_p p) {
+    __shared__ float snew[8];
+    const int h = blockIdx.x, G = p.G, n_split = p.n_split;
+    {
+        /* the new token's scores, q scaled like the main kernel's */
+        const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+        for (int g = threadIdx.x >> 5; g < G; g += nw) {
+            float s = 0.0f;
+            for (int c = lane; c < D; c += 32)
+                s = fmaf(p.q[(size_t)(h * G + g) * D + c] * p.scale, p.knew[(size_t)h * D + c], s);
+            s = wsum(s);
+            if (lane == 0) snew[g] = s;
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < G * D; e += blockDim.x) {
+        const int g = e / D, c = e % D;
+        const float *b = p.part + (size_t)h * n_split * G * (D + 2) + (size_t)g * (D + 2);
+        const size_t st = (size_t)G * (D + 2);
+        float M = snew[g];
+        for (int s = 0; s < n_split; s++) M = fmaxf(M, b[s * st]);
+        float L = exp2f(snew[g] - M), O = L * p.vnew[(size_t)h * D + c];
+        for (int s = 0; s < n_split; s++) {
+            const float m = b[s * st];
+            if (m == -INFINITY) continue;
+            const float w = exp2f(m - M);
+            L = fmaf(w, b[s * st + 1], L);
+            O = fmaf(w, b[s * st + 2 + c], O);
+        }
+        p.out[(size_t)(h * G + g) * D + c] = O / L;
+    }
+}
+
+static int side_fmt(const kv_side &S, bool is_k) {
+    if (S.mode == KV_DENSE) return S.dt == DT_F16 ? 16 : 0;
+    if (S.mode == KV_SLIDE) return S.g >= 32 && (S.bits == 8 || S.bits == 4 || S.bits == 2) ? S.bits : 0;
+    if (is_k && (S.bits == 4 || S.bits == 2)) return -S.bits;
+    return 0;
+}
+
+template <int D, int GP, int KF, int VF, int MINB>
+static int dec_launch(tlc_ctx *cx, dec_p &p, tl_error *err) {
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, dec_k<D, GP, KF, VF, MINB>, DTHR, 0) != cudaSuccess || occ < 1) occ = 1;
+    /* one full wave: Hkv * n_split ~ SMs * resident blocks; at least 4 tiles (128 keys) per block */
+    const int span = p.n_past - p.kstart, tiles = (span + 31) / 32;
+    const int want = TL_MAX(1, cx->n_sm * occ / p.Hkv);
+    int per = (tiles + want - 1) / want;
+    per = TL_MAX(4, (per + 3) / 4 * 4);
+    p.split_len = per * 32;
+    p.n_split = TL_MAX(1, (span + p.split_len - 1) / p.split_len);
+    if (p.n_split > 1) {
+        if (tlc_scratch(cx, (size_t)p.Hkv * p.n_split * p.G * (D + 2) * sizeof(float), err)) return -1;
+        p.part = (float *)cx->scratch;
+    }
+    dec_k<D, GP, KF, VF, MINB><<<dim3(p.Hkv, p.n_split), DTHR, 0, cx->stream>>>(p);
+    TLC_LAUNCH_CHECK("decode attention");
+    if (p.n_split > 1) {
+        dec_merge_k<D><<<p.Hkv, TL_MIN(1024, p.G * D), 0, cx->stream>>>(p);
+        TLC_LAUNCH_CHECK("decode attention merge");
+    }
+    return 0;
+}
+
+#define DEC_FORMATS(D, X)                                                                                       \
+    X(D, 16, 16) X(D, 8, 8) X(D, 4, 4) X(D, 2, 2) X(D, -2, 2) X(D, -4, 2) X(D, -4, 4) X(D, 16, 4) X(D, 16, 2)
+
+int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew, const float *vnew,
+                    float *out, tl_error *err) {
+    const int D = L->k.d, G = L->n_head / L->n_head_kv;
+    if (L->v.d != D || (D != 64 && D != 128) || G > 8) return 1;
+    const int kf = side_fmt(L->k, true), vf = side_fmt(L->v, false);
+    if (!kf || !vf || (G > 4 && !(kf == 16 && vf == 16))) return 1;
+    dec_p p;
+    memset(&p, 0, sizeof p);
+    p.K = L->k;
+    p.V = L->v;
+    p.q = q;
+    p.knew = knew;
+    p.vnew = vnew;
+    p.out = out;
+    p.n_past = n_past;
+    p.Hkv = L->n_head_kv;
+    p.G = G;
+    p.klo = L->window > 0 ? TL_MAX(0, n_past - L->window + 1) : 0;
+    p.kstart = p.klo & ~31;
+    p.scale = L->scale * 1.4426950408889634f;
+    if (G > 4) return D == 64 ? dec_launch<64, 8, 16, 16, 1>(cx, p, err) : dec_launch<128, 8, 16, 16, 1>(cx, p, err);
+    /* head_dim 128: 2 resident blocks (255 registers, no spills), except per-channel keys at 3
+     * (168 registers, small spills), measured faster at 128k on an H100 (docs/cuda.md);
+     * TL_CUDA_DEC_MINB=2 or 3 forces one */
+    const bool three = cx->dec_minb == 3 || (cx->dec_minb != 2 && kf < 0);
+#define X(DD, KF, VF)                                                                                     \
+    if (D == DD && kf == KF && vf == VF)                                                                  \
+        return DD == 64 ? dec_launch<DD, 4, KF, VF, 3>(cx, p, err)                                        \
+                        : three ? dec_launch<DD, 4, KF, VF, 3>(cx, p, err) : dec_launch<DD, 4, KF, VF, 2>(cx, p, err);
+    DEC_FORMATS(64, X)
+    DEC_FORMATS(128, X)
+#undef X
+    return 1;
+}
