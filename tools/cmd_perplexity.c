@@ -24,7 +24,7 @@ typedef struct {
 static int on_window(void *ctx, int window, const float *logits, const int32_t *targets, int n_rows, int n_vocab) {
     win_ctx *w = ctx;
     if (w->kld && tl_kld_window(w->kld, logits, targets, n_rows, w->err)) return 1;
-    tl_progress_add(w->prog, w->n_ctx);
+    tl_progress_add(w->prog, n_rows); /* scored rows, pieces of a window at a time */
     return 0;
 }
 
@@ -95,7 +95,7 @@ int tl_cmd_perplexity(int argc, char **argv) {
     int nw = (int)((int64_t)n / n_ctx);
     if (max_windows > 0 && max_windows < nw) nw = max_windows;
     tl_progress prog;
-    tl_progress_init(&prog, "perplexity", (int64_t)nw * n_ctx, nw, !e.quiet);
+    tl_progress_init(&prog, "perplexity", (int64_t)nw * (n_ctx - 1 - n_ctx / 2), nw, !e.quiet);
     win_ctx wc = {have_kld ? &kld : NULL, &err, &prog, n_ctx};
     tl_ppl_result res;
     err.msg[0] = 0;

@@ -190,8 +190,10 @@ int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_
     const int V = k->n_vocab, K = k->top_k;
     const size_t rb = rec_bytes(K);
     unsigned char *rec = k->rec;
-    if (n_rows != k->rows_per_window) return tl_fail(err, "KL: window of %d rows, expected %d", n_rows, k->rows_per_window);
-    if (!k->writing && k->windows_read >= k->n_windows)
+    if (n_rows <= 0 || k->rows_in_window + n_rows > k->rows_per_window)
+        return tl_fail(err, "KL: %d more rows in a window of %d rows that has %d", n_rows, k->rows_per_window,
+                       k->rows_in_window);
+    if (!k->writing && k->rows_in_window == 0 && k->windows_read >= k->n_windows)
         return tl_fail(err, "--kl-base %s: holds %d windows, this run has more (use --chunks %d)", k->path,
                        k->n_windows, k->n_windows);
     for (int r = 0; r < n_rows; r++) {
@@ -239,8 +241,12 @@ int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_
             if (k->lp[i] > k->lp[best]) best = i;
         k->same_top1 += best == ids[0];
     }
-    if (k->writing) k->n_windows++;
-    else k->windows_read++;
+    k->rows_in_window += n_rows;
+    if (k->rows_in_window == k->rows_per_window) { /* the window is complete */
+        k->rows_in_window = 0;
+        if (k->writing) k->n_windows++;
+        else k->windows_read++;
+    }
     return 0;
 }
 

@@ -33,6 +33,7 @@ typedef struct {
     char *path, *tmp_path;
     bool writing;
     int n_vocab, n_ctx, top_k, rows_per_window;
+    int rows_in_window; /* rows of the current window seen so far (pieces arrive in order) */
     int n_windows;      /* written so far (write) / in the file (read) */
     uint64_t n_text_tokens, hash;
     /* scratch */

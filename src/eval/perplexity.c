@@ -30,8 +30,12 @@ int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, i
     const int32_t bos = tl_tok_bos(m->tok);
     const bool add_bos = tl_tok_add_bos(m->tok) && bos >= 0;
     int32_t *win = tl_xmalloc(sizeof(int32_t) * (size_t)n_ctx);
-    /* logits of the scored half only: evaluate the first half without logits, then the rest */
-    float *logits = tl_xmalloc(sizeof(float) * (size_t)(n_ctx - first) * V);
+    /* Logits of the scored half only, a piece at a time: evaluate the first half without
+     * logits, then the rest in pieces of at most `piece` tokens (<= the session chunk, and at
+     * most 32M floats = 128 MB of logits per piece). */
+    int piece = s->chunk;
+    if ((int64_t)piece * V > (32 << 20)) piece = (int)TL_MAX(1, (32 << 20) / V);
+    float *logits = tl_xmalloc(sizeof(float) * (size_t)piece * V);
     double t0 = tl_time_s();
     if (progress) fprintf(stderr, "perplexity: %d windows of %d tokens, scoring %d per window\n", n_windows, n_ctx, n_rows);
     for (int w = 0; w < n_windows; w++) {
@@ -39,15 +43,23 @@ int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, i
         if (add_bos) win[0] = bos;
         tl_session_reset(s);
         if (tl_session_eval(s, win, first, NULL, false, err)) goto fail;
-        if (tl_session_eval(s, win + first, n_ctx - first, logits, true, err)) goto fail;
-        for (int r = 0; r < n_rows; r++) {
-            const double lp = log_prob(logits + (size_t)r * V, V, win[first + r + 1]);
-            res->nll_sum -= lp;
-            res->nll2_sum += lp * lp;
+        bool stop = false;
+        /* rows r = p0 .. p0+np-1 of the piece predict win[first + r + 1]; the last token of the
+         * window predicts nothing, so a piece that holds it scores one row fewer */
+        for (int p0 = 0; p0 < n_ctx - first && !stop; p0 += piece) {
+            const int np = TL_MIN(piece, n_ctx - first - p0);
+            if (tl_session_eval(s, win + first + p0, np, logits, true, err)) goto fail;
+            const int rows = TL_MIN(np, n_rows - p0);
+            for (int r = 0; r < rows; r++) {
+                const double lp = log_prob(logits + (size_t)r * V, V, win[first + p0 + r + 1]);
+                res->nll_sum -= lp;
+                res->nll2_sum += lp * lp;
+            }
+            if (rows > 0 && fn && fn(fn_ctx, w, logits, win + first + p0 + 1, rows, V)) stop = true;
         }
         res->n_scored += n_rows;
         res->n_windows = w + 1;
-        if (fn && fn(fn_ctx, w, logits, win + first + 1, n_rows, V)) break;
+        if (stop) break;
         if (progress) {
             const double el = tl_time_s() - t0;
             fprintf(stderr, "[%d]%.4f (%.1f s, ETA %.1f s)\n", w + 1, exp(res->nll_sum / res->n_scored), el,
