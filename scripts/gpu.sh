@@ -10,7 +10,8 @@
 #   4. (minb3) the decode bench with TL_CUDA_DEC_MINB=3 (decode kernels at 3 blocks/SM);
 #      (olddec) the same decode bench with TL_CUDA_DECODE=0: the general attention kernel
 #      instead of decode.cu, for before/after tables
-# Env: STEPS="build test bench minb3 olddec prefill safe" (default all), GPU_JOBS, DEPTHS, KVS, CHUNKS, TL_CUDA_SAFE.
+#   5. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan)
+# Env: STEPS="build test bench minb3 olddec prefill safe tailor" (default all), GPU_JOBS, DEPTHS, KVS, CHUNKS, TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -60,7 +61,7 @@ if has test; then
 fi
 
 M=$SHM/llama8b-bf16.gguf
-if has bench || has prefill; then
+if has bench || has prefill || has tailor; then
   if [ ! -f $M ]; then
     log "synth llama-3.1-8b bf16"
     $T synth --shape llama-3.1-8b --type bf16 -o $M -q 2>&1 | tail -1
@@ -115,5 +116,21 @@ if has safe && [ -z "${TL_CUDA_SAFE:-}" ]; then
   TL_CUDA_SAFE=1 timeout 90 $T bench -m $M --device cuda -p 0 -n 32 -d 32768,131072 --kv f16,k4v4 -r 2 -o md \
     >"$OUT/decode_safe.md" 2>/dev/null
   cat "$OUT/decode_safe.md" | tee -a "$OUT/summary.md"
+fi
+if has tailor; then
+  # TailorKV (sparse layers offloaded to pinned host memory, 4-bit device key summary) under a
+  # 24 GiB device budget at 128k: f16 must be refused by the plan, tailor must fit and run
+  log "tailor: --gpu-mem-budget 24GiB at depth 131072"
+  BUD=${BUDGET:-24GiB}
+  timeout 60 $T bench -m $M --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d 131072 --kv f16 -r 1 -o md \
+    >"$OUT/tailor_f16.md" 2>"$OUT/tailor_f16.err"
+  echo "f16 under $BUD: exit $?" | tee -a "$OUT/summary.md"
+  grep -E "gpu-mem-budget" "$OUT/tailor_f16.err" | head -3 | tee -a "$OUT/summary.md"
+  TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $M --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d ${TK_DEPTHS:-131072} \
+    --kv "${TK_KVS:-tailor:summary=4,bits=2}" -r 2 -o md >"$OUT/tailor.md" 2>"$OUT/tailor.err"
+  echo "tailor bench exit $?" | tee -a "$OUT/summary.md"
+  cat "$OUT/tailor.md" | tee -a "$OUT/summary.md"
+  grep -E "memory|tailorKV|error|tailor bench|uploaded" "$OUT/tailor.err" | sort -u | head -20 | tee -a "$OUT/summary.md"
+  ps -o rss= -p $$ >/dev/null 2>&1
 fi
 log "done"

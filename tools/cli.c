@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -111,6 +112,27 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
         c->sp.seed = s;
     } else if (!strcmp(a, "--mem")) {
         c->mem = true;
+    } else if (!strcmp(a, "--gpu-mem-budget")) {
+        VAL();
+        /* bytes, or a number with K/M/G/T (KiB.. binary) or KB/MB/GB/TB (decimal) */
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        double mul = 1;
+        if (!strcasecmp(end, "k") || !strcasecmp(end, "kib")) mul = 1024.0;
+        else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib")) mul = 1048576.0;
+        else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib")) mul = 1073741824.0;
+        else if (!strcasecmp(end, "t") || !strcasecmp(end, "tib")) mul = 1099511627776.0;
+        else if (!strcasecmp(end, "kb")) mul = 1e3;
+        else if (!strcasecmp(end, "mb")) mul = 1e6;
+        else if (!strcasecmp(end, "gb")) mul = 1e9;
+        else if (!strcasecmp(end, "tb")) mul = 1e12;
+        else if (*end && strcasecmp(end, "b")) mul = -1;
+        if (errno || end == v || mul < 0 || !(x > 0) || x * mul > 1.8e19) {
+            fprintf(stderr, "tailor: --gpu-mem-budget: '%s' is not a size (e.g. 24GiB, 80G, 25769803776)\n", v);
+            return -1;
+        }
+        c->gpu_mem_budget = (uint64_t)(x * mul);
     } else if (!strcmp(a, "--device")) {
         VAL();
         if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
@@ -186,6 +208,11 @@ tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
                 c->n_ctx, m->cfg.n_ctx_train);
     tl_kv_plan plan = {0};
     if (tl_kv_plan_parse(&plan, c->kv ? c->kv : "f16", c->kv_layer, m->cfg.n_layer, err)) return NULL;
+    if (c->gpu_mem_budget && c->device && !strcmp(c->device, "cuda") &&
+        tl_cuda_check_budget(m, c->n_ctx, c->chunk, plan.layers, c->gpu_mem_budget, err)) {
+        tl_kv_plan_free(&plan);
+        return NULL;
+    }
     tl_session *s = tl_session_new_on(m, c->n_ctx, c->n_threads, c->chunk, plan.layers, c->device, err);
     tl_kv_plan_free(&plan);
     return s;
@@ -219,10 +246,16 @@ void tl_cli_print_mem(FILE *f, const tl_session *s) {
             mib(m.weights), mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
             mib(m.kv_parts.other), mib(m.kv_parts.host), mib(m.activations), mib(m.weights + m.kv + m.activations),
             s->n_past);
-    tl_tailor_print_mem(f, s->kv, s->model->cfg.n_layer);
+    if (!s->gpu) tl_tailor_print_mem(f, s->kv, s->model->cfg.n_layer); /* GPU sessions hold no CPU stores */
     if (s->gpu) {
         tl_cuda_mem g;
         tl_cuda_memory(s->gpu, &g);
+        if (g.n_offload) {
+            const double steps = g.decode_steps > 0 ? (double)g.decode_steps : 1.0;
+            fprintf(f, "tailorKV (gpu): %d sparse layers; host tier allocated %.2f MiB (pinned, mapped); decode h2d "
+                       "%.1f KiB/token (PCIe, top-k rows) over %lld steps; prefill d2h %.2f MiB\n",
+                    g.n_offload, mib(g.host_alloc), g.h2d_decode / steps / 1024.0, (long long)g.decode_steps, mib(g.d2h));
+        }
         fprintf(f, "gpu memory (%s): weights %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; device %.2f of %.2f MiB free\n",
                 g.device, mib(g.weights), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free), mib(g.dev_total));
     }

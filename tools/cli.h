@@ -23,6 +23,7 @@ typedef struct {
     tl_sampler_params sp; /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n -s/--seed */
     bool mem;             /* --mem */
     const char *device;   /* --device cpu|cuda (NULL = cpu) */
+    uint64_t gpu_mem_budget; /* --gpu-mem-budget BYTES (24GiB style; 0 = none) */
 } tl_cli_common;
 
 void tl_cli_common_init(tl_cli_common *c);

@@ -24,8 +24,11 @@ struct tlc_ctx {
     size_t scratch_bytes;
 };
 
+struct tlc_off; /* TailorKV sparse layer (offload.cu), NULL for other layers */
+
 struct tlc_layer_kv {
     kv_side k, v;
+    tlc_off *off;
     int n_head, n_head_kv, window;
     float scale;
 };
@@ -45,5 +48,35 @@ int tlc_attention(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const f
 int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew, const float *vnew,
                     float *out, tl_error *err);
 int tlc_kv_append(tlc_ctx *cx, tlc_layer_kv *L, int n_past, int m, const float *k, const float *v, tl_error *err);
+
+
+/* ---- TailorKV sparse layers on the GPU (offload.cu) ---- */
+struct tlc_off_sizes {
+    uint64_t dev, host; /* bytes allocated on the device / pinned mapped host memory */
+};
+/* Sizes a layer with these parameters allocates for n_ctx tokens (budget plan; no allocation). */
+int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
+                     tlc_off_sizes *out, tl_error *err);
+int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
+                float scale, tl_error *err);
+void tlc_off_free(tlc_off *o);
+void tlc_off_reset(tlc_ctx *cx, tlc_off *o);
+/* Prefill chunk (m > 1): exact attention over the host tier + the chunk, then append. */
+int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float *k, const float *v, float *out,
+                    tl_error *err);
+/* Append m prompt rows without attention (tl_cuda_fill_random). */
+int tlc_off_append_prompt(tlc_ctx *cx, tlc_off *o, int m, const float *k, const float *v, tl_error *err);
+/* Decode (one token): channels from qsel (predicted query, or the real one), summary scores,
+ * top-k, zero-copy gather, exact attention; then the token joins the generated ones. */
+int tlc_off_decode(tlc_ctx *cx, tlc_off *o, const float *q, const float *qsel, bool predicted, const float *k,
+                   const float *v, float *out, tl_error *err);
+struct tlc_off_info {
+    int n_host, n_gen;
+    uint64_t dev, host, h2d_decode, d2h;
+    int64_t steps, unpredicted;
+};
+void tlc_off_info_of(const tlc_off *o, tlc_off_info *out);
+/* Testing: copy the last selection (host indices) of every head: sel [H][maxsel], nsel [H]. */
+int tlc_off_last_selection(tlc_ctx *cx, const tlc_off *o, int *sel, int *nsel, int *maxsel, tl_error *err);
 
 #endif

@@ -61,8 +61,38 @@ typedef struct {
     uint64_t weights_read; /* bytes of weights one decode step reads (all but the embedding table) */
     uint64_t dev_free, dev_total; /* cudaMemGetInfo */
     char device[128];
+    /* TailorKV sparse layers (policy kind TL_KV_OFFLOAD) */
+    int n_offload;          /* how many layers offload */
+    uint64_t host_alloc;    /* pinned mapped host tier allocated (n_ctx tokens) */
+    uint64_t h2d_decode;    /* host -> device bytes read by decode steps (the top-k rows) */
+    uint64_t d2h;           /* prompt K/V written to the host tier */
+    int64_t decode_steps;
 } tl_cuda_mem;
 void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out);
+
+/* Device memory a session would take, planned before allocating anything: weights (as
+ * uploaded), the device tier of every layer's KV at n_ctx tokens, activations at the chunk
+ * size (+ attention partials), and a fixed reserve for the CUDA context and cuBLAS. */
+typedef struct {
+    uint64_t weights, kv_device, kv_host, activations, reserve, total;
+} tl_cuda_plan;
+int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                        tl_cuda_plan *out, tl_error *err);
+/* --gpu-mem-budget: fails (with the part that does not fit and by how much) when the plan
+ * exceeds budget bytes. */
+int tl_cuda_check_budget(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                         uint64_t budget, tl_error *err);
+
+/* Testing one TailorKV sparse layer (policy kind TL_KV_OFFLOAD) alone on the GPU: n_hist
+ * prompt rows (queries qh, keys kh, values vh, kv.h layout) in chunks of `chunk` (outputs to
+ * outh, [n_hist][n_head*head_dim_v]), then n_dec decode steps: q/k/v per step (one token
+ * each), qpred per step (NULL: no prediction), outputs to out [n_dec][n_head*head_dim_v],
+ * the selection of every step to sel [n_dec][n_head_kv][maxsel] (maxsel = max(1, topk))
+ * and nsel [n_dec][n_head_kv]. */
+int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *qh,
+                               const float *kh, const float *vh, float *outh, int n_dec, const float *q,
+                               const float *qpred, const float *k, const float *v, float *out, int *sel, int *nsel,
+                               tl_error *err);
 
 /* Free the device copy of a model's weights (called by tl_model_free; NULL is fine). */
 void tl_cuda_weights_free(void *w);

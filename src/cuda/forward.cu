@@ -20,6 +20,7 @@ extern "C" {
 #include "../model.h"
 #include "../session.h"
 #include "../kv/policy.h"
+#include "../kv/offload.h"
 }
 
 enum { WT_F32 = 0, WT_F16 = 1, WT_BF16 = 2 };
@@ -57,7 +58,9 @@ struct tl_cuda_session {
     void *xb; /* GEMM operand in the weights' 16-bit type */
     int32_t *tok;
     double *inv_freq; /* [2][n_rot/2] */
-    uint64_t act_bytes, kv_alloc;
+    float *qpred;     /* TailorKV: the next sparse layer's predicted query (decode) */
+    int qpred_for;    /* layer qpred was made for (-1: none) */
+    uint64_t act_bytes, kv_alloc, host_alloc;
     char dev_name[128];
 };
 
@@ -541,6 +544,7 @@ extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
     if (!g) return;
     if (g->cx.stream) cudaStreamSynchronize(g->cx.stream);
     for (int il = 0; g->kv && il < g->m->cfg.n_layer; il++) {
+        tlc_off_free(g->kv[il].off);
         kv_side *sides[2] = {&g->kv[il].k, &g->kv[il].v};
         for (int s = 0; s < 2; s++) {
             cudaFree(sides[s]->codes);
@@ -551,7 +555,7 @@ extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
     free(g->kv);
     free(g->pol);
     void *bufs[] = {g->x, g->xn, g->q, g->k, g->v, g->attn, g->gate, g->up, g->tmp, g->rope, g->logits, g->all_logits,
-                    g->xb, g->tok, g->inv_freq, g->cx.scratch};
+                    g->xb, g->tok, g->inv_freq, g->cx.scratch, g->qpred};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
     if (g->blas) cublasDestroy(g->blas);
     if (g->cx.stream) cudaStreamDestroy(g->cx.stream);
@@ -624,9 +628,9 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         const int window = sh.window;
         char pname[128];
         tl_kv_policy_format(&p, pname, sizeof pname);
-        if (p.kind == TL_KV_OFFLOAD || (p.kind == TL_KV_QUANT && (p.rotate || (p.smooth_k && p.k.bits < 16)))) {
+        if (p.kind == TL_KV_QUANT && (p.rotate || (p.smooth_k && p.k.bits < 16))) {
             tl_fail(err, "--device cuda: layer %d: KV policy '%s' has no GPU implementation (GPU: f32, f16, bf16, "
-                         "k<B>v<B> per-token or per-channel/KIVI, with residual)", il, pname);
+                         "k<B>v<B> per-token or per-channel/KIVI, with residual; TailorKV offload with summary)", il, pname);
             rc = -1;
             break;
         }
@@ -637,6 +641,18 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         L->window = window;
         L->scale = c->attn_scale;
         const int cap = window > 0 ? TL_MIN(window, n_ctx) : n_ctx;
+        if (p.kind == TL_KV_OFFLOAD) {
+            if (tlc_off_new(&L->off, &p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, c->attn_scale, err)) {
+                tl_fail_prefix(err, "--device cuda: layer %d KV cache ('%s')", il, pname);
+                rc = -1;
+                break;
+            }
+            tlc_off_info inf;
+            tlc_off_info_of(L->off, &inf);
+            g->kv_alloc += inf.dev;
+            g->host_alloc += inf.host;
+            continue;
+        }
         if (side_setup(g, &L->k, &p.k, p.kind, c->head_dim_k, p.residual, cap, c->n_head_kv, "K", err) ||
             side_setup(g, &L->v, &p.v, p.kind, c->head_dim_v, p.residual, cap, c->n_head_kv, "V", err)) {
             tl_fail_prefix(err, "--device cuda: layer %d KV cache ('%s')", il, pname);
@@ -665,6 +681,9 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
     g->xb = dalloc(g, 2 * C * max_in, &rc);
     g->tok = (int32_t *)dalloc(g, 4 * C, &rc);
     g->inv_freq = (double *)dalloc(g, sizeof(double) * (size_t)c->n_rot, &rc);
+    g->qpred_for = -1;
+    for (int il = 0; il < c->n_layer; il++)
+        if (g->kv[il].off && !g->qpred) g->qpred = (float *)dalloc(g, 4 * qd, &rc);
     if (rc) {
         tl_fail(err, "--device cuda: out of GPU memory allocating activations for chunk %d", chunk);
         tl_cuda_session_free(g);
@@ -729,9 +748,25 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
         TLC_LAUNCH_CHECK("rope q");
         rope_k<<<n, 128, 0, st>>>(g->k, Hkv, c->head_dim_k, c->n_rot, neox, base, g->rope);
         TLC_LAUNCH_CHECK("rope k");
-        if (tlc_attention(&g->cx, KV, g->n_past, n, g->q, g->k, g->v, g->attn, err) ||
-            tlc_kv_append(&g->cx, KV, g->n_past, n, g->k, g->v, err))
+        /* TailorKV: the next layer's query predicted from this layer's normed input (as
+         * session.c), with that layer's Wq (+bias, q-norm, RoPE); decode only */
+        if (n == 1 && il + 1 < c->n_layer && g->kv[il + 1].off) {
+            const dlayer *L1 = &w->L[il + 1];
+            if (linear1(g, &L1->wq, g->xn, 1, g->qpred, L1->bq, 0, err)) return -1;
+            if (L1->q_norm && rmsnorm(g, g->qpred, L1->q_norm, g->qpred, Hq, c->head_dim_k, 0, err)) return -1;
+            rope_k<<<1, 128, 0, st>>>(g->qpred, Hq, c->head_dim_k, c->n_rot, neox, c->layer_swa[il + 1] ? 1 : 0, g->rope);
+            TLC_LAUNCH_CHECK("rope q (prediction)");
+            g->qpred_for = il + 1;
+        }
+        if (KV->off) {
+            const int rc = n > 1 ? tlc_off_prefill(&g->cx, KV->off, n, g->q, g->k, g->v, g->attn, err)
+                                 : tlc_off_decode(&g->cx, KV->off, g->q, g->qpred, g->qpred_for == il, g->k, g->v, g->attn, err);
+            if (g->qpred_for == il) g->qpred_for = -1;
+            if (rc) return tl_fail_prefix(err, "layer %d", il);
+        } else if (tlc_attention(&g->cx, KV, g->n_past, n, g->q, g->k, g->v, g->attn, err) ||
+                   tlc_kv_append(&g->cx, KV, g->n_past, n, g->k, g->v, err)) {
             return tl_fail_prefix(err, "layer %d", il);
+        }
         if (L->attn_post_norm) {
             if (linear1(g, &L->wo, g->attn, n, g->tmp, NULL, 0, err) || rmsnorm(g, g->tmp, L->attn_post_norm, g->x, n, E, 1, err))
                 return -1;
@@ -800,7 +835,11 @@ extern "C" int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, fl
 
 extern "C" void tl_cuda_reset(tl_cuda_session *g) {
     g->n_past = 0;
-    for (int il = 0; il < g->m->cfg.n_layer; il++) g->kv[il].k.nq = g->kv[il].v.nq = 0;
+    g->qpred_for = -1;
+    for (int il = 0; il < g->m->cfg.n_layer; il++) {
+        g->kv[il].k.nq = g->kv[il].v.nq = 0;
+        if (g->kv[il].off) tlc_off_reset(&g->cx, g->kv[il].off);
+    }
 }
 
 extern "C" int tl_cuda_n_past(const tl_cuda_session *g) { return g->n_past; }
@@ -815,7 +854,9 @@ extern "C" int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_
             random_k<<<grid1(nc * kd, 256), 256, 0, g->cx.stream>>>(g->k, nc * kd, seed + 2 * il, (size_t)(g->n_past) * kd);
             random_k<<<grid1(nc * vd, 256), 256, 0, g->cx.stream>>>(g->v, nc * vd, seed + 2 * il + 1, (size_t)(g->n_past) * vd);
             TLC_LAUNCH_CHECK("random fill");
-            if (tlc_kv_append(&g->cx, &g->kv[il], g->n_past, nc, g->k, g->v, err)) return tl_fail_prefix(err, "layer %d", il);
+            const int rc = g->kv[il].off ? tlc_off_append_prompt(&g->cx, g->kv[il].off, nc, g->k, g->v, err)
+                                         : tlc_kv_append(&g->cx, &g->kv[il], g->n_past, nc, g->k, g->v, err);
+            if (rc) return tl_fail_prefix(err, "layer %d", il);
         }
         g->n_past += nc;
     }
@@ -837,7 +878,20 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
         tl_session_layer_kv(c, g->n_ctx, il, &g->pol[il], &sh, &eff);
         tl_kv_bytes b;
         tl_error e;
-        if (tl_kv_layer_bytes_formula(&g->pol[il], &sh, g->n_past, &b, &e) == 0) {
+        int frc;
+        if (g->kv[il].off) {
+            tlc_off_info inf;
+            tlc_off_info_of(g->kv[il].off, &inf);
+            frc = tl_kv_offload_bytes_formula2(&g->pol[il], &sh, inf.n_host, inf.n_gen, &b, &e);
+            out->n_offload++;
+            out->host_alloc += inf.host;
+            out->h2d_decode += inf.h2d_decode;
+            out->d2h += inf.d2h;
+            out->decode_steps = TL_MAX(out->decode_steps, inf.steps);
+        } else {
+            frc = tl_kv_layer_bytes_formula(&g->pol[il], &sh, g->n_past, &b, &e);
+        }
+        if (frc == 0) {
             out->kv_held.codes += b.codes;
             out->kv_held.scales += b.scales;
             out->kv_held.residual += b.residual;
@@ -946,5 +1000,192 @@ done:
     cudaFree(g->cx.scratch);
     if (g->cx.stream) cudaStreamDestroy(g->cx.stream);
     free(g);
+    return rc;
+}
+
+/* ---------------- memory plan (--gpu-mem-budget) ---------------- */
+
+/* Bytes side_setup allocates for one side (0 with err when it would refuse). */
+static int side_bytes(const tl_kv_side *p, tl_kv_kind kind, int d, int residual, int cap, int n_kv, uint64_t *out,
+                      tl_error *err) {
+    if (kind != TL_KV_QUANT || p->bits == 16) {
+        *out = (uint64_t)cap * d * n_kv * (kind == TL_KV_F32 ? 4 : 2);
+        return 0;
+    }
+    const uint64_t ub = 4 * (uint64_t)p->bits;
+    if (d % 32) return tl_fail(err, "head_dim %d is not a multiple of 32", d);
+    if (p->gran == TL_KV_GRAN_TOKEN) {
+        const int g = p->group == 0 ? d : p->group;
+        const uint64_t row = (uint64_t)(d / 32) * ub, ps = (uint64_t)(d / g) * (p->quantizer == TL_KV_SYM ? 1 : 2);
+        *out = ((uint64_t)cap * row + (uint64_t)cap * ps * 2 + (uint64_t)residual * d * 2) * n_kv;
+    } else if (p->gran == TL_KV_GRAN_CHANNEL) {
+        const int g = p->group, base = TL_MAX(residual, g), R = (base + g - 1) / g * g;
+        const uint64_t ngrp = ((uint64_t)cap + g - 1) / g, ppg = p->quantizer == TL_KV_SYM ? 1 : 2;
+        *out = (ngrp * (uint64_t)d * (g / 32) * ub + ngrp * (uint64_t)d * ppg * 2 + (uint64_t)R * d * 2) * n_kv;
+    } else {
+        return tl_fail(err, "per-block and per-tensor granularity have no GPU implementation");
+    }
+    return 0;
+}
+
+static uint64_t mat_bytes(const tl_mat *t) { return (uint64_t)t->n_in * t->n_out * (t->type == TL_TYPE_F32 ? 4 : 2); }
+
+extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                                   tl_cuda_plan *out, tl_error *err) {
+    memset(out, 0, sizeof *out);
+    const tl_config *c = &m->cfg;
+    if (n_ctx <= 0) n_ctx = c->n_ctx_train;
+    if (chunk <= 0) chunk = 512;
+    if (chunk > n_ctx) chunk = n_ctx;
+    /* weights, as upload_weights stores them (non-float types become f16) */
+    uint64_t w = mat_bytes(&m->w.tok_embd) + (uint64_t)c->n_embd * 4;
+    if (!m->w.tied_output) w += mat_bytes(&m->w.output);
+    const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, kdim = (uint64_t)c->n_head_kv * c->head_dim_k,
+                   vdim = (uint64_t)c->n_head_kv * c->head_dim_v;
+    for (int il = 0; il < c->n_layer; il++) {
+        const tl_layer_weights *S = &m->w.layers[il];
+        const tl_mat *mats[] = {&S->wq, &S->wk, &S->wv, &S->wo, &S->w_gate, &S->w_up, &S->w_down};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) w += mat_bytes(mats[i]);
+        w += (uint64_t)c->n_embd * 4 * (2 + (S->attn_post_norm ? 1 : 0) + (S->ffn_post_norm ? 1 : 0));
+        w += (uint64_t)c->head_dim_k * 4 * ((S->q_norm ? 1 : 0) + (S->k_norm ? 1 : 0));
+        w += 4 * ((S->bq ? qdim : 0) + (S->bk ? kdim : 0) + (S->bv ? vdim : 0));
+    }
+    out->weights = w;
+    bool any_off = false;
+    for (int il = 0; il < c->n_layer; il++) {
+        tl_kv_shape sh;
+        tl_kv_layer_policy p;
+        tl_session_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p);
+        if (p.kind == TL_KV_OFFLOAD) {
+            tlc_off_sizes z;
+            if (tlc_off_sizes_of(&p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, &z, err))
+                return tl_fail_prefix(err, "layer %d", il);
+            out->kv_device += z.dev;
+            out->kv_host += z.host;
+            any_off = true;
+            continue;
+        }
+        const int cap = sh.window > 0 ? TL_MIN(sh.window, n_ctx) : n_ctx;
+        uint64_t bk, bv;
+        if (side_bytes(&p.k, p.kind, c->head_dim_k, p.residual, cap, c->n_head_kv, &bk, err) ||
+            side_bytes(&p.v, p.kind, c->head_dim_v, p.residual, cap, c->n_head_kv, &bv, err))
+            return tl_fail_prefix(err, "layer %d", il);
+        out->kv_device += bk + bv;
+    }
+    const uint64_t E = c->n_embd, C = (uint64_t)chunk, od = (uint64_t)c->n_head * c->head_dim_v;
+    const uint64_t max_in = TL_MAX(E, TL_MAX(od, (uint64_t)c->n_ff));
+    out->activations = 4 * C * (3 * E + qdim + kdim + vdim + od + 2 * (uint64_t)c->n_ff + 2 * (uint64_t)c->n_rot) +
+                       4 * (uint64_t)c->n_vocab + 2 * C * max_in + 4 * C + 8 * (uint64_t)c->n_rot +
+                       (any_off ? 4 * qdim : 0) + ((uint64_t)64 << 20); /* + attention partials (grown on demand) */
+    out->reserve = (uint64_t)512 << 20; /* CUDA context, module images, cuBLAS workspace */
+    out->total = out->weights + out->kv_device + out->activations + out->reserve;
+    return 0;
+}
+
+static double gib(uint64_t b) { return (double)b / 1073741824.0; }
+
+extern "C" int tl_cuda_check_budget(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                                    uint64_t budget, tl_error *err) {
+    tl_cuda_plan p;
+    if (tl_cuda_plan_memory(m, n_ctx, chunk, policies, &p, err)) return tl_fail_prefix(err, "--gpu-mem-budget");
+    if (n_ctx <= 0) n_ctx = m->cfg.n_ctx_train;
+    if (chunk <= 0) chunk = 512;
+    if (chunk > n_ctx) chunk = n_ctx;
+    if (p.total <= budget) return 0;
+    const uint64_t fixed = p.weights + p.activations + p.reserve;
+    char what[160];
+    if (p.weights > budget)
+        snprintf(what, sizeof what, "the weights alone (%.2f GiB) do not fit", gib(p.weights));
+    else if (fixed > budget)
+        snprintf(what, sizeof what, "weights + activations at chunk %d + runtime reserve (%.2f GiB) do not fit", chunk,
+                 gib(fixed));
+    else
+        snprintf(what, sizeof what, "the KV device tier (%.2f GiB at %d tokens) does not fit in the %.2f GiB left", gib(p.kv_device),
+                 n_ctx, gib(budget - fixed));
+    return tl_fail(err,
+                   "--gpu-mem-budget %.2f GiB: %s; over by %.2f GiB (plan: weights %.2f + KV device tier %.2f + "
+                   "activations %.2f + CUDA/cuBLAS reserve %.2f = %.2f GiB; KV host tier %.2f GiB)",
+                   gib(budget), what, gib(p.total - budget), gib(p.weights), gib(p.kv_device), gib(p.activations),
+                   gib(p.reserve), gib(p.total), gib(p.kv_host));
+}
+
+/* ---------------- one TailorKV layer alone (tests) ---------------- */
+
+extern "C" int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk,
+                                          const float *qh, const float *kh, const float *vh, float *outh, int n_dec,
+                                          const float *q, const float *qpred, const float *k, const float *v, float *out,
+                                          int *sel, int *nsel, tl_error *err) {
+    char why[256];
+    if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
+    if (p->kind != TL_KV_OFFLOAD || chunk < 2) return tl_fail(err, "tl_cuda_offload_layer_test: offload policy, chunk >= 2");
+    tlc_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    tlc_off *o = NULL;
+    float *dq = NULL, *dqp = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
+    int rc = -1;
+    const int Hq = s->n_head, Hkv = s->n_head_kv, dkd = s->head_dim_k, dvd = s->head_dim_v;
+    const size_t qdim = (size_t)Hq * dkd, kdim = (size_t)Hkv * dkd, vdim = (size_t)Hkv * dvd, odim = (size_t)Hq * dvd;
+    const int n_ctx = n_hist + n_dec;
+    cudaDeviceProp prop;
+    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&cx.stream, cudaStreamNonBlocking) != cudaSuccess)
+        return tl_fail(err, "tl_cuda_offload_layer_test: device 0: %s", cudaGetErrorString(cudaGetLastError()));
+    cx.n_sm = prop.multiProcessorCount;
+    cx.smem_optin = prop.sharedMemPerBlockOptin;
+    if (tlc_off_new(&o, &p->off, Hq, Hkv, dkd, dvd, n_ctx, s->scale, err)) goto done;
+    if (cudaMalloc((void **)&dq, sizeof(float) * chunk * qdim) != cudaSuccess ||
+        cudaMalloc((void **)&dqp, sizeof(float) * qdim) != cudaSuccess ||
+        cudaMalloc((void **)&dk, sizeof(float) * chunk * kdim) != cudaSuccess ||
+        cudaMalloc((void **)&dv, sizeof(float) * chunk * vdim) != cudaSuccess ||
+        cudaMalloc((void **)&dout, sizeof(float) * chunk * odim) != cudaSuccess) {
+        tl_fail(err, "tl_cuda_offload_layer_test: out of GPU memory");
+        goto done;
+    }
+#define UP(dst, src, n) (cudaMemcpyAsync(dst, src, sizeof(float) * (n), cudaMemcpyHostToDevice, cx.stream) != cudaSuccess)
+    for (int i = 0; i < n_hist; i += chunk) {
+        const int nc = TL_MIN(chunk, n_hist - i);
+        if (nc < 2) {
+            tl_fail(err, "tl_cuda_offload_layer_test: a 1-token prefill chunk would be a generated token");
+            goto done;
+        }
+        if (UP(dq, qh + i * qdim, nc * qdim) || UP(dk, kh + i * kdim, nc * kdim) || UP(dv, vh + i * vdim, nc * vdim)) {
+            tl_fail(err, "upload");
+            goto done;
+        }
+        if (tlc_off_prefill(&cx, o, nc, dq, dk, dv, dout, err)) goto done;
+        if (cudaMemcpyAsync(outh + i * odim, dout, sizeof(float) * nc * odim, cudaMemcpyDeviceToHost, cx.stream) != cudaSuccess ||
+            cudaStreamSynchronize(cx.stream) != cudaSuccess) {
+            tl_fail(err, "prefill: %s", cudaGetErrorString(cudaGetLastError()));
+            goto done;
+        }
+    }
+    for (int j = 0; j < n_dec; j++) {
+        if (UP(dq, q + j * qdim, qdim) || UP(dk, k + j * kdim, kdim) || UP(dv, v + j * vdim, vdim) ||
+            (qpred && UP(dqp, qpred + j * qdim, qdim))) {
+            tl_fail(err, "upload");
+            goto done;
+        }
+        if (tlc_off_decode(&cx, o, dq, dqp, qpred != NULL, dk, dv, dout, err)) goto done;
+        if (cudaMemcpyAsync(out + j * odim, dout, sizeof(float) * odim, cudaMemcpyDeviceToHost, cx.stream) != cudaSuccess ||
+            cudaStreamSynchronize(cx.stream) != cudaSuccess) {
+            tl_fail(err, "decode: %s", cudaGetErrorString(cudaGetLastError()));
+            goto done;
+        }
+        int ms;
+        if (tlc_off_last_selection(&cx, o, sel + (size_t)j * Hkv * TL_MAX(1, p->off.topk), nsel + (size_t)j * Hkv, &ms, err))
+            goto done;
+    }
+#undef UP
+    rc = 0;
+done:
+    if (cx.stream) cudaStreamSynchronize(cx.stream);
+    tlc_off_free(o);
+    cudaFree(dq);
+    cudaFree(dqp);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    cudaFree(cx.scratch);
+    if (cx.stream) cudaStreamDestroy(cx.stream);
     return rc;
 }

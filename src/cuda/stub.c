@@ -52,4 +52,26 @@ int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int 
     (void)p, (void)s, (void)n_hist, (void)chunk, (void)kh, (void)vh, (void)m, (void)q, (void)k, (void)v, (void)out, (void)mode;
     return tl_fail(err, "%s", no_cuda);
 }
+
+int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                        tl_cuda_plan *out, tl_error *err) {
+    (void)m, (void)n_ctx, (void)chunk, (void)policies;
+    memset(out, 0, sizeof *out);
+    return tl_fail(err, "%s", no_cuda);
+}
+
+int tl_cuda_check_budget(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                         uint64_t budget, tl_error *err) {
+    (void)m, (void)n_ctx, (void)chunk, (void)policies, (void)budget;
+    return tl_fail(err, "--gpu-mem-budget: %s", no_cuda);
+}
+
+int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *qh,
+                               const float *kh, const float *vh, float *outh, int n_dec, const float *q,
+                               const float *qpred, const float *k, const float *v, float *out, int *sel, int *nsel,
+                               tl_error *err) {
+    (void)p, (void)s, (void)n_hist, (void)chunk, (void)qh, (void)kh, (void)vh, (void)outh, (void)n_dec, (void)q;
+    (void)qpred, (void)k, (void)v, (void)out, (void)sel, (void)nsel;
+    return tl_fail(err, "%s", no_cuda);
+}
 #endif
