@@ -21,6 +21,7 @@ static const struct {
     {"calibrate", tl_cmd_calibrate, "TailorKV: per-layer dense/sparse calibration, writes a plan"},
     {"quantize", tl_cmd_quantize, "quantize weights (q8_0, q4_0, q4_K, w4g128, awq) into a new GGUF"},
     {"serve", tl_cmd_serve, "OpenAI-compatible HTTP server"},
+    {"pareto", tl_cmd_pareto, "KV Pareto sweep: memory vs accuracy frontier over weights x KV x chunk"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,621 @@
+/* runner.c: one configuration of a Pareto sweep, evaluated in this process.
+ *
+ * Tasks (each gives one result line, appended to results.jsonl with a single write as soon
+ * as it finishes):
+ *   ppl    perplexity of the last `ppl_tail` tokens of each window of ctx tokens (default:
+ *          the second half, llama.cpp's convention; every window starts from an empty cache
+ *          with BOS first when the vocab adds it). The baseline writes each scored row's
+ *          top-32 log-probabilities (+ the correct token's, + the rest mass) to a small file;
+ *          other configurations report mean KL divergence and same-top-1 against it
+ *          (tl_kld_row: coarse-grained KL, a lower bound of the full KL). Only the scored
+ *          rows' logits are computed, in pieces of at most 512 rows (a 262k-vocabulary model
+ *          at 16k context would otherwise need 8 GiB of logits). Also measures memory
+ *          (session accounting with ctx tokens held), prefill tokens/s (the windows) and
+ *          decode tokens/s (n_decode single-token steps at depth ctx).
+ *   niah   passkey needles at the given depths in a ctx-token essay haystack, greedy answers,
+ *          exact number match (src/eval/tasks.h).
+ *   ruler  niah_multikey, niah_multivalue, niah_multiquery and vt at ctx tokens; or any single
+ *          RULER task name (tl_task_parse).
+ * Memory: weights (tl_model.weight_bytes) + KV (the stores' bytes) + activations (the
+ * session's chunk-sized buffers) + one row of logits (what generation holds). */
+#define _GNU_SOURCE
+#include "pareto.h"
+#include "../eval/kld.h"
+#include "../eval/report.h"
+#include "../eval/runner.h"
+#include "../eval/tasks.h"
+#include "../kv/policy.h"
+#include "../quantize.h"
+#include "../session.h"
+#include "../synth.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#define KLD_TOPK 32
+#define PIECE_MAX 512
+static const char KLD_MAGIC[8] = {'T', 'L', 'P', 'K', 'L', 'D', '0', '1'};
+
+static uint64_t peak_rss_bytes(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru)) return 0;
+    return (uint64_t)ru.ru_maxrss * 1024u;
+}
+
+static cJSON *config_json(const tl_pareto_config *c, const char *model, int ctx) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", c->id);
+    cJSON_AddStringToObject(o, "label", c->label);
+    cJSON_AddStringToObject(o, "model", model ? model : "");
+    cJSON_AddStringToObject(o, "weights", c->weights);
+    cJSON_AddStringToObject(o, "kv", c->kv);
+    cJSON_AddStringToObject(o, "kv_layer", c->kv_layer);
+    cJSON_AddNumberToObject(o, "chunk", c->chunk);
+    cJSON_AddNumberToObject(o, "ctx", ctx);
+    return o;
+}
+
+int tl_pareto_append_failure(const char *results, const tl_pareto_config *c, const char *model, int ctx,
+                             const char *task, const char *reason, const cJSON *extra, tl_error *err) {
+    cJSON *cfg = config_json(c, model, ctx);
+    cJSON *x = extra ? cJSON_Duplicate(extra, 1) : cJSON_CreateObject();
+    cJSON_AddStringToObject(x, "status", "failed");
+    cJSON_AddStringToObject(x, "reason", reason && *reason ? reason : "unknown error");
+    int rc = tl_result_append(results, "pareto", cfg, task, NAN, 0, 0, x, err);
+    cJSON_Delete(x);
+    cJSON_Delete(cfg);
+    return rc;
+}
+
+/* ---- memory by formula ---- */
+static int parse_plan(tl_kv_plan *plan, const char *kv, const char *kv_layer, int n_layer, tl_error *err) {
+    return tl_kv_plan_parse(plan, kv, kv_layer && *kv_layer ? kv_layer : NULL, n_layer, err);
+}
+
+static uint64_t qpred_bytes(const tl_config *c, const tl_kv_plan *plan, int chunk) {
+    for (int i = 0; i < plan->n_layers; i++)
+        if (plan->layers[i].kind == TL_KV_OFFLOAD) return sizeof(float) * (uint64_t)chunk * c->n_head * c->head_dim_k;
+    return 0;
+}
+
+static int mem_common(const tl_config *cfg, const char *kv, const char *kv_layer, int chunk, int n_tokens,
+                      uint64_t weights, size_t (*scratch)(const void *, int), const void *sctx, tl_pareto_mem *out,
+                      tl_error *err) {
+    memset(out, 0, sizeof *out);
+    tl_kv_plan plan = {0};
+    if (parse_plan(&plan, kv, kv_layer, cfg->n_layer, err)) return -1;
+    tl_mem_projection *pr = tl_xcalloc(1, sizeof *pr);
+    int rc = tl_project_kv(cfg, n_tokens, plan.layers, n_tokens, pr, err);
+    if (!rc) {
+        /* chunk 0 = the whole context in one chunk */
+        out->chunk = tl_project_chunk(n_tokens, chunk > 0 ? chunk : n_tokens);
+        out->weights = weights;
+        out->kv = pr->kv;
+        out->act = tl_project_act_bytes(cfg, out->chunk, scratch(sctx, out->chunk)) + qpred_bytes(cfg, &plan, out->chunk);
+        out->logits = sizeof(float) * (uint64_t)cfg->n_vocab;
+        out->total = out->weights + out->kv + out->act + out->logits;
+    }
+    free(pr);
+    tl_kv_plan_free(&plan);
+    return rc;
+}
+
+static size_t scratch_model(const void *m, int chunk) { return tl_project_mm_scratch_model(m, chunk); }
+
+int tl_pareto_mem_project(const struct tl_model *m, const char *weights_fmt, const char *kv, const char *kv_layer,
+                          int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err) {
+    (void)weights_fmt; /* the loaded file already is that format */
+    return mem_common(&m->cfg, kv, kv_layer, chunk, n_tokens, m->weight_bytes, scratch_model, m, out, err);
+}
+
+typedef struct {
+    const tl_config *cfg;
+    tl_type type;
+} uniform_ctx;
+static size_t scratch_uniform(const void *p, int chunk) {
+    const uniform_ctx *u = p;
+    return tl_project_mm_scratch_uniform(u->cfg, u->type, chunk);
+}
+
+/* the matrix type a weight format gives on another model (base: f16, the paper's baseline) */
+static int fmt_type(const char *fmt, tl_type *t, tl_error *err) {
+    if (!strcmp(fmt, "base") || !strcmp(fmt, "f16")) return *t = TL_TYPE_F16, 0;
+    bool awq;
+    return tl_quantize_parse_type(fmt, t, &awq, err);
+}
+
+int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const char *kv, const char *kv_layer,
+                             int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err) {
+    tl_type t;
+    if (fmt_type(weights_fmt, &t, err)) return -1;
+    const size_t L = strlen(target);
+    if (L > 5 && !strcmp(target + L - 5, ".gguf")) {
+        tl_model *m = tl_model_load(target, err);
+        if (!m) return tl_fail_prefix(err, "--project-to");
+        /* re-encode every matrix the quantizer would: block matrices, token_embd, output */
+        uint64_t w = m->weight_bytes;
+        if (strcmp(weights_fmt, "base")) {
+            const tl_weights *ws = &m->w;
+            const tl_mat *all[2 + 7 * TL_MAX_LAYERS];
+            int n = 0;
+            all[n++] = &ws->tok_embd;
+            if (!ws->tied_output) all[n++] = &ws->output;
+            for (int il = 0; il < m->cfg.n_layer; il++) {
+                const tl_layer_weights *Lw = &ws->layers[il];
+                const tl_mat *mm[] = {&Lw->wq, &Lw->wk, &Lw->wv, &Lw->wo, &Lw->w_gate, &Lw->w_up, &Lw->w_down};
+                for (int i = 0; i < 7; i++) all[n++] = mm[i];
+            }
+            for (int i = 0; i < n; i++) {
+                w -= tl_row_size(all[i]->type, all[i]->n_in) * (uint64_t)all[i]->n_out;
+                w += tl_row_size(t, all[i]->n_in) * (uint64_t)all[i]->n_out;
+            }
+        }
+        uniform_ctx u = {&m->cfg, t};
+        int rc = mem_common(&m->cfg, kv, kv_layer, chunk, n_tokens, w,
+                            strcmp(weights_fmt, "base") ? scratch_uniform : scratch_model,
+                            strcmp(weights_fmt, "base") ? (const void *)&u : (const void *)m, out, err);
+        tl_model_free(m);
+        return rc;
+    }
+    const tl_synth_shape *sh = tl_synth_find_shape(target);
+    if (!sh) return tl_fail(err, "--project-to '%s': not a .gguf file nor a known shape (tailor synth --list)", target);
+    tl_config cfg;
+    tl_synth_config(sh, 0, 0, 0, &cfg);
+    uniform_ctx u = {&cfg, t};
+    return mem_common(&cfg, kv, kv_layer, chunk, n_tokens, tl_synth_weight_bytes(sh, t, 0, 0), scratch_uniform, &u,
+                      out, err);
+}
+
+static cJSON *mem_json(const tl_pareto_mem *m) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "weights", (double)m->weights);
+    cJSON_AddNumberToObject(o, "kv", (double)m->kv);
+    cJSON_AddNumberToObject(o, "act", (double)m->act);
+    cJSON_AddNumberToObject(o, "logits", (double)m->logits);
+    cJSON_AddNumberToObject(o, "total", (double)m->total);
+    cJSON_AddNumberToObject(o, "chunk", m->chunk);
+    return o;
+}
+
+/* ---- the perplexity task with its KL baseline ---- */
+typedef struct {
+    FILE *f;
+    bool writing;
+    int V, K;
+    size_t rec;
+    unsigned char *buf;
+    int64_t rows;
+} kl_file;
+
+static size_t rec_bytes(int K) { return 12 + 8 * (size_t)K; }
+
+static int kl_open(kl_file *k, const char *path, bool writing, int V, uint64_t hash, tl_error *err) {
+    memset(k, 0, sizeof *k);
+    k->writing = writing;
+    k->V = V;
+    k->K = TL_MIN(KLD_TOPK, V);
+    unsigned char h[32] = {0};
+    if (writing) {
+        /* written under a temporary name and renamed when complete: a baseline killed midway
+         * leaves no file that later runs would trust */
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        if (!(k->f = fopen(tmp, "wb"))) return tl_fail(err, "%s: %s", tmp, strerror(errno));
+        memcpy(h, KLD_MAGIC, 8);
+        memcpy(h + 8, &V, 4);
+        memcpy(h + 12, &k->K, 4);
+        memcpy(h + 16, &hash, 8);
+        if (fwrite(h, 1, 32, k->f) != 32) return tl_fail(err, "%s: write failed", path);
+    } else {
+        if (!(k->f = fopen(path, "rb")))
+            return tl_fail(err, "KL baseline %s: %s (the baseline configuration writes it)", path, strerror(errno));
+        uint64_t fh;
+        int fv;
+        if (fread(h, 1, 32, k->f) != 32 || memcmp(h, KLD_MAGIC, 8)) return tl_fail(err, "%s: not a pareto KL baseline", path);
+        memcpy(&fv, h + 8, 4);
+        memcpy(&k->K, h + 12, 4);
+        memcpy(&fh, h + 16, 8);
+        if (fv != V) return tl_fail(err, "%s: baseline vocabulary %d, this model %d", path, fv, V);
+        if (fh != hash) return tl_fail(err, "%s: baseline scored other tokens (different text, -c or --ppl-tail)", path);
+        if (k->K < 1 || k->K > V) return tl_fail(err, "%s: bad top-k %d", path, k->K);
+    }
+    k->rec = rec_bytes(k->K);
+    k->buf = tl_xmalloc(k->rec);
+    return 0;
+}
+
+static void kl_close(kl_file *k, const char *path, bool complete) {
+    if (k->f && fclose(k->f) == 0 && k->writing && complete) {
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        if (rename(tmp, path)) fprintf(stderr, "pareto: %s: rename failed: %s\n", path, strerror(errno));
+    }
+    free(k->buf);
+    memset(k, 0, sizeof *k);
+}
+
+/* indices of the K largest of lp[0..V) in descending order (a min-heap of K) */
+static void top_k(const float *lp, int V, int K, int32_t *ids) {
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        if (n < K) {
+            int c = n++;
+            ids[c] = i;
+            while (c > 0 && lp[ids[(c - 1) / 2]] > lp[ids[c]]) {
+                int32_t t = ids[c];
+                ids[c] = ids[(c - 1) / 2];
+                ids[(c - 1) / 2] = t;
+                c = (c - 1) / 2;
+            }
+        } else if (lp[i] > lp[ids[0]]) {
+            ids[0] = i;
+            for (int c = 0;;) {
+                int l = 2 * c + 1, r = l + 1, s = c;
+                if (l < n && lp[ids[l]] < lp[ids[s]]) s = l;
+                if (r < n && lp[ids[r]] < lp[ids[s]]) s = r;
+                if (s == c) break;
+                int32_t t = ids[c];
+                ids[c] = ids[s];
+                ids[s] = t;
+                c = s;
+            }
+        }
+    }
+    /* heap -> descending (insertion sort; K is small); ties by lower id first */
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && (lp[ids[j]] > lp[ids[j - 1]] || (lp[ids[j]] == lp[ids[j - 1]] && ids[j] < ids[j - 1])); j--) {
+            int32_t t = ids[j];
+            ids[j] = ids[j - 1];
+            ids[j - 1] = t;
+        }
+}
+
+typedef struct {
+    double nll, kl, top1;
+    int64_t n;
+    double secs_prefill; /* session time of the windows */
+    int64_t tok_prefill;
+    double decode_tps;
+    tl_pareto_mem measured;
+    uint64_t rss;
+} ppl_out;
+
+static int32_t *tokenize_text(const tl_model *m, const char *path, size_t *n, tl_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        tl_fail(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *text = tl_xmalloc(cap);
+    for (size_t r; (r = fread(text + len, 1, cap - len, f)) > 0;)
+        if ((len += r) == cap) text = tl_xrealloc(text, cap *= 2);
+    fclose(f);
+    size_t need = 0, icap = len + 16;
+    int32_t *ids = tl_xmalloc(sizeof(int32_t) * icap);
+    if (tl_tokenize(m->tok, text, len, true, false, ids, icap, &need, err) || need > icap) {
+        if (need > icap && !err->msg[0]) tl_fail(err, "%s: tokenizer needs more room", path);
+        free(ids);
+        free(text);
+        tl_fail_prefix(err, "%s", path);
+        return NULL;
+    }
+    free(text);
+    *n = need;
+    return ids;
+}
+
+static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *c, const tl_pareto_run_params *p,
+                   ppl_out *o, tl_error *err) {
+    memset(o, 0, sizeof *o);
+    const int V = m->cfg.n_vocab, ctx = p->ctx;
+    const int tail = p->ppl_tail > 0 ? TL_MIN(p->ppl_tail, ctx - 1) : ctx - 1 - ctx / 2;
+    const int first = ctx - 1 - tail; /* scored rows: positions first .. ctx-2 predict first+1 .. ctx-1 */
+    size_t n_ids = 0;
+    int32_t *ids = tokenize_text(m, p->text_path, &n_ids, err);
+    if (!ids) return -1;
+    int n_win = (int)((int64_t)n_ids / ctx);
+    if (n_win < 1) {
+        free(ids);
+        return tl_fail(err, "%s: %zu tokens, fewer than one window of %d", p->text_path, n_ids, ctx);
+    }
+    n_win = TL_MIN(n_win, p->ppl_windows > 0 ? p->ppl_windows : 1);
+    const int n_dec = p->n_decode > 0 ? p->n_decode : 0;
+    tl_session *s = tl_session_new_with_policies(m, ctx + n_dec + 1, p->n_threads, c->chunk > 0 ? c->chunk : ctx,
+                                                 plan->layers, err);
+    if (!s) {
+        free(ids);
+        return -1;
+    }
+    const int piece = TL_MIN(s->chunk, PIECE_MAX);
+    float *logits = tl_xmalloc(sizeof(float) * (size_t)piece * V);
+    float *lp = tl_xmalloc(sizeof(float) * (size_t)V);
+    int32_t *win = tl_xmalloc(sizeof(int32_t) * (size_t)(ctx + n_dec + 1));
+    int32_t top[KLD_TOPK];
+    const int32_t bos = tl_tok_bos(m->tok);
+    const bool add_bos = tl_tok_add_bos(m->tok) && bos >= 0;
+    /* the scored tokens identify a baseline: hash of the windows' ids and the tail length */
+    uint64_t hash = tl_kld_hash_ids(ids, (int64_t)n_win * ctx) ^ ((uint64_t)tail * 0x9E3779B97F4A7C15ull);
+    kl_file kf = {0};
+    bool have_kl = p->kl_base != NULL;
+    int rc = -1;
+    if (have_kl && kl_open(&kf, p->kl_base, p->write_base, V, hash, err)) goto done;
+    for (int w = 0; w < n_win; w++) {
+        memcpy(win, ids + (int64_t)w * ctx, sizeof(int32_t) * (size_t)ctx);
+        if (add_bos) win[0] = bos;
+        tl_session_reset(s);
+        double t0 = tl_time_s();
+        if (first > 0 && tl_session_eval(s, win, first, NULL, false, err)) goto done;
+        o->secs_prefill += tl_time_s() - t0;
+        for (int pos = first; pos < ctx; pos += piece) {
+            const int nr = TL_MIN(piece, ctx - pos);
+            t0 = tl_time_s();
+            if (tl_session_eval(s, win + pos, nr, logits, true, err)) goto done;
+            o->secs_prefill += tl_time_s() - t0;
+            for (int r = 0; r < nr && pos + r + 1 < ctx; r++) {
+                const int32_t target = win[pos + r + 1];
+                tl_kld_log_softmax(logits + (size_t)r * V, V, lp);
+                o->nll -= lp[target];
+                o->n++;
+                if (!have_kl) continue;
+                unsigned char *rec = kf.buf;
+                if (kf.writing) {
+                    top_k(lp, V, kf.K, top);
+                    double mass = 0;
+                    for (int i = 0; i < kf.K; i++) mass += exp((double)lp[top[i]]);
+                    const float lpt = lp[target], rest = mass < 1 ? (float)log1p(-mass) : -INFINITY;
+                    memcpy(rec, &target, 4);
+                    memcpy(rec + 4, &lpt, 4);
+                    memcpy(rec + 8, &rest, 4);
+                    memcpy(rec + 12, top, 4 * (size_t)kf.K);
+                    for (int i = 0; i < kf.K; i++) memcpy(rec + 12 + 4 * (size_t)kf.K + 4 * (size_t)i, &lp[top[i]], 4);
+                    if (fwrite(rec, 1, kf.rec, kf.f) != kf.rec) {
+                        tl_fail(err, "%s: write failed", p->kl_base);
+                        goto done;
+                    }
+                } else {
+                    if (fread(rec, 1, kf.rec, kf.f) != kf.rec) {
+                        tl_fail(err, "KL baseline %s: truncated", p->kl_base);
+                        goto done;
+                    }
+                    int32_t bt;
+                    float rest;
+                    memcpy(&bt, rec, 4);
+                    memcpy(&rest, rec + 8, 4);
+                    if (bt != target) {
+                        tl_fail(err, "KL baseline %s: target differs at row %lld", p->kl_base, (long long)o->n);
+                        goto done;
+                    }
+                    int32_t bid[KLD_TOPK];
+                    float blp[KLD_TOPK];
+                    memcpy(bid, rec + 12, 4 * (size_t)kf.K);
+                    memcpy(blp, rec + 12 + 4 * (size_t)kf.K, 4 * (size_t)kf.K);
+                    o->kl += tl_kld_row(bid, blp, kf.K, rest, lp);
+                    int best = 0;
+                    for (int i = 1; i < V; i++)
+                        if (lp[i] > lp[best]) best = i;
+                    o->top1 += best == bid[0];
+                }
+            }
+        }
+    }
+    o->tok_prefill = (int64_t)n_win * ctx;
+    /* memory with ctx tokens held: the session's own accounting */
+    tl_session_mem sm;
+    tl_session_memory(s, &sm);
+    o->measured.weights = sm.weights;
+    o->measured.kv = sm.kv;
+    o->measured.act = sm.activations;
+    o->measured.logits = sizeof(float) * (uint64_t)V;
+    o->measured.total = sm.weights + sm.kv + sm.activations + o->measured.logits;
+    o->measured.chunk = s->chunk;
+    /* decode at depth ctx: the text's next tokens one at a time */
+    if (n_dec > 0) {
+        const int64_t base = (int64_t)(n_win - 1) * ctx + ctx;
+        for (int i = 0; i < n_dec; i++) win[i] = base + i < (int64_t)n_ids ? ids[base + i] : ids[i];
+        double t0 = tl_time_s();
+        for (int i = 0; i < n_dec; i++)
+            if (tl_session_eval(s, win + i, 1, logits, false, err)) goto done;
+        o->decode_tps = n_dec / (tl_time_s() - t0);
+    }
+    rc = 0;
+done:
+    if (have_kl) kl_close(&kf, p->kl_base, rc == 0);
+    free(win);
+    free(lp);
+    free(logits);
+    free(ids);
+    tl_session_free(s);
+    o->rss = peak_rss_bytes();
+    return rc;
+}
+
+/* ---- NIAH / RULER through the eval runner ---- */
+typedef struct {
+    tl_model *m;
+    const tl_kv_plan *plan;
+    int chunk;
+} factory_ctx;
+
+static tl_session *factory(void *ctx, int n_ctx, int n_threads, tl_error *err) {
+    factory_ctx *f = ctx;
+    return tl_session_new_with_policies(f->m, n_ctx, n_threads, f->chunk > 0 ? f->chunk : n_ctx, f->plan->layers, err);
+}
+
+static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *c, const tl_pareto_run_params *p,
+                       const tl_task_kind *kinds, int n_kinds, const double *depths, int n_depths, int samples,
+                       double *score, int *n_out, double *tps, tl_error *err) {
+    tl_haystack hay = {0};
+    const int n = n_kinds * n_depths * samples;
+    tl_task_sample *ts = tl_xcalloc((size_t)n, sizeof *ts);
+    tl_job *jobs = tl_xcalloc((size_t)n, sizeof *jobs);
+    int rc = -1, k = 0;
+    if (tl_haystack_from_dir(&hay, m->tok, p->haystack, (int64_t)p->ctx + 4096, err)) goto done;
+    for (int ki = 0; ki < n_kinds; ki++)
+        for (int di = 0; di < n_depths; di++)
+            for (int si = 0; si < samples; si++, k++) {
+                const uint64_t seed = p->seed * 1000003ull + (uint64_t)si * 7919 + (uint64_t)di * 104729 + (uint64_t)ki * 31;
+                if (tl_task_generate(&ts[k], kinds[ki], m->tok, &hay, p->ctx, depths ? depths[di] : -1.0, seed, err)) {
+                    tl_fail_prefix(err, "%s", tl_task_name(kinds[ki]));
+                    goto done;
+                }
+                jobs[k] = (tl_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
+                                   .stop_newline = ts[k].stop_newline};
+            }
+    factory_ctx fc = {m, plan, c->chunk};
+    tl_runner r = {.model = m, .new_session = factory, .factory_ctx = &fc, .n_threads = p->n_threads, .n_parallel = 1,
+                   .no_reuse = true};
+    const double t0 = tl_time_s();
+    if (tl_run_jobs(&r, jobs, n, err)) goto done;
+    const double secs = tl_time_s() - t0;
+    double sum = 0;
+    int64_t toks = 0;
+    for (k = 0; k < n; k++) {
+        sum += tl_score(ts[k].metric, jobs[k].output ? jobs[k].output : "", (const char *const *)ts[k].refs, ts[k].n_refs);
+        toks += ts[k].prompt.n;
+    }
+    *score = sum / n;
+    *n_out = n;
+    *tps = toks / secs;
+    rc = 0;
+done:
+    for (int i = 0; i < n; i++) {
+        tl_task_sample_free(&ts[i]);
+        tl_job_clear(&jobs[i]);
+    }
+    free(ts);
+    free(jobs);
+    tl_haystack_free(&hay);
+    return rc;
+}
+
+static bool in_list(const char *list, const char *item) {
+    if (!list) return false;
+    const size_t n = strlen(item);
+    for (const char *s = list; (s = strstr(s, item)); s += n)
+        if ((s == list || s[-1] == ',') && (s[n] == 0 || s[n] == ',')) return true;
+    return false;
+}
+
+int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *p, tl_error *err) {
+    /* test hook: make one configuration crash, to check that a sweep survives it */
+    const char *crash = getenv("TL_PARETO_CRASH");
+    if (crash && *crash && strstr(c->id, crash)) abort();
+    char tasks[512];
+    snprintf(tasks, sizeof tasks, "%s", p->tasks && *p->tasks ? p->tasks : "ppl");
+    const char *model_name = p->base_model ? p->base_model : p->model_path;
+    tl_kv_plan plan = {0};
+    tl_model *m = tl_model_load(p->model_path, err);
+    int rc = 0;
+    if (m && parse_plan(&plan, c->kv, c->kv_layer, m->cfg.n_layer, err)) {
+        tl_model_free(m);
+        m = NULL;
+    }
+    char *save = NULL;
+    for (char *t = strtok_r(tasks, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (in_list(p->skip_tasks, t)) continue;
+        tl_error terr = {{0}};
+        if (!m) {
+            tl_pareto_append_failure(p->results, c, model_name, p->ctx, t, err->msg, NULL, &terr);
+            rc = -1;
+            continue;
+        }
+        cJSON *x = cJSON_CreateObject();
+        double value = NAN, secs = 0;
+        int64_t n = 0;
+        const double t0 = tl_time_s();
+        int trc = 0;
+        if (!strcmp(t, "ppl")) {
+            ppl_out o;
+            trc = run_ppl(m, &plan, c, p, &o, &terr);
+            if (!trc) {
+                value = exp(o.nll / (double)o.n);
+                n = o.n;
+                cJSON_AddNumberToObject(x, "ppl", value);
+                if (p->kl_base && !p->write_base) {
+                    cJSON_AddNumberToObject(x, "kld", o.kl / (double)o.n);
+                    cJSON_AddNumberToObject(x, "same_top1", o.top1 / (double)o.n);
+                }
+                cJSON_AddItemToObject(x, "mem", mem_json(&o.measured));
+                cJSON_AddNumberToObject(x, "rss_peak", (double)o.rss);
+                cJSON *sp = cJSON_AddObjectToObject(x, "speed");
+                cJSON_AddNumberToObject(sp, "prefill_tps", o.tok_prefill / o.secs_prefill);
+                cJSON_AddNumberToObject(sp, "decode_tps", o.decode_tps);
+                cJSON_AddNumberToObject(sp, "threads", p->n_threads);
+                /* the same memory by formula at the evaluated length, and projected */
+                tl_pareto_mem f;
+                if (!tl_pareto_mem_project(m, c->weights, c->kv, c->kv_layer, c->chunk, p->ctx, &f, &terr))
+                    cJSON_AddItemToObject(x, "mem_formula", mem_json(&f));
+                if (p->target_ctx > 0 &&
+                    !tl_pareto_mem_project(m, c->weights, c->kv, c->kv_layer, c->chunk, p->target_ctx, &f, &terr)) {
+                    cJSON *pj = mem_json(&f);
+                    cJSON_AddNumberToObject(pj, "ctx", p->target_ctx);
+                    cJSON_AddItemToObject(x, "proj", pj);
+                }
+                if (p->target_ctx > 0 && p->project_to) {
+                    if (!tl_pareto_mem_project_to(p->project_to, c->weights, c->kv, c->kv_layer, c->chunk,
+                                                  p->target_ctx, &f, &terr)) {
+                        cJSON *pj = mem_json(&f);
+                        cJSON_AddNumberToObject(pj, "ctx", p->target_ctx);
+                        cJSON_AddStringToObject(pj, "model", p->project_to);
+                        cJSON_AddItemToObject(x, "proj_to", pj);
+                    } else {
+                        cJSON_AddStringToObject(x, "proj_to_error", terr.msg);
+                    }
+                    terr.msg[0] = 0;
+                }
+            }
+        } else {
+            tl_task_kind kinds[TL_TASK_COUNT];
+            int nk = 0, samples = p->ruler_samples > 0 ? p->ruler_samples : 1, nd = 1;
+            const double *depths = NULL;
+            if (!strcmp(t, "niah")) {
+                kinds[nk++] = TL_TASK_PASSKEY;
+                depths = p->niah_depths;
+                nd = p->n_niah_depths;
+                samples = p->niah_samples > 0 ? p->niah_samples : 1;
+            } else if (!strcmp(t, "ruler")) {
+                kinds[nk++] = TL_TASK_NIAH_MULTIKEY;
+                kinds[nk++] = TL_TASK_NIAH_MULTIVALUE;
+                kinds[nk++] = TL_TASK_NIAH_MULTIQUERY;
+                kinds[nk++] = TL_TASK_VT;
+            } else if (tl_task_parse(t) >= 0) {
+                kinds[nk++] = (tl_task_kind)tl_task_parse(t);
+            }
+            double tps = 0, score = 0;
+            int cnt = 0;
+            if (!nk) trc = tl_fail(&terr, "unknown task '%s' (ppl, niah, ruler or a RULER task name)", t);
+            else if (depths && nd <= 0) trc = tl_fail(&terr, "niah: no depths");
+            else trc = run_samples(m, &plan, c, p, kinds, nk, depths, depths ? nd : 1, samples, &score, &cnt, &tps, &terr);
+            if (!trc) {
+                value = score;
+                n = cnt;
+                cJSON *sp = cJSON_AddObjectToObject(x, "speed");
+                cJSON_AddNumberToObject(sp, "prompt_tps", tps);
+                cJSON_AddNumberToObject(x, "rss_peak", (double)peak_rss_bytes());
+            }
+        }
+        secs = tl_time_s() - t0;
+        if (trc) {
+            tl_error aerr = {{0}};
+            if (tl_pareto_append_failure(p->results, c, model_name, p->ctx, t, terr.msg, NULL, &aerr))
+                fprintf(stderr, "pareto: %s\n", aerr.msg);
+            fprintf(stderr, "pareto: %s: %s: failed: %s\n", c->id, t, terr.msg);
+        } else {
+            cJSON_AddStringToObject(x, "status", "ok");
+            cJSON *cfg = config_json(c, model_name, p->ctx);
+            if (tl_result_append(p->results, "pareto", cfg, t, value, n, secs, x, &terr)) {
+                fprintf(stderr, "pareto: %s\n", terr.msg);
+                rc = -1;
+            }
+            cJSON_Delete(cfg);
+        }
+        cJSON_Delete(x);
+    }
+    tl_kv_plan_free(&plan);
+    tl_model_free(m);
+    return rc;
+}

@@ -1,0 +1,808 @@
+/* tailor pareto: sweep weight format x KV policy x prefill chunk, measure memory / accuracy /
+ * speed, report the Pareto frontier (src/pareto/pareto.h, docs/pareto.md).
+ *
+ * Each configuration runs in its own process (this binary re-executed with --only ID): a
+ * crash or an out-of-memory kill of one is recorded as that configuration's failure and the
+ * sweep goes on; several run side by side with -j, threads split between them. Children
+ * append their result lines to OUTDIR/results.jsonl as each task finishes, so --resume
+ * continues a killed sweep where it stopped. --emit-jobs prints the child commands (GNU
+ * parallel, Slurm arrays); --merge combines the results.jsonl of several runs. */
+#define _GNU_SOURCE
+#include "cli.h"
+#include "../src/kv/policy.h"
+#include "../src/pareto/pareto.h"
+#include "../src/quantize.h"
+#include "../src/eval/report.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *tl_default_haystack(void); /* cmd_niah.c */
+
+#define MAX_DEPTHS 32
+#define MAX_MERGE 64
+#define MAX_WFMT 16
+
+typedef struct {
+    const char *model, *text, *haystack, *out, *grid_file, *grid_size, *tasks, *project_to, *calib, *weights_files,
+        *only, *baseline, *skip_tasks;
+    tl_pareto_axes axes;
+    int ctx, target_ctx, threads, jobs, windows, tail, n_decode, niah_samples, ruler_samples;
+    double depths[MAX_DEPTHS];
+    int n_depths;
+    double budget, max_loss;
+    bool resume, emit, child, report_only, use_speed, dry_run;
+    uint64_t seed;
+    const char *merge[MAX_MERGE];
+    int n_merge;
+} opts;
+
+static void help(void) {
+    printf("usage: tailor pareto -m MODEL -o OUTDIR [-c 8192] [--target-ctx 131072] [--tasks ppl,niah]\n"
+           "       [--grid FILE.json | --grid-size paper|small|tiny | axis flags] [--budget 2GiB] [--max-loss 1%%]\n"
+           "       [--project-to FILE.gguf|llama-3.1-8b] [-j N] [-t THREADS] [--resume] [--emit-jobs]\n"
+           "       tailor pareto --merge DIR|FILE... -o OUTDIR       tailor pareto --report OUTDIR\n"
+           "  Sweeps configurations (weights x KV policy x prefill chunk); for each: memory (weights + KV +\n"
+           "  peak activations, measured at -c and projected to --target-ctx), accuracy per task relative\n"
+           "  to the f16 baseline, prefill/decode speed. Writes results.jsonl, frontier.csv, report.md,\n"
+           "  frontier.svg, frontier.png in OUTDIR.\n"
+           "  tasks: ppl (PPL + KLD of the last --ppl-tail tokens of --windows windows), niah (passkey at\n"
+           "         --niah-depths), ruler (multikey, multivalue, multiquery, vt), or RULER task names\n"
+           "  axis flags (comma lists, cartesian product): --weights base,f16,q8_0,q4_0,q4_K,w4g128,awq\n"
+           "         --kv-axis f16,k8v8,k8v4,k8v2,k4v4,k4v2,k2v2,k1v1 (any --kv spec or plan.json)\n"
+           "         --gran tok,chan,block,tensor  --groups 32,64,128  --residual 0,128  --smooth 0,1\n"
+           "         --rot 0,1  --chunks 64,256,1024,full\n"
+           "  weights: quantized once into OUTDIR/weights/ (awq needs --calib TEXT), or --weights-file\n"
+           "         q4_0=FILE,awq=FILE. 'base' is the model as given.\n"
+           "  --windows N (1) --ppl-tail N (second half) --decode N (16) --niah-depths 0,25,50,75,100\n"
+           "  --niah-samples N (1) --ruler-samples N (1) --haystack DIR -f TEXT (default: the haystack)\n"
+           "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n");
+}
+
+static int parse_size(const char *flag, const char *s, double *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0) goto bad;
+    double mul = 1;
+    if (!strcasecmp(end, "") || !strcasecmp(end, "b")) mul = 1;
+    else if (!strcasecmp(end, "k") || !strcasecmp(end, "kib") || !strcasecmp(end, "kb")) mul = 1024.0;
+    else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib") || !strcasecmp(end, "mb")) mul = 1048576.0;
+    else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib") || !strcasecmp(end, "gb")) mul = 1073741824.0;
+    else goto bad;
+    *out = v * mul;
+    return 0;
+bad:
+    fprintf(stderr, "tailor pareto: %s: '%s' is not a size (e.g. 2GiB, 512MiB)\n", flag, s);
+    return -1;
+}
+
+static int parse_depths(const char *s, double *d, int cap) {
+    char *dup = tl_xstrdup(s), *save = NULL;
+    int n = 0;
+    bool pct = false;
+    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        double v = strtod(t, &end);
+        if (end == t || *end || v < 0 || n == cap) {
+            fprintf(stderr, "tailor pareto: --niah-depths: bad value '%s'\n", t);
+            free(dup);
+            return -1;
+        }
+        pct |= v > 1;
+        d[n++] = v;
+    }
+    free(dup);
+    for (int i = 0; i < n; i++)
+        if (pct) d[i] /= 100.0;
+    return n;
+}
+
+static int parse_args(opts *o, int argc, char **argv) {
+    memset(o, 0, sizeof *o);
+    o->ctx = 8192;
+    o->target_ctx = 131072;
+    o->tasks = "ppl,niah";
+    o->jobs = 1;
+    o->windows = 1;
+    o->n_decode = 16;
+    o->niah_samples = 1;
+    o->ruler_samples = 1;
+    o->max_loss = -1;
+    o->seed = 1234;
+    const double dd[5] = {0, 0.25, 0.5, 0.75, 1};
+    memcpy(o->depths, dd, sizeof dd);
+    o->n_depths = 5;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            help();
+            exit(0);
+        }
+#define FLAG(name) (!strcmp(a, name))
+        if (FLAG("--resume")) o->resume = true;
+        else if (FLAG("--emit-jobs")) o->emit = true;
+        else if (FLAG("--child")) o->child = true;
+        else if (FLAG("--speed")) o->use_speed = true;
+        else if (FLAG("--dry-run")) o->dry_run = true;
+        else if (FLAG("--merge")) {
+            while (i + 1 < argc && argv[i + 1][0] != '-' && o->n_merge < MAX_MERGE) o->merge[o->n_merge++] = argv[++i];
+            if (!o->n_merge) {
+                fprintf(stderr, "tailor pareto: --merge needs one or more DIR or results.jsonl\n");
+                return -1;
+            }
+        } else {
+            if (!(v = tl_cli_value(argc, argv, &i))) return -1;
+            int bad = 0;
+            if (FLAG("-m") || FLAG("--model")) o->model = v;
+            else if (FLAG("-f") || FLAG("--file")) o->text = v;
+            else if (FLAG("--haystack")) o->haystack = v;
+            else if (FLAG("-o") || FLAG("--out")) o->out = v;
+            else if (FLAG("--report")) o->out = v, o->report_only = true;
+            else if (FLAG("--grid")) o->grid_file = v;
+            else if (FLAG("--grid-size")) o->grid_size = v;
+            else if (FLAG("--tasks")) o->tasks = v;
+            else if (FLAG("--project-to")) o->project_to = v;
+            else if (FLAG("--calib")) o->calib = v;
+            else if (FLAG("--weights-file")) o->weights_files = v;
+            else if (FLAG("--only")) o->only = v;
+            else if (FLAG("--baseline")) o->baseline = v;
+            else if (FLAG("--skip-tasks")) o->skip_tasks = v;
+            else if (FLAG("--weights")) o->axes.weights = v;
+            else if (FLAG("--kv-axis") || FLAG("--kv")) o->axes.kv = v;
+            else if (FLAG("--gran")) o->axes.gran = v;
+            else if (FLAG("--groups")) o->axes.group = v;
+            else if (FLAG("--residual")) o->axes.residual = v;
+            else if (FLAG("--smooth")) o->axes.smooth = v;
+            else if (FLAG("--rot")) o->axes.rot = v;
+            else if (FLAG("--chunks") || FLAG("--chunk")) o->axes.chunk = v;
+            else if (FLAG("-c") || FLAG("--ctx-size")) bad = tl_cli_int(a, v, 16, 1 << 24, &o->ctx);
+            else if (FLAG("--target-ctx")) bad = tl_cli_int(a, v, 0, 1 << 26, &o->target_ctx);
+            else if (FLAG("-t") || FLAG("--threads")) bad = tl_cli_int(a, v, 1, 1024, &o->threads);
+            else if (FLAG("-j") || FLAG("--parallel")) bad = tl_cli_int(a, v, 1, 256, &o->jobs);
+            else if (FLAG("--windows") || FLAG("--chunks-ppl")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->windows);
+            else if (FLAG("--ppl-tail")) bad = tl_cli_int(a, v, 0, 1 << 24, &o->tail);
+            else if (FLAG("--decode")) bad = tl_cli_int(a, v, 0, 1 << 20, &o->n_decode);
+            else if (FLAG("--niah-samples")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->niah_samples);
+            else if (FLAG("--ruler-samples")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->ruler_samples);
+            else if (FLAG("--niah-depths")) bad = (o->n_depths = parse_depths(v, o->depths, MAX_DEPTHS)) < 0;
+            else if (FLAG("--budget")) bad = parse_size(a, v, &o->budget);
+            else if (FLAG("-s") || FLAG("--seed")) o->seed = strtoull(v, NULL, 10);
+            else if (FLAG("--max-loss")) {
+                char *end;
+                o->max_loss = strtod(v, &end);
+                if (end == v || (*end && strcmp(end, "%")) || o->max_loss < 0) {
+                    fprintf(stderr, "tailor pareto: --max-loss: '%s' is not a percentage (1%%, 0.5)\n", v);
+                    return -1;
+                }
+                if (*end == '%' || o->max_loss >= 1) o->max_loss /= 100.0;
+            } else {
+                fprintf(stderr, "tailor pareto: unknown flag '%s' (see -h)\n", a);
+                return -1;
+            }
+            if (bad) return -1;
+        }
+#undef FLAG
+    }
+    return 0;
+}
+
+static char *path_join(const char *dir, const char *name) {
+    char *p = NULL;
+    if (asprintf(&p, "%s/%s", dir, name) < 0) abort();
+    return p;
+}
+
+static bool file_exists(const char *p) { return access(p, R_OK) == 0; }
+
+/* the file of a weight format: base -> the model; --weights-file mapping; else OUTDIR/weights/<fmt>.gguf */
+static char *weights_path(const opts *o, const char *fmt) {
+    if (!strcmp(fmt, "base")) return tl_xstrdup(o->model);
+    if (o->weights_files) {
+        char *dup = tl_xstrdup(o->weights_files), *save = NULL;
+        for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            char *eq = strchr(t, '=');
+            if (eq && (size_t)(eq - t) == strlen(fmt) && !strncmp(t, fmt, strlen(fmt))) {
+                char *r = tl_xstrdup(eq + 1);
+                free(dup);
+                return r;
+            }
+        }
+        free(dup);
+    }
+    char *p = NULL;
+    if (asprintf(&p, "%s/weights/%s.gguf", o->out, fmt) < 0) abort();
+    return p;
+}
+
+/* canonical KV text (equal behaviour, equal id): "k4v4:smooth" or policy + overrides */
+static void canon_config(tl_pareto_config *c, int n_layer) {
+    tl_kv_plan plan = {0};
+    tl_error err;
+    if (tl_kv_plan_parse(&plan, c->kv, c->kv_layer[0] ? c->kv_layer : NULL, n_layer, &err)) return; /* fails at run */
+    char *f = tl_kv_plan_format(&plan);
+    tl_kv_plan_free(&plan);
+    char *br = strstr(f, " [");
+    if (br) {
+        *br = 0;
+        size_t l = strlen(br + 2);
+        if (l && br[2 + l - 1] == ']') br[2 + l - 1] = 0;
+        snprintf(c->kv_layer, sizeof c->kv_layer, "%s", br + 2);
+    } else {
+        c->kv_layer[0] = 0;
+    }
+    snprintf(c->kv, sizeof c->kv, "%s", f);
+    free(f);
+    tl_pareto_config_finish(c);
+}
+
+/* parse "w=<w> kv=<kv>[ kvl=<l>] chunk=<c>" */
+static int config_from_id(const char *id, tl_pareto_config *c) {
+    char w[32] = "", kv[256] = "", kvl[256] = "", ch[16] = "";
+    const char *p = id;
+    while (*p) {
+        while (*p == ' ') p++;
+        const char *eq = strchr(p, '='), *end = strchr(p, ' ');
+        if (!eq) return -1;
+        if (!end) end = p + strlen(p);
+        char *dst = NULL;
+        size_t cap = 0;
+        if (!strncmp(p, "w=", 2)) dst = w, cap = sizeof w;
+        else if (!strncmp(p, "kv=", 3)) dst = kv, cap = sizeof kv;
+        else if (!strncmp(p, "kvl=", 4)) dst = kvl, cap = sizeof kvl;
+        else if (!strncmp(p, "chunk=", 6)) dst = ch, cap = sizeof ch;
+        else return -1;
+        snprintf(dst, cap, "%.*s", (int)(end - eq - 1), eq + 1);
+        p = end;
+    }
+    if (!w[0] || !kv[0] || !ch[0]) return -1;
+    tl_pareto_config_set(c, w, kv, kvl, strcmp(ch, "full") ? atoi(ch) : 0);
+    return 0;
+}
+
+static int write_outputs(const opts *o, const char *const *files, int n_files) {
+    tl_error err = {{0}};
+    tl_pareto_table t;
+    if (tl_pareto_load(&t, files, n_files, o->baseline, o->use_speed, &err)) {
+        fprintf(stderr, "tailor pareto: %s\n", err.msg);
+        return 1;
+    }
+    char title[700];
+    const char *base = strrchr(t.model, '/');
+    snprintf(title, sizeof title, "KV Pareto: %s at %d tokens", base ? base + 1 : t.model, t.ctx);
+    tl_pareto_report_opts ro = {o->budget, o->max_loss, title};
+    char *csv = path_join(o->out, "frontier.csv"), *md = path_join(o->out, "report.md");
+    int rc = 0;
+    char *rep = tl_pareto_report_md(&t, &ro);
+    if (tl_pareto_write_csv(&t, csv, &err) || tl_write_file(md, rep, strlen(rep), &err)) {
+        fprintf(stderr, "tailor pareto: %s\n", err.msg);
+        rc = 1;
+    }
+    /* plots: at the evaluated context, and projected when there is a projection */
+    static const char *const names[3] = {"frontier", "frontier_target", "frontier_project_to"};
+    for (int w = 0; w < 3 && !rc; w++) {
+        if ((w == 1 && !t.target_ctx) || (w == 2 && !t.project_to[0])) continue;
+        char stem[600], *sv;
+        snprintf(stem, sizeof stem, "%s/%s", o->out, names[w]);
+        char *svg = NULL, *png = NULL;
+        if (asprintf(&svg, "%s.svg", stem) < 0 || asprintf(&png, "%s.png", stem) < 0) abort();
+        char tw[800];
+        if (w == 0) snprintf(tw, sizeof tw, "%s", title);
+        else if (w == 1) snprintf(tw, sizeof tw, "%s, memory projected to %d tokens", title, t.target_ctx);
+        else snprintf(tw, sizeof tw, "%s, memory as %s at %d tokens", title, t.project_to, t.target_ctx);
+        sv = tl_pareto_svg(&t, tw, w);
+        if (tl_write_file(svg, sv, strlen(sv), &err) || tl_pareto_png(&t, tw, w, png, &err)) {
+            fprintf(stderr, "tailor pareto: %s\n", err.msg);
+            rc = 1;
+        }
+        free(sv);
+        free(svg);
+        free(png);
+    }
+    if (!rc) fprintf(stderr, "pareto: wrote report.md, frontier.csv and plots in %s\n", o->out);
+    free(rep);
+    free(csv);
+    free(md);
+    tl_pareto_table_free(&t);
+    return rc;
+}
+
+static int do_merge(const opts *o) {
+    if (!o->out) {
+        fprintf(stderr, "tailor pareto: --merge needs -o OUTDIR\n");
+        return 2;
+    }
+    mkdir(o->out, 0755);
+    char *dst = path_join(o->out, "results.jsonl");
+    /* gather everything first: OUTDIR may be one of the inputs */
+    size_t cap = 1 << 16, n = 0;
+    char *all = tl_xmalloc(cap);
+    for (int i = 0; i < o->n_merge; i++) {
+        struct stat st;
+        char *p = stat(o->merge[i], &st) == 0 && S_ISDIR(st.st_mode) ? path_join(o->merge[i], "results.jsonl")
+                                                                       : tl_xstrdup(o->merge[i]);
+        tl_error err = {{0}};
+        size_t len = 0;
+        char *txt = tl_cli_read_file(p, &len, &err);
+        if (!txt) {
+            fprintf(stderr, "tailor pareto: --merge: %s\n", err.msg);
+            free(p);
+            free(all);
+            free(dst);
+            return 1;
+        }
+        /* whole lines only */
+        while (len && txt[len - 1] != '\n') len--;
+        if (n + len + 1 > cap) all = tl_xrealloc(all, cap = 2 * (n + len + 1));
+        memcpy(all + n, txt, len);
+        n += len;
+        free(txt);
+        free(p);
+    }
+    tl_error err = {{0}};
+    int rc = tl_cli_write_atomic(dst, all, n, &err);
+    free(all);
+    if (rc) {
+        fprintf(stderr, "tailor pareto: %s\n", err.msg);
+        free(dst);
+        return 1;
+    }
+    const char *files[1] = {dst};
+    rc = write_outputs(o, files, 1);
+    free(dst);
+    return rc;
+}
+
+/* Cut a torn last line (a sweep killed mid-write) so that appended lines start clean. */
+static void repair_tail(const char *path) {
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return;
+    off_t size = lseek(fd, 0, SEEK_END), keep = size;
+    char c;
+    while (keep > 0 && pread(fd, &c, 1, keep - 1) == 1 && c != '\n') keep--;
+    if (keep != size) {
+        fprintf(stderr, "pareto: dropping a torn last line of %s (%lld bytes)\n", path, (long long)(size - keep));
+        if (ftruncate(fd, keep)) fprintf(stderr, "pareto: %s: cannot truncate: %s\n", path, strerror(errno));
+    }
+    close(fd);
+}
+
+static int n_tasks_of(const char *tasks) {
+    int n = 1;
+    for (const char *p = tasks; *p; p++) n += *p == ',';
+    return n;
+}
+
+/* the tasks of `tasks` recorded for id in `done` ("id\ttask\n" lines), as a comma list */
+static char *done_tasks(const char *done, const char *id, const char *tasks) {
+    char *out = tl_xmalloc(strlen(tasks) + 2);
+    out[0] = 0;
+    char *dup = tl_xstrdup(tasks), *save = NULL;
+    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char key[1024];
+        snprintf(key, sizeof key, "%s\t%s\n", id, t);
+        bool found = false;
+        for (const char *p = done; (p = strstr(p, key)); p++)
+            if (p == done || p[-1] == '\n') {
+                found = true;
+                break;
+            }
+        if (found) {
+            if (out[0]) strcat(out, ",");
+            strcat(out, t);
+        }
+    }
+    free(dup);
+    return out;
+}
+
+static bool in_csv(const char *list, const char *item) {
+    const size_t n = strlen(item);
+    for (const char *s = list; (s = strstr(s, item)); s += n)
+        if ((s == list || s[-1] == ',') && (s[n] == 0 || s[n] == ',')) return true;
+    return false;
+}
+
+static char *shell_quote(const char *s) {
+    size_t n = 3;
+    for (const char *p = s; *p; p++) n += *p == '\'' ? 4 : 1;
+    char *q = tl_xmalloc(n), *w = q;
+    *w++ = '\'';
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'') {
+            memcpy(w, "'\\''", 4);
+            w += 4;
+        } else *w++ = *p;
+    }
+    *w++ = '\'';
+    *w = 0;
+    return q;
+}
+
+static char *self_exe(void) {
+    char buf[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) return tl_xstrdup("tailor");
+    buf[n] = 0;
+    return tl_xstrdup(buf);
+}
+
+/* child argv: the parent's pareto flags minus the sweep-only ones, + --only ID --child ... */
+static char **child_argv(int argc, char **argv, const char *exe, const char *id, const char *skip, int threads,
+                         int *n_out) {
+    char **v = tl_xcalloc((size_t)argc + 16, sizeof *v);
+    int n = 0;
+    v[n++] = (char *)exe;
+    v[n++] = "pareto";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--resume") || !strcmp(a, "--emit-jobs") || !strcmp(a, "--dry-run")) continue;
+        if (!strcmp(a, "-j") || !strcmp(a, "--parallel") || !strcmp(a, "-t") || !strcmp(a, "--threads") ||
+            !strcmp(a, "--only") || !strcmp(a, "--skip-tasks")) {
+            i++;
+            continue;
+        }
+        v[n++] = argv[i];
+    }
+    v[n++] = "--only";
+    v[n++] = (char *)id;
+    if (skip && *skip) {
+        v[n++] = "--skip-tasks";
+        v[n++] = (char *)skip;
+    }
+    static __thread char tbuf[16];
+    snprintf(tbuf, sizeof tbuf, "%d", threads);
+    v[n++] = "-t";
+    v[n++] = tbuf;
+    *n_out = n;
+    return v;
+}
+
+static int run_child(const opts *o) {
+    tl_pareto_config c;
+    if (config_from_id(o->only, &c)) {
+        fprintf(stderr, "tailor pareto: --only '%s': not a configuration id (w=.. kv=.. chunk=..)\n", o->only);
+        return 2;
+    }
+    char *results = path_join(o->out, "results.jsonl"), *kl = path_join(o->out, "baseline.kldb");
+    char *wpath = weights_path(o, c.weights);
+    char *text = o->text ? tl_xstrdup(o->text) : path_join(o->out, "eval_text.txt");
+    const bool is_base = o->baseline && !strcmp(o->baseline, c.id);
+    tl_pareto_run_params p = {
+        .model_path = wpath, .base_model = o->model, .text_path = text,
+        .haystack = o->haystack ? o->haystack : tl_default_haystack(), .results = results,
+        .kl_base = is_base || file_exists(kl) ? kl : NULL, .write_base = is_base, .tasks = o->tasks, .ctx = o->ctx,
+        .ppl_windows = o->windows, .ppl_tail = o->tail, .n_decode = o->n_decode, .niah_samples = o->niah_samples,
+        .niah_depths = o->depths, .n_niah_depths = o->n_depths, .ruler_samples = o->ruler_samples,
+        .n_threads = o->threads, .seed = o->seed, .target_ctx = o->target_ctx, .project_to = o->project_to,
+        .skip_tasks = o->skip_tasks};
+    tl_error err = {{0}};
+    int rc = tl_pareto_run_config(&c, &p, &err);
+    if (rc && err.msg[0]) fprintf(stderr, "pareto: %s: %s\n", c.id, err.msg);
+    free(results);
+    free(kl);
+    free(wpath);
+    free(text);
+    return rc ? 1 : 0;
+}
+
+/* the evaluation text when -f is not given: the haystack's .txt files joined */
+static int make_text(const opts *o, const char *path, tl_error *err) {
+    if (file_exists(path)) return 0;
+    const char *dir = o->haystack ? o->haystack : tl_default_haystack();
+    char *cmd = NULL;
+    if (asprintf(&cmd, "cat %s/*.txt > %s.tmp && mv %s.tmp %s", dir, path, path, path) < 0) abort();
+    int r = system(cmd);
+    free(cmd);
+    return r ? tl_fail(err, "cannot build the evaluation text from %s/*.txt (give -f TEXT)", dir) : 0;
+}
+
+typedef struct {
+    pid_t pid;
+    int cfg;
+    double t0;
+} slot;
+
+int tl_cmd_pareto(int argc, char **argv) {
+    opts o;
+    if (parse_args(&o, argc, argv)) return 2;
+    if (o.n_merge) return do_merge(&o);
+    if (!o.out) {
+        fprintf(stderr, "tailor pareto: -o OUTDIR is required\n");
+        return 2;
+    }
+    if (o.report_only) {
+        char *res = path_join(o.out, "results.jsonl");
+        const char *files[1] = {res};
+        int rc = write_outputs(&o, files, 1);
+        free(res);
+        return rc;
+    }
+    if (!o.model) {
+        fprintf(stderr, "tailor pareto: -m MODEL is required\n");
+        return 2;
+    }
+    if (o.threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o.threads = n > 0 ? (int)n : 1;
+    }
+    if (o.child) return run_child(&o);
+
+    tl_error err = {{0}};
+    if (mkdir(o.out, 0755) && errno != EEXIST) {
+        fprintf(stderr, "tailor pareto: -o %s: %s\n", o.out, strerror(errno));
+        return 1;
+    }
+    /* the grid, canonicalised against the model's layer count */
+    tl_model *m = tl_model_load(o.model, &err);
+    if (!m) {
+        fprintf(stderr, "tailor pareto: %s\n", err.msg);
+        return 1;
+    }
+    const int n_layer = m->cfg.n_layer;
+    tl_model_free(m);
+    tl_pareto_grid raw = {0}, g = {0};
+    int grc = 0;
+    const bool any_axis = o.axes.weights || o.axes.kv || o.axes.gran || o.axes.group || o.axes.residual ||
+                          o.axes.smooth || o.axes.rot || o.axes.chunk;
+    if (o.grid_file) {
+        size_t len;
+        char *txt = tl_cli_read_file(o.grid_file, &len, &err);
+        grc = !txt || tl_pareto_grid_from_json(&raw, txt, o.grid_file, &err);
+        free(txt);
+    } else if (any_axis) {
+        grc = tl_pareto_grid_from_axes(&raw, &o.axes, &err);
+    } else {
+        grc = tl_pareto_grid_default(&raw, o.grid_size, o.calib != NULL, &err);
+    }
+    if (grc) {
+        fprintf(stderr, "tailor pareto: %s\n", err.msg);
+        tl_pareto_grid_free(&raw);
+        return 2;
+    }
+    /* the baseline first: base weights, f16 KV (added when the grid lacks it) */
+    tl_pareto_config base;
+    tl_pareto_config_set(&base, "base", "f16", "", 256);
+    if (o.baseline && config_from_id(o.baseline, &base)) {
+        fprintf(stderr, "tailor pareto: --baseline '%s': not a configuration id\n", o.baseline);
+        return 2;
+    }
+    if (!o.baseline)
+        for (int i = 0; i < raw.n; i++)
+            if (!strcmp(raw.v[i].weights, "base") && !strcmp(raw.v[i].kv, "f16") && !raw.v[i].kv_layer[0]) {
+                base = raw.v[i];
+                break;
+            }
+    canon_config(&base, n_layer);
+    tl_pareto_grid_add(&g, &base);
+    for (int i = 0; i < raw.n; i++) {
+        canon_config(&raw.v[i], n_layer);
+        tl_pareto_grid_add(&g, &raw.v[i]);
+    }
+    tl_pareto_grid_free(&raw);
+    /* children and reports agree on the baseline through its id */
+    char *base_arg = tl_xstrdup(base.id);
+    o.baseline = base_arg;
+    int rc = 0;
+    if (o.dry_run) {
+        for (int i = 0; i < g.n; i++) printf("%s\n", g.v[i].id);
+        fprintf(stderr, "pareto: %d configurations\n", g.n);
+        goto out;
+    }
+    /* weights: quantize each format once */
+    char *failed_fmt[MAX_WFMT] = {0}, *fail_reason[MAX_WFMT] = {0};
+    int n_failed_fmt = 0;
+    {
+        char wdir[PATH_MAX];
+        snprintf(wdir, sizeof wdir, "%s/weights", o.out);
+        for (int i = 0; i < g.n; i++) {
+            const char *fmt = g.v[i].weights;
+            bool seen = false;
+            for (int j = 0; j < i; j++) seen |= !strcmp(g.v[j].weights, fmt);
+            if (seen || !strcmp(fmt, "base")) continue;
+            char *wp = weights_path(&o, fmt);
+            if (!file_exists(wp)) {
+                mkdir(wdir, 0755);
+                tl_quantize_params qp;
+                tl_quantize_default_params(&qp);
+                tl_quantize_report qr = {0};
+                tl_error qerr = {{0}};
+                int qrc = 0;
+                if (!strcmp(fmt, "f16") || !strcmp(fmt, "base")) qp.type = TL_TYPE_F16;
+                if (tl_quantize_parse_type(fmt, &qp.type, &qp.awq, &qerr)) qrc = -1;
+                else if (qp.awq && !o.calib) qrc = tl_fail(&qerr, "weights '%s' need a calibration text (--calib FILE)", fmt);
+                if (!qrc) {
+                    qp.calib_path = o.calib;
+                    qp.n_threads = o.threads;
+                    fprintf(stderr, "pareto: quantizing %s -> %s\n", o.model, wp);
+                    qrc = tl_quantize_file(o.model, wp, &qp, &qr, &qerr);
+                    tl_quantize_report_free(&qr);
+                }
+                if (qrc && n_failed_fmt < MAX_WFMT) {
+                    fprintf(stderr, "pareto: weights %s: %s\n", fmt, qerr.msg);
+                    failed_fmt[n_failed_fmt] = tl_xstrdup(fmt);
+                    fail_reason[n_failed_fmt++] = tl_xstrdup(qerr.msg);
+                }
+            }
+            free(wp);
+        }
+    }
+    if (o.emit) {
+        char *exe = self_exe();
+        printf("# tailor pareto jobs: %d configurations. Run the first (the baseline: it writes the KL\n"
+               "# reference) before the others; then e.g. `parallel -j N < jobs.txt` or a Slurm array.\n"
+               "# Afterwards: tailor pareto --report %s  (or --merge DIRS... -o OUT for separate outputs)\n",
+               g.n, o.out);
+        for (int i = 0; i < g.n; i++) {
+            int n;
+            char **v = child_argv(argc, argv, exe, g.v[i].id, NULL, o.threads, &n);
+            for (int k = 0; k < n; k++) {
+                char *q = shell_quote(v[k]);
+                printf("%s%s", k ? " " : "", q);
+                free(q);
+            }
+            printf(" --child --baseline ");
+            char *q = shell_quote(base.id);
+            printf("%s\n", q);
+            free(q);
+            free(v);
+        }
+        free(exe);
+        goto out_w;
+    }
+    char *results = path_join(o.out, "results.jsonl");
+    if (file_exists(results) && !o.resume) {
+        fprintf(stderr, "tailor pareto: %s exists: add --resume to continue that sweep, or pick another -o\n", results);
+        free(results);
+        rc = 2;
+        goto out_w;
+    }
+    repair_tail(results);
+    if (!o.text) {
+        char *tp = path_join(o.out, "eval_text.txt");
+        if (make_text(&o, tp, &err)) {
+            fprintf(stderr, "tailor pareto: %s\n", err.msg);
+            free(tp);
+            free(results);
+            rc = 1;
+            goto out_w;
+        }
+        free(tp);
+    }
+    {
+        char *done = tl_pareto_done_pairs(results);
+        const int nt = n_tasks_of(o.tasks);
+        char **skip = tl_xcalloc((size_t)g.n, sizeof *skip);
+        int todo = 0, total = g.n, finished = 0;
+        for (int i = 0; i < g.n; i++) {
+            skip[i] = done_tasks(done, g.v[i].id, o.tasks);
+            const int ndone = skip[i][0] ? n_tasks_of(skip[i]) : 0;
+            if (ndone >= nt) finished++;
+            else todo++;
+        }
+        free(done);
+        /* weight formats that could not be made: recorded as failures up front */
+        for (int i = 0; i < g.n; i++)
+            for (int f = 0; f < n_failed_fmt; f++) {
+                if (strcmp(g.v[i].weights, failed_fmt[f]) || (skip[i][0] && n_tasks_of(skip[i]) >= nt)) continue;
+                char reason[700];
+                snprintf(reason, sizeof reason, "weights %s: %s", failed_fmt[f], fail_reason[f]);
+                char *dup = tl_xstrdup(o.tasks), *save = NULL;
+                for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save))
+                    if (!in_csv(skip[i], t)) tl_pareto_append_failure(results, &g.v[i], o.model, o.ctx, t, reason, NULL, &err);
+                free(dup);
+                free(skip[i]);
+                skip[i] = tl_xstrdup(o.tasks);
+                finished++;
+                todo--;
+            }
+        fprintf(stderr, "pareto: %d configurations x %d task(s) at %d tokens; %d already done, %d to run, %d at a time\n",
+                total, nt, o.ctx, finished, todo, o.jobs);
+        char *exe = self_exe();
+        const int P = TL_MAX(1, o.jobs), T = TL_MAX(1, o.threads / P);
+        slot *slots = tl_xcalloc((size_t)P, sizeof *slots);
+        int running = 0, next = 0, ran = 0;
+        const double t_start = tl_time_s();
+        for (;;) {
+            /* the baseline alone first: the others compare against its KL file */
+            while (running < P && next < g.n) {
+                const int ndone = skip[next][0] ? n_tasks_of(skip[next]) : 0;
+                if (ndone >= nt) {
+                    next++;
+                    continue;
+                }
+                if (next > 0 && running > 0 && slots[0].pid && slots[0].cfg == 0) break; /* baseline still running */
+                int n;
+                char **v = child_argv(argc, argv, exe, g.v[next].id, skip[next], T, &n);
+                v[n++] = "--child";
+                v[n++] = "--baseline";
+                v[n++] = base_arg;
+                v[n] = NULL;
+                fflush(NULL);
+                pid_t pid = fork();
+                if (pid == 0) {
+                    execv(exe, v);
+                    fprintf(stderr, "pareto: exec %s: %s\n", exe, strerror(errno));
+                    _exit(127);
+                }
+                free(v);
+                if (pid < 0) {
+                    fprintf(stderr, "pareto: fork: %s\n", strerror(errno));
+                    break;
+                }
+                int s = 0;
+                while (slots[s].pid) s++;
+                slots[s] = (slot){pid, next, tl_time_s()};
+                running++;
+                fprintf(stderr, "pareto: start [%d/%d] %s\n", next + 1, g.n, g.v[next].id);
+                next++;
+                if (next == 1) break; /* wait for the baseline */
+            }
+            if (running == 0) break;
+            int status = 0;
+            struct rusage ru;
+            pid_t pid = wait4(-1, &status, 0, &ru);
+            if (pid < 0) {
+                if (errno == EINTR) continue;
+                break;
+            }
+            int s = 0;
+            while (s < P && slots[s].pid != pid) s++;
+            if (s == P) continue;
+            const int ci = slots[s].cfg;
+            const double secs = tl_time_s() - slots[s].t0;
+            slots[s].pid = 0;
+            running--;
+            ran++;
+            finished++;
+            /* a crash or a kill leaves tasks unrecorded: record them with the reason */
+            if (!WIFEXITED(status) || (WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 1)) {
+                char reason[256];
+                if (WIFSIGNALED(status))
+                    snprintf(reason, sizeof reason, "process killed by signal %d (%s)%s; peak RSS %.0f MiB",
+                             WTERMSIG(status), strsignal(WTERMSIG(status)),
+                             WTERMSIG(status) == SIGKILL ? ", out of memory?" : "", ru.ru_maxrss / 1024.0);
+                else snprintf(reason, sizeof reason, "process exited with status %d", WEXITSTATUS(status));
+                char *now = tl_pareto_done_pairs(results);
+                char *have = done_tasks(now, g.v[ci].id, o.tasks);
+                char *dup = tl_xstrdup(o.tasks), *save = NULL;
+                for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                    char *one = done_tasks(now, g.v[ci].id, t);
+                    if (!one[0]) tl_pareto_append_failure(results, &g.v[ci], o.model, o.ctx, t, reason, NULL, &err);
+                    free(one);
+                }
+                free(dup);
+                free(have);
+                free(now);
+                fprintf(stderr, "pareto: %s: %s\n", g.v[ci].id, reason);
+            }
+            const double el = tl_time_s() - t_start;
+            const int left = todo - ran;
+            fprintf(stderr, "pareto: [%d/%d done] %s (%.0f s, peak RSS %.0f MiB); elapsed %.0f s, ETA %.0f s\n", finished,
+                    total, g.v[ci].id, secs, ru.ru_maxrss / 1024.0, el, left > 0 ? el / ran * left / P : 0.0);
+        }
+        free(slots);
+        free(exe);
+        for (int i = 0; i < g.n; i++) free(skip[i]);
+        free(skip);
+    }
+    {
+        const char *files[1] = {results};
+        rc = write_outputs(&o, files, 1);
+    }
+    free(results);
+out_w:
+    for (int f = 0; f < n_failed_fmt; f++) free(failed_fmt[f]), free(fail_reason[f]);
+out:
+    tl_pareto_grid_free(&g);
+    free(base_arg);
+    return rc;
+}
