@@ -5,7 +5,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <time.h>
+#include <unistd.h>
 
 int tl_fail(tl_error *err, const char *fmt, ...) {
     if (err) {
@@ -72,4 +74,22 @@ double tl_time_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int tl_write_file(const char *path, const void *data, size_t len, tl_error *err) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return tl_fail(err, "%s: %s", tmp, strerror(errno));
+    if (fwrite(data, 1, len, f) != len || fflush(f) || fsync(fileno(f))) {
+        fclose(f);
+        unlink(tmp);
+        return tl_fail(err, "%s: write failed: %s", path, strerror(errno));
+    }
+    fclose(f);
+    if (rename(tmp, path)) {
+        unlink(tmp);
+        return tl_fail(err, "%s: rename failed: %s", path, strerror(errno));
+    }
+    return 0;
 }

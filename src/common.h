@@ -99,6 +99,10 @@ static inline uint16_t tl_fp32_to_bf16(float f) {
     return (uint16_t)(x >> 16);
 }
 
+/* Write a whole file atomically: "<path>.tmp.<pid>", fsync, rename; on failure the temp file
+ * is removed and nothing is left half-written. Returns 0 or -1 with err naming the path. */
+int tl_write_file(const char *path, const void *data, size_t len, tl_error *err);
+
 /* Monotonic wall clock in seconds. */
 double tl_time_s(void);
 

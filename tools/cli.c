@@ -218,23 +218,6 @@ tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
     return s;
 }
 
-int tl_cli_write_atomic(const char *path, const void *data, size_t len, tl_error *err) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return tl_fail(err, "%s: %s", tmp, strerror(errno));
-    if (fwrite(data, 1, len, f) != len || fflush(f) || fsync(fileno(f))) {
-        fclose(f);
-        unlink(tmp);
-        return tl_fail(err, "%s: write failed: %s", path, strerror(errno));
-    }
-    fclose(f);
-    if (rename(tmp, path)) {
-        unlink(tmp);
-        return tl_fail(err, "%s: rename failed: %s", path, strerror(errno));
-    }
-    return 0;
-}
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
 

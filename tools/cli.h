@@ -46,9 +46,6 @@ int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool a
 /* Model + session from the common flags. */
 tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err);
 
-/* Write `data` to path atomically (temp file + rename). */
-int tl_cli_write_atomic(const char *path, const void *data, size_t len, tl_error *err);
-
 /* Print the memory report of a session (stderr). */
 void tl_cli_print_mem(FILE *f, const tl_session *s);
 

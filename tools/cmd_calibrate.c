@@ -134,7 +134,7 @@ int tl_cmd_calibrate(int argc, char **argv) {
     json = tl_xrealloc(json, jl + 2);
     json[jl++] = '\n';
     json[jl] = 0;
-    if (tl_cli_write_atomic(out, json, jl, &err)) goto done;
+    if (tl_write_file(out, json, jl, &err)) goto done;
     if (!svg) {
         const size_t ol = strlen(out);
         svg_path = tl_xmalloc(ol + 5);
@@ -147,7 +147,7 @@ int tl_cmd_calibrate(int argc, char **argv) {
         char title[512];
         snprintf(title, sizeof title, "TailorKV dense-preference score per layer: %s (%d tokens)", base ? base + 1 : c.model, n);
         chart = svg_chart(title, L, scores, kinds, tau);
-        if (tl_cli_write_atomic(svg, chart, strlen(chart), &err)) goto done;
+        if (tl_write_file(svg, chart, strlen(chart), &err)) goto done;
     }
     printf("plan: %s   chart: %s\n", out, svg);
     rc = 0;

@@ -348,7 +348,7 @@ static int do_merge(const opts *o) {
         free(p);
     }
     tl_error err = {{0}};
-    int rc = tl_cli_write_atomic(dst, all, n, &err);
+    int rc = tl_write_file(dst, all, n, &err);
     free(all);
     if (rc) {
         fprintf(stderr, "tailor pareto: %s\n", err.msg);

@@ -171,20 +171,3 @@ char *tl_svg_heatmap(const char *title, const char *xlabel, const char *const *x
     return b.p;
 }
 
-int tl_write_file(const char *path, const char *data, size_t len, tl_error *err) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return tl_fail(err, "%s: %s", tmp, strerror(errno));
-    if (fwrite(data, 1, len, f) != len || fflush(f)) {
-        fclose(f);
-        unlink(tmp);
-        return tl_fail(err, "%s: write failed: %s", path, strerror(errno));
-    }
-    fclose(f);
-    if (rename(tmp, path)) {
-        unlink(tmp);
-        return tl_fail(err, "%s: rename failed: %s", path, strerror(errno));
-    }
-    return 0;
-}

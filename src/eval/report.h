@@ -37,7 +37,5 @@ int tl_result_append(const char *path, const char *cmd, const cJSON *config, con
 char *tl_svg_heatmap(const char *title, const char *xlabel, const char *const *xs, int nx, const char *ylabel,
                      const char *const *ys, int ny, const double *values);
 
-/* Write a whole file (atomic: temp + rename). */
-int tl_write_file(const char *path, const char *data, size_t len, tl_error *err);
 
 #endif
