@@ -599,8 +599,21 @@ static void quant_destroy(tl_kv_layer *l) {
     free(st);
 }
 
+/* The attention scratch is working memory of one call, like the activations: released after
+ * each call so that 30 layers do not each hold their own (tens of MiB on SmolLM2 at chunk
+ * 256), and so that bytes() counts exactly what the cache holds. */
+static int quant_forward_release(tl_kv_layer *l, tl_pool *pool, int m, const float *q, const float *k,
+                                 const float *v, float *out, tl_error *err) {
+    const int rc = quant_forward(l, pool, m, q, k, v, out, err);
+    qstore *st = (qstore *)l;
+    tl_afree(st->scratch);
+    st->scratch = NULL;
+    st->scratch_n = 0;
+    return rc;
+}
+
 static const tl_kv_ops quant_ops = {
-    .name = "quant", .forward = quant_forward, .bytes = quant_bytes, .clear = quant_clear, .destroy = quant_destroy};
+    .name = "quant", .forward = quant_forward_release, .bytes = quant_bytes, .clear = quant_clear, .destroy = quant_destroy};
 
 static bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
