@@ -93,3 +93,31 @@ int tl_write_file(const char *path, const void *data, size_t len, tl_error *err)
     }
     return 0;
 }
+
+void tl_strbuf_printf(tl_strbuf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        const int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) return;
+        if (b->p && b->n + (size_t)k < b->cap) {
+            b->n += (size_t)k;
+            return;
+        }
+        b->cap = (b->cap + (size_t)k + 1) * 2;
+        b->p = tl_xrealloc(b->p, b->cap);
+    }
+}
+
+void tl_strbuf_xml(tl_strbuf *b, const char *s) {
+    for (; *s; s++) {
+        switch (*s) {
+        case '<': tl_strbuf_printf(b, "&lt;"); break;
+        case '>': tl_strbuf_printf(b, "&gt;"); break;
+        case '&': tl_strbuf_printf(b, "&amp;"); break;
+        case '"': tl_strbuf_printf(b, "&quot;"); break;
+        default: tl_strbuf_printf(b, "%c", *s);
+        }
+    }
+}

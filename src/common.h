@@ -103,6 +103,16 @@ static inline uint16_t tl_fp32_to_bf16(float f) {
  * is removed and nothing is left half-written. Returns 0 or -1 with err naming the path. */
 int tl_write_file(const char *path, const void *data, size_t len, tl_error *err);
 
+/* A growable string (reports, SVG): printf appends; p is malloc'd and NUL-terminated after
+ * the first append; free(p) when done. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} tl_strbuf;
+void tl_strbuf_printf(tl_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append s with <, >, & and " escaped for XML / SVG text. */
+void tl_strbuf_xml(tl_strbuf *b, const char *s);
+
 /* Monotonic wall clock in seconds. */
 double tl_time_s(void);
 

@@ -92,53 +92,23 @@ int tl_result_append(const char *path, const char *cmd, const cJSON *config, con
     return rc;
 }
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sbuf;
 
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
-        va_end(ap);
-        if (b->p && b->n + (size_t)k < b->cap) {
-            b->n += (size_t)k;
-            return;
-        }
-        b->cap = (b->cap + (size_t)k + 1) * 2;
-        b->p = tl_xrealloc(b->p, b->cap);
-    }
-}
 
-static void xml_escape(sbuf *b, const char *s) {
-    for (; *s; s++) {
-        switch (*s) {
-        case '<': sb_printf(b, "&lt;"); break;
-        case '>': sb_printf(b, "&gt;"); break;
-        case '&': sb_printf(b, "&amp;"); break;
-        case '"': sb_printf(b, "&quot;"); break;
-        default: sb_printf(b, "%c", *s);
-        }
-    }
-}
 
 char *tl_svg_heatmap(const char *title, const char *xlabel, const char *const *xs, int nx, const char *ylabel,
                      const char *const *ys, int ny, const double *values) {
     const int cw = 70, ch = 36, left = 90, top = 50, W = left + nx * cw + 20, H = top + ny * ch + 60;
-    sbuf b = {0};
-    sb_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
+    tl_strbuf b = {0};
+    tl_strbuf_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
                   "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
               W, H);
-    sb_printf(&b, "<text x=\"%d\" y=\"24\" font-size=\"15\" font-weight=\"bold\">", left);
-    xml_escape(&b, title);
-    sb_printf(&b, "</text>\n");
+    tl_strbuf_printf(&b, "<text x=\"%d\" y=\"24\" font-size=\"15\" font-weight=\"bold\">", left);
+    tl_strbuf_xml(&b, title);
+    tl_strbuf_printf(&b, "</text>\n");
     for (int y = 0; y < ny; y++) {
-        sb_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">", left - 8, top + y * ch + ch / 2 + 4);
-        xml_escape(&b, ys[y]);
-        sb_printf(&b, "</text>\n");
+        tl_strbuf_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">", left - 8, top + y * ch + ch / 2 + 4);
+        tl_strbuf_xml(&b, ys[y]);
+        tl_strbuf_printf(&b, "</text>\n");
         for (int x = 0; x < nx; x++) {
             const double v = values[y * nx + x];
             char fill[16];
@@ -150,24 +120,24 @@ char *tl_svg_heatmap(const char *title, const char *xlabel, const char *const *x
                 const int g = t < 0.5 ? (int)(60 + t * 2 * 150) : (int)(210 - (t - 0.5) * 2 * 30);
                 snprintf(fill, sizeof fill, "#%02x%02x%02x", r, g, 70);
             }
-            sb_printf(&b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"white\"/>\n",
+            tl_strbuf_printf(&b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"white\"/>\n",
                       left + x * cw, top + y * ch, cw, ch, fill);
             if (!isnan(v))
-                sb_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>\n", left + x * cw + cw / 2,
+                tl_strbuf_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>\n", left + x * cw + cw / 2,
                           top + y * ch + ch / 2 + 4, v);
         }
     }
     for (int x = 0; x < nx; x++) {
-        sb_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">", left + x * cw + cw / 2, top + ny * ch + 18);
-        xml_escape(&b, xs[x]);
-        sb_printf(&b, "</text>\n");
+        tl_strbuf_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">", left + x * cw + cw / 2, top + ny * ch + 18);
+        tl_strbuf_xml(&b, xs[x]);
+        tl_strbuf_printf(&b, "</text>\n");
     }
-    sb_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">", left + nx * cw / 2, top + ny * ch + 42);
-    xml_escape(&b, xlabel);
-    sb_printf(&b, "</text>\n<text x=\"14\" y=\"%d\" transform=\"rotate(-90 14 %d)\" text-anchor=\"middle\">",
+    tl_strbuf_printf(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">", left + nx * cw / 2, top + ny * ch + 42);
+    tl_strbuf_xml(&b, xlabel);
+    tl_strbuf_printf(&b, "</text>\n<text x=\"14\" y=\"%d\" transform=\"rotate(-90 14 %d)\" text-anchor=\"middle\">",
               top + ny * ch / 2, top + ny * ch / 2);
-    xml_escape(&b, ylabel);
-    sb_printf(&b, "</text>\n</svg>\n");
+    tl_strbuf_xml(&b, ylabel);
+    tl_strbuf_printf(&b, "</text>\n</svg>\n");
     return b.p;
 }
 

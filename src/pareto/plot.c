@@ -121,69 +121,42 @@ static double px(const frame *f, double mib) { return ML + (mib - f->x0) / (f->x
 static double py(const frame *f, double acc) { return H - MB - (acc - f->y0) / (f->y1 - f->y0) * (H - MT - MB); }
 
 /* ---- SVG ---- */
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sb;
-static void put(sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(sb *b, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
-        va_end(ap);
-        if (b->p && (size_t)k < b->cap - b->n) {
-            b->n += (size_t)k;
-            return;
-        }
-        b->cap = (b->cap + (size_t)k + 1) * 2;
-        b->p = tl_xrealloc(b->p, b->cap);
-    }
-}
-static void esc(sb *b, const char *s) {
-    for (; *s; s++) {
-        if (*s == '<') put(b, "&lt;");
-        else if (*s == '>') put(b, "&gt;");
-        else if (*s == '&') put(b, "&amp;");
-        else put(b, "%c", *s);
-    }
-}
 
 char *tl_pareto_svg(const tl_pareto_table *t, const char *title, int which) {
     frame f;
     make_frame(t, which, &f);
     char xl[700];
-    sb b = {0};
-    put(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\">\n", W, H);
-    put(&b, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n<text x=\"%d\" y=\"28\" font-size=\"17\" text-anchor=\"middle\">",
+    tl_strbuf b = {0};
+    tl_strbuf_printf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\">\n", W, H);
+    tl_strbuf_printf(&b, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n<text x=\"%d\" y=\"28\" font-size=\"17\" text-anchor=\"middle\">",
         W, H, W / 2);
-    esc(&b, title ? title : "KV Pareto");
-    put(&b, "</text>\n");
+    tl_strbuf_xml(&b, title ? title : "KV Pareto");
+    tl_strbuf_printf(&b, "</text>\n");
     /* axes and grid */
     const double xs = nice_step(f.x1 - f.x0), ys = nice_step(f.y1 - f.y0);
     for (double x = ceil(f.x0 / xs) * xs; x <= f.x1; x += xs)
-        put(&b, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#eee\"/><text x=\"%.1f\" y=\"%d\" font-size=\"12\" "
+        tl_strbuf_printf(&b, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#eee\"/><text x=\"%.1f\" y=\"%d\" font-size=\"12\" "
                 "text-anchor=\"middle\">%g</text>\n", px(&f, x), MT, px(&f, x), H - MB, px(&f, x), H - MB + 18, x);
     for (double y = ceil(f.y0 / ys) * ys; y <= f.y1; y += ys)
-        put(&b, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#eee\"/><text x=\"%d\" y=\"%.1f\" font-size=\"12\" "
+        tl_strbuf_printf(&b, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#eee\"/><text x=\"%d\" y=\"%.1f\" font-size=\"12\" "
                 "text-anchor=\"end\">%g</text>\n", ML, py(&f, y), W - MR, py(&f, y), ML - 6, py(&f, y) + 4, y);
-    put(&b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#333\"/>\n", ML, MT, W - ML - MR, H - MT - MB);
-    put(&b, "<text x=\"%d\" y=\"%d\" font-size=\"14\" text-anchor=\"middle\">", (ML + W - MR) / 2, H - 25);
-    esc(&b, axis_name(t, which, xl, sizeof xl));
-    put(&b, "</text>\n");
-    put(&b, "<text transform=\"translate(22,%d) rotate(-90)\" font-size=\"14\" text-anchor=\"middle\">accuracy relative to "
+    tl_strbuf_printf(&b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#333\"/>\n", ML, MT, W - ML - MR, H - MT - MB);
+    tl_strbuf_printf(&b, "<text x=\"%d\" y=\"%d\" font-size=\"14\" text-anchor=\"middle\">", (ML + W - MR) / 2, H - 25);
+    tl_strbuf_xml(&b, axis_name(t, which, xl, sizeof xl));
+    tl_strbuf_printf(&b, "</text>\n");
+    tl_strbuf_printf(&b, "<text transform=\"translate(22,%d) rotate(-90)\" font-size=\"14\" text-anchor=\"middle\">accuracy relative to "
             "baseline (%%)</text>\n", (MT + H - MB) / 2);
     if (t->base >= 0)
-        put(&b, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#999\" stroke-dasharray=\"4 4\"/>\n", ML,
+        tl_strbuf_printf(&b, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#999\" stroke-dasharray=\"4 4\"/>\n", ML,
             py(&f, 100), W - MR, py(&f, 100));
     /* frontier line */
     if (f.n_front > 1) {
-        put(&b, "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"");
+        tl_strbuf_printf(&b, "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"");
         for (int k = 0; k < f.n_front; k++) {
             const tl_pareto_row *r = &t->rows[f.order[k]];
-            put(&b, "%.1f,%.1f ", px(&f, f.mem[f.order[k]]), py(&f, clamp_acc(&f, 100 * r->acc)));
+            tl_strbuf_printf(&b, "%.1f,%.1f ", px(&f, f.mem[f.order[k]]), py(&f, clamp_acc(&f, 100 * r->acc)));
         }
-        put(&b, "\"/>\n");
+        tl_strbuf_printf(&b, "\"/>\n");
     }
     for (int i = 0; i < t->n; i++) {
         const tl_pareto_row *r = &t->rows[i];
@@ -191,18 +164,18 @@ char *tl_pareto_svg(const tl_pareto_table *t, const char *title, int which) {
         const bool fr = f.front[i];
         const double x = px(&f, f.mem[i]), y = py(&f, clamp_acc(&f, 100 * r->acc));
         const char *col = r->baseline ? "#1f77b4" : fr ? "#d62728" : "#999";
-        put(&b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"%d\" fill=\"%s\"><title>", x, y, fr || r->baseline ? 5 : 4, col);
-        esc(&b, r->label);
-        put(&b, ": %.1f MiB, %.2f%%</title></circle>\n", f.mem[i], 100 * r->acc);
+        tl_strbuf_printf(&b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"%d\" fill=\"%s\"><title>", x, y, fr || r->baseline ? 5 : 4, col);
+        tl_strbuf_xml(&b, r->label);
+        tl_strbuf_printf(&b, ": %.1f MiB, %.2f%%</title></circle>\n", f.mem[i], 100 * r->acc);
         if (fr || r->baseline) {
             double lx, ly;
             place_label(&f, x, y, strlen(r->label) * 5.5, &lx, &ly);
-            put(&b, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" fill=\"%s\">", lx, ly, col);
-            esc(&b, r->label);
-            put(&b, "</text>\n");
+            tl_strbuf_printf(&b, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" fill=\"%s\">", lx, ly, col);
+            tl_strbuf_xml(&b, r->label);
+            tl_strbuf_printf(&b, "</text>\n");
         }
     }
-    put(&b, "</svg>\n");
+    tl_strbuf_printf(&b, "</svg>\n");
     free_frame(&f);
     return b.p;
 }

@@ -193,33 +193,14 @@ char *tl_pareto_done_pairs(const char *path) {
 }
 
 /* ---- output ---- */
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sb;
 
-static void put(sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(sb *b, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
-        va_end(ap);
-        if (b->p && (size_t)k < b->cap - b->n) {
-            b->n += (size_t)k;
-            return;
-        }
-        b->cap = (b->cap + (size_t)k + 1) * 2;
-        b->p = tl_xrealloc(b->p, b->cap);
-    }
-}
 
 static double mib(double b) { return b / 1048576.0; }
 static double red(double m, double base) { return 100.0 * (1.0 - m / base); }
 
 int tl_pareto_write_csv(const tl_pareto_table *t, const char *path, tl_error *err) {
-    sb b = {0};
-    put(&b, "id,label,weights,kv,kv_layer,chunk,mem_bytes,mem_reduction_pct,acc_rel,acc_delta_pct,kv_bytes,act_bytes,"
+    tl_strbuf b = {0};
+    tl_strbuf_printf(&b, "id,label,weights,kv,kv_layer,chunk,mem_bytes,mem_reduction_pct,acc_rel,acc_delta_pct,kv_bytes,act_bytes,"
             "proj_ctx,proj_bytes,proj_reduction_pct,proj_to,proj_to_bytes,proj_to_reduction_pct,prefill_tps,decode_tps\n");
     const tl_pareto_row *B = t->base >= 0 ? &t->rows[t->base] : NULL;
     /* frontier rows by increasing memory */
@@ -234,7 +215,7 @@ int tl_pareto_write_csv(const tl_pareto_table *t, const char *path, tl_error *er
         }
     for (int k = 0; k < n; k++) {
         const tl_pareto_row *r = &t->rows[idx[k]];
-        put(&b, "\"%s\",\"%s\",%s,%s,\"%s\",%d,%.0f,%.2f,%.6f,%.3f,%.0f,%.0f,%d,%.0f,%.2f,\"%s\",%.0f,%.2f,%.2f,%.2f\n", r->id,
+        tl_strbuf_printf(&b, "\"%s\",\"%s\",%s,%s,\"%s\",%d,%.0f,%.2f,%.6f,%.3f,%.0f,%.0f,%d,%.0f,%.2f,\"%s\",%.0f,%.2f,%.2f,%.2f\n", r->id,
             r->label, r->weights, r->kv, r->kv_layer, r->chunk, r->mem_total, B ? red(r->mem_total, B->mem_total) : NAN,
             r->acc, 100 * (r->acc - 1), r->mem_kv, r->mem_act, t->target_ctx, r->proj_total,
             B ? red(r->proj_total, B->proj_total) : NAN, t->project_to, r->proj2_total,
@@ -263,41 +244,41 @@ static void fmt_mem(char *buf, size_t n, double bytes) {
 }
 
 /* within-loss picks for one memory axis */
-static void picks(sb *b, const tl_pareto_table *t, int which, const char *what, double max_loss) {
+static void picks(tl_strbuf *b, const tl_pareto_table *t, int which, const char *what, double max_loss) {
     const tl_pareto_row *B = &t->rows[t->base];
     const double bm = which == 0 ? B->mem_total : which == 1 ? B->proj_total : B->proj2_total;
     if (isnan(bm)) return;
     tl_pareto_point *p = points(t, which);
     char bb[32];
     fmt_mem(bb, sizeof bb, bm);
-    put(b, "\n**%s** (baseline %s):\n\n", what, bb);
+    tl_strbuf_printf(b, "\n**%s** (baseline %s):\n\n", what, bb);
     const double losses[3] = {0.01, 0.03, max_loss};
     for (int k = 0; k < 3; k++) {
         if (k == 2 && (max_loss < 0 || max_loss == 0.01 || max_loss == 0.03)) continue;
         const int i = tl_pareto_pick_min_mem(p, t->n, 1.0 - losses[k]);
         if (i < 0) {
-            put(b, "- within %.0f%% loss: none\n", 100 * losses[k]);
+            tl_strbuf_printf(b, "- within %.0f%% loss: none\n", 100 * losses[k]);
             continue;
         }
         const tl_pareto_row *r = &t->rows[i];
         char m[32];
         fmt_mem(m, sizeof m, p[i].mem);
-        put(b, "- within %g%% accuracy loss: `%s`, %s, **-%.1f%%** total memory (accuracy %+.2f%%)\n", 100 * losses[k],
+        tl_strbuf_printf(b, "- within %g%% accuracy loss: `%s`, %s, **-%.1f%%** total memory (accuracy %+.2f%%)\n", 100 * losses[k],
             r->label, m, red(p[i].mem, bm), 100 * (r->acc - 1));
     }
     free(p);
 }
 
 char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts *o) {
-    sb b = {0};
+    tl_strbuf b = {0};
     const tl_pareto_row *B = t->base >= 0 ? &t->rows[t->base] : NULL;
-    put(&b, "# %s\n\n", o && o->title ? o->title : "KV Pareto sweep");
-    put(&b, "Model `%s`, evaluation context %d tokens, tasks:", t->model, t->ctx);
-    for (int k = 0; k < t->n_tasks; k++) put(&b, " %s", t->tasks[k]);
+    tl_strbuf_printf(&b, "# %s\n\n", o && o->title ? o->title : "KV Pareto sweep");
+    tl_strbuf_printf(&b, "Model `%s`, evaluation context %d tokens, tasks:", t->model, t->ctx);
+    for (int k = 0; k < t->n_tasks; k++) tl_strbuf_printf(&b, " %s", t->tasks[k]);
     int n_ok = 0, n_front = 0;
     for (int i = 0; i < t->n; i++) n_ok += !t->rows[i].failed, n_front += t->rows[i].frontier;
-    put(&b, ". %d configurations, %d evaluated, %d failed, %d on the frontier.\n\n", t->n, n_ok, t->n - n_ok, n_front);
-    put(&b, "Memory = weights + KV cache + peak activations (chunk buffers, matmul scratch, one row of logits), "
+    tl_strbuf_printf(&b, ". %d configurations, %d evaluated, %d failed, %d on the frontier.\n\n", t->n, n_ok, t->n - n_ok, n_front);
+    tl_strbuf_printf(&b, "Memory = weights + KV cache + peak activations (chunk buffers, matmul scratch, one row of logits), "
             "from the session's allocator accounting with %d tokens held. Accuracy is relative to the baseline "
             "(100%% = baseline): ppl as PPL(base)/PPL, other tasks as score/base score; `acc` is their mean.\n\n",
             t->ctx);
@@ -306,13 +287,13 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
         fmt_mem(m, sizeof m, B->mem_total);
         fmt_mem(p1, sizeof p1, B->proj_total);
         fmt_mem(p2, sizeof p2, B->proj2_total);
-        put(&b, "Baseline `%s`: %s total (weights %.1f MiB, KV %.1f MiB, activations %.1f MiB)", B->label, m,
+        tl_strbuf_printf(&b, "Baseline `%s`: %s total (weights %.1f MiB, KV %.1f MiB, activations %.1f MiB)", B->label, m,
             mib(B->mem_w), mib(B->mem_kv), mib(B->mem_act));
-        if (t->target_ctx) put(&b, "; at %d tokens %s", t->target_ctx, p1);
-        if (t->project_to[0]) put(&b, "; as %s at %d tokens %s", t->project_to, t->target_ctx, p2);
-        put(&b, ".\n");
+        if (t->target_ctx) tl_strbuf_printf(&b, "; at %d tokens %s", t->target_ctx, p1);
+        if (t->project_to[0]) tl_strbuf_printf(&b, "; as %s at %d tokens %s", t->project_to, t->target_ctx, p2);
+        tl_strbuf_printf(&b, ".\n");
     } else {
-        put(&b, "No baseline (base weights, f16 KV) in the results: relative accuracy is not available.\n");
+        tl_strbuf_printf(&b, "No baseline (base weights, f16 KV) in the results: relative accuracy is not available.\n");
     }
     if (B) {
         picks(&b, t, 0, "Smallest total memory within a loss, at the evaluated context", o ? o->max_loss : -1);
@@ -333,13 +314,13 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
             const int i = tl_pareto_pick_budget(p, t->n, o->budget);
             char bud[32];
             fmt_mem(bud, sizeof bud, o->budget);
-            put(&b, "\n**Budget %s** (%s): ", bud, which ? "projected memory at the target context" : "measured memory");
-            if (i < 0) put(&b, "no configuration fits: memory binds everywhere.\n");
+            tl_strbuf_printf(&b, "\n**Budget %s** (%s): ", bud, which ? "projected memory at the target context" : "measured memory");
+            if (i < 0) tl_strbuf_printf(&b, "no configuration fits: memory binds everywhere.\n");
             else {
                 const tl_pareto_row *r = &t->rows[i];
                 char m[32];
                 fmt_mem(m, sizeof m, p[i].mem);
-                put(&b, "`%s` (%s, accuracy %+.2f%%). ", r->label, m, 100 * (r->acc - 1));
+                tl_strbuf_printf(&b, "`%s` (%s, accuracy %+.2f%%). ", r->label, m, 100 * (r->acc - 1));
                 /* the budget binds when a more accurate configuration exists above it */
                 int better = -1;
                 for (int j = 0; j < t->n; j++)
@@ -347,10 +328,10 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
                 if (better >= 0) {
                     char m2[32];
                     fmt_mem(m2, sizeof m2, p[better].mem);
-                    put(&b, "The memory budget binds: the next more accurate configuration, `%s` (accuracy %+.2f%%), needs %s.\n",
+                    tl_strbuf_printf(&b, "The memory budget binds: the next more accurate configuration, `%s` (accuracy %+.2f%%), needs %s.\n",
                         t->rows[better].label, 100 * (t->rows[better].acc - 1), m2);
                 } else {
-                    put(&b, "The budget does not bind: this is the most accurate configuration; accuracy is the limit.\n");
+                    tl_strbuf_printf(&b, "The budget does not bind: this is the most accurate configuration; accuracy is the limit.\n");
                 }
             }
             free(p);
@@ -368,47 +349,47 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
             idx[j] = idx[j - 1];
             idx[j - 1] = tmp;
         }
-    put(&b, "\n## All configurations (by total memory; ★ = frontier, B = baseline)\n\n| | weights | KV | chunk | total | vs base | KV | act | peak RSS |");
-    for (int k = 0; k < t->n_tasks; k++) put(&b, " %s |", t->tasks[k]);
-    put(&b, " KLD | acc | Δacc |");
-    if (t->target_ctx) put(&b, " @%dk | vs base |", t->target_ctx / 1024);
-    if (t->project_to[0]) put(&b, " proj-to | vs base |");
-    put(&b, " prefill t/s | decode t/s |\n|---|---|---|---:|---:|---:|---:|---:|---:|");
-    for (int k = 0; k < t->n_tasks; k++) put(&b, "---:|");
-    put(&b, "---:|---:|---:|");
-    if (t->target_ctx) put(&b, "---:|---:|");
-    if (t->project_to[0]) put(&b, "---:|---:|");
-    put(&b, "---:|---:|\n");
+    tl_strbuf_printf(&b, "\n## All configurations (by total memory; ★ = frontier, B = baseline)\n\n| | weights | KV | chunk | total | vs base | KV | act | peak RSS |");
+    for (int k = 0; k < t->n_tasks; k++) tl_strbuf_printf(&b, " %s |", t->tasks[k]);
+    tl_strbuf_printf(&b, " KLD | acc | Δacc |");
+    if (t->target_ctx) tl_strbuf_printf(&b, " @%dk | vs base |", t->target_ctx / 1024);
+    if (t->project_to[0]) tl_strbuf_printf(&b, " proj-to | vs base |");
+    tl_strbuf_printf(&b, " prefill t/s | decode t/s |\n|---|---|---|---:|---:|---:|---:|---:|---:|");
+    for (int k = 0; k < t->n_tasks; k++) tl_strbuf_printf(&b, "---:|");
+    tl_strbuf_printf(&b, "---:|---:|---:|");
+    if (t->target_ctx) tl_strbuf_printf(&b, "---:|---:|");
+    if (t->project_to[0]) tl_strbuf_printf(&b, "---:|---:|");
+    tl_strbuf_printf(&b, "---:|---:|\n");
     for (int q = 0; q < t->n; q++) {
         const tl_pareto_row *r = &t->rows[idx[q]];
         char ch[16];
         if (r->chunk > 0) snprintf(ch, sizeof ch, "%d", r->chunk);
         else snprintf(ch, sizeof ch, "full");
-        put(&b, "| %s%s | %s | `%s%s%s` | %s |", r->frontier ? "★" : "", r->baseline ? "B" : "", r->weights, r->kv,
+        tl_strbuf_printf(&b, "| %s%s | %s | `%s%s%s` | %s |", r->frontier ? "★" : "", r->baseline ? "B" : "", r->weights, r->kv,
             r->kv_layer[0] ? " " : "", r->kv_layer, ch);
         if (isnan(r->mem_total) && r->failed) {
-            put(&b, " failed: %s |\n", r->reason);
+            tl_strbuf_printf(&b, " failed: %s |\n", r->reason);
             continue;
         }
-        put(&b, " %.1f MiB | %+.1f%% | %.1f | %.1f | %.0f |", mib(r->mem_total), B ? -red(r->mem_total, B->mem_total) : NAN,
+        tl_strbuf_printf(&b, " %.1f MiB | %+.1f%% | %.1f | %.1f | %.0f |", mib(r->mem_total), B ? -red(r->mem_total, B->mem_total) : NAN,
             mib(r->mem_kv), mib(r->mem_act), mib(r->rss));
         for (int k = 0; k < t->n_tasks; k++) {
-            if (!r->task_ok[k]) put(&b, " failed |");
-            else if (!strcmp(t->tasks[k], "ppl")) put(&b, " %.3f |", r->score[k]);
-            else put(&b, " %.2f |", r->score[k]);
+            if (!r->task_ok[k]) tl_strbuf_printf(&b, " failed |");
+            else if (!strcmp(t->tasks[k], "ppl")) tl_strbuf_printf(&b, " %.3f |", r->score[k]);
+            else tl_strbuf_printf(&b, " %.2f |", r->score[k]);
         }
-        if (isnan(r->kld)) put(&b, " - |");
-        else put(&b, " %.4f |", r->kld);
-        put(&b, " %.2f%% | %+.2f%% |", 100 * r->acc, 100 * (r->acc - 1));
-        if (t->target_ctx) put(&b, " %.1f MiB | %+.1f%% |", mib(r->proj_total), B ? -red(r->proj_total, B->proj_total) : NAN);
+        if (isnan(r->kld)) tl_strbuf_printf(&b, " - |");
+        else tl_strbuf_printf(&b, " %.4f |", r->kld);
+        tl_strbuf_printf(&b, " %.2f%% | %+.2f%% |", 100 * r->acc, 100 * (r->acc - 1));
+        if (t->target_ctx) tl_strbuf_printf(&b, " %.1f MiB | %+.1f%% |", mib(r->proj_total), B ? -red(r->proj_total, B->proj_total) : NAN);
         if (t->project_to[0])
-            put(&b, " %.2f GiB | %+.1f%% |", r->proj2_total / 1073741824.0, B ? -red(r->proj2_total, B->proj2_total) : NAN);
-        put(&b, " %.1f | %.1f |", r->prefill_tps, r->decode_tps);
-        if (r->failed) put(&b, " (%s)", r->reason);
-        put(&b, "\n");
+            tl_strbuf_printf(&b, " %.2f GiB | %+.1f%% |", r->proj2_total / 1073741824.0, B ? -red(r->proj2_total, B->proj2_total) : NAN);
+        tl_strbuf_printf(&b, " %.1f | %.1f |", r->prefill_tps, r->decode_tps);
+        if (r->failed) tl_strbuf_printf(&b, " (%s)", r->reason);
+        tl_strbuf_printf(&b, "\n");
     }
     free(idx);
-    put(&b, "\nColumns: total/KV/act in MiB at %d tokens; peak RSS of the configuration's process (MiB: includes "
+    tl_strbuf_printf(&b, "\nColumns: total/KV/act in MiB at %d tokens; peak RSS of the configuration's process (MiB: includes "
             "the mapped weight file, evaluation buffers and the text/haystack, a cross-check only); KLD: mean "
             "KL divergence of the next-token distribution vs the baseline (top-32 + rest); Δacc relative to the baseline.\n",
         t->ctx);
