@@ -7,16 +7,20 @@
 #      2-layer SmolLM2-shaped synth (head_dim 64)
 #   3. a synthetic Llama-3.1-8B (bf16, streamed to disk), decode ms/token at depths 0 / 32k /
 #      128k for f16, k4v4, k2v2 (+ KIVI) KV, and prefill time per chunk size
-#   4. (minb3) the decode bench with TL_CUDA_DEC_MINB=3 (decode kernels at 3 blocks/SM);
-#      (olddec) the same decode bench with TL_CUDA_DECODE=0: the general attention kernel
-#      instead of decode.cu, for before/after tables
-#   5. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan)
-# Env: STEPS="build test bench minb3 olddec prefill safe tailor" (default all), GPU_JOBS, DEPTHS, KVS, CHUNKS, TL_CUDA_SAFE.
+#   4. (prof) where a decode step's GPU time goes (TL_CUDA_PROF=1), depth 0 and 128k;
+#      (before) the decode bench with TL_CUDA_FUSE=0 TL_CUDA_PIPE=0 (no fused norm/GLU
+#      matvecs, no cp.async staging of quantized tiles) for before/after tables;
+#      (minb3) decode kernels at 3 blocks/SM; (olddec) TL_CUDA_DECODE=0, the general kernel
+#   5. (prefill) prefill time per chunk size: pp4096, a 512 chunk after 32k, and (long) the
+#      whole 128k-token prefill per chunk size, with TL_CUDA_TC=0 (CUDA-core attention) beside it
+#   6. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan)
+# Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
+# long), GPU_JOBS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"build test bench minb3 olddec prefill safe"}
+STEPS=${STEPS:-"build test bench prof before prefill tailor"}
 DEPTHS=${DEPTHS:-0,32768,131072}
 KVS=${KVS:-f16,k8v8,k4v4,k2v2,k2v2:kivi}
 B=build-gpu
@@ -35,7 +39,7 @@ if has build; then
       -DMHD_LIB=$D/lib/libmicrohttpd.so "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags,-rpath,$D/lib,-rpath-link,$D/lib")
   fi
   cmake -S . -B $B -DTL_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${DEPS[@]}" >"$OUT/build.log" 2>&1 &&
-    cmake --build $B -j "${GPU_JOBS:-16}" --target tailor test_cuda >>"$OUT/build.log" 2>&1 || {
+    cmake --build $B -j "${GPU_JOBS:-16}" --target tailor test_cuda bench_cuda_attn >>"$OUT/build.log" 2>&1 || {
     tail -40 "$OUT/build.log"
     exit 1
   }
@@ -77,6 +81,23 @@ if has bench; then
   grep -E "gpu memory|error|tailor bench" "$OUT/decode.err" | sort -u | head -20 | tee -a "$OUT/summary.md"
 fi
 
+if has prof; then
+  log "profile of a decode step (TL_CUDA_PROF=1: events between parts, slightly slower)"
+  TL_CUDA_PROF=1 timeout 240 $T bench -m $M --device cuda -p 0 -n 16 -d 0,131072 --kv f16,k4v4,k2v2 -r 1 -o md \
+    >"$OUT/prof.md" 2>"$OUT/prof.err"
+  grep -E "profile|ms/step|matrix parts" "$OUT/prof.err" | tee -a "$OUT/summary.md"
+fi
+
+if has before; then
+  # before/after: both switches off is the decode step of the previous version; then each alone
+  for sw in "TL_CUDA_FUSE=0 TL_CUDA_PDL=0" "TL_CUDA_FUSE=0" "TL_CUDA_PDL=0"; do
+    log "decode bench with $sw"
+    env $sw timeout 120 $T bench -m $M --device cuda -p 0 -n 32 -d 0,131072 --kv f16 -r 2 -o md \
+      >"$OUT/decode_before.md" 2>/dev/null
+    tail -2 "$OUT/decode_before.md" | tee -a "$OUT/summary.md"
+  done
+fi
+
 if has minb3; then
   log "decode bench with TL_CUDA_DEC_MINB=3 (head_dim-128 decode kernels at 3 blocks/SM)"
   TL_CUDA_DEC_MINB=3 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
@@ -94,6 +115,8 @@ if has olddec; then
 fi
 
 if has prefill; then
+  log "prefill attention alone: tensor cores vs the general kernel (bench_cuda_attn)"
+  timeout 120 $B/bench_cuda_attn --history 32768 --m 512,4096 2>&1 | tee "$OUT/bench_cuda_attn.txt" | tail -8 | tee -a "$OUT/summary.md"
   log "prefill bench (pp4096 at depth 0, by chunk size)"
   for C in ${CHUNKS:-512 2048 4096}; do
     echo "chunk $C:" | tee -a "$OUT/summary.md" "$OUT/prefill.md"
@@ -109,6 +132,24 @@ if has prefill; then
   tail -3 "$OUT/prefill_tmp.md" | tee -a "$OUT/summary.md"
   rm -f "$OUT/prefill_tmp.md"
   tail -5 "$OUT/prefill.err" >>"$OUT/summary.md"
+  echo "pp512 after a 32k-token history, CUDA-core attention (TL_CUDA_TC=0):" | tee -a "$OUT/summary.md" "$OUT/prefill.md"
+  TL_CUDA_TC=0 timeout 90 $T bench -m $M --device cuda -p 512 -n 0 -d 32768 --kv f16 --chunk 512 -r 2 -o md \
+    >"$OUT/prefill_tmp.md" 2>>"$OUT/prefill.err"
+  cat "$OUT/prefill_tmp.md" >>"$OUT/prefill.md"
+  tail -1 "$OUT/prefill_tmp.md" | tee -a "$OUT/summary.md"
+  rm -f "$OUT/prefill_tmp.md"
+fi
+
+if has long; then
+  # the whole 131072-token prompt through the model, f16 KV, one run per chunk size: time and
+  # peak GPU memory (the bench prints the memory plan and use after the run)
+  log "prefill of 131072 tokens per chunk size"
+  for C in ${LONG_CHUNKS:-1024 4096}; do
+    timeout 200 $T bench -m $M --device cuda -p 131072 -n 0 --kv f16 --chunk $C -r 1 -o md >"$OUT/long_$C.md" 2>"$OUT/long_$C.err"
+    echo "chunk $C exit $?" | tee -a "$OUT/summary.md"
+    tail -1 "$OUT/long_$C.md" | tee -a "$OUT/summary.md"
+    grep -iE "gpu memory|peak" "$OUT/long_$C.err" | head -4 | tee -a "$OUT/summary.md"
+  done
 fi
 
 if has safe && [ -z "${TL_CUDA_SAFE:-}" ]; then
@@ -127,7 +168,7 @@ if has tailor; then
   echo "f16 under $BUD: exit $?" | tee -a "$OUT/summary.md"
   grep -E "gpu-mem-budget" "$OUT/tailor_f16.err" | head -3 | tee -a "$OUT/summary.md"
   TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $M --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d ${TK_DEPTHS:-131072} \
-    --kv "${TK_KVS:-tailor:summary=4,bits=2}" -r 2 -o md >"$OUT/tailor.md" 2>"$OUT/tailor.err"
+    --kv "${TK_KVS:-tailor:summary=4}" -r 2 -o md >"$OUT/tailor.md" 2>"$OUT/tailor.err"
   echo "tailor bench exit $?" | tee -a "$OUT/summary.md"
   cat "$OUT/tailor.md" | tee -a "$OUT/summary.md"
   grep -E "memory|tailorKV|error|tailor bench|uploaded" "$OUT/tailor.err" | sort -u | head -20 | tee -a "$OUT/summary.md"

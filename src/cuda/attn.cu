@@ -492,6 +492,10 @@ int tlc_attention(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const f
         const int rc = tlc_attn_decode(cx, L, n_past, q, knew, vnew, out, err);
         if (rc <= 0) return rc;
     }
+    if (m > 1 && !cx->no_tc) {
+        const int rc = tlc_attn_prefill_tc(cx, L, n_past, m, q, knew, vnew, out, err);
+        if (rc <= 0) return rc;
+    }
     attn_p p;
     memset(&p, 0, sizeof p);
     p.K = L->k;
@@ -569,6 +573,7 @@ __device__ __forceinline__ float resid_src(const kv_side &S, int h, int t, int c
 
 /* SLIDE: quantize tokens [ta, tb) (warp per (token, head)). */
 __global__ void slide_quant_k(kv_side S, int ta, int tb, int n_heads, int n_past, const float *x, int xs) {
+    pdl_trigger();
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     const int n_items = (tb - ta) * n_heads;
     if (w >= n_items) return;
@@ -602,6 +607,7 @@ __global__ void slide_quant_k(kv_side S, int ta, int tb, int n_heads, int n_past
 /* FLUSH: quantize token groups [ga, gb) (warp per (head, group, channel)); old tokens come
  * from the f16 block whose first token is old_base. */
 __global__ void flush_quant_k(kv_side S, int ga, int gb, int n_heads, int n_past, int old_base, const float *x, int xs) {
+    pdl_trigger();
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     const int d = S.d, g = S.g;
     const int n_items = (gb - ga) * n_heads * d;
@@ -633,6 +639,7 @@ __global__ void flush_quant_k(kv_side S, int ga, int gb, int n_heads, int n_past
 /* Write new tokens [ta, tb) into rows: slot = mode DENSE: t % cap; SLIDE ring: t % R;
  * FLUSH block: t - base. Type dt (f16 for residual rows). */
 __global__ void write_rows_k(kv_side S, int ta, int tb, int n_heads, int n_past, int base, const float *x, int xs) {
+    pdl_trigger();
     const size_t n = (size_t)(tb - ta) * n_heads * S.d;
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
         const int c = (int)(e % S.d), h = (int)(e / S.d % n_heads), t = ta + (int)(e / S.d / n_heads);

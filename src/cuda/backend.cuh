@@ -10,6 +10,9 @@ extern "C" {
 }
 #include "kernels.cuh"
 
+/* weight element types on the device (forward.cu uploads f32, f16, bf16) */
+enum { WT_F32 = 0, WT_F16 = 1, WT_BF16 = 2 };
+
 #define TLC_QMAX 64 /* queries (rows x GQA group) per attention block */
 
 /* Per-session device context. */
@@ -20,6 +23,9 @@ struct tlc_ctx {
     bool safe;            /* TL_CUDA_SAFE=1: plain attention loops (no register prefetch, no blocking) */
     bool old_decode;      /* TL_CUDA_DECODE=0: decode uses the general attention kernel (decode.cu off) */
     int dec_minb;         /* TL_CUDA_DEC_MINB=3: head_dim-128 decode kernels built for 3 blocks/SM (default 2) */
+    bool no_tc;           /* TL_CUDA_TC=0: prefill chunks use the general attention kernel (prefill_tc.cu off) */
+    bool no_fuse;         /* TL_CUDA_FUSE=0: the decode GLU activation as a separate kernel */
+    bool no_pdl;          /* TL_CUDA_PDL=0: decode matvecs launched without programmatic dependent launch */
     void *scratch;        /* attention partials, grown on demand */
     size_t scratch_bytes;
 };
@@ -40,6 +46,35 @@ struct tlc_layer_kv {
     } while (0)
 
 int tlc_scratch(tlc_ctx *cx, size_t bytes, tl_error *err);
+
+/* Decode matrix-vector products (matvec.cu): y[s] = W[s] x (+ bias, + y when add) for nseg
+ * matrices of n_in columns sharing x. glu 1/2: y[0] = silu/gelu-tanh(W[0] x) * (W[1] x).
+ * Returns 1 when the glu fusion cannot run for this shape (the caller uses act_k). */
+struct tlc_mv {
+    const void *W[3];
+    const float *bias[3];
+    float *y[3];
+    int n_out[3];
+    int add[3];
+    int nseg, n_in, wt, glu;
+    const float *x;
+};
+int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
+
+/* Programmatic dependent launch (sm_90): a kernel that runs pdl_trigger() lets the next kernel
+ * in the stream, when that one is launched with the PDL attribute (tlc_matvec), start before
+ * it ends; such a kernel runs pdl_wait() before it reads anything its predecessors write
+ * (the wait returns when they have completed and their writes are visible). */
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 size_t tlc_attn_smem(int nqmax, int dk, int dv);
 int tlc_attention(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const float *q, const float *knew,
                   const float *vnew, float *out, tl_error *err);
@@ -47,6 +82,10 @@ int tlc_attention(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const f
  * head size without a decode kernel: use tlc_attention's general kernel). */
 int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew, const float *vnew,
                     float *out, tl_error *err);
+/* Prefill (m > 1 rows) attention on tensor cores, prefill_tc.cu: dense f16 K and V, no window,
+ * head_dim 64 or 128. 0 done, -1 error, 1 not handled (use the general kernel). */
+int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const float *q, const float *knew,
+                        const float *vnew, float *out, tl_error *err);
 int tlc_kv_append(tlc_ctx *cx, tlc_layer_kv *L, int n_past, int m, const float *k, const float *v, tl_error *err);
 
 

@@ -50,6 +50,14 @@ int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int 
                          const float *vh, int m, const float *q, const float *k, const float *v, float *out, int mode,
                          tl_error *err);
 
+/* Benchmarking prefill attention alone (bench/bench_cuda_attn.c): one layer of shape s (window
+ * ignored) on device 0 with a dense f16 cache of n_past random rows, and a chunk of m random
+ * rows (q, k, v) attending it; the attention call is run reps times after one warm-up and the
+ * mean milliseconds per call go to *ms. tc 1: the kernels eval uses (prefill_tc.cu's tensor
+ * cores where they apply), 0: the general kernel. out (host, [m][n_head*head_dim_v]) receives
+ * the output when not NULL. */
+int tl_cuda_attn_bench(const tl_kv_shape *s, int n_past, int m, int tc, int reps, double *ms, float *out, tl_error *err);
+
 /* Memory of the session. Held bytes follow the CPU stores' exact formulas (what a step
  * reads); device bytes are what is allocated on the GPU, by part. */
 typedef struct {

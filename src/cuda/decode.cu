@@ -302,6 +302,7 @@ __global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
     __shared__ float msm[DW][GP], lsm[DW][GP], snew[GP];
     const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int li = lane % LPT, sg = lane / LPT, G = p.G;
+    pdl_trigger();
     for (int e = tid; e < GP * D; e += DTHR) {
         const int g = e / D, c = e % D;
         qsm[g][c] = g < G ? p.q[(size_t)(h * G + g) * D + c] * p.scale : 0.0f;
@@ -478,6 +479,7 @@ __global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
 template <int D>
 __global__ void dec_merge_k(dec_p p) {
     __shared__ float snew[8];
+    pdl_trigger();
     const int h = blockIdx.x, G = p.G, n_split = p.n_split;
     {
         /* the new token's scores, q scaled like the main kernel's */

@@ -23,8 +23,6 @@ extern "C" {
 #include "../kv/offload.h"
 }
 
-enum { WT_F32 = 0, WT_F16 = 1, WT_BF16 = 2 };
-
 struct dmat {
     void *d;
     int wt;
@@ -44,6 +42,8 @@ struct tlc_weights {
     uint64_t bytes, read_bytes;
 };
 
+struct tlc_prof;
+
 struct tl_cuda_session {
     tl_model *m;
     tlc_weights *w;
@@ -62,7 +62,57 @@ struct tl_cuda_session {
     int qpred_for;    /* layer qpred was made for (-1: none) */
     uint64_t act_bytes, kv_alloc, host_alloc;
     char dev_name[128];
+    tlc_prof *prof; /* TL_CUDA_PROF=1 */
 };
+
+/* ---------------- TL_CUDA_PROF=1: GPU time per part of the one-token steps ----------------
+ * Events are recorded at the boundaries of the parts of each decode step (prefill chunks are
+ * not timed); the sums are printed to stderr when the session is freed. The events cost a
+ * little time themselves, so a profiled run is slightly slower than a plain one. */
+enum { PF_EMBED, PF_QKV, PF_ROPE, PF_ATTN, PF_APPEND, PF_WO, PF_GATEUP, PF_DOWN, PF_LOGITS, PF_N };
+static const char *const pf_name[PF_N] = {"embedding, rope table", "rmsnorm + q/k/v", "q/k norms, rope", "attention",
+                                          "KV append", "wo + residual", "rmsnorm + gate/up + act", "down + residual",
+                                          "final norm, logits"};
+#define PF_MAX 1024
+struct tlc_prof {
+    cudaEvent_t ev[PF_MAX];
+    int cat[PF_MAX], n;
+    bool active; /* the chunk being computed is one token */
+    double ms[PF_N];
+    long long steps;
+};
+
+static void prof_mark(tl_cuda_session *g, int cat) {
+    tlc_prof *P = g->prof;
+    if (!P || !P->active || P->n >= PF_MAX) return;
+    if (cudaEventRecord(P->ev[P->n], g->cx.stream) == cudaSuccess) P->cat[P->n++] = cat;
+}
+
+/* After the step's synchronisation: add the intervals to their parts. */
+static void prof_collect(tl_cuda_session *g) {
+    tlc_prof *P = g->prof;
+    if (!P || !P->active) return;
+    for (int i = 0; i + 1 < P->n; i++) {
+        float ms = 0.0f;
+        if (cudaEventElapsedTime(&ms, P->ev[i], P->ev[i + 1]) == cudaSuccess) P->ms[P->cat[i]] += ms;
+    }
+    if (P->n > 1) P->steps++;
+    P->n = 0;
+    P->active = false;
+}
+
+static void prof_report(tl_cuda_session *g) {
+    tlc_prof *P = g->prof;
+    if (!P->steps) return;
+    double tot = 0;
+    for (int i = 0; i < PF_N; i++) tot += P->ms[i];
+    fprintf(stderr, "tailor cuda profile: %lld one-token steps at depth <= %d, %.3f ms/step of GPU time\n", P->steps, g->n_past, tot / P->steps);
+    for (int i = 0; i < PF_N; i++)
+        if (P->ms[i] > 0) fprintf(stderr, "  %-26s %8.3f ms/step %5.1f%%\n", pf_name[i], P->ms[i] / P->steps, 100.0 * P->ms[i] / tot);
+    const double mv = (P->ms[PF_QKV] + P->ms[PF_WO] + P->ms[PF_GATEUP] + P->ms[PF_DOWN] + P->ms[PF_LOGITS]) / P->steps;
+    fprintf(stderr, "  matrix parts: %.3f ms/step for %.2f GB of weights: %.0f GB/s\n", mv, g->w->read_bytes / 1e9,
+            g->w->read_bytes / 1e6 / mv);
+}
 
 #define CK(call)                                                                                              \
     do {                                                                                                      \
@@ -77,102 +127,6 @@ __device__ __forceinline__ float ldw(const void *p, size_t i) {
     if (WT == WT_F32) return ((const float *)p)[i];
     if (WT == WT_F16) return h2f(((const uint16_t *)p)[i]);
     return bf2f(((const uint16_t *)p)[i]);
-}
-
-template <int WT>
-__device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
-    float f[8];
-    if (WT == WT_BF16) {
-        const uint32_t u[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            f[2 * k] = __uint_as_float(u[k] << 16);
-            f[2 * k + 1] = __uint_as_float(u[k] & 0xffff0000u);
-        }
-    } else {
-        const __half2 *h = (const __half2 *)&w;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float2 t = __half22float2(h[k]);
-            f[2 * k] = t.x;
-            f[2 * k + 1] = t.y;
-        }
-    }
-    float s = f[0] * a.x;
-    s = fmaf(f[1], a.y, s);
-    s = fmaf(f[2], a.z, s);
-    s = fmaf(f[3], a.w, s);
-    s = fmaf(f[4], b.x, s);
-    s = fmaf(f[5], b.y, s);
-    s = fmaf(f[6], b.z, s);
-    s = fmaf(f[7], b.w, s);
-    return s;
-}
-
-/* Up to three matrices with the same input x and row length, one warp per output row. */
-struct mv_args {
-    const void *W[3];
-    const float *bias[3];
-    float *y[3];
-    int n_out[3];
-    int add[3];
-    int nseg, n_in;
-    const float *x;
-};
-
-template <int WT, bool VEC>
-__global__ void __launch_bounds__(256) matvec_k(mv_args a) {
-    const int lane = threadIdx.x & 31;
-    int row = blockIdx.x * 8 + (threadIdx.x >> 5), si = 0;
-    if (row >= a.n_out[0]) {
-        row -= a.n_out[0];
-        si = 1;
-        if (a.nseg > 2 && row >= a.n_out[1]) {
-            row -= a.n_out[1];
-            si = 2;
-        }
-    }
-    const int n_out_s = si == 0 ? a.n_out[0] : si == 1 ? a.n_out[1] : a.n_out[2];
-    if (si >= a.nseg || row >= n_out_s) return;
-    const void *W = si == 0 ? a.W[0] : si == 1 ? a.W[1] : a.W[2];
-    const int n = a.n_in;
-    float acc = 0.0f;
-    if (VEC && WT != WT_F32) {
-        const uint4 *w4 = (const uint4 *)((const uint16_t *)W + (size_t)row * n);
-        const float4 *x4 = (const float4 *)a.x;
-        const int n8 = n / 8;
-        int i = lane;
-        /* eight 16-byte weight loads in flight per lane before the first use */
-        for (; i + 32 * 7 < n8; i += 32 * 8) {
-            uint4 w[8];
-#pragma unroll
-            for (int k = 0; k < 8; k++) w[k] = __ldcs(w4 + i + 32 * k);
-#pragma unroll
-            for (int k = 0; k < 8; k++) acc += dot8<WT>(w[k], __ldg(x4 + 2 * (i + 32 * k)), __ldg(x4 + 2 * (i + 32 * k) + 1));
-        }
-        for (; i < n8; i += 32) acc += dot8<WT>(__ldcs(w4 + i), __ldg(x4 + 2 * i), __ldg(x4 + 2 * i + 1));
-    } else if (VEC) {
-        const float4 *w4 = (const float4 *)((const float *)W + (size_t)row * n);
-        const float4 *x4 = (const float4 *)a.x;
-#pragma unroll 4
-        for (int i = lane; i < n / 4; i += 32) {
-            const float4 w = __ldg(w4 + i), x = __ldg(x4 + i);
-            acc = fmaf(w.x, x.x, acc);
-            acc = fmaf(w.y, x.y, acc);
-            acc = fmaf(w.z, x.z, acc);
-            acc = fmaf(w.w, x.w, acc);
-        }
-    } else {
-        for (int i = lane; i < n; i += 32) acc = fmaf(ldw<WT>(W, (size_t)row * n + i), a.x[i], acc);
-    }
-    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) {
-        float *y = si == 0 ? a.y[0] : si == 1 ? a.y[1] : a.y[2];
-        const float *b = si == 0 ? a.bias[0] : si == 1 ? a.bias[1] : a.bias[2];
-        const int add = si == 0 ? a.add[0] : si == 1 ? a.add[1] : a.add[2];
-        if (b) acc += b[row];
-        y[row] = add ? y[row] + acc : acc;
-    }
 }
 
 template <int WT>
@@ -196,6 +150,7 @@ __device__ float block_sum(float v, float *red) {
 /* out = x * 1/sqrt(mean(x^2) + eps) * w (add: out += that). Row per block; in place is fine. */
 __global__ void rmsnorm_k(const float *x, const float *w, float *out, int dim, float eps, int add) {
     __shared__ float red[32];
+    pdl_trigger();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
     float ss = 0.0f;
@@ -219,8 +174,13 @@ __global__ void rope_table_k(const double *inv_freq, int half, int pos0, int n, 
     rope[(size_t)e * 2 + 1] = (float)sn;
 }
 
-__global__ void rope_k(float *x, int n_heads, int hd, int n_rot, int neox, int base, const float *rope) {
+/* RoPE of token blockIdx.x: x0 (n0 heads) when blockIdx.y == 0, x1 (n1 heads) when 1, so q
+ * and k take one launch. */
+__global__ void rope_k(float *x0, int n0, float *x1, int n1, int hd, int n_rot, int neox, int base, const float *__restrict__ rope) {
     const int t = blockIdx.x, half = n_rot / 2;
+    pdl_trigger();
+    float *x = blockIdx.y ? x1 : x0;
+    const int n_heads = blockIdx.y ? n1 : n0;
     const float *cs0 = rope + ((size_t)t * 2 + base) * half * 2;
     for (int e = threadIdx.x; e < n_heads * half; e += blockDim.x) {
         const int h = e / half, i = e % half;
@@ -233,6 +193,7 @@ __global__ void rope_k(float *x, int n_heads, int hd, int n_rot, int neox, int b
 }
 
 __global__ void act_k(float *g, const float *u, size_t n, int gelu) {
+    pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float x = g[i];
         float a;
@@ -388,28 +349,20 @@ static int linear(tl_cuda_session *g, int nseg, const dmat *const *W, const floa
     bool same = true;
     for (int s = 1; s < nseg; s++) same = same && W[s]->wt == wt && W[s]->n_in == n_in;
     if (n == 1 && same) {
-        mv_args a;
+        tlc_mv a;
         memset(&a, 0, sizeof a);
         a.nseg = nseg;
         a.n_in = n_in;
+        a.wt = wt;
         a.x = x;
-        int rows = 0;
         for (int s = 0; s < nseg; s++) {
             a.W[s] = W[s]->d;
             a.bias[s] = bias ? bias[s] : NULL;
             a.y[s] = y[s];
             a.n_out[s] = W[s]->n_out;
             a.add[s] = add ? add[s] : 0;
-            rows += W[s]->n_out;
         }
-        const bool vec = wt == WT_F32 ? n_in % 4 == 0 : n_in % 8 == 0;
-        const int blocks = (rows + 7) / 8;
-        cudaStream_t st = g->cx.stream;
-        if (wt == WT_BF16) vec ? matvec_k<WT_BF16, true><<<blocks, 256, 0, st>>>(a) : matvec_k<WT_BF16, false><<<blocks, 256, 0, st>>>(a);
-        else if (wt == WT_F16) vec ? matvec_k<WT_F16, true><<<blocks, 256, 0, st>>>(a) : matvec_k<WT_F16, false><<<blocks, 256, 0, st>>>(a);
-        else vec ? matvec_k<WT_F32, true><<<blocks, 256, 0, st>>>(a) : matvec_k<WT_F32, false><<<blocks, 256, 0, st>>>(a);
-        TLC_LAUNCH_CHECK("matvec");
-        return 0;
+        return tlc_matvec(&g->cx, &a, err);
     }
     for (int s = 0; s < nseg; s++) {
         const dmat *M = W[s];
@@ -451,6 +404,37 @@ static int rmsnorm(tl_cuda_session *g, const float *x, const float *w, float *ou
 }
 
 /* ---------------- session ---------------- */
+
+/* y = W (rmsnorm(x) * norm_w) for nseg matrices sharing the input; glu (gate/up, nseg 2):
+ * y[0] = act(W0 xn) * (W1 xn), y[1] scratch, the activation fused into the products for one
+ * token when the shape allows (matvec.cu), else act_k after them. */
+static int norm_linear(tl_cuda_session *g, const float *x, const float *norm_w, int n, int nseg, const dmat *const *W,
+                       float *const *y, const float *const *bias, int glu, tl_error *err) {
+    const tl_config *c = &g->m->cfg;
+    if (rmsnorm(g, x, norm_w, g->xn, n, c->n_embd, 0, err)) return -1;
+    if (glu && n == 1 && !g->cx.no_fuse && W[0]->wt == W[1]->wt && W[0]->n_in == W[1]->n_in) {
+        tlc_mv a;
+        memset(&a, 0, sizeof a);
+        a.nseg = 2;
+        a.n_in = W[0]->n_in;
+        a.wt = W[0]->wt;
+        a.x = g->xn;
+        a.glu = glu;
+        for (int s = 0; s < 2; s++) {
+            a.W[s] = W[s]->d;
+            a.y[s] = y[s];
+            a.n_out[s] = W[s]->n_out;
+        }
+        const int rc = tlc_matvec(&g->cx, &a, err);
+        if (rc <= 0) return rc;
+    }
+    if (linear(g, nseg, W, g->xn, n, y, bias, NULL, err)) return -1;
+    if (glu) {
+        act_k<<<grid1((size_t)n * W[0]->n_out, 256), 256, 0, g->cx.stream>>>(y[0], y[1], (size_t)n * W[0]->n_out, glu == 2);
+        TLC_LAUNCH_CHECK("activation");
+    }
+    return 0;
+}
 
 int tlc_scratch(tlc_ctx *cx, size_t bytes, tl_error *err) {
     if (bytes <= cx->scratch_bytes) return 0;
@@ -543,6 +527,11 @@ static void *dalloc(tl_cuda_session *g, size_t bytes, int *rc) {
 extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
     if (!g) return;
     if (g->cx.stream) cudaStreamSynchronize(g->cx.stream);
+    if (g->prof) {
+        prof_report(g);
+        for (int i = 0; i < PF_MAX; i++) cudaEventDestroy(g->prof->ev[i]);
+        free(g->prof);
+    }
     for (int il = 0; g->kv && il < g->m->cfg.n_layer; il++) {
         tlc_off_free(g->kv[il].off);
         kv_side *sides[2] = {&g->kv[il].k, &g->kv[il].v};
@@ -603,6 +592,14 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         g->cx.old_decode = dc && !strcmp(dc, "0");
         const char *mb = getenv("TL_CUDA_DEC_MINB");
         g->cx.dec_minb = mb ? atoi(mb) : 0;
+        g->cx.no_tc = getenv("TL_CUDA_TC") && !strcmp(getenv("TL_CUDA_TC"), "0");
+        const char *fu = getenv("TL_CUDA_FUSE"), *pd = getenv("TL_CUDA_PDL"), *pf = getenv("TL_CUDA_PROF");
+        g->cx.no_fuse = fu && !strcmp(fu, "0");
+        g->cx.no_pdl = pd && !strcmp(pd, "0");
+        if (pf && *pf && strcmp(pf, "0")) {
+            g->prof = (tlc_prof *)tl_xcalloc(1, sizeof *g->prof);
+            for (int i = 0; i < PF_MAX; i++) cudaEventCreate(&g->prof->ev[i]);
+        }
     }
     if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, g->cx.stream) != CUBLAS_STATUS_SUCCESS) {
         tl_fail(err, "--device cuda: cublasCreate failed");
@@ -722,6 +719,8 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
     const int E = c->n_embd, half = c->n_rot / 2, Hq = c->n_head, Hkv = c->n_head_kv;
     const float escale = c->embd_scale ? sqrtf((float)E) : 1.0f;
     const int ethr = E >= 256 ? 256 : 64;
+    if (g->prof) g->prof->active = n == 1;
+    prof_mark(g, PF_EMBED);
     switch (w->tok_embd.wt) {
     case WT_F32: embed_k<WT_F32><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
     case WT_F16: embed_k<WT_F16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
@@ -735,52 +734,53 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
         const dlayer *L = &w->L[il];
         tlc_layer_kv *KV = &g->kv[il];
         const int base = c->layer_swa[il] ? 1 : 0;
-        if (rmsnorm(g, g->x, L->attn_norm, g->xn, n, E, 0, err)) return -1;
+        prof_mark(g, PF_QKV);
         {
             const dmat *Ws[3] = {&L->wq, &L->wk, &L->wv};
             float *ys[3] = {g->q, g->k, g->v};
             const float *bs[3] = {L->bq, L->bk, L->bv};
-            if (linear(g, 3, Ws, g->xn, n, ys, bs, NULL, err)) return -1;
+            if (norm_linear(g, g->x, L->attn_norm, n, 3, Ws, ys, bs, 0, err)) return -1;
         }
+        prof_mark(g, PF_ROPE);
         if (L->q_norm && rmsnorm(g, g->q, L->q_norm, g->q, n * Hq, c->head_dim_k, 0, err)) return -1;
         if (L->k_norm && rmsnorm(g, g->k, L->k_norm, g->k, n * Hkv, c->head_dim_k, 0, err)) return -1;
-        rope_k<<<n, 128, 0, st>>>(g->q, Hq, c->head_dim_k, c->n_rot, neox, base, g->rope);
-        TLC_LAUNCH_CHECK("rope q");
-        rope_k<<<n, 128, 0, st>>>(g->k, Hkv, c->head_dim_k, c->n_rot, neox, base, g->rope);
-        TLC_LAUNCH_CHECK("rope k");
+        rope_k<<<dim3(n, 2), 512, 0, st>>>(g->q, Hq, g->k, Hkv, c->head_dim_k, c->n_rot, neox, base, g->rope);
+        TLC_LAUNCH_CHECK("rope q, k");
         /* TailorKV: the next layer's query predicted from this layer's normed input (as
          * session.c), with that layer's Wq (+bias, q-norm, RoPE); decode only */
         if (n == 1 && il + 1 < c->n_layer && g->kv[il + 1].off) {
             const dlayer *L1 = &w->L[il + 1];
             if (linear1(g, &L1->wq, g->xn, 1, g->qpred, L1->bq, 0, err)) return -1;
             if (L1->q_norm && rmsnorm(g, g->qpred, L1->q_norm, g->qpred, Hq, c->head_dim_k, 0, err)) return -1;
-            rope_k<<<1, 128, 0, st>>>(g->qpred, Hq, c->head_dim_k, c->n_rot, neox, c->layer_swa[il + 1] ? 1 : 0, g->rope);
+            rope_k<<<1, 128, 0, st>>>(g->qpred, Hq, NULL, 0, c->head_dim_k, c->n_rot, neox, c->layer_swa[il + 1] ? 1 : 0, g->rope);
             TLC_LAUNCH_CHECK("rope q (prediction)");
             g->qpred_for = il + 1;
         }
+        prof_mark(g, PF_ATTN);
         if (KV->off) {
             const int rc = n > 1 ? tlc_off_prefill(&g->cx, KV->off, n, g->q, g->k, g->v, g->attn, err)
                                  : tlc_off_decode(&g->cx, KV->off, g->q, g->qpred, g->qpred_for == il, g->k, g->v, g->attn, err);
             if (g->qpred_for == il) g->qpred_for = -1;
             if (rc) return tl_fail_prefix(err, "layer %d", il);
-        } else if (tlc_attention(&g->cx, KV, g->n_past, n, g->q, g->k, g->v, g->attn, err) ||
-                   tlc_kv_append(&g->cx, KV, g->n_past, n, g->k, g->v, err)) {
-            return tl_fail_prefix(err, "layer %d", il);
+        } else {
+            if (tlc_attention(&g->cx, KV, g->n_past, n, g->q, g->k, g->v, g->attn, err)) return tl_fail_prefix(err, "layer %d", il);
+            prof_mark(g, PF_APPEND);
+            if (tlc_kv_append(&g->cx, KV, g->n_past, n, g->k, g->v, err)) return tl_fail_prefix(err, "layer %d", il);
         }
+        prof_mark(g, PF_WO);
         if (L->attn_post_norm) {
             if (linear1(g, &L->wo, g->attn, n, g->tmp, NULL, 0, err) || rmsnorm(g, g->tmp, L->attn_post_norm, g->x, n, E, 1, err))
                 return -1;
         } else if (linear1(g, &L->wo, g->attn, n, g->x, NULL, 1, err)) {
             return -1;
         }
-        if (rmsnorm(g, g->x, L->ffn_norm, g->xn, n, E, 0, err)) return -1;
+        prof_mark(g, PF_GATEUP);
         {
             const dmat *Ws[2] = {&L->gate, &L->up};
             float *ys[2] = {g->gate, g->up};
-            if (linear(g, 2, Ws, g->xn, n, ys, NULL, NULL, err)) return -1;
+            if (norm_linear(g, g->x, L->ffn_norm, n, 2, Ws, ys, NULL, c->gelu_ffn ? 2 : 1, err)) return -1;
         }
-        act_k<<<grid1((size_t)n * c->n_ff, 256), 256, 0, st>>>(g->gate, g->up, (size_t)n * c->n_ff, c->gelu_ffn ? 1 : 0);
-        TLC_LAUNCH_CHECK("activation");
+        prof_mark(g, PF_DOWN);
         if (L->ffn_post_norm) {
             if (linear1(g, &L->down, g->gate, n, g->tmp, NULL, 0, err) || rmsnorm(g, g->tmp, L->ffn_post_norm, g->x, n, E, 1, err))
                 return -1;
@@ -788,6 +788,7 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
             return -1;
         }
     }
+    prof_mark(g, PF_LOGITS);
     if (logits) {
         const int first = all_logits ? 0 : n - 1, rows = n - first, V = c->n_vocab;
         if (rmsnorm(g, g->x + (size_t)first * E, w->output_norm, g->xn, rows, E, 0, err)) return -1;
@@ -806,6 +807,7 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
         if (linear1(g, &w->output, g->xn, rows, dl, NULL, 0, err)) return -1;
         CK(cudaMemcpyAsync(logits, dl, sizeof(float) * (size_t)rows * V, cudaMemcpyDeviceToHost, st));
     }
+    prof_mark(g, PF_N); /* end of the step */
     g->n_past += n;
     return 0;
 }
@@ -829,6 +831,7 @@ extern "C" int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, fl
         /* the token upload and logits download use pageable host memory: keep each chunk's
          * buffers alive until the device is done with them */
         CK(cudaStreamSynchronize(g->cx.stream));
+        prof_collect(g);
     }
     return 0;
 }
@@ -931,7 +934,7 @@ extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_sha
     }
     g->cx.n_sm = prop.multiProcessorCount;
     g->cx.smem_optin = prop.sharedMemPerBlockOptin;
-    g->cx.old_decode = mode == 1;
+    g->cx.old_decode = g->cx.no_tc = mode == 1; /* mode 1: the general kernel only */
     {
         const char *mb = getenv("TL_CUDA_DEC_MINB");
         g->cx.dec_minb = mb ? atoi(mb) : 0;

@@ -53,6 +53,11 @@ int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int 
     return tl_fail(err, "%s", no_cuda);
 }
 
+int tl_cuda_attn_bench(const tl_kv_shape *s, int n_past, int m, int tc, int reps, double *ms, float *out, tl_error *err) {
+    (void)s, (void)n_past, (void)m, (void)tc, (void)reps, (void)ms, (void)out;
+    return tl_fail(err, "%s", no_cuda);
+}
+
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                         tl_cuda_plan *out, tl_error *err) {
     (void)m, (void)n_ctx, (void)chunk, (void)policies;

@@ -1,0 +1,255 @@
+/* matvec.cu: the decode (one token) matrix-vector products. They are bound by the bytes of
+ * the weights, so the kernel is built for loads: a warp per output row, each lane keeping
+ * eight 16-byte weight loads in flight before it uses the first; up to three matrices that
+ * share their input (q/k/v) run in one launch.
+ *
+ * glu: segments 0 and 1 are gate and up with the same rows; a warp computes gate row r and
+ * up row r and writes act(gate) * up (SiLU or GELU-tanh, act_k's formulas), so the activation
+ * kernel leaves the decode step. TL_CUDA_FUSE=0 turns it off (forward.cu then runs act_k).
+ * (Fusing the rmsnorm into the products as well, every block normalising x into shared memory
+ * first, was measured on an H100: 0.35 ms per token slower on Llama-3.1-8B, so it is not done.)
+ *
+ * The kernels are launched with programmatic dependent launch (backend.cuh: pdl_trigger /
+ * pdl_wait): the small kernels before them let them start early, so each block issues its
+ * first weight loads while the previous kernel finishes, then waits for x. TL_CUDA_PDL=0 off. */
+#include "backend.cuh"
+
+#include <math.h>
+
+#define MV_THR 256
+#define MV_ROWS (MV_THR / 32)
+
+template <int WT>
+__device__ __forceinline__ float mv_ldw(const void *p, size_t i) {
+    if (WT == WT_F32) return ((const float *)p)[i];
+    if (WT == WT_F16) return h2f(((const uint16_t *)p)[i]);
+    return bf2f(((const uint16_t *)p)[i]);
+}
+
+/* 8 weights (one 16-byte load) times 8 inputs. */
+template <int WT>
+__device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
+    float f[8];
+    if (WT == WT_BF16) {
+        const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            f[2 * k] = __uint_as_float(u[k] << 16);
+            f[2 * k + 1] = __uint_as_float(u[k] & 0xffff0000u);
+        }
+    } else {
+        const __half2 *h = (const __half2 *)&w;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 t = __half22float2(h[k]);
+            f[2 * k] = t.x;
+            f[2 * k + 1] = t.y;
+        }
+    }
+    float s = f[0] * a.x;
+    s = fmaf(f[1], a.y, s);
+    s = fmaf(f[2], a.z, s);
+    s = fmaf(f[3], a.w, s);
+    s = fmaf(f[4], b.x, s);
+    s = fmaf(f[5], b.y, s);
+    s = fmaf(f[6], b.z, s);
+    s = fmaf(f[7], b.w, s);
+    return s;
+}
+
+template <bool SM>
+__device__ __forceinline__ float4 ldx(const float4 *x, int i) {
+    if (SM) return x[i];
+    return __ldg(x + i);
+}
+
+__device__ __forceinline__ float mv_act(float x, int glu) {
+    if (glu == 2) return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    return x / (1.0f + expf(-x));
+}
+
+/* The first 8 (one matrix) or 4 + 4 (glu) 16-byte weight loads of a lane, issued before the
+ * kernel waits for its predecessor (pdl_wait): weights do not depend on it. */
+template <int NB>
+__device__ __forceinline__ void preload(const void *W, int row, int n, int lane, uint4 *w) {
+    const uint4 *w4 = (const uint4 *)((const uint16_t *)W + (size_t)row * n);
+    const int n8 = n / 8;
+#pragma unroll
+    for (int k = 0; k < NB; k++)
+        if (lane + 32 * k < n8) w[k] = __ldcs(w4 + lane + 32 * k);
+}
+
+/* Row `row` of a 16-bit matrix against x: the lane's partial sum, 8 loads in flight; the
+ * first 8 loads were issued by preload<8>. */
+template <int WT, bool SM>
+__device__ __forceinline__ float row_dot16(const void *W, int row, int n, const float4 *x4, int lane, const uint4 *pre) {
+    const uint4 *w4 = (const uint4 *)((const uint16_t *)W + (size_t)row * n);
+    const int n8 = n / 8;
+    float acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const int i = lane + 32 * k;
+        if (i < n8) acc += dot8<WT>(pre[k], ldx<SM>(x4, 2 * i), ldx<SM>(x4, 2 * i + 1));
+    }
+    int i = lane + 32 * 8;
+    for (; i + 32 * 7 < n8; i += 32 * 8) {
+        uint4 w[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) w[k] = __ldcs(w4 + i + 32 * k);
+#pragma unroll
+        for (int k = 0; k < 8; k++) acc += dot8<WT>(w[k], ldx<SM>(x4, 2 * (i + 32 * k)), ldx<SM>(x4, 2 * (i + 32 * k) + 1));
+    }
+    for (; i < n8; i += 32) acc += dot8<WT>(__ldcs(w4 + i), ldx<SM>(x4, 2 * i), ldx<SM>(x4, 2 * i + 1));
+    return acc;
+}
+
+/* Two rows (gate and up) against x, 4 + 4 loads in flight; the first 4 + 4 preloaded
+ * (pre[0..3] gate, pre[4..7] up). */
+template <int WT, bool SM>
+__device__ __forceinline__ void row_dot16x2(const void *A, const void *B, int row, int n, const float4 *x4, int lane,
+                                            const uint4 *pre, float &sa, float &sb) {
+    const uint4 *a4 = (const uint4 *)((const uint16_t *)A + (size_t)row * n), *b4 = (const uint4 *)((const uint16_t *)B + (size_t)row * n);
+    const int n8 = n / 8;
+    float acca = 0.0f, accb = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int i = lane + 32 * k;
+        if (i < n8) {
+            const float4 xa = ldx<SM>(x4, 2 * i), xb = ldx<SM>(x4, 2 * i + 1);
+            acca += dot8<WT>(pre[k], xa, xb);
+            accb += dot8<WT>(pre[4 + k], xa, xb);
+        }
+    }
+    int i = lane + 32 * 4;
+    for (; i + 32 * 3 < n8; i += 32 * 4) {
+        uint4 wa[4], wb[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            wa[k] = __ldcs(a4 + i + 32 * k);
+            wb[k] = __ldcs(b4 + i + 32 * k);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float4 xa = ldx<SM>(x4, 2 * (i + 32 * k)), xb = ldx<SM>(x4, 2 * (i + 32 * k) + 1);
+            acca += dot8<WT>(wa[k], xa, xb);
+            accb += dot8<WT>(wb[k], xa, xb);
+        }
+    }
+    for (; i < n8; i += 32) {
+        const float4 xa = ldx<SM>(x4, 2 * i), xb = ldx<SM>(x4, 2 * i + 1);
+        acca += dot8<WT>(__ldcs(a4 + i), xa, xb);
+        accb += dot8<WT>(__ldcs(b4 + i), xa, xb);
+    }
+    sa = acca;
+    sb = accb;
+}
+
+__device__ __forceinline__ float warp_allsum(float v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <int WT, bool VEC, int GLU>
+__global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pdl_trigger();
+    /* this warp's row (segment si), and its first weight loads, before the wait */
+    int row = blockIdx.x * MV_ROWS + warp, si = 0;
+    if (!GLU && row >= a.n_out[0]) {
+        row -= a.n_out[0];
+        si = 1;
+        if (a.nseg > 2 && row >= a.n_out[1]) {
+            row -= a.n_out[1];
+            si = 2;
+        }
+    }
+    const int n_out_s = si == 0 ? a.n_out[0] : si == 1 ? a.n_out[1] : a.n_out[2];
+    const bool live = si < a.nseg && row < n_out_s;
+    const int n = a.n_in;
+    const void *W = si == 0 ? a.W[0] : si == 1 ? a.W[1] : a.W[2];
+    uint4 pre[8];
+    if (VEC && WT != WT_F32 && live) {
+        if (GLU) {
+            preload<4>(a.W[0], row, n, lane, pre);
+            preload<4>(a.W[1], row, n, lane, pre + 4);
+        } else {
+            preload<8>(W, row, n, lane, pre);
+        }
+    }
+    pdl_wait(); /* x (and y for add) come from the kernels before */
+    const float4 *x4 = (const float4 *)a.x;
+    if (!live) return;
+    if (GLU) {
+        float g, u;
+        row_dot16x2<WT, false>(a.W[0], a.W[1], row, n, x4, lane, pre, g, u);
+        g = warp_allsum(g);
+        u = warp_allsum(u);
+        if (lane == 0) a.y[0][row] = mv_act(g, GLU) * u;
+        return;
+    }
+    float acc = 0.0f;
+    if (VEC && WT != WT_F32) {
+        acc = row_dot16<WT, false>(W, row, n, x4, lane, pre);
+    } else if (VEC) {
+        const float4 *w4 = (const float4 *)((const float *)W + (size_t)row * n);
+#pragma unroll 4
+        for (int i = lane; i < n / 4; i += 32) {
+            const float4 w = __ldg(w4 + i), x = ldx<false>(x4, i);
+            acc = fmaf(w.x, x.x, acc);
+            acc = fmaf(w.y, x.y, acc);
+            acc = fmaf(w.z, x.z, acc);
+            acc = fmaf(w.w, x.w, acc);
+        }
+    } else {
+        const float *xf = (const float *)x4;
+        for (int i = lane; i < n; i += 32) acc = fmaf(mv_ldw<WT>(W, (size_t)row * n + i), xf[i], acc);
+    }
+    acc = warp_allsum(acc);
+    if (lane == 0) {
+        float *y = si == 0 ? a.y[0] : si == 1 ? a.y[1] : a.y[2];
+        const float *b = si == 0 ? a.bias[0] : si == 1 ? a.bias[1] : a.bias[2];
+        const int add = si == 0 ? a.add[0] : si == 1 ? a.add[1] : a.add[2];
+        if (b) acc += b[row];
+        y[row] = add ? y[row] + acc : acc;
+    }
+}
+
+template <typename K>
+static cudaError_t launch_k(K kern, const tlc_mv &a, int blocks, size_t smem, cudaStream_t st, bool pdl) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(blocks);
+    cfg.blockDim = dim3(MV_THR);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kern, a);
+}
+
+template <int WT>
+static cudaError_t launch(const tlc_mv &a, bool vec, int blocks, cudaStream_t st, bool pdl) {
+    if (a.glu == 1) return launch_k(matvec_k<WT, true, 1>, a, blocks, 0, st, pdl);
+    if (a.glu == 2) return launch_k(matvec_k<WT, true, 2>, a, blocks, 0, st, pdl);
+    if (vec) return launch_k(matvec_k<WT, true, 0>, a, blocks, 0, st, pdl);
+    return launch_k(matvec_k<WT, false, 0>, a, blocks, 0, st, pdl);
+}
+
+int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) {
+    const bool vec = a->wt == WT_F32 ? a->n_in % 4 == 0 : a->n_in % 8 == 0;
+    /* glu: the vector path on 16-bit weights, without biases */
+    if (a->glu && (!vec || a->wt == WT_F32 || a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0]))
+        return 1;
+    int rows = a->glu ? a->n_out[0] : 0;
+    if (!a->glu)
+        for (int s = 0; s < a->nseg; s++) rows += a->n_out[s];
+    const int blocks = (rows + MV_ROWS - 1) / MV_ROWS;
+    const bool pdl = !cx->no_pdl;
+    cudaError_t e = a->wt == WT_BF16 ? launch<WT_BF16>(*a, vec, blocks, cx->stream, pdl)
+                    : a->wt == WT_F16 ? launch<WT_F16>(*a, vec, blocks, cx->stream, pdl)
+                                      : launch<WT_F32>(*a, vec, blocks, cx->stream, pdl);
+    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel matvec (%d x %d): %s", rows, a->n_in, cudaGetErrorString(e));
+    return 0;
+}

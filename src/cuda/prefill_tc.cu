@@ -1,0 +1,516 @@
+/* prefill_tc.cu: tensor-core flash attention (FlashAttention-2 style) for prefill chunks
+ * (m > 1 query rows) over a dense f16 KV cache without a sliding window.
+ *
+ * attn.cu's general kernel computes in fp32 on CUDA cores (~13 TFLOP/s on an H100); this one
+ * uses mma.sync.m16n8k16 (f16 operands, f32 accumulators) with ldmatrix fragments.
+ *
+ * Work split. The query "items" of one KV head h are (row r, GQA head g) in the order
+ * item = r*G + g (head hq = h*G + g); a block takes BM = 64 consecutive items (4 warps x 16),
+ * so the G heads sharing a KV head share every K/V tile the block loads. Keys are walked in
+ * tiles of BN = 64 tokens, cp.async (16 B) double-buffered in shared memory. History tokens
+ * (< n_past) come from the store (row t: no ring wrap without a window); tokens of the chunk
+ * itself (n_past..) come from knew/vnew (f32, [m][Hkv][d]) rounded to f16 on the way into
+ * shared memory -- exactly what the store holds after tlc_kv_append. Causal mask: item of row
+ * r sees keys t <= n_past + r. When there are too few blocks to fill the GPU, the key range is
+ * split over blocks (flash-decoding) and the partial states merged by log-sum-exp weights.
+ *
+ * Numerics: q is scaled by scale*log2(e) and rounded to f16; scores accumulate in f32 in
+ * log2 units; online softmax in f32 with exp2; P is rounded to f16 for the PV product, the row
+ * sums use the f32 P; O accumulates in f32. Expected relative error vs exact f32 over the same
+ * f16 history: ~5e-4 (f16 rounding of q, p and the chunk's own K/V).
+ *
+ * Fragment layouts (PTX ISA, mma.m16n8k16 .row.col f16 -> f32; lane = 4*gq + tq):
+ *   A 16x16 (row-major), 4 x .f16x2:  a0 = A[gq][2tq, 2tq+1]     a1 = A[gq+8][2tq, 2tq+1]
+ *                                     a2 = A[gq][2tq+8, 2tq+9]   a3 = A[gq+8][2tq+8, 2tq+9]
+ *   B 16x8 (k x n, "col": each column contiguous in k), 2 x .f16x2:
+ *                                     b0 = B[2tq, 2tq+1][gq]     b1 = B[2tq+8, 2tq+9][gq]
+ *   C/D 16x8 f32:                     c0,c1 = C[gq][2tq, 2tq+1]  c2,c3 = C[gq+8][2tq, 2tq+1]
+ *   (the lower half of an f16x2 register holds the lower column / k index)
+ *   ldmatrix.x4: lanes 8j..8j+7 give the row addresses of matrix j (8 rows of 8 halves);
+ *     register j of lane l = matrix j [l/4][2(l%4), 2(l%4)+1]; with .trans it is
+ *     matrix j [2(l%4)][l/4], [2(l%4)+1][l/4] (the transpose's row l/4).
+ * Uses:
+ *   Q (A of S = Q K^T), k-step kk: matrices (rows 0-7, cols 0-7), (rows 8-15, cols 0-7),
+ *     (rows 0-7, cols 8-15), (rows 8-15, cols 8-15) = a0..a3; lane l reads
+ *     row (l & 7) + 8*((l >> 3) & 1), col 16kk + 8*(l >> 4).
+ *   K (B of S, B[k = channel][n = token] = K[token][channel], rows of Ks are contiguous in the
+ *     channel = "col"), tokens n0..n0+15, k-step kk: matrices (tokens 0-7, ch 0-7) = b0 and
+ *     (tokens 0-7, ch 8-15) = b1 of n-tile n0; (tokens 8-15, ch 0-7), (tokens 8-15, ch 8-15)
+ *     = b0, b1 of n-tile n0+8; lane l reads token n0 + (l & 7) + 8*(l >> 4),
+ *     channel 16kk + 8*((l >> 3) & 1).
+ *   P (A of O = P V) straight from the S accumulators: keys 16kk..16kk+15 are S n-tiles 2kk
+ *     and 2kk+1: a0 = (s[2kk][0], s[2kk][1]), a1 = (s[2kk][2], s[2kk][3]),
+ *     a2 = (s[2kk+1][0], s[2kk+1][1]), a3 = (s[2kk+1][2], s[2kk+1][3]).
+ *   V (B of O, B[k = token][n = channel] = V[token][channel]: rows of Vs are contiguous in n,
+ *     so .trans): tokens 16kk.., channels n0..n0+15: matrices (tokens 0-7, ch 0-7) = b0 and
+ *     (tokens 8-15, ch 0-7) = b1 of n-tile n0; (tokens 0-7, ch 8-15), (tokens 8-15, ch 8-15)
+ *     = b0, b1 of n-tile n0+8; lane l reads token 16kk + (l & 7) + 8*((l >> 3) & 1),
+ *     channel n0 + 8*(l >> 4).
+ * Shared rows are padded to D+8 halves (272 or 144 bytes): the 8 row addresses of one
+ * ldmatrix matrix then fall in 8 different 16-byte bank groups (conflict-free). */
+#include "backend.cuh"
+
+#include <math.h>
+
+namespace {
+
+constexpr int BM = 64;      /* query items per block (4 warps x 16 rows) */
+constexpr int BN = 64;      /* keys per tile */
+constexpr int NTH = 128;    /* threads per block */
+constexpr int MIN_KEYS_PER_SPLIT = 256;
+
+struct tc_p {
+    const uint16_t *kc, *vc; /* dense f16 stores, [Hkv][cap][D] */
+    size_t khead, vhead;     /* elements per head */
+    const float *q, *knew, *vnew;
+    float *out, *part, *ml; /* partials (split runs): acc [Hkv][n_qblk][n_split][BM][D], (m, l) [..][BM][2] */
+    int n_past, m, Hq, Hkv, G, n_qblk, n_split, split_len;
+    float qscale; /* softmax scale * log2(e) */
+};
+
+__device__ __forceinline__ void cp16(void *sdst, const void *gsrc) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm4(uint32_t r[4], const __half *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm4t(uint32_t r[4], const __half *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+}
+
+/* d += a * b (16x8x16, f16 in, f32 accumulate) */
+__device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float ex2(float x) { /* 2^x; -inf -> +0 */
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi); /* .x (low 16 bits) = lo */
+    return *(const uint32_t *)&h;
+}
+
+/* 8 consecutive floats (32-byte aligned) times s, rounded to f16, as one 16-byte word. */
+__device__ __forceinline__ uint4 cvt8(const float *src, float s) {
+    const float4 a = ((const float4 *)src)[0], b = ((const float4 *)src)[1];
+    return make_uint4(pack_h2(a.x * s, a.y * s), pack_h2(a.z * s, a.w * s), pack_h2(b.x * s, b.y * s),
+                      pack_h2(b.z * s, b.w * s));
+}
+
+/* Stage keys/values [t0, t0 + BN) of KV head h into Kb/Vb ([BN][D+8] halves): history rows by
+ * cp.async, chunk rows (n_past <= t < kend) converted from f32, rows >= kend zero (masked; zero
+ * keeps 0 * garbage out of the PV product). */
+template <int D>
+__device__ __forceinline__ void load_kv(const tc_p &p, int h, int t0, int kend, __half *Kb, __half *Vb) {
+    constexpr int SD = D + 8, CH = D / 8, RSTEP = NTH / CH;
+    const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
+    const uint16_t *kg = p.kc + h * p.khead + c * 8, *vg = p.vc + h * p.vhead + c * 8;
+    if (t0 + BN <= p.n_past) {
+#pragma unroll
+        for (int j = 0; j < BN / RSTEP; j++) {
+            const int r = r0 + j * RSTEP;
+            const size_t off = (size_t)(t0 + r) * D;
+            cp16(Kb + r * SD + c * 8, kg + off);
+            cp16(Vb + r * SD + c * 8, vg + off);
+        }
+        return;
+    }
+    const size_t xs = (size_t)p.Hkv * D;
+    for (int j = 0; j < BN / RSTEP; j++) {
+        const int r = r0 + j * RSTEP, t = t0 + r;
+        if (t < p.n_past) {
+            cp16(Kb + r * SD + c * 8, kg + (size_t)t * D);
+            cp16(Vb + r * SD + c * 8, vg + (size_t)t * D);
+        } else {
+            uint4 kw = make_uint4(0, 0, 0, 0), vw = kw;
+            if (t < kend) {
+                const size_t off = (size_t)(t - p.n_past) * xs + (size_t)h * D + c * 8;
+                kw = cvt8(p.knew + off, 1.0f);
+                vw = cvt8(p.vnew + off, 1.0f);
+            }
+            *(uint4 *)(Kb + r * SD + c * 8) = kw;
+            *(uint4 *)(Vb + r * SD + c * 8) = vw;
+        }
+    }
+}
+
+template <int D>
+__global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
+    constexpr int SD = D + 8, CH = D / 8, KSTEP = D / 16, NO = D / 8;
+    extern __shared__ uint4 smem_u4[];
+    __half *Qs = (__half *)smem_u4; /* [BM][SD] */
+    __half *Ks = Qs + BM * SD;      /* [2][BN][SD] */
+    __half *Vs = Ks + 2 * BN * SD;  /* [2][BN][SD] */
+
+    /* the last query blocks have the most keys (causal): start them first */
+    const int qb = p.n_qblk - 1 - (int)blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
+    const int G = p.G, n_items = p.m * G, i0 = qb * BM;
+    const int rmax = min(p.m - 1, (i0 + BM - 1) / G);
+    const int kend = p.n_past + rmax + 1; /* keys this block may see: [0, kend) */
+    const int lo = sp * p.split_len, hi = min(kend, lo + p.split_len);
+    const int n_tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
+
+    if (n_tiles > 0) load_kv<D>(p, h, lo, kend, Ks, Vs);
+    cp_commit();
+    for (int e = tid; e < BM * CH; e += NTH) {
+        const int i = e / CH, c = e % CH, it = i0 + i;
+        uint4 w = make_uint4(0, 0, 0, 0); /* padding items: q = 0 (finite scores, output not written) */
+        if (it < n_items) {
+            const int r = it / G, hq = h * G + it % G;
+            w = cvt8(p.q + ((size_t)r * p.Hq + hq) * D + c * 8, p.qscale);
+        }
+        *(uint4 *)(Qs + i * SD + c * 8) = w;
+    }
+    __syncthreads();
+    uint32_t qa[KSTEP][4];
+    {
+        const __half *qw = Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + (lane >> 4) * 8;
+#pragma unroll
+        for (int kk = 0; kk < KSTEP; kk++) ldsm4(qa[kk], qw + kk * 16);
+    }
+
+    float o[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; /* rows gq and gq + 8 of the warp */
+    const int ia = i0 + warp * 16 + gq, ib = ia + 8;
+    const int posa = p.n_past + min(ia / G, p.m - 1), posb = p.n_past + min(ib / G, p.m - 1);
+    /* per-lane ldmatrix offsets (halves) inside a K / V tile */
+    const int koff = ((lane & 7) + (lane >> 4) * 8) * SD + ((lane >> 3) & 1) * 8;
+    const int voff = ((lane & 7) + ((lane >> 3) & 1) * 8) * SD + (lane >> 4) * 8;
+
+    for (int j = 0; j < n_tiles; j++) {
+        const int t0 = lo + j * BN, buf = j & 1;
+        if (j + 1 < n_tiles) load_kv<D>(p, h, t0 + BN, kend, Ks + (buf ^ 1) * BN * SD, Vs + (buf ^ 1) * BN * SD);
+        cp_commit(); /* possibly empty: keeps "all but the newest group" = tile j */
+        cp_wait1();
+        __syncthreads();
+        const __half *Kb = Ks + buf * BN * SD + koff, *Vb = Vs + buf * BN * SD + voff;
+
+        /* S = Q K^T: 16 rows x 64 keys per warp (8 n-tiles) */
+        float s[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KSTEP; kk++) {
+#pragma unroll
+            for (int np = 0; np < 4; np++) {
+                uint32_t b[4];
+                ldsm4(b, Kb + np * 16 * SD + kk * 16);
+                mma16816(s[2 * np], qa[kk], b[0], b[1]);
+                mma16816(s[2 * np + 1], qa[kk], b[2], b[3]);
+            }
+        }
+        if (t0 + BN > p.n_past) { /* the tile reaches the chunk: causal mask (also hides rows >= kend) */
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const int t = t0 + n * 8 + 2 * tq;
+                if (t > posa) s[n][0] = -INFINITY;
+                if (t + 1 > posa) s[n][1] = -INFINITY;
+                if (t > posb) s[n][2] = -INFINITY;
+                if (t + 1 > posb) s[n][3] = -INFINITY;
+            }
+        }
+        /* online softmax: a row's 64 scores live in the 4 lanes of a quad */
+        float x0 = m0, x1 = m1;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            x0 = fmaxf(x0, fmaxf(s[n][0], s[n][1]));
+            x1 = fmaxf(x1, fmaxf(s[n][2], s[n][3]));
+        }
+        x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 1));
+        x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 2));
+        x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 1));
+        x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 2));
+        /* a row with no visible key yet keeps max -inf: subtract 0 then (all p = 0, no NaN) */
+        const float b0 = x0 == -INFINITY ? 0.0f : x0, b1 = x1 == -INFINITY ? 0.0f : x1;
+        const float c0 = ex2(m0 - b0), c1 = ex2(m1 - b1); /* m = -inf -> 0 (acc, l are 0 then) */
+        m0 = x0;
+        m1 = x1;
+        uint32_t pa[4][4];
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            const float p0 = ex2(s[n][0] - b0), p1 = ex2(s[n][1] - b0), p2 = ex2(s[n][2] - b1), p3 = ex2(s[n][3] - b1);
+            sum0 += p0 + p1;
+            sum1 += p2 + p3;
+            pa[n >> 1][(n & 1) * 2] = pack_h2(p0, p1);
+            pa[n >> 1][(n & 1) * 2 + 1] = pack_h2(p2, p3);
+        }
+        l0 = l0 * c0 + sum0; /* per-lane partial sums; the quad is summed at the end */
+        l1 = l1 * c1 + sum1;
+#pragma unroll
+        for (int n = 0; n < NO; n++) {
+            o[n][0] *= c0;
+            o[n][1] *= c0;
+            o[n][2] *= c1;
+            o[n][3] *= c1;
+        }
+        /* O += P V */
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t b[4];
+                ldsm4t(b, Vb + kk * 16 * SD + dp * 16);
+                mma16816(o[2 * dp], pa[kk], b[0], b[1]);
+                mma16816(o[2 * dp + 1], pa[kk], b[2], b[3]);
+            }
+        }
+        __syncthreads(); /* buffer buf is refilled by the next iteration's prefetch */
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (p.n_split == 1) {
+        /* n_tiles >= 1 and key 0 is visible to every row: l > 0 */
+        const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+        if (ia < n_items) {
+            float *dst = p.out + ((size_t)(ia / G) * p.Hq + h * G + ia % G) * D + 2 * tq;
+#pragma unroll
+            for (int n = 0; n < NO; n++) *(float2 *)(dst + n * 8) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
+        }
+        if (ib < n_items) {
+            float *dst = p.out + ((size_t)(ib / G) * p.Hq + h * G + ib % G) * D + 2 * tq;
+#pragma unroll
+            for (int n = 0; n < NO; n++) *(float2 *)(dst + n * 8) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+        }
+    } else {
+        const size_t slot = ((size_t)(h * p.n_qblk + qb) * p.n_split + sp) * BM + warp * 16 + gq;
+        float *da = p.part + slot * D + 2 * tq, *db = da + 8 * D;
+#pragma unroll
+        for (int n = 0; n < NO; n++) {
+            *(float2 *)(da + n * 8) = make_float2(o[n][0], o[n][1]);
+            *(float2 *)(db + n * 8) = make_float2(o[n][2], o[n][3]);
+        }
+        if (tq == 0) {
+            *(float2 *)(p.ml + slot * 2) = make_float2(m0, l0);
+            *(float2 *)(p.ml + (slot + 8) * 2) = make_float2(m1, l1);
+        }
+    }
+}
+
+/* out = sum_s w_s acc_s / sum_s w_s l_s, w_s = 2^(m_s - M) (m in log2 units). */
+__global__ void prefill_tc_merge_k(tc_p p, int D) {
+    const int qb = blockIdx.x, h = blockIdx.y, G = p.G, n_items = p.m * G;
+    const size_t base = (size_t)(h * p.n_qblk + qb) * p.n_split * BM;
+    for (int e = threadIdx.x; e < BM * D; e += blockDim.x) {
+        const int i = e / D, c = e % D, it = qb * BM + i;
+        if (it >= n_items) break; /* i only grows with e */
+        float M = -INFINITY;
+        for (int s = 0; s < p.n_split; s++) M = fmaxf(M, p.ml[(base + (size_t)s * BM + i) * 2]);
+        float L = 0.0f, acc = 0.0f;
+        for (int s = 0; s < p.n_split; s++) {
+            const size_t k = base + (size_t)s * BM + i;
+            const float ms = p.ml[k * 2];
+            if (ms == -INFINITY) continue; /* a split with no visible key */
+            const float w = exp2f(ms - M);
+            L += w * p.ml[k * 2 + 1];
+            acc += w * p.part[k * D + c];
+        }
+        p.out[((size_t)(it / G) * p.Hq + h * G + it % G) * D + c] = acc / L;
+    }
+}
+
+size_t smem_bytes(int D) { return sizeof(__half) * (size_t)(BM + 4 * BN) * (D + 8); }
+
+} // namespace
+
+int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const float *q, const float *knew,
+                        const float *vnew, float *out, tl_error *err) {
+    const kv_side &K = L->k, &V = L->v;
+    if (m < 2 || L->window != 0 || L->off) return 1;
+    if (K.mode != KV_DENSE || V.mode != KV_DENSE || K.dt != DT_F16 || V.dt != DT_F16) return 1;
+    const int D = K.d;
+    if (V.d != D || (D != 64 && D != 128)) return 1;
+    if (L->n_head_kv <= 0 || L->n_head % L->n_head_kv) return 1;
+    /* history row t is store row t (no wrap): holds without a window (cap = n_ctx) */
+    if (n_past > K.cap || n_past > V.cap) return 1;
+    /* 16-byte vector loads and cp.async need aligned bases (rows are multiples of 16 bytes) */
+    if (((uintptr_t)q | (uintptr_t)knew | (uintptr_t)vnew | (uintptr_t)out | (uintptr_t)K.fp | (uintptr_t)V.fp) & 15) return 1;
+
+    tc_p p;
+    memset(&p, 0, sizeof p);
+    p.kc = (const uint16_t *)K.fp;
+    p.vc = (const uint16_t *)V.fp;
+    p.khead = K.fp_head;
+    p.vhead = V.fp_head;
+    p.q = q;
+    p.knew = knew;
+    p.vnew = vnew;
+    p.out = out;
+    p.n_past = n_past;
+    p.m = m;
+    p.Hq = L->n_head;
+    p.Hkv = L->n_head_kv;
+    p.G = L->n_head / L->n_head_kv;
+    p.qscale = L->scale * 1.4426950408889634f;
+    const long long n_items = (long long)m * p.G;
+    p.n_qblk = (int)((n_items + BM - 1) / BM);
+    const int blocks = p.n_qblk * p.Hkv, total = n_past + m;
+    /* two blocks fit an SM (launch bounds, 87 KB of shared memory at D = 128): split the keys
+     * when fewer than that many blocks exist, keeping >= MIN_KEYS_PER_SPLIT keys per split */
+    const int slots = 2 * TL_MAX(1, cx->n_sm);
+    int n_split = 1;
+    if (blocks < slots) n_split = TL_MAX(1, TL_MIN(slots / blocks, total / MIN_KEYS_PER_SPLIT));
+    int split_len = (total + n_split - 1) / n_split;
+    split_len = (split_len + BN - 1) / BN * BN;
+    n_split = (total + split_len - 1) / split_len;
+    p.n_split = n_split;
+    p.split_len = split_len;
+    if (n_split > 1) {
+        const size_t rows = (size_t)blocks * n_split * BM;
+        if (tlc_scratch(cx, rows * (D + 2) * sizeof(float), err)) return -1;
+        p.part = (float *)cx->scratch;
+        p.ml = p.part + rows * D;
+    }
+    const size_t smem = smem_bytes(D);
+    if (smem > cx->smem_optin) return 1;
+    const dim3 grid(p.n_qblk, p.Hkv, n_split);
+    cudaError_t e = D == 128 ? cudaFuncSetAttribute(prefill_tc_k<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
+                             : cudaFuncSetAttribute(prefill_tc_k<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return tl_fail(err, "cudaFuncSetAttribute(prefill attention, %zu bytes): %s", smem, cudaGetErrorString(e));
+    if (D == 128) prefill_tc_k<128><<<grid, NTH, smem, cx->stream>>>(p);
+    else prefill_tc_k<64><<<grid, NTH, smem, cx->stream>>>(p);
+    TLC_LAUNCH_CHECK("prefill attention (tensor cores)");
+    if (n_split > 1) {
+        prefill_tc_merge_k<<<dim3(p.n_qblk, p.Hkv), 256, 0, cx->stream>>>(p, D);
+        TLC_LAUNCH_CHECK("prefill attention merge");
+    }
+    return 0;
+}
+
+/* ---------------- benchmark hook (cuda.h: tl_cuda_attn_bench) ---------------- */
+
+namespace {
+
+/* x[i] = a uniform value in [-amp, amp) from a hash of (seed, i), plus `spike` on channel
+ * (i % d) == 5 (an outlier channel, like real keys); f16 when h16. */
+__global__ void bench_fill_k(void *x, size_t n, int d, uint32_t seed, float amp, float spike, int h16) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 0x9e3779b1u ^ seed ^ (uint32_t)(i >> 32) * 0x85ebca6bu;
+        h ^= h >> 16, h *= 0x7feb352du, h ^= h >> 15, h *= 0x846ca68bu, h ^= h >> 16;
+        const float v = ((float)(h >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * amp + ((i % d) == 5 ? spike : 0.0f);
+        if (h16) ((__half *)x)[i] = __float2half_rn(v);
+        else ((float *)x)[i] = v;
+    }
+}
+
+int bench_fill(tlc_ctx *cx, void *x, size_t n, int d, uint32_t seed, float amp, float spike, int h16, tl_error *err) {
+    bench_fill_k<<<1024, 256, 0, cx->stream>>>(x, n, d, seed, amp, spike, h16);
+    TLC_LAUNCH_CHECK("bench fill");
+    return 0;
+}
+
+} // namespace
+
+extern "C" int tl_cuda_attn_bench(const tl_kv_shape *s, int n_past, int m, int tc, int reps, double *ms, float *out,
+                                  tl_error *err) {
+    char why[256];
+    if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
+    if (n_past < 0 || m < 1 || reps < 1 || s->n_head_kv <= 0 || s->n_head % s->n_head_kv)
+        return tl_fail(err, "tl_cuda_attn_bench: n_past %d, m %d, reps %d, heads %d/%d", n_past, m, reps, s->n_head, s->n_head_kv);
+    tlc_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    tlc_layer_kv L;
+    memset(&L, 0, sizeof L);
+    float *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    int rc = -1;
+    const int Hq = s->n_head, Hkv = s->n_head_kv, dkd = s->head_dim_k, dvd = s->head_dim_v, cap = n_past + m;
+    cudaDeviceProp prop;
+    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&cx.stream, cudaStreamNonBlocking) != cudaSuccess || cudaEventCreate(&ev[0]) != cudaSuccess ||
+        cudaEventCreate(&ev[1]) != cudaSuccess) {
+        tl_fail(err, "tl_cuda_attn_bench: device 0: %s", cudaGetErrorString(cudaGetLastError()));
+        goto done;
+    }
+    cx.n_sm = prop.multiProcessorCount;
+    cx.smem_optin = prop.sharedMemPerBlockOptin;
+    cx.no_tc = !tc;
+    L.n_head = Hq;
+    L.n_head_kv = Hkv;
+    L.scale = s->scale;
+    {
+        kv_side *sd[2] = {&L.k, &L.v};
+        const int d[2] = {dkd, dvd};
+        for (int i = 0; i < 2; i++) {
+            sd[i]->mode = KV_DENSE;
+            sd[i]->dt = DT_F16;
+            sd[i]->d = d[i];
+            sd[i]->cap = cap;
+            sd[i]->fp_head = (size_t)cap * d[i];
+            if (cudaMalloc(&sd[i]->fp, sizeof(uint16_t) * Hkv * sd[i]->fp_head) != cudaSuccess) {
+                tl_fail(err, "tl_cuda_attn_bench: out of GPU memory (KV cache of %d tokens)", cap);
+                goto done;
+            }
+        }
+    }
+    if (cudaMalloc((void **)&dq, sizeof(float) * (size_t)m * Hq * dkd) != cudaSuccess ||
+        cudaMalloc((void **)&dk, sizeof(float) * (size_t)m * Hkv * dkd) != cudaSuccess ||
+        cudaMalloc((void **)&dv, sizeof(float) * (size_t)m * Hkv * dvd) != cudaSuccess ||
+        cudaMalloc((void **)&dout, sizeof(float) * (size_t)m * Hq * dvd) != cudaSuccess) {
+        tl_fail(err, "tl_cuda_attn_bench: out of GPU memory (chunk of %d rows)", m);
+        goto done;
+    }
+    /* the same data for every call (fixed seeds): tc and general runs see equal inputs */
+    if (bench_fill(&cx, L.k.fp, Hkv * L.k.fp_head, dkd, 1, 1.7f, 6.0f, 1, err) ||
+        bench_fill(&cx, L.v.fp, Hkv * L.v.fp_head, dvd, 2, 1.0f, 0.0f, 1, err) ||
+        bench_fill(&cx, dq, (size_t)m * Hq * dkd, dkd, 3, 1.5f, 0.0f, 0, err) ||
+        bench_fill(&cx, dk, (size_t)m * Hkv * dkd, dkd, 4, 1.7f, 6.0f, 0, err) ||
+        bench_fill(&cx, dv, (size_t)m * Hkv * dvd, dvd, 5, 1.0f, 0.0f, 0, err))
+        goto done;
+    if (tlc_attention(&cx, &L, n_past, m, dq, dk, dv, dout, err)) goto done; /* warm-up (and scratch growth) */
+    cudaEventRecord(ev[0], cx.stream);
+    for (int i = 0; i < reps; i++)
+        if (tlc_attention(&cx, &L, n_past, m, dq, dk, dv, dout, err)) goto done;
+    cudaEventRecord(ev[1], cx.stream);
+    {
+        cudaError_t e = cudaEventSynchronize(ev[1]);
+        float t = 0.0f;
+        if (e == cudaSuccess) e = cudaEventElapsedTime(&t, ev[0], ev[1]);
+        if (e == cudaSuccess && out)
+            e = cudaMemcpy(out, dout, sizeof(float) * (size_t)m * Hq * dvd, cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) {
+            tl_fail(err, "tl_cuda_attn_bench: %s", cudaGetErrorString(e));
+            goto done;
+        }
+        *ms = t / reps;
+    }
+    rc = 0;
+done:
+    if (cx.stream) cudaStreamSynchronize(cx.stream);
+    cudaFree(L.k.fp);
+    cudaFree(L.v.fp);
+    cudaFree(dq);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    cudaFree(cx.scratch);
+    for (int i = 0; i < 2; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    if (cx.stream) cudaStreamDestroy(cx.stream);
+    return rc;
+}
