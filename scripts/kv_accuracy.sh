@@ -17,14 +17,14 @@ trap 'rm -rf "$TMP"' EXIT
 cat "$S"/data/pg_essays/*.txt > "$TMP/pg.txt"
 
 CONFIGS=(k8v8 k8v4 k4v4 k4v4:smooth k4v4:rot k4v4:smooth:rot k4v2 k2v2 k2v2:kivi:r0 k2v2:kivi k1v1:kivi)
-SHORT=(k8v8 k4v4 k2v2:kivi)   # for the longest context
+SHORT=(k8v8 k4v4 k2v2:kivi)   # QUICK=1
 RUNS=(   # name path ctx config-set
   "tailor-test-31m $S/models/tailor-test-31m.gguf 4096 all"
   "SmolLM2-135M $M/SmolLM2-135M-Instruct.Q4_1.gguf 4096 all"
   "tailor-test-31m $S/models/tailor-test-31m.gguf 8192 all"
   "SmolLM2-135M $M/SmolLM2-135M-Instruct.Q4_1.gguf 8192 all"
   "Gemma-3-270M $M/gemma-3-270m-q4_k_m.gguf 8192 all"
-  "Gemma-3-270M $M/gemma-3-270m-q4_k_m.gguf 32768 short"
+  "Gemma-3-270M $M/gemma-3-270m-q4_k_m.gguf 32768 all"
 )
 [ "${QUICK:-0}" = 1 ] && RUNS=("tailor-test-31m $S/models/tailor-test-31m.gguf 1024 short")
 
