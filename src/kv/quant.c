@@ -51,20 +51,13 @@
  * (p*s).code plus a per-group p*z term); for prefill blocks (more queries) codes are decoded
  * into an 8-token f32 tile in L1 that all queries of the task share.
  *
- * Speed (bench/bench_kv_attn, one layer, decode, 2 threads, Xeon of the H100 box, AVX2):
- *   us/token        Llama-8B 32/8/128        SmolLM2 9/3/64
- *                   4096      16384          4096     16384
- *   f16 (dense.c)   4844      14119          567      2670
- *   k8v8            2293       8201          321      1428
- *   k4v4            2303       7396          328      1509
- *   k2v2            2268       9009          379      1474
- *   k2v2:kivi       2563       7705          384      1267
- *   f16 via this store's kernels (k16v16 forced): 1540 / 6625 / 198 / 968.
- * On CPU at 2 threads decode attention is compute-bound (3-11 GB/s of KV read), not
- * bandwidth-bound: fewer bytes do not by themselves make it faster; widening packed codes costs
- * more instructions than widening f16 (vcvtph2ps), so the quantized stores beat dense.c's f16 but
- * not an f16 path with these same fused kernels. An int8-query (maddubs) key kernel is the next
- * step if CPU decode speed at low bits matters.
+ * Key scores on AVX-512 VNNI CPUs (quant_kernels_avx512.c): the queries are quantized to int8
+ * once per attention task (per 32-channel block) and dotted with the codes by vpdpbusd.
+ *
+ * Speed: docs/kv-accuracy.md ("Decode speed"). On CPU, decode attention is compute-bound
+ * (3-11 GB/s of KV read at 1-2 threads), not bandwidth-bound: fewer bytes help only as far as
+ * the kernels need fewer instructions per value. The integer key kernels make per-token k4v4 and
+ * k2v2 faster than f16 at 16k on Llama-8B heads; values (float FMAs per code) now dominate.
  *
  * Sliding-window layers (shape.window > 0) are refused: give them a dense policy.
  *
@@ -321,7 +314,7 @@ static void side_append(side_t *sd, int n_kv, int64_t t, const float *x) {
 
 /* Scores (is_v = 0) or accumulation (is_v = 1) over history tokens [a, b) of head h. */
 static void side_run(const qstore *st, const side_t *sd, int h, int a, int b, bool is_v, const float *x, int nq,
-                     int xs, float *y, int ys) {
+                     int xs, float *y, int ys, const void *qp) {
     const kvq_kernels *K = st->kern;
     const int d = sd->d;
     int q_end = TL_MIN(b, sd->nq); /* quantized part [a, q_end) */
@@ -333,6 +326,7 @@ static void side_run(const qstore *st, const side_t *sd, int h, int a, int b, bo
             r.params = sd->params + h * sd->params_head + (size_t)a * sd->pstride;
             r.pstride = sd->pstride;
             if (is_v) K->tok_accum(&r, x, nq, xs, y, ys);
+            else if (qp) K->tok_scores_q(&r, qp, x, nq, xs, y, ys);
             else K->tok_scores(&r, x, nq, xs, y, ys);
         } else {
             r.codes = sd->codes + h * sd->codes_head + (size_t)(a / sd->g) * sd->grp_bytes;
@@ -391,13 +385,18 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
         memcpy(qb + (size_t)(r - r0) * G * dk, j->q + ((size_t)r * s->n_head + (size_t)h * G) * dk, sizeof(float) * G * dk);
     for (int i = 0; i < nq; i++) mx[i] = -INFINITY, l[i] = 0;
     memset(acc, 0, sizeof(float) * nq * dv);
+    /* integer-query key kernels: quantize the queries once per task, not once per tile */
+    _Alignas(64) unsigned char qpbuf[KVQ_QPREP_BYTES(QMAX)];
+    const void *qp = NULL;
+    if (st->k.mode == SIDE_SLIDE && st->kern->tok_qprep && st->kern->tok_qprep(st->k.pol.bits, dk, qb, nq, dk, qpbuf))
+        qp = qpbuf;
     /* history */
     const int lo = sp * j->split_len, hi = TL_MIN(j->n_past, lo + j->split_len);
     for (int a = lo; a < hi; a += TILE) {
         const int b = TL_MIN(hi, a + TILE);
-        side_run(st, &st->k, h, a, b, false, qb, nq, dk, sc, TILE);
+        side_run(st, &st->k, h, a, b, false, qb, nq, dk, sc, TILE, qp);
         softmax_step(st->vo, sc, TILE, b - a, 0, nq, mx, l, acc, dv);
-        side_run(st, &st->v, h, a, b, true, sc, nq, TILE, acc, dv);
+        side_run(st, &st->v, h, a, b, true, sc, nq, TILE, acc, dv, NULL);
     }
     /* the new block, exact and causal: row r sees new tokens 0..r */
     if (sp == j->n_split - 1) {

@@ -8,6 +8,7 @@
  * dot products reduced with hadd), channel-layout tiles are columns (scores by broadcast FMAs,
  * no horizontal sums; for values the column tile is transposed in registers). */
 #include "quant_kernels.h"
+#include "../quants.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -177,7 +178,8 @@ static void ref_f32_accum(const float *x, int rs, int n, int d, const float *p, 
 }
 
 static const kvq_kernels kernels_ref = {"scalar",       ref_tok_scores, ref_tok_accum,  ref_scores,    ref_accum,
-                                        ref_f16_scores, ref_f16_accum,  ref_f32_scores, ref_f32_accum};
+                                        ref_f16_scores, ref_f16_accum,  ref_f32_scores, ref_f32_accum,
+                                        NULL,           NULL};
 
 const kvq_kernels *kvq_kernels_ref(void) { return &kernels_ref; }
 
@@ -628,17 +630,23 @@ AVX2 static void avx2_f32_accum(const float *x, int rs, int n, int d, const floa
     }
 }
 
-static const kvq_kernels kernels_avx2 = {"avx2",          avx2_tok_scores, avx2_tok_accum,  avx2_ch_scores,
+const kvq_kernels kvq_avx2_table = {"avx2",          avx2_tok_scores, avx2_tok_accum,  avx2_ch_scores,
                                          avx2_ch_accum,   avx2_f16_scores, avx2_f16_accum,  avx2_f32_scores,
-                                         avx2_f32_accum};
+                                         avx2_f32_accum,  NULL,            NULL};
+
+const kvq_kernels *kvq_kernels_avx2(void) {
+    const tl_cpu_features f = tl_cpu_detect();
+    return f.avx2 && f.fma && f.f16c ? &kvq_avx2_table : &kernels_ref;
+}
+#else
+const kvq_kernels *kvq_kernels_avx2(void) { return &kernels_ref; }
+const kvq_kernels *kvq_kernels_avx512(void) { return NULL; }
+#endif
 
 const kvq_kernels *kvq_kernels_best(void) {
     const char *force = getenv("TAILOR_FORCE_SCALAR");
     if (force && *force && *force != '0') return &kernels_ref;
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &kernels_avx2;
-    return &kernels_ref;
+    const char *no512 = getenv("TAILOR_NO_AVX512");
+    const kvq_kernels *k = no512 && *no512 && *no512 != '0' ? NULL : kvq_kernels_avx512();
+    return k ? k : kvq_kernels_avx2();
 }
-#else
-const kvq_kernels *kvq_kernels_best(void) { return &kernels_ref; }
-#endif

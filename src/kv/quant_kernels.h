@@ -50,12 +50,28 @@ typedef struct {
     void (*f16_accum)(const uint16_t *x, int n, int d, const float *p, int nq, int ps, float *acc, int as);
     void (*f32_scores)(const float *x, int rs, int n, int d, const float *q, int nq, int qs, float *s, int ss);
     void (*f32_accum)(const float *x, int rs, int n, int d, const float *p, int nq, int ps, float *acc, int as);
+    /* Optional (NULL when absent): TOK key scores from queries prepared once per attention task
+     * (int8 per 32-channel block, for integer dot products). tok_qprep fills qp (at least
+     * KVQ_QPREP_BYTES(nq) bytes, 64-byte aligned) and returns false when (bits, d) has no such
+     * path; tok_scores_q then computes what tok_scores does (q, qs are kept for fallbacks). */
+    bool (*tok_qprep)(int bits, int d, const float *q, int nq, int qs, void *qp);
+    void (*tok_scores_q)(const kvq_run *r, const void *qp, const float *q, int nq, int qs, float *s, int ss);
 } kvq_kernels;
+
+#define KVQ_QPREP_BYTES(nq) (512 + (size_t)(nq) * 1408)
 
 const kvq_kernels *kvq_kernels_ref(void);
 /* AVX2 table on a CPU that has AVX2+FMA+F16C, else the reference; TAILOR_FORCE_SCALAR=1 forces
  * the reference. */
 const kvq_kernels *kvq_kernels_best(void);
+/* The AVX2 table (the reference where the CPU lacks AVX2/FMA/F16C), and the AVX-512 VNNI table
+ * (NULL where the CPU lacks AVX-512 F/BW/VL/VNNI): for tests and benchmarks. kvq_kernels_best
+ * picks AVX-512 unless TAILOR_NO_AVX512=1. */
+const kvq_kernels *kvq_kernels_avx2(void);
+const kvq_kernels *kvq_kernels_avx512(void);
+#if defined(__x86_64__) || defined(__i386__)
+extern const kvq_kernels kvq_avx2_table; /* the AVX-512 table falls back to it (no CPU check) */
+#endif
 
 /* ---- quantization (scalar; runs once per token, not in the attention loop) ---- */
 static inline int kvq_unit_bytes(int bits) { return 4 * bits; }
