@@ -163,12 +163,17 @@ static double rel_l2(const float *a, const float *b, size_t n) {
  * the same policy (codes may differ where inputs differ by rounding: looser). Also a few
  * n_hist values that exercise one block, many splits, partial tiles and the residual edge. */
 static void layer_cases(void) {
+    /* iq: per-token key codes, which the decode kernel scores with an int8 query (each lane's 8
+     * query values rounded with their own scale max|q|/127: a relative error of at most 1/254
+     * per value, ~1e-3 on the output after softmax), so it is compared with the general
+     * kernel (f32 query) at 5e-3 instead of 1e-4, and k8v8 with the CPU at 5e-3 */
     struct {
         const char *kv;
         double tol;
-    } cases[] = {{"f16", 1e-4},          {"k8v8", 2e-3},          {"k4v4", 2e-2},
-                 {"k2v2", 5e-2},         {"k2v2:kivi", 5e-2},     {"k4v2:kivi:r64", 5e-2},
-                 {"k4v4:g64:sym", 2e-2}, {"k16v4:r32", 2e-2},     {"k16v2", 5e-2}};
+        bool iq;
+    } cases[] = {{"f16", 1e-4, false},          {"k8v8", 5e-3, true},          {"k4v4", 2e-2, true},
+                 {"k2v2", 5e-2, true},          {"k2v2:kivi", 5e-2, false},    {"k4v2:kivi:r64", 5e-2, false},
+                 {"k4v4:g64:sym", 2e-2, true},  {"k16v4:r32", 2e-2, false},    {"k16v2", 5e-2, false}};
     const int hist[] = {45, 2061};
     tl_kv_shape sh = {.n_head = 8, .n_head_kv = 2, .head_dim_k = 128, .head_dim_v = 128, .n_ctx = 0, .window = 0,
                       .scale = 1.0f / sqrtf(128.0f)};
@@ -221,7 +226,8 @@ static void layer_cases(void) {
                 const double dg = rel_l2(og, oo, qd), dc = rel_l2(og, oc, qd), do_ = rel_l2(oo, oc, qd);
                 printf("layer d128 G4 kv %-14s history %5d + 1: decode vs general %.2e, decode vs cpu %.2e, general vs cpu %.2e\n",
                        cases[c].kv, n_hist, dg, dc, do_);
-                CHECKF(dg < 1e-4, "kv %s history %d: decode kernel vs general kernel rel %g", cases[c].kv, n_hist, dg);
+                CHECKF(dg < (cases[c].iq ? 5e-3 : 1e-4), "kv %s history %d: decode kernel vs general kernel rel %g", cases[c].kv,
+                       n_hist, dg);
                 CHECKF(dc < cases[c].tol, "kv %s history %d: decode kernel vs cpu rel %g (tol %g)", cases[c].kv, n_hist, dc,
                        cases[c].tol);
             }

@@ -9,8 +9,9 @@
  *  - each of the block's 4 warps walks its own 32-token tiles with its own online softmax:
  *    no block barrier inside the loop;
  *  - keys: a token is read by D/8 lanes, each lane owning 8 channels (16-byte loads of f16
- *    rows; for per-token codes the lane's `bits` bytes, 2..8-byte loads, dequantized in
- *    registers as code*s + z = s*(q.codes) + z*sum(q)); the partial dots of the 32 tokens
+ *    rows; for per-token codes the lane's `bits` bytes, 2..8-byte loads, scored as
+ *    s*(q.codes) + z*sum(q) with the lane's 8 query values rounded to int8 and q.codes taken
+ *    by two dp4a: k_codes_i8); the partial dots of the 32 tokens
  *    are reduce-scattered over the lanes (G*(D/8-1) shuffles per tile) so that lane i ends
  *    with the score of token i;
  *  - per-channel (KIVI) keys: lane i scores token i itself, reading channel units (the same
@@ -184,10 +185,36 @@ __device__ __forceinline__ void k_rows(const kv_side &S, int h, int mode, int t0
     }
 }
 
-/* part[i][g] += q.k, per-token codes: s * (q . codes) + z * sum(q). */
+/* u8 x s8 dot of 4 byte pairs, added to c (PTX dp4a). */
+__device__ __forceinline__ int dp4a_us(uint32_t a, uint32_t b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+/* The lane's 8 codes (chmap order e = 0..7) as two words of 4 bytes: e 0..3 and e 4..7. */
+template <int B>
+__device__ __forceinline__ void codes_u8(uint32_t w0, uint32_t w1, uint32_t &lo, uint32_t &hi) {
+    if (B == 8) {
+        lo = w0;
+        hi = w1;
+    } else if (B == 4) {
+        lo = w0 & 0x0F0F0F0Fu;
+        hi = (w0 >> 4) & 0x0F0F0F0Fu;
+    } else { /* byte 0 holds e 0,2,4,6 and byte 1 e 1,3,5,7 in bit pairs 0..3 */
+        lo = (w0 & 0x0303u) | ((w0 << 14) & 0x03030000u);
+        hi = ((w0 >> 4) & 0x0303u) | ((w0 << 10) & 0x03030000u);
+    }
+}
+
+/* k_codes with an int8 query: part[i][g] += s * qs[g] * (qi[g] . codes) + z * sum(q). The
+ * query of each lane's 8 channels is rounded to int8 with its own scale qs (max |q| / 127):
+ * two dp4a per token and query instead of 8 dequantizations and 8 FMAs (the decode kernel
+ * is bound by instructions, not bytes, for these formats). */
 template <int LPT, int GP, int B>
-__device__ __forceinline__ void k_codes(const kv_side &S, int h, int t0, int a, int b, int sg, int li,
-                                        const float (&qk)[GP][8], const float (&qsum)[GP], float (&part)[LPT][GP]) {
+__device__ __forceinline__ void k_codes_i8(const kv_side &S, int h, int t0, int a, int b, int sg, int li,
+                                           const uint32_t (&qi)[GP][2], const float (&qs)[GP], const float (&qsum)[GP],
+                                           float (&part)[LPT][GP]) {
     const uint8_t *cb = S.codes + h * S.codes_head + li * B;
     const uint16_t *pb = S.params + h * S.params_head + ((li >> 2) * 32 / S.g) * S.ppg;
     uint32_t w0[LPT], w1[LPT], pw[LPT];
@@ -204,15 +231,12 @@ __device__ __forceinline__ void k_codes(const kv_side &S, int h, int t0, int a, 
         const bool in = t >= a && t < b;
         const float s = h2f((uint16_t)(pw[i] & 0xffffu));
         const float z = S.sym ? -(float)(1 << (B - 1)) * s : h2f((uint16_t)(pw[i] >> 16));
-        float cf[8];
-#pragma unroll
-        for (int e = 0; e < 8; e++) cf[e] = code_f<B>(w0[i], w1[i], e);
+        uint32_t lo, hi;
+        codes_u8<B>(w0[i], w1[i], lo, hi);
 #pragma unroll
         for (int g = 0; g < GP; g++) {
-            float x = qk[g][0] * cf[0];
-#pragma unroll
-            for (int e = 1; e < 8; e++) x = fmaf(qk[g][e], cf[e], x);
-            part[i][g] += in ? fmaf(s, x, z * qsum[g]) : 0.0f;
+            const int d = dp4a_us(hi, qi[g][1], dp4a_us(lo, qi[g][0], 0));
+            part[i][g] += in ? fmaf(s * qs[g], (float)d, z * qsum[g]) : 0.0f;
         }
     }
 }
@@ -308,16 +332,26 @@ __global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
         qsm[g][c] = g < G ? p.q[(size_t)(h * G + g) * D + c] * p.scale : 0.0f;
     }
     __syncthreads();
-    float qk[GP][8], qsum[GP], acc[GP][8], pz[GP], lsum[GP], mrun[GP];
+    /* per-token key codes take an int8 query (qi8, qs8: k_codes_i8); the f32 query qk is then
+     * dead after this setup, and the f16 residual rows reload it from qsm */
+    float qk[GP][8], qsum[GP], acc[GP][8], pz[GP], lsum[GP], mrun[GP], qs8[GP];
+    uint32_t qi8[GP][2];
 #pragma unroll
     for (int g = 0; g < GP; g++) {
         qsum[g] = 0.0f;
+        float amax = 0.0f;
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             qk[g][e] = qsm[g][chmap<KF>(li, e)];
             qsum[g] += qk[g][e];
+            amax = fmaxf(amax, fabsf(qk[g][e]));
             acc[g][e] = 0.0f;
         }
+        qs8[g] = amax / 127.0f;
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        qi8[g][0] = qi8[g][1] = 0;
+#pragma unroll
+        for (int e = 0; e < 8; e++) qi8[g][e >> 2] |= ((uint32_t)__float2int_rn(qk[g][e] * inv) & 0xffu) << (8 * (e & 3));
         pz[g] = lsum[g] = 0.0f;
         mrun[g] = -INFINITY;
     }
@@ -338,8 +372,15 @@ __global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
         } else if (KF > 0) {
             constexpr int B = KF > 0 && KF < 16 ? KF : 2;
             const int m = min(b, K.nq);
-            if (a < m) k_codes<LPT, GP, B>(K, h, t0, a, m, sg, li, qk, qsum, part);
-            if (max(a, K.nq) < b) k_rows<LPT, GP, KF>(K, h, SLOT_RING, t0, max(a, K.nq), b, sg, li, qk, part);
+            if (a < m) k_codes_i8<LPT, GP, B>(K, h, t0, a, m, sg, li, qi8, qs8, qsum, part);
+            if (max(a, K.nq) < b) {
+                float qf[GP][8];
+#pragma unroll
+                for (int g = 0; g < GP; g++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) qf[g][e] = qsm[g][chmap<KF>(li, e)];
+                k_rows<LPT, GP, KF>(K, h, SLOT_RING, t0, max(a, K.nq), b, sg, li, qf, part);
+            }
         } else if (b > K.nq) {
             /* KIVI block (f16): nq is a multiple of the flush block, so a tile is all codes or all block */
             k_rows<LPT, GP, KF>(K, h, SLOT_BLOCK, t0, a, b, sg, li, qk, part);
