@@ -574,6 +574,7 @@ __device__ __forceinline__ float resid_src(const kv_side &S, int h, int t, int c
 /* SLIDE: quantize tokens [ta, tb) (warp per (token, head)). */
 __global__ void slide_quant_k(kv_side S, int ta, int tb, int n_heads, int n_past, const float *x, int xs) {
     pdl_trigger();
+    pdl_wait();
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     const int n_items = (tb - ta) * n_heads;
     if (w >= n_items) return;
@@ -608,6 +609,7 @@ __global__ void slide_quant_k(kv_side S, int ta, int tb, int n_heads, int n_past
  * from the f16 block whose first token is old_base. */
 __global__ void flush_quant_k(kv_side S, int ga, int gb, int n_heads, int n_past, int old_base, const float *x, int xs) {
     pdl_trigger();
+    pdl_wait();
     const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     const int d = S.d, g = S.g;
     const int n_items = (gb - ga) * n_heads * d;
@@ -640,6 +642,7 @@ __global__ void flush_quant_k(kv_side S, int ga, int gb, int n_heads, int n_past
  * FLUSH block: t - base. Type dt (f16 for residual rows). */
 __global__ void write_rows_k(kv_side S, int ta, int tb, int n_heads, int n_past, int base, const float *x, int xs) {
     pdl_trigger();
+    pdl_wait();
     const size_t n = (size_t)(tb - ta) * n_heads * S.d;
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
         const int c = (int)(e % S.d), h = (int)(e / S.d % n_heads), t = ta + (int)(e / S.d / n_heads);
@@ -660,13 +663,20 @@ static int grid_for(size_t n, int thr) {
     return (int)(b > 65535 * 16 ? 65535 * 16 : b);
 }
 
+/* append kernels go out with programmatic dependent launch (they wait for their inputs) */
+#define LAUNCH_APPEND(kern, grid, thr, ...)                                                                  \
+    do {                                                                                                     \
+        cudaError_t e_ = tlc_launch(!cx->no_pdl, kern, dim3(grid), dim3(thr), 0, cx->stream, __VA_ARGS__);  \
+        if (e_ != cudaSuccess) return tl_fail(err, "CUDA kernel %s: %s", #kern, cudaGetErrorString(e_));      \
+    } while (0)
+
 static int side_append(tlc_ctx *cx, kv_side *S, int n_heads, int n_past, int m, const float *x, int xs, tl_error *err) {
     const int n_total = n_past + m;
     if (S->mode == KV_DENSE) {
         const int ta = TL_MAX(n_past, n_total - S->cap);
         const size_t n = (size_t)(n_total - ta) * n_heads * S->d;
         if (n) {
-            write_rows_k<<<grid_for(n, 256), 256, 0, cx->stream>>>(*S, ta, n_total, n_heads, n_past, 0, x, xs);
+            LAUNCH_APPEND(write_rows_k, grid_for(n, 256), 256, *S, ta, n_total, n_heads, n_past, 0, x, xs);
             TLC_LAUNCH_CHECK("kv append");
         }
         return 0;
@@ -675,14 +685,14 @@ static int side_append(tlc_ctx *cx, kv_side *S, int n_heads, int n_past, int m, 
         const int nq_new = TL_MAX(0, n_total - S->R);
         if (nq_new > S->nq) {
             const int items = (nq_new - S->nq) * n_heads;
-            slide_quant_k<<<(items + 3) / 4, 128, 0, cx->stream>>>(*S, S->nq, nq_new, n_heads, n_past, x, xs);
+            LAUNCH_APPEND(slide_quant_k, (items + 3) / 4, 128, *S, S->nq, nq_new, n_heads, n_past, x, xs);
             TLC_LAUNCH_CHECK("kv quantize (per-token)");
         }
         if (S->R > 0) {
             const int ta = TL_MAX(n_past, n_total - S->R);
             const size_t n = (size_t)(n_total - ta) * n_heads * S->d;
             if (n) {
-                write_rows_k<<<grid_for(n, 256), 256, 0, cx->stream>>>(*S, ta, n_total, n_heads, n_past, 0, x, xs);
+                LAUNCH_APPEND(write_rows_k, grid_for(n, 256), 256, *S, ta, n_total, n_heads, n_past, 0, x, xs);
                 TLC_LAUNCH_CHECK("kv residual append");
             }
         }
@@ -694,13 +704,13 @@ static int side_append(tlc_ctx *cx, kv_side *S, int n_heads, int n_past, int m, 
     if (nq_new > S->nq) {
         const int ga = S->nq / S->g, gb = nq_new / S->g;
         const int items = (gb - ga) * n_heads * S->d;
-        flush_quant_k<<<(items + 3) / 4, 128, 0, cx->stream>>>(*S, ga, gb, n_heads, n_past, S->nq, x, xs);
+        LAUNCH_APPEND(flush_quant_k, (items + 3) / 4, 128, *S, ga, gb, n_heads, n_past, S->nq, x, xs);
         TLC_LAUNCH_CHECK("kv quantize (per-channel)");
     }
     const int ta = TL_MAX(n_past, nq_new);
     const size_t n = (size_t)(n_total - ta) * n_heads * S->d;
     if (n) {
-        write_rows_k<<<grid_for(n, 256), 256, 0, cx->stream>>>(*S, ta, n_total, n_heads, n_past, nq_new, x, xs);
+        LAUNCH_APPEND(write_rows_k, grid_for(n, 256), 256, *S, ta, n_total, n_heads, n_past, nq_new, x, xs);
         TLC_LAUNCH_CHECK("kv residual append");
     }
     S->nq = nq_new;

@@ -25,7 +25,7 @@ struct tlc_ctx {
     int dec_minb;         /* TL_CUDA_DEC_MINB=3: head_dim-128 decode kernels built for 3 blocks/SM (default 2) */
     bool no_tc;           /* TL_CUDA_TC=0: prefill chunks use the general attention kernel (prefill_tc.cu off) */
     bool no_fuse;         /* TL_CUDA_FUSE=0: the decode GLU activation as a separate kernel */
-    bool no_pdl;          /* TL_CUDA_PDL=0: decode matvecs launched without programmatic dependent launch */
+    bool no_pdl;          /* TL_CUDA_PDL=0: kernels launched without programmatic dependent launch */
     void *scratch;        /* attention partials, grown on demand */
     size_t scratch_bytes;
 };
@@ -74,6 +74,25 @@ __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+/* kern<<<grid, block, smem, st>>>(args), with the PDL attribute when pdl: the kernel may then
+ * be scheduled while its predecessor runs, so it must run pdl_wait() before reading what the
+ * kernels before it wrote (and it does not hurt a kernel launched plainly). */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t tlc_launch(bool pdl, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                                     Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kern, args...);
 }
 size_t tlc_attn_smem(int nqmax, int dk, int dv);
 int tlc_attention(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const float *q, const float *knew,

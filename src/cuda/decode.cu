@@ -327,6 +327,7 @@ __global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
     const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int li = lane % LPT, sg = lane / LPT, G = p.G;
     pdl_trigger();
+    pdl_wait();
     for (int e = tid; e < GP * D; e += DTHR) {
         const int g = e / D, c = e % D;
         qsm[g][c] = g < G ? p.q[(size_t)(h * G + g) * D + c] * p.scale : 0.0f;
@@ -521,6 +522,7 @@ template <int D>
 __global__ void dec_merge_k(dec_p p) {
     __shared__ float snew[8];
     pdl_trigger();
+    pdl_wait();
     const int h = blockIdx.x, G = p.G, n_split = p.n_split;
     {
         /* the new token's scores, q scaled like the main kernel's */
@@ -574,11 +576,11 @@ static int dec_launch(tlc_ctx *cx, dec_p &p, tl_error *err) {
         if (tlc_scratch(cx, (size_t)p.Hkv * p.n_split * p.G * (D + 2) * sizeof(float), err)) return -1;
         p.part = (float *)cx->scratch;
     }
-    dec_k<D, GP, KF, VF, MINB><<<dim3(p.Hkv, p.n_split), DTHR, 0, cx->stream>>>(p);
-    TLC_LAUNCH_CHECK("decode attention");
+    cudaError_t e = tlc_launch(!cx->no_pdl, dec_k<D, GP, KF, VF, MINB>, dim3(p.Hkv, p.n_split), dim3(DTHR), 0, cx->stream, p);
+    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention: %s", cudaGetErrorString(e));
     if (p.n_split > 1) {
-        dec_merge_k<D><<<p.Hkv, TL_MIN(1024, p.G * D), 0, cx->stream>>>(p);
-        TLC_LAUNCH_CHECK("decode attention merge");
+        e = tlc_launch(!cx->no_pdl, dec_merge_k<D>, dim3(p.Hkv), dim3(TL_MIN(1024, p.G * D)), 0, cx->stream, p);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge: %s", cudaGetErrorString(e));
     }
     return 0;
 }

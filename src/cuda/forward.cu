@@ -151,6 +151,7 @@ __device__ float block_sum(float v, float *red) {
 __global__ void rmsnorm_k(const float *x, const float *w, float *out, int dim, float eps, int add) {
     __shared__ float red[32];
     pdl_trigger();
+    pdl_wait();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
     float ss = 0.0f;
@@ -165,6 +166,7 @@ __global__ void rmsnorm_k(const float *x, const float *w, float *out, int dim, f
 
 /* cos/sin per token and base: rope[((t*2 + b)*half + i)*2 + {0,1}], angles in double. */
 __global__ void rope_table_k(const double *inv_freq, int half, int pos0, int n, float *rope) {
+    pdl_trigger();
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= n * 2 * half) return;
     const int i = e % half, b = (e / half) % 2, t = e / half / 2;
@@ -179,6 +181,7 @@ __global__ void rope_table_k(const double *inv_freq, int half, int pos0, int n, 
 __global__ void rope_k(float *x0, int n0, float *x1, int n1, int hd, int n_rot, int neox, int base, const float *__restrict__ rope) {
     const int t = blockIdx.x, half = n_rot / 2;
     pdl_trigger();
+    pdl_wait();
     float *x = blockIdx.y ? x1 : x0;
     const int n_heads = blockIdx.y ? n1 : n0;
     const float *cs0 = rope + ((size_t)t * 2 + base) * half * 2;
@@ -194,6 +197,7 @@ __global__ void rope_k(float *x0, int n0, float *x1, int n1, int hd, int n_rot, 
 
 __global__ void act_k(float *g, const float *u, size_t n, int gelu) {
     pdl_trigger();
+    pdl_wait();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float x = g[i];
         float a;
@@ -398,7 +402,8 @@ static int linear1(tl_cuda_session *g, const dmat *W, const float *x, int n, flo
 
 static int rmsnorm(tl_cuda_session *g, const float *x, const float *w, float *out, int rows, int dim, int add, tl_error *err) {
     const int thr = dim >= 1024 ? 1024 : dim >= 256 ? 256 : dim > 64 ? 128 : 64;
-    rmsnorm_k<<<rows, thr, 0, g->cx.stream>>>(x, w, out, dim, g->m->cfg.norm_eps, add);
+    cudaError_t e = tlc_launch(!g->cx.no_pdl, rmsnorm_k, dim3(rows), dim3(thr), 0, g->cx.stream, x, w, out, dim, g->m->cfg.norm_eps, add);
+    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rmsnorm: %s", cudaGetErrorString(e));
     TLC_LAUNCH_CHECK("rmsnorm");
     return 0;
 }
@@ -744,8 +749,11 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
         prof_mark(g, PF_ROPE);
         if (L->q_norm && rmsnorm(g, g->q, L->q_norm, g->q, n * Hq, c->head_dim_k, 0, err)) return -1;
         if (L->k_norm && rmsnorm(g, g->k, L->k_norm, g->k, n * Hkv, c->head_dim_k, 0, err)) return -1;
-        rope_k<<<dim3(n, 2), 512, 0, st>>>(g->q, Hq, g->k, Hkv, c->head_dim_k, c->n_rot, neox, base, g->rope);
-        TLC_LAUNCH_CHECK("rope q, k");
+        {
+            cudaError_t e = tlc_launch(!g->cx.no_pdl, rope_k, dim3(n, 2), dim3(512), 0, st, g->q, Hq, g->k, Hkv, c->head_dim_k,
+                                       c->n_rot, neox, base, (const float *)g->rope);
+            if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rope q, k: %s", cudaGetErrorString(e));
+        }
         /* TailorKV: the next layer's query predicted from this layer's normed input (as
          * session.c), with that layer's Wq (+bias, q-norm, RoPE); decode only */
         if (n == 1 && il + 1 < c->n_layer && g->kv[il + 1].off) {
