@@ -673,10 +673,89 @@ static void test_int_scores(void) {
     tl_afree(qp);
 }
 
+/* AVX-512 int8-weight value accumulation vs the scalar reference. Per block of <= 128 tokens and
+ * query k the weights p*s are rounded to w8*D_k, D_k = max_{t,j} p_k(t) s(t,j) / 255, so each
+ * |p*s - w8*D_k| <= D_k/2; the kernel sums w8 * (code - 2^(b-1)), so
+ *   |acc - ref| <= sum_blocks D_k/2 * sum_{t in block} |code(t,c) - 2^(b-1)|   (+ float rounding).
+ * Every bits (1 falls back to AVX2), sym/asym, g32/64/128/head/tensor, d 32..256, nq 1..8, n
+ * not a multiple of the 4..16-token iteration nor of the block, Gaussian and outlier data,
+ * probabilities with a few large ones (softmax-like). */
+static void test_int_accum(void) {
+    const kvq_kernels *ref = kvq_kernels_ref(), *k5 = kvq_kernels_avx512();
+    if (!k5) {
+        printf("SKIP: int8-weight value kernels (no AVX-512 VNNI)\n");
+        return;
+    }
+    const int ds[4] = {32, 64, 128, 256}, bitsv[4] = {8, 4, 2, 1}, nmax = 301;
+    rng r = {11};
+    float *x = malloc(sizeof(float) * nmax * 256), *p = malloc(sizeof(float) * 8 * nmax);
+    float *a1 = malloc(sizeof(float) * 8 * 256), *a2 = malloc(sizeof(float) * 8 * 256);
+    int cases = 0;
+    double worst = 0;
+    for (int outl = 0; outl < 2; outl++)
+        for (int di = 0; di < 4; di++)
+            for (int bi = 0; bi < 4; bi++)
+                for (int sym = 0; sym < 2; sym++)
+                    for (int lay = 0; lay < 5; lay++) {
+                        const int d = ds[di], bits = bitsv[bi], g = lay == 0 ? 32 : lay == 1 ? 64 : lay == 2 ? 128 : d;
+                        if ((sym && bits == 1) || g > d) continue;
+                        const int n = (cases % 4 == 0) ? 301 : (cases % 4 == 1) ? 128 : (cases % 4 == 2) ? 37 : 5, nq = 1 + cases % 8;
+                        cases++;
+                        fill(&r, x, n, d, outl);
+                        for (int i = 0; i < nq * n; i++) {
+                            const double u = urand(&r);
+                            p[i] = (float)(outl && i % 23 == 0 ? 20 * u : u * u * u);
+                        }
+                        packed pk;
+                        pack_tok(&pk, x, n, d, g, bits, sym, lay == 4);
+                        for (int i = 0; i < nq * d; i++) a1[i] = a2[i] = (float)nrand(&r);
+                        ref->tok_accum(&pk.r, p, nq, n, a1, d);
+                        k5->tok_accum(&pk.r, p, nq, n, a2, d);
+                        int bad = 0;
+                        for (int i = 0; i < nq; i++)
+                            for (int c = 0; c < d; c++) {
+                                double bound = 0, mag = fabs(a1[i * d + c]);
+                                for (int t0 = 0; t0 < n; t0 += 32) {
+                                    double mx = 0, sc = 0;
+                                    for (int t = t0; t < TL_MIN(n, t0 + 32); t++) {
+                                        for (int cc = 0; cc < d; cc += g) {
+                                            const uint16_t *par = pk.r.params + (size_t)t * pk.r.pstride + cc / g * (sym ? 1 : 2);
+                                            float s, z;
+                                            kvq_decode_params(par, bits, sym, &s, &z);
+                                            mx = fmax(mx, p[i * n + t] * (double)s);
+                                        }
+                                        const uint16_t *par = pk.r.params + (size_t)t * pk.r.pstride + c / g * (sym ? 1 : 2);
+                                        float s, z;
+                                        kvq_decode_params(par, bits, sym, &s, &z);
+                                        const double centre = z + (1 << (bits - 1)) * (double)s;
+                                        if (s > 0) sc += fabs(pk.deq[(size_t)t * d + c] - centre) / s;
+                                        /* float rounding (AVX2 tails and fallbacks sum p*s*code and p*z) */
+                                        mag += p[i * n + t] * (fabs(pk.deq[(size_t)t * d + c]) + fabs(centre) + 2 * fabs(z));
+                                    }
+                                    bound += mx / 255 / 2 * sc;
+                                }
+                                const double tol = bound * 1.001 + 2e-5 * mag + 1e-6, e = fabs(a2[i * d + c] - a1[i * d + c]);
+                                worst = fmax(worst, e / tol);
+                                if (e > tol) {
+                                    if (!bad && getenv("TL_VERBOSE"))
+                                        printf("  d%d b%d sym%d g%d n%d q%d c%d: ref %g simd %g bound %g\n", d, bits, sym, g, n, i, c,
+                                               a1[i * d + c], a2[i * d + c], tol);
+                                    bad++;
+                                }
+                            }
+                        CHECKF(bad == 0, "int8-weight accum: %s d%d b%d %s g%d%s nq%d n%d: %d sums out of bound",
+                               outl ? "outliers" : "gauss", d, bits, sym ? "sym" : "asym", g, lay == 4 ? " tensor" : "", nq, n, bad);
+                        packed_free(&pk);
+                    }
+    printf("int8-weight accum: %d cases, worst error / bound %.3f\n", cases, worst);
+    free(x), free(p), free(a1), free(a2);
+}
+
 int main(void) {
     tl_pool *pool = tl_pool_new(2);
     test_kernels();
     test_int_scores();
+    test_int_accum();
     /* store-level tests: exact comparisons with the float-query kernels (AVX2), then the
      * attention accuracy checks again with the best table (int8-query keys on AVX-512) */
     setenv("TAILOR_NO_AVX512", "1", 1);
