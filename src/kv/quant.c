@@ -51,13 +51,14 @@
  * (p*s).code plus a per-group p*z term); for prefill blocks (more queries) codes are decoded
  * into an 8-token f32 tile in L1 that all queries of the task share.
  *
- * Key scores on AVX-512 VNNI CPUs (quant_kernels_avx512.c): the queries are quantized to int8
- * once per attention task (per 32-channel block) and dotted with the codes by vpdpbusd.
+ * On AVX-512 VNNI CPUs (quant_kernels_avx512.c) per-token codes are used as integers: key scores
+ * take the query rounded to int8 (per 32-channel block, once per attention task) times the codes
+ * by vpdpbusd; values take the weights p*s rounded to u8 (per 32-token sub-block) times the codes.
  *
  * Speed: docs/kv-accuracy.md ("Decode speed"). On CPU, decode attention is compute-bound
- * (3-11 GB/s of KV read at 1-2 threads), not bandwidth-bound: fewer bytes help only as far as
- * the kernels need fewer instructions per value. The integer key kernels make per-token k4v4 and
- * k2v2 faster than f16 at 16k on Llama-8B heads; values (float FMAs per code) now dominate.
+ * (3-20 GB/s of KV read at 1-2 threads), not bandwidth-bound: fewer bytes help only as far as
+ * the kernels need fewer instructions per value, which the integer kernels achieve (k4v4 and
+ * k2v2 1.3-1.8x faster than f16 at 16k).
  *
  * Sliding-window layers (shape.window > 0) are refused: give them a dense policy.
  *
