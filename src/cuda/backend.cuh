@@ -13,6 +13,14 @@ extern "C" {
 /* weight element types on the device (forward.cu uploads f32, f16, bf16) */
 enum { WT_F32 = 0, WT_F16 = 1, WT_BF16 = 2 };
 
+/* Element i of a weight array of type WT, as f32. */
+template <int WT>
+__device__ __forceinline__ float ldw(const void *p, size_t i) {
+    if (WT == WT_F32) return ((const float *)p)[i];
+    if (WT == WT_F16) return h2f(((const uint16_t *)p)[i]);
+    return bf2f(((const uint16_t *)p)[i]);
+}
+
 #define TLC_QMAX 64 /* queries (rows x GQA group) per attention block */
 
 /* Per-session device context. */

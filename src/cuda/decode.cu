@@ -185,6 +185,29 @@ __device__ __forceinline__ void k_rows(const kv_side &S, int h, int mode, int t0
     }
 }
 
+/* Issue the loads of a tile's per-token codes for the lane (its B bytes of each of its LPT
+ * tokens, clamped to [a, b) as above) and their parameter words (s | z << 16, or s). */
+template <int LPT, int B>
+__device__ __forceinline__ void ld_tile_codes(const kv_side &S, int h, int t0, int a, int b, int sg, int li,
+                                              uint32_t (&w0)[LPT], uint32_t (&w1)[LPT], uint32_t (&pw)[LPT]) {
+    const uint8_t *cb = S.codes + h * S.codes_head + li * B;
+    const uint16_t *pb = S.params + h * S.params_head + ((li >> 2) * 32 / S.g) * S.ppg;
+#pragma unroll
+    for (int i = 0; i < LPT; i++) {
+        const int t = min(max(t0 + sg * LPT + i, a), b - 1);
+        ld_codes<B>(cb + (size_t)t * S.row_bytes, w0[i], w1[i]);
+        const uint16_t *pr = pb + (size_t)t * S.pstride;
+        pw[i] = S.sym ? (uint32_t)pr[0] : *(const uint32_t *)pr;
+    }
+}
+
+/* (s, z) of a parameter word (symmetric: z = -2^(B-1) s). */
+template <int B>
+__device__ __forceinline__ void tok_sz(const kv_side &S, uint32_t pw, float &s, float &z) {
+    s = h2f((uint16_t)(pw & 0xffffu));
+    z = S.sym ? -(float)(1 << (B - 1)) * s : h2f((uint16_t)(pw >> 16));
+}
+
 /* u8 x s8 dot of 4 byte pairs, added to c (PTX dp4a). */
 __device__ __forceinline__ int dp4a_us(uint32_t a, uint32_t b, int c) {
     int d;
@@ -215,22 +238,14 @@ template <int LPT, int GP, int B>
 __device__ __forceinline__ void k_codes_i8(const kv_side &S, int h, int t0, int a, int b, int sg, int li,
                                            const uint32_t (&qi)[GP][2], const float (&qs)[GP], const float (&qsum)[GP],
                                            float (&part)[LPT][GP]) {
-    const uint8_t *cb = S.codes + h * S.codes_head + li * B;
-    const uint16_t *pb = S.params + h * S.params_head + ((li >> 2) * 32 / S.g) * S.ppg;
     uint32_t w0[LPT], w1[LPT], pw[LPT];
-#pragma unroll
-    for (int i = 0; i < LPT; i++) {
-        const int t = min(max(t0 + sg * LPT + i, a), b - 1);
-        ld_codes<B>(cb + (size_t)t * S.row_bytes, w0[i], w1[i]);
-        const uint16_t *pr = pb + (size_t)t * S.pstride;
-        pw[i] = S.sym ? (uint32_t)pr[0] : *(const uint32_t *)pr;
-    }
+    ld_tile_codes<LPT, B>(S, h, t0, a, b, sg, li, w0, w1, pw);
 #pragma unroll
     for (int i = 0; i < LPT; i++) {
         const int t = t0 + sg * LPT + i;
         const bool in = t >= a && t < b;
-        const float s = h2f((uint16_t)(pw[i] & 0xffffu));
-        const float z = S.sym ? -(float)(1 << (B - 1)) * s : h2f((uint16_t)(pw[i] >> 16));
+        float s, z;
+        tok_sz<B>(S, pw[i], s, z);
         uint32_t lo, hi;
         codes_u8<B>(w0[i], w1[i], lo, hi);
 #pragma unroll
@@ -275,22 +290,14 @@ __device__ __forceinline__ void v_rows(const kv_side &S, int h, int mode, int t0
 template <int LPT, int GP, int B>
 __device__ __forceinline__ void v_codes(const kv_side &S, int h, int t0, int a, int b, int sg, int li, const float (*pv)[GP],
                                         float (&acc)[GP][8], float (&pz)[GP]) {
-    const uint8_t *cb = S.codes + h * S.codes_head + li * B;
-    const uint16_t *pb = S.params + h * S.params_head + ((li >> 2) * 32 / S.g) * S.ppg;
     uint32_t w0[LPT], w1[LPT], pw[LPT];
-#pragma unroll
-    for (int i = 0; i < LPT; i++) {
-        const int t = min(max(t0 + sg * LPT + i, a), b - 1);
-        ld_codes<B>(cb + (size_t)t * S.row_bytes, w0[i], w1[i]);
-        const uint16_t *pr = pb + (size_t)t * S.pstride;
-        pw[i] = S.sym ? (uint32_t)pr[0] : *(const uint32_t *)pr;
-    }
+    ld_tile_codes<LPT, B>(S, h, t0, a, b, sg, li, w0, w1, pw);
 #pragma unroll
     for (int i = 0; i < LPT; i++) {
         const int tt = sg * LPT + i;
         const bool in = t0 + tt >= a && t0 + tt < b;
-        const float s = h2f((uint16_t)(pw[i] & 0xffffu));
-        const float z = S.sym ? -(float)(1 << (B - 1)) * s : h2f((uint16_t)(pw[i] >> 16));
+        float s, z;
+        tok_sz<B>(S, pw[i], s, z);
         float cf[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) cf[e] = code_f<B>(w0[i], w1[i], e);

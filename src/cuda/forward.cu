@@ -123,13 +123,6 @@ static void prof_report(tl_cuda_session *g) {
 /* ---------------- kernels ---------------- */
 
 template <int WT>
-__device__ __forceinline__ float ldw(const void *p, size_t i) {
-    if (WT == WT_F32) return ((const float *)p)[i];
-    if (WT == WT_F16) return h2f(((const uint16_t *)p)[i]);
-    return bf2f(((const uint16_t *)p)[i]);
-}
-
-template <int WT>
 __global__ void embed_k(const void *E, const int32_t *tok, int n_embd, float scale, float *x) {
     const int t = blockIdx.x;
     const size_t base = (size_t)tok[t] * n_embd;

@@ -19,13 +19,6 @@
 #define MV_THR 256
 #define MV_ROWS (MV_THR / 32)
 
-template <int WT>
-__device__ __forceinline__ float mv_ldw(const void *p, size_t i) {
-    if (WT == WT_F32) return ((const float *)p)[i];
-    if (WT == WT_F16) return h2f(((const uint16_t *)p)[i]);
-    return bf2f(((const uint16_t *)p)[i]);
-}
-
 /* 8 weights (one 16-byte load) times 8 inputs. */
 template <int WT>
 __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
@@ -57,12 +50,6 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
     return s;
 }
 
-template <bool SM>
-__device__ __forceinline__ float4 ldx(const float4 *x, int i) {
-    if (SM) return x[i];
-    return __ldg(x + i);
-}
-
 __device__ __forceinline__ float mv_act(float x, int glu) {
     if (glu == 2) return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
     return x / (1.0f + expf(-x));
@@ -81,7 +68,7 @@ __device__ __forceinline__ void preload(const void *W, int row, int n, int lane,
 
 /* Row `row` of a 16-bit matrix against x: the lane's partial sum, 8 loads in flight; the
  * first 8 loads were issued by preload<8>. */
-template <int WT, bool SM>
+template <int WT>
 __device__ __forceinline__ float row_dot16(const void *W, int row, int n, const float4 *x4, int lane, const uint4 *pre) {
     const uint4 *w4 = (const uint4 *)((const uint16_t *)W + (size_t)row * n);
     const int n8 = n / 8;
@@ -89,7 +76,7 @@ __device__ __forceinline__ float row_dot16(const void *W, int row, int n, const 
 #pragma unroll
     for (int k = 0; k < 8; k++) {
         const int i = lane + 32 * k;
-        if (i < n8) acc += dot8<WT>(pre[k], ldx<SM>(x4, 2 * i), ldx<SM>(x4, 2 * i + 1));
+        if (i < n8) acc += dot8<WT>(pre[k], __ldg(x4 + 2 * i), __ldg(x4 + 2 * i + 1));
     }
     int i = lane + 32 * 8;
     for (; i + 32 * 7 < n8; i += 32 * 8) {
@@ -97,15 +84,15 @@ __device__ __forceinline__ float row_dot16(const void *W, int row, int n, const 
 #pragma unroll
         for (int k = 0; k < 8; k++) w[k] = __ldcs(w4 + i + 32 * k);
 #pragma unroll
-        for (int k = 0; k < 8; k++) acc += dot8<WT>(w[k], ldx<SM>(x4, 2 * (i + 32 * k)), ldx<SM>(x4, 2 * (i + 32 * k) + 1));
+        for (int k = 0; k < 8; k++) acc += dot8<WT>(w[k], __ldg(x4 + 2 * (i + 32 * k)), __ldg(x4 + 2 * (i + 32 * k) + 1));
     }
-    for (; i < n8; i += 32) acc += dot8<WT>(__ldcs(w4 + i), ldx<SM>(x4, 2 * i), ldx<SM>(x4, 2 * i + 1));
+    for (; i < n8; i += 32) acc += dot8<WT>(__ldcs(w4 + i), __ldg(x4 + 2 * i), __ldg(x4 + 2 * i + 1));
     return acc;
 }
 
 /* Two rows (gate and up) against x, 4 + 4 loads in flight; the first 4 + 4 preloaded
  * (pre[0..3] gate, pre[4..7] up). */
-template <int WT, bool SM>
+template <int WT>
 __device__ __forceinline__ void row_dot16x2(const void *A, const void *B, int row, int n, const float4 *x4, int lane,
                                             const uint4 *pre, float &sa, float &sb) {
     const uint4 *a4 = (const uint4 *)((const uint16_t *)A + (size_t)row * n), *b4 = (const uint4 *)((const uint16_t *)B + (size_t)row * n);
@@ -115,7 +102,7 @@ __device__ __forceinline__ void row_dot16x2(const void *A, const void *B, int ro
     for (int k = 0; k < 4; k++) {
         const int i = lane + 32 * k;
         if (i < n8) {
-            const float4 xa = ldx<SM>(x4, 2 * i), xb = ldx<SM>(x4, 2 * i + 1);
+            const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
             acca += dot8<WT>(pre[k], xa, xb);
             accb += dot8<WT>(pre[4 + k], xa, xb);
         }
@@ -130,13 +117,13 @@ __device__ __forceinline__ void row_dot16x2(const void *A, const void *B, int ro
         }
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            const float4 xa = ldx<SM>(x4, 2 * (i + 32 * k)), xb = ldx<SM>(x4, 2 * (i + 32 * k) + 1);
+            const float4 xa = __ldg(x4 + 2 * (i + 32 * k)), xb = __ldg(x4 + 2 * (i + 32 * k) + 1);
             acca += dot8<WT>(wa[k], xa, xb);
             accb += dot8<WT>(wb[k], xa, xb);
         }
     }
     for (; i < n8; i += 32) {
-        const float4 xa = ldx<SM>(x4, 2 * i), xb = ldx<SM>(x4, 2 * i + 1);
+        const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
         acca += dot8<WT>(__ldcs(a4 + i), xa, xb);
         accb += dot8<WT>(__ldcs(b4 + i), xa, xb);
     }
@@ -181,7 +168,7 @@ __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
     if (!live) return;
     if (GLU) {
         float g, u;
-        row_dot16x2<WT, false>(a.W[0], a.W[1], row, n, x4, lane, pre, g, u);
+        row_dot16x2<WT>(a.W[0], a.W[1], row, n, x4, lane, pre, g, u);
         g = warp_allsum(g);
         u = warp_allsum(u);
         if (lane == 0) a.y[0][row] = mv_act(g, GLU) * u;
@@ -189,12 +176,12 @@ __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
     }
     float acc = 0.0f;
     if (VEC && WT != WT_F32) {
-        acc = row_dot16<WT, false>(W, row, n, x4, lane, pre);
+        acc = row_dot16<WT>(W, row, n, x4, lane, pre);
     } else if (VEC) {
         const float4 *w4 = (const float4 *)((const float *)W + (size_t)row * n);
 #pragma unroll 4
         for (int i = lane; i < n / 4; i += 32) {
-            const float4 w = __ldg(w4 + i), x = ldx<false>(x4, i);
+            const float4 w = __ldg(w4 + i), x = __ldg(x4 + i);
             acc = fmaf(w.x, x.x, acc);
             acc = fmaf(w.y, x.y, acc);
             acc = fmaf(w.z, x.z, acc);
@@ -202,7 +189,7 @@ __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
         }
     } else {
         const float *xf = (const float *)x4;
-        for (int i = lane; i < n; i += 32) acc = fmaf(mv_ldw<WT>(W, (size_t)row * n + i), xf[i], acc);
+        for (int i = lane; i < n; i += 32) acc = fmaf(ldw<WT>(W, (size_t)row * n + i), xf[i], acc);
     }
     acc = warp_allsum(acc);
     if (lane == 0) {
@@ -214,27 +201,12 @@ __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
     }
 }
 
-template <typename K>
-static cudaError_t launch_k(K kern, const tlc_mv &a, int blocks, size_t smem, cudaStream_t st, bool pdl) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(blocks);
-    cfg.blockDim = dim3(MV_THR);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kern, a);
-}
-
 template <int WT>
 static cudaError_t launch(const tlc_mv &a, bool vec, int blocks, cudaStream_t st, bool pdl) {
-    if (a.glu == 1) return launch_k(matvec_k<WT, true, 1>, a, blocks, 0, st, pdl);
-    if (a.glu == 2) return launch_k(matvec_k<WT, true, 2>, a, blocks, 0, st, pdl);
-    if (vec) return launch_k(matvec_k<WT, true, 0>, a, blocks, 0, st, pdl);
-    return launch_k(matvec_k<WT, false, 0>, a, blocks, 0, st, pdl);
+    if (a.glu == 1) return tlc_launch(pdl, matvec_k<WT, true, 1>, dim3(blocks), dim3(MV_THR), 0, st, a);
+    if (a.glu == 2) return tlc_launch(pdl, matvec_k<WT, true, 2>, dim3(blocks), dim3(MV_THR), 0, st, a);
+    if (vec) return tlc_launch(pdl, matvec_k<WT, true, 0>, dim3(blocks), dim3(MV_THR), 0, st, a);
+    return tlc_launch(pdl, matvec_k<WT, false, 0>, dim3(blocks), dim3(MV_THR), 0, st, a);
 }
 
 int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) {
