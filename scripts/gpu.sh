@@ -13,9 +13,12 @@
 #      (minb3) decode kernels at 3 blocks/SM; (olddec) TL_CUDA_DECODE=0, the general kernel
 #   5. (prefill) prefill time per chunk size: pp4096, a 512 chunk after 32k, and (long) the
 #      whole 128k-token prefill per chunk size, with TL_CUDA_TC=0 (CUDA-core attention) beside it
-#   6. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan)
+#   6. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan):
+#      the device key summary (summary=4) and the paper's channel-row fetch (summary=0)
+#   7. (dectc) f16 decode attention on tensor cores (TL_CUDA_DEC_TC=1) vs decode.cu: the kernel
+#      alone (bench_cuda_attn --m 1) and the decode bench
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long), GPU_JOBS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TL_CUDA_SAFE.
+# long dectc), GPU_JOBS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS, TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -65,7 +68,7 @@ if has test; then
 fi
 
 M=$SHM/llama8b-bf16.gguf
-if has bench || has prefill || has tailor; then
+if has bench || has prefill || has tailor || has dectc; then
   if [ ! -f $M ]; then
     log "synth llama-3.1-8b bf16"
     $T synth --shape llama-3.1-8b --type bf16 -o $M -q 2>&1 | tail -1
@@ -168,10 +171,22 @@ if has tailor; then
   echo "f16 under $BUD: exit $?" | tee -a "$OUT/summary.md"
   grep -E "gpu-mem-budget" "$OUT/tailor_f16.err" | head -3 | tee -a "$OUT/summary.md"
   TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $M --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d ${TK_DEPTHS:-131072} \
-    --kv "${TK_KVS:-tailor:summary=4}" -r 2 -o md >"$OUT/tailor.md" 2>"$OUT/tailor.err"
+    --kv "${TK_KVS:-tailor:summary=4,tailor:summary=0}" -r 2 -o md >"$OUT/tailor.md" 2>"$OUT/tailor.err"
   echo "tailor bench exit $?" | tee -a "$OUT/summary.md"
   cat "$OUT/tailor.md" | tee -a "$OUT/summary.md"
   grep -E "memory|tailorKV|error|tailor bench|uploaded" "$OUT/tailor.err" | sort -u | head -20 | tee -a "$OUT/summary.md"
   ps -o rss= -p $$ >/dev/null 2>&1
+fi
+if has dectc; then
+  log "f16 decode attention: tensor cores (prefill_tc.cu, m = 1) vs decode.cu, one layer"
+  for H in 32768 65536 131072; do
+    timeout 60 $B/bench_cuda_attn --history $H --m 1 --reps 20 2>&1 | tail -1 | tee -a "$OUT/summary.md"
+  done
+  for tc in 1 0; do
+    log "decode bench, f16, TL_CUDA_DEC_TC=$tc (1: tensor cores at every depth, 0: decode.cu)"
+    TL_CUDA_DEC_TC=$tc timeout 150 $T bench -m $M --device cuda -p 0 -n 32 -d ${TC_DEPTHS:-32768,65536,131072} --kv f16 -r 2 \
+      -o md >"$OUT/decode_dectc.md" 2>"$OUT/decode_dectc.err"
+    tail -n +3 "$OUT/decode_dectc.md" | tee -a "$OUT/summary.md"
+  done
 fi
 log "done"

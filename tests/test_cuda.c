@@ -166,12 +166,14 @@ static void layer_cases(void) {
     /* iq: per-token key codes, which the decode kernel scores with an int8 query (each lane's 8
      * query values rounded with their own scale max|q|/127: a relative error of at most 1/254
      * per value, ~1e-3 on the output after softmax), so it is compared with the general
-     * kernel (f32 query) at 5e-3 instead of 1e-4, and k8v8 with the CPU at 5e-3 */
+     * kernel (f32 query) at 5e-3 instead of 1e-4, and k8v8 with the CPU at 8e-3: a CPU with
+     * AVX-512 VNNI rounds its query to int8 too (per 32-channel block, quant_kernels_avx512.c),
+     * so two independent errors of up to ~4e-3 meet (5.4e-3 measured on one device host) */
     struct {
         const char *kv;
         double tol;
         bool iq;
-    } cases[] = {{"f16", 1e-4, false},          {"k8v8", 5e-3, true},          {"k4v4", 2e-2, true},
+    } cases[] = {{"f16", 1e-4, false},          {"k8v8", 8e-3, true},          {"k4v4", 2e-2, true},
                  {"k2v2", 5e-2, true},          {"k2v2:kivi", 5e-2, false},    {"k4v2:kivi:r64", 5e-2, false},
                  {"k4v4:g64:sym", 2e-2, true},  {"k16v4:r32", 2e-2, false},    {"k16v2", 5e-2, false}};
     const int hist[] = {45, 2061};
@@ -290,7 +292,7 @@ static void prefill_tc_cases(void) {
     struct {
         int n_head, n_head_kv, d;
     } shapes[] = {{8, 2, 128}, {6, 2, 64}};
-    const int hists[] = {0, 45, 3000}, ms[] = {2, 77, 512}, M = 512;
+    const int hists[] = {0, 45, 3000}, ms[] = {1, 2, 77, 512}, M = 512; /* m 1: decode on tensor cores (mode 2) */
     tl_pool *pool = tl_pool_new(8);
     uint64_t x = 0x2545f4914f6cdd1dull;
 #define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
@@ -331,7 +333,7 @@ static void prefill_tc_cases(void) {
                 const size_t n = (size_t)m * qd;
                 sh.n_ctx = n_hist + m;
                 for (size_t i = 0; i < n; i++) og[i] = oo[i] = NAN; /* poison: every output must be written */
-                const int rg = tl_cuda_layer_attend(&pol, &sh, n_hist, 512, kh, vh, m, qh, k1, v1, og, 0, &err);
+                const int rg = tl_cuda_layer_attend(&pol, &sh, n_hist, 512, kh, vh, m, qh, k1, v1, og, m == 1 ? 2 : 0, &err);
                 CHECKF(rg == 0, "gpu tc d%d hist %d m %d: %s", d, n_hist, m, err.msg);
                 const int ro = tl_cuda_layer_attend(&pol, &sh, n_hist, 512, kh, vh, m, qh, k1, v1, oo, 1, &err);
                 CHECKF(ro == 0, "gpu general d%d hist %d m %d: %s", d, n_hist, m, err.msg);
@@ -366,12 +368,13 @@ static void prefill_tc_cases(void) {
 /* TailorKV sparse layer: GPU (offload.cu) vs the CPU store (kv/offload.c), the same inputs:
  * prefill outputs, and per decode step the selection (exactly equal: same scores, same
  * rounding, same tie rule) and the attention output. Steps alternate predicted / real-query
- * channels. Then topk >= candidates (everything selected) must equal the f16 store. */
+ * channels. Then topk >= candidates (everything selected) must equal the f16 store. Summary 0
+ * is the paper's variant: channel rows moved from host memory by the side-stream prefetch. */
 static void offload_layer_cases(void) {
     tl_kv_shape sh = {.n_head = 8, .n_head_kv = 2, .head_dim_k = 128, .head_dim_v = 128, .n_ctx = 0, .window = 0,
                       .scale = 1.0f / sqrtf(128.0f)};
     const int n_hist = 3000, n_dec = 6, chunk = 512, kd = 2 * 128, qd = 8 * 128, H = 2;
-    const int topks[] = {128, 4000};
+    const int topks[] = {128, 4000, 128}, summaries[] = {4, 4, 0};
     tl_pool *pool = tl_pool_new(8);
     const int N = n_hist + n_dec;
     float *kh = malloc(sizeof(float) * (size_t)N * kd), *vh = malloc(sizeof(float) * (size_t)N * kd);
@@ -390,7 +393,8 @@ static void offload_layer_cases(void) {
         tl_kv_layer_policy pol;
         memset(&pol, 0, sizeof pol);
         pol.kind = TL_KV_OFFLOAD;
-        pol.off = (tl_kv_offload_params){.sinks = 8, .recent = 56, .topk = topks[ti], .channels = 8, .summary_bits = 4, .page = 0};
+        pol.off = (tl_kv_offload_params){
+            .sinks = 8, .recent = 56, .topk = topks[ti], .channels = 8, .summary_bits = summaries[ti], .page = 0};
         sh.n_ctx = N;
         tl_error err;
         tl_kv_layer *l = tl_kv_offload_new(&pol, &sh, &err);
@@ -423,7 +427,7 @@ static void offload_layer_cases(void) {
         CHECKF(rg == 0, "gpu offload: %s", err.msg);
         if (!rc && !rg) {
             const double dp = rel_l2(og, oc, (size_t)n_hist * qd);
-            printf("tailor layer topk %d: prefill %d tokens GPU vs CPU rel %.2e\n", topks[ti], n_hist, dp);
+            printf("tailor layer topk %d summary %d: prefill %d tokens GPU vs CPU rel %.2e\n", topks[ti], summaries[ti], n_hist, dp);
             /* the GPU prefill reads the host tier as a dense f16 cache through the tensor-core
              * kernel (prefill_tc.cu: q, p and the chunk's K/V rounded to f16, ~5e-4; see
              * prefill_tc_cases); it was 1e-4 when every kernel computed in f32 */
@@ -458,20 +462,32 @@ static void offload_layer_cases(void) {
     tl_pool_free(pool);
 }
 
-/* The whole model with a tailor plan (layer 0 KIVI, layer 1 sparse with a 4-bit summary) on
- * both devices: logits agree (selections may differ only at near-ties of the scores). */
+/* The whole model with a tailor plan (layer 0 KIVI, layer 1 sparse with a 4-bit summary, or
+ * channel rows) on both devices: logits agree (selections may differ only at near-ties). */
 static void tailor_model(const char *path) {
     tl_error err;
     tl_model *m = tl_model_load(path, &err);
     CHECKF(m != NULL, "%s: %s", path, err.msg);
     if (!m) return;
-    const char *kvs[] = {"tailor:summary=4,bits=2,topk=64", "tailor:summary=4,bits=4,topk=4096"};
-    for (int i = 0; i < 2; i++) {
+    const char *kvs[] = {"tailor:summary=4,bits=2,topk=64", "tailor:summary=4,bits=4,topk=4096",
+                         "tailor:summary=0,bits=2,topk=64"};
+    /* Both sides in f32 arithmetic, so that layer 1 sees the same hidden state and the
+     * selection logic is what is compared: the GPU with CUDA-core prefill attention (the
+     * tensor-core kernel rounds q, p and K/V to f16; it has its own tests above), the CPU
+     * without its AVX-512 integer KV kernels (they round the query to int8 and the weights p*s
+     * to u8, ~4e-3 per layer): with either, layer 1's top-64 picks flip near ties and the
+     * logits then differ by ~2e-2 (measured) although both sides are right. */
+    setenv("TL_CUDA_TC", "0", 1);
+    setenv("TAILOR_NO_AVX512", "1", 1);
+    for (int i = 0; i < 3; i++) {
         cmp_stats a = run_pair(m, kvs[i], 700, 6, 128, false);
         printf("model %s: max |logit diff| %.3g, rel L2 %.3g, top-1 agree %d/%d\n", kvs[i], a.max_abs, a.rel_l2,
                a.argmax_agree, a.rows);
-        CHECKF(a.rel_l2 < 2e-2, "kv %s: relative L2 logit error %g", kvs[i], a.rel_l2);
+        CHECKF(a.rel_l2 < 1e-3, "kv %s: relative L2 logit error %g", kvs[i], a.rel_l2);
+        CHECKF(a.argmax_agree == a.rows, "kv %s: top-1 differs", kvs[i]);
     }
+    unsetenv("TL_CUDA_TC");
+    unsetenv("TAILOR_NO_AVX512");
     tl_model_free(m);
 }
 

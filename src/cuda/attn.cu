@@ -488,6 +488,10 @@ size_t tlc_attn_smem(int nqmax, int dk, int dv) {
 
 int tlc_attention(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const float *q, const float *knew,
                   const float *vnew, float *out, tl_error *err) {
+    if (m == 1 && cx->dec_tc_from > 0 && n_past >= cx->dec_tc_from && !cx->no_tc) {
+        const int rc = tlc_attn_prefill_tc(cx, L, n_past, m, q, knew, vnew, out, err);
+        if (rc <= 0) return rc;
+    }
     if (m == 1 && !cx->safe && !cx->old_decode) {
         const int rc = tlc_attn_decode(cx, L, n_past, q, knew, vnew, out, err);
         if (rc <= 0) return rc;

@@ -23,6 +23,17 @@ __device__ __forceinline__ float ldw(const void *p, size_t i) {
 
 #define TLC_QMAX 64 /* queries (rows x GQA group) per attention block */
 
+/* TailorKV channel-row prefetch (offload.cu, summary 0): a side stream, and two device buffers
+ * shared by all sparse layers (prefetches alternate them), each [H][C][capp] f16. */
+struct tlc_crow {
+    cudaStream_t side;
+    cudaEvent_t ready;   /* recorded on the main stream before a prefetch: its inputs are there */
+    cudaEvent_t done[2]; /* buffer b filled */
+    uint16_t *buf[2];
+    size_t bytes; /* of each buffer */
+    int next;     /* the buffer the next fetch takes */
+};
+
 /* Per-session device context. */
 struct tlc_ctx {
     cudaStream_t stream;
@@ -32,10 +43,13 @@ struct tlc_ctx {
     bool old_decode;      /* TL_CUDA_DECODE=0: decode uses the general attention kernel (decode.cu off) */
     int dec_minb;         /* TL_CUDA_DEC_MINB=3: head_dim-128 decode kernels built for 3 blocks/SM (default 2) */
     bool no_tc;           /* TL_CUDA_TC=0: prefill chunks use the general attention kernel (prefill_tc.cu off) */
+    int dec_tc_from;      /* f16 decode attention on tensor cores (prefill_tc.cu, m = 1) from this history length
+                           * on (0: never); TL_CUDA_DEC_TC=1 always, =0 never, default TLC_DEC_TC_FROM */
     bool no_fuse;         /* TL_CUDA_FUSE=0: the decode GLU activation as a separate kernel */
     bool no_pdl;          /* TL_CUDA_PDL=0: kernels launched without programmatic dependent launch */
     void *scratch;        /* attention partials, grown on demand */
     size_t scratch_bytes;
+    tlc_crow crow;
 };
 
 struct tlc_off; /* TailorKV sparse layer (offload.cu), NULL for other layers */
@@ -109,8 +123,10 @@ int tlc_attention(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const f
  * head size without a decode kernel: use tlc_attention's general kernel). */
 int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew, const float *vnew,
                     float *out, tl_error *err);
-/* Prefill (m > 1 rows) attention on tensor cores, prefill_tc.cu: dense f16 K and V, no window,
- * head_dim 64 or 128. 0 done, -1 error, 1 not handled (use the general kernel). */
+#define TLC_DEC_TC_FROM 65536 /* measured crossover vs decode.cu on an H100 (docs/cuda.md) */
+
+/* Prefill (m > 1 rows; m = 1 from cx->dec_tc_from) attention on tensor cores, prefill_tc.cu: dense
+ * f16 K and V, no window, head_dim 64 or 128. 0 done, -1 error, 1 not handled (use the general kernel). */
 int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const float *q, const float *knew,
                         const float *vnew, float *out, tl_error *err);
 int tlc_kv_append(tlc_ctx *cx, tlc_layer_kv *L, int n_past, int m, const float *k, const float *v, tl_error *err);
@@ -119,6 +135,7 @@ int tlc_kv_append(tlc_ctx *cx, tlc_layer_kv *L, int n_past, int m, const float *
 /* ---- TailorKV sparse layers on the GPU (offload.cu) ---- */
 struct tlc_off_sizes {
     uint64_t dev, host; /* bytes allocated on the device / pinned mapped host memory */
+    uint64_t crow;      /* summary 0: bytes of one channel-row buffer (two are shared by all layers) */
 };
 /* Sizes a layer with these parameters allocates for n_ctx tokens (budget plan; no allocation). */
 int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
@@ -126,6 +143,14 @@ int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, i
 int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
                 float scale, tl_error *err);
 void tlc_off_free(tlc_off *o);
+/* Summary 0: make cx's channel-row buffers (and side stream) large enough for layer o; call
+ * for every sparse layer before decoding. *grown: device bytes added. */
+int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *err);
+void tlc_crow_free(tlc_ctx *cx);
+/* Summary 0, decode: pick layer o's channels from its predicted query and move their rows on
+ * the side stream (call when the prediction is made, before the previous layer's attention);
+ * the layer's next tlc_off_decode with predicted = true waits for and uses them. */
+int tlc_off_prefetch(tlc_ctx *cx, tlc_off *o, const float *qpred, tl_error *err);
 void tlc_off_reset(tlc_ctx *cx, tlc_off *o);
 /* Prefill chunk (m > 1): exact attention over the host tier + the chunk, then append. */
 int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float *k, const float *v, float *out,
@@ -138,7 +163,7 @@ int tlc_off_decode(tlc_ctx *cx, tlc_off *o, const float *q, const float *qsel, b
                    const float *v, float *out, tl_error *err);
 struct tlc_off_info {
     int n_host, n_gen;
-    uint64_t dev, host, h2d_decode, d2h;
+    uint64_t dev, host, h2d_decode, h2d_chan, d2h; /* h2d_decode: top-k rows; h2d_chan: channel rows */
     int64_t steps, unpredicted;
 };
 void tlc_off_info_of(const tlc_off *o, tlc_off_info *out);

@@ -45,7 +45,8 @@ int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err)
  * would use it) and shape s on device 0; n_hist history rows kh/vh (host, kv.h layout) are
  * appended in chunks of `chunk` through the append/quantize path, then a block of m new
  * tokens (q, k, v host) is attended into out (host, [m][n_head*head_dim_v]). mode 0: the
- * kernels eval uses (decode.cu for m == 1 where it applies); 1: the general kernel only. */
+ * kernels eval uses (decode.cu for m == 1 where it applies); 1: the general kernel only;
+ * 2: as 0, but m == 1 on tensor cores (prefill_tc.cu) at any history length. */
 int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *kh,
                          const float *vh, int m, const float *q, const float *k, const float *v, float *out, int mode,
                          tl_error *err);
@@ -73,6 +74,7 @@ typedef struct {
     int n_offload;          /* how many layers offload */
     uint64_t host_alloc;    /* pinned mapped host tier allocated (n_ctx tokens) */
     uint64_t h2d_decode;    /* host -> device bytes read by decode steps (the top-k rows) */
+    uint64_t h2d_chan;      /* host -> device bytes of channel rows moved by decode steps (summary 0) */
     uint64_t d2h;           /* prompt K/V written to the host tier */
     int64_t decode_steps;
 } tl_cuda_mem;

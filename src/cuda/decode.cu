@@ -524,40 +524,49 @@ __global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
     }
 }
 
-/* out[h*G + g][c]: the splits and the new token, weighted by 2^(m - M). */
+/* out[h*G + g][c]: the splits and the new token, weighted by 2^(m - M). Only Hkv blocks run
+ * this, so it is latency-bound: a warp per query forms the split weights once (lanes over the
+ * splits) into shared memory [G][n_split], then every thread sums its channel over the splits
+ * with independent loads, instead of two dependent passes over the splits per channel. */
 template <int D>
 __global__ void dec_merge_k(dec_p p) {
-    __shared__ float snew[8];
+    extern __shared__ float wsm[]; /* [G][n_split] */
+    __shared__ float wnew[8], inv[8];
     pdl_trigger();
     pdl_wait();
-    const int h = blockIdx.x, G = p.G, n_split = p.n_split;
-    {
-        /* the new token's scores, q scaled like the main kernel's */
-        const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-        for (int g = threadIdx.x >> 5; g < G; g += nw) {
-            float s = 0.0f;
-            for (int c = lane; c < D; c += 32)
-                s = fmaf(p.q[(size_t)(h * G + g) * D + c] * p.scale, p.knew[(size_t)h * D + c], s);
-            s = wsum(s);
-            if (lane == 0) snew[g] = s;
+    const int h = blockIdx.x, G = p.G, n_split = p.n_split, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const size_t st = (size_t)G * (D + 2);
+    for (int g = threadIdx.x >> 5; g < G; g += nw) {
+        /* the new token's score, q scaled like the main kernel's */
+        float s = 0.0f;
+        for (int c = lane; c < D; c += 32) s = fmaf(p.q[(size_t)(h * G + g) * D + c] * p.scale, p.knew[(size_t)h * D + c], s);
+        s = wsum(s);
+        const float *b = p.part + (size_t)h * n_split * st + (size_t)g * (D + 2);
+        float M = s;
+        for (int i = lane; i < n_split; i += 32) M = fmaxf(M, b[i * st]);
+        M = wmax(M);
+        float L = 0.0f;
+        for (int i = lane; i < n_split; i += 32) {
+            const float m = b[i * st], w = m == -INFINITY ? 0.0f : exp2f(m - M); /* a split with no key: 0 */
+            wsm[g * n_split + i] = w;
+            L = fmaf(w, b[i * st + 1], L);
+        }
+        L = wsum(L);
+        if (lane == 0) {
+            const float w0 = exp2f(s - M);
+            wnew[g] = w0;
+            inv[g] = 1.0f / (L + w0);
         }
     }
     __syncthreads();
     for (int e = threadIdx.x; e < G * D; e += blockDim.x) {
         const int g = e / D, c = e % D;
-        const float *b = p.part + (size_t)h * n_split * G * (D + 2) + (size_t)g * (D + 2);
-        const size_t st = (size_t)G * (D + 2);
-        float M = snew[g];
-        for (int s = 0; s < n_split; s++) M = fmaxf(M, b[s * st]);
-        float L = exp2f(snew[g] - M), O = L * p.vnew[(size_t)h * D + c];
-        for (int s = 0; s < n_split; s++) {
-            const float m = b[s * st];
-            if (m == -INFINITY) continue;
-            const float w = exp2f(m - M);
-            L = fmaf(w, b[s * st + 1], L);
-            O = fmaf(w, b[s * st + 2 + c], O);
-        }
-        p.out[(size_t)(h * G + g) * D + c] = O / L;
+        const float *b = p.part + (size_t)h * n_split * st + (size_t)g * (D + 2) + 2 + c;
+        const float *w = wsm + g * n_split;
+        float O = wnew[g] * p.vnew[(size_t)h * D + c];
+#pragma unroll 8
+        for (int i = 0; i < n_split; i++) O = fmaf(w[i], w[i] != 0.0f ? b[i * st] : 0.0f, O);
+        p.out[(size_t)(h * G + g) * D + c] = O * inv[g];
     }
 }
 
@@ -586,7 +595,9 @@ static int dec_launch(tlc_ctx *cx, dec_p &p, tl_error *err) {
     cudaError_t e = tlc_launch(!cx->no_pdl, dec_k<D, GP, KF, VF, MINB>, dim3(p.Hkv, p.n_split), dim3(DTHR), 0, cx->stream, p);
     if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention: %s", cudaGetErrorString(e));
     if (p.n_split > 1) {
-        e = tlc_launch(!cx->no_pdl, dec_merge_k<D>, dim3(p.Hkv), dim3(TL_MIN(1024, p.G * D)), 0, cx->stream, p);
+        const size_t smem = sizeof(float) * (size_t)p.G * p.n_split;
+        if (smem > 48 * 1024) return tl_fail(err, "decode attention merge: %d splits x %d queries", p.n_split, p.G);
+        e = tlc_launch(!cx->no_pdl, dec_merge_k<D>, dim3(p.Hkv), dim3(TL_MIN(1024, p.G * D)), smem, cx->stream, p);
         if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge: %s", cudaGetErrorString(e));
     }
     return 0;

@@ -58,8 +58,10 @@ struct tl_cuda_session {
     void *xb; /* GEMM operand in the weights' 16-bit type */
     int32_t *tok;
     double *inv_freq; /* [2][n_rot/2] */
-    float *qpred;     /* TailorKV: the next sparse layer's predicted query (decode) */
-    int qpred_for;    /* layer qpred was made for (-1: none) */
+    float *qpred;     /* TailorKV: the next sparse layer's predicted query (decode), [2][q dim] by layer parity:
+                       * a side-stream prefetch may still read one while the next is made */
+    int qpred_for[2]; /* layer each half was made for (-1: none); layer il makes il+1's before its own
+                       * attention, so two predictions are live at once */
     uint64_t act_bytes, kv_alloc, host_alloc;
     char dev_name[128];
     tlc_prof *prof; /* TL_CUDA_PROF=1 */
@@ -545,6 +547,7 @@ extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
                     g->xb, g->tok, g->inv_freq, g->cx.scratch, g->qpred};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
     if (g->blas) cublasDestroy(g->blas);
+    tlc_crow_free(&g->cx);
     if (g->cx.stream) cudaStreamDestroy(g->cx.stream);
     free(g);
 }
@@ -591,6 +594,8 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         const char *mb = getenv("TL_CUDA_DEC_MINB");
         g->cx.dec_minb = mb ? atoi(mb) : 0;
         g->cx.no_tc = getenv("TL_CUDA_TC") && !strcmp(getenv("TL_CUDA_TC"), "0");
+        const char *dt = getenv("TL_CUDA_DEC_TC");
+        g->cx.dec_tc_from = dt && !strcmp(dt, "1") ? 1 : dt && !strcmp(dt, "0") ? 0 : TLC_DEC_TC_FROM;
         const char *fu = getenv("TL_CUDA_FUSE"), *pd = getenv("TL_CUDA_PDL"), *pf = getenv("TL_CUDA_PROF");
         g->cx.no_fuse = fu && !strcmp(fu, "0");
         g->cx.no_pdl = pd && !strcmp(pd, "0");
@@ -646,6 +651,13 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
             tlc_off_info_of(L->off, &inf);
             g->kv_alloc += inf.dev;
             g->host_alloc += inf.host;
+            uint64_t grown;
+            if (tlc_off_reserve(&g->cx, L->off, &grown, err)) {
+                tl_fail_prefix(err, "--device cuda: layer %d KV cache ('%s')", il, pname);
+                rc = -1;
+                break;
+            }
+            g->act_bytes += grown; /* transient workspace, like the attention partials */
             continue;
         }
         if (side_setup(g, &L->k, &p.k, p.kind, c->head_dim_k, p.residual, cap, c->n_head_kv, "K", err) ||
@@ -676,9 +688,9 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
     g->xb = dalloc(g, 2 * C * max_in, &rc);
     g->tok = (int32_t *)dalloc(g, 4 * C, &rc);
     g->inv_freq = (double *)dalloc(g, sizeof(double) * (size_t)c->n_rot, &rc);
-    g->qpred_for = -1;
+    g->qpred_for[0] = g->qpred_for[1] = -1;
     for (int il = 0; il < c->n_layer; il++)
-        if (g->kv[il].off && !g->qpred) g->qpred = (float *)dalloc(g, 4 * qd, &rc);
+        if (g->kv[il].off && !g->qpred) g->qpred = (float *)dalloc(g, 2 * 4 * qd, &rc);
     if (rc) {
         tl_fail(err, "--device cuda: out of GPU memory allocating activations for chunk %d", chunk);
         tl_cuda_session_free(g);
@@ -707,6 +719,11 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         }
     }
     return g;
+}
+
+/* The predicted-query buffer of layer il (halves alternate by layer parity). */
+static float *qpred_of(tl_cuda_session *g, int il) {
+    return g->qpred + (size_t)(il & 1) * g->m->cfg.n_head * g->m->cfg.head_dim_k;
 }
 
 /* One chunk of n tokens (already on the device in g->tok). */
@@ -751,17 +768,21 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
          * session.c), with that layer's Wq (+bias, q-norm, RoPE); decode only */
         if (n == 1 && il + 1 < c->n_layer && g->kv[il + 1].off) {
             const dlayer *L1 = &w->L[il + 1];
-            if (linear1(g, &L1->wq, g->xn, 1, g->qpred, L1->bq, 0, err)) return -1;
-            if (L1->q_norm && rmsnorm(g, g->qpred, L1->q_norm, g->qpred, Hq, c->head_dim_k, 0, err)) return -1;
-            rope_k<<<1, 128, 0, st>>>(g->qpred, Hq, NULL, 0, c->head_dim_k, c->n_rot, neox, c->layer_swa[il + 1] ? 1 : 0, g->rope);
+            float *qp = qpred_of(g, il + 1);
+            if (linear1(g, &L1->wq, g->xn, 1, qp, L1->bq, 0, err)) return -1;
+            if (L1->q_norm && rmsnorm(g, qp, L1->q_norm, qp, Hq, c->head_dim_k, 0, err)) return -1;
+            rope_k<<<1, 128, 0, st>>>(qp, Hq, NULL, 0, c->head_dim_k, c->n_rot, neox, c->layer_swa[il + 1] ? 1 : 0, g->rope);
             TLC_LAUNCH_CHECK("rope q (prediction)");
-            g->qpred_for = il + 1;
+            g->qpred_for[(il + 1) & 1] = il + 1;
+            /* summary 0: layer il+1's channel rows cross PCIe while this layer attends and runs its FFN */
+            if (tlc_off_prefetch(&g->cx, g->kv[il + 1].off, qp, err)) return tl_fail_prefix(err, "layer %d", il + 1);
         }
         prof_mark(g, PF_ATTN);
         if (KV->off) {
             const int rc = n > 1 ? tlc_off_prefill(&g->cx, KV->off, n, g->q, g->k, g->v, g->attn, err)
-                                 : tlc_off_decode(&g->cx, KV->off, g->q, g->qpred, g->qpred_for == il, g->k, g->v, g->attn, err);
-            if (g->qpred_for == il) g->qpred_for = -1;
+                                 : tlc_off_decode(&g->cx, KV->off, g->q, qpred_of(g, il), g->qpred_for[il & 1] == il, g->k, g->v,
+                                                  g->attn, err);
+            if (g->qpred_for[il & 1] == il) g->qpred_for[il & 1] = -1;
             if (rc) return tl_fail_prefix(err, "layer %d", il);
         } else {
             if (tlc_attention(&g->cx, KV, g->n_past, n, g->q, g->k, g->v, g->attn, err)) return tl_fail_prefix(err, "layer %d", il);
@@ -839,7 +860,7 @@ extern "C" int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, fl
 
 extern "C" void tl_cuda_reset(tl_cuda_session *g) {
     g->n_past = 0;
-    g->qpred_for = -1;
+    g->qpred_for[0] = g->qpred_for[1] = -1;
     for (int il = 0; il < g->m->cfg.n_layer; il++) {
         g->kv[il].k.nq = g->kv[il].v.nq = 0;
         if (g->kv[il].off) tlc_off_reset(&g->cx, g->kv[il].off);
@@ -890,6 +911,7 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
             out->n_offload++;
             out->host_alloc += inf.host;
             out->h2d_decode += inf.h2d_decode;
+            out->h2d_chan += inf.h2d_chan;
             out->d2h += inf.d2h;
             out->decode_steps = TL_MAX(out->decode_steps, inf.steps);
         } else {
@@ -936,6 +958,7 @@ extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_sha
     g->cx.n_sm = prop.multiProcessorCount;
     g->cx.smem_optin = prop.sharedMemPerBlockOptin;
     g->cx.old_decode = g->cx.no_tc = mode == 1; /* mode 1: the general kernel only */
+    g->cx.dec_tc_from = mode == 2 ? 1 : 0;      /* mode 2: decode on tensor cores */
     {
         const char *mb = getenv("TL_CUDA_DEC_MINB");
         g->cx.dec_minb = mb ? atoi(mb) : 0;
@@ -1056,6 +1079,7 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
     }
     out->weights = w;
     bool any_off = false;
+    uint64_t crow = 0; /* the largest channel-row buffer (two are allocated, shared by the layers) */
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy p;
@@ -1066,6 +1090,7 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
                 return tl_fail_prefix(err, "layer %d", il);
             out->kv_device += z.dev;
             out->kv_host += z.host;
+            crow = TL_MAX(crow, z.crow);
             any_off = true;
             continue;
         }
@@ -1080,7 +1105,7 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
     const uint64_t max_in = TL_MAX(E, TL_MAX(od, (uint64_t)c->n_ff));
     out->activations = 4 * C * (3 * E + qdim + kdim + vdim + od + 2 * (uint64_t)c->n_ff + 2 * (uint64_t)c->n_rot) +
                        4 * (uint64_t)c->n_vocab + 2 * C * max_in + 4 * C + 8 * (uint64_t)c->n_rot +
-                       (any_off ? 4 * qdim : 0) + ((uint64_t)64 << 20); /* + attention partials (grown on demand) */
+                       (any_off ? 2 * 4 * qdim : 0) + 2 * crow + ((uint64_t)64 << 20); /* + attention partials (grown on demand) */
     out->reserve = (uint64_t)512 << 20; /* CUDA context, module images, cuBLAS workspace */
     out->total = out->weights + out->kv_device + out->activations + out->reserve;
     return 0;
@@ -1136,7 +1161,8 @@ extern "C" int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_
         return tl_fail(err, "tl_cuda_offload_layer_test: device 0: %s", cudaGetErrorString(cudaGetLastError()));
     cx.n_sm = prop.multiProcessorCount;
     cx.smem_optin = prop.sharedMemPerBlockOptin;
-    if (tlc_off_new(&o, &p->off, Hq, Hkv, dkd, dvd, n_ctx, s->scale, err)) goto done;
+    uint64_t grown;
+    if (tlc_off_new(&o, &p->off, Hq, Hkv, dkd, dvd, n_ctx, s->scale, err) || tlc_off_reserve(&cx, o, &grown, err)) goto done;
     if (cudaMalloc((void **)&dq, sizeof(float) * chunk * qdim) != cudaSuccess ||
         cudaMalloc((void **)&dqp, sizeof(float) * qdim) != cudaSuccess ||
         cudaMalloc((void **)&dk, sizeof(float) * chunk * kdim) != cudaSuccess ||
@@ -1169,6 +1195,8 @@ extern "C" int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_
             tl_fail(err, "upload");
             goto done;
         }
+        /* with a prediction, the channel rows (summary 0) come by the side-stream prefetch, as in a model */
+        if (qpred && tlc_off_prefetch(&cx, o, dqp, err)) goto done;
         if (tlc_off_decode(&cx, o, dq, dqp, qpred != NULL, dk, dv, dout, err)) goto done;
         if (cudaMemcpyAsync(out + j * odim, dout, sizeof(float) * odim, cudaMemcpyDeviceToHost, cx.stream) != cudaSuccess ||
             cudaStreamSynchronize(cx.stream) != cudaSuccess) {
@@ -1190,6 +1218,7 @@ done:
     cudaFree(dv);
     cudaFree(dout);
     cudaFree(cx.scratch);
+    tlc_crow_free(&cx);
     if (cx.stream) cudaStreamDestroy(cx.stream);
     return rc;
 }

@@ -4,20 +4,31 @@
  *     token, f16, [head][token][dim]. Prefill kernels write it directly through the mapped
  *     pointer (posted PCIe writes, no stall); decode kernels read the top-k rows from it
  *     directly (zero-copy gather into the attention kernel, no staging copy).
+ *     With summary 0 (the paper's variant) also a channel-major copy of K, [head][channel][token]
+ *     (rows padded to 8 tokens), written by a transposing kernel in 64-token runs.
  *   device tier: sinks, the recent ring, generated tokens (f16), max|K| per channel (f32), and
- *     the channel-major b-bit key summary (per token, groups of 32 channels, f16 scale/min).
- * Only the summary variant (summary_bits > 0) and token-level retrieval (page 0) run here;
- * the paper's channel-row fetch (summary 0) and pages fail with a clear message.
+ *     (summary b > 0) the channel-major b-bit key summary (per token, groups of 32 channels,
+ *     f16 scale/min).
+ * Token-level retrieval only (page 0); pages fail with a clear message.
  * Decode, per KV head: channels = top C of |mean_g q_pred|·max|K| (the real query when there
- * is no prediction), scores s_t = Σ_c qbar_c (code·s + z) in the CPU's order and rounding,
- * exact top-k by a radix select on the float bits (ties: lower index, as the CPU), the
+ * is no prediction), scores s_t = Σ_c qbar_c K[t,c] in the CPU's order and rounding, with
+ * K[t,c] = code·s + z from the summary, or (summary 0) the f16 channel rows moved from host
+ * memory; exact top-k by a radix select on the float bits (ties: lower index, as the CPU), the
  * selected host indices in ascending order, then attention over sinks + recent + selected +
- * generated + the new token (f32), split over blocks and merged by log-sum-exp. */
+ * generated + the new token (f32), split over blocks and merged by log-sum-exp.
+ * Channel-row prefetch (summary 0): when layer l-1 has made layer l's predicted query,
+ * tlc_off_prefetch picks l's channels and copies their rows (candidates only) from the mapped
+ * host copy into one of two device buffers shared by all sparse layers, on a side stream, so
+ * the PCIe transfer overlaps layer l-1's attention and FFN; layer l's decode waits for it.
+ * The copy is a kernel of H*C small blocks reading the mapped rows (16-byte loads, several in
+ * flight per thread): the channel indices live on the device, and a few blocks keep enough
+ * bytes in flight for PCIe without taking SMs from the main stream's kernels. */
 #include "backend.cuh"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define OFF_NSPL_MAX 32
 #define OFF_WARPS 8
@@ -26,8 +37,10 @@ struct tlc_off {
     int H, G, dk, dv, cap, gcap, S, R, topk, C, sb, sg, maxsel;
     float scale;
     int n_host, n_gen;
-    uint16_t *hk, *hv;   /* host tier (host pointers) */
-    uint16_t *dhk, *dhv; /* the same memory as device pointers */
+    uint16_t *hk, *hv, *hkt;    /* host tier (host pointers); hkt: channel-major K, summary 0 only */
+    uint16_t *dhk, *dhv, *dhkt; /* the same memory as device pointers */
+    int capp;                   /* hkt row length: cap rounded up to 8 tokens (16-byte rows) */
+    int pend;                   /* channel-row buffer prefetched for the next decode, -1: none */
     uint16_t *sk, *sv, *rk, *rv, *gk, *gv;
     float *kmax;
     uint32_t *sum_codes; /* [H][dk][row_words] */
@@ -38,7 +51,7 @@ struct tlc_off {
     uint32_t *keys;   /* [H][cap] ordered score keys */
     int *sel, *nsel;  /* [H][maxsel], [H] */
     float *part;      /* [H][NSPL_MAX][G][dv+2] */
-    uint64_t dev_bytes, host_bytes, h2d_decode, d2h;
+    uint64_t dev_bytes, host_bytes, h2d_decode, h2d_chan, d2h;
     int64_t steps, unpredicted;
 };
 
@@ -49,9 +62,9 @@ struct tlc_off {
     } while (0)
 
 static int check_params(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, tl_error *err) {
-    if (p->summary_bits != 2 && p->summary_bits != 4 && p->summary_bits != 8)
-        return tl_fail(err, "TailorKV on the GPU needs the device key summary (summary=2|4|8; summary=%d, the channel-row "
-                            "fetch, is CPU only)", p->summary_bits);
+    if (p->summary_bits != 0 && p->summary_bits != 2 && p->summary_bits != 4 && p->summary_bits != 8)
+        return tl_fail(err, "TailorKV on the GPU: summary=%d (0: the paper's channel-row fetch, or 2|4|8 bits)",
+                       p->summary_bits);
     if (p->page > 0) return tl_fail(err, "TailorKV on the GPU: page-level retrieval (page=%d) is CPU only", p->page);
     if (dk % 32 || dv % 32 || dk > 256 || dv > 256 || dk != dv)
         return tl_fail(err, "TailorKV on the GPU: head sizes %d/%d (need equal multiples of 32, at most 256)", dk, dv);
@@ -72,14 +85,16 @@ static void sizes(const tl_kv_offload_params *p, int n_head, int H, int dk, int 
     const int G = n_head / H, gcap = gen_cap_of(cap), C = TL_MIN(p->channels, dk);
     const int maxsel = TL_MAX(1, p->topk);
     const size_t row_words = ((size_t)cap * p->summary_bits + 31) / 32;
+    const uint64_t capp = ((uint64_t)cap + 7) / 8 * 8;
     uint64_t d = 0;
     d += (uint64_t)H * (p->sinks + p->recent + gcap) * (dk + dv) * 2; /* sinks, ring, generated */
     d += (uint64_t)H * dk * 4 * 2;                                    /* max|K|, qbar */
-    d += (uint64_t)H * dk * row_words * 4 + (uint64_t)H * (dk / 32) * cap * 4; /* summary */
+    if (p->summary_bits) d += (uint64_t)H * dk * row_words * 4 + (uint64_t)H * (dk / 32) * cap * 4; /* summary */
     d += (uint64_t)H * C * 4 + (uint64_t)H * cap * 4 + (uint64_t)H * (maxsel + 1) * 4;
     d += (uint64_t)H * OFF_NSPL_MAX * G * (dv + 2) * 4;
     o->dev = d;
-    o->host = (uint64_t)H * cap * (dk + dv) * 2;
+    o->host = (uint64_t)H * cap * (dk + dv) * 2 + (p->summary_bits ? 0 : (uint64_t)H * dk * capp * 2);
+    o->crow = p->summary_bits ? 0 : (uint64_t)H * C * capp * 2;
 }
 
 int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
@@ -93,6 +108,7 @@ void tlc_off_free(tlc_off *o) {
     if (!o) return;
     if (o->hk) cudaFreeHost(o->hk);
     if (o->hv) cudaFreeHost(o->hv);
+    if (o->hkt) cudaFreeHost(o->hkt);
     void *d[] = {o->sk, o->sv, o->rk, o->rv, o->gk, o->gv, o->kmax, o->sum_codes, o->sum_sz, o->chan, o->qbar, o->keys,
                  o->sel, o->nsel, o->part};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) cudaFree(d[i]);
@@ -119,6 +135,8 @@ int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_
     o->maxsel = TL_MAX(1, p->topk);
     o->scale = scale;
     o->row_words = ((size_t)n_ctx * o->sb + 31) / 32;
+    o->capp = (n_ctx + 7) / 8 * 8;
+    o->pend = -1;
     tlc_off_sizes sz;
     sizes(p, n_head, o->H, dk, dv, n_ctx, &sz);
     o->dev_bytes = sz.dev;
@@ -130,7 +148,9 @@ int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_
     if ((e = cudaHostAlloc((void **)&o->hk, H * cap * dk * 2, cudaHostAllocMapped)) != cudaSuccess ||
         (e = cudaHostAlloc((void **)&o->hv, H * cap * dv * 2, cudaHostAllocMapped)) != cudaSuccess ||
         (e = cudaHostGetDevicePointer((void **)&o->dhk, o->hk, 0)) != cudaSuccess ||
-        (e = cudaHostGetDevicePointer((void **)&o->dhv, o->hv, 0)) != cudaSuccess) {
+        (e = cudaHostGetDevicePointer((void **)&o->dhv, o->hv, 0)) != cudaSuccess ||
+        (o->sb == 0 && ((e = cudaHostAlloc((void **)&o->hkt, H * dk * o->capp * 2, cudaHostAllocMapped)) != cudaSuccess ||
+                        (e = cudaHostGetDevicePointer((void **)&o->dhkt, o->hkt, 0)) != cudaSuccess))) {
         tlc_off_free(o);
         return tl_fail(err, "TailorKV host tier: %.2f MiB of pinned mapped host memory: %s",
                        (double)sz.host / 1048576.0, cudaGetErrorString(e));
@@ -142,8 +162,10 @@ int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_
     DA(o->gk, H * o->gcap * dk * 2);
     DA(o->gv, H * o->gcap * dv * 2);
     DA(o->kmax, H * dk * 4);
-    DA(o->sum_codes, H * dk * o->row_words * 4);
-    DA(o->sum_sz, H * (dk / 32) * cap * 4);
+    if (o->sb) {
+        DA(o->sum_codes, H * dk * o->row_words * 4);
+        DA(o->sum_sz, H * (dk / 32) * cap * 4);
+    }
     DA(o->chan, H * o->C * 4);
     DA(o->qbar, H * dk * 4);
     DA(o->keys, H * cap * 4);
@@ -153,7 +175,7 @@ int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_
 #undef DA
     if (e == cudaSuccess) e = cudaMemset(o->kmax, 0, H * dk * 4);
     if (e == cudaSuccess) e = cudaMemset(o->nsel, 0, H * 4);
-    if (e == cudaSuccess) e = cudaMemset(o->sum_codes, 0, H * dk * o->row_words * 4);
+    if (e == cudaSuccess && o->sb) e = cudaMemset(o->sum_codes, 0, H * dk * o->row_words * 4);
     if (e != cudaSuccess) {
         tlc_off_free(o);
         return tl_fail(err, "TailorKV device tier (%.2f MiB): %s", (double)sz.dev / 1048576.0, cudaGetErrorString(e));
@@ -164,7 +186,8 @@ int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_
 
 void tlc_off_reset(tlc_ctx *cx, tlc_off *o) {
     o->n_host = o->n_gen = 0;
-    o->h2d_decode = o->d2h = 0;
+    o->pend = -1;
+    o->h2d_decode = o->h2d_chan = o->d2h = 0;
     o->steps = o->unpredicted = 0;
     cudaMemsetAsync(o->kmax, 0, sizeof(float) * o->H * o->dk, cx->stream);
     cudaMemsetAsync(o->nsel, 0, sizeof(int) * o->H, cx->stream);
@@ -176,6 +199,7 @@ void tlc_off_info_of(const tlc_off *o, tlc_off_info *out) {
     out->dev = o->dev_bytes;
     out->host = o->host_bytes;
     out->h2d_decode = o->h2d_decode;
+    out->h2d_chan = o->h2d_chan;
     out->d2h = o->d2h;
     out->steps = o->steps;
     out->unpredicted = o->unpredicted;
@@ -209,6 +233,7 @@ __global__ void off_append_k(app_p a) {
     if (t < a.S) a.sk[((size_t)h * a.S + t) * a.dk + c] = hk;
     else if (ring) a.rk[((size_t)h * a.R + t % a.R) * a.dk + c] = hk;
     atomicMax((int *)&a.kmax[(size_t)h * a.dk + c], __float_as_int(fabsf(x))); /* x >= 0: int order = float order */
+    if (a.sb == 0) return; /* no summary (channel rows: off_append_kt_k) */
     /* summary: min/max over the 32 channels of this warp's group */
     float mn = x, mx = x;
     for (int o = 16; o; o >>= 1) {
@@ -232,6 +257,24 @@ __global__ void off_append_k(app_p a) {
     const int sh = (int)(bit % 32);
     atomicAnd(w, ~((uint32_t)maxq << sh)); /* neighbours in the word are other tokens' bits */
     atomicOr(w, (uint32_t)q << sh);
+}
+
+/* grid (ceil(m/64), H), 256 threads: 64 tokens of the chunk into the channel-major host copy,
+ * through a shared-memory transpose so that each channel row gets one 128-byte run (whole
+ * posted PCIe writes instead of 2-byte ones); the same f16 rounding as the token-major copy. */
+constexpr int KT_TOK = 64;
+__global__ void off_append_kt_k(const float *k, uint16_t *dhkt, int H, int dk, int capp, int t0, int m) {
+    __shared__ uint16_t tile[KT_TOK][256 + 2];
+    const int h = blockIdx.y, i0 = blockIdx.x * KT_TOK, n = min(KT_TOK, m - i0);
+    for (int e = threadIdx.x; e < n * dk; e += blockDim.x) {
+        const int i = e / dk, c = e % dk;
+        tile[i][c] = __half_as_ushort(__float2half_rn(k[((size_t)(i0 + i) * H + h) * dk + c]));
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < dk * KT_TOK; e += blockDim.x) {
+        const int c = e / KT_TOK, i = e % KT_TOK;
+        if (i < n) dhkt[((size_t)h * dk + c) * capp + t0 + i0 + i] = tile[i][c];
+    }
 }
 
 int tlc_off_append_prompt(tlc_ctx *cx, tlc_off *o, int m, const float *k, const float *v, tl_error *err) {
@@ -262,6 +305,11 @@ int tlc_off_append_prompt(tlc_ctx *cx, tlc_off *o, int m, const float *k, const 
     off_append_k<<<dim3(m, o->H), o->dk, 0, cx->stream>>>(a);
     TLC_LAUNCH_CHECK("TailorKV append");
     o->d2h += (uint64_t)m * o->H * (o->dk + o->dv) * 2;
+    if (o->sb == 0) {
+        off_append_kt_k<<<dim3((m + KT_TOK - 1) / KT_TOK, o->H), 256, 0, cx->stream>>>(k, o->dhkt, o->H, o->dk, o->capp, o->n_host, m);
+        TLC_LAUNCH_CHECK("TailorKV append (channel-major K)");
+        o->d2h += (uint64_t)m * o->H * o->dk * 2;
+    }
     o->n_host += m;
     return 0;
 }
@@ -296,7 +344,9 @@ int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float 
 /* ---------------- decode ---------------- */
 
 /* Channels per KV head (block = 256 threads, one head). qsel: the query the channels come from
- * (predicted or real); q: the real query (its group mean qbar is what scores use). */
+ * (predicted or real); q: the real query (its group mean qbar is what scores use). Either half
+ * may be skipped: chan == NULL (channels prefetched already), q == NULL (the prefetch, before
+ * the real query exists). */
 __global__ void off_chan_k(const float *qsel, const float *q, const float *kmax, int G, int dk, int C, int *chan,
                            float *qbar) {
     extern __shared__ float sm[];
@@ -307,13 +357,13 @@ __global__ void off_chan_k(const float *qsel, const float *q, const float *kmax,
     for (int c = threadIdx.x; c < dk; c += blockDim.x) {
         float a = 0.0f, b = 0.0f;
         for (int g = 0; g < G; g++) {
-            a = __fadd_rn(a, qsel[(size_t)(h * G + g) * dk + c]);
-            b = __fadd_rn(b, q[(size_t)(h * G + g) * dk + c]);
+            if (chan) a = __fadd_rn(a, qsel[(size_t)(h * G + g) * dk + c]);
+            if (q) b = __fadd_rn(b, q[(size_t)(h * G + g) * dk + c]);
         }
-        a = __fmul_rn(a, invG);
-        qbar[(size_t)h * dk + c] = __fmul_rn(b, invG);
-        sc[c] = __fmul_rn(fabsf(a), kmax[(size_t)h * dk + c]);
+        if (q) qbar[(size_t)h * dk + c] = __fmul_rn(b, invG);
+        if (chan) sc[c] = __fmul_rn(fabsf(__fmul_rn(a, invG)), kmax[(size_t)h * dk + c]);
     }
+    if (!chan) return;
     __syncthreads();
     for (int c = threadIdx.x; c < dk; c += blockDim.x) {
         int rank = 0;
@@ -336,10 +386,33 @@ __device__ __forceinline__ uint32_t f2key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+/* grid (H*C), 128 threads: the candidate part [lo8, hi) of the chosen channels' rows, from the
+ * mapped host copy (dhkt) into buf [H][C][capp]; lo8 = lo rounded down to 8 tokens (16-byte
+ * loads; the few tokens before lo are moved but not scored). 4 loads in flight per thread:
+ * 64 blocks x 8 KB cover the PCIe latency-bandwidth product. */
+__global__ void __launch_bounds__(128) off_fetch_k(const uint16_t *dhkt, const int *chan, int dk, int C, int capp, int lo8,
+                                                   int hi, uint16_t *buf) {
+    const int hc = blockIdx.x, h = hc / C;
+    const uint4 *src = (const uint4 *)(dhkt + ((size_t)h * dk + chan[hc]) * capp);
+    uint4 *dst = (uint4 *)(buf + (size_t)hc * capp);
+    const int u1 = (hi + 7) / 8;
+    int u = lo8 / 8 + threadIdx.x;
+    for (; u + 3 * 128 < u1; u += 4 * 128) {
+        uint4 w[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) w[j] = src[u + j * 128];
+#pragma unroll
+        for (int j = 0; j < 4; j++) dst[u + j * 128] = w[j];
+    }
+    for (; u < u1; u += 128) dst[u] = src[u];
+}
+
 /* grid (ceil(cand/256), H): approximate scores of candidates [lo, hi) on the chosen channels,
- * in the CPU's order: row = code*s + z (two roundings), s_t = fma(qbar_c, row, s_t) by channel. */
-__global__ void off_score_k(const uint32_t *codes, size_t row_words, const uint16_t *sum_sz, const int *chan,
-                            const float *qbar, int dk, int C, int sb, int cap, int lo, int cand, uint32_t *keys) {
+ * in the CPU's order: s_t = fma(qbar_c, row, s_t) by channel, row = code*s + z (two roundings)
+ * from the summary, or (rows != NULL, summary 0) the f16 channel rows fetched into rows. */
+__global__ void off_score_k(const uint32_t *codes, size_t row_words, const uint16_t *sum_sz, const uint16_t *rows,
+                            int capp, const int *chan, const float *qbar, int dk, int C, int sb, int cap, int lo, int cand,
+                            uint32_t *keys) {
     __shared__ int ch[256];
     __shared__ float qc[256];
     const int h = blockIdx.y;
@@ -353,6 +426,11 @@ __global__ void off_score_k(const uint32_t *codes, size_t row_words, const uint1
     const int t = lo + i, mask = (1 << sb) - 1;
     const size_t bit = (size_t)t * sb;
     float s = 0.0f;
+    if (rows) {
+        for (int ci = 0; ci < C; ci++) s = fmaf(qc[ci], h2f(rows[((size_t)h * C + ci) * capp + t]), s);
+        keys[(size_t)h * cap + i] = f2key(s);
+        return;
+    }
     for (int ci = 0; ci < C; ci++) {
         const int c = ch[ci];
         const uint32_t w = codes[((size_t)h * dk + c) * row_words + bit / 32];
@@ -364,32 +442,20 @@ __global__ void off_score_k(const uint32_t *codes, size_t row_words, const uint1
     keys[(size_t)h * cap + i] = f2key(s);
 }
 
-/* Exclusive block scan of a 0/1 flag (blockDim 1024); *total gets the sum. */
-__device__ int block_scan(int f, int *ws, int *total) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const unsigned b = __ballot_sync(0xffffffffu, f);
-    const int before = __popc(b & ((1u << lane) - 1));
-    __syncthreads();
-    if (lane == 0) ws[w] = __popc(b);
-    __syncthreads();
-    int off = 0, tot = 0;
-    for (int j = 0; j < (int)(blockDim.x >> 5); j++) {
-        off += j < w ? ws[j] : 0;
-        tot += ws[j];
-    }
-    *total = tot;
-    return off + before;
-}
-
 /* One block (1024 threads) per KV head: the top k keys (ties: lower index) by a 4-pass radix
- * select, then the selection in ascending index order. all: every candidate. */
+ * select, then the selection in ascending index order. all: every candidate.
+ * Scores of one head are close in magnitude, so most keys of a pass share a few histogram bins:
+ * the lanes of a warp that hit the same bin add once (match_any), not 32 times in a row. The
+ * ordered compaction gives each warp a contiguous segment: a first sweep counts its keys above
+ * the threshold and equal to it (ballots, no block barriers), one barrier publishes the counts,
+ * and a second sweep writes the taken indices at their global ranks. */
 __global__ void __launch_bounds__(1024) off_select_k(const uint32_t *keys, int cap, int lo, int cand, int k, int all,
                                                      int *sel, int *nsel, int maxsel) {
     __shared__ int hist[256];
-    __shared__ int ws[32];
+    __shared__ int cnt[32][2]; /* per warp: keys > T, keys == T in its segment */
     __shared__ uint32_t s_prefix;
     __shared__ int s_krem;
-    const int h = blockIdx.x;
+    const int h = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     int *out = sel + (size_t)h * maxsel;
     if (cand <= 0 || all) {
         for (int i = threadIdx.x; i < cand; i += blockDim.x) out[i] = lo + i;
@@ -402,9 +468,12 @@ __global__ void __launch_bounds__(1024) off_select_k(const uint32_t *keys, int c
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
         __syncthreads();
-        for (int i = threadIdx.x; i < cand; i += blockDim.x) {
-            const uint32_t key = kh[i];
-            if ((key & pmask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1);
+        for (int base = 0; base < cand; base += blockDim.x) { /* uniform trip count: whole warps */
+            const int i = base + threadIdx.x;
+            const uint32_t key = i < cand ? kh[i] : 0u;
+            const int bin = i < cand && (key & pmask) == prefix ? (int)((key >> shift) & 255) : -1;
+            const unsigned peers = __match_any_sync(0xffffffffu, bin);
+            if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
         }
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -422,20 +491,37 @@ __global__ void __launch_bounds__(1024) off_select_k(const uint32_t *keys, int c
     }
     const uint32_t T = prefix;
     const int krem = s_krem; /* how many keys equal to T to take (the lowest indices) */
-    int out_base = 0, eq_before = 0;
-    for (int base = 0; base < cand; base += blockDim.x) {
-        const int i = base + threadIdx.x;
-        const uint32_t key = i < cand ? kh[i] : 0u;
-        const int gt = i < cand && key > T, eq = i < cand && key == T;
-        int eq_tot, take_tot;
-        const int eq_rank = block_scan(eq, ws, &eq_tot);
-        const int take = gt || (eq && eq_before + eq_rank < krem);
-        const int pos = block_scan(take, ws, &take_tot);
-        if (take) out[out_base + pos] = lo + i;
-        out_base += take_tot;
-        eq_before += eq_tot;
+    const int seg = (cand + nwarps * 32 - 1) / (nwarps * 32) * 32, i0 = warp * seg, i1 = min(cand, i0 + seg);
+    int ngt = 0, neq = 0;
+    for (int base = i0; base < i1; base += 32) {
+        const int i = base + lane;
+        const uint32_t key = i < i1 ? kh[i] : 0u;
+        ngt += __popc(__ballot_sync(0xffffffffu, i < i1 && key > T));
+        neq += __popc(__ballot_sync(0xffffffffu, i < i1 && key == T));
     }
-    if (threadIdx.x == 0) nsel[h] = out_base;
+    if (lane == 0) {
+        cnt[warp][0] = ngt;
+        cnt[warp][1] = neq;
+    }
+    __syncthreads();
+    int out_pos = 0, eq_before = 0; /* indices taken by, and keys equal to T in, the warps before */
+    for (int w = 0; w < warp; w++) {
+        out_pos += cnt[w][0] + min(max(krem - eq_before, 0), cnt[w][1]);
+        eq_before += cnt[w][1];
+    }
+    const unsigned below = (1u << lane) - 1;
+    for (int base = i0; base < i1; base += 32) {
+        const int i = base + lane;
+        const uint32_t key = i < i1 ? kh[i] : 0u;
+        const int gt = i < i1 && key > T, eq = i < i1 && key == T;
+        const unsigned beq = __ballot_sync(0xffffffffu, eq);
+        const int take = gt || (eq && eq_before + __popc(beq & below) < krem);
+        const unsigned btake = __ballot_sync(0xffffffffu, take);
+        if (take) out[out_pos + __popc(btake & below)] = lo + i;
+        out_pos += __popc(btake);
+        eq_before += __popc(beq);
+    }
+    if (threadIdx.x == 0) nsel[h] = k; /* cand > k: k - krem keys above T, krem of those equal */
 }
 
 struct oattn_p {
@@ -568,21 +654,109 @@ __global__ void off_gen_k(const float *k, const float *v, int dk, int dv, int gc
         gv[((size_t)h * gcap + slot) * dv + c] = __half_as_ushort(__float2half_rn(v[(size_t)h * dv + c]));
 }
 
+/* Candidates of the decode step: prompt tokens that are neither sinks nor recent, [lo, hi). */
+static void candidates(const tlc_off *o, int *lo, int *hi) {
+    const int n = o->n_host, S = TL_MIN(o->S, n), R = TL_MIN(o->R, n - S);
+    *lo = S;
+    *hi = n - R;
+}
+
+/* The chosen channels' candidate rows into channel-row buffer b, on stream st. */
+static int fetch_rows(tlc_ctx *cx, tlc_off *o, int b, cudaStream_t st, tl_error *err) {
+    int lo, hi;
+    candidates(o, &lo, &hi);
+    if ((size_t)o->H * o->C * o->capp * 2 > cx->crow.bytes)
+        return tl_fail(err, "TailorKV channel rows: buffers not reserved (tlc_off_reserve)");
+    off_fetch_k<<<o->H * o->C, 128, 0, st>>>(o->dhkt, o->chan, o->dk, o->C, o->capp, lo & ~7, hi, cx->crow.buf[b]);
+    TLC_LAUNCH_CHECK("TailorKV channel rows");
+    o->h2d_chan += (uint64_t)o->H * o->C * (hi - lo) * 2; /* the rows' candidate part, as the CPU counts */
+    return 0;
+}
+
+int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *err) {
+    *grown = 0;
+    if (o->sb != 0) return 0;
+    tlc_crow &r = cx->crow;
+    if (!r.side) {
+        CK(cudaStreamCreateWithFlags(&r.side, cudaStreamNonBlocking));
+        CK(cudaEventCreateWithFlags(&r.ready, cudaEventDisableTiming));
+        for (int b = 0; b < 2; b++) CK(cudaEventCreateWithFlags(&r.done[b], cudaEventDisableTiming));
+    }
+    const size_t need = (size_t)o->H * o->C * o->capp * 2;
+    if (need <= r.bytes) return 0;
+    for (int b = 0; b < 2; b++) {
+        cudaFree(r.buf[b]);
+        r.buf[b] = NULL;
+    }
+    r.bytes = 0;
+    for (int b = 0; b < 2; b++)
+        if (cudaMalloc((void **)&r.buf[b], need) != cudaSuccess)
+            return tl_fail(err, "TailorKV channel-row buffers: 2 x %.2f MiB of GPU memory", (double)need / 1048576.0);
+    *grown = 2 * (uint64_t)(need - r.bytes);
+    r.bytes = need;
+    return 0;
+}
+
+void tlc_crow_free(tlc_ctx *cx) {
+    tlc_crow &r = cx->crow;
+    if (r.side) cudaStreamSynchronize(r.side);
+    for (int b = 0; b < 2; b++) {
+        cudaFree(r.buf[b]);
+        if (r.done[b]) cudaEventDestroy(r.done[b]);
+    }
+    if (r.ready) cudaEventDestroy(r.ready);
+    if (r.side) cudaStreamDestroy(r.side);
+    memset(&r, 0, sizeof r);
+}
+
+int tlc_off_prefetch(tlc_ctx *cx, tlc_off *o, const float *qpred, tl_error *err) {
+    int lo, hi;
+    candidates(o, &lo, &hi);
+    o->pend = -1;
+    if (o->sb != 0 || hi - lo <= 0 || o->topk >= hi - lo) return 0; /* nothing to move */
+    tlc_crow &r = cx->crow;
+    if (!r.side) return tl_fail(err, "TailorKV channel rows: no side stream (tlc_off_reserve)");
+    CK(cudaEventRecord(r.ready, cx->stream)); /* qpred made, and the prompt's K written */
+    CK(cudaStreamWaitEvent(r.side, r.ready, 0));
+    off_chan_k<<<o->H, 256, sizeof(float) * 2 * o->dk, r.side>>>(qpred, NULL, o->kmax, o->G, o->dk, o->C, o->chan, NULL);
+    TLC_LAUNCH_CHECK("TailorKV channels (prefetch)");
+    const int b = r.next;
+    r.next ^= 1;
+    if (fetch_rows(cx, o, b, r.side, err)) return -1;
+    CK(cudaEventRecord(r.done[b], r.side));
+    o->pend = b;
+    return 0;
+}
+
 int tlc_off_decode(tlc_ctx *cx, tlc_off *o, const float *q, const float *qsel, bool predicted, const float *k,
                    const float *v, float *out, tl_error *err) {
     if (o->n_gen >= o->gcap)
         return tl_fail(err, "TailorKV on the GPU: more than %d generated tokens in a sparse layer (raise TL_CUDA_GEN_CAP)",
                        o->gcap);
     cudaStream_t st = cx->stream;
-    const int n = o->n_host, S = TL_MIN(o->S, n), R = TL_MIN(o->R, n - S);
-    const int lo = S, hi = n - R, cand = hi - lo;
+    int lo, hi;
+    candidates(o, &lo, &hi);
+    const int n = o->n_host, S = lo, R = n - hi, cand = hi - lo;
     const bool all = o->topk >= cand;
-    off_chan_k<<<o->H, 256, sizeof(float) * 2 * o->dk, st>>>(predicted ? qsel : q, q, o->kmax, o->G, o->dk, o->C, o->chan,
-                                                             o->qbar);
+    const bool prefetched = predicted && o->pend >= 0;
+    int buf = -1;
+    if (prefetched) { /* channels and their rows came on the side stream (tlc_off_prefetch) */
+        buf = o->pend;
+        CK(cudaStreamWaitEvent(st, cx->crow.done[buf], 0));
+    }
+    o->pend = -1;
+    off_chan_k<<<o->H, 256, sizeof(float) * 2 * o->dk, st>>>(predicted ? qsel : q, q, o->kmax, o->G, o->dk, o->C,
+                                                             prefetched ? NULL : o->chan, o->qbar);
     TLC_LAUNCH_CHECK("TailorKV channels");
     if (cand > 0 && !all) {
-        off_score_k<<<dim3((cand + 255) / 256, o->H), 256, 0, st>>>(o->sum_codes, o->row_words, o->sum_sz, o->chan, o->qbar,
-                                                                    o->dk, o->C, o->sb, o->cap, lo, cand, o->keys);
+        if (o->sb == 0 && !prefetched) { /* no prediction: move the rows now, on this stream */
+            buf = cx->crow.next;
+            cx->crow.next ^= 1;
+            if (fetch_rows(cx, o, buf, st, err)) return -1;
+        }
+        off_score_k<<<dim3((cand + 255) / 256, o->H), 256, 0, st>>>(o->sum_codes, o->row_words, o->sum_sz,
+                                                                    buf >= 0 ? cx->crow.buf[buf] : NULL, o->capp, o->chan,
+                                                                    o->qbar, o->dk, o->C, o->sb, o->cap, lo, cand, o->keys);
         TLC_LAUNCH_CHECK("TailorKV scores");
     }
     off_select_k<<<o->H, 1024, 0, st>>>(o->keys, o->cap, lo, cand, o->topk, all ? 1 : 0, o->sel, o->nsel, o->maxsel);

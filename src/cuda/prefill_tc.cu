@@ -170,6 +170,8 @@ __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
     const int lo = sp * p.split_len, hi = min(kend, lo + p.split_len);
     const int n_tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
 
+    pdl_trigger(); /* launched with PDL (tlc_launch): q, knew, vnew come from the kernels before */
+    pdl_wait();
     if (n_tiles > 0) load_kv<D>(p, h, lo, kend, Ks, Vs);
     cp_commit();
     for (int e = tid; e < BM * CH; e += NTH) {
@@ -194,6 +196,7 @@ __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
     for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; /* rows gq and gq + 8 of the warp */
     const int ia = i0 + warp * 16 + gq, ib = ia + 8;
+    const bool live = i0 + warp * 16 < n_items;
     const int posa = p.n_past + min(ia / G, p.m - 1), posb = p.n_past + min(ib / G, p.m - 1);
     /* per-lane ldmatrix offsets (halves) inside a K / V tile */
     const int koff = ((lane & 7) + (lane >> 4) * 8) * SD + ((lane >> 3) & 1) * 8;
@@ -205,6 +208,10 @@ __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
         cp_commit(); /* possibly empty: keeps "all but the newest group" = tile j */
         cp_wait1();
         __syncthreads();
+        if (!live) { /* all 16 items of this warp are padding (decode: m = 1, G < 64): load only */
+            __syncthreads();
+            continue;
+        }
         const __half *Kb = Ks + buf * BN * SD + koff, *Vb = Vs + buf * BN * SD + voff;
 
         /* S = Q K^T: 16 rows x 64 keys per warp (8 n-tiles) */
@@ -312,25 +319,39 @@ __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
     }
 }
 
-/* out = sum_s w_s acc_s / sum_s w_s l_s, w_s = 2^(m_s - M) (m in log2 units). */
+/* out = sum_s w_s acc_s / sum_s w_s l_s, w_s = 2^(m_s - M) (m in log2 units). A warp per
+ * item forms its split weights once into shared memory ([rows][n_split + 1], the last entry
+ * 1/L); then every thread sums its (item, channel) over the splits with independent loads.
+ * Few blocks run this (decode: Hkv), so it is latency-bound and the loads must overlap. */
 __global__ void prefill_tc_merge_k(tc_p p, int D) {
-    const int qb = blockIdx.x, h = blockIdx.y, G = p.G, n_items = p.m * G;
-    const size_t base = (size_t)(h * p.n_qblk + qb) * p.n_split * BM;
-    for (int e = threadIdx.x; e < BM * D; e += blockDim.x) {
-        const int i = e / D, c = e % D, it = qb * BM + i;
-        if (it >= n_items) break; /* i only grows with e */
-        float M = -INFINITY;
-        for (int s = 0; s < p.n_split; s++) M = fmaxf(M, p.ml[(base + (size_t)s * BM + i) * 2]);
-        float L = 0.0f, acc = 0.0f;
-        for (int s = 0; s < p.n_split; s++) {
+    extern __shared__ float wsm[];
+    pdl_trigger();
+    pdl_wait();
+    const int qb = blockIdx.x, h = blockIdx.y, G = p.G, S = p.n_split, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const int rows = min(BM, p.m * G - qb * BM);
+    const size_t base = (size_t)(h * p.n_qblk + qb) * S * BM;
+    for (int i = threadIdx.x >> 5; i < rows; i += nw) {
+        float M = -INFINITY, L = 0.0f;
+        for (int s = lane; s < S; s += 32) M = fmaxf(M, p.ml[(base + (size_t)s * BM + i) * 2]);
+        for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        for (int s = lane; s < S; s += 32) {
             const size_t k = base + (size_t)s * BM + i;
-            const float ms = p.ml[k * 2];
-            if (ms == -INFINITY) continue; /* a split with no visible key */
-            const float w = exp2f(ms - M);
-            L += w * p.ml[k * 2 + 1];
-            acc += w * p.part[k * D + c];
+            const float ms = p.ml[k * 2], w = ms == -INFINITY ? 0.0f : exp2f(ms - M); /* a split with no visible key: 0 */
+            wsm[i * (S + 1) + s] = w;
+            L = fmaf(w, p.ml[k * 2 + 1], L);
         }
-        p.out[((size_t)(it / G) * p.Hq + h * G + it % G) * D + c] = acc / L;
+        for (int o = 16; o; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        if (lane == 0) wsm[i * (S + 1) + S] = 1.0f / L;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < rows * D; e += blockDim.x) {
+        const int i = e / D, c = e % D, it = qb * BM + i;
+        const float *w = wsm + i * (S + 1);
+        const float *src = p.part + (base + i) * D + c;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < S; s++) acc = fmaf(w[s], w[s] != 0.0f ? src[(size_t)s * BM * D] : 0.0f, acc);
+        p.out[((size_t)(it / G) * p.Hq + h * G + it % G) * D + c] = acc * w[S];
     }
 }
 
@@ -341,7 +362,7 @@ size_t smem_bytes(int D) { return sizeof(__half) * (size_t)(BM + 4 * BN) * (D + 
 int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const float *q, const float *knew,
                         const float *vnew, float *out, tl_error *err) {
     const kv_side &K = L->k, &V = L->v;
-    if (m < 2 || L->window != 0 || L->off) return 1;
+    if (m < 1 || (m == 1 && (cx->dec_tc_from <= 0 || n_past < cx->dec_tc_from)) || L->window != 0 || L->off) return 1;
     if (K.mode != KV_DENSE || V.mode != KV_DENSE || K.dt != DT_F16 || V.dt != DT_F16) return 1;
     const int D = K.d;
     if (V.d != D || (D != 64 && D != 128)) return 1;
@@ -392,12 +413,17 @@ int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, c
     cudaError_t e = D == 128 ? cudaFuncSetAttribute(prefill_tc_k<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
                              : cudaFuncSetAttribute(prefill_tc_k<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return tl_fail(err, "cudaFuncSetAttribute(prefill attention, %zu bytes): %s", smem, cudaGetErrorString(e));
-    if (D == 128) prefill_tc_k<128><<<grid, NTH, smem, cx->stream>>>(p);
-    else prefill_tc_k<64><<<grid, NTH, smem, cx->stream>>>(p);
-    TLC_LAUNCH_CHECK("prefill attention (tensor cores)");
+    const bool pdl = !cx->no_pdl;
+    e = D == 128 ? tlc_launch(pdl, prefill_tc_k<128>, grid, dim3(NTH), smem, cx->stream, p)
+                 : tlc_launch(pdl, prefill_tc_k<64>, grid, dim3(NTH), smem, cx->stream, p);
+    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel prefill attention (tensor cores): %s", cudaGetErrorString(e));
     if (n_split > 1) {
-        prefill_tc_merge_k<<<dim3(p.n_qblk, p.Hkv), 256, 0, cx->stream>>>(p, D);
-        TLC_LAUNCH_CHECK("prefill attention merge");
+        const size_t msm = sizeof(float) * (size_t)TL_MIN((long long)BM, n_items) * (n_split + 1);
+        if (msm > 48 * 1024 && (e = cudaFuncSetAttribute(prefill_tc_merge_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                         (int)msm)) != cudaSuccess)
+            return tl_fail(err, "cudaFuncSetAttribute(prefill attention merge, %zu bytes): %s", msm, cudaGetErrorString(e));
+        e = tlc_launch(pdl, prefill_tc_merge_k, dim3(p.n_qblk, p.Hkv), dim3(256), msm, cx->stream, p, D);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel prefill attention merge: %s", cudaGetErrorString(e));
     }
     return 0;
 }
@@ -450,6 +476,7 @@ extern "C" int tl_cuda_attn_bench(const tl_kv_shape *s, int n_past, int m, int t
     cx.n_sm = prop.multiProcessorCount;
     cx.smem_optin = prop.sharedMemPerBlockOptin;
     cx.no_tc = !tc;
+    cx.dec_tc_from = tc && m == 1 ? 1 : 0; /* m = 1: tensor cores vs decode.cu */
     L.n_head = Hq;
     L.n_head_kv = Hkv;
     L.scale = s->scale;
