@@ -184,6 +184,7 @@ static void layer_cases(void) {
     float *kh = malloc(sizeof(float) * (size_t)maxh * kd), *vh = malloc(sizeof(float) * (size_t)maxh * kd);
     float *qh = malloc(sizeof(float) * (size_t)512 * qd), *scratch = malloc(sizeof(float) * (size_t)512 * qd);
     float *oc = malloc(sizeof(float) * qd), *og = malloc(sizeof(float) * qd), *oo = malloc(sizeof(float) * qd);
+    float *ot = malloc(sizeof(float) * qd);
     uint64_t x = 0x1234567887654321ull;
     for (int run = 0; run < 2; run++) {
         for (size_t i = 0; i < (size_t)maxh * kd; i++) {
@@ -224,6 +225,17 @@ static void layer_cases(void) {
             CHECKF(rg == 0, "gpu decode %s: %s", cases[c].kv, err.msg);
             int ro = tl_cuda_layer_attend(pol, &sh, n_hist, 512, kh, vh, 1, q1, k1, v1, oo, 1, &err);
             CHECKF(ro == 0, "gpu general %s: %s", cases[c].kv, err.msg);
+            /* mode 2: the token on tensor cores (prefill_tc.cu) where the format has a kernel there
+             * (dense f16 and per-token codes; per-channel keys fall back to decode.cu): q, p and
+             * the dequantized K/V rounded to f16, ~5e-4 (prefill_tc_cases), bound 2e-3 */
+            for (int i = 0; i < qd; i++) ot[i] = NAN;
+            int rt = tl_cuda_layer_attend(pol, &sh, n_hist, 512, kh, vh, 1, q1, k1, v1, ot, 2, &err);
+            CHECKF(rt == 0, "gpu decode (tensor cores) %s: %s", cases[c].kv, err.msg);
+            if (!rt && !ro) {
+                const double dt = rel_l2(ot, oo, qd);
+                printf("layer d128 G4 kv %-14s history %5d + 1: tensor cores vs general %.2e\n", cases[c].kv, n_hist, dt);
+                CHECKF(dt < 2e-3, "kv %s history %d: tensor-core decode vs general kernel rel %g", cases[c].kv, n_hist, dt);
+            }
             if (!rc && !rg && !ro) {
                 const double dg = rel_l2(og, oo, qd), dc = rel_l2(og, oc, qd), do_ = rel_l2(oo, oc, qd);
                 printf("layer d128 G4 kv %-14s history %5d + 1: decode vs general %.2e, decode vs cpu %.2e, general vs cpu %.2e\n",
@@ -272,6 +284,7 @@ static void layer_cases(void) {
     free(oc);
     free(og);
     free(oo);
+    free(ot);
     tl_pool_free(pool);
 }
 

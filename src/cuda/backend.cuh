@@ -45,6 +45,7 @@ struct tlc_ctx {
     bool no_tc;           /* TL_CUDA_TC=0: prefill chunks use the general attention kernel (prefill_tc.cu off) */
     int dec_tc_from;      /* f16 decode attention on tensor cores (prefill_tc.cu, m = 1) from this history length
                            * on (0: never); TL_CUDA_DEC_TC=1 always, =0 never, default TLC_DEC_TC_FROM */
+    bool dec_tc_quant;    /* per-token codes too (TL_CUDA_DEC_TC=1; off by default: decode.cu is faster there) */
     bool no_fuse;         /* TL_CUDA_FUSE=0: the decode GLU activation as a separate kernel */
     bool no_pdl;          /* TL_CUDA_PDL=0: kernels launched without programmatic dependent launch */
     void *scratch;        /* attention partials, grown on demand */

@@ -596,6 +596,7 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         g->cx.no_tc = getenv("TL_CUDA_TC") && !strcmp(getenv("TL_CUDA_TC"), "0");
         const char *dt = getenv("TL_CUDA_DEC_TC");
         g->cx.dec_tc_from = dt && !strcmp(dt, "1") ? 1 : dt && !strcmp(dt, "0") ? 0 : TLC_DEC_TC_FROM;
+        g->cx.dec_tc_quant = dt && !strcmp(dt, "1");
         const char *fu = getenv("TL_CUDA_FUSE"), *pd = getenv("TL_CUDA_PDL"), *pf = getenv("TL_CUDA_PROF");
         g->cx.no_fuse = fu && !strcmp(fu, "0");
         g->cx.no_pdl = pd && !strcmp(pd, "0");
@@ -946,7 +947,9 @@ extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_sha
     memset(&L, 0, sizeof L);
     float *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
     int rc = -1;
-    const int n_ctx = n_hist + m, Hq = s->n_head, Hkv = s->n_head_kv, dkd = s->head_dim_k, dvd = s->head_dim_v;
+    /* capacity rounded up to 8 tokens, like a session with a round n_ctx: every per-token
+     * parameter layout then starts its heads 16-byte aligned, as the tensor-core kernel needs */
+    const int n_ctx = (n_hist + m + 7) / 8 * 8, Hq = s->n_head, Hkv = s->n_head_kv, dkd = s->head_dim_k, dvd = s->head_dim_v;
     const int rows = TL_MAX(chunk, m);
     const size_t kdim = (size_t)Hkv * dkd, vdim = (size_t)Hkv * dvd;
     cudaDeviceProp prop;
@@ -958,7 +961,8 @@ extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_sha
     g->cx.n_sm = prop.multiProcessorCount;
     g->cx.smem_optin = prop.sharedMemPerBlockOptin;
     g->cx.old_decode = g->cx.no_tc = mode == 1; /* mode 1: the general kernel only */
-    g->cx.dec_tc_from = mode == 2 ? 1 : 0;      /* mode 2: decode on tensor cores */
+    g->cx.dec_tc_from = mode == 2 ? 1 : 0; /* mode 2: decode on tensor cores (quantized sides too) */
+    g->cx.dec_tc_quant = mode == 2;
     {
         const char *mb = getenv("TL_CUDA_DEC_MINB");
         g->cx.dec_minb = mb ? atoi(mb) : 0;

@@ -1,5 +1,8 @@
 /* prefill_tc.cu: tensor-core flash attention (FlashAttention-2 style) for prefill chunks
- * (m > 1 query rows) over a dense f16 KV cache without a sliding window.
+ * (m > 1 query rows) and long-context decode (m = 1, from tlc_ctx.dec_tc_from keys) over a KV
+ * cache without a sliding window whose sides are dense f16 or per-token codes (8/4/2 bits,
+ * groups of >= 32 channels, f16 residual ring): code tiles are staged by cp.async and
+ * dequantized to f16 in shared memory (unit_to_f16), then the same mma.sync path runs.
  *
  * attn.cu's general kernel computes in fp32 on CUDA cores (~13 TFLOP/s on an H100); this one
  * uses mma.sync.m16n8k16 (f16 operands, f32 accumulators) with ldmatrix fragments.
@@ -60,8 +63,7 @@ constexpr int NTH = 128;    /* threads per block */
 constexpr int MIN_KEYS_PER_SPLIT = 256;
 
 struct tc_p {
-    const uint16_t *kc, *vc; /* dense f16 stores, [Hkv][cap][D] */
-    size_t khead, vhead;     /* elements per head */
+    kv_side K, V; /* dense f16 ([Hkv][cap][D]) or per-token codes (kernels.cuh, KV_SLIDE) */
     const float *q, *knew, *vnew;
     float *out, *part, *ml; /* partials (split runs): acc [Hkv][n_qblk][n_split][BM][D], (m, l) [..][BM][2] */
     int n_past, m, Hq, Hkv, G, n_qblk, n_split, split_len;
@@ -116,50 +118,135 @@ __device__ __forceinline__ uint4 cvt8(const float *src, float s) {
                       pack_h2(b.z * s, b.w * s));
 }
 
-/* Stage keys/values [t0, t0 + BN) of KV head h into Kb/Vb ([BN][D+8] halves): history rows by
- * cp.async, chunk rows (n_past <= t < kend) converted from f32, rows >= kend zero (masked; zero
- * keeps 0 * garbage out of the PV product). */
-template <int D>
-__device__ __forceinline__ void load_kv(const tc_p &p, int h, int t0, int kend, __half *Kb, __half *Vb) {
-    constexpr int SD = D + 8, CH = D / 8, RSTEP = NTH / CH;
-    const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
-    const uint16_t *kg = p.kc + h * p.khead + c * 8, *vg = p.vc + h * p.vhead + c * 8;
-    if (t0 + BN <= p.n_past) {
+/* Shared memory of one side (K or V) of a block. Dense f16: the tile [BN][D+8] twice (cp.async
+ * double buffer). Per-token codes (QB bits): one f16 tile, filled from a double-buffered
+ * staging area that cp.async fills with the tile's code rows and parameter rows. */
+template <int D, int QB>
+struct side_smem {
+    static constexpr int NB = QB ? 1 : 2;                                  /* f16 tiles */
+    static constexpr size_t tile_bytes = sizeof(__half) * BN * (D + 8);
+    static constexpr size_t code_bytes = QB ? (size_t)BN * (D / 32) * 4 * QB : 0;
+    static constexpr size_t param_bytes = QB ? (size_t)BN * (D / 32) * 2 * 2 : 0; /* pstride <= (D/32) x 2 halves */
+    static constexpr size_t stage_bytes = code_bytes + param_bytes;
+    static constexpr size_t bytes = NB * tile_bytes + 2 * stage_bytes;
+};
+
+/* Issue the loads of tokens [t0, t0 + BN) of KV head h for one side. Dense: history rows by
+ * cp.async into tile, chunk rows (n_past <= t < kend) converted from f32 (xnew, [m][Hkv][D]),
+ * rows >= kend zero (masked; zero keeps 0 * garbage out of the PV product). Codes: cp.async of
+ * the code rows of quantized tokens (t < nq) into stage, and of the tile's parameter rows when
+ * the whole tile is quantized (else side_convert reads them itself). */
+template <int D, int QB>
+__device__ __forceinline__ void side_issue(const kv_side &S, int h, int t0, int n_past, int kend, const float *xnew,
+                                           int Hkv, __half *tile, uint8_t *stage) {
+    constexpr int SD = D + 8;
+    if constexpr (QB == 0) {
+        constexpr int CH = D / 8, RSTEP = NTH / CH;
+        const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
+        const uint16_t *g = (const uint16_t *)S.fp + h * S.fp_head + c * 8;
+        if (t0 + BN <= n_past) {
 #pragma unroll
-        for (int j = 0; j < BN / RSTEP; j++) {
-            const int r = r0 + j * RSTEP;
-            const size_t off = (size_t)(t0 + r) * D;
-            cp16(Kb + r * SD + c * 8, kg + off);
-            cp16(Vb + r * SD + c * 8, vg + off);
-        }
-        return;
-    }
-    const size_t xs = (size_t)p.Hkv * D;
-    for (int j = 0; j < BN / RSTEP; j++) {
-        const int r = r0 + j * RSTEP, t = t0 + r;
-        if (t < p.n_past) {
-            cp16(Kb + r * SD + c * 8, kg + (size_t)t * D);
-            cp16(Vb + r * SD + c * 8, vg + (size_t)t * D);
-        } else {
-            uint4 kw = make_uint4(0, 0, 0, 0), vw = kw;
-            if (t < kend) {
-                const size_t off = (size_t)(t - p.n_past) * xs + (size_t)h * D + c * 8;
-                kw = cvt8(p.knew + off, 1.0f);
-                vw = cvt8(p.vnew + off, 1.0f);
+            for (int j = 0; j < BN / RSTEP; j++) {
+                const int r = r0 + j * RSTEP;
+                cp16(tile + r * SD + c * 8, g + (size_t)(t0 + r) * D);
             }
-            *(uint4 *)(Kb + r * SD + c * 8) = kw;
-            *(uint4 *)(Vb + r * SD + c * 8) = vw;
+            return;
+        }
+        for (int j = 0; j < BN / RSTEP; j++) {
+            const int r = r0 + j * RSTEP, t = t0 + r;
+            if (t < n_past) {
+                cp16(tile + r * SD + c * 8, g + (size_t)t * D);
+            } else {
+                uint4 w = make_uint4(0, 0, 0, 0);
+                if (t < kend) w = cvt8(xnew + (size_t)(t - n_past) * Hkv * D + (size_t)h * D + c * 8, 1.0f);
+                *(uint4 *)(tile + r * SD + c * 8) = w;
+            }
+        }
+    } else {
+        constexpr int RB = D / 32 * 4 * QB, CPR = RB / 16; /* code bytes and 16-byte chunks per row */
+        const int nq = min(S.nq, n_past);
+        const uint8_t *cg = S.codes + h * S.codes_head;
+        for (int e = threadIdx.x; e < BN * CPR; e += NTH) {
+            const int r = e / CPR, c = e % CPR, t = t0 + r;
+            if (t < nq) cp16(stage + r * RB + c * 16, cg + (size_t)t * RB + c * 16);
+        }
+        if (t0 + BN <= nq) {
+            const int pb = BN * S.pstride * 2; /* bytes, a multiple of 16 */
+            const uint8_t *pg = (const uint8_t *)(S.params + h * S.params_head + (size_t)t0 * S.pstride);
+            uint8_t *ps = stage + side_smem<D, QB>::code_bytes;
+            for (int c = threadIdx.x; c < pb / 16; c += NTH) cp16(ps + c * 16, pg + c * 16);
         }
     }
 }
 
-template <int D>
+/* 32 codes of one unit (QB bits, kvq_pack32 layout: code i in byte i % (4 QB), bits
+ * (i / (4 QB)) * QB) to f16 x = code * s + z at dst[0..31]: two codes per 32-bit word as
+ * 1024 + code (exact f16 bit patterns 0x6400 | code), minus 1024, then one f16 fma. */
+template <int QB>
+__device__ __forceinline__ void unit_to_f16(const uint32_t *w, __half2 s2, __half2 z2, __half *dst) {
+    const __half2 k1024 = __float2half2_rn(1024.0f);
+    constexpr uint32_t mask = ((1u << QB) - 1) * 0x00010001u;
+#pragma unroll
+    for (int i0 = 0; i0 < 32; i0 += 8) {
+        constexpr int UB = 4 * QB;
+        const int byte = i0 % UB, sh = i0 / UB * QB;
+        const uint32_t wa = w[byte / 4], wb = w[byte / 4 + 1];
+        const uint32_t x[4] = {__byte_perm(wa, 0, 0x4140), __byte_perm(wa, 0, 0x4342), __byte_perm(wb, 0, 0x4140),
+                               __byte_perm(wb, 0, 0x4342)};
+        uint32_t o[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t hb = ((x[j] >> sh) & mask) | 0x64006400u;
+            const __half2 v = __hfma2(__hsub2(*(const __half2 *)&hb, k1024), s2, z2);
+            o[j] = *(const uint32_t *)&v;
+        }
+        *(uint4 *)(dst + i0) = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+}
+
+/* A codes side's f16 tile from its staging area (after the cp.async wait): quantized tokens
+ * decoded, the f16 residual ring's rows (nq <= t < n_past) and the chunk's rows (f32) copied,
+ * rows >= kend zero. One 32-channel unit per thread and step. */
+template <int D, int QB>
+__device__ __forceinline__ void side_convert(const kv_side &S, int h, int t0, int n_past, int kend, const float *xnew,
+                                             int Hkv, const uint8_t *stage, __half *tile) {
+    constexpr int SD = D + 8, U = D / 32, RB = U * 4 * QB;
+    const int nq = min(S.nq, n_past);
+    const uint16_t *pstage = (const uint16_t *)(stage + side_smem<D, QB>::code_bytes);
+    for (int e = threadIdx.x; e < BN * U; e += NTH) {
+        const int r = e / U, u = e % U, t = t0 + r;
+        __half *dst = tile + r * SD + u * 32;
+        if (t < nq) {
+            const uint16_t *pr = t0 + BN <= nq ? pstage + r * S.pstride : S.params + h * S.params_head + (size_t)t * S.pstride;
+            const int gi = u * 32 / S.g * S.ppg;
+            const __half sv = __ushort_as_half(pr[gi]);
+            const __half zv = S.sym ? __hmul(sv, __float2half(-(float)(1 << (QB - 1)))) : __ushort_as_half(pr[gi + 1]);
+            unit_to_f16<QB>((const uint32_t *)(stage + r * RB + u * 4 * QB), __half2half2(sv), __half2half2(zv), dst);
+        } else if (t < n_past) {
+            const uint4 *src = (const uint4 *)((const uint16_t *)S.fp + h * S.fp_head + (size_t)(t % S.R) * D + u * 32);
+#pragma unroll
+            for (int k = 0; k < 4; k++) ((uint4 *)dst)[k] = src[k];
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                ((uint4 *)dst)[k] = t < kend ? cvt8(xnew + (size_t)(t - n_past) * Hkv * D + (size_t)h * D + u * 32 + 8 * k, 1.0f)
+                                             : make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+/* KB, VB: 0 for a dense f16 side, else the bits of its per-token codes. */
+template <int D, int KB, int VB>
 __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
     constexpr int SD = D + 8, CH = D / 8, KSTEP = D / 16, NO = D / 8;
+    using KS = side_smem<D, KB>;
+    using VS = side_smem<D, VB>;
     extern __shared__ uint4 smem_u4[];
-    __half *Qs = (__half *)smem_u4; /* [BM][SD] */
-    __half *Ks = Qs + BM * SD;      /* [2][BN][SD] */
-    __half *Vs = Ks + 2 * BN * SD;  /* [2][BN][SD] */
+    __half *Qs = (__half *)smem_u4;                /* [BM][SD] */
+    __half *Ks = Qs + BM * SD;                     /* [KS::NB][BN][SD] */
+    __half *Vs = (__half *)((uint8_t *)Ks + KS::NB * KS::tile_bytes);
+    uint8_t *kst = (uint8_t *)Vs + VS::NB * VS::tile_bytes; /* [2] staging (codes sides) */
+    uint8_t *vst = kst + 2 * KS::stage_bytes;
 
     /* the last query blocks have the most keys (causal): start them first */
     const int qb = p.n_qblk - 1 - (int)blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
@@ -172,7 +259,11 @@ __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
 
     pdl_trigger(); /* launched with PDL (tlc_launch): q, knew, vnew come from the kernels before */
     pdl_wait();
-    if (n_tiles > 0) load_kv<D>(p, h, lo, kend, Ks, Vs);
+    const int Hkv = p.Hkv;
+    if (n_tiles > 0) {
+        side_issue<D, KB>(p.K, h, lo, p.n_past, kend, p.knew, Hkv, Ks, kst);
+        side_issue<D, VB>(p.V, h, lo, p.n_past, kend, p.vnew, Hkv, Vs, vst);
+    }
     cp_commit();
     for (int e = tid; e < BM * CH; e += NTH) {
         const int i = e / CH, c = e % CH, it = i0 + i;
@@ -204,15 +295,25 @@ __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
 
     for (int j = 0; j < n_tiles; j++) {
         const int t0 = lo + j * BN, buf = j & 1;
-        if (j + 1 < n_tiles) load_kv<D>(p, h, t0 + BN, kend, Ks + (buf ^ 1) * BN * SD, Vs + (buf ^ 1) * BN * SD);
+        if (j + 1 < n_tiles) {
+            side_issue<D, KB>(p.K, h, t0 + BN, p.n_past, kend, p.knew, Hkv, Ks + (KB ? 0 : (buf ^ 1) * BN * SD),
+                              kst + (buf ^ 1) * KS::stage_bytes);
+            side_issue<D, VB>(p.V, h, t0 + BN, p.n_past, kend, p.vnew, Hkv, Vs + (VB ? 0 : (buf ^ 1) * BN * SD),
+                              vst + (buf ^ 1) * VS::stage_bytes);
+        }
         cp_commit(); /* possibly empty: keeps "all but the newest group" = tile j */
         cp_wait1();
         __syncthreads();
+        if constexpr (KB != 0 || VB != 0) { /* codes sides: tile j's f16 rows from its staging area */
+            if constexpr (KB != 0) side_convert<D, KB>(p.K, h, t0, p.n_past, kend, p.knew, Hkv, kst + buf * KS::stage_bytes, Ks);
+            if constexpr (VB != 0) side_convert<D, VB>(p.V, h, t0, p.n_past, kend, p.vnew, Hkv, vst + buf * VS::stage_bytes, Vs);
+            __syncthreads();
+        }
         if (!live) { /* all 16 items of this warp are padding (decode: m = 1, G < 64): load only */
             __syncthreads();
             continue;
         }
-        const __half *Kb = Ks + buf * BN * SD + koff, *Vb = Vs + buf * BN * SD + voff;
+        const __half *Kb = Ks + (KB ? 0 : buf * BN * SD) + koff, *Vb = Vs + (VB ? 0 : buf * BN * SD) + voff;
 
         /* S = Q K^T: 16 rows x 64 keys per warp (8 n-tiles) */
         float s[8][4];
@@ -355,7 +456,37 @@ __global__ void prefill_tc_merge_k(tc_p p, int D) {
     }
 }
 
-size_t smem_bytes(int D) { return sizeof(__half) * (size_t)(BM + 4 * BN) * (D + 8); }
+template <int D, int KB, int VB>
+size_t smem_bytes() {
+    return sizeof(__half) * (size_t)BM * (D + 8) + side_smem<D, KB>::bytes + side_smem<D, VB>::bytes;
+}
+
+/* Bits of a side's codes for this kernel: 0 dense f16, 8/4/2 per-token codes; -1 not handled. */
+int side_bits(const kv_side &S) {
+    if (S.mode == KV_DENSE) return S.dt == DT_F16 ? 0 : -1;
+    if (S.mode != KV_SLIDE || (S.bits != 8 && S.bits != 4 && S.bits != 2) || S.g % 32) return -1;
+    /* 16-byte cp.async of whole tiles of parameter rows: heads start 16-byte aligned */
+    if ((S.params_head * 2) % 16 || (S.R > 0 && !S.fp)) return -1;
+    return S.bits;
+}
+
+/* (K bits, V bits) pairs with a kernel (0: dense f16), as X(D, KB, VB) */
+#define TC_FORMATS(D) X(D, 0, 0) X(D, 8, 8) X(D, 4, 4) X(D, 2, 2) X(D, 0, 4) X(D, 0, 2) X(D, 8, 4) X(D, 4, 2)
+
+bool tc_format(int kb, int vb) {
+#define X(DD, KB, VB) || (kb == KB && vb == VB)
+    return false TC_FORMATS(0);
+#undef X
+}
+
+template <int D, int KB, int VB>
+cudaError_t launch_tc(tlc_ctx *cx, const tc_p &p, dim3 grid, bool pdl) {
+    const size_t smem = smem_bytes<D, KB, VB>();
+    if (smem > cx->smem_optin) return cudaErrorInvalidConfiguration;
+    cudaError_t e = cudaFuncSetAttribute(prefill_tc_k<D, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+    return tlc_launch(pdl, prefill_tc_k<D, KB, VB>, grid, dim3(NTH), smem, cx->stream, p);
+}
 
 } // namespace
 
@@ -363,21 +494,22 @@ int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, c
                         const float *vnew, float *out, tl_error *err) {
     const kv_side &K = L->k, &V = L->v;
     if (m < 1 || (m == 1 && (cx->dec_tc_from <= 0 || n_past < cx->dec_tc_from)) || L->window != 0 || L->off) return 1;
-    if (K.mode != KV_DENSE || V.mode != KV_DENSE || K.dt != DT_F16 || V.dt != DT_F16) return 1;
+    const int kb = side_bits(K), vb = side_bits(V);
+    if (!tc_format(kb, vb) || (m == 1 && (kb || vb) && !cx->dec_tc_quant)) return 1;
     const int D = K.d;
     if (V.d != D || (D != 64 && D != 128)) return 1;
     if (L->n_head_kv <= 0 || L->n_head % L->n_head_kv) return 1;
     /* history row t is store row t (no wrap): holds without a window (cap = n_ctx) */
     if (n_past > K.cap || n_past > V.cap) return 1;
     /* 16-byte vector loads and cp.async need aligned bases (rows are multiples of 16 bytes) */
-    if (((uintptr_t)q | (uintptr_t)knew | (uintptr_t)vnew | (uintptr_t)out | (uintptr_t)K.fp | (uintptr_t)V.fp) & 15) return 1;
+    if (((uintptr_t)q | (uintptr_t)knew | (uintptr_t)vnew | (uintptr_t)out | (uintptr_t)K.fp | (uintptr_t)V.fp |
+         (uintptr_t)K.codes | (uintptr_t)V.codes | (uintptr_t)K.params | (uintptr_t)V.params) & 15)
+        return 1;
 
     tc_p p;
     memset(&p, 0, sizeof p);
-    p.kc = (const uint16_t *)K.fp;
-    p.vc = (const uint16_t *)V.fp;
-    p.khead = K.fp_head;
-    p.vhead = V.fp_head;
+    p.K = K;
+    p.V = V;
     p.q = q;
     p.knew = knew;
     p.vnew = vnew;
@@ -407,16 +539,17 @@ int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, c
         p.part = (float *)cx->scratch;
         p.ml = p.part + rows * D;
     }
-    const size_t smem = smem_bytes(D);
-    if (smem > cx->smem_optin) return 1;
     const dim3 grid(p.n_qblk, p.Hkv, n_split);
-    cudaError_t e = D == 128 ? cudaFuncSetAttribute(prefill_tc_k<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
-                             : cudaFuncSetAttribute(prefill_tc_k<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return tl_fail(err, "cudaFuncSetAttribute(prefill attention, %zu bytes): %s", smem, cudaGetErrorString(e));
     const bool pdl = !cx->no_pdl;
-    e = D == 128 ? tlc_launch(pdl, prefill_tc_k<128>, grid, dim3(NTH), smem, cx->stream, p)
-                 : tlc_launch(pdl, prefill_tc_k<64>, grid, dim3(NTH), smem, cx->stream, p);
-    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel prefill attention (tensor cores): %s", cudaGetErrorString(e));
+    cudaError_t e = cudaErrorInvalidValue;
+#define X(DD, KB, VB) \
+    if (D == DD && kb == KB && vb == VB) e = launch_tc<DD, KB, VB>(cx, p, grid, pdl);
+    TC_FORMATS(64)
+    TC_FORMATS(128)
+#undef X
+    if (e != cudaSuccess)
+        return tl_fail(err, "CUDA kernel prefill attention (tensor cores, K %d / V %d bits): %s", kb ? kb : 16, vb ? vb : 16,
+                       cudaGetErrorString(e));
     if (n_split > 1) {
         const size_t msm = sizeof(float) * (size_t)TL_MIN((long long)BM, n_items) * (n_split + 1);
         if (msm > 48 * 1024 && (e = cudaFuncSetAttribute(prefill_tc_merge_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
