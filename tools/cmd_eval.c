@@ -99,7 +99,7 @@ static uint64_t session_bytes(void *ctx, int n_ctx) {
     return total;
 }
 
-void tl_eval_cli_runner(tl_eval_cli *e, tl_runner *r, tl_progress *p) {
+static void make_runner(tl_eval_cli *e, tl_runner *r, tl_progress *p) {
     memset(r, 0, sizeof *r);
     r->model = e->model;
     r->new_session = tl_eval_cli_session;
@@ -110,6 +110,30 @@ void tl_eval_cli_runner(tl_eval_cli *e, tl_runner *r, tl_progress *p) {
     r->no_reuse = e->no_reuse;
     r->progress = p;
     r->session_bytes = session_bytes;
+}
+
+bool tl_eval_cli_can_reuse(tl_eval_cli *e) {
+    tl_runner r;
+    make_runner(e, &r, NULL);
+    return tl_runner_can_reuse(&r);
+}
+
+tl_job tl_task_job(const tl_task_sample *s) {
+    return (tl_job){.ids = s->prompt.ids, .n_ids = s->prompt.n, .max_new = s->max_new, .stop_newline = s->stop_newline};
+}
+
+int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_job *jobs, int n_jobs, double *secs, tl_error *err) {
+    int64_t total = 0; /* progress units: prompt tokens */
+    for (int i = 0; i < n_jobs; i++) total += jobs[i].n_ids;
+    tl_progress prog;
+    tl_progress_init(&prog, label, total, n_jobs, !e->quiet);
+    tl_runner r;
+    make_runner(e, &r, &prog);
+    const double t0 = tl_time_s();
+    const int rc = tl_run_jobs(&r, jobs, n_jobs, err);
+    *secs = tl_time_s() - t0;
+    tl_progress_done(&prog);
+    return rc;
 }
 
 cJSON *tl_eval_cli_config(const tl_eval_cli *e) {
@@ -431,23 +455,14 @@ int tl_cmd_eval(int argc, char **argv) {
         goto done;
     }
     jobs = tl_xcalloc((size_t)n_items, sizeof *jobs);
-    int64_t total = 0;
     for (int i = 0; i < n_items; i++) {
         item *it = &items[i];
         jobs[i] = (tl_job){.ids = it->ids, .n_ids = (int)it->n_ids, .max_new = it->metric == TL_METRIC_CHOICE ? 0 : it->max_new,
                            .stop_newline = it->metric != TL_METRIC_ALL, .n_choices = it->metric == TL_METRIC_CHOICE ? it->n_choices : 0,
                            .choice_ids = it->choice_ids, .choice_len = it->choice_len};
-        total += (int64_t)it->n_ids;
     }
-    tl_progress prog;
-    tl_progress_init(&prog, "eval", total, n_items, !e.quiet);
-    tl_runner run;
-    tl_eval_cli_runner(&e, &run, &prog);
-    const double t0 = tl_time_s();
-    int jrc = tl_run_jobs(&run, jobs, n_items, &err);
-    const double secs = tl_time_s() - t0;
-    tl_progress_done(&prog);
-    if (jrc) goto done;
+    double secs;
+    if (tl_eval_cli_run(&e, "eval", jobs, n_items, &secs, &err)) goto done;
     /* score */
     double sum[6] = {0}, all = 0;
     int cnt[6] = {0};
@@ -497,7 +512,7 @@ int tl_cmd_eval(int argc, char **argv) {
     tl_eval_cli_result(&e, "eval", cfg, "eval_score", all / n_items, n_items, secs, NULL);
     cJSON_Delete(cfg);
     fprintf(stderr, "eval: %d items, %.1f s, %lld prompt tokens reused from the cache%s\n", n_items, secs,
-            (long long)reused, tl_runner_can_reuse(&run) ? "" : " (the session cannot truncate: no reuse)");
+            (long long)reused, tl_eval_cli_can_reuse(&e) ? "" : " (the session cannot truncate: no reuse)");
     rc = 0;
 done:
     if (rc) fprintf(stderr, "tailor eval: %s\n", err.msg);

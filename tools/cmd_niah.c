@@ -116,7 +116,6 @@ int tl_cmd_niah(int argc, char **argv) {
     if (tl_haystack_from_dir(&hay, e.model->tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
     fprintf(stderr, "niah: haystack %s: %d sentences, %lld tokens (%.1f s)\n", hay_dir, hay.n_sent,
             (long long)hay.n_ids, tl_time_s() - tl0);
-    int64_t total = 0;
     for (int li = 0, k = 0; li < nl; li++)
         for (int di = 0; di < nd; di++)
             for (int si = 0; si < samples; si++, k++) {
@@ -127,19 +126,10 @@ int tl_cmd_niah(int argc, char **argv) {
                     tl_fail_prefix(&err, "length %d depth %g", lengths[li], depths[di]);
                     goto done;
                 }
-                jobs[k] = (tl_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
-                                   .stop_newline = ts[k].stop_newline};
-                total += ts[k].prompt.n;
+                jobs[k] = tl_task_job(&ts[k]);
             }
-    tl_progress prog;
-    tl_progress_init(&prog, "niah", total, n_jobs, !e.quiet);
-    tl_runner run;
-    tl_eval_cli_runner(&e, &run, &prog);
-    const double t0 = tl_time_s();
-    int jrc = tl_run_jobs(&run, jobs, n_jobs, &err);
-    const double all_secs = tl_time_s() - t0;
-    tl_progress_done(&prog);
-    if (jrc) goto done;
+    double all_secs;
+    if (tl_eval_cli_run(&e, "niah", jobs, n_jobs, &all_secs, &err)) goto done;
     double mean = 0;
     for (int li = 0, k = 0; li < nl; li++)
         for (int di = 0; di < nd; di++)

@@ -79,7 +79,6 @@ int tl_cmd_ruler(int argc, char **argv) {
     for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
     if (!(e.model = tl_model_load(e.c.model, &err))) goto done;
     if (tl_haystack_from_dir(&hay, e.model->tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
-    int64_t total = 0;
     for (int li = 0, j = 0; li < nl; li++)
         for (int ki = 0; ki < nk; ki++)
             for (int si = 0; si < samples; si++, j++) {
@@ -88,19 +87,10 @@ int tl_cmd_ruler(int argc, char **argv) {
                     tl_fail_prefix(&err, "length %d sample %d", lengths[li], si);
                     goto done;
                 }
-                jobs[j] = (tl_job){.ids = ts[j].prompt.ids, .n_ids = ts[j].prompt.n, .max_new = ts[j].max_new,
-                                   .stop_newline = ts[j].stop_newline};
-                total += ts[j].prompt.n;
+                jobs[j] = tl_task_job(&ts[j]);
             }
-    tl_progress prog;
-    tl_progress_init(&prog, "ruler", total, n_jobs, !e.quiet);
-    tl_runner run;
-    tl_eval_cli_runner(&e, &run, &prog);
-    const double t0 = tl_time_s();
-    int jrc = tl_run_jobs(&run, jobs, n_jobs, &err);
-    const double all_secs = tl_time_s() - t0;
-    tl_progress_done(&prog);
-    if (jrc) goto done;
+    double all_secs;
+    if (tl_eval_cli_run(&e, "ruler", jobs, n_jobs, &all_secs, &err)) goto done;
     cfg = tl_eval_cli_config(&e);
     cJSON_AddNumberToObject(cfg, "seed", (double)e.c.sp.seed);
     cJSON_AddStringToObject(cfg, "haystack", hay_dir);
