@@ -452,7 +452,12 @@ static void test_chunking(tl_pool *pool) {
         feed(lb, NULL, &b, 564, n, 1);
         const size_t off = (size_t)564 * s.n_head * s.head_dim_v, cnt = (size_t)(n - 564) * s.n_head * s.head_dim_v;
         const double e = max_abs_diff(a.out + off, b.out + off, cnt);
-        CHECKF(e < 1e-5, "%s: decode outputs differ (pool+simd vs serial scalar): %.2e", pols[pi], e);
+        double mag = 0;
+        for (size_t i = 0; i < cnt; i++) mag = fmax(mag, fabs(b.out[off + i]));
+        /* rounding only: other history splits (merge order) and scalar vs SIMD sums; outputs
+         * reach ~3.5, measured up to 3e-6 of that */
+        CHECKF(e < 1e-5 * fmax(1.0, mag), "%s: decode outputs differ (pool+simd vs serial scalar): %.2e (outputs up to %.2f)",
+               pols[pi], e, mag);
         tl_kv_destroy(la);
         tl_kv_destroy(lb);
         seq_free(&a);
@@ -673,6 +678,71 @@ static void test_int_scores(void) {
     tl_afree(qp);
 }
 
+/* AVX-512 int8-weight key scores of the channel layout vs the scalar reference. Per token group
+ * and query the weights w_c = q_c s_c are rounded to w8_c * D, D = max_c |w_c| / 127, so each
+ * |w_c - w8_c D| <= D/2; the kernel sums w8 * (code - 2^(b-1)) in integers, so
+ *   |score - ref| <= D/2 * sum_c |code(t,c) - 2^(b-1)|   (+ float rounding).
+ * Per-channel (ce 1) and per-block (ce g) parameters, every bits (1, and 8 bits at g64/g128,
+ * 4 bits at g128, fall back to AVX2), sym/asym, g 32/64/128, d 32..256, nq 1..8 (more than one
+ * pass of 4 queries), Gaussian and outlier data with outlier queries. */
+static void test_int_ch_scores(void) {
+    const kvq_kernels *ref = kvq_kernels_ref(), *k5 = kvq_kernels_avx512();
+    if (!k5) {
+        printf("SKIP: int8-weight channel-layout key kernels (no AVX-512 VNNI)\n");
+        return;
+    }
+    const int ds[4] = {32, 64, 128, 256}, bitsv[4] = {8, 4, 2, 1}, gs[3] = {32, 64, 128}, nmax = 256;
+    rng r = {13};
+    float *x = malloc(sizeof(float) * nmax * 256), *q = malloc(sizeof(float) * 8 * 256);
+    float *s1 = malloc(sizeof(float) * 8 * nmax), *s2 = malloc(sizeof(float) * 8 * nmax);
+    int cases = 0;
+    double worst = 0;
+    for (int outl = 0; outl < 2; outl++)
+        for (int di = 0; di < 4; di++)
+            for (int bi = 0; bi < 4; bi++)
+                for (int sym = 0; sym < 2; sym++)
+                    for (int gi = 0; gi < 3; gi++)
+                        for (int blk = 0; blk < 2; blk++) {
+                            const int d = ds[di], bits = bitsv[bi], g = gs[gi], ce = blk ? g : 1, ppg = sym ? 1 : 2;
+                            if ((sym && bits == 1) || (blk && g > d)) continue;
+                            const int n = cases % 2 ? 256 : 128, nq = 1 + cases % 8;
+                            cases++;
+                            fill(&r, x, n, d, outl);
+                            for (int i = 0; i < nq * d; i++) q[i] = nrand(&r) * (outl && i % 17 == 0 ? 8.0f : 1.0f);
+                            packed pk;
+                            pack_ch(&pk, x, n, d, g, ce, bits, sym);
+                            ref->ch_scores(&pk.r, q, nq, d, s1, n);
+                            k5->ch_scores(&pk.r, q, nq, d, s2, n);
+                            int bad = 0;
+                            for (int i = 0; i < nq; i++)
+                                for (int t = 0; t < n; t++) {
+                                    const int tg = t / g;
+                                    double wmax = 0, sc = 0, mag = 0;
+                                    for (int c = 0; c < d; c++) {
+                                        float sv, zv;
+                                        kvq_decode_params(pk.r.params + ((size_t)tg * (d / ce) + c / ce) * ppg, bits, sym, &sv, &zv);
+                                        const double centre = zv + (1 << (bits - 1)) * (double)sv, xv = pk.deq[(size_t)t * d + c];
+                                        wmax = fmax(wmax, fabs(q[i * d + c] * (double)sv));
+                                        if (sv > 0) sc += fabs(xv - centre) / sv;
+                                        mag += fabs(q[i * d + c]) * (fabs(xv) + fabs(centre));
+                                    }
+                                    const double tol = wmax / 127 / 2 * sc * 1.001 + 2e-5 * mag + 1e-6;
+                                    const double e = fabs(s2[i * n + t] - s1[i * n + t]);
+                                    worst = fmax(worst, e / tol);
+                                    if (e > tol) {
+                                        if (!bad && getenv("TL_VERBOSE"))
+                                            printf("  q%d t%d: ref %g simd %g bound %g\n", i, t, s1[i * n + t], s2[i * n + t], tol);
+                                        bad++;
+                                    }
+                                }
+                            CHECKF(bad == 0, "int8-weight channel-layout scores: %s d%d b%d %s g%d ce%d nq%d n%d: %d scores out of bound",
+                                   outl ? "outliers" : "gauss", d, bits, sym ? "sym" : "asym", g, ce, nq, n, bad);
+                            packed_free(&pk);
+                        }
+    printf("int8-weight channel-layout scores: %d cases, worst error / bound %.3f\n", cases, worst);
+    free(x), free(q), free(s1), free(s2);
+}
+
 /* AVX-512 int8-weight value accumulation vs the scalar reference. Per block of <= 128 tokens and
  * query k the weights p*s are rounded to w8*D_k, D_k = max_{t,j} p_k(t) s(t,j) / 255, so each
  * |p*s - w8*D_k| <= D_k/2; the kernel sums w8 * (code - 2^(b-1)), so
@@ -755,6 +825,7 @@ int main(void) {
     tl_pool *pool = tl_pool_new(2);
     test_kernels();
     test_int_scores();
+    test_int_ch_scores();
     test_int_accum();
     /* store-level tests: exact comparisons with the float-query kernels (AVX2), then the
      * attention accuracy checks again with the best table (int8-query keys on AVX-512) */

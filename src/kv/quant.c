@@ -54,6 +54,7 @@
  * On AVX-512 VNNI CPUs (quant_kernels_avx512.c) per-token codes are used as integers: key scores
  * take the query rounded to int8 (per 32-channel block, once per attention task) times the codes
  * by vpdpbusd; values take the weights p*s rounded to u8 (per 32-token sub-block) times the codes.
+ * Per-channel (KIVI) and per-block keys take the weights q*s rounded to int8 per token group.
  *
  * Speed: docs/kv-accuracy.md ("Decode speed"). On CPU, decode attention is compute-bound
  * (3-20 GB/s of KV read at 1-2 threads), not bandwidth-bound: fewer bytes help only as far as
@@ -353,7 +354,7 @@ static void side_run(const qstore *st, const side_t *sd, int h, int a, int b, bo
 
 typedef struct {
     const qstore *st;
-    int n_past, m, G, rows_per_task, n_rowblk, n_split, split_len;
+    int n_past, m, G, rows_per_task, n_rowblk, n_split;
     const float *q, *k, *v; /* transformed (q scaled) */
     float *out;
     float *partial; /* [task][QMAX][dv + 2] when n_split > 1 */
@@ -392,7 +393,8 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
     if (st->k.mode == SIDE_SLIDE && st->kern->tok_qprep && st->kern->tok_qprep(st->k.pol.bits, dk, qb, nq, dk, qpbuf))
         qp = qpbuf;
     /* history */
-    const int lo = sp * j->split_len, hi = TL_MIN(j->n_past, lo + j->split_len);
+    const int64_t n_tiles = (j->n_past + TILE - 1) / TILE; /* split sp: tiles [sp*n/ns, (sp+1)*n/ns) */
+    const int lo = (int)(sp * n_tiles / j->n_split * TILE), hi = (int)TL_MIN(j->n_past, (sp + 1) * n_tiles / j->n_split * TILE);
     for (int a = lo; a < hi; a += TILE) {
         const int b = TL_MIN(hi, a + TILE);
         side_run(st, &st->k, h, a, b, false, qb, nq, dk, sc, TILE, qp);
@@ -486,6 +488,20 @@ static void transform_kv(qstore *st, int m, const float *k, const float *v, floa
     }
 }
 
+/* History ranges per (KV head, row block), for `base` such pairs: about 4 tasks per thread, and
+ * when that needs splitting, a task count that is a multiple of the thread count: the tasks are
+ * equal (whole tiles, spread evenly), and 9 of them on 2 threads keep one thread idle for the
+ * last one (SmolLM2's 3 KV heads at decode). At most one range per tile. */
+static int history_splits(int base, int nthreads, int max_split) {
+    int n = (4 * nthreads + base - 1) / base;
+    for (int k = n; n > 1 && k < n + nthreads; k++)
+        if (base * k % nthreads == 0) {
+            n = k;
+            break;
+        }
+    return TL_MAX(1, TL_MIN(n, max_split));
+}
+
 static int quant_forward(tl_kv_layer *l, tl_pool *pool, int m, const float *q, const float *k, const float *v,
                          float *out, tl_error *err) {
     qstore *st = (qstore *)l;
@@ -497,16 +513,7 @@ static int quant_forward(tl_kv_layer *l, tl_pool *pool, int m, const float *q, c
         return tl_fail(err, "quantized KV store: %d + %d tokens exceed the capacity n_ctx %d", n_past, m, s->n_ctx);
     const int rpt = TL_MAX(1, QMAX / G), n_rowblk = (m + rpt - 1) / rpt;
     const int nthreads = pool ? tl_pool_size(pool) : 1;
-    int n_split = 1;
-    if (n_past >= 2 * TILE) {
-        const int base = Hkv * n_rowblk;
-        n_split = TL_MIN((4 * nthreads + base - 1) / base, n_past / TILE);
-        n_split = TL_MAX(1, n_split);
-    }
-    int split_len = (n_past + n_split - 1) / n_split;
-    split_len = (split_len + TILE - 1) / TILE * TILE;
-    if (split_len == 0) split_len = TILE;
-    n_split = TL_MAX(1, (n_past + split_len - 1) / split_len);
+    const int n_split = n_past >= 2 * TILE ? history_splits(Hkv * n_rowblk, nthreads, n_past / TILE) : 1;
     const int64_t n_tasks = (int64_t)Hkv * n_rowblk * n_split;
 
     const size_t nqk = (size_t)m * Hq * dk, nk = (size_t)m * Hkv * dk, nv = (size_t)m * Hkv * dv;
@@ -521,7 +528,7 @@ static int quant_forward(tl_kv_layer *l, tl_pool *pool, int m, const float *q, c
         for (size_t r = 0; r < (size_t)m * Hq; r++) kvq_hadamard(qt + r * dk, dk);
     transform_kv(st, m, k, v, kt, vt);
 
-    attn_job job = {st, n_past, m, G, rpt, n_rowblk, n_split, split_len, qt, kt, vt, out, part};
+    attn_job job = {st, n_past, m, G, rpt, n_rowblk, n_split, qt, kt, vt, out, part};
     if (pool) tl_pool_run(pool, n_tasks, attn_task, &job);
     else
         for (int64_t i = 0; i < n_tasks; i++) attn_task(&job, i, 0);

@@ -24,7 +24,12 @@
  * m_c = z + 2^(b-1) s (0 for symmetric codes); tested.
  *
  * Values, token layout (tok_accum): int8 weights p*s per 32-token sub-block, vpdpbusd over 4
- * tokens per dword; see the values section. Everything else: the AVX2 table. */
+ * tokens per dword; see the values section.
+ *
+ * Keys, channel layout (ch_scores: KIVI's per-channel keys, per-block keys): int8 weights q*s
+ * per token group (one scale per group and query), vpdpbusd over 4 channels per dword after a
+ * vpermt2b transposition of the codes; see the channel-layout section. Everything else: the
+ * AVX2 table. */
 #include "quant_kernels.h"
 
 #include <math.h>
@@ -67,7 +72,31 @@ static void code_map(int bits, int e, int L, int b, int *unit, int *pos, int *ac
     }
 }
 
-static bool a512_tok_qprep(int bits, int d, const float *q, int nq, int qs, void *buf) {
+/* Lane L <- element idx[L] of the (up to 64-element) concatenation P (32-bit lanes: floats, or
+ * integers through casts). */
+K512_INLINE __m512 gather64(const __m512 P[4], int nh, __m512i idx, __mmask16 hi) {
+    if (nh <= 16) return _mm512_permutexvar_ps(idx, P[0]);
+    const __m512 lo = _mm512_permutex2var_ps(P[0], idx, P[1]);
+    if (nh <= 32) return lo;
+    return _mm512_mask_blend_ps(hi, lo, _mm512_permutex2var_ps(P[2], idx, P[3]));
+}
+
+/* q rounded to int8 per 32-channel block b: q8 = round(q / qd_b), qd_b = max|q_b| / 127; and the
+ * block sums of q. */
+K512_INLINE void q8_blocks(const float *q, int nb, int8_t *q8, float *qd, float *qsum) {
+    for (int b = 0; b < nb; b++) {
+        const __m512 x0 = _mm512_loadu_ps(q + 32 * b), x1 = _mm512_loadu_ps(q + 32 * b + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        qd[b] = amax / 127.0f, qsum[b] = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
+        const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0);
+        _mm_store_si128((__m128i *)(q8 + 32 * b), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(x0, inv))));
+        _mm_store_si128((__m128i *)(q8 + 32 * b + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(x1, inv))));
+    }
+}
+
+/* Runs once per attention task (not per tile): vector work per query, the layout (code_map) once
+ * per call. */
+K512 static bool a512_tok_qprep(int bits, int d, const float *q, int nq, int qs, void *buf) {
     if ((bits != 8 && bits != 4 && bits != 2) || d % 32 || d > KVQ_MAX_DIM || nq < 1) return false;
     const int nb = d / 32, ub = 4 * bits, nbu = 256 / ub;
     if (nb & (nb - 1) || nbu % nb || nbu / nb > 16) return false; /* nb 1, 2, 4, 8; not 2 bits at d 32 */
@@ -87,45 +116,70 @@ static bool a512_tok_qprep(int bits, int d, const float *q, int nq, int qs, void
         const int t = h->ua[0][L] / nb;
         h->perm[cnt[t]++ * h->T + t] = L;
     }
-    for (int k = 0; k < nq; k++) {
-        const float *qk = q + (size_t)k * qs;
-        int8_t q8[KVQ_MAX_DIM];
-        float qd[8], qsum[8];
-        for (int b = 0; b < nb; b++) {
-            float amax = 0, sum = 0;
-            for (int c = 0; c < 32; c++) amax = fmaxf(amax, fabsf(qk[b * 32 + c])), sum += qk[b * 32 + c];
-            qd[b] = amax / 127.0f, qsum[b] = sum;
-            const float inv = amax > 0 ? 127.0f / amax : 0;
-            for (int c = 0; c < 32; c++) q8[b * 32 + c] = (int8_t)lrintf(qk[b * 32 + c] * inv);
+    /* the 4 bytes of lane L of query vector e are 4 consecutive values of q8 (code_map's pos is
+     * 4-aligned at b = 0 and grows with b): dword src[e][L] of q8; accumulator of e */
+    _Alignas(64) int32_t src[16][16];
+    int acc_of[16];
+    for (int e = 0; e < h->nv; e++)
+        for (int L = 0; L < 16; L++) {
+            int unit, pos;
+            code_map(bits, e, L, 0, &unit, &pos, &acc_of[e]);
+            src[e][L] = ((unit % nb) * 32 + pos) / 4;
         }
+    /* centred codes: lane sums of (code - 2^(b-1)) * q8, so the rounding error of q multiplies
+     * x - (z + 2^(b-1) s), at most half the group's range, not code*s; off = 2^(b-1) * sum q8 */
+    const __m512i mv = _mm512_set1_epi8((char)(1 << (bits - 1)));
+    for (int k = 0; k < nq; k++) {
+        _Alignas(64) int8_t q8[KVQ_MAX_DIM] = {0}; /* whole vectors are read at d 32 */
+        float qd[8], qsum[8];
+        q8_blocks(q + (size_t)k * qs, nb, q8, qd, qsum);
+        __m512 Q[4];
+        for (int j = 0; j < (d + 63) / 64; j++) Q[j] = _mm512_load_ps((const float *)(q8 + 64 * j));
         int8_t *qv = (int8_t *)buf + QP_HEAD + (size_t)k * QP_STRIDE;
-        for (int e = 0; e < h->nv; e++)
-            for (int L = 0; L < 16; L++)
-                for (int b = 0; b < 4; b++) {
-                    int unit, pos, acc;
-                    code_map(bits, e, L, b, &unit, &pos, &acc);
-                    qv[e * 64 + L * 4 + b] = q8[(unit % nb) * 32 + pos];
-                }
+        __m512i off[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int e = 0; e < h->nv; e++) {
+            const __m512i idx = _mm512_load_si512(src[e]);
+            const __m512i v = _mm512_castps_si512(gather64(Q, d / 4, idx, _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(32))));
+            _mm512_store_si512(qv + e * 64, v);
+            off[acc_of[e]] = _mm512_dpbusd_epi32(off[acc_of[e]], mv, v);
+        }
         float *qf = (float *)(qv + h->nv * 64);
-        int32_t *off = (int32_t *)(qf + h->na * 32);
-        for (int a = 0; a < h->na; a++)
+        int32_t *offs = (int32_t *)(qf + h->na * 32);
+        for (int a = 0; a < h->na; a++) {
             for (int L = 0; L < 16; L++) {
                 const int blk = h->ua[a][L] % nb;
                 qf[a * 32 + L] = qd[blk];
                 qf[a * 32 + 16 + L] = h->first[a][L] ? qsum[blk] : 0;
-                off[a * 16 + L] = 0;
             }
-        /* centred codes: lane sums of (code - 2^(b-1)) * q8, so the rounding error of q multiplies
-         * x - (z + 2^(b-1) s), at most half the group's range, not code*s */
-        for (int e = 0; e < h->nv; e++)
-            for (int L = 0; L < 16; L++)
-                for (int b = 0; b < 4; b++) {
-                    int unit, pos, acc;
-                    code_map(bits, e, L, b, &unit, &pos, &acc);
-                    off[acc * 16 + L] += (1 << (bits - 1)) * qv[e * 64 + L * 4 + b];
-                }
+            _mm512_storeu_si512(offs + a * 16, off[a]);
+        }
     }
     return true;
+}
+
+/* ---------------- parameters ---------------- */
+
+/* Mask of the first n of 16 lanes (n may be <= 0 or >= 16). */
+static inline __mmask16 lanes16(int n) { return (__mmask16)(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1); }
+
+/* Lanes 0, 2, .., 30: the even elements of two vectors for permutex2var (+ 1: the odd ones). */
+K512_INLINE __m512i even_lanes(void) {
+    return _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+
+/* Parameter sets 0 .. n-1 at par (n may exceed 16: the first 16; lanes past n are 0) as the
+ * scales s and the centres z + m s of their codes (m = 2^(b-1); 0 for symmetric codes). */
+K512_INLINE void params16(const uint16_t *par, int n, bool asym, int m, __m512 *s, __m512 *zc) {
+    if (!asym) {
+        *s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes16(n), par));
+        *zc = _mm512_setzero_ps();
+        return;
+    }
+    const __m512i ev = even_lanes(), od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+    const __m512 a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes16(2 * n), par));
+    const __m512 b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes16(2 * n - 16), par + 16));
+    *s = _mm512_permutex2var_ps(a, ev, b);
+    *zc = _mm512_fmadd_ps(*s, _mm512_set1_ps((float)m), _mm512_permutex2var_ps(a, od, b));
 }
 
 /* ---------------- key scores ---------------- */
@@ -137,7 +191,7 @@ K512_INLINE void batch_params(const kvq_run *r, int bits, int ppg, bool fast, in
         const uint16_t *p = r->params + f0 * ppg;
         for (int j = 0; j < 4; j++)
             if (j * 16 < nh) {
-                const __mmask16 m = nh - j * 16 >= 16 ? 0xFFFF : (__mmask16)((1u << (nh - j * 16)) - 1);
+                const __mmask16 m = lanes16(nh - j * 16);
                 P[j] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p + j * 16));
             }
         return;
@@ -153,14 +207,6 @@ K512_INLINE void batch_params(const kvq_run *r, int bits, int ppg, bool fast, in
     (void)bits;
     for (int j = 0; j < 4; j++)
         if (j * 16 < nh) P[j] = _mm512_load_ps(tmp + 16 * j);
-}
-
-/* Lane L <- element idx[L] of the (up to 64-float) concatenation P. */
-K512_INLINE __m512 gather64(const __m512 P[4], int nh, __m512i idx, __mmask16 hi) {
-    if (nh <= 16) return _mm512_permutexvar_ps(idx, P[0]);
-    const __m512 lo = _mm512_permutex2var_ps(P[0], idx, P[1]);
-    if (nh <= 32) return lo;
-    return _mm512_mask_blend_ps(hi, lo, _mm512_permutex2var_ps(P[2], idx, P[3]));
 }
 
 K512_INLINE void tok_scores_body(const kvq_run *r, int bits, const qp_head *h, const uint8_t *qbase, int nq, float *s,
@@ -313,7 +359,7 @@ K512V_INLINE bool va_weights(const float *S, const float *Zc, bool asym, int n, 
             const int i1 = TL_MIN(ni, i0 + nis);
             for (int i = i0; i < i1; i += 16) {
                 const int tleft = n - i / ng;
-                const __mmask16 tm = (__mmask16)((1u << TL_MIN(tpv, tleft)) - 1);
+                const __mmask16 tm = lanes16(TL_MIN(tpv, tleft));
                 const __m512 P = _mm512_permutexvar_ps(pidx, _mm512_maskz_loadu_ps(tm, pk + i / ng));
                 const __m512 w = _mm512_mul_ps(P, _mm512_load_ps(S + i));
                 _mm512_store_ps(W + i, w);
@@ -347,25 +393,11 @@ K512V_INLINE void tok_accum_body(const kvq_run *r, int bits, int KN, const float
     const int H = caseA ? rb / 64 : 1, TI = caseA ? 4 : 256 / rb, NE = 8 / bits, ni = n * ng;
     /* (s, z + m s) per (token, group), converted once for all queries */
     _Alignas(64) float S[VA_SEG * 8], Zc[VA_SEG * 8];
-    if (!asym) {
-        for (int i = 0; i < ni; i += 16) {
-            const __mmask16 km = (__mmask16)(ni - i >= 16 ? 0xFFFF : (1u << (ni - i)) - 1);
-            _mm512_store_ps(S + i, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, r->params + i)));
-        }
-    } else {
-        const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
-        const __m512 mv = _mm512_set1_ps((float)m);
-        for (int i = 0; i < ni; i += 16) {
-            const int h0 = 2 * i, left = 2 * ni - h0;
-            const __mmask16 k0 = (__mmask16)(left >= 16 ? 0xFFFF : (1u << left) - 1);
-            const __mmask16 k1 = (__mmask16)(left >= 32 ? 0xFFFF : left <= 16 ? 0 : (1u << (left - 16)) - 1);
-            const __m512 a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k0, r->params + h0));
-            const __m512 b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k1, r->params + h0 + 16));
-            const __m512 s = _mm512_permutex2var_ps(a, ev, b), z = _mm512_permutex2var_ps(a, od, b);
-            _mm512_store_ps(S + i, s);
-            _mm512_store_ps(Zc + i, _mm512_fmadd_ps(s, mv, z));
-        }
+    for (int i = 0; i < ni; i += 16) {
+        __m512 sv, zc;
+        params16(r->params + (size_t)i * (asym ? 2 : 1), ni - i, asym, m, &sv, &zc);
+        _mm512_store_ps(S + i, sv);
+        if (asym) _mm512_store_ps(Zc + i, zc);
     }
     const __m512i mlo = _mm512_set1_epi8((char)((1 << bits) - 1)), cen = _mm512_set1_epi8((char)m);
     { /* KN (1..4) queries, a constant after inlining: the int accumulators stay in registers */
@@ -506,12 +538,203 @@ K512V static void a512_tok_accum(const kvq_run *r, const float *p, int nq, int p
     }
 }
 
+/* ---------------- keys, channel layout ----------------
+ * Per-channel keys (KIVI, ce = 1: (s, z) per channel and group of g tokens) and per-block keys
+ * (ce = g: one set per g channels). Within a token group, with m = 2^(b-1) and w_c = q_c s_c,
+ *   score(t) = sum_c q_c (s_c code(t,c) + z_c) = sum_c w_c (code(t,c) - m) + sum_c q_c (z_c + m s_c).
+ * Per group and query the weights are rounded to int8 once, w8 = round(w / D) with
+ * D = max_c |w_c| / 127; the second sum is a float constant of the group; the first runs in
+ * integers by vpdpbusd (u8 codes x s8 weights, 4 channels per dword, one token per int32 lane),
+ * the sums starting at -m * sum_c w8_c so that the codes are centred exactly. Error (weight
+ * rounding only):
+ *   |score - exact fused score| <= D/2 * sum_c |code(t,c) - m|     (tested).
+ * One scale for all channels of the group rather than one per 32 (as the token-layout kernel
+ * has): another scale per 32 channels would flush the int32 sums d/32 times per group, which
+ * at g 32 costs half as much again as the dot products themselves.
+ * Codes: a group holds per channel a run of cb = g*bits/8 bytes. Each 128 bytes (16, 8 or 4
+ * channels) are transposed by vpermt2b into vectors of dwords that each hold one byte position
+ * of 4 channels; a shift by k*bits and a mask then leave the codes of one token per dword (the
+ * token of position p and shift k is 32 (p / 4b) + 4b k + p % 4b, as packed). cb 8 (2-bit g32:
+ * KIVI's keys): a vector holds 8 positions of two channel quads in alternate lanes, so its
+ * weights are one 64-bit broadcast and adjacent lanes are added at the end; cb 16 and 32: 16
+ * positions of one quad, a dword broadcast. Everything else (1 bit, cb 64 and 128) goes to AVX2.
+ * The weights of a group cost about as much as its dot products at g 32 (d products per query
+ * against g*d/64 vpdpbusd): still ~4x fewer instructions than f16 keys. */
+enum { CK_Q = 4 }; /* queries per pass over a group: their int32 sums stay in registers */
+
+typedef struct {
+    _Alignas(64) int8_t w8[CK_Q][KVQ_MAX_DIM];
+    float D[CK_Q], bias[CK_Q]; /* bias: sum_c q_c (z_c + m s_c) */
+    int32_t start[CK_Q];       /* -m * sum_c w8_c */
+} ck_weights;
+
+static inline int32_t ld32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline int64_t ld64(const int8_t *p) {
+    int64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Weights of queries q[0], q[qs], ... (kn <= CK_Q) for a group of scales S and centres Zc. */
+K512_INLINE void ck_weights_prep(const float *S, const float *Zc, bool asym, int d, int m, const float *q, int kn, int qs,
+                                 ck_weights *w) {
+    _Alignas(64) float W[KVQ_MAX_DIM];
+    for (int kk = 0; kk < kn; kk++) {
+        const float *qk = q + (size_t)kk * qs;
+        __m512 vmax = _mm512_setzero_ps(), bacc = vmax;
+        for (int c = 0; c < d; c += 16) {
+            const __m512 qv = _mm512_loadu_ps(qk + c), wv = _mm512_mul_ps(qv, _mm512_load_ps(S + c));
+            _mm512_store_ps(W + c, wv);
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(wv));
+            if (asym) bacc = _mm512_fmadd_ps(qv, _mm512_load_ps(Zc + c), bacc);
+        }
+        const float mx = _mm512_reduce_max_ps(vmax);
+        const __m512 inv = _mm512_set1_ps(mx > 0 ? 127.0f / mx : 0.0f);
+        __m512i isum = _mm512_setzero_si512();
+        for (int c = 0; c < d; c += 16) {
+            const __m512i wi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(W + c), inv));
+            isum = _mm512_add_epi32(isum, wi);
+            _mm_store_si128((__m128i *)(w->w8[kk] + c), _mm512_cvtsepi32_epi8(wi));
+        }
+        w->D[kk] = mx / 127.0f;
+        w->bias[kk] = asym ? _mm512_reduce_add_ps(bacc) : 0.0f;
+        w->start[kk] = -m * _mm512_reduce_add_epi32(isum);
+    }
+}
+
+/* vpermt2b indices of output vector o of a 128-byte batch: byte i of dword lane L is channel
+ * 4*quad + i of the batch, at position pos of its run of cb bytes. */
+K512_INLINE __m512i ck_index(int cb, int o) {
+    int32_t base[16];
+    for (int L = 0; L < 16; L++) {
+        const int quad = cb == 8 ? 2 * o + (L & 1) : cb == 16 ? o : 0;
+        const int pos = cb == 8 ? L >> 1 : cb == 16 ? L : 16 * o + L;
+        base[L] = 4 * quad * cb + pos; /* + i*cb for byte i: below 128, no carries */
+    }
+    return _mm512_add_epi32(_mm512_mullo_epi32(_mm512_loadu_si512(base), _mm512_set1_epi32(0x01010101)),
+                            _mm512_set1_epi32(cb * 0x03020100));
+}
+
+/* Token (in its group) of dword lane L of output vector o shifted by k*bits (cb 16, 32). */
+static inline int ck_token(int cb, int bits, int o, int L, int k) {
+    const int ub = 4 * bits, p = (cb == 32 ? 16 * o : 0) + L;
+    return 32 * (p / ub) + ub * k + p % ub;
+}
+
+/* Scores s[kk*ss + t], t < g, of KQ queries for the group of codes at `codes`. */
+K512V_INLINE void ck_group(const uint8_t *codes, int d, int bits, int cb, int KQ, const ck_weights *w,
+                           const __m512i idx[2], float *s, int ss) {
+    const int nk = 8 / bits, npass = cb == 32 ? 2 : 1, nout = cb == 32 ? 1 : 2, nbatch = d * cb / 128;
+    const __m512i mask = _mm512_set1_epi8((char)((1 << bits) - 1));
+    for (int pass = 0; pass < npass; pass++) {
+        __m512i A[CK_Q][4];
+#pragma GCC unroll 4
+        for (int kk = 0; kk < KQ; kk++)
+#pragma GCC unroll 4
+            for (int k = 0; k < nk; k++) /* cb 8: lanes 2j, 2j+1 are one token: start it once */
+                A[kk][k] = cb == 8 ? _mm512_maskz_set1_epi32(0x5555, w->start[kk]) : _mm512_set1_epi32(w->start[kk]);
+        for (int b = 0; b < nbatch; b++) {
+            const __m512i R0 = _mm512_loadu_si512(codes + 128 * b), R1 = _mm512_loadu_si512(codes + 128 * b + 64);
+#pragma GCC unroll 2
+            for (int oo = 0; oo < nout; oo++) {
+                const int o = pass + oo;
+                const __m512i X = _mm512_permutex2var_epi8(R0, idx[o], R1);
+                const int wo = cb == 8 ? 4 * (4 * b + 2 * o) : cb == 16 ? 4 * (2 * b + o) : 4 * b; /* first channel */
+#pragma GCC unroll 4
+                for (int k = 0; k < nk; k++) {
+                    const __m512i C = bits == 8 ? X : _mm512_and_si512(_mm512_srli_epi16(X, k * bits), mask);
+#pragma GCC unroll 4
+                    for (int kk = 0; kk < KQ; kk++) {
+                        const __m512i wv =
+                            cb == 8 ? _mm512_set1_epi64(ld64(w->w8[kk] + wo)) : _mm512_set1_epi32(ld32(w->w8[kk] + wo));
+                        A[kk][k] = _mm512_dpbusd_epi32(A[kk][k], C, wv);
+                    }
+                }
+            }
+        }
+        const __m512i even = even_lanes(), odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+#pragma GCC unroll 4
+        for (int kk = 0; kk < KQ; kk++) {
+            const __m512 D = _mm512_set1_ps(w->D[kk]), B = _mm512_set1_ps(w->bias[kk]);
+            float *sk = s + (size_t)kk * ss;
+            if (cb == 8) { /* A[k] lane 2j, 2j+1: token 8k + j */
+                for (int h = 0; h < 2; h++) {
+                    const __m512i a = A[kk][2 * h], c = A[kk][2 * h + 1];
+                    const __m512i P = _mm512_add_epi32(_mm512_permutex2var_epi32(a, even, c), _mm512_permutex2var_epi32(a, odd, c));
+                    _mm512_storeu_ps(sk + 16 * h, _mm512_fmadd_ps(_mm512_cvtepi32_ps(P), D, B));
+                }
+                continue;
+            }
+#pragma GCC unroll 4
+            for (int k = 0; k < nk; k++) { /* lanes 0-7 and 8-15: runs of 8 tokens */
+                const __m512 F = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A[kk][k]), D, B);
+                const int t0 = ck_token(cb, bits, pass, 0, k), t1 = ck_token(cb, bits, pass, 8, k);
+                if (t1 == t0 + 8) {
+                    _mm512_storeu_ps(sk + t0, F);
+                } else {
+                    _mm256_storeu_ps(sk + t0, _mm512_castps512_ps256(F));
+                    _mm256_storeu_ps(sk + t1, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(F), 1)));
+                }
+            }
+        }
+    }
+}
+
+K512V static void a512_ch_scores(const kvq_run *r, const float *q, int nq, int qs, float *s, int ss) {
+    const int bits = r->bits, d = r->d, g = r->g, cb = g * bits / 8, m = 1 << (bits - 1);
+    const bool ok = (bits == 8 || bits == 4 || bits == 2) && (cb == 8 || cb == 16 || cb == 32) && d % 32 == 0 &&
+                    d <= KVQ_MAX_DIM && (r->ce == 1 || r->ce == g) && d % r->ce == 0 && r->n % g == 0;
+    if (!ok) {
+        kvq_avx2_table.ch_scores(r, q, nq, qs, s, ss);
+        return;
+    }
+    const bool asym = !r->sym;
+    const int ppg = asym ? 2 : 1, nset = d / r->ce;
+    const __m512i idx[2] = {ck_index(cb, 0), ck_index(cb, 1)};
+    _Alignas(64) float S[KVQ_MAX_DIM], Zc[KVQ_MAX_DIM];
+    ck_weights w;
+    for (int tg = 0; tg < r->n / g; tg++) {
+        const uint16_t *par = r->params + (size_t)tg * nset * ppg;
+        for (int c = 0; c < d; c += 16) { /* per channel s and z + m s, for all queries */
+            __m512 sv, zc;
+            if (r->ce == 1) {
+                params16(par + (size_t)c * ppg, 16, asym, m, &sv, &zc);
+            } else { /* one set for these 16 channels (ce a multiple of 32) */
+                params16(par + (size_t)(c / r->ce) * ppg, 1, asym, m, &sv, &zc);
+                sv = _mm512_broadcastss_ps(_mm512_castps512_ps128(sv));
+                zc = _mm512_broadcastss_ps(_mm512_castps512_ps128(zc));
+            }
+            _mm512_store_ps(S + c, sv);
+            _mm512_store_ps(Zc + c, zc);
+        }
+        const uint8_t *codes = r->codes + (size_t)tg * d * cb;
+        for (int k0 = 0; k0 < nq; k0 += CK_Q) {
+            const int kn = TL_MIN(CK_Q, nq - k0);
+            float *sk = s + (size_t)k0 * ss + (size_t)tg * g;
+            ck_weights_prep(S, Zc, asym, d, m, q + (size_t)k0 * qs, kn, qs, &w);
+#define CK_CASE(B, G, KN) \
+    case (B) << 12 | (G) << 4 | (KN): ck_group(codes, d, B, (G) * (B) / 8, KN, &w, idx, sk, ss); break;
+#define CK_CASES(B, G) CK_CASE(B, G, 1) CK_CASE(B, G, 2) CK_CASE(B, G, 3) CK_CASE(B, G, 4)
+            switch (bits << 12 | g << 4 | kn) {
+                CK_CASES(2, 32) CK_CASES(2, 64) CK_CASES(2, 128) CK_CASES(4, 32) CK_CASES(4, 64) CK_CASES(8, 32)
+            default: break;
+            }
+#undef CK_CASES
+#undef CK_CASE
+        }
+    }
+}
+
 /* ---------------- the rest: AVX2 ---------------- */
 
 static void a512_tok_accum_avx2(const kvq_run *r, const float *p, int nq, int ps, float *acc, int as) {
     kvq_avx2_table.tok_accum(r, p, nq, ps, acc, as);
 }
-static void a512_ch_scores(const kvq_run *r, const float *q, int nq, int qs, float *s, int ss) {
+static void a512_ch_scores_avx2(const kvq_run *r, const float *q, int nq, int qs, float *s, int ss) {
     kvq_avx2_table.ch_scores(r, q, nq, qs, s, ss);
 }
 static void a512_ch_accum(const kvq_run *r, const float *p, int nq, int ps, float *acc, int as) {
@@ -530,17 +753,17 @@ static void a512_f32_accum(const float *x, int rs, int n, int d, const float *p,
     kvq_avx2_table.f32_accum(x, rs, n, d, p, nq, ps, acc, as);
 }
 
-/* vpermb (the value kernel's weight placement) needs AVX512-VBMI (Zen4, Ice Lake); without it
- * values stay on AVX2 */
-#define A512_TABLE(accum)                                                                            \
+/* vpermb / vpermt2b (the value kernel's weight placement, the channel-layout key kernel's
+ * transposition) need AVX512-VBMI (Zen4, Ice Lake); without it both stay on AVX2 */
+#define A512_TABLE(accum, chs)                                                                       \
     {                                                                                                \
-        .name = "avx512", .tok_scores = a512_tok_scores, .tok_accum = accum, .ch_scores = a512_ch_scores, \
+        .name = "avx512", .tok_scores = a512_tok_scores, .tok_accum = accum, .ch_scores = chs,       \
         .ch_accum = a512_ch_accum, .f16_scores = a512_f16_scores, .f16_accum = a512_f16_accum,       \
         .f32_scores = a512_f32_scores, .f32_accum = a512_f32_accum, .tok_qprep = a512_tok_qprep,     \
         .tok_scores_q = a512_tok_scores_q,                                                           \
     }
-static const kvq_kernels kernels_avx512 = A512_TABLE(a512_tok_accum);
-static const kvq_kernels kernels_avx512_novbmi = A512_TABLE(a512_tok_accum_avx2);
+static const kvq_kernels kernels_avx512 = A512_TABLE(a512_tok_accum, a512_ch_scores);
+static const kvq_kernels kernels_avx512_novbmi = A512_TABLE(a512_tok_accum_avx2, a512_ch_scores_avx2);
 
 const kvq_kernels *kvq_kernels_avx512(void) {
     const tl_cpu_features f = tl_cpu_detect();
