@@ -136,10 +136,11 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
     int lo = s->window > 0 ? TL_MAX(0, first_pos - s->window + 1) : 0;
     int hi = last_pos + 1;
     {
-        const int n_tiles = (hi - lo + TILE - 1) / TILE;
-        const int per = (n_tiles + j->n_split - 1) / j->n_split;
-        const int a = lo + split * per * TILE;
-        hi = TL_MIN(hi, a + per * TILE);
+        /* tiles spread evenly: split s takes tiles [s*n/ns, (s+1)*n/ns); one may be empty (early
+         * query blocks of a prefill chunk see few keys): its state stays -inf, the merge skips it */
+        const int64_t n_tiles = (hi - lo + TILE - 1) / TILE;
+        const int a = lo + (int)(split * n_tiles / j->n_split) * TILE;
+        hi = TL_MIN(hi, lo + (int)((split + 1) * n_tiles / j->n_split) * TILE);
         lo = a;
     }
 
@@ -261,12 +262,7 @@ static int dense_forward(tl_kv_layer *l, tl_pool *pool, int n_tok, const float *
     const int n_threads = tl_pool_size(pool);
     const int base_tasks = s->n_head_kv * j.n_qblocks;
     const int n_keys = s->window > 0 ? TL_MIN(n_past + n_tok, s->window + n_tok) : n_past + n_tok;
-    j.n_split = 1;
-    if (base_tasks < 4 * n_threads) {
-        const int want = (4 * n_threads + base_tasks - 1) / base_tasks;
-        const int by_len = n_keys / (4 * TILE);
-        j.n_split = TL_MAX(1, TL_MIN(want, by_len));
-    }
+    j.n_split = base_tasks < 4 * n_threads ? tl_kv_history_splits(base_tasks, n_threads, n_keys / (4 * TILE)) : 1;
     const int64_t n_tasks = (int64_t)base_tasks * j.n_split;
     if (j.n_split > 1) j.partial = tl_xmalloc(sizeof(float) * (size_t)n_tasks * j.rows_max * (s->head_dim_v + 2));
     tl_pool_run(pool, n_tasks, attn_task, &j);

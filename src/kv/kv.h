@@ -136,6 +136,12 @@ typedef struct {
  * (e.g. group size does not divide head_dim). */
 tl_kv_layer *tl_kv_layer_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, tl_error *err);
 
+/* How many history ranges the attention of `base` (KV head, query block) pairs is split into
+ * for nthreads threads (stores' decode and prefill tasks): about 4 tasks per thread, a task
+ * count that is a multiple of the thread count when splitting (9 equal tasks on 2 threads keep
+ * one idle for the last: SmolLM2's 3 KV heads at decode), at most max_split (one per tile). */
+int tl_kv_history_splits(int base, int nthreads, int max_split);
+
 /* Dense stores (dense.c). type is TL_KV_F32/F16/BF16. */
 tl_kv_layer *tl_kv_dense_new(tl_kv_kind type, const tl_kv_shape *s, tl_error *err);
 

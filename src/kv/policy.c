@@ -490,6 +490,16 @@ char *tl_kv_plan_format(const tl_kv_plan *plan) {
 
 /* ---- stores ---- */
 
+int tl_kv_history_splits(int base, int nthreads, int max_split) {
+    int n = (4 * nthreads + base - 1) / base;
+    for (int k = n; n > 1 && k < n + nthreads; k++)
+        if (base * k % nthreads == 0) {
+            n = k;
+            break;
+        }
+    return TL_MAX(1, TL_MIN(n, max_split));
+}
+
 tl_kv_layer *tl_kv_layer_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, tl_error *err) {
     if (!p || !s) {
         tl_fail(err, "tl_kv_layer_new: missing policy or shape");

@@ -488,20 +488,6 @@ static void transform_kv(qstore *st, int m, const float *k, const float *v, floa
     }
 }
 
-/* History ranges per (KV head, row block), for `base` such pairs: about 4 tasks per thread, and
- * when that needs splitting, a task count that is a multiple of the thread count: the tasks are
- * equal (whole tiles, spread evenly), and 9 of them on 2 threads keep one thread idle for the
- * last one (SmolLM2's 3 KV heads at decode). At most one range per tile. */
-static int history_splits(int base, int nthreads, int max_split) {
-    int n = (4 * nthreads + base - 1) / base;
-    for (int k = n; n > 1 && k < n + nthreads; k++)
-        if (base * k % nthreads == 0) {
-            n = k;
-            break;
-        }
-    return TL_MAX(1, TL_MIN(n, max_split));
-}
-
 static int quant_forward(tl_kv_layer *l, tl_pool *pool, int m, const float *q, const float *k, const float *v,
                          float *out, tl_error *err) {
     qstore *st = (qstore *)l;
@@ -513,7 +499,7 @@ static int quant_forward(tl_kv_layer *l, tl_pool *pool, int m, const float *q, c
         return tl_fail(err, "quantized KV store: %d + %d tokens exceed the capacity n_ctx %d", n_past, m, s->n_ctx);
     const int rpt = TL_MAX(1, QMAX / G), n_rowblk = (m + rpt - 1) / rpt;
     const int nthreads = pool ? tl_pool_size(pool) : 1;
-    const int n_split = n_past >= 2 * TILE ? history_splits(Hkv * n_rowblk, nthreads, n_past / TILE) : 1;
+    const int n_split = n_past >= 2 * TILE ? tl_kv_history_splits(Hkv * n_rowblk, nthreads, n_past / TILE) : 1;
     const int64_t n_tasks = (int64_t)Hkv * n_rowblk * n_split;
 
     const size_t nqk = (size_t)m * Hq * dk, nk = (size_t)m * Hkv * dk, nv = (size_t)m * Hkv * dv;
