@@ -16,9 +16,11 @@
 #   6. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan):
 #      the device key summary (summary=4) and the paper's channel-row fetch (summary=0)
 #   7. (dectc) f16 decode attention on tensor cores (TL_CUDA_DEC_TC=1) vs decode.cu: the kernel
-#      alone (bench_cuda_attn --m 1) and the decode bench
+#      alone (bench_cuda_attn --m 1) and the decode bench; (decmma) per-token codes decoded on
+#      decode.cu's CUDA cores (TL_CUDA_DEC_MMA=0) instead of decode_mma.cu's tensor cores
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long dectc), GPU_JOBS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS, TL_CUDA_SAFE.
+# long dectc decmma), GPU_JOBS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS, MMA_DEPTHS, MMA_KVS,
+# TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -107,6 +109,14 @@ if has minb3; then
     >"$OUT/decode_minb3.md" 2>"$OUT/decode_minb3.err"
   echo "bench (minb 3) exit $?" >>"$OUT/summary.md"
   cat "$OUT/decode_minb3.md" | tee -a "$OUT/summary.md"
+fi
+
+if has decmma; then
+  log "decode bench with TL_CUDA_DEC_MMA=0 (per-token codes on decode.cu's CUDA cores: before decode_mma.cu)"
+  TL_CUDA_DEC_MMA=0 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "${MMA_DEPTHS:-32768,131072}" --kv "${MMA_KVS:-k4v4,k2v2}" -r 2 -o md \
+    >"$OUT/decode_nomma.md" 2>"$OUT/decode_nomma.err"
+  echo "bench (TL_CUDA_DEC_MMA=0) exit $?" >>"$OUT/summary.md"
+  cat "$OUT/decode_nomma.md" | tee -a "$OUT/summary.md"
 fi
 
 if has olddec; then

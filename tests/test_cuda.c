@@ -163,10 +163,11 @@ static double rel_l2(const float *a, const float *b, size_t n) {
  * the same policy (codes may differ where inputs differ by rounding: looser). Also a few
  * n_hist values that exercise one block, many splits, partial tiles and the residual edge. */
 static void layer_cases(void) {
-    /* iq: per-token key codes, which the decode kernel scores with an int8 query (each lane's 8
-     * query values rounded with their own scale max|q|/127: a relative error of at most 1/254
-     * per value, ~1e-3 on the output after softmax), so it is compared with the general
-     * kernel (f32 query) at 5e-3 instead of 1e-4, and k8v8 with the CPU at 8e-3: a CPU with
+    /* iq: per-token codes, which the decode kernels take in reduced precision: decode_mma.cu in
+     * f16 (asymmetric groups, ~5e-4, decode_mma_cases), decode.cu with an int8 query (symmetric
+     * groups: each lane's 8 query values rounded with their own scale max|q|/127, a relative
+     * error of at most 1/254 per value, ~1e-3 on the output after softmax), so they are
+     * compared with the general kernel (f32 query) at 5e-3 instead of 1e-4, and k8v8 with the CPU at 8e-3: a CPU with
      * AVX-512 VNNI rounds its query to int8 too (per 32-channel block, quant_kernels_avx512.c),
      * so two independent errors of up to ~4e-3 meet (5.4e-3 measured on one device host) */
     struct {
@@ -504,6 +505,75 @@ static void tailor_model(const char *path) {
     tl_model_free(m);
 }
 
+/* Decode over per-token codes on tensor cores (decode_mma.cu) against the general kernel (mode 1,
+ * f32 over the same device codes): K/V code pairs 8/4/2 bits, groups 32/64/128, residual
+ * rings 0/128/300 (the last tile partial, ring tokens in the tail block), head_dim 128 with
+ * G 1/4/8 and head_dim 64 with G 3, histories that give a tail-only run, a few splits and many.
+ * Tolerance: q*scale, the dequantized K and V (code * s + z, one rounding) and p are rounded to
+ * f16 as in prefill_tc_cases: ~5e-4 expected, bound 2e-3. Mode 3 (decode.cu's CUDA-core path,
+ * int8 query per 8 channels, still the path for symmetric groups and windows) at 5e-3 like
+ * layer_cases. */
+static void decode_mma_cases(void) {
+    struct {
+        int n_head, n_head_kv, d;
+    } shapes[] = {{8, 2, 128}, {16, 2, 128}, {4, 4, 128}, {9, 3, 64}};
+    const char *kvs[] = {"k4v4", "k2v2", "k8v8", "k4v2", "k8v4", "k2v8", "k4v4:g64", "k2v2:g128", "k4v4:r128", "k4v2:r300"};
+    const int hists[] = {45, 2061, 9000};
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const int Hq = shapes[si].n_head, Hkv = shapes[si].n_head_kv, d = shapes[si].d, G = Hq / Hkv;
+        const int N = 9001, kd = Hkv * d, qd = Hq * d;
+        float *kh = malloc(sizeof(float) * (size_t)N * kd), *vh = malloc(sizeof(float) * (size_t)N * kd);
+        float *q = malloc(sizeof(float) * qd), *og = malloc(sizeof(float) * qd), *oo = malloc(sizeof(float) * qd);
+        for (size_t i = 0; i < (size_t)N * kd; i++) {
+            kh[i] = RND() * 1.7f + (i % d == 5 ? 6.0f : 0.0f);
+            vh[i] = RND() * (1.0f + (float)(i % 7)); /* groups of different ranges */
+        }
+        for (int i = 0; i < qd; i++) q[i] = RND() * 1.5f;
+        for (size_t ki = 0; ki < sizeof kvs / sizeof *kvs; ki++) {
+            if (si > 0 && ki >= 6 && ki != 8) continue; /* group and ring variants on the Llama shape (and r128 on all) */
+            tl_error err;
+            tl_kv_plan plan = {0};
+            if (tl_kv_plan_parse(&plan, kvs[ki], NULL, 1, &err)) {
+                CHECKF(0, "plan %s: %s", kvs[ki], err.msg);
+                continue;
+            }
+            for (size_t hi = 0; hi < sizeof hists / sizeof *hists; hi++) {
+                const int n_hist = hists[hi];
+                tl_kv_shape sh = {.n_head = Hq, .n_head_kv = Hkv, .head_dim_k = d, .head_dim_v = d, .n_ctx = n_hist + 1,
+                                  .window = 0, .scale = 1.0f / sqrtf((float)d)};
+                const float *k1 = kh + (size_t)n_hist * kd, *v1 = vh + (size_t)n_hist * kd;
+                for (int i = 0; i < qd; i++) og[i] = oo[i] = NAN;
+                const int rg = tl_cuda_layer_attend(&plan.layers[0], &sh, n_hist, 1024, kh, vh, 1, q, k1, v1, og, 0, &err);
+                CHECKF(rg == 0, "gpu decode mma %s d%d G%d hist %d: %s", kvs[ki], d, G, n_hist, err.msg);
+                const int ro = tl_cuda_layer_attend(&plan.layers[0], &sh, n_hist, 1024, kh, vh, 1, q, k1, v1, oo, 1, &err);
+                CHECKF(ro == 0, "gpu general %s: %s", kvs[ki], err.msg);
+                if (rg || ro) continue;
+                const double dg = rel_l2(og, oo, qd);
+                printf("decode mma d%d G%d kv %-10s history %4d + 1: vs general %.2e\n", d, G, kvs[ki], n_hist, dg);
+                CHECKF(dg < 2e-3, "decode mma d%d G%d kv %s history %d: rel L2 vs general kernel %g (tol 2e-3)", d, G, kvs[ki],
+                       n_hist, dg);
+                if (si == 0 && ki < 2) { /* decode.cu's CUDA-core path for the same codes */
+                    for (int i = 0; i < qd; i++) og[i] = NAN;
+                    const int r3 = tl_cuda_layer_attend(&plan.layers[0], &sh, n_hist, 1024, kh, vh, 1, q, k1, v1, og, 3, &err);
+                    CHECKF(r3 == 0, "gpu decode.cu %s: %s", kvs[ki], err.msg);
+                    const double d3 = r3 ? INFINITY : rel_l2(og, oo, qd);
+                    printf("decode.cu d%d G%d kv %-10s history %4d + 1: vs general %.2e\n", d, G, kvs[ki], n_hist, d3);
+                    CHECKF(d3 < 5e-3, "decode.cu d%d kv %s history %d: rel L2 vs general kernel %g (tol 5e-3)", d, kvs[ki], n_hist, d3);
+                }
+            }
+            tl_kv_plan_free(&plan);
+        }
+        free(kh);
+        free(vh);
+        free(q);
+        free(og);
+        free(oo);
+    }
+#undef RND
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
     char why[256];
@@ -512,6 +582,7 @@ int main(void) {
         return 0;
     }
     prefill_tc_cases();
+    decode_mma_cases();
     offload_layer_cases();
     layer_cases();
     fixtures();

@@ -45,7 +45,8 @@ struct tlc_ctx {
     bool no_tc;           /* TL_CUDA_TC=0: prefill chunks use the general attention kernel (prefill_tc.cu off) */
     int dec_tc_from;      /* f16 decode attention on tensor cores (prefill_tc.cu, m = 1) from this history length
                            * on (0: never); TL_CUDA_DEC_TC=1 always, =0 never, default TLC_DEC_TC_FROM */
-    bool dec_tc_quant;    /* per-token codes too (TL_CUDA_DEC_TC=1; off by default: decode.cu is faster there) */
+    bool dec_tc_quant;    /* per-token codes too (TL_CUDA_DEC_TC=1; off by default: decode_mma.cu is faster there) */
+    bool no_dec_mma;      /* TL_CUDA_DEC_MMA=0: per-token codes decode on decode.cu's CUDA-core path, not decode_mma.cu */
     bool no_fuse;         /* TL_CUDA_FUSE=0: the decode GLU activation as a separate kernel */
     bool no_pdl;          /* TL_CUDA_PDL=0: kernels launched without programmatic dependent launch */
     void *scratch;        /* attention partials, grown on demand */
@@ -124,6 +125,13 @@ int tlc_attention(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const f
  * head size without a decode kernel: use tlc_attention's general kernel). */
 int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew, const float *vnew,
                     float *out, tl_error *err);
+/* The merge of decode splits (decode.cu): part [Hkv][n_split][G][D + 2] = (max, sum, O[D]) in
+ * log2 units, plus the new token (q scaled by scale, knew, vnew), into out [Hkv*G][D]. */
+int tlc_dec_merge(tlc_ctx *cx, int D, int Hkv, int G, int n_split, const float *part, const float *q, float scale,
+                  const float *knew, const float *vnew, float *out, tl_error *err);
+/* Decode over per-token codes on tensor cores (decode_mma.cu): 0 done, -1 error, 1 not handled. */
+int tlc_attn_decode_mma(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew,
+                        const float *vnew, float *out, tl_error *err);
 #define TLC_DEC_TC_FROM 65536 /* measured crossover vs decode.cu on an H100 (docs/cuda.md) */
 
 /* Prefill (m > 1 rows; m = 1 from cx->dec_tc_from) attention on tensor cores, prefill_tc.cu: dense

@@ -47,7 +47,8 @@ int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err)
  * tokens (q, k, v host) is attended into out (host, [m][n_head*head_dim_v]). mode 0: the
  * kernels eval uses (decode.cu for m == 1 where it applies); 1: the general kernel only;
  * 2: as 0, but m == 1 on tensor cores (prefill_tc.cu) at any history length, for every format
- * that kernel takes (dense f16, per-token codes). */
+ * that kernel takes (dense f16, per-token codes); 3: as 0, but per-token codes decode on
+ * decode.cu's CUDA-core path instead of decode_mma.cu. */
 int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *kh,
                          const float *vh, int m, const float *q, const float *k, const float *v, float *out, int mode,
                          tl_error *err);

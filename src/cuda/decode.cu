@@ -570,6 +570,27 @@ __global__ void dec_merge_k(dec_p p) {
     }
 }
 
+int tlc_dec_merge(tlc_ctx *cx, int D, int Hkv, int G, int n_split, const float *part, const float *q, float scale,
+                  const float *knew, const float *vnew, float *out, tl_error *err) {
+    dec_p p;
+    memset(&p, 0, sizeof p);
+    p.part = (float *)part;
+    p.q = q;
+    p.knew = knew;
+    p.vnew = vnew;
+    p.out = out;
+    p.Hkv = Hkv;
+    p.G = G;
+    p.n_split = n_split;
+    p.scale = scale;
+    const size_t smem = sizeof(float) * (size_t)G * n_split;
+    if (smem > 48 * 1024) return tl_fail(err, "decode attention merge: %d splits x %d queries", n_split, G);
+    const cudaError_t e = D == 64 ? tlc_launch(!cx->no_pdl, dec_merge_k<64>, dim3(Hkv), dim3(TL_MIN(1024, G * D)), smem, cx->stream, p)
+                                  : tlc_launch(!cx->no_pdl, dec_merge_k<128>, dim3(Hkv), dim3(TL_MIN(1024, G * D)), smem, cx->stream, p);
+    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge: %s", cudaGetErrorString(e));
+    return 0;
+}
+
 static int side_fmt(const kv_side &S, bool is_k) {
     if (S.mode == KV_DENSE) return S.dt == DT_F16 ? 16 : 0;
     if (S.mode == KV_SLIDE) return S.g >= 32 && (S.bits == 8 || S.bits == 4 || S.bits == 2) ? S.bits : 0;
@@ -594,12 +615,7 @@ static int dec_launch(tlc_ctx *cx, dec_p &p, tl_error *err) {
     }
     cudaError_t e = tlc_launch(!cx->no_pdl, dec_k<D, GP, KF, VF, MINB>, dim3(p.Hkv, p.n_split), dim3(DTHR), 0, cx->stream, p);
     if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention: %s", cudaGetErrorString(e));
-    if (p.n_split > 1) {
-        const size_t smem = sizeof(float) * (size_t)p.G * p.n_split;
-        if (smem > 48 * 1024) return tl_fail(err, "decode attention merge: %d splits x %d queries", p.n_split, p.G);
-        e = tlc_launch(!cx->no_pdl, dec_merge_k<D>, dim3(p.Hkv), dim3(TL_MIN(1024, p.G * D)), smem, cx->stream, p);
-        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge: %s", cudaGetErrorString(e));
-    }
+    if (p.n_split > 1) return tlc_dec_merge(cx, D, p.Hkv, p.G, p.n_split, p.part, p.q, p.scale, p.knew, p.vnew, p.out, err);
     return 0;
 }
 
@@ -609,6 +625,10 @@ static int dec_launch(tlc_ctx *cx, dec_p &p, tl_error *err) {
 int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew, const float *vnew,
                     float *out, tl_error *err) {
     const int D = L->k.d, G = L->n_head / L->n_head_kv;
+    {
+        const int rc = tlc_attn_decode_mma(cx, L, n_past, q, knew, vnew, out, err); /* per-token codes: decode_mma.cu */
+        if (rc <= 0) return rc;
+    }
     if (L->v.d != D || (D != 64 && D != 128) || G > 8) return 1;
     const int kf = side_fmt(L->k, true), vf = side_fmt(L->v, false);
     if (!kf || !vf || (G > 4 && !(kf == 16 && vf == 16))) return 1;

@@ -591,6 +591,8 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         g->cx.safe = sf && *sf && strcmp(sf, "0");
         const char *dc = getenv("TL_CUDA_DECODE");
         g->cx.old_decode = dc && !strcmp(dc, "0");
+        const char *dm = getenv("TL_CUDA_DEC_MMA");
+        g->cx.no_dec_mma = dm && !strcmp(dm, "0");
         const char *mb = getenv("TL_CUDA_DEC_MINB");
         g->cx.dec_minb = mb ? atoi(mb) : 0;
         g->cx.no_tc = getenv("TL_CUDA_TC") && !strcmp(getenv("TL_CUDA_TC"), "0");
@@ -963,6 +965,7 @@ extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_sha
     g->cx.old_decode = g->cx.no_tc = mode == 1; /* mode 1: the general kernel only */
     g->cx.dec_tc_from = mode == 2 ? 1 : 0; /* mode 2: decode on tensor cores (quantized sides too) */
     g->cx.dec_tc_quant = mode == 2;
+    g->cx.no_dec_mma = mode == 3; /* mode 3: as 0, per-token codes on decode.cu's CUDA-core path */
     {
         const char *mb = getenv("TL_CUDA_DEC_MINB");
         g->cx.dec_minb = mb ? atoi(mb) : 0;
