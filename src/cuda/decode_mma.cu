@@ -39,6 +39,7 @@
  * Numerics: q (times scale * log2 e), the dequantized K and V and P in f16, products and sums in
  * f32: like prefill_tc.cu, ~5e-4 relative to the exact result over the same codes. */
 #include "backend.cuh"
+#include "mma.cuh"
 
 #include <math.h>
 
@@ -76,55 +77,6 @@ struct dq_cfg {
                   "a warp's stages hold its tail scratch and its merge row");
 };
 
-/* cp.async of 16 bytes that reads the first n (0..16) and zero-fills the rest */
-__device__ __forceinline__ void cp16z(void *sdst, const void *gsrc, int n) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gsrc), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-__device__ __forceinline__ void ldsm4(uint32_t r[4], const void *p) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
-}
-__device__ __forceinline__ void ldsm4t(uint32_t r[4], const void *p) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
-}
-
-/* d += a * b (16x8x16, f16 in, f32 accumulate) */
-__device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* The 8x8 b16 matrix the warp holds (lane 4r + c: row r, columns 2c, 2c+1), transposed. */
-__device__ __forceinline__ uint32_t movtrans(uint32_t x) {
-    uint32_t y;
-    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
-    return y;
-}
-
-__device__ __forceinline__ float ex2(float x) { /* 2^x; -inf -> +0 */
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *(const uint32_t *)&h;
-}
 __device__ __forceinline__ __half2 as_h2(uint32_t u) { return *(const __half2 *)&u; }
 __device__ __forceinline__ uint32_t as_u(__half2 h) { return *(const uint32_t *)&h; }
 

@@ -52,6 +52,7 @@
  * Shared rows are padded to D+8 halves (272 or 144 bytes): the 8 row addresses of one
  * ldmatrix matrix then fall in 8 different 16-byte bank groups (conflict-free). */
 #include "backend.cuh"
+#include "mma.cuh"
 
 #include <math.h>
 
@@ -69,47 +70,6 @@ struct tc_p {
     int n_past, m, Hq, Hkv, G, n_qblk, n_split, split_len;
     float qscale; /* softmax scale * log2(e) */
 };
-
-__device__ __forceinline__ void cp16(void *sdst, const void *gsrc) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc) : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-
-__device__ __forceinline__ void ldsm4(uint32_t r[4], const __half *p) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
-}
-__device__ __forceinline__ void ldsm4t(uint32_t r[4], const __half *p) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
-}
-
-/* d += a * b (16x8x16, f16 in, f32 accumulate) */
-__device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float ex2(float x) { /* 2^x; -inf -> +0 */
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi); /* .x (low 16 bits) = lo */
-    return *(const uint32_t *)&h;
-}
 
 /* 8 consecutive floats (32-byte aligned) times s, rounded to f16, as one 16-byte word. */
 __device__ __forceinline__ uint4 cvt8(const float *src, float s) {
@@ -302,7 +262,7 @@ __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
                               vst + (buf ^ 1) * VS::stage_bytes);
         }
         cp_commit(); /* possibly empty: keeps "all but the newest group" = tile j */
-        cp_wait1();
+        cp_wait<1>();
         __syncthreads();
         if constexpr (KB != 0 || VB != 0) { /* codes sides: tile j's f16 rows from its staging area */
             if constexpr (KB != 0) side_convert<D, KB>(p.K, h, t0, p.n_past, kend, p.knew, Hkv, kst + buf * KS::stage_bytes, Ks);
