@@ -86,9 +86,9 @@ __device__ __forceinline__ int chunk_off(int t, int u) {
     return (t * NCH + (u ^ ((t / (8 / NCH)) & (NCH - 1)))) * 16;
 }
 
-/* Channel of field f of byte b of chunk u in a code row (kvq_pack32: units of 32 values in
- * 4*B bytes; byte j of a unit holds values j + (32/(4B/... )): 8 bits j; 4 bits j, j+16; 2 bits
- * j, j+8, j+16, j+24 in fields 0..). */
+/* Channel of field f (bits B*f..) of byte b of 16-byte chunk u in a code row (kvq_pack32: units
+ * of 32 values in 4*B bytes; byte j of a unit holds value j (8 bits), values j, j+16 (4 bits),
+ * or values j, j+8, j+16, j+24 (2 bits) in fields 0, 1, ...). */
 template <int B>
 __device__ __forceinline__ int code_ch(int u, int b, int f) {
     if (B == 8) return 16 * u + b;
