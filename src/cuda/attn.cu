@@ -251,14 +251,6 @@ struct attn_p {
     float scale;
 };
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 template <bool BLK>
 __global__ void __launch_bounds__(ATHR) attn_k(attn_p p) {
@@ -366,13 +358,13 @@ __global__ void __launch_bounds__(ATHR) attn_k(attn_p p) {
         __syncthreads();
         for (int i = warp; i < nq; i += ATHR / 32) {
             const float s = S[i * TT + lane], mo = mrow[i];
-            const float mn = fmaxf(mo, warp_max(s));
+            const float mn = fmaxf(mo, wmax(s));
             float pv = 0.0f, corr = 1.0f;
             if (mn != -INFINITY) {
                 pv = expf(s - mn);
                 corr = expf(mo - mn);
             }
-            const float sum = warp_sum(pv);
+            const float sum = wsum(pv);
             S[i * TT + lane] = pv;
             if (lane == 0) {
                 lrow[i] = lrow[i] * corr + sum;

@@ -115,14 +115,6 @@ __device__ __forceinline__ void rscatter(float (&v)[N][GP], int li) {
     rscatter_step<N / 2, N, GP>(v, li);
 }
 
-__device__ __forceinline__ float wmax(float v) {
-    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ float wsum(float v) {
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 __device__ __forceinline__ void h8(uint4 w, float *f) {
     const __half2 *hp = (const __half2 *)&w;

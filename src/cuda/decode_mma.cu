@@ -134,14 +134,6 @@ __device__ __forceinline__ uint32_t pword(const uint8_t *P, int t, int pstride, 
     return *(const uint32_t *)((const uint16_t *)P + t * pstride + goff);
 }
 
-__device__ __forceinline__ float wmax(float v) {
-    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ float wsum(float v) {
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 /* cp.async of tile [t0, t0 + 32) of one side: code rows (swizzled chunks) and parameter rows;
  * rows at or past nq (the last tile) are zero-filled, not read: zero codes and parameters
@@ -290,9 +282,9 @@ __global__ void __launch_bounds__(NTH, MINB) dq_k(dq_p p) {
         /* parameter offsets (halves) of this lane's groups, by chunk: K bytes 4tq.., V bytes 2gq.. */
         int kgo[KCH], vgo[VCH];
 #pragma unroll
-        for (int u = 0; u < KCH; u++) kgo[u] = code_unit<KB>(u, 4 * tq) * 32 / p.K.g * 2;
+        for (int u = 0; u < KCH; u++) kgo[u] = code_unit<KB>(u, 4 * tq) * 32 / p.K.g * p.K.ppg;
 #pragma unroll
-        for (int u = 0; u < VCH; u++) vgo[u] = code_unit<VB>(u, 2 * gq) * 32 / p.V.g * 2;
+        for (int u = 0; u < VCH; u++) vgo[u] = code_unit<VB>(u, 2 * gq) * 32 / p.V.g * p.V.ppg;
         /* O^T accumulators: m-tile (u, f): c0, c1 = channel code_ch(u, 2gq, f), heads 2tq, 2tq+1;
          * c2, c3 = channel code_ch(u, 2gq + 1, f) */
         float o[NMT][4];
@@ -469,7 +461,9 @@ template <int D, int KB, int VB>
 int dq_launch(tlc_ctx *cx, dq_p &p, int Hkv, const float *knew, const float *vnew, float *out, tl_error *err) {
     using C = dq_cfg<D, KB, VB>;
     if (C::SMEM > cx->smem_optin) return 1;
-    cudaFuncSetAttribute(dq_k<D, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    cudaError_t e = cudaFuncSetAttribute(dq_k<D, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e != cudaSuccess)
+        return tl_fail(err, "cudaFuncSetAttribute(decode attention on tensor cores, %zu bytes): %s", C::SMEM, cudaGetErrorString(e));
     int occ = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, dq_k<D, KB, VB>, NTH, C::SMEM) != cudaSuccess || occ < 1) occ = 1;
     /* one full wave (the tail block included), at least 2 tiles per warp */
@@ -481,7 +475,7 @@ int dq_launch(tlc_ctx *cx, dq_p &p, int Hkv, const float *knew, const float *vne
     const int ns = p.n_split + 1;
     if (tlc_scratch(cx, (size_t)Hkv * ns * p.G * (D + 2) * sizeof(float), err)) return -1;
     p.part = (float *)cx->scratch;
-    cudaError_t e = tlc_launch(!cx->no_pdl, dq_k<D, KB, VB>, dim3(Hkv, ns), dim3(NTH), C::SMEM, cx->stream, p);
+    e = tlc_launch(!cx->no_pdl, dq_k<D, KB, VB>, dim3(Hkv, ns), dim3(NTH), C::SMEM, cx->stream, p);
     if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention (tensor cores, codes): %s", cudaGetErrorString(e));
     return tlc_dec_merge(cx, D, Hkv, p.G, ns, p.part, p.q, p.scale, knew, vnew, out, err);
 }

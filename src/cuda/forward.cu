@@ -132,7 +132,7 @@ __global__ void embed_k(const void *E, const int32_t *tok, int n_embd, float sca
 }
 
 __device__ float block_sum(float v, float *red) {
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    v = wsum(v);
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     __syncthreads();
     if (lane == 0) red[w] = v;

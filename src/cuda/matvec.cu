@@ -131,10 +131,6 @@ __device__ __forceinline__ void row_dot16x2(const void *A, const void *B, int ro
     sb = accb;
 }
 
-__device__ __forceinline__ float warp_allsum(float v) {
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 template <int WT, bool VEC, int GLU>
 __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
@@ -169,8 +165,8 @@ __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
     if (GLU) {
         float g, u;
         row_dot16x2<WT>(a.W[0], a.W[1], row, n, x4, lane, pre, g, u);
-        g = warp_allsum(g);
-        u = warp_allsum(u);
+        g = wsum(g);
+        u = wsum(u);
         if (lane == 0) a.y[0][row] = mv_act(g, GLU) * u;
         return;
     }
@@ -191,7 +187,7 @@ __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
         const float *xf = (const float *)x4;
         for (int i = lane; i < n; i += 32) acc = fmaf(ldw<WT>(W, (size_t)row * n + i), xf[i], acc);
     }
-    acc = warp_allsum(acc);
+    acc = wsum(acc);
     if (lane == 0) {
         float *y = si == 0 ? a.y[0] : si == 1 ? a.y[1] : a.y[2];
         const float *b = si == 0 ? a.bias[0] : si == 1 ? a.bias[1] : a.bias[2];

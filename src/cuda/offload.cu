@@ -591,7 +591,7 @@ __global__ void __launch_bounds__(OFF_WARPS * 32) off_attn_k(oattn_p p) {
             float s = 0.0f;
 #pragma unroll
             for (int e = 0; e < EK; e++) s = fmaf(qs[g * dk + lane * EK + e], kx[e], s);
-            for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            s = wsum(s);
             const float mn = fmaxf(m[g], s), corr = expf(m[g] - mn), pe = expf(s - mn);
             l[g] = l[g] * corr + pe;
             m[g] = mn;

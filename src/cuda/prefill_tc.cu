@@ -394,14 +394,14 @@ __global__ void prefill_tc_merge_k(tc_p p, int D) {
     for (int i = threadIdx.x >> 5; i < rows; i += nw) {
         float M = -INFINITY, L = 0.0f;
         for (int s = lane; s < S; s += 32) M = fmaxf(M, p.ml[(base + (size_t)s * BM + i) * 2]);
-        for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        M = wmax(M);
         for (int s = lane; s < S; s += 32) {
             const size_t k = base + (size_t)s * BM + i;
             const float ms = p.ml[k * 2], w = ms == -INFINITY ? 0.0f : exp2f(ms - M); /* a split with no visible key: 0 */
             wsm[i * (S + 1) + s] = w;
             L = fmaf(w, p.ml[k * 2 + 1], L);
         }
-        for (int o = 16; o; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        L = wsum(L);
         if (lane == 0) wsm[i * (S + 1) + S] = 1.0f / L;
     }
     __syncthreads();
