@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test suite: release build + ctest, then an ASan+UBSan build running the unit tests,
-# then each fuzz target briefly. Exit status is non-zero on any failure.
+# The test suite: release build + ctest, then an ASan+UBSan build running the unit tests, a
+# ThreadSanitizer build running the thread stress test, then each fuzz target briefly. Exit
+# status is non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS="$(nproc)"
@@ -14,6 +15,13 @@ if [ "${TL_SKIP_SANITIZE:-0}" != 1 ]; then
     cmake --build build-asan -j"$JOBS"
     # the model-level tests are slow under sanitizers; the unit tests cover the same code
     ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j"$JOBS" -LE slow
+fi
+
+if [ "${TL_SKIP_SANITIZE:-0}" != 1 ]; then
+    echo "== ThreadSanitizer: the thread pool and threaded attention =="
+    cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTL_TSAN=ON -DTL_CUDA=OFF >/dev/null
+    cmake --build build-tsan -j"$JOBS" --target test_threads
+    TL_THREADS_QUICK=1 TSAN_OPTIONS=halt_on_error=1 ./build-tsan/test_threads
 fi
 
 if [ "${TL_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null; then

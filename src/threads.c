@@ -1,11 +1,17 @@
 /* threads.c: persistent worker threads for parallel-for.
  *
  * A job is (fn, ctx, n_tasks) plus a 64-bit atomic `cursor` = job id << 32 | next task index.
- * Threads claim tasks by compare-and-swap on the cursor, so a worker that wakes late can
- * never run a task of a job other than the one whose id it read; the caller returns when
- * `done` reaches n_tasks, without waiting for sleeping workers to check in. Waiting spins
- * briefly (decode issues many short jobs) and then yields or sleeps, so an oversubscribed
- * machine degrades gracefully instead of burning its cores on spinning. */
+ * Threads claim tasks by compare-and-swap on the cursor. Before tl_pool_run returns it closes
+ * the job: the cursor becomes id << 32 | CLOSED, an index no job reaches. A worker that read
+ * the cursor of job `id` and was then preempted can therefore never claim a task of it once
+ * the caller has moved on, however stale what it read of n_tasks: its compare-and-swap fails,
+ * and it never reads the (fn, ctx) of a job it did not claim a task of. (Without the close, a
+ * stale worker that read the next job's larger n_tasks claimed a task of the finished job and
+ * ran it with the next job's fn and a dead or half-written ctx: issue 19, item 0;
+ * tests/test_threads.c.) The caller returns when `done` reaches n_tasks, without waiting for
+ * sleeping workers to check in. Waiting spins briefly (decode issues many short jobs) and then
+ * yields or sleeps, so an oversubscribed machine degrades gracefully instead of burning its
+ * cores on spinning. */
 #define _GNU_SOURCE
 #include "threads.h"
 #include "common.h"
@@ -13,6 +19,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -23,9 +30,11 @@ struct tl_pool {
     pthread_cond_t cv;
     _Atomic uint64_t cursor; /* job id << 32 | next task */
     _Atomic int64_t done;    /* tasks finished in the current job */
-    int64_t n_tasks;
-    tl_task_fn fn;
-    void *ctx;
+    /* written by the caller only while no task of any job can be claimed (between closing
+     * one job and publishing the next); atomics so a stale worker's read is defined */
+    _Atomic int64_t n_tasks;
+    _Atomic(tl_task_fn) fn;
+    _Atomic(void *) ctx;
     uint32_t job_id;
     atomic_bool quit;
 };
@@ -34,6 +43,8 @@ typedef struct {
     tl_pool *pool;
     int id;
 } worker_arg;
+
+#define CLOSED 0xffffffffu /* task index of a job whose caller has returned */
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__)
@@ -47,11 +58,13 @@ static void run_tasks(tl_pool *p, uint32_t id, int thread_id) {
         uint64_t cur = atomic_load_explicit(&p->cursor, memory_order_acquire);
         if ((uint32_t)(cur >> 32) != id) return;
         const int64_t i = (int64_t)(cur & 0xffffffffu);
-        if (i >= p->n_tasks) return;
+        if (i >= atomic_load_explicit(&p->n_tasks, memory_order_relaxed)) return;
         if (!atomic_compare_exchange_weak_explicit(&p->cursor, &cur, cur + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
-        p->fn(p->ctx, i, thread_id);
+        /* task i of job `id` is ours: its caller waits for it, so fn and ctx are job id's */
+        tl_task_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
+        fn(atomic_load_explicit(&p->ctx, memory_order_relaxed), i, thread_id);
         atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     }
 }
@@ -94,7 +107,7 @@ tl_pool *tl_pool_new(int n_threads) {
     p->n_threads = n_threads;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
-    atomic_init(&p->cursor, 0);
+    atomic_init(&p->cursor, CLOSED); /* job 0, closed */
     atomic_init(&p->done, 0);
     atomic_init(&p->quit, false);
     p->threads = tl_xcalloc((size_t)n_threads, sizeof(pthread_t));
@@ -128,10 +141,14 @@ void tl_pool_run(tl_pool *p, int64_t n_tasks, tl_task_fn fn, void *ctx) {
         for (int64_t i = 0; i < n_tasks; i++) fn(ctx, i, 0);
         return;
     }
-    /* the previous job is complete (done == its n_tasks), so no thread reads these now */
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n_tasks = n_tasks;
+    if (n_tasks >= (int64_t)CLOSED) { /* a caller bug: no job splits this finely */
+        fprintf(stderr, "tailor: thread pool: %lld tasks in one job\n", (long long)n_tasks);
+        abort();
+    }
+    /* the previous job is closed, so no worker can claim a task until the new id is out */
+    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&p->ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     const uint32_t id = ++p->job_id;
     pthread_mutex_lock(&p->mu);
@@ -144,4 +161,7 @@ void tl_pool_run(tl_pool *p, int64_t n_tasks, tl_task_fn fn, void *ctx) {
         if (++spins < 4000) cpu_relax();
         else sched_yield();
     }
+    /* close the job before the fields change: every task is claimed, so the cursor holds
+     * id | n_tasks, and a stale compare-and-swap against any value of job id now fails */
+    atomic_store_explicit(&p->cursor, (uint64_t)id << 32 | CLOSED, memory_order_seq_cst);
 }
