@@ -13,6 +13,7 @@
 #define TL_CALIBRATE_H
 
 #include "session.h"
+#include "kv/policy.h"
 
 /* 1 - (sum of the k largest of softmax(logits[0..n))), k = max(1, ceil(top * n)).
  * scratch: n floats. */
@@ -35,5 +36,41 @@ typedef struct {
  * true for sliding-window layers (they keep their window whatever the plan). */
 int tl_calibrate(tl_model *m, const int32_t *tokens, int n, const tl_calib_params *p, double *scores, bool *window,
                  tl_error *err);
+
+/* ---- Key layout calibration for auto:B (calibrate_keys.c) ----
+ *
+ * Prefill a calibration text with f32 stores, recording every layer's keys and values and the
+ * queries of the last n_q rows. For each layer and each key layout tl_kv_auto_candidates
+ * offers, build a store with that layout for K (values kept exact, so only the keys' error is
+ * seen), append the first n - n_q tokens, attend the last n_q rows, and measure
+ *   err = sqrt(sum |o - o_exact|^2 / sum |o_exact|^2)   over rows and query heads,
+ * o_exact from f32 attention over the same keys and values. The layer takes the first
+ * candidate in preference order whose err is within `slack` (10%) of the smallest. */
+extern const char tl_calib_builtin_text[];
+
+enum { TL_KV_AUTO_CALIB_TOKENS = 512, TL_KV_AUTO_CALIB_ROWS = 32 };
+
+typedef struct {
+    int n_layer;
+    int chosen[TL_MAX_LAYERS];                          /* candidate index; -1 for a window layer */
+    double err[TL_MAX_LAYERS][TL_KV_AUTO_MAX_CANDIDATES]; /* NAN where a candidate does not fit */
+    int n_candidates;
+    int n_tokens; /* calibration tokens */
+    double seconds;
+} tl_kv_auto_report;
+
+/* Replace every TL_KV_AUTO entry of policies[n_layer] by its layer's measured choice. text NULL:
+ * the built-in text (its first TL_KV_AUTO_CALIB_TOKENS tokens; a given text is cut the same
+ * way). gpu_only: choose among the layouts the CUDA backend runs. rep may be NULL. A plan
+ * without auto entries is left alone (0, nothing run). */
+int tl_kv_auto_resolve(tl_model *m, tl_kv_layer_policy *policies, const char *text, size_t text_len, bool gpu_only,
+                       int n_threads, tl_kv_auto_report *rep, tl_error *err);
+/* The resolved plan as a JSON plan file (usable as --kv FILE): "n_layers", "default" (the most
+ * common choice), "layers" (every other layer), and "measured" (informational: the auto spec,
+ * the text, the tokens, each layer's error per candidate). malloc'd. */
+char *tl_kv_auto_plan_json(const tl_kv_auto_report *rep, const tl_kv_layer_policy *resolved, const char *spec,
+                           const char *text_name);
+/* One line: how many layers took each layout, the calibration's size and time, the worst error. */
+void tl_kv_auto_summary(const tl_kv_auto_report *rep, char *buf, size_t n);
 
 #endif

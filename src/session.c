@@ -16,6 +16,7 @@
  * A prompt is processed in chunks of `chunk` tokens, so activation memory is bounded by the
  * chunk size and not by the prompt length. */
 #include "session.h"
+#include "calibrate.h"
 #include "../include/tailor.h"
 #include "kv/policy.h"
 #include "cuda/cuda.h"
@@ -136,6 +137,31 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
     return 0;
 }
 
+/* Per-token keys meeting outlier channels (Qwen2.5's k_proj bias) lose nearly all precision:
+ * say so once, with what the first chunk measured and the layouts that would not. */
+static void warn_key_outliers(tl_session *s) {
+    s->keys_checked = true;
+    const int L = s->model->cfg.n_layer;
+    int n_bad = 0, worst = -1;
+    tl_kv_key_check w = {0};
+    for (int il = 0; il < L; il++) {
+        tl_kv_key_check kc;
+        if (!tl_kv_quant_key_check(s->kv[il], &kc)) continue;
+        const double fix = TL_MIN(kc.err_smooth, kc.err_chan);
+        if (!(kc.err_tok > 0.3 && fix < 0.5 * kc.err_tok)) continue;
+        n_bad++;
+        if (worst < 0 || kc.err_tok > w.err_tok) worst = il, w = kc;
+    }
+    if (!n_bad) return;
+    fprintf(stderr,
+            "tailor: warning: per-token %d-bit keys lose most of the key signal (outlier channels or channel offsets) "
+            "in %d of %d layers: relative key error up to "
+            "%.2f (layer %d, first %d tokens; the mean-removed keys' energy as 1); smoothed keys would give %.2f, "
+            "per-channel keys %.2f: add :kchan (KIVI's key layout) or :smooth to the policy, or use --kv auto:%d "
+            "(docs/real-models.md)\n",
+            w.bits, n_bad, L, w.err_tok, worst, w.tokens, w.err_smooth, w.err_chan, w.bits);
+}
+
 int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
     if (n <= 0) return tl_fail(err, "nothing to evaluate (0 tokens)");
     if (s->n_past + n > s->n_ctx)
@@ -155,6 +181,7 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
         else if (last && logits) out = logits;
         if (forward_chunk(s, tokens + i, nc, out, all_logits, err)) return -1;
     }
+    if (!s->keys_checked) warn_key_outliers(s);
     return 0;
 }
 
@@ -225,11 +252,43 @@ void tl_session_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_laye
     };
     const tl_kv_layer_policy f16 = {.kind = TL_KV_F16};
     *effective = requested ? *requested : f16;
-    if (shape->window > 0 && (effective->kind == TL_KV_QUANT || effective->kind == TL_KV_OFFLOAD)) *effective = f16;
+    if (shape->window > 0 && effective->kind != TL_KV_F32 && effective->kind != TL_KV_F16 && effective->kind != TL_KV_BF16)
+        *effective = f16;
+}
+
+/* auto:B layers resolved by calibration (calibrate_keys.c): NULL when there are none, else a
+ * malloc'd copy of the plan with each auto layer replaced by its measured layout. */
+static tl_kv_layer_policy *resolve_auto(tl_model *m, const tl_kv_layer_policy *policies, bool gpu, int n_threads,
+                                        bool *failed, tl_error *err) {
+    *failed = false;
+    const int L = m->cfg.n_layer;
+    int n_auto = 0;
+    for (int il = 0; policies && il < L; il++) n_auto += policies[il].kind == TL_KV_AUTO;
+    if (!n_auto) return NULL;
+    tl_kv_layer_policy *r = tl_xmalloc(sizeof *r * (size_t)L);
+    memcpy(r, policies, sizeof *r * (size_t)L);
+    tl_kv_auto_report rep;
+    if (tl_kv_auto_resolve(m, r, NULL, 0, gpu, n_threads, &rep, err)) {
+        free(r);
+        *failed = true;
+        return NULL;
+    }
+    char line[512];
+    tl_kv_auto_summary(&rep, line, sizeof line);
+    fprintf(stderr, "tailor: --kv auto: %s (pin the plan: tailor calibrate --auto ... -o plan.json)\n", line);
+    return r;
 }
 
 tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,
                                          const tl_kv_layer_policy *policies, tl_error *err) {
+    bool failed;
+    tl_kv_layer_policy *resolved = resolve_auto(m, policies, false, n_threads, &failed, err);
+    if (failed) return NULL;
+    if (resolved) {
+        tl_session *s = tl_session_new_with_policies(m, n_ctx, n_threads, chunk, resolved, err);
+        free(resolved);
+        return s;
+    }
     const tl_config *c = &m->cfg;
     if (n_ctx <= 0) n_ctx = c->n_ctx_train;
     if (chunk <= 0) chunk = 512;
@@ -357,7 +416,11 @@ tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, 
         tl_fail(err, "--device '%s': unknown device (cpu, cuda)", device);
         return NULL;
     }
-    tl_cuda_session *g = tl_cuda_session_new(m, n_ctx, chunk, policies, err);
+    bool failed;
+    tl_kv_layer_policy *resolved = resolve_auto(m, policies, true, n_threads, &failed, err);
+    if (failed) return NULL;
+    tl_cuda_session *g = tl_cuda_session_new(m, n_ctx, chunk, resolved ? resolved : policies, err);
+    free(resolved);
     if (!g) return NULL;
     tl_session *s = tl_xcalloc(1, sizeof *s);
     s->model = m;

@@ -51,6 +51,7 @@ struct tl_session {
     tl_act_observer observer;  /* optional */
     void *observer_ctx;
     float *q_pred;             /* [chunk][n_head*head_dim_k] when a store predicts queries */
+    bool keys_checked;         /* the per-token key warning (warn_key_outliers) has had its look */
     void *gpu;                 /* tl_cuda_session (src/cuda/cuda.h) when on the GPU: then eval,
                                   reset, memory and free go there and kv[]/act are unused */
 };

@@ -5,7 +5,11 @@
  *    one KV head, the last n_q rows of a chunked prefill; the wrapped store's output unchanged;
  *  - a sliding-window layer scores only its window;
  *  - on the test model (skipped if absent): scores in [0, 1], deterministic, plan JSON written
- *    from them reads back to the same decisions. */
+ *    from them reads back to the same decisions;
+ *  - auto:B key layouts (calibrate_keys.c) on the test model: every layer resolved to a
+ *    quantized candidate within 10% of the best measured, per-token chosen when it is best,
+ *    the GPU set limited to per-token/per-channel, deterministic, the JSON plan reads back
+ *    to the same policies, and a session made with auto:4 holds those stores. */
 #include "testutil.h"
 #include "../src/calibrate.h"
 #include "../src/kv/tailor_plan.h"
@@ -138,7 +142,71 @@ static void test_model(void) {
     tl_model_free(m);
 }
 
+static void test_auto(void) {
+    const char *path = tl_test_shared("models/tailor-test-31m.gguf");
+    if (!tl_test_have(path)) return;
+    tl_error err;
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m != NULL, "%s", err.msg);
+    if (!m) return;
+    const int L = m->cfg.n_layer;
+    tl_kv_layer_policy a, *p1 = calloc(L, sizeof *p1), *p2 = calloc(L, sizeof *p2), *pg = calloc(L, sizeof *pg);
+    CHECK(tl_kv_policy_parse("auto:4", &a, &err) == 0 && a.kind == TL_KV_AUTO);
+    for (int i = 0; i < L; i++) p1[i] = p2[i] = pg[i] = a;
+    p2[1].kind = TL_KV_F16; /* a layer that is not auto stays as it is */
+    tl_kv_auto_report r1, r2, rg;
+    CHECKF(tl_kv_auto_resolve(m, p1, NULL, 0, false, 2, &r1, &err) == 0, "%s", err.msg);
+    CHECKF(tl_kv_auto_resolve(m, p2, NULL, 0, false, 1, &r2, &err) == 0, "%s", err.msg);
+    CHECKF(tl_kv_auto_resolve(m, pg, NULL, 0, true, 2, &rg, &err) == 0, "%s", err.msg);
+    CHECK(r1.n_candidates == TL_KV_AUTO_MAX_CANDIDATES && rg.n_candidates == 2 && r1.n_tokens >= 64);
+    tl_kv_layer_policy cand[TL_KV_AUTO_MAX_CANDIDATES];
+    tl_kv_auto_candidates(&a, false, cand);
+    for (int i = 0; i < L; i++) {
+        const int k = r1.chosen[i];
+        CHECKF(k >= 0 && k < r1.n_candidates && p1[i].kind == TL_KV_QUANT && tl_kv_policy_equal(&p1[i], &cand[k]),
+               "layer %d: chose %d", i, k);
+        double best = INFINITY;
+        for (int c = 0; c < r1.n_candidates; c++) {
+            CHECKF(isfinite(r1.err[i][c]) && r1.err[i][c] >= 0 && r1.err[i][c] < 1, "layer %d candidate %d: %g", i, c,
+                   r1.err[i][c]);
+            best = fmin(best, r1.err[i][c]);
+        }
+        CHECK(r1.err[i][k] <= 1.1 * best);
+        for (int c = 0; c < k; c++) CHECK(r1.err[i][c] > 1.1 * best); /* no earlier candidate qualified */
+        if (i != 1) /* deterministic (1 or 2 threads: the same stores, the same rows) */
+            CHECKF(fabs(r2.err[i][k] - r1.err[i][k]) <= 1e-3 * r1.err[i][k] && r2.chosen[i] == k, "layer %d", i);
+        CHECK(rg.chosen[i] == 0 || rg.chosen[i] == 1);
+        CHECK(fabs(rg.err[i][0] - r1.err[i][0]) <= 1e-3 * r1.err[i][0]);
+    }
+    CHECK(p2[1].kind == TL_KV_F16 && r2.chosen[1] == -1);
+    /* the JSON plan reads back to the same policies */
+    char *js = tl_kv_auto_plan_json(&r1, p1, "auto:4", "built-in");
+    tl_kv_plan plan;
+    CHECKF(tl_kv_plan_parse_json(&plan, js, "auto plan", L, &err) == 0, "%s", err.msg);
+    for (int i = 0; i < L && plan.layers; i++) CHECKF(tl_kv_policy_equal(&plan.layers[i], &p1[i]), "plan layer %d", i);
+    tl_kv_plan_free(&plan);
+    free(js);
+    /* a session made with auto:4 holds quantized stores of the measured layouts */
+    tl_session_params sp = tl_session_default_params();
+    sp.kv = "auto:4";
+    sp.n_ctx = 256;
+    sp.n_threads = 2;
+    tl_session *s = tl_session_new(m, &sp, &err);
+    CHECKF(s != NULL, "%s", err.msg);
+    for (int i = 0; s && i < L; i++) CHECK(!strcmp(s->kv[i]->ops->name, "quant"));
+    tl_session_free(s);
+    /* a text too short to measure */
+    CHECK(tl_kv_auto_resolve(m, p1, "hi", 2, false, 1, NULL, &err) == 0); /* nothing auto left: no-op */
+    for (int i = 0; i < L; i++) p1[i] = a;
+    CHECK(tl_kv_auto_resolve(m, p1, "hi", 2, false, 1, NULL, &err) != 0 && strstr(err.msg, "calibration text"));
+    free(p1);
+    free(p2);
+    free(pg);
+    tl_model_free(m);
+}
+
 int main(void) {
+    test_auto();
     test_row_score();
     test_probe(0);
     test_probe(64);

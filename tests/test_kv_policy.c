@@ -111,7 +111,15 @@ static void test_errors(void) {
     check_error("k4v3", "'k4v3': V bits 3 not supported (use 16, 8, 4, 2, 1)");
     check_error("k5v4", "K bits 5 not supported");
     check_error("", "empty");
-    check_error("q8_0", "field 'q8_0': expected f32, f16, bf16 or k<bits>v<bits>");
+    check_error("q8_0", "field 'q8_0': expected f32, f16, bf16, auto or k<bits>v<bits>");
+    check_error("auto", "auto needs the bits");
+    check_error("auto:3", "auto: K bits 3 not supported");
+    check_error("auto:1", "auto: K bits 1 not supported");
+    check_error("auto:k4v3", "auto: V bits 3 not supported");
+    check_error("auto:x4", "auto takes the bits");
+    check_error("auto:4:kchan", "auto: unknown field 'kchan'");
+    check_error("auto:4:ghead", "group 'head'");
+    check_error("auto:4:r-2", "unknown field 'r-2'");
     check_error("k4", "field 'k4'");
     check_error("k4v4x", "field 'k4v4x'");
     check_error("k4v4:g48", "field 'g48': group must be 32, 64, 128 or 'head'");
@@ -260,7 +268,48 @@ static void test_dispatch(void) {
     CHECK(tl_kv_layer_bytes_formula(&p, &s, 10, &f, &err) != 0 && strstr(err.msg, "does not divide"));
 }
 
+/* auto:B: canonical text, candidates, the formula takes the largest candidate, no store */
+static void test_auto(void) {
+    check_canon("auto:4", "auto:4");
+    check_canon("auto:k4v4", "auto:4");
+    check_canon("auto:k4v2:g64:r128", "auto:k4v2:g64:r128");
+    check_canon("auto:8:g32:r0", "auto:8");
+    check_canon("auto:k2v16", "auto:k2v16");
+    tl_kv_layer_policy a, c[TL_KV_AUTO_MAX_CANDIDATES], g[TL_KV_AUTO_MAX_CANDIDATES];
+    CHECK(parse_ok("auto:k4v2:g64", &a));
+    CHECK(tl_kv_auto_candidates(&a, false, c) == TL_KV_AUTO_MAX_CANDIDATES);
+    CHECK(tl_kv_auto_candidates(&a, true, g) == 2);
+    const char *want[] = {"k4v2:g64", "k4v2:kchan:g64", "k4v2:g64:smooth", "k4v2:g64:rot", "k4v2:g64:smooth:rot"};
+    for (int i = 0; i < TL_KV_AUTO_MAX_CANDIDATES; i++) {
+        char buf[128];
+        tl_kv_policy_format(&c[i], buf, sizeof buf);
+        CHECKF(c[i].kind == TL_KV_QUANT && !strcmp(buf, want[i]), "candidate %d (%s) is '%s', expected '%s'", i,
+               tl_kv_auto_candidate_name(i), buf, want[i]);
+        if (i < 2) CHECK(tl_kv_policy_equal(&c[i], &g[i]));
+    }
+    const tl_kv_shape s = {.n_head = 32, .n_head_kv = 8, .head_dim_k = 128, .head_dim_v = 128, .n_ctx = 4096,
+                           .window = 0, .scale = 0.088f};
+    tl_error err;
+    for (int n = 0; n <= 200; n += 37) {
+        tl_kv_bytes ab, cb;
+        CHECK(tl_kv_layer_bytes_formula(&a, &s, n, &ab, &err) == 0);
+        bool equal_one = false;
+        for (int i = 0; i < TL_KV_AUTO_MAX_CANDIDATES; i++) {
+            CHECK(tl_kv_layer_bytes_formula(&c[i], &s, n, &cb, &err) == 0);
+            CHECK(tl_kv_bytes_total(&cb) <= tl_kv_bytes_total(&ab));
+            equal_one |= !memcmp(&cb, &ab, sizeof cb);
+        }
+        CHECKF(equal_one, "auto bytes at %d tokens are no candidate's", n);
+    }
+    CHECK(tl_kv_layer_new(&a, &s, &err) == NULL && strstr(err.msg, "calibration"));
+    tl_kv_plan plan;
+    CHECK(tl_kv_plan_parse(&plan, "auto:4", "0=k8v8", 4, &err) == 0 && plan.layers[1].kind == TL_KV_AUTO &&
+          plan.layers[0].kind == TL_KV_QUANT);
+    tl_kv_plan_free(&plan);
+}
+
 int main(void) {
+    test_auto();
     test_text();
     test_errors();
     test_plans();

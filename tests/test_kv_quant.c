@@ -821,8 +821,48 @@ static void test_int_accum(void) {
     free(x), free(p), free(a1), free(a2);
 }
 
+/* The per-token key check (quant.c key_check, the session's outlier warning): Gaussian keys
+ * measure a small error for every layout; one channel with a big offset makes per-token keys
+ * lose nearly everything while smoothed and per-channel keys stay small; stores that do not
+ * qualify (per-channel keys, smoothing, 8 bits, a first chunk under 32 tokens) measure nothing. */
+static void test_key_check(void) {
+    const tl_kv_shape s = {4, 2, 128, 128, 512, 0, 0.09f};
+    tl_kv_key_check kc;
+    for (int outlier = 0; outlier < 2; outlier++) {
+        seq z;
+        seq_init(&z, &s, 96, 5 + outlier, false);
+        if (outlier)
+            for (int i = 0; i < 96 * 2 * 128; i++) z.k[i] += (i % 128 == 9) ? 80.0f : 0.0f;
+        tl_kv_layer *l = make("k4v4", &s);
+        CHECK(!tl_kv_quant_key_check(l, &kc)); /* nothing measured before the first chunk */
+        feed(l, NULL, &z, 0, 96, 96);
+        CHECK(tl_kv_quant_key_check(l, &kc) && kc.bits == 4 && kc.tokens == 96);
+        printf("key check %s: tok %.3f smooth %.3f chan %.3f\n", outlier ? "outlier" : "gauss", kc.err_tok,
+               kc.err_smooth, kc.err_chan);
+        CHECK(kc.err_smooth < 0.15 && kc.err_chan < 0.15);
+        if (outlier) CHECK(kc.err_tok > 0.5);
+        else CHECK(kc.err_tok < 0.15);
+        tl_kv_clear(l);
+        CHECK(!tl_kv_quant_key_check(l, &kc));
+        tl_kv_destroy(l);
+        const char *quiet[] = {"k4v4:kchan", "k4v4:smooth", "k8v8", "k4v4:rot"};
+        for (int i = 0; i < 4; i++) {
+            l = make(quiet[i], &s);
+            feed(l, NULL, &z, 0, 96, 96);
+            CHECKF(!tl_kv_quant_key_check(l, &kc), "%s measured", quiet[i]);
+            tl_kv_destroy(l);
+        }
+        l = make("k4v4", &s);
+        feed(l, NULL, &z, 0, 96, 16); /* first chunk of 16 tokens: too few */
+        CHECK(!tl_kv_quant_key_check(l, &kc));
+        tl_kv_destroy(l);
+        seq_free(&z);
+    }
+}
+
 int main(void) {
     tl_pool *pool = tl_pool_new(2);
+    test_key_check();
     test_kernels();
     test_int_scores();
     test_int_ch_scores();

@@ -1,5 +1,6 @@
 /* tailor calibrate: TailorKV's per-layer dense/sparse identification; prints a table, writes
- * the plan (JSON, for --kv tailor:plan=FILE) and an SVG bar chart of the scores. */
+ * the plan (JSON, for --kv tailor:plan=FILE) and an SVG bar chart of the scores. With --auto B,
+ * the key layout of each layer for auto:B instead (a plan for --kv FILE). */
 #include "cli.h"
 #include "../src/calibrate.h"
 #include "../src/kv/tailor_plan.h"
@@ -17,7 +18,68 @@ static void help(void) {
            "  fraction of keys (mean over rows and heads), and marks a layer dense (quantize) if its\n"
            "  score > TAU, else sparse (offload + retrieve). Sliding-window layers are 'window'.\n"
            "  Use the plan with --kv tailor:plan=plan.json[,bits=1,...]. The SVG defaults to the plan\n"
-           "  path with .svg.\n");
+           "  path with .svg.\n"
+           "\n"
+           "usage: tailor calibrate -m MODEL --auto B [-f TEXT] [--gpu] -o plan.json [-t THREADS]\n"
+           "  The key layout --kv auto:B would choose (B = 4, k4v2, 4:g64, ...), measured per layer on\n"
+           "  the first %d tokens of TEXT (default: a built-in text): per-token, per-channel, smoothing,\n"
+           "  rotation; the attention error of each is printed. --gpu: only layouts the GPU runs.\n"
+           "  Use the plan with --kv plan.json (no calibration at load).\n",
+           TL_KV_AUTO_CALIB_TOKENS);
+}
+
+/* --auto: measure and write the plan auto:SPEC resolves to. */
+static int calibrate_auto(const tl_cli_common *c, const char *spec, bool gpu, const char *out) {
+    tl_error err = {{0}};
+    int rc = 1;
+    size_t text_len = 0;
+    char *text = NULL, *json = NULL, full[64];
+    tl_kv_layer_policy *pol = NULL;
+    snprintf(full, sizeof full, "auto:%s", spec);
+    tl_kv_layer_policy a;
+    tl_model *m = NULL;
+    if (tl_kv_policy_parse(full, &a, &err)) {
+        tl_fail_prefix(&err, "--auto");
+        goto done;
+    }
+    if (!(m = tl_model_load(c->model, &err))) goto done;
+    if (c->file && !(text = tl_cli_prompt_text(c, &text_len, &err))) goto done;
+    const int L = m->cfg.n_layer;
+    pol = tl_xmalloc(sizeof *pol * (size_t)L);
+    for (int i = 0; i < L; i++) pol[i] = a;
+    tl_kv_auto_report rep;
+    if (tl_kv_auto_resolve(m, pol, text, text_len, gpu, c->n_threads, &rep, &err)) goto done;
+    char line[512];
+    tl_kv_auto_summary(&rep, line, sizeof line);
+    printf("auto:%s on %s (%s): %s\n", spec, c->model, c->file ? c->file : "built-in text", line);
+    printf("attention error (relative L2 of the output, keys quantized, values exact)\nlayer");
+    for (int i = 0; i < rep.n_candidates; i++) printf(" %14s", tl_kv_auto_candidate_name(i));
+    printf("  chosen\n");
+    for (int il = 0; il < L; il++) {
+        printf("%5d", il);
+        for (int i = 0; i < rep.n_candidates; i++) {
+            if (rep.chosen[il] < 0) printf(" %14s", "-");
+            else printf(" %13.4f%s", rep.err[il][i], i == rep.chosen[il] ? "*" : " ");
+        }
+        char pname[128];
+        tl_kv_policy_format(&pol[il], pname, sizeof pname);
+        printf("  %s\n", rep.chosen[il] < 0 ? "(sliding window: dense)" : pname);
+    }
+    json = tl_kv_auto_plan_json(&rep, pol, full, c->file ? c->file : "built-in");
+    size_t jl = strlen(json);
+    json = tl_xrealloc(json, jl + 2);
+    json[jl++] = '\n';
+    json[jl] = 0;
+    if (tl_write_file(out, json, jl, &err)) goto done;
+    printf("plan: %s (use: --kv %s)\n", out, out);
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "tailor calibrate: %s\n", err.msg);
+    free(json);
+    free(text);
+    free(pol);
+    tl_model_free(m);
+    return rc;
 }
 
 /* A bar per layer, the tau line, dense bars dark, sparse light, window grey. */
@@ -58,7 +120,8 @@ int tl_cmd_calibrate(int argc, char **argv) {
     tl_cli_common_init(&c);
     float tau = 0.2f, top = 0.05f;
     int n_q = 32;
-    const char *out = NULL, *svg = NULL;
+    const char *out = NULL, *svg = NULL, *auto_spec = NULL;
+    bool gpu = false;
     for (int i = 1; i < argc; i++) {
         int r = tl_cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
@@ -74,6 +137,10 @@ int tl_cmd_calibrate(int argc, char **argv) {
             if (!strcmp(a, "--nq") && tl_cli_int(a, v, 1, 1 << 20, &n_q)) return 2;
             if (!strcmp(a, "-o")) out = v;
             if (!strcmp(a, "--svg")) svg = v;
+        } else if (!strcmp(a, "--auto")) {
+            if (!(auto_spec = tl_cli_value(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--gpu")) {
+            gpu = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             help();
             return 0;
@@ -81,6 +148,13 @@ int tl_cmd_calibrate(int argc, char **argv) {
             fprintf(stderr, "tailor calibrate: unknown flag '%s' (see -h)\n", a);
             return 2;
         }
+    }
+    if (auto_spec) {
+        if (!c.model || !out) {
+            fprintf(stderr, "tailor calibrate: --auto needs -m MODEL and -o PLAN (see -h)\n");
+            return 2;
+        }
+        return calibrate_auto(&c, auto_spec, gpu, out);
     }
     if (!c.model || !c.file || !out) {
         fprintf(stderr, "tailor calibrate: -m MODEL, -f TEXT and -o PLAN are required (see -h)\n");

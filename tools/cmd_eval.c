@@ -84,14 +84,11 @@ static uint64_t session_bytes(void *ctx, int n_ctx) {
     if (tl_kv_plan_parse(&plan, e->c.kv ? e->c.kv : "f16", e->c.kv_layer, c->n_layer, &err)) return 0;
     uint64_t total = 0;
     for (int il = 0; il < c->n_layer; il++) {
-        tl_kv_shape sh = {.n_head = c->n_head, .n_head_kv = c->n_head_kv, .head_dim_k = c->head_dim_k,
-                          .head_dim_v = c->head_dim_v, .n_ctx = n_ctx,
-                          .window = c->layer_swa[il] ? c->sliding_window : 0, .scale = c->attn_scale};
-        tl_kv_layer_policy def = {.kind = TL_KV_F16};
-        const tl_kv_layer_policy *p = &plan.layers[il];
-        if (sh.window > 0 && (p->kind == TL_KV_QUANT || p->kind == TL_KV_OFFLOAD)) p = &def;
+        tl_kv_shape sh;
+        tl_kv_layer_policy p;
+        tl_session_layer_kv(c, n_ctx, il, &plan.layers[il], &sh, &p); /* the session's rule */
         tl_kv_bytes b;
-        if (!tl_kv_layer_bytes_formula(p, &sh, n_ctx, &b, &err)) total += tl_kv_bytes_total(&b);
+        if (!tl_kv_layer_bytes_formula(&p, &sh, n_ctx, &b, &err)) total += tl_kv_bytes_total(&b);
     }
     tl_kv_plan_free(&plan);
     const uint64_t chunk = (uint64_t)(e->c.chunk > 0 ? e->c.chunk : 512);

@@ -1102,11 +1102,19 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
             continue;
         }
         const int cap = sh.window > 0 ? TL_MIN(sh.window, n_ctx) : n_ctx;
-        uint64_t bk, bv;
-        if (side_bytes(&p.k, p.kind, c->head_dim_k, p.residual, cap, c->n_head_kv, &bk, err) ||
-            side_bytes(&p.v, p.kind, c->head_dim_v, p.residual, cap, c->n_head_kv, &bv, err))
-            return tl_fail_prefix(err, "layer %d", il);
-        out->kv_device += bk + bv;
+        /* auto:B, not resolved yet: the larger of the layouts the GPU can be given */
+        tl_kv_layer_policy cand[TL_KV_AUTO_MAX_CANDIDATES];
+        const int nc = p.kind == TL_KV_AUTO ? tl_kv_auto_candidates(&p, true, cand) : 1;
+        if (p.kind != TL_KV_AUTO) cand[0] = p;
+        uint64_t most = 0;
+        for (int i = 0; i < nc; i++) {
+            uint64_t bk, bv;
+            if (side_bytes(&cand[i].k, cand[i].kind, c->head_dim_k, cand[i].residual, cap, c->n_head_kv, &bk, err) ||
+                side_bytes(&cand[i].v, cand[i].kind, c->head_dim_v, cand[i].residual, cap, c->n_head_kv, &bv, err))
+                return tl_fail_prefix(err, "layer %d", il);
+            most = TL_MAX(most, bk + bv);
+        }
+        out->kv_device += most;
     }
     const uint64_t E = c->n_embd, C = (uint64_t)chunk, od = (uint64_t)c->n_head * c->head_dim_v;
     const uint64_t max_in = TL_MAX(E, TL_MAX(od, (uint64_t)c->n_ff));

@@ -91,7 +91,9 @@ static inline uint64_t tl_kv_bytes_total(const tl_kv_bytes *b) {
 /* ---- Policies ----
  * What store each layer gets. The text form and JSON plans are parsed in policy.c; the
  * dense (f32/f16/bf16) store lives in dense.c. */
-typedef enum { TL_KV_F32, TL_KV_F16, TL_KV_BF16, TL_KV_QUANT, TL_KV_OFFLOAD } tl_kv_kind;
+/* TL_KV_AUTO ("auto:4") is never a store: the session replaces it, layer by layer, with the
+ * quantized policy that a short calibration pass measures best (calibrate_keys.c). */
+typedef enum { TL_KV_F32, TL_KV_F16, TL_KV_BF16, TL_KV_QUANT, TL_KV_OFFLOAD, TL_KV_AUTO } tl_kv_kind;
 
 typedef enum {
     TL_KV_GRAN_TOKEN,   /* groups of g channels within one token */

@@ -27,6 +27,15 @@ static bool side_grouped(const tl_kv_side *s) { return s->bits < 16 && s->gran !
 void tl_kv_policy_normalize(tl_kv_layer_policy *p) {
     if (p->kind == TL_KV_QUANT && p->k.bits == 16 && p->v.bits == 16) p->kind = TL_KV_F16;
     if (p->kind == TL_KV_OFFLOAD) return; /* its parameters are the offload store's (offload.c) */
+    if (p->kind == TL_KV_AUTO) { /* bits, groups and the residual window; the rest is chosen */
+        const tl_kv_layer_policy a = *p;
+        memset(p, 0, sizeof *p);
+        p->kind = TL_KV_AUTO;
+        p->k = (tl_kv_side){a.k.bits, TL_KV_ASYM, TL_KV_GRAN_TOKEN, a.k.group};
+        p->v = (tl_kv_side){a.v.bits, TL_KV_ASYM, TL_KV_GRAN_TOKEN, a.v.group};
+        p->residual = a.residual;
+        return;
+    }
     if (p->kind != TL_KV_QUANT) {
         tl_kv_policy_default(p, p->kind);
         return;
@@ -49,7 +58,7 @@ bool tl_kv_policy_equal(const tl_kv_layer_policy *a, const tl_kv_layer_policy *b
     tl_kv_policy_normalize(&y);
     if (x.kind != y.kind) return false;
     if (x.kind == TL_KV_OFFLOAD) return !memcmp(&x.off, &y.off, sizeof x.off);
-    if (x.kind != TL_KV_QUANT) return true;
+    if (x.kind != TL_KV_QUANT && x.kind != TL_KV_AUTO) return true;
     const tl_kv_side *s[4] = {&x.k, &y.k, &x.v, &y.v};
     for (int i = 0; i < 4; i += 2)
         if (s[i]->bits != s[i + 1]->bits || s[i]->quantizer != s[i + 1]->quantizer || s[i]->gran != s[i + 1]->gran ||
@@ -103,6 +112,68 @@ static bool parse_gran(const char *s, tl_kv_gran *g) {
     return false;
 }
 
+/* "auto:<B>" or "auto:k<B>v<B>", then g<N> / r<N> (policy.h). */
+static int parse_auto(const char *text, char **fields, int nf, tl_kv_layer_policy *p, tl_error *err) {
+    if (nf < 1) return tl_fail(err, "'%s': auto needs the bits: auto:4 or auto:k4v2", text);
+    int kb, vb, used = 0;
+    if (sscanf(fields[0], "k%dv%d%n", &kb, &vb, &used) == 2 && fields[0][used] == '\0') {
+    } else if (sscanf(fields[0], "%d%n", &kb, &used) == 1 && fields[0][used] == '\0') {
+        vb = kb;
+    } else {
+        return tl_fail(err, "'%s': field '%s': auto takes the bits as <B> or k<B>v<B> (auto:4, auto:k4v2)", text, fields[0]);
+    }
+    if (kb != 8 && kb != 4 && kb != 2) return tl_fail(err, "'%s': auto: K bits %d not supported (8, 4, 2)", text, kb);
+    if (!bits_ok(vb) || vb == 1) return tl_fail(err, "'%s': auto: V bits %d not supported (16, 8, 4, 2)", text, vb);
+    tl_kv_layer_policy r;
+    tl_kv_policy_default(&r, TL_KV_QUANT);
+    r.kind = TL_KV_AUTO;
+    r.k.bits = kb;
+    r.v.bits = vb;
+    for (int fi = 1; fi < nf; fi++) {
+        const char *f = fields[fi];
+        long n;
+        if (f[0] == 'g' && f[1]) {
+            int g;
+            if (parse_group(text, f, f + 1, &g, err)) return -1;
+            if (g == 0) return tl_fail(err, "'%s': auto: group 'head' has no per-channel candidate; use g32..g128", text);
+            r.k.group = r.v.group = g;
+        } else if (f[0] == 'r' && f[1] && isdigit((unsigned char)f[1])) {
+            if (!parse_int(f + 1, &n) || n > (1 << 20))
+                return tl_fail(err, "'%s': field '%s': residual must be an integer from 0 to %d", text, f, 1 << 20);
+            r.residual = (int)n;
+        } else {
+            return tl_fail(err, "'%s': auto: unknown field '%s' (auto takes g<N> and r<N>; the key layout is chosen)",
+                           text, f);
+        }
+    }
+    tl_kv_policy_normalize(&r);
+    *p = r;
+    return 0;
+}
+
+static const char *const auto_names[TL_KV_AUTO_MAX_CANDIDATES] = {"tok", "chan", "tok+smooth", "tok+rot",
+                                                                   "tok+smooth+rot"};
+
+const char *tl_kv_auto_candidate_name(int i) {
+    return i >= 0 && i < TL_KV_AUTO_MAX_CANDIDATES ? auto_names[i] : "?";
+}
+
+int tl_kv_auto_candidates(const tl_kv_layer_policy *autop, bool gpu_only, tl_kv_layer_policy *out) {
+    tl_kv_layer_policy a = *autop;
+    tl_kv_policy_normalize(&a);
+    const int n = gpu_only ? 2 : TL_KV_AUTO_MAX_CANDIDATES;
+    for (int i = 0; i < n; i++) {
+        tl_kv_layer_policy *c = &out[i];
+        *c = a;
+        c->kind = TL_KV_QUANT;
+        c->k.gran = i == 1 ? TL_KV_GRAN_CHANNEL : TL_KV_GRAN_TOKEN;
+        c->smooth_k = i == 2 || i == 4;
+        c->rotate = i == 3 || i == 4;
+        tl_kv_policy_normalize(c);
+    }
+    return n;
+}
+
 int tl_kv_policy_parse(const char *text, tl_kv_layer_policy *p, tl_error *err) {
     if (!text || !*text) return tl_fail(err, "'': empty KV policy (e.g. f16, k8v8, k2v2:kivi)");
     if (!strncmp(text, "tailor:", 7) || !strcmp(text, "tailor"))
@@ -131,8 +202,9 @@ int tl_kv_policy_parse(const char *text, tl_kv_layer_policy *p, tl_error *err) {
         return 0;
     }
     int kb, vb, used = 0;
+    if (!strcmp(first, "auto")) return parse_auto(text, fields + 1, nf - 1, p, err);
     if (sscanf(first, "k%dv%d%n", &kb, &vb, &used) != 2 || first[used] != '\0')
-        return tl_fail(err, "'%s': field '%s': expected f32, f16, bf16 or k<bits>v<bits> (e.g. k4v2)", text, first);
+        return tl_fail(err, "'%s': field '%s': expected f32, f16, bf16, auto or k<bits>v<bits> (e.g. k4v2)", text, first);
     if (!bits_ok(kb)) return tl_fail(err, "'%s': K bits %d not supported (use 16, 8, 4, 2, 1)", text, kb);
     if (!bits_ok(vb)) return tl_fail(err, "'%s': V bits %d not supported (use 16, 8, 4, 2, 1)", text, vb);
     tl_kv_policy_default(&r, TL_KV_QUANT);
@@ -226,6 +298,13 @@ int tl_kv_policy_format(const tl_kv_layer_policy *pin, char *out, size_t n) {
         put(&b, "offload:sinks=%d,recent=%d,topk=%d,channels=%d", p.off.sinks, p.off.recent, p.off.topk, p.off.channels);
         if (p.off.summary_bits) put(&b, ",summary=%d", p.off.summary_bits);
         if (p.off.page) put(&b, ",page=%d", p.off.page);
+        return (int)b.len;
+    }
+    if (p.kind == TL_KV_AUTO) {
+        if (p.k.bits == p.v.bits) put(&b, "auto:%d", p.k.bits);
+        else put(&b, "auto:k%dv%d", p.k.bits, p.v.bits);
+        if (p.k.group != 32) put_group(&b, "", p.k.group);
+        if (p.residual) put(&b, ":r%d", p.residual);
         return (int)b.len;
     }
     if (p.kind != TL_KV_QUANT) {
@@ -349,8 +428,10 @@ int tl_kv_plan_parse_json(tl_kv_plan *plan, const char *json, const char *where,
         goto done;
     }
     for (cJSON *it = root->child; it; it = it->next) {
-        if (strcmp(it->string, "default") && strcmp(it->string, "layers") && strcmp(it->string, "n_layers")) {
-            tl_fail(err, "%s: unknown key \"%s\" (expected \"default\", \"layers\", \"n_layers\")", where, it->string);
+        if (strcmp(it->string, "default") && strcmp(it->string, "layers") && strcmp(it->string, "n_layers") &&
+            strcmp(it->string, "measured")) { /* "measured": how a calibration chose the plan, not read */
+            tl_fail(err, "%s: unknown key \"%s\" (expected \"default\", \"layers\", \"n_layers\", \"measured\")", where,
+                    it->string);
             goto done;
         }
     }
@@ -509,6 +590,10 @@ tl_kv_layer *tl_kv_layer_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, 
     tl_kv_policy_normalize(&n);
     if (n.kind == TL_KV_QUANT) return tl_kv_quant_new(&n, s, err);
     if (n.kind == TL_KV_OFFLOAD) return tl_kv_offload_new(&n, s, err);
+    if (n.kind == TL_KV_AUTO) {
+        tl_fail(err, "an auto KV policy is chosen by calibration when a session is made, not a store of its own");
+        return NULL;
+    }
     return tl_kv_dense_new(n.kind, s, err);
 }
 
@@ -519,6 +604,17 @@ int tl_kv_layer_bytes_formula(const tl_kv_layer_policy *p, const tl_kv_shape *s,
     if (n < 0) return tl_fail(err, "KV bytes formula: negative token count %lld", (long long)n);
     if (np.kind == TL_KV_QUANT) return tl_kv_quant_bytes_formula(&np, s, n, b, err);
     if (np.kind == TL_KV_OFFLOAD) return tl_kv_offload_bytes_formula(&np, s, n, b, err);
+    if (np.kind == TL_KV_AUTO) { /* not resolved yet: the largest candidate that fits the shape */
+        tl_kv_layer_policy cand[TL_KV_AUTO_MAX_CANDIDATES];
+        const int nc = tl_kv_auto_candidates(&np, false, cand);
+        int fits = 0;
+        for (int i = 0; i < nc; i++) {
+            tl_kv_bytes cb;
+            if (tl_kv_quant_bytes_formula(&cand[i], s, n, &cb, NULL)) continue; /* e.g. rotation, head dim 96 */
+            if (!fits++ || tl_kv_bytes_total(&cb) > tl_kv_bytes_total(b)) *b = cb;
+        }
+        return fits ? 0 : tl_kv_quant_bytes_formula(&cand[0], s, n, b, err);
+    }
     /* dense.c: a ring of n_ctx rows, or of `window` rows for sliding-window layers */
     const int64_t cap = s->window > 0 ? TL_MIN(s->window, s->n_ctx) : s->n_ctx;
     const uint64_t elt = np.kind == TL_KV_F32 ? 4 : 2;

@@ -14,17 +14,32 @@
  *   smooth                          subtract the per-channel mean of K (fixed after 1st chunk)
  *   rot                             Hadamard rotation of K (with q) and V (undone on the output)
  *   kivi                            = kchan:vtok:g32:r128:asym (KIVI's defaults)
+ * Automatic key layout (kind TL_KV_AUTO, resolved per layer when a session is made):
+ *   auto:<B> | auto:k<B>v<B>        B-bit keys and values (B in 8, 4, 2); per layer the key side
+ *                                   becomes the candidate (tl_kv_auto_candidates) with the least
+ *                                   measured attention error; values per-token. Fields g<N> and
+ *                                   r<N> apply to every candidate.
  * e.g. "k4v2:g64:kchan:vtok:r128:smooth", "k8v8", "k2v2:kivi", "k16v4:r64".
  * Formatting gives the canonical form (only non-default fields, fixed order);
  * parse(format(p)) == p for every normalized policy.
  *
  * Per-layer overrides: "0=k8v8,1-3=k2v2:kivi" (layer or inclusive range '=' policy, ',' between).
  * JSON plan file: {"default": "k2v2:kivi", "layers": {"0": "k8v8", "30-31": "f16"}}
- * (both keys optional; "default" falls back to the spec given alongside, or f16). */
+ * (both keys optional; "default" falls back to the spec given alongside, or f16; "n_layers", if
+ * present, must match the model; "measured", written by calibrations, is not read). */
 #ifndef TL_KV_POLICY_H
 #define TL_KV_POLICY_H
 
 #include "kv.h"
+
+/* The key layouts auto:B chooses from, in order of preference (faster kernels first; a later
+ * one must measure clearly better to be chosen): per-token, per-channel (KIVI's layout),
+ * per-token + smoothing, per-token + rotation, per-token + smoothing + rotation. gpu_only
+ * keeps those the CUDA backend runs (per-token, per-channel). Returns the count (<= 5). */
+enum { TL_KV_AUTO_MAX_CANDIDATES = 5 };
+int tl_kv_auto_candidates(const tl_kv_layer_policy *autop, bool gpu_only, tl_kv_layer_policy *out);
+/* The short name of candidate i ("tok", "chan", "tok+smooth", ...). */
+const char *tl_kv_auto_candidate_name(int i);
 
 /* Parse one layer policy. Errors look like "'k4v3': bits 3 not supported (use 16, 8, 4, 2, 1)". */
 int tl_kv_policy_parse(const char *text, tl_kv_layer_policy *p, tl_error *err);
@@ -61,7 +76,9 @@ void tl_kv_plan_free(tl_kv_plan *plan);
 tl_kv_layer *tl_kv_quant_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, tl_error *err);
 
 /* Exact bytes a store of this policy and shape holds after n_tokens tokens (whatever the
- * chunking), without allocating anything. Equals what ops->bytes reports. Returns 0, or -1
+ * chunking), without allocating anything. Equals what ops->bytes reports. For auto:B, not
+ * yet resolved, the largest of its candidates (they differ by at most a partial token group
+ * of f16 keys and the smoothing means). Returns 0, or -1
  * with err when the policy does not fit the shape. */
 int tl_kv_layer_bytes_formula(const tl_kv_layer_policy *p, const tl_kv_shape *s, int64_t n_tokens, tl_kv_bytes *b,
                               tl_error *err);
@@ -75,6 +92,17 @@ int tl_kv_quant_bytes_formula(const tl_kv_layer_policy *p, const tl_kv_shape *s,
 /* Append K/V rows ([n][n_head_kv*head_dim]) to a quantized store without attending (restoring
  * a saved cache, building a long history for benchmarks). Same transforms and rules as forward. */
 int tl_kv_quant_append(tl_kv_layer *l, int n, const float *k, const float *v, tl_error *err);
+
+/* What a store with per-token keys of <= 4 bits (no smoothing, no rotation) measured on its
+ * first chunk (>= 32 tokens): the relative error of its keys, and of the same keys smoothed
+ * or quantized per channel, against the energy of the mean-removed keys. */
+typedef struct {
+    bool measured;
+    int bits, tokens;
+    double err_tok, err_smooth, err_chan;
+} tl_kv_key_check;
+/* false when the layer is not such a store or has not measured yet. */
+bool tl_kv_quant_key_check(const tl_kv_layer *l, tl_kv_key_check *out);
 
 /* Testing/benchmarking hook: make a quantized store use the scalar reference kernels. */
 void tl_kv_quant_force_scalar(tl_kv_layer *l, bool scalar);

@@ -114,6 +114,7 @@ typedef struct {
     float *mu; /* [n_head_kv][dk] */
     const kvq_kernels *kern;
     const tl_vec_ops *vo;
+    tl_kv_key_check check; /* per-token keys: what the first chunk measured (key_check) */
     /* scratch, grown as needed (forward is not re-entrant per layer) */
     float *scratch;
     size_t scratch_n;
@@ -488,6 +489,61 @@ static void transform_kv(qstore *st, int m, const float *k, const float *v, floa
     }
 }
 
+/* Squared error of quantizing x[n] (stride apart) with one (s, z) fitted to it. */
+static double group_sq_err(const float *x, int n, int stride, int bits) {
+    uint16_t par[2];
+    float sc, z;
+    kvq_params(x, n, stride, bits, false, par);
+    kvq_decode_params(par, bits, false, &sc, &z);
+    double e = 0;
+    for (int i = 0; i < n; i++) {
+        const float xi = x[(size_t)i * stride], d = kvq_encode(xi, sc, z, bits) * sc + z - xi;
+        e += (double)d * d;
+    }
+    return e;
+}
+
+/* On the first chunk of a store with per-token keys (no smoothing, no rotation): the relative
+ * error of those keys, and of the same keys quantized after smoothing and per channel, each
+ * against the energy of the mean-removed keys (the part of K that moves the softmax: q.mu is
+ * the same for every key). Outlier channels make the first large and leave the others small. */
+static void key_check(qstore *st, int m, const float *kt) {
+    const tl_kv_shape *s = &st->base.shape;
+    const int Hkv = s->n_head_kv, dk = s->head_dim_k, W = Hkv * dk, b = st->k.pol.bits, g = st->k.g;
+    const int mg = m / 32 * 32; /* whole token groups of 32 for the per-channel figure */
+    if (mg < 32 || st->k.mode != SIDE_SLIDE || st->k.tensor || st->smooth || st->k.rotate || b > 4) return;
+    float *mu = tl_xcalloc((size_t)W, sizeof(float)), *xc = tl_xmalloc(sizeof(float) * (size_t)dk);
+    for (int t = 0; t < mg; t++)
+        for (int i = 0; i < W; i++) mu[i] += kt[(size_t)t * W + i] / (float)mg;
+    double energy = 0, e_tok = 0, e_smooth = 0, e_chan = 0;
+    for (int t = 0; t < mg; t++)
+        for (int h = 0; h < Hkv; h++) {
+            const float *x = kt + (size_t)t * W + (size_t)h * dk;
+            for (int c = 0; c < dk; c++) {
+                xc[c] = x[c] - mu[h * dk + c];
+                energy += (double)xc[c] * xc[c];
+            }
+            for (int j = 0; j < dk / g; j++) {
+                e_tok += group_sq_err(x + j * g, g, 1, b);
+                e_smooth += group_sq_err(xc + j * g, g, 1, b);
+            }
+        }
+    for (int t0 = 0; t0 < mg; t0 += 32)
+        for (int i = 0; i < W; i++) e_chan += group_sq_err(kt + (size_t)t0 * W + i, 32, W, b);
+    if (energy > 0) {
+        st->check = (tl_kv_key_check){.measured = true, .bits = b, .tokens = mg, .err_tok = sqrt(e_tok / energy),
+                                      .err_smooth = sqrt(e_smooth / energy), .err_chan = sqrt(e_chan / energy)};
+    }
+    free(mu);
+    free(xc);
+}
+
+bool tl_kv_quant_key_check(const tl_kv_layer *l, tl_kv_key_check *out) {
+    if (!l || l->ops != &quant_ops || !((const qstore *)l)->check.measured) return false;
+    *out = ((const qstore *)l)->check;
+    return true;
+}
+
 static int quant_forward(tl_kv_layer *l, tl_pool *pool, int m, const float *q, const float *k, const float *v,
                          float *out, tl_error *err) {
     qstore *st = (qstore *)l;
@@ -513,6 +569,7 @@ static int quant_forward(tl_kv_layer *l, tl_pool *pool, int m, const float *q, c
     if (st->k.rotate)
         for (size_t r = 0; r < (size_t)m * Hq; r++) kvq_hadamard(qt + r * dk, dk);
     transform_kv(st, m, k, v, kt, vt);
+    if (n_past == 0) key_check(st, m, kt);
 
     attn_job job = {st, n_past, m, G, rpt, n_rowblk, n_split, qt, kt, vt, out, part};
     if (pool) tl_pool_run(pool, n_tasks, attn_task, &job);
@@ -581,6 +638,7 @@ static void quant_clear(tl_kv_layer *l) {
     l->n_tokens = 0;
     st->k.nq = st->v.nq = 0;
     st->have_mu = false;
+    st->check.measured = false;
 }
 
 static void quant_destroy(tl_kv_layer *l) {
