@@ -77,10 +77,13 @@ static void test_grid(void) {
     }
     CHECK(seen_chan && seen_full);
     tl_pareto_grid_free(&g);
-    CHECK(tl_pareto_grid_default(&g, "paper", false, &err) == 0 && g.n == 26);
+    CHECK(tl_pareto_grid_default(&g, "paper", false, &err) == 0 && g.n == 29);
     CHECK(!strcmp(g.v[0].id, "w=base kv=f16 chunk=256"));
+    bool seen_auto = false;
+    for (int i = 0; i < g.n; i++) seen_auto |= !strcmp(g.v[i].kv, "auto:4");
+    CHECK(seen_auto);
     tl_pareto_grid_free(&g);
-    CHECK(tl_pareto_grid_default(&g, "paper", true, &err) == 0 && g.n == 33);
+    CHECK(tl_pareto_grid_default(&g, "paper", true, &err) == 0 && g.n == 36);
     tl_pareto_grid_free(&g);
     CHECK(tl_pareto_grid_default(&g, "huge", false, &err) != 0 && strstr(err.msg, "huge"));
     const char *js = "{\"axes\": {\"kv\": [\"f16\", \"k8v8\"], \"chunk\": [128, \"full\"]},"

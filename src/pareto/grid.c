@@ -228,6 +228,7 @@ int tl_pareto_grid_default(tl_pareto_grid *g, const char *size, bool with_awq, t
         add(g, "base", "k8v8", 256);
         add(g, "base", "k4v4:smooth", 256);
         add(g, "base", "k2v2:kivi", 256);
+        add(g, "base", "auto:4", 256);
         return 0;
     }
     if (strcmp(size, "small") && strcmp(size, "paper"))
@@ -236,6 +237,10 @@ int tl_pareto_grid_default(tl_pareto_grid *g, const char *size, bool with_awq, t
     const int nw = with_awq ? 3 : 2;
     for (int w = 0; w < nw; w++)
         for (int i = 0; i < np; i++) add(g, ws[w], pairs[i], 256);
+    /* the measured per-layer key layout (auto:B): what a user who does not know the model types */
+    add(g, "base", "auto:4", 256);
+    add(g, "base", "auto:k4v2", 256);
+    add(g, "base", "auto:2", 256);
     if (!strcmp(size, "small")) return 0;
     /* granularity, group size, smoothing, rotation, residual (KIVI) on the base weights */
     add(g, "base", "k4v4:kchan:vtok:smooth", 256);
