@@ -72,7 +72,7 @@ static const char *commas(unsigned long long v, char *buf) {
 int main(void) {
     const char *bin = getenv("TL_BIN");
     if (!bin || !*bin) {
-        printf("SKIP: TL_BIN is not set (ctest sets it to the tailor binary)\n");
+        tl_test_skip("TL_BIN is not set (ctest sets it to the tailor binary)");
         return tl_test_done();
     }
     const char *stories = tl_test_shared("models/stories260K.gguf");

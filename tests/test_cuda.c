@@ -1,5 +1,5 @@
 /* The CUDA backend against the CPU forward pass (the reference: session.c, verified against
- * goldens). SKIPs (exit 0) when the build has no CUDA or no GPU is present (CI).
+ * goldens). Skipped (exit 77) when the build has no CUDA or no GPU is present (CI).
  *  - synthetic f32 fixtures (llama tied/untied, llama3 rope factors, qwen2 biases, gemma3
  *    sliding window + norms): f32 KV on both, prefill in chunks (history + causal block),
  *    then single-token decode (matrix-vector path, split attention): logits within 1e-3 of
@@ -578,8 +578,8 @@ int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {
-        printf("SKIP: %s\n", why);
-        return 0;
+        tl_test_skip("%s", why);
+        return tl_test_done();
     }
     prefill_tc_cases();
     decode_mma_cases();
@@ -589,6 +589,6 @@ int main(void) {
     const char *qm = getenv("TL_CUDA_MODEL");
     if (qm && *qm) quantized(qm);
     if (qm && *qm) tailor_model(qm);
-    else printf("TL_CUDA_MODEL not set: quantized-KV comparison skipped\n");
+    else tl_test_skip("TL_CUDA_MODEL not set: quantized-KV comparison");
     return tl_test_done();
 }

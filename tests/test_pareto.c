@@ -196,7 +196,7 @@ static bool same_tables(const char *a, const char *b) {
 static void test_sweep(const char *model) {
     const char *bin = getenv("TL_BIN");
     if (!bin || access(bin, X_OK)) {
-        printf("SKIP: sweep tests need the tailor binary (TL_BIN)\n");
+        tl_test_skip("sweep tests need the tailor binary (TL_BIN)");
         return;
     }
     char dir[] = "/tmp/tl_pareto_XXXXXX";

@@ -1,10 +1,11 @@
 #include "testutil.h"
 
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-int tl_test_passed, tl_test_failed;
+int tl_test_passed, tl_test_failed, tl_test_skipped;
 
 static const char *join(const char *env, const char *fallback, const char *rel) {
     static char bufs[8][4096];
@@ -19,10 +20,34 @@ const char *tl_test_shared(const char *rel) { return join("TL_SHARED", "../share
 const char *tl_test_models(const char *rel) { return join("TL_MODELS", ".", rel); }
 const char *tl_test_fixture(const char *rel) { return join("TL_FIXTURES", "tests/fixtures", rel); }
 
+void tl_test_skip(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("SKIP: ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    tl_test_skipped++;
+}
+
+bool tl_test_have_optional(const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0) return true;
+    tl_test_skip("%s not found", path);
+    return false;
+}
+
 bool tl_test_have(const char *path) {
     struct stat st;
     if (stat(path, &st) == 0) return true;
-    printf("SKIP: %s not found\n", path);
+    const char *req = getenv("TL_REQUIRE_FILES");
+    if (req && !strcmp(req, "1")) {
+        tl_test_failed++;
+        fprintf(stderr, "FAIL: %s not found (TL_REQUIRE_FILES=1: run scripts/setup-models.sh; ../shared must be beside the repo)\n",
+                path);
+        return false;
+    }
+    tl_test_skip("%s not found", path);
     return false;
 }
 
@@ -45,6 +70,7 @@ char *tl_test_read_file(const char *path, size_t *len) {
 }
 
 int tl_test_done(void) {
-    printf("%d passed, %d failed\n", tl_test_passed, tl_test_failed);
-    return tl_test_failed ? 1 : 0;
+    if (tl_test_skipped) printf("%d passed, %d failed, %d skipped\n", tl_test_passed, tl_test_failed, tl_test_skipped);
+    else printf("%d passed, %d failed\n", tl_test_passed, tl_test_failed);
+    return tl_test_failed ? 1 : tl_test_skipped ? 77 : 0;
 }
