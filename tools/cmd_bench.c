@@ -8,8 +8,9 @@
  * (weights + KV held) and that as a share of the measured memory bandwidth.
  * With --device cuda the depth is filled with random K/V rows appended through the GPU cache's
  * own append/quantize path (tl_cuda_fill_random: a 128k-token prefill would take minutes and
- * decode cost does not depend on the values), and the share is of --bw, default 3000 GB/s
- * (an H100's measured copy bandwidth): bytes read per token / 3.0e12 is the floor. */
+ * decode cost does not depend on the values), and the share is of --bw, default the card's
+ * peak from its memory clock and bus width (H100 SXM 3352 GB/s, H200 4800), named in the
+ * output: bytes read per token / peak is the floor. */
 #include "cli.h"
 #include "../src/cuda/cuda.h"
 
@@ -239,14 +240,20 @@ int tl_cmd_bench(int argc, char **argv) {
     }
     double bw = bw_arg;
     const bool gpu = c.device && !strcmp(c.device, "cuda");
-    if (bw <= 0 && gpu) bw = 3000.0; /* the floor: bytes per token / 3.0e12 */
+    char card[128] = "";
+    if (bw <= 0 && gpu && !tl_cuda_device_bandwidth(card, sizeof card, &bw)) {
+        fprintf(stderr, "tailor bench: --device cuda: %s\n", card);
+        tl_model_free(m);
+        return 1;
+    }
     if (bw <= 0) {
         tl_pool *pool = tl_pool_new(threads.v[0]);
         bw = measure_bandwidth(pool);
         tl_pool_free(pool);
     }
-    fprintf(stderr, "model %s: %s, %.2f MiB of weights; memory read bandwidth %.1f GB/s%s\n", c.model, m->cfg.arch_name,
-            m->weight_bytes / 1048576.0, bw, gpu ? " (GPU floor; depth filled with random K/V)" : "");
+    fprintf(stderr, "model %s: %s, %.2f MiB of weights; memory read bandwidth %.1f GB/s%s%s%s\n", c.model,
+            m->cfg.arch_name, m->weight_bytes / 1048576.0, bw, card[0] ? " (peak of the " : "", card,
+            gpu ? (card[0] ? "; depth filled with random K/V)" : " (--bw; depth filled with random K/V)") : "");
 
     const int max_rows = threads.n * kvs.n * depth.n * (pp.n + tg.n);
     bench_row *rows = tl_xcalloc((size_t)max_rows, sizeof *rows);

@@ -26,6 +26,11 @@ typedef struct tl_cuda_session tl_cuda_session;
  * "cudaGetDeviceCount: no CUDA-capable device is detected"). why may be NULL. */
 bool tl_cuda_available(char *why, size_t n);
 
+/* Device 0's name and its memory's peak bandwidth in GB/s (10^9 B/s), from its memory clock
+ * and bus width: 2 (double data rate) x clock x bus bytes (H100 SXM: 2 x 2619 MHz x 640 B =
+ * 3352; H200: 4800). false when there is no device. */
+bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs);
+
 /* One session on device 0. policies: one per layer (NULL = f16). Fails with a message naming
  * the layer and the policy when a policy has no GPU implementation (offloading, rotation,
  * smoothing, per-tensor and per-block granularity). */

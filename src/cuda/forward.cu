@@ -460,6 +460,22 @@ extern "C" bool tl_cuda_available(char *why, size_t n) {
     return true;
 }
 
+extern "C" bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs) {
+    *peak_gbs = 0;
+    if (!tl_cuda_available(name, n)) return false;
+    cudaDeviceProp prop;
+    int clock_khz = 0, bus_bits = 0;
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
+        cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, 0) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0) != cudaSuccess) {
+        if (name && n) snprintf(name, n, "cannot read the device's properties");
+        return false;
+    }
+    if (name && n) snprintf(name, n, "%s", prop.name);
+    *peak_gbs = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
+    return true;
+}
+
 /* Set up one side of a layer cache (mirrors quant.c's side_init) and allocate it. */
 static int side_setup(tl_cuda_session *g, kv_side *S, const tl_kv_side *p, tl_kv_kind kind, int d, int residual, int cap,
                       int n_kv, const char *name, tl_error *err) {

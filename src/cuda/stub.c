@@ -14,6 +14,12 @@ bool tl_cuda_available(char *why, size_t n) {
     return false;
 }
 
+bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs) {
+    if (name && n) snprintf(name, n, "%s", no_cuda);
+    *peak_gbs = 0;
+    return false;
+}
+
 tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                                      tl_error *err) {
     (void)m, (void)n_ctx, (void)chunk, (void)policies;
