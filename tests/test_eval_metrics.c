@@ -201,6 +201,16 @@ static void test_report(void) {
         free(s);
     }
     unlink(path);
+    /* the progress bar counts items, not the pieces an item arrives in */
+    tl_progress p;
+    tl_progress_init(&p, "t", 100, 2, false);
+    tl_progress_add(&p, 20, 0);
+    tl_progress_add(&p, 30, 1);
+    tl_progress_add(&p, 25, 0);
+    CHECK(p.items_done == 1 && p.done == 75);
+    tl_progress_add(&p, 25, 1);
+    CHECK(p.items_done == 2 && p.done == 100);
+    tl_progress_done(&p);
     const char *xs[] = {"1k", "2k"}, *ys[] = {"0%", "100%"};
     const double v[] = {1, 0.5, 0, NAN};
     char *svg = tl_svg_heatmap("t <&>", "len", xs, 2, "depth", ys, 2, v);

@@ -18,13 +18,18 @@ typedef struct {
     tl_kld *kld;
     tl_error *err;
     tl_progress *prog;
-    int n_ctx;
+    int rows_per_window, rows_seen; /* of the current window */
 } win_ctx;
 
+/* A window's scored rows arrive in pieces: the bar advances by rows and counts a window when
+ * its last piece is in. */
 static int on_window(void *ctx, int window, const float *logits, const int32_t *targets, int n_rows, int n_vocab) {
     win_ctx *w = ctx;
     if (w->kld && tl_kld_window(w->kld, logits, targets, n_rows, w->err)) return 1;
-    tl_progress_add(w->prog, n_rows); /* scored rows, pieces of a window at a time */
+    w->rows_seen += n_rows;
+    const bool done = w->rows_seen == w->rows_per_window;
+    if (done) w->rows_seen = 0;
+    tl_progress_add(w->prog, n_rows, done);
     return 0;
 }
 
@@ -95,8 +100,8 @@ int tl_cmd_perplexity(int argc, char **argv) {
     int nw = (int)((int64_t)n / n_ctx);
     if (max_windows > 0 && max_windows < nw) nw = max_windows;
     tl_progress prog;
-    tl_progress_init(&prog, "perplexity", (int64_t)nw * (n_ctx - 1 - n_ctx / 2), nw, !e.quiet);
-    win_ctx wc = {have_kld ? &kld : NULL, &err, &prog, n_ctx};
+    tl_progress_init(&prog, "perplexity", (int64_t)nw * tl_ppl_rows_per_window(n_ctx), nw, !e.quiet);
+    win_ctx wc = {have_kld ? &kld : NULL, &err, &prog, tl_ppl_rows_per_window(n_ctx), 0};
     tl_ppl_result res;
     err.msg[0] = 0;
     int prc = tl_perplexity(s, ids, (int64_t)n, n_ctx, max_windows, false, on_window, &wc, &res, &err);

@@ -1,6 +1,7 @@
 /* kld.c: see kld.h. */
 #define _GNU_SOURCE
 #include "kld.h"
+#include "perplexity.h"
 
 #include <errno.h>
 #include <math.h>
@@ -91,7 +92,7 @@ static void init_common(tl_kld *k, const char *path, int n_vocab, int n_ctx, con
     k->path = tl_xstrdup(path);
     k->n_vocab = n_vocab;
     k->n_ctx = n_ctx;
-    k->rows_per_window = n_ctx - 1 - n_ctx / 2; /* tl_perplexity's scored rows */
+    k->rows_per_window = tl_ppl_rows_per_window(n_ctx);
     k->n_text_tokens = (uint64_t)n_ids;
     k->hash = tl_kld_hash_ids(ids, n_ids);
     k->lp = tl_xmalloc(sizeof(float) * (size_t)n_vocab);

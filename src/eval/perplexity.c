@@ -26,7 +26,7 @@ int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, i
         return tl_fail(err, "perplexity: the text has %lld tokens, fewer than one window of %d (lower -c)",
                        (long long)n_ids, n_ctx);
     if (max_windows > 0 && max_windows < n_windows) n_windows = max_windows;
-    const int first = n_ctx / 2, n_rows = n_ctx - 1 - first;
+    const int first = n_ctx / 2, n_rows = tl_ppl_rows_per_window(n_ctx);
     const int32_t bos = tl_tok_bos(m->tok);
     const bool add_bos = tl_tok_add_bos(m->tok) && bos >= 0;
     int32_t *win = tl_xmalloc(sizeof(int32_t) * (size_t)n_ctx);

@@ -9,6 +9,9 @@
 
 #include "../session.h"
 
+/* Scored rows of a window of n_ctx tokens: positions n_ctx/2 .. n_ctx-2 predict the next. */
+static inline int tl_ppl_rows_per_window(int n_ctx) { return n_ctx - 1 - n_ctx / 2; }
+
 typedef struct {
     int n_windows;       /* windows scored */
     int64_t n_scored;    /* tokens scored */

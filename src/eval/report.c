@@ -41,11 +41,11 @@ static void print_bar(tl_progress *p, bool final) {
     fflush(stderr);
 }
 
-void tl_progress_add(tl_progress *p, int64_t units) {
+void tl_progress_add(tl_progress *p, int64_t units, int items) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
     p->done += units;
-    p->items_done++;
+    p->items_done += items;
     if (p->enabled) {
         /* on a terminal redraw every time; in a log, one line per 10% */
         const int pct = (int)(100.0 * p->done / p->total);

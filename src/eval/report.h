@@ -23,8 +23,9 @@ typedef struct {
 } tl_progress;
 
 void tl_progress_init(tl_progress *p, const char *label, int64_t total_units, int n_items, bool enabled);
-/* Thread-safe: one item of `units` finished. */
-void tl_progress_add(tl_progress *p, int64_t units);
+/* Thread-safe: `units` more work done, and `items` more items finished (0 while an item is
+ * still under way: a perplexity window arrives in several pieces). */
+void tl_progress_add(tl_progress *p, int64_t units, int items);
 void tl_progress_done(tl_progress *p);
 
 /* Append one result line to path (created if missing) with a single write. `config` and
