@@ -10,28 +10,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Run a shell command, capture stdout+stderr (malloc'd), return the exit status. */
-static int run(const char *cmd, char **out) {
-    char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) {
-        *out = calloc(1, 1);
-        return -1;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    size_t r;
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += r;
-        if (n + 1 >= cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int st = pclose(p);
-    *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* Run and parse stdout as JSON (stderr dropped). */
 static cJSON *run_json(const char *cmd, int *rc) {
     char full[4096];
@@ -84,7 +62,7 @@ int main(void) {
     /* a real model: header, metadata, config, tensors, memory (f16 KV at its 512 context:
      * 5 layers x 512 tokens x 4 KV heads x (8 + 8) dims x 2 bytes = 327,680) */
     snprintf(cmd, sizeof cmd, "'%s' info '%s'", bin, stories);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECKF(rc == 0, "rc %d: %s", rc, out);
     CHECK(strstr(out, "GGUF v3"));
     CHECK(strstr(out, "| tokenizer.ggml.model | string | llama |"));
@@ -98,7 +76,7 @@ int main(void) {
     CHECK(!strstr(out, "| blk.0.attn_q.weight |")); /* only with --tensors */
     free(out);
     snprintf(cmd, sizeof cmd, "'%s' info '%s' --tensors -c 100", bin, stories);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECK(rc == 0 && strstr(out, "| blk.0.attn_q.weight | f32 | 64 x 64 | 16,384 |"));
     CHECK(strstr(out, "| KV cache | 64,000 ")); /* 5 x 100 x 4 x 16 x 2 */
     free(out);
@@ -119,7 +97,7 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "head -c 600000 '%s' > '%s'", stories, trunc);
     CHECK(system(cmd) == 0);
     snprintf(cmd, sizeof cmd, "'%s' info '%s'", bin, trunc);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECKF(rc == 1 && strstr(out, trunc), "rc %d: %s", rc, out);
     free(out);
     unlink(trunc);
@@ -139,7 +117,7 @@ int main(void) {
         tl_gguf_writer_free(w);
     }
     snprintf(cmd, sizeof cmd, "'%s' info '%s' --tensors", bin, other);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECKF(rc == 0, "rc %d: %s", rc, out);
     CHECK(strstr(out, "skipped:") && strstr(out, "bert"));
     CHECK(strstr(out, "| x.weight | f32 | 4 x 2 | 32 | 0 |"));
@@ -149,15 +127,15 @@ int main(void) {
 
     /* usage errors: exit 2 */
     snprintf(cmd, sizeof cmd, "'%s' info", bin);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECK(rc == 2);
     free(out);
     snprintf(cmd, sizeof cmd, "'%s' info '%s' --kv k4v3", bin, stories);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECKF(rc == 2 && strstr(out, "k4v3"), "rc %d: %s", rc, out);
     free(out);
     snprintf(cmd, sizeof cmd, "'%s' synth --shape nope -o /tmp/x.gguf", bin);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECK(rc == 2 && strstr(out, "llama-3.1-8b"));
     free(out);
 
@@ -165,7 +143,7 @@ int main(void) {
     char syn[256];
     snprintf(syn, sizeof syn, "/tmp/tl_test_cli_info_%ld_syn.gguf", pid);
     snprintf(cmd, sizeof cmd, "'%s' synth --shape smollm2-135m --layers 2 --vocab '%s' -o '%s'", bin, stories, syn);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECKF(rc == 0, "rc %d: %s", rc, out);
     free(out);
     {
@@ -178,7 +156,7 @@ int main(void) {
         CHECK(tl_kv_layer_bytes_formula(&pol, &sh, 131072, &b, &err) == 0);
         const unsigned long long want = 2 * tl_kv_bytes_total(&b);
         snprintf(cmd, sizeof cmd, "'%s' info --kv k2v2:kivi -c 131072 '%s'", bin, syn);
-        rc = run(cmd, &out);
+        rc = tl_test_run(cmd, &out);
         CHECK(rc == 0);
         snprintf(line, sizeof line, "| KV cache | %s ", commas(want, num));
         CHECKF(strstr(out, line) != NULL, "want '%s' in:\n%s", line, out);
@@ -201,7 +179,7 @@ int main(void) {
     CHECK(jnum(j, "model", "n_ctx_train") == 131072 && jnum(j, "model", "n_vocab") == 128256);
     cJSON_Delete(j);
     snprintf(cmd, sizeof cmd, "'%s' info --shape llama-3.1-8b --kv k4v2:kivi --kv-layer 0-1=f16 -c 131072", bin);
-    rc = run(cmd, &out);
+    rc = tl_test_run(cmd, &out);
     CHECK(rc == 0 && strstr(out, "### KV per layer") && strstr(out, "| 2-31 | k4v2:kivi |"));
     free(out);
     return tl_test_done();

@@ -6,6 +6,7 @@
 #include "eval/kld.h"
 #include "eval/report.h"
 #include "eval/score.h"
+#include "eval/stats.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -138,7 +139,7 @@ static void test_kl_file(void) {
     CHECK(tl_kld_open_read(&k, path, V, CTX, text, CTX * W, &err) == 0);
     for (int w = 0; w < W; w++) CHECK(tl_kld_window(&k, other[w], tg[w], ROWS, &err) == 0);
     tl_kld_stats_get(&k, &st);
-    double sum = 0, mx = 0, nb = 0, nn = 0, adp = 0;
+    double sum = 0, mx = 0, nb = 0, nn = 0, adp = 0, rows_b[W * ROWS], rows_n[W * ROWS], rows_kl[W * ROWS];
     int same = 0;
     for (int w = 0; w < W; w++)
         for (int j = 0; j < ROWS; j++) {
@@ -155,6 +156,9 @@ static void test_kl_file(void) {
             }
             nb -= log(exp(b[tg[w][j]]) / sb);
             nn -= log(exp(q[tg[w][j]]) / sq);
+            rows_b[w * ROWS + j] = -log(exp(b[tg[w][j]]) / sb);
+            rows_n[w * ROWS + j] = -log(exp(q[tg[w][j]]) / sq);
+            rows_kl[w * ROWS + j] = kl;
             adp += fabs(exp(q[tg[w][j]]) / sq - exp(b[tg[w][j]]) / sb);
             same += ab == aq;
         }
@@ -166,6 +170,15 @@ static void test_kl_file(void) {
     CHECK(fabs(st.mean_abs_dp - adp / n) < 1e-6);
     CHECK(fabs(st.same_top1 - (double)same / n) < 1e-12);
     CHECK(st.kld_mean > 0);
+    /* the intervals are those of stats.h over the hand-computed per-token values */
+    const tl_interval ratio = tl_ppl_ratio_interval(rows_b, rows_n, n), kli = tl_block_mean(rows_kl, n, TL_STATS_BLOCK),
+                      top1 = tl_wilson(same, n), pb = tl_ppl_interval(rows_b, n);
+    CHECKF(fabs(st.ci_ratio.lo - ratio.lo) < 1e-5 && fabs(st.ci_ratio.hi - ratio.hi) < 1e-5, "ratio [%g, %g] vs [%g, %g]",
+           st.ci_ratio.lo, st.ci_ratio.hi, ratio.lo, ratio.hi);
+    CHECK(fabs(st.ci_kld.lo - kli.lo) < 1e-6 && fabs(st.ci_kld.hi - kli.hi) < 1e-6);
+    CHECK(fabs(st.ci_ppl_base.lo - pb.lo) < 1e-4 * pb.lo && fabs(st.ci_ppl_base.hi - pb.hi) < 1e-4 * pb.hi);
+    CHECK(st.ci_same_top1.lo == top1.lo && st.ci_same_top1.hi == top1.hi);
+    CHECK(fabs(st.ci_ln_ratio.hi - log(st.ci_ratio.hi)) < 1e-15 && st.ci_rms_dp.lo <= st.rms_dp && st.rms_dp <= st.ci_rms_dp.hi);
     tl_kld_close(&k);
     /* mismatches are refused with a message naming the problem */
     CHECK(tl_kld_open_read(&k, path, V, CTX * 2, text, CTX * W, &err) != 0 && strstr(err.msg, "-c"));
@@ -185,6 +198,11 @@ static void test_report(void) {
     cJSON_AddStringToObject(cfg, "kv", "k4v2:kivi");
     CHECK(tl_result_append(path, "niah", cfg, "acc", 0.5, 10, 1.5, NULL, &err) == 0);
     CHECK(tl_result_append(path, "niah", cfg, "acc", 1.0, 2, 0.5, NULL, &err) == 0);
+    cJSON *x = cJSON_CreateObject();
+    cJSON_AddNumberToObject(x, "length", 1024);
+    CHECK(tl_result_append_ci(path, "niah", cfg, "acc", tl_wilson(4, 5), 0.5, x, &err) == 0);
+    CHECK(tl_result_append_ci(path, "niah", cfg, "acc", tl_wilson(0, 0), 0.5, NULL, &err) == 0);
+    cJSON_Delete(x);
     cJSON_Delete(cfg);
     size_t len;
     char *s = tl_test_read_file(path, &len);
@@ -198,9 +216,32 @@ static void test_report(void) {
         CHECK(o && cJSON_GetObjectItem(o, "value")->valuedouble == 0.5 && cJSON_GetObjectItem(o, "n")->valuedouble == 10);
         CHECK(o && !strcmp(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "config"), "kv")->valuestring, "k4v2:kivi"));
         cJSON_Delete(o);
+        /* lines 3 and 4: value, n, lo and hi from the interval, after the extra fields */
+        char *l3 = strchr(nl + 1, '\n') + 1, *l4 = strchr(l3, '\n') + 1;
+        l4[-1] = 0;
+        o = cJSON_Parse(l3);
+        const tl_interval w = tl_wilson(4, 5);
+        CHECK(o && cJSON_GetObjectItem(o, "value")->valuedouble == 0.8 && cJSON_GetObjectItem(o, "n")->valuedouble == 5);
+        CHECK(o && cJSON_GetObjectItem(o, "lo")->valuedouble == w.lo && cJSON_GetObjectItem(o, "hi")->valuedouble == w.hi);
+        CHECK(o && cJSON_GetObjectItem(o, "length")->valuedouble == 1024);
+        CHECK(strstr(l3, "\"length\":1024,\"lo\":"));
+        cJSON_Delete(o);
+        CHECK(strstr(l4, "\"value\":null") && strstr(l4, "\"lo\":null,\"hi\":null"));
         free(s);
     }
     unlink(path);
+    char buf[64];
+    CHECK(!strcmp(tl_interval_str(tl_wilson(4, 5), 2, buf, sizeof buf), "0.80 [0.38, 0.96]"));
+    /* the progress bar counts items, not the pieces an item arrives in */
+    tl_progress p;
+    tl_progress_init(&p, "t", 100, 2, false);
+    tl_progress_add(&p, 20, 0);
+    tl_progress_add(&p, 30, 1);
+    tl_progress_add(&p, 25, 0);
+    CHECK(p.items_done == 1 && p.done == 75);
+    tl_progress_add(&p, 25, 1);
+    CHECK(p.items_done == 2 && p.done == 100);
+    tl_progress_done(&p);
     const char *xs[] = {"1k", "2k"}, *ys[] = {"0%", "100%"};
     const double v[] = {1, 0.5, 0, NAN};
     char *svg = tl_svg_heatmap("t <&>", "len", xs, 2, "depth", ys, 2, v);

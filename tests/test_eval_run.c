@@ -7,6 +7,7 @@
 #include "eval/kld.h"
 #include "eval/perplexity.h"
 #include "eval/runner.h"
+#include "eval/stats.h"
 #include "kv/policy.h"
 #include "sampler.h"
 
@@ -84,6 +85,21 @@ static void test_kld(tl_model *m) {
     CHECK(st.mean_abs_dp == 0);
     CHECKF(fabs(st.ppl_base - base.ppl) < 1e-3 * base.ppl, "PPL(base) %g vs %g", st.ppl_base, base.ppl);
     CHECK(st.ppl_ratio == 1.0);
+    /* the same run: exactly [1, 1], no measurable loss */
+    CHECK(st.ci_ratio.value == 1 && st.ci_ratio.lo == 1 && st.ci_ratio.hi == 1);
+    CHECK(tl_ratio_verdict(st.ci_ratio) == TL_VERDICT_NO_LOSS);
+    CHECK(st.ci_kld.lo == 0 && st.ci_kld.hi == 0 && st.ci_same_top1.hi == 1);
+    /* every scored token's NLL, in order, adds up to the PPL */
+    double sum = 0;
+    for (int64_t i = 0; i < base.n_scored; i++) sum += base.nll[i];
+    CHECK(base.n_scored == (int64_t)W * (ctx - 1 - ctx / 2) && fabs(sum - base.nll_sum) < 1e-9 * sum);
+    double worst = 0; /* the baseline file's (float) NLL of each token */
+    for (int64_t i = 0; i < base.n_scored; i++) worst = fmax(worst, fabs(base.nll[i] - k.nll_base_row[i]));
+    CHECKF(worst < 1e-4, "per-token NLL differs from the baseline's by %g", worst);
+    const tl_interval pi = tl_ppl_interval(base.nll, base.n_scored);
+    CHECKF(pi.lo < base.ppl && base.ppl < pi.hi && fabs(pi.value - base.ppl) < 1e-9 * base.ppl, "PPL %g [%g, %g]",
+           base.ppl, pi.lo, pi.hi);
+    tl_ppl_result_free(&r2);
     tl_kld_close(&k);
     tl_session_free(s);
     /* a lossier cache: positive but small divergence */
@@ -94,6 +110,10 @@ static void test_kld(tl_model *m) {
     CHECKF(st.kld_mean > 0 && st.kld_mean < 0.05, "bf16 KLD %g", st.kld_mean);
     CHECKF(st.same_top1 > 0.9, "bf16 same top-1 %g", st.same_top1);
     CHECKF(fabs(st.ppl_new - r2.ppl) < 1e-3 * r2.ppl, "PPL(new) %g vs %g", st.ppl_new, r2.ppl);
+    CHECK(st.ci_kld.lo > 0 && st.ci_kld.lo <= st.kld_mean && st.kld_mean <= st.ci_kld.hi);
+    CHECK(st.ci_ratio.lo <= st.ppl_ratio && st.ppl_ratio <= st.ci_ratio.hi && st.ci_ratio.lo < st.ci_ratio.hi);
+    tl_ppl_result_free(&r2);
+    tl_ppl_result_free(&base);
     tl_kld_close(&k);
     tl_session_free(s);
     unlink(path);

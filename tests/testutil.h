@@ -45,6 +45,8 @@ bool tl_test_have_optional(const char *path);
 void tl_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Read a whole file (malloc'd, NUL-terminated); NULL if missing. */
 char *tl_test_read_file(const char *path, size_t *len);
+/* Run a shell command, capture its stdout and stderr (malloc'd), return its exit status. */
+int tl_test_run(const char *cmd, char **out);
 /* Prints the summary line and returns 0 if no failures. */
 int tl_test_done(void);
 

@@ -15,6 +15,7 @@
 #include "eval_cli.h"
 #include "../include/tailor.h"
 #include "../src/eval/score.h"
+#include "../src/eval/stats.h"
 #include "../src/kv/policy.h"
 
 #include <ctype.h>
@@ -161,6 +162,14 @@ void tl_eval_cli_result(const tl_eval_cli *e, const char *cmd, const cJSON *conf
     if (!e->out) return;
     tl_error err = {{0}};
     if (tl_result_append(e->out, cmd, config, metric, value, n, seconds, extra, &err))
+        fprintf(stderr, "tailor %s: --out: %s\n", cmd, err.msg);
+}
+
+void tl_eval_cli_result_ci(const tl_eval_cli *e, const char *cmd, const cJSON *config, const char *metric, tl_interval ci,
+                           double seconds, const cJSON *extra) {
+    if (!e->out) return;
+    tl_error err = {{0}};
+    if (tl_result_append_ci(e->out, cmd, config, metric, ci, seconds, extra, &err))
         fprintf(stderr, "tailor %s: --out: %s\n", cmd, err.msg);
 }
 
@@ -461,8 +470,6 @@ int tl_cmd_eval(int argc, char **argv) {
     double secs;
     if (tl_eval_cli_run(&e, "eval", jobs, n_items, &secs, &err)) goto done;
     /* score */
-    double sum[6] = {0}, all = 0;
-    int cnt[6] = {0};
     int64_t reused = 0;
     FILE *pf = pred ? fopen(pred, "w") : NULL;
     if (pred && !pf) fprintf(stderr, "tailor eval: --pred %s: cannot open\n", pred);
@@ -473,9 +480,6 @@ int tl_cmd_eval(int argc, char **argv) {
         it->score = it->metric == TL_METRIC_CHOICE ? (double)(j->chosen == it->answer_idx)
                                                    : tl_score(it->metric, j->output ? j->output : "",
                                                               (const char *const *)it->refs, it->n_refs);
-        sum[it->metric] += it->score;
-        cnt[it->metric]++;
-        all += it->score;
         if (pf) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "id", it->id);
@@ -497,16 +501,23 @@ int tl_cmd_eval(int argc, char **argv) {
     if (pf) fclose(pf);
     cJSON *cfg = tl_eval_cli_config(&e);
     cJSON_AddStringToObject(cfg, "tasks", tasks);
-    printf("| metric | n | score |\n| --- | ---: | ---: |\n");
-    for (int m = 0; m < 6; m++) {
-        if (!cnt[m]) continue;
-        printf("| %s | %d | %.4f |\n", tl_metric_name((tl_metric)m), cnt[m], sum[m] / cnt[m]);
+    /* the mean score per metric and overall, each with its 95% interval (stats.h: Wilson for
+     * 0/1 scores, else a bootstrap over items) */
+    printf("| metric | n | score | 95%% lo | 95%% hi |\n| --- | ---: | ---: | ---: | ---: |\n");
+    double *sc = tl_xmalloc(sizeof(double) * (size_t)n_items);
+    for (int m = 0; m <= TL_METRIC_COUNT; m++) { /* m == TL_METRIC_COUNT: all items */
+        int64_t n = 0;
+        for (int i = 0; i < n_items; i++)
+            if (m == TL_METRIC_COUNT || items[i].metric == (tl_metric)m) sc[n++] = items[i].score;
+        if (!n) continue;
+        const tl_interval ci = tl_score_interval(sc, n);
         char name[32];
-        snprintf(name, sizeof name, "eval_%s", tl_metric_name((tl_metric)m));
-        tl_eval_cli_result(&e, "eval", cfg, name, sum[m] / cnt[m], cnt[m], secs, NULL);
+        snprintf(name, sizeof name, "eval_%s", m == TL_METRIC_COUNT ? "score" : tl_metric_name((tl_metric)m));
+        printf("| %s | %lld | %.4f | %.4f | %.4f |\n", m == TL_METRIC_COUNT ? "all" : tl_metric_name((tl_metric)m),
+               (long long)n, ci.value, ci.lo, ci.hi);
+        tl_eval_cli_result_ci(&e, "eval", cfg, name, ci, secs, NULL);
     }
-    printf("| all | %d | %.4f |\n", n_items, all / n_items);
-    tl_eval_cli_result(&e, "eval", cfg, "eval_score", all / n_items, n_items, secs, NULL);
+    free(sc);
     cJSON_Delete(cfg);
     fprintf(stderr, "eval: %d items, %.1f s, %lld prompt tokens reused from the cache%s\n", n_items, secs,
             (long long)reused, tl_eval_cli_can_reuse(&e) ? "" : " (the session cannot truncate: no reuse)");

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "eval_cli.h"
 #include "../include/tailor.h"
+#include "../src/eval/stats.h"
 #include "../src/eval/tasks.h"
 
 #include <limits.h>
@@ -41,6 +42,20 @@ const char *tl_default_haystack(void) {
         }
     }
     return cands[0];
+}
+
+/* The mean score of length li and depth di (-1: all of them) with its 95% interval; scores
+ * are in job order: length, depth, sample. */
+static tl_interval subset(const double *score, int nl, int nd, int samples, int li, int di) {
+    double *v = tl_xmalloc(sizeof(double) * (size_t)nl * nd * samples);
+    int64_t n = 0;
+    for (int l = 0, k = 0; l < nl; l++)
+        for (int d = 0; d < nd; d++)
+            for (int s = 0; s < samples; s++, k++)
+                if ((li < 0 || l == li) && (di < 0 || d == di)) v[n++] = score[k];
+    const tl_interval ci = tl_score_interval(v, n);
+    free(v);
+    return ci;
 }
 
 static void csv_field(FILE *f, const char *s) {
@@ -109,6 +124,7 @@ int tl_cmd_niah(int argc, char **argv) {
     tl_task_sample *ts = tl_xcalloc((size_t)n_jobs, sizeof *ts);
     tl_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
     double *acc = tl_xcalloc((size_t)(nl * nd), sizeof(double)), *secs = tl_xcalloc((size_t)nl, sizeof(double));
+    double *score = tl_xcalloc((size_t)n_jobs, sizeof(double));
     for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
     const tl_task_kind kind = !strcmp(needle, "passkey") ? TL_TASK_PASSKEY : TL_TASK_NIAH_SINGLE;
     if (!(e.model = tl_model_load(e.c.model, &err))) goto done;
@@ -130,38 +146,34 @@ int tl_cmd_niah(int argc, char **argv) {
             }
     double all_secs;
     if (tl_eval_cli_run(&e, "niah", jobs, n_jobs, &all_secs, &err)) goto done;
-    double mean = 0;
+    /* scores in job order (length, depth, sample); each figure below is the mean of a subset
+     * of them with its 95% interval */
     for (int li = 0, k = 0; li < nl; li++)
         for (int di = 0; di < nd; di++)
             for (int si = 0; si < samples; si++, k++) {
-                const double sc = tl_score(ts[k].metric, jobs[k].output, (const char *const *)ts[k].refs, ts[k].n_refs);
-                acc[di * nl + li] += sc / samples;
+                score[k] = tl_score(ts[k].metric, jobs[k].output, (const char *const *)ts[k].refs, ts[k].n_refs);
+                acc[di * nl + li] += score[k] / samples;
                 secs[li] += jobs[k].seconds;
-                mean += sc / n_jobs;
             }
+    const tl_interval all = subset(score, nl, nd, samples, -1, -1);
     /* table */
-    printf("NIAH (%s needle), %s, kv %s, %d sample(s) per cell\n\n| depth \\ length |", needle, e.c.model,
-           e.c.kv ? e.c.kv : "f16", samples);
+    char b[64];
+    printf("NIAH (%s needle), %s, kv %s, %d sample(s) per cell; each score with its 95%% interval (Wilson)\n\n"
+           "| depth \\ length |", needle, e.c.model, e.c.kv ? e.c.kv : "f16", samples);
     for (int li = 0; li < nl; li++) printf(" %d |", lengths[li]);
     printf(" mean |\n| --- |");
     for (int li = 0; li <= nl; li++) printf(" ---: |");
     printf("\n");
     for (int di = 0; di < nd; di++) {
         printf("| %.0f%% |", depths[di] * 100);
-        double m = 0;
-        for (int li = 0; li < nl; li++) {
-            printf(" %.2f |", acc[di * nl + li]);
-            m += acc[di * nl + li] / nl;
-        }
-        printf(" %.2f |\n", m);
+        for (int li = 0; li < nl; li++)
+            printf(" %s |", tl_interval_str(subset(score, nl, nd, samples, li, di), 2, b, sizeof b));
+        printf(" %s |\n", tl_interval_str(subset(score, nl, nd, samples, -1, di), 2, b, sizeof b));
     }
     printf("| mean |");
-    for (int li = 0; li < nl; li++) {
-        double m = 0;
-        for (int di = 0; di < nd; di++) m += acc[di * nl + li] / nd;
-        printf(" %.2f |", m);
-    }
-    printf(" %.2f |\n| seconds |", mean);
+    for (int li = 0; li < nl; li++)
+        printf(" %s |", tl_interval_str(subset(score, nl, nd, samples, li, -1), 2, b, sizeof b));
+    printf(" %s |\n| seconds |", tl_interval_str(all, 2, b, sizeof b));
     for (int li = 0; li < nl; li++) printf(" %.0f |", secs[li]);
     printf(" %.0f |\n", all_secs);
     /* files */
@@ -169,33 +181,43 @@ int tl_cmd_niah(int argc, char **argv) {
     cJSON_AddStringToObject(cfg, "needle", needle);
     cJSON_AddStringToObject(cfg, "haystack", hay_dir);
     cJSON_AddNumberToObject(cfg, "seed", (double)e.c.sp.seed);
+    /* result lines: per cell (length and depth), per length (length only), overall (neither) */
     const char *metric = kind == TL_TASK_PASSKEY ? "niah_passkey_acc" : "niah_magic_acc";
-    for (int li = 0; li < nl; li++)
+    for (int li = 0; li < nl; li++) {
+        double ls = 0;
         for (int di = 0; di < nd; di++) {
             cJSON *x = cJSON_CreateObject();
             cJSON_AddNumberToObject(x, "length", lengths[li]);
             cJSON_AddNumberToObject(x, "depth", depths[di]);
             double cs = 0;
             for (int si = 0; si < samples; si++) cs += jobs[(li * nd + di) * samples + si].seconds;
-            tl_eval_cli_result(&e, "niah", cfg, metric, acc[di * nl + li], samples, cs, x);
+            tl_eval_cli_result_ci(&e, "niah", cfg, metric, subset(score, nl, nd, samples, li, di), cs, x);
             cJSON_Delete(x);
+            ls += cs;
         }
-    tl_eval_cli_result(&e, "niah", cfg, metric, mean, n_jobs, all_secs, NULL);
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "length", lengths[li]);
+        tl_eval_cli_result_ci(&e, "niah", cfg, metric, subset(score, nl, nd, samples, li, -1), ls, x);
+        cJSON_Delete(x);
+    }
+    tl_eval_cli_result_ci(&e, "niah", cfg, metric, all, all_secs, NULL);
     if (csv) {
         FILE *f = fopen(csv, "w");
         if (!f) fprintf(stderr, "tailor niah: --csv %s: cannot open\n", csv);
         else {
-            fprintf(f, "length,depth,sample,needle_pos,expected,output,score,seconds,reused\n");
+            /* n, lo, hi: the sample's cell (length x depth): its samples and the 95% interval of its accuracy */
+            fprintf(f, "length,depth,sample,needle_pos,expected,output,score,seconds,reused,n,lo,hi\n");
             for (int li = 0, k = 0; li < nl; li++)
-                for (int di = 0; di < nd; di++)
+                for (int di = 0; di < nd; di++) {
+                    const tl_interval ci = subset(score, nl, nd, samples, li, di);
                     for (int si = 0; si < samples; si++, k++) {
                         fprintf(f, "%d,%g,%d,%d,%s,", lengths[li], depths[di], si, ts[k].prompt.needle_pos[0],
                                 ts[k].refs[0]);
                         csv_field(f, jobs[k].output);
-                        fprintf(f, ",%g,%.3f,%d\n", tl_score(ts[k].metric, jobs[k].output,
-                                                             (const char *const *)ts[k].refs, ts[k].n_refs),
-                                jobs[k].seconds, jobs[k].reused);
+                        fprintf(f, ",%g,%.3f,%d,%lld,%.6f,%.6f\n", score[k], jobs[k].seconds, jobs[k].reused,
+                                (long long)ci.n, ci.lo, ci.hi);
                     }
+                }
             fclose(f);
         }
     }
@@ -211,6 +233,7 @@ int tl_cmd_niah(int argc, char **argv) {
                 cJSON_AddNumberToObject(c, "length", lengths[li]);
                 cJSON_AddNumberToObject(c, "depth", depths[di]);
                 cJSON_AddNumberToObject(c, "accuracy", acc[di * nl + li]);
+                tl_json_add_interval(c, subset(score, nl, nd, samples, li, di));
                 cJSON *outs = cJSON_AddArrayToObject(c, "samples");
                 for (int si = 0; si < samples; si++, k++) {
                     cJSON *s = cJSON_CreateObject();
@@ -222,7 +245,25 @@ int tl_cmd_niah(int argc, char **argv) {
                 }
                 cJSON_AddItemToArray(cells, c);
             }
-        cJSON_AddNumberToObject(o, "mean", mean);
+        cJSON *bl = cJSON_AddArrayToObject(o, "by_length"), *bd = cJSON_AddArrayToObject(o, "by_depth");
+        for (int li = 0; li < nl; li++) {
+            cJSON *c = cJSON_CreateObject();
+            cJSON_AddNumberToObject(c, "length", lengths[li]);
+            const tl_interval ci = subset(score, nl, nd, samples, li, -1);
+            cJSON_AddNumberToObject(c, "accuracy", ci.value);
+            tl_json_add_interval(c, ci);
+            cJSON_AddItemToArray(bl, c);
+        }
+        for (int di = 0; di < nd; di++) {
+            cJSON *c = cJSON_CreateObject();
+            cJSON_AddNumberToObject(c, "depth", depths[di]);
+            const tl_interval ci = subset(score, nl, nd, samples, -1, di);
+            cJSON_AddNumberToObject(c, "accuracy", ci.value);
+            tl_json_add_interval(c, ci);
+            cJSON_AddItemToArray(bd, c);
+        }
+        cJSON_AddNumberToObject(o, "mean", all.value);
+        tl_json_add_interval(o, all);
         cJSON_AddNumberToObject(o, "seconds", all_secs);
         char *s = cJSON_Print(o);
         if (tl_write_file(json, s, strlen(s), &err)) fprintf(stderr, "tailor niah: --json: %s\n", err.msg);
@@ -242,8 +283,8 @@ int tl_cmd_niah(int argc, char **argv) {
             yp[di] = ys[di];
         }
         const char *base = strrchr(e.c.model, '/');
-        snprintf(title, sizeof title, "NIAH %s: %s, kv %s (mean %.2f)", needle, base ? base + 1 : e.c.model,
-                 e.c.kv ? e.c.kv : "f16", mean);
+        snprintf(title, sizeof title, "NIAH %s: %s, kv %s (mean %.2f, 95%% [%.2f, %.2f])", needle,
+                 base ? base + 1 : e.c.model, e.c.kv ? e.c.kv : "f16", all.value, all.lo, all.hi);
         char *s = tl_svg_heatmap(title, "prompt length (tokens)", xp, nl, "needle depth", yp, nd, acc);
         if (tl_write_file(svg, s, strlen(s), &err)) fprintf(stderr, "tailor niah: --svg: %s\n", err.msg);
         free(s);
@@ -259,6 +300,7 @@ done:
     free(ts);
     free(jobs);
     free(acc);
+    free(score);
     free(secs);
     tl_haystack_free(&hay);
     tl_model_free(e.model);

@@ -8,6 +8,7 @@
 #include "../include/tailor.h"
 #include "../src/eval/kld.h"
 #include "../src/eval/perplexity.h"
+#include "../src/eval/stats.h"
 
 #include <limits.h>
 #include <math.h>
@@ -18,13 +19,18 @@ typedef struct {
     tl_kld *kld;
     tl_error *err;
     tl_progress *prog;
-    int n_ctx;
+    int rows_per_window, rows_seen; /* of the current window */
 } win_ctx;
 
+/* A window's scored rows arrive in pieces: the bar advances by rows and counts a window when
+ * its last piece is in. */
 static int on_window(void *ctx, int window, const float *logits, const int32_t *targets, int n_rows, int n_vocab) {
     win_ctx *w = ctx;
     if (w->kld && tl_kld_window(w->kld, logits, targets, n_rows, w->err)) return 1;
-    tl_progress_add(w->prog, n_rows); /* scored rows, pieces of a window at a time */
+    w->rows_seen += n_rows;
+    const bool done = w->rows_seen == w->rows_per_window;
+    if (done) w->rows_seen = 0;
+    tl_progress_add(w->prog, n_rows, done);
     return 0;
 }
 
@@ -46,7 +52,9 @@ int tl_cmd_perplexity(int argc, char **argv) {
                    "  Scores the second half of each window of CTX tokens (llama.cpp's convention).\n"
                    "  --kl-base-write stores this run's top-K log-probabilities (+ the rest mass, + the\n"
                    "  correct token's) as a baseline; --kl-base compares this run with one: PPL(base),\n"
-                   "  PPL(new), ratio, mean/median/p99/max KLD, mean |dp| of the correct token, same top-1.\n");
+                   "  PPL(new), ratio, mean/median/p99/max KLD, mean |dp| of the correct token, same top-1, each\n"
+                   "  with its 95%% interval (block bootstrap over the scored tokens, paired for the ratio; Wilson\n"
+                   "  for same top-1), and a verdict: \"no measurable loss\" while the ratio's interval holds 1.\n");
             return 0;
         }
         const char *v = tl_cli_value(argc, argv, &i);
@@ -77,6 +85,7 @@ int tl_cmd_perplexity(int argc, char **argv) {
     int32_t *ids = NULL;
     tl_session *s = NULL;
     tl_kld kld = {0};
+    tl_ppl_result res = {0};
     bool have_kld = false;
     tl_model *m = tl_model_load(c->model, &err);
     if (!(e.model = m)) goto done;
@@ -95,9 +104,8 @@ int tl_cmd_perplexity(int argc, char **argv) {
     int nw = (int)((int64_t)n / n_ctx);
     if (max_windows > 0 && max_windows < nw) nw = max_windows;
     tl_progress prog;
-    tl_progress_init(&prog, "perplexity", (int64_t)nw * (n_ctx - 1 - n_ctx / 2), nw, !e.quiet);
-    win_ctx wc = {have_kld ? &kld : NULL, &err, &prog, n_ctx};
-    tl_ppl_result res;
+    tl_progress_init(&prog, "perplexity", (int64_t)nw * tl_ppl_rows_per_window(n_ctx), nw, !e.quiet);
+    win_ctx wc = {have_kld ? &kld : NULL, &err, &prog, tl_ppl_rows_per_window(n_ctx), 0};
     err.msg[0] = 0;
     int prc = tl_perplexity(s, ids, (int64_t)n, n_ctx, max_windows, false, on_window, &wc, &res, &err);
     tl_progress_done(&prog);
@@ -105,11 +113,14 @@ int tl_cmd_perplexity(int argc, char **argv) {
     if (have_kld && tl_kld_finish(&kld, &err)) goto done;
     printf("model %s, text %s (%zu tokens), -c %d, %d windows, %lld tokens scored, kv %s\n", c->model, c->file, n, n_ctx,
            res.n_windows, (long long)res.n_scored, c->kv ? c->kv : "f16");
-    printf("Final estimate: PPL = %.4f +/- %.5f\n", res.ppl, res.ppl_err);
+    const tl_interval ci_ppl = tl_ppl_interval(res.nll, res.n_scored);
+    /* +/- is llama.cpp's standard error (tokens taken as independent), kept to compare with it */
+    printf("Final estimate: PPL = %.4f +/- %.5f  95%% [%.4f, %.4f]\n", res.ppl, res.ppl_err, ci_ppl.lo, ci_ppl.hi);
     cJSON *cfg = tl_eval_cli_config(&e);
     cJSON_AddStringToObject(cfg, "text", c->file);
     cJSON_AddNumberToObject(cfg, "ctx", n_ctx);
-    tl_eval_cli_result(&e, "perplexity", cfg, "ppl", res.ppl, res.n_scored, res.seconds, NULL);
+    tl_eval_cli_result_ci(&e, "perplexity", cfg, "ppl", (tl_interval){res.ppl, ci_ppl.lo, ci_ppl.hi, res.n_scored},
+                          res.seconds, NULL);
     if (kl_write) printf("KL baseline written to %s (top-%d log-probabilities of %lld tokens)\n", kl_write, kld.top_k,
                          (long long)res.n_scored);
     if (kl_read) {
@@ -118,20 +129,51 @@ int tl_cmd_perplexity(int argc, char **argv) {
         cJSON_AddStringToObject(cfg, "kl_base", kl_read);
         printf("KL divergence vs %s (%lld tokens, top-%d baseline, base tail mass %.2e):\n", kl_read, (long long)st.n,
                kld.top_k, st.tail_mass);
-        printf("  PPL(base)          %10.4f\n  PPL(new)           %10.4f\n  PPL ratio          %10.6f\n"
-               "  mean ln ratio      %10.6f\n  mean KLD           %10.6f +/- %.6f\n  median KLD         %10.6f\n"
-               "  99th pct KLD       %10.6f\n  max KLD            %10.6f\n  mean |dp| correct  %9.4f%%\n"
-               "  RMS dp correct     %9.4f%%\n  same top-1         %9.3f%%\n",
-               st.ppl_base, st.ppl_new, st.ppl_ratio, st.mean_ln_ratio, st.kld_mean, st.kld_err, st.kld_median,
-               st.kld_p99, st.kld_max, 100 * st.mean_abs_dp, 100 * st.rms_dp, 100 * st.same_top1);
+        /* each figure, then its 95% interval (block bootstrap over the scored tokens; Wilson for
+         * same top-1); median, p99 and max describe this text's KLD distribution */
+        printf("  PPL(base)          %10.4f              95%% [%.4f, %.4f]\n", st.ppl_base, st.ci_ppl_base.lo,
+               st.ci_ppl_base.hi);
+        printf("  PPL(new)           %10.4f              95%% [%.4f, %.4f]\n", st.ppl_new, st.ci_ppl_new.lo,
+               st.ci_ppl_new.hi);
+        printf("  PPL ratio          %10.6f              95%% [%.6f, %.6f] paired\n", st.ppl_ratio, st.ci_ratio.lo,
+               st.ci_ratio.hi);
+        printf("  mean ln ratio      %10.6f              95%% [%.6f, %.6f] paired\n", st.mean_ln_ratio,
+               st.ci_ln_ratio.lo, st.ci_ln_ratio.hi);
+        printf("  mean KLD           %10.6f +/- %.6f 95%% [%.6f, %.6f]\n", st.kld_mean, st.kld_err, st.ci_kld.lo,
+               st.ci_kld.hi);
+        printf("  median KLD         %10.6f\n  99th pct KLD       %10.6f\n  max KLD            %10.6f\n", st.kld_median,
+               st.kld_p99, st.kld_max);
+        printf("  mean |dp| correct  %9.4f%%              95%% [%.4f%%, %.4f%%]\n", 100 * st.mean_abs_dp,
+               100 * st.ci_abs_dp.lo, 100 * st.ci_abs_dp.hi);
+        printf("  RMS dp correct     %9.4f%%              95%% [%.4f%%, %.4f%%]\n", 100 * st.rms_dp, 100 * st.ci_rms_dp.lo,
+               100 * st.ci_rms_dp.hi);
+        printf("  same top-1         %9.3f%%              95%% [%.3f%%, %.3f%%] Wilson\n", 100 * st.same_top1,
+               100 * st.ci_same_top1.lo, 100 * st.ci_same_top1.hi);
+        printf("  (95%% intervals: circular block bootstrap over %d-token blocks, %d resamples, paired for the ratio;\n"
+               "   median, 99th pct and max describe this text's distribution, without an interval)\n",
+               TL_STATS_BLOCK, TL_STATS_RESAMPLES);
+        char verdict[256];
+        tl_ratio_verdict_text(st.ci_ratio, verdict, sizeof verdict);
+        printf("verdict: %s\n", verdict);
+        /* result lines with the figures printed above and their intervals (p99 and max: none) */
         const struct {
             const char *name;
             double v;
-        } rows[] = {{"ppl_base", st.ppl_base}, {"ppl_ratio", st.ppl_ratio}, {"kld_mean", st.kld_mean},
-                    {"kld_p99", st.kld_p99}, {"kld_max", st.kld_max}, {"mean_abs_dp", st.mean_abs_dp},
-                    {"same_top1", st.same_top1}};
-        for (size_t i = 0; i < sizeof rows / sizeof *rows; i++)
-            tl_eval_cli_result(&e, "perplexity", cfg, rows[i].name, rows[i].v, st.n, res.seconds, NULL);
+            const tl_interval *ci;
+        } rows[] = {{"ppl_base", st.ppl_base, &st.ci_ppl_base}, {"ppl_ratio", st.ppl_ratio, &st.ci_ratio},
+                    {"kld_mean", st.kld_mean, &st.ci_kld},       {"kld_p99", st.kld_p99, NULL},
+                    {"kld_max", st.kld_max, NULL},               {"mean_abs_dp", st.mean_abs_dp, &st.ci_abs_dp},
+                    {"same_top1", st.same_top1, &st.ci_same_top1}};
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "verdict", tl_verdict_name(tl_ratio_verdict(st.ci_ratio)));
+        for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+            const cJSON *extra = rows[i].ci == &st.ci_ratio ? x : NULL;
+            if (rows[i].ci)
+                tl_eval_cli_result_ci(&e, "perplexity", cfg, rows[i].name,
+                                      (tl_interval){rows[i].v, rows[i].ci->lo, rows[i].ci->hi, st.n}, res.seconds, extra);
+            else tl_eval_cli_result(&e, "perplexity", cfg, rows[i].name, rows[i].v, st.n, res.seconds, extra);
+        }
+        cJSON_Delete(x);
     }
     cJSON_Delete(cfg);
     fprintf(stderr, "%.1f s, %.1f tokens/s\n", res.seconds, res.n_windows * (double)n_ctx / res.seconds);
@@ -140,6 +182,7 @@ int tl_cmd_perplexity(int argc, char **argv) {
 done:
     if (rc) fprintf(stderr, "tailor perplexity: %s\n", err.msg);
     if (have_kld || kld.path) tl_kld_close(&kld);
+    tl_ppl_result_free(&res);
     tl_session_free(s);
     free(ids);
     free(text);

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include "eval_cli.h"
 #include "../include/tailor.h"
+#include "../src/eval/stats.h"
 #include "../src/eval/tasks.h"
 
 #include <stdlib.h>
@@ -97,20 +98,25 @@ int tl_cmd_ruler(int argc, char **argv) {
     jo = cJSON_CreateObject();
     cJSON_AddItemToObject(jo, "config", cJSON_Duplicate(cfg, 1));
     cJSON *jres = cJSON_AddArrayToObject(jo, "results");
-    printf("RULER-style tasks, %s, kv %s, %d sample(s) per task, seed %llu\n\n| task |", e.c.model,
-           e.c.kv ? e.c.kv : "f16", samples, (unsigned long long)e.c.sp.seed);
+    printf("RULER-style tasks, %s, kv %s, %d sample(s) per task, seed %llu; each score with its 95%% interval\n\n| task |",
+           e.c.model, e.c.kv ? e.c.kv : "f16", samples, (unsigned long long)e.c.sp.seed);
     for (int li = 0; li < nl; li++) printf(" %d |", lengths[li]);
     printf("\n| --- |");
     for (int li = 0; li < nl; li++) printf(" ---: |");
     printf("\n");
-    double *avg = tl_xcalloc((size_t)nl, sizeof(double)), *lsecs = tl_xcalloc((size_t)nl, sizeof(double));
+    /* scores in job order (length, task, sample) */
+    double *score = tl_xcalloc((size_t)n_jobs, sizeof(double)), *lsecs = tl_xcalloc((size_t)nl, sizeof(double));
+    for (int j = 0; j < n_jobs; j++)
+        score[j] = tl_score(ts[j].metric, jobs[j].output, (const char *const *)ts[j].refs, ts[j].n_refs);
+    cJSON *jsum = cJSON_AddArrayToObject(jo, "summary");
+    char b[64];
     for (int ki = 0; ki < nk; ki++) {
         printf("| %s |", tl_task_name((tl_task_kind)kinds[ki]));
         for (int li = 0; li < nl; li++) {
-            double sc = 0, secs = 0;
+            const int j0 = (li * nk + ki) * samples;
+            double secs = 0;
             for (int si = 0; si < samples; si++) {
-                const int j = (li * nk + ki) * samples + si;
-                sc += tl_score(ts[j].metric, jobs[j].output, (const char *const *)ts[j].refs, ts[j].n_refs) / samples;
+                const int j = j0 + si;
                 secs += jobs[j].seconds;
                 cJSON *s = cJSON_CreateObject();
                 cJSON_AddStringToObject(s, "task", ts[j].task);
@@ -118,36 +124,43 @@ int tl_cmd_ruler(int argc, char **argv) {
                 cJSON_AddNumberToObject(s, "prompt_tokens", ts[j].prompt.n);
                 cJSON_AddItemToObject(s, "expected", cJSON_CreateStringArray((const char *const *)ts[j].refs, ts[j].n_refs));
                 cJSON_AddStringToObject(s, "output", jobs[j].output);
-                cJSON_AddNumberToObject(s, "score", tl_score(ts[j].metric, jobs[j].output, (const char *const *)ts[j].refs, ts[j].n_refs));
+                cJSON_AddNumberToObject(s, "score", score[j]);
                 cJSON_AddNumberToObject(s, "seconds", jobs[j].seconds);
                 cJSON_AddItemToArray(jres, s);
             }
-            avg[li] += sc / nk;
             lsecs[li] += secs;
-            printf(" %.3f |", sc);
+            const tl_interval ci = tl_score_interval(score + j0, samples);
+            printf(" %s |", tl_interval_str(ci, 3, b, sizeof b));
             cJSON *x = cJSON_CreateObject();
             cJSON_AddStringToObject(x, "task", tl_task_name((tl_task_kind)kinds[ki]));
             cJSON_AddNumberToObject(x, "length", lengths[li]);
             char metric[64];
             snprintf(metric, sizeof metric, "ruler_%s", tl_task_name((tl_task_kind)kinds[ki]));
-            tl_eval_cli_result(&e, "ruler", cfg, metric, sc, samples, secs, x);
-            cJSON_Delete(x);
+            tl_eval_cli_result_ci(&e, "ruler", cfg, metric, ci, secs, x);
+            cJSON_AddNumberToObject(x, "score", ci.value);
+            tl_json_add_interval(x, ci);
+            cJSON_AddItemToArray(jsum, x);
         }
         printf("\n");
     }
+    /* the average over tasks of a length: the mean of all its samples (the tasks have as many) */
     printf("| **average** |");
     for (int li = 0; li < nl; li++) {
-        printf(" **%.3f** |", avg[li]);
+        const tl_interval ci = tl_score_interval(score + (size_t)li * nk * samples, (int64_t)nk * samples);
+        printf(" **%s** |", tl_interval_str(ci, 3, b, sizeof b));
         cJSON *x = cJSON_CreateObject();
         cJSON_AddNumberToObject(x, "length", lengths[li]);
-        tl_eval_cli_result(&e, "ruler", cfg, "ruler_avg", avg[li], (int64_t)nk * samples, lsecs[li], x);
-        cJSON_Delete(x);
+        tl_eval_cli_result_ci(&e, "ruler", cfg, "ruler_avg", ci, lsecs[li], x);
+        cJSON_AddStringToObject(x, "task", "average");
+        cJSON_AddNumberToObject(x, "score", ci.value);
+        tl_json_add_interval(x, ci);
+        cJSON_AddItemToArray(jsum, x);
     }
     printf("\n| seconds |");
     for (int li = 0; li < nl; li++) printf(" %.0f |", lsecs[li]);
     printf("\n");
     fprintf(stderr, "ruler: %d samples in %.1f s\n", n_jobs, all_secs);
-    free(avg);
+    free(score);
     free(lsecs);
     if (json) {
         cJSON_AddNumberToObject(jo, "seconds", all_secs);

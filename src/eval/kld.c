@@ -1,6 +1,7 @@
 /* kld.c: see kld.h. */
 #define _GNU_SOURCE
 #include "kld.h"
+#include "perplexity.h"
 
 #include <errno.h>
 #include <math.h>
@@ -91,7 +92,7 @@ static void init_common(tl_kld *k, const char *path, int n_vocab, int n_ctx, con
     k->path = tl_xstrdup(path);
     k->n_vocab = n_vocab;
     k->n_ctx = n_ctx;
-    k->rows_per_window = n_ctx - 1 - n_ctx / 2; /* tl_perplexity's scored rows */
+    k->rows_per_window = tl_ppl_rows_per_window(n_ctx);
     k->n_text_tokens = (uint64_t)n_ids;
     k->hash = tl_kld_hash_ids(ids, n_ids);
     k->lp = tl_xmalloc(sizeof(float) * (size_t)n_vocab);
@@ -224,14 +225,21 @@ int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_
         const double kl = tl_kld_row(ids, lps, K, rest, k->lp);
         if (k->n_rows == k->rows_cap) {
             k->rows_cap = k->rows_cap ? k->rows_cap * 2 : 4096;
-            k->kl = tl_xrealloc(k->kl, sizeof(double) * (size_t)k->rows_cap);
+            const size_t bytes = sizeof(double) * (size_t)k->rows_cap;
+            k->kl = tl_xrealloc(k->kl, bytes);
+            k->nll_base_row = tl_xrealloc(k->nll_base_row, bytes);
+            k->nll_new_row = tl_xrealloc(k->nll_new_row, bytes);
+            k->dp_row = tl_xrealloc(k->dp_row, bytes);
         }
-        k->kl[k->n_rows++] = kl;
+        const double dp = exp((double)k->lp[targets[r]]) - exp((double)lp_t);
+        k->kl[k->n_rows] = kl;
+        k->nll_base_row[k->n_rows] = -(double)lp_t;
+        k->nll_new_row[k->n_rows] = -(double)k->lp[targets[r]];
+        k->dp_row[k->n_rows++] = dp;
         k->sum_kl += kl;
         k->sum_kl2 += kl * kl;
         k->nll_base -= lp_t;
         k->nll_new -= k->lp[targets[r]];
-        const double dp = exp((double)k->lp[targets[r]]) - exp((double)lp_t);
         k->sum_absdp += fabs(dp);
         k->sum_dp2 += dp * dp;
         k->tail_base += isfinite(rest) ? exp((double)rest) : 0;
@@ -273,6 +281,9 @@ void tl_kld_close(tl_kld *k) {
     free(k->order);
     free(k->rec);
     free(k->kl);
+    free(k->nll_base_row);
+    free(k->nll_new_row);
+    free(k->dp_row);
     memset(k, 0, sizeof *k);
 }
 
@@ -294,7 +305,11 @@ void tl_kld_stats_get(tl_kld *k, tl_kld_stats *st) {
     memset(st, 0, sizeof *st);
     const int64_t n = k->n_rows;
     st->n = n;
-    if (n == 0) return;
+    if (n == 0) {
+        st->ci_ppl_base = st->ci_ppl_new = st->ci_ratio = st->ci_ln_ratio = st->ci_kld = st->ci_abs_dp =
+            st->ci_rms_dp = st->ci_same_top1 = tl_wilson(0, 0); /* NaN: nothing measured */
+        return;
+    }
     st->ppl_base = exp(k->nll_base / n);
     st->ppl_new = exp(k->nll_new / n);
     st->ppl_ratio = st->ppl_new / st->ppl_base;
@@ -313,4 +328,17 @@ void tl_kld_stats_get(tl_kld *k, tl_kld_stats *st) {
     st->rms_dp = sqrt(k->sum_dp2 / n);
     st->same_top1 = (double)k->same_top1 / n;
     st->tail_mass = k->tail_base / n;
+    st->ci_ppl_base = tl_ppl_interval(k->nll_base_row, n);
+    st->ci_ppl_new = tl_ppl_interval(k->nll_new_row, n);
+    st->ci_ratio = tl_ppl_ratio_interval(k->nll_base_row, k->nll_new_row, n);
+    st->ci_ln_ratio = (tl_interval){log(st->ci_ratio.value), log(st->ci_ratio.lo), log(st->ci_ratio.hi), n};
+    st->ci_kld = tl_block_mean(k->kl, n, TL_STATS_BLOCK);
+    double *v = tl_xmalloc(sizeof(double) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) v[i] = fabs(k->dp_row[i]);
+    st->ci_abs_dp = tl_block_mean(v, n, TL_STATS_BLOCK);
+    for (int64_t i = 0; i < n; i++) v[i] = k->dp_row[i] * k->dp_row[i];
+    const tl_interval ms = tl_block_mean(v, n, TL_STATS_BLOCK);
+    st->ci_rms_dp = (tl_interval){sqrt(ms.value), sqrt(ms.lo), sqrt(ms.hi), n};
+    free(v);
+    st->ci_same_top1 = tl_wilson(k->same_top1, n);
 }

@@ -20,11 +20,14 @@
  * then n_windows * rows_per_window records of
  *   i32 target | f32 lp_target | f32 lp_rest | i32 top_id[K] | f32 top_lp[K]
  * (top ids in descending probability). A compare run checks n_vocab, n_ctx and the hash, so a
- * baseline is only compared with a run over the same tokens. */
+ * baseline is only compared with a run over the same tokens. lp_target is each token's NLL
+ * under the base (negated), so the compare run has both runs' NLL token by token: the paired
+ * block bootstrap of the PPL ratio (stats.h) needs nothing more from the file. */
 #ifndef TL_EVAL_KLD_H
 #define TL_EVAL_KLD_H
 
 #include "../common.h"
+#include "stats.h"
 
 #include <stdio.h>
 
@@ -40,8 +43,9 @@ typedef struct {
     float *lp;          /* [n_vocab] */
     int32_t *order;     /* [n_vocab] */
     void *rec;          /* one record */
-    /* compare accumulators */
-    double *kl;         /* per row */
+    /* compare accumulators, per row: KL, the base's and this run's NLL of the correct token,
+     * the difference of its probabilities (new - base) */
+    double *kl, *nll_base_row, *nll_new_row, *dp_row;
     int64_t n_rows, rows_cap;
     double nll_base, nll_new, sum_kl, sum_kl2, sum_absdp, sum_dp2, tail_base;
     int64_t same_top1;
@@ -69,6 +73,10 @@ typedef struct {
     double mean_abs_dp, rms_dp;
     double same_top1;   /* fraction */
     double tail_mass;   /* mean base probability outside the top-K */
+    /* 95% intervals (stats.h): circular block bootstrap over the scored tokens for the means
+     * (the ratio's paired: both runs' NLL differences token by token), Wilson for same top-1.
+     * Median, 99th percentile and max describe this text's KLD distribution: no interval. */
+    tl_interval ci_ppl_base, ci_ppl_new, ci_ratio, ci_ln_ratio, ci_kld, ci_abs_dp, ci_rms_dp, ci_same_top1;
 } tl_kld_stats;
 
 void tl_kld_stats_get(tl_kld *k, tl_kld_stats *st);

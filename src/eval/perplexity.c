@@ -14,6 +14,11 @@ static double log_prob(const float *logits, int n, int32_t target) {
     return (double)logits[target] - mx - log(sum);
 }
 
+void tl_ppl_result_free(tl_ppl_result *res) {
+    free(res->nll);
+    res->nll = NULL;
+}
+
 int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, int max_windows, bool progress,
                   tl_ppl_window_fn fn, void *fn_ctx, tl_ppl_result *res, tl_error *err) {
     memset(res, 0, sizeof *res);
@@ -26,10 +31,11 @@ int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, i
         return tl_fail(err, "perplexity: the text has %lld tokens, fewer than one window of %d (lower -c)",
                        (long long)n_ids, n_ctx);
     if (max_windows > 0 && max_windows < n_windows) n_windows = max_windows;
-    const int first = n_ctx / 2, n_rows = n_ctx - 1 - first;
+    const int first = n_ctx / 2, n_rows = tl_ppl_rows_per_window(n_ctx);
     const int32_t bos = tl_tok_bos(m->tok);
     const bool add_bos = tl_tok_add_bos(m->tok) && bos >= 0;
     int32_t *win = tl_xmalloc(sizeof(int32_t) * (size_t)n_ctx);
+    res->nll = tl_xmalloc(sizeof(double) * (size_t)n_windows * (size_t)n_rows);
     /* Logits of the scored half only, a piece at a time: evaluate the first half without
      * logits, then the rest in pieces of at most `piece` tokens (<= the session chunk, and at
      * most 32M floats = 128 MB of logits per piece). */
@@ -54,10 +60,10 @@ int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, i
                 const double lp = log_prob(logits + (size_t)r * V, V, win[first + p0 + r + 1]);
                 res->nll_sum -= lp;
                 res->nll2_sum += lp * lp;
+                res->nll[res->n_scored++] = -lp;
             }
             if (rows > 0 && fn && fn(fn_ctx, w, logits, win + first + p0 + 1, rows, V)) stop = true;
         }
-        res->n_scored += n_rows;
         res->n_windows = w + 1;
         if (stop) break;
         if (progress) {
@@ -79,5 +85,6 @@ int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, i
 fail:
     free(win);
     free(logits);
+    tl_ppl_result_free(res);
     return -1;
 }

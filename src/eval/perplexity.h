@@ -3,15 +3,21 @@
  * empty cache with its first token replaced by BOS (when the vocab has one and adds it), and
  * only the second half of each window is scored: the log-probability of token j+1 given the
  * logits at j, for j in [n_ctx/2, n_ctx - 1). PPL = exp(mean NLL); its uncertainty is the
- * delta-method standard error, PPL * sd(NLL) / sqrt(count - 1). */
+ * delta-method standard error, PPL * sd(NLL) / sqrt(count - 1); the per-token NLLs are kept
+ * for the block-bootstrap interval (stats.h), which, unlike the standard error, allows for
+ * neighbouring tokens being correlated. */
 #ifndef TL_PERPLEXITY_H
 #define TL_PERPLEXITY_H
 
 #include "../session.h"
 
+/* Scored rows of a window of n_ctx tokens: positions n_ctx/2 .. n_ctx-2 predict the next. */
+static inline int tl_ppl_rows_per_window(int n_ctx) { return n_ctx - 1 - n_ctx / 2; }
+
 typedef struct {
     int n_windows;       /* windows scored */
     int64_t n_scored;    /* tokens scored */
+    double *nll;         /* [n_scored] each scored token's NLL, in text order (tl_ppl_result_free) */
     double nll_sum, nll2_sum;
     double ppl, ppl_err;
     double seconds;
@@ -23,6 +29,8 @@ typedef struct {
  * 262k vocabulary would be 17 GB). Return non-zero to stop. */
 typedef int (*tl_ppl_window_fn)(void *ctx, int window, const float *logits, const int32_t *targets, int n_rows,
                                 int n_vocab);
+
+void tl_ppl_result_free(tl_ppl_result *res);
 
 /* max_windows <= 0: all. progress: print "[i]ppl" lines like llama.cpp to stderr/stdout. */
 int tl_perplexity(tl_session *s, const int32_t *ids, int64_t n_ids, int n_ctx, int max_windows, bool progress,

@@ -41,11 +41,11 @@ static void print_bar(tl_progress *p, bool final) {
     fflush(stderr);
 }
 
-void tl_progress_add(tl_progress *p, int64_t units) {
+void tl_progress_add(tl_progress *p, int64_t units, int items) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
     p->done += units;
-    p->items_done++;
+    p->items_done += items;
     if (p->enabled) {
         /* on a terminal redraw every time; in a log, one line per 10% */
         const int pct = (int)(100.0 * p->done / p->total);
@@ -63,13 +63,15 @@ void tl_progress_done(tl_progress *p) {
     pthread_mutex_destroy(&p->mu);
 }
 
+static cJSON *num_or_null(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
+
 int tl_result_append(const char *path, const char *cmd, const cJSON *config, const char *metric, double value,
                      int64_t n, double seconds, const cJSON *extra, tl_error *err) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", cmd);
     cJSON_AddItemToObject(o, "config", config ? cJSON_Duplicate(config, 1) : cJSON_CreateObject());
     cJSON_AddStringToObject(o, "metric", metric);
-    cJSON_AddItemToObject(o, "value", isfinite(value) ? cJSON_CreateNumber(value) : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "value", num_or_null(value));
     cJSON_AddNumberToObject(o, "n", (double)n);
     cJSON_AddNumberToObject(o, "seconds", seconds);
     if (extra)
@@ -92,8 +94,29 @@ int tl_result_append(const char *path, const char *cmd, const cJSON *config, con
     return rc;
 }
 
+static void add_lo_hi(cJSON *o, tl_interval ci) {
+    cJSON_AddItemToObject(o, "lo", num_or_null(ci.lo));
+    cJSON_AddItemToObject(o, "hi", num_or_null(ci.hi));
+}
 
+void tl_json_add_interval(cJSON *o, tl_interval ci) {
+    cJSON_AddNumberToObject(o, "n", (double)ci.n);
+    add_lo_hi(o, ci);
+}
 
+int tl_result_append_ci(const char *path, const char *cmd, const cJSON *config, const char *metric, tl_interval ci,
+                        double seconds, const cJSON *extra, tl_error *err) {
+    cJSON *x = extra ? cJSON_Duplicate(extra, 1) : cJSON_CreateObject();
+    add_lo_hi(x, ci);
+    const int rc = tl_result_append(path, cmd, config, metric, ci.value, ci.n, seconds, x, err);
+    cJSON_Delete(x);
+    return rc;
+}
+
+const char *tl_interval_str(tl_interval ci, int prec, char *buf, size_t cap) {
+    snprintf(buf, cap, "%.*f [%.*f, %.*f]", prec, ci.value, prec, ci.lo, prec, ci.hi);
+    return buf;
+}
 
 char *tl_svg_heatmap(const char *title, const char *xlabel, const char *const *xs, int nx, const char *ylabel,
                      const char *const *ys, int ny, const double *values) {

@@ -173,7 +173,7 @@ static void *worker_main(void *arg) {
             w->rc = -1;
             break;
         }
-        tl_progress_add(r->progress, j->n_ids);
+        tl_progress_add(r->progress, j->n_ids, 1);
     }
     free(w->held);
     free(w->logits);

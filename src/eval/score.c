@@ -7,11 +7,12 @@
 #include <string.h>
 
 static const char *const metric_names[] = {"exact", "contains", "f1", "choice", "all", "number"};
+_Static_assert(sizeof metric_names / sizeof *metric_names == TL_METRIC_COUNT, "a name for every metric");
 
-const char *tl_metric_name(tl_metric m) { return (unsigned)m < 6 ? metric_names[m] : "?"; }
+const char *tl_metric_name(tl_metric m) { return (unsigned)m < TL_METRIC_COUNT ? metric_names[m] : "?"; }
 
 int tl_metric_parse(const char *s) {
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < TL_METRIC_COUNT; i++)
         if (!strcmp(s, metric_names[i])) return i;
     if (!strcmp(s, "em") || !strcmp(s, "exact_match")) return TL_METRIC_EXACT;
     if (!strcmp(s, "string_match_all")) return TL_METRIC_ALL;

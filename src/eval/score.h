@@ -26,6 +26,7 @@ typedef enum {
     TL_METRIC_CHOICE,   /* multiple choice: the chosen option index equals the answer */
     TL_METRIC_ALL,      /* RULER string_match_all: fraction of references found in the output */
     TL_METRIC_NUMBER,   /* the first number in the prediction equals the reference (passkey) */
+    TL_METRIC_COUNT
 } tl_metric;
 
 const char *tl_metric_name(tl_metric m);
