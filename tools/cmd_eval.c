@@ -149,6 +149,8 @@ cJSON *tl_eval_cli_config(const tl_eval_cli *e) {
         }
     }
     cJSON_AddStringToObject(o, "kv", kv ? kv : e->c.kv ? e->c.kv : "f16");
+    cJSON_AddStringToObject(o, "kv_spec", e->c.kv ? e->c.kv : "f16"); /* as given: auto:4, a plan file */
+    cJSON_AddStringToObject(o, "device", e->c.device ? e->c.device : "cpu");
     free(kv);
     if (e->c.kv_layer) cJSON_AddStringToObject(o, "kv_layer", e->c.kv_layer);
     cJSON_AddNumberToObject(o, "chunk", e->c.chunk > 0 ? e->c.chunk : 512);
