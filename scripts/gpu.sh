@@ -15,11 +15,16 @@
 #      whole 128k-token prefill per chunk size, with TL_CUDA_TC=0 (CUDA-core attention) beside it
 #   6. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan):
 #      the device key summary (summary=4) and the paper's channel-row fetch (summary=0)
+#   8. (real) a real model staged by scripts/device-stage.sh (REAL_MODEL, default the staged
+#      Qwen2.5-Coder-1.5B): GPU logits against the CPU's (the KL divergence of the GPU run from a
+#      CPU baseline over REAL_CTX-token windows, and the PPL ratio, each with its interval), then
+#      scripts/real-model-eval.sh on the GPU (REAL_STEPS, and its KVS / LENGTHS / ... variables)
+#      with the essays and the C file carried in carry/data
 #   7. (dectc) f16 decode attention on tensor cores (TL_CUDA_DEC_TC=1) vs decode.cu: the kernel
 #      alone (bench_cuda_attn --m 1) and the decode bench; (decmma) per-token codes decoded on
 #      decode.cu's CUDA cores (TL_CUDA_DEC_MMA=0) instead of decode_mma.cu's tensor cores
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long dectc decmma), GPU_JOBS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS, MMA_DEPTHS, MMA_KVS,
+# long dectc decmma real), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS, MMA_DEPTHS, MMA_KVS,
 # TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -198,5 +203,31 @@ if has dectc; then
       -o md >"$OUT/decode_dectc.md" 2>"$OUT/decode_dectc.err"
     tail -n +3 "$OUT/decode_dectc.md" | tee -a "$OUT/summary.md"
   done
+fi
+if has real; then
+  # many small files: the device tool returns at most 8, so they go into $OUT/real.tgz
+  RM=${REAL_MODEL:-$(bash scripts/device-stage.sh path qwen2.5-coder-1.5b-instruct-q4_k_m.gguf 2>/dev/null || true)}
+  DATA=$PWD/carry/data R=$SHM/real
+  mkdir -p $R
+  if [ -z "$RM" ] || [ ! -f "$RM" ] || [ ! -d "$DATA/pg_essays" ]; then
+    echo "real: no staged model or no carry/data (REAL_MODEL '$RM')" | tee -a "$OUT/summary.md"
+  else
+    cat "$DATA"/pg_essays/*.txt >$SHM/essays.txt
+    for C in ${REAL_CTX:-2048 8192}; do
+      if [ ! -f $R/gpu_vs_cpu_$C.txt ]; then
+        log "real: GPU logits vs CPU, $(basename "$RM"), -c $C"
+        timeout 300 $T perplexity -m "$RM" -f $SHM/essays.txt -c $C --chunks 2 --kl-base-write $SHM/cpu-$C.kld \
+          --out $R/check.jsonl >$R/cpu_$C.txt 2>$R/cpu_$C.err
+        timeout 120 $T perplexity -m "$RM" --device cuda -f $SHM/essays.txt -c $C --chunks 2 --kl-base $SHM/cpu-$C.kld \
+          --out $R/check.jsonl >$R/gpu_vs_cpu_$C.txt 2>$R/gpu_$C.err
+      fi
+      grep -E "Final|PPL ratio|mean KLD|max KLD|same top-1|verdict" $R/gpu_vs_cpu_$C.txt | tee -a "$OUT/summary.md"
+    done
+    log "real: scripts/real-model-eval.sh (steps ${REAL_STEPS:-calib niah ruler ppl})"
+    STEPS="${REAL_STEPS:-calib niah ruler ppl}" timeout ${REAL_TIMEOUT:-540} bash scripts/real-model-eval.sh -m "$RM" \
+      -o $R/eval --device cuda --haystack "$DATA/pg_essays" --code "$DATA/glibc-2.36-malloc.c" --tailor $T 2>&1 | tail -30
+    [ -f $R/eval/results.jsonl ] && python3 scripts/real-model-report.py $R/eval/results.jsonl >"$OUT/real_tables.md" 2>&1
+  fi
+  tar czf "$OUT/real.tgz" -C $SHM real 2>/dev/null
 fi
 log "done"
