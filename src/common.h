@@ -4,6 +4,7 @@
 #define TL_COMMON_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdbool.h>
 #include <string.h>
@@ -99,8 +100,33 @@ static inline uint16_t tl_fp32_to_bf16(float f) {
     return (uint16_t)(x >> 16);
 }
 
-/* Write a whole file atomically: "<path>.tmp.<pid>", fsync, rename; on failure the temp file
- * is removed and nothing is left half-written. Returns 0 or -1 with err naming the path. */
+/* ---- Output files ----
+ * Every file tailor writes goes through tl_outfile: it is written under "<path>.tmp.<pid>" and
+ * renamed onto path when complete (the data and then the directory fsync'd), so no reader ever
+ * sees it half-written and a failed write leaves the old file as it was. While the temp file
+ * exists, SIGINT, SIGTERM and SIGHUP remove it before the process dies (for each of them that
+ * still has its default action when the first output is opened). */
+typedef struct {
+    FILE *f;          /* write here */
+    char *path, *tmp;
+    int slot;         /* signal clean-up registration; -1 none */
+} tl_outfile;
+
+/* Whether path can be written as an output, checked before any work: it is not a directory,
+ * a device or a pipe; its directory exists and is writable; and when src is given it is not
+ * src itself (same device and inode: not a hard or symbolic link to it either). Returns 0 or
+ * -1 naming the path. */
+int tl_check_output(const char *path, const char *src, tl_error *err);
+/* tl_check_output, then create the temp file. src: NULL, or the file the output is made from
+ * (quantize's input), whose permission bits the output takes. */
+int tl_outfile_open(tl_outfile *o, const char *path, const char *src, tl_error *err);
+/* Flush, fsync, rename onto the path, fsync the directory; closes o (the temp file is removed
+ * on failure). Returns 0 or -1 naming the path. */
+int tl_outfile_commit(tl_outfile *o, tl_error *err);
+/* Close o and remove its temp file; nothing for a zeroed or already closed o. */
+void tl_outfile_abort(tl_outfile *o);
+
+/* A whole file at once through tl_outfile. Returns 0 or -1 with err naming the path. */
 int tl_write_file(const char *path, const void *data, size_t len, tl_error *err);
 
 /* A growable string (reports, SVG): printf appends; p is malloc'd and NUL-terminated after

@@ -180,8 +180,15 @@ int tl_quantize_file(const char *in_path, const char *out_path, const tl_quantiz
     if (p->awq && p->type != TL_TYPE_W4G128) return tl_fail(err, "AWQ writes w4g128, not %s", tl_type_name(p->type));
     if (p->awq && !p->calib_path) return tl_fail(err, "AWQ needs a calibration text (-f)");
     const double t0 = tl_time_s();
+    /* the output first: refused when it is the input (the rename would replace it), and held
+     * (as a temp file, removed on failure or on a signal) while the work runs */
+    tl_outfile out;
+    if (tl_outfile_open(&out, out_path, in_path, err)) return -1;
     tl_gguf *g = tl_gguf_open(in_path, err);
-    if (!g) return -1;
+    if (!g) {
+        tl_outfile_abort(&out);
+        return -1;
+    }
     int rc = -1;
     tl_model *m = NULL;
     int32_t *calib = NULL;
@@ -271,12 +278,13 @@ int tl_quantize_file(const char *in_path, const char *out_path, const tl_quantiz
         rep->type_bytes[to] += nbytes;
         tl_gguf_w_tensor(w, t->name, to, t->n_dims, t->ne, data);
     }
-    if (tl_gguf_write(w, out_path, err)) goto done;
+    if (tl_gguf_write_to(w, &out, err) || tl_outfile_commit(&out, err)) goto done;
     struct stat st;
     if (stat(out_path, &st) == 0) rep->file_bytes = (uint64_t)st.st_size;
     rep->seconds = tl_time_s() - t0;
     rc = 0;
 done:
+    tl_outfile_abort(&out); /* nothing once committed */
     tl_gguf_writer_free(w);
     tl_pool_free(pool);
     for (int64_t i = 0; i < nt; i++) free(bufs[i]);

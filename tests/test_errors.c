@@ -6,9 +6,14 @@
 #include "../src/gguf.h"
 #include "../src/session.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef enum { MUT_NONE, MUT_ARCH, MUT_DROP_KEY, MUT_SHAPE, MUT_DROP_TENSOR, MUT_HEADS } mutation;
@@ -86,6 +91,107 @@ static void expect_cli(const char *args, int want_rc, const char *needle) {
     free(e);
 }
 
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The name of a leftover temp output ("*.tmp.*") in dir, or NULL (static buffer). */
+static const char *temp_in(const char *dir) {
+    static char name[512];
+    DIR *d = opendir(dir);
+    const char *found = NULL;
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (strstr(e->d_name, ".tmp.")) {
+            snprintf(name, sizeof name, "%s", e->d_name);
+            found = name;
+        }
+    if (d) closedir(d);
+    return found;
+}
+
+static bool same_content(const char *a, const char *b) {
+    size_t la = 0, lb = 0;
+    char *x = tl_test_read_file(a, &la), *y = tl_test_read_file(b, &lb);
+    const bool same = x && y && la == lb && !memcmp(x, y, la);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* tailor quantize IN OUT never replaces IN: OUT the same path, another spelling of it, a hard or
+ * symbolic link to it, IN read-only; OUT takes IN's permission bits; a caught signal leaves no
+ * OUT.tmp.PID. */
+static void test_quantize_output(const char *bin) {
+    char dir[] = "/tmp/tl_test_errors_q_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    const char *stories = tl_test_shared("models/stories260K.gguf");
+    char in[600], args[2048], p[700];
+    snprintf(in, sizeof in, "%s/in.gguf", dir);
+    size_t len = 0;
+    char *data = tl_test_read_file(stories, &len);
+    FILE *f = fopen(in, "wb");
+    fwrite(data, 1, len, f);
+    fclose(f);
+    free(data);
+    chmod(in, 0640);
+    snprintf(p, sizeof p, "%s/hard.gguf", dir);
+    CHECK(link(in, p) == 0);
+    snprintf(p, sizeof p, "%s/sym.gguf", dir);
+    CHECK(symlink("in.gguf", p) == 0);
+    const char *outs[] = {"%s/in.gguf", "%s/./in.gguf", "%s/../%s/in.gguf", "%s/hard.gguf", "%s/sym.gguf"};
+    for (int ro = 0; ro < 2; ro++) {
+        chmod(in, ro ? 0444 : 0640);
+        for (size_t i = 0; i < sizeof outs / sizeof *outs; i++) {
+            char out[700];
+            snprintf(out, sizeof out, outs[i], dir, strrchr(dir, '/') + 1);
+            snprintf(args, sizeof args, "quantize %s %s --type q8_0 -q", in, out);
+            expect_cli(args, 1, "is the same file as the input");
+            CHECKF(same_content(in, stories), "'tailor %s' changed the input", args);
+            CHECKF(!temp_in(dir), "'tailor %s' left %s", args, temp_in(dir));
+        }
+    }
+    /* the output takes the input's permission bits (0444 here, then 0640) */
+    for (int ro = 1; ro >= 0; ro--) {
+        chmod(in, ro ? 0444 : 0640);
+        snprintf(p, sizeof p, "%s/out%d.gguf", dir, ro);
+        snprintf(args, sizeof args, "quantize %s %s --type q8_0 -q", in, p);
+        char *e = NULL;
+        CHECKF(run_cli(args, &e) == 0, "'tailor %s': %s", args, e ? e : "");
+        free(e);
+        struct stat st;
+        CHECKF(stat(p, &st) == 0 && (st.st_mode & 0777) == (ro ? 0444u : 0640u), "%s: mode %o", p,
+               (unsigned)(st.st_mode & 0777));
+    }
+    /* a signal while the output is being made: the process dies of it and removes its temp file */
+    const char *model = tl_test_shared("models/tailor-test-31m.gguf"), *essay = tl_test_shared("data/pg_essays/apple.txt");
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int k = 0; k < 3 && tl_test_have(model); k++) {
+        char out[700];
+        snprintf(out, sizeof out, "%s/sig.gguf", dir);
+        pid_t pid = fork();
+        if (pid == 0) {
+            execl(bin, bin, "quantize", model, out, "--type", "awq", "-f", essay, "-q", (char *)NULL);
+            _exit(127);
+        }
+        bool seen = false;
+        for (int t = 0; t < 30000 && !seen; t += 2) { /* the temp file appears before the work starts */
+            seen = temp_in(dir) != NULL;
+            if (!seen) sleep_ms(2);
+        }
+        CHECKF(seen, "signal %d: no temp output appeared", sigs[k]);
+        kill(pid, sigs[k]);
+        int st = 0;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+        CHECKF(WIFSIGNALED(st) && WTERMSIG(st) == sigs[k], "signal %d: quantize ended with status %#x", sigs[k], st);
+        CHECKF(!temp_in(dir), "signal %d left %s", sigs[k], temp_in(dir));
+        CHECK(access(out, F_OK) != 0);
+    }
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) fprintf(stderr, "cannot remove %s\n", dir);
+}
+
 int main(void) {
     if (!tl_test_have(tl_test_shared("models/stories260K.gguf"))) return tl_test_done();
     expect_load_error(MUT_ARCH, "architecture 'mamba' is not supported", NULL);
@@ -146,5 +252,6 @@ int main(void) {
         expect_cli(args, 1, pf);
         unlink(pf);
     }
+    test_quantize_output(bin);
     return tl_test_done();
 }

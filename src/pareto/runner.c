@@ -182,7 +182,8 @@ static cJSON *mem_json(const tl_pareto_mem *m) {
 
 /* ---- the perplexity task with its KL baseline ---- */
 typedef struct {
-    FILE *f;
+    FILE *f;          /* the baseline read, or out.f */
+    tl_outfile out;   /* the baseline written */
     bool writing;
     int V, K;
     size_t rec;
@@ -201,9 +202,8 @@ static int kl_open(kl_file *k, const char *path, bool writing, int V, uint64_t h
     if (writing) {
         /* written under a temporary name and renamed when complete: a baseline killed midway
          * leaves no file that later runs would trust */
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        if (!(k->f = fopen(tmp, "wb"))) return tl_fail(err, "%s: %s", tmp, strerror(errno));
+        if (tl_outfile_open(&k->out, path, NULL, err)) return -1;
+        k->f = k->out.f;
         memcpy(h, KLD_MAGIC, 8);
         memcpy(h + 8, &V, 4);
         memcpy(h + 12, &k->K, 4);
@@ -227,12 +227,11 @@ static int kl_open(kl_file *k, const char *path, bool writing, int V, uint64_t h
     return 0;
 }
 
-static void kl_close(kl_file *k, const char *path, bool complete) {
-    if (k->f && fclose(k->f) == 0 && k->writing && complete) {
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        if (rename(tmp, path)) fprintf(stderr, "pareto: %s: rename failed: %s\n", path, strerror(errno));
-    }
+static void kl_close(kl_file *k, bool complete) {
+    tl_error err;
+    if (k->writing && complete && tl_outfile_commit(&k->out, &err)) fprintf(stderr, "pareto: %s\n", err.msg);
+    if (k->writing) tl_outfile_abort(&k->out); /* nothing once committed */
+    else if (k->f) fclose(k->f);
     free(k->buf);
     memset(k, 0, sizeof *k);
 }
@@ -423,7 +422,7 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
     }
     rc = 0;
 done:
-    if (have_kl) kl_close(&kf, p->kl_base, rc == 0);
+    if (have_kl) kl_close(&kf, rc == 0);
     free(win);
     free(lp);
     free(logits);
