@@ -238,6 +238,49 @@ int tl_write_file(const char *path, const void *data, size_t len, tl_error *err)
     return tl_outfile_commit(&o, err);
 }
 
+char *tl_read_text(const char *path, size_t max, size_t *len, bool *cut, tl_error *err) {
+    if (max == 0 || max > TL_TEXT_MAX_BYTES) max = TL_TEXT_MAX_BYTES;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        tl_fail(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = max < (1 << 16) ? max + 1 : 1 << 16, n = 0;
+    char *buf = tl_xmalloc(cap);
+    for (size_t r = 1; r > 0 && n < max;) {
+        if (n + 1 >= cap) buf = tl_xrealloc(buf, cap = TL_MIN(2 * cap, max + 1));
+        r = fread(buf + n, 1, cap - 1 - n, f);
+        n += r;
+    }
+    char extra;
+    const bool more = !ferror(f) && n == max && fread(&extra, 1, 1, f) == 1;
+    const int e = ferror(f) ? errno : 0;
+    fclose(f);
+    if (e) {
+        free(buf);
+        tl_fail(err, "%s: read error: %s", path, strerror(e));
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    if (cut) *cut = more;
+    else if (more)
+        fprintf(stderr, "tailor: note: %s: only its first %zu bytes are read (%s); the rest is ignored\n", path, n,
+                max == TL_TEXT_MAX_BYTES ? "the limit for text files" : "all the text this run can use");
+    return buf;
+}
+
+char *tl_read_whole(const char *path, size_t *len, tl_error *err) {
+    bool cut = false;
+    char *text = tl_read_text(path, 0, len, &cut, err);
+    if (text && cut) {
+        free(text);
+        tl_fail(err, "%s: larger than the limit for text files (%zu MiB)", path, TL_TEXT_MAX_BYTES >> 20);
+        return NULL;
+    }
+    return text;
+}
+
 void tl_strbuf_printf(tl_strbuf *b, const char *fmt, ...) {
     for (;;) {
         va_list ap;

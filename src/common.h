@@ -129,6 +129,18 @@ void tl_outfile_abort(tl_outfile *o);
 /* A whole file at once through tl_outfile. Returns 0 or -1 with err naming the path. */
 int tl_write_file(const char *path, const void *data, size_t len, tl_error *err);
 
+/* ---- Text files the user names (-f, haystacks, calibration text, task, grid and plan files) ----
+ * One reader with one cap, so that neither -f /dev/zero nor a huge file can exhaust memory: at
+ * most `max` bytes are read, and never more than TL_TEXT_MAX_BYTES (max 0 = that). A caller that
+ * knows how many tokens it uses passes tl_tok_text_bytes(tok, n) (tokenizer.h): all the text n
+ * tokens can span. When the file holds more it is cut there, and *cut says so; with cut NULL a
+ * note on stderr does. Returns the text malloc'd and NUL-terminated, or NULL with err. */
+#define TL_TEXT_MAX_BYTES ((size_t)64 << 20)
+char *tl_read_text(const char *path, size_t max, size_t *len, bool *cut, tl_error *err);
+/* A file that is only any use whole (JSON, task and plan files): tl_read_text under the general
+ * cap, and an error naming the file, not a cut, when it is larger. */
+char *tl_read_whole(const char *path, size_t *len, tl_error *err);
+
 /* A growable string (reports, SVG): printf appends; p is malloc'd and NUL-terminated after
  * the first append; free(p) when done. */
 typedef struct {

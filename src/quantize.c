@@ -144,15 +144,9 @@ static void conv_task(void *vc, int64_t task, int thread_id) {
 
 static int tokenize_calib(const tl_model *m, const char *path, int64_t max_tokens, int32_t **ids, int64_t *n,
                           tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return tl_fail(err, "%s: cannot open calibration text", path);
-    size_t cap = 1 << 16, len = 0;
-    char *text = tl_xmalloc(cap);
-    for (size_t r; (r = fread(text + len, 1, cap - len, f)) > 0;) {
-        len += r;
-        if (len == cap) text = tl_xrealloc(text, cap *= 2);
-    }
-    fclose(f);
+    size_t len = 0;
+    char *text = tl_read_text(path, tl_tok_text_bytes(m->tok, max_tokens), &len, NULL, err);
+    if (!text) return tl_fail_prefix(err, "calibration text");
     size_t need = 0, icap = len + 16;
     int32_t *out = tl_xmalloc(sizeof(int32_t) * icap);
     int rc = tl_tokenize(m->tok, text, len, true, false, out, icap, &need, err);

@@ -180,6 +180,13 @@ const char *tl_token_text(const tl_tokenizer *t, int32_t id) {
 
 int32_t tl_token_find(const tl_tokenizer *t, const char *text) { return tok_find_n(t, text, strlen(text)); }
 
+size_t tl_tok_text_bytes(const tl_tokenizer *t, int64_t n_tokens) {
+    uint32_t longest = 1; /* a token's piece holds all the bytes of text it stands for */
+    for (int32_t i = 0; i < t->n_vocab; i++) longest = TL_MAX(longest, t->toks[i].plen);
+    const double bytes = ((double)n_tokens + 16) * longest;
+    return n_tokens <= 0 || bytes >= (double)TL_TEXT_MAX_BYTES ? TL_TEXT_MAX_BYTES : (size_t)bytes;
+}
+
 size_t tl_token_to_piece(const tl_tokenizer *t, int32_t id, bool render_special, char *buf, size_t cap) {
     if (!valid_id(t, id)) return 0;
     const tok_t *k = &t->toks[id];

@@ -192,6 +192,54 @@ static void test_quantize_output(const char *bin) {
     if (system(cmd)) fprintf(stderr, "cannot remove %s\n", dir);
 }
 
+/* Text files are read only as far as they can be used (or up to the general cap), and a cut is
+ * said: -f /dev/zero gives an error or a result, never memory exhaustion. The release binary runs
+ * under a 4 GiB address-space limit (an ASan build reserves far more address space than that). */
+static void test_text_cap(const char *bin) {
+    const char *stories = tl_test_shared("models/stories260K.gguf");
+#if defined(__SANITIZE_ADDRESS__)
+    const char *limit = "";
+#else
+    const char *limit = "ulimit -v 4194304; ";
+#endif
+    char cmd[2048], errf[128];
+    snprintf(errf, sizeof errf, "/tmp/tl_test_errors_%d.cap", (int)getpid());
+    struct {
+        const char *args;
+        int rc;
+        const char *needle1, *needle2;
+    } cases[] = {
+        {"generate -m %s -f /dev/zero -c 512 -n 4", 1, "/dev/zero: only its first 3696 bytes are read",
+         "does not fit the context of 512"},
+        {"calibrate -m %s -f /dev/zero -c 256 -o /tmp/tl_test_errors_cap.json", 0, "/dev/zero: only its first", NULL},
+        {"quantize %s /tmp/tl_test_errors_cap.gguf --type awq -f /dev/zero --calib-tokens 64 -q", 0,
+         "/dev/zero: only its first", NULL},
+        {"perplexity -m %s -f /dev/zero -c 128 --chunks 1", 0, "/dev/zero: only its first 67108864 bytes",
+         "the limit for text files"},
+        {"eval -m %s --tasks /dev/zero", 1, "/dev/zero: larger than the limit for text files", NULL},
+        {"generate -m %s -p hi -n 1 --kv tailor:plan=/dev/zero", 1, "plan /dev/zero: larger than the limit", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char args[1024];
+        snprintf(args, sizeof args, cases[i].args, stories);
+        snprintf(cmd, sizeof cmd, "%stimeout 300 %s %s >/dev/null 2>%s", limit, bin, args, errf);
+        int st = system(cmd);
+        char *e = tl_test_read_file(errf, NULL);
+        const int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        CHECKF(rc == cases[i].rc, "'tailor %s' exited %d, want %d (stderr: %.300s)", args, rc, cases[i].rc, e ? e : "");
+        CHECKF(e && strstr(e, cases[i].needle1), "'tailor %s': stderr '%.300s' lacks '%s'", args, e ? e : "",
+               cases[i].needle1);
+        if (cases[i].needle2)
+            CHECKF(e && strstr(e, cases[i].needle2), "'tailor %s': stderr '%.300s' lacks '%s'", args, e ? e : "",
+                   cases[i].needle2);
+        free(e);
+    }
+    unlink(errf);
+    unlink("/tmp/tl_test_errors_cap.json");
+    unlink("/tmp/tl_test_errors_cap.svg");
+    unlink("/tmp/tl_test_errors_cap.gguf");
+}
+
 int main(void) {
     if (!tl_test_have(tl_test_shared("models/stories260K.gguf"))) return tl_test_done();
     expect_load_error(MUT_ARCH, "architecture 'mamba' is not supported", NULL);
@@ -253,5 +301,6 @@ int main(void) {
         unlink(pf);
     }
     test_quantize_output(bin);
+    test_text_cap(bin);
     return tl_test_done();
 }

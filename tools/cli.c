@@ -147,38 +147,14 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     return 1;
 }
 
-char *tl_cli_read_file(const char *path, size_t *len, tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        tl_fail(err, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = tl_xmalloc(cap);
-    for (;;) {
-        if (n + 1 >= cap) buf = tl_xrealloc(buf, cap *= 2);
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-    }
-    if (ferror(f)) {
-        tl_fail(err, "%s: read error", path);
-        fclose(f);
-        free(buf);
-        return NULL;
-    }
-    fclose(f);
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
-}
+char *tl_cli_read_file(const char *path, size_t *len, tl_error *err) { return tl_read_whole(path, len, err); }
 
-char *tl_cli_prompt_text(const tl_cli_common *c, size_t *len, tl_error *err) {
+char *tl_cli_prompt_text(const tl_cli_common *c, const tl_model *m, int64_t n_tokens, size_t *len, tl_error *err) {
     if (c->prompt && c->file) {
         tl_fail(err, "give either -p or -f, not both");
         return NULL;
     }
-    if (c->file) return tl_cli_read_file(c->file, len, err);
+    if (c->file) return tl_read_text(c->file, tl_tok_text_bytes(m->tok, n_tokens), len, NULL, err);
     const char *p = c->prompt ? c->prompt : "";
     *len = strlen(p);
     return tl_xstrdup(p);

@@ -96,9 +96,9 @@ int tl_cmd_calibrate(int argc, char **argv) {
     int *kinds = NULL;
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
-    if (!(text = tl_cli_prompt_text(&c, &text_len, &err))) goto done;
-    if (!(ids = tl_cli_tokenize(m, text, text_len, true, &n_tok, &err))) goto done;
     const int ctx = c.n_ctx > 0 ? c.n_ctx : 4096;
+    if (!(text = tl_cli_prompt_text(&c, m, ctx, &text_len, &err))) goto done;
+    if (!(ids = tl_cli_tokenize(m, text, text_len, true, &n_tok, &err))) goto done;
     const int n = (int)TL_MIN((size_t)ctx, n_tok);
     if (n < n_q + 1) {
         tl_fail(&err, "%s: %d tokens; need more than --nq %d", c.file, n, n_q);

@@ -33,7 +33,7 @@ int tl_cmd_tokenize(int argc, char **argv) {
     int32_t *ids = NULL;
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
-    if (!(text = tl_cli_prompt_text(&c, &len, &err))) goto done;
+    if (!(text = tl_cli_prompt_text(&c, m, 0, &len, &err))) goto done;
     if (!(ids = tl_cli_tokenize(m, text, len, !no_bos, &n, &err))) {
         tl_fail_prefix(&err, "%s", c.file ? c.file : "prompt");
         goto done;

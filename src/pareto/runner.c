@@ -282,17 +282,11 @@ typedef struct {
     uint64_t rss;
 } ppl_out;
 
-static int32_t *tokenize_text(const tl_model *m, const char *path, size_t *n, tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        tl_fail(err, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *text = tl_xmalloc(cap);
-    for (size_t r; (r = fread(text + len, 1, cap - len, f)) > 0;)
-        if ((len += r) == cap) text = tl_xrealloc(text, cap *= 2);
-    fclose(f);
+/* The first n_tokens tokens of the text at path (and a few more), or fewer if it is shorter. */
+static int32_t *tokenize_text(const tl_model *m, const char *path, int64_t n_tokens, size_t *n, tl_error *err) {
+    size_t len = 0;
+    char *text = tl_read_text(path, tl_tok_text_bytes(m->tok, n_tokens), &len, NULL, err);
+    if (!text) return NULL;
     size_t need = 0, icap = len + 16;
     int32_t *ids = tl_xmalloc(sizeof(int32_t) * icap);
     if (tl_tokenize(m->tok, text, len, true, false, ids, icap, &need, err) || need > icap) {
@@ -314,7 +308,9 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
     const int tail = p->ppl_tail > 0 ? TL_MIN(p->ppl_tail, ctx - 1) : ctx - 1 - ctx / 2;
     const int first = ctx - 1 - tail; /* scored rows: positions first .. ctx-2 predict first+1 .. ctx-1 */
     size_t n_ids = 0;
-    int32_t *ids = tokenize_text(m, p->text_path, &n_ids, err);
+    const int n_dec = p->n_decode > 0 ? p->n_decode : 0;
+    const int64_t want = (int64_t)(p->ppl_windows > 0 ? p->ppl_windows : 1) * ctx + n_dec; /* windows + decode */
+    int32_t *ids = tokenize_text(m, p->text_path, want, &n_ids, err);
     if (!ids) return -1;
     int n_win = (int)((int64_t)n_ids / ctx);
     if (n_win < 1) {
@@ -322,7 +318,6 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
         return tl_fail(err, "%s: %zu tokens, fewer than one window of %d", p->text_path, n_ids, ctx);
     }
     n_win = TL_MIN(n_win, p->ppl_windows > 0 ? p->ppl_windows : 1);
-    const int n_dec = p->n_decode > 0 ? p->n_decode : 0;
     tl_session *s = tl_session_new_with_policies(m, ctx + n_dec + 1, p->n_threads, c->chunk > 0 ? c->chunk : ctx,
                                                  plan->layers, err);
     if (!s) {
