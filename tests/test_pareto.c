@@ -257,9 +257,60 @@ static void test_sweep(const char *model) {
     else fprintf(stderr, "kept %s for inspection\n", dir);
 }
 
+/* Run argv (no shell) with stderr to log; returns the exit status or -1. */
+static int run_argv(char *const *argv, const char *log) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "w", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) < 0) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Paths are data: a haystack folder and an output folder with spaces work, and shell syntax in
+ * --haystack runs nothing (it named a folder that does not exist). */
+static void test_paths(const char *bin) {
+    char dir[] = "/tmp/tl_pareto_paths_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    char hay[600], out[600], log[600], want[600], eval[700], marker[600], inj[1200], out2[600];
+    snprintf(hay, sizeof hay, "%s/hay stack", dir);
+    snprintf(out, sizeof out, "%s/out dir", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    CHECK(sh("mkdir '%s' && cp %s/apple.txt %s/boss.txt '%s'/ && cat '%s'/*.txt > %s/want.txt", hay,
+             tl_test_shared("data/pg_essays"), tl_test_shared("data/pg_essays"), hay, hay, dir) == 0);
+    char *model = (char *)tl_test_shared("models/stories260K.gguf");
+    char *common[] = {(char *)bin, "pareto", "-m", model, "--kv-axis", "f16", "--chunks", "64", "-c", "128",
+                      "--tasks", "ppl", "--decode", "2", "-t", "1", "--haystack", hay, "-o", out, NULL};
+    int rc = run_argv(common, log);
+    CHECKF(rc == 0, "pareto with spaces in --haystack and -o: rc %d (see %s)", rc, log);
+    snprintf(want, sizeof want, "%s/want.txt", dir);
+    snprintf(eval, sizeof eval, "%s/eval_text.txt", out);
+    size_t la = 0, lb = 0;
+    char *a = tl_test_read_file(want, &la), *b = tl_test_read_file(eval, &lb);
+    CHECKF(a && b && la == lb && !memcmp(a, b, la), "%s is not the haystack's text files joined", eval);
+    free(a);
+    free(b);
+    snprintf(marker, sizeof marker, "%s/pwned", dir);
+    snprintf(inj, sizeof inj, "%s/x >/dev/null; touch %s; cat %s/y", dir, marker, dir);
+    snprintf(out2, sizeof out2, "%s/inj", dir);
+    common[17] = inj;
+    common[19] = out2;
+    rc = run_argv(common, log);
+    CHECKF(rc != 0 && count_lines(log, "/x >/dev/null; touch") >= 1, "injected --haystack: rc %d (see %s)", rc, log);
+    CHECKF(access(marker, F_OK) != 0, "--haystack ran a shell command: %s exists", marker);
+    if (tl_test_failed == 0) sh("rm -rf %s", dir);
+    else fprintf(stderr, "kept %s for inspection\n", dir);
+}
+
 int main(void) {
     test_frontier();
     test_grid();
+    const char *bin = getenv("TL_BIN");
+    if (bin && !access(bin, X_OK) && tl_test_have(tl_test_shared("models/stories260K.gguf"))) test_paths(bin);
     const char *model = tl_test_shared("models/tailor-test-31m.gguf");
     if (tl_test_have(model)) {
         test_projection(model);

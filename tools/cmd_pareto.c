@@ -13,6 +13,7 @@
 #include "../src/pareto/pareto.h"
 #include "../src/quantize.h"
 #include "../src/eval/report.h"
+#include "../src/eval/tasks.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -494,15 +495,18 @@ static int run_child(const opts *o) {
     return rc ? 1 : 0;
 }
 
-/* the evaluation text when -f is not given: the haystack's .txt files joined */
+/* the evaluation text when -f is not given: the haystack's .txt files joined (no shell: the
+ * paths are data, whatever they hold) */
 static int make_text(const opts *o, const char *path, tl_error *err) {
     if (file_exists(path)) return 0;
     const char *dir = o->haystack ? o->haystack : tl_default_haystack();
-    char *cmd = NULL;
-    if (asprintf(&cmd, "cat %s/*.txt > %s.tmp && mv %s.tmp %s", dir, path, path, path) < 0) abort();
-    int r = system(cmd);
-    free(cmd);
-    return r ? tl_fail(err, "cannot build the evaluation text from %s/*.txt (give -f TEXT)", dir) : 0;
+    size_t len = 0;
+    bool cut = false;
+    char *text = tl_read_text_dir(dir, "", 0, &len, &cut, err);
+    if (cut) fprintf(stderr, "pareto: note: the evaluation text is the first %zu bytes of %s/*.txt\n", len, dir);
+    const int rc = !text || tl_write_file(path, text, len, err);
+    free(text);
+    return rc ? tl_fail_prefix(err, "cannot build the evaluation text from the haystack (give -f TEXT)") : 0;
 }
 
 typedef struct {
