@@ -283,6 +283,23 @@ int main(void) {
     expect_cli(args, 1, "bits 3");
     snprintf(args, sizeof args, "generate -m %s --bogus", stories);
     expect_cli(args, 2, "unknown flag '--bogus'");
+    /* sampling flags: the sampler's rule (tl_sampler_check, the server's too), named by flag */
+    {
+        const char *bad[][2] = {{"--repeat-penalty 0", "'repeat_penalty' is 0, outside [1e-06, 10000]"},
+                                {"--temp -1", "'temperature' is -1"},
+                                {"--temp inf", "'temperature' is inf"},
+                                {"--top-p 1.5", "'top_p' is 1.5"},
+                                {"--min-p -0.1", "'min_p' is -0.1"},
+                                {"--top-k -3", "'top_k' is -3"},
+                                {"--repeat-last-n -1", "'repeat_last_n' is -1"}};
+        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+            snprintf(args, sizeof args, "generate -m %s -p hi -n 2 %s", stories, bad[i][0]);
+            expect_cli(args, 2, bad[i][1]);
+            /* refused while parsing, before the (missing) model is opened */
+            snprintf(args, sizeof args, "serve -m /nonexistent/model.gguf %s", bad[i][0]);
+            expect_cli(args, 2, bad[i][1]);
+        }
+    }
     expect_cli("generate -m /nonexistent/model.gguf", 1, "/nonexistent/model.gguf");
     expect_cli("frobnicate", 2, "unknown command 'frobnicate'");
     snprintf(args, sizeof args, "perplexity -m %s -f /nonexistent.txt", stories);

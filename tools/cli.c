@@ -50,6 +50,14 @@ int tl_cli_float(const char *flag, const char *s, float *out) {
     return 0;
 }
 
+/* A sampling flag's value against the sampler's rule (the server applies the same one). */
+static int sampling_check(const char *flag, const tl_sampler_params *sp) {
+    tl_error err;
+    if (!tl_sampler_check(sp, &err)) return 0;
+    fprintf(stderr, "tailor: %s: %s\n", flag, err.msg);
+    return -1;
+}
+
 int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     const char *a = argv[*i];
     const char *v;
@@ -84,22 +92,22 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
         c->kv_layer = v;
     } else if (!strcmp(a, "--temp")) {
         VAL();
-        return tl_cli_float(a, v, &c->sp.temp) ? -1 : 1;
+        return tl_cli_float(a, v, &c->sp.temp) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--top-k")) {
         VAL();
-        return tl_cli_int(a, v, 0, INT_MAX, &c->sp.top_k) ? -1 : 1;
+        return tl_cli_int(a, v, INT_MIN, INT_MAX, &c->sp.top_k) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--top-p")) {
         VAL();
-        return tl_cli_float(a, v, &c->sp.top_p) ? -1 : 1;
+        return tl_cli_float(a, v, &c->sp.top_p) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--min-p")) {
         VAL();
-        return tl_cli_float(a, v, &c->sp.min_p) ? -1 : 1;
+        return tl_cli_float(a, v, &c->sp.min_p) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--repeat-penalty")) {
         VAL();
-        return tl_cli_float(a, v, &c->sp.repeat_penalty) ? -1 : 1;
+        return tl_cli_float(a, v, &c->sp.repeat_penalty) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--repeat-last-n")) {
         VAL();
-        return tl_cli_int(a, v, 0, 1 << 20, &c->sp.repeat_last_n) ? -1 : 1;
+        return tl_cli_int(a, v, INT_MIN, INT_MAX, &c->sp.repeat_last_n) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
         VAL();
         char *end;
