@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,19 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef enum { MUT_NONE, MUT_ARCH, MUT_DROP_KEY, MUT_SHAPE, MUT_DROP_TENSOR, MUT_HEADS } mutation;
+typedef enum {
+    MUT_NONE,
+    MUT_ARCH,
+    MUT_DROP_KEY,
+    MUT_SHAPE,
+    MUT_DROP_TENSOR,
+    MUT_HEADS,
+    MUT_EPS_NAN,    /* float hyper-parameters that load and run, and give NaN logits */
+    MUT_EPS_NEG,
+    MUT_ROPE_ZERO,
+    MUT_ROPE_INF,
+    MUT_SCALE_NAN,
+} mutation;
 
 /* Copy stories260K.gguf to `out`, applying one mutation. */
 static int write_mutant(const char *out, mutation mut) {
@@ -38,7 +51,19 @@ static int write_mutant(const char *out, mutation mut) {
             tl_gguf_w_u32(w, key, 3); /* 8 query heads are not a multiple of 3 */
             continue;
         }
+        if ((mut == MUT_EPS_NAN || mut == MUT_EPS_NEG) && !strcmp(key, "llama.attention.layer_norm_rms_epsilon")) {
+            tl_gguf_w_f32(w, key, mut == MUT_EPS_NAN ? NAN : -1e-5f);
+            continue;
+        }
+        if ((mut == MUT_ROPE_ZERO || mut == MUT_ROPE_INF) && !strcmp(key, "llama.rope.freq_base")) {
+            tl_gguf_w_f32(w, key, mut == MUT_ROPE_ZERO ? 0.0f : INFINITY);
+            continue;
+        }
         tl_gguf_w_copy_kv(w, g, i);
+    }
+    if (mut == MUT_SCALE_NAN) {
+        tl_gguf_w_str(w, "llama.rope.scaling.type", "linear");
+        tl_gguf_w_f32(w, "llama.rope.scaling.factor", NAN);
     }
     for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) {
         const tl_gguf_tensor *t = tl_gguf_tensor_at(g, i);
@@ -247,6 +272,11 @@ int main(void) {
     expect_load_error(MUT_SHAPE, "blk.3.attn_k.weight", "expected");
     expect_load_error(MUT_DROP_TENSOR, "blk.2.ffn_up.weight", "missing");
     expect_load_error(MUT_HEADS, "heads 8/3", NULL);
+    expect_load_error(MUT_EPS_NAN, "key 'llama.attention.layer_norm_rms_epsilon' = nan is not a positive number", NULL);
+    expect_load_error(MUT_EPS_NEG, "key 'llama.attention.layer_norm_rms_epsilon' = -1e-05", NULL);
+    expect_load_error(MUT_ROPE_ZERO, "key 'llama.rope.freq_base' = 0 is not a positive number", NULL);
+    expect_load_error(MUT_ROPE_INF, "key 'llama.rope.freq_base' = inf", NULL);
+    expect_load_error(MUT_SCALE_NAN, "key 'llama.rope.scaling.factor' = nan", NULL);
 
     const char *bin = getenv("TL_BIN");
     if (!bin || !tl_test_have(bin)) return tl_test_done();
@@ -299,6 +329,16 @@ int main(void) {
             snprintf(args, sizeof args, "serve -m /nonexistent/model.gguf %s", bad[i][0]);
             expect_cli(args, 2, bad[i][1]);
         }
+    }
+    /* a NaN epsilon or a zero RoPE base: refused at load, not a perplexity of nan */
+    for (mutation mut = MUT_EPS_NAN; mut <= MUT_ROPE_ZERO; mut += MUT_ROPE_ZERO - MUT_EPS_NAN) {
+        char path[256];
+        snprintf(path, sizeof path, "/tmp/tl_test_errors_%d_cli%d.gguf", (int)getpid(), (int)mut);
+        CHECK(write_mutant(path, mut) == 0);
+        snprintf(args, sizeof args, "perplexity -m %s -f %s -c 128 --chunks 1", path,
+                 tl_test_shared("data/pg_essays/apple.txt"));
+        expect_cli(args, 1, mut == MUT_EPS_NAN ? "layer_norm_rms_epsilon' = nan" : "rope.freq_base' = 0");
+        unlink(path);
     }
     expect_cli("generate -m /nonexistent/model.gguf", 1, "/nonexistent/model.gguf");
     expect_cli("frobnicate", 2, "unknown command 'frobnicate'");
