@@ -82,6 +82,50 @@ double tl_time_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The length of the UTF-8 sequence at s if it encodes a printable character (not a C1 control,
+ * a surrogate, a bidi embedding, override or isolate), else 0. */
+static size_t utf8_printable(const unsigned char *s, size_t n) {
+    const size_t k = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
+    if (!k || k > n || s[0] > 0xf4) return 0;
+    uint32_t cp = s[0] & (0x7f >> k);
+    for (size_t i = 1; i < k; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000}; /* shorter is overlong */
+    if (cp < min[k] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || cp < 0xa0 ||
+        (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069))
+        return 0;
+    return k;
+}
+
+size_t tl_escape(char *dst, size_t cap, const char *s, size_t len, const char *also) {
+    size_t o = 0, i = 0;
+    if (!cap) return 0;
+    while (i < len) {
+        const unsigned char c = (unsigned char)s[i];
+        size_t take = 1, w = 1;
+        char tmp[8] = {(char)c};
+        if (c == '\\' || (c && also && strchr(also, c))) {
+            w = (size_t)snprintf(tmp, sizeof tmp, "\\%c", c);
+        } else if (c == '\n' || c == '\t') {
+            w = (size_t)snprintf(tmp, sizeof tmp, "\\%c", c == '\n' ? 'n' : 't');
+        } else if (c < 0x20 || c == 0x7f) {
+            w = (size_t)snprintf(tmp, sizeof tmp, "\\x%02x", c);
+        } else if (c >= 0x80) {
+            take = w = utf8_printable((const unsigned char *)s + i, len - i);
+            if (take) memcpy(tmp, s + i, take);
+            else take = 1, w = (size_t)snprintf(tmp, sizeof tmp, "\\x%02x", c);
+        }
+        if (o + w >= cap) break;
+        memcpy(dst + o, tmp, w);
+        o += w;
+        i += take;
+    }
+    dst[o] = 0;
+    return i;
+}
+
 /* ---- output files ----
  * The temp files open now, for the signal handler: a slot is taken (1), filled, then armed (2);
  * the handler removes armed temps of its own process (a forked child inherits the table). */

@@ -129,6 +129,14 @@ void tl_outfile_abort(tl_outfile *o);
 /* A whole file at once through tl_outfile. Returns 0 or -1 with err naming the path. */
 int tl_write_file(const char *path, const void *data, size_t len, tl_error *err);
 
+/* Text from a file (tensor names, metadata keys and strings, token pieces) made safe to print:
+ * printable ASCII and UTF-8 of printable characters as they are; a backslash, and each byte of
+ * `also` (may be NULL), after a backslash; newline and tab as \n and \t; every other byte
+ * (ESC and the other control characters, DEL, C1 controls, bidi overrides, invalid UTF-8) as
+ * \xHH. Writes at most cap bytes with the NUL, never half an escape or character; returns how
+ * many bytes of s that took (len when all). */
+size_t tl_escape(char *dst, size_t cap, const char *s, size_t len, const char *also);
+
 /* ---- Text files the user names (-f, haystacks, calibration text, task, grid and plan files) ----
  * One reader with one cap, so that neither -f /dev/zero nor a huge file can exhaust memory: at
  * most `max` bytes are read, and never more than TL_TEXT_MAX_BYTES (max 0 = that). A caller that

@@ -91,15 +91,9 @@ static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 static bool is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 
 /* A printable, bounded rendering of a name from the file for error messages (input may be
- * arbitrary bytes). */
+ * arbitrary bytes): tl_escape, "..." when cut. */
 static const char *show(char *dst, size_t cap, const char *s, uint64_t len) {
-    size_t o = 0;
-    for (uint64_t i = 0; i < len && o + 4 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        dst[o++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
-    }
-    if (o + 4 >= cap && len > o) { dst[o++] = '.'; dst[o++] = '.'; dst[o++] = '.'; }
-    dst[o] = 0;
+    if (tl_escape(dst, cap - 3, s, (size_t)len, NULL) < len) strcat(dst, "...");
     return dst;
 }
 

@@ -38,8 +38,10 @@ static int read_config(const tl_gguf *g, tl_config *c, tl_error *err) {
     else if (!strcmp(arch, "qwen2")) c->arch = TL_ARCH_QWEN2;
     else if (!strcmp(arch, "gemma3")) c->arch = TL_ARCH_GEMMA3;
     else {
+        char shown[128];
+        tl_escape(shown, sizeof shown, arch, strlen(arch), NULL);
         tl_fail(err, "%s: architecture '%s' is not supported (supported: llama, mistral, qwen2, gemma3)",
-                tl_gguf_path(g), arch);
+                tl_gguf_path(g), shown);
         free(arch);
         return -1;
     }
@@ -92,7 +94,10 @@ static int read_config(const tl_gguf *g, tl_config *c, tl_error *err) {
             return -1;
         }
         if (type && strcmp(type, "none") && strcmp(type, "linear")) {
-            tl_fail(err, "%s: rope scaling type '%s' is not supported (none, linear, llama3 rope_freqs)", tl_gguf_path(g), type);
+            char shown[128];
+            tl_escape(shown, sizeof shown, type, strlen(type), NULL);
+            tl_fail(err, "%s: rope scaling type '%s' is not supported (none, linear, llama3 rope_freqs)", tl_gguf_path(g),
+                    shown);
             free(type);
             return -1;
         }

@@ -551,7 +551,9 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
         for (size_t i = 0; i < sizeof PRES / sizeof PRES[0]; i++)
             if (strcmp(PRES[i].name, pname) == 0) pi = &PRES[i];
         if (!pi) {
-            tl_fail(err, "%s: tokenizer.ggml.pre: unsupported pre-tokenizer '%s'", path, pname);
+            char shown[128];
+            tl_escape(shown, sizeof shown, pname, strlen(pname), NULL);
+            tl_fail(err, "%s: tokenizer.ggml.pre: unsupported pre-tokenizer '%s'", path, shown);
             goto fail;
         }
         t->pre = pi->pre;
@@ -560,7 +562,9 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
         t->add_bos = pi->add_bos;
         if (pi->no_bos) def_bos = -1;
     } else {
-        tl_fail(err, "%s: tokenizer.ggml.model: unsupported tokenizer '%s' (supported: llama, gpt2)", path, model);
+        char shown[128];
+        tl_escape(shown, sizeof shown, model, strlen(model), NULL);
+        tl_fail(err, "%s: tokenizer.ggml.model: unsupported tokenizer '%s' (supported: llama, gpt2)", path, shown);
         goto fail;
     }
     if (tl_gguf_opt_bool(g, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err)) goto fail;
