@@ -108,12 +108,44 @@ static int run_cli(const char *args, char **err_out) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
-static void expect_cli(const char *args, int want_rc, const char *needle) {
+/* ... and stderr lacks `absent` (e.g. the progress of work that should not have started). */
+static void expect_cli_not(const char *args, int want_rc, const char *needle, const char *absent) {
     char *e = NULL;
     int rc = run_cli(args, &e);
-    CHECKF(rc == want_rc, "'tailor %s' exited %d, want %d (stderr: %s)", args, rc, want_rc, e ? e : "");
-    CHECKF(e && strstr(e, needle), "'tailor %s': stderr '%s' lacks '%s'", args, e ? e : "", needle);
+    CHECKF(rc == want_rc, "'tailor %s' exited %d, want %d (stderr: %.400s)", args, rc, want_rc, e ? e : "");
+    CHECKF(e && strstr(e, needle), "'tailor %s': stderr '%.400s' lacks '%s'", args, e ? e : "", needle);
+    if (absent) CHECKF(e && !strstr(e, absent), "'tailor %s': stderr '%.400s' has '%s'", args, e ? e : "", absent);
     free(e);
+}
+
+static void expect_cli(const char *args, int want_rc, const char *needle) { expect_cli_not(args, want_rc, needle, NULL); }
+
+/* Outputs are checked before the work: a folder or a missing directory given as an output file,
+ * a regular file as pareto's output folder. */
+static void test_outputs_first(void) {
+    char dir[] = "/tmp/tl_test_errors_o_XXXXXX", file[600], args[2048];
+    if (!mkdtemp(dir)) return;
+    snprintf(file, sizeof file, "%s/file", dir);
+    FILE *f = fopen(file, "w");
+    fclose(f);
+    const char *stories = tl_test_shared("models/stories260K.gguf"), *text = tl_test_shared("data/pg_essays/apple.txt");
+    snprintf(args, sizeof args,
+             "pareto -m %s -f %s --kv-axis f16,k8v8 --chunks 64 -c 128 --tasks ppl --decode 2 -t 1 -o %s", stories,
+             text, file);
+    expect_cli_not(args, 1, "/file: not a directory", "pareto: start");
+    snprintf(args, sizeof args, "perplexity -m %s -f %s -c 128 --kl-base-write %s", stories, text, dir);
+    expect_cli_not(args, 1, ": is a directory", "tokens/s");
+    snprintf(args, sizeof args, "calibrate -m %s -f %s -c 128 -o %s/no/such/plan.json", stories, text, dir);
+    expect_cli(args, 1, "tailor: -o: /tmp");
+    snprintf(args, sizeof args, "calibrate -m %s -f %s -c 128 -o %s/plan.json --svg %s", stories, text, dir, dir);
+    expect_cli(args, 1, "tailor: --svg: /tmp");
+    snprintf(args, sizeof args, "niah -m %s --lengths 256 --depths 50 -t 1 --svg %s", stories, dir);
+    expect_cli(args, 1, "tailor: --svg: /tmp");
+    snprintf(args, sizeof args, "synth --shape smollm2-135m --layers 1 -o %s", dir);
+    expect_cli(args, 1, "tailor: -o: /tmp");
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) fprintf(stderr, "cannot remove %s\n", dir);
 }
 
 static void sleep_ms(int ms) {
@@ -359,5 +391,6 @@ int main(void) {
     }
     test_quantize_output(bin);
     test_text_cap(bin);
+    test_outputs_first();
     return tl_test_done();
 }

@@ -50,6 +50,13 @@ int tl_cli_float(const char *flag, const char *s, float *out) {
     return 0;
 }
 
+int tl_cli_output(const char *flag, const char *path) {
+    tl_error err;
+    if (!path || !tl_check_output(path, NULL, &err)) return 0;
+    fprintf(stderr, "tailor: %s: %s\n", flag, err.msg);
+    return -1;
+}
+
 /* A sampling flag's value against the sampler's rule (the server applies the same one). */
 static int sampling_check(const char *flag, const tl_sampler_params *sp) {
     tl_error err;

@@ -31,6 +31,10 @@ void tl_cli_common_init(tl_cli_common *c);
  * not a common flag, -1 on a bad value (message printed). */
 int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i);
 
+/* An output file given by a flag, checked before any work (tl_check_output: not a directory,
+ * device or pipe, in a writable folder); prints "tailor: FLAG: why" and returns -1 if not. */
+int tl_cli_output(const char *flag, const char *path);
+
 /* Value parsers: print "tailor <cmd>: <flag>: ..." and return -1 on bad input. */
 int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out);
 int tl_cli_float(const char *flag, const char *s, float *out);

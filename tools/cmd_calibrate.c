@@ -86,10 +86,23 @@ int tl_cmd_calibrate(int argc, char **argv) {
         fprintf(stderr, "tailor calibrate: -m MODEL, -f TEXT and -o PLAN are required (see -h)\n");
         return 2;
     }
+    char *svg_path = NULL;
+    if (!svg) { /* the plan path with .svg for .json */
+        const size_t ol = strlen(out);
+        svg_path = tl_xmalloc(ol + 5);
+        memcpy(svg_path, out, ol + 1);
+        if (ol > 5 && !strcmp(out + ol - 5, ".json")) svg_path[ol - 5] = 0;
+        strcat(svg_path, ".svg");
+        svg = svg_path;
+    }
+    if (tl_cli_output("-o", out) || tl_cli_output("--svg", svg)) {
+        free(svg_path);
+        return 1;
+    }
     tl_error err = {{0}};
     int rc = 1;
     size_t text_len = 0, n_tok = 0;
-    char *text = NULL, *json = NULL, *chart = NULL, *svg_path = NULL;
+    char *text = NULL, *json = NULL, *chart = NULL;
     int32_t *ids = NULL;
     double *scores = NULL;
     bool *window = NULL;
@@ -135,14 +148,6 @@ int tl_cmd_calibrate(int argc, char **argv) {
     json[jl++] = '\n';
     json[jl] = 0;
     if (tl_write_file(out, json, jl, &err)) goto done;
-    if (!svg) {
-        const size_t ol = strlen(out);
-        svg_path = tl_xmalloc(ol + 5);
-        memcpy(svg_path, out, ol + 1);
-        if (ol > 5 && !strcmp(out + ol - 5, ".json")) svg_path[ol - 5] = 0;
-        strcat(svg_path, ".svg");
-        svg = svg_path;
-    }
     {
         char title[512];
         snprintf(title, sizeof title, "TailorKV dense-preference score per layer: %s (%d tokens)", base ? base + 1 : c.model, n);

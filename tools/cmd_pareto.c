@@ -204,6 +204,18 @@ static char *path_join(const char *dir, const char *name) {
 
 static bool file_exists(const char *p) { return access(p, R_OK) == 0; }
 
+/* OUTDIR, made when missing, must be a folder this process can write in: checked before any
+ * work (a regular file there failed only after every configuration had run). */
+static int out_dir(const char *dir) {
+    struct stat st;
+    const char *why = NULL;
+    if (mkdir(dir, 0755) && errno != EEXIST) why = strerror(errno);
+    else if (stat(dir, &st) || !S_ISDIR(st.st_mode)) why = "not a directory";
+    else if (access(dir, W_OK | X_OK)) why = strerror(errno);
+    if (why) fprintf(stderr, "tailor pareto: -o %s: %s\n", dir, why);
+    return why ? -1 : 0;
+}
+
 /* the file of a weight format: base -> the model; --weights-file mapping; else OUTDIR/weights/<fmt>.gguf */
 static char *weights_path(const opts *o, const char *fmt) {
     if (!strcmp(fmt, "base")) return tl_xstrdup(o->model);
@@ -321,7 +333,7 @@ static int do_merge(const opts *o) {
         fprintf(stderr, "tailor pareto: --merge needs -o OUTDIR\n");
         return 2;
     }
-    mkdir(o->out, 0755);
+    if (out_dir(o->out)) return 1;
     char *dst = path_join(o->out, "results.jsonl");
     /* gather everything first: OUTDIR may be one of the inputs */
     size_t cap = 1 << 16, n = 0;
@@ -524,6 +536,7 @@ int tl_cmd_pareto(int argc, char **argv) {
         return 2;
     }
     if (o.report_only) {
+        if (out_dir(o.out)) return 1;
         char *res = path_join(o.out, "results.jsonl");
         const char *files[1] = {res};
         int rc = write_outputs(&o, files, 1);
@@ -539,12 +552,9 @@ int tl_cmd_pareto(int argc, char **argv) {
         o.threads = n > 0 ? (int)n : 1;
     }
     if (o.child) return run_child(&o);
+    if (out_dir(o.out)) return 1;
 
     tl_error err = {{0}};
-    if (mkdir(o.out, 0755) && errno != EEXIST) {
-        fprintf(stderr, "tailor pareto: -o %s: %s\n", o.out, strerror(errno));
-        return 1;
-    }
     /* the grid, canonicalised against the model's layer count */
     tl_model *m = tl_model_load(o.model, &err);
     if (!m) {

@@ -70,6 +70,7 @@ int tl_cmd_perplexity(int argc, char **argv) {
         fprintf(stderr, "tailor perplexity: give --kl-base-write (make a baseline) or --kl-base (compare), not both\n");
         return 2;
     }
+    if (tl_cli_output("--kl-base-write", kl_write)) return 1; /* before the run, not after it */
     tl_error err = {{0}};
     int rc = 1;
     size_t len = 0, n = 0;
