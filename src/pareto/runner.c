@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #define KLD_TOPK 32
 #define PIECE_MAX 512
@@ -495,9 +496,11 @@ static bool in_list(const char *list, const char *item) {
 }
 
 int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *p, tl_error *err) {
-    /* test hook: make one configuration crash, to check that a sweep survives it */
-    const char *crash = getenv("TL_PARETO_CRASH");
+    /* test hooks: make one configuration crash, to check that a sweep survives it; or stall
+     * for 5 s first, to kill its sweep while it runs */
+    const char *crash = getenv("TL_PARETO_CRASH"), *stall = getenv("TL_PARETO_STALL");
     if (crash && *crash && strstr(c->id, crash)) abort();
+    if (stall && *stall && strstr(c->id, stall)) sleep(5);
     char tasks[512];
     snprintf(tasks, sizeof tasks, "%s", p->tasks && *p->tasks ? p->tasks : "ppl");
     const char *model_name = p->base_model ? p->base_model : p->model_path;
