@@ -134,7 +134,9 @@ static char out_tmp[OUT_SLOTS][PATH_MAX];
 static pid_t out_pid[OUT_SLOTS];
 static atomic_int out_state[OUT_SLOTS];
 static pthread_once_t out_once = PTHREAD_ONCE_INIT;
-static const int out_signals[3] = {SIGINT, SIGTERM, SIGHUP};
+/* the signals a process can catch whose default action ends it */
+static const int out_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU, SIGXFSZ};
+#define N_OUT_SIGNALS (int)(sizeof out_signals / sizeof *out_signals)
 
 static void out_on_signal(int sig) {
     const pid_t me = getpid();
@@ -150,8 +152,8 @@ static void out_install(void) {
     sa.sa_handler = out_on_signal;
     sa.sa_flags = SA_RESETHAND;
     sigemptyset(&sa.sa_mask);
-    for (int i = 0; i < 3; i++) sigaddset(&sa.sa_mask, out_signals[i]);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < N_OUT_SIGNALS; i++) sigaddset(&sa.sa_mask, out_signals[i]);
+    for (int i = 0; i < N_OUT_SIGNALS; i++) {
         struct sigaction old;
         if (sigaction(out_signals[i], NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_DFL)
             sigaction(out_signals[i], &sa, NULL);

@@ -104,8 +104,9 @@ static inline uint16_t tl_fp32_to_bf16(float f) {
  * Every file tailor writes goes through tl_outfile: it is written under "<path>.tmp.<pid>" and
  * renamed onto path when complete (the data and then the directory fsync'd), so no reader ever
  * sees it half-written and a failed write leaves the old file as it was. While the temp file
- * exists, SIGINT, SIGTERM and SIGHUP remove it before the process dies (for each of them that
- * still has its default action when the first output is opened). */
+ * exists, a signal that ends the process and can be caught (SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+ * SIGPIPE, SIGALRM, SIGUSR1/2, SIGXCPU, SIGXFSZ) removes it first (each of them that still has
+ * its default action when the first output is opened). */
 typedef struct {
     FILE *f;          /* write here */
     char *path, *tmp;
