@@ -24,7 +24,6 @@
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -32,6 +31,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *tl_default_haystack(void); /* cmd_niah.c */
@@ -522,17 +522,16 @@ static int run_child(const opts *o) {
 static int lock_out_dir(const char *dir) {
     char *p = path_join(dir, "sweep.lock");
     const int fd = open(p, O_RDWR | O_CREAT, 0644);
-    int rc = fd < 0 ? -1 : 0;
-    for (int t = 0; !rc && flock(fd, LOCK_EX | LOCK_NB); t++) {
-        if ((errno != EWOULDBLOCK && errno != EINTR) || t == 100) rc = -1;
+    const char *why = fd < 0 ? strerror(errno) : NULL;
+    for (int t = 0; !why && flock(fd, LOCK_EX | LOCK_NB); t++) {
+        if (errno != EWOULDBLOCK && errno != EINTR) why = strerror(errno);
+        else if (t == 100) why = "in use by another tailor pareto (or a child of one) in this folder";
         else if (t == 0) fprintf(stderr, "pareto: %s is in use; waiting up to 10 s for its processes to end\n", dir);
-        nanosleep(&(struct timespec){0, 100000000}, NULL);
+        if (!why) nanosleep(&(struct timespec){0, 100000000}, NULL);
     }
-    if (rc)
-        fprintf(stderr, "tailor pareto: %s: %s\n", p,
-                fd < 0 ? strerror(errno) : "in use by another tailor pareto (or a child of one) in this folder");
+    if (why) fprintf(stderr, "tailor pareto: %s: %s\n", p, why);
     free(p);
-    return rc;
+    return why ? -1 : 0;
 }
 
 /* One line of OUTDIR/journal.tsv in one write (O_APPEND: lines never interleave): "start\tID"
