@@ -4,6 +4,7 @@
 #define TL_COMMON_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdbool.h>
 #include <string.h>
@@ -99,9 +100,55 @@ static inline uint16_t tl_fp32_to_bf16(float f) {
     return (uint16_t)(x >> 16);
 }
 
-/* Write a whole file atomically: "<path>.tmp.<pid>", fsync, rename; on failure the temp file
- * is removed and nothing is left half-written. Returns 0 or -1 with err naming the path. */
+/* ---- Output files ----
+ * Every file tailor writes goes through tl_outfile: it is written under "<path>.tmp.<pid>" and
+ * renamed onto path when complete (the data and then the directory fsync'd), so no reader ever
+ * sees it half-written and a failed write leaves the old file as it was. While the temp file
+ * exists, a signal that ends the process and can be caught (SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+ * SIGPIPE, SIGALRM, SIGUSR1/2, SIGXCPU, SIGXFSZ) removes it first (each of them that still has
+ * its default action when the first output is opened). */
+typedef struct {
+    FILE *f;          /* write here */
+    char *path, *tmp;
+    int slot;         /* signal clean-up registration; -1 none */
+} tl_outfile;
+
+/* Whether path can be written as an output, checked before any work: it is not a directory,
+ * a device or a pipe; its directory exists and is writable; and when src is given it is not
+ * src itself (same device and inode: not a hard or symbolic link to it either). Returns 0 or
+ * -1 naming the path. */
+int tl_check_output(const char *path, const char *src, tl_error *err);
+/* tl_check_output, then create the temp file. src: NULL, or the file the output is made from
+ * (quantize's input), whose permission bits the output takes. */
+int tl_outfile_open(tl_outfile *o, const char *path, const char *src, tl_error *err);
+/* Flush, fsync, rename onto the path, fsync the directory; closes o (the temp file is removed
+ * on failure). Returns 0 or -1 naming the path. */
+int tl_outfile_commit(tl_outfile *o, tl_error *err);
+/* Close o and remove its temp file; nothing for a zeroed or already closed o. */
+void tl_outfile_abort(tl_outfile *o);
+
+/* A whole file at once through tl_outfile. Returns 0 or -1 with err naming the path. */
 int tl_write_file(const char *path, const void *data, size_t len, tl_error *err);
+
+/* Text from a file (tensor names, metadata keys and strings, token pieces) made safe to print:
+ * printable ASCII and UTF-8 of printable characters as they are; a backslash, and each byte of
+ * `also` (may be NULL), after a backslash; newline and tab as \n and \t; every other byte
+ * (ESC and the other control characters, DEL, C1 controls, bidi overrides, invalid UTF-8) as
+ * \xHH. Writes at most cap bytes with the NUL, never half an escape or character; returns how
+ * many bytes of s that took (len when all). */
+size_t tl_escape(char *dst, size_t cap, const char *s, size_t len, const char *also);
+
+/* ---- Text files the user names (-f, haystacks, calibration text, task, grid and plan files) ----
+ * One reader with one cap, so that neither -f /dev/zero nor a huge file can exhaust memory: at
+ * most `max` bytes are read, and never more than TL_TEXT_MAX_BYTES (max 0 = that). A caller that
+ * knows how many tokens it uses passes tl_tok_text_bytes(tok, n) (tokenizer.h): all the text n
+ * tokens can span. When the file holds more it is cut there, and *cut says so; with cut NULL a
+ * note on stderr does. Returns the text malloc'd and NUL-terminated, or NULL with err. */
+#define TL_TEXT_MAX_BYTES ((size_t)64 << 20)
+char *tl_read_text(const char *path, size_t max, size_t *len, bool *cut, tl_error *err);
+/* A file that is only any use whole (JSON, task and plan files): tl_read_text under the general
+ * cap, and an error naming the file, not a cut, when it is larger. */
+char *tl_read_whole(const char *path, size_t *len, tl_error *err);
 
 /* A growable string (reports, SVG): printf appends; p is malloc'd and NUL-terminated after
  * the first append; free(p) when done. */

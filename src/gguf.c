@@ -91,15 +91,9 @@ static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 static bool is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 
 /* A printable, bounded rendering of a name from the file for error messages (input may be
- * arbitrary bytes). */
+ * arbitrary bytes): tl_escape, "..." when cut. */
 static const char *show(char *dst, size_t cap, const char *s, uint64_t len) {
-    size_t o = 0;
-    for (uint64_t i = 0; i < len && o + 4 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        dst[o++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
-    }
-    if (o + 4 >= cap && len > o) { dst[o++] = '.'; dst[o++] = '.'; dst[o++] = '.'; }
-    dst[o] = 0;
+    if (tl_escape(dst, cap - 3, s, (size_t)len, NULL) < len) strcat(dst, "...");
     return dst;
 }
 
@@ -1101,30 +1095,11 @@ static void out_pad(w_out *o, uint64_t align) {
     }
 }
 
-int tl_gguf_write(tl_gguf_writer *w, const char *path, tl_error *err) {
-    if (!w || !path) return tl_fail(err, "tl_gguf_write: NULL writer or path");
-    if (w->failed) return tl_fail(err, "%s: %s", path, w->errmsg);
+int tl_gguf_write_to(tl_gguf_writer *w, tl_outfile *out, tl_error *err) {
+    if (!w || !out || !out->f) return tl_fail(err, "tl_gguf_write_to: NULL writer or output");
+    if (w->failed) return tl_fail(err, "%s: %s", out->path, w->errmsg);
     uint64_t align = w->alignment;
-
-    size_t tlen = strlen(path) + 32;
-    char *tmp = tl_xmalloc(tlen);
-    snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        tl_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
-        return -1;
-    }
-    w_out o = {fdopen(fd, "wb"), 0, 0};
-    if (!o.f) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        tl_fail(err, "%s: fdopen: %s", tmp, strerror(e));
-        free(tmp);
-        return -1;
-    }
-
+    w_out o = {out->f, 0, 0};
     out_bytes(&o, "GGUF", 4);
     out_le(&o, 3, 4);
     out_le(&o, (uint64_t)w->n_tensors, 8);
@@ -1146,28 +1121,17 @@ int tl_gguf_write(tl_gguf_writer *w, const char *path, tl_error *err) {
         out_bytes(&o, w->tensors[i].data, (size_t)w->tensors[i].nbytes);
         out_pad(&o, align);
     }
+    return o.err ? tl_fail(err, "%s: writing %s failed: %s", out->path, out->tmp, strerror(o.err)) : 0;
+}
 
-    int e = o.err;
-    if (!e && fflush(o.f) != 0) e = errno ? errno : EIO;
-    if (!e && fsync(fileno(o.f)) != 0) e = errno;
-    if (fclose(o.f) != 0 && !e) e = errno ? errno : EIO;
-    if (!e && rename(tmp, path) != 0) e = errno;
-    if (e) {
-        unlink(tmp);
-        tl_fail(err, "%s: writing %s failed: %s", path, tmp, strerror(e));
-        free(tmp);
+int tl_gguf_write(tl_gguf_writer *w, const char *path, tl_error *err) {
+    if (!w || !path) return tl_fail(err, "tl_gguf_write: NULL writer or path");
+    if (w->failed) return tl_fail(err, "%s: %s", path, w->errmsg);
+    tl_outfile o;
+    if (tl_outfile_open(&o, path, NULL, err)) return -1;
+    if (tl_gguf_write_to(w, &o, err)) {
+        tl_outfile_abort(&o);
         return -1;
     }
-    free(tmp);
-    /* Make the rename itself durable (best effort: some filesystems refuse fsync on dirs). */
-    char *dir = tl_xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    if (slash) slash[slash == dir ? 1 : 0] = 0;
-    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    free(dir);
-    return 0;
+    return tl_outfile_commit(&o, err);
 }

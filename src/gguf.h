@@ -111,9 +111,10 @@ const tl_gguf_tensor *tl_gguf_tensor_at(const tl_gguf *g, int64_t i);
 const tl_gguf_tensor *tl_gguf_find_tensor(const tl_gguf *g, const char *name); /* NULL if missing */
 
 /* ---- Writer ----
- * Collects metadata and tensors in memory order, then writes "<path>.tmp.<pid>" and
- * renames it to path on success (never a half-written output). Tensor data is copied at
- * write time from the pointers given (they must stay valid until tl_gguf_write). */
+ * Collects metadata and tensors in memory order, then writes them through a tl_outfile
+ * (common.h: "<path>.tmp.<pid>" renamed onto path when complete, never a half-written
+ * output). Tensor data is copied at write time from the pointers given (they must stay valid
+ * until tl_gguf_write). */
 typedef struct tl_gguf_writer tl_gguf_writer;
 tl_gguf_writer *tl_gguf_writer_new(void);
 void tl_gguf_writer_free(tl_gguf_writer *w);
@@ -136,5 +137,8 @@ void tl_gguf_w_value(tl_gguf_writer *w, const char *key, const tl_gguf_value *v)
 void tl_gguf_w_tensor(tl_gguf_writer *w, const char *name, tl_type type, uint32_t n_dims, const int64_t *ne, const void *data);
 /* Write everything (GGUF v3, alignment 32 unless general.alignment was set). */
 int tl_gguf_write(tl_gguf_writer *w, const char *path, tl_error *err);
+/* The same into an output the caller opened (tl_outfile_open) and commits or aborts: for a
+ * writer that checks its output, and holds it, before its work (tailor quantize). */
+int tl_gguf_write_to(tl_gguf_writer *w, tl_outfile *out, tl_error *err);
 
 #endif

@@ -4,6 +4,7 @@
 #include "../include/tailor.h"
 #include "cuda/cuda.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +16,18 @@ static int key_u32(const tl_gguf *g, const char *arch, const char *suffix, uint3
     return tl_gguf_opt_u32(g, key, out, err);
 }
 
-static int key_f32(const tl_gguf *g, const char *arch, const char *suffix, float *out, bool required, tl_error *err) {
+/* A float hyper-parameter, when present, must lie in [lo, hi] (which excludes NaN and the
+ * infinities): a NaN RMSNorm epsilon or a RoPE base of 0 loads and runs, and every logit is NaN. */
+static int key_f32(const tl_gguf *g, const char *arch, const char *suffix, float *out, float lo, float hi,
+                   const char *what, tl_error *err) {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    if (required) return tl_gguf_get_f32(g, key, out, err);
-    return tl_gguf_opt_f32(g, key, out, err);
+    float v = *out;
+    if (tl_gguf_opt_f32(g, key, &v, err)) return -1;
+    if (!(v >= lo && v <= hi))
+        return tl_fail(err, "%s: key '%s' = %g is not %s", tl_gguf_path(g), key, v, what);
+    *out = v;
+    return 0;
 }
 
 static int read_config(const tl_gguf *g, tl_config *c, tl_error *err) {
@@ -30,8 +38,10 @@ static int read_config(const tl_gguf *g, tl_config *c, tl_error *err) {
     else if (!strcmp(arch, "qwen2")) c->arch = TL_ARCH_QWEN2;
     else if (!strcmp(arch, "gemma3")) c->arch = TL_ARCH_GEMMA3;
     else {
+        char shown[128];
+        tl_escape(shown, sizeof shown, arch, strlen(arch), NULL);
         tl_fail(err, "%s: architecture '%s' is not supported (supported: llama, mistral, qwen2, gemma3)",
-                tl_gguf_path(g), arch);
+                tl_gguf_path(g), shown);
         free(arch);
         return -1;
     }
@@ -72,19 +82,22 @@ static int read_config(const tl_gguf *g, tl_config *c, tl_error *err) {
         return tl_fail(err, "%s: key %s.rope.dimension_count = %d does not fit head size %d", tl_gguf_path(g), a,
                        c->n_rot, c->head_dim_k);
     c->rope_base = 10000.0f;
-    if (key_f32(g, a, "rope.freq_base", &c->rope_base, false, err)) return -1;
+    if (key_f32(g, a, "rope.freq_base", &c->rope_base, FLT_MIN, FLT_MAX, "a positive number", err)) return -1;
     c->rope_freq_scale = 1.0f;
     {
         char key[128], *type = NULL;
         snprintf(key, sizeof key, "%s.rope.scaling.type", a);
         if (tl_gguf_opt_str(g, key, &type, err)) return -1;
         float factor = 0.0f;
-        if (key_f32(g, a, "rope.scaling.factor", &factor, false, err)) {
+        if (key_f32(g, a, "rope.scaling.factor", &factor, 0, FLT_MAX, "a number >= 0 (0: none)", err)) {
             free(type);
             return -1;
         }
         if (type && strcmp(type, "none") && strcmp(type, "linear")) {
-            tl_fail(err, "%s: rope scaling type '%s' is not supported (none, linear, llama3 rope_freqs)", tl_gguf_path(g), type);
+            char shown[128];
+            tl_escape(shown, sizeof shown, type, strlen(type), NULL);
+            tl_fail(err, "%s: rope scaling type '%s' is not supported (none, linear, llama3 rope_freqs)", tl_gguf_path(g),
+                    shown);
             free(type);
             return -1;
         }
@@ -92,7 +105,8 @@ static int read_config(const tl_gguf *g, tl_config *c, tl_error *err) {
         free(type);
     }
     c->norm_eps = 1e-5f;
-    if (key_f32(g, a, "attention.layer_norm_rms_epsilon", &c->norm_eps, false, err)) return -1;
+    if (key_f32(g, a, "attention.layer_norm_rms_epsilon", &c->norm_eps, FLT_MIN, 1, "a positive number <= 1", err))
+        return -1;
     c->rope_style = c->arch == TL_ARCH_LLAMA ? TL_ROPE_NORM : TL_ROPE_NEOX;
     c->attn_scale = 1.0f / sqrtf((float)c->head_dim_k);
     c->rope_base_swa = c->rope_base;

@@ -144,15 +144,9 @@ static void conv_task(void *vc, int64_t task, int thread_id) {
 
 static int tokenize_calib(const tl_model *m, const char *path, int64_t max_tokens, int32_t **ids, int64_t *n,
                           tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return tl_fail(err, "%s: cannot open calibration text", path);
-    size_t cap = 1 << 16, len = 0;
-    char *text = tl_xmalloc(cap);
-    for (size_t r; (r = fread(text + len, 1, cap - len, f)) > 0;) {
-        len += r;
-        if (len == cap) text = tl_xrealloc(text, cap *= 2);
-    }
-    fclose(f);
+    size_t len = 0;
+    char *text = tl_read_text(path, tl_tok_text_bytes(m->tok, max_tokens), &len, NULL, err);
+    if (!text) return tl_fail_prefix(err, "calibration text");
     size_t need = 0, icap = len + 16;
     int32_t *out = tl_xmalloc(sizeof(int32_t) * icap);
     int rc = tl_tokenize(m->tok, text, len, true, false, out, icap, &need, err);
@@ -180,8 +174,15 @@ int tl_quantize_file(const char *in_path, const char *out_path, const tl_quantiz
     if (p->awq && p->type != TL_TYPE_W4G128) return tl_fail(err, "AWQ writes w4g128, not %s", tl_type_name(p->type));
     if (p->awq && !p->calib_path) return tl_fail(err, "AWQ needs a calibration text (-f)");
     const double t0 = tl_time_s();
+    /* the output first: refused when it is the input (the rename would replace it), and held
+     * (as a temp file, removed on failure or on a signal) while the work runs */
+    tl_outfile out;
+    if (tl_outfile_open(&out, out_path, in_path, err)) return -1;
     tl_gguf *g = tl_gguf_open(in_path, err);
-    if (!g) return -1;
+    if (!g) {
+        tl_outfile_abort(&out);
+        return -1;
+    }
     int rc = -1;
     tl_model *m = NULL;
     int32_t *calib = NULL;
@@ -271,12 +272,13 @@ int tl_quantize_file(const char *in_path, const char *out_path, const tl_quantiz
         rep->type_bytes[to] += nbytes;
         tl_gguf_w_tensor(w, t->name, to, t->n_dims, t->ne, data);
     }
-    if (tl_gguf_write(w, out_path, err)) goto done;
+    if (tl_gguf_write_to(w, &out, err) || tl_outfile_commit(&out, err)) goto done;
     struct stat st;
     if (stat(out_path, &st) == 0) rep->file_bytes = (uint64_t)st.st_size;
     rep->seconds = tl_time_s() - t0;
     rc = 0;
 done:
+    tl_outfile_abort(&out); /* nothing once committed */
     tl_gguf_writer_free(w);
     tl_pool_free(pool);
     for (int64_t i = 0; i < nt; i++) free(bufs[i]);

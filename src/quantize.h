@@ -11,7 +11,8 @@
  * RTN types use tl_quantize_row, bit-exact with llama.cpp's quantize_row_*_ref (what
  * llama-quantize runs without an importance matrix). AWQ (awq.h) rescales and quantizes the
  * block matrices to w4g128 and rewrites the norms it folds scales into (as f32).
- * The output is written to a temp file and renamed. Limit: the quantized tensors are held in
+ * The output (a tl_outfile: a temp file renamed when complete) is opened before any work and
+ * may not be the input file (through links too); it takes the input's permission bits. Limit: the quantized tensors are held in
  * memory until the write (about the output file's size; unchanged tensors are read from
  * the input mapping). */
 #ifndef TL_QUANTIZE_H

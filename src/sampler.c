@@ -43,6 +43,23 @@ tl_sampler_params tl_sampler_default_params(void) {
     return p;
 }
 
+int tl_sampler_check(const tl_sampler_params *p, tl_error *err) {
+    const struct {
+        const char *name;
+        float v, lo, hi; /* compared as the floats they are stored in */
+    } f[] = {{"temperature", p->temp, 0, 1e4f},
+             {"top_p", p->top_p, 0, 1},
+             {"min_p", p->min_p, 0, 1},
+             {"repeat_penalty", p->repeat_penalty, 1e-6f, 1e4f}};
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++)
+        if (!(f[i].v >= f[i].lo && f[i].v <= f[i].hi)) /* NaN fails too */
+            return tl_fail(err, "'%s' is %g, outside [%g, %g]", f[i].name, f[i].v, f[i].lo, f[i].hi);
+    if (p->top_k < 0) return tl_fail(err, "'top_k' is %d, below 0", p->top_k);
+    if (p->repeat_last_n < 0 || p->repeat_last_n > 1 << 20)
+        return tl_fail(err, "'repeat_last_n' is %d, outside [0, %d]", p->repeat_last_n, 1 << 20);
+    return 0;
+}
+
 tl_sampler *tl_sampler_new(const tl_sampler_params *p, int n_vocab) {
     tl_sampler *s = tl_xcalloc(1, sizeof *s);
     s->p = *p;

@@ -3,6 +3,8 @@
 #ifndef TL_SAMPLER_H
 #define TL_SAMPLER_H
 
+#include "common.h"
+
 #include <stdint.h>
 
 typedef struct {
@@ -16,6 +18,12 @@ typedef struct {
 } tl_sampler_params;
 
 typedef struct tl_sampler tl_sampler;
+
+/* The accepted values of the sampling parameters, one rule for the CLI flags and the server's
+ * request fields: temperature [0, 1e4] (0 greedy), top_k >= 0 (0 off), top_p [0, 1], min_p
+ * [0, 1], repeat_penalty [1e-6, 1e4] (1 off; 0 would divide by zero), repeat_last_n [0, 2^20].
+ * Returns 0, or -1 with err naming the field (by its request name) and the value. */
+int tl_sampler_check(const tl_sampler_params *p, tl_error *err);
 
 tl_sampler_params tl_sampler_default_params(void);
 tl_sampler *tl_sampler_new(const tl_sampler_params *p, int n_vocab);

@@ -463,17 +463,13 @@ int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err) {
         max_row = TL_MAX(max_row, l.t[i].ne[0]);
     }
 
-    size_t tlen = strlen(path) + 32;
-    char *tmp = tl_xmalloc(tlen);
-    snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
-    out_t o = {fopen(tmp, "wb"), 0, 0};
-    if (!o.f) {
-        tl_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
+    tl_outfile of;
+    if (tl_outfile_open(&of, path, NULL, err)) {
         free(kv);
         free(l.t);
         return -1;
     }
+    out_t o = {of.f, 0, 0};
     out_bytes(&o, "GGUF", 4);
     out_le(&o, 3, 4);
     out_le(&o, (uint64_t)l.n, 8);
@@ -506,19 +502,12 @@ int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err) {
     free(row);
     free(l.t);
 
-    int e = o.err;
-    if (!e && fflush(o.f) != 0) e = errno ? errno : EIO;
-    if (!e && fsync(fileno(o.f)) != 0) e = errno;
-    if (fclose(o.f) != 0 && !e) e = errno ? errno : EIO;
-    if (!e && rename(tmp, path) != 0) e = errno;
-    if (e) {
-        unlink(tmp);
-        tl_fail(err, "%s: writing %s failed: %s", path, tmp, strerror(e));
-        free(tmp);
+    if (o.err) {
+        tl_fail(err, "%s: writing %s failed: %s", path, of.tmp, strerror(o.err));
+        tl_outfile_abort(&of);
         return -1;
     }
-    free(tmp);
-    return 0;
+    return tl_outfile_commit(&of, err);
 }
 
 /* ---- Memory projection: the same sizes tl_session_new_with_policies allocates ---- */

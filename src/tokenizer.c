@@ -180,6 +180,13 @@ const char *tl_token_text(const tl_tokenizer *t, int32_t id) {
 
 int32_t tl_token_find(const tl_tokenizer *t, const char *text) { return tok_find_n(t, text, strlen(text)); }
 
+size_t tl_tok_text_bytes(const tl_tokenizer *t, int64_t n_tokens) {
+    uint32_t longest = 1; /* a token's piece holds all the bytes of text it stands for */
+    for (int32_t i = 0; i < t->n_vocab; i++) longest = TL_MAX(longest, t->toks[i].plen);
+    const double bytes = ((double)n_tokens + 16) * longest;
+    return n_tokens <= 0 || bytes >= (double)TL_TEXT_MAX_BYTES ? TL_TEXT_MAX_BYTES : (size_t)bytes;
+}
+
 size_t tl_token_to_piece(const tl_tokenizer *t, int32_t id, bool render_special, char *buf, size_t cap) {
     if (!valid_id(t, id)) return 0;
     const tok_t *k = &t->toks[id];
@@ -544,7 +551,9 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
         for (size_t i = 0; i < sizeof PRES / sizeof PRES[0]; i++)
             if (strcmp(PRES[i].name, pname) == 0) pi = &PRES[i];
         if (!pi) {
-            tl_fail(err, "%s: tokenizer.ggml.pre: unsupported pre-tokenizer '%s'", path, pname);
+            char shown[128];
+            tl_escape(shown, sizeof shown, pname, strlen(pname), NULL);
+            tl_fail(err, "%s: tokenizer.ggml.pre: unsupported pre-tokenizer '%s'", path, shown);
             goto fail;
         }
         t->pre = pi->pre;
@@ -553,7 +562,9 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
         t->add_bos = pi->add_bos;
         if (pi->no_bos) def_bos = -1;
     } else {
-        tl_fail(err, "%s: tokenizer.ggml.model: unsupported tokenizer '%s' (supported: llama, gpt2)", path, model);
+        char shown[128];
+        tl_escape(shown, sizeof shown, model, strlen(model), NULL);
+        tl_fail(err, "%s: tokenizer.ggml.model: unsupported tokenizer '%s' (supported: llama, gpt2)", path, shown);
         goto fail;
     }
     if (tl_gguf_opt_bool(g, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err)) goto fail;

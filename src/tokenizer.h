@@ -40,6 +40,11 @@ const char *tl_token_text(const tl_tokenizer *t, int32_t id);
  * tl_detokenize_ex below for the exact space rules). */
 char *tl_detokenize(const tl_tokenizer *t, const int32_t *ids, size_t n, bool render_special);
 
+/* The most bytes of text that n_tokens tokens can span (plus 16 for the edges: n times the
+ * longest token's bytes), capped at TL_TEXT_MAX_BYTES; n_tokens <= 0: that cap. What a reader
+ * of a text file needs to read to have n_tokens tokens (tl_read_text). */
+size_t tl_tok_text_bytes(const tl_tokenizer *t, int64_t n_tokens);
+
 /* Find the id of a token by its exact text, -1 if absent. */
 int32_t tl_token_find(const tl_tokenizer *t, const char *text);
 

@@ -196,10 +196,10 @@ int main(void) {
     bin = getenv("TL_BIN");
     snprintf(model, sizeof model, "%s", tl_test_shared("models/stories260K.gguf"));
     if (!bin || !*bin) {
-        printf("SKIP: TL_BIN is not set (ctest sets it to the tailor binary)\n");
-        return 77;
+        tl_test_skip("TL_BIN is not set (ctest sets it to the tailor binary)");
+        return tl_test_done();
     }
-    if (!tl_test_have(model) || !tl_test_have(tl_test_shared("data/pg_essays/gap.txt"))) return 77;
+    if (!tl_test_have(model) || !tl_test_have(tl_test_shared("data/pg_essays/gap.txt"))) return tl_test_done();
     snprintf(dir, sizeof dir, "/tmp/tl_test_cli_eval_%d", (int)getpid());
     char cmd[512], *o = NULL;
     snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", dir, dir);

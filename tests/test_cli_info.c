@@ -47,6 +47,28 @@ static const char *commas(unsigned long long v, char *buf) {
     return buf;
 }
 
+/* Whether out is safe on a terminal: printable ASCII, newlines, tabs, and UTF-8 of printable characters
+ * only (no ESC or other control byte, no DEL, no C1 control, no bidi override, no invalid byte). */
+static bool terminal_safe(const char *out) {
+    const unsigned char *p = (const unsigned char *)out;
+    while (*p) {
+        if (*p == '\n' || *p == '\t' || (*p >= 0x20 && *p < 0x7f)) {
+            p++;
+            continue;
+        }
+        int k = *p >= 0xf0 && *p <= 0xf4 ? 4 : *p >= 0xe0 ? 3 : *p >= 0xc2 && *p < 0xe0 ? 2 : 0;
+        if (!k) return false;
+        unsigned cp = *p & (0x7f >> k);
+        for (int i = 1; i < k; i++) {
+            if ((p[i] & 0xc0) != 0x80) return false;
+            cp = cp << 6 | (p[i] & 0x3f);
+        }
+        if (cp < 0xa0 || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069)) return false;
+        p += k;
+    }
+    return true;
+}
+
 int main(void) {
     const char *bin = getenv("TL_BIN");
     if (!bin || !*bin) {
@@ -124,6 +146,38 @@ int main(void) {
     CHECK(!strstr(out, "## Memory"));
     free(out);
     unlink(other);
+
+    /* names and strings from the file carrying terminal escapes, C1 controls, a bidi override and
+     * invalid UTF-8: printed escaped (\xHH) in the table, the JSON and the error, never raw */
+    {
+        char evil[256];
+        snprintf(evil, sizeof evil, "/tmp/tl_test_cli_info_%ld_evil.gguf", pid);
+        tl_gguf_writer *w = tl_gguf_writer_new();
+        tl_gguf_w_str(w, "general.architecture", "x\x1b[31m");
+        tl_gguf_w_str(w, "evil\x1b[2Jkey", "v\x9b" "31m \xc2\x9b \xff caf\xc3\xa9 \xe2\x80\xae|\x7f");
+        const char *toks[2] = {"ok", "t\x1b]0;owned\x07"};
+        tl_gguf_w_arr_str(w, "tokenizer.ggml.tokens", toks, NULL, 2);
+        float data[2] = {1, 2};
+        const int64_t ne[1] = {2};
+        tl_gguf_w_tensor(w, "blk.0\x1b]0;owned\x07.weight", TL_TYPE_F32, 1, ne, data);
+        tl_error err = {{0}};
+        CHECK(tl_gguf_write(w, evil, &err) == 0);
+        tl_gguf_writer_free(w);
+        snprintf(cmd, sizeof cmd, "'%s' info '%s' --tensors", bin, evil);
+        rc = tl_test_run(cmd, &out);
+        CHECKF(rc == 0 && terminal_safe(out), "rc %d, raw bytes from the file in:\n%s", rc, out);
+        CHECK(strstr(out, "| blk.0\\x1b]0;owned\\x07.weight | f32 | 2 |"));
+        CHECK(strstr(out, "| evil\\x1b[2Jkey | string | v\\x9b31m \\xc2\\x9b \\xff caf\xc3\xa9 \\xe2\\x80\\xae\\|\\x7f |"));
+        CHECK(strstr(out, "\"t\\x1b]0;owned\\x07\""));
+        CHECK(strstr(out, "architecture 'x\\x1b[31m' is not supported"));
+        free(out);
+        snprintf(cmd, sizeof cmd, "'%s' info '%s' --tensors -o json", bin, evil);
+        rc = tl_test_run(cmd, &out);
+        CHECKF(rc == 0 && terminal_safe(out), "rc %d, raw bytes from the file in:\n%s", rc, out);
+        CHECK(strstr(out, "\"blk.0\\\\x1b]0;owned\\\\x07.weight\""));
+        free(out);
+        unlink(evil);
+    }
 
     /* usage errors: exit 2 */
     snprintf(cmd, sizeof cmd, "'%s' info", bin);

@@ -88,6 +88,26 @@ static void test_model(const char *path, const char *name, bool full) {
         return;
     }
     CHECK(h.n_ids >= 12000 && h.n_sent > 100);
+    /* the folder is read only as far as the tokens need (tl_tok_text_bytes): the haystack is
+     * still the one the whole text gives, whole sentences only */
+    {
+        size_t len = 0;
+        bool cut = true;
+        char *all = tl_read_text_dir(tl_test_shared("data/pg_essays"), "\n", 0, &len, &cut, &err);
+        CHECK(all && !cut);
+        const int64_t maxes[] = {1, 100, 3000, 12000};
+        for (size_t k = 0; all && k < sizeof maxes / sizeof *maxes; k++) {
+            tl_haystack a, b;
+            CHECK(tl_haystack_from_text(&a, tok, all, len, maxes[k], &err) == 0);
+            CHECK(tl_haystack_from_dir(&b, tok, tl_test_shared("data/pg_essays"), maxes[k], &err) == 0);
+            CHECKF(a.n_sent == b.n_sent && a.n_ids == b.n_ids && same_ids(a.ids, b.ids, (int)a.n_ids),
+                   "%s: haystack of %lld tokens: %d/%lld sentences/ids from the folder, %d/%lld from the whole text",
+                   name, (long long)maxes[k], b.n_sent, (long long)b.n_ids, a.n_sent, (long long)a.n_ids);
+            tl_haystack_free(&a);
+            tl_haystack_free(&b);
+        }
+        free(all);
+    }
     CHECKF(check_seams(tok, &h, name) == 0, "%s: sentence tokenization has seams", name);
 
     /* passkey at several depths: exact length, token-exact position, needle and question ids */

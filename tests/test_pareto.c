@@ -18,7 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdarg.h>
+#include <dirent.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static void test_frontier(void) {
@@ -260,9 +264,164 @@ static void test_sweep(const char *model) {
     else fprintf(stderr, "kept %s for inspection\n", dir);
 }
 
+/* Run argv (no shell) with stderr to log; returns the exit status or -1. */
+static int run_argv(char *const *argv, const char *log) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "w", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) < 0) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Paths are data: a haystack folder and an output folder with spaces work, and shell syntax in
+ * --haystack runs nothing (it named a folder that does not exist). */
+static void test_paths(const char *bin) {
+    char dir[] = "/tmp/tl_pareto_paths_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    char hay[600], out[600], log[600], want[600], eval[700], marker[600], inj[1200], out2[600];
+    snprintf(hay, sizeof hay, "%s/hay stack", dir);
+    snprintf(out, sizeof out, "%s/out dir", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    CHECK(sh("mkdir '%s' && cp %s/apple.txt %s/boss.txt '%s'/ && cat '%s'/*.txt > %s/want.txt", hay,
+             tl_test_shared("data/pg_essays"), tl_test_shared("data/pg_essays"), hay, hay, dir) == 0);
+    char *model = (char *)tl_test_shared("models/stories260K.gguf");
+    char *common[] = {(char *)bin, "pareto", "-m", model, "--kv-axis", "f16", "--chunks", "64", "-c", "128",
+                      "--tasks", "ppl", "--decode", "2", "-t", "1", "--haystack", hay, "-o", out, NULL};
+    int rc = run_argv(common, log);
+    CHECKF(rc == 0, "pareto with spaces in --haystack and -o: rc %d (see %s)", rc, log);
+    snprintf(want, sizeof want, "%s/want.txt", dir);
+    snprintf(eval, sizeof eval, "%s/eval_text.txt", out);
+    size_t la = 0, lb = 0;
+    char *a = tl_test_read_file(want, &la), *b = tl_test_read_file(eval, &lb);
+    CHECKF(a && b && la == lb && !memcmp(a, b, la), "%s is not the haystack's text files joined", eval);
+    free(a);
+    free(b);
+    snprintf(marker, sizeof marker, "%s/pwned", dir);
+    snprintf(inj, sizeof inj, "%s/x >/dev/null; touch %s; cat %s/y", dir, marker, dir);
+    snprintf(out2, sizeof out2, "%s/inj", dir);
+    common[17] = inj;
+    common[19] = out2;
+    rc = run_argv(common, log);
+    CHECKF(rc != 0 && count_lines(log, "/x >/dev/null; touch") >= 1, "injected --haystack: rc %d (see %s)", rc, log);
+    CHECKF(access(marker, F_OK) != 0, "--haystack ran a shell command: %s exists", marker);
+    if (tl_test_failed == 0) sh("rm -rf %s", dir);
+    else fprintf(stderr, "kept %s for inspection\n", dir);
+}
+
+/* The pid of a child of ppid whose command line holds needle, or 0. */
+static pid_t find_child(pid_t ppid, const char *needle) {
+    DIR *d = opendir("/proc");
+    pid_t found = 0;
+    for (struct dirent *e; d && !found && (e = readdir(d));) {
+        const pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid <= 0) continue;
+        char path[64], buf[4096];
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f) fclose(f);
+        buf[n] = 0;
+        const char *rp = strrchr(buf, ')'); /* "pid (comm) state ppid ..." */
+        int parent = 0;
+        if (!rp || sscanf(rp + 1, " %*c %d", &parent) != 1 || parent != ppid) continue;
+        snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+        f = fopen(path, "r");
+        n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f) fclose(f);
+        for (size_t i = 0; i < n; i++) buf[i] = buf[i] ? buf[i] : ' ';
+        buf[n] = 0;
+        if (strstr(buf, needle)) found = pid;
+    }
+    if (d) closedir(d);
+    return found;
+}
+
+/* A sweep killed (SIGKILL) while a configuration runs: that child dies with it, and --resume
+ * runs the configuration again exactly once; a resume started while a sweep still runs waits
+ * for it. This test is the subreaper of the sweeps' processes, so an orphaned child becomes its
+ * own to wait for. */
+static void test_kill_resume(const char *bin) {
+    char dir[] = "/tmp/tl_pareto_kill_XXXXXX";
+    if (!mkdtemp(dir) || prctl(PR_SET_CHILD_SUBREAPER, 1)) return;
+    char out[600], log[600], res[700], jn[700];
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    char *argv[] = {(char *)bin, "pareto", "-m", (char *)tl_test_shared("models/stories260K.gguf"), "-f",
+                    (char *)tl_test_shared("data/pg_essays/apple.txt"), "--kv-axis", "f16,k8v8", "--chunks", "64",
+                    "-c", "128", "--tasks", "ppl", "--decode", "2", "-t", "1", "-o", out, NULL, NULL};
+    fflush(NULL);
+    const pid_t sweep = fork();
+    if (sweep == 0) {
+        setenv("TL_PARETO_STALL", "kv=k8v8", 1); /* that child sleeps 5 s before its work */
+        if (!freopen("/dev/null", "w", stderr)) _exit(126);
+        execv(bin, argv);
+        _exit(127);
+    }
+    pid_t child = 0;
+    for (int t = 0; t < 6000 && !child; t++) { /* the k8v8 configuration's process, in its stall */
+        child = find_child(sweep, "kv=k8v8");
+        if (!child) nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
+    CHECKF(child > 0, "no k8v8 child of the sweep appeared");
+    kill(sweep, SIGKILL);
+    waitpid(sweep, NULL, 0);
+    argv[20] = "--resume";
+    const int rc = run_argv(argv, log);
+    CHECKF(rc == 0, "resume rc %d (see %s)", rc, log);
+    int st = 0;
+    if (child > 0) {
+        CHECK(waitpid(child, &st, 0) == child); /* an orphan is ours now: it has ended, or ends now */
+        CHECKF(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM, "the killed sweep's child ended with status %#x", st);
+    }
+    snprintf(res, sizeof res, "%s/results.jsonl", out);
+    CHECKF(count_lines(res, "kv=k8v8") == 1 && count_lines(res, NULL) == 2, "%d k8v8 lines of %d",
+           count_lines(res, "kv=k8v8"), count_lines(res, NULL));
+    snprintf(jn, sizeof jn, "%s/journal.tsv", out);
+    CHECK(count_lines(jn, "start\tw=base kv=k8v8") == 2 && count_lines(jn, "end\tw=base kv=k8v8") == 1);
+    CHECK(count_lines(log, "kv=k8v8 chunk=64 was interrupted") == 1);
+
+    /* a second sweep in the folder while the first runs (its k8v8 child stalled) waits for the
+     * first to end instead of running the same configuration beside it */
+    snprintf(out, sizeof out, "%s/out2", dir);
+    argv[20] = NULL;
+    fflush(NULL);
+    const pid_t first = fork();
+    if (first == 0) {
+        setenv("TL_PARETO_STALL", "kv=k8v8", 1);
+        if (!freopen("/dev/null", "w", stderr)) _exit(126);
+        execv(bin, argv);
+        _exit(127);
+    }
+    child = 0;
+    for (int t = 0; t < 6000 && !child; t++) {
+        child = find_child(first, "kv=k8v8");
+        if (!child) nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
+    argv[20] = "--resume";
+    CHECK(run_argv(argv, log) == 0);
+    CHECK(waitpid(first, &st, 0) == first && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(count_lines(log, "is in use; waiting") == 1);
+    snprintf(res, sizeof res, "%s/results.jsonl", out);
+    CHECKF(count_lines(res, "kv=k8v8") == 1 && count_lines(res, NULL) == 2, "%d k8v8 lines of %d",
+           count_lines(res, "kv=k8v8"), count_lines(res, NULL));
+    prctl(PR_SET_CHILD_SUBREAPER, 0);
+    if (tl_test_failed == 0) sh("rm -rf %s", dir);
+    else fprintf(stderr, "kept %s for inspection\n", dir);
+}
+
 int main(void) {
     test_frontier();
     test_grid();
+    const char *bin = getenv("TL_BIN");
+    if (bin && !access(bin, X_OK) && tl_test_have(tl_test_shared("models/stories260K.gguf"))) {
+        test_paths(bin);
+        test_kill_resume(bin);
+    }
     const char *model = tl_test_shared("models/tailor-test-31m.gguf");
     if (tl_test_have(model)) {
         test_projection(model);

@@ -50,6 +50,21 @@ int tl_cli_float(const char *flag, const char *s, float *out) {
     return 0;
 }
 
+int tl_cli_output(const char *flag, const char *path) {
+    tl_error err;
+    if (!path || !tl_check_output(path, NULL, &err)) return 0;
+    fprintf(stderr, "tailor: %s: %s\n", flag, err.msg);
+    return -1;
+}
+
+/* A sampling flag's value against the sampler's rule (the server applies the same one). */
+static int sampling_check(const char *flag, const tl_sampler_params *sp) {
+    tl_error err;
+    if (!tl_sampler_check(sp, &err)) return 0;
+    fprintf(stderr, "tailor: %s: %s\n", flag, err.msg);
+    return -1;
+}
+
 int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     const char *a = argv[*i];
     const char *v;
@@ -84,22 +99,22 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
         c->kv_layer = v;
     } else if (!strcmp(a, "--temp")) {
         VAL();
-        return tl_cli_float(a, v, &c->sp.temp) ? -1 : 1;
+        return tl_cli_float(a, v, &c->sp.temp) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--top-k")) {
         VAL();
-        return tl_cli_int(a, v, 0, INT_MAX, &c->sp.top_k) ? -1 : 1;
+        return tl_cli_int(a, v, INT_MIN, INT_MAX, &c->sp.top_k) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--top-p")) {
         VAL();
-        return tl_cli_float(a, v, &c->sp.top_p) ? -1 : 1;
+        return tl_cli_float(a, v, &c->sp.top_p) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--min-p")) {
         VAL();
-        return tl_cli_float(a, v, &c->sp.min_p) ? -1 : 1;
+        return tl_cli_float(a, v, &c->sp.min_p) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--repeat-penalty")) {
         VAL();
-        return tl_cli_float(a, v, &c->sp.repeat_penalty) ? -1 : 1;
+        return tl_cli_float(a, v, &c->sp.repeat_penalty) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "--repeat-last-n")) {
         VAL();
-        return tl_cli_int(a, v, 0, 1 << 20, &c->sp.repeat_last_n) ? -1 : 1;
+        return tl_cli_int(a, v, INT_MIN, INT_MAX, &c->sp.repeat_last_n) || sampling_check(a, &c->sp) ? -1 : 1;
     } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
         VAL();
         char *end;
@@ -147,38 +162,14 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     return 1;
 }
 
-char *tl_cli_read_file(const char *path, size_t *len, tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        tl_fail(err, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = tl_xmalloc(cap);
-    for (;;) {
-        if (n + 1 >= cap) buf = tl_xrealloc(buf, cap *= 2);
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-    }
-    if (ferror(f)) {
-        tl_fail(err, "%s: read error", path);
-        fclose(f);
-        free(buf);
-        return NULL;
-    }
-    fclose(f);
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
-}
+char *tl_cli_read_file(const char *path, size_t *len, tl_error *err) { return tl_read_whole(path, len, err); }
 
-char *tl_cli_prompt_text(const tl_cli_common *c, size_t *len, tl_error *err) {
+char *tl_cli_prompt_text(const tl_cli_common *c, const tl_model *m, int64_t n_tokens, size_t *len, tl_error *err) {
     if (c->prompt && c->file) {
         tl_fail(err, "give either -p or -f, not both");
         return NULL;
     }
-    if (c->file) return tl_cli_read_file(c->file, len, err);
+    if (c->file) return tl_read_text(c->file, tl_tok_text_bytes(m->tok, n_tokens), len, NULL, err);
     const char *p = c->prompt ? c->prompt : "";
     *len = strlen(p);
     return tl_xstrdup(p);

@@ -31,15 +31,20 @@ void tl_cli_common_init(tl_cli_common *c);
  * not a common flag, -1 on a bad value (message printed). */
 int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i);
 
+/* An output file given by a flag, checked before any work (tl_check_output: not a directory,
+ * device or pipe, in a writable folder); prints "tailor: FLAG: why" and returns -1 if not. */
+int tl_cli_output(const char *flag, const char *path);
+
 /* Value parsers: print "tailor <cmd>: <flag>: ..." and return -1 on bad input. */
 int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out);
 int tl_cli_float(const char *flag, const char *s, float *out);
 const char *tl_cli_value(int argc, char **argv, int *i); /* NULL + message if missing */
 
-/* Read a whole text file (NUL-terminated, malloc'd). */
+/* A task, grid, results or key file: tl_read_whole (all of it, or an error past the cap). */
 char *tl_cli_read_file(const char *path, size_t *len, tl_error *err);
-/* The prompt text from -p or -f (malloc'd). */
-char *tl_cli_prompt_text(const tl_cli_common *c, size_t *len, tl_error *err);
+/* The prompt text from -p or -f (malloc'd); -f reads at most what n_tokens tokens of m span
+ * (tl_tok_text_bytes; n_tokens <= 0: the general cap), with a note when it cuts. */
+char *tl_cli_prompt_text(const tl_cli_common *c, const tl_model *m, int64_t n_tokens, size_t *len, tl_error *err);
 /* Tokenize with the model's BOS rule; returns malloc'd ids. */
 int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool add_special, size_t *n, tl_error *err);
 

@@ -160,19 +160,32 @@ int tl_cmd_calibrate(int argc, char **argv) {
         fprintf(stderr, "tailor calibrate: -m MODEL, -f TEXT and -o PLAN are required (see -h)\n");
         return 2;
     }
+    char *svg_path = NULL;
+    if (!svg) { /* the plan path with .svg for .json */
+        const size_t ol = strlen(out);
+        svg_path = tl_xmalloc(ol + 5);
+        memcpy(svg_path, out, ol + 1);
+        if (ol > 5 && !strcmp(out + ol - 5, ".json")) svg_path[ol - 5] = 0;
+        strcat(svg_path, ".svg");
+        svg = svg_path;
+    }
+    if (tl_cli_output("-o", out) || tl_cli_output("--svg", svg)) {
+        free(svg_path);
+        return 1;
+    }
     tl_error err = {{0}};
     int rc = 1;
     size_t text_len = 0, n_tok = 0;
-    char *text = NULL, *json = NULL, *chart = NULL, *svg_path = NULL;
+    char *text = NULL, *json = NULL, *chart = NULL;
     int32_t *ids = NULL;
     double *scores = NULL;
     bool *window = NULL;
     int *kinds = NULL;
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
-    if (!(text = tl_cli_prompt_text(&c, &text_len, &err))) goto done;
-    if (!(ids = tl_cli_tokenize(m, text, text_len, true, &n_tok, &err))) goto done;
     const int ctx = c.n_ctx > 0 ? c.n_ctx : 4096;
+    if (!(text = tl_cli_prompt_text(&c, m, ctx, &text_len, &err))) goto done;
+    if (!(ids = tl_cli_tokenize(m, text, text_len, true, &n_tok, &err))) goto done;
     const int n = (int)TL_MIN((size_t)ctx, n_tok);
     if (n < n_q + 1) {
         tl_fail(&err, "%s: %d tokens; need more than --nq %d", c.file, n, n_q);
@@ -209,14 +222,6 @@ int tl_cmd_calibrate(int argc, char **argv) {
     json[jl++] = '\n';
     json[jl] = 0;
     if (tl_write_file(out, json, jl, &err)) goto done;
-    if (!svg) {
-        const size_t ol = strlen(out);
-        svg_path = tl_xmalloc(ol + 5);
-        memcpy(svg_path, out, ol + 1);
-        if (ol > 5 && !strcmp(out + ol - 5, ".json")) svg_path[ol - 5] = 0;
-        strcat(svg_path, ".svg");
-        svg = svg_path;
-    }
     {
         char title[512];
         snprintf(title, sizeof title, "TailorKV dense-preference score per layer: %s (%d tokens)", base ? base + 1 : c.model, n);

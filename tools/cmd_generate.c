@@ -45,7 +45,9 @@ int tl_cmd_generate(int argc, char **argv) {
     float *logits = NULL;
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
-    if (!(text = tl_cli_prompt_text(&c, &text_len, &err))) goto done;
+    /* no more text than the context can hold: a longer prompt cannot fit anyway */
+    const int n_ctx = c.n_ctx > 0 ? c.n_ctx : m->cfg.n_ctx_train;
+    if (!(text = tl_cli_prompt_text(&c, m, n_ctx, &text_len, &err))) goto done;
     if (!(ids = tl_cli_tokenize(m, text, text_len, !no_bos, &n_prompt, &err))) {
         tl_fail_prefix(&err, "prompt");
         goto done;

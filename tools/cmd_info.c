@@ -48,19 +48,16 @@ static const char *human(uint64_t v, char *buf) {
     return buf;
 }
 
-/* Append printable text, escaping what would break a markdown table cell; cut at max bytes. */
+/* Append text from the file, escaped (tl_escape: control bytes, invalid UTF-8, and '|' which
+ * would break a markdown table cell); cut at max bytes. */
 static void md_text(char *out, size_t cap, const char *s, uint64_t len, size_t max) {
     size_t o = strlen(out);
-    uint64_t n = len > max ? max : len;
-    for (uint64_t i = 0; i < n && o + 5 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '\n') o += (size_t)snprintf(out + o, cap - o, "\\n");
-        else if (ch == '|') o += (size_t)snprintf(out + o, cap - o, "\\|");
-        else if (ch < 0x20) o += (size_t)snprintf(out + o, cap - o, "\\x%02x", ch);
-        else out[o++] = (char)ch;
+    if (o + 32 > cap) return;
+    const size_t n = len > max ? max : (size_t)len;
+    if (tl_escape(out + o, cap - o - 24, s, n, "|") < len) {
+        o = strlen(out);
+        snprintf(out + o, cap - o, "... (%llu bytes)", (unsigned long long)len);
     }
-    out[o] = 0;
-    if (len > max && o + 24 < cap) snprintf(out + o, cap - o, "... (%llu bytes)", (unsigned long long)len);
 }
 
 static bool is_int_type(tl_gguf_vtype t) {
@@ -119,11 +116,11 @@ static void md_value(const tl_gguf_value *v, char *out, size_t cap) {
     if (n > ARR_FIRST && strlen(out) + 6 < cap) strcat(out, ", ...");
 }
 
+/* A string from the file, escaped as in the table (tl_escape), cut at max bytes. */
 static cJSON *json_str(const char *s, uint64_t len, size_t max) {
     size_t n = len > max ? max : (size_t)len;
-    char *b = tl_xmalloc(n + 1);
-    memcpy(b, s, n);
-    b[n] = 0;
+    char *b = tl_xmalloc(4 * n + 1); /* \xHH is the longest escape of a byte */
+    tl_escape(b, 4 * n + 1, s, n, NULL);
     cJSON *j = cJSON_CreateString(b);
     free(b);
     return j;
@@ -287,8 +284,9 @@ static void print_md(const info_t *I, bool tensors) {
                 char shp[100] = "";
                 for (uint32_t d = 0; d < t->n_dims; d++)
                     snprintf(shp + strlen(shp), sizeof shp - strlen(shp), "%s%lld", d ? " x " : "", (long long)t->ne[d]);
-                char c1[40], c2[40];
-                printf("| %s | %s | %s | %s | %s |\n", t->name, tl_type_name(t->type), shp, commas(t->nbytes, c1),
+                char c1[40], c2[40], name[1100] = "";
+                md_text(name, sizeof name, t->name, strlen(t->name), 256);
+                printf("| %s | %s | %s | %s | %s |\n", name, tl_type_name(t->type), shp, commas(t->nbytes, c1),
                        commas(t->offset, c2));
             }
         }
@@ -376,7 +374,7 @@ static void print_json(const info_t *I, bool tensors) {
             for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) {
                 const tl_gguf_tensor *t = tl_gguf_tensor_at(g, i);
                 cJSON *e = cJSON_CreateObject();
-                cJSON_AddStringToObject(e, "name", t->name);
+                cJSON_AddItemToObject(e, "name", json_str(t->name, strlen(t->name), 4096));
                 cJSON_AddStringToObject(e, "type", tl_type_name(t->type));
                 cJSON *sh = cJSON_AddArrayToObject(e, "shape");
                 for (uint32_t d = 0; d < t->n_dims; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->ne[d]));

@@ -107,6 +107,7 @@ int tl_cmd_niah(int argc, char **argv) {
             return 2;
         }
     }
+    if (tl_cli_output("--json", json) || tl_cli_output("--svg", svg)) return 1;
     /* -n is the common "tokens to predict" flag; here it counts samples per cell */
     if (e.c.n_predict != 128) samples = e.c.n_predict > 0 ? e.c.n_predict : 1;
     if (e.c.n_ctx > 0 && nl == 4 && lengths[0] == 1024) {

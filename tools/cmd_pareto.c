@@ -5,14 +5,19 @@
  * crash or an out-of-memory kill of one is recorded as that configuration's failure and the
  * sweep goes on; several run side by side with -j, threads split between them. Children
  * append their result lines to OUTDIR/results.jsonl as each task finishes, so --resume
- * continues a killed sweep where it stopped. --emit-jobs prints the child commands (GNU
- * parallel, Slurm arrays); --merge combines the results.jsonl of several runs. */
+ * continues a killed sweep where it stopped. A child dies with its parent (PR_SET_PDEATHSIG),
+ * OUTDIR/journal.tsv records each configuration's process started and ended, and one sweep at
+ * a time holds OUTDIR/sweep.lock (children included): a configuration interrupted by a killed
+ * sweep runs again, once, on --resume, never beside the one that was running it.
+ * --emit-jobs prints the child commands (GNU parallel, Slurm arrays); --merge combines the
+ * results.jsonl of several runs. */
 #define _GNU_SOURCE
 #include "cli.h"
 #include "../src/kv/policy.h"
 #include "../src/pareto/pareto.h"
 #include "../src/quantize.h"
 #include "../src/eval/report.h"
+#include "../src/eval/tasks.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,9 +26,12 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *tl_default_haystack(void); /* cmd_niah.c */
@@ -203,6 +211,18 @@ static char *path_join(const char *dir, const char *name) {
 
 static bool file_exists(const char *p) { return access(p, R_OK) == 0; }
 
+/* OUTDIR, made when missing, must be a folder this process can write in: checked before any
+ * work (a regular file there failed only after every configuration had run). */
+static int out_dir(const char *dir) {
+    struct stat st;
+    const char *why = NULL;
+    if (mkdir(dir, 0755) && errno != EEXIST) why = strerror(errno);
+    else if (stat(dir, &st) || !S_ISDIR(st.st_mode)) why = "not a directory";
+    else if (access(dir, W_OK | X_OK)) why = strerror(errno);
+    if (why) fprintf(stderr, "tailor pareto: -o %s: %s\n", dir, why);
+    return why ? -1 : 0;
+}
+
 /* the file of a weight format: base -> the model; --weights-file mapping; else OUTDIR/weights/<fmt>.gguf */
 static char *weights_path(const opts *o, const char *fmt) {
     if (!strcmp(fmt, "base")) return tl_xstrdup(o->model);
@@ -320,7 +340,7 @@ static int do_merge(const opts *o) {
         fprintf(stderr, "tailor pareto: --merge needs -o OUTDIR\n");
         return 2;
     }
-    mkdir(o->out, 0755);
+    if (out_dir(o->out)) return 1;
     char *dst = path_join(o->out, "results.jsonl");
     /* gather everything first: OUTDIR may be one of the inputs */
     size_t cap = 1 << 16, n = 0;
@@ -494,15 +514,57 @@ static int run_child(const opts *o) {
     return rc ? 1 : 0;
 }
 
-/* the evaluation text when -f is not given: the haystack's .txt files joined */
+/* One sweep at a time in OUTDIR. The lock's descriptor is inherited by the children (no
+ * O_CLOEXEC) and stays open for this process's life: the lock is held until the last of them
+ * has ended, also when this process was killed, so a resume never runs beside a configuration
+ * that is still running. A killed sweep's children end at once (PR_SET_PDEATHSIG): wait a little
+ * for them. */
+static int lock_out_dir(const char *dir) {
+    char *p = path_join(dir, "sweep.lock");
+    const int fd = open(p, O_RDWR | O_CREAT, 0644);
+    const char *why = fd < 0 ? strerror(errno) : NULL;
+    for (int t = 0; !why && flock(fd, LOCK_EX | LOCK_NB); t++) {
+        if (errno != EWOULDBLOCK && errno != EINTR) why = strerror(errno);
+        else if (t == 100) why = "in use by another tailor pareto (or a child of one) in this folder";
+        else if (t == 0) fprintf(stderr, "pareto: %s is in use; waiting up to 10 s for its processes to end\n", dir);
+        if (!why) nanosleep(&(struct timespec){0, 100000000}, NULL);
+    }
+    if (why) fprintf(stderr, "tailor pareto: %s: %s\n", p, why);
+    free(p);
+    return why ? -1 : 0;
+}
+
+/* One line of OUTDIR/journal.tsv in one write (O_APPEND: lines never interleave): "start\tID"
+ * before a configuration's process is made, "end\tID\tHOW" once it has been reaped. */
+static void journal(int fd, const char *what, const char *id, const char *how) {
+    char line[1024];
+    const int n = snprintf(line, sizeof line, "%s\t%s%s%s\n", what, id, how ? "\t" : "", how ? how : "");
+    if (fd >= 0 && n > 0 && (size_t)n < sizeof line && write(fd, line, (size_t)n) != n)
+        fprintf(stderr, "pareto: journal.tsv: %s\n", strerror(errno));
+}
+
+/* How many "what\tID" lines the journal holds for id. */
+static int journal_count(const char *text, const char *what, const char *id) {
+    char key[700];
+    const int k = snprintf(key, sizeof key, "%s\t%s", what, id);
+    int n = 0;
+    for (const char *p = text; p && (p = strstr(p, key)); p += k)
+        n += (p == text || p[-1] == '\n') && (p[k] == '\n' || p[k] == '\t');
+    return n;
+}
+
+/* the evaluation text when -f is not given: the haystack's .txt files joined (no shell: the
+ * paths are data, whatever they hold) */
 static int make_text(const opts *o, const char *path, tl_error *err) {
     if (file_exists(path)) return 0;
     const char *dir = o->haystack ? o->haystack : tl_default_haystack();
-    char *cmd = NULL;
-    if (asprintf(&cmd, "cat %s/*.txt > %s.tmp && mv %s.tmp %s", dir, path, path, path) < 0) abort();
-    int r = system(cmd);
-    free(cmd);
-    return r ? tl_fail(err, "cannot build the evaluation text from %s/*.txt (give -f TEXT)", dir) : 0;
+    size_t len = 0;
+    bool cut = false;
+    char *text = tl_read_text_dir(dir, "", 0, &len, &cut, err);
+    if (cut) fprintf(stderr, "pareto: note: the evaluation text is the first %zu bytes of %s/*.txt\n", len, dir);
+    const int rc = !text || tl_write_file(path, text, len, err);
+    free(text);
+    return rc ? tl_fail_prefix(err, "cannot build the evaluation text from the haystack (give -f TEXT)") : 0;
 }
 
 typedef struct {
@@ -520,6 +582,7 @@ int tl_cmd_pareto(int argc, char **argv) {
         return 2;
     }
     if (o.report_only) {
+        if (out_dir(o.out)) return 1;
         char *res = path_join(o.out, "results.jsonl");
         const char *files[1] = {res};
         int rc = write_outputs(&o, files, 1);
@@ -535,12 +598,9 @@ int tl_cmd_pareto(int argc, char **argv) {
         o.threads = n > 0 ? (int)n : 1;
     }
     if (o.child) return run_child(&o);
+    if (out_dir(o.out)) return 1;
 
     tl_error err = {{0}};
-    if (mkdir(o.out, 0755) && errno != EEXIST) {
-        fprintf(stderr, "tailor pareto: -o %s: %s\n", o.out, strerror(errno));
-        return 1;
-    }
     /* the grid, canonicalised against the model's layer count */
     tl_model *m = tl_model_load(o.model, &err);
     if (!m) {
@@ -595,6 +655,17 @@ int tl_cmd_pareto(int argc, char **argv) {
     if (o.dry_run) {
         for (int i = 0; i < g.n; i++) printf("%s\n", g.v[i].id);
         fprintf(stderr, "pareto: %d configurations\n", g.n);
+        goto out;
+    }
+    if (lock_out_dir(o.out)) {
+        rc = 1;
+        goto out;
+    }
+    char *results = path_join(o.out, "results.jsonl");
+    if (!o.emit && file_exists(results) && !o.resume) {
+        fprintf(stderr, "tailor pareto: %s exists: add --resume to continue that sweep, or pick another -o\n", results);
+        free(results);
+        rc = 2;
         goto out;
     }
     /* weights: quantize each format once */
@@ -656,13 +727,7 @@ int tl_cmd_pareto(int argc, char **argv) {
             free(v);
         }
         free(exe);
-        goto out_w;
-    }
-    char *results = path_join(o.out, "results.jsonl");
-    if (file_exists(results) && !o.resume) {
-        fprintf(stderr, "tailor pareto: %s exists: add --resume to continue that sweep, or pick another -o\n", results);
         free(results);
-        rc = 2;
         goto out_w;
     }
     repair_tail(results);
@@ -679,6 +744,9 @@ int tl_cmd_pareto(int argc, char **argv) {
     }
     {
         char *done = tl_pareto_done_pairs(results);
+        char *jpath = path_join(o.out, "journal.tsv"), *jtext = file_exists(jpath) ? tl_read_whole(jpath, NULL, &err) : NULL;
+        const int jfd = open(jpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (jfd < 0) fprintf(stderr, "pareto: %s: %s\n", jpath, strerror(errno));
         const int nt = n_tasks_of(o.tasks);
         char **skip = tl_xcalloc((size_t)g.n, sizeof *skip);
         int todo = 0, total = g.n, finished = 0;
@@ -687,8 +755,13 @@ int tl_cmd_pareto(int argc, char **argv) {
             const int ndone = skip[i][0] ? n_tasks_of(skip[i]) : 0;
             if (ndone >= nt) finished++;
             else todo++;
+            /* started by a sweep that was killed before it ended: its missing tasks run again, once */
+            if (ndone < nt && jtext && journal_count(jtext, "start", g.v[i].id) > journal_count(jtext, "end", g.v[i].id))
+                fprintf(stderr, "pareto: %s was interrupted (its sweep was killed); running it again\n", g.v[i].id);
         }
         free(done);
+        free(jtext);
+        free(jpath);
         /* weight formats that could not be made: recorded as failures up front */
         for (int i = 0; i < g.n; i++)
             for (int f = 0; f < n_failed_fmt; f++) {
@@ -726,9 +799,13 @@ int tl_cmd_pareto(int argc, char **argv) {
                 v[n++] = "--baseline";
                 v[n++] = base_arg;
                 v[n] = NULL;
+                journal(jfd, "start", g.v[next].id, NULL);
                 fflush(NULL);
+                const pid_t parent = getpid();
                 pid_t pid = fork();
                 if (pid == 0) {
+                    /* the child dies with this process (and ends now if it is already gone) */
+                    if (prctl(PR_SET_PDEATHSIG, SIGTERM) || getppid() != parent) _exit(128 + SIGTERM);
                     execv(exe, v);
                     fprintf(stderr, "pareto: exec %s: %s\n", exe, strerror(errno));
                     _exit(127);
@@ -736,6 +813,7 @@ int tl_cmd_pareto(int argc, char **argv) {
                 free(v);
                 if (pid < 0) {
                     fprintf(stderr, "pareto: fork: %s\n", strerror(errno));
+                    journal(jfd, "end", g.v[next].id, "fork failed");
                     break;
                 }
                 int s = 0;
@@ -760,6 +838,10 @@ int tl_cmd_pareto(int argc, char **argv) {
             const int ci = slots[s].cfg;
             const double secs = tl_time_s() - slots[s].t0;
             slots[s].pid = 0;
+            char how[32];
+            if (WIFSIGNALED(status)) snprintf(how, sizeof how, "signal %d", WTERMSIG(status));
+            else snprintf(how, sizeof how, "exit %d", WEXITSTATUS(status));
+            journal(jfd, "end", g.v[ci].id, how);
             running--;
             ran++;
             finished++;
@@ -793,6 +875,7 @@ int tl_cmd_pareto(int argc, char **argv) {
         free(exe);
         for (int i = 0; i < g.n; i++) free(skip[i]);
         free(skip);
+        if (jfd >= 0) close(jfd);
     }
     {
         const char *files[1] = {results};

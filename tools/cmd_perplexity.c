@@ -78,6 +78,7 @@ int tl_cmd_perplexity(int argc, char **argv) {
         fprintf(stderr, "tailor perplexity: give --kl-base-write (make a baseline) or --kl-base (compare), not both\n");
         return 2;
     }
+    if (tl_cli_output("--kl-base-write", kl_write)) return 1; /* before the run, not after it */
     tl_error err = {{0}};
     int rc = 1;
     size_t len = 0, n = 0;
@@ -89,13 +90,14 @@ int tl_cmd_perplexity(int argc, char **argv) {
     bool have_kld = false;
     tl_model *m = tl_model_load(c->model, &err);
     if (!(e.model = m)) goto done;
-    if (!(text = tl_cli_read_file(c->file, &len, &err))) goto done;
+    const int n_ctx = c->n_ctx > 0 ? c->n_ctx : 2048;
+    c->n_ctx = n_ctx;
+    /* the general cap, not the windows asked for: a KL baseline is tied to the whole text read */
+    if (!(text = tl_read_text(c->file, 0, &len, NULL, &err))) goto done;
     if (!(ids = tl_cli_tokenize(m, text, len, true, &n, &err))) {
         tl_fail_prefix(&err, "%s", c->file);
         goto done;
     }
-    const int n_ctx = c->n_ctx > 0 ? c->n_ctx : 2048;
-    c->n_ctx = n_ctx;
     if (kl_write && tl_kld_open_write(&kld, kl_write, m->cfg.n_vocab, n_ctx, top_k, ids, (int64_t)n, &err)) goto done;
     if (kl_read && tl_kld_open_read(&kld, kl_read, m->cfg.n_vocab, n_ctx, ids, (int64_t)n, &err)) goto done;
     have_kld = kl_write || kl_read;

@@ -66,6 +66,7 @@ int tl_cmd_ruler(int argc, char **argv) {
         fprintf(stderr, "tailor ruler: -m MODEL is required\n");
         return 2;
     }
+    if (tl_cli_output("--json", json)) return 1;
     if (nk == 0)
         for (int k = TL_TASK_NIAH_SINGLE; k <= TL_TASK_CWE; k++) kinds[nk++] = k;
     if (nl == 0) lengths[nl++] = e.c.n_ctx > 0 ? e.c.n_ctx : 4096;

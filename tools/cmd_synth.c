@@ -76,6 +76,7 @@ int tl_cmd_synth(int argc, char **argv) {
         fprintf(stderr, "\n");
         return 2;
     }
+    if (tl_cli_output("-o", out)) return 1;
     tl_error err = {{0}};
     double t0 = tl_time_s();
     if (tl_synth_write(&p, out, &err)) {

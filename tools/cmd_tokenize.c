@@ -33,17 +33,17 @@ int tl_cmd_tokenize(int argc, char **argv) {
     int32_t *ids = NULL;
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
-    if (!(text = tl_cli_prompt_text(&c, &len, &err))) goto done;
+    if (!(text = tl_cli_prompt_text(&c, m, 0, &len, &err))) goto done;
     if (!(ids = tl_cli_tokenize(m, text, len, !no_bos, &n, &err))) {
         tl_fail_prefix(&err, "%s", c.file ? c.file : "prompt");
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
         if (pieces) {
-            char buf[256];
-            size_t np = tl_token_to_piece(m->tok, ids[i], true, buf, sizeof buf - 1);
-            buf[np < sizeof buf - 1 ? np : sizeof buf - 1] = 0;
-            printf("%s%d:'%s'", i ? " " : "", ids[i], buf);
+            char buf[256], shown[1024]; /* the piece as the vocab has it, escaped (tl_escape) */
+            size_t np = tl_token_to_piece(m->tok, ids[i], true, buf, sizeof buf);
+            tl_escape(shown, sizeof shown, buf, np < sizeof buf ? np : sizeof buf, "'");
+            printf("%s%d:'%s'", i ? " " : "", ids[i], shown);
         } else {
             printf("%s%d", i ? " " : "", ids[i]);
         }

@@ -106,15 +106,12 @@ int tl_kld_open_write(tl_kld *k, const char *path, int n_vocab, int n_ctx, int t
     k->top_k = top_k;
     k->writing = true;
     k->rec = tl_xmalloc(rec_bytes(top_k));
-    const size_t n = strlen(path) + 32;
-    k->tmp_path = tl_xmalloc(n);
-    snprintf(k->tmp_path, n, "%s.tmp.%d", path, (int)getpid());
-    k->f = fopen(k->tmp_path, "wb");
-    if (!k->f) {
-        tl_fail(err, "--kl-base-write %s: %s", k->tmp_path, strerror(errno));
+    if (tl_outfile_open(&k->out, path, NULL, err)) {
+        tl_fail_prefix(err, "--kl-base-write");
         tl_kld_close(k);
         return -1;
     }
+    k->f = k->out.f;
     if (write_header(k, err)) {
         tl_kld_close(k);
         return -1;
@@ -208,7 +205,7 @@ int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_
             memcpy(rec, &targets[r], 4);
             memcpy(rec + 4, &lp_t, 4);
             memcpy(rec + 8, &rest, 4);
-            if (fwrite(rec, 1, rb, k->f) != rb) return tl_fail(err, "%s: write failed: %s", k->tmp_path, strerror(errno));
+            if (fwrite(rec, 1, rb, k->f) != rb) return tl_fail(err, "%s: write failed: %s", k->out.tmp, strerror(errno));
             continue;
         }
         if (fread(rec, 1, rb, k->f) != rb) return tl_fail(err, "--kl-base %s: file truncated", k->path);
@@ -261,21 +258,13 @@ int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_
 int tl_kld_finish(tl_kld *k, tl_error *err) {
     if (!k->writing) return 0;
     if (write_header(k, err)) return -1;
-    if (fclose(k->f)) {
-        k->f = NULL;
-        return tl_fail(err, "%s: %s", k->tmp_path, strerror(errno));
-    }
     k->f = NULL;
-    if (rename(k->tmp_path, k->path)) return tl_fail(err, "%s: rename failed: %s", k->path, strerror(errno));
-    free(k->tmp_path);
-    k->tmp_path = NULL;
-    return 0;
+    return tl_outfile_commit(&k->out, err);
 }
 
 void tl_kld_close(tl_kld *k) {
-    if (k->f) fclose(k->f);
-    if (k->tmp_path) unlink(k->tmp_path); /* an unfinished baseline never replaces a good one */
-    free(k->tmp_path);
+    if (k->writing) tl_outfile_abort(&k->out); /* an unfinished baseline never replaces a good one */
+    else if (k->f) fclose(k->f);
     free(k->path);
     free(k->lp);
     free(k->order);

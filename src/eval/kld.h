@@ -32,8 +32,9 @@
 #include <stdio.h>
 
 typedef struct {
-    FILE *f;
-    char *path, *tmp_path;
+    FILE *f;            /* the baseline read, or out.f */
+    char *path;
+    tl_outfile out;     /* the baseline written (a temp file until tl_kld_finish) */
     bool writing;
     int n_vocab, n_ctx, top_k, rows_per_window;
     int rows_in_window; /* rows of the current window seen so far (pieces arrive in order) */

@@ -156,10 +156,13 @@ int tl_haystack_from_text(tl_haystack *h, const tl_tokenizer *tok, const char *t
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-int tl_haystack_from_dir(tl_haystack *h, const tl_tokenizer *tok, const char *dir, int64_t max_tokens, tl_error *err) {
-    memset(h, 0, sizeof *h);
+char *tl_read_text_dir(const char *dir, const char *sep, size_t max, size_t *len, bool *cut, tl_error *err) {
+    if (max == 0 || max > TL_TEXT_MAX_BYTES) max = TL_TEXT_MAX_BYTES;
     DIR *d = opendir(dir);
-    if (!d) return tl_fail(err, "haystack folder %s: %s", dir, strerror(errno));
+    if (!d) {
+        tl_fail(err, "%s: %s", dir, strerror(errno));
+        return NULL;
+    }
     char **names = NULL;
     int nn = 0;
     for (struct dirent *e; (e = readdir(d));) {
@@ -170,39 +173,78 @@ int tl_haystack_from_dir(tl_haystack *h, const tl_tokenizer *tok, const char *di
         }
     }
     closedir(d);
-    if (nn == 0) {
-        free(names);
-        return tl_fail(err, "haystack folder %s: no .txt files", dir);
-    }
-    qsort(names, (size_t)nn, sizeof *names, cmp_str);
-    size_t cap = 1 << 20, len = 0;
-    char *all = tl_xmalloc(cap);
-    int rc = 0;
-    for (int i = 0; i < nn && rc == 0; i++) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        FILE *f = fopen(path, "rb");
-        if (!f) {
-            rc = tl_fail(err, "haystack %s: %s", path, strerror(errno));
+    if (nn) qsort(names, (size_t)nn, sizeof *names, cmp_str);
+    const size_t nsep = strlen(sep);
+    size_t n = 0;
+    bool more = false;
+    char *all = tl_xmalloc(1);
+    for (int i = 0; i < nn && all; i++) {
+        if (n >= max) {
+            more = true;
             break;
         }
-        for (;;) {
-            if (len + 65536 + 2 > cap) all = tl_xrealloc(all, cap *= 2);
-            size_t r = fread(all + len, 1, 65536, f);
-            len += r;
-            if (r == 0) break;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        size_t got = 0;
+        char *t = tl_read_text(path, max - n, &got, &more, err);
+        if (t) {
+            all = tl_xrealloc(all, n + got + nsep + 1);
+            memcpy(all + n, t, got);
+            n += got;
+            if (!more) memcpy(all + n, sep, nsep), n += nsep;
+        } else {
+            free(all);
+            all = NULL;
         }
-        fclose(f);
-        all[len++] = '\n';
-        /* a rough bound: stop reading once the text surely covers max_tokens */
-        if (max_tokens > 0 && (int64_t)len > max_tokens * 8) break;
+        free(t);
+        if (more) break;
     }
     for (int i = 0; i < nn; i++) free(names[i]);
     free(names);
-    if (rc == 0) rc = tl_haystack_from_text(h, tok, all, len, max_tokens, err);
-    free(all);
-    if (rc) tl_fail_prefix(err, "%s", dir);
-    return rc;
+    if (all && !nn) {
+        free(all);
+        all = NULL;
+        tl_fail(err, "%s: no .txt files", dir);
+    }
+    if (!all) return NULL;
+    all[n] = 0;
+    if (len) *len = n;
+    if (cut) *cut = more;
+    return all;
+}
+
+/* The length of text up to the end of its last whole sentence (the sentence rule of
+ * tl_haystack_from_text: . ! ? and closing quotes or brackets, then white space); 0 if none. */
+static size_t whole_sentences(const char *text, size_t len) {
+    for (size_t i = len; i-- > 1;) {
+        if (!strchr(" \n\t\r\f\v", text[i]) || !text[i]) continue;
+        size_t j = i - 1;
+        while (j > 0 && (text[j] == '"' || text[j] == '\'' || text[j] == ')')) j--;
+        if (text[j] == '.' || text[j] == '!' || text[j] == '?') return i;
+    }
+    return 0;
+}
+
+int tl_haystack_from_dir(tl_haystack *h, const tl_tokenizer *tok, const char *dir, int64_t max_tokens, tl_error *err) {
+    memset(h, 0, sizeof *h);
+    /* whole sentences only: a text cut by the byte budget drops its last, partial sentence, and
+     * is read again with twice the budget when too few tokens are left */
+    for (int64_t want = max_tokens;; want *= 2) {
+        const size_t max = tl_tok_text_bytes(tok, want);
+        size_t len = 0;
+        bool cut = false;
+        char *all = tl_read_text_dir(dir, "\n", max, &len, &cut, err);
+        if (!all) return tl_fail_prefix(err, "haystack folder");
+        if (cut) len = whole_sentences(all, len);
+        const int rc = len ? tl_haystack_from_text(h, tok, all, len, max_tokens, err) : 0;
+        free(all);
+        if (rc) return tl_fail_prefix(err, "%s", dir);
+        if (!cut || h->n_ids >= max_tokens || max >= TL_TEXT_MAX_BYTES) {
+            if (h->n_sent == 0) return tl_fail(err, "haystack folder %s: no text", dir);
+            return 0;
+        }
+        tl_haystack_free(h);
+    }
 }
 
 void tl_haystack_free(tl_haystack *h) {

@@ -48,8 +48,12 @@ typedef struct {
  * (<= 0: all). */
 int tl_haystack_from_text(tl_haystack *h, const tl_tokenizer *tok, const char *text, size_t len, int64_t max_tokens,
                           tl_error *err);
-/* All *.txt files of a folder, in name order. */
+/* All *.txt files of a folder, in name order, as far as max_tokens needs (tl_read_text_dir). */
 int tl_haystack_from_dir(tl_haystack *h, const tl_tokenizer *tok, const char *dir, int64_t max_tokens, tl_error *err);
+/* The *.txt files of a folder in name order, each followed by sep, read with tl_read_text
+ * (common.h) up to max bytes in all (0: its general cap); *cut tells whether there was more.
+ * Returns the text malloc'd and NUL-terminated, or NULL with err. */
+char *tl_read_text_dir(const char *dir, const char *sep, size_t max, size_t *len, bool *cut, tl_error *err);
 void tl_haystack_free(tl_haystack *h);
 
 /* Tokenize a text piece as it would appear inside running text after a sentence end

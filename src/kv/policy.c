@@ -505,19 +505,8 @@ int tl_kv_plan_parse(tl_kv_plan *plan, const char *spec, const char *overrides, 
         if (tl_tailor_plan_parse(plan, spec, n_layers, err)) return -1;
     } else if (is_json_path(spec)) {
         const char *path = spec[0] == '@' ? spec + 1 : spec;
-        FILE *f = fopen(path, "rb");
-        if (!f) return tl_fail(err, "--kv '%s': cannot open plan file: %s", path, strerror(errno));
-        fseek(f, 0, SEEK_END);
-        const long len = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *text = len >= 0 ? malloc((size_t)len + 1) : NULL;
-        const bool ok = text && fread(text, 1, (size_t)len, f) == (size_t)len;
-        fclose(f);
-        if (!ok) {
-            free(text);
-            return tl_fail(err, "--kv '%s': cannot read plan file", path);
-        }
-        text[len] = '\0';
+        char *text = tl_read_whole(path, NULL, err);
+        if (!text) return tl_fail_prefix(err, "--kv: cannot open plan file");
         const int rc = tl_kv_plan_parse_json(plan, text, path, n_layers, err);
         free(text);
         if (rc) return prefix_kv(err);

@@ -125,19 +125,10 @@ int tl_tailor_plan_parse(tl_kv_plan *plan, const char *spec, int n_layers, tl_er
     for (int i = 0; i < n_layers; i++) kinds[i] = i == 0 ? TL_TAILOR_DENSE : TL_TAILOR_SPARSE;
     if (plan_path) {
         tl_error e2 = {{0}};
-        FILE *fp = fopen(plan_path, "rb");
-        if (!fp) {
-            tl_fail(err, "--kv '%s': plan %s: %s", spec, plan_path, strerror(errno));
+        if (!(json = tl_read_whole(plan_path, NULL, &e2))) {
+            tl_fail(err, "--kv '%s': plan %s", spec, e2.msg);
             goto done;
         }
-        size_t cap = 1 << 14, n = 0;
-        json = tl_xmalloc(cap);
-        for (size_t got; (got = fread(json + n, 1, cap - n - 1, fp)) > 0;) {
-            n += got;
-            if (n + 1 >= cap) json = tl_xrealloc(json, cap *= 2);
-        }
-        fclose(fp);
-        json[n] = 0;
         double ptau = NAN;
         if (tl_tailor_plan_read(json, plan_path, n_layers, kinds, scores, &ptau, &e2)) {
             tl_fail(err, "--kv '%s': %s", spec, e2.msg);

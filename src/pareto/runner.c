@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #define KLD_TOPK 32
 #define PIECE_MAX 512
@@ -182,7 +183,8 @@ static cJSON *mem_json(const tl_pareto_mem *m) {
 
 /* ---- the perplexity task with its KL baseline ---- */
 typedef struct {
-    FILE *f;
+    FILE *f;          /* the baseline read, or out.f */
+    tl_outfile out;   /* the baseline written */
     bool writing;
     int V, K;
     size_t rec;
@@ -201,9 +203,8 @@ static int kl_open(kl_file *k, const char *path, bool writing, int V, uint64_t h
     if (writing) {
         /* written under a temporary name and renamed when complete: a baseline killed midway
          * leaves no file that later runs would trust */
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        if (!(k->f = fopen(tmp, "wb"))) return tl_fail(err, "%s: %s", tmp, strerror(errno));
+        if (tl_outfile_open(&k->out, path, NULL, err)) return -1;
+        k->f = k->out.f;
         memcpy(h, KLD_MAGIC, 8);
         memcpy(h + 8, &V, 4);
         memcpy(h + 12, &k->K, 4);
@@ -227,12 +228,11 @@ static int kl_open(kl_file *k, const char *path, bool writing, int V, uint64_t h
     return 0;
 }
 
-static void kl_close(kl_file *k, const char *path, bool complete) {
-    if (k->f && fclose(k->f) == 0 && k->writing && complete) {
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        if (rename(tmp, path)) fprintf(stderr, "pareto: %s: rename failed: %s\n", path, strerror(errno));
-    }
+static void kl_close(kl_file *k, bool complete) {
+    tl_error err;
+    if (k->writing && complete && tl_outfile_commit(&k->out, &err)) fprintf(stderr, "pareto: %s\n", err.msg);
+    if (k->writing) tl_outfile_abort(&k->out); /* nothing once committed */
+    else if (k->f) fclose(k->f);
     free(k->buf);
     memset(k, 0, sizeof *k);
 }
@@ -283,17 +283,11 @@ typedef struct {
     uint64_t rss;
 } ppl_out;
 
-static int32_t *tokenize_text(const tl_model *m, const char *path, size_t *n, tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        tl_fail(err, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *text = tl_xmalloc(cap);
-    for (size_t r; (r = fread(text + len, 1, cap - len, f)) > 0;)
-        if ((len += r) == cap) text = tl_xrealloc(text, cap *= 2);
-    fclose(f);
+/* The first n_tokens tokens of the text at path (and a few more), or fewer if it is shorter. */
+static int32_t *tokenize_text(const tl_model *m, const char *path, int64_t n_tokens, size_t *n, tl_error *err) {
+    size_t len = 0;
+    char *text = tl_read_text(path, tl_tok_text_bytes(m->tok, n_tokens), &len, NULL, err);
+    if (!text) return NULL;
     size_t need = 0, icap = len + 16;
     int32_t *ids = tl_xmalloc(sizeof(int32_t) * icap);
     if (tl_tokenize(m->tok, text, len, true, false, ids, icap, &need, err) || need > icap) {
@@ -315,7 +309,9 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
     const int tail = p->ppl_tail > 0 ? TL_MIN(p->ppl_tail, ctx - 1) : ctx - 1 - ctx / 2;
     const int first = ctx - 1 - tail; /* scored rows: positions first .. ctx-2 predict first+1 .. ctx-1 */
     size_t n_ids = 0;
-    int32_t *ids = tokenize_text(m, p->text_path, &n_ids, err);
+    const int n_dec = p->n_decode > 0 ? p->n_decode : 0;
+    const int64_t want = (int64_t)(p->ppl_windows > 0 ? p->ppl_windows : 1) * ctx + n_dec; /* windows + decode */
+    int32_t *ids = tokenize_text(m, p->text_path, want, &n_ids, err);
     if (!ids) return -1;
     int n_win = (int)((int64_t)n_ids / ctx);
     if (n_win < 1) {
@@ -323,7 +319,6 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
         return tl_fail(err, "%s: %zu tokens, fewer than one window of %d", p->text_path, n_ids, ctx);
     }
     n_win = TL_MIN(n_win, p->ppl_windows > 0 ? p->ppl_windows : 1);
-    const int n_dec = p->n_decode > 0 ? p->n_decode : 0;
     tl_session *s = tl_session_new_with_policies(m, ctx + n_dec + 1, p->n_threads, c->chunk > 0 ? c->chunk : ctx,
                                                  plan->layers, err);
     if (!s) {
@@ -423,7 +418,7 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
     }
     rc = 0;
 done:
-    if (have_kl) kl_close(&kf, p->kl_base, rc == 0);
+    if (have_kl) kl_close(&kf, rc == 0);
     free(win);
     free(lp);
     free(logits);
@@ -501,9 +496,11 @@ static bool in_list(const char *list, const char *item) {
 }
 
 int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *p, tl_error *err) {
-    /* test hook: make one configuration crash, to check that a sweep survives it */
-    const char *crash = getenv("TL_PARETO_CRASH");
+    /* test hooks: make one configuration crash, to check that a sweep survives it; or stall
+     * for 5 s first, to kill its sweep while it runs */
+    const char *crash = getenv("TL_PARETO_CRASH"), *stall = getenv("TL_PARETO_STALL");
     if (crash && *crash && strstr(c->id, crash)) abort();
+    if (stall && *stall && strstr(c->id, stall)) sleep(5);
     char tasks[512];
     snprintf(tasks, sizeof tasks, "%s", p->tasks && *p->tasks ? p->tasks : "ppl");
     const char *model_name = p->base_model ? p->base_model : p->model_path;

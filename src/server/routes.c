@@ -169,6 +169,7 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
     if (rc) sp.repeat_penalty = (float)d;
     if ((rc = get_int(root, "seed", -9007199254740992.0, 9007199254740992.0, &ll, r)) < 0) return -1;
     if (rc) sp.seed = (uint64_t)ll; /* negative seeds wrap, as 64-bit values */
+    { tl_error e; if (tl_sampler_check(&sp, &e)) return bad(r, NULL, "%s", e.msg), -1; } /* the CLI's rule too */
     j->sp = sp;
 
     j->max_tokens = srv->p.default_max_tokens;
