@@ -43,7 +43,7 @@ static int calibrate_auto(const tl_cli_common *c, const char *spec, bool gpu, co
         goto done;
     }
     if (!(m = tl_model_load(c->model, &err))) goto done;
-    if (c->file && !(text = tl_cli_prompt_text(c, &text_len, &err))) goto done;
+    if (c->file && !(text = tl_cli_prompt_text(c, m, TL_KV_AUTO_CALIB_TOKENS, &text_len, &err))) goto done;
     const int L = m->cfg.n_layer;
     pol = tl_xmalloc(sizeof *pol * (size_t)L);
     for (int i = 0; i < L; i++) pol[i] = a;
