@@ -9,6 +9,7 @@
  *    table (configurations, memory, accuracy, frontier); --merge; --emit-jobs. */
 #define _GNU_SOURCE
 #include "testutil.h"
+#include "../src/eval/stats.h"
 #include "../src/kv/policy.h"
 #include "../src/model.h"
 #include "../src/pareto/pareto.h"
@@ -104,6 +105,65 @@ static void test_grid(void) {
     CHECK(tl_pareto_grid_from_json(&g, "{\"configs\": [{\"chunk\": \"lots\"}]}", "g.json", &err) != 0 &&
           strstr(err.msg, "configs[0]"));
     tl_pareto_grid_free(&g);
+}
+
+/* Relative accuracy intervals in the report: a niah task of 20 samples paired with the
+ * baseline's (one lost: [1 - wilson_hi(1, 20), 1 + wilson_hi(0, 20) - wilson_lo(1, 20)] around
+ * 0.95); identical samples give an interval around 1 as wide as 20 agreeing samples allow (no
+ * measurable loss, never exactly 1); a ppl line's paired ratio interval turns into
+ * [1/hi, 1/lo]; the frontier takes the pessimistic end, so a config whose point estimate beats
+ * another's at less memory is still dominated when its lower end is below. */
+static void test_report_intervals(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tl_pareto_ci_%d.jsonl", (int)getpid());
+    FILE *f = fopen(path, "w");
+    char ones[200] = "", lost1[200] = "";
+    for (int i = 0; i < 20; i++) {
+        strcat(ones, i ? ",1" : "1");
+        strcat(lost1, i ? (i == 7 ? ",0" : ",1") : "1");
+    }
+    const char *cfgs[3][2] = {{"w=base kv=f16 chunk=256", "f16"}, {"w=base kv=k4v4 chunk=256", "k4v4"},
+                              {"w=base kv=k2v2 chunk=256", "k2v2"}};
+    const double mem[3] = {300e6, 200e6, 150e6};
+    for (int c = 0; c < 3; c++) {
+        fprintf(f, "{\"cmd\":\"pareto\",\"config\":{\"id\":\"%s\",\"label\":\"%s\",\"weights\":\"base\",\"kv\":\"%s\","
+                   "\"kv_layer\":\"\",\"chunk\":256,\"model\":\"m\",\"ctx\":1024},\"metric\":\"niah\",\"status\":\"ok\","
+                   "\"value\":%g,\"n\":20,\"samples\":[%s],\"mem\":{\"weights\":1,\"kv\":1,\"act\":1,\"logits\":0,\"total\":%g}}\n",
+                cfgs[c][0], cfgs[c][1], cfgs[c][1], c == 1 ? 0.95 : 1.0, c == 1 ? lost1 : ones, mem[c]);
+        fprintf(f, "{\"cmd\":\"pareto\",\"config\":{\"id\":\"%s\",\"label\":\"%s\",\"weights\":\"base\",\"kv\":\"%s\","
+                   "\"kv_layer\":\"\",\"chunk\":256,\"model\":\"m\",\"ctx\":1024},\"metric\":\"ppl\",\"status\":\"ok\","
+                   "\"value\":%g,\"n\":1000%s}\n",
+                cfgs[c][0], cfgs[c][1], cfgs[c][1], c == 0 ? 10.0 : c == 1 ? 10.1 : 9.95,
+                c == 1 ? ",\"ppl_ratio_ci\":{\"value\":1.01,\"lo\":1.004,\"hi\":1.016,\"n\":1000}"
+                       : c == 2 ? ",\"ppl_ratio_ci\":{\"value\":0.995,\"lo\":0.97,\"hi\":1.02,\"n\":1000}" : "");
+    }
+    fclose(f);
+    tl_pareto_table t;
+    tl_error err = {{0}};
+    const char *paths[1] = {path};
+    CHECKF(tl_pareto_load(&t, paths, 1, NULL, false, &err) == 0, "%s", err.msg);
+    if (t.n == 3) {
+        const tl_pareto_row *b = &t.rows[0], *k4 = &t.rows[1], *k2 = &t.rows[2];
+        const int ni = !strcmp(t.tasks[0], "niah") ? 0 : 1, pi = 1 - ni;
+        CHECK(b->baseline && b->rel_lo[ni] == 1 && b->rel_hi[ni] == 1 && b->acc_lo == 1);
+        CHECK(fabs(k4->rel[ni] - 0.95) < 1e-12);
+        CHECK(fabs(k4->rel_lo[ni] - (1 - tl_wilson(1, 20).hi)) < 1e-9);
+        CHECK(fabs(k4->rel_hi[ni] - (1 + tl_wilson(0, 20).hi - tl_wilson(1, 20).lo)) < 1e-9);
+        CHECK(fabs(k4->rel_lo[pi] - 1 / 1.016) < 1e-9 && fabs(k4->rel_hi[pi] - 1 / 1.004) < 1e-9);
+        CHECK(k2->rel_lo[ni] < 1 && k2->rel_hi[ni] > 1 && fabs(k2->rel_lo[ni] - (1 - tl_wilson(0, 20).hi)) < 1e-9);
+        CHECK(fabs(k2->acc_lo - (k2->rel_lo[0] + k2->rel_lo[1]) / 2) < 1e-12);
+        /* k2v2: point estimate 1.0025 at the least memory; its lower end is below k4v4's? Either
+         * way the frontier is decided on acc_lo, which is what the flags must agree with */
+        const bool k4_dominated = k2->acc_lo >= k4->acc_lo; /* k2 has less memory */
+        CHECK(k4->frontier == !k4_dominated && k2->frontier && b->frontier == (b->acc_lo > TL_MAX(k2->acc_lo, k4->acc_lo)));
+        char *md = tl_pareto_report_md(&t, NULL);
+        CHECK(md && strstr(md, "no measurable loss") && strstr(md, "pessimistic end"));
+        free(md);
+    } else {
+        CHECKF(0, "%d rows", t.n);
+    }
+    tl_pareto_table_free(&t);
+    unlink(path);
 }
 
 /* projection at the evaluated length == what the session's stores and buffers hold */
@@ -235,9 +295,11 @@ static void test_sweep(const char *model) {
     snprintf(p, sizeof p, "%s/a/frontier.svg", dir);
     CHECK(count_lines(p, "<polyline") == 1 || count_lines(p, "<circle") >= 2);
 
-    /* interrupted: keep the first 3 lines and half of the 4th (a kill mid-write), then resume */
-    CHECK(sh("mkdir -p %s/b && head -n 3 %s > %s/b/results.jsonl && sed -n 4p %s | head -c 40 >> %s/b/results.jsonl",
-             dir, res, dir, res, dir) == 0);
+    /* interrupted: keep the first 3 lines and half of the 4th (a kill mid-write) beside the
+     * baseline's KL file, then resume */
+    CHECK(sh("mkdir -p %s/b && head -n 3 %s > %s/b/results.jsonl && sed -n 4p %s | head -c 40 >> %s/b/results.jsonl && "
+             "cp %s/a/baseline.kldb %s/b/",
+             dir, res, dir, res, dir, dir, dir) == 0);
     CHECK(sh("%s pareto %s -o %s/b 2> %s/b0.log", bin, common, dir, dir) == 2); /* refuses without --resume */
     rc = sh("TL_PARETO_CRASH='kv=k8v8' %s pareto %s -o %s/b --resume 2> %s/b.log", bin, common, dir, dir);
     CHECKF(rc == 0, "resume rc %d", rc);
@@ -249,6 +311,14 @@ static void test_sweep(const char *model) {
     /* resuming a finished sweep runs nothing and changes nothing */
     rc = sh("%s pareto %s -o %s/b --resume 2> %s/b2.log", bin, common, dir, dir);
     CHECK(rc == 0 && count_lines(res2, NULL) == 6);
+    /* the same without the baseline's KL file: its ppl runs again (the comparisons need it), so
+     * every configuration run after it has its KLD and paired PPL-ratio interval */
+    CHECK(sh("mkdir -p %s/c && head -n 3 %s > %s/c/results.jsonl", dir, res, dir) == 0);
+    rc = sh("%s pareto %s -o %s/c --resume 2> %s/c.log", bin, common, dir, dir);
+    snprintf(p, sizeof p, "%s/c.log", dir);
+    CHECK(rc == 0 && count_lines(p, "baseline.kldb is missing") == 1);
+    snprintf(p, sizeof p, "%s/c/results.jsonl", dir);
+    CHECK(count_lines(p, NULL) == 7 && count_lines(p, "ppl_ratio_ci") == 3);
     /* merge two halves */
     CHECK(sh("mkdir -p %s/h1 %s/h2 && head -n 3 %s > %s/h1/results.jsonl && tail -n 3 %s > %s/h2/results.jsonl", dir,
              dir, res, dir, res, dir) == 0);
@@ -415,6 +485,7 @@ static void test_kill_resume(const char *bin) {
 }
 
 int main(void) {
+    test_report_intervals();
     test_frontier();
     test_grid();
     const char *bin = getenv("TL_BIN");

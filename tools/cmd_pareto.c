@@ -71,8 +71,8 @@ static void help(void) {
            "         --rot 0,1  --chunks 64,256,1024,full\n"
            "  weights: quantized once into OUTDIR/weights/ (awq needs --calib TEXT), or --weights-file\n"
            "         q4_0=FILE,awq=FILE. 'base' is the model as given.\n"
-           "  --windows N (1) --ppl-tail N (second half) --decode N (16) --niah-depths 0,25,50,75,100\n"
-           "  --niah-samples N (1) --ruler-samples N (1) --haystack DIR -f TEXT (default: the haystack)\n"
+           "  --windows N (2) --ppl-tail N (second half) --decode N (16) --niah-depths 0,25,50,75,100\n"
+           "  --niah-samples N (4 per depth) --ruler-samples N (4) --haystack DIR -f TEXT (default: the haystack)\n"
            "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n");
 }
 
@@ -120,10 +120,13 @@ static int parse_args(opts *o, int argc, char **argv) {
     o->target_ctx = 131072;
     o->tasks = "ppl,niah";
     o->jobs = 1;
-    o->windows = 1;
+    /* enough to tell a 1% perplexity loss from none (two windows of 8192: ~8k scored tokens, a
+     * paired ratio interval of about +-0.3% for a 4-bit cache); needles and task samples are
+     * coarser (20 agreeing needles bound a loss only below 16%): raise them for task claims */
+    o->windows = 2;
     o->n_decode = 16;
-    o->niah_samples = 1;
-    o->ruler_samples = 1;
+    o->niah_samples = 4;
+    o->ruler_samples = 4;
     o->max_loss = -1;
     o->seed = 1234;
     const double dd[5] = {0, 0.25, 0.5, 0.75, 1};
@@ -759,6 +762,32 @@ int tl_cmd_pareto(int argc, char **argv) {
             if (ndone < nt && jtext && journal_count(jtext, "start", g.v[i].id) > journal_count(jtext, "end", g.v[i].id))
                 fprintf(stderr, "pareto: %s was interrupted (its sweep was killed); running it again\n", g.v[i].id);
         }
+        /* the baseline's KL file is what every other configuration's ppl is compared with (KLD,
+         * the paired PPL-ratio interval): when it is gone (a copied or cleaned folder) while
+         * others still need it, the baseline's ppl runs again, first */
+        char *klb = path_join(o.out, "baseline.kldb");
+        if (o.baseline && in_csv(o.tasks, "ppl") && !file_exists(klb)) {
+            bool needed = false;
+            int bi = -1;
+            for (int i = 0; i < g.n; i++) {
+                if (!strcmp(g.v[i].id, o.baseline)) bi = i;
+                else needed |= !in_csv(skip[i], "ppl");
+            }
+            if (bi >= 0 && needed && in_csv(skip[bi], "ppl")) {
+                char *rest = done_tasks(done, g.v[bi].id, o.tasks), *keep = tl_xcalloc(strlen(rest) + 1, 1), *sv = NULL;
+                for (char *t = strtok_r(rest, ",", &sv); t; t = strtok_r(NULL, ",", &sv))
+                    if (strcmp(t, "ppl")) {
+                        if (keep[0]) strcat(keep, ",");
+                        strcat(keep, t);
+                    }
+                if (n_tasks_of(skip[bi]) >= nt) finished--, todo++;
+                free(skip[bi]);
+                skip[bi] = keep;
+                free(rest);
+                fprintf(stderr, "pareto: %s is missing: the baseline's ppl runs again for the comparisons\n", klb);
+            }
+        }
+        free(klb);
         free(done);
         free(jtext);
         free(jpath);

@@ -145,6 +145,10 @@ typedef struct {
     char task[8][32];
     double score[8];   /* raw task score: ppl for "ppl", accuracy for the others */
     double rel[8];     /* score relative to the baseline, 1 = baseline */
+    double rel_lo[8], rel_hi[8]; /* its 95% interval (paired with the baseline; = rel without data) */
+    double ratio_lo[8], ratio_hi[8]; /* ppl: the line's paired PPL ratio interval (NaN if none) */
+    double *samples[8];  /* sample tasks: each sample's score (same seeds in every configuration) */
+    int n_samples[8];
     bool task_ok[8];
     double kld;        /* ppl task: mean KLD vs baseline (NaN if none) */
     double top1;       /* ppl task: same top-1 fraction */
@@ -153,6 +157,8 @@ typedef struct {
     double proj2_total, proj2_kv;                 /* --project-to at --target-ctx */
     double prefill_tps, decode_tps;
     double acc;        /* aggregated relative accuracy (mean of rel over tasks), 1 = baseline */
+    double acc_lo, acc_hi; /* mean of the tasks' interval ends: conservative for the mean; the
+                              frontier and the picks use acc_lo (the pessimistic end) */
     bool baseline, frontier;
 } tl_pareto_row;
 
@@ -168,8 +174,11 @@ typedef struct {
 
 /* Read one or more results.jsonl files (later lines for the same (config, task) win; torn or
  * unparsable lines are skipped), compute relative accuracy against the baseline
- * (baseline_id: that config, or NULL = weights base, kv f16, the smallest chunk id found), the
- * frontier (use_speed: 3 objectives). */
+ * (baseline_id: that config, or NULL = weights base, kv f16, the smallest chunk id found) with
+ * its 95% interval -- ppl: PPL(base)/PPL from the paired block bootstrap of the line; sample
+ * tasks: paired with the baseline's samples (0/1 scores: Wilson bounds of the two discordant
+ * counts; fractional: a bootstrap of the differences) -- and the frontier on the pessimistic
+ * end (use_speed: 3 objectives). */
 int tl_pareto_load(tl_pareto_table *t, const char *const *paths, int n_paths, const char *baseline_id, bool use_speed,
                    tl_error *err);
 void tl_pareto_table_free(tl_pareto_table *t);

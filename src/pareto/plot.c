@@ -69,7 +69,7 @@ static void make_frame(const tl_pareto_table *t, int which, frame *f) {
         const tl_pareto_row *r = &t->rows[i];
         const double m = which == 0 ? r->mem_total : which == 1 ? r->proj_total : r->proj2_total;
         f->mem[i] = m / 1048576.0;
-        p[i] = (tl_pareto_point){m, r->acc, r->decode_tps, r->failed || isnan(m)};
+        p[i] = (tl_pareto_point){m, r->acc_lo, r->decode_tps, r->failed || isnan(m)}; /* pessimistic end */
     }
     tl_pareto_frontier(p, t->n, false, f->front);
     free(p);
@@ -164,6 +164,9 @@ char *tl_pareto_svg(const tl_pareto_table *t, const char *title, int which) {
         const bool fr = f.front[i];
         const double x = px(&f, f.mem[i]), y = py(&f, clamp_acc(&f, 100 * r->acc));
         const char *col = r->baseline ? "#1f77b4" : fr ? "#d62728" : "#999";
+        if (!r->baseline && !isnan(r->acc_lo) && !isnan(r->acc_hi)) /* the 95% interval as an error bar */
+            tl_strbuf_printf(&b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n", x,
+                             py(&f, clamp_acc(&f, 100 * r->acc_lo)), x, py(&f, clamp_acc(&f, 100 * r->acc_hi)), col);
         tl_strbuf_printf(&b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"%d\" fill=\"%s\"><title>", x, y, fr || r->baseline ? 5 : 4, col);
         tl_strbuf_xml(&b, r->label);
         tl_strbuf_printf(&b, ": %.1f MiB, %.2f%%</title></circle>\n", f.mem[i], 100 * r->acc);

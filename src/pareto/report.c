@@ -2,6 +2,7 @@
  * frontier.csv and report.md. */
 #define _GNU_SOURCE
 #include "pareto.h"
+#include "../eval/stats.h"
 #include "../eval/report.h"
 
 #include <math.h>
@@ -44,8 +45,45 @@ static tl_pareto_row *row_for(tl_pareto_table *t, const cJSON *cfg, int *cap) {
     r->chunk = (int)num(cfg, "chunk");
     r->kld = r->top1 = r->mem_w = r->mem_kv = r->mem_act = r->mem_total = r->rss = NAN;
     r->proj_total = r->proj_kv = r->proj2_total = r->proj2_kv = r->prefill_tps = r->decode_tps = r->acc = NAN;
-    for (int i = 0; i < 8; i++) r->score[i] = r->rel[i] = NAN;
+    r->acc_lo = r->acc_hi = NAN;
+    for (int i = 0; i < 8; i++) r->score[i] = r->rel[i] = r->rel_lo[i] = r->rel_hi[i] = r->ratio_lo[i] = r->ratio_hi[i] = NAN;
     return r;
+}
+
+/* rel_lo/rel_hi of task k of row r against the baseline row b (rel[k] already set). */
+static void rel_interval(tl_pareto_row *r, const tl_pareto_row *b, int k, bool ppl, bool is_base) {
+    r->rel_lo[k] = r->rel_hi[k] = r->rel[k];
+    if (is_base) return;
+    if (ppl) { /* rel = 1 / ratio: the ends swap */
+        if (!isnan(r->ratio_lo[k]) && !isnan(r->ratio_hi[k]) && r->ratio_lo[k] > 0) {
+            r->rel_lo[k] = 1.0 / r->ratio_hi[k];
+            r->rel_hi[k] = 1.0 / r->ratio_lo[k];
+        }
+        return;
+    }
+    const int n = r->n_samples[k];
+    if (n == 0 || n != b->n_samples[k]) return; /* nothing to pair: no interval */
+    bool binary = true;
+    for (int i = 0; i < n && binary; i++)
+        binary = (r->samples[k][i] == 0 || r->samples[k][i] == 1) && (b->samples[k][i] == 0 || b->samples[k][i] == 1);
+    double dlo, dhi;
+    if (binary) { /* discordant pairs: won (config right, base wrong) and lost */
+        int64_t won = 0, lost = 0;
+        for (int i = 0; i < n; i++) won += r->samples[k][i] > b->samples[k][i], lost += r->samples[k][i] < b->samples[k][i];
+        const tl_interval w = tl_wilson(won, n), l = tl_wilson(lost, n);
+        dlo = w.lo - l.hi;
+        dhi = w.hi - l.lo;
+    } else {
+        double *d = tl_xmalloc(sizeof(double) * (size_t)n);
+        for (int i = 0; i < n; i++) d[i] = r->samples[k][i] - b->samples[k][i];
+        const tl_interval di = tl_block_mean(d, n, 1);
+        free(d);
+        dlo = di.lo;
+        dhi = di.hi;
+    }
+    const double bs = b->score[k];
+    r->rel_lo[k] = bs > 0 ? (bs + dlo) / bs : 1 + dlo;
+    r->rel_hi[k] = bs > 0 ? (bs + dhi) / bs : 1 + dhi;
 }
 
 static void take_line(tl_pareto_table *t, const cJSON *o, int *cap) {
@@ -92,6 +130,19 @@ static void take_line(tl_pareto_table *t, const cJSON *o, int *cap) {
         r->kld = num(o, "kld");
         r->top1 = num(o, "same_top1");
     }
+    const cJSON *rc = cJSON_GetObjectItemCaseSensitive(o, "ppl_ratio_ci");
+    r->ratio_lo[ti] = ok && rc ? num(rc, "lo") : NAN;
+    r->ratio_hi[ti] = ok && rc ? num(rc, "hi") : NAN;
+    const cJSON *sm = cJSON_GetObjectItemCaseSensitive(o, "samples");
+    free(r->samples[ti]);
+    r->samples[ti] = NULL;
+    r->n_samples[ti] = 0;
+    if (ok && cJSON_IsArray(sm)) {
+        const int n = cJSON_GetArraySize(sm);
+        r->samples[ti] = tl_xcalloc((size_t)TL_MAX(n, 1), sizeof(double));
+        for (int i = 0; i < n; i++) r->samples[ti][i] = cJSON_GetArrayItem(sm, i)->valuedouble;
+        r->n_samples[ti] = n;
+    }
     if (r->n_tasks < t->n_tasks) r->n_tasks = t->n_tasks;
 }
 
@@ -130,7 +181,7 @@ int tl_pareto_load(tl_pareto_table *t, const char *const *paths, int n_paths, co
         tl_pareto_row *r = &t->rows[i];
         r->n_tasks = t->n_tasks;
         r->baseline = i == t->base;
-        double sum = 0;
+        double sum = 0, sum_lo = 0, sum_hi = 0;
         int cnt = 0;
         for (int k = 0; k < t->n_tasks; k++) {
             if (!r->task_ok[k]) {
@@ -144,16 +195,21 @@ int tl_pareto_load(tl_pareto_table *t, const char *const *paths, int n_paths, co
              * or 1 + the absolute difference when the baseline scores 0 */
             if (!strcmp(t->tasks[k], "ppl")) r->rel[k] = bs / s;
             else r->rel[k] = bs > 0 ? s / bs : 1 + s - bs;
+            rel_interval(r, b, k, !strcmp(t->tasks[k], "ppl"), r == b);
             sum += r->rel[k];
+            sum_lo += r->rel_lo[k];
+            sum_hi += r->rel_hi[k];
             cnt++;
         }
         r->acc = cnt ? sum / cnt : NAN;
+        r->acc_lo = cnt ? sum_lo / cnt : NAN;
+        r->acc_hi = cnt ? sum_hi / cnt : NAN;
         if (isnan(r->mem_total)) r->failed = true;
     }
     tl_pareto_point *pts = tl_xcalloc((size_t)t->n, sizeof *pts);
     int *on = tl_xcalloc((size_t)t->n, sizeof *on);
     for (int i = 0; i < t->n; i++)
-        pts[i] = (tl_pareto_point){t->rows[i].mem_total, t->rows[i].acc, t->rows[i].decode_tps, t->rows[i].failed};
+        pts[i] = (tl_pareto_point){t->rows[i].mem_total, t->rows[i].acc_lo, t->rows[i].decode_tps, t->rows[i].failed};
     tl_pareto_frontier(pts, t->n, use_speed, on);
     for (int i = 0; i < t->n; i++) t->rows[i].frontier = on[i];
     free(pts);
@@ -162,6 +218,8 @@ int tl_pareto_load(tl_pareto_table *t, const char *const *paths, int n_paths, co
 }
 
 void tl_pareto_table_free(tl_pareto_table *t) {
+    for (int i = 0; i < t->n; i++)
+        for (int k = 0; k < 8; k++) free(t->rows[i].samples[k]);
     free(t->rows);
     memset(t, 0, sizeof *t);
 }
@@ -201,7 +259,7 @@ static double red(double m, double base) { return 100.0 * (1.0 - m / base); }
 int tl_pareto_write_csv(const tl_pareto_table *t, const char *path, tl_error *err) {
     tl_strbuf b = {0};
     tl_strbuf_printf(&b, "id,label,weights,kv,kv_layer,chunk,mem_bytes,mem_reduction_pct,acc_rel,acc_delta_pct,kv_bytes,act_bytes,"
-            "proj_ctx,proj_bytes,proj_reduction_pct,proj_to,proj_to_bytes,proj_to_reduction_pct,prefill_tps,decode_tps\n");
+            "proj_ctx,proj_bytes,proj_reduction_pct,proj_to,proj_to_bytes,proj_to_reduction_pct,prefill_tps,decode_tps,acc_lo,acc_hi\n");
     const tl_pareto_row *B = t->base >= 0 ? &t->rows[t->base] : NULL;
     /* frontier rows by increasing memory */
     int *idx = tl_xcalloc((size_t)t->n + 1, sizeof *idx), n = 0;
@@ -215,11 +273,11 @@ int tl_pareto_write_csv(const tl_pareto_table *t, const char *path, tl_error *er
         }
     for (int k = 0; k < n; k++) {
         const tl_pareto_row *r = &t->rows[idx[k]];
-        tl_strbuf_printf(&b, "\"%s\",\"%s\",%s,%s,\"%s\",%d,%.0f,%.2f,%.6f,%.3f,%.0f,%.0f,%d,%.0f,%.2f,\"%s\",%.0f,%.2f,%.2f,%.2f\n", r->id,
+        tl_strbuf_printf(&b, "\"%s\",\"%s\",%s,%s,\"%s\",%d,%.0f,%.2f,%.6f,%.3f,%.0f,%.0f,%d,%.0f,%.2f,\"%s\",%.0f,%.2f,%.2f,%.2f,%.6f,%.6f\n", r->id,
             r->label, r->weights, r->kv, r->kv_layer, r->chunk, r->mem_total, B ? red(r->mem_total, B->mem_total) : NAN,
             r->acc, 100 * (r->acc - 1), r->mem_kv, r->mem_act, t->target_ctx, r->proj_total,
             B ? red(r->proj_total, B->proj_total) : NAN, t->project_to, r->proj2_total,
-            B ? red(r->proj2_total, B->proj2_total) : NAN, r->prefill_tps, r->decode_tps);
+            B ? red(r->proj2_total, B->proj2_total) : NAN, r->prefill_tps, r->decode_tps, r->acc_lo, r->acc_hi);
     }
     free(idx);
     int rc = tl_write_file(path, b.p, b.n, err);
@@ -232,7 +290,7 @@ static tl_pareto_point *points(const tl_pareto_table *t, int which) {
     for (int i = 0; i < t->n; i++) {
         const tl_pareto_row *r = &t->rows[i];
         const double m = which == 0 ? r->mem_total : which == 1 ? r->proj_total : r->proj2_total;
-        p[i] = (tl_pareto_point){m, r->acc, r->decode_tps, r->failed || isnan(m)};
+        p[i] = (tl_pareto_point){m, r->acc_lo, r->decode_tps, r->failed || isnan(m)};
     }
     return p;
 }
@@ -263,8 +321,9 @@ static void picks(tl_strbuf *b, const tl_pareto_table *t, int which, const char 
         const tl_pareto_row *r = &t->rows[i];
         char m[32];
         fmt_mem(m, sizeof m, p[i].mem);
-        tl_strbuf_printf(b, "- within %g%% accuracy loss: `%s`, %s, **-%.1f%%** total memory (accuracy %+.2f%%)\n", 100 * losses[k],
-            r->label, m, red(p[i].mem, bm), 100 * (r->acc - 1));
+        tl_strbuf_printf(b, "- within %g%% accuracy loss (at the pessimistic end of its interval): `%s`, %s, **-%.1f%%** "
+                            "total memory (accuracy %+.2f%%, 95%% [%+.2f%%, %+.2f%%])\n",
+            100 * losses[k], r->label, m, red(p[i].mem, bm), 100 * (r->acc - 1), 100 * (r->acc_lo - 1), 100 * (r->acc_hi - 1));
     }
     free(p);
 }
@@ -280,7 +339,12 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
     tl_strbuf_printf(&b, ". %d configurations, %d evaluated, %d failed, %d on the frontier.\n\n", t->n, n_ok, t->n - n_ok, n_front);
     tl_strbuf_printf(&b, "Memory = weights + KV cache + peak activations (chunk buffers, matmul scratch, one row of logits), "
             "from the session's allocator accounting with %d tokens held. Accuracy is relative to the baseline "
-            "(100%% = baseline): ppl as PPL(base)/PPL, other tasks as score/base score; `acc` is their mean.\n\n",
+            "(100%% = baseline): ppl as PPL(base)/PPL, other tasks as score/base score; `acc` is their mean. Each "
+            "comes with a 95%% interval paired with the baseline (ppl: block bootstrap over the scored tokens; "
+            "needle and task scores: the same samples in every configuration, Wilson bounds on the ones won and "
+            "lost); `acc`'s interval averages the tasks' ends (conservative). The frontier and the picks use the "
+            "pessimistic end, so a configuration is never chosen for a difference inside the noise; an interval "
+            "containing 100%% reads \"no measurable loss\".\n\n",
             t->ctx);
     if (B) {
         char m[32], p1[32], p2[32];
@@ -320,7 +384,8 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
                 const tl_pareto_row *r = &t->rows[i];
                 char m[32];
                 fmt_mem(m, sizeof m, p[i].mem);
-                tl_strbuf_printf(&b, "`%s` (%s, accuracy %+.2f%%). ", r->label, m, 100 * (r->acc - 1));
+                tl_strbuf_printf(&b, "`%s` (%s, accuracy %+.2f%%, 95%% [%+.2f%%, %+.2f%%]). ", r->label, m, 100 * (r->acc - 1),
+                                 100 * (r->acc_lo - 1), 100 * (r->acc_hi - 1));
                 /* the budget binds when a more accurate configuration exists above it */
                 int better = -1;
                 for (int j = 0; j < t->n; j++)
@@ -351,7 +416,7 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
         }
     tl_strbuf_printf(&b, "\n## All configurations (by total memory; ★ = frontier, B = baseline)\n\n| | weights | KV | chunk | total | vs base | KV | act | peak RSS |");
     for (int k = 0; k < t->n_tasks; k++) tl_strbuf_printf(&b, " %s |", t->tasks[k]);
-    tl_strbuf_printf(&b, " KLD | acc | Δacc |");
+    tl_strbuf_printf(&b, " KLD | acc | Δacc [95%%] |");
     if (t->target_ctx) tl_strbuf_printf(&b, " @%dk | vs base |", t->target_ctx / 1024);
     if (t->project_to[0]) tl_strbuf_printf(&b, " proj-to | vs base |");
     tl_strbuf_printf(&b, " prefill t/s | decode t/s |\n|---|---|---|---:|---:|---:|---:|---:|---:|");
@@ -380,7 +445,13 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
         }
         if (isnan(r->kld)) tl_strbuf_printf(&b, " - |");
         else tl_strbuf_printf(&b, " %.4f |", r->kld);
-        tl_strbuf_printf(&b, " %.2f%% | %+.2f%% |", 100 * r->acc, 100 * (r->acc - 1));
+        if (r->baseline || isnan(r->acc_lo)) tl_strbuf_printf(&b, " %.2f%% | %+.2f%% |", 100 * r->acc, 100 * (r->acc - 1));
+        else if (r->acc_lo <= 1 && r->acc_hi >= 1)
+            tl_strbuf_printf(&b, " %.2f%% | no measurable loss [%+.2f%%, %+.2f%%] |", 100 * r->acc, 100 * (r->acc_lo - 1),
+                             100 * (r->acc_hi - 1));
+        else
+            tl_strbuf_printf(&b, " %.2f%% | %+.2f%% [%+.2f%%, %+.2f%%] |", 100 * r->acc, 100 * (r->acc - 1),
+                             100 * (r->acc_lo - 1), 100 * (r->acc_hi - 1));
         if (t->target_ctx) tl_strbuf_printf(&b, " %.1f MiB | %+.1f%% |", mib(r->proj_total), B ? -red(r->proj_total, B->proj_total) : NAN);
         if (t->project_to[0])
             tl_strbuf_printf(&b, " %.2f GiB | %+.1f%% |", r->proj2_total / 1073741824.0, B ? -red(r->proj2_total, B->proj2_total) : NAN);

@@ -23,6 +23,7 @@
 #include "../eval/kld.h"
 #include "../eval/report.h"
 #include "../eval/runner.h"
+#include "../eval/stats.h"
 #include "../eval/tasks.h"
 #include "../kv/policy.h"
 #include "../quantize.h"
@@ -276,12 +277,26 @@ static void top_k(const float *lp, int V, int K, int32_t *ids) {
 typedef struct {
     double nll, kl, top1;
     int64_t n;
+    double *tok_nll, *tok_base_nll, *tok_kl; /* per scored token (base ones when compared), malloc'd */
     double secs_prefill; /* session time of the windows */
     int64_t tok_prefill;
     double decode_tps;
     tl_pareto_mem measured;
     uint64_t rss;
 } ppl_out;
+
+/* {"value", "lo", "hi", "n"} */
+static cJSON *interval_json(tl_interval ci) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "value", ci.value);
+    tl_json_add_interval(o, ci);
+    return o;
+}
+
+static void ppl_out_free(ppl_out *o) {
+    free(o->tok_nll), free(o->tok_base_nll), free(o->tok_kl);
+    o->tok_nll = o->tok_base_nll = o->tok_kl = NULL;
+}
 
 /* The first n_tokens tokens of the text at path (and a few more), or fewer if it is shorter. */
 static int32_t *tokenize_text(const tl_model *m, const char *path, int64_t n_tokens, size_t *n, tl_error *err) {
@@ -337,6 +352,10 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
     kl_file kf = {0};
     bool have_kl = p->kl_base != NULL;
     int rc = -1;
+    const size_t n_scored = (size_t)n_win * (size_t)(tail + 1);
+    o->tok_nll = tl_xcalloc(n_scored, sizeof(double));
+    o->tok_base_nll = tl_xcalloc(n_scored, sizeof(double));
+    o->tok_kl = tl_xcalloc(n_scored, sizeof(double));
     if (have_kl && kl_open(&kf, p->kl_base, p->write_base, V, hash, err)) goto done;
     for (int w = 0; w < n_win; w++) {
         memcpy(win, ids + (int64_t)w * ctx, sizeof(int32_t) * (size_t)ctx);
@@ -354,6 +373,7 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
                 const int32_t target = win[pos + r + 1];
                 tl_kld_log_softmax(logits + (size_t)r * V, V, lp);
                 o->nll -= lp[target];
+                o->tok_nll[o->n] = -lp[target];
                 o->n++;
                 if (!have_kl) continue;
                 unsigned char *rec = kf.buf;
@@ -377,8 +397,9 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
                         goto done;
                     }
                     int32_t bt;
-                    float rest;
+                    float rest, blpt;
                     memcpy(&bt, rec, 4);
+                    memcpy(&blpt, rec + 4, 4);
                     memcpy(&rest, rec + 8, 4);
                     if (bt != target) {
                         tl_fail(err, "KL baseline %s: target differs at row %lld", p->kl_base, (long long)o->n);
@@ -388,7 +409,10 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
                     float blp[KLD_TOPK];
                     memcpy(bid, rec + 12, 4 * (size_t)kf.K);
                     memcpy(blp, rec + 12 + 4 * (size_t)kf.K, 4 * (size_t)kf.K);
-                    o->kl += tl_kld_row(bid, blp, kf.K, rest, lp);
+                    const double kl = tl_kld_row(bid, blp, kf.K, rest, lp);
+                    o->kl += kl;
+                    o->tok_kl[o->n - 1] = kl;
+                    o->tok_base_nll[o->n - 1] = -(double)blpt;
                     int best = 0;
                     for (int i = 1; i < V; i++)
                         if (lp[i] > lp[best]) best = i;
@@ -440,9 +464,11 @@ static tl_session *factory(void *ctx, int n_ctx, int n_threads, tl_error *err) {
     return tl_session_new_with_policies(f->m, n_ctx, n_threads, f->chunk > 0 ? f->chunk : n_ctx, f->plan->layers, err);
 }
 
+/* scores (may be NULL) receives each sample's score, n_kinds x n_depths x samples in that order
+ * (the same samples for every configuration of a sweep: seeds depend on the indices only). */
 static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *c, const tl_pareto_run_params *p,
                        const tl_task_kind *kinds, int n_kinds, const double *depths, int n_depths, int samples,
-                       double *score, int *n_out, double *tps, tl_error *err) {
+                       double *score, int *n_out, double *tps, double *scores, tl_error *err) {
     tl_haystack hay = {0};
     const int n = n_kinds * n_depths * samples;
     tl_task_sample *ts = tl_xcalloc((size_t)n, sizeof *ts);
@@ -469,7 +495,10 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
     double sum = 0;
     int64_t toks = 0;
     for (k = 0; k < n; k++) {
-        sum += tl_score(ts[k].metric, jobs[k].output ? jobs[k].output : "", (const char *const *)ts[k].refs, ts[k].n_refs);
+        const double sk = tl_score(ts[k].metric, jobs[k].output ? jobs[k].output : "", (const char *const *)ts[k].refs,
+                                   ts[k].n_refs);
+        sum += sk;
+        if (scores) scores[k] = sk;
         toks += ts[k].prompt.n;
     }
     *score = sum / n;
@@ -528,14 +557,23 @@ int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *
         if (!strcmp(t, "ppl")) {
             ppl_out o;
             trc = run_ppl(m, &plan, c, p, &o, &terr);
+            if (trc) ppl_out_free(&o);
             if (!trc) {
                 value = exp(o.nll / (double)o.n);
                 n = o.n;
                 cJSON_AddNumberToObject(x, "ppl", value);
                 if (p->kl_base && !p->write_base) {
+                    /* against the baseline, paired over the same tokens (docs/accuracy.md, Intervals) */
+                    const tl_interval ratio = tl_ppl_ratio_interval(o.tok_base_nll, o.tok_nll, o.n);
+                    const tl_interval kld = tl_block_mean(o.tok_kl, o.n, TL_STATS_BLOCK);
+                    const tl_interval top1 = tl_wilson((int64_t)llround(o.top1), o.n);
                     cJSON_AddNumberToObject(x, "kld", o.kl / (double)o.n);
                     cJSON_AddNumberToObject(x, "same_top1", o.top1 / (double)o.n);
+                    cJSON_AddItemToObject(x, "ppl_ratio_ci", interval_json(ratio));
+                    cJSON_AddItemToObject(x, "kld_ci", interval_json(kld));
+                    cJSON_AddItemToObject(x, "same_top1_ci", interval_json(top1));
                 }
+                ppl_out_free(&o);
                 cJSON_AddItemToObject(x, "mem", mem_json(&o.measured));
                 cJSON_AddNumberToObject(x, "rss_peak", (double)o.rss);
                 cJSON *sp = cJSON_AddObjectToObject(x, "speed");
@@ -584,16 +622,24 @@ int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *
             }
             double tps = 0, score = 0;
             int cnt = 0;
+            double *scores = tl_xcalloc((size_t)TL_MAX(1, nk) * (size_t)TL_MAX(1, depths ? nd : 1) * (size_t)samples,
+                                        sizeof(double));
             if (!nk) trc = tl_fail(&terr, "unknown task '%s' (ppl, niah, ruler or a RULER task name)", t);
             else if (depths && nd <= 0) trc = tl_fail(&terr, "niah: no depths");
-            else trc = run_samples(m, &plan, c, p, kinds, nk, depths, depths ? nd : 1, samples, &score, &cnt, &tps, &terr);
+            else
+                trc = run_samples(m, &plan, c, p, kinds, nk, depths, depths ? nd : 1, samples, &score, &cnt, &tps, scores,
+                                  &terr);
             if (!trc) {
                 value = score;
                 n = cnt;
+                /* every sample's score: the report pairs them with the baseline's (same seeds) */
+                cJSON_AddItemToObject(x, "samples", cJSON_CreateDoubleArray(scores, cnt));
+                cJSON_AddItemToObject(x, "score_ci", interval_json(tl_score_interval(scores, cnt)));
                 cJSON *sp = cJSON_AddObjectToObject(x, "speed");
                 cJSON_AddNumberToObject(sp, "prompt_tps", tps);
                 cJSON_AddNumberToObject(x, "rss_peak", (double)peak_rss_bytes());
             }
+            free(scores);
         }
         secs = tl_time_s() - t0;
         if (trc) {
