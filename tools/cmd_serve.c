@@ -12,7 +12,7 @@ static void help(void) {
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N]\n"
            "       [--api-key KEY | --api-key-file FILE] [--max-body BYTES] [--timeout S]\n"
-           "       [--max-connections N] [--chat-template chatml|gemma|llama3] [--alias NAME]\n"
+           "       [--max-connections N] [--chat-template chatml|gemma|llama3] [--chat-parse-special] [--alias NAME]\n"
            "       [-n MAX_TOKENS] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
            "       [--verbose]\n"
            "  Binds 127.0.0.1:8080 by default (--port 0: any free port, printed at start).\n"
@@ -20,6 +20,8 @@ static void help(void) {
            "  and max(1, THREADS / P) threads; up to Q more requests wait, beyond that 429.\n"
            "  Sampling flags and -n are the defaults for fields a request leaves out (as tailor generate).\n"
            "  --api-key (or $TAILOR_API_KEY): every endpoint but /health needs 'Authorization: Bearer KEY'.\n"
+           "  Chat messages are tokenized as plain text: only the template's own markers are control tokens;\n"
+           "  --chat-parse-special lets message content write control tokens (trusted clients only).\n"
            "  Endpoints: POST /v1/completions /v1/chat/completions /tokenize /detokenize,\n"
            "             GET /v1/models /health /metrics. See docs/server.md.\n");
 }
@@ -71,6 +73,8 @@ int tl_cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--chat-template")) {
             VAL();
             sp.chat_template = v;
+        } else if (!strcmp(a, "--chat-parse-special")) {
+            sp.chat_parse_special = true;
         } else if (!strcmp(a, "--alias")) {
             VAL();
             sp.model_id = v;

@@ -34,8 +34,11 @@ tl_chat_kind tl_chat_by_name(const char *name);
 /* Template from the text of tokenizer.chat_template (NULL -> TL_CHAT_NONE). */
 tl_chat_kind tl_chat_detect(const char *jinja);
 const char *tl_chat_name(tl_chat_kind k);
-/* Render messages plus the assistant generation prompt; malloc'd, or NULL with err. */
-char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_error *err);
+/* Render messages plus the assistant generation prompt; malloc'd, or NULL with err. *markers
+ * (malloc'd, sorted) gets the byte ranges of the template's own markers, the only places where
+ * control tokens are to be recognised (tl_tok_opts.special_spans). */
+char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_span **markers, size_t *n_markers,
+                     tl_error *err);
 
 /* ---------------- sched.c ---------------- */
 typedef enum { TL_JOB_QUEUED, TL_JOB_RUNNING, TL_JOB_DONE } tl_job_state;

@@ -126,17 +126,18 @@ static cJSON *parse_body(const char *body, size_t len, tl_reply *r) {
     return root;
 }
 
-static int32_t *tokenize(const tl_model *m, const char *text, size_t len, bool add_special, bool parse_special,
-                         size_t *n, tl_error *err) {
+static int32_t *tokenize(const tl_model *m, const char *text, size_t len, const tl_tok_opts *o, size_t *n,
+                         tl_error *err) {
     size_t cap = len + 16, need = 0;
+    if (o->max_tokens) cap = TL_MIN(cap, o->max_tokens + 1);
     int32_t *ids = tl_xmalloc(sizeof(int32_t) * cap);
-    if (tl_tokenize(m->tok, text, len, add_special, parse_special, ids, cap, &need, err)) {
+    if (tl_tokenize_opts(m->tok, text, len, o, ids, cap, &need, err)) {
         free(ids);
         return NULL;
     }
     if (need > cap) {
         ids = tl_xrealloc(ids, sizeof(int32_t) * need);
-        if (tl_tokenize(m->tok, text, len, add_special, parse_special, ids, need, &need, err)) {
+        if (tl_tokenize_opts(m->tok, text, len, o, ids, need, &need, err)) {
             free(ids);
             return NULL;
         }
@@ -218,12 +219,15 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
     return 0;
 }
 
-/* Prompt text -> ids with tailor generate's rule (BOS when the vocab adds one, special tokens
- * parsed), and the context checks. Returns 0 or -1 (reply set). */
-static int set_prompt_text(tl_server *srv, tl_job *j, const char *text, size_t len, const char *param, tl_reply *r) {
+/* Prompt text -> ids: BOS when the vocab adds one; control tokens recognised everywhere
+ * (parse_all: tailor generate's rule for a raw prompt) or only inside the spans (a chat
+ * template's markers). Returns 0 or -1 (reply set). */
+static int set_prompt_text(tl_server *srv, tl_job *j, const char *text, size_t len, bool parse_all,
+                           const tl_span *spans, size_t n_spans, const char *param, tl_reply *r) {
     tl_error err = {{0}};
     size_t n = 0;
-    int32_t *ids = tokenize(srv->model, text, len, true, true, &n, &err);
+    tl_tok_opts o = {.add_special = true, .parse_special = parse_all, .special_spans = spans, .n_special_spans = n_spans};
+    int32_t *ids = tokenize(srv->model, text, len, &o, &n, &err);
     if (!ids) return bad(r, param, "%s: %s", param, err.msg), -1;
     j->prompt = ids;
     j->n_prompt = (int)n;
@@ -492,7 +496,7 @@ static void h_completions(tl_server *srv, const tl_conn *conn, const char *body,
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
         p = cJSON_GetArrayItem(p, 0); /* ["text"]: one prompt in a list */
     if (cJSON_IsString(p)) {
-        if (set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), "prompt", r)) goto done;
+        if (set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), true, NULL, 0, "prompt", r)) goto done;
     } else if (cJSON_IsArray(p)) { /* token ids */
         int n = cJSON_GetArraySize(p), V = srv->model->cfg.n_vocab, k = 0;
         j->prompt = tl_xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
@@ -529,6 +533,8 @@ static void h_chat(tl_server *srv, const tl_conn *conn, const char *body, size_t
     char **owned = NULL;
     int n = 0, n_owned = 0;
     char *text = NULL;
+    tl_span *marks = NULL;
+    size_t n_marks = 0;
     gen_opts o;
     const cJSON *ms = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!ms || cJSON_IsNull(ms)) {
@@ -608,11 +614,14 @@ static void h_chat(tl_server *srv, const tl_conn *conn, const char *body, size_t
         n++;
     }
     tl_error err = {{0}};
-    if (!(text = tl_chat_render(srv->chat, msgs, n, &err))) {
+    if (!(text = tl_chat_render(srv->chat, msgs, n, &marks, &n_marks, &err))) {
         bad(r, "messages", "%s", err.msg);
         goto done;
     }
-    if (set_prompt_text(srv, j, text, strlen(text), "messages", r)) goto done;
+    /* the template's markers are control tokens; message content is text unless the server
+     * trusts its clients to write control tokens (--chat-parse-special) */
+    if (set_prompt_text(srv, j, text, strlen(text), srv->p.chat_parse_special, marks, n_marks, "messages", r))
+        goto done;
     if (check_prompt_fits(srv, j, r)) goto done;
     if (parse_gen_fields(srv, root, true, j, &o, r)) goto done;
     run_generation(srv, conn, j, true, &o, r);
@@ -621,6 +630,7 @@ done:
     free(owned);
     free(msgs);
     free(text);
+    free(marks);
     cJSON_Delete(root);
     tl_job_unref(j);
 }
@@ -638,7 +648,8 @@ static void h_tokenize(tl_server *srv, const char *body, size_t len, tl_reply *r
     }
     tl_error err = {{0}};
     size_t n = 0;
-    int32_t *ids = tokenize(srv->model, content, strlen(content), add_special, parse_special, &n, &err);
+    tl_tok_opts o = {.add_special = add_special, .parse_special = parse_special};
+    int32_t *ids = tokenize(srv->model, content, strlen(content), &o, &n, &err);
     if (!ids) {
         bad(r, "content", "content: %s", err.msg);
         cJSON_Delete(root);

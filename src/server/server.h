@@ -36,6 +36,8 @@ typedef struct {
     int timeout_s;             /* idle connection timeout, also the whole-body upload deadline */
     int max_connections;       /* open connections (each one a thread); 0 = 4 * (P + queue) + 16 */
     const char *chat_template; /* NULL = detect from GGUF; "chatml", "gemma", "llama3" force one */
+    bool chat_parse_special;   /* control tokens in message content count as such (off: plain text,
+                                  so a user cannot forge template markers such as <|im_start|>) */
     const char *model_id;      /* id shown by /v1/models; NULL = file name */
     tl_sampler_params sampling; /* defaults for fields a request leaves out */
     int default_max_tokens;    /* when a request has no max_tokens; -1 = until EOG / context */
