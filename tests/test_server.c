@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -87,6 +88,43 @@ static bool server_start(server *s, const char *model, const char *const *extra)
     kill(s->pid, SIGKILL);
     waitpid(s->pid, NULL, 0);
     return false;
+}
+
+/* `tailor serve -m model --host 127.0.0.1 --port 0 <args>` with $TAILOR_API_KEY set to env_key
+ * (NULL: unset) must refuse to start: exit status 2 within 30 s, never listening, its message
+ * holding `msg`. */
+static bool serve_refuses(const char *model, const char *const *args, const char *env_key, const char *msg) {
+    const char *bin = getenv("TL_BIN");
+    if (!bin) bin = "./tailor";
+    char log[128];
+    snprintf(log, sizeof log, "/tmp/tl_test_server_refuse_%d.log", (int)getpid());
+    const char *argv[32] = {bin, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0"};
+    int n = 8;
+    for (int i = 0; args[i] && n < 31; i++) argv[n++] = args[i];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (env_key) setenv("TAILOR_API_KEY", env_key, 1);
+        FILE *f = freopen(log, "w", stderr);
+        (void)f;
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    bool exited = false;
+    for (double t0 = now_s(); now_s() - t0 < 30 && !exited; usleep(20000)) exited = waitpid(pid, &st, WNOHANG) == pid;
+    if (!exited) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+    }
+    char *txt = tl_test_read_file(log, NULL);
+    bool ok = exited && WIFEXITED(st) && WEXITSTATUS(st) == 2 && txt && strstr(txt, msg) && !strstr(txt, "listening on");
+    if (!ok) fprintf(stderr, "serve %s %s: %s (status %d): %s\n", args[0], args[1] ? args[1] : "",
+                     exited ? "exited" : "still running", st, txt ? txt : "(no log)");
+    free(txt);
+    unlink(log);
+    return ok;
 }
 
 /* SIGTERM, wait up to 10 s (SIGKILL after); returns the exit status (-1 if killed). */
@@ -487,6 +525,49 @@ static void test_chat_forging_units(void) {
     tl_tokenizer_free(t);
 }
 
+/* ---------------- API keys: a key that is given never means "open" ---------------- */
+
+static void test_api_key_config(const char *model) {
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/tl_test_server_key_%d", (int)getpid());
+    const char *file_args[] = {"--api-key-file", path, NULL};
+    const char *contents[] = {"", " \n\t\r\n"};
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(path, "w");
+        fputs(contents[i], f);
+        fclose(f);
+        CHECKF(serve_refuses(model, file_args, NULL, "--api-key-file"), "key file of %zu whitespace bytes",
+               strlen(contents[i]));
+    }
+    const char *empty[] = {"--api-key", "", NULL};
+    CHECK(serve_refuses(model, empty, NULL, "--api-key: the key is empty"));
+    const char *spaced[] = {"--api-key", "two words", NULL};
+    CHECK(serve_refuses(model, spaced, NULL, "space or control character"));
+    const char *none[] = {NULL};
+    CHECK(serve_refuses(model, none, "", "$TAILOR_API_KEY: the key is empty"));
+    const char *both[] = {"--api-key", "k1", "--api-key-file", path, NULL};
+    CHECK(serve_refuses(model, both, NULL, "give one of them"));
+
+    /* a key file with a key (whitespace around it is not part of it) */
+    FILE *f = fopen(path, "w");
+    fputs("  file-key-7\n", f);
+    fclose(f);
+    server s;
+    if (!server_start(&s, model, file_args)) {
+        CHECK(!"server started");
+        unlink(path);
+        return;
+    }
+    resp r = http(s.port, "GET", "/v1/models", NULL, NULL);
+    CHECK(r.status == 401);
+    resp_free(&r);
+    r = http(s.port, "GET", "/v1/models", "Authorization: Bearer file-key-7\r\n", NULL);
+    CHECK(r.status == 200);
+    resp_free(&r);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+    unlink(path);
+}
+
 /* ---------------- the main server: stories260K ---------------- */
 
 typedef struct {
@@ -518,6 +599,18 @@ static void test_stories(const char *model) {
     }
     int port = s.port;
     char buf[128], fin[32];
+
+    /* --api-key is blanked in the process list once read */
+    {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/cmdline", (int)s.pid);
+        size_t n = 0;
+        int fd = open(path, O_RDONLY);
+        char *cmd = fd >= 0 ? read_to_eof(fd, &n) : NULL;
+        if (fd >= 0) close(fd);
+        CHECKF(cmd && n > 0 && !memmem(cmd, n, KEY, strlen(KEY)), "the key is in %s", path);
+        free(cmd);
+    }
 
     /* health without auth; everything else needs the key */
     resp r = http(port, "GET", "/health", NULL, NULL);
@@ -936,10 +1029,14 @@ static void test_chat_forging_live(const char *model, const char *tmpl, const ch
 
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
+    unsetenv("TAILOR_API_KEY"); /* servers here get their keys from flags */
     test_units();
     test_chat_forging_units();
     const char *stories = tl_test_shared("models/stories260K.gguf");
-    if (tl_test_have(stories)) test_stories(stories);
+    if (tl_test_have(stories)) {
+        test_api_key_config(stories);
+        test_stories(stories);
+    }
     const char *m31 = tl_test_shared("models/tailor-test-31m.gguf");
     if (tl_test_have(m31)) test_busy(m31);
     const char *smol = tl_test_models("SmolLM2-135M-Instruct.Q4_1.gguf");

@@ -11,7 +11,7 @@
 static void help(void) {
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N]\n"
-           "       [--api-key KEY | --api-key-file FILE] [--max-body BYTES] [--timeout S]\n"
+           "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S]\n"
            "       [--max-connections N] [--chat-template chatml|gemma|llama3] [--chat-parse-special] [--alias NAME]\n"
            "       [-n MAX_TOKENS] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
            "       [--verbose]\n"
@@ -19,11 +19,53 @@ static void help(void) {
            "  P slots generate at once, each with its own KV cache of -c tokens under the --kv policy\n"
            "  and max(1, THREADS / P) threads; up to Q more requests wait, beyond that 429.\n"
            "  Sampling flags and -n are the defaults for fields a request leaves out (as tailor generate).\n"
-           "  --api-key (or $TAILOR_API_KEY): every endpoint but /health needs 'Authorization: Bearer KEY'.\n"
+           "  --api-key-file FILE (or $TAILOR_API_KEY, or --api-key KEY, which other users see in ps until it\n"
+           "  is blanked): every endpoint but /health needs 'Authorization: Bearer KEY'. A key that is given\n"
+           "  but empty (or only whitespace) stops the server instead of leaving it open.\n"
            "  Chat messages are tokenized as plain text: only the template's own markers are control tokens;\n"
            "  --chat-parse-special lets message content write control tokens (trusted clients only).\n"
            "  Endpoints: POST /v1/completions /v1/chat/completions /tokenize /detokenize,\n"
            "             GET /v1/models /health /metrics. See docs/server.md.\n");
+}
+
+/* The API key from --api-key, --api-key-file (surrounding whitespace trimmed) or
+ * $TAILOR_API_KEY, in that order; *key stays NULL when none is given. A key that is given
+ * but unusable (empty, whitespace only, spaces or control characters inside) stops the
+ * server: it must never start open by mistake. Returns 0, or -1 after printing why. */
+static int read_api_key(const char *arg, const char *file, char **key) {
+    *key = NULL;
+    tl_error err = {{0}};
+    const char *from = "--api-key";
+    if (arg && file) {
+        fprintf(stderr, "tailor serve: --api-key and --api-key-file: give one of them\n");
+        return -1;
+    }
+    if (arg) {
+        fprintf(stderr, "tailor serve: warning: --api-key shows the key to every user of this machine (ps, "
+                        "/proc/PID/cmdline) until it is blanked at start; prefer --api-key-file FILE or $TAILOR_API_KEY\n");
+        *key = tl_xstrdup(arg);
+    } else if (file) {
+        size_t n = 0;
+        from = "--api-key-file";
+        if (!(*key = tl_cli_read_file(file, &n, &err))) {
+            fprintf(stderr, "tailor serve: --api-key-file: %s\n", err.msg);
+            return -1;
+        }
+        size_t a = 0;
+        while (n && strchr("\r\n \t", (*key)[n - 1])) (*key)[--n] = 0;
+        while (a < n && strchr("\r\n \t", (*key)[a])) a++;
+        memmove(*key, *key + a, n - a + 1);
+    } else if (getenv("TAILOR_API_KEY")) {
+        from = "$TAILOR_API_KEY";
+        *key = tl_xstrdup(getenv("TAILOR_API_KEY"));
+    }
+    if (tl_server_check_api_key(*key, &err)) {
+        fprintf(stderr, "tailor serve: %s%s%s: %s\n", from, file ? " " : "", file ? file : "", err.msg);
+        free(*key);
+        *key = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 int tl_cmd_serve(int argc, char **argv) {
@@ -31,6 +73,7 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_cli_common_init(&c);
     tl_server_params sp = tl_server_default_params();
     const char *key_file = NULL;
+    char *key_arg = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int r = tl_cli_common_arg(&c, argc, argv, &i);
@@ -55,7 +98,7 @@ int tl_cmd_serve(int argc, char **argv) {
             if (tl_cli_int(a, v, 0, 1 << 16, &sp.n_queue)) return 2;
         } else if (!strcmp(a, "--api-key")) {
             VAL();
-            sp.api_key = v;
+            key_arg = argv[i]; /* copied and blanked once the flags are read */
         } else if (!strcmp(a, "--api-key-file")) {
             VAL();
             key_file = v;
@@ -96,17 +139,10 @@ int tl_cmd_serve(int argc, char **argv) {
     }
     tl_error err = {{0}};
     char *key_buf = NULL;
-    if (key_file) {
-        size_t n = 0;
-        if (!(key_buf = tl_cli_read_file(key_file, &n, &err))) {
-            fprintf(stderr, "tailor serve: --api-key-file: %s\n", err.msg);
-            return 2;
-        }
-        while (n && strchr("\r\n \t", key_buf[n - 1])) key_buf[--n] = 0;
-        sp.api_key = key_buf;
-    } else if (!sp.api_key && getenv("TAILOR_API_KEY")) {
-        sp.api_key = getenv("TAILOR_API_KEY");
-    }
+    int key_rc = read_api_key(key_arg, key_file, &key_buf);
+    if (key_arg) memset(key_arg, 'x', strlen(key_arg)); /* so ps shows the key no longer */
+    if (key_rc) return 2;
+    sp.api_key = key_buf;
     sp.n_ctx = c.n_ctx;
     sp.n_threads = c.n_threads;
     sp.chunk = c.chunk;

@@ -21,6 +21,16 @@ tl_server_params tl_server_default_params(void) {
     return p;
 }
 
+int tl_server_check_api_key(const char *key, tl_error *err) {
+    if (!key) return 0;
+    if (!*key) return tl_fail(err, "the key is empty; a server that is given a key must not run without one");
+    for (const unsigned char *c = (const unsigned char *)key; *c; c++)
+        if (*c <= ' ' || *c == 0x7f)
+            return tl_fail(err, "the key has a space or control character at byte %zu (it must be one HTTP token)",
+                           (size_t)((const char *)c - key));
+    return 0;
+}
+
 static void free_server(tl_server *s) {
     if (!s) return;
     if (s->sched) tl_sched_shutdown(s->sched); /* waiting connections see their jobs end */
@@ -46,13 +56,17 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
         tl_fail(err, "--port %d: must be in [0, 65535]", p->port);
         return NULL;
     }
+    if (tl_server_check_api_key(p->api_key, err)) {
+        tl_fail_prefix(err, "API key");
+        return NULL;
+    }
     tl_server *s = tl_xcalloc(1, sizeof *s);
     s->model = m;
     s->p = *p;
     s->t_start = (double)time(NULL);
     s->host = tl_xstrdup(p->host ? p->host : "127.0.0.1");
     s->p.host = s->host;
-    s->api_key = p->api_key && *p->api_key ? tl_xstrdup(p->api_key) : NULL;
+    s->api_key = p->api_key ? tl_xstrdup(p->api_key) : NULL;
     s->p.api_key = s->api_key;
     if (!s->p.max_body) s->p.max_body = 2u << 20;
     if (p->model_id) {

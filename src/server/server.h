@@ -31,7 +31,7 @@ typedef struct {
     int chunk;                 /* prefill chunk (0 = default) */
     const char *kv;            /* KV policy of every slot (NULL = f16) */
     const char *kv_layer;      /* per-layer overrides */
-    const char *api_key;       /* NULL/"" = no auth */
+    const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
     size_t max_body;           /* request bytes (413 above) */
     int timeout_s;             /* idle connection timeout, also the whole-body upload deadline */
     int max_connections;       /* open connections (each one a thread); 0 = 4 * (P + queue) + 16 */
@@ -45,6 +45,11 @@ typedef struct {
 } tl_server_params;
 
 tl_server_params tl_server_default_params(void);
+
+/* A key that is set must be usable: not empty (an empty key must never mean "no auth") and
+ * without spaces or control characters (it travels in an HTTP header and is compared
+ * exactly). NULL is fine: no auth. Returns 0, or -1 with err saying what is wrong. */
+int tl_server_check_api_key(const char *key, tl_error *err);
 
 /* Loads nothing: the model stays the caller's and must outlive the server. Creates the slots
  * (sessions, threads) and starts listening. Returns NULL with err on failure. */
