@@ -737,6 +737,12 @@ static void test_stories(const char *model) {
         {"POST", "/detokenize", "{\"tokens\": [1, -1]}", 400, NULL},
         {"POST", "/detokenize", "{\"tokens\": \"1\"}", 400, NULL},
         {"POST", "/tokenize", "{\"content\": 5}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 2}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 0}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"echo\": true}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"presence_penalty\": 0.5}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"ab\\u0000cd\"}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"ab\", \"stop\": [\"\\u0000\"]}", 400, NULL},
         {"GET", "/v1/completions", NULL, 405, "method_not_allowed"},
         {"POST", "/v1/models", "{}", 405, "method_not_allowed"},
         {"GET", "/v1/nothing", NULL, 404, "not_found"},
@@ -749,6 +755,37 @@ static void test_stories(const char *model) {
                r.body ? r.body : "");
         resp_free(&r);
     }
+    /* fields tailor does not implement are refused by name, not ignored; neutral values pass */
+    r = post(port, "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2, \"logprobs\": 3}");
+    CHECKF(r.status == 400 && strstr(r.body, "\"param\":\"logprobs\"") && strstr(r.body, "'logprobs'"), "%s", r.body);
+    resp_free(&r);
+    r = post(port, "/v1/completions",
+             "{\"prompt\": \"x\", \"max_tokens\": 2, \"logprobs\": null, \"echo\": false, \"best_of\": 1, "
+             "\"presence_penalty\": 0, \"logit_bias\": {}, \"response_format\": {\"type\": \"text\"}}");
+    CHECKF(r.status == 200, "neutral values -> %d %s", r.status, r.body);
+    resp_free(&r);
+    /* \u0000 would cut the string short: refused, naming where; an escaped backslash before
+     * "u0000" is just text */
+    r = post(port, "/v1/completions", "{\"prompt\": \"Once\\u0000 upon\", \"max_tokens\": 2}");
+    CHECKF(r.status == 400 && strstr(r.body, "NUL") && strstr(r.body, "byte 16"), "%d %s", r.status, r.body);
+    resp_free(&r);
+    r = post(port, "/v1/completions", "{\"prompt\": \"Once\\\\u0000 upon\", \"max_tokens\": 2}");
+    CHECKF(r.status == 200, "%d %s", r.status, r.body);
+    resp_free(&r);
+    /* 405 names the methods allowed; HEAD works wherever GET does */
+    r = http(port, "GET", "/v1/completions", AUTH, NULL);
+    CHECK(r.status == 405 && strcasestr(r.raw, "\r\nAllow: POST\r\n"));
+    resp_free(&r);
+    r = http(port, "POST", "/health", AUTH, "{}");
+    CHECK(r.status == 405 && strcasestr(r.raw, "\r\nAllow: GET, HEAD\r\n"));
+    resp_free(&r);
+    r = http(port, "HEAD", "/health", NULL, NULL);
+    CHECKF(r.status == 200 && r.body_len == 0 && strcasestr(r.raw, "Content-Type: application/json"), "HEAD -> %d",
+           r.status);
+    resp_free(&r);
+    r = http(port, "HEAD", "/v1/models", AUTH, NULL);
+    CHECK(r.status == 200 && r.body_len == 0);
+    resp_free(&r);
     /* a prompt longer than the context */
     {
         size_t cap = 600 * 5 + 64, o = 0;
@@ -858,6 +895,62 @@ static void test_stories(const char *model) {
     CHECK(metric(port, "tailor_generation_tokens_total") >= 24 * 2 + 64 * 8);
     CHECK(metric(port, "tailor_slots_total") == 2);
     CHECKF(server_stop(&s) == 0, "server exit status");
+}
+
+/* ---------------- the model file changes under a running server ---------------- */
+
+static bool copy_file(const char *from, const char *to, size_t max) {
+    size_t n = 0;
+    char *b = tl_test_read_file(from, &n);
+    FILE *f = b ? fopen(to, "wb") : NULL;
+    bool ok = f && fwrite(b, 1, TL_MIN(n, max), f) == TL_MIN(n, max);
+    if (f) ok &= fclose(f) == 0;
+    free(b);
+    return ok;
+}
+
+/* Overwriting the mapped file in place (cp over it, a truncating download) used to kill the
+ * server with SIGBUS at the next request; replacing it by rename left it serving the old one
+ * silently. Now both are seen before a request is admitted: 503 model_changed, and the server
+ * stays up and exits cleanly. */
+static void test_model_change(const char *model) {
+    for (int how = 0; how < 2; how++) {
+        char path[128], tmp[160];
+        snprintf(path, sizeof path, "/tmp/tl_test_server_model_%d.gguf", (int)getpid());
+        snprintf(tmp, sizeof tmp, "%s.new", path);
+        if (!copy_file(model, path, SIZE_MAX)) {
+            CHECK(!"model copied");
+            return;
+        }
+        server s;
+        const char *args[] = {"-t", "1", "-c", "256", NULL};
+        if (!server_start(&s, path, args)) {
+            CHECK(!"server started");
+            unlink(path);
+            return;
+        }
+        const char *req = "{\"prompt\":\"Once upon a time\",\"max_tokens\":8,\"temperature\":0}";
+        resp r = http(s.port, "POST", "/v1/completions", NULL, req);
+        CHECK(r.status == 200);
+        resp_free(&r);
+        usleep(20000); /* a distinct modification time on coarse clocks */
+        if (how == 0) {
+            CHECK(copy_file(model, path, 4096)); /* in place: same inode, truncated */
+        } else {
+            CHECK(copy_file(model, tmp, SIZE_MAX) && rename(tmp, path) == 0); /* replaced */
+        }
+        char buf[64];
+        r = http(s.port, "POST", "/v1/completions", NULL, req);
+        CHECKF(r.status == 503 && !strcmp(err_code(&r, buf, sizeof buf), "model_changed") &&
+                   strstr(r.body, how == 0 ? "size" : "replaced"),
+               "after the model file changed (%s): %d %s", how ? "renamed" : "in place", r.status, r.body ? r.body : "");
+        resp_free(&r);
+        r = http(s.port, "GET", "/health", NULL, NULL);
+        CHECK(r.status == 503 && strstr(r.body, "restart"));
+        resp_free(&r);
+        CHECKF(server_stop(&s) == 0, "server exit status");
+        unlink(path);
+    }
 }
 
 /* ---------------- one slot, no queue: 429, disconnects (tailor-test-31m: slow enough) ---------------- */
@@ -970,6 +1063,15 @@ static void test_chat(const char *model) {
     r = http(port, "POST", "/v1/chat/completions", NULL, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}");
     CHECK(r.status == 400 && has_error_object(&r));
     resp_free(&r);
+    /* chat's logprobs (a boolean) and top_logprobs: refused by name when asked for */
+    snprintf(b, sizeof b, body, ",\"logprobs\":true,\"top_logprobs\":2");
+    r = http(port, "POST", "/v1/chat/completions", NULL, b);
+    CHECKF(r.status == 400 && strstr(r.body, "\"param\":\"logprobs\""), "%d %s", r.status, r.body);
+    resp_free(&r);
+    snprintf(b, sizeof b, body, ",\"logprobs\":false,\"top_logprobs\":0");
+    r = http(port, "POST", "/v1/chat/completions", NULL, b);
+    CHECK(r.status == 200);
+    resp_free(&r);
     free(txt);
     free(ref);
     CHECKF(server_stop(&s) == 0, "server exit status");
@@ -1036,6 +1138,7 @@ int main(void) {
     if (tl_test_have(stories)) {
         test_api_key_config(stories);
         test_stories(stories);
+        test_model_change(stories);
     }
     const char *m31 = tl_test_shared("models/tailor-test-31m.gguf");
     if (tl_test_have(m31)) test_busy(m31);

@@ -54,6 +54,7 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, req_ctx *rq, tl_repl
     r->body = NULL; /* the response owns it now */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type ? r->content_type : "application/json");
     if (r->status == 401) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (r->allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     if (r->status == 429) MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     rq->status = r->status;
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, resp);

@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
 
 /* ---------------- util.c ---------------- */
 /* Length of the longest valid UTF-8 prefix of s[0..n). */
@@ -136,7 +137,17 @@ struct tl_server {
     atomic_uint_fast64_t next_id;
     uint64_t id_salt;
     double t_start;
+    /* the model file as it was at start (see tl_server_model_changed) */
+    char *model_path;
+    struct stat model_st;
+    pthread_mutex_t model_mu;
+    char model_why[512]; /* set once a change is seen (under model_mu) */
 };
+
+/* Has the mapped model file changed on disk since the start (size, modification time, inode,
+ * or gone)? Overwriting it in place takes pages from under the mapping: the next read of one
+ * kills the process with SIGBUS. Once a change is seen it stays seen; why gets the reason. */
+bool tl_server_model_changed(tl_server *s, char *why, size_t n);
 
 /* What a handler answers: a whole body, or an SSE stream fed by a job. */
 typedef struct tl_stream tl_stream;
@@ -144,6 +155,7 @@ typedef struct {
     int status;
     char *body; /* malloc'd */
     const char *content_type;
+    const char *allow; /* the Allow header of a 405 */
     tl_stream *stream;
 } tl_reply;
 

@@ -20,6 +20,7 @@ void tl_reply_error(tl_reply *r, int status, const char *message, const char *ty
     r->status = status;
     r->body = tl_error_json(message, type, param, code);
     r->content_type = "application/json";
+    r->allow = NULL;
     r->stream = NULL;
 }
 
@@ -102,6 +103,21 @@ static const char *get_str(const cJSON *o, const char *k, bool required, tl_repl
     return v->valuestring;
 }
 
+/* Byte offset of the first \u0000 escape inside a string of a valid JSON text, or -1. cJSON's
+ * strings end at their first NUL, so such a string would be cut there without a word. */
+static long nul_escape_at(const char *s, size_t n) {
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            in_str = !in_str;
+        } else if (in_str && s[i] == '\\') {
+            if (i + 5 < n && s[i + 1] == 'u' && !memcmp(s + i + 2, "0000", 4)) return (long)i;
+            i++; /* the escaped character: \" does not end the string, \\ is one backslash */
+        }
+    }
+    return -1;
+}
+
 /* Body -> JSON object, or NULL with a 400 in r. */
 static cJSON *parse_body(const char *body, size_t len, tl_reply *r) {
     if (len == 0) return bad(r, NULL, "the request body is empty: a JSON object is expected"), NULL;
@@ -122,6 +138,12 @@ static cJSON *parse_body(const char *body, size_t len, tl_reply *r) {
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return bad(r, NULL, "the request body must be a JSON object"), NULL;
+    }
+    long nul = nul_escape_at(body, len);
+    if (nul >= 0) {
+        cJSON_Delete(root);
+        return bad(r, NULL, "the request body has \\u0000 (a NUL character) in a string at byte %ld: NUL is not "
+                            "accepted in any string", nul), NULL;
     }
     return root;
 }
@@ -152,12 +174,48 @@ typedef struct {
     bool stream, include_usage;
 } gen_opts;
 
+/* Fields of OpenAI's API that tailor does not implement. A request that sets one to anything but
+ * its neutral value (null, false, 0 or empty; best_of 1; response_format text) is refused with
+ * 400 naming it, rather than answered as if the field were not there. */
+static const struct {
+    const char *field, *hint;
+} UNSUPPORTED[] = {
+    {"logprobs", "log probabilities are not returned"},
+    {"top_logprobs", "log probabilities are not returned"},
+    {"echo", "the prompt is not echoed"},
+    {"best_of", "one candidate is generated per request"},
+    {"suffix", "insertion (a suffix after the completion) is not supported"},
+    {"logit_bias", "logit biases are not supported"},
+    {"presence_penalty", "use repeat_penalty"},
+    {"frequency_penalty", "use repeat_penalty"},
+    {"tools", "tool calls are not supported"},
+    {"functions", "function calls are not supported"},
+    {"response_format", "only text responses are supported"},
+};
+
+static bool neutral(const char *field, const cJSON *v) {
+    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) return true;
+    if (!strcmp(field, "logprobs")) return false; /* completions' logprobs: 0 still asks for the sampled token's */
+    if (cJSON_IsNumber(v)) return v->valuedouble == (!strcmp(field, "best_of") ? 1 : 0);
+    if (cJSON_IsString(v)) return !*v->valuestring;
+    if (!strcmp(field, "response_format")) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
+        return cJSON_IsString(t) && !strcmp(t->valuestring, "text");
+    }
+    return (cJSON_IsArray(v) || cJSON_IsObject(v)) && !v->child;
+}
+
 /* Sampling, max_tokens, stop, n, stream: shared by completions and chat. Returns 0 or -1. */
 static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job *j, gen_opts *o, tl_reply *r) {
     tl_sampler_params sp = srv->p.sampling;
     double d;
     long long ll;
     int rc;
+    for (size_t i = 0; i < sizeof UNSUPPORTED / sizeof *UNSUPPORTED; i++) {
+        const char *f = UNSUPPORTED[i].field;
+        if (!neutral(f, cJSON_GetObjectItemCaseSensitive(root, f)))
+            return bad(r, f, "'%s' is not supported by this server (%s); leave it out", f, UNSUPPORTED[i].hint), -1;
+    }
     if ((rc = get_num(root, "temperature", 0, 1e4, &d, r)) < 0) return -1;
     if (rc) sp.temp = (float)d;
     if ((rc = get_num(root, "top_p", 0, 1, &d, r)) < 0) return -1;
@@ -747,16 +805,24 @@ void tl_route(tl_server *srv, const tl_conn *conn, tl_endpoint ep, const char *m
     r->status = 500;
     r->body = NULL;
     r->content_type = "application/json";
+    r->allow = NULL;
     r->stream = NULL;
     if (ep == TL_EP_OTHER) {
         tl_reply_error(r, 404, "no such endpoint (see docs/server.md)", "invalid_request_error", NULL, "not_found");
         return;
     }
+    /* GET endpoints answer HEAD too (libmicrohttpd sends the headers without the body) */
     bool post = ep == TL_EP_COMPLETIONS || ep == TL_EP_CHAT || ep == TL_EP_TOKENIZE || ep == TL_EP_DETOKENIZE;
-    if (strcmp(method, post ? "POST" : "GET")) {
+    if (post ? strcmp(method, "POST") : strcmp(method, "GET") && strcmp(method, "HEAD")) {
         char msg[96];
-        snprintf(msg, sizeof msg, "this endpoint takes %s only", post ? "POST" : "GET");
+        snprintf(msg, sizeof msg, "this endpoint takes %s only", post ? "POST" : "GET (or HEAD)");
         tl_reply_error(r, 405, msg, "invalid_request_error", NULL, "method_not_allowed");
+        r->allow = post ? "POST" : "GET, HEAD";
+        return;
+    }
+    char why[512];
+    if (ep != TL_EP_METRICS && tl_server_model_changed(srv, why, sizeof why)) {
+        tl_reply_error(r, 503, why, "server_error", NULL, "model_changed");
         return;
     }
     switch (ep) {

@@ -3,8 +3,10 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -38,6 +40,8 @@ static void free_server(tl_server *s) {
     tl_sched_free(s->sched);
     tl_metrics_free(s->metrics);
     free(s->model_id);
+    free(s->model_path);
+    pthread_mutex_destroy(&s->model_mu);
     free(s->host);
     free(s->api_key);
     free(s);
@@ -76,6 +80,15 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
         s->model_id = tl_xstrdup(base ? base + 1 : model_path ? model_path : "model");
     }
     s->p.model_id = s->model_id;
+    pthread_mutex_init(&s->model_mu, NULL);
+    if (model_path) {
+        s->model_path = tl_xstrdup(model_path);
+        if (stat(model_path, &s->model_st)) {
+            tl_fail(err, "%s: %s", model_path, strerror(errno));
+            free_server(s);
+            return NULL;
+        }
+    }
     s->p.chat_template = NULL; /* not kept: only its kind */
     uint64_t salt = 0;
     if (getrandom(&salt, sizeof salt, 0) != (ssize_t)sizeof salt) salt = (uint64_t)(tl_time_s() * 1e9);
@@ -118,6 +131,33 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
         return NULL;
     }
     return s;
+}
+
+bool tl_server_model_changed(tl_server *s, char *why, size_t n) {
+    if (!s->model_path) return false;
+    pthread_mutex_lock(&s->model_mu);
+    if (!s->model_why[0]) {
+        struct stat st;
+        const struct stat *a = &s->model_st;
+        char what[128] = "";
+        if (stat(s->model_path, &st))
+            snprintf(what, sizeof what, "%s", strerror(errno));
+        else if (st.st_dev != a->st_dev || st.st_ino != a->st_ino)
+            snprintf(what, sizeof what, "replaced by another file");
+        else if (st.st_size != a->st_size)
+            snprintf(what, sizeof what, "size %lld -> %lld bytes", (long long)a->st_size, (long long)st.st_size);
+        else if (st.st_mtim.tv_sec != a->st_mtim.tv_sec || st.st_mtim.tv_nsec != a->st_mtim.tv_nsec)
+            snprintf(what, sizeof what, "modified");
+        if (what[0])
+            snprintf(s->model_why, sizeof s->model_why,
+                     "the model file %s changed on disk after the server started (%s): its mapped weights may be "
+                     "gone, so no more requests are taken; restart the server",
+                     s->model_path, what);
+    }
+    bool changed = s->model_why[0] != 0;
+    if (changed) snprintf(why, n, "%s", s->model_why);
+    pthread_mutex_unlock(&s->model_mu);
+    return changed;
 }
 
 int tl_server_port(const tl_server *s) { return s->port; }
