@@ -897,6 +897,121 @@ static void test_stories(const char *model) {
     CHECKF(server_stop(&s) == 0, "server exit status");
 }
 
+/* ---------------- large prompts: bounded memory, memory given back ---------------- */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1 /* the server is the sanitizer build too: its quarantine holds freed memory */
+#else
+#define UNDER_ASAN 0
+#endif
+
+/* A line of /proc/PID/status ("VmRSS", "VmHWM") in KiB, -1 if missing. */
+static long proc_kib(pid_t pid, const char *field) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long v = -1;
+    size_t fl = strlen(field);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, fl) && line[fl] == ':') v = atol(line + fl + 1);
+    if (f) fclose(f);
+    return v;
+}
+
+typedef struct {
+    int port;
+    const char *path, *body;
+    int status;
+} big_arg;
+
+static void *big_post(void *p) {
+    big_arg *a = p;
+    resp r = http(a->port, "POST", a->path, NULL, a->body);
+    a->status = r.status;
+    resp_free(&r);
+    return NULL;
+}
+
+/* n requests at once; true if every one answered `status`. */
+static bool big_burst(int port, const char *path, const char *body, int n, int status) {
+    big_arg a[16];
+    pthread_t th[16];
+    for (int i = 0; i < n; i++) {
+        a[i] = (big_arg){port, path, body, 0};
+        pthread_create(&th[i], NULL, big_post, &a[i]);
+    }
+    bool ok = true;
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        if (a[i].status != status) fprintf(stderr, "%s: %d, want %d\n", path, a[i].status, status);
+        ok &= a[i].status == status;
+    }
+    return ok;
+}
+
+/* Eight 2 MB prompts at once used to be tokenized in full on their connection threads before the
+ * context check (+62 MB each at the peak: 8 took the RSS up by 500 MB, and it stayed up), and
+ * eight 2 MB lists of token ids cost cJSON 64 MB each. Now the default body limit is what the
+ * context can hold (413 before any upload), a larger text is refused by its byte count before
+ * tokenizing, a body is refused by its number of JSON values before parsing, and big requests
+ * give their memory back. The peak and the RSS after are read from /proc. */
+static void test_prompt_memory(const char *model) {
+    const size_t big = 2u << 20;
+    char *text = malloc(big + 64), *ids = malloc(big + 64), *chat = malloc(big + 128);
+    const char *words = "the cat sat on the mat and then it went away ";
+    size_t o = (size_t)sprintf(text, "{\"prompt\":\""), wl = strlen(words);
+    while (o + wl + 16 < big) memcpy(text + o, words, wl), o += wl;
+    strcpy(text + o, "\",\"max_tokens\":1}");
+    o = (size_t)sprintf(ids, "{\"prompt\":[1");
+    while (o + 16 < big) memcpy(ids + o, ",1", 2), o += 2;
+    strcpy(ids + o, "]}");
+    o = (size_t)sprintf(chat, "{\"messages\":[{\"role\":\"user\",\"content\":\"");
+    while (o + wl + 16 < big) memcpy(chat + o, words, wl), o += wl;
+    strcpy(chat + o, "\"}]}");
+    for (int explicit_limit = 0; explicit_limit < 2; explicit_limit++) {
+        server s;
+        const char *args[] = {"-t", "1", "-c", "512", "--chat-template", "chatml",
+                              explicit_limit ? "--max-body" : NULL, "4194304", NULL};
+        if (!server_start(&s, model, args)) {
+            CHECK(!"server started");
+            break;
+        }
+        resp r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"Once\",\"max_tokens\":4}");
+        CHECK(r.status == 200);
+        resp_free(&r);
+        long rss0 = proc_kib(s.pid, "VmRSS"), hwm0 = proc_kib(s.pid, "VmHWM");
+        /* the default limit answers 413 on the declared length; with a 4 MiB limit the bodies
+         * come in and are refused for the context (text) or their number of values (ids) */
+        int want = explicit_limit ? 400 : 413;
+        CHECK(big_burst(s.port, "/v1/completions", text, 8, want));
+        CHECK(big_burst(s.port, "/v1/completions", ids, 8, want));
+        CHECK(big_burst(s.port, "/v1/chat/completions", chat, 8, want));
+        if (explicit_limit) {
+            r = http(s.port, "POST", "/v1/completions", NULL, text);
+            char buf[64];
+            CHECKF(r.status == 400 && !strcmp(err_code(&r, buf, sizeof buf), "context_length_exceeded") &&
+                       strstr(r.body, "bytes"),
+                   "%d %s", r.status, r.body ? r.body : "");
+            resp_free(&r);
+        }
+        r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"Once\",\"max_tokens\":4}");
+        CHECK(r.status == 200);
+        resp_free(&r);
+        long rss1 = proc_kib(s.pid, "VmRSS"), hwm1 = proc_kib(s.pid, "VmHWM");
+        printf("large prompts (%s limit): RSS %.1f MiB before, peak %.1f, after %.1f\n",
+               explicit_limit ? "4 MiB" : "default", rss0 / 1024.0, hwm1 / 1024.0, rss1 / 1024.0);
+        if (!UNDER_ASAN) {
+            /* 8 bodies of 2 MB and their JSON strings: about 32 MiB at the most */
+            CHECKF(hwm1 - hwm0 < 64 * 1024, "peak RSS grew by %.1f MiB", (hwm1 - hwm0) / 1024.0);
+            CHECKF(rss1 - rss0 < 8 * 1024, "RSS %.1f MiB after, %.1f before", rss1 / 1024.0, rss0 / 1024.0);
+        }
+        CHECKF(server_stop(&s) == 0, "server exit status");
+    }
+    free(text);
+    free(ids);
+    free(chat);
+}
+
 /* ---------------- the model file changes under a running server ---------------- */
 
 static bool copy_file(const char *from, const char *to, size_t max) {
@@ -987,6 +1102,10 @@ static void test_busy(const char *model) {
     resp r = post(port, "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":2}");
     CHECKF(r.status == 429 && !strcmp(err_code(&r, buf, sizeof buf), "queue_full"), "%d", r.status);
     CHECK(strstr(r.raw, "Retry-After"));
+    resp_free(&r);
+    /* tokenizing takes a place like a queued request: with none left, 429 too */
+    r = post(port, "/tokenize", "{\"content\":\"x\"}");
+    CHECKF(r.status == 429 && !strcmp(err_code(&r, buf, sizeof buf), "queue_full"), "tokenize: %d", r.status);
     resp_free(&r);
     /* the client goes away: the slot is free at once */
     close(fd);
@@ -1139,6 +1258,7 @@ int main(void) {
         test_api_key_config(stories);
         test_stories(stories);
         test_model_change(stories);
+        test_prompt_memory(stories);
     }
     const char *m31 = tl_test_shared("models/tailor-test-31m.gguf");
     if (tl_test_have(m31)) test_busy(m31);

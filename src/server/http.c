@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <malloc.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
@@ -20,6 +21,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+
+/* After a request whose body took this many bytes, free memory goes back to the system
+ * (malloc_trim): glibc keeps what the body, its JSON and its tokens took in per-thread arenas,
+ * and a burst of large requests would otherwise leave the RSS at its peak. */
+#define TRIM_AFTER_BODY_BYTES (256u << 10)
 
 typedef struct {
     tl_endpoint ep;
@@ -187,9 +193,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     int status = rq->status;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) status = status ? 499 : 408; /* client gone / timed out */
     tl_metrics_request(srv->metrics, rq->ep, status, tl_time_s() - rq->t0);
+    bool big = rq->len >= TRIM_AFTER_BODY_BYTES;
     free(rq->body);
     free(rq);
     *con_cls = NULL;
+#ifdef __GLIBC__
+    if (big) malloc_trim(0);
+#else
+    (void)big;
+#endif
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {

@@ -89,6 +89,7 @@ typedef struct {
 
 typedef struct {
     int n_slots, n_busy, n_queued, n_queue_cap;
+    int n_reserved; /* requests parsing and tokenizing, holding a place */
     tl_kv_bytes kv;      /* KV bytes held now, summed over slots */
     uint64_t kv_total;
 } tl_sched_stats;
@@ -99,7 +100,13 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
 int tl_sched_n_ctx(const tl_sched *s);
 /* Memory of slot 0 (all slots are alike), for the start-up report. */
 void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out);
-int tl_sched_submit(tl_sched *s, tl_job *j); /* takes its own reference on success */
+/* A place among the P running + Q waiting, taken before a request parses and tokenizes its
+ * body (so that work is bounded like the queue): TL_SUBMIT_OK, _FULL or _STOPPING. It passes to
+ * the job with tl_sched_submit_reserved (which takes its own reference on the job; OK or
+ * STOPPING, never FULL), or is given back with tl_sched_release. */
+int tl_sched_reserve(tl_sched *s);
+int tl_sched_submit_reserved(tl_sched *s, tl_job *j);
+void tl_sched_release(tl_sched *s);
 /* Stop a job now: a queued job leaves the queue, a running one stops at the next token. */
 void tl_sched_cancel(tl_sched *s, tl_job *j);
 void tl_sched_stats_get(tl_sched *s, tl_sched_stats *out);
@@ -164,6 +171,16 @@ typedef struct {
     int fd;
 } tl_conn;
 bool tl_conn_gone(const tl_conn *c);
+
+/* How a generation is answered: stream (SSE) or whole, with a usage chunk when streaming. */
+typedef struct {
+    bool stream, include_usage;
+} tl_gen_opts;
+
+/* A generation request's body (completions, or chat when chat) -> a job ready to queue: fields
+ * read, prompt tokenized and checked against the context. NULL with a 4xx in r otherwise. The
+ * HTTP path and fuzz/fuzz_http.c both come here. */
+tl_job *tl_request_job(tl_server *srv, bool chat, const char *body, size_t len, tl_gen_opts *o, tl_reply *r);
 
 tl_endpoint tl_route_endpoint(const char *url);
 bool tl_route_needs_auth(tl_endpoint ep);

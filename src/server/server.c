@@ -16,7 +16,6 @@ tl_server_params tl_server_default_params(void) {
     p.port = 8080;
     p.n_parallel = 1;
     p.n_queue = 16;
-    p.max_body = 2u << 20;
     p.timeout_s = 30;
     p.sampling = tl_sampler_default_params();
     p.default_max_tokens = 128;
@@ -72,7 +71,6 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
     s->p.host = s->host;
     s->api_key = p->api_key ? tl_xstrdup(p->api_key) : NULL;
     s->p.api_key = s->api_key;
-    if (!s->p.max_body) s->p.max_body = 2u << 20;
     if (p->model_id) {
         s->model_id = tl_xstrdup(p->model_id);
     } else {
@@ -126,6 +124,9 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
         free_server(s);
         return NULL;
     }
+    /* the default body limit: what a prompt that fills the context can take as JSON text */
+    if (!s->p.max_body)
+        s->p.max_body = (size_t)tl_sched_n_ctx(s->sched) * TL_MAX(tl_tok_max_piece(m->tok), 1) + TL_BODY_SLACK;
     if (tl_http_start(s, err)) {
         free_server(s);
         return NULL;

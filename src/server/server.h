@@ -21,6 +21,9 @@
 
 typedef struct tl_server tl_server;
 
+/* The default body limit's room for the JSON around a prompt (other fields, message objects). */
+#define TL_BODY_SLACK (64u << 10)
+
 typedef struct {
     const char *host;          /* numeric address or name to bind; default "127.0.0.1" */
     int port;                  /* 0 = any free port (see tl_server_port) */
@@ -32,7 +35,8 @@ typedef struct {
     const char *kv;            /* KV policy of every slot (NULL = f16) */
     const char *kv_layer;      /* per-layer overrides */
     const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
-    size_t max_body;           /* request bytes (413 above) */
+    size_t max_body;           /* request bytes (413 above); 0 = n_ctx x the longest token's bytes
+                                  + TL_BODY_SLACK: room for any prompt that fits the context */
     int timeout_s;             /* idle connection timeout, also the whole-body upload deadline */
     int max_connections;       /* open connections (each one a thread); 0 = 4 * (P + queue) + 16 */
     const char *chat_template; /* NULL = detect from GGUF; "chatml", "gemma", "llama3" force one */
