@@ -25,6 +25,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <poll.h>
 #include <unistd.h>
 
 #define KEY "test-key-123"
@@ -91,9 +93,10 @@ static bool server_start(server *s, const char *model, const char *const *extra)
 }
 
 /* `tailor serve -m model --host 127.0.0.1 --port 0 <args>` with $TAILOR_API_KEY set to env_key
- * (NULL: unset) must refuse to start: exit status 2 within 30 s, never listening, its message
- * holding `msg`. */
-static bool serve_refuses(const char *model, const char *const *args, const char *env_key, const char *msg) {
+ * (NULL: unset) and RLIMIT_NOFILE to nofile (0: as is) must refuse to start: a non-zero exit
+ * status within 30 s, never listening, its message holding `msg`. */
+static bool serve_refuses_nofile(const char *model, const char *const *args, const char *env_key, long nofile,
+                                 const char *msg) {
     const char *bin = getenv("TL_BIN");
     if (!bin) bin = "./tailor";
     char log[128];
@@ -106,6 +109,8 @@ static bool serve_refuses(const char *model, const char *const *args, const char
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (env_key) setenv("TAILOR_API_KEY", env_key, 1);
+        struct rlimit rl = {(rlim_t)nofile, (rlim_t)nofile};
+        if (nofile > 0) setrlimit(RLIMIT_NOFILE, &rl);
         FILE *f = freopen(log, "w", stderr);
         (void)f;
         execv(bin, (char *const *)argv);
@@ -119,12 +124,16 @@ static bool serve_refuses(const char *model, const char *const *args, const char
         waitpid(pid, &st, 0);
     }
     char *txt = tl_test_read_file(log, NULL);
-    bool ok = exited && WIFEXITED(st) && WEXITSTATUS(st) == 2 && txt && strstr(txt, msg) && !strstr(txt, "listening on");
+    bool ok = exited && WIFEXITED(st) && WEXITSTATUS(st) != 0 && txt && strstr(txt, msg) && !strstr(txt, "listening on");
     if (!ok) fprintf(stderr, "serve %s %s: %s (status %d): %s\n", args[0], args[1] ? args[1] : "",
                      exited ? "exited" : "still running", st, txt ? txt : "(no log)");
     free(txt);
     unlink(log);
     return ok;
+}
+
+static bool serve_refuses(const char *model, const char *const *args, const char *env_key, const char *msg) {
+    return serve_refuses_nofile(model, args, env_key, 0, msg);
 }
 
 /* SIGTERM, wait up to 10 s (SIGKILL after); returns the exit status (-1 if killed). */
@@ -592,7 +601,7 @@ static void *conc_worker(void *p) {
 static void test_stories(const char *model) {
     server s;
     const char *args[] = {"--parallel", "2", "--queue", "2", "-t", "2", "-c", "512", "--api-key", KEY,
-                          "--max-body", "65536", "--timeout", "2", NULL};
+                          "--max-body", "65536", "--timeout", "2", "--body-timeout", "2", NULL};
     if (!server_start(&s, model, args)) {
         CHECK(!"server started");
         return;
@@ -895,6 +904,119 @@ static void test_stories(const char *model) {
     CHECK(metric(port, "tailor_generation_tokens_total") >= 24 * 2 + 64 * 8);
     CHECK(metric(port, "tailor_slots_total") == 2);
     CHECKF(server_stop(&s) == 0, "server exit status");
+}
+
+/* ---------------- connections: deadlines and limits ---------------- */
+
+/* A connection to 127.0.0.1:port from the loopback address src (127.0.0.2, ...: all of
+ * 127/8 is this host, so each stands for another client). */
+static int connect_from(int port, const char *src) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in b = {.sin_family = AF_INET}, a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, src, &b.sin_addr);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&b, sizeof b) || connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Seconds until the server closes fd (reading and dropping what it sends), or -1 if it is
+ * still open after `within` seconds. */
+static double closed_after(int fd, double within) {
+    double t0 = now_s();
+    char buf[4096];
+    while (now_s() - t0 < within) {
+        struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+        if (poll(&p, 1, 50) <= 0) continue;
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return now_s() - t0;
+    }
+    return -1;
+}
+
+/* Slow clients (a header line every 0.4 s) and idle ones used to hold their connections for
+ * as long as they liked (the idle timeout restarts with every byte), and nothing limited how
+ * many one address could open: 45 slow clients locked everyone out. Now each request's headers
+ * and body have a deadline, an address has a connection cap and the server a total cap, and
+ * /health keeps answering the other clients. */
+static void test_connections(const char *model) {
+    server s;
+    const char *args[] = {"--parallel", "1", "--queue", "2", "-t", "1", "-c", "256", "--header-timeout", "2",
+                          "--body-timeout", "1", "--max-connections", "12", "--max-connections-per-ip", "4", NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server started");
+        return;
+    }
+    int port = s.port;
+    /* a request's headers trickling in: closed at the header deadline */
+    int fd = connect_from(port, "127.0.0.2");
+    const char *line = "GET /health HTTP/1.1\r\n";
+    send_all(fd, line, strlen(line));
+    double t0 = now_s(), dt = -1;
+    while (now_s() - t0 < 12) {
+        usleep(400000);
+        if (!send_all(fd, "X-Slow: 1\r\n", 11) || (dt = closed_after(fd, 0.01)) >= 0) break;
+    }
+    dt = now_s() - t0;
+    CHECKF(dt > 1.5 && dt < 8, "a slow request's headers: closed after %.1f s (deadline 2 s)", dt);
+    close(fd);
+    /* a body trickling in after its headers: closed at twice the body deadline */
+    fd = connect_from(port, "127.0.0.2");
+    const char *h = "POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{";
+    send_all(fd, h, strlen(h));
+    t0 = now_s();
+    while (now_s() - t0 < 12) {
+        usleep(300000);
+        if (!send_all(fd, " ", 1) || closed_after(fd, 0.01) >= 0) break;
+    }
+    dt = now_s() - t0;
+    CHECKF(dt > 1.5 && dt < 8, "a slow body: closed after %.1f s (deadline 2 x 1 s)", dt);
+    close(fd);
+
+    /* one address: 4 connections, the fifth closed at accept; another address is served */
+    int idle[16], n_idle = 0;
+    for (int i = 0; i < 4; i++) idle[n_idle++] = connect_from(port, "127.0.0.3");
+    fd = connect_from(port, "127.0.0.3");
+    dt = closed_after(fd, 3);
+    CHECKF(dt >= 0 && dt < 2, "the fifth connection of one address: closed after %.2f s", dt);
+    close(fd);
+    resp r = http(port, "GET", "/health", NULL, NULL);
+    CHECK(r.status == 200);
+    resp_free(&r);
+    /* the server: 12 connections in all, the next one closed at accept */
+    const char *from[] = {"127.0.0.4", "127.0.0.5"};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 4; i++) idle[n_idle++] = connect_from(port, from[k]);
+    usleep(200000);
+    fd = connect_from(port, "127.0.0.6");
+    dt = closed_after(fd, 3);
+    CHECKF(dt >= 0 && dt < 2, "connection 13: closed after %.2f s", dt);
+    close(fd);
+    /* the idle ones are closed at the header deadline, not after the idle timeout (30 s) */
+    t0 = now_s();
+    int closed = 0;
+    for (int i = 0; i < n_idle; i++) closed += idle[i] >= 0 && closed_after(idle[i], 8 - (now_s() - t0)) >= 0;
+    dt = now_s() - t0;
+    CHECKF(closed == n_idle && n_idle == 12, "%d of %d idle connections closed in %.1f s", closed, n_idle, dt);
+    for (int i = 0; i < n_idle; i++) close(idle[i]);
+    int st = 0;
+    for (t0 = now_s(); st != 200 && now_s() - t0 < 10; usleep(50000)) { /* the server's threads wind down */
+        r = http(port, "GET", "/health", NULL, NULL);
+        st = r.status;
+        resp_free(&r);
+    }
+    CHECK(st == 200);
+    CHECK(metric(port, "tailor_connections_refused_total{cause=\"per_ip\"}") == 1);
+    CHECK(metric(port, "tailor_connections_refused_total{cause=\"total\"}") == 1);
+    CHECK(metric(port, "tailor_connections_timed_out_total{phase=\"headers\"}") >= 13);
+    CHECK(metric(port, "tailor_connections_timed_out_total{phase=\"body\"}") == 1);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+
+    /* the connection cap must stay below what the process may open */
+    const char *too_many[] = {"--max-connections", "1000", NULL};
+    CHECK(serve_refuses_nofile(model, too_many, NULL, 256, "--max-connections 1000: more than this process may open"));
 }
 
 /* ---------------- large prompts: bounded memory, memory given back ---------------- */
@@ -1259,6 +1381,7 @@ int main(void) {
         test_stories(stories);
         test_model_change(stories);
         test_prompt_memory(stories);
+        test_connections(stories);
     }
     const char *m31 = tl_test_shared("models/tailor-test-31m.gguf");
     if (tl_test_have(m31)) test_busy(m31);

@@ -9,27 +9,37 @@
 #include <string.h>
 
 static void help(void) {
+    const tl_server_params d = tl_server_default_params();
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N]\n"
-           "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S]\n"
-           "       [--max-connections N] [--chat-template chatml|gemma|llama3] [--chat-parse-special] [--alias NAME]\n"
+           "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
+           "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
+           "       [--chat-template chatml|gemma|llama3] [--chat-parse-special] [--alias NAME]\n"
            "       [-n MAX_TOKENS] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
            "       [--verbose]\n"
-           "  Binds 127.0.0.1:8080 by default (--port 0: any free port, printed at start).\n"
-           "  P slots generate at once, each with its own KV cache of -c tokens under the --kv policy\n"
-           "  and max(1, THREADS / P) threads; up to Q more requests wait, beyond that 429. A request that\n"
-           "  parses and tokenizes a body holds one of these P + Q places while it does.\n"
-           "  --max-body (default: the context x the longest token's bytes + 64 KiB, room for any prompt\n"
+           "  Binds %s:%d by default (--port 0: any free port, printed at start).\n"
+           "  P (default %d) slots generate at once, each with its own KV cache of -c tokens under the --kv\n"
+           "  policy and max(1, THREADS / P) threads; up to Q (default %d) more requests wait, beyond that\n"
+           "  429. A request that parses and tokenizes a body holds one of these P + Q places while it does.\n"
+           "  --max-body (default: the context x the longest token's bytes + %u KiB, room for any prompt\n"
            "  that fits): longer bodies get 413. A prompt with more bytes than the context could hold is\n"
            "  refused before it is tokenized, and tokenizing stops once the context is overfull.\n"
            "  Sampling flags and -n are the defaults for fields a request leaves out (as tailor generate).\n"
            "  --api-key-file FILE (or $TAILOR_API_KEY, or --api-key KEY, which other users see in ps until it\n"
            "  is blanked): every endpoint but /health needs 'Authorization: Bearer KEY'. A key that is given\n"
            "  but empty (or only whitespace) stops the server instead of leaving it open.\n"
+           "  Connections (one thread each): at most --max-connections (default 4 (P + Q) + 16, within\n"
+           "  ulimit -n / -u less %d), --max-connections-per-ip from one address (default P + Q + 4; behind\n"
+           "  a proxy, set it to --max-connections); more are closed at accept. A request's headers must\n"
+           "  arrive within --header-timeout (default %d s) of the connection's start or its previous\n"
+           "  answer, its body within --body-timeout (default %d s; 408, closed at twice that); idle\n"
+           "  connections close after --timeout (default %d s).\n"
            "  Chat messages are tokenized as plain text: only the template's own markers are control tokens;\n"
            "  --chat-parse-special lets message content write control tokens (trusted clients only).\n"
            "  Endpoints: POST /v1/completions /v1/chat/completions /tokenize /detokenize,\n"
-           "             GET /v1/models /health /metrics. See docs/server.md.\n");
+           "             GET /v1/models /health /metrics. See docs/server.md.\n",
+           d.host, d.port, d.n_parallel, d.n_queue, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
+           d.body_timeout_s, d.timeout_s);
 }
 
 /* The API key from --api-key, --api-key-file (surrounding whitespace trimmed) or
@@ -114,9 +124,18 @@ int tl_cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--timeout")) {
             VAL();
             if (tl_cli_int(a, v, 1, 86400, &sp.timeout_s)) return 2;
+        } else if (!strcmp(a, "--header-timeout")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 86400, &sp.header_timeout_s)) return 2;
+        } else if (!strcmp(a, "--body-timeout")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 86400, &sp.body_timeout_s)) return 2;
         } else if (!strcmp(a, "--max-connections")) {
             VAL();
-            if (tl_cli_int(a, v, 1, 1 << 16, &sp.max_connections)) return 2;
+            if (tl_cli_int(a, v, 1, 1 << 20, &sp.max_connections)) return 2;
+        } else if (!strcmp(a, "--max-connections-per-ip")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 1 << 20, &sp.max_connections_per_ip)) return 2;
         } else if (!strcmp(a, "--chat-template")) {
             VAL();
             sp.chat_template = v;
@@ -177,6 +196,9 @@ int tl_cmd_serve(int argc, char **argv) {
             "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations per slot, chat template %s%s\n",
             c.model, sp.n_parallel, n_ctx, c.kv ? c.kv : "f16", mem.activations / 1048576.0, chat,
             sp.api_key && *sp.api_key ? ", API key required" : "");
+    const tl_server_params *in_use = tl_server_params_in_use(srv);
+    fprintf(stderr, "tailor serve: requests of at most %zu bytes; at most %d connections, %d per address\n",
+            in_use->max_body, in_use->max_connections, in_use->max_connections_per_ip);
     fprintf(stderr, "tailor serve: listening on http://%s:%d\n", sp.host, tl_server_port(srv));
     fflush(stderr);
     int sig = 0;

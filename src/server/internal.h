@@ -124,7 +124,10 @@ tl_metrics *tl_metrics_new(void);
 void tl_metrics_free(tl_metrics *m);
 void tl_metrics_request(tl_metrics *m, tl_endpoint ep, int status, double seconds);
 void tl_metrics_tokens(tl_metrics *m, int n_prompt, double t_prompt, int n_gen, double t_gen);
-void tl_metrics_event(tl_metrics *m, const char *what); /* "rejected_queue_full", "client_disconnect" */
+/* "rejected_queue_full", "client_disconnect", "refused_per_ip", "refused_total",
+ * "timeout_headers", "timeout_body" */
+void tl_metrics_event(tl_metrics *m, const char *what);
+void tl_metrics_connections(tl_metrics *m, int open); /* the open-connections gauge */
 /* Prometheus text exposition (malloc'd). */
 char *tl_metrics_render(tl_metrics *m, tl_sched *s);
 
@@ -140,6 +143,7 @@ struct tl_server {
     tl_sched *sched;
     tl_metrics *metrics;
     void *daemon; /* struct MHD_Daemon */
+    struct tl_conns *conns; /* http.c: open connections, their deadlines, the watchdog */
     int port;
     atomic_uint_fast64_t next_id;
     uint64_t id_salt;

@@ -17,6 +17,8 @@ tl_server_params tl_server_default_params(void) {
     p.n_parallel = 1;
     p.n_queue = 16;
     p.timeout_s = 30;
+    p.header_timeout_s = 10;
+    p.body_timeout_s = 30;
     p.sampling = tl_sampler_default_params();
     p.default_max_tokens = 128;
     return p;
@@ -162,6 +164,8 @@ bool tl_server_model_changed(tl_server *s, char *why, size_t n) {
 }
 
 int tl_server_port(const tl_server *s) { return s->port; }
+
+const tl_server_params *tl_server_params_in_use(const tl_server *s) { return &s->p; }
 
 void tl_server_stop(tl_server *s) { free_server(s); }
 

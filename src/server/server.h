@@ -23,6 +23,9 @@ typedef struct tl_server tl_server;
 
 /* The default body limit's room for the JSON around a prompt (other fields, message objects). */
 #define TL_BODY_SLACK (64u << 10)
+/* File descriptors and threads kept out of the connection budget for the server itself (model
+ * file, listening socket, slot and pool threads, logs). */
+#define TL_CONN_RESERVE 64
 
 typedef struct {
     const char *host;          /* numeric address or name to bind; default "127.0.0.1" */
@@ -37,8 +40,13 @@ typedef struct {
     const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
     size_t max_body;           /* request bytes (413 above); 0 = n_ctx x the longest token's bytes
                                   + TL_BODY_SLACK: room for any prompt that fits the context */
-    int timeout_s;             /* idle connection timeout, also the whole-body upload deadline */
-    int max_connections;       /* open connections (each one a thread); 0 = 4 * (P + queue) + 16 */
+    int timeout_s;             /* idle connection timeout (no byte either way) */
+    int header_timeout_s;      /* a request's line and headers must be in this long after the connection
+                                  opens or the previous answer ends, else the connection is closed */
+    int body_timeout_s;        /* a body must be in this long after its headers (408; closed at twice) */
+    int max_connections;       /* open connections (each one a thread); 0 = 4 * (P + queue) + 16; must
+                                  stay below the file-descriptor and thread limits (TL_CONN_RESERVE) */
+    int max_connections_per_ip; /* from one client address; 0 = P + queue + 4 */
     const char *chat_template; /* NULL = detect from GGUF; "chatml", "gemma", "llama3" force one */
     bool chat_parse_special;   /* control tokens in message content count as such (off: plain text,
                                   so a user cannot forge template markers such as <|im_start|>) */
@@ -61,6 +69,8 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
 int tl_server_port(const tl_server *s);
 /* Stops accepting, cancels running work, joins every thread and frees everything. */
 void tl_server_stop(tl_server *s);
+/* The parameters in use, with every default filled in (limits for the start-up report). */
+const tl_server_params *tl_server_params_in_use(const tl_server *s);
 /* For the start-up report: memory of one slot (all are alike), its context and the chat
  * template in use ("chatml", "gemma", "llama3", "none", "unsupported"). */
 void tl_server_slot_memory(tl_server *s, tl_session_mem *out, int *n_ctx, const char **chat);
