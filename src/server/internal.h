@@ -155,6 +155,11 @@ struct tl_server {
     char model_why[512]; /* set once a change is seen (under model_mu) */
 };
 
+/* tl_server_start without the HTTP layer: slots, metrics, chat template, limits. Requests can
+ * then be handed to tl_route or tl_request_job directly (fuzz/fuzz_http.c); tl_server_stop
+ * frees it. */
+tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err);
+
 /* Has the mapped model file changed on disk since the start (size, modification time, inode,
  * or gone)? Overwriting it in place takes pages from under the mapping: the next read of one
  * kills the process with SIGBUS. Once a change is seen it stays seen; why gets the reason. */

@@ -48,7 +48,7 @@ static void free_server(tl_server *s) {
     free(s);
 }
 
-tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err) {
+tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err) {
     if (p->n_parallel < 1 || p->n_parallel > 256) {
         tl_fail(err, "--parallel %d: must be in [1, 256]", p->n_parallel);
         return NULL;
@@ -129,7 +129,12 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
     /* the default body limit: what a prompt that fills the context can take as JSON text */
     if (!s->p.max_body)
         s->p.max_body = (size_t)tl_sched_n_ctx(s->sched) * TL_MAX(tl_tok_max_piece(m->tok), 1) + TL_BODY_SLACK;
-    if (tl_http_start(s, err)) {
+    return s;
+}
+
+tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err) {
+    tl_server *s = tl_server_new(m, model_path, p, err);
+    if (s && tl_http_start(s, err)) {
         free_server(s);
         return NULL;
     }
