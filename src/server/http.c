@@ -43,6 +43,7 @@ typedef struct {
     char *body;
     size_t len, cap;
     int status;     /* answered status, for the metrics */
+    int closed_as;  /* the status counted when we close the connection without an answer */
     bool too_large; /* chunked body ran over --max-body: discard, answer 413 at the end */
     bool too_slow;  /* upload ran past --body-timeout: discard, answer 408 at the end */
 } req_ctx;
@@ -323,10 +324,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             rq->too_slow = true;
             /* a client still sending long after the deadline gets the connection closed (the
              * watchdog does the same to one that stopped sending) */
-            if (age > 2.0 * srv->p.body_timeout_s) return cut_late_body(srv, c);
+            if (age > 2.0 * srv->p.body_timeout_s) {
+                rq->closed_as = 408;
+                return cut_late_body(srv, c);
+            }
         }
         if (rq->too_large || rq->too_slow) {
-            if (rq->len > 4 * srv->p.max_body) return MHD_NO; /* endless chunked body */
+            if (rq->len > 4 * srv->p.max_body) { /* endless chunked body */
+                rq->closed_as = rq->too_large ? 413 : 408;
+                return MHD_NO;
+            }
             rq->len += n;                                     /* count, discard */
             return MHD_YES;
         }
@@ -388,7 +395,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     set_phase(srv, c, PH_HEADERS); /* the next request on this connection has its own deadline */
     if (!rq) return;
     int status = rq->status;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) status = status ? 499 : 408; /* client gone / timed out */
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) /* closed by us, the client gone after its answer, or timed out */
+        status = rq->closed_as ? rq->closed_as : status ? 499 : 408;
     tl_metrics_request(srv->metrics, rq->ep, status, tl_time_s() - rq->t0);
     bool big = rq->len >= TRIM_AFTER_BODY_BYTES;
     free(rq->body);
