@@ -124,7 +124,8 @@ static bool serve_refuses_nofile(const char *model, const char *const *args, con
         waitpid(pid, &st, 0);
     }
     char *txt = tl_test_read_file(log, NULL);
-    bool ok = exited && WIFEXITED(st) && WEXITSTATUS(st) != 0 && txt && strstr(txt, msg) && !strstr(txt, "listening on");
+    bool ok = exited && WIFEXITED(st) && WEXITSTATUS(st) != 0 && txt && strstr(txt, msg) &&
+              !strstr(txt, "listening on");
     if (!ok) fprintf(stderr, "serve %s %s: %s (status %d): %s\n", args[0], args[1] ? args[1] : "",
                      exited ? "exited" : "still running", st, txt ? txt : "(no log)");
     free(txt);

@@ -469,7 +469,8 @@ int main(void) {
     kill(server_pid, SIGTERM);
     int st = 0;
     bool exited = false;
-    for (double t0 = now_s(); now_s() - t0 < 15 && !exited; pause_ms(20)) exited = waitpid(server_pid, &st, WNOHANG) == server_pid;
+    for (double t0 = now_s(); now_s() - t0 < 15 && !exited; pause_ms(20))
+        exited = waitpid(server_pid, &st, WNOHANG) == server_pid;
     if (!exited) {
         kill(server_pid, SIGKILL);
         waitpid(server_pid, &st, 0);

@@ -56,7 +56,8 @@ static int read_api_key(const char *arg, const char *file, char **key) {
     }
     if (arg) {
         fprintf(stderr, "tailor serve: warning: --api-key shows the key to every user of this machine (ps, "
-                        "/proc/PID/cmdline) until it is blanked at start; prefer --api-key-file FILE or $TAILOR_API_KEY\n");
+                        "/proc/PID/cmdline) until it is blanked at start; prefer --api-key-file FILE or "
+                        "$TAILOR_API_KEY\n");
         *key = tl_xstrdup(arg);
     } else if (file) {
         size_t n = 0;

@@ -311,10 +311,10 @@ static int too_long(tl_server *srv, tl_reply *r, const char *n_desc) {
 static int set_prompt_text(tl_server *srv, tl_job *j, const char *text, size_t len, bool parse_all,
                            const tl_span *spans, size_t n_spans, const char *param, tl_reply *r) {
     const int n_ctx = tl_sched_n_ctx(srv->sched);
+    const size_t at_least = len / TL_MAX(tl_tok_max_piece(srv->model->tok), 1);
     char desc[96];
-    if (len / TL_MAX(tl_tok_max_piece(srv->model->tok), 1) >= (size_t)n_ctx) {
-        snprintf(desc, sizeof desc, "%zu bytes, at least %zu tokens", len,
-                 len / TL_MAX(tl_tok_max_piece(srv->model->tok), 1));
+    if (at_least >= (size_t)n_ctx) {
+        snprintf(desc, sizeof desc, "%zu bytes, so at least %zu tokens", len, at_least);
         return too_long(srv, r, desc);
     }
     tl_error err = {{0}};
@@ -575,8 +575,10 @@ static int completion_prompt(tl_server *srv, const cJSON *root, tl_job *j, tl_re
     if (!p || cJSON_IsNull(p)) return bad(r, "prompt", "'prompt' is required"), -1;
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
         p = cJSON_GetArrayItem(p, 0); /* ["text"]: one prompt in a list */
-    if (cJSON_IsString(p)) return set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), true, NULL, 0, "prompt", r);
-    if (!cJSON_IsArray(p)) return bad(r, "prompt", "'prompt' must be a string, a list of one string, or a list of token ids"), -1;
+    if (cJSON_IsString(p))
+        return set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), true, NULL, 0, "prompt", r);
+    if (!cJSON_IsArray(p))
+        return bad(r, "prompt", "'prompt' must be a string, a list of one string, or a list of token ids"), -1;
     int n = cJSON_GetArraySize(p), V = srv->model->cfg.n_vocab, k = 0;
     if (n >= tl_sched_n_ctx(srv->sched)) {
         char desc[64];
