@@ -43,6 +43,7 @@ struct tl_sched {
     bool stop;
     slot *slots;
     int n_ctx;
+    tl_session_mem slot_mem; /* slot 0's memory before any work, for the start-up report */
 };
 
 /* ---------------- jobs ---------------- */
@@ -330,6 +331,7 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
         sl->logits = tl_xmalloc(sizeof(float) * (size_t)m->cfg.n_vocab);
     }
     S->n_ctx = S->slots[0].sess->n_ctx;
+    tl_session_memory(S->slots[0].sess, &S->slot_mem); /* before the workers own their sessions */
     for (int i = 0; i < S->n_slots; i++) {
         int rc = pthread_create(&S->slots[i].th, NULL, worker, &S->slots[i]);
         if (rc) {
@@ -344,7 +346,7 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
 
 int tl_sched_n_ctx(const tl_sched *s) { return s->n_ctx; }
 
-void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out) { tl_session_memory(s->slots[0].sess, out); }
+void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out) { *out = s->slot_mem; }
 
 int tl_sched_reserve(tl_sched *S) {
     pthread_mutex_lock(&S->mu);
