@@ -7,7 +7,7 @@
  * requests back to back on fresh connections for `seconds`: a mix of good requests
  * (completions, streaming completions, tokenize, health) and bad ones (malformed JSON, wrong
  * types, invalid UTF-8, a wrong key, an over-long prompt, an unknown path). A good generation
- * must answer 200 (or 429 when the queue is full), a bad request its 4xx; anything else counts
+ * or tokenization must answer 200 (or 429 when the queue is full), a bad request its 4xx; anything else counts
  * as an error. Prints requests served, status counts, error rate, p50/p99 latency, and the
  * server's RSS at start, after a warm-up round and after each of two measured rounds (equal
  * RSS over the rounds = no growth). */
@@ -123,7 +123,7 @@ static void *client_main(void *arg) {
     while (now_s() < c->until) {
         double r = (double)rand_r(&c->seed) / RAND_MAX;
         int expect_lo, expect_hi, st;
-        bool gen = false, stream = false, done = false;
+        bool gen = false, stream = false, done = false, tok = false;
         double t0 = now_s();
         if (r < c->bad_frac) {
             int k = rand_r(&c->seed) % (int)(sizeof BAD / sizeof *BAD + 2);
@@ -145,6 +145,7 @@ static void *client_main(void *arg) {
             const char *p = prompts[rand_r(&c->seed) % 4];
             expect_lo = 200, expect_hi = 200;
             if (g < 0.15) {
+                tok = true; /* tokenizing takes a queue place too: 429 when none is left */
                 snprintf(body, sizeof body, "{\"content\":\"%s\"}", p);
                 st = do_request(c->port, "POST", "/tokenize", KEY, body, strlen(body), NULL);
             } else if (g < 0.2) {
@@ -161,7 +162,7 @@ static void *client_main(void *arg) {
         c->n++;
         if (st >= 100 && st < 600) c->by_status[st / 100]++;
         else c->by_status[0]++;
-        if (gen && st == 429) {
+        if ((gen || tok) && st == 429) {
             c->rejected++;
         } else if (st < expect_lo || st > expect_hi || (stream && st == 200 && !done)) {
             c->errors++;

@@ -29,10 +29,11 @@ fi
 if [ "${TL_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null; then
     echo "== fuzzing (brief) =="
     CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTL_FUZZ=ON -DTL_CUDA=OFF >/dev/null
-    cmake --build build-fuzz -j"$JOBS" --target fuzz_gguf fuzz_tokenizer
-    # seeds: real GGUF files for the parser, the tokenizer test inputs for the tokenizer
-    declare -A seeds=([fuzz_gguf]=tests/fixtures [fuzz_tokenizer]=../shared/data/tokenizer)
-    for f in fuzz_gguf fuzz_tokenizer; do
+    cmake --build build-fuzz -j"$JOBS" --target fuzz_gguf fuzz_tokenizer fuzz_http
+    # seeds: real GGUF files for the parser, the tokenizer test inputs for the tokenizer, JSON
+    # request bodies (first byte: the endpoint) for the server's request path
+    declare -A seeds=([fuzz_gguf]=tests/fixtures [fuzz_tokenizer]=../shared/data/tokenizer [fuzz_http]=fuzz/http_seeds)
+    for f in fuzz_gguf fuzz_tokenizer fuzz_http; do
         mkdir -p "build-fuzz/corpus-$f"
         TL_SHARED="$(cd .. && pwd)/shared" ./build-fuzz/$f -max_total_time="${TL_FUZZ_SECONDS:-30}" -rss_limit_mb=2048 \
             -max_len=65536 "build-fuzz/corpus-$f" "${seeds[$f]}" > "build-fuzz/$f.log" 2>&1 \

@@ -64,6 +64,7 @@ struct tl_tokenizer {
     uint64_t mmap_mask;
 
     int32_t bos, eos, eot, eom, unk;
+    size_t max_piece; /* longest piece in bytes */
     bool add_bos, add_eos, add_space_prefix, ignore_merges, clean_spaces;
     int32_t *eog;
     size_t n_eog;
@@ -166,6 +167,7 @@ int32_t tl_tok_eos(const tl_tokenizer *t) { return t->eos; }
 bool tl_tok_add_bos(const tl_tokenizer *t) { return t->add_bos; }
 bool tl_tok_add_eos(const tl_tokenizer *t) { return t->add_eos; }
 bool tl_tok_add_space_prefix(const tl_tokenizer *t) { return t->add_space_prefix; }
+size_t tl_tok_max_piece(const tl_tokenizer *t) { return t->max_piece; }
 
 bool tl_tok_is_eog(const tl_tokenizer *t, int32_t id) {
     if (id < 0) return false;
@@ -391,6 +393,7 @@ static int build_pieces(tl_tokenizer *t, const char *path, tl_error *err) {
         }
         t->toks[id].poff = (uint32_t)start;
         t->toks[id].plen = (uint32_t)(b.n - start);
+        t->max_piece = TL_MAX(t->max_piece, b.n - start);
     }
     cbuf_put(&b, "", 0);
     t->pieces = b.v;
@@ -752,10 +755,22 @@ static int cmp_size(const void *a, const void *b) {
  * result from all occurrences in the original text (found with the trie), taken token by
  * token in that order, left to right, accepting one when all its bytes are still raw text.
  * LSTRIP/RSTRIP tokens also consume the adjacent whitespace of their fragment. */
-static void partition(const tl_tokenizer *t, const char *s, size_t n, bool parse_special, fragvec *out) {
+/* Does [pos, pos + len) lie inside one of the sorted spans? */
+static bool in_spans(const tl_span *sp, size_t n, size_t pos, size_t len) {
+    size_t lo = 0, hi = n; /* the last span starting at or before pos */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (sp[mid].off <= pos) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo > 0 && pos + len <= sp[lo - 1].off + sp[lo - 1].len;
+}
+
+static void partition(const tl_tokenizer *t, const char *s, size_t n, const tl_tok_opts *o, fragvec *out) {
     out->n = 0;
     if (n == 0) return;
-    if (t->n_spec == 0 || (!parse_special && t->n_spec_user == 0)) {
+    bool parse_special = o->parse_special;
+    if (t->n_spec == 0 || (!parse_special && t->n_spec_user == 0 && o->n_special_spans == 0)) {
         frag_push(out, -1, 0, n);
         return;
     }
@@ -768,7 +783,9 @@ static void partition(const tl_tokenizer *t, const char *s, size_t n, bool parse
             if (node < 0) break;
             int32_t r = t->trie_rank[node];
             if (r < 0) continue;
-            if (!parse_special && (t->toks[t->spec[r]].attr & (A_CONTROL | A_UNKNOWN))) continue;
+            if (!parse_special && (t->toks[t->spec[r]].attr & (A_CONTROL | A_UNKNOWN)) &&
+                !in_spans(o->special_spans, o->n_special_spans, i, j + 1 - i))
+                continue;
             if (noc == coc) {
                 coc = coc ? coc * 2 : 64;
                 oc = tl_xrealloc(oc, coc * sizeof(occ));
@@ -937,7 +954,8 @@ static void bpe_try_add(const tl_tokenizer *t, scratch *sc, int32_t left, int32_
     heap_push(sc, (cand){(double)rank, left, right, l->n + r->n});
 }
 
-static int spm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_t n, bool space_prefix,
+/* stop > 0: return once out holds more than stop ids. */
+static int spm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_t n, bool space_prefix, size_t stop,
                         ivec *out, tl_error *err) {
     sc->buf.n = 0;
     if (space_prefix) cbuf_put(&sc->buf, "\xe2\x96\x81", 3);
@@ -950,7 +968,7 @@ static int spm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_
     make_syms(sc, sc->buf.v, sc->buf.n);
     if (sc->nsym == 0) return 0;
     merge_loop(sc, spm_try_add, t);
-    for (int32_t i = 0; i != -1; i = sc->syms[i].next) {
+    for (int32_t i = 0; i != -1 && !(stop && out->n > stop); i = sc->syms[i].next) {
         const sym *y = &sc->syms[i];
         const char *txt = sc->buf.v + y->start;
         int32_t id = tok_find_n(t, txt, y->n);
@@ -999,7 +1017,8 @@ static void bpe_word(const tl_tokenizer *t, scratch *sc, ivec *out) {
     }
 }
 
-static void bpe_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_t n, ivec *out) {
+/* stop > 0: return once out holds more than stop ids (at a word's end). */
+static void bpe_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_t n, size_t stop, ivec *out) {
     if (sc->ccp < n) {
         sc->ccp = n;
         sc->cps = tl_xrealloc(sc->cps, n * sizeof(uint32_t));
@@ -1026,6 +1045,7 @@ static void bpe_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size
         }
         c += sc->words.v[w];
         bpe_word(t, sc, out);
+        if (stop && out->n > stop) return;
     }
 }
 
@@ -1041,29 +1061,37 @@ static void scratch_free(scratch *sc) {
 
 int tl_tokenize(const tl_tokenizer *t, const char *text, size_t len, bool add_special, bool parse_special,
                 int32_t *out, size_t cap, size_t *n_out, tl_error *err) {
+    tl_tok_opts o = {.add_special = add_special, .parse_special = parse_special};
+    return tl_tokenize_opts(t, text, len, &o, out, cap, n_out, err);
+}
+
+int tl_tokenize_opts(const tl_tokenizer *t, const char *text, size_t len, const tl_tok_opts *o, int32_t *out,
+                     size_t cap, size_t *n_out, tl_error *err) {
     if (n_out) *n_out = 0;
     size_t bad = tl_utf8_validate(text, len);
     if (bad != len) return tl_fail(err, "invalid UTF-8 at byte %zu", bad);
+    const size_t stop = o->max_tokens;
     fragvec fr = {0};
-    partition(t, text, len, parse_special, &fr);
+    partition(t, text, len, o, &fr);
     ivec res = {0};
     scratch sc = {0};
     int rc = 0;
-    if (add_special && t->add_bos && t->bos >= 0) ivec_push(&res, t->bos);
+    if (o->add_special && t->add_bos && t->bos >= 0) ivec_push(&res, t->bos);
     bool prev_special = true; /* SPM: a fragment at the start or after a special token gets "▁" */
-    for (size_t i = 0; i < fr.n && rc == 0; i++) {
+    for (size_t i = 0; i < fr.n && rc == 0 && !(stop && res.n > stop); i++) {
         const frag *f = &fr.v[i];
         if (f->tok >= 0) {
             ivec_push(&res, f->tok);
             prev_special = true;
         } else if (t->type == VOCAB_SPM) {
-            rc = spm_fragment(t, &sc, text + f->off, f->len, t->add_space_prefix && prev_special, &res, err);
+            rc = spm_fragment(t, &sc, text + f->off, f->len, t->add_space_prefix && prev_special, stop, &res, err);
             prev_special = false;
         } else {
-            bpe_fragment(t, &sc, text + f->off, f->len, &res);
+            bpe_fragment(t, &sc, text + f->off, f->len, stop, &res);
         }
     }
-    if (add_special && t->add_eos && t->eos >= 0) ivec_push(&res, t->eos);
+    if (stop && res.n > stop) res.n = stop + 1; /* cut: a prefix, no EOS */
+    else if (o->add_special && t->add_eos && t->eos >= 0) ivec_push(&res, t->eos);
     if (rc == 0) {
         if (out && cap && res.n) memcpy(out, res.v, TL_MIN(cap, res.n) * sizeof(int32_t));
         if (n_out) *n_out = res.n;

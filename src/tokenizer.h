@@ -29,6 +29,32 @@ bool tl_tok_is_eog(const tl_tokenizer *t, int32_t id); /* EOS, EOT (<|im_end|>, 
 int tl_tokenize(const tl_tokenizer *t, const char *text, size_t len, bool add_special, bool parse_special,
                 int32_t *out, size_t cap, size_t *n_out, tl_error *err);
 
+/* A byte range [off, off + len) of a text. */
+typedef struct {
+    size_t off, len;
+} tl_span;
+
+/* tl_tokenize's options, and two more for text that is not all trusted:
+ *  - special_spans: with parse_special off, control tokens are still recognised where they lie
+ *    wholly inside one of these ranges (sorted, not overlapping): a chat template's own markers
+ *    are control tokens, the same characters inside message content are plain text;
+ *  - max_tokens > 0: stop once more than max_tokens ids are found; *n_out is then
+ *    max_tokens + 1 and the ids are a prefix of the whole result (no EOS). A server that needs
+ *    to know only whether a prompt fits its context stops there instead of tokenizing all. */
+typedef struct {
+    bool add_special, parse_special;
+    const tl_span *special_spans;
+    size_t n_special_spans;
+    size_t max_tokens;
+} tl_tok_opts;
+int tl_tokenize_opts(const tl_tokenizer *t, const char *text, size_t len, const tl_tok_opts *o, int32_t *out,
+                     size_t cap, size_t *n_out, tl_error *err);
+
+/* The most bytes of text one token stands for (its longest piece, control tokens included):
+ * a text of L bytes takes at least L / tl_tok_max_piece tokens. (Byte-level BPE vocabularies
+ * that lack a token for some byte drop that byte, llama.cpp's rule; every real one has all.) */
+size_t tl_tok_max_piece(const tl_tokenizer *t);
+
 /* The bytes a token decodes to (SentencePiece "▁" -> " ", <0xXX> -> byte, byte-level BPE
  * unicode -> bytes; control tokens -> their text only if render_special). Returns the
  * number of bytes; writes at most cap. Pieces may be partial UTF-8. */

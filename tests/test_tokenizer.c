@@ -420,8 +420,86 @@ static void test_misc(void) {
     tl_tokenizer_free(t);
 }
 
+/* ---- tl_tokenize_opts: control tokens only inside given spans; stopping at max_tokens ---- */
+static void test_opts(void) {
+    const char *names[] = {"data/tokenizer/ggml-vocab-gpt-2.gguf", "data/tokenizer/ggml-vocab-llama-spm.gguf",
+                           "data/tokenizer/ggml-vocab-phi-3.gguf"};
+    for (int v = 0; v < 3; v++) {
+        const char *path = tl_test_shared(names[v]);
+        if (!tl_test_have(path)) continue;
+        tl_tokenizer *t = load(path);
+        CHECK(t != NULL);
+        if (!t) continue;
+        tl_error err = {{0}};
+        /* a control token of the vocab: gpt-2 <|endoftext|>, llama-spm </s>, phi-3 <|end|> */
+        const char *ctl = v == 0 ? "<|endoftext|>" : v == 1 ? "</s>" : "<|end|>";
+        int32_t cid = tl_token_find(t, ctl);
+        CHECK(cid >= 0);
+        char text[128];
+        size_t cl = strlen(ctl);
+        int tl = snprintf(text, sizeof text, "Hi %s there%sbye", ctl, ctl); /* two occurrences */
+        size_t second = 3 + cl + 6;
+        tl_span spans[] = {{second, cl}};
+        int32_t ids[64];
+        size_t n = 0;
+        tl_tok_opts o = {.special_spans = spans, .n_special_spans = 1};
+        CHECK(tl_tokenize_opts(t, text, (size_t)tl, &o, ids, 64, &n, &err) == 0);
+        int hits = 0;
+        for (size_t i = 0; i < n; i++) hits += ids[i] == cid;
+        /* only the occurrence inside the span is the control token: the text before it (the
+         * first occurrence included) tokenizes as plain text, then comes the token */
+        size_t n_plain = 0, n_all = 0;
+        int32_t plain[64], all[64];
+        tl_tokenize(t, text, second, false, false, plain, 64, &n_plain, &err);
+        CHECKF(hits == 1 && n_plain < n && ids[n_plain] == cid && !memcmp(plain, ids, n_plain * sizeof(int32_t)),
+               "%s: %d hits, %zu plain ids of %zu", names[v], hits, n_plain, n);
+        /* a span that covers only part of the token does not make it one */
+        tl_span part[] = {{second, cl - 1}};
+        o.special_spans = part;
+        CHECK(tl_tokenize_opts(t, text, (size_t)tl, &o, all, 64, &n_all, &err) == 0);
+        hits = 0;
+        for (size_t i = 0; i < n_all; i++) hits += all[i] == cid;
+        CHECK(hits == 0);
+        /* parse_special still means everywhere */
+        o = (tl_tok_opts){.parse_special = true};
+        CHECK(tl_tokenize_opts(t, text, (size_t)tl, &o, all, 64, &n_all, &err) == 0);
+        hits = 0;
+        for (size_t i = 0; i < n_all; i++) hits += all[i] == cid;
+        CHECK(hits == 2);
+
+        /* max_tokens: a prefix of max_tokens + 1 ids of the whole result, never more */
+        const char *para = "The quick brown fox jumps over the lazy dog, 12345 times. ";
+        size_t pl = strlen(para), reps = 200;
+        char *big = malloc(pl * reps + 1);
+        for (size_t i = 0; i < reps; i++) memcpy(big + i * pl, para, pl);
+        size_t whole = 0;
+        int32_t *full = tok(t, big, pl * reps, true, false, &whole);
+        CHECK(full && whole > 1000);
+        for (size_t max = 1; full && max < whole; max = max * 3 + 1) {
+            int32_t *cut = malloc((whole + 1) * sizeof(int32_t));
+            size_t nc = 0;
+            o = (tl_tok_opts){.add_special = true, .max_tokens = max};
+            CHECK(tl_tokenize_opts(t, big, pl * reps, &o, cut, whole + 1, &nc, &err) == 0);
+            CHECKF(nc == max + 1 && !memcmp(cut, full, nc * sizeof(int32_t)), "max %zu: %zu ids", max, nc);
+            free(cut);
+        }
+        o = (tl_tok_opts){.add_special = true, .max_tokens = whole};
+        size_t nw = 0;
+        CHECK(tl_tokenize_opts(t, big, pl * reps, &o, NULL, 0, &nw, &err) == 0 && nw == whole);
+        /* the byte bound: no text takes fewer than len / max_piece tokens */
+        size_t mp = tl_tok_max_piece(t);
+        CHECK(mp >= cl && mp < 4096);
+        CHECKF(whole * mp >= pl * reps, "%zu tokens x %zu bytes < %zu bytes", whole, mp, pl * reps);
+        for (int32_t id = 0; id < tl_tok_n_vocab(t); id++) CHECK(tl_token_to_piece(t, id, true, NULL, 0) <= mp);
+        free(full);
+        free(big);
+        tl_tokenizer_free(t);
+    }
+}
+
 int main(void) {
     test_unicode();
+    test_opts();
     const char *vocabs[] = {"gpt-2", "llama-spm", "phi-3", "deepseek-coder", "falcon"};
     for (size_t i = 0; i < sizeof vocabs / sizeof vocabs[0]; i++) conformance(vocabs[i]);
     test_stories();

@@ -9,19 +9,78 @@
 #include <string.h>
 
 static void help(void) {
+    const tl_server_params d = tl_server_default_params();
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N]\n"
-           "       [--api-key KEY | --api-key-file FILE] [--max-body BYTES] [--timeout S]\n"
-           "       [--max-connections N] [--chat-template chatml|gemma|llama3] [--alias NAME]\n"
+           "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
+           "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
+           "       [--chat-template chatml|gemma|llama3] [--chat-parse-special] [--alias NAME]\n"
            "       [-n MAX_TOKENS] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
            "       [--verbose]\n"
-           "  Binds 127.0.0.1:8080 by default (--port 0: any free port, printed at start).\n"
-           "  P slots generate at once, each with its own KV cache of -c tokens under the --kv policy\n"
-           "  and max(1, THREADS / P) threads; up to Q more requests wait, beyond that 429.\n"
+           "  Binds %s:%d by default (--port 0: any free port, printed at start).\n"
+           "  P (default %d) slots generate at once, each with its own KV cache of -c tokens under the --kv\n"
+           "  policy and max(1, THREADS / P) threads; up to Q (default %d) more requests wait, beyond that\n"
+           "  429. A request that parses and tokenizes a body holds one of these P + Q places while it does.\n"
+           "  --max-body (default: the context x the longest token's bytes + %u KiB, room for any prompt\n"
+           "  that fits): longer bodies get 413. A prompt with more bytes than the context could hold is\n"
+           "  refused before it is tokenized, and tokenizing stops once the context is overfull.\n"
            "  Sampling flags and -n are the defaults for fields a request leaves out (as tailor generate).\n"
-           "  --api-key (or $TAILOR_API_KEY): every endpoint but /health needs 'Authorization: Bearer KEY'.\n"
+           "  --api-key-file FILE (or $TAILOR_API_KEY, or --api-key KEY, which other users see in ps until it\n"
+           "  is blanked): every endpoint but /health needs 'Authorization: Bearer KEY'. A key that is given\n"
+           "  but empty (or only whitespace) stops the server instead of leaving it open.\n"
+           "  Connections (one thread each): at most --max-connections (default 4 (P + Q) + 16, within\n"
+           "  ulimit -n / -u less %d), --max-connections-per-ip from one address (default P + Q + 4; behind\n"
+           "  a proxy, set it to --max-connections); more are closed at accept. A request's headers must\n"
+           "  arrive within --header-timeout (default %d s) of the connection's start or its previous\n"
+           "  answer, its body within --body-timeout (default %d s; 408, closed at twice that); idle\n"
+           "  connections close after --timeout (default %d s).\n"
+           "  Chat messages are tokenized as plain text: only the template's own markers are control tokens;\n"
+           "  --chat-parse-special lets message content write control tokens (trusted clients only).\n"
            "  Endpoints: POST /v1/completions /v1/chat/completions /tokenize /detokenize,\n"
-           "             GET /v1/models /health /metrics. See docs/server.md.\n");
+           "             GET /v1/models /health /metrics. See docs/server.md.\n",
+           d.host, d.port, d.n_parallel, d.n_queue, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
+           d.body_timeout_s, d.timeout_s);
+}
+
+/* The API key from --api-key, --api-key-file (surrounding whitespace trimmed) or
+ * $TAILOR_API_KEY, in that order; *key stays NULL when none is given. A key that is given
+ * but unusable (empty, whitespace only, spaces or control characters inside) stops the
+ * server: it must never start open by mistake. Returns 0, or -1 after printing why. */
+static int read_api_key(const char *arg, const char *file, char **key) {
+    *key = NULL;
+    tl_error err = {{0}};
+    const char *from = "--api-key";
+    if (arg && file) {
+        fprintf(stderr, "tailor serve: --api-key and --api-key-file: give one of them\n");
+        return -1;
+    }
+    if (arg) {
+        fprintf(stderr, "tailor serve: warning: --api-key shows the key to every user of this machine (ps, "
+                        "/proc/PID/cmdline) until it is blanked at start; prefer --api-key-file FILE or "
+                        "$TAILOR_API_KEY\n");
+        *key = tl_xstrdup(arg);
+    } else if (file) {
+        size_t n = 0;
+        from = "--api-key-file";
+        if (!(*key = tl_cli_read_file(file, &n, &err))) {
+            fprintf(stderr, "tailor serve: --api-key-file: %s\n", err.msg);
+            return -1;
+        }
+        size_t a = 0;
+        while (n && strchr("\r\n \t", (*key)[n - 1])) (*key)[--n] = 0;
+        while (a < n && strchr("\r\n \t", (*key)[a])) a++;
+        memmove(*key, *key + a, n - a + 1);
+    } else if (getenv("TAILOR_API_KEY")) {
+        from = "$TAILOR_API_KEY";
+        *key = tl_xstrdup(getenv("TAILOR_API_KEY"));
+    }
+    if (tl_server_check_api_key(*key, &err)) {
+        fprintf(stderr, "tailor serve: %s%s%s: %s\n", from, file ? " " : "", file ? file : "", err.msg);
+        free(*key);
+        *key = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 int tl_cmd_serve(int argc, char **argv) {
@@ -29,6 +88,7 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_cli_common_init(&c);
     tl_server_params sp = tl_server_default_params();
     const char *key_file = NULL;
+    char *key_arg = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int r = tl_cli_common_arg(&c, argc, argv, &i);
@@ -53,7 +113,7 @@ int tl_cmd_serve(int argc, char **argv) {
             if (tl_cli_int(a, v, 0, 1 << 16, &sp.n_queue)) return 2;
         } else if (!strcmp(a, "--api-key")) {
             VAL();
-            sp.api_key = v;
+            key_arg = argv[i]; /* copied and blanked once the flags are read */
         } else if (!strcmp(a, "--api-key-file")) {
             VAL();
             key_file = v;
@@ -65,12 +125,23 @@ int tl_cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--timeout")) {
             VAL();
             if (tl_cli_int(a, v, 1, 86400, &sp.timeout_s)) return 2;
+        } else if (!strcmp(a, "--header-timeout")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 86400, &sp.header_timeout_s)) return 2;
+        } else if (!strcmp(a, "--body-timeout")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 86400, &sp.body_timeout_s)) return 2;
         } else if (!strcmp(a, "--max-connections")) {
             VAL();
-            if (tl_cli_int(a, v, 1, 1 << 16, &sp.max_connections)) return 2;
+            if (tl_cli_int(a, v, 1, 1 << 20, &sp.max_connections)) return 2;
+        } else if (!strcmp(a, "--max-connections-per-ip")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 1 << 20, &sp.max_connections_per_ip)) return 2;
         } else if (!strcmp(a, "--chat-template")) {
             VAL();
             sp.chat_template = v;
+        } else if (!strcmp(a, "--chat-parse-special")) {
+            sp.chat_parse_special = true;
         } else if (!strcmp(a, "--alias")) {
             VAL();
             sp.model_id = v;
@@ -92,17 +163,10 @@ int tl_cmd_serve(int argc, char **argv) {
     }
     tl_error err = {{0}};
     char *key_buf = NULL;
-    if (key_file) {
-        size_t n = 0;
-        if (!(key_buf = tl_cli_read_file(key_file, &n, &err))) {
-            fprintf(stderr, "tailor serve: --api-key-file: %s\n", err.msg);
-            return 2;
-        }
-        while (n && strchr("\r\n \t", key_buf[n - 1])) key_buf[--n] = 0;
-        sp.api_key = key_buf;
-    } else if (!sp.api_key && getenv("TAILOR_API_KEY")) {
-        sp.api_key = getenv("TAILOR_API_KEY");
-    }
+    int key_rc = read_api_key(key_arg, key_file, &key_buf);
+    if (key_arg) memset(key_arg, 'x', strlen(key_arg)); /* so ps shows the key no longer */
+    if (key_rc) return 2;
+    sp.api_key = key_buf;
     sp.n_ctx = c.n_ctx;
     sp.n_threads = c.n_threads;
     sp.chunk = c.chunk;
@@ -133,6 +197,9 @@ int tl_cmd_serve(int argc, char **argv) {
             "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations per slot, chat template %s%s\n",
             c.model, sp.n_parallel, n_ctx, c.kv ? c.kv : "f16", mem.activations / 1048576.0, chat,
             sp.api_key && *sp.api_key ? ", API key required" : "");
+    const tl_server_params *in_use = tl_server_params_in_use(srv);
+    fprintf(stderr, "tailor serve: requests of at most %zu bytes; at most %d connections, %d per address\n",
+            in_use->max_body, in_use->max_connections, in_use->max_connections_per_ip);
     fprintf(stderr, "tailor serve: listening on http://%s:%d\n", sp.host, tl_server_port(srv));
     fflush(stderr);
     int sig = 0;

@@ -6,7 +6,12 @@
  *                             (no system role: the system text opens the first user turn)
  *   Llama-3                   <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> ...
  * BOS is not written: the tokenizer adds it when the vocabulary asks for it (as for
- * /v1/completions and tailor generate). */
+ * /v1/completions and tailor generate).
+ *
+ * The renderer records where it wrote the template's markers. Only those are tokenized as
+ * control tokens: the same characters inside a message are plain text, so a user cannot
+ * close their turn and open a forged system turn (unless the server was started with
+ * --chat-parse-special, for clients that are trusted to write control tokens). */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -15,6 +20,8 @@
 typedef struct {
     char *p;
     size_t n, cap;
+    tl_span *marks; /* where the template's own control tokens were written */
+    size_t n_marks, cap_marks;
 } sbuf;
 
 static void sb_put(sbuf *b, const char *s, size_t n) {
@@ -27,6 +34,16 @@ static void sb_put(sbuf *b, const char *s, size_t n) {
     b->p[b->n] = 0;
 }
 static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+/* A marker of the template (a control token), recorded so that it alone is tokenized as one. */
+static void sb_mark(sbuf *b, const char *s) {
+    if (b->n_marks == b->cap_marks) {
+        b->cap_marks = b->cap_marks ? b->cap_marks * 2 : 16;
+        b->marks = tl_xrealloc(b->marks, b->cap_marks * sizeof *b->marks);
+    }
+    b->marks[b->n_marks++] = (tl_span){b->n, strlen(s)};
+    sb_str(b, s);
+}
 
 /* Gemma's and Llama-3's templates trim message content; ChatML's does not. */
 static void sb_trimmed(sbuf *b, const char *s) {
@@ -62,7 +79,10 @@ const char *tl_chat_name(tl_chat_kind k) {
     }
 }
 
-char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_error *err) {
+char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_span **markers, size_t *n_markers,
+                     tl_error *err) {
+    *markers = NULL;
+    *n_markers = 0;
     if (k != TL_CHAT_CHATML && k != TL_CHAT_GEMMA && k != TL_CHAT_LLAMA3) {
         tl_fail(err, "no supported chat template");
         return NULL;
@@ -78,23 +98,25 @@ char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_error *e
         const char *role = msgs[i].role, *c = msgs[i].content;
         switch (k) {
         case TL_CHAT_CHATML:
-            sb_str(&b, "<|im_start|>");
+            sb_mark(&b, "<|im_start|>");
             sb_str(&b, role);
             sb_str(&b, "\n");
             sb_str(&b, c);
-            sb_str(&b, "<|im_end|>\n");
+            sb_mark(&b, "<|im_end|>");
+            sb_str(&b, "\n");
             break;
         case TL_CHAT_GEMMA:
             if (!strcmp(role, "system")) {
                 if (i != 0) {
                     free(b.p);
+                    free(b.marks);
                     tl_fail(err, "messages[%d]: the Gemma template takes a system message only first", i);
                     return NULL;
                 }
                 pending_system = c;
                 break;
             }
-            sb_str(&b, "<start_of_turn>");
+            sb_mark(&b, "<start_of_turn>");
             sb_str(&b, !strcmp(role, "assistant") ? "model" : role);
             sb_str(&b, "\n");
             if (pending_system) {
@@ -103,24 +125,39 @@ char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_error *e
                 pending_system = NULL;
             }
             sb_trimmed(&b, c);
-            sb_str(&b, "<end_of_turn>\n");
+            sb_mark(&b, "<end_of_turn>");
+            sb_str(&b, "\n");
             break;
         default: /* Llama-3 */
-            sb_str(&b, "<|start_header_id|>");
+            sb_mark(&b, "<|start_header_id|>");
             sb_str(&b, role);
-            sb_str(&b, "<|end_header_id|>\n\n");
+            sb_mark(&b, "<|end_header_id|>");
+            sb_str(&b, "\n\n");
             sb_trimmed(&b, c);
-            sb_str(&b, "<|eot_id|>");
+            sb_mark(&b, "<|eot_id|>");
             break;
         }
     }
     if (k == TL_CHAT_GEMMA && pending_system) { /* only a system message: it becomes the user turn */
-        sb_str(&b, "<start_of_turn>user\n");
+        sb_mark(&b, "<start_of_turn>");
+        sb_str(&b, "user\n");
         sb_trimmed(&b, pending_system);
-        sb_str(&b, "<end_of_turn>\n");
+        sb_mark(&b, "<end_of_turn>");
+        sb_str(&b, "\n");
     }
-    if (k == TL_CHAT_CHATML) sb_str(&b, "<|im_start|>assistant\n");
-    else if (k == TL_CHAT_GEMMA) sb_str(&b, "<start_of_turn>model\n");
-    else sb_str(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    if (k == TL_CHAT_CHATML) {
+        sb_mark(&b, "<|im_start|>");
+        sb_str(&b, "assistant\n");
+    } else if (k == TL_CHAT_GEMMA) {
+        sb_mark(&b, "<start_of_turn>");
+        sb_str(&b, "model\n");
+    } else {
+        sb_mark(&b, "<|start_header_id|>");
+        sb_str(&b, "assistant");
+        sb_mark(&b, "<|end_header_id|>");
+        sb_str(&b, "\n\n");
+    }
+    *markers = b.marks;
+    *n_markers = b.n_marks;
     return b.p;
 }

@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
 
 /* ---------------- util.c ---------------- */
 /* Length of the longest valid UTF-8 prefix of s[0..n). */
@@ -34,8 +35,11 @@ tl_chat_kind tl_chat_by_name(const char *name);
 /* Template from the text of tokenizer.chat_template (NULL -> TL_CHAT_NONE). */
 tl_chat_kind tl_chat_detect(const char *jinja);
 const char *tl_chat_name(tl_chat_kind k);
-/* Render messages plus the assistant generation prompt; malloc'd, or NULL with err. */
-char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_error *err);
+/* Render messages plus the assistant generation prompt; malloc'd, or NULL with err. *markers
+ * (malloc'd, sorted) gets the byte ranges of the template's own markers, the only places where
+ * control tokens are to be recognised (tl_tok_opts.special_spans). */
+char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_span **markers, size_t *n_markers,
+                     tl_error *err);
 
 /* ---------------- sched.c ---------------- */
 typedef enum { TL_JOB_QUEUED, TL_JOB_RUNNING, TL_JOB_DONE } tl_job_state;
@@ -85,6 +89,7 @@ typedef struct {
 
 typedef struct {
     int n_slots, n_busy, n_queued, n_queue_cap;
+    int n_reserved; /* requests parsing and tokenizing, holding a place */
     tl_kv_bytes kv;      /* KV bytes held now, summed over slots */
     uint64_t kv_total;
 } tl_sched_stats;
@@ -93,9 +98,15 @@ enum { TL_SUBMIT_OK = 0, TL_SUBMIT_FULL = 1, TL_SUBMIT_STOPPING = 2 };
 
 tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metrics, tl_error *err);
 int tl_sched_n_ctx(const tl_sched *s);
-/* Memory of slot 0 (all slots are alike), for the start-up report. */
+/* Memory of slot 0 (all slots are alike) as created, for the start-up report. */
 void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out);
-int tl_sched_submit(tl_sched *s, tl_job *j); /* takes its own reference on success */
+/* A place among the P running + Q waiting, taken before a request parses and tokenizes its
+ * body (so that work is bounded like the queue): TL_SUBMIT_OK, _FULL or _STOPPING. It passes to
+ * the job with tl_sched_submit_reserved (which takes its own reference on the job; OK or
+ * STOPPING, never FULL), or is given back with tl_sched_release. */
+int tl_sched_reserve(tl_sched *s);
+int tl_sched_submit_reserved(tl_sched *s, tl_job *j);
+void tl_sched_release(tl_sched *s);
 /* Stop a job now: a queued job leaves the queue, a running one stops at the next token. */
 void tl_sched_cancel(tl_sched *s, tl_job *j);
 void tl_sched_stats_get(tl_sched *s, tl_sched_stats *out);
@@ -113,7 +124,10 @@ tl_metrics *tl_metrics_new(void);
 void tl_metrics_free(tl_metrics *m);
 void tl_metrics_request(tl_metrics *m, tl_endpoint ep, int status, double seconds);
 void tl_metrics_tokens(tl_metrics *m, int n_prompt, double t_prompt, int n_gen, double t_gen);
-void tl_metrics_event(tl_metrics *m, const char *what); /* "rejected_queue_full", "client_disconnect" */
+/* "rejected_queue_full", "client_disconnect", "refused_per_ip", "refused_total",
+ * "timeout_headers", "timeout_body" */
+void tl_metrics_event(tl_metrics *m, const char *what);
+void tl_metrics_connections(tl_metrics *m, int open); /* the open-connections gauge */
 /* Prometheus text exposition (malloc'd). */
 char *tl_metrics_render(tl_metrics *m, tl_sched *s);
 
@@ -129,11 +143,27 @@ struct tl_server {
     tl_sched *sched;
     tl_metrics *metrics;
     void *daemon; /* struct MHD_Daemon */
+    struct tl_conns *conns; /* http.c: open connections, their deadlines, the watchdog */
     int port;
     atomic_uint_fast64_t next_id;
     uint64_t id_salt;
     double t_start;
+    /* the model file as it was at start (see tl_server_model_changed) */
+    char *model_path;
+    struct stat model_st;
+    pthread_mutex_t model_mu;
+    char model_why[512]; /* set once a change is seen (under model_mu) */
 };
+
+/* tl_server_start without the HTTP layer: slots, metrics, chat template, limits. Requests can
+ * then be handed to tl_route or tl_request_job directly (fuzz/fuzz_http.c); tl_server_stop
+ * frees it. */
+tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err);
+
+/* Has the mapped model file changed on disk since the start (size, modification time, inode,
+ * or gone)? Overwriting it in place takes pages from under the mapping: the next read of one
+ * kills the process with SIGBUS. Once a change is seen it stays seen; why gets the reason. */
+bool tl_server_model_changed(tl_server *s, char *why, size_t n);
 
 /* What a handler answers: a whole body, or an SSE stream fed by a job. */
 typedef struct tl_stream tl_stream;
@@ -141,6 +171,7 @@ typedef struct {
     int status;
     char *body; /* malloc'd */
     const char *content_type;
+    const char *allow; /* the Allow header of a 405 */
     tl_stream *stream;
 } tl_reply;
 
@@ -149,6 +180,16 @@ typedef struct {
     int fd;
 } tl_conn;
 bool tl_conn_gone(const tl_conn *c);
+
+/* How a generation is answered: stream (SSE) or whole, with a usage chunk when streaming. */
+typedef struct {
+    bool stream, include_usage;
+} tl_gen_opts;
+
+/* A generation request's body (completions, or chat when chat) -> a job ready to queue: fields
+ * read, prompt tokenized and checked against the context. NULL with a 4xx in r otherwise. The
+ * HTTP path and fuzz/fuzz_http.c both come here. */
+tl_job *tl_request_job(tl_server *srv, bool chat, const char *body, size_t len, tl_gen_opts *o, tl_reply *r);
 
 tl_endpoint tl_route_endpoint(const char *url);
 bool tl_route_needs_auth(tl_endpoint ep);

@@ -20,6 +20,8 @@ struct tl_metrics {
     uint64_t prompt_tokens, gen_tokens;
     double prompt_s, gen_s;
     uint64_t rejected_full, disconnects;
+    uint64_t refused_per_ip, refused_total, timeout_headers, timeout_body;
+    int conns_open;
 };
 
 tl_metrics *tl_metrics_new(void) {
@@ -58,6 +60,16 @@ void tl_metrics_event(tl_metrics *m, const char *what) {
     pthread_mutex_lock(&m->mu);
     if (!strcmp(what, "rejected_queue_full")) m->rejected_full++;
     else if (!strcmp(what, "client_disconnect")) m->disconnects++;
+    else if (!strcmp(what, "refused_per_ip")) m->refused_per_ip++;
+    else if (!strcmp(what, "refused_total")) m->refused_total++;
+    else if (!strcmp(what, "timeout_headers")) m->timeout_headers++;
+    else if (!strcmp(what, "timeout_body")) m->timeout_body++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void tl_metrics_connections(tl_metrics *m, int open) {
+    pthread_mutex_lock(&m->mu);
+    m->conns_open = open;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -129,6 +141,18 @@ char *tl_metrics_render(tl_metrics *m, tl_sched *s) {
     put(&o, "# HELP tailor_client_disconnects_total Generations stopped because the client went away.\n"
             "# TYPE tailor_client_disconnects_total counter\ntailor_client_disconnects_total %llu\n",
         (unsigned long long)m->disconnects);
+    put(&o, "# HELP tailor_connections_open Client connections open now (one thread each).\n"
+            "# TYPE tailor_connections_open gauge\ntailor_connections_open %d\n", m->conns_open);
+    put(&o, "# HELP tailor_connections_refused_total Connections closed at accept: the address or the server "
+            "was at its connection limit.\n# TYPE tailor_connections_refused_total counter\n"
+            "tailor_connections_refused_total{cause=\"per_ip\"} %llu\n"
+            "tailor_connections_refused_total{cause=\"total\"} %llu\n",
+        (unsigned long long)m->refused_per_ip, (unsigned long long)m->refused_total);
+    put(&o, "# HELP tailor_connections_timed_out_total Connections closed because a request's headers or body "
+            "missed its deadline.\n# TYPE tailor_connections_timed_out_total counter\n"
+            "tailor_connections_timed_out_total{phase=\"headers\"} %llu\n"
+            "tailor_connections_timed_out_total{phase=\"body\"} %llu\n",
+        (unsigned long long)m->timeout_headers, (unsigned long long)m->timeout_body);
     pthread_mutex_unlock(&m->mu);
     put(&o, "# HELP tailor_kv_bytes KV cache bytes held now over all slots, by tier.\n# TYPE tailor_kv_bytes gauge\n"
             "tailor_kv_bytes{tier=\"device\"} %llu\ntailor_kv_bytes{tier=\"host\"} %llu\n",

@@ -20,6 +20,7 @@ void tl_reply_error(tl_reply *r, int status, const char *message, const char *ty
     r->status = status;
     r->body = tl_error_json(message, type, param, code);
     r->content_type = "application/json";
+    r->allow = NULL;
     r->stream = NULL;
 }
 
@@ -102,12 +103,46 @@ static const char *get_str(const cJSON *o, const char *k, bool required, tl_repl
     return v->valuestring;
 }
 
+/* One pass over a JSON text: how many values it holds (cJSON spends a node of some 64 bytes on
+ * each, so a body of "1,1,1,..." would cost 32 times its size), and the offset of the first
+ * \u0000 escape inside a string (-1 if none: cJSON's strings end at a NUL, so the rest of the
+ * string would be dropped without a word). */
+static size_t json_scan(const char *s, size_t n, long *nul_at) {
+    size_t values = 1;
+    bool in_str = false;
+    *nul_at = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (in_str) {
+            if (s[i] == '"') {
+                in_str = false;
+            } else if (s[i] == '\\') {
+                if (*nul_at < 0 && i + 5 < n && s[i + 1] == 'u' && !memcmp(s + i + 2, "0000", 4)) *nul_at = (long)i;
+                i++; /* the escaped character: \" does not end the string, \\ is one backslash */
+            }
+        } else if (s[i] == '"') {
+            in_str = true;
+        } else if (s[i] == ',' || s[i] == '[' || s[i] == '{') {
+            values++;
+        }
+    }
+    return values;
+}
+
+/* The most JSON values a body may hold: a request that fits the context needs at most one per
+ * token id, or a few per chat message (each message renders to several tokens). */
+static size_t max_values(const tl_server *srv) { return 4 * (size_t)tl_sched_n_ctx(srv->sched) + 4096; }
+
 /* Body -> JSON object, or NULL with a 400 in r. */
-static cJSON *parse_body(const char *body, size_t len, tl_reply *r) {
+static cJSON *parse_body(const tl_server *srv, const char *body, size_t len, tl_reply *r) {
     if (len == 0) return bad(r, NULL, "the request body is empty: a JSON object is expected"), NULL;
     size_t ok = tl_utf8_valid_prefix(body, len);
     if (ok != len) return bad(r, NULL, "the request body is not valid UTF-8 (byte %zu)", ok), NULL;
     if (memchr(body, 0, len)) return bad(r, NULL, "the request body contains a NUL byte"), NULL;
+    long nul;
+    size_t values = json_scan(body, len, &nul), most = max_values(srv);
+    if (values > most)
+        return bad(r, NULL, "the request body holds %zu JSON values; at most %zu are accepted (4 per token of the "
+                            "context, plus 4096)", values, most), NULL;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
     if (!root) {
@@ -123,20 +158,26 @@ static cJSON *parse_body(const char *body, size_t len, tl_reply *r) {
         cJSON_Delete(root);
         return bad(r, NULL, "the request body must be a JSON object"), NULL;
     }
+    if (nul >= 0) {
+        cJSON_Delete(root);
+        return bad(r, NULL, "the request body has \\u0000 (a NUL character) in a string at byte %ld: NUL is not "
+                            "accepted in any string", nul), NULL;
+    }
     return root;
 }
 
-static int32_t *tokenize(const tl_model *m, const char *text, size_t len, bool add_special, bool parse_special,
-                         size_t *n, tl_error *err) {
+static int32_t *tokenize(const tl_model *m, const char *text, size_t len, const tl_tok_opts *o, size_t *n,
+                         tl_error *err) {
     size_t cap = len + 16, need = 0;
+    if (o->max_tokens) cap = TL_MIN(cap, o->max_tokens + 1);
     int32_t *ids = tl_xmalloc(sizeof(int32_t) * cap);
-    if (tl_tokenize(m->tok, text, len, add_special, parse_special, ids, cap, &need, err)) {
+    if (tl_tokenize_opts(m->tok, text, len, o, ids, cap, &need, err)) {
         free(ids);
         return NULL;
     }
     if (need > cap) {
         ids = tl_xrealloc(ids, sizeof(int32_t) * need);
-        if (tl_tokenize(m->tok, text, len, add_special, parse_special, ids, need, &need, err)) {
+        if (tl_tokenize_opts(m->tok, text, len, o, ids, need, &need, err)) {
             free(ids);
             return NULL;
         }
@@ -147,16 +188,49 @@ static int32_t *tokenize(const tl_model *m, const char *text, size_t len, bool a
 
 /* ---------------- generation requests ---------------- */
 
-typedef struct {
-    bool stream, include_usage;
-} gen_opts;
+
+/* Fields of OpenAI's API that tailor does not implement. A request that sets one to anything but
+ * its neutral value (null, false, 0 or empty; best_of 1; response_format text) is refused with
+ * 400 naming it, rather than answered as if the field were not there. */
+static const struct {
+    const char *field, *hint;
+} UNSUPPORTED[] = {
+    {"logprobs", "log probabilities are not returned"},
+    {"top_logprobs", "log probabilities are not returned"},
+    {"echo", "the prompt is not echoed"},
+    {"best_of", "one candidate is generated per request"},
+    {"suffix", "insertion (a suffix after the completion) is not supported"},
+    {"logit_bias", "logit biases are not supported"},
+    {"presence_penalty", "use repeat_penalty"},
+    {"frequency_penalty", "use repeat_penalty"},
+    {"tools", "tool calls are not supported"},
+    {"functions", "function calls are not supported"},
+    {"response_format", "only text responses are supported"},
+};
+
+static bool neutral(const char *field, const cJSON *v) {
+    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) return true;
+    if (!strcmp(field, "logprobs")) return false; /* completions' logprobs: 0 still asks for the sampled token's */
+    if (cJSON_IsNumber(v)) return v->valuedouble == (!strcmp(field, "best_of") ? 1 : 0);
+    if (cJSON_IsString(v)) return !*v->valuestring;
+    if (!strcmp(field, "response_format")) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
+        return cJSON_IsString(t) && !strcmp(t->valuestring, "text");
+    }
+    return (cJSON_IsArray(v) || cJSON_IsObject(v)) && !v->child;
+}
 
 /* Sampling, max_tokens, stop, n, stream: shared by completions and chat. Returns 0 or -1. */
-static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job *j, gen_opts *o, tl_reply *r) {
+static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job *j, tl_gen_opts *o, tl_reply *r) {
     tl_sampler_params sp = srv->p.sampling;
     double d;
     long long ll;
     int rc;
+    for (size_t i = 0; i < sizeof UNSUPPORTED / sizeof *UNSUPPORTED; i++) {
+        const char *f = UNSUPPORTED[i].field;
+        if (!neutral(f, cJSON_GetObjectItemCaseSensitive(root, f)))
+            return bad(r, f, "'%s' is not supported by this server (%s); leave it out", f, UNSUPPORTED[i].hint), -1;
+    }
     if ((rc = get_num(root, "temperature", 0, 1e4, &d, r)) < 0) return -1;
     if (rc) sp.temp = (float)d;
     if ((rc = get_num(root, "top_p", 0, 1, &d, r)) < 0) return -1;
@@ -219,30 +293,53 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
     return 0;
 }
 
-/* Prompt text -> ids with tailor generate's rule (BOS when the vocab adds one, special tokens
- * parsed), and the context checks. Returns 0 or -1 (reply set). */
-static int set_prompt_text(tl_server *srv, tl_job *j, const char *text, size_t len, const char *param, tl_reply *r) {
+/* 400 context_length_exceeded: the prompt (n_desc tokens, or bytes) cannot fit. */
+static int too_long(tl_server *srv, tl_reply *r, const char *n_desc) {
+    char msg[320];
+    snprintf(msg, sizeof msg,
+             "the prompt has %s but the context holds %d tokens (the prompt and at least one generated token "
+             "must fit; start the server with a larger --ctx-size)",
+             n_desc, tl_sched_n_ctx(srv->sched));
+    tl_reply_error(r, 400, msg, "invalid_request_error", "prompt", "context_length_exceeded");
+    return -1;
+}
+
+/* Prompt text -> ids: BOS when the vocab adds one; control tokens recognised everywhere
+ * (parse_all: tailor generate's rule for a raw prompt) or only inside the spans (a chat
+ * template's markers). A long text costs no more than the context it could fill: one with more
+ * bytes than n_ctx tokens can cover (tl_tok_max_piece each) is refused untokenized, and
+ * tokenization stops after n_ctx + 1 ids. Returns 0 or -1 (reply set). */
+static int set_prompt_text(tl_server *srv, tl_job *j, const char *text, size_t len, bool parse_all,
+                           const tl_span *spans, size_t n_spans, const char *param, tl_reply *r) {
+    const int n_ctx = tl_sched_n_ctx(srv->sched);
+    const size_t at_least = len / TL_MAX(tl_tok_max_piece(srv->model->tok), 1);
+    char desc[96];
+    if (at_least >= (size_t)n_ctx) {
+        snprintf(desc, sizeof desc, "%zu bytes, so at least %zu tokens", len, at_least);
+        return too_long(srv, r, desc);
+    }
     tl_error err = {{0}};
     size_t n = 0;
-    int32_t *ids = tokenize(srv->model, text, len, true, true, &n, &err);
+    tl_tok_opts o = {.add_special = true, .parse_special = parse_all, .special_spans = spans,
+                     .n_special_spans = n_spans, .max_tokens = (size_t)n_ctx};
+    int32_t *ids = tokenize(srv->model, text, len, &o, &n, &err);
     if (!ids) return bad(r, param, "%s: %s", param, err.msg), -1;
     j->prompt = ids;
     j->n_prompt = (int)n;
+    if (n > (size_t)n_ctx) {
+        snprintf(desc, sizeof desc, "more than %d tokens", n_ctx);
+        return too_long(srv, r, desc);
+    }
     return 0;
 }
 
 static int check_prompt_fits(tl_server *srv, tl_job *j, tl_reply *r) {
-    int n_ctx = tl_sched_n_ctx(srv->sched);
     if (j->n_prompt == 0)
         return bad(r, "prompt", "the prompt is empty and the model adds no BOS token: nothing to start from"), -1;
-    if (j->n_prompt >= n_ctx) {
-        char msg[256];
-        snprintf(msg, sizeof msg,
-                 "the prompt has %d tokens but the context holds %d (the prompt and at least one generated "
-                 "token must fit; start the server with a larger --ctx-size)",
-                 j->n_prompt, n_ctx);
-        tl_reply_error(r, 400, msg, "invalid_request_error", "prompt", "context_length_exceeded");
-        return -1;
+    if (j->n_prompt >= tl_sched_n_ctx(srv->sched)) {
+        char desc[64];
+        snprintf(desc, sizeof desc, "%d tokens", j->n_prompt);
+        return too_long(srv, r, desc);
     }
     return 0;
 }
@@ -405,16 +502,9 @@ void tl_stream_free(tl_stream *st) {
 }
 
 /* Queue the job and answer: an SSE stream, or wait (watching the client) for the whole text. */
-static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool chat, const gen_opts *o,
+static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool chat, const tl_gen_opts *o,
                            tl_reply *r) {
-    int rc = tl_sched_submit(srv->sched, j);
-    if (rc == TL_SUBMIT_FULL) {
-        tl_metrics_event(srv->metrics, "rejected_queue_full");
-        tl_reply_error(r, 429, "the server is busy: every slot is generating and the queue is full; retry later",
-                       "rate_limit_exceeded", NULL, "queue_full");
-        return;
-    }
-    if (rc == TL_SUBMIT_STOPPING) {
+    if (tl_sched_submit_reserved(srv->sched, j) == TL_SUBMIT_STOPPING) {
         tl_reply_error(r, 503, "the server is shutting down", "server_error", NULL, NULL);
         return;
     }
@@ -480,57 +570,45 @@ static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool 
     reply_json(r, 200, root);
 }
 
-static void h_completions(tl_server *srv, const tl_conn *conn, const char *body, size_t len, tl_reply *r) {
-    cJSON *root = parse_body(body, len, r);
-    if (!root) return;
-    tl_job *j = tl_job_new();
-    gen_opts o;
+/* "prompt" of /v1/completions: text (or one text in a list), or token ids. 0 or -1. */
+static int completion_prompt(tl_server *srv, const cJSON *root, tl_job *j, tl_reply *r) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-    if (!p || cJSON_IsNull(p)) {
-        bad(r, "prompt", "'prompt' is required");
-        goto done;
-    }
+    if (!p || cJSON_IsNull(p)) return bad(r, "prompt", "'prompt' is required"), -1;
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
         p = cJSON_GetArrayItem(p, 0); /* ["text"]: one prompt in a list */
-    if (cJSON_IsString(p)) {
-        if (set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), "prompt", r)) goto done;
-    } else if (cJSON_IsArray(p)) { /* token ids */
-        int n = cJSON_GetArraySize(p), V = srv->model->cfg.n_vocab, k = 0;
-        j->prompt = tl_xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
-        const cJSON *it;
-        cJSON_ArrayForEach(it, p) {
-            if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < 0 ||
-                it->valuedouble >= V) {
-                bad(r, "prompt",
-                    "'prompt' must be a string, a list of one string, or a list of token ids in [0, %d); "
-                    "element %d is not",
-                    V, k);
-                goto done;
-            }
-            j->prompt[k++] = (int32_t)it->valuedouble;
-        }
-        j->n_prompt = k;
-    } else {
-        bad(r, "prompt", "'prompt' must be a string, a list of one string, or a list of token ids");
-        goto done;
+    if (cJSON_IsString(p))
+        return set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), true, NULL, 0, "prompt", r);
+    if (!cJSON_IsArray(p))
+        return bad(r, "prompt", "'prompt' must be a string, a list of one string, or a list of token ids"), -1;
+    int n = cJSON_GetArraySize(p), V = srv->model->cfg.n_vocab, k = 0;
+    if (n >= tl_sched_n_ctx(srv->sched)) {
+        char desc[64];
+        snprintf(desc, sizeof desc, "%d tokens", n);
+        return too_long(srv, r, desc);
     }
-    if (check_prompt_fits(srv, j, r)) goto done;
-    if (parse_gen_fields(srv, root, false, j, &o, r)) goto done;
-    run_generation(srv, conn, j, false, &o, r);
-done:
-    cJSON_Delete(root);
-    tl_job_unref(j);
+    j->prompt = tl_xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    const cJSON *it;
+    cJSON_ArrayForEach(it, p) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < 0 ||
+            it->valuedouble >= V)
+            return bad(r, "prompt",
+                       "'prompt' must be a string, a list of one string, or a list of token ids in [0, %d); "
+                       "element %d is not",
+                       V, k), -1;
+        j->prompt[k++] = (int32_t)it->valuedouble;
+    }
+    j->n_prompt = k;
+    return 0;
 }
 
-static void h_chat(tl_server *srv, const tl_conn *conn, const char *body, size_t len, tl_reply *r) {
-    cJSON *root = parse_body(body, len, r);
-    if (!root) return;
-    tl_job *j = tl_job_new();
+/* "messages" of /v1/chat/completions, rendered with the chat template and tokenized. 0 or -1. */
+static int chat_prompt(tl_server *srv, const cJSON *root, tl_job *j, tl_reply *r) {
+    int rc = -1, n = 0, n_owned = 0;
     tl_chat_msg *msgs = NULL;
     char **owned = NULL;
-    int n = 0, n_owned = 0;
     char *text = NULL;
-    gen_opts o;
+    tl_span *marks = NULL;
+    size_t n_marks = 0;
     const cJSON *ms = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!ms || cJSON_IsNull(ms)) {
         bad(r, "messages", "'messages' is required");
@@ -609,25 +687,53 @@ static void h_chat(tl_server *srv, const tl_conn *conn, const char *body, size_t
         n++;
     }
     tl_error err = {{0}};
-    if (!(text = tl_chat_render(srv->chat, msgs, n, &err))) {
+    if (!(text = tl_chat_render(srv->chat, msgs, n, &marks, &n_marks, &err))) {
         bad(r, "messages", "%s", err.msg);
         goto done;
     }
-    if (set_prompt_text(srv, j, text, strlen(text), "messages", r)) goto done;
-    if (check_prompt_fits(srv, j, r)) goto done;
-    if (parse_gen_fields(srv, root, true, j, &o, r)) goto done;
-    run_generation(srv, conn, j, true, &o, r);
+    /* the template's markers are control tokens; message content is text unless the server
+     * trusts its clients to write control tokens (--chat-parse-special) */
+    rc = set_prompt_text(srv, j, text, strlen(text), srv->p.chat_parse_special, marks, n_marks, "messages", r);
 done:
     for (int i = 0; i < n_owned; i++) free(owned[i]);
     free(owned);
     free(msgs);
     free(text);
+    free(marks);
+    return rc;
+}
+
+tl_job *tl_request_job(tl_server *srv, bool chat, const char *body, size_t len, tl_gen_opts *o, tl_reply *r) {
+    cJSON *root = parse_body(srv, body, len, r);
+    if (!root) return NULL;
+    tl_job *j = tl_job_new();
+    /* the cheap checks first: a request refused for a field costs no tokenization */
+    int rc = parse_gen_fields(srv, root, chat, j, o, r);
+    if (rc == 0) rc = chat ? chat_prompt(srv, root, j, r) : completion_prompt(srv, root, j, r);
+    if (rc == 0) rc = check_prompt_fits(srv, j, r);
     cJSON_Delete(root);
+    if (rc) {
+        tl_job_unref(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* A generation request that holds a place (tl_sched_reserve): the place passes to its job, or
+ * is given back if the request is refused. */
+static void h_generate(tl_server *srv, const tl_conn *conn, bool chat, const char *body, size_t len, tl_reply *r) {
+    tl_gen_opts o;
+    tl_job *j = tl_request_job(srv, chat, body, len, &o, r);
+    if (!j) {
+        tl_sched_release(srv->sched);
+        return;
+    }
+    run_generation(srv, conn, j, chat, &o, r);
     tl_job_unref(j);
 }
 
 static void h_tokenize(tl_server *srv, const char *body, size_t len, tl_reply *r) {
-    cJSON *root = parse_body(body, len, r);
+    cJSON *root = parse_body(srv, body, len, r);
     if (!root) return;
     int rc;
     bool add_special = false, parse_special = true, with_pieces = false;
@@ -639,7 +745,8 @@ static void h_tokenize(tl_server *srv, const char *body, size_t len, tl_reply *r
     }
     tl_error err = {{0}};
     size_t n = 0;
-    int32_t *ids = tokenize(srv->model, content, strlen(content), add_special, parse_special, &n, &err);
+    tl_tok_opts o = {.add_special = add_special, .parse_special = parse_special};
+    int32_t *ids = tokenize(srv->model, content, strlen(content), &o, &n, &err);
     if (!ids) {
         bad(r, "content", "content: %s", err.msg);
         cJSON_Delete(root);
@@ -667,7 +774,7 @@ static void h_tokenize(tl_server *srv, const char *body, size_t len, tl_reply *r
 }
 
 static void h_detokenize(tl_server *srv, const char *body, size_t len, tl_reply *r) {
-    cJSON *root = parse_body(body, len, r);
+    cJSON *root = parse_body(srv, body, len, r);
     if (!root) return;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tokens");
     if (!cJSON_IsArray(t)) {
@@ -737,23 +844,52 @@ void tl_route(tl_server *srv, const tl_conn *conn, tl_endpoint ep, const char *m
     r->status = 500;
     r->body = NULL;
     r->content_type = "application/json";
+    r->allow = NULL;
     r->stream = NULL;
     if (ep == TL_EP_OTHER) {
         tl_reply_error(r, 404, "no such endpoint (see docs/server.md)", "invalid_request_error", NULL, "not_found");
         return;
     }
+    /* GET endpoints answer HEAD too (libmicrohttpd sends the headers without the body) */
     bool post = ep == TL_EP_COMPLETIONS || ep == TL_EP_CHAT || ep == TL_EP_TOKENIZE || ep == TL_EP_DETOKENIZE;
-    if (strcmp(method, post ? "POST" : "GET")) {
+    if (post ? strcmp(method, "POST") : strcmp(method, "GET") && strcmp(method, "HEAD")) {
         char msg[96];
-        snprintf(msg, sizeof msg, "this endpoint takes %s only", post ? "POST" : "GET");
+        snprintf(msg, sizeof msg, "this endpoint takes %s only", post ? "POST" : "GET (or HEAD)");
         tl_reply_error(r, 405, msg, "invalid_request_error", NULL, "method_not_allowed");
+        r->allow = post ? "POST" : "GET, HEAD";
         return;
     }
+    char why[512];
+    if (ep != TL_EP_METRICS && tl_server_model_changed(srv, why, sizeof why)) {
+        tl_reply_error(r, 503, why, "server_error", NULL, "model_changed");
+        return;
+    }
+    /* A POST parses a JSON body and tokenizes or generates: it holds one of the P + Q places
+     * for that work, so the memory and CPU it takes are bounded like the queue. */
+    if (post) {
+        int rc = tl_sched_reserve(srv->sched);
+        if (rc == TL_SUBMIT_FULL) {
+            tl_metrics_event(srv->metrics, "rejected_queue_full");
+            tl_reply_error(r, 429, "the server is busy: every slot and queue place is taken; retry later",
+                           "rate_limit_exceeded", NULL, "queue_full");
+            return;
+        }
+        if (rc == TL_SUBMIT_STOPPING) {
+            tl_reply_error(r, 503, "the server is shutting down", "server_error", NULL, NULL);
+            return;
+        }
+    }
     switch (ep) {
-    case TL_EP_COMPLETIONS: h_completions(srv, conn, body, len, r); break;
-    case TL_EP_CHAT: h_chat(srv, conn, body, len, r); break;
-    case TL_EP_TOKENIZE: h_tokenize(srv, body, len, r); break;
-    case TL_EP_DETOKENIZE: h_detokenize(srv, body, len, r); break;
+    case TL_EP_COMPLETIONS: h_generate(srv, conn, false, body, len, r); break; /* the place goes to the job */
+    case TL_EP_CHAT: h_generate(srv, conn, true, body, len, r); break;
+    case TL_EP_TOKENIZE:
+        h_tokenize(srv, body, len, r);
+        tl_sched_release(srv->sched);
+        break;
+    case TL_EP_DETOKENIZE:
+        h_detokenize(srv, body, len, r);
+        tl_sched_release(srv->sched);
+        break;
     case TL_EP_MODELS: h_models(srv, r); break;
     case TL_EP_HEALTH: h_health(srv, r); break;
     case TL_EP_METRICS:

@@ -1,8 +1,10 @@
 /* sched.c: slots and the bounded queue.
  *
  * P slots, each a worker thread owning one tl_session (KV cache sized by the policy and
- * n_ctx, threads = max(1, n_threads / P)). Jobs wait in a FIFO of fixed capacity; a submit
- * that would exceed P running + capacity waiting is refused (the HTTP layer answers 429).
+ * n_ctx, threads = max(1, n_threads / P)). Jobs wait in a FIFO of fixed capacity. A request
+ * takes its place before it parses and tokenizes its body (tl_sched_reserve), so that work
+ * counts against the same P + Q as the queue; a reservation that would exceed P running +
+ * capacity waiting is refused (the HTTP layer answers 429).
  * The generation loop is tailor generate's, token for token (same sampler calls in the same
  * order), so equal prompt, seed and parameters give equal text.
  *
@@ -35,11 +37,13 @@ struct tl_sched {
     pthread_cond_t cv;
     tl_job **q;
     int q_cap, q_head, q_len;
+    int n_reserved; /* places held by requests still parsing and tokenizing */
     int n_running;
     int n_slots;
     bool stop;
     slot *slots;
     int n_ctx;
+    tl_session_mem slot_mem; /* slot 0's memory before any work, for the start-up report */
 };
 
 /* ---------------- jobs ---------------- */
@@ -327,6 +331,7 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
         sl->logits = tl_xmalloc(sizeof(float) * (size_t)m->cfg.n_vocab);
     }
     S->n_ctx = S->slots[0].sess->n_ctx;
+    tl_session_memory(S->slots[0].sess, &S->slot_mem); /* before the workers own their sessions */
     for (int i = 0; i < S->n_slots; i++) {
         int rc = pthread_create(&S->slots[i].th, NULL, worker, &S->slots[i]);
         if (rc) {
@@ -341,13 +346,28 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
 
 int tl_sched_n_ctx(const tl_sched *s) { return s->n_ctx; }
 
-void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out) { tl_session_memory(s->slots[0].sess, out); }
+void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out) { *out = s->slot_mem; }
 
-int tl_sched_submit(tl_sched *S, tl_job *j) {
+int tl_sched_reserve(tl_sched *S) {
     pthread_mutex_lock(&S->mu);
     int rc = TL_SUBMIT_OK;
     if (S->stop) rc = TL_SUBMIT_STOPPING;
-    else if (S->n_running + S->q_len >= S->q_cap) rc = TL_SUBMIT_FULL;
+    else if (S->n_running + S->q_len + S->n_reserved >= S->q_cap) rc = TL_SUBMIT_FULL;
+    else S->n_reserved++;
+    pthread_mutex_unlock(&S->mu);
+    return rc;
+}
+
+void tl_sched_release(tl_sched *S) {
+    pthread_mutex_lock(&S->mu);
+    S->n_reserved--;
+    pthread_mutex_unlock(&S->mu);
+}
+
+int tl_sched_submit_reserved(tl_sched *S, tl_job *j) {
+    pthread_mutex_lock(&S->mu);
+    S->n_reserved--; /* the place passes to the job */
+    int rc = S->stop ? TL_SUBMIT_STOPPING : TL_SUBMIT_OK;
     if (rc == TL_SUBMIT_OK) {
         tl_job_ref(j);
         pthread_mutex_lock(&j->mu);
@@ -388,6 +408,7 @@ void tl_sched_stats_get(tl_sched *S, tl_sched_stats *out) {
     out->n_slots = S->n_slots;
     out->n_busy = S->n_running;
     out->n_queued = S->q_len;
+    out->n_reserved = S->n_reserved;
     out->n_queue_cap = S->q_cap - S->n_slots;
     for (int i = 0; i < S->n_slots; i++) {
         const tl_kv_bytes *b = &S->slots[i].kv;

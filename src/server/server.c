@@ -3,8 +3,10 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -14,11 +16,22 @@ tl_server_params tl_server_default_params(void) {
     p.port = 8080;
     p.n_parallel = 1;
     p.n_queue = 16;
-    p.max_body = 2u << 20;
     p.timeout_s = 30;
+    p.header_timeout_s = 10;
+    p.body_timeout_s = 30;
     p.sampling = tl_sampler_default_params();
     p.default_max_tokens = 128;
     return p;
+}
+
+int tl_server_check_api_key(const char *key, tl_error *err) {
+    if (!key) return 0;
+    if (!*key) return tl_fail(err, "the key is empty; a server that is given a key must not run without one");
+    for (const unsigned char *c = (const unsigned char *)key; *c; c++)
+        if (*c <= ' ' || *c == 0x7f)
+            return tl_fail(err, "the key has a space or control character at byte %zu (it must be one HTTP token)",
+                           (size_t)((const char *)c - key));
+    return 0;
 }
 
 static void free_server(tl_server *s) {
@@ -28,12 +41,14 @@ static void free_server(tl_server *s) {
     tl_sched_free(s->sched);
     tl_metrics_free(s->metrics);
     free(s->model_id);
+    free(s->model_path);
+    pthread_mutex_destroy(&s->model_mu);
     free(s->host);
     free(s->api_key);
     free(s);
 }
 
-tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err) {
+tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err) {
     if (p->n_parallel < 1 || p->n_parallel > 256) {
         tl_fail(err, "--parallel %d: must be in [1, 256]", p->n_parallel);
         return NULL;
@@ -46,15 +61,18 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
         tl_fail(err, "--port %d: must be in [0, 65535]", p->port);
         return NULL;
     }
+    if (tl_server_check_api_key(p->api_key, err)) {
+        tl_fail_prefix(err, "API key");
+        return NULL;
+    }
     tl_server *s = tl_xcalloc(1, sizeof *s);
     s->model = m;
     s->p = *p;
     s->t_start = (double)time(NULL);
     s->host = tl_xstrdup(p->host ? p->host : "127.0.0.1");
     s->p.host = s->host;
-    s->api_key = p->api_key && *p->api_key ? tl_xstrdup(p->api_key) : NULL;
+    s->api_key = p->api_key ? tl_xstrdup(p->api_key) : NULL;
     s->p.api_key = s->api_key;
-    if (!s->p.max_body) s->p.max_body = 2u << 20;
     if (p->model_id) {
         s->model_id = tl_xstrdup(p->model_id);
     } else {
@@ -62,6 +80,15 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
         s->model_id = tl_xstrdup(base ? base + 1 : model_path ? model_path : "model");
     }
     s->p.model_id = s->model_id;
+    pthread_mutex_init(&s->model_mu, NULL);
+    if (model_path) {
+        s->model_path = tl_xstrdup(model_path);
+        if (stat(model_path, &s->model_st)) {
+            tl_fail(err, "%s: %s", model_path, strerror(errno));
+            free_server(s);
+            return NULL;
+        }
+    }
     s->p.chat_template = NULL; /* not kept: only its kind */
     uint64_t salt = 0;
     if (getrandom(&salt, sizeof salt, 0) != (ssize_t)sizeof salt) salt = (uint64_t)(tl_time_s() * 1e9);
@@ -99,14 +126,51 @@ tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_
         free_server(s);
         return NULL;
     }
-    if (tl_http_start(s, err)) {
+    /* the default body limit: what a prompt that fills the context can take as JSON text */
+    if (!s->p.max_body)
+        s->p.max_body = (size_t)tl_sched_n_ctx(s->sched) * TL_MAX(tl_tok_max_piece(m->tok), 1) + TL_BODY_SLACK;
+    return s;
+}
+
+tl_server *tl_server_start(tl_model *m, const char *model_path, const tl_server_params *p, tl_error *err) {
+    tl_server *s = tl_server_new(m, model_path, p, err);
+    if (s && tl_http_start(s, err)) {
         free_server(s);
         return NULL;
     }
     return s;
 }
 
+bool tl_server_model_changed(tl_server *s, char *why, size_t n) {
+    if (!s->model_path) return false;
+    pthread_mutex_lock(&s->model_mu);
+    if (!s->model_why[0]) {
+        struct stat st;
+        const struct stat *a = &s->model_st;
+        char what[128] = "";
+        if (stat(s->model_path, &st))
+            snprintf(what, sizeof what, "%s", strerror(errno));
+        else if (st.st_dev != a->st_dev || st.st_ino != a->st_ino)
+            snprintf(what, sizeof what, "replaced by another file");
+        else if (st.st_size != a->st_size)
+            snprintf(what, sizeof what, "size %lld -> %lld bytes", (long long)a->st_size, (long long)st.st_size);
+        else if (st.st_mtim.tv_sec != a->st_mtim.tv_sec || st.st_mtim.tv_nsec != a->st_mtim.tv_nsec)
+            snprintf(what, sizeof what, "modified");
+        if (what[0])
+            snprintf(s->model_why, sizeof s->model_why,
+                     "the model file %s changed on disk after the server started (%s): its mapped weights may be "
+                     "gone, so no more requests are taken; restart the server",
+                     s->model_path, what);
+    }
+    bool changed = s->model_why[0] != 0;
+    if (changed) snprintf(why, n, "%s", s->model_why);
+    pthread_mutex_unlock(&s->model_mu);
+    return changed;
+}
+
 int tl_server_port(const tl_server *s) { return s->port; }
+
+const tl_server_params *tl_server_params_in_use(const tl_server *s) { return &s->p; }
 
 void tl_server_stop(tl_server *s) { free_server(s); }
 
