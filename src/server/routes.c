@@ -231,19 +231,21 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
         if (!neutral(f, cJSON_GetObjectItemCaseSensitive(root, f)))
             return bad(r, f, "'%s' is not supported by this server (%s); leave it out", f, UNSUPPORTED[i].hint), -1;
     }
-    if ((rc = get_num(root, "temperature", 0, 1e4, &d, r)) < 0) return -1;
+    /* sampling ranges: one rule for the CLI and the server, tl_sampler_check, below */
+    if ((rc = get_num(root, "temperature", -HUGE_VAL, HUGE_VAL, &d, r)) < 0) return -1;
     if (rc) sp.temp = (float)d;
-    if ((rc = get_num(root, "top_p", 0, 1, &d, r)) < 0) return -1;
+    if ((rc = get_num(root, "top_p", -HUGE_VAL, HUGE_VAL, &d, r)) < 0) return -1;
     if (rc) sp.top_p = (float)d;
-    if ((rc = get_num(root, "min_p", 0, 1, &d, r)) < 0) return -1;
+    if ((rc = get_num(root, "min_p", -HUGE_VAL, HUGE_VAL, &d, r)) < 0) return -1;
     if (rc) sp.min_p = (float)d;
     if ((rc = get_int(root, "top_k", 0, INT_MAX, &ll, r)) < 0) return -1;
     if (rc) sp.top_k = (int)ll;
-    if ((rc = get_num(root, "repeat_penalty", 1e-6, 1e4, &d, r)) < 0) return -1;
+    if ((rc = get_num(root, "repeat_penalty", -HUGE_VAL, HUGE_VAL, &d, r)) < 0) return -1;
     if (rc) sp.repeat_penalty = (float)d;
     if ((rc = get_int(root, "seed", -9007199254740992.0, 9007199254740992.0, &ll, r)) < 0) return -1;
     if (rc) sp.seed = (uint64_t)ll; /* negative seeds wrap, as 64-bit values */
-    { tl_error e; if (tl_sampler_check(&sp, &e)) return bad(r, NULL, "%s", e.msg), -1; } /* the CLI's rule too */
+    tl_error e;
+    if (tl_sampler_check(&sp, &e)) return bad(r, NULL, "%s", e.msg), -1; /* the CLI's rule too */
     j->sp = sp;
 
     j->max_tokens = srv->p.default_max_tokens;
