@@ -12,19 +12,8 @@
 
 /* Run and parse stdout as JSON (stderr dropped). */
 static cJSON *run_json(const char *cmd, int *rc) {
-    char full[4096];
-    snprintf(full, sizeof full, "%s 2>/dev/null", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += r;
-        if (n + 1 >= cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int st = pclose(p);
-    *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char *buf = NULL;
+    *rc = tl_test_capture(cmd, false, &buf);
     cJSON *j = cJSON_Parse(buf);
     free(buf);
     return j;

@@ -168,16 +168,6 @@ static int connect_port(int port) {
     return fd;
 }
 
-static bool send_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w <= 0) return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
-
 typedef struct {
     int status;
     char *raw;  /* whole response */
@@ -253,7 +243,7 @@ static resp http(int port, const char *method, const char *path, const char *hea
     if (body) hl += sprintf(req + hl, "Content-Type: application/json\r\nContent-Length: %zu\r\n", bl);
     hl += sprintf(req + hl, "\r\n");
     memcpy(req + hl, body ? body : "", bl);
-    send_all(fd, req, (size_t)hl + bl);
+    tl_test_send_all(fd, req, (size_t)hl + bl);
     free(req);
     size_t n;
     char *raw = read_to_eof(fd, &n);
@@ -825,15 +815,15 @@ static void test_stories(const char *model) {
         int fd = connect_port(port);
         const char *h = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" AUTH
                         "Transfer-Encoding: chunked\r\n\r\n";
-        send_all(fd, h, strlen(h));
+        tl_test_send_all(fd, h, strlen(h));
         for (int k = 0; k < 9; k++) {
             char chunk[8192 + 16];
             int hl = sprintf(chunk, "%x\r\n", 8192);
             memset(chunk + hl, 'a', 8192);
             memcpy(chunk + hl + 8192, "\r\n", 2);
-            send_all(fd, chunk, (size_t)hl + 8194);
+            tl_test_send_all(fd, chunk, (size_t)hl + 8194);
         }
-        send_all(fd, "0\r\n\r\n", 5);
+        tl_test_send_all(fd, "0\r\n\r\n", 5);
         size_t rn;
         char *raw = read_to_eof(fd, &rn);
         close(fd);
@@ -847,11 +837,11 @@ static void test_stories(const char *model) {
         int fd = connect_port(port);
         const char *h = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" AUTH
                         "Content-Length: 24\r\n\r\n{\"prompt\":";
-        send_all(fd, h, strlen(h));
+        tl_test_send_all(fd, h, strlen(h));
         double t0 = now_s();
         for (int k = 0; k < 3; k++) {
             usleep(900000);
-            send_all(fd, k < 2 ? "\"slow" : "ly\"}     ", k < 2 ? 5 : 9);
+            tl_test_send_all(fd, k < 2 ? "\"slow" : "ly\"}     ", k < 2 ? 5 : 9);
         }
         size_t rn;
         char *raw = read_to_eof(fd, &rn);
@@ -862,7 +852,7 @@ static void test_stories(const char *model) {
         /* a client that stops sending: the connection is closed after --timeout */
         fd = connect_port(port);
         h = "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: 100\r\n\r\n{\"pro";
-        send_all(fd, h, strlen(h));
+        tl_test_send_all(fd, h, strlen(h));
         t0 = now_s();
         raw = read_to_eof(fd, &rn);
         double dt = now_s() - t0;
@@ -956,11 +946,11 @@ static void test_connections(const char *model) {
     /* a request's headers trickling in: closed at the header deadline */
     int fd = connect_from(port, "127.0.0.2");
     const char *line = "GET /health HTTP/1.1\r\n";
-    send_all(fd, line, strlen(line));
+    tl_test_send_all(fd, line, strlen(line));
     double t0 = now_s(), dt = -1;
     while (now_s() - t0 < 20) {
         usleep(400000);
-        if (!send_all(fd, "X-Slow: 1\r\n", 11) || (dt = closed_after(fd, 0.01)) >= 0) break;
+        if (!tl_test_send_all(fd, "X-Slow: 1\r\n", 11) || (dt = closed_after(fd, 0.01)) >= 0) break;
     }
     dt = now_s() - t0;
     CHECKF(dt > 4.5 && dt < 14, "a slow request's headers: closed after %.1f s (deadline 5 s)", dt);
@@ -968,11 +958,11 @@ static void test_connections(const char *model) {
     /* a body trickling in after its headers: closed at twice the body deadline */
     fd = connect_from(port, "127.0.0.2");
     const char *h = "POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{";
-    send_all(fd, h, strlen(h));
+    tl_test_send_all(fd, h, strlen(h));
     t0 = now_s();
     while (now_s() - t0 < 12) {
         usleep(300000);
-        if (!send_all(fd, " ", 1) || closed_after(fd, 0.01) >= 0) break;
+        if (!tl_test_send_all(fd, " ", 1) || closed_after(fd, 0.01) >= 0) break;
     }
     dt = now_s() - t0;
     CHECKF(dt > 1.5 && dt < 8, "a slow body: closed after %.1f s (deadline 2 x 1 s)", dt);
@@ -1029,19 +1019,6 @@ static void test_connections(const char *model) {
 #else
 #define UNDER_SANITIZER 0
 #endif
-
-/* A line of /proc/PID/status ("VmRSS", "VmHWM") in KiB, -1 if missing. */
-static long proc_kib(pid_t pid, const char *field) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    size_t fl = strlen(field);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, field, fl) && line[fl] == ':') v = atol(line + fl + 1);
-    if (f) fclose(f);
-    return v;
-}
 
 typedef struct {
     int port;
@@ -1104,7 +1081,7 @@ static void test_prompt_memory(const char *model) {
         resp r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"Once\",\"max_tokens\":4}");
         CHECK(r.status == 200);
         resp_free(&r);
-        long rss0 = proc_kib(s.pid, "VmRSS"), hwm0 = proc_kib(s.pid, "VmHWM");
+        long rss0 = tl_test_proc_kib((int)s.pid, "VmRSS"), hwm0 = tl_test_proc_kib((int)s.pid, "VmHWM");
         /* the default limit answers 413 on the declared length; with a 4 MiB limit the bodies
          * come in and are refused for the context (text) or their number of values (ids) */
         int want = explicit_limit ? 400 : 413;
@@ -1122,7 +1099,7 @@ static void test_prompt_memory(const char *model) {
         r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"Once\",\"max_tokens\":4}");
         CHECK(r.status == 200);
         resp_free(&r);
-        long rss1 = proc_kib(s.pid, "VmRSS"), hwm1 = proc_kib(s.pid, "VmHWM");
+        long rss1 = tl_test_proc_kib((int)s.pid, "VmRSS"), hwm1 = tl_test_proc_kib((int)s.pid, "VmHWM");
         printf("large prompts (%s limit): RSS %.1f MiB before, peak %.1f, after %.1f\n",
                explicit_limit ? "4 MiB" : "default", rss0 / 1024.0, hwm1 / 1024.0, rss1 / 1024.0);
         if (!UNDER_SANITIZER) {
@@ -1211,7 +1188,7 @@ static void test_busy(const char *model) {
                       strlen(long_req), long_req);
     /* a streaming request occupies the only slot... */
     int fd = connect_port(port);
-    send_all(fd, req, (size_t)rl);
+    tl_test_send_all(fd, req, (size_t)rl);
     char got[8192];
     size_t gl = 0;
     while (gl < sizeof got - 1) {
@@ -1246,7 +1223,7 @@ static void test_busy(const char *model) {
     rl = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: %zu\r\n\r\n%s",
                   strlen(long2), long2);
     fd = connect_port(port);
-    send_all(fd, req, (size_t)rl);
+    tl_test_send_all(fd, req, (size_t)rl);
     t0 = now_s();
     while (slots_busy(port) != 1 && now_s() - t0 < 5) usleep(10000);
     usleep(200000);

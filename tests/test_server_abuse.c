@@ -81,18 +81,6 @@ static bool server_start(const char *bin, const char *model) {
     return false;
 }
 
-static long proc_kib(const char *field) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)server_pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    size_t fl = strlen(field);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, field, fl) && line[fl] == ':') v = atol(line + fl + 1);
-    if (f) fclose(f);
-    return v;
-}
-
 /* ---------------- a small client ---------------- */
 
 /* A connection from the loopback address src; reads and writes give up after 3 s. */
@@ -111,16 +99,6 @@ static int connect_from(const char *src) {
         return -1;
     }
     return fd;
-}
-
-static bool send_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w <= 0) return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
 }
 
 /* The status of the answer on fd (reading it to the end), -1 if none came. */
@@ -158,7 +136,7 @@ static int request(const char *src, const char *head, const char *body, size_t b
     int hl = snprintf(h, cap, "%s\r\nConnection: close\r\n", head);
     if (body) hl += snprintf(h + hl, cap - (size_t)hl, "Content-Length: %zu\r\n", body_len);
     hl += snprintf(h + hl, cap - (size_t)hl, "\r\n");
-    if (send_all(fd, h, (size_t)hl) && body) send_all(fd, body, body_len);
+    if (tl_test_send_all(fd, h, (size_t)hl) && body) tl_test_send_all(fd, body, body_len);
     int st = read_status(fd); /* also when the sending stopped: a 413 on the headers may be there */
     free(h);
     close(fd);
@@ -187,13 +165,13 @@ static void hold(const char *src, int kind) {
     const char *start = kind == SLOW_BODY ? "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " KEY
                                             "\r\nContent-Length: 1000\r\n\r\n{\"prompt\":\""
                                           : "GET /health HTTP/1.1\r\n";
-    bool ok = kind == IDLE || send_all(fd, start, strlen(start));
+    bool ok = kind == IDLE || tl_test_send_all(fd, start, strlen(start));
     while (ok && !atomic_load(&stop)) {
         pause_ms(400);
         struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
         if (poll(&p, 1, 0) > 0) break; /* the server answered or closed */
-        if (kind == SLOW_HEADERS) ok = send_all(fd, "X-Slow: 1\r\n", 11);
-        else if (kind == SLOW_BODY) ok = send_all(fd, "a", 1);
+        if (kind == SLOW_HEADERS) ok = tl_test_send_all(fd, "X-Slow: 1\r\n", 11);
+        else if (kind == SLOW_BODY) ok = tl_test_send_all(fd, "a", 1);
     }
     count(read_status(fd)); /* closed, mostly; a body that ends late gets its 408 */
     close(fd);
@@ -228,15 +206,15 @@ static void oversized(const char *src, unsigned *seed) {
         if (fd < 0) break;
         snprintf(head, sizeof head, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " KEY
                                     "\r\nTransfer-Encoding: chunked\r\n\r\n");
-        bool ok = send_all(fd, head, strlen(head));
+        bool ok = tl_test_send_all(fd, head, strlen(head));
         for (int k = 0; ok && k < 32; k++) {
             char c[70000];
             int hl = sprintf(c, "%x\r\n", 65536);
             memset(c + hl, 'b', 65536);
             memcpy(c + hl + 65536, "\r\n", 2);
-            ok = send_all(fd, c, (size_t)hl + 65538);
+            ok = tl_test_send_all(fd, c, (size_t)hl + 65538);
         }
-        if (ok) send_all(fd, "0\r\n\r\n", 5);
+        if (ok) tl_test_send_all(fd, "0\r\n\r\n", 5);
         count(read_status(fd));
         close(fd);
         break;
@@ -349,7 +327,7 @@ static double metric(const char *name) {
     int fd = connect_from("127.0.0.1");
     if (fd < 0) return -1;
     const char *h = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " KEY "\r\n\r\n";
-    send_all(fd, h, strlen(h));
+    tl_test_send_all(fd, h, strlen(h));
     size_t cap = 1 << 16, n = 0;
     char *b = malloc(cap);
     for (ssize_t r; (r = recv(fd, b + n, cap - 1 - n, 0)) > 0;) {
@@ -388,7 +366,7 @@ int main(void) {
     }
     honest_log warm = {0}, h = {0};
     for (int i = 0; i < 4; i++) honest_request(&warm, i & 1); /* warm-up: the pages the storm will touch */
-    long rss0 = proc_kib("VmRSS");
+    long rss0 = tl_test_proc_kib((int)server_pid, "VmRSS");
 
     static attacker A[] = {
         {"127.0.0.2", SLOW_HEADERS}, {"127.0.0.2", SLOW_HEADERS}, {"127.0.0.2", SLOW_HEADERS},
@@ -416,10 +394,10 @@ int main(void) {
     }
     atomic_store(&stop, true);
     for (int i = 0; i < N_A; i++) pthread_join(th[i], NULL);
-    long hwm = proc_kib("VmHWM");
+    long hwm = tl_test_proc_kib((int)server_pid, "VmHWM");
     /* the storm's connections wind down (the last slow ones at their deadlines) */
     for (double t0 = now_s(); now_s() - t0 < 15 && metric("tailor_connections_open") > 1;) pause_ms(200);
-    long rss1 = proc_kib("VmRSS");
+    long rss1 = tl_test_proc_kib((int)server_pid, "VmRSS");
 
     qsort(h.lat, (size_t)h.n, sizeof(double), cmp_d);
     double p50 = h.n ? h.lat[h.n / 2] : -1, p99 = h.n ? h.lat[(int)(h.n * 0.99)] : -1;

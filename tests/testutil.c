@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -70,9 +71,34 @@ char *tl_test_read_file(const char *path, size_t *len) {
     return buf;
 }
 
-int tl_test_run(const char *cmd, char **out) {
+int tl_test_run(const char *cmd, char **out) { return tl_test_capture(cmd, true, out); }
+
+bool tl_test_send_all(int fd, const void *p, size_t n) {
+    const char *b = p;
+    while (n) {
+        const ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w <= 0) return false;
+        b += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+long tl_test_proc_kib(int pid, const char *field) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    long v = -1;
+    const size_t fl = strlen(field);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, fl) && line[fl] == ':') v = atol(line + fl + 1);
+    if (f) fclose(f);
+    return v;
+}
+
+int tl_test_capture(const char *cmd, bool with_stderr, char **out) {
     char full[8192];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    snprintf(full, sizeof full, "%s %s", cmd, with_stderr ? "2>&1" : "2>/dev/null");
     FILE *p = popen(full, "r");
     if (!p) {
         *out = calloc(1, 1);

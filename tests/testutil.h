@@ -47,6 +47,12 @@ void tl_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char *tl_test_read_file(const char *path, size_t *len);
 /* Run a shell command, capture its stdout and stderr (malloc'd), return its exit status. */
 int tl_test_run(const char *cmd, char **out);
+/* The same with only stdout captured (stderr dropped) when with_stderr is false. */
+int tl_test_capture(const char *cmd, bool with_stderr, char **out);
+/* write all n bytes to a socket (no SIGPIPE); false when the peer is gone */
+bool tl_test_send_all(int fd, const void *p, size_t n);
+/* A line of /proc/PID/status ("VmRSS", "VmHWM") in KiB, -1 if missing. */
+long tl_test_proc_kib(int pid, const char *field);
 /* Prints the summary line and returns 0 if no failures. */
 int tl_test_done(void);
 
