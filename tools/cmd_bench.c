@@ -6,7 +6,7 @@
  * repetition so every repetition measures the same state). Tokens are pseudo-random ids.
  * Besides tokens/s, decode rows report ms/token, the bytes one decode step must read
  * (weights + KV held) and that as a share of the measured memory bandwidth.
- * With --device cuda the depth is filled with random K/V rows appended through the GPU cache's
+ * With --device cuda the depth is filled, by default, with random K/V rows appended through the GPU cache's
  * own append/quantize path (tl_cuda_fill_random: a 128k-token prefill would take minutes and
  * decode cost does not depend on the values), and the share is of --bw, default the card's
  * peak from its memory clock and bus width (H100 SXM 3352 GB/s, H200 4800), named in the
@@ -103,7 +103,10 @@ static double measure_bandwidth(tl_pool *pool) {
     return (double)bytes / best / 1e9;
 }
 
-static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, double bw_gbs, tl_error *err) {
+/* random_fill: the GPU cache takes `depth` random K/V rows (marked "d<N>*" in the table) instead
+ * of a prefill of `depth` tokens (llama-bench's way, --fill prefill) */
+static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, double bw_gbs, bool random_fill,
+                   tl_error *err) {
     c->n_ctx = row->n_depth + row->n_prompt + row->n_gen + 1;
     tl_session *s = tl_cli_session(m, c, err);
     if (!s) return -1;
@@ -124,7 +127,7 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
         reps = 0;
     for (int r = 0; r < reps && !rc; r++) {
         tl_session_reset(s);
-        if (row->n_depth > 0 && s->gpu) {
+        if (row->n_depth > 0 && s->gpu && random_fill) {
             if (tl_cuda_fill_random(s->gpu, row->n_depth, 0x5eed + (uint64_t)r, err)) {
                 rc = -1;
                 break;
@@ -182,7 +185,10 @@ static void help(void) {
            "       [--chunk N] [-o md|csv|json|jsonl] [--bw GB/s] [--device cpu|cuda]\n"
            "  pp<N>: prefill N tokens after a cache of -d tokens; tg<N>: decode N tokens one at a time.\n"
            "  Lists are comma-separated. Decode rows add ms/token, bytes read per token (weights + KV)\n"
-           "  and that as %% of the memory bandwidth (measured at start, or --bw).\n");
+           "  and that as %% of the memory bandwidth (measured at start, or --bw; on a GPU the card's peak).\n"
+           "  --fill random|prefill: how a GPU cache reaches depth -d: random K/V rows through the cache's own\n"
+           "  append (default, seconds at 128k; marked d<N>* in the table) or a real prefill of -d tokens\n"
+           "  (llama-bench's way). The CPU always prefills.\n");
 }
 
 int tl_cmd_bench(int argc, char **argv) {
@@ -193,6 +199,7 @@ int tl_cmd_bench(int argc, char **argv) {
     int reps = 5;
     const char *fmt = "md";
     float bw_arg = 0;
+    bool random_fill = true;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -200,7 +207,7 @@ int tl_cmd_bench(int argc, char **argv) {
             return 0;
         }
         if (!strcmp(a, "-p") || !strcmp(a, "-n") || !strcmp(a, "-d") || !strcmp(a, "-t") || !strcmp(a, "--kv") ||
-            !strcmp(a, "-r") || !strcmp(a, "-o") || !strcmp(a, "--bw") || !strcmp(a, "--n-depth")) {
+            !strcmp(a, "-r") || !strcmp(a, "-o") || !strcmp(a, "--bw") || !strcmp(a, "--n-depth") || !strcmp(a, "--fill")) {
             if (!(v = tl_cli_value(argc, argv, &i))) return 2;
             int bad = 0;
             if (!strcmp(a, "-p")) bad = parse_int_list(a, v, &pp);
@@ -210,7 +217,13 @@ int tl_cmd_bench(int argc, char **argv) {
             else if (!strcmp(a, "--kv")) bad = parse_str_list(v, &kvs);
             else if (!strcmp(a, "-r")) bad = tl_cli_int(a, v, 1, 1000, &reps);
             else if (!strcmp(a, "--bw")) bad = tl_cli_float(a, v, &bw_arg);
-            else {
+            else if (!strcmp(a, "--fill")) {
+                random_fill = !strcmp(v, "random");
+                if (!random_fill && strcmp(v, "prefill")) {
+                    fprintf(stderr, "tailor bench: --fill: '%s' is not one of random, prefill\n", v);
+                    bad = 1;
+                }
+            } else {
                 fmt = v;
                 if (strcmp(fmt, "md") && strcmp(fmt, "csv") && strcmp(fmt, "json") && strcmp(fmt, "jsonl")) {
                     fprintf(stderr, "tailor bench: -o: '%s' is not one of md, csv, json, jsonl\n", fmt);
@@ -253,7 +266,7 @@ int tl_cmd_bench(int argc, char **argv) {
     }
     fprintf(stderr, "model %s: %s, %.2f MiB of weights; memory read bandwidth %.1f GB/s%s%s%s\n", c.model,
             m->cfg.arch_name, m->weight_bytes / 1048576.0, bw, card[0] ? " (peak of the " : "", card,
-            gpu ? (card[0] ? "; depth filled with random K/V)" : " (--bw; depth filled with random K/V)") : "");
+            !gpu ? "" : !random_fill ? (card[0] ? ")" : "") : card[0] ? "; d<N>*: depth filled with random K/V)" : " (d<N>*: depth filled with random K/V)");
 
     const int max_rows = threads.n * kvs.n * depth.n * (pp.n + tg.n);
     bench_row *rows = tl_xcalloc((size_t)max_rows, sizeof *rows);
@@ -275,7 +288,7 @@ int tl_cmd_bench(int argc, char **argv) {
                     c.n_threads = threads.v[ti];
                     c.kv = kvs.v[ki];
                     fprintf(stderr, "%s @ d%d, kv %s, %d threads ", row->test, row->n_depth, row->kv, c.n_threads);
-                    if (run_one(m, &c, row, reps, bw, &err)) {
+                    if (run_one(m, &c, row, reps, bw, random_fill, &err)) {
                         fprintf(stderr, "\ntailor bench: %s\n", err.msg);
                         rc = 1;
                         break;
@@ -291,7 +304,7 @@ int tl_cmd_bench(int argc, char **argv) {
         for (int i = 0; i < n_rows; i++) {
             bench_row *r = &rows[i];
             char test[64];
-            if (r->n_depth) snprintf(test, sizeof test, "%s @ d%d", r->test, r->n_depth);
+            if (r->n_depth) snprintf(test, sizeof test, "%s @ d%d%s", r->test, r->n_depth, gpu && random_fill ? "*" : "");
             else snprintf(test, sizeof test, "%s", r->test);
             const int n = r->n_prompt + r->n_gen;
             printf("| %s | %.2f MiB | %d | %s | %s | %.2f ± %.2f | %.3f |", m->cfg.arch_name, wmib, r->n_threads, r->kv,
@@ -300,12 +313,13 @@ int tl_cmd_bench(int argc, char **argv) {
             else printf(" | |\n");
         }
     } else if (!strcmp(fmt, "csv")) {
-        printf("model_filename,model_type,model_size,n_threads,type_k,type_v,n_prompt,n_gen,n_depth,avg_ns,stddev_ns,avg_ts,stddev_ts,bytes_per_token,bw_pct\n");
+        const char *fill = gpu && random_fill ? "random" : "prefill";
+        printf("model_filename,model_type,model_size,n_threads,type_k,type_v,n_prompt,n_gen,n_depth,avg_ns,stddev_ns,avg_ts,stddev_ts,bytes_per_token,bw_pct,depth_fill\n");
         for (int i = 0; i < n_rows; i++) {
             bench_row *r = &rows[i];
-            printf("\"%s\",%s,%llu,%d,%s,%s,%d,%d,%d,%.0f,%.0f,%.6f,%.6f,%llu,%.2f\n", c.model, m->cfg.arch_name,
+            printf("\"%s\",%s,%llu,%d,%s,%s,%d,%d,%d,%.0f,%.0f,%.6f,%.6f,%llu,%.2f,%s\n", c.model, m->cfg.arch_name,
                    (unsigned long long)m->weight_bytes, r->n_threads, r->kv, r->kv, r->n_prompt, r->n_gen, r->n_depth,
-                   r->avg_ns, r->std_ns, r->avg_ts, r->std_ts, (unsigned long long)r->bytes_per_token, r->bw_pct);
+                   r->avg_ns, r->std_ns, r->avg_ts, r->std_ts, (unsigned long long)r->bytes_per_token, r->bw_pct, fill);
         }
     } else {
         const bool jsonl = !strcmp(fmt, "jsonl");
@@ -315,10 +329,11 @@ int tl_cmd_bench(int argc, char **argv) {
             printf("%s{\"model_filename\": \"%s\", \"model_type\": \"%s\", \"model_size\": %llu, \"n_threads\": %d, "
                    "\"type_k\": \"%s\", \"type_v\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, "
                    "\"avg_ns\": %.0f, \"stddev_ns\": %.0f, \"avg_ts\": %.6f, \"stddev_ts\": %.6f, "
-                   "\"bytes_per_token\": %llu, \"bw_pct\": %.2f}%s\n",
+                   "\"bytes_per_token\": %llu, \"bw_pct\": %.2f, \"depth_fill\": \"%s\"}%s\n",
                    jsonl ? "" : "  ", c.model, m->cfg.arch_name, (unsigned long long)m->weight_bytes, r->n_threads,
                    r->kv, r->kv, r->n_prompt, r->n_gen, r->n_depth, r->avg_ns, r->std_ns, r->avg_ts, r->std_ts,
-                   (unsigned long long)r->bytes_per_token, r->bw_pct, jsonl || i == n_rows - 1 ? "" : ",");
+                   (unsigned long long)r->bytes_per_token, r->bw_pct, gpu && random_fill ? "random" : "prefill",
+                   jsonl || i == n_rows - 1 ? "" : ",");
         }
         if (!jsonl) printf("]\n");
     }
