@@ -46,6 +46,18 @@ typedef enum { TL_JOB_QUEUED, TL_JOB_RUNNING, TL_JOB_DONE } tl_job_state;
 typedef enum { TL_FINISH_NONE, TL_FINISH_STOP, TL_FINISH_LENGTH, TL_FINISH_CANCELLED, TL_FINISH_ERROR } tl_finish;
 
 #define TL_MAX_STOP 4
+#define TL_MAX_LOGPROBS 20 /* OpenAI's bound on completions' "logprobs" */
+
+/* One token of a completion's "logprobs": its log-probability under the model's distribution at
+ * that position (raw logits: no temperature or penalties), the top alternatives, and where its
+ * text starts in the answer. The first prompt token has none (logprob NAN, n_top 0). */
+typedef struct {
+    int32_t id;
+    float logprob;
+    uint8_t n_top;
+    int32_t top_id[TL_MAX_LOGPROBS];
+    float top_lp[TL_MAX_LOGPROBS];
+} tl_tok_lp;
 
 /* One generation request, shared by the connection thread that waits for it and the slot
  * worker that runs it (reference counted). */
@@ -58,7 +70,11 @@ typedef struct tl_job {
     tl_sampler_params sp;
     char *stop[TL_MAX_STOP];
     int n_stop;
+    int logprobs; /* -1: none; 0..TL_MAX_LOGPROBS: each token's log-probability and the top N */
+    bool echo;    /* the answer starts with the prompt (and its tokens' log-probabilities) */
     /* output, under mu */
+    tl_tok_lp *lp; /* logprobs >= 0: prompt tokens (when echo), then generated ones */
+    int n_lp, cap_lp, n_lp_prompt;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     tl_job_state state;

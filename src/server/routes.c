@@ -228,6 +228,7 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
     int rc;
     for (size_t i = 0; i < sizeof UNSUPPORTED / sizeof *UNSUPPORTED; i++) {
         const char *f = UNSUPPORTED[i].field;
+        if (!chat && (!strcmp(f, "logprobs") || !strcmp(f, "echo"))) continue; /* completions: below */
         if (!neutral(f, cJSON_GetObjectItemCaseSensitive(root, f)))
             return bad(r, f, "'%s' is not supported by this server (%s); leave it out", f, UNSUPPORTED[i].hint), -1;
     }
@@ -284,6 +285,11 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
         }
     }
     if (get_bool(root, "ignore_eos", &j->ignore_eos, r) < 0) return -1;
+    if (!chat) { /* the legacy completions fields lm-evaluation-harness uses for log-likelihoods */
+        if ((rc = get_int(root, "logprobs", 0, TL_MAX_LOGPROBS, &ll, r)) < 0) return -1;
+        if (rc) j->logprobs = (int)ll;
+        if (get_bool(root, "echo", &j->echo, r) < 0) return -1;
+    }
     o->stream = false;
     o->include_usage = false;
     if (get_bool(root, "stream", &o->stream, r) < 0) return -1;
@@ -292,6 +298,8 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
         if (!cJSON_IsObject(so)) return bad(r, "stream_options", "'stream_options' must be an object"), -1;
         if (get_bool(so, "include_usage", &o->include_usage, r) < 0) return -1;
     }
+    if (o->stream && (j->logprobs >= 0 || j->echo))
+        return bad(r, j->echo ? "echo" : "logprobs", "'%s' is not supported with 'stream'", j->echo ? "echo" : "logprobs"), -1;
     return 0;
 }
 
@@ -503,6 +511,77 @@ void tl_stream_free(tl_stream *st) {
     free(st);
 }
 
+/* A token's text as the answer shows it (control tokens: empty), malloc'd in *buf; its length. */
+static size_t piece_of(const tl_server *srv, int32_t id, char **buf, size_t *cap) {
+    size_t n = tl_token_to_piece(srv->model->tok, id, false, *buf, *cap);
+    if (n > *cap) {
+        *cap = n;
+        *buf = tl_xrealloc(*buf, *cap);
+        n = tl_token_to_piece(srv->model->tok, id, false, *buf, *cap);
+    }
+    return n;
+}
+
+/* Completions' "logprobs" object (the job is done): tokens, token_logprobs, top_logprobs and
+ * text_offset. Entries from prompt tokens are at offsets from 0; generated ones from
+ * gen_base (the echoed prompt's length), and only those that start inside the text that was
+ * kept (a stop string cuts it) are reported. */
+static cJSON *logprobs_json(const tl_server *srv, const tl_job *j, size_t gen_base) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *toks = cJSON_AddArrayToObject(o, "tokens"), *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs"), *offs = cJSON_AddArrayToObject(o, "text_offset");
+    size_t cap = 64, off = 0, gen_off = 0;
+    char *buf = tl_xmalloc(cap);
+    for (int i = 0; i < j->n_lp; i++) {
+        const tl_tok_lp *e = &j->lp[i];
+        const bool gen = i >= j->n_lp_prompt;
+        if (gen && gen_off >= j->len) break; /* past the kept text (a stop string cut it) */
+        const size_t n = piece_of(srv, e->id, &buf, &cap);
+        char *t = tl_utf8_sanitize(buf, n);
+        cJSON_AddItemToArray(toks, cJSON_CreateString(t));
+        free(t);
+        cJSON_AddItemToArray(lps, isnan(e->logprob) ? cJSON_CreateNull() : cJSON_CreateNumber(e->logprob));
+        if (isnan(e->logprob)) {
+            cJSON_AddItemToArray(tops, cJSON_CreateNull());
+        } else {
+            cJSON *top = cJSON_CreateObject();
+            for (int k = 0; k < e->n_top; k++) {
+                const size_t tn = piece_of(srv, e->top_id[k], &buf, &cap);
+                char *tt = tl_utf8_sanitize(buf, tn);
+                if (!cJSON_GetObjectItemCaseSensitive(top, tt)) cJSON_AddNumberToObject(top, tt, e->top_lp[k]);
+                free(tt);
+            }
+            cJSON_AddItemToArray(tops, top);
+        }
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(gen ? gen_base + gen_off : off)));
+        if (gen) gen_off += n;
+        else off += n;
+    }
+    free(buf);
+    return o;
+}
+
+/* echo: the prompt's text (its tokens' pieces) then the generated text; *lpo the logprobs. */
+static char *echo_text(const tl_server *srv, const tl_job *j, cJSON **lpo) {
+    size_t cap = 64, len = 0, bcap = 256;
+    char *buf = tl_xmalloc(cap), *all = tl_xmalloc(bcap);
+    for (int i = 0; i < j->n_prompt; i++) {
+        const size_t n = piece_of(srv, j->prompt[i], &buf, &cap);
+        if (len + n + 1 > bcap) all = tl_xrealloc(all, bcap = 2 * (len + n + 1));
+        memcpy(all + len, buf, n);
+        len += n;
+    }
+    const size_t plen = len;
+    if (len + j->len + 1 > bcap) all = tl_xrealloc(all, bcap = len + j->len + 1);
+    memcpy(all + len, j->text, j->len);
+    len += j->len;
+    if (j->logprobs >= 0) *lpo = logprobs_json(srv, j, plen);
+    char *out = tl_utf8_sanitize(all, len);
+    free(all);
+    free(buf);
+    return out;
+}
+
 /* Queue the job and answer: an SSE stream, or wait (watching the client) for the whole text. */
 static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool chat, const tl_gen_opts *o,
                            tl_reply *r) {
@@ -556,7 +635,9 @@ static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool 
     cJSON *c = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, c);
     cJSON_AddNumberToObject(c, "index", 0);
-    char *text = tl_utf8_sanitize(j->text, j->len);
+    cJSON *lpo = NULL;
+    char *text = j->echo ? echo_text(srv, j, &lpo) : tl_utf8_sanitize(j->text, j->len);
+    if (!j->echo && j->logprobs >= 0) lpo = logprobs_json(srv, j, 0);
     if (chat) {
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
@@ -565,7 +646,8 @@ static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool 
         cJSON_AddStringToObject(c, "text", text);
     }
     free(text);
-    cJSON_AddNullToObject(c, "logprobs");
+    if (lpo) cJSON_AddItemToObject(c, "logprobs", lpo);
+    else cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", fin);
     add_usage(root, j);
     add_timings(root, j);

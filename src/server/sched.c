@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -58,6 +59,7 @@ tl_job *tl_job_new(void) {
     pthread_condattr_destroy(&ca);
     j->refs = 1;
     j->max_tokens = -1;
+    j->logprobs = -1;
     j->cap = 256;
     j->text = tl_xmalloc(j->cap);
     j->text[0] = 0;
@@ -80,6 +82,7 @@ void tl_job_unref(tl_job *j) {
     pthread_mutex_destroy(&j->mu);
     pthread_cond_destroy(&j->cv);
     for (int i = 0; i < j->n_stop; i++) free(j->stop[i]);
+    free(j->lp);
     free(j->prompt);
     free(j->text);
     free(j);
@@ -158,6 +161,63 @@ static bool job_append(tl_job *j, const char *piece, size_t n) {
     return hit;
 }
 
+/* ---------------- log-probabilities ---------------- */
+
+/* Append token id's entry, from the logits of the position that predicts it (NULL: none). */
+static void lp_add(tl_job *j, int32_t id, const float *logits, int V) {
+    if (j->n_lp == j->cap_lp) {
+        j->cap_lp = j->cap_lp ? 2 * j->cap_lp : 64;
+        j->lp = tl_xrealloc(j->lp, sizeof *j->lp * (size_t)j->cap_lp);
+    }
+    tl_tok_lp *e = &j->lp[j->n_lp++];
+    memset(e, 0, sizeof *e);
+    e->id = id;
+    e->logprob = NAN;
+    if (!logits) return;
+    float mx = logits[0];
+    for (int i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
+    const double lse = mx + log(sum);
+    e->logprob = (float)(logits[id] - lse);
+    /* the top N by insertion into a short sorted list (ties: lower id first) */
+    const int N = j->logprobs;
+    for (int i = 0; i < V && N > 0; i++) {
+        const float x = logits[i];
+        if (e->n_top == N && x <= logits[e->top_id[N - 1]]) continue;
+        int k = e->n_top < N ? e->n_top++ : N - 1;
+        while (k > 0 && logits[e->top_id[k - 1]] < x) {
+            e->top_id[k] = e->top_id[k - 1];
+            k--;
+        }
+        e->top_id[k] = i;
+    }
+    for (int k = 0; k < e->n_top; k++) e->top_lp[k] = (float)(logits[e->top_id[k]] - lse);
+}
+
+/* Prefill with every position's logits (echo + logprobs), in pieces of ECHO_PIECE rows. */
+enum { ECHO_PIECE = 64 };
+static int prefill_logprobs(tl_session *s, tl_job *j, int V, float *last_logits, tl_error *err) {
+    float *rows = tl_xmalloc(sizeof(float) * (size_t)ECHO_PIECE * V);
+    pthread_mutex_lock(&j->mu);
+    lp_add(j, j->prompt[0], NULL, V); /* the first token: nothing predicts it */
+    pthread_mutex_unlock(&j->mu);
+    int rc = 0;
+    for (int i = 0; i < j->n_prompt && !rc;) {
+        if (atomic_load(&j->cancel)) break;
+        const int n = TL_MIN(ECHO_PIECE, j->n_prompt - i);
+        if ((rc = tl_session_eval(s, j->prompt + i, n, rows, true, err))) break;
+        pthread_mutex_lock(&j->mu);
+        for (int r = 0; r < n && i + r + 1 < j->n_prompt; r++) lp_add(j, j->prompt[i + r + 1], rows + (size_t)r * V, V);
+        pthread_mutex_unlock(&j->mu);
+        if (i + n == j->n_prompt) memcpy(last_logits, rows + (size_t)(n - 1) * V, sizeof(float) * (size_t)V);
+        i += n;
+    }
+    j->n_lp_prompt = j->n_lp;
+    free(rows);
+    return rc;
+}
+
 /* ---------------- the worker ---------------- */
 
 static void slot_update_kv(slot *sl) {
@@ -191,7 +251,15 @@ static tl_finish run_job(slot *sl, tl_job *j, char *fail_msg, size_t fail_cap) {
     double t0 = tl_time_s();
     tl_finish fin = TL_FINISH_LENGTH;
     const char *fail = NULL;
-    for (int i = 0; i < j->n_prompt;) {
+    if (j->echo && j->logprobs >= 0) {
+        if (prefill_logprobs(s, j, V, sl->logits, &err)) {
+            fin = TL_FINISH_ERROR;
+            fail = err.msg;
+        } else if (atomic_load(&j->cancel)) {
+            fin = TL_FINISH_CANCELLED;
+        }
+    }
+    for (int i = j->echo && j->logprobs >= 0 ? j->n_prompt : 0; i < j->n_prompt;) {
         if (atomic_load(&j->cancel)) {
             fin = TL_FINISH_CANCELLED;
             break;
@@ -210,6 +278,7 @@ static tl_finish run_job(slot *sl, tl_job *j, char *fail_msg, size_t fail_cap) {
 
     int n_gen = 0;
     double t1 = tl_time_s();
+    float *raw = j->logprobs >= 0 ? tl_xmalloc(sizeof(float) * (size_t)V) : NULL; /* logits before sampling */
     if (fin == TL_FINISH_LENGTH) {
         int room = s->n_ctx - j->n_prompt;
         int max_new = j->max_tokens < 0 ? room : TL_MIN(j->max_tokens, room);
@@ -221,12 +290,18 @@ static tl_finish run_job(slot *sl, tl_job *j, char *fail_msg, size_t fail_cap) {
                 fin = TL_FINISH_CANCELLED;
                 break;
             }
+            if (raw) memcpy(raw, sl->logits, sizeof(float) * (size_t)V); /* the sampler edits its copy */
             int32_t id = tl_sampler_sample(smp, sl->logits);
             if (!j->ignore_eos && tl_tok_is_eog(m->tok, id)) {
                 fin = TL_FINISH_STOP;
                 break;
             }
             n_gen++;
+            if (raw) {
+                pthread_mutex_lock(&j->mu);
+                lp_add(j, id, raw, V);
+                pthread_mutex_unlock(&j->mu);
+            }
             tl_sampler_accept(smp, id);
             size_t np = tl_token_to_piece(m->tok, id, false, piece, piece_cap);
             if (np > piece_cap) { /* rare: a very long piece */
@@ -250,6 +325,7 @@ static tl_finish run_job(slot *sl, tl_job *j, char *fail_msg, size_t fail_cap) {
         if (piece != small) free(piece);
     }
     double t_gen = tl_time_s() - t1;
+    free(raw);
     tl_sampler_free(smp);
     slot_update_kv(sl);
     tl_metrics_tokens(S->metrics, j->n_prompt, t_prompt, n_gen, t_gen);
