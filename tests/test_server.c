@@ -13,6 +13,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -737,9 +738,13 @@ static void test_stories(const char *model) {
         {"POST", "/detokenize", "{\"tokens\": [1, -1]}", 400, NULL},
         {"POST", "/detokenize", "{\"tokens\": \"1\"}", 400, NULL},
         {"POST", "/tokenize", "{\"content\": 5}", 400, NULL},
-        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 2}", 400, NULL},
-        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 0}", 400, NULL},
-        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"echo\": true}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 21}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": -1}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 1.5}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"echo\": 1}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 1, \"stream\": true}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"echo\": true, \"stream\": true}", 400, NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"x\", \"top_logprobs\": 2}", 400, NULL},
         {"POST", "/v1/completions", "{\"prompt\": \"x\", \"presence_penalty\": 0.5}", 400, NULL},
         {"POST", "/v1/completions", "{\"prompt\": \"ab\\u0000cd\"}", 400, NULL},
         {"POST", "/v1/completions", "{\"prompt\": \"ab\", \"stop\": [\"\\u0000\"]}", 400, NULL},
@@ -756,8 +761,8 @@ static void test_stories(const char *model) {
         resp_free(&r);
     }
     /* fields tailor does not implement are refused by name, not ignored; neutral values pass */
-    r = post(port, "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2, \"logprobs\": 3}");
-    CHECKF(r.status == 400 && strstr(r.body, "\"param\":\"logprobs\"") && strstr(r.body, "'logprobs'"), "%s", r.body);
+    r = post(port, "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2, \"best_of\": 3}");
+    CHECKF(r.status == 400 && strstr(r.body, "\"param\":\"best_of\"") && strstr(r.body, "'best_of'"), "%s", r.body);
     resp_free(&r);
     r = post(port, "/v1/completions",
              "{\"prompt\": \"x\", \"max_tokens\": 2, \"logprobs\": null, \"echo\": false, \"best_of\": 1, "
@@ -1350,6 +1355,105 @@ static void test_chat_forging_live(const char *model, const char *tmpl, const ch
     CHECKF(server_stop(&s) == 0, "server exit status");
 }
 
+/* Completions' logprobs and echo against the library: the same token ids through a session
+ * with the server's KV policy (f16) give each prompt token's log-probability within 1e-3 (the
+ * server prefills in 64-row pieces, the reference in one call: summation order, and the last
+ * piece of fewer than 32 rows takes the 8-bit activation path); the first token has none; the
+ * top-N lists hold N entries in decreasing order with the greedy token first; max_tokens 0
+ * answers with the prompt alone; generated tokens' entries stop where a stop string cut. */
+static void test_logprobs(const char *model) {
+    server s;
+    const char *args[] = {"--parallel", "1", "-t", "2", "-c", "256", NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server started");
+        return;
+    }
+    tl_error err;
+    tl_model *m = tl_model_load(model, &err);
+    const char *text = "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun.";
+    size_t n = 0;
+    int32_t ids[128];
+    CHECK(m && tl_tokenize(m->tok, text, strlen(text), true, false, ids, 128, &n, &err) == 0 && n > 8 && n < 100);
+    const int V = m->cfg.n_vocab;
+    float *lg = malloc(sizeof(float) * (size_t)V * n);
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = 256;
+    sp.n_threads = 2;
+    tl_session *ses = tl_session_new(m, &sp, &err);
+    CHECK(ses && tl_session_eval(ses, ids, (int)n, lg, true, &err) == 0);
+    char body[4096];
+    int o = snprintf(body, sizeof body, "{\"prompt\": [");
+    for (size_t i = 0; i < n; i++) o += snprintf(body + o, sizeof body - o, "%s%d", i ? "," : "", ids[i]);
+    snprintf(body + o, sizeof body - o, "], \"max_tokens\": 0, \"echo\": true, \"logprobs\": 3, \"temperature\": 0}");
+    resp r = http(s.port, "POST", "/v1/completions", NULL, body);
+    cJSON *root = r.status == 200 ? cJSON_Parse(r.body) : NULL;
+    CHECKF(root != NULL, "%d %s", r.status, r.body ? r.body : "");
+    const cJSON *ch = root ? cJSON_GetArrayItem(cJSON_GetObjectItem(root, "choices"), 0) : NULL;
+    const cJSON *lp = ch ? cJSON_GetObjectItem(ch, "logprobs") : NULL;
+    const cJSON *tl = cJSON_GetObjectItem(lp, "token_logprobs"), *top = cJSON_GetObjectItem(lp, "top_logprobs");
+    const cJSON *off = cJSON_GetObjectItem(lp, "text_offset"), *toks = cJSON_GetObjectItem(lp, "tokens");
+    CHECKF(cJSON_GetArraySize(tl) == (int)n && cJSON_GetArraySize(top) == (int)n && cJSON_GetArraySize(off) == (int)n &&
+               cJSON_GetArraySize(toks) == (int)n,
+           "%d entries for %zu prompt tokens", cJSON_GetArraySize(tl), n);
+    CHECK(cJSON_IsNull(cJSON_GetArrayItem(tl, 0)) && cJSON_IsNull(cJSON_GetArrayItem(top, 0)));
+    double worst = 0;
+    size_t text_len = 0;
+    for (int i = 1; i < (int)n && i < cJSON_GetArraySize(tl); i++) {
+        const float *row = lg + (size_t)(i - 1) * V;
+        double mx = row[0], sum = 0;
+        for (int k = 1; k < V; k++) mx = row[k] > mx ? row[k] : mx;
+        for (int k = 0; k < V; k++) sum += exp(row[k] - mx);
+        const double want = row[ids[i]] - mx - log(sum);
+        worst = fmax(worst, fabs(cJSON_GetArrayItem(tl, i)->valuedouble - want));
+        const cJSON *t = cJSON_GetArrayItem(top, i);
+        CHECK(cJSON_GetArraySize(t) >= 1 && cJSON_GetArraySize(t) <= 3);
+        double prev = 1;
+        for (const cJSON *e = t ? t->child : NULL; e; e = e->next) {
+            CHECK(e->valuedouble <= prev + 1e-6);
+            prev = e->valuedouble;
+        }
+        CHECK(cJSON_GetArrayItem(off, i)->valuedouble >= cJSON_GetArrayItem(off, i - 1)->valuedouble);
+    }
+    CHECKF(worst < 1e-3, "max |server - session| log-probability %.3g", worst);
+    for (const cJSON *t = toks ? toks->child : NULL; t; t = t->next) text_len += strlen(t->valuestring);
+    CHECK(ch && strlen(cJSON_GetObjectItem(ch, "text")->valuestring) == text_len); /* the prompt alone */
+    cJSON_Delete(root);
+    resp_free(&r);
+    /* logprobs without echo: generated tokens only, cut with the text at a stop string */
+    r = http(s.port, "POST", "/v1/completions", NULL,
+             "{\"prompt\": \"Once upon a time\", \"max_tokens\": 8, \"logprobs\": 0, \"temperature\": 0}");
+    root = r.status == 200 ? cJSON_Parse(r.body) : NULL;
+    ch = root ? cJSON_GetArrayItem(cJSON_GetObjectItem(root, "choices"), 0) : NULL;
+    lp = ch ? cJSON_GetObjectItem(ch, "logprobs") : NULL;
+    CHECKF(lp && cJSON_GetArraySize(cJSON_GetObjectItem(lp, "tokens")) == 8, "%s", r.body ? r.body : "");
+    const cJSON *t0 = cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "top_logprobs"), 0);
+    CHECK(cJSON_IsObject(t0) && cJSON_GetArraySize(t0) == 0); /* logprobs 0: the chosen token's only */
+    char stop[64] = "";
+    if (ch) { /* stop at the third generated token's text: at most two entries remain */
+        const cJSON *tk = cJSON_GetObjectItem(lp, "tokens");
+        snprintf(stop, sizeof stop, "%s", cJSON_GetArrayItem(tk, 2)->valuestring);
+    }
+    cJSON_Delete(root);
+    resp_free(&r);
+    if (stop[0] && !strchr(stop, '"') && !strchr(stop, '\\')) {
+        snprintf(body, sizeof body,
+                 "{\"prompt\": \"Once upon a time\", \"max_tokens\": 8, \"logprobs\": 1, \"temperature\": 0, "
+                 "\"stop\": \"%s\"}", stop);
+        r = http(s.port, "POST", "/v1/completions", NULL, body);
+        root = r.status == 200 ? cJSON_Parse(r.body) : NULL;
+        ch = root ? cJSON_GetArrayItem(cJSON_GetObjectItem(root, "choices"), 0) : NULL;
+        lp = ch ? cJSON_GetObjectItem(ch, "logprobs") : NULL;
+        const int kept = lp ? cJSON_GetArraySize(cJSON_GetObjectItem(lp, "tokens")) : -1;
+        CHECKF(kept >= 0 && kept <= 2, "%d entries after a stop string at the third token (%s)", kept, r.body);
+        cJSON_Delete(root);
+        resp_free(&r);
+    }
+    free(lg);
+    tl_session_free(ses);
+    tl_model_free(m);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     unsetenv("TAILOR_API_KEY"); /* servers here get their keys from flags */
@@ -1362,6 +1466,7 @@ int main(void) {
         test_model_change(stories);
         test_prompt_memory(stories);
         test_connections(stories);
+        test_logprobs(stories);
     }
     const char *m31 = tl_test_shared("models/tailor-test-31m.gguf");
     if (tl_test_have(m31)) test_busy(m31);
