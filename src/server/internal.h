@@ -82,6 +82,7 @@ typedef struct tl_job {
     size_t len, cap;
     size_t safe_len; /* bytes that may be streamed now (no partial UTF-8, no possible stop prefix) */
     int n_gen;
+    bool stop_cut; /* a stop string cut the text */
     tl_finish finish;
     char err[512];
     double t_queued, t_start, t_prompt, t_gen; /* seconds */

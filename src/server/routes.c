@@ -535,7 +535,7 @@ static cJSON *logprobs_json(const tl_server *srv, const tl_job *j, size_t gen_ba
     for (int i = 0; i < j->n_lp; i++) {
         const tl_tok_lp *e = &j->lp[i];
         const bool gen = i >= j->n_lp_prompt;
-        if (gen && gen_off >= j->len) break; /* past the kept text (a stop string cut it) */
+        if (gen && j->stop_cut && gen_off >= j->len) break; /* past the text a stop string kept */
         const size_t n = piece_of(srv, e->id, &buf, &cap);
         char *t = tl_utf8_sanitize(buf, n);
         cJSON_AddItemToArray(toks, cJSON_CreateString(t));
@@ -658,12 +658,13 @@ static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool 
 static int completion_prompt(tl_server *srv, const cJSON *root, tl_job *j, tl_reply *r) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     if (!p || cJSON_IsNull(p)) return bad(r, "prompt", "'prompt' is required"), -1;
-    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
-        p = cJSON_GetArrayItem(p, 0); /* ["text"]: one prompt in a list */
+    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 &&
+        (cJSON_IsString(cJSON_GetArrayItem(p, 0)) || cJSON_IsArray(cJSON_GetArrayItem(p, 0))))
+        p = cJSON_GetArrayItem(p, 0); /* ["text"] or [[ids]]: one prompt in a list (a batch of one) */
     if (cJSON_IsString(p))
         return set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), true, NULL, 0, "prompt", r);
     if (!cJSON_IsArray(p))
-        return bad(r, "prompt", "'prompt' must be a string, a list of one string, or a list of token ids"), -1;
+        return bad(r, "prompt", "'prompt' must be a string, a list of token ids, or a list of one of those"), -1;
     int n = cJSON_GetArraySize(p), V = srv->model->cfg.n_vocab, k = 0;
     if (n >= tl_sched_n_ctx(srv->sched)) {
         char desc[64];

@@ -152,6 +152,7 @@ static bool job_append(tl_job *j, const char *piece, size_t n) {
     if (hit) {
         j->len = cut;
         j->text[cut] = 0;
+        j->stop_cut = true;
     } else {
         size_t safe = j->len - held_back(j);
         if (safe > j->safe_len) j->safe_len = safe;
@@ -292,16 +293,16 @@ static tl_finish run_job(slot *sl, tl_job *j, char *fail_msg, size_t fail_cap) {
             }
             if (raw) memcpy(raw, sl->logits, sizeof(float) * (size_t)V); /* the sampler edits its copy */
             int32_t id = tl_sampler_sample(smp, sl->logits);
+            if (raw) { /* an end-of-generation token too: its text is empty, its log-probability is not */
+                pthread_mutex_lock(&j->mu);
+                lp_add(j, id, raw, V);
+                pthread_mutex_unlock(&j->mu);
+            }
             if (!j->ignore_eos && tl_tok_is_eog(m->tok, id)) {
                 fin = TL_FINISH_STOP;
                 break;
             }
             n_gen++;
-            if (raw) {
-                pthread_mutex_lock(&j->mu);
-                lp_add(j, id, raw, V);
-                pthread_mutex_unlock(&j->mu);
-            }
             tl_sampler_accept(smp, id);
             size_t np = tl_token_to_piece(m->tok, id, false, piece, piece_cap);
             if (np > piece_cap) { /* rare: a very long piece */
