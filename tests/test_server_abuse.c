@@ -241,7 +241,7 @@ static void malformed(const char *src, unsigned *seed) {
         "{\"prompt\": \"x\", ",
         "{\"prompt\": \"caf\xc3\x28\"}",
         "{\"prompt\": \"a\\u0000b\"}",
-        "{\"prompt\": \"x\", \"logprobs\": 5}",
+        "{\"prompt\": \"x\", \"logprobs\": 21, \"echo\": true}",
         "{\"prompt\": [1, 2, 99999]}",
         "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
         "{\"messages\": [{\"role\": \"tool\", \"content\": 5}]}",
