@@ -80,14 +80,6 @@ AVX512_INLINE __m512i w_pair(int f, const uint8_t *b0, bool two) {
     return z;
 }
 
-/* 32 activation values of block x0 (and the next block at x0 + xsz); zeros for the
- * missing second block (never read past the row). */
-AVX512_INLINE __m512i x_pair(const uint8_t *x0, size_t xsz, bool two) {
-    __m256i a = _mm256_loadu_si256((const __m256i *)x0);
-    return two ? _mm512_inserti64x4(_mm512_castsi256_si512(a), _mm256_loadu_si256((const __m256i *)(x0 + xsz)), 1)
-               : _mm512_zextsi256_si512(a);
-}
-
 /* ------------------------------------------------------------------ decode layout "xa" */
 
 /* The matvec's activation row, rebuilt once per matmul from the q8_0 / q8_1 blocks (so its

@@ -86,17 +86,6 @@ __device__ __forceinline__ void q_pack_warp(int c, int bits, uint8_t *dst) {
     }
 }
 
-/* Code i (0..31) of a unit whose bytes are in w (as little-endian words). */
-__device__ __forceinline__ int q_code(const uint32_t *w, int bits, int i) {
-    int byte, shift;
-    if (bits == 8) byte = i, shift = 0;
-    else if (bits == 4) byte = i & 15, shift = (i >> 4) * 4;
-    else if (bits == 2) byte = i & 7, shift = (i >> 3) * 2;
-    else byte = i >> 3, shift = i & 7;
-    const uint32_t b = (w[byte >> 2] >> (8 * (byte & 3))) & 0xffu;
-    return (int)(b >> shift) & ((1 << bits) - 1);
-}
-
 /* Code i of a unit read straight from memory (one byte load). */
 __device__ __forceinline__ int q_code_mem(const uint8_t *u, int bits, int i) {
     int byte, shift;

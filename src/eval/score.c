@@ -104,7 +104,6 @@ static char *normalize(const char *s, bool strip_punct, bool split_cjk) {
     return o.p;
 }
 
-char *tl_score_normalize(const char *s, bool strip_punct) { return normalize(s, strip_punct, false); }
 
 double tl_score_exact(const char *pred, const char *ref) {
     char *a = normalize(pred, false, false), *b = normalize(ref, false, false);

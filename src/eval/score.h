@@ -1,6 +1,6 @@
 /* score.h: answer scoring for the accuracy harness (NIAH, RULER-style tasks, task files).
  *
- * Normalization (tl_score_normalize), applied by every metric except "exact":
+ * Normalization, applied by every metric except "exact":
  *   - UTF-8 is decoded leniently (invalid bytes become U+FFFD, never a crash);
  *   - every Unicode White_Space codepoint (NBSP, U+2000..U+200A, U+3000, ...) and the
  *     zero-width U+200B..U+200D / U+FEFF count as whitespace; runs collapse to one space and
@@ -33,8 +33,6 @@ const char *tl_metric_name(tl_metric m);
 /* "exact", "contains", "f1", "choice", "all", "number" (also "em", "string_match_all"); -1 if unknown */
 int tl_metric_parse(const char *s);
 
-/* Normalized copy (malloc'd). strip_punct also drops articles (see above). */
-char *tl_score_normalize(const char *s, bool strip_punct);
 
 double tl_score_exact(const char *pred, const char *ref);
 double tl_score_contains(const char *pred, const char *ref);

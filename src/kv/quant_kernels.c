@@ -77,10 +77,6 @@ static inline int code_at(const uint8_t *u, int bits, int i) {
     }
 }
 
-void kvq_unpack32(const uint8_t *src, int bits, uint8_t codes[32]) {
-    for (int i = 0; i < 32; i++) codes[i] = (uint8_t)code_at(src, bits, i);
-}
-
 void kvq_hadamard(float *x, int n) {
     for (int h = 1; h < n; h <<= 1)
         for (int i = 0; i < n; i += h << 1)

@@ -84,7 +84,6 @@ void kvq_decode_params(const uint16_t *par, int bits, bool sym, float *s, float 
 /* Code of x under (s, z) (round to nearest, clamped). */
 int kvq_encode(float x, float s, float z, int bits);
 void kvq_pack32(const uint8_t codes[32], int bits, uint8_t *dst);
-void kvq_unpack32(const uint8_t *src, int bits, uint8_t codes[32]);
 
 /* Normalized fast Walsh-Hadamard transform in place (n a power of two); its own inverse. */
 void kvq_hadamard(float *x, int n);
