@@ -216,57 +216,6 @@ void tl_tokenizer_free(tl_tokenizer *t) {
     free(t);
 }
 
-/* Pre-tokenizer names llama.cpp knows, with the flags it sets for each. */
-typedef struct {
-    const char *name;
-    tl_pretok pre;
-    bool clean_spaces, ignore_merges, add_bos, no_bos;
-} pre_info;
-
-static const pre_info PRES[] = {
-    {"default", TL_PRE_DEFAULT, true, false, false, false},
-    {"llama3", TL_PRE_LLAMA3, true, true, true, false},
-    {"llama-v3", TL_PRE_LLAMA3, true, true, true, false},
-    {"llama-bpe", TL_PRE_LLAMA3, true, true, true, false},
-    {"falcon3", TL_PRE_LLAMA3, true, true, true, false},
-    {"pixtral", TL_PRE_LLAMA3, true, true, true, false},
-    {"dbrx", TL_PRE_LLAMA3, true, false, false, false},
-    {"smaug-bpe", TL_PRE_LLAMA3, true, false, false, false},
-    {"chatglm-bpe", TL_PRE_LLAMA3, true, false, false, true},
-    {"glm4", TL_PRE_LLAMA3, true, false, false, true},
-    {"deepseek-coder", TL_PRE_DEEPSEEK_CODER, false, false, false, false},
-    {"falcon", TL_PRE_FALCON, true, false, false, false},
-    {"gpt-2", TL_PRE_GPT2, true, false, false, false},
-    {"phi-2", TL_PRE_GPT2, true, false, false, false},
-    {"jina-es", TL_PRE_GPT2, true, false, false, false},
-    {"jina-de", TL_PRE_GPT2, true, false, false, false},
-    {"gigachat", TL_PRE_GPT2, true, false, false, false},
-    {"jina-v1-en", TL_PRE_GPT2, true, false, false, false},
-    {"jina-v2-es", TL_PRE_GPT2, true, false, false, false},
-    {"jina-v2-de", TL_PRE_GPT2, true, false, false, false},
-    {"jina-v2-code", TL_PRE_GPT2, true, false, false, false},
-    {"roberta-bpe", TL_PRE_GPT2, true, false, false, false},
-    {"mpt", TL_PRE_GPT2, true, false, false, false},
-    {"olmo", TL_PRE_GPT2, true, false, false, false},
-    {"jais", TL_PRE_GPT2, true, false, false, false},
-    {"trillion", TL_PRE_GPT2, false, false, false, false},
-    {"starcoder", TL_PRE_SMOLLM, true, false, false, false},
-    {"refact", TL_PRE_SMOLLM, true, false, false, false},
-    {"codeshell", TL_PRE_SMOLLM, true, false, false, false},
-    {"exaone", TL_PRE_SMOLLM, true, false, false, false},
-    {"minerva-7b", TL_PRE_SMOLLM, true, false, false, false},
-    {"command-r", TL_PRE_SMOLLM, false, false, false, false},
-    {"smollm", TL_PRE_SMOLLM, false, false, false, false},
-    {"qwen2", TL_PRE_QWEN2, false, false, false, false},
-    {"deepseek-r1-qwen", TL_PRE_QWEN2, false, false, false, false},
-    {"stablelm2", TL_PRE_QWEN2, true, false, false, false},
-    {"megrez", TL_PRE_QWEN2, true, false, false, false},
-    {"bloom", TL_PRE_BLOOM, true, false, false, false},
-    {"gpt3-finnish", TL_PRE_BLOOM, true, false, false, false},
-    {"poro-chat", TL_PRE_BLOOM, false, false, false, false},
-    {"viking", TL_PRE_VIKING, false, false, false, false},
-};
-
 static int build_token_map(tl_tokenizer *t, const char *path, tl_error *err) {
     uint64_t sz = table_size((size_t)t->n_vocab);
     t->tmap = malloc(sz * sizeof(int32_t));
@@ -548,15 +497,13 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
     } else if (strcmp(model, "gpt2") == 0) {
         t->type = VOCAB_BPE;
         def_bos = 11, def_eos = 11, def_unk = -1;
-        t->clean_spaces = true;
-        const pre_info *pi = NULL;
         const char *pname = pre && *pre ? pre : "default";
-        for (size_t i = 0; i < sizeof PRES / sizeof PRES[0]; i++)
-            if (strcmp(PRES[i].name, pname) == 0) pi = &PRES[i];
+        const tl_pretok_info *pi = tl_pretok_find(pname);
         if (!pi) {
             char shown[128];
             tl_escape(shown, sizeof shown, pname, strlen(pname), NULL);
-            tl_fail(err, "%s: tokenizer.ggml.pre: unsupported pre-tokenizer '%s'", path, shown);
+            tl_fail(err, "%s: tokenizer.ggml.pre: unsupported pre-tokenizer '%s' (llama.cpp of June 2025 does not know it)",
+                    path, shown);
             goto fail;
         }
         t->pre = pi->pre;
