@@ -1,5 +1,6 @@
-/* test_tokenizer.c: tokenizer conformance against llama.cpp's vocab tests, golden ids, HF
- * reference fixtures, round trips, UTF-8 errors, special tokens and speed. */
+/* test_tokenizer.c: golden ids, HF reference fixtures, round trips, UTF-8 errors, special tokens
+ * and speed (llama.cpp's conformance files: test_tokenizer_vocabs.c; every pre-tokenizer:
+ * test_tokenizer_pretok.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,70 +66,6 @@ static bool round_trips(const tl_tokenizer *t, const char *s, size_t len) {
     free(ids);
     free(d);
     return ok;
-}
-
-/* ---- llama.cpp's tests/test-tokenizer-0 data: <vocab>.inp / .out ---- */
-static void conformance(const char *vocab) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "data/tokenizer/ggml-vocab-%s.gguf", vocab);
-    const char *path = tl_test_shared(rel);
-    if (!tl_test_have(path)) return;
-    char pinp[4200], pout[4200];
-    snprintf(pinp, sizeof pinp, "%s.inp", path);
-    snprintf(pout, sizeof pout, "%s.out", path);
-    size_t ninp, nout;
-    char *inp = tl_test_read_file(pinp, &ninp), *out = tl_test_read_file(pout, &nout);
-    tl_tokenizer *t = load(path);
-    CHECKF(inp && out && t, "%s: could not load", vocab);
-    if (!inp || !out || !t) {
-        free(inp);
-        free(out);
-        tl_tokenizer_free(t);
-        return;
-    }
-    const char *sep = "\n__ggml_vocab_test__\n";
-    size_t seplen = strlen(sep);
-    char *op = out;
-    int n_tests = 0, n_ok = 0, n_rt = 0;
-    size_t pos = 0;
-    while (pos < ninp) {
-        char *next = strstr(inp + pos, sep);
-        size_t end = next ? (size_t)(next - inp) : ninp;
-        /* expected ids: one line of the .out */
-        char *eol = strchr(op, '\n');
-        if (!eol) eol = op + strlen(op);
-        int32_t exp[4096];
-        size_t nexp = 0;
-        for (char *q = op; q < eol;) {
-            char *e;
-            long v = strtol(q, &e, 10);
-            if (e == q) break;
-            if (nexp < 4096) exp[nexp++] = (int32_t)v;
-            q = e;
-        }
-        op = *eol ? eol + 1 : eol;
-        size_t n;
-        int32_t *ids = tok(t, inp + pos, end - pos, false, false, &n);
-        n_tests++;
-        if (ids_eq(ids, n, exp, nexp)) {
-            n_ok++;
-        } else {
-            fprintf(stderr, "%s: mismatch for '%.*s'\n", vocab, (int)(end - pos), inp + pos);
-            print_ids("expected", exp, nexp);
-            print_ids("got     ", ids, n);
-        }
-        n_rt += round_trips(t, inp + pos, end - pos);
-        free(ids);
-        if (!next) break;
-        pos = end + seplen;
-    }
-    printf("conformance %-16s %d/%d token lists match llama.cpp, %d/%d round trips\n", vocab, n_ok, n_tests, n_rt,
-           n_tests);
-    CHECKF(n_tests >= 40 && n_ok == n_tests, "%s: %d/%d", vocab, n_ok, n_tests);
-    CHECKF(n_rt == n_tests, "%s: round trips %d/%d", vocab, n_rt, n_tests);
-    free(inp);
-    free(out);
-    tl_tokenizer_free(t);
 }
 
 /* ---- unicode helpers ---- */
@@ -581,8 +518,6 @@ int main(void) {
     test_unicode();
     test_metadata_only();
     test_opts();
-    const char *vocabs[] = {"gpt-2", "llama-spm", "phi-3", "deepseek-coder", "falcon"};
-    for (size_t i = 0; i < sizeof vocabs / sizeof vocabs[0]; i++) conformance(vocabs[i]);
     test_stories();
     test_tailor();
     test_fixture("tokenizer_smollm2.json");
