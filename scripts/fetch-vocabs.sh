@@ -26,10 +26,12 @@ mkdir -p "$dest"
 
 copied=0
 missing=()
+# a .gguf must start with its magic (a Git LFS pointer or an empty placeholder does not)
+is_gguf_or_text() { case "$1" in *.gguf) [ "$(head -c 4 "$2" 2>/dev/null)" = GGUF ] ;; *) [ -s "$2" ] ;; esac; }
 if [ -d "$src/models" ]; then                      # a work tree
     names=$(cd "$src/models" && ls ggml-vocab-*.gguf* 2>/dev/null || true)
     for n in $names; do
-        if [ -s "$src/models/$n" ]; then
+        if is_gguf_or_text "$n" "$src/models/$n"; then
             cp -f "$src/models/$n" "$dest/$n.tmp" && mv -f "$dest/$n.tmp" "$dest/$n"
             copied=$((copied + 1))
         else
@@ -40,10 +42,12 @@ elif git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then   # a git directory
     rev="${TL_LLAMA_CPP_REV:-HEAD}"
     names=$(git -C "$src" ls-tree --name-only "$rev" models/ | sed -n 's|^models/\(ggml-vocab-.*\.gguf.*\)$|\1|p')
     for n in $names; do
-        if git -C "$src" cat-file -e "$rev:models/$n" 2>/dev/null; then
-            git -C "$src" cat-file blob "$rev:models/$n" > "$dest/$n.tmp" && mv -f "$dest/$n.tmp" "$dest/$n"
+        if git -C "$src" cat-file -e "$rev:models/$n" 2>/dev/null &&
+            git -C "$src" cat-file blob "$rev:models/$n" > "$dest/$n.tmp" && is_gguf_or_text "$n" "$dest/$n.tmp"; then
+            mv -f "$dest/$n.tmp" "$dest/$n"
             copied=$((copied + 1))
         else
+            rm -f "$dest/$n.tmp"
             missing+=("$n")
         fi
     done
