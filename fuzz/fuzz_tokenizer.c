@@ -6,7 +6,9 @@
  *  - invalid UTF-8 is rejected exactly when the strict validator says so;
  *  - valid UTF-8 round-trips: detokenize(tokenize(x)) == x (no clean-up; for SPM, except text
  *    containing U+2581 "▁", which SentencePiece cannot distinguish from a space);
- *  - every id is inside the vocabulary, and the size query protocol is consistent.
+ *  - every id is inside the vocabulary, and the size query protocol is consistent;
+ *  - every pre-tokenizer kind splits the text's codepoints into non-empty pieces that add up
+ *    to all of them (its matchers never read outside a piece: ASan).
  * Run: ./fuzz_tokenizer -max_total_time=60 */
 #define _GNU_SOURCE /* memmem */
 #include <stdio.h>
@@ -15,6 +17,7 @@
 
 #include "gguf.h"
 #include "tokenizer.h"
+#include "tokenizer_pretok.h"
 #include "unicode.h"
 
 static tl_tokenizer *load_one(const char *rel) {
@@ -64,6 +67,34 @@ static void check(const tl_tokenizer *t, bool spm, const char *s, size_t n, bool
     }
 }
 
+static void check_pretok(const char *s, size_t n) {
+    uint32_t *cps = malloc((n + 1) * sizeof(uint32_t));
+    uint16_t *fl = malloc((n + 1) * sizeof(uint16_t));
+    size_t ncp = 0;
+    for (size_t i = 0; i < n; ncp++) {
+        cps[ncp] = tl_utf8_decode_lax(s, n, &i);
+        fl[ncp] = tl_unicode_flags(cps[ncp]);
+    }
+    tl_szvec out = {0}, tmp = {0};
+    uint64_t done = 0; /* kinds already split */
+    for (size_t k = 0; tl_pretok_at(k); k++) {
+        tl_pretok kind = tl_pretok_at(k)->pre;
+        if (done >> kind & 1) continue;
+        done |= 1ull << kind;
+        tl_pretok_split(kind, cps, fl, ncp, &out, &tmp);
+        size_t sum = 0;
+        for (size_t i = 0; i < out.n; i++) {
+            if (out.v[i] == 0) abort();
+            sum += out.v[i];
+        }
+        if (sum != ncp) abort();
+    }
+    tl_szvec_free(&out);
+    tl_szvec_free(&tmp);
+    free(cps);
+    free(fl);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* the fuzzer calls us repeatedly: load the vocabularies once and keep them */
     static tl_tokenizer *spm, *bpe;
@@ -75,5 +106,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     bool valid = tl_utf8_validate(s, size) == size;
     check(spm, true, s, size, valid);
     check(bpe, false, s, size, valid);
+    if (valid) check_pretok(s, size);
     return 0;
 }

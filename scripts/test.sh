@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 JOBS="$(nproc)"
 # a test that misses a file setup provides fails instead of skipping (testutil.h)
 export TL_REQUIRE_FILES=1
+# llama.cpp's tokenizer test vocabularies, when a llama.cpp tree is named (test_tokenizer_vocabs
+# reports itself skipped without them)
+if [ -n "${TL_LLAMA_CPP:-}" ]; then bash scripts/fetch-vocabs.sh "$TL_LLAMA_CPP" >/dev/null; fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$JOBS"
 ctest --test-dir build --output-on-failure -j"$JOBS"

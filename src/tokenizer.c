@@ -10,6 +10,7 @@
  *       into the highest-scoring vocab token, with <0xXX> byte fallback;
  *     - "gpt2" (byte-level BPE): pre-tokenizer split (tokenizer_pretok.c), bytes mapped to
  *       GPT-2's printable codepoints, then merging by merge rank within each word;
+ *     - "bert" (WordPiece): normalised words cut into the longest tokens (wpm_fragment);
  *  4. BOS/EOS around it when add_special and the vocab asks for them. */
 #include "tokenizer.h"
 
@@ -32,7 +33,7 @@ enum {
     A_RSTRIP = 1 << 8,
 };
 
-enum { VOCAB_SPM, VOCAB_BPE };
+enum { VOCAB_SPM, VOCAB_BPE, VOCAB_WPM };
 
 typedef struct {
     uint32_t off, len; /* text in t->text (NUL-terminated there) */
@@ -63,8 +64,9 @@ struct tl_tokenizer {
     int32_t *mmap; /* (left, right) -> index into merges */
     uint64_t mmap_mask;
 
-    int32_t bos, eos, eot, eom, unk;
+    int32_t bos, eos, eot, eom, unk, sep;
     size_t max_piece; /* longest piece in bytes */
+    size_t max_text;  /* longest token text in bytes (WordPiece's longest match) */
     bool add_bos, add_eos, add_space_prefix, ignore_merges, clean_spaces;
     int32_t *eog;
     size_t n_eog;
@@ -164,6 +166,7 @@ static int32_t merge_rank(const tl_tokenizer *t, const char *l, size_t ln, const
 int32_t tl_tok_n_vocab(const tl_tokenizer *t) { return t->n_vocab; }
 int32_t tl_tok_bos(const tl_tokenizer *t) { return t->bos; }
 int32_t tl_tok_eos(const tl_tokenizer *t) { return t->eos; }
+int32_t tl_tok_sep(const tl_tokenizer *t) { return t->sep; }
 bool tl_tok_add_bos(const tl_tokenizer *t) { return t->add_bos; }
 bool tl_tok_add_eos(const tl_tokenizer *t) { return t->add_eos; }
 bool tl_tok_add_space_prefix(const tl_tokenizer *t) { return t->add_space_prefix; }
@@ -215,57 +218,6 @@ void tl_tokenizer_free(tl_tokenizer *t) {
     free(t->edge_child);
     free(t);
 }
-
-/* Pre-tokenizer names llama.cpp knows, with the flags it sets for each. */
-typedef struct {
-    const char *name;
-    tl_pretok pre;
-    bool clean_spaces, ignore_merges, add_bos, no_bos;
-} pre_info;
-
-static const pre_info PRES[] = {
-    {"default", TL_PRE_DEFAULT, true, false, false, false},
-    {"llama3", TL_PRE_LLAMA3, true, true, true, false},
-    {"llama-v3", TL_PRE_LLAMA3, true, true, true, false},
-    {"llama-bpe", TL_PRE_LLAMA3, true, true, true, false},
-    {"falcon3", TL_PRE_LLAMA3, true, true, true, false},
-    {"pixtral", TL_PRE_LLAMA3, true, true, true, false},
-    {"dbrx", TL_PRE_LLAMA3, true, false, false, false},
-    {"smaug-bpe", TL_PRE_LLAMA3, true, false, false, false},
-    {"chatglm-bpe", TL_PRE_LLAMA3, true, false, false, true},
-    {"glm4", TL_PRE_LLAMA3, true, false, false, true},
-    {"deepseek-coder", TL_PRE_DEEPSEEK_CODER, false, false, false, false},
-    {"falcon", TL_PRE_FALCON, true, false, false, false},
-    {"gpt-2", TL_PRE_GPT2, true, false, false, false},
-    {"phi-2", TL_PRE_GPT2, true, false, false, false},
-    {"jina-es", TL_PRE_GPT2, true, false, false, false},
-    {"jina-de", TL_PRE_GPT2, true, false, false, false},
-    {"gigachat", TL_PRE_GPT2, true, false, false, false},
-    {"jina-v1-en", TL_PRE_GPT2, true, false, false, false},
-    {"jina-v2-es", TL_PRE_GPT2, true, false, false, false},
-    {"jina-v2-de", TL_PRE_GPT2, true, false, false, false},
-    {"jina-v2-code", TL_PRE_GPT2, true, false, false, false},
-    {"roberta-bpe", TL_PRE_GPT2, true, false, false, false},
-    {"mpt", TL_PRE_GPT2, true, false, false, false},
-    {"olmo", TL_PRE_GPT2, true, false, false, false},
-    {"jais", TL_PRE_GPT2, true, false, false, false},
-    {"trillion", TL_PRE_GPT2, false, false, false, false},
-    {"starcoder", TL_PRE_SMOLLM, true, false, false, false},
-    {"refact", TL_PRE_SMOLLM, true, false, false, false},
-    {"codeshell", TL_PRE_SMOLLM, true, false, false, false},
-    {"exaone", TL_PRE_SMOLLM, true, false, false, false},
-    {"minerva-7b", TL_PRE_SMOLLM, true, false, false, false},
-    {"command-r", TL_PRE_SMOLLM, false, false, false, false},
-    {"smollm", TL_PRE_SMOLLM, false, false, false, false},
-    {"qwen2", TL_PRE_QWEN2, false, false, false, false},
-    {"deepseek-r1-qwen", TL_PRE_QWEN2, false, false, false, false},
-    {"stablelm2", TL_PRE_QWEN2, true, false, false, false},
-    {"megrez", TL_PRE_QWEN2, true, false, false, false},
-    {"bloom", TL_PRE_BLOOM, true, false, false, false},
-    {"gpt3-finnish", TL_PRE_BLOOM, true, false, false, false},
-    {"poro-chat", TL_PRE_BLOOM, false, false, false, false},
-    {"viking", TL_PRE_VIKING, false, false, false, false},
-};
 
 static int build_token_map(tl_tokenizer *t, const char *path, tl_error *err) {
     uint64_t sz = table_size((size_t)t->n_vocab);
@@ -345,7 +297,7 @@ static void make_piece(const tl_tokenizer *t, int32_t id, cbuf *out) {
     if (k->attr & (A_UNKNOWN | A_CONTROL | A_USER)) {
         cbuf_put(out, s, n);
     } else if (k->attr & A_NORMAL) {
-        if (t->type == VOCAB_SPM) {
+        if (t->type != VOCAB_BPE) { /* SentencePiece and WordPiece: "▁" is a space */
             for (size_t i = 0; i < n;) {
                 if (n - i >= 3 && memcmp(s + i, "\xe2\x96\x81", 3) == 0) {
                     cbuf_put(out, " ", 1);
@@ -548,15 +500,13 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
     } else if (strcmp(model, "gpt2") == 0) {
         t->type = VOCAB_BPE;
         def_bos = 11, def_eos = 11, def_unk = -1;
-        t->clean_spaces = true;
-        const pre_info *pi = NULL;
         const char *pname = pre && *pre ? pre : "default";
-        for (size_t i = 0; i < sizeof PRES / sizeof PRES[0]; i++)
-            if (strcmp(PRES[i].name, pname) == 0) pi = &PRES[i];
+        const tl_pretok_info *pi = tl_pretok_find(pname);
         if (!pi) {
             char shown[128];
             tl_escape(shown, sizeof shown, pname, strlen(pname), NULL);
-            tl_fail(err, "%s: tokenizer.ggml.pre: unsupported pre-tokenizer '%s'", path, shown);
+            tl_fail(err, "%s: tokenizer.ggml.pre: unsupported pre-tokenizer '%s' (llama.cpp of June 2025 does not know it)",
+                    path, shown);
             goto fail;
         }
         t->pre = pi->pre;
@@ -564,10 +514,28 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
         t->ignore_merges = pi->ignore_merges;
         t->add_bos = pi->add_bos;
         if (pi->no_bos) def_bos = -1;
+    } else if (strcmp(model, "bert") == 0) {
+        t->type = VOCAB_WPM;
+        def_bos = 101, def_eos = -1, def_unk = 100, t->sep = 102; /* [CLS], none, [UNK], [SEP] */
+        t->add_bos = true;
+        t->clean_spaces = true;
     } else {
+        /* the tokenizer models llama.cpp has that tailor does not, by name */
+        static const char *const other[][2] = {
+            {"t5", "Unigram (SentencePiece unigram, T5-style)"},
+            {"rwkv", "RWKV (greedy trie over escaped byte strings)"},
+            {"none", "no vocabulary"},
+            {"no_vocab", "no vocabulary"},
+        };
+        const char *what = "unknown to llama.cpp too";
+        for (size_t i = 0; i < sizeof other / sizeof other[0]; i++)
+            if (strcmp(model, other[i][0]) == 0) what = other[i][1];
         char shown[128];
         tl_escape(shown, sizeof shown, model, strlen(model), NULL);
-        tl_fail(err, "%s: tokenizer.ggml.model: unsupported tokenizer '%s' (supported: llama, gpt2)", path, shown);
+        tl_fail(err,
+                "%s: tokenizer.ggml.model: unsupported tokenizer '%s' (%s); supported: llama (SentencePiece BPE), "
+                "gpt2 (byte-level BPE), bert (WordPiece)",
+                path, shown, what);
         goto fail;
     }
     if (tl_gguf_opt_bool(g, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err)) goto fail;
@@ -615,6 +583,7 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
             cbuf_put(&txt, s.ptr, s.len);
         }
         k->len = (uint32_t)(txt.n - k->off);
+        t->max_text = TL_MAX(t->max_text, (size_t)k->len);
         cbuf_put(&txt, "", 0);
         txt.v[txt.n++] = 0;
         if (txt.n > UINT32_MAX) {
@@ -655,13 +624,14 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
     /* special token ids: metadata overrides the per-type defaults when in range */
     int32_t fim[6] = {-1, -1, -1, -1, -1, -1}, unused_id;
     t->bos = def_bos, t->eos = def_eos, t->unk = def_unk, t->eot = -1, t->eom = -1;
+    if (t->type != VOCAB_WPM) t->sep = -1;
     struct {
         const char *key;
         int32_t *slot;
     } ids[] = {
         {"tokenizer.ggml.bos_token_id", &t->bos},        {"tokenizer.ggml.eos_token_id", &t->eos},
         {"tokenizer.ggml.eot_token_id", &t->eot},        {"tokenizer.ggml.eom_token_id", &t->eom},
-        {"tokenizer.ggml.unknown_token_id", &t->unk},    {"tokenizer.ggml.seperator_token_id", &unused_id},
+        {"tokenizer.ggml.unknown_token_id", &t->unk},    {"tokenizer.ggml.seperator_token_id", &t->sep},
         {"tokenizer.ggml.padding_token_id", &unused_id}, {"tokenizer.ggml.mask_token_id", &unused_id},
         {"tokenizer.ggml.fim_pre_token_id", &fim[0]},    {"tokenizer.ggml.fim_suf_token_id", &fim[1]},
         {"tokenizer.ggml.fim_mid_token_id", &fim[2]},    {"tokenizer.ggml.fim_pad_token_id", &fim[3]},
@@ -676,6 +646,12 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
     }
     if (!valid_id(t, t->bos)) t->bos = -1;
     if (!valid_id(t, t->eos)) t->eos = -1;
+    if (!valid_id(t, t->sep)) t->sep = -1;
+    if (t->type == VOCAB_WPM && !valid_id(t, t->unk)) {
+        tl_fail(err, "%s: bert (WordPiece) tokenizer without an unknown token (tokenizer.ggml.unknown_token_id %d is "
+                "not below the vocabulary size %d)", path, t->unk, t->n_vocab);
+        goto fail;
+    }
     if (tl_gguf_opt_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos, err)) goto fail;
     if (tl_gguf_opt_bool(g, "tokenizer.ggml.add_eos_token", &t->add_eos, err)) goto fail;
 
@@ -713,6 +689,14 @@ fail:
     free(name);
     tl_tokenizer_free(t);
     return NULL;
+}
+
+tl_tokenizer *tl_tokenizer_open(const char *path, tl_error *err) {
+    tl_gguf *g = tl_gguf_open(path, err);
+    if (!g) return NULL;
+    tl_tokenizer *t = tl_tokenizer_load(g, err);
+    tl_gguf_close(g); /* the tokenizer keeps copies of everything it reads */
+    return t;
 }
 
 /* ---------------------------------------------------------------- special-token partition */
@@ -1049,6 +1033,63 @@ static void bpe_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size
     }
 }
 
+/* WordPiece ("bert"), llama.cpp's way: each codepoint is replaced by the first codepoint of its
+ * NFD (accents dropped) and lower-cased; whitespace separates words; NUL, U+FFFD and control
+ * characters are dropped; punctuation, ASCII symbols and CJK ideographs are words of their own.
+ * Each word, with "▁" in front, is cut greedily into the longest tokens from the left; a word
+ * with a part no token matches becomes the unknown token. */
+static bool wpm_is_cjk(uint32_t c) {
+    return (c >= 0x4e00 && c <= 0x9fff) || (c >= 0x3400 && c <= 0x4dbf) || (c >= 0x20000 && c <= 0x2a6df) ||
+           (c >= 0x2a700 && c <= 0x2b73f) || (c >= 0x2b740 && c <= 0x2b81f) ||
+           (c >= 0x2b920 && c <= 0x2ceaf) || /* sic: 0x2b820 in Unicode, 0x2b920 in HF's and llama.cpp's code */
+           (c >= 0xf900 && c <= 0xfaff) || (c >= 0x2f800 && c <= 0x2fa1f);
+}
+
+static void wpm_word(const tl_tokenizer *t, const char *w, size_t n, ivec *out) {
+    const size_t start = out->n;
+    for (size_t i = 0; i < n;) {
+        size_t j = TL_MIN(n, i + t->max_text);
+        int32_t id = -1;
+        for (; j > i && (id = tok_find_n(t, w + i, j - i)) < 0; j--) {}
+        if (id < 0) {
+            out->n = start; /* no token for this part: the whole word is unknown */
+            break;
+        }
+        ivec_push(out, id);
+        i = j;
+    }
+    if (out->n == start) ivec_push(out, t->unk);
+}
+
+static void wpm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_t n, size_t stop, ivec *out) {
+    cbuf *w = &sc->buf; /* the current word, after its "▁" */
+    w->n = 0;
+    cbuf_put(w, "\xe2\x96\x81", 3);
+    for (size_t i = 0; i <= n && !(stop && out->n > stop);) {
+        uint32_t cp = 0;
+        uint16_t f = TL_UF_WHITESPACE; /* the end of the text ends the last word */
+        if (i < n) {
+            cp = tl_unicode_nfd_base(tl_utf8_decode_lax(s, n, &i));
+            f = tl_unicode_flags(cp);
+        } else {
+            i++;
+        }
+        if (!(f & TL_UF_WHITESPACE) && (cp == 0 || cp == 0xfffd || (f & TL_UF_CONTROL))) continue;
+        const bool alone = (f & TL_UF_PUNCT) || (cp < 0x7f && (f & TL_UF_SYMBOL)) || wpm_is_cjk(cp);
+        if ((f & TL_UF_WHITESPACE) || alone) { /* the word so far ends */
+            if (w->n > 3) wpm_word(t, w->v, w->n, out);
+            w->n = 3;
+        }
+        if (f & TL_UF_WHITESPACE) continue;
+        char u[4];
+        cbuf_put(w, u, (size_t)tl_utf8_encode(tl_unicode_tolower(cp), u));
+        if (alone) {
+            wpm_word(t, w->v, w->n, out);
+            w->n = 3;
+        }
+    }
+}
+
 static void scratch_free(scratch *sc) {
     free(sc->syms);
     free(sc->heap);
@@ -1076,7 +1117,8 @@ int tl_tokenize_opts(const tl_tokenizer *t, const char *text, size_t len, const 
     ivec res = {0};
     scratch sc = {0};
     int rc = 0;
-    if (o->add_special && t->add_bos && t->bos >= 0) ivec_push(&res, t->bos);
+    /* WordPiece: [CLS] ... [SEP] whenever special tokens are added (llama.cpp ignores add_bos there) */
+    if (o->add_special && (t->add_bos || t->type == VOCAB_WPM) && t->bos >= 0) ivec_push(&res, t->bos);
     bool prev_special = true; /* SPM: a fragment at the start or after a special token gets "▁" */
     for (size_t i = 0; i < fr.n && rc == 0 && !(stop && res.n > stop); i++) {
         const frag *f = &fr.v[i];
@@ -1086,11 +1128,14 @@ int tl_tokenize_opts(const tl_tokenizer *t, const char *text, size_t len, const 
         } else if (t->type == VOCAB_SPM) {
             rc = spm_fragment(t, &sc, text + f->off, f->len, t->add_space_prefix && prev_special, stop, &res, err);
             prev_special = false;
+        } else if (t->type == VOCAB_WPM) {
+            wpm_fragment(t, &sc, text + f->off, f->len, stop, &res);
         } else {
             bpe_fragment(t, &sc, text + f->off, f->len, stop, &res);
         }
     }
     if (stop && res.n > stop) res.n = stop + 1; /* cut: a prefix, no EOS */
+    else if (o->add_special && t->type == VOCAB_WPM && t->sep >= 0) ivec_push(&res, t->sep);
     else if (o->add_special && t->add_eos && t->eos >= 0) ivec_push(&res, t->eos);
     if (rc == 0) {
         if (out && cap && res.n) memcpy(out, res.v, TL_MIN(cap, res.n) * sizeof(int32_t));

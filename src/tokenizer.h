@@ -1,9 +1,11 @@
 /* tokenizer.h: tokenizers read from a GGUF's tokenizer.ggml.* metadata, with llama.cpp's
  * semantics (so token ids match llama.cpp's llama_tokenize exactly):
- *  - "gpt2": byte-level BPE with merges; pre-tokenizers from tokenizer.ggml.pre
- *    (gpt-2, llama-bpe/llama3, qwen2, smollm, deepseek-coder, falcon, default...).
+ *  - "gpt2": byte-level BPE with merges; every pre-tokenizer (tokenizer.ggml.pre) llama.cpp of
+ *    June 2025 knows (tokenizer_pretok.h lists them).
  *  - "llama": SentencePiece-style BPE over scores with byte fallback (<0xXX> tokens),
  *    space prefix and "▁" escaping (add_space_prefix from metadata).
+ *  - "bert": WordPiece (lower-cased, accents dropped, greedy longest tokens per word).
+ * llama.cpp's "t5" (Unigram) and "rwkv" tokenizers are refused by name.
  * Special/control tokens in the text are recognised when parse_special is true. */
 #ifndef TL_TOKENIZER_H
 #define TL_TOKENIZER_H
@@ -14,11 +16,15 @@
 typedef struct tl_tokenizer tl_tokenizer;
 
 tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err);
+/* The tokenizer of a GGUF file from its metadata alone: any architecture, tensors or not (a
+ * vocabulary-only file). NULL with err naming the file and the key at fault. */
+tl_tokenizer *tl_tokenizer_open(const char *path, tl_error *err);
 void tl_tokenizer_free(tl_tokenizer *t);
 
 int32_t tl_tok_n_vocab(const tl_tokenizer *t);
 int32_t tl_tok_bos(const tl_tokenizer *t); /* -1 if none */
 int32_t tl_tok_eos(const tl_tokenizer *t); /* -1 if none */
+int32_t tl_tok_sep(const tl_tokenizer *t); /* WordPiece's [SEP], added after the text; -1 if none */
 bool tl_tok_add_bos(const tl_tokenizer *t);  /* tokenizer.ggml.add_bos_token (llama.cpp default per model type) */
 bool tl_tok_is_eog(const tl_tokenizer *t, int32_t id); /* EOS, EOT (<|im_end|>, <end_of_turn>...) */
 
@@ -52,7 +58,8 @@ int tl_tokenize_opts(const tl_tokenizer *t, const char *text, size_t len, const 
 
 /* The most bytes of text one token stands for (its longest piece, control tokens included):
  * a text of L bytes takes at least L / tl_tok_max_piece tokens. (Byte-level BPE vocabularies
- * that lack a token for some byte drop that byte, llama.cpp's rule; every real one has all.) */
+ * that lack a token for some byte drop that byte, llama.cpp's rule; every real one has all.
+ * WordPiece drops control characters and accents, so no such bound holds for "bert".) */
 size_t tl_tok_max_piece(const tl_tokenizer *t);
 
 /* The bytes a token decodes to (SentencePiece "▁" -> " ", <0xXX> -> byte, byte-level BPE

@@ -15,6 +15,32 @@ int tl_unicode_category(uint32_t cp) {
     return (int)(tl_unicode_ranges[lo] & 7);
 }
 
+uint32_t tl_unicode_tolower(uint32_t cp) {
+    if (cp < 128) return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
+    size_t lo = 0, hi = tl_unicode_n_lower; /* first pair with codepoint >= cp */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (tl_unicode_lower[mid][0] < cp)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < tl_unicode_n_lower && tl_unicode_lower[lo][0] == cp ? tl_unicode_lower[lo][1] : cp;
+}
+
+uint32_t tl_unicode_nfd_base(uint32_t cp) {
+    if (cp < 0xc0) return cp;
+    size_t lo = 0, hi = tl_unicode_n_nfd; /* first range whose last codepoint is >= cp */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (tl_unicode_nfd[mid][1] < cp)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < tl_unicode_n_nfd && tl_unicode_nfd[lo][0] <= cp ? tl_unicode_nfd[lo][2] : cp;
+}
+
 bool tl_unicode_is_whitespace(uint32_t cp) {
     /* Unicode White_Space (PropList.txt) */
     if (cp <= 0x20) return cp == 0x20 || (cp >= 0x09 && cp <= 0x0d);

@@ -36,6 +36,10 @@ enum {
 
 extern const uint32_t tl_unicode_ranges[];
 extern const size_t tl_unicode_n_ranges;
+extern const uint32_t tl_unicode_lower[][2];
+extern const size_t tl_unicode_n_lower;
+extern const uint32_t tl_unicode_nfd[][3];
+extern const size_t tl_unicode_n_nfd;
 
 /* Category class (TL_UCAT_*) of a codepoint. */
 int tl_unicode_category(uint32_t cp);
@@ -43,6 +47,11 @@ int tl_unicode_category(uint32_t cp);
 bool tl_unicode_is_whitespace(uint32_t cp);
 /* TL_UF_* flags: one category bit plus TL_UF_WHITESPACE. */
 uint16_t tl_unicode_flags(uint32_t cp);
+/* Simple lower-case mapping (UnicodeData.txt); cp itself where there is none. */
+uint32_t tl_unicode_tolower(uint32_t cp);
+/* The first codepoint of cp's canonical decomposition (NFD): "é" -> "e", "ǖ" -> "u"; cp itself
+ * where it does not decompose. llama.cpp's WordPiece normalisation (marks are dropped). */
+uint32_t tl_unicode_nfd_base(uint32_t cp);
 
 /* Length of the UTF-8 sequence a lead byte announces (1 for continuation/invalid bytes),
  * from the top 4 bits, as llama.cpp's unicode_len_utf8. */

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate src/unicode_data.c: the general-category table the tokenizer's pre-tokenizers use.
+"""Generate src/unicode_data.c: the general-category table the tokenizer's pre-tokenizers use,
+and the lower-case and NFD maps of the WordPiece ("bert") tokenizer.
 
 Each codepoint gets one category class (the \\p{..} groups llama.cpp's pre-tokenizer regexes
 use: N, L, Z, M, P, S, C, or undefined for unassigned codepoints). Consecutive codepoints with
@@ -8,6 +9,12 @@ binary search. The whitespace set (Unicode White_Space) is small and hard-coded 
 
 llama.cpp's table is built from Unicode 15.1; we use the `unicodedata2` backport pinned to that
 version when available (pip install unicodedata2==15.1.0), else Python's own unicodedata.
+
+Lower case: the simple lower-case mapping of UnicodeData.txt, taken from str.lower() (Python
+3.11's Unicode 14.0 case data: the same pairs as Unicode 15.1's, checked against llama.cpp's
+table); where str.lower() gives several codepoints (only U+0130 -> "i\u0307") its first one,
+which is the simple mapping. NFD: each codepoint maps to the first codepoint of its canonical
+decomposition (the base letter without its marks), llama.cpp's unicode_cpts_normalize_nfd.
 
 Usage: python3 src/unicode_gen.py > src/unicode_data.c
 """
@@ -48,6 +55,39 @@ def main():
         out.write("    " + " ".join("0x%07x," % (s << 3 | c) for s, c in row) + "\n")
     out.write("};\n")
     out.write("const size_t tl_unicode_n_ranges = %d;\n" % len(ranges))
+
+    lower = []
+    for cp in range(MAX):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        lo = ord(chr(cp).lower()[0])
+        if lo != cp:
+            lower.append((cp, lo))
+    out.write("\n/* simple lower-case mapping: (codepoint, lower case) pairs by codepoint */\n")
+    out.write("const uint32_t tl_unicode_lower[][2] = {\n")
+    for i in range(0, len(lower), 4):
+        out.write("    " + " ".join("{0x%05x, 0x%05x}," % p for p in lower[i:i + 4]) + "\n")
+    out.write("};\n")
+    out.write("const size_t tl_unicode_n_lower = %d;\n" % len(lower))
+
+    # consecutive codepoints whose decomposition starts with the same codepoint share a range
+    nfd = []
+    for cp in range(MAX):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        base = ord(ud.normalize("NFD", chr(cp))[0])
+        if base == cp:
+            continue
+        if nfd and nfd[-1][1] == cp - 1 and nfd[-1][2] == base:
+            nfd[-1][1] = cp
+        else:
+            nfd.append([cp, cp, base])
+    out.write("\n/* NFD base codepoint: {first, last, base} ranges by codepoint */\n")
+    out.write("const uint32_t tl_unicode_nfd[][3] = {\n")
+    for i in range(0, len(nfd), 3):
+        out.write("    " + " ".join("{0x%05x, 0x%05x, 0x%05x}," % tuple(r) for r in nfd[i:i + 3]) + "\n")
+    out.write("};\n")
+    out.write("const size_t tl_unicode_n_nfd = %d;\n" % len(nfd))
 
 
 if __name__ == "__main__":

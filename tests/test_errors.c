@@ -297,6 +297,42 @@ static void test_text_cap(const char *bin) {
     unlink("/tmp/tl_test_errors_cap.gguf");
 }
 
+/* tailor tokenize needs only the tokenizer: a vocabulary-only file of an architecture the model
+ * loader refuses, and a model whose architecture is unknown, tokenize; running them is refused
+ * with the reason. */
+static void test_tokenize_only(const char *bin) {
+    const char *vocab = tl_test_shared("data/tokenizer/ggml-vocab-gpt-2.gguf");
+    char cmd[2048], *out = NULL;
+    if (tl_test_have(vocab)) {
+        snprintf(cmd, sizeof cmd, "'%s' tokenize -m '%s' -p 'Hello world' --ids", bin, vocab);
+        int rc = tl_test_capture(cmd, false, &out);
+        CHECKF(rc == 0 && !strcmp(out, "15496 995\n"), "rc %d, '%s'", rc, out); /* llama.cpp's ids, no BOS for gpt-2 */
+        free(out);
+        snprintf(cmd, sizeof cmd, "'%s' tokenize -m '%s' -p \"it's\" --pieces", bin, vocab);
+        rc = tl_test_capture(cmd, false, &out);
+        CHECKF(rc == 0 && !strcmp(out, "270:'it' 338:'\\'s'\n"), "rc %d, '%s'", rc, out);
+        free(out);
+        char args[1024];
+        snprintf(args, sizeof args, "generate -m %s -p hi -n 1", vocab);
+        expect_cli(args, 1, "architecture 'gpt2' is not supported");
+    }
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/tl_test_errors_%d_tok.gguf", (int)getpid());
+    CHECK(write_mutant(path, MUT_ARCH) == 0);
+    char *want = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' tokenize -m '%s' -p 'Once upon a time'", bin, tl_test_shared("models/stories260K.gguf"));
+    CHECK(tl_test_capture(cmd, false, &want) == 0);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize -m '%s' -p 'Once upon a time'", bin, path);
+    int rc = tl_test_capture(cmd, false, &out);
+    CHECKF(rc == 0 && strlen(want) > 4 && !strcmp(out, want), "rc %d, '%s' vs '%s'", rc, out, want);
+    free(out);
+    free(want);
+    char args[1024];
+    snprintf(args, sizeof args, "generate -m %s -p hi -n 1", path);
+    expect_cli(args, 1, "architecture 'mamba' is not supported");
+    unlink(path);
+}
+
 int main(void) {
     if (!tl_test_have(tl_test_shared("models/stories260K.gguf"))) return tl_test_done();
     expect_load_error(MUT_ARCH, "architecture 'mamba' is not supported", NULL);
@@ -391,6 +427,7 @@ int main(void) {
     }
     test_quantize_output(bin);
     test_text_cap(bin);
+    test_tokenize_only(bin);
     test_outputs_first();
     return tl_test_done();
 }

@@ -165,26 +165,36 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
 char *tl_cli_read_file(const char *path, size_t *len, tl_error *err) { return tl_read_whole(path, len, err); }
 
 char *tl_cli_prompt_text(const tl_cli_common *c, const tl_model *m, int64_t n_tokens, size_t *len, tl_error *err) {
+    return tl_cli_prompt_text_tok(c, m->tok, n_tokens, len, err);
+}
+
+char *tl_cli_prompt_text_tok(const tl_cli_common *c, const tl_tokenizer *t, int64_t n_tokens, size_t *len,
+                             tl_error *err) {
     if (c->prompt && c->file) {
         tl_fail(err, "give either -p or -f, not both");
         return NULL;
     }
-    if (c->file) return tl_read_text(c->file, tl_tok_text_bytes(m->tok, n_tokens), len, NULL, err);
+    if (c->file) return tl_read_text(c->file, tl_tok_text_bytes(t, n_tokens), len, NULL, err);
     const char *p = c->prompt ? c->prompt : "";
     *len = strlen(p);
     return tl_xstrdup(p);
 }
 
 int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool add_special, size_t *n, tl_error *err) {
+    return tl_cli_tokenize_tok(m->tok, text, len, add_special, n, err);
+}
+
+int32_t *tl_cli_tokenize_tok(const tl_tokenizer *t, const char *text, size_t len, bool add_special, size_t *n,
+                             tl_error *err) {
     size_t cap = len + 16, need = 0;
     int32_t *ids = tl_xmalloc(sizeof(int32_t) * cap);
-    if (tl_tokenize(m->tok, text, len, add_special, true, ids, cap, &need, err)) {
+    if (tl_tokenize(t, text, len, add_special, true, ids, cap, &need, err)) {
         free(ids);
         return NULL;
     }
     if (need > cap) {
         ids = tl_xrealloc(ids, sizeof(int32_t) * need);
-        if (tl_tokenize(m->tok, text, len, add_special, true, ids, need, &need, err)) {
+        if (tl_tokenize(t, text, len, add_special, true, ids, need, &need, err)) {
             free(ids);
             return NULL;
         }

@@ -45,8 +45,11 @@ char *tl_cli_read_file(const char *path, size_t *len, tl_error *err);
 /* The prompt text from -p or -f (malloc'd); -f reads at most what n_tokens tokens of m span
  * (tl_tok_text_bytes; n_tokens <= 0: the general cap), with a note when it cuts. */
 char *tl_cli_prompt_text(const tl_cli_common *c, const tl_model *m, int64_t n_tokens, size_t *len, tl_error *err);
+char *tl_cli_prompt_text_tok(const tl_cli_common *c, const tl_tokenizer *t, int64_t n_tokens, size_t *len, tl_error *err);
 /* Tokenize with the model's BOS rule; returns malloc'd ids. */
 int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool add_special, size_t *n, tl_error *err);
+int32_t *tl_cli_tokenize_tok(const tl_tokenizer *t, const char *text, size_t len, bool add_special, size_t *n,
+                             tl_error *err);
 
 /* Model + session from the common flags. */
 tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err);
