@@ -78,7 +78,6 @@ if has calib; then
         "${T[@]:2}" > "$OUT/calib-auto4.txt"
     cat "$OUT"/calib-*.txt >> "$OUT/summary.md"
 fi
-[ -f "$PLAN" ] || die "$PLAN missing: run the calib step first"
 
 # KV configurations: auto:4 is the pinned plan of the calib step (same measurement, once)
 KVS="${KVS:-f16,k8v8,k4v4,auto:4,k4v2,k2v2:kivi,TK}"
@@ -86,6 +85,7 @@ KV_LIST=()
 IFS=',' read -r -a items <<< "$KVS"
 for kv in "${items[@]}"; do
     if [ "$kv" = TK ]; then
+        [ -f "$PLAN" ] || die "$PLAN missing: the TailorKV configurations need the calib step"
         for b in 1 2; do for bud in 192 1024; do for s in 0 4; do
             KV_LIST+=("tailor:plan=$PLAN,bits=$b,budget=$bud,summary=$s")
         done; done; done
