@@ -960,6 +960,7 @@ extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_sha
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
     if (chunk <= 0 || m <= 0) return tl_fail(err, "tl_cuda_layer_attend: chunk %d, m %d", chunk, m);
+    if (s->softcap > 0) return tl_fail(err, "tl_cuda_layer_attend: soft-capped scores have no GPU implementation");
     tl_cuda_session *g = (tl_cuda_session *)tl_xcalloc(1, sizeof *g);
     tlc_layer_kv L;
     memset(&L, 0, sizeof L);
@@ -1178,6 +1179,7 @@ extern "C" int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
     if (p->kind != TL_KV_OFFLOAD || chunk < 2) return tl_fail(err, "tl_cuda_offload_layer_test: offload policy, chunk >= 2");
+    if (s->softcap > 0) return tl_fail(err, "tl_cuda_offload_layer_test: soft-capped scores have no GPU implementation");
     tlc_ctx cx;
     memset(&cx, 0, sizeof cx);
     tlc_off *o = NULL;
