@@ -28,7 +28,7 @@ static double rel_l2(const float *a, const float *b, size_t n) {
 
 int main(int argc, char **argv) {
     int history = 32768, reps = 10, ms_list[8] = {512, 4096}, n_m = 2;
-    tl_kv_shape sh = {32, 8, 128, 128, 0, 0, 0.08838835f};
+    tl_kv_shape sh = {32, 8, 128, 128, 0, 0, 0.08838835f, 0};
     const char *shape = "llama8b";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--history") && i + 1 < argc) history = atoi(argv[++i]);
@@ -42,7 +42,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (!strcmp(shape, "smollm2")) sh = (tl_kv_shape){9, 3, 64, 64, 0, 0, 0.125f};
+    if (!strcmp(shape, "smollm2")) sh = (tl_kv_shape){9, 3, 64, 64, 0, 0, 0.125f, 0};
     else if (strcmp(shape, "llama8b")) {
         fprintf(stderr, "unknown shape %s\n", shape);
         return 2;

@@ -55,8 +55,8 @@ int main(int argc, char **argv) {
     tl_pool *pool = tl_pool_new(threads);
     tl_pool *fpool = fill_threads == threads ? pool : tl_pool_new(fill_threads);
     const shape_case shapes[] = {
-        {"llama8b (32/8/128)", {32, 8, 128, 128, 0, 0, 0.08838835f}},
-        {"smollm2 (9/3/64)", {9, 3, 64, 64, 0, 0, 0.125f}},
+        {"llama8b (32/8/128)", {32, 8, 128, 128, 0, 0, 0.08838835f, 0}},
+        {"smollm2 (9/3/64)", {9, 3, 64, 64, 0, 0, 0.125f, 0}},
     };
     const char *pols[] = {"f16", "k16v16*", "k8v8", "k4v4", "k2v2", "k2v2:kivi"};
     printf("decode attention, one layer, %d threads, %d steps (dense fill: %d threads)\n", threads, steps, fill_threads);

@@ -371,6 +371,12 @@ int tl_awq_run(tl_model *m, const int32_t *tokens, int64_t n_tokens, const tl_aw
     }
     if (p->max_tokens > 0 && n_tokens > p->max_tokens) n_tokens = p->max_tokens;
     if (n_tokens <= 0) return tl_fail(err, "AWQ: no calibration tokens");
+    /* phi3 binds wq/wk/wv and w_gate/w_up as row ranges of one tensor; AWQ writes whole
+     * tensors by name, so those would be written three and two times over */
+    const tl_layer_weights *L0 = &m->w.layers[0];
+    if (!strcmp(L0->wq.name, L0->wk.name) || !strcmp(L0->w_gate.name, L0->w_up.name))
+        return tl_fail(err, "AWQ: %s models' fused tensors ('%s', '%s') are not supported; use --type q4_0, q8_0 or "
+                            "w4g128 (round to nearest)", m->cfg.arch_name, L0->wq.name, L0->w_up.name);
     const int n_ctx = p->n_ctx > 0 ? p->n_ctx : 512;
     const int max_rows = p->max_samples > 0 ? p->max_samples : 512;
     collector *col = tl_xcalloc(1, sizeof *col);

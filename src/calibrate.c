@@ -77,6 +77,7 @@ static int probe_forward(tl_kv_layer *l, tl_pool *pool, int n_tok, const float *
                     for (int c = 0; c < dk; c++) d += qr[c] * kr[c];
                     lg[t - lo] = d * s->scale;
                 }
+                tl_softcap(lg, pos - lo + 1, s->softcap);
                 p->sum += tl_calib_row_score(lg, pos - lo + 1, p->top, scr);
                 p->count++;
             }

@@ -88,6 +88,7 @@ static void exact_rows(const recorder *r, int n, float *out) {
                 double d = 0;
                 for (int c = 0; c < dk; c++) d += (double)qr[c] * kr[c];
                 p[t] = d * s->scale;
+                if (s->softcap > 0) p[t] = s->softcap * tanh(p[t] / s->softcap); /* tl_softcap, in f64 */
                 mx = p[t] > mx ? p[t] : mx;
             }
             for (int c = 0; c < dv; c++) acc[c] = 0;

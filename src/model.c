@@ -30,20 +30,93 @@ static int key_f32(const tl_gguf *g, const char *arch, const char *suffix, float
     return 0;
 }
 
+/* What each architecture's files hold and the rules llama.cpp applies to it, one row each. */
+typedef struct {
+    const char *name;     /* general.architecture */
+    tl_arch arch;
+    tl_rope_style rope;   /* NORM: adjacent pairs (the converter permuted q/k); NEOX: halves */
+    tl_arch_layout layout;
+    bool gemma;           /* embeddings times sqrt(n_embd), GELU-tanh FFN */
+    int swa_pattern;      /* n > 0: layer il slides when il % n < n - 1 */
+    int big_layers;       /* a model with this many layers scales queries by 1/sqrt(n_embd/n_head) */
+} arch_info;
+
+static const arch_info archs[] = {
+    {"llama", TL_ARCH_LLAMA, TL_ROPE_NORM, {0}, false, 0, 0},
+    {"mistral", TL_ARCH_LLAMA, TL_ROPE_NORM, {0}, false, 0, 0},
+    {"qwen2", TL_ARCH_QWEN2, TL_ROPE_NEOX, {.qkv_bias = true}, false, 0, 0},
+    {"qwen3", TL_ARCH_QWEN3, TL_ROPE_NEOX, {.qk_norm = true}, false, 0, 0},
+    {"phi3", TL_ARCH_PHI3, TL_ROPE_NEOX, {.fused = true}, false, 0, 0},
+    /* Gemma 2: even layers slide; the 27B model (46 layers) scales queries by 1/sqrt(144) */
+    {"gemma2", TL_ARCH_GEMMA2, TL_ROPE_NEOX, {.post_norms = true}, true, 2, 46},
+    /* Gemma 3: five sliding layers then one global; the 27B model has 62 layers */
+    {"gemma3", TL_ARCH_GEMMA3, TL_ROPE_NEOX, {.qk_norm = true, .post_norms = true}, true, 6, 62},
+};
+
+static const arch_info *arch_find(const char *name) {
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++)
+        if (!strcmp(archs[i].name, name)) return &archs[i];
+    return NULL;
+}
+
+static const arch_info *arch_of(tl_arch a) {
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++)
+        if (archs[i].arch == a) return &archs[i];
+    return NULL;
+}
+
+int tl_arch_layout_of(const char *arch, tl_arch_layout *out) {
+    const arch_info *ai = arch_find(arch);
+    if (!ai) return -1;
+    *out = ai->layout;
+    return 0;
+}
+
+float tl_longrope_attn_factor(int n_ctx, int n_ctx_orig) {
+    if (n_ctx_orig <= 1 || n_ctx <= n_ctx_orig) return 1.0f;
+    return sqrtf(1.0f + logf((float)n_ctx / (float)n_ctx_orig) / logf((float)n_ctx_orig));
+}
+
+static int unsupported_arch(const char *name, tl_error *err) {
+    char shown[128], list[160] = "";
+    tl_escape(shown, sizeof shown, name, strlen(name), NULL);
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", archs[i].name);
+    return tl_fail(err, "architecture '%s' is not supported (supported: %s)", shown, list);
+}
+
+int tl_config_arch_rules(tl_config *c, tl_error *err) {
+    const arch_info *ai = arch_find(c->arch_name);
+    if (!ai) return unsupported_arch(c->arch_name, err);
+    c->arch = ai->arch;
+    c->rope_style = ai->rope;
+    c->embd_scale = c->gelu_ffn = ai->gemma;
+    c->rope_base_swa = c->rope_base;
+    for (int il = 0; il < c->n_layer; il++) c->layer_swa[il] = false;
+    if (ai->swa_pattern > 0 && c->sliding_window > 0)
+        for (int il = 0; il < c->n_layer; il++) c->layer_swa[il] = il % ai->swa_pattern < ai->swa_pattern - 1;
+    /* phi3: a window shorter than the training context (Phi-3-mini-4k: 2047 of 4096) applies to
+     * every layer, as in transformers (llama.cpp ignores it); 262144 (the 128k models) is none */
+    if (c->arch == TL_ARCH_PHI3 && c->sliding_window > 0 && c->sliding_window < c->n_ctx_train)
+        for (int il = 0; il < c->n_layer; il++) c->layer_swa[il] = true;
+    bool any_swa = false;
+    for (int il = 0; il < c->n_layer; il++) any_swa |= c->layer_swa[il];
+    if (!any_swa) c->sliding_window = 0;
+    if (c->arch == TL_ARCH_GEMMA3) c->rope_base_swa = 10000.0f; /* local layers: base 1e4, unscaled */
+    const bool big = ai->big_layers > 0 && c->n_layer == ai->big_layers;
+    c->attn_scale = 1.0f / sqrtf((float)(big ? c->n_embd / c->n_head : c->head_dim_k));
+    return 0;
+}
+
 static int read_config(const tl_gguf *g, tl_config *c, tl_error *err) {
     char *arch = NULL;
     if (tl_gguf_get_str(g, "general.architecture", &arch, err)) return -1;
     snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
-    if (!strcmp(arch, "llama") || !strcmp(arch, "mistral")) c->arch = TL_ARCH_LLAMA;
-    else if (!strcmp(arch, "qwen2")) c->arch = TL_ARCH_QWEN2;
-    else if (!strcmp(arch, "gemma3")) c->arch = TL_ARCH_GEMMA3;
-    else {
-        char shown[128];
-        tl_escape(shown, sizeof shown, arch, strlen(arch), NULL);
-        tl_fail(err, "%s: architecture '%s' is not supported (supported: llama, mistral, qwen2, gemma3)",
-                tl_gguf_path(g), shown);
+    const arch_info *ai = arch_find(arch);
+    if (!ai) {
+        unsupported_arch(arch, err);
         free(arch);
-        return -1;
+        return tl_fail_prefix(err, "%s", tl_gguf_path(g));
     }
     free(arch);
     const char *a = c->arch_name;
@@ -96,41 +169,58 @@ static int read_config(const tl_gguf *g, tl_config *c, tl_error *err) {
         if (type && strcmp(type, "none") && strcmp(type, "linear")) {
             char shown[128];
             tl_escape(shown, sizeof shown, type, strlen(type), NULL);
-            tl_fail(err, "%s: rope scaling type '%s' is not supported (none, linear, llama3 rope_freqs)", tl_gguf_path(g),
-                    shown);
+            tl_fail(err, "%s: rope scaling type '%s' is not supported (none, linear, llama3 rope_freqs, phi3 LongRoPE factors)",
+                    tl_gguf_path(g), shown);
             free(type);
             return -1;
         }
         if (type && !strcmp(type, "linear") && factor > 0.0f) c->rope_freq_scale = 1.0f / factor;
         free(type);
     }
+    /* LongRoPE (phi3): the context the model was pre-trained for, and the factor on cos/sin
+     * (any architecture may carry it, as in llama.cpp); phi3 files without the factor get the
+     * converter's value, sqrt(1 + ln(ctx/orig) / ln(orig)) */
+    v = (uint32_t)c->n_ctx_train;
+    if (key_u32(g, a, "rope.scaling.original_context_length", &v, false, err)) return -1;
+    c->n_ctx_orig = (int)v;
+    if (c->n_ctx_orig <= 0)
+        return tl_fail(err, "%s: key %s.rope.scaling.original_context_length = %u is not a context length",
+                       tl_gguf_path(g), a, v);
+    c->rope_attn_factor = ai->arch == TL_ARCH_PHI3 ? tl_longrope_attn_factor(c->n_ctx_train, c->n_ctx_orig) : 1.0f;
+    if (key_f32(g, a, "rope.scaling.attn_factor", &c->rope_attn_factor, FLT_MIN, 100, "a positive number <= 100", err))
+        return -1;
     c->norm_eps = 1e-5f;
     if (key_f32(g, a, "attention.layer_norm_rms_epsilon", &c->norm_eps, FLT_MIN, 1, "a positive number <= 1", err))
         return -1;
-    c->rope_style = c->arch == TL_ARCH_LLAMA ? TL_ROPE_NORM : TL_ROPE_NEOX;
-    c->attn_scale = 1.0f / sqrtf((float)c->head_dim_k);
-    c->rope_base_swa = c->rope_base;
-    if (c->arch == TL_ARCH_GEMMA3) {
-        /* llama.cpp's convention for gemma3 files without a layer-pattern key: five
-         * sliding-window layers then one global, local layers with RoPE base 10000. */
-        uint32_t w = 0;
-        if (key_u32(g, a, "attention.sliding_window", &w, true, err)) return -1;
+    /* sliding window: gemma3 files must say it; gemma2's default is 4096 (llama.cpp's); phi3's
+     * applies when shorter than the context (tl_config_arch_rules) */
+    if (ai->arch == TL_ARCH_GEMMA3 || ai->arch == TL_ARCH_GEMMA2 || ai->arch == TL_ARCH_PHI3) {
+        uint32_t w = ai->arch == TL_ARCH_GEMMA2 ? 4096 : 0;
+        if (key_u32(g, a, "attention.sliding_window", &w, ai->arch == TL_ARCH_GEMMA3, err)) return -1;
         c->sliding_window = (int)w;
-        for (int il = 0; il < c->n_layer; il++) c->layer_swa[il] = (il % 6) < 5;
-        c->rope_base_swa = 10000.0f;
-        c->embd_scale = true;
-        c->gelu_ffn = true;
+        if (c->sliding_window < 0)
+            return tl_fail(err, "%s: key %s.attention.sliding_window = %u is too large", tl_gguf_path(g), a, w);
     }
+    /* soft-capping (gemma2): llama.cpp's defaults when the keys are absent; 0 turns one off */
+    if (ai->arch == TL_ARCH_GEMMA2) {
+        c->attn_softcap = 50.0f;
+        c->final_softcap = 30.0f;
+        if (key_f32(g, a, "attn_logit_softcapping", &c->attn_softcap, 0, 1e6f, "a number in 0..1e6 (0: none)", err) ||
+            key_f32(g, a, "final_logit_softcapping", &c->final_softcap, 0, 1e6f, "a number in 0..1e6 (0: none)", err))
+            return -1;
+    }
+    if (tl_config_arch_rules(c, err)) return tl_fail_prefix(err, "%s", tl_gguf_path(g));
     return 0;
 }
 
 /* Find a tensor, check its type is usable and its shape is [n_in, n_out] (n_out 0 = 1-D). */
-static const tl_gguf_tensor *get_tensor(const tl_gguf *g, const char *name, int64_t ne0, int64_t ne1, bool required,
+static const tl_gguf_tensor *get_tensor(const tl_model *m, const char *name, int64_t ne0, int64_t ne1, bool required,
                                         tl_error *err, int *failed) {
+    const tl_gguf *g = m->gguf;
     const tl_gguf_tensor *t = tl_gguf_find_tensor(g, name);
     if (!t) {
         if (required) {
-            tl_fail(err, "%s: tensor '%s' is missing", tl_gguf_path(g), name);
+            tl_fail(err, "%s: tensor '%s' is missing (a %s model needs it)", tl_gguf_path(g), name, m->cfg.arch_name);
             *failed = 1;
         }
         return NULL;
@@ -159,7 +249,7 @@ static const tl_gguf_tensor *get_tensor(const tl_gguf *g, const char *name, int6
 
 /* A 1-D vector as f32: points into the file when it is f32, else widened into an owned copy. */
 static const float *get_vec(tl_model *m, const char *name, int64_t n, bool required, tl_error *err, int *failed) {
-    const tl_gguf_tensor *t = get_tensor(m->gguf, name, n, 0, required, err, failed);
+    const tl_gguf_tensor *t = get_tensor(m, name, n, 0, required, err, failed);
     if (!t) return NULL;
     m->weight_bytes += t->nbytes;
     if (t->type == TL_TYPE_F32) return (const float *)t->data;
@@ -173,7 +263,7 @@ static const float *get_vec(tl_model *m, const char *name, int64_t n, bool requi
 static tl_mat get_mat(tl_model *m, const char *name, int64_t n_in, int64_t n_out, bool required, tl_error *err,
                       int *failed) {
     tl_mat r = {0};
-    const tl_gguf_tensor *t = get_tensor(m->gguf, name, n_in, n_out, required, err, failed);
+    const tl_gguf_tensor *t = get_tensor(m, name, n_in, n_out, required, err, failed);
     if (!t) return r;
     r.data = t->data;
     r.type = t->type;
@@ -184,8 +274,17 @@ static tl_mat get_mat(tl_model *m, const char *name, int64_t n_in, int64_t n_out
     return r;
 }
 
+/* Rows [r0, r0 + n) of a matrix, as a matrix (phi3's fused tensors; no copy). */
+static tl_mat mat_rows(const tl_mat *whole, int64_t r0, int64_t n) {
+    tl_mat r = *whole;
+    r.data = (const uint8_t *)whole->data + (size_t)r0 * tl_row_size(whole->type, whole->n_in);
+    r.n_out = n;
+    return r;
+}
+
 static int bind_weights(tl_model *m, tl_error *err) {
     const tl_config *c = &m->cfg;
+    const arch_info *ai = arch_of(c->arch);
     tl_weights *w = &m->w;
     int failed = 0;
     char name[128];
@@ -199,10 +298,10 @@ static int bind_weights(tl_model *m, tl_error *err) {
         w->output = w->tok_embd;
         w->tied_output = true;
     }
-    if (tl_gguf_find_tensor(m->gguf, "rope_freqs.weight")) {
-        w->rope_freqs = get_vec(m, "rope_freqs.weight", c->n_rot / 2, true, err, &failed);
-        if (failed) return -1;
-    }
+    w->rope_freqs = get_vec(m, "rope_freqs.weight", c->n_rot / 2, false, err, &failed);
+    if (!failed) w->rope_long = get_vec(m, "rope_factors_long.weight", c->n_rot / 2, false, err, &failed);
+    if (!failed) w->rope_short = get_vec(m, "rope_factors_short.weight", c->n_rot / 2, false, err, &failed);
+    if (failed) return -1;
     const int64_t qdim = (int64_t)c->n_head * c->head_dim_k, kdim = (int64_t)c->n_head_kv * c->head_dim_k;
     const int64_t vdim = (int64_t)c->n_head_kv * c->head_dim_v, odim = (int64_t)c->n_head * c->head_dim_v;
     for (int il = 0; il < c->n_layer && !failed; il++) {
@@ -210,29 +309,57 @@ static int bind_weights(tl_model *m, tl_error *err) {
 #define NM(s) (snprintf(name, sizeof name, "blk.%d.%s", il, s), name)
         L->attn_norm = get_vec(m, NM("attn_norm.weight"), c->n_embd, true, err, &failed);
         if (!failed) L->ffn_norm = get_vec(m, NM("ffn_norm.weight"), c->n_embd, true, err, &failed);
-        if (!failed) L->wq = get_mat(m, NM("attn_q.weight"), c->n_embd, qdim, true, err, &failed);
-        if (!failed) L->wk = get_mat(m, NM("attn_k.weight"), c->n_embd, kdim, true, err, &failed);
-        if (!failed) L->wv = get_mat(m, NM("attn_v.weight"), c->n_embd, vdim, true, err, &failed);
+        if (!failed && ai->layout.fused) {
+            const tl_mat qkv = get_mat(m, NM("attn_qkv.weight"), c->n_embd, qdim + kdim + vdim, true, err, &failed);
+            if (!failed) {
+                L->wq = mat_rows(&qkv, 0, qdim);
+                L->wk = mat_rows(&qkv, qdim, kdim);
+                L->wv = mat_rows(&qkv, qdim + kdim, vdim);
+            }
+        } else if (!failed) {
+            L->wq = get_mat(m, NM("attn_q.weight"), c->n_embd, qdim, true, err, &failed);
+            if (!failed) L->wk = get_mat(m, NM("attn_k.weight"), c->n_embd, kdim, true, err, &failed);
+            if (!failed) L->wv = get_mat(m, NM("attn_v.weight"), c->n_embd, vdim, true, err, &failed);
+        }
         if (!failed) L->wo = get_mat(m, NM("attn_output.weight"), odim, c->n_embd, true, err, &failed);
-        if (!failed) L->w_gate = get_mat(m, NM("ffn_gate.weight"), c->n_embd, c->n_ff, true, err, &failed);
-        if (!failed) L->w_up = get_mat(m, NM("ffn_up.weight"), c->n_embd, c->n_ff, true, err, &failed);
+        if (!failed && ai->layout.fused) {
+            const tl_mat gate_up = get_mat(m, NM("ffn_up.weight"), c->n_embd, 2 * (int64_t)c->n_ff, true, err, &failed);
+            if (!failed) {
+                L->w_gate = mat_rows(&gate_up, 0, c->n_ff);
+                L->w_up = mat_rows(&gate_up, c->n_ff, c->n_ff);
+            }
+        } else if (!failed) {
+            L->w_gate = get_mat(m, NM("ffn_gate.weight"), c->n_embd, c->n_ff, true, err, &failed);
+            if (!failed) L->w_up = get_mat(m, NM("ffn_up.weight"), c->n_embd, c->n_ff, true, err, &failed);
+        }
         if (!failed) L->w_down = get_mat(m, NM("ffn_down.weight"), c->n_ff, c->n_embd, true, err, &failed);
-        const bool qwen = c->arch == TL_ARCH_QWEN2;
-        if (!failed) L->bq = get_vec(m, NM("attn_q.bias"), qdim, qwen, err, &failed);
-        if (!failed) L->bk = get_vec(m, NM("attn_k.bias"), kdim, qwen, err, &failed);
-        if (!failed) L->bv = get_vec(m, NM("attn_v.bias"), vdim, qwen, err, &failed);
-        if (c->arch == TL_ARCH_GEMMA3 && !failed) {
+        if (!failed) L->bq = get_vec(m, NM("attn_q.bias"), qdim, ai->layout.qkv_bias, err, &failed);
+        if (!failed) L->bk = get_vec(m, NM("attn_k.bias"), kdim, ai->layout.qkv_bias, err, &failed);
+        if (!failed) L->bv = get_vec(m, NM("attn_v.bias"), vdim, ai->layout.qkv_bias, err, &failed);
+        if (ai->layout.qk_norm && !failed) {
             L->q_norm = get_vec(m, NM("attn_q_norm.weight"), c->head_dim_k, true, err, &failed);
             if (!failed) L->k_norm = get_vec(m, NM("attn_k_norm.weight"), c->head_dim_k, true, err, &failed);
-            if (!failed) L->attn_post_norm = get_vec(m, NM("post_attention_norm.weight"), c->n_embd, true, err, &failed);
+        }
+        if (ai->layout.post_norms && !failed) {
+            L->attn_post_norm = get_vec(m, NM("post_attention_norm.weight"), c->n_embd, true, err, &failed);
             if (!failed) L->ffn_post_norm = get_vec(m, NM("post_ffw_norm.weight"), c->n_embd, true, err, &failed);
         }
 #undef NM
     }
-    if (!w->tied_output) {
-        /* tok_embd is only gathered from (one row per token), but count it: it is resident. */
-    }
     return failed ? -1 : 0;
+}
+
+void tl_model_rope_freqs(const tl_model *m, int n_ctx, bool swa, double *inv_freq) {
+    const tl_config *c = &m->cfg;
+    const bool plain = swa && c->arch == TL_ARCH_GEMMA3;
+    const float *ff = m->w.rope_freqs;
+    if (!ff) ff = n_ctx > c->n_ctx_orig && m->w.rope_long ? m->w.rope_long : m->w.rope_short;
+    for (int i = 0; i < c->n_rot / 2; i++) {
+        double f = pow(plain ? c->rope_base_swa : c->rope_base, -2.0 * i / c->n_rot);
+        if (!plain) f *= c->rope_freq_scale;
+        if (!plain && ff) f /= ff[i];
+        inv_freq[i] = f;
+    }
 }
 
 tl_model *tl_model_load(const char *path, tl_error *err) {

@@ -2,7 +2,9 @@
  *   tl_config  - the blueprint, read from GGUF metadata
  *   tl_weights - views into the mapped file, one per tensor, each with its shape
  *   tl_session (session.h) - activations and the KV cache of one sequence
- * Architectures: llama (and mistral), qwen2, gemma3. */
+ * Architectures: llama (and mistral), qwen2 (and the DeepSeek-R1 Qwen distills), qwen3, phi3,
+ * gemma2, gemma3: what each file holds and the rules llama.cpp applies to it are one row of
+ * model.c's table. */
 #ifndef TL_MODEL_H
 #define TL_MODEL_H
 
@@ -13,7 +15,7 @@
 
 #define TL_MAX_LAYERS 256
 
-typedef enum { TL_ARCH_LLAMA, TL_ARCH_QWEN2, TL_ARCH_GEMMA3 } tl_arch;
+typedef enum { TL_ARCH_LLAMA, TL_ARCH_QWEN2, TL_ARCH_QWEN3, TL_ARCH_PHI3, TL_ARCH_GEMMA2, TL_ARCH_GEMMA3 } tl_arch;
 typedef enum { TL_ROPE_NORM, TL_ROPE_NEOX } tl_rope_style; /* adjacent pairs vs halves */
 
 typedef struct {
@@ -34,16 +36,21 @@ typedef struct {
     float rope_base;        /* global layers */
     float rope_base_swa;    /* sliding-window layers (gemma3: 10000) */
     float rope_freq_scale;  /* linear scaling: 1/factor */
+    float rope_attn_factor; /* cos and sin multiplied by this (phi3 LongRoPE: sqrt(1 + ln s / ln n_orig)) */
+    int n_ctx_orig;         /* phi3 LongRoPE: sessions longer than this use the long factors */
     /* attention */
     float attn_scale;       /* multiplier on q.k */
+    float attn_softcap;     /* gemma2: scores become cap * tanh(score / cap); 0 = none */
     int sliding_window;     /* 0 = none */
     bool layer_swa[TL_MAX_LAYERS]; /* layer uses the sliding window */
     /* gemma-isms */
     bool embd_scale;        /* multiply embeddings by sqrt(n_embd) */
     bool gelu_ffn;          /* GELU-tanh gated FFN instead of SwiGLU */
+    float final_softcap;    /* gemma2: logits become cap * tanh(logit / cap); 0 = none */
 } tl_config;
 
-/* A weight matrix: rows of n_in values, n_out rows. */
+/* A weight matrix: rows of n_in values, n_out rows. phi3's fused attn_qkv and ffn_up are bound
+ * as views of their row ranges (wq/wk/wv, w_gate/w_up), so nothing downstream sees fusion. */
 typedef struct {
     const void *data;
     tl_type type;
@@ -54,7 +61,7 @@ typedef struct {
 typedef struct {
     const float *attn_norm, *ffn_norm;
     const float *attn_post_norm, *ffn_post_norm; /* gemma3 */
-    const float *q_norm, *k_norm;                /* gemma3: per-head RMSNorm, head_dim values */
+    const float *q_norm, *k_norm;                /* qwen3, gemma3: per-head RMSNorm, head_dim values */
     tl_mat wq, wk, wv, wo;
     const float *bq, *bk, *bv;                    /* qwen2 */
     tl_mat w_gate, w_up, w_down;
@@ -66,6 +73,7 @@ typedef struct {
     tl_mat output;            /* == tok_embd when tied */
     bool tied_output;
     const float *rope_freqs;  /* llama3 frequency factors, n_rot/2 values, or NULL */
+    const float *rope_long, *rope_short; /* phi3 LongRoPE factors (divisors), n_rot/2 each, or NULL */
     tl_layer_weights layers[TL_MAX_LAYERS];
 } tl_weights;
 
@@ -83,7 +91,37 @@ struct tl_model {
 
 typedef struct tl_model tl_model;
 
+/* The tensors an architecture's files hold besides llama's (the loader requires them; synth
+ * writes them). */
+typedef struct {
+    bool qkv_bias;   /* attn_q/k/v.bias (otherwise optional) */
+    bool qk_norm;    /* attn_q_norm / attn_k_norm: per-head RMSNorm before RoPE */
+    bool post_norms; /* post_attention_norm / post_ffw_norm on the block outputs */
+    bool fused;      /* attn_qkv = rows [q; k; v] and ffn_up = rows [gate; up], no ffn_gate */
+} tl_arch_layout;
+
+/* 0 and the layout of a supported architecture (general.architecture), else -1. */
+int tl_arch_layout_of(const char *arch, tl_arch_layout *out);
+
+/* LongRoPE's factor on cos/sin for a model extended from n_ctx_orig to n_ctx tokens,
+ * sqrt(1 + ln(n_ctx / n_ctx_orig) / ln(n_ctx_orig)) (Phi-3's converter; 1 when not extended). */
+float tl_longrope_attn_factor(int n_ctx, int n_ctx_orig);
+
 tl_model *tl_model_load(const char *path, tl_error *err);
 void tl_model_free(tl_model *m);
+
+/* The architecture's fixed rules, from c->arch_name and the hyper-parameters already in c
+ * (sliding_window included): rope style, which layers slide and their RoPE base, the query
+ * scale, Gemma's embedding scale and GELU. -1 with err naming the supported ones for an
+ * architecture tailor does not run. The loader and tl_synth_config both use it, so a projected
+ * config is the one a file would load. */
+int tl_config_arch_rules(tl_config *c, tl_error *err);
+
+/* RoPE inverse frequencies of a session of n_ctx tokens, n_rot/2 values: for the global layers
+ * (swa false) base^(-2i/n_rot) times the linear scale, divided by the llama3 factors or by
+ * phi3's long (n_ctx > n_ctx_orig) or short ones; gemma3's sliding-window layers use base
+ * rope_base_swa unscaled, every other sliding layer the global rope. (llama.cpp's rules; the
+ * CPU session and the CUDA backend both take them from here.) */
+void tl_model_rope_freqs(const tl_model *m, int n_ctx, bool swa, double *inv_freq);
 
 #endif

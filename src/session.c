@@ -1,18 +1,22 @@
-/* session.c: the forward pass of llama / qwen2 / gemma3 over a chunk of tokens.
+/* session.c: the forward pass of llama / qwen2 / qwen3 / phi3 / gemma2 / gemma3 over a chunk
+ * of tokens.
  *
  * Per block (pre-norm transformer):
  *   xn = rmsnorm(x) * w_attn_norm
- *   q, k, v = xn Wq (+bq), xn Wk (+bk), xn Wv (+bv)
- *   gemma3: q, k = per-head rmsnorm(q) * q_norm, rmsnorm(k) * k_norm
+ *   q, k, v = xn Wq (+bq), xn Wk (+bk), xn Wv (+bv)      -- phi3: views of one fused Wqkv
+ *   qwen3, gemma3: q, k = per-head rmsnorm(q) * q_norm, rmsnorm(k) * k_norm
  *   q, k = rope(q, pos), rope(k, pos)
- *   a = attention(q, cache ++ (k, v))            -- the KV store does this (kv/kv.h)
- *   o = a Wo ; gemma3: o = rmsnorm(o) * post_attention_norm
+ *   a = attention(q, cache ++ (k, v))            -- the KV store does this (kv/kv.h);
+ *                                                   gemma2 soft-caps the scores there
+ *   o = a Wo ; gemma2/3: o = rmsnorm(o) * post_attention_norm
  *   x += o
  *   xn = rmsnorm(x) * w_ffn_norm
- *   f = (act(xn Wgate) * (xn Wup)) Wdown          -- act = silu, gemma3: gelu-tanh
- *   gemma3: f = rmsnorm(f) * post_ffw_norm
+ *   f = (act(xn Wgate) * (xn Wup)) Wdown          -- act = silu, gemma: gelu-tanh;
+ *                                                   phi3: Wgate, Wup views of one fused matrix
+ *   gemma2/3: f = rmsnorm(f) * post_ffw_norm
  *   x += f
- * logits = rmsnorm(x) * output_norm, times Wout (tied: the embedding matrix).
+ * logits = rmsnorm(x) * output_norm, times Wout (tied: the embedding matrix);
+ * gemma2: logits = cap * tanh(logits / cap).
  * A prompt is processed in chunks of `chunk` tokens, so activation memory is bounded by the
  * chunk size and not by the prompt length. */
 #include "session.h"
@@ -49,6 +53,17 @@ static void rope_head(float *h, const float *cs, int n_rot, tl_rope_style style)
     }
 }
 
+/* cos/sin of position pos for each rotated pair, base b (0 global, 1 sliding-window layers),
+ * times the rope's attention factor (phi3 LongRoPE; 1 elsewhere). */
+static void rope_cs(const tl_session *s, int pos, int b, float *cs) {
+    const tl_config *c = &s->model->cfg;
+    for (int i = 0; i < c->n_rot / 2; i++) {
+        const double ang = (double)pos * s->inv_freq[b][i];
+        cs[2 * i] = (float)cos(ang) * c->rope_attn_factor;
+        cs[2 * i + 1] = (float)sin(ang) * c->rope_attn_factor;
+    }
+}
+
 static void matmul(tl_session *s, const tl_mat *w, const float *x, int n_tok, float *y) {
     tl_matmul(s->pool, w->type, w->data, w->n_in, w->n_out, x, n_tok, y, w->n_out, s->act.mm_scratch);
 }
@@ -79,13 +94,7 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
     }
     /* cos/sin for each token and both RoPE bases */
     for (int t = 0; t < n; t++)
-        for (int b = 0; b < 2; b++)
-            for (int i = 0; i < half; i++) {
-                const double ang = (double)(s->n_past + t) * s->inv_freq[b][i];
-                float *cs = a->rope + (((size_t)t * 2 + b) * half + i) * 2;
-                cs[0] = (float)cos(ang);
-                cs[1] = (float)sin(ang);
-            }
+        for (int b = 0; b < 2; b++) rope_cs(s, s->n_past + t, b, a->rope + ((size_t)t * 2 + b) * half * 2);
 
     for (int il = 0; il < c->n_layer; il++) {
         const tl_layer_weights *L = &w->layers[il];
@@ -133,6 +142,7 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
         rmsnorm_rows(vo, a->x + (size_t)first * E, a->xn, w->output_norm, rows, E, c->norm_eps);
         tl_matmul(s->pool, w->output.type, w->output.data, E, c->n_vocab, a->xn, rows, logits, c->n_vocab,
                   a->mm_scratch);
+        tl_softcap(logits, rows * c->n_vocab, c->final_softcap);
     }
     return 0;
 }
@@ -224,19 +234,7 @@ static void *act_alloc(tl_session *s, size_t bytes) {
 }
 
 static void init_rope(tl_session *s) {
-    const tl_config *c = &s->model->cfg;
-    const float *ff = s->model->w.rope_freqs;
-    for (int b = 0; b < 2; b++) {
-        const double base = b ? c->rope_base_swa : c->rope_base;
-        for (int i = 0; i < c->n_rot / 2; i++) {
-            double f = pow(base, -2.0 * i / c->n_rot);
-            /* linear scaling and llama3-style frequency factors apply to the global rope only
-             * (gemma3's sliding-window layers use base 10000 unscaled, as llama.cpp does) */
-            if (b == 0) f *= c->rope_freq_scale;
-            if (ff && b == 0) f /= ff[i];
-            s->inv_freq[b][i] = f;
-        }
-    }
+    for (int b = 0; b < 2; b++) tl_model_rope_freqs(s->model, s->n_ctx, b == 1, s->inv_freq[b]);
 }
 
 void tl_session_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_layer_policy *requested,
@@ -249,6 +247,7 @@ void tl_session_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_laye
         .n_ctx = n_ctx,
         .window = c->layer_swa[il] ? c->sliding_window : 0,
         .scale = c->attn_scale,
+        .softcap = c->attn_softcap,
     };
     const tl_kv_layer_policy f16 = {.kind = TL_KV_F16};
     *effective = requested ? *requested : f16;
@@ -370,11 +369,7 @@ void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, f
     if (L->q_norm) rmsnorm_rows(s->vo, q, q, L->q_norm, n * c->n_head, c->head_dim_k, c->norm_eps);
     float *cs = tl_xmalloc(sizeof(float) * (size_t)half * 2);
     for (int t = 0; t < n; t++) {
-        for (int i = 0; i < half; i++) {
-            const double ang = (double)(pos0 + t) * s->inv_freq[base][i];
-            cs[2 * i] = (float)cos(ang);
-            cs[2 * i + 1] = (float)sin(ang);
-        }
+        rope_cs(s, pos0 + t, base, cs);
         for (int h = 0; h < c->n_head; h++) rope_head(q + (size_t)t * qdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
     }
     free(cs);
@@ -409,6 +404,14 @@ tl_session_params tl_session_default_params(void) {
     return p;
 }
 
+/* What the CUDA backend does not compute is refused by name rather than computed wrong. */
+static int cuda_refuses(const tl_config *c, tl_error *err) {
+    if (c->attn_softcap > 0 || c->final_softcap > 0)
+        return tl_fail(err, "--device cuda: this %s model soft-caps its attention scores and final logits, which the "
+                            "GPU backend does not implement; run it on the CPU (--device cpu)", c->arch_name);
+    return 0;
+}
+
 tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, const tl_kv_layer_policy *policies,
                               const char *device, tl_error *err) {
     if (!device || !strcmp(device, "cpu")) return tl_session_new_with_policies(m, n_ctx, n_threads, chunk, policies, err);
@@ -416,6 +419,7 @@ tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, 
         tl_fail(err, "--device '%s': unknown device (cpu, cuda)", device);
         return NULL;
     }
+    if (cuda_refuses(&m->cfg, err)) return NULL;
     bool failed;
     tl_kv_layer_policy *resolved = resolve_auto(m, policies, true, n_threads, &failed, err);
     if (failed) return NULL;

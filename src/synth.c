@@ -21,23 +21,44 @@
 #include <unistd.h>
 
 /* Public configs (config.json of each model on the Hugging Face hub). */
+#define LLAMA3_ROPE(f) .rope_factor = (f), .rope_low_freq = 1.0f, .rope_high_freq = 4.0f, .rope_orig_ctx = 8192
 static const tl_synth_shape shapes[] = {
-    {"llama-3.1-8b", "llama", "meta-llama/Llama-3.1-8B", 32, 4096, 14336, 32, 8, 128, 128256, 131072, 500000.0f,
-     1e-5f, false, false, 8.0f, 1.0f, 4.0f, 8192},
-    {"llama-3.2-1b", "llama", "meta-llama/Llama-3.2-1B", 16, 2048, 8192, 32, 8, 64, 128256, 131072, 500000.0f,
-     1e-5f, true, false, 32.0f, 1.0f, 4.0f, 8192},
-    {"llama-3.2-3b", "llama", "meta-llama/Llama-3.2-3B", 28, 3072, 8192, 24, 8, 128, 128256, 131072, 500000.0f,
-     1e-5f, true, false, 32.0f, 1.0f, 4.0f, 8192},
-    {"qwen2.5-0.5b", "qwen2", "Qwen/Qwen2.5-0.5B", 24, 896, 4864, 14, 2, 64, 151936, 32768, 1000000.0f, 1e-6f, true,
-     true, 0, 0, 0, 0},
-    {"qwen2.5-7b", "qwen2", "Qwen/Qwen2.5-7B", 28, 3584, 18944, 28, 4, 128, 152064, 32768, 1000000.0f, 1e-6f, false,
-     true, 0, 0, 0, 0},
+    {.name = "llama-3.1-8b", .arch = "llama", .source = "meta-llama/Llama-3.1-8B", .n_layer = 32, .n_embd = 4096,
+     .n_ff = 14336, .n_head = 32, .n_head_kv = 8, .head_dim = 128, .n_vocab = 128256, .n_ctx = 131072,
+     .rope_base = 500000.0f, .norm_eps = 1e-5f, LLAMA3_ROPE(8.0f)},
+    {.name = "llama-3.2-1b", .arch = "llama", .source = "meta-llama/Llama-3.2-1B", .n_layer = 16, .n_embd = 2048,
+     .n_ff = 8192, .n_head = 32, .n_head_kv = 8, .head_dim = 64, .n_vocab = 128256, .n_ctx = 131072,
+     .rope_base = 500000.0f, .norm_eps = 1e-5f, .tied = true, LLAMA3_ROPE(32.0f)},
+    {.name = "llama-3.2-3b", .arch = "llama", .source = "meta-llama/Llama-3.2-3B", .n_layer = 28, .n_embd = 3072,
+     .n_ff = 8192, .n_head = 24, .n_head_kv = 8, .head_dim = 128, .n_vocab = 128256, .n_ctx = 131072,
+     .rope_base = 500000.0f, .norm_eps = 1e-5f, .tied = true, LLAMA3_ROPE(32.0f)},
+    {.name = "qwen2.5-0.5b", .arch = "qwen2", .source = "Qwen/Qwen2.5-0.5B", .n_layer = 24, .n_embd = 896,
+     .n_ff = 4864, .n_head = 14, .n_head_kv = 2, .head_dim = 64, .n_vocab = 151936, .n_ctx = 32768,
+     .rope_base = 1000000.0f, .norm_eps = 1e-6f, .tied = true},
+    {.name = "qwen2.5-7b", .arch = "qwen2", .source = "Qwen/Qwen2.5-7B", .n_layer = 28, .n_embd = 3584,
+     .n_ff = 18944, .n_head = 28, .n_head_kv = 4, .head_dim = 128, .n_vocab = 152064, .n_ctx = 32768,
+     .rope_base = 1000000.0f, .norm_eps = 1e-6f},
+    {.name = "qwen3-8b", .arch = "qwen3", .source = "Qwen/Qwen3-8B", .n_layer = 36, .n_embd = 4096, .n_ff = 12288,
+     .n_head = 32, .n_head_kv = 8, .head_dim = 128, .n_vocab = 151936, .n_ctx = 40960, .rope_base = 1000000.0f,
+     .norm_eps = 1e-6f},
     /* v0.3 (vocab 32768); GGUF conversions of Mistral use the llama architecture */
-    {"mistral-7b", "llama", "mistralai/Mistral-7B-v0.3", 32, 4096, 14336, 32, 8, 128, 32768, 32768, 1000000.0f,
-     1e-5f, false, false, 0, 0, 0, 0},
-    {"smollm2-135m", "llama", "HuggingFaceTB/SmolLM2-135M", 30, 576, 1536, 9, 3, 64, 49152, 8192, 100000.0f, 1e-5f,
-     true, false, 0, 0, 0, 0},
+    {.name = "mistral-7b", .arch = "llama", .source = "mistralai/Mistral-7B-v0.3", .n_layer = 32, .n_embd = 4096,
+     .n_ff = 14336, .n_head = 32, .n_head_kv = 8, .head_dim = 128, .n_vocab = 32768, .n_ctx = 32768,
+     .rope_base = 1000000.0f, .norm_eps = 1e-5f},
+    /* LongRoPE from 4096 to 131072 tokens; sliding_window 262144 (>= the context: none) */
+    {.name = "phi-3-mini-128k", .arch = "phi3", .source = "microsoft/Phi-3-mini-128k-instruct", .n_layer = 32,
+     .n_embd = 3072, .n_ff = 8192, .n_head = 32, .n_head_kv = 32, .head_dim = 96, .n_vocab = 32064, .n_ctx = 131072,
+     .rope_base = 10000.0f, .norm_eps = 1e-5f, .longrope_ctx = 4096, .sliding_window = 262144},
+    /* even layers slide over 4096 tokens; scores soft-capped at 50, logits at 30 */
+    {.name = "gemma-2-9b", .arch = "gemma2", .source = "google/gemma-2-9b", .n_layer = 42, .n_embd = 3584,
+     .n_ff = 14336, .n_head = 16, .n_head_kv = 8, .head_dim = 256, .n_vocab = 256000, .n_ctx = 8192,
+     .rope_base = 10000.0f, .norm_eps = 1e-6f, .tied = true, .sliding_window = 4096, .attn_softcap = 50.0f,
+     .final_softcap = 30.0f},
+    {.name = "smollm2-135m", .arch = "llama", .source = "HuggingFaceTB/SmolLM2-135M", .n_layer = 30, .n_embd = 576,
+     .n_ff = 1536, .n_head = 9, .n_head_kv = 3, .head_dim = 64, .n_vocab = 49152, .n_ctx = 8192,
+     .rope_base = 100000.0f, .norm_eps = 1e-5f, .tied = true},
 };
+#undef LLAMA3_ROPE
 
 size_t tl_synth_n_shapes(void) { return sizeof shapes / sizeof *shapes; }
 const tl_synth_shape *tl_synth_shape_at(size_t i) { return i < tl_synth_n_shapes() ? &shapes[i] : NULL; }
@@ -50,7 +71,6 @@ const tl_synth_shape *tl_synth_find_shape(const char *name) {
 
 void tl_synth_config(const tl_synth_shape *s, int n_layer, int n_vocab, int n_ctx, tl_config *c) {
     memset(c, 0, sizeof *c);
-    c->arch = !strcmp(s->arch, "qwen2") ? TL_ARCH_QWEN2 : TL_ARCH_LLAMA;
     snprintf(c->arch_name, sizeof c->arch_name, "%s", s->arch);
     c->n_vocab = n_vocab > 0 ? n_vocab : s->n_vocab;
     c->n_embd = s->n_embd;
@@ -61,11 +81,16 @@ void tl_synth_config(const tl_synth_shape *s, int n_layer, int n_vocab, int n_ct
     c->n_ff = s->n_ff;
     c->n_ctx_train = n_ctx > 0 ? n_ctx : s->n_ctx;
     c->norm_eps = s->norm_eps;
-    c->rope_style = c->arch == TL_ARCH_LLAMA ? TL_ROPE_NORM : TL_ROPE_NEOX;
     c->n_rot = s->head_dim;
-    c->rope_base = c->rope_base_swa = s->rope_base;
+    c->rope_base = s->rope_base;
     c->rope_freq_scale = 1.0f;
-    c->attn_scale = 1.0f / sqrtf((float)s->head_dim);
+    c->n_ctx_orig = s->longrope_ctx > 0 ? s->longrope_ctx : c->n_ctx_train;
+    c->rope_attn_factor = s->longrope_ctx > 0 ? tl_longrope_attn_factor(s->n_ctx, s->longrope_ctx) : 1.0f;
+    c->sliding_window = s->sliding_window;
+    c->attn_softcap = s->attn_softcap;
+    c->final_softcap = s->final_softcap;
+    /* the table holds supported architectures only (test_synth loads each) */
+    tl_config_arch_rules(c, NULL);
 }
 
 void tl_synth_llama3_rope_factors(const tl_synth_shape *s, float *out) {
@@ -86,6 +111,15 @@ void tl_synth_llama3_rope_factors(const tl_synth_shape *s, float *out) {
     }
 }
 
+void tl_synth_longrope_factors(const tl_synth_shape *s, bool long_factors, float *out) {
+    const int half = s->head_dim / 2;
+    const float ratio = s->longrope_ctx > 0 ? (float)s->n_ctx / (float)s->longrope_ctx : 1.0f;
+    for (int i = 0; i < half; i++) {
+        const float x = half > 1 ? (float)i / (float)(half - 1) : 0.0f;
+        out[i] = long_factors ? 1.0f + (ratio - 1.0f) * x * x : 1.0f;
+    }
+}
+
 int tl_synth_parse_type(const char *name, tl_type *out, tl_error *err) {
     static const struct {
         const char *name;
@@ -101,7 +135,7 @@ int tl_synth_parse_type(const char *name, tl_type *out, tl_error *err) {
 }
 
 /* ---- The tensor list ---- */
-typedef enum { T_MATRIX, T_ONES, T_BIAS, T_ROPE } tensor_kind;
+typedef enum { T_MATRIX, T_ONES, T_BIAS, T_ROPE, T_LONGROPE_LONG, T_LONGROPE_SHORT } tensor_kind;
 
 typedef struct {
     char name[64];
@@ -135,31 +169,52 @@ static void add(tensor_list *l, const char *name, tensor_kind kind, tl_type type
     t->nbytes = tl_row_size(t->type, ne0) * (uint64_t)t->ne[1];
 }
 
-/* llama.cpp's tensor names and order. Std 0.02 for matrices (GPT-2 init), output projections
- * scaled by 1/sqrt(2 n_layer) so the residual stream grows slowly; norms 1. */
+/* llama.cpp's tensor names and order, with the architecture's own tensors (tl_arch_layout).
+ * Std 0.02 for matrices (GPT-2 init), output projections scaled by 1/sqrt(2 n_layer) so the
+ * residual stream grows slowly; norms 1. */
 static void build_tensors(const tl_synth_shape *s, tl_type type, int n_layer, int n_vocab, tensor_list *l) {
     const int64_t E = s->n_embd, F = s->n_ff, qd = (int64_t)s->n_head * s->head_dim,
                   kd = (int64_t)s->n_head_kv * s->head_dim;
     const float std = 0.02f, std_out = 0.02f / sqrtf(2.0f * (float)n_layer);
+    tl_arch_layout lay = {0};
+    tl_arch_layout_of(s->arch, &lay); /* the table holds supported architectures only */
     add(l, "token_embd.weight", T_MATRIX, type, E, n_vocab, std);
     if (s->rope_factor > 0) add(l, "rope_freqs.weight", T_ROPE, TL_TYPE_F32, s->head_dim / 2, 0, 0);
+    if (s->longrope_ctx > 0) {
+        add(l, "rope_factors_long.weight", T_LONGROPE_LONG, TL_TYPE_F32, s->head_dim / 2, 0, 0);
+        add(l, "rope_factors_short.weight", T_LONGROPE_SHORT, TL_TYPE_F32, s->head_dim / 2, 0, 0);
+    }
     add(l, "output_norm.weight", T_ONES, TL_TYPE_F32, E, 0, 0);
     if (!s->tied) add(l, "output.weight", T_MATRIX, type, E, n_vocab, std);
     char nm[64];
     for (int il = 0; il < n_layer; il++) {
 #define NM(x) (snprintf(nm, sizeof nm, "blk.%d.%s", il, x), nm)
         add(l, NM("attn_norm.weight"), T_ONES, TL_TYPE_F32, E, 0, 0);
-        add(l, NM("attn_q.weight"), T_MATRIX, type, E, qd, std);
-        if (s->qkv_bias) add(l, NM("attn_q.bias"), T_BIAS, TL_TYPE_F32, qd, 0, std);
-        add(l, NM("attn_k.weight"), T_MATRIX, type, E, kd, std);
-        if (s->qkv_bias) add(l, NM("attn_k.bias"), T_BIAS, TL_TYPE_F32, kd, 0, std);
-        add(l, NM("attn_v.weight"), T_MATRIX, type, E, kd, std);
-        if (s->qkv_bias) add(l, NM("attn_v.bias"), T_BIAS, TL_TYPE_F32, kd, 0, std);
+        if (lay.fused) {
+            add(l, NM("attn_qkv.weight"), T_MATRIX, type, E, qd + 2 * kd, std);
+        } else {
+            add(l, NM("attn_q.weight"), T_MATRIX, type, E, qd, std);
+            if (lay.qkv_bias) add(l, NM("attn_q.bias"), T_BIAS, TL_TYPE_F32, qd, 0, std);
+            add(l, NM("attn_k.weight"), T_MATRIX, type, E, kd, std);
+            if (lay.qkv_bias) add(l, NM("attn_k.bias"), T_BIAS, TL_TYPE_F32, kd, 0, std);
+            add(l, NM("attn_v.weight"), T_MATRIX, type, E, kd, std);
+            if (lay.qkv_bias) add(l, NM("attn_v.bias"), T_BIAS, TL_TYPE_F32, kd, 0, std);
+        }
+        if (lay.qk_norm) {
+            add(l, NM("attn_q_norm.weight"), T_ONES, TL_TYPE_F32, s->head_dim, 0, 0);
+            add(l, NM("attn_k_norm.weight"), T_ONES, TL_TYPE_F32, s->head_dim, 0, 0);
+        }
         add(l, NM("attn_output.weight"), T_MATRIX, type, qd, E, std_out);
+        if (lay.post_norms) add(l, NM("post_attention_norm.weight"), T_ONES, TL_TYPE_F32, E, 0, 0);
         add(l, NM("ffn_norm.weight"), T_ONES, TL_TYPE_F32, E, 0, 0);
-        add(l, NM("ffn_gate.weight"), T_MATRIX, type, E, F, std);
-        add(l, NM("ffn_up.weight"), T_MATRIX, type, E, F, std);
+        if (lay.fused) {
+            add(l, NM("ffn_up.weight"), T_MATRIX, type, E, 2 * F, std);
+        } else {
+            add(l, NM("ffn_gate.weight"), T_MATRIX, type, E, F, std);
+            add(l, NM("ffn_up.weight"), T_MATRIX, type, E, F, std);
+        }
         add(l, NM("ffn_down.weight"), T_MATRIX, type, F, E, std_out);
+        if (lay.post_norms) add(l, NM("post_ffw_norm.weight"), T_ONES, TL_TYPE_F32, E, 0, 0);
 #undef NM
     }
 }
@@ -370,6 +425,8 @@ static void write_tensor(out_t *o, const synth_tensor *t, uint64_t seed, int ind
                 for (int64_t i = 0; i < t->ne[0]; i++) row[i] = 1.0f;
                 break;
             case T_ROPE: tl_synth_llama3_rope_factors(s, row); break;
+            case T_LONGROPE_LONG: tl_synth_longrope_factors(s, true, row); break;
+            case T_LONGROPE_SHORT: tl_synth_longrope_factors(s, false, row); break;
             }
             tl_quantize_row(t->type, row, buf + (size_t)r * rb, t->ne[0]);
         }
@@ -433,6 +490,13 @@ int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err) {
     tl_gguf_w_u32(w, K("rope.dimension_count"), (uint32_t)s->head_dim);
     tl_gguf_w_f32(w, K("rope.freq_base"), s->rope_base);
     tl_gguf_w_f32(w, K("attention.layer_norm_rms_epsilon"), s->norm_eps);
+    if (s->sliding_window > 0) tl_gguf_w_u32(w, K("attention.sliding_window"), (uint32_t)s->sliding_window);
+    if (s->attn_softcap > 0) tl_gguf_w_f32(w, K("attn_logit_softcapping"), s->attn_softcap);
+    if (s->final_softcap > 0) tl_gguf_w_f32(w, K("final_logit_softcapping"), s->final_softcap);
+    if (s->longrope_ctx > 0) {
+        tl_gguf_w_u32(w, K("rope.scaling.original_context_length"), (uint32_t)s->longrope_ctx);
+        tl_gguf_w_f32(w, K("rope.scaling.attn_factor"), tl_longrope_attn_factor(s->n_ctx, s->longrope_ctx));
+    }
 #undef K
     if (vocab) {
         for (int64_t i = 0; i < tl_gguf_n_kv(vocab); i++) {

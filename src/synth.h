@@ -1,7 +1,8 @@
 /* synth.h: synthetic models with real models' shapes, and memory projections.
  *
  * Two things that let tailor talk about models it does not have:
- *  - a table of public model configs (Llama 3.x, Qwen2.5, Mistral, SmolLM2) and a writer that
+ *  - a table of public model configs (Llama 3.x, Qwen2.5, Qwen3, Mistral, Phi-3, Gemma 2,
+ *    SmolLM2) and a writer that
  *    produces a GGUF with random weights of exactly those shapes and metadata (loads in
  *    tailor and in llama.cpp), streaming tensors to disk so a 16 GB file needs ~20 MB of RAM;
  *  - the memory a session would hold (weights + KV at any context + activations), computed
@@ -15,15 +16,17 @@
 
 typedef struct {
     const char *name;   /* "llama-3.1-8b" */
-    const char *arch;   /* general.architecture: "llama" or "qwen2" */
+    const char *arch;   /* general.architecture: llama, qwen2, qwen3, phi3, gemma2 (its tensors: model.c) */
     const char *source; /* the public config it follows (for general.name / info) */
     int n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, n_ctx;
     float rope_base, norm_eps;
     bool tied;     /* no output.weight: the embedding matrix is the output projection */
-    bool qkv_bias; /* attn_q/k/v.bias (qwen2) */
     /* llama3 RoPE scaling, stored as the rope_freqs.weight tensor (factor 0 = none) */
     float rope_factor, rope_low_freq, rope_high_freq;
     int rope_orig_ctx;
+    int longrope_ctx;     /* phi3 LongRoPE: the original context (0 = none); rope_factors_long/short */
+    int sliding_window;   /* attention.sliding_window (gemma2, phi3; 0 = none) */
+    float attn_softcap, final_softcap; /* gemma2 */
 } tl_synth_shape;
 
 size_t tl_synth_n_shapes(void);
@@ -36,6 +39,11 @@ void tl_synth_config(const tl_synth_shape *s, int n_layer, int n_vocab, int n_ct
 
 /* llama3 frequency factors, n_rot/2 values, as llama.cpp's converter computes them (f32 math). */
 void tl_synth_llama3_rope_factors(const tl_synth_shape *s, float *out);
+
+/* LongRoPE divisors for a phi3 shape, n_rot/2 values: short ones 1, long ones a smooth ramp from
+ * 1 to the extension ratio n_ctx / longrope_ctx (the published arrays are not copied: like
+ * the weights, they only need the right shape). */
+void tl_synth_longrope_factors(const tl_synth_shape *s, bool long_factors, float *out);
 
 /* Bytes of the tensors a synth file of this shape holds (matrices in `type`, vectors f32):
  * equals tl_model.weight_bytes of the loaded file. */

@@ -313,3 +313,8 @@ const tl_vec_ops *tl_vec_get(void) {
     if (f.avx2 && f.fma && f.f16c) return &vec_avx2;
     return &vec_ref;
 }
+
+void tl_softcap(float *x, int n, float cap) {
+    if (!(cap > 0.0f)) return;
+    for (int i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}

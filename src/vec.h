@@ -33,4 +33,8 @@ typedef struct {
 const tl_vec_ops *tl_vec_get(void);
 const tl_vec_ops *tl_vec_ref(void);
 
+/* Soft-capping (Gemma 2's attention scores and final logits): x[i] = cap * tanh(x[i] / cap)
+ * for cap > 0; nothing for cap <= 0. The one definition every store and the logits use. */
+void tl_softcap(float *x, int n, float cap);
+
 #endif

@@ -1,7 +1,8 @@
 /* The CUDA backend against the CPU forward pass (the reference: session.c, verified against
  * goldens). Skipped (exit 77) when the build has no CUDA or no GPU is present (CI).
- *  - synthetic f32 fixtures (llama tied/untied, llama3 rope factors, qwen2 biases, gemma3
- *    sliding window + norms): f32 KV on both, prefill in chunks (history + causal block),
+ *  - synthetic f32 fixtures (llama tied/untied, llama3 rope factors, qwen2 biases, qwen3 q/k
+ *    norms, gemma3 sliding window + norms, phi3's fused matrices with LongRoPE (long factors, the
+ *    1.32 factor on cos/sin) and without): f32 KV on both, prefill in chunks (history + causal block),
  *    then single-token decode (matrix-vector path, split attention): logits within 1e-3 of
  *    the CPU's (f32 everywhere; summation order differs). Also f16 KV, and every-row logits.
  *  - with TL_CUDA_MODEL (a synth with head_dim 64, e.g. `tailor synth --shape smollm2-135m
@@ -19,6 +20,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 static tl_session *make(tl_model *m, const char *kv, int n_ctx, int chunk, const char *device) {
     tl_error err;
@@ -101,11 +104,39 @@ static cmp_stats run_pair(tl_model *m, const char *kv, int n_prompt, int n_gen, 
     return st;
 }
 
+/* synth_phi3 without LongRoPE (its factor tensors and keys left out): a plain phi3 file, as
+ * Phi-4 and Phi-3-mini-4k are. */
+static const char *plain_phi3(void) {
+    static char path[128];
+    snprintf(path, sizeof path, "/tmp/tl_test_cuda_%d_phi3.gguf", (int)getpid());
+    tl_error err;
+    tl_gguf *g = tl_gguf_open(tl_test_fixture("synth_phi3.gguf"), &err);
+    if (!g) return NULL;
+    tl_gguf_writer *w = tl_gguf_writer_new();
+    for (int64_t i = 0; i < tl_gguf_n_kv(g); i++) {
+        size_t len;
+        const char *k = tl_gguf_key_name(g, i, &len);
+        if (len < 18 || memcmp(k, "phi3.rope.scaling.", 18)) tl_gguf_w_copy_kv(w, g, i);
+    }
+    for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) {
+        const tl_gguf_tensor *t = tl_gguf_tensor_at(g, i);
+        int64_t ne[4] = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]};
+        if (strncmp(t->name, "rope_factors_", 13)) tl_gguf_w_tensor(w, t->name, t->type, t->n_dims, ne, t->data);
+    }
+    const int rc = tl_gguf_write(w, path, &err);
+    tl_gguf_writer_free(w);
+    tl_gguf_close(g);
+    return rc ? NULL : path;
+}
+
 static void fixtures(void) {
+    const char *phi3 = plain_phi3();
+    CHECK(phi3 != NULL);
     const char *names[] = {"synth_llama_tied.gguf", "synth_llama_untied.gguf", "synth_llama3_ropescale.gguf", "synth_qwen2.gguf",
-                           "synth_gemma3.gguf"};
+                           "synth_qwen3.gguf", "synth_gemma3.gguf", "synth_phi3.gguf", phi3};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-        const char *path = tl_test_fixture(names[i]);
+        if (!names[i]) continue;
+        const char *path = names[i][0] == '/' ? names[i] : tl_test_fixture(names[i]);
         if (!tl_test_have(path)) continue;
         tl_error err;
         tl_model *m = tl_model_load(path, &err);
@@ -123,6 +154,7 @@ static void fixtures(void) {
         CHECKF(b.max_abs < 1e-3, "%s all rows: max |logit diff| %g", names[i], b.max_abs);
         tl_model_free(m);
     }
+    if (phi3) unlink(phi3);
 }
 
 static void quantized(const char *path) {

@@ -96,6 +96,56 @@ static void expect_load_error(mutation mut, const char *needle1, const char *nee
     unlink(path);
 }
 
+/* A copy of a tests/fixtures model without tensor `drop` (and with string key `key` set to, or
+ * added as, `value` when given) fails to load with a message containing both needles. */
+static void expect_fixture_error(const char *fixture, const char *drop, const char *key, const char *value,
+                                 const char *needle1, const char *needle2) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/tl_test_errors_%d_fx.gguf", (int)getpid());
+    tl_error err = {{0}};
+    tl_gguf *g = tl_gguf_open(tl_test_fixture(fixture), &err);
+    CHECKF(g != NULL, "%s", err.msg);
+    if (!g) return;
+    tl_gguf_writer *w = tl_gguf_writer_new();
+    bool set = false;
+    for (int64_t i = 0; i < tl_gguf_n_kv(g); i++) {
+        size_t len;
+        const char *k = tl_gguf_key_name(g, i, &len);
+        if (key && len == strlen(key) && !memcmp(k, key, len)) tl_gguf_w_str(w, key, value), set = true;
+        else tl_gguf_w_copy_kv(w, g, i);
+    }
+    if (key && !set) tl_gguf_w_str(w, key, value);
+    for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) {
+        const tl_gguf_tensor *t = tl_gguf_tensor_at(g, i);
+        if (drop && !strcmp(t->name, drop)) continue;
+        int64_t ne[4] = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]};
+        tl_gguf_w_tensor(w, t->name, t->type, t->n_dims, ne, t->data);
+    }
+    CHECK(tl_gguf_write(w, path, &err) == 0);
+    tl_gguf_writer_free(w);
+    tl_gguf_close(g);
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m == NULL, "%s without %s loaded", fixture, drop ? drop : key);
+    CHECKF(strstr(err.msg, needle1) && (!needle2 || strstr(err.msg, needle2)), "%s: message '%s' lacks '%s' / '%s'", fixture,
+           err.msg, needle1, needle2 ? needle2 : "");
+    tl_model_free(m);
+    unlink(path);
+}
+
+/* What the CUDA backend does not compute (gemma2's soft-capping) is refused by name before any
+ * device is touched, in every build. */
+static void expect_cuda_refusal(const char *fixture, const char *needle) {
+    tl_error err = {{0}};
+    tl_model *m = tl_model_load(tl_test_fixture(fixture), &err);
+    CHECKF(m != NULL, "%s: %s", fixture, err.msg);
+    if (!m) return;
+    tl_session *s = tl_session_new_on(m, 64, 1, 0, NULL, "cuda", &err);
+    CHECKF(s == NULL && strstr(err.msg, needle) && strstr(err.msg, "--device cpu"), "%s on cuda: '%s' lacks '%s'", fixture,
+           s ? "(made a session)" : err.msg, needle);
+    tl_session_free(s);
+    tl_model_free(m);
+}
+
 /* Run the CLI; return its exit status and captured stderr (malloc'd). */
 static int run_cli(const char *args, char **err_out) {
     const char *bin = getenv("TL_BIN");
@@ -334,8 +384,19 @@ static void test_tokenize_only(const char *bin) {
 }
 
 int main(void) {
+    /* the newer architectures: a missing tensor is named with the architecture that needs it */
+    expect_fixture_error("synth_qwen3.gguf", "blk.1.attn_k_norm.weight", NULL, NULL,
+                         "tensor 'blk.1.attn_k_norm.weight' is missing", "a qwen3 model needs it");
+    expect_fixture_error("synth_phi3.gguf", "blk.0.attn_qkv.weight", NULL, NULL, "tensor 'blk.0.attn_qkv.weight' is missing",
+                         "a phi3 model needs it");
+    expect_fixture_error("synth_gemma2.gguf", "blk.2.post_ffw_norm.weight", NULL, NULL,
+                         "tensor 'blk.2.post_ffw_norm.weight' is missing", "a gemma2 model needs it");
+    expect_fixture_error("synth_gemma2.gguf", NULL, "general.architecture", "gemma4",
+                         "architecture 'gemma4' is not supported", "qwen3, phi3, gemma2, gemma3");
+    expect_fixture_error("synth_qwen3.gguf", NULL, "qwen3.rope.scaling.type", "yarn", "rope scaling type 'yarn'", NULL);
+    expect_cuda_refusal("synth_gemma2.gguf", "soft-caps");
     if (!tl_test_have(tl_test_shared("models/stories260K.gguf"))) return tl_test_done();
-    expect_load_error(MUT_ARCH, "architecture 'mamba' is not supported", NULL);
+    expect_load_error(MUT_ARCH, "architecture 'mamba' is not supported", "supported: llama, mistral, qwen2, qwen3");
     expect_load_error(MUT_DROP_KEY, "llama.embedding_length", NULL);
     expect_load_error(MUT_SHAPE, "blk.3.attn_k.weight", "expected");
     expect_load_error(MUT_DROP_TENSOR, "blk.2.ffn_up.weight", "missing");

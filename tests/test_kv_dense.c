@@ -1,5 +1,5 @@
 /* Dense KV stores: attention output vs a naive double-precision reference (causal, GQA,
- * sliding window, key splits for long decode), across chunkings, for f32/f16/bf16; byte
+ * sliding window, key splits for long decode, soft-capped scores), across chunkings, for f32/f16/bf16; byte
  * counts. Tolerances: f32 store 1e-5 (summation order only); f16 3e-3 and bf16 2e-2 relative
  * to the output scale (storage rounding of K and V: 2^-11 and 2^-8 relative). */
 #include "testutil.h"
@@ -28,6 +28,7 @@ static void ref_attention(const tl_kv_shape *s, int n, const float *q, const flo
                 for (int c = 0; c < dk; c++)
                     d += (double)q[((size_t)i * s->n_head + h) * dk + c] * k[((size_t)t * s->n_head_kv + hk) * dk + c];
                 sc[t] = d * s->scale;
+                if (s->softcap > 0) sc[t] = s->softcap * tanh(sc[t] / s->softcap);
                 if (sc[t] > mx) mx = sc[t];
             }
             double sum = 0;
@@ -64,8 +65,8 @@ static void run_case(tl_kv_kind kind, tl_kv_shape sh, int n, const int *chunks, 
     }
     float md = 0;
     for (size_t i = 0; i < on; i++) md = fmaxf(md, fabsf(out[i] - ref[i]));
-    CHECKF(md < tol, "kind %d heads %d/%d d %d window %d n %d chunk0 %d: max diff %g (tol %g)", kind, sh.n_head, sh.n_head_kv,
-           sh.head_dim_k, sh.window, n, chunks[0], md, tol);
+    CHECKF(md < tol, "kind %d heads %d/%d d %d window %d softcap %g n %d chunk0 %d: max diff %g (tol %g)", kind, sh.n_head,
+           sh.n_head_kv, sh.head_dim_k, sh.window, sh.softcap, n, chunks[0], md, tol);
     tl_kv_bytes b;
     l->ops->bytes(l, &b);
     const int held = sh.window > 0 ? (n < sh.window ? n : sh.window) : n;
@@ -85,6 +86,10 @@ int main(void) {
     tl_kv_shape smol = {.n_head = 9, .n_head_kv = 3, .head_dim_k = 64, .head_dim_v = 64, .n_ctx = 2048, .window = 0, .scale = 0.125f};
     tl_kv_shape gem = {.n_head = 4, .n_head_kv = 1, .head_dim_k = 256, .head_dim_v = 256, .n_ctx = 2048, .window = 37, .scale = 0.0625f};
     tl_kv_shape odd = {.n_head = 3, .n_head_kv = 3, .head_dim_k = 24, .head_dim_v = 40, .n_ctx = 600, .window = 0, .scale = 0.2f};
+    /* gemma2: scores soft-capped (here about 1.3 before the cap of 1, so tanh's curve matters) */
+    tl_kv_shape gem2 = gem, capped = llama;
+    gem2.softcap = 1.0f;
+    capped.softcap = 2.0f;
     const tl_kv_kind kinds[] = {TL_KV_F32, TL_KV_F16, TL_KV_BF16};
     const float tols[] = {2e-5f, 3e-3f, 2e-2f};
     for (int ki = 0; ki < 3; ki++) {
@@ -94,6 +99,8 @@ int main(void) {
         run_case(kinds[ki], gem, 200, mixed, 4, tols[ki], pool);
         run_case(kinds[ki], gem, 120, ones, 1, tols[ki], pool);
         run_case(kinds[ki], odd, 500, mixed, 4, tols[ki], pool);
+        run_case(kinds[ki], gem2, 200, mixed, 4, tols[ki], pool);
+        run_case(kinds[ki], capped, 1500, mixed, 4, tols[ki], pool); /* key splits on decode */
     }
     /* capacity: one token past n_ctx is an error, not a crash */
     {

@@ -1,9 +1,11 @@
 /* TailorKV sparse-layer store (kv/offload.c) and the tailor spec / plan (kv/tailor_plan.c):
  *  - with topk >= context the outputs equal an f16 dense cache (prefill chunks + decode), for
- *    token, page and summary variants (tolerance 2e-5: the same f16 rows, another summation order);
+ *    token, page and summary variants, and with soft-capped scores (tolerance 2e-5: the same f16
+ *    rows, another summation order);
  *  - with channels = head dim, retrieval picks the true top-k of the group-mean exact scores
  *    (token and page level), and the output equals a double-precision reference over exactly
- *    sinks + recent + selected + generated + the new token;
+ *    sinks + recent + selected + generated + the new token (soft-capped scores too: the cap does
+ *    not change which tokens rank highest);
  *  - device/host bytes and host->device traffic equal their formulas (and hand-computed numbers);
  *  - query prediction is used when given; spec parsing, plan JSON round trip, errors;
  *  - a whole model with every layer offloaded and topk >= context gives the f16 logits. */
@@ -60,8 +62,9 @@ static void free_data(data *d) {
 }
 
 /* Feed d through both stores: prefill chunks, then single tokens; compare outputs. */
-static void test_exact(tl_kv_layer_policy pol, const int *chunks, int n_chunks, int n_prompt, tl_pool *pool) {
-    tl_kv_shape sh = {.n_head = 6, .n_head_kv = 2, .head_dim_k = 32, .head_dim_v = 32, .n_ctx = 300, .window = 0, .scale = 0.18f};
+static void test_exact(tl_kv_layer_policy pol, const int *chunks, int n_chunks, int n_prompt, float softcap, tl_pool *pool) {
+    tl_kv_shape sh = {.n_head = 6, .n_head_kv = 2, .head_dim_k = 32, .head_dim_v = 32, .n_ctx = 300, .window = 0, .scale = 0.18f,
+                      .softcap = softcap};
     data d = make_data(sh, 260, 77);
     tl_error err;
     tl_kv_layer *a = tl_kv_offload_new(&pol, &sh, &err);
@@ -151,6 +154,7 @@ static void ref_attend(const data *d, int pos, int qh, const int *toks, int n, f
             dot += (double)d->q[((size_t)pos * sh->n_head + qh) * dk + c] * (t == pos ? kk : r16(kk));
         }
         w[i] = dot * sh->scale;
+        if (sh->softcap > 0) w[i] = sh->softcap * tanh(w[i] / sh->softcap);
         mx = fmax(mx, w[i]);
     }
     for (int i = 0; i < n; i++) sum += w[i] = exp(w[i] - mx);
@@ -165,8 +169,9 @@ static void ref_attend(const data *d, int pos, int qh, const int *toks, int n, f
     free(w);
 }
 
-static void test_selection(int page, int summary, tl_pool *pool) {
-    tl_kv_shape sh = {.n_head = 6, .n_head_kv = 2, .head_dim_k = 32, .head_dim_v = 16, .n_ctx = 260, .window = 0, .scale = 0.2f};
+static void test_selection(int page, int summary, float softcap, tl_pool *pool) {
+    tl_kv_shape sh = {.n_head = 6, .n_head_kv = 2, .head_dim_k = 32, .head_dim_v = 16, .n_ctx = 260, .window = 0, .scale = 0.2f,
+                      .softcap = softcap};
     const int n_prompt = 203, S = 4, R = 8, topk = 24;
     data d = make_data(sh, 212, 99 + page);
     tl_kv_layer_policy pol = off_policy(S, R, topk, 32, summary, page);
@@ -211,7 +216,8 @@ static void test_selection(int page, int summary, tl_pool *pool) {
             }
         }
     }
-    CHECKF(maxd < 1e-5, "page %d summary %d: attention over the selection differs from the reference by %g", page, summary, maxd);
+    CHECKF(maxd < 1e-5, "page %d summary %d softcap %g: attention over the selection differs from the reference by %g", page,
+           summary, softcap, maxd);
     if (summary) CHECKF(good >= 0.75 * total, "summary %d bits: recall of the true top-k %d/%d", summary, good, total);
     tl_kv_offload_stats st;
     CHECK(tl_kv_offload_traffic(l, &st) == 0);
@@ -498,12 +504,14 @@ static void test_model(void) {
 int main(void) {
     tl_pool *pool = tl_pool_new(2);
     const int ch1[] = {100, 37, 63}, ch2[] = {7, 64, 2};
-    test_exact(off_policy(4, 8, 1000, 4, 0, 0), ch1, 3, 200, pool);
-    test_exact(off_policy(0, 0, 1000, 4, 4, 0), ch2, 3, 180, pool);
-    test_exact(off_policy(8, 16, 1000, 32, 8, 16), ch1, 3, 230, pool);
-    test_selection(0, 0, pool);
-    test_selection(8, 0, pool);
-    test_selection(0, 8, pool);
+    test_exact(off_policy(4, 8, 1000, 4, 0, 0), ch1, 3, 200, 0, pool);
+    test_exact(off_policy(0, 0, 1000, 4, 4, 0), ch2, 3, 180, 0, pool);
+    test_exact(off_policy(8, 16, 1000, 32, 8, 16), ch1, 3, 230, 0, pool);
+    test_exact(off_policy(4, 8, 1000, 4, 0, 0), ch2, 3, 200, 1.0f, pool); /* gemma2's soft-capped scores */
+    test_selection(0, 0, 0, pool);
+    test_selection(8, 0, 0, pool);
+    test_selection(0, 8, 0, pool);
+    test_selection(0, 0, 1.0f, pool);
     test_accounting(pool);
     test_prediction(pool);
     test_truncate(0, pool);

@@ -215,7 +215,7 @@ static void test_plans(void) {
 
 /* tl_kv_layer_new picks the store; the dense formula matches dense.c's report. */
 static void test_dispatch(void) {
-    const tl_kv_shape s = {4, 2, 64, 64, 256, 0, 0.125f};
+    const tl_kv_shape s = {4, 2, 64, 64, 256, 0, 0.125f, 0};
     const char *pols[] = {"f32", "f16", "bf16", "k16v16", "k8v8", "k2v2:kivi"};
     for (size_t i = 0; i < sizeof pols / sizeof pols[0]; i++) {
         tl_kv_layer_policy p;
@@ -237,16 +237,16 @@ static void test_dispatch(void) {
     /* dense sliding-window layer holds at most `window` tokens */
     tl_kv_layer_policy p;
     parse_ok("f16", &p);
-    const tl_kv_shape w = {4, 2, 64, 64, 4096, 512, 0.125f};
+    const tl_kv_shape w = {4, 2, 64, 64, 4096, 512, 0.125f, 0};
     tl_kv_bytes f;
     CHECK(tl_kv_layer_bytes_formula(&p, &w, 10000, &f, NULL) == 0 && f.codes == 512ull * 2 * 128 * 2);
     /* fp16 Llama-3.1-8B: 128 KiB per token over 32 layers = 4 KiB per layer */
-    const tl_kv_shape ll = {32, 8, 128, 128, 131072, 0, 0.088f};
+    const tl_kv_shape ll = {32, 8, 128, 128, 131072, 0, 0.088f, 0};
     CHECK(tl_kv_layer_bytes_formula(&p, &ll, 1, &f, NULL) == 0 && f.codes * 32 == 128 * 1024);
     /* whole plan: Llama-3.1-8B at 128k, f16 everywhere = 16 GiB; layer 0 k8v8 and the rest
      * k2v2:kivi sums the per-layer formulas */
     tl_kv_shape shapes[32];
-    for (int i = 0; i < 32; i++) shapes[i] = (tl_kv_shape){32, 8, 128, 128, 131072, 0, 0.088f};
+    for (int i = 0; i < 32; i++) shapes[i] = (tl_kv_shape){32, 8, 128, 128, 131072, 0, 0.088f, 0};
     tl_kv_plan plan;
     tl_error err;
     CHECK(tl_kv_plan_parse(&plan, "f16", NULL, 32, &err) == 0);

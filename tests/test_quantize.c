@@ -366,7 +366,23 @@ static void test_awq(const char *model, const int32_t *ids, int n, double nll_f1
     unlink(rtn);
 }
 
+/* AWQ writes whole tensors; phi3's fused attn_qkv / ffn_up are refused by name, not written thrice. */
+static void test_awq_fused(void) {
+    tl_error err = {{0}};
+    tl_model *m = tl_model_load(tl_test_fixture("synth_phi3.gguf"), &err);
+    CHECKF(m != NULL, "%s", err.msg);
+    if (!m) return;
+    int32_t ids[64];
+    for (int i = 0; i < 64; i++) ids[i] = i * 3;
+    tl_awq_result r;
+    CHECK(tl_awq_run(m, ids, 64, NULL, NULL, NULL, &r, &err) != 0);
+    CHECKF(strstr(err.msg, "blk.0.attn_qkv.weight") && strstr(err.msg, "phi3"), "%s", err.msg);
+    tl_awq_result_free(&r);
+    tl_model_free(m);
+}
+
 int main(void) {
+    test_awq_fused();
     const char *model = tl_test_shared("models/tailor-test-31m.gguf");
     const char *text = tl_test_shared("data/pg_essays/gap.txt");
     if (!tl_test_have(model) || !tl_test_have(text)) return tl_test_done();

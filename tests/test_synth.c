@@ -1,6 +1,7 @@
 /* test_synth: synthetic GGUF models (src/synth.c) load with the right config and shapes, run
  * a forward pass to finite logits, copy a tokenizer verbatim, and the memory projection equals
- * what real sessions allocate and hold. */
+ * what real sessions allocate and hold; the qwen3 / phi3 / gemma2 shapes have their published
+ * parameter counts and write files whose loaded config is the projected one. */
 #include "testutil.h"
 #include "../src/kv/policy.h"
 #include "../src/session.h"
@@ -78,7 +79,7 @@ static void check_session(tl_model *m, const char *kv, int n_ctx, int chunk, con
 }
 
 static void test_shapes(void) {
-    CHECK(tl_synth_n_shapes() == 7);
+    CHECK(tl_synth_n_shapes() == 10);
     CHECK(tl_synth_find_shape("nope") == NULL);
     const tl_synth_shape *s = tl_synth_find_shape("llama-3.1-8b");
     CHECK(s && s->n_layer == 32 && s->n_embd == 4096 && s->n_vocab == 128256 && !s->tied);
@@ -88,6 +89,18 @@ static void test_shapes(void) {
     /* SmolLM2-135M: 134,515,008 parameters (tied), 61 norms of 576 */
     const tl_synth_shape *sm = tl_synth_find_shape("smollm2-135m");
     CHECK(sm && tl_synth_weight_bytes(sm, TL_TYPE_F32, 0, 0) == 134515008ull * 4);
+    /* published parameter counts (safetensors): Qwen3-8B 8,190,735,360 (untied, q/k norms of
+     * 128); Phi-3-mini-128k 3,821,079,552 (fused qkv and gate-up), plus the GGUF's two sets of
+     * 48 f32 rope factors; Gemma-2-9B 9,241,705,984 (tied, four norms per layer). In f16 with
+     * f32 vectors: 2 bytes a parameter, 2 more per norm value. */
+    const tl_synth_shape *q3 = tl_synth_find_shape("qwen3-8b"), *p3 = tl_synth_find_shape("phi-3-mini-128k"),
+                         *g2 = tl_synth_find_shape("gemma-2-9b");
+    CHECK(q3 && p3 && g2);
+    if (q3 && p3 && g2) {
+        CHECK(tl_synth_weight_bytes(q3, TL_TYPE_F16, 0, 0) == 8190735360ull * 2 + (73ull * 4096 + 72 * 128) * 2);
+        CHECK(tl_synth_weight_bytes(p3, TL_TYPE_F16, 0, 0) == 3821079552ull * 2 + 65ull * 3072 * 2 + 96 * 4);
+        CHECK(tl_synth_weight_bytes(g2, TL_TYPE_F16, 0, 0) == 9241705984ull * 2 + 169ull * 3584 * 2);
+    }
     /* llama3 rope factors, recomputed in double: 1 for short wavelengths, 8 for long ones,
      * smooth in between */
     float f[64];
@@ -233,6 +246,58 @@ static void test_vocab_copy(void) {
     tl_model_free(ref);
 }
 
+/* The qwen3 / phi3 / gemma2 shapes' files, shrunk (64-wide, 2 layers, 320-token byte-level
+ * vocabulary) but with their architecture's tensors and keys: the loaded config is the one
+ * tl_synth_config projects (sliding layers, query scale, soft-caps, LongRoPE), the weights the
+ * table's formula, and sessions run and match the memory projection. */
+static void test_arch_shapes(void) {
+    const char *names[] = {"qwen3-8b", "phi-3-mini-128k", "gemma-2-9b"};
+    for (int k = 0; k < 3; k++) {
+        tl_synth_shape sh = *tl_synth_find_shape(names[k]);
+        sh.n_embd = 64;
+        sh.n_ff = 96;
+        sh.n_head = 2;
+        sh.n_head_kv = sh.n_head_kv == sh.n_head ? 2 : 1;
+        sh.head_dim = 32;
+        sh.n_vocab = 320;
+        const char *path = tmp_path(2, names[k]);
+        tl_error err = {{0}};
+        tl_synth_params p = {.shape = &sh, .type = TL_TYPE_Q8_0, .seed = 3, .n_layer = 2};
+        CHECKF(tl_synth_write(&p, path, &err) == 0, "%s", err.msg);
+        tl_model *m = tl_model_load(path, &err);
+        CHECKF(m != NULL, "%s: %s", names[k], err.msg);
+        if (!m) continue;
+        tl_config c;
+        tl_synth_config(&sh, 2, 0, 0, &c);
+        const tl_config *l = &m->cfg;
+        CHECKF(!strcmp(l->arch_name, sh.arch) && l->arch == c.arch && l->rope_style == TL_ROPE_NEOX &&
+                   l->rope_style == c.rope_style && l->n_head_kv == c.n_head_kv && l->sliding_window == c.sliding_window &&
+                   l->attn_scale == c.attn_scale && l->attn_softcap == c.attn_softcap &&
+                   l->final_softcap == c.final_softcap && l->rope_attn_factor == c.rope_attn_factor &&
+                   l->n_ctx_orig == c.n_ctx_orig && l->embd_scale == c.embd_scale && l->gelu_ffn == c.gelu_ffn &&
+                   !memcmp(l->layer_swa, c.layer_swa, sizeof c.layer_swa),
+               "%s: the loaded config differs from the projected one", names[k]);
+        CHECK(m->weight_bytes == tl_synth_weight_bytes(&sh, TL_TYPE_Q8_0, 2, 0));
+        if (k == 0) CHECK(m->w.layers[1].q_norm && m->w.layers[1].k_norm && !m->w.tied_output);
+        if (k == 1) {
+            /* LongRoPE: 131072 / 4096 tokens, the long factors ending at the ratio */
+            CHECK(l->n_ctx_orig == 4096 && fabsf(l->rope_attn_factor - 1.19024f) < 1e-4f && !l->sliding_window);
+            CHECK(m->w.rope_long && m->w.rope_short && m->w.rope_long[15] == 32.0f && m->w.rope_short[15] == 1.0f);
+            CHECK(m->w.layers[0].wk.data == (const uint8_t *)m->w.layers[0].wq.data + 64 * tl_row_size(TL_TYPE_Q8_0, 64));
+        }
+        if (k == 2) {
+            CHECK(l->layer_swa[0] && !l->layer_swa[1] && l->sliding_window == 4096 && m->w.tied_output);
+            CHECK(l->attn_softcap == 50.0f && l->final_softcap == 30.0f && m->w.layers[1].ffn_post_norm);
+        }
+        int32_t ids[40];
+        for (int i = 0; i < 40; i++) ids[i] = (i * 37) % 320;
+        check_session(m, "f16", 64, 16, ids, 40);
+        check_session(m, "k4v4", 64, 16, ids, 40);
+        tl_model_free(m);
+        unlink(path);
+    }
+}
+
 static void test_errors(void) {
     tl_error err = {{0}};
     tl_synth_params p = {.shape = tl_synth_find_shape("smollm2-135m"), .type = TL_TYPE_F16, .n_layer = 1,
@@ -246,6 +311,7 @@ int main(void) {
     test_shapes();
     test_fallback_vocab();
     test_vocab_copy();
+    test_arch_shapes();
     test_errors();
     return tl_test_done();
 }

@@ -183,7 +183,7 @@ typedef struct {
     tl_model *m;
     char model_skip[600];      /* why the model part is skipped ("" = not skipped) */
     tl_config cfg;
-    bool tied, rope_freqs;
+    bool tied, rope_freqs, longrope;
     uint64_t weights;          /* bytes the model reads */
     uint64_t tensor_bytes;     /* all tensors of the file */
     uint64_t type_count[TL_TYPE_COUNT], type_bytes[TL_TYPE_COUNT];
@@ -203,9 +203,13 @@ static void print_md_model(const info_t *I) {
     printf("| heads (query / KV) | %d / %d (GQA %d:1) |\n", c->n_head, c->n_head_kv, c->n_head / c->n_head_kv);
     printf("| head dim (K / V) | %d / %d |\n| vocabulary | %d |\n| training context | %d |\n", c->head_dim_k,
            c->head_dim_v, c->n_vocab, c->n_ctx_train);
-    printf("| RoPE | %s pairs, base %g, %d dims rotated, freq scale %g%s |\n",
-           c->rope_style == TL_ROPE_NORM ? "adjacent" : "NEOX (halves)", c->rope_base, c->n_rot, c->rope_freq_scale,
-           I->rope_freqs ? ", llama3 rope_freqs factors" : "");
+    printf("| RoPE | %s pairs, base %g, %d dims rotated, freq scale %g%s", c->rope_style == TL_ROPE_NORM ? "adjacent" : "NEOX (halves)",
+           c->rope_base, c->n_rot, c->rope_freq_scale, I->rope_freqs ? ", llama3 rope_freqs factors" : "");
+    if (I->longrope) printf(", LongRoPE factors (long ones for contexts over %d)", c->n_ctx_orig);
+    if (c->rope_attn_factor != 1.0f) printf(", cos/sin x %.4f", c->rope_attn_factor);
+    printf(" |\n| query scale | %.6g |\n", c->attn_scale);
+    if (c->attn_softcap > 0 || c->final_softcap > 0)
+        printf("| soft-capping | attention scores %g, final logits %g (0: none) |\n", c->attn_softcap, c->final_softcap);
     printf("| RMSNorm eps | %g |\n", c->norm_eps);
     if (c->sliding_window > 0) {
         layer_ranges(c->layer_swa, c->n_layer, sw, sizeof sw);
@@ -348,6 +352,12 @@ static void print_json(const info_t *I, bool tensors) {
         cJSON_AddNumberToObject(m, "n_rot", c->n_rot);
         cJSON_AddNumberToObject(m, "rope_freq_scale", c->rope_freq_scale);
         cJSON_AddBoolToObject(m, "rope_freqs", I->rope_freqs);
+        cJSON_AddBoolToObject(m, "longrope", I->longrope);
+        cJSON_AddNumberToObject(m, "n_ctx_orig", c->n_ctx_orig);
+        cJSON_AddNumberToObject(m, "rope_attn_factor", c->rope_attn_factor);
+        cJSON_AddNumberToObject(m, "attn_scale", c->attn_scale);
+        cJSON_AddNumberToObject(m, "attn_softcap", c->attn_softcap);
+        cJSON_AddNumberToObject(m, "final_softcap", c->final_softcap);
         cJSON_AddNumberToObject(m, "norm_eps", c->norm_eps);
         cJSON_AddNumberToObject(m, "sliding_window", c->sliding_window);
         cJSON *sw = cJSON_AddArrayToObject(m, "sliding_layers");
@@ -484,6 +494,7 @@ int tl_cmd_info(int argc, char **argv) {
         tl_synth_config(I.shape, layers, 0, 0, &I.cfg);
         I.tied = I.shape->tied;
         I.rope_freqs = I.shape->rope_factor > 0;
+        I.longrope = I.shape->longrope_ctx > 0;
         I.weights = tl_synth_weight_bytes(I.shape, type, layers, 0);
     } else {
         I.path = path;
@@ -503,6 +514,7 @@ int tl_cmd_info(int argc, char **argv) {
             I.cfg = I.m->cfg;
             I.tied = I.m->w.tied_output;
             I.rope_freqs = I.m->w.rope_freqs != NULL;
+            I.longrope = I.m->w.rope_long != NULL;
             I.weights = I.m->weight_bytes;
         }
     }

@@ -14,7 +14,7 @@ static void help(void) {
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N]\n"
            "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
            "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
-           "       [--chat-template chatml|gemma|llama3] [--chat-parse-special] [--alias NAME]\n"
+           "       [--chat-template %s] [--chat-parse-special] [--alias NAME]\n"
            "       [-n MAX_TOKENS] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
            "       [--verbose]\n"
            "  Binds %s:%d by default (--port 0: any free port, printed at start).\n"
@@ -38,7 +38,7 @@ static void help(void) {
            "  --chat-parse-special lets message content write control tokens (trusted clients only).\n"
            "  Endpoints: POST /v1/completions /v1/chat/completions /tokenize /detokenize,\n"
            "             GET /v1/models /health /metrics. See docs/server.md.\n",
-           d.host, d.port, d.n_parallel, d.n_queue, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
+           tl_chat_names(), d.host, d.port, d.n_parallel, d.n_queue, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
            d.body_timeout_s, d.timeout_s);
 }
 

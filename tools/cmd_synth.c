@@ -19,7 +19,7 @@ static void help(FILE *f) {
                "shapes:\n");
     for (size_t i = 0; i < tl_synth_n_shapes(); i++) {
         const tl_synth_shape *s = tl_synth_shape_at(i);
-        fprintf(f, "  %-14s %-6s %2d layers, dim %4d, ffn %5d, heads %2d/%d, head dim %3d, vocab %6d, ctx %6d  (%s)\n",
+        fprintf(f, "  %-15s %-6s %2d layers, dim %4d, ffn %5d, heads %2d/%d, head dim %3d, vocab %6d, ctx %6d  (%s)\n",
                 s->name, s->arch, s->n_layer, s->n_embd, s->n_ff, s->n_head, s->n_head_kv, s->head_dim, s->n_vocab,
                 s->n_ctx, s->source);
     }

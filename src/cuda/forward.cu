@@ -159,16 +159,17 @@ __global__ void rmsnorm_k(const float *x, const float *w, float *out, int dim, f
     }
 }
 
-/* cos/sin per token and base: rope[((t*2 + b)*half + i)*2 + {0,1}], angles in double. */
-__global__ void rope_table_k(const double *inv_freq, int half, int pos0, int n, float *rope) {
+/* cos/sin per token and base: rope[((t*2 + b)*half + i)*2 + {0,1}], angles in double, times
+ * mscale (the rope's attention factor, as session.c's rope_cs). */
+__global__ void rope_table_k(const double *inv_freq, int half, int pos0, int n, float mscale, float *rope) {
     pdl_trigger();
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= n * 2 * half) return;
     const int i = e % half, b = (e / half) % 2, t = e / half / 2;
     double sn, cs;
     sincos((double)(pos0 + t) * inv_freq[b * half + i], &sn, &cs);
-    rope[(size_t)e * 2] = (float)cs;
-    rope[(size_t)e * 2 + 1] = (float)sn;
+    rope[(size_t)e * 2] = (float)cs * mscale;
+    rope[(size_t)e * 2 + 1] = (float)sn * mscale;
 }
 
 /* RoPE of token blockIdx.x: x0 (n0 heads) when blockIdx.y == 0, x1 (n1 heads) when 1, so q
@@ -715,20 +716,11 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         tl_cuda_session_free(g);
         return NULL;
     }
-    /* RoPE inverse frequencies, as session.c's init_rope */
+    /* RoPE inverse frequencies: the model's rule (tl_model_rope_freqs), as the CPU session */
     {
         const int half = c->n_rot / 2;
         double *f = (double *)tl_xmalloc(sizeof(double) * 2 * half);
-        const float *ff = m->w.rope_freqs;
-        for (int b = 0; b < 2; b++) {
-            const double base = b ? c->rope_base_swa : c->rope_base;
-            for (int i = 0; i < half; i++) {
-                double v = pow(base, -2.0 * i / c->n_rot);
-                if (b == 0) v *= c->rope_freq_scale;
-                if (ff && b == 0) v /= ff[i];
-                f[b * half + i] = v;
-            }
-        }
+        for (int b = 0; b < 2; b++) tl_model_rope_freqs(m, n_ctx, b == 1, f + b * half);
         cudaError_t e = cudaMemcpy(g->inv_freq, f, sizeof(double) * 2 * half, cudaMemcpyHostToDevice);
         free(f);
         if (e != cudaSuccess) {
@@ -761,7 +753,7 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
     default: embed_k<WT_BF16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
     }
     TLC_LAUNCH_CHECK("embedding");
-    rope_table_k<<<grid1((size_t)n * 2 * half, 128), 128, 0, st>>>(g->inv_freq, half, g->n_past, n, g->rope);
+    rope_table_k<<<grid1((size_t)n * 2 * half, 128), 128, 0, st>>>(g->inv_freq, half, g->n_past, n, c->rope_attn_factor, g->rope);
     TLC_LAUNCH_CHECK("rope table");
     const int neox = c->rope_style == TL_ROPE_NEOX;
     for (int il = 0; il < c->n_layer; il++) {
@@ -960,6 +952,7 @@ extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_sha
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
     if (chunk <= 0 || m <= 0) return tl_fail(err, "tl_cuda_layer_attend: chunk %d, m %d", chunk, m);
+    if (s->softcap > 0) return tl_fail(err, "tl_cuda_layer_attend: soft-capped scores have no GPU implementation");
     tl_cuda_session *g = (tl_cuda_session *)tl_xcalloc(1, sizeof *g);
     tlc_layer_kv L;
     memset(&L, 0, sizeof L);
@@ -1178,6 +1171,7 @@ extern "C" int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
     if (p->kind != TL_KV_OFFLOAD || chunk < 2) return tl_fail(err, "tl_cuda_offload_layer_test: offload policy, chunk >= 2");
+    if (s->softcap > 0) return tl_fail(err, "tl_cuda_offload_layer_test: soft-capped scores have no GPU implementation");
     tlc_ctx cx;
     memset(&cx, 0, sizeof cx);
     tlc_off *o = NULL;

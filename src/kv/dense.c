@@ -11,7 +11,8 @@
  * group), walks the keys in tiles of TILE tokens with the fused multi-query kernels of
  * quant_kernels.h straight over the stored f16/f32 rows (bf16 rows widened per tile), and
  * keeps an online softmax state (running max m, sum l, accumulator) per query row. Decode (few queries) splits the keys
- * over tasks too and merges the partial states with their log-sum-exp weights. */
+ * over tasks too and merges the partial states with their log-sum-exp weights. Soft-capped
+ * scores (Gemma 2) are capped per tile, before the mask and softmax. */
 #include "kv.h"
 #include "../vec.h"
 #include "quant_kernels.h"
@@ -169,6 +170,8 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
         const int tn = TL_MIN(TILE, hi - t0);
         const int nr = key_runs(j, h, t0, t0 + tn, runs);
         for (int k = 0; k < nr; k++) run_scores(j, &runs[k], qr, rows, sc + (runs[k].p0 - t0), TILE, tmp);
+        if (s->softcap > 0)
+            for (int r = 0; r < rows; r++) tl_softcap(sc + (size_t)r * TILE, tn, s->softcap);
         /* mask, online softmax: sc rows become probabilities relative to each row's max */
         for (int r = 0; r < rows; r++) {
             const int qpos = j->n_past + i0 + r / G;

@@ -19,7 +19,9 @@
  * Query head h uses KV head h / (n_head / n_head_kv) (GQA).
  * Token i of the block has absolute position n_past + i, where n_past = tokens already held
  * (tl_kv_layer.n_tokens). With window W > 0 (sliding-window layers) a query at position p
- * attends keys at positions p-W+1 .. p only, and the store may keep just the last W tokens. */
+ * attends keys at positions p-W+1 .. p only, and the store may keep just the last W tokens.
+ * With softcap > 0 the scores are soft-capped before softmax (Gemma 2), exactly as given: a
+ * store that shifts scores (smoothed keys drop q.mu) adds the shift back before the cap. */
 #ifndef TL_KV_H
 #define TL_KV_H
 
@@ -34,6 +36,8 @@ typedef struct {
     int n_ctx;      /* most tokens the layer will ever hold (capacity to reserve) */
     int window;     /* 0: full causal attention; > 0: sliding window of this many tokens */
     float scale;    /* multiplier on q.k before softmax (1/sqrt(head_dim_k) usually) */
+    float softcap;  /* > 0 (Gemma 2): each score s = scale * q.k becomes softcap * tanh(s / softcap)
+                       before softmax (tl_softcap), in every store; 0 = none */
 } tl_kv_shape;
 
 /* Bytes held by a layer cache, split by purpose (the memory report adds these up). */

@@ -32,6 +32,8 @@
  *      topk/P pages of P candidates ranked by their best token). Otherwise all candidates.
  *   3. the selected K/V rows are copied host -> device staging (moved: rows x (dk+dv) x 2).
  *   4. exact attention, softmax over sinks + recent + selected + generated + the new token.
+ * Soft-capped scores (Gemma 2) are capped before softmax in both; the selection ranks by raw
+ * scores, which the cap's monotone curve would not reorder.
  * Ties in top-k break toward the lower index, so selection is deterministic.
  *
  * ---- Bytes (exact; per KV head; n = prompt tokens, m = generated tokens) ----
@@ -195,6 +197,7 @@ static void attn_segment(attn_state *a, const segment *sg) {
             if (nv <= 0) continue;
             float *srow = a->sc + (size_t)r * TILE;
             vo->scores_t(a->qr + (size_t)r * dk, a->kt, dk, tn, srow);
+            tl_softcap(srow, nv, o->base.shape.softcap);
             const float mt = vo->max(srow, nv);
             const float mnew = mt > a->m[r] ? mt : a->m[r];
             const float corr = expf(a->m[r] - mnew);

@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -573,6 +574,10 @@ int tl_kv_history_splits(int base, int nthreads, int max_split) {
 tl_kv_layer *tl_kv_layer_new(const tl_kv_layer_policy *p, const tl_kv_shape *s, tl_error *err) {
     if (!p || !s) {
         tl_fail(err, "tl_kv_layer_new: missing policy or shape");
+        return NULL;
+    }
+    if (!(s->softcap >= 0.0f && s->softcap < INFINITY)) {
+        tl_fail(err, "KV store: score soft-cap %g is not a finite number >= 0", s->softcap);
         return NULL;
     }
     tl_kv_layer_policy n = *p;

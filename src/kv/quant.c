@@ -28,7 +28,8 @@
  * K-smoothing: mu[h][c] = mean of K over the first chunk (the prefill), per KV head and channel,
  * then FIXED. Every key the attention sees -- quantized, residual, and the new block itself -- is
  * k - mu, so each query's scores shift by the same constant q.mu and softmax is unchanged
- * (exact up to rounding). A running mean would change the meaning of codes already stored
+ * (exact up to rounding). Soft-capped scores (Gemma 2) are not shift-invariant: there q.mu is
+ * added back before the cap (cap_scores). A running mean would change the meaning of codes already stored
  * (they would need re-quantizing or a per-group correction), and buys little: the channel
  * offsets smoothing removes are a property of the layer, visible in any prefill.
  *
@@ -361,6 +362,19 @@ typedef struct {
     float *partial; /* [task][QMAX][dv + 2] when n_split > 1 */
 } attn_job;
 
+/* Soft-capping of the scores of queries [i0, i1) over n keys, s[i*ss + 0..n); qmu: each query's
+ * q.mu when keys are smoothed (the cap needs the true score), else NULL. */
+static void cap_scores(const qstore *st, float *s, int ss, int n, int i0, int i1, const float *qmu) {
+    const float cap = st->base.shape.softcap;
+    if (!(cap > 0.0f)) return;
+    for (int i = i0; i < i1; i++) {
+        float *si = s + (size_t)i * ss;
+        if (qmu)
+            for (int t = 0; t < n; t++) si[t] += qmu[i];
+        tl_softcap(si, n, cap);
+    }
+}
+
 /* Online softmax step for queries [i0, i1): s[i*ss + 0..n) become probabilities. */
 static void softmax_step(const tl_vec_ops *vo, float *s, int ss, int n, int i0, int i1, float *mx, float *l, float *acc,
                          int dv) {
@@ -388,6 +402,12 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
         memcpy(qb + (size_t)(r - r0) * G * dk, j->q + ((size_t)r * s->n_head + (size_t)h * G) * dk, sizeof(float) * G * dk);
     for (int i = 0; i < nq; i++) mx[i] = -INFINITY, l[i] = 0;
     memset(acc, 0, sizeof(float) * nq * dv);
+    float qmu_buf[QMAX];
+    const float *qmu = NULL;
+    if (st->smooth && s->softcap > 0.0f) {
+        for (int i = 0; i < nq; i++) qmu_buf[i] = st->vo->dot(qb + (size_t)i * dk, st->mu + (size_t)h * dk, dk);
+        qmu = qmu_buf;
+    }
     /* integer-query key kernels: quantize the queries once per task, not once per tile */
     _Alignas(64) unsigned char qpbuf[KVQ_QPREP_BYTES(QMAX)];
     const void *qp = NULL;
@@ -399,6 +419,7 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
     for (int a = lo; a < hi; a += TILE) {
         const int b = TL_MIN(hi, a + TILE);
         side_run(st, &st->k, h, a, b, false, qb, nq, dk, sc, TILE, qp);
+        cap_scores(st, sc, TILE, b - a, 0, nq, qmu);
         softmax_step(st->vo, sc, TILE, b - a, 0, nq, mx, l, acc, dv);
         side_run(st, &st->v, h, a, b, true, sc, nq, TILE, acc, dv, NULL);
     }
@@ -411,6 +432,7 @@ static void attn_task(void *ctx, int64_t task, int thread_id) {
                 const int n = TL_MIN(r + 1, a + TILE) - a;
                 st->kern->f32_scores(j->k + (size_t)a * ks + (size_t)h * dk, (int)ks, n, dk, qb + (size_t)i0 * dk, G, dk,
                                      sc + (size_t)i0 * TILE, TILE);
+                cap_scores(st, sc, TILE, n, i0, i0 + G, qmu);
                 softmax_step(st->vo, sc, TILE, n, i0, i0 + G, mx, l, acc, dv);
                 st->kern->f32_accum(j->v + (size_t)a * vs + (size_t)h * dv, (int)vs, n, dv, sc + (size_t)i0 * TILE, G, TILE,
                                     acc + (size_t)i0 * dv, dv);

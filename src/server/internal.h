@@ -25,12 +25,22 @@ bool tl_ct_equal(const char *a, size_t na, const char *b, size_t nb);
 char *tl_error_json(const char *message, const char *type, const char *param, const char *code);
 
 /* ---------------- chat.c ---------------- */
-typedef enum { TL_CHAT_NONE, TL_CHAT_CHATML, TL_CHAT_GEMMA, TL_CHAT_LLAMA3, TL_CHAT_UNSUPPORTED } tl_chat_kind;
+typedef enum {
+    TL_CHAT_NONE,
+    TL_CHAT_CHATML,
+    TL_CHAT_GEMMA,
+    TL_CHAT_LLAMA3,
+    TL_CHAT_PHI3,
+    TL_CHAT_PHI4,
+    TL_CHAT_PHI4_MINI,
+    TL_CHAT_DEEPSEEK_R1,
+    TL_CHAT_UNSUPPORTED
+} tl_chat_kind;
 typedef struct {
     const char *role;    /* "system", "user", "assistant" */
     const char *content; /* NUL-terminated */
 } tl_chat_msg;
-/* Template from its name ("chatml", "gemma", "llama3"); TL_CHAT_NONE if unknown. */
+/* Template from its name (tl_chat_names(), server.h); TL_CHAT_NONE if unknown. */
 tl_chat_kind tl_chat_by_name(const char *name);
 /* Template from the text of tokenizer.chat_template (NULL -> TL_CHAT_NONE). */
 tl_chat_kind tl_chat_detect(const char *jinja);
@@ -156,7 +166,7 @@ struct tl_server {
     char *host;
     char *api_key;
     tl_chat_kind chat;
-    char chat_why[160]; /* why chat is unavailable, for the error message */
+    char chat_why[256]; /* why chat is unavailable, for the error message */
     tl_sched *sched;
     tl_metrics *metrics;
     void *daemon; /* struct MHD_Daemon */

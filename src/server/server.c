@@ -99,7 +99,7 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
     if (p->chat_template) {
         s->chat = tl_chat_by_name(p->chat_template);
         if (s->chat == TL_CHAT_NONE) {
-            tl_fail(err, "--chat-template '%s': unknown (use chatml, gemma or llama3)", p->chat_template);
+            tl_fail(err, "--chat-template '%s': unknown (use %s)", p->chat_template, tl_chat_names());
             free_server(s);
             return NULL;
         }
@@ -112,11 +112,11 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
         if (s->chat == TL_CHAT_NONE)
             snprintf(s->chat_why, sizeof s->chat_why,
                      "this model has no chat template (tokenizer.chat_template); use /v1/completions, or start "
-                     "the server with --chat-template chatml|gemma|llama3");
+                     "the server with --chat-template %s", tl_chat_names());
         else if (s->chat == TL_CHAT_UNSUPPORTED)
             snprintf(s->chat_why, sizeof s->chat_why,
-                     "this model's chat template is not one tailor knows (ChatML, Gemma, Llama-3); start the "
-                     "server with --chat-template chatml|gemma|llama3, or use /v1/completions");
+                     "this model's chat template is not one tailor knows; start the server with --chat-template "
+                     "%s, or use /v1/completions", tl_chat_names());
     }
 
     s->metrics = tl_metrics_new();

@@ -5,7 +5,8 @@
  *             client-disconnect detection
  *   routes.c  the endpoints: request validation (cJSON), response shapes, SSE events
  *   sched.c   slots and the bounded queue: P worker threads, each owning a tl_session
- *   chat.c    chat templates (ChatML, Gemma, Llama-3) chosen from tokenizer.chat_template
+ *   chat.c    chat templates (ChatML, Phi-3, Phi-4, Gemma, Llama-3, DeepSeek-R1) chosen from
+ *             tokenizer.chat_template
  *   metrics.c counters and the Prometheus text of /metrics
  *   util.c    UTF-8 checks, constant-time compare, OpenAI error objects
  *
@@ -47,7 +48,7 @@ typedef struct {
     int max_connections;       /* open connections (each one a thread); 0 = 4 * (P + queue) + 16; must
                                   stay below the file-descriptor and thread limits (TL_CONN_RESERVE) */
     int max_connections_per_ip; /* from one client address; 0 = P + queue + 4 */
-    const char *chat_template; /* NULL = detect from GGUF; "chatml", "gemma", "llama3" force one */
+    const char *chat_template; /* NULL = detect from GGUF; a name of tl_chat_names() forces one */
     bool chat_parse_special;   /* control tokens in message content count as such (off: plain text,
                                   so a user cannot forge template markers such as <|im_start|>) */
     const char *model_id;      /* id shown by /v1/models; NULL = file name */
@@ -57,6 +58,8 @@ typedef struct {
 } tl_server_params;
 
 tl_server_params tl_server_default_params(void);
+/* The chat template names --chat-template takes, "phi4|chatml|..." (chat.c). */
+const char *tl_chat_names(void);
 
 /* A key that is set must be usable: not empty (an empty key must never mean "no auth") and
  * without spaces or control characters (it travels in an HTTP header and is compared
