@@ -14,7 +14,8 @@
 #   ruler  the six RULER tasks at RULER_LENGTHS, RULER_N samples per task
 #   ppl    perplexity and KLD against f16 at PPL_CTX windows over the essays and the code file
 # Environment: KVS (comma list; "TK" expands to the eight TailorKV configurations: bits 1/2 x
-# budget 192/1024 x summary 0/4), LENGTHS (1k,2k,4k,8k,16k,32k), DEPTHS (0,25,50,75,100),
+# budget 192/1024 x summary 0/4, or to those TK_SET names as bits/budget/summary, e.g.
+# TK_SET="2/1024/4 1/192/0"), LENGTHS (1k,2k,4k,8k,16k,32k), DEPTHS (0,25,50,75,100),
 # NEEDLES (10), RULER_LENGTHS (4k,16k,32k), RULER_N (20), PPL_CTX (8192 16384 32768),
 # PPL_CHUNKS (windows per context: 4), THREADS (tools' -t), STEPS.
 # Every figure is printed with its interval by the tools (Wilson for pass rates, a paired block
@@ -86,9 +87,10 @@ IFS=',' read -r -a items <<< "$KVS"
 for kv in "${items[@]}"; do
     if [ "$kv" = TK ]; then
         [ -f "$PLAN" ] || die "$PLAN missing: the TailorKV configurations need the calib step"
-        for b in 1 2; do for bud in 192 1024; do for s in 0 4; do
+        for tk in ${TK_SET:-1/192/0 1/192/4 1/1024/0 1/1024/4 2/192/0 2/192/4 2/1024/0 2/1024/4}; do
+            IFS=/ read -r b bud s <<< "$tk"
             KV_LIST+=("tailor:plan=$PLAN,bits=$b,budget=$bud,summary=$s")
-        done; done; done
+        done
     elif [ "$kv" = auto:4 ] && [ -f "$OUT/auto4.json" ]; then
         KV_LIST+=("$OUT/auto4.json")
     else
