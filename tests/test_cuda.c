@@ -259,7 +259,7 @@ static void layer_cases(void) {
             int ro = tl_cuda_layer_attend(pol, &sh, n_hist, 512, kh, vh, 1, q1, k1, v1, oo, 1, &err);
             CHECKF(ro == 0, "gpu general %s: %s", cases[c].kv, err.msg);
             /* mode 2: the token on tensor cores (prefill_tc.cu) where the format has a kernel there
-             * (dense f16 and per-token codes; per-channel keys fall back to decode.cu): q, p and
+             * (dense f16, per-token codes, per-channel keys with 8/4/2-bit values): q, p and
              * the dequantized K/V rounded to f16, ~5e-4 (prefill_tc_cases), bound 2e-3 */
             for (int i = 0; i < qd; i++) ot[i] = NAN;
             int rt = tl_cuda_layer_attend(pol, &sh, n_hist, 512, kh, vh, 1, q1, k1, v1, ot, 2, &err);
@@ -318,6 +318,100 @@ static void layer_cases(void) {
     free(og);
     free(oo);
     free(ot);
+    tl_pool_free(pool);
+}
+
+/* Prefill chunks on the tensor-core kernel over quantized caches: per-token codes (staged by
+ * cp.async) and per-channel keys (KIVI, decoded from global memory), head_dim 128 with G 4 and
+ * 6 (Qwen2.5-1.5B's), head_dim 64; history 45 (all in the f16 residual) and 3000 (codes, the
+ * residual edge, partial tiles) + chunks of 77 and 512. Both GPU kernels read the same codes,
+ * so the tensor-core kernel is held to the general kernel (f32) at the f16-rounding bound of
+ * prefill_tc_cases (2e-3; the dequantized K/V are rounded to f16 too, as the chunk's own K/V
+ * are there). A difference of exactly 0 means the tensor-core kernel did not run (a silent
+ * fallback to the general kernel): that fails too. Against the CPU store (its own codes of
+ * the same values, bit for bit the GPU's quantizer, and an f32 softmax) the per-format bounds
+ * of layer_cases apply. */
+static void prefill_tc_quant_cases(void) {
+    struct {
+        int n_head, n_head_kv, d;
+    } shapes[] = {{8, 2, 128}, {12, 2, 128}, {6, 2, 64}};
+    struct {
+        const char *kv;
+        double tol;
+    } cases[] = {{"k8v8", 8e-3}, {"k4v4", 2e-2}, {"k2v2", 5e-2}, {"k4v4:kchan", 2e-2}, {"k2v2:kivi", 5e-2}, {"k4v2:kivi:r64", 5e-2}};
+    const int hists[] = {45, 3000}, ms[] = {77, 512}, M = 512;
+    tl_pool *pool = tl_pool_new(8);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const int Hq = shapes[si].n_head, Hkv = shapes[si].n_head_kv, d = shapes[si].d, G = Hq / Hkv;
+        const int N = 3000 + M, kd = Hkv * d, qd = Hq * d;
+        float *kh = malloc(sizeof(float) * (size_t)N * kd), *vh = malloc(sizeof(float) * (size_t)N * kd);
+        float *qh = malloc(sizeof(float) * (size_t)M * qd), *scratch = malloc(sizeof(float) * (size_t)M * qd);
+        float *oc = malloc(sizeof(float) * (size_t)M * qd), *og = malloc(sizeof(float) * (size_t)M * qd);
+        float *oo = malloc(sizeof(float) * (size_t)M * qd);
+        for (size_t i = 0; i < (size_t)N * kd; i++) {
+            kh[i] = RND() * 1.7f + (i % d == 5 ? 6.0f : 0.0f);
+            vh[i] = RND();
+        }
+        for (size_t i = 0; i < (size_t)M * qd; i++) qh[i] = RND() * 1.5f;
+        tl_kv_shape sh = {.n_head = Hq, .n_head_kv = Hkv, .head_dim_k = d, .head_dim_v = d, .n_ctx = 0, .window = 0,
+                          .scale = 1.0f / sqrtf((float)d)};
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            tl_error err;
+            tl_kv_plan plan = {0};
+            if (tl_kv_plan_parse(&plan, cases[c].kv, NULL, 1, &err)) {
+                CHECKF(0, "plan %s: %s", cases[c].kv, err.msg);
+                continue;
+            }
+            const tl_kv_layer_policy *pol = &plan.layers[0];
+            for (size_t hi = 0; hi < sizeof hists / sizeof *hists; hi++) {
+                const int n_hist = hists[hi];
+                sh.n_ctx = n_hist + M;
+                tl_kv_layer *l = tl_kv_layer_new(pol, &sh, &err);
+                CHECKF(l != NULL, "cpu %s layer: %s", cases[c].kv, err.msg);
+                int rc = l ? 0 : -1;
+                for (int i = 0; i < n_hist && !rc; i += 512)
+                    rc = tl_kv_forward(l, pool, TL_MIN(512, n_hist - i), qh, kh + (size_t)i * kd, vh + (size_t)i * kd, scratch, &err);
+                const float *k1 = kh + (size_t)n_hist * kd, *v1 = vh + (size_t)n_hist * kd;
+                if (!rc) rc = tl_kv_forward(l, pool, M, qh, k1, v1, oc, &err);
+                CHECKF(rc == 0, "cpu %s prefill: %s", cases[c].kv, err.msg);
+                if (l) tl_kv_destroy(l);
+                if (rc) continue;
+                for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++) {
+                    const int m = ms[mi];
+                    const size_t n = (size_t)m * qd;
+                    sh.n_ctx = n_hist + m;
+                    for (size_t i = 0; i < n; i++) og[i] = oo[i] = NAN;
+                    const int rg = tl_cuda_layer_attend(pol, &sh, n_hist, 512, kh, vh, m, qh, k1, v1, og, 0, &err);
+                    CHECKF(rg == 0, "gpu tc %s d%d hist %d m %d: %s", cases[c].kv, d, n_hist, m, err.msg);
+                    const int ro = tl_cuda_layer_attend(pol, &sh, n_hist, 512, kh, vh, m, qh, k1, v1, oo, 1, &err);
+                    CHECKF(ro == 0, "gpu general %s d%d hist %d m %d: %s", cases[c].kv, d, n_hist, m, err.msg);
+                    if (rg || ro) continue;
+                    /* the CPU ran one chunk of M rows: by causality its first m rows are these
+                     * (the CPU quantizes its history in 512-token chunks as the GPU does) */
+                    const double dg = rel_l2(og, oo, n), dc = rel_l2(og, oc, n);
+                    printf("prefill tc d%d G%d kv %-14s history %4d + m %3d: tc vs general %.2e, tc vs cpu %.2e\n", d, G,
+                           cases[c].kv, n_hist, m, dg, dc);
+                    CHECKF(dg < 2e-3, "prefill tc %s d%d hist %d m %d: rel L2 vs general kernel %g (tol 2e-3)", cases[c].kv, d,
+                           n_hist, m, dg);
+                    CHECKF(dg > 0, "prefill tc %s d%d hist %d m %d: identical to the general kernel: the tensor-core kernel "
+                           "did not run", cases[c].kv, d, n_hist, m);
+                    CHECKF(dc < cases[c].tol, "prefill tc %s d%d hist %d m %d: rel L2 vs cpu %g (tol %g)", cases[c].kv, d, n_hist,
+                           m, dc, cases[c].tol);
+                }
+            }
+            tl_kv_plan_free(&plan);
+        }
+        free(kh);
+        free(vh);
+        free(qh);
+        free(scratch);
+        free(oc);
+        free(og);
+        free(oo);
+    }
+#undef RND
     tl_pool_free(pool);
 }
 
@@ -614,6 +708,7 @@ int main(void) {
         return tl_test_done();
     }
     prefill_tc_cases();
+    prefill_tc_quant_cases();
     decode_mma_cases();
     offload_layer_cases();
     layer_cases();

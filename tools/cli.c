@@ -237,9 +237,11 @@ void tl_cli_print_mem(FILE *f, const tl_session *s) {
         if (g.n_offload) {
             const double steps = g.decode_steps > 0 ? (double)g.decode_steps : 1.0;
             fprintf(f, "tailorKV (gpu): %d sparse layers; host tier allocated %.2f MiB (pinned, mapped); decode h2d "
-                       "%.1f KiB/token (PCIe: top-k rows %.1f + channel rows %.1f) over %lld steps; prefill d2h %.2f MiB\n",
+                       "%.1f KiB/token (PCIe: top-k rows %.1f + channel rows %.1f) over %lld steps; prefill d2h %.2f MiB, "
+                       "h2d %.2f MiB (the host tier copied back for prefill attention)\n",
                     g.n_offload, mib(g.host_alloc), (g.h2d_decode + g.h2d_chan) / steps / 1024.0,
-                    g.h2d_decode / steps / 1024.0, g.h2d_chan / steps / 1024.0, (long long)g.decode_steps, mib(g.d2h));
+                    g.h2d_decode / steps / 1024.0, g.h2d_chan / steps / 1024.0, (long long)g.decode_steps, mib(g.d2h),
+                    mib(g.h2d_prefill));
         }
         fprintf(f, "gpu memory (%s): weights %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; device %.2f of %.2f MiB free\n",
                 g.device, mib(g.weights), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free), mib(g.dev_total));

@@ -52,6 +52,9 @@ struct tlc_ctx {
     void *scratch;        /* attention partials, grown on demand */
     size_t scratch_bytes;
     tlc_crow crow;
+    uint16_t *pstage;     /* TailorKV prefill: one sparse layer's host-tier K and V copied to the device
+                           * ([H][cap][dk], then [H][cap][dv]), shared by all sparse layers */
+    size_t pstage_bytes;
 };
 
 struct tlc_off; /* TailorKV sparse layer (offload.cu), NULL for other layers */
@@ -145,6 +148,7 @@ int tlc_kv_append(tlc_ctx *cx, tlc_layer_kv *L, int n_past, int m, const float *
 struct tlc_off_sizes {
     uint64_t dev, host; /* bytes allocated on the device / pinned mapped host memory */
     uint64_t crow;      /* summary 0: bytes of one channel-row buffer (two are shared by all layers) */
+    uint64_t pstage;    /* the prefill copy of the host tier (one buffer shared by all layers) */
 };
 /* Sizes a layer with these parameters allocates for n_ctx tokens (budget plan; no allocation). */
 int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
@@ -152,8 +156,9 @@ int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, i
 int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
                 float scale, tl_error *err);
 void tlc_off_free(tlc_off *o);
-/* Summary 0: make cx's channel-row buffers (and side stream) large enough for layer o; call
- * for every sparse layer before decoding. *grown: device bytes added. */
+/* Make cx's shared TailorKV buffers large enough for layer o: the prefill copy of its host
+ * tier, and (summary 0) the channel-row buffers and side stream; call for every sparse layer
+ * before evaluating. *grown: device bytes added. */
 int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *err);
 void tlc_crow_free(tlc_ctx *cx);
 /* Summary 0, decode: pick layer o's channels from its predicted query and move their rows on
@@ -172,7 +177,7 @@ int tlc_off_decode(tlc_ctx *cx, tlc_off *o, const float *q, const float *qsel, b
                    const float *v, float *out, tl_error *err);
 struct tlc_off_info {
     int n_host, n_gen;
-    uint64_t dev, host, h2d_decode, h2d_chan, d2h; /* h2d_decode: top-k rows; h2d_chan: channel rows */
+    uint64_t dev, host, h2d_decode, h2d_chan, h2d_prefill, d2h; /* h2d_decode: top-k rows; h2d_chan: channel rows */
     int64_t steps, unpredicted;
 };
 void tlc_off_info_of(const tlc_off *o, tlc_off_info *out);

@@ -83,6 +83,7 @@ typedef struct {
     uint64_t h2d_decode;    /* host -> device bytes read by decode steps (the top-k rows) */
     uint64_t h2d_chan;      /* host -> device bytes of channel rows moved by decode steps (summary 0) */
     uint64_t d2h;           /* prompt K/V written to the host tier */
+    uint64_t h2d_prefill;   /* host -> device bytes of the host tier copied back for prefill attention */
     int64_t decode_steps;
 } tl_cuda_mem;
 void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out);

@@ -723,6 +723,13 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         for (int b = 0; b < 2; b++) tl_model_rope_freqs(m, n_ctx, b == 1, f + b * half);
         cudaError_t e = cudaMemcpy(g->inv_freq, f, sizeof(double) * 2 * half, cudaMemcpyHostToDevice);
         free(f);
+        /* The weights, the RoPE table and the KV stores' cudaMemset went through the legacy
+         * stream: cudaMemcpy from pageable memory may return before its DMA lands and cudaMemset
+         * is asynchronous, while the session's stream is non-blocking (not ordered after the
+         * legacy stream). Without this the first evaluation may read them in flight: a
+         * candidate cause of the first-model-only 0.12 logit error test_cuda once showed on an
+         * H200 (issue 17). */
+        if (e == cudaSuccess) e = cudaDeviceSynchronize();
         if (e != cudaSuccess) {
             tl_fail(err, "--device cuda: %s", cudaGetErrorString(e));
             tl_cuda_session_free(g);
@@ -923,6 +930,7 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
             out->host_alloc += inf.host;
             out->h2d_decode += inf.h2d_decode;
             out->h2d_chan += inf.h2d_chan;
+            out->h2d_prefill += inf.h2d_prefill;
             out->d2h += inf.d2h;
             out->decode_steps = TL_MAX(out->decode_steps, inf.steps);
         } else {
@@ -1096,6 +1104,7 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
     out->weights = w;
     bool any_off = false;
     uint64_t crow = 0; /* the largest channel-row buffer (two are allocated, shared by the layers) */
+    uint64_t pstage = 0; /* the largest prefill copy of a host tier (one, shared) */
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy p;
@@ -1107,6 +1116,7 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
             out->kv_device += z.dev;
             out->kv_host += z.host;
             crow = TL_MAX(crow, z.crow);
+            pstage = TL_MAX(pstage, z.pstage);
             any_off = true;
             continue;
         }
@@ -1129,7 +1139,7 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
     const uint64_t max_in = TL_MAX(E, TL_MAX(od, (uint64_t)c->n_ff));
     out->activations = 4 * C * (3 * E + qdim + kdim + vdim + od + 2 * (uint64_t)c->n_ff + 2 * (uint64_t)c->n_rot) +
                        4 * (uint64_t)c->n_vocab + 2 * C * max_in + 4 * C + 8 * (uint64_t)c->n_rot +
-                       (any_off ? 2 * 4 * qdim : 0) + 2 * crow + ((uint64_t)64 << 20); /* + attention partials (grown on demand) */
+                       (any_off ? 2 * 4 * qdim : 0) + 2 * crow + pstage + ((uint64_t)64 << 20); /* + attention partials (grown on demand) */
     out->reserve = (uint64_t)512 << 20; /* CUDA context, module images, cuBLAS workspace */
     out->total = out->weights + out->kv_device + out->activations + out->reserve;
     return 0;

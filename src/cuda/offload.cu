@@ -51,7 +51,7 @@ struct tlc_off {
     uint32_t *keys;   /* [H][cap] ordered score keys */
     int *sel, *nsel;  /* [H][maxsel], [H] */
     float *part;      /* [H][NSPL_MAX][G][dv+2] */
-    uint64_t dev_bytes, host_bytes, h2d_decode, h2d_chan, d2h;
+    uint64_t dev_bytes, host_bytes, h2d_decode, h2d_chan, h2d_prefill, d2h;
     int64_t steps, unpredicted;
 };
 
@@ -95,6 +95,7 @@ static void sizes(const tl_kv_offload_params *p, int n_head, int H, int dk, int 
     o->dev = d;
     o->host = (uint64_t)H * cap * (dk + dv) * 2 + (p->summary_bits ? 0 : (uint64_t)H * dk * capp * 2);
     o->crow = p->summary_bits ? 0 : (uint64_t)H * C * capp * 2;
+    o->pstage = (uint64_t)H * cap * (dk + dv) * 2;
 }
 
 int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
@@ -187,7 +188,7 @@ int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_
 void tlc_off_reset(tlc_ctx *cx, tlc_off *o) {
     o->n_host = o->n_gen = 0;
     o->pend = -1;
-    o->h2d_decode = o->h2d_chan = o->d2h = 0;
+    o->h2d_decode = o->h2d_chan = o->h2d_prefill = o->d2h = 0;
     o->steps = o->unpredicted = 0;
     cudaMemsetAsync(o->kmax, 0, sizeof(float) * o->H * o->dk, cx->stream);
     cudaMemsetAsync(o->nsel, 0, sizeof(int) * o->H, cx->stream);
@@ -200,6 +201,7 @@ void tlc_off_info_of(const tlc_off *o, tlc_off_info *out) {
     out->host = o->host_bytes;
     out->h2d_decode = o->h2d_decode;
     out->h2d_chan = o->h2d_chan;
+    out->h2d_prefill = o->h2d_prefill;
     out->d2h = o->d2h;
     out->steps = o->steps;
     out->unpredicted = o->unpredicted;
@@ -319,16 +321,28 @@ int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float 
     if (o->n_gen > 0)
         return tl_fail(err, "TailorKV on the GPU: a prefill chunk after generated tokens is not supported (CPU only)");
     if (o->n_host + m > o->cap) return tl_fail(err, "TailorKV layer full: %d + %d tokens > %d", o->n_host, m, o->cap);
-    /* the paper prefills densely: the general kernel over the host tier, read through the
-     * mapped pointer as an f16 dense cache, plus the chunk (causal, f32) */
+    /* the paper prefills densely: attention over the host tier as an f16 dense cache plus the
+     * chunk (causal). The history is copied to the device once per chunk (H x n_host rows of K
+     * and of V, one 2D copy each, at PCIe bandwidth): reading it through the mapped pointer
+     * instead would move it over PCIe once per query block, ~50x as many bytes. */
     tlc_layer_kv T;
     memset(&T, 0, sizeof T);
     T.n_head = o->H * o->G;
     T.n_head_kv = o->H;
     T.scale = o->scale;
     kv_side *sd[2] = {&T.k, &T.v};
-    uint16_t *fp[2] = {o->dhk, o->dhv};
+    const size_t kbytes = (size_t)o->H * o->cap * o->dk * 2;
+    if (kbytes + (size_t)o->H * o->cap * o->dv * 2 > cx->pstage_bytes)
+        return tl_fail(err, "TailorKV prefill: the host-tier copy is not reserved (tlc_off_reserve)");
+    uint16_t *fp[2] = {cx->pstage, (uint16_t *)((uint8_t *)cx->pstage + kbytes)};
+    const uint16_t *host[2] = {o->hk, o->hv};
     const int d[2] = {o->dk, o->dv};
+    for (int i = 0; i < 2 && o->n_host > 0; i++) {
+        const size_t pitch = (size_t)o->cap * d[i] * 2;
+        CK(cudaMemcpy2DAsync(fp[i], pitch, host[i], pitch, (size_t)o->n_host * d[i] * 2, o->H, cudaMemcpyHostToDevice,
+                             cx->stream));
+        o->h2d_prefill += (uint64_t)o->H * o->n_host * d[i] * 2;
+    }
     for (int i = 0; i < 2; i++) {
         sd[i]->mode = KV_DENSE;
         sd[i]->dt = DT_F16;
@@ -675,6 +689,17 @@ static int fetch_rows(tlc_ctx *cx, tlc_off *o, int b, cudaStream_t st, tl_error 
 
 int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *err) {
     *grown = 0;
+    const size_t pneed = (size_t)o->H * o->cap * (o->dk + o->dv) * 2;
+    if (pneed > cx->pstage_bytes) {
+        cudaFree(cx->pstage);
+        cx->pstage = NULL;
+        if (cudaMalloc((void **)&cx->pstage, pneed) != cudaSuccess) {
+            cx->pstage_bytes = 0;
+            return tl_fail(err, "TailorKV prefill copy of the host tier: %.2f MiB of GPU memory", (double)pneed / 1048576.0);
+        }
+        *grown += pneed - cx->pstage_bytes;
+        cx->pstage_bytes = pneed;
+    }
     if (o->sb != 0) return 0;
     tlc_crow &r = cx->crow;
     if (!r.side) {
@@ -692,12 +717,15 @@ int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *er
     for (int b = 0; b < 2; b++)
         if (cudaMalloc((void **)&r.buf[b], need) != cudaSuccess)
             return tl_fail(err, "TailorKV channel-row buffers: 2 x %.2f MiB of GPU memory", (double)need / 1048576.0);
-    *grown = 2 * (uint64_t)(need - r.bytes);
+    *grown += 2 * (uint64_t)(need - r.bytes);
     r.bytes = need;
     return 0;
 }
 
 void tlc_crow_free(tlc_ctx *cx) {
+    cudaFree(cx->pstage);
+    cx->pstage = NULL;
+    cx->pstage_bytes = 0;
     tlc_crow &r = cx->crow;
     if (r.side) cudaStreamSynchronize(r.side);
     for (int b = 0; b < 2; b++) {

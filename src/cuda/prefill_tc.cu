@@ -2,7 +2,10 @@
  * (m > 1 query rows) and long-context decode (m = 1, from tlc_ctx.dec_tc_from keys) over a KV
  * cache without a sliding window whose sides are dense f16 or per-token codes (8/4/2 bits,
  * groups of >= 32 channels, f16 residual ring): code tiles are staged by cp.async and
- * dequantized to f16 in shared memory (unit_to_f16), then the same mma.sync path runs.
+ * dequantized to f16 in shared memory (unit_to_f16), then the same mma.sync path runs. Keys
+ * in per-channel codes (KIVI's layout, KV_FLUSH: 8/4/2 bits, token groups of 32/64/128, f16
+ * block of the newest tokens) are decoded straight from global memory into the f16 tile
+ * (side_convert_chan): a 32-token unit of one channel per thread.
  *
  * attn.cu's general kernel computes in fp32 on CUDA cores (~13 TFLOP/s on an H100); this one
  * uses mma.sync.m16n8k16 (f16 operands, f32 accumulators) with ldmatrix fragments.
@@ -54,7 +57,9 @@
 #include "backend.cuh"
 #include "mma.cuh"
 
+#include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 
 namespace {
 
@@ -78,15 +83,16 @@ __device__ __forceinline__ uint4 cvt8(const float *src, float s) {
                       pack_h2(b.z * s, b.w * s));
 }
 
-/* Shared memory of one side (K or V) of a block. Dense f16: the tile [BN][D+8] twice (cp.async
- * double buffer). Per-token codes (QB bits): one f16 tile, filled from a double-buffered
- * staging area that cp.async fills with the tile's code rows and parameter rows. */
+/* Shared memory of one side (K or V) of a block. Dense f16 (QB 0): the tile [BN][D+8] twice
+ * (cp.async double buffer). Per-token codes (QB > 0 bits): one f16 tile, filled from a
+ * double-buffered staging area that cp.async fills with the tile's code rows and parameter
+ * rows. Per-channel codes (QB < 0, -QB bits): one f16 tile, no staging. */
 template <int D, int QB>
 struct side_smem {
     static constexpr int NB = QB ? 1 : 2;                                  /* f16 tiles */
     static constexpr size_t tile_bytes = sizeof(__half) * BN * (D + 8);
-    static constexpr size_t code_bytes = QB ? (size_t)BN * (D / 32) * 4 * QB : 0;
-    static constexpr size_t param_bytes = QB ? (size_t)BN * (D / 32) * 2 * 2 : 0; /* pstride <= (D/32) x 2 halves */
+    static constexpr size_t code_bytes = QB > 0 ? (size_t)BN * (D / 32) * 4 * QB : 0;
+    static constexpr size_t param_bytes = QB > 0 ? (size_t)BN * (D / 32) * 2 * 2 : 0; /* pstride <= (D/32) x 2 halves */
     static constexpr size_t stage_bytes = code_bytes + param_bytes;
     static constexpr size_t bytes = NB * tile_bytes + 2 * stage_bytes;
 };
@@ -100,7 +106,9 @@ template <int D, int QB>
 __device__ __forceinline__ void side_issue(const kv_side &S, int h, int t0, int n_past, int kend, const float *xnew,
                                            int Hkv, __half *tile, uint8_t *stage) {
     constexpr int SD = D + 8;
-    if constexpr (QB == 0) {
+    if constexpr (QB < 0) {
+        return; /* per-channel codes: side_convert_chan reads them */
+    } else if constexpr (QB == 0) {
         constexpr int CH = D / 8, RSTEP = NTH / CH;
         const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
         const uint16_t *g = (const uint16_t *)S.fp + h * S.fp_head + c * 8;
@@ -164,12 +172,51 @@ __device__ __forceinline__ void unit_to_f16(const uint32_t *w, __half2 s2, __hal
     }
 }
 
-/* A codes side's f16 tile from its staging area (after the cp.async wait): quantized tokens
- * decoded, the f16 residual ring's rows (nq <= t < n_past) and the chunk's rows (f32) copied,
- * rows >= kend zero. One 32-channel unit per thread and step. */
+/* A per-channel codes side's f16 tile (tokens t0 .. t0 + BN): the 32-token units of quantized
+ * tokens (t < nq; nq is a multiple of the group, itself of 32, so a unit is all quantized or
+ * not) decoded by a thread per (unit, channel) -- a warp's lanes take consecutive channels, so
+ * each of its 32 row stores writes 64 contiguous bytes; the f16 block's rows (nq <= t < n_past,
+ * slot t - nq) and the chunk's rows (f32) copied, rows >= kend zero. */
+template <int D, int B>
+__device__ __forceinline__ void side_convert_chan(const kv_side &S, int h, int t0, int n_past, int kend,
+                                                  const float *xnew, int Hkv, __half *tile) {
+    constexpr int SD = D + 8, UB = 4 * B; /* bytes of one 32-code unit */
+    const int nq = min(S.nq, n_past);
+    for (int e = threadIdx.x; e < (BN / 32) * D; e += NTH) {
+        const int u = e / D, c = e % D, t = t0 + 32 * u;
+        if (t >= nq) continue;
+        const int grp = t / S.g, ui = (t % S.g) / 32;
+        const uint32_t *un = (const uint32_t *)(S.codes + h * S.codes_head + grp * S.grp_bytes + ((size_t)c * (S.g / 32) + ui) * UB);
+        float s, z;
+        q_decode_params(S.params + h * S.params_head + grp * S.grp_halves + (size_t)c * S.ppg, B, S.sym, &s, &z);
+        uint32_t w[B];
+#pragma unroll
+        for (int k = 0; k < B; k++) w[k] = un[k];
+        __half *dst = tile + (32 * u) * SD + c;
+#pragma unroll
+        for (int i = 0; i < 32; i++) { /* kvq_pack32: code i in byte i % (4B), bits (i / (4B)) * B */
+            const int byte = i % UB, sh = i / UB * B;
+            const int code = (int)((w[byte >> 2] >> (8 * (byte & 3) + sh)) & ((1u << B) - 1));
+            dst[i * SD] = __float2half_rn((float)code * s + z);
+        }
+    }
+    constexpr int CH = D / 8;
+    for (int e = threadIdx.x; e < BN * CH; e += NTH) {
+        const int r = e / CH, c8 = e % CH, t = t0 + r;
+        if (t < nq) continue;
+        uint4 w = make_uint4(0, 0, 0, 0);
+        if (t < n_past) w = *(const uint4 *)((const uint16_t *)S.fp + h * S.fp_head + (size_t)(t - S.nq) * D + c8 * 8);
+        else if (t < kend) w = cvt8(xnew + (size_t)(t - n_past) * Hkv * D + (size_t)h * D + c8 * 8, 1.0f);
+        *(uint4 *)(tile + r * SD + c8 * 8) = w;
+    }
+}
+
+/* A per-token codes side's f16 tile from its staging area (after the cp.async wait): quantized
+ * tokens decoded, the f16 residual ring's rows (nq <= t < n_past) and the chunk's rows (f32)
+ * copied, rows >= kend zero. One 32-channel unit per thread and step. */
 template <int D, int QB>
-__device__ __forceinline__ void side_convert(const kv_side &S, int h, int t0, int n_past, int kend, const float *xnew,
-                                             int Hkv, const uint8_t *stage, __half *tile) {
+__device__ __forceinline__ void side_convert_tok(const kv_side &S, int h, int t0, int n_past, int kend, const float *xnew,
+                                                 int Hkv, const uint8_t *stage, __half *tile) {
     constexpr int SD = D + 8, U = D / 32, RB = U * 4 * QB;
     const int nq = min(S.nq, n_past);
     const uint16_t *pstage = (const uint16_t *)(stage + side_smem<D, QB>::code_bytes);
@@ -195,7 +242,16 @@ __device__ __forceinline__ void side_convert(const kv_side &S, int h, int t0, in
     }
 }
 
-/* KB, VB: 0 for a dense f16 side, else the bits of its per-token codes. */
+/* A codes side's f16 tile for key tile t0: per-token codes (QB > 0) or per-channel (QB < 0). */
+template <int D, int QB>
+__device__ __forceinline__ void side_convert(const kv_side &S, int h, int t0, int n_past, int kend, const float *xnew,
+                                             int Hkv, const uint8_t *stage, __half *tile) {
+    if constexpr (QB < 0) side_convert_chan<D, -QB>(S, h, t0, n_past, kend, xnew, Hkv, tile);
+    else side_convert_tok<D, QB>(S, h, t0, n_past, kend, xnew, Hkv, stage, tile);
+}
+
+/* KB, VB: 0 for a dense f16 side, else the bits of its per-token codes (negative: per-channel
+ * codes of -KB bits, keys only). */
 template <int D, int KB, int VB>
 __global__ void __launch_bounds__(NTH, 2) prefill_tc_k(tc_p p) {
     constexpr int SD = D + 8, CH = D / 8, KSTEP = D / 16, NO = D / 8;
@@ -421,17 +477,22 @@ size_t smem_bytes() {
     return sizeof(__half) * (size_t)BM * (D + 8) + side_smem<D, KB>::bytes + side_smem<D, VB>::bytes;
 }
 
-/* Bits of a side's codes for this kernel: 0 dense f16, 8/4/2 per-token codes; -1 not handled. */
+/* The template bits of a side (0 dense f16, > 0 per-token codes, < 0 per-channel codes), or
+ * INT_MIN where the kernel has no path. */
 int side_bits(const kv_side &S) {
-    if (S.mode == KV_DENSE) return S.dt == DT_F16 ? 0 : -1;
-    if (S.mode != KV_SLIDE || (S.bits != 8 && S.bits != 4 && S.bits != 2) || S.g % 32) return -1;
+    if (S.mode == KV_DENSE) return S.dt == DT_F16 ? 0 : INT_MIN;
+    if (S.mode == KV_FLUSH) /* units of 32 tokens in groups of 32/64/128, an f16 block beside */
+        return (S.bits == 8 || S.bits == 4 || S.bits == 2) && S.g % 32 == 0 && S.fp ? -S.bits : INT_MIN;
+    if (S.mode != KV_SLIDE || (S.bits != 8 && S.bits != 4 && S.bits != 2) || S.g % 32) return INT_MIN;
     /* 16-byte cp.async of whole tiles of parameter rows: heads start 16-byte aligned */
-    if ((S.params_head * 2) % 16 || (S.R > 0 && !S.fp)) return -1;
+    if ((S.params_head * 2) % 16 || (S.R > 0 && !S.fp)) return INT_MIN;
     return S.bits;
 }
 
-/* (K bits, V bits) pairs with a kernel (0: dense f16), as X(D, KB, VB) */
-#define TC_FORMATS(D) X(D, 0, 0) X(D, 8, 8) X(D, 4, 4) X(D, 2, 2) X(D, 0, 4) X(D, 0, 2) X(D, 8, 4) X(D, 4, 2)
+/* (K bits, V bits) pairs with a kernel (0: dense f16; negative K: per-channel keys, KIVI), as
+ * X(D, KB, VB) */
+#define TC_FORMATS(D) \
+    X(D, 0, 0) X(D, 8, 8) X(D, 4, 4) X(D, 2, 2) X(D, 0, 4) X(D, 0, 2) X(D, 8, 4) X(D, 4, 2) X(D, -4, 4) X(D, -2, 2) X(D, -4, 2)
 
 bool tc_format(int kb, int vb) {
 #define X(DD, KB, VB) || (kb == KB && vb == VB)
@@ -508,7 +569,8 @@ int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, c
     TC_FORMATS(128)
 #undef X
     if (e != cudaSuccess)
-        return tl_fail(err, "CUDA kernel prefill attention (tensor cores, K %d / V %d bits): %s", kb ? kb : 16, vb ? vb : 16,
+        return tl_fail(err, "CUDA kernel prefill attention (tensor cores, K %d%s / V %d bits): %s", kb ? abs(kb) : 16,
+                       kb < 0 ? " per-channel" : "", vb ? vb : 16,
                        cudaGetErrorString(e));
     if (n_split > 1) {
         const size_t msm = sizeof(float) * (size_t)TL_MIN((long long)BM, n_items) * (n_split + 1);
