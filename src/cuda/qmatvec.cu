@@ -189,6 +189,19 @@ __device__ __forceinline__ void ldx(const int8_t *xq, int b, int *x) {
     x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = c.x, x[5] = c.y, x[6] = c.z, x[7] = c.w;
 }
 
+/* kscale from the 12 scale bytes held as three words (one load each instead of four byte loads). */
+__device__ __forceinline__ void kscale_w(const uint32_t *w, int j, int &sc, int &mn) {
+#define KB(i) ((int)((w[(i) >> 2] >> (8 * ((i) & 3))) & 0xFF))
+    if (j < 4) {
+        sc = KB(j) & 63;
+        mn = KB(j + 4) & 63;
+    } else {
+        sc = (KB(j + 4) & 0xF) | ((KB(j - 4) >> 6) << 4);
+        mn = (KB(j + 4) >> 4) | ((KB(j) >> 6) << 4);
+    }
+#undef KB
+}
+
 /* Spread the low 4 bits of b to bit 4 of each byte (the fifth bit of four q5 codes). */
 __device__ __forceinline__ int spread4(uint32_t b) {
     return (int)(((b & 1) << 4) | ((b & 2) << 11) | ((b & 4) << 18) | ((b & 8) << 25));
@@ -262,9 +275,10 @@ __device__ __forceinline__ float unit_dot(const uint8_t *__restrict__ row, int u
             qh[0] = h0.x, qh[1] = h0.y, qh[2] = h0.z, qh[3] = h0.w, qh[4] = h1.x, qh[5] = h1.y, qh[6] = h1.z, qh[7] = h1.w;
         }
         const uint32_t dm = *(const uint32_t *)bp;
+        const uint32_t sw[3] = {((const uint32_t *)bp)[1], ((const uint32_t *)bp)[2], ((const uint32_t *)bp)[3]};
         int sc0, m0, sc1, m1;
-        kscale(bp + 4, 2 * p, sc0, m0);
-        kscale(bp + 4, 2 * p + 1, sc1, m1);
+        kscale_w(sw, 2 * p, sc0, m0);
+        kscale_w(sw, 2 * p + 1, sc1, m1);
         const int b0 = 8 * sb + 2 * p;
         int s0 = 0, s1 = 0;
         ldx(xq, b0, x);
