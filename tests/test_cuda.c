@@ -709,7 +709,8 @@ static void qweight_cases(void) {
 /* Small synthetic llama models (2 layers, dim 256, ffn 768, vocab 512; tied and untied) in every
  * block format and the Q4_K_M-like mix (q6_K output, layer 1's v and down q6_K: mixed q/k/v
  * types in one decode step): prefill 40 tokens in chunks of 16 (the f16 slab + cuBLAS path),
- * 8 decode steps (the dp4a kernels, q/k/v in one launch, gate/up fused), f32 KV on both sides.
+ * 8 decode steps (the dp4a kernels, q/k/v in one launch, gate/up fused), f32 KV on both sides;
+ * then chunks of 5 (a few rows: a decode product per row, TLC_QGEMM_MIN_ROWS).
  * Both sides round the activations (the CPU to q8_0/q8_1/q8_K blocks, the GPU to int8 blocks of
  * 32 in decode, f16 in prefill), independently: bound 3e-2 on the relative L2 of the logits
  * (a wrong block layout gives ~1). The plan (tl_cuda_plan_memory) must equal what the session
@@ -738,6 +739,9 @@ static void qweight_models(void) {
         printf("synth %-6s (%s) kv f32 prefill 40 (chunk 16) + 8 decode: max|diff| %.3g rel %.3g argmax %d/%d\n", name,
                tiny.tied ? "tied" : "untied", a.max_abs, a.rel_l2, a.argmax_agree, a.rows);
         CHECKF(a.rel_l2 < 3e-2, "synth %s: relative L2 logit error %g (tol 3e-2)", name, a.rel_l2);
+        cmp_stats b = run_pair(m, "f32", 12, 2, 5, false);
+        printf("synth %-6s kv f32 prefill 12 (chunk 5) + 2 decode: max|diff| %.3g rel %.3g\n", name, b.max_abs, b.rel_l2);
+        CHECKF(b.rel_l2 < 3e-2, "synth %s chunk 5: relative L2 logit error %g (tol 3e-2)", name, b.rel_l2);
         tl_cuda_plan plan;
         const int rp = tl_cuda_plan_memory(m, 64, 16, NULL, &plan, &err);
         CHECKF(rp == 0, "plan %s: %s", name, err.msg);

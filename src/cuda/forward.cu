@@ -410,12 +410,27 @@ static int qgemm(tlc_ctx *cx, cublasHandle_t blas, const dmat *M, const uint16_t
     return 0;
 }
 
+/* Up to this many rows, block-format products run as one decode product per row: a 4-bit one
+ * reads ~0.6 bytes per weight, the dequantize + GEMM path ~4.6 (the blocks, the f16 slab
+ * written and read back), so rows are cheaper until about 8. */
+#define TLC_QGEMM_MIN_ROWS 8
+
 /* y_s (+)= W_s x (+ b_s) for up to three matrices sharing x and n_in. n tokens. */
 static int linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *x, int n, float *const *y,
                   const float *const *bias, const int *add, tl_error *err) {
     const int n_in = W[0]->n_in, wt = W[0]->wt;
     bool same = true;
     for (int s = 1; s < nseg; s++) same = same && W[s]->wt == wt && (wt != WT_Q || W[s]->qt == W[0]->qt) && W[s]->n_in == n_in;
+    bool blocks = true;
+    for (int s = 0; s < nseg; s++) blocks = blocks && W[s]->wt == WT_Q;
+    if (n > 1 && n <= TLC_QGEMM_MIN_ROWS && blocks) { /* a few rows: one decode product per row */
+        for (int r = 0; r < n; r++) {
+            float *yr[3];
+            for (int s = 0; s < nseg; s++) yr[s] = y[s] + (size_t)r * W[s]->n_out;
+            if (linear(g, nseg, W, x + (size_t)r * n_in, 1, yr, bias, add, err)) return -1;
+        }
+        return 0;
+    }
     if (n == 1 && !same) { /* e.g. q4_K q/k with a q6_K v: one product each */
         for (int s = 0; s < nseg; s++)
             if (linear(g, 1, &W[s], x, 1, &y[s], bias ? &bias[s] : NULL, add ? &add[s] : NULL, err)) return -1;
