@@ -151,10 +151,13 @@ __global__ void deq_f16_k(const uint8_t *W, size_t rb, int n_in, int r0, int nr,
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total; e += (size_t)gridDim.x * blockDim.x) {
         const int r = (int)(e / n8), c = (int)(e % n8) * 8;
         const uint8_t *row = W + (size_t)(r0 + r) * rb;
-        __half2 h[4];
+        uint32_t u[4];
 #pragma unroll
-        for (int k = 0; k < 4; k++) h[k] = __floats2half2_rn(qval<T>(row, c + 2 * k), qval<T>(row, c + 2 * k + 1));
-        out[e] = *(const uint4 *)h;
+        for (int k = 0; k < 4; k++) {
+            const __half2 h = __floats2half2_rn(qval<T>(row, c + 2 * k), qval<T>(row, c + 2 * k + 1));
+            u[k] = *(const uint32_t *)&h;
+        }
+        out[e] = make_uint4(u[0], u[1], u[2], u[3]);
     }
 }
 
