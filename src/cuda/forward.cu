@@ -306,7 +306,7 @@ static int up_mat(tlc_weights *w, const tl_mat *src, dmat *dst, bool read_all, t
     } else { /* other formats: dequantize to f16 once, in slabs of rows */
         static bool said;
         if (!said && !tlc_qtype_has_kernels(src->type)) {
-            fprintf(stderr, "cuda: %s weights have no GPU kernels: widened to f16 at upload (%s and others)\n",
+            fprintf(stderr, "cuda: %s weights have no GPU kernels: widened to f16 at upload (the first: %s)\n",
                     tl_type_name(src->type), src->name);
             said = true;
         }
@@ -1177,7 +1177,6 @@ static int side_bytes(const tl_kv_side *p, tl_kv_kind kind, int d, int residual,
     return 0;
 }
 
-
 extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                                    tl_cuda_plan *out, tl_error *err) {
     memset(out, 0, sizeof *out);
@@ -1374,7 +1373,6 @@ extern "C" int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, c
     void *dW = NULL;
     float *dX = NULL, *dY = NULL;
     uint16_t *dXh = NULL, *wdq = NULL;
-    const dmat M = {NULL, WT_Q, t, n_in, n_out};
     const size_t ny = (size_t)m * n_out, nx = (size_t)m * n_in;
     int rc = -1;
     if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreateWithFlags(&cx.stream, cudaStreamNonBlocking) != cudaSuccess)
@@ -1419,9 +1417,8 @@ extern "C" int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, c
         }
         if (path == 2) {
             to16_k<WT_F16><<<grid1(nx, 256), 256, 0, cx.stream>>>(dX, dXh, nx);
-            dmat Md = M;
-            Md.d = dW;
-            if (qgemm(&cx, blas, &Md, dXh, m, dY, false, wdq, (size_t)slab_rows * n_in, err)) goto done;
+            const dmat M = {dW, WT_Q, t, n_in, n_out};
+            if (qgemm(&cx, blas, &M, dXh, m, dY, false, wdq, (size_t)slab_rows * n_in, err)) goto done;
         }
         cudaError_t e = cudaMemcpyAsync(out, dY, sizeof(float) * ny, cudaMemcpyDeviceToHost, cx.stream);
         if (e == cudaSuccess) e = cudaStreamSynchronize(cx.stream);
