@@ -744,7 +744,8 @@ static int f32_twin(const char *src, const char *dst) {
  *    f32 twin; the GPU to int8 blocks of 32 in decode, about as much): bound 6e-2;
  *  - its f32 twin (the dequantized weights, no activation rounding): only the GPU's own rounding
  *    remains: all 48 prefill rows in chunks of 16 (the f16 slab + cuBLAS path, the output
- *    projection included: f16 weights and inputs), bound 1e-2; prefill 40 (its last chunk of 8
+ *    projection included: f16 weights and inputs; the weights' rounding alone is 5e-4 on these
+ *    models, measured on the CPU with an f16 twin), bound 5e-3; prefill 40 (its last chunk of 8
  *    rows: a decode product per row, TLC_QGEMM_MIN_ROWS) + 8 decode steps (the dp4a kernels, q/k/v
  *    in one launch, gate/up fused: int8 inputs), and 12 in chunks of 5 + 2, bound 3e-2.
  * A wrong block layout gives ~1. The plan (tl_cuda_plan_memory) must equal what the session
@@ -784,7 +785,7 @@ static void qweight_models(void) {
                "48 prefill rows %.3g, prefill 40 + 8 decode %.3g, chunks of 5 %.3g\n",
                name, tiny.tied ? "tied" : "untied", a.rel_l2, p0.rel_l2, d0.rel_l2, d5.rel_l2);
         CHECKF(a.rel_l2 < 6e-2, "synth %s: logits vs the CPU rel L2 %g (tol 6e-2)", name, a.rel_l2);
-        CHECKF(p0.rel_l2 < 1e-2, "synth %s: prefill logits vs the f32 twin rel L2 %g (tol 1e-2)", name, p0.rel_l2);
+        CHECKF(p0.rel_l2 < 5e-3, "synth %s: prefill logits vs the f32 twin rel L2 %g (tol 5e-3)", name, p0.rel_l2);
         CHECKF(d0.rel_l2 < 3e-2, "synth %s: decode logits vs the f32 twin rel L2 %g (tol 3e-2)", name, d0.rel_l2);
         CHECKF(d5.rel_l2 < 3e-2, "synth %s: chunks of 5 vs the f32 twin rel L2 %g (tol 3e-2)", name, d5.rel_l2);
         tl_model_free(mf);
