@@ -192,17 +192,18 @@ __device__ __forceinline__ void ldx(const int8_t *xq, int b, int *x) {
     x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = c.x, x[5] = c.y, x[6] = c.z, x[7] = c.w;
 }
 
-/* kscale from the 12 scale bytes held as three words (one load each instead of four byte loads). */
-__device__ __forceinline__ void kscale_w(const uint32_t *w, int j, int &sc, int &mn) {
-#define KB(i) ((int)((w[(i) >> 2] >> (8 * ((i) & 3))) & 0xFF))
+/* kscale from the 12 scale bytes held as three words w0 w1 w2 (a load each instead of byte
+ * loads): bytes j, j + 4, j + 8 (j < 4) or j - 4, j, j + 4 (j >= 4) are byte j & 3 of each word. */
+__device__ __forceinline__ void kscale_w(uint32_t w0, uint32_t w1, uint32_t w2, int j, int &sc, int &mn) {
+    const int k = 8 * (j & 3);
+    const int b0 = (w0 >> k) & 0xFF, b1 = (w1 >> k) & 0xFF, b2 = (w2 >> k) & 0xFF;
     if (j < 4) {
-        sc = KB(j) & 63;
-        mn = KB(j + 4) & 63;
+        sc = b0 & 63;
+        mn = b1 & 63;
     } else {
-        sc = (KB(j + 4) & 0xF) | ((KB(j - 4) >> 6) << 4);
-        mn = (KB(j + 4) >> 4) | ((KB(j) >> 6) << 4);
+        sc = (b2 & 0xF) | ((b0 >> 6) << 4);
+        mn = (b2 >> 4) | ((b1 >> 6) << 4);
     }
-#undef KB
 }
 
 /* Spread the low 4 bits of b to bit 4 of each byte (the fifth bit of four q5 codes). */
@@ -278,10 +279,11 @@ __device__ __forceinline__ float unit_dot(const uint8_t *__restrict__ row, int u
             qh[0] = h0.x, qh[1] = h0.y, qh[2] = h0.z, qh[3] = h0.w, qh[4] = h1.x, qh[5] = h1.y, qh[6] = h1.z, qh[7] = h1.w;
         }
         const uint32_t dm = *(const uint32_t *)bp;
-        const uint32_t sw[3] = {((const uint32_t *)bp)[1], ((const uint32_t *)bp)[2], ((const uint32_t *)bp)[3]};
+        const uint32_t *sw = (const uint32_t *)bp + 1;
+        const uint32_t w0 = sw[0], w1 = sw[1], w2 = sw[2];
         int sc0, m0, sc1, m1;
-        kscale_w(sw, 2 * p, sc0, m0);
-        kscale_w(sw, 2 * p + 1, sc1, m1);
+        kscale_w(w0, w1, w2, 2 * p, sc0, m0);
+        kscale_w(w0, w1, w2, 2 * p + 1, sc1, m1);
         const int b0 = 8 * sb + 2 * p;
         int s0 = 0, s1 = 0;
         ldx(xq, b0, x);
@@ -352,6 +354,20 @@ __device__ __forceinline__ float row_qdot(const uint8_t *row, int nu, const int8
     return acc;
 }
 
+/* Two rows (gate and up) in one loop: both rows' loads in flight together. */
+template <int T>
+__device__ __forceinline__ void row_qdot2(const uint8_t *ra, const uint8_t *rb, int nu, const int8_t *xq, const float2 *xd, int lane,
+                                          float &sa, float &sb) {
+    float a = 0.0f, b = 0.0f;
+#pragma unroll 2
+    for (int u = lane; u < nu; u += 32) {
+        a += unit_dot<T>(ra, u, xq, xd);
+        b += unit_dot<T>(rb, u, xq, xd);
+    }
+    sa = a;
+    sb = b;
+}
+
 __device__ __forceinline__ float qmv_act(float x, int glu) {
     if (glu == 2) return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
     return x / (1.0f + expf(-x));
@@ -371,17 +387,24 @@ __global__ void __launch_bounds__(QMV_THR) qmatvec_k(tlc_mv a, const int8_t *xq,
         }
     }
     const int n_out_s = si == 0 ? a.n_out[0] : si == 1 ? a.n_out[1] : a.n_out[2];
-    pdl_wait(); /* xq, xd (and y for add) come from the kernels before */
-    if (si >= a.nseg || row >= n_out_s) return;
+    const bool live = si < a.nseg && row < n_out_s;
     const size_t rb = (size_t)(a.n_in / qfmt<T>::BV) * qfmt<T>::BB;
+    const void *W = si == 0 ? a.W[0] : si == 1 ? a.W[1] : a.W[2];
+    if (live && (size_t)lane * 128 < rb) { /* the row's first 4 KiB to L2 while the kernels before finish */
+        asm volatile("prefetch.global.L2 [%0];" ::"l"((const uint8_t *)W + row * rb + lane * 128));
+        if (GLU) asm volatile("prefetch.global.L2 [%0];" ::"l"((const uint8_t *)a.W[1] + row * rb + lane * 128));
+    }
+    pdl_wait(); /* xq, xd (and y for add) come from the kernels before */
+    if (!live) return;
     const int nu = a.n_in / qfmt<T>::VPU;
     if (GLU) {
-        const float g = wsum(row_qdot<T>((const uint8_t *)a.W[0] + row * rb, nu, xq, xd, lane));
-        const float u = wsum(row_qdot<T>((const uint8_t *)a.W[1] + row * rb, nu, xq, xd, lane));
+        float g, u;
+        row_qdot2<T>((const uint8_t *)a.W[0] + row * rb, (const uint8_t *)a.W[1] + row * rb, nu, xq, xd, lane, g, u);
+        g = wsum(g);
+        u = wsum(u);
         if (lane == 0) a.y[0][row] = qmv_act(g, GLU) * u;
         return;
     }
-    const void *W = si == 0 ? a.W[0] : si == 1 ? a.W[1] : a.W[2];
     float acc = wsum(row_qdot<T>((const uint8_t *)W + row * rb, nu, xq, xd, lane));
     if (lane == 0) {
         float *y = si == 0 ? a.y[0] : si == 1 ? a.y[1] : a.y[2];
