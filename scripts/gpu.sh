@@ -20,11 +20,17 @@
 #      CPU baseline over REAL_CTX-token windows, and the PPL ratio, each with its interval), then
 #      scripts/real-model-eval.sh on the GPU (REAL_STEPS, and its KVS / LENGTHS / ... variables)
 #      with the essays and the C file carried in carry/data
+#   9. (qweights) weights kept in their GGUF block formats (qmatvec.cu): synthetic Llama-3.1-8B in
+#      q4_K_M (llama.cpp's mix), q8_0 and w4g128 (QTYPES), decode ms/token at QDEPTHS with f16 and
+#      k4v4 KV, prefill pp4096 (chunk 4096), device memory by part (TL_CUDA_WIDEN=0: the block
+#      kernels, opt-in until verified); then q4_K_M widened to f16 at upload (TL_CUDA_WIDEN=1, the
+#      default for now) at depths 0 and 131072
 #   7. (dectc) f16 decode attention on tensor cores (TL_CUDA_DEC_TC=1) vs decode.cu: the kernel
 #      alone (bench_cuda_attn --m 1) and the decode bench; (decmma) per-token codes decoded on
 #      decode.cu's CUDA cores (TL_CUDA_DEC_MMA=0) instead of decode_mma.cu's tensor cores
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long dectc decmma real), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS, MMA_DEPTHS, MMA_KVS,
+# long dectc decmma real qweights), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
+# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS,
 # TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -229,5 +235,36 @@ if has real; then
     [ -f $R/eval/results.jsonl ] && python3 scripts/real-model-report.py $R/eval/results.jsonl >"$OUT/real_tables.md" 2>&1
   fi
   tar czf "$OUT/real.tgz" -C $SHM real 2>/dev/null
+fi
+if has qweights; then
+  # 8B models in /dev/shm (q4_K_M about 4.9 GB, q8_0 8.5, w4g128 4.3): the K-quants' reference
+  # quantizers take a minute or so on 16 cores
+  QDEPTHS=${QDEPTHS:-0,32768,131072}
+  for QT in ${QTYPES:-q4_K_M q8_0 w4g128}; do
+    QM=$SHM/llama8b-$QT.gguf
+    if [ ! -f $QM ]; then
+      log "synth llama-3.1-8b $QT"
+      $T synth --shape llama-3.1-8b --type $QT -o $QM -q 2>&1 | tail -1 | tee -a "$OUT/summary.md"
+    fi
+    log "qweights $QT: decode (depths $QDEPTHS, kv f16,k4v4)"
+    TL_CUDA_WIDEN=0 TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $QM --device cuda -p 0 -n 32 -d "$QDEPTHS" --kv f16,k4v4 -r 2 -o md \
+      >"$OUT/qw_$QT.md" 2>"$OUT/qw_$QT.err"
+    echo "bench $QT exit $?" | tee -a "$OUT/summary.md"
+    cat "$OUT/qw_$QT.md" | tee -a "$OUT/summary.md"
+    grep -E "gpu memory|uploaded|widened|error|tailor bench" "$OUT/qw_$QT.err" | sort -u | head -8 | tee -a "$OUT/summary.md"
+    log "qweights $QT: prefill pp4096 (chunk 4096)"
+    TL_CUDA_WIDEN=0 timeout 120 $T bench -m $QM --device cuda -p 4096 -n 0 --chunk 4096 -r 2 -o md >"$OUT/qw_${QT}_pp.md" 2>>"$OUT/qw_$QT.err"
+    echo "prefill $QT exit $?" | tee -a "$OUT/summary.md"
+    tail -1 "$OUT/qw_${QT}_pp.md" | tee -a "$OUT/summary.md"
+  done
+  QM=$SHM/llama8b-q4_K_M.gguf
+  if [ -f $QM ]; then
+    log "qweights q4_K_M widened to f16 at upload (TL_CUDA_WIDEN=1: before), depths 0,131072, kv f16"
+    TL_CUDA_WIDEN=1 timeout 200 $T bench -m $QM --device cuda -p 0 -n 32 -d 0,131072 --kv f16 -r 2 -o md \
+      >"$OUT/qw_widen.md" 2>"$OUT/qw_widen.err"
+    echo "bench (widened) exit $?" | tee -a "$OUT/summary.md"
+    cat "$OUT/qw_widen.md" | tee -a "$OUT/summary.md"
+    grep -E "gpu memory|error" "$OUT/qw_widen.err" | sort -u | head -4 | tee -a "$OUT/summary.md"
+  fi
 fi
 log "done"

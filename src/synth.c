@@ -9,6 +9,7 @@
  * (GGUF v3, alignment 32, tensors packed in order, each aligned). */
 #define _GNU_SOURCE
 #include "synth.h"
+#include "threads.h"
 #include "kv/policy.h"
 #include "session.h"
 
@@ -124,14 +125,32 @@ int tl_synth_parse_type(const char *name, tl_type *out, tl_error *err) {
     static const struct {
         const char *name;
         tl_type t;
-    } types[] = {{"f32", TL_TYPE_F32},   {"f16", TL_TYPE_F16},   {"bf16", TL_TYPE_BF16},
-                 {"q8_0", TL_TYPE_Q8_0}, {"q4_0", TL_TYPE_Q4_0}, {"q4_1", TL_TYPE_Q4_1}};
+    } types[] = {{"f32", TL_TYPE_F32},   {"f16", TL_TYPE_F16},   {"bf16", TL_TYPE_BF16},  {"q8_0", TL_TYPE_Q8_0},
+                 {"q4_0", TL_TYPE_Q4_0}, {"q4_1", TL_TYPE_Q4_1}, {"q5_0", TL_TYPE_Q5_0},  {"q5_1", TL_TYPE_Q5_1},
+                 {"q4_K", TL_TYPE_Q4_K}, {"q5_K", TL_TYPE_Q5_K}, {"q6_K", TL_TYPE_Q6_K},  {"w4g128", TL_TYPE_W4G128}};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (!strcasecmp(name, types[i].name)) {
             *out = types[i].t;
             return 0;
         }
-    return tl_fail(err, "'%s' is not one of f32, f16, bf16, q8_0, q4_0, q4_1", name);
+    return tl_fail(err, "'%s' is not one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K, w4g128", name);
+}
+
+int tl_synth_parse_weights(const char *name, tl_synth_params *p, tl_error *err) {
+    p->q4_k_m = !strcasecmp(name, "q4_K_M");
+    if (p->q4_k_m) {
+        p->type = TL_TYPE_Q4_K;
+        return 0;
+    }
+    if (!tl_synth_parse_type(name, &p->type, err)) return 0;
+    return tl_fail(err, "'%s' is not one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K, w4g128, q4_K_M",
+                   name);
+}
+
+/* llama.cpp's use_more_bits: the layers whose attn_v / ffn_down a Q4_K_M file keeps in q6_K
+ * (the first and last eighth, every third one between: half of them). */
+static bool more_bits(int il, int n_layer) {
+    return il < n_layer / 8 || il >= 7 * n_layer / 8 || (il - n_layer / 8) % 3 == 2;
 }
 
 /* ---- The tensor list ---- */
@@ -172,7 +191,7 @@ static void add(tensor_list *l, const char *name, tensor_kind kind, tl_type type
 /* llama.cpp's tensor names and order, with the architecture's own tensors (tl_arch_layout).
  * Std 0.02 for matrices (GPT-2 init), output projections scaled by 1/sqrt(2 n_layer) so the
  * residual stream grows slowly; norms 1. */
-static void build_tensors(const tl_synth_shape *s, tl_type type, int n_layer, int n_vocab, tensor_list *l) {
+static void build_tensors(const tl_synth_shape *s, tl_type type, bool q4_k_m, int n_layer, int n_vocab, tensor_list *l) {
     const int64_t E = s->n_embd, F = s->n_ff, qd = (int64_t)s->n_head * s->head_dim,
                   kd = (int64_t)s->n_head_kv * s->head_dim;
     const float std = 0.02f, std_out = 0.02f / sqrtf(2.0f * (float)n_layer);
@@ -185,10 +204,11 @@ static void build_tensors(const tl_synth_shape *s, tl_type type, int n_layer, in
         add(l, "rope_factors_short.weight", T_LONGROPE_SHORT, TL_TYPE_F32, s->head_dim / 2, 0, 0);
     }
     add(l, "output_norm.weight", T_ONES, TL_TYPE_F32, E, 0, 0);
-    if (!s->tied) add(l, "output.weight", T_MATRIX, type, E, n_vocab, std);
+    if (!s->tied) add(l, "output.weight", T_MATRIX, q4_k_m ? TL_TYPE_Q6_K : type, E, n_vocab, std);
     char nm[64];
     for (int il = 0; il < n_layer; il++) {
 #define NM(x) (snprintf(nm, sizeof nm, "blk.%d.%s", il, x), nm)
+        const tl_type more = q4_k_m && more_bits(il, n_layer) ? TL_TYPE_Q6_K : type;
         add(l, NM("attn_norm.weight"), T_ONES, TL_TYPE_F32, E, 0, 0);
         if (lay.fused) {
             add(l, NM("attn_qkv.weight"), T_MATRIX, type, E, qd + 2 * kd, std);
@@ -197,7 +217,7 @@ static void build_tensors(const tl_synth_shape *s, tl_type type, int n_layer, in
             if (lay.qkv_bias) add(l, NM("attn_q.bias"), T_BIAS, TL_TYPE_F32, qd, 0, std);
             add(l, NM("attn_k.weight"), T_MATRIX, type, E, kd, std);
             if (lay.qkv_bias) add(l, NM("attn_k.bias"), T_BIAS, TL_TYPE_F32, kd, 0, std);
-            add(l, NM("attn_v.weight"), T_MATRIX, type, E, kd, std);
+            add(l, NM("attn_v.weight"), T_MATRIX, more, E, kd, std);
             if (lay.qkv_bias) add(l, NM("attn_v.bias"), T_BIAS, TL_TYPE_F32, kd, 0, std);
         }
         if (lay.qk_norm) {
@@ -213,7 +233,7 @@ static void build_tensors(const tl_synth_shape *s, tl_type type, int n_layer, in
             add(l, NM("ffn_gate.weight"), T_MATRIX, type, E, F, std);
             add(l, NM("ffn_up.weight"), T_MATRIX, type, E, F, std);
         }
-        add(l, NM("ffn_down.weight"), T_MATRIX, type, F, E, std_out);
+        add(l, NM("ffn_down.weight"), T_MATRIX, more, F, E, std_out);
         if (lay.post_norms) add(l, NM("post_ffw_norm.weight"), T_ONES, TL_TYPE_F32, E, 0, 0);
 #undef NM
     }
@@ -221,7 +241,7 @@ static void build_tensors(const tl_synth_shape *s, tl_type type, int n_layer, in
 
 uint64_t tl_synth_weight_bytes(const tl_synth_shape *s, tl_type type, int n_layer, int n_vocab) {
     tensor_list l = {0};
-    build_tensors(s, type, n_layer > 0 ? n_layer : s->n_layer, n_vocab > 0 ? n_vocab : s->n_vocab, &l);
+    build_tensors(s, type, false, n_layer > 0 ? n_layer : s->n_layer, n_vocab > 0 ? n_vocab : s->n_vocab, &l);
     uint64_t sum = 0;
     for (int i = 0; i < l.n; i++) sum += l.t[i].nbytes;
     free(l.t);
@@ -262,6 +282,7 @@ static int file_type_of(tl_type t) {
     case TL_TYPE_Q5_K: return 17;
     case TL_TYPE_Q6_K: return 18;
     case TL_TYPE_BF16: return 32;
+    case TL_TYPE_W4G128: return 1024; /* LLAMA_FTYPE_GUESSED: tailor's own format (as tailor quantize) */
     default: return -1;
     }
 }
@@ -408,16 +429,33 @@ static void out_pad(out_t *o, uint64_t a) {
     }
 }
 
-/* Generate one tensor's data block by block and write it. */
+typedef struct {
+    const synth_tensor *t;
+    const float *rows;
+    uint8_t *buf;
+    size_t rb;
+} quant_job;
+
+static void quant_rows(void *ctx, int64_t r, int thread_id) {
+    (void)thread_id;
+    const quant_job *j = ctx;
+    tl_quantize_row(j->t->type, j->rows + (size_t)r * j->t->ne[0], j->buf + (size_t)r * j->rb, j->t->ne[0]);
+}
+
+/* Generate one tensor's data block by block and write it: the values row after row from the
+ * tensor's random stream, then the rows of a block quantized by the pool's threads (the
+ * K-quants' reference quantizers are slow: one thread takes minutes for an 8B model). */
 static void write_tensor(out_t *o, const synth_tensor *t, uint64_t seed, int index, const tl_synth_shape *s,
-                         uint8_t *buf, size_t buf_bytes, float *row, uint64_t *done, uint64_t total, bool progress,
-                         int *last_pct) {
+                         tl_pool *pool, uint8_t *buf, size_t buf_bytes, float *rows, size_t rows_bytes, uint64_t *done,
+                         uint64_t total, bool progress, int *last_pct) {
     uint64_t rng = seed * 0x2545F4914F6CDD1Dull + (uint64_t)index * 0x9E3779B97F4A7C15ull + 1;
     const size_t rb = tl_row_size(t->type, t->ne[0]);
-    const int64_t rows_per_block = TL_MAX(1, (int64_t)(buf_bytes / rb));
+    const int64_t rows_per_block =
+        TL_MAX(1, TL_MIN((int64_t)(buf_bytes / rb), (int64_t)(rows_bytes / (sizeof(float) * (size_t)t->ne[0]))));
     for (int64_t r0 = 0; r0 < t->ne[1] && !o->err; r0 += rows_per_block) {
         const int64_t nr = TL_MIN(rows_per_block, t->ne[1] - r0);
         for (int64_t r = 0; r < nr; r++) {
+            float *row = rows + (size_t)r * t->ne[0];
             switch (t->kind) {
             case T_MATRIX:
             case T_BIAS: fill_normal(&rng, row, t->ne[0], t->std); break;
@@ -428,8 +466,9 @@ static void write_tensor(out_t *o, const synth_tensor *t, uint64_t seed, int ind
             case T_LONGROPE_LONG: tl_synth_longrope_factors(s, true, row); break;
             case T_LONGROPE_SHORT: tl_synth_longrope_factors(s, false, row); break;
             }
-            tl_quantize_row(t->type, row, buf + (size_t)r * rb, t->ne[0]);
         }
+        quant_job job = {t, rows, buf, rb};
+        tl_pool_run(pool, nr, quant_rows, &job);
         out_bytes(o, buf, (size_t)nr * rb);
         *done += (uint64_t)nr * rb;
         const int pct = (int)(100.0 * (double)*done / (double)(total ? total : 1));
@@ -476,7 +515,7 @@ int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err) {
     tl_gguf_w_str(w, "general.architecture", a);
     snprintf(name, sizeof name, "synthetic %s (random weights, shapes of %s)", s->name, s->source);
     tl_gguf_w_str(w, "general.name", name);
-    tl_gguf_w_u32(w, "general.file_type", (uint32_t)file_type_of(p->type));
+    tl_gguf_w_u32(w, "general.file_type", p->q4_k_m ? 15u /* MOSTLY_Q4_K_M */ : (uint32_t)file_type_of(p->type));
     if (tr->block_size > 1) tl_gguf_w_u32(w, "general.quantization_version", 2);
     tl_gguf_w_u32(w, K("vocab_size"), (uint32_t)n_vocab);
     tl_gguf_w_u32(w, K("context_length"), (uint32_t)n_ctx);
@@ -516,7 +555,7 @@ int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err) {
     if (rc) return -1;
 
     tensor_list l = {0};
-    build_tensors(s, p->type, n_layer, n_vocab, &l);
+    build_tensors(s, p->type, p->q4_k_m, n_layer, n_vocab, &l);
     const uint64_t align = 32;
     uint64_t off = 0, total = 0;
     int64_t max_row = 0;
@@ -551,19 +590,21 @@ int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err) {
     }
     out_pad(&o, align);
 
-    const size_t buf_bytes = 8u << 20;
+    const size_t buf_bytes = 8u << 20, rows_bytes = TL_MAX((size_t)16 << 20, sizeof(float) * (size_t)max_row);
     uint8_t *buf = tl_xmalloc(buf_bytes + tl_row_size(TL_TYPE_F32, max_row));
-    float *row = tl_xmalloc(sizeof(float) * (size_t)max_row);
+    float *rows = tl_xmalloc(rows_bytes);
+    tl_pool *pool = tl_pool_new(0);
     uint64_t done = 0;
     int last_pct = -1;
     const bool progress = p->progress && total > (256u << 20);
     for (int i = 0; i < l.n && !o.err; i++) {
-        write_tensor(&o, &l.t[i], p->seed, i, s, buf, buf_bytes, row, &done, total, progress, &last_pct);
+        write_tensor(&o, &l.t[i], p->seed, i, s, pool, buf, buf_bytes, rows, rows_bytes, &done, total, progress, &last_pct);
         out_pad(&o, align);
     }
     if (progress) fprintf(stderr, "\n");
+    tl_pool_free(pool);
     free(buf);
-    free(row);
+    free(rows);
     free(l.t);
 
     if (o.err) {

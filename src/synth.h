@@ -4,7 +4,7 @@
  *  - a table of public model configs (Llama 3.x, Qwen2.5, Qwen3, Mistral, Phi-3, Gemma 2,
  *    SmolLM2) and a writer that
  *    produces a GGUF with random weights of exactly those shapes and metadata (loads in
- *    tailor and in llama.cpp), streaming tensors to disk so a 16 GB file needs ~20 MB of RAM;
+ *    tailor and in llama.cpp), streaming tensors to disk so a 16 GB file needs ~30 MB of RAM;
  *  - the memory a session would hold (weights + KV at any context + activations), computed
  *    without allocating, by the same rules as tl_session_new_with_policies; tests check the
  *    projection equals what a real session reports. */
@@ -51,7 +51,9 @@ uint64_t tl_synth_weight_bytes(const tl_synth_shape *s, tl_type type, int n_laye
 
 typedef struct {
     const tl_synth_shape *shape;
-    tl_type type;           /* matrices: f32, f16, bf16, q8_0, q4_0, q4_1 (others tl_quantize_row supports work too) */
+    tl_type type;           /* matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K, w4g128 */
+    bool q4_k_m;            /* with type q4_K: llama.cpp's Q4_K_M choices, q6_K for the output projection and
+                             * for attn_v / ffn_down of half the layers (its use_more_bits rule) */
     const char *vocab_path; /* copy tokenizer.* from this GGUF (its vocab size wins); NULL = byte-level fallback */
     uint64_t seed;
     int n_layer;            /* 0 = the shape's */
@@ -59,8 +61,11 @@ typedef struct {
     bool progress;          /* progress lines on stderr */
 } tl_synth_params;
 
-/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1" (case-insensitive). */
+/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K", "w4g128"
+ * (case-insensitive). */
 int tl_synth_parse_type(const char *name, tl_type *out, tl_error *err);
+/* The same, or "q4_K_M" (type q4_K with q4_k_m set): p->type and p->q4_k_m. */
+int tl_synth_parse_weights(const char *name, tl_synth_params *p, tl_error *err);
 
 /* Write the GGUF (temp file + rename). Returns 0, or -1 with err. */
 int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err);

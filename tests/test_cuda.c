@@ -8,7 +8,11 @@
  *  - with TL_CUDA_MODEL (a synth with head_dim 64, e.g. `tailor synth --shape smollm2-135m
  *    --layers 2 --type f32`): quantized KV (k8v8, k4v4, k2v2, KIVI) on GPU vs the same policy
  *    on the CPU, relative L2 error of the logits; codes are computed by the same rules from
- *    inputs equal up to rounding, so only codes at rounding boundaries may differ. */
+ *    inputs equal up to rounding, so only codes at rounding boundaries may differ.
+ *  - weights in GGUF block formats (qmatvec.cu): every type's decode kernel, reference kernel
+ *    and prefill path against the CPU's dequantized rows (qweight_cases), and whole small
+ *    synthetic models per type, GPU logits against the CPU's, with the memory plan equal to what
+ *    the session allocates (qweight_models). */
 #include "testutil.h"
 #include "../src/session.h"
 #include "../src/kv/policy.h"
@@ -16,6 +20,8 @@
 #include "../src/cuda/cuda.h"
 
 #include "../src/threads.h"
+#include "../src/synth.h"
+#include "../src/quants.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -59,11 +65,12 @@ static void cmp(const float *a, const float *b, int n, cmp_stats *st) {
 }
 
 /* Prefill n_prompt tokens (chunk `chunk`), then n_gen single tokens; compare the last-token
- * logits of the prefill and of every decode step (and all rows of the prefill when all). */
-static cmp_stats run_pair(tl_model *m, const char *kv, int n_prompt, int n_gen, int chunk, bool all) {
+ * logits of the prefill and of every decode step (and all rows of the prefill when all): model
+ * cpu_m on the CPU, gpu_m (the same shapes) on the GPU. */
+static cmp_stats run_models(tl_model *cpu_m, tl_model *gpu_m, const char *kv, int n_prompt, int n_gen, int chunk, bool all) {
     cmp_stats st = {0};
-    const int V = m->cfg.n_vocab, n_ctx = n_prompt + n_gen + 8;
-    tl_session *c = make(m, kv, n_ctx, chunk, "cpu"), *g = make(m, kv, n_ctx, chunk, "cuda");
+    const int V = cpu_m->cfg.n_vocab, n_ctx = n_prompt + n_gen + 8;
+    tl_session *c = make(cpu_m, kv, n_ctx, chunk, "cpu"), *g = make(gpu_m, kv, n_ctx, chunk, "cuda");
     CHECKF(c && g, "sessions for %s", kv);
     if (!c || !g) {
         tl_session_free(c);
@@ -102,6 +109,10 @@ static cmp_stats run_pair(tl_model *m, const char *kv, int n_prompt, int n_gen, 
     tl_session_free(c);
     tl_session_free(g);
     return st;
+}
+
+static cmp_stats run_pair(tl_model *m, const char *kv, int n_prompt, int n_gen, int chunk, bool all) {
+    return run_models(m, m, kv, n_prompt, n_gen, chunk, all);
 }
 
 /* synth_phi3 without LongRoPE (its factor tensors and keys left out): a plain phi3 file, as
@@ -700,13 +711,212 @@ static void decode_mma_cases(void) {
 #undef RND
 }
 
+/* ---------------- weights in GGUF block formats ---------------- */
+
+static const tl_type qtypes[] = {TL_TYPE_Q8_0, TL_TYPE_Q4_0, TL_TYPE_Q4_1, TL_TYPE_Q5_0, TL_TYPE_Q5_1,
+                                 TL_TYPE_Q4_K, TL_TYPE_Q5_K, TL_TYPE_Q6_K, TL_TYPE_W4G128};
+
+/* x as the decode kernel takes it: blocks of 32 rounded to int8 with d = max|x| / 127 (f32,
+ * ties to even), returned dequantized (q * d). */
+static void q8_emulate(const float *x, float *out, int n) {
+    for (int b = 0; b < n / 32; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[32 * b + j]));
+        const float d = amax / 127.0f;
+        for (int j = 0; j < 32; j++) out[32 * b + j] = amax > 0 ? nearbyintf(x[32 * b + j] / d) * d : 0.0f;
+    }
+}
+
+/* One block-format matrix, every path against the CPU (tl_dequantize_row rows, double sums):
+ *  - reference kernel (element by element, f32 input) vs the exact product: only the f32
+ *    summation order differs: bound 1e-5 for every type;
+ *  - decode kernel vs the product with the input rounded as it rounds it (q8_emulate): the
+ *    integer sums are exact, the scales are applied in another order: bound 1e-5 for every
+ *    type (an index or bit-field slip in one format gives errors of order 1). Against the exact
+ *    product the int8 input costs ~4e-3 (uniform input) up to ~1e-2 (outlier channels): bound
+ *    2e-2, the same for every type as the weights are used exactly;
+ *  - prefill path (weights dequantized to f16, input f16, cuBLAS with f32 accumulation) vs the
+ *    exact product: two f16 roundings (2^-11 relative each), ~4e-4: bound 2e-3 for every type.
+ * n_out is no multiple of the 8 rows a block takes, and the prefill workspace holds 16 rows,
+ * so the last slab is partial. */
+static void qweight_cases(void) {
+    const int shapes[][2] = {{1024, 67}, {2304, 37}}, m = 5;
+    uint64_t x = 0x243f6a8885a308d3ull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const int n_in = shapes[si][0], n_out = shapes[si][1];
+        float *wf = malloc(sizeof(float) * (size_t)n_in * n_out), *wd = malloc(sizeof(float) * (size_t)n_in * n_out);
+        float *X = malloc(sizeof(float) * (size_t)m * n_in), *Xq = malloc(sizeof(float) * (size_t)m * n_in);
+        const size_t ny = (size_t)m * n_out;
+        float *ye = malloc(sizeof(float) * ny), *yq = malloc(sizeof(float) * ny), *yf = malloc(sizeof(float) * ny);
+        float *yr = malloc(sizeof(float) * ny), *yp = malloc(sizeof(float) * ny);
+        for (int r = 0; r < n_out; r++) { /* rows of different ranges, a few large weights */
+            const float sc = 0.02f * (1.0f + (float)(r % 5));
+            for (int i = 0; i < n_in; i++) {
+                const float u = RND(), v = RND(), o = RND();
+                wf[(size_t)r * n_in + i] = sc * (u + v + (i % 97 == 3 ? 4.0f * o : 0.0f));
+            }
+        }
+        for (int i = 0; i < m * n_in; i++) X[i] = RND() * (i % n_in == 11 ? 8.0f : 1.0f); /* an outlier channel */
+        for (int r = 0; r < m; r++) q8_emulate(X + (size_t)r * n_in, Xq + (size_t)r * n_in, n_in);
+        for (size_t ti = 0; ti < sizeof qtypes / sizeof *qtypes; ti++) {
+            const tl_type t = qtypes[ti];
+            const size_t rb = tl_row_size(t, n_in);
+            uint8_t *W = malloc(rb * n_out);
+            for (int r = 0; r < n_out; r++) {
+                tl_quantize_row(t, wf + (size_t)r * n_in, W + (size_t)r * rb, n_in);
+                tl_dequantize_row(t, W + (size_t)r * rb, wd + (size_t)r * n_in, n_in);
+            }
+            for (int k = 0; k < m; k++)
+                for (int r = 0; r < n_out; r++) {
+                    double se = 0, sq = 0;
+                    for (int i = 0; i < n_in; i++) {
+                        se += (double)wd[(size_t)r * n_in + i] * X[(size_t)k * n_in + i];
+                        sq += (double)wd[(size_t)r * n_in + i] * Xq[(size_t)k * n_in + i];
+                    }
+                    ye[(size_t)k * n_out + r] = (float)se;
+                    yq[(size_t)k * n_out + r] = (float)sq;
+                }
+            tl_error err;
+            const int rc = tl_cuda_qmatmul_test(t, W, n_in, n_out, X, m, 16, yf, yr, yp, &err);
+            CHECKF(rc == 0, "%s %dx%d: %s", tl_type_name(t), n_out, n_in, err.msg);
+            if (!rc) {
+                const double dr = rel_l2(yr, ye, ny), dq = rel_l2(yf, yq, ny), df = rel_l2(yf, ye, ny), dp = rel_l2(yp, ye, ny);
+                printf("weights %-6s %3d x %4d, %d rows: reference %.2e, decode vs rounded input %.2e, decode %.2e, prefill %.2e\n",
+                       tl_type_name(t), n_out, n_in, m, dr, dq, df, dp);
+                CHECKF(dr < 1e-5, "%s %dx%d: reference kernel rel L2 %g (tol 1e-5)", tl_type_name(t), n_out, n_in, dr);
+                CHECKF(dq < 1e-5, "%s %dx%d: decode kernel vs the int8-rounded input rel L2 %g (tol 1e-5)", tl_type_name(t), n_out,
+                       n_in, dq);
+                CHECKF(df < 2e-2, "%s %dx%d: decode kernel rel L2 %g (tol 2e-2)", tl_type_name(t), n_out, n_in, df);
+                CHECKF(dp < 2e-3, "%s %dx%d: prefill path rel L2 %g (tol 2e-3)", tl_type_name(t), n_out, n_in, dp);
+            }
+            free(W);
+        }
+        free(wf);
+        free(wd);
+        free(X);
+        free(Xq);
+        free(ye);
+        free(yq);
+        free(yf);
+        free(yr);
+        free(yp);
+    }
+#undef RND
+}
+
+/* The file at src with every tensor dequantized to f32, written to dst: the same model without
+ * block formats, which the CPU then runs without rounding its activations. */
+static int f32_twin(const char *src, const char *dst) {
+    tl_error err;
+    tl_gguf *g = tl_gguf_open(src, &err);
+    if (!g) return -1;
+    tl_gguf_writer *w = tl_gguf_writer_new();
+    for (int64_t i = 0; i < tl_gguf_n_kv(g); i++) tl_gguf_w_copy_kv(w, g, i);
+    float **bufs = calloc((size_t)tl_gguf_n_tensors(g), sizeof *bufs);
+    for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) {
+        const tl_gguf_tensor *t = tl_gguf_tensor_at(g, i);
+        const int64_t ne[4] = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]}, rows = t->ne[1] * t->ne[2] * t->ne[3];
+        const size_t rb = tl_row_size(t->type, t->ne[0]);
+        bufs[i] = malloc(sizeof(float) * (size_t)(t->ne[0] * rows));
+        for (int64_t r = 0; r < rows; r++) tl_dequantize_row(t->type, (const uint8_t *)t->data + r * rb, bufs[i] + r * t->ne[0], t->ne[0]);
+        tl_gguf_w_tensor(w, t->name, TL_TYPE_F32, t->n_dims, ne, bufs[i]);
+    }
+    const int rc = tl_gguf_write(w, dst, &err);
+    for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) free(bufs[i]);
+    free(bufs);
+    tl_gguf_writer_free(w);
+    tl_gguf_close(g);
+    return rc;
+}
+
+/* Small synthetic llama models (2 layers, dim 256, ffn 768, vocab 512; tied and untied) in every
+ * block format and the Q4_K_M-like mix (q6_K output, layer 1's v and down q6_K: mixed q/k/v
+ * types in one decode step), f32 KV on both sides. The GPU runs the block-format file, the CPU
+ *  - the same file: both sides round the activations, independently (the CPU to q8_0 / q8_1 /
+ *    q8_K blocks: 1.0e-2 - 1.6e-2 relative L2 on these logits by itself, measured against its
+ *    f32 twin; the GPU to int8 blocks of 32 in decode, about as much): bound 6e-2;
+ *  - its f32 twin (the dequantized weights, no activation rounding): only the GPU's own rounding
+ *    remains: all 48 prefill rows in chunks of 16 (the f16 slab + cuBLAS path, the output
+ *    projection included: f16 weights and inputs; the weights' rounding alone is 5e-4 on these
+ *    models, measured on the CPU with an f16 twin), bound 5e-3; prefill 40 (its last chunk of 8
+ *    rows: a decode product per row, TLC_QGEMM_MIN_ROWS) + 8 decode steps (the dp4a kernels, q/k/v
+ *    in one launch, gate/up fused: int8 inputs), and 12 in chunks of 5 + 2, bound 3e-2.
+ * A wrong block layout gives ~1. The plan (tl_cuda_plan_memory) must equal what the session
+ * allocated: weights (= the file's bytes: every matrix stays in its format), workspace, KV. */
+static void qweight_models(void) {
+    tl_synth_shape tiny = {.name = "tiny-llama", .arch = "llama", .source = "test_cuda", .n_layer = 2, .n_embd = 256,
+                           .n_ff = 768, .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_vocab = 512, .n_ctx = 512,
+                           .rope_base = 10000.0f, .norm_eps = 1e-5f};
+    char path[128], twin[128];
+    snprintf(path, sizeof path, "/tmp/tl_test_cuda_%d_q.gguf", (int)getpid());
+    snprintf(twin, sizeof twin, "/tmp/tl_test_cuda_%d_qf32.gguf", (int)getpid());
+    for (size_t ti = 0; ti <= sizeof qtypes / sizeof *qtypes; ti++) {
+        const bool mix = ti == sizeof qtypes / sizeof *qtypes;
+        tl_synth_params p = {.shape = &tiny, .type = mix ? TL_TYPE_Q4_K : qtypes[ti], .q4_k_m = mix, .seed = 7 + ti};
+        tiny.tied = ti % 2 == 1;
+        const char *name = mix ? "q4_K_M" : tl_type_name(p.type);
+        tl_error err;
+        if (tl_synth_write(&p, path, &err)) {
+            CHECKF(0, "synth %s: %s", name, err.msg);
+            continue;
+        }
+        const int tw = f32_twin(path, twin);
+        CHECKF(tw == 0, "f32 twin of %s", name);
+        tl_model *m = tl_model_load(path, &err), *mf = tw ? NULL : tl_model_load(twin, &err);
+        unlink(path);
+        unlink(twin);
+        CHECKF(m != NULL && mf != NULL, "%s: %s", name, err.msg);
+        if (!m || !mf) {
+            tl_model_free(m);
+            tl_model_free(mf);
+            continue;
+        }
+        const cmp_stats a = run_pair(m, "f32", 40, 8, 16, false);
+        const cmp_stats p0 = run_models(mf, m, "f32", 48, 0, 16, true), d0 = run_models(mf, m, "f32", 40, 8, 16, false);
+        const cmp_stats d5 = run_models(mf, m, "f32", 12, 2, 5, false);
+        printf("synth %-6s (%s) kv f32, logits rel L2: vs the CPU on the file %.3g (prefill 40 + 8 decode); vs its f32 twin: "
+               "48 prefill rows %.3g, prefill 40 + 8 decode %.3g, chunks of 5 %.3g\n",
+               name, tiny.tied ? "tied" : "untied", a.rel_l2, p0.rel_l2, d0.rel_l2, d5.rel_l2);
+        CHECKF(a.rel_l2 < 6e-2, "synth %s: logits vs the CPU rel L2 %g (tol 6e-2)", name, a.rel_l2);
+        CHECKF(p0.rel_l2 < 5e-3, "synth %s: prefill logits vs the f32 twin rel L2 %g (tol 5e-3)", name, p0.rel_l2);
+        CHECKF(d0.rel_l2 < 3e-2, "synth %s: decode logits vs the f32 twin rel L2 %g (tol 3e-2)", name, d0.rel_l2);
+        CHECKF(d5.rel_l2 < 3e-2, "synth %s: chunks of 5 vs the f32 twin rel L2 %g (tol 3e-2)", name, d5.rel_l2);
+        tl_model_free(mf);
+        tl_cuda_plan plan;
+        const int rp = tl_cuda_plan_memory(m, 64, 16, NULL, &plan, &err);
+        CHECKF(rp == 0, "plan %s: %s", name, err.msg);
+        tl_session *g = make(m, "f16", 64, 16, "cuda");
+        if (g && !rp) {
+            tl_cuda_mem mem;
+            tl_cuda_memory(g->gpu, &mem);
+            printf("synth %-6s plan: weights %llu (file %llu) workspace %llu KV %llu; allocated %llu / %llu / %llu\n", name,
+                   (unsigned long long)plan.weights, (unsigned long long)m->weight_bytes, (unsigned long long)plan.workspace,
+                   (unsigned long long)plan.kv_device, (unsigned long long)mem.weights, (unsigned long long)mem.workspace,
+                   (unsigned long long)mem.kv_alloc);
+            CHECKF(plan.weights == mem.weights && plan.weights == m->weight_bytes, "%s: weights planned %llu, allocated %llu, file %llu",
+                   name, (unsigned long long)plan.weights, (unsigned long long)mem.weights, (unsigned long long)m->weight_bytes);
+            CHECKF(plan.workspace == mem.workspace && mem.workspace > 0, "%s: workspace planned %llu, allocated %llu", name,
+                   (unsigned long long)plan.workspace, (unsigned long long)mem.workspace);
+            CHECKF(plan.kv_device == mem.kv_alloc, "%s: KV planned %llu, allocated %llu", name, (unsigned long long)plan.kv_device,
+                   (unsigned long long)mem.kv_alloc);
+        }
+        CHECKF(g != NULL, "cuda session %s", name);
+        tl_session_free(g);
+        tl_model_free(m);
+    }
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
+    setenv("TL_CUDA_WIDEN", "0", 1);  /* block-format weights on their own kernels (forward.cu: keep_blocks) */
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {
         tl_test_skip("%s", why);
         return tl_test_done();
     }
+    qweight_cases();
+    qweight_models();
     prefill_tc_cases();
     prefill_tc_quant_cases();
     decode_mma_cases();

@@ -298,6 +298,45 @@ static void test_arch_shapes(void) {
     }
 }
 
+/* --type q4_K_M: q4_K matrices, q6_K for the output projection and for attn_v / ffn_down of the
+ * layers llama.cpp's use_more_bits picks (8 layers: 0, 3, 6, 7); the block types of --type;
+ * the file loads and its weight bytes are its tensors'. */
+static void test_block_types(void) {
+    tl_error err = {{0}};
+    tl_synth_params p = {.seed = 3, .n_layer = 8};
+    CHECK(tl_synth_parse_weights("q4_K_M", &p, &err) == 0 && p.type == TL_TYPE_Q4_K && p.q4_k_m);
+    CHECK(tl_synth_parse_weights("w4g128", &p, &err) == 0 && p.type == TL_TYPE_W4G128 && !p.q4_k_m);
+    CHECK(tl_synth_parse_weights("q3_K", &p, &err) != 0 && strstr(err.msg, "q4_K_M"));
+    const char *names[] = {"q5_0", "q5_1", "q4_K", "q5_K", "q6_K"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        tl_type t;
+        CHECKF(tl_synth_parse_type(names[i], &t, &err) == 0 && !strcmp(tl_type_name(t), names[i]), "--type %s", names[i]);
+    }
+    tl_synth_shape tiny = {.name = "tiny", .arch = "llama", .source = "test", .n_layer = 8, .n_embd = 256, .n_ff = 512,
+                           .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_vocab = 300, .n_ctx = 256,
+                           .rope_base = 10000.0f, .norm_eps = 1e-5f};
+    const char *path = tmp_path(2, "q4km");
+    p.shape = &tiny;
+    CHECK(tl_synth_parse_weights("q4_K_M", &p, &err) == 0);
+    CHECKF(tl_synth_write(&p, path, &err) == 0, "%s", err.msg);
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m != NULL, "%s", err.msg);
+    if (!m) return;
+    CHECK(m->w.tok_embd.type == TL_TYPE_Q4_K && m->w.output.type == TL_TYPE_Q6_K);
+    uint64_t sum = 0;
+    for (int64_t i = 0; i < tl_gguf_n_tensors(m->gguf); i++) sum += tl_gguf_tensor_at(m->gguf, i)->nbytes;
+    CHECKF(m->weight_bytes == sum, "weight bytes %llu, tensors %llu", (unsigned long long)m->weight_bytes, (unsigned long long)sum);
+    for (int il = 0; il < 8; il++) {
+        const tl_layer_weights *L = &m->w.layers[il];
+        const tl_type more = il == 0 || il == 3 || il == 6 || il == 7 ? TL_TYPE_Q6_K : TL_TYPE_Q4_K;
+        CHECKF(L->wv.type == more && L->w_down.type == more, "layer %d: v %s, down %s", il, tl_type_name(L->wv.type),
+               tl_type_name(L->w_down.type));
+        CHECK(L->wq.type == TL_TYPE_Q4_K && L->wk.type == TL_TYPE_Q4_K && L->w_gate.type == TL_TYPE_Q4_K);
+    }
+    tl_model_free(m);
+    unlink(path);
+}
+
 static void test_errors(void) {
     tl_error err = {{0}};
     tl_synth_params p = {.shape = tl_synth_find_shape("smollm2-135m"), .type = TL_TYPE_F16, .n_layer = 1,
@@ -312,6 +351,7 @@ int main(void) {
     test_fallback_vocab();
     test_vocab_copy();
     test_arch_shapes();
+    test_block_types();
     test_errors();
     return tl_test_done();
 }

@@ -243,7 +243,8 @@ void tl_cli_print_mem(FILE *f, const tl_session *s) {
                     g.h2d_decode / steps / 1024.0, g.h2d_chan / steps / 1024.0, (long long)g.decode_steps, mib(g.d2h),
                     mib(g.h2d_prefill));
         }
-        fprintf(f, "gpu memory (%s): weights %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; device %.2f of %.2f MiB free\n",
-                g.device, mib(g.weights), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free), mib(g.dev_total));
+        fprintf(f, "gpu memory (%s): weights %.2f MiB + workspace %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; "
+                   "device %.2f of %.2f MiB free\n",
+                g.device, mib(g.weights), mib(g.workspace), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free), mib(g.dev_total));
     }
 }

@@ -9,7 +9,8 @@
 #include <string.h>
 
 static void help(FILE *f) {
-    fprintf(f, "usage: tailor synth --shape NAME -o FILE [--type f16|bf16|q8_0|q4_1|q4_0|f32] [--vocab FILE.gguf]\n"
+    fprintf(f, "usage: tailor synth --shape NAME -o FILE [--type f16|bf16|f32|q8_0|q4_0|q4_1|q5_0|q5_1|q4_K|q5_K|q6_K|\n"
+               "       w4g128|q4_K_M] [--vocab FILE.gguf]\n"
                "       [--seed S] [--layers N] [--ctx N] [-q]\n"
                "  Random weights (std 0.02, output projections 0.02/sqrt(2 layers), norms 1) with the shapes\n"
                "  and metadata of a public model config. --vocab copies every tokenizer.* key of another GGUF\n"
@@ -42,7 +43,7 @@ int tl_cmd_synth(int argc, char **argv) {
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
         else if (!strcmp(a, "--type")) {
             tl_error e = {{0}};
-            if (tl_synth_parse_type(v, &p.type, &e)) {
+            if (tl_synth_parse_weights(v, &p, &e)) {
                 fprintf(stderr, "tailor synth: --type: %s\n", e.msg);
                 return 2;
             }
@@ -83,7 +84,7 @@ int tl_cmd_synth(int argc, char **argv) {
         fprintf(stderr, "tailor synth: %s\n", err.msg);
         return 1;
     }
-    fprintf(stderr, "synth: wrote %s (%s, %s, %d layers) in %.1f s\n", out, p.shape->name, tl_type_name(p.type),
+    fprintf(stderr, "synth: wrote %s (%s, %s, %d layers) in %.1f s\n", out, p.shape->name, p.q4_k_m ? "q4_K_M" : tl_type_name(p.type),
             p.n_layer > 0 ? p.n_layer : p.shape->n_layer, tl_time_s() - t0);
     return 0;
 }

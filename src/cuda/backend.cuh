@@ -7,11 +7,13 @@
 extern "C" {
 #include "../common.h"
 #include "cuda.h"
+#include "../quants.h"
 }
 #include "kernels.cuh"
 
-/* weight element types on the device (forward.cu uploads f32, f16, bf16) */
-enum { WT_F32 = 0, WT_F16 = 1, WT_BF16 = 2 };
+/* weight element types on the device: f32, f16, bf16, or WT_Q: a GGUF block format kept as it
+ * is in the file (its tl_type beside it; qmatvec.cu) */
+enum { WT_F32 = 0, WT_F16 = 1, WT_BF16 = 2, WT_Q = 3 };
 
 /* Element i of a weight array of type WT, as f32. */
 template <int WT>
@@ -49,6 +51,9 @@ struct tlc_ctx {
     bool no_dec_mma;      /* TL_CUDA_DEC_MMA=0: per-token codes decode on decode.cu's CUDA-core path, not decode_mma.cu */
     bool no_fuse;         /* TL_CUDA_FUSE=0: the decode GLU activation as a separate kernel */
     bool no_pdl;          /* TL_CUDA_PDL=0: kernels launched without programmatic dependent launch */
+    int8_t *xq;           /* quantized-weight products: the input as int8 blocks of 32 ... */
+    float2 *xd;           /* ... and (scale, scale * sum) per block (qmatvec.cu) */
+    int xq_cap;           /* values xq holds */
     void *scratch;        /* attention partials, grown on demand */
     size_t scratch_bytes;
     tlc_crow crow;
@@ -84,9 +89,22 @@ struct tlc_mv {
     int n_out[3];
     int add[3];
     int nseg, n_in, wt, glu;
+    int qt; /* wt == WT_Q: the block format (tl_type) of every W[s] */
     const float *x;
 };
 int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
+
+/* ---- weights in GGUF block formats (qmatvec.cu) ---- */
+extern "C" bool tlc_qtype_has_kernels(int t); /* q8_0 q4_0 q4_1 q5_0 q5_1 q4_K q5_K q6_K w4g128 */
+/* tlc_matvec for wt == WT_Q: quantizes x into cx->xq/xd (n_in <= xq_cap), then the dp4a kernel. */
+int tlc_qmatvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
+/* The reference: y = W x, a thread per row, weights dequantized element by element (tests). */
+int tlc_qmatvec_ref(tlc_ctx *cx, int qt, const void *W, int n_in, int n_out, const float *x, float *y, tl_error *err);
+/* Rows r0 .. r0 + nr - 1 of W to f16, row-major [nr][n_in] (the prefill GEMM's operand). */
+int tlc_qdequant(tlc_ctx *cx, int qt, const void *W, int n_in, int r0, int nr, uint16_t *out, tl_error *err);
+/* x[t] = row tok[t] of E * scale, t < n. */
+int tlc_qembed(tlc_ctx *cx, int qt, const void *E, int n_embd, const int32_t *tok, int n, float scale, float *x,
+               tl_error *err);
 
 /* Programmatic dependent launch (sm_90): a kernel that runs pdl_trigger() lets the next kernel
  * in the stream, when that one is launched with the PDL attribute (tlc_matvec), start before

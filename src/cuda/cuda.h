@@ -72,7 +72,7 @@ typedef struct {
     uint64_t weights;      /* device copy of the weights (shared by the model's sessions) */
     uint64_t kv_alloc;     /* KV capacity allocated on the device (all layers, n_ctx tokens) */
     uint64_t activations;  /* chunk-sized buffers, attention partials */
-    uint64_t workspace;    /* cuBLAS workspace */
+    uint64_t workspace;    /* block-format weights: the prefill GEMM's f16 slab + the decode's int8 input */
     tl_kv_bytes kv_held;   /* held now, split like the CPU stores */
     uint64_t weights_read; /* bytes of weights one decode step reads (all but the embedding table) */
     uint64_t dev_free, dev_total; /* cudaMemGetInfo */
@@ -89,10 +89,12 @@ typedef struct {
 void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out);
 
 /* Device memory a session would take, planned before allocating anything: weights (as
- * uploaded), the device tier of every layer's KV at n_ctx tokens, activations at the chunk
- * size (+ attention partials), and a fixed reserve for the CUDA context and cuBLAS. */
+ * uploaded: block formats with GPU kernels as they are in the file, other non-float types
+ * widened to f16), their workspace (equal to tl_cuda_mem.workspace), the device tier of every
+ * layer's KV at n_ctx tokens (equal to tl_cuda_mem.kv_alloc), activations at the chunk size
+ * (+ attention partials), and a fixed reserve for the CUDA context and cuBLAS. */
 typedef struct {
-    uint64_t weights, kv_device, kv_host, activations, reserve, total;
+    uint64_t weights, workspace, kv_device, kv_host, activations, reserve, total;
 } tl_cuda_plan;
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                         tl_cuda_plan *out, tl_error *err);
@@ -111,6 +113,16 @@ int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s
                                const float *kh, const float *vh, float *outh, int n_dec, const float *q,
                                const float *qpred, const float *k, const float *v, float *out, int *sel, int *nsel,
                                tl_error *err);
+
+/* Testing the products over a block-format matrix (a type with GPU kernels: q8_0, q4_0, q4_1,
+ * q5_0, q5_1, q4_K, q5_K, q6_K, w4g128): W (host) holds n_out rows of n_in values of type t
+ * in the GGUF layout, X (host) m rows of n_in. Each non-NULL output gets [m][n_out]: y_fast
+ * the decode kernel (int8 input, dp4a) one row of X at a time, y_ref the reference kernel (a
+ * thread per output, weights dequantized element by element, f32 input) one row at a time,
+ * y_pre the prefill path (slabs of slab_rows rows dequantized to f16, cuBLAS GEMM) over all m
+ * rows at once. */
+int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float *X, int m, int slab_rows, float *y_fast,
+                         float *y_ref, float *y_pre, tl_error *err);
 
 /* Free the device copy of a model's weights (called by tl_model_free; NULL is fine). */
 void tl_cuda_weights_free(void *w);

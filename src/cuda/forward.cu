@@ -4,11 +4,13 @@
  *   RoPE (cos/sin from double angles, like the CPU) -> attention over the cache (attn.cu) ->
  *   Wo (gemma: post-norm) + residual -> rmsnorm -> gate/up -> silu|gelu-tanh * up -> Wdown
  *   (gemma: post-norm) + residual; final rmsnorm and the output projection.
- * Weights: f32/f16/bf16 tensors are uploaded as they are; other types are dequantized to f16
- * once at upload. Decode (one token) multiplies with bandwidth-bound matrix-vector kernels
- * (16-byte loads, a warp per row, several matrices sharing one input in one launch); prefill
- * chunks use cuBLAS GEMM (bf16/f16 operands, fp32 accumulate and output; f32 weights in
- * plain fp32). */
+ * Weights: f32/f16/bf16 tensors and the GGUF block formats with kernels (qmatvec.cu: q8_0,
+ * q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K, w4g128) are uploaded as they are; other types are
+ * dequantized to f16 once at upload. Decode (one token) multiplies with bandwidth-bound
+ * matrix-vector kernels (a warp per row, several matrices sharing one input in one launch;
+ * block formats through int8 dot products); prefill chunks use cuBLAS GEMM (bf16/f16
+ * operands, fp32 accumulate and output; f32 weights in plain fp32; block formats dequantized
+ * to f16 into a workspace, a slab of rows at a time, just before their GEMM). */
 #include "backend.cuh"
 
 #include <cublas_v2.h>
@@ -26,6 +28,7 @@ extern "C" {
 struct dmat {
     void *d;
     int wt;
+    int qt; /* wt == WT_Q: the block format (tl_type) */
     int n_in, n_out;
 };
 
@@ -56,6 +59,9 @@ struct tl_cuda_session {
     float *x, *xn, *q, *k, *v, *attn, *gate, *up, *tmp, *rope, *logits, *all_logits;
     size_t all_logits_rows;
     void *xb; /* GEMM operand in the weights' 16-bit type */
+    uint16_t *wdq;     /* block-format weights dequantized for a prefill GEMM, wdq_elems values */
+    size_t wdq_elems;
+    uint64_t ws_bytes; /* wdq + the matvec's quantized input (cx.xq, cx.xd) */
     int32_t *tok;
     double *inv_freq; /* [2][n_rot/2] */
     float *qpred;     /* TailorKV: the next sparse layer's predicted query (decode), [2][q dim] by layer parity:
@@ -238,8 +244,46 @@ static int grid1(size_t n, int thr) {
 
 /* ---------------- weights ---------------- */
 
-static int wt_of(tl_type t) { return t == TL_TYPE_F32 ? WT_F32 : t == TL_TYPE_BF16 ? WT_BF16 : WT_F16; }
-static size_t wt_size(int wt) { return wt == WT_F32 ? 4 : 2; }
+/* Block formats with kernels stay as they are with TL_CUDA_WIDEN=0. By default every block
+ * format is still widened to f16 at upload (the path verified on hardware): the block kernels
+ * (qmatvec.cu) have not run on a GPU yet, and become the default once test_cuda has passed
+ * there (docs/cuda.md, "Weights in GGUF block formats"). */
+static bool keep_blocks(tl_type t) {
+    const char *w = getenv("TL_CUDA_WIDEN");
+    return tlc_qtype_has_kernels(t) && w && !strcmp(w, "0");
+}
+static int wt_of(tl_type t) {
+    return t == TL_TYPE_F32 ? WT_F32 : t == TL_TYPE_BF16 ? WT_BF16 : keep_blocks(t) ? WT_Q : WT_F16;
+}
+/* Device bytes of a matrix as upload_weights stores it. */
+static uint64_t mat_bytes(const tl_mat *t) {
+    const int wt = wt_of(t->type);
+    if (wt == WT_Q) return (uint64_t)tl_row_size(t->type, t->n_in) * t->n_out;
+    return (uint64_t)t->n_in * t->n_out * (wt == WT_F32 ? 4 : 2);
+}
+
+/* Block-format workspace of a session (0 when no product reads a block format): the prefill
+ * GEMM's f16 slab (*wdq_elems values: the largest such layer matrix, and at least
+ * TLC_WDQ_MIN_ROWS rows of the output projection, which goes through in slabs) and the
+ * decode's quantized input (int8 values + a float2 per 32) for the widest input. */
+#define TLC_WDQ_MIN_ROWS 4096
+static uint64_t ws_bytes_of(const tl_model *m, size_t *wdq_elems, int *xq_cap) {
+    const tl_config *c = &m->cfg;
+    size_t most = 0;
+    for (int il = 0; il < c->n_layer; il++) {
+        const tl_layer_weights *S = &m->w.layers[il];
+        const tl_mat *mats[] = {&S->wq, &S->wk, &S->wv, &S->wo, &S->w_gate, &S->w_up, &S->w_down};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+            if (wt_of(mats[i]->type) == WT_Q) most = TL_MAX(most, (size_t)mats[i]->n_in * mats[i]->n_out);
+    }
+    const tl_mat *out = m->w.tied_output ? &m->w.tok_embd : &m->w.output;
+    if (wt_of(out->type) == WT_Q)
+        most = TL_MAX(most, (size_t)out->n_in * TL_MIN((size_t)out->n_out, (size_t)TLC_WDQ_MIN_ROWS));
+    const int max_in = TL_MAX(c->n_embd, TL_MAX(c->n_head * c->head_dim_v, c->n_ff));
+    *wdq_elems = most;
+    *xq_cap = most ? max_in : 0;
+    return most ? 2 * (uint64_t)most + (uint64_t)max_in + sizeof(float2) * (uint64_t)(max_in / 32) : 0;
+}
 
 static int up_vec(tlc_weights *w, const float *src, int64_t n, float **dst, tl_error *err) {
     *dst = NULL;
@@ -256,11 +300,18 @@ static int up_mat(tlc_weights *w, const tl_mat *src, dmat *dst, bool read_all, t
     dst->n_in = (int)src->n_in;
     dst->n_out = (int)src->n_out;
     dst->wt = wt_of(src->type);
-    const size_t bytes = (size_t)src->n_in * src->n_out * wt_size(dst->wt);
+    dst->qt = src->type;
+    const size_t bytes = mat_bytes(src);
     CK(cudaMalloc(&dst->d, bytes));
-    if (src->type == TL_TYPE_F32 || src->type == TL_TYPE_F16 || src->type == TL_TYPE_BF16) {
+    if (dst->wt == WT_Q || src->type == TL_TYPE_F32 || src->type == TL_TYPE_F16 || src->type == TL_TYPE_BF16) {
         CK(cudaMemcpy(dst->d, src->data, bytes, cudaMemcpyHostToDevice));
     } else { /* other formats: dequantize to f16 once, in slabs of rows */
+        static bool said;
+        if (!said && !tlc_qtype_has_kernels(src->type)) {
+            fprintf(stderr, "cuda: %s weights have no GPU kernels: widened to f16 at upload (the first: %s)\n",
+                    tl_type_name(src->type), src->name);
+            said = true;
+        }
         const size_t rs = tl_row_size(src->type, src->n_in);
         const int64_t slab = TL_MAX(1, (int64_t)(16 << 20) / (src->n_in * 2));
         float *f = (float *)tl_xmalloc(sizeof(float) * (size_t)src->n_in);
@@ -342,18 +393,58 @@ static tlc_weights *upload_weights(tl_model *m, tl_error *err) {
 
 /* ---------------- matrix products ---------------- */
 
+/* y (+)= M x for n rows xh (f16) of a block-format matrix: slabs of rows dequantized to f16
+ * into wdq (wdq_elems values), each multiplied by cuBLAS. */
+static int qgemm(tlc_ctx *cx, cublasHandle_t blas, const dmat *M, const uint16_t *xh, int n, float *y, bool add, uint16_t *wdq,
+                 size_t wdq_elems, tl_error *err) {
+    const int slab = (int)TL_MIN((size_t)M->n_out, wdq_elems / (size_t)M->n_in);
+    if (slab < 1) return tl_fail(err, "%s GEMM: the dequantization workspace (%zu values) holds no row of %d", tl_type_name(M->qt), wdq_elems, M->n_in);
+    const float alpha = 1.0f, beta = add ? 1.0f : 0.0f;
+    for (int r0 = 0; r0 < M->n_out; r0 += slab) {
+        const int nr = TL_MIN(slab, M->n_out - r0);
+        if (tlc_qdequant(cx, M->qt, M->d, M->n_in, r0, nr, wdq, err)) return -1;
+        cublasStatus_t st = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, M->n_in, &alpha, wdq, CUDA_R_16F, M->n_in, xh,
+                                         CUDA_R_16F, M->n_in, &beta, y + r0, CUDA_R_32F, M->n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS)
+            return tl_fail(err, "cublasGemmEx (%s rows %d..%d of %dx%d x %d tokens): status %d", tl_type_name(M->qt), r0, r0 + nr - 1,
+                           M->n_out, M->n_in, n, (int)st);
+    }
+    return 0;
+}
+
+/* Up to this many rows, block-format products run as one decode product per row: a 4-bit one
+ * reads ~0.6 bytes per weight, the dequantize + GEMM path ~4.6 (the blocks, the f16 slab
+ * written and read back), so rows are cheaper until about 8. */
+#define TLC_QGEMM_MIN_ROWS 8
+
 /* y_s (+)= W_s x (+ b_s) for up to three matrices sharing x and n_in. n tokens. */
 static int linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *x, int n, float *const *y,
                   const float *const *bias, const int *add, tl_error *err) {
     const int n_in = W[0]->n_in, wt = W[0]->wt;
     bool same = true;
-    for (int s = 1; s < nseg; s++) same = same && W[s]->wt == wt && W[s]->n_in == n_in;
-    if (n == 1 && same) {
+    for (int s = 1; s < nseg; s++) same = same && W[s]->wt == wt && (wt != WT_Q || W[s]->qt == W[0]->qt) && W[s]->n_in == n_in;
+    bool blocks = true;
+    for (int s = 0; s < nseg; s++) blocks = blocks && W[s]->wt == WT_Q;
+    if (n > 1 && n <= TLC_QGEMM_MIN_ROWS && blocks) { /* a few rows: one decode product per row */
+        for (int r = 0; r < n; r++) {
+            float *yr[3];
+            for (int s = 0; s < nseg; s++) yr[s] = y[s] + (size_t)r * W[s]->n_out;
+            if (linear(g, nseg, W, x + (size_t)r * n_in, 1, yr, bias, add, err)) return -1;
+        }
+        return 0;
+    }
+    if (n == 1 && !same) { /* e.g. q4_K q/k with a q6_K v: one product each */
+        for (int s = 0; s < nseg; s++)
+            if (linear(g, 1, &W[s], x, 1, &y[s], bias ? &bias[s] : NULL, add ? &add[s] : NULL, err)) return -1;
+        return 0;
+    }
+    if (n == 1) {
         tlc_mv a;
         memset(&a, 0, sizeof a);
         a.nseg = nseg;
         a.n_in = n_in;
         a.wt = wt;
+        a.qt = W[0]->qt;
         a.x = x;
         for (int s = 0; s < nseg; s++) {
             a.W[s] = W[s]->d;
@@ -370,16 +461,23 @@ static int linear(tl_cuda_session *g, int nseg, const dmat *const *W, const floa
         cudaDataType_t ty = CUDA_R_32F;
         if (M->wt != WT_F32) {
             const size_t ne = (size_t)n * M->n_in;
-            if (M->wt == WT_F16) to16_k<WT_F16><<<grid1(ne, 256), 256, 0, g->cx.stream>>>(x, (uint16_t *)g->xb, ne);
+            const bool f16 = M->wt == WT_F16 || M->wt == WT_Q;
+            if (f16) to16_k<WT_F16><<<grid1(ne, 256), 256, 0, g->cx.stream>>>(x, (uint16_t *)g->xb, ne);
             else to16_k<WT_BF16><<<grid1(ne, 256), 256, 0, g->cx.stream>>>(x, (uint16_t *)g->xb, ne);
             TLC_LAUNCH_CHECK("convert activations");
             B = g->xb;
-            ty = M->wt == WT_F16 ? CUDA_R_16F : CUDA_R_16BF;
+            ty = f16 ? CUDA_R_16F : CUDA_R_16BF;
         }
-        const float alpha = 1.0f, beta = add && add[s] ? 1.0f : 0.0f;
-        cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, M->n_out, n, M->n_in, &alpha, M->d, ty, M->n_in, B,
-                                         ty, M->n_in, &beta, y[s], CUDA_R_32F, M->n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        if (st != CUBLAS_STATUS_SUCCESS) return tl_fail(err, "cublasGemmEx (%dx%d x %d tokens): status %d", M->n_out, M->n_in, n, (int)st);
+        const bool acc = add && add[s];
+        if (M->wt == WT_Q) {
+            if (qgemm(&g->cx, g->blas, M, (const uint16_t *)B, n, y[s], acc, g->wdq, g->wdq_elems, err)) return -1;
+        } else {
+            const float alpha = 1.0f, beta = acc ? 1.0f : 0.0f;
+            cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, M->n_out, n, M->n_in, &alpha, M->d, ty, M->n_in, B,
+                                             ty, M->n_in, &beta, y[s], CUDA_R_32F, M->n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            if (st != CUBLAS_STATUS_SUCCESS)
+                return tl_fail(err, "cublasGemmEx (%dx%d x %d tokens): status %d", M->n_out, M->n_in, n, (int)st);
+        }
         if (bias && bias[s]) {
             bias_k<<<grid1((size_t)n * M->n_out, 256), 256, 0, g->cx.stream>>>(y[s], bias[s], n, M->n_out);
             TLC_LAUNCH_CHECK("bias");
@@ -413,12 +511,14 @@ static int norm_linear(tl_cuda_session *g, const float *x, const float *norm_w, 
                        float *const *y, const float *const *bias, int glu, tl_error *err) {
     const tl_config *c = &g->m->cfg;
     if (rmsnorm(g, x, norm_w, g->xn, n, c->n_embd, 0, err)) return -1;
-    if (glu && n == 1 && !g->cx.no_fuse && W[0]->wt == W[1]->wt && W[0]->n_in == W[1]->n_in) {
+    if (glu && n == 1 && !g->cx.no_fuse && W[0]->wt == W[1]->wt && (W[0]->wt != WT_Q || W[0]->qt == W[1]->qt) &&
+        W[0]->n_in == W[1]->n_in) {
         tlc_mv a;
         memset(&a, 0, sizeof a);
         a.nseg = 2;
         a.n_in = W[0]->n_in;
         a.wt = W[0]->wt;
+        a.qt = W[0]->qt;
         a.x = g->xn;
         a.glu = glu;
         for (int s = 0; s < 2; s++) {
@@ -561,7 +661,7 @@ extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
     free(g->kv);
     free(g->pol);
     void *bufs[] = {g->x, g->xn, g->q, g->k, g->v, g->attn, g->gate, g->up, g->tmp, g->rope, g->logits, g->all_logits,
-                    g->xb, g->tok, g->inv_freq, g->cx.scratch, g->qpred};
+                    g->xb, g->tok, g->inv_freq, g->cx.scratch, g->qpred, g->wdq, g->cx.xq, g->cx.xd};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
     if (g->blas) cublasDestroy(g->blas);
     tlc_crow_free(&g->cx);
@@ -708,6 +808,11 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
     g->xb = dalloc(g, 2 * C * max_in, &rc);
     g->tok = (int32_t *)dalloc(g, 4 * C, &rc);
     g->inv_freq = (double *)dalloc(g, sizeof(double) * (size_t)c->n_rot, &rc);
+    g->ws_bytes = ws_bytes_of(m, &g->wdq_elems, &g->cx.xq_cap);
+    if (g->ws_bytes && !rc &&
+        (cudaMalloc((void **)&g->wdq, 2 * g->wdq_elems) != cudaSuccess || cudaMalloc((void **)&g->cx.xq, g->cx.xq_cap) != cudaSuccess ||
+         cudaMalloc((void **)&g->cx.xd, sizeof(float2) * (g->cx.xq_cap / 32)) != cudaSuccess))
+        rc = -1;
     g->qpred_for[0] = g->qpred_for[1] = -1;
     for (int il = 0; il < c->n_layer; il++)
         if (g->kv[il].off && !g->qpred) g->qpred = (float *)dalloc(g, 2 * 4 * qd, &rc);
@@ -757,6 +862,9 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
     switch (w->tok_embd.wt) {
     case WT_F32: embed_k<WT_F32><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
     case WT_F16: embed_k<WT_F16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
+    case WT_Q:
+        if (tlc_qembed(&g->cx, w->tok_embd.qt, w->tok_embd.d, E, g->tok, n, escale, g->x, err)) return -1;
+        break;
     default: embed_k<WT_BF16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
     }
     TLC_LAUNCH_CHECK("embedding");
@@ -914,7 +1022,7 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
     out->weights_read = g->w->read_bytes;
     out->kv_alloc = g->kv_alloc;
     out->activations = g->act_bytes + g->cx.scratch_bytes + g->all_logits_rows * (size_t)c->n_vocab * 4;
-    out->workspace = 0;
+    out->workspace = g->ws_bytes;
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy eff;
@@ -1079,8 +1187,6 @@ static int side_bytes(const tl_kv_side *p, tl_kv_kind kind, int d, int residual,
     return 0;
 }
 
-static uint64_t mat_bytes(const tl_mat *t) { return (uint64_t)t->n_in * t->n_out * (t->type == TL_TYPE_F32 ? 4 : 2); }
-
 extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                                    tl_cuda_plan *out, tl_error *err) {
     memset(out, 0, sizeof *out);
@@ -1088,7 +1194,8 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
     if (n_ctx <= 0) n_ctx = c->n_ctx_train;
     if (chunk <= 0) chunk = 512;
     if (chunk > n_ctx) chunk = n_ctx;
-    /* weights, as upload_weights stores them (non-float types become f16) */
+    /* weights, as upload_weights stores them (block formats with kernels as they are, other
+     * non-float types widened to f16) */
     uint64_t w = mat_bytes(&m->w.tok_embd) + (uint64_t)c->n_embd * 4;
     if (!m->w.tied_output) w += mat_bytes(&m->w.output);
     const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, kdim = (uint64_t)c->n_head_kv * c->head_dim_k,
@@ -1140,8 +1247,11 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
     out->activations = 4 * C * (3 * E + qdim + kdim + vdim + od + 2 * (uint64_t)c->n_ff + 2 * (uint64_t)c->n_rot) +
                        4 * (uint64_t)c->n_vocab + 2 * C * max_in + 4 * C + 8 * (uint64_t)c->n_rot +
                        (any_off ? 2 * 4 * qdim : 0) + 2 * crow + pstage + ((uint64_t)64 << 20); /* + attention partials (grown on demand) */
+    size_t wdq;
+    int xq_cap;
+    out->workspace = ws_bytes_of(m, &wdq, &xq_cap);
     out->reserve = (uint64_t)512 << 20; /* CUDA context, module images, cuBLAS workspace */
-    out->total = out->weights + out->kv_device + out->activations + out->reserve;
+    out->total = out->weights + out->workspace + out->kv_device + out->activations + out->reserve;
     return 0;
 }
 
@@ -1155,21 +1265,21 @@ extern "C" int tl_cuda_check_budget(const tl_model *m, int n_ctx, int chunk, con
     if (chunk <= 0) chunk = 512;
     if (chunk > n_ctx) chunk = n_ctx;
     if (p.total <= budget) return 0;
-    const uint64_t fixed = p.weights + p.activations + p.reserve;
+    const uint64_t fixed = p.weights + p.workspace + p.activations + p.reserve;
     char what[160];
     if (p.weights > budget)
         snprintf(what, sizeof what, "the weights alone (%.2f GiB) do not fit", gib(p.weights));
     else if (fixed > budget)
-        snprintf(what, sizeof what, "weights + activations at chunk %d + runtime reserve (%.2f GiB) do not fit", chunk,
-                 gib(fixed));
+        snprintf(what, sizeof what, "weights + workspace + activations at chunk %d + runtime reserve (%.2f GiB) do not fit",
+                 chunk, gib(fixed));
     else
         snprintf(what, sizeof what, "the KV device tier (%.2f GiB at %d tokens) does not fit in the %.2f GiB left", gib(p.kv_device),
                  n_ctx, gib(budget - fixed));
     return tl_fail(err,
-                   "--gpu-mem-budget %.2f GiB: %s; over by %.2f GiB (plan: weights %.2f + KV device tier %.2f + "
-                   "activations %.2f + CUDA/cuBLAS reserve %.2f = %.2f GiB; KV host tier %.2f GiB)",
-                   gib(budget), what, gib(p.total - budget), gib(p.weights), gib(p.kv_device), gib(p.activations),
-                   gib(p.reserve), gib(p.total), gib(p.kv_host));
+                   "--gpu-mem-budget %.2f GiB: %s; over by %.2f GiB (plan: weights %.2f + block-format workspace %.2f + "
+                   "KV device tier %.2f + activations %.2f + CUDA/cuBLAS reserve %.2f = %.2f GiB; KV host tier %.2f GiB)",
+                   gib(budget), what, gib(p.total - budget), gib(p.weights), gib(p.workspace), gib(p.kv_device),
+                   gib(p.activations), gib(p.reserve), gib(p.total), gib(p.kv_host));
 }
 
 /* ---------------- one TailorKV layer alone (tests) ---------------- */
@@ -1255,5 +1365,86 @@ done:
     cudaFree(cx.scratch);
     tlc_crow_free(&cx);
     if (cx.stream) cudaStreamDestroy(cx.stream);
+    return rc;
+}
+
+/* ---------------- block-format products alone (tests) ---------------- */
+
+extern "C" int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float *X, int m, int slab_rows,
+                                    float *y_fast, float *y_ref, float *y_pre, tl_error *err) {
+    char why[256];
+    if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
+    if (!tlc_qtype_has_kernels(t)) return tl_fail(err, "tl_cuda_qmatmul_test: %s has no GPU kernels", tl_type_name(t));
+    const size_t rb = tl_row_size((tl_type)t, n_in);
+    if (!rb || m < 1 || n_out < 1 || slab_rows < 1)
+        return tl_fail(err, "tl_cuda_qmatmul_test: %s with %d columns, %d rows, m %d, slab %d", tl_type_name(t), n_in, n_out, m,
+                       slab_rows);
+    tlc_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    cublasHandle_t blas = NULL;
+    void *dW = NULL;
+    float *dX = NULL, *dY = NULL;
+    uint16_t *dXh = NULL, *wdq = NULL;
+    const size_t ny = (size_t)m * n_out, nx = (size_t)m * n_in;
+    int rc = -1;
+    if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreateWithFlags(&cx.stream, cudaStreamNonBlocking) != cudaSuccess)
+        return tl_fail(err, "tl_cuda_qmatmul_test: device 0: %s", cudaGetErrorString(cudaGetLastError()));
+    cx.xq_cap = n_in;
+    if (cudaMalloc(&dW, rb * n_out) != cudaSuccess || cudaMalloc((void **)&dX, sizeof(float) * nx) != cudaSuccess ||
+        cudaMalloc((void **)&dY, sizeof(float) * ny) != cudaSuccess || cudaMalloc((void **)&dXh, 2 * nx) != cudaSuccess ||
+        cudaMalloc((void **)&wdq, 2 * (size_t)slab_rows * n_in) != cudaSuccess ||
+        cudaMalloc((void **)&cx.xq, n_in) != cudaSuccess || cudaMalloc((void **)&cx.xd, sizeof(float2) * (n_in / 32)) != cudaSuccess) {
+        tl_fail(err, "tl_cuda_qmatmul_test: out of GPU memory");
+        goto done;
+    }
+    if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(blas, cx.stream) != CUBLAS_STATUS_SUCCESS) {
+        tl_fail(err, "tl_cuda_qmatmul_test: cublasCreate failed");
+        goto done;
+    }
+    if (cudaMemcpyAsync(dW, W, rb * n_out, cudaMemcpyHostToDevice, cx.stream) != cudaSuccess ||
+        cudaMemcpyAsync(dX, X, sizeof(float) * nx, cudaMemcpyHostToDevice, cx.stream) != cudaSuccess) {
+        tl_fail(err, "tl_cuda_qmatmul_test: upload");
+        goto done;
+    }
+    for (int path = 0; path < 3; path++) {
+        float *out = path == 0 ? y_fast : path == 1 ? y_ref : y_pre;
+        if (!out) continue;
+        cudaMemsetAsync(dY, 0xff, sizeof(float) * ny, cx.stream); /* NaN: every output must be written */
+        for (int r = 0; r < m && path < 2; r++) {
+            if (path == 1) {
+                if (tlc_qmatvec_ref(&cx, t, dW, n_in, n_out, dX + (size_t)r * n_in, dY + (size_t)r * n_out, err)) goto done;
+                continue;
+            }
+            tlc_mv a;
+            memset(&a, 0, sizeof a);
+            a.W[0] = dW;
+            a.y[0] = dY + (size_t)r * n_out;
+            a.n_out[0] = n_out;
+            a.nseg = 1;
+            a.n_in = n_in;
+            a.wt = WT_Q;
+            a.qt = t;
+            a.x = dX + (size_t)r * n_in;
+            if (tlc_matvec(&cx, &a, err)) goto done;
+        }
+        if (path == 2) {
+            to16_k<WT_F16><<<grid1(nx, 256), 256, 0, cx.stream>>>(dX, dXh, nx);
+            const dmat M = {dW, WT_Q, t, n_in, n_out};
+            if (qgemm(&cx, blas, &M, dXh, m, dY, false, wdq, (size_t)slab_rows * n_in, err)) goto done;
+        }
+        cudaError_t e = cudaMemcpyAsync(out, dY, sizeof(float) * ny, cudaMemcpyDeviceToHost, cx.stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(cx.stream);
+        if (e != cudaSuccess) {
+            tl_fail(err, "tl_cuda_qmatmul_test: %s path %d: %s", tl_type_name(t), path, cudaGetErrorString(e));
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    cudaStreamSynchronize(cx.stream);
+    if (blas) cublasDestroy(blas);
+    void *bufs[] = {dW, dX, dY, dXh, wdq, cx.xq, cx.xd};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
+    cudaStreamDestroy(cx.stream);
     return rc;
 }

@@ -206,6 +206,7 @@ static cudaError_t launch(const tlc_mv &a, bool vec, int blocks, cudaStream_t st
 }
 
 int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) {
+    if (a->wt == WT_Q) return tlc_qmatvec(cx, a, err); /* GGUF block formats: qmatvec.cu */
     const bool vec = a->wt == WT_F32 ? a->n_in % 4 == 0 : a->n_in % 8 == 0;
     /* glu: the vector path on 16-bit weights, without biases */
     if (a->glu && (!vec || a->wt == WT_F32 || a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0]))

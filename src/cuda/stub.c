@@ -71,6 +71,12 @@ int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl
     return tl_fail(err, "%s", no_cuda);
 }
 
+int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float *X, int m, int slab_rows, float *y_fast,
+                         float *y_ref, float *y_pre, tl_error *err) {
+    (void)t, (void)W, (void)n_in, (void)n_out, (void)X, (void)m, (void)slab_rows, (void)y_fast, (void)y_ref, (void)y_pre;
+    return tl_fail(err, "%s", no_cuda);
+}
+
 int tl_cuda_check_budget(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                          uint64_t budget, tl_error *err) {
     (void)m, (void)n_ctx, (void)chunk, (void)policies, (void)budget;
