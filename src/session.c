@@ -348,6 +348,7 @@ void tl_session_free(tl_session *s) {
     if (!s) return;
     if (s->gpu) {
         tl_cuda_session_free(s->gpu);
+        tl_pool_free(s->pool);
         free(s);
         return;
     }
@@ -431,6 +432,7 @@ tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, 
     s->n_ctx = n_ctx > 0 ? n_ctx : m->cfg.n_ctx_train;
     s->chunk = chunk > 0 ? TL_MIN(chunk, s->n_ctx) : TL_MIN(512, s->n_ctx);
     s->gpu = g;
+    s->pool = tl_pool_new(n_threads); /* host-side work on the logits (perplexity's log-softmax) */
     return s;
 }
 

@@ -33,9 +33,9 @@ typedef struct {
     tl_error *err;
 } kctx;
 
-static int on_win(void *ctx, int w, const float *logits, const int32_t *t, int n, int V) {
+static int on_win(void *ctx, int w, const float *logprobs, const int32_t *t, int n, int V) {
     kctx *c = ctx;
-    return tl_kld_window(c->k, logits, t, n, c->err) != 0;
+    return tl_kld_window(c->k, logprobs, t, n, c->err) != 0;
 }
 
 static int32_t *tokenize(tl_model *m, const char *text, bool bos, int *n) {

@@ -24,9 +24,9 @@ typedef struct {
 
 /* A window's scored rows arrive in pieces: the bar advances by rows and counts a window when
  * its last piece is in. */
-static int on_window(void *ctx, int window, const float *logits, const int32_t *targets, int n_rows, int n_vocab) {
+static int on_window(void *ctx, int window, const float *logprobs, const int32_t *targets, int n_rows, int n_vocab) {
     win_ctx *w = ctx;
-    if (w->kld && tl_kld_window(w->kld, logits, targets, n_rows, w->err)) return 1;
+    if (w->kld && tl_kld_window(w->kld, logprobs, targets, n_rows, w->err)) return 1;
     w->rows_seen += n_rows;
     const bool done = w->rows_seen == w->rows_per_window;
     if (done) w->rows_seen = 0;

@@ -95,7 +95,6 @@ static void init_common(tl_kld *k, const char *path, int n_vocab, int n_ctx, con
     k->rows_per_window = tl_ppl_rows_per_window(n_ctx);
     k->n_text_tokens = (uint64_t)n_ids;
     k->hash = tl_kld_hash_ids(ids, n_ids);
-    k->lp = tl_xmalloc(sizeof(float) * (size_t)n_vocab);
     k->order = tl_xmalloc(sizeof(int32_t) * (size_t)n_vocab);
 }
 
@@ -184,7 +183,7 @@ static void top_k_ids(const float *lp, int n, int k, int32_t *out, int32_t *scra
     memcpy(out, scratch, sizeof(int32_t) * (size_t)m);
 }
 
-int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_rows, tl_error *err) {
+int tl_kld_window(tl_kld *k, const float *logprobs, const int32_t *targets, int n_rows, tl_error *err) {
     const int V = k->n_vocab, K = k->top_k;
     const size_t rb = rec_bytes(K);
     unsigned char *rec = k->rec;
@@ -195,13 +194,13 @@ int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_
         return tl_fail(err, "--kl-base %s: holds %d windows, this run has more (use --chunks %d)", k->path,
                        k->n_windows, k->n_windows);
     for (int r = 0; r < n_rows; r++) {
-        tl_kld_log_softmax(logits + (size_t)r * V, V, k->lp);
+        const float *lp = logprobs + (size_t)r * V;
         if (k->writing) {
             int32_t *ids = (int32_t *)(void *)(rec + 12);
             float *lps = (float *)(void *)(rec + 12 + 4 * (size_t)K);
-            top_k_ids(k->lp, V, K, ids, k->order);
-            for (int i = 0; i < K; i++) lps[i] = k->lp[ids[i]];
-            const float lp_t = k->lp[targets[r]], rest = log_rest(lps, K);
+            top_k_ids(lp, V, K, ids, k->order);
+            for (int i = 0; i < K; i++) lps[i] = lp[ids[i]];
+            const float lp_t = lp[targets[r]], rest = log_rest(lps, K);
             memcpy(rec, &targets[r], 4);
             memcpy(rec + 4, &lp_t, 4);
             memcpy(rec + 8, &rest, 4);
@@ -219,7 +218,7 @@ int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_
         const float *lps = (const float *)(void *)(rec + 12 + 4 * (size_t)K);
         for (int i = 0; i < K; i++)
             if (ids[i] < 0 || ids[i] >= V) return tl_fail(err, "--kl-base %s: token id %d out of range", k->path, ids[i]);
-        const double kl = tl_kld_row(ids, lps, K, rest, k->lp);
+        const double kl = tl_kld_row(ids, lps, K, rest, lp);
         if (k->n_rows == k->rows_cap) {
             k->rows_cap = k->rows_cap ? k->rows_cap * 2 : 4096;
             const size_t bytes = sizeof(double) * (size_t)k->rows_cap;
@@ -228,22 +227,22 @@ int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_
             k->nll_new_row = tl_xrealloc(k->nll_new_row, bytes);
             k->dp_row = tl_xrealloc(k->dp_row, bytes);
         }
-        const double dp = exp((double)k->lp[targets[r]]) - exp((double)lp_t);
+        const double dp = exp((double)lp[targets[r]]) - exp((double)lp_t);
         k->kl[k->n_rows] = kl;
         k->nll_base_row[k->n_rows] = -(double)lp_t;
-        k->nll_new_row[k->n_rows] = -(double)k->lp[targets[r]];
+        k->nll_new_row[k->n_rows] = -(double)lp[targets[r]];
         k->dp_row[k->n_rows++] = dp;
         k->sum_kl += kl;
         k->sum_kl2 += kl * kl;
         k->nll_base -= lp_t;
-        k->nll_new -= k->lp[targets[r]];
+        k->nll_new -= lp[targets[r]];
         k->sum_absdp += fabs(dp);
         k->sum_dp2 += dp * dp;
         k->tail_base += isfinite(rest) ? exp((double)rest) : 0;
         /* argmax of the new row, first on ties (as tl_argmax) */
         int32_t best = 0;
         for (int i = 1; i < V; i++)
-            if (k->lp[i] > k->lp[best]) best = i;
+            if (lp[i] > lp[best]) best = i;
         k->same_top1 += best == ids[0];
     }
     k->rows_in_window += n_rows;
@@ -266,7 +265,6 @@ void tl_kld_close(tl_kld *k) {
     if (k->writing) tl_outfile_abort(&k->out); /* an unfinished baseline never replaces a good one */
     else if (k->f) fclose(k->f);
     free(k->path);
-    free(k->lp);
     free(k->order);
     free(k->rec);
     free(k->kl);

@@ -41,7 +41,6 @@ typedef struct {
     int n_windows;      /* written so far (write) / in the file (read) */
     uint64_t n_text_tokens, hash;
     /* scratch */
-    float *lp;          /* [n_vocab] */
     int32_t *order;     /* [n_vocab] */
     void *rec;          /* one record */
     /* compare accumulators, per row: KL, the base's and this run's NLL of the correct token,
@@ -61,8 +60,8 @@ int tl_kld_open_write(tl_kld *k, const char *path, int n_vocab, int n_ctx, int t
 /* Open a baseline for comparison; checks it matches this run. */
 int tl_kld_open_read(tl_kld *k, const char *path, int n_vocab, int n_ctx, const int32_t *ids, int64_t n_ids,
                      tl_error *err);
-/* One window's scored rows (the tl_ppl_window_fn arguments). */
-int tl_kld_window(tl_kld *k, const float *logits, const int32_t *targets, int n_rows, tl_error *err);
+/* One window's scored rows as log-probabilities (the tl_ppl_window_fn arguments). */
+int tl_kld_window(tl_kld *k, const float *logprobs, const int32_t *targets, int n_rows, tl_error *err);
 /* Write mode: patch the header and rename into place. Read mode: nothing to do. */
 int tl_kld_finish(tl_kld *k, tl_error *err);
 void tl_kld_close(tl_kld *k);

@@ -23,11 +23,12 @@ typedef struct {
     double seconds;
 } tl_ppl_result;
 
-/* Called with the logits of a window's scored positions, in order, a piece of rows at a
- * time (n_rows rows of n_vocab, row r predicts targets[r]); lets KL-divergence tooling see
+/* Called with the log-probabilities (each row log-softmaxed, tl_kld_log_softmax's arithmetic)
+ * of a window's scored positions, in order, a piece of rows at a time (n_rows rows of n_vocab,
+ * row r predicts targets[r]); lets KL-divergence tooling see
  * every distribution without the whole window's logits in memory at once (16k rows of a
  * 262k vocabulary would be 17 GB). Return non-zero to stop. */
-typedef int (*tl_ppl_window_fn)(void *ctx, int window, const float *logits, const int32_t *targets, int n_rows,
+typedef int (*tl_ppl_window_fn)(void *ctx, int window, const float *logprobs, const int32_t *targets, int n_rows,
                                 int n_vocab);
 
 void tl_ppl_result_free(tl_ppl_result *res);
