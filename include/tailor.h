@@ -24,6 +24,7 @@ extern "C" {
 
 typedef struct tl_model tl_model;
 typedef struct tl_session tl_session;
+typedef struct tl_kv_plan tl_kv_plan; /* one KV policy per layer (src/kv/policy.h) */
 
 #ifndef TL_ERROR_DEFINED
 #define TL_ERROR_DEFINED
@@ -36,9 +37,10 @@ typedef struct {
     int n_ctx;            /* tokens the session can hold; 0 = the model's training context */
     int n_threads;        /* 0 = all online CPUs */
     int chunk;            /* prefill chunk size in tokens (0 = 512) */
-    const char *kv;       /* KV policy text ("f16", "k4v2:kivi", ...); NULL = f16 */
-    const char *kv_layer; /* per-layer overrides ("0=k8v8,5=f16"); NULL = none */
+    const tl_kv_plan *kv; /* the KV policy of each layer (tl_kv_plan_parse); NULL = f16 */
     const char *device;   /* "cpu" (NULL) or "cuda" */
+    uint64_t gpu_mem_budget; /* cuda: refuse a session whose planned GPU memory exceeds this
+                                many bytes, naming the part that does not fit (0 = no limit) */
 } tl_session_params;
 
 tl_session_params tl_session_default_params(void);

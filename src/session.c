@@ -435,9 +435,16 @@ tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, 
 }
 
 tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
-    tl_kv_plan plan = {0};
-    if (tl_kv_plan_parse(&plan, p->kv ? p->kv : "f16", p->kv_layer, m->cfg.n_layer, err)) return NULL;
-    tl_session *s = tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, plan.layers, p->device, err);
-    tl_kv_plan_free(&plan);
-    return s;
+    const tl_kv_layer_policy *policies = NULL;
+    if (p->kv) {
+        if (p->kv->n_layers != m->cfg.n_layer) {
+            tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
+            return NULL;
+        }
+        policies = p->kv->layers;
+    }
+    const bool cuda = p->device && !strcmp(p->device, "cuda");
+    if (cuda && p->gpu_mem_budget && tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, p->gpu_mem_budget, err))
+        return NULL;
+    return tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, policies, p->device, err);
 }

@@ -203,18 +203,24 @@ int32_t *tl_cli_tokenize_tok(const tl_tokenizer *t, const char *text, size_t len
     return ids;
 }
 
-tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
+tl_session *tl_cli_session_plan(tl_model *m, const tl_cli_common *c, const tl_kv_plan *plan, tl_error *err) {
     if (c->n_ctx > m->cfg.n_ctx_train)
         fprintf(stderr, "tailor: warning: context %d exceeds the model's training context %d; quality may degrade\n",
                 c->n_ctx, m->cfg.n_ctx_train);
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = c->n_ctx;
+    sp.n_threads = c->n_threads;
+    sp.chunk = c->chunk;
+    sp.kv = plan;
+    sp.device = c->device;
+    sp.gpu_mem_budget = c->gpu_mem_budget;
+    return tl_session_new(m, &sp, err);
+}
+
+tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
     tl_kv_plan plan = {0};
-    if (tl_kv_plan_parse(&plan, c->kv ? c->kv : "f16", c->kv_layer, m->cfg.n_layer, err)) return NULL;
-    if (c->gpu_mem_budget && c->device && !strcmp(c->device, "cuda") &&
-        tl_cuda_check_budget(m, c->n_ctx, c->chunk, plan.layers, c->gpu_mem_budget, err)) {
-        tl_kv_plan_free(&plan);
-        return NULL;
-    }
-    tl_session *s = tl_session_new_on(m, c->n_ctx, c->n_threads, c->chunk, plan.layers, c->device, err);
+    if (tl_kv_plan_parse(&plan, c->kv, c->kv_layer, m->cfg.n_layer, err)) return NULL;
+    tl_session *s = tl_cli_session_plan(m, c, &plan, err);
     tl_kv_plan_free(&plan);
     return s;
 }

@@ -51,8 +51,10 @@ int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool a
 int32_t *tl_cli_tokenize_tok(const tl_tokenizer *t, const char *text, size_t len, bool add_special, size_t *n,
                              tl_error *err);
 
-/* Model + session from the common flags. */
+/* A session from the common flags: --kv/--kv-layer parsed for m... */
 tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err);
+/* ... or with the plan already parsed from them. */
+tl_session *tl_cli_session_plan(tl_model *m, const tl_cli_common *c, const tl_kv_plan *plan, tl_error *err);
 
 /* Print the memory report of a session (stderr). */
 void tl_cli_print_mem(FILE *f, const tl_session *s);

@@ -31,6 +31,17 @@ void tl_eval_cli_init(tl_eval_cli *e) {
     e->n_parallel = 1;
 }
 
+int tl_eval_cli_load(tl_eval_cli *e, tl_error *err) {
+    if (!(e->model = tl_model_load(e->c.model, err))) return -1;
+    return tl_kv_plan_parse(&e->plan, e->c.kv, e->c.kv_layer, e->model->cfg.n_layer, err);
+}
+
+void tl_eval_cli_free(tl_eval_cli *e) {
+    tl_kv_plan_free(&e->plan);
+    tl_model_free(e->model);
+    e->model = NULL;
+}
+
 int tl_eval_cli_arg(tl_eval_cli *e, int argc, char **argv, int *i) {
     int r = tl_cli_common_arg(&e->c, argc, argv, i);
     if (r) return r;
@@ -67,7 +78,7 @@ tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *e
     tl_cli_common c = e->c;
     c.n_ctx = n_ctx;
     c.n_threads = n_threads;
-    return tl_cli_session(e->model, &c, err);
+    return tl_cli_session_plan(e->model, &c, &e->plan, err);
 }
 
 void tl_eval_cli_session_done(void *ctx, tl_session *s) {
@@ -80,18 +91,15 @@ void tl_eval_cli_session_done(void *ctx, tl_session *s) {
 static uint64_t session_bytes(void *ctx, int n_ctx) {
     tl_eval_cli *e = ctx;
     const tl_config *c = &e->model->cfg;
-    tl_kv_plan plan = {0};
     tl_error err;
-    if (tl_kv_plan_parse(&plan, e->c.kv ? e->c.kv : "f16", e->c.kv_layer, c->n_layer, &err)) return 0;
     uint64_t total = 0;
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy p;
-        tl_session_layer_kv(c, n_ctx, il, &plan.layers[il], &sh, &p); /* the session's rule */
+        tl_session_layer_kv(c, n_ctx, il, &e->plan.layers[il], &sh, &p); /* the session's rule */
         tl_kv_bytes b;
         if (!tl_kv_layer_bytes_formula(&p, &sh, n_ctx, &b, &err)) total += tl_kv_bytes_total(&b);
     }
-    tl_kv_plan_free(&plan);
     const uint64_t chunk = (uint64_t)(e->c.chunk > 0 ? e->c.chunk : 512);
     total += chunk * 4 * (uint64_t)(4 * c->n_embd + 2 * c->n_ff + 2 * c->n_head * c->head_dim_k);
     return total;
@@ -139,15 +147,7 @@ cJSON *tl_eval_cli_config(const tl_eval_cli *e) {
     cJSON_AddStringToObject(o, "model", e->c.model ? e->c.model : "");
     if (e->model) cJSON_AddStringToObject(o, "arch", e->model->cfg.arch_name);
     /* the canonical plan text, so equal policies compare equal in the Pareto tool */
-    char *kv = NULL;
-    if (e->model) {
-        tl_kv_plan plan = {0};
-        tl_error err;
-        if (!tl_kv_plan_parse(&plan, e->c.kv ? e->c.kv : "f16", e->c.kv_layer, e->model->cfg.n_layer, &err)) {
-            kv = tl_kv_plan_format(&plan);
-            tl_kv_plan_free(&plan);
-        }
-    }
+    char *kv = e->plan.n_layers ? tl_kv_plan_format(&e->plan) : NULL;
     cJSON_AddStringToObject(o, "kv", kv ? kv : e->c.kv ? e->c.kv : "f16");
     cJSON_AddStringToObject(o, "kv_spec", e->c.kv ? e->c.kv : "f16"); /* as given: auto:4, a plan file */
     cJSON_AddStringToObject(o, "device", e->c.device ? e->c.device : "cpu");
@@ -418,7 +418,7 @@ int tl_cmd_eval(int argc, char **argv) {
     size_t len = 0;
     char *text = tl_cli_read_file(tasks, &len, &err);
     if (!text) goto done;
-    if (!(e.model = tl_model_load(e.c.model, &err))) goto done;
+    if (tl_eval_cli_load(&e, &err)) goto done;
     /* parse and tokenize */
     int lineno = 0;
     for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -533,6 +533,6 @@ done:
     free(items);
     free(jobs);
     free(text);
-    tl_model_free(e.model);
+    tl_eval_cli_free(&e);
     return rc;
 }

@@ -251,19 +251,13 @@ static void canon_config(tl_pareto_config *c, int n_layer) {
     tl_kv_plan plan = {0};
     tl_error err;
     if (tl_kv_plan_parse(&plan, c->kv, c->kv_layer[0] ? c->kv_layer : NULL, n_layer, &err)) return; /* fails at run */
-    char *f = tl_kv_plan_format(&plan);
+    char *base, *over;
+    tl_kv_plan_format_parts(&plan, &base, &over);
     tl_kv_plan_free(&plan);
-    char *br = strstr(f, " [");
-    if (br) {
-        *br = 0;
-        size_t l = strlen(br + 2);
-        if (l && br[2 + l - 1] == ']') br[2 + l - 1] = 0;
-        snprintf(c->kv_layer, sizeof c->kv_layer, "%s", br + 2);
-    } else {
-        c->kv_layer[0] = 0;
-    }
-    snprintf(c->kv, sizeof c->kv, "%s", f);
-    free(f);
+    snprintf(c->kv, sizeof c->kv, "%s", base);
+    snprintf(c->kv_layer, sizeof c->kv_layer, "%s", over);
+    free(base);
+    free(over);
     tl_pareto_config_finish(c);
 }
 

@@ -52,8 +52,9 @@ void tl_kv_policy_default(tl_kv_layer_policy *p, tl_kv_kind kind);
 void tl_kv_policy_normalize(tl_kv_layer_policy *p);
 bool tl_kv_policy_equal(const tl_kv_layer_policy *a, const tl_kv_layer_policy *b);
 
-/* One policy per layer. */
-typedef struct {
+/* One policy per layer: the KV spec of a run, parsed once where it enters (a flag, a grid
+ * file, a request) and passed on as this value. */
+typedef struct tl_kv_plan {
     int n_layers;
     tl_kv_layer_policy *layers;
 } tl_kv_plan;
@@ -66,9 +67,19 @@ int tl_kv_plan_parse(tl_kv_plan *plan, const char *spec, const char *overrides, 
 int tl_kv_plan_parse_json(tl_kv_plan *plan, const char *json, const char *where, int n_layers, tl_error *err);
 /* Apply "0=k8v8,1-3=k2v2" to a plan. */
 int tl_kv_plan_apply_overrides(tl_kv_plan *plan, const char *overrides, tl_error *err);
-/* Compact text of a whole plan: "k2v2:kivi" if uniform, else "default;0=k8v8;..." style
- * "<policy of layer 0>,1-3=...". Returns a malloc'd string. */
+/* Compact text of a whole plan, for display: "k2v2:kivi" if uniform, else the base policy and
+ * the layers that differ, "k2v2:kivi [0=k8v8,30-31=f16]". Returns a malloc'd string. */
 char *tl_kv_plan_format(const tl_kv_plan *plan);
+/* The same as the two texts --kv and --kv-layer would take (identities, file names): the
+ * policy most layers use, and the layers that differ ("" when none); parsing them for the
+ * same layer count gives the plan back. Both malloc'd. */
+void tl_kv_plan_format_parts(const tl_kv_plan *plan, char **base, char **overrides);
+/* The plan for a model of n_layers layers (projecting to another model): the base policy
+ * everywhere, each layer that differs kept where the target has it; such a layer beyond
+ * n_layers is an error naming it. */
+int tl_kv_plan_retarget(const tl_kv_plan *src, int n_layers, tl_kv_plan *dst, tl_error *err);
+/* A deep copy. */
+void tl_kv_plan_copy(const tl_kv_plan *src, tl_kv_plan *dst);
 void tl_kv_plan_free(tl_kv_plan *plan);
 
 /* Quantized store (quant.c). Refuses sliding-window shapes (window > 0): such layers need a

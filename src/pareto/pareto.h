@@ -18,6 +18,7 @@
 #define TL_PARETO_H
 
 #include "../common.h"
+#include "../kv/policy.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -128,12 +129,13 @@ typedef struct {
 } tl_pareto_mem;
 
 struct tl_model;
-int tl_pareto_mem_project(const struct tl_model *m, const char *weights_fmt, const char *kv, const char *kv_layer,
-                          int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err);
+int tl_pareto_mem_project(const struct tl_model *m, const tl_kv_plan *plan, int chunk, int n_tokens, tl_pareto_mem *out,
+                          tl_error *err);
 /* The same for another model: a GGUF path or a synth shape name; weights re-encoded to the
- * configuration's format ("base" = the file's own / f16 for a shape). */
-int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const char *kv, const char *kv_layer,
-                             int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err);
+ * configuration's format ("base" = the file's own / f16 for a shape); the plan retargeted to
+ * its layer count (tl_kv_plan_retarget). */
+int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const tl_kv_plan *plan, int chunk,
+                             int n_tokens, tl_pareto_mem *out, tl_error *err);
 
 /* ---- Results, frontier, report (report.c) ---- */
 typedef struct {

@@ -73,44 +73,41 @@ int tl_pareto_append_failure(const char *results, const tl_pareto_config *c, con
 }
 
 /* ---- memory by formula ---- */
-static int parse_plan(tl_kv_plan *plan, const char *kv, const char *kv_layer, int n_layer, tl_error *err) {
-    return tl_kv_plan_parse(plan, kv, kv_layer && *kv_layer ? kv_layer : NULL, n_layer, err);
-}
-
 static uint64_t qpred_bytes(const tl_config *c, const tl_kv_plan *plan, int chunk) {
     for (int i = 0; i < plan->n_layers; i++)
         if (plan->layers[i].kind == TL_KV_OFFLOAD) return sizeof(float) * (uint64_t)chunk * c->n_head * c->head_dim_k;
     return 0;
 }
 
-static int mem_common(const tl_config *cfg, const char *kv, const char *kv_layer, int chunk, int n_tokens,
-                      uint64_t weights, size_t (*scratch)(const void *, int), const void *sctx, tl_pareto_mem *out,
-                      tl_error *err) {
+static int mem_common(const tl_config *cfg, const tl_kv_plan *plan, int chunk, int n_tokens, uint64_t weights,
+                      size_t (*scratch)(const void *, int), const void *sctx, tl_pareto_mem *out, tl_error *err) {
     memset(out, 0, sizeof *out);
-    tl_kv_plan plan = {0};
-    if (parse_plan(&plan, kv, kv_layer, cfg->n_layer, err)) return -1;
+    tl_kv_plan retargeted = {0};
+    if (plan->n_layers != cfg->n_layer) {
+        if (tl_kv_plan_retarget(plan, cfg->n_layer, &retargeted, err)) return -1;
+        plan = &retargeted;
+    }
     tl_mem_projection *pr = tl_xcalloc(1, sizeof *pr);
-    int rc = tl_project_kv(cfg, n_tokens, plan.layers, n_tokens, pr, err);
+    int rc = tl_project_kv(cfg, n_tokens, plan->layers, n_tokens, pr, err);
     if (!rc) {
         /* chunk 0 = the whole context in one chunk */
         out->chunk = tl_project_chunk(n_tokens, chunk > 0 ? chunk : n_tokens);
         out->weights = weights;
         out->kv = pr->kv;
-        out->act = tl_project_act_bytes(cfg, out->chunk, scratch(sctx, out->chunk)) + qpred_bytes(cfg, &plan, out->chunk);
+        out->act = tl_project_act_bytes(cfg, out->chunk, scratch(sctx, out->chunk)) + qpred_bytes(cfg, plan, out->chunk);
         out->logits = sizeof(float) * (uint64_t)cfg->n_vocab;
         out->total = out->weights + out->kv + out->act + out->logits;
     }
     free(pr);
-    tl_kv_plan_free(&plan);
+    tl_kv_plan_free(&retargeted);
     return rc;
 }
 
 static size_t scratch_model(const void *m, int chunk) { return tl_project_mm_scratch_model(m, chunk); }
 
-int tl_pareto_mem_project(const struct tl_model *m, const char *weights_fmt, const char *kv, const char *kv_layer,
-                          int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err) {
-    (void)weights_fmt; /* the loaded file already is that format */
-    return mem_common(&m->cfg, kv, kv_layer, chunk, n_tokens, m->weight_bytes, scratch_model, m, out, err);
+int tl_pareto_mem_project(const struct tl_model *m, const tl_kv_plan *plan, int chunk, int n_tokens, tl_pareto_mem *out,
+                          tl_error *err) {
+    return mem_common(&m->cfg, plan, chunk, n_tokens, m->weight_bytes, scratch_model, m, out, err);
 }
 
 typedef struct {
@@ -129,8 +126,8 @@ static int fmt_type(const char *fmt, tl_type *t, tl_error *err) {
     return tl_quantize_parse_type(fmt, t, &awq, err);
 }
 
-int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const char *kv, const char *kv_layer,
-                             int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err) {
+int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const tl_kv_plan *plan, int chunk,
+                             int n_tokens, tl_pareto_mem *out, tl_error *err) {
     tl_type t;
     if (fmt_type(weights_fmt, &t, err)) return -1;
     const size_t L = strlen(target);
@@ -156,7 +153,7 @@ int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const 
             }
         }
         uniform_ctx u = {&m->cfg, t};
-        int rc = mem_common(&m->cfg, kv, kv_layer, chunk, n_tokens, w,
+        int rc = mem_common(&m->cfg, plan, chunk, n_tokens, w,
                             strcmp(weights_fmt, "base") ? scratch_uniform : scratch_model,
                             strcmp(weights_fmt, "base") ? (const void *)&u : (const void *)m, out, err);
         tl_model_free(m);
@@ -167,8 +164,7 @@ int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const 
     tl_config cfg;
     tl_synth_config(sh, 0, 0, 0, &cfg);
     uniform_ctx u = {&cfg, t};
-    return mem_common(&cfg, kv, kv_layer, chunk, n_tokens, tl_synth_weight_bytes(sh, t, 0, 0), scratch_uniform, &u,
-                      out, err);
+    return mem_common(&cfg, plan, chunk, n_tokens, tl_synth_weight_bytes(sh, t, 0, 0), scratch_uniform, &u, out, err);
 }
 
 static cJSON *mem_json(const tl_pareto_mem *m) {
@@ -536,7 +532,7 @@ int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *
     tl_kv_plan plan = {0};
     tl_model *m = tl_model_load(p->model_path, err);
     int rc = 0;
-    if (m && parse_plan(&plan, c->kv, c->kv_layer, m->cfg.n_layer, err)) {
+    if (m && tl_kv_plan_parse(&plan, c->kv, c->kv_layer[0] ? c->kv_layer : NULL, m->cfg.n_layer, err)) {
         tl_model_free(m);
         m = NULL;
     }
@@ -582,17 +578,17 @@ int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *
                 cJSON_AddNumberToObject(sp, "threads", p->n_threads);
                 /* the same memory by formula at the evaluated length, and projected */
                 tl_pareto_mem f;
-                if (!tl_pareto_mem_project(m, c->weights, c->kv, c->kv_layer, c->chunk, p->ctx, &f, &terr))
+                if (!tl_pareto_mem_project(m, &plan, c->chunk, p->ctx, &f, &terr))
                     cJSON_AddItemToObject(x, "mem_formula", mem_json(&f));
                 if (p->target_ctx > 0 &&
-                    !tl_pareto_mem_project(m, c->weights, c->kv, c->kv_layer, c->chunk, p->target_ctx, &f, &terr)) {
+                    !tl_pareto_mem_project(m, &plan, c->chunk, p->target_ctx, &f, &terr)) {
                     cJSON *pj = mem_json(&f);
                     cJSON_AddNumberToObject(pj, "ctx", p->target_ctx);
                     cJSON_AddItemToObject(x, "proj", pj);
                 }
                 if (p->target_ctx > 0 && p->project_to) {
-                    if (!tl_pareto_mem_project_to(p->project_to, c->weights, c->kv, c->kv_layer, c->chunk,
-                                                  p->target_ctx, &f, &terr)) {
+                    if (!tl_pareto_mem_project_to(p->project_to, c->weights, &plan, c->chunk, p->target_ctx, &f,
+                                                  &terr)) {
                         cJSON *pj = mem_json(&f);
                         cJSON_AddNumberToObject(pj, "ctx", p->target_ctx);
                         cJSON_AddStringToObject(pj, "model", p->project_to);

@@ -111,7 +111,7 @@ typedef struct tl_metrics tl_metrics;
 
 typedef struct {
     int n_parallel, n_queue, n_ctx, n_threads, chunk;
-    const char *kv, *kv_layer;
+    const tl_kv_plan *kv;
 } tl_sched_params;
 
 typedef struct {
@@ -165,6 +165,7 @@ struct tl_server {
     char *model_id;
     char *host;
     char *api_key;
+    char *kv_text; /* the slots' KV plan, as /v1/models shows it */
     tl_chat_kind chat;
     char chat_why[256]; /* why chat is unavailable, for the error message */
     tl_sched *sched;

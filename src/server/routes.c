@@ -908,7 +908,7 @@ static void h_models(tl_server *srv, tl_reply *r) {
     cJSON_AddNumberToObject(meta, "n_ctx_train", srv->model->cfg.n_ctx_train);
     cJSON_AddNumberToObject(meta, "n_ctx", tl_sched_n_ctx(srv->sched));
     cJSON_AddNumberToObject(meta, "n_parallel", srv->p.n_parallel);
-    cJSON_AddStringToObject(meta, "kv", srv->p.kv ? srv->p.kv : "f16");
+    cJSON_AddStringToObject(meta, "kv", srv->kv_text);
     cJSON_AddStringToObject(meta, "chat_template", tl_chat_name(srv->chat));
     reply_json(r, 200, out);
 }
