@@ -13,6 +13,7 @@
  * the same context reuse its KV state when the session can truncate (see runner.h). */
 #define _GNU_SOURCE
 #include "eval_cli.h"
+#include "../src/engine/plan.h"
 #include "../include/tailor.h"
 #include "../src/eval/score.h"
 #include "../src/eval/stats.h"
@@ -86,22 +87,15 @@ void tl_eval_cli_session_done(void *ctx, tl_session *s) {
     if (e->c.mem) tl_cli_print_mem(stderr, s);
 }
 
-/* KV bytes of a session (exact formula per layer, as session.c builds it) + activations
- * (roughly: the chunk's buffers) */
+/* KV + activation bytes of a full session of n_ctx tokens, by the planner (0 when the plan
+ * does not fit: the session itself then reports why) */
 static uint64_t session_bytes(void *ctx, int n_ctx) {
     tl_eval_cli *e = ctx;
-    const tl_config *c = &e->model->cfg;
+    const tl_plan_target t = tl_plan_target_model(e->model);
+    tl_mem_plan *mp = tl_xcalloc(1, sizeof *mp);
     tl_error err;
-    uint64_t total = 0;
-    for (int il = 0; il < c->n_layer; il++) {
-        tl_kv_shape sh;
-        tl_kv_layer_policy p;
-        tl_session_layer_kv(c, n_ctx, il, &e->plan.layers[il], &sh, &p); /* the session's rule */
-        tl_kv_bytes b;
-        if (!tl_kv_layer_bytes_formula(&p, &sh, n_ctx, &b, &err)) total += tl_kv_bytes_total(&b);
-    }
-    const uint64_t chunk = (uint64_t)(e->c.chunk > 0 ? e->c.chunk : 512);
-    total += chunk * 4 * (uint64_t)(4 * c->n_embd + 2 * c->n_ff + 2 * c->n_head * c->head_dim_k);
+    const uint64_t total = tl_plan_memory(&t, n_ctx, e->c.chunk, e->plan.layers, -1, mp, &err) ? 0 : mp->kv + mp->activations;
+    free(mp);
     return total;
 }
 
@@ -153,7 +147,7 @@ cJSON *tl_eval_cli_config(const tl_eval_cli *e) {
     cJSON_AddStringToObject(o, "device", e->c.device ? e->c.device : "cpu");
     free(kv);
     if (e->c.kv_layer) cJSON_AddStringToObject(o, "kv_layer", e->c.kv_layer);
-    cJSON_AddNumberToObject(o, "chunk", e->c.chunk > 0 ? e->c.chunk : 512);
+    cJSON_AddNumberToObject(o, "chunk", tl_plan_chunk(INT_MAX, e->c.chunk)); /* as asked, before the context clamps it */
     cJSON_AddNumberToObject(o, "threads", tl_eval_cli_threads(e));
     cJSON_AddNumberToObject(o, "parallel", e->n_parallel);
     return o;

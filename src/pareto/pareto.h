@@ -5,7 +5,7 @@
  * one model at one evaluation context, and for each records
  *   - memory: weights + KV + peak activations, measured from the session's allocator
  *     accounting at the evaluated context (peak RSS of the child process as a cross-check)
- *     and projected exactly (tl_project_kv / tl_project_act_bytes) to --target-ctx and to
+ *     and projected exactly (the planner, tl_plan_memory) to --target-ctx and to
  *     another model's shapes;
  *   - accuracy per task, relative to the f16 baseline of the same sweep;
  *   - speed: prefill and decode tokens/s at the evaluated depth.

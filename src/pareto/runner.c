@@ -25,6 +25,7 @@
 #include "../eval/runner.h"
 #include "../eval/stats.h"
 #include "../eval/tasks.h"
+#include "../engine/plan.h"
 #include "../kv/policy.h"
 #include "../quantize.h"
 #include "../session.h"
@@ -73,50 +74,35 @@ int tl_pareto_append_failure(const char *results, const tl_pareto_config *c, con
 }
 
 /* ---- memory by formula ---- */
-static uint64_t qpred_bytes(const tl_config *c, const tl_kv_plan *plan, int chunk) {
-    for (int i = 0; i < plan->n_layers; i++)
-        if (plan->layers[i].kind == TL_KV_OFFLOAD) return sizeof(float) * (uint64_t)chunk * c->n_head * c->head_dim_k;
-    return 0;
-}
-
-static int mem_common(const tl_config *cfg, const tl_kv_plan *plan, int chunk, int n_tokens, uint64_t weights,
-                      size_t (*scratch)(const void *, int), const void *sctx, tl_pareto_mem *out, tl_error *err) {
+/* The planner's memory at n_tokens held (the context, and the chunk's "full" = all of it)
+ * plus one row of logits; the plan retargeted when the model has another layer count. */
+static int mem_common(const tl_plan_target *t, const tl_kv_plan *plan, int chunk, int n_tokens, tl_pareto_mem *out,
+                      tl_error *err) {
     memset(out, 0, sizeof *out);
     tl_kv_plan retargeted = {0};
-    if (plan->n_layers != cfg->n_layer) {
-        if (tl_kv_plan_retarget(plan, cfg->n_layer, &retargeted, err)) return -1;
+    if (plan->n_layers != t->cfg->n_layer) {
+        if (tl_kv_plan_retarget(plan, t->cfg->n_layer, &retargeted, err)) return -1;
         plan = &retargeted;
     }
-    tl_mem_projection *pr = tl_xcalloc(1, sizeof *pr);
-    int rc = tl_project_kv(cfg, n_tokens, plan->layers, n_tokens, pr, err);
+    tl_mem_plan *mp = tl_xcalloc(1, sizeof *mp);
+    const int rc = tl_plan_memory(t, n_tokens, chunk > 0 ? chunk : n_tokens, plan->layers, n_tokens, mp, err);
     if (!rc) {
-        /* chunk 0 = the whole context in one chunk */
-        out->chunk = tl_project_chunk(n_tokens, chunk > 0 ? chunk : n_tokens);
-        out->weights = weights;
-        out->kv = pr->kv;
-        out->act = tl_project_act_bytes(cfg, out->chunk, scratch(sctx, out->chunk)) + qpred_bytes(cfg, plan, out->chunk);
-        out->logits = sizeof(float) * (uint64_t)cfg->n_vocab;
+        out->chunk = mp->chunk;
+        out->weights = mp->weights;
+        out->kv = mp->kv;
+        out->act = mp->activations;
+        out->logits = sizeof(float) * (uint64_t)t->cfg->n_vocab;
         out->total = out->weights + out->kv + out->act + out->logits;
     }
-    free(pr);
+    free(mp);
     tl_kv_plan_free(&retargeted);
     return rc;
 }
 
-static size_t scratch_model(const void *m, int chunk) { return tl_project_mm_scratch_model(m, chunk); }
-
 int tl_pareto_mem_project(const struct tl_model *m, const tl_kv_plan *plan, int chunk, int n_tokens, tl_pareto_mem *out,
                           tl_error *err) {
-    return mem_common(&m->cfg, plan, chunk, n_tokens, m->weight_bytes, scratch_model, m, out, err);
-}
-
-typedef struct {
-    const tl_config *cfg;
-    tl_type type;
-} uniform_ctx;
-static size_t scratch_uniform(const void *p, int chunk) {
-    const uniform_ctx *u = p;
-    return tl_project_mm_scratch_uniform(u->cfg, u->type, chunk);
+    const tl_plan_target t = tl_plan_target_model(m);
+    return mem_common(&t, plan, chunk, n_tokens, out, err);
 }
 
 /* the matrix type a weight format gives on another model (base: f16, the paper's baseline) */
@@ -134,9 +120,9 @@ int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const 
     if (L > 5 && !strcmp(target + L - 5, ".gguf")) {
         tl_model *m = tl_model_load(target, err);
         if (!m) return tl_fail_prefix(err, "--project-to");
-        /* re-encode every matrix the quantizer would: block matrices, token_embd, output */
-        uint64_t w = m->weight_bytes;
+        tl_plan_target pt = tl_plan_target_model(m);
         if (strcmp(weights_fmt, "base")) {
+            /* re-encode every matrix the quantizer would: block matrices, token_embd, output */
             const tl_weights *ws = &m->w;
             const tl_mat *all[2 + 7 * TL_MAX_LAYERS];
             int n = 0;
@@ -148,14 +134,13 @@ int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const 
                 for (int i = 0; i < 7; i++) all[n++] = mm[i];
             }
             for (int i = 0; i < n; i++) {
-                w -= tl_row_size(all[i]->type, all[i]->n_in) * (uint64_t)all[i]->n_out;
-                w += tl_row_size(t, all[i]->n_in) * (uint64_t)all[i]->n_out;
+                pt.weights -= tl_row_size(all[i]->type, all[i]->n_in) * (uint64_t)all[i]->n_out;
+                pt.weights += tl_row_size(t, all[i]->n_in) * (uint64_t)all[i]->n_out;
             }
+            pt.model = NULL; /* the scratch of matrices all of type t */
+            pt.type = t;
         }
-        uniform_ctx u = {&m->cfg, t};
-        int rc = mem_common(&m->cfg, plan, chunk, n_tokens, w,
-                            strcmp(weights_fmt, "base") ? scratch_uniform : scratch_model,
-                            strcmp(weights_fmt, "base") ? (const void *)&u : (const void *)m, out, err);
+        int rc = mem_common(&pt, plan, chunk, n_tokens, out, err);
         tl_model_free(m);
         return rc;
     }
@@ -163,8 +148,8 @@ int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const 
     if (!sh) return tl_fail(err, "--project-to '%s': not a .gguf file nor a known shape (tailor synth --list)", target);
     tl_config cfg;
     tl_synth_config(sh, 0, 0, 0, &cfg);
-    uniform_ctx u = {&cfg, t};
-    return mem_common(&cfg, plan, chunk, n_tokens, tl_synth_weight_bytes(sh, t, 0, 0), scratch_uniform, &u, out, err);
+    const tl_plan_target pt = {.cfg = &cfg, .type = t, .weights = tl_synth_weight_bytes(sh, t, 0, 0)};
+    return mem_common(&pt, plan, chunk, n_tokens, out, err);
 }
 
 static cJSON *mem_json(const tl_pareto_mem *m) {
