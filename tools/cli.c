@@ -7,7 +7,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -48,6 +47,63 @@ int tl_cli_float(const char *flag, const char *s, float *out) {
     }
     *out = v;
     return 0;
+}
+
+int tl_cli_size(const char *flag, const char *s, uint64_t lo, uint64_t *out) {
+    if (!tl_parse_size(s, out) && *out >= lo) return 0;
+    fprintf(stderr, "tailor: %s: '%s' is not a size of at least %llu bytes (e.g. 24GiB = 24 x 2^30, 24GB = 24 x 10^9, "
+                    "25769803776)\n", flag, s, (unsigned long long)lo);
+    return -1;
+}
+
+int tl_parse_int_list(const char *flag, const char *s, int lo, int *out, int cap) {
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p) goto bad;
+        if (*end == 'k' || *end == 'K') {
+            v *= 1024;
+            end++;
+        }
+        if (v < lo || v > (1 << 24) || n == cap || (*end && *end != ',')) goto bad;
+        out[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    if (n == 0) goto bad;
+    return n;
+bad:
+    fprintf(stderr, "tailor: %s: '%s' is not a list of integers in [%d, %d] like 1k,2k,4096 (k = 1024; at most %d)\n",
+            flag, s, lo, 1 << 24, cap);
+    return -1;
+}
+
+int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap) {
+    int n = 0;
+    bool pct = false;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        double v = strtod(p, &end);
+        if (end == p || n == cap || (*end && *end != ',' && *end != '%') || !(v >= 0)) goto bad;
+        if (*end == '%') {
+            pct = true;
+            end++;
+        }
+        out[n++] = v;
+        p = *end ? end + 1 : end;
+    }
+    for (int i = 0; i < n; i++) pct |= out[i] > 1;
+    for (int i = 0; i < n; i++) {
+        if (pct) out[i] /= 100;
+        if (out[i] > 1) goto bad;
+    }
+    if (n == 0) goto bad;
+    return n;
+bad:
+    fprintf(stderr, "tailor: %s: '%s' is not a list of depths in 0..1 or 0..100%% (at most %d)\n", flag, s, cap);
+    return -1;
 }
 
 int tl_cli_output(const char *flag, const char *path) {
@@ -129,25 +185,7 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
         c->mem = true;
     } else if (!strcmp(a, "--gpu-mem-budget")) {
         VAL();
-        /* bytes, or a number with K/M/G/T (KiB.. binary) or KB/MB/GB/TB (decimal) */
-        char *end;
-        errno = 0;
-        double x = strtod(v, &end);
-        double mul = 1;
-        if (!strcasecmp(end, "k") || !strcasecmp(end, "kib")) mul = 1024.0;
-        else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib")) mul = 1048576.0;
-        else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib")) mul = 1073741824.0;
-        else if (!strcasecmp(end, "t") || !strcasecmp(end, "tib")) mul = 1099511627776.0;
-        else if (!strcasecmp(end, "kb")) mul = 1e3;
-        else if (!strcasecmp(end, "mb")) mul = 1e6;
-        else if (!strcasecmp(end, "gb")) mul = 1e9;
-        else if (!strcasecmp(end, "tb")) mul = 1e12;
-        else if (*end && strcasecmp(end, "b")) mul = -1;
-        if (errno || end == v || mul < 0 || !(x > 0) || x * mul > 1.8e19) {
-            fprintf(stderr, "tailor: --gpu-mem-budget: '%s' is not a size (e.g. 24GiB, 80G, 25769803776)\n", v);
-            return -1;
-        }
-        c->gpu_mem_budget = (uint64_t)(x * mul);
+        return tl_cli_size(a, v, 1, &c->gpu_mem_budget) ? -1 : 1;
     } else if (!strcmp(a, "--device")) {
         VAL();
         if (strcmp(v, "cpu") && strcmp(v, "cuda")) {

@@ -23,7 +23,7 @@ typedef struct {
     tl_sampler_params sp; /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n -s/--seed */
     bool mem;             /* --mem */
     const char *device;   /* --device cpu|cuda (NULL = cpu) */
-    uint64_t gpu_mem_budget; /* --gpu-mem-budget BYTES (24GiB style; 0 = none) */
+    uint64_t gpu_mem_budget; /* --gpu-mem-budget SIZE (tl_cli_size; 0 = none) */
 } tl_cli_common;
 
 void tl_cli_common_init(tl_cli_common *c);
@@ -38,6 +38,12 @@ int tl_cli_output(const char *flag, const char *path);
 /* Value parsers: print "tailor <cmd>: <flag>: ..." and return -1 on bad input. */
 int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out);
 int tl_cli_float(const char *flag, const char *s, float *out);
+/* "1k,2k,4096" -> ints in [lo, 2^24] (k = 1024); returns the count, -1 on error (message printed) */
+int tl_parse_int_list(const char *flag, const char *s, int lo, int *out, int cap);
+/* "0,25,50,75,100" (percent when any value > 1, or with '%') or "0,0.5,1" -> fractions in 0..1 */
+int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap);
+/* A byte size (tl_parse_size: K/KiB.. binary, KB.. decimal) of at least lo bytes. */
+int tl_cli_size(const char *flag, const char *s, uint64_t lo, uint64_t *out);
 const char *tl_cli_value(int argc, char **argv, int *i); /* NULL + message if missing */
 
 /* A task, grid, results or key file: tl_read_whole (all of it, or an error past the cap). */

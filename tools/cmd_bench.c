@@ -31,18 +31,7 @@ typedef struct {
 } str_list;
 
 static int parse_int_list(const char *flag, const char *s, int_list *l) {
-    l->n = 0;
-    char *dup = tl_xstrdup(s), *save = NULL;
-    for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (l->n == MAX_LIST || tl_cli_int(flag, tok, 0, 1 << 24, &l->v[l->n])) {
-            if (l->n == MAX_LIST) fprintf(stderr, "tailor bench: %s: at most %d values\n", flag, MAX_LIST);
-            free(dup);
-            return -1;
-        }
-        l->n++;
-    }
-    free(dup);
-    return 0;
+    return (l->n = tl_parse_int_list(flag, s, 0, l->v, MAX_LIST)) < 0 ? -1 : 0;
 }
 
 static int parse_str_list(const char *s, str_list *l) {

@@ -169,55 +169,6 @@ void tl_eval_cli_result_ci(const tl_eval_cli *e, const char *cmd, const cJSON *c
         fprintf(stderr, "tailor %s: --out: %s\n", cmd, err.msg);
 }
 
-int tl_parse_int_list(const char *flag, const char *s, int *out, int cap) {
-    int n = 0;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p) goto bad;
-        if (*end == 'k' || *end == 'K') {
-            v *= 1024;
-            end++;
-        }
-        if (v <= 0 || v > (1 << 24) || n == cap || (*end && *end != ',')) goto bad;
-        out[n++] = (int)v;
-        p = *end ? end + 1 : end;
-    }
-    if (n == 0) goto bad;
-    return n;
-bad:
-    fprintf(stderr, "tailor: %s: '%s' is not a list of positive sizes like 1k,2k,4096 (at most %d)\n", flag, s, cap);
-    return -1;
-}
-
-int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap) {
-    int n = 0;
-    bool pct = false;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        double v = strtod(p, &end);
-        if (end == p || n == cap || (*end && *end != ',' && *end != '%') || !(v >= 0)) goto bad;
-        if (*end == '%') {
-            pct = true;
-            end++;
-        }
-        out[n++] = v;
-        p = *end ? end + 1 : end;
-    }
-    for (int i = 0; i < n; i++) pct |= out[i] > 1;
-    for (int i = 0; i < n; i++) {
-        if (pct) out[i] /= 100;
-        if (out[i] > 1) goto bad;
-    }
-    if (n == 0) goto bad;
-    return n;
-bad:
-    fprintf(stderr, "tailor: %s: '%s' is not a list of depths in 0..1 or 0..100%% (at most %d)\n", flag, s, cap);
-    return -1;
-}
-
 /* ---- tailor eval ---- */
 
 typedef struct {

@@ -87,7 +87,7 @@ int tl_cmd_niah(int argc, char **argv) {
         }
         if (!(v = tl_cli_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "--lengths") || !strcmp(a, "-L")) {
-            if ((nl = tl_parse_int_list(a, v, lengths, MAX_GRID)) < 0) return 2;
+            if ((nl = tl_parse_int_list(a, v, 1, lengths, MAX_GRID)) < 0) return 2;
         } else if (!strcmp(a, "--depths")) {
             if ((nd = tl_parse_depth_list(a, v, depths, MAX_GRID)) < 0) return 2;
         } else if (!strcmp(a, "--samples")) {

@@ -76,44 +76,6 @@ static void help(void) {
            "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n");
 }
 
-static int parse_size(const char *flag, const char *s, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || v < 0) goto bad;
-    double mul = 1;
-    if (!strcasecmp(end, "") || !strcasecmp(end, "b")) mul = 1;
-    else if (!strcasecmp(end, "k") || !strcasecmp(end, "kib") || !strcasecmp(end, "kb")) mul = 1024.0;
-    else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib") || !strcasecmp(end, "mb")) mul = 1048576.0;
-    else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib") || !strcasecmp(end, "gb")) mul = 1073741824.0;
-    else goto bad;
-    *out = v * mul;
-    return 0;
-bad:
-    fprintf(stderr, "tailor pareto: %s: '%s' is not a size (e.g. 2GiB, 512MiB)\n", flag, s);
-    return -1;
-}
-
-static int parse_depths(const char *s, double *d, int cap) {
-    char *dup = tl_xstrdup(s), *save = NULL;
-    int n = 0;
-    bool pct = false;
-    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        char *end;
-        double v = strtod(t, &end);
-        if (end == t || *end || v < 0 || n == cap) {
-            fprintf(stderr, "tailor pareto: --niah-depths: bad value '%s'\n", t);
-            free(dup);
-            return -1;
-        }
-        pct |= v > 1;
-        d[n++] = v;
-    }
-    free(dup);
-    for (int i = 0; i < n; i++)
-        if (pct) d[i] /= 100.0;
-    return n;
-}
-
 static int parse_args(opts *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->ctx = 8192;
@@ -184,8 +146,12 @@ static int parse_args(opts *o, int argc, char **argv) {
             else if (FLAG("--decode")) bad = tl_cli_int(a, v, 0, 1 << 20, &o->n_decode);
             else if (FLAG("--niah-samples")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->niah_samples);
             else if (FLAG("--ruler-samples")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->ruler_samples);
-            else if (FLAG("--niah-depths")) bad = (o->n_depths = parse_depths(v, o->depths, MAX_DEPTHS)) < 0;
-            else if (FLAG("--budget")) bad = parse_size(a, v, &o->budget);
+            else if (FLAG("--niah-depths")) bad = (o->n_depths = tl_parse_depth_list(a, v, o->depths, MAX_DEPTHS)) < 0;
+            else if (FLAG("--budget")) {
+                uint64_t b;
+                bad = tl_cli_size(a, v, 0, &b);
+                o->budget = (double)b;
+            }
             else if (FLAG("-s") || FLAG("--seed")) o->seed = strtoull(v, NULL, 10);
             else if (FLAG("--max-loss")) {
                 char *end;

@@ -49,9 +49,5 @@ void tl_eval_cli_result(const tl_eval_cli *e, const char *cmd, const cJSON *conf
 /* The same for a value with its 95% interval: value and n from it, plus "lo" and "hi". */
 void tl_eval_cli_result_ci(const tl_eval_cli *e, const char *cmd, const cJSON *config, const char *metric, tl_interval ci,
                            double seconds, const cJSON *extra);
-/* "1k,2k,4096" -> ints (k = 1024); returns the count, -1 on error (message printed) */
-int tl_parse_int_list(const char *flag, const char *s, int *out, int cap);
-/* "0,25,50,75,100" (percent when any value > 1) or "0,0.5,1" -> fractions */
-int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap);
 
 #endif

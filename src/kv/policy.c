@@ -544,10 +544,8 @@ void tl_kv_plan_format_parts(const tl_kv_plan *plan, char **base, char **overrid
     const int best = plan_base(plan);
     tl_kv_policy_format(&plan->layers[best], txt, sizeof txt);
     *base = tl_xstrdup(txt);
-    size_t cap = 16 + (size_t)plan->n_layers * (MAX_POLICY_TEXT + 24);
-    char *out = tl_xmalloc(cap);
-    sbuf b = {out, cap, 0};
-    out[0] = 0;
+    tl_strbuf b = {0};
+    tl_strbuf_put(&b, "", 0);
     const char *sep = "";
     for (int i = 0; i < plan->n_layers;) {
         if (tl_kv_policy_equal(&plan->layers[i], &plan->layers[best])) {
@@ -557,12 +555,12 @@ void tl_kv_plan_format_parts(const tl_kv_plan *plan, char **base, char **overrid
         int j = i;
         while (j + 1 < plan->n_layers && tl_kv_policy_equal(&plan->layers[j + 1], &plan->layers[i])) j++;
         tl_kv_policy_format(&plan->layers[i], txt, sizeof txt);
-        if (j > i) put(&b, "%s%d-%d=%s", sep, i, j, txt);
-        else put(&b, "%s%d=%s", sep, i, txt);
+        if (j > i) tl_strbuf_printf(&b, "%s%d-%d=%s", sep, i, j, txt);
+        else tl_strbuf_printf(&b, "%s%d=%s", sep, i, txt);
         sep = ",";
         i = j + 1;
     }
-    *overrides = out;
+    *overrides = b.p;
 }
 
 char *tl_kv_plan_format(const tl_kv_plan *plan) {

@@ -6,15 +6,13 @@
 #include "tailor.h"
 #include "../model.h"
 #include "../session.h"
+#include "../unicode.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
 
-/* ---------------- util.c ---------------- */
-/* Length of the longest valid UTF-8 prefix of s[0..n). */
-size_t tl_utf8_valid_prefix(const char *s, size_t n);
-static inline bool tl_utf8_valid(const char *s, size_t n) { return tl_utf8_valid_prefix(s, n) == n; }
+/* ---------------- util.c (validation: tl_utf8_validate, unicode.h) ---------------- */
 /* Bytes at the end of s[0..n) that start a multi-byte character not yet complete (0..3). */
 size_t tl_utf8_incomplete_tail(const char *s, size_t n);
 /* Copy with every invalid sequence replaced by U+FFFD (malloc'd, NUL-terminated). */

@@ -135,7 +135,7 @@ static size_t max_values(const tl_server *srv) { return 4 * (size_t)tl_sched_n_c
 /* Body -> JSON object, or NULL with a 400 in r. */
 static cJSON *parse_body(const tl_server *srv, const char *body, size_t len, tl_reply *r) {
     if (len == 0) return bad(r, NULL, "the request body is empty: a JSON object is expected"), NULL;
-    size_t ok = tl_utf8_valid_prefix(body, len);
+    size_t ok = tl_utf8_validate(body, len);
     if (ok != len) return bad(r, NULL, "the request body is not valid UTF-8 (byte %zu)", ok), NULL;
     if (memchr(body, 0, len)) return bad(r, NULL, "the request body contains a NUL byte"), NULL;
     long nul;
