@@ -41,6 +41,13 @@ typedef struct {
 void tl_pareto_config_set(tl_pareto_config *c, const char *weights, const char *kv, const char *kv_layer, int chunk);
 /* Recompute id and label from the fields. */
 void tl_pareto_config_finish(tl_pareto_config *c);
+/* The configuration's identity for a model of n_layer layers: its KV text made canonical (the
+ * plan's base policy and overrides, tl_kv_plan_format_parts), so that equal behaviour gives
+ * an equal id; left as given when it does not parse (the run then records why). */
+void tl_pareto_config_canon(tl_pareto_config *c, int n_layer);
+/* The configuration an id names ("w=<weights> kv=<kv>[ kvl=<overrides>] chunk=<n|full>");
+ * -1 when id is not one. */
+int tl_pareto_config_from_id(const char *id, tl_pareto_config *c);
 /* Append unless a configuration with the same id is there; returns its index. */
 int tl_pareto_grid_add(tl_pareto_grid *g, const tl_pareto_config *c);
 void tl_pareto_grid_free(tl_pareto_grid *g);
@@ -186,6 +193,14 @@ int tl_pareto_load(tl_pareto_table *t, const char *const *paths, int n_paths, co
 void tl_pareto_table_free(tl_pareto_table *t);
 /* Which (config id, task) pairs are recorded (for --resume); returns malloc'd "id\ttask\n" lines. */
 char *tl_pareto_done_pairs(const char *path);
+/* Of the comma list `tasks`, those recorded for id in `done` (tl_pareto_done_pairs), as a
+ * comma list (malloc'd; "" when none). */
+char *tl_pareto_done_tasks(const char *done, const char *id, const char *tasks);
+/* Cut a torn last line of a results file (a sweep killed mid-write) so appended lines start clean. */
+void tl_pareto_repair_tail(const char *path);
+/* Comma lists: the number of items, and whether item is one of them (list may be NULL). */
+int tl_pareto_n_items(const char *list);
+bool tl_pareto_in_list(const char *list, const char *item);
 
 typedef struct {
     double budget;    /* bytes, 0 = none */

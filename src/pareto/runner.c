@@ -497,14 +497,6 @@ done:
     return rc;
 }
 
-static bool in_list(const char *list, const char *item) {
-    if (!list) return false;
-    const size_t n = strlen(item);
-    for (const char *s = list; (s = strstr(s, item)); s += n)
-        if ((s == list || s[-1] == ',') && (s[n] == 0 || s[n] == ',')) return true;
-    return false;
-}
-
 int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *p, tl_error *err) {
     /* test hooks: make one configuration crash, to check that a sweep survives it; or stall
      * for 5 s first, to kill its sweep while it runs */
@@ -523,7 +515,7 @@ int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *
     }
     char *save = NULL;
     for (char *t = strtok_r(tasks, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (in_list(p->skip_tasks, t)) continue;
+        if (tl_pareto_in_list(p->skip_tasks, t)) continue;
         tl_error terr = {{0}};
         if (!m) {
             tl_pareto_append_failure(p->results, c, model_name, p->ctx, t, err->msg, NULL, &terr);
