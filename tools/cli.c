@@ -37,6 +37,23 @@ int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out) {
     return 0;
 }
 
+const tl_cli_flag tl_flag_ctx = {{"-c", "--ctx-size", "--ctx", NULL}, 0, 1 << 24};
+const tl_cli_flag tl_flag_chunk = {{"--chunk", "-b", "-ub", "--batch-size", NULL}, 1, 1 << 20};
+const tl_cli_flag tl_flag_threads = {{"-t", "--threads", NULL}, 1, 1024};
+const tl_cli_flag tl_flag_parallel = {{"--parallel", "-np", NULL}, 1, 256};
+const tl_cli_flag tl_flag_layers = {{"--layers", NULL}, 1, TL_MAX_LAYERS};
+const tl_cli_flag tl_flag_samples = {{"--samples", NULL}, 1, 1 << 20};
+
+bool tl_cli_is(const tl_cli_flag *f, const char *arg) {
+    for (int i = 0; f->names[i]; i++)
+        if (!strcmp(arg, f->names[i])) return true;
+    return false;
+}
+
+int tl_cli_flag_int(const tl_cli_flag *f, const char *arg, const char *v, int *out) {
+    return tl_cli_int(arg, v, f->lo, f->hi, out);
+}
+
 int tl_cli_float(const char *flag, const char *s, float *out) {
     char *end;
     errno = 0;
@@ -138,15 +155,15 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
         VAL();
         return tl_cli_int(a, v, -1, INT_MAX, &c->n_predict) ? -1 : 1;
-    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+    } else if (tl_cli_is(&tl_flag_ctx, a)) {
         VAL();
-        return tl_cli_int(a, v, 0, 1 << 24, &c->n_ctx) ? -1 : 1;
-    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        return tl_cli_flag_int(&tl_flag_ctx, a, v, &c->n_ctx) ? -1 : 1;
+    } else if (tl_cli_is(&tl_flag_threads, a)) {
         VAL();
-        return tl_cli_int(a, v, 1, 1024, &c->n_threads) ? -1 : 1;
-    } else if (!strcmp(a, "--chunk") || !strcmp(a, "-b") || !strcmp(a, "-ub") || !strcmp(a, "--batch-size")) {
+        return tl_cli_flag_int(&tl_flag_threads, a, v, &c->n_threads) ? -1 : 1;
+    } else if (tl_cli_is(&tl_flag_chunk, a)) {
         VAL();
-        return tl_cli_int(a, v, 1, 1 << 20, &c->chunk) ? -1 : 1;
+        return tl_cli_flag_int(&tl_flag_chunk, a, v, &c->chunk) ? -1 : 1;
     } else if (!strcmp(a, "--kv")) {
         VAL();
         c->kv = v;

@@ -35,6 +35,23 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i);
  * device or pipe, in a writable folder); prints "tailor: FLAG: why" and returns -1 if not. */
 int tl_cli_output(const char *flag, const char *path);
 
+/* The numeric flags several subcommands take: one table, so that each has the same spellings,
+ * range and meaning of 0 wherever it appears. */
+typedef struct {
+    const char *names[5]; /* spellings, NULL after the last */
+    int lo, hi;
+} tl_cli_flag;
+extern const tl_cli_flag tl_flag_ctx;      /* -c --ctx-size [--ctx]: tokens, 0 = the model's training context */
+extern const tl_cli_flag tl_flag_chunk;    /* --chunk -b -ub --batch-size: prefill chunk in tokens */
+extern const tl_cli_flag tl_flag_threads;  /* -t --threads */
+extern const tl_cli_flag tl_flag_parallel; /* --parallel -np: sessions, slots or jobs side by side */
+extern const tl_cli_flag tl_flag_layers;   /* --layers: a shape's layer count */
+extern const tl_cli_flag tl_flag_samples;  /* --samples: per grid point or task */
+/* Whether arg is one of f's spellings. */
+bool tl_cli_is(const tl_cli_flag *f, const char *arg);
+/* v as f's value (tl_cli_int over f's range). */
+int tl_cli_flag_int(const tl_cli_flag *f, const char *arg, const char *v, int *out);
+
 /* Value parsers: print "tailor <cmd>: <flag>: ..." and return -1 on bad input. */
 int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out);
 int tl_cli_float(const char *flag, const char *s, float *out);

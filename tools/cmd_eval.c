@@ -47,9 +47,9 @@ int tl_eval_cli_arg(tl_eval_cli *e, int argc, char **argv, int *i) {
     int r = tl_cli_common_arg(&e->c, argc, argv, i);
     if (r) return r;
     const char *a = argv[*i], *v;
-    if (!strcmp(a, "--parallel") || !strcmp(a, "-np")) {
+    if (tl_cli_is(&tl_flag_parallel, a)) {
         if (!(v = tl_cli_value(argc, argv, i))) return -1;
-        return tl_cli_int(a, v, 1, 256, &e->n_parallel) ? -1 : 1;
+        return tl_cli_flag_int(&tl_flag_parallel, a, v, &e->n_parallel) ? -1 : 1;
     }
     if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
         if (!(v = tl_cli_value(argc, argv, i))) return -1;

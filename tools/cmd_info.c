@@ -450,13 +450,13 @@ int tl_cmd_info(int argc, char **argv) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--kv")) kv = v;
         else if (!strcmp(a, "--kv-layer")) kv_layer = v;
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
-            if (tl_cli_int(a, v, 1, INT_MAX, &n_ctx)) return 2;
-        } else if (!strcmp(a, "--chunk") || !strcmp(a, "-b") || !strcmp(a, "-ub")) {
-            if (tl_cli_int(a, v, 1, 1 << 20, &chunk)) return 2;
+        else if (tl_cli_is(&tl_flag_ctx, a)) {
+            if (tl_cli_flag_int(&tl_flag_ctx, a, v, &n_ctx)) return 2;
+        } else if (tl_cli_is(&tl_flag_chunk, a)) {
+            if (tl_cli_flag_int(&tl_flag_chunk, a, v, &chunk)) return 2;
         } else if (!strcmp(a, "--shape")) shape = v;
-        else if (!strcmp(a, "--layers")) {
-            if (tl_cli_int(a, v, 1, TL_MAX_LAYERS, &layers)) return 2;
+        else if (tl_cli_is(&tl_flag_layers, a)) {
+            if (tl_cli_flag_int(&tl_flag_layers, a, v, &layers)) return 2;
         } else if (!strcmp(a, "--type")) {
             tl_error e = {{0}};
             if (tl_synth_parse_type(v, &type, &e)) {

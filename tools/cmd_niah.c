@@ -90,8 +90,8 @@ int tl_cmd_niah(int argc, char **argv) {
             if ((nl = tl_parse_int_list(a, v, 1, lengths, MAX_GRID)) < 0) return 2;
         } else if (!strcmp(a, "--depths")) {
             if ((nd = tl_parse_depth_list(a, v, depths, MAX_GRID)) < 0) return 2;
-        } else if (!strcmp(a, "--samples")) {
-            if (tl_cli_int(a, v, 1, 1 << 20, &samples)) return 2;
+        } else if (tl_cli_is(&tl_flag_samples, a)) {
+            if (tl_cli_flag_int(&tl_flag_samples, a, v, &samples)) return 2;
         } else if (!strcmp(a, "--haystack")) hay_dir = v;
         else if (!strcmp(a, "--csv")) csv = v;
         else if (!strcmp(a, "--json")) json = v;

@@ -136,10 +136,10 @@ static int parse_args(opts *o, int argc, char **argv) {
             else if (FLAG("--smooth")) o->axes.smooth = v;
             else if (FLAG("--rot")) o->axes.rot = v;
             else if (FLAG("--chunks") || FLAG("--chunk")) o->axes.chunk = v;
-            else if (FLAG("-c") || FLAG("--ctx-size")) bad = tl_cli_int(a, v, 16, 1 << 24, &o->ctx);
+            else if (tl_cli_is(&tl_flag_ctx, a)) bad = tl_cli_flag_int(&tl_flag_ctx, a, v, &o->ctx);
             else if (FLAG("--target-ctx")) bad = tl_cli_int(a, v, 0, 1 << 26, &o->target_ctx);
-            else if (FLAG("-t") || FLAG("--threads")) bad = tl_cli_int(a, v, 1, 1024, &o->threads);
-            else if (FLAG("-j") || FLAG("--parallel")) bad = tl_cli_int(a, v, 1, 256, &o->jobs);
+            else if (tl_cli_is(&tl_flag_threads, a)) bad = tl_cli_flag_int(&tl_flag_threads, a, v, &o->threads);
+            else if (FLAG("-j") || tl_cli_is(&tl_flag_parallel, a)) bad = tl_cli_flag_int(&tl_flag_parallel, a, v, &o->jobs);
             else if (FLAG("--windows") || FLAG("--chunks-ppl")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->windows);
             else if (FLAG("--ppl-tail")) bad = tl_cli_int(a, v, 0, 1 << 24, &o->tail);
             else if (FLAG("--decode")) bad = tl_cli_int(a, v, 0, 1 << 20, &o->n_decode);
@@ -167,6 +167,10 @@ static int parse_args(opts *o, int argc, char **argv) {
             if (bad) return -1;
         }
 #undef FLAG
+    }
+    if (o->ctx < 16) { /* -c 0 (a training context) is not a window size the sweep can use */
+        fprintf(stderr, "tailor pareto: -c %d: the evaluation context must be at least 16 tokens\n", o->ctx);
+        return -1;
     }
     return 0;
 }

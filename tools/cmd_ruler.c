@@ -53,8 +53,8 @@ int tl_cmd_ruler(int argc, char **argv) {
             free(cp);
         } else if (!strcmp(a, "--lengths")) {
             if ((nl = tl_parse_int_list(a, v, 1, lengths, 16)) < 0) return 2;
-        } else if (!strcmp(a, "--samples")) {
-            if (tl_cli_int(a, v, 1, 1 << 20, &samples)) return 2;
+        } else if (tl_cli_is(&tl_flag_samples, a)) {
+            if (tl_cli_flag_int(&tl_flag_samples, a, v, &samples)) return 2;
         } else if (!strcmp(a, "--haystack")) hay_dir = v;
         else if (!strcmp(a, "--json")) json = v;
         else {

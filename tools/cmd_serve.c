@@ -106,9 +106,9 @@ int tl_cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--port")) {
             VAL();
             if (tl_cli_int(a, v, 0, 65535, &sp.port)) return 2;
-        } else if (!strcmp(a, "--parallel") || !strcmp(a, "-np")) {
+        } else if (tl_cli_is(&tl_flag_parallel, a)) {
             VAL();
-            if (tl_cli_int(a, v, 1, 256, &sp.n_parallel)) return 2;
+            if (tl_cli_flag_int(&tl_flag_parallel, a, v, &sp.n_parallel)) return 2;
         } else if (!strcmp(a, "--queue")) {
             VAL();
             if (tl_cli_int(a, v, 0, 1 << 16, &sp.n_queue)) return 2;
