@@ -24,7 +24,13 @@ extern "C" {
 
 typedef struct tl_model tl_model;
 typedef struct tl_session tl_session;
-typedef struct tl_kv_plan tl_kv_plan; /* one KV policy per layer (src/kv/policy.h) */
+
+/* ---- KV plans: the KV cache policy of each layer, parsed once from text ---- */
+typedef struct tl_kv_layer_policy tl_kv_layer_policy; /* one layer's store (src/kv/kv.h) */
+typedef struct tl_kv_plan {
+    int n_layers;
+    tl_kv_layer_policy *layers;
+} tl_kv_plan;
 
 #ifndef TL_ERROR_DEFINED
 #define TL_ERROR_DEFINED
@@ -33,6 +39,18 @@ typedef struct {
 } tl_error;
 #endif
 
+/* spec: a policy text ("f16", "k4v2:kivi", "auto:4", "tailor:plan=P.json,..."; NULL = f16), or
+ * a path to a JSON plan file (ends in ".json", or starts with '@'). overrides: NULL/"" or
+ * "0=k8v8,1-3=k2v2". Errors name the option and the field: "--kv 'k4v3': ...",
+ * "--kv-layer '40=k8v8': layer 40 out of range (model has 32 layers)". */
+int tl_kv_plan_parse(tl_kv_plan *plan, const char *spec, const char *overrides, int n_layers, tl_error *err);
+/* Compact text of a whole plan, for display: "k2v2:kivi" if uniform, else the base policy and
+ * the layers that differ, "k2v2:kivi [0=k8v8,30-31=f16]". Returns a malloc'd string. */
+char *tl_kv_plan_format(const tl_kv_plan *plan);
+/* Frees the layers (not the struct). */
+void tl_kv_plan_free(tl_kv_plan *plan);
+
+/* ---- Sessions ---- */
 typedef struct {
     int n_ctx;            /* tokens the session can hold; 0 = the model's training context */
     int n_threads;        /* 0 = all online CPUs */
@@ -49,6 +67,9 @@ tl_model *tl_model_load(const char *path, tl_error *err);
 void tl_model_free(tl_model *m);
 int tl_model_n_vocab(const tl_model *m);
 int tl_model_n_ctx_train(const tl_model *m);
+int tl_model_n_layer(const tl_model *m);
+/* The context a session of n_ctx tokens gets (0 = the training context; src/engine/plan.h). */
+int tl_model_resolve_n_ctx(const tl_model *m, int n_ctx);
 const char *tl_model_arch(const tl_model *m);
 
 tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err);
@@ -59,6 +80,9 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
 /* Forget the sequence (keeps allocations). */
 void tl_session_reset(tl_session *s);
 int tl_session_n_past(const tl_session *s);
+/* The context and prefill chunk the session resolved (n_ctx 0 and chunk 0 given). */
+int tl_session_n_ctx(const tl_session *s);
+int tl_session_chunk(const tl_session *s);
 
 #ifdef __cplusplus
 }

@@ -206,6 +206,8 @@ void tl_session_reset(tl_session *s) {
 }
 
 int tl_session_n_past(const tl_session *s) { return s->n_past; }
+int tl_session_n_ctx(const tl_session *s) { return s->n_ctx; }
+int tl_session_chunk(const tl_session *s) { return s->chunk; }
 
 int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err) {
     if (n_tokens < 0 || n_tokens > s->n_past)

@@ -1,6 +1,5 @@
 /* tailor generate: stream a continuation of a prompt to stdout, timings to stderr. */
 #include "cli.h"
-#include "../src/engine/plan.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +46,7 @@ int tl_cmd_generate(int argc, char **argv) {
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
     /* no more text than the context can hold: a longer prompt cannot fit anyway */
-    const int n_ctx = tl_plan_n_ctx(&m->cfg, c.n_ctx);
+    const int n_ctx = tl_model_resolve_n_ctx(m, c.n_ctx);
     if (!(text = tl_cli_prompt_text(&c, m, n_ctx, &text_len, &err))) goto done;
     if (!(ids = tl_cli_tokenize(m, text, text_len, !no_bos, &n_prompt, &err))) {
         tl_fail_prefix(&err, "prompt");

@@ -1,7 +1,6 @@
 /* tailor serve: the OpenAI-compatible HTTP server (src/server/). Runs until SIGINT/SIGTERM. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "../src/kv/policy.h"
 #include "../src/server/server.h"
 
 #include <limits.h>

@@ -6,6 +6,8 @@
 
 int tl_plan_n_ctx(const tl_config *c, int n_ctx) { return n_ctx > 0 ? n_ctx : c->n_ctx_train; }
 
+int tl_model_resolve_n_ctx(const tl_model *m, int n_ctx) { return tl_plan_n_ctx(&m->cfg, n_ctx); }
+
 int tl_plan_chunk(int n_ctx, int chunk) {
     if (chunk <= 0) chunk = 512;
     return chunk > n_ctx ? n_ctx : chunk;
