@@ -1,7 +1,6 @@
 /* cli.c: shared flag parsing, model/session set-up and output helpers for the subcommands. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "../src/kv/policy.h"
 #include "../src/kv/tailor_plan.h"
 #include "../src/cuda/cuda.h"
 

@@ -1,5 +1,6 @@
-/* cli.h: what every subcommand shares: argument parsing helpers that name the bad flag,
- * loading a model/session from the common flags, and atomic file output. */
+/* cli.h: what every subcommand shares: the flag table and value parsers (each error names the
+ * flag), the common flags and a session made from them, prompt text and tokenization, checks
+ * of output paths before any work, the memory report. */
 #ifndef TL_CLI_H
 #define TL_CLI_H
 
