@@ -77,12 +77,22 @@ void tl_session_free(tl_session *s);
 /* Run n tokens through the model, appending them to the cache. logits (may be NULL) receives
  * n_vocab floats for the last token, or n * n_vocab for every token when all_logits. */
 int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err);
+/* Benchmarking deep caches: append n random K/V rows to every layer's cache through the
+ * backend's own append/quantize path, as if n tokens had been evaluated, without running the
+ * model. The CUDA backend only (a CPU session evaluates tokens instead; the error says so). */
+int tl_session_fill_random(tl_session *s, int n, uint64_t seed, tl_error *err);
 /* Forget the sequence (keeps allocations). */
 void tl_session_reset(tl_session *s);
 int tl_session_n_past(const tl_session *s);
 /* The context and prefill chunk the session resolved (n_ctx 0 and chunk 0 given). */
 int tl_session_n_ctx(const tl_session *s);
 int tl_session_chunk(const tl_session *s);
+/* Whether it runs on the GPU, and its CPU threads (0 on the GPU). */
+bool tl_session_on_gpu(const tl_session *s);
+int tl_session_n_threads(const tl_session *s);
+/* GPU 0's name and its memory's peak bandwidth in GB/s (10^9 B/s); false, with the reason in
+ * name, when there is none or the build has no CUDA. */
+bool tl_gpu_bandwidth(char *name, size_t n, double *peak_gbs);
 
 #ifdef __cplusplus
 }

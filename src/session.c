@@ -196,6 +196,15 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
     return 0;
 }
 
+int tl_session_fill_random(tl_session *s, int n, uint64_t seed, tl_error *err) {
+    if (!s->gpu) return tl_fail(err, "random K/V rows: only the CUDA backend fills a cache without the model");
+    if (n < 0 || s->n_past + n > s->n_ctx)
+        return tl_fail(err, "random K/V rows: %d tokens held + %d exceed the context size %d", s->n_past, n, s->n_ctx);
+    if (tl_cuda_fill_random(s->gpu, n, seed, err)) return -1;
+    s->n_past += n;
+    return 0;
+}
+
 void tl_session_reset(tl_session *s) {
     s->n_past = 0;
     if (s->gpu) {
@@ -208,6 +217,9 @@ void tl_session_reset(tl_session *s) {
 int tl_session_n_past(const tl_session *s) { return s->n_past; }
 int tl_session_n_ctx(const tl_session *s) { return s->n_ctx; }
 int tl_session_chunk(const tl_session *s) { return s->chunk; }
+bool tl_session_on_gpu(const tl_session *s) { return s->gpu != NULL; }
+int tl_session_n_threads(const tl_session *s) { return s->pool ? tl_pool_size(s->pool) : 0; }
+bool tl_gpu_bandwidth(char *name, size_t n, double *peak_gbs) { return tl_cuda_device_bandwidth(name, n, peak_gbs); }
 
 int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err) {
     if (n_tokens < 0 || n_tokens > s->n_past)
