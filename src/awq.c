@@ -384,7 +384,7 @@ int tl_awq_run(tl_model *m, const int32_t *tokens, int64_t n_tokens, const tl_aw
     col->stride = (n_tokens + max_rows - 1) / max_rows;
     if (col->stride < 1) col->stride = 1;
     int rc = -1;
-    tl_session *s = tl_session_new_with_policies(m, n_ctx, p->n_threads, TL_MIN(n_ctx, 512), NULL, err);
+    tl_session *s = tl_session_new_with_policies(m, n_ctx, p->n_threads, 0, NULL, err); /* chunk: the default */
     if (!s) goto done;
     s->observer = observe;
     s->observer_ctx = col;

@@ -183,7 +183,7 @@ int tl_kv_auto_resolve(tl_model *m, tl_kv_layer_policy *policies, const char *te
         if (policies[il].kind != TL_KV_AUTO) continue;
         const int nc = tl_kv_auto_candidates(&policies[il], gpu_only, cand);
         if (rep) rep->n_candidates = nc;
-        if (c->layer_swa[il]) { /* a sliding-window layer keeps its dense window (tl_session_layer_kv) */
+        if (c->layer_swa[il]) { /* a sliding-window layer keeps its dense window (tl_plan_layer_kv) */
             policies[il] = cand[0];
             for (int i = 0; i < nc && rep; i++) rep->err[il][i] = NAN;
             continue;

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -75,6 +76,27 @@ void *tl_amalloc(size_t n) {
 }
 
 void tl_afree(void *p) { free(p); }
+
+int tl_parse_size(const char *s, uint64_t *out) {
+    static const struct {
+        const char *unit;
+        double mul;
+    } units[] = {{"", 1},      {"b", 1},         {"k", 0x1p10},  {"kib", 0x1p10}, {"m", 0x1p20}, {"mib", 0x1p20},
+                 {"g", 0x1p30}, {"gib", 0x1p30}, {"t", 0x1p40},  {"tib", 0x1p40}, {"kb", 1e3},   {"mb", 1e6},
+                 {"gb", 1e9},   {"tb", 1e12}};
+    char *end;
+    errno = 0;
+    const double x = strtod(s, &end);
+    if (errno || end == s || !(x >= 0)) return -1;
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (!strcasecmp(end, units[i].unit)) {
+            const double v = x * units[i].mul;
+            if (!(v < 0x1p64)) return -1;
+            *out = (uint64_t)v;
+            return 0;
+        }
+    return -1;
+}
 
 double tl_time_s(void) {
     struct timespec ts;
@@ -341,6 +363,18 @@ void tl_strbuf_printf(tl_strbuf *b, const char *fmt, ...) {
         b->cap = (b->cap + (size_t)k + 1) * 2;
         b->p = tl_xrealloc(b->p, b->cap);
     }
+}
+
+void tl_strbuf_put(tl_strbuf *b, const void *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t c = b->cap ? b->cap : 256;
+        while (c < b->n + n + 1) c *= 2;
+        b->p = tl_xrealloc(b->p, c);
+        b->cap = c;
+    }
+    if (n) memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
 }
 
 void tl_strbuf_xml(tl_strbuf *b, const char *s) {

@@ -150,15 +150,22 @@ char *tl_read_text(const char *path, size_t max, size_t *len, bool *cut, tl_erro
  * cap, and an error naming the file, not a cut, when it is larger. */
 char *tl_read_whole(const char *path, size_t *len, tl_error *err);
 
-/* A growable string (reports, SVG): printf appends; p is malloc'd and NUL-terminated after
- * the first append; free(p) when done. */
+/* A growable string (reports, SVG, metrics, chat prompts, token pieces): printf and put
+ * append; p is malloc'd and NUL-terminated after the first append; free(p) when done. */
 typedef struct {
     char *p;
     size_t n, cap;
 } tl_strbuf;
 void tl_strbuf_printf(tl_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append n bytes (NULs included; p[n] stays a NUL after them). */
+void tl_strbuf_put(tl_strbuf *b, const void *s, size_t n);
 /* Append s with <, >, & and " escaped for XML / SVG text. */
 void tl_strbuf_xml(tl_strbuf *b, const char *s);
+
+/* A byte size: a number and an optional unit, case-insensitive: K, M, G, T or KiB, MiB, GiB,
+ * TiB are powers of 2^10; KB, MB, GB, TB powers of 10^3; B or none bytes. "24GiB" =
+ * 25769803776, "24GB" = 24000000000. Returns 0, or -1 when s is not a size >= 0 below 2^64. */
+int tl_parse_size(const char *s, uint64_t *out);
 
 /* Monotonic wall clock in seconds. */
 double tl_time_s(void);

@@ -399,4 +399,5 @@ void tl_model_free(tl_model *m) {
 
 int tl_model_n_vocab(const tl_model *m) { return m->cfg.n_vocab; }
 int tl_model_n_ctx_train(const tl_model *m) { return m->cfg.n_ctx_train; }
+int tl_model_n_layer(const tl_model *m) { return m->cfg.n_layer; }
 const char *tl_model_arch(const tl_model *m) { return m->cfg.arch_name; }

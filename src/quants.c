@@ -143,6 +143,12 @@ static unsigned dispatch_state(void) {
     return atomic_load(&g_dispatch);
 }
 
+tl_simd_level tl_simd_level_get(void) {
+    const unsigned s = dispatch_state();
+    if (!(s & 2) || (s & 4)) return TL_SIMD_SCALAR;
+    return (s & 8) && !(s & 16) ? TL_SIMD_AVX512 : TL_SIMD_AVX2;
+}
+
 void tl_quants_force_scalar(bool on) {
     dispatch_state();
     if (on) atomic_fetch_or(&g_dispatch, 4u);
@@ -513,8 +519,8 @@ tlq_kernels tlq_get_kernels(tl_type t) {
     if (vt == TL_TYPE_Q8_0) k.quant_act = tlq_quantize_q8_0_ref;
     else if (vt == TL_TYPE_Q8_1) k.quant_act = tlq_quantize_q8_1_ref;
     else if (vt == TL_TYPE_Q8_K) k.quant_act = tlq_quantize_q8_K_ref;
-    unsigned s = dispatch_state();
-    if ((s & 2) && !(s & 4)) {
+    const tl_simd_level level = tl_simd_level_get();
+    if (level >= TL_SIMD_AVX2) {
         k.avx2 = true;
         switch (t) {
         case TL_TYPE_F32: k.dot = tlq_dot_f32_avx2; break;
@@ -540,7 +546,7 @@ tlq_kernels tlq_get_kernels(tl_type t) {
         else if (vt == TL_TYPE_Q8_1) k.quant_act = tlq_quantize_q8_1_avx2;
         else if (vt == TL_TYPE_Q8_K) k.quant_act = tlq_quantize_q8_K_avx2;
     }
-    if ((s & 8) && !(s & 4) && !(s & 16)) { /* AVX-512 VNNI replaces the integer dots */
+    if (level == TL_SIMD_AVX512) { /* AVX-512 VNNI replaces the integer dots */
         k.avx512 = true;
         switch (t) {
         /* 32-wide formats: the per-block scale chain bounds them, so the single-row dot

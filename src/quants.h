@@ -83,6 +83,13 @@ typedef struct {
     bool avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vnni, avx512bf16, avx_vnni;
 } tl_cpu_features;
 tl_cpu_features tl_cpu_detect(void);
+/* The one SIMD dispatcher every kernel table follows (weights, vector ops, KV stores): SCALAR
+ * under TAILOR_FORCE_SCALAR=1 or tl_quants_force_scalar (the reference path, for debugging),
+ * else AVX2 where the CPU has AVX2+FMA+F16C, AVX512 where it also has AVX-512 F/BW/VL + VNNI
+ * with ZMM state saved, unless TAILOR_NO_AVX512=1 or tl_quants_disable_avx512. Tables are
+ * picked when a store or session is made. */
+typedef enum { TL_SIMD_SCALAR, TL_SIMD_AVX2, TL_SIMD_AVX512 } tl_simd_level;
+tl_simd_level tl_simd_level_get(void);
 /* Force the scalar reference everywhere (for tests / TAILOR_FORCE_SCALAR=1 env). */
 void tl_quants_force_scalar(bool on);
 /* Keep the AVX2 kernels even where AVX-512 VNNI ones exist (benchmarks / tests compare the

@@ -23,6 +23,7 @@
 #include "calibrate.h"
 #include "../include/tailor.h"
 #include "kv/policy.h"
+#include "engine/plan.h"
 #include "cuda/cuda.h"
 
 #include <math.h>
@@ -195,6 +196,15 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
     return 0;
 }
 
+int tl_session_fill_random(tl_session *s, int n, uint64_t seed, tl_error *err) {
+    if (!s->gpu) return tl_fail(err, "random K/V rows: only the CUDA backend fills a cache without the model");
+    if (n < 0 || s->n_past + n > s->n_ctx)
+        return tl_fail(err, "random K/V rows: %d tokens held + %d exceed the context size %d", s->n_past, n, s->n_ctx);
+    if (tl_cuda_fill_random(s->gpu, n, seed, err)) return -1;
+    s->n_past += n;
+    return 0;
+}
+
 void tl_session_reset(tl_session *s) {
     s->n_past = 0;
     if (s->gpu) {
@@ -205,6 +215,11 @@ void tl_session_reset(tl_session *s) {
 }
 
 int tl_session_n_past(const tl_session *s) { return s->n_past; }
+int tl_session_n_ctx(const tl_session *s) { return s->n_ctx; }
+int tl_session_chunk(const tl_session *s) { return s->chunk; }
+bool tl_session_on_gpu(const tl_session *s) { return s->gpu != NULL; }
+int tl_session_n_threads(const tl_session *s) { return s->pool ? tl_pool_size(s->pool) : 0; }
+bool tl_gpu_bandwidth(char *name, size_t n, double *peak_gbs) { return tl_cuda_device_bandwidth(name, n, peak_gbs); }
 
 int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err) {
     if (n_tokens < 0 || n_tokens > s->n_past)
@@ -235,24 +250,6 @@ static void *act_alloc(tl_session *s, size_t bytes) {
 
 static void init_rope(tl_session *s) {
     for (int b = 0; b < 2; b++) tl_model_rope_freqs(s->model, s->n_ctx, b == 1, s->inv_freq[b]);
-}
-
-void tl_session_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_layer_policy *requested,
-                         tl_kv_shape *shape, tl_kv_layer_policy *effective) {
-    *shape = (tl_kv_shape){
-        .n_head = c->n_head,
-        .n_head_kv = c->n_head_kv,
-        .head_dim_k = c->head_dim_k,
-        .head_dim_v = c->head_dim_v,
-        .n_ctx = n_ctx,
-        .window = c->layer_swa[il] ? c->sliding_window : 0,
-        .scale = c->attn_scale,
-        .softcap = c->attn_softcap,
-    };
-    const tl_kv_layer_policy f16 = {.kind = TL_KV_F16};
-    *effective = requested ? *requested : f16;
-    if (shape->window > 0 && effective->kind != TL_KV_F32 && effective->kind != TL_KV_F16 && effective->kind != TL_KV_BF16)
-        *effective = f16;
 }
 
 /* auto:B layers resolved by calibration (calibrate_keys.c): NULL when there are none, else a
@@ -289,9 +286,8 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
         return s;
     }
     const tl_config *c = &m->cfg;
-    if (n_ctx <= 0) n_ctx = c->n_ctx_train;
-    if (chunk <= 0) chunk = 512;
-    if (chunk > n_ctx) chunk = n_ctx;
+    n_ctx = tl_plan_n_ctx(c, n_ctx);
+    chunk = tl_plan_chunk(n_ctx, chunk);
     if (c->n_rot / 2 > 512) {
         tl_fail(err, "rope dimension %d too large", c->n_rot);
         return NULL;
@@ -303,44 +299,37 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
     s->pool = tl_pool_new(n_threads);
     s->vo = tl_vec_get();
     init_rope(s);
+    tl_kv_layer_policy *eff = tl_xmalloc(sizeof *eff * (size_t)c->n_layer);
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
-        tl_kv_layer_policy eff;
-        tl_session_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &eff);
-        s->kv[il] = tl_kv_layer_new(&eff, &sh, err);
+        tl_plan_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &eff[il]);
+        s->kv[il] = tl_kv_layer_new(&eff[il], &sh, err);
         if (!s->kv[il]) {
             tl_fail_prefix(err, "layer %d KV cache", il);
+            free(eff);
             tl_session_free(s);
             return NULL;
         }
     }
-    const size_t E = (size_t)c->n_embd, C = (size_t)chunk;
+    /* the buffers as the planner sizes them */
+    const tl_plan_target t = tl_plan_target_model(m);
+    tl_act_sizes z;
+    tl_plan_activations(&t, chunk, eff, &z);
+    free(eff);
     tl_activations *a = &s->act;
-    a->x = act_alloc(s, sizeof(float) * C * E);
-    a->xn = act_alloc(s, sizeof(float) * C * E);
-    a->q = act_alloc(s, sizeof(float) * C * c->n_head * c->head_dim_k);
-    a->k = act_alloc(s, sizeof(float) * C * c->n_head_kv * c->head_dim_k);
-    a->v = act_alloc(s, sizeof(float) * C * c->n_head_kv * c->head_dim_v);
-    a->attn = act_alloc(s, sizeof(float) * C * c->n_head * c->head_dim_v);
-    a->gate = act_alloc(s, sizeof(float) * C * c->n_ff);
-    a->up = act_alloc(s, sizeof(float) * C * c->n_ff);
-    a->tmp = act_alloc(s, sizeof(float) * C * E);
-    a->rope = act_alloc(s, sizeof(float) * C * 2 * (size_t)c->n_rot);
-    /* matmul scratch: the largest activation conversion any matrix needs for a chunk */
-    size_t need = tl_matmul_scratch_size(m->w.output.type, c->n_embd, chunk);
-    for (int il = 0; il < c->n_layer; il++) {
-        const tl_layer_weights *L = &m->w.layers[il];
-        const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) {
-            size_t b = tl_matmul_scratch_size(mats[i]->type, mats[i]->n_in, chunk);
-            if (b > need) need = b;
-        }
-    }
-    a->mm_scratch_bytes = need;
-    a->mm_scratch = act_alloc(s, need);
-    for (int il = 0; il < c->n_layer; il++)
-        if (s->kv[il]->ops->wants_query_prediction && !s->q_pred)
-            s->q_pred = act_alloc(s, sizeof(float) * C * c->n_head * c->head_dim_k);
+    a->x = act_alloc(s, z.x);
+    a->xn = act_alloc(s, z.xn);
+    a->q = act_alloc(s, z.q);
+    a->k = act_alloc(s, z.k);
+    a->v = act_alloc(s, z.v);
+    a->attn = act_alloc(s, z.attn);
+    a->gate = act_alloc(s, z.gate);
+    a->up = act_alloc(s, z.up);
+    a->tmp = act_alloc(s, z.tmp);
+    a->rope = act_alloc(s, z.rope);
+    a->mm_scratch_bytes = z.mm_scratch;
+    a->mm_scratch = act_alloc(s, z.mm_scratch);
+    if (z.q_pred) s->q_pred = act_alloc(s, z.q_pred);
     return s;
 }
 
@@ -429,17 +418,24 @@ tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, 
     if (!g) return NULL;
     tl_session *s = tl_xcalloc(1, sizeof *s);
     s->model = m;
-    s->n_ctx = n_ctx > 0 ? n_ctx : m->cfg.n_ctx_train;
-    s->chunk = chunk > 0 ? TL_MIN(chunk, s->n_ctx) : TL_MIN(512, s->n_ctx);
+    s->n_ctx = tl_plan_n_ctx(&m->cfg, n_ctx);
+    s->chunk = tl_plan_chunk(s->n_ctx, chunk);
     s->gpu = g;
     s->pool = tl_pool_new(n_threads); /* host-side work on the logits (perplexity's log-softmax) */
     return s;
 }
 
 tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
-    tl_kv_plan plan = {0};
-    if (tl_kv_plan_parse(&plan, p->kv ? p->kv : "f16", p->kv_layer, m->cfg.n_layer, err)) return NULL;
-    tl_session *s = tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, plan.layers, p->device, err);
-    tl_kv_plan_free(&plan);
-    return s;
+    const tl_kv_layer_policy *policies = NULL;
+    if (p->kv) {
+        if (p->kv->n_layers != m->cfg.n_layer) {
+            tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
+            return NULL;
+        }
+        policies = p->kv->layers;
+    }
+    const bool cuda = p->device && !strcmp(p->device, "cuda");
+    if (cuda && p->gpu_mem_budget && tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, p->gpu_mem_budget, err))
+        return NULL;
+    return tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, policies, p->device, err);
 }

@@ -78,12 +78,6 @@ int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err);
  * pass and by query prediction for the next layer. */
 void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, float *q);
 
-/* The KV shape of layer il at context n_ctx, and the policy the session actually uses for it
- * given the requested one (NULL = f16): sliding-window layers keep a dense f16 window when
- * asked for a quantized or offloaded store. The memory projection uses the same rule. */
-void tl_session_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_layer_policy *requested,
-                         tl_kv_shape *shape, tl_kv_layer_policy *effective);
-
 /* Internal constructor: one layer policy per layer (NULL = f16 everywhere). */
 tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,
                                          const tl_kv_layer_policy *policies, tl_error *err);

@@ -10,8 +10,6 @@
 #define _GNU_SOURCE
 #include "synth.h"
 #include "threads.h"
-#include "kv/policy.h"
-#include "session.h"
 
 #include <errno.h>
 #include <math.h>
@@ -613,70 +611,4 @@ int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err) {
         return -1;
     }
     return tl_outfile_commit(&of, err);
-}
-
-/* ---- Memory projection: the same sizes tl_session_new_with_policies allocates ---- */
-int tl_project_n_ctx(const tl_config *c, int n_ctx) { return n_ctx > 0 ? n_ctx : c->n_ctx_train; }
-
-int tl_project_chunk(int n_ctx, int chunk) {
-    if (chunk <= 0) chunk = 512;
-    return chunk > n_ctx ? n_ctx : chunk;
-}
-
-int tl_project_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *policies, int64_t n_tokens,
-                  tl_mem_projection *out, tl_error *err) {
-    n_ctx = tl_project_n_ctx(c, n_ctx);
-    out->n_ctx = n_ctx;
-    out->kv = 0;
-    memset(&out->kv_parts, 0, sizeof out->kv_parts);
-    for (int il = 0; il < c->n_layer; il++) {
-        tl_kv_shape sh;
-        tl_kv_layer_policy eff;
-        tl_session_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &eff);
-        const tl_kv_layer_policy *p = &eff;
-        tl_kv_bytes b;
-        if (tl_kv_layer_bytes_formula(p, &sh, n_tokens, &b, err)) return tl_fail_prefix(err, "layer %d KV cache", il);
-        out->eff[il] = *p;
-        out->window[il] = sh.window;
-        out->kv_layer[il] = tl_kv_bytes_total(&b);
-        out->kv += out->kv_layer[il];
-        out->kv_parts.codes += b.codes;
-        out->kv_parts.scales += b.scales;
-        out->kv_parts.residual += b.residual;
-        out->kv_parts.other += b.other;
-        out->kv_parts.host += b.host;
-    }
-    return 0;
-}
-
-uint64_t tl_project_act_bytes(const tl_config *c, int chunk, size_t mm_scratch) {
-    const uint64_t C = (uint64_t)chunk, E = (uint64_t)c->n_embd, f = sizeof(float);
-    return f * C * E * 3                                 /* x, xn, tmp */
-           + f * C * (uint64_t)c->n_head * c->head_dim_k    /* q */
-           + f * C * (uint64_t)c->n_head_kv * c->head_dim_k /* k */
-           + f * C * (uint64_t)c->n_head_kv * c->head_dim_v /* v */
-           + f * C * (uint64_t)c->n_head * c->head_dim_v    /* attn */
-           + f * C * (uint64_t)c->n_ff * 2                  /* gate, up */
-           + f * C * 2 * (uint64_t)c->n_rot                 /* rope cos/sin, two bases */
-           + mm_scratch;
-}
-
-size_t tl_project_mm_scratch_model(const tl_model *m, int chunk) {
-    const tl_config *c = &m->cfg;
-    size_t need = tl_matmul_scratch_size(m->w.output.type, c->n_embd, chunk);
-    for (int il = 0; il < c->n_layer; il++) {
-        const tl_layer_weights *L = &m->w.layers[il];
-        const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
-            need = TL_MAX(need, tl_matmul_scratch_size(mats[i]->type, mats[i]->n_in, chunk));
-    }
-    return need;
-}
-
-size_t tl_project_mm_scratch_uniform(const tl_config *c, tl_type type, int chunk) {
-    /* matrices read n_embd (q, k, v, gate, up, output), n_head*head_dim_v (wo) or n_ff (down) */
-    const int64_t n_in[3] = {c->n_embd, (int64_t)c->n_head * c->head_dim_v, c->n_ff};
-    size_t need = 0;
-    for (int i = 0; i < 3; i++) need = TL_MAX(need, tl_matmul_scratch_size(type, n_in[i], chunk));
-    return need;
 }

@@ -1,13 +1,12 @@
-/* synth.h: synthetic models with real models' shapes, and memory projections.
+/* synth.h: synthetic models with real models' shapes.
  *
- * Two things that let tailor talk about models it does not have:
+ * What lets tailor talk about models it does not have:
  *  - a table of public model configs (Llama 3.x, Qwen2.5, Qwen3, Mistral, Phi-3, Gemma 2,
  *    SmolLM2) and a writer that
  *    produces a GGUF with random weights of exactly those shapes and metadata (loads in
  *    tailor and in llama.cpp), streaming tensors to disk so a 16 GB file needs ~30 MB of RAM;
- *  - the memory a session would hold (weights + KV at any context + activations), computed
- *    without allocating, by the same rules as tl_session_new_with_policies; tests check the
- *    projection equals what a real session reports. */
+ *  - the weight bytes of such a file without writing it (tl_synth_weight_bytes), which the
+ *    planner (engine/plan.h) adds to a shape's KV and activations. */
 #ifndef TL_SYNTH_H
 #define TL_SYNTH_H
 
@@ -69,33 +68,5 @@ int tl_synth_parse_weights(const char *name, tl_synth_params *p, tl_error *err);
 
 /* Write the GGUF (temp file + rename). Returns 0, or -1 with err. */
 int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err);
-
-/* ---- Memory projection ---- */
-typedef struct {
-    int n_ctx, chunk;
-    uint64_t weights;
-    uint64_t kv;          /* all layers */
-    tl_kv_bytes kv_parts; /* split by purpose */
-    uint64_t activations;
-    uint64_t kv_layer[TL_MAX_LAYERS];
-    tl_kv_layer_policy eff[TL_MAX_LAYERS]; /* the policy each layer really gets (sliding-window
-                                              layers fall back to f16 when given a quantized one) */
-    int window[TL_MAX_LAYERS];             /* 0 or the layer's sliding window */
-} tl_mem_projection;
-
-/* n_ctx/chunk as the session resolves them (0 = training context / 512). */
-int tl_project_n_ctx(const tl_config *c, int n_ctx);
-int tl_project_chunk(int n_ctx, int chunk);
-
-/* KV held after n_tokens (<= n_ctx) tokens, one policy per layer (NULL = f16). Fills n_ctx,
- * kv, kv_parts, kv_layer, eff, window. */
-int tl_project_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *policies, int64_t n_tokens,
-                  tl_mem_projection *out, tl_error *err);
-/* Activation bytes (tl_session.act_bytes) for this config, chunk and matmul scratch. */
-uint64_t tl_project_act_bytes(const tl_config *c, int chunk, size_t mm_scratch);
-/* The matmul scratch the session sizes from a loaded model's matrices... */
-size_t tl_project_mm_scratch_model(const tl_model *m, int chunk);
-/* ... or from a model whose matrices all have one type. */
-size_t tl_project_mm_scratch_uniform(const tl_config *c, tl_type type, int chunk);
 
 #endif

@@ -117,22 +117,6 @@ static void ivec_push(ivec *a, int32_t x) {
     a->v[a->n++] = x;
 }
 
-typedef struct {
-    char *v;
-    size_t n, cap;
-} cbuf;
-
-static void cbuf_put(cbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 256;
-        while (c < b->n + n + 1) c *= 2;
-        b->v = tl_xrealloc(b->v, c);
-        b->cap = c;
-    }
-    if (n) memcpy(b->v + b->n, s, n);
-    b->n += n;
-}
-
 static bool is_space_c(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
 static bool valid_id(const tl_tokenizer *t, int32_t id) { return id >= 0 && id < t->n_vocab; }
@@ -290,20 +274,20 @@ static int load_merges(tl_tokenizer *t, const tl_gguf *g, const char *path, tl_e
 }
 
 /* Piece of a token as llama.cpp's token_to_piece(special = true). */
-static void make_piece(const tl_tokenizer *t, int32_t id, cbuf *out) {
+static void make_piece(const tl_tokenizer *t, int32_t id, tl_strbuf *out) {
     const tok_t *k = &t->toks[id];
     const char *s = t->text + k->off;
     size_t n = k->len;
     if (k->attr & (A_UNKNOWN | A_CONTROL | A_USER)) {
-        cbuf_put(out, s, n);
+        tl_strbuf_put(out, s, n);
     } else if (k->attr & A_NORMAL) {
         if (t->type != VOCAB_BPE) { /* SentencePiece and WordPiece: "▁" is a space */
             for (size_t i = 0; i < n;) {
                 if (n - i >= 3 && memcmp(s + i, "\xe2\x96\x81", 3) == 0) {
-                    cbuf_put(out, " ", 1);
+                    tl_strbuf_put(out, " ", 1);
                     i += 3;
                 } else {
-                    cbuf_put(out, s + i, 1);
+                    tl_strbuf_put(out, s + i, 1);
                     i++;
                 }
             }
@@ -313,42 +297,42 @@ static void make_piece(const tl_tokenizer *t, int32_t id, cbuf *out) {
                 uint32_t cp = tl_utf8_decode_lax(s, n, &i);
                 if (cp < 324 && t->cp_byte[cp] >= 0) {
                     char b = (char)t->cp_byte[cp];
-                    cbuf_put(out, &b, 1);
+                    tl_strbuf_put(out, &b, 1);
                 } else { /* not a byte image: llama.cpp writes this marker */
                     char u[4], hex[16];
                     int ul = tl_utf8_encode(cp, u);
-                    cbuf_put(out, "[UNK_BYTE_0x", 12);
+                    tl_strbuf_put(out, "[UNK_BYTE_0x", 12);
                     for (int j = 0; j < ul; j++) {
                         snprintf(hex, sizeof hex, "%02x", (uint8_t)u[j]);
-                        cbuf_put(out, hex, 2);
+                        tl_strbuf_put(out, hex, 2);
                     }
-                    cbuf_put(out, s, n);
-                    cbuf_put(out, "]", 1);
+                    tl_strbuf_put(out, s, n);
+                    tl_strbuf_put(out, "]", 1);
                 }
             }
         }
     } else if ((k->attr & A_BYTE) && t->type == VOCAB_SPM && n >= 3) {
         char hex[3] = {s[3], n > 4 ? s[4] : 0, 0}; /* "<0xAB>" */
         char b = (char)strtol(hex, NULL, 16);
-        cbuf_put(out, &b, 1);
+        tl_strbuf_put(out, &b, 1);
     }
 }
 
 static int build_pieces(tl_tokenizer *t, const char *path, tl_error *err) {
-    cbuf b = {0};
+    tl_strbuf b = {0};
     for (int32_t id = 0; id < t->n_vocab; id++) {
         size_t start = b.n;
         make_piece(t, id, &b);
         if (b.n > UINT32_MAX) {
-            free(b.v);
+            free(b.p);
             return tl_fail(err, "%s: token pieces exceed 4 GiB", path);
         }
         t->toks[id].poff = (uint32_t)start;
         t->toks[id].plen = (uint32_t)(b.n - start);
         t->max_piece = TL_MAX(t->max_piece, b.n - start);
     }
-    cbuf_put(&b, "", 0);
-    t->pieces = b.v;
+    tl_strbuf_put(&b, "", 0);
+    t->pieces = b.p;
     return 0;
 }
 
@@ -566,7 +550,7 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
         goto fail;
     }
     t->toks = calloc((size_t)t->n_vocab, sizeof(tok_t));
-    cbuf txt = {0};
+    tl_strbuf txt = {0};
     if (!t->toks) {
         tl_fail(err, "%s: out of memory for %d tokens", path, t->n_vocab);
         goto fail;
@@ -578,16 +562,16 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
         if (s.len == 0) { /* llama.cpp renames empty tokens */
             char buf[32];
             int l = snprintf(buf, sizeof buf, "[EMPTY_%d]", id);
-            cbuf_put(&txt, buf, (size_t)l);
+            tl_strbuf_put(&txt, buf, (size_t)l);
         } else {
-            cbuf_put(&txt, s.ptr, s.len);
+            tl_strbuf_put(&txt, s.ptr, s.len);
         }
         k->len = (uint32_t)(txt.n - k->off);
         t->max_text = TL_MAX(t->max_text, (size_t)k->len);
-        cbuf_put(&txt, "", 0);
-        txt.v[txt.n++] = 0;
+        tl_strbuf_put(&txt, "", 0);
+        txt.p[txt.n++] = 0;
         if (txt.n > UINT32_MAX) {
-            free(txt.v);
+            free(txt.p);
             tl_fail(err, "%s: tokenizer.ggml.tokens: texts exceed 4 GiB", path);
             goto fail;
         }
@@ -605,7 +589,7 @@ tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err) {
             }
         }
     }
-    t->text = txt.v;
+    t->text = txt.p;
     if (build_token_map(t, path, err)) goto fail;
     if (t->type == VOCAB_BPE && load_merges(t, g, path, err)) goto fail;
 
@@ -847,7 +831,7 @@ typedef struct {
     size_t nsym, csym;
     cand *heap;
     size_t nheap, cheap;
-    cbuf buf;      /* text being merged */
+    tl_strbuf buf;      /* text being merged */
     uint32_t *cps; /* BPE: codepoints and flags of a fragment */
     uint16_t *fl;
     size_t ccp;
@@ -925,7 +909,7 @@ static void merge_loop(scratch *sc, void (*try_add)(const tl_tokenizer *, scratc
 static void spm_try_add(const tl_tokenizer *t, scratch *sc, int32_t left, int32_t right) {
     if (left < 0 || right < 0) return;
     const sym *l = &sc->syms[left], *r = &sc->syms[right];
-    int32_t id = tok_find_n(t, sc->buf.v + l->start, l->n + r->n);
+    int32_t id = tok_find_n(t, sc->buf.p + l->start, l->n + r->n);
     if (id < 0) return;
     heap_push(sc, (cand){-(double)t->toks[id].score, left, right, l->n + r->n});
 }
@@ -933,7 +917,7 @@ static void spm_try_add(const tl_tokenizer *t, scratch *sc, int32_t left, int32_
 static void bpe_try_add(const tl_tokenizer *t, scratch *sc, int32_t left, int32_t right) {
     if (left < 0 || right < 0) return;
     const sym *l = &sc->syms[left], *r = &sc->syms[right];
-    int32_t rank = merge_rank(t, sc->buf.v + l->start, l->n, sc->buf.v + r->start, r->n);
+    int32_t rank = merge_rank(t, sc->buf.p + l->start, l->n, sc->buf.p + r->start, r->n);
     if (rank < 0) return;
     heap_push(sc, (cand){(double)rank, left, right, l->n + r->n});
 }
@@ -942,19 +926,19 @@ static void bpe_try_add(const tl_tokenizer *t, scratch *sc, int32_t left, int32_
 static int spm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_t n, bool space_prefix, size_t stop,
                         ivec *out, tl_error *err) {
     sc->buf.n = 0;
-    if (space_prefix) cbuf_put(&sc->buf, "\xe2\x96\x81", 3);
+    if (space_prefix) tl_strbuf_put(&sc->buf, "\xe2\x96\x81", 3);
     for (size_t i = 0; i < n; i++) {
         if (s[i] == ' ')
-            cbuf_put(&sc->buf, "\xe2\x96\x81", 3);
+            tl_strbuf_put(&sc->buf, "\xe2\x96\x81", 3);
         else
-            cbuf_put(&sc->buf, s + i, 1);
+            tl_strbuf_put(&sc->buf, s + i, 1);
     }
-    make_syms(sc, sc->buf.v, sc->buf.n);
+    make_syms(sc, sc->buf.p, sc->buf.n);
     if (sc->nsym == 0) return 0;
     merge_loop(sc, spm_try_add, t);
     for (int32_t i = 0; i != -1 && !(stop && out->n > stop); i = sc->syms[i].next) {
         const sym *y = &sc->syms[i];
-        const char *txt = sc->buf.v + y->start;
+        const char *txt = sc->buf.p + y->start;
         int32_t id = tok_find_n(t, txt, y->n);
         if (id >= 0) {
             ivec_push(out, id);
@@ -975,7 +959,7 @@ static int spm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_
 }
 
 static void bpe_word(const tl_tokenizer *t, scratch *sc, ivec *out) {
-    const char *w = sc->buf.v;
+    const char *w = sc->buf.p;
     size_t n = sc->buf.n;
     if (t->ignore_merges) {
         int32_t id = tok_find_n(t, w, n);
@@ -1024,7 +1008,7 @@ static void bpe_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size
             int ul = tl_utf8_encode(sc->cps[k], u);
             for (int j = 0; j < ul; j++) {
                 uint8_t b = (uint8_t)u[j];
-                cbuf_put(&sc->buf, t->byte_utf8[b], t->byte_utf8_len[b]);
+                tl_strbuf_put(&sc->buf, t->byte_utf8[b], t->byte_utf8_len[b]);
             }
         }
         c += sc->words.v[w];
@@ -1062,9 +1046,9 @@ static void wpm_word(const tl_tokenizer *t, const char *w, size_t n, ivec *out) 
 }
 
 static void wpm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size_t n, size_t stop, ivec *out) {
-    cbuf *w = &sc->buf; /* the current word, after its "▁" */
+    tl_strbuf *w = &sc->buf; /* the current word, after its "▁" */
     w->n = 0;
-    cbuf_put(w, "\xe2\x96\x81", 3);
+    tl_strbuf_put(w, "\xe2\x96\x81", 3);
     for (size_t i = 0; i <= n && !(stop && out->n > stop);) {
         uint32_t cp = 0;
         uint16_t f = TL_UF_WHITESPACE; /* the end of the text ends the last word */
@@ -1077,14 +1061,14 @@ static void wpm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size
         if (!(f & TL_UF_WHITESPACE) && (cp == 0 || cp == 0xfffd || (f & TL_UF_CONTROL))) continue;
         const bool alone = (f & TL_UF_PUNCT) || (cp < 0x7f && (f & TL_UF_SYMBOL)) || wpm_is_cjk(cp);
         if ((f & TL_UF_WHITESPACE) || alone) { /* the word so far ends */
-            if (w->n > 3) wpm_word(t, w->v, w->n, out);
+            if (w->n > 3) wpm_word(t, w->p, w->n, out);
             w->n = 3;
         }
         if (f & TL_UF_WHITESPACE) continue;
         char u[4];
-        cbuf_put(w, u, (size_t)tl_utf8_encode(tl_unicode_tolower(cp), u));
+        tl_strbuf_put(w, u, (size_t)tl_utf8_encode(tl_unicode_tolower(cp), u));
         if (alone) {
-            wpm_word(t, w->v, w->n, out);
+            wpm_word(t, w->p, w->n, out);
             w->n = 3;
         }
     }
@@ -1093,7 +1077,7 @@ static void wpm_fragment(const tl_tokenizer *t, scratch *sc, const char *s, size
 static void scratch_free(scratch *sc) {
     free(sc->syms);
     free(sc->heap);
-    free(sc->buf.v);
+    free(sc->buf.p);
     free(sc->cps);
     free(sc->fl);
     tl_szvec_free(&sc->words);
@@ -1199,8 +1183,8 @@ char *tl_detokenize_ex(const tl_tokenizer *t, const int32_t *ids, size_t n, unsi
         n--;
     }
     if (remove_special && t->add_eos && n > 0 && ids[n - 1] == t->eos) n--;
-    cbuf b = {0};
-    cbuf_put(&b, "", 0);
+    tl_strbuf b = {0};
+    tl_strbuf_put(&b, "", 0);
     for (size_t i = 0; i < n; i++) {
         size_t pl = tl_token_to_piece(t, ids[i], render, NULL, 0);
         const char *p = valid_id(t, ids[i]) ? t->pieces + t->toks[ids[i]].poff : "";
@@ -1209,12 +1193,12 @@ char *tl_detokenize_ex(const tl_tokenizer *t, const int32_t *ids, size_t n, unsi
             pl--;
         }
         remove_space = false;
-        cbuf_put(&b, p, pl);
+        tl_strbuf_put(&b, p, pl);
     }
-    if (t->clean_spaces && !(flags & TL_DETOK_NO_CLEANUP)) b.n = clean_spaces(b.v, b.n);
-    b.v[b.n] = 0;
+    if (t->clean_spaces && !(flags & TL_DETOK_NO_CLEANUP)) b.n = clean_spaces(b.p, b.n);
+    b.p[b.n] = 0;
     if (len_out) *len_out = b.n;
-    return b.v;
+    return b.p;
 }
 
 char *tl_detokenize(const tl_tokenizer *t, const int32_t *ids, size_t n, bool render_special) {

@@ -74,33 +74,33 @@ uint16_t tl_unicode_flags(uint32_t cp) {
     return f;
 }
 
-size_t tl_utf8_validate(const char *str, size_t n) {
+size_t tl_utf8_seq_len(const char *str, size_t n, size_t i) {
     const uint8_t *s = (const uint8_t *)str;
+    const unsigned c = s[i];
+    if (c < 0x80) return 1;
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c == 0xE0) len = 3, lo = 0xA0;     /* no overlongs */
+    else if (c == 0xED) len = 3, hi = 0x9F;     /* no surrogates */
+    else if (c >= 0xE1 && c <= 0xEF) len = 3;
+    else if (c == 0xF0) len = 4, lo = 0x90;     /* no overlongs */
+    else if (c >= 0xF1 && c <= 0xF3) len = 4;
+    else if (c == 0xF4) len = 4, hi = 0x8F;     /* nothing past U+10FFFF */
+    else return 0; /* continuation byte as lead, C0/C1 overlong leads, F5..FF */
+    if (n - i < len) return 0;
+    if (s[i + 1] < lo || s[i + 1] > hi) return 0;
+    for (size_t k = 2; k < len; k++)
+        if ((s[i + k] & 0xC0) != 0x80) return 0;
+    return len;
+}
+
+size_t tl_utf8_validate(const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp, min;
-        if (c >= 0xc2 && c <= 0xdf) {
-            len = 2; cp = c & 0x1f; min = 0x80;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3; cp = c & 0x0f; min = 0x800;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4; cp = c & 0x07; min = 0x10000;
-        } else {
-            return i; /* continuation byte as lead, C0/C1 overlong leads, F5..FF */
-        }
-        if (n - i < len) return i;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return i;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
-        i += len;
+        const size_t l = tl_utf8_seq_len(s, n, i);
+        if (!l) return i;
+        i += l;
     }
     return n;
 }

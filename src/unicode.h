@@ -4,6 +4,7 @@
 #ifndef TL_UNICODE_H
 #define TL_UNICODE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
@@ -60,9 +61,13 @@ static inline size_t tl_utf8_len(uint8_t lead) {
     return lookup[lead >> 4];
 }
 
-/* Strict validation (no overlongs, surrogates or codepoints past U+10FFFF).
- * Returns n if s[0..n) is valid, else the byte offset where the bad sequence starts. */
+/* Length of the valid UTF-8 sequence starting at s[i] (1..4), or 0 if invalid or cut short
+ * (RFC 3629: no overlongs, surrogates or code points past U+10FFFF). i < n. */
+size_t tl_utf8_seq_len(const char *s, size_t n, size_t i);
+/* Strict validation by the same rule. Returns n if s[0..n) is valid, else the byte offset
+ * where the bad sequence starts. */
 size_t tl_utf8_validate(const char *s, size_t n);
+static inline bool tl_utf8_valid(const char *s, size_t n) { return tl_utf8_validate(s, n) == n; }
 
 /* Decode the codepoint at s[*pos] (pos < n) the way llama.cpp does: well-formed lead and
  * continuation bits are accepted without overlong/range checks; anything else yields

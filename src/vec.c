@@ -306,13 +306,7 @@ static const tl_vec_ops vec_avx2 = {
 
 const tl_vec_ops *tl_vec_ref(void) { return &vec_ref; }
 
-const tl_vec_ops *tl_vec_get(void) {
-    const char *force = getenv("TAILOR_FORCE_SCALAR");
-    if (force && *force && *force != '0') return &vec_ref;
-    tl_cpu_features f = tl_cpu_detect();
-    if (f.avx2 && f.fma && f.f16c) return &vec_avx2;
-    return &vec_ref;
-}
+const tl_vec_ops *tl_vec_get(void) { return tl_simd_level_get() >= TL_SIMD_AVX2 ? &vec_avx2 : &vec_ref; }
 
 void tl_softcap(float *x, int n, float cap) {
     if (!(cap > 0.0f)) return;

@@ -1,6 +1,6 @@
 /* vec.h: small float vector primitives used by attention and the model's elementwise ops,
  * each with a scalar reference and an AVX2/FMA version picked once at run time.
- * tl_vec_get() returns the table for this CPU (or the scalar one under TAILOR_FORCE_SCALAR). */
+ * tl_vec_get() returns the table of the SIMD level tl_simd_level_get gives (quants.h). */
 #ifndef TL_VEC_H
 #define TL_VEC_H
 

@@ -188,13 +188,16 @@ static void test_auto(void) {
     free(js);
     /* a session made with auto:4 holds quantized stores of the measured layouts */
     tl_session_params sp = tl_session_default_params();
-    sp.kv = "auto:4";
+    tl_kv_plan auto4 = {0};
+    CHECK(tl_kv_plan_parse(&auto4, "auto:4", NULL, L, &err) == 0);
+    sp.kv = &auto4;
     sp.n_ctx = 256;
     sp.n_threads = 2;
     tl_session *s = tl_session_new(m, &sp, &err);
     CHECKF(s != NULL, "%s", err.msg);
     for (int i = 0; s && i < L; i++) CHECK(!strcmp(s->kv[i]->ops->name, "quant"));
     tl_session_free(s);
+    tl_kv_plan_free(&auto4);
     /* a text too short to measure */
     CHECK(tl_kv_auto_resolve(m, p1, "hi", 2, false, 1, NULL, &err) == 0); /* nothing auto left: no-op */
     for (int i = 0; i < L; i++) p1[i] = a;

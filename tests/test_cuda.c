@@ -17,6 +17,7 @@
 #include "../src/session.h"
 #include "../src/kv/policy.h"
 #include "../src/kv/offload.h"
+#include "../src/quants.h"
 #include "../src/cuda/cuda.h"
 
 #include "../src/threads.h"
@@ -629,7 +630,7 @@ static void tailor_model(const char *path) {
      * to u8, ~4e-3 per layer): with either, layer 1's top-64 picks flip near ties and the
      * logits then differ by ~2e-2 (measured) although both sides are right. */
     setenv("TL_CUDA_TC", "0", 1);
-    setenv("TAILOR_NO_AVX512", "1", 1);
+    tl_quants_disable_avx512(true);
     for (int i = 0; i < 3; i++) {
         cmp_stats a = run_pair(m, kvs[i], 700, 6, 128, false);
         printf("model %s: max |logit diff| %.3g, rel L2 %.3g, top-1 agree %d/%d\n", kvs[i], a.max_abs, a.rel_l2,
@@ -638,7 +639,7 @@ static void tailor_model(const char *path) {
         CHECKF(a.argmax_agree == a.rows, "kv %s: top-1 differs", kvs[i]);
     }
     unsetenv("TL_CUDA_TC");
-    unsetenv("TAILOR_NO_AVX512");
+    tl_quants_disable_avx512(false);
     tl_model_free(m);
 }
 

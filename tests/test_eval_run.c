@@ -21,10 +21,16 @@ static tl_session *mk(tl_model *m, const char *kv, int n_ctx, int threads) {
     p.n_ctx = n_ctx;
     p.n_threads = threads;
     p.chunk = 64;
-    p.kv = kv;
     tl_error err = {{0}};
+    tl_kv_plan plan = {0};
+    if (tl_kv_plan_parse(&plan, kv, NULL, m->cfg.n_layer, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return NULL;
+    }
+    p.kv = &plan;
     tl_session *s = tl_session_new(m, &p, &err);
     if (!s) fprintf(stderr, "%s\n", err.msg);
+    tl_kv_plan_free(&plan);
     return s;
 }
 
@@ -124,12 +130,17 @@ static void test_kld(tl_model *m) {
 /* f32 KV: a reused prefix is then bit-identical to one attended in the same chunk, so the
  * runner's results can be compared exactly with sessions evaluated from scratch. */
 static tl_session *factory(void *ctx, int n_ctx, int n_threads, tl_error *err) {
+    tl_model *m = ctx;
+    tl_kv_plan plan = {0};
+    if (tl_kv_plan_parse(&plan, "f32", NULL, m->cfg.n_layer, err)) return NULL;
     tl_session_params p = tl_session_default_params();
-    p.kv = "f32";
+    p.kv = &plan;
     p.n_ctx = n_ctx;
     p.n_threads = n_threads;
     p.chunk = 32;
-    return tl_session_new(ctx, &p, err);
+    tl_session *s = tl_session_new(m, &p, err);
+    tl_kv_plan_free(&plan);
+    return s;
 }
 
 static void test_runner(tl_model *m) {

@@ -14,6 +14,7 @@
  * Scalar vs AVX2 kernels: scores 2e-5 relative to |q||x|; accumulation 1e-4 relative RMSE. */
 #include "kv/policy.h"
 #include "kv/quant_kernels.h"
+#include "quants.h"
 #include "threads.h"
 #include "testutil.h"
 
@@ -901,10 +902,10 @@ int main(void) {
     test_int_accum();
     /* store-level tests: exact comparisons with the float-query kernels (AVX2), then the
      * attention accuracy checks again with the best table (int8-query keys on AVX-512) */
-    setenv("TAILOR_NO_AVX512", "1", 1);
+    tl_quants_disable_avx512(true);
     test_attention(pool, false);
     test_chunking(pool);
-    unsetenv("TAILOR_NO_AVX512");
+    tl_quants_disable_avx512(false);
     if (kvq_kernels_avx512()) test_attention(pool, true);
     test_residual();
     test_smoothing();

@@ -189,7 +189,7 @@ static void test_projection(const char *model) {
             tl_session_mem sm;
             tl_session_memory(s, &sm);
             tl_pareto_mem pm;
-            CHECK(tl_pareto_mem_project(m, "base", specs[k], "", chunks[c], n_tok, &pm, &err) == 0);
+            CHECK(tl_pareto_mem_project(m, &plan, chunks[c], n_tok, &pm, &err) == 0);
             CHECKF(pm.kv == sm.kv, "%s: kv %llu vs %llu", specs[k], (unsigned long long)pm.kv, (unsigned long long)sm.kv);
             CHECKF(pm.act == sm.activations, "%s chunk %d: act %llu vs %llu", specs[k], chunk,
                    (unsigned long long)pm.act, (unsigned long long)sm.activations);
@@ -200,12 +200,27 @@ static void test_projection(const char *model) {
         }
     /* projecting to a synth shape: KV of f16 Llama-3.1-8B at 128k is 16 GiB, k8v8 ~ half + scales */
     tl_pareto_mem a, b;
-    CHECK(tl_pareto_mem_project_to("llama-3.1-8b", "base", "f16", "", 256, 131072, &a, &err) == 0);
+    tl_kv_plan f16 = {0}, k8v8 = {0}, over = {0};
+    CHECK(tl_kv_plan_parse(&f16, "f16", NULL, m->cfg.n_layer, &err) == 0);
+    CHECK(tl_kv_plan_parse(&k8v8, "k8v8", NULL, m->cfg.n_layer, &err) == 0);
+    CHECK(tl_pareto_mem_project_to("llama-3.1-8b", "base", &f16, 256, 131072, &a, &err) == 0);
     CHECKF(a.kv == 16ull << 30, "kv %llu", (unsigned long long)a.kv);
-    CHECK(tl_pareto_mem_project_to("llama-3.1-8b", "w4g128", "k8v8", "", 256, 131072, &b, &err) == 0);
+    CHECK(tl_pareto_mem_project_to("llama-3.1-8b", "w4g128", &k8v8, 256, 131072, &b, &err) == 0);
     CHECK(b.kv < a.kv * 6 / 10 && b.kv > a.kv / 2 && b.weights < a.weights / 3);
-    CHECK(tl_pareto_mem_project_to("no-such-model", "base", "f16", "", 256, 1024, &a, &err) != 0 &&
+    CHECK(tl_pareto_mem_project_to("no-such-model", "base", &f16, 256, 1024, &a, &err) != 0 &&
           strstr(err.msg, "no-such-model"));
+    /* an override on a layer the target lacks is named; one it has is kept */
+    char hi[32];
+    snprintf(hi, sizeof hi, "%d=k8v8", m->cfg.n_layer - 1);
+    CHECK(tl_kv_plan_parse(&over, "f16", hi, m->cfg.n_layer, &err) == 0);
+    if (m->cfg.n_layer > 32)
+        CHECK(tl_pareto_mem_project_to("llama-3.1-8b", "base", &over, 256, 1024, &a, &err) != 0 &&
+              strstr(err.msg, "out of range"));
+    else
+        CHECK(tl_pareto_mem_project_to("llama-3.1-8b", "base", &over, 256, 131072, &b, &err) == 0 && b.kv < 16ull << 30);
+    tl_kv_plan_free(&f16);
+    tl_kv_plan_free(&k8v8);
+    tl_kv_plan_free(&over);
     free(ids);
     tl_model_free(m);
 }

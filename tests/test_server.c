@@ -476,7 +476,7 @@ static void test_units(void) {
     CHECK(!tl_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
     CHECK(!tl_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
     CHECK(!tl_utf8_valid("\x80", 1));
-    CHECK(tl_utf8_valid_prefix("ab\xe2\x82", 4) == 2);
+    CHECK(tl_utf8_validate("ab\xe2\x82", 4) == 2);
     CHECK(tl_utf8_incomplete_tail("ab\xe2\x82", 4) == 2);
     CHECK(tl_utf8_incomplete_tail("ab\xe2\x82\xac", 5) == 0);
     CHECK(tl_utf8_incomplete_tail("ab", 2) == 0);

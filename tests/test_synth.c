@@ -3,6 +3,7 @@
  * what real sessions allocate and hold; the qwen3 / phi3 / gemma2 shapes have their published
  * parameter counts and write files whose loaded config is the projected one. */
 #include "testutil.h"
+#include "../src/engine/plan.h"
 #include "../src/kv/policy.h"
 #include "../src/session.h"
 #include "../src/synth.h"
@@ -47,11 +48,12 @@ static void check_session(tl_model *m, const char *kv, int n_ctx, int chunk, con
         tl_kv_plan_free(&plan);
         return;
     }
-    const int ch = tl_project_chunk(tl_project_n_ctx(&m->cfg, n_ctx), chunk);
-    CHECK(ch == s->chunk);
-    const uint64_t act = tl_project_act_bytes(&m->cfg, ch, tl_project_mm_scratch_model(m, ch));
-    CHECKF(act == s->act_bytes, "projected activations %llu, session %llu (kv %s)", (unsigned long long)act,
-           (unsigned long long)s->act_bytes, kv);
+    const tl_plan_target t = tl_plan_target_model(m);
+    tl_mem_plan *p = calloc(1, sizeof *p);
+    CHECKF(tl_plan_memory(&t, n_ctx, chunk, plan.layers, n, p, &err) == 0, "%s", err.msg);
+    CHECK(p->chunk == s->chunk && p->n_ctx == s->n_ctx);
+    CHECKF(p->activations == s->act_bytes, "projected activations %llu, session %llu (kv %s)",
+           (unsigned long long)p->activations, (unsigned long long)s->act_bytes, kv);
     const int V = m->cfg.n_vocab;
     float *logits = malloc(sizeof(float) * (size_t)V);
     CHECKF(tl_session_eval(s, ids, n, logits, false, &err) == 0, "%s", err.msg);
@@ -66,13 +68,12 @@ static void check_session(tl_model *m, const char *kv, int n_ctx, int chunk, con
     CHECKF(hi - lo > 1e-3f && hi - lo < 100.0f, "logit range %g..%g", lo, hi);
     tl_session_mem mem;
     tl_session_memory(s, &mem);
-    tl_mem_projection p;
-    CHECKF(tl_project_kv(&m->cfg, n_ctx, plan.layers, n, &p, &err) == 0, "%s", err.msg);
-    CHECKF(p.kv == mem.kv, "projected KV %llu, session %llu after %d tokens (%s)", (unsigned long long)p.kv,
+    CHECKF(p->kv == mem.kv, "projected KV %llu, session %llu after %d tokens (%s)", (unsigned long long)p->kv,
            (unsigned long long)mem.kv, n, kv);
-    CHECK(p.kv_parts.codes == mem.kv_parts.codes && p.kv_parts.scales == mem.kv_parts.scales &&
-          p.kv_parts.residual == mem.kv_parts.residual);
-    CHECK(mem.weights == m->weight_bytes);
+    CHECK(p->kv_parts.codes == mem.kv_parts.codes && p->kv_parts.scales == mem.kv_parts.scales &&
+          p->kv_parts.residual == mem.kv_parts.residual);
+    CHECK(mem.weights == m->weight_bytes && p->weights == mem.weights);
+    free(p);
     free(logits);
     tl_session_free(s);
     tl_kv_plan_free(&plan);
@@ -124,10 +125,12 @@ static void test_shapes(void) {
     /* projection closed form for dense f16: layers x ctx x kv heads x (dk + dv) x 2 bytes */
     tl_config c;
     tl_synth_config(s, 0, 0, 0, &c);
-    tl_mem_projection p;
+    tl_mem_plan *p = calloc(1, sizeof *p);
     tl_error err = {{0}};
-    CHECK(tl_project_kv(&c, 131072, NULL, 131072, &p, &err) == 0);
-    CHECK(p.kv == 32ull * 131072 * 8 * 256 * 2);
+    const tl_plan_target pt = {.cfg = &c, .type = TL_TYPE_F16};
+    CHECK(tl_plan_memory(&pt, 131072, 0, NULL, -1, p, &err) == 0);
+    CHECK(p->kv == 32ull * 131072 * 8 * 256 * 2 && p->chunk == 512);
+    free(p);
     tl_type t;
     CHECK(tl_synth_parse_type("Q4_1", &t, &err) == 0 && t == TL_TYPE_Q4_1);
     CHECK(tl_synth_parse_type("q3_k", &t, &err) != 0);
@@ -237,7 +240,8 @@ static void test_vocab_copy(void) {
         if (k == 1) CHECK(m->cfg.arch == TL_ARCH_QWEN2 && m->w.layers[0].bq && m->cfg.rope_style == TL_ROPE_NEOX);
         if (k == 2) CHECK(m->w.rope_freqs && m->w.rope_freqs[0] == 1.0f && m->w.rope_freqs[31] == 32.0f);
         /* uniform-type scratch (info --shape) equals the model's */
-        CHECK(tl_project_mm_scratch_uniform(&m->cfg, types[k], 64) == tl_project_mm_scratch_model(m, 64));
+        const tl_plan_target tm = tl_plan_target_model(m), tu = {.cfg = &m->cfg, .type = types[k]};
+        CHECK(tl_plan_mm_scratch(&tu, 64) == tl_plan_mm_scratch(&tm, 64));
         check_session(m, "f16", 128, 32, ia, (int)na);
         check_session(m, k == 0 ? "k8v8" : "k4v2:kivi", 128, 5, ia, (int)na);
         tl_model_free(m);

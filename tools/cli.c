@@ -1,13 +1,11 @@
 /* cli.c: shared flag parsing, model/session set-up and output helpers for the subcommands. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "../src/kv/policy.h"
 #include "../src/kv/tailor_plan.h"
 #include "../src/cuda/cuda.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -38,6 +36,23 @@ int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out) {
     return 0;
 }
 
+const tl_cli_flag tl_flag_ctx = {{"-c", "--ctx-size", "--ctx", NULL}, 0, 1 << 24};
+const tl_cli_flag tl_flag_chunk = {{"--chunk", "-b", "-ub", "--batch-size", NULL}, 1, 1 << 20};
+const tl_cli_flag tl_flag_threads = {{"-t", "--threads", NULL}, 1, 1024};
+const tl_cli_flag tl_flag_parallel = {{"--parallel", "-np", NULL}, 1, 256};
+const tl_cli_flag tl_flag_layers = {{"--layers", NULL}, 1, TL_MAX_LAYERS};
+const tl_cli_flag tl_flag_samples = {{"--samples", NULL}, 1, 1 << 20};
+
+bool tl_cli_is(const tl_cli_flag *f, const char *arg) {
+    for (int i = 0; f->names[i]; i++)
+        if (!strcmp(arg, f->names[i])) return true;
+    return false;
+}
+
+int tl_cli_flag_int(const tl_cli_flag *f, const char *arg, const char *v, int *out) {
+    return tl_cli_int(arg, v, f->lo, f->hi, out);
+}
+
 int tl_cli_float(const char *flag, const char *s, float *out) {
     char *end;
     errno = 0;
@@ -48,6 +63,63 @@ int tl_cli_float(const char *flag, const char *s, float *out) {
     }
     *out = v;
     return 0;
+}
+
+int tl_cli_size(const char *flag, const char *s, uint64_t lo, uint64_t *out) {
+    if (!tl_parse_size(s, out) && *out >= lo) return 0;
+    fprintf(stderr, "tailor: %s: '%s' is not a size of at least %llu bytes (e.g. 24GiB = 24 x 2^30, 24GB = 24 x 10^9, "
+                    "25769803776)\n", flag, s, (unsigned long long)lo);
+    return -1;
+}
+
+int tl_parse_int_list(const char *flag, const char *s, int lo, int *out, int cap) {
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p) goto bad;
+        if (*end == 'k' || *end == 'K') {
+            v *= 1024;
+            end++;
+        }
+        if (v < lo || v > (1 << 24) || n == cap || (*end && *end != ',')) goto bad;
+        out[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    if (n == 0) goto bad;
+    return n;
+bad:
+    fprintf(stderr, "tailor: %s: '%s' is not a list of integers in [%d, %d] like 1k,2k,4096 (k = 1024; at most %d)\n",
+            flag, s, lo, 1 << 24, cap);
+    return -1;
+}
+
+int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap) {
+    int n = 0;
+    bool pct = false;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        double v = strtod(p, &end);
+        if (end == p || n == cap || (*end && *end != ',' && *end != '%') || !(v >= 0)) goto bad;
+        if (*end == '%') {
+            pct = true;
+            end++;
+        }
+        out[n++] = v;
+        p = *end ? end + 1 : end;
+    }
+    for (int i = 0; i < n; i++) pct |= out[i] > 1;
+    for (int i = 0; i < n; i++) {
+        if (pct) out[i] /= 100;
+        if (out[i] > 1) goto bad;
+    }
+    if (n == 0) goto bad;
+    return n;
+bad:
+    fprintf(stderr, "tailor: %s: '%s' is not a list of depths in 0..1 or 0..100%% (at most %d)\n", flag, s, cap);
+    return -1;
 }
 
 int tl_cli_output(const char *flag, const char *path) {
@@ -82,15 +154,15 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
         VAL();
         return tl_cli_int(a, v, -1, INT_MAX, &c->n_predict) ? -1 : 1;
-    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+    } else if (tl_cli_is(&tl_flag_ctx, a)) {
         VAL();
-        return tl_cli_int(a, v, 0, 1 << 24, &c->n_ctx) ? -1 : 1;
-    } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        return tl_cli_flag_int(&tl_flag_ctx, a, v, &c->n_ctx) ? -1 : 1;
+    } else if (tl_cli_is(&tl_flag_threads, a)) {
         VAL();
-        return tl_cli_int(a, v, 1, 1024, &c->n_threads) ? -1 : 1;
-    } else if (!strcmp(a, "--chunk") || !strcmp(a, "-b") || !strcmp(a, "-ub") || !strcmp(a, "--batch-size")) {
+        return tl_cli_flag_int(&tl_flag_threads, a, v, &c->n_threads) ? -1 : 1;
+    } else if (tl_cli_is(&tl_flag_chunk, a)) {
         VAL();
-        return tl_cli_int(a, v, 1, 1 << 20, &c->chunk) ? -1 : 1;
+        return tl_cli_flag_int(&tl_flag_chunk, a, v, &c->chunk) ? -1 : 1;
     } else if (!strcmp(a, "--kv")) {
         VAL();
         c->kv = v;
@@ -129,25 +201,7 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
         c->mem = true;
     } else if (!strcmp(a, "--gpu-mem-budget")) {
         VAL();
-        /* bytes, or a number with K/M/G/T (KiB.. binary) or KB/MB/GB/TB (decimal) */
-        char *end;
-        errno = 0;
-        double x = strtod(v, &end);
-        double mul = 1;
-        if (!strcasecmp(end, "k") || !strcasecmp(end, "kib")) mul = 1024.0;
-        else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib")) mul = 1048576.0;
-        else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib")) mul = 1073741824.0;
-        else if (!strcasecmp(end, "t") || !strcasecmp(end, "tib")) mul = 1099511627776.0;
-        else if (!strcasecmp(end, "kb")) mul = 1e3;
-        else if (!strcasecmp(end, "mb")) mul = 1e6;
-        else if (!strcasecmp(end, "gb")) mul = 1e9;
-        else if (!strcasecmp(end, "tb")) mul = 1e12;
-        else if (*end && strcasecmp(end, "b")) mul = -1;
-        if (errno || end == v || mul < 0 || !(x > 0) || x * mul > 1.8e19) {
-            fprintf(stderr, "tailor: --gpu-mem-budget: '%s' is not a size (e.g. 24GiB, 80G, 25769803776)\n", v);
-            return -1;
-        }
-        c->gpu_mem_budget = (uint64_t)(x * mul);
+        return tl_cli_size(a, v, 1, &c->gpu_mem_budget) ? -1 : 1;
     } else if (!strcmp(a, "--device")) {
         VAL();
         if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
@@ -203,18 +257,24 @@ int32_t *tl_cli_tokenize_tok(const tl_tokenizer *t, const char *text, size_t len
     return ids;
 }
 
-tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
+tl_session *tl_cli_session_plan(tl_model *m, const tl_cli_common *c, const tl_kv_plan *plan, tl_error *err) {
     if (c->n_ctx > m->cfg.n_ctx_train)
         fprintf(stderr, "tailor: warning: context %d exceeds the model's training context %d; quality may degrade\n",
                 c->n_ctx, m->cfg.n_ctx_train);
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = c->n_ctx;
+    sp.n_threads = c->n_threads;
+    sp.chunk = c->chunk;
+    sp.kv = plan;
+    sp.device = c->device;
+    sp.gpu_mem_budget = c->gpu_mem_budget;
+    return tl_session_new(m, &sp, err);
+}
+
+tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
     tl_kv_plan plan = {0};
-    if (tl_kv_plan_parse(&plan, c->kv ? c->kv : "f16", c->kv_layer, m->cfg.n_layer, err)) return NULL;
-    if (c->gpu_mem_budget && c->device && !strcmp(c->device, "cuda") &&
-        tl_cuda_check_budget(m, c->n_ctx, c->chunk, plan.layers, c->gpu_mem_budget, err)) {
-        tl_kv_plan_free(&plan);
-        return NULL;
-    }
-    tl_session *s = tl_session_new_on(m, c->n_ctx, c->n_threads, c->chunk, plan.layers, c->device, err);
+    if (tl_kv_plan_parse(&plan, c->kv, c->kv_layer, m->cfg.n_layer, err)) return NULL;
+    tl_session *s = tl_cli_session_plan(m, c, &plan, err);
     tl_kv_plan_free(&plan);
     return s;
 }

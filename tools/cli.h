@@ -1,5 +1,6 @@
-/* cli.h: what every subcommand shares: argument parsing helpers that name the bad flag,
- * loading a model/session from the common flags, and atomic file output. */
+/* cli.h: what every subcommand shares: the flag table and value parsers (each error names the
+ * flag), the common flags and a session made from them, prompt text and tokenization, checks
+ * of output paths before any work, the memory report. */
 #ifndef TL_CLI_H
 #define TL_CLI_H
 
@@ -23,7 +24,7 @@ typedef struct {
     tl_sampler_params sp; /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n -s/--seed */
     bool mem;             /* --mem */
     const char *device;   /* --device cpu|cuda (NULL = cpu) */
-    uint64_t gpu_mem_budget; /* --gpu-mem-budget BYTES (24GiB style; 0 = none) */
+    uint64_t gpu_mem_budget; /* --gpu-mem-budget SIZE (tl_cli_size; 0 = none) */
 } tl_cli_common;
 
 void tl_cli_common_init(tl_cli_common *c);
@@ -35,9 +36,32 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i);
  * device or pipe, in a writable folder); prints "tailor: FLAG: why" and returns -1 if not. */
 int tl_cli_output(const char *flag, const char *path);
 
+/* The numeric flags several subcommands take: one table, so that each has the same spellings,
+ * range and meaning of 0 wherever it appears. */
+typedef struct {
+    const char *names[5]; /* spellings, NULL after the last */
+    int lo, hi;
+} tl_cli_flag;
+extern const tl_cli_flag tl_flag_ctx;      /* -c --ctx-size [--ctx]: tokens, 0 = the model's training context */
+extern const tl_cli_flag tl_flag_chunk;    /* --chunk -b -ub --batch-size: prefill chunk in tokens */
+extern const tl_cli_flag tl_flag_threads;  /* -t --threads */
+extern const tl_cli_flag tl_flag_parallel; /* --parallel -np: sessions, slots or jobs side by side */
+extern const tl_cli_flag tl_flag_layers;   /* --layers: a shape's layer count */
+extern const tl_cli_flag tl_flag_samples;  /* --samples: per grid point or task */
+/* Whether arg is one of f's spellings. */
+bool tl_cli_is(const tl_cli_flag *f, const char *arg);
+/* v as f's value (tl_cli_int over f's range). */
+int tl_cli_flag_int(const tl_cli_flag *f, const char *arg, const char *v, int *out);
+
 /* Value parsers: print "tailor <cmd>: <flag>: ..." and return -1 on bad input. */
 int tl_cli_int(const char *flag, const char *s, long lo, long hi, int *out);
 int tl_cli_float(const char *flag, const char *s, float *out);
+/* "1k,2k,4096" -> ints in [lo, 2^24] (k = 1024); returns the count, -1 on error (message printed) */
+int tl_parse_int_list(const char *flag, const char *s, int lo, int *out, int cap);
+/* "0,25,50,75,100" (percent when any value > 1, or with '%') or "0,0.5,1" -> fractions in 0..1 */
+int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap);
+/* A byte size (tl_parse_size: K/KiB.. binary, KB.. decimal) of at least lo bytes. */
+int tl_cli_size(const char *flag, const char *s, uint64_t lo, uint64_t *out);
 const char *tl_cli_value(int argc, char **argv, int *i); /* NULL + message if missing */
 
 /* A task, grid, results or key file: tl_read_whole (all of it, or an error past the cap). */
@@ -51,8 +75,10 @@ int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool a
 int32_t *tl_cli_tokenize_tok(const tl_tokenizer *t, const char *text, size_t len, bool add_special, size_t *n,
                              tl_error *err);
 
-/* Model + session from the common flags. */
+/* A session from the common flags: --kv/--kv-layer parsed for m... */
 tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err);
+/* ... or with the plan already parsed from them. */
+tl_session *tl_cli_session_plan(tl_model *m, const tl_cli_common *c, const tl_kv_plan *plan, tl_error *err);
 
 /* Print the memory report of a session (stderr). */
 void tl_cli_print_mem(FILE *f, const tl_session *s);

@@ -7,12 +7,11 @@
  * Besides tokens/s, decode rows report ms/token, the bytes one decode step must read
  * (weights + KV held) and that as a share of the measured memory bandwidth.
  * With --device cuda the depth is filled, by default, with random K/V rows appended through the GPU cache's
- * own append/quantize path (tl_cuda_fill_random: a 128k-token prefill would take minutes and
+ * own append/quantize path (tl_session_fill_random: a 128k-token prefill would take minutes and
  * decode cost does not depend on the values), and the share is of --bw, default the card's
  * peak from its memory clock and bus width (H100 SXM 3352 GB/s, H200 4800), named in the
  * output: bytes read per token / peak is the floor. */
 #include "cli.h"
-#include "../src/cuda/cuda.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -31,18 +30,7 @@ typedef struct {
 } str_list;
 
 static int parse_int_list(const char *flag, const char *s, int_list *l) {
-    l->n = 0;
-    char *dup = tl_xstrdup(s), *save = NULL;
-    for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (l->n == MAX_LIST || tl_cli_int(flag, tok, 0, 1 << 24, &l->v[l->n])) {
-            if (l->n == MAX_LIST) fprintf(stderr, "tailor bench: %s: at most %d values\n", flag, MAX_LIST);
-            free(dup);
-            return -1;
-        }
-        l->n++;
-    }
-    free(dup);
-    return 0;
+    return (l->n = tl_parse_int_list(flag, s, 0, l->v, MAX_LIST)) < 0 ? -1 : 0;
 }
 
 static int parse_str_list(const char *s, str_list *l) {
@@ -110,7 +98,7 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
     c->n_ctx = row->n_depth + row->n_prompt + row->n_gen + 1;
     tl_session *s = tl_cli_session(m, c, err);
     if (!s) return -1;
-    row->n_threads = s->pool ? tl_pool_size(s->pool) : 0;
+    row->n_threads = tl_session_n_threads(s);
     const int V = m->cfg.n_vocab;
     const int total = row->n_depth + row->n_prompt + row->n_gen;
     int32_t *toks = tl_xmalloc(sizeof(int32_t) * (size_t)(total + 1));
@@ -123,16 +111,15 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
     double sum = 0, sum2 = 0, sum_ns = 0, sum2_ns = 0;
     int rc = 0;
     /* GPU: one untimed step first (module load, cuBLAS heuristics, attention set-up) */
-    if (s->gpu && (rc = tl_session_eval(s, toks, TL_MIN(total, row->n_prompt > 0 ? TL_MIN(row->n_prompt, s->chunk) : 1), logits, false, err)))
+    if (tl_session_on_gpu(s) && (rc = tl_session_eval(s, toks, TL_MIN(total, row->n_prompt > 0 ? TL_MIN(row->n_prompt, tl_session_chunk(s)) : 1), logits, false, err)))
         reps = 0;
     for (int r = 0; r < reps && !rc; r++) {
         tl_session_reset(s);
-        if (row->n_depth > 0 && s->gpu && random_fill) {
-            if (tl_cuda_fill_random(s->gpu, row->n_depth, 0x5eed + (uint64_t)r, err)) {
+        if (row->n_depth > 0 && tl_session_on_gpu(s) && random_fill) {
+            if (tl_session_fill_random(s, row->n_depth, 0x5eed + (uint64_t)r, err)) {
                 rc = -1;
                 break;
             }
-            s->n_past = row->n_depth;
         } else if (row->n_depth > 0 && tl_session_eval(s, toks, row->n_depth, NULL, false, err)) {
             rc = -1;
             break;
@@ -169,7 +156,7 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
         row->bytes_per_token = wbytes + mem.kv;
         if (row->n_gen > 0 && bw_gbs > 0)
             row->bw_pct = 100.0 * (row->bytes_per_token / (row->avg_ns / 1e9 / row->n_gen)) / (bw_gbs * 1e9);
-        if (s->gpu) {
+        if (tl_session_on_gpu(s)) {
             fprintf(stderr, "\n");
             tl_cli_print_mem(stderr, s);
         }
@@ -254,7 +241,7 @@ int tl_cmd_bench(int argc, char **argv) {
     double bw = bw_arg;
     const bool gpu = c.device && !strcmp(c.device, "cuda");
     char card[128] = "";
-    if (bw <= 0 && gpu && !tl_cuda_device_bandwidth(card, sizeof card, &bw)) {
+    if (bw <= 0 && gpu && !tl_gpu_bandwidth(card, sizeof card, &bw)) {
         fprintf(stderr, "tailor bench: --device cuda: %s\n", card);
         tl_model_free(m);
         return 1;

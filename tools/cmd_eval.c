@@ -13,6 +13,7 @@
  * the same context reuse its KV state when the session can truncate (see runner.h). */
 #define _GNU_SOURCE
 #include "eval_cli.h"
+#include "../src/engine/plan.h"
 #include "../include/tailor.h"
 #include "../src/eval/score.h"
 #include "../src/eval/stats.h"
@@ -31,13 +32,24 @@ void tl_eval_cli_init(tl_eval_cli *e) {
     e->n_parallel = 1;
 }
 
+int tl_eval_cli_load(tl_eval_cli *e, tl_error *err) {
+    if (!(e->model = tl_model_load(e->c.model, err))) return -1;
+    return tl_kv_plan_parse(&e->plan, e->c.kv, e->c.kv_layer, e->model->cfg.n_layer, err);
+}
+
+void tl_eval_cli_free(tl_eval_cli *e) {
+    tl_kv_plan_free(&e->plan);
+    tl_model_free(e->model);
+    e->model = NULL;
+}
+
 int tl_eval_cli_arg(tl_eval_cli *e, int argc, char **argv, int *i) {
     int r = tl_cli_common_arg(&e->c, argc, argv, i);
     if (r) return r;
     const char *a = argv[*i], *v;
-    if (!strcmp(a, "--parallel") || !strcmp(a, "-np")) {
+    if (tl_cli_is(&tl_flag_parallel, a)) {
         if (!(v = tl_cli_value(argc, argv, i))) return -1;
-        return tl_cli_int(a, v, 1, 256, &e->n_parallel) ? -1 : 1;
+        return tl_cli_flag_int(&tl_flag_parallel, a, v, &e->n_parallel) ? -1 : 1;
     }
     if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
         if (!(v = tl_cli_value(argc, argv, i))) return -1;
@@ -67,7 +79,7 @@ tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *e
     tl_cli_common c = e->c;
     c.n_ctx = n_ctx;
     c.n_threads = n_threads;
-    return tl_cli_session(e->model, &c, err);
+    return tl_cli_session_plan(e->model, &c, &e->plan, err);
 }
 
 void tl_eval_cli_session_done(void *ctx, tl_session *s) {
@@ -75,25 +87,15 @@ void tl_eval_cli_session_done(void *ctx, tl_session *s) {
     if (e->c.mem) tl_cli_print_mem(stderr, s);
 }
 
-/* KV bytes of a session (exact formula per layer, as session.c builds it) + activations
- * (roughly: the chunk's buffers) */
+/* KV + activation bytes of a full session of n_ctx tokens, by the planner (0 when the plan
+ * does not fit: the session itself then reports why) */
 static uint64_t session_bytes(void *ctx, int n_ctx) {
     tl_eval_cli *e = ctx;
-    const tl_config *c = &e->model->cfg;
-    tl_kv_plan plan = {0};
+    const tl_plan_target t = tl_plan_target_model(e->model);
+    tl_mem_plan *mp = tl_xcalloc(1, sizeof *mp);
     tl_error err;
-    if (tl_kv_plan_parse(&plan, e->c.kv ? e->c.kv : "f16", e->c.kv_layer, c->n_layer, &err)) return 0;
-    uint64_t total = 0;
-    for (int il = 0; il < c->n_layer; il++) {
-        tl_kv_shape sh;
-        tl_kv_layer_policy p;
-        tl_session_layer_kv(c, n_ctx, il, &plan.layers[il], &sh, &p); /* the session's rule */
-        tl_kv_bytes b;
-        if (!tl_kv_layer_bytes_formula(&p, &sh, n_ctx, &b, &err)) total += tl_kv_bytes_total(&b);
-    }
-    tl_kv_plan_free(&plan);
-    const uint64_t chunk = (uint64_t)(e->c.chunk > 0 ? e->c.chunk : 512);
-    total += chunk * 4 * (uint64_t)(4 * c->n_embd + 2 * c->n_ff + 2 * c->n_head * c->head_dim_k);
+    const uint64_t total = tl_plan_memory(&t, n_ctx, e->c.chunk, e->plan.layers, -1, mp, &err) ? 0 : mp->kv + mp->activations;
+    free(mp);
     return total;
 }
 
@@ -139,21 +141,13 @@ cJSON *tl_eval_cli_config(const tl_eval_cli *e) {
     cJSON_AddStringToObject(o, "model", e->c.model ? e->c.model : "");
     if (e->model) cJSON_AddStringToObject(o, "arch", e->model->cfg.arch_name);
     /* the canonical plan text, so equal policies compare equal in the Pareto tool */
-    char *kv = NULL;
-    if (e->model) {
-        tl_kv_plan plan = {0};
-        tl_error err;
-        if (!tl_kv_plan_parse(&plan, e->c.kv ? e->c.kv : "f16", e->c.kv_layer, e->model->cfg.n_layer, &err)) {
-            kv = tl_kv_plan_format(&plan);
-            tl_kv_plan_free(&plan);
-        }
-    }
+    char *kv = e->plan.n_layers ? tl_kv_plan_format(&e->plan) : NULL;
     cJSON_AddStringToObject(o, "kv", kv ? kv : e->c.kv ? e->c.kv : "f16");
     cJSON_AddStringToObject(o, "kv_spec", e->c.kv ? e->c.kv : "f16"); /* as given: auto:4, a plan file */
     cJSON_AddStringToObject(o, "device", e->c.device ? e->c.device : "cpu");
     free(kv);
     if (e->c.kv_layer) cJSON_AddStringToObject(o, "kv_layer", e->c.kv_layer);
-    cJSON_AddNumberToObject(o, "chunk", e->c.chunk > 0 ? e->c.chunk : 512);
+    cJSON_AddNumberToObject(o, "chunk", tl_plan_chunk(INT_MAX, e->c.chunk)); /* as asked, before the context clamps it */
     cJSON_AddNumberToObject(o, "threads", tl_eval_cli_threads(e));
     cJSON_AddNumberToObject(o, "parallel", e->n_parallel);
     return o;
@@ -173,55 +167,6 @@ void tl_eval_cli_result_ci(const tl_eval_cli *e, const char *cmd, const cJSON *c
     tl_error err = {{0}};
     if (tl_result_append_ci(e->out, cmd, config, metric, ci, seconds, extra, &err))
         fprintf(stderr, "tailor %s: --out: %s\n", cmd, err.msg);
-}
-
-int tl_parse_int_list(const char *flag, const char *s, int *out, int cap) {
-    int n = 0;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p) goto bad;
-        if (*end == 'k' || *end == 'K') {
-            v *= 1024;
-            end++;
-        }
-        if (v <= 0 || v > (1 << 24) || n == cap || (*end && *end != ',')) goto bad;
-        out[n++] = (int)v;
-        p = *end ? end + 1 : end;
-    }
-    if (n == 0) goto bad;
-    return n;
-bad:
-    fprintf(stderr, "tailor: %s: '%s' is not a list of positive sizes like 1k,2k,4096 (at most %d)\n", flag, s, cap);
-    return -1;
-}
-
-int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap) {
-    int n = 0;
-    bool pct = false;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        double v = strtod(p, &end);
-        if (end == p || n == cap || (*end && *end != ',' && *end != '%') || !(v >= 0)) goto bad;
-        if (*end == '%') {
-            pct = true;
-            end++;
-        }
-        out[n++] = v;
-        p = *end ? end + 1 : end;
-    }
-    for (int i = 0; i < n; i++) pct |= out[i] > 1;
-    for (int i = 0; i < n; i++) {
-        if (pct) out[i] /= 100;
-        if (out[i] > 1) goto bad;
-    }
-    if (n == 0) goto bad;
-    return n;
-bad:
-    fprintf(stderr, "tailor: %s: '%s' is not a list of depths in 0..1 or 0..100%% (at most %d)\n", flag, s, cap);
-    return -1;
 }
 
 /* ---- tailor eval ---- */
@@ -418,7 +363,7 @@ int tl_cmd_eval(int argc, char **argv) {
     size_t len = 0;
     char *text = tl_cli_read_file(tasks, &len, &err);
     if (!text) goto done;
-    if (!(e.model = tl_model_load(e.c.model, &err))) goto done;
+    if (tl_eval_cli_load(&e, &err)) goto done;
     /* parse and tokenize */
     int lineno = 0;
     for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -533,6 +478,6 @@ done:
     free(items);
     free(jobs);
     free(text);
-    tl_model_free(e.model);
+    tl_eval_cli_free(&e);
     return rc;
 }

@@ -46,7 +46,7 @@ int tl_cmd_generate(int argc, char **argv) {
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
     /* no more text than the context can hold: a longer prompt cannot fit anyway */
-    const int n_ctx = c.n_ctx > 0 ? c.n_ctx : m->cfg.n_ctx_train;
+    const int n_ctx = tl_model_resolve_n_ctx(m, c.n_ctx);
     if (!(text = tl_cli_prompt_text(&c, m, n_ctx, &text_len, &err))) goto done;
     if (!(ids = tl_cli_tokenize(m, text, text_len, !no_bos, &n_prompt, &err))) {
         tl_fail_prefix(&err, "prompt");

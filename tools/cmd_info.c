@@ -1,8 +1,9 @@
 /* tailor info: what is in a GGUF file (metadata, tensors), the model tailor reads from it, and
  * the memory a session would need at any context and KV policy, computed without allocating
- * (src/synth.h's projection, which mirrors tl_session_new_with_policies). With --shape it
+ * (the planner's projection, src/engine/plan.h, which the session allocates by). With --shape it
  * projects a model from the synth shape table, no file needed (e.g. Llama-3.1-8B at 128k). */
 #include "cli.h"
+#include "../src/engine/plan.h"
 #include "../src/kv/policy.h"
 #include "../src/synth.h"
 
@@ -190,7 +191,7 @@ typedef struct {
     /* memory */
     bool have_mem;
     char *plan_text;
-    tl_mem_projection mp;
+    tl_mem_plan mp;
     bool per_layer;            /* layers differ: print the per-layer table */
 } info_t;
 
@@ -223,7 +224,7 @@ static void print_md_model(const info_t *I) {
 }
 
 static void print_md_memory(const info_t *I) {
-    const tl_mem_projection *p = &I->mp;
+    const tl_mem_plan *p = &I->mp;
     char b[80], t[40];
     printf("\n## Memory at %s tokens (KV %s, chunk %d)\n\n| part | bytes |\n|---|---|\n", commas((uint64_t)p->n_ctx, t),
            I->plan_text, p->chunk);
@@ -395,7 +396,7 @@ static void print_json(const info_t *I, bool tensors) {
         }
     }
     if (I->have_mem) {
-        const tl_mem_projection *p = &I->mp;
+        const tl_mem_plan *p = &I->mp;
         cJSON *m = cJSON_AddObjectToObject(root, "memory");
         cJSON_AddNumberToObject(m, "n_ctx", p->n_ctx);
         cJSON_AddNumberToObject(m, "chunk", p->chunk);
@@ -449,13 +450,13 @@ int tl_cmd_info(int argc, char **argv) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--kv")) kv = v;
         else if (!strcmp(a, "--kv-layer")) kv_layer = v;
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
-            if (tl_cli_int(a, v, 1, INT_MAX, &n_ctx)) return 2;
-        } else if (!strcmp(a, "--chunk") || !strcmp(a, "-b") || !strcmp(a, "-ub")) {
-            if (tl_cli_int(a, v, 1, 1 << 20, &chunk)) return 2;
+        else if (tl_cli_is(&tl_flag_ctx, a)) {
+            if (tl_cli_flag_int(&tl_flag_ctx, a, v, &n_ctx)) return 2;
+        } else if (tl_cli_is(&tl_flag_chunk, a)) {
+            if (tl_cli_flag_int(&tl_flag_chunk, a, v, &chunk)) return 2;
         } else if (!strcmp(a, "--shape")) shape = v;
-        else if (!strcmp(a, "--layers")) {
-            if (tl_cli_int(a, v, 1, TL_MAX_LAYERS, &layers)) return 2;
+        else if (tl_cli_is(&tl_flag_layers, a)) {
+            if (tl_cli_flag_int(&tl_flag_layers, a, v, &layers)) return 2;
         } else if (!strcmp(a, "--type")) {
             tl_error e = {{0}};
             if (tl_synth_parse_type(v, &type, &e)) {
@@ -520,22 +521,17 @@ int tl_cmd_info(int argc, char **argv) {
     }
 
     if (!I.model_skip[0]) {
-        /* the session's memory: same rules as tl_session_new_with_policies */
+        /* the session's memory, by the planner */
         const tl_config *c = &I.cfg;
         if (tl_kv_plan_parse(&plan, kv ? kv : "f16", kv_layer, c->n_layer, &err)) {
             rc = 2;
             goto done;
         }
-        const int ctx = tl_project_n_ctx(c, n_ctx);
-        if (tl_project_kv(c, ctx, plan.layers, ctx, &I.mp, &err)) {
+        const tl_plan_target t = {.cfg = c, .model = I.m, .type = type, .weights = I.weights};
+        if (tl_plan_memory(&t, n_ctx, chunk, plan.layers, -1, &I.mp, &err)) {
             rc = 2;
             goto done;
         }
-        I.mp.chunk = tl_project_chunk(ctx, chunk);
-        I.mp.weights = I.weights;
-        const size_t scratch = I.m ? tl_project_mm_scratch_model(I.m, I.mp.chunk)
-                                   : tl_project_mm_scratch_uniform(c, type, I.mp.chunk);
-        I.mp.activations = tl_project_act_bytes(c, I.mp.chunk, scratch);
         I.plan_text = tl_kv_plan_format(&plan);
         for (int il = 1; il < c->n_layer; il++)
             if (!tl_kv_policy_equal(&I.mp.eff[il], &I.mp.eff[0]) || I.mp.window[il] != I.mp.window[0])

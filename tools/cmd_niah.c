@@ -87,11 +87,11 @@ int tl_cmd_niah(int argc, char **argv) {
         }
         if (!(v = tl_cli_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "--lengths") || !strcmp(a, "-L")) {
-            if ((nl = tl_parse_int_list(a, v, lengths, MAX_GRID)) < 0) return 2;
+            if ((nl = tl_parse_int_list(a, v, 1, lengths, MAX_GRID)) < 0) return 2;
         } else if (!strcmp(a, "--depths")) {
             if ((nd = tl_parse_depth_list(a, v, depths, MAX_GRID)) < 0) return 2;
-        } else if (!strcmp(a, "--samples")) {
-            if (tl_cli_int(a, v, 1, 1 << 20, &samples)) return 2;
+        } else if (tl_cli_is(&tl_flag_samples, a)) {
+            if (tl_cli_flag_int(&tl_flag_samples, a, v, &samples)) return 2;
         } else if (!strcmp(a, "--haystack")) hay_dir = v;
         else if (!strcmp(a, "--csv")) csv = v;
         else if (!strcmp(a, "--json")) json = v;
@@ -128,7 +128,7 @@ int tl_cmd_niah(int argc, char **argv) {
     double *score = tl_xcalloc((size_t)n_jobs, sizeof(double));
     for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
     const tl_task_kind kind = !strcmp(needle, "passkey") ? TL_TASK_PASSKEY : TL_TASK_NIAH_SINGLE;
-    if (!(e.model = tl_model_load(e.c.model, &err))) goto done;
+    if (tl_eval_cli_load(&e, &err)) goto done;
     const double tl0 = tl_time_s();
     if (tl_haystack_from_dir(&hay, e.model->tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
     fprintf(stderr, "niah: haystack %s: %d sentences, %lld tokens (%.1f s)\n", hay_dir, hay.n_sent,
@@ -304,6 +304,6 @@ done:
     free(score);
     free(secs);
     tl_haystack_free(&hay);
-    tl_model_free(e.model);
+    tl_eval_cli_free(&e);
     return rc;
 }

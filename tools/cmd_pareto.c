@@ -13,7 +13,6 @@
  * results.jsonl of several runs. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "../src/kv/policy.h"
 #include "../src/pareto/pareto.h"
 #include "../src/quantize.h"
 #include "../src/eval/report.h"
@@ -74,44 +73,6 @@ static void help(void) {
            "  --windows N (2) --ppl-tail N (second half) --decode N (16) --niah-depths 0,25,50,75,100\n"
            "  --niah-samples N (4 per depth) --ruler-samples N (4) --haystack DIR -f TEXT (default: the haystack)\n"
            "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n");
-}
-
-static int parse_size(const char *flag, const char *s, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || v < 0) goto bad;
-    double mul = 1;
-    if (!strcasecmp(end, "") || !strcasecmp(end, "b")) mul = 1;
-    else if (!strcasecmp(end, "k") || !strcasecmp(end, "kib") || !strcasecmp(end, "kb")) mul = 1024.0;
-    else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib") || !strcasecmp(end, "mb")) mul = 1048576.0;
-    else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib") || !strcasecmp(end, "gb")) mul = 1073741824.0;
-    else goto bad;
-    *out = v * mul;
-    return 0;
-bad:
-    fprintf(stderr, "tailor pareto: %s: '%s' is not a size (e.g. 2GiB, 512MiB)\n", flag, s);
-    return -1;
-}
-
-static int parse_depths(const char *s, double *d, int cap) {
-    char *dup = tl_xstrdup(s), *save = NULL;
-    int n = 0;
-    bool pct = false;
-    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        char *end;
-        double v = strtod(t, &end);
-        if (end == t || *end || v < 0 || n == cap) {
-            fprintf(stderr, "tailor pareto: --niah-depths: bad value '%s'\n", t);
-            free(dup);
-            return -1;
-        }
-        pct |= v > 1;
-        d[n++] = v;
-    }
-    free(dup);
-    for (int i = 0; i < n; i++)
-        if (pct) d[i] /= 100.0;
-    return n;
 }
 
 static int parse_args(opts *o, int argc, char **argv) {
@@ -175,17 +136,21 @@ static int parse_args(opts *o, int argc, char **argv) {
             else if (FLAG("--smooth")) o->axes.smooth = v;
             else if (FLAG("--rot")) o->axes.rot = v;
             else if (FLAG("--chunks") || FLAG("--chunk")) o->axes.chunk = v;
-            else if (FLAG("-c") || FLAG("--ctx-size")) bad = tl_cli_int(a, v, 16, 1 << 24, &o->ctx);
+            else if (tl_cli_is(&tl_flag_ctx, a)) bad = tl_cli_flag_int(&tl_flag_ctx, a, v, &o->ctx);
             else if (FLAG("--target-ctx")) bad = tl_cli_int(a, v, 0, 1 << 26, &o->target_ctx);
-            else if (FLAG("-t") || FLAG("--threads")) bad = tl_cli_int(a, v, 1, 1024, &o->threads);
-            else if (FLAG("-j") || FLAG("--parallel")) bad = tl_cli_int(a, v, 1, 256, &o->jobs);
+            else if (tl_cli_is(&tl_flag_threads, a)) bad = tl_cli_flag_int(&tl_flag_threads, a, v, &o->threads);
+            else if (FLAG("-j") || tl_cli_is(&tl_flag_parallel, a)) bad = tl_cli_flag_int(&tl_flag_parallel, a, v, &o->jobs);
             else if (FLAG("--windows") || FLAG("--chunks-ppl")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->windows);
             else if (FLAG("--ppl-tail")) bad = tl_cli_int(a, v, 0, 1 << 24, &o->tail);
             else if (FLAG("--decode")) bad = tl_cli_int(a, v, 0, 1 << 20, &o->n_decode);
             else if (FLAG("--niah-samples")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->niah_samples);
             else if (FLAG("--ruler-samples")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->ruler_samples);
-            else if (FLAG("--niah-depths")) bad = (o->n_depths = parse_depths(v, o->depths, MAX_DEPTHS)) < 0;
-            else if (FLAG("--budget")) bad = parse_size(a, v, &o->budget);
+            else if (FLAG("--niah-depths")) bad = (o->n_depths = tl_parse_depth_list(a, v, o->depths, MAX_DEPTHS)) < 0;
+            else if (FLAG("--budget")) {
+                uint64_t b;
+                bad = tl_cli_size(a, v, 0, &b);
+                o->budget = (double)b;
+            }
             else if (FLAG("-s") || FLAG("--seed")) o->seed = strtoull(v, NULL, 10);
             else if (FLAG("--max-loss")) {
                 char *end;
@@ -202,6 +167,10 @@ static int parse_args(opts *o, int argc, char **argv) {
             if (bad) return -1;
         }
 #undef FLAG
+    }
+    if (o->ctx < 16) { /* -c 0 (a training context) is not a window size the sweep can use */
+        fprintf(stderr, "tailor pareto: -c %d: the evaluation context must be at least 16 tokens\n", o->ctx);
+        return -1;
     }
     return 0;
 }
@@ -244,51 +213,6 @@ static char *weights_path(const opts *o, const char *fmt) {
     char *p = NULL;
     if (asprintf(&p, "%s/weights/%s.gguf", o->out, fmt) < 0) abort();
     return p;
-}
-
-/* canonical KV text (equal behaviour, equal id): "k4v4:smooth" or policy + overrides */
-static void canon_config(tl_pareto_config *c, int n_layer) {
-    tl_kv_plan plan = {0};
-    tl_error err;
-    if (tl_kv_plan_parse(&plan, c->kv, c->kv_layer[0] ? c->kv_layer : NULL, n_layer, &err)) return; /* fails at run */
-    char *f = tl_kv_plan_format(&plan);
-    tl_kv_plan_free(&plan);
-    char *br = strstr(f, " [");
-    if (br) {
-        *br = 0;
-        size_t l = strlen(br + 2);
-        if (l && br[2 + l - 1] == ']') br[2 + l - 1] = 0;
-        snprintf(c->kv_layer, sizeof c->kv_layer, "%s", br + 2);
-    } else {
-        c->kv_layer[0] = 0;
-    }
-    snprintf(c->kv, sizeof c->kv, "%s", f);
-    free(f);
-    tl_pareto_config_finish(c);
-}
-
-/* parse "w=<w> kv=<kv>[ kvl=<l>] chunk=<c>" */
-static int config_from_id(const char *id, tl_pareto_config *c) {
-    char w[32] = "", kv[256] = "", kvl[256] = "", ch[16] = "";
-    const char *p = id;
-    while (*p) {
-        while (*p == ' ') p++;
-        const char *eq = strchr(p, '='), *end = strchr(p, ' ');
-        if (!eq) return -1;
-        if (!end) end = p + strlen(p);
-        char *dst = NULL;
-        size_t cap = 0;
-        if (!strncmp(p, "w=", 2)) dst = w, cap = sizeof w;
-        else if (!strncmp(p, "kv=", 3)) dst = kv, cap = sizeof kv;
-        else if (!strncmp(p, "kvl=", 4)) dst = kvl, cap = sizeof kvl;
-        else if (!strncmp(p, "chunk=", 6)) dst = ch, cap = sizeof ch;
-        else return -1;
-        snprintf(dst, cap, "%.*s", (int)(end - eq - 1), eq + 1);
-        p = end;
-    }
-    if (!w[0] || !kv[0] || !ch[0]) return -1;
-    tl_pareto_config_set(c, w, kv, kvl, strcmp(ch, "full") ? atoi(ch) : 0);
-    return 0;
 }
 
 static int write_outputs(const opts *o, const char *const *files, int n_files) {
@@ -384,56 +308,6 @@ static int do_merge(const opts *o) {
     return rc;
 }
 
-/* Cut a torn last line (a sweep killed mid-write) so that appended lines start clean. */
-static void repair_tail(const char *path) {
-    int fd = open(path, O_RDWR);
-    if (fd < 0) return;
-    off_t size = lseek(fd, 0, SEEK_END), keep = size;
-    char c;
-    while (keep > 0 && pread(fd, &c, 1, keep - 1) == 1 && c != '\n') keep--;
-    if (keep != size) {
-        fprintf(stderr, "pareto: dropping a torn last line of %s (%lld bytes)\n", path, (long long)(size - keep));
-        if (ftruncate(fd, keep)) fprintf(stderr, "pareto: %s: cannot truncate: %s\n", path, strerror(errno));
-    }
-    close(fd);
-}
-
-static int n_tasks_of(const char *tasks) {
-    int n = 1;
-    for (const char *p = tasks; *p; p++) n += *p == ',';
-    return n;
-}
-
-/* the tasks of `tasks` recorded for id in `done` ("id\ttask\n" lines), as a comma list */
-static char *done_tasks(const char *done, const char *id, const char *tasks) {
-    char *out = tl_xmalloc(strlen(tasks) + 2);
-    out[0] = 0;
-    char *dup = tl_xstrdup(tasks), *save = NULL;
-    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        char key[1024];
-        snprintf(key, sizeof key, "%s\t%s\n", id, t);
-        bool found = false;
-        for (const char *p = done; (p = strstr(p, key)); p++)
-            if (p == done || p[-1] == '\n') {
-                found = true;
-                break;
-            }
-        if (found) {
-            if (out[0]) strcat(out, ",");
-            strcat(out, t);
-        }
-    }
-    free(dup);
-    return out;
-}
-
-static bool in_csv(const char *list, const char *item) {
-    const size_t n = strlen(item);
-    for (const char *s = list; (s = strstr(s, item)); s += n)
-        if ((s == list || s[-1] == ',') && (s[n] == 0 || s[n] == ',')) return true;
-    return false;
-}
-
 static char *shell_quote(const char *s) {
     size_t n = 3;
     for (const char *p = s; *p; p++) n += *p == '\'' ? 4 : 1;
@@ -491,7 +365,7 @@ static char **child_argv(int argc, char **argv, const char *exe, const char *id,
 
 static int run_child(const opts *o) {
     tl_pareto_config c;
-    if (config_from_id(o->only, &c)) {
+    if (tl_pareto_config_from_id(o->only, &c)) {
         fprintf(stderr, "tailor pareto: --only '%s': not a configuration id (w=.. kv=.. chunk=..)\n", o->only);
         return 2;
     }
@@ -634,7 +508,7 @@ int tl_cmd_pareto(int argc, char **argv) {
     /* the baseline first: base weights, f16 KV (added when the grid lacks it) */
     tl_pareto_config base;
     tl_pareto_config_set(&base, "base", "f16", "", 256);
-    if (o.baseline && config_from_id(o.baseline, &base)) {
+    if (o.baseline && tl_pareto_config_from_id(o.baseline, &base)) {
         fprintf(stderr, "tailor pareto: --baseline '%s': not a configuration id\n", o.baseline);
         return 2;
     }
@@ -644,10 +518,10 @@ int tl_cmd_pareto(int argc, char **argv) {
                 base = raw.v[i];
                 break;
             }
-    canon_config(&base, n_layer);
+    tl_pareto_config_canon(&base, n_layer);
     tl_pareto_grid_add(&g, &base);
     for (int i = 0; i < raw.n; i++) {
-        canon_config(&raw.v[i], n_layer);
+        tl_pareto_config_canon(&raw.v[i], n_layer);
         tl_pareto_grid_add(&g, &raw.v[i]);
     }
     tl_pareto_grid_free(&raw);
@@ -733,7 +607,7 @@ int tl_cmd_pareto(int argc, char **argv) {
         free(results);
         goto out_w;
     }
-    repair_tail(results);
+    tl_pareto_repair_tail(results);
     if (!o.text) {
         char *tp = path_join(o.out, "eval_text.txt");
         if (make_text(&o, tp, &err)) {
@@ -750,12 +624,12 @@ int tl_cmd_pareto(int argc, char **argv) {
         char *jpath = path_join(o.out, "journal.tsv"), *jtext = file_exists(jpath) ? tl_read_whole(jpath, NULL, &err) : NULL;
         const int jfd = open(jpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
         if (jfd < 0) fprintf(stderr, "pareto: %s: %s\n", jpath, strerror(errno));
-        const int nt = n_tasks_of(o.tasks);
+        const int nt = tl_pareto_n_items(o.tasks);
         char **skip = tl_xcalloc((size_t)g.n, sizeof *skip);
         int todo = 0, total = g.n, finished = 0;
         for (int i = 0; i < g.n; i++) {
-            skip[i] = done_tasks(done, g.v[i].id, o.tasks);
-            const int ndone = skip[i][0] ? n_tasks_of(skip[i]) : 0;
+            skip[i] = tl_pareto_done_tasks(done, g.v[i].id, o.tasks);
+            const int ndone = skip[i][0] ? tl_pareto_n_items(skip[i]) : 0;
             if (ndone >= nt) finished++;
             else todo++;
             /* started by a sweep that was killed before it ended: its missing tasks run again, once */
@@ -766,21 +640,21 @@ int tl_cmd_pareto(int argc, char **argv) {
          * the paired PPL-ratio interval): when it is gone (a copied or cleaned folder) while
          * others still need it, the baseline's ppl runs again, first */
         char *klb = path_join(o.out, "baseline.kldb");
-        if (o.baseline && in_csv(o.tasks, "ppl") && !file_exists(klb)) {
+        if (o.baseline && tl_pareto_in_list(o.tasks, "ppl") && !file_exists(klb)) {
             bool needed = false;
             int bi = -1;
             for (int i = 0; i < g.n; i++) {
                 if (!strcmp(g.v[i].id, o.baseline)) bi = i;
-                else needed |= !in_csv(skip[i], "ppl");
+                else needed |= !tl_pareto_in_list(skip[i], "ppl");
             }
-            if (bi >= 0 && needed && in_csv(skip[bi], "ppl")) {
-                char *rest = done_tasks(done, g.v[bi].id, o.tasks), *keep = tl_xcalloc(strlen(rest) + 1, 1), *sv = NULL;
+            if (bi >= 0 && needed && tl_pareto_in_list(skip[bi], "ppl")) {
+                char *rest = tl_pareto_done_tasks(done, g.v[bi].id, o.tasks), *keep = tl_xcalloc(strlen(rest) + 1, 1), *sv = NULL;
                 for (char *t = strtok_r(rest, ",", &sv); t; t = strtok_r(NULL, ",", &sv))
                     if (strcmp(t, "ppl")) {
                         if (keep[0]) strcat(keep, ",");
                         strcat(keep, t);
                     }
-                if (n_tasks_of(skip[bi]) >= nt) finished--, todo++;
+                if (tl_pareto_n_items(skip[bi]) >= nt) finished--, todo++;
                 free(skip[bi]);
                 skip[bi] = keep;
                 free(rest);
@@ -794,12 +668,12 @@ int tl_cmd_pareto(int argc, char **argv) {
         /* weight formats that could not be made: recorded as failures up front */
         for (int i = 0; i < g.n; i++)
             for (int f = 0; f < n_failed_fmt; f++) {
-                if (strcmp(g.v[i].weights, failed_fmt[f]) || (skip[i][0] && n_tasks_of(skip[i]) >= nt)) continue;
+                if (strcmp(g.v[i].weights, failed_fmt[f]) || (skip[i][0] && tl_pareto_n_items(skip[i]) >= nt)) continue;
                 char reason[700];
                 snprintf(reason, sizeof reason, "weights %s: %s", failed_fmt[f], fail_reason[f]);
                 char *dup = tl_xstrdup(o.tasks), *save = NULL;
                 for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save))
-                    if (!in_csv(skip[i], t)) tl_pareto_append_failure(results, &g.v[i], o.model, o.ctx, t, reason, NULL, &err);
+                    if (!tl_pareto_in_list(skip[i], t)) tl_pareto_append_failure(results, &g.v[i], o.model, o.ctx, t, reason, NULL, &err);
                 free(dup);
                 free(skip[i]);
                 skip[i] = tl_xstrdup(o.tasks);
@@ -816,7 +690,7 @@ int tl_cmd_pareto(int argc, char **argv) {
         for (;;) {
             /* the baseline alone first: the others compare against its KL file */
             while (running < P && next < g.n) {
-                const int ndone = skip[next][0] ? n_tasks_of(skip[next]) : 0;
+                const int ndone = skip[next][0] ? tl_pareto_n_items(skip[next]) : 0;
                 if (ndone >= nt) {
                     next++;
                     continue;
@@ -883,10 +757,10 @@ int tl_cmd_pareto(int argc, char **argv) {
                              WTERMSIG(status) == SIGKILL ? ", out of memory?" : "", ru.ru_maxrss / 1024.0);
                 else snprintf(reason, sizeof reason, "process exited with status %d", WEXITSTATUS(status));
                 char *now = tl_pareto_done_pairs(results);
-                char *have = done_tasks(now, g.v[ci].id, o.tasks);
+                char *have = tl_pareto_done_tasks(now, g.v[ci].id, o.tasks);
                 char *dup = tl_xstrdup(o.tasks), *save = NULL;
                 for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-                    char *one = done_tasks(now, g.v[ci].id, t);
+                    char *one = tl_pareto_done_tasks(now, g.v[ci].id, t);
                     if (!one[0]) tl_pareto_append_failure(results, &g.v[ci], o.model, o.ctx, t, reason, NULL, &err);
                     free(one);
                 }

@@ -88,8 +88,8 @@ int tl_cmd_perplexity(int argc, char **argv) {
     tl_kld kld = {0};
     tl_ppl_result res = {0};
     bool have_kld = false;
-    tl_model *m = tl_model_load(c->model, &err);
-    if (!(e.model = m)) goto done;
+    if (tl_eval_cli_load(&e, &err)) goto done;
+    tl_model *m = e.model;
     const int n_ctx = c->n_ctx > 0 ? c->n_ctx : 2048;
     c->n_ctx = n_ctx;
     /* the general cap, not the windows asked for: a KL baseline is tied to the whole text read */
@@ -102,7 +102,7 @@ int tl_cmd_perplexity(int argc, char **argv) {
     if (kl_read && tl_kld_open_read(&kld, kl_read, m->cfg.n_vocab, n_ctx, ids, (int64_t)n, &err)) goto done;
     have_kld = kl_write || kl_read;
     if (kl_read && (max_windows <= 0 || max_windows > kld.n_windows)) max_windows = kld.n_windows;
-    if (!(s = tl_cli_session(m, c, &err))) goto done;
+    if (!(s = tl_cli_session_plan(m, c, &e.plan, &err))) goto done;
     int nw = (int)((int64_t)n / n_ctx);
     if (max_windows > 0 && max_windows < nw) nw = max_windows;
     tl_progress prog;
@@ -114,7 +114,7 @@ int tl_cmd_perplexity(int argc, char **argv) {
     if (prc || err.msg[0]) goto done;
     if (have_kld && tl_kld_finish(&kld, &err)) goto done;
     printf("model %s, text %s (%zu tokens), -c %d, %d windows, %lld tokens scored, kv %s\n", c->model, c->file, n, n_ctx,
-           res.n_windows, (long long)res.n_scored, c->kv ? c->kv : "f16");
+           res.n_windows, (long long)res.n_scored, c->kv ? c->kv : "f16"); /* as given: auto:4, a plan file */
     const tl_interval ci_ppl = tl_ppl_interval(res.nll, res.n_scored);
     /* +/- is llama.cpp's standard error (tokens taken as independent), kept to compare with it */
     printf("Final estimate: PPL = %.4f +/- %.5f  95%% [%.4f, %.4f]\n", res.ppl, res.ppl_err, ci_ppl.lo, ci_ppl.hi);
@@ -188,6 +188,6 @@ done:
     tl_session_free(s);
     free(ids);
     free(text);
-    tl_model_free(m);
+    tl_eval_cli_free(&e);
     return rc;
 }

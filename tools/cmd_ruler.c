@@ -52,9 +52,9 @@ int tl_cmd_ruler(int argc, char **argv) {
             }
             free(cp);
         } else if (!strcmp(a, "--lengths")) {
-            if ((nl = tl_parse_int_list(a, v, lengths, 16)) < 0) return 2;
-        } else if (!strcmp(a, "--samples")) {
-            if (tl_cli_int(a, v, 1, 1 << 20, &samples)) return 2;
+            if ((nl = tl_parse_int_list(a, v, 1, lengths, 16)) < 0) return 2;
+        } else if (tl_cli_is(&tl_flag_samples, a)) {
+            if (tl_cli_flag_int(&tl_flag_samples, a, v, &samples)) return 2;
         } else if (!strcmp(a, "--haystack")) hay_dir = v;
         else if (!strcmp(a, "--json")) json = v;
         else {
@@ -79,7 +79,7 @@ int tl_cmd_ruler(int argc, char **argv) {
     tl_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
     cJSON *cfg = NULL, *jo = NULL;
     for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
-    if (!(e.model = tl_model_load(e.c.model, &err))) goto done;
+    if (tl_eval_cli_load(&e, &err)) goto done;
     if (tl_haystack_from_dir(&hay, e.model->tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
     for (int li = 0, j = 0; li < nl; li++)
         for (int ki = 0; ki < nk; ki++)
@@ -181,6 +181,6 @@ done:
     free(ts);
     free(jobs);
     tl_haystack_free(&hay);
-    tl_model_free(e.model);
+    tl_eval_cli_free(&e);
     return rc;
 }

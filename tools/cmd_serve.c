@@ -105,9 +105,9 @@ int tl_cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--port")) {
             VAL();
             if (tl_cli_int(a, v, 0, 65535, &sp.port)) return 2;
-        } else if (!strcmp(a, "--parallel") || !strcmp(a, "-np")) {
+        } else if (tl_cli_is(&tl_flag_parallel, a)) {
             VAL();
-            if (tl_cli_int(a, v, 1, 256, &sp.n_parallel)) return 2;
+            if (tl_cli_flag_int(&tl_flag_parallel, a, v, &sp.n_parallel)) return 2;
         } else if (!strcmp(a, "--queue")) {
             VAL();
             if (tl_cli_int(a, v, 0, 1 << 16, &sp.n_queue)) return 2;
@@ -170,8 +170,6 @@ int tl_cmd_serve(int argc, char **argv) {
     sp.n_ctx = c.n_ctx;
     sp.n_threads = c.n_threads;
     sp.chunk = c.chunk;
-    sp.kv = c.kv;
-    sp.kv_layer = c.kv_layer;
     sp.sampling = c.sp;
     sp.default_max_tokens = c.n_predict;
 
@@ -186,16 +184,20 @@ int tl_cmd_serve(int argc, char **argv) {
 
     int rc = 1;
     tl_server *srv = NULL;
+    tl_kv_plan plan = {0};
+    char *kv_text = NULL;
     tl_model *m = tl_model_load(c.model, &err);
-    if (!m) goto done;
+    if (!m || tl_kv_plan_parse(&plan, c.kv, c.kv_layer, m->cfg.n_layer, &err)) goto done;
+    sp.kv = &plan;
     if (!(srv = tl_server_start(m, c.model, &sp, &err))) goto done;
     tl_session_mem mem;
     int n_ctx;
     const char *chat;
     tl_server_slot_memory(srv, &mem, &n_ctx, &chat);
+    kv_text = tl_kv_plan_format(&plan);
     fprintf(stderr,
             "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations per slot, chat template %s%s\n",
-            c.model, sp.n_parallel, n_ctx, c.kv ? c.kv : "f16", mem.activations / 1048576.0, chat,
+            c.model, sp.n_parallel, n_ctx, kv_text, mem.activations / 1048576.0, chat,
             sp.api_key && *sp.api_key ? ", API key required" : "");
     const tl_server_params *in_use = tl_server_params_in_use(srv);
     fprintf(stderr, "tailor serve: requests of at most %zu bytes; at most %d connections, %d per address\n",
@@ -209,6 +211,8 @@ int tl_cmd_serve(int argc, char **argv) {
 done:
     if (rc) fprintf(stderr, "tailor serve: %s\n", err.msg);
     tl_server_stop(srv);
+    tl_kv_plan_free(&plan);
+    free(kv_text);
     tl_model_free(m);
     free(key_buf);
     return rc;

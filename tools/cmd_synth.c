@@ -57,10 +57,10 @@ int tl_cmd_synth(int argc, char **argv) {
                 return 2;
             }
             p.seed = s;
-        } else if (!strcmp(a, "--layers")) {
-            if (tl_cli_int(a, v, 1, TL_MAX_LAYERS, &p.n_layer)) return 2;
-        } else if (!strcmp(a, "--ctx") || !strcmp(a, "-c")) {
-            if (tl_cli_int(a, v, 1, INT_MAX, &p.n_ctx)) return 2;
+        } else if (tl_cli_is(&tl_flag_layers, a)) {
+            if (tl_cli_flag_int(&tl_flag_layers, a, v, &p.n_layer)) return 2;
+        } else if (tl_cli_is(&tl_flag_ctx, a)) {
+            if (tl_cli_flag_int(&tl_flag_ctx, a, v, &p.n_ctx)) return 2;
         } else {
             fprintf(stderr, "tailor synth: unknown flag '%s' (see -h)\n", a);
             return 2;

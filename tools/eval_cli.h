@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "../src/eval/runner.h"
 #include "../src/eval/tasks.h"
+#include "../src/kv/policy.h"
 
 typedef struct {
     tl_cli_common c;
@@ -15,10 +16,14 @@ typedef struct {
     const char *out;    /* --out FILE.jsonl: result lines appended */
     bool no_reuse;      /* --no-reuse: recompute shared prefixes */
     bool quiet;         /* --quiet: no progress bar */
-    tl_model *model;
+    tl_model *model;    /* tl_eval_cli_load: -m ... */
+    tl_kv_plan plan;    /* ... and --kv/--kv-layer parsed for it */
 } tl_eval_cli;
 
 void tl_eval_cli_init(tl_eval_cli *e);
+/* Load the model and parse the KV plan for it. */
+int tl_eval_cli_load(tl_eval_cli *e, tl_error *err);
+void tl_eval_cli_free(tl_eval_cli *e);
 /* common flags + the ones above; 1 consumed, 0 not ours, -1 bad value */
 int tl_eval_cli_arg(tl_eval_cli *e, int argc, char **argv, int *i);
 /* help text of the shared flags */
@@ -44,9 +49,5 @@ void tl_eval_cli_result(const tl_eval_cli *e, const char *cmd, const cJSON *conf
 /* The same for a value with its 95% interval: value and n from it, plus "lo" and "hi". */
 void tl_eval_cli_result_ci(const tl_eval_cli *e, const char *cmd, const cJSON *config, const char *metric, tl_interval ci,
                            double seconds, const cJSON *extra);
-/* "1k,2k,4096" -> ints (k = 1024); returns the count, -1 on error (message printed) */
-int tl_parse_int_list(const char *flag, const char *s, int *out, int cap);
-/* "0,25,50,75,100" (percent when any value > 1) or "0,0.5,1" -> fractions */
-int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap);
 
 #endif

@@ -23,6 +23,7 @@ extern "C" {
 #include "../session.h"
 #include "../kv/policy.h"
 #include "../kv/offload.h"
+#include "../engine/plan.h"
 }
 
 struct dmat {
@@ -677,9 +678,8 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         return NULL;
     }
     const tl_config *c = &m->cfg;
-    if (n_ctx <= 0) n_ctx = c->n_ctx_train;
-    if (chunk <= 0) chunk = 512;
-    if (chunk > n_ctx) chunk = n_ctx;
+    n_ctx = tl_plan_n_ctx(c, n_ctx);
+    chunk = tl_plan_chunk(n_ctx, chunk);
     if (c->head_dim_k % 4 || c->head_dim_v % 4 || c->n_rot / 2 > 512) {
         tl_fail(err, "--device cuda: head sizes %d/%d (need multiples of 4)", c->head_dim_k, c->head_dim_v);
         return NULL;
@@ -744,7 +744,7 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
     for (int il = 0; il < c->n_layer && !rc; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy p;
-        tl_session_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p); /* the CPU session's rule */
+        tl_plan_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p); /* the planner's rule */
         const int window = sh.window;
         char pname[128];
         tl_kv_policy_format(&p, pname, sizeof pname);
@@ -1026,7 +1026,7 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy eff;
-        tl_session_layer_kv(c, g->n_ctx, il, &g->pol[il], &sh, &eff);
+        tl_plan_layer_kv(c, g->n_ctx, il, &g->pol[il], &sh, &eff);
         tl_kv_bytes b;
         tl_error e;
         int frc;
@@ -1191,11 +1191,10 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
                                    tl_cuda_plan *out, tl_error *err) {
     memset(out, 0, sizeof *out);
     const tl_config *c = &m->cfg;
-    if (n_ctx <= 0) n_ctx = c->n_ctx_train;
-    if (chunk <= 0) chunk = 512;
-    if (chunk > n_ctx) chunk = n_ctx;
-    /* weights, as upload_weights stores them (block formats with kernels as they are, other
-     * non-float types widened to f16) */
+    n_ctx = tl_plan_n_ctx(c, n_ctx);
+    chunk = tl_plan_chunk(n_ctx, chunk);
+    /* weights, as upload_weights stores them (block formats with kernels as they are with
+     * TL_CUDA_WIDEN=0, other non-float types widened to f16) */
     uint64_t w = mat_bytes(&m->w.tok_embd) + (uint64_t)c->n_embd * 4;
     if (!m->w.tied_output) w += mat_bytes(&m->w.output);
     const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, kdim = (uint64_t)c->n_head_kv * c->head_dim_k,
@@ -1215,7 +1214,7 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy p;
-        tl_session_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p);
+        tl_plan_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p);
         if (p.kind == TL_KV_OFFLOAD) {
             tlc_off_sizes z;
             if (tlc_off_sizes_of(&p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, &z, err))
@@ -1261,9 +1260,8 @@ extern "C" int tl_cuda_check_budget(const tl_model *m, int n_ctx, int chunk, con
                                     uint64_t budget, tl_error *err) {
     tl_cuda_plan p;
     if (tl_cuda_plan_memory(m, n_ctx, chunk, policies, &p, err)) return tl_fail_prefix(err, "--gpu-mem-budget");
-    if (n_ctx <= 0) n_ctx = m->cfg.n_ctx_train;
-    if (chunk <= 0) chunk = 512;
-    if (chunk > n_ctx) chunk = n_ctx;
+    n_ctx = tl_plan_n_ctx(&m->cfg, n_ctx);
+    chunk = tl_plan_chunk(n_ctx, chunk);
     if (p.total <= budget) return 0;
     const uint64_t fixed = p.weights + p.workspace + p.activations + p.reserve;
     char what[160];

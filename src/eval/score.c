@@ -45,31 +45,16 @@ static bool is_cjk(uint32_t c) {
            (c >= 0xAC00 && c <= 0xD7AF) || (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x20000 && c <= 0x2FFFF);
 }
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        b->cap = (b->n + n + 1) * 2;
-        b->p = tl_xrealloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_cp(sbuf *b, uint32_t c) {
+static void sb_cp(tl_strbuf *b, uint32_t c) {
     char u[4];
-    sb_put(b, u, (size_t)tl_utf8_encode(c, u));
+    tl_strbuf_put(b, u, (size_t)tl_utf8_encode(c, u));
 }
 
 /* Collapse whitespace, lower-case, optionally drop punctuation; CJK characters are set apart
  * by spaces when split_cjk so that F1 counts them one by one. */
 static char *normalize(const char *s, bool strip_punct, bool split_cjk) {
-    sbuf b = {0};
-    sb_put(&b, "", 0);
+    tl_strbuf b = {0};
+    tl_strbuf_put(&b, "", 0);
     const size_t n = strlen(s);
     size_t pos = 0;
     bool pending_space = false;
@@ -85,20 +70,20 @@ static char *normalize(const char *s, bool strip_punct, bool split_cjk) {
             continue;
         }
         const bool cjk = split_cjk && is_cjk(c);
-        if ((pending_space || cjk) && b.n > 0 && b.p[b.n - 1] != ' ') sb_put(&b, " ", 1);
+        if ((pending_space || cjk) && b.n > 0 && b.p[b.n - 1] != ' ') tl_strbuf_put(&b, " ", 1);
         pending_space = cjk;
         sb_cp(&b, lower_cp(c));
     }
     while (b.n > 0 && b.p[b.n - 1] == ' ') b.p[--b.n] = 0;
     if (!strip_punct) return b.p;
     /* drop articles, SQuAD style */
-    sbuf o = {0};
-    sb_put(&o, "", 0);
+    tl_strbuf o = {0};
+    tl_strbuf_put(&o, "", 0);
     char *save = NULL;
     for (char *w = strtok_r(b.p, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
         if (!strcmp(w, "a") || !strcmp(w, "an") || !strcmp(w, "the")) continue;
-        if (o.n) sb_put(&o, " ", 1);
-        sb_put(&o, w, strlen(w));
+        if (o.n) tl_strbuf_put(&o, " ", 1);
+        tl_strbuf_put(&o, w, strlen(w));
     }
     free(b.p);
     return o.p;

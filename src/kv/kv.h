@@ -129,7 +129,7 @@ typedef struct {
     int page;         /* 0: token-level retrieval; > 0: retrieve whole pages of this many tokens */
 } tl_kv_offload_params;
 
-typedef struct {
+typedef struct tl_kv_layer_policy {
     tl_kv_kind kind; /* dense kinds ignore the rest */
     tl_kv_side k, v;
     int residual;    /* R: most recent tokens kept in full precision (KIVI) */

@@ -523,25 +523,30 @@ int tl_kv_plan_parse(tl_kv_plan *plan, const char *spec, const char *overrides, 
     return 0;
 }
 
-char *tl_kv_plan_format(const tl_kv_plan *plan) {
-    /* default: the policy most layers use; then ranges of layers that differ */
+/* The layer whose policy most layers use (the first such). */
+static int plan_base(const tl_kv_plan *plan) {
     int best = 0, best_n = 0;
     for (int i = 0; i < plan->n_layers; i++) {
         int c = 0;
         for (int j = 0; j < plan->n_layers; j++) c += tl_kv_policy_equal(&plan->layers[i], &plan->layers[j]);
         if (c > best_n) best = i, best_n = c;
     }
-    size_t cap = 64 + (size_t)plan->n_layers * (MAX_POLICY_TEXT + 24);
-    char *out = tl_xmalloc(cap);
-    sbuf b = {out, cap, 0};
+    return best;
+}
+
+void tl_kv_plan_format_parts(const tl_kv_plan *plan, char **base, char **overrides) {
     char txt[MAX_POLICY_TEXT];
     if (plan->n_layers == 0) {
-        put(&b, "(empty)");
-        return out;
+        *base = tl_xstrdup("(empty)");
+        *overrides = tl_xstrdup("");
+        return;
     }
+    const int best = plan_base(plan);
     tl_kv_policy_format(&plan->layers[best], txt, sizeof txt);
-    put(&b, "%s", txt);
-    const char *sep = " [";
+    *base = tl_xstrdup(txt);
+    tl_strbuf b = {0};
+    tl_strbuf_put(&b, "", 0);
+    const char *sep = "";
     for (int i = 0; i < plan->n_layers;) {
         if (tl_kv_policy_equal(&plan->layers[i], &plan->layers[best])) {
             i++;
@@ -550,13 +555,45 @@ char *tl_kv_plan_format(const tl_kv_plan *plan) {
         int j = i;
         while (j + 1 < plan->n_layers && tl_kv_policy_equal(&plan->layers[j + 1], &plan->layers[i])) j++;
         tl_kv_policy_format(&plan->layers[i], txt, sizeof txt);
-        if (j > i) put(&b, "%s%d-%d=%s", sep, i, j, txt);
-        else put(&b, "%s%d=%s", sep, i, txt);
+        if (j > i) tl_strbuf_printf(&b, "%s%d-%d=%s", sep, i, j, txt);
+        else tl_strbuf_printf(&b, "%s%d=%s", sep, i, txt);
         sep = ",";
         i = j + 1;
     }
-    if (sep[0] == ',') put(&b, "]");
+    *overrides = b.p;
+}
+
+char *tl_kv_plan_format(const tl_kv_plan *plan) {
+    char *base, *over, *out;
+    tl_kv_plan_format_parts(plan, &base, &over);
+    if (!*over) {
+        free(over);
+        return base;
+    }
+    const size_t n = strlen(base) + strlen(over) + 4;
+    out = tl_xmalloc(n);
+    snprintf(out, n, "%s [%s]", base, over);
+    free(base);
+    free(over);
     return out;
+}
+
+int tl_kv_plan_retarget(const tl_kv_plan *src, int n_layers, tl_kv_plan *dst, tl_error *err) {
+    memset(dst, 0, sizeof *dst);
+    if (src->n_layers == 0) return tl_fail(err, "retarget: the plan is empty");
+    const tl_kv_layer_policy *base = &src->layers[plan_base(src)];
+    for (int i = n_layers; i < src->n_layers; i++)
+        if (!tl_kv_policy_equal(&src->layers[i], base))
+            return tl_fail(err, "--kv-layer: layer %d out of range (model has %d layers)", i, n_layers);
+    if (plan_init(dst, n_layers, base, err)) return -1;
+    for (int i = 0; i < n_layers && i < src->n_layers; i++) dst->layers[i] = src->layers[i];
+    return 0;
+}
+
+void tl_kv_plan_copy(const tl_kv_plan *src, tl_kv_plan *dst) {
+    dst->n_layers = src->n_layers;
+    dst->layers = tl_xmalloc(sizeof *dst->layers * (size_t)TL_MAX(1, src->n_layers));
+    memcpy(dst->layers, src->layers, sizeof *dst->layers * (size_t)src->n_layers);
 }
 
 /* ---- stores ---- */

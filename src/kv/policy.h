@@ -31,6 +31,7 @@
 #define TL_KV_POLICY_H
 
 #include "kv.h"
+#include "../../include/tailor.h"
 
 /* The key layouts auto:B chooses from, in order of preference (faster kernels first; a later
  * one must measure clearly better to be chosen): per-token, per-channel (KIVI's layout),
@@ -52,24 +53,22 @@ void tl_kv_policy_default(tl_kv_layer_policy *p, tl_kv_kind kind);
 void tl_kv_policy_normalize(tl_kv_layer_policy *p);
 bool tl_kv_policy_equal(const tl_kv_layer_policy *a, const tl_kv_layer_policy *b);
 
-/* One policy per layer. */
-typedef struct {
-    int n_layers;
-    tl_kv_layer_policy *layers;
-} tl_kv_plan;
-
-/* spec: a policy text, or a path to a JSON plan file (ends in ".json", or starts with '@').
- * overrides: NULL/"" or "0=k8v8,1-3=k2v2". Errors name the option and the field:
- * "--kv 'k4v3': ...", "--kv-layer '40=k8v8': layer 40 out of range (model has 32 layers)". */
-int tl_kv_plan_parse(tl_kv_plan *plan, const char *spec, const char *overrides, int n_layers, tl_error *err);
+/* tl_kv_plan (one policy per layer) and tl_kv_plan_parse / _format / _free are part of the
+ * public face: include/tailor.h. */
 /* JSON plan text (`where` names it in errors, e.g. the file path); base = default before "default". */
 int tl_kv_plan_parse_json(tl_kv_plan *plan, const char *json, const char *where, int n_layers, tl_error *err);
 /* Apply "0=k8v8,1-3=k2v2" to a plan. */
 int tl_kv_plan_apply_overrides(tl_kv_plan *plan, const char *overrides, tl_error *err);
-/* Compact text of a whole plan: "k2v2:kivi" if uniform, else "default;0=k8v8;..." style
- * "<policy of layer 0>,1-3=...". Returns a malloc'd string. */
-char *tl_kv_plan_format(const tl_kv_plan *plan);
-void tl_kv_plan_free(tl_kv_plan *plan);
+/* The same as the two texts --kv and --kv-layer would take (identities, file names): the
+ * policy most layers use, and the layers that differ ("" when none); parsing them for the
+ * same layer count gives the plan back. Both malloc'd. */
+void tl_kv_plan_format_parts(const tl_kv_plan *plan, char **base, char **overrides);
+/* The plan for a model of n_layers layers (projecting to another model): the base policy
+ * everywhere, each layer that differs kept where the target has it; such a layer beyond
+ * n_layers is an error naming it. */
+int tl_kv_plan_retarget(const tl_kv_plan *src, int n_layers, tl_kv_plan *dst, tl_error *err);
+/* A deep copy. */
+void tl_kv_plan_copy(const tl_kv_plan *src, tl_kv_plan *dst);
 
 /* Quantized store (quant.c). Refuses sliding-window shapes (window > 0): such layers need a
  * dense policy. */

@@ -640,9 +640,7 @@ const kvq_kernels *kvq_kernels_avx512(void) { return NULL; }
 #endif
 
 const kvq_kernels *kvq_kernels_best(void) {
-    const char *force = getenv("TAILOR_FORCE_SCALAR");
-    if (force && *force && *force != '0') return &kernels_ref;
-    const char *no512 = getenv("TAILOR_NO_AVX512");
-    const kvq_kernels *k = no512 && *no512 && *no512 != '0' ? NULL : kvq_kernels_avx512();
-    return k ? k : kvq_kernels_avx2();
+    const tl_simd_level level = tl_simd_level_get();
+    const kvq_kernels *k = level == TL_SIMD_AVX512 ? kvq_kernels_avx512() : NULL;
+    return k ? k : level >= TL_SIMD_AVX2 ? kvq_kernels_avx2() : &kernels_ref;
 }

@@ -61,12 +61,11 @@ typedef struct {
 #define KVQ_QPREP_BYTES(nq) (512 + (size_t)(nq) * 1408)
 
 const kvq_kernels *kvq_kernels_ref(void);
-/* AVX2 table on a CPU that has AVX2+FMA+F16C, else the reference; TAILOR_FORCE_SCALAR=1 forces
- * the reference. */
+/* The table of the SIMD level tl_simd_level_get gives (quants.h): AVX-512, AVX2 or the
+ * reference. */
 const kvq_kernels *kvq_kernels_best(void);
 /* The AVX2 table (the reference where the CPU lacks AVX2/FMA/F16C), and the AVX-512 VNNI table
- * (NULL where the CPU lacks AVX-512 F/BW/VL/VNNI): for tests and benchmarks. kvq_kernels_best
- * picks AVX-512 unless TAILOR_NO_AVX512=1. */
+ * (NULL where the CPU lacks AVX-512 F/BW/VL/VNNI): for tests and benchmarks. */
 const kvq_kernels *kvq_kernels_avx2(void);
 const kvq_kernels *kvq_kernels_avx512(void);
 #if defined(__x86_64__) || defined(__i386__)

@@ -1,5 +1,8 @@
-/* grid.c: configurations of a Pareto sweep, from axes, JSON grid files or the default grid. */
+/* grid.c: configurations of a Pareto sweep, from axes, JSON grid files or the default grid,
+ * and their identity (canonical ids). */
 #include "pareto.h"
+
+#include <stdio.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -256,5 +259,44 @@ int tl_pareto_grid_default(tl_pareto_grid *g, const char *size, bool with_awq, t
     add(g, "w4g128", "k4v4:smooth", 64);
     add(g, "w4g128", "k4v4:smooth", 1024);
     add(g, "w4g128", "k4v4:smooth", 0);
+    return 0;
+}
+
+/* canonical KV text (equal behaviour, equal id): "k4v4:smooth" or policy + overrides */
+void tl_pareto_config_canon(tl_pareto_config *c, int n_layer) {
+    tl_kv_plan plan = {0};
+    tl_error err;
+    if (tl_kv_plan_parse(&plan, c->kv, c->kv_layer[0] ? c->kv_layer : NULL, n_layer, &err)) return; /* fails at run */
+    char *base, *over;
+    tl_kv_plan_format_parts(&plan, &base, &over);
+    tl_kv_plan_free(&plan);
+    snprintf(c->kv, sizeof c->kv, "%s", base);
+    snprintf(c->kv_layer, sizeof c->kv_layer, "%s", over);
+    free(base);
+    free(over);
+    tl_pareto_config_finish(c);
+}
+
+/* parse "w=<w> kv=<kv>[ kvl=<l>] chunk=<c>" */
+int tl_pareto_config_from_id(const char *id, tl_pareto_config *c) {
+    char w[32] = "", kv[256] = "", kvl[256] = "", ch[16] = "";
+    const char *p = id;
+    while (*p) {
+        while (*p == ' ') p++;
+        const char *eq = strchr(p, '='), *end = strchr(p, ' ');
+        if (!eq) return -1;
+        if (!end) end = p + strlen(p);
+        char *dst = NULL;
+        size_t cap = 0;
+        if (!strncmp(p, "w=", 2)) dst = w, cap = sizeof w;
+        else if (!strncmp(p, "kv=", 3)) dst = kv, cap = sizeof kv;
+        else if (!strncmp(p, "kvl=", 4)) dst = kvl, cap = sizeof kvl;
+        else if (!strncmp(p, "chunk=", 6)) dst = ch, cap = sizeof ch;
+        else return -1;
+        snprintf(dst, cap, "%.*s", (int)(end - eq - 1), eq + 1);
+        p = end;
+    }
+    if (!w[0] || !kv[0] || !ch[0]) return -1;
+    tl_pareto_config_set(c, w, kv, kvl, strcmp(ch, "full") ? atoi(ch) : 0);
     return 0;
 }

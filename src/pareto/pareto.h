@@ -5,7 +5,7 @@
  * one model at one evaluation context, and for each records
  *   - memory: weights + KV + peak activations, measured from the session's allocator
  *     accounting at the evaluated context (peak RSS of the child process as a cross-check)
- *     and projected exactly (tl_project_kv / tl_project_act_bytes) to --target-ctx and to
+ *     and projected exactly (the planner, tl_plan_memory) to --target-ctx and to
  *     another model's shapes;
  *   - accuracy per task, relative to the f16 baseline of the same sweep;
  *   - speed: prefill and decode tokens/s at the evaluated depth.
@@ -18,6 +18,7 @@
 #define TL_PARETO_H
 
 #include "../common.h"
+#include "../kv/policy.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -40,6 +41,13 @@ typedef struct {
 void tl_pareto_config_set(tl_pareto_config *c, const char *weights, const char *kv, const char *kv_layer, int chunk);
 /* Recompute id and label from the fields. */
 void tl_pareto_config_finish(tl_pareto_config *c);
+/* The configuration's identity for a model of n_layer layers: its KV text made canonical (the
+ * plan's base policy and overrides, tl_kv_plan_format_parts), so that equal behaviour gives
+ * an equal id; left as given when it does not parse (the run then records why). */
+void tl_pareto_config_canon(tl_pareto_config *c, int n_layer);
+/* The configuration an id names ("w=<weights> kv=<kv>[ kvl=<overrides>] chunk=<n|full>");
+ * -1 when id is not one. */
+int tl_pareto_config_from_id(const char *id, tl_pareto_config *c);
 /* Append unless a configuration with the same id is there; returns its index. */
 int tl_pareto_grid_add(tl_pareto_grid *g, const tl_pareto_config *c);
 void tl_pareto_grid_free(tl_pareto_grid *g);
@@ -128,12 +136,13 @@ typedef struct {
 } tl_pareto_mem;
 
 struct tl_model;
-int tl_pareto_mem_project(const struct tl_model *m, const char *weights_fmt, const char *kv, const char *kv_layer,
-                          int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err);
+int tl_pareto_mem_project(const struct tl_model *m, const tl_kv_plan *plan, int chunk, int n_tokens, tl_pareto_mem *out,
+                          tl_error *err);
 /* The same for another model: a GGUF path or a synth shape name; weights re-encoded to the
- * configuration's format ("base" = the file's own / f16 for a shape). */
-int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const char *kv, const char *kv_layer,
-                             int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err);
+ * configuration's format ("base" = the file's own / f16 for a shape); the plan retargeted to
+ * its layer count (tl_kv_plan_retarget). */
+int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const tl_kv_plan *plan, int chunk,
+                             int n_tokens, tl_pareto_mem *out, tl_error *err);
 
 /* ---- Results, frontier, report (report.c) ---- */
 typedef struct {
@@ -184,6 +193,14 @@ int tl_pareto_load(tl_pareto_table *t, const char *const *paths, int n_paths, co
 void tl_pareto_table_free(tl_pareto_table *t);
 /* Which (config id, task) pairs are recorded (for --resume); returns malloc'd "id\ttask\n" lines. */
 char *tl_pareto_done_pairs(const char *path);
+/* Of the comma list `tasks`, those recorded for id in `done` (tl_pareto_done_pairs), as a
+ * comma list (malloc'd; "" when none). */
+char *tl_pareto_done_tasks(const char *done, const char *id, const char *tasks);
+/* Cut a torn last line of a results file (a sweep killed mid-write) so appended lines start clean. */
+void tl_pareto_repair_tail(const char *path);
+/* Comma lists: the number of items, and whether item is one of them (list may be NULL). */
+int tl_pareto_n_items(const char *list);
+bool tl_pareto_in_list(const char *list, const char *item);
 
 typedef struct {
     double budget;    /* bytes, 0 = none */

@@ -1,14 +1,17 @@
 /* report.c: results.jsonl -> table of configurations (relative accuracy, frontier),
- * frontier.csv and report.md. */
+ * frontier.csv and report.md; what a results file already holds (--resume). */
 #define _GNU_SOURCE
 #include "pareto.h"
 #include "../eval/stats.h"
 #include "../eval/report.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static double num(const cJSON *o, const char *k) {
     const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, k) : NULL;
@@ -465,4 +468,55 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
             "KL divergence of the next-token distribution vs the baseline (top-32 + rest); Δacc relative to the baseline.\n",
         t->ctx);
     return b.p;
+}
+
+/* Cut a torn last line (a sweep killed mid-write) so that appended lines start clean. */
+void tl_pareto_repair_tail(const char *path) {
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return;
+    off_t size = lseek(fd, 0, SEEK_END), keep = size;
+    char c;
+    while (keep > 0 && pread(fd, &c, 1, keep - 1) == 1 && c != '\n') keep--;
+    if (keep != size) {
+        fprintf(stderr, "pareto: dropping a torn last line of %s (%lld bytes)\n", path, (long long)(size - keep));
+        if (ftruncate(fd, keep)) fprintf(stderr, "pareto: %s: cannot truncate: %s\n", path, strerror(errno));
+    }
+    close(fd);
+}
+
+int tl_pareto_n_items(const char *list) {
+    int n = 1;
+    for (const char *p = list; *p; p++) n += *p == ',';
+    return n;
+}
+
+bool tl_pareto_in_list(const char *list, const char *item) {
+    if (!list) return false;
+    const size_t n = strlen(item);
+    for (const char *s = list; (s = strstr(s, item)); s += n)
+        if ((s == list || s[-1] == ',') && (s[n] == 0 || s[n] == ',')) return true;
+    return false;
+}
+
+/* the tasks of `tasks` recorded for id in `done` ("id\ttask\n" lines), as a comma list */
+char *tl_pareto_done_tasks(const char *done, const char *id, const char *tasks) {
+    char *out = tl_xmalloc(strlen(tasks) + 2);
+    out[0] = 0;
+    char *dup = tl_xstrdup(tasks), *save = NULL;
+    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char key[1024];
+        snprintf(key, sizeof key, "%s\t%s\n", id, t);
+        bool found = false;
+        for (const char *p = done; (p = strstr(p, key)); p++)
+            if (p == done || p[-1] == '\n') {
+                found = true;
+                break;
+            }
+        if (found) {
+            if (out[0]) strcat(out, ",");
+            strcat(out, t);
+        }
+    }
+    free(dup);
+    return out;
 }

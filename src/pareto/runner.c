@@ -25,6 +25,7 @@
 #include "../eval/runner.h"
 #include "../eval/stats.h"
 #include "../eval/tasks.h"
+#include "../engine/plan.h"
 #include "../kv/policy.h"
 #include "../quantize.h"
 #include "../session.h"
@@ -73,53 +74,35 @@ int tl_pareto_append_failure(const char *results, const tl_pareto_config *c, con
 }
 
 /* ---- memory by formula ---- */
-static int parse_plan(tl_kv_plan *plan, const char *kv, const char *kv_layer, int n_layer, tl_error *err) {
-    return tl_kv_plan_parse(plan, kv, kv_layer && *kv_layer ? kv_layer : NULL, n_layer, err);
-}
-
-static uint64_t qpred_bytes(const tl_config *c, const tl_kv_plan *plan, int chunk) {
-    for (int i = 0; i < plan->n_layers; i++)
-        if (plan->layers[i].kind == TL_KV_OFFLOAD) return sizeof(float) * (uint64_t)chunk * c->n_head * c->head_dim_k;
-    return 0;
-}
-
-static int mem_common(const tl_config *cfg, const char *kv, const char *kv_layer, int chunk, int n_tokens,
-                      uint64_t weights, size_t (*scratch)(const void *, int), const void *sctx, tl_pareto_mem *out,
+/* The planner's memory at n_tokens held (the context, and the chunk's "full" = all of it)
+ * plus one row of logits; the plan retargeted when the model has another layer count. */
+static int mem_common(const tl_plan_target *t, const tl_kv_plan *plan, int chunk, int n_tokens, tl_pareto_mem *out,
                       tl_error *err) {
     memset(out, 0, sizeof *out);
-    tl_kv_plan plan = {0};
-    if (parse_plan(&plan, kv, kv_layer, cfg->n_layer, err)) return -1;
-    tl_mem_projection *pr = tl_xcalloc(1, sizeof *pr);
-    int rc = tl_project_kv(cfg, n_tokens, plan.layers, n_tokens, pr, err);
+    tl_kv_plan retargeted = {0};
+    if (plan->n_layers != t->cfg->n_layer) {
+        if (tl_kv_plan_retarget(plan, t->cfg->n_layer, &retargeted, err)) return -1;
+        plan = &retargeted;
+    }
+    tl_mem_plan *mp = tl_xcalloc(1, sizeof *mp);
+    const int rc = tl_plan_memory(t, n_tokens, chunk > 0 ? chunk : n_tokens, plan->layers, n_tokens, mp, err);
     if (!rc) {
-        /* chunk 0 = the whole context in one chunk */
-        out->chunk = tl_project_chunk(n_tokens, chunk > 0 ? chunk : n_tokens);
-        out->weights = weights;
-        out->kv = pr->kv;
-        out->act = tl_project_act_bytes(cfg, out->chunk, scratch(sctx, out->chunk)) + qpred_bytes(cfg, &plan, out->chunk);
-        out->logits = sizeof(float) * (uint64_t)cfg->n_vocab;
+        out->chunk = mp->chunk;
+        out->weights = mp->weights;
+        out->kv = mp->kv;
+        out->act = mp->activations;
+        out->logits = sizeof(float) * (uint64_t)t->cfg->n_vocab;
         out->total = out->weights + out->kv + out->act + out->logits;
     }
-    free(pr);
-    tl_kv_plan_free(&plan);
+    free(mp);
+    tl_kv_plan_free(&retargeted);
     return rc;
 }
 
-static size_t scratch_model(const void *m, int chunk) { return tl_project_mm_scratch_model(m, chunk); }
-
-int tl_pareto_mem_project(const struct tl_model *m, const char *weights_fmt, const char *kv, const char *kv_layer,
-                          int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err) {
-    (void)weights_fmt; /* the loaded file already is that format */
-    return mem_common(&m->cfg, kv, kv_layer, chunk, n_tokens, m->weight_bytes, scratch_model, m, out, err);
-}
-
-typedef struct {
-    const tl_config *cfg;
-    tl_type type;
-} uniform_ctx;
-static size_t scratch_uniform(const void *p, int chunk) {
-    const uniform_ctx *u = p;
-    return tl_project_mm_scratch_uniform(u->cfg, u->type, chunk);
+int tl_pareto_mem_project(const struct tl_model *m, const tl_kv_plan *plan, int chunk, int n_tokens, tl_pareto_mem *out,
+                          tl_error *err) {
+    const tl_plan_target t = tl_plan_target_model(m);
+    return mem_common(&t, plan, chunk, n_tokens, out, err);
 }
 
 /* the matrix type a weight format gives on another model (base: f16, the paper's baseline) */
@@ -129,17 +112,17 @@ static int fmt_type(const char *fmt, tl_type *t, tl_error *err) {
     return tl_quantize_parse_type(fmt, t, &awq, err);
 }
 
-int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const char *kv, const char *kv_layer,
-                             int chunk, int n_tokens, tl_pareto_mem *out, tl_error *err) {
+int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const tl_kv_plan *plan, int chunk,
+                             int n_tokens, tl_pareto_mem *out, tl_error *err) {
     tl_type t;
     if (fmt_type(weights_fmt, &t, err)) return -1;
     const size_t L = strlen(target);
     if (L > 5 && !strcmp(target + L - 5, ".gguf")) {
         tl_model *m = tl_model_load(target, err);
         if (!m) return tl_fail_prefix(err, "--project-to");
-        /* re-encode every matrix the quantizer would: block matrices, token_embd, output */
-        uint64_t w = m->weight_bytes;
+        tl_plan_target pt = tl_plan_target_model(m);
         if (strcmp(weights_fmt, "base")) {
+            /* re-encode every matrix the quantizer would: block matrices, token_embd, output */
             const tl_weights *ws = &m->w;
             const tl_mat *all[2 + 7 * TL_MAX_LAYERS];
             int n = 0;
@@ -151,14 +134,13 @@ int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const 
                 for (int i = 0; i < 7; i++) all[n++] = mm[i];
             }
             for (int i = 0; i < n; i++) {
-                w -= tl_row_size(all[i]->type, all[i]->n_in) * (uint64_t)all[i]->n_out;
-                w += tl_row_size(t, all[i]->n_in) * (uint64_t)all[i]->n_out;
+                pt.weights -= tl_row_size(all[i]->type, all[i]->n_in) * (uint64_t)all[i]->n_out;
+                pt.weights += tl_row_size(t, all[i]->n_in) * (uint64_t)all[i]->n_out;
             }
+            pt.model = NULL; /* the scratch of matrices all of type t */
+            pt.type = t;
         }
-        uniform_ctx u = {&m->cfg, t};
-        int rc = mem_common(&m->cfg, kv, kv_layer, chunk, n_tokens, w,
-                            strcmp(weights_fmt, "base") ? scratch_uniform : scratch_model,
-                            strcmp(weights_fmt, "base") ? (const void *)&u : (const void *)m, out, err);
+        int rc = mem_common(&pt, plan, chunk, n_tokens, out, err);
         tl_model_free(m);
         return rc;
     }
@@ -166,9 +148,8 @@ int tl_pareto_mem_project_to(const char *target, const char *weights_fmt, const 
     if (!sh) return tl_fail(err, "--project-to '%s': not a .gguf file nor a known shape (tailor synth --list)", target);
     tl_config cfg;
     tl_synth_config(sh, 0, 0, 0, &cfg);
-    uniform_ctx u = {&cfg, t};
-    return mem_common(&cfg, kv, kv_layer, chunk, n_tokens, tl_synth_weight_bytes(sh, t, 0, 0), scratch_uniform, &u,
-                      out, err);
+    const tl_plan_target pt = {.cfg = &cfg, .type = t, .weights = tl_synth_weight_bytes(sh, t, 0, 0)};
+    return mem_common(&pt, plan, chunk, n_tokens, out, err);
 }
 
 static cJSON *mem_json(const tl_pareto_mem *m) {
@@ -516,14 +497,6 @@ done:
     return rc;
 }
 
-static bool in_list(const char *list, const char *item) {
-    if (!list) return false;
-    const size_t n = strlen(item);
-    for (const char *s = list; (s = strstr(s, item)); s += n)
-        if ((s == list || s[-1] == ',') && (s[n] == 0 || s[n] == ',')) return true;
-    return false;
-}
-
 int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *p, tl_error *err) {
     /* test hooks: make one configuration crash, to check that a sweep survives it; or stall
      * for 5 s first, to kill its sweep while it runs */
@@ -536,13 +509,13 @@ int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *
     tl_kv_plan plan = {0};
     tl_model *m = tl_model_load(p->model_path, err);
     int rc = 0;
-    if (m && parse_plan(&plan, c->kv, c->kv_layer, m->cfg.n_layer, err)) {
+    if (m && tl_kv_plan_parse(&plan, c->kv, c->kv_layer[0] ? c->kv_layer : NULL, m->cfg.n_layer, err)) {
         tl_model_free(m);
         m = NULL;
     }
     char *save = NULL;
     for (char *t = strtok_r(tasks, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (in_list(p->skip_tasks, t)) continue;
+        if (tl_pareto_in_list(p->skip_tasks, t)) continue;
         tl_error terr = {{0}};
         if (!m) {
             tl_pareto_append_failure(p->results, c, model_name, p->ctx, t, err->msg, NULL, &terr);
@@ -582,17 +555,17 @@ int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *
                 cJSON_AddNumberToObject(sp, "threads", p->n_threads);
                 /* the same memory by formula at the evaluated length, and projected */
                 tl_pareto_mem f;
-                if (!tl_pareto_mem_project(m, c->weights, c->kv, c->kv_layer, c->chunk, p->ctx, &f, &terr))
+                if (!tl_pareto_mem_project(m, &plan, c->chunk, p->ctx, &f, &terr))
                     cJSON_AddItemToObject(x, "mem_formula", mem_json(&f));
                 if (p->target_ctx > 0 &&
-                    !tl_pareto_mem_project(m, c->weights, c->kv, c->kv_layer, c->chunk, p->target_ctx, &f, &terr)) {
+                    !tl_pareto_mem_project(m, &plan, c->chunk, p->target_ctx, &f, &terr)) {
                     cJSON *pj = mem_json(&f);
                     cJSON_AddNumberToObject(pj, "ctx", p->target_ctx);
                     cJSON_AddItemToObject(x, "proj", pj);
                 }
                 if (p->target_ctx > 0 && p->project_to) {
-                    if (!tl_pareto_mem_project_to(p->project_to, c->weights, c->kv, c->kv_layer, c->chunk,
-                                                  p->target_ctx, &f, &terr)) {
+                    if (!tl_pareto_mem_project_to(p->project_to, c->weights, &plan, c->chunk, p->target_ctx, &f,
+                                                  &terr)) {
                         cJSON *pj = mem_json(&f);
                         cJSON_AddNumberToObject(pj, "ctx", p->target_ctx);
                         cJSON_AddStringToObject(pj, "model", p->project_to);

@@ -29,21 +29,12 @@
 #include <string.h>
 
 typedef struct {
-    char *p;
-    size_t n, cap;
+    tl_strbuf s;
     tl_span *marks; /* where the template's own control tokens were written */
     size_t n_marks, cap_marks;
 } sbuf;
 
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        b->cap = (b->n + n + 1) * 2;
-        b->p = tl_xrealloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
+static void sb_put(sbuf *b, const char *s, size_t n) { tl_strbuf_put(&b->s, s, n); }
 static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
 
 /* A marker of the template (a control token), recorded so that it alone is tokenized as one. */
@@ -52,7 +43,7 @@ static void sb_mark(sbuf *b, const char *s) {
         b->cap_marks = b->cap_marks ? b->cap_marks * 2 : 16;
         b->marks = tl_xrealloc(b->marks, b->cap_marks * sizeof *b->marks);
     }
-    b->marks[b->n_marks++] = (tl_span){b->n, strlen(s)};
+    b->marks[b->n_marks++] = (tl_span){b->s.n, strlen(s)};
     sb_str(b, s);
 }
 
@@ -169,7 +160,7 @@ char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_span **m
         case TL_CHAT_GEMMA:
             if (!strcmp(role, "system")) {
                 if (i != 0) {
-                    free(b.p);
+                    free(b.s.p);
                     free(b.marks);
                     tl_fail(err, "messages[%d]: the Gemma template takes a system message only first", i);
                     return NULL;
@@ -239,5 +230,5 @@ char *tl_chat_render(tl_chat_kind k, const tl_chat_msg *msgs, int n, tl_span **m
     }
     *markers = b.marks;
     *n_markers = b.n_marks;
-    return b.p;
+    return b.s.p;
 }

@@ -6,15 +6,13 @@
 #include "tailor.h"
 #include "../model.h"
 #include "../session.h"
+#include "../unicode.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
 
-/* ---------------- util.c ---------------- */
-/* Length of the longest valid UTF-8 prefix of s[0..n). */
-size_t tl_utf8_valid_prefix(const char *s, size_t n);
-static inline bool tl_utf8_valid(const char *s, size_t n) { return tl_utf8_valid_prefix(s, n) == n; }
+/* ---------------- util.c (validation: tl_utf8_validate, unicode.h) ---------------- */
 /* Bytes at the end of s[0..n) that start a multi-byte character not yet complete (0..3). */
 size_t tl_utf8_incomplete_tail(const char *s, size_t n);
 /* Copy with every invalid sequence replaced by U+FFFD (malloc'd, NUL-terminated). */
@@ -111,7 +109,7 @@ typedef struct tl_metrics tl_metrics;
 
 typedef struct {
     int n_parallel, n_queue, n_ctx, n_threads, chunk;
-    const char *kv, *kv_layer;
+    const tl_kv_plan *kv;
 } tl_sched_params;
 
 typedef struct {
@@ -165,6 +163,7 @@ struct tl_server {
     char *model_id;
     char *host;
     char *api_key;
+    char *kv_text; /* the slots' KV plan, as /v1/models shows it */
     tl_chat_kind chat;
     char chat_why[256]; /* why chat is unavailable, for the error message */
     tl_sched *sched;

@@ -2,7 +2,6 @@
  * (version 0.0.4 exposition format) for GET /metrics. */
 #include "internal.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -73,103 +72,81 @@ void tl_metrics_connections(tl_metrics *m, int open) {
     pthread_mutex_unlock(&m->mu);
 }
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} obuf;
-
-static void put(obuf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(obuf *o, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(o->p + o->n, o->cap - o->n, fmt, ap);
-        va_end(ap);
-        if (k >= 0 && (size_t)k < o->cap - o->n) {
-            o->n += (size_t)k;
-            return;
-        }
-        o->cap = o->cap * 2 + (size_t)(k > 0 ? k : 0) + 256;
-        o->p = tl_xrealloc(o->p, o->cap);
-    }
-}
-
 char *tl_metrics_render(tl_metrics *m, tl_sched *s) {
     tl_sched_stats st;
     tl_sched_stats_get(s, &st);
-    obuf o = {tl_xmalloc(8192), 0, 8192};
-    o.p[0] = 0;
+    tl_strbuf o = {0};
     pthread_mutex_lock(&m->mu);
-    put(&o, "# HELP tailor_requests_total HTTP requests answered, by endpoint and status code.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_requests_total HTTP requests answered, by endpoint and status code.\n"
             "# TYPE tailor_requests_total counter\n");
     for (int e = 0; e < TL_EP_COUNT; e++)
         for (int c = 0; c < 500; c++)
             if (m->requests[e][c])
-                put(&o, "tailor_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", EP_NAMES[e], c + 100,
+                tl_strbuf_printf(&o, "tailor_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", EP_NAMES[e], c + 100,
                     (unsigned long long)m->requests[e][c]);
-    put(&o, "# HELP tailor_request_duration_seconds Time from the request's arrival to its last byte.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_request_duration_seconds Time from the request's arrival to its last byte.\n"
             "# TYPE tailor_request_duration_seconds histogram\n");
     for (int e = 0; e < TL_EP_COUNT; e++) {
         if (!m->dur_count[e]) continue;
         for (size_t b = 0; b < N_BUCKETS; b++)
-            put(&o, "tailor_request_duration_seconds_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n", EP_NAMES[e],
+            tl_strbuf_printf(&o, "tailor_request_duration_seconds_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n", EP_NAMES[e],
                 BUCKETS[b], (unsigned long long)m->dur_bucket[e][b]);
-        put(&o, "tailor_request_duration_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n", EP_NAMES[e],
+        tl_strbuf_printf(&o, "tailor_request_duration_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n", EP_NAMES[e],
             (unsigned long long)m->dur_count[e]);
-        put(&o, "tailor_request_duration_seconds_sum{endpoint=\"%s\"} %.6f\n", EP_NAMES[e], m->dur_sum[e]);
-        put(&o, "tailor_request_duration_seconds_count{endpoint=\"%s\"} %llu\n", EP_NAMES[e],
+        tl_strbuf_printf(&o, "tailor_request_duration_seconds_sum{endpoint=\"%s\"} %.6f\n", EP_NAMES[e], m->dur_sum[e]);
+        tl_strbuf_printf(&o, "tailor_request_duration_seconds_count{endpoint=\"%s\"} %llu\n", EP_NAMES[e],
             (unsigned long long)m->dur_count[e]);
     }
-    put(&o, "# HELP tailor_prompt_tokens_total Prompt tokens evaluated.\n# TYPE tailor_prompt_tokens_total counter\n"
+    tl_strbuf_printf(&o, "# HELP tailor_prompt_tokens_total Prompt tokens evaluated.\n# TYPE tailor_prompt_tokens_total counter\n"
             "tailor_prompt_tokens_total %llu\n", (unsigned long long)m->prompt_tokens);
-    put(&o, "# HELP tailor_prompt_seconds_total Time spent evaluating prompts.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_prompt_seconds_total Time spent evaluating prompts.\n"
             "# TYPE tailor_prompt_seconds_total counter\ntailor_prompt_seconds_total %.6f\n", m->prompt_s);
-    put(&o, "# HELP tailor_generation_tokens_total Tokens generated.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_generation_tokens_total Tokens generated.\n"
             "# TYPE tailor_generation_tokens_total counter\ntailor_generation_tokens_total %llu\n",
         (unsigned long long)m->gen_tokens);
-    put(&o, "# HELP tailor_generation_seconds_total Time spent generating.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_generation_seconds_total Time spent generating.\n"
             "# TYPE tailor_generation_seconds_total counter\ntailor_generation_seconds_total %.6f\n", m->gen_s);
-    put(&o, "# HELP tailor_prompt_tokens_per_second Prompt tokens per second of prompt time, per slot, since start.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_prompt_tokens_per_second Prompt tokens per second of prompt time, per slot, since start.\n"
             "# TYPE tailor_prompt_tokens_per_second gauge\ntailor_prompt_tokens_per_second %.3f\n",
         m->prompt_s > 0 ? (double)m->prompt_tokens / m->prompt_s : 0.0);
-    put(&o, "# HELP tailor_generation_tokens_per_second Generated tokens per second of generation time, per slot, since start.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_generation_tokens_per_second Generated tokens per second of generation time, per slot, since start.\n"
             "# TYPE tailor_generation_tokens_per_second gauge\ntailor_generation_tokens_per_second %.3f\n",
         m->gen_s > 0 ? (double)m->gen_tokens / m->gen_s : 0.0);
-    put(&o, "# HELP tailor_rejected_total Requests refused with 429 because the queue was full.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_rejected_total Requests refused with 429 because the queue was full.\n"
             "# TYPE tailor_rejected_total counter\ntailor_rejected_total %llu\n",
         (unsigned long long)m->rejected_full);
-    put(&o, "# HELP tailor_client_disconnects_total Generations stopped because the client went away.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_client_disconnects_total Generations stopped because the client went away.\n"
             "# TYPE tailor_client_disconnects_total counter\ntailor_client_disconnects_total %llu\n",
         (unsigned long long)m->disconnects);
-    put(&o, "# HELP tailor_connections_open Client connections open now (one thread each).\n"
+    tl_strbuf_printf(&o, "# HELP tailor_connections_open Client connections open now (one thread each).\n"
             "# TYPE tailor_connections_open gauge\ntailor_connections_open %d\n", m->conns_open);
-    put(&o, "# HELP tailor_connections_refused_total Connections closed at accept: the address or the server "
+    tl_strbuf_printf(&o, "# HELP tailor_connections_refused_total Connections closed at accept: the address or the server "
             "was at its connection limit.\n# TYPE tailor_connections_refused_total counter\n"
             "tailor_connections_refused_total{cause=\"per_ip\"} %llu\n"
             "tailor_connections_refused_total{cause=\"total\"} %llu\n",
         (unsigned long long)m->refused_per_ip, (unsigned long long)m->refused_total);
-    put(&o, "# HELP tailor_connections_timed_out_total Connections closed because a request's headers or body "
+    tl_strbuf_printf(&o, "# HELP tailor_connections_timed_out_total Connections closed because a request's headers or body "
             "missed its deadline.\n# TYPE tailor_connections_timed_out_total counter\n"
             "tailor_connections_timed_out_total{phase=\"headers\"} %llu\n"
             "tailor_connections_timed_out_total{phase=\"body\"} %llu\n",
         (unsigned long long)m->timeout_headers, (unsigned long long)m->timeout_body);
     pthread_mutex_unlock(&m->mu);
-    put(&o, "# HELP tailor_kv_bytes KV cache bytes held now over all slots, by tier.\n# TYPE tailor_kv_bytes gauge\n"
+    tl_strbuf_printf(&o, "# HELP tailor_kv_bytes KV cache bytes held now over all slots, by tier.\n# TYPE tailor_kv_bytes gauge\n"
             "tailor_kv_bytes{tier=\"device\"} %llu\ntailor_kv_bytes{tier=\"host\"} %llu\n",
         (unsigned long long)(st.kv_total - st.kv.host), (unsigned long long)st.kv.host);
-    put(&o, "# HELP tailor_kv_part_bytes KV cache bytes held now over all slots, by purpose.\n"
+    tl_strbuf_printf(&o, "# HELP tailor_kv_part_bytes KV cache bytes held now over all slots, by purpose.\n"
             "# TYPE tailor_kv_part_bytes gauge\n"
             "tailor_kv_part_bytes{part=\"codes\"} %llu\ntailor_kv_part_bytes{part=\"scales\"} %llu\n"
             "tailor_kv_part_bytes{part=\"residual\"} %llu\ntailor_kv_part_bytes{part=\"other\"} %llu\n",
         (unsigned long long)st.kv.codes, (unsigned long long)st.kv.scales, (unsigned long long)st.kv.residual,
         (unsigned long long)st.kv.other);
-    put(&o, "# HELP tailor_queue_length Requests waiting for a slot.\n# TYPE tailor_queue_length gauge\n"
+    tl_strbuf_printf(&o, "# HELP tailor_queue_length Requests waiting for a slot.\n# TYPE tailor_queue_length gauge\n"
             "tailor_queue_length %d\n", st.n_queued);
-    put(&o, "# HELP tailor_queue_capacity Requests that may wait before 429.\n# TYPE tailor_queue_capacity gauge\n"
+    tl_strbuf_printf(&o, "# HELP tailor_queue_capacity Requests that may wait before 429.\n# TYPE tailor_queue_capacity gauge\n"
             "tailor_queue_capacity %d\n", st.n_queue_cap);
-    put(&o, "# HELP tailor_slots_busy Slots generating now.\n# TYPE tailor_slots_busy gauge\ntailor_slots_busy %d\n",
+    tl_strbuf_printf(&o, "# HELP tailor_slots_busy Slots generating now.\n# TYPE tailor_slots_busy gauge\ntailor_slots_busy %d\n",
         st.n_busy);
-    put(&o, "# HELP tailor_slots_total Slots (parallel sequences).\n# TYPE tailor_slots_total gauge\n"
+    tl_strbuf_printf(&o, "# HELP tailor_slots_total Slots (parallel sequences).\n# TYPE tailor_slots_total gauge\n"
             "tailor_slots_total %d\n", st.n_slots);
     return o.p;
 }

@@ -135,7 +135,7 @@ static size_t max_values(const tl_server *srv) { return 4 * (size_t)tl_sched_n_c
 /* Body -> JSON object, or NULL with a 400 in r. */
 static cJSON *parse_body(const tl_server *srv, const char *body, size_t len, tl_reply *r) {
     if (len == 0) return bad(r, NULL, "the request body is empty: a JSON object is expected"), NULL;
-    size_t ok = tl_utf8_valid_prefix(body, len);
+    size_t ok = tl_utf8_validate(body, len);
     if (ok != len) return bad(r, NULL, "the request body is not valid UTF-8 (byte %zu)", ok), NULL;
     if (memchr(body, 0, len)) return bad(r, NULL, "the request body contains a NUL byte"), NULL;
     long nul;
@@ -908,7 +908,7 @@ static void h_models(tl_server *srv, tl_reply *r) {
     cJSON_AddNumberToObject(meta, "n_ctx_train", srv->model->cfg.n_ctx_train);
     cJSON_AddNumberToObject(meta, "n_ctx", tl_sched_n_ctx(srv->sched));
     cJSON_AddNumberToObject(meta, "n_parallel", srv->p.n_parallel);
-    cJSON_AddStringToObject(meta, "kv", srv->p.kv ? srv->p.kv : "f16");
+    cJSON_AddStringToObject(meta, "kv", srv->kv_text);
     cJSON_AddStringToObject(meta, "chat_template", tl_chat_name(srv->chat));
     reply_json(r, 200, out);
 }

@@ -395,7 +395,6 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
     sp.n_threads = per_slot;
     sp.chunk = p->chunk;
     sp.kv = p->kv;
-    sp.kv_layer = p->kv_layer;
     for (int i = 0; i < S->n_slots; i++) {
         slot *sl = &S->slots[i];
         sl->owner = S;

@@ -2,6 +2,7 @@
  * apart in an order that never leaves a thread waiting on something already gone. */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "../kv/policy.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -45,6 +46,7 @@ static void free_server(tl_server *s) {
     pthread_mutex_destroy(&s->model_mu);
     free(s->host);
     free(s->api_key);
+    free(s->kv_text);
     free(s);
 }
 
@@ -73,6 +75,8 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
     s->p.host = s->host;
     s->api_key = p->api_key ? tl_xstrdup(p->api_key) : NULL;
     s->p.api_key = s->api_key;
+    s->kv_text = p->kv ? tl_kv_plan_format(p->kv) : tl_xstrdup("f16");
+    s->p.kv = NULL; /* not kept: the slots hold their stores */
     if (p->model_id) {
         s->model_id = tl_xstrdup(p->model_id);
     } else {
@@ -121,7 +125,7 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
 
     s->metrics = tl_metrics_new();
     tl_sched_params sp = {.n_parallel = p->n_parallel, .n_queue = p->n_queue, .n_ctx = p->n_ctx,
-                          .n_threads = p->n_threads, .chunk = p->chunk, .kv = p->kv, .kv_layer = p->kv_layer};
+                          .n_threads = p->n_threads, .chunk = p->chunk, .kv = p->kv};
     if (!(s->sched = tl_sched_new(m, &sp, s->metrics, err))) {
         free_server(s);
         return NULL;

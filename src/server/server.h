@@ -36,8 +36,7 @@ typedef struct {
     int n_ctx;                 /* tokens per slot; 0 = the model's training context */
     int n_threads;             /* all threads; each slot gets max(1, n_threads / P); 0 = CPUs */
     int chunk;                 /* prefill chunk (0 = default) */
-    const char *kv;            /* KV policy of every slot (NULL = f16) */
-    const char *kv_layer;      /* per-layer overrides */
+    const tl_kv_plan *kv;      /* KV policy of each layer in every slot (NULL = f16); read at start */
     const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
     size_t max_body;           /* request bytes (413 above); 0 = n_ctx x the longest token's bytes
                                   + TL_BODY_SLACK: room for any prompt that fits the context */

@@ -1,41 +1,8 @@
-/* util.c: small helpers of the server: UTF-8 checks, constant-time compare, error objects. */
+/* util.c: small helpers of the server: UTF-8 repair, constant-time compare, error objects. */
 #include "internal.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
-
-/* Length of the valid UTF-8 sequence starting at s[i] (1..4), or 0 if invalid or cut short.
- * Rejects overlong forms, surrogates and code points above U+10FFFF (RFC 3629). */
-static size_t utf8_seq(const unsigned char *s, size_t n, size_t i) {
-    unsigned c = s[i];
-    if (c < 0x80) return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF) len = 3;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
-    else return 0;
-    if (i + len > n) return 0;
-    if (s[i + 1] < lo || s[i + 1] > hi) return 0;
-    for (size_t k = 2; k < len; k++)
-        if ((s[i + k] & 0xC0) != 0x80) return 0;
-    return len;
-}
-
-size_t tl_utf8_valid_prefix(const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        size_t l = utf8_seq(u, n, i);
-        if (!l) return i;
-        i += l;
-    }
-    return n;
-}
 
 size_t tl_utf8_incomplete_tail(const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
@@ -54,7 +21,7 @@ char *tl_utf8_sanitize(const char *s, size_t n) {
     char *out = tl_xmalloc(n * 3 + 1); /* each bad byte becomes 3 bytes at most */
     size_t o = 0, i = 0;
     while (i < n) {
-        size_t l = utf8_seq(u, n, i);
+        size_t l = tl_utf8_seq_len(s, n, i);
         if (l && !(l == 1 && u[i] == 0)) {
             memcpy(out + o, s + i, l);
             o += l;

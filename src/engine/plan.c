@@ -1,0 +1,111 @@
+/* plan.c: see plan.h. */
+#include "plan.h"
+#include "../quants.h"
+
+#include <string.h>
+
+int tl_plan_n_ctx(const tl_config *c, int n_ctx) { return n_ctx > 0 ? n_ctx : c->n_ctx_train; }
+
+int tl_model_resolve_n_ctx(const tl_model *m, int n_ctx) { return tl_plan_n_ctx(&m->cfg, n_ctx); }
+
+int tl_plan_chunk(int n_ctx, int chunk) {
+    if (chunk <= 0) chunk = 512;
+    return chunk > n_ctx ? n_ctx : chunk;
+}
+
+void tl_plan_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_layer_policy *requested, tl_kv_shape *shape,
+                      tl_kv_layer_policy *effective) {
+    *shape = (tl_kv_shape){
+        .n_head = c->n_head,
+        .n_head_kv = c->n_head_kv,
+        .head_dim_k = c->head_dim_k,
+        .head_dim_v = c->head_dim_v,
+        .n_ctx = n_ctx,
+        .window = c->layer_swa[il] ? c->sliding_window : 0,
+        .scale = c->attn_scale,
+        .softcap = c->attn_softcap,
+    };
+    const tl_kv_layer_policy f16 = {.kind = TL_KV_F16};
+    *effective = requested ? *requested : f16;
+    if (shape->window > 0 && effective->kind != TL_KV_F32 && effective->kind != TL_KV_F16 && effective->kind != TL_KV_BF16)
+        *effective = f16;
+}
+
+tl_plan_target tl_plan_target_model(const tl_model *m) {
+    return (tl_plan_target){.cfg = &m->cfg, .model = m, .weights = m->weight_bytes};
+}
+
+size_t tl_plan_mm_scratch(const tl_plan_target *t, int chunk) {
+    const tl_config *c = t->cfg;
+    size_t need = 0;
+    if (t->model) {
+        const tl_weights *w = &t->model->w;
+        need = tl_matmul_scratch_size(w->output.type, c->n_embd, chunk);
+        for (int il = 0; il < c->n_layer; il++) {
+            const tl_layer_weights *L = &w->layers[il];
+            const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+            for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+                need = TL_MAX(need, tl_matmul_scratch_size(mats[i]->type, mats[i]->n_in, chunk));
+        }
+        return need;
+    }
+    /* matrices read n_embd (q, k, v, gate, up, output), n_head*head_dim_v (wo) or n_ff (down) */
+    const int64_t n_in[3] = {c->n_embd, (int64_t)c->n_head * c->head_dim_v, c->n_ff};
+    for (int i = 0; i < 3; i++) need = TL_MAX(need, tl_matmul_scratch_size(t->type, n_in[i], chunk));
+    return need;
+}
+
+void tl_plan_activations(const tl_plan_target *t, int chunk, const tl_kv_layer_policy *effective, tl_act_sizes *out) {
+    const tl_config *c = t->cfg;
+    const size_t C = (size_t)chunk, E = (size_t)c->n_embd, f = sizeof(float);
+    const size_t qdim = (size_t)c->n_head * c->head_dim_k;
+    bool predicts = false;
+    for (int il = 0; il < c->n_layer; il++) predicts |= effective[il].kind == TL_KV_OFFLOAD;
+    *out = (tl_act_sizes){
+        .x = f * C * E,
+        .xn = f * C * E,
+        .tmp = f * C * E,
+        .q = f * C * qdim,
+        .k = f * C * c->n_head_kv * c->head_dim_k,
+        .v = f * C * c->n_head_kv * c->head_dim_v,
+        .attn = f * C * c->n_head * c->head_dim_v,
+        .gate = f * C * c->n_ff,
+        .up = f * C * c->n_ff,
+        .rope = f * C * 2 * (size_t)c->n_rot,
+        .mm_scratch = tl_plan_mm_scratch(t, chunk),
+        .q_pred = predicts ? f * C * qdim : 0,
+    };
+}
+
+uint64_t tl_act_sizes_total(const tl_act_sizes *a) {
+    return (uint64_t)a->x + a->xn + a->tmp + a->q + a->k + a->v + a->attn + a->gate + a->up + a->rope + a->mm_scratch +
+           a->q_pred;
+}
+
+int tl_plan_memory(const tl_plan_target *t, int n_ctx, int chunk, const tl_kv_layer_policy *policies, int64_t n_tokens,
+                   tl_mem_plan *out, tl_error *err) {
+    const tl_config *c = t->cfg;
+    memset(out, 0, sizeof *out);
+    out->n_ctx = tl_plan_n_ctx(c, n_ctx);
+    out->chunk = tl_plan_chunk(out->n_ctx, chunk);
+    out->weights = t->weights;
+    if (n_tokens < 0) n_tokens = out->n_ctx;
+    for (int il = 0; il < c->n_layer; il++) {
+        tl_kv_shape sh;
+        tl_plan_layer_kv(c, out->n_ctx, il, policies ? &policies[il] : NULL, &sh, &out->eff[il]);
+        tl_kv_bytes b;
+        if (tl_kv_layer_bytes_formula(&out->eff[il], &sh, n_tokens, &b, err))
+            return tl_fail_prefix(err, "layer %d KV cache", il);
+        out->window[il] = sh.window;
+        out->kv_layer[il] = tl_kv_bytes_total(&b);
+        out->kv += out->kv_layer[il];
+        out->kv_parts.codes += b.codes;
+        out->kv_parts.scales += b.scales;
+        out->kv_parts.residual += b.residual;
+        out->kv_parts.other += b.other;
+        out->kv_parts.host += b.host;
+    }
+    tl_plan_activations(t, out->chunk, out->eff, &out->act);
+    out->activations = tl_act_sizes_total(&out->act);
+    return 0;
+}
