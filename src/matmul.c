@@ -125,6 +125,12 @@ static void run(tl_pool *pool, int64_t n, tl_task_fn fn, void *ctx) {
     }
 }
 
+int64_t tl_matmul_rounded_rows(tl_type wt) {
+    const tl_type_traits *tr = tl_type_info(wt);
+    if (!tr || tr->vec_dot_type == TL_TYPE_F32) return 0;
+    return tlq_get_kernels(wt).avx2 ? MIN_TOK_DEQUANT_GEMM - 1 : INT64_MAX;
+}
+
 void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
                const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch) {
     const tl_type_traits *tr = tl_type_info(wt);
