@@ -111,6 +111,7 @@ typedef struct tl_metrics tl_metrics;
 
 typedef struct {
     int n_parallel, n_queue, n_ctx, n_threads, chunk;
+    int batch_tokens; /* rows per step; 0 = max(512, n_parallel) */
     const char *kv, *kv_layer;
 } tl_sched_params;
 
@@ -125,7 +126,8 @@ enum { TL_SUBMIT_OK = 0, TL_SUBMIT_FULL = 1, TL_SUBMIT_STOPPING = 2 };
 
 tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metrics, tl_error *err);
 int tl_sched_n_ctx(const tl_sched *s);
-/* Memory of slot 0 (all slots are alike) as created, for the start-up report. */
+/* Memory of slot 0 (all slots are alike) as created, for the start-up report; activations: the
+ * step's workspace, which all slots share. */
 void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out);
 /* A place among the P running + Q waiting, taken before a request parses and tokenizes its
  * body (so that work is bounded like the queue): TL_SUBMIT_OK, _FULL or _STOPPING. It passes to
