@@ -7,7 +7,10 @@ For each client count C (--clients 1,2,4,8), C clients each send --requests stre
 request, so no server can reuse a cached prefix) and --max-tokens generated tokens (greedy,
 ignore_eos). Per round it prints the aggregate output tokens/s (all generated tokens over the
 round's wall time), time to first token (p50) and the time per output token: the gaps between
-streamed tokens, p50 and p99 over all of them. --repeat N runs each round N times and prints
+streamed tokens, p50 and p99 over all of them. With --pid (the server's process id) it also
+prints the generated tokens per CPU-second the server used in the round: on a machine shared
+with other work, wall-clock rates follow the share of the CPUs a process gets (more runnable
+threads, a larger share), CPU-seconds do not. --repeat N runs each round N times and prints
 each run, then the median and the spread (min-max).
 
     python3 scripts/serve-bench.py --port 8080 --clients 1,2,4,8 --repeat 3
@@ -15,6 +18,7 @@ each run, then the median and the spread (min-max).
 import argparse
 import http.client
 import json
+import os
 import random
 import statistics
 import sys
@@ -58,6 +62,15 @@ def one_request(host, port, prompt, max_tokens, out):
     out.append((times[0] - t0, [b - a for a, b in zip(times, times[1:])]))
 
 
+def cpu_s(pid):
+    """user + system CPU seconds of a process so far (/proc/PID/stat, clock ticks)."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def round_once(args, n_clients, seed):
     rng = random.Random(seed)
     prompts = [[rng.randrange(args.id_lo, args.id_hi) for _ in range(args.prompt_tokens)]
@@ -78,18 +91,18 @@ def round_once(args, n_clients, seed):
                 results.extend(got)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s(args.pid)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_s(args.pid) - c0
     if errors:
         raise RuntimeError(f"{len(errors)} request(s) failed, first: {errors[0]}")
     # a streamed chunk may carry more than one token: count the tokens each request was asked for
     n_tok = len(results) * args.max_tokens
     gaps = [g for _, gs in results for g in gs]
-    return {"tps": n_tok / wall, "ttft": pct([r[0] for r in results], 50),
+    return {"tps": n_tok / wall, "tpc": n_tok / cpu if cpu > 0 else float("nan"), "ttft": pct([r[0] for r in results], 50),
             "p50": pct(gaps, 50), "p99": pct(gaps, 99)}
 
 
@@ -105,17 +118,20 @@ def main():
     ap.add_argument("--id-lo", type=int, default=1000, help="prompt token ids are drawn from [lo, hi)")
     ap.add_argument("--id-hi", type=int, default=20000)
     ap.add_argument("--label", default="", help="first column of the table (e.g. the server's name)")
+    ap.add_argument("--pid", type=int, default=0, help="the server's process id: also tokens per CPU-second")
     args = ap.parse_args()
 
     one_request(args.host, args.port, list(range(args.id_lo, args.id_lo + 16)), 4, [])  # warm-up
-    print("| server | clients | tokens/s (median, min-max) | TTFT p50 ms | TPOT p50 ms | TPOT p99 ms | runs (tokens/s) |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("| server | clients | tokens/s (median, min-max) | tokens per CPU-s (median, min-max) | TTFT p50 ms | "
+          "TPOT p50 ms | TPOT p99 ms | runs (tokens/s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for c in [int(x) for x in args.clients.split(",")]:
         runs = [round_once(args, c, seed=1000 * c + k) for k in range(args.repeat)]
-        tps = [r["tps"] for r in runs]
+        tps, tpc = [r["tps"] for r in runs], [r["tpc"] for r in runs]
         med = statistics.median(tps)
         mid = min(runs, key=lambda r: abs(r["tps"] - med))
-        print(f"| {args.label} | {c} | {med:.1f} ({min(tps):.1f}-{max(tps):.1f}) | {mid['ttft'] * 1e3:.0f} | "
+        print(f"| {args.label} | {c} | {med:.1f} ({min(tps):.1f}-{max(tps):.1f}) | "
+              f"{statistics.median(tpc):.1f} ({min(tpc):.1f}-{max(tpc):.1f}) | {mid['ttft'] * 1e3:.0f} | "
               f"{mid['p50'] * 1e3:.1f} | {mid['p99'] * 1e3:.1f} | {', '.join(f'{t:.1f}' for t in tps)} |")
         sys.stdout.flush()
 

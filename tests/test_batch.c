@@ -7,11 +7,14 @@
  * sequence runs the same tokens through tl_session_eval, and every row's logits are compared.
  *
  * With the scalar kernels (one dot product kernel whatever the row count) the batch must give
- * every logit bit for bit. With the SIMD kernels the row count picks the kernel (one-row, 4-row,
- * f32 tile), which sums in another order: float weights then agree within 1e-4 of the row's
- * largest logit (1e-2 under quantized KV, whose codes can flip at a rounding boundary), and
- * weights on the q8 activation path (every layer's input rounded to 8 bits, where such
- * differences flip codes too) within a KL divergence of 0.05 per row (measured: 0.005 to 0.027;
+ * every logit bit for bit. With the SIMD kernels the row count can pick another kernel, which
+ * sums in another order: float weights (one-row dot vs the f32 tile) agree within 1e-4 of the
+ * row's largest logit (1e-2 under quantized KV, whose codes can flip at a rounding boundary).
+ * Quantized weights below the f32 threshold run one-row kernels for every row on AVX-512 VNNI
+ * (q4_0/q4_1/q5_0/q5_1 xa, the K-quants) or kernels summing alike (q8_0): bit for bit there
+ * (SmolLM2, Gemma-3: 0); on AVX2-only machines their 4-row kernels sum in another order, and
+ * every layer's input being rounded to 8 bits turns that into flipped codes, so the bound is a
+ * KL divergence of 0.05 per row (measured before the kernels were aligned: 0.005 to 0.027;
  * without the per-regime matmul calls up to 0.12). Then the refusals. */
 #include "../src/batch.h"
 #include "../src/kv/policy.h"

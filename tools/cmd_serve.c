@@ -20,7 +20,7 @@ static void help(void) {
            "  Binds %s:%d by default (--port 0: any free port, printed at start).\n"
            "  P (default %d) slots generate at once, each with its own KV cache of -c tokens under the --kv\n"
            "  policy; each step runs the next token of every generating slot and prompt chunks of the others\n"
-           "  through the model at once, on THREADS threads, up to --batch-tokens rows (default max(512, P)).\n"
+           "  through the model at once, on THREADS threads, up to --batch-tokens rows (default --chunk + P).\n"
            "  Up to Q (default %d) more requests wait, beyond that\n"
            "  429. A request that parses and tokenizes a body holds one of these P + Q places while it does.\n"
            "  --max-body (default: the context x the longest token's bytes + %u KiB, room for any prompt\n"

@@ -111,7 +111,7 @@ typedef struct tl_metrics tl_metrics;
 
 typedef struct {
     int n_parallel, n_queue, n_ctx, n_threads, chunk;
-    int batch_tokens; /* rows per step; 0 = max(512, n_parallel) */
+    int batch_tokens; /* rows per step; 0 = chunk + n_parallel */
     const char *kv, *kv_layer;
 } tl_sched_params;
 

@@ -339,9 +339,11 @@ static void slot_advance(slot *sl, int n) {
     slot_sample(sl);
 }
 
-/* One step: every decoding slot's next token, then prompt chunks of the other slots in the
- * order they were admitted, while the step has rows left of its budget. Returns the number of
- * sequences; step[i] is the slot of seqs[i]. */
+/* One step: every decoding slot's next token, then prompt pieces of the other slots in the
+ * order they were admitted, while they fit the step's budget. A prompt goes in whole pieces of
+ * `chunk` rows (the last one shorter), as tailor generate cuts it, whatever shares its steps;
+ * the oldest piece always fits (the budget holds a piece beside a token of every slot).
+ * Returns the number of sequences; step[i] is the slot of seqs[i]. */
 static int form_step(tl_sched *S, tl_batch_seq *seqs, slot **step) {
     int n = 0, rows = 0;
     for (int i = 0; i < S->n_slots; i++) {
@@ -360,10 +362,11 @@ static int form_step(tl_sched *S, tl_batch_seq *seqs, slot **step) {
         while (k > 0 && pre[k - 1]->admitted > sl->admitted) pre[k] = pre[k - 1], k--;
         pre[k] = sl;
     }
-    for (int i = 0; i < n_pre && rows < S->batch_tokens; i++) {
+    for (int i = 0; i < n_pre; i++) {
         slot *sl = pre[i];
         const tl_job *j = sl->job;
-        const int take = TL_MIN(TL_MIN(sl->echo ? ECHO_PIECE : S->chunk, S->batch_tokens - rows), j->n_prompt - sl->fed);
+        const int take = TL_MIN(sl->echo ? TL_MIN(ECHO_PIECE, S->chunk) : S->chunk, j->n_prompt - sl->fed);
+        if (rows + take > S->batch_tokens) continue; /* a later step */
         const bool last = sl->fed + take == j->n_prompt;
         step[n] = sl;
         seqs[n++] = (tl_batch_seq){.s = sl->sess, .tokens = j->prompt + sl->fed, .n = take,
@@ -453,14 +456,16 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
         sl->logits = tl_xmalloc(sizeof(float) * (size_t)m->cfg.n_vocab);
     }
     S->n_ctx = S->slots[0].sess->n_ctx;
+    /* a step holds a token of every slot and a prompt piece of up to `chunk` rows */
     S->chunk = p->chunk > 0 ? TL_MIN(p->chunk, S->n_ctx) : TL_MIN(512, S->n_ctx);
-    S->batch_tokens = p->batch_tokens > 0 ? p->batch_tokens : TL_MAX(512, p->n_parallel);
-    if (S->batch_tokens < p->n_parallel) {
-        tl_fail(err, "--batch-tokens %d: a step must hold one token of each of the %d slots (--parallel)",
-                S->batch_tokens, p->n_parallel);
+    S->batch_tokens = p->batch_tokens > 0 ? p->batch_tokens : S->chunk + p->n_parallel;
+    if (S->batch_tokens <= p->n_parallel) {
+        tl_fail(err, "--batch-tokens %d: a step must hold one token of each of the %d slots (--parallel) and a prompt "
+                     "piece: at least %d", S->batch_tokens, p->n_parallel, p->n_parallel + 1);
         tl_sched_free(S);
         return NULL;
     }
+    S->chunk = TL_MIN(S->chunk, S->batch_tokens - p->n_parallel);
     if (!(S->batch = tl_batch_new(m, S->batch_tokens, S->n_slots, p->n_threads, err))) {
         tl_sched_free(S);
         return NULL;

@@ -37,7 +37,7 @@ typedef struct {
     int n_ctx;                 /* tokens per slot; 0 = the model's training context */
     int n_threads;             /* threads of the batched step; 0 = CPUs */
     int chunk;                 /* prefill chunk (0 = default) */
-    int batch_tokens;          /* rows per step, decode and prefill (0 = max(512, P)); at least P */
+    int batch_tokens;          /* rows per step, decode and prefill (0 = chunk + P); more than P */
     const char *kv;            /* KV policy of every slot (NULL = f16) */
     const char *kv_layer;      /* per-layer overrides */
     const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
