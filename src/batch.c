@@ -101,8 +101,6 @@ void tl_batch_free(tl_batch *b) {
     free(b);
 }
 
-int tl_batch_max_rows(const tl_batch *b) { return b->max_rows; }
-
 uint64_t tl_batch_bytes(const tl_batch *b) { return b->bytes; }
 
 /* y = x W for rows grouped as `groups` rows each (ascending), every group getting the kernels

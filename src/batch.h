@@ -25,7 +25,6 @@ typedef struct tl_batch tl_batch;
 
 tl_batch *tl_batch_new(tl_model *m, int max_rows, int max_seqs, int n_threads, tl_error *err);
 void tl_batch_free(tl_batch *b);
-int tl_batch_max_rows(const tl_batch *b);
 uint64_t tl_batch_bytes(const tl_batch *b); /* activation buffers, as tl_session_mem.activations */
 
 /* Run one step: every sequence's rows through the model, its KV store appended, its n_past
