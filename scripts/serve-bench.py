@@ -54,7 +54,7 @@ def one_request(host, port, prompt, max_tokens, out):
             break
         ev = json.loads(data)
         ch = ev.get("choices") or []
-        if ch and ch[0].get("text"):
+        if ch and ch[0].get("finish_reason") is None:  # a token (its text may be empty: EOG under ignore_eos)
             times.append(time.perf_counter())
     conn.close()
     if not times:
