@@ -70,7 +70,7 @@ typedef struct {
 } tl_tok_lp;
 
 /* One generation request, shared by the connection thread that waits for it and the slot
- * worker that runs it (reference counted). */
+ * step loop that runs it (reference counted). */
 typedef struct tl_job {
     /* input, fixed once submitted */
     int32_t *prompt;
@@ -139,7 +139,7 @@ void tl_sched_release(tl_sched *s);
 /* Stop a job now: a queued job leaves the queue, a running one stops at the next token. */
 void tl_sched_cancel(tl_sched *s, tl_job *j);
 void tl_sched_stats_get(tl_sched *s, tl_sched_stats *out);
-/* Stop taking work, cancel running and waiting jobs (waiters wake), join the workers. */
+/* Stop taking work, cancel running and waiting jobs (waiters wake), join the step loop. */
 void tl_sched_shutdown(tl_sched *s);
 void tl_sched_free(tl_sched *s);
 

@@ -4,13 +4,14 @@
  * the steps: it admits waiting jobs into free slots, then runs one batched forward step
  * (batch.c, all n_threads threads) over every running job: the next token of each one that is
  * generating, plus prompt chunks of the others, oldest first, up to the step's token budget
- * (--batch-tokens); jobs join and leave between steps. Jobs wait in a FIFO of fixed capacity. A request
- * takes its place before it parses and tokenizes its body (tl_sched_reserve), so that work
- * counts against the same P + Q as the queue; a reservation that would exceed P running +
+ * (--batch-tokens); jobs join and leave between steps. Jobs wait in a FIFO of fixed capacity.
+ * A request takes its place before it parses and tokenizes its body (tl_sched_reserve), so that
+ * work counts against the same P + Q as the queue; a reservation that would exceed P running +
  * capacity waiting is refused (the HTTP layer answers 429).
  * Each job's sampling is tailor generate's loop, token for token (same sampler calls in the
- * same order), and a sequence's logits do not depend on what shares its steps beyond the order
- * of float additions (tests/test_batch.c), so equal prompt, seed and parameters give equal text.
+ * same order), and its prompt is cut into the same chunks, so equal prompt, seed and parameters
+ * give equal text. What shares its steps changes its logits at most by the order of float
+ * additions, and not at all for quantized weights on AVX-512 VNNI (tests/test_batch.c).
  *
  * Locking: sched->mu guards the queue and slot bookkeeping; job->mu guards a job's output.
  * sched->mu may be held while taking job->mu, never the other way round. */
