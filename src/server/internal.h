@@ -69,7 +69,7 @@ typedef struct {
     float top_lp[TL_MAX_LOGPROBS];
 } tl_tok_lp;
 
-/* One generation request, shared by the connection thread that waits for it and the slot
+/* One generation request, shared by the connection thread that waits for it and the
  * step loop that runs it (reference counted). */
 typedef struct tl_job {
     /* input, fixed once submitted */
