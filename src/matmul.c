@@ -3,13 +3,16 @@
  * Plan: convert X once to the weight type's activation format (in parallel over tokens),
  * then hand out tiles of output rows x all tokens, so every weight row is streamed from
  * memory once per call. Inside a tile:
- *  - quantized weights with >= 4 tokens: a 1 row x 4 token kernel unpacks each weight block
+ *  - quantized weights with 4 to 31 tokens: a 1 row x 4 token kernel unpacks each weight block
  *    once and uses it 4 times; tokens are the outer loop so 4 activation rows stay in L1
- *    while the tile's weight rows (a few KB) stay in L1/L2;
+ *    while the tile's weight rows (a few KB) stay in L1/L2. On AVX-512 VNNI the 32-wide
+ *    formats with an "xa" kernel (q4_0, q4_1, q5_0, q5_1) use it for every token instead (it
+ *    beats the AVX2 4-token kernel, the tile's weights staying in cache across the tokens),
+ *    so a row's result does not depend on how many rows share the call (batch.c);
  *  - float weights (f32/f16/bf16) with >= 4 tokens, and quantized weights with >= 32 tokens:
  *    the tile's rows are widened to f32 in a per-thread buffer, then a 3 row x 4 token FMA
  *    register tile runs over them (X used as is);
- *  - one token (decode): a plain streaming matvec, one row after another. */
+ *  - fewer tokens (decode): a plain streaming matvec, one row after another. */
 #include "quants_internal.h"
 #include "common.h"
 #include "threads.h"
@@ -27,7 +30,7 @@
  * scale arithmetic dominates) by about 2x on AVX2 machines. */
 #define MIN_TOK_DEQUANT_GEMM 32
 
-/* Decode (fewer than MIN_TOK_GEMM tokens) on AVX-512 VNNI: the activation rows are also
+/* Fewer than MIN_TOK_DEQUANT_GEMM tokens on AVX-512 VNNI: the activation rows are also
  * rebuilt in the kernels' "xa" layout, after the q8 rows, at a 64-byte aligned offset. */
 static size_t xa_offset(tl_type vt, int64_t n_in, int64_t n_tok) {
     return ((size_t)n_tok * tl_row_size(vt, n_in) + 63) & ~(size_t)63;
@@ -40,7 +43,7 @@ size_t tl_matmul_scratch_size(tl_type wt, int64_t n_in, int64_t n_tok) {
     /* callers size the buffer once for their largest n_tok and reuse it for fewer tokens,
      * so cover the decode layout of every smaller call too */
     const size_t xa = tlq_xa_size(wt, n_in);
-    const int64_t nd = TL_MIN(n_tok, MIN_TOK_GEMM - 1);
+    const int64_t nd = TL_MIN(n_tok, MIN_TOK_DEQUANT_GEMM - 1);
     if (xa && nd > 0) sz = TL_MAX(sz, xa_offset(tr->vec_dot_type, n_in, nd) + 63 + (size_t)nd * xa);
     return sz;
 }
@@ -125,6 +128,12 @@ static void run(tl_pool *pool, int64_t n, tl_task_fn fn, void *ctx) {
     }
 }
 
+int64_t tl_matmul_rounded_rows(tl_type wt) {
+    const tl_type_traits *tr = tl_type_info(wt);
+    if (!tr || tr->vec_dot_type == TL_TYPE_F32) return 0;
+    return tlq_get_kernels(wt).avx2 ? MIN_TOK_DEQUANT_GEMM - 1 : INT64_MAX;
+}
+
 void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
                const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch) {
     const tl_type_traits *tr = tl_type_info(wt);
@@ -160,7 +169,7 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
         c.Xq = scratch;
         if (n_tok == 1) c.k.quant_act(X, scratch, n_in);
         else run(pool, (n_tok + 7) / 8, convert_task, &c);
-        if (c.k.dot_xa && n_tok < MIN_TOK_GEMM) { /* decode: the xa layout (see above) */
+        if (c.k.dot_xa && !f32_gemm) { /* the xa layout (see above) */
             uintptr_t a = ((uintptr_t)scratch + xa_offset(tr->vec_dot_type, n_in, n_tok) + 63) & ~(uintptr_t)63;
             uint8_t *xa = (uint8_t *)a;
             const size_t xs = tlq_xa_size(wt, n_in);

@@ -108,6 +108,13 @@ size_t tl_matmul_scratch_size(tl_type wt, int64_t n_in, int64_t n_tok);
 void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
                const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch);
 
+/* The most rows for which tl_matmul rounds the activations to the weight type's dot format
+ * (the integer kernels' q8 blocks); a call with more rows multiplies in f32. 0 when it never
+ * rounds (float weights), INT64_MAX when it always does (no AVX2 kernel). Rows are independent
+ * within either regime, so rows of several sequences batched into calls of one regime each get
+ * what each sequence would get alone (up to the order of float additions). */
+int64_t tl_matmul_rounded_rows(tl_type wt);
+
 /* Gather one row of a (possibly quantized) matrix into floats (token embeddings). */
 void tl_get_row(tl_type t, const void *W, int64_t n_in, int64_t row, float *dst);
 

@@ -192,8 +192,34 @@ AVX2 void tlq_dot4_q4_0_avx2(int64_t n, const void *vw, const void *vx, size_t x
 AVX2 void tlq_dot4_q5_0_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float out[4]) {
     DOT4_BODY(blk_q5_0, blk_q8_0, w_q5_0(&w[i]), 0)
 }
+/* q8_0 sums each token's blocks exactly as tlq_dot_q8_0_avx2 does (even and odd blocks in two
+ * accumulators), so a row gets the same bits from either kernel, whatever shares its call. */
 AVX2 void tlq_dot4_q8_0_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float out[4]) {
-    DOT4_BODY(blk_q8_0, blk_q8_0, load_q8(w[i].qs), 0)
+    const blk_q8_0 *w = vw;
+    const blk_q8_0 *x[4];
+    __m256 acc0[4], acc1[4];
+    for (int t = 0; t < 4; t++) {
+        x[t] = (const blk_q8_0 *)((const uint8_t *)vx + (size_t)t * xs);
+        acc0[t] = acc1[t] = _mm256_setzero_ps();
+    }
+    int64_t nb = n / QK, i = 0;
+    for (; i + 1 < nb; i += 2) {
+        __m256i w0 = load_q8(w[i].qs), w1 = load_q8(w[i + 1].qs);
+        const float d0 = h2f(w[i].d), d1 = h2f(w[i + 1].d);
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < 4; t++) {
+            acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * h2f(x[t][i].d)), SIGNED_DOT(w0, load_q8(x[t][i].qs)), acc0[t]);
+            acc1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * h2f(x[t][i + 1].d)), SIGNED_DOT(w1, load_q8(x[t][i + 1].qs)),
+                                      acc1[t]);
+        }
+    }
+    for (; i < nb; i++) {
+        __m256i w0 = load_q8(w[i].qs);
+        const float d0 = h2f(w[i].d);
+        for (int t = 0; t < 4; t++)
+            acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * h2f(x[t][i].d)), SIGNED_DOT(w0, load_q8(x[t][i].qs)), acc0[t]);
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum_ps(_mm256_add_ps(acc0[t], acc1[t]));
 }
 AVX2 void tlq_dot4_q4_1_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float out[4]) {
     DOT4_BODY(blk_q4_1, blk_q8_1, unpack_nibbles(w[i].qs), 1)

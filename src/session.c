@@ -30,8 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static void rmsnorm_rows(const tl_vec_ops *vo, const float *x, float *out, const float *w, int n_rows, int dim,
-                         float eps) {
+void tl_rmsnorm_rows(const tl_vec_ops *vo, const float *x, float *out, const float *w, int n_rows, int dim, float eps) {
     for (int r = 0; r < n_rows; r++) {
         const float *xr = x + (size_t)r * dim;
         float *o = out + (size_t)r * dim;
@@ -41,8 +40,7 @@ static void rmsnorm_rows(const tl_vec_ops *vo, const float *x, float *out, const
     }
 }
 
-/* Rotate one head's vector by the cos/sin table of its position. */
-static void rope_head(float *h, const float *cs, int n_rot, tl_rope_style style) {
+void tl_rope_head(float *h, const float *cs, int n_rot, tl_rope_style style) {
     const int half = n_rot / 2;
     for (int i = 0; i < half; i++) {
         const float c = cs[2 * i], s = cs[2 * i + 1];
@@ -54,9 +52,7 @@ static void rope_head(float *h, const float *cs, int n_rot, tl_rope_style style)
     }
 }
 
-/* cos/sin of position pos for each rotated pair, base b (0 global, 1 sliding-window layers),
- * times the rope's attention factor (phi3 LongRoPE; 1 elsewhere). */
-static void rope_cs(const tl_session *s, int pos, int b, float *cs) {
+void tl_session_rope_cs(const tl_session *s, int pos, int b, float *cs) {
     const tl_config *c = &s->model->cfg;
     for (int i = 0; i < c->n_rot / 2; i++) {
         const double ang = (double)pos * s->inv_freq[b][i];
@@ -69,7 +65,7 @@ static void matmul(tl_session *s, const tl_mat *w, const float *x, int n_tok, fl
     tl_matmul(s->pool, w->type, w->data, w->n_in, w->n_out, x, n_tok, y, w->n_out, s->act.mm_scratch);
 }
 
-static void add_bias(float *y, const float *b, int n_tok, int dim) {
+void tl_add_bias(float *y, const float *b, int n_tok, int dim) {
     if (!b) return;
     for (int t = 0; t < n_tok; t++)
         for (int i = 0; i < dim; i++) y[(size_t)t * dim + i] += b[i];
@@ -95,23 +91,23 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
     }
     /* cos/sin for each token and both RoPE bases */
     for (int t = 0; t < n; t++)
-        for (int b = 0; b < 2; b++) rope_cs(s, s->n_past + t, b, a->rope + ((size_t)t * 2 + b) * half * 2);
+        for (int b = 0; b < 2; b++) tl_session_rope_cs(s, s->n_past + t, b, a->rope + ((size_t)t * 2 + b) * half * 2);
 
     for (int il = 0; il < c->n_layer; il++) {
         const tl_layer_weights *L = &w->layers[il];
         const int base = c->layer_swa[il] ? 1 : 0;
-        rmsnorm_rows(vo, a->x, a->xn, L->attn_norm, n, E, c->norm_eps);
+        tl_rmsnorm_rows(vo, a->x, a->xn, L->attn_norm, n, E, c->norm_eps);
         if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_ATTN_IN, a->xn, n, E);
         tl_session_query(s, il, a->xn, n, s->n_past, a->q);
         matmul(s, &L->wk, a->xn, n, a->k);
         matmul(s, &L->wv, a->xn, n, a->v);
-        add_bias(a->k, L->bk, n, kdim);
-        add_bias(a->v, L->bv, n, vdim);
-        if (L->k_norm) rmsnorm_rows(vo, a->k, a->k, L->k_norm, n * c->n_head_kv, c->head_dim_k, c->norm_eps);
+        tl_add_bias(a->k, L->bk, n, kdim);
+        tl_add_bias(a->v, L->bv, n, vdim);
+        if (L->k_norm) tl_rmsnorm_rows(vo, a->k, a->k, L->k_norm, n * c->n_head_kv, c->head_dim_k, c->norm_eps);
         for (int t = 0; t < n; t++) {
             const float *cs = a->rope + ((size_t)t * 2 + base) * half * 2;
             for (int h = 0; h < c->n_head_kv; h++)
-                rope_head(a->k + (size_t)t * kdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
+                tl_rope_head(a->k + (size_t)t * kdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
         }
         /* the next layer's store may want its queries predicted from this layer's input */
         if (il + 1 < c->n_layer && s->kv[il + 1]->ops->wants_query_prediction) {
@@ -122,10 +118,10 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
             return tl_fail_prefix(err, "layer %d", il);
         if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_ATTN_OUT, a->attn, n, c->n_head * c->head_dim_v);
         matmul(s, &L->wo, a->attn, n, a->tmp);
-        if (L->attn_post_norm) rmsnorm_rows(vo, a->tmp, a->tmp, L->attn_post_norm, n, E, c->norm_eps);
+        if (L->attn_post_norm) tl_rmsnorm_rows(vo, a->tmp, a->tmp, L->attn_post_norm, n, E, c->norm_eps);
         for (size_t i = 0; i < (size_t)n * E; i++) a->x[i] += a->tmp[i];
 
-        rmsnorm_rows(vo, a->x, a->xn, L->ffn_norm, n, E, c->norm_eps);
+        tl_rmsnorm_rows(vo, a->x, a->xn, L->ffn_norm, n, E, c->norm_eps);
         if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_FFN_IN, a->xn, n, E);
         matmul(s, &L->w_gate, a->xn, n, a->gate);
         matmul(s, &L->w_up, a->xn, n, a->up);
@@ -133,14 +129,14 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
         else vo->swiglu(a->gate, a->gate, a->up, n * c->n_ff);
         if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_FFN_MID, a->gate, n, c->n_ff);
         matmul(s, &L->w_down, a->gate, n, a->tmp);
-        if (L->ffn_post_norm) rmsnorm_rows(vo, a->tmp, a->tmp, L->ffn_post_norm, n, E, c->norm_eps);
+        if (L->ffn_post_norm) tl_rmsnorm_rows(vo, a->tmp, a->tmp, L->ffn_post_norm, n, E, c->norm_eps);
         for (size_t i = 0; i < (size_t)n * E; i++) a->x[i] += a->tmp[i];
     }
     s->n_past += n;
 
     if (logits) {
         const int first = all_logits ? 0 : n - 1, rows = n - first;
-        rmsnorm_rows(vo, a->x + (size_t)first * E, a->xn, w->output_norm, rows, E, c->norm_eps);
+        tl_rmsnorm_rows(vo, a->x + (size_t)first * E, a->xn, w->output_norm, rows, E, c->norm_eps);
         tl_matmul(s->pool, w->output.type, w->output.data, E, c->n_vocab, a->xn, rows, logits, c->n_vocab,
                   a->mm_scratch);
         tl_softcap(logits, rows * c->n_vocab, c->final_softcap);
@@ -148,9 +144,7 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
     return 0;
 }
 
-/* Per-token keys meeting outlier channels (Qwen2.5's k_proj bias) lose nearly all precision:
- * say so once, with what the first chunk measured and the layouts that would not. */
-static void warn_key_outliers(tl_session *s) {
+void tl_session_check_keys(tl_session *s) {
     s->keys_checked = true;
     const int L = s->model->cfg.n_layer;
     int n_bad = 0, worst = -1;
@@ -192,7 +186,7 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
         else if (last && logits) out = logits;
         if (forward_chunk(s, tokens + i, nc, out, all_logits, err)) return -1;
     }
-    if (!s->keys_checked) warn_key_outliers(s);
+    if (!s->keys_checked) tl_session_check_keys(s);
     return 0;
 }
 
@@ -355,12 +349,12 @@ void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, f
     const tl_layer_weights *L = &s->model->w.layers[il];
     tl_matmul(s->pool, L->wq.type, L->wq.data, L->wq.n_in, L->wq.n_out, xn, n, q, L->wq.n_out,
               n <= s->chunk ? s->act.mm_scratch : NULL);
-    add_bias(q, L->bq, n, qdim);
-    if (L->q_norm) rmsnorm_rows(s->vo, q, q, L->q_norm, n * c->n_head, c->head_dim_k, c->norm_eps);
+    tl_add_bias(q, L->bq, n, qdim);
+    if (L->q_norm) tl_rmsnorm_rows(s->vo, q, q, L->q_norm, n * c->n_head, c->head_dim_k, c->norm_eps);
     float *cs = tl_xmalloc(sizeof(float) * (size_t)half * 2);
     for (int t = 0; t < n; t++) {
-        rope_cs(s, pos0 + t, base, cs);
-        for (int h = 0; h < c->n_head; h++) rope_head(q + (size_t)t * qdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
+        tl_session_rope_cs(s, pos0 + t, base, cs);
+        for (int h = 0; h < c->n_head; h++) tl_rope_head(q + (size_t)t * qdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
     }
     free(cs);
 }

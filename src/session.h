@@ -51,7 +51,7 @@ struct tl_session {
     tl_act_observer observer;  /* optional */
     void *observer_ctx;
     float *q_pred;             /* [chunk][n_head*head_dim_k] when a store predicts queries */
-    bool keys_checked;         /* the per-token key warning (warn_key_outliers) has had its look */
+    bool keys_checked;         /* the per-token key warning (tl_session_check_keys) has had its look */
     void *gpu;                 /* tl_cuda_session (src/cuda/cuda.h) when on the GPU: then eval,
                                   reset, memory and free go there and kv[]/act are unused */
 };
@@ -77,6 +77,19 @@ int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err);
  * q-norm, and RoPE at positions pos0.. . Writes [n][n_head*head_dim_k]. Used by the forward
  * pass and by query prediction for the next layer. */
 void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, float *q);
+
+/* Pieces of the forward pass, shared with the batched step (batch.c). */
+void tl_rmsnorm_rows(const tl_vec_ops *vo, const float *x, float *out, const float *w, int n_rows, int dim, float eps);
+/* Rotate one head's vector by the cos/sin table of its position. */
+void tl_rope_head(float *h, const float *cs, int n_rot, tl_rope_style style);
+/* cos/sin of position pos for each rotated pair, base b (0 global, 1 sliding-window layers),
+ * times the rope's attention factor (phi3 LongRoPE; 1 elsewhere). */
+void tl_session_rope_cs(const tl_session *s, int pos, int b, float *cs);
+/* y[t] += b for n_tok rows of dim (b NULL: nothing). */
+void tl_add_bias(float *y, const float *b, int n_tok, int dim);
+/* Per-token keys meeting outlier channels (Qwen2.5's k_proj bias) lose nearly all precision:
+ * say so once, with what the first chunk measured and the layouts that would not. */
+void tl_session_check_keys(tl_session *s);
 
 /* Internal constructor: one layer policy per layer (NULL = f16 everywhere). */
 tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,

@@ -640,10 +640,14 @@ typedef struct {
 
 static void *conc_worker(void *p) {
     conc_arg *a = p;
-    char body[256];
+    /* prompts of different lengths (about 4 to 110 tokens), so that prompt chunks share steps
+     * with the decoding of the others */
+    char prompt[512] = "The little dog";
+    for (int i = 0; i < (a->seed % 4) * 12; i++) strcat(prompt, " ran and");
+    char body[768];
     snprintf(body, sizeof body,
-             "{\"prompt\":\"The little dog\",\"max_tokens\":64,\"temperature\":0.9,\"seed\":%d,\"ignore_eos\":true}",
-             a->seed);
+             "{\"prompt\":\"%s\",\"max_tokens\":64,\"temperature\":0.9,\"seed\":%d,\"ignore_eos\":true}",
+             prompt, a->seed);
     resp r = post(a->port, "/v1/completions", body);
     a->status = r.status;
     a->text = answer_text(&r, NULL, 0);
@@ -927,7 +931,8 @@ static void test_stories(const char *model) {
         CHECKF(dt > 1.5 && dt < 6, "stalled client closed after %.1f s", dt);
     }
 
-    /* concurrent requests: independent outputs equal to the sequential ones */
+    /* concurrent requests (batched steps, requests joining and leaving): independent outputs
+     * equal to the sequential ones */
     enum { NC = 4 };
     conc_arg seq[NC], par[NC];
     for (int i = 0; i < NC; i++) {

@@ -11,7 +11,7 @@
 static void help(void) {
     const tl_server_params d = tl_server_default_params();
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
-           "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N]\n"
+           "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N] [--batch-tokens N]\n"
            "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
            "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
            "       [--chat-template %s] [--chat-parse-special] [--alias NAME]\n"
@@ -19,7 +19,9 @@ static void help(void) {
            "       [--verbose]\n"
            "  Binds %s:%d by default (--port 0: any free port, printed at start).\n"
            "  P (default %d) slots generate at once, each with its own KV cache of -c tokens under the --kv\n"
-           "  policy and max(1, THREADS / P) threads; up to Q (default %d) more requests wait, beyond that\n"
+           "  policy; each step runs the next token of every generating slot and prompt chunks of the others\n"
+           "  through the model at once, on THREADS threads, up to --batch-tokens rows (default --chunk + P).\n"
+           "  Up to Q (default %d) more requests wait, beyond that\n"
            "  429. A request that parses and tokenizes a body holds one of these P + Q places while it does.\n"
            "  --max-body (default: the context x the longest token's bytes + %u KiB, room for any prompt\n"
            "  that fits): longer bodies get 413. A prompt with more bytes than the context could hold is\n"
@@ -108,6 +110,9 @@ int tl_cmd_serve(int argc, char **argv) {
         } else if (tl_cli_is(&tl_flag_parallel, a)) {
             VAL();
             if (tl_cli_flag_int(&tl_flag_parallel, a, v, &sp.n_parallel)) return 2;
+        } else if (!strcmp(a, "--batch-tokens")) {
+            VAL();
+            if (tl_cli_int(a, v, 1, 1 << 16, &sp.batch_tokens)) return 2;
         } else if (!strcmp(a, "--queue")) {
             VAL();
             if (tl_cli_int(a, v, 0, 1 << 16, &sp.n_queue)) return 2;
@@ -196,7 +201,7 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_server_slot_memory(srv, &mem, &n_ctx, &chat);
     kv_text = tl_kv_plan_format(&plan);
     fprintf(stderr,
-            "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations per slot, chat template %s%s\n",
+            "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations shared by the slots, chat template %s%s\n",
             c.model, sp.n_parallel, n_ctx, kv_text, mem.activations / 1048576.0, chat,
             sp.api_key && *sp.api_key ? ", API key required" : "");
     const tl_server_params *in_use = tl_server_params_in_use(srv);

@@ -67,8 +67,8 @@ typedef struct {
     float top_lp[TL_MAX_LOGPROBS];
 } tl_tok_lp;
 
-/* One generation request, shared by the connection thread that waits for it and the slot
- * worker that runs it (reference counted). */
+/* One generation request, shared by the connection thread that waits for it and the
+ * step loop that runs it (reference counted). */
 typedef struct tl_job {
     /* input, fixed once submitted */
     int32_t *prompt;
@@ -109,6 +109,7 @@ typedef struct tl_metrics tl_metrics;
 
 typedef struct {
     int n_parallel, n_queue, n_ctx, n_threads, chunk;
+    int batch_tokens; /* rows per step; 0 = chunk + n_parallel */
     const tl_kv_plan *kv;
 } tl_sched_params;
 
@@ -123,7 +124,8 @@ enum { TL_SUBMIT_OK = 0, TL_SUBMIT_FULL = 1, TL_SUBMIT_STOPPING = 2 };
 
 tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metrics, tl_error *err);
 int tl_sched_n_ctx(const tl_sched *s);
-/* Memory of slot 0 (all slots are alike) as created, for the start-up report. */
+/* Memory of slot 0 (all slots are alike) as created, for the start-up report; activations: the
+ * step's workspace, which all slots share. */
 void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out);
 /* A place among the P running + Q waiting, taken before a request parses and tokenizes its
  * body (so that work is bounded like the queue): TL_SUBMIT_OK, _FULL or _STOPPING. It passes to
@@ -135,7 +137,7 @@ void tl_sched_release(tl_sched *s);
 /* Stop a job now: a queued job leaves the queue, a running one stops at the next token. */
 void tl_sched_cancel(tl_sched *s, tl_job *j);
 void tl_sched_stats_get(tl_sched *s, tl_sched_stats *out);
-/* Stop taking work, cancel running and waiting jobs (waiters wake), join the workers. */
+/* Stop taking work, cancel running and waiting jobs (waiters wake), join the step loop. */
 void tl_sched_shutdown(tl_sched *s);
 void tl_sched_free(tl_sched *s);
 

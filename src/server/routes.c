@@ -619,7 +619,7 @@ static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool 
             return;
         }
     }
-    /* done: the worker no longer writes the job */
+    /* done: the step loop no longer writes the job */
     const char *fin = finish_name(j->finish);
     if (!fin) {
         if (j->finish == TL_FINISH_ERROR) tl_reply_error(r, 500, j->err, "server_error", NULL, NULL);

@@ -1,17 +1,23 @@
-/* sched.c: slots and the bounded queue.
+/* sched.c: slots, the bounded queue and the step loop (continuous batching).
  *
- * P slots, each a worker thread owning one tl_session (KV cache sized by the policy and
- * n_ctx, threads = max(1, n_threads / P)). Jobs wait in a FIFO of fixed capacity. A request
- * takes its place before it parses and tokenizes its body (tl_sched_reserve), so that work
- * counts against the same P + Q as the queue; a reservation that would exceed P running +
+ * P slots, each owning one tl_session (KV cache sized by the policy and n_ctx). One thread runs
+ * the steps: it admits waiting jobs into free slots, then runs one batched forward step
+ * (batch.c, all n_threads threads) over every running job: the next token of each one that is
+ * generating, plus prompt chunks of the others, oldest first, up to the step's token budget
+ * (--batch-tokens); jobs join and leave between steps. Jobs wait in a FIFO of fixed capacity.
+ * A request takes its place before it parses and tokenizes its body (tl_sched_reserve), so that
+ * work counts against the same P + Q as the queue; a reservation that would exceed P running +
  * capacity waiting is refused (the HTTP layer answers 429).
- * The generation loop is tailor generate's, token for token (same sampler calls in the same
- * order), so equal prompt, seed and parameters give equal text.
+ * Each job's sampling is tailor generate's loop, token for token (same sampler calls in the
+ * same order), and its prompt is cut into the same chunks, so equal prompt, seed and parameters
+ * give equal text. What shares its steps changes its logits at most by the order of float
+ * additions, and not at all for quantized weights on AVX-512 VNNI (tests/test_batch.c).
  *
  * Locking: sched->mu guards the queue and slot bookkeeping; job->mu guards a job's output.
  * sched->mu may be held while taking job->mu, never the other way round. */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "../batch.h"
 
 #include <errno.h>
 #include <math.h>
@@ -22,13 +28,21 @@
 
 typedef struct {
     tl_sched *owner;
-    int id;
-    pthread_t th;
-    bool started;
     tl_session *sess;
-    float *logits;
-    tl_job *job;     /* running job (under owner->mu) */
+    tl_job *job;     /* running job (set and cleared under owner->mu) */
     tl_kv_bytes kv;  /* KV bytes held now (under owner->mu) */
+    /* the running job's progress, the step loop's alone */
+    uint64_t admitted; /* admission order: older prompts get the step's rows first */
+    tl_sampler *smp;
+    int fed;           /* prompt tokens in the session */
+    bool decoding;     /* the prompt is in: each step feeds `next` and samples the one after */
+    bool echo;         /* the prompt's rows' logits are kept (echo + logprobs), in `rows` */
+    int32_t next;
+    int n_gen, max_new;
+    float *logits;     /* [n_vocab]: the next position's */
+    float *rows;       /* [ECHO_PIECE][n_vocab] for echo jobs */
+    float *raw;        /* [n_vocab]: logits before sampling, for logprobs */
+    double t0, t1;     /* when the prompt started, when generation started */
 } slot;
 
 struct tl_sched {
@@ -43,6 +57,11 @@ struct tl_sched {
     int n_slots;
     bool stop;
     slot *slots;
+    uint64_t n_admitted;
+    tl_batch *batch; /* the step's workspace and thread pool */
+    int batch_tokens, chunk;
+    pthread_t th;    /* the step loop */
+    bool started;
     int n_ctx;
     tl_session_mem slot_mem; /* slot 0's memory before any work, for the start-up report */
 };
@@ -196,30 +215,10 @@ static void lp_add(tl_job *j, int32_t id, const float *logits, int V) {
     for (int k = 0; k < e->n_top; k++) e->top_lp[k] = (float)(logits[e->top_id[k]] - lse);
 }
 
-/* Prefill with every position's logits (echo + logprobs), in pieces of ECHO_PIECE rows. */
-enum { ECHO_PIECE = 64 };
-static int prefill_logprobs(tl_session *s, tl_job *j, int V, float *last_logits, tl_error *err) {
-    float *rows = tl_xmalloc(sizeof(float) * (size_t)ECHO_PIECE * V);
-    pthread_mutex_lock(&j->mu);
-    lp_add(j, j->prompt[0], NULL, V); /* the first token: nothing predicts it */
-    pthread_mutex_unlock(&j->mu);
-    int rc = 0;
-    for (int i = 0; i < j->n_prompt && !rc;) {
-        if (atomic_load(&j->cancel)) break;
-        const int n = TL_MIN(ECHO_PIECE, j->n_prompt - i);
-        if ((rc = tl_session_eval(s, j->prompt + i, n, rows, true, err))) break;
-        pthread_mutex_lock(&j->mu);
-        for (int r = 0; r < n && i + r + 1 < j->n_prompt; r++) lp_add(j, j->prompt[i + r + 1], rows + (size_t)r * V, V);
-        pthread_mutex_unlock(&j->mu);
-        if (i + n == j->n_prompt) memcpy(last_logits, rows + (size_t)(n - 1) * V, sizeof(float) * (size_t)V);
-        i += n;
-    }
-    j->n_lp_prompt = j->n_lp;
-    free(rows);
-    return rc;
-}
+/* ---------------- the step loop ---------------- */
 
-/* ---------------- the worker ---------------- */
+/* An echo job's prompt goes in pieces of at most this many rows, every row's logits kept. */
+enum { ECHO_PIECE = 64 };
 
 static void slot_update_kv(slot *sl) {
     tl_session_mem mem;
@@ -229,144 +228,196 @@ static void slot_update_kv(slot *sl) {
     pthread_mutex_unlock(&sl->owner->mu);
 }
 
-/* Runs a job to its end; the caller publishes the outcome (job_finish) after giving the
- * slot back, so a client that gets its answer can never find its own slot still taken. */
-static tl_finish run_job(slot *sl, tl_job *j, char *fail_msg, size_t fail_cap) {
-    tl_sched *S = sl->owner;
-    tl_model *m = S->m;
-    tl_session *s = sl->sess;
-    tl_error err = {{0}};
-    if (atomic_load(&j->cancel)) return TL_FINISH_CANCELLED;
+/* A job taken from the queue starts in its slot: the prompt is to be fed from its start. */
+static void slot_start(slot *sl) {
+    tl_job *j = sl->job;
+    const int V = sl->owner->m->cfg.n_vocab;
     pthread_mutex_lock(&j->mu);
     j->state = TL_JOB_RUNNING;
     j->t_start = tl_time_s();
     pthread_mutex_unlock(&j->mu);
-
-    tl_session_reset(s);
-    const int V = m->cfg.n_vocab;
-    tl_sampler *smp = tl_sampler_new(&j->sp, V);
-    for (int i = 0; i < j->n_prompt; i++) tl_sampler_accept(smp, j->prompt[i]);
-
-    /* The prompt goes in chunk-sized pieces (what the session does inside one call anyway), so
-     * a cancelled request does not hold its slot through a long prefill. */
-    double t0 = tl_time_s();
-    tl_finish fin = TL_FINISH_LENGTH;
-    const char *fail = NULL;
-    if (j->echo && j->logprobs >= 0) {
-        if (prefill_logprobs(s, j, V, sl->logits, &err)) {
-            fin = TL_FINISH_ERROR;
-            fail = err.msg;
-        } else if (atomic_load(&j->cancel)) {
-            fin = TL_FINISH_CANCELLED;
-        }
+    tl_session_reset(sl->sess);
+    sl->smp = tl_sampler_new(&j->sp, V);
+    for (int i = 0; i < j->n_prompt; i++) tl_sampler_accept(sl->smp, j->prompt[i]);
+    sl->fed = 0;
+    sl->decoding = false;
+    sl->n_gen = 0;
+    const int room = sl->sess->n_ctx - j->n_prompt;
+    sl->max_new = j->max_tokens < 0 ? room : TL_MIN(j->max_tokens, room);
+    sl->t0 = tl_time_s();
+    sl->echo = j->echo && j->logprobs >= 0;
+    if (sl->echo) {
+        sl->rows = tl_xmalloc(sizeof(float) * (size_t)ECHO_PIECE * V);
+        pthread_mutex_lock(&j->mu);
+        lp_add(j, j->prompt[0], NULL, V); /* the first token: nothing predicts it */
+        pthread_mutex_unlock(&j->mu);
     }
-    for (int i = j->echo && j->logprobs >= 0 ? j->n_prompt : 0; i < j->n_prompt;) {
-        if (atomic_load(&j->cancel)) {
-            fin = TL_FINISH_CANCELLED;
-            break;
-        }
-        int n = TL_MIN(s->chunk, j->n_prompt - i);
-        bool last = i + n == j->n_prompt;
-        if (tl_session_eval(s, j->prompt + i, n, last ? sl->logits : NULL, false, &err)) {
-            fin = TL_FINISH_ERROR;
-            fail = err.msg;
-            break;
-        }
-        i += n;
-    }
-    double t_prompt = tl_time_s() - t0;
-    slot_update_kv(sl);
+    if (j->logprobs >= 0) sl->raw = tl_xmalloc(sizeof(float) * (size_t)V);
+}
 
-    int n_gen = 0;
-    double t1 = tl_time_s();
-    float *raw = j->logprobs >= 0 ? tl_xmalloc(sizeof(float) * (size_t)V) : NULL; /* logits before sampling */
-    if (fin == TL_FINISH_LENGTH) {
-        int room = s->n_ctx - j->n_prompt;
-        int max_new = j->max_tokens < 0 ? room : TL_MIN(j->max_tokens, room);
-        char small[256];
-        char *piece = small;
-        size_t piece_cap = sizeof small;
-        while (n_gen < max_new) {
-            if (atomic_load(&j->cancel)) {
-                fin = TL_FINISH_CANCELLED;
-                break;
-            }
-            if (raw) memcpy(raw, sl->logits, sizeof(float) * (size_t)V); /* the sampler edits its copy */
-            int32_t id = tl_sampler_sample(smp, sl->logits);
-            if (raw) { /* an end-of-generation token too: its text is empty, its log-probability is not */
-                pthread_mutex_lock(&j->mu);
-                lp_add(j, id, raw, V);
-                pthread_mutex_unlock(&j->mu);
-            }
-            if (!j->ignore_eos && tl_tok_is_eog(m->tok, id)) {
-                fin = TL_FINISH_STOP;
-                break;
-            }
-            n_gen++;
-            tl_sampler_accept(smp, id);
-            size_t np = tl_token_to_piece(m->tok, id, false, piece, piece_cap);
-            if (np > piece_cap) { /* rare: a very long piece */
-                if (piece != small) free(piece);
-                piece_cap = np;
-                piece = tl_xmalloc(piece_cap);
-                np = tl_token_to_piece(m->tok, id, false, piece, piece_cap);
-            }
-            if (job_append(j, piece, np)) {
-                fin = TL_FINISH_STOP;
-                break;
-            }
-            if (n_gen == max_new || s->n_past + 1 > s->n_ctx) break;
-            if (tl_session_eval(s, &id, 1, sl->logits, false, &err)) {
-                fin = TL_FINISH_ERROR;
-                fail = err.msg;
-                break;
-            }
-            if ((n_gen & 31) == 0) slot_update_kv(sl);
-        }
-        if (piece != small) free(piece);
-    }
-    double t_gen = tl_time_s() - t1;
-    free(raw);
-    tl_sampler_free(smp);
-    slot_update_kv(sl);
-    tl_metrics_tokens(S->metrics, j->n_prompt, t_prompt, n_gen, t_gen);
+/* The job leaves its slot: counters, metrics, the slot given back, then the outcome published,
+ * so a client that gets its answer can never find its own slot still taken. */
+static void slot_finish(slot *sl, tl_finish fin, const char *fail) {
+    tl_sched *S = sl->owner;
+    tl_job *j = sl->job;
+    const double now = tl_time_s();
+    const double t_prompt = sl->decoding ? sl->t1 - sl->t0 : now - sl->t0;
+    const double t_gen = sl->decoding ? now - sl->t1 : 0;
+    tl_metrics_tokens(S->metrics, j->n_prompt, t_prompt, sl->n_gen, t_gen);
     pthread_mutex_lock(&j->mu);
     j->t_prompt = t_prompt;
     j->t_gen = t_gen;
     pthread_mutex_unlock(&j->mu);
-    if (fail) snprintf(fail_msg, fail_cap, "%s", fail);
-    return fin;
+    tl_sampler_free(sl->smp);
+    free(sl->rows);
+    free(sl->raw);
+    sl->smp = NULL;
+    sl->rows = sl->raw = NULL;
+    tl_session_reset(sl->sess);
+    slot_update_kv(sl);
+    pthread_mutex_lock(&S->mu);
+    S->n_running--;
+    sl->job = NULL;
+    pthread_mutex_unlock(&S->mu);
+    job_finish(j, fin, fail);
+    tl_job_unref(j);
 }
 
-static void *worker(void *arg) {
-    slot *sl = arg;
-    tl_sched *S = sl->owner;
+/* The logits of the position after the last fed token are in sl->logits: sample the next
+ * token, as tailor generate's loop does, and either keep it to feed next step or end the job. */
+static void slot_sample(slot *sl) {
+    tl_job *j = sl->job;
+    tl_model *m = sl->owner->m;
+    const int V = m->cfg.n_vocab;
+    if (sl->n_gen >= sl->max_new) return slot_finish(sl, TL_FINISH_LENGTH, NULL);
+    if (atomic_load(&j->cancel)) return slot_finish(sl, TL_FINISH_CANCELLED, NULL);
+    if (sl->raw) memcpy(sl->raw, sl->logits, sizeof(float) * (size_t)V); /* the sampler edits its copy */
+    const int32_t id = tl_sampler_sample(sl->smp, sl->logits);
+    if (sl->raw) { /* an end-of-generation token too: its text is empty, its log-probability is not */
+        pthread_mutex_lock(&j->mu);
+        lp_add(j, id, sl->raw, V);
+        pthread_mutex_unlock(&j->mu);
+    }
+    if (!j->ignore_eos && tl_tok_is_eog(m->tok, id)) return slot_finish(sl, TL_FINISH_STOP, NULL);
+    sl->n_gen++;
+    tl_sampler_accept(sl->smp, id);
+    char piece[256];
+    size_t np = tl_token_to_piece(m->tok, id, false, piece, sizeof piece);
+    bool hit;
+    if (np > sizeof piece) { /* rare: a very long piece */
+        char *big = tl_xmalloc(np);
+        np = tl_token_to_piece(m->tok, id, false, big, np);
+        hit = job_append(j, big, np);
+        free(big);
+    } else {
+        hit = job_append(j, piece, np);
+    }
+    if (hit) return slot_finish(sl, TL_FINISH_STOP, NULL);
+    if (sl->n_gen == sl->max_new || sl->sess->n_past + 1 > sl->sess->n_ctx)
+        return slot_finish(sl, TL_FINISH_LENGTH, NULL);
+    sl->next = id;
+    if ((sl->n_gen & 31) == 0) slot_update_kv(sl);
+}
+
+/* After a step: the rows a slot fed are in its session; take what they gave. */
+static void slot_advance(slot *sl, int n) {
+    tl_job *j = sl->job;
+    const int V = sl->owner->m->cfg.n_vocab;
+    if (sl->decoding) return slot_sample(sl);
+    if (sl->echo) {
+        pthread_mutex_lock(&j->mu);
+        for (int r = 0; r < n && sl->fed + r + 1 < j->n_prompt; r++)
+            lp_add(j, j->prompt[sl->fed + r + 1], sl->rows + (size_t)r * V, V);
+        pthread_mutex_unlock(&j->mu);
+        if (sl->fed + n == j->n_prompt) memcpy(sl->logits, sl->rows + (size_t)(n - 1) * V, sizeof(float) * (size_t)V);
+    }
+    sl->fed += n;
+    if (sl->fed < j->n_prompt) return;
+    j->n_lp_prompt = j->n_lp;
+    sl->decoding = true;
+    sl->t1 = tl_time_s();
+    slot_update_kv(sl);
+    slot_sample(sl);
+}
+
+/* One step: every decoding slot's next token, then prompt pieces of the other slots in the
+ * order they were admitted, while they fit the step's budget. A prompt goes in whole pieces of
+ * `chunk` rows (the last one shorter), as tailor generate cuts it, whatever shares its steps;
+ * the oldest piece always fits (the budget holds a piece beside a token of every slot).
+ * Returns the number of sequences; step[i] is the slot of seqs[i]. */
+static int form_step(tl_sched *S, tl_batch_seq *seqs, slot **step) {
+    int n = 0, rows = 0;
+    for (int i = 0; i < S->n_slots; i++) {
+        slot *sl = &S->slots[i];
+        if (!sl->job || !sl->decoding) continue;
+        step[n] = sl;
+        seqs[n++] = (tl_batch_seq){.s = sl->sess, .tokens = &sl->next, .n = 1, .logits = sl->logits};
+        rows++;
+    }
+    slot *pre[S->n_slots];
+    int n_pre = 0;
+    for (int i = 0; i < S->n_slots; i++) { /* by admission, oldest first */
+        slot *sl = &S->slots[i];
+        if (!sl->job || sl->decoding) continue;
+        int k = n_pre++;
+        while (k > 0 && pre[k - 1]->admitted > sl->admitted) pre[k] = pre[k - 1], k--;
+        pre[k] = sl;
+    }
+    for (int i = 0; i < n_pre; i++) {
+        slot *sl = pre[i];
+        const tl_job *j = sl->job;
+        const int take = TL_MIN(sl->echo ? TL_MIN(ECHO_PIECE, S->chunk) : S->chunk, j->n_prompt - sl->fed);
+        if (rows + take > S->batch_tokens) continue; /* a later step */
+        const bool last = sl->fed + take == j->n_prompt;
+        step[n] = sl;
+        seqs[n++] = (tl_batch_seq){.s = sl->sess, .tokens = j->prompt + sl->fed, .n = take,
+                                   .logits = sl->echo ? sl->rows : last ? sl->logits : NULL, .all_logits = sl->echo};
+        rows += take;
+    }
+    return n;
+}
+
+/* The scheduler thread: admit waiting jobs into free slots, drop cancelled ones, run one
+ * batched step over all running jobs, repeat; sleep while there is nothing to do. */
+static void *step_loop(void *arg) {
+    tl_sched *S = arg;
+    tl_batch_seq *seqs = tl_xcalloc((size_t)S->n_slots, sizeof *seqs);
+    slot **step = tl_xcalloc((size_t)S->n_slots, sizeof *step);
+    tl_error err = {{0}};
     for (;;) {
+        slot *started[S->n_slots];
+        int n_started = 0;
         pthread_mutex_lock(&S->mu);
-        while (!S->stop && S->q_len == 0) pthread_cond_wait(&S->cv, &S->mu);
-        if (S->stop) {
+        while (!S->stop && S->q_len == 0 && S->n_running == 0) pthread_cond_wait(&S->cv, &S->mu);
+        if (S->stop && S->n_running == 0) {
             pthread_mutex_unlock(&S->mu);
             break;
         }
-        tl_job *j = S->q[S->q_head];
-        S->q_head = (S->q_head + 1) % S->q_cap;
-        S->q_len--;
-        S->n_running++;
-        sl->job = j;
+        for (int i = 0; i < S->n_slots && S->q_len > 0 && !S->stop; i++) {
+            slot *sl = &S->slots[i];
+            if (sl->job) continue;
+            sl->job = S->q[S->q_head];
+            S->q_head = (S->q_head + 1) % S->q_cap;
+            S->q_len--;
+            S->n_running++;
+            sl->admitted = S->n_admitted++;
+            started[n_started++] = sl;
+        }
         pthread_mutex_unlock(&S->mu);
+        for (int i = 0; i < n_started; i++) slot_start(started[i]);
+        for (int i = 0; i < S->n_slots; i++) /* cancelled (or shutting down) jobs leave at a step's edge */
+            if (S->slots[i].job && atomic_load(&S->slots[i].job->cancel)) slot_finish(&S->slots[i], TL_FINISH_CANCELLED, NULL);
 
-        char fail[512] = "";
-        tl_finish fin = run_job(sl, j, fail, sizeof fail);
-        tl_session_reset(sl->sess);
-        slot_update_kv(sl);
-
-        pthread_mutex_lock(&S->mu);
-        S->n_running--;
-        sl->job = NULL;
-        pthread_mutex_unlock(&S->mu);
-        job_finish(j, fin, fail[0] ? fail : NULL);
-        tl_job_unref(j);
+        const int n = form_step(S, seqs, step);
+        if (!n) continue;
+        if (tl_batch_eval(S->batch, seqs, n, &err)) {
+            for (int i = 0; i < n; i++) slot_finish(step[i], TL_FINISH_ERROR, err.msg);
+            continue;
+        }
+        for (int i = 0; i < n; i++) slot_advance(step[i], seqs[i].n);
     }
+    free(seqs);
+    free(step);
     return NULL;
 }
 
@@ -388,17 +439,15 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
     S->q_cap = p->n_queue + p->n_parallel;
     S->q = tl_xcalloc((size_t)S->q_cap, sizeof *S->q);
     S->slots = tl_xcalloc((size_t)S->n_slots, sizeof *S->slots);
-    int threads = p->n_threads > 0 ? p->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    int per_slot = TL_MAX(1, threads / p->n_parallel);
+    /* the sessions hold the KV caches; the step's activations and threads are the batch's */
     tl_session_params sp = tl_session_default_params();
     sp.n_ctx = p->n_ctx;
-    sp.n_threads = per_slot;
-    sp.chunk = p->chunk;
+    sp.n_threads = 1;
+    sp.chunk = 1;
     sp.kv = p->kv;
     for (int i = 0; i < S->n_slots; i++) {
         slot *sl = &S->slots[i];
         sl->owner = S;
-        sl->id = i;
         if (!(sl->sess = tl_session_new(m, &sp, err))) {
             tl_fail_prefix(err, "slot %d", i);
             tl_sched_free(S);
@@ -407,16 +456,29 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
         sl->logits = tl_xmalloc(sizeof(float) * (size_t)m->cfg.n_vocab);
     }
     S->n_ctx = S->slots[0].sess->n_ctx;
-    tl_session_memory(S->slots[0].sess, &S->slot_mem); /* before the workers own their sessions */
-    for (int i = 0; i < S->n_slots; i++) {
-        int rc = pthread_create(&S->slots[i].th, NULL, worker, &S->slots[i]);
-        if (rc) {
-            tl_fail(err, "slot %d: cannot start its thread: %s", i, strerror(rc));
-            tl_sched_free(S);
-            return NULL;
-        }
-        S->slots[i].started = true;
+    /* a step holds a token of every slot and a prompt piece of up to `chunk` rows */
+    S->chunk = p->chunk > 0 ? TL_MIN(p->chunk, S->n_ctx) : TL_MIN(512, S->n_ctx);
+    S->batch_tokens = p->batch_tokens > 0 ? p->batch_tokens : S->chunk + p->n_parallel;
+    if (S->batch_tokens <= p->n_parallel) {
+        tl_fail(err, "--batch-tokens %d: a step must hold one token of each of the %d slots (--parallel) and a prompt "
+                     "piece: at least %d", S->batch_tokens, p->n_parallel, p->n_parallel + 1);
+        tl_sched_free(S);
+        return NULL;
     }
+    S->chunk = TL_MIN(S->chunk, S->batch_tokens - p->n_parallel);
+    if (!(S->batch = tl_batch_new(m, S->batch_tokens, S->n_slots, p->n_threads, err))) {
+        tl_sched_free(S);
+        return NULL;
+    }
+    tl_session_memory(S->slots[0].sess, &S->slot_mem); /* before the step loop owns the sessions */
+    S->slot_mem.activations = tl_batch_bytes(S->batch);
+    int rc = pthread_create(&S->th, NULL, step_loop, S);
+    if (rc) {
+        tl_fail(err, "cannot start the step thread: %s", strerror(rc));
+        tl_sched_free(S);
+        return NULL;
+    }
+    S->started = true;
     return S;
 }
 
@@ -498,7 +560,7 @@ void tl_sched_stats_get(tl_sched *S, tl_sched_stats *out) {
     pthread_mutex_unlock(&S->mu);
 }
 
-/* Stop taking work, cancel what runs and what waits, and join the workers. Waiters see
+/* Stop taking work, cancel what runs and what waits, and join the step loop. Waiters see
  * every job finished afterwards, so connection threads can end. */
 void tl_sched_shutdown(tl_sched *S) {
     pthread_mutex_lock(&S->mu);
@@ -515,11 +577,10 @@ void tl_sched_shutdown(tl_sched *S) {
         job_finish(waiting[k], TL_FINISH_CANCELLED, "the server is shutting down");
         tl_job_unref(waiting[k]);
     }
-    for (int i = 0; i < S->n_slots; i++)
-        if (S->slots[i].started) {
-            pthread_join(S->slots[i].th, NULL);
-            S->slots[i].started = false;
-        }
+    if (S->started) {
+        pthread_join(S->th, NULL);
+        S->started = false;
+    }
 }
 
 void tl_sched_free(tl_sched *S) {
@@ -529,6 +590,7 @@ void tl_sched_free(tl_sched *S) {
         tl_session_free(S->slots[i].sess);
         free(S->slots[i].logits);
     }
+    tl_batch_free(S->batch);
     free(S->slots);
     free(S->q);
     pthread_mutex_destroy(&S->mu);

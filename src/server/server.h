@@ -4,7 +4,8 @@
  *   http.c    libmicrohttpd glue: binding, body limits, auth, dispatch, SSE streaming,
  *             client-disconnect detection
  *   routes.c  the endpoints: request validation (cJSON), response shapes, SSE events
- *   sched.c   slots and the bounded queue: P worker threads, each owning a tl_session
+ *   sched.c   slots (one tl_session each), the bounded queue, and the step loop: one thread
+ *             running every slot's tokens through one batched forward step (batch.c)
  *   chat.c    chat templates (ChatML, Phi-3, Phi-4, Gemma, Llama-3, DeepSeek-R1) chosen from
  *             tokenizer.chat_template
  *   metrics.c counters and the Prometheus text of /metrics
@@ -34,8 +35,9 @@ typedef struct {
     int n_parallel;            /* P: slots decoding at once */
     int n_queue;               /* requests that may wait for a slot before 429 */
     int n_ctx;                 /* tokens per slot; 0 = the model's training context */
-    int n_threads;             /* all threads; each slot gets max(1, n_threads / P); 0 = CPUs */
+    int n_threads;             /* threads of the batched step; 0 = CPUs */
     int chunk;                 /* prefill chunk (0 = default) */
+    int batch_tokens;          /* rows per step, decode and prefill (0 = chunk + P); more than P */
     const tl_kv_plan *kv;      /* KV policy of each layer in every slot (NULL = f16); read at start */
     const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
     size_t max_body;           /* request bytes (413 above); 0 = n_ctx x the longest token's bytes

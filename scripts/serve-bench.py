@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""serve-bench.py: load generator for an OpenAI-compatible completions server (tailor serve,
+llama.cpp's llama-server), Python standard library only.
+
+For each client count C (--clients 1,2,4,8), C clients each send --requests streaming
+/v1/completions requests one after another: a prompt of --prompt-tokens token ids (distinct per
+request, so no server can reuse a cached prefix) and --max-tokens generated tokens (greedy,
+ignore_eos). Per round it prints the aggregate output tokens/s (all generated tokens over the
+round's wall time), time to first token (p50) and the time per output token: the gaps between
+streamed tokens, p50 and p99 over all of them. With --pid (the server's process id) it also
+prints the generated tokens per CPU-second the server used in the round: on a machine shared
+with other work, wall-clock rates follow the share of the CPUs a process gets (more runnable
+threads, a larger share), CPU-seconds do not. --repeat N runs each round N times and prints
+each run, then the median and the spread (min-max).
+
+    python3 scripts/serve-bench.py --port 8080 --clients 1,2,4,8 --repeat 3
+"""
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+
+
+def pct(xs, p):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+def one_request(host, port, prompt, max_tokens, out):
+    """Stream one completion; append (ttft, [gaps between tokens]) to out, or raise."""
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+                       "stream": True})
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
+    times = []
+    for line in resp:
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            break
+        ev = json.loads(data)
+        ch = ev.get("choices") or []
+        if ch and ch[0].get("finish_reason") is None:  # a token (its text may be empty: EOG under ignore_eos)
+            times.append(time.perf_counter())
+    conn.close()
+    if not times:
+        raise RuntimeError("no token streamed")
+    out.append((times[0] - t0, [b - a for a, b in zip(times, times[1:])]))
+
+
+def cpu_s(pid):
+    """user + system CPU seconds of a process so far (/proc/PID/stat, clock ticks)."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def round_once(args, n_clients, seed):
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(args.id_lo, args.id_hi) for _ in range(args.prompt_tokens)]
+               for _ in range(n_clients * args.requests)]
+    results, errors = [], []
+    lock = threading.Lock()
+
+    def client(ci):
+        for r in range(args.requests):
+            got = []
+            try:
+                one_request(args.host, args.port, prompts[ci * args.requests + r], args.max_tokens, got)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                with lock:
+                    errors.append(str(e))
+                return
+            with lock:
+                results.extend(got)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+    t0, c0 = time.perf_counter(), cpu_s(args.pid)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, cpu_s(args.pid) - c0
+    if errors:
+        raise RuntimeError(f"{len(errors)} request(s) failed, first: {errors[0]}")
+    # a streamed chunk may carry more than one token: count the tokens each request was asked for
+    n_tok = len(results) * args.max_tokens
+    gaps = [g for _, gs in results for g in gs]
+    return {"tps": n_tok / wall, "tpc": n_tok / cpu if cpu > 0 else float("nan"), "ttft": pct([r[0] for r in results], 50),
+            "p50": pct(gaps, 50), "p99": pct(gaps, 99)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--clients", default="1,2,4,8", help="comma-separated client counts")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client per round")
+    ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--id-lo", type=int, default=1000, help="prompt token ids are drawn from [lo, hi)")
+    ap.add_argument("--id-hi", type=int, default=20000)
+    ap.add_argument("--label", default="", help="first column of the table (e.g. the server's name)")
+    ap.add_argument("--pid", type=int, default=0, help="the server's process id: also tokens per CPU-second")
+    args = ap.parse_args()
+
+    one_request(args.host, args.port, list(range(args.id_lo, args.id_lo + 16)), 4, [])  # warm-up
+    print("| server | clients | tokens/s (median, min-max) | tokens per CPU-s (median, min-max) | TTFT p50 ms | "
+          "TPOT p50 ms | TPOT p99 ms | runs (tokens/s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for c in [int(x) for x in args.clients.split(",")]:
+        runs = [round_once(args, c, seed=1000 * c + k) for k in range(args.repeat)]
+        tps, tpc = [r["tps"] for r in runs], [r["tpc"] for r in runs]
+        med = statistics.median(tps)
+        mid = min(runs, key=lambda r: abs(r["tps"] - med))
+        print(f"| {args.label} | {c} | {med:.1f} ({min(tps):.1f}-{max(tps):.1f}) | "
+              f"{statistics.median(tpc):.1f} ({min(tpc):.1f}-{max(tpc):.1f}) | {mid['ttft'] * 1e3:.0f} | "
+              f"{mid['p50'] * 1e3:.1f} | {mid['p99'] * 1e3:.1f} | {', '.join(f'{t:.1f}' for t in tps)} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

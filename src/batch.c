@@ -1,0 +1,297 @@
+/* batch.c: session.c's forward pass over the rows of several sequences at once.
+ *
+ * The sequences are laid out by their row count, smallest first, and their rows concatenated:
+ * every weight matmul runs over all rows (tl_matmul with n_rows = the step's total, so the
+ * quantized kernels read each weight row once for all of them), the per-row work (norms,
+ * residual adds, activations) runs over all rows, and RoPE and attention run per sequence, at
+ * its positions, against its own KV store.
+ *
+ * tl_matmul picks its kernels by the number of rows: up to tl_matmul_rounded_rows(type) the
+ * activations are rounded to q8 blocks, above it they stay f32. A sequence alone gets the
+ * regime of its own row count, so the batch does the same: sequences small enough for the
+ * rounded kernels (a prefix of the layout) go in calls of at most that many rows, the others
+ * in one f32 call. Within a regime rows are independent, so each sequence's logits equal
+ * tl_session_eval's up to the order of float additions, whatever else shares its step. */
+#include "batch.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tl_batch {
+    tl_model *m;
+    tl_pool *pool;
+    const tl_vec_ops *vo;
+    int max_rows, max_seqs;
+    tl_activations act;   /* session.c's buffers, sized for max_rows; act.logits: [max_seqs][n_vocab] */
+    float *q_pred;        /* [max_rows][n_head*head_dim_k] queries predicted for the next layer */
+    uint64_t bytes;
+    /* the step being run, in layout order */
+    const tl_batch_seq **seq; /* [max_seqs] */
+    int *row0;                /* [max_seqs + 1] first row of each sequence; row0[n] = total */
+    int *n_rows;              /* [max_seqs] rows of each sequence, ascending */
+    int n_seq;
+};
+
+static void *ws_alloc(tl_batch *b, size_t bytes) {
+    void *p = tl_amalloc(bytes);
+    if (!p) {
+        fprintf(stderr, "tailor: out of memory allocating %zu bytes for the batch workspace\n", bytes);
+        abort();
+    }
+    b->bytes += bytes;
+    return p;
+}
+
+tl_batch *tl_batch_new(tl_model *m, int max_rows, int max_seqs, int n_threads, tl_error *err) {
+    if (max_rows < 1 || max_seqs < 1) {
+        tl_fail(err, "batch: need room for at least one row and one sequence (got %d rows, %d sequences)", max_rows,
+                max_seqs);
+        return NULL;
+    }
+    const tl_config *c = &m->cfg;
+    tl_batch *b = tl_xcalloc(1, sizeof *b);
+    b->m = m;
+    b->pool = tl_pool_new(n_threads);
+    b->vo = tl_vec_get();
+    b->max_rows = max_rows;
+    b->max_seqs = max_seqs;
+    const size_t E = (size_t)c->n_embd, R = (size_t)max_rows, qdim = (size_t)c->n_head * c->head_dim_k;
+    tl_activations *a = &b->act;
+    a->x = ws_alloc(b, sizeof(float) * R * E);
+    a->xn = ws_alloc(b, sizeof(float) * TL_MAX(R, (size_t)max_seqs) * E);
+    a->q = ws_alloc(b, sizeof(float) * R * qdim);
+    a->k = ws_alloc(b, sizeof(float) * R * c->n_head_kv * c->head_dim_k);
+    a->v = ws_alloc(b, sizeof(float) * R * c->n_head_kv * c->head_dim_v);
+    a->attn = ws_alloc(b, sizeof(float) * R * c->n_head * c->head_dim_v);
+    a->gate = ws_alloc(b, sizeof(float) * R * c->n_ff);
+    a->up = ws_alloc(b, sizeof(float) * R * c->n_ff);
+    a->tmp = ws_alloc(b, sizeof(float) * R * E);
+    a->rope = ws_alloc(b, sizeof(float) * R * 2 * (size_t)c->n_rot);
+    a->logits = ws_alloc(b, sizeof(float) * (size_t)max_seqs * c->n_vocab);
+    b->q_pred = ws_alloc(b, sizeof(float) * R * qdim);
+    /* matmul scratch: the largest activation conversion any matrix needs for the step's rows
+     * (the output matrix sees at most max(max_rows, max_seqs) of them) */
+    const int64_t out_rows = TL_MAX(max_rows, max_seqs);
+    size_t need = tl_matmul_scratch_size(m->w.output.type, c->n_embd, out_rows);
+    for (int il = 0; il < c->n_layer; il++) {
+        const tl_layer_weights *L = &m->w.layers[il];
+        const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+            need = TL_MAX(need, tl_matmul_scratch_size(mats[i]->type, mats[i]->n_in, max_rows));
+    }
+    a->mm_scratch_bytes = need;
+    a->mm_scratch = ws_alloc(b, need);
+    b->seq = tl_xcalloc((size_t)max_seqs, sizeof *b->seq);
+    b->row0 = tl_xcalloc((size_t)max_seqs + 1, sizeof *b->row0);
+    b->n_rows = tl_xcalloc((size_t)max_seqs, sizeof *b->n_rows);
+    return b;
+}
+
+void tl_batch_free(tl_batch *b) {
+    if (!b) return;
+    tl_activations *a = &b->act;
+    void *bufs[] = {a->x, a->xn, a->q, a->k, a->v, a->attn, a->gate, a->up, a->tmp, a->rope, a->logits, a->mm_scratch, b->q_pred};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tl_afree(bufs[i]);
+    tl_pool_free(b->pool);
+    free(b->seq);
+    free(b->row0);
+    free(b->n_rows);
+    free(b);
+}
+
+uint64_t tl_batch_bytes(const tl_batch *b) { return b->bytes; }
+
+/* y = x W for rows grouped as `groups` rows each (ascending), every group getting the kernels
+ * tl_matmul picks for it alone (see the top of the file). ldy: floats between rows of y. */
+static void matmul_groups(tl_batch *b, const tl_mat *w, const float *x, const int *groups, int n_groups, float *y,
+                          int ldy) {
+    const int64_t rounded = tl_matmul_rounded_rows(w->type);
+    int small = 0, total = 0; /* rows of the groups within the rounded regime; all rows */
+    for (int g = 0; g < n_groups; g++) {
+        total += groups[g];
+        if (groups[g] <= rounded) small += groups[g];
+    }
+    for (int r = 0; r < small;) {
+        const int n = (int)TL_MIN((int64_t)(small - r), rounded);
+        tl_matmul(b->pool, w->type, w->data, w->n_in, w->n_out, x + (size_t)r * w->n_in, n, y + (size_t)r * ldy, ldy,
+                  b->act.mm_scratch);
+        r += n;
+    }
+    if (total > small)
+        tl_matmul(b->pool, w->type, w->data, w->n_in, w->n_out, x + (size_t)small * w->n_in, total - small,
+                  y + (size_t)small * ldy, ldy, b->act.mm_scratch);
+}
+
+static void matmul(tl_batch *b, const tl_mat *w, const float *x, float *y) {
+    matmul_groups(b, w, x, b->n_rows, b->n_seq, y, w->n_out);
+}
+
+/* Queries of layer il for every row: Wq (+bias), q-norm, RoPE at each row's position. */
+static void query_rows(tl_batch *b, int il, const float *xn, float *q) {
+    const tl_config *c = &b->m->cfg;
+    const tl_layer_weights *L = &b->m->w.layers[il];
+    const int qdim = c->n_head * c->head_dim_k, half = c->n_rot / 2, base = c->layer_swa[il] ? 1 : 0;
+    const int R = b->row0[b->n_seq];
+    matmul(b, &L->wq, xn, q);
+    tl_add_bias(q, L->bq, R, qdim);
+    if (L->q_norm) tl_rmsnorm_rows(b->vo, q, q, L->q_norm, R * c->n_head, c->head_dim_k, c->norm_eps);
+    for (int r = 0; r < R; r++) {
+        const float *cs = b->act.rope + ((size_t)r * 2 + base) * half * 2;
+        for (int h = 0; h < c->n_head; h++) tl_rope_head(q + (size_t)r * qdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
+    }
+}
+
+/* Check the step and lay it out (sequences by row count, stable). */
+static int layout(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *err) {
+    if (n_seq < 1 || n_seq > b->max_seqs)
+        return tl_fail(err, "batch: %d sequences in a step (1..%d)", n_seq, b->max_seqs);
+    int total = 0;
+    for (int i = 0; i < n_seq; i++) {
+        const tl_batch_seq *q = &seqs[i];
+        const tl_session *s = q->s;
+        if (s->model != b->m) return tl_fail(err, "batch: sequence %d belongs to another model", i);
+        if (s->gpu) return tl_fail(err, "batch: sequence %d is on the GPU; the batched step runs on the CPU", i);
+        if (s->observer) return tl_fail(err, "batch: sequence %d has an activation observer, which runs alone", i);
+        if (q->n < 1) return tl_fail(err, "batch: sequence %d has %d tokens (at least 1)", i, q->n);
+        if (s->n_past + q->n > s->n_ctx)
+            return tl_fail(err, "batch: sequence %d: context overflow: %d tokens held + %d new exceed the context size %d",
+                           i, s->n_past, q->n, s->n_ctx);
+        for (int j = 0; j < i; j++)
+            if (seqs[j].s == s) return tl_fail(err, "batch: sequences %d and %d are the same session", j, i);
+        for (int t = 0; t < q->n; t++)
+            if (q->tokens[t] < 0 || q->tokens[t] >= b->m->cfg.n_vocab)
+                return tl_fail(err, "batch: sequence %d: token id %d at position %d is outside the vocabulary (0..%d)", i,
+                               q->tokens[t], s->n_past + t, b->m->cfg.n_vocab - 1);
+        total += q->n;
+    }
+    if (total > b->max_rows) return tl_fail(err, "batch: %d rows in a step, the workspace holds %d", total, b->max_rows);
+    for (int i = 0; i < n_seq; i++) { /* insertion sort by row count keeps equal counts in order */
+        int k = i;
+        while (k > 0 && b->seq[k - 1]->n > seqs[i].n) {
+            b->seq[k] = b->seq[k - 1];
+            k--;
+        }
+        b->seq[k] = &seqs[i];
+    }
+    b->n_seq = n_seq;
+    b->row0[0] = 0;
+    for (int i = 0; i < n_seq; i++) {
+        b->n_rows[i] = b->seq[i]->n;
+        b->row0[i + 1] = b->row0[i] + b->n_rows[i];
+    }
+    return 0;
+}
+
+/* Final norm and the output matrix: last rows of all sequences that want them in one call,
+ * sequences that want every row one call each (as tl_session_eval computes them). */
+static void output(tl_batch *b) {
+    const tl_config *c = &b->m->cfg;
+    const tl_weights *w = &b->m->w;
+    tl_activations *a = &b->act;
+    const int E = c->n_embd, V = c->n_vocab;
+    int n_last = 0;
+    for (int i = 0; i < b->n_seq; i++) {
+        const tl_batch_seq *q = b->seq[i];
+        if (!q->logits || q->all_logits) continue;
+        tl_rmsnorm_rows(b->vo, a->x + (size_t)(b->row0[i + 1] - 1) * E, a->xn + (size_t)n_last * E, w->output_norm, 1,
+                        E, c->norm_eps);
+        n_last++;
+    }
+    if (n_last) {
+        int ones[n_last];
+        for (int i = 0; i < n_last; i++) ones[i] = 1;
+        matmul_groups(b, &w->output, a->xn, ones, n_last, a->logits, V);
+        tl_softcap(a->logits, n_last * V, c->final_softcap);
+        int k = 0;
+        for (int i = 0; i < b->n_seq; i++) {
+            const tl_batch_seq *q = b->seq[i];
+            if (q->logits && !q->all_logits) memcpy(q->logits, a->logits + (size_t)k++ * V, sizeof(float) * (size_t)V);
+        }
+    }
+    for (int i = 0; i < b->n_seq; i++) {
+        const tl_batch_seq *q = b->seq[i];
+        if (!q->logits || !q->all_logits) continue;
+        tl_rmsnorm_rows(b->vo, a->x + (size_t)b->row0[i] * E, a->xn, w->output_norm, q->n, E, c->norm_eps);
+        matmul_groups(b, &w->output, a->xn, &q->n, 1, q->logits, V);
+        tl_softcap(q->logits, q->n * V, c->final_softcap);
+    }
+}
+
+int tl_batch_eval(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *err) {
+    if (layout(b, seqs, n_seq, err)) return -1;
+    const tl_model *m = b->m;
+    const tl_config *c = &m->cfg;
+    const tl_weights *w = &m->w;
+    const tl_vec_ops *vo = b->vo;
+    tl_activations *a = &b->act;
+    const int E = c->n_embd, half = c->n_rot / 2, R = b->row0[n_seq];
+    const int qdim = c->n_head * c->head_dim_k;
+    const int kdim = c->n_head_kv * c->head_dim_k;
+    const int vdim = c->n_head_kv * c->head_dim_v;
+
+    /* embeddings, and cos/sin for each row at its sequence's position, both RoPE bases */
+    for (int i = 0; i < n_seq; i++) {
+        const tl_batch_seq *q = b->seq[i];
+        for (int t = 0; t < q->n; t++) {
+            const size_t r = (size_t)b->row0[i] + t;
+            tl_get_row(w->tok_embd.type, w->tok_embd.data, E, q->tokens[t], a->x + r * E);
+            if (c->embd_scale) vo->scale(a->x + r * E, E, sqrtf((float)E));
+            for (int base = 0; base < 2; base++)
+                tl_session_rope_cs(q->s, q->s->n_past + t, base, a->rope + (r * 2 + base) * half * 2);
+        }
+    }
+
+    for (int il = 0; il < c->n_layer; il++) {
+        const tl_layer_weights *L = &w->layers[il];
+        const int base = c->layer_swa[il] ? 1 : 0;
+        tl_rmsnorm_rows(vo, a->x, a->xn, L->attn_norm, R, E, c->norm_eps);
+        query_rows(b, il, a->xn, a->q);
+        matmul(b, &L->wk, a->xn, a->k);
+        matmul(b, &L->wv, a->xn, a->v);
+        tl_add_bias(a->k, L->bk, R, kdim);
+        tl_add_bias(a->v, L->bv, R, vdim);
+        if (L->k_norm) tl_rmsnorm_rows(vo, a->k, a->k, L->k_norm, R * c->n_head_kv, c->head_dim_k, c->norm_eps);
+        for (int r = 0; r < R; r++) {
+            const float *cs = a->rope + ((size_t)r * 2 + base) * half * 2;
+            for (int h = 0; h < c->n_head_kv; h++)
+                tl_rope_head(a->k + (size_t)r * kdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
+        }
+        /* stores of the next layer that want their queries predicted from this layer's input */
+        bool predict = false;
+        for (int i = 0; il + 1 < c->n_layer && i < n_seq; i++)
+            predict |= b->seq[i]->s->kv[il + 1]->ops->wants_query_prediction;
+        if (predict) {
+            query_rows(b, il + 1, a->xn, b->q_pred);
+            for (int i = 0; i < n_seq; i++) {
+                tl_kv_layer *next = b->seq[i]->s->kv[il + 1];
+                if (next->ops->wants_query_prediction)
+                    next->ops->predicted_query(next, b->pool, b->n_rows[i], b->q_pred + (size_t)b->row0[i] * qdim);
+            }
+        }
+        for (int i = 0; i < n_seq; i++) {
+            const size_t r = (size_t)b->row0[i];
+            if (tl_kv_forward(b->seq[i]->s->kv[il], b->pool, b->n_rows[i], a->q + r * qdim, a->k + r * kdim,
+                              a->v + r * vdim, a->attn + r * c->n_head * c->head_dim_v, err))
+                return tl_fail_prefix(err, "batch: sequence %d, layer %d", (int)(b->seq[i] - seqs), il);
+        }
+        matmul(b, &L->wo, a->attn, a->tmp);
+        if (L->attn_post_norm) tl_rmsnorm_rows(vo, a->tmp, a->tmp, L->attn_post_norm, R, E, c->norm_eps);
+        for (size_t i = 0; i < (size_t)R * E; i++) a->x[i] += a->tmp[i];
+
+        tl_rmsnorm_rows(vo, a->x, a->xn, L->ffn_norm, R, E, c->norm_eps);
+        matmul(b, &L->w_gate, a->xn, a->gate);
+        matmul(b, &L->w_up, a->xn, a->up);
+        if (c->gelu_ffn) vo->geglu(a->gate, a->gate, a->up, R * c->n_ff);
+        else vo->swiglu(a->gate, a->gate, a->up, R * c->n_ff);
+        matmul(b, &L->w_down, a->gate, a->tmp);
+        if (L->ffn_post_norm) tl_rmsnorm_rows(vo, a->tmp, a->tmp, L->ffn_post_norm, R, E, c->norm_eps);
+        for (size_t i = 0; i < (size_t)R * E; i++) a->x[i] += a->tmp[i];
+    }
+    for (int i = 0; i < n_seq; i++) b->seq[i]->s->n_past += b->n_rows[i];
+    output(b);
+    for (int i = 0; i < n_seq; i++)
+        if (!b->seq[i]->s->keys_checked) tl_session_check_keys(b->seq[i]->s);
+    return 0;
+}
