@@ -998,6 +998,20 @@ static double closed_after(int fd, double within) {
     return -1;
 }
 
+/* Connect from addr until the server closes a connection at accept (within 1 s of its
+ * connect), closing the ones it accepted; seconds until then, or -1 after `limit` seconds. */
+static double refused_within(int port, const char *addr, double limit) {
+    const double t0 = now_s();
+    while (now_s() - t0 < limit) {
+        const int fd = connect_from(port, addr);
+        const double dt = fd >= 0 ? closed_after(fd, 1) : -1;
+        if (fd >= 0) close(fd);
+        if (dt >= 0) return now_s() - t0;
+        usleep(300000);
+    }
+    return -1;
+}
+
 /* Slow clients (a header line every 0.4 s) and idle ones used to hold their connections for
  * as long as they liked (the idle timeout restarts with every byte), and nothing limited how
  * many one address could open: 45 slow clients locked everyone out. Now each request's headers
@@ -1042,13 +1056,14 @@ static void test_connections(const char *model) {
     CHECKF(dt > 1.5 && dt < 8, "a slow body: closed after %.1f s (deadline 2 x 1 s)", dt);
     close(fd);
 
-    /* one address: 4 connections, the fifth closed at accept; another address is served */
+    /* one address: 4 connections, the fifth closed at accept; another address is served. A
+     * connection counts once its thread has registered it (http.c, on_connection), which on a
+     * loaded machine (sanitizers, 2 cores) can lag the client's connect: an extra connection
+     * that got in before the others registered is closed and tried again, for up to 8 s */
     int idle[16], n_idle = 0;
     for (int i = 0; i < 4; i++) idle[n_idle++] = connect_from(port, "127.0.0.3");
-    fd = connect_from(port, "127.0.0.3");
-    dt = closed_after(fd, 3);
-    CHECKF(dt >= 0 && dt < 2, "the fifth connection of one address: closed after %.2f s", dt);
-    close(fd);
+    dt = refused_within(port, "127.0.0.3", 8);
+    CHECKF(dt >= 0, "the fifth connection of one address was not closed at accept within 8 s");
     resp r = http(port, "GET", "/health", NULL, NULL);
     CHECK(r.status == 200);
     resp_free(&r);
@@ -1056,11 +1071,8 @@ static void test_connections(const char *model) {
     const char *from[] = {"127.0.0.4", "127.0.0.5"};
     for (int k = 0; k < 2; k++)
         for (int i = 0; i < 4; i++) idle[n_idle++] = connect_from(port, from[k]);
-    usleep(200000);
-    fd = connect_from(port, "127.0.0.6");
-    dt = closed_after(fd, 3);
-    CHECKF(dt >= 0 && dt < 2, "connection 13: closed after %.2f s", dt);
-    close(fd);
+    dt = refused_within(port, "127.0.0.6", 8);
+    CHECKF(dt >= 0, "connection 13 was not closed at accept within 8 s");
     /* the idle ones are closed at the header deadline, not after the idle timeout (60 s) */
     t0 = now_s();
     int closed = 0;
