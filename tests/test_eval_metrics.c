@@ -83,8 +83,8 @@ static void test_kl_row(void) {
     const float b[6] = {2.0f, 1.0f, 0.5f, -1.0f, 0.0f, 0.3f};
     const float q[6] = {1.5f, 1.2f, 0.1f, -0.5f, 0.2f, 0.0f};
     float lb[6], lq[6];
-    tl_kld_log_softmax(b, 6, lb);
-    tl_kld_log_softmax(q, 6, lq);
+    tl_kld_log_softmax(b, 6, -1, lb);
+    tl_kld_log_softmax(q, 6, -1, lq);
     /* top-3 of the base: ids 0, 1, 2 */
     const int32_t ids[3] = {0, 1, 2};
     const float tlp[3] = {lb[0], lb[1], lb[2]};
@@ -122,8 +122,8 @@ static void test_kl_file(void) {
     float lbase[W][ROWS * V], lother[W][ROWS * V];
     for (int w = 0; w < W; w++)
         for (int j = 0; j < ROWS; j++) {
-            tl_kld_log_softmax(base[w] + j * V, V, lbase[w] + j * V);
-            tl_kld_log_softmax(other[w] + j * V, V, lother[w] + j * V);
+            tl_kld_log_softmax(base[w] + j * V, V, -1, lbase[w] + j * V);
+            tl_kld_log_softmax(other[w] + j * V, V, -1, lother[w] + j * V);
         }
     tl_error err = {{0}};
     tl_kld k;

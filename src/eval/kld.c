@@ -22,13 +22,14 @@ uint64_t tl_kld_hash_ids(const int32_t *ids, int64_t n) {
     return h;
 }
 
-void tl_kld_log_softmax(const float *x, int n, float *out) {
+double tl_kld_log_softmax(const float *x, int n, int32_t target, float *out) {
     float mx = x[0];
     for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
     double sum = 0;
     for (int i = 0; i < n; i++) sum += exp((double)x[i] - mx);
-    const double ls = log(sum);
+    const double ls = log(sum), lp = target >= 0 ? (double)x[target] - mx - ls : 0.0; /* before out overwrites x */
     for (int i = 0; i < n; i++) out[i] = (float)((double)x[i] - mx - ls);
+    return lp;
 }
 
 /* log of the probability outside the top-K, from float log-probs (the same arithmetic on both

@@ -81,8 +81,9 @@ typedef struct {
 
 void tl_kld_stats_get(tl_kld *k, tl_kld_stats *st);
 
-/* The per-row quantities, exposed for tests: log-softmax in double rounded to float. */
-void tl_kld_log_softmax(const float *logits, int n, float *out);
+/* The per-row quantities, exposed for tests: log-softmax in double rounded to float (out may
+ * be logits); returns log softmax[target] unrounded (0 when target < 0). */
+double tl_kld_log_softmax(const float *logits, int n, int32_t target, float *out);
 /* KL(base || new) of one row from the base's stored record values and the new log-probs. */
 double tl_kld_row(const int32_t *top_id, const float *top_lp, int k, float lp_rest, const float *new_lp);
 

@@ -1,13 +1,14 @@
 /* perplexity.c: see perplexity.h. */
 #include "perplexity.h"
+#include "kld.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-/* Rows of a piece: each row's logits become log-probabilities in place (tl_kld_log_softmax's
- * arithmetic), and lp[r] = log softmax(row)[target r] in double. A row per task: with a
- * 152k vocabulary a row costs ~2 ms on one core, more than a GPU's forward pass per token. */
+/* Rows of a piece: each row's logits become log-probabilities in place (tl_kld_log_softmax),
+ * and lp[r] = log softmax(row)[target r] in double. A row per task: with a 152k vocabulary a
+ * row costs ~2 ms on one core, more than a GPU's forward pass per token. */
 typedef struct {
     float *rows;
     const int32_t *targets;
@@ -19,13 +20,7 @@ static void lsm_row(void *ctx, int64_t r, int thread_id) {
     (void)thread_id;
     const lsm_ctx *c = ctx;
     float *x = c->rows + (size_t)r * c->V;
-    float mx = x[0];
-    for (int i = 1; i < c->V; i++) mx = x[i] > mx ? x[i] : mx;
-    double sum = 0.0;
-    for (int i = 0; i < c->V; i++) sum += exp((double)x[i] - mx);
-    const double ls = log(sum);
-    c->lp[r] = (double)x[c->targets[r]] - mx - ls;
-    for (int i = 0; i < c->V; i++) x[i] = (float)((double)x[i] - mx - ls);
+    c->lp[r] = tl_kld_log_softmax(x, c->V, c->targets[r], x);
 }
 
 void tl_ppl_result_free(tl_ppl_result *res) {

@@ -352,7 +352,7 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
             o->secs_prefill += tl_time_s() - t0;
             for (int r = 0; r < nr && pos + r + 1 < ctx; r++) {
                 const int32_t target = win[pos + r + 1];
-                tl_kld_log_softmax(logits + (size_t)r * V, V, lp);
+                tl_kld_log_softmax(logits + (size_t)r * V, V, -1, lp);
                 o->nll -= lp[target];
                 o->tok_nll[o->n] = -lp[target];
                 o->n++;
