@@ -333,6 +333,18 @@ static void layer_cases(void) {
     tl_pool_free(pool);
 }
 
+/* Random attention inputs from the xorshift state *x: keys in [-1.7, 1.7) plus 6 on channel 5
+ * of every head (an outlier channel, like real keys), values in [-1, 1), queries in [-1.5, 1.5). */
+static void attn_inputs(uint64_t *x, int d, size_t n_kv, size_t n_q, float *kh, float *vh, float *qh) {
+#define RND1() (*x ^= *x << 13, *x ^= *x >> 7, *x ^= *x << 17, (float)((*x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
+    for (size_t i = 0; i < n_kv; i++) {
+        kh[i] = RND1() * 1.7f + (i % d == 5 ? 6.0f : 0.0f);
+        vh[i] = RND1();
+    }
+    for (size_t i = 0; i < n_q; i++) qh[i] = RND1() * 1.5f;
+#undef RND1
+}
+
 /* Prefill chunks on the tensor-core kernel over quantized caches: per-token codes (staged by
  * cp.async) and per-channel keys (KIVI, decoded from global memory), head_dim 128 with G 4 and
  * 6 (Qwen2.5-1.5B's), head_dim 64; history 45 (all in the f16 residual) and 3000 (codes, the
@@ -354,7 +366,6 @@ static void prefill_tc_quant_cases(void) {
     const int hists[] = {45, 3000}, ms[] = {77, 512}, M = 512;
     tl_pool *pool = tl_pool_new(8);
     uint64_t x = 0x9e3779b97f4a7c15ull;
-#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
         const int Hq = shapes[si].n_head, Hkv = shapes[si].n_head_kv, d = shapes[si].d, G = Hq / Hkv;
         const int N = 3000 + M, kd = Hkv * d, qd = Hq * d;
@@ -362,11 +373,7 @@ static void prefill_tc_quant_cases(void) {
         float *qh = malloc(sizeof(float) * (size_t)M * qd), *scratch = malloc(sizeof(float) * (size_t)M * qd);
         float *oc = malloc(sizeof(float) * (size_t)M * qd), *og = malloc(sizeof(float) * (size_t)M * qd);
         float *oo = malloc(sizeof(float) * (size_t)M * qd);
-        for (size_t i = 0; i < (size_t)N * kd; i++) {
-            kh[i] = RND() * 1.7f + (i % d == 5 ? 6.0f : 0.0f);
-            vh[i] = RND();
-        }
-        for (size_t i = 0; i < (size_t)M * qd; i++) qh[i] = RND() * 1.5f;
+        attn_inputs(&x, d, (size_t)N * kd, (size_t)M * qd, kh, vh, qh);
         tl_kv_shape sh = {.n_head = Hq, .n_head_kv = Hkv, .head_dim_k = d, .head_dim_v = d, .n_ctx = 0, .window = 0,
                           .scale = 1.0f / sqrtf((float)d)};
         for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
@@ -423,7 +430,6 @@ static void prefill_tc_quant_cases(void) {
         free(og);
         free(oo);
     }
-#undef RND
     tl_pool_free(pool);
 }
 
@@ -447,7 +453,6 @@ static void prefill_tc_cases(void) {
     const int hists[] = {0, 45, 3000}, ms[] = {1, 2, 77, 512}, M = 512; /* m 1: decode on tensor cores (mode 2) */
     tl_pool *pool = tl_pool_new(8);
     uint64_t x = 0x2545f4914f6cdd1dull;
-#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
         const int Hq = shapes[si].n_head, Hkv = shapes[si].n_head_kv, d = shapes[si].d, G = Hq / Hkv;
         const int N = 3000 + M, kd = Hkv * d, qd = Hq * d;
@@ -455,11 +460,7 @@ static void prefill_tc_cases(void) {
         float *qh = malloc(sizeof(float) * (size_t)M * qd), *scratch = malloc(sizeof(float) * (size_t)M * qd);
         float *oc = malloc(sizeof(float) * (size_t)M * qd), *og = malloc(sizeof(float) * (size_t)M * qd);
         float *oo = malloc(sizeof(float) * (size_t)M * qd);
-        for (size_t i = 0; i < (size_t)N * kd; i++) {
-            kh[i] = RND() * 1.7f + (i % d == 5 ? 6.0f : 0.0f); /* an outlier channel, like real keys */
-            vh[i] = RND();
-        }
-        for (size_t i = 0; i < (size_t)M * qd; i++) qh[i] = RND() * 1.5f;
+        attn_inputs(&x, d, (size_t)N * kd, (size_t)M * qd, kh, vh, qh);
         tl_kv_shape sh = {.n_head = Hq, .n_head_kv = Hkv, .head_dim_k = d, .head_dim_v = d, .n_ctx = 0, .window = 0,
                           .scale = 1.0f / sqrtf((float)d)};
         tl_kv_layer_policy pol;
@@ -513,7 +514,6 @@ static void prefill_tc_cases(void) {
         free(og);
         free(oo);
     }
-#undef RND
     tl_pool_free(pool);
 }
 
