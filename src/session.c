@@ -215,10 +215,26 @@ bool tl_session_on_gpu(const tl_session *s) { return s->gpu != NULL; }
 int tl_session_n_threads(const tl_session *s) { return s->pool ? tl_pool_size(s->pool) : 0; }
 bool tl_gpu_bandwidth(char *name, size_t n, double *peak_gbs) { return tl_cuda_device_bandwidth(name, n, peak_gbs); }
 
+int tl_session_truncate_max(const tl_session *s, int n_tokens) {
+    int n = TL_MAX(0, TL_MIN(n_tokens, s->n_past));
+    if (n == s->n_past) return n;
+    if (s->gpu) return 0;
+    for (;;) { /* each layer's largest count at or below n, until every layer accepts the same */
+        int m = n;
+        for (int il = 0; il < s->model->cfg.n_layer; il++) {
+            const tl_kv_layer *l = s->kv[il];
+            m = l->ops->truncate_max ? l->ops->truncate_max(l, m) : 0;
+        }
+        if (m == n) return n;
+        n = m;
+    }
+}
+
 int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err) {
     if (n_tokens < 0 || n_tokens > s->n_past)
         return tl_fail(err, "truncate to %d tokens: the session holds %d", n_tokens, s->n_past);
     if (n_tokens == s->n_past) return 0;
+    if (n_tokens == 0) return tl_session_reset(s), 0;
     if (s->gpu) return tl_fail(err, "truncate: not supported by the CUDA backend yet");
     const int L = s->model->cfg.n_layer;
     for (int pass = 0; pass < 2; pass++) /* check every layer first, then cut */
@@ -267,6 +283,11 @@ static tl_kv_layer_policy *resolve_auto(tl_model *m, const tl_kv_layer_policy *p
     tl_kv_auto_summary(&rep, line, sizeof line);
     fprintf(stderr, "tailor: --kv auto: %s (pin the plan: tailor calibrate --auto ... -o plan.json)\n", line);
     return r;
+}
+
+tl_kv_layer_policy *tl_session_resolve_auto(tl_model *m, const tl_kv_layer_policy *policies, int n_threads,
+                                            bool *failed, tl_error *err) {
+    return resolve_auto(m, policies, false, n_threads, failed, err);
 }
 
 tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,

@@ -310,6 +310,12 @@ static int dense_truncate(tl_kv_layer *l, int n, bool dry_run, tl_error *err) {
     return 0;
 }
 
+static int dense_truncate_max(const tl_kv_layer *l, int n) {
+    const dense_layer *d = (const dense_layer *)l;
+    n = TL_MAX(0, TL_MIN(n, l->n_tokens));
+    return n == l->n_tokens || l->n_tokens <= d->cap ? n : 0;
+}
+
 static void dense_destroy(tl_kv_layer *l) {
     dense_layer *d = (dense_layer *)l;
     tl_afree(d->k);
@@ -317,7 +323,8 @@ static void dense_destroy(tl_kv_layer *l) {
     free(d);
 }
 
-static const tl_kv_ops dense_ops = {"dense", dense_forward, dense_bytes, dense_clear, dense_destroy, NULL, false, dense_truncate};
+static const tl_kv_ops dense_ops = {"dense",       dense_forward, dense_bytes,    dense_clear,       dense_destroy,
+                                    NULL,          false,         dense_truncate, dense_truncate_max};
 
 tl_kv_layer *tl_kv_dense_new(tl_kv_kind type, const tl_kv_shape *s, tl_error *err) {
     if (type != TL_KV_F32 && type != TL_KV_F16 && type != TL_KV_BF16) {

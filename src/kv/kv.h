@@ -72,6 +72,9 @@ typedef struct {
      * continuation can reuse a shared prefix. With dry_run it only says whether it could
      * (0) or why not (-1 with err), changing nothing. */
     int (*truncate)(tl_kv_layer *l, int n_tokens, bool dry_run, tl_error *err);
+    /* With truncate: the largest m <= n_tokens (clamped to the tokens held) that truncate
+     * accepts; 0 when none is (clearing is always possible). */
+    int (*truncate_max)(const tl_kv_layer *l, int n_tokens);
 } tl_kv_ops;
 
 struct tl_kv_layer {

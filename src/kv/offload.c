@@ -569,6 +569,13 @@ static int off_truncate(tl_kv_layer *l, int n, bool dry_run, tl_error *err) {
     return 0;
 }
 
+static int off_truncate_max(const tl_kv_layer *l, int n) {
+    const off_layer *o = (const off_layer *)l;
+    n = TL_MAX(0, TL_MIN(n, l->n_tokens));
+    const bool gen_after_prompt = o->n_gen == 0 || o->gen_first_pos == o->n_host;
+    return n < o->n_host + o->n_gen && !gen_after_prompt && n < l->n_tokens ? 0 : n;
+}
+
 static void off_destroy(tl_kv_layer *l) {
     off_layer *o = (off_layer *)l;
     void *bufs[] = {o->hk, o->hv, o->hkt, o->sk, o->sv, o->rk, o->rv, o->gk, o->gv, o->kmax, o->sum_codes,
@@ -586,6 +593,7 @@ static const tl_kv_ops off_ops = {
     .predicted_query = off_predicted_query,
     .wants_query_prediction = true,
     .truncate = off_truncate,
+    .truncate_max = off_truncate_max,
 };
 
 bool tl_kv_is_offload(const tl_kv_layer *l) { return l && l->ops == &off_ops; }

@@ -113,6 +113,7 @@ typedef struct {
     side_t k, v;
     bool smooth, have_mu;
     float *mu; /* [n_head_kv][dk] */
+    int first; /* tokens of the first chunk, which fixed mu and the per-tensor ranges */
     const kvq_kernels *kern;
     const tl_vec_ops *vo;
     tl_kv_key_check check; /* per-token keys: what the first chunk measured (key_check) */
@@ -490,6 +491,7 @@ static void transform_kv(qstore *st, int m, const float *k, const float *v, floa
         for (int t = 0; t < m; t++)
             for (int i = 0; i < Hkv * dk; i++) kt[(size_t)t * Hkv * dk + i] -= st->mu[i];
     }
+    if (n_past == 0) st->first = m;
     /* per-tensor parameters from the first chunk */
     if (n_past == 0) {
         side_t *sides[2] = {&st->k, &st->v};
@@ -660,7 +662,62 @@ static void quant_clear(tl_kv_layer *l) {
     l->n_tokens = 0;
     st->k.nq = st->v.nq = 0;
     st->have_mu = false;
+    st->first = 0;
     st->check.measured = false;
+}
+
+/* The largest count m <= n (n <= N, the tokens held) to which one side can be cut back so that
+ * it holds exactly what it would after m tokens, the rest forgotten:
+ *   DENSE16, SLIDE with R = 0: any m (each token's codes depend on that token alone).
+ *   SLIDE with R > 0: tokens [m-R, m) must still be in the f16 window, which holds [N-R, N):
+ *            m = N, or any m while nothing has been quantized (N <= R); else 0 (recompute).
+ *   FLUSH:   m >= nq (the block holds [nq, N) in f16), or a multiple of F below it (whole
+ *            quantized blocks, the block empty); a cut inside a quantized block gives F's
+ *            multiple below it. */
+static int side_truncate_max(const side_t *sd, int N, int n) {
+    switch (sd->mode) {
+    case SIDE_SLIDE: return sd->R == 0 || n == N || sd->nq == 0 ? n : 0;
+    case SIDE_FLUSH: return n >= sd->nq ? n : n / sd->R * sd->R;
+    default: return n;
+    }
+}
+
+static void side_truncate(side_t *sd, int m) {
+    switch (sd->mode) {
+    case SIDE_SLIDE: sd->nq = (int)side_nq(sd, m); break; /* the window's ring slots stay t % R */
+    case SIDE_FLUSH: sd->nq = TL_MIN(sd->nq, m); break;   /* block rows t - nq stay in place */
+    default: break;
+    }
+}
+
+/* Both sides, and the first chunk's means and per-tensor ranges: a cut inside the first chunk
+ * would keep statistics of tokens it drops, so there only 0 (clear) is exact. */
+static int quant_truncate_max(const tl_kv_layer *l, int n) {
+    const qstore *st = (const qstore *)l;
+    const int N = l->n_tokens;
+    n = TL_MAX(0, TL_MIN(n, N));
+    for (;;) { /* the sides' sets of exact counts differ: narrow until both accept it */
+        const int m = side_truncate_max(&st->v, N, side_truncate_max(&st->k, N, n));
+        if (m == n) break;
+        n = m;
+    }
+    const bool first_stats = st->smooth || st->k.tensor || st->v.tensor;
+    return first_stats && n > 0 && n < st->first ? 0 : n;
+}
+
+static int quant_truncate(tl_kv_layer *l, int n, bool dry_run, tl_error *err) {
+    qstore *st = (qstore *)l;
+    if (n < 0 || n > l->n_tokens) return tl_fail(err, "truncate to %d tokens: the cache holds %d", n, l->n_tokens);
+    const int m = quant_truncate_max(l, n);
+    if (m != n)
+        return tl_fail(err, "truncate to %d tokens: the quantized store holds its tokens exactly only at %d of them "
+                       "(its f16 window or block has moved past the cut, or the cut is inside the first chunk)", n, m);
+    if (dry_run) return 0;
+    if (n == 0) return quant_clear(l), 0;
+    side_truncate(&st->k, n);
+    side_truncate(&st->v, n);
+    l->n_tokens = n;
+    return 0;
 }
 
 static void quant_destroy(tl_kv_layer *l) {
@@ -685,8 +742,13 @@ static int quant_forward_release(tl_kv_layer *l, tl_pool *pool, int m, const flo
     return rc;
 }
 
-static const tl_kv_ops quant_ops = {
-    .name = "quant", .forward = quant_forward_release, .bytes = quant_bytes, .clear = quant_clear, .destroy = quant_destroy};
+static const tl_kv_ops quant_ops = {.name = "quant",
+                                    .forward = quant_forward_release,
+                                    .bytes = quant_bytes,
+                                    .clear = quant_clear,
+                                    .destroy = quant_destroy,
+                                    .truncate = quant_truncate,
+                                    .truncate_max = quant_truncate_max};
 
 static bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
