@@ -82,6 +82,37 @@ uint64_t tl_act_sizes_total(const tl_act_sizes *a) {
            a->q_pred;
 }
 
+/* Layer il's KV bytes after n_tokens, its shape and effective policy. */
+static int layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_layer_policy *policies, int64_t n_tokens,
+                    tl_kv_shape *sh, tl_kv_layer_policy *eff, tl_kv_bytes *b, tl_error *err) {
+    tl_plan_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, sh, eff);
+    if (tl_kv_layer_bytes_formula(eff, sh, n_tokens, b, err)) return tl_fail_prefix(err, "layer %d KV cache", il);
+    return 0;
+}
+
+static void kv_add(tl_kv_bytes *sum, const tl_kv_bytes *b) {
+    sum->codes += b->codes;
+    sum->scales += b->scales;
+    sum->residual += b->residual;
+    sum->other += b->other;
+    sum->host += b->host;
+}
+
+int tl_plan_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *policies, int64_t n_tokens, tl_kv_bytes *out,
+               tl_error *err) {
+    memset(out, 0, sizeof *out);
+    n_ctx = tl_plan_n_ctx(c, n_ctx);
+    if (n_tokens < 0) n_tokens = n_ctx;
+    for (int il = 0; il < c->n_layer; il++) {
+        tl_kv_shape sh;
+        tl_kv_layer_policy eff;
+        tl_kv_bytes b;
+        if (layer_kv(c, n_ctx, il, policies, n_tokens, &sh, &eff, &b, err)) return -1;
+        kv_add(out, &b);
+    }
+    return 0;
+}
+
 int tl_plan_memory(const tl_plan_target *t, int n_ctx, int chunk, const tl_kv_layer_policy *policies, int64_t n_tokens,
                    tl_mem_plan *out, tl_error *err) {
     const tl_config *c = t->cfg;
@@ -92,18 +123,12 @@ int tl_plan_memory(const tl_plan_target *t, int n_ctx, int chunk, const tl_kv_la
     if (n_tokens < 0) n_tokens = out->n_ctx;
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
-        tl_plan_layer_kv(c, out->n_ctx, il, policies ? &policies[il] : NULL, &sh, &out->eff[il]);
         tl_kv_bytes b;
-        if (tl_kv_layer_bytes_formula(&out->eff[il], &sh, n_tokens, &b, err))
-            return tl_fail_prefix(err, "layer %d KV cache", il);
+        if (layer_kv(c, out->n_ctx, il, policies, n_tokens, &sh, &out->eff[il], &b, err)) return -1;
         out->window[il] = sh.window;
         out->kv_layer[il] = tl_kv_bytes_total(&b);
         out->kv += out->kv_layer[il];
-        out->kv_parts.codes += b.codes;
-        out->kv_parts.scales += b.scales;
-        out->kv_parts.residual += b.residual;
-        out->kv_parts.other += b.other;
-        out->kv_parts.host += b.host;
+        kv_add(&out->kv_parts, &b);
     }
     tl_plan_activations(t, out->chunk, out->eff, &out->act);
     out->activations = tl_act_sizes_total(&out->act);

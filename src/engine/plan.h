@@ -57,6 +57,13 @@ size_t tl_plan_mm_scratch(const tl_plan_target *t, int chunk);
 void tl_plan_activations(const tl_plan_target *t, int chunk, const tl_kv_layer_policy *effective, tl_act_sizes *out);
 uint64_t tl_act_sizes_total(const tl_act_sizes *a);
 
+/* The KV bytes of a session of n_ctx tokens (0 = training context) under policies (one per
+ * layer, NULL = f16) once it holds n_tokens tokens (< 0: n_ctx), by part, all layers: what
+ * tl_plan_memory counts as kv_parts, without the activations. The server admits a request when
+ * this, at the request's largest context, fits its KV budget. */
+int tl_plan_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *policies, int64_t n_tokens, tl_kv_bytes *out,
+               tl_error *err);
+
 /* A session's memory, computed without allocating. */
 typedef struct {
     int n_ctx, chunk;
