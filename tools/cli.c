@@ -202,6 +202,9 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--gpu-mem-budget")) {
         VAL();
         return tl_cli_size(a, v, 1, &c->gpu_mem_budget) ? -1 : 1;
+    } else if (!strcmp(a, "--kv-budget")) {
+        VAL();
+        return tl_cli_size(a, v, 1, &c->kv_budget) ? -1 : 1;
     } else if (!strcmp(a, "--device")) {
         VAL();
         if (strcmp(v, "cpu") && strcmp(v, "cuda")) {

@@ -25,6 +25,7 @@ typedef struct {
     bool mem;             /* --mem */
     const char *device;   /* --device cpu|cuda (NULL = cpu) */
     uint64_t gpu_mem_budget; /* --gpu-mem-budget SIZE (tl_cli_size; 0 = none) */
+    uint64_t kv_budget;      /* --kv-budget SIZE (tl_cli_size; 0 = none): serve's KV memory for admitted requests */
 } tl_cli_common;
 
 void tl_cli_common_init(tl_cli_common *c);

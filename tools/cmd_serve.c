@@ -12,6 +12,7 @@ static void help(void) {
     const tl_server_params d = tl_server_default_params();
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N] [--batch-tokens N]\n"
+           "       [--kv-budget SIZE] [--kv-wait S]\n"
            "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
            "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
            "       [--chat-template %s] [--chat-parse-special] [--alias NAME]\n"
@@ -23,6 +24,10 @@ static void help(void) {
            "  through the model at once, on THREADS threads, up to --batch-tokens rows (default --chunk + P).\n"
            "  Up to Q (default %d) more requests wait, beyond that\n"
            "  429. A request that parses and tokenizes a body holds one of these P + Q places while it does.\n"
+           "  --kv-budget SIZE (e.g. 2GiB = 2 x 2^30, 2GB = 2 x 10^9; default none): a request is admitted when\n"
+           "  its KV at prompt + max_tokens (the planner's bytes under --kv) fits beside the admitted ones';\n"
+           "  else it waits up to --kv-wait S (default %d) and gets 429 naming the bytes needed and free.\n"
+           "  A slot keeps its KV after a request: one sharing a prefix with it evaluates only the rest.\n"
            "  --max-body (default: the context x the longest token's bytes + %u KiB, room for any prompt\n"
            "  that fits): longer bodies get 413. A prompt with more bytes than the context could hold is\n"
            "  refused before it is tokenized, and tokenizing stops once the context is overfull.\n"
@@ -40,7 +45,7 @@ static void help(void) {
            "  --chat-parse-special lets message content write control tokens (trusted clients only).\n"
            "  Endpoints: POST /v1/completions /v1/chat/completions /tokenize /detokenize,\n"
            "             GET /v1/models /health /metrics. See docs/server.md.\n",
-           tl_chat_names(), d.host, d.port, d.n_parallel, d.n_queue, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
+           tl_chat_names(), d.host, d.port, d.n_parallel, d.n_queue, d.kv_wait_s, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
            d.body_timeout_s, d.timeout_s);
 }
 
@@ -113,6 +118,9 @@ int tl_cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--batch-tokens")) {
             VAL();
             if (tl_cli_int(a, v, 1, 1 << 16, &sp.batch_tokens)) return 2;
+        } else if (!strcmp(a, "--kv-wait")) {
+            VAL();
+            if (tl_cli_int(a, v, 0, 86400, &sp.kv_wait_s)) return 2;
         } else if (!strcmp(a, "--queue")) {
             VAL();
             if (tl_cli_int(a, v, 0, 1 << 16, &sp.n_queue)) return 2;
@@ -162,6 +170,10 @@ int tl_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "tailor serve: -m MODEL is required\n");
         return 2;
     }
+    if (c.device && strcmp(c.device, "cpu")) { /* the slots and the batched step are the CPU's */
+        fprintf(stderr, "tailor serve: --device %s: serve runs on the CPU (--kv-budget bounds its KV)\n", c.device);
+        return 2;
+    }
     if (c.prompt || c.file) {
         fprintf(stderr, "tailor serve: -p/-f are not used by serve (prompts come in requests)\n");
         return 2;
@@ -177,6 +189,7 @@ int tl_cmd_serve(int argc, char **argv) {
     sp.chunk = c.chunk;
     sp.sampling = c.sp;
     sp.default_max_tokens = c.n_predict;
+    sp.kv_budget = c.kv_budget;
 
     /* Signals are taken synchronously by this thread (sigwait); every thread started from
      * here on inherits the blocked mask, so none of them is interrupted. */

@@ -94,6 +94,8 @@ typedef struct tl_job {
     tl_finish finish;
     char err[512];
     double t_queued, t_start, t_prompt, t_gen; /* seconds */
+    int n_cached;     /* prompt tokens whose KV the slot already held (prefix reuse), not evaluated */
+    uint64_t kv_need; /* KV bytes at its largest context (the planner's), reserved while queued or running */
     int refs;
     atomic_bool cancel;
 } tl_job;
@@ -111,16 +113,33 @@ typedef struct {
     int n_parallel, n_queue, n_ctx, n_threads, chunk;
     int batch_tokens; /* rows per step; 0 = chunk + n_parallel */
     const tl_kv_plan *kv;
+    uint64_t kv_budget; /* KV bytes the admitted requests may need at once; 0 = no limit */
+    int kv_wait_ms;     /* how long a request may wait for KV room before 429 */
 } tl_sched_params;
 
 typedef struct {
     int n_slots, n_busy, n_queued, n_queue_cap;
-    int n_reserved; /* requests parsing and tokenizing, holding a place */
-    tl_kv_bytes kv;      /* KV bytes held now, summed over slots */
+    int n_reserved;       /* requests parsing and tokenizing, holding a place */
+    int n_kv_waiting;     /* requests waiting for KV room */
+    int n_cached;         /* idle slots holding a previous request's KV for prefix reuse */
+    tl_kv_bytes kv;       /* KV bytes held now, summed over slots (running and cached) */
     uint64_t kv_total;
+    uint64_t kv_cached;   /* of which idle slots hold (reclaimed when a request needs the room) */
+    uint64_t kv_reserved; /* the planner's bytes of queued and running requests at their largest context */
+    uint64_t kv_budget;   /* 0: none */
+    uint64_t kv_resident; /* each slot's most KV bytes so far, summed: what its stores have written to */
 } tl_sched_stats;
 
-enum { TL_SUBMIT_OK = 0, TL_SUBMIT_FULL = 1, TL_SUBMIT_STOPPING = 2 };
+enum { TL_SUBMIT_OK = 0, TL_SUBMIT_FULL = 1, TL_SUBMIT_STOPPING = 2, TL_SUBMIT_KV_TOO_BIG = 3, TL_SUBMIT_KV_TIMEOUT = 4,
+       TL_SUBMIT_GONE = 5 };
+
+/* Why a request got no KV room: its need (the planner's bytes at its largest context), what the
+ * budget had free when it gave up, the budget, and how long it waited. */
+typedef struct {
+    uint64_t need, available, budget;
+    int n_tokens; /* the context the need is for: prompt + max_tokens, at most the slot's */
+    double waited_s;
+} tl_kv_refusal;
 
 tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metrics, tl_error *err);
 int tl_sched_n_ctx(const tl_sched *s);
@@ -129,10 +148,16 @@ int tl_sched_n_ctx(const tl_sched *s);
 void tl_sched_slot_memory(tl_sched *s, tl_session_mem *out);
 /* A place among the P running + Q waiting, taken before a request parses and tokenizes its
  * body (so that work is bounded like the queue): TL_SUBMIT_OK, _FULL or _STOPPING. It passes to
- * the job with tl_sched_submit_reserved (which takes its own reference on the job; OK or
- * STOPPING, never FULL), or is given back with tl_sched_release. */
+ * the job with tl_sched_submit_reserved, or is given back with tl_sched_release.
+ * tl_sched_submit_reserved admits the job by memory: the planner's KV bytes at its largest
+ * context (prompt + max_tokens, at most the slot's) must fit the budget beside those of the jobs
+ * already queued and running. If they never can: TL_SUBMIT_KV_TOO_BIG at once; if not now, it
+ * waits (first come, first served among waiters) up to kv_wait_ms, polling gone(ctx) (the
+ * client left: TL_SUBMIT_GONE), else TL_SUBMIT_KV_TIMEOUT; why says the bytes. On OK the job is
+ * queued with a reference of its own; on any other answer the place is given back. */
 int tl_sched_reserve(tl_sched *s);
-int tl_sched_submit_reserved(tl_sched *s, tl_job *j);
+int tl_sched_submit_reserved(tl_sched *s, tl_job *j, bool (*gone)(const void *ctx), const void *ctx,
+                             tl_kv_refusal *why);
 void tl_sched_release(tl_sched *s);
 /* Stop a job now: a queued job leaves the queue, a running one stops at the next token. */
 void tl_sched_cancel(tl_sched *s, tl_job *j);
@@ -150,8 +175,9 @@ typedef enum {
 tl_metrics *tl_metrics_new(void);
 void tl_metrics_free(tl_metrics *m);
 void tl_metrics_request(tl_metrics *m, tl_endpoint ep, int status, double seconds);
-void tl_metrics_tokens(tl_metrics *m, int n_prompt, double t_prompt, int n_gen, double t_gen);
-/* "rejected_queue_full", "client_disconnect", "refused_per_ip", "refused_total",
+/* n_prompt: prompt tokens evaluated; n_cached: those a slot held already (not evaluated) */
+void tl_metrics_tokens(tl_metrics *m, int n_prompt, int n_cached, double t_prompt, int n_gen, double t_gen);
+/* "rejected_queue_full", "rejected_kv", "client_disconnect", "refused_per_ip", "refused_total",
  * "timeout_headers", "timeout_body" */
 void tl_metrics_event(tl_metrics *m, const char *what);
 void tl_metrics_connections(tl_metrics *m, int open); /* the open-connections gauge */

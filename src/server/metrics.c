@@ -16,9 +16,9 @@ struct tl_metrics {
     uint64_t dur_bucket[TL_EP_COUNT][N_BUCKETS];
     uint64_t dur_count[TL_EP_COUNT];
     double dur_sum[TL_EP_COUNT];
-    uint64_t prompt_tokens, gen_tokens;
+    uint64_t prompt_tokens, cached_tokens, gen_tokens;
     double prompt_s, gen_s;
-    uint64_t rejected_full, disconnects;
+    uint64_t rejected_full, rejected_kv, disconnects;
     uint64_t refused_per_ip, refused_total, timeout_headers, timeout_body;
     int conns_open;
 };
@@ -46,9 +46,10 @@ void tl_metrics_request(tl_metrics *m, tl_endpoint ep, int status, double second
     pthread_mutex_unlock(&m->mu);
 }
 
-void tl_metrics_tokens(tl_metrics *m, int n_prompt, double t_prompt, int n_gen, double t_gen) {
+void tl_metrics_tokens(tl_metrics *m, int n_prompt, int n_cached, double t_prompt, int n_gen, double t_gen) {
     pthread_mutex_lock(&m->mu);
     m->prompt_tokens += (uint64_t)(n_prompt > 0 ? n_prompt : 0);
+    m->cached_tokens += (uint64_t)(n_cached > 0 ? n_cached : 0);
     m->gen_tokens += (uint64_t)(n_gen > 0 ? n_gen : 0);
     m->prompt_s += t_prompt;
     m->gen_s += t_gen;
@@ -58,6 +59,7 @@ void tl_metrics_tokens(tl_metrics *m, int n_prompt, double t_prompt, int n_gen, 
 void tl_metrics_event(tl_metrics *m, const char *what) {
     pthread_mutex_lock(&m->mu);
     if (!strcmp(what, "rejected_queue_full")) m->rejected_full++;
+    else if (!strcmp(what, "rejected_kv")) m->rejected_kv++;
     else if (!strcmp(what, "client_disconnect")) m->disconnects++;
     else if (!strcmp(what, "refused_per_ip")) m->refused_per_ip++;
     else if (!strcmp(what, "refused_total")) m->refused_total++;
@@ -99,6 +101,9 @@ char *tl_metrics_render(tl_metrics *m, tl_sched *s) {
     }
     tl_strbuf_printf(&o, "# HELP tailor_prompt_tokens_total Prompt tokens evaluated.\n# TYPE tailor_prompt_tokens_total counter\n"
             "tailor_prompt_tokens_total %llu\n", (unsigned long long)m->prompt_tokens);
+    tl_strbuf_printf(&o, "# HELP tailor_prompt_tokens_cached_total Prompt tokens whose KV a slot held already (prefix "
+            "reuse), not evaluated.\n# TYPE tailor_prompt_tokens_cached_total counter\n"
+            "tailor_prompt_tokens_cached_total %llu\n", (unsigned long long)m->cached_tokens);
     tl_strbuf_printf(&o, "# HELP tailor_prompt_seconds_total Time spent evaluating prompts.\n"
             "# TYPE tailor_prompt_seconds_total counter\ntailor_prompt_seconds_total %.6f\n", m->prompt_s);
     tl_strbuf_printf(&o, "# HELP tailor_generation_tokens_total Tokens generated.\n"
@@ -115,6 +120,10 @@ char *tl_metrics_render(tl_metrics *m, tl_sched *s) {
     tl_strbuf_printf(&o, "# HELP tailor_rejected_total Requests refused with 429 because the queue was full.\n"
             "# TYPE tailor_rejected_total counter\ntailor_rejected_total %llu\n",
         (unsigned long long)m->rejected_full);
+    tl_strbuf_printf(&o, "# HELP tailor_kv_rejected_total Requests refused with 429 because the KV budget had no room "
+            "(more than the whole budget, or none free within --kv-wait).\n"
+            "# TYPE tailor_kv_rejected_total counter\ntailor_kv_rejected_total %llu\n",
+        (unsigned long long)m->rejected_kv);
     tl_strbuf_printf(&o, "# HELP tailor_client_disconnects_total Generations stopped because the client went away.\n"
             "# TYPE tailor_client_disconnects_total counter\ntailor_client_disconnects_total %llu\n",
         (unsigned long long)m->disconnects);
@@ -131,9 +140,29 @@ char *tl_metrics_render(tl_metrics *m, tl_sched *s) {
             "tailor_connections_timed_out_total{phase=\"body\"} %llu\n",
         (unsigned long long)m->timeout_headers, (unsigned long long)m->timeout_body);
     pthread_mutex_unlock(&m->mu);
-    tl_strbuf_printf(&o, "# HELP tailor_kv_bytes KV cache bytes held now over all slots, by tier.\n# TYPE tailor_kv_bytes gauge\n"
-            "tailor_kv_bytes{tier=\"device\"} %llu\ntailor_kv_bytes{tier=\"host\"} %llu\n",
-        (unsigned long long)(st.kv_total - st.kv.host), (unsigned long long)st.kv.host);
+    tl_strbuf_printf(&o, "# HELP tailor_kv_bytes KV cache bytes over all slots: held now in the attended tier (device) "
+            "and in the offloaded host tier (TailorKV), and resident: each slot's most so far, which its stores keep "
+            "allocated.\n# TYPE tailor_kv_bytes gauge\n"
+            "tailor_kv_bytes{tier=\"device\"} %llu\ntailor_kv_bytes{tier=\"host\"} %llu\n"
+            "tailor_kv_bytes{tier=\"resident\"} %llu\n",
+        (unsigned long long)(st.kv_total - st.kv.host), (unsigned long long)st.kv.host,
+        (unsigned long long)st.kv_resident);
+    tl_strbuf_printf(&o, "# HELP tailor_kv_budget_bytes The KV budget requests are admitted against (--kv-budget; 0: none).\n"
+            "# TYPE tailor_kv_budget_bytes gauge\ntailor_kv_budget_bytes %llu\n", (unsigned long long)st.kv_budget);
+    tl_strbuf_printf(&o, "# HELP tailor_kv_reserved_bytes KV bytes reserved: the planner's bytes of every queued and running "
+            "request at its largest context (prompt + max_tokens).\n# TYPE tailor_kv_reserved_bytes gauge\n"
+            "tailor_kv_reserved_bytes %llu\n", (unsigned long long)st.kv_reserved);
+    tl_strbuf_printf(&o, "# HELP tailor_kv_used_bytes KV bytes held now, by the sequences holding them: running requests, "
+            "and idle slots kept for prefix reuse (given up when a request needs the room).\n"
+            "# TYPE tailor_kv_used_bytes gauge\ntailor_kv_used_bytes{state=\"running\"} %llu\n"
+            "tailor_kv_used_bytes{state=\"cached\"} %llu\n",
+        (unsigned long long)(st.kv_total - st.kv_cached), (unsigned long long)st.kv_cached);
+    tl_strbuf_printf(&o, "# HELP tailor_kv_sequences Sequences whose KV is held: running requests (each with its "
+            "reservation) and idle slots kept for prefix reuse.\n# TYPE tailor_kv_sequences gauge\n"
+            "tailor_kv_sequences{state=\"running\"} %d\ntailor_kv_sequences{state=\"cached\"} %d\n",
+        st.n_busy, st.n_cached);
+    tl_strbuf_printf(&o, "# HELP tailor_kv_waiting Requests waiting for KV room.\n# TYPE tailor_kv_waiting gauge\n"
+            "tailor_kv_waiting %d\n", st.n_kv_waiting);
     tl_strbuf_printf(&o, "# HELP tailor_kv_part_bytes KV cache bytes held now over all slots, by purpose.\n"
             "# TYPE tailor_kv_part_bytes gauge\n"
             "tailor_kv_part_bytes{part=\"codes\"} %llu\ntailor_kv_part_bytes{part=\"scales\"} %llu\n"

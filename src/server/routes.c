@@ -413,16 +413,21 @@ static cJSON *chunk(const tl_stream *st, const char *text, size_t len, bool role
     return o;
 }
 
+/* usage, with OpenAI's prompt_tokens_details.cached_tokens: prompt tokens a slot held already */
 static void add_usage(cJSON *o, const tl_job *j) {
     cJSON *u = cJSON_AddObjectToObject(o, "usage");
     cJSON_AddNumberToObject(u, "prompt_tokens", j->n_prompt);
     cJSON_AddNumberToObject(u, "completion_tokens", j->n_gen);
     cJSON_AddNumberToObject(u, "total_tokens", j->n_prompt + j->n_gen);
+    cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+    cJSON_AddNumberToObject(d, "cached_tokens", j->n_cached);
 }
 
 static void add_timings(cJSON *o, const tl_job *j) {
     cJSON *t = cJSON_AddObjectToObject(o, "timings");
     cJSON_AddNumberToObject(t, "queue_ms", j->t_start > 0 ? (j->t_start - j->t_queued) * 1e3 : 0);
+    cJSON_AddNumberToObject(t, "prompt_cached", j->n_cached);                /* reused, not evaluated */
+    cJSON_AddNumberToObject(t, "prompt_evaluated", j->n_prompt - j->n_cached); /* in prompt_ms */
     cJSON_AddNumberToObject(t, "prompt_ms", j->t_prompt * 1e3);
     cJSON_AddNumberToObject(t, "generation_ms", j->t_gen * 1e3);
     cJSON_AddNumberToObject(t, "generation_tokens_per_s", j->t_gen > 0 ? j->n_gen / j->t_gen : 0);
@@ -582,13 +587,50 @@ static char *echo_text(const tl_server *srv, const tl_job *j, cJSON **lpo) {
     return out;
 }
 
+static bool conn_gone(const void *c) { return tl_conn_gone(c); }
+
+/* 429 for a request the KV budget has no room for: the bytes needed and free, in the message
+ * and as numbers beside it. */
+static void kv_refused(tl_server *srv, tl_reply *r, int rc, const tl_kv_refusal *w) {
+    char msg[512];
+    if (rc == TL_SUBMIT_KV_TOO_BIG)
+        snprintf(msg, sizeof msg, "this request's KV cache needs %llu bytes at its %d tokens (prompt + max_tokens), "
+                 "more than the server's whole KV budget of %llu bytes (--kv-budget): ask for fewer max_tokens or a "
+                 "shorter prompt", (unsigned long long)w->need, w->n_tokens, (unsigned long long)w->budget);
+    else
+        snprintf(msg, sizeof msg, "this request's KV cache needs %llu bytes at its %d tokens (prompt + max_tokens); "
+                 "%llu of the server's %llu-byte KV budget were free after waiting %.1f s: retry later",
+                 (unsigned long long)w->need, w->n_tokens, (unsigned long long)w->available,
+                 (unsigned long long)w->budget, w->waited_s);
+    tl_metrics_event(srv->metrics, "rejected_kv");
+    cJSON *root = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "type", "rate_limit_exceeded");
+    cJSON_AddNullToObject(e, "param");
+    cJSON_AddStringToObject(e, "code", rc == TL_SUBMIT_KV_TOO_BIG ? "kv_budget_exceeded" : "kv_budget_busy");
+    cJSON_AddNumberToObject(e, "kv_bytes_needed", (double)w->need);
+    cJSON_AddNumberToObject(e, "kv_bytes_available", (double)w->available);
+    cJSON_AddNumberToObject(e, "kv_budget_bytes", (double)w->budget);
+    cJSON_AddNumberToObject(e, "kv_tokens", w->n_tokens);
+    reply_json(r, 429, root);
+}
+
 /* Queue the job and answer: an SSE stream, or wait (watching the client) for the whole text. */
 static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool chat, const tl_gen_opts *o,
                            tl_reply *r) {
-    if (tl_sched_submit_reserved(srv->sched, j) == TL_SUBMIT_STOPPING) {
+    tl_kv_refusal why;
+    const int rc = tl_sched_submit_reserved(srv->sched, j, conn ? conn_gone : NULL, conn, &why);
+    if (rc == TL_SUBMIT_STOPPING) {
         tl_reply_error(r, 503, "the server is shutting down", "server_error", NULL, NULL);
         return;
     }
+    if (rc == TL_SUBMIT_GONE) {
+        tl_metrics_event(srv->metrics, "client_disconnect");
+        tl_reply_error(r, 499, "the client closed the connection", "cancelled", NULL, NULL);
+        return;
+    }
+    if (rc != TL_SUBMIT_OK) return kv_refused(srv, r, rc, &why);
     char id[40];
     make_id(srv, chat ? "chatcmpl" : "cmpl", id, sizeof id);
     long created = (long)time(NULL);

@@ -13,11 +13,23 @@
  * give equal text. What shares its steps changes its logits at most by the order of float
  * additions, and not at all for quantized weights on AVX-512 VNNI (tests/test_batch.c).
  *
+ * Admission by memory: with a KV budget, a job is queued only once the planner's KV bytes at
+ * its largest context (tl_plan_kv) fit beside those of the jobs queued and running; otherwise
+ * its connection thread waits for room (first come, first served), up to a bound.
+ *
+ * Prefix reuse: a slot keeps its KV after a job (the tokens it holds in `cache`). A new job goes
+ * to the free slot holding the longest common prefix with its prompt (else the one idle
+ * longest); the session is cut back to that prefix (tl_session_truncate, at the largest count
+ * its stores hold exactly: tl_session_truncate_max) and only the rest of the prompt is
+ * evaluated, in chunks from there. Idle slots' KV counts against the budget and is dropped,
+ * idle longest first, when a job admitted needs the room.
+ *
  * Locking: sched->mu guards the queue and slot bookkeeping; job->mu guards a job's output.
  * sched->mu may be held while taking job->mu, never the other way round. */
 #define _GNU_SOURCE
 #include "internal.h"
 #include "../batch.h"
+#include "../engine/plan.h"
 
 #include <errno.h>
 #include <math.h>
@@ -31,6 +43,12 @@ typedef struct {
     tl_session *sess;
     tl_job *job;     /* running job (set and cleared under owner->mu) */
     tl_kv_bytes kv;  /* KV bytes held now (under owner->mu) */
+    uint64_t kv_peak; /* the most it has held (under owner->mu) */
+    uint64_t last_used; /* admission number of its latest job (under owner->mu): idle-longest first */
+    /* the tokens whose KV the session holds, in order (cache[0..n_cache) = its n_past tokens);
+     * written by the step loop, read under owner->mu while the slot is free */
+    int32_t *cache;
+    int n_cache;
     /* the running job's progress, the step loop's alone */
     uint64_t admitted; /* admission order: older prompts get the step's rows first */
     tl_sampler *smp;
@@ -64,6 +82,15 @@ struct tl_sched {
     bool started;
     int n_ctx;
     tl_session_mem slot_mem; /* slot 0's memory before any work, for the start-up report */
+    /* admission by memory */
+    tl_kv_layer_policy *pol; /* every slot's KV policies (auto layers resolved once); NULL = f16 */
+    bool own_pol;            /* pol is ours to free */
+    uint64_t kv_budget;      /* 0 = none */
+    uint64_t kv_reserved;    /* kv_need of queued and running jobs (under mu) */
+    int kv_wait_ms;
+    tl_job **kv_wait;        /* jobs waiting for KV room, oldest first (under mu) */
+    int n_kv_wait;
+    pthread_cond_t kv_cv;    /* KV room freed, or a waiter left (CLOCK_MONOTONIC) */
 };
 
 /* ---------------- jobs ---------------- */
@@ -225,7 +252,24 @@ static void slot_update_kv(slot *sl) {
     tl_session_memory(sl->sess, &mem);
     pthread_mutex_lock(&sl->owner->mu);
     sl->kv = mem.kv_parts;
+    sl->kv_peak = TL_MAX(sl->kv_peak, tl_kv_bytes_total(&mem.kv_parts));
     pthread_mutex_unlock(&sl->owner->mu);
+}
+
+/* Forget the slot's KV (the step loop's; the slot is free or its job starts anew). */
+static void slot_drop_cache(slot *sl) {
+    tl_session_reset(sl->sess);
+    pthread_mutex_lock(&sl->owner->mu);
+    sl->n_cache = 0;
+    pthread_mutex_unlock(&sl->owner->mu);
+    slot_update_kv(sl);
+}
+
+/* Tokens at the start of a[0..na) and b[0..nb) that are equal. */
+static int common_prefix(const int32_t *a, int na, const int32_t *b, int nb) {
+    int n = 0;
+    while (n < na && n < nb && a[n] == b[n]) n++;
+    return n;
 }
 
 /* A job taken from the queue starts in its slot: the prompt is to be fed from its start. */
@@ -236,10 +280,26 @@ static void slot_start(slot *sl) {
     j->state = TL_JOB_RUNNING;
     j->t_start = tl_time_s();
     pthread_mutex_unlock(&j->mu);
-    tl_session_reset(sl->sess);
+    /* the prefix the slot holds, cut back to where its stores hold it exactly; at least the
+     * last prompt token is evaluated (its logits give the first sample); echo jobs need every
+     * prompt row's logits, so they start from nothing */
+    const bool echo = j->echo && j->logprobs >= 0;
+    int keep = echo ? 0 : common_prefix(sl->cache, sl->n_cache, j->prompt, j->n_prompt - 1);
+    keep = tl_session_truncate_max(sl->sess, keep);
+    tl_error err = {{0}};
+    if (keep == 0 || tl_session_truncate(sl->sess, keep, &err)) { /* (truncate_max said it can) */
+        slot_drop_cache(sl);
+        keep = 0;
+    }
+    pthread_mutex_lock(&sl->owner->mu);
+    sl->n_cache = keep;
+    pthread_mutex_unlock(&sl->owner->mu);
+    pthread_mutex_lock(&j->mu);
+    j->n_cached = keep;
+    pthread_mutex_unlock(&j->mu);
     sl->smp = tl_sampler_new(&j->sp, V);
     for (int i = 0; i < j->n_prompt; i++) tl_sampler_accept(sl->smp, j->prompt[i]);
-    sl->fed = 0;
+    sl->fed = keep;
     sl->decoding = false;
     sl->n_gen = 0;
     const int room = sl->sess->n_ctx - j->n_prompt;
@@ -263,7 +323,7 @@ static void slot_finish(slot *sl, tl_finish fin, const char *fail) {
     const double now = tl_time_s();
     const double t_prompt = sl->decoding ? sl->t1 - sl->t0 : now - sl->t0;
     const double t_gen = sl->decoding ? now - sl->t1 : 0;
-    tl_metrics_tokens(S->metrics, j->n_prompt, t_prompt, sl->n_gen, t_gen);
+    tl_metrics_tokens(S->metrics, j->n_prompt - j->n_cached, j->n_cached, t_prompt, sl->n_gen, t_gen);
     pthread_mutex_lock(&j->mu);
     j->t_prompt = t_prompt;
     j->t_gen = t_gen;
@@ -273,10 +333,12 @@ static void slot_finish(slot *sl, tl_finish fin, const char *fail) {
     free(sl->raw);
     sl->smp = NULL;
     sl->rows = sl->raw = NULL;
-    tl_session_reset(sl->sess);
-    slot_update_kv(sl);
+    if (fin == TL_FINISH_ERROR) slot_drop_cache(sl); /* a failed step: what the stores hold is unknown */
+    else slot_update_kv(sl);                         /* the KV stays for the next job's prefix */
     pthread_mutex_lock(&S->mu);
     S->n_running--;
+    S->kv_reserved -= j->kv_need;
+    pthread_cond_broadcast(&S->kv_cv);
     sl->job = NULL;
     pthread_mutex_unlock(&S->mu);
     job_finish(j, fin, fail);
@@ -323,6 +385,8 @@ static void slot_sample(slot *sl) {
 static void slot_advance(slot *sl, int n) {
     tl_job *j = sl->job;
     const int V = sl->owner->m->cfg.n_vocab;
+    memcpy(sl->cache + sl->n_cache, sl->decoding ? &sl->next : j->prompt + sl->fed, sizeof(int32_t) * (size_t)n);
+    sl->n_cache += n; /* (a running slot's cache is the step loop's alone) */
     if (sl->decoding) return slot_sample(sl);
     if (sl->echo) {
         pthread_mutex_lock(&j->mu);
@@ -377,6 +441,50 @@ static int form_step(tl_sched *S, tl_batch_seq *seqs, slot **step) {
     return n;
 }
 
+/* The free slot for job j (under S->mu): the one holding the longest common prefix with its
+ * prompt, else one holding nothing, else the one idle longest; NULL if none is free. */
+static slot *pick_slot(tl_sched *S, const tl_job *j) {
+    slot *best = NULL;
+    int best_n = 0;
+    const bool echo = j->echo && j->logprobs >= 0;
+    for (int i = 0; i < S->n_slots; i++) {
+        slot *sl = &S->slots[i];
+        if (sl->job) continue;
+        const int n = echo ? 0 : common_prefix(sl->cache, sl->n_cache, j->prompt, j->n_prompt - 1);
+        bool better;
+        if (!best || n != best_n) better = !best || n > best_n;
+        else if ((sl->n_cache == 0) != (best->n_cache == 0)) better = sl->n_cache == 0; /* keep others' KV */
+        else better = sl->last_used < best->last_used;
+        if (better) best = sl, best_n = n;
+    }
+    return best;
+}
+
+/* With a budget: idle slots whose KV must go so that the running jobs' reservations and what
+ * idle slots hold fit it, idle longest first (under S->mu). Returns how many, in out. */
+static int pick_evictions(tl_sched *S, slot **out) {
+    if (!S->kv_budget) return 0;
+    uint64_t used = 0;
+    for (int i = 0; i < S->n_slots; i++) {
+        const slot *sl = &S->slots[i];
+        used += sl->job ? sl->job->kv_need : sl->n_cache ? tl_kv_bytes_total(&sl->kv) : 0;
+    }
+    int n = 0;
+    while (used > S->kv_budget) {
+        slot *old = NULL;
+        for (int i = 0; i < S->n_slots; i++) {
+            slot *sl = &S->slots[i];
+            bool taken = false;
+            for (int k = 0; k < n; k++) taken |= out[k] == sl;
+            if (!sl->job && sl->n_cache && !taken && (!old || sl->last_used < old->last_used)) old = sl;
+        }
+        if (!old) break;
+        used -= tl_kv_bytes_total(&old->kv);
+        out[n++] = old;
+    }
+    return n;
+}
+
 /* The scheduler thread: admit waiting jobs into free slots, drop cancelled ones, run one
  * batched step over all running jobs, repeat; sleep while there is nothing to do. */
 static void *step_loop(void *arg) {
@@ -393,17 +501,20 @@ static void *step_loop(void *arg) {
             pthread_mutex_unlock(&S->mu);
             break;
         }
-        for (int i = 0; i < S->n_slots && S->q_len > 0 && !S->stop; i++) {
-            slot *sl = &S->slots[i];
-            if (sl->job) continue;
+        while (S->q_len > 0 && !S->stop) {
+            slot *sl = pick_slot(S, S->q[S->q_head]);
+            if (!sl) break;
             sl->job = S->q[S->q_head];
             S->q_head = (S->q_head + 1) % S->q_cap;
             S->q_len--;
             S->n_running++;
-            sl->admitted = S->n_admitted++;
+            sl->admitted = sl->last_used = ++S->n_admitted;
             started[n_started++] = sl;
         }
+        slot *evict[S->n_slots];
+        const int n_evict = n_started ? pick_evictions(S, evict) : 0;
         pthread_mutex_unlock(&S->mu);
+        for (int i = 0; i < n_evict; i++) slot_drop_cache(evict[i]);
         for (int i = 0; i < n_started; i++) slot_start(started[i]);
         for (int i = 0; i < S->n_slots; i++) /* cancelled (or shutting down) jobs leave at a step's edge */
             if (S->slots[i].job && atomic_load(&S->slots[i].job->cancel)) slot_finish(&S->slots[i], TL_FINISH_CANCELLED, NULL);
@@ -433,27 +544,48 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
     S->metrics = metrics;
     pthread_mutex_init(&S->mu, NULL);
     pthread_cond_init(&S->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&S->kv_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    S->kv_budget = p->kv_budget;
+    S->kv_wait_ms = p->kv_wait_ms;
     S->n_slots = p->n_parallel;
     /* the ring holds waiting jobs; one spare place per slot covers jobs just submitted
      * while every slot is about to pick one up */
     S->q_cap = p->n_queue + p->n_parallel;
     S->q = tl_xcalloc((size_t)S->q_cap, sizeof *S->q);
+    S->kv_wait = tl_xcalloc((size_t)S->q_cap, sizeof *S->kv_wait); /* waiters hold places: at most q_cap */
     S->slots = tl_xcalloc((size_t)S->n_slots, sizeof *S->slots);
+    /* one set of policies for every slot, and for the planner's admission (auto layers are
+     * measured once here, not once per slot) */
+    if (p->kv) {
+        if (p->kv->n_layers != m->cfg.n_layer) {
+            tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
+            tl_sched_free(S);
+            return NULL;
+        }
+        bool failed;
+        S->pol = tl_session_resolve_auto(m, p->kv->layers, p->n_threads, &failed, err);
+        if (failed) {
+            tl_sched_free(S);
+            return NULL;
+        }
+        S->own_pol = S->pol != NULL;
+        if (!S->pol) S->pol = p->kv->layers;
+    }
     /* the sessions hold the KV caches; the step's activations and threads are the batch's */
-    tl_session_params sp = tl_session_default_params();
-    sp.n_ctx = p->n_ctx;
-    sp.n_threads = 1;
-    sp.chunk = 1;
-    sp.kv = p->kv;
     for (int i = 0; i < S->n_slots; i++) {
         slot *sl = &S->slots[i];
         sl->owner = S;
-        if (!(sl->sess = tl_session_new(m, &sp, err))) {
+        if (!(sl->sess = tl_session_new_with_policies(m, p->n_ctx, 1, 1, S->pol, err))) {
             tl_fail_prefix(err, "slot %d", i);
             tl_sched_free(S);
             return NULL;
         }
         sl->logits = tl_xmalloc(sizeof(float) * (size_t)m->cfg.n_vocab);
+        sl->cache = tl_xmalloc(sizeof(int32_t) * (size_t)sl->sess->n_ctx);
     }
     S->n_ctx = S->slots[0].sess->n_ctx;
     /* a step holds a token of every slot and a prompt piece of up to `chunk` rows */
@@ -502,11 +634,78 @@ void tl_sched_release(tl_sched *S) {
     pthread_mutex_unlock(&S->mu);
 }
 
-int tl_sched_submit_reserved(tl_sched *S, tl_job *j) {
+/* The job's KV need: the planner's bytes at its largest context. */
+static uint64_t kv_need(const tl_sched *S, const tl_job *j, int *n_tokens) {
+    const int64_t n = j->max_tokens < 0 ? S->n_ctx : TL_MIN((int64_t)j->n_prompt + j->max_tokens, S->n_ctx);
+    *n_tokens = (int)n;
+    tl_kv_bytes b;
+    tl_error err = {{0}};
+    if (tl_plan_kv(&S->m->cfg, S->n_ctx, S->pol, n, &b, &err)) return 0; /* (cannot fail: the slots were made) */
+    return tl_kv_bytes_total(&b);
+}
+
+static void kv_wait_remove(tl_sched *S, const tl_job *j) {
+    for (int k = 0; k < S->n_kv_wait; k++)
+        if (S->kv_wait[k] == j) {
+            memmove(S->kv_wait + k, S->kv_wait + k + 1, sizeof *S->kv_wait * (size_t)(S->n_kv_wait - k - 1));
+            S->n_kv_wait--;
+            pthread_cond_broadcast(&S->kv_cv); /* the next one may be first now */
+            return;
+        }
+}
+
+/* Under S->mu: wait until j is the oldest waiter and fits (0), or give up (a TL_SUBMIT_ code). */
+static int kv_admit(tl_sched *S, tl_job *j, bool (*gone)(const void *), const void *ctx, tl_kv_refusal *why) {
+    const double t0 = tl_time_s();
+    if (!S->kv_budget) return TL_SUBMIT_OK;
+    if (j->kv_need > S->kv_budget) return TL_SUBMIT_KV_TOO_BIG;
+    S->kv_wait[S->n_kv_wait++] = j; /* at most the places of P + Q, its capacity */
+    int rc = TL_SUBMIT_OK;
+    for (;;) {
+        if (S->stop) {
+            rc = TL_SUBMIT_STOPPING;
+            break;
+        }
+        if (S->kv_wait[0] == j && S->kv_reserved + j->kv_need <= S->kv_budget) break;
+        const double left = t0 + S->kv_wait_ms / 1e3 - tl_time_s();
+        if (left <= 0) {
+            rc = TL_SUBMIT_KV_TIMEOUT;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        const long ns = (long)(TL_MIN(left, 0.1) * 1e9); /* the client is checked every 100 ms */
+        ts.tv_nsec += ns;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&S->kv_cv, &S->mu, &ts);
+        if (gone) {
+            pthread_mutex_unlock(&S->mu);
+            const bool left_us = gone(ctx);
+            pthread_mutex_lock(&S->mu);
+            if (left_us) {
+                rc = TL_SUBMIT_GONE;
+                break;
+            }
+        }
+    }
+    kv_wait_remove(S, j);
+    why->waited_s = tl_time_s() - t0;
+    return rc;
+}
+
+int tl_sched_submit_reserved(tl_sched *S, tl_job *j, bool (*gone)(const void *ctx), const void *ctx,
+                             tl_kv_refusal *why) {
+    memset(why, 0, sizeof *why);
+    j->kv_need = kv_need(S, j, &why->n_tokens);
     pthread_mutex_lock(&S->mu);
-    S->n_reserved--; /* the place passes to the job */
-    int rc = S->stop ? TL_SUBMIT_STOPPING : TL_SUBMIT_OK;
+    int rc = S->stop ? TL_SUBMIT_STOPPING : kv_admit(S, j, gone, ctx, why);
+    why->need = j->kv_need;
+    why->budget = S->kv_budget;
+    why->available = S->kv_budget > S->kv_reserved ? S->kv_budget - S->kv_reserved : 0;
+    S->n_reserved--; /* the place passes to the job, or is given back */
     if (rc == TL_SUBMIT_OK) {
+        S->kv_reserved += j->kv_need;
         tl_job_ref(j);
         pthread_mutex_lock(&j->mu);
         j->state = TL_JOB_QUEUED;
@@ -530,6 +729,8 @@ void tl_sched_cancel(tl_sched *S, tl_job *j) {
         for (int r = k; r + 1 < S->q_len; r++) /* close the gap, keeping FIFO order */
             S->q[(S->q_head + r) % S->q_cap] = S->q[(S->q_head + r + 1) % S->q_cap];
         S->q_len--;
+        S->kv_reserved -= j->kv_need;
+        pthread_cond_broadcast(&S->kv_cv);
         removed = true;
         break;
     }
@@ -548,8 +749,17 @@ void tl_sched_stats_get(tl_sched *S, tl_sched_stats *out) {
     out->n_queued = S->q_len;
     out->n_reserved = S->n_reserved;
     out->n_queue_cap = S->q_cap - S->n_slots;
+    out->n_kv_waiting = S->n_kv_wait;
+    out->kv_reserved = S->kv_reserved;
+    out->kv_budget = S->kv_budget;
     for (int i = 0; i < S->n_slots; i++) {
-        const tl_kv_bytes *b = &S->slots[i].kv;
+        const slot *sl = &S->slots[i];
+        const tl_kv_bytes *b = &sl->kv;
+        out->kv_resident += sl->kv_peak;
+        if (!sl->job && sl->n_cache) {
+            out->n_cached++;
+            out->kv_cached += tl_kv_bytes_total(b);
+        }
         out->kv.codes += b->codes;
         out->kv.scales += b->scales;
         out->kv.residual += b->residual;
@@ -569,9 +779,13 @@ void tl_sched_shutdown(tl_sched *S) {
         if (S->slots[i].job) atomic_store(&S->slots[i].job->cancel, true);
     tl_job *waiting[S->q_cap > 0 ? S->q_cap : 1];
     int n_wait = S->q_len;
-    for (int k = 0; k < n_wait; k++) waiting[k] = S->q[(S->q_head + k) % S->q_cap];
+    for (int k = 0; k < n_wait; k++) {
+        waiting[k] = S->q[(S->q_head + k) % S->q_cap];
+        S->kv_reserved -= waiting[k]->kv_need;
+    }
     S->q_len = 0;
     pthread_cond_broadcast(&S->cv);
+    pthread_cond_broadcast(&S->kv_cv); /* requests waiting for KV room see the stop */
     pthread_mutex_unlock(&S->mu);
     for (int k = 0; k < n_wait; k++) {
         job_finish(waiting[k], TL_FINISH_CANCELLED, "the server is shutting down");
@@ -589,11 +803,15 @@ void tl_sched_free(tl_sched *S) {
     for (int i = 0; i < S->n_slots; i++) {
         tl_session_free(S->slots[i].sess);
         free(S->slots[i].logits);
+        free(S->slots[i].cache);
     }
     tl_batch_free(S->batch);
     free(S->slots);
     free(S->q);
+    free(S->kv_wait);
+    if (S->own_pol) free(S->pol);
     pthread_mutex_destroy(&S->mu);
     pthread_cond_destroy(&S->cv);
+    pthread_cond_destroy(&S->kv_cv);
     free(S);
 }

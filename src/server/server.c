@@ -20,6 +20,7 @@ tl_server_params tl_server_default_params(void) {
     p.timeout_s = 30;
     p.header_timeout_s = 10;
     p.body_timeout_s = 30;
+    p.kv_wait_s = 30;
     p.sampling = tl_sampler_default_params();
     p.default_max_tokens = 128;
     return p;
@@ -126,7 +127,7 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
     s->metrics = tl_metrics_new();
     tl_sched_params sp = {.n_parallel = p->n_parallel, .n_queue = p->n_queue, .n_ctx = p->n_ctx,
                           .n_threads = p->n_threads, .chunk = p->chunk, .batch_tokens = p->batch_tokens,
-                          .kv = p->kv};
+                          .kv = p->kv, .kv_budget = p->kv_budget, .kv_wait_ms = p->kv_wait_s * 1000};
     if (!(s->sched = tl_sched_new(m, &sp, s->metrics, err))) {
         free_server(s);
         return NULL;

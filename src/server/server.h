@@ -39,6 +39,9 @@ typedef struct {
     int chunk;                 /* prefill chunk (0 = default) */
     int batch_tokens;          /* rows per step, decode and prefill (0 = chunk + P); more than P */
     const tl_kv_plan *kv;      /* KV policy of each layer in every slot (NULL = f16); read at start */
+    uint64_t kv_budget;        /* KV bytes the admitted requests may need at once (the planner's, at each
+                                  request's prompt + max_tokens); 0 = no limit */
+    int kv_wait_s;             /* how long a request waits for KV room before 429 */
     const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
     size_t max_body;           /* request bytes (413 above); 0 = n_ctx x the longest token's bytes
                                   + TL_BODY_SLACK: room for any prompt that fits the context */
