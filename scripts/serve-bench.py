@@ -13,7 +13,13 @@ with other work, wall-clock rates follow the share of the CPUs a process gets (m
 threads, a larger share), CPU-seconds do not. --repeat N runs each round N times and prints
 each run, then the median and the spread (min-max).
 
+--servers LABEL:PORT[:PID],... measures several servers (all started beforehand) side by side:
+for each client count and repeat it runs every server in turn (A B A B ...), printing the
+machine's load average (as uptime shows it) before each run, so that a shared machine's
+changing load falls on both alike; the table then has one row per server and client count.
+
     python3 scripts/serve-bench.py --port 8080 --clients 1,2,4,8 --repeat 3
+    python3 scripts/serve-bench.py --servers tailor:8080:PID1,llama-server:8081:PID2 --repeat 2
 """
 import argparse
 import http.client
@@ -34,13 +40,17 @@ def pct(xs, p):
     return xs[k]
 
 
-def one_request(host, port, prompt, max_tokens, out):
-    """Stream one completion; append (ttft, [gaps between tokens]) to out, or raise."""
-    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-                       "stream": True})
+def one_request(host, port, prompt, max_tokens, out, native=False):
+    """Stream one completion; append (ttft, [gaps between tokens]) to out, or raise. native: llama.cpp's
+    own /completion endpoint (its /v1/completions takes text prompts only, not token ids)."""
+    if native:
+        path, body = "/completion", {"prompt": prompt, "n_predict": max_tokens}
+    else:
+        path, body = "/v1/completions", {"prompt": prompt, "max_tokens": max_tokens}
+    body = json.dumps(dict(body, temperature=0, ignore_eos=True, stream=True))
     conn = http.client.HTTPConnection(host, port, timeout=600)
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
@@ -53,6 +63,11 @@ def one_request(host, port, prompt, max_tokens, out):
         if data == b"[DONE]":
             break
         ev = json.loads(data)
+        if native:
+            if ev.get("stop"):
+                break
+            times.append(time.perf_counter())
+            continue
         ch = ev.get("choices") or []
         if ch and ch[0].get("finish_reason") is None:  # a token (its text may be empty: EOG under ignore_eos)
             times.append(time.perf_counter())
@@ -71,7 +86,9 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def round_once(args, n_clients, seed):
+def round_once(args, n_clients, seed, port=None, pid=None, native=False):
+    port = args.port if port is None else port
+    pid = args.pid if pid is None else pid
     rng = random.Random(seed)
     prompts = [[rng.randrange(args.id_lo, args.id_hi) for _ in range(args.prompt_tokens)]
                for _ in range(n_clients * args.requests)]
@@ -82,7 +99,7 @@ def round_once(args, n_clients, seed):
         for r in range(args.requests):
             got = []
             try:
-                one_request(args.host, args.port, prompts[ci * args.requests + r], args.max_tokens, got)
+                one_request(args.host, port, prompts[ci * args.requests + r], args.max_tokens, got, native)
             except Exception as e:  # noqa: BLE001 (reported below)
                 with lock:
                     errors.append(str(e))
@@ -91,12 +108,12 @@ def round_once(args, n_clients, seed):
                 results.extend(got)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
-    t0, c0 = time.perf_counter(), cpu_s(args.pid)
+    t0, c0 = time.perf_counter(), cpu_s(pid)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall, cpu = time.perf_counter() - t0, cpu_s(args.pid) - c0
+    wall, cpu = time.perf_counter() - t0, cpu_s(pid) - c0
     if errors:
         raise RuntimeError(f"{len(errors)} request(s) failed, first: {errors[0]}")
     # a streamed chunk may carry more than one token: count the tokens each request was asked for
@@ -109,7 +126,9 @@ def round_once(args, n_clients, seed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, help="the server (or give --servers)")
+    ap.add_argument("--servers", default="", help="LABEL:PORT[:PID[:native]],... run in turn for each round (A B A B); "
+                    "native: llama-server's /completion, which takes token ids")
     ap.add_argument("--clients", default="1,2,4,8", help="comma-separated client counts")
     ap.add_argument("--requests", type=int, default=2, help="requests per client per round")
     ap.add_argument("--prompt-tokens", type=int, default=256)
@@ -120,20 +139,40 @@ def main():
     ap.add_argument("--label", default="", help="first column of the table (e.g. the server's name)")
     ap.add_argument("--pid", type=int, default=0, help="the server's process id: also tokens per CPU-second")
     args = ap.parse_args()
+    servers = []  # (label, port, pid, native)
+    for spec in filter(None, args.servers.split(",")):
+        f = spec.split(":")
+        servers.append((f[0], int(f[1]), int(f[2]) if len(f) > 2 and f[2] else 0, len(f) > 3 and f[3] == "native"))
+    if not servers:
+        if args.port is None:
+            ap.error("give --port or --servers")
+        servers = [(args.label, args.port, args.pid, False)]
 
-    one_request(args.host, args.port, list(range(args.id_lo, args.id_lo + 16)), 4, [])  # warm-up
+    for _, port, _, native in servers:
+        one_request(args.host, port, list(range(args.id_lo, args.id_lo + 16)), 4, [], native)  # warm-up
+    rows = []
+    for c in [int(x) for x in args.clients.split(",")]:
+        runs = {s[0]: [] for s in servers}
+        for k in range(args.repeat):
+            for label, port, pid, native in servers:  # in turn: A B A B
+                load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+                r = round_once(args, c, seed=1000 * c + k, port=port, pid=pid, native=native)
+                print(f"# {label} clients {c} run {k + 1}: load average {load} before; {r['tps']:.1f} tokens/s, "
+                      f"{r['tpc']:.1f} per CPU-s, TTFT p50 {r['ttft'] * 1e3:.0f} ms, TPOT p50 {r['p50'] * 1e3:.1f} "
+                      f"p99 {r['p99'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
+                runs[label].append(r)
+        for label in runs:
+            rs = runs[label]
+            tps, tpc = [r["tps"] for r in rs], [r["tpc"] for r in rs]
+            med = statistics.median(tps)
+            mid = min(rs, key=lambda r: abs(r["tps"] - med))
+            rows.append(f"| {label} | {c} | {med:.1f} ({min(tps):.1f}-{max(tps):.1f}) | "
+                        f"{statistics.median(tpc):.1f} ({min(tpc):.1f}-{max(tpc):.1f}) | {mid['ttft'] * 1e3:.0f} | "
+                        f"{mid['p50'] * 1e3:.1f} | {mid['p99'] * 1e3:.1f} | {', '.join(f'{t:.1f}' for t in tps)} |")
     print("| server | clients | tokens/s (median, min-max) | tokens per CPU-s (median, min-max) | TTFT p50 ms | "
           "TPOT p50 ms | TPOT p99 ms | runs (tokens/s) |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for c in [int(x) for x in args.clients.split(",")]:
-        runs = [round_once(args, c, seed=1000 * c + k) for k in range(args.repeat)]
-        tps, tpc = [r["tps"] for r in runs], [r["tpc"] for r in runs]
-        med = statistics.median(tps)
-        mid = min(runs, key=lambda r: abs(r["tps"] - med))
-        print(f"| {args.label} | {c} | {med:.1f} ({min(tps):.1f}-{max(tps):.1f}) | "
-              f"{statistics.median(tpc):.1f} ({min(tpc):.1f}-{max(tpc):.1f}) | {mid['ttft'] * 1e3:.0f} | "
-              f"{mid['p50'] * 1e3:.1f} | {mid['p99'] * 1e3:.1f} | {', '.join(f'{t:.1f}' for t in tps)} |")
-        sys.stdout.flush()
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

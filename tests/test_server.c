@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 #include "../src/server/internal.h"
+#include "../src/engine/plan.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -1331,6 +1332,215 @@ static void test_busy(const char *model) {
     CHECKF(server_stop(&s) == 0, "server exit status");
 }
 
+
+/* ---------------- prefix reuse ---------------- */
+
+/* usage.prompt_tokens_details.cached_tokens and timings.prompt_evaluated of an answer (-1 if absent) */
+static void cached_of(const resp *r, int *cached, int *evaluated, int *prompt) {
+    cJSON *j = r->body ? cJSON_Parse(r->body) : NULL;
+    cJSON *u = cJSON_GetObjectItem(j, "usage"), *t = cJSON_GetObjectItem(j, "timings");
+    cJSON *c = cJSON_GetObjectItem(cJSON_GetObjectItem(u, "prompt_tokens_details"), "cached_tokens");
+    cJSON *e = cJSON_GetObjectItem(t, "prompt_evaluated"), *p = cJSON_GetObjectItem(u, "prompt_tokens");
+    *cached = cJSON_IsNumber(c) ? c->valueint : -1;
+    *evaluated = cJSON_IsNumber(e) ? e->valueint : -1;
+    *prompt = cJSON_IsNumber(p) ? p->valueint : -1;
+    cJSON_Delete(j);
+}
+
+/* A slot keeps its KV after a request; a request sharing a prefix goes to that slot and
+ * evaluates only the rest, with the same greedy text; an unrelated one takes the empty slot. */
+static void test_prefix_reuse(const char *model) {
+    server s;
+    const char *args[] = {"--parallel", "2", "-t", "2", "-c", "512", "--api-key", KEY, NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server started");
+        return;
+    }
+    const int port = s.port;
+    char doc[2048] = "";
+    for (int i = 0; i < 12; i++)
+        strcat(doc, "Once upon a time, a little girl named Lily found a shiny red ball in the big green park. ");
+    char body[4096];
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":32,\"temperature\":0,\"ignore_eos\":true}", doc);
+    int cached, evaluated, n_prompt, sum_cached = 0;
+    /* the first time: nothing cached */
+    resp r = post(port, "/v1/completions", body);
+    CHECKF(r.status == 200, "%d", r.status);
+    char *first = answer_text(&r, NULL, 0);
+    cached_of(&r, &cached, &evaluated, &n_prompt);
+    CHECKF(cached == 0 && evaluated == n_prompt && n_prompt > 200, "first: cached %d evaluated %d of %d", cached, evaluated,
+           n_prompt);
+    resp_free(&r);
+    /* the same prompt again: every token but the last is reused, the text is the same */
+    r = post(port, "/v1/completions", body);
+    char *again = answer_text(&r, NULL, 0);
+    cached_of(&r, &cached, &evaluated, &n_prompt);
+    sum_cached += cached;
+    CHECKF(r.status == 200 && cached == n_prompt - 1 && evaluated == 1, "again: cached %d evaluated %d of %d", cached,
+           evaluated, n_prompt);
+    CHECKF(first && again && !strcmp(first, again), "greedy text differs on reuse:\n%s\n%s", first, again);
+    resp_free(&r);
+    /* an unrelated prompt goes to the other (empty) slot, so the document's KV stays */
+    r = post(port, "/v1/completions", "{\"prompt\":\"The cat sat on the mat\",\"max_tokens\":8,\"temperature\":0}");
+    cached_of(&r, &cached, &evaluated, &n_prompt);
+    sum_cached += cached;
+    CHECKF(r.status == 200 && cached == 0, "unrelated: cached %d", cached);
+    resp_free(&r);
+    r = post(port, "/v1/completions", body);
+    char *third = answer_text(&r, NULL, 0);
+    cached_of(&r, &cached, &evaluated, &n_prompt);
+    sum_cached += cached;
+    CHECKF(r.status == 200 && cached == n_prompt - 1, "document after another prompt: cached %d of %d", cached, n_prompt);
+    CHECK(first && third && !strcmp(first, third));
+    resp_free(&r);
+    const int n_doc = n_prompt;
+    /* the document, its answer and a question: the answer's tokens were fed too, so more than
+     * the document is reused */
+    char turn[8192];
+    snprintf(turn, sizeof turn, "%s%s What did Lily find?", doc, first ? first : "");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "prompt", turn);
+    cJSON_AddNumberToObject(o, "max_tokens", 8);
+    cJSON_AddNumberToObject(o, "temperature", 0);
+    char *body2 = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    r = post(port, "/v1/completions", body2);
+    free(body2);
+    cached_of(&r, &cached, &evaluated, &n_prompt);
+    sum_cached += cached;
+    CHECKF(r.status == 200 && cached > n_doc && cached < n_prompt && evaluated == n_prompt - cached,
+           "document + answer + question: cached %d evaluated %d of %d (document %d)", cached, evaluated, n_prompt, n_doc);
+    resp_free(&r);
+    /* echo + logprobs needs every prompt row's logits: nothing reused */
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":1,\"echo\":true,\"logprobs\":1,\"temperature\":0}", doc);
+    r = post(port, "/v1/completions", body);
+    cached_of(&r, &cached, &evaluated, &n_prompt);
+    CHECKF(r.status == 200 && cached == 0, "echo: cached %d", cached);
+    resp_free(&r);
+    /* and cache_prompt false evaluates the whole prompt too */
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":4,\"cache_prompt\":false}", doc);
+    r = post(port, "/v1/completions", body);
+    cached_of(&r, &cached, &evaluated, &n_prompt);
+    CHECKF(r.status == 200 && cached == 0 && evaluated == n_prompt, "cache_prompt false: cached %d", cached);
+    resp_free(&r);
+    CHECKF(metric(port, "tailor_prompt_tokens_cached_total") == sum_cached, "metric %.0f, answers %d",
+           metric(port, "tailor_prompt_tokens_cached_total"), sum_cached);
+    CHECK(metric(port, "tailor_kv_sequences{state=\"cached\"}") == 2);
+    CHECK(metric(port, "tailor_kv_sequences{state=\"running\"}") == 0);
+    free(first);
+    free(again);
+    free(third);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+}
+
+/* ---------------- admission by KV memory ---------------- */
+
+/* A number field of the error object */
+static double err_num(const resp *r, const char *field) {
+    cJSON *j = r->body ? cJSON_Parse(r->body) : NULL;
+    cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "error"), field);
+    double x = cJSON_IsNumber(v) ? v->valuedouble : -1;
+    cJSON_Delete(j);
+    return x;
+}
+
+/* Send a streaming completion and read until its first token: it is then running. */
+static int stream_started(int port, const char *body) {
+    char req[1024];
+    int rl = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: %zu\r\n\r\n%s",
+                      strlen(body), body);
+    int fd = connect_port(port);
+    tl_test_send_all(fd, req, (size_t)rl);
+    char got[8192];
+    size_t gl = 0;
+    while (gl < sizeof got - 1) {
+        ssize_t k = recv(fd, got + gl, sizeof got - 1 - gl, 0);
+        if (k <= 0) break;
+        gl += (size_t)k;
+        got[gl] = 0;
+        if (strstr(got, "\"text\":\"") && strstr(strstr(got, "data: "), "\n\n")) break;
+    }
+    CHECK(strstr(got, "200 OK") && strstr(got, "data: "));
+    return fd;
+}
+
+/* The budget holds 420 tokens of f16 KV: a request needing more than all of it is refused at
+ * once; one that does not fit beside a running one waits --kv-wait and is refused naming the
+ * bytes; one that fits beside it runs; the bytes in /metrics are the planner's. */
+static void test_kv_budget(const char *model) {
+    tl_error err = {{0}};
+    tl_model *m = tl_model_load(model, &err);
+    CHECKF(m != NULL, "%s", err.msg);
+    if (!m) return;
+    uint64_t need[513];
+    for (int n = 0; n <= 512; n++) {
+        tl_kv_bytes b;
+        CHECK(tl_plan_kv(&m->cfg, 512, NULL, n, &b, &err) == 0);
+        need[n] = tl_kv_bytes_total(&b);
+    }
+    tl_model_free(m);
+    char budget[32];
+    snprintf(budget, sizeof budget, "%llu", (unsigned long long)need[420]);
+    server s;
+    const char *args[] = {"--parallel", "2", "--queue", "2", "-t", "1", "-c", "512", "--api-key", KEY,
+                          "--kv-budget", budget, "--kv-wait", "1", NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server started");
+        return;
+    }
+    const int port = s.port;
+    char buf[128];
+    CHECK(metric(port, "tailor_kv_budget_bytes") == (double)need[420]);
+    /* 4 prompt tokens + 500 > the whole budget: refused at once */
+    double t0 = now_s();
+    resp r = post(port, "/v1/completions", "{\"prompt\":[1,2,3,4],\"max_tokens\":500}");
+    CHECKF(r.status == 429 && !strcmp(err_code(&r, buf, sizeof buf), "kv_budget_exceeded"), "%d %s", r.status, buf);
+    CHECKF(err_num(&r, "kv_bytes_needed") == (double)need[504] && err_num(&r, "kv_budget_bytes") == (double)need[420] &&
+               err_num(&r, "kv_tokens") == 504, "%s", r.body);
+    CHECK(now_s() - t0 < 0.5);
+    resp_free(&r);
+    /* a long generation holds 404 tokens' worth */
+    int fd = stream_started(port, "{\"prompt\":[1,2,3,4],\"max_tokens\":400,\"ignore_eos\":true,\"stream\":true}");
+    CHECKF(metric(port, "tailor_kv_reserved_bytes") == (double)need[404], "reserved %.0f, want %llu",
+           metric(port, "tailor_kv_reserved_bytes"), (unsigned long long)need[404]);
+    CHECK(metric(port, "tailor_kv_sequences{state=\"running\"}") == 1);
+    /* 24 more tokens do not fit beside it: the request waits a second, then 429 with the bytes */
+    t0 = now_s();
+    r = post(port, "/v1/completions", "{\"prompt\":[5,6,7,8],\"max_tokens\":20}");
+    const double waited = now_s() - t0;
+    CHECKF(r.status == 429 && !strcmp(err_code(&r, buf, sizeof buf), "kv_budget_busy"), "%d %s", r.status, buf);
+    CHECKF(err_num(&r, "kv_bytes_needed") == (double)need[24] &&
+               err_num(&r, "kv_bytes_available") == (double)(need[420] - need[404]), "%s", r.body);
+    CHECKF(waited >= 0.9 && waited < 5, "answered after %.2f s", waited);
+    CHECK(strstr(r.body, "retry later") != NULL);
+    resp_free(&r);
+    /* 12 tokens fit beside it: admitted into the other slot at once */
+    r = post(port, "/v1/completions", "{\"prompt\":[5,6,7,8],\"max_tokens\":8}");
+    CHECKF(r.status == 200, "%d: %s", r.status, r.body);
+    resp_free(&r);
+    CHECK(metric(port, "tailor_kv_rejected_total") == 2);
+    /* the long one's client goes away: its reservation is given back */
+    close(fd);
+    t0 = now_s();
+    while (metric(port, "tailor_kv_reserved_bytes") != 0 && now_s() - t0 < 5) usleep(10000);
+    CHECK(metric(port, "tailor_kv_reserved_bytes") == 0);
+    /* both slots now hold KV for reuse; a request needing most of the budget (another prompt)
+     * takes the room of the one idle longest: what idle slots hold plus what running requests
+     * reserved stays within the budget */
+    CHECK(metric(port, "tailor_kv_sequences{state=\"cached\"}") == 2);
+    fd = stream_started(port, "{\"prompt\":[9,10,11,12],\"max_tokens\":400,\"ignore_eos\":true,\"stream\":true}");
+    const double cached = metric(port, "tailor_kv_used_bytes{state=\"cached\"}");
+    const double reserved = metric(port, "tailor_kv_reserved_bytes");
+    CHECKF(reserved == (double)need[404] && cached + reserved <= (double)need[420] &&
+               metric(port, "tailor_kv_sequences{state=\"cached\"}") <= 1,
+           "cached %.0f + reserved %.0f, budget %llu", cached, reserved, (unsigned long long)need[420]);
+    close(fd);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+    /* the flag takes sizes as every size flag does */
+    const char *bad[] = {"--kv-budget", "12 apples", NULL};
+    CHECK(serve_refuses(model, bad, NULL, "--kv-budget"));
+}
+
 /* ---------------- chat on SmolLM2 (ChatML from the GGUF) ---------------- */
 
 static void test_chat(const char *model) {
@@ -1364,7 +1574,28 @@ static void test_chat(const char *model) {
     CHECK(r.body && strstr(r.body, "\"object\":\"chat.completion\"") && strstr(r.body, "\"role\":\"assistant\"") &&
           strstr(r.body, "\"prompt_tokens\":27"));
     resp_free(&r);
-    snprintf(b, sizeof b, body, ",\"stream\":true");
+    /* the same again reuses the first 26 tokens and evaluates the last one as a piece of its
+     * own: that is tailor generate with the prompt cut there (--chunk 26), whose greedy text
+     * differs here (the piece's rows attend each other in f32, earlier rows through the f16
+     * cache, and SmolLM2's first token is a close call) */
+    r = http(port, "POST", "/v1/chat/completions", NULL, b);
+    char *again = answer_text(&r, NULL, 0);
+    int cached, evaluated, n_prompt;
+    cached_of(&r, &cached, &evaluated, &n_prompt);
+    CHECKF(r.status == 200 && cached == 26 && evaluated == 1, "cached %d evaluated %d", cached, evaluated);
+    resp_free(&r);
+    snprintf(path, sizeof path, "/tmp/tl_test_server_chat_%d.txt", (int)getpid());
+    f = fopen(path, "w");
+    fputs(rendered, f);
+    fclose(f);
+    snprintf(gargs, sizeof gargs, "-m %s -f %s -n 8 --temp 0 -t 2 -c 256 --chunk 26", model, path);
+    char *ref_cut = generate(gargs);
+    unlink(path);
+    CHECKF(again && ref_cut && !strcmp(again, ref_cut), "reused chat '%s' vs generate --chunk 26 '%s'", again, ref_cut);
+    free(again);
+    free(ref_cut);
+    /* streaming, evaluating the whole prompt (cache_prompt false): the first answer again */
+    snprintf(b, sizeof b, body, ",\"stream\":true,\"cache_prompt\":false");
     r = http(port, "POST", "/v1/chat/completions", NULL, b);
     bool done_ok;
     char *st = sse_text(&r, fin, sizeof fin, &done_ok);
@@ -1554,9 +1785,13 @@ int main(void) {
         test_prompt_memory(stories);
         test_connections(stories);
         test_logprobs(stories);
+        test_prefix_reuse(stories);
     }
     const char *m31 = tl_test_shared("models/tailor-test-31m.gguf");
-    if (tl_test_have(m31)) test_busy(m31);
+    if (tl_test_have(m31)) {
+        test_busy(m31);
+        test_kv_budget(m31);
+    }
     const char *smol = tl_test_models("SmolLM2-135M-Instruct.Q4_1.gguf");
     if (tl_test_have(smol)) {
         test_chat(smol);

@@ -75,6 +75,7 @@ typedef struct tl_job {
     int n_prompt;
     int max_tokens; /* -1: until EOG or the context is full */
     bool ignore_eos; /* keep going past end-of-generation tokens (benchmarks, tests) */
+    bool cache_prompt; /* reuse a prefix a slot holds (default); false: evaluate the whole prompt */
     tl_sampler_params sp;
     char *stop[TL_MAX_STOP];
     int n_stop;

@@ -285,6 +285,7 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
         }
     }
     if (get_bool(root, "ignore_eos", &j->ignore_eos, r) < 0) return -1;
+    if (get_bool(root, "cache_prompt", &j->cache_prompt, r) < 0) return -1; /* llama.cpp's name */
     if (!chat) { /* the legacy completions fields lm-evaluation-harness uses for log-likelihoods */
         if ((rc = get_int(root, "logprobs", 0, TL_MAX_LOGPROBS, &ll, r)) < 0) return -1;
         if (rc) j->logprobs = (int)ll;

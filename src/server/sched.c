@@ -106,6 +106,7 @@ tl_job *tl_job_new(void) {
     j->refs = 1;
     j->max_tokens = -1;
     j->logprobs = -1;
+    j->cache_prompt = true;
     j->cap = 256;
     j->text = tl_xmalloc(j->cap);
     j->text[0] = 0;
@@ -272,6 +273,14 @@ static int common_prefix(const int32_t *a, int na, const int32_t *b, int nb) {
     return n;
 }
 
+/* Prompt tokens of j a slot can reuse: the common prefix, short of the last prompt token (it is
+ * evaluated for the first sample's logits); none when j evaluates its whole prompt (echo with
+ * logprobs needs every prompt row's logits; cache_prompt false). */
+static int reusable(const slot *sl, const tl_job *j) {
+    if (!j->cache_prompt || (j->echo && j->logprobs >= 0)) return 0;
+    return common_prefix(sl->cache, sl->n_cache, j->prompt, j->n_prompt - 1);
+}
+
 /* A job taken from the queue starts in its slot: the prompt is to be fed from its start. */
 static void slot_start(slot *sl) {
     tl_job *j = sl->job;
@@ -280,12 +289,8 @@ static void slot_start(slot *sl) {
     j->state = TL_JOB_RUNNING;
     j->t_start = tl_time_s();
     pthread_mutex_unlock(&j->mu);
-    /* the prefix the slot holds, cut back to where its stores hold it exactly; at least the
-     * last prompt token is evaluated (its logits give the first sample); echo jobs need every
-     * prompt row's logits, so they start from nothing */
-    const bool echo = j->echo && j->logprobs >= 0;
-    int keep = echo ? 0 : common_prefix(sl->cache, sl->n_cache, j->prompt, j->n_prompt - 1);
-    keep = tl_session_truncate_max(sl->sess, keep);
+    /* the prefix the slot holds (reusable), cut back to where its stores hold it exactly */
+    int keep = tl_session_truncate_max(sl->sess, reusable(sl, j));
     tl_error err = {{0}};
     if (keep == 0 || tl_session_truncate(sl->sess, keep, &err)) { /* (truncate_max said it can) */
         slot_drop_cache(sl);
@@ -441,23 +446,22 @@ static int form_step(tl_sched *S, tl_batch_seq *seqs, slot **step) {
     return n;
 }
 
-/* The free slot for job j (under S->mu): the one holding the longest common prefix with its
- * prompt, else one holding nothing, else the one idle longest; NULL if none is free. */
+/* The free slot for job j (under S->mu), NULL if none is free: the one sharing the longest
+ * prefix with its prompt when that covers more than half of it (llama.cpp's default
+ * similarity; a BOS or a short system prompt alone does not draw a request away from an empty
+ * slot), else one holding nothing (other slots keep their KV), else the longest prefix, the one
+ * idle longest among equals. */
 static slot *pick_slot(tl_sched *S, const tl_job *j) {
-    slot *best = NULL;
+    slot *best = NULL, *empty = NULL;
     int best_n = 0;
-    const bool echo = j->echo && j->logprobs >= 0;
     for (int i = 0; i < S->n_slots; i++) {
         slot *sl = &S->slots[i];
         if (sl->job) continue;
-        const int n = echo ? 0 : common_prefix(sl->cache, sl->n_cache, j->prompt, j->n_prompt - 1);
-        bool better;
-        if (!best || n != best_n) better = !best || n > best_n;
-        else if ((sl->n_cache == 0) != (best->n_cache == 0)) better = sl->n_cache == 0; /* keep others' KV */
-        else better = sl->last_used < best->last_used;
-        if (better) best = sl, best_n = n;
+        if (!sl->n_cache && (!empty || sl->last_used < empty->last_used)) empty = sl;
+        const int n = reusable(sl, j);
+        if (!best || n > best_n || (n == best_n && sl->last_used < best->last_used)) best = sl, best_n = n;
     }
-    return best;
+    return best && 2 * best_n > j->n_prompt ? best : empty ? empty : best;
 }
 
 /* With a budget: idle slots whose KV must go so that the running jobs' reservations and what

@@ -1,0 +1,172 @@
+/* test_truncate.c: cutting a session back to a shared prefix (tl_session_truncate, what the
+ * server's prefix reuse does) under each KV policy, against a fresh session.
+ *
+ * Session A holds a 100-token prompt (pieces of 64 and 36 rows) and 8 decoded tokens. For each
+ * cut n, tl_session_truncate_max(A, n) must give the count the policy's rules allow (kv/quant.c:
+ * per-token codes anywhere; KIVI-style per-channel keys at whole 32-token blocks below the
+ * last one; an f16 residual window that has spilled into codes nowhere but the end; the first
+ * chunk's smoothing means or per-tensor ranges nowhere inside it; TailorKV and f16 anywhere).
+ * A is cut there and evaluates the rest of a new prompt (the first n tokens, then 24 new ones,
+ * every row's logits). Session B evaluates the same new prompt fresh, split at the same count.
+ * B holds the kept tokens computed in A's pieces (the prompt's 64 + 36 rows, then one by one)
+ * where it can. Where the cut falls on a boundary of A's pieces (0, 64, 100, 108) the two hold
+ * the same rows computed alike, so the logits must be equal bit for bit (every policy, both
+ * models: checked). Elsewhere B computed the last kept rows in a shorter piece: the matmul takes
+ * another path for fewer rows (quantized weights: activations rounded to q8 below 32 rows) and
+ * the piece attends itself exactly, so the logits agree within 1e-2 of the row's largest logit
+ * for float weights, and within a KL divergence of 0.05 per row for quantized ones (SmolLM2:
+ * up to 6% of the largest logit, the bound test_batch uses for the q8 path). */
+#include "../src/kv/policy.h"
+#include "../src/kv/tailor_plan.h"
+#include "../src/model.h"
+#include "../src/quants.h"
+#include "../src/session.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { CTX = 256, CHUNK = 64, NP = 100, NDEC = 8, NNEW = 24 };
+
+static tl_session *make(tl_model *m, const char *spec) {
+    tl_error err = {{0}};
+    tl_kv_plan plan = {0};
+    CHECKF(tl_kv_plan_parse(&plan, spec, NULL, m->cfg.n_layer, &err) == 0, "%s: %s", spec, err.msg);
+    tl_session *s = tl_session_new_with_policies(m, CTX, 2, CHUNK, plan.layers, &err);
+    tl_kv_plan_free(&plan);
+    CHECKF(s != NULL, "%s: %s", spec, err.msg);
+    return s;
+}
+
+static double row_diff(const float *a, const float *b, int V) {
+    double d = 0, mx = 1;
+    for (int i = 0; i < V; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        mx = fmax(mx, fabs((double)b[i]));
+    }
+    return d / mx;
+}
+
+/* KL(softmax(b) || softmax(a)) over V logits. */
+static double row_kl(const float *a, const float *b, int V) {
+    double ma = a[0], mb = b[0], sa = 0, sb = 0, kl = 0;
+    for (int i = 1; i < V; i++) ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
+    for (int i = 0; i < V; i++) sa += exp(a[i] - ma), sb += exp(b[i] - mb);
+    for (int i = 0; i < V; i++) {
+        const double lb = b[i] - mb - log(sb), la = a[i] - ma - log(sa);
+        kl += exp(lb) * (lb - la);
+    }
+    return kl;
+}
+
+typedef struct {
+    const char *spec;
+    int want[5]; /* truncate_max at the cuts below */
+} pol_case;
+
+static const int CUTS[5] = {108, 100, 70, 64, 40};
+
+static void check_policy(tl_model *m, const pol_case *pc, const int32_t *toks) {
+    const int V = m->cfg.n_vocab;
+    const bool q8 = tl_matmul_rounded_rows(m->w.layers[0].w_down.type) > 0; /* the q8 path below 32 rows */
+    tl_error err = {{0}};
+    float *la = malloc(sizeof(float) * (size_t)(NP + NNEW) * V), *lb = malloc(sizeof(float) * (size_t)(NP + NNEW) * V);
+    double worst = 0, worst_kl = 0;
+    for (int c = 0; c < 5; c++) {
+        tl_session *a = make(m, pc->spec), *b = make(m, pc->spec);
+        if (!a || !b) break;
+        /* A: the prompt, then decoded tokens one at a time */
+        CHECK(tl_session_eval(a, toks, NP, la, false, &err) == 0);
+        for (int i = 0; i < NDEC; i++) CHECK(tl_session_eval(a, toks + NP + i, 1, la, false, &err) == 0);
+        const int n = CUTS[c], keep = tl_session_truncate_max(a, n);
+        CHECKF(keep == pc->want[c], "%s: truncate_max(%d) = %d, want %d", pc->spec, n, keep, pc->want[c]);
+        if (keep < n) /* a count the stores cannot hold exactly is refused, and A is unchanged */
+            CHECKF(tl_session_truncate(a, n, &err) != 0 && a->n_past == NP + NDEC, "%s: truncate(%d) accepted", pc->spec, n);
+        CHECKF(tl_session_truncate(a, keep, &err) == 0 && a->n_past == keep, "%s: truncate(%d): %s", pc->spec, keep,
+               err.msg);
+        /* the new prompt: the first n tokens, then NNEW others */
+        int32_t prompt[NP + NDEC + NNEW];
+        memcpy(prompt, toks, sizeof(int32_t) * (size_t)n);
+        for (int i = 0; i < NNEW; i++) prompt[n + i] = toks[CTX + i];
+        const int total = n + NNEW, rest = total - keep;
+        CHECK(tl_session_eval(a, prompt + keep, rest, la, true, &err) == 0);
+        /* B holds the kept tokens computed in A's pieces: the prompt's (64 + 36 rows), then one by one */
+        if (keep) CHECK(tl_session_eval(b, prompt, TL_MIN(keep, NP), lb, false, &err) == 0);
+        for (int i = NP; i < keep; i++) CHECK(tl_session_eval(b, prompt + i, 1, lb, false, &err) == 0);
+        CHECK(tl_session_eval(b, prompt + keep, rest, lb, true, &err) == 0);
+        const bool exact = keep == 0 || keep == 64 || keep == NP || keep == NP + NDEC;
+        for (int r = 0; r < rest; r++) {
+            const double d = row_diff(la + (size_t)r * V, lb + (size_t)r * V, V);
+            const double kl = row_kl(la + (size_t)r * V, lb + (size_t)r * V, V);
+            worst = fmax(worst, exact ? 0 : d);
+            worst_kl = fmax(worst_kl, exact ? 0 : kl);
+            if (exact) CHECKF(d == 0, "%s cut %d kept %d row %d: logits differ by %.3g", pc->spec, n, keep, r, d);
+            else if (q8) CHECKF(kl <= 0.05, "%s cut %d kept %d row %d: KL %.3g", pc->spec, n, keep, r, kl);
+            else CHECKF(d <= 1e-2, "%s cut %d kept %d row %d: logits differ by %.3g", pc->spec, n, keep, r, d);
+        }
+        tl_session_free(a);
+        tl_session_free(b);
+    }
+    printf("  %-20.20s kept %3d %3d %3d %3d %3d of %d %d %d %d %d; off piece boundaries: largest difference %.2g, KL %.2g\n",
+           pc->spec, pc->want[0], pc->want[1], pc->want[2], pc->want[3], pc->want[4], CUTS[0], CUTS[1], CUTS[2], CUTS[3],
+           CUTS[4], worst, worst_kl);
+    free(la);
+    free(lb);
+}
+
+/* A TailorKV plan with every other layer sparse (offloaded). */
+static void write_plan(const tl_model *m, const char *path) {
+    const int L = m->cfg.n_layer;
+    double scores[TL_MAX_LAYERS];
+    int kinds[TL_MAX_LAYERS];
+    for (int il = 0; il < L; il++) {
+        kinds[il] = m->cfg.layer_swa[il] ? TL_TAILOR_WINDOW : il % 2 ? TL_TAILOR_SPARSE : TL_TAILOR_DENSE;
+        scores[il] = il % 2 ? 0.0 : 1.0;
+    }
+    char *json = tl_tailor_plan_json(m->cfg.arch_name, L, scores, kinds, 0.5, 0.05, 32, CTX);
+    FILE *f = fopen(path, "w");
+    CHECK(f && fputs(json, f) >= 0);
+    if (f) fclose(f);
+    free(json);
+}
+
+static void check_model(const char *path) {
+    if (!tl_test_have(path)) return;
+    tl_error err = {{0}};
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m != NULL, "%s: %s", path, err.msg);
+    if (!m) return;
+    printf("%s:\n", path);
+    int32_t toks[CTX + NNEW];
+    for (int i = 0; i < CTX + NNEW; i++) toks[i] = (int32_t)((i * 7919u + 13u) % (unsigned)TL_MIN(m->cfg.n_vocab, 4000));
+    char plan_path[128], tailor[256];
+    snprintf(plan_path, sizeof plan_path, "/tmp/tl_test_truncate_%ld.json", (long)getpid());
+    write_plan(m, plan_path);
+    snprintf(tailor, sizeof tailor, "tailor:plan=%s,bits=2,g=32,sinks=4,recent=8,topk=16", plan_path);
+    /* 108 tokens held: KIVI-style keys (blocks of 32) have quantized 96; a 16-token f16 window
+     * has spilled 92 into codes; the first chunk was 64 tokens */
+    const pol_case cases[] = {
+        {"f16", {108, 100, 70, 64, 40}},
+        {"k8v8", {108, 100, 70, 64, 40}},
+        {"k4v4", {108, 100, 70, 64, 40}},
+        {"k4v4:kchan:g32", {108, 100, 64, 64, 32}},  /* keys: whole blocks below the 96 quantized */
+        {"k4v2:kivi:g32:r16", {108, 0, 0, 0, 0}},    /* values' f16 window has spilled: only the end */
+        {"k4v4:r200", {108, 100, 70, 64, 40}},       /* a window that has not spilled yet: anywhere */
+        {"k4v4:smooth", {108, 100, 70, 64, 0}},      /* the means of the first 64 tokens */
+        {"k4v4:tensor", {108, 100, 70, 64, 0}},      /* the ranges of the first 64 tokens */
+        {tailor, {108, 100, 70, 64, 40}},
+    };
+    const bool quant = m->cfg.head_dim_k % 32 == 0 && m->cfg.head_dim_v % 32 == 0;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        if (quant || i == 0) check_policy(m, &cases[i], toks);
+    unlink(plan_path);
+    tl_model_free(m);
+}
+
+int main(void) {
+    check_model(tl_test_models("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    check_model(tl_test_shared("models/tailor-test-31m.gguf"));
+    return tl_test_done();
+}
