@@ -6,9 +6,10 @@
  *  - quantized weights with 4 to 31 tokens: a 1 row x 4 token kernel unpacks each weight block
  *    once and uses it 4 times; tokens are the outer loop so 4 activation rows stay in L1
  *    while the tile's weight rows (a few KB) stay in L1/L2. On AVX-512 VNNI the 32-wide
- *    formats with an "xa" kernel (q4_0, q4_1, q5_0, q5_1) use it for every token instead (it
- *    beats the AVX2 4-token kernel, the tile's weights staying in cache across the tokens),
- *    so a row's result does not depend on how many rows share the call (batch.c);
+ *    formats with an "xa" kernel (q4_0, q4_1, q5_0, q5_1) use it instead, 4 tokens at a time
+ *    where there are 4 (each weight block unpacked once for the 4) and one at a time for the
+ *    rest, every token's sum in the one-token kernel's order: a row's result does not depend
+ *    on how many rows share the call (batch.c);
  *  - float weights (f32/f16/bf16) with >= 4 tokens, and quantized weights with >= 32 tokens:
  *    the tile's rows are widened to f32 in a per-thread buffer, then a 3 row x 4 token FMA
  *    register tile runs over them (X used as is);
@@ -177,7 +178,7 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
             c.Xq = xa;
             c.x_stride = xs;
             c.k.dot = c.k.dot_xa;
-            c.k.dot4 = NULL;
+            c.k.dot4 = c.k.dot4_xa; /* (each row dot_xa's bits: row order never matters) */
         }
     }
 

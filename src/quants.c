@@ -514,7 +514,7 @@ static tlq_dot_fn ref_dot(tl_type t) {
 }
 
 tlq_kernels tlq_get_kernels(tl_type t) {
-    tlq_kernels k = {ref_dot(t), NULL, NULL, NULL, false, false, NULL, NULL};
+    tlq_kernels k = {.dot = ref_dot(t)};
     tl_type vt = k_traits[t].vec_dot_type;
     if (vt == TL_TYPE_Q8_0) k.quant_act = tlq_quantize_q8_0_ref;
     else if (vt == TL_TYPE_Q8_1) k.quant_act = tlq_quantize_q8_1_ref;
@@ -550,13 +550,30 @@ tlq_kernels tlq_get_kernels(tl_type t) {
         k.avx512 = true;
         switch (t) {
         /* 32-wide formats: the per-block scale chain bounds them, so the single-row dot
-         * wins only over the xa layout (matmul's decode path); tl_vec_dot keeps AVX2, as
-         * do the 4-token kernels (8-block gathers of the scales lost to AVX2 there) and
-         * q8_0 (its AVX2 dot streams 40 GB/s per core, the xa one measured 33) */
-        case TL_TYPE_Q4_0: k.dot_xa = tlq_dotxa_q4_0_avx512; k.xa_from = tlq_xa_from_q4_0_avx512; break;
-        case TL_TYPE_Q4_1: k.dot_xa = tlq_dotxa_q4_1_avx512; k.xa_from = tlq_xa_from_q4_1_avx512; break;
-        case TL_TYPE_Q5_0: k.dot_xa = tlq_dotxa_q5_0_avx512; k.xa_from = tlq_xa_from_q5_0_avx512; break;
-        case TL_TYPE_Q5_1: k.dot_xa = tlq_dotxa_q5_1_avx512; k.xa_from = tlq_xa_from_q5_1_avx512; break;
+         * wins only over the xa layout (matmul's decode path, with its 4-row form that
+         * unpacks each weight block once for 4 rows and gives each row the one-row bits);
+         * tl_vec_dot keeps AVX2, as does q8_0 (its AVX2 dot streams 40 GB/s per core, the
+         * xa one measured 33) */
+        case TL_TYPE_Q4_0:
+            k.dot_xa = tlq_dotxa_q4_0_avx512;
+            k.dot4_xa = tlq_dotxa4_q4_0_avx512;
+            k.xa_from = tlq_xa_from_q4_0_avx512;
+            break;
+        case TL_TYPE_Q4_1:
+            k.dot_xa = tlq_dotxa_q4_1_avx512;
+            k.dot4_xa = tlq_dotxa4_q4_1_avx512;
+            k.xa_from = tlq_xa_from_q4_1_avx512;
+            break;
+        case TL_TYPE_Q5_0:
+            k.dot_xa = tlq_dotxa_q5_0_avx512;
+            k.dot4_xa = tlq_dotxa4_q5_0_avx512;
+            k.xa_from = tlq_xa_from_q5_0_avx512;
+            break;
+        case TL_TYPE_Q5_1:
+            k.dot_xa = tlq_dotxa_q5_1_avx512;
+            k.dot4_xa = tlq_dotxa4_q5_1_avx512;
+            k.xa_from = tlq_xa_from_q5_1_avx512;
+            break;
         case TL_TYPE_Q4_K: k.dot = tlq_dot_q4_K_avx512; break;
         case TL_TYPE_Q5_K: k.dot = tlq_dot_q5_K_avx512; break;
         case TL_TYPE_Q6_K: k.dot = tlq_dot_q6_K_avx512; break;

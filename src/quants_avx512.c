@@ -160,9 +160,65 @@ AVX512_INLINE float dot_xa(int f, int64_t n, const void *vw, const void *vxa) {
     return r;
 }
 
+/* dot_xa for 4 activation rows (xa layouts x_stride bytes apart) against one weight row: each
+ * pair of weight blocks is unpacked once for the 4, and each row's sum takes exactly dot_xa's
+ * operations in dot_xa's order, so every row gets dot_xa's bits whatever shares the call. */
+AVX512_INLINE void dot_xa4(int f, int64_t n, const void *vw, const void *vxa, size_t x_stride, float out[4]) {
+    const uint8_t *w = vw;
+    const int64_t nb = n / QK;
+    const size_t np = xa_np(n);
+    const int8_t *xq[4];
+    const float *sc[4];
+    const __m512i *corr[4];
+    for (int j = 0; j < 4; j++) {
+        xq[j] = (const int8_t *)vxa + (size_t)j * x_stride;
+        sc[j] = (const float *)(xq[j] + np * 64);
+        corr[j] = (const __m512i *)(sc[j] + np * 4);
+    }
+    const __m512i idx = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 acc[4][2];
+    __m128 accm[4];
+    for (int j = 0; j < 4; j++) {
+        acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+        accm[j] = _mm_setzero_ps();
+    }
+    for (size_t p = 0; p < np; p++) {
+        const uint8_t *b0 = w + 2 * p * WSZ(f);
+        const bool two = 2 * (int64_t)p + 1 < nb;
+        const __m512i u = w_pair(f, b0, two);
+        uint32_t h0, h1 = 0;
+        memcpy(&h0, b0, 4);
+        if (two) memcpy(&h1, b0 + WSZ(f), 4);
+        __m128i dm = _mm_insert_epi32(_mm_cvtsi32_si128((int)h0), (int)h1, 1);
+        if (!UNSIGNED(f)) dm = _mm_shufflelo_epi16(dm, _MM_SHUFFLE(2, 2, 0, 0));
+        const __m128 dmf = _mm_cvtph_ps(dm);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512i s = _mm512_dpbusd_epi32(OFFSET(f) ? _mm512_loadu_si512(corr[j] + p) : _mm512_setzero_si512(), u,
+                                                  _mm512_loadu_si512(xq[j] + 64 * p));
+            const __m128 prod = _mm_mul_ps(dmf, _mm_loadu_ps(sc[j] + 4 * p));
+            if (UNSIGNED(f)) accm[j] = _mm_add_ps(accm[j], prod);
+            const __m512 cw = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(prod));
+            acc[j][p & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), cw, acc[j][p & 1]);
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        float r = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
+        if (UNSIGNED(f)) {
+            float m[4];
+            _mm_storeu_ps(m, accm[j]);
+            r += m[1] + m[3];
+        }
+        out[j] = r;
+    }
+}
+
 #define XA_FUNCS(nm, F)                                                                               \
     AVX512 void tlq_xa_from_##nm##_avx512(const void *q, void *xa, int64_t n) { xa_build(F, q, xa, n); } \
-    AVX512 float tlq_dotxa_##nm##_avx512(int64_t n, const void *w, const void *xa) { return dot_xa(F, n, w, xa); }
+    AVX512 float tlq_dotxa_##nm##_avx512(int64_t n, const void *w, const void *xa) { return dot_xa(F, n, w, xa); } \
+    AVX512 void tlq_dotxa4_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t x_stride, float out[4]) { \
+        dot_xa4(F, n, w, xa, x_stride, out);                                                          \
+    }
 XA_FUNCS(q4_0, F_Q4_0)
 XA_FUNCS(q4_1, F_Q4_1)
 XA_FUNCS(q5_0, F_Q5_0)
@@ -300,6 +356,9 @@ AVX512 float tlq_dot_q6_K_avx512(int64_t n, const void *vw, const void *vx) {
 STUB_F(tlq_dot_q4_K_avx512) STUB_F(tlq_dot_q5_K_avx512) STUB_F(tlq_dot_q6_K_avx512)
 #define STUB_XA(nm)                                                                                     \
     void tlq_xa_from_##nm##_avx512(const void *q, void *xa, int64_t n) { (void)q; (void)xa; (void)n; abort(); } \
-    STUB_F(tlq_dotxa_##nm##_avx512)
+    STUB_F(tlq_dotxa_##nm##_avx512)                                                                     \
+    void tlq_dotxa4_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t xs, float out[4]) {  \
+        (void)n; (void)w; (void)xa; (void)xs; (void)out; abort();                                       \
+    }
 STUB_XA(q4_0) STUB_XA(q4_1) STUB_XA(q5_0) STUB_XA(q5_1) STUB_XA(q8_0)
 #endif

@@ -105,6 +105,7 @@ typedef struct {
     /* decode (a few tokens): dot over the "xa" activation layout (tlq_xa_size bytes per row)
      * that xa_from builds from a row of vec_dot_type blocks; NULL: use dot */
     tlq_dot_fn dot_xa;
+    tlq_dot4_fn dot4_xa; /* 4 rows over the xa layout, each with dot_xa's bits */
     void (*xa_from)(const void *xq, void *xa, int64_t n);
 } tlq_kernels;
 
@@ -152,7 +153,8 @@ float tlq_dot_q6_K_avx512(int64_t n, const void *w, const void *x);
 size_t tlq_xa_size(tl_type t, int64_t n);
 #define TLQ_XA_DECL(nm)                                                        \
     void tlq_xa_from_##nm##_avx512(const void *xq, void *xa, int64_t n);       \
-    float tlq_dotxa_##nm##_avx512(int64_t n, const void *w, const void *xa);
+    float tlq_dotxa_##nm##_avx512(int64_t n, const void *w, const void *xa);    \
+    void tlq_dotxa4_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t x_stride, float out[4]);
 TLQ_XA_DECL(q4_0)
 TLQ_XA_DECL(q4_1)
 TLQ_XA_DECL(q5_0)
