@@ -1,21 +1,23 @@
 /* test_truncate.c: cutting a session back to a shared prefix (tl_session_truncate, what the
  * server's prefix reuse does) under each KV policy, against a fresh session.
  *
- * Session A holds a 100-token prompt (pieces of 64 and 36 rows) and 8 decoded tokens. For each
+ * Session A holds a 40-token prompt (pieces of 16, 16 and 8 rows) and 8 decoded tokens. For each
  * cut n, tl_session_truncate_max(A, n) must give the count the policy's rules allow (kv/quant.c:
  * per-token codes anywhere; KIVI-style per-channel keys at whole 32-token blocks below the
  * last one; an f16 residual window that has spilled into codes nowhere but the end; the first
  * chunk's smoothing means or per-tensor ranges nowhere inside it; TailorKV and f16 anywhere).
- * A is cut there and evaluates the rest of a new prompt (the first n tokens, then 24 new ones,
- * every row's logits). Session B evaluates the same new prompt fresh, split at the same count.
- * B holds the kept tokens computed in A's pieces (the prompt's 64 + 36 rows, then one by one)
- * where it can. Where the cut falls on a boundary of A's pieces (0, 64, 100, 108) the two hold
+ * A is cut there and evaluates the rest of a new prompt (the first n tokens, then 8 new ones,
+ * every row's logits). Session B evaluates the same new prompt fresh, split at the same count:
+ * B holds the kept tokens computed in A's pieces (the prompt's 16 + 16 + 8 rows, one by one after)
+ * where it can. Where the cut falls on a boundary of A's pieces (0, 16, 32, 40, 48) the two hold
  * the same rows computed alike, so the logits must be equal bit for bit (every policy, both
- * models: checked). Elsewhere B computed the last kept rows in a shorter piece: the matmul takes
- * another path for fewer rows (quantized weights: activations rounded to q8 below 32 rows) and
- * the piece attends itself exactly, so the logits agree within 1e-2 of the row's largest logit
- * for float weights, and within a KL divergence of 0.05 per row for quantized ones (SmolLM2:
- * up to 6% of the largest logit, the bound test_batch uses for the q8 path). */
+ * models: checked). Elsewhere B computed the last kept rows in a shorter piece; a row depends
+ * only on the rows at or before it (the piece attends itself causally), so where the matmul
+ * gives a row the same bits whatever the row count (quantized weights on AVX-512 VNNI, float
+ * weights in the same regime) they still agree exactly (measured: 0 for every policy here); on
+ * other CPUs the bound is 1e-2 of the row's largest logit for float weights and a KL divergence
+ * of 0.05 per row for quantized ones (test_batch's bound for the q8 path). ~100 s on the shared
+ * 2-core machine. */
 #include "../src/kv/policy.h"
 #include "../src/kv/tailor_plan.h"
 #include "../src/model.h"
@@ -28,7 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { CTX = 256, CHUNK = 64, NP = 100, NDEC = 8, NNEW = 24 };
+enum { CTX = 128, CHUNK = 16, NP = 40, NDEC = 8, NNEW = 8 };
 
 static tl_session *make(tl_model *m, const char *spec) {
     tl_error err = {{0}};
@@ -66,7 +68,7 @@ typedef struct {
     int want[5]; /* truncate_max at the cuts below */
 } pol_case;
 
-static const int CUTS[5] = {108, 100, 70, 64, 40};
+static const int CUTS[5] = {48, 40, 32, 20, 10};
 
 static void check_policy(tl_model *m, const pol_case *pc, const int32_t *toks) {
     const int V = m->cfg.n_vocab;
@@ -92,11 +94,11 @@ static void check_policy(tl_model *m, const pol_case *pc, const int32_t *toks) {
         for (int i = 0; i < NNEW; i++) prompt[n + i] = toks[CTX + i];
         const int total = n + NNEW, rest = total - keep;
         CHECK(tl_session_eval(a, prompt + keep, rest, la, true, &err) == 0);
-        /* B holds the kept tokens computed in A's pieces: the prompt's (64 + 36 rows), then one by one */
+        /* B holds the kept tokens computed in A's pieces: the prompt's (16 + 16 + 8 rows), then one by one */
         if (keep) CHECK(tl_session_eval(b, prompt, TL_MIN(keep, NP), lb, false, &err) == 0);
         for (int i = NP; i < keep; i++) CHECK(tl_session_eval(b, prompt + i, 1, lb, false, &err) == 0);
         CHECK(tl_session_eval(b, prompt + keep, rest, lb, true, &err) == 0);
-        const bool exact = keep == 0 || keep == 64 || keep == NP || keep == NP + NDEC;
+        const bool exact = keep % CHUNK == 0 || keep == NP || keep == NP + NDEC;
         for (int r = 0; r < rest; r++) {
             const double d = row_diff(la + (size_t)r * V, lb + (size_t)r * V, V);
             const double kl = row_kl(la + (size_t)r * V, lb + (size_t)r * V, V);
@@ -145,18 +147,18 @@ static void check_model(const char *path) {
     snprintf(plan_path, sizeof plan_path, "/tmp/tl_test_truncate_%ld.json", (long)getpid());
     write_plan(m, plan_path);
     snprintf(tailor, sizeof tailor, "tailor:plan=%s,bits=2,g=32,sinks=4,recent=8,topk=16", plan_path);
-    /* 108 tokens held: KIVI-style keys (blocks of 32) have quantized 96; a 16-token f16 window
-     * has spilled 92 into codes; the first chunk was 64 tokens */
+    /* 48 tokens held: KIVI-style keys (blocks of 32) have quantized 32; a 16-token f16 window
+     * has spilled 32 into codes; the first chunk was 16 tokens */
     const pol_case cases[] = {
-        {"f16", {108, 100, 70, 64, 40}},
-        {"k8v8", {108, 100, 70, 64, 40}},
-        {"k4v4", {108, 100, 70, 64, 40}},
-        {"k4v4:kchan:g32", {108, 100, 64, 64, 32}},  /* keys: whole blocks below the 96 quantized */
-        {"k4v2:kivi:g32:r16", {108, 0, 0, 0, 0}},    /* values' f16 window has spilled: only the end */
-        {"k4v4:r200", {108, 100, 70, 64, 40}},       /* a window that has not spilled yet: anywhere */
-        {"k4v4:smooth", {108, 100, 70, 64, 0}},      /* the means of the first 64 tokens */
-        {"k4v4:tensor", {108, 100, 70, 64, 0}},      /* the ranges of the first 64 tokens */
-        {tailor, {108, 100, 70, 64, 40}},
+        {"f16", {48, 40, 32, 20, 10}},
+        {"k8v8", {48, 40, 32, 20, 10}},
+        {"k4v4", {48, 40, 32, 20, 10}},
+        {"k4v4:kchan:g32", {48, 40, 32, 0, 0}}, /* keys: at or past the quantized 32, or whole blocks */
+        {"k4v2:kivi:g32:r16", {48, 0, 0, 0, 0}}, /* values' f16 window has spilled: only the end */
+        {"k4v4:r100", {48, 40, 32, 20, 10}},     /* a window that has not spilled yet: anywhere */
+        {"k4v4:smooth", {48, 40, 32, 20, 0}},    /* the means of the first 16 tokens */
+        {"k4v4:tensor", {48, 40, 32, 20, 0}},    /* the ranges of the first 16 tokens */
+        {tailor, {48, 40, 32, 20, 10}},
     };
     const bool quant = m->cfg.head_dim_k % 32 == 0 && m->cfg.head_dim_v % 32 == 0;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
