@@ -100,6 +100,23 @@ static int cmp_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* The k best of n logits into c[0..k), in cmp_desc's order (by logit, then lower id first):
+ * what sorting all n and keeping the first k gives, without sorting the rest. Ids arrive in
+ * increasing order, so a candidate equal to the last kept one ranks after it. */
+static void top_k(const float *logits, int n, int k, struct cand *c) {
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        const float x = logits[i];
+        if (m == k && !(x > c[k - 1].logit)) continue;
+        int at = m < k ? m++ : k - 1;
+        while (at > 0 && c[at - 1].logit < x) {
+            c[at] = c[at - 1];
+            at--;
+        }
+        c[at] = (struct cand){x, i};
+    }
+}
+
 int32_t tl_sampler_sample(tl_sampler *s, float *logits) {
     const tl_sampler_params *p = &s->p;
     if (p->repeat_penalty != 1.0f) {
@@ -115,9 +132,13 @@ int32_t tl_sampler_sample(tl_sampler *s, float *logits) {
     if (p->temp <= 0.0f) return tl_argmax(logits, s->n_vocab);
 
     int n = s->n_vocab;
-    for (int i = 0; i < n; i++) s->cand[i] = (struct cand){logits[i], i};
-    qsort(s->cand, (size_t)n, sizeof *s->cand, cmp_desc);
-    if (p->top_k > 0 && p->top_k < n) n = p->top_k;
+    if (p->top_k > 0 && p->top_k < n) { /* only the top k are ever looked at */
+        n = p->top_k;
+        top_k(logits, s->n_vocab, n, s->cand);
+    } else {
+        for (int i = 0; i < n; i++) s->cand[i] = (struct cand){logits[i], i};
+        qsort(s->cand, (size_t)n, sizeof *s->cand, cmp_desc);
+    }
     /* softmax over the survivors (at temperature 1 for the p filters, as llama.cpp) */
     double *prob = tl_xmalloc(sizeof(double) * (size_t)n);
     double sum = 0.0;
