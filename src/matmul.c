@@ -25,6 +25,7 @@
 #define TILE_ROWS_F 96   /* float rows per task (prefill): 4 activation rows in L1 meet 96 rows in L2; a multiple of 3 */
 #define TILE_ROWS_VEC 32 /* rows per task for decode */
 #define MIN_TOK_GEMM 4   /* from this many tokens the multi-token kernels pay off */
+#define MIN_PARALLEL_MACS 65536.0 /* fewer multiply-adds in a call: the caller's thread alone */
 /* From this many tokens quantized weights are also widened to f32 per tile and run through
  * the FMA register tile (activations stay f32): one dequantization per weight row amortised
  * over >= 32 tokens, and the 3x4 FMA tile beats the 1x4 integer kernel (whose per-block
@@ -144,6 +145,10 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
         abort();
     }
     if (n_tok <= 0 || n_out <= 0) return;
+    /* work too small to pay for waking the pool's threads (a few microseconds) runs on the
+     * caller's: stories260K's matrices, 64 to 512 rows of 64 or 172, a few tokens at a time.
+     * The tiles are planned for the pool alike and each output is computed the same either way. */
+    tl_pool *exec = (double)n_out * (double)n_in * (double)n_tok < MIN_PARALLEL_MACS ? NULL : pool;
     mm_ctx c;
     memset(&c, 0, sizeof c);
     c.wt = wt;
@@ -169,7 +174,7 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
         c.xq_out = scratch;
         c.Xq = scratch;
         if (n_tok == 1) c.k.quant_act(X, scratch, n_in);
-        else run(pool, (n_tok + 7) / 8, convert_task, &c);
+        else run(exec, (n_tok + 7) / 8, convert_task, &c);
         if (c.k.dot_xa && !f32_gemm) { /* the xa layout (see above) */
             uintptr_t a = ((uintptr_t)scratch + xa_offset(tr->vec_dot_type, n_in, n_tok) + 63) & ~(uintptr_t)63;
             uint8_t *xa = (uint8_t *)a;
@@ -207,7 +212,7 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
         c.tile_rows /= 2;
         if (c.fbuf) c.tile_rows -= c.tile_rows % 3;
     }
-    run(pool, (n_out + c.tile_rows - 1) / c.tile_rows, rows_task, &c);
+    run(exec, (n_out + c.tile_rows - 1) / c.tile_rows, rows_task, &c);
 
     tl_afree(fbuf);
     free(owned);

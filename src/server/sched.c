@@ -18,8 +18,9 @@
  * its connection thread waits for room (first come, first served), up to a bound.
  *
  * Prefix reuse: a slot keeps its KV after a job (the tokens it holds in `cache`). A new job goes
- * to the free slot holding the longest common prefix with its prompt (else the one idle
- * longest); the session is cut back to that prefix (tl_session_truncate, at the largest count
+ * to the free slot holding the longest common prefix with its prompt when that covers more
+ * than half of it (else to an empty slot, else the longest prefix; pick_slot); the session is
+ * cut back to that prefix (tl_session_truncate, at the largest count
  * its stores hold exactly: tl_session_truncate_max) and only the rest of the prompt is
  * evaluated, in chunks from there. Idle slots' KV counts against the budget and is dropped,
  * idle longest first, when a job admitted needs the room.
