@@ -118,11 +118,11 @@ bool tl_eval_cli_can_reuse(tl_eval_cli *e) {
     return tl_runner_can_reuse(&r);
 }
 
-tl_job tl_task_job(const tl_task_sample *s) {
-    return (tl_job){.ids = s->prompt.ids, .n_ids = s->prompt.n, .max_new = s->max_new, .stop_newline = s->stop_newline};
+tl_eval_job tl_task_job(const tl_task_sample *s) {
+    return (tl_eval_job){.ids = s->prompt.ids, .n_ids = s->prompt.n, .max_new = s->max_new, .stop_newline = s->stop_newline};
 }
 
-int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_job *jobs, int n_jobs, double *secs, tl_error *err) {
+int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_eval_job *jobs, int n_jobs, double *secs, tl_error *err) {
     int64_t total = 0; /* progress units: prompt tokens */
     for (int i = 0; i < n_jobs; i++) total += jobs[i].n_ids;
     tl_progress prog;
@@ -359,7 +359,7 @@ int tl_cmd_eval(int argc, char **argv) {
     tl_error err = {{0}};
     int rc = 1, n_items = 0;
     item *items = NULL;
-    tl_job *jobs = NULL;
+    tl_eval_job *jobs = NULL;
     size_t len = 0;
     char *text = tl_cli_read_file(tasks, &len, &err);
     if (!text) goto done;
@@ -410,7 +410,7 @@ int tl_cmd_eval(int argc, char **argv) {
     jobs = tl_xcalloc((size_t)n_items, sizeof *jobs);
     for (int i = 0; i < n_items; i++) {
         item *it = &items[i];
-        jobs[i] = (tl_job){.ids = it->ids, .n_ids = (int)it->n_ids, .max_new = it->metric == TL_METRIC_CHOICE ? 0 : it->max_new,
+        jobs[i] = (tl_eval_job){.ids = it->ids, .n_ids = (int)it->n_ids, .max_new = it->metric == TL_METRIC_CHOICE ? 0 : it->max_new,
                            .stop_newline = it->metric != TL_METRIC_ALL, .n_choices = it->metric == TL_METRIC_CHOICE ? it->n_choices : 0,
                            .choice_ids = it->choice_ids, .choice_len = it->choice_len};
     }
@@ -422,7 +422,7 @@ int tl_cmd_eval(int argc, char **argv) {
     if (pred && !pf) fprintf(stderr, "tailor eval: --pred %s: cannot open\n", pred);
     for (int i = 0; i < n_items; i++) {
         item *it = &items[i];
-        tl_job *j = &jobs[i];
+        tl_eval_job *j = &jobs[i];
         reused += j->reused;
         it->score = it->metric == TL_METRIC_CHOICE ? (double)(j->chosen == it->answer_idx)
                                                    : tl_score(it->metric, j->output ? j->output : "",
@@ -473,7 +473,7 @@ done:
     if (rc) fprintf(stderr, "tailor eval: %s\n", err.msg);
     for (int i = 0; i < n_items; i++) {
         item_free(&items[i]);
-        if (jobs) tl_job_clear(&jobs[i]);
+        if (jobs) tl_eval_job_clear(&jobs[i]);
     }
     free(items);
     free(jobs);

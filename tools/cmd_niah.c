@@ -123,7 +123,7 @@ int tl_cmd_niah(int argc, char **argv) {
     int rc = 1, n_jobs = nl * nd * samples, maxlen = 0;
     tl_haystack hay = {0};
     tl_task_sample *ts = tl_xcalloc((size_t)n_jobs, sizeof *ts);
-    tl_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
+    tl_eval_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
     double *acc = tl_xcalloc((size_t)(nl * nd), sizeof(double)), *secs = tl_xcalloc((size_t)nl, sizeof(double));
     double *score = tl_xcalloc((size_t)n_jobs, sizeof(double));
     for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
@@ -296,7 +296,7 @@ done:
     if (rc) fprintf(stderr, "tailor niah: %s\n", err.msg);
     for (int k = 0; k < n_jobs; k++) {
         tl_task_sample_free(&ts[k]);
-        tl_job_clear(&jobs[k]);
+        tl_eval_job_clear(&jobs[k]);
     }
     free(ts);
     free(jobs);

@@ -76,7 +76,7 @@ int tl_cmd_ruler(int argc, char **argv) {
     int rc = 1, n_jobs = nl * nk * samples, maxlen = 0;
     tl_haystack hay = {0};
     tl_task_sample *ts = tl_xcalloc((size_t)n_jobs, sizeof *ts);
-    tl_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
+    tl_eval_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
     cJSON *cfg = NULL, *jo = NULL;
     for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
     if (tl_eval_cli_load(&e, &err)) goto done;
@@ -176,7 +176,7 @@ done:
     cJSON_Delete(jo);
     for (int j = 0; j < n_jobs; j++) {
         tl_task_sample_free(&ts[j]);
-        tl_job_clear(&jobs[j]);
+        tl_eval_job_clear(&jobs[j]);
     }
     free(ts);
     free(jobs);

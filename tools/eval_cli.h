@@ -36,11 +36,11 @@ tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *e
 void tl_eval_cli_session_done(void *ctx, tl_session *s);
 /* Run the jobs through the runner (sessions from the flags, --parallel, prefix reuse) with a
  * progress bar labelled `label` on stderr unless --quiet; *secs gets the wall time. */
-int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_job *jobs, int n_jobs, double *secs, tl_error *err);
+int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_eval_job *jobs, int n_jobs, double *secs, tl_error *err);
 /* Whether the runner can reuse shared prompt prefixes with these flags (sessions can truncate). */
 bool tl_eval_cli_can_reuse(tl_eval_cli *e);
 /* The runner job of a generated task sample (its prompt, generation budget and stop rule). */
-tl_job tl_task_job(const tl_task_sample *s);
+tl_eval_job tl_task_job(const tl_task_sample *s);
 /* {"model", "kv", "kv_layer", "chunk", "threads", "parallel", "arch"} plus what the command adds */
 cJSON *tl_eval_cli_config(const tl_eval_cli *e);
 /* Append a result line when --out was given (errors printed, not fatal). */

@@ -17,7 +17,7 @@ static tl_truncate_fn truncate_fn(const tl_runner *r) {
 
 bool tl_runner_can_reuse(const tl_runner *r) { return truncate_fn(r) != NULL; }
 
-void tl_job_clear(tl_job *j) {
+void tl_eval_job_clear(tl_eval_job *j) {
     free(j->output);
     free(j->choice_ll);
     j->output = NULL;
@@ -27,7 +27,7 @@ void tl_job_clear(tl_job *j) {
 /* One worker: a session and what it holds. */
 typedef struct {
     const tl_runner *r;
-    tl_job *jobs;
+    tl_eval_job *jobs;
     int first, last; /* jobs [first, last) */
     int n_ctx, n_threads;
     tl_error err;
@@ -70,7 +70,7 @@ static int push(worker *w, int32_t id, float *logits, bool all) {
     return 0;
 }
 
-static int run_generate(worker *w, tl_job *j) {
+static int run_generate(worker *w, tl_eval_job *j) {
     const tl_model *m = w->r->model;
     const int V = m->cfg.n_vocab;
     if (feed(w, j->ids, j->n_ids, &j->reused)) return -1;
@@ -116,7 +116,7 @@ static int run_generate(worker *w, tl_job *j) {
     return 0;
 }
 
-static int run_choice(worker *w, tl_job *j) {
+static int run_choice(worker *w, tl_eval_job *j) {
     const int V = w->r->model->cfg.n_vocab;
     j->choice_ll = tl_xcalloc((size_t)j->n_choices, sizeof(double));
     int maxlen = 1;
@@ -164,7 +164,7 @@ static void *worker_main(void *arg) {
     w->held = tl_xmalloc(sizeof(int32_t) * (size_t)(w->n_ctx + 1));
     w->logits = tl_xmalloc(sizeof(float) * (size_t)r->model->cfg.n_vocab);
     for (int i = w->first; i < w->last; i++) {
-        tl_job *j = &w->jobs[i];
+        tl_eval_job *j = &w->jobs[i];
         const double t0 = tl_time_s();
         int rc = j->n_choices > 0 ? run_choice(w, j) : run_generate(w, j);
         j->seconds = tl_time_s() - t0;
@@ -183,7 +183,7 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-int tl_run_jobs(const tl_runner *r, tl_job *jobs, int n_jobs, tl_error *err) {
+int tl_run_jobs(const tl_runner *r, tl_eval_job *jobs, int n_jobs, tl_error *err) {
     if (n_jobs <= 0) return 0;
     int P = r->n_parallel > 0 ? r->n_parallel : 1;
     if (P > n_jobs) P = n_jobs;

@@ -37,10 +37,8 @@
  * one must measure clearly better to be chosen): per-token, per-channel (KIVI's layout),
  * per-token + smoothing, per-token + rotation, per-token + smoothing + rotation. gpu_only
  * keeps those the CUDA backend runs (per-token, per-channel). Returns the count (<= 5). */
-enum { TL_KV_AUTO_MAX_CANDIDATES = 5 };
 int tl_kv_auto_candidates(const tl_kv_layer_policy *autop, bool gpu_only, tl_kv_layer_policy *out);
-/* The short name of candidate i ("tok", "chan", "tok+smooth", ...). */
-const char *tl_kv_auto_candidate_name(int i);
+/* TL_KV_AUTO_MAX_CANDIDATES and the candidates' names (tl_kv_auto_candidate_name): tailor.h. */
 
 /* Parse one layer policy. Errors look like "'k4v3': bits 3 not supported (use 16, 8, 4, 2, 1)". */
 int tl_kv_policy_parse(const char *text, tl_kv_layer_policy *p, tl_error *err);

@@ -52,18 +52,7 @@ int tl_pareto_config_from_id(const char *id, tl_pareto_config *c);
 int tl_pareto_grid_add(tl_pareto_grid *g, const tl_pareto_config *c);
 void tl_pareto_grid_free(tl_pareto_grid *g);
 
-/* Axes for a cartesian grid. Lists are comma-separated; NULL = the default of that axis.
- * Modifier axes (gran, group, residual, smooth, rot) apply to quantized KV specs only. */
-typedef struct {
-    const char *weights;  /* "base,w4g128" */
-    const char *kv;       /* "f16,k8v8,k4v4" */
-    const char *gran;     /* "tok,chan,block,tensor" (chan = per-channel keys, per-token values) */
-    const char *group;    /* "32,64,128" */
-    const char *residual; /* "0,128" */
-    const char *smooth;   /* "0,1" */
-    const char *rot;      /* "0,1" */
-    const char *chunk;    /* "64,256,full" */
-} tl_pareto_axes;
+/* tl_pareto_axes (comma lists per axis, NULL = the axis's default): include/tailor.h. */
 
 int tl_pareto_grid_from_axes(tl_pareto_grid *g, const tl_pareto_axes *a, tl_error *err);
 /* Grid file (JSON): {"axes": {"weights": [...], "kv": [...], "chunk": [256, "full"], ...},

@@ -453,7 +453,7 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
     tl_haystack hay = {0};
     const int n = n_kinds * n_depths * samples;
     tl_task_sample *ts = tl_xcalloc((size_t)n, sizeof *ts);
-    tl_job *jobs = tl_xcalloc((size_t)n, sizeof *jobs);
+    tl_eval_job *jobs = tl_xcalloc((size_t)n, sizeof *jobs);
     int rc = -1, k = 0;
     if (tl_haystack_from_dir(&hay, m->tok, p->haystack, (int64_t)p->ctx + 4096, err)) goto done;
     for (int ki = 0; ki < n_kinds; ki++)
@@ -464,7 +464,7 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
                     tl_fail_prefix(err, "%s", tl_task_name(kinds[ki]));
                     goto done;
                 }
-                jobs[k] = (tl_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
+                jobs[k] = (tl_eval_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
                                    .stop_newline = ts[k].stop_newline};
             }
     factory_ctx fc = {m, plan, c->chunk};
@@ -489,7 +489,7 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
 done:
     for (int i = 0; i < n; i++) {
         tl_task_sample_free(&ts[i]);
-        tl_job_clear(&jobs[i]);
+        tl_eval_job_clear(&jobs[i]);
     }
     free(ts);
     free(jobs);
