@@ -95,6 +95,11 @@ int tl_parse_size(const char *s, uint64_t *out);
 
 /* Monotonic wall clock in seconds. */
 double tl_time_s(void);
+/* The online CPUs (at least 1): what a thread count of 0 means everywhere (src/threads.c). */
+int tl_cpu_count(void);
+/* Read bandwidth of main memory in GB/s (10^9 B/s): a 512 MiB buffer summed by n_threads
+ * threads (0 = all CPUs), best of 3; 0 when the buffer cannot be allocated. */
+double tl_memory_read_bandwidth(int n_threads);
 /* GPU 0's name and its memory's peak bandwidth in GB/s (10^9 B/s); false, with the reason in
  * name, when there is none or the build has no CUDA. */
 bool tl_gpu_bandwidth(char *name, size_t n, double *peak_gbs);
@@ -144,6 +149,12 @@ int tl_model_n_layer(const tl_model *m);
 /* The context a session of n_ctx tokens gets (0 = the training context; src/engine/plan.h). */
 int tl_model_resolve_n_ctx(const tl_model *m, int n_ctx);
 const char *tl_model_arch(const tl_model *m);
+const tl_tokenizer *tl_model_tokenizer(const tl_model *m);
+/* Bytes of all tensors the forward pass reads. */
+uint64_t tl_model_weight_bytes(const tl_model *m);
+/* Weight bytes one decode step reads: every tensor once, less the token embedding matrix (a
+ * step looks up one row of it) unless it is the output projection too. */
+uint64_t tl_model_decode_weight_bytes(const tl_model *m);
 
 /* The tokenizer of a GGUF file from its metadata alone: any architecture, tensors or not (a
  * vocabulary-only file). NULL with err naming the file and the key at fault. */
@@ -156,6 +167,10 @@ bool tl_tok_is_eog(const tl_tokenizer *t, int32_t id); /* EOS, EOT (<|im_end|>, 
  * UTF-8 ("prompt: invalid UTF-8 at byte 17") or other failure. */
 int tl_tokenize(const tl_tokenizer *t, const char *text, size_t len, bool add_special, bool parse_special,
                 int32_t *out, size_t cap, size_t *n_out, tl_error *err);
+/* The same into a buffer of the right size (control tokens in the text recognised): the ids
+ * malloc'd, *n their count; NULL with err. */
+int32_t *tl_tokenize_all(const tl_tokenizer *t, const char *text, size_t len, bool add_special, size_t *n,
+                         tl_error *err);
 /* The bytes a token decodes to (SentencePiece "▁" -> " ", <0xXX> -> byte, byte-level BPE
  * unicode -> bytes; control tokens -> their text only if render_special). Returns the
  * number of bytes; writes at most cap. Pieces may be partial UTF-8. */
@@ -181,8 +196,13 @@ int tl_kv_plan_parse(tl_kv_plan *plan, const char *spec, const char *overrides, 
 /* Compact text of a whole plan, for display: "k2v2:kivi" if uniform, else the base policy and
  * the layers that differ, "k2v2:kivi [0=k8v8,30-31=f16]". Returns a malloc'd string. */
 char *tl_kv_plan_format(const tl_kv_plan *plan);
+/* The canonical text of layer il's policy; returns the length it needs (snprintf-like). */
+int tl_kv_plan_format_layer(const tl_kv_plan *plan, int il, char *buf, size_t n);
 /* Frees the layers (not the struct). */
 void tl_kv_plan_free(tl_kv_plan *plan);
+/* Whether text is one layer's policy ("k4v2:kivi", "auto:4"; no plan files, no TailorKV
+ * specs): 0, or -1 with err like "'k4v3': V bits 3 not supported (use 16, 8, 4, 2, 1)". */
+int tl_kv_policy_check(const char *text, tl_error *err);
 
 /* ---- Sessions (src/session.c; sized by src/engine/plan.c) ---- */
 
@@ -194,6 +214,8 @@ typedef struct {
     const char *device;   /* "cpu" (NULL) or "cuda" */
     uint64_t gpu_mem_budget; /* cuda: refuse a session whose planned GPU memory exceeds this
                                 many bytes, naming the part that does not fit (0 = no limit) */
+    bool warn_ctx;        /* say on stderr when n_ctx exceeds the model's training context
+                             (quality may degrade); the CLI's sessions do */
 } tl_session_params;
 
 tl_session_params tl_session_default_params(void);
@@ -237,6 +259,9 @@ typedef struct {
 } tl_session_mem;
 
 void tl_session_memory(const tl_session *s, tl_session_mem *out);
+/* The memory report of --mem: weights, KV by part, activations, tokens held; TailorKV's tiers
+ * and traffic; on the GPU the device's own accounting. */
+void tl_session_print_memory(FILE *f, const tl_session *s);
 
 /* ---- Sampling (src/sampler.c): greedy when temp <= 0; otherwise the llama.cpp order:
  * repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw. ---- */

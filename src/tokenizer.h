@@ -14,8 +14,8 @@
 #include "gguf.h"
 
 tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err);
-/* tl_tokenizer_open, tl_tokenizer_free, tl_tokenize, tl_token_to_piece, tl_tok_is_eog and
- * tl_tok_text_bytes: include/tailor.h. */
+/* tl_tokenizer_open, tl_tokenizer_free, tl_tokenize, tl_tokenize_all, tl_token_to_piece,
+ * tl_tok_is_eog and tl_tok_text_bytes: include/tailor.h. */
 
 int32_t tl_tok_n_vocab(const tl_tokenizer *t);
 int32_t tl_tok_bos(const tl_tokenizer *t); /* -1 if none */

@@ -51,8 +51,8 @@ void tl_kv_policy_default(tl_kv_layer_policy *p, tl_kv_kind kind);
 void tl_kv_policy_normalize(tl_kv_layer_policy *p);
 bool tl_kv_policy_equal(const tl_kv_layer_policy *a, const tl_kv_layer_policy *b);
 
-/* tl_kv_plan (one policy per layer) and tl_kv_plan_parse / _format / _free are part of the
- * public face: include/tailor.h. */
+/* tl_kv_plan (one policy per layer), tl_kv_plan_parse / _format / _format_layer / _free and
+ * tl_kv_policy_check are part of the public face: include/tailor.h. */
 /* JSON plan text (`where` names it in errors, e.g. the file path); base = default before "default". */
 int tl_kv_plan_parse_json(tl_kv_plan *plan, const char *json, const char *where, int n_layers, tl_error *err);
 /* Apply "0=k8v8,1-3=k2v2" to a plan. */
