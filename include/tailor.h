@@ -417,6 +417,25 @@ typedef struct {
 
 void tl_eval_job_clear(tl_eval_job *j);
 
+/* How a list of jobs runs: sessions made with `session` (its KV plan, chunk, device, budget;
+ * each session's context is that of its longest prompt and answer, its threads a share of
+ * n_threads), side by side, shared prompt prefixes reused. */
+typedef struct {
+    tl_session_params session;
+    int n_threads;   /* in total; 0 = all CPUs */
+    int n_parallel;  /* sessions side by side (fewer when they would not fit in memory) */
+    bool no_reuse;   /* recompute shared prefixes */
+    bool progress;   /* a progress bar labelled with the run's name on stderr */
+    bool print_mem;  /* each session's memory report (tl_session_print_memory) after its last job */
+} tl_eval_params;
+
+/* Run the jobs (src/eval/runner.c); fills their outputs (free with tl_eval_job_clear); *seconds
+ * gets the wall time. */
+int tl_eval_run(tl_model *m, const tl_eval_params *p, const char *label, tl_eval_job *jobs, int n_jobs, double *seconds,
+                tl_error *err);
+/* Whether shared prompt prefixes are reused under p (the sessions can truncate). */
+bool tl_eval_can_reuse(const tl_eval_params *p);
+
 /* Result lines (src/eval/report.h): {"cmd", "config", "metric", "value", "n", "seconds",
  * ...extra, "lo", "hi"} appended to path (created if missing) in a single write; config and
  * extra (may be NULL) are copied, not taken. */
@@ -457,6 +476,30 @@ typedef struct {
      * Median, 99th percentile and max describe this text's KLD distribution: no interval. */
     tl_interval ci_ppl_base, ci_ppl_new, ci_ratio, ci_ln_ratio, ci_kld, ci_abs_dp, ci_rms_dp, ci_same_top1;
 } tl_kld_stats;
+
+typedef struct {
+    int n_ctx;            /* window in tokens (the session's context) */
+    int max_windows;      /* <= 0: all (with kl_read: as many as the baseline holds) */
+    const char *kl_write; /* write this run's top-K log-probabilities as a baseline here */
+    int kl_top_k;         /* K of a baseline written */
+    const char *kl_read;  /* compare this run with the baseline here */
+    bool progress;        /* a progress bar on stderr */
+} tl_ppl_params;
+
+typedef struct {
+    tl_ppl_result res;
+    bool kld;             /* a baseline was written or read */
+    int kl_top_k;         /* its K */
+    tl_kld_stats kl;      /* kl_read: this run against the baseline */
+    tl_session *session;  /* the session that ran (for its memory report); freed with the report */
+} tl_ppl_report;
+
+/* The perplexity of ids[0..n_ids) (tokenized with BOS) in windows of p->n_ctx tokens, on a
+ * session made with sp (its n_ctx replaced by the window), writing or comparing a KL baseline.
+ * A baseline is opened (and checked against this run) before the session is made. */
+int tl_perplexity_run(tl_model *m, const tl_session_params *sp, const int32_t *ids, int64_t n_ids,
+                      const tl_ppl_params *p, tl_ppl_report *out, tl_error *err);
+void tl_ppl_report_free(tl_ppl_report *r);
 
 
 /* ---- Calibration (src/calibrate.c, src/calibrate_keys.c) ---- */

@@ -15,7 +15,7 @@
 static inline int tl_ppl_rows_per_window(int n_ctx) { return n_ctx - 1 - n_ctx / 2; }
 
 /* tl_ppl_result (windows and tokens scored, each scored token's NLL, PPL and its standard
- * error): include/tailor.h. */
+ * error), and tl_perplexity_run, the whole command with a KL baseline: include/tailor.h. */
 
 /* Called with the log-probabilities (each row log-softmaxed, tl_kld_log_softmax's arithmetic)
  * of a window's scored positions, in order, a piece of rows at a time (n_rows rows of n_vocab,

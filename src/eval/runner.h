@@ -22,7 +22,8 @@
 typedef int (*tl_truncate_fn)(tl_session *s, int n_tokens, tl_error *err);
 typedef tl_session *(*tl_session_factory)(void *ctx, int n_ctx, int n_threads, tl_error *err);
 
-/* tl_eval_job, one prompt and its answer: include/tailor.h. */
+/* tl_eval_job, one prompt and its answer: include/tailor.h (with tl_eval_run, which runs a list of
+ * them on sessions made from tl_eval_params through this runner). */
 
 typedef struct {
     tl_model *model;
