@@ -17,8 +17,8 @@
  *
  * Sections, bottom up: errors and shared helpers; weight formats; models and tokenizers; KV
  * plans; sessions and their memory; sampling; evaluation (jobs, tasks, scores, intervals,
- * result lines, perplexity); calibration; weights (quantize, synth); the server; the Pareto
- * sweep's axes. Every call that can fail takes a tl_error*
+ * result lines, perplexity); calibration; weights (quantize, synth); the model report of
+ * `tailor info`; the server; the Pareto sweep's axes. Every call that can fail takes a tl_error*
  * (may be NULL) and returns non-zero (or NULL) with a message that says what and where.
  * Parameters are parsed values (numbers, a parsed tl_kv_plan): text is parsed once, by the
  * caller, with the parsers declared here. */
@@ -642,6 +642,31 @@ int tl_synth_parse_type(const char *name, tl_type *out, tl_error *err);
 int tl_synth_parse_weights(const char *name, tl_synth_params *p, tl_error *err);
 /* Write a GGUF with random weights and the shape's metadata (temp file + rename). */
 int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err);
+
+/* ---- The model report of `tailor info` (src/info.c) ----
+ * What is in a GGUF file (metadata, tensors), the model tailor reads from it, and the memory a
+ * session would need (the planner's projection, computed without allocating); or the same
+ * for a synth shape, no file needed. */
+typedef struct tl_info tl_info;
+
+typedef struct {
+    const char *path;             /* a GGUF file, or NULL and ... */
+    const tl_synth_shape *shape;  /* ... a shape */
+    tl_type type;                 /* the shape's weight format */
+    int n_layer;                  /* the shape's layers (0 = all) */
+} tl_info_params;
+
+/* Reads the file (its header and metadata; the model too when tailor can run it) or the shape. */
+tl_info *tl_info_open(const tl_info_params *p, tl_error *err);
+void tl_info_free(tl_info *I);
+/* Whether there is a model tailor can run (else why is in the report), and its layers. */
+bool tl_info_has_model(const tl_info *I);
+int tl_info_n_layer(const tl_info *I);
+/* The memory of a session of n_ctx tokens (0 = the training context) and chunk (0 = 512)
+ * under plan, added to the report. Errors name the layer whose policy does not fit. */
+int tl_info_memory(tl_info *I, const tl_kv_plan *plan, int n_ctx, int chunk, tl_error *err);
+/* The report as markdown or JSON (the same facts); tensors: every tensor, not only by type. */
+void tl_info_print(const tl_info *I, FILE *f, bool json, bool tensors);
 
 /* ---- The OpenAI-compatible HTTP server (src/server/server.h, docs/server.md) ----
  * Fill tl_server_params, tl_server_start, then wait (signals) and tl_server_stop. */
