@@ -580,6 +580,15 @@ void tl_quantize_default_params(tl_quantize_params *p);
 
 typedef struct tl_awq_group tl_awq_group; /* one layer's group of matrices (src/awq.h) */
 
+/* AWQ's effect over the groups it scaled. */
+typedef struct {
+    int applied;        /* groups scaled */
+    int clipped;        /* of them, with clipping kept */
+    int skipped_o;      /* o projections skipped (grouped-query attention) */
+    double err_rtn;     /* mean relative output error with plain w4g128 RTN ... */
+    double err_awq;     /* ... and with AWQ (0 when none applied) */
+} tl_awq_summary;
+
 typedef struct {
     int n_tensors;          /* in the file */
     int n_quantized;        /* re-encoded to the target type */
@@ -590,6 +599,7 @@ typedef struct {
     uint64_t type_count[TL_TYPE_COUNT], type_bytes[TL_TYPE_COUNT]; /* output tensors per type */
     tl_awq_group *awq_groups; /* AWQ: one per layer and group */
     int n_awq_groups;
+    tl_awq_summary awq;     /* AWQ: summed over awq_groups */
     int64_t awq_tokens;
     int awq_samples;
     double seconds, awq_seconds;

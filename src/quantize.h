@@ -20,7 +20,7 @@
 
 #include "awq.h"
 
-/* tl_quantize_params, tl_quantize_report and the calls that take them
+/* tl_quantize_params, tl_quantize_report (with its AWQ summary) and the calls that take them
  * (tl_quantize_default_params, tl_quantize_parse_type, tl_quantize_file,
  * tl_quantize_report_free): include/tailor.h. */
 
