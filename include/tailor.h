@@ -18,7 +18,7 @@
  * Sections, bottom up: errors and shared helpers; weight formats; models and tokenizers; KV
  * plans; sessions and their memory; sampling; evaluation (jobs, tasks, scores, intervals,
  * result lines, perplexity); calibration; weights (quantize, synth); the model report of
- * `tailor info`; the server; the Pareto sweep's axes. Every call that can fail takes a tl_error*
+ * `tailor info`; the server; the Pareto sweep. Every call that can fail takes a tl_error*
  * (may be NULL) and returns non-zero (or NULL) with a message that says what and where.
  * Parameters are parsed values (numbers, a parsed tl_kv_plan): text is parsed once, by the
  * caller, with the parsers declared here. */
@@ -738,7 +738,11 @@ const tl_server_params *tl_server_params_in_use(const tl_server *s);
  * template in use ("chatml", "gemma", "llama3", "none", "unsupported"). */
 void tl_server_slot_memory(tl_server *s, tl_session_mem *out, int *n_ctx, const char **chat);
 
-/* ---- The KV Pareto sweep (src/pareto/, docs/pareto.md) ---- */
+/* ---- The KV Pareto sweep (src/pareto/, docs/pareto.md) ----
+ * Weight format x KV policy x prefill chunk on one model: memory, accuracy relative to the f16
+ * baseline and speed of each configuration, the frontier, a report. Each configuration runs
+ * in a child process (this program re-executed with the child arguments), so a crash or an
+ * out-of-memory kill is recorded as that configuration's failure. */
 
 /* Axes for a cartesian grid. Lists are comma-separated; NULL = the default of that axis.
  * Modifier axes (gran, group, residual, smooth, rot) apply to quantized KV specs only. */
@@ -752,6 +756,36 @@ typedef struct {
     const char *rot;      /* "0,1" */
     const char *chunk;    /* "64,256,full" */
 } tl_pareto_axes;
+
+#define TL_PARETO_MAX_DEPTHS 32
+#define TL_PARETO_MAX_MERGE 64
+
+typedef struct {
+    const char *model, *text, *haystack, *out, *grid_file, *grid_size, *tasks, *project_to, *calib,
+        *weights_files, *only, *baseline, *skip_tasks;
+    tl_pareto_axes axes;
+    int ctx, target_ctx, threads, jobs, windows, tail, n_decode, niah_samples, ruler_samples;
+    double depths[TL_PARETO_MAX_DEPTHS];
+    int n_depths;
+    double budget, max_loss; /* bytes (0: none); a fraction (< 0: none) */
+    bool resume, emit, use_speed, dry_run;
+    uint64_t seed;
+    const char *merge[TL_PARETO_MAX_MERGE];
+    int n_merge;
+    /* how a configuration's process is started: this program (exe) and its arguments (argv[0]
+     * included) before the configuration's own (--only ID [--skip-tasks T] -t N --child
+     * --baseline B) */
+    const char *exe;
+    const char *const *child_args;
+    int n_child_args;
+} tl_pareto_sweep_params;
+
+/* The parts of `tailor pareto`. Each prints its progress and errors ("tailor pareto: ...") and
+ * returns the command's exit status: 0, 1 (a failure) or 2 (bad input). */
+int tl_pareto_sweep(const tl_pareto_sweep_params *p);  /* the grid, run (or --dry-run, --emit-jobs), the report */
+int tl_pareto_child(const tl_pareto_sweep_params *p);  /* one configuration, p->only, in this process */
+int tl_pareto_merge(const tl_pareto_sweep_params *p);  /* --merge: p->merge into p->out, and the report */
+int tl_pareto_report(const tl_pareto_sweep_params *p); /* --report: the report of p->out */
 
 
 #ifdef __cplusplus

@@ -308,3 +308,22 @@ void tl_cli_print_mem(FILE *f, const tl_session *s) {
                 g.device, mib(g.weights), mib(g.workspace), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free), mib(g.dev_total));
     }
 }
+
+const char *tl_default_haystack(void) {
+    static const char *const cands[] = {"../shared/data/pg_essays", "../../shared/data/pg_essays",
+                                        "/work/shared/data/pg_essays"};
+    const char *env = getenv("TL_SHARED");
+    static char buf[4096];
+    if (env && *env) {
+        snprintf(buf, sizeof buf, "%s/data/pg_essays", env);
+        return buf;
+    }
+    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++) {
+        FILE *f = fopen(cands[i], "r");
+        if (f) {
+            fclose(f);
+            return cands[i];
+        }
+    }
+    return cands[0];
+}

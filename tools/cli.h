@@ -83,6 +83,10 @@ tl_session *tl_cli_session_plan(tl_model *m, const tl_cli_common *c, const tl_kv
 /* Print the memory report of a session (stderr). */
 void tl_cli_print_mem(FILE *f, const tl_session *s);
 
+/* The NIAH/RULER haystack folder when --haystack is not given: $TL_SHARED/data/pg_essays, else
+ * the first of the shared folder's usual places that exists. */
+const char *tl_default_haystack(void);
+
 int tl_cmd_generate(int argc, char **argv);
 int tl_cmd_perplexity(int argc, char **argv);
 int tl_cmd_bench(int argc, char **argv);

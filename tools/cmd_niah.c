@@ -24,26 +24,6 @@ static void help(void) {
     tl_eval_cli_help(stdout);
 }
 
-const char *tl_default_haystack(void);
-const char *tl_default_haystack(void) {
-    static const char *const cands[] = {"../shared/data/pg_essays", "../../shared/data/pg_essays",
-                                        "/work/shared/data/pg_essays"};
-    const char *env = getenv("TL_SHARED");
-    static char buf[4096];
-    if (env && *env) {
-        snprintf(buf, sizeof buf, "%s/data/pg_essays", env);
-        return buf;
-    }
-    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++) {
-        FILE *f = fopen(cands[i], "r");
-        if (f) {
-            fclose(f);
-            return cands[i];
-        }
-    }
-    return cands[0];
-}
-
 /* The mean score of length li and depth di (-1: all of them) with its 95% interval; scores
  * are in job order: length, depth, sample. */
 static tl_interval subset(const double *score, int nl, int nd, int samples, int li, int di) {

@@ -11,8 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *tl_default_haystack(void); /* cmd_niah.c */
-
 static void help(void) {
     printf("usage: tailor ruler -m MODEL [--tasks T1,T2,...] [-c LEN | --lengths 4k,8k] [-n SAMPLES] [-s SEED]\n"
            "       [--haystack DIR] [--json F]\n"

@@ -13,7 +13,9 @@
  *
  * Split: grid.c (configurations, grid files, default grid), frontier.c (dominance, picks),
  * runner.c (one configuration in-process: the child side), report.c (results.jsonl
- * aggregation, frontier.csv, report.md), plot.c (SVG and PNG). */
+ * aggregation, frontier.csv, report.md), plot.c (SVG and PNG), sweep.c (the sweep: the grid,
+ * the weights, a process per configuration, resume, the report; its entry points are in
+ * include/tailor.h). */
 #ifndef TL_PARETO_H
 #define TL_PARETO_H
 
@@ -52,7 +54,8 @@ int tl_pareto_config_from_id(const char *id, tl_pareto_config *c);
 int tl_pareto_grid_add(tl_pareto_grid *g, const tl_pareto_config *c);
 void tl_pareto_grid_free(tl_pareto_grid *g);
 
-/* tl_pareto_axes (comma lists per axis, NULL = the axis's default): include/tailor.h. */
+/* tl_pareto_axes (comma lists per axis, NULL = the axis's default) and the sweep itself
+ * (tl_pareto_sweep_params, tl_pareto_sweep, _child, _merge, _report; sweep.c): include/tailor.h. */
 
 int tl_pareto_grid_from_axes(tl_pareto_grid *g, const tl_pareto_axes *a, tl_error *err);
 /* Grid file (JSON): {"axes": {"weights": [...], "kv": [...], "chunk": [256, "full"], ...},
