@@ -501,7 +501,6 @@ int tl_perplexity_run(tl_model *m, const tl_session_params *sp, const int32_t *i
                       const tl_ppl_params *p, tl_ppl_report *out, tl_error *err);
 void tl_ppl_report_free(tl_ppl_report *r);
 
-
 /* ---- Calibration (src/calibrate.c, src/calibrate_keys.c) ---- */
 
 /* TailorKV's per-layer dense/sparse identification: the attention mass outside each of the
@@ -786,7 +785,6 @@ int tl_pareto_sweep(const tl_pareto_sweep_params *p);  /* the grid, run (or --dr
 int tl_pareto_child(const tl_pareto_sweep_params *p);  /* one configuration, p->only, in this process */
 int tl_pareto_merge(const tl_pareto_sweep_params *p);  /* --merge: p->merge into p->out, and the report */
 int tl_pareto_report(const tl_pareto_sweep_params *p); /* --report: the report of p->out */
-
 
 #ifdef __cplusplus
 }

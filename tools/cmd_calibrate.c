@@ -2,8 +2,6 @@
  * the plan (JSON, for --kv tailor:plan=FILE) and an SVG bar chart of the scores. With --auto B,
  * the key layout of each layer for auto:B instead (a plan for --kv FILE). */
 #include "cli.h"
-#include "../src/calibrate.h"
-#include "../src/kv/tailor_plan.h"
 
 #include <limits.h>
 #include <math.h>
@@ -34,21 +32,20 @@ static int calibrate_auto(const tl_cli_common *c, const char *spec, bool gpu, co
     int rc = 1;
     size_t text_len = 0;
     char *text = NULL, *json = NULL, full[64];
-    tl_kv_layer_policy *pol = NULL;
+    tl_kv_plan plan = {0};
     snprintf(full, sizeof full, "auto:%s", spec);
-    tl_kv_layer_policy a;
     tl_model *m = NULL;
-    if (tl_kv_policy_parse(full, &a, &err)) {
+    if (tl_kv_policy_check(full, &err)) {
         tl_fail_prefix(&err, "--auto");
         goto done;
     }
     if (!(m = tl_model_load(c->model, &err))) goto done;
-    if (c->file && !(text = tl_cli_prompt_text(c, m, TL_KV_AUTO_CALIB_TOKENS, &text_len, &err))) goto done;
-    const int L = m->cfg.n_layer;
-    pol = tl_xmalloc(sizeof *pol * (size_t)L);
-    for (int i = 0; i < L; i++) pol[i] = a;
+    if (c->file && !(text = tl_cli_prompt_text(c, tl_model_tokenizer(m), TL_KV_AUTO_CALIB_TOKENS, &text_len, &err)))
+        goto done;
+    const int L = tl_model_n_layer(m);
+    if (tl_kv_plan_parse(&plan, full, NULL, L, &err)) goto done; /* every layer auto:SPEC */
     tl_kv_auto_report rep;
-    if (tl_kv_auto_resolve(m, pol, text, text_len, gpu, c->n_threads, &rep, &err)) goto done;
+    if (tl_kv_auto_resolve(m, plan.layers, text, text_len, gpu, c->n_threads, &rep, &err)) goto done;
     char line[512];
     tl_kv_auto_summary(&rep, line, sizeof line);
     printf("auto:%s on %s (%s): %s\n", spec, c->model, c->file ? c->file : "built-in text", line);
@@ -62,10 +59,10 @@ static int calibrate_auto(const tl_cli_common *c, const char *spec, bool gpu, co
             else printf(" %13.4f%s", rep.err[il][i], i == rep.chosen[il] ? "*" : " ");
         }
         char pname[128];
-        tl_kv_policy_format(&pol[il], pname, sizeof pname);
+        tl_kv_plan_format_layer(&plan, il, pname, sizeof pname);
         printf("  %s\n", rep.chosen[il] < 0 ? "(sliding window: dense)" : pname);
     }
-    json = tl_kv_auto_plan_json(&rep, pol, full, c->file ? c->file : "built-in");
+    json = tl_kv_auto_plan_json(&rep, plan.layers, full, c->file ? c->file : "built-in");
     size_t jl = strlen(json);
     json = tl_xrealloc(json, jl + 2);
     json[jl++] = '\n';
@@ -77,7 +74,7 @@ done:
     if (rc) fprintf(stderr, "tailor calibrate: %s\n", err.msg);
     free(json);
     free(text);
-    free(pol);
+    tl_kv_plan_free(&plan);
     tl_model_free(m);
     return rc;
 }
@@ -184,14 +181,15 @@ int tl_cmd_calibrate(int argc, char **argv) {
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
     const int ctx = c.n_ctx > 0 ? c.n_ctx : 4096;
-    if (!(text = tl_cli_prompt_text(&c, m, ctx, &text_len, &err))) goto done;
-    if (!(ids = tl_cli_tokenize(m, text, text_len, true, &n_tok, &err))) goto done;
+    const tl_tokenizer *tok = tl_model_tokenizer(m);
+    if (!(text = tl_cli_prompt_text(&c, tok, ctx, &text_len, &err))) goto done;
+    if (!(ids = tl_tokenize_all(tok, text, text_len, true, &n_tok, &err))) goto done;
     const int n = (int)TL_MIN((size_t)ctx, n_tok);
     if (n < n_q + 1) {
         tl_fail(&err, "%s: %d tokens; need more than --nq %d", c.file, n, n_q);
         goto done;
     }
-    const int L = m->cfg.n_layer;
+    const int L = tl_model_n_layer(m);
     scores = tl_xcalloc((size_t)L, sizeof(double));
     window = tl_xcalloc((size_t)L, sizeof(bool));
     kinds = tl_xcalloc((size_t)L, sizeof(int));

@@ -5,9 +5,6 @@
  * CSV / JSON / SVG heatmap and result lines on request. */
 #define _GNU_SOURCE
 #include "eval_cli.h"
-#include "../include/tailor.h"
-#include "../src/eval/stats.h"
-#include "../src/eval/tasks.h"
 
 #include <limits.h>
 #include <math.h>
@@ -51,8 +48,7 @@ int tl_cmd_niah(int argc, char **argv) {
     tl_eval_cli e;
     tl_eval_cli_init(&e);
     int lengths[MAX_GRID] = {1024, 2048, 4096, 8192}, nl = 4, samples = 1;
-    double depths[MAX_GRID] = {0, 0.25, 0.5, 0.75, 1}, nd_unused = 0;
-    (void)nd_unused;
+    double depths[MAX_GRID] = {0, 0.25, 0.5, 0.75, 1};
     int nd = 5;
     const char *hay_dir = NULL, *csv = NULL, *json = NULL, *svg = NULL, *needle = "passkey";
     e.c.sp.seed = 1234;
@@ -110,7 +106,8 @@ int tl_cmd_niah(int argc, char **argv) {
     const tl_task_kind kind = !strcmp(needle, "passkey") ? TL_TASK_PASSKEY : TL_TASK_NIAH_SINGLE;
     if (tl_eval_cli_load(&e, &err)) goto done;
     const double tl0 = tl_time_s();
-    if (tl_haystack_from_dir(&hay, e.model->tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
+    const tl_tokenizer *tok = tl_model_tokenizer(e.model);
+    if (tl_haystack_from_dir(&hay, tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
     fprintf(stderr, "niah: haystack %s: %d sentences, %lld tokens (%.1f s)\n", hay_dir, hay.n_sent,
             (long long)hay.n_ids, tl_time_s() - tl0);
     for (int li = 0, k = 0; li < nl; li++)
@@ -119,7 +116,7 @@ int tl_cmd_niah(int argc, char **argv) {
                 /* one seed per (sample, depth, length): reproducible cell by cell */
                 const uint64_t seed = e.c.sp.seed * 1000003ull + (uint64_t)si * 7919 + (uint64_t)di * 104729 +
                                       (uint64_t)lengths[li] * 31;
-                if (tl_task_generate(&ts[k], kind, e.model->tok, &hay, lengths[li], depths[di], seed, &err)) {
+                if (tl_task_generate(&ts[k], kind, tok, &hay, lengths[li], depths[di], seed, &err)) {
                     tl_fail_prefix(&err, "length %d depth %g", lengths[li], depths[di]);
                     goto done;
                 }
