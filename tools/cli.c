@@ -7,7 +7,6 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 void tl_cli_common_init(tl_cli_common *c) {
     memset(c, 0, sizeof *c);

@@ -3,7 +3,6 @@
  * the key layout of each layer for auto:B instead (a plan for --kv FILE). */
 #include "cli.h"
 
-#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

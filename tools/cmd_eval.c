@@ -16,10 +16,8 @@
 
 #include <ctype.h>
 #include <limits.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 void tl_eval_cli_init(tl_eval_cli *e) {
     memset(e, 0, sizeof *e);

@@ -6,8 +6,6 @@
 #define _GNU_SOURCE
 #include "eval_cli.h"
 
-#include <limits.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 

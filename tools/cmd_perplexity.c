@@ -6,8 +6,6 @@
  * then never silently turn a comparison into a new baseline. */
 #include "eval_cli.h"
 
-#include <limits.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
