@@ -20,8 +20,9 @@
  * result lines, perplexity); calibration; weights (quantize, synth); the model report of
  * `tailor info`; the server; the Pareto sweep. Every call that can fail takes a tl_error*
  * (may be NULL) and returns non-zero (or NULL) with a message that says what and where.
- * Parameters are parsed values (numbers, a parsed tl_kv_plan): text is parsed once, by the
- * caller, with the parsers declared here. */
+ * Parameters hold values parsed once, at the edge, with the parsers declared here (numbers,
+ * sizes in bytes, a tl_kv_plan, a tl_type, a synth shape); what stays text (a Pareto grid's
+ * axis lists, a chat template's name) is read by the call that takes it. */
 #ifndef TAILOR_H
 #define TAILOR_H
 
@@ -132,14 +133,15 @@ typedef enum {
     TL_TYPE_COUNT = 128 /* upper bound on ids; not a type */
 } tl_type;
 
-const char *tl_type_name(int type_id); /* "q4_K" etc. as llama.cpp prints; thread-safe: static strings only; unknown -> "unknown" */
+/* "q4_K" etc. as llama.cpp prints them, "unknown" for an id that is no type (static strings). */
+const char *tl_type_name(int type_id);
 /* Storage cost of a weight type in bits per value (block overhead included), 0 if unknown:
  * f16 16, q8_0 8.5, q4_0 4.5, q4_K 4.5, w4g128 4.25. */
 double tl_type_bits_per_weight(tl_type t);
 
 /* ---- Models and tokenizers (src/model.c, src/tokenizer.c) ---- */
 
-#define TL_MAX_LAYERS 256
+#define TL_MAX_LAYERS 256 /* the most layers a model may have */
 
 tl_model *tl_model_load(const char *path, tl_error *err);
 void tl_model_free(tl_model *m);
@@ -311,7 +313,7 @@ tl_interval tl_score_interval(const double *scores, int64_t n);
 tl_interval tl_ppl_interval(const double *nll, int64_t n);
 
 /* How a PPL ratio interval reads:
- *   TL_VERDICT_NO_LOSS: the interval contains 1, or lies within 1 +/- TL_STATS_RATIO_RESOLUTION;
+ *   TL_VERDICT_NO_LOSS: the interval contains 1, or lies within 1 +/- 1e-4 (stats.h);
  *   TL_VERDICT_LOSS:    it lies above 1 (and reaches beyond the resolution);
  *   TL_VERDICT_LOWER:   it lies below 1 (and beyond the resolution): reported as "measured
  *                       lower perplexity than base" with the interval, never as a gain. */
@@ -417,13 +419,14 @@ typedef struct {
 
 void tl_eval_job_clear(tl_eval_job *j);
 
-/* How a list of jobs runs: sessions made with `session` (its KV plan, chunk, device, budget;
- * each session's context is that of its longest prompt and answer, its threads a share of
- * n_threads), side by side, shared prompt prefixes reused. */
+/* How a list of jobs runs: on sessions made with `session` (its KV plan, chunk, device, budget;
+ * the context is the longest job's prompt and continuation, the threads a share of n_threads),
+ * side by side, each taking a contiguous block of jobs, shared prompt prefixes reused. */
 typedef struct {
     tl_session_params session;
     int n_threads;   /* in total; 0 = all CPUs */
-    int n_parallel;  /* sessions side by side (fewer when they would not fit in memory) */
+    int n_parallel;  /* sessions side by side (fewer when the planner says they would not fit
+                        in 80% of the available memory) */
     bool no_reuse;   /* recompute shared prefixes */
     bool progress;   /* a progress bar labelled with the run's name on stderr */
     bool print_mem;  /* each session's memory report (tl_session_print_memory) after its last job */
@@ -431,8 +434,8 @@ typedef struct {
 
 /* Run the jobs (src/eval/runner.c); fills their outputs (free with tl_eval_job_clear); *seconds
  * gets the wall time. */
-int tl_eval_run(tl_model *m, const tl_eval_params *p, const char *label, tl_eval_job *jobs, int n_jobs, double *seconds,
-                tl_error *err);
+int tl_eval_run(tl_model *m, const tl_eval_params *p, const char *label, tl_eval_job *jobs, int n_jobs,
+                double *seconds, tl_error *err);
 /* Whether shared prompt prefixes are reused under p (the sessions can truncate). */
 bool tl_eval_can_reuse(const tl_eval_params *p);
 

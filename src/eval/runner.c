@@ -263,8 +263,8 @@ static uint64_t eval_session_bytes(void *ctx, int n_ctx) {
     const tl_kv_plan *kv = e->p->session.kv;
     tl_mem_plan *mp = tl_xcalloc(1, sizeof *mp);
     tl_error err;
-    const uint64_t total =
-        tl_plan_memory(&t, n_ctx, e->p->session.chunk, kv ? kv->layers : NULL, -1, mp, &err) ? 0 : mp->kv + mp->activations;
+    const int fails = tl_plan_memory(&t, n_ctx, e->p->session.chunk, kv ? kv->layers : NULL, -1, mp, &err);
+    const uint64_t total = fails ? 0 : mp->kv + mp->activations;
     free(mp);
     return total;
 }

@@ -12,7 +12,6 @@
  * --merge combines the results.jsonl of several runs. */
 #define _GNU_SOURCE
 #include "pareto.h"
-#include "../quantize.h"
 
 #include <errno.h>
 #include <fcntl.h>
