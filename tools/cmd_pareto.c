@@ -41,7 +41,7 @@ const char *tl_default_haystack(void); /* cmd_niah.c */
 
 typedef struct {
     const char *model, *text, *haystack, *out, *grid_file, *grid_size, *tasks, *project_to, *calib, *weights_files,
-        *only, *baseline, *skip_tasks;
+        *only, *baseline, *skip_tasks, *device;
     tl_pareto_axes axes;
     int ctx, target_ctx, threads, jobs, windows, tail, n_decode, niah_samples, ruler_samples;
     double depths[MAX_DEPTHS];
@@ -72,7 +72,9 @@ static void help(void) {
            "         q4_0=FILE,awq=FILE. 'base' is the model as given.\n"
            "  --windows N (2) --ppl-tail N (second half) --decode N (16) --niah-depths 0,25,50,75,100\n"
            "  --niah-samples N (4 per depth) --ruler-samples N (4) --haystack DIR -f TEXT (default: the haystack)\n"
-           "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n");
+           "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n"
+           "  --device cpu|cuda: run the configurations on GPU 0; memory is then the device's by part\n"
+           "         (weights as uploaded, KV device tier, activations + workspace) beside the planner's\n");
 }
 
 static int parse_args(opts *o, int argc, char **argv) {
@@ -138,6 +140,7 @@ static int parse_args(opts *o, int argc, char **argv) {
             else if (FLAG("--chunks") || FLAG("--chunk")) o->axes.chunk = v;
             else if (tl_cli_is(&tl_flag_ctx, a)) bad = tl_cli_flag_int(&tl_flag_ctx, a, v, &o->ctx);
             else if (FLAG("--target-ctx")) bad = tl_cli_int(a, v, 0, 1 << 26, &o->target_ctx);
+            else if (FLAG("--device")) bad = tl_cli_device(a, v, &o->device);
             else if (tl_cli_is(&tl_flag_threads, a)) bad = tl_cli_flag_int(&tl_flag_threads, a, v, &o->threads);
             else if (FLAG("-j") || tl_cli_is(&tl_flag_parallel, a)) bad = tl_cli_flag_int(&tl_flag_parallel, a, v, &o->jobs);
             else if (FLAG("--windows") || FLAG("--chunks-ppl")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->windows);
@@ -380,7 +383,7 @@ static int run_child(const opts *o) {
         .ppl_windows = o->windows, .ppl_tail = o->tail, .n_decode = o->n_decode, .niah_samples = o->niah_samples,
         .niah_depths = o->depths, .n_niah_depths = o->n_depths, .ruler_samples = o->ruler_samples,
         .n_threads = o->threads, .seed = o->seed, .target_ctx = o->target_ctx, .project_to = o->project_to,
-        .skip_tasks = o->skip_tasks};
+        .skip_tasks = o->skip_tasks, .device = o->device};
     tl_error err = {{0}};
     int rc = tl_pareto_run_config(&c, &p, &err);
     if (rc && err.msg[0]) fprintf(stderr, "pareto: %s: %s\n", c.id, err.msg);
