@@ -73,4 +73,27 @@ char *tl_kv_auto_plan_json(const tl_kv_auto_report *rep, const tl_kv_layer_polic
 /* One line: how many layers took each layout, the calibration's size and time, the worst error. */
 void tl_kv_auto_summary(const tl_kv_auto_report *rep, char *buf, size_t n);
 
+/* ---- Where a quantized KV policy's error comes from (calibrate_keys.c) ----
+ *
+ * The same recording prefill over n tokens, then for every layer whose policy quantizes
+ * (TL_KV_QUANT; sliding-window layers excepted) the relative attention error of the last
+ * n_rows queries, measured as above three times: keys quantized with values exact (err_k),
+ * values quantized with keys exact (err_v), and both (err_kv, also per query head). Tells
+ * whether a policy's loss comes from its keys or its values, and in which layers and heads
+ * (`tailor calibrate --diagnose SPEC`). */
+enum { TL_KV_DIAG_MAX_HEADS = 128 };
+typedef struct {
+    bool measured;
+    double err_k, err_v, err_kv;
+    int worst_head;        /* the query head with the largest err_kv */
+    double worst_head_err;
+} tl_kv_diag_layer;
+typedef struct {
+    int n_layer, n_tokens, n_rows;
+    tl_kv_diag_layer layer[TL_MAX_LAYERS];
+    double seconds;
+} tl_kv_diag_report;
+int tl_kv_diagnose(tl_model *m, const tl_kv_layer_policy *policies, const int32_t *ids, int n, int n_rows, int n_threads,
+                   tl_kv_diag_report *rep, tl_error *err);
+
 #endif
