@@ -555,6 +555,23 @@ char *tl_kv_auto_plan_json(const tl_kv_auto_report *rep, const tl_kv_layer_polic
 /* One line: how many layers took each layout, the calibration's size and time, the worst error. */
 void tl_kv_auto_summary(const tl_kv_auto_report *rep, char *buf, size_t n);
 
+/* Where a quantized KV policy's error comes from (src/calibrate.h): per layer that quantizes,
+ * the relative attention error of the last n_rows queries of ids[0..n) with the keys quantized
+ * (values exact), the values quantized (keys exact), and both (also per query head). */
+typedef struct {
+    bool measured;
+    double err_k, err_v, err_kv;
+    int worst_head;        /* the query head with the largest err_kv */
+    double worst_head_err;
+} tl_kv_diag_layer;
+typedef struct {
+    int n_layer, n_tokens, n_rows;
+    tl_kv_diag_layer layer[TL_MAX_LAYERS];
+    double seconds;
+} tl_kv_diag_report;
+int tl_kv_diagnose(tl_model *m, const tl_kv_layer_policy *policies, const int32_t *ids, int n, int n_rows,
+                   int n_threads, tl_kv_diag_report *rep, tl_error *err);
+
 /* ---- Weights: quantize (src/quantize.h, src/awq.h) and synthetic models (src/synth.h) ---- */
 
 typedef struct {
@@ -765,6 +782,7 @@ typedef struct {
 typedef struct {
     const char *model, *text, *haystack, *out, *grid_file, *grid_size, *tasks, *project_to, *calib,
         *weights_files, *only, *baseline, *skip_tasks;
+    const char *device; /* NULL / "cpu", or "cuda": configurations run on GPU 0 */
     tl_pareto_axes axes;
     int ctx, target_ctx, threads, jobs, windows, tail, n_decode, niah_samples, ruler_samples;
     double depths[TL_PARETO_MAX_DEPTHS];

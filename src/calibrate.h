@@ -42,4 +42,14 @@ extern const char tl_calib_builtin_text[];
  * entry of a plan by its layer's measured choice), tl_kv_auto_plan_json and tl_kv_auto_summary:
  * include/tailor.h. */
 
+/* ---- Where a quantized KV policy's error comes from (calibrate_keys.c) ----
+ *
+ * The same recording prefill over n tokens, then for every layer whose policy quantizes
+ * (TL_KV_QUANT; sliding-window layers excepted) the relative attention error of the last
+ * n_rows queries, measured as above three times: keys quantized with values exact (err_k),
+ * values quantized with keys exact (err_v), and both (err_kv, also per query head). Tells
+ * whether a policy's loss comes from its keys or its values, and in which layers and heads
+ * (`tailor calibrate --diagnose SPEC`). tl_kv_diag_report and tl_kv_diagnose: include/tailor.h. */
+enum { TL_KV_DIAG_MAX_HEADS = 128 }; /* query heads a diagnosis measures */
+
 #endif

@@ -63,6 +63,15 @@ int tl_cli_float(const char *flag, const char *s, float *out) {
     return 0;
 }
 
+int tl_cli_device(const char *flag, const char *v, const char **out) {
+    if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
+        fprintf(stderr, "tailor: %s: '%s' is not one of cpu, cuda\n", flag, v);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 int tl_cli_size(const char *flag, const char *s, uint64_t lo, uint64_t *out) {
     if (!tl_parse_size(s, out) && *out >= lo) return 0;
     fprintf(stderr, "tailor: %s: '%s' is not a size of at least %llu bytes (e.g. 24GiB = 24 x 2^30, 24GB = 24 x 10^9, "
@@ -202,11 +211,7 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
         return tl_cli_size(a, v, 1, &c->gpu_mem_budget) ? -1 : 1;
     } else if (!strcmp(a, "--device")) {
         VAL();
-        if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
-            fprintf(stderr, "tailor: --device: '%s' is not one of cpu, cuda\n", v);
-            return -1;
-        }
-        c->device = v;
+        return tl_cli_device(a, v, &c->device) ? -1 : 1;
     } else {
         return 0;
     }

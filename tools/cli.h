@@ -40,6 +40,8 @@ typedef struct {
     const char *names[5]; /* spellings, NULL after the last */
     int lo, hi;
 } tl_cli_flag;
+/* --device: "cpu" or "cuda" into *out; prints "tailor: FLAG: why" and returns -1 otherwise. */
+int tl_cli_device(const char *flag, const char *v, const char **out);
 extern const tl_cli_flag tl_flag_ctx;      /* -c --ctx-size [--ctx]: tokens, 0 = the model's training context */
 extern const tl_cli_flag tl_flag_chunk;    /* --chunk -b -ub --batch-size: prefill chunk in tokens */
 extern const tl_cli_flag tl_flag_threads;  /* -t --threads */

@@ -31,7 +31,9 @@ static void help(void) {
            "         q4_0=FILE,awq=FILE. 'base' is the model as given.\n"
            "  --windows N (2) --ppl-tail N (second half) --decode N (16) --niah-depths 0,25,50,75,100\n"
            "  --niah-samples N (4 per depth) --ruler-samples N (4) --haystack DIR -f TEXT (default: the haystack)\n"
-           "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n");
+           "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n"
+           "  --device cpu|cuda: run the configurations on GPU 0; memory is then the device's by part\n"
+           "         (weights as uploaded, KV device tier, activations + workspace) beside the planner's\n");
 }
 
 static int parse_args(tl_pareto_sweep_params *o, bool *child, bool *report_only, int argc, char **argv) {
@@ -98,6 +100,7 @@ static int parse_args(tl_pareto_sweep_params *o, bool *child, bool *report_only,
             else if (FLAG("--chunks") || FLAG("--chunk")) o->axes.chunk = v;
             else if (tl_cli_is(&tl_flag_ctx, a)) bad = tl_cli_flag_int(&tl_flag_ctx, a, v, &o->ctx);
             else if (FLAG("--target-ctx")) bad = tl_cli_int(a, v, 0, 1 << 26, &o->target_ctx);
+            else if (FLAG("--device")) bad = tl_cli_device(a, v, &o->device);
             else if (tl_cli_is(&tl_flag_threads, a)) bad = tl_cli_flag_int(&tl_flag_threads, a, v, &o->threads);
             else if (FLAG("-j") || tl_cli_is(&tl_flag_parallel, a)) bad = tl_cli_flag_int(&tl_flag_parallel, a, v, &o->jobs);
             else if (FLAG("--windows") || FLAG("--chunks-ppl")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->windows);

@@ -110,6 +110,8 @@ typedef struct {
     int target_ctx;          /* projection target (0 = none) */
     const char *project_to;  /* a GGUF path or a synth shape name ("llama-3.1-8b"), or NULL */
     const char *skip_tasks;  /* comma list of tasks already in results.jsonl (resume) */
+    const char *device;      /* NULL / "cpu", or "cuda": sessions on GPU 0, memory measured on the
+                                device by part and checked against the device planner */
 } tl_pareto_run_params;
 
 /* Run the tasks of one configuration and append one line per task to p->results. A task
@@ -161,6 +163,8 @@ typedef struct {
     double acc_lo, acc_hi; /* mean of the tasks' interval ends: conservative for the mean; the
                               frontier and the picks use acc_lo (the pessimistic end) */
     bool baseline, frontier;
+    char device[64];   /* GPU runs: the card ("" on the CPU) */
+    int device_plan;   /* GPU runs: 1 allocation == the planner's projection, 0 not, -1 unknown */
 } tl_pareto_row;
 
 typedef struct {
