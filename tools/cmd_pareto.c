@@ -20,7 +20,7 @@ static void help(void) {
            "  Sweeps configurations (weights x KV policy x prefill chunk); for each: memory (weights + KV +\n"
            "  peak activations, measured at -c and projected to --target-ctx), accuracy per task relative\n"
            "  to the f16 baseline, prefill/decode speed. Writes results.jsonl, frontier.csv, report.md,\n"
-           "  frontier.svg, frontier.png in OUTDIR.\n"
+           "  frontier.svg and (built with cairo) frontier.png in OUTDIR.\n"
            "  tasks: ppl (PPL + KLD of the last --ppl-tail tokens of --windows windows), niah (passkey at\n"
            "         --niah-depths), ruler (multikey, multivalue, multiquery, vt), or RULER task names\n"
            "  axis flags (comma lists, cartesian product): --weights base,f16,q8_0,q4_0,q4_K,w4g128,awq\n"

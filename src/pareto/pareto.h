@@ -212,8 +212,10 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
 /* which: memory axis 0 = measured at the evaluated context, 1 = projected to the target
  * context, 2 = projected to the --project-to model (frontier recomputed on that axis). */
 char *tl_pareto_svg(const tl_pareto_table *t, const char *title, int which);
-/* PNG of the same plot (own encoder: fixed-Huffman deflate with run matches, CRC-32,
- * Adler-32; 5x7 bitmap font). */
+/* The same plot drawn with cairo (DejaVu Sans text) and written as a PNG to path through
+ * tl_outfile (a temp file renamed when complete). Returns 0, or -1 with err -- always in a
+ * build without cairo (tl_pareto_have_png false; CMake finds cairo with pkg-config). */
 int tl_pareto_png(const tl_pareto_table *t, const char *title, int which, const char *path, tl_error *err);
+bool tl_pareto_have_png(void);
 
 #endif

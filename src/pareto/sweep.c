@@ -87,8 +87,12 @@ static int write_outputs(const tl_pareto_sweep_params *o, const char *const *fil
         fprintf(stderr, "tailor pareto: %s\n", err.msg);
         rc = 1;
     }
-    /* plots: at the evaluated context, and projected when there is a projection */
+    /* plots: at the evaluated context, and projected when there is a projection; PNG too when
+     * built with cairo */
     static const char *const names[3] = {"frontier", "frontier_target", "frontier_project_to"};
+    if (!rc && !tl_pareto_have_png())
+        fprintf(stderr, "pareto: note: PNG plots need cairo (this tailor was built without it: install libcairo2-dev "
+                        "and rebuild); writing the SVG plots only\n");
     for (int w = 0; w < 3 && !rc; w++) {
         if ((w == 1 && !t.target_ctx) || (w == 2 && !t.project_to[0])) continue;
         char stem[600], *sv;
@@ -100,9 +104,11 @@ static int write_outputs(const tl_pareto_sweep_params *o, const char *const *fil
         else if (w == 1) snprintf(tw, sizeof tw, "%s, memory projected to %d tokens", title, t.target_ctx);
         else snprintf(tw, sizeof tw, "%s, memory as %s at %d tokens", title, t.project_to, t.target_ctx);
         sv = tl_pareto_svg(&t, tw, w);
-        if (tl_write_file(svg, sv, strlen(sv), &err) || tl_pareto_png(&t, tw, w, png, &err)) {
+        if (tl_write_file(svg, sv, strlen(sv), &err) || (tl_pareto_have_png() && tl_pareto_png(&t, tw, w, png, &err))) {
             fprintf(stderr, "tailor pareto: %s\n", err.msg);
             rc = 1;
+        } else if (!tl_pareto_have_png() && unlink(png) == 0) {
+            fprintf(stderr, "pareto: removed %s (an earlier run's plot, no longer the SVG's data)\n", png);
         }
         free(sv);
         free(svg);
