@@ -643,6 +643,70 @@ static void tailor_model(const char *path) {
     tl_model_free(m);
 }
 
+/* Turns of a chat: phases[i] > 0 is a prompt of that many tokens (in chunks of `chunk`), < 0
+ * that many decode steps, so a prompt after generated tokens (the next turn) is included. The
+ * last-token logits of every eval, GPU against CPU. */
+static cmp_stats run_turns(tl_model *m, const char *kv, const int *phases, int n_phases, int chunk) {
+    cmp_stats st = {0};
+    int n_tok = 0;
+    for (int i = 0; i < n_phases; i++) n_tok += abs(phases[i]);
+    const int V = m->cfg.n_vocab;
+    tl_session *c = make(m, kv, n_tok + 8, chunk, "cpu"), *g = make(m, kv, n_tok + 8, chunk, "cuda");
+    CHECKF(c && g, "sessions for %s", kv);
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n_tok);
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    for (int i = 0; i < n_tok; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        tok[i] = (int32_t)(x % (uint64_t)V);
+    }
+    float *lc = malloc(sizeof(float) * (size_t)V), *lg = malloc(sizeof(float) * (size_t)V);
+    tl_error err;
+    int at = 0, rc = !(c && g);
+    for (int i = 0; i < n_phases && !rc; i++) {
+        const int n = abs(phases[i]), steps = phases[i] > 0 ? 1 : n, per = phases[i] > 0 ? n : 1;
+        for (int s = 0; s < steps && !rc; s++) {
+            for (int k = 0; k < V; k++) lg[k] = NAN;
+            rc = tl_session_eval(c, tok + at, per, lc, false, &err) || tl_session_eval(g, tok + at, per, lg, false, &err);
+            CHECKF(rc == 0, "%s phase %d (%+d) at token %d: %s", kv, i, phases[i], at, err.msg);
+            if (!rc) cmp(lg, lc, V, &st);
+            at += per;
+        }
+    }
+    if (rc) st.max_abs = st.rel_l2 = INFINITY;
+    free(lc);
+    free(lg);
+    free(tok);
+    tl_session_free(c);
+    tl_session_free(g);
+    return st;
+}
+
+/* TailorKV across chat turns on both devices: prompt, a few generated tokens, the next prompt
+ * (a prefill chunk after generated tokens: it attends the host tier, the generated tokens and
+ * itself), more tokens, a third prompt of two chunks. The same settings and bound as
+ * tailor_model. */
+static void tailor_turns(const char *path) {
+    tl_error err;
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m != NULL, "%s: %s", path, err.msg);
+    if (!m) return;
+    const char *kvs[] = {"tailor:summary=4,bits=2,topk=64", "tailor:summary=0,bits=2,topk=64"};
+    const int phases[] = {700, -5, 150, -5, 300, -4};
+    setenv("TL_CUDA_TC", "0", 1);
+    tl_quants_disable_avx512(true);
+    for (int i = 0; i < 2; i++) {
+        cmp_stats a = run_turns(m, kvs[i], phases, 6, 128);
+        printf("turns %s (prompt 700, 5 tokens, prompt 150, 5 tokens, prompt 300, 4 tokens): max |logit diff| %.3g, "
+               "rel L2 %.3g, top-1 agree %d/%d\n", kvs[i], a.max_abs, a.rel_l2, a.argmax_agree, a.rows);
+        CHECKF(a.rows == 17, "kv %s: %d of 17 evals compared", kvs[i], a.rows);
+        CHECKF(a.rel_l2 < 1e-3, "kv %s turns: relative L2 logit error %g", kvs[i], a.rel_l2);
+        CHECKF(a.argmax_agree == a.rows, "kv %s turns: top-1 differs", kvs[i]);
+    }
+    unsetenv("TL_CUDA_TC");
+    tl_quants_disable_avx512(false);
+    tl_model_free(m);
+}
+
 /* Decode over per-token codes on tensor cores (decode_mma.cu) against the general kernel (mode 1,
  * f32 over the same device codes): K/V code pairs 8/4/2 bits, groups 32/64/128, residual
  * rings 0/128/300 (the last tile partial, ring tokens in the tail block), head_dim 128 with
@@ -927,6 +991,7 @@ int main(void) {
     const char *qm = getenv("TL_CUDA_MODEL");
     if (qm && *qm) quantized(qm);
     if (qm && *qm) tailor_model(qm);
+    if (qm && *qm) tailor_turns(qm);
     else tl_test_skip("TL_CUDA_MODEL not set: quantized-KV comparison");
     return tl_test_done();
 }

@@ -184,7 +184,8 @@ void tlc_crow_free(tlc_ctx *cx);
  * the layer's next tlc_off_decode with predicted = true waits for and uses them. */
 int tlc_off_prefetch(tlc_ctx *cx, tlc_off *o, const float *qpred, tl_error *err);
 void tlc_off_reset(tlc_ctx *cx, tlc_off *o);
-/* Prefill chunk (m > 1): exact attention over the host tier + the chunk, then append. */
+/* Prefill chunk (m > 1): exact attention over the host tier + the generated tokens + the chunk,
+ * then the chunk joins the host tier. */
 int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float *k, const float *v, float *out,
                     tl_error *err);
 /* Append m prompt rows without attention (tl_cuda_fill_random). */
