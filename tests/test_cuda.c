@@ -643,6 +643,82 @@ static void tailor_model(const char *path) {
     tl_model_free(m);
 }
 
+/* The batched step's decode products (matvec.cu, tlc_matvec_rows): m input rows share each
+ * weight load. Every row must equal, bit for bit, what tlc_matvec gives it alone (the same
+ * lane sums the same weights in the same order), so a sequence's numbers do not depend on what
+ * shares its step; and both must be the product (a double-precision reference on the host over
+ * the weights as stored, rel L2 < 1e-5). f32, f16 and bf16 weights; the 16-byte path and the
+ * scalar one (n_in not a multiple of 8 or 4); bias, residual add, the fused SiLU and GELU
+ * products; 2 to 11 rows (11: a launch of 8 rows and one of 3). */
+static void matvec_rows_cases(void) {
+    struct {
+        int n_in, n_out;
+    } shapes[] = {{576, 200}, {1536, 77}, {100, 45}, {102, 33}};
+    const int ms[] = {2, 3, 8, 11};
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
+    int n_cases = 0, n_exact = 0;
+    double worst = 0;
+    for (int wt = 0; wt < 3; wt++)
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+            for (int glu = 0; glu < 3; glu++) {
+                const int n_in = shapes[si].n_in, n_out = shapes[si].n_out;
+                const bool vec = wt == 0 ? n_in % 4 == 0 : n_in % 8 == 0;
+                if (glu && (wt == 0 || !vec)) continue; /* the fusion takes 16-byte 16-bit rows only */
+                for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++) {
+                    const int m = ms[mi], extra = glu ? 0 : (int)mi % 3; /* 1: bias, 2: bias and residual add */
+                    const size_t nw = (size_t)n_in * n_out, ny = (size_t)m * n_out;
+                    float *W = malloc(sizeof(float) * nw), *W2 = malloc(sizeof(float) * nw), *X = malloc(sizeof(float) * (size_t)m * n_in);
+                    float *bias = malloc(sizeof(float) * n_out), *y0 = malloc(sizeof(float) * ny);
+                    float *yr = malloc(sizeof(float) * ny), *yo = malloc(sizeof(float) * ny), *ref = malloc(sizeof(float) * ny);
+                    for (size_t i = 0; i < nw; i++) {
+                        W[i] = RND() * 0.2f;
+                        W2[i] = RND() * 0.2f;
+                        if (wt) { /* the values as stored, for the reference */
+                            W[i] = wt == 1 ? tl_fp16_to_fp32(tl_fp32_to_fp16(W[i])) : tl_bf16_to_fp32(tl_fp32_to_bf16(W[i]));
+                            W2[i] = wt == 1 ? tl_fp16_to_fp32(tl_fp32_to_fp16(W2[i])) : tl_bf16_to_fp32(tl_fp32_to_bf16(W2[i]));
+                        }
+                    }
+                    for (size_t i = 0; i < (size_t)m * n_in; i++) X[i] = RND();
+                    for (int i = 0; i < n_out; i++) bias[i] = RND();
+                    for (size_t i = 0; i < ny; i++) y0[i] = RND();
+                    for (int r = 0; r < m; r++)
+                        for (int o = 0; o < n_out; o++) {
+                            double a = 0, b = 0;
+                            for (int i = 0; i < n_in; i++) {
+                                a += (double)W[(size_t)o * n_in + i] * X[(size_t)r * n_in + i];
+                                b += (double)W2[(size_t)o * n_in + i] * X[(size_t)r * n_in + i];
+                            }
+                            double y = a;
+                            if (glu == 1) y = a / (1.0 + exp(-a)) * b;
+                            if (glu == 2) y = 0.5 * a * (1.0 + tanh(0.7978845608028654 * (a + 0.044715 * a * a * a))) * b;
+                            if (extra >= 1) y += bias[o];
+                            if (extra == 2) y += y0[(size_t)r * n_out + o];
+                            ref[(size_t)r * n_out + o] = (float)y;
+                        }
+                    tl_error err;
+                    const int rc = tl_cuda_matvec_rows_test(wt, W, glu ? W2 : NULL, n_in, n_out, extra >= 1 ? bias : NULL,
+                                                            extra == 2 ? y0 : NULL, glu, X, m, yr, yo, &err);
+                    CHECKF(rc == 0, "matvec rows wt %d %dx%d glu %d m %d: %s", wt, n_out, n_in, glu, m, err.msg);
+                    if (!rc) {
+                        const bool same = !memcmp(yr, yo, sizeof(float) * ny);
+                        const double d = rel_l2(yr, ref, ny);
+                        n_cases++;
+                        n_exact += same;
+                        worst = fmax(worst, d);
+                        CHECKF(same, "matvec rows wt %d %dx%d glu %d m %d: not bit for bit the one-row kernel's (rel %.3g)", wt,
+                               n_out, n_in, glu, m, rel_l2(yr, yo, ny));
+                        CHECKF(d < 1e-5, "matvec rows wt %d %dx%d glu %d m %d: rel L2 %.3g from the reference", wt, n_out, n_in,
+                               glu, m, d);
+                    }
+                    free(W), free(W2), free(X), free(bias), free(y0), free(yr), free(yo), free(ref);
+                }
+            }
+#undef RND
+    printf("matvec over several rows: %d cases, %d bit for bit the one-row kernel's; rel L2 from the reference at most %.3g\n",
+           n_cases, n_exact, worst);
+}
+
 /* Turns of a chat: phases[i] > 0 is a prompt of that many tokens (in chunks of `chunk`), < 0
  * that many decode steps, so a prompt after generated tokens (the next turn) is included. The
  * last-token logits of every eval, GPU against CPU. */
@@ -980,6 +1056,7 @@ int main(void) {
         tl_test_skip("%s", why);
         return tl_test_done();
     }
+    matvec_rows_cases();
     qweight_cases();
     qweight_models();
     prefill_tc_cases();

@@ -94,6 +94,13 @@ struct tlc_mv {
 };
 int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
 
+/* tlc_matvec over nr rows of x, ldx floats apart (outputs n_out[s] apart), TLC_MV_ROWS rows
+ * per launch sharing each weight load: every row gets the bits tlc_matvec gives it alone.
+ * 16-bit and f32 weights only (block formats: a row at a time); 1 when glu cannot be fused
+ * (as tlc_matvec). */
+#define TLC_MV_ROWS 8
+int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err);
+
 /* ---- weights in GGUF block formats (qmatvec.cu) ---- */
 extern "C" bool tlc_qtype_has_kernels(int t); /* q8_0 q4_0 q4_1 q5_0 q5_1 q4_K q5_K q6_K w4g128 */
 /* tlc_matvec for wt == WT_Q: quantizes x into cx->xq/xd (n_in <= xq_cap), then the dp4a kernel. */

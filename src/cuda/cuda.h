@@ -124,6 +124,15 @@ int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s
 int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float *X, int m, int slab_rows, float *y_fast,
                          float *y_ref, float *y_pre, tl_error *err);
 
+/* Testing the decode products over several rows at once (matvec.cu, the batched step's decode
+ * rows): W (host, f32 values) n_out rows of n_in, stored on the device as wt (0 f32, 1 f16,
+ * 2 bf16); glu 1/2: W2 (same shape) too and y = silu/gelu-tanh(W x) * (W2 x); bias: n_out
+ * values or NULL (not with glu); y0: NULL, or m rows of n_out the product is added to (not with
+ * glu). X: m rows of n_in. y_rows gets the several-row kernel's m rows, y_one tlc_matvec's, a
+ * row at a time (what a sequence alone runs); the two must be equal bit for bit. */
+int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
+                             const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err);
+
 /* Free the device copy of a model's weights (called by tl_model_free; NULL is fine). */
 void tl_cuda_weights_free(void *w);
 

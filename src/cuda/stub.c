@@ -91,4 +91,11 @@ int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s
     (void)qpred, (void)k, (void)v, (void)out, (void)sel, (void)nsel;
     return tl_fail(err, "%s", no_cuda);
 }
+
+int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
+                             const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err) {
+    (void)wt, (void)W, (void)W2, (void)n_in, (void)n_out, (void)bias, (void)y0, (void)glu, (void)X, (void)m, (void)y_rows;
+    (void)y_one;
+    return tl_fail(err, "%s", no_cuda);
+}
 #endif
