@@ -36,6 +36,9 @@ bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs);
  * smoothing, per-tensor and per-block granularity). */
 tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                                      tl_error *err);
+/* A sequence of a batch (tl_cuda_batch_eval): its KV caches and position only (the batch
+ * holds the activations and workspace); tl_cuda_eval refuses it. */
+tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err);
 void tl_cuda_session_free(tl_cuda_session *g);
 /* Like tl_session_eval (the caller checked n > 0 and the capacity). */
 int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err);

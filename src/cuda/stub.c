@@ -27,6 +27,12 @@ tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, c
     return NULL;
 }
 
+tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err) {
+    (void)m, (void)n_ctx, (void)policies;
+    tl_fail(err, "--device cuda: %s", no_cuda);
+    return NULL;
+}
+
 void tl_cuda_session_free(tl_cuda_session *g) { (void)g; }
 
 int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
