@@ -19,6 +19,8 @@
 #include "../src/kv/offload.h"
 #include "../src/quants.h"
 #include "../src/cuda/cuda.h"
+#include "../src/batch.h"
+#include "../src/sampler.h"
 
 #include "../src/threads.h"
 #include "../src/synth.h"
@@ -719,6 +721,217 @@ static void matvec_rows_cases(void) {
            n_cases, n_exact, worst);
 }
 
+/* ---- continuous batching on the GPU (src/cuda/batch.cu through tl_batch_eval) ----
+ * BSEQ sequences under the given KV policies (cycled) go through a schedule of steps mixing
+ * prompt pieces of 1 to 64 rows with decode rows (up to 10 at once: two launches of the
+ * several-row products), sequences joining late and sitting steps out, a prompt piece after
+ * decoding, and one piece wanting every row's logits. Each sequence's twin, a whole GPU session
+ * with a chunk of 64 (so each piece is one chunk there too), runs the same tokens through
+ * tl_session_eval (tl_cuda_eval: the per-session path). Every row's logits are compared. By
+ * construction (batch.cu) they are equal bit for bit: each product over a sequence's rows runs
+ * the kernel the twin runs; what is checked is a bound, rel L2 <= 2e-3 of the row (the f16
+ * paths' rounding, were a GEMM to pick another algorithm for rows at another offset), 1e-2
+ * under quantized KV (a code flipped at a rounding boundary), and equal top-1; the bit-for-bit
+ * count is printed. */
+enum { BSEQ = 10, BSTEPS = 9, BROWS = 128, BCTX = 256 };
+static const int bsched[BSTEPS][BSEQ] = {
+    {40, 5, 0, 0, 0, 0, 0, 0, 0, 0},
+    {1, 33, 1, 3, 7, 0, 0, 0, 0, 0},   /* decode rows beside prompt pieces; seq 2 joins with one token */
+    {1, 1, 17, 64, 1, 2, 9, 4, 0, 0},  /* seq 3: 64 rows, every row's logits */
+    {1, 1, 1, 1, 1, 1, 1, 1, 12, 6},
+    {1, 0, 1, 1, 1, 1, 1, 1, 1, 1},    /* nine decode rows, seq 1 sits out */
+    {1, 1, 1, 1, 1, 1, 1, 1, 1, 1},    /* ten */
+    {32, 1, 1, 1, 5, 1, 1, 1, 1, 1},   /* prompt pieces after decoding (a chat's next turn) */
+    {1, 1, 2, 31, 1, 1, 1, 1, 1, 1},
+    {1, 1, 1, 1, 1, 1, 0, 1, 1, 1},
+};
+
+static double row_rel(const float *a, const float *b, int V) { return rel_l2(a, b, (size_t)V); }
+
+static tl_session *batch_seq(tl_batch *b, tl_model *m, const char *spec, tl_kv_plan *plan) {
+    tl_error err;
+    memset(plan, 0, sizeof *plan);
+    if (tl_kv_plan_parse(plan, spec, NULL, m->cfg.n_layer, &err)) {
+        CHECKF(0, "plan %s: %s", spec, err.msg);
+        return NULL;
+    }
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = BCTX;
+    sp.kv = plan;
+    sp.device = "cuda";
+    tl_session *s = tl_session_new_for_batch(m, &sp, &err);
+    CHECKF(s != NULL, "batched sequence %s: %s", spec, err.msg);
+    (void)b;
+    return s;
+}
+
+static bool quant_spec(const char *spec) { return strncmp(spec, "f16", 3) && strncmp(spec, "f32", 3) && strncmp(spec, "bf16", 4) && strncmp(spec, "tailor", 6); }
+
+static void batch_run(tl_model *m, const char *label, const char *const *specs, int n_specs) {
+    const int V = m->cfg.n_vocab;
+    tl_error err;
+    tl_session_params bp = tl_session_default_params();
+    bp.n_ctx = BCTX;
+    bp.device = "cuda";
+    tl_batch *b = tl_batch_new_for(m, BROWS, BSEQ, 1, &bp, &err);
+    CHECKF(b != NULL, "%s: GPU batch: %s", label, err.msg);
+    tl_session *bs[BSEQ] = {0}, *alone[BSEQ] = {0};
+    tl_kv_plan plans[BSEQ];
+    bool ok = b != NULL;
+    for (int i = 0; i < BSEQ; i++) {
+        bs[i] = batch_seq(b, m, specs[i % n_specs], &plans[i]);
+        alone[i] = make(m, specs[i % n_specs], BCTX, 64, "cuda");
+        ok = ok && bs[i] && alone[i];
+    }
+    int32_t *toks = malloc(sizeof(int32_t) * BCTX * BSEQ);
+    for (int i = 0; i < BCTX * BSEQ; i++) toks[i] = (int32_t)((i * 7919u + 13u) % (unsigned)V);
+    float *got = malloc(sizeof(float) * (size_t)(BSEQ + 64) * V), *want = malloc(sizeof(float) * (size_t)64 * V);
+    double worst[BSEQ] = {0};
+    int rows = 0, exact = 0, argmax_diff = 0;
+    for (int st = 0; st < BSTEPS && ok; st++) {
+        tl_batch_seq q[BSEQ];
+        int n = 0;
+        size_t off = 0;
+        for (int i = 0; i < BSEQ; i++) {
+            if (!bsched[st][i]) continue;
+            const bool all = i == 3 && st == 2;
+            q[n++] = (tl_batch_seq){.s = bs[i], .tokens = toks + i * BCTX + bs[i]->n_past, .n = bsched[st][i],
+                                    .logits = got + off * V, .all_logits = all};
+            off += all ? (size_t)bsched[st][i] : 1;
+        }
+        for (size_t k = 0; k < off * (size_t)V; k++) got[k] = NAN; /* every logit must be written */
+        const int rc = tl_batch_eval(b, q, n, &err);
+        CHECKF(rc == 0, "%s step %d: %s", label, st, err.msg);
+        if (rc) break;
+        for (int k = 0; k < n; k++) {
+            int i = 0;
+            while (bs[i] != q[k].s) i++;
+            const int ra = tl_session_eval(alone[i], q[k].tokens, q[k].n, want, q[k].all_logits, &err);
+            CHECKF(ra == 0, "%s twin %d: %s", label, i, err.msg);
+            CHECK(bs[i]->n_past == alone[i]->n_past);
+            for (int r = 0; !ra && r < (q[k].all_logits ? q[k].n : 1); r++) {
+                const float *g = q[k].logits + (size_t)r * V, *w = want + (size_t)r * V;
+                const double d = row_rel(g, w, V);
+                const char *spec = specs[i % n_specs];
+                worst[i] = fmax(worst[i], d);
+                exact += !memcmp(g, w, sizeof(float) * (size_t)V);
+                argmax_diff += tl_argmax(g, V) != tl_argmax(w, V);
+                rows++;
+                CHECKF(d <= (quant_spec(spec) ? 1e-2 : 2e-3), "%s step %d seq %d (%s) row %d: rel L2 %.3g from the session alone",
+                       label, st, i, spec, r, d);
+            }
+        }
+    }
+    CHECKF(argmax_diff == 0, "%s: %d of %d rows with another top-1 than the session alone", label, argmax_diff, rows);
+    CHECKF(rows > 0, "%s: no rows compared", label);
+    printf("batch %s: %d rows against each session alone, %d bit for bit; largest rel L2:", label, rows, exact);
+    for (int i = 0; i < n_specs && i < BSEQ; i++) printf(" %s %.2g", specs[i], worst[i]);
+    printf("\n");
+    /* refusals: a CPU session in a GPU batch; a batched sequence evaluated alone */
+    tl_session *cpu = make(m, "f16", BCTX, 64, "cpu");
+    int32_t one = 1;
+    if (b && cpu) {
+        tl_batch_seq c1 = {.s = cpu, .tokens = &one, .n = 1};
+        CHECK(tl_batch_eval(b, &c1, 1, &err) != 0 && strstr(err.msg, "on the CPU"));
+    }
+    if (bs[0]) CHECK(tl_session_eval(bs[0], &one, 1, want, false, &err) != 0 && strstr(err.msg, "batch"));
+    tl_session_free(cpu);
+    for (int i = 0; i < BSEQ; i++) {
+        tl_session_free(bs[i]);
+        tl_session_free(alone[i]);
+        if (bs[i] || plans[i].layers) tl_kv_plan_free(&plans[i]);
+    }
+    tl_batch_free(b);
+    free(toks), free(got), free(want);
+}
+
+/* The batch's memory plan (tl_cuda_plan_batch, what `tailor serve --device cuda` checks
+ * against --gpu-mem-budget) against what the batch and its sequences allocate: weights,
+ * block-format workspace and KV exactly; activations = the batch's buffers + the sequences'
+ * RoPE frequencies + the attention partials' allowance (64 MiB, grown on demand). Then a
+ * budget too small is refused by name before anything is allocated. */
+static void batch_plan_check(tl_model *m, const char *spec, int n_seq) {
+    tl_error err;
+    tl_kv_plan plan = {0};
+    if (tl_kv_plan_parse(&plan, spec, NULL, m->cfg.n_layer, &err)) {
+        CHECKF(0, "plan %s: %s", spec, err.msg);
+        return;
+    }
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = BCTX;
+    sp.kv = &plan;
+    sp.device = "cuda";
+    tl_cuda_plan p;
+    CHECKF(tl_cuda_plan_batch(m, BCTX, plan.layers, n_seq, BROWS, n_seq, &p, &err) == 0, "%s", err.msg);
+    tl_batch *b = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
+    CHECKF(b != NULL, "batch %s: %s", spec, err.msg);
+    tl_session *s[16] = {0};
+    uint64_t kv = 0, seq_act = 0, weights = 0;
+    for (int i = 0; b && i < n_seq && i < 16; i++) {
+        s[i] = tl_batch_session_new(b, &err);
+        CHECKF(s[i] != NULL, "batched sequence %d: %s", i, err.msg);
+        if (!s[i]) continue;
+        tl_cuda_mem g;
+        tl_cuda_memory(s[i]->gpu, &g);
+        kv += g.kv_alloc;
+        seq_act += g.activations;
+        weights = g.weights;
+    }
+    if (b) {
+        const uint64_t act = tl_batch_bytes(b) + seq_act + ((uint64_t)64 << 20);
+        printf("batch plan %s, %d sequences: weights %llu / %llu, KV %llu / %llu, activations %llu / %llu (planned / allocated)\n",
+               spec, n_seq, (unsigned long long)p.weights, (unsigned long long)weights, (unsigned long long)p.kv_device,
+               (unsigned long long)kv, (unsigned long long)p.activations, (unsigned long long)act);
+        CHECKF(p.weights == weights, "%s: weights planned %llu, uploaded %llu", spec, (unsigned long long)p.weights, (unsigned long long)weights);
+        CHECKF(p.kv_device == kv, "%s: KV planned %llu, allocated %llu", spec, (unsigned long long)p.kv_device, (unsigned long long)kv);
+        CHECKF(p.activations == act, "%s: activations planned %llu, allocated %llu", spec, (unsigned long long)p.activations,
+               (unsigned long long)act);
+    }
+    for (int i = 0; i < 16; i++) tl_session_free(s[i]);
+    tl_batch_free(b);
+    sp.gpu_mem_budget = p.total - 1; /* one byte short */
+    tl_batch *nb = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
+    CHECKF(nb == NULL && strstr(err.msg, "--gpu-mem-budget") && strstr(err.msg, "over by"), "budget one byte short: %s",
+           nb ? "accepted" : err.msg);
+    if (!nb) printf("  one byte short: %s\n", err.msg);
+    tl_batch_free(nb);
+    sp.gpu_mem_budget = p.total;
+    nb = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
+    CHECKF(nb != NULL, "budget exactly the plan: %s", err.msg);
+    tl_batch_free(nb);
+    tl_kv_plan_free(&plan);
+}
+
+/* The fixtures (every architecture: biases, q/k norms, gemma3's sliding window and post-norms,
+ * phi3) with float KV; the SmolLM2-shaped synth (TL_CUDA_MODEL) with every GPU KV kind in one
+ * batch: f16, k8v8, TailorKV with a 4-bit summary and with channel rows (sparse layer 1,
+ * queries predicted), KIVI, f32. */
+static void batch_cases(const char *qm) {
+    const char *names[] = {"synth_llama_tied.gguf", "synth_qwen2.gguf", "synth_qwen3.gguf", "synth_gemma3.gguf", "synth_phi3.gguf"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        const char *path = tl_test_fixture(names[i]);
+        if (!tl_test_have(path)) continue;
+        tl_error err;
+        tl_model *m = tl_model_load(path, &err);
+        CHECKF(m != NULL, "%s: %s", path, err.msg);
+        if (!m) continue;
+        const char *specs[] = {"f16", "f32", "bf16"};
+        batch_run(m, names[i], specs, 3);
+        tl_model_free(m);
+    }
+    if (!qm || !*qm) return;
+    tl_error err;
+    tl_model *m = tl_model_load(qm, &err);
+    CHECKF(m != NULL, "%s: %s", qm, err.msg);
+    if (!m) return;
+    const char *specs[] = {"f16", "k8v8", "tailor:summary=4,bits=2,sinks=4,recent=8,topk=16", "k4v2:kivi:g32:r16",
+                           "tailor:summary=0,bits=2,sinks=4,recent=8,topk=16", "f32"};
+    batch_run(m, "TL_CUDA_MODEL", specs, 6);
+    batch_plan_check(m, "f16", 4);
+    batch_plan_check(m, "tailor:summary=0,bits=2,topk=64", 3);
+    tl_model_free(m);
+}
+
 /* Turns of a chat: phases[i] > 0 is a prompt of that many tokens (in chunks of `chunk`), < 0
  * that many decode steps, so a prompt after generated tokens (the next turn) is included. The
  * last-token logits of every eval, GPU against CPU. */
@@ -1066,6 +1279,7 @@ int main(void) {
     layer_cases();
     fixtures();
     const char *qm = getenv("TL_CUDA_MODEL");
+    batch_cases(qm);
     if (qm && *qm) quantized(qm);
     if (qm && *qm) tailor_model(qm);
     if (qm && *qm) tailor_turns(qm);

@@ -185,6 +185,8 @@ void tlc_off_free(tlc_off *o);
  * tier, and (summary 0) the channel-row buffers and side stream; call for every sparse layer
  * before evaluating. *grown: device bytes added. */
 int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *err);
+/* The same for a layer of these sizes (tlc_off_sizes_of), before any exists (a batch). */
+int tlc_off_reserve_sizes(tlc_ctx *cx, const tlc_off_sizes *z, uint64_t *grown, tl_error *err);
 void tlc_crow_free(tlc_ctx *cx);
 /* Summary 0, decode: pick layer o's channels from its predicted query and move their rows on
  * the side stream (call when the prediction is made, before the previous layer's attention);

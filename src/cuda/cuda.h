@@ -45,6 +45,32 @@ int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits
 void tl_cuda_reset(tl_cuda_session *g);
 int tl_cuda_n_past(const tl_cuda_session *g);
 
+/* ---- continuous batching (batch.cu): one forward step over several sequences ----
+ * The step's workspace (activations for max_rows rows, cuBLAS, the block-format slab, logits
+ * for max_seqs sequences) belongs to the batch; the sequences are sessions of the same model,
+ * usually made by tl_cuda_session_new_kv (KV only). Each sequence gets the logits tl_cuda_eval
+ * would give it for the same tokens, whatever shares its step (see batch.cu). */
+typedef struct tl_cuda_batch tl_cuda_batch;
+typedef struct {
+    tl_cuda_session *g;    /* at most once per step */
+    const int32_t *tokens; /* n tokens appended at positions n_past.. */
+    int n;                 /* >= 1 */
+    float *logits;         /* NULL, or n_vocab floats for the last row (n * n_vocab with all_logits) */
+    bool all_logits;
+} tl_cuda_seq;
+/* policies / n_ctx: the sequences the batch is made for (TailorKV staging is reserved for
+ * them; a sequence unlike them grows it when it comes). */
+tl_cuda_batch *tl_cuda_batch_new(struct tl_model *m, int max_rows, int max_seqs, int n_ctx, const tl_kv_layer_policy *policies,
+                                 tl_error *err);
+void tl_cuda_batch_free(tl_cuda_batch *b);
+/* Device bytes of the step's buffers (activations, logits, staging; not the block-format
+ * workspace, which tl_cuda_plan.workspace counts). */
+uint64_t tl_cuda_batch_bytes(const tl_cuda_batch *b);
+/* One step: the sequences in ascending order of n (the one-token ones first), their rows at
+ * most max_rows in all; every KV cache appended, every n_past advanced. On failure the
+ * sequences of the step are in an undefined state: reset them. */
+int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int n_seq, tl_error *err);
+
 /* Benchmarking: append n random K/V rows (normal-ish, unit scale) to every layer's cache
  * through the same append/quantize path as eval, without running the model. */
 int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err);
@@ -101,6 +127,17 @@ typedef struct {
 } tl_cuda_plan;
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                         tl_cuda_plan *out, tl_error *err);
+/* A batch (max_rows, max_seqs) serving n_seq sequences of n_ctx tokens under policies: the
+ * weights and the block-format workspace once, n_seq times the KV tiers, the batch's
+ * activations (rows, logits, TailorKV staging and predicted queries, attention partials) and
+ * the sequences' own small buffers, the CUDA/cuBLAS reserve. */
+int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
+                       int max_seqs, tl_cuda_plan *out, tl_error *err);
+/* That plan against budget bytes (--gpu-mem-budget), or with budget 0 against the device's free
+ * memory now (less the reserve, and less the weights when they are uploaded already): fails
+ * naming the part that does not fit and by how much, before anything is allocated. */
+int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
+                        int max_seqs, uint64_t budget, tl_error *err);
 /* --gpu-mem-budget: fails (with the part that does not fit and by how much) when the plan
  * exceeds budget bytes. */
 int tl_cuda_check_budget(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,

@@ -44,6 +44,7 @@ struct tlc_off {
     uint16_t *dhk, *dhv, *dhkt; /* the same memory as device pointers */
     int capp;                   /* hkt row length: cap rounded up to 8 tokens (16-byte rows) */
     int pend;                   /* channel-row buffer prefetched for the next decode, -1: none */
+    const tlc_ctx *pend_cx;     /* ... in this context's buffers (a batch runs the layer in its own) */
     uint16_t *sk, *sv, *rk, *rv, *gk, *gv;
     float *kmax;
     uint32_t *sum_codes; /* [H][dk][row_words] */
@@ -699,8 +700,16 @@ static int fetch_rows(tlc_ctx *cx, tlc_off *o, int b, cudaStream_t st, tl_error 
 }
 
 int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *err) {
+    tlc_off_sizes z;
+    memset(&z, 0, sizeof z);
+    z.pstage = (uint64_t)o->H * o->cap * (o->dk + o->dv) * 2;
+    z.crow = o->sb ? 0 : (uint64_t)o->H * o->C * o->capp * 2;
+    return tlc_off_reserve_sizes(cx, &z, grown, err);
+}
+
+int tlc_off_reserve_sizes(tlc_ctx *cx, const tlc_off_sizes *z, uint64_t *grown, tl_error *err) {
     *grown = 0;
-    const size_t pneed = (size_t)o->H * o->cap * (o->dk + o->dv) * 2;
+    const size_t pneed = z->pstage;
     if (pneed > cx->pstage_bytes) {
         cudaFree(cx->pstage);
         cx->pstage = NULL;
@@ -711,15 +720,15 @@ int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *er
         *grown += pneed - cx->pstage_bytes;
         cx->pstage_bytes = pneed;
     }
-    if (o->sb != 0) return 0;
+    if (!z->crow) return 0; /* a summary: no channel rows move */
     tlc_crow &r = cx->crow;
     if (!r.side) {
         CK(cudaStreamCreateWithFlags(&r.side, cudaStreamNonBlocking));
         CK(cudaEventCreateWithFlags(&r.ready, cudaEventDisableTiming));
         for (int b = 0; b < 2; b++) CK(cudaEventCreateWithFlags(&r.done[b], cudaEventDisableTiming));
     }
-    const size_t need = (size_t)o->H * o->C * o->capp * 2;
-    if (need <= r.bytes) return 0;
+    const size_t need = z->crow, old = r.bytes;
+    if (need <= old) return 0;
     for (int b = 0; b < 2; b++) {
         cudaFree(r.buf[b]);
         r.buf[b] = NULL;
@@ -728,7 +737,7 @@ int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *er
     for (int b = 0; b < 2; b++)
         if (cudaMalloc((void **)&r.buf[b], need) != cudaSuccess)
             return tl_fail(err, "TailorKV channel-row buffers: 2 x %.2f MiB of GPU memory", (double)need / 1048576.0);
-    *grown += 2 * (uint64_t)(need - r.bytes);
+    *grown += 2 * (uint64_t)(need - old);
     r.bytes = need;
     return 0;
 }
@@ -764,6 +773,7 @@ int tlc_off_prefetch(tlc_ctx *cx, tlc_off *o, const float *qpred, tl_error *err)
     if (fetch_rows(cx, o, b, r.side, err)) return -1;
     CK(cudaEventRecord(r.done[b], r.side));
     o->pend = b;
+    o->pend_cx = cx;
     return 0;
 }
 
@@ -777,7 +787,7 @@ int tlc_off_decode(tlc_ctx *cx, tlc_off *o, const float *q, const float *qsel, b
     candidates(o, &lo, &hi);
     const int n = o->n_host, S = lo, R = n - hi, cand = hi - lo;
     const bool all = o->topk >= cand;
-    const bool prefetched = predicted && o->pend >= 0;
+    const bool prefetched = predicted && o->pend >= 0 && o->pend_cx == cx;
     int buf = -1;
     if (prefetched) { /* channels and their rows came on the side stream (tlc_off_prefetch) */
         buf = o->pend;

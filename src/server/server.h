@@ -5,7 +5,8 @@
  *             client-disconnect detection
  *   routes.c  the endpoints: request validation (cJSON), response shapes, SSE events
  *   sched.c   slots (one tl_session each), the bounded queue, and the step loop: one thread
- *             running every slot's tokens through one batched forward step (batch.c)
+ *             running every slot's tokens through one batched forward step (batch.c; on the
+ *             GPU with --device cuda, src/cuda/batch.cu)
  *   chat.c    chat templates (ChatML, Phi-3, Phi-4, Gemma, Llama-3, DeepSeek-R1) chosen from
  *             tokenizer.chat_template
  *   metrics.c counters and the Prometheus text of /metrics
@@ -39,6 +40,9 @@ typedef struct {
     int chunk;                 /* prefill chunk (0 = default) */
     int batch_tokens;          /* rows per step, decode and prefill (0 = chunk + P); more than P */
     const tl_kv_plan *kv;      /* KV policy of each layer in every slot (NULL = f16); read at start */
+    const char *device;        /* "cpu" (NULL) or "cuda": where the step runs and the slots' KV caches live */
+    uint64_t gpu_mem_budget;   /* cuda: the slots' KV, the step's buffers and the weights must fit this many
+                                  bytes (0: the GPU's free memory at start), else the start fails */
     const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
     size_t max_body;           /* request bytes (413 above); 0 = n_ctx x the longest token's bytes
                                   + TL_BODY_SLACK: room for any prompt that fits the context */
