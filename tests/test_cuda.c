@@ -902,6 +902,68 @@ static void batch_plan_check(tl_model *m, const char *spec, int n_seq) {
     tl_kv_plan_free(&plan);
 }
 
+/* The batch's plan beside a session's, on the host (no GPU needed, so it runs wherever the
+ * build has CUDA): a synth with head_dim 64 under f16 and under a TailorKV plan. Weights and
+ * block-format workspace once, KV n times, activations = the session's + every sequence's
+ * logits + the other sequences' predicted queries and RoPE frequencies (what
+ * batch.cu and tlc_session_make allocate, checked on a GPU by batch_plan_check). Then
+ * tl_batch_new_for refuses a budget one byte short before touching the device. */
+static void batch_plan_host(void) {
+    tl_synth_shape tiny = {.name = "tiny-llama", .arch = "llama", .source = "test_cuda", .n_layer = 3, .n_embd = 256,
+                           .n_ff = 768, .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_vocab = 512, .n_ctx = 512,
+                           .rope_base = 10000.0f, .norm_eps = 1e-5f};
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/tl_test_cuda_%d_plan.gguf", (int)getpid());
+    tl_synth_params sy = {.shape = &tiny, .type = TL_TYPE_F16, .seed = 3};
+    tl_error err;
+    if (tl_synth_write(&sy, path, &err)) {
+        CHECKF(0, "synth: %s", err.msg);
+        return;
+    }
+    tl_model *m = tl_model_load(path, &err);
+    unlink(path);
+    CHECKF(m != NULL, "%s", err.msg);
+    if (!m) return;
+    const char *specs[] = {"f16", "tailor:summary=0,bits=2,topk=64"};
+    const int S = 3, rows = 64, ctx = 256;
+    for (int k = 0; k < 2; k++) {
+        tl_kv_plan plan = {0};
+        if (tl_kv_plan_parse(&plan, specs[k], NULL, m->cfg.n_layer, &err)) {
+            CHECKF(0, "plan %s: %s", specs[k], err.msg);
+            continue;
+        }
+        tl_cuda_plan one, all;
+        const int r1 = tl_cuda_plan_memory(m, ctx, rows, plan.layers, &one, &err);
+        const int r2 = r1 ? -1 : tl_cuda_plan_batch(m, ctx, plan.layers, S, rows, S, &all, &err);
+        if (r1 && strstr(err.msg, "no CUDA support")) { /* the stub */
+            tl_kv_plan_free(&plan);
+            break;
+        }
+        CHECKF(r1 == 0 && r2 == 0, "plans %s: %s", specs[k], err.msg);
+        if (!r1 && !r2) {
+            const uint64_t V = (uint64_t)m->cfg.n_vocab, qd = (uint64_t)m->cfg.n_head * m->cfg.head_dim_k, rot = m->cfg.n_rot;
+            const uint64_t extra = 4 * V * S + (k ? 2 * 4 * qd * (S - 1) : 0) + 8 * rot * (S - 1);
+            CHECKF(all.weights == one.weights && all.workspace == one.workspace, "%s: weights/workspace differ", specs[k]);
+            CHECKF(all.kv_device == S * one.kv_device && all.kv_host == S * one.kv_host, "%s: KV %llu, one sequence %llu",
+                   specs[k], (unsigned long long)all.kv_device, (unsigned long long)one.kv_device);
+            CHECKF(all.activations == one.activations + extra, "%s: activations %llu, expected %llu", specs[k],
+                   (unsigned long long)all.activations, (unsigned long long)(one.activations + extra));
+            CHECKF(all.total == all.weights + all.workspace + all.kv_device + all.activations + all.reserve, "%s: total", specs[k]);
+            tl_session_params sp = tl_session_default_params();
+            sp.n_ctx = ctx;
+            sp.kv = &plan;
+            sp.device = "cuda";
+            sp.gpu_mem_budget = all.total - 1;
+            tl_batch *b = tl_batch_new_for(m, rows, S, 1, &sp, &err);
+            CHECKF(b == NULL && strstr(err.msg, "--gpu-mem-budget") && strstr(err.msg, "over by"), "%s: one byte short: %s",
+                   specs[k], b ? "accepted" : err.msg);
+            tl_batch_free(b);
+        }
+        tl_kv_plan_free(&plan);
+    }
+    tl_model_free(m);
+}
+
 /* The fixtures (every architecture: biases, q/k norms, gemma3's sliding window and post-norms,
  * phi3) with float KV; the SmolLM2-shaped synth (TL_CUDA_MODEL) with every GPU KV kind in one
  * batch: f16, k8v8, TailorKV with a 4-bit summary and with channel rows (sparse layer 1,
@@ -1264,6 +1326,7 @@ static void qweight_models(void) {
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
     setenv("TL_CUDA_WIDEN", "0", 1);  /* block-format weights on their own kernels (forward.cu: keep_blocks) */
+    batch_plan_host(); /* host only */
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {
         tl_test_skip("%s", why);
