@@ -95,7 +95,8 @@ struct tlc_mv {
 int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
 
 /* tlc_matvec over nr rows of x, ldx floats apart (outputs n_out[s] apart), TLC_MV_ROWS rows
- * per launch sharing each weight load: every row gets the bits tlc_matvec gives it alone.
+ * per launch sharing each weight load (a warp per 4 output rows sharing each input load):
+ * every row gets the bits tlc_matvec gives it alone.
  * 16-bit and f32 weights only (block formats: a row at a time); 1 when glu cannot be fused
  * (as tlc_matvec). */
 #define TLC_MV_ROWS 8

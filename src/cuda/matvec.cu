@@ -198,148 +198,216 @@ __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
 }
 
 /* ---- several input rows at once (the batched step's decode rows, batch.cu) ----
- * matvec_k for nr <= NR rows of x (row r at x + r * ldx, its outputs at y[s] + r * n_out[s]):
- * each weight load is used for every row, so the weights are read once for all of them. Each
- * row is computed exactly as matvec_k computes it alone: the same lane takes the same weights
- * (i = lane, lane + 32, ...), sums them in the same order (the 16-bit path: one dot8 per load,
- * added to the lane's sum in increasing i; f32: fmaf by element; scalar: fmaf), and the same
- * warp sum, bias, residual add and activation follow; so a sequence's numbers do not depend
- * on what shares its step (checked bit for bit by tl_cuda_matvec_rows_test). */
-template <int WT, int NR>
-__device__ __forceinline__ void rows_dot16(const void *W, int row, int n, const float *x, int ldx, int nr, int lane,
-                                           float (&acc)[NR]) {
-    const uint4 *w4 = (const uint4 *)((const uint16_t *)W + (size_t)row * n);
-    const int n8 = n / 8;
-    int i = lane;
-    for (; i + 32 * 3 < n8; i += 32 * 4) {
-        uint4 w[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) w[k] = __ldcs(w4 + i + 32 * k);
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-#pragma unroll
-            for (int r = 0; r < NR; r++)
-                if (r < nr) {
-                    const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
-                    acc[r] += dot8<WT>(w[k], __ldg(x4 + 2 * (i + 32 * k)), __ldg(x4 + 2 * (i + 32 * k) + 1));
-                }
-    }
-    for (; i < n8; i += 32) {
-        const uint4 w = __ldcs(w4 + i);
-#pragma unroll
-        for (int r = 0; r < NR; r++)
-            if (r < nr) {
-                const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
-                acc[r] += dot8<WT>(w, __ldg(x4 + 2 * i), __ldg(x4 + 2 * i + 1));
-            }
-    }
-}
+ * matvec_k for nr <= NR rows of x (row r at x + r * ldx, its outputs at y[s] + r * n_out[s]).
+ * A warp takes RO consecutive output rows (MV_RO; 2 with glu, whose rows are pairs) against
+ * every input row: each weight load serves the nr input rows, each input load the RO output
+ * rows, so the weights are read once for all the rows and the inputs once per RO rows. Each
+ * (output row, input row) sum is exactly matvec_k's: the same lane takes the same weights
+ * (i = lane, lane + 32, ... in increasing order), a 16-byte load's dot8 added to the lane's sum
+ * (f32: fmaf by element; scalar: fmaf), then the same warp sum, bias, residual add and
+ * activation; so a sequence's numbers do not depend on what shares its step (checked bit for
+ * bit against matvec_k by tl_cuda_matvec_rows_test). The last group of a matrix may hold fewer
+ * than RO rows: its missing rows read the group's first row again (cached) and are not written. */
+#define MV_RO 4
 
-/* gate and up rows against every input row (row_dot16x2's sums, per input row). */
-template <int WT, int NR>
-__device__ __forceinline__ void rows_dot16x2(const void *A, const void *B, int row, int n, const float *x, int ldx, int nr,
-                                             int lane, float (&sa)[NR], float (&sb)[NR]) {
-    const uint4 *a4 = (const uint4 *)((const uint16_t *)A + (size_t)row * n), *b4 = (const uint4 *)((const uint16_t *)B + (size_t)row * n);
+template <int WT, int NR, int RO>
+__device__ __forceinline__ void rows_dot16(const void *W, int row0, int nro, int n, const float *x, int ldx, int nr, int lane,
+                                           float (&acc)[RO][NR]) {
     const int n8 = n / 8;
+    const uint4 *w4[RO];
+#pragma unroll
+    for (int o = 0; o < RO; o++) w4[o] = (const uint4 *)((const uint16_t *)W + (size_t)(row0 + (o < nro ? o : 0)) * n);
     int i = lane;
-    for (; i + 32 * 3 < n8; i += 32 * 4) {
-        uint4 wa[4], wb[4];
+    for (; i + 32 < n8; i += 64) {
+        uint4 w[2][RO];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            wa[k] = __ldcs(a4 + i + 32 * k);
-            wb[k] = __ldcs(b4 + i + 32 * k);
-        }
+        for (int k = 0; k < 2; k++)
 #pragma unroll
-        for (int k = 0; k < 4; k++)
+            for (int o = 0; o < RO; o++) w[k][o] = __ldcs(w4[o] + i + 32 * k);
+#pragma unroll
+        for (int k = 0; k < 2; k++)
 #pragma unroll
             for (int r = 0; r < NR; r++)
                 if (r < nr) {
                     const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
                     const float4 xa = __ldg(x4 + 2 * (i + 32 * k)), xb = __ldg(x4 + 2 * (i + 32 * k) + 1);
-                    sa[r] += dot8<WT>(wa[k], xa, xb);
-                    sb[r] += dot8<WT>(wb[k], xa, xb);
+#pragma unroll
+                    for (int o = 0; o < RO; o++) acc[o][r] += dot8<WT>(w[k][o], xa, xb);
                 }
     }
     for (; i < n8; i += 32) {
-        const uint4 wa = __ldcs(a4 + i), wb = __ldcs(b4 + i);
+        uint4 w[RO];
+#pragma unroll
+        for (int o = 0; o < RO; o++) w[o] = __ldcs(w4[o] + i);
 #pragma unroll
         for (int r = 0; r < NR; r++)
             if (r < nr) {
                 const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
                 const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
-                sa[r] += dot8<WT>(wa, xa, xb);
-                sb[r] += dot8<WT>(wb, xa, xb);
+#pragma unroll
+                for (int o = 0; o < RO; o++) acc[o][r] += dot8<WT>(w[o], xa, xb);
             }
     }
 }
 
-template <int WT, bool VEC, int GLU, int NR>
-__global__ void __launch_bounds__(MV_THR) matvec_rows_k(tlc_mv a, int nr, int ldx) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    pdl_trigger();
-    int row = blockIdx.x * MV_ROWS + warp, si = 0;
-    if (!GLU && row >= a.n_out[0]) {
-        row -= a.n_out[0];
-        si = 1;
-        if (a.nseg > 2 && row >= a.n_out[1]) {
-            row -= a.n_out[1];
-            si = 2;
-        }
-    }
-    const int n_out_s = si == 0 ? a.n_out[0] : si == 1 ? a.n_out[1] : a.n_out[2];
-    const bool live = si < a.nseg && row < n_out_s;
-    const int n = a.n_in;
-    const void *W = si == 0 ? a.W[0] : si == 1 ? a.W[1] : a.W[2];
-    pdl_wait(); /* x (and y for add) come from the kernels before */
-    if (!live) return;
-    float acc[NR], acc2[NR];
+/* gate rows (A) and up rows (B) against every input row: row_dot16x2's sums, per pair. */
+template <int WT, int NR, int RO>
+__device__ __forceinline__ void rows_dot16x2(const void *A, const void *B, int row0, int nro, int n, const float *x, int ldx,
+                                             int nr, int lane, float (&sa)[RO][NR], float (&sb)[RO][NR]) {
+    const int n8 = n / 8;
+    const uint4 *a4[RO], *b4[RO];
 #pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = acc2[r] = 0.0f;
-    if (GLU) {
-        rows_dot16x2<WT, NR>(a.W[0], a.W[1], row, n, a.x, ldx, nr, lane, acc, acc2);
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-            if (r >= nr) break;
-            const float g = wsum(acc[r]), u = wsum(acc2[r]);
-            if (lane == 0) a.y[0][(size_t)r * a.n_out[0] + row] = mv_act(g, GLU) * u;
-        }
-        return;
+    for (int o = 0; o < RO; o++) {
+        const size_t r = (size_t)(row0 + (o < nro ? o : 0)) * n;
+        a4[o] = (const uint4 *)((const uint16_t *)A + r);
+        b4[o] = (const uint4 *)((const uint16_t *)B + r);
     }
-    if (VEC && WT != WT_F32) {
-        rows_dot16<WT, NR>(W, row, n, a.x, ldx, nr, lane, acc);
-    } else if (VEC) {
-        const float4 *w4 = (const float4 *)((const float *)W + (size_t)row * n);
-        for (int i = lane; i < n / 4; i += 32) {
-            const float4 w = __ldg(w4 + i);
+    int i = lane;
+    for (; i + 32 < n8; i += 64) {
+        uint4 wa[2][RO], wb[2][RO];
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+#pragma unroll
+            for (int o = 0; o < RO; o++) {
+                wa[k][o] = __ldcs(a4[o] + i + 32 * k);
+                wb[k][o] = __ldcs(b4[o] + i + 32 * k);
+            }
+#pragma unroll
+        for (int k = 0; k < 2; k++)
 #pragma unroll
             for (int r = 0; r < NR; r++)
                 if (r < nr) {
-                    const float4 x = __ldg((const float4 *)(a.x + (size_t)r * ldx) + i);
-                    acc[r] = fmaf(w.x, x.x, acc[r]);
-                    acc[r] = fmaf(w.y, x.y, acc[r]);
-                    acc[r] = fmaf(w.z, x.z, acc[r]);
-                    acc[r] = fmaf(w.w, x.w, acc[r]);
-                }
-        }
-    } else {
-        for (int i = lane; i < n; i += 32) {
-            const float w = ldw<WT>(W, (size_t)row * n + i);
+                    const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
+                    const float4 xa = __ldg(x4 + 2 * (i + 32 * k)), xb = __ldg(x4 + 2 * (i + 32 * k) + 1);
 #pragma unroll
-            for (int r = 0; r < NR; r++)
-                if (r < nr) acc[r] = fmaf(w, a.x[(size_t)r * ldx + i], acc[r]);
+                    for (int o = 0; o < RO; o++) {
+                        sa[o][r] += dot8<WT>(wa[k][o], xa, xb);
+                        sb[o][r] += dot8<WT>(wb[k][o], xa, xb);
+                    }
+                }
+    }
+    for (; i < n8; i += 32) {
+        uint4 wa[RO], wb[RO];
+#pragma unroll
+        for (int o = 0; o < RO; o++) {
+            wa[o] = __ldcs(a4[o] + i);
+            wb[o] = __ldcs(b4[o] + i);
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (r < nr) {
+                const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
+                const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+#pragma unroll
+                for (int o = 0; o < RO; o++) {
+                    sa[o][r] += dot8<WT>(wa[o], xa, xb);
+                    sb[o][r] += dot8<WT>(wb[o], xa, xb);
+                }
+            }
+    }
+}
+
+/* f32 weights, 16-byte loads: matvec_k's fmaf by element. */
+template <int NR, int RO>
+__device__ __forceinline__ void rows_dot32(const float *W, int row0, int nro, int n, const float *x, int ldx, int nr, int lane,
+                                           float (&acc)[RO][NR]) {
+    const float4 *w4[RO];
+#pragma unroll
+    for (int o = 0; o < RO; o++) w4[o] = (const float4 *)(W + (size_t)(row0 + (o < nro ? o : 0)) * n);
+    for (int i = lane; i < n / 4; i += 32) {
+        float4 w[RO];
+#pragma unroll
+        for (int o = 0; o < RO; o++) w[o] = __ldg(w4[o] + i);
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (r < nr) {
+                const float4 xv = __ldg((const float4 *)(x + (size_t)r * ldx) + i);
+#pragma unroll
+                for (int o = 0; o < RO; o++) {
+                    acc[o][r] = fmaf(w[o].x, xv.x, acc[o][r]);
+                    acc[o][r] = fmaf(w[o].y, xv.y, acc[o][r]);
+                    acc[o][r] = fmaf(w[o].z, xv.z, acc[o][r]);
+                    acc[o][r] = fmaf(w[o].w, xv.w, acc[o][r]);
+                }
+            }
+    }
+}
+
+/* Rows not in 16-byte units: an element at a time. */
+template <int WT, int NR, int RO>
+__device__ __forceinline__ void rows_scalar(const void *W, int row0, int nro, int n, const float *x, int ldx, int nr, int lane,
+                                            float (&acc)[RO][NR]) {
+    for (int i = lane; i < n; i += 32) {
+        float w[RO];
+#pragma unroll
+        for (int o = 0; o < RO; o++) w[o] = ldw<WT>(W, (size_t)(row0 + (o < nro ? o : 0)) * n + i);
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (r < nr) {
+                const float xv = x[(size_t)r * ldx + i];
+#pragma unroll
+                for (int o = 0; o < RO; o++) acc[o][r] = fmaf(w[o], xv, acc[o][r]);
+            }
+    }
+}
+
+/* Output-row groups of RO rows over the segments: the warps a launch needs. */
+static __host__ __device__ __forceinline__ int mv_groups(int n_out, int ro) { return (n_out + ro - 1) / ro; }
+
+template <int WT, bool VEC, int GLU, int NR>
+__global__ void __launch_bounds__(MV_THR) matvec_rows_k(tlc_mv a, int nr, int ldx) {
+    constexpr int RO = GLU ? 2 : MV_RO;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pdl_trigger();
+    /* this warp's group: output rows row0 .. row0 + nro - 1 of segment si */
+    int gi = blockIdx.x * MV_ROWS + warp, si = 0;
+    if (!GLU) {
+        const int g0 = mv_groups(a.n_out[0], RO), g1 = a.nseg > 1 ? mv_groups(a.n_out[1], RO) : 0;
+        if (gi >= g0) {
+            gi -= g0;
+            si = 1;
+            if (gi >= g1) {
+                gi -= g1;
+                si = 2;
+            }
         }
     }
+    const int n_out_s = si == 0 ? a.n_out[0] : si == 1 ? a.n_out[1] : a.n_out[2];
+    const int row0 = gi * RO, n = a.n_in;
+    const int nro = si < a.nseg && row0 < n_out_s ? min(RO, n_out_s - row0) : 0;
+    const void *W = si == 0 ? a.W[0] : si == 1 ? a.W[1] : a.W[2];
+    pdl_wait(); /* x (and y for add) come from the kernels before */
+    if (!nro) return;
+    float acc[RO][NR], acc2[RO][NR];
+#pragma unroll
+    for (int o = 0; o < RO; o++)
+#pragma unroll
+        for (int r = 0; r < NR; r++) acc[o][r] = acc2[o][r] = 0.0f;
+    if (GLU) rows_dot16x2<WT, NR, RO>(a.W[0], a.W[1], row0, nro, n, a.x, ldx, nr, lane, acc, acc2);
+    else if (VEC && WT != WT_F32) rows_dot16<WT, NR, RO>(W, row0, nro, n, a.x, ldx, nr, lane, acc);
+    else if (VEC) rows_dot32<NR, RO>((const float *)W, row0, nro, n, a.x, ldx, nr, lane, acc);
+    else rows_scalar<WT, NR, RO>(W, row0, nro, n, a.x, ldx, nr, lane, acc);
     float *y = si == 0 ? a.y[0] : si == 1 ? a.y[1] : a.y[2];
     const float *b = si == 0 ? a.bias[0] : si == 1 ? a.bias[1] : a.bias[2];
     const int add = si == 0 ? a.add[0] : si == 1 ? a.add[1] : a.add[2];
 #pragma unroll
-    for (int r = 0; r < NR; r++) {
-        if (r >= nr) break;
-        float s = wsum(acc[r]);
-        if (lane == 0) {
-            float *yr = y + (size_t)r * n_out_s;
-            if (b) s += b[row];
-            yr[row] = add ? yr[row] + s : s;
+    for (int o = 0; o < RO; o++) {
+        if (o >= nro) break;
+        const int row = row0 + o;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (r >= nr) break;
+            if (GLU) {
+                const float g = wsum(acc[o][r]), u = wsum(acc2[o][r]);
+                if (lane == 0) a.y[0][(size_t)r * a.n_out[0] + row] = mv_act(g, GLU) * u;
+            } else {
+                float s = wsum(acc[o][r]);
+                if (lane == 0) {
+                    float *yr = y + (size_t)r * n_out_s;
+                    if (b) s += b[row];
+                    yr[row] = add ? yr[row] + s : s;
+                }
+            }
         }
     }
 }
@@ -393,10 +461,12 @@ int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err
         return 1; /* as tlc_matvec */
     if (vec && ldx % (a->wt == WT_F32 ? 4 : 8))
         return tl_fail(err, "matvec over several rows: row stride %d breaks the 16-byte loads", ldx);
-    int rows = a->glu ? a->n_out[0] : 0;
-    if (!a->glu)
-        for (int s = 0; s < a->nseg; s++) rows += a->n_out[s];
-    const int blocks = (rows + MV_ROWS - 1) / MV_ROWS;
+    int rows = a->glu ? a->n_out[0] : 0, groups = a->glu ? mv_groups(a->n_out[0], 2) : 0;
+    for (int s = 0; !a->glu && s < a->nseg; s++) {
+        rows += a->n_out[s];
+        groups += mv_groups(a->n_out[s], MV_RO);
+    }
+    const int blocks = (groups + MV_ROWS - 1) / MV_ROWS; /* a warp per group of output rows */
     const bool pdl = !cx->no_pdl;
     for (int r0 = 0; r0 < nr; r0 += TLC_MV_ROWS) {
         const int n = nr - r0 < TLC_MV_ROWS ? nr - r0 : TLC_MV_ROWS;
