@@ -994,7 +994,7 @@ extern "C" int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, fl
 extern "C" void tl_cuda_reset(tl_cuda_session *g) {
     g->n_past = 0;
     g->qpred_for[0] = g->qpred_for[1] = -1;
-    for (int il = 0; il < g->m->cfg.n_layer; il++) {
+    for (int il = 0; g->kv && il < g->m->cfg.n_layer; il++) { /* a batch's workspace has none */
         g->kv[il].k.nq = g->kv[il].v.nq = 0;
         if (g->kv[il].off) tlc_off_reset(&g->cx, g->kv[il].off);
     }
@@ -1033,7 +1033,7 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
     out->kv_alloc = g->kv_alloc;
     out->activations = g->act_bytes + g->cx.scratch_bytes + g->all_logits_rows * (size_t)c->n_vocab * 4;
     out->workspace = g->ws_bytes;
-    for (int il = 0; il < c->n_layer; il++) {
+    for (int il = 0; g->kv && il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy eff;
         tl_plan_layer_kv(c, g->n_ctx, il, &g->pol[il], &sh, &eff);
