@@ -23,6 +23,7 @@
 #include "calibrate.h"
 #include "../include/tailor.h"
 #include "kv/policy.h"
+#include "kv/tailor_plan.h"
 #include "engine/plan.h"
 #include "cuda/cuda.h"
 
@@ -450,6 +451,9 @@ tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl
 }
 
 tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
+    if (p->warn_ctx && p->n_ctx > m->cfg.n_ctx_train)
+        fprintf(stderr, "tailor: warning: context %d exceeds the model's training context %d; quality may degrade\n",
+                p->n_ctx, m->cfg.n_ctx_train);
     const tl_kv_layer_policy *policies = NULL;
     if (p->kv) {
         if (p->kv->n_layers != m->cfg.n_layer) {
@@ -462,4 +466,35 @@ tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *er
     if (cuda && p->gpu_mem_budget && tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, p->gpu_mem_budget, err))
         return NULL;
     return tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, policies, p->device, err);
+}
+
+static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
+
+void tl_session_print_memory(FILE *f, const tl_session *s) {
+    tl_session_mem m;
+    tl_session_memory(s, &m);
+    fprintf(f, "memory: weights %.2f MiB + KV %.2f MiB (codes %.2f, scales %.2f, residual %.2f, other %.2f, host %.2f) "
+               "+ activations %.2f MiB = %.2f MiB  [%d tokens held]\n",
+            mib(m.weights), mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
+            mib(m.kv_parts.other), mib(m.kv_parts.host), mib(m.activations), mib(m.weights + m.kv + m.activations),
+            s->n_past);
+    if (!s->gpu) { /* GPU sessions hold no CPU stores */
+        tl_tailor_print_mem(f, s->kv, s->model->cfg.n_layer);
+        return;
+    }
+    tl_cuda_mem g;
+    tl_cuda_memory(s->gpu, &g);
+    if (g.n_offload) {
+        const double steps = g.decode_steps > 0 ? (double)g.decode_steps : 1.0;
+        fprintf(f, "tailorKV (gpu): %d sparse layers; host tier allocated %.2f MiB (pinned, mapped); decode h2d "
+                   "%.1f KiB/token (PCIe: top-k rows %.1f + channel rows %.1f) over %lld steps; prefill d2h %.2f MiB, "
+                   "h2d %.2f MiB (the host tier copied back for prefill attention)\n",
+                g.n_offload, mib(g.host_alloc), (g.h2d_decode + g.h2d_chan) / steps / 1024.0,
+                g.h2d_decode / steps / 1024.0, g.h2d_chan / steps / 1024.0, (long long)g.decode_steps, mib(g.d2h),
+                mib(g.h2d_prefill));
+    }
+    fprintf(f, "gpu memory (%s): weights %.2f MiB + workspace %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; "
+               "device %.2f of %.2f MiB free\n",
+            g.device, mib(g.weights), mib(g.workspace), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free),
+            mib(g.dev_total));
 }

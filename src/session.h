@@ -56,17 +56,8 @@ struct tl_session {
                                   reset, memory and free go there and kv[]/act are unused */
 };
 
-typedef struct tl_session tl_session;
-
-/* Memory of a session, in bytes. */
-typedef struct {
-    uint64_t weights;     /* tensors the model reads */
-    uint64_t kv;          /* all KV stores, all tiers */
-    uint64_t activations; /* buffers sized by the chunk */
-    tl_kv_bytes kv_parts; /* KV split by purpose */
-} tl_session_mem;
-
-void tl_session_memory(const tl_session *s, tl_session_mem *out);
+/* tl_session_new and the public calls on a session (tl_session_eval, tl_session_memory, ...):
+ * include/tailor.h. */
 
 /* Keep the first n_tokens of the sequence (to reuse a shared prefix). All or nothing: when
  * a layer's store cannot (quantized codes, a moved sliding window, the GPU backend) the

@@ -1,7 +1,6 @@
 /* tailor serve: the OpenAI-compatible HTTP server (src/server/). Runs until SIGINT/SIGTERM. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "../src/server/server.h"
 
 #include <limits.h>
 #include <signal.h>
@@ -67,7 +66,7 @@ static int read_api_key(const char *arg, const char *file, char **key) {
     } else if (file) {
         size_t n = 0;
         from = "--api-key-file";
-        if (!(*key = tl_cli_read_file(file, &n, &err))) {
+        if (!(*key = tl_read_whole(file, &n, &err))) {
             fprintf(stderr, "tailor serve: --api-key-file: %s\n", err.msg);
             return -1;
         }
@@ -197,7 +196,7 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_kv_plan plan = {0};
     char *kv_text = NULL;
     tl_model *m = tl_model_load(c.model, &err);
-    if (!m || tl_kv_plan_parse(&plan, c.kv, c.kv_layer, m->cfg.n_layer, &err)) goto done;
+    if (!m || tl_kv_plan_parse(&plan, c.kv, c.kv_layer, tl_model_n_layer(m), &err)) goto done;
     sp.kv = &plan;
     if (!(srv = tl_server_start(m, c.model, &sp, &err))) goto done;
     tl_session_mem mem;
