@@ -717,6 +717,9 @@ typedef struct {
     int chunk;                 /* prefill chunk (0 = default) */
     int batch_tokens;          /* rows per step, decode and prefill (0 = chunk + P); more than P */
     const tl_kv_plan *kv;      /* KV policy of each layer in every slot (NULL = f16); read at start */
+    const char *device;        /* "cpu" (NULL) or "cuda": where the step runs and the slots' KV caches live */
+    uint64_t gpu_mem_budget;   /* cuda: the slots' KV, the step's buffers and the weights must fit this many
+                                  bytes (0: the GPU's free memory at start), else the start fails */
     const char *api_key;       /* NULL = no auth; a key that is set must pass tl_server_check_api_key */
     size_t max_body;           /* request bytes (413 above); 0 = n_ctx x the longest token's bytes
                                   + TL_BODY_SLACK: room for any prompt that fits the context */

@@ -31,9 +31,16 @@
 #   7. (dectc) f16 decode attention on tensor cores (TL_CUDA_DEC_TC=1) vs decode.cu: the kernel
 #      alone (bench_cuda_attn --m 1) and the decode bench; (decmma) per-token codes decoded on
 #      decode.cu's CUDA cores (TL_CUDA_DEC_MMA=0) instead of decode_mma.cu's tensor cores
+#  11. (serve) tailor serve --device cuda (continuous batching on the GPU, docs/server.md): a
+#      30-layer SmolLM2-shaped synth (f16, the fixtures' 300-token byte vocabulary, so that the
+#      generated text names the tokens) with -c 1024 --parallel 64, per KV policy (SERVE_KVS):
+#      greedy completions from 16 concurrent clients against the same requests one at a time
+#      (scripts/serve-check.py: the same tokens), then aggregate tokens/s at SERVE_CLIENTS
+#      (1,16,64) clients (scripts/serve-bench.py, 256 prompt + 128 generated tokens each); and a
+#      --gpu-mem-budget the slots do not fit must stop the start with the plan
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long dectc decmma real qweights), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
-# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS,
+# long dectc decmma real qweights pareto serve), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
+# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS,
 # TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -289,5 +296,46 @@ if has qweights; then
     cat "$OUT/qw_widen.md" | tee -a "$OUT/summary.md"
     grep -E "gpu memory|error" "$OUT/qw_widen.err" | sort -u | head -4 | tee -a "$OUT/summary.md"
   fi
+fi
+if has serve; then
+  SM=${SERVE_MODEL:-$SHM/serve-smol.gguf}
+  if [ ! -f $SM ]; then
+    log "synth smollm2-135m f16 with the fixtures' byte vocabulary (serve)"
+    $T synth --shape smollm2-135m --type f16 --vocab tests/fixtures/synth_llama_tied.gguf -o $SM -q 2>&1 | tail -1
+  fi
+  # the port a server started on ($1: its log), once it listens; fails when it exits first
+  port_of() {
+    for _ in $(seq 1 1200); do
+      p=$(grep -o 'listening on http://[^ ]*' "$1" | grep -o '[0-9]*$')
+      if [ -n "$p" ]; then echo "$p"; return 0; fi
+      kill -0 "$2" 2>/dev/null || return 1
+      sleep 0.1
+    done
+    return 1
+  }
+  for KV in ${SERVE_KVS:-f16 k4v4 tailor:summary=4,bits=2}; do
+    tag=$(echo "$KV" | tr -c 'A-Za-z0-9\n' _)
+    log "serve --device cuda --kv $KV (-c 1024 --parallel 64)"
+    $T serve -m $SM --device cuda --port 0 -c 1024 --parallel 64 --queue 128 --kv "$KV" >"$OUT/serve_$tag.log" 2>&1 &
+    SP=$!
+    if PORT=$(port_of "$OUT/serve_$tag.log" $SP); then
+      grep -E "slot\(s\)" "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"
+      timeout 300 python3 scripts/serve-check.py --port $PORT --clients 16 --requests 48 --max-tokens 64 --id-lo 3 --id-hi 256 \
+        2>&1 | tee "$OUT/serve_check_$tag.txt" | tail -8 | tee -a "$OUT/summary.md"
+      echo "serve-check $KV exit ${PIPESTATUS[0]}" | tee -a "$OUT/summary.md"
+      timeout 400 python3 scripts/serve-bench.py --port $PORT --pid $SP --clients ${SERVE_CLIENTS:-1,16,64} --requests 2 \
+        --prompt-tokens 256 --max-tokens 128 --repeat 1 --id-lo 3 --id-hi 256 --label "cuda $KV" 2>&1 | tee -a "$OUT/summary.md"
+    else
+      echo "serve $KV did not start:" | tee -a "$OUT/summary.md"
+      tail -5 "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"
+    fi
+    kill -TERM $SP 2>/dev/null
+    wait $SP
+    echo "serve $KV exit $?" | tee -a "$OUT/summary.md"
+  done
+  log "serve: 64 slots of 131072 tokens under --gpu-mem-budget 8GiB must be refused at start"
+  timeout 120 $T serve -m $SM --device cuda --port 0 -c 131072 --parallel 64 --gpu-mem-budget 8GiB >"$OUT/serve_budget.log" 2>&1
+  echo "exit $? (want 1)" | tee -a "$OUT/summary.md"
+  tail -2 "$OUT/serve_budget.log" | tee -a "$OUT/summary.md"
 fi
 log "done"

@@ -420,6 +420,36 @@ tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, 
     return s;
 }
 
+tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl_error *err) {
+    const tl_kv_layer_policy *policies = NULL;
+    if (p->kv) {
+        if (p->kv->n_layers != m->cfg.n_layer) {
+            tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
+            return NULL;
+        }
+        policies = p->kv->layers;
+    }
+    if (!p->device || !strcmp(p->device, "cpu")) return tl_session_new_on(m, p->n_ctx, 1, 1, policies, NULL, err);
+    if (strcmp(p->device, "cuda")) {
+        tl_fail(err, "--device '%s': unknown device (cpu, cuda)", p->device);
+        return NULL;
+    }
+    if (cuda_refuses(&m->cfg, err)) return NULL;
+    bool failed;
+    tl_kv_layer_policy *resolved = resolve_auto(m, policies, true, p->n_threads, &failed, err);
+    if (failed) return NULL;
+    tl_cuda_session *g = tl_cuda_session_new_kv(m, p->n_ctx, resolved ? resolved : policies, err);
+    free(resolved);
+    if (!g) return NULL;
+    tl_session *s = tl_xcalloc(1, sizeof *s);
+    s->model = m;
+    s->n_ctx = tl_plan_n_ctx(&m->cfg, p->n_ctx);
+    s->chunk = tl_plan_chunk(s->n_ctx, p->chunk);
+    s->gpu = g;
+    s->keys_checked = true; /* the per-token key check reads CPU stores */
+    return s;
+}
+
 tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
     if (p->warn_ctx && p->n_ctx > m->cfg.n_ctx_train)
         fprintf(stderr, "tailor: warning: context %d exceeds the model's training context %d; quality may degrade\n",

@@ -90,4 +90,10 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
 tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, const tl_kv_layer_policy *policies,
                               const char *device, tl_error *err);
 
+/* A sequence of a batched step (batch.h): its KV caches under p's plan, context and device. On
+ * the CPU a session of chunk 1 and one thread (the batch holds the step's activations and
+ * threads); on the GPU the KV caches alone (tl_cuda_session_new_kv), which only a batch
+ * evaluates. p's GPU budget is not checked here (the batch checks it for all its sequences). */
+tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl_error *err);
+
 #endif

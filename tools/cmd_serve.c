@@ -11,6 +11,7 @@ static void help(void) {
     const tl_server_params d = tl_server_default_params();
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N] [--batch-tokens N]\n"
+           "       [--device cpu|cuda] [--gpu-mem-budget SIZE]\n"
            "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
            "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
            "       [--chat-template %s] [--chat-parse-special] [--alias NAME]\n"
@@ -20,6 +21,8 @@ static void help(void) {
            "  P (default %d) slots generate at once, each with its own KV cache of -c tokens under the --kv\n"
            "  policy; each step runs the next token of every generating slot and prompt chunks of the others\n"
            "  through the model at once, on THREADS threads, up to --batch-tokens rows (default --chunk + P).\n"
+           "  --device cuda: the slots' KV caches and the step on GPU 0; the weights, the step's buffers and P\n"
+           "  slots' KV must fit --gpu-mem-budget (e.g. 24GiB; default: the GPU's free memory) or the start fails.\n"
            "  Up to Q (default %d) more requests wait, beyond that\n"
            "  429. A request that parses and tokenizes a body holds one of these P + Q places while it does.\n"
            "  --max-body (default: the context x the longest token's bytes + %u KiB, room for any prompt\n"
@@ -173,6 +176,8 @@ int tl_cmd_serve(int argc, char **argv) {
     sp.api_key = key_buf;
     sp.n_ctx = c.n_ctx;
     sp.n_threads = c.n_threads;
+    sp.device = c.device;
+    sp.gpu_mem_budget = c.gpu_mem_budget;
     sp.chunk = c.chunk;
     sp.sampling = c.sp;
     sp.default_max_tokens = c.n_predict;
@@ -200,8 +205,9 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_server_slot_memory(srv, &mem, &n_ctx, &chat);
     kv_text = tl_kv_plan_format(&plan);
     fprintf(stderr,
-            "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations shared by the slots, chat template %s%s\n",
-            c.model, sp.n_parallel, n_ctx, kv_text, mem.activations / 1048576.0, chat,
+            "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations shared by the slots%s, chat template %s%s\n",
+            c.model, sp.n_parallel, n_ctx, kv_text, mem.activations / 1048576.0,
+            c.device && !strcmp(c.device, "cuda") ? " (on the GPU)" : "", chat,
             sp.api_key && *sp.api_key ? ", API key required" : "");
     const tl_server_params *in_use = tl_server_params_in_use(srv);
     fprintf(stderr, "tailor serve: requests of at most %zu bytes; at most %d connections, %d per address\n",

@@ -5,7 +5,8 @@
  *             client-disconnect detection
  *   routes.c  the endpoints: request validation (cJSON), response shapes, SSE events
  *   sched.c   slots (one tl_session each), the bounded queue, and the step loop: one thread
- *             running every slot's tokens through one batched forward step (batch.c)
+ *             running every slot's tokens through one batched forward step (batch.c; on the
+ *             GPU with --device cuda, src/cuda/batch.cu)
  *   chat.c    chat templates (ChatML, Phi-3, Phi-4, Gemma, Llama-3, DeepSeek-R1) chosen from
  *             tokenizer.chat_template
  *   metrics.c counters and the Prometheus text of /metrics
