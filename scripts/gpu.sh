@@ -23,9 +23,9 @@
 #      with the essays and the C file carried in carry/data
 #   9. (qweights) weights kept in their GGUF block formats (qmatvec.cu): synthetic Llama-3.1-8B in
 #      q4_K_M (llama.cpp's mix), q8_0 and w4g128 (QTYPES), decode ms/token at QDEPTHS with f16 and
-#      k4v4 KV, prefill pp4096 (chunk 4096), device memory by part (TL_CUDA_WIDEN=0: the block
-#      kernels, opt-in until verified); then q4_K_M widened to f16 at upload (TL_CUDA_WIDEN=1, the
-#      default for now) at depths 0 and 131072
+#      k4v4 KV, prefill pp4096 (chunk 4096), device memory by part (the block kernels, the
+#      default); then q4_K_M widened to f16 at upload (TL_CUDA_WIDEN=1, the 16-bit deployment)
+#      at depths 0 and 131072
 #  10. (pareto) tailor pareto --device cuda on the staged real model (PARETO_WEIGHTS, PARETO_KVS,
 #      PARETO_CTX, PARETO_TASKS, PARETO_NIAH; --resume: a later call continues the sweep)
 #   7. (dectc) f16 decode attention on tensor cores (TL_CUDA_DEC_TC=1) vs decode.cu: the kernel
@@ -252,6 +252,7 @@ if has pareto; then
   # projected to Llama-3.1-8B at 128k; --resume continues a sweep a previous call left
   RM=${REAL_MODEL:-$(bash scripts/device-stage.sh path qwen2.5-coder-1.5b-instruct-q4_k_m.gguf 2>/dev/null || true)}
   DATA=$PWD/carry/data P=$SHM/real/pareto
+  mkdir -p $SHM/real
   if [ -z "$RM" ] || [ ! -f "$RM" ] || [ ! -d "$DATA/pg_essays" ]; then
     echo "pareto: no staged model or no carry/data (REAL_MODEL '$RM')" | tee -a "$OUT/summary.md"
   else
@@ -277,13 +278,13 @@ if has qweights; then
       $T synth --shape llama-3.1-8b --type $QT -o $QM -q 2>&1 | tail -1 | tee -a "$OUT/summary.md"
     fi
     log "qweights $QT: decode (depths $QDEPTHS, kv f16,k4v4)"
-    TL_CUDA_WIDEN=0 TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $QM --device cuda -p 0 -n 32 -d "$QDEPTHS" --kv f16,k4v4 -r 2 -o md \
+    TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $QM --device cuda -p 0 -n 32 -d "$QDEPTHS" --kv f16,k4v4 -r 2 -o md \
       >"$OUT/qw_$QT.md" 2>"$OUT/qw_$QT.err"
     echo "bench $QT exit $?" | tee -a "$OUT/summary.md"
     cat "$OUT/qw_$QT.md" | tee -a "$OUT/summary.md"
     grep -E "gpu memory|uploaded|widened|error|tailor bench" "$OUT/qw_$QT.err" | sort -u | head -8 | tee -a "$OUT/summary.md"
     log "qweights $QT: prefill pp4096 (chunk 4096)"
-    TL_CUDA_WIDEN=0 timeout 120 $T bench -m $QM --device cuda -p 4096 -n 0 --chunk 4096 -r 2 -o md >"$OUT/qw_${QT}_pp.md" 2>>"$OUT/qw_$QT.err"
+    timeout 120 $T bench -m $QM --device cuda -p 4096 -n 0 --chunk 4096 -r 2 -o md >"$OUT/qw_${QT}_pp.md" 2>>"$OUT/qw_$QT.err"
     echo "prefill $QT exit $?" | tee -a "$OUT/summary.md"
     tail -1 "$OUT/qw_${QT}_pp.md" | tee -a "$OUT/summary.md"
   done

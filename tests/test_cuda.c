@@ -1325,7 +1325,7 @@ static void qweight_models(void) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
-    setenv("TL_CUDA_WIDEN", "0", 1);  /* block-format weights on their own kernels (forward.cu: keep_blocks) */
+    unsetenv("TL_CUDA_WIDEN"); /* block-format weights on their own kernels (forward.cu: keep_blocks) */
     batch_plan_host(); /* host only */
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {

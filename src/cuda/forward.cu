@@ -196,13 +196,13 @@ static int grid1(size_t n, int thr) {
 
 /* ---------------- weights ---------------- */
 
-/* Block formats with kernels stay as they are with TL_CUDA_WIDEN=0. By default every block
- * format is still widened to f16 at upload (the path verified on hardware): the block kernels
- * (qmatvec.cu) have not run on a GPU yet, and become the default once test_cuda has passed
- * there (docs/cuda.md, "Weights in GGUF block formats"). */
+/* Block formats with kernels (qmatvec.cu) stay as they are in the file; TL_CUDA_WIDEN=1 widens
+ * them to f16 at upload instead (the 16-bit deployment: 3.3x the memory of a Q4_K_M file, and
+ * the way to compare the two paths). Verified on an H100 (docs/cuda.md, "Weights in GGUF block
+ * formats"). */
 static bool keep_blocks(tl_type t) {
     const char *w = getenv("TL_CUDA_WIDEN");
-    return tlc_qtype_has_kernels(t) && w && !strcmp(w, "0");
+    return tlc_qtype_has_kernels(t) && !(w && !strcmp(w, "1"));
 }
 static int wt_of(tl_type t) {
     return t == TL_TYPE_F32 ? WT_F32 : t == TL_TYPE_BF16 ? WT_BF16 : keep_blocks(t) ? WT_Q : WT_F16;
@@ -1199,7 +1199,7 @@ static int side_bytes(const tl_kv_side *p, tl_kv_kind kind, int d, int residual,
 
 uint64_t tlc_plan_weights(const tl_model *m) {
     /* as upload_weights stores them (block formats with kernels as they are with
-     * TL_CUDA_WIDEN=0, other non-float types widened to f16) */
+     * unless TL_CUDA_WIDEN=1, other non-float types widened to f16) */
     const tl_config *c = &m->cfg;
     uint64_t w = mat_bytes(&m->w.tok_embd) + (uint64_t)c->n_embd * 4;
     if (!m->w.tied_output) w += mat_bytes(&m->w.output);

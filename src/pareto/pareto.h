@@ -164,7 +164,7 @@ typedef struct {
                               frontier and the picks use acc_lo (the pessimistic end) */
     bool baseline, frontier;
     char device[64];   /* GPU runs: the card ("" on the CPU) */
-    int device_plan;   /* GPU runs: 1 allocation == the planner's projection, 0 not, -1 unknown */
+    int device_plan;   /* GPU runs: 1 the planner's projection holds (report.c), 0 not, -1 unknown */
 } tl_pareto_row;
 
 typedef struct {

@@ -113,8 +113,13 @@ static void take_line(tl_pareto_table *t, const cJSON *o, int *cap) {
     const cJSON *dev = cJSON_GetObjectItemCaseSensitive(o, "device");
     if (ok && dev) {
         snprintf(r->device, sizeof r->device, "%s", str(dev, "name"));
-        const cJSON *eq = cJSON_GetObjectItemCaseSensitive(o, "device_plan_equal");
-        r->device_plan = cJSON_IsBool(eq) ? cJSON_IsTrue(eq) : -1;
+        /* the plan holds: weights, workspace and both KV tiers to the byte; activations at most
+         * as planned (the attention partials grow on demand up to the planner's allowance) */
+        const cJSON *pl = cJSON_GetObjectItemCaseSensitive(o, "device_plan");
+        r->device_plan = !pl ? -1
+                             : num(pl, "weights") == num(dev, "weights") && num(pl, "workspace") == num(dev, "workspace") &&
+                                   num(pl, "kv_device") == num(dev, "kv_device") && num(pl, "kv_host") == num(dev, "kv_host") &&
+                                   num(dev, "activations") <= num(pl, "activations");
     }
     if (ok && !isnan(num(o, "rss_peak"))) r->rss = isnan(r->rss) ? num(o, "rss_peak") : fmax(r->rss, num(o, "rss_peak"));
     const cJSON *pj = cJSON_GetObjectItemCaseSensitive(o, "proj");
@@ -367,7 +372,9 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
     if (n_dev) {
         tl_strbuf_printf(&b, "Run on the GPU (%s): memory is the device's, as allocated: weights as uploaded + KV device "
                 "tier + activations and the block-format weights' workspace (+ one row of logits). The planner's "
-                "projection equals the allocation for %d of %d configurations", card, n_eq, n_dev);
+                "projection equals the allocation of weights, workspace and KV tiers to the byte, and bounds the "
+                "activations (attention partials grow on demand up to its allowance), for %d of %d configurations",
+                card, n_eq, n_dev);
         for (int i = 0, first = 1; i < t->n; i++)
             if (t->rows[i].device[0] && t->rows[i].device_plan != 1) {
                 tl_strbuf_printf(&b, "%s`%s`", first ? " (not: " : ", ", t->rows[i].label);

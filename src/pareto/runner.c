@@ -520,7 +520,7 @@ done:
 }
 
 /* "device": {"name", "weights", "workspace", "kv_device", "kv_host", "activations", "total"} as
- * allocated, "device_plan": the planner's same parts, and whether each equals. */
+ * allocated, and "device_plan": the planner's same parts (report.c compares them). */
 static void x_add_device(cJSON *x, const ppl_out *o) {
     const tl_cuda_mem *g = &o->gm;
     cJSON *d = cJSON_AddObjectToObject(x, "device");
@@ -540,9 +540,6 @@ static void x_add_device(cJSON *x, const ppl_out *o) {
     cJSON_AddNumberToObject(pl, "kv_host", (double)q->kv_host);
     cJSON_AddNumberToObject(pl, "activations", (double)q->activations);
     cJSON_AddNumberToObject(pl, "reserve", (double)q->reserve);
-    cJSON_AddBoolToObject(x, "device_plan_equal",
-                          q->weights == g->weights && q->workspace == g->workspace && q->kv_device == g->kv_alloc &&
-                              q->kv_host == g->host_alloc && q->activations == g->activations);
 }
 
 int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *p, tl_error *err) {
