@@ -420,15 +420,20 @@ tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, 
     return s;
 }
 
+/* The plan's per-layer policies (NULL: f16 everywhere); -1 when the plan is for another depth. */
+static int params_policies(const tl_model *m, const tl_session_params *p, const tl_kv_layer_policy **policies,
+                           tl_error *err) {
+    *policies = NULL;
+    if (!p->kv) return 0;
+    if (p->kv->n_layers != m->cfg.n_layer)
+        return tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
+    *policies = p->kv->layers;
+    return 0;
+}
+
 tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl_error *err) {
-    const tl_kv_layer_policy *policies = NULL;
-    if (p->kv) {
-        if (p->kv->n_layers != m->cfg.n_layer) {
-            tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
-            return NULL;
-        }
-        policies = p->kv->layers;
-    }
+    const tl_kv_layer_policy *policies;
+    if (params_policies(m, p, &policies, err)) return NULL;
     if (!p->device || !strcmp(p->device, "cpu")) return tl_session_new_on(m, p->n_ctx, 1, 1, policies, NULL, err);
     if (strcmp(p->device, "cuda")) {
         tl_fail(err, "--device '%s': unknown device (cpu, cuda)", p->device);
@@ -454,14 +459,8 @@ tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *er
     if (p->warn_ctx && p->n_ctx > m->cfg.n_ctx_train)
         fprintf(stderr, "tailor: warning: context %d exceeds the model's training context %d; quality may degrade\n",
                 p->n_ctx, m->cfg.n_ctx_train);
-    const tl_kv_layer_policy *policies = NULL;
-    if (p->kv) {
-        if (p->kv->n_layers != m->cfg.n_layer) {
-            tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
-            return NULL;
-        }
-        policies = p->kv->layers;
-    }
+    const tl_kv_layer_policy *policies;
+    if (params_policies(m, p, &policies, err)) return NULL;
     const bool cuda = p->device && !strcmp(p->device, "cuda");
     if (cuda && p->gpu_mem_budget && tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, p->gpu_mem_budget, err))
         return NULL;

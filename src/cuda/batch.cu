@@ -132,24 +132,6 @@ extern "C" uint64_t tl_cuda_batch_bytes(const tl_cuda_batch *b) {
 
 /* ---------------- the products ---------------- */
 
-static tlc_mv mv_of(int nseg, const dmat *const *W, const float *x, float *const *y, const float *const *bias, const int *add) {
-    tlc_mv a;
-    memset(&a, 0, sizeof a);
-    a.nseg = nseg;
-    a.n_in = W[0]->n_in;
-    a.wt = W[0]->wt;
-    a.qt = W[0]->qt;
-    a.x = x;
-    for (int s = 0; s < nseg; s++) {
-        a.W[s] = W[s]->d;
-        a.bias[s] = bias ? bias[s] : NULL;
-        a.y[s] = y[s];
-        a.n_out[s] = W[s]->n_out;
-        a.add[s] = add ? add[s] : 0;
-    }
-    return a;
-}
-
 /* y_s (+)= W_s x (+ b_s) for nr rows of x, each as a session computes one row (tlc_linear with
  * n = 1): matrices of unlike types one at a time; 16-bit and f32 weights over all rows at once
  * (tlc_matvec_rows), block formats a row at a time. x rows n_in apart, y rows n_out[s]. */
@@ -172,7 +154,7 @@ static int one_row_products(tl_cuda_batch *b, int nr, int nseg, const dmat *cons
         }
         return 0;
     }
-    const tlc_mv a = mv_of(nseg, W, x, y, bias, add);
+    const tlc_mv a = tlc_mv_of(nseg, W, x, y, bias, add);
     return tlc_matvec_rows(&ws->cx, &a, nr, n_in, err);
 }
 
@@ -200,7 +182,7 @@ static int gate_up(tl_cuda_batch *b, const dlayer *L, int glu, tl_error *err) {
     if (b->n_dec) {
         int rc = 1;
         if (!ws->cx.no_fuse && W[0]->wt == W[1]->wt && (W[0]->wt != WT_Q || W[0]->qt == W[1]->qt) && W[0]->n_in == W[1]->n_in) {
-            tlc_mv a = mv_of(2, W, ws->xn, y, NULL, NULL);
+            tlc_mv a = tlc_mv_of(2, W, ws->xn, y, NULL, NULL);
             a.glu = glu;
             if (W[0]->wt != WT_Q) {
                 rc = tlc_matvec_rows(&ws->cx, &a, b->n_dec, E, err);

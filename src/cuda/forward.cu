@@ -369,6 +369,25 @@ static int qgemm(tlc_ctx *cx, cublasHandle_t blas, const dmat *M, const uint16_t
  * written and read back), so rows are cheaper until about 8. */
 #define TLC_QGEMM_MIN_ROWS 8
 
+/* The decode product's arguments for up to three matrices sharing x (their format and n_in). */
+tlc_mv tlc_mv_of(int nseg, const dmat *const *W, const float *x, float *const *y, const float *const *bias, const int *add) {
+    tlc_mv a;
+    memset(&a, 0, sizeof a);
+    a.nseg = nseg;
+    a.n_in = W[0]->n_in;
+    a.wt = W[0]->wt;
+    a.qt = W[0]->qt;
+    a.x = x;
+    for (int s = 0; s < nseg; s++) {
+        a.W[s] = W[s]->d;
+        a.bias[s] = bias ? bias[s] : NULL;
+        a.y[s] = y[s];
+        a.n_out[s] = W[s]->n_out;
+        a.add[s] = add ? add[s] : 0;
+    }
+    return a;
+}
+
 /* y_s (+)= W_s x (+ b_s) for up to three matrices sharing x and n_in. n tokens. */
 int tlc_linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *x, int n, float *const *y,
                   const float *const *bias, const int *add, tl_error *err) {
@@ -391,20 +410,7 @@ int tlc_linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *
         return 0;
     }
     if (n == 1) {
-        tlc_mv a;
-        memset(&a, 0, sizeof a);
-        a.nseg = nseg;
-        a.n_in = n_in;
-        a.wt = wt;
-        a.qt = W[0]->qt;
-        a.x = x;
-        for (int s = 0; s < nseg; s++) {
-            a.W[s] = W[s]->d;
-            a.bias[s] = bias ? bias[s] : NULL;
-            a.y[s] = y[s];
-            a.n_out[s] = W[s]->n_out;
-            a.add[s] = add ? add[s] : 0;
-        }
+        const tlc_mv a = tlc_mv_of(nseg, W, x, y, bias, add);
         return tlc_matvec(&g->cx, &a, err);
     }
     for (int s = 0; s < nseg; s++) {

@@ -72,6 +72,8 @@ struct tl_cuda_session {
 tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies, int parts,
                                   tl_error *err);
 
+/* The decode product's arguments for up to three matrices sharing x (their format and n_in). */
+tlc_mv tlc_mv_of(int nseg, const dmat *const *W, const float *x, float *const *y, const float *const *bias, const int *add);
 /* y_s (+)= W_s x (+ b_s) for up to three matrices sharing x and n_in, n rows: matrix-vector
  * kernels for one row (block formats: for up to TLC_QGEMM_MIN_ROWS rows, a row at a time),
  * else a GEMM over the n rows (cuBLAS; 16-bit operands). On g's stream and workspace. */
