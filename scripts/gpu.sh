@@ -14,7 +14,8 @@
 #   5. (prefill) prefill time per chunk size: pp4096, a 512 chunk after 32k, and (long) the
 #      whole 128k-token prefill per chunk size, with TL_CUDA_TC=0 (CUDA-core attention) beside it
 #   6. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan):
-#      the device key summary (summary=4) and the paper's channel-row fetch (summary=0)
+#      the device key summary (summary=4) and the paper's channel-row fetch (summary=0), on the
+#      bf16 synth or TK_MODEL (e.g. /dev/shm/llama8b-q4_K_M.gguf that step qweights made)
 #   8. (real) a real model staged by scripts/device-stage.sh (REAL_MODEL, default the staged
 #      Qwen2.5-Coder-1.5B): GPU logits against the CPU's (the KL divergence of the GPU run from a
 #      CPU baseline over REAL_CTX-token windows, and the PPL ratio, each with its interval), then
@@ -22,15 +23,24 @@
 #      with the essays and the C file carried in carry/data
 #   9. (qweights) weights kept in their GGUF block formats (qmatvec.cu): synthetic Llama-3.1-8B in
 #      q4_K_M (llama.cpp's mix), q8_0 and w4g128 (QTYPES), decode ms/token at QDEPTHS with f16 and
-#      k4v4 KV, prefill pp4096 (chunk 4096), device memory by part (TL_CUDA_WIDEN=0: the block
-#      kernels, opt-in until verified); then q4_K_M widened to f16 at upload (TL_CUDA_WIDEN=1, the
-#      default for now) at depths 0 and 131072
+#      k4v4 KV, prefill pp4096 (chunk 4096), device memory by part (the block kernels, the
+#      default); then q4_K_M widened to f16 at upload (TL_CUDA_WIDEN=1, the 16-bit deployment)
+#      at depths 0 and 131072
+#  10. (pareto) tailor pareto --device cuda on the staged real model (PARETO_WEIGHTS, PARETO_KVS,
+#      PARETO_CTX, PARETO_TASKS, PARETO_NIAH; --resume: a later call continues the sweep)
 #   7. (dectc) f16 decode attention on tensor cores (TL_CUDA_DEC_TC=1) vs decode.cu: the kernel
 #      alone (bench_cuda_attn --m 1) and the decode bench; (decmma) per-token codes decoded on
 #      decode.cu's CUDA cores (TL_CUDA_DEC_MMA=0) instead of decode_mma.cu's tensor cores
+#  11. (serve) tailor serve --device cuda (continuous batching on the GPU, docs/server.md): a
+#      30-layer SmolLM2-shaped synth (f16, the fixtures' 300-token byte vocabulary, so that the
+#      generated text names the tokens) with -c 1024 --parallel 64, per KV policy (SERVE_KVS):
+#      greedy completions from 16 concurrent clients against the same requests one at a time
+#      (scripts/serve-check.py: the same tokens), then aggregate tokens/s at SERVE_CLIENTS
+#      (1,16,64) clients (scripts/serve-bench.py, 256 prompt + 128 generated tokens each); and a
+#      --gpu-mem-budget the slots do not fit must stop the start with the plan
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long dectc decmma real qweights), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
-# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS,
+# long dectc decmma real qweights pareto serve), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
+# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS,
 # TL_CUDA_SAFE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -81,7 +91,8 @@ if has test; then
 fi
 
 M=$SHM/llama8b-bf16.gguf
-if has bench || has prefill || has tailor || has dectc; then
+TKM=${TK_MODEL:-$M}
+if has bench || has prefill || has dectc || { has tailor && [ "$TKM" = "$M" ]; }; then
   if [ ! -f $M ]; then
     log "synth llama-3.1-8b bf16"
     $T synth --shape llama-3.1-8b --type bf16 -o $M -q 2>&1 | tail -1
@@ -185,13 +196,13 @@ fi
 if has tailor; then
   # TailorKV (sparse layers offloaded to pinned host memory, 4-bit device key summary) under a
   # 24 GiB device budget at 128k: f16 must be refused by the plan, tailor must fit and run
-  log "tailor: --gpu-mem-budget 24GiB at depth 131072"
+  log "tailor: --gpu-mem-budget 24GiB at depth 131072, $(basename $TKM)"
   BUD=${BUDGET:-24GiB}
-  timeout 60 $T bench -m $M --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d 131072 --kv f16 -r 1 -o md \
+  timeout 60 $T bench -m $TKM --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d 131072 --kv f16 -r 1 -o md \
     >"$OUT/tailor_f16.md" 2>"$OUT/tailor_f16.err"
   echo "f16 under $BUD: exit $?" | tee -a "$OUT/summary.md"
   grep -E "gpu-mem-budget" "$OUT/tailor_f16.err" | head -3 | tee -a "$OUT/summary.md"
-  TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $M --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d ${TK_DEPTHS:-131072} \
+  TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $TKM --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d ${TK_DEPTHS:-131072} \
     --kv "${TK_KVS:-tailor:summary=4,tailor:summary=0}" -r 2 -o md >"$OUT/tailor.md" 2>"$OUT/tailor.err"
   echo "tailor bench exit $?" | tee -a "$OUT/summary.md"
   cat "$OUT/tailor.md" | tee -a "$OUT/summary.md"
@@ -236,6 +247,26 @@ if has real; then
   fi
   tar czf "$OUT/real.tgz" -C $SHM real 2>/dev/null
 fi
+if has pareto; then
+  # the KV Pareto sweep on the GPU over the staged real model: weights x KV at PARETO_CTX,
+  # projected to Llama-3.1-8B at 128k; --resume continues a sweep a previous call left
+  RM=${REAL_MODEL:-$(bash scripts/device-stage.sh path qwen2.5-coder-1.5b-instruct-q4_k_m.gguf 2>/dev/null || true)}
+  DATA=$PWD/carry/data P=$SHM/real/pareto
+  mkdir -p $SHM/real
+  if [ -z "$RM" ] || [ ! -f "$RM" ] || [ ! -d "$DATA/pg_essays" ]; then
+    echo "pareto: no staged model or no carry/data (REAL_MODEL '$RM')" | tee -a "$OUT/summary.md"
+  else
+    cat "$DATA"/pg_essays/*.txt >$SHM/essays.txt
+    log "pareto --device cuda: weights ${PARETO_WEIGHTS:=base,f16,q8_0,q4_0,w4g128,awq} x kv ${PARETO_KVS:=f16,k8v8,k4v4,k4v2,k2v2:kivi}"
+    timeout ${PARETO_TIMEOUT:-540} $T pareto --device cuda -m "$RM" -o $P -c ${PARETO_CTX:-32768} --target-ctx 131072 \
+      --project-to llama-3.1-8b --weights $PARETO_WEIGHTS --calib $SHM/essays.txt --kv-axis $PARETO_KVS \
+      --tasks ${PARETO_TASKS:-ppl,niah} --windows 1 --niah-samples ${PARETO_NIAH:-2} -f $SHM/essays.txt \
+      --haystack "$DATA/pg_essays" --speed --resume >"$OUT/pareto.log" 2>&1
+    echo "pareto exit $?" | tee -a "$OUT/summary.md"
+    tail -5 "$OUT/pareto.log" | tee -a "$OUT/summary.md"
+    for f in report.md frontier.csv frontier.svg results.jsonl; do [ -f $P/$f ] && cp $P/$f "$OUT/pareto_$f"; done
+  fi
+fi
 if has qweights; then
   # 8B models in /dev/shm (q4_K_M about 4.9 GB, q8_0 8.5, w4g128 4.3): the K-quants' reference
   # quantizers take a minute or so on 16 cores
@@ -247,13 +278,13 @@ if has qweights; then
       $T synth --shape llama-3.1-8b --type $QT -o $QM -q 2>&1 | tail -1 | tee -a "$OUT/summary.md"
     fi
     log "qweights $QT: decode (depths $QDEPTHS, kv f16,k4v4)"
-    TL_CUDA_WIDEN=0 TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $QM --device cuda -p 0 -n 32 -d "$QDEPTHS" --kv f16,k4v4 -r 2 -o md \
+    TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $QM --device cuda -p 0 -n 32 -d "$QDEPTHS" --kv f16,k4v4 -r 2 -o md \
       >"$OUT/qw_$QT.md" 2>"$OUT/qw_$QT.err"
     echo "bench $QT exit $?" | tee -a "$OUT/summary.md"
     cat "$OUT/qw_$QT.md" | tee -a "$OUT/summary.md"
     grep -E "gpu memory|uploaded|widened|error|tailor bench" "$OUT/qw_$QT.err" | sort -u | head -8 | tee -a "$OUT/summary.md"
     log "qweights $QT: prefill pp4096 (chunk 4096)"
-    TL_CUDA_WIDEN=0 timeout 120 $T bench -m $QM --device cuda -p 4096 -n 0 --chunk 4096 -r 2 -o md >"$OUT/qw_${QT}_pp.md" 2>>"$OUT/qw_$QT.err"
+    timeout 120 $T bench -m $QM --device cuda -p 4096 -n 0 --chunk 4096 -r 2 -o md >"$OUT/qw_${QT}_pp.md" 2>>"$OUT/qw_$QT.err"
     echo "prefill $QT exit $?" | tee -a "$OUT/summary.md"
     tail -1 "$OUT/qw_${QT}_pp.md" | tee -a "$OUT/summary.md"
   done
@@ -266,5 +297,46 @@ if has qweights; then
     cat "$OUT/qw_widen.md" | tee -a "$OUT/summary.md"
     grep -E "gpu memory|error" "$OUT/qw_widen.err" | sort -u | head -4 | tee -a "$OUT/summary.md"
   fi
+fi
+if has serve; then
+  SM=${SERVE_MODEL:-$SHM/serve-smol.gguf}
+  if [ ! -f $SM ]; then
+    log "synth smollm2-135m f16 with the fixtures' byte vocabulary (serve)"
+    $T synth --shape smollm2-135m --type f16 --vocab tests/fixtures/synth_llama_tied.gguf -o $SM -q 2>&1 | tail -1
+  fi
+  # the port a server started on ($1: its log), once it listens; fails when it exits first
+  port_of() {
+    for _ in $(seq 1 1200); do
+      p=$(grep -o 'listening on http://[^ ]*' "$1" | grep -o '[0-9]*$')
+      if [ -n "$p" ]; then echo "$p"; return 0; fi
+      kill -0 "$2" 2>/dev/null || return 1
+      sleep 0.1
+    done
+    return 1
+  }
+  for KV in ${SERVE_KVS:-f16 k4v4 tailor:summary=4,bits=2}; do
+    tag=$(echo "$KV" | tr -c 'A-Za-z0-9\n' _)
+    log "serve --device cuda --kv $KV (-c 1024 --parallel 64)"
+    $T serve -m $SM --device cuda --port 0 -c 1024 --parallel 64 --queue 128 --kv "$KV" >"$OUT/serve_$tag.log" 2>&1 &
+    SP=$!
+    if PORT=$(port_of "$OUT/serve_$tag.log" $SP); then
+      grep -E "slot\(s\)" "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"
+      timeout 300 python3 scripts/serve-check.py --port $PORT --clients 16 --requests 48 --max-tokens 64 --id-lo 3 --id-hi 256 \
+        2>&1 | tee "$OUT/serve_check_$tag.txt" | tail -8 | tee -a "$OUT/summary.md"
+      echo "serve-check $KV exit ${PIPESTATUS[0]}" | tee -a "$OUT/summary.md"
+      timeout 400 python3 scripts/serve-bench.py --port $PORT --pid $SP --clients ${SERVE_CLIENTS:-1,16,64} --requests 2 \
+        --prompt-tokens 256 --max-tokens 128 --repeat 1 --id-lo 3 --id-hi 256 --label "cuda $KV" 2>&1 | tee -a "$OUT/summary.md"
+    else
+      echo "serve $KV did not start:" | tee -a "$OUT/summary.md"
+      tail -5 "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"
+    fi
+    kill -TERM $SP 2>/dev/null
+    wait $SP
+    echo "serve $KV exit $?" | tee -a "$OUT/summary.md"
+  done
+  log "serve: 64 slots of 131072 tokens under --gpu-mem-budget 8GiB must be refused at start"
+  timeout 120 $T serve -m $SM --device cuda --port 0 -c 131072 --parallel 64 --gpu-mem-budget 8GiB >"$OUT/serve_budget.log" 2>&1
+  echo "exit $? (want 1)" | tee -a "$OUT/summary.md"
+  tail -2 "$OUT/serve_budget.log" | tee -a "$OUT/summary.md"
 fi
 log "done"

@@ -25,19 +25,11 @@
 
 #include "session.h"
 
-typedef struct {
-    int n_grid;         /* alpha grid points in [0, 1) (default 20) */
-    int clip_grid;      /* clipping ratios tried per group of 128 (default 20; <= 1: no clipping) */
-    int max_samples;    /* activation rows kept per group for the search (default 512) */
-    int n_ctx;          /* calibration window (default 512) */
-    int64_t max_tokens; /* calibration tokens used (0: all given) */
-    int n_threads;      /* 0: all CPUs */
-    bool progress;      /* one line per layer on stderr */
-} tl_awq_params;
+/* tl_awq_params: include/tailor.h (within tl_quantize_params). */
 
 void tl_awq_default_params(tl_awq_params *p);
 
-typedef struct {
+struct tl_awq_group { /* typedef tl_awq_group: include/tailor.h */
     int layer;
     tl_act_point point; /* which group: its input (ATTN_IN = q/k/v, ATTN_OUT = o, FFN_IN = gate/up, FFN_MID = down) */
     bool applied;       /* false: skipped, scales 1 (why says so) */
@@ -47,7 +39,7 @@ typedef struct {
     double out_sq;      /* sum of squared outputs of the unquantized group over the kept rows */
     double err_rtn;     /* sum of squared output errors with plain w4g128 RTN */
     double err_awq;     /* ... with the chosen scales (and clipping): <= err_rtn */
-} tl_awq_group;
+};
 
 /* A tensor AWQ wrote: matrices in w4g128, rescaled norm weights / biases in f32. */
 typedef struct {

@@ -11,8 +11,11 @@
  * regime of its own row count, so the batch does the same: sequences small enough for the
  * rounded kernels (a prefix of the layout) go in calls of at most that many rows, the others
  * in one f32 call. Within a regime rows are independent, so each sequence's logits equal
- * tl_session_eval's up to the order of float additions, whatever else shares its step. */
+ * tl_session_eval's up to the order of float additions, whatever else shares its step.
+ * A batch made for GPU sequences (tl_batch_new_for with device "cuda") checks and lays out the
+ * step here and runs it in src/cuda/batch.cu. */
 #include "batch.h"
+#include "cuda/cuda.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -21,6 +24,9 @@
 
 struct tl_batch {
     tl_model *m;
+    tl_session_params sp;  /* the sequences tl_batch_session_new makes */
+    tl_cuda_batch *gpu;    /* on the GPU: the step (src/cuda/batch.cu); then the CPU buffers below are unused */
+    tl_cuda_seq *gseq;     /* [max_seqs] the step in layout order, for the GPU */
     tl_pool *pool;
     const tl_vec_ops *vo;
     int max_rows, max_seqs;
@@ -42,6 +48,13 @@ static void *ws_alloc(tl_batch *b, size_t bytes) {
     }
     b->bytes += bytes;
     return p;
+}
+
+/* The step's layout (sequences and rows), whichever device runs it. */
+static void layout_alloc(tl_batch *b, int max_seqs) {
+    b->seq = tl_xcalloc((size_t)max_seqs, sizeof *b->seq);
+    b->row0 = tl_xcalloc((size_t)max_seqs + 1, sizeof *b->row0);
+    b->n_rows = tl_xcalloc((size_t)max_seqs, sizeof *b->n_rows);
 }
 
 tl_batch *tl_batch_new(tl_model *m, int max_rows, int max_seqs, int n_threads, tl_error *err) {
@@ -83,14 +96,59 @@ tl_batch *tl_batch_new(tl_model *m, int max_rows, int max_seqs, int n_threads, t
     }
     a->mm_scratch_bytes = need;
     a->mm_scratch = ws_alloc(b, need);
-    b->seq = tl_xcalloc((size_t)max_seqs, sizeof *b->seq);
-    b->row0 = tl_xcalloc((size_t)max_seqs + 1, sizeof *b->row0);
-    b->n_rows = tl_xcalloc((size_t)max_seqs, sizeof *b->n_rows);
+    layout_alloc(b, max_seqs);
     return b;
 }
 
+tl_batch *tl_batch_new_for(tl_model *m, int max_rows, int max_seqs, int n_threads, const tl_session_params *sp,
+                           tl_error *err) {
+    const bool cuda = sp->device && !strcmp(sp->device, "cuda");
+    if (sp->device && !cuda && strcmp(sp->device, "cpu")) {
+        tl_fail(err, "--device '%s': unknown device (cpu, cuda)", sp->device);
+        return NULL;
+    }
+    if (sp->kv && sp->kv->n_layers != m->cfg.n_layer) {
+        tl_fail(err, "--kv: the plan has %d layers but the model has %d", sp->kv->n_layers, m->cfg.n_layer);
+        return NULL;
+    }
+    if (!cuda) {
+        tl_batch *b = tl_batch_new(m, max_rows, max_seqs, n_threads, err);
+        if (b) b->sp = *sp;
+        return b;
+    }
+    if (max_rows < 1 || max_seqs < 1) {
+        tl_fail(err, "batch: need room for at least one row and one sequence (got %d rows, %d sequences)", max_rows,
+                max_seqs);
+        return NULL;
+    }
+    const tl_kv_layer_policy *pol = sp->kv ? sp->kv->layers : NULL;
+    if (tl_cuda_check_batch(m, sp->n_ctx, pol, max_seqs, max_rows, max_seqs, sp->gpu_mem_budget, err)) return NULL;
+    tl_cuda_batch *g = tl_cuda_batch_new(m, max_rows, max_seqs, sp->n_ctx, pol, err);
+    if (!g) return NULL;
+    tl_batch *b = tl_xcalloc(1, sizeof *b);
+    b->m = m;
+    b->sp = *sp;
+    b->gpu = g;
+    b->max_rows = max_rows;
+    b->max_seqs = max_seqs;
+    b->gseq = tl_xcalloc((size_t)max_seqs, sizeof *b->gseq);
+    layout_alloc(b, max_seqs);
+    return b;
+}
+
+tl_session *tl_batch_session_new(tl_batch *b, tl_error *err) { return tl_session_new_for_batch(b->m, &b->sp, err); }
+
 void tl_batch_free(tl_batch *b) {
     if (!b) return;
+    if (b->gpu) {
+        tl_cuda_batch_free(b->gpu);
+        free(b->gseq);
+        free(b->seq);
+        free(b->row0);
+        free(b->n_rows);
+        free(b);
+        return;
+    }
     tl_activations *a = &b->act;
     void *bufs[] = {a->x, a->xn, a->q, a->k, a->v, a->attn, a->gate, a->up, a->tmp, a->rope, a->logits, a->mm_scratch, b->q_pred};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tl_afree(bufs[i]);
@@ -101,7 +159,7 @@ void tl_batch_free(tl_batch *b) {
     free(b);
 }
 
-uint64_t tl_batch_bytes(const tl_batch *b) { return b->bytes; }
+uint64_t tl_batch_bytes(const tl_batch *b) { return b->gpu ? tl_cuda_batch_bytes(b->gpu) : b->bytes; }
 
 /* y = x W for rows grouped as `groups` rows each (ascending), every group getting the kernels
  * tl_matmul picks for it alone (see the top of the file). ldy: floats between rows of y. */
@@ -152,7 +210,9 @@ static int layout(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *er
         const tl_batch_seq *q = &seqs[i];
         const tl_session *s = q->s;
         if (s->model != b->m) return tl_fail(err, "batch: sequence %d belongs to another model", i);
-        if (s->gpu) return tl_fail(err, "batch: sequence %d is on the GPU; the batched step runs on the CPU", i);
+        if (!s->gpu != !b->gpu)
+            return tl_fail(err, "batch: sequence %d is on the %s; this batch's step runs on the %s", i, s->gpu ? "GPU" : "CPU",
+                           b->gpu ? "GPU" : "CPU");
         if (s->observer) return tl_fail(err, "batch: sequence %d has an activation observer, which runs alone", i);
         if (q->n < 1) return tl_fail(err, "batch: sequence %d has %d tokens (at least 1)", i, q->n);
         if (s->n_past + q->n > s->n_ctx)
@@ -219,8 +279,20 @@ static void output(tl_batch *b) {
     }
 }
 
+/* The GPU's step, over the same layout. */
+static int eval_gpu(tl_batch *b, tl_error *err) {
+    for (int i = 0; i < b->n_seq; i++) {
+        const tl_batch_seq *q = b->seq[i];
+        b->gseq[i] = (tl_cuda_seq){.g = q->s->gpu, .tokens = q->tokens, .n = q->n, .logits = q->logits, .all_logits = q->all_logits};
+    }
+    if (tl_cuda_batch_eval(b->gpu, b->gseq, b->n_seq, err)) return -1;
+    for (int i = 0; i < b->n_seq; i++) b->seq[i]->s->n_past += b->n_rows[i];
+    return 0;
+}
+
 int tl_batch_eval(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *err) {
     if (layout(b, seqs, n_seq, err)) return -1;
+    if (b->gpu) return eval_gpu(b, err);
     const tl_model *m = b->m;
     const tl_config *c = &m->cfg;
     const tl_weights *w = &m->w;

@@ -25,17 +25,7 @@ tl_kv_layer *tl_calib_probe_new(tl_kv_layer *inner, int first_pos, double top, t
 /* Mean score so far and the number of (row, head) pairs it averages. */
 double tl_calib_probe_score(const tl_kv_layer *probe, int64_t *count);
 
-typedef struct {
-    int n_q;      /* query rows scored (32) */
-    double top;   /* fraction of keys counted as "top" (0.05) */
-    int n_threads;
-    int chunk;
-} tl_calib_params;
-
-/* Run the calibration over tokens[0..n) of model m: scores[n_layer] (NAN for none), window[i]
- * true for sliding-window layers (they keep their window whatever the plan). */
-int tl_calibrate(tl_model *m, const int32_t *tokens, int n, const tl_calib_params *p, double *scores, bool *window,
-                 tl_error *err);
+/* tl_calib_params and tl_calibrate, the run over a text: include/tailor.h. */
 
 /* ---- Key layout calibration for auto:B (calibrate_keys.c) ----
  *
@@ -48,29 +38,18 @@ int tl_calibrate(tl_model *m, const int32_t *tokens, int n, const tl_calib_param
  * candidate in preference order whose err is within `slack` (10%) of the smallest. */
 extern const char tl_calib_builtin_text[];
 
-enum { TL_KV_AUTO_CALIB_TOKENS = 512, TL_KV_AUTO_CALIB_ROWS = 32 };
+/* TL_KV_AUTO_CALIB_TOKENS, tl_kv_auto_report, tl_kv_auto_resolve (replace every TL_KV_AUTO
+ * entry of a plan by its layer's measured choice), tl_kv_auto_plan_json and tl_kv_auto_summary:
+ * include/tailor.h. */
 
-typedef struct {
-    int n_layer;
-    int chosen[TL_MAX_LAYERS];                          /* candidate index; -1 for a window layer */
-    double err[TL_MAX_LAYERS][TL_KV_AUTO_MAX_CANDIDATES]; /* NAN where a candidate does not fit */
-    int n_candidates;
-    int n_tokens; /* calibration tokens */
-    double seconds;
-} tl_kv_auto_report;
-
-/* Replace every TL_KV_AUTO entry of policies[n_layer] by its layer's measured choice. text NULL:
- * the built-in text (its first TL_KV_AUTO_CALIB_TOKENS tokens; a given text is cut the same
- * way). gpu_only: choose among the layouts the CUDA backend runs. rep may be NULL. A plan
- * without auto entries is left alone (0, nothing run). */
-int tl_kv_auto_resolve(tl_model *m, tl_kv_layer_policy *policies, const char *text, size_t text_len, bool gpu_only,
-                       int n_threads, tl_kv_auto_report *rep, tl_error *err);
-/* The resolved plan as a JSON plan file (usable as --kv FILE): "n_layers", "default" (the most
- * common choice), "layers" (every other layer), and "measured" (informational: the auto spec,
- * the text, the tokens, each layer's error per candidate). malloc'd. */
-char *tl_kv_auto_plan_json(const tl_kv_auto_report *rep, const tl_kv_layer_policy *resolved, const char *spec,
-                           const char *text_name);
-/* One line: how many layers took each layout, the calibration's size and time, the worst error. */
-void tl_kv_auto_summary(const tl_kv_auto_report *rep, char *buf, size_t n);
+/* ---- Where a quantized KV policy's error comes from (calibrate_keys.c) ----
+ *
+ * The same recording prefill over n tokens, then for every layer whose policy quantizes
+ * (TL_KV_QUANT; sliding-window layers excepted) the relative attention error of the last
+ * n_rows queries, measured as above three times: keys quantized with values exact (err_k),
+ * values quantized with keys exact (err_v), and both (err_kv, also per query head). Tells
+ * whether a policy's loss comes from its keys or its values, and in which layers and heads
+ * (`tailor calibrate --diagnose SPEC`). tl_kv_diag_report and tl_kv_diagnose: include/tailor.h. */
+enum { TL_KV_DIAG_MAX_HEADS = 128 }; /* query heads a diagnosis measures */
 
 #endif

@@ -105,12 +105,18 @@ static void exact_rows(const recorder *r, int n, float *out) {
     free(acc);
 }
 
-/* The relative attention error of one key layout on one layer's recording; NAN if the layout
- * does not fit the shape. */
-static double measure(const recorder *r, int n, const tl_kv_layer_policy *cand, const float *exact, tl_pool *pool) {
+/* Which parts of a layer policy a measurement quantizes; the others stay exact (16 bits). */
+enum { PART_KEYS = 1, PART_VALUES = 2, PART_BOTH = 3 };
+
+/* The relative attention error of layer policy cand (only `parts` of it quantized) on one
+ * layer's recording; NAN if it does not fit the shape. head_err (NULL, or n_head values)
+ * receives the same error per query head. */
+static double measure(const recorder *r, int n, const tl_kv_layer_policy *cand, int parts, const float *exact,
+                      tl_pool *pool, double *head_err) {
     const tl_kv_shape *s = &r->base.shape;
     tl_kv_layer_policy p = *cand;
-    p.v.bits = 16; /* values exact: the keys' error alone */
+    if (!(parts & PART_VALUES)) p.v.bits = 16;
+    if (!(parts & PART_KEYS)) p.k.bits = 16;
     tl_kv_policy_normalize(&p);
     tl_kv_shape sh = *s;
     sh.n_ctx = n;
@@ -120,19 +126,43 @@ static double measure(const recorder *r, int n, const tl_kv_layer_policy *cand, 
     const size_t kw = (size_t)s->n_head_kv * s->head_dim_k, vw = (size_t)s->n_head_kv * dv;
     float *out = tl_xmalloc(sizeof(float) * (size_t)nr * H * dv);
     double num = 0, den = 0;
+    double *hn = tl_xcalloc((size_t)H * 2, sizeof(double));
     if (p.kind == TL_KV_QUANT && tl_kv_quant_append(st, r->first_q, r->k, r->v, NULL) == 0 &&
         tl_kv_forward(st, pool, nr, r->q, r->k + (size_t)r->first_q * kw, r->v + (size_t)r->first_q * vw, out, NULL) == 0) {
         for (size_t i = 0; i < (size_t)nr * H * dv; i++) {
-            const double d = (double)out[i] - exact[i];
+            const double d = (double)out[i] - exact[i], e2 = (double)exact[i] * exact[i];
+            const size_t h = (i / (size_t)dv) % (size_t)H;
             num += d * d;
-            den += (double)exact[i] * exact[i];
+            den += e2;
+            hn[2 * h] += d * d;
+            hn[2 * h + 1] += e2;
         }
     } else {
         num = NAN;
     }
+    if (head_err)
+        for (int h = 0; h < H; h++) head_err[h] = hn[2 * h + 1] > 0 ? sqrt(hn[2 * h] / hn[2 * h + 1]) : isnan(num) ? NAN : 0;
+    free(hn);
     free(out);
     tl_kv_destroy(st);
     return den > 0 ? sqrt(num / den) : num == 0 ? 0 : NAN;
+}
+
+/* The recording prefill: n tokens through f32 stores wrapped by recorders that keep the queries
+ * of rows >= first_q. Returns the session (its kv[] are recorders) or NULL. */
+static tl_session *record(tl_model *m, const int32_t *ids, int n, int first_q, int n_threads, tl_error *err) {
+    const tl_config *c = &m->cfg;
+    tl_kv_layer_policy *f32 = tl_xcalloc((size_t)c->n_layer, sizeof *f32);
+    for (int il = 0; il < c->n_layer; il++) f32[il].kind = TL_KV_F32;
+    tl_session *s = tl_session_new_with_policies(m, n, n_threads, 0, f32, err);
+    free(f32);
+    if (!s) return NULL;
+    for (int il = 0; il < c->n_layer; il++) s->kv[il] = &rec_new(s->kv[il], first_q)->base;
+    if (tl_session_eval(s, ids, n, NULL, false, err)) {
+        tl_session_free(s);
+        return NULL;
+    }
+    return s;
 }
 
 int tl_kv_auto_resolve(tl_model *m, tl_kv_layer_policy *policies, const char *text, size_t text_len, bool gpu_only,
@@ -163,18 +193,10 @@ int tl_kv_auto_resolve(tl_model *m, tl_kv_layer_policy *policies, const char *te
     }
     const int first_q = n - TL_KV_AUTO_CALIB_ROWS;
 
-    /* the recording prefill: f32 stores wrapped by recorders */
-    tl_kv_layer_policy *f32 = tl_xcalloc((size_t)c->n_layer, sizeof *f32);
-    for (int il = 0; il < c->n_layer; il++) f32[il].kind = TL_KV_F32;
-    tl_session *s = tl_session_new_with_policies(m, n, n_threads, 0, f32, err);
-    free(f32);
-    if (!s) {
-        free(ids);
-        return tl_fail_prefix(err, "auto KV policy: calibration session");
-    }
-    for (int il = 0; il < c->n_layer; il++) s->kv[il] = &rec_new(s->kv[il], first_q)->base;
-    int rc = tl_session_eval(s, ids, n, NULL, false, err);
+    tl_session *s = record(m, ids, n, first_q, n_threads, err);
     free(ids);
+    if (!s) return tl_fail_prefix(err, "auto KV policy: calibration prefill");
+    int rc = 0;
 
     tl_kv_layer_policy cand[TL_KV_AUTO_MAX_CANDIDATES];
     float *exact = NULL;
@@ -193,7 +215,7 @@ int tl_kv_auto_resolve(tl_model *m, tl_kv_layer_policy *policies, const char *te
         exact_rows(r, n, exact);
         double e[TL_KV_AUTO_MAX_CANDIDATES], best = INFINITY;
         for (int i = 0; i < nc; i++) {
-            e[i] = measure(r, n, &cand[i], exact, s->pool);
+            e[i] = measure(r, n, &cand[i], PART_KEYS, exact, s->pool, NULL); /* values exact: the keys' error alone */
             if (e[i] < best) best = e[i];
             if (rep) rep->err[il][i] = e[i];
         }
@@ -213,6 +235,41 @@ int tl_kv_auto_resolve(tl_model *m, tl_kv_layer_policy *policies, const char *te
         rep->seconds = tl_time_s() - t0;
     }
     return rc ? tl_fail_prefix(err, "auto KV policy") : 0;
+}
+
+int tl_kv_diagnose(tl_model *m, const tl_kv_layer_policy *policies, const int32_t *ids, int n, int n_rows, int n_threads,
+                   tl_kv_diag_report *rep, tl_error *err) {
+    const tl_config *c = &m->cfg;
+    memset(rep, 0, sizeof *rep);
+    rep->n_layer = c->n_layer;
+    if (n_rows < 1 || n_rows >= n) return tl_fail(err, "KV diagnosis: %d query rows of %d tokens", n_rows, n);
+    if (c->n_head > TL_KV_DIAG_MAX_HEADS) return tl_fail(err, "KV diagnosis: %d heads (at most %d)", c->n_head, TL_KV_DIAG_MAX_HEADS);
+    const double t0 = tl_time_s();
+    const int first_q = n - n_rows;
+    tl_session *s = record(m, ids, n, first_q, n_threads, err);
+    if (!s) return tl_fail_prefix(err, "KV diagnosis: recording prefill");
+    float *exact = tl_xmalloc(sizeof(float) * (size_t)n_rows * c->n_head * c->head_dim_v);
+    double head[TL_KV_DIAG_MAX_HEADS];
+    for (int il = 0; il < c->n_layer; il++) {
+        tl_kv_diag_layer *d = &rep->layer[il];
+        d->err_k = d->err_v = d->err_kv = d->worst_head_err = NAN;
+        d->worst_head = -1;
+        d->measured = policies[il].kind == TL_KV_QUANT && !c->layer_swa[il];
+        if (!d->measured) continue;
+        const recorder *r = (const recorder *)s->kv[il];
+        exact_rows(r, n, exact);
+        d->err_k = measure(r, n, &policies[il], PART_KEYS, exact, s->pool, NULL);
+        d->err_v = measure(r, n, &policies[il], PART_VALUES, exact, s->pool, NULL);
+        d->err_kv = measure(r, n, &policies[il], PART_BOTH, exact, s->pool, head);
+        for (int h = 0; h < c->n_head; h++)
+            if (d->worst_head < 0 || head[h] > d->worst_head_err) d->worst_head = h, d->worst_head_err = head[h];
+    }
+    free(exact);
+    tl_session_free(s);
+    rep->n_tokens = n;
+    rep->n_rows = n_rows;
+    rep->seconds = tl_time_s() - t0;
+    return 0;
 }
 
 void tl_kv_auto_summary(const tl_kv_auto_report *rep, char *buf, size_t n) {

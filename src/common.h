@@ -1,5 +1,7 @@
-/* common.h: small helpers every tailor source uses: error reporting, fp16/bf16
- * conversion, checked allocation. No global mutable state lives here. */
+/* common.h: small helpers every tailor source uses: fp16/bf16 conversion, aligned allocation,
+ * output files, growable strings. Errors (tl_error, tl_fail), checked allocation, text files
+ * and the other helpers the tools share are declared in include/tailor.h. No global mutable
+ * state lives here. */
 #ifndef TL_COMMON_H
 #define TL_COMMON_H
 
@@ -9,27 +11,8 @@
 #include <stdbool.h>
 #include <string.h>
 
-/* An error message that says what failed and where, e.g.
- * "model.gguf: tensor blk.3.attn_k.weight: expected 512x128, found 512x64".
- * Functions that can fail take a tl_error* (may be NULL) and return non-zero. */
-#ifndef TL_ERROR_DEFINED
-#define TL_ERROR_DEFINED
-typedef struct {
-    char msg[512];
-} tl_error;
-#endif
+#include "../include/tailor.h"
 
-/* printf-style; always returns -1 so callers can write `return tl_fail(err, ...)`. */
-int tl_fail(tl_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Prepend context: "ctx: <old message>". Returns -1. */
-int tl_fail_prefix(tl_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* Allocation that aborts with a message on out-of-memory (activation buffers etc.).
- * Callers that must survive OOM use malloc directly and report via tl_error. */
-void *tl_xmalloc(size_t n);
-void *tl_xcalloc(size_t n, size_t size);
-void *tl_xrealloc(void *p, size_t n);
-char *tl_xstrdup(const char *s);
 /* 64-byte aligned allocation (free with tl_afree); returns NULL on failure. */
 void *tl_amalloc(size_t n);
 void tl_afree(void *p);
@@ -113,11 +96,6 @@ typedef struct {
     int slot;         /* signal clean-up registration; -1 none */
 } tl_outfile;
 
-/* Whether path can be written as an output, checked before any work: it is not a directory,
- * a device or a pipe; its directory exists and is writable; and when src is given it is not
- * src itself (same device and inode: not a hard or symbolic link to it either). Returns 0 or
- * -1 naming the path. */
-int tl_check_output(const char *path, const char *src, tl_error *err);
 /* tl_check_output, then create the temp file. src: NULL, or the file the output is made from
  * (quantize's input), whose permission bits the output takes. */
 int tl_outfile_open(tl_outfile *o, const char *path, const char *src, tl_error *err);
@@ -126,29 +104,6 @@ int tl_outfile_open(tl_outfile *o, const char *path, const char *src, tl_error *
 int tl_outfile_commit(tl_outfile *o, tl_error *err);
 /* Close o and remove its temp file; nothing for a zeroed or already closed o. */
 void tl_outfile_abort(tl_outfile *o);
-
-/* A whole file at once through tl_outfile. Returns 0 or -1 with err naming the path. */
-int tl_write_file(const char *path, const void *data, size_t len, tl_error *err);
-
-/* Text from a file (tensor names, metadata keys and strings, token pieces) made safe to print:
- * printable ASCII and UTF-8 of printable characters as they are; a backslash, and each byte of
- * `also` (may be NULL), after a backslash; newline and tab as \n and \t; every other byte
- * (ESC and the other control characters, DEL, C1 controls, bidi overrides, invalid UTF-8) as
- * \xHH. Writes at most cap bytes with the NUL, never half an escape or character; returns how
- * many bytes of s that took (len when all). */
-size_t tl_escape(char *dst, size_t cap, const char *s, size_t len, const char *also);
-
-/* ---- Text files the user names (-f, haystacks, calibration text, task, grid and plan files) ----
- * One reader with one cap, so that neither -f /dev/zero nor a huge file can exhaust memory: at
- * most `max` bytes are read, and never more than TL_TEXT_MAX_BYTES (max 0 = that). A caller that
- * knows how many tokens it uses passes tl_tok_text_bytes(tok, n) (tokenizer.h): all the text n
- * tokens can span. When the file holds more it is cut there, and *cut says so; with cut NULL a
- * note on stderr does. Returns the text malloc'd and NUL-terminated, or NULL with err. */
-#define TL_TEXT_MAX_BYTES ((size_t)64 << 20)
-char *tl_read_text(const char *path, size_t max, size_t *len, bool *cut, tl_error *err);
-/* A file that is only any use whole (JSON, task and plan files): tl_read_text under the general
- * cap, and an error naming the file, not a cut, when it is larger. */
-char *tl_read_whole(const char *path, size_t *len, tl_error *err);
 
 /* A growable string (reports, SVG, metrics, chat prompts, token pieces): printf and put
  * append; p is malloc'd and NUL-terminated after the first append; free(p) when done. */
@@ -161,16 +116,5 @@ void tl_strbuf_printf(tl_strbuf *b, const char *fmt, ...) __attribute__((format(
 void tl_strbuf_put(tl_strbuf *b, const void *s, size_t n);
 /* Append s with <, >, & and " escaped for XML / SVG text. */
 void tl_strbuf_xml(tl_strbuf *b, const char *s);
-
-/* A byte size: a number and an optional unit, case-insensitive: K, M, G, T or KiB, MiB, GiB,
- * TiB are powers of 2^10; KB, MB, GB, TB powers of 10^3; B or none bytes. "24GiB" =
- * 25769803776, "24GB" = 24000000000. Returns 0, or -1 when s is not a size >= 0 below 2^64. */
-int tl_parse_size(const char *s, uint64_t *out);
-
-/* Monotonic wall clock in seconds. */
-double tl_time_s(void);
-
-#define TL_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define TL_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 #endif

@@ -401,3 +401,10 @@ int tl_model_n_vocab(const tl_model *m) { return m->cfg.n_vocab; }
 int tl_model_n_ctx_train(const tl_model *m) { return m->cfg.n_ctx_train; }
 int tl_model_n_layer(const tl_model *m) { return m->cfg.n_layer; }
 const char *tl_model_arch(const tl_model *m) { return m->cfg.arch_name; }
+const tl_tokenizer *tl_model_tokenizer(const tl_model *m) { return m->tok; }
+uint64_t tl_model_weight_bytes(const tl_model *m) { return m->weight_bytes; }
+
+uint64_t tl_model_decode_weight_bytes(const tl_model *m) {
+    const tl_mat *e = &m->w.tok_embd;
+    return m->weight_bytes - (m->w.tied_output ? 0 : tl_row_size(e->type, e->n_in) * (uint64_t)e->n_out);
+}

@@ -13,8 +13,6 @@
 #include "quants.h"
 #include "tokenizer.h"
 
-#define TL_MAX_LAYERS 256
-
 typedef enum { TL_ARCH_LLAMA, TL_ARCH_QWEN2, TL_ARCH_QWEN3, TL_ARCH_PHI3, TL_ARCH_GEMMA2, TL_ARCH_GEMMA3 } tl_arch;
 typedef enum { TL_ROPE_NORM, TL_ROPE_NEOX } tl_rope_style; /* adjacent pairs vs halves */
 
@@ -77,6 +75,7 @@ typedef struct {
     tl_layer_weights layers[TL_MAX_LAYERS];
 } tl_weights;
 
+/* tl_model_load, tl_model_free and the accessors: include/tailor.h. */
 struct tl_model {
     tl_gguf *gguf;
     tl_config cfg;
@@ -88,8 +87,6 @@ struct tl_model {
     int n_owned;
     void *gpu; /* device copy of the weights (src/cuda), made by the first CUDA session */
 };
-
-typedef struct tl_model tl_model;
 
 /* The tensors an architecture's files hold besides llama's (the loader requires them; synth
  * writes them). */
@@ -106,9 +103,6 @@ int tl_arch_layout_of(const char *arch, tl_arch_layout *out);
 /* LongRoPE's factor on cos/sin for a model extended from n_ctx_orig to n_ctx tokens,
  * sqrt(1 + ln(n_ctx / n_ctx_orig) / ln(n_ctx_orig)) (Phi-3's converter; 1 when not extended). */
 float tl_longrope_attn_factor(int n_ctx, int n_ctx_orig);
-
-tl_model *tl_model_load(const char *path, tl_error *err);
-void tl_model_free(tl_model *m);
 
 /* The architecture's fixed rules, from c->arch_name and the hyper-parameters already in c
  * (sliding_window included): rope style, which layers slide and their RoPE base, the query

@@ -166,6 +166,26 @@ static int tokenize_calib(const tl_model *m, const char *path, int64_t max_token
     return 0;
 }
 
+/* The mean relative output error (error / output energy) of the groups AWQ scaled, with plain
+ * RTN and with AWQ; o projections it skipped (their V channels feed several heads under GQA). */
+static void awq_summary(const tl_awq_group *g, int n, tl_awq_summary *s) {
+    memset(s, 0, sizeof *s);
+    for (int i = 0; i < n; i++) {
+        if (!g[i].applied) {
+            s->skipped_o += g[i].point == TL_ACT_ATTN_OUT;
+            continue;
+        }
+        s->applied++;
+        s->clipped += g[i].clipped;
+        s->err_rtn += g[i].err_rtn / g[i].out_sq;
+        s->err_awq += g[i].err_awq / g[i].out_sq;
+    }
+    if (s->applied) {
+        s->err_rtn /= s->applied;
+        s->err_awq /= s->applied;
+    }
+}
+
 int tl_quantize_file(const char *in_path, const char *out_path, const tl_quantize_params *p, tl_quantize_report *rep,
                      tl_error *err) {
     memset(rep, 0, sizeof *rep);
@@ -207,6 +227,7 @@ int tl_quantize_file(const char *in_path, const char *out_path, const tl_quantiz
         rep->awq_groups = awq.groups; /* the report takes the group list */
         rep->n_awq_groups = awq.n_groups;
         awq.groups = NULL;
+        awq_summary(rep->awq_groups, rep->n_awq_groups, &rep->awq);
         rep->awq_tokens = awq.n_tokens;
         rep->awq_samples = awq.n_samples;
         tl_model_free(m); /* the AWQ tensors are copies: the second mapping can go */

@@ -15,28 +15,9 @@
 #include <stdint.h>
 #include <stdbool.h>
 
-/* Numbering matches ggml_type so GGUF tensor type ids map directly. */
-typedef enum {
-    TL_TYPE_F32 = 0,
-    TL_TYPE_F16 = 1,
-    TL_TYPE_Q4_0 = 2,
-    TL_TYPE_Q4_1 = 3,
-    TL_TYPE_Q5_0 = 6,
-    TL_TYPE_Q5_1 = 7,
-    TL_TYPE_Q8_0 = 8,
-    TL_TYPE_Q8_1 = 9,
-    TL_TYPE_Q2_K = 10,
-    TL_TYPE_Q3_K = 11,
-    TL_TYPE_Q4_K = 12,
-    TL_TYPE_Q5_K = 13,
-    TL_TYPE_Q6_K = 14,
-    TL_TYPE_Q8_K = 15,
-    TL_TYPE_BF16 = 30,
-    /* tailor's own formats: ids ggml does not use (ggml's end below 64), so llama.cpp
-     * rejects such a file by name instead of misreading it. */
-    TL_TYPE_W4G128 = 100, /* 4-bit asymmetric, groups of 128: fp16 scale + fp16 min + 64 B */
-    TL_TYPE_COUNT = 128 /* upper bound on ids; not a type */
-} tl_type;
+#include "../include/tailor.h"
+
+/* tl_type, the weight formats, and their names: include/tailor.h. */
 
 typedef struct {
     const char *name;      /* "q4_K" etc, as llama.cpp prints */
@@ -50,7 +31,6 @@ typedef struct {
  * supported = false so the loader can say "tensor X has type q2_K, which tailor does not
  * support yet". */
 const tl_type_traits *tl_type_info(int type_id);
-const char *tl_type_name(int type_id); /* "type 99" style text for unknown ids (thread-safe: static strings only; unknown -> "unknown") */
 /* Bytes of a row of n values; n must be a multiple of block_size (else returns 0). */
 size_t tl_row_size(tl_type t, int64_t n);
 
@@ -68,9 +48,6 @@ void tl_quantize_row(tl_type t, const float *src, void *dst, int64_t n);
  * n_grid <= 1 is plain RTN (tl_quantize_row). */
 void tl_quantize_row_w4g128_clip(const float *src, void *dst, int64_t n, const float *imp, int n_grid);
 
-/* Storage cost of a weight type in bits per value (block overhead included), 0 if unknown:
- * f16 16, q8_0 8.5, q4_0 4.5, q4_K 4.5, w4g128 4.25. */
-double tl_type_bits_per_weight(tl_type t);
 
 /* Dot product of a weight row (type t) with an activation row already converted to
  * tl_type_info(t)->vec_dot_type. Dispatches to the fastest path for this CPU. */

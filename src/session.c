@@ -23,6 +23,7 @@
 #include "calibrate.h"
 #include "../include/tailor.h"
 #include "kv/policy.h"
+#include "kv/tailor_plan.h"
 #include "engine/plan.h"
 #include "cuda/cuda.h"
 
@@ -440,17 +441,80 @@ tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, 
     return s;
 }
 
-tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
-    const tl_kv_layer_policy *policies = NULL;
-    if (p->kv) {
-        if (p->kv->n_layers != m->cfg.n_layer) {
-            tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
-            return NULL;
-        }
-        policies = p->kv->layers;
+/* The plan's per-layer policies (NULL: f16 everywhere); -1 when the plan is for another depth. */
+static int params_policies(const tl_model *m, const tl_session_params *p, const tl_kv_layer_policy **policies,
+                           tl_error *err) {
+    *policies = NULL;
+    if (!p->kv) return 0;
+    if (p->kv->n_layers != m->cfg.n_layer)
+        return tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
+    *policies = p->kv->layers;
+    return 0;
+}
+
+tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl_error *err) {
+    const tl_kv_layer_policy *policies;
+    if (params_policies(m, p, &policies, err)) return NULL;
+    if (!p->device || !strcmp(p->device, "cpu")) return tl_session_new_on(m, p->n_ctx, 1, 1, policies, NULL, err);
+    if (strcmp(p->device, "cuda")) {
+        tl_fail(err, "--device '%s': unknown device (cpu, cuda)", p->device);
+        return NULL;
     }
+    if (cuda_refuses(&m->cfg, err)) return NULL;
+    bool failed;
+    tl_kv_layer_policy *resolved = resolve_auto(m, policies, true, p->n_threads, &failed, err);
+    if (failed) return NULL;
+    tl_cuda_session *g = tl_cuda_session_new_kv(m, p->n_ctx, resolved ? resolved : policies, err);
+    free(resolved);
+    if (!g) return NULL;
+    tl_session *s = tl_xcalloc(1, sizeof *s);
+    s->model = m;
+    s->n_ctx = tl_plan_n_ctx(&m->cfg, p->n_ctx);
+    s->chunk = tl_plan_chunk(s->n_ctx, p->chunk);
+    s->gpu = g;
+    s->keys_checked = true; /* the per-token key check reads CPU stores */
+    return s;
+}
+
+tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
+    if (p->warn_ctx && p->n_ctx > m->cfg.n_ctx_train)
+        fprintf(stderr, "tailor: warning: context %d exceeds the model's training context %d; quality may degrade\n",
+                p->n_ctx, m->cfg.n_ctx_train);
+    const tl_kv_layer_policy *policies;
+    if (params_policies(m, p, &policies, err)) return NULL;
     const bool cuda = p->device && !strcmp(p->device, "cuda");
     if (cuda && p->gpu_mem_budget && tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, p->gpu_mem_budget, err))
         return NULL;
     return tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, policies, p->device, err);
+}
+
+static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
+
+void tl_session_print_memory(FILE *f, const tl_session *s) {
+    tl_session_mem m;
+    tl_session_memory(s, &m);
+    fprintf(f, "memory: weights %.2f MiB + KV %.2f MiB (codes %.2f, scales %.2f, residual %.2f, other %.2f, host %.2f) "
+               "+ activations %.2f MiB = %.2f MiB  [%d tokens held]\n",
+            mib(m.weights), mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
+            mib(m.kv_parts.other), mib(m.kv_parts.host), mib(m.activations), mib(m.weights + m.kv + m.activations),
+            s->n_past);
+    if (!s->gpu) { /* GPU sessions hold no CPU stores */
+        tl_tailor_print_mem(f, s->kv, s->model->cfg.n_layer);
+        return;
+    }
+    tl_cuda_mem g;
+    tl_cuda_memory(s->gpu, &g);
+    if (g.n_offload) {
+        const double steps = g.decode_steps > 0 ? (double)g.decode_steps : 1.0;
+        fprintf(f, "tailorKV (gpu): %d sparse layers; host tier allocated %.2f MiB (pinned, mapped); decode h2d "
+                   "%.1f KiB/token (PCIe: top-k rows %.1f + channel rows %.1f) over %lld steps; prefill d2h %.2f MiB, "
+                   "h2d %.2f MiB (the host tier copied back for prefill attention)\n",
+                g.n_offload, mib(g.host_alloc), (g.h2d_decode + g.h2d_chan) / steps / 1024.0,
+                g.h2d_decode / steps / 1024.0, g.h2d_chan / steps / 1024.0, (long long)g.decode_steps, mib(g.d2h),
+                mib(g.h2d_prefill));
+    }
+    fprintf(f, "gpu memory (%s): weights %.2f MiB + workspace %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; "
+               "device %.2f of %.2f MiB free\n",
+            g.device, mib(g.weights), mib(g.workspace), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free),
+            mib(g.dev_total));
 }

@@ -56,17 +56,8 @@ struct tl_session {
                                   reset, memory and free go there and kv[]/act are unused */
 };
 
-typedef struct tl_session tl_session;
-
-/* Memory of a session, in bytes. */
-typedef struct {
-    uint64_t weights;     /* tensors the model reads */
-    uint64_t kv;          /* all KV stores, all tiers */
-    uint64_t activations; /* buffers sized by the chunk */
-    tl_kv_bytes kv_parts; /* KV split by purpose */
-} tl_session_mem;
-
-void tl_session_memory(const tl_session *s, tl_session_mem *out);
+/* tl_session_new and the public calls on a session (tl_session_eval, tl_session_memory, ...):
+ * include/tailor.h. */
 
 /* Keep the first n_tokens of the sequence (to reuse a shared prefix); 0 clears it. All or
  * nothing: when a layer's store cannot (a quantized store's window or block moved past the
@@ -109,5 +100,11 @@ tl_kv_layer_policy *tl_session_resolve_auto(tl_model *m, const tl_kv_layer_polic
  * or the build has no CUDA). */
 tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, const tl_kv_layer_policy *policies,
                               const char *device, tl_error *err);
+
+/* A sequence of a batched step (batch.h): its KV caches under p's plan, context and device. On
+ * the CPU a session of chunk 1 and one thread (the batch holds the step's activations and
+ * threads); on the GPU the KV caches alone (tl_cuda_session_new_kv), which only a batch
+ * evaluates. p's GPU budget is not checked here (the batch checks it for all its sequences). */
+tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl_error *err);
 
 #endif

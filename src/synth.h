@@ -13,24 +13,8 @@
 #include "model.h"
 #include "kv/kv.h"
 
-typedef struct {
-    const char *name;   /* "llama-3.1-8b" */
-    const char *arch;   /* general.architecture: llama, qwen2, qwen3, phi3, gemma2 (its tensors: model.c) */
-    const char *source; /* the public config it follows (for general.name / info) */
-    int n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, n_ctx;
-    float rope_base, norm_eps;
-    bool tied;     /* no output.weight: the embedding matrix is the output projection */
-    /* llama3 RoPE scaling, stored as the rope_freqs.weight tensor (factor 0 = none) */
-    float rope_factor, rope_low_freq, rope_high_freq;
-    int rope_orig_ctx;
-    int longrope_ctx;     /* phi3 LongRoPE: the original context (0 = none); rope_factors_long/short */
-    int sliding_window;   /* attention.sliding_window (gemma2, phi3; 0 = none) */
-    float attn_softcap, final_softcap; /* gemma2 */
-} tl_synth_shape;
-
-size_t tl_synth_n_shapes(void);
-const tl_synth_shape *tl_synth_shape_at(size_t i);
-const tl_synth_shape *tl_synth_find_shape(const char *name); /* NULL if unknown */
+/* tl_synth_shape (a public model config) and the shape table (tl_synth_n_shapes,
+ * tl_synth_shape_at, tl_synth_find_shape): include/tailor.h. */
 
 /* The config tailor would read from a file written for this shape (n_layer, n_vocab, n_ctx:
  * 0 = the shape's). */
@@ -48,25 +32,7 @@ void tl_synth_longrope_factors(const tl_synth_shape *s, bool long_factors, float
  * equals tl_model.weight_bytes of the loaded file. */
 uint64_t tl_synth_weight_bytes(const tl_synth_shape *s, tl_type type, int n_layer, int n_vocab);
 
-typedef struct {
-    const tl_synth_shape *shape;
-    tl_type type;           /* matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K, w4g128 */
-    bool q4_k_m;            /* with type q4_K: llama.cpp's Q4_K_M choices, q6_K for the output projection and
-                             * for attn_v / ffn_down of half the layers (its use_more_bits rule) */
-    const char *vocab_path; /* copy tokenizer.* from this GGUF (its vocab size wins); NULL = byte-level fallback */
-    uint64_t seed;
-    int n_layer;            /* 0 = the shape's */
-    int n_ctx;              /* 0 = the shape's (context_length key) */
-    bool progress;          /* progress lines on stderr */
-} tl_synth_params;
-
-/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K", "w4g128"
- * (case-insensitive). */
-int tl_synth_parse_type(const char *name, tl_type *out, tl_error *err);
-/* The same, or "q4_K_M" (type q4_K with q4_k_m set): p->type and p->q4_k_m. */
-int tl_synth_parse_weights(const char *name, tl_synth_params *p, tl_error *err);
-
-/* Write the GGUF (temp file + rename). Returns 0, or -1 with err. */
-int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err);
+/* tl_synth_params, their parsers (tl_synth_parse_type, tl_synth_parse_weights) and
+ * tl_synth_write, the GGUF writer: include/tailor.h. */
 
 #endif

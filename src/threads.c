@@ -11,7 +11,9 @@
  * tests/test_threads.c.) The caller returns when `done` reaches n_tasks, without waiting for
  * sleeping workers to check in. Waiting spins briefly (decode issues many short jobs) and then
  * yields or sleeps, so an oversubscribed machine degrades gracefully instead of burning its
- * cores on spinning. */
+ * cores on spinning.
+ * Also here: tl_cpu_count (what a thread count of 0 means) and tl_memory_read_bandwidth, a
+ * parallel-for that reads a large buffer (tailor bench's bandwidth figure). */
 #define _GNU_SOURCE
 #include "threads.h"
 #include "common.h"
@@ -98,11 +100,13 @@ static void *worker_main(void *argp) {
     return NULL;
 }
 
+int tl_cpu_count(void) {
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
 tl_pool *tl_pool_new(int n_threads) {
-    if (n_threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = n > 0 ? (int)n : 1;
-    }
+    if (n_threads <= 0) n_threads = tl_cpu_count();
     tl_pool *p = tl_xcalloc(1, sizeof *p);
     p->n_threads = n_threads;
     pthread_mutex_init(&p->mu, NULL);
@@ -164,4 +168,47 @@ void tl_pool_run(tl_pool *p, int64_t n_tasks, tl_task_fn fn, void *ctx) {
     /* close the job before the fields change: every task is claimed, so the cursor holds
      * id | n_tasks, and a stale compare-and-swap against any value of job id now fails */
     atomic_store_explicit(&p->cursor, (uint64_t)id << 32 | CLOSED, memory_order_seq_cst);
+}
+
+/* tl_memory_read_bandwidth: each task sums its slice in 4 independent chains (the adds of one
+ * chain would wait for each other, not for memory). */
+typedef struct {
+    const float *buf;
+    size_t n_per;
+    double *partial;
+} bw_ctx;
+
+static void bw_task(void *ctx, int64_t i, int tid) {
+    (void)tid;
+    bw_ctx *c = ctx;
+    const float *p = c->buf + (size_t)i * c->n_per;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t j = 0; j + 4 <= c->n_per; j += 4) {
+        s0 += p[j];
+        s1 += p[j + 1];
+        s2 += p[j + 2];
+        s3 += p[j + 3];
+    }
+    c->partial[i] = s0 + s1 + s2 + s3;
+}
+
+double tl_memory_read_bandwidth(int n_threads) {
+    const size_t bytes = (size_t)512 << 20;
+    float *buf = tl_amalloc(bytes);
+    if (!buf) return 0;
+    memset(buf, 0, bytes);
+    enum { n_tasks = 64 };
+    double partial[n_tasks];
+    bw_ctx c = {buf, bytes / sizeof(float) / n_tasks, partial};
+    tl_pool *pool = tl_pool_new(n_threads);
+    double best = 1e9;
+    for (int r = 0; r < 3; r++) {
+        double t = tl_time_s();
+        tl_pool_run(pool, n_tasks, bw_task, &c);
+        t = tl_time_s() - t;
+        if (t < best) best = t;
+    }
+    tl_pool_free(pool);
+    tl_afree(buf);
+    return (double)bytes / best / 1e9;
 }

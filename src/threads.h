@@ -11,7 +11,7 @@
 typedef struct tl_pool tl_pool;
 typedef void (*tl_task_fn)(void *ctx, int64_t i, int thread_id);
 
-/* n_threads <= 0 means the number of online CPUs. */
+/* n_threads <= 0 means the number of online CPUs (tl_cpu_count, tailor.h). */
 tl_pool *tl_pool_new(int n_threads);
 void tl_pool_free(tl_pool *p);
 int tl_pool_size(const tl_pool *p);

@@ -1201,6 +1201,25 @@ char *tl_detokenize_ex(const tl_tokenizer *t, const int32_t *ids, size_t n, unsi
     return b.p;
 }
 
+int32_t *tl_tokenize_all(const tl_tokenizer *t, const char *text, size_t len, bool add_special, size_t *n,
+                         tl_error *err) {
+    size_t cap = len + 16, need = 0;
+    int32_t *ids = tl_xmalloc(sizeof(int32_t) * cap);
+    if (tl_tokenize(t, text, len, add_special, true, ids, cap, &need, err)) {
+        free(ids);
+        return NULL;
+    }
+    if (need > cap) {
+        ids = tl_xrealloc(ids, sizeof(int32_t) * need);
+        if (tl_tokenize(t, text, len, add_special, true, ids, need, &need, err)) {
+            free(ids);
+            return NULL;
+        }
+    }
+    *n = need;
+    return ids;
+}
+
 char *tl_detokenize(const tl_tokenizer *t, const int32_t *ids, size_t n, bool render_special) {
     return tl_detokenize_ex(t, ids, n, render_special ? TL_DETOK_RENDER_SPECIAL : 0, NULL);
 }

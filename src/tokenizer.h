@@ -13,27 +13,15 @@
 #include "common.h"
 #include "gguf.h"
 
-typedef struct tl_tokenizer tl_tokenizer;
-
 tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err);
-/* The tokenizer of a GGUF file from its metadata alone: any architecture, tensors or not (a
- * vocabulary-only file). NULL with err naming the file and the key at fault. */
-tl_tokenizer *tl_tokenizer_open(const char *path, tl_error *err);
-void tl_tokenizer_free(tl_tokenizer *t);
+/* tl_tokenizer_open, tl_tokenizer_free, tl_tokenize, tl_tokenize_all, tl_token_to_piece,
+ * tl_tok_is_eog and tl_tok_text_bytes: include/tailor.h. */
 
 int32_t tl_tok_n_vocab(const tl_tokenizer *t);
 int32_t tl_tok_bos(const tl_tokenizer *t); /* -1 if none */
 int32_t tl_tok_eos(const tl_tokenizer *t); /* -1 if none */
 int32_t tl_tok_sep(const tl_tokenizer *t); /* WordPiece's [SEP], added after the text; -1 if none */
 bool tl_tok_add_bos(const tl_tokenizer *t);  /* tokenizer.ggml.add_bos_token (llama.cpp default per model type) */
-bool tl_tok_is_eog(const tl_tokenizer *t, int32_t id); /* EOS, EOT (<|im_end|>, <end_of_turn>...) */
-
-/* Tokenize text (len bytes, need not be NUL-terminated). add_special: prepend BOS (and
- * append EOS) when the vocab says so. Writes at most cap ids; *n_out is the total needed
- * (call again with a bigger buffer if *n_out > cap). Returns 0, or -1 with err on invalid
- * UTF-8 ("prompt: invalid UTF-8 at byte 17") or other failure. */
-int tl_tokenize(const tl_tokenizer *t, const char *text, size_t len, bool add_special, bool parse_special,
-                int32_t *out, size_t cap, size_t *n_out, tl_error *err);
 
 /* A byte range [off, off + len) of a text. */
 typedef struct {
@@ -62,21 +50,12 @@ int tl_tokenize_opts(const tl_tokenizer *t, const char *text, size_t len, const 
  * WordPiece drops control characters and accents, so no such bound holds for "bert".) */
 size_t tl_tok_max_piece(const tl_tokenizer *t);
 
-/* The bytes a token decodes to (SentencePiece "▁" -> " ", <0xXX> -> byte, byte-level BPE
- * unicode -> bytes; control tokens -> their text only if render_special). Returns the
- * number of bytes; writes at most cap. Pieces may be partial UTF-8. */
-size_t tl_token_to_piece(const tl_tokenizer *t, int32_t id, bool render_special, char *buf, size_t cap);
 /* The raw vocab string of a token (NUL-terminated, owned by the tokenizer). */
 const char *tl_token_text(const tl_tokenizer *t, int32_t id);
 
 /* Decode a sequence to a malloc'd NUL-terminated string (llama.cpp's detokenize, see
  * tl_detokenize_ex below for the exact space rules). */
 char *tl_detokenize(const tl_tokenizer *t, const int32_t *ids, size_t n, bool render_special);
-
-/* The most bytes of text that n_tokens tokens can span (plus 16 for the edges: n times the
- * longest token's bytes), capped at TL_TEXT_MAX_BYTES; n_tokens <= 0: that cap. What a reader
- * of a text file needs to read to have n_tokens tokens (tl_read_text). */
-size_t tl_tok_text_bytes(const tl_tokenizer *t, int64_t n_tokens);
 
 /* Find the id of a token by its exact text, -1 if absent. */
 int32_t tl_token_find(const tl_tokenizer *t, const char *text);

@@ -208,7 +208,54 @@ static void test_auto(void) {
     tl_model_free(m);
 }
 
+/* tl_kv_diagnose: the keys' and the values' shares of a policy's attention error. Checks:
+ * finite errors in [0, 1) for quantized layers, none for f16 ones; 8-bit codes far below 2-bit
+ * ones in every part; and the parts measure what they claim: with 8-bit keys and 2-bit values
+ * the values' error is the larger in every layer, and "both" is at least the larger part's
+ * (less 20%: the two errors are not independent, but neither cancels the other here). */
+static void test_diagnose(void) {
+    const char *path = tl_test_shared("models/tailor-test-31m.gguf");
+    if (!tl_test_have(path)) return;
+    tl_error err;
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m != NULL, "%s", err.msg);
+    if (!m) return;
+    const int L = m->cfg.n_layer, n = 256;
+    int32_t *ids = malloc(sizeof(int32_t) * n);
+    for (int i = 0; i < n; i++) ids[i] = 1 + (i * 7919) % (m->cfg.n_vocab - 1);
+    const char *specs[3] = {"k8v8", "k2v2:kivi", "k8v2"};
+    tl_kv_diag_report rep[3];
+    for (int k = 0; k < 3; k++) {
+        tl_kv_plan plan = {0};
+        CHECKF(tl_kv_plan_parse(&plan, specs[k], k == 1 ? "0=f16" : NULL, L, &err) == 0, "%s", err.msg);
+        CHECKF(tl_kv_diagnose(m, plan.layers, ids, n, 16, 2, &rep[k], &err) == 0, "%s: %s", specs[k], err.msg);
+        tl_kv_plan_free(&plan);
+        CHECK(rep[k].n_tokens == n && rep[k].n_rows == 16);
+    }
+    CHECK(!rep[1].layer[0].measured && isnan(rep[1].layer[0].err_kv)); /* the f16 layer */
+    for (int il = 0; il < L; il++) {
+        for (int k = 0; k < 3; k++) {
+            const tl_kv_diag_layer *d = &rep[k].layer[il];
+            if (k == 1 && il == 0) continue;
+            CHECKF(d->measured && d->err_k >= 0 && d->err_k < 1 && d->err_v >= 0 && d->err_v < 1 && d->err_kv >= 0 &&
+                       d->err_kv < 1 && d->worst_head >= 0 && d->worst_head_err >= d->err_kv * 0.999,
+                   "%s layer %d: %g %g %g head %d %g", specs[k], il, d->err_k, d->err_v, d->err_kv, d->worst_head,
+                   d->worst_head_err);
+            CHECKF(d->err_kv >= 0.8 * fmax(d->err_k, d->err_v), "%s layer %d", specs[k], il);
+        }
+        const tl_kv_diag_layer *a = &rep[0].layer[il], *c = &rep[2].layer[il];
+        CHECKF(a->err_kv < 0.2 * c->err_kv && a->err_v < 0.2 * c->err_v, "layer %d: k8v8 %g vs k8v2 %g", il, a->err_kv,
+               c->err_kv);
+        CHECKF(c->err_v > 3 * c->err_k && fabs(c->err_k - a->err_k) <= 1e-6 + 1e-3 * a->err_k, "layer %d: k8v2 keys %g values %g",
+               il, c->err_k, c->err_v);
+    }
+    CHECK(tl_kv_diagnose(m, NULL, ids, n, n, 1, &rep[0], &err) != 0 && strstr(err.msg, "query rows"));
+    free(ids);
+    tl_model_free(m);
+}
+
 int main(void) {
+    test_diagnose();
     test_auto();
     test_row_score();
     test_probe(0);

@@ -19,6 +19,8 @@
 #include "../src/kv/offload.h"
 #include "../src/quants.h"
 #include "../src/cuda/cuda.h"
+#include "../src/batch.h"
+#include "../src/sampler.h"
 
 #include "../src/threads.h"
 #include "../src/synth.h"
@@ -643,6 +645,419 @@ static void tailor_model(const char *path) {
     tl_model_free(m);
 }
 
+/* The batched step's decode products (matvec.cu, tlc_matvec_rows): m input rows share each
+ * weight load. Every row must equal, bit for bit, what tlc_matvec gives it alone (the same
+ * lane sums the same weights in the same order), so a sequence's numbers do not depend on what
+ * shares its step; and both must be the product (a double-precision reference on the host over
+ * the weights as stored, rel L2 < 1e-5). f32, f16 and bf16 weights; the 16-byte path and the
+ * scalar one (n_in not a multiple of 8 or 4); bias, residual add, the fused SiLU and GELU
+ * products; 2 to 11 rows (11: a launch of 8 rows and one of 3). */
+static void matvec_rows_cases(void) {
+    struct {
+        int n_in, n_out;
+    } shapes[] = {{576, 200}, {1536, 77}, {100, 45}, {102, 33}};
+    const int ms[] = {2, 3, 8, 11};
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (float)((x >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f)
+    int n_cases = 0, n_exact = 0;
+    double worst = 0;
+    for (int wt = 0; wt < 3; wt++)
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+            for (int glu = 0; glu < 3; glu++) {
+                const int n_in = shapes[si].n_in, n_out = shapes[si].n_out;
+                const bool vec = wt == 0 ? n_in % 4 == 0 : n_in % 8 == 0;
+                if (glu && (wt == 0 || !vec)) continue; /* the fusion takes 16-byte 16-bit rows only */
+                for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++) {
+                    const int m = ms[mi], extra = glu ? 0 : (int)mi % 3; /* 1: bias, 2: bias and residual add */
+                    const size_t nw = (size_t)n_in * n_out, ny = (size_t)m * n_out;
+                    float *W = malloc(sizeof(float) * nw), *W2 = malloc(sizeof(float) * nw), *X = malloc(sizeof(float) * (size_t)m * n_in);
+                    float *bias = malloc(sizeof(float) * n_out), *y0 = malloc(sizeof(float) * ny);
+                    float *yr = malloc(sizeof(float) * ny), *yo = malloc(sizeof(float) * ny), *ref = malloc(sizeof(float) * ny);
+                    for (size_t i = 0; i < nw; i++) {
+                        W[i] = RND() * 0.2f;
+                        W2[i] = RND() * 0.2f;
+                        if (wt) { /* the values as stored, for the reference */
+                            W[i] = wt == 1 ? tl_fp16_to_fp32(tl_fp32_to_fp16(W[i])) : tl_bf16_to_fp32(tl_fp32_to_bf16(W[i]));
+                            W2[i] = wt == 1 ? tl_fp16_to_fp32(tl_fp32_to_fp16(W2[i])) : tl_bf16_to_fp32(tl_fp32_to_bf16(W2[i]));
+                        }
+                    }
+                    for (size_t i = 0; i < (size_t)m * n_in; i++) X[i] = RND();
+                    for (int i = 0; i < n_out; i++) bias[i] = RND();
+                    for (size_t i = 0; i < ny; i++) y0[i] = RND();
+                    for (int r = 0; r < m; r++)
+                        for (int o = 0; o < n_out; o++) {
+                            double a = 0, b = 0;
+                            for (int i = 0; i < n_in; i++) {
+                                a += (double)W[(size_t)o * n_in + i] * X[(size_t)r * n_in + i];
+                                b += (double)W2[(size_t)o * n_in + i] * X[(size_t)r * n_in + i];
+                            }
+                            double y = a;
+                            if (glu == 1) y = a / (1.0 + exp(-a)) * b;
+                            if (glu == 2) y = 0.5 * a * (1.0 + tanh(0.7978845608028654 * (a + 0.044715 * a * a * a))) * b;
+                            if (extra >= 1) y += bias[o];
+                            if (extra == 2) y += y0[(size_t)r * n_out + o];
+                            ref[(size_t)r * n_out + o] = (float)y;
+                        }
+                    tl_error err;
+                    const int rc = tl_cuda_matvec_rows_test(wt, W, glu ? W2 : NULL, n_in, n_out, extra >= 1 ? bias : NULL,
+                                                            extra == 2 ? y0 : NULL, glu, X, m, yr, yo, &err);
+                    CHECKF(rc == 0, "matvec rows wt %d %dx%d glu %d m %d: %s", wt, n_out, n_in, glu, m, err.msg);
+                    if (!rc) {
+                        const bool same = !memcmp(yr, yo, sizeof(float) * ny);
+                        const double d = rel_l2(yr, ref, ny);
+                        n_cases++;
+                        n_exact += same;
+                        worst = fmax(worst, d);
+                        CHECKF(same, "matvec rows wt %d %dx%d glu %d m %d: not bit for bit the one-row kernel's (rel %.3g)", wt,
+                               n_out, n_in, glu, m, rel_l2(yr, yo, ny));
+                        CHECKF(d < 1e-5, "matvec rows wt %d %dx%d glu %d m %d: rel L2 %.3g from the reference", wt, n_out, n_in,
+                               glu, m, d);
+                    }
+                    free(W), free(W2), free(X), free(bias), free(y0), free(yr), free(yo), free(ref);
+                }
+            }
+#undef RND
+    printf("matvec over several rows: %d cases, %d bit for bit the one-row kernel's; rel L2 from the reference at most %.3g\n",
+           n_cases, n_exact, worst);
+}
+
+/* ---- continuous batching on the GPU (src/cuda/batch.cu through tl_batch_eval) ----
+ * BSEQ sequences under the given KV policies (cycled) go through a schedule of steps mixing
+ * prompt pieces of 1 to 64 rows with decode rows (up to 10 at once: two launches of the
+ * several-row products), sequences joining late and sitting steps out, a prompt piece after
+ * decoding, and one piece wanting every row's logits. Each sequence's twin, a whole GPU session
+ * with a chunk of 64 (so each piece is one chunk there too), runs the same tokens through
+ * tl_session_eval (tl_cuda_eval: the per-session path). Every row's logits are compared. By
+ * construction (batch.cu) they are equal bit for bit: each product over a sequence's rows runs
+ * the kernel the twin runs; what is checked is a bound, rel L2 <= 2e-3 of the row (the f16
+ * paths' rounding, were a GEMM to pick another algorithm for rows at another offset), 1e-2
+ * under quantized KV (a code flipped at a rounding boundary), and equal top-1; the bit-for-bit
+ * count is printed. */
+enum { BSEQ = 10, BSTEPS = 9, BROWS = 128, BCTX = 256 };
+static const int bsched[BSTEPS][BSEQ] = {
+    {40, 5, 0, 0, 0, 0, 0, 0, 0, 0},
+    {1, 33, 1, 3, 7, 0, 0, 0, 0, 0},   /* decode rows beside prompt pieces; seq 2 joins with one token */
+    {1, 1, 17, 64, 1, 2, 9, 4, 0, 0},  /* seq 3: 64 rows, every row's logits */
+    {1, 1, 1, 1, 1, 1, 1, 1, 12, 6},
+    {1, 0, 1, 1, 1, 1, 1, 1, 1, 1},    /* nine decode rows, seq 1 sits out */
+    {1, 1, 1, 1, 1, 1, 1, 1, 1, 1},    /* ten */
+    {32, 1, 1, 1, 5, 1, 1, 1, 1, 1},   /* prompt pieces after decoding (a chat's next turn) */
+    {1, 1, 2, 31, 1, 1, 1, 1, 1, 1},
+    {1, 1, 1, 1, 1, 1, 0, 1, 1, 1},
+};
+
+static double row_rel(const float *a, const float *b, int V) { return rel_l2(a, b, (size_t)V); }
+
+static tl_session *batch_seq(tl_batch *b, tl_model *m, const char *spec, tl_kv_plan *plan) {
+    tl_error err;
+    memset(plan, 0, sizeof *plan);
+    if (tl_kv_plan_parse(plan, spec, NULL, m->cfg.n_layer, &err)) {
+        CHECKF(0, "plan %s: %s", spec, err.msg);
+        return NULL;
+    }
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = BCTX;
+    sp.kv = plan;
+    sp.device = "cuda";
+    tl_session *s = tl_session_new_for_batch(m, &sp, &err);
+    CHECKF(s != NULL, "batched sequence %s: %s", spec, err.msg);
+    (void)b;
+    return s;
+}
+
+static bool quant_spec(const char *spec) { return strncmp(spec, "f16", 3) && strncmp(spec, "f32", 3) && strncmp(spec, "bf16", 4) && strncmp(spec, "tailor", 6); }
+
+static void batch_run(tl_model *m, const char *label, const char *const *specs, int n_specs) {
+    const int V = m->cfg.n_vocab;
+    tl_error err;
+    tl_session_params bp = tl_session_default_params();
+    bp.n_ctx = BCTX;
+    bp.device = "cuda";
+    tl_batch *b = tl_batch_new_for(m, BROWS, BSEQ, 1, &bp, &err);
+    CHECKF(b != NULL, "%s: GPU batch: %s", label, err.msg);
+    tl_session *bs[BSEQ] = {0}, *alone[BSEQ] = {0};
+    tl_kv_plan plans[BSEQ];
+    bool ok = b != NULL;
+    for (int i = 0; i < BSEQ; i++) {
+        bs[i] = batch_seq(b, m, specs[i % n_specs], &plans[i]);
+        alone[i] = make(m, specs[i % n_specs], BCTX, 64, "cuda");
+        ok = ok && bs[i] && alone[i];
+    }
+    int32_t *toks = malloc(sizeof(int32_t) * BCTX * BSEQ);
+    for (int i = 0; i < BCTX * BSEQ; i++) toks[i] = (int32_t)((i * 7919u + 13u) % (unsigned)V);
+    float *got = malloc(sizeof(float) * (size_t)(BSEQ + 64) * V), *want = malloc(sizeof(float) * (size_t)64 * V);
+    double worst[BSEQ] = {0};
+    int rows = 0, exact = 0, argmax_diff = 0;
+    for (int st = 0; st < BSTEPS && ok; st++) {
+        tl_batch_seq q[BSEQ];
+        int n = 0;
+        size_t off = 0;
+        for (int i = 0; i < BSEQ; i++) {
+            if (!bsched[st][i]) continue;
+            const bool all = i == 3 && st == 2;
+            q[n++] = (tl_batch_seq){.s = bs[i], .tokens = toks + i * BCTX + bs[i]->n_past, .n = bsched[st][i],
+                                    .logits = got + off * V, .all_logits = all};
+            off += all ? (size_t)bsched[st][i] : 1;
+        }
+        for (size_t k = 0; k < off * (size_t)V; k++) got[k] = NAN; /* every logit must be written */
+        const int rc = tl_batch_eval(b, q, n, &err);
+        CHECKF(rc == 0, "%s step %d: %s", label, st, err.msg);
+        if (rc) break;
+        for (int k = 0; k < n; k++) {
+            int i = 0;
+            while (bs[i] != q[k].s) i++;
+            const int ra = tl_session_eval(alone[i], q[k].tokens, q[k].n, want, q[k].all_logits, &err);
+            CHECKF(ra == 0, "%s twin %d: %s", label, i, err.msg);
+            CHECK(bs[i]->n_past == alone[i]->n_past);
+            for (int r = 0; !ra && r < (q[k].all_logits ? q[k].n : 1); r++) {
+                const float *g = q[k].logits + (size_t)r * V, *w = want + (size_t)r * V;
+                const double d = row_rel(g, w, V);
+                const char *spec = specs[i % n_specs];
+                worst[i] = fmax(worst[i], d);
+                exact += !memcmp(g, w, sizeof(float) * (size_t)V);
+                argmax_diff += tl_argmax(g, V) != tl_argmax(w, V);
+                rows++;
+                CHECKF(d <= (quant_spec(spec) ? 1e-2 : 2e-3), "%s step %d seq %d (%s) row %d: rel L2 %.3g from the session alone",
+                       label, st, i, spec, r, d);
+            }
+        }
+    }
+    CHECKF(argmax_diff == 0, "%s: %d of %d rows with another top-1 than the session alone", label, argmax_diff, rows);
+    CHECKF(rows > 0, "%s: no rows compared", label);
+    printf("batch %s: %d rows against each session alone, %d bit for bit; largest rel L2:", label, rows, exact);
+    for (int i = 0; i < n_specs && i < BSEQ; i++) printf(" %s %.2g", specs[i], worst[i]);
+    printf("\n");
+    /* refusals: a CPU session in a GPU batch; a batched sequence evaluated alone */
+    tl_session *cpu = make(m, "f16", BCTX, 64, "cpu");
+    int32_t one = 1;
+    if (b && cpu) {
+        tl_batch_seq c1 = {.s = cpu, .tokens = &one, .n = 1};
+        CHECK(tl_batch_eval(b, &c1, 1, &err) != 0 && strstr(err.msg, "on the CPU"));
+    }
+    if (bs[0]) CHECK(tl_session_eval(bs[0], &one, 1, want, false, &err) != 0 && strstr(err.msg, "batch"));
+    tl_session_free(cpu);
+    for (int i = 0; i < BSEQ; i++) {
+        tl_session_free(bs[i]);
+        tl_session_free(alone[i]);
+        if (bs[i] || plans[i].layers) tl_kv_plan_free(&plans[i]);
+    }
+    tl_batch_free(b);
+    free(toks), free(got), free(want);
+}
+
+/* The batch's memory plan (tl_cuda_plan_batch, what `tailor serve --device cuda` checks
+ * against --gpu-mem-budget) against what the batch and its sequences allocate: weights,
+ * block-format workspace and KV exactly; activations = the batch's buffers + the sequences'
+ * RoPE frequencies + the attention partials' allowance (64 MiB, grown on demand). Then a
+ * budget too small is refused by name before anything is allocated. */
+static void batch_plan_check(tl_model *m, const char *spec, int n_seq) {
+    tl_error err;
+    tl_kv_plan plan = {0};
+    if (tl_kv_plan_parse(&plan, spec, NULL, m->cfg.n_layer, &err)) {
+        CHECKF(0, "plan %s: %s", spec, err.msg);
+        return;
+    }
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = BCTX;
+    sp.kv = &plan;
+    sp.device = "cuda";
+    tl_cuda_plan p;
+    CHECKF(tl_cuda_plan_batch(m, BCTX, plan.layers, n_seq, BROWS, n_seq, &p, &err) == 0, "%s", err.msg);
+    tl_batch *b = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
+    CHECKF(b != NULL, "batch %s: %s", spec, err.msg);
+    tl_session *s[16] = {0};
+    uint64_t kv = 0, seq_act = 0, weights = 0;
+    for (int i = 0; b && i < n_seq && i < 16; i++) {
+        s[i] = tl_batch_session_new(b, &err);
+        CHECKF(s[i] != NULL, "batched sequence %d: %s", i, err.msg);
+        if (!s[i]) continue;
+        tl_cuda_mem g;
+        tl_cuda_memory(s[i]->gpu, &g);
+        kv += g.kv_alloc;
+        seq_act += g.activations;
+        weights = g.weights;
+    }
+    if (b) {
+        const uint64_t act = tl_batch_bytes(b) + seq_act + ((uint64_t)64 << 20);
+        printf("batch plan %s, %d sequences: weights %llu / %llu, KV %llu / %llu, activations %llu / %llu (planned / allocated)\n",
+               spec, n_seq, (unsigned long long)p.weights, (unsigned long long)weights, (unsigned long long)p.kv_device,
+               (unsigned long long)kv, (unsigned long long)p.activations, (unsigned long long)act);
+        CHECKF(p.weights == weights, "%s: weights planned %llu, uploaded %llu", spec, (unsigned long long)p.weights, (unsigned long long)weights);
+        CHECKF(p.kv_device == kv, "%s: KV planned %llu, allocated %llu", spec, (unsigned long long)p.kv_device, (unsigned long long)kv);
+        CHECKF(p.activations == act, "%s: activations planned %llu, allocated %llu", spec, (unsigned long long)p.activations,
+               (unsigned long long)act);
+    }
+    for (int i = 0; i < 16; i++) tl_session_free(s[i]);
+    tl_batch_free(b);
+    sp.gpu_mem_budget = p.total - 1; /* one byte short */
+    tl_batch *nb = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
+    CHECKF(nb == NULL && strstr(err.msg, "--gpu-mem-budget") && strstr(err.msg, "over by"), "budget one byte short: %s",
+           nb ? "accepted" : err.msg);
+    if (!nb) printf("  one byte short: %s\n", err.msg);
+    tl_batch_free(nb);
+    sp.gpu_mem_budget = p.total;
+    nb = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
+    CHECKF(nb != NULL, "budget exactly the plan: %s", err.msg);
+    tl_batch_free(nb);
+    tl_kv_plan_free(&plan);
+}
+
+/* The batch's plan beside a session's, on the host (no GPU needed, so it runs wherever the
+ * build has CUDA): a synth with head_dim 64 under f16 and under a TailorKV plan. Weights and
+ * block-format workspace once, KV n times, activations = the session's + every sequence's
+ * logits + the other sequences' predicted queries and RoPE frequencies (what
+ * batch.cu and tlc_session_make allocate, checked on a GPU by batch_plan_check). Then
+ * tl_batch_new_for refuses a budget one byte short before touching the device. */
+static void batch_plan_host(void) {
+    tl_synth_shape tiny = {.name = "tiny-llama", .arch = "llama", .source = "test_cuda", .n_layer = 3, .n_embd = 256,
+                           .n_ff = 768, .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_vocab = 512, .n_ctx = 512,
+                           .rope_base = 10000.0f, .norm_eps = 1e-5f};
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/tl_test_cuda_%d_plan.gguf", (int)getpid());
+    tl_synth_params sy = {.shape = &tiny, .type = TL_TYPE_F16, .seed = 3};
+    tl_error err;
+    if (tl_synth_write(&sy, path, &err)) {
+        CHECKF(0, "synth: %s", err.msg);
+        return;
+    }
+    tl_model *m = tl_model_load(path, &err);
+    unlink(path);
+    CHECKF(m != NULL, "%s", err.msg);
+    if (!m) return;
+    const char *specs[] = {"f16", "tailor:summary=0,bits=2,topk=64"};
+    const int S = 3, rows = 64, ctx = 256;
+    for (int k = 0; k < 2; k++) {
+        tl_kv_plan plan = {0};
+        if (tl_kv_plan_parse(&plan, specs[k], NULL, m->cfg.n_layer, &err)) {
+            CHECKF(0, "plan %s: %s", specs[k], err.msg);
+            continue;
+        }
+        tl_cuda_plan one, all;
+        const int r1 = tl_cuda_plan_memory(m, ctx, rows, plan.layers, &one, &err);
+        const int r2 = r1 ? -1 : tl_cuda_plan_batch(m, ctx, plan.layers, S, rows, S, &all, &err);
+        if (r1 && strstr(err.msg, "no CUDA support")) { /* the stub */
+            tl_kv_plan_free(&plan);
+            break;
+        }
+        CHECKF(r1 == 0 && r2 == 0, "plans %s: %s", specs[k], err.msg);
+        if (!r1 && !r2) {
+            const uint64_t V = (uint64_t)m->cfg.n_vocab, qd = (uint64_t)m->cfg.n_head * m->cfg.head_dim_k, rot = m->cfg.n_rot;
+            const uint64_t extra = 4 * V * S + (k ? 2 * 4 * qd * (S - 1) : 0) + 8 * rot * (S - 1);
+            CHECKF(all.weights == one.weights && all.workspace == one.workspace, "%s: weights/workspace differ", specs[k]);
+            CHECKF(all.kv_device == S * one.kv_device && all.kv_host == S * one.kv_host, "%s: KV %llu, one sequence %llu",
+                   specs[k], (unsigned long long)all.kv_device, (unsigned long long)one.kv_device);
+            CHECKF(all.activations == one.activations + extra, "%s: activations %llu, expected %llu", specs[k],
+                   (unsigned long long)all.activations, (unsigned long long)(one.activations + extra));
+            CHECKF(all.total == all.weights + all.workspace + all.kv_device + all.activations + all.reserve, "%s: total", specs[k]);
+            tl_session_params sp = tl_session_default_params();
+            sp.n_ctx = ctx;
+            sp.kv = &plan;
+            sp.device = "cuda";
+            sp.gpu_mem_budget = all.total - 1;
+            tl_batch *b = tl_batch_new_for(m, rows, S, 1, &sp, &err);
+            CHECKF(b == NULL && strstr(err.msg, "--gpu-mem-budget") && strstr(err.msg, "over by"), "%s: one byte short: %s",
+                   specs[k], b ? "accepted" : err.msg);
+            tl_batch_free(b);
+        }
+        tl_kv_plan_free(&plan);
+    }
+    tl_model_free(m);
+}
+
+/* The fixtures (every architecture: biases, q/k norms, gemma3's sliding window and post-norms,
+ * phi3) with float KV; the SmolLM2-shaped synth (TL_CUDA_MODEL) with every GPU KV kind in one
+ * batch: f16, k8v8, TailorKV with a 4-bit summary and with channel rows (sparse layer 1,
+ * queries predicted), KIVI, f32. */
+static void batch_cases(const char *qm) {
+    const char *names[] = {"synth_llama_tied.gguf", "synth_qwen2.gguf", "synth_qwen3.gguf", "synth_gemma3.gguf", "synth_phi3.gguf"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        const char *path = tl_test_fixture(names[i]);
+        if (!tl_test_have(path)) continue;
+        tl_error err;
+        tl_model *m = tl_model_load(path, &err);
+        CHECKF(m != NULL, "%s: %s", path, err.msg);
+        if (!m) continue;
+        const char *specs[] = {"f16", "f32", "bf16"};
+        batch_run(m, names[i], specs, 3);
+        tl_model_free(m);
+    }
+    if (!qm || !*qm) return;
+    tl_error err;
+    tl_model *m = tl_model_load(qm, &err);
+    CHECKF(m != NULL, "%s: %s", qm, err.msg);
+    if (!m) return;
+    const char *specs[] = {"f16", "k8v8", "tailor:summary=4,bits=2,sinks=4,recent=8,topk=16", "k4v2:kivi:g32:r16",
+                           "tailor:summary=0,bits=2,sinks=4,recent=8,topk=16", "f32"};
+    batch_run(m, "TL_CUDA_MODEL", specs, 6);
+    batch_plan_check(m, "f16", 4);
+    batch_plan_check(m, "tailor:summary=0,bits=2,topk=64", 3);
+    tl_model_free(m);
+}
+
+/* Turns of a chat: phases[i] > 0 is a prompt of that many tokens (in chunks of `chunk`), < 0
+ * that many decode steps, so a prompt after generated tokens (the next turn) is included. The
+ * last-token logits of every eval, GPU against CPU. */
+static cmp_stats run_turns(tl_model *m, const char *kv, const int *phases, int n_phases, int chunk) {
+    cmp_stats st = {0};
+    int n_tok = 0;
+    for (int i = 0; i < n_phases; i++) n_tok += abs(phases[i]);
+    const int V = m->cfg.n_vocab;
+    tl_session *c = make(m, kv, n_tok + 8, chunk, "cpu"), *g = make(m, kv, n_tok + 8, chunk, "cuda");
+    CHECKF(c && g, "sessions for %s", kv);
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n_tok);
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    for (int i = 0; i < n_tok; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        tok[i] = (int32_t)(x % (uint64_t)V);
+    }
+    float *lc = malloc(sizeof(float) * (size_t)V), *lg = malloc(sizeof(float) * (size_t)V);
+    tl_error err;
+    int at = 0, rc = !(c && g);
+    for (int i = 0; i < n_phases && !rc; i++) {
+        const int n = abs(phases[i]), steps = phases[i] > 0 ? 1 : n, per = phases[i] > 0 ? n : 1;
+        for (int s = 0; s < steps && !rc; s++) {
+            for (int k = 0; k < V; k++) lg[k] = NAN;
+            rc = tl_session_eval(c, tok + at, per, lc, false, &err) || tl_session_eval(g, tok + at, per, lg, false, &err);
+            CHECKF(rc == 0, "%s phase %d (%+d) at token %d: %s", kv, i, phases[i], at, err.msg);
+            if (!rc) cmp(lg, lc, V, &st);
+            at += per;
+        }
+    }
+    if (rc) st.max_abs = st.rel_l2 = INFINITY;
+    free(lc);
+    free(lg);
+    free(tok);
+    tl_session_free(c);
+    tl_session_free(g);
+    return st;
+}
+
+/* TailorKV across chat turns on both devices: prompt, a few generated tokens, the next prompt
+ * (a prefill chunk after generated tokens: it attends the host tier, the generated tokens and
+ * itself), more tokens, a third prompt of two chunks. The same settings and bound as
+ * tailor_model. */
+static void tailor_turns(const char *path) {
+    tl_error err;
+    tl_model *m = tl_model_load(path, &err);
+    CHECKF(m != NULL, "%s: %s", path, err.msg);
+    if (!m) return;
+    const char *kvs[] = {"tailor:summary=4,bits=2,topk=64", "tailor:summary=0,bits=2,topk=64"};
+    const int phases[] = {700, -5, 150, -5, 300, -4};
+    setenv("TL_CUDA_TC", "0", 1);
+    tl_quants_disable_avx512(true);
+    for (int i = 0; i < 2; i++) {
+        cmp_stats a = run_turns(m, kvs[i], phases, 6, 128);
+        printf("turns %s (prompt 700, 5 tokens, prompt 150, 5 tokens, prompt 300, 4 tokens): max |logit diff| %.3g, "
+               "rel L2 %.3g, top-1 agree %d/%d\n", kvs[i], a.max_abs, a.rel_l2, a.argmax_agree, a.rows);
+        CHECKF(a.rows == 17, "kv %s: %d of 17 evals compared", kvs[i], a.rows);
+        CHECKF(a.rel_l2 < 1e-3, "kv %s turns: relative L2 logit error %g", kvs[i], a.rel_l2);
+        CHECKF(a.argmax_agree == a.rows, "kv %s turns: top-1 differs", kvs[i]);
+    }
+    unsetenv("TL_CUDA_TC");
+    tl_quants_disable_avx512(false);
+    tl_model_free(m);
+}
+
 /* Decode over per-token codes on tensor cores (decode_mma.cu) against the general kernel (mode 1,
  * f32 over the same device codes): K/V code pairs 8/4/2 bits, groups 32/64/128, residual
  * rings 0/128/300 (the last tile partial, ring tokens in the tail block), head_dim 128 with
@@ -910,12 +1325,14 @@ static void qweight_models(void) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
-    setenv("TL_CUDA_WIDEN", "0", 1);  /* block-format weights on their own kernels (forward.cu: keep_blocks) */
+    unsetenv("TL_CUDA_WIDEN"); /* block-format weights on their own kernels (forward.cu: keep_blocks) */
+    batch_plan_host(); /* host only */
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {
         tl_test_skip("%s", why);
         return tl_test_done();
     }
+    matvec_rows_cases();
     qweight_cases();
     qweight_models();
     prefill_tc_cases();
@@ -925,8 +1342,10 @@ int main(void) {
     layer_cases();
     fixtures();
     const char *qm = getenv("TL_CUDA_MODEL");
+    batch_cases(qm);
     if (qm && *qm) quantized(qm);
     if (qm && *qm) tailor_model(qm);
+    if (qm && *qm) tailor_turns(qm);
     else tl_test_skip("TL_CUDA_MODEL not set: quantized-KV comparison");
     return tl_test_done();
 }

@@ -146,7 +146,7 @@ static tl_session *factory(void *ctx, int n_ctx, int n_threads, tl_error *err) {
 static void test_runner(tl_model *m) {
     const char *prompts[] = {"Once upon a time", "Once upon a time, there was", "Lily and Ben", "The cat"};
     enum { NJ = 4, NEW = 12 };
-    tl_job jobs[2][NJ];
+    tl_eval_job jobs[2][NJ];
     int32_t *ids[NJ];
     int nids[NJ];
     for (int i = 0; i < NJ; i++) ids[i] = tokenize(m, prompts[i], true, &nids[i]);
@@ -158,8 +158,8 @@ static void test_runner(tl_model *m) {
     int32_t *cids[2] = {c0, c1};
     const int clen[2] = {1, 2};
     for (int P = 1; P <= 2; P++) {
-        tl_job *J = jobs[P - 1];
-        for (int i = 0; i < NJ; i++) J[i] = (tl_job){.ids = ids[i], .n_ids = nids[i], .max_new = NEW};
+        tl_eval_job *J = jobs[P - 1];
+        for (int i = 0; i < NJ; i++) J[i] = (tl_eval_job){.ids = ids[i], .n_ids = nids[i], .max_new = NEW};
         J[3].n_choices = 2;
         J[3].choice_ids = cids;
         J[3].choice_len = clen;
@@ -216,7 +216,7 @@ static void test_runner(tl_model *m) {
     tl_session_free(s);
     free(lg);
     for (int P = 0; P < 2; P++)
-        for (int i = 0; i < NJ; i++) tl_job_clear(&jobs[P][i]);
+        for (int i = 0; i < NJ; i++) tl_eval_job_clear(&jobs[P][i]);
     for (int i = 0; i < NJ; i++) free(ids[i]);
 }
 
@@ -236,10 +236,10 @@ static void test_reuse(tl_model *m) {
         snprintf(buf, sizeof buf, "%s%s", ctx, qs[i]);
         ids[i] = tokenize(m, buf, true, &nids[i]);
     }
-    tl_job J[3][NJ];
+    tl_eval_job J[3][NJ];
     tl_truncate_fn fns[3] = {NULL, tl_session_truncate, failing_truncate};
     for (int v = 0; v < 3; v++) {
-        for (int i = 0; i < NJ; i++) J[v][i] = (tl_job){.ids = ids[i], .n_ids = nids[i], .max_new = 10};
+        for (int i = 0; i < NJ; i++) J[v][i] = (tl_eval_job){.ids = ids[i], .n_ids = nids[i], .max_new = 10};
         tl_runner r = {.model = m, .new_session = factory, .factory_ctx = m, .n_threads = 1, .n_parallel = 1,
                        .truncate = fns[v], .no_reuse = v == 0};
         tl_error err = {{0}};
@@ -257,7 +257,7 @@ static void test_reuse(tl_model *m) {
     CHECKF(J[1][1].reused == lcp && lcp > 20, "reused %d, common prefix %d", J[1][1].reused, lcp);
     CHECK(J[1][0].reused == 0);
     for (int v = 0; v < 3; v++)
-        for (int i = 0; i < NJ; i++) tl_job_clear(&J[v][i]);
+        for (int i = 0; i < NJ; i++) tl_eval_job_clear(&J[v][i]);
     for (int i = 0; i < NJ; i++) free(ids[i]);
 }
 

@@ -302,10 +302,18 @@ static void test_sweep(const char *model) {
     CHECK(count_lines(res, "g128") >= 1 && count_lines(res, "\"status\":\"ok\"") == 4);
     snprintf(p, sizeof p, "%s/a/report.md", dir);
     CHECK(count_lines(p, "★") >= 1 && count_lines(p, "failed") >= 2 && count_lines(p, "Budget") == 1);
+    /* the PNG is drawn with cairo (test_pareto_plot decodes it); without cairo the sweep says
+     * once that it writes SVG only */
     snprintf(p, sizeof p, "%s/a/frontier.png", dir);
     size_t len = 0;
     char *png = tl_test_read_file(p, &len);
+#ifdef TL_HAVE_CAIRO
     CHECK(png && len > 1000 && !memcmp(png + 1, "PNG", 3));
+#else
+    CHECK(!png);
+    snprintf(p, sizeof p, "%s/a.log", dir);
+    CHECK(count_lines(p, "PNG plots need cairo") == 1);
+#endif
     free(png);
     snprintf(p, sizeof p, "%s/a/frontier.svg", dir);
     CHECK(count_lines(p, "<polyline") == 1 || count_lines(p, "<circle") >= 2);

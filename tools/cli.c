@@ -1,14 +1,12 @@
-/* cli.c: shared flag parsing, model/session set-up and output helpers for the subcommands. */
+/* cli.c: shared flag parsing, session parameters, prompt text and output helpers for the
+ * subcommands. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "../src/kv/tailor_plan.h"
-#include "../src/cuda/cuda.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 void tl_cli_common_init(tl_cli_common *c) {
     memset(c, 0, sizeof *c);
@@ -59,6 +57,15 @@ int tl_cli_float(const char *flag, const char *s, float *out) {
     float v = strtof(s, &end);
     if (errno || end == s || *end || v != v) {
         fprintf(stderr, "tailor: %s: '%s' is not a number\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int tl_cli_device(const char *flag, const char *v, const char **out) {
+    if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
+        fprintf(stderr, "tailor: %s: '%s' is not one of cpu, cuda\n", flag, v);
         return -1;
     }
     *out = v;
@@ -207,11 +214,7 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
         return tl_cli_size(a, v, 1, &c->kv_budget) ? -1 : 1;
     } else if (!strcmp(a, "--device")) {
         VAL();
-        if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
-            fprintf(stderr, "tailor: --device: '%s' is not one of cpu, cuda\n", v);
-            return -1;
-        }
-        c->device = v;
+        return tl_cli_device(a, v, &c->device) ? -1 : 1;
     } else {
         return 0;
     }
@@ -219,14 +222,8 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     return 1;
 }
 
-char *tl_cli_read_file(const char *path, size_t *len, tl_error *err) { return tl_read_whole(path, len, err); }
-
-char *tl_cli_prompt_text(const tl_cli_common *c, const tl_model *m, int64_t n_tokens, size_t *len, tl_error *err) {
-    return tl_cli_prompt_text_tok(c, m->tok, n_tokens, len, err);
-}
-
-char *tl_cli_prompt_text_tok(const tl_cli_common *c, const tl_tokenizer *t, int64_t n_tokens, size_t *len,
-                             tl_error *err) {
+char *tl_cli_prompt_text(const tl_cli_common *c, const tl_tokenizer *t, int64_t n_tokens, size_t *len,
+                         tl_error *err) {
     if (c->prompt && c->file) {
         tl_fail(err, "give either -p or -f, not both");
         return NULL;
@@ -237,33 +234,7 @@ char *tl_cli_prompt_text_tok(const tl_cli_common *c, const tl_tokenizer *t, int6
     return tl_xstrdup(p);
 }
 
-int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool add_special, size_t *n, tl_error *err) {
-    return tl_cli_tokenize_tok(m->tok, text, len, add_special, n, err);
-}
-
-int32_t *tl_cli_tokenize_tok(const tl_tokenizer *t, const char *text, size_t len, bool add_special, size_t *n,
-                             tl_error *err) {
-    size_t cap = len + 16, need = 0;
-    int32_t *ids = tl_xmalloc(sizeof(int32_t) * cap);
-    if (tl_tokenize(t, text, len, add_special, true, ids, cap, &need, err)) {
-        free(ids);
-        return NULL;
-    }
-    if (need > cap) {
-        ids = tl_xrealloc(ids, sizeof(int32_t) * need);
-        if (tl_tokenize(t, text, len, add_special, true, ids, need, &need, err)) {
-            free(ids);
-            return NULL;
-        }
-    }
-    *n = need;
-    return ids;
-}
-
-tl_session *tl_cli_session_plan(tl_model *m, const tl_cli_common *c, const tl_kv_plan *plan, tl_error *err) {
-    if (c->n_ctx > m->cfg.n_ctx_train)
-        fprintf(stderr, "tailor: warning: context %d exceeds the model's training context %d; quality may degrade\n",
-                c->n_ctx, m->cfg.n_ctx_train);
+tl_session_params tl_cli_session_params(const tl_cli_common *c, const tl_kv_plan *plan) {
     tl_session_params sp = tl_session_default_params();
     sp.n_ctx = c->n_ctx;
     sp.n_threads = c->n_threads;
@@ -271,43 +242,34 @@ tl_session *tl_cli_session_plan(tl_model *m, const tl_cli_common *c, const tl_kv
     sp.kv = plan;
     sp.device = c->device;
     sp.gpu_mem_budget = c->gpu_mem_budget;
-    return tl_session_new(m, &sp, err);
+    sp.warn_ctx = true;
+    return sp;
 }
 
 tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err) {
     tl_kv_plan plan = {0};
-    if (tl_kv_plan_parse(&plan, c->kv, c->kv_layer, m->cfg.n_layer, err)) return NULL;
-    tl_session *s = tl_cli_session_plan(m, c, &plan, err);
+    if (tl_kv_plan_parse(&plan, c->kv, c->kv_layer, tl_model_n_layer(m), err)) return NULL;
+    const tl_session_params sp = tl_cli_session_params(c, &plan);
+    tl_session *s = tl_session_new(m, &sp, err);
     tl_kv_plan_free(&plan);
     return s;
 }
 
-
-static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
-
-void tl_cli_print_mem(FILE *f, const tl_session *s) {
-    tl_session_mem m;
-    tl_session_memory(s, &m);
-    fprintf(f, "memory: weights %.2f MiB + KV %.2f MiB (codes %.2f, scales %.2f, residual %.2f, other %.2f, host %.2f) "
-               "+ activations %.2f MiB = %.2f MiB  [%d tokens held]\n",
-            mib(m.weights), mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
-            mib(m.kv_parts.other), mib(m.kv_parts.host), mib(m.activations), mib(m.weights + m.kv + m.activations),
-            s->n_past);
-    if (!s->gpu) tl_tailor_print_mem(f, s->kv, s->model->cfg.n_layer); /* GPU sessions hold no CPU stores */
-    if (s->gpu) {
-        tl_cuda_mem g;
-        tl_cuda_memory(s->gpu, &g);
-        if (g.n_offload) {
-            const double steps = g.decode_steps > 0 ? (double)g.decode_steps : 1.0;
-            fprintf(f, "tailorKV (gpu): %d sparse layers; host tier allocated %.2f MiB (pinned, mapped); decode h2d "
-                       "%.1f KiB/token (PCIe: top-k rows %.1f + channel rows %.1f) over %lld steps; prefill d2h %.2f MiB, "
-                       "h2d %.2f MiB (the host tier copied back for prefill attention)\n",
-                    g.n_offload, mib(g.host_alloc), (g.h2d_decode + g.h2d_chan) / steps / 1024.0,
-                    g.h2d_decode / steps / 1024.0, g.h2d_chan / steps / 1024.0, (long long)g.decode_steps, mib(g.d2h),
-                    mib(g.h2d_prefill));
-        }
-        fprintf(f, "gpu memory (%s): weights %.2f MiB + workspace %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; "
-                   "device %.2f of %.2f MiB free\n",
-                g.device, mib(g.weights), mib(g.workspace), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free), mib(g.dev_total));
+const char *tl_default_haystack(void) {
+    static const char *const cands[] = {"../shared/data/pg_essays", "../../shared/data/pg_essays",
+                                        "/work/shared/data/pg_essays"};
+    const char *env = getenv("TL_SHARED");
+    static char buf[4096];
+    if (env && *env) {
+        snprintf(buf, sizeof buf, "%s/data/pg_essays", env);
+        return buf;
     }
+    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++) {
+        FILE *f = fopen(cands[i], "r");
+        if (f) {
+            fclose(f);
+            return cands[i];
+        }
+    }
+    return cands[0];
 }

@@ -1,12 +1,10 @@
 /* cli.h: what every subcommand shares: the flag table and value parsers (each error names the
- * flag), the common flags and a session made from them, prompt text and tokenization, checks
- * of output paths before any work, the memory report. */
+ * flag), the common flags and the session parameters made from them, prompt text, checks of
+ * output paths before any work. The tools use the engine through include/tailor.h only. */
 #ifndef TL_CLI_H
 #define TL_CLI_H
 
-#include "../src/common.h"
-#include "../src/session.h"
-#include "../src/sampler.h"
+#include "../include/tailor.h"
 
 #include <stdio.h>
 
@@ -43,6 +41,8 @@ typedef struct {
     const char *names[5]; /* spellings, NULL after the last */
     int lo, hi;
 } tl_cli_flag;
+/* --device: "cpu" or "cuda" into *out; prints "tailor: FLAG: why" and returns -1 otherwise. */
+int tl_cli_device(const char *flag, const char *v, const char **out);
 extern const tl_cli_flag tl_flag_ctx;      /* -c --ctx-size [--ctx]: tokens, 0 = the model's training context */
 extern const tl_cli_flag tl_flag_chunk;    /* --chunk -b -ub --batch-size: prefill chunk in tokens */
 extern const tl_cli_flag tl_flag_threads;  /* -t --threads */
@@ -65,24 +65,19 @@ int tl_parse_depth_list(const char *flag, const char *s, double *out, int cap);
 int tl_cli_size(const char *flag, const char *s, uint64_t lo, uint64_t *out);
 const char *tl_cli_value(int argc, char **argv, int *i); /* NULL + message if missing */
 
-/* A task, grid, results or key file: tl_read_whole (all of it, or an error past the cap). */
-char *tl_cli_read_file(const char *path, size_t *len, tl_error *err);
-/* The prompt text from -p or -f (malloc'd); -f reads at most what n_tokens tokens of m span
+/* The prompt text from -p or -f (malloc'd); -f reads at most what n_tokens tokens of t span
  * (tl_tok_text_bytes; n_tokens <= 0: the general cap), with a note when it cuts. */
-char *tl_cli_prompt_text(const tl_cli_common *c, const tl_model *m, int64_t n_tokens, size_t *len, tl_error *err);
-char *tl_cli_prompt_text_tok(const tl_cli_common *c, const tl_tokenizer *t, int64_t n_tokens, size_t *len, tl_error *err);
-/* Tokenize with the model's BOS rule; returns malloc'd ids. */
-int32_t *tl_cli_tokenize(const tl_model *m, const char *text, size_t len, bool add_special, size_t *n, tl_error *err);
-int32_t *tl_cli_tokenize_tok(const tl_tokenizer *t, const char *text, size_t len, bool add_special, size_t *n,
-                             tl_error *err);
+char *tl_cli_prompt_text(const tl_cli_common *c, const tl_tokenizer *t, int64_t n_tokens, size_t *len, tl_error *err);
 
-/* A session from the common flags: --kv/--kv-layer parsed for m... */
+/* The session parameters of the common flags (-c, -t, --chunk, --device, --gpu-mem-budget)
+ * with the plan parsed from --kv/--kv-layer; the context warning on. */
+tl_session_params tl_cli_session_params(const tl_cli_common *c, const tl_kv_plan *plan);
+/* A session from the common flags, --kv/--kv-layer parsed for m. */
 tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err);
-/* ... or with the plan already parsed from them. */
-tl_session *tl_cli_session_plan(tl_model *m, const tl_cli_common *c, const tl_kv_plan *plan, tl_error *err);
 
-/* Print the memory report of a session (stderr). */
-void tl_cli_print_mem(FILE *f, const tl_session *s);
+/* The NIAH/RULER haystack folder when --haystack is not given: $TL_SHARED/data/pg_essays, else
+ * the first of the shared folder's usual places that exists. */
+const char *tl_default_haystack(void);
 
 int tl_cmd_generate(int argc, char **argv);
 int tl_cmd_perplexity(int argc, char **argv);

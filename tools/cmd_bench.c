@@ -52,45 +52,6 @@ typedef struct {
     uint64_t kv_bytes;
 } bench_row;
 
-/* Read-bandwidth estimate: sum a 512 MiB buffer with all threads, best of 3. */
-typedef struct {
-    const float *buf;
-    size_t n_per;
-    double *partial;
-} bw_ctx;
-
-static void bw_task(void *ctx, int64_t i, int tid) {
-    bw_ctx *c = ctx;
-    const float *p = c->buf + (size_t)i * c->n_per;
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (size_t j = 0; j + 4 <= c->n_per; j += 4) {
-        s0 += p[j];
-        s1 += p[j + 1];
-        s2 += p[j + 2];
-        s3 += p[j + 3];
-    }
-    c->partial[i] = s0 + s1 + s2 + s3;
-}
-
-static double measure_bandwidth(tl_pool *pool) {
-    const size_t bytes = (size_t)512 << 20;
-    float *buf = tl_amalloc(bytes);
-    if (!buf) return 0;
-    memset(buf, 0, bytes);
-    const int n_tasks = 64;
-    double partial[64];
-    bw_ctx c = {buf, bytes / sizeof(float) / n_tasks, partial};
-    double best = 1e9;
-    for (int r = 0; r < 3; r++) {
-        double t = tl_time_s();
-        tl_pool_run(pool, n_tasks, bw_task, &c);
-        t = tl_time_s() - t;
-        if (t < best) best = t;
-    }
-    tl_afree(buf);
-    return (double)bytes / best / 1e9;
-}
-
 /* random_fill: the GPU cache takes `depth` random K/V rows (marked "d<N>*" in the table) instead
  * of a prefill of `depth` tokens (llama-bench's way, --fill prefill) */
 static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, double bw_gbs, bool random_fill,
@@ -99,7 +60,7 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
     tl_session *s = tl_cli_session(m, c, err);
     if (!s) return -1;
     row->n_threads = tl_session_n_threads(s);
-    const int V = m->cfg.n_vocab;
+    const int V = tl_model_n_vocab(m);
     const int total = row->n_depth + row->n_prompt + row->n_gen;
     int32_t *toks = tl_xmalloc(sizeof(int32_t) * (size_t)(total + 1));
     uint64_t x = 0x1234567;
@@ -150,15 +111,12 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
         tl_session_memory(s, &mem);
         row->kv_bytes = mem.kv;
         /* a decode step reads every weight once (the embedding only one row) and the KV held */
-        const tl_weights *w = &m->w;
-        uint64_t wbytes = m->weight_bytes;
-        if (!w->tied_output) wbytes -= tl_row_size(w->tok_embd.type, w->tok_embd.n_in) * (uint64_t)w->tok_embd.n_out;
-        row->bytes_per_token = wbytes + mem.kv;
+        row->bytes_per_token = tl_model_decode_weight_bytes(m) + mem.kv;
         if (row->n_gen > 0 && bw_gbs > 0)
             row->bw_pct = 100.0 * (row->bytes_per_token / (row->avg_ns / 1e9 / row->n_gen)) / (bw_gbs * 1e9);
         if (tl_session_on_gpu(s)) {
             fprintf(stderr, "\n");
-            tl_cli_print_mem(stderr, s);
+            tl_session_print_memory(stderr, s);
         }
     }
     free(logits);
@@ -246,13 +204,11 @@ int tl_cmd_bench(int argc, char **argv) {
         tl_model_free(m);
         return 1;
     }
-    if (bw <= 0) {
-        tl_pool *pool = tl_pool_new(threads.v[0]);
-        bw = measure_bandwidth(pool);
-        tl_pool_free(pool);
-    }
-    fprintf(stderr, "model %s: %s, %.2f MiB of weights; memory read bandwidth %.1f GB/s%s%s%s\n", c.model,
-            m->cfg.arch_name, m->weight_bytes / 1048576.0, bw, card[0] ? " (peak of the " : "", card,
+    if (bw <= 0) bw = tl_memory_read_bandwidth(threads.v[0]);
+    const char *arch = tl_model_arch(m);
+    const uint64_t weight_bytes = tl_model_weight_bytes(m);
+    fprintf(stderr, "model %s: %s, %.2f MiB of weights; memory read bandwidth %.1f GB/s%s%s%s\n", c.model, arch,
+            weight_bytes / 1048576.0, bw, card[0] ? " (peak of the " : "", card,
             !gpu ? "" : !random_fill ? (card[0] ? ")" : "") : card[0] ? "; d<N>*: depth filled with random K/V)" : " (d<N>*: depth filled with random K/V)");
 
     const int max_rows = threads.n * kvs.n * depth.n * (pp.n + tg.n);
@@ -284,7 +240,7 @@ int tl_cmd_bench(int argc, char **argv) {
                     n_rows++;
                 }
 
-    const double wmib = m->weight_bytes / 1048576.0;
+    const double wmib = weight_bytes / 1048576.0;
     if (!strcmp(fmt, "md")) {
         printf("| model | size | threads | type_kv | test | t/s | ms/token | bytes/token | %% of %.0f GB/s |\n", bw);
         printf("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |\n");
@@ -294,7 +250,7 @@ int tl_cmd_bench(int argc, char **argv) {
             if (r->n_depth) snprintf(test, sizeof test, "%s @ d%d%s", r->test, r->n_depth, gpu && random_fill ? "*" : "");
             else snprintf(test, sizeof test, "%s", r->test);
             const int n = r->n_prompt + r->n_gen;
-            printf("| %s | %.2f MiB | %d | %s | %s | %.2f ± %.2f | %.3f |", m->cfg.arch_name, wmib, r->n_threads, r->kv,
+            printf("| %s | %.2f MiB | %d | %s | %s | %.2f ± %.2f | %.3f |", arch, wmib, r->n_threads, r->kv,
                    test, r->avg_ts, r->std_ts, r->avg_ns / 1e6 / n);
             if (r->n_gen) printf(" %.2f MB | %.1f |\n", r->bytes_per_token / 1e6, r->bw_pct);
             else printf(" | |\n");
@@ -304,8 +260,8 @@ int tl_cmd_bench(int argc, char **argv) {
         printf("model_filename,model_type,model_size,n_threads,type_k,type_v,n_prompt,n_gen,n_depth,avg_ns,stddev_ns,avg_ts,stddev_ts,bytes_per_token,bw_pct,depth_fill\n");
         for (int i = 0; i < n_rows; i++) {
             bench_row *r = &rows[i];
-            printf("\"%s\",%s,%llu,%d,%s,%s,%d,%d,%d,%.0f,%.0f,%.6f,%.6f,%llu,%.2f,%s\n", c.model, m->cfg.arch_name,
-                   (unsigned long long)m->weight_bytes, r->n_threads, r->kv, r->kv, r->n_prompt, r->n_gen, r->n_depth,
+            printf("\"%s\",%s,%llu,%d,%s,%s,%d,%d,%d,%.0f,%.0f,%.6f,%.6f,%llu,%.2f,%s\n", c.model, arch,
+                   (unsigned long long)weight_bytes, r->n_threads, r->kv, r->kv, r->n_prompt, r->n_gen, r->n_depth,
                    r->avg_ns, r->std_ns, r->avg_ts, r->std_ts, (unsigned long long)r->bytes_per_token, r->bw_pct, fill);
         }
     } else {
@@ -317,7 +273,7 @@ int tl_cmd_bench(int argc, char **argv) {
                    "\"type_k\": \"%s\", \"type_v\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, "
                    "\"avg_ns\": %.0f, \"stddev_ns\": %.0f, \"avg_ts\": %.6f, \"stddev_ts\": %.6f, "
                    "\"bytes_per_token\": %llu, \"bw_pct\": %.2f, \"depth_fill\": \"%s\"}%s\n",
-                   jsonl ? "" : "  ", c.model, m->cfg.arch_name, (unsigned long long)m->weight_bytes, r->n_threads,
+                   jsonl ? "" : "  ", c.model, arch, (unsigned long long)weight_bytes, r->n_threads,
                    r->kv, r->kv, r->n_prompt, r->n_gen, r->n_depth, r->avg_ns, r->std_ns, r->avg_ts, r->std_ts,
                    (unsigned long long)r->bytes_per_token, r->bw_pct, gpu && random_fill ? "random" : "prefill",
                    jsonl || i == n_rows - 1 ? "" : ",");

@@ -2,10 +2,7 @@
  * the plan (JSON, for --kv tailor:plan=FILE) and an SVG bar chart of the scores. With --auto B,
  * the key layout of each layer for auto:B instead (a plan for --kv FILE). */
 #include "cli.h"
-#include "../src/calibrate.h"
-#include "../src/kv/tailor_plan.h"
 
-#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +21,11 @@ static void help(void) {
            "  The key layout --kv auto:B would choose (B = 4, k4v2, 4:g64, ...), measured per layer on\n"
            "  the first %d tokens of TEXT (default: a built-in text): per-token, per-channel, smoothing,\n"
            "  rotation; the attention error of each is printed. --gpu: only layouts the GPU runs.\n"
-           "  Use the plan with --kv plan.json (no calibration at load).\n",
+           "  Use the plan with --kv plan.json (no calibration at load).\n"
+           "usage: tailor calibrate -m MODEL -f TEXT --diagnose KV [-c 4096] [--nq 32] [-t THREADS]\n"
+           "  Where the quantized KV policy KV (k2v2:kivi, k4v4, plan.json, ...) loses precision: per layer,\n"
+           "  the relative attention error of the last --nq queries over -c tokens with the keys quantized\n"
+           "  (values exact), the values quantized (keys exact), and both, and the worst query head.\n",
            TL_KV_AUTO_CALIB_TOKENS);
 }
 
@@ -34,21 +35,20 @@ static int calibrate_auto(const tl_cli_common *c, const char *spec, bool gpu, co
     int rc = 1;
     size_t text_len = 0;
     char *text = NULL, *json = NULL, full[64];
-    tl_kv_layer_policy *pol = NULL;
+    tl_kv_plan plan = {0};
     snprintf(full, sizeof full, "auto:%s", spec);
-    tl_kv_layer_policy a;
     tl_model *m = NULL;
-    if (tl_kv_policy_parse(full, &a, &err)) {
+    if (tl_kv_policy_check(full, &err)) {
         tl_fail_prefix(&err, "--auto");
         goto done;
     }
     if (!(m = tl_model_load(c->model, &err))) goto done;
-    if (c->file && !(text = tl_cli_prompt_text(c, m, TL_KV_AUTO_CALIB_TOKENS, &text_len, &err))) goto done;
-    const int L = m->cfg.n_layer;
-    pol = tl_xmalloc(sizeof *pol * (size_t)L);
-    for (int i = 0; i < L; i++) pol[i] = a;
+    if (c->file && !(text = tl_cli_prompt_text(c, tl_model_tokenizer(m), TL_KV_AUTO_CALIB_TOKENS, &text_len, &err)))
+        goto done;
+    const int L = tl_model_n_layer(m);
+    if (tl_kv_plan_parse(&plan, full, NULL, L, &err)) goto done; /* every layer auto:SPEC */
     tl_kv_auto_report rep;
-    if (tl_kv_auto_resolve(m, pol, text, text_len, gpu, c->n_threads, &rep, &err)) goto done;
+    if (tl_kv_auto_resolve(m, plan.layers, text, text_len, gpu, c->n_threads, &rep, &err)) goto done;
     char line[512];
     tl_kv_auto_summary(&rep, line, sizeof line);
     printf("auto:%s on %s (%s): %s\n", spec, c->model, c->file ? c->file : "built-in text", line);
@@ -62,10 +62,10 @@ static int calibrate_auto(const tl_cli_common *c, const char *spec, bool gpu, co
             else printf(" %13.4f%s", rep.err[il][i], i == rep.chosen[il] ? "*" : " ");
         }
         char pname[128];
-        tl_kv_policy_format(&pol[il], pname, sizeof pname);
+        tl_kv_plan_format_layer(&plan, il, pname, sizeof pname);
         printf("  %s\n", rep.chosen[il] < 0 ? "(sliding window: dense)" : pname);
     }
-    json = tl_kv_auto_plan_json(&rep, pol, full, c->file ? c->file : "built-in");
+    json = tl_kv_auto_plan_json(&rep, plan.layers, full, c->file ? c->file : "built-in");
     size_t jl = strlen(json);
     json = tl_xrealloc(json, jl + 2);
     json[jl++] = '\n';
@@ -77,7 +77,58 @@ done:
     if (rc) fprintf(stderr, "tailor calibrate: %s\n", err.msg);
     free(json);
     free(text);
-    free(pol);
+    tl_kv_plan_free(&plan);
+    tl_model_free(m);
+    return rc;
+}
+
+/* --diagnose: the keys' and the values' share of a quantized policy's attention error. */
+static int calibrate_diagnose(const tl_cli_common *c, const char *spec, int n_q) {
+    tl_error err = {{0}};
+    int rc = 1;
+    size_t text_len = 0, n_tok = 0;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    tl_kv_plan plan = {0};
+    tl_model *m = tl_model_load(c->model, &err);
+    if (!m) goto done;
+    const int L = tl_model_n_layer(m), ctx = c->n_ctx > 0 ? c->n_ctx : 4096;
+    const tl_tokenizer *tok = tl_model_tokenizer(m);
+    if (tl_kv_plan_parse(&plan, spec, NULL, L, &err)) goto done;
+    if (!(text = tl_cli_prompt_text(c, tok, ctx, &text_len, &err))) goto done;
+    if (!(ids = tl_tokenize_all(tok, text, text_len, true, &n_tok, &err))) goto done;
+    const int n = (int)TL_MIN((size_t)ctx, n_tok);
+    tl_kv_diag_report rep;
+    if (tl_kv_diagnose(m, plan.layers, ids, n, n_q, c->n_threads, &rep, &err)) goto done;
+    printf("KV error of %s on %s (%s): %d tokens, last %d query rows (%.1f s)\n", spec, c->model, c->file, rep.n_tokens,
+           rep.n_rows, rep.seconds);
+    printf("relative L2 error of the attention output: keys quantized (values exact), values quantized (keys exact), both\n");
+    printf("layer  policy                    keys     values       both  worst head\n");
+    double sk = 0, sv = 0, skv = 0;
+    int nm = 0, worse_k = 0;
+    for (int il = 0; il < L; il++) {
+        const tl_kv_diag_layer *d = &rep.layer[il];
+        char pname[128];
+        tl_kv_plan_format_layer(&plan, il, pname, sizeof pname);
+        if (!d->measured) {
+            printf("%5d  %-22s  (not quantized or a sliding window: not measured)\n", il, pname);
+            continue;
+        }
+        printf("%5d  %-22s %7.4f  %9.4f  %9.4f  %3d (%.4f)\n", il, pname, d->err_k, d->err_v, d->err_kv, d->worst_head,
+               d->worst_head_err);
+        sk += d->err_k, sv += d->err_v, skv += d->err_kv;
+        nm++;
+        worse_k += d->err_k > d->err_v;
+    }
+    if (nm)
+        printf("mean over %d layers: keys %.4f, values %.4f, both %.4f; the keys' error is the larger in %d of %d layers\n",
+               nm, sk / nm, sv / nm, skv / nm, worse_k, nm);
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "tailor calibrate: %s\n", err.msg);
+    tl_kv_plan_free(&plan);
+    free(ids);
+    free(text);
     tl_model_free(m);
     return rc;
 }
@@ -120,7 +171,7 @@ int tl_cmd_calibrate(int argc, char **argv) {
     tl_cli_common_init(&c);
     float tau = 0.2f, top = 0.05f;
     int n_q = 32;
-    const char *out = NULL, *svg = NULL, *auto_spec = NULL;
+    const char *out = NULL, *svg = NULL, *auto_spec = NULL, *diag_spec = NULL;
     bool gpu = false;
     for (int i = 1; i < argc; i++) {
         int r = tl_cli_common_arg(&c, argc, argv, &i);
@@ -139,6 +190,8 @@ int tl_cmd_calibrate(int argc, char **argv) {
             if (!strcmp(a, "--svg")) svg = v;
         } else if (!strcmp(a, "--auto")) {
             if (!(auto_spec = tl_cli_value(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--diagnose")) {
+            if (!(diag_spec = tl_cli_value(argc, argv, &i))) return 2;
         } else if (!strcmp(a, "--gpu")) {
             gpu = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -148,6 +201,13 @@ int tl_cmd_calibrate(int argc, char **argv) {
             fprintf(stderr, "tailor calibrate: unknown flag '%s' (see -h)\n", a);
             return 2;
         }
+    }
+    if (diag_spec) {
+        if (!c.model || !c.file) {
+            fprintf(stderr, "tailor calibrate: --diagnose needs -m MODEL and -f TEXT (see -h)\n");
+            return 2;
+        }
+        return calibrate_diagnose(&c, diag_spec, n_q);
     }
     if (auto_spec) {
         if (!c.model || !out) {
@@ -184,14 +244,15 @@ int tl_cmd_calibrate(int argc, char **argv) {
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
     const int ctx = c.n_ctx > 0 ? c.n_ctx : 4096;
-    if (!(text = tl_cli_prompt_text(&c, m, ctx, &text_len, &err))) goto done;
-    if (!(ids = tl_cli_tokenize(m, text, text_len, true, &n_tok, &err))) goto done;
+    const tl_tokenizer *tok = tl_model_tokenizer(m);
+    if (!(text = tl_cli_prompt_text(&c, tok, ctx, &text_len, &err))) goto done;
+    if (!(ids = tl_tokenize_all(tok, text, text_len, true, &n_tok, &err))) goto done;
     const int n = (int)TL_MIN((size_t)ctx, n_tok);
     if (n < n_q + 1) {
         tl_fail(&err, "%s: %d tokens; need more than --nq %d", c.file, n, n_q);
         goto done;
     }
-    const int L = m->cfg.n_layer;
+    const int L = tl_model_n_layer(m);
     scores = tl_xcalloc((size_t)L, sizeof(double));
     window = tl_xcalloc((size_t)L, sizeof(bool));
     kinds = tl_xcalloc((size_t)L, sizeof(int));

@@ -13,18 +13,11 @@
  * the same context reuse its KV state when the session can truncate (see runner.h). */
 #define _GNU_SOURCE
 #include "eval_cli.h"
-#include "../src/engine/plan.h"
-#include "../include/tailor.h"
-#include "../src/eval/score.h"
-#include "../src/eval/stats.h"
-#include "../src/kv/policy.h"
 
 #include <ctype.h>
 #include <limits.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 void tl_eval_cli_init(tl_eval_cli *e) {
     memset(e, 0, sizeof *e);
@@ -34,7 +27,7 @@ void tl_eval_cli_init(tl_eval_cli *e) {
 
 int tl_eval_cli_load(tl_eval_cli *e, tl_error *err) {
     if (!(e->model = tl_model_load(e->c.model, err))) return -1;
-    return tl_kv_plan_parse(&e->plan, e->c.kv, e->c.kv_layer, e->model->cfg.n_layer, err);
+    return tl_kv_plan_parse(&e->plan, e->c.kv, e->c.kv_layer, tl_model_n_layer(e->model), err);
 }
 
 void tl_eval_cli_free(tl_eval_cli *e) {
@@ -68,78 +61,35 @@ void tl_eval_cli_help(FILE *f) {
                "          [--no-reuse] never reuse a shared prompt prefix   [--quiet] no progress bar\n");
 }
 
-int tl_eval_cli_threads(const tl_eval_cli *e) {
-    if (e->c.n_threads > 0) return e->c.n_threads;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
+int tl_eval_cli_threads(const tl_eval_cli *e) { return e->c.n_threads > 0 ? e->c.n_threads : tl_cpu_count(); }
+
+tl_eval_params tl_eval_cli_params(const tl_eval_cli *e) {
+    return (tl_eval_params){.session = tl_cli_session_params(&e->c, &e->plan),
+                            .n_threads = tl_eval_cli_threads(e),
+                            .n_parallel = e->n_parallel,
+                            .no_reuse = e->no_reuse,
+                            .progress = !e->quiet,
+                            .print_mem = e->c.mem};
 }
 
-tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *err) {
-    tl_eval_cli *e = ctx;
-    tl_cli_common c = e->c;
-    c.n_ctx = n_ctx;
-    c.n_threads = n_threads;
-    return tl_cli_session_plan(e->model, &c, &e->plan, err);
+bool tl_eval_cli_can_reuse(const tl_eval_cli *e) {
+    const tl_eval_params p = tl_eval_cli_params(e);
+    return tl_eval_can_reuse(&p);
 }
 
-void tl_eval_cli_session_done(void *ctx, tl_session *s) {
-    const tl_eval_cli *e = ctx;
-    if (e->c.mem) tl_cli_print_mem(stderr, s);
+tl_eval_job tl_task_job(const tl_task_sample *s) {
+    return (tl_eval_job){.ids = s->prompt.ids, .n_ids = s->prompt.n, .max_new = s->max_new, .stop_newline = s->stop_newline};
 }
 
-/* KV + activation bytes of a full session of n_ctx tokens, by the planner (0 when the plan
- * does not fit: the session itself then reports why) */
-static uint64_t session_bytes(void *ctx, int n_ctx) {
-    tl_eval_cli *e = ctx;
-    const tl_plan_target t = tl_plan_target_model(e->model);
-    tl_mem_plan *mp = tl_xcalloc(1, sizeof *mp);
-    tl_error err;
-    const uint64_t total = tl_plan_memory(&t, n_ctx, e->c.chunk, e->plan.layers, -1, mp, &err) ? 0 : mp->kv + mp->activations;
-    free(mp);
-    return total;
-}
-
-static void make_runner(tl_eval_cli *e, tl_runner *r, tl_progress *p) {
-    memset(r, 0, sizeof *r);
-    r->model = e->model;
-    r->new_session = tl_eval_cli_session;
-    r->session_done = tl_eval_cli_session_done;
-    r->factory_ctx = e;
-    r->n_threads = tl_eval_cli_threads(e);
-    r->n_parallel = e->n_parallel;
-    r->no_reuse = e->no_reuse;
-    r->progress = p;
-    r->session_bytes = session_bytes;
-}
-
-bool tl_eval_cli_can_reuse(tl_eval_cli *e) {
-    tl_runner r;
-    make_runner(e, &r, NULL);
-    return tl_runner_can_reuse(&r);
-}
-
-tl_job tl_task_job(const tl_task_sample *s) {
-    return (tl_job){.ids = s->prompt.ids, .n_ids = s->prompt.n, .max_new = s->max_new, .stop_newline = s->stop_newline};
-}
-
-int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_job *jobs, int n_jobs, double *secs, tl_error *err) {
-    int64_t total = 0; /* progress units: prompt tokens */
-    for (int i = 0; i < n_jobs; i++) total += jobs[i].n_ids;
-    tl_progress prog;
-    tl_progress_init(&prog, label, total, n_jobs, !e->quiet);
-    tl_runner r;
-    make_runner(e, &r, &prog);
-    const double t0 = tl_time_s();
-    const int rc = tl_run_jobs(&r, jobs, n_jobs, err);
-    *secs = tl_time_s() - t0;
-    tl_progress_done(&prog);
-    return rc;
+int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_eval_job *jobs, int n_jobs, double *secs, tl_error *err) {
+    const tl_eval_params p = tl_eval_cli_params(e);
+    return tl_eval_run(e->model, &p, label, jobs, n_jobs, secs, err);
 }
 
 cJSON *tl_eval_cli_config(const tl_eval_cli *e) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", e->c.model ? e->c.model : "");
-    if (e->model) cJSON_AddStringToObject(o, "arch", e->model->cfg.arch_name);
+    if (e->model) cJSON_AddStringToObject(o, "arch", tl_model_arch(e->model));
     /* the canonical plan text, so equal policies compare equal in the Pareto tool */
     char *kv = e->plan.n_layers ? tl_kv_plan_format(&e->plan) : NULL;
     cJSON_AddStringToObject(o, "kv", kv ? kv : e->c.kv ? e->c.kv : "f16");
@@ -359,11 +309,12 @@ int tl_cmd_eval(int argc, char **argv) {
     tl_error err = {{0}};
     int rc = 1, n_items = 0;
     item *items = NULL;
-    tl_job *jobs = NULL;
+    tl_eval_job *jobs = NULL;
     size_t len = 0;
-    char *text = tl_cli_read_file(tasks, &len, &err);
+    char *text = tl_read_whole(tasks, &len, &err);
     if (!text) goto done;
     if (tl_eval_cli_load(&e, &err)) goto done;
+    const tl_tokenizer *tok = tl_model_tokenizer(e.model);
     /* parse and tokenize */
     int lineno = 0;
     for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -374,7 +325,7 @@ int tl_cmd_eval(int argc, char **argv) {
         items = tl_xrealloc(items, sizeof(item) * (size_t)(n_items + 1));
         if (parse_item(line, lineno, tasks, join, (tl_metric)def_metric, max_new, &items[n_items], &err)) goto done;
         item *it = &items[n_items++];
-        if (!(it->ids = tl_cli_tokenize(e.model, it->prompt, strlen(it->prompt), true, &it->n_ids, &err))) {
+        if (!(it->ids = tl_tokenize_all(tok, it->prompt, strlen(it->prompt), true, &it->n_ids, &err))) {
             tl_fail_prefix(&err, "%s:%d", tasks, lineno);
             goto done;
         }
@@ -392,7 +343,7 @@ int tl_cmd_eval(int argc, char **argv) {
                 snprintf(t, n, "%s%s", isspace((unsigned char)it->choices[c][0]) ? "" : " ", it->choices[c]);
                 size_t cap = n + 8;
                 it->choice_ids[c] = tl_xmalloc(sizeof(int32_t) * cap);
-                if (tl_tokenize(e.model->tok, t, strlen(t), false, false, it->choice_ids[c], cap, &nt, &err) ||
+                if (tl_tokenize(tok, t, strlen(t), false, false, it->choice_ids[c], cap, &nt, &err) ||
                     nt > cap || nt == 0) {
                     free(t);
                     tl_fail(&err, "%s:%d: choice %d does not tokenize", tasks, lineno, c);
@@ -410,7 +361,7 @@ int tl_cmd_eval(int argc, char **argv) {
     jobs = tl_xcalloc((size_t)n_items, sizeof *jobs);
     for (int i = 0; i < n_items; i++) {
         item *it = &items[i];
-        jobs[i] = (tl_job){.ids = it->ids, .n_ids = (int)it->n_ids, .max_new = it->metric == TL_METRIC_CHOICE ? 0 : it->max_new,
+        jobs[i] = (tl_eval_job){.ids = it->ids, .n_ids = (int)it->n_ids, .max_new = it->metric == TL_METRIC_CHOICE ? 0 : it->max_new,
                            .stop_newline = it->metric != TL_METRIC_ALL, .n_choices = it->metric == TL_METRIC_CHOICE ? it->n_choices : 0,
                            .choice_ids = it->choice_ids, .choice_len = it->choice_len};
     }
@@ -422,7 +373,7 @@ int tl_cmd_eval(int argc, char **argv) {
     if (pred && !pf) fprintf(stderr, "tailor eval: --pred %s: cannot open\n", pred);
     for (int i = 0; i < n_items; i++) {
         item *it = &items[i];
-        tl_job *j = &jobs[i];
+        tl_eval_job *j = &jobs[i];
         reused += j->reused;
         it->score = it->metric == TL_METRIC_CHOICE ? (double)(j->chosen == it->answer_idx)
                                                    : tl_score(it->metric, j->output ? j->output : "",
@@ -473,7 +424,7 @@ done:
     if (rc) fprintf(stderr, "tailor eval: %s\n", err.msg);
     for (int i = 0; i < n_items; i++) {
         item_free(&items[i]);
-        if (jobs) tl_job_clear(&jobs[i]);
+        if (jobs) tl_eval_job_clear(&jobs[i]);
     }
     free(items);
     free(jobs);

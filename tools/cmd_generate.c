@@ -45,10 +45,11 @@ int tl_cmd_generate(int argc, char **argv) {
     float *logits = NULL;
     tl_model *m = tl_model_load(c.model, &err);
     if (!m) goto done;
+    const tl_tokenizer *tok = tl_model_tokenizer(m);
     /* no more text than the context can hold: a longer prompt cannot fit anyway */
     const int n_ctx = tl_model_resolve_n_ctx(m, c.n_ctx);
-    if (!(text = tl_cli_prompt_text(&c, m, n_ctx, &text_len, &err))) goto done;
-    if (!(ids = tl_cli_tokenize(m, text, text_len, !no_bos, &n_prompt, &err))) {
+    if (!(text = tl_cli_prompt_text(&c, tok, n_ctx, &text_len, &err))) goto done;
+    if (!(ids = tl_tokenize_all(tok, text, text_len, !no_bos, &n_prompt, &err))) {
         tl_fail_prefix(&err, "prompt");
         goto done;
     }
@@ -57,11 +58,12 @@ int tl_cmd_generate(int argc, char **argv) {
         goto done;
     }
     if (!(s = tl_cli_session(m, &c, &err))) goto done;
-    if ((int)n_prompt >= s->n_ctx) {
-        tl_fail(&err, "prompt of %zu tokens does not fit the context of %d tokens (raise -c)", n_prompt, s->n_ctx);
+    const int ctx = tl_session_n_ctx(s);
+    if ((int)n_prompt >= ctx) {
+        tl_fail(&err, "prompt of %zu tokens does not fit the context of %d tokens (raise -c)", n_prompt, ctx);
         goto done;
     }
-    const int V = m->cfg.n_vocab;
+    const int V = tl_model_n_vocab(m);
     logits = tl_xmalloc(sizeof(float) * (size_t)V);
     smp = tl_sampler_new(&c.sp, V);
     for (size_t i = 0; i < n_prompt; i++) tl_sampler_accept(smp, ids[i]);
@@ -70,20 +72,20 @@ int tl_cmd_generate(int argc, char **argv) {
     if (tl_session_eval(s, ids, (int)n_prompt, logits, false, &err)) goto done;
     double t_prompt = tl_time_s() - t0;
 
-    int max_new = c.n_predict < 0 ? s->n_ctx - (int)n_prompt : TL_MIN(c.n_predict, s->n_ctx - (int)n_prompt);
+    int max_new = c.n_predict < 0 ? ctx - (int)n_prompt : TL_MIN(c.n_predict, ctx - (int)n_prompt);
     int32_t *gen = tl_xmalloc(sizeof(int32_t) * (size_t)(max_new > 0 ? max_new : 1));
     int n_gen = 0;
     double t1 = tl_time_s();
     char piece[256];
     while (n_gen < max_new) {
         int32_t id = tl_sampler_sample(smp, logits);
-        if (!ignore_eos && tl_tok_is_eog(m->tok, id)) break;
+        if (!ignore_eos && tl_tok_is_eog(tok, id)) break;
         gen[n_gen++] = id;
         tl_sampler_accept(smp, id);
-        size_t np = tl_token_to_piece(m->tok, id, false, piece, sizeof piece);
+        size_t np = tl_token_to_piece(tok, id, false, piece, sizeof piece);
         fwrite(piece, 1, np < sizeof piece ? np : sizeof piece, stdout);
         fflush(stdout);
-        if (n_gen == max_new || s->n_past + 1 > s->n_ctx) break;
+        if (n_gen == max_new || tl_session_n_past(s) + 1 > ctx) break;
         if (tl_session_eval(s, &id, 1, logits, false, &err)) {
             free(gen);
             goto done;
@@ -100,7 +102,7 @@ int tl_cmd_generate(int argc, char **argv) {
             n_prompt / (t_prompt > 0 ? t_prompt : 1e-9));
     fprintf(stderr, "generation: %d tokens in %.1f ms (%.2f ms/token, %.2f tokens/s)\n", n_gen, t_gen * 1e3,
             n_gen ? t_gen * 1e3 / n_gen : 0.0, n_gen / (t_gen > 0 ? t_gen : 1e-9));
-    if (c.mem) tl_cli_print_mem(stderr, s);
+    if (c.mem) tl_session_print_memory(stderr, s);
     free(gen);
     rc = 0;
 done:

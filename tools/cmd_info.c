@@ -1,20 +1,12 @@
 /* tailor info: what is in a GGUF file (metadata, tensors), the model tailor reads from it, and
  * the memory a session would need at any context and KV policy, computed without allocating
- * (the planner's projection, src/engine/plan.h, which the session allocates by). With --shape it
- * projects a model from the synth shape table, no file needed (e.g. Llama-3.1-8B at 128k). */
+ * (tl_info, src/info.c: the planner's projection, which the session allocates by). With
+ * --shape it projects a model from the synth shape table, no file needed (e.g. Llama-3.1-8B at
+ * 128k). */
 #include "cli.h"
-#include "../src/engine/plan.h"
-#include "../src/kv/policy.h"
-#include "../src/synth.h"
 
-#include <cjson/cJSON.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define MD_STR_MAX 80    /* metadata strings longer than this are cut in the table */
-#define JSON_STR_MAX 1024
-#define ARR_FIRST 5      /* array elements shown */
 
 static void help(void) {
     printf("usage: tailor info FILE [--kv SPEC] [--kv-layer OVERRIDES] [-c CTX] [--chunk N] [--tensors] [-o md|json]\n"
@@ -24,403 +16,6 @@ static void help(void) {
            "  tokens (default: the training context) under the KV policy (default f16) + activations for\n"
            "  the prefill chunk (default 512). --shape projects a model of the synth shape table (see\n"
            "  tailor synth -h) with no file.\n");
-}
-
-/* "12,345,678" */
-static const char *commas(uint64_t v, char *buf) {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v), o = 0;
-    for (int i = 0; i < n; i++) {
-        if (i && (n - i) % 3 == 0) buf[o++] = ',';
-        buf[o++] = tmp[i];
-    }
-    buf[o] = 0;
-    return buf;
-}
-
-/* "1,234,567 (1.18 MiB)" */
-static const char *human(uint64_t v, char *buf) {
-    char c[40];
-    const double d = (double)v;
-    if (v >= (1ull << 30)) snprintf(buf, 80, "%s (%.2f GiB)", commas(v, c), d / (1 << 30));
-    else if (v >= (1u << 20)) snprintf(buf, 80, "%s (%.2f MiB)", commas(v, c), d / (1 << 20));
-    else if (v >= 1024) snprintf(buf, 80, "%s (%.2f KiB)", commas(v, c), d / 1024);
-    else snprintf(buf, 80, "%s", commas(v, c));
-    return buf;
-}
-
-/* Append text from the file, escaped (tl_escape: control bytes, invalid UTF-8, and '|' which
- * would break a markdown table cell); cut at max bytes. */
-static void md_text(char *out, size_t cap, const char *s, uint64_t len, size_t max) {
-    size_t o = strlen(out);
-    if (o + 32 > cap) return;
-    const size_t n = len > max ? max : (size_t)len;
-    if (tl_escape(out + o, cap - o - 24, s, n, "|") < len) {
-        o = strlen(out);
-        snprintf(out + o, cap - o, "... (%llu bytes)", (unsigned long long)len);
-    }
-}
-
-static bool is_int_type(tl_gguf_vtype t) {
-    return t == TL_GGUF_UINT8 || t == TL_GGUF_INT8 || t == TL_GGUF_UINT16 || t == TL_GGUF_INT16 ||
-           t == TL_GGUF_UINT32 || t == TL_GGUF_INT32 || t == TL_GGUF_UINT64 || t == TL_GGUF_INT64;
-}
-static bool is_signed(tl_gguf_vtype t) {
-    return t == TL_GGUF_INT8 || t == TL_GGUF_INT16 || t == TL_GGUF_INT32 || t == TL_GGUF_INT64;
-}
-
-/* One metadata value as a table cell; arrays as "[type x N] first, values, ...". */
-static void md_value(const tl_gguf_value *v, char *out, size_t cap) {
-    out[0] = 0;
-    char num[64];
-    switch (v->type) {
-    case TL_GGUF_STRING: md_text(out, cap, v->v.str.ptr, v->v.str.len, MD_STR_MAX); return;
-    case TL_GGUF_BOOL: snprintf(out, cap, "%s", v->v.u64 ? "true" : "false"); return;
-    case TL_GGUF_FLOAT32:
-    case TL_GGUF_FLOAT64: snprintf(out, cap, "%.9g", v->v.f64); return;
-    case TL_GGUF_ARRAY: break;
-    default:
-        if (is_signed(v->type)) snprintf(out, cap, "%lld", (long long)v->v.i64);
-        else snprintf(out, cap, "%llu", (unsigned long long)v->v.u64);
-        return;
-    }
-    const tl_gguf_vtype et = v->v.arr.elem_type;
-    const uint64_t n = v->v.arr.n;
-    snprintf(out, cap, "[%s x %llu]", tl_gguf_vtype_name(et), (unsigned long long)n);
-    for (uint64_t i = 0; i < n && i < ARR_FIRST; i++) {
-        size_t o = strlen(out);
-        if (o + 40 >= cap) break;
-        snprintf(out + o, cap - o, "%s", i ? ", " : " ");
-        if (et == TL_GGUF_STRING) {
-            tl_gguf_str s = tl_gguf_arr_str(v, i);
-            strcat(out, "\"");
-            md_text(out, cap - 8, s.ptr, s.len, 24);
-            strcat(out, "\"");
-        } else if (et == TL_GGUF_ARRAY) {
-            const tl_gguf_value *e = &v->v.arr.elems[i];
-            snprintf(num, sizeof num, "[%s x %llu]", tl_gguf_vtype_name(e->v.arr.elem_type),
-                     (unsigned long long)e->v.arr.n);
-            strcat(out, num);
-        } else if (et == TL_GGUF_FLOAT32 || et == TL_GGUF_FLOAT64) {
-            snprintf(num, sizeof num, "%.6g", tl_gguf_arr_f64(v, i));
-            strcat(out, num);
-        } else if (et == TL_GGUF_BOOL) {
-            strcat(out, tl_gguf_arr_i64(v, i) ? "true" : "false");
-        } else if (et == TL_GGUF_UINT64) {
-            snprintf(num, sizeof num, "%llu", (unsigned long long)(uint64_t)tl_gguf_arr_i64(v, i));
-            strcat(out, num);
-        } else {
-            snprintf(num, sizeof num, "%lld", (long long)tl_gguf_arr_i64(v, i));
-            strcat(out, num);
-        }
-    }
-    if (n > ARR_FIRST && strlen(out) + 6 < cap) strcat(out, ", ...");
-}
-
-/* A string from the file, escaped as in the table (tl_escape), cut at max bytes. */
-static cJSON *json_str(const char *s, uint64_t len, size_t max) {
-    size_t n = len > max ? max : (size_t)len;
-    char *b = tl_xmalloc(4 * n + 1); /* \xHH is the longest escape of a byte */
-    tl_escape(b, 4 * n + 1, s, n, NULL);
-    cJSON *j = cJSON_CreateString(b);
-    free(b);
-    return j;
-}
-
-static cJSON *json_value(const tl_gguf_value *v) {
-    switch (v->type) {
-    case TL_GGUF_STRING: return json_str(v->v.str.ptr, v->v.str.len, JSON_STR_MAX);
-    case TL_GGUF_BOOL: return cJSON_CreateBool(v->v.u64 != 0);
-    case TL_GGUF_FLOAT32:
-    case TL_GGUF_FLOAT64: return cJSON_CreateNumber(v->v.f64);
-    case TL_GGUF_ARRAY: break;
-    default: return cJSON_CreateNumber(is_signed(v->type) ? (double)v->v.i64 : (double)v->v.u64);
-    }
-    cJSON *o = cJSON_CreateObject();
-    const tl_gguf_vtype et = v->v.arr.elem_type;
-    cJSON_AddStringToObject(o, "array_of", tl_gguf_vtype_name(et));
-    cJSON_AddNumberToObject(o, "n", (double)v->v.arr.n);
-    cJSON *first = cJSON_AddArrayToObject(o, "first");
-    for (uint64_t i = 0; i < v->v.arr.n && i < ARR_FIRST; i++) {
-        if (et == TL_GGUF_STRING) {
-            tl_gguf_str s = tl_gguf_arr_str(v, i);
-            cJSON_AddItemToArray(first, json_str(s.ptr, s.len, 64));
-        } else if (et == TL_GGUF_ARRAY) {
-            cJSON_AddItemToArray(first, json_value(&v->v.arr.elems[i]));
-        } else if (et == TL_GGUF_BOOL) {
-            cJSON_AddItemToArray(first, cJSON_CreateBool(tl_gguf_arr_i64(v, i) != 0));
-        } else if (is_int_type(et)) {
-            cJSON_AddItemToArray(first, cJSON_CreateNumber((double)tl_gguf_arr_i64(v, i)));
-        } else {
-            cJSON_AddItemToArray(first, cJSON_CreateNumber(tl_gguf_arr_f64(v, i)));
-        }
-    }
-    return o;
-}
-
-/* "0-4, 6-10, 12" for the layers where flag[il] is set. */
-static void layer_ranges(const bool *flag, int n, char *out, size_t cap) {
-    size_t o = 0;
-    out[0] = 0;
-    for (int i = 0; i < n; i++) {
-        if (!flag[i]) continue;
-        int j = i;
-        while (j + 1 < n && flag[j + 1]) j++;
-        if (o + 24 >= cap) {
-            snprintf(out + o, cap - o, ", ...");
-            return;
-        }
-        o += (size_t)snprintf(out + o, cap - o, i == j ? "%s%d" : "%s%d-%d", o ? ", " : "", i, j);
-        i = j;
-    }
-}
-
-/* Everything info prints, gathered before printing (so md and json show the same facts). */
-typedef struct {
-    const char *path;          /* NULL in --shape mode */
-    const tl_synth_shape *shape;
-    tl_type shape_type;
-    tl_gguf *g;
-    tl_model *m;
-    char model_skip[600];      /* why the model part is skipped ("" = not skipped) */
-    tl_config cfg;
-    bool tied, rope_freqs, longrope;
-    uint64_t weights;          /* bytes the model reads */
-    uint64_t tensor_bytes;     /* all tensors of the file */
-    uint64_t type_count[TL_TYPE_COUNT], type_bytes[TL_TYPE_COUNT];
-    /* memory */
-    bool have_mem;
-    char *plan_text;
-    tl_mem_plan mp;
-    bool per_layer;            /* layers differ: print the per-layer table */
-} info_t;
-
-static void print_md_model(const info_t *I) {
-    const tl_config *c = &I->cfg;
-    char b[80], sw[512];
-    printf("\n## Model (as tailor reads it)\n\n| field | value |\n|---|---|\n");
-    printf("| architecture | %s |\n", c->arch_name);
-    printf("| layers | %d |\n| embedding | %d |\n| feed-forward | %d |\n", c->n_layer, c->n_embd, c->n_ff);
-    printf("| heads (query / KV) | %d / %d (GQA %d:1) |\n", c->n_head, c->n_head_kv, c->n_head / c->n_head_kv);
-    printf("| head dim (K / V) | %d / %d |\n| vocabulary | %d |\n| training context | %d |\n", c->head_dim_k,
-           c->head_dim_v, c->n_vocab, c->n_ctx_train);
-    printf("| RoPE | %s pairs, base %g, %d dims rotated, freq scale %g%s", c->rope_style == TL_ROPE_NORM ? "adjacent" : "NEOX (halves)",
-           c->rope_base, c->n_rot, c->rope_freq_scale, I->rope_freqs ? ", llama3 rope_freqs factors" : "");
-    if (I->longrope) printf(", LongRoPE factors (long ones for contexts over %d)", c->n_ctx_orig);
-    if (c->rope_attn_factor != 1.0f) printf(", cos/sin x %.4f", c->rope_attn_factor);
-    printf(" |\n| query scale | %.6g |\n", c->attn_scale);
-    if (c->attn_softcap > 0 || c->final_softcap > 0)
-        printf("| soft-capping | attention scores %g, final logits %g (0: none) |\n", c->attn_softcap, c->final_softcap);
-    printf("| RMSNorm eps | %g |\n", c->norm_eps);
-    if (c->sliding_window > 0) {
-        layer_ranges(c->layer_swa, c->n_layer, sw, sizeof sw);
-        printf("| sliding window | %d tokens on layers %s (RoPE base %g there) |\n", c->sliding_window, sw,
-               c->rope_base_swa);
-    } else {
-        printf("| sliding window | none |\n");
-    }
-    printf("| output | %s |\n", I->tied ? "tied to token_embd" : "output.weight");
-    printf("| weights read | %s |\n", human(I->weights, b));
-}
-
-static void print_md_memory(const info_t *I) {
-    const tl_mem_plan *p = &I->mp;
-    char b[80], t[40];
-    printf("\n## Memory at %s tokens (KV %s, chunk %d)\n\n| part | bytes |\n|---|---|\n", commas((uint64_t)p->n_ctx, t),
-           I->plan_text, p->chunk);
-    printf("| weights | %s |\n", human(p->weights, b));
-    printf("| KV cache | %s |\n", human(p->kv, b));
-    printf("| - codes | %s |\n", human(p->kv_parts.codes, b));
-    printf("| - scales | %s |\n", human(p->kv_parts.scales, b));
-    printf("| - residual | %s |\n", human(p->kv_parts.residual, b));
-    printf("| - other | %s |\n", human(p->kv_parts.other, b));
-    if (p->kv_parts.host) printf("| - host | %s |\n", human(p->kv_parts.host, b));
-    printf("| activations | %s |\n", human(p->activations, b));
-    printf("| total | %s |\n", human(p->weights + p->kv + p->activations, b));
-    printf("\nKV: %s bytes/token at this context\n", commas(p->n_ctx ? p->kv / (uint64_t)p->n_ctx : 0, t));
-    if (!I->per_layer) return;
-    printf("\n### KV per layer\n\n| layers | policy | window | bytes per layer |\n|---|---|---|---|\n");
-    for (int i = 0; i < I->cfg.n_layer; i++) {
-        int j = i;
-        while (j + 1 < I->cfg.n_layer && tl_kv_policy_equal(&p->eff[j + 1], &p->eff[i]) &&
-               p->window[j + 1] == p->window[i] && p->kv_layer[j + 1] == p->kv_layer[i])
-            j++;
-        char pol[128];
-        tl_kv_policy_format(&p->eff[i], pol, sizeof pol);
-        if (i == j) printf("| %d ", i);
-        else printf("| %d-%d ", i, j);
-        printf("| %s | %d | %s |\n", pol, p->window[i], human(p->kv_layer[i], b));
-        i = j;
-    }
-}
-
-static void print_md(const info_t *I, bool tensors) {
-    char b[80], cell[1024];
-    if (I->g) {
-        const tl_gguf *g = I->g;
-        printf("# %s\n\nGGUF v%u, %s, alignment %u, %lld metadata keys, %lld tensors\n", I->path, tl_gguf_version(g),
-               human(tl_gguf_file_size(g), b), tl_gguf_alignment(g), (long long)tl_gguf_n_kv(g),
-               (long long)tl_gguf_n_tensors(g));
-        printf("\n## Metadata\n\n| key | type | value |\n|---|---|---|\n");
-        for (int64_t i = 0; i < tl_gguf_n_kv(g); i++) {
-            size_t len;
-            const char *k = tl_gguf_key_name(g, i, &len);
-            const tl_gguf_value *v = tl_gguf_kv_value(g, i);
-            char kname[300] = "";
-            md_text(kname, sizeof kname, k, len, 200);
-            md_value(v, cell, sizeof cell);
-            printf("| %s | %s | %s |\n", kname, tl_gguf_vtype_name(v->type), cell);
-        }
-    } else {
-        printf("# shape %s (%s), %s weights, no file\n", I->shape->name, I->shape->source, tl_type_name(I->shape_type));
-    }
-    if (I->model_skip[0]) printf("\n## Model\n\nskipped: %s\n", I->model_skip);
-    else print_md_model(I);
-    if (I->g) {
-        const tl_gguf *g = I->g;
-        printf("\n## Tensors: %lld, %s\n\n| type | count | bytes |\n|---|---|---|\n", (long long)tl_gguf_n_tensors(g),
-               human(I->tensor_bytes, b));
-        for (int t = 0; t < TL_TYPE_COUNT; t++)
-            if (I->type_count[t]) printf("| %s | %llu | %s |\n", tl_type_name(t), (unsigned long long)I->type_count[t], human(I->type_bytes[t], b));
-        if (tensors) {
-            printf("\n| name | type | shape | bytes | offset |\n|---|---|---|---|---|\n");
-            for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) {
-                const tl_gguf_tensor *t = tl_gguf_tensor_at(g, i);
-                char shp[100] = "";
-                for (uint32_t d = 0; d < t->n_dims; d++)
-                    snprintf(shp + strlen(shp), sizeof shp - strlen(shp), "%s%lld", d ? " x " : "", (long long)t->ne[d]);
-                char c1[40], c2[40], name[1100] = "";
-                md_text(name, sizeof name, t->name, strlen(t->name), 256);
-                printf("| %s | %s | %s | %s | %s |\n", name, tl_type_name(t->type), shp, commas(t->nbytes, c1),
-                       commas(t->offset, c2));
-            }
-        }
-    }
-    if (I->have_mem) print_md_memory(I);
-}
-
-static cJSON *json_parts(const tl_kv_bytes *k) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "codes", (double)k->codes);
-    cJSON_AddNumberToObject(o, "scales", (double)k->scales);
-    cJSON_AddNumberToObject(o, "residual", (double)k->residual);
-    cJSON_AddNumberToObject(o, "other", (double)k->other);
-    cJSON_AddNumberToObject(o, "host", (double)k->host);
-    return o;
-}
-
-static void print_json(const info_t *I, bool tensors) {
-    cJSON *root = cJSON_CreateObject();
-    if (I->g) {
-        const tl_gguf *g = I->g;
-        cJSON_AddStringToObject(root, "file", I->path);
-        cJSON_AddNumberToObject(root, "gguf_version", tl_gguf_version(g));
-        cJSON_AddNumberToObject(root, "file_bytes", (double)tl_gguf_file_size(g));
-        cJSON_AddNumberToObject(root, "alignment", tl_gguf_alignment(g));
-        cJSON *md = cJSON_AddArrayToObject(root, "metadata");
-        for (int64_t i = 0; i < tl_gguf_n_kv(g); i++) {
-            size_t len;
-            const char *k = tl_gguf_key_name(g, i, &len);
-            const tl_gguf_value *v = tl_gguf_kv_value(g, i);
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddItemToObject(e, "key", json_str(k, len, 4096));
-            cJSON_AddStringToObject(e, "type", tl_gguf_vtype_name(v->type));
-            cJSON_AddItemToObject(e, "value", json_value(v));
-            cJSON_AddItemToArray(md, e);
-        }
-    } else {
-        cJSON_AddStringToObject(root, "shape", I->shape->name);
-        cJSON_AddStringToObject(root, "source", I->shape->source);
-        cJSON_AddStringToObject(root, "weight_type", tl_type_name(I->shape_type));
-    }
-    if (I->model_skip[0]) {
-        cJSON_AddStringToObject(root, "model_skipped", I->model_skip);
-    } else {
-        const tl_config *c = &I->cfg;
-        cJSON *m = cJSON_AddObjectToObject(root, "model");
-        cJSON_AddStringToObject(m, "arch", c->arch_name);
-        cJSON_AddNumberToObject(m, "n_layer", c->n_layer);
-        cJSON_AddNumberToObject(m, "n_embd", c->n_embd);
-        cJSON_AddNumberToObject(m, "n_ff", c->n_ff);
-        cJSON_AddNumberToObject(m, "n_head", c->n_head);
-        cJSON_AddNumberToObject(m, "n_head_kv", c->n_head_kv);
-        cJSON_AddNumberToObject(m, "head_dim_k", c->head_dim_k);
-        cJSON_AddNumberToObject(m, "head_dim_v", c->head_dim_v);
-        cJSON_AddNumberToObject(m, "n_vocab", c->n_vocab);
-        cJSON_AddNumberToObject(m, "n_ctx_train", c->n_ctx_train);
-        cJSON_AddStringToObject(m, "rope_style", c->rope_style == TL_ROPE_NORM ? "norm" : "neox");
-        cJSON_AddNumberToObject(m, "rope_base", c->rope_base);
-        cJSON_AddNumberToObject(m, "n_rot", c->n_rot);
-        cJSON_AddNumberToObject(m, "rope_freq_scale", c->rope_freq_scale);
-        cJSON_AddBoolToObject(m, "rope_freqs", I->rope_freqs);
-        cJSON_AddBoolToObject(m, "longrope", I->longrope);
-        cJSON_AddNumberToObject(m, "n_ctx_orig", c->n_ctx_orig);
-        cJSON_AddNumberToObject(m, "rope_attn_factor", c->rope_attn_factor);
-        cJSON_AddNumberToObject(m, "attn_scale", c->attn_scale);
-        cJSON_AddNumberToObject(m, "attn_softcap", c->attn_softcap);
-        cJSON_AddNumberToObject(m, "final_softcap", c->final_softcap);
-        cJSON_AddNumberToObject(m, "norm_eps", c->norm_eps);
-        cJSON_AddNumberToObject(m, "sliding_window", c->sliding_window);
-        cJSON *sw = cJSON_AddArrayToObject(m, "sliding_layers");
-        for (int il = 0; il < c->n_layer; il++)
-            if (c->sliding_window > 0 && c->layer_swa[il]) cJSON_AddItemToArray(sw, cJSON_CreateNumber(il));
-        cJSON_AddBoolToObject(m, "tied_output", I->tied);
-        cJSON_AddNumberToObject(m, "weight_bytes", (double)I->weights);
-    }
-    if (I->g) {
-        const tl_gguf *g = I->g;
-        cJSON_AddNumberToObject(root, "n_tensors", (double)tl_gguf_n_tensors(g));
-        cJSON_AddNumberToObject(root, "tensor_bytes", (double)I->tensor_bytes);
-        cJSON *ty = cJSON_AddArrayToObject(root, "tensor_types");
-        for (int t = 0; t < TL_TYPE_COUNT; t++) {
-            if (!I->type_count[t]) continue;
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddStringToObject(e, "type", tl_type_name(t));
-            cJSON_AddNumberToObject(e, "count", (double)I->type_count[t]);
-            cJSON_AddNumberToObject(e, "bytes", (double)I->type_bytes[t]);
-            cJSON_AddItemToArray(ty, e);
-        }
-        if (tensors) {
-            cJSON *ta = cJSON_AddArrayToObject(root, "tensors");
-            for (int64_t i = 0; i < tl_gguf_n_tensors(g); i++) {
-                const tl_gguf_tensor *t = tl_gguf_tensor_at(g, i);
-                cJSON *e = cJSON_CreateObject();
-                cJSON_AddItemToObject(e, "name", json_str(t->name, strlen(t->name), 4096));
-                cJSON_AddStringToObject(e, "type", tl_type_name(t->type));
-                cJSON *sh = cJSON_AddArrayToObject(e, "shape");
-                for (uint32_t d = 0; d < t->n_dims; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->ne[d]));
-                cJSON_AddNumberToObject(e, "bytes", (double)t->nbytes);
-                cJSON_AddNumberToObject(e, "offset", (double)t->offset);
-                cJSON_AddItemToArray(ta, e);
-            }
-        }
-    }
-    if (I->have_mem) {
-        const tl_mem_plan *p = &I->mp;
-        cJSON *m = cJSON_AddObjectToObject(root, "memory");
-        cJSON_AddNumberToObject(m, "n_ctx", p->n_ctx);
-        cJSON_AddNumberToObject(m, "chunk", p->chunk);
-        cJSON_AddStringToObject(m, "kv_policy", I->plan_text);
-        cJSON_AddNumberToObject(m, "weights", (double)p->weights);
-        cJSON_AddNumberToObject(m, "kv", (double)p->kv);
-        cJSON_AddItemToObject(m, "kv_parts", json_parts(&p->kv_parts));
-        cJSON_AddNumberToObject(m, "activations", (double)p->activations);
-        cJSON_AddNumberToObject(m, "total", (double)(p->weights + p->kv + p->activations));
-        cJSON *layers = cJSON_AddArrayToObject(m, "kv_layers");
-        for (int il = 0; il < I->cfg.n_layer; il++) {
-            char pol[128];
-            tl_kv_policy_format(&p->eff[il], pol, sizeof pol);
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddStringToObject(e, "policy", pol);
-            cJSON_AddNumberToObject(e, "window", p->window[il]);
-            cJSON_AddNumberToObject(e, "bytes", (double)p->kv_layer[il]);
-            cJSON_AddItemToArray(layers, e);
-        }
-    }
-    char *txt = cJSON_Print(root);
-    printf("%s\n", txt);
-    free(txt);
-    cJSON_Delete(root);
 }
 
 int tl_cmd_info(int argc, char **argv) {
@@ -478,76 +73,33 @@ int tl_cmd_info(int argc, char **argv) {
         fprintf(stderr, "tailor info: give a GGUF FILE or --shape NAME (one of them)\n");
         return 2;
     }
-    info_t I;
-    memset(&I, 0, sizeof I);
     tl_error err = {{0}};
     int rc = 1;
     tl_kv_plan plan = {0};
-
-    if (shape) {
-        if (!(I.shape = tl_synth_find_shape(shape))) {
-            fprintf(stderr, "tailor info: unknown shape '%s'; known:", shape);
-            for (size_t i = 0; i < tl_synth_n_shapes(); i++) fprintf(stderr, " %s", tl_synth_shape_at(i)->name);
-            fprintf(stderr, "\n");
-            return 2;
-        }
-        I.shape_type = type;
-        tl_synth_config(I.shape, layers, 0, 0, &I.cfg);
-        I.tied = I.shape->tied;
-        I.rope_freqs = I.shape->rope_factor > 0;
-        I.longrope = I.shape->longrope_ctx > 0;
-        I.weights = tl_synth_weight_bytes(I.shape, type, layers, 0);
-    } else {
-        I.path = path;
-        if (!(I.g = tl_gguf_open(path, &err))) goto done;
-        for (int64_t i = 0; i < tl_gguf_n_tensors(I.g); i++) {
-            const tl_gguf_tensor *t = tl_gguf_tensor_at(I.g, i);
-            I.tensor_bytes += t->nbytes;
-            if ((int)t->type >= 0 && (int)t->type < TL_TYPE_COUNT) {
-                I.type_count[t->type]++;
-                I.type_bytes[t->type] += t->nbytes;
-            }
-        }
-        tl_error merr = {{0}};
-        if (!(I.m = tl_model_load(path, &merr))) {
-            snprintf(I.model_skip, sizeof I.model_skip, "not a model tailor can run (%s)", merr.msg);
-        } else {
-            I.cfg = I.m->cfg;
-            I.tied = I.m->w.tied_output;
-            I.rope_freqs = I.m->w.rope_freqs != NULL;
-            I.longrope = I.m->w.rope_long != NULL;
-            I.weights = I.m->weight_bytes;
-        }
+    tl_info_params ip = {.path = path, .type = type, .n_layer = layers};
+    if (shape && !(ip.shape = tl_synth_find_shape(shape))) {
+        fprintf(stderr, "tailor info: unknown shape '%s'; known:", shape);
+        for (size_t i = 0; i < tl_synth_n_shapes(); i++) fprintf(stderr, " %s", tl_synth_shape_at(i)->name);
+        fprintf(stderr, "\n");
+        return 2;
     }
-
-    if (!I.model_skip[0]) {
+    tl_info *I = tl_info_open(&ip, &err);
+    if (!I) goto done;
+    if (tl_info_has_model(I)) {
         /* the session's memory, by the planner */
-        const tl_config *c = &I.cfg;
-        if (tl_kv_plan_parse(&plan, kv ? kv : "f16", kv_layer, c->n_layer, &err)) {
+        if (tl_kv_plan_parse(&plan, kv ? kv : "f16", kv_layer, tl_info_n_layer(I), &err) ||
+            tl_info_memory(I, &plan, n_ctx, chunk, &err)) {
             rc = 2;
             goto done;
         }
-        const tl_plan_target t = {.cfg = c, .model = I.m, .type = type, .weights = I.weights};
-        if (tl_plan_memory(&t, n_ctx, chunk, plan.layers, -1, &I.mp, &err)) {
-            rc = 2;
-            goto done;
-        }
-        I.plan_text = tl_kv_plan_format(&plan);
-        for (int il = 1; il < c->n_layer; il++)
-            if (!tl_kv_policy_equal(&I.mp.eff[il], &I.mp.eff[0]) || I.mp.window[il] != I.mp.window[0])
-                I.per_layer = true;
-        I.have_mem = true;
     } else if (kv || kv_layer || n_ctx) {
         fprintf(stderr, "tailor info: memory projection skipped: the file is not a model tailor can run\n");
     }
-    if (!strcmp(fmt, "json")) print_json(&I, tensors);
-    else print_md(&I, tensors);
+    tl_info_print(I, stdout, !strcmp(fmt, "json"), tensors);
     rc = 0;
 done:
     if (rc) fprintf(stderr, "tailor info: %s\n", err.msg);
     tl_kv_plan_free(&plan);
-    free(I.plan_text);
-    tl_model_free(I.m);
-    tl_gguf_close(I.g);
+    tl_info_free(I);
     return rc;
 }

@@ -5,12 +5,7 @@
  * CSV / JSON / SVG heatmap and result lines on request. */
 #define _GNU_SOURCE
 #include "eval_cli.h"
-#include "../include/tailor.h"
-#include "../src/eval/stats.h"
-#include "../src/eval/tasks.h"
 
-#include <limits.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,26 +17,6 @@ static void help(void) {
            "  Lengths are whole prompts in tokens (instruction + haystack + needle + question).\n"
            "  The needle starts at instruction + round(depth * haystack tokens), token-exact.\n");
     tl_eval_cli_help(stdout);
-}
-
-const char *tl_default_haystack(void);
-const char *tl_default_haystack(void) {
-    static const char *const cands[] = {"../shared/data/pg_essays", "../../shared/data/pg_essays",
-                                        "/work/shared/data/pg_essays"};
-    const char *env = getenv("TL_SHARED");
-    static char buf[4096];
-    if (env && *env) {
-        snprintf(buf, sizeof buf, "%s/data/pg_essays", env);
-        return buf;
-    }
-    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++) {
-        FILE *f = fopen(cands[i], "r");
-        if (f) {
-            fclose(f);
-            return cands[i];
-        }
-    }
-    return cands[0];
 }
 
 /* The mean score of length li and depth di (-1: all of them) with its 95% interval; scores
@@ -71,8 +46,7 @@ int tl_cmd_niah(int argc, char **argv) {
     tl_eval_cli e;
     tl_eval_cli_init(&e);
     int lengths[MAX_GRID] = {1024, 2048, 4096, 8192}, nl = 4, samples = 1;
-    double depths[MAX_GRID] = {0, 0.25, 0.5, 0.75, 1}, nd_unused = 0;
-    (void)nd_unused;
+    double depths[MAX_GRID] = {0, 0.25, 0.5, 0.75, 1};
     int nd = 5;
     const char *hay_dir = NULL, *csv = NULL, *json = NULL, *svg = NULL, *needle = "passkey";
     e.c.sp.seed = 1234;
@@ -123,14 +97,15 @@ int tl_cmd_niah(int argc, char **argv) {
     int rc = 1, n_jobs = nl * nd * samples, maxlen = 0;
     tl_haystack hay = {0};
     tl_task_sample *ts = tl_xcalloc((size_t)n_jobs, sizeof *ts);
-    tl_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
+    tl_eval_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
     double *acc = tl_xcalloc((size_t)(nl * nd), sizeof(double)), *secs = tl_xcalloc((size_t)nl, sizeof(double));
     double *score = tl_xcalloc((size_t)n_jobs, sizeof(double));
     for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
     const tl_task_kind kind = !strcmp(needle, "passkey") ? TL_TASK_PASSKEY : TL_TASK_NIAH_SINGLE;
     if (tl_eval_cli_load(&e, &err)) goto done;
     const double tl0 = tl_time_s();
-    if (tl_haystack_from_dir(&hay, e.model->tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
+    const tl_tokenizer *tok = tl_model_tokenizer(e.model);
+    if (tl_haystack_from_dir(&hay, tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
     fprintf(stderr, "niah: haystack %s: %d sentences, %lld tokens (%.1f s)\n", hay_dir, hay.n_sent,
             (long long)hay.n_ids, tl_time_s() - tl0);
     for (int li = 0, k = 0; li < nl; li++)
@@ -139,7 +114,7 @@ int tl_cmd_niah(int argc, char **argv) {
                 /* one seed per (sample, depth, length): reproducible cell by cell */
                 const uint64_t seed = e.c.sp.seed * 1000003ull + (uint64_t)si * 7919 + (uint64_t)di * 104729 +
                                       (uint64_t)lengths[li] * 31;
-                if (tl_task_generate(&ts[k], kind, e.model->tok, &hay, lengths[li], depths[di], seed, &err)) {
+                if (tl_task_generate(&ts[k], kind, tok, &hay, lengths[li], depths[di], seed, &err)) {
                     tl_fail_prefix(&err, "length %d depth %g", lengths[li], depths[di]);
                     goto done;
                 }
@@ -296,7 +271,7 @@ done:
     if (rc) fprintf(stderr, "tailor niah: %s\n", err.msg);
     for (int k = 0; k < n_jobs; k++) {
         tl_task_sample_free(&ts[k]);
-        tl_job_clear(&jobs[k]);
+        tl_eval_job_clear(&jobs[k]);
     }
     free(ts);
     free(jobs);

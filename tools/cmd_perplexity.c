@@ -5,34 +5,9 @@
  * Two flags rather than one that switches on the file's existence: a typo in the path can
  * then never silently turn a comparison into a new baseline. */
 #include "eval_cli.h"
-#include "../include/tailor.h"
-#include "../src/eval/kld.h"
-#include "../src/eval/perplexity.h"
-#include "../src/eval/stats.h"
 
-#include <limits.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    tl_kld *kld;
-    tl_error *err;
-    tl_progress *prog;
-    int rows_per_window, rows_seen; /* of the current window */
-} win_ctx;
-
-/* A window's scored rows arrive in pieces: the bar advances by rows and counts a window when
- * its last piece is in. */
-static int on_window(void *ctx, int window, const float *logprobs, const int32_t *targets, int n_rows, int n_vocab) {
-    win_ctx *w = ctx;
-    if (w->kld && tl_kld_window(w->kld, logprobs, targets, n_rows, w->err)) return 1;
-    w->rows_seen += n_rows;
-    const bool done = w->rows_seen == w->rows_per_window;
-    if (done) w->rows_seen = 0;
-    tl_progress_add(w->prog, n_rows, done);
-    return 0;
-}
 
 int tl_cmd_perplexity(int argc, char **argv) {
     tl_eval_cli e;
@@ -84,35 +59,21 @@ int tl_cmd_perplexity(int argc, char **argv) {
     size_t len = 0, n = 0;
     char *text = NULL;
     int32_t *ids = NULL;
-    tl_session *s = NULL;
-    tl_kld kld = {0};
-    tl_ppl_result res = {0};
-    bool have_kld = false;
+    tl_ppl_report rep = {0};
     if (tl_eval_cli_load(&e, &err)) goto done;
-    tl_model *m = e.model;
     const int n_ctx = c->n_ctx > 0 ? c->n_ctx : 2048;
     c->n_ctx = n_ctx;
     /* the general cap, not the windows asked for: a KL baseline is tied to the whole text read */
     if (!(text = tl_read_text(c->file, 0, &len, NULL, &err))) goto done;
-    if (!(ids = tl_cli_tokenize(m, text, len, true, &n, &err))) {
+    if (!(ids = tl_tokenize_all(tl_model_tokenizer(e.model), text, len, true, &n, &err))) {
         tl_fail_prefix(&err, "%s", c->file);
         goto done;
     }
-    if (kl_write && tl_kld_open_write(&kld, kl_write, m->cfg.n_vocab, n_ctx, top_k, ids, (int64_t)n, &err)) goto done;
-    if (kl_read && tl_kld_open_read(&kld, kl_read, m->cfg.n_vocab, n_ctx, ids, (int64_t)n, &err)) goto done;
-    have_kld = kl_write || kl_read;
-    if (kl_read && (max_windows <= 0 || max_windows > kld.n_windows)) max_windows = kld.n_windows;
-    if (!(s = tl_cli_session_plan(m, c, &e.plan, &err))) goto done;
-    int nw = (int)((int64_t)n / n_ctx);
-    if (max_windows > 0 && max_windows < nw) nw = max_windows;
-    tl_progress prog;
-    tl_progress_init(&prog, "perplexity", (int64_t)nw * tl_ppl_rows_per_window(n_ctx), nw, !e.quiet);
-    win_ctx wc = {have_kld ? &kld : NULL, &err, &prog, tl_ppl_rows_per_window(n_ctx), 0};
-    err.msg[0] = 0;
-    int prc = tl_perplexity(s, ids, (int64_t)n, n_ctx, max_windows, false, on_window, &wc, &res, &err);
-    tl_progress_done(&prog);
-    if (prc || err.msg[0]) goto done;
-    if (have_kld && tl_kld_finish(&kld, &err)) goto done;
+    const tl_ppl_params pp = {.n_ctx = n_ctx, .max_windows = max_windows, .kl_write = kl_write, .kl_top_k = top_k,
+                              .kl_read = kl_read, .progress = !e.quiet};
+    const tl_session_params sp = tl_cli_session_params(c, &e.plan);
+    if (tl_perplexity_run(e.model, &sp, ids, (int64_t)n, &pp, &rep, &err)) goto done;
+    const tl_ppl_result res = rep.res;
     printf("model %s, text %s (%zu tokens), -c %d, %d windows, %lld tokens scored, kv %s\n", c->model, c->file, n, n_ctx,
            res.n_windows, (long long)res.n_scored, c->kv ? c->kv : "f16"); /* as given: auto:4, a plan file */
     const tl_interval ci_ppl = tl_ppl_interval(res.nll, res.n_scored);
@@ -123,14 +84,13 @@ int tl_cmd_perplexity(int argc, char **argv) {
     cJSON_AddNumberToObject(cfg, "ctx", n_ctx);
     tl_eval_cli_result_ci(&e, "perplexity", cfg, "ppl", (tl_interval){res.ppl, ci_ppl.lo, ci_ppl.hi, res.n_scored},
                           res.seconds, NULL);
-    if (kl_write) printf("KL baseline written to %s (top-%d log-probabilities of %lld tokens)\n", kl_write, kld.top_k,
+    if (kl_write) printf("KL baseline written to %s (top-%d log-probabilities of %lld tokens)\n", kl_write, rep.kl_top_k,
                          (long long)res.n_scored);
     if (kl_read) {
-        tl_kld_stats st;
-        tl_kld_stats_get(&kld, &st);
+        const tl_kld_stats st = rep.kl;
         cJSON_AddStringToObject(cfg, "kl_base", kl_read);
         printf("KL divergence vs %s (%lld tokens, top-%d baseline, base tail mass %.2e):\n", kl_read, (long long)st.n,
-               kld.top_k, st.tail_mass);
+               rep.kl_top_k, st.tail_mass);
         /* each figure, then its 95% interval (block bootstrap over the scored tokens; Wilson for
          * same top-1); median, p99 and max describe this text's KLD distribution */
         printf("  PPL(base)          %10.4f              95%% [%.4f, %.4f]\n", st.ppl_base, st.ci_ppl_base.lo,
@@ -179,13 +139,11 @@ int tl_cmd_perplexity(int argc, char **argv) {
     }
     cJSON_Delete(cfg);
     fprintf(stderr, "%.1f s, %.1f tokens/s\n", res.seconds, res.n_windows * (double)n_ctx / res.seconds);
-    if (c->mem) tl_cli_print_mem(stderr, s);
+    if (c->mem) tl_session_print_memory(stderr, rep.session);
     rc = 0;
 done:
     if (rc) fprintf(stderr, "tailor perplexity: %s\n", err.msg);
-    if (have_kld || kld.path) tl_kld_close(&kld);
-    tl_ppl_result_free(&res);
-    tl_session_free(s);
+    tl_ppl_report_free(&rep);
     free(ids);
     free(text);
     tl_eval_cli_free(&e);

@@ -1,6 +1,5 @@
 /* tailor quantize: re-encode a GGUF file's weight matrices (src/quantize.h, src/awq.h). */
 #include "cli.h"
-#include "../src/quantize.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -109,25 +108,13 @@ int tl_cmd_quantize(int argc, char **argv) {
             printf("  %-7s %4llu tensors %9.2f MiB  (%.2f bits/weight)\n", tl_type_name(t),
                    (unsigned long long)r.type_count[t], mib(r.type_bytes[t]), tl_type_bits_per_weight((tl_type)t));
     if (p.awq) {
-        int applied = 0, clipped = 0, skipped_o = 0;
-        double rtn = 0, awq = 0;
-        for (int i = 0; i < r.n_awq_groups; i++) {
-            const tl_awq_group *g = &r.awq_groups[i];
-            if (!g->applied) {
-                skipped_o += g->point == TL_ACT_ATTN_OUT;
-                continue;
-            }
-            applied++;
-            clipped += g->clipped;
-            rtn += g->err_rtn / g->out_sq;
-            awq += g->err_awq / g->out_sq;
-        }
+        const tl_awq_summary *s = &r.awq;
         printf("awq: %lld calibration tokens (%s), %d rows per group, %d groups scaled (%d with clipping), "
                "mean relative output error RTN %.4g -> AWQ %.4g; %.1f s\n",
-               (long long)r.awq_tokens, p.calib_path, r.awq_samples, applied, clipped, applied ? rtn / applied : 0.0,
-               applied ? awq / applied : 0.0, r.awq_seconds);
-        if (skipped_o)
-            printf("awq: o projection skipped in %d layers (%s); they are plain w4g128 RTN\n", skipped_o,
+               (long long)r.awq_tokens, p.calib_path, r.awq_samples, s->applied, s->clipped, s->err_rtn, s->err_awq,
+               r.awq_seconds);
+        if (s->skipped_o)
+            printf("awq: o projection skipped in %d layers (%s); they are plain w4g128 RTN\n", s->skipped_o,
                    "grouped-query attention: one V channel feeds several heads");
     }
     tl_quantize_report_free(&r);

@@ -4,14 +4,9 @@
  * in the greedy output); passkey uses exact match of the first number. */
 #define _GNU_SOURCE
 #include "eval_cli.h"
-#include "../include/tailor.h"
-#include "../src/eval/stats.h"
-#include "../src/eval/tasks.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-const char *tl_default_haystack(void); /* cmd_niah.c */
 
 static void help(void) {
     printf("usage: tailor ruler -m MODEL [--tasks T1,T2,...] [-c LEN | --lengths 4k,8k] [-n SAMPLES] [-s SEED]\n"
@@ -76,16 +71,17 @@ int tl_cmd_ruler(int argc, char **argv) {
     int rc = 1, n_jobs = nl * nk * samples, maxlen = 0;
     tl_haystack hay = {0};
     tl_task_sample *ts = tl_xcalloc((size_t)n_jobs, sizeof *ts);
-    tl_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
+    tl_eval_job *jobs = tl_xcalloc((size_t)n_jobs, sizeof *jobs);
     cJSON *cfg = NULL, *jo = NULL;
     for (int i = 0; i < nl; i++) maxlen = TL_MAX(maxlen, lengths[i]);
     if (tl_eval_cli_load(&e, &err)) goto done;
-    if (tl_haystack_from_dir(&hay, e.model->tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
+    const tl_tokenizer *tok = tl_model_tokenizer(e.model);
+    if (tl_haystack_from_dir(&hay, tok, hay_dir, (int64_t)maxlen + 4096, &err)) goto done;
     for (int li = 0, j = 0; li < nl; li++)
         for (int ki = 0; ki < nk; ki++)
             for (int si = 0; si < samples; si++, j++) {
                 const uint64_t seed = e.c.sp.seed * 1000003ull + (uint64_t)si * 7919 + (uint64_t)lengths[li] * 31;
-                if (tl_task_generate(&ts[j], (tl_task_kind)kinds[ki], e.model->tok, &hay, lengths[li], -1, seed, &err)) {
+                if (tl_task_generate(&ts[j], (tl_task_kind)kinds[ki], tok, &hay, lengths[li], -1, seed, &err)) {
                     tl_fail_prefix(&err, "length %d sample %d", lengths[li], si);
                     goto done;
                 }
@@ -176,7 +172,7 @@ done:
     cJSON_Delete(jo);
     for (int j = 0; j < n_jobs; j++) {
         tl_task_sample_free(&ts[j]);
-        tl_job_clear(&jobs[j]);
+        tl_eval_job_clear(&jobs[j]);
     }
     free(ts);
     free(jobs);

@@ -1,7 +1,6 @@
 /* tailor serve: the OpenAI-compatible HTTP server (src/server/). Runs until SIGINT/SIGTERM. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "../src/server/server.h"
 
 #include <limits.h>
 #include <signal.h>
@@ -12,7 +11,7 @@ static void help(void) {
     const tl_server_params d = tl_server_default_params();
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N] [--batch-tokens N]\n"
-           "       [--kv-budget SIZE] [--kv-wait S]\n"
+           "       [--device cpu|cuda] [--gpu-mem-budget SIZE] [--kv-budget SIZE] [--kv-wait S]\n"
            "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
            "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
            "       [--chat-template %s] [--chat-parse-special] [--alias NAME]\n"
@@ -22,6 +21,8 @@ static void help(void) {
            "  P (default %d) slots generate at once, each with its own KV cache of -c tokens under the --kv\n"
            "  policy; each step runs the next token of every generating slot and prompt chunks of the others\n"
            "  through the model at once, on THREADS threads, up to --batch-tokens rows (default --chunk + P).\n"
+           "  --device cuda: the slots' KV caches and the step on GPU 0; the weights, the step's buffers and P\n"
+           "  slots' KV must fit --gpu-mem-budget (e.g. 24GiB; default: the GPU's free memory) or the start fails.\n"
            "  Up to Q (default %d) more requests wait, beyond that\n"
            "  429. A request that parses and tokenizes a body holds one of these P + Q places while it does.\n"
            "  --kv-budget SIZE (e.g. 2GiB = 2 x 2^30, 2GB = 2 x 10^9; default none): a request is admitted when\n"
@@ -69,7 +70,7 @@ static int read_api_key(const char *arg, const char *file, char **key) {
     } else if (file) {
         size_t n = 0;
         from = "--api-key-file";
-        if (!(*key = tl_cli_read_file(file, &n, &err))) {
+        if (!(*key = tl_read_whole(file, &n, &err))) {
             fprintf(stderr, "tailor serve: --api-key-file: %s\n", err.msg);
             return -1;
         }
@@ -170,8 +171,9 @@ int tl_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "tailor serve: -m MODEL is required\n");
         return 2;
     }
-    if (c.device && strcmp(c.device, "cpu")) { /* the slots and the batched step are the CPU's */
-        fprintf(stderr, "tailor serve: --device %s: serve runs on the CPU (--kv-budget bounds its KV)\n", c.device);
+    if (c.kv_budget && c.device && !strcmp(c.device, "cuda")) { /* (the GPU's slots are sized at start) */
+        fprintf(stderr, "tailor serve: --kv-budget: with --device cuda every slot's KV is allocated at start and "
+                        "--gpu-mem-budget checks it; --kv-budget is for the CPU's slots\n");
         return 2;
     }
     if (c.prompt || c.file) {
@@ -186,6 +188,8 @@ int tl_cmd_serve(int argc, char **argv) {
     sp.api_key = key_buf;
     sp.n_ctx = c.n_ctx;
     sp.n_threads = c.n_threads;
+    sp.device = c.device;
+    sp.gpu_mem_budget = c.gpu_mem_budget;
     sp.chunk = c.chunk;
     sp.sampling = c.sp;
     sp.default_max_tokens = c.n_predict;
@@ -205,7 +209,7 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_kv_plan plan = {0};
     char *kv_text = NULL;
     tl_model *m = tl_model_load(c.model, &err);
-    if (!m || tl_kv_plan_parse(&plan, c.kv, c.kv_layer, m->cfg.n_layer, &err)) goto done;
+    if (!m || tl_kv_plan_parse(&plan, c.kv, c.kv_layer, tl_model_n_layer(m), &err)) goto done;
     sp.kv = &plan;
     if (!(srv = tl_server_start(m, c.model, &sp, &err))) goto done;
     tl_session_mem mem;
@@ -214,8 +218,9 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_server_slot_memory(srv, &mem, &n_ctx, &chat);
     kv_text = tl_kv_plan_format(&plan);
     fprintf(stderr,
-            "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations shared by the slots, chat template %s%s\n",
-            c.model, sp.n_parallel, n_ctx, kv_text, mem.activations / 1048576.0, chat,
+            "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations shared by the slots%s, chat template %s%s\n",
+            c.model, sp.n_parallel, n_ctx, kv_text, mem.activations / 1048576.0,
+            c.device && !strcmp(c.device, "cuda") ? " (on the GPU)" : "", chat,
             sp.api_key && *sp.api_key ? ", API key required" : "");
     const tl_server_params *in_use = tl_server_params_in_use(srv);
     fprintf(stderr, "tailor serve: requests of at most %zu bytes; at most %d connections, %d per address\n",

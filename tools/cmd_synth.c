@@ -1,10 +1,8 @@
 /* tailor synth: write a GGUF with random weights and a real model's shapes and metadata
  * (for speed and memory work on models we do not have). */
 #include "cli.h"
-#include "../src/synth.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 

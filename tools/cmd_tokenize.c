@@ -39,8 +39,8 @@ int tl_cmd_tokenize(int argc, char **argv) {
     int32_t *ids = NULL;
     tl_tokenizer *t = tl_tokenizer_open(c.model, &err);
     if (!t) goto done;
-    if (!(text = tl_cli_prompt_text_tok(&c, t, 0, &len, &err))) goto done;
-    if (!(ids = tl_cli_tokenize_tok(t, text, len, !no_bos, &n, &err))) {
+    if (!(text = tl_cli_prompt_text(&c, t, 0, &len, &err))) goto done;
+    if (!(ids = tl_tokenize_all(t, text, len, !no_bos, &n, &err))) {
         tl_fail_prefix(&err, "%s", c.file ? c.file : "prompt");
         goto done;
     }

@@ -1,14 +1,13 @@
 /* eval_cli.h: what the evaluation commands (perplexity, niah, ruler, eval) share on top of
- * cli.h: the extra flags --parallel --out --no-reuse, the session factory for the runner
- * (honouring --kv/--kv-layer/--chunk) and the "config" object of result lines.
+ * cli.h: the extra flags --parallel --out --no-reuse --quiet, the run of a list of jobs with
+ * sessions made from the flags (tl_eval_run) and the "config" object of result lines.
  * Implemented in cmd_eval.c. */
 #ifndef TL_EVAL_CLI_H
 #define TL_EVAL_CLI_H
 
 #include "cli.h"
-#include "../src/eval/runner.h"
-#include "../src/eval/tasks.h"
-#include "../src/kv/policy.h"
+
+#include <cjson/cJSON.h>
 
 typedef struct {
     tl_cli_common c;
@@ -30,17 +29,15 @@ int tl_eval_cli_arg(tl_eval_cli *e, int argc, char **argv, int *i);
 void tl_eval_cli_help(FILE *f);
 /* threads to use in total: -t, else the online CPUs */
 int tl_eval_cli_threads(const tl_eval_cli *e);
-/* the runner's session factory; ctx is the tl_eval_cli */
-tl_session *tl_eval_cli_session(void *ctx, int n_ctx, int n_threads, tl_error *err);
-/* Prints --mem for a session after its last job. */
-void tl_eval_cli_session_done(void *ctx, tl_session *s);
-/* Run the jobs through the runner (sessions from the flags, --parallel, prefix reuse) with a
- * progress bar labelled `label` on stderr unless --quiet; *secs gets the wall time. */
-int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_job *jobs, int n_jobs, double *secs, tl_error *err);
-/* Whether the runner can reuse shared prompt prefixes with these flags (sessions can truncate). */
-bool tl_eval_cli_can_reuse(tl_eval_cli *e);
+/* The run's parameters from the flags: sessions (--kv/--kv-layer/--chunk/--device, the plan
+ * parsed), -t, --parallel, --no-reuse, the progress bar unless --quiet, --mem. */
+tl_eval_params tl_eval_cli_params(const tl_eval_cli *e);
+/* Run the jobs (tl_eval_run) with a progress bar labelled `label`; *secs gets the wall time. */
+int tl_eval_cli_run(tl_eval_cli *e, const char *label, tl_eval_job *jobs, int n_jobs, double *secs, tl_error *err);
+/* Whether shared prompt prefixes are reused with these flags (tl_eval_can_reuse). */
+bool tl_eval_cli_can_reuse(const tl_eval_cli *e);
 /* The runner job of a generated task sample (its prompt, generation budget and stop rule). */
-tl_job tl_task_job(const tl_task_sample *s);
+tl_eval_job tl_task_job(const tl_task_sample *s);
 /* {"model", "kv", "kv_layer", "chunk", "threads", "parallel", "arch"} plus what the command adds */
 cJSON *tl_eval_cli_config(const tl_eval_cli *e);
 /* Append a result line when --out was given (errors printed, not fatal). */

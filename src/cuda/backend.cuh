@@ -94,6 +94,14 @@ struct tlc_mv {
 };
 int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
 
+/* tlc_matvec over nr rows of x, ldx floats apart (outputs n_out[s] apart), TLC_MV_ROWS rows
+ * per launch sharing each weight load (a warp per 4 output rows sharing each input load):
+ * every row gets the bits tlc_matvec gives it alone.
+ * 16-bit and f32 weights only (block formats: a row at a time); 1 when glu cannot be fused
+ * (as tlc_matvec). */
+#define TLC_MV_ROWS 8
+int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err);
+
 /* ---- weights in GGUF block formats (qmatvec.cu) ---- */
 extern "C" bool tlc_qtype_has_kernels(int t); /* q8_0 q4_0 q4_1 q5_0 q5_1 q4_K q5_K q6_K w4g128 */
 /* tlc_matvec for wt == WT_Q: quantizes x into cx->xq/xd (n_in <= xq_cap), then the dp4a kernel. */
@@ -178,13 +186,16 @@ void tlc_off_free(tlc_off *o);
  * tier, and (summary 0) the channel-row buffers and side stream; call for every sparse layer
  * before evaluating. *grown: device bytes added. */
 int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *err);
+/* The same for a layer of these sizes (tlc_off_sizes_of), before any exists (a batch). */
+int tlc_off_reserve_sizes(tlc_ctx *cx, const tlc_off_sizes *z, uint64_t *grown, tl_error *err);
 void tlc_crow_free(tlc_ctx *cx);
 /* Summary 0, decode: pick layer o's channels from its predicted query and move their rows on
  * the side stream (call when the prediction is made, before the previous layer's attention);
  * the layer's next tlc_off_decode with predicted = true waits for and uses them. */
 int tlc_off_prefetch(tlc_ctx *cx, tlc_off *o, const float *qpred, tl_error *err);
 void tlc_off_reset(tlc_ctx *cx, tlc_off *o);
-/* Prefill chunk (m > 1): exact attention over the host tier + the chunk, then append. */
+/* Prefill chunk (m > 1): exact attention over the host tier + the generated tokens + the chunk,
+ * then the chunk joins the host tier. */
 int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float *k, const float *v, float *out,
                     tl_error *err);
 /* Append m prompt rows without attention (tl_cuda_fill_random). */

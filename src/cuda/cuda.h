@@ -36,11 +36,40 @@ bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs);
  * smoothing, per-tensor and per-block granularity). */
 tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                                      tl_error *err);
+/* A sequence of a batch (tl_cuda_batch_eval): its KV caches and position only (the batch
+ * holds the activations and workspace); tl_cuda_eval refuses it. */
+tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err);
 void tl_cuda_session_free(tl_cuda_session *g);
 /* Like tl_session_eval (the caller checked n > 0 and the capacity). */
 int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err);
 void tl_cuda_reset(tl_cuda_session *g);
 int tl_cuda_n_past(const tl_cuda_session *g);
+
+/* ---- continuous batching (batch.cu): one forward step over several sequences ----
+ * The step's workspace (activations for max_rows rows, cuBLAS, the block-format slab, logits
+ * for max_seqs sequences) belongs to the batch; the sequences are sessions of the same model,
+ * usually made by tl_cuda_session_new_kv (KV only). Each sequence gets the logits tl_cuda_eval
+ * would give it for the same tokens, whatever shares its step (see batch.cu). */
+typedef struct tl_cuda_batch tl_cuda_batch;
+typedef struct {
+    tl_cuda_session *g;    /* at most once per step */
+    const int32_t *tokens; /* n tokens appended at positions n_past.. */
+    int n;                 /* >= 1 */
+    float *logits;         /* NULL, or n_vocab floats for the last row (n * n_vocab with all_logits) */
+    bool all_logits;
+} tl_cuda_seq;
+/* policies / n_ctx: the sequences the batch is made for (TailorKV staging is reserved for
+ * them; a sequence unlike them grows it when it comes). */
+tl_cuda_batch *tl_cuda_batch_new(struct tl_model *m, int max_rows, int max_seqs, int n_ctx, const tl_kv_layer_policy *policies,
+                                 tl_error *err);
+void tl_cuda_batch_free(tl_cuda_batch *b);
+/* Device bytes of the step's buffers (activations, logits, staging; not the block-format
+ * workspace, which tl_cuda_plan.workspace counts). */
+uint64_t tl_cuda_batch_bytes(const tl_cuda_batch *b);
+/* One step: the sequences in ascending order of n (the one-token ones first), their rows at
+ * most max_rows in all; every KV cache appended, every n_past advanced. On failure the
+ * sequences of the step are in an undefined state: reset them. */
+int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int n_seq, tl_error *err);
 
 /* Benchmarking: append n random K/V rows (normal-ish, unit scale) to every layer's cache
  * through the same append/quantize path as eval, without running the model. */
@@ -98,6 +127,17 @@ typedef struct {
 } tl_cuda_plan;
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                         tl_cuda_plan *out, tl_error *err);
+/* A batch (max_rows, max_seqs) serving n_seq sequences of n_ctx tokens under policies: the
+ * weights and the block-format workspace once, n_seq times the KV tiers, the batch's
+ * activations (rows, logits, TailorKV staging and predicted queries, attention partials) and
+ * the sequences' own small buffers, the CUDA/cuBLAS reserve. */
+int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
+                       int max_seqs, tl_cuda_plan *out, tl_error *err);
+/* That plan against budget bytes (--gpu-mem-budget), or with budget 0 against the device's free
+ * memory now (less the reserve, and less the weights when they are uploaded already): fails
+ * naming the part that does not fit and by how much, before anything is allocated. */
+int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
+                        int max_seqs, uint64_t budget, tl_error *err);
 /* --gpu-mem-budget: fails (with the part that does not fit and by how much) when the plan
  * exceeds budget bytes. */
 int tl_cuda_check_budget(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
@@ -123,6 +163,15 @@ int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s
  * rows at once. */
 int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float *X, int m, int slab_rows, float *y_fast,
                          float *y_ref, float *y_pre, tl_error *err);
+
+/* Testing the decode products over several rows at once (matvec.cu, the batched step's decode
+ * rows): W (host, f32 values) n_out rows of n_in, stored on the device as wt (0 f32, 1 f16,
+ * 2 bf16); glu 1/2: W2 (same shape) too and y = silu/gelu-tanh(W x) * (W2 x); bias: n_out
+ * values or NULL (not with glu); y0: NULL, or m rows of n_out the product is added to (not with
+ * glu). X: m rows of n_in. y_rows gets the several-row kernel's m rows, y_one tlc_matvec's, a
+ * row at a time (what a sequence alone runs); the two must be equal bit for bit. */
+int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
+                             const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err);
 
 /* Free the device copy of a model's weights (called by tl_model_free; NULL is fine). */
 void tl_cuda_weights_free(void *w);

@@ -11,9 +11,8 @@
  * block formats through int8 dot products); prefill chunks use cuBLAS GEMM (bf16/f16
  * operands, fp32 accumulate and output; f32 weights in plain fp32; block formats dequantized
  * to f16 into a workspace, a slab of rows at a time, just before their GEMM). */
-#include "backend.cuh"
+#include "forward.cuh"
 
-#include <cublas_v2.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,54 +24,6 @@ extern "C" {
 #include "../kv/offload.h"
 #include "../engine/plan.h"
 }
-
-struct dmat {
-    void *d;
-    int wt;
-    int qt; /* wt == WT_Q: the block format (tl_type) */
-    int n_in, n_out;
-};
-
-struct dlayer {
-    float *attn_norm, *ffn_norm, *attn_post_norm, *ffn_post_norm, *q_norm, *k_norm, *bq, *bk, *bv;
-    dmat wq, wk, wv, wo, gate, up, down;
-};
-
-struct tlc_weights {
-    int n_layer;
-    dmat tok_embd, output;
-    float *output_norm;
-    dlayer *L;
-    uint64_t bytes, read_bytes;
-};
-
-struct tlc_prof;
-
-struct tl_cuda_session {
-    tl_model *m;
-    tlc_weights *w;
-    tlc_ctx cx;
-    cublasHandle_t blas;
-    int n_ctx, chunk, n_past;
-    tlc_layer_kv *kv;
-    tl_kv_layer_policy *pol; /* effective policy per layer */
-    /* activations (f32 unless noted) */
-    float *x, *xn, *q, *k, *v, *attn, *gate, *up, *tmp, *rope, *logits, *all_logits;
-    size_t all_logits_rows;
-    void *xb; /* GEMM operand in the weights' 16-bit type */
-    uint16_t *wdq;     /* block-format weights dequantized for a prefill GEMM, wdq_elems values */
-    size_t wdq_elems;
-    uint64_t ws_bytes; /* wdq + the matvec's quantized input (cx.xq, cx.xd) */
-    int32_t *tok;
-    double *inv_freq; /* [2][n_rot/2] */
-    float *qpred;     /* TailorKV: the next sparse layer's predicted query (decode), [2][q dim] by layer parity:
-                       * a side-stream prefetch may still read one while the next is made */
-    int qpred_for[2]; /* layer each half was made for (-1: none); layer il makes il+1's before its own
-                       * attention, so two predictions are live at once */
-    uint64_t act_bytes, kv_alloc, host_alloc;
-    char dev_name[128];
-    tlc_prof *prof; /* TL_CUDA_PROF=1 */
-};
 
 /* ---------------- TL_CUDA_PROF=1: GPU time per part of the one-token steps ----------------
  * Events are recorded at the boundaries of the parts of each decode step (prefill chunks are
@@ -245,13 +196,13 @@ static int grid1(size_t n, int thr) {
 
 /* ---------------- weights ---------------- */
 
-/* Block formats with kernels stay as they are with TL_CUDA_WIDEN=0. By default every block
- * format is still widened to f16 at upload (the path verified on hardware): the block kernels
- * (qmatvec.cu) have not run on a GPU yet, and become the default once test_cuda has passed
- * there (docs/cuda.md, "Weights in GGUF block formats"). */
+/* Block formats with kernels (qmatvec.cu) stay as they are in the file; TL_CUDA_WIDEN=1 widens
+ * them to f16 at upload instead (the 16-bit deployment: 3.3x the memory of a Q4_K_M file, and
+ * the way to compare the two paths). Verified on an H100 (docs/cuda.md, "Weights in GGUF block
+ * formats"). */
 static bool keep_blocks(tl_type t) {
     const char *w = getenv("TL_CUDA_WIDEN");
-    return tlc_qtype_has_kernels(t) && w && !strcmp(w, "0");
+    return tlc_qtype_has_kernels(t) && !(w && !strcmp(w, "1"));
 }
 static int wt_of(tl_type t) {
     return t == TL_TYPE_F32 ? WT_F32 : t == TL_TYPE_BF16 ? WT_BF16 : keep_blocks(t) ? WT_Q : WT_F16;
@@ -418,8 +369,27 @@ static int qgemm(tlc_ctx *cx, cublasHandle_t blas, const dmat *M, const uint16_t
  * written and read back), so rows are cheaper until about 8. */
 #define TLC_QGEMM_MIN_ROWS 8
 
+/* The decode product's arguments for up to three matrices sharing x (their format and n_in). */
+tlc_mv tlc_mv_of(int nseg, const dmat *const *W, const float *x, float *const *y, const float *const *bias, const int *add) {
+    tlc_mv a;
+    memset(&a, 0, sizeof a);
+    a.nseg = nseg;
+    a.n_in = W[0]->n_in;
+    a.wt = W[0]->wt;
+    a.qt = W[0]->qt;
+    a.x = x;
+    for (int s = 0; s < nseg; s++) {
+        a.W[s] = W[s]->d;
+        a.bias[s] = bias ? bias[s] : NULL;
+        a.y[s] = y[s];
+        a.n_out[s] = W[s]->n_out;
+        a.add[s] = add ? add[s] : 0;
+    }
+    return a;
+}
+
 /* y_s (+)= W_s x (+ b_s) for up to three matrices sharing x and n_in. n tokens. */
-static int linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *x, int n, float *const *y,
+int tlc_linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *x, int n, float *const *y,
                   const float *const *bias, const int *add, tl_error *err) {
     const int n_in = W[0]->n_in, wt = W[0]->wt;
     bool same = true;
@@ -430,30 +400,17 @@ static int linear(tl_cuda_session *g, int nseg, const dmat *const *W, const floa
         for (int r = 0; r < n; r++) {
             float *yr[3];
             for (int s = 0; s < nseg; s++) yr[s] = y[s] + (size_t)r * W[s]->n_out;
-            if (linear(g, nseg, W, x + (size_t)r * n_in, 1, yr, bias, add, err)) return -1;
+            if (tlc_linear(g, nseg, W, x + (size_t)r * n_in, 1, yr, bias, add, err)) return -1;
         }
         return 0;
     }
     if (n == 1 && !same) { /* e.g. q4_K q/k with a q6_K v: one product each */
         for (int s = 0; s < nseg; s++)
-            if (linear(g, 1, &W[s], x, 1, &y[s], bias ? &bias[s] : NULL, add ? &add[s] : NULL, err)) return -1;
+            if (tlc_linear(g, 1, &W[s], x, 1, &y[s], bias ? &bias[s] : NULL, add ? &add[s] : NULL, err)) return -1;
         return 0;
     }
     if (n == 1) {
-        tlc_mv a;
-        memset(&a, 0, sizeof a);
-        a.nseg = nseg;
-        a.n_in = n_in;
-        a.wt = wt;
-        a.qt = W[0]->qt;
-        a.x = x;
-        for (int s = 0; s < nseg; s++) {
-            a.W[s] = W[s]->d;
-            a.bias[s] = bias ? bias[s] : NULL;
-            a.y[s] = y[s];
-            a.n_out[s] = W[s]->n_out;
-            a.add[s] = add ? add[s] : 0;
-        }
+        const tlc_mv a = tlc_mv_of(nseg, W, x, y, bias, add);
         return tlc_matvec(&g->cx, &a, err);
     }
     for (int s = 0; s < nseg; s++) {
@@ -492,14 +449,54 @@ static int linear1(tl_cuda_session *g, const dmat *W, const float *x, int n, flo
     float *ys[1] = {y};
     const float *bs[1] = {bias};
     int ad[1] = {add};
-    return linear(g, 1, Ws, x, n, ys, bs, ad, err);
+    return tlc_linear(g, 1, Ws, x, n, ys, bs, ad, err);
 }
 
-static int rmsnorm(tl_cuda_session *g, const float *x, const float *w, float *out, int rows, int dim, int add, tl_error *err) {
+int tlc_rmsnorm(tl_cuda_session *g, const float *x, const float *w, float *out, int rows, int dim, int add, tl_error *err) {
     const int thr = dim >= 1024 ? 1024 : dim >= 256 ? 256 : dim > 64 ? 128 : 64;
     cudaError_t e = tlc_launch(!g->cx.no_pdl, rmsnorm_k, dim3(rows), dim3(thr), 0, g->cx.stream, x, w, out, dim, g->m->cfg.norm_eps, add);
     if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rmsnorm: %s", cudaGetErrorString(e));
     TLC_LAUNCH_CHECK("rmsnorm");
+    return 0;
+}
+
+int tlc_embed(tl_cuda_session *g, int n, tl_error *err) {
+    const tl_config *c = &g->m->cfg;
+    const tlc_weights *w = g->w;
+    cudaStream_t st = g->cx.stream;
+    const int E = c->n_embd;
+    const float escale = c->embd_scale ? sqrtf((float)E) : 1.0f;
+    const int ethr = E >= 256 ? 256 : 64;
+    switch (w->tok_embd.wt) {
+    case WT_F32: embed_k<WT_F32><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
+    case WT_F16: embed_k<WT_F16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
+    case WT_Q:
+        if (tlc_qembed(&g->cx, w->tok_embd.qt, w->tok_embd.d, E, g->tok, n, escale, g->x, err)) return -1;
+        break;
+    default: embed_k<WT_BF16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
+    }
+    TLC_LAUNCH_CHECK("embedding");
+    return 0;
+}
+
+int tlc_rope_table(tl_cuda_session *g, const double *inv_freq, int pos0, int n, float *rope, tl_error *err) {
+    const int half = g->m->cfg.n_rot / 2;
+    rope_table_k<<<grid1((size_t)n * 2 * half, 128), 128, 0, g->cx.stream>>>(inv_freq, half, pos0, n, g->m->cfg.rope_attn_factor, rope);
+    TLC_LAUNCH_CHECK("rope table");
+    return 0;
+}
+
+int tlc_rope(tl_cuda_session *g, float *q, int nq, float *k, int nk, int n, int base, const float *rope, tl_error *err) {
+    const tl_config *c = &g->m->cfg;
+    cudaError_t e = tlc_launch(!g->cx.no_pdl, rope_k, dim3(n, k ? 2 : 1), dim3(512), 0, g->cx.stream, q, nq, k, nk, c->head_dim_k,
+                               c->n_rot, c->rope_style == TL_ROPE_NEOX ? 1 : 0, base, rope);
+    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rope: %s", cudaGetErrorString(e));
+    return 0;
+}
+
+int tlc_act(tl_cuda_session *g, float *gate, const float *up, size_t n, int glu, tl_error *err) {
+    act_k<<<grid1(n, 256), 256, 0, g->cx.stream>>>(gate, up, n, glu == 2);
+    TLC_LAUNCH_CHECK("activation");
     return 0;
 }
 
@@ -511,7 +508,7 @@ static int rmsnorm(tl_cuda_session *g, const float *x, const float *w, float *ou
 static int norm_linear(tl_cuda_session *g, const float *x, const float *norm_w, int n, int nseg, const dmat *const *W,
                        float *const *y, const float *const *bias, int glu, tl_error *err) {
     const tl_config *c = &g->m->cfg;
-    if (rmsnorm(g, x, norm_w, g->xn, n, c->n_embd, 0, err)) return -1;
+    if (tlc_rmsnorm(g, x, norm_w, g->xn, n, c->n_embd, 0, err)) return -1;
     if (glu && n == 1 && !g->cx.no_fuse && W[0]->wt == W[1]->wt && (W[0]->wt != WT_Q || W[0]->qt == W[1]->qt) &&
         W[0]->n_in == W[1]->n_in) {
         tlc_mv a;
@@ -530,12 +527,8 @@ static int norm_linear(tl_cuda_session *g, const float *x, const float *norm_w, 
         const int rc = tlc_matvec(&g->cx, &a, err);
         if (rc <= 0) return rc;
     }
-    if (linear(g, nseg, W, g->xn, n, y, bias, NULL, err)) return -1;
-    if (glu) {
-        act_k<<<grid1((size_t)n * W[0]->n_out, 256), 256, 0, g->cx.stream>>>(y[0], y[1], (size_t)n * W[0]->n_out, glu == 2);
-        TLC_LAUNCH_CHECK("activation");
-    }
-    return 0;
+    if (tlc_linear(g, nseg, W, g->xn, n, y, bias, NULL, err)) return -1;
+    return glu ? tlc_act(g, y[0], y[1], (size_t)n * W[0]->n_out, glu, err) : 0;
 }
 
 int tlc_scratch(tlc_ctx *cx, size_t bytes, tl_error *err) {
@@ -670,16 +663,58 @@ extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
     free(g);
 }
 
+/* Device 0, a non-blocking stream and the kernel switches of the environment (backend.cuh,
+ * docs/cuda.md), for a session or a batch. */
+static int ctx_init(tlc_ctx *cx, char *dev_name, size_t n, tl_error *err) {
+    cudaDeviceProp prop;
+    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking) != cudaSuccess)
+        return tl_fail(err, "--device cuda: cannot initialise device 0: %s", cudaGetErrorString(cudaGetLastError()));
+    snprintf(dev_name, n, "%.64s (sm_%d%d, %d SMs)", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+    cx->n_sm = prop.multiProcessorCount;
+    cx->smem_optin = prop.sharedMemPerBlockOptin;
+    const char *sf = getenv("TL_CUDA_SAFE");
+    cx->safe = sf && *sf && strcmp(sf, "0");
+    const char *dc = getenv("TL_CUDA_DECODE");
+    cx->old_decode = dc && !strcmp(dc, "0");
+    const char *dm = getenv("TL_CUDA_DEC_MMA");
+    cx->no_dec_mma = dm && !strcmp(dm, "0");
+    const char *mb = getenv("TL_CUDA_DEC_MINB");
+    cx->dec_minb = mb ? atoi(mb) : 0;
+    cx->no_tc = getenv("TL_CUDA_TC") && !strcmp(getenv("TL_CUDA_TC"), "0");
+    const char *dt = getenv("TL_CUDA_DEC_TC");
+    cx->dec_tc_from = dt && !strcmp(dt, "1") ? 1 : dt && !strcmp(dt, "0") ? 0 : TLC_DEC_TC_FROM;
+    cx->dec_tc_quant = dt && !strcmp(dt, "1");
+    const char *fu = getenv("TL_CUDA_FUSE"), *pd = getenv("TL_CUDA_PDL");
+    cx->no_fuse = fu && !strcmp(fu, "0");
+    cx->no_pdl = pd && !strcmp(pd, "0");
+    return 0;
+}
+
 extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                                                 tl_error *err) {
+    return tlc_session_make(m, n_ctx, chunk, policies, TLC_PART_KV | TLC_PART_WS, err);
+}
+
+extern "C" tl_cuda_session *tl_cuda_session_new_kv(tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err) {
+    return tlc_session_make(m, n_ctx, 1, policies, TLC_PART_KV, err);
+}
+
+tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies, int parts,
+                                  tl_error *err) {
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {
         tl_fail(err, "--device cuda: %s", why);
         return NULL;
     }
     const tl_config *c = &m->cfg;
+    const bool kv = parts & TLC_PART_KV, ws = parts & TLC_PART_WS;
     n_ctx = tl_plan_n_ctx(c, n_ctx);
-    chunk = tl_plan_chunk(n_ctx, chunk);
+    if (kv) chunk = tl_plan_chunk(n_ctx, chunk); /* a batch's workspace alone: its rows, whatever the context */
+    if (chunk < 1) {
+        tl_fail(err, "--device cuda: a workspace for %d rows", chunk);
+        return NULL;
+    }
     if (c->head_dim_k % 4 || c->head_dim_v % 4 || c->n_rot / 2 > 512) {
         tl_fail(err, "--device cuda: head sizes %d/%d (need multiples of 4)", c->head_dim_k, c->head_dim_v);
         return NULL;
@@ -690,41 +725,22 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
     }
     tl_cuda_session *g = (tl_cuda_session *)tl_xcalloc(1, sizeof *g);
     g->m = m;
+    g->parts = parts;
     g->n_ctx = n_ctx;
     g->chunk = chunk;
     int rc = 0;
-    cudaDeviceProp prop;
-    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&g->cx.stream, cudaStreamNonBlocking) != cudaSuccess) {
-        tl_fail(err, "--device cuda: cannot initialise device 0: %s", cudaGetErrorString(cudaGetLastError()));
+    if (ctx_init(&g->cx, g->dev_name, sizeof g->dev_name, err)) {
         tl_cuda_session_free(g);
         return NULL;
     }
-    snprintf(g->dev_name, sizeof g->dev_name, "%.64s (sm_%d%d, %d SMs)", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
-    g->cx.n_sm = prop.multiProcessorCount;
-    g->cx.smem_optin = prop.sharedMemPerBlockOptin;
     {
-        const char *sf = getenv("TL_CUDA_SAFE");
-        g->cx.safe = sf && *sf && strcmp(sf, "0");
-        const char *dc = getenv("TL_CUDA_DECODE");
-        g->cx.old_decode = dc && !strcmp(dc, "0");
-        const char *dm = getenv("TL_CUDA_DEC_MMA");
-        g->cx.no_dec_mma = dm && !strcmp(dm, "0");
-        const char *mb = getenv("TL_CUDA_DEC_MINB");
-        g->cx.dec_minb = mb ? atoi(mb) : 0;
-        g->cx.no_tc = getenv("TL_CUDA_TC") && !strcmp(getenv("TL_CUDA_TC"), "0");
-        const char *dt = getenv("TL_CUDA_DEC_TC");
-        g->cx.dec_tc_from = dt && !strcmp(dt, "1") ? 1 : dt && !strcmp(dt, "0") ? 0 : TLC_DEC_TC_FROM;
-        g->cx.dec_tc_quant = dt && !strcmp(dt, "1");
-        const char *fu = getenv("TL_CUDA_FUSE"), *pd = getenv("TL_CUDA_PDL"), *pf = getenv("TL_CUDA_PROF");
-        g->cx.no_fuse = fu && !strcmp(fu, "0");
-        g->cx.no_pdl = pd && !strcmp(pd, "0");
-        if (pf && *pf && strcmp(pf, "0")) {
+        const char *pf = getenv("TL_CUDA_PROF");
+        if (kv && ws && pf && *pf && strcmp(pf, "0")) {
             g->prof = (tlc_prof *)tl_xcalloc(1, sizeof *g->prof);
             for (int i = 0; i < PF_MAX; i++) cudaEventCreate(&g->prof->ev[i]);
         }
     }
-    if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, g->cx.stream) != CUBLAS_STATUS_SUCCESS) {
+    if (ws && (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, g->cx.stream) != CUBLAS_STATUS_SUCCESS)) {
         tl_fail(err, "--device cuda: cublasCreate failed");
         tl_cuda_session_free(g);
         return NULL;
@@ -739,9 +755,11 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
     }
     g->w = (tlc_weights *)m->gpu;
     /* KV caches: the CPU session's rules (sliding-window layers stay dense f16, ring of window) */
-    g->kv = (tlc_layer_kv *)tl_xcalloc((size_t)c->n_layer, sizeof(tlc_layer_kv));
-    g->pol = (tl_kv_layer_policy *)tl_xcalloc((size_t)c->n_layer, sizeof(tl_kv_layer_policy));
-    for (int il = 0; il < c->n_layer && !rc; il++) {
+    if (kv) {
+        g->kv = (tlc_layer_kv *)tl_xcalloc((size_t)c->n_layer, sizeof(tlc_layer_kv));
+        g->pol = (tl_kv_layer_policy *)tl_xcalloc((size_t)c->n_layer, sizeof(tl_kv_layer_policy));
+    }
+    for (int il = 0; kv && il < c->n_layer && !rc; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy p;
         tl_plan_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p); /* the planner's rule */
@@ -772,12 +790,12 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
             g->kv_alloc += inf.dev;
             g->host_alloc += inf.host;
             uint64_t grown;
-            if (tlc_off_reserve(&g->cx, L->off, &grown, err)) {
+            if (ws && tlc_off_reserve(&g->cx, L->off, &grown, err)) { /* a batch reserves its own */
                 tl_fail_prefix(err, "--device cuda: layer %d KV cache ('%s')", il, pname);
                 rc = -1;
                 break;
             }
-            g->act_bytes += grown; /* transient workspace, like the attention partials */
+            if (ws) g->act_bytes += grown; /* transient workspace, like the attention partials */
             continue;
         }
         if (side_setup(g, &L->k, &p.k, p.kind, c->head_dim_k, p.residual, cap, c->n_head_kv, "K", err) ||
@@ -790,56 +808,59 @@ extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chun
         tl_cuda_session_free(g);
         return NULL;
     }
-    const size_t E = (size_t)c->n_embd, C = (size_t)chunk;
-    const size_t qd = (size_t)c->n_head * c->head_dim_k, kd = (size_t)c->n_head_kv * c->head_dim_k,
-                 vd = (size_t)c->n_head_kv * c->head_dim_v, od = (size_t)c->n_head * c->head_dim_v;
-    size_t max_in = TL_MAX(E, TL_MAX(od, (size_t)c->n_ff));
-    g->x = (float *)dalloc(g, 4 * C * E, &rc);
-    g->xn = (float *)dalloc(g, 4 * C * E, &rc);
-    g->q = (float *)dalloc(g, 4 * C * qd, &rc);
-    g->k = (float *)dalloc(g, 4 * C * kd, &rc);
-    g->v = (float *)dalloc(g, 4 * C * vd, &rc);
-    g->attn = (float *)dalloc(g, 4 * C * od, &rc);
-    g->gate = (float *)dalloc(g, 4 * C * c->n_ff, &rc);
-    g->up = (float *)dalloc(g, 4 * C * c->n_ff, &rc);
-    g->tmp = (float *)dalloc(g, 4 * C * E, &rc);
-    g->rope = (float *)dalloc(g, 4 * C * 2 * (size_t)c->n_rot, &rc);
-    g->logits = (float *)dalloc(g, 4 * (size_t)c->n_vocab, &rc);
-    g->xb = dalloc(g, 2 * C * max_in, &rc);
-    g->tok = (int32_t *)dalloc(g, 4 * C, &rc);
-    g->inv_freq = (double *)dalloc(g, sizeof(double) * (size_t)c->n_rot, &rc);
-    g->ws_bytes = ws_bytes_of(m, &g->wdq_elems, &g->cx.xq_cap);
-    if (g->ws_bytes && !rc &&
-        (cudaMalloc((void **)&g->wdq, 2 * g->wdq_elems) != cudaSuccess || cudaMalloc((void **)&g->cx.xq, g->cx.xq_cap) != cudaSuccess ||
-         cudaMalloc((void **)&g->cx.xd, sizeof(float2) * (g->cx.xq_cap / 32)) != cudaSuccess))
-        rc = -1;
+    if (ws) {
+        const size_t E = (size_t)c->n_embd, C = (size_t)chunk;
+        const size_t qd = (size_t)c->n_head * c->head_dim_k, kd = (size_t)c->n_head_kv * c->head_dim_k,
+                     vd = (size_t)c->n_head_kv * c->head_dim_v, od = (size_t)c->n_head * c->head_dim_v;
+        size_t max_in = TL_MAX(E, TL_MAX(od, (size_t)c->n_ff));
+        g->x = (float *)dalloc(g, 4 * C * E, &rc);
+        g->xn = (float *)dalloc(g, 4 * C * E, &rc);
+        g->q = (float *)dalloc(g, 4 * C * qd, &rc);
+        g->k = (float *)dalloc(g, 4 * C * kd, &rc);
+        g->v = (float *)dalloc(g, 4 * C * vd, &rc);
+        g->attn = (float *)dalloc(g, 4 * C * od, &rc);
+        g->gate = (float *)dalloc(g, 4 * C * c->n_ff, &rc);
+        g->up = (float *)dalloc(g, 4 * C * c->n_ff, &rc);
+        g->tmp = (float *)dalloc(g, 4 * C * E, &rc);
+        g->rope = (float *)dalloc(g, 4 * C * 2 * (size_t)c->n_rot, &rc);
+        g->logits = (float *)dalloc(g, 4 * (size_t)c->n_vocab, &rc);
+        g->xb = dalloc(g, 2 * C * max_in, &rc);
+        g->tok = (int32_t *)dalloc(g, 4 * C, &rc);
+        g->ws_bytes = ws_bytes_of(m, &g->wdq_elems, &g->cx.xq_cap);
+        if (g->ws_bytes && !rc &&
+            (cudaMalloc((void **)&g->wdq, 2 * g->wdq_elems) != cudaSuccess || cudaMalloc((void **)&g->cx.xq, g->cx.xq_cap) != cudaSuccess ||
+             cudaMalloc((void **)&g->cx.xd, sizeof(float2) * (g->cx.xq_cap / 32)) != cudaSuccess))
+            rc = -1;
+    }
+    if (kv) g->inv_freq = (double *)dalloc(g, sizeof(double) * (size_t)c->n_rot, &rc);
     g->qpred_for[0] = g->qpred_for[1] = -1;
-    for (int il = 0; il < c->n_layer; il++)
-        if (g->kv[il].off && !g->qpred) g->qpred = (float *)dalloc(g, 2 * 4 * qd, &rc);
+    for (int il = 0; kv && ws && il < c->n_layer; il++)
+        if (g->kv[il].off && !g->qpred) g->qpred = (float *)dalloc(g, 2 * 4 * (size_t)c->n_head * c->head_dim_k, &rc);
     if (rc) {
         tl_fail(err, "--device cuda: out of GPU memory allocating activations for chunk %d", chunk);
         tl_cuda_session_free(g);
         return NULL;
     }
     /* RoPE inverse frequencies: the model's rule (tl_model_rope_freqs), as the CPU session */
-    {
+    cudaError_t e = cudaSuccess;
+    if (kv) {
         const int half = c->n_rot / 2;
         double *f = (double *)tl_xmalloc(sizeof(double) * 2 * half);
         for (int b = 0; b < 2; b++) tl_model_rope_freqs(m, n_ctx, b == 1, f + b * half);
-        cudaError_t e = cudaMemcpy(g->inv_freq, f, sizeof(double) * 2 * half, cudaMemcpyHostToDevice);
+        e = cudaMemcpy(g->inv_freq, f, sizeof(double) * 2 * half, cudaMemcpyHostToDevice);
         free(f);
-        /* The weights, the RoPE table and the KV stores' cudaMemset went through the legacy
-         * stream: cudaMemcpy from pageable memory may return before its DMA lands and cudaMemset
-         * is asynchronous, while the session's stream is non-blocking (not ordered after the
-         * legacy stream). Without this the first evaluation may read them in flight: a
-         * candidate cause of the first-model-only 0.12 logit error test_cuda once showed on an
-         * H200 (issue 17). */
-        if (e == cudaSuccess) e = cudaDeviceSynchronize();
-        if (e != cudaSuccess) {
-            tl_fail(err, "--device cuda: %s", cudaGetErrorString(e));
-            tl_cuda_session_free(g);
-            return NULL;
-        }
+    }
+    /* The weights, the RoPE table and the KV stores' cudaMemset went through the legacy
+     * stream: cudaMemcpy from pageable memory may return before its DMA lands and cudaMemset
+     * is asynchronous, while the session's stream is non-blocking (not ordered after the
+     * legacy stream). Without this the first evaluation may read them in flight: a
+     * candidate cause of the first-model-only 0.12 logit error test_cuda once showed on an
+     * H200 (issue 17). */
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) {
+        tl_fail(err, "--device cuda: %s", cudaGetErrorString(e));
+        tl_cuda_session_free(g);
+        return NULL;
     }
     return g;
 }
@@ -854,22 +875,10 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
     const tl_config *c = &g->m->cfg;
     const tlc_weights *w = g->w;
     cudaStream_t st = g->cx.stream;
-    const int E = c->n_embd, half = c->n_rot / 2, Hq = c->n_head, Hkv = c->n_head_kv;
-    const float escale = c->embd_scale ? sqrtf((float)E) : 1.0f;
-    const int ethr = E >= 256 ? 256 : 64;
+    const int E = c->n_embd, Hq = c->n_head, Hkv = c->n_head_kv;
     if (g->prof) g->prof->active = n == 1;
     prof_mark(g, PF_EMBED);
-    switch (w->tok_embd.wt) {
-    case WT_F32: embed_k<WT_F32><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
-    case WT_F16: embed_k<WT_F16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
-    case WT_Q:
-        if (tlc_qembed(&g->cx, w->tok_embd.qt, w->tok_embd.d, E, g->tok, n, escale, g->x, err)) return -1;
-        break;
-    default: embed_k<WT_BF16><<<n, ethr, 0, st>>>(w->tok_embd.d, g->tok, E, escale, g->x); break;
-    }
-    TLC_LAUNCH_CHECK("embedding");
-    rope_table_k<<<grid1((size_t)n * 2 * half, 128), 128, 0, st>>>(g->inv_freq, half, g->n_past, n, c->rope_attn_factor, g->rope);
-    TLC_LAUNCH_CHECK("rope table");
+    if (tlc_embed(g, n, err) || tlc_rope_table(g, g->inv_freq, g->n_past, n, g->rope, err)) return -1;
     const int neox = c->rope_style == TL_ROPE_NEOX;
     for (int il = 0; il < c->n_layer; il++) {
         const dlayer *L = &w->L[il];
@@ -883,20 +892,16 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
             if (norm_linear(g, g->x, L->attn_norm, n, 3, Ws, ys, bs, 0, err)) return -1;
         }
         prof_mark(g, PF_ROPE);
-        if (L->q_norm && rmsnorm(g, g->q, L->q_norm, g->q, n * Hq, c->head_dim_k, 0, err)) return -1;
-        if (L->k_norm && rmsnorm(g, g->k, L->k_norm, g->k, n * Hkv, c->head_dim_k, 0, err)) return -1;
-        {
-            cudaError_t e = tlc_launch(!g->cx.no_pdl, rope_k, dim3(n, 2), dim3(512), 0, st, g->q, Hq, g->k, Hkv, c->head_dim_k,
-                                       c->n_rot, neox, base, (const float *)g->rope);
-            if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rope q, k: %s", cudaGetErrorString(e));
-        }
+        if (L->q_norm && tlc_rmsnorm(g, g->q, L->q_norm, g->q, n * Hq, c->head_dim_k, 0, err)) return -1;
+        if (L->k_norm && tlc_rmsnorm(g, g->k, L->k_norm, g->k, n * Hkv, c->head_dim_k, 0, err)) return -1;
+        if (tlc_rope(g, g->q, Hq, g->k, Hkv, n, base, g->rope, err)) return -1;
         /* TailorKV: the next layer's query predicted from this layer's normed input (as
          * session.c), with that layer's Wq (+bias, q-norm, RoPE); decode only */
         if (n == 1 && il + 1 < c->n_layer && g->kv[il + 1].off) {
             const dlayer *L1 = &w->L[il + 1];
             float *qp = qpred_of(g, il + 1);
             if (linear1(g, &L1->wq, g->xn, 1, qp, L1->bq, 0, err)) return -1;
-            if (L1->q_norm && rmsnorm(g, qp, L1->q_norm, qp, Hq, c->head_dim_k, 0, err)) return -1;
+            if (L1->q_norm && tlc_rmsnorm(g, qp, L1->q_norm, qp, Hq, c->head_dim_k, 0, err)) return -1;
             rope_k<<<1, 128, 0, st>>>(qp, Hq, NULL, 0, c->head_dim_k, c->n_rot, neox, c->layer_swa[il + 1] ? 1 : 0, g->rope);
             TLC_LAUNCH_CHECK("rope q (prediction)");
             g->qpred_for[(il + 1) & 1] = il + 1;
@@ -917,7 +922,7 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
         }
         prof_mark(g, PF_WO);
         if (L->attn_post_norm) {
-            if (linear1(g, &L->wo, g->attn, n, g->tmp, NULL, 0, err) || rmsnorm(g, g->tmp, L->attn_post_norm, g->x, n, E, 1, err))
+            if (linear1(g, &L->wo, g->attn, n, g->tmp, NULL, 0, err) || tlc_rmsnorm(g, g->tmp, L->attn_post_norm, g->x, n, E, 1, err))
                 return -1;
         } else if (linear1(g, &L->wo, g->attn, n, g->x, NULL, 1, err)) {
             return -1;
@@ -930,7 +935,7 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
         }
         prof_mark(g, PF_DOWN);
         if (L->ffn_post_norm) {
-            if (linear1(g, &L->down, g->gate, n, g->tmp, NULL, 0, err) || rmsnorm(g, g->tmp, L->ffn_post_norm, g->x, n, E, 1, err))
+            if (linear1(g, &L->down, g->gate, n, g->tmp, NULL, 0, err) || tlc_rmsnorm(g, g->tmp, L->ffn_post_norm, g->x, n, E, 1, err))
                 return -1;
         } else if (linear1(g, &L->down, g->gate, n, g->x, NULL, 1, err)) {
             return -1;
@@ -939,7 +944,7 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
     prof_mark(g, PF_LOGITS);
     if (logits) {
         const int first = all_logits ? 0 : n - 1, rows = n - first, V = c->n_vocab;
-        if (rmsnorm(g, g->x + (size_t)first * E, w->output_norm, g->xn, rows, E, 0, err)) return -1;
+        if (tlc_rmsnorm(g, g->x + (size_t)first * E, w->output_norm, g->xn, rows, E, 0, err)) return -1;
         float *dl = g->logits;
         if (rows > 1) {
             if (g->all_logits_rows < (size_t)rows) {
@@ -960,9 +965,17 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
     return 0;
 }
 
+/* A batch's sequence has no workspace of its own. */
+static int whole(const tl_cuda_session *g, const char *what, tl_error *err) {
+    if (g->parts == (TLC_PART_KV | TLC_PART_WS)) return 0;
+    return tl_fail(err, "%s: this GPU session holds only a batched sequence's KV caches; the batch's step evaluates it "
+                        "(tl_batch_eval)", what);
+}
+
 extern "C" int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
     const tl_config *c = &g->m->cfg;
     const int V = c->n_vocab;
+    if (whole(g, "eval", err)) return -1;
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
             return tl_fail(err, "token id %d at position %d is outside the vocabulary (0..%d)", tokens[i], g->n_past + i, V - 1);
@@ -987,16 +1000,19 @@ extern "C" int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, fl
 extern "C" void tl_cuda_reset(tl_cuda_session *g) {
     g->n_past = 0;
     g->qpred_for[0] = g->qpred_for[1] = -1;
-    for (int il = 0; il < g->m->cfg.n_layer; il++) {
+    for (int il = 0; g->kv && il < g->m->cfg.n_layer; il++) { /* a batch's workspace has none */
         g->kv[il].k.nq = g->kv[il].v.nq = 0;
         if (g->kv[il].off) tlc_off_reset(&g->cx, g->kv[il].off);
     }
+    /* the resets are on this session's stream; a batch evaluates the session on its own */
+    cudaStreamSynchronize(g->cx.stream);
 }
 
 extern "C" int tl_cuda_n_past(const tl_cuda_session *g) { return g->n_past; }
 
 extern "C" int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err) {
     const tl_config *c = &g->m->cfg;
+    if (whole(g, "fill", err)) return -1;
     if (g->n_past + n > g->n_ctx) return tl_fail(err, "fill: %d + %d tokens exceed the context size %d", g->n_past, n, g->n_ctx);
     const size_t kd = (size_t)c->n_head_kv * c->head_dim_k, vd = (size_t)c->n_head_kv * c->head_dim_v;
     for (int i = 0; i < n; i += g->chunk) {
@@ -1023,7 +1039,7 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
     out->kv_alloc = g->kv_alloc;
     out->activations = g->act_bytes + g->cx.scratch_bytes + g->all_logits_rows * (size_t)c->n_vocab * 4;
     out->workspace = g->ws_bytes;
-    for (int il = 0; il < c->n_layer; il++) {
+    for (int il = 0; g->kv && il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy eff;
         tl_plan_layer_kv(c, g->n_ctx, il, &g->pol[il], &sh, &eff);
@@ -1187,14 +1203,10 @@ static int side_bytes(const tl_kv_side *p, tl_kv_kind kind, int d, int residual,
     return 0;
 }
 
-extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                   tl_cuda_plan *out, tl_error *err) {
-    memset(out, 0, sizeof *out);
+uint64_t tlc_plan_weights(const tl_model *m) {
+    /* as upload_weights stores them (block formats with kernels as they are with
+     * unless TL_CUDA_WIDEN=1, other non-float types widened to f16) */
     const tl_config *c = &m->cfg;
-    n_ctx = tl_plan_n_ctx(c, n_ctx);
-    chunk = tl_plan_chunk(n_ctx, chunk);
-    /* weights, as upload_weights stores them (block formats with kernels as they are with
-     * TL_CUDA_WIDEN=0, other non-float types widened to f16) */
     uint64_t w = mat_bytes(&m->w.tok_embd) + (uint64_t)c->n_embd * 4;
     if (!m->w.tied_output) w += mat_bytes(&m->w.output);
     const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, kdim = (uint64_t)c->n_head_kv * c->head_dim_k,
@@ -1207,10 +1219,14 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
         w += (uint64_t)c->head_dim_k * 4 * ((S->q_norm ? 1 : 0) + (S->k_norm ? 1 : 0));
         w += 4 * ((S->bq ? qdim : 0) + (S->bk ? kdim : 0) + (S->bv ? vdim : 0));
     }
-    out->weights = w;
-    bool any_off = false;
-    uint64_t crow = 0; /* the largest channel-row buffer (two are allocated, shared by the layers) */
-    uint64_t pstage = 0; /* the largest prefill copy of a host tier (one, shared) */
+    return w;
+}
+
+int tlc_plan_kv(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, uint64_t *dev, uint64_t *host,
+                uint64_t *crow, uint64_t *pstage, bool *any_off, tl_error *err) {
+    const tl_config *c = &m->cfg;
+    *dev = *host = *crow = *pstage = 0;
+    *any_off = false;
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
         tl_kv_layer_policy p;
@@ -1219,11 +1235,11 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
             tlc_off_sizes z;
             if (tlc_off_sizes_of(&p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, &z, err))
                 return tl_fail_prefix(err, "layer %d", il);
-            out->kv_device += z.dev;
-            out->kv_host += z.host;
-            crow = TL_MAX(crow, z.crow);
-            pstage = TL_MAX(pstage, z.pstage);
-            any_off = true;
+            *dev += z.dev;
+            *host += z.host;
+            *crow = TL_MAX(*crow, z.crow);       /* two are allocated, shared by the layers */
+            *pstage = TL_MAX(*pstage, z.pstage); /* one, shared */
+            *any_off = true;
             continue;
         }
         const int cap = sh.window > 0 ? TL_MIN(sh.window, n_ctx) : n_ctx;
@@ -1233,28 +1249,71 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
         if (p.kind != TL_KV_AUTO) cand[0] = p;
         uint64_t most = 0;
         for (int i = 0; i < nc; i++) {
-            uint64_t bk, bv;
+            uint64_t bk = 0, bv = 0;
             if (side_bytes(&cand[i].k, cand[i].kind, c->head_dim_k, cand[i].residual, cap, c->n_head_kv, &bk, err) ||
                 side_bytes(&cand[i].v, cand[i].kind, c->head_dim_v, cand[i].residual, cap, c->n_head_kv, &bv, err))
                 return tl_fail_prefix(err, "layer %d", il);
             most = TL_MAX(most, bk + bv);
         }
-        out->kv_device += most;
+        *dev += most;
     }
-    const uint64_t E = c->n_embd, C = (uint64_t)chunk, od = (uint64_t)c->n_head * c->head_dim_v;
+    return 0;
+}
+
+uint64_t tlc_plan_rows(const tl_config *c, int rows) {
+    const uint64_t E = c->n_embd, C = (uint64_t)rows, od = (uint64_t)c->n_head * c->head_dim_v;
+    const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, kdim = (uint64_t)c->n_head_kv * c->head_dim_k,
+                   vdim = (uint64_t)c->n_head_kv * c->head_dim_v;
     const uint64_t max_in = TL_MAX(E, TL_MAX(od, (uint64_t)c->n_ff));
-    out->activations = 4 * C * (3 * E + qdim + kdim + vdim + od + 2 * (uint64_t)c->n_ff + 2 * (uint64_t)c->n_rot) +
-                       4 * (uint64_t)c->n_vocab + 2 * C * max_in + 4 * C + 8 * (uint64_t)c->n_rot +
-                       (any_off ? 2 * 4 * qdim : 0) + 2 * crow + pstage + ((uint64_t)64 << 20); /* + attention partials (grown on demand) */
+    return 4 * C * (3 * E + qdim + kdim + vdim + od + 2 * (uint64_t)c->n_ff + 2 * (uint64_t)c->n_rot) + 4 * (uint64_t)c->n_vocab +
+           2 * C * max_in + 4 * C;
+}
+
+uint64_t tlc_plan_ws(const tl_model *m) {
     size_t wdq;
     int xq_cap;
-    out->workspace = ws_bytes_of(m, &wdq, &xq_cap);
-    out->reserve = (uint64_t)512 << 20; /* CUDA context, module images, cuBLAS workspace */
+    return ws_bytes_of(m, &wdq, &xq_cap);
+}
+
+extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
+                                   tl_cuda_plan *out, tl_error *err) {
+    memset(out, 0, sizeof *out);
+    const tl_config *c = &m->cfg;
+    n_ctx = tl_plan_n_ctx(c, n_ctx);
+    chunk = tl_plan_chunk(n_ctx, chunk);
+    out->weights = tlc_plan_weights(m);
+    uint64_t crow, pstage;
+    bool any_off;
+    if (tlc_plan_kv(m, n_ctx, policies, &out->kv_device, &out->kv_host, &crow, &pstage, &any_off, err)) return -1;
+    const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k;
+    out->activations = tlc_plan_rows(c, chunk) + 8 * (uint64_t)c->n_rot + (any_off ? 2 * 4 * qdim : 0) + 2 * crow + pstage +
+                       TLC_PLAN_PARTIALS; /* + attention partials (grown on demand) */
+    out->workspace = tlc_plan_ws(m);
+    out->reserve = TLC_PLAN_RESERVE; /* CUDA context, module images, cuBLAS workspace */
     out->total = out->weights + out->workspace + out->kv_device + out->activations + out->reserve;
     return 0;
 }
 
 static double gib(uint64_t b) { return (double)b / 1073741824.0; }
+
+int tlc_check_plan(const tl_cuda_plan *p, uint64_t budget, const char *name, const char *what, int rows, tl_error *err) {
+    if (p->total <= budget) return 0;
+    const uint64_t fixed = p->weights + p->workspace + p->activations + p->reserve;
+    char part[200];
+    if (p->weights > budget)
+        snprintf(part, sizeof part, "the weights alone (%.2f GiB) do not fit", gib(p->weights));
+    else if (fixed > budget)
+        snprintf(part, sizeof part, "weights + workspace + activations for %d rows + runtime reserve (%.2f GiB) do not fit",
+                 rows, gib(fixed));
+    else
+        snprintf(part, sizeof part, "the KV device tier (%.2f GiB for %s) does not fit in the %.2f GiB left", gib(p->kv_device),
+                 what, gib(budget - fixed));
+    return tl_fail(err,
+                   "%s %.2f GiB: %s; over by %.2f GiB (plan: weights %.2f + block-format workspace %.2f + "
+                   "KV device tier %.2f + activations %.2f + CUDA/cuBLAS reserve %.2f = %.2f GiB; KV host tier %.2f GiB)",
+                   name, gib(budget), part, gib(p->total - budget), gib(p->weights), gib(p->workspace), gib(p->kv_device),
+                   gib(p->activations), gib(p->reserve), gib(p->total), gib(p->kv_host));
+}
 
 extern "C" int tl_cuda_check_budget(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                                     uint64_t budget, tl_error *err) {
@@ -1262,22 +1321,9 @@ extern "C" int tl_cuda_check_budget(const tl_model *m, int n_ctx, int chunk, con
     if (tl_cuda_plan_memory(m, n_ctx, chunk, policies, &p, err)) return tl_fail_prefix(err, "--gpu-mem-budget");
     n_ctx = tl_plan_n_ctx(&m->cfg, n_ctx);
     chunk = tl_plan_chunk(n_ctx, chunk);
-    if (p.total <= budget) return 0;
-    const uint64_t fixed = p.weights + p.workspace + p.activations + p.reserve;
-    char what[160];
-    if (p.weights > budget)
-        snprintf(what, sizeof what, "the weights alone (%.2f GiB) do not fit", gib(p.weights));
-    else if (fixed > budget)
-        snprintf(what, sizeof what, "weights + workspace + activations at chunk %d + runtime reserve (%.2f GiB) do not fit",
-                 chunk, gib(fixed));
-    else
-        snprintf(what, sizeof what, "the KV device tier (%.2f GiB at %d tokens) does not fit in the %.2f GiB left", gib(p.kv_device),
-                 n_ctx, gib(budget - fixed));
-    return tl_fail(err,
-                   "--gpu-mem-budget %.2f GiB: %s; over by %.2f GiB (plan: weights %.2f + block-format workspace %.2f + "
-                   "KV device tier %.2f + activations %.2f + CUDA/cuBLAS reserve %.2f = %.2f GiB; KV host tier %.2f GiB)",
-                   gib(budget), what, gib(p.total - budget), gib(p.weights), gib(p.workspace), gib(p.kv_device),
-                   gib(p.activations), gib(p.reserve), gib(p.total), gib(p.kv_host));
+    char what[64];
+    snprintf(what, sizeof what, "%d tokens", n_ctx);
+    return tlc_check_plan(&p, budget, "--gpu-mem-budget", what, chunk, err);
 }
 
 /* ---------------- one TailorKV layer alone (tests) ---------------- */

@@ -197,6 +197,221 @@ __global__ void __launch_bounds__(MV_THR) matvec_k(tlc_mv a) {
     }
 }
 
+/* ---- several input rows at once (the batched step's decode rows, batch.cu) ----
+ * matvec_k for nr <= NR rows of x (row r at x + r * ldx, its outputs at y[s] + r * n_out[s]).
+ * A warp takes RO consecutive output rows (MV_RO; 2 with glu, whose rows are pairs) against
+ * every input row: each weight load serves the nr input rows, each input load the RO output
+ * rows, so the weights are read once for all the rows and the inputs once per RO rows. Each
+ * (output row, input row) sum is exactly matvec_k's: the same lane takes the same weights
+ * (i = lane, lane + 32, ... in increasing order), a 16-byte load's dot8 added to the lane's sum
+ * (f32: fmaf by element; scalar: fmaf), then the same warp sum, bias, residual add and
+ * activation; so a sequence's numbers do not depend on what shares its step (checked bit for
+ * bit against matvec_k by tl_cuda_matvec_rows_test). The last group of a matrix may hold fewer
+ * than RO rows: its missing rows read the group's first row again (cached) and are not written. */
+#define MV_RO 4
+
+template <int WT, int NR, int RO>
+__device__ __forceinline__ void rows_dot16(const void *W, int row0, int nro, int n, const float *x, int ldx, int nr, int lane,
+                                           float (&acc)[RO][NR]) {
+    const int n8 = n / 8;
+    const uint4 *w4[RO];
+#pragma unroll
+    for (int o = 0; o < RO; o++) w4[o] = (const uint4 *)((const uint16_t *)W + (size_t)(row0 + (o < nro ? o : 0)) * n);
+    int i = lane;
+    for (; i + 32 < n8; i += 64) {
+        uint4 w[2][RO];
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+#pragma unroll
+            for (int o = 0; o < RO; o++) w[k][o] = __ldcs(w4[o] + i + 32 * k);
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+                if (r < nr) {
+                    const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
+                    const float4 xa = __ldg(x4 + 2 * (i + 32 * k)), xb = __ldg(x4 + 2 * (i + 32 * k) + 1);
+#pragma unroll
+                    for (int o = 0; o < RO; o++) acc[o][r] += dot8<WT>(w[k][o], xa, xb);
+                }
+    }
+    for (; i < n8; i += 32) {
+        uint4 w[RO];
+#pragma unroll
+        for (int o = 0; o < RO; o++) w[o] = __ldcs(w4[o] + i);
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (r < nr) {
+                const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
+                const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+#pragma unroll
+                for (int o = 0; o < RO; o++) acc[o][r] += dot8<WT>(w[o], xa, xb);
+            }
+    }
+}
+
+/* gate rows (A) and up rows (B) against every input row: row_dot16x2's sums, per pair. */
+template <int WT, int NR, int RO>
+__device__ __forceinline__ void rows_dot16x2(const void *A, const void *B, int row0, int nro, int n, const float *x, int ldx,
+                                             int nr, int lane, float (&sa)[RO][NR], float (&sb)[RO][NR]) {
+    const int n8 = n / 8;
+    const uint4 *a4[RO], *b4[RO];
+#pragma unroll
+    for (int o = 0; o < RO; o++) {
+        const size_t r = (size_t)(row0 + (o < nro ? o : 0)) * n;
+        a4[o] = (const uint4 *)((const uint16_t *)A + r);
+        b4[o] = (const uint4 *)((const uint16_t *)B + r);
+    }
+    int i = lane;
+    for (; i + 32 < n8; i += 64) {
+        uint4 wa[2][RO], wb[2][RO];
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+#pragma unroll
+            for (int o = 0; o < RO; o++) {
+                wa[k][o] = __ldcs(a4[o] + i + 32 * k);
+                wb[k][o] = __ldcs(b4[o] + i + 32 * k);
+            }
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+                if (r < nr) {
+                    const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
+                    const float4 xa = __ldg(x4 + 2 * (i + 32 * k)), xb = __ldg(x4 + 2 * (i + 32 * k) + 1);
+#pragma unroll
+                    for (int o = 0; o < RO; o++) {
+                        sa[o][r] += dot8<WT>(wa[k][o], xa, xb);
+                        sb[o][r] += dot8<WT>(wb[k][o], xa, xb);
+                    }
+                }
+    }
+    for (; i < n8; i += 32) {
+        uint4 wa[RO], wb[RO];
+#pragma unroll
+        for (int o = 0; o < RO; o++) {
+            wa[o] = __ldcs(a4[o] + i);
+            wb[o] = __ldcs(b4[o] + i);
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (r < nr) {
+                const float4 *x4 = (const float4 *)(x + (size_t)r * ldx);
+                const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+#pragma unroll
+                for (int o = 0; o < RO; o++) {
+                    sa[o][r] += dot8<WT>(wa[o], xa, xb);
+                    sb[o][r] += dot8<WT>(wb[o], xa, xb);
+                }
+            }
+    }
+}
+
+/* f32 weights, 16-byte loads: matvec_k's fmaf by element. */
+template <int NR, int RO>
+__device__ __forceinline__ void rows_dot32(const float *W, int row0, int nro, int n, const float *x, int ldx, int nr, int lane,
+                                           float (&acc)[RO][NR]) {
+    const float4 *w4[RO];
+#pragma unroll
+    for (int o = 0; o < RO; o++) w4[o] = (const float4 *)(W + (size_t)(row0 + (o < nro ? o : 0)) * n);
+    for (int i = lane; i < n / 4; i += 32) {
+        float4 w[RO];
+#pragma unroll
+        for (int o = 0; o < RO; o++) w[o] = __ldg(w4[o] + i);
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (r < nr) {
+                const float4 xv = __ldg((const float4 *)(x + (size_t)r * ldx) + i);
+#pragma unroll
+                for (int o = 0; o < RO; o++) {
+                    acc[o][r] = fmaf(w[o].x, xv.x, acc[o][r]);
+                    acc[o][r] = fmaf(w[o].y, xv.y, acc[o][r]);
+                    acc[o][r] = fmaf(w[o].z, xv.z, acc[o][r]);
+                    acc[o][r] = fmaf(w[o].w, xv.w, acc[o][r]);
+                }
+            }
+    }
+}
+
+/* Rows not in 16-byte units: an element at a time. */
+template <int WT, int NR, int RO>
+__device__ __forceinline__ void rows_scalar(const void *W, int row0, int nro, int n, const float *x, int ldx, int nr, int lane,
+                                            float (&acc)[RO][NR]) {
+    for (int i = lane; i < n; i += 32) {
+        float w[RO];
+#pragma unroll
+        for (int o = 0; o < RO; o++) w[o] = ldw<WT>(W, (size_t)(row0 + (o < nro ? o : 0)) * n + i);
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (r < nr) {
+                const float xv = x[(size_t)r * ldx + i];
+#pragma unroll
+                for (int o = 0; o < RO; o++) acc[o][r] = fmaf(w[o], xv, acc[o][r]);
+            }
+    }
+}
+
+/* Output-row groups of RO rows over the segments: the warps a launch needs. */
+static __host__ __device__ __forceinline__ int mv_groups(int n_out, int ro) { return (n_out + ro - 1) / ro; }
+
+template <int WT, bool VEC, int GLU, int NR>
+__global__ void __launch_bounds__(MV_THR) matvec_rows_k(tlc_mv a, int nr, int ldx) {
+    constexpr int RO = GLU ? 2 : MV_RO;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pdl_trigger();
+    /* this warp's group: output rows row0 .. row0 + nro - 1 of segment si */
+    int gi = blockIdx.x * MV_ROWS + warp, si = 0;
+    if (!GLU) {
+        const int g0 = mv_groups(a.n_out[0], RO), g1 = a.nseg > 1 ? mv_groups(a.n_out[1], RO) : 0;
+        if (gi >= g0) {
+            gi -= g0;
+            si = 1;
+            if (gi >= g1) {
+                gi -= g1;
+                si = 2;
+            }
+        }
+    }
+    const int n_out_s = si == 0 ? a.n_out[0] : si == 1 ? a.n_out[1] : a.n_out[2];
+    const int row0 = gi * RO, n = a.n_in;
+    const int nro = si < a.nseg && row0 < n_out_s ? min(RO, n_out_s - row0) : 0;
+    const void *W = si == 0 ? a.W[0] : si == 1 ? a.W[1] : a.W[2];
+    pdl_wait(); /* x (and y for add) come from the kernels before */
+    if (!nro) return;
+    float acc[RO][NR], acc2[RO][NR];
+#pragma unroll
+    for (int o = 0; o < RO; o++)
+#pragma unroll
+        for (int r = 0; r < NR; r++) acc[o][r] = acc2[o][r] = 0.0f;
+    if (GLU) rows_dot16x2<WT, NR, RO>(a.W[0], a.W[1], row0, nro, n, a.x, ldx, nr, lane, acc, acc2);
+    else if (VEC && WT != WT_F32) rows_dot16<WT, NR, RO>(W, row0, nro, n, a.x, ldx, nr, lane, acc);
+    else if (VEC) rows_dot32<NR, RO>((const float *)W, row0, nro, n, a.x, ldx, nr, lane, acc);
+    else rows_scalar<WT, NR, RO>(W, row0, nro, n, a.x, ldx, nr, lane, acc);
+    float *y = si == 0 ? a.y[0] : si == 1 ? a.y[1] : a.y[2];
+    const float *b = si == 0 ? a.bias[0] : si == 1 ? a.bias[1] : a.bias[2];
+    const int add = si == 0 ? a.add[0] : si == 1 ? a.add[1] : a.add[2];
+#pragma unroll
+    for (int o = 0; o < RO; o++) {
+        if (o >= nro) break;
+        const int row = row0 + o;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (r >= nr) break;
+            if (GLU) {
+                const float g = wsum(acc[o][r]), u = wsum(acc2[o][r]);
+                if (lane == 0) a.y[0][(size_t)r * a.n_out[0] + row] = mv_act(g, GLU) * u;
+            } else {
+                float s = wsum(acc[o][r]);
+                if (lane == 0) {
+                    float *yr = y + (size_t)r * n_out_s;
+                    if (b) s += b[row];
+                    yr[row] = add ? yr[row] + s : s;
+                }
+            }
+        }
+    }
+}
+
 template <int WT>
 static cudaError_t launch(const tlc_mv &a, bool vec, int blocks, cudaStream_t st, bool pdl) {
     if (a.glu == 1) return tlc_launch(pdl, matvec_k<WT, true, 1>, dim3(blocks), dim3(MV_THR), 0, st, a);
@@ -221,4 +436,144 @@ int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) {
                                       : launch<WT_F32>(*a, vec, blocks, cx->stream, pdl);
     if (e != cudaSuccess) return tl_fail(err, "CUDA kernel matvec (%d x %d): %s", rows, a->n_in, cudaGetErrorString(e));
     return 0;
+}
+
+template <int WT, int NR>
+static cudaError_t launch_rows(const tlc_mv &a, bool vec, int nr, int ldx, int blocks, cudaStream_t st, bool pdl) {
+    if (a.glu == 1) return tlc_launch(pdl, matvec_rows_k<WT, true, 1, NR>, dim3(blocks), dim3(MV_THR), 0, st, a, nr, ldx);
+    if (a.glu == 2) return tlc_launch(pdl, matvec_rows_k<WT, true, 2, NR>, dim3(blocks), dim3(MV_THR), 0, st, a, nr, ldx);
+    if (vec) return tlc_launch(pdl, matvec_rows_k<WT, true, 0, NR>, dim3(blocks), dim3(MV_THR), 0, st, a, nr, ldx);
+    return tlc_launch(pdl, matvec_rows_k<WT, false, 0, NR>, dim3(blocks), dim3(MV_THR), 0, st, a, nr, ldx);
+}
+
+template <int WT>
+static cudaError_t launch_rows_wt(const tlc_mv &a, bool vec, int nr, int ldx, int blocks, cudaStream_t st, bool pdl) {
+    if (nr <= 4) return launch_rows<WT, 4>(a, vec, nr, ldx, blocks, st, pdl);
+    return launch_rows<WT, TLC_MV_ROWS>(a, vec, nr, ldx, blocks, st, pdl);
+}
+
+int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err) {
+    if (a->wt == WT_Q) return tl_fail(err, "matvec over several rows: block formats go a row at a time (tlc_matvec)");
+    if (nr < 1) return 0;
+    if (nr == 1) return tlc_matvec(cx, a, err); /* the very kernel a sequence alone runs */
+    const bool vec = a->wt == WT_F32 ? a->n_in % 4 == 0 : a->n_in % 8 == 0;
+    if (a->glu && (!vec || a->wt == WT_F32 || a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0]))
+        return 1; /* as tlc_matvec */
+    if (vec && ldx % (a->wt == WT_F32 ? 4 : 8))
+        return tl_fail(err, "matvec over several rows: row stride %d breaks the 16-byte loads", ldx);
+    int rows = a->glu ? a->n_out[0] : 0, groups = a->glu ? mv_groups(a->n_out[0], 2) : 0;
+    for (int s = 0; !a->glu && s < a->nseg; s++) {
+        rows += a->n_out[s];
+        groups += mv_groups(a->n_out[s], MV_RO);
+    }
+    const int blocks = (groups + MV_ROWS - 1) / MV_ROWS; /* a warp per group of output rows */
+    const bool pdl = !cx->no_pdl;
+    for (int r0 = 0; r0 < nr; r0 += TLC_MV_ROWS) {
+        const int n = nr - r0 < TLC_MV_ROWS ? nr - r0 : TLC_MV_ROWS;
+        tlc_mv b = *a;
+        b.x = a->x + (size_t)r0 * ldx;
+        for (int s = 0; s < a->nseg; s++) b.y[s] = a->y[s] + (size_t)r0 * a->n_out[s];
+        cudaError_t e;
+        if (n == 1) {
+            const int rc = tlc_matvec(cx, &b, err);
+            if (rc) return rc;
+            continue;
+        }
+        e = a->wt == WT_BF16 ? launch_rows_wt<WT_BF16>(b, vec, n, ldx, blocks, cx->stream, pdl)
+            : a->wt == WT_F16 ? launch_rows_wt<WT_F16>(b, vec, n, ldx, blocks, cx->stream, pdl)
+                              : launch_rows_wt<WT_F32>(b, vec, n, ldx, blocks, cx->stream, pdl);
+        if (e != cudaSuccess)
+            return tl_fail(err, "CUDA kernel matvec over %d rows (%d x %d): %s", n, rows, a->n_in, cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+/* ---- the several-row products against tlc_matvec, a row at a time (tests) ---- */
+
+extern "C" int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
+                                        const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one,
+                                        tl_error *err) {
+    if (wt < WT_F32 || wt > WT_BF16 || m < 1 || n_in < 1 || n_out < 1 || (glu && !W2))
+        return tl_fail(err, "tl_cuda_matvec_rows_test: type %d, %d x %d, %d rows, glu %d", wt, n_out, n_in, m, glu);
+    tlc_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreateWithFlags(&cx.stream, cudaStreamNonBlocking) != cudaSuccess)
+        return tl_fail(err, "tl_cuda_matvec_rows_test: device 0: %s", cudaGetErrorString(cudaGetLastError()));
+    const size_t nw = (size_t)n_in * n_out, es = wt == WT_F32 ? 4 : 2, ny = (size_t)m * n_out;
+    void *host = malloc(nw * es), *dW[2] = {NULL, NULL};
+    float *dX = NULL, *dY = NULL, *dB = NULL;
+    int rc = -1;
+    for (int s = 0; s < (glu ? 2 : 1); s++) {
+        const float *src = s ? W2 : W;
+        for (size_t i = 0; i < nw; i++) {
+            if (wt == WT_F32) ((float *)host)[i] = src[i];
+            else ((uint16_t *)host)[i] = wt == WT_F16 ? tl_fp32_to_fp16(src[i]) : tl_fp32_to_bf16(src[i]);
+        }
+        if (cudaMalloc(&dW[s], nw * es) != cudaSuccess || cudaMemcpy(dW[s], host, nw * es, cudaMemcpyHostToDevice) != cudaSuccess) {
+            tl_fail(err, "tl_cuda_matvec_rows_test: upload");
+            goto done;
+        }
+    }
+    if (cudaMalloc((void **)&dX, sizeof(float) * (size_t)m * n_in) != cudaSuccess ||
+        cudaMalloc((void **)&dY, sizeof(float) * ny) != cudaSuccess ||
+        (bias && cudaMalloc((void **)&dB, sizeof(float) * n_out) != cudaSuccess) ||
+        cudaMemcpy(dX, X, sizeof(float) * (size_t)m * n_in, cudaMemcpyHostToDevice) != cudaSuccess ||
+        (bias && cudaMemcpy(dB, bias, sizeof(float) * n_out, cudaMemcpyHostToDevice) != cudaSuccess) ||
+        cudaDeviceSynchronize() != cudaSuccess) {
+        tl_fail(err, "tl_cuda_matvec_rows_test: out of GPU memory");
+        goto done;
+    }
+    for (int path = 0; path < 2; path++) {
+        float *out = path ? y_one : y_rows;
+        if (y0) {
+            if (cudaMemcpyAsync(dY, y0, sizeof(float) * ny, cudaMemcpyHostToDevice, cx.stream) != cudaSuccess) goto done;
+        } else if (cudaMemsetAsync(dY, 0xff, sizeof(float) * ny, cx.stream) != cudaSuccess) { /* NaN: every output written */
+            goto done;
+        }
+        tlc_mv a;
+        memset(&a, 0, sizeof a);
+        a.nseg = glu ? 2 : 1;
+        a.n_in = n_in;
+        a.wt = wt;
+        a.glu = glu;
+        a.x = dX;
+        for (int s = 0; s < a.nseg; s++) {
+            a.W[s] = dW[s];
+            a.y[s] = dY; /* glu writes y[0] only */
+            a.n_out[s] = n_out;
+        }
+        a.bias[0] = glu ? NULL : dB;
+        a.add[0] = !glu && y0;
+        if (path == 0) {
+            const int r = tlc_matvec_rows(&cx, &a, m, n_in, err);
+            if (r) {
+                if (r > 0) tl_fail(err, "tl_cuda_matvec_rows_test: the glu fusion does not take this shape");
+                goto done;
+            }
+        } else {
+            for (int r = 0; r < m; r++) {
+                tlc_mv b = a;
+                b.x = dX + (size_t)r * n_in;
+                b.y[0] = b.y[1] = dY + (size_t)r * n_out;
+                if (tlc_matvec(&cx, &b, err)) goto done;
+            }
+        }
+        cudaError_t e = cudaMemcpyAsync(out, dY, sizeof(float) * ny, cudaMemcpyDeviceToHost, cx.stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(cx.stream);
+        if (e != cudaSuccess) {
+            tl_fail(err, "tl_cuda_matvec_rows_test: path %d: %s", path, cudaGetErrorString(e));
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    cudaStreamSynchronize(cx.stream);
+    cudaFree(dW[0]);
+    cudaFree(dW[1]);
+    cudaFree(dX);
+    cudaFree(dY);
+    cudaFree(dB);
+    cudaStreamDestroy(cx.stream);
+    free(host);
+    return rc;
 }

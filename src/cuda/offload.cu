@@ -9,6 +9,9 @@
  *   device tier: sinks, the recent ring, generated tokens (f16), max|K| per channel (f32), and
  *     (summary b > 0) the channel-major b-bit key summary (per token, groups of 32 channels,
  *     f16 scale/min).
+ * Prefill chunk (m > 1): exact attention over the host tier, the generated tokens (a chunk after
+ * decoding: a chat's next turn) and the chunk, then the chunk joins the host tier (host index =
+ * prompt token order, as on the CPU: prompt and generated tokens may interleave in position).
  * Token-level retrieval only (page 0); pages fail with a clear message.
  * Decode, per KV head: channels = top C of |mean_g q_pred|·max|K| (the real query when there
  * is no prediction), scores s_t = Σ_c qbar_c K[t,c] in the CPU's order and rounding, with
@@ -41,6 +44,7 @@ struct tlc_off {
     uint16_t *dhk, *dhv, *dhkt; /* the same memory as device pointers */
     int capp;                   /* hkt row length: cap rounded up to 8 tokens (16-byte rows) */
     int pend;                   /* channel-row buffer prefetched for the next decode, -1: none */
+    const tlc_ctx *pend_cx;     /* ... in this context's buffers (a batch runs the layer in its own) */
     uint16_t *sk, *sv, *rk, *rv, *gk, *gv;
     float *kmax;
     uint32_t *sum_codes; /* [H][dk][row_words] */
@@ -318,13 +322,16 @@ int tlc_off_append_prompt(tlc_ctx *cx, tlc_off *o, int m, const float *k, const 
 
 int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float *k, const float *v, float *out,
                     tl_error *err) {
-    if (o->n_gen > 0)
-        return tl_fail(err, "TailorKV on the GPU: a prefill chunk after generated tokens is not supported (CPU only)");
-    if (o->n_host + m > o->cap) return tl_fail(err, "TailorKV layer full: %d + %d tokens > %d", o->n_host, m, o->cap);
-    /* the paper prefills densely: attention over the host tier as an f16 dense cache plus the
-     * chunk (causal). The history is copied to the device once per chunk (H x n_host rows of K
-     * and of V, one 2D copy each, at PCIe bandwidth): reading it through the mapped pointer
-     * instead would move it over PCIe once per query block, ~50x as many bytes. */
+    if (o->n_host + o->n_gen + m > o->cap)
+        return tl_fail(err, "TailorKV layer full: %d prompt + %d generated + %d new tokens > %d", o->n_host, o->n_gen, m, o->cap);
+    /* the paper prefills densely: attention over every token held (the host tier, then the
+     * generated tokens: a chunk after decoding, e.g. a chat's next turn, sees the answer too,
+     * as the CPU store does) plus the chunk (causal), through a dense f16 cache of
+     * n_host + n_gen rows per head. The host tier is copied to the device once per chunk (H x
+     * n_host rows of K and of V, one 2D copy each, at PCIe bandwidth): reading it through the
+     * mapped pointer instead would move it over PCIe once per query block, ~50x as many bytes.
+     * The generated rows follow it, copied on the device (they are f16 there already). The
+     * order of the keys does not matter to attention (RoPE put the positions into them). */
     tlc_layer_kv T;
     memset(&T, 0, sizeof T);
     T.n_head = o->H * o->G;
@@ -335,13 +342,18 @@ int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float 
     if (kbytes + (size_t)o->H * o->cap * o->dv * 2 > cx->pstage_bytes)
         return tl_fail(err, "TailorKV prefill: the host-tier copy is not reserved (tlc_off_reserve)");
     uint16_t *fp[2] = {cx->pstage, (uint16_t *)((uint8_t *)cx->pstage + kbytes)};
-    const uint16_t *host[2] = {o->hk, o->hv};
+    const uint16_t *host[2] = {o->hk, o->hv}, *gen[2] = {o->gk, o->gv};
     const int d[2] = {o->dk, o->dv};
-    for (int i = 0; i < 2 && o->n_host > 0; i++) {
+    for (int i = 0; i < 2; i++) {
         const size_t pitch = (size_t)o->cap * d[i] * 2;
-        CK(cudaMemcpy2DAsync(fp[i], pitch, host[i], pitch, (size_t)o->n_host * d[i] * 2, o->H, cudaMemcpyHostToDevice,
-                             cx->stream));
-        o->h2d_prefill += (uint64_t)o->H * o->n_host * d[i] * 2;
+        if (o->n_host > 0) {
+            CK(cudaMemcpy2DAsync(fp[i], pitch, host[i], pitch, (size_t)o->n_host * d[i] * 2, o->H, cudaMemcpyHostToDevice,
+                                 cx->stream));
+            o->h2d_prefill += (uint64_t)o->H * o->n_host * d[i] * 2;
+        }
+        if (o->n_gen > 0) /* rows n_host .. n_host + n_gen - 1 of each head */
+            CK(cudaMemcpy2DAsync(fp[i] + (size_t)o->n_host * d[i], pitch, gen[i], (size_t)o->gcap * d[i] * 2,
+                                 (size_t)o->n_gen * d[i] * 2, o->H, cudaMemcpyDeviceToDevice, cx->stream));
     }
     for (int i = 0; i < 2; i++) {
         sd[i]->mode = KV_DENSE;
@@ -351,7 +363,7 @@ int tlc_off_prefill(tlc_ctx *cx, tlc_off *o, int m, const float *q, const float 
         sd[i]->fp_head = (size_t)o->cap * d[i];
         sd[i]->fp = fp[i];
     }
-    if (tlc_attention(cx, &T, o->n_host, m, q, k, v, out, err)) return -1;
+    if (tlc_attention(cx, &T, o->n_host + o->n_gen, m, q, k, v, out, err)) return -1;
     return tlc_off_append_prompt(cx, o, m, k, v, err);
 }
 
@@ -688,8 +700,16 @@ static int fetch_rows(tlc_ctx *cx, tlc_off *o, int b, cudaStream_t st, tl_error 
 }
 
 int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *err) {
+    tlc_off_sizes z;
+    memset(&z, 0, sizeof z);
+    z.pstage = (uint64_t)o->H * o->cap * (o->dk + o->dv) * 2;
+    z.crow = o->sb ? 0 : (uint64_t)o->H * o->C * o->capp * 2;
+    return tlc_off_reserve_sizes(cx, &z, grown, err);
+}
+
+int tlc_off_reserve_sizes(tlc_ctx *cx, const tlc_off_sizes *z, uint64_t *grown, tl_error *err) {
     *grown = 0;
-    const size_t pneed = (size_t)o->H * o->cap * (o->dk + o->dv) * 2;
+    const size_t pneed = z->pstage;
     if (pneed > cx->pstage_bytes) {
         cudaFree(cx->pstage);
         cx->pstage = NULL;
@@ -700,15 +720,15 @@ int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *er
         *grown += pneed - cx->pstage_bytes;
         cx->pstage_bytes = pneed;
     }
-    if (o->sb != 0) return 0;
+    if (!z->crow) return 0; /* a summary: no channel rows move */
     tlc_crow &r = cx->crow;
     if (!r.side) {
         CK(cudaStreamCreateWithFlags(&r.side, cudaStreamNonBlocking));
         CK(cudaEventCreateWithFlags(&r.ready, cudaEventDisableTiming));
         for (int b = 0; b < 2; b++) CK(cudaEventCreateWithFlags(&r.done[b], cudaEventDisableTiming));
     }
-    const size_t need = (size_t)o->H * o->C * o->capp * 2;
-    if (need <= r.bytes) return 0;
+    const size_t need = z->crow, old = r.bytes;
+    if (need <= old) return 0;
     for (int b = 0; b < 2; b++) {
         cudaFree(r.buf[b]);
         r.buf[b] = NULL;
@@ -717,7 +737,7 @@ int tlc_off_reserve(tlc_ctx *cx, const tlc_off *o, uint64_t *grown, tl_error *er
     for (int b = 0; b < 2; b++)
         if (cudaMalloc((void **)&r.buf[b], need) != cudaSuccess)
             return tl_fail(err, "TailorKV channel-row buffers: 2 x %.2f MiB of GPU memory", (double)need / 1048576.0);
-    *grown += 2 * (uint64_t)(need - r.bytes);
+    *grown += 2 * (uint64_t)(need - old);
     r.bytes = need;
     return 0;
 }
@@ -753,6 +773,7 @@ int tlc_off_prefetch(tlc_ctx *cx, tlc_off *o, const float *qpred, tl_error *err)
     if (fetch_rows(cx, o, b, r.side, err)) return -1;
     CK(cudaEventRecord(r.done[b], r.side));
     o->pend = b;
+    o->pend_cx = cx;
     return 0;
 }
 
@@ -766,7 +787,7 @@ int tlc_off_decode(tlc_ctx *cx, tlc_off *o, const float *q, const float *qsel, b
     candidates(o, &lo, &hi);
     const int n = o->n_host, S = lo, R = n - hi, cand = hi - lo;
     const bool all = o->topk >= cand;
-    const bool prefetched = predicted && o->pend >= 0;
+    const bool prefetched = predicted && o->pend >= 0 && o->pend_cx == cx;
     int buf = -1;
     if (prefetched) { /* channels and their rows came on the side stream (tlc_off_prefetch) */
         buf = o->pend;

@@ -27,6 +27,12 @@ tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, c
     return NULL;
 }
 
+tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err) {
+    (void)m, (void)n_ctx, (void)policies;
+    tl_fail(err, "--device cuda: %s", no_cuda);
+    return NULL;
+}
+
 void tl_cuda_session_free(tl_cuda_session *g) { (void)g; }
 
 int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
@@ -89,6 +95,45 @@ int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s
                                tl_error *err) {
     (void)p, (void)s, (void)n_hist, (void)chunk, (void)qh, (void)kh, (void)vh, (void)outh, (void)n_dec, (void)q;
     (void)qpred, (void)k, (void)v, (void)out, (void)sel, (void)nsel;
+    return tl_fail(err, "%s", no_cuda);
+}
+
+tl_cuda_batch *tl_cuda_batch_new(struct tl_model *m, int max_rows, int max_seqs, int n_ctx, const tl_kv_layer_policy *policies,
+                                 tl_error *err) {
+    (void)m, (void)max_rows, (void)max_seqs, (void)n_ctx, (void)policies;
+    tl_fail(err, "--device cuda: %s", no_cuda);
+    return NULL;
+}
+
+void tl_cuda_batch_free(tl_cuda_batch *b) { (void)b; }
+
+uint64_t tl_cuda_batch_bytes(const tl_cuda_batch *b) {
+    (void)b;
+    return 0;
+}
+
+int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int n_seq, tl_error *err) {
+    (void)b, (void)seqs, (void)n_seq;
+    return tl_fail(err, "%s", no_cuda);
+}
+
+int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
+                       int max_seqs, tl_cuda_plan *out, tl_error *err) {
+    (void)m, (void)n_ctx, (void)policies, (void)n_seq, (void)max_rows, (void)max_seqs;
+    memset(out, 0, sizeof *out);
+    return tl_fail(err, "%s", no_cuda);
+}
+
+int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
+                        int max_seqs, uint64_t budget, tl_error *err) {
+    (void)m, (void)n_ctx, (void)policies, (void)n_seq, (void)max_rows, (void)max_seqs, (void)budget;
+    return tl_fail(err, "--device cuda: %s", no_cuda);
+}
+
+int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
+                             const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err) {
+    (void)wt, (void)W, (void)W2, (void)n_in, (void)n_out, (void)bias, (void)y0, (void)glu, (void)X, (void)m, (void)y_rows;
+    (void)y_one;
     return tl_fail(err, "%s", no_cuda);
 }
 #endif

@@ -19,9 +19,8 @@
 #include "../model.h"
 #include "../kv/policy.h"
 
-/* n_ctx and chunk as a session resolves them. */
+/* n_ctx and chunk as a session resolves them (tl_plan_chunk: include/tailor.h). */
 int tl_plan_n_ctx(const tl_config *c, int n_ctx);
-int tl_plan_chunk(int n_ctx, int chunk);
 
 /* The KV shape of layer il at context n_ctx, and the policy it gets given the requested one
  * (NULL = f16). */

@@ -66,18 +66,7 @@ int tl_kld_window(tl_kld *k, const float *logprobs, const int32_t *targets, int 
 int tl_kld_finish(tl_kld *k, tl_error *err);
 void tl_kld_close(tl_kld *k);
 
-typedef struct {
-    int64_t n;
-    double ppl_base, ppl_new, ppl_ratio, mean_ln_ratio;
-    double kld_mean, kld_err, kld_median, kld_p99, kld_max;
-    double mean_abs_dp, rms_dp;
-    double same_top1;   /* fraction */
-    double tail_mass;   /* mean base probability outside the top-K */
-    /* 95% intervals (stats.h): circular block bootstrap over the scored tokens for the means
-     * (the ratio's paired: both runs' NLL differences token by token), Wilson for same top-1.
-     * Median, 99th percentile and max describe this text's KLD distribution: no interval. */
-    tl_interval ci_ppl_base, ci_ppl_new, ci_ratio, ci_ln_ratio, ci_kld, ci_abs_dp, ci_rms_dp, ci_same_top1;
-} tl_kld_stats;
+/* tl_kld_stats, a comparison's figures with their 95% intervals: include/tailor.h. */
 
 void tl_kld_stats_get(tl_kld *k, tl_kld_stats *st);
 

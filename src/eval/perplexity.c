@@ -1,6 +1,8 @@
-/* perplexity.c: see perplexity.h. */
+/* perplexity.c: see perplexity.h; and tl_perplexity_run, `tailor perplexity` without its
+ * printing: a KL baseline opened, a session made, the windows run with a progress bar. */
 #include "perplexity.h"
 #include "kld.h"
+#include "report.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -102,5 +104,66 @@ fail:
     free(lp);
     if (pool != s->pool) tl_pool_free(pool);
     tl_ppl_result_free(res);
+    return -1;
+}
+
+/* ---- tl_perplexity_run ---- */
+
+typedef struct {
+    tl_kld *kld;
+    tl_error *err;
+    tl_progress *prog;
+    int rows_per_window, rows_seen; /* of the current window */
+} win_ctx;
+
+/* A window's scored rows arrive in pieces: the bar advances by rows and counts a window when
+ * its last piece is in. */
+static int on_window(void *ctx, int window, const float *logprobs, const int32_t *targets, int n_rows, int n_vocab) {
+    win_ctx *w = ctx;
+    if (w->kld && tl_kld_window(w->kld, logprobs, targets, n_rows, w->err)) return 1;
+    w->rows_seen += n_rows;
+    const bool done = w->rows_seen == w->rows_per_window;
+    if (done) w->rows_seen = 0;
+    tl_progress_add(w->prog, n_rows, done);
+    return 0;
+}
+
+void tl_ppl_report_free(tl_ppl_report *r) {
+    tl_ppl_result_free(&r->res);
+    tl_session_free(r->session);
+    r->session = NULL;
+}
+
+int tl_perplexity_run(tl_model *m, const tl_session_params *sp, const int32_t *ids, int64_t n_ids,
+                      const tl_ppl_params *p, tl_ppl_report *out, tl_error *err) {
+    memset(out, 0, sizeof *out);
+    tl_error e = {{0}}; /* also set by on_window, which stops the run */
+    tl_kld kld = {0};
+    const int n_ctx = p->n_ctx, V = m->cfg.n_vocab;
+    int max_windows = p->max_windows;
+    if (p->kl_write && tl_kld_open_write(&kld, p->kl_write, V, n_ctx, p->kl_top_k, ids, n_ids, &e)) goto fail;
+    if (p->kl_read && tl_kld_open_read(&kld, p->kl_read, V, n_ctx, ids, n_ids, &e)) goto fail;
+    out->kld = p->kl_write || p->kl_read;
+    if (p->kl_read && (max_windows <= 0 || max_windows > kld.n_windows)) max_windows = kld.n_windows;
+    tl_session_params ssp = *sp;
+    ssp.n_ctx = n_ctx;
+    if (!(out->session = tl_session_new(m, &ssp, &e))) goto fail;
+    int nw = (int)(n_ids / n_ctx);
+    if (max_windows > 0 && max_windows < nw) nw = max_windows;
+    tl_progress prog;
+    tl_progress_init(&prog, "perplexity", (int64_t)nw * tl_ppl_rows_per_window(n_ctx), nw, p->progress);
+    win_ctx wc = {out->kld ? &kld : NULL, &e, &prog, tl_ppl_rows_per_window(n_ctx), 0};
+    const int rc = tl_perplexity(out->session, ids, n_ids, n_ctx, max_windows, false, on_window, &wc, &out->res, &e);
+    tl_progress_done(&prog);
+    if (rc || e.msg[0]) goto fail;
+    if (out->kld && tl_kld_finish(&kld, &e)) goto fail;
+    out->kl_top_k = kld.top_k;
+    if (p->kl_read) tl_kld_stats_get(&kld, &out->kl);
+    if (out->kld) tl_kld_close(&kld);
+    return 0;
+fail:
+    if (out->kld || kld.path) tl_kld_close(&kld);
+    tl_ppl_report_free(out);
+    if (err) *err = e;
     return -1;
 }

@@ -14,14 +14,8 @@
 /* Scored rows of a window of n_ctx tokens: positions n_ctx/2 .. n_ctx-2 predict the next. */
 static inline int tl_ppl_rows_per_window(int n_ctx) { return n_ctx - 1 - n_ctx / 2; }
 
-typedef struct {
-    int n_windows;       /* windows scored */
-    int64_t n_scored;    /* tokens scored */
-    double *nll;         /* [n_scored] each scored token's NLL, in text order (tl_ppl_result_free) */
-    double nll_sum, nll2_sum;
-    double ppl, ppl_err;
-    double seconds;
-} tl_ppl_result;
+/* tl_ppl_result (windows and tokens scored, each scored token's NLL, PPL and its standard
+ * error), and tl_perplexity_run, the whole command with a KL baseline: include/tailor.h. */
 
 /* Called with the log-probabilities (each row log-softmaxed, tl_kld_log_softmax's arithmetic)
  * of a window's scored positions, in order, a piece of rows at a time (n_rows rows of n_vocab,

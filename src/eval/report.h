@@ -30,23 +30,7 @@ void tl_progress_init(tl_progress *p, const char *label, int64_t total_units, in
 void tl_progress_add(tl_progress *p, int64_t units, int items);
 void tl_progress_done(tl_progress *p);
 
-/* Append one result line to path (created if missing) with a single write. `config` and
- * `extra` (may be NULL) are copied, not taken. */
-int tl_result_append(const char *path, const char *cmd, const cJSON *config, const char *metric, double value,
-                     int64_t n, double seconds, const cJSON *extra, tl_error *err);
-
-/* The same with an interval: value and n from it, and "lo", "hi" after the other fields. */
-int tl_result_append_ci(const char *path, const char *cmd, const cJSON *config, const char *metric, tl_interval ci,
-                        double seconds, const cJSON *extra, tl_error *err);
-/* Adds "n", "lo" and "hi" of an interval to a JSON summary object (lo/hi null when unknown). */
-void tl_json_add_interval(cJSON *o, tl_interval ci);
-/* "0.80 [0.49, 0.94]": a value and its interval, `prec` decimals; returns buf. */
-const char *tl_interval_str(tl_interval ci, int prec, char *buf, size_t cap);
-
-/* An SVG heatmap: ny rows (e.g. depths) by nx columns (e.g. lengths), values in [0,1]
- * (NaN = not run), red (0) to green (1), value printed in each cell. malloc'd string. */
-char *tl_svg_heatmap(const char *title, const char *xlabel, const char *const *xs, int nx, const char *ylabel,
-                     const char *const *ys, int ny, const double *values);
-
+/* Result lines (tl_result_append, tl_result_append_ci), tl_json_add_interval, tl_interval_str
+ * and tl_svg_heatmap: include/tailor.h. */
 
 #endif

@@ -1,6 +1,7 @@
 /* runner.c: see runner.h. */
 #include "runner.h"
 #include "../../include/tailor.h"
+#include "../engine/plan.h"
 #include "../sampler.h"
 
 #include <math.h>
@@ -8,7 +9,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-/* Provided by session.c once it exists; NULL here until then (see runner.h). */
+/* The caller's, or the session's own; none with no_reuse. */
 static tl_truncate_fn truncate_fn(const tl_runner *r) {
     if (r->no_reuse) return NULL;
     if (r->truncate) return r->truncate;
@@ -17,7 +18,7 @@ static tl_truncate_fn truncate_fn(const tl_runner *r) {
 
 bool tl_runner_can_reuse(const tl_runner *r) { return truncate_fn(r) != NULL; }
 
-void tl_job_clear(tl_job *j) {
+void tl_eval_job_clear(tl_eval_job *j) {
     free(j->output);
     free(j->choice_ll);
     j->output = NULL;
@@ -27,7 +28,7 @@ void tl_job_clear(tl_job *j) {
 /* One worker: a session and what it holds. */
 typedef struct {
     const tl_runner *r;
-    tl_job *jobs;
+    tl_eval_job *jobs;
     int first, last; /* jobs [first, last) */
     int n_ctx, n_threads;
     tl_error err;
@@ -70,7 +71,7 @@ static int push(worker *w, int32_t id, float *logits, bool all) {
     return 0;
 }
 
-static int run_generate(worker *w, tl_job *j) {
+static int run_generate(worker *w, tl_eval_job *j) {
     const tl_model *m = w->r->model;
     const int V = m->cfg.n_vocab;
     if (feed(w, j->ids, j->n_ids, &j->reused)) return -1;
@@ -116,7 +117,7 @@ static int run_generate(worker *w, tl_job *j) {
     return 0;
 }
 
-static int run_choice(worker *w, tl_job *j) {
+static int run_choice(worker *w, tl_eval_job *j) {
     const int V = w->r->model->cfg.n_vocab;
     j->choice_ll = tl_xcalloc((size_t)j->n_choices, sizeof(double));
     int maxlen = 1;
@@ -164,7 +165,7 @@ static void *worker_main(void *arg) {
     w->held = tl_xmalloc(sizeof(int32_t) * (size_t)(w->n_ctx + 1));
     w->logits = tl_xmalloc(sizeof(float) * (size_t)r->model->cfg.n_vocab);
     for (int i = w->first; i < w->last; i++) {
-        tl_job *j = &w->jobs[i];
+        tl_eval_job *j = &w->jobs[i];
         const double t0 = tl_time_s();
         int rc = j->n_choices > 0 ? run_choice(w, j) : run_generate(w, j);
         j->seconds = tl_time_s() - t0;
@@ -183,7 +184,7 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-int tl_run_jobs(const tl_runner *r, tl_job *jobs, int n_jobs, tl_error *err) {
+int tl_run_jobs(const tl_runner *r, tl_eval_job *jobs, int n_jobs, tl_error *err) {
     if (n_jobs <= 0) return 0;
     int P = r->n_parallel > 0 ? r->n_parallel : 1;
     if (P > n_jobs) P = n_jobs;
@@ -231,5 +232,72 @@ int tl_run_jobs(const tl_runner *r, tl_job *jobs, int n_jobs, tl_error *err) {
         }
     free(ws);
     free(th);
+    return rc;
+}
+
+/* ---- tl_eval_run: the runner with sessions made from tl_eval_params ---- */
+
+typedef struct {
+    tl_model *m;
+    const tl_eval_params *p;
+} eval_ctx;
+
+static tl_session *eval_session(void *ctx, int n_ctx, int n_threads, tl_error *err) {
+    const eval_ctx *e = ctx;
+    tl_session_params sp = e->p->session;
+    sp.n_ctx = n_ctx;
+    sp.n_threads = n_threads;
+    return tl_session_new(e->m, &sp, err);
+}
+
+static void eval_session_done(void *ctx, tl_session *s) {
+    const eval_ctx *e = ctx;
+    if (e->p->print_mem) tl_session_print_memory(stderr, s);
+}
+
+/* KV + activation bytes of a full session of n_ctx tokens, by the planner (0 when the plan
+ * does not fit: the session itself then reports why) */
+static uint64_t eval_session_bytes(void *ctx, int n_ctx) {
+    const eval_ctx *e = ctx;
+    const tl_plan_target t = tl_plan_target_model(e->m);
+    const tl_kv_plan *kv = e->p->session.kv;
+    tl_mem_plan *mp = tl_xcalloc(1, sizeof *mp);
+    tl_error err;
+    const int fails = tl_plan_memory(&t, n_ctx, e->p->session.chunk, kv ? kv->layers : NULL, -1, mp, &err);
+    const uint64_t total = fails ? 0 : mp->kv + mp->activations;
+    free(mp);
+    return total;
+}
+
+static tl_runner eval_runner(eval_ctx *c, tl_progress *progress) {
+    return (tl_runner){.model = c->m,
+                       .new_session = eval_session,
+                       .session_done = eval_session_done,
+                       .factory_ctx = c,
+                       .n_threads = c->p->n_threads > 0 ? c->p->n_threads : tl_cpu_count(),
+                       .n_parallel = c->p->n_parallel,
+                       .no_reuse = c->p->no_reuse,
+                       .progress = progress,
+                       .session_bytes = eval_session_bytes};
+}
+
+bool tl_eval_can_reuse(const tl_eval_params *p) {
+    eval_ctx c = {NULL, p};
+    const tl_runner r = eval_runner(&c, NULL);
+    return tl_runner_can_reuse(&r);
+}
+
+int tl_eval_run(tl_model *m, const tl_eval_params *p, const char *label, tl_eval_job *jobs, int n_jobs, double *seconds,
+                tl_error *err) {
+    int64_t total = 0; /* progress units: prompt tokens */
+    for (int i = 0; i < n_jobs; i++) total += jobs[i].n_ids;
+    tl_progress prog;
+    tl_progress_init(&prog, label, total, n_jobs, p->progress);
+    eval_ctx c = {m, p};
+    const tl_runner r = eval_runner(&c, &prog);
+    const double t0 = tl_time_s();
+    const int rc = tl_run_jobs(&r, jobs, n_jobs, err);
+    *seconds = tl_time_s() - t0;
+    tl_progress_done(&prog);
     return rc;
 }

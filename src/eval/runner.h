@@ -22,23 +22,8 @@
 typedef int (*tl_truncate_fn)(tl_session *s, int n_tokens, tl_error *err);
 typedef tl_session *(*tl_session_factory)(void *ctx, int n_ctx, int n_threads, tl_error *err);
 
-typedef struct {
-    /* in */
-    const int32_t *ids; /* prompt, BOS included when wanted */
-    int n_ids;
-    int max_new;        /* greedy tokens to generate (generation mode) */
-    bool stop_newline;  /* stop at the first line break after some text */
-    int n_choices;      /* > 0: multiple-choice mode, no generation */
-    int32_t *const *choice_ids;
-    const int *choice_len;
-    /* out */
-    char *output;       /* generated text (malloc'd) */
-    int n_gen;
-    double *choice_ll;  /* [n_choices] summed log-probabilities (malloc'd) */
-    int chosen;         /* argmax of choice_ll */
-    int reused;         /* prompt tokens taken from the cache */
-    double seconds;
-} tl_job;
+/* tl_eval_job, one prompt and its answer: include/tailor.h (with tl_eval_run, which runs a list of
+ * them on sessions made from tl_eval_params through this runner). */
 
 typedef struct {
     tl_model *model;
@@ -58,9 +43,8 @@ typedef struct {
     uint64_t mem_budget;
 } tl_runner;
 
-/* Run all jobs; fills their outputs. Free outputs with tl_job_clear. */
-int tl_run_jobs(const tl_runner *r, tl_job *jobs, int n_jobs, tl_error *err);
-void tl_job_clear(tl_job *j);
+/* Run all jobs; fills their outputs. Free outputs with tl_eval_job_clear. */
+int tl_run_jobs(const tl_runner *r, tl_eval_job *jobs, int n_jobs, tl_error *err);
 /* Whether prefix reuse is available (a truncate function is linked in or given). */
 bool tl_runner_can_reuse(const tl_runner *r);
 

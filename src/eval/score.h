@@ -19,20 +19,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-typedef enum {
-    TL_METRIC_EXACT,    /* normalized exact match */
-    TL_METRIC_CONTAINS, /* some reference occurs in the prediction (normalized, at word bounds) */
-    TL_METRIC_F1,       /* SQuAD token F1, best over references */
-    TL_METRIC_CHOICE,   /* multiple choice: the chosen option index equals the answer */
-    TL_METRIC_ALL,      /* RULER string_match_all: fraction of references found in the output */
-    TL_METRIC_NUMBER,   /* the first number in the prediction equals the reference (passkey) */
-    TL_METRIC_COUNT
-} tl_metric;
+#include "../../include/tailor.h"
 
-const char *tl_metric_name(tl_metric m);
-/* "exact", "contains", "f1", "choice", "all", "number" (also "em", "string_match_all"); -1 if unknown */
-int tl_metric_parse(const char *s);
-
+/* tl_metric, its names (tl_metric_name, tl_metric_parse) and tl_score, a metric over several
+ * references: include/tailor.h. */
 
 double tl_score_exact(const char *pred, const char *ref);
 double tl_score_contains(const char *pred, const char *ref);
@@ -41,8 +31,5 @@ double tl_score_f1(const char *pred, const char *ref);
 double tl_score_number(const char *pred, const char *ref);
 /* Fraction of refs found in pred (normalized, word-bounded). */
 double tl_score_all(const char *pred, const char *const *refs, int n_refs);
-/* Metric over several references: max for exact/contains/f1/number, "all" semantics for ALL.
- * CHOICE is not scored from text (the caller compares indices). */
-double tl_score(tl_metric m, const char *pred, const char *const *refs, int n_refs);
 
 #endif

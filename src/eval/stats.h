@@ -32,24 +32,18 @@
 #include "../common.h"
 
 #define TL_STATS_Z95 1.959963984540054   /* the standard normal's 97.5% point */
-#define TL_STATS_BLOCK 64                /* tokens per bootstrap block (see above and docs) */
-#define TL_STATS_RESAMPLES 2000          /* bootstrap resamples */
+/* TL_STATS_BLOCK (64 tokens per bootstrap block, see above and docs) and TL_STATS_RESAMPLES
+ * (2000 bootstrap resamples): include/tailor.h, with tl_interval and the verdicts. */
 #define TL_STATS_SEED 0x7461696c6f72ull  /* "tailor": every bootstrap starts from it */
 #define TL_STATS_MIN_BOOT_N 20           /* fewer fractional scores: Wilson of their sum */
 #define TL_STATS_RATIO_RESOLUTION 1e-4   /* PPL ratios within 1 +/- 0.01% count as equal */
 
-typedef struct {
-    double value;  /* the point estimate (the sample's own statistic) */
-    double lo, hi; /* its 95% interval */
-    int64_t n;     /* samples or tokens it rests on */
-} tl_interval;
-
 /* Wilson score interval of a pass rate k / n (0 <= k <= n). */
 tl_interval tl_wilson(int64_t k, int64_t n);
 
-/* Mean of per-sample scores in [0, 1]: Wilson when every score is 0 or 1, else the bootstrap
- * over samples (n >= TL_STATS_MIN_BOOT_N) or the Wilson interval of the summed score. */
-tl_interval tl_score_interval(const double *scores, int64_t n);
+/* tl_score_interval (mean of per-sample scores in [0, 1]: Wilson when every score is 0 or 1,
+ * else the bootstrap over samples from TL_STATS_MIN_BOOT_N on, or the Wilson interval of the
+ * summed score) and tl_ppl_interval: include/tailor.h. */
 
 /* Mean of x[0..n) with its circular-block-bootstrap interval, blocks of `block` consecutive
  * values (TL_STATS_BLOCK for the tokens of a text, 1 for independent samples). A block is
@@ -58,23 +52,11 @@ tl_interval tl_block_mean(const double *x, int64_t n, int block);
 /* The same, by the definition: each resample's values gathered one by one. For tests. */
 tl_interval tl_block_mean_ref(const double *x, int64_t n, int block);
 
-/* Perplexity exp(mean NLL) of per-token NLLs, with the block-bootstrap interval. */
-tl_interval tl_ppl_interval(const double *nll, int64_t n);
 /* PPL(new) / PPL(base) = exp(mean(nll_new - nll_base)) over the same tokens, with the paired
  * block-bootstrap interval. Identical inputs give exactly [1, 1]. */
 tl_interval tl_ppl_ratio_interval(const double *nll_base, const double *nll_new, int64_t n);
 
-/* How a PPL ratio interval reads:
- *   TL_VERDICT_NO_LOSS: the interval contains 1, or lies within 1 +/- TL_STATS_RATIO_RESOLUTION;
- *   TL_VERDICT_LOSS:    it lies above 1 (and reaches beyond the resolution);
- *   TL_VERDICT_LOWER:   it lies below 1 (and beyond the resolution): reported as "measured
- *                       lower perplexity than base" with the interval, never as a gain. */
-typedef enum { TL_VERDICT_NO_LOSS, TL_VERDICT_LOSS, TL_VERDICT_LOWER } tl_verdict;
-tl_verdict tl_ratio_verdict(tl_interval ratio);
-/* One line for people, e.g. "loss 0.90% [0.51%, 1.30%]" or "no measurable loss (PPL ratio
- * 1.0003, 95% interval [0.9991, 1.0015] contains 1)"; returns buf. */
-const char *tl_ratio_verdict_text(tl_interval ratio, char *buf, size_t cap);
-/* The short name of a verdict for machine-readable lines: "no_loss", "loss", "lower". */
-const char *tl_verdict_name(tl_verdict v);
+/* How a PPL ratio interval reads (tl_verdict, tl_ratio_verdict, its text and name):
+ * include/tailor.h. */
 
 #endif

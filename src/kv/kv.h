@@ -40,14 +40,7 @@ typedef struct {
                        before softmax (tl_softcap), in every store; 0 = none */
 } tl_kv_shape;
 
-/* Bytes held by a layer cache, split by purpose (the memory report adds these up). */
-typedef struct {
-    uint64_t codes;    /* packed quantized codes, or full-precision K/V of dense stores */
-    uint64_t scales;   /* scales, zero points, per-group metadata */
-    uint64_t residual; /* full-precision residual window of quantized stores */
-    uint64_t other;    /* smoothing means, rotation state, index structures */
-    uint64_t host;     /* bytes held in the host tier (offloading stores); 0 otherwise */
-} tl_kv_bytes;
+/* tl_kv_bytes, the bytes a layer cache holds split by purpose: include/tailor.h. */
 
 typedef struct tl_kv_layer tl_kv_layer;
 

@@ -578,6 +578,15 @@ char *tl_kv_plan_format(const tl_kv_plan *plan) {
     return out;
 }
 
+int tl_kv_plan_format_layer(const tl_kv_plan *plan, int il, char *buf, size_t n) {
+    return tl_kv_policy_format(&plan->layers[il], buf, n);
+}
+
+int tl_kv_policy_check(const char *text, tl_error *err) {
+    tl_kv_layer_policy p;
+    return tl_kv_policy_parse(text, &p, err);
+}
+
 int tl_kv_plan_retarget(const tl_kv_plan *src, int n_layers, tl_kv_plan *dst, tl_error *err) {
     memset(dst, 0, sizeof *dst);
     if (src->n_layers == 0) return tl_fail(err, "retarget: the plan is empty");

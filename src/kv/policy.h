@@ -37,10 +37,8 @@
  * one must measure clearly better to be chosen): per-token, per-channel (KIVI's layout),
  * per-token + smoothing, per-token + rotation, per-token + smoothing + rotation. gpu_only
  * keeps those the CUDA backend runs (per-token, per-channel). Returns the count (<= 5). */
-enum { TL_KV_AUTO_MAX_CANDIDATES = 5 };
 int tl_kv_auto_candidates(const tl_kv_layer_policy *autop, bool gpu_only, tl_kv_layer_policy *out);
-/* The short name of candidate i ("tok", "chan", "tok+smooth", ...). */
-const char *tl_kv_auto_candidate_name(int i);
+/* TL_KV_AUTO_MAX_CANDIDATES and the candidates' names (tl_kv_auto_candidate_name): tailor.h. */
 
 /* Parse one layer policy. Errors look like "'k4v3': bits 3 not supported (use 16, 8, 4, 2, 1)". */
 int tl_kv_policy_parse(const char *text, tl_kv_layer_policy *p, tl_error *err);
@@ -53,8 +51,8 @@ void tl_kv_policy_default(tl_kv_layer_policy *p, tl_kv_kind kind);
 void tl_kv_policy_normalize(tl_kv_layer_policy *p);
 bool tl_kv_policy_equal(const tl_kv_layer_policy *a, const tl_kv_layer_policy *b);
 
-/* tl_kv_plan (one policy per layer) and tl_kv_plan_parse / _format / _free are part of the
- * public face: include/tailor.h. */
+/* tl_kv_plan (one policy per layer), tl_kv_plan_parse / _format / _format_layer / _free and
+ * tl_kv_policy_check are part of the public face: include/tailor.h. */
 /* JSON plan text (`where` names it in errors, e.g. the file path); base = default before "default". */
 int tl_kv_plan_parse_json(tl_kv_plan *plan, const char *json, const char *where, int n_layers, tl_error *err);
 /* Apply "0=k8v8,1-3=k2v2" to a plan. */

@@ -29,7 +29,8 @@
 
 #include <stdio.h>
 
-typedef enum { TL_TAILOR_DENSE = 0, TL_TAILOR_SPARSE = 1, TL_TAILOR_WINDOW = 2 } tl_tailor_layer_kind;
+/* tl_tailor_layer_kind (dense, sparse, window) and tl_tailor_plan_json, the calibration's plan
+ * file: include/tailor.h. */
 
 /* Does this --kv spec name a TailorKV plan ("tailor" or "tailor:...")? */
 bool tl_tailor_spec(const char *spec);
@@ -37,10 +38,6 @@ bool tl_tailor_spec(const char *spec);
 /* Parse a tailor spec into one policy per layer (plan->layers malloc'd; free with
  * tl_kv_plan_free). Errors name the field: "--kv 'tailor:bits=3': bits 3 not supported". */
 int tl_tailor_plan_parse(tl_kv_plan *plan, const char *spec, int n_layers, tl_error *err);
-
-/* Calibration result -> plan JSON text (malloc'd). kinds[i] from scores unless window. */
-char *tl_tailor_plan_json(const char *model, int n_layers, const double *scores, const int *kinds, double tau,
-                          double top, int n_q, int n_tokens);
 
 /* Read a plan JSON text (`where` names it in errors). kinds (n_layers) receives the layer kinds;
  * scores (may be NULL) the scores (NAN where absent); tau (may be NULL) the plan's threshold. */

@@ -13,7 +13,9 @@
  *
  * Split: grid.c (configurations, grid files, default grid), frontier.c (dominance, picks),
  * runner.c (one configuration in-process: the child side), report.c (results.jsonl
- * aggregation, frontier.csv, report.md), plot.c (SVG and PNG). */
+ * aggregation, frontier.csv, report.md), plot.c (SVG and PNG), sweep.c (the sweep: the grid,
+ * the weights, a process per configuration, resume, the report; its entry points are in
+ * include/tailor.h). */
 #ifndef TL_PARETO_H
 #define TL_PARETO_H
 
@@ -52,18 +54,8 @@ int tl_pareto_config_from_id(const char *id, tl_pareto_config *c);
 int tl_pareto_grid_add(tl_pareto_grid *g, const tl_pareto_config *c);
 void tl_pareto_grid_free(tl_pareto_grid *g);
 
-/* Axes for a cartesian grid. Lists are comma-separated; NULL = the default of that axis.
- * Modifier axes (gran, group, residual, smooth, rot) apply to quantized KV specs only. */
-typedef struct {
-    const char *weights;  /* "base,w4g128" */
-    const char *kv;       /* "f16,k8v8,k4v4" */
-    const char *gran;     /* "tok,chan,block,tensor" (chan = per-channel keys, per-token values) */
-    const char *group;    /* "32,64,128" */
-    const char *residual; /* "0,128" */
-    const char *smooth;   /* "0,1" */
-    const char *rot;      /* "0,1" */
-    const char *chunk;    /* "64,256,full" */
-} tl_pareto_axes;
+/* tl_pareto_axes (comma lists per axis, NULL = the axis's default) and the sweep itself
+ * (tl_pareto_sweep_params, tl_pareto_sweep, _child, _merge, _report; sweep.c): include/tailor.h. */
 
 int tl_pareto_grid_from_axes(tl_pareto_grid *g, const tl_pareto_axes *a, tl_error *err);
 /* Grid file (JSON): {"axes": {"weights": [...], "kv": [...], "chunk": [256, "full"], ...},
@@ -118,6 +110,8 @@ typedef struct {
     int target_ctx;          /* projection target (0 = none) */
     const char *project_to;  /* a GGUF path or a synth shape name ("llama-3.1-8b"), or NULL */
     const char *skip_tasks;  /* comma list of tasks already in results.jsonl (resume) */
+    const char *device;      /* NULL / "cpu", or "cuda": sessions on GPU 0, memory measured on the
+                                device by part and checked against the device planner */
 } tl_pareto_run_params;
 
 /* Run the tasks of one configuration and append one line per task to p->results. A task
@@ -169,6 +163,8 @@ typedef struct {
     double acc_lo, acc_hi; /* mean of the tasks' interval ends: conservative for the mean; the
                               frontier and the picks use acc_lo (the pessimistic end) */
     bool baseline, frontier;
+    char device[64];   /* GPU runs: the card ("" on the CPU) */
+    int device_plan;   /* GPU runs: 1 the planner's projection holds (report.c), 0 not, -1 unknown */
 } tl_pareto_row;
 
 typedef struct {
@@ -216,8 +212,10 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
 /* which: memory axis 0 = measured at the evaluated context, 1 = projected to the target
  * context, 2 = projected to the --project-to model (frontier recomputed on that axis). */
 char *tl_pareto_svg(const tl_pareto_table *t, const char *title, int which);
-/* PNG of the same plot (own encoder: fixed-Huffman deflate with run matches, CRC-32,
- * Adler-32; 5x7 bitmap font). */
+/* The same plot drawn with cairo (DejaVu Sans text) and written as a PNG to path through
+ * tl_outfile (a temp file renamed when complete). Returns 0, or -1 with err -- always in a
+ * build without cairo (tl_pareto_have_png false; CMake finds cairo with pkg-config). */
 int tl_pareto_png(const tl_pareto_table *t, const char *title, int which, const char *path, tl_error *err);
+bool tl_pareto_have_png(void);
 
 #endif

@@ -47,6 +47,7 @@ static tl_pareto_row *row_for(tl_pareto_table *t, const cJSON *cfg, int *cap) {
     snprintf(r->kv_layer, sizeof r->kv_layer, "%s", str(cfg, "kv_layer"));
     r->chunk = (int)num(cfg, "chunk");
     r->kld = r->top1 = r->mem_w = r->mem_kv = r->mem_act = r->mem_total = r->rss = NAN;
+    r->device_plan = -1;
     r->proj_total = r->proj_kv = r->proj2_total = r->proj2_kv = r->prefill_tps = r->decode_tps = r->acc = NAN;
     r->acc_lo = r->acc_hi = NAN;
     for (int i = 0; i < 8; i++) r->score[i] = r->rel[i] = r->rel_lo[i] = r->rel_hi[i] = r->ratio_lo[i] = r->ratio_hi[i] = NAN;
@@ -108,6 +109,17 @@ static void take_line(tl_pareto_table *t, const cJSON *o, int *cap) {
         r->mem_kv = num(mem, "kv");
         r->mem_act = num(mem, "act") + num(mem, "logits");
         r->mem_total = num(mem, "total");
+    }
+    const cJSON *dev = cJSON_GetObjectItemCaseSensitive(o, "device");
+    if (ok && dev) {
+        snprintf(r->device, sizeof r->device, "%s", str(dev, "name"));
+        /* the plan holds: weights, workspace and both KV tiers to the byte; activations at most
+         * as planned (the attention partials grow on demand up to the planner's allowance) */
+        const cJSON *pl = cJSON_GetObjectItemCaseSensitive(o, "device_plan");
+        r->device_plan = !pl ? -1
+                             : num(pl, "weights") == num(dev, "weights") && num(pl, "workspace") == num(dev, "workspace") &&
+                                   num(pl, "kv_device") == num(dev, "kv_device") && num(pl, "kv_host") == num(dev, "kv_host") &&
+                                   num(dev, "activations") <= num(pl, "activations");
     }
     if (ok && !isnan(num(o, "rss_peak"))) r->rss = isnan(r->rss) ? num(o, "rss_peak") : fmax(r->rss, num(o, "rss_peak"));
     const cJSON *pj = cJSON_GetObjectItemCaseSensitive(o, "proj");
@@ -349,6 +361,27 @@ char *tl_pareto_report_md(const tl_pareto_table *t, const tl_pareto_report_opts 
             "pessimistic end, so a configuration is never chosen for a difference inside the noise; an interval "
             "containing 100%% reads \"no measurable loss\".\n\n",
             t->ctx);
+    int n_dev = 0, n_eq = 0;
+    const char *card = NULL;
+    for (int i = 0; i < t->n; i++) {
+        const tl_pareto_row *r = &t->rows[i];
+        if (!r->device[0]) continue;
+        n_dev++, n_eq += r->device_plan == 1;
+        card = r->device;
+    }
+    if (n_dev) {
+        tl_strbuf_printf(&b, "Run on the GPU (%s): memory is the device's, as allocated: weights as uploaded + KV device "
+                "tier + activations and the block-format weights' workspace (+ one row of logits). The planner's "
+                "projection equals the allocation of weights, workspace and KV tiers to the byte, and bounds the "
+                "activations (attention partials grow on demand up to its allowance), for %d of %d configurations",
+                card, n_eq, n_dev);
+        for (int i = 0, first = 1; i < t->n; i++)
+            if (t->rows[i].device[0] && t->rows[i].device_plan != 1) {
+                tl_strbuf_printf(&b, "%s`%s`", first ? " (not: " : ", ", t->rows[i].label);
+                first = 0;
+            }
+        tl_strbuf_printf(&b, "%s.\n\n", n_eq < n_dev ? ")" : "");
+    }
     if (B) {
         char m[32], p1[32], p2[32];
         fmt_mem(m, sizeof m, B->mem_total);

@@ -17,7 +17,11 @@
  *   ruler  niah_multikey, niah_multivalue, niah_multiquery and vt at ctx tokens; or any single
  *          RULER task name (tl_task_parse).
  * Memory: weights (tl_model.weight_bytes) + KV (the stores' bytes) + activations (the
- * session's chunk-sized buffers) + one row of logits (what generation holds). */
+ * session's chunk-sized buffers) + one row of logits (what generation holds). On the GPU
+ * (device "cuda") the memory axis is the device's: weights as uploaded + KV device tier +
+ * activations + the block-format weights' workspace, measured from the session's allocations
+ * and recorded beside the device planner's projection for the same session (they must agree;
+ * "device_plan_equal" says whether they did). */
 #define _GNU_SOURCE
 #include "pareto.h"
 #include "../eval/kld.h"
@@ -30,6 +34,7 @@
 #include "../quantize.h"
 #include "../session.h"
 #include "../synth.h"
+#include "../cuda/cuda.h"
 
 #include <errno.h>
 #include <math.h>
@@ -264,6 +269,10 @@ typedef struct {
     double decode_tps;
     tl_pareto_mem measured;
     uint64_t rss;
+    bool on_gpu;      /* device memory: measured by part, and the planner's projection */
+    tl_cuda_mem gm;
+    tl_cuda_plan gp;
+    bool gp_ok;
 } ppl_out;
 
 /* {"value", "lo", "hi", "n"} */
@@ -315,8 +324,8 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
         return tl_fail(err, "%s: %zu tokens, fewer than one window of %d", p->text_path, n_ids, ctx);
     }
     n_win = TL_MIN(n_win, p->ppl_windows > 0 ? p->ppl_windows : 1);
-    tl_session *s = tl_session_new_with_policies(m, ctx + n_dec + 1, p->n_threads, c->chunk > 0 ? c->chunk : ctx,
-                                                 plan->layers, err);
+    tl_session *s = tl_session_new_on(m, ctx + n_dec + 1, p->n_threads, c->chunk > 0 ? c->chunk : ctx, plan->layers,
+                                      p->device, err);
     if (!s) {
         free(ids);
         return -1;
@@ -412,6 +421,18 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
     o->measured.logits = sizeof(float) * (uint64_t)V;
     o->measured.total = sm.weights + sm.kv + sm.activations + o->measured.logits;
     o->measured.chunk = s->chunk;
+    if (s->gpu) {
+        /* the device's bytes: weights as uploaded, the KV device tier allocated, activations
+         * and the block-format workspace; and the planner's figures for the same session */
+        o->on_gpu = true;
+        tl_cuda_memory(s->gpu, &o->gm);
+        o->measured.weights = o->gm.weights;
+        o->measured.kv = o->gm.kv_alloc;
+        o->measured.act = o->gm.activations + o->gm.workspace;
+        o->measured.total = o->measured.weights + o->measured.kv + o->measured.act + o->measured.logits;
+        tl_error perr = {{0}};
+        o->gp_ok = !tl_cuda_plan_memory(m, s->n_ctx, s->chunk, plan->layers, &o->gp, &perr);
+    }
     /* decode at depth ctx: the text's next tokens one at a time */
     if (n_dec > 0) {
         const int64_t base = (int64_t)(n_win - 1) * ctx + ctx;
@@ -438,11 +459,12 @@ typedef struct {
     tl_model *m;
     const tl_kv_plan *plan;
     int chunk;
+    const char *device;
 } factory_ctx;
 
 static tl_session *factory(void *ctx, int n_ctx, int n_threads, tl_error *err) {
     factory_ctx *f = ctx;
-    return tl_session_new_with_policies(f->m, n_ctx, n_threads, f->chunk > 0 ? f->chunk : n_ctx, f->plan->layers, err);
+    return tl_session_new_on(f->m, n_ctx, n_threads, f->chunk > 0 ? f->chunk : n_ctx, f->plan->layers, f->device, err);
 }
 
 /* scores (may be NULL) receives each sample's score, n_kinds x n_depths x samples in that order
@@ -453,7 +475,7 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
     tl_haystack hay = {0};
     const int n = n_kinds * n_depths * samples;
     tl_task_sample *ts = tl_xcalloc((size_t)n, sizeof *ts);
-    tl_job *jobs = tl_xcalloc((size_t)n, sizeof *jobs);
+    tl_eval_job *jobs = tl_xcalloc((size_t)n, sizeof *jobs);
     int rc = -1, k = 0;
     if (tl_haystack_from_dir(&hay, m->tok, p->haystack, (int64_t)p->ctx + 4096, err)) goto done;
     for (int ki = 0; ki < n_kinds; ki++)
@@ -464,10 +486,10 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
                     tl_fail_prefix(err, "%s", tl_task_name(kinds[ki]));
                     goto done;
                 }
-                jobs[k] = (tl_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
+                jobs[k] = (tl_eval_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
                                    .stop_newline = ts[k].stop_newline};
             }
-    factory_ctx fc = {m, plan, c->chunk};
+    factory_ctx fc = {m, plan, c->chunk, p->device};
     tl_runner r = {.model = m, .new_session = factory, .factory_ctx = &fc, .n_threads = p->n_threads, .n_parallel = 1,
                    .no_reuse = true};
     const double t0 = tl_time_s();
@@ -489,12 +511,35 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
 done:
     for (int i = 0; i < n; i++) {
         tl_task_sample_free(&ts[i]);
-        tl_job_clear(&jobs[i]);
+        tl_eval_job_clear(&jobs[i]);
     }
     free(ts);
     free(jobs);
     tl_haystack_free(&hay);
     return rc;
+}
+
+/* "device": {"name", "weights", "workspace", "kv_device", "kv_host", "activations", "total"} as
+ * allocated, and "device_plan": the planner's same parts (report.c compares them). */
+static void x_add_device(cJSON *x, const ppl_out *o) {
+    const tl_cuda_mem *g = &o->gm;
+    cJSON *d = cJSON_AddObjectToObject(x, "device");
+    cJSON_AddStringToObject(d, "name", g->device);
+    cJSON_AddNumberToObject(d, "weights", (double)g->weights);
+    cJSON_AddNumberToObject(d, "workspace", (double)g->workspace);
+    cJSON_AddNumberToObject(d, "kv_device", (double)g->kv_alloc);
+    cJSON_AddNumberToObject(d, "kv_host", (double)g->host_alloc);
+    cJSON_AddNumberToObject(d, "activations", (double)g->activations);
+    cJSON_AddNumberToObject(d, "total", (double)(g->weights + g->workspace + g->kv_alloc + g->activations));
+    if (!o->gp_ok) return;
+    const tl_cuda_plan *q = &o->gp;
+    cJSON *pl = cJSON_AddObjectToObject(x, "device_plan");
+    cJSON_AddNumberToObject(pl, "weights", (double)q->weights);
+    cJSON_AddNumberToObject(pl, "workspace", (double)q->workspace);
+    cJSON_AddNumberToObject(pl, "kv_device", (double)q->kv_device);
+    cJSON_AddNumberToObject(pl, "kv_host", (double)q->kv_host);
+    cJSON_AddNumberToObject(pl, "activations", (double)q->activations);
+    cJSON_AddNumberToObject(pl, "reserve", (double)q->reserve);
 }
 
 int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *p, tl_error *err) {
@@ -548,6 +593,7 @@ int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *
                 }
                 ppl_out_free(&o);
                 cJSON_AddItemToObject(x, "mem", mem_json(&o.measured));
+                if (o.on_gpu) x_add_device(x, &o);
                 cJSON_AddNumberToObject(x, "rss_peak", (double)o.rss);
                 cJSON *sp = cJSON_AddObjectToObject(x, "speed");
                 cJSON_AddNumberToObject(sp, "prefill_tps", o.tok_prefill / o.secs_prefill);

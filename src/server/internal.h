@@ -114,6 +114,8 @@ typedef struct {
     int n_parallel, n_queue, n_ctx, n_threads, chunk;
     int batch_tokens; /* rows per step; 0 = chunk + n_parallel */
     const tl_kv_plan *kv;
+    const char *device;      /* NULL/"cpu" or "cuda" */
+    uint64_t gpu_mem_budget; /* cuda: bytes the plan must fit (0: the GPU's free memory) */
     uint64_t kv_budget; /* KV bytes the admitted requests may need at once; 0 = no limit */
     int kv_wait_ms;     /* how long a request may wait for KV room before 429 */
 } tl_sched_params;

@@ -4,7 +4,9 @@
  * the steps: it admits waiting jobs into free slots, then runs one batched forward step
  * (batch.c, all n_threads threads) over every running job: the next token of each one that is
  * generating, plus prompt chunks of the others, oldest first, up to the step's token budget
- * (--batch-tokens); jobs join and leave between steps. Jobs wait in a FIFO of fixed capacity.
+ * (--batch-tokens); jobs join and leave between steps. With --device cuda the sessions hold
+ * their KV caches on the GPU and the step runs there (src/cuda/batch.cu), the same loop
+ * otherwise. Jobs wait in a FIFO of fixed capacity.
  * A request takes its place before it parses and tokenizes its body (tl_sched_reserve), so that
  * work counts against the same P + Q as the queue; a reservation that would exceed P running +
  * capacity waiting is refused (the HTTP layer answers 429).
@@ -85,6 +87,7 @@ struct tl_sched {
     tl_session_mem slot_mem; /* slot 0's memory before any work, for the start-up report */
     /* admission by memory */
     tl_kv_layer_policy *pol; /* every slot's KV policies (auto layers resolved once); NULL = f16 */
+    tl_kv_plan plan;         /* pol as the plan the slots are made from (the batch keeps a pointer) */
     bool own_pol;            /* pol is ours to free */
     uint64_t kv_budget;      /* 0 = none */
     uint64_t kv_reserved;    /* kv_need of queued and running jobs (under mu) */
@@ -563,36 +566,33 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
     S->q = tl_xcalloc((size_t)S->q_cap, sizeof *S->q);
     S->kv_wait = tl_xcalloc((size_t)S->q_cap, sizeof *S->kv_wait); /* waiters hold places: at most q_cap */
     S->slots = tl_xcalloc((size_t)S->n_slots, sizeof *S->slots);
-    /* one set of policies for every slot, and for the planner's admission (auto layers are
-     * measured once here, not once per slot) */
+    const bool cuda = p->device && !strcmp(p->device, "cuda");
+    /* one set of policies for every slot, and for the planner's admission: on the CPU, auto
+     * layers are measured once here, not once per slot (a GPU session measures its own) */
     if (p->kv) {
         if (p->kv->n_layers != m->cfg.n_layer) {
             tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
             tl_sched_free(S);
             return NULL;
         }
-        bool failed;
-        S->pol = tl_session_resolve_auto(m, p->kv->layers, p->n_threads, &failed, err);
+        bool failed = false;
+        S->pol = cuda ? NULL : tl_session_resolve_auto(m, p->kv->layers, p->n_threads, &failed, err);
         if (failed) {
             tl_sched_free(S);
             return NULL;
         }
         S->own_pol = S->pol != NULL;
         if (!S->pol) S->pol = p->kv->layers;
+        S->plan = (tl_kv_plan){.n_layers = p->kv->n_layers, .layers = S->pol};
     }
     /* the sessions hold the KV caches; the step's activations and threads are the batch's */
-    for (int i = 0; i < S->n_slots; i++) {
-        slot *sl = &S->slots[i];
-        sl->owner = S;
-        if (!(sl->sess = tl_session_new_with_policies(m, p->n_ctx, 1, 1, S->pol, err))) {
-            tl_fail_prefix(err, "slot %d", i);
-            tl_sched_free(S);
-            return NULL;
-        }
-        sl->logits = tl_xmalloc(sizeof(float) * (size_t)m->cfg.n_vocab);
-        sl->cache = tl_xmalloc(sizeof(int32_t) * (size_t)sl->sess->n_ctx);
-    }
-    S->n_ctx = S->slots[0].sess->n_ctx;
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = p->n_ctx;
+    sp.n_threads = p->n_threads;
+    sp.kv = p->kv ? &S->plan : NULL;
+    sp.device = p->device;
+    sp.gpu_mem_budget = p->gpu_mem_budget;
+    S->n_ctx = tl_model_resolve_n_ctx(m, p->n_ctx);
     /* a step holds a token of every slot and a prompt piece of up to `chunk` rows */
     S->chunk = p->chunk > 0 ? TL_MIN(p->chunk, S->n_ctx) : TL_MIN(512, S->n_ctx);
     S->batch_tokens = p->batch_tokens > 0 ? p->batch_tokens : S->chunk + p->n_parallel;
@@ -603,9 +603,22 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
         return NULL;
     }
     S->chunk = TL_MIN(S->chunk, S->batch_tokens - p->n_parallel);
-    if (!(S->batch = tl_batch_new(m, S->batch_tokens, S->n_slots, p->n_threads, err))) {
+    /* the batch first: on the GPU it plans the memory of every slot before anything is allocated */
+    if (!(S->batch = tl_batch_new_for(m, S->batch_tokens, S->n_slots, p->n_threads, &sp, err))) {
+        tl_fail_prefix(err, "%d slot(s) (--parallel) of %d tokens", S->n_slots, S->n_ctx);
         tl_sched_free(S);
         return NULL;
+    }
+    for (int i = 0; i < S->n_slots; i++) {
+        slot *sl = &S->slots[i];
+        sl->owner = S;
+        if (!(sl->sess = tl_batch_session_new(S->batch, err))) {
+            tl_fail_prefix(err, "slot %d", i);
+            tl_sched_free(S);
+            return NULL;
+        }
+        sl->logits = tl_xmalloc(sizeof(float) * (size_t)m->cfg.n_vocab);
+        sl->cache = tl_xmalloc(sizeof(int32_t) * (size_t)S->n_ctx);
     }
     tl_session_memory(S->slots[0].sess, &S->slot_mem); /* before the step loop owns the sessions */
     S->slot_mem.activations = tl_batch_bytes(S->batch);

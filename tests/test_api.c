@@ -1,0 +1,79 @@
+/* test_api: the layering docs/architecture.md promises, checked on the sources (TL_SRC):
+ *  - the tools (tools/) use the engine through include/tailor.h only: their quoted includes
+ *    are tailor.h and the tools' own headers;
+ *  - nothing in src/ includes anything from tools/;
+ *  - include/tailor.h includes system headers only (it is the whole public face). */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Calls fn for each quoted include of path ("x.h" in #include "x.h"). */
+static void each_include(const char *path, void (*fn)(const char *path, const char *inc)) {
+    char *text = tl_test_read_file(path, NULL);
+    CHECKF(text != NULL, "%s: cannot read", path);
+    if (!text) return;
+    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        while (*line == ' ' || *line == '\t') line++;
+        if (strncmp(line, "#include", 8)) continue;
+        char *q = strchr(line, '"');
+        if (!q) continue; /* <system.h> */
+        char *end = strchr(q + 1, '"');
+        if (!end) continue;
+        *end = 0;
+        fn(path, q + 1);
+    }
+    free(text);
+}
+
+/* Calls fn for every .c, .h, .cu and .cuh file under dir (recursively). */
+static int walk(const char *dir, void (*fn)(const char *path, const char *inc)) {
+    DIR *d = opendir(dir);
+    CHECKF(d != NULL, "%s: cannot open", dir);
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        const char *dot = strrchr(e->d_name, '.');
+        if (e->d_type == DT_DIR) n += walk(path, fn);
+        else if (dot && (!strcmp(dot, ".c") || !strcmp(dot, ".h") || !strcmp(dot, ".cu") || !strcmp(dot, ".cuh"))) {
+            each_include(path, fn);
+            n++;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+static void tool_include(const char *path, const char *inc) {
+    const bool ok = !strcmp(inc, "cli.h") || !strcmp(inc, "eval_cli.h") || !strcmp(inc, "../include/tailor.h");
+    CHECKF(ok, "%s includes \"%s\": a tool includes only tailor.h and the tools' own headers", path, inc);
+}
+
+static void src_include(const char *path, const char *inc) {
+    CHECKF(!strstr(inc, "tools/"), "%s includes \"%s\": src/ includes nothing from tools/", path, inc);
+}
+
+static void public_include(const char *path, const char *inc) {
+    CHECKF(false, "%s includes \"%s\": the public header includes system headers only", path, inc);
+}
+
+int main(void) {
+    const char *src = getenv("TL_SRC");
+    if (!src) {
+        tl_test_skip("TL_SRC not set (run through ctest)");
+        return tl_test_done();
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tools", src);
+    CHECKF(walk(dir, tool_include) > 10, "%s: the tools' sources", dir);
+    snprintf(dir, sizeof dir, "%s/src", src);
+    CHECKF(walk(dir, src_include) > 50, "%s: the library's sources", dir);
+    snprintf(dir, sizeof dir, "%s/include/tailor.h", src);
+    each_include(dir, public_include);
+    return tl_test_done();
+}
