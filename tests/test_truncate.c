@@ -16,7 +16,7 @@
  * gives a row the same bits whatever the row count (quantized weights on AVX-512 VNNI, float
  * weights in the same regime) they still agree exactly (measured: 0 for every policy here); on
  * other CPUs the bound is 1e-2 of the row's largest logit for float weights and a KL divergence
- * of 0.05 per row for quantized ones (test_batch's bound for the q8 path). ~100 s on the shared
+ * of 0.05 per row for quantized ones (test_batch's bound for the q8 path). 17 s on the quiet
  * 2-core machine. */
 #include "../src/kv/policy.h"
 #include "../src/kv/tailor_plan.h"
