@@ -114,6 +114,17 @@ static void rows_task(void *vc, int64_t task, int thread_id) {
             }
         }
     }
+    if (c->k.dot2) {
+        for (; t + 2 <= n_tok; t += 2) {
+            const uint8_t *x = c->Xq + (size_t)t * c->x_stride;
+            for (int64_t o = o0; o < o1; o++) {
+                float r[4];
+                c->k.dot2(c->n_in, c->W + (size_t)o * c->w_stride, x, c->x_stride, r);
+                c->Y[t * c->ldy + o] = r[0];
+                c->Y[(t + 1) * c->ldy + o] = r[1];
+            }
+        }
+    }
     for (; t < n_tok; t++) {
         const uint8_t *x = c->Xq + (size_t)t * c->x_stride;
         float *y = c->Y + t * c->ldy;
@@ -184,6 +195,7 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
             c.x_stride = xs;
             c.k.dot = c.k.dot_xa;
             c.k.dot4 = c.k.dot4_xa; /* (each row dot_xa's bits: row order never matters) */
+            c.k.dot2 = c.k.dot2_xa;
         }
     }
 

@@ -557,21 +557,25 @@ tlq_kernels tlq_get_kernels(tl_type t) {
         case TL_TYPE_Q4_0:
             k.dot_xa = tlq_dotxa_q4_0_avx512;
             k.dot4_xa = tlq_dotxa4_q4_0_avx512;
+            k.dot2_xa = tlq_dotxa2_q4_0_avx512;
             k.xa_from = tlq_xa_from_q4_0_avx512;
             break;
         case TL_TYPE_Q4_1:
             k.dot_xa = tlq_dotxa_q4_1_avx512;
             k.dot4_xa = tlq_dotxa4_q4_1_avx512;
+            k.dot2_xa = tlq_dotxa2_q4_1_avx512;
             k.xa_from = tlq_xa_from_q4_1_avx512;
             break;
         case TL_TYPE_Q5_0:
             k.dot_xa = tlq_dotxa_q5_0_avx512;
             k.dot4_xa = tlq_dotxa4_q5_0_avx512;
+            k.dot2_xa = tlq_dotxa2_q5_0_avx512;
             k.xa_from = tlq_xa_from_q5_0_avx512;
             break;
         case TL_TYPE_Q5_1:
             k.dot_xa = tlq_dotxa_q5_1_avx512;
             k.dot4_xa = tlq_dotxa4_q5_1_avx512;
+            k.dot2_xa = tlq_dotxa2_q5_1_avx512;
             k.xa_from = tlq_xa_from_q5_1_avx512;
             break;
         case TL_TYPE_Q4_K: k.dot = tlq_dot_q4_K_avx512; break;

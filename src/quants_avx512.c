@@ -160,17 +160,18 @@ AVX512_INLINE float dot_xa(int f, int64_t n, const void *vw, const void *vxa) {
     return r;
 }
 
-/* dot_xa for 4 activation rows (xa layouts x_stride bytes apart) against one weight row: each
- * pair of weight blocks is unpacked once for the 4, and each row's sum takes exactly dot_xa's
- * operations in dot_xa's order, so every row gets dot_xa's bits whatever shares the call. */
-AVX512_INLINE void dot_xa4(int f, int64_t n, const void *vw, const void *vxa, size_t x_stride, float out[4]) {
+/* dot_xa for R (2 to 4) activation rows (xa layouts x_stride bytes apart) against one weight
+ * row: each pair of weight blocks is unpacked once for the R, and each row's sum takes exactly
+ * dot_xa's operations in dot_xa's order, so every row gets dot_xa's bits whatever shares the
+ * call. R is a constant at every call, so the row loops unroll. */
+AVX512_INLINE void dot_xan(int f, int R, int64_t n, const void *vw, const void *vxa, size_t x_stride, float out[4]) {
     const uint8_t *w = vw;
     const int64_t nb = n / QK;
     const size_t np = xa_np(n);
     const int8_t *xq[4];
     const float *sc[4];
     const __m512i *corr[4];
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < R; j++) {
         xq[j] = (const int8_t *)vxa + (size_t)j * x_stride;
         sc[j] = (const float *)(xq[j] + np * 64);
         corr[j] = (const __m512i *)(sc[j] + np * 4);
@@ -178,7 +179,7 @@ AVX512_INLINE void dot_xa4(int f, int64_t n, const void *vw, const void *vxa, si
     const __m512i idx = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512 acc[4][2];
     __m128 accm[4];
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < R; j++) {
         acc[j][0] = acc[j][1] = _mm512_setzero_ps();
         accm[j] = _mm_setzero_ps();
     }
@@ -193,7 +194,7 @@ AVX512_INLINE void dot_xa4(int f, int64_t n, const void *vw, const void *vxa, si
         if (!UNSIGNED(f)) dm = _mm_shufflelo_epi16(dm, _MM_SHUFFLE(2, 2, 0, 0));
         const __m128 dmf = _mm_cvtph_ps(dm);
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < R; j++) {
             const __m512i s = _mm512_dpbusd_epi32(OFFSET(f) ? _mm512_loadu_si512(corr[j] + p) : _mm512_setzero_si512(), u,
                                                   _mm512_loadu_si512(xq[j] + 64 * p));
             const __m128 prod = _mm_mul_ps(dmf, _mm_loadu_ps(sc[j] + 4 * p));
@@ -202,7 +203,7 @@ AVX512_INLINE void dot_xa4(int f, int64_t n, const void *vw, const void *vxa, si
             acc[j][p & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), cw, acc[j][p & 1]);
         }
     }
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < R; j++) {
         float r = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
         if (UNSIGNED(f)) {
             float m[4];
@@ -217,7 +218,10 @@ AVX512_INLINE void dot_xa4(int f, int64_t n, const void *vw, const void *vxa, si
     AVX512 void tlq_xa_from_##nm##_avx512(const void *q, void *xa, int64_t n) { xa_build(F, q, xa, n); } \
     AVX512 float tlq_dotxa_##nm##_avx512(int64_t n, const void *w, const void *xa) { return dot_xa(F, n, w, xa); } \
     AVX512 void tlq_dotxa4_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t x_stride, float out[4]) { \
-        dot_xa4(F, n, w, xa, x_stride, out);                                                          \
+        dot_xan(F, 4, n, w, xa, x_stride, out);                                                       \
+    }                                                                                                 \
+    AVX512 void tlq_dotxa2_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t x_stride, float out[4]) { \
+        dot_xan(F, 2, n, w, xa, x_stride, out);                                                       \
     }
 XA_FUNCS(q4_0, F_Q4_0)
 XA_FUNCS(q4_1, F_Q4_1)
@@ -358,6 +362,9 @@ STUB_F(tlq_dot_q4_K_avx512) STUB_F(tlq_dot_q5_K_avx512) STUB_F(tlq_dot_q6_K_avx5
     void tlq_xa_from_##nm##_avx512(const void *q, void *xa, int64_t n) { (void)q; (void)xa; (void)n; abort(); } \
     STUB_F(tlq_dotxa_##nm##_avx512)                                                                     \
     void tlq_dotxa4_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t xs, float out[4]) {  \
+        (void)n; (void)w; (void)xa; (void)xs; (void)out; abort();                                       \
+    }                                                                                                   \
+    void tlq_dotxa2_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t xs, float out[4]) {  \
         (void)n; (void)w; (void)xa; (void)xs; (void)out; abort();                                       \
     }
 STUB_XA(q4_0) STUB_XA(q4_1) STUB_XA(q5_0) STUB_XA(q5_1) STUB_XA(q8_0)

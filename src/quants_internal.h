@@ -98,6 +98,7 @@ typedef void (*tlq_deq_fn)(const void *x, float *y, int64_t n);
 typedef struct {
     tlq_dot_fn dot;        /* never NULL for supported types */
     tlq_dot4_fn dot4;      /* NULL: the caller loops dot over tokens */
+    tlq_dot4_fn dot2;      /* 2 tokens (out[0], out[1]) for what dot4 leaves; NULL: dot per token */
     tlq_quant_fn quant_act; /* activation quantizer for vec_dot_type (NULL for f32) */
     tlq_deq_fn deq;        /* fast row dequantizer for the f32 prefill tiles (NULL: tl_dequantize_row) */
     bool avx2;             /* the AVX2 entries were chosen */
@@ -106,6 +107,7 @@ typedef struct {
      * that xa_from builds from a row of vec_dot_type blocks; NULL: use dot */
     tlq_dot_fn dot_xa;
     tlq_dot4_fn dot4_xa; /* 4 rows over the xa layout, each with dot_xa's bits */
+    tlq_dot4_fn dot2_xa; /* the same for 2 rows (out[0], out[1]) */
     void (*xa_from)(const void *xq, void *xa, int64_t n);
 } tlq_kernels;
 
@@ -154,7 +156,8 @@ size_t tlq_xa_size(tl_type t, int64_t n);
 #define TLQ_XA_DECL(nm)                                                        \
     void tlq_xa_from_##nm##_avx512(const void *xq, void *xa, int64_t n);       \
     float tlq_dotxa_##nm##_avx512(int64_t n, const void *w, const void *xa);    \
-    void tlq_dotxa4_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t x_stride, float out[4]);
+    void tlq_dotxa4_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t x_stride, float out[4]); \
+    void tlq_dotxa2_##nm##_avx512(int64_t n, const void *w, const void *xa, size_t x_stride, float out[4]);
 TLQ_XA_DECL(q4_0)
 TLQ_XA_DECL(q4_1)
 TLQ_XA_DECL(q5_0)

@@ -605,15 +605,15 @@ static void test_avx512(void) {
         }
     }
     printf("  avx512: %d kernel cases agree with the scalar reference\n", n_cases);
-    /* the 4-row xa kernels give each row the one-row kernel's bits (batch.c relies on it); the
+    /* the 4-row and 2-row xa kernels give each row the one-row kernel's bits (batch.c relies on it); the
      * random sequence of the checks below is left as it was */
     {
         const uint64_t rng_saved = rng_state;
-        struct { tl_type t; tlq_dot_fn dot; tlq_dot4_fn dot4; void (*xa_from)(const void *, void *, int64_t); } k4[] = {
-            {TL_TYPE_Q4_0, tlq_dotxa_q4_0_avx512, tlq_dotxa4_q4_0_avx512, tlq_xa_from_q4_0_avx512},
-            {TL_TYPE_Q4_1, tlq_dotxa_q4_1_avx512, tlq_dotxa4_q4_1_avx512, tlq_xa_from_q4_1_avx512},
-            {TL_TYPE_Q5_0, tlq_dotxa_q5_0_avx512, tlq_dotxa4_q5_0_avx512, tlq_xa_from_q5_0_avx512},
-            {TL_TYPE_Q5_1, tlq_dotxa_q5_1_avx512, tlq_dotxa4_q5_1_avx512, tlq_xa_from_q5_1_avx512},
+        struct { tl_type t; tlq_dot_fn dot; tlq_dot4_fn dot4, dot2; void (*xa_from)(const void *, void *, int64_t); } k4[] = {
+            {TL_TYPE_Q4_0, tlq_dotxa_q4_0_avx512, tlq_dotxa4_q4_0_avx512, tlq_dotxa2_q4_0_avx512, tlq_xa_from_q4_0_avx512},
+            {TL_TYPE_Q4_1, tlq_dotxa_q4_1_avx512, tlq_dotxa4_q4_1_avx512, tlq_dotxa2_q4_1_avx512, tlq_xa_from_q4_1_avx512},
+            {TL_TYPE_Q5_0, tlq_dotxa_q5_0_avx512, tlq_dotxa4_q5_0_avx512, tlq_dotxa2_q5_0_avx512, tlq_xa_from_q5_0_avx512},
+            {TL_TYPE_Q5_1, tlq_dotxa_q5_1_avx512, tlq_dotxa4_q5_1_avx512, tlq_dotxa2_q5_1_avx512, tlq_xa_from_q5_1_avx512},
         };
         uint8_t *xa4 = tl_amalloc(4 * (size_t)nmax * 8);
         int n4 = 0;
@@ -628,18 +628,22 @@ static void test_avx512(void) {
                     tl_quantize_row(tl_type_info(k4[k].t)->vec_dot_type, x, xq, n);
                     k4[k].xa_from(xq, xa4 + r * xs, n);
                 }
-                float out[4];
+                float out[4], out2[4];
                 k4[k].dot4(n, wq, xa4, xs, out);
+                k4[k].dot2(n, wq, xa4 + 2 * xs, xs, out2); /* rows 2 and 3 */
                 for (int r = 0; r < 4; r++) {
                     const float one = k4[k].dot(n, wq, xa4 + r * xs);
                     CHECKF(memcmp(&one, &out[r], sizeof one) == 0, "%s n=%lld row %d: 4-row %.9g vs one-row %.9g",
                            tl_type_name(k4[k].t), (long long)n, r, out[r], one);
+                    if (r >= 2)
+                        CHECKF(memcmp(&one, &out2[r - 2], sizeof one) == 0, "%s n=%lld row %d: 2-row %.9g vs one-row %.9g",
+                               tl_type_name(k4[k].t), (long long)n, r, out2[r - 2], one);
                 }
                 n4++;
             }
         tl_afree(xa4);
         rng_state = rng_saved;
-        printf("  avx512: the 4-row xa kernels equal the one-row kernel bit for bit (%d cases)\n", n4);
+        printf("  avx512: the 4-row and 2-row xa kernels equal the one-row kernel bit for bit (%d cases)\n", n4);
     }
     /* matmul decode path with and without AVX-512: same results within float reordering */
     {
