@@ -36,7 +36,8 @@
 #      generated text names the tokens) with -c 1024 --parallel 64, per KV policy (SERVE_KVS):
 #      greedy completions from 16 concurrent clients against the same requests one at a time
 #      (scripts/serve-check.py: the same tokens), then aggregate tokens/s at SERVE_CLIENTS
-#      (1,16,64) clients (scripts/serve-bench.py, 256 prompt + 128 generated tokens each); and a
+#      (1,16,64) clients (scripts/serve-bench.py, SERVE_PROMPT (256) prompt + 128 generated tokens
+#      each, slots of SERVE_CTX (1024) tokens; SERVE_NOCHECK skips the check); and a
 #      --gpu-mem-budget the slots do not fit must stop the start with the plan
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
 # long dectc decmma real qweights pareto serve), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
@@ -316,16 +317,17 @@ if has serve; then
   }
   for KV in ${SERVE_KVS:-f16 k4v4 tailor:summary=4,bits=2}; do
     tag=$(echo "$KV" | tr -c 'A-Za-z0-9\n' _)
-    log "serve --device cuda --kv $KV (-c 1024 --parallel 64)"
-    $T serve -m $SM --device cuda --port 0 -c 1024 --parallel 64 --queue 128 --kv "$KV" >"$OUT/serve_$tag.log" 2>&1 &
+    SC=${SERVE_CTX:-1024}
+    log "serve --device cuda --kv $KV (-c $SC --parallel 64)"
+    $T serve -m $SM --device cuda --port 0 -c $SC --parallel 64 --queue 128 --kv "$KV" >"$OUT/serve_$tag.log" 2>&1 &
     SP=$!
     if PORT=$(port_of "$OUT/serve_$tag.log" $SP); then
       grep -E "slot\(s\)" "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"
-      timeout 300 python3 scripts/serve-check.py --port $PORT --clients 16 --requests 48 --max-tokens 64 --id-lo 3 --id-hi 256 \
+      [ -n "${SERVE_NOCHECK:-}" ] || timeout 300 python3 scripts/serve-check.py --port $PORT --clients 16 --requests 48 --max-tokens 64 --id-lo 3 --id-hi 256 \
         2>&1 | tee "$OUT/serve_check_$tag.txt" | tail -8 | tee -a "$OUT/summary.md"
       echo "serve-check $KV exit ${PIPESTATUS[0]}" | tee -a "$OUT/summary.md"
       timeout 400 python3 scripts/serve-bench.py --port $PORT --pid $SP --clients ${SERVE_CLIENTS:-1,16,64} --requests 2 \
-        --prompt-tokens 256 --max-tokens 128 --repeat 1 --id-lo 3 --id-hi 256 --label "cuda $KV" 2>&1 | tee -a "$OUT/summary.md"
+        --prompt-tokens ${SERVE_PROMPT:-256} --max-tokens 128 --repeat 1 --id-lo 3 --id-hi 256 --label "cuda $KV" 2>&1 | tee -a "$OUT/summary.md"
     else
       echo "serve $KV did not start:" | tee -a "$OUT/summary.md"
       tail -5 "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"

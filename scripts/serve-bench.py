@@ -69,12 +69,19 @@ def one_request(host, port, prompt, max_tokens, out, native=False):
             times.append(time.perf_counter())
             continue
         ch = ev.get("choices") or []
-        if ch and ch[0].get("finish_reason") is None:  # a token (its text may be empty: EOG under ignore_eos)
+        if ch and (ch[0].get("text") or ch[0].get("finish_reason") is not None):
+            # new text (one token or more: bytes of an incomplete UTF-8 character wait for the
+            # rest), or the final chunk, whose text may be empty
             times.append(time.perf_counter())
     conn.close()
     if not times:
         raise RuntimeError("no token streamed")
-    out.append((times[0] - t0, [b - a for a, b in zip(times, times[1:])]))
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    if not native and len(times) < max_tokens and max_tokens > 1:
+        # fewer chunks than tokens (held-back bytes, e.g. a byte vocabulary's random output):
+        # the time per output token is spread evenly over the request's decode span
+        gaps = [(times[-1] - times[0]) / (max_tokens - 1)] * (max_tokens - 1)
+    out.append((times[0] - t0, gaps))
 
 
 def cpu_s(pid):
