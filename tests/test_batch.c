@@ -70,28 +70,6 @@ static void write_plan(const tl_model *m, const char *path) {
     free(json);
 }
 
-/* Largest |a - b| over V logits, relative to the row's largest |logit| (at least 1). */
-static double row_diff(const float *a, const float *b, int V) {
-    double d = 0, mx = 1;
-    for (int i = 0; i < V; i++) {
-        d = fmax(d, fabs((double)a[i] - b[i]));
-        mx = fmax(mx, fabs((double)b[i]));
-    }
-    return d / mx;
-}
-
-/* KL(softmax(b) || softmax(a)) over V logits. */
-static double row_kl(const float *a, const float *b, int V) {
-    double ma = a[0], mb = b[0], sa = 0, sb = 0, kl = 0;
-    for (int i = 1; i < V; i++) ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
-    for (int i = 0; i < V; i++) sa += exp(a[i] - ma), sb += exp(b[i] - mb);
-    for (int i = 0; i < V; i++) {
-        const double lb = b[i] - mb - log(sb), la = a[i] - ma - log(sa);
-        kl += exp(lb) * (lb - la);
-    }
-    return kl;
-}
-
 static void check_model(const char *path, bool exact) {
     if (!tl_test_have(path)) return;
     tl_error err = {{0}};
@@ -137,11 +115,11 @@ static void check_model(const char *path, bool exact) {
             CHECK(bs[i]->n_past == alone[i]->n_past);
             for (int r = 0; r < (q[k].all_logits ? q[k].n : 1); r++) {
                 const float *g = q[k].logits + (size_t)r * V, *w = want + (size_t)r * V;
-                const double d = row_diff(g, w, V);
+                const double d = tl_test_row_diff(g, w, V);
                 worst[i] = fmax(worst[i], d);
                 argmax_diff += tl_argmax(g, V) != tl_argmax(w, V);
                 rows++;
-                const double kl = row_kl(g, w, V);
+                const double kl = tl_test_row_kl(g, w, V);
                 worst_kl[i] = fmax(worst_kl[i], kl);
                 if (exact || (q8 && vnni)) CHECKF(d == 0, "%s step %d seq %d (%s) row %d: logits differ by %.3g of the largest", path, st, i,
                                   specs[i], r, d);

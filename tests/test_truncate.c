@@ -42,27 +42,6 @@ static tl_session *make(tl_model *m, const char *spec) {
     return s;
 }
 
-static double row_diff(const float *a, const float *b, int V) {
-    double d = 0, mx = 1;
-    for (int i = 0; i < V; i++) {
-        d = fmax(d, fabs((double)a[i] - b[i]));
-        mx = fmax(mx, fabs((double)b[i]));
-    }
-    return d / mx;
-}
-
-/* KL(softmax(b) || softmax(a)) over V logits. */
-static double row_kl(const float *a, const float *b, int V) {
-    double ma = a[0], mb = b[0], sa = 0, sb = 0, kl = 0;
-    for (int i = 1; i < V; i++) ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
-    for (int i = 0; i < V; i++) sa += exp(a[i] - ma), sb += exp(b[i] - mb);
-    for (int i = 0; i < V; i++) {
-        const double lb = b[i] - mb - log(sb), la = a[i] - ma - log(sa);
-        kl += exp(lb) * (lb - la);
-    }
-    return kl;
-}
-
 typedef struct {
     const char *spec;
     int want[5]; /* truncate_max at the cuts below */
@@ -100,8 +79,8 @@ static void check_policy(tl_model *m, const pol_case *pc, const int32_t *toks) {
         CHECK(tl_session_eval(b, prompt + keep, rest, lb, true, &err) == 0);
         const bool exact = keep % CHUNK == 0 || keep == NP || keep == NP + NDEC;
         for (int r = 0; r < rest; r++) {
-            const double d = row_diff(la + (size_t)r * V, lb + (size_t)r * V, V);
-            const double kl = row_kl(la + (size_t)r * V, lb + (size_t)r * V, V);
+            const double d = tl_test_row_diff(la + (size_t)r * V, lb + (size_t)r * V, V);
+            const double kl = tl_test_row_kl(la + (size_t)r * V, lb + (size_t)r * V, V);
             worst = fmax(worst, exact ? 0 : d);
             worst_kl = fmax(worst_kl, exact ? 0 : kl);
             if (exact) CHECKF(d == 0, "%s cut %d kept %d row %d: logits differ by %.3g", pc->spec, n, keep, r, d);

@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,4 +121,24 @@ int tl_test_done(void) {
     if (tl_test_skipped) printf("%d passed, %d failed, %d skipped\n", tl_test_passed, tl_test_failed, tl_test_skipped);
     else printf("%d passed, %d failed\n", tl_test_passed, tl_test_failed);
     return tl_test_failed ? 1 : tl_test_skipped ? 77 : 0;
+}
+
+double tl_test_row_diff(const float *a, const float *b, int V) {
+    double d = 0, mx = 1;
+    for (int i = 0; i < V; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        mx = fmax(mx, fabs((double)b[i]));
+    }
+    return d / mx;
+}
+
+double tl_test_row_kl(const float *a, const float *b, int V) {
+    double ma = a[0], mb = b[0], sa = 0, sb = 0, kl = 0;
+    for (int i = 1; i < V; i++) ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
+    for (int i = 0; i < V; i++) sa += exp(a[i] - ma), sb += exp(b[i] - mb);
+    for (int i = 0; i < V; i++) {
+        const double lb = b[i] - mb - log(sb), la = a[i] - ma - log(sa);
+        kl += exp(lb) * (lb - la);
+    }
+    return kl;
 }

@@ -53,6 +53,10 @@ int tl_test_capture(const char *cmd, bool with_stderr, char **out);
 bool tl_test_send_all(int fd, const void *p, size_t n);
 /* A line of /proc/PID/status ("VmRSS", "VmHWM") in KiB, -1 if missing. */
 long tl_test_proc_kib(int pid, const char *field);
+/* Largest |a - b| over V logits, relative to the row's largest |b| (at least 1). */
+double tl_test_row_diff(const float *a, const float *b, int V);
+/* KL(softmax(b) || softmax(a)) over V logits. */
+double tl_test_row_kl(const float *a, const float *b, int V);
 /* Prints the summary line and returns 0 if no failures. */
 int tl_test_done(void);
 
