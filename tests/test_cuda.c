@@ -861,7 +861,7 @@ static void batch_plan_check(tl_model *m, const char *spec, int n_seq) {
     sp.n_ctx = BCTX;
     sp.kv = &plan;
     sp.device = "cuda";
-    tl_cuda_plan p;
+    tl_device_plan p;
     CHECKF(tl_cuda_plan_batch(m, BCTX, plan.layers, n_seq, BROWS, n_seq, &p, &err) == 0, "%s", err.msg);
     tl_batch *b = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
     CHECKF(b != NULL, "batch %s: %s", spec, err.msg);
@@ -871,8 +871,8 @@ static void batch_plan_check(tl_model *m, const char *spec, int n_seq) {
         s[i] = tl_batch_session_new(b, &err);
         CHECKF(s[i] != NULL, "batched sequence %d: %s", i, err.msg);
         if (!s[i]) continue;
-        tl_cuda_mem g;
-        tl_cuda_memory(s[i]->gpu, &g);
+        tl_device_mem g;
+        tl_cuda_memory(s[i]->impl, &g);
         kv += g.kv_alloc;
         seq_act += g.activations;
         weights = g.weights;
@@ -932,7 +932,7 @@ static void batch_plan_host(void) {
             CHECKF(0, "plan %s: %s", specs[k], err.msg);
             continue;
         }
-        tl_cuda_plan one, all;
+        tl_device_plan one, all;
         const int r1 = tl_cuda_plan_memory(m, ctx, rows, plan.layers, &one, &err);
         const int r2 = r1 ? -1 : tl_cuda_plan_batch(m, ctx, plan.layers, S, rows, S, &all, &err);
         if (r1 && strstr(err.msg, "no CUDA support")) { /* the stub */
@@ -1299,13 +1299,13 @@ static void qweight_models(void) {
         CHECKF(d0.rel_l2 < 3e-2, "synth %s: decode logits vs the f32 twin rel L2 %g (tol 3e-2)", name, d0.rel_l2);
         CHECKF(d5.rel_l2 < 3e-2, "synth %s: chunks of 5 vs the f32 twin rel L2 %g (tol 3e-2)", name, d5.rel_l2);
         tl_model_free(mf);
-        tl_cuda_plan plan;
+        tl_device_plan plan;
         const int rp = tl_cuda_plan_memory(m, 64, 16, NULL, &plan, &err);
         CHECKF(rp == 0, "plan %s: %s", name, err.msg);
         tl_session *g = make(m, "f16", 64, 16, "cuda");
         if (g && !rp) {
-            tl_cuda_mem mem;
-            tl_cuda_memory(g->gpu, &mem);
+            tl_device_mem mem;
+            tl_cuda_memory(g->impl, &mem);
             printf("synth %-6s plan: weights %llu (file %llu) workspace %llu KV %llu; allocated %llu / %llu / %llu\n", name,
                    (unsigned long long)plan.weights, (unsigned long long)m->weight_bytes, (unsigned long long)plan.workspace,
                    (unsigned long long)plan.kv_device, (unsigned long long)mem.weights, (unsigned long long)mem.workspace,

@@ -395,7 +395,7 @@ extern "C" int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int
 /* ---------------- memory plan ---------------- */
 
 extern "C" int tl_cuda_plan_batch(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                                  int max_seqs, tl_cuda_plan *out, tl_error *err) {
+                                  int max_seqs, tl_device_plan *out, tl_error *err) {
     memset(out, 0, sizeof *out);
     const tl_config *c = &m->cfg;
     n_ctx = tl_plan_n_ctx(c, n_ctx);
@@ -418,7 +418,7 @@ extern "C" int tl_cuda_plan_batch(const tl_model *m, int n_ctx, const tl_kv_laye
 
 extern "C" int tl_cuda_check_batch(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
                                    int max_seqs, uint64_t budget, tl_error *err) {
-    tl_cuda_plan p;
+    tl_device_plan p;
     if (tl_cuda_plan_batch(m, n_ctx, policies, n_seq, max_rows, max_seqs, &p, err)) return tl_fail_prefix(err, "GPU memory plan");
     char what[96];
     snprintf(what, sizeof what, "%d sequences of %d tokens", n_seq, tl_plan_n_ctx(&m->cfg, n_ctx));
@@ -432,7 +432,7 @@ extern "C" int tl_cuda_check_batch(const tl_model *m, int n_ctx, const tl_kv_lay
         return tl_fail(err, "--device cuda: cudaMemGetInfo: %s", cudaGetErrorString(cudaGetLastError()));
     p.total -= p.reserve;
     p.reserve = 0;
-    if (m->gpu) {
+    if (m->dev_weights) { /* uploaded already (by this backend: the only one with a device copy) */
         p.total -= p.weights;
         p.weights = 0;
     }

@@ -5,7 +5,7 @@
  * shared by its sessions; freed by tl_model_free), the KV cache of every layer in device
  * memory (dense f32/f16/bf16, or quantized per-token / per-channel KIVI with residual windows,
  * in the CPU store's packing layout, see src/kv/quant.c), and activations sized by the chunk.
- * session.c dispatches to it when a session was made with device "cuda".
+ * table.c makes it the "cuda" backend (engine/backend.h) that session.c and batch.c call.
  *
  * Builds without CUDA (TL_CUDA=OFF, or nvcc missing) link src/cuda/stub.c instead: every
  * function then fails with a message saying so, and tl_cuda_available() is false. */
@@ -14,6 +14,7 @@
 
 #include "../common.h"
 #include "../kv/kv.h"
+#include "../engine/backend.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -21,6 +22,9 @@ extern "C" {
 
 struct tl_model;
 typedef struct tl_cuda_session tl_cuda_session;
+
+/* The backend's table (table.c). */
+const tl_backend_ops *tl_cuda_backend(void);
 
 /* Is a usable CUDA device there? When not, why (e.g. "this build has no CUDA support",
  * "cudaGetDeviceCount: no CUDA-capable device is detected"). why may be NULL. */
@@ -64,7 +68,7 @@ tl_cuda_batch *tl_cuda_batch_new(struct tl_model *m, int max_rows, int max_seqs,
                                  tl_error *err);
 void tl_cuda_batch_free(tl_cuda_batch *b);
 /* Device bytes of the step's buffers (activations, logits, staging; not the block-format
- * workspace, which tl_cuda_plan.workspace counts). */
+ * workspace, which tl_device_plan.workspace counts). */
 uint64_t tl_cuda_batch_bytes(const tl_cuda_batch *b);
 /* One step: the sequences in ascending order of n (the one-token ones first), their rows at
  * most max_rows in all; every KV cache appended, every n_past advanced. On failure the
@@ -95,44 +99,22 @@ int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int 
  * the output when not NULL. */
 int tl_cuda_attn_bench(const tl_kv_shape *s, int n_past, int m, int tc, int reps, double *ms, float *out, tl_error *err);
 
-/* Memory of the session. Held bytes follow the CPU stores' exact formulas (what a step
- * reads); device bytes are what is allocated on the GPU, by part. */
-typedef struct {
-    uint64_t weights;      /* device copy of the weights (shared by the model's sessions) */
-    uint64_t kv_alloc;     /* KV capacity allocated on the device (all layers, n_ctx tokens) */
-    uint64_t activations;  /* chunk-sized buffers, attention partials */
-    uint64_t workspace;    /* block-format weights: the prefill GEMM's f16 slab + the decode's int8 input */
-    tl_kv_bytes kv_held;   /* held now, split like the CPU stores */
-    uint64_t weights_read; /* bytes of weights one decode step reads (all but the embedding table) */
-    uint64_t dev_free, dev_total; /* cudaMemGetInfo */
-    char device[128];
-    /* TailorKV sparse layers (policy kind TL_KV_OFFLOAD) */
-    int n_offload;          /* how many layers offload */
-    uint64_t host_alloc;    /* pinned mapped host tier allocated (n_ctx tokens) */
-    uint64_t h2d_decode;    /* host -> device bytes read by decode steps (the top-k rows) */
-    uint64_t h2d_chan;      /* host -> device bytes of channel rows moved by decode steps (summary 0) */
-    uint64_t d2h;           /* prompt K/V written to the host tier */
-    uint64_t h2d_prefill;   /* host -> device bytes of the host tier copied back for prefill attention */
-    int64_t decode_steps;
-} tl_cuda_mem;
-void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out);
+/* The session's device memory by part (engine/backend.h). */
+void tl_cuda_memory(const tl_cuda_session *g, tl_device_mem *out);
 
-/* Device memory a session would take, planned before allocating anything: weights (as
- * uploaded: block formats with GPU kernels as they are in the file, other non-float types
- * widened to f16), their workspace (equal to tl_cuda_mem.workspace), the device tier of every
- * layer's KV at n_ctx tokens (equal to tl_cuda_mem.kv_alloc), activations at the chunk size
- * (+ attention partials), and a fixed reserve for the CUDA context and cuBLAS. */
-typedef struct {
-    uint64_t weights, workspace, kv_device, kv_host, activations, reserve, total;
-} tl_cuda_plan;
+/* Device memory a session would take (engine/backend.h), planned before allocating anything:
+ * weights as uploaded (block formats with GPU kernels as they are in the file, other non-float
+ * types widened to f16), their workspace, the device tier of every layer's KV at n_ctx tokens,
+ * activations at the chunk size (+ attention partials), and a fixed reserve for the CUDA
+ * context and cuBLAS. */
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                        tl_cuda_plan *out, tl_error *err);
+                        tl_device_plan *out, tl_error *err);
 /* A batch (max_rows, max_seqs) serving n_seq sequences of n_ctx tokens under policies: the
  * weights and the block-format workspace once, n_seq times the KV tiers, the batch's
  * activations (rows, logits, TailorKV staging and predicted queries, attention partials) and
  * the sequences' own small buffers, the CUDA/cuBLAS reserve. */
 int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                       int max_seqs, tl_cuda_plan *out, tl_error *err);
+                       int max_seqs, tl_device_plan *out, tl_error *err);
 /* That plan against budget bytes (--gpu-mem-budget), or with budget 0 against the device's free
  * memory now (less the reserve, and less the weights when they are uploaded already): fails
  * naming the part that does not fit and by how much, before anything is allocated. */

@@ -746,14 +746,15 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
         return NULL;
     }
     /* weights: once per model */
-    if (!m->gpu) {
-        m->gpu = upload_weights(m, err);
-        if (!m->gpu) {
+    if (!m->dev_weights) {
+        m->dev_weights = upload_weights(m, err);
+        if (!m->dev_weights) {
             tl_cuda_session_free(g);
             return NULL;
         }
+        m->dev_weights_free = tl_cuda_weights_free;
     }
-    g->w = (tlc_weights *)m->gpu;
+    g->w = (tlc_weights *)m->dev_weights;
     /* KV caches: the CPU session's rules (sliding-window layers stay dense f16, ring of window) */
     if (kv) {
         g->kv = (tlc_layer_kv *)tl_xcalloc((size_t)c->n_layer, sizeof(tlc_layer_kv));
@@ -1031,7 +1032,7 @@ extern "C" int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_
     return 0;
 }
 
-extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
+extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_device_mem *out) {
     memset(out, 0, sizeof *out);
     const tl_config *c = &g->m->cfg;
     out->weights = g->w->bytes;
@@ -1276,7 +1277,7 @@ uint64_t tlc_plan_ws(const tl_model *m) {
 }
 
 extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                   tl_cuda_plan *out, tl_error *err) {
+                                   tl_device_plan *out, tl_error *err) {
     memset(out, 0, sizeof *out);
     const tl_config *c = &m->cfg;
     n_ctx = tl_plan_n_ctx(c, n_ctx);
@@ -1296,7 +1297,7 @@ extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, cons
 
 static double gib(uint64_t b) { return (double)b / 1073741824.0; }
 
-int tlc_check_plan(const tl_cuda_plan *p, uint64_t budget, const char *name, const char *what, int rows, tl_error *err) {
+int tlc_check_plan(const tl_device_plan *p, uint64_t budget, const char *name, const char *what, int rows, tl_error *err) {
     if (p->total <= budget) return 0;
     const uint64_t fixed = p->weights + p->workspace + p->activations + p->reserve;
     char part[200];
@@ -1317,7 +1318,7 @@ int tlc_check_plan(const tl_cuda_plan *p, uint64_t budget, const char *name, con
 
 extern "C" int tl_cuda_check_budget(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
                                     uint64_t budget, tl_error *err) {
-    tl_cuda_plan p;
+    tl_device_plan p;
     if (tl_cuda_plan_memory(m, n_ctx, chunk, policies, &p, err)) return tl_fail_prefix(err, "--gpu-mem-budget");
     n_ctx = tl_plan_n_ctx(&m->cfg, n_ctx);
     chunk = tl_plan_chunk(n_ctx, chunk);

@@ -109,6 +109,6 @@ uint64_t tlc_plan_ws(const tl_model *m);
 /* A plan against budget bytes: fails naming the part that does not fit and by how much. name:
  * the budget's ("--gpu-mem-budget"), what: what the KV is for ("8192 tokens", "16 slots of 8192
  * tokens"), rows: the activations'. */
-int tlc_check_plan(const tl_cuda_plan *p, uint64_t budget, const char *name, const char *what, int rows, tl_error *err);
+int tlc_check_plan(const tl_device_plan *p, uint64_t budget, const char *name, const char *what, int rows, tl_error *err);
 
 #endif

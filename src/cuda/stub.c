@@ -51,7 +51,7 @@ int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err)
     return tl_fail(err, "%s", no_cuda);
 }
 
-void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
+void tl_cuda_memory(const tl_cuda_session *g, tl_device_mem *out) {
     (void)g;
     memset(out, 0, sizeof *out);
 }
@@ -71,7 +71,7 @@ int tl_cuda_attn_bench(const tl_kv_shape *s, int n_past, int m, int tc, int reps
 }
 
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                        tl_cuda_plan *out, tl_error *err) {
+                        tl_device_plan *out, tl_error *err) {
     (void)m, (void)n_ctx, (void)chunk, (void)policies;
     memset(out, 0, sizeof *out);
     return tl_fail(err, "%s", no_cuda);
@@ -118,7 +118,7 @@ int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int n_seq, tl_
 }
 
 int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                       int max_seqs, tl_cuda_plan *out, tl_error *err) {
+                       int max_seqs, tl_device_plan *out, tl_error *err) {
     (void)m, (void)n_ctx, (void)policies, (void)n_seq, (void)max_rows, (void)max_seqs;
     memset(out, 0, sizeof *out);
     return tl_fail(err, "%s", no_cuda);

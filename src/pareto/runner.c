@@ -34,7 +34,6 @@
 #include "../quantize.h"
 #include "../session.h"
 #include "../synth.h"
-#include "../cuda/cuda.h"
 
 #include <errno.h>
 #include <math.h>
@@ -270,8 +269,8 @@ typedef struct {
     tl_pareto_mem measured;
     uint64_t rss;
     bool on_gpu;      /* device memory: measured by part, and the planner's projection */
-    tl_cuda_mem gm;
-    tl_cuda_plan gp;
+    tl_device_mem gm;
+    tl_device_plan gp;
     bool gp_ok;
 } ppl_out;
 
@@ -421,17 +420,16 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
     o->measured.logits = sizeof(float) * (uint64_t)V;
     o->measured.total = sm.weights + sm.kv + sm.activations + o->measured.logits;
     o->measured.chunk = s->chunk;
-    if (s->gpu) {
+    if (tl_session_device_memory(s, &o->gm)) {
         /* the device's bytes: weights as uploaded, the KV device tier allocated, activations
          * and the block-format workspace; and the planner's figures for the same session */
         o->on_gpu = true;
-        tl_cuda_memory(s->gpu, &o->gm);
         o->measured.weights = o->gm.weights;
         o->measured.kv = o->gm.kv_alloc;
         o->measured.act = o->gm.activations + o->gm.workspace;
         o->measured.total = o->measured.weights + o->measured.kv + o->measured.act + o->measured.logits;
         tl_error perr = {{0}};
-        o->gp_ok = !tl_cuda_plan_memory(m, s->n_ctx, s->chunk, plan->layers, &o->gp, &perr);
+        o->gp_ok = !tl_session_device_plan(s, plan->layers, &o->gp, &perr);
     }
     /* decode at depth ctx: the text's next tokens one at a time */
     if (n_dec > 0) {
@@ -522,7 +520,7 @@ done:
 /* "device": {"name", "weights", "workspace", "kv_device", "kv_host", "activations", "total"} as
  * allocated, and "device_plan": the planner's same parts (report.c compares them). */
 static void x_add_device(cJSON *x, const ppl_out *o) {
-    const tl_cuda_mem *g = &o->gm;
+    const tl_device_mem *g = &o->gm;
     cJSON *d = cJSON_AddObjectToObject(x, "device");
     cJSON_AddStringToObject(d, "name", g->device);
     cJSON_AddNumberToObject(d, "weights", (double)g->weights);
@@ -532,7 +530,7 @@ static void x_add_device(cJSON *x, const ppl_out *o) {
     cJSON_AddNumberToObject(d, "activations", (double)g->activations);
     cJSON_AddNumberToObject(d, "total", (double)(g->weights + g->workspace + g->kv_alloc + g->activations));
     if (!o->gp_ok) return;
-    const tl_cuda_plan *q = &o->gp;
+    const tl_device_plan *q = &o->gp;
     cJSON *pl = cJSON_AddObjectToObject(x, "device_plan");
     cJSON_AddNumberToObject(pl, "weights", (double)q->weights);
     cJSON_AddNumberToObject(pl, "workspace", (double)q->workspace);
