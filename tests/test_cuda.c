@@ -18,7 +18,7 @@
 #include "../src/kv/policy.h"
 #include "../src/kv/offload.h"
 #include "../src/quants.h"
-#include "../src/cuda/cuda.h"
+#include "../src/cuda/cuda_test.h"
 #include "../src/batch.h"
 #include "../src/sampler.h"
 

@@ -12,6 +12,7 @@
  * operands, fp32 accumulate and output; f32 weights in plain fp32; block formats dequantized
  * to f16 into a workspace, a slab of rows at a time, just before their GEMM). */
 #include "forward.cuh"
+#include "cuda_test.h"
 
 #include <math.h>
 #include <stdio.h>

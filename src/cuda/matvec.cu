@@ -13,6 +13,7 @@
  * pdl_wait): the small kernels before them let them start early, so each block issues its
  * first weight loads while the previous kernel finishes, then waits for x. TL_CUDA_PDL=0 off. */
 #include "backend.cuh"
+#include "cuda_test.h"
 
 #include <math.h>
 

@@ -1,7 +1,9 @@
-/* stub.c: the CUDA interface in builds without CUDA (TL_CUDA=OFF or no nvcc), so the same
- * callers link and `--device cuda` fails with a clear message. Compiles to nothing when the
+/* stub.c: the CUDA interface (cuda.h, cuda_test.h) in builds without CUDA (TL_CUDA=OFF or no
+ * nvcc), for the callers that use it directly (tests/test_cuda.c, bench/bench_cuda_attn.c):
+ * every call fails saying so, and tl_cuda_available() is false. The engine reaches the backend
+ * through its table only (engine/backend.c, which says the same). Compiles to nothing when the
  * real backend (the .cu files beside it) is built. */
-#include "cuda.h"
+#include "cuda_test.h"
 
 #ifndef TL_HAVE_CUDA
 #include <stdio.h>
