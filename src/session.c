@@ -435,7 +435,7 @@ bool tl_session_device_memory(const tl_session *s, tl_device_mem *out) {
 
 int tl_session_device_plan(const tl_session *s, const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err) {
     if (!s->be->plan) return tl_fail(err, "device memory plan: the %s backend has no device", s->be->name);
-    return s->be->plan(s->model, NULL, s->n_ctx, s->chunk, policies, out, err);
+    return s->be->plan(s, policies, out, err);
 }
 
 tl_session_params tl_session_default_params(void) {

@@ -120,8 +120,8 @@ tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl
 /* A device session's own accounting of its memory (false on the CPU, which has none but
  * tl_session_memory). */
 bool tl_session_device_memory(const tl_session *s, tl_device_mem *out);
-/* The device's plan for a session like s (its context and chunk, the default options) under
- * policies; -1 with err on the CPU. */
+/* The device's plan for a session like s (its context, chunk and options) under policies; -1
+ * with err on the CPU. */
 int tl_session_device_plan(const tl_session *s, const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err);
 
 #endif

@@ -32,6 +32,11 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The GPU sessions' options: the defaults, or TL_TEST_CUDA_OPT (a --cuda-opt list: e.g.
+ * no-decode, to tell a decode kernel's failure from the general kernel's), and TL_CUDA_SAFE=1
+ * (safe: the reference path). */
+static tl_cuda_opts opts;
+
 static tl_session *make(tl_model *m, const char *kv, int n_ctx, int chunk, const char *device) {
     tl_error err;
     tl_kv_plan plan = {0};
@@ -39,7 +44,14 @@ static tl_session *make(tl_model *m, const char *kv, int n_ctx, int chunk, const
         fprintf(stderr, "plan %s: %s\n", kv, err.msg);
         return NULL;
     }
-    tl_session *s = tl_session_new_on(m, n_ctx, 2, chunk, plan.layers, device, &err);
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = n_ctx;
+    sp.n_threads = 2;
+    sp.chunk = chunk;
+    sp.kv = &plan;
+    sp.device = device;
+    sp.cuda = opts;
+    tl_session *s = tl_session_new(m, &sp, &err);
     tl_kv_plan_free(&plan);
     if (!s) fprintf(stderr, "session (%s, %s): %s\n", device ? device : "cpu", kv, err.msg);
     return s;
@@ -759,6 +771,7 @@ static tl_session *batch_seq(tl_batch *b, tl_model *m, const char *spec, tl_kv_p
     sp.n_ctx = BCTX;
     sp.kv = plan;
     sp.device = "cuda";
+    sp.cuda = opts;
     tl_session *s = tl_session_new_for_batch(m, &sp, &err);
     CHECKF(s != NULL, "batched sequence %s: %s", spec, err.msg);
     (void)b;
@@ -773,6 +786,7 @@ static void batch_run(tl_model *m, const char *label, const char *const *specs, 
     tl_session_params bp = tl_session_default_params();
     bp.n_ctx = BCTX;
     bp.device = "cuda";
+    bp.cuda = opts;
     tl_batch *b = tl_batch_new_for(m, BROWS, BSEQ, 1, &bp, &err);
     CHECKF(b != NULL, "%s: GPU batch: %s", label, err.msg);
     tl_session *bs[BSEQ] = {0}, *alone[BSEQ] = {0};
@@ -861,8 +875,9 @@ static void batch_plan_check(tl_model *m, const char *spec, int n_seq) {
     sp.n_ctx = BCTX;
     sp.kv = &plan;
     sp.device = "cuda";
+    sp.cuda = opts;
     tl_device_plan p;
-    CHECKF(tl_cuda_plan_batch(m, BCTX, plan.layers, n_seq, BROWS, n_seq, &p, &err) == 0, "%s", err.msg);
+    CHECKF(tl_cuda_plan_batch(m, BCTX, plan.layers, &opts, n_seq, BROWS, n_seq, &p, &err) == 0, "%s", err.msg);
     tl_batch *b = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
     CHECKF(b != NULL, "batch %s: %s", spec, err.msg);
     tl_session *s[16] = {0};
@@ -933,8 +948,8 @@ static void batch_plan_host(void) {
             continue;
         }
         tl_device_plan one, all;
-        const int r1 = tl_cuda_plan_memory(m, ctx, rows, plan.layers, &one, &err);
-        const int r2 = r1 ? -1 : tl_cuda_plan_batch(m, ctx, plan.layers, S, rows, S, &all, &err);
+        const int r1 = tl_cuda_plan_memory(m, ctx, rows, plan.layers, &opts, &one, &err);
+        const int r2 = r1 ? -1 : tl_cuda_plan_batch(m, ctx, plan.layers, &opts, S, rows, S, &all, &err);
         if (r1 && strstr(err.msg, "no CUDA support")) { /* the stub */
             tl_kv_plan_free(&plan);
             break;
@@ -953,6 +968,7 @@ static void batch_plan_host(void) {
             sp.n_ctx = ctx;
             sp.kv = &plan;
             sp.device = "cuda";
+            sp.cuda = opts;
             sp.gpu_mem_budget = all.total - 1;
             tl_batch *b = tl_batch_new_for(m, rows, S, 1, &sp, &err);
             CHECKF(b == NULL && strstr(err.msg, "--gpu-mem-budget") && strstr(err.msg, "over by"), "%s: one byte short: %s",
@@ -1300,7 +1316,7 @@ static void qweight_models(void) {
         CHECKF(d5.rel_l2 < 3e-2, "synth %s: chunks of 5 vs the f32 twin rel L2 %g (tol 3e-2)", name, d5.rel_l2);
         tl_model_free(mf);
         tl_device_plan plan;
-        const int rp = tl_cuda_plan_memory(m, 64, 16, NULL, &plan, &err);
+        const int rp = tl_cuda_plan_memory(m, 64, 16, NULL, &opts, &plan, &err);
         CHECKF(rp == 0, "plan %s: %s", name, err.msg);
         tl_session *g = make(m, "f16", 64, 16, "cuda");
         if (g && !rp) {
@@ -1325,7 +1341,14 @@ static void qweight_models(void) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
-    unsetenv("TL_CUDA_WIDEN"); /* block-format weights on their own kernels (forward.cu: keep_blocks) */
+    tl_error oerr;
+    const char *safe = getenv("TL_CUDA_SAFE");
+    if (tl_cuda_opts_parse(&opts, getenv("TL_TEST_CUDA_OPT"), &oerr) ||
+        tl_cuda_opts_parse(&opts, safe && *safe && strcmp(safe, "0") ? "safe" : NULL, &oerr)) {
+        fprintf(stderr, "TL_TEST_CUDA_OPT: %s\n", oerr.msg);
+        return 2;
+    }
+    CHECKF(!opts.widen, "TL_TEST_CUDA_OPT widen: the block-format cases test the formats' own kernels");
     batch_plan_host(); /* host only */
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {

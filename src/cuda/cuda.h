@@ -36,14 +36,21 @@ bool tl_cuda_available(char *why, size_t n);
  * 3352; H200: 4800). false when there is no device. */
 bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs);
 
+/* Options (include/tailor.h, --cuda-opt): every call that takes them reads NULL as the
+ * defaults. The model's weights are uploaded by its first session with that session's widen;
+ * a later session or batch asking for the other format fails saying so. */
+
 /* One session on device 0. policies: one per layer (NULL = f16). Fails with a message naming
  * the layer and the policy when a policy has no GPU implementation (offloading, rotation,
  * smoothing, per-tensor and per-block granularity). */
 tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                     tl_error *err);
+                                     const tl_cuda_opts *o, tl_error *err);
 /* A sequence of a batch (tl_cuda_batch_eval): its KV caches and position only (the batch
  * holds the activations and workspace); tl_cuda_eval refuses it. */
-tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err);
+tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies,
+                                        const tl_cuda_opts *o, tl_error *err);
+/* The options a session was made with. */
+const tl_cuda_opts *tl_cuda_session_opts(const tl_cuda_session *g);
 void tl_cuda_session_free(tl_cuda_session *g);
 /* Like tl_session_eval (the caller checked n > 0 and the capacity). */
 int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err);
@@ -66,7 +73,7 @@ typedef struct {
 /* policies / n_ctx: the sequences the batch is made for (TailorKV staging is reserved for
  * them; a sequence unlike them grows it when it comes). */
 tl_cuda_batch *tl_cuda_batch_new(struct tl_model *m, int max_rows, int max_seqs, int n_ctx, const tl_kv_layer_policy *policies,
-                                 tl_error *err);
+                                 const tl_cuda_opts *o, tl_error *err);
 void tl_cuda_batch_free(tl_cuda_batch *b);
 /* Device bytes of the step's buffers (activations, logits, staging; not the block-format
  * workspace, which tl_device_plan.workspace counts). */
@@ -89,22 +96,22 @@ void tl_cuda_memory(const tl_cuda_session *g, tl_device_mem *out);
  * activations at the chunk size (+ attention partials), and a fixed reserve for the CUDA
  * context and cuBLAS. */
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                        tl_device_plan *out, tl_error *err);
+                        const tl_cuda_opts *o, tl_device_plan *out, tl_error *err);
 /* A batch (max_rows, max_seqs) serving n_seq sequences of n_ctx tokens under policies: the
  * weights and the block-format workspace once, n_seq times the KV tiers, the batch's
  * activations (rows, logits, TailorKV staging and predicted queries, attention partials) and
  * the sequences' own small buffers, the CUDA/cuBLAS reserve. */
-int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                       int max_seqs, tl_device_plan *out, tl_error *err);
+int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, const tl_cuda_opts *o,
+                       int n_seq, int max_rows, int max_seqs, tl_device_plan *out, tl_error *err);
 /* That plan against budget bytes (--gpu-mem-budget), or with budget 0 against the device's free
  * memory now (less the reserve, and less the weights when they are uploaded already): fails
  * naming the part that does not fit and by how much, before anything is allocated. */
-int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                        int max_seqs, uint64_t budget, tl_error *err);
+int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, const tl_cuda_opts *o,
+                        int n_seq, int max_rows, int max_seqs, uint64_t budget, tl_error *err);
 /* --gpu-mem-budget: fails (with the part that does not fit and by how much) when the plan
  * exceeds budget bytes. */
 int tl_cuda_check_budget(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                         uint64_t budget, tl_error *err);
+                         const tl_cuda_opts *o, uint64_t budget, tl_error *err);
 
 /* Free the device copy of a model's weights (called by tl_model_free; NULL is fine). */
 void tl_cuda_weights_free(void *w);

@@ -26,7 +26,7 @@ extern "C" {
 #include "../engine/plan.h"
 }
 
-/* ---------------- TL_CUDA_PROF=1: GPU time per part of the one-token steps ----------------
+/* ---------------- --cuda-opt prof: GPU time per part of the one-token steps ----------------
  * Events are recorded at the boundaries of the parts of each decode step (prefill chunks are
  * not timed); the sums are printed to stderr when the session is freed. The events cost a
  * little time themselves, so a profiled run is slightly slower than a plain one. */
@@ -197,20 +197,16 @@ static int grid1(size_t n, int thr) {
 
 /* ---------------- weights ---------------- */
 
-/* Block formats with kernels (qmatvec.cu) stay as they are in the file; TL_CUDA_WIDEN=1 widens
- * them to f16 at upload instead (the 16-bit deployment: 3.3x the memory of a Q4_K_M file, and
- * the way to compare the two paths). Verified on an H100 (docs/cuda.md, "Weights in GGUF block
- * formats"). */
-static bool keep_blocks(tl_type t) {
-    const char *w = getenv("TL_CUDA_WIDEN");
-    return tlc_qtype_has_kernels(t) && !(w && !strcmp(w, "1"));
-}
-static int wt_of(tl_type t) {
-    return t == TL_TYPE_F32 ? WT_F32 : t == TL_TYPE_BF16 ? WT_BF16 : keep_blocks(t) ? WT_Q : WT_F16;
+/* Block formats with kernels (qmatvec.cu) stay as they are in the file; widen (--cuda-opt
+ * widen) widens them to f16 at upload instead (the 16-bit deployment: 3.3x the memory of a
+ * Q4_K_M file, and the way to compare the two paths). Verified on an H100 (docs/cuda.md,
+ * "Weights in GGUF block formats"). */
+static int wt_of(tl_type t, bool widen) {
+    return t == TL_TYPE_F32 ? WT_F32 : t == TL_TYPE_BF16 ? WT_BF16 : tlc_qtype_has_kernels(t) && !widen ? WT_Q : WT_F16;
 }
 /* Device bytes of a matrix as upload_weights stores it. */
-static uint64_t mat_bytes(const tl_mat *t) {
-    const int wt = wt_of(t->type);
+static uint64_t mat_bytes(const tl_mat *t, bool widen) {
+    const int wt = wt_of(t->type, widen);
     if (wt == WT_Q) return (uint64_t)tl_row_size(t->type, t->n_in) * t->n_out;
     return (uint64_t)t->n_in * t->n_out * (wt == WT_F32 ? 4 : 2);
 }
@@ -220,17 +216,17 @@ static uint64_t mat_bytes(const tl_mat *t) {
  * TLC_WDQ_MIN_ROWS rows of the output projection, which goes through in slabs) and the
  * decode's quantized input (int8 values + a float2 per 32) for the widest input. */
 #define TLC_WDQ_MIN_ROWS 4096
-static uint64_t ws_bytes_of(const tl_model *m, size_t *wdq_elems, int *xq_cap) {
+static uint64_t ws_bytes_of(const tl_model *m, bool widen, size_t *wdq_elems, int *xq_cap) {
     const tl_config *c = &m->cfg;
     size_t most = 0;
     for (int il = 0; il < c->n_layer; il++) {
         const tl_layer_weights *S = &m->w.layers[il];
         const tl_mat *mats[] = {&S->wq, &S->wk, &S->wv, &S->wo, &S->w_gate, &S->w_up, &S->w_down};
         for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
-            if (wt_of(mats[i]->type) == WT_Q) most = TL_MAX(most, (size_t)mats[i]->n_in * mats[i]->n_out);
+            if (wt_of(mats[i]->type, widen) == WT_Q) most = TL_MAX(most, (size_t)mats[i]->n_in * mats[i]->n_out);
     }
     const tl_mat *out = m->w.tied_output ? &m->w.tok_embd : &m->w.output;
-    if (wt_of(out->type) == WT_Q)
+    if (wt_of(out->type, widen) == WT_Q)
         most = TL_MAX(most, (size_t)out->n_in * TL_MIN((size_t)out->n_out, (size_t)TLC_WDQ_MIN_ROWS));
     const int max_in = TL_MAX(c->n_embd, TL_MAX(c->n_head * c->head_dim_v, c->n_ff));
     *wdq_elems = most;
@@ -252,9 +248,9 @@ static int up_mat(tlc_weights *w, const tl_mat *src, dmat *dst, bool read_all, t
     dst->d = NULL;
     dst->n_in = (int)src->n_in;
     dst->n_out = (int)src->n_out;
-    dst->wt = wt_of(src->type);
+    dst->wt = wt_of(src->type, w->widen);
     dst->qt = src->type;
-    const size_t bytes = mat_bytes(src);
+    const size_t bytes = mat_bytes(src, w->widen);
     CK(cudaMalloc(&dst->d, bytes));
     if (dst->wt == WT_Q || src->type == TL_TYPE_F32 || src->type == TL_TYPE_F16 || src->type == TL_TYPE_BF16) {
         CK(cudaMemcpy(dst->d, src->data, bytes, cudaMemcpyHostToDevice));
@@ -308,10 +304,11 @@ static void free_weights(tlc_weights *w) {
 
 extern "C" void tl_cuda_weights_free(void *w) { free_weights((tlc_weights *)w); }
 
-static tlc_weights *upload_weights(tl_model *m, tl_error *err) {
+static tlc_weights *upload_weights(tl_model *m, const tl_cuda_opts *o, tl_error *err) {
     const tl_config *c = &m->cfg;
     tlc_weights *w = (tlc_weights *)tl_xcalloc(1, sizeof *w);
     w->n_layer = c->n_layer;
+    w->widen = o->widen;
     w->L = (dlayer *)tl_xcalloc((size_t)c->n_layer, sizeof(dlayer));
     const double t0 = tl_time_s();
     int rc = up_mat(w, &m->w.tok_embd, &w->tok_embd, m->w.tied_output, err);
@@ -339,7 +336,7 @@ static tlc_weights *upload_weights(tl_model *m, tl_error *err) {
         free_weights(w);
         return NULL;
     }
-    if (getenv("TL_CUDA_VERBOSE"))
+    if (o->verbose)
         fprintf(stderr, "cuda: uploaded %.2f GiB of weights in %.2f s\n", w->bytes / 1073741824.0, tl_time_s() - t0);
     return w;
 }
@@ -664,9 +661,9 @@ extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
     free(g);
 }
 
-/* Device 0, a non-blocking stream and the kernel switches of the environment (backend.cuh,
- * docs/cuda.md), for a session or a batch. */
-static int ctx_init(tlc_ctx *cx, char *dev_name, size_t n, tl_error *err) {
+/* Device 0, a non-blocking stream and the kernel switches of the options (backend.cuh,
+ * docs/cuda.md), for a session or a batch. safe: every reference choice. */
+static int ctx_init(tlc_ctx *cx, const tl_cuda_opts *o, char *dev_name, size_t n, tl_error *err) {
     cudaDeviceProp prop;
     if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
         cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking) != cudaSuccess)
@@ -674,35 +671,36 @@ static int ctx_init(tlc_ctx *cx, char *dev_name, size_t n, tl_error *err) {
     snprintf(dev_name, n, "%.64s (sm_%d%d, %d SMs)", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
     cx->n_sm = prop.multiProcessorCount;
     cx->smem_optin = prop.sharedMemPerBlockOptin;
-    const char *sf = getenv("TL_CUDA_SAFE");
-    cx->safe = sf && *sf && strcmp(sf, "0");
-    const char *dc = getenv("TL_CUDA_DECODE");
-    cx->old_decode = dc && !strcmp(dc, "0");
-    const char *dm = getenv("TL_CUDA_DEC_MMA");
-    cx->no_dec_mma = dm && !strcmp(dm, "0");
-    const char *mb = getenv("TL_CUDA_DEC_MINB");
-    cx->dec_minb = mb ? atoi(mb) : 0;
-    cx->no_tc = getenv("TL_CUDA_TC") && !strcmp(getenv("TL_CUDA_TC"), "0");
-    const char *dt = getenv("TL_CUDA_DEC_TC");
-    cx->dec_tc_from = dt && !strcmp(dt, "1") ? 1 : dt && !strcmp(dt, "0") ? 0 : TLC_DEC_TC_FROM;
-    cx->dec_tc_quant = dt && !strcmp(dt, "1");
-    const char *fu = getenv("TL_CUDA_FUSE"), *pd = getenv("TL_CUDA_PDL");
-    cx->no_fuse = fu && !strcmp(fu, "0");
-    cx->no_pdl = pd && !strcmp(pd, "0");
+    cx->safe = o->safe;
+    cx->old_decode = o->safe || o->no_decode;
+    cx->no_dec_mma = o->no_dec_mma;
+    cx->dec_minb = o->dec_minb;
+    cx->no_tc = o->safe || o->no_tc;
+    cx->dec_tc_from = o->safe || o->dec_tc < 0 ? 0 : o->dec_tc > 0 ? o->dec_tc : TLC_DEC_TC_FROM;
+    cx->dec_tc_quant = o->dec_tc_quant;
+    cx->no_fuse = o->safe || o->no_fuse;
+    cx->no_pdl = o->safe || o->no_pdl;
     return 0;
 }
 
+static const tl_cuda_opts default_opts = {};
+const tl_cuda_opts *tlc_opts(const tl_cuda_opts *o) { return o ? o : &default_opts; }
+
 extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                                tl_error *err) {
-    return tlc_session_make(m, n_ctx, chunk, policies, TLC_PART_KV | TLC_PART_WS, err);
+                                                const tl_cuda_opts *o, tl_error *err) {
+    return tlc_session_make(m, n_ctx, chunk, policies, TLC_PART_KV | TLC_PART_WS, o, err);
 }
 
-extern "C" tl_cuda_session *tl_cuda_session_new_kv(tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err) {
-    return tlc_session_make(m, n_ctx, 1, policies, TLC_PART_KV, err);
+extern "C" tl_cuda_session *tl_cuda_session_new_kv(tl_model *m, int n_ctx, const tl_kv_layer_policy *policies,
+                                                   const tl_cuda_opts *o, tl_error *err) {
+    return tlc_session_make(m, n_ctx, 1, policies, TLC_PART_KV, o, err);
 }
+
+extern "C" const tl_cuda_opts *tl_cuda_session_opts(const tl_cuda_session *g) { return &g->opt; }
 
 tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies, int parts,
-                                  tl_error *err) {
+                                  const tl_cuda_opts *o, tl_error *err) {
+    o = tlc_opts(o);
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {
         tl_fail(err, "--device cuda: %s", why);
@@ -724,22 +722,26 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
         tl_fail(err, "--device cuda: GQA group %d exceeds %d", c->n_head / c->n_head_kv, TLC_QMAX);
         return NULL;
     }
+    if (m->dev_weights && ((const tlc_weights *)m->dev_weights)->widen != o->widen) {
+        tl_fail(err, "--cuda-opt widen: this model's weights are on the GPU already, %s by an earlier session, and its "
+                     "sessions share that copy: give them all the same widen",
+                o->widen ? "in their block formats" : "widened to f16");
+        return NULL;
+    }
     tl_cuda_session *g = (tl_cuda_session *)tl_xcalloc(1, sizeof *g);
     g->m = m;
+    g->opt = *o;
     g->parts = parts;
     g->n_ctx = n_ctx;
     g->chunk = chunk;
     int rc = 0;
-    if (ctx_init(&g->cx, g->dev_name, sizeof g->dev_name, err)) {
+    if (ctx_init(&g->cx, o, g->dev_name, sizeof g->dev_name, err)) {
         tl_cuda_session_free(g);
         return NULL;
     }
-    {
-        const char *pf = getenv("TL_CUDA_PROF");
-        if (kv && ws && pf && *pf && strcmp(pf, "0")) {
-            g->prof = (tlc_prof *)tl_xcalloc(1, sizeof *g->prof);
-            for (int i = 0; i < PF_MAX; i++) cudaEventCreate(&g->prof->ev[i]);
-        }
+    if (kv && ws && o->prof) {
+        g->prof = (tlc_prof *)tl_xcalloc(1, sizeof *g->prof);
+        for (int i = 0; i < PF_MAX; i++) cudaEventCreate(&g->prof->ev[i]);
     }
     if (ws && (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, g->cx.stream) != CUBLAS_STATUS_SUCCESS)) {
         tl_fail(err, "--device cuda: cublasCreate failed");
@@ -748,7 +750,7 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
     }
     /* weights: once per model */
     if (!m->dev_weights) {
-        m->dev_weights = upload_weights(m, err);
+        m->dev_weights = upload_weights(m, o, err);
         if (!m->dev_weights) {
             tl_cuda_session_free(g);
             return NULL;
@@ -782,7 +784,8 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
         L->scale = c->attn_scale;
         const int cap = window > 0 ? TL_MIN(window, n_ctx) : n_ctx;
         if (p.kind == TL_KV_OFFLOAD) {
-            if (tlc_off_new(&L->off, &p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, c->attn_scale, err)) {
+            if (tlc_off_new(&L->off, &p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, o->gen_cap,
+                            c->attn_scale, err)) {
                 tl_fail_prefix(err, "--device cuda: layer %d KV cache ('%s')", il, pname);
                 rc = -1;
                 break;
@@ -828,7 +831,7 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
         g->logits = (float *)dalloc(g, 4 * (size_t)c->n_vocab, &rc);
         g->xb = dalloc(g, 2 * C * max_in, &rc);
         g->tok = (int32_t *)dalloc(g, 4 * C, &rc);
-        g->ws_bytes = ws_bytes_of(m, &g->wdq_elems, &g->cx.xq_cap);
+        g->ws_bytes = ws_bytes_of(m, o->widen, &g->wdq_elems, &g->cx.xq_cap);
         if (g->ws_bytes && !rc &&
             (cudaMalloc((void **)&g->wdq, 2 * g->wdq_elems) != cudaSuccess || cudaMalloc((void **)&g->cx.xq, g->cx.xq_cap) != cudaSuccess ||
              cudaMalloc((void **)&g->cx.xd, sizeof(float2) * (g->cx.xq_cap / 32)) != cudaSuccess))
@@ -1109,10 +1112,6 @@ extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_sha
     g->cx.dec_tc_from = mode == 2 ? 1 : 0; /* mode 2: decode on tensor cores (quantized sides too) */
     g->cx.dec_tc_quant = mode == 2;
     g->cx.no_dec_mma = mode == 3; /* mode 3: as 0, per-token codes on decode.cu's CUDA-core path */
-    {
-        const char *mb = getenv("TL_CUDA_DEC_MINB");
-        g->cx.dec_minb = mb ? atoi(mb) : 0;
-    }
     L.n_head = Hq;
     L.n_head_kv = Hkv;
     L.window = s->window;
@@ -1205,18 +1204,18 @@ static int side_bytes(const tl_kv_side *p, tl_kv_kind kind, int d, int residual,
     return 0;
 }
 
-uint64_t tlc_plan_weights(const tl_model *m) {
-    /* as upload_weights stores them (block formats with kernels as they are with
-     * unless TL_CUDA_WIDEN=1, other non-float types widened to f16) */
+uint64_t tlc_plan_weights(const tl_model *m, bool widen) {
+    /* as upload_weights stores them (block formats with kernels as they are unless widen,
+     * other non-float types widened to f16) */
     const tl_config *c = &m->cfg;
-    uint64_t w = mat_bytes(&m->w.tok_embd) + (uint64_t)c->n_embd * 4;
-    if (!m->w.tied_output) w += mat_bytes(&m->w.output);
+    uint64_t w = mat_bytes(&m->w.tok_embd, widen) + (uint64_t)c->n_embd * 4;
+    if (!m->w.tied_output) w += mat_bytes(&m->w.output, widen);
     const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, kdim = (uint64_t)c->n_head_kv * c->head_dim_k,
                    vdim = (uint64_t)c->n_head_kv * c->head_dim_v;
     for (int il = 0; il < c->n_layer; il++) {
         const tl_layer_weights *S = &m->w.layers[il];
         const tl_mat *mats[] = {&S->wq, &S->wk, &S->wv, &S->wo, &S->w_gate, &S->w_up, &S->w_down};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) w += mat_bytes(mats[i]);
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) w += mat_bytes(mats[i], widen);
         w += (uint64_t)c->n_embd * 4 * (2 + (S->attn_post_norm ? 1 : 0) + (S->ffn_post_norm ? 1 : 0));
         w += (uint64_t)c->head_dim_k * 4 * ((S->q_norm ? 1 : 0) + (S->k_norm ? 1 : 0));
         w += 4 * ((S->bq ? qdim : 0) + (S->bk ? kdim : 0) + (S->bv ? vdim : 0));
@@ -1224,7 +1223,7 @@ uint64_t tlc_plan_weights(const tl_model *m) {
     return w;
 }
 
-int tlc_plan_kv(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, uint64_t *dev, uint64_t *host,
+int tlc_plan_kv(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int gen_cap, uint64_t *dev, uint64_t *host,
                 uint64_t *crow, uint64_t *pstage, bool *any_off, tl_error *err) {
     const tl_config *c = &m->cfg;
     *dev = *host = *crow = *pstage = 0;
@@ -1235,7 +1234,7 @@ int tlc_plan_kv(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies
         tl_plan_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p);
         if (p.kind == TL_KV_OFFLOAD) {
             tlc_off_sizes z;
-            if (tlc_off_sizes_of(&p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, &z, err))
+            if (tlc_off_sizes_of(&p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, gen_cap, &z, err))
                 return tl_fail_prefix(err, "layer %d", il);
             *dev += z.dev;
             *host += z.host;
@@ -1271,26 +1270,28 @@ uint64_t tlc_plan_rows(const tl_config *c, int rows) {
            2 * C * max_in + 4 * C;
 }
 
-uint64_t tlc_plan_ws(const tl_model *m) {
+uint64_t tlc_plan_ws(const tl_model *m, bool widen) {
     size_t wdq;
     int xq_cap;
-    return ws_bytes_of(m, &wdq, &xq_cap);
+    return ws_bytes_of(m, widen, &wdq, &xq_cap);
 }
 
 extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                   tl_device_plan *out, tl_error *err) {
+                                   const tl_cuda_opts *o, tl_device_plan *out, tl_error *err) {
+    o = tlc_opts(o);
     memset(out, 0, sizeof *out);
     const tl_config *c = &m->cfg;
     n_ctx = tl_plan_n_ctx(c, n_ctx);
     chunk = tl_plan_chunk(n_ctx, chunk);
-    out->weights = tlc_plan_weights(m);
+    out->weights = tlc_plan_weights(m, o->widen);
     uint64_t crow, pstage;
     bool any_off;
-    if (tlc_plan_kv(m, n_ctx, policies, &out->kv_device, &out->kv_host, &crow, &pstage, &any_off, err)) return -1;
+    if (tlc_plan_kv(m, n_ctx, policies, o->gen_cap, &out->kv_device, &out->kv_host, &crow, &pstage, &any_off, err))
+        return -1;
     const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k;
     out->activations = tlc_plan_rows(c, chunk) + 8 * (uint64_t)c->n_rot + (any_off ? 2 * 4 * qdim : 0) + 2 * crow + pstage +
                        TLC_PLAN_PARTIALS; /* + attention partials (grown on demand) */
-    out->workspace = tlc_plan_ws(m);
+    out->workspace = tlc_plan_ws(m, o->widen);
     out->reserve = TLC_PLAN_RESERVE; /* CUDA context, module images, cuBLAS workspace */
     out->total = out->weights + out->workspace + out->kv_device + out->activations + out->reserve;
     return 0;
@@ -1318,9 +1319,9 @@ int tlc_check_plan(const tl_device_plan *p, uint64_t budget, const char *name, c
 }
 
 extern "C" int tl_cuda_check_budget(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                    uint64_t budget, tl_error *err) {
+                                    const tl_cuda_opts *o, uint64_t budget, tl_error *err) {
     tl_device_plan p;
-    if (tl_cuda_plan_memory(m, n_ctx, chunk, policies, &p, err)) return tl_fail_prefix(err, "--gpu-mem-budget");
+    if (tl_cuda_plan_memory(m, n_ctx, chunk, policies, o, &p, err)) return tl_fail_prefix(err, "--gpu-mem-budget");
     n_ctx = tl_plan_n_ctx(&m->cfg, n_ctx);
     chunk = tl_plan_chunk(n_ctx, chunk);
     char what[64];
@@ -1353,7 +1354,7 @@ extern "C" int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_
     cx.n_sm = prop.multiProcessorCount;
     cx.smem_optin = prop.sharedMemPerBlockOptin;
     uint64_t grown;
-    if (tlc_off_new(&o, &p->off, Hq, Hkv, dkd, dvd, n_ctx, s->scale, err) || tlc_off_reserve(&cx, o, &grown, err)) goto done;
+    if (tlc_off_new(&o, &p->off, Hq, Hkv, dkd, dvd, n_ctx, 0, s->scale, err) || tlc_off_reserve(&cx, o, &grown, err)) goto done;
     if (cudaMalloc((void **)&dq, sizeof(float) * chunk * qdim) != cudaSuccess ||
         cudaMalloc((void **)&dqp, sizeof(float) * qdim) != cudaSuccess ||
         cudaMalloc((void **)&dk, sizeof(float) * chunk * kdim) != cudaSuccess ||

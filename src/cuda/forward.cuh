@@ -25,6 +25,7 @@ struct dlayer {
 
 struct tlc_weights {
     int n_layer;
+    bool widen; /* block formats widened to f16 at upload (--cuda-opt widen) */
     dmat tok_embd, output;
     float *output_norm;
     dlayer *L;
@@ -64,13 +65,16 @@ struct tl_cuda_session {
                        * attention, so two predictions are live at once */
     uint64_t act_bytes, kv_alloc, host_alloc;
     char dev_name[128];
-    tlc_prof *prof; /* TL_CUDA_PROF=1 */
+    tl_cuda_opts opt; /* the options it was made with */
+    tlc_prof *prof;   /* --cuda-opt prof */
 };
 
 /* The constructor behind tl_cuda_session_new (parts KV | WS) and tl_cuda_session_new_kv (KV);
  * WS alone is a batch's workspace for `chunk` rows (not bounded by n_ctx), without KV. */
 tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies, int parts,
-                                  tl_error *err);
+                                  const tl_cuda_opts *o, tl_error *err);
+/* o, or the defaults for NULL. */
+const tl_cuda_opts *tlc_opts(const tl_cuda_opts *o);
 
 /* The decode product's arguments for up to three matrices sharing x (their format and n_in). */
 tlc_mv tlc_mv_of(int nseg, const dmat *const *W, const float *x, float *const *y, const float *const *bias, const int *add);
@@ -92,17 +96,17 @@ int tlc_rope(tl_cuda_session *g, float *q, int nq, float *k, int nk, int n, int 
 int tlc_act(tl_cuda_session *g, float *gate, const float *up, size_t n, int glu, tl_error *err);
 
 /* Parts of the device memory plan (tl_cuda_plan_memory), shared with the batch's plan. */
-uint64_t tlc_plan_weights(const tl_model *m);
+uint64_t tlc_plan_weights(const tl_model *m, bool widen);
 /* The device and host tiers of one session's KV at n_ctx tokens; the largest TailorKV
  * channel-row buffer and prefill copy its sparse layers need (*crow, *pstage: 0 when none),
  * *any_off whether a layer is sparse. */
-int tlc_plan_kv(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, uint64_t *dev, uint64_t *host,
+int tlc_plan_kv(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int gen_cap, uint64_t *dev, uint64_t *host,
                 uint64_t *crow, uint64_t *pstage, bool *any_off, tl_error *err);
 /* The activation buffers a workspace for `rows` rows allocates (x .. tok, the 16-bit GEMM
  * operand, the logits of one row). */
 uint64_t tlc_plan_rows(const tl_config *c, int rows);
 /* The block-format workspace (wdq slab, quantized input) of a model. */
-uint64_t tlc_plan_ws(const tl_model *m);
+uint64_t tlc_plan_ws(const tl_model *m, bool widen);
 /* The attention partials' allowance (grown on demand) and the CUDA context + cuBLAS reserve. */
 #define TLC_PLAN_PARTIALS ((uint64_t)64 << 20)
 #define TLC_PLAN_RESERVE ((uint64_t)512 << 20)

@@ -18,22 +18,20 @@ static int cu_supports(const tl_model *m, tl_error *err) {
     return 0;
 }
 
-static int cu_plan(const tl_model *m, const tl_session_params *p, int n_ctx, int chunk,
-                   const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err) {
-    (void)p;
-    return tl_cuda_plan_memory(m, n_ctx, chunk, policies, out, err);
-}
-
 static int cu_check_budget(const tl_model *m, const tl_session_params *p, const tl_kv_layer_policy *policies,
                            uint64_t budget, tl_error *err) {
-    return tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, budget, err);
+    return tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, &p->cuda, budget, err);
+}
+
+static int cu_plan(const tl_session *s, const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err) {
+    return tl_cuda_plan_memory(s->model, s->n_ctx, s->chunk, policies, tl_cuda_session_opts(s->impl), out, err);
 }
 
 static int cu_init(tl_session *s, const tl_kv_layer_policy *policies, bool kv_only, const tl_session_params *p,
                    tl_error *err) {
-    (void)p;
-    s->impl = kv_only ? tl_cuda_session_new_kv(s->model, s->n_ctx, policies, err)
-                      : tl_cuda_session_new(s->model, s->n_ctx, s->chunk, policies, err);
+    const tl_cuda_opts *o = p ? &p->cuda : NULL;
+    s->impl = kv_only ? tl_cuda_session_new_kv(s->model, s->n_ctx, policies, o, err)
+                      : tl_cuda_session_new(s->model, s->n_ctx, s->chunk, policies, o, err);
     s->keys_checked = true; /* the per-token key check reads CPU stores */
     return s->impl ? 0 : -1;
 }
@@ -103,8 +101,9 @@ typedef struct {
 
 static void *cu_batch_new(tl_model *m, int max_rows, int max_seqs, const tl_session_params *sp, tl_error *err) {
     const tl_kv_layer_policy *pol = sp->kv ? sp->kv->layers : NULL;
-    if (tl_cuda_check_batch(m, sp->n_ctx, pol, max_seqs, max_rows, max_seqs, sp->gpu_mem_budget, err)) return NULL;
-    tl_cuda_batch *g = tl_cuda_batch_new(m, max_rows, max_seqs, sp->n_ctx, pol, err);
+    if (tl_cuda_check_batch(m, sp->n_ctx, pol, &sp->cuda, max_seqs, max_rows, max_seqs, sp->gpu_mem_budget, err))
+        return NULL;
+    tl_cuda_batch *g = tl_cuda_batch_new(m, max_rows, max_seqs, sp->n_ctx, pol, &sp->cuda, err);
     if (!g) return NULL;
     cu_batch *b = tl_xcalloc(1, sizeof *b);
     b->b = g;
@@ -137,8 +136,8 @@ static const tl_backend_ops cuda_ops = {
     .gpu = true,
     .supports = cu_supports,
     .bandwidth = tl_cuda_device_bandwidth,
-    .plan = cu_plan,
     .check_budget = cu_check_budget,
+    .plan = cu_plan,
     .init = cu_init,
     .free = cu_free,
     .eval = cu_eval,

@@ -62,19 +62,18 @@ typedef struct tl_backend_ops {
     bool (*bandwidth)(char *name, size_t n, double *peak_gbs);
 
     /* Device memory plans (NULL on the CPU: the planner, engine/plan.h, is its whole plan).
-     * plan: a session of n_ctx tokens and chunk rows (0 = resolved as the planner does); the
-     * memory of p's options (p->cuda's weight widening). check: that plan against budget bytes,
-     * failing with the part that does not fit and by how much. */
-    int (*plan)(const tl_model *m, const tl_session_params *p, int n_ctx, int chunk,
-                const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err);
+     * check_budget: the plan of a session of p (its context, chunk and options) against budget
+     * bytes, failing with the part that does not fit and by how much, before anything is
+     * allocated. plan: the plan of a session like s (its context, chunk and options). */
     int (*check_budget)(const tl_model *m, const tl_session_params *p, const tl_kv_layer_policy *policies,
                         uint64_t budget, tl_error *err);
+    int (*plan)(const tl_session *s, const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err);
 
     /* Sessions. s arrives with model, n_ctx and chunk resolved, n_past 0, be set and a pool when
      * it has host work; init makes the backend's state (the CPU: s's stores and buffers; others:
      * s->impl). policies: one per layer, auto layers resolved (NULL = f16). kv_only: a sequence
      * of a batched step, which holds its KV caches only (the batch holds the workspace). p: the
-     * options (p->cuda). On failure init leaves what free releases. */
+     * options (p->cuda), or NULL for the defaults. On failure init leaves what free releases. */
     int (*init)(tl_session *s, const tl_kv_layer_policy *policies, bool kv_only, const tl_session_params *p,
                 tl_error *err);
     void (*free)(tl_session *s);
@@ -97,7 +96,7 @@ typedef struct tl_backend_ops {
     void (*print_memory)(FILE *f, const tl_session *s);
 
     /* A batched step that runs on the device (NULL on the CPU: batch.c's own step). batch_new
-     * plans the batch with max_seqs sequences of sp's context and plan against
+     * plans the batch with max_seqs sequences of sp's context, plan and options against
      * sp->gpu_mem_budget (or the free device memory) before allocating; batch_eval runs the
      * sequences in the order given, which batch.c laid out and checked, without advancing
      * their n_past (batch.c does). */

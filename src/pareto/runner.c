@@ -323,8 +323,9 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
         return tl_fail(err, "%s: %zu tokens, fewer than one window of %d", p->text_path, n_ids, ctx);
     }
     n_win = TL_MIN(n_win, p->ppl_windows > 0 ? p->ppl_windows : 1);
-    tl_session *s = tl_session_new_on(m, ctx + n_dec + 1, p->n_threads, c->chunk > 0 ? c->chunk : ctx, plan->layers,
-                                      p->device, err);
+    const tl_session_params sp = {.n_ctx = ctx + n_dec + 1, .n_threads = p->n_threads, .chunk = c->chunk > 0 ? c->chunk : ctx,
+                                  .kv = plan, .device = p->device, .cuda = p->cuda};
+    tl_session *s = tl_session_new(m, &sp, err);
     if (!s) {
         free(ids);
         return -1;
@@ -458,11 +459,14 @@ typedef struct {
     const tl_kv_plan *plan;
     int chunk;
     const char *device;
+    const tl_cuda_opts *cuda;
 } factory_ctx;
 
 static tl_session *factory(void *ctx, int n_ctx, int n_threads, tl_error *err) {
     factory_ctx *f = ctx;
-    return tl_session_new_on(f->m, n_ctx, n_threads, f->chunk > 0 ? f->chunk : n_ctx, f->plan->layers, f->device, err);
+    const tl_session_params sp = {.n_ctx = n_ctx, .n_threads = n_threads, .chunk = f->chunk > 0 ? f->chunk : n_ctx,
+                                  .kv = f->plan, .device = f->device, .cuda = *f->cuda};
+    return tl_session_new(f->m, &sp, err);
 }
 
 /* scores (may be NULL) receives each sample's score, n_kinds x n_depths x samples in that order
@@ -487,7 +491,7 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
                 jobs[k] = (tl_eval_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
                                    .stop_newline = ts[k].stop_newline};
             }
-    factory_ctx fc = {m, plan, c->chunk, p->device};
+    factory_ctx fc = {m, plan, c->chunk, p->device, &p->cuda};
     tl_runner r = {.model = m, .new_session = factory, .factory_ctx = &fc, .n_threads = p->n_threads, .n_parallel = 1,
                    .no_reuse = true};
     const double t0 = tl_time_s();
