@@ -643,7 +643,8 @@ static void tailor_model(const char *path) {
      * without its AVX-512 integer KV kernels (they round the query to int8 and the weights p*s
      * to u8, ~4e-3 per layer): with either, layer 1's top-64 picks flip near ties and the
      * logits then differ by ~2e-2 (measured) although both sides are right. */
-    setenv("TL_CUDA_TC", "0", 1);
+    const tl_cuda_opts saved = opts;
+    opts.no_tc = true;
     tl_quants_disable_avx512(true);
     for (int i = 0; i < 3; i++) {
         cmp_stats a = run_pair(m, kvs[i], 700, 6, 128, false);
@@ -652,7 +653,7 @@ static void tailor_model(const char *path) {
         CHECKF(a.rel_l2 < 1e-3, "kv %s: relative L2 logit error %g", kvs[i], a.rel_l2);
         CHECKF(a.argmax_agree == a.rows, "kv %s: top-1 differs", kvs[i]);
     }
-    unsetenv("TL_CUDA_TC");
+    opts = saved;
     tl_quants_disable_avx512(false);
     tl_model_free(m);
 }
@@ -1059,7 +1060,8 @@ static void tailor_turns(const char *path) {
     if (!m) return;
     const char *kvs[] = {"tailor:summary=4,bits=2,topk=64", "tailor:summary=0,bits=2,topk=64"};
     const int phases[] = {700, -5, 150, -5, 300, -4};
-    setenv("TL_CUDA_TC", "0", 1);
+    const tl_cuda_opts saved = opts;
+    opts.no_tc = true;
     tl_quants_disable_avx512(true);
     for (int i = 0; i < 2; i++) {
         cmp_stats a = run_turns(m, kvs[i], phases, 6, 128);
@@ -1069,7 +1071,7 @@ static void tailor_turns(const char *path) {
         CHECKF(a.rel_l2 < 1e-3, "kv %s turns: relative L2 logit error %g", kvs[i], a.rel_l2);
         CHECKF(a.argmax_agree == a.rows, "kv %s turns: top-1 differs", kvs[i]);
     }
-    unsetenv("TL_CUDA_TC");
+    opts = saved;
     tl_quants_disable_avx512(false);
     tl_model_free(m);
 }
