@@ -1,11 +1,10 @@
 /* stub.c: the CUDA interface (cuda.h, cuda_test.h) in builds without CUDA (TL_CUDA=OFF or no
  * nvcc), for the callers that use it directly (tests/test_cuda.c, bench/bench_cuda_attn.c):
  * every call fails saying so, and tl_cuda_available() is false. The engine reaches the backend
- * through its table only (engine/backend.c, which says the same). Compiles to nothing when the
- * real backend (the .cu files beside it) is built. */
+ * through its table only (engine/backend.c, which says the same). Built only where the real
+ * backend (the .cu files beside it) is not. */
 #include "cuda_test.h"
 
-#ifndef TL_HAVE_CUDA
 #include <stdio.h>
 #include <string.h>
 
@@ -145,4 +144,3 @@ int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, 
     (void)y_one;
     return tl_fail(err, "%s", no_cuda);
 }
-#endif
