@@ -208,6 +208,44 @@ int tl_kv_policy_check(const char *text, tl_error *err);
 
 /* ---- Sessions (src/session.c; sized by src/engine/plan.c) ---- */
 
+/* Options of the CUDA backend (--cuda-opt, docs/cuda.md "Options"): kernel variants to compare
+ * or rule out, and diagnostics. All zero is the default everywhere. */
+typedef struct {
+    bool safe;         /* safe: the reference path, for debugging: every attention (prefill and
+                          decode) in the general kernel with its plain loops (no decode.cu,
+                          decode_mma.cu or tensor-core attention, no register blocking or
+                          prefetch), the decode GLU unfused, no programmatic dependent launch */
+    bool no_decode;    /* no-decode: one-token steps attend in the general kernel, not decode.cu
+                          / decode_mma.cu */
+    bool no_dec_mma;   /* no-dec-mma: per-token codes decode on decode.cu's CUDA cores instead of
+                          decode_mma.cu's tensor cores */
+    int dec_tc;        /* dec-tc=N: f16 decode attention on tensor cores (prefill_tc.cu) from N
+                          keys of history on; 0 = 65536 (the measured crossover), -1 = never
+                          (dec-tc=never); dec-tc=always: 1 and per-token codes too (dec_tc_quant) */
+    bool dec_tc_quant;
+    int dec_minb;      /* dec-minb=2|3: decode.cu's head_dim-128 kernels built for 2 or 3 resident
+                          blocks per SM; 0 = 3 for per-channel keys, else 2 */
+    bool no_tc;        /* no-tc: prefill chunks attend in the general kernel, not prefill_tc.cu */
+    bool no_fuse;      /* no-fuse: the decode GLU activation as its own kernel */
+    bool no_pdl;       /* no-pdl: kernels launched without programmatic dependent launch */
+    bool widen;        /* widen: GGUF block-format weights widened to f16 at upload (the 16-bit
+                          deployment) instead of kept in their format; one format per model */
+    int gen_cap;       /* gen-cap=N: generated tokens a TailorKV sparse layer holds on the device
+                          (0 = 4096) */
+    bool prof;         /* prof: GPU time per part of the one-token steps, on stderr at the end */
+    bool verbose;      /* verbose: the weights' upload (bytes, seconds) on stderr */
+} tl_cuda_opts;
+
+/* Apply a comma list of options ("widen,no-decode,dec-tc=never,gen-cap=8192") onto *o (so
+ * several lists add up). The names are those above; err names the item and what is accepted:
+ * "--cuda-opt 'dec-minb=4': 2 or 3". list NULL or "" changes nothing. */
+int tl_cuda_opts_parse(tl_cuda_opts *o, const char *list, tl_error *err);
+/* The list of *o's non-default options, as tl_cuda_opts_parse reads them ("" for the defaults);
+ * returns the length it needs (snprintf-like). */
+int tl_cuda_opts_format(const tl_cuda_opts *o, char *buf, size_t n);
+/* The options, one per line, with what each does and its default (for --help). */
+const char *tl_cuda_opts_help(void);
+
 typedef struct {
     int n_ctx;            /* tokens the session can hold; 0 = the model's training context */
     int n_threads;        /* 0 = all online CPUs */
@@ -216,6 +254,7 @@ typedef struct {
     const char *device;   /* "cpu" (NULL) or "cuda" */
     uint64_t gpu_mem_budget; /* cuda: refuse a session whose planned GPU memory exceeds this
                                 many bytes, naming the part that does not fit (0 = no limit) */
+    tl_cuda_opts cuda;    /* cuda: the backend's options (zero: the defaults) */
     bool warn_ctx;        /* say on stderr when n_ctx exceeds the model's training context
                              (quality may degrade); the CLI's sessions do */
 } tl_session_params;
@@ -720,6 +759,7 @@ typedef struct {
     const char *device;        /* "cpu" (NULL) or "cuda": where the step runs and the slots' KV caches live */
     uint64_t gpu_mem_budget;   /* cuda: the slots' KV, the step's buffers and the weights must fit this many
                                   bytes (0: the GPU's free memory at start), else the start fails */
+    tl_cuda_opts cuda;         /* cuda: the backend's options */
     uint64_t kv_budget;        /* KV bytes the admitted requests may need at once (the planner's, at each
                                   request's prompt + max_tokens); 0 = no limit */
     int kv_wait_s;             /* how long a request waits for KV room before 429 */
@@ -789,6 +829,7 @@ typedef struct {
     const char *model, *text, *haystack, *out, *grid_file, *grid_size, *tasks, *project_to, *calib,
         *weights_files, *only, *baseline, *skip_tasks;
     const char *device; /* NULL / "cpu", or "cuda": configurations run on GPU 0 */
+    tl_cuda_opts cuda;  /* cuda: the backend's options (--cuda-opt, passed on to each configuration) */
     tl_pareto_axes axes;
     int ctx, target_ctx, threads, jobs, windows, tail, n_decode, niah_samples, ruler_samples;
     double depths[TL_PARETO_MAX_DEPTHS];

@@ -7,12 +7,12 @@
 #      2-layer SmolLM2-shaped synth (head_dim 64)
 #   3. a synthetic Llama-3.1-8B (bf16, streamed to disk), decode ms/token at depths 0 / 32k /
 #      128k for f16, k4v4, k2v2 (+ KIVI) KV, and prefill time per chunk size
-#   4. (prof) where a decode step's GPU time goes (TL_CUDA_PROF=1), depth 0 and 128k;
-#      (before) the decode bench with TL_CUDA_FUSE=0 TL_CUDA_PIPE=0 (no fused norm/GLU
-#      matvecs, no cp.async staging of quantized tiles) for before/after tables;
-#      (minb3) decode kernels at 3 blocks/SM; (olddec) TL_CUDA_DECODE=0, the general kernel
+#   4. (prof) where a decode step's GPU time goes (--cuda-opt prof), depth 0 and 128k;
+#      (before) the decode bench with --cuda-opt no-fuse,no-pdl (no fused GLU matvecs, no
+#      programmatic dependent launch), then each alone, for before/after tables;
+#      (minb3) decode kernels at 3 blocks/SM; (olddec) --cuda-opt no-decode, the general kernel
 #   5. (prefill) prefill time per chunk size: pp4096, a 512 chunk after 32k, and (long) the
-#      whole 128k-token prefill per chunk size, with TL_CUDA_TC=0 (CUDA-core attention) beside it
+#      whole 128k-token prefill per chunk size, with --cuda-opt no-tc (CUDA-core attention) beside it
 #   6. (tailor) TailorKV with --gpu-mem-budget 24GiB at depth 131072 (f16 refused by the plan):
 #      the device key summary (summary=4) and the paper's channel-row fetch (summary=0), on the
 #      bf16 synth or TK_MODEL (e.g. /dev/shm/llama8b-q4_K_M.gguf that step qweights made)
@@ -24,13 +24,13 @@
 #   9. (qweights) weights kept in their GGUF block formats (qmatvec.cu): synthetic Llama-3.1-8B in
 #      q4_K_M (llama.cpp's mix), q8_0 and w4g128 (QTYPES), decode ms/token at QDEPTHS with f16 and
 #      k4v4 KV, prefill pp4096 (chunk 4096), device memory by part (the block kernels, the
-#      default); then q4_K_M widened to f16 at upload (TL_CUDA_WIDEN=1, the 16-bit deployment)
+#      default); then q4_K_M widened to f16 at upload (--cuda-opt widen, the 16-bit deployment)
 #      at depths 0 and 131072
 #  10. (pareto) tailor pareto --device cuda on the staged real model (PARETO_WEIGHTS, PARETO_KVS,
 #      PARETO_CTX, PARETO_TASKS, PARETO_NIAH; --resume: a later call continues the sweep)
-#   7. (dectc) f16 decode attention on tensor cores (TL_CUDA_DEC_TC=1) vs decode.cu: the kernel
-#      alone (bench_cuda_attn --m 1) and the decode bench; (decmma) per-token codes decoded on
-#      decode.cu's CUDA cores (TL_CUDA_DEC_MMA=0) instead of decode_mma.cu's tensor cores
+#   7. (dectc) f16 decode attention on tensor cores (--cuda-opt dec-tc=always) vs decode.cu: the
+#      kernel alone (bench_cuda_attn --m 1) and the decode bench; (decmma) per-token codes decoded
+#      on decode.cu's CUDA cores (--cuda-opt no-dec-mma) instead of decode_mma.cu's tensor cores
 #  11. (serve) tailor serve --device cuda (continuous batching on the GPU, docs/server.md): a
 #      30-layer SmolLM2-shaped synth (f16, the fixtures' 300-token byte vocabulary, so that the
 #      generated text names the tokens) with -c 1024 --parallel 64, per KV policy (SERVE_KVS):
@@ -42,7 +42,8 @@
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
 # long dectc decmma real qweights pareto serve), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
 # MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS,
-# TL_CUDA_SAFE.
+# TL_CUDA_SAFE (=1: every tailor run on the reference path, --cuda-opt safe), CUDA_OPT (a
+# --cuda-opt list added to every tailor run that takes one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -51,6 +52,7 @@ STEPS=${STEPS:-"build test bench prof before prefill tailor"}
 DEPTHS=${DEPTHS:-0,32768,131072}
 KVS=${KVS:-f16,k8v8,k4v4,k2v2,k2v2:kivi}
 B=build-gpu
+CO=(); [ -n "${CUDA_OPT:-}" ] && CO=(--cuda-opt "$CUDA_OPT")
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.md"; }
 
@@ -84,10 +86,12 @@ if has test; then
   grep -E "FAIL|passed" "$OUT/test_cuda.log" | tail -5 >>"$OUT/summary.md"
   if [ "$rc" != 0 ]; then
     # which kernels failed? the same checks with the decode kernel off, then with the plain loops
-    log "test_cuda with TL_CUDA_DECODE=0, then TL_CUDA_SAFE=1 (benchmarks still use the defaults)"
-    TL_CUDA_DECODE=0 TL_FIXTURES=$PWD/tests/fixtures TL_CUDA_MODEL=$SHM/smol2.gguf timeout 200 $B/test_cuda >"$OUT/test_cuda_olddec.log" 2>&1
-    echo "test_cuda (TL_CUDA_DECODE=0) exit $?" | tee -a "$OUT/summary.md"
-    grep -E "FAIL" "$OUT/test_cuda_olddec.log" | head -5 >>"$OUT/summary.md"
+    log "test_cuda with no-decode, then safe (benchmarks still use the defaults)"
+    for o in no-decode safe; do
+      TL_TEST_CUDA_OPT=$o TL_FIXTURES=$PWD/tests/fixtures TL_CUDA_MODEL=$SHM/smol2.gguf timeout 200 $B/test_cuda >"$OUT/test_cuda_$o.log" 2>&1
+      echo "test_cuda (TL_TEST_CUDA_OPT=$o) exit $?" | tee -a "$OUT/summary.md"
+      grep -E "FAIL" "$OUT/test_cuda_$o.log" | head -5 >>"$OUT/summary.md"
+    done
   fi
 fi
 
@@ -102,7 +106,7 @@ fi
 
 if has bench; then
   log "decode bench (depths $DEPTHS, kv $KVS)"
-  TL_CUDA_VERBOSE=1 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
+  timeout 240 $T bench -m $M --device cuda --cuda-opt verbose "${CO[@]}" -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
     >"$OUT/decode.md" 2>"$OUT/decode.err"
   echo "bench exit $?" >>"$OUT/summary.md"
   cat "$OUT/decode.md" | tee -a "$OUT/summary.md"
@@ -110,41 +114,41 @@ if has bench; then
 fi
 
 if has prof; then
-  log "profile of a decode step (TL_CUDA_PROF=1: events between parts, slightly slower)"
-  TL_CUDA_PROF=1 timeout 240 $T bench -m $M --device cuda -p 0 -n 16 -d 0,131072 --kv f16,k4v4,k2v2 -r 1 -o md \
+  log "profile of a decode step (--cuda-opt prof: events between parts, slightly slower)"
+  timeout 240 $T bench -m $M --device cuda --cuda-opt prof "${CO[@]}" -p 0 -n 16 -d 0,131072 --kv f16,k4v4,k2v2 -r 1 -o md \
     >"$OUT/prof.md" 2>"$OUT/prof.err"
   grep -E "profile|ms/step|matrix parts" "$OUT/prof.err" | tee -a "$OUT/summary.md"
 fi
 
 if has before; then
   # before/after: both switches off is the decode step of the previous version; then each alone
-  for sw in "TL_CUDA_FUSE=0 TL_CUDA_PDL=0" "TL_CUDA_FUSE=0" "TL_CUDA_PDL=0"; do
-    log "decode bench with $sw"
-    env $sw timeout 120 $T bench -m $M --device cuda -p 0 -n 32 -d 0,131072 --kv f16 -r 2 -o md \
+  for sw in no-fuse,no-pdl no-fuse no-pdl; do
+    log "decode bench with --cuda-opt $sw"
+    timeout 120 $T bench -m $M --device cuda --cuda-opt $sw "${CO[@]}" -p 0 -n 32 -d 0,131072 --kv f16 -r 2 -o md \
       >"$OUT/decode_before.md" 2>/dev/null
     tail -2 "$OUT/decode_before.md" | tee -a "$OUT/summary.md"
   done
 fi
 
 if has minb3; then
-  log "decode bench with TL_CUDA_DEC_MINB=3 (head_dim-128 decode kernels at 3 blocks/SM)"
-  TL_CUDA_DEC_MINB=3 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
+  log "decode bench with --cuda-opt dec-minb=3 (head_dim-128 decode kernels at 3 blocks/SM)"
+  timeout 240 $T bench -m $M --device cuda --cuda-opt dec-minb=3 "${CO[@]}" -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
     >"$OUT/decode_minb3.md" 2>"$OUT/decode_minb3.err"
   echo "bench (minb 3) exit $?" >>"$OUT/summary.md"
   cat "$OUT/decode_minb3.md" | tee -a "$OUT/summary.md"
 fi
 
 if has decmma; then
-  log "decode bench with TL_CUDA_DEC_MMA=0 (per-token codes on decode.cu's CUDA cores: before decode_mma.cu)"
-  TL_CUDA_DEC_MMA=0 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "${MMA_DEPTHS:-32768,131072}" --kv "${MMA_KVS:-k4v4,k2v2}" -r 2 -o md \
+  log "decode bench with --cuda-opt no-dec-mma (per-token codes on decode.cu's CUDA cores: before decode_mma.cu)"
+  timeout 240 $T bench -m $M --device cuda --cuda-opt no-dec-mma "${CO[@]}" -p 0 -n 32 -d "${MMA_DEPTHS:-32768,131072}" --kv "${MMA_KVS:-k4v4,k2v2}" -r 2 -o md \
     >"$OUT/decode_nomma.md" 2>"$OUT/decode_nomma.err"
-  echo "bench (TL_CUDA_DEC_MMA=0) exit $?" >>"$OUT/summary.md"
+  echo "bench (no-dec-mma) exit $?" >>"$OUT/summary.md"
   cat "$OUT/decode_nomma.md" | tee -a "$OUT/summary.md"
 fi
 
 if has olddec; then
-  log "decode bench with TL_CUDA_DECODE=0 (general attention kernel: before)"
-  TL_CUDA_DECODE=0 timeout 240 $T bench -m $M --device cuda -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
+  log "decode bench with --cuda-opt no-decode (general attention kernel: before)"
+  timeout 240 $T bench -m $M --device cuda --cuda-opt no-decode "${CO[@]}" -p 0 -n 32 -d "$DEPTHS" --kv "$KVS" -r 2 -o md \
     >"$OUT/decode_old.md" 2>"$OUT/decode_old.err"
   echo "bench (old decode) exit $?" >>"$OUT/summary.md"
   cat "$OUT/decode_old.md" | tee -a "$OUT/summary.md"
@@ -156,20 +160,20 @@ if has prefill; then
   log "prefill bench (pp4096 at depth 0, by chunk size)"
   for C in ${CHUNKS:-512 2048 4096}; do
     echo "chunk $C:" | tee -a "$OUT/summary.md" "$OUT/prefill.md"
-    timeout 75 $T bench -m $M --device cuda -p 4096 -n 0 --chunk $C -r 2 -o md >"$OUT/prefill_tmp.md" 2>>"$OUT/prefill.err"
+    timeout 75 $T bench -m $M --device cuda "${CO[@]}" -p 4096 -n 0 --chunk $C -r 2 -o md >"$OUT/prefill_tmp.md" 2>>"$OUT/prefill.err"
     cat "$OUT/prefill_tmp.md" >>"$OUT/prefill.md"
     tail -1 "$OUT/prefill_tmp.md" | tee -a "$OUT/summary.md"
     rm -f "$OUT/prefill_tmp.md"
   done
   echo "pp512 after a 32k-token history (chunk 512):" | tee -a "$OUT/summary.md" "$OUT/prefill.md"
-  timeout 90 $T bench -m $M --device cuda -p 512 -n 0 -d 32768 --kv f16,k4v4,k2v2:kivi --chunk 512 -r 2 -o md \
+  timeout 90 $T bench -m $M --device cuda "${CO[@]}" -p 512 -n 0 -d 32768 --kv f16,k4v4,k2v2:kivi --chunk 512 -r 2 -o md \
     >"$OUT/prefill_tmp.md" 2>>"$OUT/prefill.err"
   cat "$OUT/prefill_tmp.md" >>"$OUT/prefill.md"
   tail -3 "$OUT/prefill_tmp.md" | tee -a "$OUT/summary.md"
   rm -f "$OUT/prefill_tmp.md"
   tail -5 "$OUT/prefill.err" >>"$OUT/summary.md"
-  echo "pp512 after a 32k-token history, CUDA-core attention (TL_CUDA_TC=0):" | tee -a "$OUT/summary.md" "$OUT/prefill.md"
-  TL_CUDA_TC=0 timeout 90 $T bench -m $M --device cuda -p 512 -n 0 -d 32768 --kv f16 --chunk 512 -r 2 -o md \
+  echo "pp512 after a 32k-token history, CUDA-core attention (--cuda-opt no-tc):" | tee -a "$OUT/summary.md" "$OUT/prefill.md"
+  timeout 90 $T bench -m $M --device cuda --cuda-opt no-tc "${CO[@]}" -p 512 -n 0 -d 32768 --kv f16 --chunk 512 -r 2 -o md \
     >"$OUT/prefill_tmp.md" 2>>"$OUT/prefill.err"
   cat "$OUT/prefill_tmp.md" >>"$OUT/prefill.md"
   tail -1 "$OUT/prefill_tmp.md" | tee -a "$OUT/summary.md"
@@ -181,7 +185,7 @@ if has long; then
   # peak GPU memory (the bench prints the memory plan and use after the run)
   log "prefill of 131072 tokens per chunk size"
   for C in ${LONG_CHUNKS:-1024 4096}; do
-    timeout 200 $T bench -m $M --device cuda -p 131072 -n 0 --kv f16 --chunk $C -r 1 -o md >"$OUT/long_$C.md" 2>"$OUT/long_$C.err"
+    timeout 200 $T bench -m $M --device cuda "${CO[@]}" -p 131072 -n 0 --kv f16 --chunk $C -r 1 -o md >"$OUT/long_$C.md" 2>"$OUT/long_$C.err"
     echo "chunk $C exit $?" | tee -a "$OUT/summary.md"
     tail -1 "$OUT/long_$C.md" | tee -a "$OUT/summary.md"
     grep -iE "gpu memory|peak" "$OUT/long_$C.err" | head -4 | tee -a "$OUT/summary.md"
@@ -189,8 +193,8 @@ if has long; then
 fi
 
 if has safe && [ -z "${TL_CUDA_SAFE:-}" ]; then
-  log "decode with TL_CUDA_SAFE=1 (plain attention loops, for comparison)"
-  TL_CUDA_SAFE=1 timeout 90 $T bench -m $M --device cuda -p 0 -n 32 -d 32768,131072 --kv f16,k4v4 -r 2 -o md \
+  log "decode with --cuda-opt safe (the reference path: general kernel, plain loops, for comparison)"
+  timeout 90 $T bench -m $M --device cuda --cuda-opt safe "${CO[@]}" -p 0 -n 32 -d 32768,131072 --kv f16,k4v4 -r 2 -o md \
     >"$OUT/decode_safe.md" 2>/dev/null
   cat "$OUT/decode_safe.md" | tee -a "$OUT/summary.md"
 fi
@@ -199,11 +203,11 @@ if has tailor; then
   # 24 GiB device budget at 128k: f16 must be refused by the plan, tailor must fit and run
   log "tailor: --gpu-mem-budget 24GiB at depth 131072, $(basename $TKM)"
   BUD=${BUDGET:-24GiB}
-  timeout 60 $T bench -m $TKM --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d 131072 --kv f16 -r 1 -o md \
+  timeout 60 $T bench -m $TKM --device cuda "${CO[@]}" --gpu-mem-budget $BUD -p 0 -n 32 -d 131072 --kv f16 -r 1 -o md \
     >"$OUT/tailor_f16.md" 2>"$OUT/tailor_f16.err"
   echo "f16 under $BUD: exit $?" | tee -a "$OUT/summary.md"
   grep -E "gpu-mem-budget" "$OUT/tailor_f16.err" | head -3 | tee -a "$OUT/summary.md"
-  TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $TKM --device cuda --gpu-mem-budget $BUD -p 0 -n 32 -d ${TK_DEPTHS:-131072} \
+  timeout 300 $T bench -m $TKM --device cuda --cuda-opt verbose "${CO[@]}" --gpu-mem-budget $BUD -p 0 -n 32 -d ${TK_DEPTHS:-131072} \
     --kv "${TK_KVS:-tailor:summary=4,tailor:summary=0}" -r 2 -o md >"$OUT/tailor.md" 2>"$OUT/tailor.err"
   echo "tailor bench exit $?" | tee -a "$OUT/summary.md"
   cat "$OUT/tailor.md" | tee -a "$OUT/summary.md"
@@ -215,9 +219,9 @@ if has dectc; then
   for H in 32768 65536 131072; do
     timeout 60 $B/bench_cuda_attn --history $H --m 1 --reps 20 2>&1 | tail -1 | tee -a "$OUT/summary.md"
   done
-  for tc in 1 0; do
-    log "decode bench, f16, TL_CUDA_DEC_TC=$tc (1: tensor cores at every depth, 0: decode.cu)"
-    TL_CUDA_DEC_TC=$tc timeout 150 $T bench -m $M --device cuda -p 0 -n 32 -d ${TC_DEPTHS:-32768,65536,131072} --kv f16 -r 2 \
+  for tc in always never; do
+    log "decode bench, f16, --cuda-opt dec-tc=$tc (always: tensor cores at every depth, never: decode.cu)"
+    timeout 150 $T bench -m $M --device cuda --cuda-opt dec-tc=$tc "${CO[@]}" -p 0 -n 32 -d ${TC_DEPTHS:-32768,65536,131072} --kv f16 -r 2 \
       -o md >"$OUT/decode_dectc.md" 2>"$OUT/decode_dectc.err"
     tail -n +3 "$OUT/decode_dectc.md" | tee -a "$OUT/summary.md"
   done
@@ -236,7 +240,7 @@ if has real; then
         log "real: GPU logits vs CPU, $(basename "$RM"), -c $C"
         timeout 300 $T perplexity -m "$RM" -f $SHM/essays.txt -c $C --chunks 2 --kl-base-write $SHM/cpu-$C.kld \
           --out $R/check.jsonl >$R/cpu_$C.txt 2>$R/cpu_$C.err
-        timeout 120 $T perplexity -m "$RM" --device cuda -f $SHM/essays.txt -c $C --chunks 2 --kl-base $SHM/cpu-$C.kld \
+        timeout 120 $T perplexity -m "$RM" --device cuda "${CO[@]}" -f $SHM/essays.txt -c $C --chunks 2 --kl-base $SHM/cpu-$C.kld \
           --out $R/check.jsonl >$R/gpu_vs_cpu_$C.txt 2>$R/gpu_$C.err
       fi
       grep -E "Final|PPL ratio|mean KLD|max KLD|same top-1|verdict" $R/gpu_vs_cpu_$C.txt | tee -a "$OUT/summary.md"
@@ -259,7 +263,7 @@ if has pareto; then
   else
     cat "$DATA"/pg_essays/*.txt >$SHM/essays.txt
     log "pareto --device cuda: weights ${PARETO_WEIGHTS:=base,f16,q8_0,q4_0,w4g128,awq} x kv ${PARETO_KVS:=f16,k8v8,k4v4,k4v2,k2v2:kivi}"
-    timeout ${PARETO_TIMEOUT:-540} $T pareto --device cuda -m "$RM" -o $P -c ${PARETO_CTX:-32768} --target-ctx 131072 \
+    timeout ${PARETO_TIMEOUT:-540} $T pareto --device cuda "${CO[@]}" -m "$RM" -o $P -c ${PARETO_CTX:-32768} --target-ctx 131072 \
       --project-to llama-3.1-8b --weights $PARETO_WEIGHTS --calib $SHM/essays.txt --kv-axis $PARETO_KVS \
       --tasks ${PARETO_TASKS:-ppl,niah} --windows 1 --niah-samples ${PARETO_NIAH:-2} -f $SHM/essays.txt \
       --haystack "$DATA/pg_essays" --speed --resume >"$OUT/pareto.log" 2>&1
@@ -279,20 +283,20 @@ if has qweights; then
       $T synth --shape llama-3.1-8b --type $QT -o $QM -q 2>&1 | tail -1 | tee -a "$OUT/summary.md"
     fi
     log "qweights $QT: decode (depths $QDEPTHS, kv f16,k4v4)"
-    TL_CUDA_VERBOSE=1 timeout 300 $T bench -m $QM --device cuda -p 0 -n 32 -d "$QDEPTHS" --kv f16,k4v4 -r 2 -o md \
+    timeout 300 $T bench -m $QM --device cuda --cuda-opt verbose "${CO[@]}" -p 0 -n 32 -d "$QDEPTHS" --kv f16,k4v4 -r 2 -o md \
       >"$OUT/qw_$QT.md" 2>"$OUT/qw_$QT.err"
     echo "bench $QT exit $?" | tee -a "$OUT/summary.md"
     cat "$OUT/qw_$QT.md" | tee -a "$OUT/summary.md"
     grep -E "gpu memory|uploaded|widened|error|tailor bench" "$OUT/qw_$QT.err" | sort -u | head -8 | tee -a "$OUT/summary.md"
     log "qweights $QT: prefill pp4096 (chunk 4096)"
-    timeout 120 $T bench -m $QM --device cuda -p 4096 -n 0 --chunk 4096 -r 2 -o md >"$OUT/qw_${QT}_pp.md" 2>>"$OUT/qw_$QT.err"
+    timeout 120 $T bench -m $QM --device cuda "${CO[@]}" -p 4096 -n 0 --chunk 4096 -r 2 -o md >"$OUT/qw_${QT}_pp.md" 2>>"$OUT/qw_$QT.err"
     echo "prefill $QT exit $?" | tee -a "$OUT/summary.md"
     tail -1 "$OUT/qw_${QT}_pp.md" | tee -a "$OUT/summary.md"
   done
   QM=$SHM/llama8b-q4_K_M.gguf
   if [ -f $QM ]; then
-    log "qweights q4_K_M widened to f16 at upload (TL_CUDA_WIDEN=1: before), depths 0,131072, kv f16"
-    TL_CUDA_WIDEN=1 timeout 200 $T bench -m $QM --device cuda -p 0 -n 32 -d 0,131072 --kv f16 -r 2 -o md \
+    log "qweights q4_K_M widened to f16 at upload (--cuda-opt widen: before), depths 0,131072, kv f16"
+    timeout 200 $T bench -m $QM --device cuda --cuda-opt widen "${CO[@]}" -p 0 -n 32 -d 0,131072 --kv f16 -r 2 -o md \
       >"$OUT/qw_widen.md" 2>"$OUT/qw_widen.err"
     echo "bench (widened) exit $?" | tee -a "$OUT/summary.md"
     cat "$OUT/qw_widen.md" | tee -a "$OUT/summary.md"
@@ -319,7 +323,7 @@ if has serve; then
     tag=$(echo "$KV" | tr -c 'A-Za-z0-9\n' _)
     SC=${SERVE_CTX:-1024}
     log "serve --device cuda --kv $KV (-c $SC --parallel 64)"
-    $T serve -m $SM --device cuda --port 0 -c $SC --parallel 64 --queue 128 --kv "$KV" >"$OUT/serve_$tag.log" 2>&1 &
+    $T serve -m $SM --device cuda "${CO[@]}" --port 0 -c $SC --parallel 64 --queue 128 --kv "$KV" >"$OUT/serve_$tag.log" 2>&1 &
     SP=$!
     if PORT=$(port_of "$OUT/serve_$tag.log" $SP); then
       grep -E "slot\(s\)" "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"
@@ -337,7 +341,7 @@ if has serve; then
     echo "serve $KV exit $?" | tee -a "$OUT/summary.md"
   done
   log "serve: 64 slots of 131072 tokens under --gpu-mem-budget 8GiB must be refused at start"
-  timeout 120 $T serve -m $SM --device cuda --port 0 -c 131072 --parallel 64 --gpu-mem-budget 8GiB >"$OUT/serve_budget.log" 2>&1
+  timeout 120 $T serve -m $SM --device cuda "${CO[@]}" --port 0 -c 131072 --parallel 64 --gpu-mem-budget 8GiB >"$OUT/serve_budget.log" 2>&1
   echo "exit $? (want 1)" | tee -a "$OUT/summary.md"
   tail -2 "$OUT/serve_budget.log" | tee -a "$OUT/summary.md"
 fi

@@ -12,10 +12,10 @@
  * rounded kernels (a prefix of the layout) go in calls of at most that many rows, the others
  * in one f32 call. Within a regime rows are independent, so each sequence's logits equal
  * tl_session_eval's up to the order of float additions, whatever else shares its step.
- * A batch made for GPU sequences (tl_batch_new_for with device "cuda") checks and lays out the
- * step here and runs it in src/cuda/batch.cu. */
+ * A batch made for a device's sequences (tl_batch_new_for with device "cuda") checks and lays
+ * out the step here and runs it on the backend's own step (engine/backend.h; the CUDA
+ * backend's is src/cuda/batch.cu). */
 #include "batch.h"
-#include "cuda/cuda.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -25,8 +25,8 @@
 struct tl_batch {
     tl_model *m;
     tl_session_params sp;  /* the sequences tl_batch_session_new makes */
-    tl_cuda_batch *gpu;    /* on the GPU: the step (src/cuda/batch.cu); then the CPU buffers below are unused */
-    tl_cuda_seq *gseq;     /* [max_seqs] the step in layout order, for the GPU */
+    const tl_backend_ops *be; /* their backend */
+    void *dev;             /* a device's step (be->batch_new); then the CPU buffers below are unused */
     tl_pool *pool;
     const tl_vec_ops *vo;
     int max_rows, max_seqs;
@@ -66,6 +66,7 @@ tl_batch *tl_batch_new(tl_model *m, int max_rows, int max_seqs, int n_threads, t
     const tl_config *c = &m->cfg;
     tl_batch *b = tl_xcalloc(1, sizeof *b);
     b->m = m;
+    b->be = &tl_backend_cpu;
     b->pool = tl_pool_new(n_threads);
     b->vo = tl_vec_get();
     b->max_rows = max_rows;
@@ -102,16 +103,13 @@ tl_batch *tl_batch_new(tl_model *m, int max_rows, int max_seqs, int n_threads, t
 
 tl_batch *tl_batch_new_for(tl_model *m, int max_rows, int max_seqs, int n_threads, const tl_session_params *sp,
                            tl_error *err) {
-    const bool cuda = sp->device && !strcmp(sp->device, "cuda");
-    if (sp->device && !cuda && strcmp(sp->device, "cpu")) {
-        tl_fail(err, "--device '%s': unknown device (cpu, cuda)", sp->device);
-        return NULL;
-    }
+    const tl_backend_ops *be = tl_backend_find(sp->device, err);
+    if (!be) return NULL;
     if (sp->kv && sp->kv->n_layers != m->cfg.n_layer) {
         tl_fail(err, "--kv: the plan has %d layers but the model has %d", sp->kv->n_layers, m->cfg.n_layer);
         return NULL;
     }
-    if (!cuda) {
+    if (!be->batch_new) {
         tl_batch *b = tl_batch_new(m, max_rows, max_seqs, n_threads, err);
         if (b) b->sp = *sp;
         return b;
@@ -121,17 +119,15 @@ tl_batch *tl_batch_new_for(tl_model *m, int max_rows, int max_seqs, int n_thread
                 max_seqs);
         return NULL;
     }
-    const tl_kv_layer_policy *pol = sp->kv ? sp->kv->layers : NULL;
-    if (tl_cuda_check_batch(m, sp->n_ctx, pol, max_seqs, max_rows, max_seqs, sp->gpu_mem_budget, err)) return NULL;
-    tl_cuda_batch *g = tl_cuda_batch_new(m, max_rows, max_seqs, sp->n_ctx, pol, err);
-    if (!g) return NULL;
+    void *dev = be->batch_new(m, max_rows, max_seqs, sp, err);
+    if (!dev) return NULL;
     tl_batch *b = tl_xcalloc(1, sizeof *b);
     b->m = m;
     b->sp = *sp;
-    b->gpu = g;
+    b->be = be;
+    b->dev = dev;
     b->max_rows = max_rows;
     b->max_seqs = max_seqs;
-    b->gseq = tl_xcalloc((size_t)max_seqs, sizeof *b->gseq);
     layout_alloc(b, max_seqs);
     return b;
 }
@@ -140,9 +136,8 @@ tl_session *tl_batch_session_new(tl_batch *b, tl_error *err) { return tl_session
 
 void tl_batch_free(tl_batch *b) {
     if (!b) return;
-    if (b->gpu) {
-        tl_cuda_batch_free(b->gpu);
-        free(b->gseq);
+    if (b->dev) {
+        b->be->batch_free(b->dev);
         free(b->seq);
         free(b->row0);
         free(b->n_rows);
@@ -159,7 +154,7 @@ void tl_batch_free(tl_batch *b) {
     free(b);
 }
 
-uint64_t tl_batch_bytes(const tl_batch *b) { return b->gpu ? tl_cuda_batch_bytes(b->gpu) : b->bytes; }
+uint64_t tl_batch_bytes(const tl_batch *b) { return b->dev ? b->be->batch_bytes(b->dev) : b->bytes; }
 
 /* y = x W for rows grouped as `groups` rows each (ascending), every group getting the kernels
  * tl_matmul picks for it alone (see the top of the file). ldy: floats between rows of y. */
@@ -210,9 +205,9 @@ static int layout(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *er
         const tl_batch_seq *q = &seqs[i];
         const tl_session *s = q->s;
         if (s->model != b->m) return tl_fail(err, "batch: sequence %d belongs to another model", i);
-        if (!s->gpu != !b->gpu)
-            return tl_fail(err, "batch: sequence %d is on the %s; this batch's step runs on the %s", i, s->gpu ? "GPU" : "CPU",
-                           b->gpu ? "GPU" : "CPU");
+        if (s->be != b->be)
+            return tl_fail(err, "batch: sequence %d is on the %s; this batch's step runs on the %s", i,
+                           s->be->gpu ? "GPU" : "CPU", b->be->gpu ? "GPU" : "CPU");
         if (s->observer) return tl_fail(err, "batch: sequence %d has an activation observer, which runs alone", i);
         if (q->n < 1) return tl_fail(err, "batch: sequence %d has %d tokens (at least 1)", i, q->n);
         if (s->n_past + q->n > s->n_ctx)
@@ -279,20 +274,16 @@ static void output(tl_batch *b) {
     }
 }
 
-/* The GPU's step, over the same layout. */
-static int eval_gpu(tl_batch *b, tl_error *err) {
-    for (int i = 0; i < b->n_seq; i++) {
-        const tl_batch_seq *q = b->seq[i];
-        b->gseq[i] = (tl_cuda_seq){.g = q->s->gpu, .tokens = q->tokens, .n = q->n, .logits = q->logits, .all_logits = q->all_logits};
-    }
-    if (tl_cuda_batch_eval(b->gpu, b->gseq, b->n_seq, err)) return -1;
+/* A device's step, over the same layout. */
+static int eval_dev(tl_batch *b, tl_error *err) {
+    if (b->be->batch_eval(b->dev, b->seq, b->n_seq, err)) return -1;
     for (int i = 0; i < b->n_seq; i++) b->seq[i]->s->n_past += b->n_rows[i];
     return 0;
 }
 
 int tl_batch_eval(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *err) {
     if (layout(b, seqs, n_seq, err)) return -1;
-    if (b->gpu) return eval_gpu(b, err);
+    if (b->dev) return eval_dev(b, err);
     const tl_model *m = b->m;
     const tl_config *c = &m->cfg;
     const tl_weights *w = &m->w;

@@ -11,7 +11,7 @@
 #include "session.h"
 
 /* One sequence's part of a step. */
-typedef struct {
+typedef struct tl_batch_seq {
     tl_session *s;         /* a session of the batch's model on the batch's device, at most once per step */
     const int32_t *tokens; /* n tokens appended at positions s->n_past.. */
     int n;                 /* >= 1 */

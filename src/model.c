@@ -2,7 +2,6 @@
  * shape and type. Errors name the file and the tensor or key. */
 #include "model.h"
 #include "../include/tailor.h"
-#include "cuda/cuda.h"
 
 #include <float.h>
 #include <math.h>
@@ -389,7 +388,7 @@ fail:
 
 void tl_model_free(tl_model *m) {
     if (!m) return;
-    tl_cuda_weights_free(m->gpu);
+    if (m->dev_weights) m->dev_weights_free(m->dev_weights);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     tl_tokenizer_free(m->tok);

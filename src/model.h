@@ -85,7 +85,10 @@ struct tl_model {
     /* norm vectors stored as f16/bf16 in the file are widened here (owned) */
     float **owned;
     int n_owned;
-    void *gpu; /* device copy of the weights (src/cuda), made by the first CUDA session */
+    /* a device backend's copy of the weights, made by its first session and shared by the
+     * model's sessions; tl_model_free releases it with the backend's dev_weights_free */
+    void *dev_weights;
+    void (*dev_weights_free)(void *dev_weights);
 };
 
 /* The tensors an architecture's files hold besides llama's (the loader requires them; synth

@@ -25,7 +25,6 @@
 #include "kv/policy.h"
 #include "kv/tailor_plan.h"
 #include "engine/plan.h"
-#include "cuda/cuda.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -173,11 +172,11 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
     if (s->n_past + n > s->n_ctx)
         return tl_fail(err, "context overflow: %d tokens held + %d new exceed the context size %d (raise -c)",
                        s->n_past, n, s->n_ctx);
-    if (s->gpu) {
-        if (tl_cuda_eval(s->gpu, tokens, n, logits, all_logits, err)) return -1;
-        s->n_past += n;
-        return 0;
-    }
+    return s->be->eval(s, tokens, n, logits, all_logits, err);
+}
+
+/* The prompt chunk by chunk; the per-token key check after the first. */
+static int cpu_eval(tl_session *s, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
     const int V = s->model->cfg.n_vocab;
     for (int i = 0; i < n; i += s->chunk) {
         const int nc = TL_MIN(s->chunk, n - i);
@@ -192,34 +191,45 @@ int tl_session_eval(tl_session *s, const int32_t *tokens, int n, float *logits, 
 }
 
 int tl_session_fill_random(tl_session *s, int n, uint64_t seed, tl_error *err) {
-    if (!s->gpu) return tl_fail(err, "random K/V rows: only the CUDA backend fills a cache without the model");
+    if (!s->be->fill_random) return tl_fail(err, "random K/V rows: only the CUDA backend fills a cache without the model");
     if (n < 0 || s->n_past + n > s->n_ctx)
         return tl_fail(err, "random K/V rows: %d tokens held + %d exceed the context size %d", s->n_past, n, s->n_ctx);
-    if (tl_cuda_fill_random(s->gpu, n, seed, err)) return -1;
-    s->n_past += n;
-    return 0;
+    return s->be->fill_random(s, n, seed, err);
 }
 
 void tl_session_reset(tl_session *s) {
     s->n_past = 0;
-    if (s->gpu) {
-        tl_cuda_reset(s->gpu);
-        return;
-    }
+    s->be->reset(s);
+}
+
+static void cpu_reset(tl_session *s) {
     for (int il = 0; il < s->model->cfg.n_layer; il++) tl_kv_clear(s->kv[il]);
 }
 
 int tl_session_n_past(const tl_session *s) { return s->n_past; }
 int tl_session_n_ctx(const tl_session *s) { return s->n_ctx; }
 int tl_session_chunk(const tl_session *s) { return s->chunk; }
-bool tl_session_on_gpu(const tl_session *s) { return s->gpu != NULL; }
+bool tl_session_on_gpu(const tl_session *s) { return s->be->gpu; }
 int tl_session_n_threads(const tl_session *s) { return s->pool ? tl_pool_size(s->pool) : 0; }
-bool tl_gpu_bandwidth(char *name, size_t n, double *peak_gbs) { return tl_cuda_device_bandwidth(name, n, peak_gbs); }
+
+bool tl_gpu_bandwidth(char *name, size_t n, double *peak_gbs) {
+    *peak_gbs = 0;
+    tl_error err;
+    const tl_backend_ops *be = tl_backend_load("cuda", &err);
+    if (!be) {
+        if (name && n) snprintf(name, n, "%s", err.msg);
+        return false;
+    }
+    return be->bandwidth(name, n, peak_gbs);
+}
 
 int tl_session_truncate_max(const tl_session *s, int n_tokens) {
-    int n = TL_MAX(0, TL_MIN(n_tokens, s->n_past));
+    const int n = TL_MAX(0, TL_MIN(n_tokens, s->n_past));
     if (n == s->n_past) return n;
-    if (s->gpu) return 0;
+    return s->be->truncate_max(s, n);
+}
+
+static int cpu_truncate_max(const tl_session *s, int n) {
     for (;;) { /* each layer's largest count at or below n, until every layer accepts the same */
         int m = n;
         for (int il = 0; il < s->model->cfg.n_layer; il++) {
@@ -236,7 +246,12 @@ int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err) {
         return tl_fail(err, "truncate to %d tokens: the session holds %d", n_tokens, s->n_past);
     if (n_tokens == s->n_past) return 0;
     if (n_tokens == 0) return tl_session_reset(s), 0;
-    if (s->gpu) return tl_fail(err, "truncate: not supported by the CUDA backend yet");
+    if (s->be->truncate(s, n_tokens, err)) return -1;
+    s->n_past = n_tokens;
+    return 0;
+}
+
+static int cpu_truncate(tl_session *s, int n_tokens, tl_error *err) {
     const int L = s->model->cfg.n_layer;
     for (int pass = 0; pass < 2; pass++) /* check every layer first, then cut */
         for (int il = 0; il < L; il++) {
@@ -245,7 +260,6 @@ int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err) {
                 return tl_fail(err, "truncate: layer %d's %s KV store cannot drop tokens", il, l->ops->name);
             if (l->ops->truncate(l, n_tokens, pass == 0, err)) return tl_fail_prefix(err, "layer %d", il);
         }
-    s->n_past = n_tokens;
     return 0;
 }
 
@@ -291,46 +305,60 @@ tl_kv_layer_policy *tl_session_resolve_auto(tl_model *m, const tl_kv_layer_polic
     return resolve_auto(m, policies, false, n_threads, failed, err);
 }
 
-tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,
-                                         const tl_kv_layer_policy *policies, tl_error *err) {
+/* A session of m on backend be: the backend's check of the model, auto layers measured (among
+ * the layouts a GPU runs, on one), context and chunk resolved (engine/plan.h), then be->init.
+ * kv_only: a sequence of the backend's batched step (its KV caches only). p: the options, or
+ * NULL for the defaults. */
+static tl_session *session_make(tl_model *m, const tl_backend_ops *be, int n_ctx, int n_threads, int chunk,
+                                const tl_kv_layer_policy *policies, bool kv_only, const tl_session_params *p,
+                                tl_error *err) {
+    if (be->supports && be->supports(m, err)) return NULL;
     bool failed;
-    tl_kv_layer_policy *resolved = resolve_auto(m, policies, false, n_threads, &failed, err);
+    tl_kv_layer_policy *resolved = resolve_auto(m, policies, be->gpu, n_threads, &failed, err);
     if (failed) return NULL;
-    if (resolved) {
-        tl_session *s = tl_session_new_with_policies(m, n_ctx, n_threads, chunk, resolved, err);
-        free(resolved);
-        return s;
-    }
-    const tl_config *c = &m->cfg;
-    n_ctx = tl_plan_n_ctx(c, n_ctx);
-    chunk = tl_plan_chunk(n_ctx, chunk);
-    if (c->n_rot / 2 > 512) {
-        tl_fail(err, "rope dimension %d too large", c->n_rot);
-        return NULL;
-    }
     tl_session *s = tl_xcalloc(1, sizeof *s);
     s->model = m;
-    s->n_ctx = n_ctx;
-    s->chunk = chunk;
-    s->pool = tl_pool_new(n_threads);
+    s->be = be;
+    s->n_ctx = tl_plan_n_ctx(&m->cfg, n_ctx);
+    s->chunk = tl_plan_chunk(s->n_ctx, chunk);
+    /* host work: the CPU's forward pass, or a device's logits (perplexity's log-softmax); a
+     * sequence of a device's batch has none */
+    if (!kv_only) s->pool = tl_pool_new(n_threads);
+    const int rc = be->init(s, resolved ? resolved : policies, kv_only, p, err);
+    free(resolved);
+    if (rc) {
+        tl_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,
+                                         const tl_kv_layer_policy *policies, tl_error *err) {
+    return session_make(m, &tl_backend_cpu, n_ctx, n_threads, chunk, policies, false, NULL, err);
+}
+
+/* The CPU's stores and buffers, sized by the planner. */
+static int cpu_init(tl_session *s, const tl_kv_layer_policy *policies, bool kv_only, const tl_session_params *p,
+                    tl_error *err) {
+    const tl_config *c = &s->model->cfg;
+    if (c->n_rot / 2 > 512) return tl_fail(err, "rope dimension %d too large", c->n_rot);
     s->vo = tl_vec_get();
     init_rope(s);
     tl_kv_layer_policy *eff = tl_xmalloc(sizeof *eff * (size_t)c->n_layer);
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;
-        tl_plan_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &eff[il]);
+        tl_plan_layer_kv(c, s->n_ctx, il, policies ? &policies[il] : NULL, &sh, &eff[il]);
         s->kv[il] = tl_kv_layer_new(&eff[il], &sh, err);
         if (!s->kv[il]) {
-            tl_fail_prefix(err, "layer %d KV cache", il);
             free(eff);
-            tl_session_free(s);
-            return NULL;
+            return tl_fail_prefix(err, "layer %d KV cache", il);
         }
     }
     /* the buffers as the planner sizes them */
-    const tl_plan_target t = tl_plan_target_model(m);
+    const tl_plan_target t = tl_plan_target_model(s->model);
     tl_act_sizes z;
-    tl_plan_activations(&t, chunk, eff, &z);
+    tl_plan_activations(&t, s->chunk, eff, &z);
     free(eff);
     tl_activations *a = &s->act;
     a->x = act_alloc(s, z.x);
@@ -346,23 +374,21 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
     a->mm_scratch_bytes = z.mm_scratch;
     a->mm_scratch = act_alloc(s, z.mm_scratch);
     if (z.q_pred) s->q_pred = act_alloc(s, z.q_pred);
-    return s;
+    return 0;
 }
 
 void tl_session_free(tl_session *s) {
     if (!s) return;
-    if (s->gpu) {
-        tl_cuda_session_free(s->gpu);
-        tl_pool_free(s->pool);
-        free(s);
-        return;
-    }
+    s->be->free(s);
+    tl_pool_free(s->pool);
+    free(s);
+}
+
+static void cpu_free(tl_session *s) {
     for (int il = 0; il < s->model->cfg.n_layer; il++) tl_kv_destroy(s->kv[il]);
     tl_activations *a = &s->act;
     void *bufs[] = {a->x, a->xn, a->q, a->k, a->v, a->attn, a->gate, a->up, a->tmp, a->rope, a->logits, a->mm_scratch, s->q_pred};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tl_afree(bufs[i]);
-    tl_pool_free(s->pool);
-    free(s);
 }
 
 void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, float *q) {
@@ -384,14 +410,10 @@ void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, f
 void tl_session_memory(const tl_session *s, tl_session_mem *out) {
     memset(out, 0, sizeof *out);
     out->weights = s->model->weight_bytes;
-    if (s->gpu) {
-        tl_cuda_mem gm;
-        tl_cuda_memory(s->gpu, &gm);
-        out->activations = gm.activations;
-        out->kv_parts = gm.kv_held;
-        out->kv = tl_kv_bytes_total(&gm.kv_held);
-        return;
-    }
+    s->be->memory(s, out);
+}
+
+static void cpu_memory(const tl_session *s, tl_session_mem *out) {
     out->activations = s->act_bytes;
     for (int il = 0; il < s->model->cfg.n_layer; il++) {
         tl_kv_bytes b;
@@ -405,40 +427,37 @@ void tl_session_memory(const tl_session *s, tl_session_mem *out) {
     }
 }
 
+bool tl_session_device_memory(const tl_session *s, tl_device_mem *out) {
+    if (!s->be->device_memory) return false;
+    s->be->device_memory(s, out);
+    return true;
+}
+
+int tl_session_device_plan(const tl_session *s, const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err) {
+    if (!s->be->plan) return tl_fail(err, "device memory plan: the %s backend has no device", s->be->name);
+    return s->be->plan(s, policies, out, err);
+}
+
 tl_session_params tl_session_default_params(void) {
     tl_session_params p = {0};
     return p;
 }
 
-/* What the CUDA backend does not compute is refused by name rather than computed wrong. */
-static int cuda_refuses(const tl_config *c, tl_error *err) {
-    if (c->attn_softcap > 0 || c->final_softcap > 0)
-        return tl_fail(err, "--device cuda: this %s model soft-caps its attention scores and final logits, which the "
-                            "GPU backend does not implement; run it on the CPU (--device cpu)", c->arch_name);
-    return 0;
-}
-
-tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, const tl_kv_layer_policy *policies,
-                              const char *device, tl_error *err) {
-    if (!device || !strcmp(device, "cpu")) return tl_session_new_with_policies(m, n_ctx, n_threads, chunk, policies, err);
+const tl_backend_ops *tl_backend_find(const char *device, tl_error *err) {
+    if (!device || !strcmp(device, "cpu")) return &tl_backend_cpu;
     if (strcmp(device, "cuda")) {
         tl_fail(err, "--device '%s': unknown device (cpu, cuda)", device);
         return NULL;
     }
-    if (cuda_refuses(&m->cfg, err)) return NULL;
-    bool failed;
-    tl_kv_layer_policy *resolved = resolve_auto(m, policies, true, n_threads, &failed, err);
-    if (failed) return NULL;
-    tl_cuda_session *g = tl_cuda_session_new(m, n_ctx, chunk, resolved ? resolved : policies, err);
-    free(resolved);
-    if (!g) return NULL;
-    tl_session *s = tl_xcalloc(1, sizeof *s);
-    s->model = m;
-    s->n_ctx = tl_plan_n_ctx(&m->cfg, n_ctx);
-    s->chunk = tl_plan_chunk(s->n_ctx, chunk);
-    s->gpu = g;
-    s->pool = tl_pool_new(n_threads); /* host-side work on the logits (perplexity's log-softmax) */
-    return s;
+    const tl_backend_ops *be = tl_backend_load(device, err);
+    if (!be) tl_fail_prefix(err, "--device %s", device);
+    return be;
+}
+
+tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, const tl_kv_layer_policy *policies,
+                              const char *device, tl_error *err) {
+    const tl_backend_ops *be = tl_backend_find(device, err);
+    return be ? session_make(m, be, n_ctx, n_threads, chunk, policies, false, NULL, err) : NULL;
 }
 
 /* The plan's per-layer policies (NULL: f16 everywhere); -1 when the plan is for another depth. */
@@ -455,25 +474,12 @@ static int params_policies(const tl_model *m, const tl_session_params *p, const 
 tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl_error *err) {
     const tl_kv_layer_policy *policies;
     if (params_policies(m, p, &policies, err)) return NULL;
-    if (!p->device || !strcmp(p->device, "cpu")) return tl_session_new_on(m, p->n_ctx, 1, 1, policies, NULL, err);
-    if (strcmp(p->device, "cuda")) {
-        tl_fail(err, "--device '%s': unknown device (cpu, cuda)", p->device);
-        return NULL;
-    }
-    if (cuda_refuses(&m->cfg, err)) return NULL;
-    bool failed;
-    tl_kv_layer_policy *resolved = resolve_auto(m, policies, true, p->n_threads, &failed, err);
-    if (failed) return NULL;
-    tl_cuda_session *g = tl_cuda_session_new_kv(m, p->n_ctx, resolved ? resolved : policies, err);
-    free(resolved);
-    if (!g) return NULL;
-    tl_session *s = tl_xcalloc(1, sizeof *s);
-    s->model = m;
-    s->n_ctx = tl_plan_n_ctx(&m->cfg, p->n_ctx);
-    s->chunk = tl_plan_chunk(s->n_ctx, p->chunk);
-    s->gpu = g;
-    s->keys_checked = true; /* the per-token key check reads CPU stores */
-    return s;
+    const tl_backend_ops *be = tl_backend_find(p->device, err);
+    if (!be) return NULL;
+    /* batch.c's own step (the CPU's) runs sessions of chunk 1 and one thread; a device's step
+     * runs sequences that hold their KV caches only */
+    if (!be->batch_new) return session_make(m, be, p->n_ctx, 1, 1, policies, false, p, err);
+    return session_make(m, be, p->n_ctx, p->n_threads, p->chunk, policies, true, p, err);
 }
 
 tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *err) {
@@ -482,10 +488,10 @@ tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *er
                 p->n_ctx, m->cfg.n_ctx_train);
     const tl_kv_layer_policy *policies;
     if (params_policies(m, p, &policies, err)) return NULL;
-    const bool cuda = p->device && !strcmp(p->device, "cuda");
-    if (cuda && p->gpu_mem_budget && tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, p->gpu_mem_budget, err))
-        return NULL;
-    return tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, policies, p->device, err);
+    const tl_backend_ops *be = tl_backend_find(p->device, err);
+    if (!be) return NULL;
+    if (p->gpu_mem_budget && be->check_budget && be->check_budget(m, p, policies, p->gpu_mem_budget, err)) return NULL;
+    return session_make(m, be, p->n_ctx, p->n_threads, p->chunk, policies, false, p, err);
 }
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
@@ -498,23 +504,22 @@ void tl_session_print_memory(FILE *f, const tl_session *s) {
             mib(m.weights), mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
             mib(m.kv_parts.other), mib(m.kv_parts.host), mib(m.activations), mib(m.weights + m.kv + m.activations),
             s->n_past);
-    if (!s->gpu) { /* GPU sessions hold no CPU stores */
-        tl_tailor_print_mem(f, s->kv, s->model->cfg.n_layer);
-        return;
-    }
-    tl_cuda_mem g;
-    tl_cuda_memory(s->gpu, &g);
-    if (g.n_offload) {
-        const double steps = g.decode_steps > 0 ? (double)g.decode_steps : 1.0;
-        fprintf(f, "tailorKV (gpu): %d sparse layers; host tier allocated %.2f MiB (pinned, mapped); decode h2d "
-                   "%.1f KiB/token (PCIe: top-k rows %.1f + channel rows %.1f) over %lld steps; prefill d2h %.2f MiB, "
-                   "h2d %.2f MiB (the host tier copied back for prefill attention)\n",
-                g.n_offload, mib(g.host_alloc), (g.h2d_decode + g.h2d_chan) / steps / 1024.0,
-                g.h2d_decode / steps / 1024.0, g.h2d_chan / steps / 1024.0, (long long)g.decode_steps, mib(g.d2h),
-                mib(g.h2d_prefill));
-    }
-    fprintf(f, "gpu memory (%s): weights %.2f MiB + workspace %.2f MiB + KV allocated %.2f MiB + activations %.2f MiB; "
-               "device %.2f of %.2f MiB free\n",
-            g.device, mib(g.weights), mib(g.workspace), mib(g.kv_alloc), mib(g.activations), mib(g.dev_free),
-            mib(g.dev_total));
+    if (s->be->print_memory) s->be->print_memory(f, s);
 }
+
+static void cpu_print_memory(FILE *f, const tl_session *s) { tl_tailor_print_mem(f, s->kv, s->model->cfg.n_layer); }
+
+/* The CPU backend: session.c's forward pass and batch.c's batched step. */
+const tl_backend_ops tl_backend_cpu = {
+    .abi = TL_BACKEND_ABI,
+    .name = "cpu",
+    .gpu = false,
+    .init = cpu_init,
+    .free = cpu_free,
+    .eval = cpu_eval,
+    .reset = cpu_reset,
+    .truncate_max = cpu_truncate_max,
+    .truncate = cpu_truncate,
+    .memory = cpu_memory,
+    .print_memory = cpu_print_memory,
+};

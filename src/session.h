@@ -1,5 +1,6 @@
-/* session.h: one sequence being run through a model: activation buffers, the per-layer KV
- * caches and the thread pool. The forward pass lives in session.c. */
+/* session.h: one sequence being run through a model on a backend (engine/backend.h): on the
+ * CPU, activation buffers, the per-layer KV caches and the thread pool. The CPU's forward pass
+ * and the calls that dispatch to a session's backend live in session.c. */
 #ifndef TL_SESSION_H
 #define TL_SESSION_H
 
@@ -8,6 +9,7 @@
 #include "threads.h"
 #include "vec.h"
 #include "kv/kv.h"
+#include "engine/backend.h"
 
 /* Activation buffers for a chunk of up to `chunk` tokens. */
 typedef struct {
@@ -39,10 +41,14 @@ typedef void (*tl_act_observer)(void *ctx, int layer, tl_act_point point, const 
 
 struct tl_session {
     tl_model *model;
+    const tl_backend_ops *be;  /* what runs it: eval, reset, memory and free go there */
+    void *impl;                /* a device backend's own state (the CUDA backend's tl_cuda_session);
+                                  NULL on the CPU, whose state is the fields below */
     int n_ctx;
     int chunk;
     int n_past;
-    tl_pool *pool;
+    tl_pool *pool;             /* host work (NULL for a sequence of a device's batched step) */
+    /* the CPU's: */
     const tl_vec_ops *vo;
     tl_kv_layer *kv[TL_MAX_LAYERS];
     tl_activations act;
@@ -52,8 +58,6 @@ struct tl_session {
     void *observer_ctx;
     float *q_pred;             /* [chunk][n_head*head_dim_k] when a store predicts queries */
     bool keys_checked;         /* the per-token key warning (tl_session_check_keys) has had its look */
-    void *gpu;                 /* tl_cuda_session (src/cuda/cuda.h) when on the GPU: then eval,
-                                  reset, memory and free go there and kv[]/act are unused */
 };
 
 /* tl_session_new and the public calls on a session (tl_session_eval, tl_session_memory, ...):
@@ -96,15 +100,28 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
  * *failed, with err), else a malloc'd copy with each auto layer replaced by its layout. */
 tl_kv_layer_policy *tl_session_resolve_auto(tl_model *m, const tl_kv_layer_policy *policies, int n_threads,
                                             bool *failed, tl_error *err);
+/* The table of a --device name: NULL/"cpu" the CPU's (tl_backend_cpu), "cuda" the CUDA
+ * backend (tl_backend_load). NULL with err naming the device and why ("--device 'x': unknown
+ * device (cpu, cuda)", "--device cuda: ..."). */
+const tl_backend_ops *tl_backend_find(const char *device, tl_error *err);
+
 /* The same on a device: NULL/"cpu", or "cuda" (GPU 0; fails with a message when there is none
- * or the build has no CUDA). */
+ * or the build has no CUDA). The backend's default options. */
 tl_session *tl_session_new_on(tl_model *m, int n_ctx, int n_threads, int chunk, const tl_kv_layer_policy *policies,
                               const char *device, tl_error *err);
 
 /* A sequence of a batched step (batch.h): its KV caches under p's plan, context and device. On
  * the CPU a session of chunk 1 and one thread (the batch holds the step's activations and
- * threads); on the GPU the KV caches alone (tl_cuda_session_new_kv), which only a batch
- * evaluates. p's GPU budget is not checked here (the batch checks it for all its sequences). */
+ * threads); on a device the KV caches alone (the backend's init with kv_only), which only a
+ * batch evaluates. p's GPU budget is not checked here (the batch checks it for all its
+ * sequences). */
 tl_session *tl_session_new_for_batch(tl_model *m, const tl_session_params *p, tl_error *err);
+
+/* A device session's own accounting of its memory (false on the CPU, which has none but
+ * tl_session_memory). */
+bool tl_session_device_memory(const tl_session *s, tl_device_mem *out);
+/* The device's plan for a session like s (its context, chunk and options) under policies; -1
+ * with err on the CPU. */
+int tl_session_device_plan(const tl_session *s, const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err);
 
 #endif

@@ -2,6 +2,8 @@
  *  - the tools (tools/) use the engine through include/tailor.h only: their quoted includes
  *    are tailor.h and the tools' own headers;
  *  - nothing in src/ includes anything from tools/;
+ *  - nothing in src/ outside src/cuda/ includes the CUDA backend's headers: the engine reaches
+ *    it through its table (engine/backend.h) in the shared object it opens;
  *  - include/tailor.h includes system headers only (it is the whole public face). */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -56,6 +58,8 @@ static void tool_include(const char *path, const char *inc) {
 
 static void src_include(const char *path, const char *inc) {
     CHECKF(!strstr(inc, "tools/"), "%s includes \"%s\": src/ includes nothing from tools/", path, inc);
+    CHECKF(strstr(path, "/src/cuda/") || !strstr(inc, "cuda/"),
+           "%s includes \"%s\": the engine reaches the CUDA backend through its table only", path, inc);
 }
 
 static void public_include(const char *path, const char *inc) {

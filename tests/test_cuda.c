@@ -18,7 +18,7 @@
 #include "../src/kv/policy.h"
 #include "../src/kv/offload.h"
 #include "../src/quants.h"
-#include "../src/cuda/cuda.h"
+#include "../src/cuda/cuda_test.h"
 #include "../src/batch.h"
 #include "../src/sampler.h"
 
@@ -32,6 +32,11 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The GPU sessions' options: the defaults, or TL_TEST_CUDA_OPT (a --cuda-opt list: e.g.
+ * no-decode, to tell a decode kernel's failure from the general kernel's), and TL_CUDA_SAFE=1
+ * (safe: the reference path). */
+static tl_cuda_opts opts;
+
 static tl_session *make(tl_model *m, const char *kv, int n_ctx, int chunk, const char *device) {
     tl_error err;
     tl_kv_plan plan = {0};
@@ -39,7 +44,14 @@ static tl_session *make(tl_model *m, const char *kv, int n_ctx, int chunk, const
         fprintf(stderr, "plan %s: %s\n", kv, err.msg);
         return NULL;
     }
-    tl_session *s = tl_session_new_on(m, n_ctx, 2, chunk, plan.layers, device, &err);
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = n_ctx;
+    sp.n_threads = 2;
+    sp.chunk = chunk;
+    sp.kv = &plan;
+    sp.device = device;
+    sp.cuda = opts;
+    tl_session *s = tl_session_new(m, &sp, &err);
     tl_kv_plan_free(&plan);
     if (!s) fprintf(stderr, "session (%s, %s): %s\n", device ? device : "cpu", kv, err.msg);
     return s;
@@ -631,7 +643,8 @@ static void tailor_model(const char *path) {
      * without its AVX-512 integer KV kernels (they round the query to int8 and the weights p*s
      * to u8, ~4e-3 per layer): with either, layer 1's top-64 picks flip near ties and the
      * logits then differ by ~2e-2 (measured) although both sides are right. */
-    setenv("TL_CUDA_TC", "0", 1);
+    const tl_cuda_opts saved = opts;
+    opts.no_tc = true;
     tl_quants_disable_avx512(true);
     for (int i = 0; i < 3; i++) {
         cmp_stats a = run_pair(m, kvs[i], 700, 6, 128, false);
@@ -640,7 +653,7 @@ static void tailor_model(const char *path) {
         CHECKF(a.rel_l2 < 1e-3, "kv %s: relative L2 logit error %g", kvs[i], a.rel_l2);
         CHECKF(a.argmax_agree == a.rows, "kv %s: top-1 differs", kvs[i]);
     }
-    unsetenv("TL_CUDA_TC");
+    opts = saved;
     tl_quants_disable_avx512(false);
     tl_model_free(m);
 }
@@ -759,6 +772,7 @@ static tl_session *batch_seq(tl_batch *b, tl_model *m, const char *spec, tl_kv_p
     sp.n_ctx = BCTX;
     sp.kv = plan;
     sp.device = "cuda";
+    sp.cuda = opts;
     tl_session *s = tl_session_new_for_batch(m, &sp, &err);
     CHECKF(s != NULL, "batched sequence %s: %s", spec, err.msg);
     (void)b;
@@ -773,6 +787,7 @@ static void batch_run(tl_model *m, const char *label, const char *const *specs, 
     tl_session_params bp = tl_session_default_params();
     bp.n_ctx = BCTX;
     bp.device = "cuda";
+    bp.cuda = opts;
     tl_batch *b = tl_batch_new_for(m, BROWS, BSEQ, 1, &bp, &err);
     CHECKF(b != NULL, "%s: GPU batch: %s", label, err.msg);
     tl_session *bs[BSEQ] = {0}, *alone[BSEQ] = {0};
@@ -861,8 +876,9 @@ static void batch_plan_check(tl_model *m, const char *spec, int n_seq) {
     sp.n_ctx = BCTX;
     sp.kv = &plan;
     sp.device = "cuda";
-    tl_cuda_plan p;
-    CHECKF(tl_cuda_plan_batch(m, BCTX, plan.layers, n_seq, BROWS, n_seq, &p, &err) == 0, "%s", err.msg);
+    sp.cuda = opts;
+    tl_device_plan p;
+    CHECKF(tl_cuda_plan_batch(m, BCTX, plan.layers, &opts, n_seq, BROWS, n_seq, &p, &err) == 0, "%s", err.msg);
     tl_batch *b = tl_batch_new_for(m, BROWS, n_seq, 1, &sp, &err);
     CHECKF(b != NULL, "batch %s: %s", spec, err.msg);
     tl_session *s[16] = {0};
@@ -871,8 +887,8 @@ static void batch_plan_check(tl_model *m, const char *spec, int n_seq) {
         s[i] = tl_batch_session_new(b, &err);
         CHECKF(s[i] != NULL, "batched sequence %d: %s", i, err.msg);
         if (!s[i]) continue;
-        tl_cuda_mem g;
-        tl_cuda_memory(s[i]->gpu, &g);
+        tl_device_mem g;
+        tl_cuda_memory(s[i]->impl, &g);
         kv += g.kv_alloc;
         seq_act += g.activations;
         weights = g.weights;
@@ -932,9 +948,9 @@ static void batch_plan_host(void) {
             CHECKF(0, "plan %s: %s", specs[k], err.msg);
             continue;
         }
-        tl_cuda_plan one, all;
-        const int r1 = tl_cuda_plan_memory(m, ctx, rows, plan.layers, &one, &err);
-        const int r2 = r1 ? -1 : tl_cuda_plan_batch(m, ctx, plan.layers, S, rows, S, &all, &err);
+        tl_device_plan one, all;
+        const int r1 = tl_cuda_plan_memory(m, ctx, rows, plan.layers, &opts, &one, &err);
+        const int r2 = r1 ? -1 : tl_cuda_plan_batch(m, ctx, plan.layers, &opts, S, rows, S, &all, &err);
         if (r1 && strstr(err.msg, "no CUDA support")) { /* the stub */
             tl_kv_plan_free(&plan);
             break;
@@ -953,6 +969,7 @@ static void batch_plan_host(void) {
             sp.n_ctx = ctx;
             sp.kv = &plan;
             sp.device = "cuda";
+            sp.cuda = opts;
             sp.gpu_mem_budget = all.total - 1;
             tl_batch *b = tl_batch_new_for(m, rows, S, 1, &sp, &err);
             CHECKF(b == NULL && strstr(err.msg, "--gpu-mem-budget") && strstr(err.msg, "over by"), "%s: one byte short: %s",
@@ -1043,7 +1060,8 @@ static void tailor_turns(const char *path) {
     if (!m) return;
     const char *kvs[] = {"tailor:summary=4,bits=2,topk=64", "tailor:summary=0,bits=2,topk=64"};
     const int phases[] = {700, -5, 150, -5, 300, -4};
-    setenv("TL_CUDA_TC", "0", 1);
+    const tl_cuda_opts saved = opts;
+    opts.no_tc = true;
     tl_quants_disable_avx512(true);
     for (int i = 0; i < 2; i++) {
         cmp_stats a = run_turns(m, kvs[i], phases, 6, 128);
@@ -1053,7 +1071,7 @@ static void tailor_turns(const char *path) {
         CHECKF(a.rel_l2 < 1e-3, "kv %s turns: relative L2 logit error %g", kvs[i], a.rel_l2);
         CHECKF(a.argmax_agree == a.rows, "kv %s turns: top-1 differs", kvs[i]);
     }
-    unsetenv("TL_CUDA_TC");
+    opts = saved;
     tl_quants_disable_avx512(false);
     tl_model_free(m);
 }
@@ -1299,13 +1317,13 @@ static void qweight_models(void) {
         CHECKF(d0.rel_l2 < 3e-2, "synth %s: decode logits vs the f32 twin rel L2 %g (tol 3e-2)", name, d0.rel_l2);
         CHECKF(d5.rel_l2 < 3e-2, "synth %s: chunks of 5 vs the f32 twin rel L2 %g (tol 3e-2)", name, d5.rel_l2);
         tl_model_free(mf);
-        tl_cuda_plan plan;
-        const int rp = tl_cuda_plan_memory(m, 64, 16, NULL, &plan, &err);
+        tl_device_plan plan;
+        const int rp = tl_cuda_plan_memory(m, 64, 16, NULL, &opts, &plan, &err);
         CHECKF(rp == 0, "plan %s: %s", name, err.msg);
         tl_session *g = make(m, "f16", 64, 16, "cuda");
         if (g && !rp) {
-            tl_cuda_mem mem;
-            tl_cuda_memory(g->gpu, &mem);
+            tl_device_mem mem;
+            tl_cuda_memory(g->impl, &mem);
             printf("synth %-6s plan: weights %llu (file %llu) workspace %llu KV %llu; allocated %llu / %llu / %llu\n", name,
                    (unsigned long long)plan.weights, (unsigned long long)m->weight_bytes, (unsigned long long)plan.workspace,
                    (unsigned long long)plan.kv_device, (unsigned long long)mem.weights, (unsigned long long)mem.workspace,
@@ -1325,7 +1343,14 @@ static void qweight_models(void) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0); /* progress survives a crash */
-    unsetenv("TL_CUDA_WIDEN"); /* block-format weights on their own kernels (forward.cu: keep_blocks) */
+    tl_error oerr;
+    const char *safe = getenv("TL_CUDA_SAFE");
+    if (tl_cuda_opts_parse(&opts, getenv("TL_TEST_CUDA_OPT"), &oerr) ||
+        tl_cuda_opts_parse(&opts, safe && *safe && strcmp(safe, "0") ? "safe" : NULL, &oerr)) {
+        fprintf(stderr, "TL_TEST_CUDA_OPT: %s\n", oerr.msg);
+        return 2;
+    }
+    CHECKF(!opts.widen, "TL_TEST_CUDA_OPT widen: the block-format cases test the formats' own kernels");
     batch_plan_host(); /* host only */
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {

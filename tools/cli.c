@@ -12,6 +12,7 @@ void tl_cli_common_init(tl_cli_common *c) {
     memset(c, 0, sizeof *c);
     c->n_predict = 128;
     c->sp = tl_sampler_default_params();
+    tl_cli_cuda_env(&c->cuda);
 }
 
 const char *tl_cli_value(int argc, char **argv, int *i) {
@@ -70,6 +71,53 @@ int tl_cli_device(const char *flag, const char *v, const char **out) {
     }
     *out = v;
     return 0;
+}
+
+int tl_cli_cuda_opt(const char *v, tl_cuda_opts *o) {
+    tl_error err;
+    if (!tl_cuda_opts_parse(o, v, &err)) return 0;
+    fprintf(stderr, "tailor: %s\n", err.msg);
+    return -1;
+}
+
+/* The environment's CUDA switches: the variable, the value that switches it (NULL: any but ""
+ * and "0"; "=": the value is the option's), the --cuda-opt item. */
+static const struct {
+    const char *env, *when, *opt;
+} cuda_env[] = {
+    {"TL_CUDA_SAFE", NULL, "safe"},           {"TL_CUDA_DECODE", "0", "no-decode"},
+    {"TL_CUDA_DEC_MMA", "0", "no-dec-mma"},   {"TL_CUDA_DEC_TC", "1", "dec-tc=always"},
+    {"TL_CUDA_DEC_TC", "0", "dec-tc=never"},  {"TL_CUDA_DEC_MINB", "=", "dec-minb"},
+    {"TL_CUDA_TC", "0", "no-tc"},             {"TL_CUDA_FUSE", "0", "no-fuse"},
+    {"TL_CUDA_PDL", "0", "no-pdl"},           {"TL_CUDA_WIDEN", "1", "widen"},
+    {"TL_CUDA_GEN_CAP", "=", "gen-cap"},      {"TL_CUDA_PROF", NULL, "prof"},
+    {"TL_CUDA_VERBOSE", NULL, "verbose"},
+};
+
+void tl_cli_cuda_env(tl_cuda_opts *o) {
+    for (size_t i = 0; i < sizeof cuda_env / sizeof *cuda_env; i++) {
+        const char *v = getenv(cuda_env[i].env), *when = cuda_env[i].when;
+        if (!v) continue;
+        char item[64];
+        if (!when) {
+            if (!*v || !strcmp(v, "0")) continue;
+            snprintf(item, sizeof item, "%s", cuda_env[i].opt);
+        } else if (!strcmp(when, "=")) {
+            snprintf(item, sizeof item, "%s=%s", cuda_env[i].opt, v);
+        } else {
+            if (strcmp(v, when)) continue;
+            snprintf(item, sizeof item, "%s", cuda_env[i].opt);
+        }
+        tl_error err;
+        if (tl_cuda_opts_parse(o, item, &err)) fprintf(stderr, "tailor: %s=%s ignored: %s\n", cuda_env[i].env, v, err.msg);
+        else if (strcmp(cuda_env[i].env, "TL_CUDA_SAFE"))
+            fprintf(stderr, "tailor: warning: %s=%s is deprecated: use --cuda-opt %s\n", cuda_env[i].env, v, item);
+    }
+}
+
+void tl_cli_device_help(FILE *f) {
+    fprintf(f, "  --device cpu|cuda (default cpu)  --gpu-mem-budget SIZE: cuda: refuse a plan above SIZE (e.g. 24GiB)\n%s",
+            tl_cuda_opts_help());
 }
 
 int tl_cli_size(const char *flag, const char *s, uint64_t lo, uint64_t *out) {
@@ -215,6 +263,9 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--device")) {
         VAL();
         return tl_cli_device(a, v, &c->device) ? -1 : 1;
+    } else if (!strcmp(a, "--cuda-opt")) {
+        VAL();
+        return tl_cli_cuda_opt(v, &c->cuda) ? -1 : 1;
     } else {
         return 0;
     }
@@ -242,6 +293,7 @@ tl_session_params tl_cli_session_params(const tl_cli_common *c, const tl_kv_plan
     sp.kv = plan;
     sp.device = c->device;
     sp.gpu_mem_budget = c->gpu_mem_budget;
+    sp.cuda = c->cuda;
     sp.warn_ctx = true;
     return sp;
 }

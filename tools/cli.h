@@ -22,10 +22,12 @@ typedef struct {
     tl_sampler_params sp; /* --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n -s/--seed */
     bool mem;             /* --mem */
     const char *device;   /* --device cpu|cuda (NULL = cpu) */
+    tl_cuda_opts cuda;    /* --cuda-opt LIST (repeatable), over the environment's switches (tl_cli_cuda_env) */
     uint64_t gpu_mem_budget; /* --gpu-mem-budget SIZE (tl_cli_size; 0 = none) */
     uint64_t kv_budget;      /* --kv-budget SIZE (tl_cli_size; 0 = none): serve's KV memory for admitted requests */
 } tl_cli_common;
 
+/* Defaults, then the environment's CUDA switches (tl_cli_cuda_env). */
 void tl_cli_common_init(tl_cli_common *c);
 /* Try to consume argv[*i] (and its value) as a common flag. Returns 1 if consumed, 0 if
  * not a common flag, -1 on a bad value (message printed). */
@@ -43,6 +45,14 @@ typedef struct {
 } tl_cli_flag;
 /* --device: "cpu" or "cuda" into *out; prints "tailor: FLAG: why" and returns -1 otherwise. */
 int tl_cli_device(const char *flag, const char *v, const char **out);
+/* --cuda-opt LIST onto *o (tl_cuda_opts_parse); prints the error and returns -1 on a bad item. */
+int tl_cli_cuda_opt(const char *v, tl_cuda_opts *o);
+/* The environment's CUDA switches onto *o: TL_CUDA_SAFE=1 (the option safe), and the old
+ * per-kernel variables (TL_CUDA_WIDEN=1, TL_CUDA_DECODE=0, ...), each read as its --cuda-opt
+ * item with a note on stderr that it is deprecated; a bad value is ignored, saying so. */
+void tl_cli_cuda_env(tl_cuda_opts *o);
+/* The device flags' help (--device, --gpu-mem-budget, --cuda-opt and its options). */
+void tl_cli_device_help(FILE *f);
 extern const tl_cli_flag tl_flag_ctx;      /* -c --ctx-size [--ctx]: tokens, 0 = the model's training context */
 extern const tl_cli_flag tl_flag_chunk;    /* --chunk -b -ub --batch-size: prefill chunk in tokens */
 extern const tl_cli_flag tl_flag_threads;  /* -t --threads */
@@ -69,8 +79,8 @@ const char *tl_cli_value(int argc, char **argv, int *i); /* NULL + message if mi
  * (tl_tok_text_bytes; n_tokens <= 0: the general cap), with a note when it cuts. */
 char *tl_cli_prompt_text(const tl_cli_common *c, const tl_tokenizer *t, int64_t n_tokens, size_t *len, tl_error *err);
 
-/* The session parameters of the common flags (-c, -t, --chunk, --device, --gpu-mem-budget)
- * with the plan parsed from --kv/--kv-layer; the context warning on. */
+/* The session parameters of the common flags (-c, -t, --chunk, --device, --gpu-mem-budget,
+ * --cuda-opt) with the plan parsed from --kv/--kv-layer; the context warning on. */
 tl_session_params tl_cli_session_params(const tl_cli_common *c, const tl_kv_plan *plan);
 /* A session from the common flags, --kv/--kv-layer parsed for m. */
 tl_session *tl_cli_session(tl_model *m, const tl_cli_common *c, tl_error *err);

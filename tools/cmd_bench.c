@@ -127,13 +127,14 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
 
 static void help(void) {
     printf("usage: tailor bench -m MODEL [-p 512] [-n 128] [-d 0,4096] [-r 5] [-t THREADS,...] [--kv f16,k8v8,...]\n"
-           "       [--chunk N] [-o md|csv|json|jsonl] [--bw GB/s] [--device cpu|cuda]\n"
+           "       [--chunk N] [-o md|csv|json|jsonl] [--bw GB/s] [--device cpu|cuda] [--cuda-opt LIST]\n"
            "  pp<N>: prefill N tokens after a cache of -d tokens; tg<N>: decode N tokens one at a time.\n"
            "  Lists are comma-separated. Decode rows add ms/token, bytes read per token (weights + KV)\n"
            "  and that as %% of the memory bandwidth (measured at start, or --bw; on a GPU the card's peak).\n"
            "  --fill random|prefill: how a GPU cache reaches depth -d: random K/V rows through the cache's own\n"
            "  append (default, seconds at 128k; marked d<N>* in the table) or a real prefill of -d tokens\n"
            "  (llama-bench's way). The CPU always prefills.\n");
+    tl_cli_device_help(stdout);
 }
 
 int tl_cmd_bench(int argc, char **argv) {

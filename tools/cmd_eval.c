@@ -59,6 +59,7 @@ void tl_eval_cli_help(FILE *f) {
                "          [--parallel N] sessions side by side, threads split between them (more memory)\n"
                "          [--out FILE.jsonl] append result lines {cmd, config, metric, value, n, seconds}\n"
                "          [--no-reuse] never reuse a shared prompt prefix   [--quiet] no progress bar\n");
+    tl_cli_device_help(f);
 }
 
 int tl_eval_cli_threads(const tl_eval_cli *e) { return e->c.n_threads > 0 ? e->c.n_threads : tl_cpu_count(); }

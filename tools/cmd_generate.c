@@ -8,8 +8,10 @@ static void help(void) {
     printf("usage: tailor generate -m MODEL [-p TEXT | -f FILE] [-n N] [-c CTX] [-t THREADS] [--chunk N]\n"
            "       [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
            "       [--kv SPEC] [--kv-layer OVERRIDES] [--mem] [--ignore-eos] [--show-ids] [--no-bos]\n"
+           "       [--device cpu|cuda] [--gpu-mem-budget SIZE] [--cuda-opt LIST]\n"
            "  -n -1 generates until an end-of-generation token or the context is full.\n"
            "  --temp 0 is greedy. --show-ids prints the generated token ids to stderr.\n");
+    tl_cli_device_help(stdout);
 }
 
 int tl_cmd_generate(int argc, char **argv) {

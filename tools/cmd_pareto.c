@@ -33,11 +33,13 @@ static void help(void) {
            "  --niah-samples N (4 per depth) --ruler-samples N (4) --haystack DIR -f TEXT (default: the haystack)\n"
            "  --baseline ID  --speed (3-D frontier with decode speed)  --dry-run (list configurations)\n"
            "  --device cpu|cuda: run the configurations on GPU 0; memory is then the device's by part\n"
-           "         (weights as uploaded, KV device tier, activations + workspace) beside the planner's\n");
+           "         (weights as uploaded, KV device tier, activations + workspace) beside the planner's\n"
+           "%s", tl_cuda_opts_help());
 }
 
 static int parse_args(tl_pareto_sweep_params *o, bool *child, bool *report_only, int argc, char **argv) {
     memset(o, 0, sizeof *o);
+    tl_cli_cuda_env(&o->cuda);
     o->ctx = 8192;
     o->target_ctx = 131072;
     o->tasks = "ppl,niah";
@@ -101,6 +103,7 @@ static int parse_args(tl_pareto_sweep_params *o, bool *child, bool *report_only,
             else if (tl_cli_is(&tl_flag_ctx, a)) bad = tl_cli_flag_int(&tl_flag_ctx, a, v, &o->ctx);
             else if (FLAG("--target-ctx")) bad = tl_cli_int(a, v, 0, 1 << 26, &o->target_ctx);
             else if (FLAG("--device")) bad = tl_cli_device(a, v, &o->device);
+            else if (FLAG("--cuda-opt")) bad = tl_cli_cuda_opt(v, &o->cuda);
             else if (tl_cli_is(&tl_flag_threads, a)) bad = tl_cli_flag_int(&tl_flag_threads, a, v, &o->threads);
             else if (FLAG("-j") || tl_cli_is(&tl_flag_parallel, a)) bad = tl_cli_flag_int(&tl_flag_parallel, a, v, &o->jobs);
             else if (FLAG("--windows") || FLAG("--chunks-ppl")) bad = tl_cli_int(a, v, 1, 1 << 20, &o->windows);

@@ -30,6 +30,7 @@ int tl_cmd_perplexity(int argc, char **argv) {
                    "  PPL(new), ratio, mean/median/p99/max KLD, mean |dp| of the correct token, same top-1, each\n"
                    "  with its 95%% interval (block bootstrap over the scored tokens, paired for the ratio; Wilson\n"
                    "  for same top-1), and a verdict: \"no measurable loss\" while the ratio's interval holds 1.\n");
+            tl_cli_device_help(stdout);
             return 0;
         }
         const char *v = tl_cli_value(argc, argv, &i);

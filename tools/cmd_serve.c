@@ -11,7 +11,7 @@ static void help(void) {
     const tl_server_params d = tl_server_default_params();
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N] [--batch-tokens N]\n"
-           "       [--device cpu|cuda] [--gpu-mem-budget SIZE] [--kv-budget SIZE] [--kv-wait S]\n"
+           "       [--device cpu|cuda] [--gpu-mem-budget SIZE] [--cuda-opt LIST] [--kv-budget SIZE] [--kv-wait S]\n"
            "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
            "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
            "       [--chat-template %s] [--chat-parse-special] [--alias NAME]\n"
@@ -48,6 +48,7 @@ static void help(void) {
            "             GET /v1/models /health /metrics. See docs/server.md.\n",
            tl_chat_names(), d.host, d.port, d.n_parallel, d.n_queue, d.kv_wait_s, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
            d.body_timeout_s, d.timeout_s);
+    printf("%s", tl_cuda_opts_help());
 }
 
 /* The API key from --api-key, --api-key-file (surrounding whitespace trimmed) or
@@ -190,6 +191,7 @@ int tl_cmd_serve(int argc, char **argv) {
     sp.n_threads = c.n_threads;
     sp.device = c.device;
     sp.gpu_mem_budget = c.gpu_mem_budget;
+    sp.cuda = c.cuda;
     sp.chunk = c.chunk;
     sp.sampling = c.sp;
     sp.default_max_tokens = c.n_predict;

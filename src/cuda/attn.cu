@@ -247,7 +247,7 @@ struct attn_p {
     const float *q, *knew, *vnew;
     float *out, *part;
     int n_past, m, Hq, Hkv, G, dk, dv, window, rows_blk, nqmax, n_split, split_len;
-    int prefetch; /* 0: load every tile synchronously (TL_CUDA_SAFE) */
+    int prefetch; /* 0: load every tile synchronously (--cuda-opt safe) */
     float scale;
 };
 

@@ -41,16 +41,17 @@ struct tlc_ctx {
     cudaStream_t stream;
     int n_sm;
     size_t smem_optin;    /* largest dynamic shared memory a block may ask for */
-    bool safe;            /* TL_CUDA_SAFE=1: plain attention loops (no register prefetch, no blocking) */
-    bool old_decode;      /* TL_CUDA_DECODE=0: decode uses the general attention kernel (decode.cu off) */
-    int dec_minb;         /* TL_CUDA_DEC_MINB=3: head_dim-128 decode kernels built for 3 blocks/SM (default 2) */
-    bool no_tc;           /* TL_CUDA_TC=0: prefill chunks use the general attention kernel (prefill_tc.cu off) */
+    /* kernel switches, from the options (tl_cuda_opts, --cuda-opt; ctx_init in forward.cu) */
+    bool safe;            /* safe: plain attention loops (no register prefetch, no blocking) */
+    bool old_decode;      /* no-decode (or safe): decode uses the general attention kernel (decode.cu off) */
+    int dec_minb;         /* dec-minb=2|3: head_dim-128 decode kernels built for that many blocks/SM (0: by format) */
+    bool no_tc;           /* no-tc (or safe): prefill chunks use the general attention kernel (prefill_tc.cu off) */
     int dec_tc_from;      /* f16 decode attention on tensor cores (prefill_tc.cu, m = 1) from this history length
-                           * on (0: never); TL_CUDA_DEC_TC=1 always, =0 never, default TLC_DEC_TC_FROM */
-    bool dec_tc_quant;    /* per-token codes too (TL_CUDA_DEC_TC=1; off by default: decode_mma.cu is faster there) */
-    bool no_dec_mma;      /* TL_CUDA_DEC_MMA=0: per-token codes decode on decode.cu's CUDA-core path, not decode_mma.cu */
-    bool no_fuse;         /* TL_CUDA_FUSE=0: the decode GLU activation as a separate kernel */
-    bool no_pdl;          /* TL_CUDA_PDL=0: kernels launched without programmatic dependent launch */
+                           * on (0: never); dec-tc=N, always (1), never (0); default TLC_DEC_TC_FROM */
+    bool dec_tc_quant;    /* per-token codes too (dec-tc=always; off by default: decode_mma.cu is faster there) */
+    bool no_dec_mma;      /* no-dec-mma: per-token codes decode on decode.cu's CUDA-core path, not decode_mma.cu */
+    bool no_fuse;         /* no-fuse (or safe): the decode GLU activation as a separate kernel */
+    bool no_pdl;          /* no-pdl (or safe): kernels launched without programmatic dependent launch */
     int8_t *xq;           /* quantized-weight products: the input as int8 blocks of 32 ... */
     float2 *xd;           /* ... and (scale, scale * sum) per block (qmatvec.cu) */
     int xq_cap;           /* values xq holds */
@@ -176,11 +177,12 @@ struct tlc_off_sizes {
     uint64_t crow;      /* summary 0: bytes of one channel-row buffer (two are shared by all layers) */
     uint64_t pstage;    /* the prefill copy of the host tier (one buffer shared by all layers) */
 };
-/* Sizes a layer with these parameters allocates for n_ctx tokens (budget plan; no allocation). */
-int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
+/* Sizes a layer with these parameters allocates for n_ctx tokens (budget plan; no allocation).
+ * gen_cap: generated tokens held on the device (--cuda-opt gen-cap; 0 = 4096). */
+int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx, int gen_cap,
                      tlc_off_sizes *out, tl_error *err);
 int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
-                float scale, tl_error *err);
+                int gen_cap, float scale, tl_error *err);
 void tlc_off_free(tlc_off *o);
 /* Make cx's shared TailorKV buffers large enough for layer o: the prefill copy of its host
  * tier, and (summary 0) the channel-row buffers and side stream; call for every sparse layer

@@ -79,7 +79,8 @@ static int alloc_qpred(tl_cuda_batch *b, tl_error *err) {
 }
 
 extern "C" tl_cuda_batch *tl_cuda_batch_new(tl_model *m, int max_rows, int max_seqs, int n_ctx, const tl_kv_layer_policy *policies,
-                                            tl_error *err) {
+                                            const tl_cuda_opts *o, tl_error *err) {
+    o = tlc_opts(o);
     if (max_rows < 1 || max_seqs < 1) {
         tl_fail(err, "batch: need room for at least one row and one sequence (got %d rows, %d sequences)", max_rows, max_seqs);
         return NULL;
@@ -91,7 +92,7 @@ extern "C" tl_cuda_batch *tl_cuda_batch_new(tl_model *m, int max_rows, int max_s
     b->max_seqs = max_seqs;
     b->row0 = (int *)tl_xcalloc((size_t)max_seqs + 1, sizeof(int));
     b->src = (int *)tl_xcalloc((size_t)max_seqs, sizeof(int));
-    if (!(b->ws = tlc_session_make(m, n_ctx, max_rows, NULL, TLC_PART_WS, err))) {
+    if (!(b->ws = tlc_session_make(m, n_ctx, max_rows, NULL, TLC_PART_WS, o, err))) {
         tl_cuda_batch_free(b);
         return NULL;
     }
@@ -114,7 +115,7 @@ extern "C" tl_cuda_batch *tl_cuda_batch_new(tl_model *m, int max_rows, int max_s
         if (p.kind != TL_KV_OFFLOAD) continue;
         tlc_off_sizes z;
         uint64_t grown;
-        if (tlc_off_sizes_of(&p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, &z, err) ||
+        if (tlc_off_sizes_of(&p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, o->gen_cap, &z, err) ||
             tlc_off_reserve_sizes(&b->ws->cx, &z, &grown, err) || alloc_qpred(b, err)) {
             tl_fail_prefix(err, "batch: layer %d", il);
             tl_cuda_batch_free(b);
@@ -394,17 +395,18 @@ extern "C" int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int
 
 /* ---------------- memory plan ---------------- */
 
-extern "C" int tl_cuda_plan_batch(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                                  int max_seqs, tl_cuda_plan *out, tl_error *err) {
+extern "C" int tl_cuda_plan_batch(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, const tl_cuda_opts *o,
+                                  int n_seq, int max_rows, int max_seqs, tl_device_plan *out, tl_error *err) {
+    o = tlc_opts(o);
     memset(out, 0, sizeof *out);
     const tl_config *c = &m->cfg;
     n_ctx = tl_plan_n_ctx(c, n_ctx);
     uint64_t dev, host, crow, pstage;
     bool any_off;
-    if (tlc_plan_kv(m, n_ctx, policies, &dev, &host, &crow, &pstage, &any_off, err)) return -1;
+    if (tlc_plan_kv(m, n_ctx, policies, o->gen_cap, &dev, &host, &crow, &pstage, &any_off, err)) return -1;
     const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, S = (uint64_t)max_seqs;
-    out->weights = tlc_plan_weights(m);
-    out->workspace = tlc_plan_ws(m);
+    out->weights = tlc_plan_weights(m, o->widen);
+    out->workspace = tlc_plan_ws(m, o->widen);
     out->kv_device = (uint64_t)n_seq * dev;
     out->kv_host = (uint64_t)n_seq * host;
     /* the step's rows, the sequences' logits and predicted queries, TailorKV's staging (shared
@@ -416,10 +418,10 @@ extern "C" int tl_cuda_plan_batch(const tl_model *m, int n_ctx, const tl_kv_laye
     return 0;
 }
 
-extern "C" int tl_cuda_check_batch(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                                   int max_seqs, uint64_t budget, tl_error *err) {
-    tl_cuda_plan p;
-    if (tl_cuda_plan_batch(m, n_ctx, policies, n_seq, max_rows, max_seqs, &p, err)) return tl_fail_prefix(err, "GPU memory plan");
+extern "C" int tl_cuda_check_batch(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, const tl_cuda_opts *o,
+                                   int n_seq, int max_rows, int max_seqs, uint64_t budget, tl_error *err) {
+    tl_device_plan p;
+    if (tl_cuda_plan_batch(m, n_ctx, policies, o, n_seq, max_rows, max_seqs, &p, err)) return tl_fail_prefix(err, "GPU memory plan");
     char what[96];
     snprintf(what, sizeof what, "%d sequences of %d tokens", n_seq, tl_plan_n_ctx(&m->cfg, n_ctx));
     if (budget) return tlc_check_plan(&p, budget, "--gpu-mem-budget", what, max_rows, err);
@@ -432,7 +434,7 @@ extern "C" int tl_cuda_check_batch(const tl_model *m, int n_ctx, const tl_kv_lay
         return tl_fail(err, "--device cuda: cudaMemGetInfo: %s", cudaGetErrorString(cudaGetLastError()));
     p.total -= p.reserve;
     p.reserve = 0;
-    if (m->gpu) {
+    if (m->dev_weights) { /* uploaded already (by this backend: the only one with a device copy) */
         p.total -= p.weights;
         p.weights = 0;
     }

@@ -5,15 +5,17 @@
  * shared by its sessions; freed by tl_model_free), the KV cache of every layer in device
  * memory (dense f32/f16/bf16, or quantized per-token / per-channel KIVI with residual windows,
  * in the CPU store's packing layout, see src/kv/quant.c), and activations sized by the chunk.
- * session.c dispatches to it when a session was made with device "cuda".
+ * table.c makes it the "cuda" backend (engine/backend.h) that session.c and batch.c call.
  *
- * Builds without CUDA (TL_CUDA=OFF, or nvcc missing) link src/cuda/stub.c instead: every
- * function then fails with a message saying so, and tl_cuda_available() is false. */
+ * The hooks that test and time one kernel family alone are in cuda_test.h. Builds without
+ * CUDA (TL_CUDA=OFF, or nvcc missing) link src/cuda/stub.c instead: every function then fails
+ * with a message saying so, and tl_cuda_available() is false. */
 #ifndef TL_CUDA_H
 #define TL_CUDA_H
 
 #include "../common.h"
 #include "../kv/kv.h"
+#include "../engine/backend.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -21,6 +23,9 @@ extern "C" {
 
 struct tl_model;
 typedef struct tl_cuda_session tl_cuda_session;
+
+/* The backend's table (table.c). */
+const tl_backend_ops *tl_cuda_backend(void);
 
 /* Is a usable CUDA device there? When not, why (e.g. "this build has no CUDA support",
  * "cudaGetDeviceCount: no CUDA-capable device is detected"). why may be NULL. */
@@ -31,14 +36,21 @@ bool tl_cuda_available(char *why, size_t n);
  * 3352; H200: 4800). false when there is no device. */
 bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs);
 
+/* Options (include/tailor.h, --cuda-opt): every call that takes them reads NULL as the
+ * defaults. The model's weights are uploaded by its first session with that session's widen;
+ * a later session or batch asking for the other format fails saying so. */
+
 /* One session on device 0. policies: one per layer (NULL = f16). Fails with a message naming
  * the layer and the policy when a policy has no GPU implementation (offloading, rotation,
  * smoothing, per-tensor and per-block granularity). */
 tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                     tl_error *err);
+                                     const tl_cuda_opts *o, tl_error *err);
 /* A sequence of a batch (tl_cuda_batch_eval): its KV caches and position only (the batch
  * holds the activations and workspace); tl_cuda_eval refuses it. */
-tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err);
+tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies,
+                                        const tl_cuda_opts *o, tl_error *err);
+/* The options a session was made with. */
+const tl_cuda_opts *tl_cuda_session_opts(const tl_cuda_session *g);
 void tl_cuda_session_free(tl_cuda_session *g);
 /* Like tl_session_eval (the caller checked n > 0 and the capacity). */
 int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err);
@@ -61,10 +73,10 @@ typedef struct {
 /* policies / n_ctx: the sequences the batch is made for (TailorKV staging is reserved for
  * them; a sequence unlike them grows it when it comes). */
 tl_cuda_batch *tl_cuda_batch_new(struct tl_model *m, int max_rows, int max_seqs, int n_ctx, const tl_kv_layer_policy *policies,
-                                 tl_error *err);
+                                 const tl_cuda_opts *o, tl_error *err);
 void tl_cuda_batch_free(tl_cuda_batch *b);
 /* Device bytes of the step's buffers (activations, logits, staging; not the block-format
- * workspace, which tl_cuda_plan.workspace counts). */
+ * workspace, which tl_device_plan.workspace counts). */
 uint64_t tl_cuda_batch_bytes(const tl_cuda_batch *b);
 /* One step: the sequences in ascending order of n (the one-token ones first), their rows at
  * most max_rows in all; every KV cache appended, every n_past advanced. On failure the
@@ -75,103 +87,31 @@ int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int n_seq, tl_
  * through the same append/quantize path as eval, without running the model. */
 int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err);
 
-/* Testing one layer's GPU KV cache alone: a cache with policy p (effective, as the session
- * would use it) and shape s on device 0; n_hist history rows kh/vh (host, kv.h layout) are
- * appended in chunks of `chunk` through the append/quantize path, then a block of m new
- * tokens (q, k, v host) is attended into out (host, [m][n_head*head_dim_v]). mode 0: the
- * kernels eval uses (decode.cu for m == 1 where it applies); 1: the general kernel only;
- * 2: as 0, but m == 1 on tensor cores (prefill_tc.cu) at any history length, for every format
- * that kernel takes (dense f16, per-token codes); 3: as 0, but per-token codes decode on
- * decode.cu's CUDA-core path instead of decode_mma.cu. */
-int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *kh,
-                         const float *vh, int m, const float *q, const float *k, const float *v, float *out, int mode,
-                         tl_error *err);
+/* The session's device memory by part (engine/backend.h). */
+void tl_cuda_memory(const tl_cuda_session *g, tl_device_mem *out);
 
-/* Benchmarking prefill attention alone (bench/bench_cuda_attn.c): one layer of shape s (window
- * ignored) on device 0 with a dense f16 cache of n_past random rows, and a chunk of m random
- * rows (q, k, v) attending it; the attention call is run reps times after one warm-up and the
- * mean milliseconds per call go to *ms. tc 1: the kernels eval uses (prefill_tc.cu's tensor
- * cores where they apply), 0: the general kernel. out (host, [m][n_head*head_dim_v]) receives
- * the output when not NULL. */
-int tl_cuda_attn_bench(const tl_kv_shape *s, int n_past, int m, int tc, int reps, double *ms, float *out, tl_error *err);
-
-/* Memory of the session. Held bytes follow the CPU stores' exact formulas (what a step
- * reads); device bytes are what is allocated on the GPU, by part. */
-typedef struct {
-    uint64_t weights;      /* device copy of the weights (shared by the model's sessions) */
-    uint64_t kv_alloc;     /* KV capacity allocated on the device (all layers, n_ctx tokens) */
-    uint64_t activations;  /* chunk-sized buffers, attention partials */
-    uint64_t workspace;    /* block-format weights: the prefill GEMM's f16 slab + the decode's int8 input */
-    tl_kv_bytes kv_held;   /* held now, split like the CPU stores */
-    uint64_t weights_read; /* bytes of weights one decode step reads (all but the embedding table) */
-    uint64_t dev_free, dev_total; /* cudaMemGetInfo */
-    char device[128];
-    /* TailorKV sparse layers (policy kind TL_KV_OFFLOAD) */
-    int n_offload;          /* how many layers offload */
-    uint64_t host_alloc;    /* pinned mapped host tier allocated (n_ctx tokens) */
-    uint64_t h2d_decode;    /* host -> device bytes read by decode steps (the top-k rows) */
-    uint64_t h2d_chan;      /* host -> device bytes of channel rows moved by decode steps (summary 0) */
-    uint64_t d2h;           /* prompt K/V written to the host tier */
-    uint64_t h2d_prefill;   /* host -> device bytes of the host tier copied back for prefill attention */
-    int64_t decode_steps;
-} tl_cuda_mem;
-void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out);
-
-/* Device memory a session would take, planned before allocating anything: weights (as
- * uploaded: block formats with GPU kernels as they are in the file, other non-float types
- * widened to f16), their workspace (equal to tl_cuda_mem.workspace), the device tier of every
- * layer's KV at n_ctx tokens (equal to tl_cuda_mem.kv_alloc), activations at the chunk size
- * (+ attention partials), and a fixed reserve for the CUDA context and cuBLAS. */
-typedef struct {
-    uint64_t weights, workspace, kv_device, kv_host, activations, reserve, total;
-} tl_cuda_plan;
+/* Device memory a session would take (engine/backend.h), planned before allocating anything:
+ * weights as uploaded (block formats with GPU kernels as they are in the file, other non-float
+ * types widened to f16), their workspace, the device tier of every layer's KV at n_ctx tokens,
+ * activations at the chunk size (+ attention partials), and a fixed reserve for the CUDA
+ * context and cuBLAS. */
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                        tl_cuda_plan *out, tl_error *err);
+                        const tl_cuda_opts *o, tl_device_plan *out, tl_error *err);
 /* A batch (max_rows, max_seqs) serving n_seq sequences of n_ctx tokens under policies: the
  * weights and the block-format workspace once, n_seq times the KV tiers, the batch's
  * activations (rows, logits, TailorKV staging and predicted queries, attention partials) and
  * the sequences' own small buffers, the CUDA/cuBLAS reserve. */
-int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                       int max_seqs, tl_cuda_plan *out, tl_error *err);
+int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, const tl_cuda_opts *o,
+                       int n_seq, int max_rows, int max_seqs, tl_device_plan *out, tl_error *err);
 /* That plan against budget bytes (--gpu-mem-budget), or with budget 0 against the device's free
  * memory now (less the reserve, and less the weights when they are uploaded already): fails
  * naming the part that does not fit and by how much, before anything is allocated. */
-int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                        int max_seqs, uint64_t budget, tl_error *err);
+int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, const tl_cuda_opts *o,
+                        int n_seq, int max_rows, int max_seqs, uint64_t budget, tl_error *err);
 /* --gpu-mem-budget: fails (with the part that does not fit and by how much) when the plan
  * exceeds budget bytes. */
 int tl_cuda_check_budget(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                         uint64_t budget, tl_error *err);
-
-/* Testing one TailorKV sparse layer (policy kind TL_KV_OFFLOAD) alone on the GPU: n_hist
- * prompt rows (queries qh, keys kh, values vh, kv.h layout) in chunks of `chunk` (outputs to
- * outh, [n_hist][n_head*head_dim_v]), then n_dec decode steps: q/k/v per step (one token
- * each), qpred per step (NULL: no prediction), outputs to out [n_dec][n_head*head_dim_v],
- * the selection of every step to sel [n_dec][n_head_kv][maxsel] (maxsel = max(1, topk))
- * and nsel [n_dec][n_head_kv]. */
-int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *qh,
-                               const float *kh, const float *vh, float *outh, int n_dec, const float *q,
-                               const float *qpred, const float *k, const float *v, float *out, int *sel, int *nsel,
-                               tl_error *err);
-
-/* Testing the products over a block-format matrix (a type with GPU kernels: q8_0, q4_0, q4_1,
- * q5_0, q5_1, q4_K, q5_K, q6_K, w4g128): W (host) holds n_out rows of n_in values of type t
- * in the GGUF layout, X (host) m rows of n_in. Each non-NULL output gets [m][n_out]: y_fast
- * the decode kernel (int8 input, dp4a) one row of X at a time, y_ref the reference kernel (a
- * thread per output, weights dequantized element by element, f32 input) one row at a time,
- * y_pre the prefill path (slabs of slab_rows rows dequantized to f16, cuBLAS GEMM) over all m
- * rows at once. */
-int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float *X, int m, int slab_rows, float *y_fast,
-                         float *y_ref, float *y_pre, tl_error *err);
-
-/* Testing the decode products over several rows at once (matvec.cu, the batched step's decode
- * rows): W (host, f32 values) n_out rows of n_in, stored on the device as wt (0 f32, 1 f16,
- * 2 bf16); glu 1/2: W2 (same shape) too and y = silu/gelu-tanh(W x) * (W2 x); bias: n_out
- * values or NULL (not with glu); y0: NULL, or m rows of n_out the product is added to (not with
- * glu). X: m rows of n_in. y_rows gets the several-row kernel's m rows, y_one tlc_matvec's, a
- * row at a time (what a sequence alone runs); the two must be equal bit for bit. */
-int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
-                             const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err);
+                         const tl_cuda_opts *o, uint64_t budget, tl_error *err);
 
 /* Free the device copy of a model's weights (called by tl_model_free; NULL is fine). */
 void tl_cuda_weights_free(void *w);

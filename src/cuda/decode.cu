@@ -29,7 +29,7 @@
  * Formats with a fast path: dense f16; per-token 8/4/2-bit (asym or sym, groups >= 32);
  * per-channel 4/2-bit keys, in the pairs DEC_FORMATS lists. Other combinations, head sizes
  * other than 64/128, and groups of more than 4 queries (except f16/f16) return 1 and the
- * general kernel runs. TL_CUDA_DECODE=0 turns this kernel off (forward.cu). */
+ * general kernel runs. --cuda-opt no-decode turns this kernel off (tlc_ctx.old_decode). */
 #include "backend.cuh"
 
 #include <math.h>
@@ -641,7 +641,7 @@ int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float 
     if (G > 4) return D == 64 ? dec_launch<64, 8, 16, 16, 1>(cx, p, err) : dec_launch<128, 8, 16, 16, 1>(cx, p, err);
     /* head_dim 128: 2 resident blocks (255 registers, no spills), except per-channel keys at 3
      * (168 registers, small spills), measured faster at 128k on an H100 (docs/cuda.md);
-     * TL_CUDA_DEC_MINB=2 or 3 forces one */
+     * --cuda-opt dec-minb=2 or 3 forces one */
     const bool three = cx->dec_minb == 3 || (cx->dec_minb != 2 && kf < 0);
 #define X(DD, KF, VF)                                                                                     \
     if (D == DD && kf == KF && vf == VF)                                                                  \

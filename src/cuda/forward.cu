@@ -4,13 +4,15 @@
  *   RoPE (cos/sin from double angles, like the CPU) -> attention over the cache (attn.cu) ->
  *   Wo (gemma: post-norm) + residual -> rmsnorm -> gate/up -> silu|gelu-tanh * up -> Wdown
  *   (gemma: post-norm) + residual; final rmsnorm and the output projection.
- * Weights: f32/f16/bf16 tensors and the GGUF block formats with kernels (qmatvec.cu: q8_0,
- * q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K, w4g128) are uploaded as they are; other types are
- * dequantized to f16 once at upload. Decode (one token) multiplies with bandwidth-bound
- * matrix-vector kernels (a warp per row, several matrices sharing one input in one launch;
- * block formats through int8 dot products); prefill chunks use cuBLAS GEMM (bf16/f16
- * operands, fp32 accumulate and output; f32 weights in plain fp32; block formats dequantized
- * to f16 into a workspace, a slab of rows at a time, just before their GEMM). */
+ * Weights (weights.cu): f32/f16/bf16 tensors and the GGUF block formats with kernels
+ * (qmatvec.cu: q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K, w4g128) are uploaded as they
+ * are; other types are dequantized to f16 once at upload. Products (linear.cu): decode (one
+ * token) multiplies with bandwidth-bound matrix-vector kernels (a warp per row, several
+ * matrices sharing one input in one launch; block formats through int8 dot products); prefill
+ * chunks use cuBLAS GEMM (bf16/f16 operands, fp32 accumulate and output; f32 weights in plain
+ * fp32; block formats dequantized to f16 into a workspace, a slab of rows at a time, just
+ * before their GEMM). Here: the session (its KV caches, buffers and device context), the
+ * forward pass and its small kernels, eval / reset / fill / memory. */
 #include "forward.cuh"
 
 #include <math.h>
@@ -25,7 +27,7 @@ extern "C" {
 #include "../engine/plan.h"
 }
 
-/* ---------------- TL_CUDA_PROF=1: GPU time per part of the one-token steps ----------------
+/* ---------------- --cuda-opt prof: GPU time per part of the one-token steps ----------------
  * Events are recorded at the boundaries of the parts of each decode step (prefill chunks are
  * not timed); the sums are printed to stderr when the session is freed. The events cost a
  * little time themselves, so a profiled run is slightly slower than a plain one. */
@@ -161,17 +163,6 @@ __global__ void act_k(float *g, const float *u, size_t n, int gelu) {
     }
 }
 
-__global__ void bias_k(float *y, const float *b, int n_tok, int dim) {
-    const size_t n = (size_t)n_tok * dim;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) y[i] += b[i % dim];
-}
-
-template <int WT>
-__global__ void to16_k(const float *x, uint16_t *y, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        y[i] = WT == WT_F16 ? __half_as_ushort(__float2half_rn(x[i])) : __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
-}
-
 /* Pseudo-random K/V rows (a hash of seed, token, element): sum of 4 uniforms, unit-ish scale. */
 __global__ void random_k(float *x, size_t n, uint64_t seed, size_t off) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -192,264 +183,6 @@ __global__ void random_k(float *x, size_t n, uint64_t seed, size_t off) {
 static int grid1(size_t n, int thr) {
     size_t b = (n + thr - 1) / thr;
     return (int)(b > 1048576 ? 1048576 : (b ? b : 1));
-}
-
-/* ---------------- weights ---------------- */
-
-/* Block formats with kernels (qmatvec.cu) stay as they are in the file; TL_CUDA_WIDEN=1 widens
- * them to f16 at upload instead (the 16-bit deployment: 3.3x the memory of a Q4_K_M file, and
- * the way to compare the two paths). Verified on an H100 (docs/cuda.md, "Weights in GGUF block
- * formats"). */
-static bool keep_blocks(tl_type t) {
-    const char *w = getenv("TL_CUDA_WIDEN");
-    return tlc_qtype_has_kernels(t) && !(w && !strcmp(w, "1"));
-}
-static int wt_of(tl_type t) {
-    return t == TL_TYPE_F32 ? WT_F32 : t == TL_TYPE_BF16 ? WT_BF16 : keep_blocks(t) ? WT_Q : WT_F16;
-}
-/* Device bytes of a matrix as upload_weights stores it. */
-static uint64_t mat_bytes(const tl_mat *t) {
-    const int wt = wt_of(t->type);
-    if (wt == WT_Q) return (uint64_t)tl_row_size(t->type, t->n_in) * t->n_out;
-    return (uint64_t)t->n_in * t->n_out * (wt == WT_F32 ? 4 : 2);
-}
-
-/* Block-format workspace of a session (0 when no product reads a block format): the prefill
- * GEMM's f16 slab (*wdq_elems values: the largest such layer matrix, and at least
- * TLC_WDQ_MIN_ROWS rows of the output projection, which goes through in slabs) and the
- * decode's quantized input (int8 values + a float2 per 32) for the widest input. */
-#define TLC_WDQ_MIN_ROWS 4096
-static uint64_t ws_bytes_of(const tl_model *m, size_t *wdq_elems, int *xq_cap) {
-    const tl_config *c = &m->cfg;
-    size_t most = 0;
-    for (int il = 0; il < c->n_layer; il++) {
-        const tl_layer_weights *S = &m->w.layers[il];
-        const tl_mat *mats[] = {&S->wq, &S->wk, &S->wv, &S->wo, &S->w_gate, &S->w_up, &S->w_down};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
-            if (wt_of(mats[i]->type) == WT_Q) most = TL_MAX(most, (size_t)mats[i]->n_in * mats[i]->n_out);
-    }
-    const tl_mat *out = m->w.tied_output ? &m->w.tok_embd : &m->w.output;
-    if (wt_of(out->type) == WT_Q)
-        most = TL_MAX(most, (size_t)out->n_in * TL_MIN((size_t)out->n_out, (size_t)TLC_WDQ_MIN_ROWS));
-    const int max_in = TL_MAX(c->n_embd, TL_MAX(c->n_head * c->head_dim_v, c->n_ff));
-    *wdq_elems = most;
-    *xq_cap = most ? max_in : 0;
-    return most ? 2 * (uint64_t)most + (uint64_t)max_in + sizeof(float2) * (uint64_t)(max_in / 32) : 0;
-}
-
-static int up_vec(tlc_weights *w, const float *src, int64_t n, float **dst, tl_error *err) {
-    *dst = NULL;
-    if (!src) return 0;
-    CK(cudaMalloc((void **)dst, sizeof(float) * (size_t)n));
-    CK(cudaMemcpy(*dst, src, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice));
-    w->bytes += sizeof(float) * (size_t)n;
-    w->read_bytes += sizeof(float) * (size_t)n;
-    return 0;
-}
-
-static int up_mat(tlc_weights *w, const tl_mat *src, dmat *dst, bool read_all, tl_error *err) {
-    dst->d = NULL;
-    dst->n_in = (int)src->n_in;
-    dst->n_out = (int)src->n_out;
-    dst->wt = wt_of(src->type);
-    dst->qt = src->type;
-    const size_t bytes = mat_bytes(src);
-    CK(cudaMalloc(&dst->d, bytes));
-    if (dst->wt == WT_Q || src->type == TL_TYPE_F32 || src->type == TL_TYPE_F16 || src->type == TL_TYPE_BF16) {
-        CK(cudaMemcpy(dst->d, src->data, bytes, cudaMemcpyHostToDevice));
-    } else { /* other formats: dequantize to f16 once, in slabs of rows */
-        static bool said;
-        if (!said && !tlc_qtype_has_kernels(src->type)) {
-            fprintf(stderr, "cuda: %s weights have no GPU kernels: widened to f16 at upload (the first: %s)\n",
-                    tl_type_name(src->type), src->name);
-            said = true;
-        }
-        const size_t rs = tl_row_size(src->type, src->n_in);
-        const int64_t slab = TL_MAX(1, (int64_t)(16 << 20) / (src->n_in * 2));
-        float *f = (float *)tl_xmalloc(sizeof(float) * (size_t)src->n_in);
-        uint16_t *h = (uint16_t *)tl_xmalloc(sizeof(uint16_t) * (size_t)src->n_in * slab);
-        for (int64_t r0 = 0; r0 < src->n_out; r0 += slab) {
-            const int64_t nr = TL_MIN(slab, src->n_out - r0);
-            for (int64_t r = 0; r < nr; r++) {
-                tl_dequantize_row(src->type, (const uint8_t *)src->data + (size_t)(r0 + r) * rs, f, src->n_in);
-                for (int64_t i = 0; i < src->n_in; i++) h[r * src->n_in + i] = tl_fp32_to_fp16(f[i]);
-            }
-            cudaError_t e = cudaMemcpy((uint16_t *)dst->d + (size_t)r0 * src->n_in, h, sizeof(uint16_t) * (size_t)nr * src->n_in,
-                                       cudaMemcpyHostToDevice);
-            if (e != cudaSuccess) {
-                free(f);
-                free(h);
-                return tl_fail(err, "uploading %s: %s", src->name, cudaGetErrorString(e));
-            }
-        }
-        free(f);
-        free(h);
-    }
-    w->bytes += bytes;
-    if (read_all) w->read_bytes += bytes;
-    return 0;
-}
-
-static void free_weights(tlc_weights *w) {
-    if (!w) return;
-    cudaFree(w->tok_embd.d);
-    if (w->output.d != w->tok_embd.d) cudaFree(w->output.d);
-    cudaFree(w->output_norm);
-    for (int i = 0; w->L && i < w->n_layer; i++) {
-        dlayer *L = &w->L[i];
-        void *p[] = {L->attn_norm, L->ffn_norm, L->attn_post_norm, L->ffn_post_norm, L->q_norm, L->k_norm, L->bq,
-                     L->bk, L->bv, L->wq.d, L->wk.d, L->wv.d, L->wo.d, L->gate.d, L->up.d, L->down.d};
-        for (size_t j = 0; j < sizeof p / sizeof *p; j++) cudaFree(p[j]);
-    }
-    free(w->L);
-    free(w);
-}
-
-extern "C" void tl_cuda_weights_free(void *w) { free_weights((tlc_weights *)w); }
-
-static tlc_weights *upload_weights(tl_model *m, tl_error *err) {
-    const tl_config *c = &m->cfg;
-    tlc_weights *w = (tlc_weights *)tl_xcalloc(1, sizeof *w);
-    w->n_layer = c->n_layer;
-    w->L = (dlayer *)tl_xcalloc((size_t)c->n_layer, sizeof(dlayer));
-    const double t0 = tl_time_s();
-    int rc = up_mat(w, &m->w.tok_embd, &w->tok_embd, m->w.tied_output, err);
-    if (!rc) rc = up_vec(w, m->w.output_norm, c->n_embd, &w->output_norm, err);
-    if (!rc) {
-        if (m->w.tied_output) w->output = w->tok_embd;
-        else rc = up_mat(w, &m->w.output, &w->output, true, err);
-    }
-    const int qdim = c->n_head * c->head_dim_k, kdim = c->n_head_kv * c->head_dim_k, vdim = c->n_head_kv * c->head_dim_v;
-    for (int il = 0; il < c->n_layer && !rc; il++) {
-        const tl_layer_weights *S = &m->w.layers[il];
-        dlayer *L = &w->L[il];
-        rc = up_vec(w, S->attn_norm, c->n_embd, &L->attn_norm, err) || up_vec(w, S->ffn_norm, c->n_embd, &L->ffn_norm, err) ||
-             up_vec(w, S->attn_post_norm, c->n_embd, &L->attn_post_norm, err) ||
-             up_vec(w, S->ffn_post_norm, c->n_embd, &L->ffn_post_norm, err) ||
-             up_vec(w, S->q_norm, c->head_dim_k, &L->q_norm, err) || up_vec(w, S->k_norm, c->head_dim_k, &L->k_norm, err) ||
-             up_vec(w, S->bq, qdim, &L->bq, err) || up_vec(w, S->bk, kdim, &L->bk, err) || up_vec(w, S->bv, vdim, &L->bv, err) ||
-             up_mat(w, &S->wq, &L->wq, true, err) || up_mat(w, &S->wk, &L->wk, true, err) ||
-             up_mat(w, &S->wv, &L->wv, true, err) || up_mat(w, &S->wo, &L->wo, true, err) ||
-             up_mat(w, &S->w_gate, &L->gate, true, err) || up_mat(w, &S->w_up, &L->up, true, err) ||
-             up_mat(w, &S->w_down, &L->down, true, err);
-    }
-    if (rc) {
-        tl_fail_prefix(err, "uploading weights to the GPU");
-        free_weights(w);
-        return NULL;
-    }
-    if (getenv("TL_CUDA_VERBOSE"))
-        fprintf(stderr, "cuda: uploaded %.2f GiB of weights in %.2f s\n", w->bytes / 1073741824.0, tl_time_s() - t0);
-    return w;
-}
-
-/* ---------------- matrix products ---------------- */
-
-/* y (+)= M x for n rows xh (f16) of a block-format matrix: slabs of rows dequantized to f16
- * into wdq (wdq_elems values), each multiplied by cuBLAS. */
-static int qgemm(tlc_ctx *cx, cublasHandle_t blas, const dmat *M, const uint16_t *xh, int n, float *y, bool add, uint16_t *wdq,
-                 size_t wdq_elems, tl_error *err) {
-    const int slab = (int)TL_MIN((size_t)M->n_out, wdq_elems / (size_t)M->n_in);
-    if (slab < 1) return tl_fail(err, "%s GEMM: the dequantization workspace (%zu values) holds no row of %d", tl_type_name(M->qt), wdq_elems, M->n_in);
-    const float alpha = 1.0f, beta = add ? 1.0f : 0.0f;
-    for (int r0 = 0; r0 < M->n_out; r0 += slab) {
-        const int nr = TL_MIN(slab, M->n_out - r0);
-        if (tlc_qdequant(cx, M->qt, M->d, M->n_in, r0, nr, wdq, err)) return -1;
-        cublasStatus_t st = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, M->n_in, &alpha, wdq, CUDA_R_16F, M->n_in, xh,
-                                         CUDA_R_16F, M->n_in, &beta, y + r0, CUDA_R_32F, M->n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        if (st != CUBLAS_STATUS_SUCCESS)
-            return tl_fail(err, "cublasGemmEx (%s rows %d..%d of %dx%d x %d tokens): status %d", tl_type_name(M->qt), r0, r0 + nr - 1,
-                           M->n_out, M->n_in, n, (int)st);
-    }
-    return 0;
-}
-
-/* Up to this many rows, block-format products run as one decode product per row: a 4-bit one
- * reads ~0.6 bytes per weight, the dequantize + GEMM path ~4.6 (the blocks, the f16 slab
- * written and read back), so rows are cheaper until about 8. */
-#define TLC_QGEMM_MIN_ROWS 8
-
-/* The decode product's arguments for up to three matrices sharing x (their format and n_in). */
-tlc_mv tlc_mv_of(int nseg, const dmat *const *W, const float *x, float *const *y, const float *const *bias, const int *add) {
-    tlc_mv a;
-    memset(&a, 0, sizeof a);
-    a.nseg = nseg;
-    a.n_in = W[0]->n_in;
-    a.wt = W[0]->wt;
-    a.qt = W[0]->qt;
-    a.x = x;
-    for (int s = 0; s < nseg; s++) {
-        a.W[s] = W[s]->d;
-        a.bias[s] = bias ? bias[s] : NULL;
-        a.y[s] = y[s];
-        a.n_out[s] = W[s]->n_out;
-        a.add[s] = add ? add[s] : 0;
-    }
-    return a;
-}
-
-/* y_s (+)= W_s x (+ b_s) for up to three matrices sharing x and n_in. n tokens. */
-int tlc_linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *x, int n, float *const *y,
-                  const float *const *bias, const int *add, tl_error *err) {
-    const int n_in = W[0]->n_in, wt = W[0]->wt;
-    bool same = true;
-    for (int s = 1; s < nseg; s++) same = same && W[s]->wt == wt && (wt != WT_Q || W[s]->qt == W[0]->qt) && W[s]->n_in == n_in;
-    bool blocks = true;
-    for (int s = 0; s < nseg; s++) blocks = blocks && W[s]->wt == WT_Q;
-    if (n > 1 && n <= TLC_QGEMM_MIN_ROWS && blocks) { /* a few rows: one decode product per row */
-        for (int r = 0; r < n; r++) {
-            float *yr[3];
-            for (int s = 0; s < nseg; s++) yr[s] = y[s] + (size_t)r * W[s]->n_out;
-            if (tlc_linear(g, nseg, W, x + (size_t)r * n_in, 1, yr, bias, add, err)) return -1;
-        }
-        return 0;
-    }
-    if (n == 1 && !same) { /* e.g. q4_K q/k with a q6_K v: one product each */
-        for (int s = 0; s < nseg; s++)
-            if (tlc_linear(g, 1, &W[s], x, 1, &y[s], bias ? &bias[s] : NULL, add ? &add[s] : NULL, err)) return -1;
-        return 0;
-    }
-    if (n == 1) {
-        const tlc_mv a = tlc_mv_of(nseg, W, x, y, bias, add);
-        return tlc_matvec(&g->cx, &a, err);
-    }
-    for (int s = 0; s < nseg; s++) {
-        const dmat *M = W[s];
-        const void *B = x;
-        cudaDataType_t ty = CUDA_R_32F;
-        if (M->wt != WT_F32) {
-            const size_t ne = (size_t)n * M->n_in;
-            const bool f16 = M->wt == WT_F16 || M->wt == WT_Q;
-            if (f16) to16_k<WT_F16><<<grid1(ne, 256), 256, 0, g->cx.stream>>>(x, (uint16_t *)g->xb, ne);
-            else to16_k<WT_BF16><<<grid1(ne, 256), 256, 0, g->cx.stream>>>(x, (uint16_t *)g->xb, ne);
-            TLC_LAUNCH_CHECK("convert activations");
-            B = g->xb;
-            ty = f16 ? CUDA_R_16F : CUDA_R_16BF;
-        }
-        const bool acc = add && add[s];
-        if (M->wt == WT_Q) {
-            if (qgemm(&g->cx, g->blas, M, (const uint16_t *)B, n, y[s], acc, g->wdq, g->wdq_elems, err)) return -1;
-        } else {
-            const float alpha = 1.0f, beta = acc ? 1.0f : 0.0f;
-            cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, M->n_out, n, M->n_in, &alpha, M->d, ty, M->n_in, B,
-                                             ty, M->n_in, &beta, y[s], CUDA_R_32F, M->n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-            if (st != CUBLAS_STATUS_SUCCESS)
-                return tl_fail(err, "cublasGemmEx (%dx%d x %d tokens): status %d", M->n_out, M->n_in, n, (int)st);
-        }
-        if (bias && bias[s]) {
-            bias_k<<<grid1((size_t)n * M->n_out, 256), 256, 0, g->cx.stream>>>(y[s], bias[s], n, M->n_out);
-            TLC_LAUNCH_CHECK("bias");
-        }
-    }
-    return 0;
-}
-
-static int linear1(tl_cuda_session *g, const dmat *W, const float *x, int n, float *y, const float *bias, int add, tl_error *err) {
-    const dmat *Ws[1] = {W};
-    float *ys[1] = {y};
-    const float *bs[1] = {bias};
-    int ad[1] = {add};
-    return tlc_linear(g, 1, Ws, x, n, ys, bs, ad, err);
 }
 
 int tlc_rmsnorm(tl_cuda_session *g, const float *x, const float *w, float *out, int rows, int dim, int add, tl_error *err) {
@@ -498,6 +231,14 @@ int tlc_act(tl_cuda_session *g, float *gate, const float *up, size_t n, int glu,
     act_k<<<grid1(n, 256), 256, 0, g->cx.stream>>>(gate, up, n, glu == 2);
     TLC_LAUNCH_CHECK("activation");
     return 0;
+}
+
+static int linear1(tl_cuda_session *g, const dmat *W, const float *x, int n, float *y, const float *bias, int add, tl_error *err) {
+    const dmat *Ws[1] = {W};
+    float *ys[1] = {y};
+    const float *bs[1] = {bias};
+    int ad[1] = {add};
+    return tlc_linear(g, 1, Ws, x, n, ys, bs, ad, err);
 }
 
 /* ---------------- session ---------------- */
@@ -572,7 +313,7 @@ extern "C" bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs)
 }
 
 /* Set up one side of a layer cache (mirrors quant.c's side_init) and allocate it. */
-static int side_setup(tl_cuda_session *g, kv_side *S, const tl_kv_side *p, tl_kv_kind kind, int d, int residual, int cap,
+int tlc_side_setup(tl_cuda_session *g, kv_side *S, const tl_kv_side *p, tl_kv_kind kind, int d, int residual, int cap,
                       int n_kv, const char *name, tl_error *err) {
     memset(S, 0, sizeof *S);
     S->d = d;
@@ -663,9 +404,9 @@ extern "C" void tl_cuda_session_free(tl_cuda_session *g) {
     free(g);
 }
 
-/* Device 0, a non-blocking stream and the kernel switches of the environment (backend.cuh,
- * docs/cuda.md), for a session or a batch. */
-static int ctx_init(tlc_ctx *cx, char *dev_name, size_t n, tl_error *err) {
+/* Device 0, a non-blocking stream and the kernel switches of the options (backend.cuh,
+ * docs/cuda.md), for a session or a batch. safe: every reference choice. */
+static int ctx_init(tlc_ctx *cx, const tl_cuda_opts *o, char *dev_name, size_t n, tl_error *err) {
     cudaDeviceProp prop;
     if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
         cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking) != cudaSuccess)
@@ -673,35 +414,36 @@ static int ctx_init(tlc_ctx *cx, char *dev_name, size_t n, tl_error *err) {
     snprintf(dev_name, n, "%.64s (sm_%d%d, %d SMs)", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
     cx->n_sm = prop.multiProcessorCount;
     cx->smem_optin = prop.sharedMemPerBlockOptin;
-    const char *sf = getenv("TL_CUDA_SAFE");
-    cx->safe = sf && *sf && strcmp(sf, "0");
-    const char *dc = getenv("TL_CUDA_DECODE");
-    cx->old_decode = dc && !strcmp(dc, "0");
-    const char *dm = getenv("TL_CUDA_DEC_MMA");
-    cx->no_dec_mma = dm && !strcmp(dm, "0");
-    const char *mb = getenv("TL_CUDA_DEC_MINB");
-    cx->dec_minb = mb ? atoi(mb) : 0;
-    cx->no_tc = getenv("TL_CUDA_TC") && !strcmp(getenv("TL_CUDA_TC"), "0");
-    const char *dt = getenv("TL_CUDA_DEC_TC");
-    cx->dec_tc_from = dt && !strcmp(dt, "1") ? 1 : dt && !strcmp(dt, "0") ? 0 : TLC_DEC_TC_FROM;
-    cx->dec_tc_quant = dt && !strcmp(dt, "1");
-    const char *fu = getenv("TL_CUDA_FUSE"), *pd = getenv("TL_CUDA_PDL");
-    cx->no_fuse = fu && !strcmp(fu, "0");
-    cx->no_pdl = pd && !strcmp(pd, "0");
+    cx->safe = o->safe;
+    cx->old_decode = o->safe || o->no_decode;
+    cx->no_dec_mma = o->no_dec_mma;
+    cx->dec_minb = o->dec_minb;
+    cx->no_tc = o->safe || o->no_tc;
+    cx->dec_tc_from = o->safe || o->dec_tc < 0 ? 0 : o->dec_tc > 0 ? o->dec_tc : TLC_DEC_TC_FROM;
+    cx->dec_tc_quant = o->dec_tc_quant;
+    cx->no_fuse = o->safe || o->no_fuse;
+    cx->no_pdl = o->safe || o->no_pdl;
     return 0;
 }
 
+static const tl_cuda_opts default_opts = {};
+const tl_cuda_opts *tlc_opts(const tl_cuda_opts *o) { return o ? o : &default_opts; }
+
 extern "C" tl_cuda_session *tl_cuda_session_new(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                                tl_error *err) {
-    return tlc_session_make(m, n_ctx, chunk, policies, TLC_PART_KV | TLC_PART_WS, err);
+                                                const tl_cuda_opts *o, tl_error *err) {
+    return tlc_session_make(m, n_ctx, chunk, policies, TLC_PART_KV | TLC_PART_WS, o, err);
 }
 
-extern "C" tl_cuda_session *tl_cuda_session_new_kv(tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err) {
-    return tlc_session_make(m, n_ctx, 1, policies, TLC_PART_KV, err);
+extern "C" tl_cuda_session *tl_cuda_session_new_kv(tl_model *m, int n_ctx, const tl_kv_layer_policy *policies,
+                                                   const tl_cuda_opts *o, tl_error *err) {
+    return tlc_session_make(m, n_ctx, 1, policies, TLC_PART_KV, o, err);
 }
+
+extern "C" const tl_cuda_opts *tl_cuda_session_opts(const tl_cuda_session *g) { return &g->opt; }
 
 tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies, int parts,
-                                  tl_error *err) {
+                                  const tl_cuda_opts *o, tl_error *err) {
+    o = tlc_opts(o);
     char why[256];
     if (!tl_cuda_available(why, sizeof why)) {
         tl_fail(err, "--device cuda: %s", why);
@@ -723,22 +465,26 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
         tl_fail(err, "--device cuda: GQA group %d exceeds %d", c->n_head / c->n_head_kv, TLC_QMAX);
         return NULL;
     }
+    if (m->dev_weights && ((const tlc_weights *)m->dev_weights)->widen != o->widen) {
+        tl_fail(err, "--cuda-opt widen: this model's weights are on the GPU already, %s by an earlier session, and its "
+                     "sessions share that copy: give them all the same widen",
+                o->widen ? "in their block formats" : "widened to f16");
+        return NULL;
+    }
     tl_cuda_session *g = (tl_cuda_session *)tl_xcalloc(1, sizeof *g);
     g->m = m;
+    g->opt = *o;
     g->parts = parts;
     g->n_ctx = n_ctx;
     g->chunk = chunk;
     int rc = 0;
-    if (ctx_init(&g->cx, g->dev_name, sizeof g->dev_name, err)) {
+    if (ctx_init(&g->cx, o, g->dev_name, sizeof g->dev_name, err)) {
         tl_cuda_session_free(g);
         return NULL;
     }
-    {
-        const char *pf = getenv("TL_CUDA_PROF");
-        if (kv && ws && pf && *pf && strcmp(pf, "0")) {
-            g->prof = (tlc_prof *)tl_xcalloc(1, sizeof *g->prof);
-            for (int i = 0; i < PF_MAX; i++) cudaEventCreate(&g->prof->ev[i]);
-        }
+    if (kv && ws && o->prof) {
+        g->prof = (tlc_prof *)tl_xcalloc(1, sizeof *g->prof);
+        for (int i = 0; i < PF_MAX; i++) cudaEventCreate(&g->prof->ev[i]);
     }
     if (ws && (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, g->cx.stream) != CUBLAS_STATUS_SUCCESS)) {
         tl_fail(err, "--device cuda: cublasCreate failed");
@@ -746,14 +492,15 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
         return NULL;
     }
     /* weights: once per model */
-    if (!m->gpu) {
-        m->gpu = upload_weights(m, err);
-        if (!m->gpu) {
+    if (!m->dev_weights) {
+        m->dev_weights = tlc_upload_weights(m, o, err);
+        if (!m->dev_weights) {
             tl_cuda_session_free(g);
             return NULL;
         }
+        m->dev_weights_free = tl_cuda_weights_free;
     }
-    g->w = (tlc_weights *)m->gpu;
+    g->w = (tlc_weights *)m->dev_weights;
     /* KV caches: the CPU session's rules (sliding-window layers stay dense f16, ring of window) */
     if (kv) {
         g->kv = (tlc_layer_kv *)tl_xcalloc((size_t)c->n_layer, sizeof(tlc_layer_kv));
@@ -780,7 +527,8 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
         L->scale = c->attn_scale;
         const int cap = window > 0 ? TL_MIN(window, n_ctx) : n_ctx;
         if (p.kind == TL_KV_OFFLOAD) {
-            if (tlc_off_new(&L->off, &p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, c->attn_scale, err)) {
+            if (tlc_off_new(&L->off, &p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, o->gen_cap,
+                            c->attn_scale, err)) {
                 tl_fail_prefix(err, "--device cuda: layer %d KV cache ('%s')", il, pname);
                 rc = -1;
                 break;
@@ -798,8 +546,8 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
             if (ws) g->act_bytes += grown; /* transient workspace, like the attention partials */
             continue;
         }
-        if (side_setup(g, &L->k, &p.k, p.kind, c->head_dim_k, p.residual, cap, c->n_head_kv, "K", err) ||
-            side_setup(g, &L->v, &p.v, p.kind, c->head_dim_v, p.residual, cap, c->n_head_kv, "V", err)) {
+        if (tlc_side_setup(g, &L->k, &p.k, p.kind, c->head_dim_k, p.residual, cap, c->n_head_kv, "K", err) ||
+            tlc_side_setup(g, &L->v, &p.v, p.kind, c->head_dim_v, p.residual, cap, c->n_head_kv, "V", err)) {
             tl_fail_prefix(err, "--device cuda: layer %d KV cache ('%s')", il, pname);
             rc = -1;
         }
@@ -826,7 +574,7 @@ tl_cuda_session *tlc_session_make(tl_model *m, int n_ctx, int chunk, const tl_kv
         g->logits = (float *)dalloc(g, 4 * (size_t)c->n_vocab, &rc);
         g->xb = dalloc(g, 2 * C * max_in, &rc);
         g->tok = (int32_t *)dalloc(g, 4 * C, &rc);
-        g->ws_bytes = ws_bytes_of(m, &g->wdq_elems, &g->cx.xq_cap);
+        g->ws_bytes = tlc_ws_bytes(m, o->widen, &g->wdq_elems, &g->cx.xq_cap);
         if (g->ws_bytes && !rc &&
             (cudaMalloc((void **)&g->wdq, 2 * g->wdq_elems) != cudaSuccess || cudaMalloc((void **)&g->cx.xq, g->cx.xq_cap) != cudaSuccess ||
              cudaMalloc((void **)&g->cx.xd, sizeof(float2) * (g->cx.xq_cap / 32)) != cudaSuccess))
@@ -1031,7 +779,7 @@ extern "C" int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_
     return 0;
 }
 
-extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
+extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_device_mem *out) {
     memset(out, 0, sizeof *out);
     const tl_config *c = &g->m->cfg;
     out->weights = g->w->bytes;
@@ -1076,419 +824,3 @@ extern "C" void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
     memcpy(out->device, g->dev_name, sizeof out->device);
 }
 
-/* ---------------- one layer alone (tests) ---------------- */
-
-extern "C" int tl_cuda_layer_attend(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk, const float *kh,
-                                    const float *vh, int m, const float *q, const float *k, const float *v, float *out, int mode,
-                                    tl_error *err) {
-    char why[256];
-    if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
-    if (chunk <= 0 || m <= 0) return tl_fail(err, "tl_cuda_layer_attend: chunk %d, m %d", chunk, m);
-    if (s->softcap > 0) return tl_fail(err, "tl_cuda_layer_attend: soft-capped scores have no GPU implementation");
-    tl_cuda_session *g = (tl_cuda_session *)tl_xcalloc(1, sizeof *g);
-    tlc_layer_kv L;
-    memset(&L, 0, sizeof L);
-    float *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
-    int rc = -1;
-    /* capacity rounded up to 8 tokens, like a session with a round n_ctx: every per-token
-     * parameter layout then starts its heads 16-byte aligned, as the tensor-core kernel needs */
-    const int n_ctx = (n_hist + m + 7) / 8 * 8, Hq = s->n_head, Hkv = s->n_head_kv, dkd = s->head_dim_k, dvd = s->head_dim_v;
-    const int rows = TL_MAX(chunk, m);
-    const size_t kdim = (size_t)Hkv * dkd, vdim = (size_t)Hkv * dvd;
-    cudaDeviceProp prop;
-    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&g->cx.stream, cudaStreamNonBlocking) != cudaSuccess) {
-        tl_fail(err, "tl_cuda_layer_attend: device 0: %s", cudaGetErrorString(cudaGetLastError()));
-        goto done;
-    }
-    g->cx.n_sm = prop.multiProcessorCount;
-    g->cx.smem_optin = prop.sharedMemPerBlockOptin;
-    g->cx.old_decode = g->cx.no_tc = mode == 1; /* mode 1: the general kernel only */
-    g->cx.dec_tc_from = mode == 2 ? 1 : 0; /* mode 2: decode on tensor cores (quantized sides too) */
-    g->cx.dec_tc_quant = mode == 2;
-    g->cx.no_dec_mma = mode == 3; /* mode 3: as 0, per-token codes on decode.cu's CUDA-core path */
-    {
-        const char *mb = getenv("TL_CUDA_DEC_MINB");
-        g->cx.dec_minb = mb ? atoi(mb) : 0;
-    }
-    L.n_head = Hq;
-    L.n_head_kv = Hkv;
-    L.window = s->window;
-    L.scale = s->scale;
-    {
-        const int cap = s->window > 0 ? TL_MIN(s->window, n_ctx) : n_ctx;
-        if (side_setup(g, &L.k, &p->k, p->kind, dkd, p->residual, cap, Hkv, "K", err) ||
-            side_setup(g, &L.v, &p->v, p->kind, dvd, p->residual, cap, Hkv, "V", err))
-            goto done;
-    }
-    if (cudaMalloc((void **)&dq, sizeof(float) * (size_t)m * Hq * dkd) != cudaSuccess ||
-        cudaMalloc((void **)&dk, sizeof(float) * (size_t)rows * kdim) != cudaSuccess ||
-        cudaMalloc((void **)&dv, sizeof(float) * (size_t)rows * vdim) != cudaSuccess ||
-        cudaMalloc((void **)&dout, sizeof(float) * (size_t)m * Hq * dvd) != cudaSuccess) {
-        tl_fail(err, "tl_cuda_layer_attend: out of GPU memory");
-        goto done;
-    }
-    for (int i = 0; i < n_hist; i += chunk) {
-        const int nc = TL_MIN(chunk, n_hist - i);
-        /* uploads on the session's stream: a plain cudaMemcpy from pageable memory may return
-         * before its DMA lands, and the non-blocking stream would not wait for it */
-        if (cudaMemcpyAsync(dk, kh + (size_t)i * kdim, sizeof(float) * nc * kdim, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess ||
-            cudaMemcpyAsync(dv, vh + (size_t)i * vdim, sizeof(float) * nc * vdim, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess) {
-            tl_fail(err, "tl_cuda_layer_attend: upload");
-            goto done;
-        }
-        if (tlc_kv_append(&g->cx, &L, i, nc, dk, dv, err)) goto done;
-        if (cudaStreamSynchronize(g->cx.stream) != cudaSuccess) {
-            tl_fail(err, "tl_cuda_layer_attend: append: %s", cudaGetErrorString(cudaGetLastError()));
-            goto done;
-        }
-    }
-    if (cudaMemcpyAsync(dq, q, sizeof(float) * (size_t)m * Hq * dkd, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess ||
-        cudaMemcpyAsync(dk, k, sizeof(float) * (size_t)m * kdim, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess ||
-        cudaMemcpyAsync(dv, v, sizeof(float) * (size_t)m * vdim, cudaMemcpyHostToDevice, g->cx.stream) != cudaSuccess) {
-        tl_fail(err, "tl_cuda_layer_attend: upload");
-        goto done;
-    }
-    if (tlc_attention(&g->cx, &L, n_hist, m, dq, dk, dv, dout, err)) goto done;
-    {
-        cudaError_t e = cudaStreamSynchronize(g->cx.stream);
-        if (e == cudaSuccess) e = cudaMemcpyAsync(out, dout, sizeof(float) * (size_t)m * Hq * dvd, cudaMemcpyDeviceToHost, g->cx.stream);
-        if (e == cudaSuccess) e = cudaStreamSynchronize(g->cx.stream);
-        if (e != cudaSuccess) {
-            tl_fail(err, "tl_cuda_layer_attend: attention: %s", cudaGetErrorString(e));
-            goto done;
-        }
-    }
-    rc = 0;
-done:
-    if (g->cx.stream) cudaStreamSynchronize(g->cx.stream);
-    kv_side *sides[2] = {&L.k, &L.v};
-    for (int i = 0; i < 2; i++) {
-        cudaFree(sides[i]->codes);
-        cudaFree(sides[i]->params);
-        cudaFree(sides[i]->fp);
-    }
-    cudaFree(dq);
-    cudaFree(dk);
-    cudaFree(dv);
-    cudaFree(dout);
-    cudaFree(g->cx.scratch);
-    if (g->cx.stream) cudaStreamDestroy(g->cx.stream);
-    free(g);
-    return rc;
-}
-
-/* ---------------- memory plan (--gpu-mem-budget) ---------------- */
-
-/* Bytes side_setup allocates for one side (0 with err when it would refuse). */
-static int side_bytes(const tl_kv_side *p, tl_kv_kind kind, int d, int residual, int cap, int n_kv, uint64_t *out,
-                      tl_error *err) {
-    if (kind != TL_KV_QUANT || p->bits == 16) {
-        *out = (uint64_t)cap * d * n_kv * (kind == TL_KV_F32 ? 4 : 2);
-        return 0;
-    }
-    const uint64_t ub = 4 * (uint64_t)p->bits;
-    if (d % 32) return tl_fail(err, "head_dim %d is not a multiple of 32", d);
-    if (p->gran == TL_KV_GRAN_TOKEN) {
-        const int g = p->group == 0 ? d : p->group;
-        const uint64_t row = (uint64_t)(d / 32) * ub, ps = (uint64_t)(d / g) * (p->quantizer == TL_KV_SYM ? 1 : 2);
-        *out = ((uint64_t)cap * row + (uint64_t)cap * ps * 2 + (uint64_t)residual * d * 2) * n_kv;
-    } else if (p->gran == TL_KV_GRAN_CHANNEL) {
-        const int g = p->group, base = TL_MAX(residual, g), R = (base + g - 1) / g * g;
-        const uint64_t ngrp = ((uint64_t)cap + g - 1) / g, ppg = p->quantizer == TL_KV_SYM ? 1 : 2;
-        *out = (ngrp * (uint64_t)d * (g / 32) * ub + ngrp * (uint64_t)d * ppg * 2 + (uint64_t)R * d * 2) * n_kv;
-    } else {
-        return tl_fail(err, "per-block and per-tensor granularity have no GPU implementation");
-    }
-    return 0;
-}
-
-uint64_t tlc_plan_weights(const tl_model *m) {
-    /* as upload_weights stores them (block formats with kernels as they are with
-     * unless TL_CUDA_WIDEN=1, other non-float types widened to f16) */
-    const tl_config *c = &m->cfg;
-    uint64_t w = mat_bytes(&m->w.tok_embd) + (uint64_t)c->n_embd * 4;
-    if (!m->w.tied_output) w += mat_bytes(&m->w.output);
-    const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, kdim = (uint64_t)c->n_head_kv * c->head_dim_k,
-                   vdim = (uint64_t)c->n_head_kv * c->head_dim_v;
-    for (int il = 0; il < c->n_layer; il++) {
-        const tl_layer_weights *S = &m->w.layers[il];
-        const tl_mat *mats[] = {&S->wq, &S->wk, &S->wv, &S->wo, &S->w_gate, &S->w_up, &S->w_down};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) w += mat_bytes(mats[i]);
-        w += (uint64_t)c->n_embd * 4 * (2 + (S->attn_post_norm ? 1 : 0) + (S->ffn_post_norm ? 1 : 0));
-        w += (uint64_t)c->head_dim_k * 4 * ((S->q_norm ? 1 : 0) + (S->k_norm ? 1 : 0));
-        w += 4 * ((S->bq ? qdim : 0) + (S->bk ? kdim : 0) + (S->bv ? vdim : 0));
-    }
-    return w;
-}
-
-int tlc_plan_kv(const tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, uint64_t *dev, uint64_t *host,
-                uint64_t *crow, uint64_t *pstage, bool *any_off, tl_error *err) {
-    const tl_config *c = &m->cfg;
-    *dev = *host = *crow = *pstage = 0;
-    *any_off = false;
-    for (int il = 0; il < c->n_layer; il++) {
-        tl_kv_shape sh;
-        tl_kv_layer_policy p;
-        tl_plan_layer_kv(c, n_ctx, il, policies ? &policies[il] : NULL, &sh, &p);
-        if (p.kind == TL_KV_OFFLOAD) {
-            tlc_off_sizes z;
-            if (tlc_off_sizes_of(&p.off, c->n_head, c->n_head_kv, c->head_dim_k, c->head_dim_v, n_ctx, &z, err))
-                return tl_fail_prefix(err, "layer %d", il);
-            *dev += z.dev;
-            *host += z.host;
-            *crow = TL_MAX(*crow, z.crow);       /* two are allocated, shared by the layers */
-            *pstage = TL_MAX(*pstage, z.pstage); /* one, shared */
-            *any_off = true;
-            continue;
-        }
-        const int cap = sh.window > 0 ? TL_MIN(sh.window, n_ctx) : n_ctx;
-        /* auto:B, not resolved yet: the larger of the layouts the GPU can be given */
-        tl_kv_layer_policy cand[TL_KV_AUTO_MAX_CANDIDATES];
-        const int nc = p.kind == TL_KV_AUTO ? tl_kv_auto_candidates(&p, true, cand) : 1;
-        if (p.kind != TL_KV_AUTO) cand[0] = p;
-        uint64_t most = 0;
-        for (int i = 0; i < nc; i++) {
-            uint64_t bk = 0, bv = 0;
-            if (side_bytes(&cand[i].k, cand[i].kind, c->head_dim_k, cand[i].residual, cap, c->n_head_kv, &bk, err) ||
-                side_bytes(&cand[i].v, cand[i].kind, c->head_dim_v, cand[i].residual, cap, c->n_head_kv, &bv, err))
-                return tl_fail_prefix(err, "layer %d", il);
-            most = TL_MAX(most, bk + bv);
-        }
-        *dev += most;
-    }
-    return 0;
-}
-
-uint64_t tlc_plan_rows(const tl_config *c, int rows) {
-    const uint64_t E = c->n_embd, C = (uint64_t)rows, od = (uint64_t)c->n_head * c->head_dim_v;
-    const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k, kdim = (uint64_t)c->n_head_kv * c->head_dim_k,
-                   vdim = (uint64_t)c->n_head_kv * c->head_dim_v;
-    const uint64_t max_in = TL_MAX(E, TL_MAX(od, (uint64_t)c->n_ff));
-    return 4 * C * (3 * E + qdim + kdim + vdim + od + 2 * (uint64_t)c->n_ff + 2 * (uint64_t)c->n_rot) + 4 * (uint64_t)c->n_vocab +
-           2 * C * max_in + 4 * C;
-}
-
-uint64_t tlc_plan_ws(const tl_model *m) {
-    size_t wdq;
-    int xq_cap;
-    return ws_bytes_of(m, &wdq, &xq_cap);
-}
-
-extern "C" int tl_cuda_plan_memory(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                   tl_cuda_plan *out, tl_error *err) {
-    memset(out, 0, sizeof *out);
-    const tl_config *c = &m->cfg;
-    n_ctx = tl_plan_n_ctx(c, n_ctx);
-    chunk = tl_plan_chunk(n_ctx, chunk);
-    out->weights = tlc_plan_weights(m);
-    uint64_t crow, pstage;
-    bool any_off;
-    if (tlc_plan_kv(m, n_ctx, policies, &out->kv_device, &out->kv_host, &crow, &pstage, &any_off, err)) return -1;
-    const uint64_t qdim = (uint64_t)c->n_head * c->head_dim_k;
-    out->activations = tlc_plan_rows(c, chunk) + 8 * (uint64_t)c->n_rot + (any_off ? 2 * 4 * qdim : 0) + 2 * crow + pstage +
-                       TLC_PLAN_PARTIALS; /* + attention partials (grown on demand) */
-    out->workspace = tlc_plan_ws(m);
-    out->reserve = TLC_PLAN_RESERVE; /* CUDA context, module images, cuBLAS workspace */
-    out->total = out->weights + out->workspace + out->kv_device + out->activations + out->reserve;
-    return 0;
-}
-
-static double gib(uint64_t b) { return (double)b / 1073741824.0; }
-
-int tlc_check_plan(const tl_cuda_plan *p, uint64_t budget, const char *name, const char *what, int rows, tl_error *err) {
-    if (p->total <= budget) return 0;
-    const uint64_t fixed = p->weights + p->workspace + p->activations + p->reserve;
-    char part[200];
-    if (p->weights > budget)
-        snprintf(part, sizeof part, "the weights alone (%.2f GiB) do not fit", gib(p->weights));
-    else if (fixed > budget)
-        snprintf(part, sizeof part, "weights + workspace + activations for %d rows + runtime reserve (%.2f GiB) do not fit",
-                 rows, gib(fixed));
-    else
-        snprintf(part, sizeof part, "the KV device tier (%.2f GiB for %s) does not fit in the %.2f GiB left", gib(p->kv_device),
-                 what, gib(budget - fixed));
-    return tl_fail(err,
-                   "%s %.2f GiB: %s; over by %.2f GiB (plan: weights %.2f + block-format workspace %.2f + "
-                   "KV device tier %.2f + activations %.2f + CUDA/cuBLAS reserve %.2f = %.2f GiB; KV host tier %.2f GiB)",
-                   name, gib(budget), part, gib(p->total - budget), gib(p->weights), gib(p->workspace), gib(p->kv_device),
-                   gib(p->activations), gib(p->reserve), gib(p->total), gib(p->kv_host));
-}
-
-extern "C" int tl_cuda_check_budget(const tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                    uint64_t budget, tl_error *err) {
-    tl_cuda_plan p;
-    if (tl_cuda_plan_memory(m, n_ctx, chunk, policies, &p, err)) return tl_fail_prefix(err, "--gpu-mem-budget");
-    n_ctx = tl_plan_n_ctx(&m->cfg, n_ctx);
-    chunk = tl_plan_chunk(n_ctx, chunk);
-    char what[64];
-    snprintf(what, sizeof what, "%d tokens", n_ctx);
-    return tlc_check_plan(&p, budget, "--gpu-mem-budget", what, chunk, err);
-}
-
-/* ---------------- one TailorKV layer alone (tests) ---------------- */
-
-extern "C" int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s, int n_hist, int chunk,
-                                          const float *qh, const float *kh, const float *vh, float *outh, int n_dec,
-                                          const float *q, const float *qpred, const float *k, const float *v, float *out,
-                                          int *sel, int *nsel, tl_error *err) {
-    char why[256];
-    if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
-    if (p->kind != TL_KV_OFFLOAD || chunk < 2) return tl_fail(err, "tl_cuda_offload_layer_test: offload policy, chunk >= 2");
-    if (s->softcap > 0) return tl_fail(err, "tl_cuda_offload_layer_test: soft-capped scores have no GPU implementation");
-    tlc_ctx cx;
-    memset(&cx, 0, sizeof cx);
-    tlc_off *o = NULL;
-    float *dq = NULL, *dqp = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
-    int rc = -1;
-    const int Hq = s->n_head, Hkv = s->n_head_kv, dkd = s->head_dim_k, dvd = s->head_dim_v;
-    const size_t qdim = (size_t)Hq * dkd, kdim = (size_t)Hkv * dkd, vdim = (size_t)Hkv * dvd, odim = (size_t)Hq * dvd;
-    const int n_ctx = n_hist + n_dec;
-    cudaDeviceProp prop;
-    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&cx.stream, cudaStreamNonBlocking) != cudaSuccess)
-        return tl_fail(err, "tl_cuda_offload_layer_test: device 0: %s", cudaGetErrorString(cudaGetLastError()));
-    cx.n_sm = prop.multiProcessorCount;
-    cx.smem_optin = prop.sharedMemPerBlockOptin;
-    uint64_t grown;
-    if (tlc_off_new(&o, &p->off, Hq, Hkv, dkd, dvd, n_ctx, s->scale, err) || tlc_off_reserve(&cx, o, &grown, err)) goto done;
-    if (cudaMalloc((void **)&dq, sizeof(float) * chunk * qdim) != cudaSuccess ||
-        cudaMalloc((void **)&dqp, sizeof(float) * qdim) != cudaSuccess ||
-        cudaMalloc((void **)&dk, sizeof(float) * chunk * kdim) != cudaSuccess ||
-        cudaMalloc((void **)&dv, sizeof(float) * chunk * vdim) != cudaSuccess ||
-        cudaMalloc((void **)&dout, sizeof(float) * chunk * odim) != cudaSuccess) {
-        tl_fail(err, "tl_cuda_offload_layer_test: out of GPU memory");
-        goto done;
-    }
-#define UP(dst, src, n) (cudaMemcpyAsync(dst, src, sizeof(float) * (n), cudaMemcpyHostToDevice, cx.stream) != cudaSuccess)
-    for (int i = 0; i < n_hist; i += chunk) {
-        const int nc = TL_MIN(chunk, n_hist - i);
-        if (nc < 2) {
-            tl_fail(err, "tl_cuda_offload_layer_test: a 1-token prefill chunk would be a generated token");
-            goto done;
-        }
-        if (UP(dq, qh + i * qdim, nc * qdim) || UP(dk, kh + i * kdim, nc * kdim) || UP(dv, vh + i * vdim, nc * vdim)) {
-            tl_fail(err, "upload");
-            goto done;
-        }
-        if (tlc_off_prefill(&cx, o, nc, dq, dk, dv, dout, err)) goto done;
-        if (cudaMemcpyAsync(outh + i * odim, dout, sizeof(float) * nc * odim, cudaMemcpyDeviceToHost, cx.stream) != cudaSuccess ||
-            cudaStreamSynchronize(cx.stream) != cudaSuccess) {
-            tl_fail(err, "prefill: %s", cudaGetErrorString(cudaGetLastError()));
-            goto done;
-        }
-    }
-    for (int j = 0; j < n_dec; j++) {
-        if (UP(dq, q + j * qdim, qdim) || UP(dk, k + j * kdim, kdim) || UP(dv, v + j * vdim, vdim) ||
-            (qpred && UP(dqp, qpred + j * qdim, qdim))) {
-            tl_fail(err, "upload");
-            goto done;
-        }
-        /* with a prediction, the channel rows (summary 0) come by the side-stream prefetch, as in a model */
-        if (qpred && tlc_off_prefetch(&cx, o, dqp, err)) goto done;
-        if (tlc_off_decode(&cx, o, dq, dqp, qpred != NULL, dk, dv, dout, err)) goto done;
-        if (cudaMemcpyAsync(out + j * odim, dout, sizeof(float) * odim, cudaMemcpyDeviceToHost, cx.stream) != cudaSuccess ||
-            cudaStreamSynchronize(cx.stream) != cudaSuccess) {
-            tl_fail(err, "decode: %s", cudaGetErrorString(cudaGetLastError()));
-            goto done;
-        }
-        int ms;
-        if (tlc_off_last_selection(&cx, o, sel + (size_t)j * Hkv * TL_MAX(1, p->off.topk), nsel + (size_t)j * Hkv, &ms, err))
-            goto done;
-    }
-#undef UP
-    rc = 0;
-done:
-    if (cx.stream) cudaStreamSynchronize(cx.stream);
-    tlc_off_free(o);
-    cudaFree(dq);
-    cudaFree(dqp);
-    cudaFree(dk);
-    cudaFree(dv);
-    cudaFree(dout);
-    cudaFree(cx.scratch);
-    tlc_crow_free(&cx);
-    if (cx.stream) cudaStreamDestroy(cx.stream);
-    return rc;
-}
-
-/* ---------------- block-format products alone (tests) ---------------- */
-
-extern "C" int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float *X, int m, int slab_rows,
-                                    float *y_fast, float *y_ref, float *y_pre, tl_error *err) {
-    char why[256];
-    if (!tl_cuda_available(why, sizeof why)) return tl_fail(err, "%s", why);
-    if (!tlc_qtype_has_kernels(t)) return tl_fail(err, "tl_cuda_qmatmul_test: %s has no GPU kernels", tl_type_name(t));
-    const size_t rb = tl_row_size((tl_type)t, n_in);
-    if (!rb || m < 1 || n_out < 1 || slab_rows < 1)
-        return tl_fail(err, "tl_cuda_qmatmul_test: %s with %d columns, %d rows, m %d, slab %d", tl_type_name(t), n_in, n_out, m,
-                       slab_rows);
-    tlc_ctx cx;
-    memset(&cx, 0, sizeof cx);
-    cublasHandle_t blas = NULL;
-    void *dW = NULL;
-    float *dX = NULL, *dY = NULL;
-    uint16_t *dXh = NULL, *wdq = NULL;
-    const size_t ny = (size_t)m * n_out, nx = (size_t)m * n_in;
-    int rc = -1;
-    if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreateWithFlags(&cx.stream, cudaStreamNonBlocking) != cudaSuccess)
-        return tl_fail(err, "tl_cuda_qmatmul_test: device 0: %s", cudaGetErrorString(cudaGetLastError()));
-    cx.xq_cap = n_in;
-    if (cudaMalloc(&dW, rb * n_out) != cudaSuccess || cudaMalloc((void **)&dX, sizeof(float) * nx) != cudaSuccess ||
-        cudaMalloc((void **)&dY, sizeof(float) * ny) != cudaSuccess || cudaMalloc((void **)&dXh, 2 * nx) != cudaSuccess ||
-        cudaMalloc((void **)&wdq, 2 * (size_t)slab_rows * n_in) != cudaSuccess ||
-        cudaMalloc((void **)&cx.xq, n_in) != cudaSuccess || cudaMalloc((void **)&cx.xd, sizeof(float2) * (n_in / 32)) != cudaSuccess) {
-        tl_fail(err, "tl_cuda_qmatmul_test: out of GPU memory");
-        goto done;
-    }
-    if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(blas, cx.stream) != CUBLAS_STATUS_SUCCESS) {
-        tl_fail(err, "tl_cuda_qmatmul_test: cublasCreate failed");
-        goto done;
-    }
-    if (cudaMemcpyAsync(dW, W, rb * n_out, cudaMemcpyHostToDevice, cx.stream) != cudaSuccess ||
-        cudaMemcpyAsync(dX, X, sizeof(float) * nx, cudaMemcpyHostToDevice, cx.stream) != cudaSuccess) {
-        tl_fail(err, "tl_cuda_qmatmul_test: upload");
-        goto done;
-    }
-    for (int path = 0; path < 3; path++) {
-        float *out = path == 0 ? y_fast : path == 1 ? y_ref : y_pre;
-        if (!out) continue;
-        cudaMemsetAsync(dY, 0xff, sizeof(float) * ny, cx.stream); /* NaN: every output must be written */
-        for (int r = 0; r < m && path < 2; r++) {
-            if (path == 1) {
-                if (tlc_qmatvec_ref(&cx, t, dW, n_in, n_out, dX + (size_t)r * n_in, dY + (size_t)r * n_out, err)) goto done;
-                continue;
-            }
-            tlc_mv a;
-            memset(&a, 0, sizeof a);
-            a.W[0] = dW;
-            a.y[0] = dY + (size_t)r * n_out;
-            a.n_out[0] = n_out;
-            a.nseg = 1;
-            a.n_in = n_in;
-            a.wt = WT_Q;
-            a.qt = t;
-            a.x = dX + (size_t)r * n_in;
-            if (tlc_matvec(&cx, &a, err)) goto done;
-        }
-        if (path == 2) {
-            to16_k<WT_F16><<<grid1(nx, 256), 256, 0, cx.stream>>>(dX, dXh, nx);
-            const dmat M = {dW, WT_Q, t, n_in, n_out};
-            if (qgemm(&cx, blas, &M, dXh, m, dY, false, wdq, (size_t)slab_rows * n_in, err)) goto done;
-        }
-        cudaError_t e = cudaMemcpyAsync(out, dY, sizeof(float) * ny, cudaMemcpyDeviceToHost, cx.stream);
-        if (e == cudaSuccess) e = cudaStreamSynchronize(cx.stream);
-        if (e != cudaSuccess) {
-            tl_fail(err, "tl_cuda_qmatmul_test: %s path %d: %s", tl_type_name(t), path, cudaGetErrorString(e));
-            goto done;
-        }
-    }
-    rc = 0;
-done:
-    cudaStreamSynchronize(cx.stream);
-    if (blas) cublasDestroy(blas);
-    void *bufs[] = {dW, dX, dY, dXh, wdq, cx.xq, cx.xd};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
-    cudaStreamDestroy(cx.stream);
-    return rc;
-}

@@ -5,14 +5,15 @@
  *
  * glu: segments 0 and 1 are gate and up with the same rows; a warp computes gate row r and
  * up row r and writes act(gate) * up (SiLU or GELU-tanh, act_k's formulas), so the activation
- * kernel leaves the decode step. TL_CUDA_FUSE=0 turns it off (forward.cu then runs act_k).
+ * kernel leaves the decode step. --cuda-opt no-fuse turns it off (forward.cu then runs act_k).
  * (Fusing the rmsnorm into the products as well, every block normalising x into shared memory
  * first, was measured on an H100: 0.35 ms per token slower on Llama-3.1-8B, so it is not done.)
  *
  * The kernels are launched with programmatic dependent launch (backend.cuh: pdl_trigger /
  * pdl_wait): the small kernels before them let them start early, so each block issues its
- * first weight loads while the previous kernel finishes, then waits for x. TL_CUDA_PDL=0 off. */
+ * first weight loads while the previous kernel finishes, then waits for x. --cuda-opt no-pdl: off. */
 #include "backend.cuh"
+#include "cuda_test.h"
 
 #include <math.h>
 

@@ -79,14 +79,12 @@ static int check_params(const tl_kv_offload_params *p, int n_head, int n_head_kv
     return 0;
 }
 
-static int gen_cap_of(int n_ctx) {
-    const char *e = getenv("TL_CUDA_GEN_CAP");
-    const int g = e && atoi(e) > 0 ? atoi(e) : 4096;
-    return TL_MIN(n_ctx, g);
-}
+/* Generated tokens a layer holds on the device: gen_cap (--cuda-opt gen-cap), 0 = 4096, at most
+ * the context. */
+static int gen_cap_of(int n_ctx, int gen_cap) { return TL_MIN(n_ctx, gen_cap > 0 ? gen_cap : 4096); }
 
-static void sizes(const tl_kv_offload_params *p, int n_head, int H, int dk, int dv, int cap, tlc_off_sizes *o) {
-    const int G = n_head / H, gcap = gen_cap_of(cap), C = TL_MIN(p->channels, dk);
+static void sizes(const tl_kv_offload_params *p, int n_head, int H, int dk, int dv, int cap, int gen_cap, tlc_off_sizes *o) {
+    const int G = n_head / H, gcap = gen_cap_of(cap, gen_cap), C = TL_MIN(p->channels, dk);
     const int maxsel = TL_MAX(1, p->topk);
     const size_t row_words = ((size_t)cap * p->summary_bits + 31) / 32;
     const uint64_t capp = ((uint64_t)cap + 7) / 8 * 8;
@@ -102,10 +100,10 @@ static void sizes(const tl_kv_offload_params *p, int n_head, int H, int dk, int 
     o->pstage = (uint64_t)H * cap * (dk + dv) * 2;
 }
 
-int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
+int tlc_off_sizes_of(const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx, int gen_cap,
                      tlc_off_sizes *out, tl_error *err) {
     if (check_params(p, n_head, n_head_kv, dk, dv, err)) return -1;
-    sizes(p, n_head, n_head_kv, dk, dv, n_ctx, out);
+    sizes(p, n_head, n_head_kv, dk, dv, n_ctx, gen_cap, out);
     return 0;
 }
 
@@ -121,7 +119,7 @@ void tlc_off_free(tlc_off *o) {
 }
 
 int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_head_kv, int dk, int dv, int n_ctx,
-                float scale, tl_error *err) {
+                int gen_cap, float scale, tl_error *err) {
     *out = NULL;
     if (check_params(p, n_head, n_head_kv, dk, dv, err)) return -1;
     tlc_off *o = (tlc_off *)tl_xcalloc(1, sizeof *o);
@@ -130,7 +128,7 @@ int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_
     o->dk = dk;
     o->dv = dv;
     o->cap = n_ctx;
-    o->gcap = gen_cap_of(n_ctx);
+    o->gcap = gen_cap_of(n_ctx, gen_cap);
     o->S = p->sinks;
     o->R = p->recent;
     o->topk = p->topk;
@@ -143,7 +141,7 @@ int tlc_off_new(tlc_off **out, const tl_kv_offload_params *p, int n_head, int n_
     o->capp = (n_ctx + 7) / 8 * 8;
     o->pend = -1;
     tlc_off_sizes sz;
-    sizes(p, n_head, o->H, dk, dv, n_ctx, &sz);
+    sizes(p, n_head, o->H, dk, dv, n_ctx, gen_cap, &sz);
     o->dev_bytes = sz.dev;
     o->host_bytes = sz.host;
     const size_t H = o->H, cap = o->cap;
@@ -780,7 +778,7 @@ int tlc_off_prefetch(tlc_ctx *cx, tlc_off *o, const float *qpred, tl_error *err)
 int tlc_off_decode(tlc_ctx *cx, tlc_off *o, const float *q, const float *qsel, bool predicted, const float *k,
                    const float *v, float *out, tl_error *err) {
     if (o->n_gen >= o->gcap)
-        return tl_fail(err, "TailorKV on the GPU: more than %d generated tokens in a sparse layer (raise TL_CUDA_GEN_CAP)",
+        return tl_fail(err, "TailorKV on the GPU: more than %d generated tokens in a sparse layer (raise --cuda-opt gen-cap=N)",
                        o->gcap);
     cudaStream_t st = cx->stream;
     int lo, hi;

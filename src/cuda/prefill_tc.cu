@@ -55,6 +55,7 @@
  * Shared rows are padded to D+8 halves (272 or 144 bytes): the 8 row addresses of one
  * ldmatrix matrix then fall in 8 different 16-byte bank groups (conflict-free). */
 #include "backend.cuh"
+#include "cuda_test.h"
 #include "mma.cuh"
 
 #include <limits.h>
@@ -583,7 +584,7 @@ int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, c
     return 0;
 }
 
-/* ---------------- benchmark hook (cuda.h: tl_cuda_attn_bench) ---------------- */
+/* ---------------- benchmark hook (cuda_test.h: tl_cuda_attn_bench) ---------------- */
 
 namespace {
 

@@ -1,9 +1,10 @@
-/* stub.c: the CUDA interface in builds without CUDA (TL_CUDA=OFF or no nvcc), so the same
- * callers link and `--device cuda` fails with a clear message. Compiles to nothing when the
- * real backend (the .cu files beside it) is built. */
-#include "cuda.h"
+/* stub.c: the CUDA interface (cuda.h, cuda_test.h) in builds without CUDA (TL_CUDA=OFF or no
+ * nvcc), for the callers that use it directly (tests/test_cuda.c, bench/bench_cuda_attn.c):
+ * every call fails saying so, and tl_cuda_available() is false. The engine reaches the backend
+ * through its table only (engine/backend.c, which says the same). Built only where the real
+ * backend (the .cu files beside it) is not. */
+#include "cuda_test.h"
 
-#ifndef TL_HAVE_CUDA
 #include <stdio.h>
 #include <string.h>
 
@@ -21,14 +22,15 @@ bool tl_cuda_device_bandwidth(char *name, size_t n, double *peak_gbs) {
 }
 
 tl_cuda_session *tl_cuda_session_new(struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                                     tl_error *err) {
-    (void)m, (void)n_ctx, (void)chunk, (void)policies;
+                                     const tl_cuda_opts *o, tl_error *err) {
+    (void)m, (void)n_ctx, (void)chunk, (void)policies, (void)o;
     tl_fail(err, "--device cuda: %s", no_cuda);
     return NULL;
 }
 
-tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, tl_error *err) {
-    (void)m, (void)n_ctx, (void)policies;
+tl_cuda_session *tl_cuda_session_new_kv(struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies,
+                                        const tl_cuda_opts *o, tl_error *err) {
+    (void)m, (void)n_ctx, (void)policies, (void)o;
     tl_fail(err, "--device cuda: %s", no_cuda);
     return NULL;
 }
@@ -41,6 +43,12 @@ int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits
 }
 
 void tl_cuda_reset(tl_cuda_session *g) { (void)g; }
+const tl_cuda_opts *tl_cuda_session_opts(const tl_cuda_session *g) {
+    static const tl_cuda_opts none;
+    (void)g;
+    return &none;
+}
+
 int tl_cuda_n_past(const tl_cuda_session *g) {
     (void)g;
     return 0;
@@ -51,7 +59,7 @@ int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err)
     return tl_fail(err, "%s", no_cuda);
 }
 
-void tl_cuda_memory(const tl_cuda_session *g, tl_cuda_mem *out) {
+void tl_cuda_memory(const tl_cuda_session *g, tl_device_mem *out) {
     (void)g;
     memset(out, 0, sizeof *out);
 }
@@ -71,8 +79,8 @@ int tl_cuda_attn_bench(const tl_kv_shape *s, int n_past, int m, int tc, int reps
 }
 
 int tl_cuda_plan_memory(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                        tl_cuda_plan *out, tl_error *err) {
-    (void)m, (void)n_ctx, (void)chunk, (void)policies;
+                        const tl_cuda_opts *o, tl_device_plan *out, tl_error *err) {
+    (void)m, (void)n_ctx, (void)chunk, (void)policies, (void)o;
     memset(out, 0, sizeof *out);
     return tl_fail(err, "%s", no_cuda);
 }
@@ -84,8 +92,8 @@ int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float 
 }
 
 int tl_cuda_check_budget(const struct tl_model *m, int n_ctx, int chunk, const tl_kv_layer_policy *policies,
-                         uint64_t budget, tl_error *err) {
-    (void)m, (void)n_ctx, (void)chunk, (void)policies, (void)budget;
+                         const tl_cuda_opts *o, uint64_t budget, tl_error *err) {
+    (void)m, (void)n_ctx, (void)chunk, (void)policies, (void)o, (void)budget;
     return tl_fail(err, "--gpu-mem-budget: %s", no_cuda);
 }
 
@@ -99,8 +107,8 @@ int tl_cuda_offload_layer_test(const tl_kv_layer_policy *p, const tl_kv_shape *s
 }
 
 tl_cuda_batch *tl_cuda_batch_new(struct tl_model *m, int max_rows, int max_seqs, int n_ctx, const tl_kv_layer_policy *policies,
-                                 tl_error *err) {
-    (void)m, (void)max_rows, (void)max_seqs, (void)n_ctx, (void)policies;
+                                 const tl_cuda_opts *o, tl_error *err) {
+    (void)m, (void)max_rows, (void)max_seqs, (void)n_ctx, (void)policies, (void)o;
     tl_fail(err, "--device cuda: %s", no_cuda);
     return NULL;
 }
@@ -117,16 +125,16 @@ int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int n_seq, tl_
     return tl_fail(err, "%s", no_cuda);
 }
 
-int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                       int max_seqs, tl_cuda_plan *out, tl_error *err) {
-    (void)m, (void)n_ctx, (void)policies, (void)n_seq, (void)max_rows, (void)max_seqs;
+int tl_cuda_plan_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, const tl_cuda_opts *o,
+                       int n_seq, int max_rows, int max_seqs, tl_device_plan *out, tl_error *err) {
+    (void)m, (void)n_ctx, (void)policies, (void)o, (void)n_seq, (void)max_rows, (void)max_seqs;
     memset(out, 0, sizeof *out);
     return tl_fail(err, "%s", no_cuda);
 }
 
-int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, int n_seq, int max_rows,
-                        int max_seqs, uint64_t budget, tl_error *err) {
-    (void)m, (void)n_ctx, (void)policies, (void)n_seq, (void)max_rows, (void)max_seqs, (void)budget;
+int tl_cuda_check_batch(const struct tl_model *m, int n_ctx, const tl_kv_layer_policy *policies, const tl_cuda_opts *o,
+                        int n_seq, int max_rows, int max_seqs, uint64_t budget, tl_error *err) {
+    (void)m, (void)n_ctx, (void)policies, (void)o, (void)n_seq, (void)max_rows, (void)max_seqs, (void)budget;
     return tl_fail(err, "--device cuda: %s", no_cuda);
 }
 
@@ -136,4 +144,3 @@ int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, 
     (void)y_one;
     return tl_fail(err, "%s", no_cuda);
 }
-#endif

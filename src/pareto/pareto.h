@@ -112,6 +112,7 @@ typedef struct {
     const char *skip_tasks;  /* comma list of tasks already in results.jsonl (resume) */
     const char *device;      /* NULL / "cpu", or "cuda": sessions on GPU 0, memory measured on the
                                 device by part and checked against the device planner */
+    tl_cuda_opts cuda;       /* cuda: the backend's options */
 } tl_pareto_run_params;
 
 /* Run the tasks of one configuration and append one line per task to p->results. A task

@@ -34,7 +34,6 @@
 #include "../quantize.h"
 #include "../session.h"
 #include "../synth.h"
-#include "../cuda/cuda.h"
 
 #include <errno.h>
 #include <math.h>
@@ -270,8 +269,8 @@ typedef struct {
     tl_pareto_mem measured;
     uint64_t rss;
     bool on_gpu;      /* device memory: measured by part, and the planner's projection */
-    tl_cuda_mem gm;
-    tl_cuda_plan gp;
+    tl_device_mem gm;
+    tl_device_plan gp;
     bool gp_ok;
 } ppl_out;
 
@@ -324,8 +323,9 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
         return tl_fail(err, "%s: %zu tokens, fewer than one window of %d", p->text_path, n_ids, ctx);
     }
     n_win = TL_MIN(n_win, p->ppl_windows > 0 ? p->ppl_windows : 1);
-    tl_session *s = tl_session_new_on(m, ctx + n_dec + 1, p->n_threads, c->chunk > 0 ? c->chunk : ctx, plan->layers,
-                                      p->device, err);
+    const tl_session_params sp = {.n_ctx = ctx + n_dec + 1, .n_threads = p->n_threads, .chunk = c->chunk > 0 ? c->chunk : ctx,
+                                  .kv = plan, .device = p->device, .cuda = p->cuda};
+    tl_session *s = tl_session_new(m, &sp, err);
     if (!s) {
         free(ids);
         return -1;
@@ -421,17 +421,16 @@ static int run_ppl(tl_model *m, const tl_kv_plan *plan, const tl_pareto_config *
     o->measured.logits = sizeof(float) * (uint64_t)V;
     o->measured.total = sm.weights + sm.kv + sm.activations + o->measured.logits;
     o->measured.chunk = s->chunk;
-    if (s->gpu) {
+    if (tl_session_device_memory(s, &o->gm)) {
         /* the device's bytes: weights as uploaded, the KV device tier allocated, activations
          * and the block-format workspace; and the planner's figures for the same session */
         o->on_gpu = true;
-        tl_cuda_memory(s->gpu, &o->gm);
         o->measured.weights = o->gm.weights;
         o->measured.kv = o->gm.kv_alloc;
         o->measured.act = o->gm.activations + o->gm.workspace;
         o->measured.total = o->measured.weights + o->measured.kv + o->measured.act + o->measured.logits;
         tl_error perr = {{0}};
-        o->gp_ok = !tl_cuda_plan_memory(m, s->n_ctx, s->chunk, plan->layers, &o->gp, &perr);
+        o->gp_ok = !tl_session_device_plan(s, plan->layers, &o->gp, &perr);
     }
     /* decode at depth ctx: the text's next tokens one at a time */
     if (n_dec > 0) {
@@ -460,11 +459,14 @@ typedef struct {
     const tl_kv_plan *plan;
     int chunk;
     const char *device;
+    const tl_cuda_opts *cuda;
 } factory_ctx;
 
 static tl_session *factory(void *ctx, int n_ctx, int n_threads, tl_error *err) {
     factory_ctx *f = ctx;
-    return tl_session_new_on(f->m, n_ctx, n_threads, f->chunk > 0 ? f->chunk : n_ctx, f->plan->layers, f->device, err);
+    const tl_session_params sp = {.n_ctx = n_ctx, .n_threads = n_threads, .chunk = f->chunk > 0 ? f->chunk : n_ctx,
+                                  .kv = f->plan, .device = f->device, .cuda = *f->cuda};
+    return tl_session_new(f->m, &sp, err);
 }
 
 /* scores (may be NULL) receives each sample's score, n_kinds x n_depths x samples in that order
@@ -489,7 +491,7 @@ static int run_samples(tl_model *m, const tl_kv_plan *plan, const tl_pareto_conf
                 jobs[k] = (tl_eval_job){.ids = ts[k].prompt.ids, .n_ids = ts[k].prompt.n, .max_new = ts[k].max_new,
                                    .stop_newline = ts[k].stop_newline};
             }
-    factory_ctx fc = {m, plan, c->chunk, p->device};
+    factory_ctx fc = {m, plan, c->chunk, p->device, &p->cuda};
     tl_runner r = {.model = m, .new_session = factory, .factory_ctx = &fc, .n_threads = p->n_threads, .n_parallel = 1,
                    .no_reuse = true};
     const double t0 = tl_time_s();
@@ -522,7 +524,7 @@ done:
 /* "device": {"name", "weights", "workspace", "kv_device", "kv_host", "activations", "total"} as
  * allocated, and "device_plan": the planner's same parts (report.c compares them). */
 static void x_add_device(cJSON *x, const ppl_out *o) {
-    const tl_cuda_mem *g = &o->gm;
+    const tl_device_mem *g = &o->gm;
     cJSON *d = cJSON_AddObjectToObject(x, "device");
     cJSON_AddStringToObject(d, "name", g->device);
     cJSON_AddNumberToObject(d, "weights", (double)g->weights);
@@ -532,7 +534,7 @@ static void x_add_device(cJSON *x, const ppl_out *o) {
     cJSON_AddNumberToObject(d, "activations", (double)g->activations);
     cJSON_AddNumberToObject(d, "total", (double)(g->weights + g->workspace + g->kv_alloc + g->activations));
     if (!o->gp_ok) return;
-    const tl_cuda_plan *q = &o->gp;
+    const tl_device_plan *q = &o->gp;
     cJSON *pl = cJSON_AddObjectToObject(x, "device_plan");
     cJSON_AddNumberToObject(pl, "weights", (double)q->weights);
     cJSON_AddNumberToObject(pl, "workspace", (double)q->workspace);

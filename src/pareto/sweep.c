@@ -229,7 +229,7 @@ int tl_pareto_child(const tl_pareto_sweep_params *o) {
         .ppl_windows = o->windows, .ppl_tail = o->tail, .n_decode = o->n_decode, .niah_samples = o->niah_samples,
         .niah_depths = o->depths, .n_niah_depths = o->n_depths, .ruler_samples = o->ruler_samples,
         .n_threads = o->threads, .seed = o->seed, .target_ctx = o->target_ctx, .project_to = o->project_to,
-        .skip_tasks = o->skip_tasks, .device = o->device};
+        .skip_tasks = o->skip_tasks, .device = o->device, .cuda = o->cuda};
     tl_error err = {{0}};
     int rc = tl_pareto_run_config(&c, &p, &err);
     if (rc && err.msg[0]) fprintf(stderr, "pareto: %s: %s\n", c.id, err.msg);

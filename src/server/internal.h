@@ -116,6 +116,7 @@ typedef struct {
     const tl_kv_plan *kv;
     const char *device;      /* NULL/"cpu" or "cuda" */
     uint64_t gpu_mem_budget; /* cuda: bytes the plan must fit (0: the GPU's free memory) */
+    tl_cuda_opts cuda;       /* cuda: the backend's options */
     uint64_t kv_budget; /* KV bytes the admitted requests may need at once; 0 = no limit */
     int kv_wait_ms;     /* how long a request may wait for KV room before 429 */
 } tl_sched_params;

@@ -127,7 +127,7 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
     s->metrics = tl_metrics_new();
     tl_sched_params sp = {.n_parallel = p->n_parallel, .n_queue = p->n_queue, .n_ctx = p->n_ctx,
                           .n_threads = p->n_threads, .chunk = p->chunk, .batch_tokens = p->batch_tokens,
-                          .kv = p->kv, .device = p->device, .gpu_mem_budget = p->gpu_mem_budget,
+                          .kv = p->kv, .device = p->device, .gpu_mem_budget = p->gpu_mem_budget, .cuda = p->cuda,
                           .kv_budget = p->kv_budget, .kv_wait_ms = p->kv_wait_s * 1000};
     if (!(s->sched = tl_sched_new(m, &sp, s->metrics, err))) {
         free_server(s);
