@@ -218,6 +218,11 @@ typedef struct {
                                 many bytes, naming the part that does not fit (0 = no limit) */
     bool warn_ctx;        /* say on stderr when n_ctx exceeds the model's training context
                              (quality may degrade); the CLI's sessions do */
+    bool prefill_q8;      /* CPU, quantized weights: prompt chunks of 32 rows or more also round
+                             their activations to q8 and run the integer kernels, as decode rows
+                             do (llama.cpp's arithmetic; 2-3x faster prefill), instead of widening
+                             the weights to f32 (closer to an f32 reference). Every chunking then
+                             gives a row the same bits. `--prefill q8|f32` */
 } tl_session_params;
 
 tl_session_params tl_session_default_params(void);

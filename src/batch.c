@@ -165,7 +165,8 @@ uint64_t tl_batch_bytes(const tl_batch *b) { return b->gpu ? tl_cuda_batch_bytes
  * tl_matmul picks for it alone (see the top of the file). ldy: floats between rows of y. */
 static void matmul_groups(tl_batch *b, const tl_mat *w, const float *x, const int *groups, int n_groups, float *y,
                           int ldy) {
-    const int64_t rounded = tl_matmul_rounded_rows(w->type);
+    const unsigned flags = b->sp.prefill_q8 ? TL_MM_Q8 : 0;
+    const int64_t rounded = tl_matmul_rounded_rows_w(w->type, w->pack != NULL, flags);
     int small = 0, total = 0; /* rows of the groups within the rounded regime; all rows */
     for (int g = 0; g < n_groups; g++) {
         total += groups[g];
@@ -173,13 +174,13 @@ static void matmul_groups(tl_batch *b, const tl_mat *w, const float *x, const in
     }
     for (int r = 0; r < small;) {
         const int n = (int)TL_MIN((int64_t)(small - r), rounded);
-        tl_matmul(b->pool, w->type, w->data, w->n_in, w->n_out, x + (size_t)r * w->n_in, n, y + (size_t)r * ldy, ldy,
-                  b->act.mm_scratch);
+        tl_matmul_w(b->pool, w->pack, w->type, w->data, w->n_in, w->n_out, x + (size_t)r * w->n_in, n,
+                    y + (size_t)r * ldy, ldy, b->act.mm_scratch, flags);
         r += n;
     }
     if (total > small)
-        tl_matmul(b->pool, w->type, w->data, w->n_in, w->n_out, x + (size_t)small * w->n_in, total - small,
-                  y + (size_t)small * ldy, ldy, b->act.mm_scratch);
+        tl_matmul_w(b->pool, w->pack, w->type, w->data, w->n_in, w->n_out, x + (size_t)small * w->n_in,
+                    total - small, y + (size_t)small * ldy, ldy, b->act.mm_scratch, flags);
 }
 
 static void matmul(tl_batch *b, const tl_mat *w, const float *x, float *y) {

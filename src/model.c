@@ -260,6 +260,15 @@ static const float *get_vec(tl_model *m, const char *name, int64_t n, bool requi
     return f;
 }
 
+/* A slot for the matrix's repacked copy where the CPU kernels have one for its type. */
+static tl_wpack *new_pack(tl_model *m, tl_type t, int64_t n_in) {
+    if (!tl_wpack_wanted(t, n_in)) return NULL;
+    tl_wpack *p = tl_wpack_new();
+    m->packs = tl_xrealloc(m->packs, sizeof(tl_wpack *) * (size_t)(m->n_packs + 1));
+    m->packs[m->n_packs++] = p;
+    return p;
+}
+
 static tl_mat get_mat(tl_model *m, const char *name, int64_t n_in, int64_t n_out, bool required, tl_error *err,
                       int *failed) {
     tl_mat r = {0};
@@ -270,15 +279,18 @@ static tl_mat get_mat(tl_model *m, const char *name, int64_t n_in, int64_t n_out
     r.n_in = n_in;
     r.n_out = n_out;
     r.name = t->name;
+    r.pack = new_pack(m, r.type, n_in);
     m->weight_bytes += t->nbytes;
     return r;
 }
 
-/* Rows [r0, r0 + n) of a matrix, as a matrix (phi3's fused tensors; no copy). */
-static tl_mat mat_rows(const tl_mat *whole, int64_t r0, int64_t n) {
+/* Rows [r0, r0 + n) of a matrix, as a matrix (phi3's fused tensors; no copy of the weights;
+ * its own pack slot). */
+static tl_mat mat_rows(tl_model *m, const tl_mat *whole, int64_t r0, int64_t n) {
     tl_mat r = *whole;
     r.data = (const uint8_t *)whole->data + (size_t)r0 * tl_row_size(whole->type, whole->n_in);
     r.n_out = n;
+    r.pack = new_pack(m, r.type, r.n_in);
     return r;
 }
 
@@ -312,9 +324,9 @@ static int bind_weights(tl_model *m, tl_error *err) {
         if (!failed && ai->layout.fused) {
             const tl_mat qkv = get_mat(m, NM("attn_qkv.weight"), c->n_embd, qdim + kdim + vdim, true, err, &failed);
             if (!failed) {
-                L->wq = mat_rows(&qkv, 0, qdim);
-                L->wk = mat_rows(&qkv, qdim, kdim);
-                L->wv = mat_rows(&qkv, qdim + kdim, vdim);
+                L->wq = mat_rows(m, &qkv, 0, qdim);
+                L->wk = mat_rows(m, &qkv, qdim, kdim);
+                L->wv = mat_rows(m, &qkv, qdim + kdim, vdim);
             }
         } else if (!failed) {
             L->wq = get_mat(m, NM("attn_q.weight"), c->n_embd, qdim, true, err, &failed);
@@ -325,8 +337,8 @@ static int bind_weights(tl_model *m, tl_error *err) {
         if (!failed && ai->layout.fused) {
             const tl_mat gate_up = get_mat(m, NM("ffn_up.weight"), c->n_embd, 2 * (int64_t)c->n_ff, true, err, &failed);
             if (!failed) {
-                L->w_gate = mat_rows(&gate_up, 0, c->n_ff);
-                L->w_up = mat_rows(&gate_up, c->n_ff, c->n_ff);
+                L->w_gate = mat_rows(m, &gate_up, 0, c->n_ff);
+                L->w_up = mat_rows(m, &gate_up, c->n_ff, c->n_ff);
             }
         } else if (!failed) {
             L->w_gate = get_mat(m, NM("ffn_gate.weight"), c->n_embd, c->n_ff, true, err, &failed);
@@ -392,6 +404,8 @@ void tl_model_free(tl_model *m) {
     tl_cuda_weights_free(m->gpu);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    for (int i = 0; i < m->n_packs; i++) tl_wpack_free(m->packs[i]);
+    free(m->packs);
     tl_tokenizer_free(m->tok);
     tl_gguf_close(m->gguf);
     free(m);

@@ -54,6 +54,7 @@ typedef struct {
     tl_type type;
     int64_t n_in, n_out;
     const char *name;
+    tl_wpack *pack; /* the CPU kernels' repacked copy, made on first use (quants.h); NULL: none */
 } tl_mat;
 
 typedef struct {
@@ -85,6 +86,8 @@ struct tl_model {
     /* norm vectors stored as f16/bf16 in the file are widened here (owned) */
     float **owned;
     int n_owned;
+    tl_wpack **packs; /* every tl_mat's pack slot (freed with the model) */
+    int n_packs;
     void *gpu; /* device copy of the weights (src/cuda), made by the first CUDA session */
 };
 

@@ -63,7 +63,8 @@ void tl_session_rope_cs(const tl_session *s, int pos, int b, float *cs) {
 }
 
 static void matmul(tl_session *s, const tl_mat *w, const float *x, int n_tok, float *y) {
-    tl_matmul(s->pool, w->type, w->data, w->n_in, w->n_out, x, n_tok, y, w->n_out, s->act.mm_scratch);
+    tl_matmul_w(s->pool, w->pack, w->type, w->data, w->n_in, w->n_out, x, n_tok, y, w->n_out, s->act.mm_scratch,
+                s->mm_flags);
 }
 
 void tl_add_bias(float *y, const float *b, int n_tok, int dim) {
@@ -138,8 +139,8 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
     if (logits) {
         const int first = all_logits ? 0 : n - 1, rows = n - first;
         tl_rmsnorm_rows(vo, a->x + (size_t)first * E, a->xn, w->output_norm, rows, E, c->norm_eps);
-        tl_matmul(s->pool, w->output.type, w->output.data, E, c->n_vocab, a->xn, rows, logits, c->n_vocab,
-                  a->mm_scratch);
+        tl_matmul_w(s->pool, w->output.pack, w->output.type, w->output.data, E, c->n_vocab, a->xn, rows, logits,
+                    c->n_vocab, a->mm_scratch, s->mm_flags);
         tl_softcap(logits, rows * c->n_vocab, c->final_softcap);
     }
     return 0;
@@ -369,8 +370,8 @@ void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, f
     const tl_config *c = &s->model->cfg;
     const int qdim = c->n_head * c->head_dim_k, half = c->n_rot / 2, base = c->layer_swa[il] ? 1 : 0;
     const tl_layer_weights *L = &s->model->w.layers[il];
-    tl_matmul(s->pool, L->wq.type, L->wq.data, L->wq.n_in, L->wq.n_out, xn, n, q, L->wq.n_out,
-              n <= s->chunk ? s->act.mm_scratch : NULL);
+    tl_matmul_w(s->pool, L->wq.pack, L->wq.type, L->wq.data, L->wq.n_in, L->wq.n_out, xn, n, q, L->wq.n_out,
+                n <= s->chunk ? s->act.mm_scratch : NULL, s->mm_flags);
     tl_add_bias(q, L->bq, n, qdim);
     if (L->q_norm) tl_rmsnorm_rows(s->vo, q, q, L->q_norm, n * c->n_head, c->head_dim_k, c->norm_eps);
     float *cs = tl_xmalloc(sizeof(float) * (size_t)half * 2);
@@ -485,7 +486,9 @@ tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *er
     const bool cuda = p->device && !strcmp(p->device, "cuda");
     if (cuda && p->gpu_mem_budget && tl_cuda_check_budget(m, p->n_ctx, p->chunk, policies, p->gpu_mem_budget, err))
         return NULL;
-    return tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, policies, p->device, err);
+    tl_session *s = tl_session_new_on(m, p->n_ctx, p->n_threads, p->chunk, policies, p->device, err);
+    if (s && p->prefill_q8) s->mm_flags = TL_MM_Q8;
+    return s;
 }
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
