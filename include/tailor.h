@@ -745,6 +745,8 @@ typedef struct {
     tl_sampler_params sampling; /* defaults for fields a request leaves out */
     int default_max_tokens;    /* when a request has no max_tokens; -1 = until EOG / context */
     bool verbose;              /* log each request to stderr */
+    bool prefill_q8;           /* prompt pieces through the integer kernels (tl_session_params.prefill_q8);
+                                  tailor serve's default (--prefill q8) */
 } tl_server_params;
 
 tl_server_params tl_server_default_params(void);

@@ -24,6 +24,8 @@ typedef struct {
     const char *device;   /* --device cpu|cuda (NULL = cpu) */
     uint64_t gpu_mem_budget; /* --gpu-mem-budget SIZE (tl_cli_size; 0 = none) */
     uint64_t kv_budget;      /* --kv-budget SIZE (tl_cli_size; 0 = none): serve's KV memory for admitted requests */
+    int prefill;             /* --prefill q8|f32: 1 q8, 0 f32, -1 not given (the command's default: q8 for
+                                generate, bench and serve, f32 where accuracy is measured) */
 } tl_cli_common;
 
 void tl_cli_common_init(tl_cli_common *c);
