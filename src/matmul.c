@@ -53,7 +53,8 @@ size_t tl_matmul_scratch_size(tl_type wt, int64_t n_in, int64_t n_tok) {
     size_t sz = (size_t)n_tok * tl_row_size(tr->vec_dot_type, n_in);
     /* the x16 kernels' activation rows (tl_matmul_w): q8 blocks, then their layout */
     const size_t xp = tlq_xp_row_bytes(wt, n_in);
-    if (xp) sz = TL_MAX(sz, (size_t)n_tok * (tl_row_size(tr->vec_dot_type, n_in) + xp) + 64);
+    const tl_type qt = tlq_xp_family(wt) == 1 ? TL_TYPE_Q8_1 : TL_TYPE_Q8_K; /* the family's blocks */
+    if (xp) sz = TL_MAX(sz, (size_t)n_tok * (tl_row_size(qt, n_in) + xp) + 64);
     /* callers size the buffer once for their largest n_tok and reuse it for fewer tokens,
      * so cover the decode layout of every smaller call too */
     const size_t xa = tlq_xa_size(wt, n_in);
@@ -311,16 +312,23 @@ static const tlq_packed *wpack_get(tl_wpack *w, tl_pool *pool, tl_type t, const 
     return p;
 }
 
+#define PK_MAX_JOBS 8
+#define PK_X_BLOCK 64 /* activation rows per task: their kernel rows stay in L2 beside a group */
+
 typedef struct {
-    const tlq_packed *p;
-    tlq_gemm_fn gemm;
+    int n_jobs;
+    const tlq_packed *p[PK_MAX_JOBS];
+    tlq_gemm_fn gemm[PK_MAX_JOBS];
+    float *Y[PK_MAX_JOBS];
+    int64_t ldy[PK_MAX_JOBS];
+    int64_t gpt[PK_MAX_JOBS];     /* groups per task */
+    int64_t task0[PK_MAX_JOBS + 1]; /* first task of each job (tasks of a job: x blocks x group runs) */
+    tl_type qt;                   /* the family's activation blocks: q8_1 or q8_K */
     tlq_quant_fn quant;
     const float *X;
-    int64_t n_tok, n_in, ldy;
+    int64_t n_tok, n_in, x_block, n_xb;
     uint8_t *xq, *xp;  /* q8 rows, kernel rows */
     size_t xq_stride, xp_stride;
-    float *Y;
-    int64_t groups_per_task, x_block, n_gtasks;
 } pk_ctx;
 
 static void pk_convert_task(void *vc, int64_t i, int thread_id) {
@@ -329,46 +337,83 @@ static void pk_convert_task(void *vc, int64_t i, int thread_id) {
     for (int64_t t = i * 8; t < TL_MIN(c->n_tok, i * 8 + 8); t++) {
         uint8_t *q = c->xq + (size_t)t * c->xq_stride;
         c->quant(c->X + t * c->n_in, q, c->n_in);
-        tlq_xp_from_q8(c->p->type, q, c->xp + (size_t)t * c->xp_stride, c->n_in);
+        tlq_xp_from_q8(c->qt == TL_TYPE_Q8_1 ? TL_TYPE_Q4_1 : TL_TYPE_Q4_K, q, c->xp + (size_t)t * c->xp_stride, c->n_in);
     }
 }
 
-/* task i: activation block i / n_gtasks, groups of task i % n_gtasks */
+/* task i: job j (task0[j] <= i < task0[j+1]), then activation block k / n_gtasks, groups of k % n_gtasks */
 static void pk_gemm_task(void *vc, int64_t i, int thread_id) {
     (void)thread_id;
     pk_ctx *c = vc;
-    const int64_t xb = i / c->n_gtasks, gt = i % c->n_gtasks;
-    const int64_t g0 = gt * c->groups_per_task, g1 = TL_MIN(c->p->n_groups, g0 + c->groups_per_task);
+    int j = 0;
+    while (i >= c->task0[j + 1]) j++;
+    const tlq_packed *p = c->p[j];
+    const int64_t k = i - c->task0[j], n_gtasks = (p->n_groups + c->gpt[j] - 1) / c->gpt[j];
+    const int64_t xb = k / n_gtasks, gt = k % n_gtasks;
+    const int64_t g0 = gt * c->gpt[j], g1 = TL_MIN(p->n_groups, g0 + c->gpt[j]);
     const int64_t x0 = xb * c->x_block, nx = TL_MIN(c->n_tok - x0, c->x_block);
-    c->gemm(c->p, g0, g1, c->xp + (size_t)x0 * c->xp_stride, c->xp_stride, nx, c->Y + x0 * c->ldy, c->ldy);
+    c->gemm[j](p, g0, g1, c->xp + (size_t)x0 * c->xp_stride, c->xp_stride, nx, c->Y[j] + x0 * c->ldy[j], c->ldy[j]);
 }
 
-#define PK_X_BLOCK 64 /* activation rows per task: their kernel rows stay in L2 beside a group */
-
-static void matmul_packed(tl_pool *pool, const tlq_packed *p, tlq_gemm_fn gemm, const float *X, int64_t n_tok, float *Y,
-                          int64_t ldy, void *scratch) {
-    const tl_type_traits *tr = tl_type_info(p->type);
-    const tlq_kernels k = tlq_get_kernels(p->type);
-    const int64_t n_in = p->n_in;
-    tl_pool *exec = (double)p->n_out * (double)n_in * (double)n_tok < MIN_PARALLEL_MACS ? NULL : pool;
-    pk_ctx c = {.p = p, .gemm = gemm, .quant = k.quant_act, .X = X, .n_tok = n_tok, .n_in = n_in, .ldy = ldy, .Y = Y};
-    c.xp_stride = tlq_xp_row_bytes(p->type, n_in);
-    c.xq_stride = tl_row_size(tr->vec_dot_type, n_in);
-    c.xp = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    c.xq = c.xp + (size_t)n_tok * c.xp_stride;
+/* the activation rows once, then every job's tasks in one pass of the pool */
+static void matmul_packed(tl_pool *pool, pk_ctx *c, const float *X, int64_t n_tok, void *scratch) {
+    const tl_type t0 = c->p[0]->type;
+    const int64_t n_in = c->p[0]->n_in;
+    double macs = 0;
+    for (int j = 0; j < c->n_jobs; j++) macs += (double)c->p[j]->n_out * (double)n_in * (double)n_tok;
+    tl_pool *exec = macs < MIN_PARALLEL_MACS ? NULL : pool;
+    c->qt = tlq_xp_family(t0) == 1 ? TL_TYPE_Q8_1 : TL_TYPE_Q8_K;
+    c->quant = tlq_get_kernels(c->qt == TL_TYPE_Q8_1 ? TL_TYPE_Q4_1 : TL_TYPE_Q4_K).quant_act;
+    c->X = X;
+    c->n_tok = n_tok;
+    c->n_in = n_in;
+    c->xp_stride = tlq_xp_row_bytes(t0, n_in);
+    c->xq_stride = tl_row_size(c->qt, n_in);
+    c->xp = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    c->xq = c->xp + (size_t)n_tok * c->xp_stride;
     const int64_t n_conv = (n_tok + 7) / 8;
-    if (exec && n_tok >= 8) run(exec, n_conv, pk_convert_task, &c);
-    else for (int64_t i = 0; i < n_conv; i++) pk_convert_task(&c, i, 0);
+    if (exec && n_tok >= 8) run(exec, n_conv, pk_convert_task, c);
+    else for (int64_t i = 0; i < n_conv; i++) pk_convert_task(c, i, 0);
 
     const int n_threads = exec ? tl_pool_size(exec) : 1;
-    c.x_block = n_tok <= PK_X_BLOCK ? n_tok : PK_X_BLOCK;
-    const int64_t n_xb = (n_tok + c.x_block - 1) / c.x_block;
+    c->x_block = n_tok <= PK_X_BLOCK ? n_tok : PK_X_BLOCK;
+    c->n_xb = (n_tok + c->x_block - 1) / c->x_block;
+    int64_t groups = 0;
+    for (int j = 0; j < c->n_jobs; j++) groups += c->p[j]->n_groups;
     /* enough tasks for the dynamic scheduler to balance the threads, each a run of groups */
-    int64_t gpt = TL_MAX((int64_t)1, p->n_groups / (int64_t)(8 * n_threads));
-    if (n_xb > 1) gpt = TL_MAX((int64_t)1, TL_MIN(gpt, (int64_t)4));
-    c.groups_per_task = gpt;
-    c.n_gtasks = (p->n_groups + gpt - 1) / gpt;
-    run(exec, n_xb * c.n_gtasks, pk_gemm_task, &c);
+    int64_t gpt = TL_MAX((int64_t)1, groups / (int64_t)(8 * n_threads));
+    if (c->n_xb > 1) gpt = TL_MIN(gpt, (int64_t)4);
+    c->task0[0] = 0;
+    for (int j = 0; j < c->n_jobs; j++) {
+        c->gpt[j] = TL_MIN(gpt, c->p[j]->n_groups);
+        c->task0[j + 1] = c->task0[j] + c->n_xb * ((c->p[j]->n_groups + c->gpt[j] - 1) / c->gpt[j]);
+    }
+    run(exec, c->task0[c->n_jobs], pk_gemm_task, c);
+}
+
+void tl_matmul_w_multi(struct tl_pool *pool, const tl_mm_job *jobs, int n_jobs, int64_t n_in, const float *X,
+                       int64_t n_tok, void *scratch, unsigned flags) {
+    if (n_tok <= 0) return;
+    pk_ctx c = {0};
+    bool packed = n_jobs <= PK_MAX_JOBS && (n_tok < MIN_TOK_DEQUANT_GEMM || (flags & TL_MM_Q8));
+    for (int j = 0; j < n_jobs && packed; j++) {
+        const tl_mm_job *q = &jobs[j];
+        tlq_gemm_fn gemm = q->pack ? tlq_gemm_kernel(q->type) : NULL;
+        const tlq_packed *p = gemm && q->n_out > 0 ? wpack_get(q->pack, pool, q->type, q->W, n_in, q->n_out) : NULL;
+        packed = p && tlq_xp_family(q->type) == tlq_xp_family(jobs[0].type);
+        c.p[j] = p, c.gemm[j] = gemm, c.Y[j] = q->Y, c.ldy[j] = q->ldy;
+    }
+    if (!packed) {
+        for (int j = 0; j < n_jobs; j++) {
+            const tl_mm_job *q = &jobs[j];
+            tl_matmul_w(pool, q->pack, q->type, q->W, n_in, q->n_out, X, n_tok, q->Y, q->ldy, scratch, flags);
+        }
+        return;
+    }
+    c.n_jobs = n_jobs;
+    void *owned = scratch ? NULL : tl_xmalloc(tl_matmul_scratch_size(jobs[0].type, n_in, n_tok));
+    matmul_packed(pool, &c, X, n_tok, scratch ? scratch : owned);
+    free(owned);
 }
 
 void tl_matmul_w(struct tl_pool *pool, tl_wpack *pack, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
@@ -377,8 +422,9 @@ void tl_matmul_w(struct tl_pool *pool, tl_wpack *pack, tl_type wt, const void *W
     tlq_gemm_fn gemm = pack ? tlq_gemm_kernel(wt) : NULL;
     if (gemm && n_tok > 0 && n_out > 0) p = wpack_get(pack, pool, wt, W, n_in, n_out);
     if (p && (n_tok < MIN_TOK_DEQUANT_GEMM || (flags & TL_MM_Q8))) {
+        pk_ctx c = {.n_jobs = 1, .p = {p}, .gemm = {gemm}, .Y = {Y}, .ldy = {ldy}};
         void *owned = scratch ? NULL : tl_xmalloc(tl_matmul_scratch_size(wt, n_in, n_tok));
-        matmul_packed(pool, p, gemm, X, n_tok, Y, ldy, scratch ? scratch : owned);
+        matmul_packed(pool, &c, X, n_tok, scratch ? scratch : owned);
         free(owned);
         return;
     }

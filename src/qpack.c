@@ -17,13 +17,15 @@
  *              (L0 lo, H bits 0-1), (L1 lo, bits 2-3), (L0 hi, bits 4-5), (L1 hi, bits 6-7)
  * The last group's missing rows are zeros (their outputs are never stored).
  *
- * Activation row (tlq_xp_row_bytes): int8 qs[n] @0 (the q8 values), then at the next 64-byte
- * boundary float dx[cols], then 4-byte aux[cols * A]:
- *   q4_0 / q8_0 (A = 1): int32 -8 * sum(qs of block) / -128 * sum (the SIMD kernels make the
- *                        weights unsigned by that offset; the reference adds it back alike)
- *   q4_1 (A = 1):        float sx (q8_1's s: fp16 of d * sum)
- *   q4_K (A = 8):        int32 j < 4: int16 pair (sum of sub-block 2j, of 2j + 1)
- *   q6_K (A = 8):        int32 j < 8: int16 pair (bsums[2j], bsums[2j + 1]) of q8_K */
+ * Activation row (tlq_xp_row_bytes), one layout per family, so that matrices of one family
+ * and input size share the rows: int8 qs[n] @0 (the q8 values), then at the next 64-byte
+ * boundary float dx[cols], then 4-byte aux:
+ *   32-wide (q4_0, q4_1, q8_0; from q8_1 blocks, or q8_0 ones for q4_0 / q8_0):
+ *       int32 sum[cols] (of the block's qs: the SIMD kernels make signed weights unsigned by
+ *       an offset o, 8 or 128, and start the block's sum at -o * sum), float sx[cols] (q8_1's
+ *       s, fp16 of d * sum; 0 from q8_0 blocks)
+ *   K (q4_K, q6_K; from q8_K blocks): int32 aux[16 * cols]: j < 8: int16 pair (bsums[2j],
+ *       bsums[2j + 1]); 8 + j, j < 4: int16 pair (sum of sub-block 2j, of 2j + 1) */
 #include "qpack.h"
 #include "quants_internal.h"
 #include "common.h"
@@ -239,12 +241,18 @@ void tlq_pack_get_row(const tlq_packed *p, int64_t row, void *dst) {
 
 static size_t a64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-static int aux_per_col(tl_type t) { return t == TL_TYPE_Q4_K || t == TL_TYPE_Q6_K ? 8 : 1; }
+int tlq_xp_family(tl_type t) {
+    switch (t) {
+    case TL_TYPE_Q4_0: case TL_TYPE_Q4_1: case TL_TYPE_Q8_0: return 1;
+    case TL_TYPE_Q4_K: case TL_TYPE_Q6_K: return 2;
+    default: return 0;
+    }
+}
 
 size_t tlq_xp_row_bytes(tl_type t, int64_t n) {
     if (!tlq_pack_supported(t, n)) return 0;
     const size_t nc = (size_t)(n / block_of(t));
-    return a64((size_t)n) + a64(nc * 4 * (1 + (size_t)aux_per_col(t)));
+    return a64((size_t)n) + a64(nc * 4 * (tlq_xp_family(t) == 2 ? 17 : 3));
 }
 
 void tlq_xp_from_q8(tl_type t, const void *xq, void *vxp, int64_t n) {
@@ -252,40 +260,33 @@ void tlq_xp_from_q8(tl_type t, const void *xq, void *vxp, int64_t n) {
     const int64_t nc = n / block_of(t);
     float *dx = (float *)(xp + a64((size_t)n));
     int32_t *aux = (int32_t *)(dx + nc);
+    const tl_type vt = tl_type_info(t)->vec_dot_type;
     for (int64_t c = 0; c < nc; c++) {
-        switch (t) {
-        case TL_TYPE_Q4_0: case TL_TYPE_Q8_0: {
-            const blk_q8_0 *b = (const blk_q8_0 *)xq + c;
-            memcpy(xp + QK * c, b->qs, QK);
+        if (tlq_xp_family(t) == 1) {
+            const int8_t *qs;
+            uint16_t d, s = 0;
+            if (vt == TL_TYPE_Q8_1) {
+                const blk_q8_1 *b = (const blk_q8_1 *)xq + c;
+                qs = b->qs, d = b->d, s = b->s;
+            } else {
+                const blk_q8_0 *b = (const blk_q8_0 *)xq + c;
+                qs = b->qs, d = b->d;
+            }
+            memcpy(xp + QK * c, qs, QK);
             int sum = 0;
-            for (int j = 0; j < QK; j++) sum += b->qs[j];
-            dx[c] = tl_fp16_to_fp32(b->d);
-            aux[c] = (t == TL_TYPE_Q4_0 ? -8 : -128) * sum;
-            break;
-        }
-        case TL_TYPE_Q4_1: {
-            const blk_q8_1 *b = (const blk_q8_1 *)xq + c;
-            memcpy(xp + QK * c, b->qs, QK);
-            dx[c] = tl_fp16_to_fp32(b->d);
-            const float sx = tl_fp16_to_fp32(b->s);
-            memcpy(&aux[c], &sx, 4);
-            break;
-        }
-        case TL_TYPE_Q4_K: case TL_TYPE_Q6_K: {
+            for (int j = 0; j < QK; j++) sum += qs[j];
+            dx[c] = tl_fp16_to_fp32(d);
+            aux[c] = sum;
+            const float sx = tl_fp16_to_fp32(s);
+            memcpy(&aux[nc + c], &sx, 4);
+        } else {
             const blk_q8_K *b = (const blk_q8_K *)xq + c;
             memcpy(xp + QKK * c, b->qs, QKK);
             dx[c] = b->d;
-            int16_t pr[16];
-            if (t == TL_TYPE_Q4_K) {
-                for (int j = 0; j < 8; j++) pr[j] = (int16_t)(b->bsums[2 * j] + b->bsums[2 * j + 1]);
-                memset(pr + 8, 0, 16);
-            } else {
-                memcpy(pr, b->bsums, 32);
-            }
-            memcpy(aux + 8 * c, pr, 32);
-            break;
-        }
-        default: break;
+            int16_t pr[32] = {0};
+            memcpy(pr, b->bsums, 32);
+            for (int j = 0; j < 8; j++) pr[16 + j] = (int16_t)(b->bsums[2 * j] + b->bsums[2 * j + 1]);
+            memcpy(aux + 16 * c, pr, 64);
         }
     }
 }
@@ -320,7 +321,7 @@ void tlq_gemm_ref(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp
                     if (t == TL_TYPE_Q4_0 || t == TL_TYPE_Q4_1) {
                         const uint8_t *ch = tl + (t == TL_TYPE_Q4_0 ? 32 : 64);
                         const int8_t *xb = xq + QK * c;
-                        int32_t isum = t == TL_TYPE_Q4_0 ? rd32(aux + 4 * c) : 0;
+                        int32_t isum = t == TL_TYPE_Q4_0 ? -8 * rd32(aux + 4 * c) : 0;
                         for (int s = 0; s < 4; s++)
                             for (int k = 0; k < 4; k++) {
                                 const uint8_t q = ch[64 * s + 4 * r + k];
@@ -331,7 +332,7 @@ void tlq_gemm_ref(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp
                         if (t == TL_TYPE_Q4_1) {
                             memcpy(&h, tl + 32 + 2 * r, 2);
                             float sx;
-                            memcpy(&sx, aux + 4 * c, 4);
+                            memcpy(&sx, aux + 4 * (nc + c), 4);
                             m = fmaf(tl_fp16_to_fp32(h), sx, m);
                         }
                     } else if (t == TL_TYPE_Q8_0) {
@@ -345,7 +346,7 @@ void tlq_gemm_ref(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp
                     } else if (t == TL_TYPE_Q4_K) {
                         const uint8_t *ch = tl + 320;
                         const int8_t *xb = xq + QKK * c;
-                        const int16_t *bs = (const int16_t *)(aux + 32 * c);
+                        const int16_t *bs = (const int16_t *)(aux + 64 * c + 32);
                         int32_t isum = 0, mins = 0;
                         for (int j = 0; j < 4; j++) {
                             int32_t lo = 0, hi = 0;
@@ -365,7 +366,7 @@ void tlq_gemm_ref(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp
                         m = fmaf((float)mins, sm, m);
                     } else { /* q6_K */
                         const int8_t *xb = xq + QKK * c;
-                        const int16_t *bs = (const int16_t *)(aux + 32 * c);
+                        const int16_t *bs = (const int16_t *)(aux + 64 * c);
                         int32_t sub[16] = {0};
                         for (int hh = 0; hh < 2; hh++)
                             for (int s = 0; s < 8; s++) {

@@ -62,7 +62,10 @@ void tlq_pack_free(tlq_packed *p);
 void tlq_pack_get_row(const tlq_packed *p, int64_t r, void *dst);
 
 /* Activation rows for the kernels: bytes per row of n values (a multiple of 64), and the
- * builder from a row of the weight type's vec_dot_type blocks (q8_0 / q8_1 / q8_K). */
+ * builder from a row of the weight type's vec_dot_type blocks (q8_0 / q8_1 / q8_K). The rows
+ * are one layout per family (1: q4_0, q4_1, q8_0, built from q8_1 blocks for all three;
+ * 2: q4_K, q6_K; 0: none), shared by the matrices of a family over the same inputs. */
+int tlq_xp_family(tl_type t);
 size_t tlq_xp_row_bytes(tl_type t, int64_t n);
 void tlq_xp_from_q8(tl_type t, const void *xq, void *xp, int64_t n);
 

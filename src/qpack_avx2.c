@@ -100,7 +100,7 @@ INL void gemm_a(int f, int NB, const tlq_packed *p, int64_t g, const uint8_t *xp
         v16i acc[4];
         for (int j = 0; j < NB; j++) {
             acc[j] = zi();
-            if (f == A_Q4_0) acc[j].a = acc[j].b = _mm256_set1_epi32(aux[j][c]);
+            if (f == A_Q4_0) acc[j].a = acc[j].b = _mm256_set1_epi32(-8 * aux[j][c]);
         }
         const int8_t *xo[4];
         for (int j = 0; j < NB; j++) xo[j] = xq[j] + QK * c;
@@ -132,7 +132,7 @@ INL void gemm_a(int f, int NB, const tlq_packed *p, int64_t g, const uint8_t *xp
             fa[j] = fma16(acc[j], mulf(dw, _mm256_set1_ps(dx[j][c])), fa[j]);
             if (f == A_Q4_1) {
                 float sx;
-                memcpy(&sx, &aux[j][c], 4);
+                memcpy(&sx, &aux[j][nc + c], 4);
                 const __m256 vs = _mm256_set1_ps(sx);
                 ma[j].a = _mm256_fmadd_ps(mw.a, vs, ma[j].a);
                 ma[j].b = _mm256_fmadd_ps(mw.b, vs, ma[j].b);
@@ -186,7 +186,7 @@ INL void gemm_q4k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
             const v16i ml = u8x16(tile + 192 + 16 * (2 * jj)), mh = u8x16(tile + 192 + 16 * (2 * jj + 1));
             for (int j = 0; j < NB; j++) {
                 tot[j] = add16(tot[j], add16(mul16(lo_acc[j], sl), mul16(hi_acc[j], sh)));
-                const int16_t *bs = (const int16_t *)(aux[j] + 8 * c + jj);
+                const int16_t *bs = (const int16_t *)(aux[j] + 16 * c + 8 + jj);
                 const __m256i b0 = _mm256_set1_epi32(bs[0]), b1 = _mm256_set1_epi32(bs[1]);
                 mins[j].a = _mm256_add_epi32(mins[j].a, _mm256_add_epi32(_mm256_mullo_epi32(ml.a, b0), _mm256_mullo_epi32(mh.a, b1)));
                 mins[j].b = _mm256_add_epi32(mins[j].b, _mm256_add_epi32(_mm256_mullo_epi32(ml.b, b0), _mm256_mullo_epi32(mh.b, b1)));
@@ -249,7 +249,7 @@ INL void gemm_q6k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
                 const int sb = 8 * h + 2 * q + (hq & 1);
                 const v16i sc = s8x16(tile + 32 + 16 * sb);
                 for (int j = 0; j < NB; j++) {
-                    const int16_t *bs = (const int16_t *)(aux[j] + 8 * c);
+                    const int16_t *bs = (const int16_t *)(aux[j] + 16 * c);
                     const __m256i corr = _mm256_set1_epi32(32 * (int32_t)bs[sb]);
                     const v16i t = {_mm256_sub_epi32(a[j][q].a, corr), _mm256_sub_epi32(a[j][q].b, corr)};
                     tot[j] = add16(tot[j], mul16(t, sc));

@@ -64,7 +64,7 @@ INL void gemm_a(int f, int NB, const tlq_packed *p, int64_t g, const uint8_t *xp
         const __m512 dw = ld_h16(tile);
         __m512i acc[8], acc2[8];
         for (int j = 0; j < NB; j++) {
-            acc[j] = f == A_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(aux[j][c]);
+            acc[j] = f == A_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32((f == A_Q4_0 ? -8 : -128) * aux[j][c]);
             acc2[j] = _mm512_setzero_si512();
         }
         const int8_t *xo[8];
@@ -102,7 +102,7 @@ INL void gemm_a(int f, int NB, const tlq_packed *p, int64_t g, const uint8_t *xp
             fa[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, fa[j]);
             if (f == A_Q4_1) {
                 float sx;
-                memcpy(&sx, &aux[j][c], 4);
+                memcpy(&sx, &aux[j][nc + c], 4);
                 ma[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), ma[j]);
             }
         }
@@ -158,7 +158,7 @@ INL void gemm_q4k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
 #pragma GCC unroll 4
             for (int j = 0; j < NB; j++) {
                 tot[j] = _mm512_add_epi32(tot[j], _mm512_add_epi32(_mm512_mullo_epi32(lo_acc[j], sl), _mm512_mullo_epi32(hi_acc[j], sh)));
-                mins[j] = _mm512_dpwssd_epi32(mins[j], mpair, _mm512_set1_epi32(aux[j][8 * c + jj]));
+                mins[j] = _mm512_dpwssd_epi32(mins[j], mpair, _mm512_set1_epi32(aux[j][16 * c + 8 + jj]));
             }
         }
         const __m512 d = ld_h16(tile), dmin = ld_h16(tile + 32);
@@ -225,7 +225,7 @@ INL void gemm_q6k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
                 const __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(tile + 32 + 16 * sb)));
 #pragma GCC unroll 4
                 for (int j = 0; j < NB; j++) {
-                    const int16_t *bs = (const int16_t *)(aux[j] + 8 * c);
+                    const int16_t *bs = (const int16_t *)(aux[j] + 16 * c);
                     const __m512i corr = _mm512_set1_epi32(32 * (int32_t)bs[sb]);
                     tot[j] = _mm512_add_epi32(tot[j], _mm512_mullo_epi32(_mm512_sub_epi32(a[j][q], corr), sc));
                 }

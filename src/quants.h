@@ -107,6 +107,20 @@ enum { TL_MM_Q8 = 1 };
  * give the same bits). `scratch` must hold tl_matmul_scratch_size(wt, n_in, n_tok) bytes. */
 void tl_matmul_w(struct tl_pool *pool, tl_wpack *pack, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
                  const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch, unsigned flags);
+/* Several matrices over the same rows X of n_in values: tl_matmul_w for each, except that where
+ * all of them run the x16 kernels of one activation layout (q4_0 / q4_1 / q8_0, or q4_K / q6_K)
+ * the rows are rounded once and every matrix's tasks share one pass of the pool (the same
+ * results). scratch: the largest tl_matmul_scratch_size of the jobs. At most 8 jobs share. */
+typedef struct {
+    tl_wpack *pack;
+    tl_type type;
+    const void *W;
+    int64_t n_out;
+    float *Y;
+    int64_t ldy;
+} tl_mm_job;
+void tl_matmul_w_multi(struct tl_pool *pool, const tl_mm_job *jobs, int n_jobs, int64_t n_in, const float *X,
+                       int64_t n_tok, void *scratch, unsigned flags);
 /* tl_matmul_rounded_rows for tl_matmul_w with these flags (INT64_MAX for an x16 type under
  * TL_MM_Q8, and for a matrix without a pack slot pass has_pack false). */
 int64_t tl_matmul_rounded_rows_w(tl_type wt, bool has_pack, unsigned flags);
