@@ -325,6 +325,7 @@ typedef struct {
     int64_t task0[PK_MAX_JOBS + 1]; /* first task of each job (tasks of a job: x blocks x group runs) */
     tl_type qt;                   /* the family's activation blocks: q8_1 or q8_K */
     tlq_quant_fn quant;
+    bool direct;                  /* AVX-512: the rows straight from floats */
     const float *X;
     int64_t n_tok, n_in, x_block, n_xb;
     uint8_t *xq, *xp;  /* q8 rows, kernel rows */
@@ -334,10 +335,16 @@ typedef struct {
 static void pk_convert_task(void *vc, int64_t i, int thread_id) {
     (void)thread_id;
     pk_ctx *c = vc;
+    const tl_type ft = c->qt == TL_TYPE_Q8_1 ? TL_TYPE_Q4_1 : TL_TYPE_Q4_K; /* a type of the family */
     for (int64_t t = i * 8; t < TL_MIN(c->n_tok, i * 8 + 8); t++) {
+        uint8_t *xp = c->xp + (size_t)t * c->xp_stride;
+        if (c->direct) {
+            tlq_xp_quantize_avx512(ft, c->X + t * c->n_in, xp, c->n_in);
+            continue;
+        }
         uint8_t *q = c->xq + (size_t)t * c->xq_stride;
         c->quant(c->X + t * c->n_in, q, c->n_in);
-        tlq_xp_from_q8(c->qt == TL_TYPE_Q8_1 ? TL_TYPE_Q4_1 : TL_TYPE_Q4_K, q, c->xp + (size_t)t * c->xp_stride, c->n_in);
+        tlq_xp_from_q8(ft, q, xp, c->n_in);
     }
 }
 
@@ -364,6 +371,7 @@ static void matmul_packed(tl_pool *pool, pk_ctx *c, const float *X, int64_t n_to
     tl_pool *exec = macs < MIN_PARALLEL_MACS ? NULL : pool;
     c->qt = tlq_xp_family(t0) == 1 ? TL_TYPE_Q8_1 : TL_TYPE_Q8_K;
     c->quant = tlq_get_kernels(c->qt == TL_TYPE_Q8_1 ? TL_TYPE_Q4_1 : TL_TYPE_Q4_K).quant_act;
+    c->direct = tl_simd_level_get() == TL_SIMD_AVX512;
     c->X = X;
     c->n_tok = n_tok;
     c->n_in = n_in;

@@ -68,6 +68,9 @@ void tlq_pack_get_row(const tlq_packed *p, int64_t r, void *dst);
 int tlq_xp_family(tl_type t);
 size_t tlq_xp_row_bytes(tl_type t, int64_t n);
 void tlq_xp_from_q8(tl_type t, const void *xq, void *xp, int64_t n);
+/* The same row straight from n floats (the bytes of the family's reference quantizer, q8_1 or
+ * q8_K, then tlq_xp_from_q8), AVX-512; tlq_xp_quantize picks it or that path. */
+void tlq_xp_quantize_avx512(tl_type t, const float *x, void *xp, int64_t n);
 
 /* Y[i][16g + r] (row stride ldy floats) for activation rows i < n_x (xp rows x_stride bytes
  * apart) and groups g in [g0, g1), rows 16g + r < n_out only. */

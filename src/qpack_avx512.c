@@ -240,6 +240,80 @@ INL void gemm_q6k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
     for (int j = 0; j < NB; j++) store16(Y + (size_t)j * ldy + g * TLQ_PACK_ROWS, valid, fa[j]);
 }
 
+/* ------------------------------------------------------------------ activation rows */
+
+/* roundf (half away from zero), exactly: trunc, then a step away from zero where |frac| >= 0.5 */
+INL __m512i roundf_epi32(__m512 v) {
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u));
+    const __m512 step = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_set1_ps(1.0f)), sign));
+    return _mm512_cvttps_epi32(_mm512_mask_add_ps(t, big, t, step));
+}
+
+/* The kernel row of x straight from floats: the bytes tlq_xp_from_q8 builds from the q8_1 /
+ * q8_K reference quantizers' blocks (the same float operations, fp16 by F16C's round to
+ * nearest even, as tl_fp32_to_fp16 for finite values). */
+AVX512 void tlq_xp_quantize_avx512(tl_type t, const float *x, void *vxp, int64_t n) {
+    uint8_t *xp = vxp;
+    if (tlq_xp_family(t) == 1) {
+        const int64_t nb = n / QK;
+        float *dx = (float *)(xp + a64((size_t)n));
+        int32_t *sum = (int32_t *)(dx + nb);
+        float *sx = (float *)(sum + nb);
+        for (int64_t b = 0; b < nb; b++) {
+            const __m512 a = _mm512_loadu_ps(x + QK * b), c = _mm512_loadu_ps(x + QK * b + 16);
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
+            const float d = amax / 127;
+            const float id = d ? 1.0f / d : 0.0f;
+            const __m512 vid = _mm512_set1_ps(id);
+            const __m512i ra = roundf_epi32(_mm512_mul_ps(a, vid)), rc = roundf_epi32(_mm512_mul_ps(c, vid));
+            _mm_storeu_si128((__m128i *)(xp + QK * b), _mm512_cvtsepi32_epi8(ra));
+            _mm_storeu_si128((__m128i *)(xp + QK * b + 16), _mm512_cvtsepi32_epi8(rc));
+            const int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(ra, rc));
+            dx[b] = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
+            sum[b] = s;
+            sx[b] = _cvtsh_ss(_cvtss_sh((float)s * d, _MM_FROUND_TO_NEAREST_INT));
+        }
+        return;
+    }
+    const int64_t nc = n / QKK;
+    float *dx = (float *)(xp + a64((size_t)n));
+    int32_t *aux = (int32_t *)(dx + nc);
+    for (int64_t c = 0; c < nc; c++, x += QKK) {
+        __m512 m = _mm512_setzero_ps();
+        for (int k = 0; k < 16; k++) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + 16 * k)));
+        const float amax = _mm512_reduce_max_ps(m);
+        int16_t bs[32] = {0};
+        if (!amax) {
+            memset(xp + QKK * c, 0, QKK);
+            dx[c] = 0.0f;
+            memcpy(aux + 16 * c, bs, 64);
+            continue;
+        }
+        float mx = 0; /* the first value of largest magnitude, with its sign */
+        const __m512 va = _mm512_set1_ps(amax);
+        for (int k = 0; k < 16; k++) {
+            const __mmask16 e = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + 16 * k)), va, _CMP_EQ_OQ);
+            if (e) {
+                mx = x[16 * k + __builtin_ctz(e)];
+                break;
+            }
+        }
+        const float iscale = -127.f / mx;
+        const __m512 vs = _mm512_set1_ps(iscale);
+        for (int k = 0; k < 16; k++) { /* cvtps rounds to nearest even, as nearest_int */
+            const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(vs, _mm512_loadu_ps(x + 16 * k))),
+                                               _mm512_set1_epi32(127));
+            _mm_storeu_si128((__m128i *)(xp + QKK * c + 16 * k), _mm512_cvtsepi32_epi8(q));
+            bs[k] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        for (int j = 0; j < 8; j++) bs[16 + j] = (int16_t)(bs[2 * j] + bs[2 * j + 1]);
+        dx[c] = 1 / iscale;
+        memcpy(aux + 16 * c, bs, 64);
+    }
+}
+
 /* ------------------------------------------------------------------ entry */
 
 #define A_CASE(F, NB) gemm_a(F, NB, p, g, xr, x_stride, y, ldy, pf)
@@ -298,6 +372,10 @@ AVX512 void tlq_gemm_avx512(const tlq_packed *p, int64_t g0, int64_t g1, const u
 
 #else
 #include <stdlib.h>
+void tlq_xp_quantize_avx512(tl_type t, const float *x, void *xp, int64_t n) {
+    (void)t; (void)x; (void)xp; (void)n;
+    abort();
+}
 void tlq_gemm_avx512(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp, size_t x_stride, int64_t n_x,
                      float *Y, int64_t ldy) {
     (void)p; (void)g0; (void)g1; (void)xp; (void)x_stride; (void)n_x; (void)Y; (void)ldy;

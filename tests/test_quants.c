@@ -800,7 +800,38 @@ static void check_matmul_w(tl_pool *pool, tl_type t, int64_t n_in, int64_t n_out
     free(Wf), free(X), free(W), free(Y), free(Y2), free(row);
 }
 
+/* the AVX-512 row builder straight from floats: the bytes of the reference quantizer's blocks */
+static void check_xp_quantize(void) {
+    tl_cpu_features f = tl_cpu_detect();
+    if (!(f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni)) return;
+    const int64_t n = 1024;
+    float *x = tl_xmalloc(sizeof(float) * n);
+    uint8_t *q = tl_xmalloc(tl_row_size(TL_TYPE_Q8_1, n) + tl_row_size(TL_TYPE_Q8_K, n));
+    const size_t xs = TL_MAX(tlq_xp_row_bytes(TL_TYPE_Q4_1, n), tlq_xp_row_bytes(TL_TYPE_Q4_K, n));
+    uint8_t *a = tl_amalloc(xs), *b = tl_amalloc(xs);
+    int bad = 0;
+    for (int trial = 0; trial < 8; trial++) {
+        fill_normal(x, n, trial & 1);
+        if (trial == 2) for (int64_t i = 0; i < n; i++) x[i] = (float)(i % 32) + 0.5f - 16; /* ties at .5 */
+        if (trial == 3) for (int64_t i = 0; i < n; i++) x[i] = i % 32 == 31 ? 127.0f : (float)(i % 127) - 63.5f;
+        if (trial == 4) for (int64_t i = 0; i < n; i++) x[i] = i < 300 ? 0.0f : x[i] * 1e-6f; /* zero blocks, tiny */
+        if (trial == 5) for (int64_t i = 0; i < n; i++) x[i] = (i % 7 == 0 ? -1.0f : 1.0f) * 3e4f; /* s overflows fp16 */
+        const tl_type fams[2][2] = {{TL_TYPE_Q4_1, TL_TYPE_Q8_1}, {TL_TYPE_Q6_K, TL_TYPE_Q8_K}};
+        for (int k = 0; k < 2; k++) {
+            memset(a, 0, xs), memset(b, 0, xs);
+            tl_quantize_row(fams[k][1], x, q, n);
+            tlq_xp_from_q8(fams[k][0], q, a, n);
+            tlq_xp_quantize_avx512(fams[k][0], x, b, n);
+            bad += memcmp(a, b, tlq_xp_row_bytes(fams[k][0], n)) != 0;
+        }
+    }
+    CHECKF(bad == 0, "x16 activation rows straight from floats: %d of 16 differ from the reference quantizer's", bad);
+    free(x), free(q);
+    tl_afree(a), tl_afree(b);
+}
+
 static void test_packed(void) {
+    check_xp_quantize();
     const tl_type ts[] = {TL_TYPE_Q4_0, TL_TYPE_Q4_1, TL_TYPE_Q8_0, TL_TYPE_Q4_K, TL_TYPE_Q6_K};
     tl_pool *pool = tl_pool_new(2);
     for (int k = 0; k < 5; k++) {
