@@ -68,6 +68,7 @@ tl_batch *tl_batch_new(tl_model *m, int max_rows, int max_seqs, int n_threads, t
     b->m = m;
     b->pool = tl_pool_new(n_threads);
     b->vo = tl_vec_get();
+    tl_model_pack(m, b->pool);
     b->max_rows = max_rows;
     b->max_seqs = max_seqs;
     const size_t E = (size_t)c->n_embd, R = (size_t)max_rows, qdim = (size_t)c->n_head * c->head_dim_k;

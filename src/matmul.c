@@ -315,6 +315,10 @@ static const tlq_packed *wpack_get(tl_wpack *w, tl_pool *pool, tl_type t, const 
 #define PK_MAX_JOBS 8
 #define PK_X_BLOCK 64 /* activation rows per task: their kernel rows stay in L2 beside a group */
 
+void tl_wpack_make(tl_wpack *w, struct tl_pool *pool, tl_type t, const void *W, int64_t n_in, int64_t n_out) {
+    if (w && n_out > 0 && tlq_gemm_kernel(t)) wpack_get(w, pool, t, W, n_in, n_out);
+}
+
 typedef struct {
     int n_jobs;
     const tlq_packed *p[PK_MAX_JOBS];

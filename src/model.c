@@ -399,6 +399,17 @@ fail:
     return NULL;
 }
 
+static void pack_mat(const tl_mat *w, struct tl_pool *pool) { tl_wpack_make(w->pack, pool, w->type, w->data, w->n_in, w->n_out); }
+
+void tl_model_pack(const tl_model *m, struct tl_pool *pool) {
+    for (int il = 0; il < m->cfg.n_layer; il++) {
+        const tl_layer_weights *L = &m->w.layers[il];
+        const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) pack_mat(mats[i], pool);
+    }
+    pack_mat(&m->w.output, pool);
+}
+
 void tl_model_free(tl_model *m) {
     if (!m) return;
     tl_cuda_weights_free(m->gpu);

@@ -103,6 +103,11 @@ typedef struct {
 /* 0 and the layout of a supported architecture (general.architecture), else -1. */
 int tl_arch_layout_of(const char *arch, tl_arch_layout *out);
 
+/* The CPU kernels' packed copies of every weight matrix (tl_wpack), made now with the pool's
+ * threads rather than by the first forward pass (a CPU session or batch calls it; a second
+ * call finds them made). */
+void tl_model_pack(const tl_model *m, struct tl_pool *pool);
+
 /* LongRoPE's factor on cos/sin for a model extended from n_ctx_orig to n_ctx tokens,
  * sqrt(1 + ln(n_ctx / n_ctx_orig) / ln(n_ctx_orig)) (Phi-3's converter; 1 when not extended). */
 float tl_longrope_attn_factor(int n_ctx, int n_ctx_orig);

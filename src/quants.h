@@ -94,6 +94,9 @@ bool tl_wpack_wanted(tl_type t, int64_t n_in);
 tl_wpack *tl_wpack_new(void);
 void tl_wpack_free(tl_wpack *p);
 uint64_t tl_wpack_bytes(const tl_wpack *p); /* bytes of the packed copy (0 until made) */
+/* Make the copy now (the pool's threads pack it) where this CPU's kernels use it; nothing when
+ * it exists or the SIMD level is scalar. */
+void tl_wpack_make(tl_wpack *p, struct tl_pool *pool, tl_type t, const void *W, int64_t n_in, int64_t n_out);
 
 /* tl_matmul_w's flags. TL_MM_Q8: round the activations to q8 and run the integer kernels for
  * any number of rows (types with an x16 form), as for decode rows; without it, 32 rows or more

@@ -320,6 +320,7 @@ tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, 
     s->chunk = chunk;
     s->pool = tl_pool_new(n_threads);
     s->vo = tl_vec_get();
+    tl_model_pack(m, s->pool); /* the kernels' copies of the weights, before the first chunk is timed */
     init_rope(s);
     tl_kv_layer_policy *eff = tl_xmalloc(sizeof *eff * (size_t)c->n_layer);
     for (int il = 0; il < c->n_layer; il++) {
