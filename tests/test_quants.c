@@ -839,8 +839,9 @@ static void test_packed(void) {
         const bool kq = tl_type_info(t)->block_size == QKK;
         const int64_t n_in = kq ? 768 : 224;
         CHECK(tlq_pack_supported(t, n_in) && !tlq_pack_supported(t, n_in + (kq ? 32 : 16)));
-        const int64_t nx[] = {1, 2, 5, 9, 13};
-        for (int j = 0; j < 5; j++) check_packed(t, n_in, 37, nx[j], false);
+        const int64_t nx[] = {1, 2, 5, 9, 13, 16, 35};
+        for (int j = 0; j < 7; j++) check_packed(t, n_in, 37, nx[j], false);
+        check_packed(t, n_in, 40, 48, true);
         check_packed(t, n_in, 16, 3, true);
         check_packed(t, n_in, 53, 6, true);
         const int64_t toks[] = {1, 4, 31, 40};
