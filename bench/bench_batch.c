@@ -4,7 +4,8 @@
  *
  * For each count N: N sessions each prefilled with DEPTH tokens (default 256), then STEPS
  * (default 32) steps of one token per sequence; prints ms per step and tokens/s over all
- * sequences. N = 1 is also timed through tl_session_eval (the unbatched path). */
+ * sequences. N = 1 is also timed through tl_session_eval (the unbatched path). The batch prefills
+ * with q8 activations, as tailor serve (BENCH_PREFILL_F32=1: the f32 tiles). */
 #include "../src/batch.h"
 #include "../src/common.h"
 
@@ -48,7 +49,9 @@ int main(int argc, char **argv) {
         const int n = atoi(p);
         p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p);
         if (n < 1 || n > 64) continue;
-        tl_batch *b = tl_batch_new(m, TL_MAX(n, 512), n, threads, &err);
+        tl_session_params sp = tl_session_default_params();
+        sp.prefill_q8 = getenv("BENCH_PREFILL_F32") == NULL; /* as tailor serve */
+        tl_batch *b = tl_batch_new_for(m, TL_MAX(n, 512), n, threads, &sp, &err);
         tl_session *ss[64];
         tl_batch_seq q[64];
         int32_t toks[64];

@@ -69,6 +69,7 @@ tl_batch *tl_batch_new(tl_model *m, int max_rows, int max_seqs, int n_threads, t
     b->be = &tl_backend_cpu;
     b->pool = tl_pool_new(n_threads);
     b->vo = tl_vec_get();
+    tl_model_pack(m, b->pool);
     b->max_rows = max_rows;
     b->max_seqs = max_seqs;
     const size_t E = (size_t)c->n_embd, R = (size_t)max_rows, qdim = (size_t)c->n_head * c->head_dim_k;
@@ -156,38 +157,54 @@ void tl_batch_free(tl_batch *b) {
 
 uint64_t tl_batch_bytes(const tl_batch *b) { return b->dev ? b->be->batch_bytes(b->dev) : b->bytes; }
 
-/* y = x W for rows grouped as `groups` rows each (ascending), every group getting the kernels
- * tl_matmul picks for it alone (see the top of the file). ldy: floats between rows of y. */
-static void matmul_groups(tl_batch *b, const tl_mat *w, const float *x, const int *groups, int n_groups, float *y,
-                          int ldy) {
-    const int64_t rounded = tl_matmul_rounded_rows(w->type);
+/* y_j = x W_j for n matrices over the same inputs, rows grouped as `groups` rows each
+ * (ascending), every group getting the kernels tl_matmul_w picks for it alone (see the top of
+ * the file). ldy: floats between rows of y (0: the matrix's n_out). */
+static void matmul_groups_n(tl_batch *b, const tl_mat *const *w, float *const *y, int n, const float *x,
+                            const int *groups, int n_groups, int ldy) {
+    const unsigned flags = b->sp.prefill_q8 ? TL_MM_Q8 : 0;
+    const int64_t rounded = tl_matmul_rounded_rows_w(w[0]->type, w[0]->pack != NULL, flags);
+    for (int j = 1; j < n; j++) /* the matrices share calls only where they share the regime */
+        if (tl_matmul_rounded_rows_w(w[j]->type, w[j]->pack != NULL, flags) != rounded) {
+            for (int k = 0; k < n; k++) matmul_groups_n(b, &w[k], &y[k], 1, x, groups, n_groups, ldy);
+            return;
+        }
+    const int64_t n_in = w[0]->n_in;
     int small = 0, total = 0; /* rows of the groups within the rounded regime; all rows */
     for (int g = 0; g < n_groups; g++) {
         total += groups[g];
         if (groups[g] <= rounded) small += groups[g];
     }
-    for (int r = 0; r < small;) {
-        const int n = (int)TL_MIN((int64_t)(small - r), rounded);
-        tl_matmul(b->pool, w->type, w->data, w->n_in, w->n_out, x + (size_t)r * w->n_in, n, y + (size_t)r * ldy, ldy,
-                  b->act.mm_scratch);
-        r += n;
+    tl_mm_job jobs[3];
+    for (int r = 0; r < total;) {
+        /* rounded rows in calls of at most `rounded`, then the others in one call */
+        const int cnt = r < small ? (int)TL_MIN((int64_t)(small - r), rounded) : total - r;
+        for (int j = 0; j < n; j++) {
+            const int64_t ld = ldy ? ldy : w[j]->n_out;
+            jobs[j] = (tl_mm_job){w[j]->pack, w[j]->type, w[j]->data, w[j]->n_out, y[j] + (size_t)r * ld, ld};
+        }
+        tl_matmul_w_multi(b->pool, jobs, n, n_in, x + (size_t)r * n_in, cnt, b->act.mm_scratch, flags);
+        r += cnt;
     }
-    if (total > small)
-        tl_matmul(b->pool, w->type, w->data, w->n_in, w->n_out, x + (size_t)small * w->n_in, total - small,
-                  y + (size_t)small * ldy, ldy, b->act.mm_scratch);
+}
+
+static void matmul_groups(tl_batch *b, const tl_mat *w, const float *x, const int *groups, int n_groups, float *y,
+                          int ldy) {
+    matmul_groups_n(b, &w, &y, 1, x, groups, n_groups, ldy);
 }
 
 static void matmul(tl_batch *b, const tl_mat *w, const float *x, float *y) {
     matmul_groups(b, w, x, b->n_rows, b->n_seq, y, w->n_out);
 }
 
-/* Queries of layer il for every row: Wq (+bias), q-norm, RoPE at each row's position. */
-static void query_rows(tl_batch *b, int il, const float *xn, float *q) {
+/* Queries of layer il for every row: Wq (+bias), q-norm, RoPE at each row's position (the
+ * matmul already done when q_done). */
+static void query_rows(tl_batch *b, int il, const float *xn, float *q, bool q_done) {
     const tl_config *c = &b->m->cfg;
     const tl_layer_weights *L = &b->m->w.layers[il];
     const int qdim = c->n_head * c->head_dim_k, half = c->n_rot / 2, base = c->layer_swa[il] ? 1 : 0;
     const int R = b->row0[b->n_seq];
-    matmul(b, &L->wq, xn, q);
+    if (!q_done) matmul(b, &L->wq, xn, q);
     tl_add_bias(q, L->bq, R, qdim);
     if (L->q_norm) tl_rmsnorm_rows(b->vo, q, q, L->q_norm, R * c->n_head, c->head_dim_k, c->norm_eps);
     for (int r = 0; r < R; r++) {
@@ -310,9 +327,10 @@ int tl_batch_eval(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *er
         const tl_layer_weights *L = &w->layers[il];
         const int base = c->layer_swa[il] ? 1 : 0;
         tl_rmsnorm_rows(vo, a->x, a->xn, L->attn_norm, R, E, c->norm_eps);
-        query_rows(b, il, a->xn, a->q);
-        matmul(b, &L->wk, a->xn, a->k);
-        matmul(b, &L->wv, a->xn, a->v);
+        const tl_mat *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_y[3] = {a->q, a->k, a->v};
+        matmul_groups_n(b, qkv, qkv_y, 3, a->xn, b->n_rows, b->n_seq, 0);
+        query_rows(b, il, a->xn, a->q, true);
         tl_add_bias(a->k, L->bk, R, kdim);
         tl_add_bias(a->v, L->bv, R, vdim);
         if (L->k_norm) tl_rmsnorm_rows(vo, a->k, a->k, L->k_norm, R * c->n_head_kv, c->head_dim_k, c->norm_eps);
@@ -326,7 +344,7 @@ int tl_batch_eval(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *er
         for (int i = 0; il + 1 < c->n_layer && i < n_seq; i++)
             predict |= b->seq[i]->s->kv[il + 1]->ops->wants_query_prediction;
         if (predict) {
-            query_rows(b, il + 1, a->xn, b->q_pred);
+            query_rows(b, il + 1, a->xn, b->q_pred, false);
             for (int i = 0; i < n_seq; i++) {
                 tl_kv_layer *next = b->seq[i]->s->kv[il + 1];
                 if (next->ops->wants_query_prediction)
@@ -344,8 +362,9 @@ int tl_batch_eval(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *er
         for (size_t i = 0; i < (size_t)R * E; i++) a->x[i] += a->tmp[i];
 
         tl_rmsnorm_rows(vo, a->x, a->xn, L->ffn_norm, R, E, c->norm_eps);
-        matmul(b, &L->w_gate, a->xn, a->gate);
-        matmul(b, &L->w_up, a->xn, a->up);
+        const tl_mat *ffn[2] = {&L->w_gate, &L->w_up};
+        float *ffn_y[2] = {a->gate, a->up};
+        matmul_groups_n(b, ffn, ffn_y, 2, a->xn, b->n_rows, b->n_seq, 0);
         if (c->gelu_ffn) vo->geglu(a->gate, a->gate, a->up, R * c->n_ff);
         else vo->swiglu(a->gate, a->gate, a->up, R * c->n_ff);
         matmul(b, &L->w_down, a->gate, a->tmp);

@@ -13,13 +13,22 @@
  *  - float weights (f32/f16/bf16) with >= 4 tokens, and quantized weights with >= 32 tokens:
  *    the tile's rows are widened to f32 in a per-thread buffer, then a 3 row x 4 token FMA
  *    register tile runs over them (X used as is);
- *  - fewer tokens (decode): a plain streaming matvec, one row after another. */
+ *  - fewer tokens (decode): a plain streaming matvec, one row after another.
+ * tl_matmul_w runs matrices that have a pack slot (the model's weights) through the x16
+ * kernels instead (src/qpack.h; q4_0, q4_1, q8_0, q4_K, q6_K; made on the first call): below
+ * 32 tokens, and for any count under TL_MM_Q8. Tasks are runs of 16-row groups times blocks of
+ * up to 64 activation rows; the f32 tiles of the other regime are widened from the same copy. */
 #include "quants_internal.h"
+#include "qpack.h"
 #include "common.h"
 #include "threads.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define TILE_ROWS_Q 16   /* quantized rows per task (prefill) */
 #define TILE_ROWS_F 96   /* float rows per task (prefill): 4 activation rows in L1 meet 96 rows in L2; a multiple of 3 */
@@ -42,6 +51,10 @@ size_t tl_matmul_scratch_size(tl_type wt, int64_t n_in, int64_t n_tok) {
     const tl_type_traits *tr = tl_type_info(wt);
     if (!tr || tr->vec_dot_type == TL_TYPE_F32) return 0;
     size_t sz = (size_t)n_tok * tl_row_size(tr->vec_dot_type, n_in);
+    /* the x16 kernels' activation rows (tl_matmul_w): q8 blocks, then their layout */
+    const size_t xp = tlq_xp_row_bytes(wt, n_in);
+    const tl_type qt = tlq_xp_family(wt) == 1 ? TL_TYPE_Q8_1 : TL_TYPE_Q8_K; /* the family's blocks */
+    if (xp) sz = TL_MAX(sz, (size_t)n_tok * (tl_row_size(qt, n_in) + xp) + 64);
     /* callers size the buffer once for their largest n_tok and reuse it for fewer tokens,
      * so cover the decode layout of every smaller call too */
     const size_t xa = tlq_xa_size(wt, n_in);
@@ -63,6 +76,8 @@ typedef struct {
     float *Y;
     int64_t tile_rows;
     float *fbuf; /* per-thread f32 tiles (float weights, prefill), TILE_ROWS_F * n_in each */
+    const tlq_packed *pk; /* the weights' x16 copy: the f32 tiles are widened from it */
+    uint8_t *rowbuf;      /* per-thread row in the weights' own layout (w_stride bytes) */
 } mm_ctx;
 
 static void convert_task(void *vc, int64_t i, int thread_id) {
@@ -93,7 +108,11 @@ static void rows_task(void *vc, int64_t task, int thread_id) {
                 if (c->wt == TL_TYPE_F16) tlq_f16_to_f32_avx2(src, dst, c->n_in);
                 else if (c->wt == TL_TYPE_BF16) tlq_bf16_to_f32_avx2(src, dst, c->n_in);
                 else if (c->k.deq) c->k.deq(src, dst, c->n_in); /* SIMD unpacker (w4g128) */
-                else tl_dequantize_row(c->wt, src, dst, c->n_in);
+                else if (c->pk) { /* the same bytes, from the copy the decode reads */
+                    uint8_t *rb = c->rowbuf + (size_t)thread_id * c->w_stride;
+                    tlq_pack_get_row(c->pk, o, rb);
+                    tl_dequantize_row(c->wt, rb, dst, c->n_in);
+                } else tl_dequantize_row(c->wt, src, dst, c->n_in);
             }
             A = buf;
             lda = c->n_in;
@@ -147,8 +166,8 @@ int64_t tl_matmul_rounded_rows(tl_type wt) {
     return tlq_get_kernels(wt).avx2 ? MIN_TOK_DEQUANT_GEMM - 1 : INT64_MAX;
 }
 
-void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
-               const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch) {
+static void matmul_impl(struct tl_pool *pool, tl_type wt, const void *W, const tlq_packed *pk, int64_t n_in,
+                        int64_t n_out, const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch) {
     const tl_type_traits *tr = tl_type_info(wt);
     if (!tr || !tr->supported || n_in % tr->block_size) {
         fprintf(stderr, "tl_matmul: weight type %s with %lld inputs is not supported\n",
@@ -201,9 +220,14 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
 
     const int n_threads = pool ? tl_pool_size(pool) : 1;
     float *fbuf = NULL;
+    uint8_t *rowbuf = NULL;
     if (f32_gemm) {
         if (wt != TL_TYPE_F32) {
             fbuf = tl_amalloc((size_t)n_threads * TILE_ROWS_F * n_in * sizeof(float));
+            if (pk) {
+                c.pk = pk;
+                c.rowbuf = rowbuf = tl_xmalloc((size_t)n_threads * c.w_stride);
+            }
             if (!fbuf) {
                 fprintf(stderr, "tl_matmul: out of memory for %d x %d f32 tile buffers\n", n_threads,
                         TILE_ROWS_F * (int)n_in);
@@ -227,5 +251,199 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
     run(exec, (n_out + c.tile_rows - 1) / c.tile_rows, rows_task, &c);
 
     tl_afree(fbuf);
+    free(rowbuf);
     free(owned);
+}
+
+void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
+               const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch) {
+    matmul_impl(pool, wt, W, NULL, n_in, n_out, X, n_tok, Y, ldy, scratch);
+}
+
+/* ------------------------------------------------------------------ the x16 kernels */
+
+struct tl_wpack {
+    _Atomic(tlq_packed *) p;
+    bool failed; /* packing ran out of memory: the old kernels run (under pack_mu) */
+};
+
+/* packing is once per matrix: one lock for all of them */
+static pthread_mutex_t pack_mu = PTHREAD_MUTEX_INITIALIZER;
+
+bool tl_wpack_wanted(tl_type t, int64_t n_in) { return tlq_pack_supported(t, n_in); }
+tl_wpack *tl_wpack_new(void) { return tl_xcalloc(1, sizeof(tl_wpack)); }
+void tl_wpack_free(tl_wpack *w) {
+    if (!w) return;
+    tlq_pack_free(atomic_load(&w->p));
+    free(w);
+}
+uint64_t tl_wpack_bytes(const tl_wpack *w) {
+    const tlq_packed *p = w ? atomic_load(&((tl_wpack *)w)->p) : NULL;
+    return p ? p->bytes : 0;
+}
+
+typedef struct {
+    tlq_packed *p;
+    const void *W;
+} pack_ctx;
+
+static void pack_task(void *vc, int64_t i, int thread_id) {
+    (void)thread_id;
+    pack_ctx *c = vc;
+    tlq_pack_groups(c->p, c->W, i * 16, TL_MIN(c->p->n_groups, i * 16 + 16));
+}
+
+static const tlq_packed *wpack_get(tl_wpack *w, tl_pool *pool, tl_type t, const void *W, int64_t n_in, int64_t n_out) {
+    tlq_packed *p = atomic_load_explicit(&w->p, memory_order_acquire);
+    if (p) return p;
+    pthread_mutex_lock(&pack_mu);
+    p = atomic_load_explicit(&w->p, memory_order_relaxed);
+    if (!p && !w->failed) {
+        p = tlq_pack_alloc(t, n_in, n_out);
+        if (p) {
+            pack_ctx pc = {p, W};
+            run(pool, (p->n_groups + 15) / 16, pack_task, &pc);
+            atomic_store_explicit(&w->p, p, memory_order_release);
+        } else {
+            w->failed = true;
+        }
+    }
+    pthread_mutex_unlock(&pack_mu);
+    return p;
+}
+
+#define PK_MAX_JOBS 8
+#define PK_X_BLOCK 64 /* activation rows per task: their kernel rows stay in L2 beside a group */
+
+void tl_wpack_make(tl_wpack *w, struct tl_pool *pool, tl_type t, const void *W, int64_t n_in, int64_t n_out) {
+    if (w && n_out > 0 && tlq_gemm_kernel(t)) wpack_get(w, pool, t, W, n_in, n_out);
+}
+
+typedef struct {
+    int n_jobs;
+    const tlq_packed *p[PK_MAX_JOBS];
+    tlq_gemm_fn gemm[PK_MAX_JOBS];
+    float *Y[PK_MAX_JOBS];
+    int64_t ldy[PK_MAX_JOBS];
+    int64_t gpt[PK_MAX_JOBS];     /* groups per task */
+    int64_t task0[PK_MAX_JOBS + 1]; /* first task of each job (tasks of a job: x blocks x group runs) */
+    tl_type qt;                   /* the family's activation blocks: q8_1 or q8_K */
+    tlq_quant_fn quant;
+    bool direct;                  /* AVX-512: the rows straight from floats */
+    const float *X;
+    int64_t n_tok, n_in, x_block, n_xb;
+    uint8_t *xq, *xp;  /* q8 rows, kernel rows */
+    size_t xq_stride, xp_stride;
+} pk_ctx;
+
+static void pk_convert_task(void *vc, int64_t i, int thread_id) {
+    (void)thread_id;
+    pk_ctx *c = vc;
+    const tl_type ft = c->qt == TL_TYPE_Q8_1 ? TL_TYPE_Q4_1 : TL_TYPE_Q4_K; /* a type of the family */
+    for (int64_t t = i * 8; t < TL_MIN(c->n_tok, i * 8 + 8); t++) {
+        uint8_t *xp = c->xp + (size_t)t * c->xp_stride;
+        if (c->direct) {
+            tlq_xp_quantize_avx512(ft, c->X + t * c->n_in, xp, c->n_in);
+            continue;
+        }
+        uint8_t *q = c->xq + (size_t)t * c->xq_stride;
+        c->quant(c->X + t * c->n_in, q, c->n_in);
+        tlq_xp_from_q8(ft, q, xp, c->n_in);
+    }
+}
+
+/* task i: job j (task0[j] <= i < task0[j+1]), then activation block k / n_gtasks, groups of k % n_gtasks */
+static void pk_gemm_task(void *vc, int64_t i, int thread_id) {
+    (void)thread_id;
+    pk_ctx *c = vc;
+    int j = 0;
+    while (i >= c->task0[j + 1]) j++;
+    const tlq_packed *p = c->p[j];
+    const int64_t k = i - c->task0[j], n_gtasks = (p->n_groups + c->gpt[j] - 1) / c->gpt[j];
+    const int64_t xb = k / n_gtasks, gt = k % n_gtasks;
+    const int64_t g0 = gt * c->gpt[j], g1 = TL_MIN(p->n_groups, g0 + c->gpt[j]);
+    const int64_t x0 = xb * c->x_block, nx = TL_MIN(c->n_tok - x0, c->x_block);
+    c->gemm[j](p, g0, g1, c->xp + (size_t)x0 * c->xp_stride, c->xp_stride, nx, c->Y[j] + x0 * c->ldy[j], c->ldy[j]);
+}
+
+/* the activation rows once, then every job's tasks in one pass of the pool */
+static void matmul_packed(tl_pool *pool, pk_ctx *c, const float *X, int64_t n_tok, void *scratch) {
+    const tl_type t0 = c->p[0]->type;
+    const int64_t n_in = c->p[0]->n_in;
+    double macs = 0;
+    for (int j = 0; j < c->n_jobs; j++) macs += (double)c->p[j]->n_out * (double)n_in * (double)n_tok;
+    tl_pool *exec = macs < MIN_PARALLEL_MACS ? NULL : pool;
+    c->qt = tlq_xp_family(t0) == 1 ? TL_TYPE_Q8_1 : TL_TYPE_Q8_K;
+    c->quant = tlq_get_kernels(c->qt == TL_TYPE_Q8_1 ? TL_TYPE_Q4_1 : TL_TYPE_Q4_K).quant_act;
+    c->direct = tl_simd_level_get() == TL_SIMD_AVX512;
+    c->X = X;
+    c->n_tok = n_tok;
+    c->n_in = n_in;
+    c->xp_stride = tlq_xp_row_bytes(t0, n_in);
+    c->xq_stride = tl_row_size(c->qt, n_in);
+    c->xp = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    c->xq = c->xp + (size_t)n_tok * c->xp_stride;
+    const int64_t n_conv = (n_tok + 7) / 8;
+    if (exec && n_tok >= 8) run(exec, n_conv, pk_convert_task, c);
+    else for (int64_t i = 0; i < n_conv; i++) pk_convert_task(c, i, 0);
+
+    const int n_threads = exec ? tl_pool_size(exec) : 1;
+    c->x_block = n_tok <= PK_X_BLOCK ? n_tok : PK_X_BLOCK;
+    c->n_xb = (n_tok + c->x_block - 1) / c->x_block;
+    int64_t groups = 0;
+    for (int j = 0; j < c->n_jobs; j++) groups += c->p[j]->n_groups;
+    /* enough tasks for the dynamic scheduler to balance the threads, each a run of groups */
+    int64_t gpt = TL_MAX((int64_t)1, groups / (int64_t)(8 * n_threads));
+    if (c->n_xb > 1) gpt = TL_MIN(gpt, (int64_t)4);
+    c->task0[0] = 0;
+    for (int j = 0; j < c->n_jobs; j++) {
+        c->gpt[j] = TL_MIN(gpt, c->p[j]->n_groups);
+        c->task0[j + 1] = c->task0[j] + c->n_xb * ((c->p[j]->n_groups + c->gpt[j] - 1) / c->gpt[j]);
+    }
+    run(exec, c->task0[c->n_jobs], pk_gemm_task, c);
+}
+
+void tl_matmul_w_multi(struct tl_pool *pool, const tl_mm_job *jobs, int n_jobs, int64_t n_in, const float *X,
+                       int64_t n_tok, void *scratch, unsigned flags) {
+    if (n_tok <= 0) return;
+    pk_ctx c = {0};
+    bool packed = n_jobs <= PK_MAX_JOBS && (n_tok < MIN_TOK_DEQUANT_GEMM || (flags & TL_MM_Q8));
+    for (int j = 0; j < n_jobs && packed; j++) {
+        const tl_mm_job *q = &jobs[j];
+        tlq_gemm_fn gemm = q->pack ? tlq_gemm_kernel(q->type) : NULL;
+        const tlq_packed *p = gemm && q->n_out > 0 ? wpack_get(q->pack, pool, q->type, q->W, n_in, q->n_out) : NULL;
+        packed = p && tlq_xp_family(q->type) == tlq_xp_family(jobs[0].type);
+        c.p[j] = p, c.gemm[j] = gemm, c.Y[j] = q->Y, c.ldy[j] = q->ldy;
+    }
+    if (!packed) {
+        for (int j = 0; j < n_jobs; j++) {
+            const tl_mm_job *q = &jobs[j];
+            tl_matmul_w(pool, q->pack, q->type, q->W, n_in, q->n_out, X, n_tok, q->Y, q->ldy, scratch, flags);
+        }
+        return;
+    }
+    c.n_jobs = n_jobs;
+    void *owned = scratch ? NULL : tl_xmalloc(tl_matmul_scratch_size(jobs[0].type, n_in, n_tok));
+    matmul_packed(pool, &c, X, n_tok, scratch ? scratch : owned);
+    free(owned);
+}
+
+void tl_matmul_w(struct tl_pool *pool, tl_wpack *pack, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
+                 const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch, unsigned flags) {
+    const tlq_packed *p = NULL;
+    tlq_gemm_fn gemm = pack ? tlq_gemm_kernel(wt) : NULL;
+    if (gemm && n_tok > 0 && n_out > 0) p = wpack_get(pack, pool, wt, W, n_in, n_out);
+    if (p && (n_tok < MIN_TOK_DEQUANT_GEMM || (flags & TL_MM_Q8))) {
+        pk_ctx c = {.n_jobs = 1, .p = {p}, .gemm = {gemm}, .Y = {Y}, .ldy = {ldy}};
+        void *owned = scratch ? NULL : tl_xmalloc(tl_matmul_scratch_size(wt, n_in, n_tok));
+        matmul_packed(pool, &c, X, n_tok, scratch ? scratch : owned);
+        free(owned);
+        return;
+    }
+    matmul_impl(pool, wt, W, p, n_in, n_out, X, n_tok, Y, ldy, scratch);
+}
+
+int64_t tl_matmul_rounded_rows_w(tl_type wt, bool has_pack, unsigned flags) {
+    if (has_pack && (flags & TL_MM_Q8) && tlq_gemm_kernel(wt)) return INT64_MAX;
+    return tl_matmul_rounded_rows(wt);
 }

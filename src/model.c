@@ -259,6 +259,15 @@ static const float *get_vec(tl_model *m, const char *name, int64_t n, bool requi
     return f;
 }
 
+/* A slot for the matrix's repacked copy where the CPU kernels have one for its type. */
+static tl_wpack *new_pack(tl_model *m, tl_type t, int64_t n_in) {
+    if (!tl_wpack_wanted(t, n_in)) return NULL;
+    tl_wpack *p = tl_wpack_new();
+    m->packs = tl_xrealloc(m->packs, sizeof(tl_wpack *) * (size_t)(m->n_packs + 1));
+    m->packs[m->n_packs++] = p;
+    return p;
+}
+
 static tl_mat get_mat(tl_model *m, const char *name, int64_t n_in, int64_t n_out, bool required, tl_error *err,
                       int *failed) {
     tl_mat r = {0};
@@ -269,15 +278,18 @@ static tl_mat get_mat(tl_model *m, const char *name, int64_t n_in, int64_t n_out
     r.n_in = n_in;
     r.n_out = n_out;
     r.name = t->name;
+    r.pack = new_pack(m, r.type, n_in);
     m->weight_bytes += t->nbytes;
     return r;
 }
 
-/* Rows [r0, r0 + n) of a matrix, as a matrix (phi3's fused tensors; no copy). */
-static tl_mat mat_rows(const tl_mat *whole, int64_t r0, int64_t n) {
+/* Rows [r0, r0 + n) of a matrix, as a matrix (phi3's fused tensors; no copy of the weights;
+ * its own pack slot). */
+static tl_mat mat_rows(tl_model *m, const tl_mat *whole, int64_t r0, int64_t n) {
     tl_mat r = *whole;
     r.data = (const uint8_t *)whole->data + (size_t)r0 * tl_row_size(whole->type, whole->n_in);
     r.n_out = n;
+    r.pack = new_pack(m, r.type, r.n_in);
     return r;
 }
 
@@ -311,9 +323,9 @@ static int bind_weights(tl_model *m, tl_error *err) {
         if (!failed && ai->layout.fused) {
             const tl_mat qkv = get_mat(m, NM("attn_qkv.weight"), c->n_embd, qdim + kdim + vdim, true, err, &failed);
             if (!failed) {
-                L->wq = mat_rows(&qkv, 0, qdim);
-                L->wk = mat_rows(&qkv, qdim, kdim);
-                L->wv = mat_rows(&qkv, qdim + kdim, vdim);
+                L->wq = mat_rows(m, &qkv, 0, qdim);
+                L->wk = mat_rows(m, &qkv, qdim, kdim);
+                L->wv = mat_rows(m, &qkv, qdim + kdim, vdim);
             }
         } else if (!failed) {
             L->wq = get_mat(m, NM("attn_q.weight"), c->n_embd, qdim, true, err, &failed);
@@ -324,8 +336,8 @@ static int bind_weights(tl_model *m, tl_error *err) {
         if (!failed && ai->layout.fused) {
             const tl_mat gate_up = get_mat(m, NM("ffn_up.weight"), c->n_embd, 2 * (int64_t)c->n_ff, true, err, &failed);
             if (!failed) {
-                L->w_gate = mat_rows(&gate_up, 0, c->n_ff);
-                L->w_up = mat_rows(&gate_up, c->n_ff, c->n_ff);
+                L->w_gate = mat_rows(m, &gate_up, 0, c->n_ff);
+                L->w_up = mat_rows(m, &gate_up, c->n_ff, c->n_ff);
             }
         } else if (!failed) {
             L->w_gate = get_mat(m, NM("ffn_gate.weight"), c->n_embd, c->n_ff, true, err, &failed);
@@ -386,11 +398,24 @@ fail:
     return NULL;
 }
 
+static void pack_mat(const tl_mat *w, struct tl_pool *pool) { tl_wpack_make(w->pack, pool, w->type, w->data, w->n_in, w->n_out); }
+
+void tl_model_pack(const tl_model *m, struct tl_pool *pool) {
+    for (int il = 0; il < m->cfg.n_layer; il++) {
+        const tl_layer_weights *L = &m->w.layers[il];
+        const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) pack_mat(mats[i], pool);
+    }
+    pack_mat(&m->w.output, pool);
+}
+
 void tl_model_free(tl_model *m) {
     if (!m) return;
     if (m->dev_weights) m->dev_weights_free(m->dev_weights);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    for (int i = 0; i < m->n_packs; i++) tl_wpack_free(m->packs[i]);
+    free(m->packs);
     tl_tokenizer_free(m->tok);
     tl_gguf_close(m->gguf);
     free(m);

@@ -54,6 +54,7 @@ typedef struct {
     tl_type type;
     int64_t n_in, n_out;
     const char *name;
+    tl_wpack *pack; /* the CPU kernels' repacked copy, made on first use (quants.h); NULL: none */
 } tl_mat;
 
 typedef struct {
@@ -89,6 +90,8 @@ struct tl_model {
      * model's sessions; tl_model_free releases it with the backend's dev_weights_free */
     void *dev_weights;
     void (*dev_weights_free)(void *dev_weights);
+    tl_wpack **packs; /* every tl_mat's pack slot (freed with the model) */
+    int n_packs;
 };
 
 /* The tensors an architecture's files hold besides llama's (the loader requires them; synth
@@ -102,6 +105,11 @@ typedef struct {
 
 /* 0 and the layout of a supported architecture (general.architecture), else -1. */
 int tl_arch_layout_of(const char *arch, tl_arch_layout *out);
+
+/* The CPU kernels' packed copies of every weight matrix (tl_wpack), made now with the pool's
+ * threads rather than by the first forward pass (a CPU session or batch calls it; a second
+ * call finds them made). */
+void tl_model_pack(const tl_model *m, struct tl_pool *pool);
 
 /* LongRoPE's factor on cos/sin for a model extended from n_ctx_orig to n_ctx tokens,
  * sqrt(1 + ln(n_ctx / n_ctx_orig) / ln(n_ctx_orig)) (Phi-3's converter; 1 when not extended). */

@@ -85,6 +85,49 @@ size_t tl_matmul_scratch_size(tl_type wt, int64_t n_in, int64_t n_tok);
 void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
                const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch);
 
+/* A weight matrix's copy in the integer GEMM kernels' x16 form (src/qpack.h: q4_0, q4_1, q8_0,
+ * q4_K, q6_K), made on the first tl_matmul_w that runs it on a SIMD CPU (the pool's threads
+ * pack it; a mutex makes concurrent first calls pack once). The model owns one slot per matrix
+ * whose type has the form (tl_wpack_wanted). */
+typedef struct tl_wpack tl_wpack;
+bool tl_wpack_wanted(tl_type t, int64_t n_in);
+tl_wpack *tl_wpack_new(void);
+void tl_wpack_free(tl_wpack *p);
+uint64_t tl_wpack_bytes(const tl_wpack *p); /* bytes of the packed copy (0 until made) */
+/* Make the copy now (the pool's threads pack it) where this CPU's kernels use it; nothing when
+ * it exists or the SIMD level is scalar. */
+void tl_wpack_make(tl_wpack *p, struct tl_pool *pool, tl_type t, const void *W, int64_t n_in, int64_t n_out);
+
+/* tl_matmul_w's flags. TL_MM_Q8: round the activations to q8 and run the integer kernels for
+ * any number of rows (types with an x16 form), as for decode rows; without it, 32 rows or more
+ * take the f32 tiles (weights widened, activations as they are), as tl_matmul does. */
+enum { TL_MM_Q8 = 1 };
+
+/* tl_matmul for a matrix with a pack slot (NULL: tl_matmul exactly). Below 32 rows, or with
+ * TL_MM_Q8, types with an x16 form run the x16 kernels: each 64-byte piece of 16 weight rows is
+ * unpacked once for every activation row of the call, and each row's result does not depend
+ * on the other rows of the call (nor on the SIMD level: the scalar, AVX2 and AVX-512 kernels
+ * give the same bits). `scratch` must hold tl_matmul_scratch_size(wt, n_in, n_tok) bytes. */
+void tl_matmul_w(struct tl_pool *pool, tl_wpack *pack, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
+                 const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch, unsigned flags);
+/* Several matrices over the same rows X of n_in values: tl_matmul_w for each, except that where
+ * all of them run the x16 kernels of one activation layout (q4_0 / q4_1 / q8_0, or q4_K / q6_K)
+ * the rows are rounded once and every matrix's tasks share one pass of the pool (the same
+ * results). scratch: the largest tl_matmul_scratch_size of the jobs. At most 8 jobs share. */
+typedef struct {
+    tl_wpack *pack;
+    tl_type type;
+    const void *W;
+    int64_t n_out;
+    float *Y;
+    int64_t ldy;
+} tl_mm_job;
+void tl_matmul_w_multi(struct tl_pool *pool, const tl_mm_job *jobs, int n_jobs, int64_t n_in, const float *X,
+                       int64_t n_tok, void *scratch, unsigned flags);
+/* tl_matmul_rounded_rows for tl_matmul_w with these flags (INT64_MAX for an x16 type under
+ * TL_MM_Q8, and for a matrix without a pack slot pass has_pack false). */
+int64_t tl_matmul_rounded_rows_w(tl_type wt, bool has_pack, unsigned flags);
+
 /* The most rows for which tl_matmul rounds the activations to the weight type's dot format
  * (the integer kernels' q8 blocks); a call with more rows multiplies in f32. 0 when it never
  * rounds (float weights), INT64_MAX when it always does (no AVX2 kernel). Rows are independent

@@ -62,7 +62,8 @@ void tl_session_rope_cs(const tl_session *s, int pos, int b, float *cs) {
 }
 
 static void matmul(tl_session *s, const tl_mat *w, const float *x, int n_tok, float *y) {
-    tl_matmul(s->pool, w->type, w->data, w->n_in, w->n_out, x, n_tok, y, w->n_out, s->act.mm_scratch);
+    tl_matmul_w(s->pool, w->pack, w->type, w->data, w->n_in, w->n_out, x, n_tok, y, w->n_out, s->act.mm_scratch,
+                s->mm_flags);
 }
 
 void tl_add_bias(float *y, const float *b, int n_tok, int dim) {
@@ -70,6 +71,8 @@ void tl_add_bias(float *y, const float *b, int n_tok, int dim) {
     for (int t = 0; t < n_tok; t++)
         for (int i = 0; i < dim; i++) y[(size_t)t * dim + i] += b[i];
 }
+
+static void query_post(tl_session *s, int il, float *q, int n, int pos0, const float *rope);
 
 /* One chunk of n tokens at positions n_past.. ; logits: NULL, last row only, or all rows. */
 static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err) {
@@ -98,9 +101,11 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
         const int base = c->layer_swa[il] ? 1 : 0;
         tl_rmsnorm_rows(vo, a->x, a->xn, L->attn_norm, n, E, c->norm_eps);
         if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_ATTN_IN, a->xn, n, E);
-        tl_session_query(s, il, a->xn, n, s->n_past, a->q);
-        matmul(s, &L->wk, a->xn, n, a->k);
-        matmul(s, &L->wv, a->xn, n, a->v);
+        const tl_mm_job qkv[3] = {{L->wq.pack, L->wq.type, L->wq.data, L->wq.n_out, a->q, L->wq.n_out},
+                                  {L->wk.pack, L->wk.type, L->wk.data, L->wk.n_out, a->k, L->wk.n_out},
+                                  {L->wv.pack, L->wv.type, L->wv.data, L->wv.n_out, a->v, L->wv.n_out}};
+        tl_matmul_w_multi(s->pool, qkv, 3, E, a->xn, n, a->mm_scratch, s->mm_flags);
+        query_post(s, il, a->q, n, s->n_past, a->rope);
         tl_add_bias(a->k, L->bk, n, kdim);
         tl_add_bias(a->v, L->bv, n, vdim);
         if (L->k_norm) tl_rmsnorm_rows(vo, a->k, a->k, L->k_norm, n * c->n_head_kv, c->head_dim_k, c->norm_eps);
@@ -123,8 +128,9 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
 
         tl_rmsnorm_rows(vo, a->x, a->xn, L->ffn_norm, n, E, c->norm_eps);
         if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_FFN_IN, a->xn, n, E);
-        matmul(s, &L->w_gate, a->xn, n, a->gate);
-        matmul(s, &L->w_up, a->xn, n, a->up);
+        const tl_mm_job ffn[2] = {{L->w_gate.pack, L->w_gate.type, L->w_gate.data, c->n_ff, a->gate, c->n_ff},
+                                  {L->w_up.pack, L->w_up.type, L->w_up.data, c->n_ff, a->up, c->n_ff}};
+        tl_matmul_w_multi(s->pool, ffn, 2, E, a->xn, n, a->mm_scratch, s->mm_flags);
         if (c->gelu_ffn) vo->geglu(a->gate, a->gate, a->up, n * c->n_ff);
         else vo->swiglu(a->gate, a->gate, a->up, n * c->n_ff);
         if (s->observer) s->observer(s->observer_ctx, il, TL_ACT_FFN_MID, a->gate, n, c->n_ff);
@@ -137,8 +143,8 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
     if (logits) {
         const int first = all_logits ? 0 : n - 1, rows = n - first;
         tl_rmsnorm_rows(vo, a->x + (size_t)first * E, a->xn, w->output_norm, rows, E, c->norm_eps);
-        tl_matmul(s->pool, w->output.type, w->output.data, E, c->n_vocab, a->xn, rows, logits, c->n_vocab,
-                  a->mm_scratch);
+        tl_matmul_w(s->pool, w->output.pack, w->output.type, w->output.data, E, c->n_vocab, a->xn, rows, logits,
+                    c->n_vocab, a->mm_scratch, s->mm_flags);
         tl_softcap(logits, rows * c->n_vocab, c->final_softcap);
     }
     return 0;
@@ -344,6 +350,7 @@ static int cpu_init(tl_session *s, const tl_kv_layer_policy *policies, bool kv_o
     const tl_config *c = &s->model->cfg;
     if (c->n_rot / 2 > 512) return tl_fail(err, "rope dimension %d too large", c->n_rot);
     s->vo = tl_vec_get();
+    if (s->pool) tl_model_pack(s->model, s->pool); /* the kernels' copies of the weights, before the first chunk is timed (a batch's sequences: the batch packs) */
     init_rope(s);
     tl_kv_layer_policy *eff = tl_xmalloc(sizeof *eff * (size_t)c->n_layer);
     for (int il = 0; il < c->n_layer; il++) {
@@ -391,20 +398,28 @@ static void cpu_free(tl_session *s) {
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tl_afree(bufs[i]);
 }
 
-void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, float *q) {
+/* Wq's bias, q-norm and RoPE on n rows of queries at positions pos0..; rope: the rows' cos/sin
+ * (the forward pass's table, both bases per row) or NULL (computed here, the same values). */
+static void query_post(tl_session *s, int il, float *q, int n, int pos0, const float *rope) {
     const tl_config *c = &s->model->cfg;
     const int qdim = c->n_head * c->head_dim_k, half = c->n_rot / 2, base = c->layer_swa[il] ? 1 : 0;
     const tl_layer_weights *L = &s->model->w.layers[il];
-    tl_matmul(s->pool, L->wq.type, L->wq.data, L->wq.n_in, L->wq.n_out, xn, n, q, L->wq.n_out,
-              n <= s->chunk ? s->act.mm_scratch : NULL);
     tl_add_bias(q, L->bq, n, qdim);
     if (L->q_norm) tl_rmsnorm_rows(s->vo, q, q, L->q_norm, n * c->n_head, c->head_dim_k, c->norm_eps);
-    float *cs = tl_xmalloc(sizeof(float) * (size_t)half * 2);
+    float *cs = rope ? NULL : tl_xmalloc(sizeof(float) * (size_t)half * 2);
     for (int t = 0; t < n; t++) {
-        tl_session_rope_cs(s, pos0 + t, base, cs);
-        for (int h = 0; h < c->n_head; h++) tl_rope_head(q + (size_t)t * qdim + (size_t)h * c->head_dim_k, cs, c->n_rot, c->rope_style);
+        const float *r = rope ? rope + ((size_t)t * 2 + base) * half * 2 : cs;
+        if (!rope) tl_session_rope_cs(s, pos0 + t, base, cs);
+        for (int h = 0; h < c->n_head; h++) tl_rope_head(q + (size_t)t * qdim + (size_t)h * c->head_dim_k, r, c->n_rot, c->rope_style);
     }
     free(cs);
+}
+
+void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, float *q) {
+    const tl_layer_weights *L = &s->model->w.layers[il];
+    tl_matmul_w(s->pool, L->wq.pack, L->wq.type, L->wq.data, L->wq.n_in, L->wq.n_out, xn, n, q, L->wq.n_out,
+                n <= s->chunk ? s->act.mm_scratch : NULL, s->mm_flags);
+    query_post(s, il, q, n, pos0, NULL);
 }
 
 void tl_session_memory(const tl_session *s, tl_session_mem *out) {
@@ -491,7 +506,9 @@ tl_session *tl_session_new(tl_model *m, const tl_session_params *p, tl_error *er
     const tl_backend_ops *be = tl_backend_find(p->device, err);
     if (!be) return NULL;
     if (p->gpu_mem_budget && be->check_budget && be->check_budget(m, p, policies, p->gpu_mem_budget, err)) return NULL;
-    return session_make(m, be, p->n_ctx, p->n_threads, p->chunk, policies, false, p, err);
+    tl_session *s = session_make(m, be, p->n_ctx, p->n_threads, p->chunk, policies, false, p, err);
+    if (s && p->prefill_q8) s->mm_flags = TL_MM_Q8;
+    return s;
 }
 
 static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }

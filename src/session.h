@@ -58,6 +58,7 @@ struct tl_session {
     void *observer_ctx;
     float *q_pred;             /* [chunk][n_head*head_dim_k] when a store predicts queries */
     bool keys_checked;         /* the per-token key warning (tl_session_check_keys) has had its look */
+    unsigned mm_flags;         /* tl_matmul_w's flags (TL_MM_Q8 with prefill_q8) */
 };
 
 /* tl_session_new and the public calls on a session (tl_session_eval, tl_session_memory, ...):

@@ -10,12 +10,14 @@
  * every logit bit for bit. With the SIMD kernels the row count can pick another kernel, which
  * sums in another order: float weights (one-row dot vs the f32 tile) agree within 1e-4 of the
  * row's largest logit (1e-2 under quantized KV, whose codes can flip at a rounding boundary).
- * Quantized weights below the f32 threshold run one-row kernels for every row on AVX-512 VNNI
- * (q4_0/q4_1/q5_0/q5_1 xa, the K-quants) or kernels summing alike (q8_0): bit for bit there
- * (SmolLM2, Gemma-3), which is checked there; on AVX2-only machines their 4-row kernels sum
- * in another order, and every layer's input being rounded to 8 bits turns that into flipped
- * codes, so the bound is a KL divergence of 0.05 per row (measured before the kernels were
- * aligned: 0.005 to 0.027; without the per-regime matmul calls up to 0.12). Then the refusals. */
+ * Quantized weights below the f32 threshold: q4_0, q4_1, q8_0, q4_K and q6_K run the x16
+ * kernels (src/qpack.h), which give every row the same bits whatever else is in the call, on
+ * AVX2 and AVX-512 alike; q5_0/q5_1 the one-row xa kernels on AVX-512 VNNI. So a model whose
+ * matrices all have x16 kernels (SmolLM2, Gemma-3) is checked bit for bit on any SIMD CPU, and
+ * the others on AVX-512 VNNI; elsewhere (q5 weights on AVX2: their 4-row kernels sum in another
+ * order, and every layer's input being rounded to 8 bits turns that into flipped codes) the
+ * bound is a KL divergence of 0.05 per row (measured before the kernels were aligned: 0.005
+ * to 0.027; without the per-regime matmul calls up to 0.12). Then the refusals. */
 #include "../src/batch.h"
 #include "../src/kv/policy.h"
 #include "../src/kv/tailor_plan.h"
@@ -84,7 +86,14 @@ static void check_model(const char *path, bool exact) {
     /* the quantized stores need head dimensions in multiples of 32 */
     /* do the weights take the q8 activation path (a quantized type with its integer kernels)? */
     const bool q8 = !exact && tl_matmul_rounded_rows(m->w.layers[0].w_down.type) > 0;
-    const bool vnni = tlq_get_kernels(TL_TYPE_Q4_1).avx512; /* the AVX-512 VNNI kernels are in use */
+    bool vnni = tlq_get_kernels(TL_TYPE_Q4_1).avx512; /* the AVX-512 VNNI kernels are in use */
+    bool all_x16 = m->w.output.pack != NULL; /* every matrix runs the x16 kernels below 32 rows */
+    for (int il = 0; il < m->cfg.n_layer; il++) {
+        const tl_layer_weights *L = &m->w.layers[il];
+        const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int k = 0; k < 7; k++) all_x16 &= mats[k]->pack != NULL;
+    }
+    vnni |= all_x16;
     const bool quant = m->cfg.head_dim_k % 32 == 0 && m->cfg.head_dim_v % 32 == 0;
     const char *specs[NSEQ] = {"f16", quant ? "k8v8" : "f32", quant ? tailor : "bf16", quant ? "k4v2:kivi:g32:r16" : "f16"};
 

@@ -473,6 +473,8 @@ int main(void) {
     }
     expect_cli("generate -m /nonexistent/model.gguf", 1, "/nonexistent/model.gguf");
     expect_cli("frobnicate", 2, "unknown command 'frobnicate'");
+    expect_cli("generate -m /nonexistent/model.gguf --prefill q4", 2, "--prefill: 'q4' is not q8 or f32");
+    expect_cli("serve -m /nonexistent/model.gguf --prefill", 2, "--prefill needs a value");
     snprintf(args, sizeof args, "perplexity -m %s -f /nonexistent.txt", stories);
     expect_cli(args, 1, "/nonexistent.txt");
     /* a truncated model file through the CLI */

@@ -20,9 +20,16 @@
  * SIMD activation quantizers byte-identical to the references.
  * AVX-512 VNNI kernels (test_avx512, skipped on CPUs without them): within 2e-6 of |w||x|
  * of the scalar reference on real data, and identical on random codes with unit scales and
- * small activations (every partial sum an exact integer). */
+ * small activations (every partial sum an exact integer).
+ * x16 GEMM kernels (test_packed, src/qpack.h; q4_0, q4_1, q8_0, q4_K, q6_K): the packed form
+ * gives every row's bytes back; the scalar, AVX2 and AVX-512 kernels give identical bits, on
+ * real data and on random codes (every code pattern, random scales and activations), for any
+ * number of activation rows in a call (one call over all rows = one call per row); within
+ * 2e-6 of |w||x| of tl_vec_dot_ref; tl_matmul_w through them (decode rows, and TL_MM_Q8 prompt
+ * rows) within check_matmul's bound of the exact f64 product. */
 #include "quants.h"
 #include "quants_internal.h"
+#include "qpack.h"
 #include "common.h"
 #include "threads.h"
 #include "testutil.h"
@@ -679,6 +686,174 @@ static void test_avx512(void) {
     free(w); free(x); free(wq); free(xq); tl_afree(xa);
 }
 
+/* ------------------------------------------------------------------ x16 GEMM kernels */
+static void check_packed(tl_type t, int64_t n_in, int64_t n_out, int64_t n_x, bool raw) {
+    const tl_type vt = tl_type_info(t)->vec_dot_type;
+    const size_t rs = tl_row_size(t, n_in), xrs = tl_row_size(vt, n_in), xps = tlq_xp_row_bytes(t, n_in);
+    uint8_t *W = tl_xmalloc(rs * n_out), *xq = tl_xmalloc(xrs * n_x), *row = tl_xmalloc(rs);
+    uint8_t *xp = tl_amalloc(xps * n_x);
+    float *wf = tl_xmalloc(sizeof(float) * n_in * n_out), *xf = tl_xmalloc(sizeof(float) * n_in * n_x);
+    if (raw) { /* every code pattern, scales of both signs */
+        for (int64_t o = 0; o < n_out; o++) random_blocks(t, W + o * rs, n_in, (o % 3 - 1) * 0.03f, 0.01f * (o % 5));
+        for (int64_t i = 0; i < n_x; i++) small_acts(vt, xq + i * xrs, n_in, 127);
+    } else {
+        fill_normal(wf, n_in * n_out, true);
+        fill_normal(xf, n_in * n_x, false);
+        for (int64_t o = 0; o < n_out; o++) tl_quantize_row(t, wf + o * n_in, W + o * rs, n_in);
+        for (int64_t i = 0; i < n_x; i++) tl_quantize_row(vt, xf + i * n_in, xq + i * xrs, n_in);
+    }
+    for (int64_t i = 0; i < n_x; i++) tlq_xp_from_q8(t, xq + i * xrs, xp + i * xps, n_in);
+    tlq_packed *p = tlq_pack_alloc(t, n_in, n_out);
+    CHECK(p != NULL);
+    if (!p) return;
+    tlq_pack_groups(p, W, 0, p->n_groups);
+    int bad_rows = 0;
+    for (int64_t o = 0; o < n_out; o++) {
+        tlq_pack_get_row(p, o, row);
+        bad_rows += memcmp(row, W + o * rs, rs) != 0;
+    }
+    CHECKF(bad_rows == 0, "x16 %s: %d rows not given back by tlq_pack_get_row", tl_type_name(t), bad_rows);
+
+    const int64_t ldy = n_out + 1;
+    tl_cpu_features f = tl_cpu_detect();
+    const bool has2 = f.avx2 && f.fma && f.f16c;
+    const bool has512 = has2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+    struct { const char *name; tlq_gemm_fn fn; bool ok; } ks[] = {
+        {"scalar", tlq_gemm_ref, true}, {"avx2", tlq_gemm_avx2, has2}, {"avx512", tlq_gemm_avx512, has512}};
+    float *Y[3], *Y1 = tl_xmalloc(sizeof(float) * n_x * ldy);
+    for (int k = 0; k < 3; k++) {
+        Y[k] = tl_xmalloc(sizeof(float) * n_x * ldy);
+        for (int64_t i = 0; i < n_x * ldy; i++) Y[k][i] = NAN;
+        if (!ks[k].ok) continue;
+        ks[k].fn(p, 0, p->n_groups, xp, xps, n_x, Y[k], ldy);
+        CHECKF(memcmp(Y[k], Y[0], sizeof(float) * n_x * ldy) == 0 || k == 0, "x16 %s %s: bits differ from the scalar kernel",
+               tl_type_name(t), ks[k].name);
+        /* each row alone, groups in two calls: the same bits */
+        for (int64_t i = 0; i < n_x * ldy; i++) Y1[i] = NAN;
+        const int64_t gh = p->n_groups / 2;
+        for (int64_t i = 0; i < n_x; i++) {
+            ks[k].fn(p, 0, gh, xp + i * xps, xps, 1, Y1 + i * ldy, ldy);
+            ks[k].fn(p, gh, p->n_groups, xp + i * xps, xps, 1, Y1 + i * ldy, ldy);
+        }
+        CHECKF(memcmp(Y1, Y[k], sizeof(float) * n_x * ldy) == 0, "x16 %s %s: one row per call differs from %lld rows",
+               tl_type_name(t), ks[k].name, (long long)n_x);
+    }
+    double worst = 0;
+    int pad = 0;
+    for (int64_t i = 0; i < n_x; i++) {
+        pad += !isnan(Y[0][i * ldy + n_out]);
+        for (int64_t o = 0; o < n_out; o++) {
+            const double ref = tl_vec_dot_ref(t, n_in, W + o * rs, xq + i * xrs);
+            double nw = 0, nx = 0;
+            tl_dequantize_row(t, W + o * rs, wf, n_in);
+            tl_dequantize_row(vt, xq + i * xrs, xf, n_in);
+            for (int64_t j = 0; j < n_in; j++) nw += (double)wf[j] * wf[j], nx += (double)xf[j] * xf[j];
+            const double e = fabs(Y[0][i * ldy + o] - ref) / (sqrt(nw * nx) + 1e-30);
+            if (!(e <= worst)) worst = e;
+        }
+    }
+    CHECKF(worst < 2e-6 && pad == 0, "x16 %s %lldx%lld, %lld rows%s: %g of |w||x| from tl_vec_dot_ref, %d pad writes",
+           tl_type_name(t), (long long)n_in, (long long)n_out, (long long)n_x, raw ? " (raw codes)" : "", worst, pad);
+    tlq_pack_free(p);
+    for (int k = 0; k < 3; k++) free(Y[k]);
+    free(Y1), free(W), free(xq), free(row), free(wf), free(xf);
+    tl_afree(xp);
+}
+
+/* tl_matmul_w over a pack slot: decode rows, and prompt rows with TL_MM_Q8, against f64 */
+static void check_matmul_w(tl_pool *pool, tl_type t, int64_t n_in, int64_t n_out, int64_t n_tok, unsigned flags) {
+    const size_t rs = tl_row_size(t, n_in);
+    float *Wf = tl_xmalloc(sizeof(float) * n_out * n_in), *X = tl_xmalloc(sizeof(float) * n_tok * n_in);
+    uint8_t *W = tl_xmalloc(n_out * rs);
+    const int64_t ldy = n_out + 3;
+    float *Y = tl_xmalloc(sizeof(float) * n_tok * ldy), *Y2 = tl_xmalloc(sizeof(float) * n_tok * ldy);
+    float *row = tl_xmalloc(sizeof(float) * n_in);
+    fill_normal(Wf, n_out * n_in, false);
+    fill_normal(X, n_tok * n_in, false);
+    for (int64_t o = 0; o < n_out; o++) tl_quantize_row(t, Wf + o * n_in, W + o * rs, n_in);
+    for (int64_t i = 0; i < n_tok * ldy; i++) Y[i] = Y2[i] = NAN;
+    tl_wpack *pk = tl_wpack_new();
+    tl_matmul_w(pool, pk, t, W, n_in, n_out, X, n_tok, Y, ldy, NULL, flags);
+    CHECKF(tl_wpack_bytes(pk) > 0 || !tlq_gemm_kernel(t), "%s: no packed copy made", tl_type_name(t));
+    /* row by row: the same bits (a sequence's rows do not depend on what shares the call) */
+    for (int64_t tk = 0; tk < n_tok; tk++)
+        tl_matmul_w(pool, pk, t, W, n_in, n_out, X + tk * n_in, 1, Y2 + tk * ldy, ldy, NULL, flags);
+    CHECKF(memcmp(Y, Y2, sizeof(float) * n_tok * ldy) == 0 || !(flags & TL_MM_Q8 || n_tok < 32),
+           "tl_matmul_w %s: %lld rows at once differ from one at a time", tl_type_name(t), (long long)n_tok);
+    double worst = 0;
+    for (int64_t o = 0; o < n_out; o++) {
+        tl_get_row(t, W, n_in, o, row);
+        for (int64_t tk = 0; tk < n_tok; tk++) {
+            double exact = 0, nw = 0, nx = 0;
+            for (int64_t i = 0; i < n_in; i++) {
+                exact += (double)row[i] * X[tk * n_in + i];
+                nw += (double)row[i] * row[i];
+                nx += (double)X[tk * n_in + i] * X[tk * n_in + i];
+            }
+            const double e = fabs(Y[tk * ldy + o] - exact) / sqrt(nw * nx);
+            if (!(e <= worst)) worst = e;
+        }
+    }
+    CHECKF(worst < 0.012, "tl_matmul_w %s %lldx%lld tok %lld flags %u: err %g", tl_type_name(t), (long long)n_in,
+           (long long)n_out, (long long)n_tok, flags, worst);
+    tl_wpack_free(pk);
+    free(Wf), free(X), free(W), free(Y), free(Y2), free(row);
+}
+
+/* the AVX-512 row builder straight from floats: the bytes of the reference quantizer's blocks */
+static void check_xp_quantize(void) {
+    tl_cpu_features f = tl_cpu_detect();
+    if (!(f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni)) return;
+    const int64_t n = 1024;
+    float *x = tl_xmalloc(sizeof(float) * n);
+    uint8_t *q = tl_xmalloc(tl_row_size(TL_TYPE_Q8_1, n) + tl_row_size(TL_TYPE_Q8_K, n));
+    const size_t xs = TL_MAX(tlq_xp_row_bytes(TL_TYPE_Q4_1, n), tlq_xp_row_bytes(TL_TYPE_Q4_K, n));
+    uint8_t *a = tl_amalloc(xs), *b = tl_amalloc(xs);
+    int bad = 0;
+    for (int trial = 0; trial < 8; trial++) {
+        fill_normal(x, n, trial & 1);
+        if (trial == 2) for (int64_t i = 0; i < n; i++) x[i] = (float)(i % 32) + 0.5f - 16; /* ties at .5 */
+        if (trial == 3) for (int64_t i = 0; i < n; i++) x[i] = i % 32 == 31 ? 127.0f : (float)(i % 127) - 63.5f;
+        if (trial == 4) for (int64_t i = 0; i < n; i++) x[i] = i < 300 ? 0.0f : x[i] * 1e-6f; /* zero blocks, tiny */
+        if (trial == 5) for (int64_t i = 0; i < n; i++) x[i] = (i % 7 == 0 ? -1.0f : 1.0f) * 3e4f; /* s overflows fp16 */
+        const tl_type fams[2][2] = {{TL_TYPE_Q4_1, TL_TYPE_Q8_1}, {TL_TYPE_Q6_K, TL_TYPE_Q8_K}};
+        for (int k = 0; k < 2; k++) {
+            memset(a, 0, xs), memset(b, 0, xs);
+            tl_quantize_row(fams[k][1], x, q, n);
+            tlq_xp_from_q8(fams[k][0], q, a, n);
+            tlq_xp_quantize_avx512(fams[k][0], x, b, n);
+            bad += memcmp(a, b, tlq_xp_row_bytes(fams[k][0], n)) != 0;
+        }
+    }
+    CHECKF(bad == 0, "x16 activation rows straight from floats: %d of 16 differ from the reference quantizer's", bad);
+    free(x), free(q);
+    tl_afree(a), tl_afree(b);
+}
+
+static void test_packed(void) {
+    check_xp_quantize();
+    const tl_type ts[] = {TL_TYPE_Q4_0, TL_TYPE_Q4_1, TL_TYPE_Q8_0, TL_TYPE_Q4_K, TL_TYPE_Q6_K};
+    tl_pool *pool = tl_pool_new(2);
+    for (int k = 0; k < 5; k++) {
+        const tl_type t = ts[k];
+        const bool kq = tl_type_info(t)->block_size == QKK;
+        const int64_t n_in = kq ? 768 : 224;
+        CHECK(tlq_pack_supported(t, n_in) && !tlq_pack_supported(t, n_in + (kq ? 32 : 16)));
+        const int64_t nx[] = {1, 2, 5, 9, 13, 16, 35};
+        for (int j = 0; j < 7; j++) check_packed(t, n_in, 37, nx[j], false);
+        check_packed(t, n_in, 40, 48, true);
+        check_packed(t, n_in, 16, 3, true);
+        check_packed(t, n_in, 53, 6, true);
+        const int64_t toks[] = {1, 4, 31, 40};
+        for (int j = 0; j < 4; j++) check_matmul_w(pool, t, n_in, 45, toks[j], toks[j] >= 32 ? TL_MM_Q8 : 0);
+        check_matmul_w(pool, t, n_in, 45, 40, 0); /* f32 tiles widened from the packed copy */
+        check_matmul_w(NULL, t, n_in, 45, 3, 0);
+    }
+    CHECK(!tlq_pack_supported(TL_TYPE_Q5_0, 64) && !tlq_pack_supported(TL_TYPE_F16, 64));
+    tl_pool_free(pool);
+    printf("  x16 kernels: scalar / avx2 / avx512 bit for bit over q4_0 q4_1 q8_0 q4_K q6_K\n");
+}
+
 int main(void) {
     test_traits();
     test_known_blocks();
@@ -687,5 +862,6 @@ int main(void) {
     test_dots();
     test_matmul();
     test_avx512();
+    test_packed();
     return tl_test_done();
 }

@@ -13,6 +13,7 @@ void tl_cli_common_init(tl_cli_common *c) {
     c->n_predict = 128;
     c->sp = tl_sampler_default_params();
     tl_cli_cuda_env(&c->cuda);
+    c->prefill = -1;
 }
 
 const char *tl_cli_value(int argc, char **argv, int *i) {
@@ -266,6 +267,13 @@ int tl_cli_common_arg(tl_cli_common *c, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--cuda-opt")) {
         VAL();
         return tl_cli_cuda_opt(v, &c->cuda) ? -1 : 1;
+    } else if (!strcmp(a, "--prefill")) {
+        VAL();
+        if (strcmp(v, "q8") && strcmp(v, "f32")) {
+            fprintf(stderr, "tailor: %s: '%s' is not q8 or f32\n", a, v);
+            return -1;
+        }
+        c->prefill = !strcmp(v, "q8");
     } else {
         return 0;
     }
@@ -295,6 +303,7 @@ tl_session_params tl_cli_session_params(const tl_cli_common *c, const tl_kv_plan
     sp.gpu_mem_budget = c->gpu_mem_budget;
     sp.cuda = c->cuda;
     sp.warn_ctx = true;
+    sp.prefill_q8 = c->prefill == 1;
     return sp;
 }
 

@@ -25,6 +25,8 @@ typedef struct {
     tl_cuda_opts cuda;    /* --cuda-opt LIST (repeatable), over the environment's switches (tl_cli_cuda_env) */
     uint64_t gpu_mem_budget; /* --gpu-mem-budget SIZE (tl_cli_size; 0 = none) */
     uint64_t kv_budget;      /* --kv-budget SIZE (tl_cli_size; 0 = none): serve's KV memory for admitted requests */
+    int prefill;             /* --prefill q8|f32: 1 q8, 0 f32, -1 not given (the command's default: q8 for
+                                generate, bench and serve, f32 where accuracy is measured) */
 } tl_cli_common;
 
 /* Defaults, then the environment's CUDA switches (tl_cli_cuda_env). */

@@ -127,7 +127,9 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
 
 static void help(void) {
     printf("usage: tailor bench -m MODEL [-p 512] [-n 128] [-d 0,4096] [-r 5] [-t THREADS,...] [--kv f16,k8v8,...]\n"
-           "       [--chunk N] [-o md|csv|json|jsonl] [--bw GB/s] [--device cpu|cuda] [--cuda-opt LIST]\n"
+           "       [--chunk N] [-o md|csv|json|jsonl] [--bw GB/s] [--device cpu|cuda] [--cuda-opt LIST] [--prefill q8|f32]\n"
+           "  --prefill q8 (default, as generate and serve): prompt chunks round their activations to q8 for the\n"
+           "  integer kernels; f32: chunks of 32+ tokens widen the weights to f32 (perplexity's default).\n"
            "  pp<N>: prefill N tokens after a cache of -d tokens; tg<N>: decode N tokens one at a time.\n"
            "  Lists are comma-separated. Decode rows add ms/token, bytes read per token (weights + KV)\n"
            "  and that as %% of the memory bandwidth (measured at start, or --bw; on a GPU the card's peak).\n"
@@ -190,6 +192,7 @@ int tl_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "tailor bench: -m MODEL is required\n");
         return 2;
     }
+    if (c.prefill < 0) c.prefill = 1; /* as generate and serve */
     if (kvs.n == 0) kvs.v[kvs.n++] = tl_xstrdup("f16");
     tl_error err = {{0}};
     tl_model *m = tl_model_load(c.model, &err);

@@ -7,9 +7,11 @@
 static void help(void) {
     printf("usage: tailor generate -m MODEL [-p TEXT | -f FILE] [-n N] [-c CTX] [-t THREADS] [--chunk N]\n"
            "       [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
-           "       [--kv SPEC] [--kv-layer OVERRIDES] [--mem] [--ignore-eos] [--show-ids] [--no-bos]\n"
+           "       [--kv SPEC] [--kv-layer OVERRIDES] [--mem] [--ignore-eos] [--show-ids] [--no-bos] [--prefill q8|f32]\n"
            "       [--device cpu|cuda] [--gpu-mem-budget SIZE] [--cuda-opt LIST]\n"
            "  -n -1 generates until an end-of-generation token or the context is full.\n"
+           "  --prefill q8 (default): prompt chunks of quantized weights run the integer kernels over q8-rounded\n"
+           "  activations, as decode does (as tailor serve); f32: chunks of 32+ tokens widen the weights to f32.\n"
            "  --temp 0 is greedy. --show-ids prints the generated token ids to stderr.\n");
     tl_cli_device_help(stdout);
 }
@@ -37,6 +39,7 @@ int tl_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tailor generate: -m MODEL is required\n");
         return 2;
     }
+    if (c.prefill < 0) c.prefill = 1; /* as tailor serve */
     tl_error err = {{0}};
     int rc = 1;
     size_t text_len = 0, n_prompt = 0;

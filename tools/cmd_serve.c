@@ -16,7 +16,7 @@ static void help(void) {
            "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
            "       [--chat-template %s] [--chat-parse-special] [--alias NAME]\n"
            "       [-n MAX_TOKENS] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [-s SEED]\n"
-           "       [--verbose]\n"
+           "       [--prefill q8|f32] [--verbose]\n"
            "  Binds %s:%d by default (--port 0: any free port, printed at start).\n"
            "  P (default %d) slots generate at once, each with its own KV cache of -c tokens under the --kv\n"
            "  policy; each step runs the next token of every generating slot and prompt chunks of the others\n"
@@ -196,6 +196,7 @@ int tl_cmd_serve(int argc, char **argv) {
     sp.sampling = c.sp;
     sp.default_max_tokens = c.n_predict;
     sp.kv_budget = c.kv_budget;
+    if (c.prefill >= 0) sp.prefill_q8 = c.prefill; /* default q8 (tl_server_default_params) */
 
     /* Signals are taken synchronously by this thread (sigwait); every thread started from
      * here on inherits the blocked mask, so none of them is interrupted. */

@@ -21,7 +21,7 @@
  * multiplied with the f32 input.
  *
  * Prefill (several rows) dequantizes a slab of rows to f16 (deq_f16_k, through qval) into a
- * workspace and multiplies with cuBLAS (forward.cu); the embedding rows are read through qval. */
+ * workspace and multiplies with cuBLAS (linear.cu); the embedding rows are read through qval. */
 #include "backend.cuh"
 
 extern "C" {

@@ -119,6 +119,7 @@ typedef struct {
     tl_cuda_opts cuda;       /* cuda: the backend's options */
     uint64_t kv_budget; /* KV bytes the admitted requests may need at once; 0 = no limit */
     int kv_wait_ms;     /* how long a request may wait for KV room before 429 */
+    bool prefill_q8;    /* prompt pieces through the integer kernels (tl_session_params.prefill_q8) */
 } tl_sched_params;
 
 typedef struct {

@@ -593,6 +593,7 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
     sp.device = p->device;
     sp.gpu_mem_budget = p->gpu_mem_budget;
     sp.cuda = p->cuda;
+    sp.prefill_q8 = p->prefill_q8;
     S->n_ctx = tl_model_resolve_n_ctx(m, p->n_ctx);
     /* a step holds a token of every slot and a prompt piece of up to `chunk` rows */
     S->chunk = p->chunk > 0 ? TL_MIN(p->chunk, S->n_ctx) : TL_MIN(512, S->n_ctx);

@@ -23,6 +23,7 @@ tl_server_params tl_server_default_params(void) {
     p.kv_wait_s = 30;
     p.sampling = tl_sampler_default_params();
     p.default_max_tokens = 128;
+    p.prefill_q8 = true;
     return p;
 }
 
@@ -128,7 +129,7 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
     tl_sched_params sp = {.n_parallel = p->n_parallel, .n_queue = p->n_queue, .n_ctx = p->n_ctx,
                           .n_threads = p->n_threads, .chunk = p->chunk, .batch_tokens = p->batch_tokens,
                           .kv = p->kv, .device = p->device, .gpu_mem_budget = p->gpu_mem_budget, .cuda = p->cuda,
-                          .kv_budget = p->kv_budget, .kv_wait_ms = p->kv_wait_s * 1000};
+                          .kv_budget = p->kv_budget, .kv_wait_ms = p->kv_wait_s * 1000, .prefill_q8 = p->prefill_q8};
     if (!(s->sched = tl_sched_new(m, &sp, s->metrics, err))) {
         free_server(s);
         return NULL;
