@@ -39,8 +39,11 @@
 #      (1,16,64) clients (scripts/serve-bench.py, SERVE_PROMPT (256) prompt + 128 generated tokens
 #      each, slots of SERVE_CTX (1024) tokens; SERVE_NOCHECK skips the check); and a
 #      --gpu-mem-budget the slots do not fit must stop the start with the plan
+#  12. (ncu) Nsight Compute: every kernel of a few decode steps timed alone (scripts/ncu-summary.py:
+#      per-kernel time and DRAM bytes per forward pass), then the matvec kernels' SOL / memory /
+#      warp-stall sections, on NCU_MODEL (default the q4_K_M synth of step qweights)
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long dectc decmma real qweights pareto serve), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
+# long dectc decmma real qweights pareto serve ncu), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
 # MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS,
 # TL_CUDA_SAFE (=1: every tailor run on the reference path, --cuda-opt safe), CUDA_OPT (a
 # --cuda-opt list added to every tailor run that takes one).
@@ -344,5 +347,27 @@ if has serve; then
   timeout 120 $T serve -m $SM --device cuda "${CO[@]}" --port 0 -c 131072 --parallel 64 --gpu-mem-budget 8GiB >"$OUT/serve_budget.log" 2>&1
   echo "exit $? (want 1)" | tee -a "$OUT/summary.md"
   tail -2 "$OUT/serve_budget.log" | tee -a "$OUT/summary.md"
+fi
+if has ncu; then
+  # every kernel of a few decode steps timed alone by Nsight Compute (kernels serialized, no
+  # PDL overlap): what each part costs, how the sum compares with the step's wall time (the
+  # gaps between kernels), and the memory throughput of the matvec kernels; NCU_MODEL (default
+  # the q4_K_M synth that qweights made)
+  NM=${NCU_MODEL:-$SHM/llama8b-q4_K_M.gguf}
+  if ! command -v ncu >/dev/null; then echo "ncu: not installed" | tee -a "$OUT/summary.md"
+  elif [ ! -f "$NM" ]; then echo "ncu: no $NM (run qweights first)" | tee -a "$OUT/summary.md"
+  else
+    log "ncu: kernel times of decode steps ($(basename $NM), depth 0)"
+    # -n 3: the prefill of one token and 3 decode steps; skip the first step's launches
+    timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
+      --csv --print-units base $T bench -m $NM --device cuda "${CO[@]}" -p 0 -n 3 -d 0 --kv f16 -r 1 -o md >"$OUT/ncu.csv" 2>"$OUT/ncu.err"
+    echo "ncu exit $?" | tee -a "$OUT/summary.md"
+    python3 scripts/ncu-summary.py "$OUT/ncu.csv" 2>&1 | tee -a "$OUT/summary.md"
+    timeout 200 ncu --clock-control none --kernel-name regex:qmatvec_k --launch-skip 40 --launch-count 4 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+      $T bench -m $NM --device cuda "${CO[@]}" -p 0 -n 2 -d 0 --kv f16 -r 1 -o md >"$OUT/ncu_qmatvec.txt" 2>&1
+    echo "ncu qmatvec exit $?" | tee -a "$OUT/summary.md"
+    grep -E "qmatvec_k|Memory Throughput|DRAM Throughput|Duration|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued" "$OUT/ncu_qmatvec.txt" | head -60 | tee -a "$OUT/summary.md"
+  fi
 fi
 log "done"
