@@ -226,7 +226,7 @@ typedef struct {
     int dec_minb;      /* dec-minb=2|3: decode.cu's head_dim-128 kernels built for 2 or 3 resident
                           blocks per SM; 0 = 3 for per-channel keys, else 2 */
     bool no_tc;        /* no-tc: prefill chunks attend in the general kernel, not prefill_tc.cu */
-    bool no_fuse;      /* no-fuse: the decode GLU activation as its own kernel */
+    bool no_fuse;      /* no-fuse: the decode GLU activation, and quantizing a norm's output, as kernels of their own */
     bool no_pdl;       /* no-pdl: kernels launched without programmatic dependent launch */
     bool widen;        /* widen: GGUF block-format weights widened to f16 at upload (the 16-bit
                           deployment) instead of kept in their format; one format per model */

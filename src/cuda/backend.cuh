@@ -55,6 +55,10 @@ struct tlc_ctx {
     int8_t *xq;           /* quantized-weight products: the input as int8 blocks of 32 ... */
     float2 *xd;           /* ... and (scale, scale * sum) per block (qmatvec.cu) */
     int xq_cap;           /* values xq holds */
+    const float *xq_of;   /* xq/xd already hold this input (set by the caller that quantized it, e.g.
+                           * the fused rmsnorm + quantize, and cleared by it): products of it skip
+                           * quantize-activations. NULL: every product quantizes its own input */
+    bool no_fuse_norm;    /* no-fuse (or safe): rmsnorm and quantize-activations as two kernels */
     void *scratch;        /* attention partials, grown on demand */
     size_t scratch_bytes;
     tlc_crow crow;
@@ -105,7 +109,8 @@ int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err
 
 /* ---- weights in GGUF block formats (qmatvec.cu) ---- */
 extern "C" bool tlc_qtype_has_kernels(int t); /* q8_0 q4_0 q4_1 q5_0 q5_1 q4_K q5_K q6_K w4g128 */
-/* tlc_matvec for wt == WT_Q: quantizes x into cx->xq/xd (n_in <= xq_cap), then the dp4a kernel. */
+/* tlc_matvec for wt == WT_Q: quantizes x into cx->xq/xd (n_in <= xq_cap; skipped when x ==
+ * cx->xq_of), then the dp4a kernel. */
 int tlc_qmatvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
 /* The reference: y = W x, a thread per row, weights dequantized element by element (tests). */
 int tlc_qmatvec_ref(tlc_ctx *cx, int qt, const void *W, int n_in, int n_out, const float *x, float *y, tl_error *err);

@@ -119,6 +119,31 @@ __global__ void rmsnorm_k(const float *x, const float *w, float *out, int dim, f
     }
 }
 
+/* rmsnorm_k (one row, add 0) and then quant_x_k over its output, in one kernel and with the same
+ * float operations (the same block sum, the same per-block scale): out, xq and xd get the bits
+ * the two kernels give. dim % 32 == 0. */
+__global__ void rmsnorm_quant_k(const float *x, const float *w, float *out, int dim, float eps, int8_t *xq, float2 *xd) {
+    __shared__ float red[32];
+    pdl_trigger();
+    pdl_wait();
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(x[i], x[i], ss);
+    ss = block_sum(ss, red);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    const int lane = threadIdx.x & 31;
+    for (int b = threadIdx.x >> 5; b < dim / 32; b += blockDim.x >> 5) {
+        const int i = 32 * b + lane;
+        const float v = x[i] * inv * w[i];
+        out[i] = v;
+        const float amax = wmax(fabsf(v));
+        const float d = amax / 127.0f;
+        const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+        const float sum = wsum((float)q);
+        xq[i] = (int8_t)q;
+        if (lane == 0) xd[b] = make_float2(d, d * sum);
+    }
+}
+
 /* cos/sin per token and base: rope[((t*2 + b)*half + i)*2 + {0,1}], angles in double, times
  * mscale (the rope's attention factor, as session.c's rope_cs). */
 __global__ void rope_table_k(const double *inv_freq, int half, int pos0, int n, float mscale, float *rope) {
@@ -243,13 +268,37 @@ static int linear1(tl_cuda_session *g, const dmat *W, const float *x, int n, flo
 
 /* ---------------- session ---------------- */
 
+static int norm_linear_q(tl_cuda_session *g, int n, int nseg, const dmat *const *W, float *const *y, const float *const *bias,
+                         int glu, tl_error *err);
+
 /* y = W (rmsnorm(x) * norm_w) for nseg matrices sharing the input; glu (gate/up, nseg 2):
  * y[0] = act(W0 xn) * (W1 xn), y[1] scratch, the activation fused into the products for one
- * token when the shape allows (matvec.cu), else act_k after them. */
+ * token when the shape allows (matvec.cu), else act_k after them. One token with block-format
+ * weights: the norm also quantizes its output for the products (rmsnorm_quant_k), which then
+ * skip quantize-activations. */
 static int norm_linear(tl_cuda_session *g, const float *x, const float *norm_w, int n, int nseg, const dmat *const *W,
                        float *const *y, const float *const *bias, int glu, tl_error *err) {
     const tl_config *c = &g->m->cfg;
-    if (tlc_rmsnorm(g, x, norm_w, g->xn, n, c->n_embd, 0, err)) return -1;
+    const int E = c->n_embd;
+    bool fq = n == 1 && !g->cx.no_fuse_norm && E % 32 == 0 && E <= g->cx.xq_cap;
+    for (int s = 0; s < nseg; s++) fq = fq && W[s]->wt == WT_Q;
+    if (fq) {
+        const int thr = E >= 1024 ? 1024 : E >= 256 ? 256 : E > 64 ? 128 : 64; /* as tlc_rmsnorm: the same sum */
+        cudaError_t e = tlc_launch(!g->cx.no_pdl, rmsnorm_quant_k, dim3(1), dim3(thr), 0, g->cx.stream, x, norm_w, g->xn, E,
+                                   c->norm_eps, g->cx.xq, g->cx.xd);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rmsnorm + quantize: %s", cudaGetErrorString(e));
+        g->cx.xq_of = g->xn;
+        const int rc = norm_linear_q(g, n, nseg, W, y, bias, glu, err);
+        g->cx.xq_of = NULL;
+        return rc;
+    }
+    if (tlc_rmsnorm(g, x, norm_w, g->xn, n, E, 0, err)) return -1;
+    return norm_linear_q(g, n, nseg, W, y, bias, glu, err);
+}
+
+/* norm_linear's products of g->xn. */
+static int norm_linear_q(tl_cuda_session *g, int n, int nseg, const dmat *const *W, float *const *y, const float *const *bias,
+                         int glu, tl_error *err) {
     if (glu && n == 1 && !g->cx.no_fuse && W[0]->wt == W[1]->wt && (W[0]->wt != WT_Q || W[0]->qt == W[1]->qt) &&
         W[0]->n_in == W[1]->n_in) {
         tlc_mv a;
@@ -423,6 +472,7 @@ static int ctx_init(tlc_ctx *cx, const tl_cuda_opts *o, char *dev_name, size_t n
     cx->dec_tc_quant = o->dec_tc_quant;
     cx->no_fuse = o->safe || o->no_fuse;
     cx->no_pdl = o->safe || o->no_pdl;
+    cx->no_fuse_norm = o->safe || o->no_fuse;
     return 0;
 }
 

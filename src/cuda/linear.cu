@@ -77,6 +77,7 @@ int tlc_linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *
     bool blocks = true;
     for (int s = 0; s < nseg; s++) blocks = blocks && W[s]->wt == WT_Q;
     if (n > 1 && n <= TLC_QGEMM_MIN_ROWS && blocks) { /* a few rows: one decode product per row */
+        g->cx.xq_of = NULL;
         for (int r = 0; r < n; r++) {
             float *yr[3];
             for (int s = 0; s < nseg; s++) yr[s] = y[s] + (size_t)r * W[s]->n_out;
@@ -84,10 +85,17 @@ int tlc_linear(tl_cuda_session *g, int nseg, const dmat *const *W, const float *
         }
         return 0;
     }
-    if (n == 1 && !same) { /* e.g. q4_K q/k with a q6_K v: one product each */
-        for (int s = 0; s < nseg; s++)
-            if (tlc_linear(g, 1, &W[s], x, 1, &y[s], bias ? &bias[s] : NULL, add ? &add[s] : NULL, err)) return -1;
-        return 0;
+    if (n == 1 && !same) { /* e.g. q4_K q/k with a q6_K v: one product per run of matrices of one format, the
+                            * input quantized once for all of them */
+        const float *of = g->cx.xq_of;
+        int rc = 0;
+        for (int s0 = 0, s1; s0 < nseg && !rc; s0 = s1) {
+            for (s1 = s0 + 1; s1 < nseg && W[s1]->wt == W[s0]->wt && (W[s0]->wt != WT_Q || W[s1]->qt == W[s0]->qt); s1++) {}
+            rc = tlc_linear(g, s1 - s0, &W[s0], x, 1, &y[s0], bias ? &bias[s0] : NULL, add ? &add[s0] : NULL, err);
+            if (W[s0]->wt == WT_Q) g->cx.xq_of = x; /* xq/xd now hold x */
+        }
+        g->cx.xq_of = of;
+        return rc ? -1 : 0;
     }
     if (n == 1) {
         const tlc_mv a = tlc_mv_of(nseg, W, x, y, bias, add);

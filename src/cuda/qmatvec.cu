@@ -451,8 +451,11 @@ int tlc_qmatvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) {
         return tl_fail(err, "quantized matvec: %d input columns exceed the activation buffer (%d)", a->n_in, cx->xq_cap);
     const bool pdl = !cx->no_pdl;
     const int nb = a->n_in / 32;
-    cudaError_t e = tlc_launch(pdl, quant_x_k, dim3((nb + 7) / 8), dim3(256), 0, cx->stream, a->x, a->n_in, cx->xq, cx->xd);
-    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel quantize activations (%d): %s", a->n_in, cudaGetErrorString(e));
+    cudaError_t e;
+    if (a->x != cx->xq_of) {
+        e = tlc_launch(pdl, quant_x_k, dim3((nb + 7) / 8), dim3(256), 0, cx->stream, a->x, a->n_in, cx->xq, cx->xd);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel quantize activations (%d): %s", a->n_in, cudaGetErrorString(e));
+    }
     int rows = a->glu ? a->n_out[0] : 0;
     if (!a->glu)
         for (int s = 0; s < a->nseg; s++) rows += a->n_out[s];
