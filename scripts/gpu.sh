@@ -43,7 +43,8 @@
 #      per-kernel time and DRAM bytes per forward pass), then the matvec kernels' SOL / memory /
 #      warp-stall sections, on NCU_MODEL (default the q4_K_M synth of step qweights)
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long dectc decmma real qweights pareto serve ncu), GPU_JOBS, REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
+# long dectc decmma real qweights pareto serve ncu), GPU_JOBS, DATA (real, pareto: the essays and
+# the C file, default carry/data), REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
 # MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS,
 # TL_CUDA_SAFE (=1: every tailor run on the reference path, --cuda-opt safe), CUDA_OPT (a
 # --cuda-opt list added to every tailor run that takes one).
@@ -232,7 +233,7 @@ fi
 if has real; then
   # many small files: the device tool returns at most 8, so they go into $OUT/real.tgz
   RM=${REAL_MODEL:-$(bash scripts/device-stage.sh path qwen2.5-coder-1.5b-instruct-q4_k_m.gguf 2>/dev/null || true)}
-  DATA=$PWD/carry/data R=$SHM/real
+  DATA=${DATA:-$PWD/carry/data} R=$SHM/real
   mkdir -p $R
   if [ -z "$RM" ] || [ ! -f "$RM" ] || [ ! -d "$DATA/pg_essays" ]; then
     echo "real: no staged model or no carry/data (REAL_MODEL '$RM')" | tee -a "$OUT/summary.md"
@@ -259,7 +260,7 @@ if has pareto; then
   # the KV Pareto sweep on the GPU over the staged real model: weights x KV at PARETO_CTX,
   # projected to Llama-3.1-8B at 128k; --resume continues a sweep a previous call left
   RM=${REAL_MODEL:-$(bash scripts/device-stage.sh path qwen2.5-coder-1.5b-instruct-q4_k_m.gguf 2>/dev/null || true)}
-  DATA=$PWD/carry/data P=$SHM/real/pareto
+  DATA=${DATA:-$PWD/carry/data} P=$SHM/real/pareto
   mkdir -p $SHM/real
   if [ -z "$RM" ] || [ ! -f "$RM" ] || [ ! -d "$DATA/pg_essays" ]; then
     echo "pareto: no staged model or no carry/data (REAL_MODEL '$RM')" | tee -a "$OUT/summary.md"
