@@ -298,7 +298,11 @@ typedef struct {
 
 /* Memory of a session, in bytes. */
 typedef struct {
-    uint64_t weights;     /* tensors the model reads */
+    uint64_t weights;        /* weights_file + weights_packed */
+    uint64_t weights_file;   /* the file's bytes mapped for the tensors the model reads, less
+                                those replaced by a packed copy (their pages released) */
+    uint64_t weights_packed; /* CPU: the integer GEMM's copies of the quantized matrices, 16
+                                rows at a time (src/qpack.h); 0 on a device */
     uint64_t kv;          /* all KV stores, all tiers */
     uint64_t activations; /* buffers sized by the chunk */
     tl_kv_bytes kv_parts; /* KV split by purpose */

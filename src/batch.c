@@ -316,7 +316,7 @@ int tl_batch_eval(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *er
         const tl_batch_seq *q = b->seq[i];
         for (int t = 0; t < q->n; t++) {
             const size_t r = (size_t)b->row0[i] + t;
-            tl_get_row(w->tok_embd.type, w->tok_embd.data, E, q->tokens[t], a->x + r * E);
+            tl_mat_get_row(&w->tok_embd, q->tokens[t], a->x + r * E);
             if (c->embd_scale) vo->scale(a->x + r * E, E, sqrtf((float)E));
             for (int base = 0; base < 2; base++)
                 tl_session_rope_cs(q->s, q->s->n_past + t, base, a->rope + (r * 2 + base) * half * 2);

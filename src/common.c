@@ -1,5 +1,6 @@
 /* common.c: error formatting, checked allocation, clock, output files. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* madvise (tl_release_mapped_pages) */
 #include "common.h"
 
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,6 +78,13 @@ void *tl_amalloc(size_t n) {
 }
 
 void tl_afree(void *p) { free(p); }
+
+void tl_release_mapped_pages(const void *p, size_t n) {
+    const long ps = sysconf(_SC_PAGESIZE);
+    const uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096, a = (uintptr_t)p, b = a + n;
+    const uintptr_t lo = (a + page - 1) & ~(page - 1), hi = b & ~(page - 1);
+    if (p && hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
 
 int tl_parse_size(const char *s, uint64_t *out) {
     static const struct {

@@ -17,6 +17,13 @@
 void *tl_amalloc(size_t n);
 void tl_afree(void *p);
 
+/* Drop the whole pages inside [p, p + n) of a read-only file mapping from the process's
+ * resident set (MADV_DONTNEED): a later read faults them back in from the file, so the bytes
+ * never change, only what they cost while unread. Pages shared with bytes outside the range
+ * (its first and last, when unaligned) are kept. Never for anonymous or writable memory, whose
+ * contents it would discard. */
+void tl_release_mapped_pages(const void *p, size_t n);
+
 /* IEEE half and bfloat16 <-> float, scalar and exact (round-to-nearest-even). */
 static inline float tl_fp16_to_fp32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;

@@ -543,6 +543,7 @@ void tl_gguf_close(tl_gguf *g) {
 }
 
 const char *tl_gguf_path(const tl_gguf *g) { return g->path; }
+bool tl_gguf_mapped(const tl_gguf *g) { return g->map != NULL; }
 uint32_t tl_gguf_version(const tl_gguf *g) { return g->version; }
 uint64_t tl_gguf_file_size(const tl_gguf *g) { return g->size; }
 uint32_t tl_gguf_alignment(const tl_gguf *g) { return g->alignment; }

@@ -71,6 +71,9 @@ typedef struct tl_gguf tl_gguf;
 tl_gguf *tl_gguf_open(const char *path, tl_error *err);
 /* Same checks over a memory buffer (no copy; buffer must outlive the handle). Used by the fuzzer. */
 tl_gguf *tl_gguf_open_memory(const void *data, size_t size, const char *name, tl_error *err);
+/* Whether the data is a read-only mapping of the file (tl_gguf_open), whose pages may be
+ * released (tl_release_mapped_pages), rather than the caller's buffer. */
+bool tl_gguf_mapped(const tl_gguf *g);
 void tl_gguf_close(tl_gguf *g);
 
 const char *tl_gguf_path(const tl_gguf *g);

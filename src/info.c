@@ -221,6 +221,8 @@ static void print_md_memory(FILE *f, const tl_info *I) {
     fprintf(f, "\n## Memory at %s tokens (KV %s, chunk %d)\n\n| part | bytes |\n|---|---|\n", commas((uint64_t)p->n_ctx, t),
            I->plan_text, p->chunk);
     fprintf(f, "| weights | %s |\n", human(p->weights, b));
+    fprintf(f, "| - weights (file) | %s |\n", human(p->weights_file, b));
+    fprintf(f, "| - weights repacked for the CPU GEMM | %s |\n", human(p->weights_packed, b));
     fprintf(f, "| KV cache | %s |\n", human(p->kv, b));
     fprintf(f, "| - codes | %s |\n", human(p->kv_parts.codes, b));
     fprintf(f, "| - scales | %s |\n", human(p->kv_parts.scales, b));
@@ -394,6 +396,8 @@ static void print_json(FILE *f, const tl_info *I, bool tensors) {
         cJSON_AddNumberToObject(m, "chunk", p->chunk);
         cJSON_AddStringToObject(m, "kv_policy", I->plan_text);
         cJSON_AddNumberToObject(m, "weights", (double)p->weights);
+        cJSON_AddNumberToObject(m, "weights_file", (double)p->weights_file);
+        cJSON_AddNumberToObject(m, "weights_packed", (double)p->weights_packed);
         cJSON_AddNumberToObject(m, "kv", (double)p->kv);
         cJSON_AddItemToObject(m, "kv_parts", json_parts(&p->kv_parts));
         cJSON_AddNumberToObject(m, "activations", (double)p->activations);

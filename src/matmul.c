@@ -264,33 +264,56 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
 
 struct tl_wpack {
     _Atomic(tlq_packed *) p;
-    bool failed; /* packing ran out of memory: the old kernels run (under pack_mu) */
+    bool failed;      /* packing ran out of memory: the old kernels run (under pack_mu) */
+    bool release_src; /* the source is a read-only file mapping: release its pages once packed */
+    bool released;    /* ... and they were (set before p is published) */
 };
 
 /* packing is once per matrix: one lock for all of them */
 static pthread_mutex_t pack_mu = PTHREAD_MUTEX_INITIALIZER;
 
 bool tl_wpack_wanted(tl_type t, int64_t n_in) { return tlq_pack_supported(t, n_in); }
-tl_wpack *tl_wpack_new(void) { return tl_xcalloc(1, sizeof(tl_wpack)); }
+tl_wpack *tl_wpack_new(bool release_src) {
+    tl_wpack *w = tl_xcalloc(1, sizeof(tl_wpack));
+    w->release_src = release_src;
+    return w;
+}
 void tl_wpack_free(tl_wpack *w) {
     if (!w) return;
     tlq_pack_free(atomic_load(&w->p));
     free(w);
 }
+static const tlq_packed *wpack_made(const tl_wpack *w) {
+    return w ? atomic_load_explicit(&((tl_wpack *)w)->p, memory_order_acquire) : NULL;
+}
 uint64_t tl_wpack_bytes(const tl_wpack *w) {
-    const tlq_packed *p = w ? atomic_load(&((tl_wpack *)w)->p) : NULL;
+    const tlq_packed *p = wpack_made(w);
     return p ? p->bytes : 0;
+}
+bool tl_wpack_released(const tl_wpack *w) { return wpack_made(w) && w->released; }
+bool tl_wpack_get_row(const tl_wpack *w, int64_t row, void *dst) {
+    const tlq_packed *p = wpack_made(w);
+    if (!p || row < 0 || row >= p->n_out) return false;
+    tlq_pack_get_row(p, row, dst);
+    return true;
 }
 
 typedef struct {
     tlq_packed *p;
     const void *W;
+    bool release; /* the source's pages, as each task's rows are packed */
 } pack_ctx;
 
 static void pack_task(void *vc, int64_t i, int thread_id) {
     (void)thread_id;
     pack_ctx *c = vc;
-    tlq_pack_groups(c->p, c->W, i * 16, TL_MIN(c->p->n_groups, i * 16 + 16));
+    const int64_t g0 = i * 16, g1 = TL_MIN(c->p->n_groups, i * 16 + 16);
+    tlq_pack_groups(c->p, c->W, g0, g1);
+    if (c->release) { /* the task's whole pages; those it shares with a neighbour go at the end */
+        const size_t rs = tl_row_size(c->p->type, c->p->n_in);
+        const int64_t r0 = g0 * TLQ_PACK_ROWS, r1 = TL_MIN(c->p->n_out, g1 * TLQ_PACK_ROWS);
+        tl_release_mapped_pages((const uint8_t *)c->W + (size_t)r0 * rs, (size_t)(r1 - r0) * rs);
+    }
 }
 
 static const tlq_packed *wpack_get(tl_wpack *w, tl_pool *pool, tl_type t, const void *W, int64_t n_in, int64_t n_out) {
@@ -301,8 +324,14 @@ static const tlq_packed *wpack_get(tl_wpack *w, tl_pool *pool, tl_type t, const 
     if (!p && !w->failed) {
         p = tlq_pack_alloc(t, n_in, n_out);
         if (p) {
-            pack_ctx pc = {p, W};
+            /* every reader of these rows now takes the copy (the x16 kernels, the f32 tiles
+             * widened from it, tl_wpack_get_row), so the file's pages need not stay resident:
+             * the process holds the copy instead of the file's bytes, not both, and not even
+             * while packing (each task releases the pages it has packed) */
+            pack_ctx pc = {p, W, w->release_src};
             run(pool, (p->n_groups + 15) / 16, pack_task, &pc);
+            if (w->release_src) tl_release_mapped_pages(W, tl_row_size(t, n_in) * (size_t)n_out);
+            w->released = w->release_src;
             atomic_store_explicit(&w->p, p, memory_order_release);
         } else {
             w->failed = true;
@@ -316,7 +345,7 @@ static const tlq_packed *wpack_get(tl_wpack *w, tl_pool *pool, tl_type t, const 
 #define PK_X_BLOCK 64 /* activation rows per task: their kernel rows stay in L2 beside a group */
 
 void tl_wpack_make(tl_wpack *w, struct tl_pool *pool, tl_type t, const void *W, int64_t n_in, int64_t n_out) {
-    if (w && n_out > 0 && tlq_gemm_kernel(t)) wpack_get(w, pool, t, W, n_in, n_out);
+    if (w && n_out > 0 && tlq_pack_applies(t, n_in)) wpack_get(w, pool, t, W, n_in, n_out);
 }
 
 typedef struct {

@@ -262,7 +262,7 @@ static const float *get_vec(tl_model *m, const char *name, int64_t n, bool requi
 /* A slot for the matrix's repacked copy where the CPU kernels have one for its type. */
 static tl_wpack *new_pack(tl_model *m, tl_type t, int64_t n_in) {
     if (!tl_wpack_wanted(t, n_in)) return NULL;
-    tl_wpack *p = tl_wpack_new();
+    tl_wpack *p = tl_wpack_new(tl_gguf_mapped(m->gguf)); /* a file's pages are released once packed */
     m->packs = tl_xrealloc(m->packs, sizeof(tl_wpack *) * (size_t)(m->n_packs + 1));
     m->packs[m->n_packs++] = p;
     return p;
@@ -398,15 +398,47 @@ fail:
     return NULL;
 }
 
-static void pack_mat(const tl_mat *w, struct tl_pool *pool) { tl_wpack_make(w->pack, pool, w->type, w->data, w->n_in, w->n_out); }
-
-void tl_model_pack(const tl_model *m, struct tl_pool *pool) {
+int tl_model_packed_mats(const tl_model *m, const tl_mat **out) {
+    int n = 0;
     for (int il = 0; il < m->cfg.n_layer; il++) {
         const tl_layer_weights *L = &m->w.layers[il];
         const tl_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) pack_mat(mats[i], pool);
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) out[n++] = mats[i];
     }
-    pack_mat(&m->w.output, pool);
+    out[n++] = &m->w.output;
+    return n;
+}
+
+void tl_model_pack(const tl_model *m, struct tl_pool *pool) {
+    const tl_mat *mats[TL_MODEL_MAX_PACKED];
+    const int n = tl_model_packed_mats(m, mats);
+    for (int i = 0; i < n; i++) tl_wpack_make(mats[i]->pack, pool, mats[i]->type, mats[i]->data, mats[i]->n_in, mats[i]->n_out);
+}
+
+void tl_model_cpu_weights(const tl_model *m, uint64_t *file, uint64_t *packed) {
+    const tl_mat *mats[TL_MODEL_MAX_PACKED];
+    const int n = tl_model_packed_mats(m, mats);
+    *file = m->weight_bytes;
+    *packed = 0;
+    for (int i = 0; i < n; i++) {
+        const tl_mat *w = mats[i];
+        *packed += tl_wpack_bytes(w->pack);
+        if (tl_wpack_released(w->pack)) *file -= tl_row_size(w->type, w->n_in) * (uint64_t)w->n_out;
+    }
+}
+
+void tl_mat_get_row(const tl_mat *w, int64_t row, float *dst) {
+    if (w->pack && tl_wpack_bytes(w->pack)) { /* the file's pages were released: the copy's bytes */
+        const size_t rs = tl_row_size(w->type, w->n_in);
+        uint8_t stack[4096], *buf = rs <= sizeof stack ? stack : tl_xmalloc(rs);
+        if (tl_wpack_get_row(w->pack, row, buf)) {
+            tl_dequantize_row(w->type, buf, dst, w->n_in);
+            if (buf != stack) free(buf);
+            return;
+        }
+        if (buf != stack) free(buf);
+    }
+    tl_get_row(w->type, w->data, w->n_in, row, dst);
 }
 
 void tl_model_free(tl_model *m) {

@@ -108,8 +108,23 @@ int tl_arch_layout_of(const char *arch, tl_arch_layout *out);
 
 /* The CPU kernels' packed copies of every weight matrix (tl_wpack), made now with the pool's
  * threads rather than by the first forward pass (a CPU session or batch calls it; a second
- * call finds them made). */
+ * call finds them made). Every CPU session packs, whatever its threads and prefill mode: its
+ * decode rows run the x16 kernels, and --prefill f32 widens its tiles from the same copy; a
+ * device backend's session never does. Which matrices: tl_model_packed_mats, those whose type
+ * this CPU's kernels run in x16 form (tlq_pack_applies). Each matrix's file pages are released
+ * as soon as its copy is made, so a CPU session holds the copy in place of the file's bytes
+ * (tl_model_cpu_weights; the planner projects the same, engine/plan.c). */
 void tl_model_pack(const tl_model *m, struct tl_pool *pool);
+/* The matrices tl_model_pack packs, each once: every layer's seven (phi3's fused tensors as
+ * their views) and the output (a tied one is the embedding matrix). Returns how many. */
+#define TL_MODEL_MAX_PACKED (7 * TL_MAX_LAYERS + 1)
+int tl_model_packed_mats(const tl_model *m, const tl_mat **out);
+/* What the weights hold now on the CPU: file = the file's bytes still mapped (weight_bytes less
+ * the matrices whose pages were released), packed = the copies made (tl_wpack_bytes). */
+void tl_model_cpu_weights(const tl_model *m, uint64_t *file, uint64_t *packed);
+/* Row `row` of w as floats: from its packed copy once made (the file's pages are released
+ * then; the embedding lookup of a tied output), else from the file. The same values. */
+void tl_mat_get_row(const tl_mat *w, int64_t row, float *dst);
 
 /* LongRoPE's factor on cos/sin for a model extended from n_ctx_orig to n_ctx tokens,
  * sqrt(1 + ln(n_ctx / n_ctx_orig) / ln(n_ctx_orig)) (Phi-3's converter; 1 when not extended). */

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define R16 TLQ_PACK_ROWS
 
@@ -58,6 +59,19 @@ size_t tlq_pack_tile_bytes(tl_type t) {
 
 static int64_t block_of(tl_type t) { return t == TL_TYPE_Q4_K || t == TL_TYPE_Q6_K ? QKK : QK; }
 
+bool tlq_pack_applies(tl_type t, int64_t n_in) { return tlq_pack_supported(t, n_in) && tlq_gemm_kernel(t) != NULL; }
+
+size_t tlq_pack_bytes(tl_type t, int64_t n_in, int64_t n_out) {
+    if (!tlq_pack_supported(t, n_in) || n_out < 1) return 0;
+    const size_t groups = (size_t)((n_out + R16 - 1) / R16), cols = (size_t)(n_in / block_of(t));
+    return groups * cols * tlq_pack_tile_bytes(t);
+}
+
+static size_t page_size(void) {
+    const long p = sysconf(_SC_PAGESIZE);
+    return p > 0 ? (size_t)p : 4096;
+}
+
 tlq_packed *tlq_pack_alloc(tl_type t, int64_t n_in, int64_t n_out) {
     if (!tlq_pack_supported(t, n_in) || n_out < 1) return NULL;
     tlq_packed *p = calloc(1, sizeof *p);
@@ -68,14 +82,19 @@ tlq_packed *tlq_pack_alloc(tl_type t, int64_t n_in, int64_t n_out) {
     p->n_groups = (n_out + R16 - 1) / R16;
     p->n_cols = n_in / block_of(t);
     p->tile = tlq_pack_tile_bytes(t);
-    p->bytes = (size_t)p->n_groups * (size_t)p->n_cols * p->tile;
+    p->bytes = tlq_pack_bytes(t, n_in, n_out);
     /* large matrices in transparent huge pages where the kernel allows (fewer TLB misses
-     * while the decode streams them) */
-    const size_t huge = (size_t)2 << 20;
+     * while the decode streams them): a whole number of huge pages is mapped so that the start
+     * is aligned to one (Linux aligns anonymous mappings of such lengths), then the tail past
+     * the data's last page is given back, so the copy holds its bytes and no more (up to 2 MiB
+     * a matrix otherwise, resident once its last huge page is touched; the planner counts
+     * tlq_pack_bytes) */
+    const size_t huge = (size_t)2 << 20, page = page_size();
     if (p->bytes >= huge) {
-        const size_t len = (p->bytes + huge - 1) & ~(huge - 1);
-        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        const size_t hlen = (p->bytes + huge - 1) & ~(huge - 1), len = (p->bytes + page - 1) & ~(page - 1);
+        void *m = mmap(NULL, hlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m != MAP_FAILED) {
+            if (hlen > len) munmap((uint8_t *)m + len, hlen - len);
 #ifdef MADV_HUGEPAGE
             madvise(m, len, MADV_HUGEPAGE);
 #endif
@@ -94,8 +113,8 @@ tlq_packed *tlq_pack_alloc(tl_type t, int64_t n_in, int64_t n_out) {
 void tlq_pack_free(tlq_packed *p) {
     if (!p) return;
     if (p->huge) {
-        const size_t huge = (size_t)2 << 20;
-        munmap(p->data, (p->bytes + huge - 1) & ~(huge - 1));
+        const size_t page = page_size();
+        munmap(p->data, (p->bytes + page - 1) & ~(page - 1));
     } else {
         tl_afree(p->data);
     }

@@ -44,12 +44,21 @@ typedef struct {
     int64_t n_cols;   /* block columns: n_in / 32, or n_in / 256 for the K-quants */
     size_t tile;      /* bytes per (group, column) tile */
     uint8_t *data;    /* n_groups * n_cols tiles, group after group */
-    size_t bytes;
+    size_t bytes;     /* tlq_pack_bytes: what the data takes (an mmap is this, page-rounded) */
     bool huge;        /* data is an mmap (MADV_HUGEPAGE), not tl_amalloc */
 } tlq_packed;
 
 /* Whether weights of type t with n_in inputs have an x16 form (q4_0, q4_1, q8_0, q4_K, q6_K). */
 bool tlq_pack_supported(tl_type t, int64_t n_in);
+/* Whether this CPU's kernels run t's x16 form (supported, and an AVX2 or AVX-512 kernel: none
+ * under the scalar level): the one rule for whether a matrix gets a packed copy, for the packer
+ * (tl_wpack_make, tl_matmul_w) and the planner's projection of it (engine/plan.c). */
+bool tlq_pack_applies(tl_type t, int64_t n_in);
+/* Bytes of the x16 form of n_out rows of n_in values of type t (0 when t has none): tiles of 16
+ * rows, the last group padded with zero rows; the same bytes per block as the file's except
+ * q4_K (148 for 144: its 6-bit scales and mins unpacked). tlq_pack_alloc allocates this, and the
+ * planner counts it. */
+size_t tlq_pack_bytes(tl_type t, int64_t n_in, int64_t n_out);
 /* Bytes of one tile of type t (0 when t has no x16 form). */
 size_t tlq_pack_tile_bytes(tl_type t);
 /* Allocate the x16 form of W (n_out rows of n_in values of type t, row stride tl_row_size);

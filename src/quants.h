@@ -91,11 +91,18 @@ void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, in
  * whose type has the form (tl_wpack_wanted). */
 typedef struct tl_wpack tl_wpack;
 bool tl_wpack_wanted(tl_type t, int64_t n_in);
-tl_wpack *tl_wpack_new(void);
+/* release_src: the matrix lives in a read-only file mapping (a model's GGUF), whose pages the
+ * packer releases once the copy is made (tl_release_mapped_pages): afterwards the copy is the
+ * only form read, and the process holds it instead of the file's bytes. Never for memory
+ * the caller wrote. */
+tl_wpack *tl_wpack_new(bool release_src);
 void tl_wpack_free(tl_wpack *p);
 uint64_t tl_wpack_bytes(const tl_wpack *p); /* bytes of the packed copy (0 until made) */
-/* Make the copy now (the pool's threads pack it) where this CPU's kernels use it; nothing when
- * it exists or the SIMD level is scalar. */
+bool tl_wpack_released(const tl_wpack *p);  /* made, and the source's pages released */
+/* Row r in the weights' own layout (tl_row_size bytes) from the copy: false until it is made. */
+bool tl_wpack_get_row(const tl_wpack *p, int64_t r, void *dst);
+/* Make the copy now (the pool's threads pack it) where this CPU's kernels use it
+ * (tlq_pack_applies); nothing when it exists or the SIMD level is scalar. */
 void tl_wpack_make(tl_wpack *p, struct tl_pool *pool, tl_type t, const void *W, int64_t n_in, int64_t n_out);
 
 /* tl_matmul_w's flags. TL_MM_Q8: round the activations to q8 and run the integer kernels for

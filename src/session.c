@@ -89,7 +89,7 @@ static int forward_chunk(tl_session *s, const int32_t *tokens, int n, float *log
         if (tokens[t] < 0 || tokens[t] >= c->n_vocab)
             return tl_fail(err, "token id %d at position %d is outside the vocabulary (0..%d)", tokens[t],
                            s->n_past + t, c->n_vocab - 1);
-        tl_get_row(w->tok_embd.type, w->tok_embd.data, E, tokens[t], a->x + (size_t)t * E);
+        tl_mat_get_row(&w->tok_embd, tokens[t], a->x + (size_t)t * E);
         if (c->embd_scale) vo->scale(a->x + (size_t)t * E, E, sqrtf((float)E));
     }
     /* cos/sin for each token and both RoPE bases */
@@ -350,7 +350,10 @@ static int cpu_init(tl_session *s, const tl_kv_layer_policy *policies, bool kv_o
     const tl_config *c = &s->model->cfg;
     if (c->n_rot / 2 > 512) return tl_fail(err, "rope dimension %d too large", c->n_rot);
     s->vo = tl_vec_get();
-    if (s->pool) tl_model_pack(s->model, s->pool); /* the kernels' copies of the weights, before the first chunk is timed (a batch's sequences: the batch packs) */
+    /* the kernels' copies of the weights (and the file's pages released), before the first
+     * chunk is timed; a CPU session always has a pool (a batch's sequences too: the batch packs
+     * as well), so the planner counts them for every CPU session (tl_plan_weights) */
+    if (s->pool) tl_model_pack(s->model, s->pool);
     init_rope(s);
     tl_kv_layer_policy *eff = tl_xmalloc(sizeof *eff * (size_t)c->n_layer);
     for (int il = 0; il < c->n_layer; il++) {
@@ -424,11 +427,13 @@ void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, f
 
 void tl_session_memory(const tl_session *s, tl_session_mem *out) {
     memset(out, 0, sizeof *out);
-    out->weights = s->model->weight_bytes;
+    out->weights = out->weights_file = s->model->weight_bytes;
     s->be->memory(s, out);
 }
 
 static void cpu_memory(const tl_session *s, tl_session_mem *out) {
+    tl_model_cpu_weights(s->model, &out->weights_file, &out->weights_packed);
+    out->weights = out->weights_file + out->weights_packed;
     out->activations = s->act_bytes;
     for (int il = 0; il < s->model->cfg.n_layer; il++) {
         tl_kv_bytes b;
@@ -516,9 +521,13 @@ static double mib(uint64_t b) { return (double)b / (1024.0 * 1024.0); }
 void tl_session_print_memory(FILE *f, const tl_session *s) {
     tl_session_mem m;
     tl_session_memory(s, &m);
-    fprintf(f, "memory: weights %.2f MiB + KV %.2f MiB (codes %.2f, scales %.2f, residual %.2f, other %.2f, host %.2f) "
+    char split[96] = "";
+    if (m.weights_packed)
+        snprintf(split, sizeof split, " (file %.2f, repacked for the CPU GEMM %.2f)", mib(m.weights_file),
+                 mib(m.weights_packed));
+    fprintf(f, "memory: weights %.2f MiB%s + KV %.2f MiB (codes %.2f, scales %.2f, residual %.2f, other %.2f, host %.2f) "
                "+ activations %.2f MiB = %.2f MiB  [%d tokens held]\n",
-            mib(m.weights), mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
+            mib(m.weights), split, mib(m.kv), mib(m.kv_parts.codes), mib(m.kv_parts.scales), mib(m.kv_parts.residual),
             mib(m.kv_parts.other), mib(m.kv_parts.host), mib(m.activations), mib(m.weights + m.kv + m.activations),
             s->n_past);
     if (s->be->print_memory) s->be->print_memory(f, s);

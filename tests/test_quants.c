@@ -772,7 +772,7 @@ static void check_matmul_w(tl_pool *pool, tl_type t, int64_t n_in, int64_t n_out
     fill_normal(X, n_tok * n_in, false);
     for (int64_t o = 0; o < n_out; o++) tl_quantize_row(t, Wf + o * n_in, W + o * rs, n_in);
     for (int64_t i = 0; i < n_tok * ldy; i++) Y[i] = Y2[i] = NAN;
-    tl_wpack *pk = tl_wpack_new();
+    tl_wpack *pk = tl_wpack_new(false);
     tl_matmul_w(pool, pk, t, W, n_in, n_out, X, n_tok, Y, ldy, NULL, flags);
     CHECKF(tl_wpack_bytes(pk) > 0 || !tlq_gemm_kernel(t), "%s: no packed copy made", tl_type_name(t));
     /* row by row: the same bits (a sequence's rows do not depend on what shares the call) */

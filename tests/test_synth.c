@@ -72,7 +72,9 @@ static void check_session(tl_model *m, const char *kv, int n_ctx, int chunk, con
            (unsigned long long)mem.kv, n, kv);
     CHECK(p->kv_parts.codes == mem.kv_parts.codes && p->kv_parts.scales == mem.kv_parts.scales &&
           p->kv_parts.residual == mem.kv_parts.residual);
-    CHECK(mem.weights == m->weight_bytes && p->weights == mem.weights);
+    /* the weights: the file's bytes, less the matrices the CPU's integer GEMM holds packed instead */
+    CHECK(p->weights == mem.weights && p->weights_file == mem.weights_file && p->weights_packed == mem.weights_packed &&
+          mem.weights == mem.weights_file + mem.weights_packed && mem.weights_file <= m->weight_bytes);
     free(p);
     free(logits);
     tl_session_free(s);

@@ -12,10 +12,11 @@ static void help(void) {
     printf("usage: tailor info FILE [--kv SPEC] [--kv-layer OVERRIDES] [-c CTX] [--chunk N] [--tensors] [-o md|json]\n"
            "       tailor info --shape NAME [--type f16|bf16|q8_0|q4_1|q4_0|f32] [--layers N] [--kv SPEC] [-c CTX] ...\n"
            "  Prints the GGUF header and metadata, the model config as tailor reads it, a per-type tensor\n"
-           "  summary (--tensors: every tensor) and the memory of a session: weights + KV cache holding CTX\n"
-           "  tokens (default: the training context) under the KV policy (default f16) + activations for\n"
-           "  the prefill chunk (default 512). --shape projects a model of the synth shape table (see\n"
-           "  tailor synth -h) with no file.\n");
+           "  summary (--tensors: every tensor) and the memory of a CPU session: weights (the file's bytes\n"
+           "  kept mapped + the copies this CPU's integer GEMM repacks, which replace theirs) + KV cache\n"
+           "  holding CTX tokens (default: the training context) under the KV policy (default f16) +\n"
+           "  activations for the prefill chunk (default 512). --shape projects a model of the synth shape\n"
+           "  table (see tailor synth -h) with no file.\n");
 }
 
 int tl_cmd_info(int argc, char **argv) {

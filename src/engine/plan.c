@@ -1,5 +1,6 @@
 /* plan.c: see plan.h. */
 #include "plan.h"
+#include "../qpack.h"
 #include "../quants.h"
 
 #include <string.h>
@@ -33,6 +34,37 @@ void tl_plan_layer_kv(const tl_config *c, int n_ctx, int il, const tl_kv_layer_p
 
 tl_plan_target tl_plan_target_model(const tl_model *m) {
     return (tl_plan_target){.cfg = &m->cfg, .model = m, .weights = m->weight_bytes};
+}
+
+void tl_plan_weights(const tl_plan_target *t, uint64_t *file, uint64_t *packed) {
+    *file = t->weights;
+    *packed = 0;
+    if (t->model) {
+        const tl_mat *mats[TL_MODEL_MAX_PACKED];
+        const int n = tl_model_packed_mats(t->model, mats);
+        const bool mapped = tl_gguf_mapped(t->model->gguf);
+        for (int i = 0; i < n; i++) {
+            const tl_mat *w = mats[i];
+            if (!w->pack || !tlq_pack_applies(w->type, w->n_in)) continue;
+            *packed += tlq_pack_bytes(w->type, w->n_in, w->n_out);
+            if (mapped) *file -= tl_row_size(w->type, w->n_in) * (uint64_t)w->n_out;
+        }
+        return;
+    }
+    /* tl_model_packed_mats by shape: each layer's q, k, v, o, gate, up and down, and the
+     * output (n_vocab rows, tied or not) */
+    const tl_config *c = t->cfg;
+    const int64_t E = c->n_embd, F = c->n_ff, qd = (int64_t)c->n_head * c->head_dim_k,
+                  kd = (int64_t)c->n_head_kv * c->head_dim_k, vd = (int64_t)c->n_head_kv * c->head_dim_v,
+                  od = (int64_t)c->n_head * c->head_dim_v;
+    const int64_t layer[7][2] = {{E, qd}, {E, kd}, {E, vd}, {od, E}, {E, F}, {E, F}, {F, E}}; /* n_in, n_out */
+    for (int i = 0; i < 8; i++) {
+        const int64_t n_in = i < 7 ? layer[i][0] : E, n_out = i < 7 ? layer[i][1] : c->n_vocab;
+        const uint64_t times = i < 7 ? (uint64_t)c->n_layer : 1;
+        if (!tlq_pack_applies(t->type, n_in)) continue;
+        *packed += times * tlq_pack_bytes(t->type, n_in, n_out);
+        *file -= times * tl_row_size(t->type, n_in) * (uint64_t)n_out;
+    }
 }
 
 size_t tl_plan_mm_scratch(const tl_plan_target *t, int chunk) {
@@ -119,7 +151,8 @@ int tl_plan_memory(const tl_plan_target *t, int n_ctx, int chunk, const tl_kv_la
     memset(out, 0, sizeof *out);
     out->n_ctx = tl_plan_n_ctx(c, n_ctx);
     out->chunk = tl_plan_chunk(out->n_ctx, chunk);
-    out->weights = t->weights;
+    tl_plan_weights(t, &out->weights_file, &out->weights_packed);
+    out->weights = out->weights_file + out->weights_packed;
     if (n_tokens < 0) n_tokens = out->n_ctx;
     for (int il = 0; il < c->n_layer; il++) {
         tl_kv_shape sh;

@@ -63,10 +63,19 @@ uint64_t tl_act_sizes_total(const tl_act_sizes *a);
 int tl_plan_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *policies, int64_t n_tokens, tl_kv_bytes *out,
                tl_error *err);
 
+/* The weights a CPU session holds (tl_model_cpu_weights once its copies are made): the file's
+ * bytes that stay mapped, and the integer GEMM's x16 copies (tl_model_pack) of the matrices
+ * whose type this CPU's kernels run (tlq_pack_applies), each tlq_pack_bytes, which replace
+ * those matrices' bytes of the file (their pages are released once packed). With no model,
+ * the matrices of the config's shape, all of type t->type. */
+void tl_plan_weights(const tl_plan_target *t, uint64_t *file, uint64_t *packed);
+
 /* A session's memory, computed without allocating. */
 typedef struct {
     int n_ctx, chunk;
-    uint64_t weights;
+    uint64_t weights;         /* weights_file + weights_packed */
+    uint64_t weights_file;    /* the file's bytes that stay mapped (tl_plan_weights) */
+    uint64_t weights_packed;  /* the x16 copies for the CPU's integer GEMM */
     uint64_t kv;          /* all layers, all tiers */
     tl_kv_bytes kv_parts; /* split by purpose (host: the host tier of offloaded layers) */
     tl_act_sizes act;
