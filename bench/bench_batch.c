@@ -1,4 +1,4 @@
-/* bench_batch.c: decode speed of the batched step (src/batch.c) by the number of sequences.
+/* bench_batch.c: decode speed of the batched step (src/engine/batch.c) by the number of sequences.
  *
  *   bench_batch MODEL [THREADS] [SEQS,...] [DEPTH] [STEPS]
  *
@@ -6,8 +6,8 @@
  * (default 32) steps of one token per sequence; prints ms per step and tokens/s over all
  * sequences. N = 1 is also timed through tl_session_eval (the unbatched path). The batch prefills
  * with q8 activations, as tailor serve (BENCH_PREFILL_F32=1: the f32 tiles). */
-#include "../src/batch.h"
-#include "../src/common.h"
+#include "../src/engine/batch.h"
+#include "../src/base/common.h"
 
 #include <stdio.h>
 #include <stdlib.h>

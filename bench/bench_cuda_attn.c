@@ -8,7 +8,7 @@
  * 4*m*n_past*d*Hq (QK^T and PV), "all" adds the causal block, 4*m*(n_past + (m+1)/2)*d*Hq;
  * and the relative L2 difference of the two kernels' outputs (expect ~5e-4: f16 q and p).
  * SKIPs (exit 0) without a GPU. */
-#include "cuda/cuda_test.h"
+#include "../src/cuda/cuda_test.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -9,8 +9,8 @@
  * so it is filled by chunked prefill forward calls (O(n^2): use --fill-threads on a big
  * machine, or --no-dense-above to skip it at depths where that takes too long). The decode
  * step is timed with --threads threads (1 new token per step, depth grows by `steps`). */
-#include "kv/policy.h"
-#include "threads.h"
+#include "../src/kv/policy.h"
+#include "../src/base/threads.h"
 
 #include <math.h>
 #include <stdio.h>

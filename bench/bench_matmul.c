@@ -10,9 +10,9 @@
  * output rows (marked '*'); rates are per row and so comparable. On a CPU with AVX-512
  * VNNI the "simd" columns use those kernels and an "avx2" column times the same call with
  * them switched off (tl_quants_disable_avx512). */
-#include "quants.h"
-#include "common.h"
-#include "threads.h"
+#include "../src/cpu/quants.h"
+#include "../src/base/common.h"
+#include "../src/base/threads.h"
 
 #include <stdio.h>
 #include <stdlib.h>

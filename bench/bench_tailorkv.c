@@ -13,9 +13,9 @@
  * --project prints the exact-formula projection to Llama-3.1-8B (L 32, 32/8 heads, d 128) at
  * 128k for the configs (layer 0 dense, as the paper finds for that model). */
 #define _GNU_SOURCE /* strndup */
-#include "session.h"
-#include "kv/policy.h"
-#include "kv/tailor_plan.h"
+#include "../src/engine/session.h"
+#include "../src/kv/policy.h"
+#include "../src/kv/tailor_plan.h"
 #include "../include/tailor.h"
 
 #include <math.h>

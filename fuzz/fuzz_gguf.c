@@ -2,8 +2,8 @@
  * tl_gguf_open_memory and, when it is accepted, walks every key, value (nested arrays
  * included), getter and tensor, checking that tensor data lies inside the input.
  * Build: cmake -DTL_FUZZ=ON (clang), or by hand:
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc fuzz/fuzz_gguf.c src/gguf.c src/common.c src/quants.c -lm */
-#include "gguf.h"
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined fuzz/fuzz_gguf.c src/model/gguf.c src/base/common.c src/cpu/quants.c -lm */
+#include "../src/model/gguf.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -11,7 +11,7 @@
  *  - tokenize/detokenize answer 200 with JSON, or a 4xx error object; never 5xx;
  *  - every place taken in the queue is given back (no reservation leaks).
  * Seeds: fuzz/http_seeds. Run: ./fuzz_http -max_total_time=60 fuzz/http_seeds */
-#include "server/internal.h"
+#include "../src/server/internal.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>

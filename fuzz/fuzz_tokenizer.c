@@ -15,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gguf.h"
-#include "tokenizer.h"
-#include "tokenizer_pretok.h"
-#include "unicode.h"
+#include "../src/model/gguf.h"
+#include "../src/model/tokenizer.h"
+#include "../src/model/tokenizer_pretok.h"
+#include "../src/base/unicode.h"
 
 static tl_tokenizer *load_one(const char *rel) {
     const char *base = getenv("TL_SHARED");

@@ -40,7 +40,7 @@ typedef struct tl_session tl_session;
 typedef struct tl_tokenizer tl_tokenizer;
 struct cJSON; /* result lines and reports take cJSON objects (<cjson/cJSON.h>) */
 
-/* ---- Errors and helpers (src/common.c) ---- */
+/* ---- Errors and helpers (src/base/common.c) ---- */
 
 /* An error message that says what failed and where, e.g.
  * "model.gguf: tensor blk.3.attn_k.weight: expected 512x128, found 512x64". */
@@ -96,7 +96,7 @@ int tl_parse_size(const char *s, uint64_t *out);
 
 /* Monotonic wall clock in seconds. */
 double tl_time_s(void);
-/* The online CPUs (at least 1): what a thread count of 0 means everywhere (src/threads.c). */
+/* The online CPUs (at least 1): what a thread count of 0 means everywhere (src/base/threads.c). */
 int tl_cpu_count(void);
 /* Read bandwidth of main memory in GB/s (10^9 B/s): a 512 MiB buffer summed by n_threads
  * threads (0 = all CPUs), best of 3; 0 when the buffer cannot be allocated. */
@@ -108,7 +108,7 @@ bool tl_gpu_bandwidth(char *name, size_t n, double *peak_gbs);
 #define TL_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define TL_MAX(a, b) ((a) > (b) ? (a) : (b))
 
-/* ---- Weight formats (src/quants.c) ---- */
+/* ---- Weight formats (src/cpu/quants.c) ---- */
 
 /* Numbering matches ggml_type so GGUF tensor type ids map directly. */
 typedef enum {
@@ -139,7 +139,7 @@ const char *tl_type_name(int type_id);
  * f16 16, q8_0 8.5, q4_0 4.5, q4_K 4.5, w4g128 4.25. */
 double tl_type_bits_per_weight(tl_type t);
 
-/* ---- Models and tokenizers (src/model.c, src/tokenizer.c) ---- */
+/* ---- Models and tokenizers (src/model/model.c, src/model/tokenizer.c) ---- */
 
 #define TL_MAX_LAYERS 256 /* the most layers a model may have */
 
@@ -206,7 +206,7 @@ void tl_kv_plan_free(tl_kv_plan *plan);
  * specs): 0, or -1 with err like "'k4v3': V bits 3 not supported (use 16, 8, 4, 2, 1)". */
 int tl_kv_policy_check(const char *text, tl_error *err);
 
-/* ---- Sessions (src/session.c; sized by src/engine/plan.c) ---- */
+/* ---- Sessions (src/engine/session.c; sized by src/engine/plan.c) ---- */
 
 /* Options of the CUDA backend (--cuda-opt, docs/cuda.md "Options"): kernel variants to compare
  * or rule out, and diagnostics. All zero is the default everywhere. */
@@ -302,7 +302,7 @@ typedef struct {
     uint64_t weights_file;   /* the file's bytes mapped for the tensors the model reads, less
                                 those replaced by a packed copy (their pages released) */
     uint64_t weights_packed; /* CPU: the integer GEMM's copies of the quantized matrices, 16
-                                rows at a time (src/qpack.h); 0 on a device */
+                                rows at a time (src/cpu/qpack.h); 0 on a device */
     uint64_t kv;          /* all KV stores, all tiers */
     uint64_t activations; /* buffers sized by the chunk */
     tl_kv_bytes kv_parts; /* KV split by purpose */
@@ -313,7 +313,7 @@ void tl_session_memory(const tl_session *s, tl_session_mem *out);
  * and traffic; on the GPU the device's own accounting. */
 void tl_session_print_memory(FILE *f, const tl_session *s);
 
-/* ---- Sampling (src/sampler.c): greedy when temp <= 0; otherwise the llama.cpp order:
+/* ---- Sampling (src/engine/sampler.c): greedy when temp <= 0; otherwise the llama.cpp order:
  * repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw. ---- */
 
 typedef struct {
@@ -552,10 +552,10 @@ int tl_perplexity_run(tl_model *m, const tl_session_params *sp, const int32_t *i
                       const tl_ppl_params *p, tl_ppl_report *out, tl_error *err);
 void tl_ppl_report_free(tl_ppl_report *r);
 
-/* ---- Calibration (src/calibrate.c, src/calibrate_keys.c) ---- */
+/* ---- Calibration (src/engine/calibrate.c, src/engine/calibrate_keys.c) ---- */
 
 /* TailorKV's per-layer dense/sparse identification: the attention mass outside each of the
- * last n_q query rows' top `top` fraction of keys, per layer (src/calibrate.h). */
+ * last n_q query rows' top `top` fraction of keys, per layer (src/engine/calibrate.h). */
 typedef struct {
     int n_q;      /* query rows scored (32) */
     double top;   /* fraction of keys counted as "top" (0.05) */
@@ -574,7 +574,7 @@ typedef enum { TL_TAILOR_DENSE = 0, TL_TAILOR_SPARSE = 1, TL_TAILOR_WINDOW = 2 }
 char *tl_tailor_plan_json(const char *model, int n_layers, const double *scores, const int *kinds, double tau,
                           double top, int n_q, int n_tokens);
 
-/* The key layout of each layer for auto:B, measured on a short text (src/calibrate.h). */
+/* The key layout of each layer for auto:B, measured on a short text (src/engine/calibrate.h). */
 enum { TL_KV_AUTO_CALIB_TOKENS = 512, TL_KV_AUTO_CALIB_ROWS = 32 };
 enum { TL_KV_AUTO_MAX_CANDIDATES = 5 };
 /* The short name of candidate i ("tok", "chan", "tok+smooth", ...). */
@@ -603,7 +603,7 @@ char *tl_kv_auto_plan_json(const tl_kv_auto_report *rep, const tl_kv_layer_polic
 /* One line: how many layers took each layout, the calibration's size and time, the worst error. */
 void tl_kv_auto_summary(const tl_kv_auto_report *rep, char *buf, size_t n);
 
-/* Where a quantized KV policy's error comes from (src/calibrate.h): per layer that quantizes,
+/* Where a quantized KV policy's error comes from (src/engine/calibrate.h): per layer that quantizes,
  * the relative attention error of the last n_rows queries of ids[0..n) with the keys quantized
  * (values exact), the values quantized (keys exact), and both (also per query head). */
 typedef struct {
@@ -620,7 +620,7 @@ typedef struct {
 int tl_kv_diagnose(tl_model *m, const tl_kv_layer_policy *policies, const int32_t *ids, int n, int n_rows,
                    int n_threads, tl_kv_diag_report *rep, tl_error *err);
 
-/* ---- Weights: quantize (src/quantize.h, src/awq.h) and synthetic models (src/synth.h) ---- */
+/* ---- Weights: quantize (src/convert/quantize.h, src/convert/awq.h) and synthetic models (src/model/synth.h) ---- */
 
 typedef struct {
     int n_grid;         /* alpha grid points in [0, 1) (default 20) */
@@ -645,7 +645,7 @@ typedef struct {
 
 void tl_quantize_default_params(tl_quantize_params *p);
 
-typedef struct tl_awq_group tl_awq_group; /* one layer's group of matrices (src/awq.h) */
+typedef struct tl_awq_group tl_awq_group; /* one layer's group of matrices (src/convert/awq.h) */
 
 /* AWQ's effect over the groups it scaled. */
 typedef struct {
@@ -675,7 +675,7 @@ typedef struct {
 /* "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K", "f16", "bf16", "f32", "w4g128";
  * "awq" gives w4g128 with *awq = true. */
 int tl_quantize_parse_type(const char *name, tl_type *type, bool *awq, tl_error *err);
-/* Re-encode the weight matrices of in_path into out_path (src/quantize.h says which and how). */
+/* Re-encode the weight matrices of in_path into out_path (src/convert/quantize.h says which and how). */
 int tl_quantize_file(const char *in_path, const char *out_path, const tl_quantize_params *p, tl_quantize_report *rep,
                      tl_error *err);
 void tl_quantize_report_free(tl_quantize_report *rep);
@@ -720,7 +720,7 @@ int tl_synth_parse_weights(const char *name, tl_synth_params *p, tl_error *err);
 /* Write a GGUF with random weights and the shape's metadata (temp file + rename). */
 int tl_synth_write(const tl_synth_params *p, const char *path, tl_error *err);
 
-/* ---- The model report of `tailor info` (src/info.c) ----
+/* ---- The model report of `tailor info` (src/engine/info.c) ----
  * What is in a GGUF file (metadata, tensors), the model tailor reads from it, and the memory a
  * session would need (the planner's projection, computed without allocating); or the same
  * for a synth shape, no file needed. */

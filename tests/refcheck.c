@@ -1,8 +1,8 @@
 /* refcheck.c: tailor against a reference fixture (tests/fixtures/ref_*.json): see refcheck.h. */
 #include "refcheck.h"
 #include "testutil.h"
-#include "../src/session.h"
-#include "../src/sampler.h"
+#include "../src/engine/session.h"
+#include "../src/engine/sampler.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

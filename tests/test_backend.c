@@ -6,7 +6,7 @@
  *  - --cuda-opt lists: every option parsed, formatted back to the same list, lists adding up,
  *    and each bad item refused naming itself and what is accepted. */
 #include "testutil.h"
-#include "../src/session.h"
+#include "../src/engine/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* test_batch.c: the batched step (src/batch.c) against each sequence run alone.
+/* test_batch.c: the batched step (src/engine/batch.c) against each sequence run alone.
  *
  * Four sequences under four KV policies (TailorKV with query prediction among them) go through
  * a schedule of steps where prefill chunks of different lengths (below and above the row count
@@ -11,19 +11,19 @@
  * sums in another order: float weights (one-row dot vs the f32 tile) agree within 1e-4 of the
  * row's largest logit (1e-2 under quantized KV, whose codes can flip at a rounding boundary).
  * Quantized weights below the f32 threshold: q4_0, q4_1, q8_0, q4_K and q6_K run the x16
- * kernels (src/qpack.h), which give every row the same bits whatever else is in the call, on
+ * kernels (src/cpu/qpack.h), which give every row the same bits whatever else is in the call, on
  * AVX2 and AVX-512 alike; q5_0/q5_1 the one-row xa kernels on AVX-512 VNNI. So a model whose
  * matrices all have x16 kernels (SmolLM2, Gemma-3) is checked bit for bit on any SIMD CPU, and
  * the others on AVX-512 VNNI; elsewhere (q5 weights on AVX2: their 4-row kernels sum in another
  * order, and every layer's input being rounded to 8 bits turns that into flipped codes) the
  * bound is a KL divergence of 0.05 per row (measured before the kernels were aligned: 0.005
  * to 0.027; without the per-regime matmul calls up to 0.12). Then the refusals. */
-#include "../src/batch.h"
+#include "../src/engine/batch.h"
 #include "../src/kv/policy.h"
 #include "../src/kv/tailor_plan.h"
-#include "../src/model.h"
-#include "../src/quants_internal.h"
-#include "../src/sampler.h"
+#include "../src/model/model.h"
+#include "../src/cpu/quants_internal.h"
+#include "../src/engine/sampler.h"
 #include "testutil.h"
 
 #include <math.h>

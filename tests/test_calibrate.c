@@ -1,4 +1,4 @@
-/* TailorKV calibration (src/calibrate.c):
+/* TailorKV calibration (src/engine/calibrate.c):
  *  - the row score 1 - (top-k softmax mass) on patterns with a closed-form answer;
  *  - the probe on a synthetic attention pattern: one head attends uniformly (score
  *    1 - ceil(0.05 n)/n per row), the other puts all its mass on one key (score ~0), GQA sharing
@@ -6,12 +6,12 @@
  *  - a sliding-window layer scores only its window;
  *  - on the test model (skipped if absent): scores in [0, 1], deterministic, plan JSON written
  *    from them reads back to the same decisions;
- *  - auto:B key layouts (calibrate_keys.c) on the test model: every layer resolved to a
+ *  - auto:B key layouts (engine/calibrate_keys.c) on the test model: every layer resolved to a
  *    quantized candidate within 10% of the best measured, per-token chosen when it is best,
  *    the GPU set limited to per-token/per-channel, deterministic, the JSON plan reads back
  *    to the same policies, and a session made with auto:4 holds those stores. */
 #include "testutil.h"
-#include "../src/calibrate.h"
+#include "../src/engine/calibrate.h"
 #include "../src/kv/tailor_plan.h"
 #include "../include/tailor.h"
 

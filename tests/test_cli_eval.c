@@ -5,7 +5,7 @@
  * intervals in CSV / JSON / result lines are the Wilson intervals of the scores they
  * summarize, recomputed here from the per-sample scores the files also hold. */
 #include "testutil.h"
-#include "eval/stats.h"
+#include "../src/eval/stats.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

@@ -1,7 +1,7 @@
 /* test_cli_info: `tailor info` and `tailor synth` as a user runs them ($TL_BIN, set by ctest):
  * exit codes, key output lines, JSON fields, and memory figures against independent formulas. */
 #include "testutil.h"
-#include "../src/gguf.h"
+#include "../src/model/gguf.h"
 #include "../src/kv/policy.h"
 
 #include <cjson/cJSON.h>

@@ -1,4 +1,4 @@
-/* The CUDA backend against the CPU forward pass (the reference: session.c, verified against
+/* The CUDA backend against the CPU forward pass (the reference: engine/session.c, verified against
  * goldens). Skipped (exit 77) when the build has no CUDA or no GPU is present (CI).
  *  - synthetic f32 fixtures (llama tied/untied, llama3 rope factors, qwen2 biases, qwen3 q/k
  *    norms, gemma3 sliding window + norms, phi3's fused matrices with LongRoPE (long factors, the
@@ -14,17 +14,17 @@
  *    synthetic models per type, GPU logits against the CPU's, with the memory plan equal to what
  *    the session allocates (qweight_models). */
 #include "testutil.h"
-#include "../src/session.h"
+#include "../src/engine/session.h"
 #include "../src/kv/policy.h"
 #include "../src/kv/offload.h"
-#include "../src/quants.h"
+#include "../src/cpu/quants.h"
 #include "../src/cuda/cuda_test.h"
-#include "../src/batch.h"
-#include "../src/sampler.h"
+#include "../src/engine/batch.h"
+#include "../src/engine/sampler.h"
 
-#include "../src/threads.h"
-#include "../src/synth.h"
-#include "../src/quants.h"
+#include "../src/base/threads.h"
+#include "../src/model/synth.h"
+#include "../src/cpu/quants.h"
 
 #include <math.h>
 #include <stdio.h>

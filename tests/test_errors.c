@@ -3,8 +3,8 @@
  * absurd counts, offsets — is covered by test_gguf.c; this file builds structurally valid
  * GGUFs whose *model* content is wrong, from a real model's tensors.) */
 #include "testutil.h"
-#include "../src/gguf.h"
-#include "../src/session.h"
+#include "../src/model/gguf.h"
+#include "../src/engine/session.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -3,10 +3,10 @@
  * round trips (self-comparison gives KLD 0 and 100% same top-1; a perturbed run matches
  * hand-computed statistics), result lines and the SVG heatmap. */
 #include "testutil.h"
-#include "eval/kld.h"
-#include "eval/report.h"
-#include "eval/score.h"
-#include "eval/stats.h"
+#include "../src/eval/kld.h"
+#include "../src/eval/report.h"
+#include "../src/eval/score.h"
+#include "../src/eval/stats.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -4,12 +4,12 @@
  * log-likelihoods equal a hand-written decode loop, with 1 or 2 parallel sessions. */
 #include "testutil.h"
 #include "../include/tailor.h"
-#include "eval/kld.h"
-#include "eval/perplexity.h"
-#include "eval/runner.h"
-#include "eval/stats.h"
-#include "kv/policy.h"
-#include "sampler.h"
+#include "../src/eval/kld.h"
+#include "../src/eval/perplexity.h"
+#include "../src/eval/runner.h"
+#include "../src/eval/stats.h"
+#include "../src/kv/policy.h"
+#include "../src/engine/sampler.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -6,7 +6,7 @@
  * tokens about 95% of the time (where a token-by-token bootstrap does not), narrowing with
  * more tokens; fractional scores; verdict lines. */
 #include "testutil.h"
-#include "eval/stats.h"
+#include "../src/eval/stats.h"
 
 #include <math.h>
 #include <stdlib.h>

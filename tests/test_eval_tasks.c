@@ -3,8 +3,8 @@
  * equals tokenizing the running text (per model: the shared test model always, SmolLM2 and
  * Gemma-3 when present). */
 #include "testutil.h"
-#include "eval/tasks.h"
-#include "gguf.h"
+#include "../src/eval/tasks.h"
+#include "../src/model/gguf.h"
 
 #include <math.h>
 #include <stdlib.h>

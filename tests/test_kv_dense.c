@@ -4,7 +4,7 @@
  * to the output scale (storage rounding of K and V: 2^-11 and 2^-8 relative). */
 #include "testutil.h"
 #include "../src/kv/kv.h"
-#include "../src/vec.h"
+#include "../src/cpu/vec.h"
 
 #include <math.h>
 #include <stdlib.h>

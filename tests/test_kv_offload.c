@@ -13,7 +13,7 @@
 #include "../src/kv/offload.h"
 #include "../src/kv/policy.h"
 #include "../src/kv/tailor_plan.h"
-#include "../src/session.h"
+#include "../src/engine/session.h"
 #include "../include/tailor.h"
 
 #include <math.h>

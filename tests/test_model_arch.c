@@ -19,10 +19,10 @@
  * Qwen distill's keys on a qwen2 file do not stop it loading. */
 /* TL_TEST_LABEL_SLOW */
 #include "testutil.h"
-#include "../src/calibrate.h"
+#include "../src/engine/calibrate.h"
 #include "../src/kv/tailor_plan.h"
-#include "../src/sampler.h"
-#include "../src/session.h"
+#include "../src/engine/sampler.h"
+#include "../src/engine/session.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -9,8 +9,8 @@
  *  - chunked prefill with f32 KV gives the same logits for chunk sizes 1, 7, 64 and whole. */
 /* TL_TEST_LABEL_SLOW */
 #include "testutil.h"
-#include "../src/session.h"
-#include "../src/sampler.h"
+#include "../src/engine/session.h"
+#include "../src/engine/sampler.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

@@ -11,9 +11,9 @@
 #include "testutil.h"
 #include "../src/eval/stats.h"
 #include "../src/kv/policy.h"
-#include "../src/model.h"
+#include "../src/model/model.h"
 #include "../src/pareto/pareto.h"
-#include "../src/session.h"
+#include "../src/engine/session.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -7,12 +7,12 @@
  * quantized models (check_weights): the integer GEMM's x16 copies a CPU session makes and the
  * file bytes they replace, whose pages the process really gives back. */
 #include "testutil.h"
-#include "../src/calibrate.h"
+#include "../src/engine/calibrate.h"
 #include "../src/engine/plan.h"
 #include "../src/kv/policy.h"
-#include "../src/qpack.h"
-#include "../src/session.h"
-#include "../src/synth.h"
+#include "../src/cpu/qpack.h"
+#include "../src/engine/session.h"
+#include "../src/model/synth.h"
 
 #include <limits.h>
 #include <stdlib.h>

@@ -21,17 +21,17 @@
  * AVX-512 VNNI kernels (test_avx512, skipped on CPUs without them): within 2e-6 of |w||x|
  * of the scalar reference on real data, and identical on random codes with unit scales and
  * small activations (every partial sum an exact integer).
- * x16 GEMM kernels (test_packed, src/qpack.h; q4_0, q4_1, q8_0, q4_K, q6_K): the packed form
+ * x16 GEMM kernels (test_packed, src/cpu/qpack.h; q4_0, q4_1, q8_0, q4_K, q6_K): the packed form
  * gives every row's bytes back; the scalar, AVX2 and AVX-512 kernels give identical bits, on
  * real data and on random codes (every code pattern, random scales and activations), for any
  * number of activation rows in a call (one call over all rows = one call per row); within
  * 2e-6 of |w||x| of tl_vec_dot_ref; tl_matmul_w through them (decode rows, and TL_MM_Q8 prompt
  * rows) within check_matmul's bound of the exact f64 product. */
-#include "quants.h"
-#include "quants_internal.h"
-#include "qpack.h"
-#include "common.h"
-#include "threads.h"
+#include "../src/cpu/quants.h"
+#include "../src/cpu/quants_internal.h"
+#include "../src/cpu/qpack.h"
+#include "../src/base/common.h"
+#include "../src/base/threads.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -612,7 +612,7 @@ static void test_avx512(void) {
         }
     }
     printf("  avx512: %d kernel cases agree with the scalar reference\n", n_cases);
-    /* the 4-row and 2-row xa kernels give each row the one-row kernel's bits (batch.c relies on it); the
+    /* the 4-row and 2-row xa kernels give each row the one-row kernel's bits (engine/batch.c relies on it); the
      * random sequence of the checks below is left as it was */
     {
         const uint64_t rng_saved = rng_state;

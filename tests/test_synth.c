@@ -1,12 +1,12 @@
-/* test_synth: synthetic GGUF models (src/synth.c) load with the right config and shapes, run
+/* test_synth: synthetic GGUF models (src/model/synth.c) load with the right config and shapes, run
  * a forward pass to finite logits, copy a tokenizer verbatim, and the memory projection equals
  * what real sessions allocate and hold; the qwen3 / phi3 / gemma2 shapes have their published
  * parameter counts and write files whose loaded config is the projected one. */
 #include "testutil.h"
 #include "../src/engine/plan.h"
 #include "../src/kv/policy.h"
-#include "../src/session.h"
-#include "../src/synth.h"
+#include "../src/engine/session.h"
+#include "../src/model/synth.h"
 #include "../include/tailor.h"
 
 #include <math.h>

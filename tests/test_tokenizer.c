@@ -8,11 +8,11 @@
 
 #include <cjson/cJSON.h>
 
-#include "gguf.h"
+#include "../src/model/gguf.h"
 #include "testutil.h"
-#include "tokenizer.h"
-#include "tokenizer_pretok.h"
-#include "unicode.h"
+#include "../src/model/tokenizer.h"
+#include "../src/model/tokenizer_pretok.h"
+#include "../src/base/unicode.h"
 
 static tl_tokenizer *load(const char *path) {
     tl_error err = {{0}};
@@ -56,7 +56,7 @@ static void print_ids(const char *what, const int32_t *a, size_t n) {
     fprintf(stderr, "\n");
 }
 
-/* detokenize(tokenize(s)) == s without clean-up (see tokenizer.h). */
+/* detokenize(tokenize(s)) == s without clean-up (see model/tokenizer.h). */
 static bool round_trips(const tl_tokenizer *t, const char *s, size_t len) {
     size_t n, dl;
     int32_t *ids = tok(t, s, len, false, false, &n);

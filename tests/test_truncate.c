@@ -20,9 +20,9 @@
  * 2-core machine. */
 #include "../src/kv/policy.h"
 #include "../src/kv/tailor_plan.h"
-#include "../src/model.h"
-#include "../src/quants.h"
-#include "../src/session.h"
+#include "../src/model/model.h"
+#include "../src/cpu/quants.h"
+#include "../src/engine/session.h"
 #include "testutil.h"
 
 #include <math.h>

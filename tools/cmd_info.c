@@ -1,6 +1,6 @@
 /* tailor info: what is in a GGUF file (metadata, tensors), the model tailor reads from it, and
  * the memory a session would need at any context and KV policy, computed without allocating
- * (tl_info, src/info.c: the planner's projection, which the session allocates by). With
+ * (tl_info, src/engine/info.c: the planner's projection, which the session allocates by). With
  * --shape it projects a model from the synth shape table, no file needed (e.g. Llama-3.1-8B at
  * 128k). */
 #include "cli.h"

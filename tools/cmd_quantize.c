@@ -1,4 +1,4 @@
-/* tailor quantize: re-encode a GGUF file's weight matrices (src/quantize.h, src/awq.h). */
+/* tailor quantize: re-encode a GGUF file's weight matrices (src/convert/quantize.h, src/convert/awq.h). */
 #include "cli.h"
 
 #include <limits.h>

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "../include/tailor.h"
+#include "../../include/tailor.h"
 
 /* 64-byte aligned allocation (free with tl_afree); returns NULL on failure. */
 void *tl_amalloc(size_t n);

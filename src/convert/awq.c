@@ -1,6 +1,6 @@
 /* awq.c: activation-aware weight quantization into w4g128 (awq.h describes the method). */
 #include "awq.h"
-#include "../include/tailor.h"
+#include "../../include/tailor.h"
 
 #include <math.h>
 #include <stdio.h>

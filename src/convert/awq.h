@@ -23,7 +23,7 @@
 #ifndef TL_AWQ_H
 #define TL_AWQ_H
 
-#include "session.h"
+#include "../engine/session.h"
 
 /* tl_awq_params: include/tailor.h (within tl_quantize_params). */
 

@@ -1,6 +1,6 @@
 /* quantize.c: file-level weight quantization (quantize.h). */
 #include "quantize.h"
-#include "threads.h"
+#include "../base/threads.h"
 
 #include <stdio.h>
 #include <stdlib.h>

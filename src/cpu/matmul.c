@@ -9,19 +9,19 @@
  *    formats with an "xa" kernel (q4_0, q4_1, q5_0, q5_1) use it instead, 4 tokens at a time
  *    where there are 4 (each weight block unpacked once for the 4) and one at a time for the
  *    rest, every token's sum in the one-token kernel's order: a row's result does not depend
- *    on how many rows share the call (batch.c);
+ *    on how many rows share the call (engine/batch.c);
  *  - float weights (f32/f16/bf16) with >= 4 tokens, and quantized weights with >= 32 tokens:
  *    the tile's rows are widened to f32 in a per-thread buffer, then a 3 row x 4 token FMA
  *    register tile runs over them (X used as is);
  *  - fewer tokens (decode): a plain streaming matvec, one row after another.
  * tl_matmul_w runs matrices that have a pack slot (the model's weights) through the x16
- * kernels instead (src/qpack.h; q4_0, q4_1, q8_0, q4_K, q6_K; made on the first call): below
+ * kernels instead (src/cpu/qpack.h; q4_0, q4_1, q8_0, q4_K, q6_K; made on the first call): below
  * 32 tokens, and for any count under TL_MM_Q8. Tasks are runs of 16-row groups times blocks of
  * up to 64 activation rows; the f32 tiles of the other regime are widened from the same copy. */
 #include "quants_internal.h"
 #include "qpack.h"
-#include "common.h"
-#include "threads.h"
+#include "../base/common.h"
+#include "../base/threads.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

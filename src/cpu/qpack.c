@@ -28,7 +28,7 @@
  *       bsums[2j + 1]); 8 + j, j < 4: int16 pair (sum of sub-block 2j, of 2j + 1) */
 #include "qpack.h"
 #include "quants_internal.h"
-#include "common.h"
+#include "../base/common.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -12,7 +12,7 @@
 #endif
 
 #include "quants_internal.h"
-#include "common.h"
+#include "../base/common.h"
 
 #include <float.h>
 #include <math.h>

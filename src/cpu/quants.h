@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 
-#include "../include/tailor.h"
+#include "../../include/tailor.h"
 
 /* tl_type, the weight formats, and their names: include/tailor.h. */
 
@@ -85,7 +85,7 @@ size_t tl_matmul_scratch_size(tl_type wt, int64_t n_in, int64_t n_tok);
 void tl_matmul(struct tl_pool *pool, tl_type wt, const void *W, int64_t n_in, int64_t n_out,
                const float *X, int64_t n_tok, float *Y, int64_t ldy, void *scratch);
 
-/* A weight matrix's copy in the integer GEMM kernels' x16 form (src/qpack.h: q4_0, q4_1, q8_0,
+/* A weight matrix's copy in the integer GEMM kernels' x16 form (src/cpu/qpack.h: q4_0, q4_1, q8_0,
  * q4_K, q6_K), made on the first tl_matmul_w that runs it on a SIMD CPU (the pool's threads
  * pack it; a mutex makes concurrent first calls pack once). The model owns one slot per matrix
  * whose type has the form (tl_wpack_wanted). */

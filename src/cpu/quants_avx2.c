@@ -7,7 +7,7 @@
  * The dot4 variants unpack each weight block once and use it for 4 activation rows, which
  * is what makes prefill fast. Activation quantizers give the same bytes as the references. */
 #include "quants_internal.h"
-#include "common.h"
+#include "../base/common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

@@ -14,7 +14,7 @@
  * (Tried and dropped: gathering 8 blocks' fp16 scales with vpgatherdd, for the single-row
  * and 4-token kernels: gathers are slow on Zen 4, and both lost to AVX2.) */
 #include "quants_internal.h"
-#include "common.h"
+#include "../base/common.h"
 
 /* pairs of 32-value blocks in a row of n (the decode layout "xa", described below) */
 static inline size_t xa_np(int64_t n) { return (size_t)((n / QK + 1) / 2); }

@@ -12,7 +12,7 @@
 #endif
 
 #include "quants_internal.h"
-#include "common.h"
+#include "../base/common.h"
 
 #include <math.h>
 #include <string.h>

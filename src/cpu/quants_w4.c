@@ -2,7 +2,7 @@
  * layout): round-to-nearest quantization with an optional clipping search, dequantization,
  * and the dot product with q8_1 activations. The AVX2 kernels are in quants_avx2.c. */
 #include "quants_internal.h"
-#include "common.h"
+#include "../base/common.h"
 
 #include <float.h>
 #include <math.h>

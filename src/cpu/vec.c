@@ -2,7 +2,7 @@
  * a Cephes-style range reduction (x = n ln2 + r) with a degree-5 polynomial: relative error
  * below 2e-7 over the range softmax uses, checked against expf in tests/test_vec.c. */
 #include "vec.h"
-#include "common.h"
+#include "../base/common.h"
 #include "quants.h"
 
 #include <math.h>

@@ -5,9 +5,9 @@
 #include <cuda_runtime.h>
 
 extern "C" {
-#include "../common.h"
+#include "../base/common.h"
 #include "cuda.h"
-#include "../quants.h"
+#include "../cpu/quants.h"
 }
 #include "kernels.cuh"
 

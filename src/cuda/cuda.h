@@ -5,7 +5,7 @@
  * shared by its sessions; freed by tl_model_free), the KV cache of every layer in device
  * memory (dense f32/f16/bf16, or quantized per-token / per-channel KIVI with residual windows,
  * in the CPU store's packing layout, see src/kv/quant.c), and activations sized by the chunk.
- * table.c makes it the "cuda" backend (engine/backend.h) that session.c and batch.c call.
+ * table.c makes it the "cuda" backend (engine/backend.h) that engine/session.c and engine/batch.c call.
  *
  * The hooks that test and time one kernel family alone are in cuda_test.h. Builds without
  * CUDA (TL_CUDA=OFF, or nvcc missing) link src/cuda/stub.c instead: every function then fails
@@ -13,7 +13,7 @@
 #ifndef TL_CUDA_H
 #define TL_CUDA_H
 
-#include "../common.h"
+#include "../base/common.h"
 #include "../kv/kv.h"
 #include "../engine/backend.h"
 

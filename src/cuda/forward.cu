@@ -1,5 +1,5 @@
 /* forward.cu: the CUDA forward pass (llama / mistral / qwen2 / gemma3), the same math as
- * session.c, step for step:
+ * engine/session.c, step for step:
  *   embed (gemma: * sqrt(E)); per layer: rmsnorm -> q,k,v (+bias) -> gemma q/k head norms ->
  *   RoPE (cos/sin from double angles, like the CPU) -> attention over the cache (attn.cu) ->
  *   Wo (gemma: post-norm) + residual -> rmsnorm -> gate/up -> silu|gelu-tanh * up -> Wdown
@@ -20,8 +20,8 @@
 #include <stdlib.h>
 
 extern "C" {
-#include "../model.h"
-#include "../session.h"
+#include "../model/model.h"
+#include "../engine/session.h"
 #include "../kv/policy.h"
 #include "../kv/offload.h"
 #include "../engine/plan.h"
@@ -145,7 +145,7 @@ __global__ void rmsnorm_quant_k(const float *x, const float *w, float *out, int 
 }
 
 /* cos/sin per token and base: rope[((t*2 + b)*half + i)*2 + {0,1}], angles in double, times
- * mscale (the rope's attention factor, as session.c's rope_cs). */
+ * mscale (the rope's attention factor, as engine/session.c's rope_cs). */
 __global__ void rope_table_k(const double *inv_freq, int half, int pos0, int n, float mscale, float *rope) {
     pdl_trigger();
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
@@ -694,7 +694,7 @@ static int forward_chunk(tl_cuda_session *g, int n, float *logits, bool all_logi
         if (L->k_norm && tlc_rmsnorm(g, g->k, L->k_norm, g->k, n * Hkv, c->head_dim_k, 0, err)) return -1;
         if (tlc_rope(g, g->q, Hq, g->k, Hkv, n, base, g->rope, err)) return -1;
         /* TailorKV: the next layer's query predicted from this layer's normed input (as
-         * session.c), with that layer's Wq (+bias, q-norm, RoPE); decode only */
+         * engine/session.c), with that layer's Wq (+bias, q-norm, RoPE); decode only */
         if (n == 1 && il + 1 < c->n_layer && g->kv[il + 1].off) {
             const dlayer *L1 = &w->L[il + 1];
             float *qp = qpred_of(g, il + 1);

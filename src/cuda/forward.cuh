@@ -13,7 +13,7 @@
 #include <cublas_v2.h>
 
 extern "C" {
-#include "../model.h"
+#include "../model/model.h"
 }
 
 struct dmat {

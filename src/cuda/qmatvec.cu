@@ -1,5 +1,5 @@
 /* qmatvec.cu: weights that stay in their GGUF block formats on the device (q8_0, q4_0, q4_1,
- * q5_0, q5_1, q4_K, q5_K, q6_K, w4g128), byte for byte as in the file (quants_internal.h).
+ * q5_0, q5_1, q4_K, q5_K, q6_K, w4g128), byte for byte as in the file (cpu/quants_internal.h).
  *
  * Decode (one token): the input vector is quantized once per product to int8 blocks of 32
  * values (xq) with a float scale d and d * sum(q) per block (xd, like q8_1 but in f32), then
@@ -25,7 +25,7 @@
 #include "backend.cuh"
 
 extern "C" {
-#include "../quants_internal.h"
+#include "../cpu/quants_internal.h"
 }
 
 #define QMV_THR 256
@@ -86,7 +86,7 @@ __device__ __forceinline__ void kscale(const uint8_t *q, int j, int &sc, int &mn
     }
 }
 
-/* Value i of a row: the CPU's dequantizers (quants.c, quants_kquants.c, quants_w4.c), the same
+/* Value i of a row: the CPU's dequantizers (cpu/quants.c, cpu/quants_kquants.c, cpu/quants_w4.c), the same
  * float operations in the same order. */
 template <int T>
 __device__ __forceinline__ float qval(const uint8_t *row, int i) {

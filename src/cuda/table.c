@@ -2,8 +2,8 @@
  * session's state is a tl_cuda_session at tl_session.impl: the whole forward pass (tl_cuda_eval)
  * for a session, the KV caches alone for a sequence of a batched step (tl_cuda_batch). */
 #include "cuda.h"
-#include "../batch.h"
-#include "../session.h"
+#include "../engine/batch.h"
+#include "../engine/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>

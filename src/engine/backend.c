@@ -11,7 +11,7 @@
  * free function. */
 #define _GNU_SOURCE
 #include "backend.h"
-#include "../common.h"
+#include "../base/common.h"
 
 #include <errno.h>
 #include <stddef.h>

@@ -1,7 +1,7 @@
 /* calibrate.c: TailorKV layer identification (definitions in calibrate.h). */
 #include "calibrate.h"
-#include "../include/tailor.h"
-#include "kv/policy.h"
+#include "../../include/tailor.h"
+#include "../kv/policy.h"
 
 #include <math.h>
 #include <stdlib.h>

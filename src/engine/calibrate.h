@@ -13,7 +13,7 @@
 #define TL_CALIBRATE_H
 
 #include "session.h"
-#include "kv/policy.h"
+#include "../kv/policy.h"
 
 /* 1 - (sum of the k largest of softmax(logits[0..n))), k = max(1, ceil(top * n)).
  * scratch: n floats. */

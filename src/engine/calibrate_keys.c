@@ -5,7 +5,7 @@
  * quantized per token at no loss. Which layout a layer tolerates is a property of the layer,
  * visible in a short prefill, so it is measured rather than guessed. */
 #include "calibrate.h"
-#include "tokenizer.h"
+#include "../model/tokenizer.h"
 
 #include <cjson/cJSON.h>
 

@@ -4,11 +4,11 @@
  * engine/plan.h, which the session allocates by); or the same for a synth shape, no file
  * needed (e.g. Llama-3.1-8B at 128k). Everything is gathered before printing, so markdown
  * and JSON show the same facts. */
-#include "gguf.h"
-#include "model.h"
-#include "synth.h"
-#include "engine/plan.h"
-#include "kv/policy.h"
+#include "../model/gguf.h"
+#include "../model/model.h"
+#include "../model/synth.h"
+#include "plan.h"
+#include "../kv/policy.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>

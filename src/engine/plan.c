@@ -1,7 +1,7 @@
 /* plan.c: see plan.h. */
 #include "plan.h"
-#include "../qpack.h"
-#include "../quants.h"
+#include "../cpu/qpack.h"
+#include "../cpu/quants.h"
 
 #include <string.h>
 

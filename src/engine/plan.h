@@ -16,7 +16,7 @@
 #ifndef TL_ENGINE_PLAN_H
 #define TL_ENGINE_PLAN_H
 
-#include "../model.h"
+#include "../model/model.h"
 #include "../kv/policy.h"
 
 /* n_ctx and chunk as a session resolves them (tl_plan_chunk: include/tailor.h). */

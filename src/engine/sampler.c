@@ -1,7 +1,7 @@
 /* sampler.c: see sampler.h. The random generator is xoshiro256** seeded through splitmix64,
  * so a seed gives the same text on every machine. */
 #include "sampler.h"
-#include "common.h"
+#include "../base/common.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
 #ifndef TL_SAMPLER_H
 #define TL_SAMPLER_H
 
-#include "common.h"
+#include "../base/common.h"
 
 #include <stdint.h>
 

@@ -21,10 +21,10 @@
  * chunk size and not by the prompt length. */
 #include "session.h"
 #include "calibrate.h"
-#include "../include/tailor.h"
-#include "kv/policy.h"
-#include "kv/tailor_plan.h"
-#include "engine/plan.h"
+#include "../../include/tailor.h"
+#include "../kv/policy.h"
+#include "../kv/tailor_plan.h"
+#include "plan.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -4,12 +4,12 @@
 #ifndef TL_SESSION_H
 #define TL_SESSION_H
 
-#include "../include/tailor.h"
-#include "model.h"
-#include "threads.h"
-#include "vec.h"
-#include "kv/kv.h"
-#include "engine/backend.h"
+#include "../../include/tailor.h"
+#include "../model/model.h"
+#include "../base/threads.h"
+#include "../cpu/vec.h"
+#include "../kv/kv.h"
+#include "backend.h"
 
 /* Activation buffers for a chunk of up to `chunk` tokens. */
 typedef struct {

@@ -26,7 +26,7 @@
 #ifndef TL_EVAL_KLD_H
 #define TL_EVAL_KLD_H
 
-#include "../common.h"
+#include "../base/common.h"
 #include "stats.h"
 
 #include <stdio.h>

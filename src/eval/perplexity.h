@@ -9,7 +9,7 @@
 #ifndef TL_PERPLEXITY_H
 #define TL_PERPLEXITY_H
 
-#include "../session.h"
+#include "../engine/session.h"
 
 /* Scored rows of a window of n_ctx tokens: positions n_ctx/2 .. n_ctx-2 predict the next. */
 static inline int tl_ppl_rows_per_window(int n_ctx) { return n_ctx - 1 - n_ctx / 2; }

@@ -7,7 +7,7 @@
 #ifndef TL_EVAL_REPORT_H
 #define TL_EVAL_REPORT_H
 
-#include "../common.h"
+#include "../base/common.h"
 #include "stats.h"
 
 #include <cjson/cJSON.h>

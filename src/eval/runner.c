@@ -2,7 +2,7 @@
 #include "runner.h"
 #include "../../include/tailor.h"
 #include "../engine/plan.h"
-#include "../sampler.h"
+#include "../engine/sampler.h"
 
 #include <math.h>
 #include <stdio.h>

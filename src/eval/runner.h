@@ -16,7 +16,7 @@
 #ifndef TL_EVAL_RUNNER_H
 #define TL_EVAL_RUNNER_H
 
-#include "../session.h"
+#include "../engine/session.h"
 #include "report.h"
 
 typedef int (*tl_truncate_fn)(tl_session *s, int n_tokens, tl_error *err);

@@ -1,7 +1,7 @@
 /* score.c: see score.h. */
 #include "score.h"
-#include "../common.h"
-#include "../unicode.h"
+#include "../base/common.h"
+#include "../base/unicode.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -29,7 +29,7 @@
 #ifndef TL_EVAL_STATS_H
 #define TL_EVAL_STATS_H
 
-#include "../common.h"
+#include "../base/common.h"
 
 #define TL_STATS_Z95 1.959963984540054   /* the standard normal's 97.5% point */
 /* TL_STATS_BLOCK (64 tokens per bootstrap block, see above and docs) and TL_STATS_RESAMPLES

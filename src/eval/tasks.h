@@ -20,8 +20,8 @@
 #ifndef TL_EVAL_TASKS_H
 #define TL_EVAL_TASKS_H
 
-#include "../common.h"
-#include "../tokenizer.h"
+#include "../base/common.h"
+#include "../model/tokenizer.h"
 #include "score.h"
 
 /* splitmix64: tiny, good enough, identical everywhere */

@@ -14,7 +14,7 @@
  * over tasks too and merges the partial states with their log-sum-exp weights. Soft-capped
  * scores (Gemma 2) are capped per tile, before the mask and softmax. */
 #include "kv.h"
-#include "../vec.h"
+#include "../cpu/vec.h"
 #include "quant_kernels.h"
 
 #include <math.h>

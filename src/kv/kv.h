@@ -25,8 +25,8 @@
 #ifndef TL_KV_H
 #define TL_KV_H
 
-#include "../common.h"
-#include "../threads.h"
+#include "../base/common.h"
+#include "../base/threads.h"
 
 typedef struct {
     int n_head;     /* query heads */
@@ -92,7 +92,7 @@ static inline uint64_t tl_kv_bytes_total(const tl_kv_bytes *b) {
  * What store each layer gets. The text form and JSON plans are parsed in policy.c; the
  * dense (f32/f16/bf16) store lives in dense.c. */
 /* TL_KV_AUTO ("auto:4") is never a store: the session replaces it, layer by layer, with the
- * quantized policy that a short calibration pass measures best (calibrate_keys.c). */
+ * quantized policy that a short calibration pass measures best (engine/calibrate_keys.c). */
 typedef enum { TL_KV_F32, TL_KV_F16, TL_KV_BF16, TL_KV_QUANT, TL_KV_OFFLOAD, TL_KV_AUTO } tl_kv_kind;
 
 typedef enum {

@@ -43,7 +43,7 @@
  * Staging buffers (the top-k rows, the scored channel rows) are transient workspace, like
  * activations, and not counted. */
 #include "offload.h"
-#include "../vec.h"
+#include "../cpu/vec.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -74,7 +74,7 @@
  *   other:   smoothing means n_head_kv*d_k*4 (f32) once n > 0. */
 #include "policy.h"
 #include "quant_kernels.h"
-#include "../vec.h"
+#include "../cpu/vec.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -8,7 +8,7 @@
  * dot products reduced with hadd), channel-layout tiles are columns (scores by broadcast FMAs,
  * no horizontal sums; for values the column tile is transposed in registers). */
 #include "quant_kernels.h"
-#include "../quants.h"
+#include "../cpu/quants.h"
 
 #include <math.h>
 #include <stdlib.h>

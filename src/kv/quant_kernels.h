@@ -20,7 +20,7 @@
 #ifndef TL_KV_QUANT_KERNELS_H
 #define TL_KV_QUANT_KERNELS_H
 
-#include "../common.h"
+#include "../base/common.h"
 
 #define KVQ_MAX_DIM 256 /* largest head_dim the kernels accept */
 
@@ -61,7 +61,7 @@ typedef struct {
 #define KVQ_QPREP_BYTES(nq) (512 + (size_t)(nq) * 1408)
 
 const kvq_kernels *kvq_kernels_ref(void);
-/* The table of the SIMD level tl_simd_level_get gives (quants.h): AVX-512, AVX2 or the
+/* The table of the SIMD level tl_simd_level_get gives (cpu/quants.h): AVX-512, AVX2 or the
  * reference. */
 const kvq_kernels *kvq_kernels_best(void);
 /* The AVX2 table (the reference where the CPU lacks AVX2/FMA/F16C), and the AVX-512 VNNI table

@@ -1,7 +1,7 @@
 /* tailor_plan.c: TailorKV spec parsing ("tailor:plan=...,bits=..."), the calibration plan JSON
  * (writer and reader), and the per-session traffic summary. Grammar in tailor_plan.h. */
 #include "tailor_plan.h"
-#include "../common.h"
+#include "../base/common.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>

@@ -8,8 +8,8 @@
 #ifndef TL_GGUF_H
 #define TL_GGUF_H
 
-#include "common.h"
-#include "quants.h"
+#include "../base/common.h"
+#include "../cpu/quants.h"
 
 typedef enum {
     TL_GGUF_UINT8 = 0,
@@ -115,7 +115,7 @@ const tl_gguf_tensor *tl_gguf_find_tensor(const tl_gguf *g, const char *name); /
 
 /* ---- Writer ----
  * Collects metadata and tensors in memory order, then writes them through a tl_outfile
- * (common.h: "<path>.tmp.<pid>" renamed onto path when complete, never a half-written
+ * (base/common.h: "<path>.tmp.<pid>" renamed onto path when complete, never a half-written
  * output). Tensor data is copied at write time from the pointers given (they must stay valid
  * until tl_gguf_write). */
 typedef struct tl_gguf_writer tl_gguf_writer;

@@ -1,7 +1,7 @@
 /* model.c: read a model's config from GGUF metadata and bind its tensors, checking every
  * shape and type. Errors name the file and the tensor or key. */
 #include "model.h"
-#include "../include/tailor.h"
+#include "../../include/tailor.h"
 
 #include <float.h>
 #include <math.h>

@@ -1,16 +1,16 @@
 /* model.h: the Llama-family model as three plain parts (after llama2.c):
  *   tl_config  - the blueprint, read from GGUF metadata
  *   tl_weights - views into the mapped file, one per tensor, each with its shape
- *   tl_session (session.h) - activations and the KV cache of one sequence
+ *   tl_session (engine/session.h) - activations and the KV cache of one sequence
  * Architectures: llama (and mistral), qwen2 (and the DeepSeek-R1 Qwen distills), qwen3, phi3,
  * gemma2, gemma3: what each file holds and the rules llama.cpp applies to it are one row of
  * model.c's table. */
 #ifndef TL_MODEL_H
 #define TL_MODEL_H
 
-#include "common.h"
+#include "../base/common.h"
 #include "gguf.h"
-#include "quants.h"
+#include "../cpu/quants.h"
 #include "tokenizer.h"
 
 typedef enum { TL_ARCH_LLAMA, TL_ARCH_QWEN2, TL_ARCH_QWEN3, TL_ARCH_PHI3, TL_ARCH_GEMMA2, TL_ARCH_GEMMA3 } tl_arch;
@@ -54,7 +54,7 @@ typedef struct {
     tl_type type;
     int64_t n_in, n_out;
     const char *name;
-    tl_wpack *pack; /* the CPU kernels' repacked copy, made on first use (quants.h); NULL: none */
+    tl_wpack *pack; /* the CPU kernels' repacked copy, made on first use (cpu/quants.h); NULL: none */
 } tl_mat;
 
 typedef struct {

@@ -9,7 +9,7 @@
  * (GGUF v3, alignment 32, tensors packed in order, each aligned). */
 #define _GNU_SOURCE
 #include "synth.h"
-#include "threads.h"
+#include "../base/threads.h"
 
 #include <errno.h>
 #include <math.h>

@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "tokenizer_pretok.h"
-#include "unicode.h"
+#include "../base/unicode.h"
 
 /* token attributes (llama.cpp's llama_token_attr bits) */
 enum {

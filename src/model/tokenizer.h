@@ -10,7 +10,7 @@
 #ifndef TL_TOKENIZER_H
 #define TL_TOKENIZER_H
 
-#include "common.h"
+#include "../base/common.h"
 #include "gguf.h"
 
 tl_tokenizer *tl_tokenizer_load(const tl_gguf *g, tl_error *err);

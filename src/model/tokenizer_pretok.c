@@ -21,8 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "unicode.h"
+#include "../base/common.h"
+#include "../base/unicode.h"
 
 /* llama.cpp's names, grouped by kind; its settings per name (llama-vocab.cpp, load()) */
 static const tl_pretok_info PRES[] = {

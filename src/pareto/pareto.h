@@ -19,7 +19,7 @@
 #ifndef TL_PARETO_H
 #define TL_PARETO_H
 
-#include "../common.h"
+#include "../base/common.h"
 #include "../kv/policy.h"
 
 #include <cjson/cJSON.h>

@@ -31,9 +31,9 @@
 #include "../eval/tasks.h"
 #include "../engine/plan.h"
 #include "../kv/policy.h"
-#include "../quantize.h"
-#include "../session.h"
-#include "../synth.h"
+#include "../convert/quantize.h"
+#include "../engine/session.h"
+#include "../model/synth.h"
 
 #include <errno.h>
 #include <math.h>

@@ -4,15 +4,15 @@
 
 #include "server.h"
 #include "tailor.h"
-#include "../model.h"
-#include "../session.h"
-#include "../unicode.h"
+#include "../model/model.h"
+#include "../engine/session.h"
+#include "../base/unicode.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
 
-/* ---------------- util.c (validation: tl_utf8_validate, unicode.h) ---------------- */
+/* ---------------- util.c (validation: tl_utf8_validate, base/unicode.h) ---------------- */
 /* Bytes at the end of s[0..n) that start a multi-byte character not yet complete (0..3). */
 size_t tl_utf8_incomplete_tail(const char *s, size_t n);
 /* Copy with every invalid sequence replaced by U+FFFD (malloc'd, NUL-terminated). */

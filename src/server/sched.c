@@ -2,7 +2,7 @@
  *
  * P slots, each owning one tl_session (KV cache sized by the policy and n_ctx). One thread runs
  * the steps: it admits waiting jobs into free slots, then runs one batched forward step
- * (batch.c, all n_threads threads) over every running job: the next token of each one that is
+ * (engine/batch.c, all n_threads threads) over every running job: the next token of each one that is
  * generating, plus prompt chunks of the others, oldest first, up to the step's token budget
  * (--batch-tokens); jobs join and leave between steps. With --device cuda the sessions hold
  * their KV caches on the GPU and the step runs there (src/cuda/batch.cu), the same loop
@@ -31,7 +31,7 @@
  * sched->mu may be held while taking job->mu, never the other way round. */
 #define _GNU_SOURCE
 #include "internal.h"
-#include "../batch.h"
+#include "../engine/batch.h"
 #include "../engine/plan.h"
 
 #include <errno.h>

@@ -5,7 +5,7 @@
  *             client-disconnect detection
  *   routes.c  the endpoints: request validation (cJSON), response shapes, SSE events
  *   sched.c   slots (one tl_session each), the bounded queue, and the step loop: one thread
- *             running every slot's tokens through one batched forward step (batch.c; on the
+ *             running every slot's tokens through one batched forward step (engine/batch.c; on the
  *             GPU with --device cuda, src/cuda/batch.cu)
  *   chat.c    chat templates (ChatML, Phi-3, Phi-4, Gemma, Llama-3, DeepSeek-R1) chosen from
  *             tokenizer.chat_template
@@ -16,9 +16,9 @@
 #ifndef TL_SERVER_H
 #define TL_SERVER_H
 
-#include "../common.h"
-#include "../sampler.h"
-#include "../session.h"
+#include "../base/common.h"
+#include "../engine/sampler.h"
+#include "../engine/session.h"
 
 #include <stdint.h>
 
