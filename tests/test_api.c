@@ -4,6 +4,8 @@
  *  - nothing in src/ includes anything from tools/;
  *  - nothing in src/ outside src/cuda/ includes the CUDA backend's headers: the engine reaches
  *    it through its table (engine/backend.h) in the shared object it opens;
+ *  - every file of src/ sits in a layer's folder, and includes headers of its own folder and
+ *    of lower layers only (docs/architecture.md, Layers);
  *  - include/tailor.h includes system headers only (it is the whole public face). */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -56,10 +58,46 @@ static void tool_include(const char *path, const char *inc) {
     CHECKF(ok, "%s includes \"%s\": a tool includes only tailor.h and the tools' own headers", path, inc);
 }
 
+/* The folders of src/ and their layers, bottom up (docs/architecture.md, Layers). */
+static const struct {
+    const char *dir;
+    int layer;
+} layers[] = {
+    {"base", 0},  {"cpu", 1},     {"model", 2}, {"kv", 2},     {"engine", 3},
+    {"cuda", 4},  {"convert", 4}, {"eval", 4},  {"server", 4}, {"pareto", 5},
+};
+
+static char src_root[4096]; /* realpath of $TL_SRC/src, with a trailing '/' */
+
+/* The layer of the folder of src/ that holds path (a realpath under src_root), -1 when none. */
+static int layer_of(const char *path, char *dir, size_t dir_size) {
+    const char *rel = path + strlen(src_root);
+    const char *slash = strchr(rel, '/');
+    snprintf(dir, dir_size, "%.*s", slash ? (int)(slash - rel) : 0, rel);
+    for (size_t i = 0; slash && i < sizeof layers / sizeof layers[0]; i++)
+        if (!strcmp(dir, layers[i].dir)) return layers[i].layer;
+    return -1;
+}
+
 static void src_include(const char *path, const char *inc) {
     CHECKF(!strstr(inc, "tools/"), "%s includes \"%s\": src/ includes nothing from tools/", path, inc);
     CHECKF(strstr(path, "/src/cuda/") || !strstr(inc, "cuda/"),
            "%s includes \"%s\": the engine reaches the CUDA backend through its table only", path, inc);
+    /* the layers: src/ is no include folder, so an include is a path from the file's folder */
+    char from[4096], to[4096], joined[8192], from_dir[256], to_dir[256];
+    const char *slash = strrchr(path, '/');
+    snprintf(joined, sizeof joined, "%.*s/%s", (int)(slash - path), path, inc);
+    if (!realpath(path, from)) return;
+    const int lf = layer_of(from, from_dir, sizeof from_dir);
+    CHECKF(lf >= 0, "%s: every file of src/ lives in a layer's folder (the table above, docs/architecture.md)",
+           path);
+    if (!realpath(joined, to)) return;                   /* include/'s tailor.h, by the include folder */
+    if (strncmp(to, src_root, strlen(src_root))) return; /* outside src/: include/ */
+    const int lt = layer_of(to, to_dir, sizeof to_dir);
+    CHECKF(lt >= 0, "%s includes \"%s\": not in one of the layers' folders", path, inc);
+    if (lf < 0 || lt < 0 || !strcmp(from_dir, to_dir)) return;
+    CHECKF(lt < lf, "%s includes \"%s\": src/%s/ (layer %d) includes only lower layers, not src/%s/ (layer %d)",
+           path, inc, from_dir, lf, to_dir, lt);
 }
 
 static void public_include(const char *path, const char *inc) {
@@ -76,6 +114,11 @@ int main(void) {
     snprintf(dir, sizeof dir, "%s/tools", src);
     CHECKF(walk(dir, tool_include) > 10, "%s: the tools' sources", dir);
     snprintf(dir, sizeof dir, "%s/src", src);
+    if (!realpath(dir, src_root)) {
+        CHECKF(false, "%s: cannot resolve", dir);
+        return tl_test_done();
+    }
+    strcat(src_root, "/");
     CHECKF(walk(dir, src_include) > 50, "%s: the library's sources", dir);
     snprintf(dir, sizeof dir, "%s/include/tailor.h", src);
     each_include(dir, public_include);

@@ -11,7 +11,6 @@
 #define TL_SYNTH_H
 
 #include "model.h"
-#include "../kv/kv.h"
 
 /* tl_synth_shape (a public model config) and the shape table (tl_synth_n_shapes,
  * tl_synth_shape_at, tl_synth_find_shape): include/tailor.h. */
