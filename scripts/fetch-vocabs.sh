@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Extract llama.cpp's tokenizer test vocabularies (models/ggml-vocab-*.gguf with their .inp/.out
 # test files) from a llama.cpp source tree or git directory into a cache folder that
-# test_tokenizer_vocabs reads (tests/test_tokenizer_vocabs.c). Nothing is downloaded and
+# test_tokenizer_vocabs reads (tests/model/test_tokenizer_vocabs.c). Nothing is downloaded and
 # nothing goes into the repository: the files are 0.6-4 MB each.
 #
 # usage: scripts/fetch-vocabs.sh [LLAMA_CPP] [DEST]

@@ -3,7 +3,7 @@
 # Meant for a machine with an NVIDIA GPU (the device tool runs it with $OUT set; logs and
 # tables land there, or in ./gpu-out). Steps:
 #   1. cmake -DTL_CUDA=ON build (sm_90 + PTX)
-#   2. tests/test_cuda: GPU vs CPU logits on the synthetic f32 fixtures, and quantized KV on a
+#   2. tests/cuda/test_cuda.c: GPU vs CPU logits on the synthetic f32 fixtures, and quantized KV on a
 #      2-layer SmolLM2-shaped synth (head_dim 64)
 #   3. a synthetic Llama-3.1-8B (bf16, streamed to disk), decode ms/token at depths 0 / 32k /
 #      128k for f16, k4v4, k2v2 (+ KIVI) KV, and prefill time per chunk size

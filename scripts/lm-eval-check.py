@@ -17,7 +17,7 @@ requirements.txt plus lm-eval); exits 77 (skipped) without them. Offline through
 
 Prints each document's lm-eval and reference log-likelihood and is_greedy, and fails (exit 1)
 when a log-likelihood differs from the reference by more than 1e-3 per continuation token
-(tailor's prefill logits agree with transformers' to ~2e-4: tests/test_model_ref.c).
+(tailor's prefill logits agree with transformers' to ~2e-4: tests/model/test_model_ref.c).
 """
 import argparse
 import glob

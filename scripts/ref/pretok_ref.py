@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reference splits for every byte-level BPE pre-tokenizer llama.cpp (June 2025) knows:
-tests/fixtures/tokenizer_pretok_all.json, read by tests/test_tokenizer_pretok.c.
+tests/fixtures/tokenizer_pretok_all.json, read by tests/model/test_tokenizer_pretok.c.
 
     python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install unicodedata2==15.1.0
     /tmp/refvenv/bin/python scripts/ref/pretok_ref.py [INP_FILE]

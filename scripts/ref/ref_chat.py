@@ -9,7 +9,7 @@ DeepSeek-R1-Distill-Qwen-32B as llama.cpp's models/templates keeps them; Phi-3-m
 phi-4 and Phi-4-mini-instruct transcribed from their model cards' tokenizer_config.json; the
 R1 Llama distills carry the same text as the Qwen ones). Rendered with add_generation_prompt and
 an empty bos_token (tailor's tokenizer adds BOS where the vocabulary asks for it). Each entry
-names the template tailor should recognise; tests/test_server.c renders the same messages and
+names the template tailor should recognise; tests/server/test_server.c renders the same messages and
 compares byte for byte.
 """
 import json

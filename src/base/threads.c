@@ -8,7 +8,7 @@
  * and it never reads the (fn, ctx) of a job it did not claim a task of. (Without the close, a
  * stale worker that read the next job's larger n_tasks claimed a task of the finished job and
  * ran it with the next job's fn and a dead or half-written ctx: issue 19, item 0;
- * tests/test_threads.c.) The caller returns when `done` reaches n_tasks, without waiting for
+ * tests/base/test_threads.c.) The caller returns when `done` reaches n_tasks, without waiting for
  * sleeping workers to check in. Waiting spins briefly (decode issues many short jobs) and then
  * yields or sleeps, so an oversubscribed machine degrades gracefully instead of burning its
  * cores on spinning.

@@ -25,7 +25,7 @@
  *     q6_K:        isum = sum_s sc_s * (isum_s - 32 * bsum_s); f = fma(float(isum), d * dx, f)
  *
  * so all of them give the same bits, for any number of activation rows in a call and any
- * split of the rows between calls (tests/test_quants.c checks both). */
+ * split of the rows between calls (tests/cpu/test_quants.c checks both). */
 #ifndef TL_QPACK_H
 #define TL_QPACK_H
 

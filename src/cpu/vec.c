@@ -1,6 +1,6 @@
 /* vec.c: scalar references and AVX2/FMA versions of the primitives in vec.h. The AVX2 exp is
  * a Cephes-style range reduction (x = n ln2 + r) with a degree-5 polynomial: relative error
- * below 2e-7 over the range softmax uses, checked against expf in tests/test_vec.c. */
+ * below 2e-7 over the range softmax uses, checked against expf in tests/cpu/test_vec.c. */
 #include "vec.h"
 #include "../base/common.h"
 #include "quants.h"

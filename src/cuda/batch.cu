@@ -7,7 +7,7 @@
  * ascending order of their row count, so the one-row sequences (decode) are rows 0 .. n_dec - 1.
  *
  * A sequence gets the numbers tl_cuda_eval gives it alone, whatever shares its step (the
- * per-session path is the reference; tests/test_cuda.c batch_cases), because every piece of
+ * per-session path is the reference; tests/cuda/test_cuda.c batch_cases), because every piece of
  * the pass runs, for its rows, the kernel that sequence would run alone:
  *  - the decode rows' products go through the matrix-vector kernels together
  *    (tlc_matvec_rows: each weight load serves up to TLC_MV_ROWS rows, each row summed as

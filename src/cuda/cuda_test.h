@@ -1,4 +1,4 @@
-/* cuda_test.h: the CUDA backend's hooks for tests and benchmarks (tests/test_cuda.c,
+/* cuda_test.h: the CUDA backend's hooks for tests and benchmarks (tests/cuda/test_cuda.c,
  * bench/bench_cuda_attn.c): one kernel family at a time on device 0, against host inputs, with
  * no model and no session. Not part of the product interface (cuda.h); builds without CUDA
  * link src/cuda/stub.c's versions, which fail saying so. */

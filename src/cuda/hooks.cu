@@ -1,6 +1,6 @@
 /* hooks.cu: the test hooks of cuda_test.h: one layer's KV cache and attention, one TailorKV
  * sparse layer, the block-format products, each alone on device 0 against host inputs
- * (tests/test_cuda.c). */
+ * (tests/cuda/test_cuda.c). */
 #include "forward.cuh"
 #include "cuda_test.h"
 

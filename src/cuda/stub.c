@@ -1,5 +1,5 @@
 /* stub.c: the CUDA interface (cuda.h, cuda_test.h) in builds without CUDA (TL_CUDA=OFF or no
- * nvcc), for the callers that use it directly (tests/test_cuda.c, bench/bench_cuda_attn.c):
+ * nvcc), for the callers that use it directly (tests/cuda/test_cuda.c, bench/bench_cuda_attn.c):
  * every call fails saying so, and tl_cuda_available() is false. The engine reaches the backend
  * through its table only (engine/backend.c, which says the same). Built only where the real
  * backend (the .cu files beside it) is not. */

@@ -4,7 +4,7 @@
  * weight matrix is read once per step for all of them; RoPE, q/k norms and attention run per
  * sequence at its own positions against its own KV store, whatever its policy. Each sequence
  * gets the logits tl_session_eval would give it for the same tokens, up to the order of float
- * additions (tests/test_batch.c; on the GPU, src/cuda/batch.cu and tests/test_cuda.c). */
+ * additions (tests/engine/test_batch.c; on the GPU, src/cuda/batch.cu and tests/cuda/test_cuda.c). */
 #ifndef TL_BATCH_H
 #define TL_BATCH_H
 

@@ -13,7 +13,7 @@
  * Each job's sampling is tailor generate's loop, token for token (same sampler calls in the
  * same order), and its prompt is cut into the same chunks, so equal prompt, seed and parameters
  * give equal text. What shares its steps changes its logits at most by the order of float
- * additions, and not at all for quantized weights on AVX-512 VNNI (tests/test_batch.c).
+ * additions, and not at all for quantized weights on AVX-512 VNNI (tests/engine/test_batch.c).
  *
  * Admission by memory: with a KV budget, a job is queued only once the planner's KV bytes at
  * its largest context (tl_plan_kv) fit beside those of the jobs queued and running; otherwise

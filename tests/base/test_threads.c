@@ -10,10 +10,10 @@
  * threaded attention of the dense and quantized stores then runs thousands of decode steps
  * with G = 7 (14 query / 2 KV heads, head dim 64, as the Qwen2.5 model of the crash) on
  * oversubscribed pools, against the same store run on one thread. */
-#include "../src/kv/kv.h"
-#include "../src/kv/policy.h"
-#include "testutil.h"
-#include "../src/base/threads.h"
+#include "../../src/kv/kv.h"
+#include "../../src/kv/policy.h"
+#include "../testutil.h"
+#include "../../src/base/threads.h"
 
 #include <math.h>
 

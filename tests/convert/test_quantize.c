@@ -15,9 +15,9 @@
  *    the rescaled attn_norm g' and the written w4g128 matrices, over all calibration rows.
  * NLL margins over f16 on 128 tokens (measured): q8_0 0.01 (-0.002), q4_0 0.3 (0.19),
  * q4_K 0.25 (0.13), w4g128 0.3 (0.22), AWQ 0.3 (0.16). */
-#include "../src/convert/quantize.h"
-#include "testutil.h"
-#include "../include/tailor.h"
+#include "../../src/convert/quantize.h"
+#include "../testutil.h"
+#include "../../include/tailor.h"
 
 #include <math.h>
 #include <stdlib.h>

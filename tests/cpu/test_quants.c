@@ -27,12 +27,12 @@
  * number of activation rows in a call (one call over all rows = one call per row); within
  * 2e-6 of |w||x| of tl_vec_dot_ref; tl_matmul_w through them (decode rows, and TL_MM_Q8 prompt
  * rows) within check_matmul's bound of the exact f64 product. */
-#include "../src/cpu/quants.h"
-#include "../src/cpu/quants_internal.h"
-#include "../src/cpu/qpack.h"
-#include "../src/base/common.h"
-#include "../src/base/threads.h"
-#include "testutil.h"
+#include "../../src/cpu/quants.h"
+#include "../../src/cpu/quants_internal.h"
+#include "../../src/cpu/qpack.h"
+#include "../../src/base/common.h"
+#include "../../src/base/threads.h"
+#include "../testutil.h"
 
 #include <math.h>
 #include <stdint.h>

@@ -1,8 +1,8 @@
 /* cpu/vec.h primitives: the AVX2 versions against the scalar references on random data, including
  * lengths that are not multiples of the vector width. exp: relative error < 1e-6 vs expf. */
-#include "testutil.h"
-#include "../src/cpu/vec.h"
-#include "../src/base/common.h"
+#include "../testutil.h"
+#include "../../src/cpu/vec.h"
+#include "../../src/base/common.h"
 
 #include <math.h>
 #include <stdlib.h>

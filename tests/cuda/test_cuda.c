@@ -13,18 +13,18 @@
  *    and prefill path against the CPU's dequantized rows (qweight_cases), and whole small
  *    synthetic models per type, GPU logits against the CPU's, with the memory plan equal to what
  *    the session allocates (qweight_models). */
-#include "testutil.h"
-#include "../src/engine/session.h"
-#include "../src/kv/policy.h"
-#include "../src/kv/offload.h"
-#include "../src/cpu/quants.h"
-#include "../src/cuda/cuda_test.h"
-#include "../src/engine/batch.h"
-#include "../src/engine/sampler.h"
+#include "../testutil.h"
+#include "../../src/engine/session.h"
+#include "../../src/kv/policy.h"
+#include "../../src/kv/offload.h"
+#include "../../src/cpu/quants.h"
+#include "../../src/cuda/cuda_test.h"
+#include "../../src/engine/batch.h"
+#include "../../src/engine/sampler.h"
 
-#include "../src/base/threads.h"
-#include "../src/model/synth.h"
-#include "../src/cpu/quants.h"
+#include "../../src/base/threads.h"
+#include "../../src/model/synth.h"
+#include "../../src/cpu/quants.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -6,9 +6,11 @@
  *    it through its table (engine/backend.h) in the shared object it opens;
  *  - every file of src/ sits in a layer's folder, and includes headers of its own folder and
  *    of lower layers only (docs/architecture.md, Layers);
- *  - include/tailor.h includes system headers only (it is the whole public face). */
+ *  - include/tailor.h includes system headers only (it is the whole public face);
+ *  - tests/ mirrors the layers: every test_*.c sits in tests/<folder>/, the folder one of
+ *    src/'s (the table below) or tools; tests/ itself holds only the shared helpers. */
 #define _GNU_SOURCE
-#include "testutil.h"
+#include "../testutil.h"
 
 #include <dirent.h>
 #include <stdlib.h>
@@ -100,6 +102,38 @@ static void src_include(const char *path, const char *inc) {
            path, inc, from_dir, lf, to_dir, lt);
 }
 
+/* tests/: no test at the top, each folder a layer's (or tools, or fixtures); the tests found. */
+static int tests_layout(const char *tests) {
+    DIR *d = opendir(tests);
+    CHECKF(d != NULL, "%s: cannot open", tests);
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        const char *name = e->d_name;
+        if (e->d_type != DT_DIR) {
+            CHECKF(strncmp(name, "test_", 5), "tests/%s: a test sits in its layer's folder (tests/<layer>/)", name);
+            continue;
+        }
+        if (!strcmp(name, "fixtures")) continue;
+        bool known = !strcmp(name, "tools");
+        for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++)
+            known = known || !strcmp(name, layers[i].dir);
+        CHECKF(known, "tests/%s/: not a folder of src/ (docs/architecture.md, Layers) nor tools", name);
+        char sub[4096];
+        snprintf(sub, sizeof sub, "%s/%s", tests, name);
+        DIR *t = opendir(sub);
+        if (!t) continue;
+        for (struct dirent *f; (f = readdir(t));) {
+            const size_t len = strlen(f->d_name);
+            if (!strncmp(f->d_name, "test_", 5) && len > 2 && !strcmp(f->d_name + len - 2, ".c")) n++;
+        }
+        closedir(t);
+    }
+    closedir(d);
+    return n;
+}
+
 static void public_include(const char *path, const char *inc) {
     CHECKF(false, "%s includes \"%s\": the public header includes system headers only", path, inc);
 }
@@ -122,5 +156,7 @@ int main(void) {
     CHECKF(walk(dir, src_include) > 50, "%s: the library's sources", dir);
     snprintf(dir, sizeof dir, "%s/include/tailor.h", src);
     each_include(dir, public_include);
+    snprintf(dir, sizeof dir, "%s/tests", src);
+    CHECKF(tests_layout(dir) > 30, "%s: the tests, one folder per layer", dir);
     return tl_test_done();
 }

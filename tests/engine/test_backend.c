@@ -5,8 +5,8 @@
  *    the path (in a child process: the library is opened once per process);
  *  - --cuda-opt lists: every option parsed, formatted back to the same list, lists adding up,
  *    and each bad item refused naming itself and what is accepted. */
-#include "testutil.h"
-#include "../src/engine/session.h"
+#include "../testutil.h"
+#include "../../src/engine/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -18,13 +18,13 @@
  * order, and every layer's input being rounded to 8 bits turns that into flipped codes) the
  * bound is a KL divergence of 0.05 per row (measured before the kernels were aligned: 0.005
  * to 0.027; without the per-regime matmul calls up to 0.12). Then the refusals. */
-#include "../src/engine/batch.h"
-#include "../src/kv/policy.h"
-#include "../src/kv/tailor_plan.h"
-#include "../src/model/model.h"
-#include "../src/cpu/quants_internal.h"
-#include "../src/engine/sampler.h"
-#include "testutil.h"
+#include "../../src/engine/batch.h"
+#include "../../src/kv/policy.h"
+#include "../../src/kv/tailor_plan.h"
+#include "../../src/model/model.h"
+#include "../../src/cpu/quants_internal.h"
+#include "../../src/engine/sampler.h"
+#include "../testutil.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -10,10 +10,10 @@
  *    quantized candidate within 10% of the best measured, per-token chosen when it is best,
  *    the GPU set limited to per-token/per-channel, deterministic, the JSON plan reads back
  *    to the same policies, and a session made with auto:4 holds those stores. */
-#include "testutil.h"
-#include "../src/engine/calibrate.h"
-#include "../src/kv/tailor_plan.h"
-#include "../include/tailor.h"
+#include "../testutil.h"
+#include "../../src/engine/calibrate.h"
+#include "../../src/kv/tailor_plan.h"
+#include "../../include/tailor.h"
 
 #include <math.h>
 #include <stdlib.h>

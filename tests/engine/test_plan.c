@@ -6,13 +6,13 @@
  * too, where a quantized or offloaded request becomes a dense window. And the weights part of
  * quantized models (check_weights): the integer GEMM's x16 copies a CPU session makes and the
  * file bytes they replace, whose pages the process really gives back. */
-#include "testutil.h"
-#include "../src/engine/calibrate.h"
-#include "../src/engine/plan.h"
-#include "../src/kv/policy.h"
-#include "../src/cpu/qpack.h"
-#include "../src/engine/session.h"
-#include "../src/model/synth.h"
+#include "../testutil.h"
+#include "../../src/engine/calibrate.h"
+#include "../../src/engine/plan.h"
+#include "../../src/kv/policy.h"
+#include "../../src/cpu/qpack.h"
+#include "../../src/engine/session.h"
+#include "../../src/model/synth.h"
 
 #include <limits.h>
 #include <stdlib.h>

@@ -4,8 +4,8 @@
  * outside the top k is -inf (so it carries no probability and top_p stops inside the k): the
  * two samplers, same seed, must pick the same token every time. Logits are rounded to quarters
  * so that ties are frequent. */
-#include "../src/engine/sampler.h"
-#include "testutil.h"
+#include "../../src/engine/sampler.h"
+#include "../testutil.h"
 
 #include <math.h>
 #include <stdlib.h>

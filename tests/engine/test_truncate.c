@@ -18,12 +18,12 @@
  * other CPUs the bound is 1e-2 of the row's largest logit for float weights and a KL divergence
  * of 0.05 per row for quantized ones (test_batch's bound for the q8 path). 17 s on the quiet
  * 2-core machine. */
-#include "../src/kv/policy.h"
-#include "../src/kv/tailor_plan.h"
-#include "../src/model/model.h"
-#include "../src/cpu/quants.h"
-#include "../src/engine/session.h"
-#include "testutil.h"
+#include "../../src/kv/policy.h"
+#include "../../src/kv/tailor_plan.h"
+#include "../../src/model/model.h"
+#include "../../src/cpu/quants.h"
+#include "../../src/engine/session.h"
+#include "../testutil.h"
 
 #include <math.h>
 #include <stdlib.h>

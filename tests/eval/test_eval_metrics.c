@@ -2,11 +2,11 @@
  * divergence of a row against an independent double-precision formula, baseline file
  * round trips (self-comparison gives KLD 0 and 100% same top-1; a perturbed run matches
  * hand-computed statistics), result lines and the SVG heatmap. */
-#include "testutil.h"
-#include "../src/eval/kld.h"
-#include "../src/eval/report.h"
-#include "../src/eval/score.h"
-#include "../src/eval/stats.h"
+#include "../testutil.h"
+#include "../../src/eval/kld.h"
+#include "../../src/eval/report.h"
+#include "../../src/eval/score.h"
+#include "../../src/eval/stats.h"
 
 #include <math.h>
 #include <stdlib.h>

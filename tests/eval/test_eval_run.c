@@ -2,14 +2,14 @@
  * KL divergence of a perplexity run against itself is exactly 0 with 100% same top-1 (and
  * positive for a bf16 cache), and the job runner's greedy answers and choice
  * log-likelihoods equal a hand-written decode loop, with 1 or 2 parallel sessions. */
-#include "testutil.h"
-#include "../include/tailor.h"
-#include "../src/eval/kld.h"
-#include "../src/eval/perplexity.h"
-#include "../src/eval/runner.h"
-#include "../src/eval/stats.h"
-#include "../src/kv/policy.h"
-#include "../src/engine/sampler.h"
+#include "../testutil.h"
+#include "../../include/tailor.h"
+#include "../../src/eval/kld.h"
+#include "../../src/eval/perplexity.h"
+#include "../../src/eval/runner.h"
+#include "../../src/eval/stats.h"
+#include "../../src/kv/policy.h"
+#include "../../src/engine/sampler.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -5,8 +5,8 @@
  * exactly [1, 1] for an identical pair, covering a known PPL ratio on correlated synthetic
  * tokens about 95% of the time (where a token-by-token bootstrap does not), narrowing with
  * more tokens; fractional scores; verdict lines. */
-#include "testutil.h"
-#include "../src/eval/stats.h"
+#include "../testutil.h"
+#include "../../src/eval/stats.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -2,9 +2,9 @@
  * the requested token-exact depth, exact lengths, and sentence-by-sentence tokenization that
  * equals tokenizing the running text (per model: the shared test model always, SmolLM2 and
  * Gemma-3 when present). */
-#include "testutil.h"
-#include "../src/eval/tasks.h"
-#include "../src/model/gguf.h"
+#include "../testutil.h"
+#include "../../src/eval/tasks.h"
+#include "../../src/model/gguf.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -2,9 +2,9 @@
  * sliding window, key splits for long decode, soft-capped scores), across chunkings, for f32/f16/bf16; byte
  * counts. Tolerances: f32 store 1e-5 (summation order only); f16 3e-3 and bf16 2e-2 relative
  * to the output scale (storage rounding of K and V: 2^-11 and 2^-8 relative). */
-#include "testutil.h"
-#include "../src/kv/kv.h"
-#include "../src/cpu/vec.h"
+#include "../testutil.h"
+#include "../../src/kv/kv.h"
+#include "../../src/cpu/vec.h"
 
 #include <math.h>
 #include <stdlib.h>

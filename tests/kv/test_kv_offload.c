@@ -9,12 +9,12 @@
  *  - device/host bytes and host->device traffic equal their formulas (and hand-computed numbers);
  *  - query prediction is used when given; spec parsing, plan JSON round trip, errors;
  *  - a whole model with every layer offloaded and topk >= context gives the f16 logits. */
-#include "testutil.h"
-#include "../src/kv/offload.h"
-#include "../src/kv/policy.h"
-#include "../src/kv/tailor_plan.h"
-#include "../src/engine/session.h"
-#include "../include/tailor.h"
+#include "../testutil.h"
+#include "../../src/kv/offload.h"
+#include "../../src/kv/policy.h"
+#include "../../src/kv/tailor_plan.h"
+#include "../../src/engine/session.h"
+#include "../../include/tailor.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* test_kv_policy.c: KV policy text form (parse/format round trip, canonical forms, error
  * messages), per-layer plans (overrides, JSON plan files), store dispatch, dense formula. */
-#include "../src/kv/policy.h"
-#include "testutil.h"
+#include "../../src/kv/policy.h"
+#include "../testutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>

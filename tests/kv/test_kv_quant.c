@@ -12,11 +12,11 @@
  * k2v2 0.45, k2v2:kivi 0.24 (see test_attention for all); vs f32 attention over the store's
  * own dequantized history: 2e-4 max abs (fp rounding only; measured < 1e-6).
  * Scalar vs AVX2 kernels: scores 2e-5 relative to |q||x|; accumulation 1e-4 relative RMSE. */
-#include "../src/kv/policy.h"
-#include "../src/kv/quant_kernels.h"
-#include "../src/cpu/quants.h"
-#include "../src/base/threads.h"
-#include "testutil.h"
+#include "../../src/kv/policy.h"
+#include "../../src/kv/quant_kernels.h"
+#include "../../src/cpu/quants.h"
+#include "../../src/base/threads.h"
+#include "../testutil.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -7,8 +7,8 @@
  *  - truncation at every byte of the first 16 KiB of stories260K, then strides;
  *  - a few thousand random byte flips over a small synthetic file: no crash, sane results. */
 #define _GNU_SOURCE
-#include "../src/model/gguf.h"
-#include "testutil.h"
+#include "../../src/model/gguf.h"
+#include "../testutil.h"
 
 #include <inttypes.h>
 #include <math.h>

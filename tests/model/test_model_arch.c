@@ -18,11 +18,11 @@
  * these random models' flat distributions make it too noisy to bound.) Last, a DeepSeek-R1
  * Qwen distill's keys on a qwen2 file do not stop it loading. */
 /* TL_TEST_LABEL_SLOW */
-#include "testutil.h"
-#include "../src/engine/calibrate.h"
-#include "../src/kv/tailor_plan.h"
-#include "../src/engine/sampler.h"
-#include "../src/engine/session.h"
+#include "../testutil.h"
+#include "../../src/engine/calibrate.h"
+#include "../../src/kv/tailor_plan.h"
+#include "../../src/engine/sampler.h"
+#include "../../src/engine/session.h"
 
 #include <math.h>
 #include <stdlib.h>

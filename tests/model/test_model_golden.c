@@ -8,9 +8,9 @@
  *    compounded over 8 layers; 2e-3 absolute on logits of magnitude ~10 is 2e-4 relative.
  *  - chunked prefill with f32 KV gives the same logits for chunk sizes 1, 7, 64 and whole. */
 /* TL_TEST_LABEL_SLOW */
-#include "testutil.h"
-#include "../src/engine/session.h"
-#include "../src/engine/sampler.h"
+#include "../testutil.h"
+#include "../../src/engine/session.h"
+#include "../../src/engine/sampler.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

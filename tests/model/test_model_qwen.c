@@ -8,8 +8,8 @@
  *    attention sink's massive activations, refcheck.h), and the greedy continuation up to the
  *    first near tie of the reference (its 11th step has a 0.027-logit margin). */
 /* TL_TEST_LABEL_SLOW */
-#include "refcheck.h"
-#include "testutil.h"
+#include "../refcheck.h"
+#include "../testutil.h"
 
 int main(void) {
     tl_ref_check_model("ref_qwen25.json", tl_test_models("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"), 2e-3f, 1.0f, 16,

@@ -17,8 +17,8 @@
  *        match for its first 8 tokens.
  * f32 KV so that the cache adds no rounding. */
 /* TL_TEST_LABEL_SLOW */
-#include "refcheck.h"
-#include "testutil.h"
+#include "../refcheck.h"
+#include "../testutil.h"
 
 #include <stdio.h>
 

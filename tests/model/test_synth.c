@@ -2,12 +2,12 @@
  * a forward pass to finite logits, copy a tokenizer verbatim, and the memory projection equals
  * what real sessions allocate and hold; the qwen3 / phi3 / gemma2 shapes have their published
  * parameter counts and write files whose loaded config is the projected one. */
-#include "testutil.h"
-#include "../src/engine/plan.h"
-#include "../src/kv/policy.h"
-#include "../src/engine/session.h"
-#include "../src/model/synth.h"
-#include "../include/tailor.h"
+#include "../testutil.h"
+#include "../../src/engine/plan.h"
+#include "../../src/kv/policy.h"
+#include "../../src/engine/session.h"
+#include "../../src/model/synth.h"
+#include "../../include/tailor.h"
 
 #include <math.h>
 #include <stdlib.h>

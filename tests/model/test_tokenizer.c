@@ -8,11 +8,11 @@
 
 #include <cjson/cJSON.h>
 
-#include "../src/model/gguf.h"
-#include "testutil.h"
-#include "../src/model/tokenizer.h"
-#include "../src/model/tokenizer_pretok.h"
-#include "../src/base/unicode.h"
+#include "../../src/model/gguf.h"
+#include "../testutil.h"
+#include "../../src/model/tokenizer.h"
+#include "../../src/model/tokenizer_pretok.h"
+#include "../../src/base/unicode.h"
 
 static tl_tokenizer *load(const char *path) {
     tl_error err = {{0}};

@@ -10,10 +10,10 @@
 
 #include <cjson/cJSON.h>
 
-#include "../src/base/common.h"
-#include "testutil.h"
-#include "../src/model/tokenizer_pretok.h"
-#include "../src/base/unicode.h"
+#include "../../src/base/common.h"
+#include "../testutil.h"
+#include "../../src/model/tokenizer_pretok.h"
+#include "../../src/base/unicode.h"
 
 /* print the pieces of text (given as codepoint lengths) */
 static void show(const char *what, const char *text, const size_t *lens, size_t n) {

@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/model/gguf.h"
-#include "testutil.h"
-#include "../src/model/tokenizer.h"
+#include "../../src/model/gguf.h"
+#include "../testutil.h"
+#include "../../src/model/tokenizer.h"
 
 #define MAX_VOCABS 64
 

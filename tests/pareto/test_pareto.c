@@ -8,12 +8,12 @@
  *    interrupted sweep (lines cut, a torn last line) resumed with --resume gives the same
  *    table (configurations, memory, accuracy, frontier); --merge; --emit-jobs. */
 #define _GNU_SOURCE
-#include "testutil.h"
-#include "../src/eval/stats.h"
-#include "../src/kv/policy.h"
-#include "../src/model/model.h"
-#include "../src/pareto/pareto.h"
-#include "../src/engine/session.h"
+#include "../testutil.h"
+#include "../../src/eval/stats.h"
+#include "../../src/kv/policy.h"
+#include "../../src/model/model.h"
+#include "../../src/pareto/pareto.h"
+#include "../../src/engine/session.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -7,8 +7,8 @@
  *  - builds without cairo: tl_pareto_png fails naming cairo and writes nothing, and the test
  *    reports itself skipped (exit 77). */
 #define _GNU_SOURCE
-#include "testutil.h"
-#include "../src/pareto/pareto.h"
+#include "../testutil.h"
+#include "../../src/pareto/pareto.h"
 
 #include <dirent.h>
 #include <math.h>

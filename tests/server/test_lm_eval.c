@@ -5,7 +5,7 @@
  * by TL_LMEVAL_PYTHON (a venv: pip install -r scripts/ref/requirements.txt 'lm-eval[api]');
  * skipped (77) without it or without SmolLM2. */
 /* TL_TEST_LABEL_SLOW */
-#include "testutil.h"
+#include "../testutil.h"
 
 #include <stdlib.h>
 #include <string.h>

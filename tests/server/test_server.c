@@ -6,9 +6,9 @@
  * of the chat templates and UTF-8 helpers. Every server is stopped with SIGTERM (SIGKILL as a
  * fallback) and must exit 0. */
 #define _GNU_SOURCE
-#include "testutil.h"
-#include "../src/server/internal.h"
-#include "../src/engine/plan.h"
+#include "../testutil.h"
+#include "../../src/server/internal.h"
+#include "../../src/engine/plan.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>

@@ -10,7 +10,7 @@
  * its RSS after the storm is within RSS_SLACK_KIB of before. Prints the figures docs/server.md
  * quotes: honest latency p50 / p99, refusals by cause, RSS before / peak / after. ~35 s. */
 #define _GNU_SOURCE
-#include "testutil.h"
+#include "../testutil.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>

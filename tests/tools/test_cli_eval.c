@@ -4,8 +4,8 @@
  * [1, 1] and the verdict "no measurable loss", every result line carries lo/hi, and the
  * intervals in CSV / JSON / result lines are the Wilson intervals of the scores they
  * summarize, recomputed here from the per-sample scores the files also hold. */
-#include "testutil.h"
-#include "../src/eval/stats.h"
+#include "../testutil.h"
+#include "../../src/eval/stats.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

@@ -1,8 +1,8 @@
 /* test_cli_info: `tailor info` and `tailor synth` as a user runs them ($TL_BIN, set by ctest):
  * exit codes, key output lines, JSON fields, and memory figures against independent formulas. */
-#include "testutil.h"
-#include "../src/model/gguf.h"
-#include "../src/kv/policy.h"
+#include "../testutil.h"
+#include "../../src/model/gguf.h"
+#include "../../src/kv/policy.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>

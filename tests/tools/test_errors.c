@@ -2,9 +2,9 @@
  * the place, a non-zero exit, and no crash. (GGUF container damage — truncation, magic,
  * absurd counts, offsets — is covered by test_gguf.c; this file builds structurally valid
  * GGUFs whose *model* content is wrong, from a real model's tensors.) */
-#include "testutil.h"
-#include "../src/model/gguf.h"
-#include "../src/engine/session.h"
+#include "../testutil.h"
+#include "../../src/model/gguf.h"
+#include "../../src/engine/session.h"
 
 #include <dirent.h>
 #include <errno.h>
