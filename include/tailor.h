@@ -303,6 +303,9 @@ typedef struct {
                                 those replaced by a packed copy (their pages released) */
     uint64_t weights_packed; /* CPU: the integer GEMM's copies of the quantized matrices, 16
                                 rows at a time (src/cpu/qpack.h); 0 on a device */
+    uint64_t weights_read;   /* what a one-token step reads of them: every matrix as held (the
+                                packed copy, or the widened one on a device), one row of an
+                                untied embedding */
     uint64_t kv;          /* all KV stores, all tiers */
     uint64_t activations; /* buffers sized by the chunk */
     tl_kv_bytes kv_parts; /* KV split by purpose */

@@ -5,7 +5,8 @@
  * tokens are decoded one at a time (tg), timed; repeated -r times (the fill is redone each
  * repetition so every repetition measures the same state). Tokens are pseudo-random ids.
  * Besides tokens/s, decode rows report ms/token, the bytes one decode step must read
- * (weights + KV held) and that as a share of the measured memory bandwidth.
+ * (weights as the backend holds them: the CPU's packed copies, the GPU's blocks or widened f16;
+ * one row of an untied embedding; + KV held) and that as a share of the measured memory bandwidth.
  * With --device cuda the depth is filled, by default, with random K/V rows appended through the GPU cache's
  * own append/quantize path (tl_session_fill_random: a 128k-token prefill would take minutes and
  * decode cost does not depend on the values), and the share is of --bw, default the card's
@@ -110,8 +111,9 @@ static int run_one(tl_model *m, tl_cli_common *c, bench_row *row, int reps, doub
         tl_session_mem mem;
         tl_session_memory(s, &mem);
         row->kv_bytes = mem.kv;
-        /* a decode step reads every weight once (the embedding only one row) and the KV held */
-        row->bytes_per_token = tl_model_decode_weight_bytes(m) + mem.kv;
+        /* a decode step reads every weight once as the backend holds it (the CPU's packed copies,
+         * the GPU's blocks or widened f16; the embedding only one row) and the KV held */
+        row->bytes_per_token = mem.weights_read + mem.kv;
         if (row->n_gen > 0 && bw_gbs > 0)
             row->bw_pct = 100.0 * (row->bytes_per_token / (row->avg_ns / 1e9 / row->n_gen)) / (bw_gbs * 1e9);
         if (tl_session_on_gpu(s)) {

@@ -66,6 +66,7 @@ static int cu_truncate(tl_session *s, int n, tl_error *err) {
 static void cu_memory(const tl_session *s, tl_session_mem *out) {
     tl_device_mem gm;
     tl_cuda_memory(s->impl, &gm);
+    out->weights_read = gm.weights_read;
     out->activations = gm.activations;
     out->kv_parts = gm.kv_held;
     out->kv = tl_kv_bytes_total(&gm.kv_held);

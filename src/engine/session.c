@@ -428,12 +428,15 @@ void tl_session_query(tl_session *s, int il, const float *xn, int n, int pos0, f
 void tl_session_memory(const tl_session *s, tl_session_mem *out) {
     memset(out, 0, sizeof *out);
     out->weights = out->weights_file = s->model->weight_bytes;
+    out->weights_read = tl_model_decode_weight_bytes(s->model);
     s->be->memory(s, out);
 }
 
 static void cpu_memory(const tl_session *s, tl_session_mem *out) {
     tl_model_cpu_weights(s->model, &out->weights_file, &out->weights_packed);
     out->weights = out->weights_file + out->weights_packed;
+    /* every byte held but an untied embedding's (not packed, one row read a step) */
+    out->weights_read = out->weights - (s->model->weight_bytes - tl_model_decode_weight_bytes(s->model));
     out->activations = s->act_bytes;
     for (int il = 0; il < s->model->cfg.n_layer; il++) {
         tl_kv_bytes b;
