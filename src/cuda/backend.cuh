@@ -50,7 +50,8 @@ struct tlc_ctx {
                            * on (0: never); dec-tc=N, always (1), never (0); default TLC_DEC_TC_FROM */
     bool dec_tc_quant;    /* per-token codes too (dec-tc=always; off by default: decode_mma.cu is faster there) */
     bool no_dec_mma;      /* no-dec-mma: per-token codes decode on decode.cu's CUDA-core path, not decode_mma.cu */
-    bool no_fuse;         /* no-fuse (or safe): the decode GLU activation as a separate kernel */
+    bool no_fuse;         /* no-fuse (or safe): the decode GLU activation, and rmsnorm's quantized output, as
+                           * separate kernels */
     bool no_pdl;          /* no-pdl (or safe): kernels launched without programmatic dependent launch */
     int8_t *xq;           /* quantized-weight products: the input as int8 blocks of 32 ... */
     float2 *xd;           /* ... and (scale, scale * sum) per block (qmatvec.cu) */
@@ -58,7 +59,6 @@ struct tlc_ctx {
     const float *xq_of;   /* xq/xd already hold this input (set by the caller that quantized it, e.g.
                            * the fused rmsnorm + quantize, and cleared by it): products of it skip
                            * quantize-activations. NULL: every product quantizes its own input */
-    bool no_fuse_norm;    /* no-fuse (or safe): rmsnorm and quantize-activations as two kernels */
     void *scratch;        /* attention partials, grown on demand */
     size_t scratch_bytes;
     tlc_crow crow;

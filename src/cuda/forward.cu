@@ -135,12 +135,7 @@ __global__ void rmsnorm_quant_k(const float *x, const float *w, float *out, int 
         const int i = 32 * b + lane;
         const float v = x[i] * inv * w[i];
         out[i] = v;
-        const float amax = wmax(fabsf(v));
-        const float d = amax / 127.0f;
-        const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
-        const float sum = wsum((float)q);
-        xq[i] = (int8_t)q;
-        if (lane == 0) xd[b] = make_float2(d, d * sum);
+        quant_block32(v, lane, xq + 32 * b, xd + b);
     }
 }
 
@@ -210,8 +205,12 @@ static int grid1(size_t n, int thr) {
     return (int)(b > 1048576 ? 1048576 : (b ? b : 1));
 }
 
+/* Threads of a norm's block: they fix the order of its sum, so rmsnorm_k and rmsnorm_quant_k
+ * take the same count to give the same bits. */
+static int rmsnorm_threads(int dim) { return dim >= 1024 ? 1024 : dim >= 256 ? 256 : dim > 64 ? 128 : 64; }
+
 int tlc_rmsnorm(tl_cuda_session *g, const float *x, const float *w, float *out, int rows, int dim, int add, tl_error *err) {
-    const int thr = dim >= 1024 ? 1024 : dim >= 256 ? 256 : dim > 64 ? 128 : 64;
+    const int thr = rmsnorm_threads(dim);
     cudaError_t e = tlc_launch(!g->cx.no_pdl, rmsnorm_k, dim3(rows), dim3(thr), 0, g->cx.stream, x, w, out, dim, g->m->cfg.norm_eps, add);
     if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rmsnorm: %s", cudaGetErrorString(e));
     TLC_LAUNCH_CHECK("rmsnorm");
@@ -268,34 +267,6 @@ static int linear1(tl_cuda_session *g, const dmat *W, const float *x, int n, flo
 
 /* ---------------- session ---------------- */
 
-static int norm_linear_q(tl_cuda_session *g, int n, int nseg, const dmat *const *W, float *const *y, const float *const *bias,
-                         int glu, tl_error *err);
-
-/* y = W (rmsnorm(x) * norm_w) for nseg matrices sharing the input; glu (gate/up, nseg 2):
- * y[0] = act(W0 xn) * (W1 xn), y[1] scratch, the activation fused into the products for one
- * token when the shape allows (matvec.cu), else act_k after them. One token with block-format
- * weights: the norm also quantizes its output for the products (rmsnorm_quant_k), which then
- * skip quantize-activations. */
-static int norm_linear(tl_cuda_session *g, const float *x, const float *norm_w, int n, int nseg, const dmat *const *W,
-                       float *const *y, const float *const *bias, int glu, tl_error *err) {
-    const tl_config *c = &g->m->cfg;
-    const int E = c->n_embd;
-    bool fq = n == 1 && !g->cx.no_fuse_norm && E % 32 == 0 && E <= g->cx.xq_cap;
-    for (int s = 0; s < nseg; s++) fq = fq && W[s]->wt == WT_Q;
-    if (fq) {
-        const int thr = E >= 1024 ? 1024 : E >= 256 ? 256 : E > 64 ? 128 : 64; /* as tlc_rmsnorm: the same sum */
-        cudaError_t e = tlc_launch(!g->cx.no_pdl, rmsnorm_quant_k, dim3(1), dim3(thr), 0, g->cx.stream, x, norm_w, g->xn, E,
-                                   c->norm_eps, g->cx.xq, g->cx.xd);
-        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rmsnorm + quantize: %s", cudaGetErrorString(e));
-        g->cx.xq_of = g->xn;
-        const int rc = norm_linear_q(g, n, nseg, W, y, bias, glu, err);
-        g->cx.xq_of = NULL;
-        return rc;
-    }
-    if (tlc_rmsnorm(g, x, norm_w, g->xn, n, E, 0, err)) return -1;
-    return norm_linear_q(g, n, nseg, W, y, bias, glu, err);
-}
-
 /* norm_linear's products of g->xn. */
 static int norm_linear_q(tl_cuda_session *g, int n, int nseg, const dmat *const *W, float *const *y, const float *const *bias,
                          int glu, tl_error *err) {
@@ -319,6 +290,30 @@ static int norm_linear_q(tl_cuda_session *g, int n, int nseg, const dmat *const 
     }
     if (tlc_linear(g, nseg, W, g->xn, n, y, bias, NULL, err)) return -1;
     return glu ? tlc_act(g, y[0], y[1], (size_t)n * W[0]->n_out, glu, err) : 0;
+}
+
+/* y = W (rmsnorm(x) * norm_w) for nseg matrices sharing the input; glu (gate/up, nseg 2):
+ * y[0] = act(W0 xn) * (W1 xn), y[1] scratch, the activation fused into the products for one
+ * token when the shape allows (matvec.cu), else act_k after them. One token with block-format
+ * weights: the norm also quantizes its output for the products (rmsnorm_quant_k), which then
+ * skip quantize-activations. */
+static int norm_linear(tl_cuda_session *g, const float *x, const float *norm_w, int n, int nseg, const dmat *const *W,
+                       float *const *y, const float *const *bias, int glu, tl_error *err) {
+    const tl_config *c = &g->m->cfg;
+    const int E = c->n_embd;
+    bool fq = n == 1 && !g->cx.no_fuse && E % 32 == 0 && E <= g->cx.xq_cap;
+    for (int s = 0; s < nseg; s++) fq = fq && W[s]->wt == WT_Q;
+    if (fq) {
+        cudaError_t e = tlc_launch(!g->cx.no_pdl, rmsnorm_quant_k, dim3(1), dim3(rmsnorm_threads(E)), 0, g->cx.stream, x, norm_w,
+                                   g->xn, E, c->norm_eps, g->cx.xq, g->cx.xd);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rmsnorm + quantize: %s", cudaGetErrorString(e));
+        g->cx.xq_of = g->xn;
+        const int rc = norm_linear_q(g, n, nseg, W, y, bias, glu, err);
+        g->cx.xq_of = NULL;
+        return rc;
+    }
+    if (tlc_rmsnorm(g, x, norm_w, g->xn, n, E, 0, err)) return -1;
+    return norm_linear_q(g, n, nseg, W, y, bias, glu, err);
 }
 
 int tlc_scratch(tlc_ctx *cx, size_t bytes, tl_error *err) {
@@ -472,7 +467,6 @@ static int ctx_init(tlc_ctx *cx, const tl_cuda_opts *o, char *dev_name, size_t n
     cx->dec_tc_quant = o->dec_tc_quant;
     cx->no_fuse = o->safe || o->no_fuse;
     cx->no_pdl = o->safe || o->no_pdl;
-    cx->no_fuse_norm = o->safe || o->no_fuse;
     return 0;
 }
 

@@ -36,6 +36,18 @@ __device__ __forceinline__ float wsum(float v) {
     return v;
 }
 
+/* One activation block of 32 values as int8 codes, a value per lane (the whole warp calls it):
+ * xq[lane] = round(v / d), and lane 0 writes *xd = (d, d * sum of the codes), d = max|v| / 127.
+ * The one rounding of quantized-weight products' inputs (quant_x_k, rmsnorm_quant_k). */
+__device__ __forceinline__ void quant_block32(float v, int lane, int8_t *xq, float2 *xd) {
+    const float amax = wmax(fabsf(v));
+    const float d = amax / 127.0f;
+    const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+    const float sum = wsum((float)q);
+    xq[lane] = (int8_t)q;
+    if (lane == 0) *xd = make_float2(d, d * sum);
+}
+
 __device__ __forceinline__ float f16r(float x) { return __half2float(__float2half_rn(x)); }
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }

@@ -178,13 +178,7 @@ __global__ void quant_x_k(const float *x, int n, int8_t *xq, float2 *xd) {
     pdl_wait();
     const int b = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (b >= n / 32) return; /* whole warps */
-    const float v = x[32 * b + lane];
-    const float amax = wmax(fabsf(v));
-    const float d = amax / 127.0f;
-    const int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
-    const float sum = wsum((float)q);
-    xq[32 * b + lane] = (int8_t)q;
-    if (lane == 0) xd[b] = make_float2(d, d * sum);
+    quant_block32(x[32 * b + lane], lane, xq + 32 * b, xd + b);
 }
 
 /* The 8 words (32 codes) of activation block b. */
