@@ -359,7 +359,8 @@ if has ncu; then
   elif [ ! -f "$NM" ]; then echo "ncu: no $NM (run qweights first)" | tee -a "$OUT/summary.md"
   else
     log "ncu: kernel times of decode steps ($(basename $NM), depth 0)"
-    # -n 3: the prefill of one token and 3 decode steps; skip the first step's launches
+    # -p 0 -n 3: a few one-token passes (the bench's warm-up among them); ncu-summary.py averages
+    # over all of them (passes = launches of the embedding kernel)
     timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
       --csv --print-units base $T bench -m $NM --device cuda "${CO[@]}" -p 0 -n 3 -d 0 --kv f16 -r 1 -o md >"$OUT/ncu.csv" 2>"$OUT/ncu.err"
     echo "ncu exit $?" | tee -a "$OUT/summary.md"
