@@ -123,7 +123,7 @@ __global__ void rmsnorm_k(const float *x, const float *w, float *out, int dim, f
  * float operations (the same block sum, the same per-block scale): out, xq and xd get the bits
  * the two kernels give. dim % 32 == 0. Several blocks: each sums the whole row (the same
  * threads, the same order, so the same inverse norm) and normalizes and quantizes its own
- * 32-value blocks, a warp each: one round of loads instead of dim / 32 / warps. */
+ * 32-value blocks, a warp each: one round of loads instead of dim / 32 / warps. x != out. */
 __global__ void rmsnorm_quant_k(const float *x, const float *w, float *out, int dim, float eps, int8_t *xq, float2 *xd) {
     __shared__ float red[32];
     pdl_trigger();
