@@ -121,7 +121,9 @@ __global__ void rmsnorm_k(const float *x, const float *w, float *out, int dim, f
 
 /* rmsnorm_k (one row, add 0) and then quant_x_k over its output, in one kernel and with the same
  * float operations (the same block sum, the same per-block scale): out, xq and xd get the bits
- * the two kernels give. dim % 32 == 0. */
+ * the two kernels give. dim % 32 == 0. Several blocks: each sums the whole row (the same
+ * threads, the same order, so the same inverse norm) and normalizes and quantizes its own
+ * 32-value blocks, a warp each: one round of loads instead of dim / 32 / warps. x != out. */
 __global__ void rmsnorm_quant_k(const float *x, const float *w, float *out, int dim, float eps, int8_t *xq, float2 *xd) {
     __shared__ float red[32];
     pdl_trigger();
@@ -130,8 +132,8 @@ __global__ void rmsnorm_quant_k(const float *x, const float *w, float *out, int 
     for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(x[i], x[i], ss);
     ss = block_sum(ss, red);
     const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-    const int lane = threadIdx.x & 31;
-    for (int b = threadIdx.x >> 5; b < dim / 32; b += blockDim.x >> 5) {
+    const int lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
+    for (int b = blockIdx.x * wpb + (threadIdx.x >> 5); b < dim / 32; b += gridDim.x * wpb) {
         const int i = 32 * b + lane;
         const float v = x[i] * inv * w[i];
         out[i] = v;
@@ -304,8 +306,9 @@ static int norm_linear(tl_cuda_session *g, const float *x, const float *norm_w, 
     bool fq = n == 1 && !g->cx.no_fuse && E % 32 == 0 && E <= g->cx.xq_cap;
     for (int s = 0; s < nseg; s++) fq = fq && W[s]->wt == WT_Q;
     if (fq) {
-        cudaError_t e = tlc_launch(!g->cx.no_pdl, rmsnorm_quant_k, dim3(1), dim3(rmsnorm_threads(E)), 0, g->cx.stream, x, norm_w,
-                                   g->xn, E, c->norm_eps, g->cx.xq, g->cx.xd);
+        const int thr = rmsnorm_threads(E), nblk = (E / 32 + thr / 32 - 1) / (thr / 32);
+        cudaError_t e = tlc_launch(!g->cx.no_pdl, rmsnorm_quant_k, dim3(nblk), dim3(thr), 0, g->cx.stream, x, norm_w, g->xn, E,
+                                   c->norm_eps, g->cx.xq, g->cx.xd);
         if (e != cudaSuccess) return tl_fail(err, "CUDA kernel rmsnorm + quantize: %s", cudaGetErrorString(e));
         g->cx.xq_of = g->xn;
         const int rc = norm_linear_q(g, n, nseg, W, y, bias, glu, err);
