@@ -157,6 +157,9 @@ uint64_t tl_model_weight_bytes(const tl_model *m);
 /* Weight bytes one decode step reads: every tensor once, less the token embedding matrix (a
  * step looks up one row of it) unless it is the output projection too. */
 uint64_t tl_model_decode_weight_bytes(const tl_model *m);
+/* A string of the file's metadata (e.g. "tokenizer.chat_template"), malloc'd; NULL when the key
+ * is absent or holds no string. */
+char *tl_model_meta_str(const tl_model *m, const char *key);
 
 /* The tokenizer of a GGUF file from its metadata alone: any architecture, tensors or not (a
  * vocabulary-only file). NULL with err naming the file and the key at fault. */
@@ -182,6 +185,47 @@ size_t tl_token_to_piece(const tl_tokenizer *t, int32_t id, bool render_special,
  * of a text file needs to read to have n_tokens tokens (tl_read_text). */
 size_t tl_tok_text_bytes(const tl_tokenizer *t, int64_t n_tokens);
 
+/* A byte range [off, off + len) of a text. */
+typedef struct {
+    size_t off, len;
+} tl_span;
+
+/* tl_tokenize's options, and two more for text that is not all trusted:
+ *  - special_spans: with parse_special off, control tokens are still recognised where they lie
+ *    wholly inside one of these ranges (sorted, not overlapping): a chat template's own markers
+ *    are control tokens, the same characters inside message content are plain text;
+ *  - max_tokens > 0: stop once more than max_tokens ids are found; *n_out is then
+ *    max_tokens + 1 and the ids are a prefix of the whole result (no EOS). A server that needs
+ *    to know only whether a prompt fits its context stops there instead of tokenizing all. */
+typedef struct {
+    bool add_special, parse_special;
+    const tl_span *special_spans;
+    size_t n_special_spans;
+    size_t max_tokens;
+} tl_tok_opts;
+int tl_tokenize_opts(const tl_tokenizer *t, const char *text, size_t len, const tl_tok_opts *o, int32_t *out,
+                     size_t cap, size_t *n_out, tl_error *err);
+
+/* The most bytes of text one token stands for (its longest piece, control tokens included):
+ * a text of L bytes takes at least L / tl_tok_max_piece tokens. (Byte-level BPE vocabularies
+ * that lack a token for some byte drop that byte, llama.cpp's rule; every real one has all.
+ * WordPiece drops control characters and accents, so no such bound holds for "bert".) */
+size_t tl_tok_max_piece(const tl_tokenizer *t);
+
+/* Decode ids to text: a malloc'd NUL-terminated string; *len (if non-NULL) gets its length,
+ * which counts embedded NUL bytes. The rules are llama.cpp's llama_detokenize: when
+ * add_space_prefix (SPM) the first token's piece loses one leading space (so after a leading
+ * BOS nothing is stripped: " Hello"); for BPE vocabs whose pre-tokenizer sets clean_spaces
+ * (gpt-2, llama3, falcon, default, ...) " ." " ," " !" " ?" " 's" etc. are collapsed. That
+ * clean-up is lossy, so exact round trips need TL_DETOK_NO_CLEANUP:
+ * detokenize_ex(tokenize(x, add_special = false, parse_special = false), NO_CLEANUP) == x. */
+enum {
+    TL_DETOK_REMOVE_SPECIAL = 1, /* drop a leading BOS / trailing EOS the vocab adds (llama.cpp's remove_special) */
+    TL_DETOK_RENDER_SPECIAL = 2, /* control tokens render as their text */
+    TL_DETOK_NO_CLEANUP = 4,     /* skip clean_up_tokenization_spaces */
+};
+char *tl_detokenize_ex(const tl_tokenizer *t, const int32_t *ids, size_t n, unsigned flags, size_t *len);
+
 /* ---- KV plans: the KV cache policy of each layer, parsed once from text (src/kv/policy.c) ---- */
 
 typedef struct tl_kv_layer_policy tl_kv_layer_policy; /* one layer's store (src/kv/kv.h) */
@@ -205,6 +249,12 @@ void tl_kv_plan_free(tl_kv_plan *plan);
 /* Whether text is one layer's policy ("k4v2:kivi", "auto:4"; no plan files, no TailorKV
  * specs): 0, or -1 with err like "'k4v3': V bits 3 not supported (use 16, 8, 4, 2, 1)". */
 int tl_kv_policy_check(const char *text, tl_error *err);
+/* *out = a copy of plan with each auto:B layer replaced by the key layout measured on m (a short
+ * pass over built-in text on the CPU, n_threads threads; src/engine/calibrate_keys.c; one line
+ * on stderr says what was chosen), so that several sessions of one plan (the server's slots) are
+ * measured once and sized alike (tl_plan_kv_bytes). A plan without auto layers is copied as it
+ * is. Free with tl_kv_plan_free. */
+int tl_kv_plan_resolve_auto(tl_kv_plan *out, tl_model *m, const tl_kv_plan *plan, int n_threads, tl_error *err);
 
 /* ---- Sessions (src/engine/session.c; sized by src/engine/plan.c) ---- */
 
@@ -278,6 +328,16 @@ int tl_session_fill_random(tl_session *s, int n, uint64_t seed, tl_error *err);
 /* Forget the sequence (keeps allocations). */
 void tl_session_reset(tl_session *s);
 int tl_session_n_past(const tl_session *s);
+/* Keep the first n_tokens of the sequence (to reuse a shared prefix); 0 clears it. All or
+ * nothing: when a layer's store cannot (a quantized store's window or block moved past the
+ * cut, a moved sliding window, the GPU backend) the session is unchanged and err says which
+ * layer and why. */
+int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err);
+/* The largest count m <= n_tokens (at most the tokens held) that tl_session_truncate accepts:
+ * where every layer's store still holds exactly what it would hold after m tokens. Stores that
+ * quantize out of an f16 window or block, or fix statistics on the first chunk, cannot cut
+ * everywhere (kv/quant.c); 0 (start again) is always possible. */
+int tl_session_truncate_max(const tl_session *s, int n_tokens);
 /* The context and prefill chunk the session resolved (n_ctx 0 and chunk 0 given). */
 int tl_session_n_ctx(const tl_session *s);
 int tl_session_chunk(const tl_session *s);
@@ -295,6 +355,9 @@ typedef struct {
     uint64_t other;    /* smoothing means, rotation state, index structures */
     uint64_t host;     /* bytes held in the host tier (offloading stores); 0 otherwise */
 } tl_kv_bytes;
+static inline uint64_t tl_kv_bytes_total(const tl_kv_bytes *b) {
+    return b->codes + b->scales + b->residual + b->other + b->host;
+}
 
 /* Memory of a session, in bytes. */
 typedef struct {
@@ -315,6 +378,53 @@ void tl_session_memory(const tl_session *s, tl_session_mem *out);
 /* The memory report of --mem: weights, KV by part, activations, tokens held; TailorKV's tiers
  * and traffic; on the GPU the device's own accounting. */
 void tl_session_print_memory(FILE *f, const tl_session *s);
+/* The KV bytes, by part, of a session of n_ctx tokens (0 = the training context) under plan
+ * (NULL = f16) once it holds n_tokens tokens (< 0: n_ctx), all layers: what tl_session_memory
+ * counts as kv_parts, without the activations (src/engine/plan.c). The server admits a request
+ * when this, at the request's largest context, fits its KV budget. */
+int tl_plan_kv_bytes(const tl_model *m, int n_ctx, const tl_kv_plan *plan, int64_t n_tokens, tl_kv_bytes *out,
+                     tl_error *err);
+
+/* ---- Batches (src/engine/batch.c; on the GPU src/cuda/batch.cu): one forward step over several
+ * sessions of one model (continuous batching, the server's step loop). The rows of all sequences
+ * (a decode token, a prefill chunk, ...) are concatenated so every weight matrix is read once per
+ * step for all of them; RoPE, q/k norms and attention run per sequence at its own positions
+ * against its own KV store, whatever its policy. Each sequence gets the logits tl_session_eval
+ * would give it for the same tokens, up to the order of float additions (tests/engine/test_batch.c,
+ * tests/cuda/test_cuda.c). ---- */
+
+/* One sequence's part of a step. */
+typedef struct tl_batch_seq {
+    tl_session *s;         /* a session of the batch's model on the batch's device, at most once per step */
+    const int32_t *tokens; /* n tokens appended at positions tl_session_n_past(s).. */
+    int n;                 /* >= 1 */
+    float *logits;         /* NULL, or n_vocab floats for the last row (n * n_vocab with all_logits) */
+    bool all_logits;
+} tl_batch_seq;
+
+/* The shared workspace: activations for max_rows rows in all, logits for max_seqs sequences,
+ * the thread pool that runs the step. */
+typedef struct tl_batch tl_batch;
+
+/* A batch for sequences made with sp (tl_batch_session_new): on sp->device. On the GPU the
+ * step runs in src/cuda/batch.cu (activations, logits and TailorKV staging on the device, the
+ * sequences' sessions holding their KV caches only), and the memory of the batch and max_seqs
+ * such sequences (sp's context and KV plan) is planned first against sp->gpu_mem_budget, or the
+ * GPU's free memory when there is none: what does not fit is refused by name before anything
+ * is allocated. n_threads: the CPU step's threads (unused on the GPU). sp is copied; the plan
+ * it points to must outlive the batch. */
+tl_batch *tl_batch_new_for(tl_model *m, int max_rows, int max_seqs, int n_threads, const tl_session_params *sp,
+                           tl_error *err);
+/* A sequence for the batch, with the batch's parameters: a session that holds its KV caches
+ * only (the batch holds the activations); tl_session_free frees it. */
+tl_session *tl_batch_session_new(tl_batch *b, tl_error *err);
+void tl_batch_free(tl_batch *b);
+uint64_t tl_batch_bytes(const tl_batch *b); /* activation buffers, as tl_session_mem.activations (the GPU's: device bytes) */
+
+/* Run one step: every sequence's rows through the model, its KV store appended, its n_past
+ * advanced. The rows of all sequences must fit max_rows. On failure (err names the sequence
+ * and the layer) the sequences of the step are in an undefined state: reset them. */
+int tl_batch_eval(tl_batch *b, const tl_batch_seq *seqs, int n_seq, tl_error *err);
 
 /* ---- Sampling (src/engine/sampler.c): greedy when temp <= 0; otherwise the llama.cpp order:
  * repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw. ---- */

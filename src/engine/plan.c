@@ -145,6 +145,13 @@ int tl_plan_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *policies
     return 0;
 }
 
+int tl_plan_kv_bytes(const tl_model *m, int n_ctx, const tl_kv_plan *plan, int64_t n_tokens, tl_kv_bytes *out,
+                     tl_error *err) {
+    if (plan && plan->n_layers != m->cfg.n_layer)
+        return tl_fail(err, "KV plan: %d layers, the model has %d", plan->n_layers, m->cfg.n_layer);
+    return tl_plan_kv(&m->cfg, n_ctx, plan ? plan->layers : NULL, n_tokens, out, err);
+}
+
 int tl_plan_memory(const tl_plan_target *t, int n_ctx, int chunk, const tl_kv_layer_policy *policies, int64_t n_tokens,
                    tl_mem_plan *out, tl_error *err) {
     const tl_config *c = t->cfg;

@@ -306,9 +306,22 @@ static tl_kv_layer_policy *resolve_auto(tl_model *m, const tl_kv_layer_policy *p
     return r;
 }
 
-tl_kv_layer_policy *tl_session_resolve_auto(tl_model *m, const tl_kv_layer_policy *policies, int n_threads,
-                                            bool *failed, tl_error *err) {
-    return resolve_auto(m, policies, false, n_threads, failed, err);
+int tl_kv_plan_resolve_auto(tl_kv_plan *out, tl_model *m, const tl_kv_plan *plan, int n_threads, tl_error *err) {
+    const int L = m->cfg.n_layer;
+    out->n_layers = 0;
+    out->layers = NULL;
+    if (plan->n_layers != L)
+        return tl_fail(err, "--kv: the plan has %d layers but the model has %d", plan->n_layers, L);
+    bool failed;
+    tl_kv_layer_policy *r = resolve_auto(m, plan->layers, false, n_threads, &failed, err);
+    if (failed) return -1;
+    if (!r) {
+        r = tl_xmalloc(sizeof *r * (size_t)L);
+        memcpy(r, plan->layers, sizeof *r * (size_t)L);
+    }
+    out->n_layers = L;
+    out->layers = r;
+    return 0;
 }
 
 /* A session of m on backend be: the backend's check of the model, auto layers measured (among

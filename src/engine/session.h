@@ -61,19 +61,9 @@ struct tl_session {
     unsigned mm_flags;         /* tl_matmul_w's flags (TL_MM_Q8 with prefill_q8) */
 };
 
-/* tl_session_new and the public calls on a session (tl_session_eval, tl_session_memory, ...):
- * include/tailor.h. */
+/* tl_session_new and the public calls on a session (tl_session_eval, tl_session_truncate,
+ * tl_session_memory, ...): include/tailor.h. */
 
-/* Keep the first n_tokens of the sequence (to reuse a shared prefix); 0 clears it. All or
- * nothing: when a layer's store cannot (a quantized store's window or block moved past the
- * cut, a moved sliding window, the GPU backend) the session is unchanged and err says which
- * layer and why. */
-int tl_session_truncate(tl_session *s, int n_tokens, tl_error *err);
-/* The largest count m <= n_tokens (at most the tokens held) that tl_session_truncate accepts:
- * where every layer's store still holds exactly what it would hold after m tokens. Stores that
- * quantize out of an f16 window or block, or fix statistics on the first chunk, cannot cut
- * everywhere (kv/quant.c); 0 (start again) is always possible. */
-int tl_session_truncate_max(const tl_session *s, int n_tokens);
 
 /* The query projection of layer il for n rows of normed input xn: Wq (+bias), gemma3's
  * q-norm, and RoPE at positions pos0.. . Writes [n][n_head*head_dim_k]. Used by the forward
@@ -96,11 +86,6 @@ void tl_session_check_keys(tl_session *s);
 /* Internal constructor: one layer policy per layer (NULL = f16 everywhere). */
 tl_session *tl_session_new_with_policies(tl_model *m, int n_ctx, int n_threads, int chunk,
                                          const tl_kv_layer_policy *policies, tl_error *err);
-/* A CPU plan's auto:B layers measured (calibrate_keys.c), for callers that make several
- * sessions of one plan (the server's slots) and size them: NULL when the plan has none (or
- * *failed, with err), else a malloc'd copy with each auto layer replaced by its layout. */
-tl_kv_layer_policy *tl_session_resolve_auto(tl_model *m, const tl_kv_layer_policy *policies, int n_threads,
-                                            bool *failed, tl_error *err);
 /* The table of a --device name: NULL/"cpu" the CPU's (tl_backend_cpu), "cuda" the CUDA
  * backend (tl_backend_load). NULL with err naming the device and why ("--device 'x': unknown
  * device (cpu, cuda)", "--device cuda: ..."). */

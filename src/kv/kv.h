@@ -40,7 +40,8 @@ typedef struct {
                        before softmax (tl_softcap), in every store; 0 = none */
 } tl_kv_shape;
 
-/* tl_kv_bytes, the bytes a layer cache holds split by purpose: include/tailor.h. */
+/* tl_kv_bytes, the bytes a layer cache holds split by purpose, and tl_kv_bytes_total:
+ * include/tailor.h. */
 
 typedef struct tl_kv_layer tl_kv_layer;
 
@@ -83,9 +84,6 @@ static inline int tl_kv_forward(tl_kv_layer *l, tl_pool *pool, int n_tok, const 
 static inline void tl_kv_clear(tl_kv_layer *l) { l->ops->clear(l); }
 static inline void tl_kv_destroy(tl_kv_layer *l) {
     if (l) l->ops->destroy(l);
-}
-static inline uint64_t tl_kv_bytes_total(const tl_kv_bytes *b) {
-    return b->codes + b->scales + b->residual + b->other + b->host;
 }
 
 /* ---- Policies ----

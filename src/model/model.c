@@ -460,6 +460,12 @@ const char *tl_model_arch(const tl_model *m) { return m->cfg.arch_name; }
 const tl_tokenizer *tl_model_tokenizer(const tl_model *m) { return m->tok; }
 uint64_t tl_model_weight_bytes(const tl_model *m) { return m->weight_bytes; }
 
+char *tl_model_meta_str(const tl_model *m, const char *key) {
+    char *v = NULL;
+    if (tl_gguf_opt_str(m->gguf, key, &v, NULL)) return NULL; /* not a string */
+    return v;
+}
+
 uint64_t tl_model_decode_weight_bytes(const tl_model *m) {
     const tl_mat *e = &m->w.tok_embd;
     return m->weight_bytes - (m->w.tied_output ? 0 : tl_row_size(e->type, e->n_in) * (uint64_t)e->n_out);

@@ -4,8 +4,6 @@
 
 #include "server.h"
 #include "tailor.h"
-#include "../model/model.h"
-#include "../engine/session.h"
 #include "../base/unicode.h"
 
 #include <pthread.h>

@@ -171,13 +171,13 @@ static int32_t *tokenize(const tl_model *m, const char *text, size_t len, const 
     size_t cap = len + 16, need = 0;
     if (o->max_tokens) cap = TL_MIN(cap, o->max_tokens + 1);
     int32_t *ids = tl_xmalloc(sizeof(int32_t) * cap);
-    if (tl_tokenize_opts(m->tok, text, len, o, ids, cap, &need, err)) {
+    if (tl_tokenize_opts(tl_model_tokenizer(m), text, len, o, ids, cap, &need, err)) {
         free(ids);
         return NULL;
     }
     if (need > cap) {
         ids = tl_xrealloc(ids, sizeof(int32_t) * need);
-        if (tl_tokenize_opts(m->tok, text, len, o, ids, need, &need, err)) {
+        if (tl_tokenize_opts(tl_model_tokenizer(m), text, len, o, ids, need, &need, err)) {
             free(ids);
             return NULL;
         }
@@ -323,7 +323,7 @@ static int too_long(tl_server *srv, tl_reply *r, const char *n_desc) {
 static int set_prompt_text(tl_server *srv, tl_job *j, const char *text, size_t len, bool parse_all,
                            const tl_span *spans, size_t n_spans, const char *param, tl_reply *r) {
     const int n_ctx = tl_sched_n_ctx(srv->sched);
-    const size_t at_least = len / TL_MAX(tl_tok_max_piece(srv->model->tok), 1);
+    const size_t at_least = len / TL_MAX(tl_tok_max_piece(tl_model_tokenizer(srv->model)), 1);
     char desc[96];
     if (at_least >= (size_t)n_ctx) {
         snprintf(desc, sizeof desc, "%zu bytes, so at least %zu tokens", len, at_least);
@@ -519,11 +519,11 @@ void tl_stream_free(tl_stream *st) {
 
 /* A token's text as the answer shows it (control tokens: empty), malloc'd in *buf; its length. */
 static size_t piece_of(const tl_server *srv, int32_t id, char **buf, size_t *cap) {
-    size_t n = tl_token_to_piece(srv->model->tok, id, false, *buf, *cap);
+    size_t n = tl_token_to_piece(tl_model_tokenizer(srv->model), id, false, *buf, *cap);
     if (n > *cap) {
         *cap = n;
         *buf = tl_xrealloc(*buf, *cap);
-        n = tl_token_to_piece(srv->model->tok, id, false, *buf, *cap);
+        n = tl_token_to_piece(tl_model_tokenizer(srv->model), id, false, *buf, *cap);
     }
     return n;
 }
@@ -708,7 +708,7 @@ static int completion_prompt(tl_server *srv, const cJSON *root, tl_job *j, tl_re
         return set_prompt_text(srv, j, p->valuestring, strlen(p->valuestring), true, NULL, 0, "prompt", r);
     if (!cJSON_IsArray(p))
         return bad(r, "prompt", "'prompt' must be a string, a list of token ids, or a list of one of those"), -1;
-    int n = cJSON_GetArraySize(p), V = srv->model->cfg.n_vocab, k = 0;
+    int n = cJSON_GetArraySize(p), V = tl_model_n_vocab(srv->model), k = 0;
     if (n >= tl_sched_n_ctx(srv->sched)) {
         char desc[64];
         snprintf(desc, sizeof desc, "%d tokens", n);
@@ -890,7 +890,7 @@ static void h_tokenize(tl_server *srv, const char *body, size_t len, tl_reply *r
         }
         cJSON *t = cJSON_CreateObject();
         cJSON_AddNumberToObject(t, "id", ids[i]);
-        size_t np = tl_token_to_piece(srv->model->tok, ids[i], true, piece, sizeof piece);
+        size_t np = tl_token_to_piece(tl_model_tokenizer(srv->model), ids[i], true, piece, sizeof piece);
         char *s = tl_utf8_sanitize(piece, TL_MIN(np, sizeof piece));
         cJSON_AddStringToObject(t, "piece", s);
         free(s);
@@ -910,7 +910,7 @@ static void h_detokenize(tl_server *srv, const char *body, size_t len, tl_reply 
         cJSON_Delete(root);
         return;
     }
-    int n = cJSON_GetArraySize(t), V = srv->model->cfg.n_vocab, k = 0;
+    int n = cJSON_GetArraySize(t), V = tl_model_n_vocab(srv->model), k = 0;
     int32_t *ids = tl_xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
     const cJSON *it;
     cJSON_ArrayForEach(it, t) {
@@ -924,7 +924,7 @@ static void h_detokenize(tl_server *srv, const char *body, size_t len, tl_reply 
         ids[k++] = (int32_t)it->valuedouble;
     }
     size_t out_len = 0;
-    char *s = tl_detokenize_ex(srv->model->tok, ids, (size_t)k, 0, &out_len);
+    char *s = tl_detokenize_ex(tl_model_tokenizer(srv->model), ids, (size_t)k, 0, &out_len);
     char *clean = tl_utf8_sanitize(s, out_len);
     cJSON *out = cJSON_CreateObject();
     cJSON_AddStringToObject(out, "content", clean);
@@ -946,9 +946,9 @@ static void h_models(tl_server *srv, tl_reply *r) {
     cJSON_AddNumberToObject(m, "created", (double)(long)srv->t_start);
     cJSON_AddStringToObject(m, "owned_by", "tailor");
     cJSON *meta = cJSON_AddObjectToObject(m, "meta");
-    cJSON_AddStringToObject(meta, "arch", srv->model->cfg.arch_name);
-    cJSON_AddNumberToObject(meta, "n_vocab", srv->model->cfg.n_vocab);
-    cJSON_AddNumberToObject(meta, "n_ctx_train", srv->model->cfg.n_ctx_train);
+    cJSON_AddStringToObject(meta, "arch", tl_model_arch(srv->model));
+    cJSON_AddNumberToObject(meta, "n_vocab", tl_model_n_vocab(srv->model));
+    cJSON_AddNumberToObject(meta, "n_ctx_train", tl_model_n_ctx_train(srv->model));
     cJSON_AddNumberToObject(meta, "n_ctx", tl_sched_n_ctx(srv->sched));
     cJSON_AddNumberToObject(meta, "n_parallel", srv->p.n_parallel);
     cJSON_AddStringToObject(meta, "kv", srv->kv_text);

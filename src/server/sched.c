@@ -16,7 +16,7 @@
  * additions, and not at all for quantized weights on AVX-512 VNNI (tests/engine/test_batch.c).
  *
  * Admission by memory: with a KV budget, a job is queued only once the planner's KV bytes at
- * its largest context (tl_plan_kv) fit beside those of the jobs queued and running; otherwise
+ * its largest context (tl_plan_kv_bytes) fit beside those of the jobs queued and running; otherwise
  * its connection thread waits for room (first come, first served), up to a bound.
  *
  * Prefix reuse: a slot keeps its KV after a job (the tokens it holds in `cache`). A new job goes
@@ -31,8 +31,6 @@
  * sched->mu may be held while taking job->mu, never the other way round. */
 #define _GNU_SOURCE
 #include "internal.h"
-#include "../engine/batch.h"
-#include "../engine/plan.h"
 
 #include <errno.h>
 #include <math.h>
@@ -83,12 +81,12 @@ struct tl_sched {
     int batch_tokens, chunk;
     pthread_t th;    /* the step loop */
     bool started;
-    int n_ctx;
+    int n_ctx, n_vocab;
     tl_session_mem slot_mem; /* slot 0's memory before any work, for the start-up report */
     /* admission by memory */
-    tl_kv_layer_policy *pol; /* every slot's KV policies (auto layers resolved once); NULL = f16 */
-    tl_kv_plan plan;         /* pol as the plan the slots are made from (the batch keeps a pointer) */
-    bool own_pol;            /* pol is ours to free */
+    tl_kv_plan plan;         /* every slot's KV plan (on the CPU auto layers resolved once; the
+                                batch keeps a pointer); layers NULL = f16 */
+    bool own_plan;           /* plan.layers is ours to free */
     uint64_t kv_budget;      /* 0 = none */
     uint64_t kv_reserved;    /* kv_need of queued and running jobs (under mu) */
     int kv_wait_ms;
@@ -288,7 +286,7 @@ static int reusable(const slot *sl, const tl_job *j) {
 /* A job taken from the queue starts in its slot: the prompt is to be fed from its start. */
 static void slot_start(slot *sl) {
     tl_job *j = sl->job;
-    const int V = sl->owner->m->cfg.n_vocab;
+    const int V = sl->owner->n_vocab;
     pthread_mutex_lock(&j->mu);
     j->state = TL_JOB_RUNNING;
     j->t_start = tl_time_s();
@@ -311,7 +309,7 @@ static void slot_start(slot *sl) {
     sl->fed = keep;
     sl->decoding = false;
     sl->n_gen = 0;
-    const int room = sl->sess->n_ctx - j->n_prompt;
+    const int room = tl_session_n_ctx(sl->sess) - j->n_prompt;
     sl->max_new = j->max_tokens < 0 ? room : TL_MIN(j->max_tokens, room);
     sl->t0 = tl_time_s();
     sl->echo = j->echo && j->logprobs >= 0;
@@ -358,8 +356,8 @@ static void slot_finish(slot *sl, tl_finish fin, const char *fail) {
  * token, as tailor generate's loop does, and either keep it to feed next step or end the job. */
 static void slot_sample(slot *sl) {
     tl_job *j = sl->job;
-    tl_model *m = sl->owner->m;
-    const int V = m->cfg.n_vocab;
+    const tl_tokenizer *tok = tl_model_tokenizer(sl->owner->m);
+    const int V = sl->owner->n_vocab;
     if (sl->n_gen >= sl->max_new) return slot_finish(sl, TL_FINISH_LENGTH, NULL);
     if (atomic_load(&j->cancel)) return slot_finish(sl, TL_FINISH_CANCELLED, NULL);
     if (sl->raw) memcpy(sl->raw, sl->logits, sizeof(float) * (size_t)V); /* the sampler edits its copy */
@@ -369,22 +367,22 @@ static void slot_sample(slot *sl) {
         lp_add(j, id, sl->raw, V);
         pthread_mutex_unlock(&j->mu);
     }
-    if (!j->ignore_eos && tl_tok_is_eog(m->tok, id)) return slot_finish(sl, TL_FINISH_STOP, NULL);
+    if (!j->ignore_eos && tl_tok_is_eog(tok, id)) return slot_finish(sl, TL_FINISH_STOP, NULL);
     sl->n_gen++;
     tl_sampler_accept(sl->smp, id);
     char piece[256];
-    size_t np = tl_token_to_piece(m->tok, id, false, piece, sizeof piece);
+    size_t np = tl_token_to_piece(tok, id, false, piece, sizeof piece);
     bool hit;
     if (np > sizeof piece) { /* rare: a very long piece */
         char *big = tl_xmalloc(np);
-        np = tl_token_to_piece(m->tok, id, false, big, np);
+        np = tl_token_to_piece(tok, id, false, big, np);
         hit = job_append(j, big, np);
         free(big);
     } else {
         hit = job_append(j, piece, np);
     }
     if (hit) return slot_finish(sl, TL_FINISH_STOP, NULL);
-    if (sl->n_gen == sl->max_new || sl->sess->n_past + 1 > sl->sess->n_ctx)
+    if (sl->n_gen == sl->max_new || tl_session_n_past(sl->sess) + 1 > tl_session_n_ctx(sl->sess))
         return slot_finish(sl, TL_FINISH_LENGTH, NULL);
     sl->next = id;
     if ((sl->n_gen & 31) == 0) slot_update_kv(sl);
@@ -393,7 +391,7 @@ static void slot_sample(slot *sl) {
 /* After a step: the rows a slot fed are in its session; take what they gave. */
 static void slot_advance(slot *sl, int n) {
     tl_job *j = sl->job;
-    const int V = sl->owner->m->cfg.n_vocab;
+    const int V = sl->owner->n_vocab;
     memcpy(sl->cache + sl->n_cache, sl->decoding ? &sl->next : j->prompt + sl->fed, sizeof(int32_t) * (size_t)n);
     sl->n_cache += n; /* (a running slot's cache is the step loop's alone) */
     if (sl->decoding) return slot_sample(sl);
@@ -569,34 +567,28 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
     const bool cuda = p->device && !strcmp(p->device, "cuda");
     /* one set of policies for every slot, and for the planner's admission: on the CPU, auto
      * layers are measured once here, not once per slot (a GPU session measures its own) */
-    if (p->kv) {
-        if (p->kv->n_layers != m->cfg.n_layer) {
-            tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
+    if (p->kv && cuda) {
+        S->plan = *p->kv;
+    } else if (p->kv) {
+        if (tl_kv_plan_resolve_auto(&S->plan, m, p->kv, p->n_threads, err)) {
             tl_sched_free(S);
             return NULL;
         }
-        bool failed = false;
-        S->pol = cuda ? NULL : tl_session_resolve_auto(m, p->kv->layers, p->n_threads, &failed, err);
-        if (failed) {
-            tl_sched_free(S);
-            return NULL;
-        }
-        S->own_pol = S->pol != NULL;
-        if (!S->pol) S->pol = p->kv->layers;
-        S->plan = (tl_kv_plan){.n_layers = p->kv->n_layers, .layers = S->pol};
+        S->own_plan = true;
     }
     /* the sessions hold the KV caches; the step's activations and threads are the batch's */
     tl_session_params sp = tl_session_default_params();
     sp.n_ctx = p->n_ctx;
     sp.n_threads = p->n_threads;
-    sp.kv = p->kv ? &S->plan : NULL;
+    sp.kv = S->plan.layers ? &S->plan : NULL;
     sp.device = p->device;
     sp.gpu_mem_budget = p->gpu_mem_budget;
     sp.cuda = p->cuda;
     sp.prefill_q8 = p->prefill_q8;
     S->n_ctx = tl_model_resolve_n_ctx(m, p->n_ctx);
     /* a step holds a token of every slot and a prompt piece of up to `chunk` rows */
-    S->chunk = p->chunk > 0 ? TL_MIN(p->chunk, S->n_ctx) : TL_MIN(512, S->n_ctx);
+    S->n_vocab = tl_model_n_vocab(m);
+    S->chunk = tl_plan_chunk(S->n_ctx, p->chunk);
     S->batch_tokens = p->batch_tokens > 0 ? p->batch_tokens : S->chunk + p->n_parallel;
     if (S->batch_tokens <= p->n_parallel) {
         tl_fail(err, "--batch-tokens %d: a step must hold one token of each of the %d slots (--parallel) and a prompt "
@@ -619,7 +611,7 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
             tl_sched_free(S);
             return NULL;
         }
-        sl->logits = tl_xmalloc(sizeof(float) * (size_t)m->cfg.n_vocab);
+        sl->logits = tl_xmalloc(sizeof(float) * (size_t)S->n_vocab);
         sl->cache = tl_xmalloc(sizeof(int32_t) * (size_t)S->n_ctx);
     }
     tl_session_memory(S->slots[0].sess, &S->slot_mem); /* before the step loop owns the sessions */
@@ -660,7 +652,7 @@ static uint64_t kv_need(const tl_sched *S, const tl_job *j, int *n_tokens) {
     *n_tokens = (int)n;
     tl_kv_bytes b;
     tl_error err = {{0}};
-    if (tl_plan_kv(&S->m->cfg, S->n_ctx, S->pol, n, &b, &err)) return 0; /* (cannot fail: the slots were made) */
+    if (tl_plan_kv_bytes(S->m, S->n_ctx, S->plan.layers ? &S->plan : NULL, n, &b, &err)) return 0; /* (cannot fail: the slots were made) */
     return tl_kv_bytes_total(&b);
 }
 
@@ -829,7 +821,7 @@ void tl_sched_free(tl_sched *S) {
     free(S->slots);
     free(S->q);
     free(S->kv_wait);
-    if (S->own_pol) free(S->pol);
+    if (S->own_plan) tl_kv_plan_free(&S->plan);
     pthread_mutex_destroy(&S->mu);
     pthread_cond_destroy(&S->cv);
     pthread_cond_destroy(&S->kv_cv);

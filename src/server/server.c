@@ -2,7 +2,6 @@
  * apart in an order that never leaves a thread waiting on something already gone. */
 #define _GNU_SOURCE
 #include "internal.h"
-#include "../kv/policy.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -110,9 +109,7 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
             return NULL;
         }
     } else {
-        char *jinja = NULL;
-        tl_error e2 = {{0}};
-        if (tl_gguf_opt_str(m->gguf, "tokenizer.chat_template", &jinja, &e2)) jinja = NULL;
+        char *jinja = tl_model_meta_str(m, "tokenizer.chat_template");
         s->chat = tl_chat_detect(jinja);
         free(jinja);
         if (s->chat == TL_CHAT_NONE)
@@ -136,7 +133,7 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
     }
     /* the default body limit: what a prompt that fills the context can take as JSON text */
     if (!s->p.max_body)
-        s->p.max_body = (size_t)tl_sched_n_ctx(s->sched) * TL_MAX(tl_tok_max_piece(m->tok), 1) + TL_BODY_SLACK;
+        s->p.max_body = (size_t)tl_sched_n_ctx(s->sched) * TL_MAX(tl_tok_max_piece(tl_model_tokenizer(m)), 1) + TL_BODY_SLACK;
     return s;
 }
 

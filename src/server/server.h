@@ -12,13 +12,15 @@
  *   metrics.c counters and the Prometheus text of /metrics
  *   util.c    UTF-8 checks, constant-time compare, OpenAI error objects
  *
- * Usage: fill tl_server_params, tl_server_start, then wait (signals) and tl_server_stop. */
+ * Usage: fill tl_server_params, tl_server_start, then wait (signals) and tl_server_stop.
+ *
+ * The server is a client of the engine: it reaches models, sessions, batches and plans through
+ * include/tailor.h only, as the tools do (of src/ it includes base/; test_api checks). */
 #ifndef TL_SERVER_H
 #define TL_SERVER_H
 
 #include "../base/common.h"
-#include "../engine/sampler.h"
-#include "../engine/session.h"
+#include "tailor.h"
 
 #include <stdint.h>
 

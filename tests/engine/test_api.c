@@ -64,9 +64,11 @@ static void tool_include(const char *path, const char *inc) {
 static const struct {
     const char *dir;
     int layer;
+    bool face_only; /* uses the engine through include/tailor.h only: of src/ it includes base/ */
 } layers[] = {
-    {"base", 0},  {"cpu", 1},     {"model", 2}, {"kv", 2},     {"engine", 3},
-    {"cuda", 4},  {"convert", 4}, {"eval", 4},  {"server", 4}, {"pareto", 5},
+    {"base", 0, false},    {"cpu", 1, false},  {"model", 2, false}, {"kv", 2, false},
+    {"engine", 3, false},  {"cuda", 4, false}, {"convert", 4, false}, {"eval", 4, false},
+    {"server", 4, true},   {"pareto", 5, false},
 };
 
 static char src_root[4096]; /* realpath of $TL_SRC/src, with a trailing '/' */
@@ -100,6 +102,11 @@ static void src_include(const char *path, const char *inc) {
     if (lf < 0 || lt < 0 || !strcmp(from_dir, to_dir)) return;
     CHECKF(lt < lf, "%s includes \"%s\": src/%s/ (layer %d) includes only lower layers, not src/%s/ (layer %d)",
            path, inc, from_dir, lf, to_dir, lt);
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++)
+        if (layers[i].face_only && !strcmp(from_dir, layers[i].dir))
+            CHECKF(!strcmp(to_dir, "base"),
+                   "%s includes \"%s\": src/%s/ uses the engine through include/tailor.h only (of src/, base/)", path,
+                   inc, from_dir);
 }
 
 /* tests/: no test at the top, each folder a layer's (or tools, or fixtures); the tests found. */
