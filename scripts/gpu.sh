@@ -39,13 +39,17 @@
 #      (1,16,64) clients (scripts/serve-bench.py, SERVE_PROMPT (256) prompt + 128 generated tokens
 #      each, slots of SERVE_CTX (1024) tokens; SERVE_NOCHECK skips the check); and a
 #      --gpu-mem-budget the slots do not fit must stop the start with the plan
+#  13. (capacity) the largest count of concurrent CAP_CTX-token (32768) sequences a --gpu-mem-budget
+#      (CAP_BUDGET, 24GiB) holds on CAP_MODEL (the q4_K_M synth of step qweights), per KV@N of
+#      CAP_KVS: the server started with --parallel N serves N clients at once, and N+1 is refused
 #  12. (ncu) Nsight Compute: every kernel of a few decode steps timed alone (scripts/ncu-summary.py:
 #      per-kernel time and DRAM bytes per forward pass), then the matvec kernels' SOL / memory /
 #      warp-stall sections, on NCU_MODEL (default the q4_K_M synth of step qweights)
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
-# long dectc decmma real qweights pareto serve ncu), GPU_JOBS, DATA (real, pareto: the essays and
+# long dectc decmma real qweights pareto serve capacity ncu), GPU_JOBS, DATA (real, pareto: the essays and
 # the C file, default carry/data), REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
-# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS,
+# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS, SERVE_REQUESTS,
+# CAP_MODEL, CAP_KVS, CAP_CTX, CAP_BUDGET,
 # TL_CUDA_SAFE (=1: every tailor run on the reference path, --cuda-opt safe), CUDA_OPT (a
 # --cuda-opt list added to every tailor run that takes one).
 set -uo pipefail
@@ -334,7 +338,7 @@ if has serve; then
       [ -n "${SERVE_NOCHECK:-}" ] || timeout 300 python3 scripts/serve-check.py --port $PORT --clients 16 --requests 48 --max-tokens 64 --id-lo 3 --id-hi 256 \
         2>&1 | tee "$OUT/serve_check_$tag.txt" | tail -8 | tee -a "$OUT/summary.md"
       echo "serve-check $KV exit ${PIPESTATUS[0]}" | tee -a "$OUT/summary.md"
-      timeout 400 python3 scripts/serve-bench.py --port $PORT --pid $SP --clients ${SERVE_CLIENTS:-1,16,64} --requests 2 \
+      timeout 400 python3 scripts/serve-bench.py --port $PORT --pid $SP --clients ${SERVE_CLIENTS:-1,16,64} --requests ${SERVE_REQUESTS:-2} \
         --prompt-tokens ${SERVE_PROMPT:-256} --max-tokens 128 --repeat 1 --id-lo 3 --id-hi 256 --label "cuda $KV" 2>&1 | tee -a "$OUT/summary.md"
     else
       echo "serve $KV did not start:" | tee -a "$OUT/summary.md"
@@ -348,6 +352,49 @@ if has serve; then
   timeout 120 $T serve -m $SM --device cuda "${CO[@]}" --port 0 -c 131072 --parallel 64 --gpu-mem-budget 8GiB >"$OUT/serve_budget.log" 2>&1
   echo "exit $? (want 1)" | tee -a "$OUT/summary.md"
   tail -2 "$OUT/serve_budget.log" | tee -a "$OUT/summary.md"
+fi
+if has capacity; then
+  # how many concurrent sequences of CAP_CTX tokens a --gpu-mem-budget holds, by starting the
+  # server: each KV@N of CAP_KVS starts with --parallel N (every slot's KV allocated at start,
+  # the plan checked against the budget), then N clients decode at once (short prompts: the
+  # slots' memory is allocated whole either way); --parallel N+1 must be refused by the plan
+  CM=${CAP_MODEL:-$SHM/llama8b-q4_K_M.gguf}
+  CB=${CAP_BUDGET:-24GiB}
+  CC=${CAP_CTX:-32768}
+  cap_start() { # KV N TAG: start, wait until it listens or exits; sets SP and PORT
+    $T serve -m $CM --device cuda "${CO[@]}" --port 0 -c $CC --parallel $2 --gpu-mem-budget $CB --kv "$1" >"$OUT/cap_$3.log" 2>&1 &
+    SP=$!
+    PORT=""
+    for _ in $(seq 1 1800); do
+      PORT=$(grep -o 'listening on http://[^ ]*' "$OUT/cap_$3.log" | grep -o '[0-9]*$')
+      [ -n "$PORT" ] && return 0
+      kill -0 $SP 2>/dev/null || return 1
+      sleep 0.1
+    done
+    return 1
+  }
+  for KN in ${CAP_KVS:-f16@4 k4v4@14 k2v2:kivi@24 tailor:summary=4,bits=2@29}; do
+    KV=${KN%@*}; N=${KN##*@}
+    tag=$(echo "$KV" | tr -c 'A-Za-z0-9\n' _)
+    log "capacity: $(basename $CM) --kv $KV: $N x $CC tokens under --gpu-mem-budget $CB"
+    if cap_start "$KV" $N ${tag}_$N; then
+      grep -E "slot\(s\)|gpu memory|plan" "$OUT/cap_${tag}_$N.log" | head -4 | tee -a "$OUT/summary.md"
+      timeout 300 python3 scripts/serve-bench.py --port $PORT --pid $SP --clients $N --requests 1 --prompt-tokens 64 \
+        --max-tokens 32 --repeat 1 --id-lo 3 --id-hi 256 --label "cap $KV x$N" 2>&1 | tail -3 | tee -a "$OUT/summary.md"
+    else
+      echo "capacity $KV x$N: did not start" | tee -a "$OUT/summary.md"
+      tail -4 "$OUT/cap_${tag}_$N.log" | tee -a "$OUT/summary.md"
+    fi
+    kill -TERM $SP 2>/dev/null; wait $SP 2>/dev/null
+    N1=$((N + 1))
+    if cap_start "$KV" $N1 ${tag}_$N1; then
+      echo "capacity $KV x$N1: started (not refused)" | tee -a "$OUT/summary.md"
+    else
+      echo "capacity $KV x$N1: refused:" | tee -a "$OUT/summary.md"
+      grep -E "does not fit|error" "$OUT/cap_${tag}_$N1.log" | tail -2 | cut -c1-400 | tee -a "$OUT/summary.md"
+    fi
+    kill -TERM $SP 2>/dev/null; wait $SP 2>/dev/null
+  done
 fi
 if has ncu; then
   # every kernel of a few decode steps timed alone by Nsight Compute (kernels serialized, no
