@@ -367,7 +367,16 @@ struct tl_stream {
     int phase; /* 0 role chunk (chat), 1 tokens, 2 finished: only pending bytes left */
     char *pend;
     size_t pend_len, pend_off;
+    double t_out; /* when bytes last went out (tl_time_s) */
 };
+
+/* A stream with nothing to say (its job queued, or a long prompt prefilling) sends an SSE
+ * comment line this often, so that the idle-connection timeout (--timeout, counted from the
+ * last byte either way) does not close it while it waits: a third of that timeout, 0.2 s at
+ * least. Clients ignore comment lines (the SSE format). */
+static double keepalive_s(const tl_server *srv) {
+    return srv->p.timeout_s > 0 ? TL_MAX(0.2, srv->p.timeout_s / 3.0) : 1e30;
+}
 
 static const char *finish_name(tl_finish f) {
     return f == TL_FINISH_STOP ? "stop" : f == TL_FINISH_LENGTH ? "length" : NULL;
@@ -496,6 +505,10 @@ long tl_stream_read(tl_stream *st, const tl_conn *conn, char *buf, size_t max) {
         }
         pthread_mutex_unlock(&j->mu);
         if (st->pend_len) continue;
+        if (tl_time_s() - st->t_out >= keepalive_s(st->srv)) {
+            pend_raw(st, ": keep-alive\n\n");
+            continue;
+        }
         tl_job_wait(j, st->sent, 100);
         if (tl_conn_gone(conn)) {
             tl_sched_cancel(st->srv->sched, j);
@@ -506,6 +519,7 @@ long tl_stream_read(tl_stream *st, const tl_conn *conn, char *buf, size_t max) {
     size_t n = TL_MIN(max, st->pend_len - st->pend_off);
     memcpy(buf, st->pend + st->pend_off, n);
     st->pend_off += n;
+    st->t_out = tl_time_s();
     return (long)n;
 }
 
@@ -644,6 +658,7 @@ static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool 
         st->include_usage = o->include_usage;
         snprintf(st->id, sizeof st->id, "%s", id);
         st->created = created;
+        st->t_out = tl_time_s();
         r->status = 200;
         r->stream = st;
         r->content_type = "text/event-stream";

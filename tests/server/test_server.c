@@ -1333,6 +1333,43 @@ static void test_busy(const char *model) {
 }
 
 
+/* A stream whose first token is seconds away (a long prompt prefilling, or a queue) still gets
+ * its answer when that wait is longer than --timeout: the idle-connection timeout counts from
+ * the last byte either way, so the stream sends SSE comment lines while it waits. Before, the
+ * connection was closed after the headers (GPU server, 64 clients of 8k-token prompts). */
+static void test_stream_keepalive(const char *model) {
+    server s;
+    const char *args[] = {"--parallel", "1", "-t", "1", "-c", "4096", "--timeout", "1", "--api-key", KEY, NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server started");
+        return;
+    }
+    tl_strbuf body = {0};
+    tl_strbuf_put(&body, "{\"prompt\":\"", 11);
+    for (int i = 0; i < 400; i++) tl_strbuf_printf(&body, "The kernel schedules task %d. ", i);
+    tl_strbuf_printf(&body, "\",\"max_tokens\":4,\"temperature\":0,\"stream\":true}");
+    tl_strbuf req = {0};
+    tl_strbuf_printf(&req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     body.n);
+    tl_strbuf_put(&req, body.p, body.n);
+    const double t0 = now_s();
+    int fd = connect_port(s.port);
+    tl_test_send_all(fd, req.p, req.n);
+    tl_strbuf got = {0};
+    char chunk[4096];
+    for (ssize_t k; (k = recv(fd, chunk, sizeof chunk, 0)) > 0;) tl_strbuf_put(&got, chunk, (size_t)k);
+    close(fd);
+    const double dt = now_s() - t0;
+    const char *g = got.p ? got.p : "";
+    CHECKF(strstr(g, "200 OK") && strstr(g, "data: [DONE]"), "the stream ends with [DONE] after %.1f s: %.300s", dt, g);
+    if (dt > 1.5) CHECKF(strstr(g, ": keep-alive\n\n") != NULL, "no keep-alive line in a %.1f s wait", dt);
+    CHECK(strstr(g, "\"finish_reason\":\"length\"") != NULL);
+    free(body.p);
+    free(req.p);
+    free(got.p);
+    CHECKF(server_stop(&s) == 0, "server exit status");
+}
+
 /* ---------------- prefix reuse ---------------- */
 
 /* usage.prompt_tokens_details.cached_tokens and timings.prompt_evaluated of an answer (-1 if absent) */
@@ -1790,7 +1827,10 @@ int main(void) {
         test_prefix_reuse(stories);
     }
     const char *m31 = tl_test_shared("models/tailor-test-31m.gguf");
-    if (tl_test_have(m31)) test_busy(m31);
+    if (tl_test_have(m31)) {
+        test_busy(m31);
+        test_stream_keepalive(m31);
+    }
     const char *smol = tl_test_models("SmolLM2-135M-Instruct.Q4_1.gguf");
     if (tl_test_have(smol)) {
         test_kv_budget(smol); /* (a 400-token answer lasts seconds on one thread, not one) */
