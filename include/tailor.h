@@ -278,6 +278,9 @@ typedef struct {
     bool no_tc;        /* no-tc: prefill chunks attend in the general kernel, not prefill_tc.cu */
     bool no_fuse;      /* no-fuse: the decode GLU activation, and quantizing a norm's output, as kernels of their own */
     bool no_pdl;       /* no-pdl: kernels launched without programmatic dependent launch */
+    bool no_batch_attn; /* no-batch-attn: a batched step (the server) attends and appends each
+                           sequence's one-token row with launches of its own, instead of one
+                           launch per layer for up to 12 sequences (the same bits either way) */
     bool widen;        /* widen: GGUF block-format weights widened to f16 at upload (the 16-bit
                           deployment) instead of kept in their format; one format per model */
     int gen_cap;       /* gen-cap=N: generated tokens a TailorKV sparse layer holds on the device

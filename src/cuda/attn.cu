@@ -717,3 +717,77 @@ int tlc_kv_append(tlc_ctx *cx, tlc_layer_kv *L, int n_past, int m, const float *
     if (side_append(cx, &L->k, L->n_head_kv, n_past, m, k, L->n_head_kv * L->k.d, err)) return -1;
     return side_append(cx, &L->v, L->n_head_kv, n_past, m, v, L->n_head_kv * L->v.d, err);
 }
+
+/* One sequence's one-token append into dense f16 K and V stores: token n_past into slot
+ * n_past % cap of each head (write_rows_k's DENSE case with m = 1). */
+struct app_row {
+    __half *kf, *vf;
+    size_t k_head, v_head; /* halves per head (fp_head) */
+    int k_slot, v_slot;
+    const float *k, *v;    /* [Hkv * dk], [Hkv * dv] */
+};
+#define APP_SET 64
+struct app_set {
+    app_row r[APP_SET];
+    int Hkv, dk, dv;
+};
+static_assert(sizeof(app_set) <= 4000, "app_set must fit the 4 KB of kernel parameters");
+
+/* grid (blocks over Hkv * (dk + dv) values, rows) */
+__global__ void append_many_k(const __grid_constant__ app_set P) {
+    pdl_trigger();
+    pdl_wait();
+    const app_row &r = P.r[blockIdx.y];
+    const int nk = P.Hkv * P.dk, nv = P.Hkv * P.dv;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < nk + nv; e += gridDim.x * blockDim.x) {
+        if (e < nk) {
+            const int h = e / P.dk, c = e % P.dk;
+            r.kf[h * r.k_head + (size_t)r.k_slot * P.dk + c] = __float2half_rn(r.k[e]);
+        } else {
+            const int e2 = e - nk, h = e2 / P.dv, c = e2 % P.dv;
+            r.vf[h * r.v_head + (size_t)r.v_slot * P.dv + c] = __float2half_rn(r.v[e2]);
+        }
+    }
+}
+
+static bool dense_f16(const kv_side &S) { return S.mode == KV_DENSE && S.dt == DT_F16; }
+
+int tlc_kv_append_many(tlc_ctx *cx, int n, tlc_layer_kv *const *L, const int *n_past, const float *const *k,
+                       const float *const *v, bool *done, tl_error *err) {
+    for (int i = 0; i < n; i++) done[i] = false;
+    int first = -1;
+    for (int i = 0; i < n && first < 0; i++)
+        if (!L[i]->off && dense_f16(L[i]->k) && dense_f16(L[i]->v)) first = i;
+    if (first < 0) return 0;
+    const tlc_layer_kv *F = L[first];
+    app_set P;
+    memset(&P, 0, sizeof P);
+    P.Hkv = F->n_head_kv;
+    P.dk = F->k.d;
+    P.dv = F->v.d;
+    int m = 0;
+    for (int i = first; i <= n; i++) {
+        if (i < n) {
+            const tlc_layer_kv *Li = L[i];
+            if (Li->off || !dense_f16(Li->k) || !dense_f16(Li->v) || Li->n_head_kv != P.Hkv || Li->k.d != P.dk || Li->v.d != P.dv)
+                continue;
+            app_row *r = &P.r[m++];
+            r->kf = (__half *)Li->k.fp;
+            r->vf = (__half *)Li->v.fp;
+            r->k_head = Li->k.fp_head;
+            r->v_head = Li->v.fp_head;
+            r->k_slot = n_past[i] % Li->k.cap;
+            r->v_slot = n_past[i] % Li->v.cap;
+            r->k = k[i];
+            r->v = v[i];
+            done[i] = true;
+        }
+        if (m == APP_SET || (i == n && m > 0)) {
+            const int per = P.Hkv * (P.dk + P.dv);
+            cudaError_t e = tlc_launch(!cx->no_pdl, append_many_k, dim3((per + 255) / 256, m), dim3(256), 0, cx->stream, P);
+            if (e != cudaSuccess) return tl_fail(err, "CUDA kernel kv append (%d sequences): %s", m, cudaGetErrorString(e));
+            m = 0;
+        }
+    }
+    return 0;
+}

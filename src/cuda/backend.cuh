@@ -53,6 +53,8 @@ struct tlc_ctx {
     bool no_fuse;         /* no-fuse (or safe): the decode GLU activation, and rmsnorm's quantized output, as
                            * separate kernels */
     bool no_pdl;          /* no-pdl (or safe): kernels launched without programmatic dependent launch */
+    bool no_batch_attn;   /* no-batch-attn (or safe): a batched step's one-token rows attend and append
+                           * one sequence at a time (tlc_attn_decode_many, tlc_kv_append_many off) */
     int8_t *xq;           /* quantized-weight products: the input as int8 blocks of 32 ... */
     float2 *xd;           /* ... and (scale, scale * sum) per block (qmatvec.cu) */
     int xq_cap;           /* values xq holds */
@@ -164,6 +166,20 @@ int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float 
  * log2 units, plus the new token (q scaled by scale, knew, vnew), into out [Hkv*G][D]. */
 int tlc_dec_merge(tlc_ctx *cx, int D, int Hkv, int G, int n_split, const float *part, const float *q, float scale,
                   const float *knew, const float *vnew, float *out, tl_error *err);
+/* One sequence's one-token row of a layer (tlc_attn_decode_many). */
+struct tlc_dec_row {
+    const tlc_layer_kv *L;
+    int n_past;
+    const float *q, *knew, *vnew;
+    float *out;
+};
+/* The one-token rows of several sequences of one layer (the batched step), each attended
+ * exactly as tlc_attention would attend it alone: the rows that take decode.cu's kernel there
+ * (done[i] set) go in one launch per DEC_SET rows of one format (dec_many_k), the others are
+ * left to the caller. 0, or -1 with err. */
+int tlc_attn_decode_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err);
+/* Whether decode_mma.cu takes a layer's one-token attention at n_past (per-token codes). */
+bool tlc_dec_mma_takes(const tlc_ctx *cx, const tlc_layer_kv *L, int n_past);
 /* Decode over per-token codes on tensor cores (decode_mma.cu): 0 done, -1 error, 1 not handled. */
 int tlc_attn_decode_mma(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew,
                         const float *vnew, float *out, tl_error *err);
@@ -174,6 +190,11 @@ int tlc_attn_decode_mma(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const fl
 int tlc_attn_prefill_tc(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, int m, const float *q, const float *knew,
                         const float *vnew, float *out, tl_error *err);
 int tlc_kv_append(tlc_ctx *cx, tlc_layer_kv *L, int n_past, int m, const float *k, const float *v, tl_error *err);
+/* The one-token appends of several sequences (the batched step): the rows whose K and V are
+ * dense f16 stores of the same shape go in one launch per APP_SET rows (append_many_k, the same
+ * values as write_rows_k), done[i] set; the others are left to tlc_kv_append. */
+int tlc_kv_append_many(tlc_ctx *cx, int n, tlc_layer_kv *const *L, const int *n_past, const float *const *k,
+                       const float *const *v, bool *done, tl_error *err);
 
 
 /* ---- TailorKV sparse layers on the GPU (offload.cu) ---- */

@@ -49,6 +49,14 @@ struct tl_cuda_batch {
     int n_seq, n_dec;
     int *row0; /* [max_seqs + 1] first row of each sequence; row0[n_seq] = rows */
     int *src;  /* [max_seqs] the rows whose logits are taken */
+    /* a layer's one-token rows, attended and appended together (tlc_attn_decode_many,
+     * tlc_kv_append_many), host arrays of max_seqs */
+    tlc_dec_row *drow;
+    int *dseq, *dpast;
+    bool *ddone;
+    uint8_t *dstate;
+    tlc_layer_kv **dkv;
+    const float **dk, **dv;
 };
 
 #define CK(call)                                                                                                     \
@@ -67,6 +75,14 @@ extern "C" void tl_cuda_batch_free(tl_cuda_batch *b) {
     tl_cuda_session_free(b->ws);
     free(b->row0);
     free(b->src);
+    free(b->drow);
+    free(b->dseq);
+    free(b->dpast);
+    free(b->ddone);
+    free(b->dstate);
+    free(b->dkv);
+    free(b->dk);
+    free(b->dv);
     free(b);
 }
 
@@ -92,6 +108,15 @@ extern "C" tl_cuda_batch *tl_cuda_batch_new(tl_model *m, int max_rows, int max_s
     b->max_seqs = max_seqs;
     b->row0 = (int *)tl_xcalloc((size_t)max_seqs + 1, sizeof(int));
     b->src = (int *)tl_xcalloc((size_t)max_seqs, sizeof(int));
+    const size_t S = (size_t)max_seqs;
+    b->drow = (tlc_dec_row *)tl_xcalloc(S, sizeof *b->drow);
+    b->dseq = (int *)tl_xcalloc(S, sizeof(int));
+    b->dpast = (int *)tl_xcalloc(S, sizeof(int));
+    b->ddone = (bool *)tl_xcalloc(S, sizeof(bool));
+    b->dstate = (uint8_t *)tl_xcalloc(S, 1);
+    b->dkv = (tlc_layer_kv **)tl_xcalloc(S, sizeof *b->dkv);
+    b->dk = (const float **)tl_xcalloc(S, sizeof *b->dk);
+    b->dv = (const float **)tl_xcalloc(S, sizeof *b->dv);
     if (!(b->ws = tlc_session_make(m, n_ctx, max_rows, NULL, TLC_PART_WS, o, err))) {
         tl_cuda_batch_free(b);
         return NULL;
@@ -358,6 +383,39 @@ extern "C" int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int
             if (L1->q_norm && tlc_rmsnorm(ws, qp, L1->q_norm, qp, n_dec * Hq, hd, 0, err)) return -1;
             if (tlc_rope(ws, qp, Hq, NULL, 0, n_dec, c->layer_swa[il + 1] ? 1 : 0, ws->rope, err)) return -1;
         }
+        /* the one-token rows of dense and quantized stores together (a launch per layer for
+         * up to 12 of one format, the same bits as alone), unless no-batch-attn: state[i] 1 =
+         * sequence i attended here, 2 = attended and appended here, 0 = all below */
+        memset(b->dstate, 0, (size_t)n_seq);
+        if (!ws->cx.no_batch_attn && n_dec > 1) {
+            int nd = 0;
+            for (int i = 0; i < n_seq; i++) {
+                const tl_cuda_session *g = seqs[i].g;
+                if (seqs[i].n != 1 || g->kv[il].off) continue;
+                const size_t r = (size_t)b->row0[i];
+                b->drow[nd] = tlc_dec_row{&g->kv[il], g->n_past, ws->q + r * qd, ws->k + r * kd, ws->v + r * vd, ws->attn + r * od};
+                b->dseq[nd++] = i;
+            }
+            if (nd > 1) {
+                if (tlc_attn_decode_many(&ws->cx, nd, b->drow, b->ddone, err)) return tl_fail_prefix(err, "batch: layer %d", il);
+                /* the appends of the rows attended together (after their attention, as alone) */
+                int na = 0;
+                for (int j = 0; j < nd; j++) {
+                    if (!b->ddone[j]) continue;
+                    const int i = b->dseq[j];
+                    b->dstate[i] = 1;
+                    b->dkv[na] = &seqs[i].g->kv[il];
+                    b->dpast[na] = seqs[i].g->n_past;
+                    b->dk[na] = b->drow[j].knew;
+                    b->dv[na] = b->drow[j].vnew;
+                    b->dseq[na++] = i; /* (entry j >= na is not read again) */
+                }
+                if (tlc_kv_append_many(&ws->cx, na, b->dkv, b->dpast, b->dk, b->dv, b->ddone, err))
+                    return tl_fail_prefix(err, "batch: layer %d", il);
+                for (int j = 0; j < na; j++)
+                    if (b->ddone[j]) b->dstate[b->dseq[j]] = 2;
+            }
+        }
         for (int i = 0; i < n_seq; i++) {
             tl_cuda_session *g = seqs[i].g;
             tlc_layer_kv *KV = &g->kv[il];
@@ -370,8 +428,11 @@ extern "C" int tl_cuda_batch_eval(tl_cuda_batch *b, const tl_cuda_seq *seqs, int
             } else if (KV->off) { /* a decode row: predicted at layer il - 1 (none for layer 0) */
                 const bool predicted = il > 0;
                 rc = tlc_off_decode(&ws->cx, KV->off, q, predicted ? qpred_of(b, il) + (size_t)i * qd : q, predicted, k, v, o, err);
+            } else if (b->dstate[i] == 2) {
+                continue;
             } else {
-                rc = tlc_attention(&ws->cx, KV, g->n_past, n, q, k, v, o, err) || tlc_kv_append(&ws->cx, KV, g->n_past, n, k, v, err);
+                rc = (b->dstate[i] == 0 && tlc_attention(&ws->cx, KV, g->n_past, n, q, k, v, o, err)) ||
+                     tlc_kv_append(&ws->cx, KV, g->n_past, n, k, v, err);
             }
             if (rc) return tl_fail_prefix(err, "batch: sequence %d, layer %d", i, il);
         }

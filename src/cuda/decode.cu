@@ -316,17 +316,17 @@ __device__ __forceinline__ void new_scores(const float *qs, int qstride, const f
     }
 }
 
-template <int D, int GP, int KF, int VF, int MINB>
-__global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
+/* One block of the decode attention: KV head h, split sp of sequence p (dec_k: one sequence;
+ * dec_many_k: one of several, the same code). */
+template <int D, int GP, int KF, int VF>
+__device__ __forceinline__ void dec_body(const dec_p &p, int h, int sp) {
     constexpr int LPT = D / 8; /* lanes per token = tile iterations (tokens per lane-subgroup) */
     __shared__ __align__(16) float qsm[GP][D];
     __shared__ __align__(16) float wsm[DW][GP * D]; /* per warp: KIVI q*s table, then the accumulator */
     __shared__ __align__(16) float psm[DW][32][GP];
     __shared__ float msm[DW][GP], lsm[DW][GP], snew[GP];
-    const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int li = lane % LPT, sg = lane / LPT, G = p.G;
-    pdl_trigger();
-    pdl_wait();
     for (int e = tid; e < GP * D; e += DTHR) {
         const int g = e / D, c = e % D;
         qsm[g][c] = g < G ? p.q[(size_t)(h * G + g) * D + c] * p.scale : 0.0f;
@@ -516,17 +516,41 @@ __global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
     }
 }
 
+template <int D, int GP, int KF, int VF, int MINB>
+__global__ void __launch_bounds__(DTHR, MINB) dec_k(dec_p p) {
+    pdl_trigger();
+    pdl_wait();
+    dec_body<D, GP, KF, VF>(p, blockIdx.x, blockIdx.y);
+}
+
+/* Several sequences' one-token rows of one layer in one launch (the batched step; the same
+ * variant, each sequence with the splits it gets alone, so the same bits): grid (Hkv,
+ * largest n_split, sequences); a block past its sequence's splits has nothing to do. The
+ * parameters travel as a kernel argument (read in place: __grid_constant__), DEC_SET at most. */
+#define DEC_SET 12
+struct dec_set {
+    dec_p s[DEC_SET];
+};
+static_assert(sizeof(dec_set) <= 4000, "dec_set must fit the 4 KB of kernel parameters");
+
+template <int D, int GP, int KF, int VF, int MINB>
+__global__ void __launch_bounds__(DTHR, MINB) dec_many_k(const __grid_constant__ dec_set P) {
+    pdl_trigger();
+    pdl_wait();
+    const dec_p &p = P.s[blockIdx.z];
+    if ((int)blockIdx.y >= p.n_split) return;
+    dec_body<D, GP, KF, VF>(p, blockIdx.x, blockIdx.y);
+}
+
 /* out[h*G + g][c]: the splits and the new token, weighted by 2^(m - M). Only Hkv blocks run
  * this, so it is latency-bound: a warp per query forms the split weights once (lanes over the
  * splits) into shared memory [G][n_split], then every thread sums its channel over the splits
  * with independent loads, instead of two dependent passes over the splits per channel. */
 template <int D>
-__global__ void dec_merge_k(dec_p p) {
+__device__ __forceinline__ void dec_merge_body(const dec_p &p, int h) {
     extern __shared__ float wsm[]; /* [G][n_split] */
     __shared__ float wnew[8], inv[8];
-    pdl_trigger();
-    pdl_wait();
-    const int h = blockIdx.x, G = p.G, n_split = p.n_split, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const int G = p.G, n_split = p.n_split, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     const size_t st = (size_t)G * (D + 2);
     for (int g = threadIdx.x >> 5; g < G; g += nw) {
         /* the new token's score, q scaled like the main kernel's */
@@ -562,6 +586,23 @@ __global__ void dec_merge_k(dec_p p) {
     }
 }
 
+template <int D>
+__global__ void dec_merge_k(dec_p p) {
+    pdl_trigger();
+    pdl_wait();
+    dec_merge_body<D>(p, blockIdx.x);
+}
+
+/* dec_merge_k for the sequences of a dec_set with more than one split: grid (Hkv, sequences). */
+template <int D>
+__global__ void dec_merge_many_k(const __grid_constant__ dec_set P) {
+    pdl_trigger();
+    pdl_wait();
+    const dec_p &p = P.s[blockIdx.y];
+    if (p.n_split <= 1) return;
+    dec_merge_body<D>(p, blockIdx.x);
+}
+
 int tlc_dec_merge(tlc_ctx *cx, int D, int Hkv, int G, int n_split, const float *part, const float *q, float scale,
                   const float *knew, const float *vnew, float *out, tl_error *err) {
     dec_p p;
@@ -590,65 +631,167 @@ static int side_fmt(const kv_side &S, bool is_k) {
     return 0;
 }
 
-template <int D, int GP, int KF, int VF, int MINB>
-static int dec_launch(tlc_ctx *cx, dec_p &p, tl_error *err) {
-    int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, dec_k<D, GP, KF, VF, MINB>, DTHR, 0) != cudaSuccess || occ < 1) occ = 1;
-    /* one full wave: Hkv * n_split ~ SMs * resident blocks; at least 4 tiles (128 keys) per block */
+/* Keys per block (split_len) and blocks per KV head (n_split) of p: one full wave, Hkv *
+ * n_split ~ SMs * resident blocks (occ: dec_k's, from the runtime), at least 4 tiles (128 keys)
+ * per block. A sequence gets the same splits alone and in a dec_set. */
+static void dec_split(const tlc_ctx *cx, int occ, dec_p &p) {
     const int span = p.n_past - p.kstart, tiles = (span + 31) / 32;
     const int want = TL_MAX(1, cx->n_sm * occ / p.Hkv);
     int per = (tiles + want - 1) / want;
     per = TL_MAX(4, (per + 3) / 4 * 4);
     p.split_len = per * 32;
     p.n_split = TL_MAX(1, (span + p.split_len - 1) / p.split_len);
-    if (p.n_split > 1) {
-        if (tlc_scratch(cx, (size_t)p.Hkv * p.n_split * p.G * (D + 2) * sizeof(float), err)) return -1;
-        p.part = (float *)cx->scratch;
+}
+
+/* Run ps[0..n) (the same variant): one sequence with dec_k (and dec_merge_k), several in sets of
+ * DEC_SET with dec_many_k (and dec_merge_many_k), their partials side by side in the scratch. */
+template <int D, int GP, int KF, int VF, int MINB>
+static int dec_launch(tlc_ctx *cx, dec_p *ps, int n, tl_error *err) {
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, dec_k<D, GP, KF, VF, MINB>, DTHR, 0) != cudaSuccess || occ < 1) occ = 1;
+    for (int i = 0; i < n; i++) dec_split(cx, occ, ps[i]);
+    const size_t unit = (size_t)ps[0].Hkv * ps[0].G * (D + 2) * sizeof(float); /* partials of one split */
+    if (n == 1) {
+        dec_p &p = ps[0];
+        if (p.n_split > 1) {
+            if (tlc_scratch(cx, unit * p.n_split, err)) return -1;
+            p.part = (float *)cx->scratch;
+        }
+        cudaError_t e = tlc_launch(!cx->no_pdl, dec_k<D, GP, KF, VF, MINB>, dim3(p.Hkv, p.n_split), dim3(DTHR), 0, cx->stream, p);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention: %s", cudaGetErrorString(e));
+        if (p.n_split > 1) return tlc_dec_merge(cx, D, p.Hkv, p.G, p.n_split, p.part, p.q, p.scale, p.knew, p.vnew, p.out, err);
+        return 0;
     }
-    cudaError_t e = tlc_launch(!cx->no_pdl, dec_k<D, GP, KF, VF, MINB>, dim3(p.Hkv, p.n_split), dim3(DTHR), 0, cx->stream, p);
-    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention: %s", cudaGetErrorString(e));
-    if (p.n_split > 1) return tlc_dec_merge(cx, D, p.Hkv, p.G, p.n_split, p.part, p.q, p.scale, p.knew, p.vnew, p.out, err);
+    for (int a = 0; a < n;) {
+        const int b = TL_MIN(n, a + DEC_SET);
+        size_t need = 0;
+        int max_split = 1;
+        for (int i = a; i < b; i++) {
+            if (ps[i].n_split > 1) need += unit * ps[i].n_split;
+            max_split = TL_MAX(max_split, ps[i].n_split);
+        }
+        if (need && tlc_scratch(cx, need, err)) return -1; /* (a larger one waits for the stream first) */
+        dec_set P;
+        memset(&P, 0, sizeof P);
+        size_t off = 0;
+        for (int i = a; i < b; i++) {
+            P.s[i - a] = ps[i];
+            if (ps[i].n_split > 1) {
+                P.s[i - a].part = (float *)((char *)cx->scratch + off);
+                off += unit * ps[i].n_split;
+            }
+        }
+        cudaError_t e = tlc_launch(!cx->no_pdl, dec_many_k<D, GP, KF, VF, MINB>, dim3(ps[0].Hkv, max_split, b - a),
+                                   dim3(DTHR), 0, cx->stream, P);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention (%d sequences): %s", b - a, cudaGetErrorString(e));
+        if (need) {
+            const int G = ps[0].G;
+            const size_t smem = sizeof(float) * (size_t)G * max_split;
+            if (smem > 48 * 1024) return tl_fail(err, "decode attention merge: %d splits x %d queries", max_split, G);
+            e = tlc_launch(!cx->no_pdl, dec_merge_many_k<D>, dim3(ps[0].Hkv, b - a), dim3(TL_MIN(1024, G * D)), smem, cx->stream, P);
+            if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge (%d sequences): %s", b - a, cudaGetErrorString(e));
+        }
+        a = b;
+    }
     return 0;
 }
 
 #define DEC_FORMATS(D, X)                                                                                       \
     X(D, 16, 16) X(D, 8, 8) X(D, 4, 4) X(D, 2, 2) X(D, -2, 2) X(D, -4, 2) X(D, -4, 4) X(D, 16, 4) X(D, 16, 2)
 
+/* The dec_k variant of a layer: head size, query group, key and value formats, and (head_dim
+ * 128) 3 resident blocks instead of 2. */
+struct dec_var {
+    int D, G, kf, vf;
+    bool three;
+};
+
+/* L's variant, or false when decode.cu has none (the general kernel then runs). */
+static bool dec_variant(const tlc_ctx *cx, const tlc_layer_kv *L, dec_var *v) {
+    const int D = L->k.d, G = L->n_head / L->n_head_kv;
+    if (L->v.d != D || (D != 64 && D != 128) || G > 8) return false;
+    const int kf = side_fmt(L->k, true), vf = side_fmt(L->v, false);
+    if (!kf || !vf || (G > 4 && !(kf == 16 && vf == 16))) return false;
+    /* head_dim 128: 2 resident blocks (255 registers, no spills), except per-channel keys at 3
+     * (168 registers, small spills), measured faster at 128k on an H100 (docs/cuda.md);
+     * --cuda-opt dec-minb=2 or 3 forces one */
+    *v = dec_var{D, G, kf, vf, cx->dec_minb == 3 || (cx->dec_minb != 2 && kf < 0)};
+    return true;
+}
+
+static bool dec_var_eq(const dec_var &a, const dec_var &b) {
+    return a.D == b.D && a.G == b.G && a.kf == b.kf && a.vf == b.vf && a.three == b.three;
+}
+
+static void dec_params(const tlc_layer_kv *L, int n_past, const float *q, const float *knew, const float *vnew, float *out,
+                       dec_p *p) {
+    memset(p, 0, sizeof *p);
+    p->K = L->k;
+    p->V = L->v;
+    p->q = q;
+    p->knew = knew;
+    p->vnew = vnew;
+    p->out = out;
+    p->n_past = n_past;
+    p->Hkv = L->n_head_kv;
+    p->G = L->n_head / L->n_head_kv;
+    p->klo = L->window > 0 ? TL_MAX(0, n_past - L->window + 1) : 0;
+    p->kstart = p->klo & ~31;
+    p->scale = L->scale * 1.4426950408889634f;
+}
+
+/* dec_launch of variant v (found by dec_variant). */
+static int dec_dispatch(tlc_ctx *cx, const dec_var &v, dec_p *ps, int n, tl_error *err) {
+    if (v.G > 4) return v.D == 64 ? dec_launch<64, 8, 16, 16, 1>(cx, ps, n, err) : dec_launch<128, 8, 16, 16, 1>(cx, ps, n, err);
+#define X(DD, KF, VF)                                                                                             \
+    if (v.D == DD && v.kf == KF && v.vf == VF)                                                                    \
+        return DD == 64  ? dec_launch<DD, 4, KF, VF, 3>(cx, ps, n, err)                                           \
+               : v.three ? dec_launch<DD, 4, KF, VF, 3>(cx, ps, n, err)                                           \
+                         : dec_launch<DD, 4, KF, VF, 2>(cx, ps, n, err);
+    DEC_FORMATS(64, X)
+    DEC_FORMATS(128, X)
+#undef X
+    return tl_fail(err, "decode attention: no kernel for head size %d, formats %d/%d", v.D, v.kf, v.vf);
+}
+
 int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew, const float *vnew,
                     float *out, tl_error *err) {
-    const int D = L->k.d, G = L->n_head / L->n_head_kv;
     {
         const int rc = tlc_attn_decode_mma(cx, L, n_past, q, knew, vnew, out, err); /* per-token codes: decode_mma.cu */
         if (rc <= 0) return rc;
     }
-    if (L->v.d != D || (D != 64 && D != 128) || G > 8) return 1;
-    const int kf = side_fmt(L->k, true), vf = side_fmt(L->v, false);
-    if (!kf || !vf || (G > 4 && !(kf == 16 && vf == 16))) return 1;
+    dec_var v;
+    if (!dec_variant(cx, L, &v)) return 1;
     dec_p p;
-    memset(&p, 0, sizeof p);
-    p.K = L->k;
-    p.V = L->v;
-    p.q = q;
-    p.knew = knew;
-    p.vnew = vnew;
-    p.out = out;
-    p.n_past = n_past;
-    p.Hkv = L->n_head_kv;
-    p.G = G;
-    p.klo = L->window > 0 ? TL_MAX(0, n_past - L->window + 1) : 0;
-    p.kstart = p.klo & ~31;
-    p.scale = L->scale * 1.4426950408889634f;
-    if (G > 4) return D == 64 ? dec_launch<64, 8, 16, 16, 1>(cx, p, err) : dec_launch<128, 8, 16, 16, 1>(cx, p, err);
-    /* head_dim 128: 2 resident blocks (255 registers, no spills), except per-channel keys at 3
-     * (168 registers, small spills), measured faster at 128k on an H100 (docs/cuda.md);
-     * --cuda-opt dec-minb=2 or 3 forces one */
-    const bool three = cx->dec_minb == 3 || (cx->dec_minb != 2 && kf < 0);
-#define X(DD, KF, VF)                                                                                     \
-    if (D == DD && kf == KF && vf == VF)                                                                  \
-        return DD == 64 ? dec_launch<DD, 4, KF, VF, 3>(cx, p, err)                                        \
-                        : three ? dec_launch<DD, 4, KF, VF, 3>(cx, p, err) : dec_launch<DD, 4, KF, VF, 2>(cx, p, err);
-    DEC_FORMATS(64, X)
-    DEC_FORMATS(128, X)
-#undef X
-    return 1;
+    dec_params(L, n_past, q, knew, vnew, out, &p);
+    return dec_dispatch(cx, v, &p, 1, err);
+}
+
+int tlc_attn_decode_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err) {
+    dec_var *var = (dec_var *)tl_xmalloc(sizeof *var * (size_t)n);
+    bool *ok = (bool *)tl_xmalloc((size_t)n);
+    dec_p *ps = (dec_p *)tl_xmalloc(sizeof *ps * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        const tlc_dec_row *r = &rows[i];
+        done[i] = false;
+        /* what tlc_attention would run alone: tensor-core decode from dec_tc_from keys on
+         * (prefill_tc.cu), then decode_mma.cu, then this kernel */
+        ok[i] = !cx->safe && !cx->old_decode && !r->L->off && !(cx->dec_tc_from > 0 && r->n_past >= cx->dec_tc_from && !cx->no_tc) &&
+                !tlc_dec_mma_takes(cx, r->L, r->n_past) && dec_variant(cx, r->L, &var[i]);
+    }
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        if (!ok[i] || done[i]) continue;
+        int m = 0;
+        for (int j = i; j < n; j++)
+            if (ok[j] && !done[j] && dec_var_eq(var[i], var[j])) {
+                dec_params(rows[j].L, rows[j].n_past, rows[j].q, rows[j].knew, rows[j].vnew, rows[j].out, &ps[m++]);
+                done[j] = true;
+            }
+        rc = dec_dispatch(cx, var[i], ps, m, err);
+    }
+    free(var);
+    free(ok);
+    free(ps);
+    return rc;
 }

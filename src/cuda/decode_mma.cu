@@ -506,13 +506,18 @@ bool codes_side(const kv_side &S) {
 
 } // namespace
 
+bool tlc_dec_mma_takes(const tlc_ctx *cx, const tlc_layer_kv *L, int n_past) {
+    const int D = L->k.d, G = L->n_head / L->n_head_kv;
+    if (cx->no_dec_mma || L->window != 0 || L->off || L->v.d != D || (D != 64 && D != 128) || G > GMAX) return false;
+    if (!codes_side(L->k) || !codes_side(L->v)) return false;
+    const int nq = L->k.nq;
+    return L->v.nq == nq && n_past - nq <= TAIL_MAX && !(n_past > nq && (L->k.R < 1 || L->v.R < 1));
+}
+
 int tlc_attn_decode_mma(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew,
                         const float *vnew, float *out, tl_error *err) {
-    const int D = L->k.d, G = L->n_head / L->n_head_kv;
-    if (cx->no_dec_mma || L->window != 0 || L->off || L->v.d != D || (D != 64 && D != 128) || G > GMAX) return 1;
-    if (!codes_side(L->k) || !codes_side(L->v)) return 1;
-    const int nq = L->k.nq;
-    if (L->v.nq != nq || n_past - nq > TAIL_MAX || (n_past > nq && (L->k.R < 1 || L->v.R < 1))) return 1;
+    if (!tlc_dec_mma_takes(cx, L, n_past)) return 1;
+    const int D = L->k.d, G = L->n_head / L->n_head_kv, nq = L->k.nq;
     dq_p p;
     memset(&p, 0, sizeof p);
     p.K = L->k;

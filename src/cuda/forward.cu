@@ -470,6 +470,7 @@ static int ctx_init(tlc_ctx *cx, const tl_cuda_opts *o, char *dev_name, size_t n
     cx->dec_tc_quant = o->dec_tc_quant;
     cx->no_fuse = o->safe || o->no_fuse;
     cx->no_pdl = o->safe || o->no_pdl;
+    cx->no_batch_attn = o->safe || o->no_batch_attn;
     return 0;
 }
 

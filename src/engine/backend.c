@@ -96,12 +96,12 @@ static const struct {
     {"safe", offsetof(tl_cuda_opts, safe)},       {"no-decode", offsetof(tl_cuda_opts, no_decode)},
     {"no-dec-mma", offsetof(tl_cuda_opts, no_dec_mma)}, {"no-tc", offsetof(tl_cuda_opts, no_tc)},
     {"no-fuse", offsetof(tl_cuda_opts, no_fuse)}, {"no-pdl", offsetof(tl_cuda_opts, no_pdl)},
-    {"widen", offsetof(tl_cuda_opts, widen)},     {"prof", offsetof(tl_cuda_opts, prof)},
-    {"verbose", offsetof(tl_cuda_opts, verbose)},
+    {"widen", offsetof(tl_cuda_opts, widen)},     {"no-batch-attn", offsetof(tl_cuda_opts, no_batch_attn)},
+    {"prof", offsetof(tl_cuda_opts, prof)},       {"verbose", offsetof(tl_cuda_opts, verbose)},
 };
 #define CUDA_OPTS_LIST                                                                                          \
     "safe, no-decode, no-dec-mma, dec-tc=N|always|never, dec-minb=2|3, no-tc, no-fuse, no-pdl, widen, "       \
-    "gen-cap=N, prof, verbose"
+    "gen-cap=N, no-batch-attn, prof, verbose"
 
 /* v as an integer in [lo, hi]: 0, else -1. */
 static int opt_int(const char *v, long lo, long hi, int *out) {
@@ -186,6 +186,8 @@ const char *tl_cuda_opts_help(void) {
            "    no-pdl          kernels launched without programmatic dependent launch (default: with, sm_90)\n"
            "    widen           GGUF block-format weights widened to f16 at upload (default: kept as in the file)\n"
            "    gen-cap=N       generated tokens a TailorKV sparse layer holds on the GPU (default 4096)\n"
+           "    no-batch-attn   a batched step (tailor serve) attends and appends each sequence's one-token row\n"
+           "                    with launches of its own (default: one launch per layer for up to 12 sequences)\n"
            "    prof            GPU time per part of the one-token steps, on stderr at the end (default off)\n"
            "    verbose         the weights' upload (GiB, seconds) on stderr (default off)\n";
 }

@@ -21,7 +21,7 @@ struct tl_batch_seq;
  * tl_session_mem;
  * tl_session_params and tl_cuda_opts, tailor.h; tl_batch_seq; the structs below): a backend
  * library built with another value is refused when it is opened. */
-#define TL_BACKEND_ABI 2 /* 2: tl_session_mem gained weights_file, weights_packed, weights_read */
+#define TL_BACKEND_ABI 3 /* 2: tl_session_mem gained weights_file, weights_packed, weights_read; 3: tl_cuda_opts.no_batch_attn */
 
 /* A device's own memory of a session, by part. KV held follows the CPU stores' exact
  * formulas (what a step reads); the other parts are what is allocated on the device. */

@@ -55,9 +55,10 @@ static void opts(void) {
     tl_cuda_opts o = {0};
     char buf[256];
     CHECK(tl_cuda_opts_format(&o, buf, sizeof buf) == 0 && !buf[0]);
-    const char *all = "safe,no-decode,no-dec-mma,no-tc,no-fuse,no-pdl,widen,prof,verbose,dec-tc=4096,dec-minb=3,gen-cap=8192";
+    const char *all = "safe,no-decode,no-dec-mma,no-tc,no-fuse,no-pdl,widen,no-batch-attn,prof,verbose,dec-tc=4096,dec-minb=3,gen-cap=8192";
     CHECKF(tl_cuda_opts_parse(&o, all, &err) == 0, "%s", err.msg);
-    CHECK(o.safe && o.no_decode && o.no_dec_mma && o.no_tc && o.no_fuse && o.no_pdl && o.widen && o.prof && o.verbose);
+    CHECK(o.safe && o.no_decode && o.no_dec_mma && o.no_tc && o.no_fuse && o.no_pdl && o.widen && o.no_batch_attn && o.prof &&
+          o.verbose);
     CHECK(o.dec_tc == 4096 && !o.dec_tc_quant && o.dec_minb == 3 && o.gen_cap == 8192);
     tl_cuda_opts_format(&o, buf, sizeof buf);
     CHECKF(!strcmp(buf, all), "formatted '%s'", buf);
