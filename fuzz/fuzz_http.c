@@ -63,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         tl_gen_opts o;
         tl_job *j = tl_request_job(srv, which == 1, body, len, &o, &r);
         if (j) {
-            int n_ctx = tl_sched_n_ctx(srv->sched), V = srv->model->cfg.n_vocab;
+            int n_ctx = tl_sched_n_ctx(srv->sched), V = tl_model_n_vocab(srv->model);
             if (r.body || j->n_prompt < 1 || j->n_prompt >= n_ctx || j->max_tokens < -1 || j->n_stop > TL_MAX_STOP)
                 abort();
             for (int i = 0; i < j->n_prompt; i++)
