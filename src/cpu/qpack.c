@@ -271,13 +271,13 @@ int tlq_xp_family(tl_type t) {
 size_t tlq_xp_row_bytes(tl_type t, int64_t n) {
     if (!tlq_pack_supported(t, n)) return 0;
     const size_t nc = (size_t)(n / block_of(t));
-    return a64((size_t)n) + a64(nc * 4 * (tlq_xp_family(t) == 2 ? 17 : 3));
+    return tlq_xp_scales_at(n) + a64(nc * 4 * (tlq_xp_family(t) == 2 ? 17 : 3));
 }
 
 void tlq_xp_from_q8(tl_type t, const void *xq, void *vxp, int64_t n) {
     uint8_t *xp = vxp;
     const int64_t nc = n / block_of(t);
-    float *dx = (float *)(xp + a64((size_t)n));
+    float *dx = (float *)(xp + tlq_xp_scales_at(n));
     int32_t *aux = (int32_t *)(dx + nc);
     const tl_type vt = tl_type_info(t)->vec_dot_type;
     for (int64_t c = 0; c < nc; c++) {
@@ -327,7 +327,7 @@ void tlq_gemm_ref(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp
     for (int64_t i = 0; i < n_x; i++) {
         const uint8_t *xr = xp + (size_t)i * x_stride;
         const int8_t *xq = (const int8_t *)xr;
-        const float *dx = (const float *)(xr + a64((size_t)n));
+        const float *dx = (const float *)(xr + tlq_xp_scales_at(n));
         const uint8_t *aux = (const uint8_t *)(dx + nc);
         for (int64_t g = g0; g < g1; g++) {
             for (int r = 0; r < R16; r++) {

@@ -76,6 +76,21 @@ void tlq_pack_get_row(const tlq_packed *p, int64_t r, void *dst);
  * 2: q4_K, q6_K; 0: none), shared by the matrices of a family over the same inputs. */
 int tlq_xp_family(tl_type t);
 size_t tlq_xp_row_bytes(tl_type t, int64_t n);
+/* A row's layout (the one rule its writers and the kernels read by): n int8 codes, then at
+ * tlq_xp_scales_at(n) the nc per-block scales (float), then the family's other words
+ * (family 1: nc sums, nc scaled sums; family 2: the q8_K block sums). */
+static inline size_t tlq_xp_scales_at(int64_t n) { return ((size_t)n + 63) & ~(size_t)63; }
+typedef struct {
+    const int8_t *q;
+    const float *d;
+    const int32_t *aux; /* after the nc scales */
+} tlq_xp_view;
+/* Row j of the activation rows at xp, xs bytes apart, of n values in nc blocks. */
+static inline tlq_xp_view tlq_xp_row(const uint8_t *xp, size_t xs, int j, int64_t n, int64_t nc) {
+    const uint8_t *r = xp + (size_t)j * xs;
+    const float *d = (const float *)(r + tlq_xp_scales_at(n));
+    return (tlq_xp_view){(const int8_t *)r, d, (const int32_t *)(d + nc)};
+}
 void tlq_xp_from_q8(tl_type t, const void *xq, void *xp, int64_t n);
 /* The same row straight from n floats (the bytes of the family's reference quantizer, q8_1 or
  * q8_K, then tlq_xp_from_q8), AVX-512; tlq_xp_quantize picks it or that path. */

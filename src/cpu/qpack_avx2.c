@@ -17,7 +17,6 @@
 
 #define PF 4096
 
-static inline size_t a64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 typedef struct { __m256i a, b; } v16i; /* rows 0-7, 8-15 */
 typedef struct { __m256 a, b; } v16f;
@@ -87,9 +86,8 @@ INL void gemm_a(int f, int NB, const tlq_packed *p, int64_t g, const uint8_t *xp
     const float *dx[4];
     const int32_t *aux[4];
     for (int j = 0; j < NB; j++) {
-        xq[j] = (const int8_t *)(xp + (size_t)j * xs);
-        dx[j] = (const float *)(xp + (size_t)j * xs + a64((size_t)n));
-        aux[j] = (const int32_t *)(dx[j] + nc);
+        const tlq_xp_view v = tlq_xp_row(xp, xs, j, n, nc);
+        xq[j] = v.q, dx[j] = v.d, aux[j] = v.aux;
     }
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     v16f fa[4], ma[4];
@@ -155,9 +153,8 @@ INL void gemm_q4k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
     const float *dx[2];
     const int32_t *aux[2];
     for (int j = 0; j < NB; j++) {
-        xq[j] = (const int8_t *)(xp + (size_t)j * xs);
-        dx[j] = (const float *)(xp + (size_t)j * xs + a64((size_t)n));
-        aux[j] = (const int32_t *)(dx[j] + nc);
+        const tlq_xp_view v = tlq_xp_row(xp, xs, j, n, nc);
+        xq[j] = v.q, dx[j] = v.d, aux[j] = v.aux;
     }
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     v16f fa[2], ma[2];
@@ -213,9 +210,8 @@ INL void gemm_q6k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
     const float *dx[2];
     const int32_t *aux[2];
     for (int j = 0; j < NB; j++) {
-        xq[j] = (const int8_t *)(xp + (size_t)j * xs);
-        dx[j] = (const float *)(xp + (size_t)j * xs + a64((size_t)n));
-        aux[j] = (const int32_t *)(dx[j] + nc);
+        const tlq_xp_view v = tlq_xp_row(xp, xs, j, n, nc);
+        xq[j] = v.q, dx[j] = v.d, aux[j] = v.aux;
     }
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     v16f fa[2];

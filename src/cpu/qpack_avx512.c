@@ -22,7 +22,6 @@
 
 #define PF 4096 /* prefetch distance in bytes (measured: 6 -> 10 GB/s from DRAM on one core) */
 
-static inline size_t a64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 INL __m512 ld_h16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 INL __m512i bc32(const int8_t *p) {
@@ -52,9 +51,8 @@ INL void gemm_a(int f, int NB, const tlq_packed *p, int64_t g, const uint8_t *xp
     const float *dx[8];
     const int32_t *aux[8];
     for (int j = 0; j < NB; j++) {
-        xq[j] = (const int8_t *)(xp + (size_t)j * xs);
-        dx[j] = (const float *)(xp + (size_t)j * xs + a64((size_t)n));
-        aux[j] = (const int32_t *)(dx[j] + nc);
+        const tlq_xp_view v = tlq_xp_row(xp, xs, j, n, nc);
+        xq[j] = v.q, dx[j] = v.d, aux[j] = v.aux;
     }
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 fa[8], ma[8];
@@ -122,9 +120,8 @@ INL void gemm_q4k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
     const float *dx[4];
     const int32_t *aux[4];
     for (int j = 0; j < NB; j++) {
-        xq[j] = (const int8_t *)(xp + (size_t)j * xs);
-        dx[j] = (const float *)(xp + (size_t)j * xs + a64((size_t)n));
-        aux[j] = (const int32_t *)(dx[j] + nc);
+        const tlq_xp_view v = tlq_xp_row(xp, xs, j, n, nc);
+        xq[j] = v.q, dx[j] = v.d, aux[j] = v.aux;
     }
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 fa[4], ma[4];
@@ -183,9 +180,8 @@ INL void gemm_q6k(int NB, const tlq_packed *p, int64_t g, const uint8_t *xp, siz
     const float *dx[4];
     const int32_t *aux[4];
     for (int j = 0; j < NB; j++) {
-        xq[j] = (const int8_t *)(xp + (size_t)j * xs);
-        dx[j] = (const float *)(xp + (size_t)j * xs + a64((size_t)n));
-        aux[j] = (const int32_t *)(dx[j] + nc);
+        const tlq_xp_view v = tlq_xp_row(xp, xs, j, n, nc);
+        xq[j] = v.q, dx[j] = v.d, aux[j] = v.aux;
     }
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     __m512 fa[4];
@@ -258,7 +254,7 @@ AVX512 void tlq_xp_quantize_avx512(tl_type t, const float *x, void *vxp, int64_t
     uint8_t *xp = vxp;
     if (tlq_xp_family(t) == 1) {
         const int64_t nb = n / QK;
-        float *dx = (float *)(xp + a64((size_t)n));
+        float *dx = (float *)(xp + tlq_xp_scales_at(n));
         int32_t *sum = (int32_t *)(dx + nb);
         float *sx = (float *)(sum + nb);
         for (int64_t b = 0; b < nb; b++) {
@@ -278,7 +274,7 @@ AVX512 void tlq_xp_quantize_avx512(tl_type t, const float *x, void *vxp, int64_t
         return;
     }
     const int64_t nc = n / QKK;
-    float *dx = (float *)(xp + a64((size_t)n));
+    float *dx = (float *)(xp + tlq_xp_scales_at(n));
     int32_t *aux = (int32_t *)(dx + nc);
     for (int64_t c = 0; c < nc; c++, x += QKK) {
         __m512 m = _mm512_setzero_ps();
