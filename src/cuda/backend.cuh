@@ -180,6 +180,18 @@ struct tlc_dec_row {
 int tlc_attn_decode_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err);
 /* Whether decode_mma.cu takes a layer's one-token attention at n_past (per-token codes). */
 bool tlc_dec_mma_takes(const tlc_ctx *cx, const tlc_layer_kv *L, int n_past);
+/* decode_mma.cu's part of tlc_attn_decode_many: of the rows not yet done, those that
+ * decode_mma.cu takes alone, in one launch per DQ_SET of one variant (dq_many_k), done[i] set. */
+int tlc_attn_decode_mma_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err);
+/* One sequence's merge of decode splits (tlc_dec_merge's arguments), for tlc_dec_merge_many. */
+struct tlc_merge_row {
+    const float *part, *q, *knew, *vnew;
+    float *out;
+    int Hkv, G, n_split;
+    float scale;
+};
+/* tlc_dec_merge of several sequences of one head size, a launch per DEC_SET rows. */
+int tlc_dec_merge_many(tlc_ctx *cx, int D, int n, const tlc_merge_row *rows, tl_error *err);
 /* Decode over per-token codes on tensor cores (decode_mma.cu): 0 done, -1 error, 1 not handled. */
 int tlc_attn_decode_mma(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew,
                         const float *vnew, float *out, tl_error *err);

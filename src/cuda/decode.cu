@@ -593,14 +593,12 @@ __global__ void dec_merge_k(dec_p p) {
     dec_merge_body<D>(p, blockIdx.x);
 }
 
-/* dec_merge_k for the sequences of a dec_set with more than one split: grid (Hkv, sequences). */
+/* dec_merge_k for the sequences of a dec_set: grid (Hkv, sequences). */
 template <int D>
 __global__ void dec_merge_many_k(const __grid_constant__ dec_set P) {
     pdl_trigger();
     pdl_wait();
-    const dec_p &p = P.s[blockIdx.y];
-    if (p.n_split <= 1) return;
-    dec_merge_body<D>(p, blockIdx.x);
+    dec_merge_body<D>(P.s[blockIdx.y], blockIdx.x);
 }
 
 int tlc_dec_merge(tlc_ctx *cx, int D, int Hkv, int G, int n_split, const float *part, const float *q, float scale,
@@ -621,6 +619,38 @@ int tlc_dec_merge(tlc_ctx *cx, int D, int Hkv, int G, int n_split, const float *
     const cudaError_t e = D == 64 ? tlc_launch(!cx->no_pdl, dec_merge_k<64>, dim3(Hkv), dim3(TL_MIN(1024, G * D)), smem, cx->stream, p)
                                   : tlc_launch(!cx->no_pdl, dec_merge_k<128>, dim3(Hkv), dim3(TL_MIN(1024, G * D)), smem, cx->stream, p);
     if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge: %s", cudaGetErrorString(e));
+    return 0;
+}
+
+int tlc_dec_merge_many(tlc_ctx *cx, int D, int n, const tlc_merge_row *rows, tl_error *err) {
+    for (int a = 0; a < n;) {
+        const int b = TL_MIN(n, a + DEC_SET);
+        dec_set P;
+        memset(&P, 0, sizeof P);
+        int max_split = 1;
+        for (int i = a; i < b; i++) {
+            const tlc_merge_row &r = rows[i];
+            dec_p &p = P.s[i - a];
+            p.part = (float *)r.part;
+            p.q = r.q;
+            p.knew = r.knew;
+            p.vnew = r.vnew;
+            p.out = r.out;
+            p.Hkv = r.Hkv;
+            p.G = r.G;
+            p.n_split = r.n_split;
+            p.scale = r.scale;
+            max_split = TL_MAX(max_split, r.n_split);
+        }
+        const int G = rows[a].G, Hkv = rows[a].Hkv;
+        const size_t smem = sizeof(float) * (size_t)G * max_split;
+        if (smem > 48 * 1024) return tl_fail(err, "decode attention merge: %d splits x %d queries", max_split, G);
+        const cudaError_t e =
+            D == 64 ? tlc_launch(!cx->no_pdl, dec_merge_many_k<64>, dim3(Hkv, b - a), dim3(TL_MIN(1024, G * D)), smem, cx->stream, P)
+                    : tlc_launch(!cx->no_pdl, dec_merge_many_k<128>, dim3(Hkv, b - a), dim3(TL_MIN(1024, G * D)), smem, cx->stream, P);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge (%d sequences): %s", b - a, cudaGetErrorString(e));
+        a = b;
+    }
     return 0;
 }
 
@@ -684,13 +714,14 @@ static int dec_launch(tlc_ctx *cx, dec_p *ps, int n, tl_error *err) {
         cudaError_t e = tlc_launch(!cx->no_pdl, dec_many_k<D, GP, KF, VF, MINB>, dim3(ps[0].Hkv, max_split, b - a),
                                    dim3(DTHR), 0, cx->stream, P);
         if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention (%d sequences): %s", b - a, cudaGetErrorString(e));
-        if (need) {
-            const int G = ps[0].G;
-            const size_t smem = sizeof(float) * (size_t)G * max_split;
-            if (smem > 48 * 1024) return tl_fail(err, "decode attention merge: %d splits x %d queries", max_split, G);
-            e = tlc_launch(!cx->no_pdl, dec_merge_many_k<D>, dim3(ps[0].Hkv, b - a), dim3(TL_MIN(1024, G * D)), smem, cx->stream, P);
-            if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge (%d sequences): %s", b - a, cudaGetErrorString(e));
+        /* the sequences of more than one split merge (the others wrote their output) */
+        tlc_merge_row mr[DEC_SET];
+        int nm = 0;
+        for (int i = 0; i < b - a; i++) {
+            const dec_p &p = P.s[i];
+            if (p.n_split > 1) mr[nm++] = tlc_merge_row{p.part, p.q, p.knew, p.vnew, p.out, p.Hkv, p.G, p.n_split, p.scale};
         }
+        if (nm && tlc_dec_merge_many(cx, D, nm, mr, err)) return -1;
         a = b;
     }
     return 0;
@@ -771,15 +802,19 @@ int tlc_attn_decode_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done
     dec_var *var = (dec_var *)tl_xmalloc(sizeof *var * (size_t)n);
     bool *ok = (bool *)tl_xmalloc((size_t)n);
     dec_p *ps = (dec_p *)tl_xmalloc(sizeof *ps * (size_t)n);
+    /* what tlc_attention would run alone: the tensor-core decode from dec_tc_from keys on
+     * (prefill_tc.cu; those rows are left to it), then decode_mma.cu (per-token codes), then
+     * this kernel. done[] marks, for the moment, the rows neither may take. */
     for (int i = 0; i < n; i++) {
         const tlc_dec_row *r = &rows[i];
-        done[i] = false;
-        /* what tlc_attention would run alone: tensor-core decode from dec_tc_from keys on
-         * (prefill_tc.cu), then decode_mma.cu, then this kernel */
-        ok[i] = !cx->safe && !cx->old_decode && !r->L->off && !(cx->dec_tc_from > 0 && r->n_past >= cx->dec_tc_from && !cx->no_tc) &&
-                !tlc_dec_mma_takes(cx, r->L, r->n_past) && dec_variant(cx, r->L, &var[i]);
+        ok[i] = !cx->safe && !cx->old_decode && !r->L->off && !(cx->dec_tc_from > 0 && r->n_past >= cx->dec_tc_from && !cx->no_tc);
+        done[i] = !ok[i];
     }
-    int rc = 0;
+    int rc = tlc_attn_decode_mma_many(cx, n, rows, done, err);
+    for (int i = 0; i < n; i++) {
+        if (!ok[i]) done[i] = false; /* (back to "not done") */
+        ok[i] = ok[i] && !done[i] && !tlc_dec_mma_takes(cx, rows[i].L, rows[i].n_past) && dec_variant(cx, rows[i].L, &var[i]);
+    }
     for (int i = 0; i < n && !rc; i++) {
         if (!ok[i] || done[i]) continue;
         int m = 0;

@@ -233,18 +233,18 @@ __device__ void tail_warp(const dq_p &p, int h, int lo, uint8_t *scratch, float 
     }
 }
 
+/* One block: KV head h, split sp of sequence p (sp == n_split: the f16 rings' tail) (dq_k: one
+ * sequence; dq_many_k: one of several, the same code). */
 template <int D, int KB, int VB>
-__global__ void __launch_bounds__(NTH, MINB) dq_k(dq_p p) {
+__device__ __forceinline__ void dq_body(const dq_p &p, int h, int sp) {
     using C = dq_cfg<D, KB, VB>;
     constexpr int KCH = C::KCH, VCH = C::VCH, FK = 8 / KB, FV = 8 / VB, NKS = D / 16, NMT = D / 16, NST = C::NST;
     extern __shared__ __align__(16) uint8_t dsm[];
     __shared__ float mw[NW][GMAX], lw[NW][GMAX];
-    const int h = blockIdx.x, sp = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = lane >> 2, tq = lane & 3, G = p.G;
     uint8_t *region = dsm + (size_t)warp * NST * C::STAGE;
     float *orow = (float *)region; /* [G][D] this warp's unnormalized output, after its loop */
-    pdl_trigger();
-    pdl_wait();
     if (sp == p.n_split) {
         /* ---- tail: the f16 rings, [nq, n_past) ---- */
         float acc[GMAX][D / 32], mrow[GMAX], lrow[GMAX];
@@ -458,44 +458,127 @@ __global__ void __launch_bounds__(NTH, MINB) dq_k(dq_p p) {
 }
 
 template <int D, int KB, int VB>
-int dq_launch(tlc_ctx *cx, dq_p &p, int Hkv, const float *knew, const float *vnew, float *out, tl_error *err) {
-    using C = dq_cfg<D, KB, VB>;
-    if (C::SMEM > cx->smem_optin) return 1;
-    cudaError_t e = cudaFuncSetAttribute(dq_k<D, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
-    if (e != cudaSuccess)
-        return tl_fail(err, "cudaFuncSetAttribute(decode attention on tensor cores, %zu bytes): %s", C::SMEM, cudaGetErrorString(e));
-    int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, dq_k<D, KB, VB>, NTH, C::SMEM) != cudaSuccess || occ < 1) occ = 1;
-    /* one full wave (the tail block included), at least 2 tiles per warp */
+__global__ void __launch_bounds__(NTH, MINB) dq_k(dq_p p) {
+    pdl_trigger();
+    pdl_wait();
+    dq_body<D, KB, VB>(p, blockIdx.x, blockIdx.y);
+}
+
+/* Several sequences of one layer (the batched step), each with the splits it gets alone:
+ * grid (Hkv, largest n_split + 1, sequences); parameters in place (__grid_constant__). */
+#define DQ_SET 12
+struct dq_set {
+    dq_p s[DQ_SET];
+};
+static_assert(sizeof(dq_set) <= 4000, "dq_set must fit the 4 KB of kernel parameters");
+
+template <int D, int KB, int VB>
+__global__ void __launch_bounds__(NTH, MINB) dq_many_k(const __grid_constant__ dq_set P) {
+    pdl_trigger();
+    pdl_wait();
+    const dq_p &p = P.s[blockIdx.z];
+    if ((int)blockIdx.y > p.n_split) return;
+    dq_body<D, KB, VB>(p, blockIdx.x, blockIdx.y);
+}
+
+/* Splits of p for occ resident blocks (dq_k's): one full wave (the tail block included), at
+ * least 2 tiles per warp. A sequence gets the same splits alone and in a dq_set. */
+static void dq_split(const tlc_ctx *cx, int occ, int Hkv, dq_p &p) {
     const int tiles = (p.nq + TT - 1) / TT, want = TL_MAX(1, cx->n_sm * occ / Hkv - 1);
     int per = (tiles + want - 1) / want;
     per = TL_MAX(2 * NW, (per + NW - 1) / NW * NW);
     p.split_len = per * TT;
     p.n_split = (tiles + per - 1) / per;
-    const int ns = p.n_split + 1;
-    if (tlc_scratch(cx, (size_t)Hkv * ns * p.G * (D + 2) * sizeof(float), err)) return -1;
-    p.part = (float *)cx->scratch;
-    e = tlc_launch(!cx->no_pdl, dq_k<D, KB, VB>, dim3(Hkv, ns), dim3(NTH), C::SMEM, cx->stream, p);
-    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention (tensor cores, codes): %s", cudaGetErrorString(e));
-    return tlc_dec_merge(cx, D, Hkv, p.G, ns, p.part, p.q, p.scale, knew, vnew, out, err);
+}
+
+/* ps[0..n) of one variant and shape: one with dq_k, several in sets of DQ_SET with dq_many_k,
+ * each set's partials side by side in the scratch and merged (tlc_dec_merge[_many]) before the
+ * next set reuses it. 1: the variant's shared memory exceeds the device's (not handled). */
+template <int D, int KB, int VB>
+int dq_launch(tlc_ctx *cx, dq_p *ps, int n, int Hkv, const float *const *knew, const float *const *vnew, float *const *out,
+              tl_error *err) {
+    using C = dq_cfg<D, KB, VB>;
+    if (C::SMEM > cx->smem_optin) return 1;
+    cudaError_t e = cudaFuncSetAttribute(dq_k<D, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e == cudaSuccess && n > 1)
+        e = cudaFuncSetAttribute(dq_many_k<D, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e != cudaSuccess)
+        return tl_fail(err, "cudaFuncSetAttribute(decode attention on tensor cores, %zu bytes): %s", C::SMEM, cudaGetErrorString(e));
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, dq_k<D, KB, VB>, NTH, C::SMEM) != cudaSuccess || occ < 1) occ = 1;
+    for (int i = 0; i < n; i++) dq_split(cx, occ, Hkv, ps[i]);
+    const size_t unit = (size_t)Hkv * ps[0].G * (D + 2) * sizeof(float); /* partials of one split */
+    if (n == 1) {
+        dq_p &p = ps[0];
+        const int ns = p.n_split + 1;
+        if (tlc_scratch(cx, unit * ns, err)) return -1;
+        p.part = (float *)cx->scratch;
+        e = tlc_launch(!cx->no_pdl, dq_k<D, KB, VB>, dim3(Hkv, ns), dim3(NTH), C::SMEM, cx->stream, p);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention (tensor cores, codes): %s", cudaGetErrorString(e));
+        return tlc_dec_merge(cx, D, Hkv, p.G, ns, p.part, p.q, p.scale, knew[0], vnew[0], out[0], err);
+    }
+    for (int a = 0; a < n;) {
+        const int b = TL_MIN(n, a + DQ_SET);
+        size_t need = 0;
+        int max_ns = 1;
+        for (int i = a; i < b; i++) {
+            need += unit * (ps[i].n_split + 1);
+            max_ns = TL_MAX(max_ns, ps[i].n_split + 1);
+        }
+        if (tlc_scratch(cx, need, err)) return -1; /* (a larger one waits for the stream first) */
+        dq_set P;
+        memset(&P, 0, sizeof P);
+        tlc_merge_row mr[DQ_SET];
+        size_t off = 0;
+        for (int i = a; i < b; i++) {
+            dq_p &p = P.s[i - a];
+            p = ps[i];
+            p.part = (float *)((char *)cx->scratch + off);
+            off += unit * (p.n_split + 1);
+            mr[i - a] = tlc_merge_row{p.part, p.q, knew[i], vnew[i], out[i], Hkv, p.G, p.n_split + 1, p.scale};
+        }
+        e = tlc_launch(!cx->no_pdl, dq_many_k<D, KB, VB>, dim3(Hkv, max_ns, b - a), dim3(NTH), C::SMEM, cx->stream, P);
+        if (e != cudaSuccess)
+            return tl_fail(err, "CUDA kernel decode attention (tensor cores, codes, %d sequences): %s", b - a, cudaGetErrorString(e));
+        if (tlc_dec_merge_many(cx, D, b - a, mr, err)) return -1;
+        a = b;
+    }
+    return 0;
 }
 
 template <int D, int KB>
-int dq_v(tlc_ctx *cx, dq_p &p, int Hkv, int vb, const float *knew, const float *vnew, float *out, tl_error *err) {
+int dq_v(tlc_ctx *cx, dq_p *ps, int n, int Hkv, int vb, const float *const *knew, const float *const *vnew, float *const *out,
+         tl_error *err) {
     switch (vb) {
-    case 8: return dq_launch<D, KB, 8>(cx, p, Hkv, knew, vnew, out, err);
-    case 4: return dq_launch<D, KB, 4>(cx, p, Hkv, knew, vnew, out, err);
-    default: return dq_launch<D, KB, 2>(cx, p, Hkv, knew, vnew, out, err);
+    case 8: return dq_launch<D, KB, 8>(cx, ps, n, Hkv, knew, vnew, out, err);
+    case 4: return dq_launch<D, KB, 4>(cx, ps, n, Hkv, knew, vnew, out, err);
+    default: return dq_launch<D, KB, 2>(cx, ps, n, Hkv, knew, vnew, out, err);
     }
 }
 
-template <int D>
-int dq_kv(tlc_ctx *cx, dq_p &p, int Hkv, int kb, int vb, const float *knew, const float *vnew, float *out, tl_error *err) {
-    switch (kb) {
-    case 8: return dq_v<D, 8>(cx, p, Hkv, vb, knew, vnew, out, err);
-    case 4: return dq_v<D, 4>(cx, p, Hkv, vb, knew, vnew, out, err);
-    default: return dq_v<D, 2>(cx, p, Hkv, vb, knew, vnew, out, err);
+/* dq_launch of the variant (head size D, key and value bits). */
+int dq_kv(tlc_ctx *cx, dq_p *ps, int n, int D, int Hkv, int kb, int vb, const float *const *knew, const float *const *vnew,
+          float *const *out, tl_error *err) {
+#define KV_(DD)                                                                                     \
+    switch (kb) {                                                                                   \
+    case 8: return dq_v<DD, 8>(cx, ps, n, Hkv, vb, knew, vnew, out, err);                           \
+    case 4: return dq_v<DD, 4>(cx, ps, n, Hkv, vb, knew, vnew, out, err);                           \
+    default: return dq_v<DD, 2>(cx, ps, n, Hkv, vb, knew, vnew, out, err);                          \
     }
+    if (D == 64) KV_(64)
+    KV_(128)
+#undef KV_
+}
+
+void dq_params(const tlc_layer_kv *L, int n_past, const float *q, dq_p *p) {
+    memset(p, 0, sizeof *p);
+    p->K = L->k;
+    p->V = L->v;
+    p->q = q;
+    p->n_past = n_past;
+    p->G = L->n_head / L->n_head_kv;
+    p->nq = L->k.nq;
+    p->scale = L->scale * 1.4426950408889634f;
 }
 
 bool codes_side(const kv_side &S) {
@@ -517,16 +600,44 @@ bool tlc_dec_mma_takes(const tlc_ctx *cx, const tlc_layer_kv *L, int n_past) {
 int tlc_attn_decode_mma(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float *q, const float *knew,
                         const float *vnew, float *out, tl_error *err) {
     if (!tlc_dec_mma_takes(cx, L, n_past)) return 1;
-    const int D = L->k.d, G = L->n_head / L->n_head_kv, nq = L->k.nq;
     dq_p p;
-    memset(&p, 0, sizeof p);
-    p.K = L->k;
-    p.V = L->v;
-    p.q = q;
-    p.n_past = n_past;
-    p.G = G;
-    p.nq = nq;
-    p.scale = L->scale * 1.4426950408889634f;
-    return D == 64 ? dq_kv<64>(cx, p, L->n_head_kv, L->k.bits, L->v.bits, knew, vnew, out, err)
-                   : dq_kv<128>(cx, p, L->n_head_kv, L->k.bits, L->v.bits, knew, vnew, out, err);
+    dq_params(L, n_past, q, &p);
+    return dq_kv(cx, &p, 1, L->k.d, L->n_head_kv, L->k.bits, L->v.bits, &knew, &vnew, &out, err);
+}
+
+int tlc_attn_decode_mma_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err) {
+    dq_p *ps = (dq_p *)tl_xmalloc(sizeof *ps * (size_t)n);
+    const float **kn = (const float **)tl_xmalloc(sizeof *kn * (size_t)n), **vn = (const float **)tl_xmalloc(sizeof *vn * (size_t)n);
+    float **out = (float **)tl_xmalloc(sizeof *out * (size_t)n);
+    int *idx = (int *)tl_xmalloc(sizeof *idx * (size_t)n);
+    bool *ok = (bool *)tl_xmalloc((size_t)n);
+    for (int i = 0; i < n; i++) ok[i] = !done[i] && tlc_dec_mma_takes(cx, rows[i].L, rows[i].n_past);
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        if (!ok[i]) continue;
+        const tlc_layer_kv *A = rows[i].L;
+        int m = 0;
+        for (int j = i; j < n; j++) {
+            const tlc_layer_kv *B = rows[j].L;
+            if (!ok[j] || B->k.d != A->k.d || B->n_head_kv != A->n_head_kv || B->n_head != A->n_head ||
+                B->k.bits != A->k.bits || B->v.bits != A->v.bits)
+                continue;
+            dq_params(B, rows[j].n_past, rows[j].q, &ps[m]);
+            kn[m] = rows[j].knew, vn[m] = rows[j].vnew, out[m] = rows[j].out;
+            idx[m++] = j;
+            ok[j] = false;
+        }
+        rc = dq_kv(cx, ps, m, A->k.d, A->n_head_kv, A->k.bits, A->v.bits, kn, vn, out, err);
+        if (rc == 0)
+            for (int k = 0; k < m; k++) done[idx[k]] = true;
+        else if (rc == 1) /* the variant's shared memory exceeds the device's: left to the caller, as alone */
+            rc = 0;
+    }
+    free(ps);
+    free(kn);
+    free(vn);
+    free(out);
+    free(idx);
+    free(ok);
+    return rc;
 }
