@@ -421,6 +421,9 @@ tl_batch *tl_batch_new_for(tl_model *m, int max_rows, int max_seqs, int n_thread
 /* A sequence for the batch, with the batch's parameters: a session that holds its KV caches
  * only (the batch holds the activations); tl_session_free frees it. */
 tl_session *tl_batch_session_new(tl_batch *b, tl_error *err);
+/* The same with another KV plan (NULL = f16; it must outlive the session): on the CPU only (a
+ * device's batch planned its memory for its own plan; err says so). */
+tl_session *tl_batch_session_new_plan(tl_batch *b, const tl_kv_plan *plan, tl_error *err);
 void tl_batch_free(tl_batch *b);
 uint64_t tl_batch_bytes(const tl_batch *b); /* activation buffers, as tl_session_mem.activations (the GPU's: device bytes) */
 
@@ -881,6 +884,11 @@ typedef struct {
     int chunk;                 /* prefill chunk (0 = default) */
     int batch_tokens;          /* rows per step, decode and prefill (0 = chunk + P); more than P */
     const tl_kv_plan *kv;      /* KV policy of each layer in every slot (NULL = f16); read at start */
+    /* Other KV plans a request may ask for ("kv": TEXT, TEXT one of kv_allow_text or its plan's
+     * canonical text; CPU only); a slot takes the request's plan when it starts it. Read at start. */
+    const tl_kv_plan *kv_allow;
+    const char *const *kv_allow_text; /* as given (--kv-allow) */
+    int n_kv_allow;
     const char *device;        /* "cpu" (NULL) or "cuda": where the step runs and the slots' KV caches live */
     uint64_t gpu_mem_budget;   /* cuda: the slots' KV, the step's buffers and the weights must fit this many
                                   bytes (0: the GPU's free memory at start), else the start fails */

@@ -7,11 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define MAX_ALLOW 8 /* --kv-allow */
+
 static void help(void) {
     const tl_server_params d = tl_server_default_params();
     printf("usage: tailor serve -m MODEL [--host ADDR] [--port N] [--kv SPEC] [--kv-layer OVERRIDES]\n"
            "       [-c|--ctx-size N] [--parallel P] [--queue Q] [-t THREADS] [--chunk N] [--batch-tokens N]\n"
            "       [--device cpu|cuda] [--gpu-mem-budget SIZE] [--cuda-opt LIST] [--kv-budget SIZE] [--kv-wait S]\n"
+           "       [--kv-allow SPEC]...\n"
            "       [--api-key-file FILE | --api-key KEY] [--max-body BYTES] [--timeout S] [--header-timeout S]\n"
            "       [--body-timeout S] [--max-connections N] [--max-connections-per-ip N]\n"
            "       [--chat-template %s] [--chat-parse-special] [--alias NAME]\n"
@@ -29,6 +32,8 @@ static void help(void) {
            "  its KV at prompt + max_tokens (the planner's bytes under --kv) fits beside the admitted ones';\n"
            "  else it waits up to --kv-wait S (default %d) and gets 429 naming the bytes needed and free.\n"
            "  A slot keeps its KV after a request: one sharing a prefix with it evaluates only the rest.\n"
+           "  --kv-allow SPEC (repeatable, at most %d; CPU only): a request may ask for this KV policy instead\n"
+           "  of --kv (\"kv\": \"SPEC\" in its body); the slot it gets takes that policy for it.\n"
            "  --max-body (default: the context x the longest token's bytes + %u KiB, room for any prompt\n"
            "  that fits): longer bodies get 413. A prompt with more bytes than the context could hold is\n"
            "  refused before it is tokenized, and tokenizing stops once the context is overfull.\n"
@@ -46,7 +51,7 @@ static void help(void) {
            "  --chat-parse-special lets message content write control tokens (trusted clients only).\n"
            "  Endpoints: POST /v1/completions /v1/chat/completions /tokenize /detokenize,\n"
            "             GET /v1/models /health /metrics. See docs/server.md.\n",
-           tl_chat_names(), d.host, d.port, d.n_parallel, d.n_queue, d.kv_wait_s, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
+           tl_chat_names(), d.host, d.port, d.n_parallel, d.n_queue, d.kv_wait_s, MAX_ALLOW, TL_BODY_SLACK >> 10, TL_CONN_RESERVE, d.header_timeout_s,
            d.body_timeout_s, d.timeout_s);
     printf("%s", tl_cuda_opts_help());
 }
@@ -98,6 +103,8 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_server_params sp = tl_server_default_params();
     const char *key_file = NULL;
     char *key_arg = NULL;
+    const char *allow_text[MAX_ALLOW];
+    int n_allow = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int r = tl_cli_common_arg(&c, argc, argv, &i);
@@ -120,6 +127,13 @@ int tl_cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--batch-tokens")) {
             VAL();
             if (tl_cli_int(a, v, 1, 1 << 16, &sp.batch_tokens)) return 2;
+        } else if (!strcmp(a, "--kv-allow")) {
+            VAL();
+            if (n_allow == MAX_ALLOW) {
+                fprintf(stderr, "tailor serve: --kv-allow: at most %d policies\n", MAX_ALLOW);
+                return 2;
+            }
+            allow_text[n_allow++] = v;
         } else if (!strcmp(a, "--kv-wait")) {
             VAL();
             if (tl_cli_int(a, v, 0, 86400, &sp.kv_wait_s)) return 2;
@@ -209,11 +223,19 @@ int tl_cmd_serve(int argc, char **argv) {
 
     int rc = 1;
     tl_server *srv = NULL;
-    tl_kv_plan plan = {0};
+    tl_kv_plan plan = {0}, allow[MAX_ALLOW] = {{0}};
     char *kv_text = NULL;
     tl_model *m = tl_model_load(c.model, &err);
     if (!m || tl_kv_plan_parse(&plan, c.kv, c.kv_layer, tl_model_n_layer(m), &err)) goto done;
     sp.kv = &plan;
+    for (int k = 0; k < n_allow; k++)
+        if (tl_kv_plan_parse(&allow[k], allow_text[k], NULL, tl_model_n_layer(m), &err)) {
+            tl_fail_prefix(&err, "--kv-allow '%s'", allow_text[k]);
+            goto done;
+        }
+    sp.kv_allow = allow;
+    sp.kv_allow_text = allow_text;
+    sp.n_kv_allow = n_allow;
     if (!(srv = tl_server_start(m, c.model, &sp, &err))) goto done;
     tl_session_mem mem;
     int n_ctx;
@@ -221,8 +243,9 @@ int tl_cmd_serve(int argc, char **argv) {
     tl_server_slot_memory(srv, &mem, &n_ctx, &chat);
     kv_text = tl_kv_plan_format(&plan);
     fprintf(stderr,
-            "tailor serve: %s: %d slot(s) x %d tokens, KV %s, %.2f MiB activations shared by the slots%s, chat template %s%s\n",
-            c.model, sp.n_parallel, n_ctx, kv_text, mem.activations / 1048576.0,
+            "tailor serve: %s: %d slot(s) x %d tokens, KV %s%s, %.2f MiB activations shared by the slots%s, chat template %s%s\n",
+            c.model, sp.n_parallel, n_ctx, kv_text, n_allow ? " (requests may ask for others: --kv-allow)" : "",
+            mem.activations / 1048576.0,
             c.device && !strcmp(c.device, "cuda") ? " (on the GPU)" : "", chat,
             sp.api_key && *sp.api_key ? ", API key required" : "");
     const tl_server_params *in_use = tl_server_params_in_use(srv);
@@ -238,6 +261,7 @@ done:
     if (rc) fprintf(stderr, "tailor serve: %s\n", err.msg);
     tl_server_stop(srv);
     tl_kv_plan_free(&plan);
+    for (int k = 0; k < n_allow; k++) tl_kv_plan_free(&allow[k]);
     free(kv_text);
     tl_model_free(m);
     free(key_buf);

@@ -135,6 +135,17 @@ tl_batch *tl_batch_new_for(tl_model *m, int max_rows, int max_seqs, int n_thread
 
 tl_session *tl_batch_session_new(tl_batch *b, tl_error *err) { return tl_session_new_for_batch(b->m, &b->sp, err); }
 
+tl_session *tl_batch_session_new_plan(tl_batch *b, const tl_kv_plan *plan, tl_error *err) {
+    if (b->dev) {
+        tl_fail(err, "batch: a sequence with another KV plan than the batch's runs on the CPU only (a device's batch "
+                     "plans its memory for its own)");
+        return NULL;
+    }
+    tl_session_params sp = b->sp;
+    sp.kv = plan;
+    return tl_session_new_for_batch(b->m, &sp, err);
+}
+
 void tl_batch_free(tl_batch *b) {
     if (!b) return;
     if (b->dev) {

@@ -95,6 +95,7 @@ typedef struct tl_job {
     double t_queued, t_start, t_prompt, t_gen; /* seconds */
     int n_cached;     /* prompt tokens whose KV the slot already held (prefix reuse), not evaluated */
     uint64_t kv_need; /* KV bytes at its largest context (the planner's), reserved while queued or running */
+    int kv_plan;      /* its KV plan: 0 the slots' (--kv), k >= 1 the server's k-th --kv-allow */
     int refs;
     atomic_bool cancel;
 } tl_job;
@@ -112,6 +113,8 @@ typedef struct {
     int n_parallel, n_queue, n_ctx, n_threads, chunk;
     int batch_tokens; /* rows per step; 0 = chunk + n_parallel */
     const tl_kv_plan *kv;
+    const tl_kv_plan *kv_allow; /* plans a request may ask for (job kv_plan 1..n_kv_allow); CPU only */
+    int n_kv_allow;
     const char *device;      /* NULL/"cpu" or "cuda" */
     uint64_t gpu_mem_budget; /* cuda: bytes the plan must fit (0: the GPU's free memory) */
     tl_cuda_opts cuda;       /* cuda: the backend's options */
@@ -195,6 +198,7 @@ struct tl_server {
     char *host;
     char *api_key;
     char *kv_text; /* the slots' KV plan, as /v1/models shows it */
+    char **kv_allow_text, **kv_allow_canon; /* --kv-allow: as given, and as the plan's canonical text */
     tl_chat_kind chat;
     char chat_why[256]; /* why chat is unavailable, for the error message */
     tl_sched *sched;

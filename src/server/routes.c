@@ -220,6 +220,19 @@ static bool neutral(const char *field, const cJSON *v) {
     return (cJSON_IsArray(v) || cJSON_IsObject(v)) && !v->child;
 }
 
+/* The KV plan of the job's numbering (tl_job.kv_plan) as the server names it. */
+static const char *kv_name(const tl_server *srv, int k) { return k > 0 ? srv->kv_allow_canon[k - 1] : srv->kv_text; }
+
+/* "kv": text -> the plan's number (0: the slots' own), -1 if the server does not allow it. Only
+ * the texts the server was given (or their canonical forms) match: a request's text is never
+ * parsed, so it cannot name a plan file. */
+static int kv_plan_of(const tl_server *srv, const char *text) {
+    if (!strcmp(text, srv->kv_text)) return 0;
+    for (int i = 0; i < srv->p.n_kv_allow; i++)
+        if (!strcmp(text, srv->kv_allow_text[i]) || !strcmp(text, srv->kv_allow_canon[i])) return i + 1;
+    return -1;
+}
+
 /* Sampling, max_tokens, stop, n, stream: shared by completions and chat. Returns 0 or -1. */
 static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job *j, tl_gen_opts *o, tl_reply *r) {
     tl_sampler_params sp = srv->p.sampling;
@@ -283,6 +296,23 @@ static int parse_gen_fields(tl_server *srv, const cJSON *root, bool chat, tl_job
                 return bad(r, "stop", "a stop string has %zu bytes; at most %d", sl, MAX_STOP_BYTES), -1;
             j->stop[j->n_stop++] = tl_xstrdup(items[i]->valuestring);
         }
+    }
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(root, "kv");
+    if (kv && !cJSON_IsNull(kv)) { /* tailor's own: the request's KV policy, among those the server allows */
+        const int k = cJSON_IsString(kv) ? kv_plan_of(srv, kv->valuestring) : -1;
+        if (k < 0) {
+            tl_strbuf allowed = {0};
+            tl_strbuf_printf(&allowed, "%s (the default)", srv->kv_text);
+            for (int i = 0; i < srv->p.n_kv_allow; i++) tl_strbuf_printf(&allowed, ", %s", srv->kv_allow_text[i]);
+            if (!cJSON_IsString(kv)) bad(r, "kv", "'kv' must be a string, a KV policy this server allows: %s", allowed.p);
+            else if (!srv->p.n_kv_allow)
+                bad(r, "kv", "'kv' = '%.64s': this server runs every request with %s; per-request policies need it "
+                             "started with --kv-allow SPEC", kv->valuestring, srv->kv_text);
+            else bad(r, "kv", "'kv' = '%.64s': not a policy this server allows (%s)", kv->valuestring, allowed.p);
+            free(allowed.p);
+            return -1;
+        }
+        j->kv_plan = k;
     }
     if (get_bool(root, "ignore_eos", &j->ignore_eos, r) < 0) return -1;
     if (get_bool(root, "cache_prompt", &j->cache_prompt, r) < 0) return -1; /* llama.cpp's name */
@@ -433,8 +463,9 @@ static void add_usage(cJSON *o, const tl_job *j) {
     cJSON_AddNumberToObject(d, "cached_tokens", j->n_cached);
 }
 
-static void add_timings(cJSON *o, const tl_job *j) {
+static void add_timings(cJSON *o, const tl_server *srv, const tl_job *j) {
     cJSON *t = cJSON_AddObjectToObject(o, "timings");
+    cJSON_AddStringToObject(t, "kv", kv_name(srv, j->kv_plan));
     cJSON_AddNumberToObject(t, "queue_ms", j->t_start > 0 ? (j->t_start - j->t_queued) * 1e3 : 0);
     cJSON_AddNumberToObject(t, "prompt_cached", j->n_cached);                /* reused, not evaluated */
     cJSON_AddNumberToObject(t, "prompt_evaluated", j->n_prompt - j->n_cached); /* in prompt_ms */
@@ -489,7 +520,7 @@ long tl_stream_read(tl_stream *st, const tl_conn *conn, char *buf, size_t max) {
                     cJSON *o = chunk_base(st);
                     cJSON_AddArrayToObject(o, "choices");
                     add_usage(o, j);
-                    add_timings(o, j);
+                    add_timings(o, st->srv, j);
                     pend_event(st, o);
                 }
             } else { /* headers went out as 200 already: the error travels as an event */
@@ -708,7 +739,7 @@ static void run_generation(tl_server *srv, const tl_conn *conn, tl_job *j, bool 
     else cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", fin);
     add_usage(root, j);
-    add_timings(root, j);
+    add_timings(root, srv, j);
     reply_json(r, 200, root);
 }
 

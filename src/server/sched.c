@@ -42,6 +42,7 @@
 typedef struct {
     tl_sched *owner;
     tl_session *sess;
+    int kv_plan;     /* the plan sess was made with (tl_job.kv_plan's numbering) */
     tl_job *job;     /* running job (set and cleared under owner->mu) */
     tl_kv_bytes kv;  /* KV bytes held now (under owner->mu) */
     uint64_t kv_peak; /* the most it has held (under owner->mu) */
@@ -87,6 +88,9 @@ struct tl_sched {
     tl_kv_plan plan;         /* every slot's KV plan (on the CPU auto layers resolved once; the
                                 batch keeps a pointer); layers NULL = f16 */
     bool own_plan;           /* plan.layers is ours to free */
+    tl_kv_plan *allow;       /* [n_allow + 1]: plans a request may ask for, [k] for job kv_plan k
+                                (auto layers resolved; [0] unused: the slots' plan above) */
+    int n_allow;
     uint64_t kv_budget;      /* 0 = none */
     uint64_t kv_reserved;    /* kv_need of queued and running jobs (under mu) */
     int kv_wait_ms;
@@ -94,6 +98,14 @@ struct tl_sched {
     int n_kv_wait;
     pthread_cond_t kv_cv;    /* KV room freed, or a waiter left (CLOCK_MONOTONIC) */
 };
+
+/* Plan k of the numbering of tl_job.kv_plan (NULL: f16). */
+static const tl_kv_plan *plan_of(const tl_sched *S, int k) {
+    if (k > 0) return &S->allow[k];
+    return S->plan.layers ? &S->plan : NULL;
+}
+
+static void slot_finish(slot *sl, tl_finish fin, const char *fail);
 
 /* ---------------- jobs ---------------- */
 
@@ -291,6 +303,20 @@ static void slot_start(slot *sl) {
     j->state = TL_JOB_RUNNING;
     j->t_start = tl_time_s();
     pthread_mutex_unlock(&j->mu);
+    if (sl->kv_plan != j->kv_plan) { /* a request of another KV plan: the slot's session made again */
+        tl_error e = {{0}};
+        tl_session *s = tl_batch_session_new_plan(sl->owner->batch, plan_of(sl->owner, j->kv_plan), &e);
+        if (!s) {
+            sl->t0 = tl_time_s();
+            sl->decoding = false;
+            sl->n_gen = 0;
+            return slot_finish(sl, TL_FINISH_ERROR, e.msg);
+        }
+        tl_session_free(sl->sess);
+        sl->sess = s;
+        sl->kv_plan = j->kv_plan;
+        slot_drop_cache(sl); /* (empty: the KV held is the new session's) */
+    }
     /* the prefix the slot holds (reusable), cut back to where its stores hold it exactly */
     int keep = tl_session_truncate_max(sl->sess, reusable(sl, j));
     tl_error err = {{0}};
@@ -448,6 +474,13 @@ static int form_step(tl_sched *S, tl_batch_seq *seqs, slot **step) {
     return n;
 }
 
+/* Whether empty slot a suits job j better than empty slot b: one of its plan, then the one
+ * idle longest. */
+static bool better_empty(const slot *a, const slot *b, const tl_job *j) {
+    const bool sa = a->kv_plan == j->kv_plan, sb = b->kv_plan == j->kv_plan;
+    return sa != sb ? sa : a->last_used < b->last_used;
+}
+
 /* The free slot for job j (under S->mu), NULL if none is free: the one sharing the longest
  * prefix with its prompt when that covers more than half of it (llama.cpp's default
  * similarity; a BOS or a short system prompt alone does not draw a request away from an empty
@@ -459,8 +492,10 @@ static slot *pick_slot(tl_sched *S, const tl_job *j) {
     for (int i = 0; i < S->n_slots; i++) {
         slot *sl = &S->slots[i];
         if (sl->job) continue;
-        if (!sl->n_cache && (!empty || sl->last_used < empty->last_used)) empty = sl;
-        const int n = reusable(sl, j);
+        /* (with per-request plans: a slot of the job's plan first, as the one idle longest;
+         * another plan's slot makes its session again, slot_start) */
+        if (!sl->n_cache && (!empty || better_empty(sl, empty, j))) empty = sl;
+        const int n = sl->kv_plan == j->kv_plan ? reusable(sl, j) : 0;
         if (!best || n > best_n || (n == best_n && sl->last_used < best->last_used)) best = sl, best_n = n;
     }
     return best && 2 * best_n > j->n_prompt ? best : empty ? empty : best;
@@ -576,6 +611,21 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
         }
         S->own_plan = true;
     }
+    if (p->n_kv_allow && cuda) {
+        tl_fail(err, "--kv-allow: per-request KV plans run on the CPU only (the GPU's batch plans the memory of "
+                     "its slots for one plan)");
+        tl_sched_free(S);
+        return NULL;
+    }
+    S->allow = tl_xcalloc((size_t)p->n_kv_allow + 1, sizeof *S->allow);
+    for (int k = 1; k <= p->n_kv_allow; k++) {
+        if (tl_kv_plan_resolve_auto(&S->allow[k], m, &p->kv_allow[k - 1], p->n_threads, err)) {
+            tl_fail_prefix(err, "--kv-allow %d", k);
+            tl_sched_free(S);
+            return NULL;
+        }
+        S->n_allow = k;
+    }
     /* the sessions hold the KV caches; the step's activations and threads are the batch's */
     tl_session_params sp = tl_session_default_params();
     sp.n_ctx = p->n_ctx;
@@ -602,6 +652,17 @@ tl_sched *tl_sched_new(tl_model *m, const tl_sched_params *p, tl_metrics *metric
         tl_fail_prefix(err, "%d slot(s) (--parallel) of %d tokens", S->n_slots, S->n_ctx);
         tl_sched_free(S);
         return NULL;
+    }
+    /* each allowed plan must make a session of this model (a store that does not fit its shape
+     * stops the start, not a request) */
+    for (int k = 1; k <= S->n_allow; k++) {
+        tl_session *probe = tl_batch_session_new_plan(S->batch, &S->allow[k], err);
+        if (!probe) {
+            tl_fail_prefix(err, "--kv-allow %d", k);
+            tl_sched_free(S);
+            return NULL;
+        }
+        tl_session_free(probe);
     }
     for (int i = 0; i < S->n_slots; i++) {
         slot *sl = &S->slots[i];
@@ -652,7 +713,7 @@ static uint64_t kv_need(const tl_sched *S, const tl_job *j, int *n_tokens) {
     *n_tokens = (int)n;
     tl_kv_bytes b;
     tl_error err = {{0}};
-    if (tl_plan_kv_bytes(S->m, S->n_ctx, S->plan.layers ? &S->plan : NULL, n, &b, &err)) return 0; /* (cannot fail: the slots were made) */
+    if (tl_plan_kv_bytes(S->m, S->n_ctx, plan_of(S, j->kv_plan), n, &b, &err)) return 0; /* (cannot fail: the plans were parsed for this model) */
     return tl_kv_bytes_total(&b);
 }
 
@@ -709,6 +770,7 @@ static int kv_admit(tl_sched *S, tl_job *j, bool (*gone)(const void *), const vo
 int tl_sched_submit_reserved(tl_sched *S, tl_job *j, bool (*gone)(const void *ctx), const void *ctx,
                              tl_kv_refusal *why) {
     memset(why, 0, sizeof *why);
+    if (j->kv_plan < 0 || j->kv_plan > S->n_allow) j->kv_plan = 0; /* (the router names only plans it has) */
     j->kv_need = kv_need(S, j, &why->n_tokens);
     pthread_mutex_lock(&S->mu);
     int rc = S->stop ? TL_SUBMIT_STOPPING : kv_admit(S, j, gone, ctx, why);
@@ -822,6 +884,8 @@ void tl_sched_free(tl_sched *S) {
     free(S->q);
     free(S->kv_wait);
     if (S->own_plan) tl_kv_plan_free(&S->plan);
+    for (int k = 1; S->allow && k <= S->n_allow; k++) tl_kv_plan_free(&S->allow[k]);
+    free(S->allow);
     pthread_mutex_destroy(&S->mu);
     pthread_cond_destroy(&S->cv);
     pthread_cond_destroy(&S->kv_cv);

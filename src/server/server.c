@@ -48,6 +48,12 @@ static void free_server(tl_server *s) {
     free(s->host);
     free(s->api_key);
     free(s->kv_text);
+    for (int i = 0; s->kv_allow_text && i < s->p.n_kv_allow; i++) {
+        free(s->kv_allow_text[i]);
+        free(s->kv_allow_canon[i]);
+    }
+    free(s->kv_allow_text);
+    free(s->kv_allow_canon);
     free(s);
 }
 
@@ -78,6 +84,19 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
     s->p.api_key = s->api_key;
     s->kv_text = p->kv ? tl_kv_plan_format(p->kv) : tl_xstrdup("f16");
     s->p.kv = NULL; /* not kept: the slots hold their stores */
+    if (p->n_kv_allow < 0 || p->n_kv_allow > 16 || (p->n_kv_allow && (!p->kv_allow || !p->kv_allow_text))) {
+        tl_fail(err, "--kv-allow: %d plans (at most 16)", p->n_kv_allow);
+        free_server(s);
+        return NULL;
+    }
+    s->kv_allow_text = tl_xcalloc((size_t)p->n_kv_allow + 1, sizeof(char *));
+    s->kv_allow_canon = tl_xcalloc((size_t)p->n_kv_allow + 1, sizeof(char *));
+    for (int i = 0; i < p->n_kv_allow; i++) {
+        s->kv_allow_text[i] = tl_xstrdup(p->kv_allow_text[i]);
+        s->kv_allow_canon[i] = tl_kv_plan_format(&p->kv_allow[i]);
+    }
+    s->p.kv_allow = NULL; /* not kept: the scheduler holds its copies */
+    s->p.kv_allow_text = NULL;
     if (p->model_id) {
         s->model_id = tl_xstrdup(p->model_id);
     } else {
@@ -125,7 +144,7 @@ tl_server *tl_server_new(tl_model *m, const char *model_path, const tl_server_pa
     s->metrics = tl_metrics_new();
     tl_sched_params sp = {.n_parallel = p->n_parallel, .n_queue = p->n_queue, .n_ctx = p->n_ctx,
                           .n_threads = p->n_threads, .chunk = p->chunk, .batch_tokens = p->batch_tokens,
-                          .kv = p->kv, .device = p->device, .gpu_mem_budget = p->gpu_mem_budget, .cuda = p->cuda,
+                          .kv = p->kv, .kv_allow = p->kv_allow, .n_kv_allow = p->n_kv_allow, .device = p->device, .gpu_mem_budget = p->gpu_mem_budget, .cuda = p->cuda,
                           .kv_budget = p->kv_budget, .kv_wait_ms = p->kv_wait_s * 1000, .prefill_q8 = p->prefill_q8};
     if (!(s->sched = tl_sched_new(m, &sp, s->metrics, err))) {
         free_server(s);

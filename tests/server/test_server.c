@@ -1333,6 +1333,79 @@ static void test_busy(const char *model) {
 }
 
 
+/* "kv" of a completion's timings, and its text (malloc'd), or NULL. */
+static char *kv_and_text(const resp *r, char *kv, size_t n) {
+    kv[0] = 0;
+    cJSON *j = r->body ? cJSON_Parse(r->body) : NULL;
+    const cJSON *k = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "timings"), "kv");
+    const cJSON *t = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "text");
+    if (cJSON_IsString(k)) snprintf(kv, n, "%s", k->valuestring);
+    char *out = cJSON_IsString(t) ? tl_xstrdup(t->valuestring) : NULL;
+    cJSON_Delete(j);
+    return out;
+}
+
+/* Per-request KV policies (--kv-allow): a request of another policy gets a slot of that policy
+ * (its session made again), and its greedy answer equals that of a server whose slots all use
+ * it; the default stays the slots' own; anything else is refused by name, and a request's text
+ * is never read as a plan file. */
+static void test_kv_allow(const char *model) {
+    const char *body = "{\"prompt\":\"The kernel\",\"max_tokens\":24,\"temperature\":0%s}";
+    char req[256], kv[64];
+    server f16;
+    const char *fargs[] = {"--parallel", "2", "-t", "1", "-c", "512", "--kv", "f16", "--api-key", KEY, NULL};
+    if (!server_start(&f16, model, fargs)) {
+        CHECK(!"f16 server started");
+        return;
+    }
+    snprintf(req, sizeof req, body, "");
+    resp r = post(f16.port, "/v1/completions", req);
+    char *want = kv_and_text(&r, kv, sizeof kv);
+    CHECKF(r.status == 200 && want && !strcmp(kv, "f16"), "%d %s", r.status, kv);
+    resp_free(&r);
+    r = post(f16.port, "/v1/completions", "{\"prompt\":\"x\",\"kv\":\"k4v4\"}"); /* no --kv-allow */
+    CHECKF(r.status == 400 && r.body && strstr(r.body, "--kv-allow"), "%d", r.status);
+    resp_free(&r);
+    CHECK(server_stop(&f16) == 0);
+
+    server s;
+    const char *args[] = {"--parallel", "2", "-t", "1", "-c", "512", "--kv", "k4v4", "--kv-allow", "f16",
+                          "--kv-allow", "k8v8", "--api-key", KEY, NULL};
+    if (!server_start(&s, model, args)) {
+        CHECK(!"server with --kv-allow started");
+        free(want);
+        return;
+    }
+    const char *asks[] = {",\"kv\":\"f16\"", "", ",\"kv\":\"k8v8\"", ",\"kv\":\"f16\"", ",\"kv\":\"k4v4\""};
+    const char *want_kv[] = {"f16", "k4v4", "k8v8", "f16", "k4v4"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(req, sizeof req, body, asks[i]);
+        r = post(s.port, "/v1/completions", req);
+        char *got = kv_and_text(&r, kv, sizeof kv);
+        CHECKF(r.status == 200 && got && !strcmp(kv, want_kv[i]), "request %d: %d, kv '%s'", i, r.status, kv);
+        if (!strcmp(want_kv[i], "f16")) /* the same tokens as the f16 server's */
+            CHECKF(got && want && !strcmp(got, want), "per-request f16 '%s' vs an f16 server's '%s'", got ? got : "",
+                   want ? want : "");
+        free(got);
+        resp_free(&r);
+    }
+    const char *refused[] = {"{\"prompt\":\"x\",\"kv\":\"k2v2\"}", "{\"prompt\":\"x\",\"kv\":5}",
+                             "{\"prompt\":\"x\",\"kv\":\"/etc/passwd.json\"}"};
+    for (int i = 0; i < 3; i++) {
+        r = post(s.port, "/v1/completions", refused[i]);
+        CHECKF(r.status == 400 && r.body && strstr(r.body, "k4v4 (the default), f16, k8v8"), "%s: %d %s", refused[i],
+               r.status, r.body ? r.body : "");
+        resp_free(&r);
+    }
+    CHECK(server_stop(&s) == 0);
+    free(want);
+    /* a policy that does not fit the model stops the start; so does --kv-allow on the GPU */
+    const char *bad_fit[] = {"--kv-allow", "k4v4:g128", NULL}; /* head_dim 64 */
+    CHECK(serve_refuses(model, bad_fit, NULL, "--kv-allow 1: layer 0 KV cache"));
+    const char *gpu[] = {"--device", "cuda", "--kv-allow", "f16", NULL};
+    CHECK(serve_refuses(model, gpu, NULL, "CPU only"));
+}
+
 /* A stream whose first token is seconds away (a long prompt prefilling, or a queue) still gets
  * its answer when that wait is longer than --timeout: the idle-connection timeout counts from
  * the last byte either way, so the stream sends SSE comment lines while it waits. Before, the
@@ -1830,6 +1903,7 @@ int main(void) {
     if (tl_test_have(m31)) {
         test_busy(m31);
         test_stream_keepalive(m31);
+        test_kv_allow(m31);
     }
     const char *smol = tl_test_models("SmolLM2-135M-Instruct.Q4_1.gguf");
     if (tl_test_have(smol)) {
