@@ -28,6 +28,14 @@ static tl_server *make_server(void) {
     p.n_threads = 1;
     p.n_queue = 2;
     p.chat_template = "chatml";
+    /* a per-request KV policy besides the default f16 ("kv": "f32") */
+    static tl_kv_plan allow[1];
+    static const char *allow_text[1] = {"f32"};
+    if (m && tl_kv_plan_parse(&allow[0], "f32", NULL, tl_model_n_layer(m), &err) == 0) {
+        p.kv_allow = allow;
+        p.kv_allow_text = allow_text;
+        p.n_kv_allow = 1;
+    }
     tl_server *s = m ? tl_server_new(m, path, &p, &err) : NULL;
     if (!s) {
         fprintf(stderr, "fuzz_http: %s (set TL_SHARED)\n", err.msg);
@@ -64,7 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         tl_job *j = tl_request_job(srv, which == 1, body, len, &o, &r);
         if (j) {
             int n_ctx = tl_sched_n_ctx(srv->sched), V = tl_model_n_vocab(srv->model);
-            if (r.body || j->n_prompt < 1 || j->n_prompt >= n_ctx || j->max_tokens < -1 || j->n_stop > TL_MAX_STOP)
+            if (r.body || j->n_prompt < 1 || j->n_prompt >= n_ctx || j->max_tokens < -1 || j->n_stop > TL_MAX_STOP ||
+                j->kv_plan < 0 || j->kv_plan > srv->p.n_kv_allow)
                 abort();
             for (int i = 0; i < j->n_prompt; i++)
                 if (j->prompt[i] < 0 || j->prompt[i] >= V) abort();
