@@ -27,6 +27,11 @@
  * evaluated, in chunks from there. Idle slots' KV counts against the budget and is dropped,
  * idle longest first, when a job admitted needs the room.
  *
+ * Per-request KV plans (--kv-allow, CPU): a job may carry another of the server's plans; its
+ * admission counts that plan's bytes, it prefers a free slot of its plan (a prefix is reused
+ * only between jobs of one plan), and a slot of another plan makes its session again for it
+ * (slot_start).
+ *
  * Locking: sched->mu guards the queue and slot bookkeeping; job->mu guards a job's output.
  * sched->mu may be held while taking job->mu, never the other way round. */
 #define _GNU_SOURCE
