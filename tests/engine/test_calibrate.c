@@ -197,6 +197,23 @@ static void test_auto(void) {
     CHECKF(s != NULL, "%s", err.msg);
     for (int i = 0; s && i < L; i++) CHECK(!strcmp(s->kv[i]->ops->name, "quant"));
     tl_session_free(s);
+    /* tl_kv_plan_resolve_auto (the server's slots): a copy with the auto layers measured as the
+     * session measures them (r1's choices); a plan without auto layers copied as it is; a plan
+     * of another model refused */
+    tl_kv_plan res = {0}, k8 = {0}, res8 = {0}, short_plan = {0}, res_short = {0};
+    CHECKF(tl_kv_plan_resolve_auto(&res, m, &auto4, 2, &err) == 0 && res.n_layers == L && res.layers != auto4.layers,
+           "%s", err.msg);
+    for (int i = 0; i < L && res.layers; i++) CHECKF(tl_kv_policy_equal(&res.layers[i], &p1[i]), "resolved layer %d", i);
+    CHECK(tl_kv_plan_parse(&k8, "k8v8", NULL, L, &err) == 0);
+    CHECK(tl_kv_plan_resolve_auto(&res8, m, &k8, 1, &err) == 0 && res8.layers != k8.layers);
+    for (int i = 0; i < L && res8.layers; i++) CHECK(tl_kv_policy_equal(&res8.layers[i], &k8.layers[i]));
+    CHECK(tl_kv_plan_parse(&short_plan, "k8v8", NULL, L - 1, &err) == 0);
+    CHECK(tl_kv_plan_resolve_auto(&res_short, m, &short_plan, 1, &err) != 0 && strstr(err.msg, "layers") &&
+          !res_short.layers);
+    tl_kv_plan_free(&res);
+    tl_kv_plan_free(&k8);
+    tl_kv_plan_free(&res8);
+    tl_kv_plan_free(&short_plan);
     tl_kv_plan_free(&auto4);
     /* a text too short to measure */
     CHECK(tl_kv_auto_resolve(m, p1, "hi", 2, false, 1, NULL, &err) == 0); /* nothing auto left: no-op */
