@@ -16,6 +16,7 @@
  * out the step here and runs it on the backend's own step (engine/backend.h; the CUDA
  * backend's is src/cuda/batch.cu). */
 #include "batch.h"
+#include "plan.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -106,10 +107,7 @@ tl_batch *tl_batch_new_for(tl_model *m, int max_rows, int max_seqs, int n_thread
                            tl_error *err) {
     const tl_backend_ops *be = tl_backend_find(sp->device, err);
     if (!be) return NULL;
-    if (sp->kv && sp->kv->n_layers != m->cfg.n_layer) {
-        tl_fail(err, "--kv: the plan has %d layers but the model has %d", sp->kv->n_layers, m->cfg.n_layer);
-        return NULL;
-    }
+    if (tl_plan_check_kv(&m->cfg, sp->kv, err)) return NULL;
     if (!be->batch_new) {
         tl_batch *b = tl_batch_new(m, max_rows, max_seqs, n_threads, err);
         if (b) b->sp = *sp;

@@ -145,10 +145,15 @@ int tl_plan_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *policies
     return 0;
 }
 
+int tl_plan_check_kv(const tl_config *c, const tl_kv_plan *plan, tl_error *err) {
+    if (plan && plan->n_layers != c->n_layer)
+        return tl_fail(err, "--kv: the plan has %d layers but the model has %d", plan->n_layers, c->n_layer);
+    return 0;
+}
+
 int tl_plan_kv_bytes(const tl_model *m, int n_ctx, const tl_kv_plan *plan, int64_t n_tokens, tl_kv_bytes *out,
                      tl_error *err) {
-    if (plan && plan->n_layers != m->cfg.n_layer)
-        return tl_fail(err, "KV plan: %d layers, the model has %d", plan->n_layers, m->cfg.n_layer);
+    if (tl_plan_check_kv(&m->cfg, plan, err)) return -1;
     return tl_plan_kv(&m->cfg, n_ctx, plan ? plan->layers : NULL, n_tokens, out, err);
 }
 

@@ -60,6 +60,10 @@ uint64_t tl_act_sizes_total(const tl_act_sizes *a);
  * layer, NULL = f16) once it holds n_tokens tokens (< 0: n_ctx), by part, all layers: what
  * tl_plan_memory counts as kv_parts, without the activations. The server admits a request when
  * this, at the request's largest context, fits its KV budget. */
+/* A KV plan (NULL: f16) for a model of c: one policy per layer, else err says so (the one check
+ * of the sessions, the batch, tl_plan_kv_bytes and tl_kv_plan_resolve_auto). */
+int tl_plan_check_kv(const tl_config *c, const tl_kv_plan *plan, tl_error *err);
+
 int tl_plan_kv(const tl_config *c, int n_ctx, const tl_kv_layer_policy *policies, int64_t n_tokens, tl_kv_bytes *out,
                tl_error *err);
 

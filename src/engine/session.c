@@ -310,8 +310,7 @@ int tl_kv_plan_resolve_auto(tl_kv_plan *out, tl_model *m, const tl_kv_plan *plan
     const int L = m->cfg.n_layer;
     out->n_layers = 0;
     out->layers = NULL;
-    if (plan->n_layers != L)
-        return tl_fail(err, "--kv: the plan has %d layers but the model has %d", plan->n_layers, L);
+    if (tl_plan_check_kv(&m->cfg, plan, err)) return -1;
     bool failed;
     tl_kv_layer_policy *r = resolve_auto(m, plan->layers, false, n_threads, &failed, err);
     if (failed) return -1;
@@ -501,8 +500,7 @@ static int params_policies(const tl_model *m, const tl_session_params *p, const 
                            tl_error *err) {
     *policies = NULL;
     if (!p->kv) return 0;
-    if (p->kv->n_layers != m->cfg.n_layer)
-        return tl_fail(err, "--kv: the plan has %d layers but the model has %d", p->kv->n_layers, m->cfg.n_layer);
+    if (tl_plan_check_kv(&m->cfg, p->kv, err)) return -1;
     *policies = p->kv->layers;
     return 0;
 }
