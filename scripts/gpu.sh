@@ -37,7 +37,8 @@
 #      greedy completions from 16 concurrent clients against the same requests one at a time
 #      (scripts/serve-check.py: the same tokens), then aggregate tokens/s at SERVE_CLIENTS
 #      (1,16,64) clients (scripts/serve-bench.py, SERVE_PROMPT (256) prompt + 128 generated tokens
-#      each, slots of SERVE_CTX (1024) tokens; SERVE_NOCHECK skips the check); and a
+#      each, slots of SERVE_CTX (1024) tokens; SERVE_NOCHECK skips the check; SERVE_FOLLOWUP=N: each
+#      prompt held first, then timed with N new tokens after it: decode at the prompt's depth); and a
 #      --gpu-mem-budget the slots do not fit must stop the start with the plan
 #  13. (capacity) the largest count of concurrent CAP_CTX-token (32768) sequences a --gpu-mem-budget
 #      (CAP_BUDGET, 24GiB) holds on CAP_MODEL (the q4_K_M synth of step qweights), per KV@N of
@@ -48,7 +49,7 @@
 # Env: STEPS (default "build test bench prof before prefill tailor"; also minb3 olddec safe
 # long dectc decmma real qweights pareto serve capacity ncu), GPU_JOBS, DATA (real, pareto: the essays and
 # the C file, default carry/data), REAL_MODEL, REAL_CTX, REAL_STEPS, DEPTHS, KVS, CHUNKS, LONG_CHUNKS, TK_KVS,
-# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS, SERVE_REQUESTS,
+# MMA_DEPTHS, MMA_KVS, QTYPES, QDEPTHS, SERVE_MODEL, SERVE_KVS, SERVE_CLIENTS, SERVE_REQUESTS, SERVE_FOLLOWUP,
 # CAP_MODEL, CAP_KVS, CAP_CTX, CAP_BUDGET,
 # TL_CUDA_SAFE (=1: every tailor run on the reference path, --cuda-opt safe), CUDA_OPT (a
 # --cuda-opt list added to every tailor run that takes one).
@@ -339,7 +340,7 @@ if has serve; then
         2>&1 | tee "$OUT/serve_check_$tag.txt" | tail -8 | tee -a "$OUT/summary.md"
       echo "serve-check $KV exit ${PIPESTATUS[0]}" | tee -a "$OUT/summary.md"
       timeout 400 python3 scripts/serve-bench.py --port $PORT --pid $SP --clients ${SERVE_CLIENTS:-1,16,64} --requests ${SERVE_REQUESTS:-2} \
-        --prompt-tokens ${SERVE_PROMPT:-256} --max-tokens 128 --repeat 1 --id-lo 3 --id-hi 256 --label "cuda $KV" 2>&1 | tee -a "$OUT/summary.md"
+        --prompt-tokens ${SERVE_PROMPT:-256} ${SERVE_FOLLOWUP:+--followup $SERVE_FOLLOWUP} --max-tokens 128 --repeat 1 --id-lo 3 --id-hi 256 --label "cuda $KV" 2>&1 | tee -a "$OUT/summary.md"
     else
       echo "serve $KV did not start:" | tee -a "$OUT/summary.md"
       tail -5 "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"

@@ -13,6 +13,13 @@ with other work, wall-clock rates follow the share of the CPUs a process gets (m
 threads, a larger share), CPU-seconds do not. --repeat N runs each round N times and prints
 each run, then the median and the spread (min-max).
 
+--followup N measures conversations that continue: before each timed round every client sends
+its prompt with max_tokens 1 (not timed: a server that reuses prefixes now holds it), and the
+timed requests are that prompt plus N new token ids, so they decode at the prompt's depth after
+evaluating about N tokens (--requests 1, and no more clients than the server has slots, keeps each
+prefix held). The cached prompt tokens the server reports (usage.prompt_tokens_details) are
+printed per run.
+
 --servers LABEL:PORT[:PID],... measures several servers (all started beforehand) side by side:
 for each client count and repeat it runs every server in turn (A B A B ...), printing the
 machine's load average (as uptime shows it) before each run, so that a shared machine's
@@ -40,13 +47,14 @@ def pct(xs, p):
     return xs[k]
 
 
-def one_request(host, port, prompt, max_tokens, out, native=False):
+def one_request(host, port, prompt, max_tokens, out, native=False, cached=None):
     """Stream one completion; append (ttft, [gaps between tokens]) to out, or raise. native: llama.cpp's
     own /completion endpoint (its /v1/completions takes text prompts only, not token ids)."""
     if native:
         path, body = "/completion", {"prompt": prompt, "n_predict": max_tokens}
     else:
-        path, body = "/v1/completions", {"prompt": prompt, "max_tokens": max_tokens}
+        path, body = "/v1/completions", {"prompt": prompt, "max_tokens": max_tokens,
+                                         "stream_options": {"include_usage": True}}
     body = json.dumps(dict(body, temperature=0, ignore_eos=True, stream=True))
     conn = http.client.HTTPConnection(host, port, timeout=600)
     t0 = time.perf_counter()
@@ -68,6 +76,9 @@ def one_request(host, port, prompt, max_tokens, out, native=False):
                 break
             times.append(time.perf_counter())
             continue
+        u = ev.get("usage")
+        if u and cached is not None:
+            cached.append((u.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
         ch = ev.get("choices") or []
         if ch and (ch[0].get("text") or ch[0].get("finish_reason") is not None):
             # new text (one token or more: bytes of an incomplete UTF-8 character wait for the
@@ -97,16 +108,20 @@ def round_once(args, n_clients, seed, port=None, pid=None, native=False):
     port = args.port if port is None else port
     pid = args.pid if pid is None else pid
     rng = random.Random(seed)
-    prompts = [[rng.randrange(args.id_lo, args.id_hi) for _ in range(args.prompt_tokens)]
+    prompts = [[rng.randrange(args.id_lo, args.id_hi) for _ in range(args.prompt_tokens + args.followup)]
                for _ in range(n_clients * args.requests)]
-    results, errors = [], []
+    results, errors, cached = [], [], []
     lock = threading.Lock()
 
-    def client(ci):
+    def client(ci, prime):
         for r in range(args.requests):
             got = []
             try:
-                one_request(args.host, port, prompts[ci * args.requests + r], args.max_tokens, got, native)
+                p = prompts[ci * args.requests + r]
+                if prime:
+                    one_request(args.host, port, p[:args.prompt_tokens], 1, [], native)
+                else:
+                    one_request(args.host, port, p, args.max_tokens, got, native, cached)
             except Exception as e:  # noqa: BLE001 (reported below)
                 with lock:
                     errors.append(str(e))
@@ -114,20 +129,25 @@ def round_once(args, n_clients, seed, port=None, pid=None, native=False):
             with lock:
                 results.extend(got)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+    def run_all(prime):
+        threads = [threading.Thread(target=client, args=(i, prime)) for i in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise RuntimeError(f"{len(errors)} request(s) failed, first: {errors[0]}")
+
+    if args.followup:
+        run_all(True)
     t0, c0 = time.perf_counter(), cpu_s(pid)
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all(False)
     wall, cpu = time.perf_counter() - t0, cpu_s(pid) - c0
-    if errors:
-        raise RuntimeError(f"{len(errors)} request(s) failed, first: {errors[0]}")
     # a streamed chunk may carry more than one token: count the tokens each request was asked for
     n_tok = len(results) * args.max_tokens
     gaps = [g for _, gs in results for g in gs]
     return {"tps": n_tok / wall, "tpc": n_tok / cpu if cpu > 0 else float("nan"), "ttft": pct([r[0] for r in results], 50),
-            "p50": pct(gaps, 50), "p99": pct(gaps, 99)}
+            "p50": pct(gaps, 50), "p99": pct(gaps, 99), "cached": sum(cached) / len(cached) if cached else float("nan")}
 
 
 def main():
@@ -140,6 +160,8 @@ def main():
     ap.add_argument("--requests", type=int, default=2, help="requests per client per round")
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--followup", type=int, default=0,
+                    help="conversations: prime each prompt (untimed), then time prompt + this many new tokens")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--id-lo", type=int, default=1000, help="prompt token ids are drawn from [lo, hi)")
     ap.add_argument("--id-hi", type=int, default=20000)
@@ -166,7 +188,8 @@ def main():
                 r = round_once(args, c, seed=1000 * c + k, port=port, pid=pid, native=native)
                 print(f"# {label} clients {c} run {k + 1}: load average {load} before; {r['tps']:.1f} tokens/s, "
                       f"{r['tpc']:.1f} per CPU-s, TTFT p50 {r['ttft'] * 1e3:.0f} ms, TPOT p50 {r['p50'] * 1e3:.1f} "
-                      f"p99 {r['p99'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
+                      f"p99 {r['p99'] * 1e3:.1f} ms" + (f", cached prompt tokens {r['cached']:.0f} a request" if args.followup else ""),
+                      file=sys.stderr, flush=True)
                 runs[label].append(r)
         for label in runs:
             rs = runs[label]
