@@ -850,6 +850,8 @@ typedef struct {
     const tl_synth_shape *shape;  /* ... a shape */
     tl_type type;                 /* the shape's weight format */
     int n_layer;                  /* the shape's layers (0 = all) */
+    const char *device;           /* NULL/"cpu", or "cuda": tl_info_memory adds the GPU's plan (a file only) */
+    tl_cuda_opts cuda;            /* cuda: the backend's options (widen changes the weights' bytes) */
 } tl_info_params;
 
 /* Reads the file (its header and metadata; the model too when tailor can run it) or the shape. */
@@ -859,7 +861,9 @@ void tl_info_free(tl_info *I);
 bool tl_info_has_model(const tl_info *I);
 int tl_info_n_layer(const tl_info *I);
 /* The memory of a session of n_ctx tokens (0 = the training context) and chunk (0 = 512)
- * under plan, added to the report. Errors name the layer whose policy does not fit. */
+ * under plan, added to the report; with a device (tl_info_params.device), also the device memory
+ * plan that --gpu-mem-budget checks and the session allocates by. Errors name the layer whose
+ * policy does not fit, or why there is no device plan. */
 int tl_info_memory(tl_info *I, const tl_kv_plan *plan, int n_ctx, int chunk, tl_error *err);
 /* The report as markdown or JSON (the same facts); tensors: every tensor, not only by type. */
 void tl_info_print(const tl_info *I, FILE *f, bool json, bool tensors);

@@ -10,17 +10,22 @@
 
 static void help(void) {
     printf("usage: tailor info FILE [--kv SPEC] [--kv-layer OVERRIDES] [-c CTX] [--chunk N] [--tensors] [-o md|json]\n"
+           "                 [--device cpu|cuda] [--cuda-opt LIST]\n"
            "       tailor info --shape NAME [--type f16|bf16|q8_0|q4_1|q4_0|f32] [--layers N] [--kv SPEC] [-c CTX] ...\n"
            "  Prints the GGUF header and metadata, the model config as tailor reads it, a per-type tensor\n"
            "  summary (--tensors: every tensor) and the memory of a CPU session: weights (the file's bytes\n"
            "  kept mapped + the copies this CPU's integer GEMM repacks, which replace theirs) + KV cache\n"
            "  holding CTX tokens (default: the training context) under the KV policy (default f16) +\n"
            "  activations for the prefill chunk (default 512). --shape projects a model of the synth shape\n"
-           "  table (see tailor synth -h) with no file.\n");
+           "  table (see tailor synth -h) with no file. --device cuda (a file only): also the GPU's plan at\n"
+           "  those settings, the bytes --gpu-mem-budget checks and a GPU session allocates (weights as\n"
+           "  uploaded, their workspace, the KV device tier, activations, the runtime reserve; the TailorKV\n"
+           "  host tier apart); no GPU is needed to print it.\n");
 }
 
 int tl_cmd_info(int argc, char **argv) {
-    const char *path = NULL, *shape = NULL, *kv = NULL, *kv_layer = NULL, *fmt = "md";
+    const char *path = NULL, *shape = NULL, *kv = NULL, *kv_layer = NULL, *fmt = "md", *device = NULL;
+    tl_cuda_opts cuda = {0};
     int n_ctx = 0, chunk = 0, layers = 0;
     bool tensors = false;
     tl_type type = TL_TYPE_F16;
@@ -46,6 +51,11 @@ int tl_cmd_info(int argc, char **argv) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) path = v;
         else if (!strcmp(a, "--kv")) kv = v;
         else if (!strcmp(a, "--kv-layer")) kv_layer = v;
+        else if (!strcmp(a, "--device")) {
+            if (tl_cli_device(a, v, &device)) return 2;
+        } else if (!strcmp(a, "--cuda-opt")) {
+            if (tl_cli_cuda_opt(v, &cuda)) return 2;
+        }
         else if (tl_cli_is(&tl_flag_ctx, a)) {
             if (tl_cli_flag_int(&tl_flag_ctx, a, v, &n_ctx)) return 2;
         } else if (tl_cli_is(&tl_flag_chunk, a)) {
@@ -77,7 +87,12 @@ int tl_cmd_info(int argc, char **argv) {
     tl_error err = {{0}};
     int rc = 1;
     tl_kv_plan plan = {0};
-    tl_info_params ip = {.path = path, .type = type, .n_layer = layers};
+    tl_info_params ip = {.path = path, .type = type, .n_layer = layers, .device = device, .cuda = cuda};
+    if (device && shape) {
+        fprintf(stderr, "tailor info: --device %s: the device plan needs a model file (a --shape has no tensors to size; "
+                        "`tailor synth --shape %s` writes one)\n", device, shape);
+        return 2;
+    }
     if (shape && !(ip.shape = tl_synth_find_shape(shape))) {
         fprintf(stderr, "tailor info: unknown shape '%s'; known:", shape);
         for (size_t i = 0; i < tl_synth_n_shapes(); i++) fprintf(stderr, " %s", tl_synth_shape_at(i)->name);

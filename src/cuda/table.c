@@ -27,6 +27,11 @@ static int cu_plan(const tl_session *s, const tl_kv_layer_policy *policies, tl_d
     return tl_cuda_plan_memory(s->model, s->n_ctx, s->chunk, policies, tl_cuda_session_opts(s->impl), out, err);
 }
 
+static int cu_plan_for(const tl_model *m, const tl_session_params *p, const tl_kv_layer_policy *policies,
+                       tl_device_plan *out, tl_error *err) {
+    return tl_cuda_plan_memory(m, p->n_ctx, p->chunk, policies, &p->cuda, out, err);
+}
+
 static int cu_init(tl_session *s, const tl_kv_layer_policy *policies, bool kv_only, const tl_session_params *p,
                    tl_error *err) {
     const tl_cuda_opts *o = p ? &p->cuda : NULL;
@@ -132,6 +137,7 @@ static const tl_backend_ops cuda_ops = {
     .bandwidth = tl_cuda_device_bandwidth,
     .check_budget = cu_check_budget,
     .plan = cu_plan,
+    .plan_for = cu_plan_for,
     .init = cu_init,
     .free = cu_free,
     .eval = cu_eval,

@@ -21,7 +21,8 @@ struct tl_batch_seq;
  * tl_session_mem;
  * tl_session_params and tl_cuda_opts, tailor.h; tl_batch_seq; the structs below): a backend
  * library built with another value is refused when it is opened. */
-#define TL_BACKEND_ABI 3 /* 2: tl_session_mem gained weights_file, weights_packed, weights_read; 3: tl_cuda_opts.no_batch_attn */
+#define TL_BACKEND_ABI 4 /* 2: tl_session_mem gained weights_file, weights_packed, weights_read; 3: tl_cuda_opts.no_batch_attn;
+                          * 4: plan_for */
 
 /* A device's own memory of a session, by part. KV held follows the CPU stores' exact
  * formulas (what a step reads); the other parts are what is allocated on the device. */
@@ -67,10 +68,13 @@ typedef struct tl_backend_ops {
     /* Device memory plans (NULL on the CPU: the planner, engine/plan.h, is its whole plan).
      * check_budget: the plan of a session of p (its context, chunk and options) against budget
      * bytes, failing with the part that does not fit and by how much, before anything is
-     * allocated. plan: the plan of a session like s (its context, chunk and options). */
+     * allocated. plan: the plan of a session like s (its context, chunk and options). plan_for:
+     * the plan of a session of p on m, with no session (tailor info --device). */
     int (*check_budget)(const tl_model *m, const tl_session_params *p, const tl_kv_layer_policy *policies,
                         uint64_t budget, tl_error *err);
     int (*plan)(const tl_session *s, const tl_kv_layer_policy *policies, tl_device_plan *out, tl_error *err);
+    int (*plan_for)(const tl_model *m, const tl_session_params *p, const tl_kv_layer_policy *policies, tl_device_plan *out,
+                    tl_error *err);
 
     /* Sessions. s arrives with model, n_ctx and chunk resolved, n_past 0, be set and a pool when
      * it has host work; init makes the backend's state (the CPU: s's stores and buffers; others:

@@ -8,6 +8,8 @@
 #include "../model/model.h"
 #include "../model/synth.h"
 #include "plan.h"
+#include "backend.h"
+#include "session.h"
 #include "../kv/policy.h"
 
 #include <cjson/cJSON.h>
@@ -185,6 +187,11 @@ struct tl_info {
     char *plan_text;
     tl_mem_plan mp;
     bool per_layer;            /* layers differ: print the per-layer table */
+    /* the device's plan (tl_info_params.device) */
+    const char *device;
+    tl_cuda_opts cuda;
+    bool have_gp;
+    tl_device_plan gp;
 };
 
 static void print_md_model(FILE *f, const tl_info *I) {
@@ -248,6 +255,21 @@ static void print_md_memory(FILE *f, const tl_info *I) {
     }
 }
 
+/* The device plan: what --gpu-mem-budget checks, and what a session there allocates. */
+static void print_md_device(FILE *f, const tl_info *I) {
+    const tl_device_plan *g = &I->gp;
+    char b[80];
+    fprintf(f, "\n## Device memory (%s) at these settings: the plan --gpu-mem-budget checks\n\n| part | bytes |\n|---|---|\n",
+            I->device);
+    fprintf(f, "| weights (as uploaded) | %s |\n", human(g->weights, b));
+    fprintf(f, "| workspace (block-format weights) | %s |\n", human(g->workspace, b));
+    fprintf(f, "| KV cache, device tier | %s |\n", human(g->kv_device, b));
+    fprintf(f, "| activations (chunk rows, attention partials) | %s |\n", human(g->activations, b));
+    fprintf(f, "| runtime reserve (CUDA context, cuBLAS) | %s |\n", human(g->reserve, b));
+    fprintf(f, "| total on the device | %s |\n", human(g->total, b));
+    if (g->kv_host) fprintf(f, "| KV cache, host tier (pinned host memory) | %s |\n", human(g->kv_host, b));
+}
+
 static void print_md(FILE *f, const tl_info *I, bool tensors) {
     char b[80], cell[1024];
     if (I->g) {
@@ -291,6 +313,7 @@ static void print_md(FILE *f, const tl_info *I, bool tensors) {
         }
     }
     if (I->have_mem) print_md_memory(f, I);
+    if (I->have_gp) print_md_device(f, I);
 }
 
 static cJSON *json_parts(const tl_kv_bytes *k) {
@@ -413,6 +436,18 @@ static void print_json(FILE *f, const tl_info *I, bool tensors) {
             cJSON_AddItemToArray(layers, e);
         }
     }
+    if (I->have_gp) {
+        const tl_device_plan *g = &I->gp;
+        cJSON *d = cJSON_AddObjectToObject(root, "device_memory");
+        cJSON_AddStringToObject(d, "device", I->device);
+        cJSON_AddNumberToObject(d, "weights", (double)g->weights);
+        cJSON_AddNumberToObject(d, "workspace", (double)g->workspace);
+        cJSON_AddNumberToObject(d, "kv_device", (double)g->kv_device);
+        cJSON_AddNumberToObject(d, "kv_host", (double)g->kv_host);
+        cJSON_AddNumberToObject(d, "activations", (double)g->activations);
+        cJSON_AddNumberToObject(d, "reserve", (double)g->reserve);
+        cJSON_AddNumberToObject(d, "total", (double)g->total);
+    }
     char *txt = cJSON_Print(root);
     fprintf(f, "%s\n", txt);
     free(txt);
@@ -422,6 +457,8 @@ static void print_json(FILE *f, const tl_info *I, bool tensors) {
 tl_info *tl_info_open(const tl_info_params *p, tl_error *err) {
     tl_info *I = tl_xcalloc(1, sizeof *I);
     I->shape_type = p->type;
+    I->device = p->device && strcmp(p->device, "cpu") ? p->device : NULL;
+    I->cuda = p->cuda;
     if (p->shape) {
         I->shape = p->shape;
         tl_synth_config(I->shape, p->n_layer, 0, 0, &I->cfg);
@@ -479,6 +516,20 @@ int tl_info_memory(tl_info *I, const tl_kv_plan *plan, int n_ctx, int chunk, tl_
         if (!tl_kv_policy_equal(&I->mp.eff[il], &I->mp.eff[0]) || I->mp.window[il] != I->mp.window[0])
             I->per_layer = true;
     I->have_mem = true;
+    if (!I->device) return 0;
+    if (!I->m)
+        return tl_fail(err, "--device %s: the device plan needs a model file (a --shape has no tensors to size; "
+                            "`tailor synth --shape NAME` writes one)", I->device);
+    const tl_backend_ops *be = tl_backend_find(I->device, err);
+    if (!be) return -1;
+    if (!be->plan_for) return tl_fail(err, "--device %s: the backend has no device memory plan", I->device);
+    tl_session_params sp = tl_session_default_params();
+    sp.n_ctx = I->mp.n_ctx;
+    sp.chunk = I->mp.chunk;
+    sp.device = I->device;
+    sp.cuda = I->cuda;
+    if (be->plan_for(I->m, &sp, I->mp.eff, &I->gp, err)) return tl_fail_prefix(err, "--device %s", I->device);
+    I->have_gp = true;
     return 0;
 }
 

@@ -102,6 +102,31 @@ int main(void) {
     CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(j, "metadata")) > 10);
     cJSON_Delete(j);
 
+    /* --device cuda: the GPU's plan, printed without a GPU (the backend library plans on the host):
+     * the f16 KV device tier at 100 tokens is the CPU's 64,000 bytes, and the parts add up to the
+     * total. Where this build has no CUDA backend the check says so and is left out. */
+    snprintf(cmd, sizeof cmd, "'%s' info '%s' -c 100 -o json --device cuda 2>&1", bin, stories);
+    j = run_json(cmd, &rc);
+    if (rc == 0 && j) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "device_memory");
+        CHECK(d && jnum(j, "device_memory", "kv_device") == 64000 && jnum(j, "device_memory", "kv_host") == 0);
+        CHECK(jnum(j, "device_memory", "total") == jnum(j, "device_memory", "weights") + jnum(j, "device_memory", "workspace") +
+                                                     jnum(j, "device_memory", "kv_device") +
+                                                     jnum(j, "device_memory", "activations") + jnum(j, "device_memory", "reserve"));
+        CHECK(jnum(j, "device_memory", "weights") > 0 && jnum(j, "device_memory", "reserve") > 0);
+    } else {
+        snprintf(cmd, sizeof cmd, "'%s' info '%s' --device cuda", bin, stories);
+        rc = tl_test_run(cmd, &out);
+        CHECKF(rc != 0 && strstr(out, "--device cuda"), "rc %d: %s", rc, out);
+        printf("note: --device cuda plan not checked: this build has no loadable CUDA backend (%.200s)\n", out);
+        free(out);
+    }
+    cJSON_Delete(j);
+    snprintf(cmd, sizeof cmd, "'%s' info --shape llama-3.1-8b --device cuda", bin);
+    rc = tl_test_run(cmd, &out);
+    CHECKF(rc == 2 && strstr(out, "needs a model file"), "rc %d: %s", rc, out);
+    free(out);
+
     /* a truncated copy: exit 1 and a message naming the file */
     char trunc[256];
     snprintf(trunc, sizeof trunc, "/tmp/tl_test_cli_info_%ld_trunc.gguf", pid);
