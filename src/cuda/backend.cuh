@@ -178,10 +178,12 @@ struct tlc_dec_row {
  * (done[i] set) go in one launch per DEC_SET rows of one format (dec_many_k), the others are
  * left to the caller. 0, or -1 with err. */
 int tlc_attn_decode_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err);
+#define TLC_MANY 64 /* rows tlc_attn_decode_many groups at once (larger n: windows of this many; host arrays on the stack) */
 /* Whether decode_mma.cu takes a layer's one-token attention at n_past (per-token codes). */
 bool tlc_dec_mma_takes(const tlc_ctx *cx, const tlc_layer_kv *L, int n_past);
 /* decode_mma.cu's part of tlc_attn_decode_many: of the rows not yet done, those that
- * decode_mma.cu takes alone, in one launch per DQ_SET of one variant (dq_many_k), done[i] set. */
+ * decode_mma.cu takes alone, in one launch per DQ_SET of one variant (dq_many_k), done[i] set.
+ * n <= TLC_MANY. */
 int tlc_attn_decode_mma_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err);
 /* One sequence's merge of decode splits (tlc_dec_merge's arguments), for tlc_dec_merge_many. */
 struct tlc_merge_row {

@@ -56,6 +56,11 @@ void tl_cuda_session_free(tl_cuda_session *g);
 int tl_cuda_eval(tl_cuda_session *g, const int32_t *tokens, int n, float *logits, bool all_logits, tl_error *err);
 void tl_cuda_reset(tl_cuda_session *g);
 int tl_cuda_n_past(const tl_cuda_session *g);
+/* tl_session_truncate_max and tl_session_truncate on the GPU's caches (the CPU stores' rules):
+ * the largest count <= n the session can be cut back to, holding exactly those rows; the cut
+ * (n must be such a count). */
+int tl_cuda_truncate_max(const tl_cuda_session *g, int n);
+int tl_cuda_truncate(tl_cuda_session *g, int n, tl_error *err);
 
 /* ---- continuous batching (batch.cu): one forward step over several sequences ----
  * The step's workspace (activations for max_rows rows, cuBLAS, the block-format slab, logits

@@ -586,14 +586,7 @@ __device__ __forceinline__ void dec_merge_body(const dec_p &p, int h) {
     }
 }
 
-template <int D>
-__global__ void dec_merge_k(dec_p p) {
-    pdl_trigger();
-    pdl_wait();
-    dec_merge_body<D>(p, blockIdx.x);
-}
-
-/* dec_merge_k for the sequences of a dec_set: grid (Hkv, sequences). */
+/* The merge of the sequences of a dec_set: grid (Hkv, sequences). */
 template <int D>
 __global__ void dec_merge_many_k(const __grid_constant__ dec_set P) {
     pdl_trigger();
@@ -603,23 +596,8 @@ __global__ void dec_merge_many_k(const __grid_constant__ dec_set P) {
 
 int tlc_dec_merge(tlc_ctx *cx, int D, int Hkv, int G, int n_split, const float *part, const float *q, float scale,
                   const float *knew, const float *vnew, float *out, tl_error *err) {
-    dec_p p;
-    memset(&p, 0, sizeof p);
-    p.part = (float *)part;
-    p.q = q;
-    p.knew = knew;
-    p.vnew = vnew;
-    p.out = out;
-    p.Hkv = Hkv;
-    p.G = G;
-    p.n_split = n_split;
-    p.scale = scale;
-    const size_t smem = sizeof(float) * (size_t)G * n_split;
-    if (smem > 48 * 1024) return tl_fail(err, "decode attention merge: %d splits x %d queries", n_split, G);
-    const cudaError_t e = D == 64 ? tlc_launch(!cx->no_pdl, dec_merge_k<64>, dim3(Hkv), dim3(TL_MIN(1024, G * D)), smem, cx->stream, p)
-                                  : tlc_launch(!cx->no_pdl, dec_merge_k<128>, dim3(Hkv), dim3(TL_MIN(1024, G * D)), smem, cx->stream, p);
-    if (e != cudaSuccess) return tl_fail(err, "CUDA kernel decode attention merge: %s", cudaGetErrorString(e));
-    return 0;
+    const tlc_merge_row r = {part, q, knew, vnew, out, Hkv, G, n_split, scale};
+    return tlc_dec_merge_many(cx, D, 1, &r, err);
 }
 
 int tlc_dec_merge_many(tlc_ctx *cx, int D, int n, const tlc_merge_row *rows, tl_error *err) {
@@ -673,7 +651,7 @@ static void dec_split(const tlc_ctx *cx, int occ, dec_p &p) {
     p.n_split = TL_MAX(1, (span + p.split_len - 1) / p.split_len);
 }
 
-/* Run ps[0..n) (the same variant): one sequence with dec_k (and dec_merge_k), several in sets of
+/* Run ps[0..n) (the same variant): one sequence with dec_k (and tlc_dec_merge), several in sets of
  * DEC_SET with dec_many_k (and dec_merge_many_k), their partials side by side in the scratch. */
 template <int D, int GP, int KF, int VF, int MINB>
 static int dec_launch(tlc_ctx *cx, dec_p *ps, int n, tl_error *err) {
@@ -799,9 +777,11 @@ int tlc_attn_decode(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const float 
 }
 
 int tlc_attn_decode_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err) {
-    dec_var *var = (dec_var *)tl_xmalloc(sizeof *var * (size_t)n);
-    bool *ok = (bool *)tl_xmalloc((size_t)n);
-    dec_p *ps = (dec_p *)tl_xmalloc(sizeof *ps * (size_t)n);
+    for (; n > TLC_MANY; n -= TLC_MANY, rows += TLC_MANY, done += TLC_MANY)
+        if (tlc_attn_decode_many(cx, TLC_MANY, rows, done, err)) return -1;
+    dec_var var[TLC_MANY];
+    bool ok[TLC_MANY];
+    dec_p ps[TLC_MANY];
     /* what tlc_attention would run alone: the tensor-core decode from dec_tc_from keys on
      * (prefill_tc.cu; those rows are left to it), then decode_mma.cu (per-token codes), then
      * this kernel. done[] marks, for the moment, the rows neither may take. */
@@ -825,8 +805,5 @@ int tlc_attn_decode_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done
             }
         rc = dec_dispatch(cx, var[i], ps, m, err);
     }
-    free(var);
-    free(ok);
-    free(ps);
     return rc;
 }

@@ -606,11 +606,12 @@ int tlc_attn_decode_mma(tlc_ctx *cx, const tlc_layer_kv *L, int n_past, const fl
 }
 
 int tlc_attn_decode_mma_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *done, tl_error *err) {
-    dq_p *ps = (dq_p *)tl_xmalloc(sizeof *ps * (size_t)n);
-    const float **kn = (const float **)tl_xmalloc(sizeof *kn * (size_t)n), **vn = (const float **)tl_xmalloc(sizeof *vn * (size_t)n);
-    float **out = (float **)tl_xmalloc(sizeof *out * (size_t)n);
-    int *idx = (int *)tl_xmalloc(sizeof *idx * (size_t)n);
-    bool *ok = (bool *)tl_xmalloc((size_t)n);
+    if (n > TLC_MANY) return tl_fail(err, "decode attention: %d rows at once (at most %d)", n, TLC_MANY);
+    dq_p ps[TLC_MANY];
+    const float *kn[TLC_MANY], *vn[TLC_MANY];
+    float *out[TLC_MANY];
+    int idx[TLC_MANY];
+    bool ok[TLC_MANY];
     for (int i = 0; i < n; i++) ok[i] = !done[i] && tlc_dec_mma_takes(cx, rows[i].L, rows[i].n_past);
     int rc = 0;
     for (int i = 0; i < n && !rc; i++) {
@@ -633,11 +634,5 @@ int tlc_attn_decode_mma_many(tlc_ctx *cx, int n, const tlc_dec_row *rows, bool *
         else if (rc == 1) /* the variant's shared memory exceeds the device's: left to the caller, as alone */
             rc = 0;
     }
-    free(ps);
-    free(kn);
-    free(vn);
-    free(out);
-    free(idx);
-    free(ok);
     return rc;
 }

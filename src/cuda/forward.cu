@@ -806,6 +806,48 @@ extern "C" void tl_cuda_reset(tl_cuda_session *g) {
 
 extern "C" int tl_cuda_n_past(const tl_cuda_session *g) { return g->n_past; }
 
+/* The largest count <= n (n < n_past) that one side can be cut back to, holding exactly the rows
+ * it held for them (the CPU stores' rules, docs/server.md "Prefix reuse"): a dense cache while its
+ * ring has not wrapped; per-token codes without an f16 residual anywhere, with one only while
+ * nothing has been quantized; per-channel keys at or past the last quantized group block, or at
+ * a multiple of the block below it. */
+static int side_cut_max(const kv_side &S, int n_past, int n) {
+    if (S.mode == KV_DENSE) return n_past <= S.cap ? n : 0;
+    if (S.mode == KV_SLIDE) return S.R == 0 || S.nq == 0 ? n : 0;
+    return n >= S.nq ? n : n / S.R * S.R; /* FLUSH: S.R is a multiple of the group */
+}
+
+extern "C" int tl_cuda_truncate_max(const tl_cuda_session *g, int n) {
+    if (!g->kv || n >= g->n_past) return TL_MIN(n, g->n_past);
+    for (;;) { /* each layer's largest count at or below n, until every layer accepts the same */
+        int m = n;
+        for (int il = 0; il < g->m->cfg.n_layer && m > 0; il++) {
+            const tlc_layer_kv &L = g->kv[il];
+            if (L.off) return 0; /* TailorKV's sparse layers (host tier, generated tokens): not yet */
+            m = side_cut_max(L.k, g->n_past, m);
+            m = side_cut_max(L.v, g->n_past, m);
+        }
+        if (m == n) return n;
+        n = m;
+    }
+}
+
+extern "C" int tl_cuda_truncate(tl_cuda_session *g, int n, tl_error *err) {
+    if (n < 0 || n > g->n_past) return tl_fail(err, "truncate to %d tokens: the session holds %d", n, g->n_past);
+    if (n == g->n_past) return 0;
+    if (tl_cuda_truncate_max(g, n) != n)
+        return tl_fail(err, "truncate to %d tokens: a layer's KV store cannot drop tokens there (it can at %d)", n,
+                       tl_cuda_truncate_max(g, n));
+    for (int il = 0; il < g->m->cfg.n_layer; il++)
+        for (kv_side *S : {&g->kv[il].k, &g->kv[il].v}) {
+            if (S->mode == KV_SLIDE) S->nq = TL_MIN(S->nq, n); /* no residual: every token's codes */
+            if (S->mode == KV_FLUSH) S->nq = n / S->R * S->R;  /* whole blocks quantized, the rest in the f16 block */
+        }
+    g->n_past = n;
+    g->qpred_for[0] = g->qpred_for[1] = -1;
+    return 0;
+}
+
 extern "C" int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err) {
     const tl_config *c = &g->m->cfg;
     if (whole(g, "fill", err)) return -1;

@@ -54,6 +54,16 @@ int tl_cuda_n_past(const tl_cuda_session *g) {
     return 0;
 }
 
+int tl_cuda_truncate_max(const tl_cuda_session *g, int n) {
+    (void)g, (void)n;
+    return 0;
+}
+
+int tl_cuda_truncate(tl_cuda_session *g, int n, tl_error *err) {
+    (void)g, (void)n;
+    return tl_fail(err, "%s", no_cuda);
+}
+
 int tl_cuda_fill_random(tl_cuda_session *g, int n, uint64_t seed, tl_error *err) {
     (void)g, (void)n, (void)seed;
     return tl_fail(err, "%s", no_cuda);

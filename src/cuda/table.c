@@ -57,16 +57,9 @@ static int cu_fill_random(tl_session *s, int n, uint64_t seed, tl_error *err) {
 
 static void cu_reset(tl_session *s) { tl_cuda_reset(s->impl); }
 
-/* The GPU's caches cannot be cut back yet: only starting again (0) keeps them exact. */
-static int cu_truncate_max(const tl_session *s, int n) {
-    (void)s, (void)n;
-    return 0;
-}
+static int cu_truncate_max(const tl_session *s, int n) { return tl_cuda_truncate_max(s->impl, n); }
 
-static int cu_truncate(tl_session *s, int n, tl_error *err) {
-    (void)s, (void)n;
-    return tl_fail(err, "truncate: not supported by the CUDA backend yet");
-}
+static int cu_truncate(tl_session *s, int n, tl_error *err) { return tl_cuda_truncate(s->impl, n, err); }
 
 static void cu_memory(const tl_session *s, tl_session_mem *out) {
     tl_device_mem gm;

@@ -1011,6 +1011,74 @@ static void batch_cases(const char *qm) {
     tl_model_free(m);
 }
 
+/* Cutting a GPU session back to a shared prefix (tl_session_truncate, the server's prefix
+ * reuse), tests/engine/test_truncate.c's scheme on the GPU: session A holds a 40-token prompt
+ * (pieces of 16, 16, 8) and 8 decoded tokens; at each cut n, tl_session_truncate_max must give
+ * what the CPU session with the same policy and tokens gives (the CPU stores' rules are the
+ * reference; TailorKV's sparse layers, which the GPU cannot cut yet, give 0); A is cut there and evaluates the rest of a new prompt (every row's logits);
+ * session B evaluates the same prompt fresh in the same pieces up to the cut. Where the cut
+ * falls on a boundary of A's pieces (48, 40, 32, 16, 0) the two hold the same rows computed alike:
+ * equal bit for bit. Elsewhere B made the last kept rows in a shorter piece (another matmul
+ * path): within 1e-2 relative L2. */
+static void truncate_cases(const char *qm) {
+    enum { CTX = 128, CH = 16, NP = 40, ND = 8, NN = 8 };
+    static const int cuts[] = {48, 40, 32, 20, 10};
+    const char *specs[] = {"f16", "k8v8", "k4v4", "k4v4:r16", "k4v2:kivi:g32:r16", "k2v2:kivi", "tailor:summary=4,bits=2,sinks=4,recent=8,topk=16"};
+    tl_error err;
+    tl_model *m = tl_model_load(qm, &err);
+    CHECKF(m != NULL, "%s: %s", qm, err.msg);
+    if (!m) return;
+    const int V = m->cfg.n_vocab;
+    int32_t toks[NP + ND], prompt[CTX];
+    for (int i = 0; i < NP + ND; i++) toks[i] = 3 + (i * 37) % (V - 3);
+    float *la = malloc(sizeof(float) * (size_t)(NP + NN) * V), *lb = malloc(sizeof(float) * (size_t)(NP + NN) * V);
+    for (size_t k = 0; k < sizeof specs / sizeof *specs; k++) {
+        int ok_cuts = 0;
+        double worst = 0;
+        for (size_t c = 0; c < sizeof cuts / sizeof *cuts; c++) {
+            tl_session *a = make(m, specs[k], CTX, CH, "cuda"), *b = make(m, specs[k], CTX, CH, "cuda");
+            tl_session *cpu = make(m, specs[k], CTX, CH, NULL);
+            CHECK(a && b && cpu);
+            if (!a || !b || !cpu) break;
+            CHECK(tl_session_eval(a, toks, NP, la, false, &err) == 0 && tl_session_eval(cpu, toks, NP, lb, false, &err) == 0);
+            for (int i = 0; i < ND; i++)
+                CHECK(tl_session_eval(a, toks + NP + i, 1, la, false, &err) == 0 &&
+                      tl_session_eval(cpu, toks + NP + i, 1, lb, false, &err) == 0);
+            const int n = cuts[c], keep = tl_session_truncate_max(a, n), want = tl_session_truncate_max(cpu, n);
+            /* TailorKV's sparse layers cannot be cut on the GPU yet (the CPU's can): 0 there */
+            const bool off = strncmp(specs[k], "tailor", 6) == 0;
+            CHECKF(keep == (off ? 0 : want), "truncate %s: at %d the GPU session can cut to %d, the CPU's to %d", specs[k], n,
+                   keep, want);
+            if (keep != n) CHECKF(tl_session_truncate(a, n, &err) != 0 && a->n_past == NP + ND, "truncate %s: %d accepted", specs[k], n);
+            CHECKF(tl_session_truncate(a, keep, &err) == 0 && a->n_past == keep, "truncate %s to %d: %s", specs[k], keep, err.msg);
+            for (int i = 0; i < keep; i++) prompt[i] = toks[i];
+            const int rest = NP + NN - keep;
+            for (int i = keep; i < NP + NN; i++) prompt[i] = 5 + (i * 53) % (V - 5);
+            CHECK(tl_session_eval(a, prompt + keep, rest, la, true, &err) == 0);
+            if (keep) CHECK(tl_session_eval(b, prompt, TL_MIN(keep, NP), lb, false, &err) == 0);
+            for (int i = NP; i < keep; i++) CHECK(tl_session_eval(b, prompt + i, 1, lb, false, &err) == 0);
+            CHECK(tl_session_eval(b, prompt + keep, rest, lb, true, &err) == 0);
+            const bool edge = keep == 0 || keep == 16 || keep == 32 || keep >= NP;
+            if (edge) {
+                const bool same = memcmp(la, lb, sizeof(float) * (size_t)rest * V) == 0;
+                CHECKF(same, "truncate %s: cut at %d (piece edge), the continued logits differ from a fresh session's", specs[k], keep);
+                ok_cuts += same;
+            } else {
+                const double r = rel_l2(la, lb, (size_t)rest * V);
+                worst = r > worst ? r : worst;
+                CHECKF(r < 1e-2, "truncate %s: cut at %d, rel L2 %.3g", specs[k], keep, r);
+            }
+            tl_session_free(a);
+            tl_session_free(b);
+            tl_session_free(cpu);
+        }
+        printf("truncate %-50s cuts 48/40/32/20/10: bit for bit at %d piece edges, other cuts rel L2 <= %.3g\n", specs[k], ok_cuts, worst);
+    }
+    free(la);
+    free(lb);
+    tl_model_free(m);
+}
+
 /* Turns of a chat: phases[i] > 0 is a prompt of that many tokens (in chunks of `chunk`), < 0
  * that many decode steps, so a prompt after generated tokens (the next turn) is included. The
  * last-token logits of every eval, GPU against CPU. */
@@ -1371,6 +1439,7 @@ int main(void) {
     if (qm && *qm) quantized(qm);
     if (qm && *qm) tailor_model(qm);
     if (qm && *qm) tailor_turns(qm);
+    if (qm && *qm) truncate_cases(qm);
     else tl_test_skip("TL_CUDA_MODEL not set: quantized-KV comparison");
     return tl_test_done();
 }
