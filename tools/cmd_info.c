@@ -88,11 +88,6 @@ int tl_cmd_info(int argc, char **argv) {
     int rc = 1;
     tl_kv_plan plan = {0};
     tl_info_params ip = {.path = path, .type = type, .n_layer = layers, .device = device, .cuda = cuda};
-    if (device && shape) {
-        fprintf(stderr, "tailor info: --device %s: the device plan needs a model file (a --shape has no tensors to size; "
-                        "`tailor synth --shape %s` writes one)\n", device, shape);
-        return 2;
-    }
     if (shape && !(ip.shape = tl_synth_find_shape(shape))) {
         fprintf(stderr, "tailor info: unknown shape '%s'; known:", shape);
         for (size_t i = 0; i < tl_synth_n_shapes(); i++) fprintf(stderr, " %s", tl_synth_shape_at(i)->name);

@@ -53,6 +53,11 @@ typedef struct {
     uint64_t weights, workspace, kv_device, kv_host, activations, reserve, total;
 } tl_device_plan;
 
+/* p's parts added to the JSON object o: weights, workspace, kv_device, kv_host, activations,
+ * reserve, total (engine/info.c; tailor info's device_memory, pareto's device_plan). */
+struct cJSON;
+void tl_device_plan_json(struct cJSON *o, const tl_device_plan *p);
+
 typedef struct tl_backend_ops {
     int abi;          /* TL_BACKEND_ABI of the headers the backend was built with */
     const char *name; /* the --device value: "cpu", "cuda" */

@@ -437,16 +437,9 @@ static void print_json(FILE *f, const tl_info *I, bool tensors) {
         }
     }
     if (I->have_gp) {
-        const tl_device_plan *g = &I->gp;
         cJSON *d = cJSON_AddObjectToObject(root, "device_memory");
         cJSON_AddStringToObject(d, "device", I->device);
-        cJSON_AddNumberToObject(d, "weights", (double)g->weights);
-        cJSON_AddNumberToObject(d, "workspace", (double)g->workspace);
-        cJSON_AddNumberToObject(d, "kv_device", (double)g->kv_device);
-        cJSON_AddNumberToObject(d, "kv_host", (double)g->kv_host);
-        cJSON_AddNumberToObject(d, "activations", (double)g->activations);
-        cJSON_AddNumberToObject(d, "reserve", (double)g->reserve);
-        cJSON_AddNumberToObject(d, "total", (double)g->total);
+        tl_device_plan_json(d, &I->gp);
     }
     char *txt = cJSON_Print(root);
     fprintf(f, "%s\n", txt);
@@ -531,6 +524,16 @@ int tl_info_memory(tl_info *I, const tl_kv_plan *plan, int n_ctx, int chunk, tl_
     if (be->plan_for(I->m, &sp, I->mp.eff, &I->gp, err)) return tl_fail_prefix(err, "--device %s", I->device);
     I->have_gp = true;
     return 0;
+}
+
+void tl_device_plan_json(cJSON *o, const tl_device_plan *p) {
+    cJSON_AddNumberToObject(o, "weights", (double)p->weights);
+    cJSON_AddNumberToObject(o, "workspace", (double)p->workspace);
+    cJSON_AddNumberToObject(o, "kv_device", (double)p->kv_device);
+    cJSON_AddNumberToObject(o, "kv_host", (double)p->kv_host);
+    cJSON_AddNumberToObject(o, "activations", (double)p->activations);
+    cJSON_AddNumberToObject(o, "reserve", (double)p->reserve);
+    cJSON_AddNumberToObject(o, "total", (double)p->total);
 }
 
 void tl_info_print(const tl_info *I, FILE *f, bool json, bool tensors) {

@@ -522,7 +522,8 @@ done:
 }
 
 /* "device": {"name", "weights", "workspace", "kv_device", "kv_host", "activations", "total"} as
- * allocated, and "device_plan": the planner's same parts (report.c compares them). */
+ * allocated, and "device_plan": the planner's same parts, with reserve and total
+ * (tl_device_plan_json; report.c compares them). */
 static void x_add_device(cJSON *x, const ppl_out *o) {
     const tl_device_mem *g = &o->gm;
     cJSON *d = cJSON_AddObjectToObject(x, "device");
@@ -534,14 +535,7 @@ static void x_add_device(cJSON *x, const ppl_out *o) {
     cJSON_AddNumberToObject(d, "activations", (double)g->activations);
     cJSON_AddNumberToObject(d, "total", (double)(g->weights + g->workspace + g->kv_alloc + g->activations));
     if (!o->gp_ok) return;
-    const tl_device_plan *q = &o->gp;
-    cJSON *pl = cJSON_AddObjectToObject(x, "device_plan");
-    cJSON_AddNumberToObject(pl, "weights", (double)q->weights);
-    cJSON_AddNumberToObject(pl, "workspace", (double)q->workspace);
-    cJSON_AddNumberToObject(pl, "kv_device", (double)q->kv_device);
-    cJSON_AddNumberToObject(pl, "kv_host", (double)q->kv_host);
-    cJSON_AddNumberToObject(pl, "activations", (double)q->activations);
-    cJSON_AddNumberToObject(pl, "reserve", (double)q->reserve);
+    tl_device_plan_json(cJSON_AddObjectToObject(x, "device_plan"), &o->gp);
 }
 
 int tl_pareto_run_config(const tl_pareto_config *c, const tl_pareto_run_params *p, tl_error *err) {
