@@ -51,6 +51,10 @@ start)
     mkdir -p "$JOBS"
     running "$name" && die "job $name is still running"
     rm -f "$JOBS/$name.rc"
+    # a later call re-sends the repository copy without the ignored .gpudeps (unless it carries
+    # it again), and a binary linked against it would then fail to start in the middle of the
+    # job: the job finds the libraries in the kept copy instead
+    [ -d "$KEEP/.gpudeps/lib" ] && export LD_LIBRARY_PATH="$KEEP/.gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     # the job leads its own session: it writes its pgid, runs CMD, then writes CMD's status
     setsid bash -c 'echo $$ > "$0.pgid"; bash -c "$1"; echo $? > "$0.rc"' "$JOBS/$name" "$*" \
         > "$JOBS/$name.log" 2>&1 < /dev/null &

@@ -336,7 +336,7 @@ if has serve; then
     SP=$!
     if PORT=$(port_of "$OUT/serve_$tag.log" $SP); then
       grep -E "slot\(s\)" "$OUT/serve_$tag.log" | tee -a "$OUT/summary.md"
-      [ -n "${SERVE_NOCHECK:-}" ] || timeout 300 python3 scripts/serve-check.py --port $PORT --clients 16 --requests 48 --max-tokens 64 --id-lo 3 --id-hi 256 \
+      [ -n "${SERVE_NOCHECK:-}" ] || timeout 300 python3 scripts/serve-check.py --no-cache-prompt --port $PORT --clients 16 --requests 48 --max-tokens 64 --id-lo 3 --id-hi 256 \
         2>&1 | tee "$OUT/serve_check_$tag.txt" | tail -8 | tee -a "$OUT/summary.md"
       echo "serve-check $KV exit ${PIPESTATUS[0]}" | tee -a "$OUT/summary.md"
       timeout 400 python3 scripts/serve-bench.py --port $PORT --pid $SP --clients ${SERVE_CLIENTS:-1,16,64} --requests ${SERVE_REQUESTS:-2} \

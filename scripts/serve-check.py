@@ -22,10 +22,10 @@ import sys
 import threading
 
 
-def complete(host, port, prompt, max_tokens):
+def complete(host, port, prompt, max_tokens, cache_prompt=True):
     """One greedy completion: (token strings, log-probabilities)."""
     body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-                       "logprobs": 0})
+                       "logprobs": 0, "cache_prompt": cache_prompt})
     conn = http.client.HTTPConnection(host, port, timeout=600)
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -49,13 +49,16 @@ def main():
     ap.add_argument("--id-lo", type=int, default=1000, help="prompt token ids are drawn from [lo, hi)")
     ap.add_argument("--id-hi", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--no-cache-prompt", action="store_true",
+                    help="send cache_prompt false: no prefix reuse between the two passes (on the GPU a reused prefix "
+                         "leaves the prompt's last rows to a piece of another size, another GEMM: not bit for bit)")
     ap.add_argument("--tol", type=float, default=1e-2, help="largest log-probability difference allowed")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
     prompts = [[rng.randrange(args.id_lo, args.id_hi) for _ in range(rng.randint(args.prompt_min, args.prompt_tokens))]
                for _ in range(args.requests)]
-    alone = [complete(args.host, args.port, p, args.max_tokens) for p in prompts]
+    alone = [complete(args.host, args.port, p, args.max_tokens, not args.no_cache_prompt) for p in prompts]
 
     together = [None] * len(prompts)
     errors = []
@@ -70,7 +73,7 @@ def main():
             if k >= len(prompts):
                 return
             try:
-                together[k] = complete(args.host, args.port, prompts[k], args.max_tokens)
+                together[k] = complete(args.host, args.port, prompts[k], args.max_tokens, not args.no_cache_prompt)
             except Exception as e:  # noqa: BLE001 (reported below)
                 with lock:
                     errors.append(f"request {k}: {e}")
