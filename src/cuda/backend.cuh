@@ -103,9 +103,8 @@ int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
 
 /* tlc_matvec over nr rows of x, ldx floats apart (outputs n_out[s] apart), TLC_MV_ROWS rows
  * per launch sharing each weight load (a warp per 4 output rows sharing each input load):
- * every row gets the bits tlc_matvec gives it alone.
- * 16-bit and f32 weights only (block formats: a row at a time); 1 when glu cannot be fused
- * (as tlc_matvec). */
+ * every row gets the bits tlc_matvec gives it alone. Block formats: tlc_qmatvec_rows (ldx
+ * n_in). 1 when glu cannot be fused (as tlc_matvec). */
 #define TLC_MV_ROWS 8
 int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err);
 
@@ -114,6 +113,10 @@ extern "C" bool tlc_qtype_has_kernels(int t); /* q8_0 q4_0 q4_1 q5_0 q5_1 q4_K q
 /* tlc_matvec for wt == WT_Q: quantizes x into cx->xq/xd (n_in <= xq_cap; skipped when x ==
  * cx->xq_of), then the dp4a kernel. */
 int tlc_qmatvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
+/* tlc_qmatvec over nr rows of x (n_in apart; outputs n_out[s] apart), TLC_MV_ROWS rows per
+ * launch sharing each weight load (their inputs quantized together: xq_cap >= TLC_MV_ROWS n_in);
+ * every row gets the bits tlc_qmatvec gives it alone. 1 when glu cannot be fused. */
+int tlc_qmatvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, tl_error *err);
 /* The reference: y = W x, a thread per row, weights dequantized element by element (tests). */
 int tlc_qmatvec_ref(tlc_ctx *cx, int qt, const void *W, int n_in, int n_out, const float *x, float *y, tl_error *err);
 /* Rows r0 .. r0 + nr - 1 of W to f16, row-major [nr][n_in] (the prefill GEMM's operand). */

@@ -11,8 +11,8 @@
  * the pass runs, for its rows, the kernel that sequence would run alone:
  *  - the decode rows' products go through the matrix-vector kernels together
  *    (tlc_matvec_rows: each weight load serves up to TLC_MV_ROWS rows, each row summed as
- *    tlc_matvec sums it), q/k/v in one launch, gate/up fused with the activation where a
- *    session fuses them; block formats a row at a time, as a session runs a few rows;
+ *    tlc_matvec sums it; block formats through tlc_qmatvec_rows, likewise), q/k/v in one
+ *    launch, gate/up fused with the activation where a session fuses them;
  *  - each prefill sequence's products run over its own rows (tlc_linear: the GEMM a session
  *    runs for that chunk), so its activations are rounded to 16 bits only as they are alone;
  *  - row-wise work (norms, RoPE, activations, residual adds) runs over all rows in one launch;
@@ -159,8 +159,8 @@ extern "C" uint64_t tl_cuda_batch_bytes(const tl_cuda_batch *b) {
 /* ---------------- the products ---------------- */
 
 /* y_s (+)= W_s x (+ b_s) for nr rows of x, each as a session computes one row (tlc_linear with
- * n = 1): matrices of unlike types one at a time; 16-bit and f32 weights over all rows at once
- * (tlc_matvec_rows), block formats a row at a time. x rows n_in apart, y rows n_out[s]. */
+ * n = 1): matrices of unlike types one at a time; the others over all rows at once
+ * (tlc_matvec_rows, block formats through tlc_qmatvec_rows). x rows n_in apart, y rows n_out[s]. */
 static int one_row_products(tl_cuda_batch *b, int nr, int nseg, const dmat *const *W, const float *x, float *const *y,
                             const float *const *bias, const int *add, tl_error *err) {
     tl_cuda_session *ws = b->ws;
@@ -170,14 +170,6 @@ static int one_row_products(tl_cuda_batch *b, int nr, int nseg, const dmat *cons
     if (!same) { /* as tlc_linear: e.g. q4_K q/k with a q6_K v, one product each */
         for (int s = 0; s < nseg; s++)
             if (one_row_products(b, nr, 1, &W[s], x, &y[s], bias ? &bias[s] : NULL, add ? &add[s] : NULL, err)) return -1;
-        return 0;
-    }
-    if (wt == WT_Q) {
-        for (int r = 0; r < nr; r++) {
-            float *yr[3];
-            for (int s = 0; s < nseg; s++) yr[s] = y[s] + (size_t)r * W[s]->n_out;
-            if (tlc_linear(ws, nseg, W, x + (size_t)r * n_in, 1, yr, bias, add, err)) return -1;
-        }
         return 0;
     }
     const tlc_mv a = tlc_mv_of(nseg, W, x, y, bias, add);
@@ -210,17 +202,7 @@ static int gate_up(tl_cuda_batch *b, const dlayer *L, int glu, tl_error *err) {
         if (!ws->cx.no_fuse && W[0]->wt == W[1]->wt && (W[0]->wt != WT_Q || W[0]->qt == W[1]->qt) && W[0]->n_in == W[1]->n_in) {
             tlc_mv a = tlc_mv_of(2, W, ws->xn, y, NULL, NULL);
             a.glu = glu;
-            if (W[0]->wt != WT_Q) {
-                rc = tlc_matvec_rows(&ws->cx, &a, b->n_dec, E, err);
-            } else { /* a row at a time; the fusion takes a shape or not (1 before any launch) */
-                for (int r = 0; r < b->n_dec; r++) {
-                    tlc_mv ar = a;
-                    ar.x = ws->xn + (size_t)r * E;
-                    ar.y[0] = y[0] + (size_t)r * F;
-                    ar.y[1] = y[1] + (size_t)r * F;
-                    if ((rc = tlc_matvec(&ws->cx, &ar, err))) break;
-                }
-            }
+            rc = tlc_matvec_rows(&ws->cx, &a, b->n_dec, E, err); /* 1 (before any launch): not a shape the fusion takes */
             if (rc < 0) return -1;
         }
         if (rc == 1 && (one_row_products(b, b->n_dec, 2, W, ws->xn, y, NULL, NULL, err) ||

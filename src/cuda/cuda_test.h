@@ -61,6 +61,12 @@ int tl_cuda_qmatmul_test(int t, const void *W, int n_in, int n_out, const float 
 int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
                              const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err);
 
+/* The same for a block-format matrix (qmatvec.cu, tlc_qmatvec_rows): W, W2 (host) n_out rows of
+ * n_in values of type t in the GGUF layout; y_rows the several-row kernel over the m rows, y_one
+ * tlc_matvec a row at a time; equal bit for bit. */
+int tl_cuda_qmatvec_rows_test(int t, const void *W, const void *W2, int n_in, int n_out, const float *bias,
+                              const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err);
+
 #ifdef __cplusplus
 }
 #endif

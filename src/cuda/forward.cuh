@@ -45,7 +45,7 @@ uint64_t tlc_mat_bytes(const tl_mat *t, bool widen);
 /* Block-format workspace of a session (0 when no product reads a block format): the prefill
  * GEMM's f16 slab (*wdq_elems values: the largest such layer matrix, and at least 4096 rows of
  * the output projection, which goes through in slabs) and the decode's quantized input (int8
- * values + a float2 per 32, *xq_cap values) for the widest input. */
+ * values + a float2 per 32, *xq_cap values) for TLC_MV_ROWS rows of the widest input. */
 uint64_t tlc_ws_bytes(const tl_model *m, bool widen, size_t *wdq_elems, int *xq_cap);
 /* m's weights on device 0: block formats with kernels as they are (o->widen: as f16), other
  * non-float types widened to f16; o->verbose says the bytes and seconds. NULL with err. */

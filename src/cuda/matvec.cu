@@ -454,8 +454,11 @@ static cudaError_t launch_rows_wt(const tlc_mv &a, bool vec, int nr, int ldx, in
 }
 
 int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err) {
-    if (a->wt == WT_Q) return tl_fail(err, "matvec over several rows: block formats go a row at a time (tlc_matvec)");
     if (nr < 1) return 0;
+    if (a->wt == WT_Q) {
+        if (ldx != a->n_in) return tl_fail(err, "matvec over several rows: block formats take rows %d apart, not %d", a->n_in, ldx);
+        return tlc_qmatvec_rows(cx, a, nr, err);
+    }
     if (nr == 1) return tlc_matvec(cx, a, err); /* the very kernel a sequence alone runs */
     const bool vec = a->wt == WT_F32 ? a->n_in % 4 == 0 : a->n_in % 8 == 0;
     if (a->glu && (!vec || a->wt == WT_F32 || a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0]))
@@ -491,51 +494,69 @@ int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err
 
 /* ---- the several-row products against tlc_matvec, a row at a time (tests) ---- */
 
-extern "C" int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
-                                        const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one,
-                                        tl_error *err) {
-    if (wt < WT_F32 || wt > WT_BF16 || m < 1 || n_in < 1 || n_out < 1 || (glu && !W2))
-        return tl_fail(err, "tl_cuda_matvec_rows_test: type %d, %d x %d, %d rows, glu %d", wt, n_out, n_in, m, glu);
+/* a (its W, x = dX, y = dY set) over m rows: into y_rows through tlc_matvec_rows, into y_one a row
+ * at a time through tlc_matvec, each from y0 (m rows of n_out on the host, the residual add) or
+ * from NaN (every output must be written). */
+static int rows_vs_one(tlc_ctx *cx, const tlc_mv &a, int m, float *dY, const float *y0, float *y_rows, float *y_one,
+                       tl_error *err) {
+    const size_t ny = (size_t)m * a.n_out[0];
+    for (int path = 0; path < 2; path++) {
+        cudaError_t e = y0 ? cudaMemcpyAsync(dY, y0, sizeof(float) * ny, cudaMemcpyHostToDevice, cx->stream)
+                           : cudaMemsetAsync(dY, 0xff, sizeof(float) * ny, cx->stream);
+        if (e != cudaSuccess) return tl_fail(err, "rows test: %s", cudaGetErrorString(e));
+        cx->xq_of = NULL;
+        if (path == 0) {
+            const int r = tlc_matvec_rows(cx, &a, m, a.n_in, err);
+            if (r > 0) return tl_fail(err, "rows test: the glu fusion does not take this shape");
+            if (r) return -1;
+        } else {
+            for (int r = 0; r < m; r++) {
+                tlc_mv b = a;
+                b.x = a.x + (size_t)r * a.n_in;
+                b.y[0] = b.y[1] = dY + (size_t)r * a.n_out[0];
+                if (tlc_matvec(cx, &b, err)) return -1;
+            }
+        }
+        e = cudaMemcpyAsync(path ? y_one : y_rows, dY, sizeof(float) * ny, cudaMemcpyDeviceToHost, cx->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(cx->stream);
+        if (e != cudaSuccess) return tl_fail(err, "rows test: path %d: %s", path, cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+/* The matrices W (and W2 with glu) as stored on the device (wt, qt: tlc_mv's), w_bytes each,
+ * against m rows of X: rows_vs_one. */
+static int rows_test(int wt, int qt, const void *W, const void *W2, size_t w_bytes, int n_in, int n_out, const float *bias,
+                     const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err) {
     tlc_ctx cx;
     memset(&cx, 0, sizeof cx);
     if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreateWithFlags(&cx.stream, cudaStreamNonBlocking) != cudaSuccess)
-        return tl_fail(err, "tl_cuda_matvec_rows_test: device 0: %s", cudaGetErrorString(cudaGetLastError()));
-    const size_t nw = (size_t)n_in * n_out, es = wt == WT_F32 ? 4 : 2, ny = (size_t)m * n_out;
-    void *host = malloc(nw * es), *dW[2] = {NULL, NULL};
+        return tl_fail(err, "rows test: device 0: %s", cudaGetErrorString(cudaGetLastError()));
+    void *dW[2] = {NULL, NULL};
     float *dX = NULL, *dY = NULL, *dB = NULL;
     int rc = -1;
-    for (int s = 0; s < (glu ? 2 : 1); s++) {
-        const float *src = s ? W2 : W;
-        for (size_t i = 0; i < nw; i++) {
-            if (wt == WT_F32) ((float *)host)[i] = src[i];
-            else ((uint16_t *)host)[i] = wt == WT_F16 ? tl_fp32_to_fp16(src[i]) : tl_fp32_to_bf16(src[i]);
-        }
-        if (cudaMalloc(&dW[s], nw * es) != cudaSuccess || cudaMemcpy(dW[s], host, nw * es, cudaMemcpyHostToDevice) != cudaSuccess) {
-            tl_fail(err, "tl_cuda_matvec_rows_test: upload");
-            goto done;
-        }
+    if (wt == WT_Q) { /* the quantized input of TLC_MV_ROWS rows, as a session's workspace holds it */
+        cx.xq_cap = TLC_MV_ROWS * n_in;
+        if (cudaMalloc((void **)&cx.xq, (size_t)cx.xq_cap) != cudaSuccess ||
+            cudaMalloc((void **)&cx.xd, sizeof(float2) * (size_t)(cx.xq_cap / 32)) != cudaSuccess)
+            goto oom;
     }
+    for (int s = 0; s < (glu ? 2 : 1); s++)
+        if (cudaMalloc(&dW[s], w_bytes) != cudaSuccess || cudaMemcpy(dW[s], s ? W2 : W, w_bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+            goto oom;
     if (cudaMalloc((void **)&dX, sizeof(float) * (size_t)m * n_in) != cudaSuccess ||
-        cudaMalloc((void **)&dY, sizeof(float) * ny) != cudaSuccess ||
+        cudaMalloc((void **)&dY, sizeof(float) * (size_t)m * n_out) != cudaSuccess ||
         (bias && cudaMalloc((void **)&dB, sizeof(float) * n_out) != cudaSuccess) ||
         cudaMemcpy(dX, X, sizeof(float) * (size_t)m * n_in, cudaMemcpyHostToDevice) != cudaSuccess ||
-        (bias && cudaMemcpy(dB, bias, sizeof(float) * n_out, cudaMemcpyHostToDevice) != cudaSuccess) ||
-        cudaDeviceSynchronize() != cudaSuccess) {
-        tl_fail(err, "tl_cuda_matvec_rows_test: out of GPU memory");
-        goto done;
-    }
-    for (int path = 0; path < 2; path++) {
-        float *out = path ? y_one : y_rows;
-        if (y0) {
-            if (cudaMemcpyAsync(dY, y0, sizeof(float) * ny, cudaMemcpyHostToDevice, cx.stream) != cudaSuccess) goto done;
-        } else if (cudaMemsetAsync(dY, 0xff, sizeof(float) * ny, cx.stream) != cudaSuccess) { /* NaN: every output written */
-            goto done;
-        }
+        (bias && cudaMemcpy(dB, bias, sizeof(float) * n_out, cudaMemcpyHostToDevice) != cudaSuccess))
+        goto oom;
+    {
         tlc_mv a;
         memset(&a, 0, sizeof a);
         a.nseg = glu ? 2 : 1;
         a.n_in = n_in;
         a.wt = wt;
+        a.qt = qt;
         a.glu = glu;
         a.x = dX;
         for (int s = 0; s < a.nseg; s++) {
@@ -545,36 +566,44 @@ extern "C" int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2,
         }
         a.bias[0] = glu ? NULL : dB;
         a.add[0] = !glu && y0;
-        if (path == 0) {
-            const int r = tlc_matvec_rows(&cx, &a, m, n_in, err);
-            if (r) {
-                if (r > 0) tl_fail(err, "tl_cuda_matvec_rows_test: the glu fusion does not take this shape");
-                goto done;
-            }
-        } else {
-            for (int r = 0; r < m; r++) {
-                tlc_mv b = a;
-                b.x = dX + (size_t)r * n_in;
-                b.y[0] = b.y[1] = dY + (size_t)r * n_out;
-                if (tlc_matvec(&cx, &b, err)) goto done;
-            }
-        }
-        cudaError_t e = cudaMemcpyAsync(out, dY, sizeof(float) * ny, cudaMemcpyDeviceToHost, cx.stream);
-        if (e == cudaSuccess) e = cudaStreamSynchronize(cx.stream);
-        if (e != cudaSuccess) {
-            tl_fail(err, "tl_cuda_matvec_rows_test: path %d: %s", path, cudaGetErrorString(e));
-            goto done;
-        }
+        rc = rows_vs_one(&cx, a, m, dY, y0, y_rows, y_one, err);
     }
-    rc = 0;
+    goto done;
+oom:
+    tl_fail(err, "rows test: out of GPU memory");
 done:
     cudaStreamSynchronize(cx.stream);
-    cudaFree(dW[0]);
-    cudaFree(dW[1]);
-    cudaFree(dX);
-    cudaFree(dY);
-    cudaFree(dB);
+    void *bufs[] = {dW[0], dW[1], dX, dY, dB, cx.xq, cx.xd};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
     cudaStreamDestroy(cx.stream);
-    free(host);
     return rc;
+}
+
+extern "C" int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, int n_out, const float *bias,
+                                        const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one,
+                                        tl_error *err) {
+    if (wt < WT_F32 || wt > WT_BF16 || m < 1 || n_in < 1 || n_out < 1 || (glu && !W2))
+        return tl_fail(err, "tl_cuda_matvec_rows_test: type %d, %d x %d, %d rows, glu %d", wt, n_out, n_in, m, glu);
+    const size_t nw = (size_t)n_in * n_out, es = wt == WT_F32 ? 4 : 2;
+    void *host[2] = {malloc(nw * es), malloc(nw * es)};
+    for (int s = 0; s < (glu ? 2 : 1); s++) {
+        const float *src = s ? W2 : W;
+        for (size_t i = 0; i < nw; i++) {
+            if (wt == WT_F32) ((float *)host[s])[i] = src[i];
+            else ((uint16_t *)host[s])[i] = wt == WT_F16 ? tl_fp32_to_fp16(src[i]) : tl_fp32_to_bf16(src[i]);
+        }
+    }
+    const int rc = rows_test(wt, 0, host[0], host[1], nw * es, n_in, n_out, bias, y0, glu, X, m, y_rows, y_one, err);
+    free(host[0]);
+    free(host[1]);
+    return rc;
+}
+
+extern "C" int tl_cuda_qmatvec_rows_test(int t, const void *W, const void *W2, int n_in, int n_out, const float *bias,
+                                         const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one,
+                                         tl_error *err) {
+    const size_t rb = tlc_qtype_has_kernels(t) ? tl_row_size((tl_type)t, n_in) : 0;
+    if (!rb || m < 1 || n_out < 1 || (glu && !W2))
+        return tl_fail(err, "tl_cuda_qmatvec_rows_test: %s, %d x %d, %d rows, glu %d", tl_type_name(t), n_out, n_in, m, glu);
+    return rows_test(WT_Q, t, W, W2, rb * n_out, n_in, n_out, bias, y0, glu, X, m, y_rows, y_one, err);
 }

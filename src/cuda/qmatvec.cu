@@ -379,11 +379,18 @@ __device__ __forceinline__ float qmv_act(float x, int glu) {
 }
 
 /* A warp per output row (GLU: the same row of gate and of up, sharing the activation loads),
- * each lane a unit at a time. Several rows per warp sharing each activation load were measured
- * slower (H100, Llama-3.1-8B shapes, Q4_K_M: 2 rows 3.49 ms/token, 4 rows 4.46, 1 row 3.39):
- * fewer warps in flight cost more than the saved activation loads. */
-template <int T, int GLU>
-__global__ void __launch_bounds__(QMV_THR) qmatvec_k(tlc_mv a, const int8_t *xq, const float2 *xd) {
+ * each lane a unit at a time, against nr <= NR input rows (row r's codes at xq + r n_in, its
+ * outputs at y[s] + r n_out[s]). A sequence alone runs NR = 1; the batched step's decode rows
+ * (batch.cu) run NR = 4 or 8, so a weight unit comes from memory once for all of them (the
+ * loads for the rows after the first hit L1). Every (output row, input row) sum is the one
+ * NR = 1 gives that input row: the same lane takes the same units in the same order and adds
+ * unit_dot's value to its own accumulator, then the same warp sum, bias, residual add and
+ * activation -- so a sequence's numbers do not depend on what shares its step (checked bit for
+ * bit by tl_cuda_qmatvec_rows_test). Several output rows per warp sharing each activation load
+ * were measured slower for one input row (H100, Llama-3.1-8B shapes, Q4_K_M: 2 rows 3.49
+ * ms/token, 4 rows 4.46, 1 row 3.39): fewer warps in flight cost more than the saved loads. */
+template <int T, int GLU, int NR>
+__global__ void __launch_bounds__(QMV_THR) qmatvec_k(tlc_mv a, int nr, const int8_t *xq, const float2 *xd) {
     const int lane = threadIdx.x & 31;
     pdl_trigger();
     int row = blockIdx.x * QMV_WARPS + (threadIdx.x >> 5), si = 0;
@@ -406,57 +413,94 @@ __global__ void __launch_bounds__(QMV_THR) qmatvec_k(tlc_mv a, const int8_t *xq,
     }
     pdl_wait(); /* xq, xd (and y for add) come from the kernels before */
     if (!live) return;
-    const int nu = a.n_in / qfmt<T>::VPU;
-    float acc = 0.0f, acc1 = 0.0f;
+    const int nu = a.n_in / qfmt<T>::VPU, nb = a.n_in / 32;
+    float acc[NR], acc1[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = acc1[r] = 0.0f;
 #pragma unroll 2
     for (int u = lane; u < nu; u += 32) {
-        xunit<T> X;
-        load_xunit<T>(u, xq, xd, X);
-        acc += unit_dot<T>(W, u, X);
-        if (GLU) acc1 += unit_dot<T>(W1, u, X);
-    }
-    acc = wsum(acc);
-    if (GLU) acc1 = wsum(acc1);
-    if (lane) return;
-    if (GLU) {
-        a.y[0][row] = qmv_act(acc, GLU) * acc1;
-        return;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (r >= nr) break;
+            xunit<T> X;
+            load_xunit<T>(u, xq + (size_t)r * a.n_in, xd + (size_t)r * nb, X);
+            acc[r] += unit_dot<T>(W, u, X);
+            if (GLU) acc1[r] += unit_dot<T>(W1, u, X);
+        }
     }
     float *y = si == 0 ? a.y[0] : si == 1 ? a.y[1] : a.y[2];
     const float *b = si == 0 ? a.bias[0] : si == 1 ? a.bias[1] : a.bias[2];
     const int add = si == 0 ? a.add[0] : si == 1 ? a.add[1] : a.add[2];
-    if (b) acc += b[row];
-    y[row] = add ? y[row] + acc : acc;
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        if (r >= nr) break;
+        float s = wsum(acc[r]);
+        if (GLU) {
+            const float s1 = wsum(acc1[r]);
+            if (lane == 0) a.y[0][(size_t)r * a.n_out[0] + row] = qmv_act(s, GLU) * s1;
+            continue;
+        }
+        if (lane) continue;
+        float *yr = y + (size_t)r * n_out_s;
+        if (b) s += b[row];
+        yr[row] = add ? yr[row] + s : s;
+    }
 }
 
 /* ---------------- launchers ---------------- */
 
 template <int T> struct qmv_run {
-    static cudaError_t run(const tlc_mv *a, int blocks, cudaStream_t st, bool pdl, const int8_t *xq, const float2 *xd) {
-        if (a->glu == 1) return tlc_launch(pdl, qmatvec_k<T, 1>, dim3(blocks), dim3(QMV_THR), 0, st, *a, xq, xd);
-        if (a->glu == 2) return tlc_launch(pdl, qmatvec_k<T, 2>, dim3(blocks), dim3(QMV_THR), 0, st, *a, xq, xd);
-        return tlc_launch(pdl, qmatvec_k<T, 0>, dim3(blocks), dim3(QMV_THR), 0, st, *a, xq, xd);
+    template <int NR>
+    static cudaError_t go(const tlc_mv *a, int nr, int blocks, cudaStream_t st, bool pdl, const int8_t *xq, const float2 *xd) {
+        if (a->glu == 1) return tlc_launch(pdl, qmatvec_k<T, 1, NR>, dim3(blocks), dim3(QMV_THR), 0, st, *a, nr, xq, xd);
+        if (a->glu == 2) return tlc_launch(pdl, qmatvec_k<T, 2, NR>, dim3(blocks), dim3(QMV_THR), 0, st, *a, nr, xq, xd);
+        return tlc_launch(pdl, qmatvec_k<T, 0, NR>, dim3(blocks), dim3(QMV_THR), 0, st, *a, nr, xq, xd);
+    }
+    static cudaError_t run(const tlc_mv *a, int nr, int blocks, cudaStream_t st, bool pdl, const int8_t *xq, const float2 *xd) {
+        if (nr == 1) return go<1>(a, nr, blocks, st, pdl, xq, xd);
+        if (nr <= 4) return go<4>(a, nr, blocks, st, pdl, xq, xd);
+        return go<TLC_MV_ROWS>(a, nr, blocks, st, pdl, xq, xd);
     }
 };
 
-int tlc_qmatvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) {
+/* The products of a over nr <= TLC_MV_ROWS rows of x (n_in apart), quantized into xq/xd unless
+ * x is cx->xq_of (one row). */
+static int qmv_launch(tlc_ctx *cx, const tlc_mv *a, int nr, tl_error *err) {
     if (a->glu && (a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0])) return 1;
-    if (a->n_in > cx->xq_cap)
-        return tl_fail(err, "quantized matvec: %d input columns exceed the activation buffer (%d)", a->n_in, cx->xq_cap);
+    if ((size_t)a->n_in * nr > (size_t)cx->xq_cap)
+        return tl_fail(err, "quantized matvec: %d rows of %d input columns exceed the activation buffer (%d values)", nr, a->n_in,
+                       cx->xq_cap);
     const bool pdl = !cx->no_pdl;
-    const int nb = a->n_in / 32;
+    const int nb = a->n_in / 32 * nr;
     cudaError_t e;
-    if (a->x != cx->xq_of) {
-        e = tlc_launch(pdl, quant_x_k, dim3((nb + 7) / 8), dim3(256), 0, cx->stream, a->x, a->n_in, cx->xq, cx->xd);
-        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel quantize activations (%d): %s", a->n_in, cudaGetErrorString(e));
+    if (nr > 1 || a->x != cx->xq_of) {
+        e = tlc_launch(pdl, quant_x_k, dim3((nb + 7) / 8), dim3(256), 0, cx->stream, a->x, nb * 32, cx->xq, cx->xd);
+        if (e != cudaSuccess) return tl_fail(err, "CUDA kernel quantize activations (%d x %d): %s", nr, a->n_in, cudaGetErrorString(e));
+        if (nr > 1) cx->xq_of = NULL; /* xq holds several rows now */
     }
     int rows = a->glu ? a->n_out[0] : 0;
     if (!a->glu)
         for (int s = 0; s < a->nseg; s++) rows += a->n_out[s];
-    e = qdispatch<qmv_run>(a->qt, a, (rows + QMV_WARPS - 1) / QMV_WARPS, cx->stream, pdl, (const int8_t *)cx->xq,
+    e = qdispatch<qmv_run>(a->qt, a, nr, (rows + QMV_WARPS - 1) / QMV_WARPS, cx->stream, pdl, (const int8_t *)cx->xq,
                            (const float2 *)cx->xd);
     if (e != cudaSuccess)
-        return tl_fail(err, "CUDA kernel %s matvec (%d x %d): %s", tl_type_name(a->qt), rows, a->n_in, cudaGetErrorString(e));
+        return tl_fail(err, "CUDA kernel %s matvec (%d x %d, %d rows): %s", tl_type_name(a->qt), rows, a->n_in, nr,
+                       cudaGetErrorString(e));
+    return 0;
+}
+
+int tlc_qmatvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) { return qmv_launch(cx, a, 1, err); }
+
+int tlc_qmatvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, tl_error *err) {
+    if (a->glu && (a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0])) return 1;
+    for (int r0 = 0; r0 < nr; r0 += TLC_MV_ROWS) {
+        const int n = TL_MIN(nr - r0, TLC_MV_ROWS);
+        tlc_mv b = *a;
+        b.x = a->x + (size_t)r0 * a->n_in;
+        for (int s = 0; s < a->nseg; s++) b.y[s] = a->y[s] + (size_t)r0 * a->n_out[s];
+        if (n == 1) cx->xq_of = NULL; /* a lone last row: quantized here too */
+        if (qmv_launch(cx, &b, n, err)) return -1;
+    }
     return 0;
 }
 

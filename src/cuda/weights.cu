@@ -43,8 +43,8 @@ uint64_t tlc_ws_bytes(const tl_model *m, bool widen, size_t *wdq_elems, int *xq_
         most = TL_MAX(most, (size_t)out->n_in * TL_MIN((size_t)out->n_out, (size_t)TLC_WDQ_MIN_ROWS));
     const int max_in = TL_MAX(c->n_embd, TL_MAX(c->n_head * c->head_dim_v, c->n_ff));
     *wdq_elems = most;
-    *xq_cap = most ? max_in : 0;
-    return most ? 2 * (uint64_t)most + (uint64_t)max_in + sizeof(float2) * (uint64_t)(max_in / 32) : 0;
+    *xq_cap = most ? TLC_MV_ROWS * max_in : 0; /* the batched step quantizes up to TLC_MV_ROWS rows at once */
+    return most ? 2 * (uint64_t)most + (uint64_t)*xq_cap + sizeof(float2) * (uint64_t)(*xq_cap / 32) : 0;
 }
 
 static int up_vec(tlc_weights *w, const float *src, int64_t n, float **dst, tl_error *err) {
