@@ -100,6 +100,11 @@ struct tlc_mv {
     const float *x;
 };
 int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err);
+/* The shape the fused gate/up product takes: two matrices of one shape, no bias, no residual add
+ * (the products return 1 for any other glu request, before any launch). */
+static inline bool tlc_glu_shape(const tlc_mv *a) {
+    return a->nseg == 2 && a->n_out[0] == a->n_out[1] && !a->bias[0] && !a->bias[1] && !a->add[0];
+}
 
 /* tlc_matvec over nr rows of x, ldx floats apart (outputs n_out[s] apart), TLC_MV_ROWS rows
  * per launch sharing each weight load (a warp per 4 output rows sharing each input load):

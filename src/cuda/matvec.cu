@@ -425,7 +425,7 @@ int tlc_matvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) {
     if (a->wt == WT_Q) return tlc_qmatvec(cx, a, err); /* GGUF block formats: qmatvec.cu */
     const bool vec = a->wt == WT_F32 ? a->n_in % 4 == 0 : a->n_in % 8 == 0;
     /* glu: the vector path on 16-bit weights, without biases */
-    if (a->glu && (!vec || a->wt == WT_F32 || a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0]))
+    if (a->glu && (!vec || a->wt == WT_F32 || !tlc_glu_shape(a)))
         return 1;
     int rows = a->glu ? a->n_out[0] : 0;
     if (!a->glu)
@@ -461,7 +461,7 @@ int tlc_matvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, int ldx, tl_error *err
     }
     if (nr == 1) return tlc_matvec(cx, a, err); /* the very kernel a sequence alone runs */
     const bool vec = a->wt == WT_F32 ? a->n_in % 4 == 0 : a->n_in % 8 == 0;
-    if (a->glu && (!vec || a->wt == WT_F32 || a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0]))
+    if (a->glu && (!vec || a->wt == WT_F32 || !tlc_glu_shape(a)))
         return 1; /* as tlc_matvec */
     if (vec && ldx % (a->wt == WT_F32 ? 4 : 8))
         return tl_fail(err, "matvec over several rows: row stride %d breaks the 16-byte loads", ldx);

@@ -466,7 +466,7 @@ template <int T> struct qmv_run {
 /* The products of a over nr <= TLC_MV_ROWS rows of x (n_in apart), quantized into xq/xd unless
  * x is cx->xq_of (one row). */
 static int qmv_launch(tlc_ctx *cx, const tlc_mv *a, int nr, tl_error *err) {
-    if (a->glu && (a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0])) return 1;
+    if (a->glu && !tlc_glu_shape(a)) return 1;
     if ((size_t)a->n_in * nr > (size_t)cx->xq_cap)
         return tl_fail(err, "quantized matvec: %d rows of %d input columns exceed the activation buffer (%d values)", nr, a->n_in,
                        cx->xq_cap);
@@ -492,14 +492,14 @@ static int qmv_launch(tlc_ctx *cx, const tlc_mv *a, int nr, tl_error *err) {
 int tlc_qmatvec(tlc_ctx *cx, const tlc_mv *a, tl_error *err) { return qmv_launch(cx, a, 1, err); }
 
 int tlc_qmatvec_rows(tlc_ctx *cx, const tlc_mv *a, int nr, tl_error *err) {
-    if (a->glu && (a->nseg != 2 || a->n_out[0] != a->n_out[1] || a->bias[0] || a->bias[1] || a->add[0])) return 1;
     for (int r0 = 0; r0 < nr; r0 += TLC_MV_ROWS) {
         const int n = TL_MIN(nr - r0, TLC_MV_ROWS);
         tlc_mv b = *a;
         b.x = a->x + (size_t)r0 * a->n_in;
         for (int s = 0; s < a->nseg; s++) b.y[s] = a->y[s] + (size_t)r0 * a->n_out[s];
         if (n == 1) cx->xq_of = NULL; /* a lone last row: quantized here too */
-        if (qmv_launch(cx, &b, n, err)) return -1;
+        const int rc = qmv_launch(cx, &b, n, err); /* 1 (glu's shape) comes at the first window, before any launch */
+        if (rc) return rc;
     }
     return 0;
 }
