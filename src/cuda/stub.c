@@ -154,3 +154,10 @@ int tl_cuda_matvec_rows_test(int wt, const float *W, const float *W2, int n_in, 
     (void)y_one;
     return tl_fail(err, "%s", no_cuda);
 }
+
+int tl_cuda_qmatvec_rows_test(int t, const void *W, const void *W2, int n_in, int n_out, const float *bias,
+                              const float *y0, int glu, const float *X, int m, float *y_rows, float *y_one, tl_error *err) {
+    (void)t, (void)W, (void)W2, (void)n_in, (void)n_out, (void)bias, (void)y0, (void)glu, (void)X, (void)m, (void)y_rows;
+    (void)y_one;
+    return tl_fail(err, "%s", no_cuda);
+}
