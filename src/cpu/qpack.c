@@ -417,7 +417,7 @@ void tlq_gemm_ref(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp
 tlq_gemm_fn tlq_gemm_kernel(tl_type t) {
     if (!tlq_pack_supported(t, t == TL_TYPE_Q4_K || t == TL_TYPE_Q6_K ? QKK : QK)) return NULL;
     switch (tl_simd_level_get()) {
-    case TL_SIMD_AVX512: return tlq_gemm_avx512;
+    case TL_SIMD_AVX512: return tlq_amx_ready() ? tlq_gemm_amx : tlq_gemm_avx512;
     case TL_SIMD_AVX2: return tlq_gemm_avx2;
     default: return NULL;
     }

@@ -109,5 +109,11 @@ void tlq_gemm_avx2(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *x
                    float *Y, int64_t ldy);
 void tlq_gemm_avx512(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp, size_t x_stride, int64_t n_x,
                      float *Y, int64_t ldy);
+/* AMX tiles for calls of 16 or more activation rows (tlq_gemm_avx512 for fewer), qpack_amx.c;
+ * only where tlq_amx_ready(): the CPU has AMX-INT8, the dispatch level is AVX-512, TAILOR_NO_AMX
+ * is unset, and Linux granted the process the tile state (asked once, on the first call). */
+bool tlq_amx_ready(void);
+void tlq_gemm_amx(const tlq_packed *p, int64_t g0, int64_t g1, const uint8_t *xp, size_t x_stride, int64_t n_x,
+                  float *Y, int64_t ldy);
 
 #endif

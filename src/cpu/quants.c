@@ -108,6 +108,8 @@ tl_cpu_features tl_cpu_detect(void) {
             f.avx512vl = (r[1] >> 31) & 1;
             f.avx512vnni = (r[2] >> 11) & 1;
         }
+        /* AMX-TILE (EDX 24) and AMX-INT8 (EDX 25), with XTILECFG and XTILEDATA in XCR0 (17, 18) */
+        f.amx_int8 = ((r[3] >> 24) & 1) && ((r[3] >> 25) & 1) && (xcr0 & (3ull << 17)) == (3ull << 17);
         uint32_t max_sub = r[0];
         if (max_sub >= 1) {
             cpuid(7, 1, r);

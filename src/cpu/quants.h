@@ -55,9 +55,10 @@ float tl_vec_dot(tl_type t, int64_t n, const void *w, const void *x);
 /* The scalar reference of the same. */
 float tl_vec_dot_ref(tl_type t, int64_t n, const void *w, const void *x);
 
-/* CPU features detected at run time (cpuid + xgetbv). */
+/* CPU features detected at run time (cpuid + xgetbv). amx_int8: AMX tiles with int8 products,
+ * their state enabled by the OS (a process must still ask Linux for it: tlq_amx_ready). */
 typedef struct {
-    bool avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vnni, avx512bf16, avx_vnni;
+    bool avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vnni, avx512bf16, avx_vnni, amx_int8;
 } tl_cpu_features;
 tl_cpu_features tl_cpu_detect(void);
 /* The one SIMD dispatcher every kernel table follows (weights, vector ops, KV stores): SCALAR

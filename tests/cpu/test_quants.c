@@ -719,9 +719,11 @@ static void check_packed(tl_type t, int64_t n_in, int64_t n_out, int64_t n_x, bo
     const bool has2 = f.avx2 && f.fma && f.f16c;
     const bool has512 = has2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
     struct { const char *name; tlq_gemm_fn fn; bool ok; } ks[] = {
-        {"scalar", tlq_gemm_ref, true}, {"avx2", tlq_gemm_avx2, has2}, {"avx512", tlq_gemm_avx512, has512}};
-    float *Y[3], *Y1 = tl_xmalloc(sizeof(float) * n_x * ldy);
-    for (int k = 0; k < 3; k++) {
+        {"scalar", tlq_gemm_ref, true}, {"avx2", tlq_gemm_avx2, has2}, {"avx512", tlq_gemm_avx512, has512},
+        {"amx", tlq_gemm_amx, has512 && tlq_amx_ready()}};
+    enum { NK = sizeof ks / sizeof *ks };
+    float *Y[NK], *Y1 = tl_xmalloc(sizeof(float) * n_x * ldy);
+    for (int k = 0; k < NK; k++) {
         Y[k] = tl_xmalloc(sizeof(float) * n_x * ldy);
         for (int64_t i = 0; i < n_x * ldy; i++) Y[k][i] = NAN;
         if (!ks[k].ok) continue;
@@ -755,7 +757,7 @@ static void check_packed(tl_type t, int64_t n_in, int64_t n_out, int64_t n_x, bo
     CHECKF(worst < 2e-6 && pad == 0, "x16 %s %lldx%lld, %lld rows%s: %g of |w||x| from tl_vec_dot_ref, %d pad writes",
            tl_type_name(t), (long long)n_in, (long long)n_out, (long long)n_x, raw ? " (raw codes)" : "", worst, pad);
     tlq_pack_free(p);
-    for (int k = 0; k < 3; k++) free(Y[k]);
+    for (int k = 0; k < NK; k++) free(Y[k]);
     free(Y1), free(W), free(xq), free(row), free(wf), free(xf);
     tl_afree(xp);
 }
@@ -851,7 +853,8 @@ static void test_packed(void) {
     }
     CHECK(!tlq_pack_supported(TL_TYPE_Q5_0, 64) && !tlq_pack_supported(TL_TYPE_F16, 64));
     tl_pool_free(pool);
-    printf("  x16 kernels: scalar / avx2 / avx512 bit for bit over q4_0 q4_1 q8_0 q4_K q6_K\n");
+    printf("  x16 kernels: scalar / avx2 / avx512%s bit for bit over q4_0 q4_1 q8_0 q4_K q6_K\n",
+           tlq_amx_ready() ? " / amx" : " (no AMX on this CPU: its kernel not run)");
 }
 
 int main(void) {
