@@ -25,6 +25,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__linux__) && (defined(__GNUC__) && __GNUC__ >= 11 || defined(__clang__))
 #include <immintrin.h>
+#include "qpack_x512.h"
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -73,16 +74,6 @@ INL void config(int M, int K) {
  * tokens/s. */
 #define TLQ_AMX_MIN_ROWS 16
 
-#define PF 4096 /* prefetch distance in bytes, as the AVX-512 kernels (this VM's hardware prefetch streams at half speed) */
-INL void prefetch_tile(const uint8_t *t, size_t bytes) {
-    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)t + PF + o, _MM_HINT_T0);
-}
-
-INL __m512 ld_h16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-INL void store16(float *y, int64_t n_valid, __m512 v) {
-    if (n_valid >= 16) _mm512_storeu_ps(y, v);
-    else _mm512_mask_storeu_ps(y, (__mmask16)((1u << n_valid) - 1), v);
-}
 
 /* The products of n blocks, each an A tile (the rows' codes at ap[k], xs apart) by a B tile
  * (K / 4 rows of 64 bytes at bp[k]) into C[k] (M rows of 16 int32), two tile sets in turn

@@ -9,32 +9,22 @@
  * (q4_0: value - 8 stored as 0..15; q8_0: xored with 0x80) enter vpdpbusd as unsigned bytes
  * and the offset comes back through the activation row's -offset * sum term, which starts the
  * accumulator. While the weights stream from memory (a few activation rows) the kernels
- * prefetch PF bytes ahead of the tile they read. */
+ * prefetch X16_PF bytes ahead of the tile they read. */
 #include "qpack.h"
 #include "quants_internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include "qpack_x512.h"
 
 #define TGT "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
 #define AVX512 __attribute__((target(TGT)))
 #define INL static inline __attribute__((target(TGT), always_inline))
 
-#define PF 4096 /* prefetch distance in bytes (measured: 6 -> 10 GB/s from DRAM on one core) */
-
-
-INL __m512 ld_h16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 INL __m512i bc32(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return _mm512_set1_epi32(v);
-}
-INL void prefetch_tile(const uint8_t *t, size_t bytes) {
-    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)t + PF + o, _MM_HINT_T0);
-}
-INL void store16(float *y, int64_t n_valid, __m512 v) {
-    if (n_valid >= 16) _mm512_storeu_ps(y, v);
-    else _mm512_mask_storeu_ps(y, (__mmask16)((1u << n_valid) - 1), v);
 }
 
 /* ------------------------------------------------------------------ 32-wide formats */
